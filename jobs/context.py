@@ -1,0 +1,119 @@
+"""What a job's `run(ctx)` gets: its spec, logging, progress, metrics, artifacts, cancellation,
+checkpoint paths and the resources it was granted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import TypeVar
+
+from workbench.paths import Home
+from workbench.runner import FAILURE_FILE
+from workbench.spec import from_table
+from workbench.store import Job, Store
+
+T = TypeVar("T")
+
+
+class JobFailed(Exception):
+    """Raised by a job to fail with a message for the user (no traceback is printed)."""
+
+
+class Cancelled(Exception):
+    """Raised by `ctx.check_cancelled()` once SIGTERM has arrived."""
+
+
+class JobContext:
+    """The job's handle on the workbench, built in the job process from the store."""
+
+    def __init__(self, home: Home, store: Store, job: Job):
+        self.home = home
+        self.store = store
+        self.job = job
+        self.run_dir = home.run_dir(job.id)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.cancel_requested = False
+        self._last_progress = 0.0
+        signal.signal(signal.SIGTERM, self._on_term)
+
+    def _on_term(self, signum: int, frame: object) -> None:
+        self.cancel_requested = True
+
+    @classmethod
+    def from_environment(cls, job_id: int) -> JobContext:
+        home = Home.current()
+        store = Store.open(home.state_db)
+        return cls(home, store, store.get(job_id))
+
+    def spec(self, cls: type[T]) -> T:
+        """The job's spec as the kind's dataclass (it was validated at submit)."""
+        return from_table(cls, self.job.spec, f"job {self.job.id}")
+
+    # ---- output ------------------------------------------------------------------------
+
+    def log(self, message: str) -> None:
+        """A line in the job's log."""
+        print(message, flush=True)
+
+    def progress(self, fraction: float | None, message: str | None = None, force: bool = False) -> None:
+        """Fraction done (0..1) and a short message; written at most 4 times a second."""
+        now = time.monotonic()
+        if force or fraction == 1.0 or now - self._last_progress >= 0.25:
+            self._last_progress = now
+            self.store.set_progress(self.job.id, fraction, message)
+
+    def metrics(self, step: int, values: dict[str, float | None]) -> None:
+        """Per-step metrics (loss, accuracy, samples/s...) into the store."""
+        self.store.add_metrics(self.job.id, step, values)
+
+    def artifact(self, name: str) -> Path:
+        """A path inside the run folder for a file this job produces."""
+        path = self.run_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        path = self.run_dir / "checkpoints"
+        path.mkdir(exist_ok=True)
+        return path
+
+    # ---- control -----------------------------------------------------------------------
+
+    def check_cancelled(self) -> None:
+        if self.cancel_requested:
+            raise Cancelled("cancelled (SIGTERM)")
+
+    @property
+    def gpu_indices(self) -> list[int]:
+        """The GPUs granted (as numbered inside CUDA_VISIBLE_DEVICES: 0..n-1)."""
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        return list(range(len([v for v in visible.split(",") if v.strip()])))
+
+    @property
+    def cpus(self) -> int:
+        """Threads this job may use: what it asked for, else every core."""
+        granted = os.environ.get("WORKBENCH_CPUS")
+        return int(granted) if granted else (os.cpu_count() or 1)
+
+    def stage_job(self, stage: str) -> Job:
+        """The job of another stage in the same pipeline run (e.g. `model = "train"`)."""
+        if self.job.pipeline_id is None:
+            raise JobFailed(f"{stage!r} names a pipeline stage, but this job is not part of a pipeline")
+        row = self.store.conn.execute(
+            "SELECT id FROM jobs WHERE pipeline_id=? AND stage=? ORDER BY id DESC LIMIT 1",
+            (self.job.pipeline_id, stage),
+        ).fetchone()
+        if row is None:
+            raise JobFailed(f"no stage named {stage!r} in this pipeline")
+        return self.store.get(int(row[0]))
+
+    def fail(self, message: str) -> None:
+        """Record why the job failed (the daemon shows it as the job's reason)."""
+        (self.run_dir / FAILURE_FILE).write_text(message)
+        print(f"error: {message}", file=sys.stderr, flush=True)
+
+

@@ -1,0 +1,120 @@
+"""What every client (CLI, TUI, --batch) uses to talk to the queue: the store plus a daemon
+that is started on demand and woken after each write."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+
+from workbench.daemon import lock_holder, wake
+from workbench.paths import Home
+from workbench.store import SETTLED, Job, JobRequest, Store
+
+
+class DaemonUnavailable(RuntimeError):
+    """The daemon is not running and could not be started (exit code 3)."""
+
+
+def _daemon_log_tail(home: Home, since: int) -> str:
+    try:
+        with open(home.daemon_log, "rb") as log:
+            log.seek(since)
+            return log.read().decode(errors="replace").strip()[-2000:]
+    except FileNotFoundError:
+        return ""
+
+
+def ensure_daemon(home: Home, timeout_s: float = 20.0) -> int:
+    """Return the daemon's pid, starting it (detached, in its own session) if none runs."""
+    pid = lock_holder(home)
+    if pid is not None and pid > 0:
+        return pid
+    home.ensure()
+    log_start = home.daemon_log.stat().st_size if home.daemon_log.exists() else 0
+    if pid is None:
+        with open(home.daemon_log, "ab") as log, open(os.devnull, "rb") as devnull:
+            env = dict(os.environ, WORKBENCH_HOME=str(home.root))
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "workbench", "daemon", "run"],
+                stdin=devnull,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                env=env,
+                cwd=str(home.root),
+            )
+    else:
+        proc = None  # another client is starting it: wait for it to be ready
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pid = lock_holder(home)
+        if pid is not None and pid > 0:
+            return pid
+        if proc is not None and proc.poll() is not None:
+            if (lock_holder(home) or 0) > 0:
+                return lock_holder(home) or 0
+            detail = _daemon_log_tail(home, log_start)
+            if "already running" in detail:
+                proc = None
+                continue
+            raise DaemonUnavailable(f"the daemon could not start:\n{detail}")
+        time.sleep(0.01)
+    raise DaemonUnavailable(f"the daemon did not become ready within {timeout_s:.0f}s (see {home.daemon_log})")
+
+
+class Client:
+    """A connection to one workbench home."""
+
+    def __init__(self, home: Home | None = None, start_daemon: bool = True):
+        self.home = (home or Home.current()).ensure()
+        self.store = Store.open(self.home.state_db)
+        self.start_daemon = start_daemon
+
+    def close(self) -> None:
+        self.store.close()
+
+    def nudge(self) -> None:
+        """Make sure a daemon runs, then wake it to look at the store."""
+        if self.start_daemon:
+            ensure_daemon(self.home)
+        wake(self.home)
+
+    def submit(self, request: JobRequest) -> int:
+        job_id = self.store.submit(request)
+        self.nudge()
+        return job_id
+
+    def submit_many(self, requests: list[JobRequest]) -> list[int]:
+        ids = self.store.submit_many(requests)
+        self.nudge()
+        return ids
+
+    def control(self, job_id: int, action: str) -> str:
+        """cancel / pause / resume / retry / rm; returns what happened."""
+        result = self.store.request(job_id, action)
+        self.nudge()
+        return result
+
+    def set_priority(self, job_id: int, priority: int) -> None:
+        self.store.set_priority(job_id, priority)
+        self.nudge()
+
+    def wait(self, job_ids: Iterable[int], timeout_s: float | None = None, poll_s: float = 0.05) -> list[Job]:
+        """Block until every job has ended (or the timeout passes); returns their final rows."""
+        ids = list(job_ids)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        version = -1
+        while True:
+            now_version = self.store.data_version()
+            if now_version != version:
+                version = now_version
+                states = self.store.states_of(ids)
+                if all(states.get(i, "succeeded") in SETTLED for i in ids):
+                    break
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            time.sleep(poll_s)
+        return [self.store.get(i) for i in ids if self.store.find(i) is not None]

@@ -1,0 +1,265 @@
+"""Pipeline files: parse and validate the whole TOML first, then run the stages as queue jobs
+(`workbench --batch`), reporting progress on stderr and results on stdout."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from workbench.spec import SpecError, check_keys, coerce
+from workbench.store import ENDED, SETTLED, SUCCEEDED, Job, JobRequest
+from workbench.submit import build_request
+from workbench.units import format_duration
+
+AFTER_KEYS = {"after": "ok", "after_any": "any", "after_fail": "fail"}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One validated `[[stage]]`: its job request(s) and the stages it waits for."""
+
+    name: str
+    requests: tuple[JobRequest, ...]
+    after: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    name: str
+    path: Path
+    stages: tuple[Stage, ...] = field(default=())
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such file") from None
+    except OSError as error:
+        raise SpecError(f"{path}: {error.strerror}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise SpecError(f"{path}: not valid TOML: {error}") from None
+
+
+def _stage_order(stages: dict[str, tuple[tuple[str, str], ...]], path: Path) -> list[str]:
+    """Stages ordered so each comes after its dependencies; refuses cycles, naming them."""
+    order: list[str] = []
+    state: dict[str, str] = {}
+
+    def visit(name: str, trail: list[str]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "visiting":
+            cycle = [*trail[trail.index(name) :], name]
+            raise SpecError(f"{path}: stage '{name}': key 'after': cycle {' -> '.join(cycle)}")
+        state[name] = "visiting"
+        for dep, _ in stages[name]:
+            visit(dep, [*trail, name])
+        state[name] = "done"
+        order.append(name)
+
+    for name in stages:
+        visit(name, [])
+    return order
+
+
+def load_pipeline(path: Path, env: dict[str, str] | None = None) -> Pipeline:
+    """Read and validate a whole pipeline file; any problem raises SpecError naming stage and key."""
+    path = Path(path).resolve()
+    data = _read_toml(path)
+    check_keys(data, ["pipeline", "stage"], str(path))
+    head = coerce(data.get("pipeline", {}), dict[str, Any], f"{path}: [pipeline]")
+    check_keys(head, ["name", "description"], f"{path}: [pipeline]")
+    name = coerce(head.get("name", path.stem), str, f"{path}: [pipeline]: key 'name'")
+    tables = data.get("stage")
+    if not isinstance(tables, list) or not tables:
+        raise SpecError(f"{path}: no [[stage]] tables")
+    base_dir = path.parent
+    built: dict[str, Stage] = {}
+    for number, table in enumerate(tables, 1):
+        if not isinstance(table, dict):
+            raise SpecError(f"{path}: stage #{number}: expected a table")
+        stage_name = table.get("name")
+        if not isinstance(stage_name, str) or not stage_name:
+            raise SpecError(f"{path}: stage #{number}: missing key 'name'")
+        where = f"{path}: stage '{stage_name}'"
+        if stage_name in built:
+            raise SpecError(f"{where}: key 'name': another stage has this name")
+        after: list[tuple[str, str]] = []
+        for key, cond in AFTER_KEYS.items():
+            for dep in coerce(table.get(key, []), list[str], f"{where}: key '{key}'"):
+                after.append((dep, cond))
+        request_table = {k: v for k, v in table.items() if k not in AFTER_KEYS}
+        request_table.setdefault("name", stage_name)
+        request = build_request(
+            request_table, base_dir, where, env, stage=stage_name, fail_unrunnable=True
+        )
+        built[stage_name] = Stage(stage_name, (request,), tuple(after))
+    for stage in built.values():
+        for dep, _ in stage.after:
+            if dep not in built:
+                raise SpecError(f"{path}: stage '{stage.name}': key 'after': no stage named '{dep}'")
+    order = _stage_order({s.name: s.after for s in built.values()}, path)
+    return Pipeline(name, path, tuple(built[n] for n in order))
+
+
+# ---- running --------------------------------------------------------------------------------
+
+
+def _job_line(job: Job) -> dict[str, Any]:
+    duration = None
+    if job.started_at:
+        duration = (job.ended_at or time.time()) - job.started_at
+    return {
+        "stage": job.stage,
+        "job": job.id,
+        "state": job.state,
+        "reason": job.reason,
+        "exit_code": job.exit_code,
+        "duration_s": round(duration, 3) if duration is not None else None,
+        "progress": job.progress,
+        "message": job.progress_msg,
+    }
+
+
+class _Reporter:
+    """Progress to stderr (rich bars on a terminal, plain lines otherwise) or JSON lines to stdout."""
+
+    def __init__(self, json_mode: bool, out: IO[str], err: IO[str]):
+        self.json_mode = json_mode
+        self.out = out
+        self.err = err
+        self.last: dict[int, tuple[str, float | None, str | None]] = {}
+        self.progress: Any = None
+        self.tasks: dict[int, Any] = {}
+        if not json_mode and err.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(
+                TextColumn("{task.fields[stage]:<12}"),
+                BarColumn(),
+                TextColumn("{task.percentage:>3.0f}%"),
+                TextColumn("{task.fields[state]:<10}"),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[message]}"),
+                console=Console(file=err),
+            )
+
+    def __enter__(self) -> _Reporter:
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def emit(self, event: dict[str, Any]) -> None:
+        if self.json_mode:
+            print(json.dumps(event), file=self.out, flush=True)
+
+    def update(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            key = (job.state, job.progress, job.progress_msg)
+            if self.last.get(job.id) == key:
+                continue
+            previous = self.last.get(job.id)
+            self.last[job.id] = key
+            line = _job_line(job)
+            if previous is None or previous[0] != job.state:
+                self.emit({"type": "state", **line})
+                if self.progress is None and not self.json_mode:
+                    reason = f" ({job.reason})" if job.reason and job.state != "running" else ""
+                    print(f"[{job.stage}] job {job.id} {job.state}{reason}", file=self.err, flush=True)
+            elif self.json_mode:
+                self.emit({"type": "progress", **line})
+            if self.progress is not None:
+                if job.id not in self.tasks:
+                    self.tasks[job.id] = self.progress.add_task(
+                        "", total=1.0, stage=job.stage, state=job.state, message=""
+                    )
+                done = 1.0 if job.state == SUCCEEDED else (job.progress or 0.0)
+                message = job.progress_msg or (job.reason if job.state != "running" else "") or ""
+                self.progress.update(
+                    self.tasks[job.id], completed=done, state=job.state, message=message[:60]
+                )
+
+
+def summary_table(pipeline_name: str, jobs: list[Job]) -> str:
+    """The results, as plain text for stdout."""
+    lines = [f"pipeline {pipeline_name}"]
+    width = max((len(j.stage or "") for j in jobs), default=5)
+    for job in jobs:
+        line = _job_line(job)
+        reason = f"  {job.reason}" if job.reason and job.state != SUCCEEDED else ""
+        lines.append(
+            f"  {job.stage or '':<{width}}  job {job.id:<5} {job.state:<10}"
+            f" {format_duration(line['duration_s']):>8}{reason}"
+        )
+    return "\n".join(lines)
+
+
+def run_pipeline(
+    pipeline: Pipeline,
+    submit: Callable[[Pipeline], tuple[int, list[int]]],
+    poll: Callable[[list[int]], list[Job]],
+    cancel: Callable[[int], None],
+    json_mode: bool = False,
+    out: IO[str] = sys.stdout,
+    err: IO[str] = sys.stderr,
+    interval_s: float = 0.1,
+) -> int:
+    """Submit the stages, follow them to the end, print the summary; 0 iff all succeeded.
+
+    Ctrl-C cancels the jobs this run started and waits for them to stop.
+    """
+    pipeline_id, ids = submit(pipeline)
+    with _Reporter(json_mode, out, err) as reporter:
+        reporter.emit({"type": "pipeline", "pipeline": pipeline.name, "id": pipeline_id, "jobs": ids})
+        interrupted = False
+        while True:
+            try:
+                jobs = poll(ids)
+                reporter.update(jobs)
+                if all(j.state in SETTLED for j in jobs):
+                    break
+                time.sleep(interval_s)
+            except KeyboardInterrupt:
+                if interrupted:
+                    raise
+                interrupted = True
+                print("interrupted: cancelling this pipeline's jobs", file=err, flush=True)
+                for job in poll(ids):
+                    if job.state not in ENDED:
+                        try:
+                            cancel(job.id)
+                        except ValueError:
+                            pass
+    jobs = poll(ids)
+    ok = all(j.state == SUCCEEDED for j in jobs) and not interrupted
+    if json_mode:
+        print(
+            json.dumps(
+                {
+                    "type": "summary",
+                    "pipeline": pipeline.name,
+                    "id": pipeline_id,
+                    "ok": ok,
+                    "stages": [_job_line(j) for j in jobs],
+                }
+            ),
+            file=out,
+            flush=True,
+        )
+    else:
+        print(summary_table(pipeline.name, jobs), file=out, flush=True)
+    return 0 if ok else 1

@@ -1,0 +1,115 @@
+"""The one spec validator: TOML tables -> typed dataclasses, with errors that name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class SpecError(ValueError):
+    """A spec or pipeline file that cannot be run; the message names the place and the key."""
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return f"list of {_type_name(item)}"
+    if origin is dict:
+        return "table"
+    names = {str: "string", int: "integer", float: "number", bool: "true/false"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _describe(value: Any) -> str:
+    names = {str: "string", int: "integer", float: "number", bool: "boolean", list: "list"}
+    return f"{names.get(type(value), type(value).__name__)} {value!r}"
+
+
+def coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp`; return it (ints widened to float)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (types.UnionType, typing.Union):
+        errors = []
+        for option in typing.get_args(tp):
+            if option is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return coerce(value, option, where)
+            except SpecError as error:
+                errors.append(error)
+        raise SpecError(f"{where}: expected {_type_name(tp)}, got {_describe(value)}")
+    if origin is typing.Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise SpecError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise SpecError(f"{where}: expected {_type_name(tp)}, got {_describe(value)}")
+        return [coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _key_tp, value_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise SpecError(f"{where}: expected a table, got {_describe(value)}")
+        return {str(k): coerce(v, value_tp, f"{where}.{k}") for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp in (str, bool):
+        if isinstance(value, tp):
+            return value
+    elif dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, dict):
+            raise SpecError(f"{where}: expected a table, got {_describe(value)}")
+        return from_table(tp, value, where)
+    else:
+        raise TypeError(f"unsupported annotation {tp!r}")
+    raise SpecError(f"{where}: expected {_type_name(tp)}, got {_describe(value)}")
+
+
+def check_keys(table: Mapping[str, Any], known: typing.Iterable[str], where: str) -> None:
+    """Refuse keys not in `known`, suggesting the closest known one."""
+    known = list(known)
+    for key in table:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise SpecError(f"{where}: unknown key '{key}'{hint}")
+
+
+def from_table(cls: type[T], table: Mapping[str, Any], where: str, ignore: tuple[str, ...] = ()) -> T:
+    """Build dataclass `cls` from `table`: unknown keys, missing keys and wrong types are refused."""
+    assert dataclasses.is_dataclass(cls)
+    hints = typing.get_type_hints(cls)
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    check_keys({k: v for k, v in table.items() if k not in ignore}, [f.name for f in fields], where)
+    kwargs: dict[str, Any] = {}
+    for field in fields:
+        if field.name in table:
+            kwargs[field.name] = coerce(table[field.name], hints[field.name], f"{where}: key '{field.name}'")
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise SpecError(f"{where}: missing key '{field.name}'")
+    return cls(**kwargs)
+
+
+def to_table(obj: Any) -> dict[str, Any]:
+    """A spec dataclass -> a plain dict (for JSON in the store)."""
+    return dataclasses.asdict(obj)

@@ -1,0 +1,105 @@
+"""Turning a spec table (a pipeline stage, a spec file, CLI flags) into a validated JobRequest."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from workbench.kinds import kind_defaults, validate_spec
+from workbench.spec import SpecError, from_table
+from workbench.store import JobRequest
+from workbench.units import parse_duration, parse_size
+
+
+@dataclass(frozen=True)
+class Options:
+    """Keys every job takes, whatever its kind (resources, queue placement, retries)."""
+
+    kind: str
+    name: str | None = None
+    gpus: float = 0.0
+    gpu_mem: str | int | None = None
+    cpus: float | None = None
+    mem: str | int | None = None
+    priority: int = 0
+    group: str = "default"
+    retries: int = 0
+    time_limit: str | float | None = None
+
+
+OPTION_KEYS = frozenset(f.name for f in fields(Options))
+
+
+def _check_number(value: float, key: str, where: str, allow_fraction: bool = True) -> None:
+    if value < 0:
+        raise SpecError(f"{where}: key '{key}': must not be negative")
+    if key == "gpus" and value > 1 and value != int(value):
+        raise SpecError(f"{where}: key 'gpus': above 1 it must be a whole number, got {value:g}")
+
+
+def build_request(
+    table: dict[str, Any],
+    base_dir: Path,
+    where: str,
+    env: dict[str, str] | None = None,
+    ignore: tuple[str, ...] = (),
+    **extra: Any,
+) -> JobRequest:
+    """Validate one job's table (common keys + its kind's keys) into a request to submit.
+
+    `ignore` names keys the caller handles itself (a pipeline's `after`).
+    """
+    if "kind" not in table:
+        raise SpecError(f"{where}: missing key 'kind'")
+    common = {k: v for k, v in table.items() if k in OPTION_KEYS}
+    rest = {k: v for k, v in table.items() if k not in OPTION_KEYS and k not in ignore}
+    options = from_table(Options, common, where)
+    spec = validate_spec(options.kind, rest, base_dir, where)
+    defaults = kind_defaults(options.kind)
+    _check_number(options.gpus, "gpus", where)
+    try:
+        gpu_mem = parse_size(options.gpu_mem) if options.gpu_mem is not None else None
+        mem = parse_size(options.mem) if options.mem is not None else None
+        time_limit = parse_duration(options.time_limit) if options.time_limit is not None else None
+    except ValueError as error:
+        raise SpecError(f"{where}: {error}") from error
+    cpus = options.cpus if options.cpus is not None else float(defaults.get("cpus", 0))
+    _check_number(cpus, "cpus", where)
+    if options.retries < 0:
+        raise SpecError(f"{where}: key 'retries': must not be negative")
+    captured_env = dict(os.environ if env is None else env)
+    cwd = str(base_dir)
+    argv = None
+    if options.kind == "command":
+        argv = list(spec["argv"])
+        cwd = spec.get("cwd") or cwd
+        captured_env.update(spec.get("env") or {})
+    name = options.name or extra.get("stage") or _default_name(options.kind, spec)
+    return JobRequest(
+        name=name,
+        kind=options.kind,
+        spec=spec,
+        cwd=cwd,
+        env=captured_env,
+        argv=argv,
+        priority=options.priority,
+        group=options.group,
+        gpus=options.gpus,
+        gpu_mem=gpu_mem,
+        cpus=cpus,
+        mem=mem,
+        retries=options.retries,
+        time_limit=time_limit,
+        **extra,
+    )
+
+
+def _default_name(kind: str, spec: dict[str, Any]) -> str:
+    if kind == "command":
+        return " ".join(str(a) for a in spec["argv"])[:60]
+    for key in ("dataset", "model"):
+        if isinstance(spec.get(key), str):
+            return f"{kind} {spec[key]}"
+    return kind
