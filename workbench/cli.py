@@ -20,7 +20,7 @@ from workbench import __version__
 from workbench.client import DaemonUnavailable
 from workbench.paths import Home
 from workbench.spec import SpecError
-from workbench.store import ENDED, SUCCEEDED, Job, JobError, StoreError
+from workbench.store import ENDED, SUCCEEDED, Job, JobError, NoSuchJob, StoreError
 from workbench.units import format_duration, format_size, parse_duration
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DAEMON = 0, 1, 2, 3
@@ -318,15 +318,15 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def _control(action: str) -> Handler:
     def handler(args: argparse.Namespace) -> int:
         client = _client()
-        failed = False
+        code = EXIT_OK
         for job_id in args.ids:
             try:
                 result = client.control(job_id, action)
                 print(f"job {job_id}: {result}")
             except JobError as error:
                 print(f"job {job_id}: {error}", file=sys.stderr)
-                failed = True
-        return EXIT_FAILED if failed else EXIT_OK
+                code = max(code, EXIT_USAGE if isinstance(error, NoSuchJob) else EXIT_FAILED)
+        return code
 
     return handler
 
@@ -618,7 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except JobError as error:
         print(f"workbench: {error}", file=sys.stderr)
-        return EXIT_FAILED if "no job" not in str(error) else EXIT_USAGE
+        return EXIT_USAGE if isinstance(error, NoSuchJob) else EXIT_FAILED
     except StoreError as error:
         print(f"workbench: {error}", file=sys.stderr)
         return EXIT_DAEMON

@@ -213,6 +213,9 @@ def spawn(argv: list[str], env: dict[str, str], cwd: str, run_dir: Path, log_cap
     pid = os.fork()
     if pid == 0:
         code = 1
+        # Drop every descriptor inherited from the daemon (its lock, socket, database): the
+        # wrapper must not keep the daemon's lock alive after the daemon dies.
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
         try:
             code = _wrapper_main(argv, env, cwd, run_dir, log_cap)
         finally:

@@ -110,6 +110,10 @@ class JobError(ValueError):
     """A job-control request that cannot be done (no such job, wrong state)."""
 
 
+class NoSuchJob(JobError):
+    """An id that names no job (a usage error: exit code 2)."""
+
+
 @dataclass(frozen=True)
 class JobRequest:
     """Everything a client decides at submit time."""
@@ -460,7 +464,7 @@ class Store:
             if cond not in DEP_CONDITIONS:
                 raise JobError(f"unknown dependency condition {cond!r}")
             if not conn.execute("SELECT 1 FROM jobs WHERE id=?", (dep_id,)).fetchone():
-                raise JobError(f"dependency {dep_id}: no such job")
+                raise NoSuchJob(f"dependency {dep_id}: no such job")
             conn.execute(
                 "INSERT OR REPLACE INTO job_deps(job_id, dep_id, cond) VALUES (?,?,?)",
                 (job_id, dep_id, cond),
@@ -523,7 +527,7 @@ class Store:
     def get(self, job_id: int) -> Job:
         jobs = self._jobs_where("WHERE id=?", (job_id,))
         if not jobs:
-            raise JobError(f"no job with id {job_id}")
+            raise NoSuchJob(f"no job with id {job_id}")
         return jobs[0]
 
     def find(self, job_id: int) -> Job | None:
@@ -647,7 +651,7 @@ class Store:
         with self.transaction() as conn:
             row = conn.execute("SELECT state, pid FROM jobs WHERE id=?", (job_id,)).fetchone()
             if row is None:
-                raise JobError(f"no job with id {job_id}")
+                raise NoSuchJob(f"no job with id {job_id}")
             state, pid = row
             started = pid is not None
             if action == "cancel":
@@ -727,7 +731,7 @@ class Store:
     def set_priority(self, job_id: int, priority: int) -> None:
         with self.transaction() as conn:
             if not conn.execute("UPDATE jobs SET priority=? WHERE id=?", (priority, job_id)).rowcount:
-                raise JobError(f"no job with id {job_id}")
+                raise NoSuchJob(f"no job with id {job_id}")
 
     # ---- metrics -----------------------------------------------------------------------
 

@@ -1,0 +1,114 @@
+"""Shared fixtures: a temporary WORKBENCH_HOME per test, and a daemon that is always stopped."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from workbench.client import Client
+from workbench.daemon import lock_holder
+from workbench.paths import Home
+from workbench.store import Job
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def stop_daemon(home: Home) -> None:
+    """Stop the daemon of `home`, if any, and wait until it is gone."""
+    pid = lock_holder(home)
+    if not pid or pid < 0:
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and lock_holder(home):
+        time.sleep(0.02)
+    if lock_holder(home):
+        os.kill(pid, signal.SIGKILL)
+
+
+def kill_leftover_jobs(home: Home) -> None:
+    """Kill process groups of jobs a test left running (never leak processes into the next test)."""
+    if not home.state_db.exists():
+        return
+    from workbench.store import Store, StoreError
+
+    try:
+        store = Store.open(home.state_db)
+    except StoreError:
+        return
+    try:
+        for job in store.list_jobs(states=["running", "paused"]):
+            if job.pid:
+                for sig in (signal.SIGCONT, signal.SIGKILL):
+                    try:
+                        os.killpg(job.pid, sig)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Home]:
+    """A fresh WORKBENCH_HOME (short path: Unix socket paths are limited to 108 bytes)."""
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="wb-", dir="/tmp"))
+    monkeypatch.setenv("WORKBENCH_HOME", str(root))
+    monkeypatch.delenv("WORKBENCH_FAKE_NVML", raising=False)
+    the_home = Home(root).ensure()
+    yield the_home
+    stop_daemon(the_home)
+    kill_leftover_jobs(the_home)
+    import shutil
+
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def client(home: Home) -> Iterator[Client]:
+    c = Client(home)
+    yield c
+    c.close()
+
+
+def workbench(*args: str, env: dict[str, str] | None = None, timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI as a subprocess (`python -m workbench ...`)."""
+    return subprocess.run(
+        [sys.executable, "-m", "workbench", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        input=input,
+    )
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.02, what: str = "condition"):  # type: ignore[no-untyped-def]
+    """Poll until predicate() is truthy; fail the test with `what` on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def wait_state(client: Client, job_id: int, states: set[str] | str, timeout: float = 20.0) -> Job:
+    wanted = {states} if isinstance(states, str) else states
+    return wait_for(
+        lambda: (j := client.store.get(job_id)).state in wanted and j,
+        timeout,
+        what=f"job {job_id} to be {'/'.join(sorted(wanted))} (now {client.store.get(job_id).state})",
+    )
