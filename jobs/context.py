@@ -58,7 +58,9 @@ class JobContext:
         """A line in the job's log."""
         print(message, flush=True)
 
-    def progress(self, fraction: float | None, message: str | None = None, force: bool = False) -> None:
+    def progress(
+        self, fraction: float | None, message: str | None = None, force: bool = False
+    ) -> None:
         """Fraction done (0..1) and a short message; written at most 4 times a second."""
         now = time.monotonic()
         if force or fraction == 1.0 or now - self._last_progress >= 0.25:
@@ -102,7 +104,9 @@ class JobContext:
     def stage_job(self, stage: str) -> Job:
         """The job of another stage in the same pipeline run (e.g. `model = "train"`)."""
         if self.job.pipeline_id is None:
-            raise JobFailed(f"{stage!r} names a pipeline stage, but this job is not part of a pipeline")
+            raise JobFailed(
+                f"{stage!r} names a pipeline stage, but this job is not part of a pipeline"
+            )
         row = self.store.conn.execute(
             "SELECT id FROM jobs WHERE pipeline_id=? AND stage=? ORDER BY id DESC LIMIT 1",
             (self.job.pipeline_id, stage),
@@ -115,5 +119,3 @@ class JobContext:
         """Record why the job failed (the daemon shows it as the job's reason)."""
         (self.run_dir / FAILURE_FILE).write_text(message)
         print(f"error: {message}", file=sys.stderr, flush=True)
-
-

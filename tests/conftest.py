@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from workbench.client import Client
-from workbench.daemon import lock_holder
+from workbench.daemonlink import lock_holder
 from workbench.paths import Home
 from workbench.store import Job
 
@@ -82,7 +82,9 @@ def client(home: Home) -> Iterator[Client]:
     c.close()
 
 
-def workbench(*args: str, env: dict[str, str] | None = None, timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess[str]:
+def workbench(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the real CLI as a subprocess (`python -m workbench ...`)."""
     return subprocess.run(
         [sys.executable, "-m", "workbench", *args],
@@ -106,9 +108,18 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.02, what: str
 
 
 def wait_state(client: Client, job_id: int, states: set[str] | str, timeout: float = 20.0) -> Job:
+    """Wait for a job to reach one of `states` (a running job: once its pid is recorded too)."""
     wanted = {states} if isinstance(states, str) else states
-    return wait_for(
-        lambda: (j := client.store.get(job_id)).state in wanted and j,
+
+    def reached() -> Job | None:
+        job = client.store.get(job_id)
+        if job.state not in wanted or (job.state == "running" and job.pid is None):
+            return None
+        return job
+
+    result: Job = wait_for(
+        reached,
         timeout,
         what=f"job {job_id} to be {'/'.join(sorted(wanted))} (now {client.store.get(job_id).state})",
     )
+    return result

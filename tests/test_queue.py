@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -12,10 +13,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from conftest import stop_daemon, wait_for, wait_state, workbench
+
 from workbench.client import Client, ensure_daemon
-from workbench.daemon import lock_holder
+from workbench.daemonlink import lock_holder
 from workbench.paths import Home
 from workbench.store import JobRequest, Store, StoreError
 from workbench.submit import build_request
@@ -64,20 +65,33 @@ def test_cancel_kills_grandchildren(client: Client, home: Home) -> None:
     fast_config(home)
     job_id = command(client, ["sh", "-c", "sleep 300 & sleep 300 & wait"])
     job = wait_state(client, job_id, "running")
-    wait_for(lambda: len(psutil.Process(job.pid).children(recursive=True)) >= 3, what="grandchildren")
+    wait_for(
+        lambda: len(psutil.Process(job.pid).children(recursive=True)) >= 3, what="grandchildren"
+    )
     family = [p.pid for p in psutil.Process(job.pid).children(recursive=True)]
     assert client.control(job_id, "cancel") == "cancelling"
     ended = wait_state(client, job_id, "cancelled")
     assert "cancelled" in (ended.reason or "")
-    wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in family),
-             what="every process of the job to be gone")
+    wait_for(
+        lambda: (
+            not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in family)
+        ),
+        what="every process of the job to be gone",
+    )
 
 
 def test_cancel_escalates_to_sigkill_after_the_grace(client: Client, home: Home) -> None:
     fast_config(home)
-    job_id = command(client, ["sh", "-c", "trap '' TERM; echo ready; while true; do sleep 0.1; done"])
-    wait_for(lambda: (client.home.run_dir(job_id) / "log").exists()
-             and "ready" in (client.home.run_dir(job_id) / "log").read_text(), what="job ready")
+    job_id = command(
+        client, ["sh", "-c", "trap '' TERM; echo ready; while true; do sleep 0.1; done"]
+    )
+    wait_for(
+        lambda: (
+            (client.home.run_dir(job_id) / "log").exists()
+            and "ready" in (client.home.run_dir(job_id) / "log").read_text()
+        ),
+        what="job ready",
+    )
     started = time.monotonic()
     client.control(job_id, "cancel")
     ended = wait_state(client, job_id, "cancelled", timeout=15)
@@ -128,7 +142,9 @@ def test_dependencies_of_every_kind(client: Client) -> None:
 
 def test_automatic_retries_then_success(client: Client, tmp_path: Path) -> None:
     marker = tmp_path / "count"
-    script = f"n=$(cat {marker} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {marker}; [ $n -ge 3 ]"
+    script = (
+        f"n=$(cat {marker} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {marker}; [ $n -ge 3 ]"
+    )
     job_id = command(client, ["sh", "-c", script], retries=3)
     job = wait_state(client, job_id, "succeeded")
     assert job.attempt == 3
@@ -170,14 +186,17 @@ def test_group_parallel_limit(client: Client) -> None:
     jobs = client.wait(ids, timeout_s=20)
     assert all(j.state == "succeeded" for j in jobs)
     spans = sorted((j.started_at, j.ended_at) for j in jobs)
-    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+    for (_, end), (start, _) in itertools.pairwise(spans):
         assert start >= end - 0.05  # never two at once
 
 
 def test_drain_mode_starts_nothing_new(client: Client) -> None:
     client.store.set_setting("drain", "1")
     job_id = command(client, ["true"])
-    wait_for(lambda: client.store.get(job_id).reason == "drain mode: nothing new starts", what="drain reason")
+    wait_for(
+        lambda: client.store.get(job_id).reason == "drain mode: nothing new starts",
+        what="drain reason",
+    )
     client.store.set_setting("drain", "0")
     client.nudge()
     wait_state(client, job_id, "succeeded")
@@ -195,7 +214,9 @@ def test_priority_orders_the_queue(client: Client) -> None:
 
 def test_gpu_job_without_gpu_waits_with_reason(client: Client) -> None:
     job_id = command(client, ["true"], gpus=1)
-    wait_for(lambda: client.store.get(job_id).reason == "no GPU on this machine", what="no GPU reason")
+    wait_for(
+        lambda: client.store.get(job_id).reason == "no GPU on this machine", what="no GPU reason"
+    )
     assert client.store.get(job_id).state == "queued"
     listing = workbench("ls", "--json")
     assert json.loads(listing.stdout)[0]["reason"] == "no GPU on this machine"
@@ -223,7 +244,9 @@ def _submit_many(home: str, count: int, tag: str) -> subprocess.Popen[str]:
         f"for i in range({count}):\n"
         f"    c.store.submit(build_request({{'kind': 'command', 'argv': ['true'], 'name': '{tag}-%d' % i}}, Path('.'), 'x', env={{}}, paused=True))\n"
     )
-    return subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "WORKBENCH_HOME": home}, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code], env={**os.environ, "WORKBENCH_HOME": home}, text=True
+    )
 
 
 def test_two_clients_submitting_500_each_lose_nothing(home: Home) -> None:
@@ -236,9 +259,13 @@ def test_two_clients_submitting_500_each_lose_nothing(home: Home) -> None:
     assert {f"a-{i}" for i in range(500)} | {f"b-{i}" for i in range(500)} == names
 
 
-def test_daemon_kill9_then_restart_readopts_and_loses_nothing(client: Client, home: Home, tmp_path: Path) -> None:
+def test_daemon_kill9_then_restart_readopts_and_loses_nothing(
+    client: Client, home: Home, tmp_path: Path
+) -> None:
     gate = tmp_path / "go"
-    running = command(client, ["sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done; echo finished; exit 7"])
+    running = command(
+        client, ["sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done; echo finished; exit 7"]
+    )
     job = wait_state(client, running, "running")
     client.store.set_setting("drain", "1")
     queued = command(client, ["true"])
@@ -248,7 +275,9 @@ def test_daemon_kill9_then_restart_readopts_and_loses_nothing(client: Client, ho
     wait_for(lambda: not lock_holder(home), what="the daemon to die")
     assert psutil.pid_exists(job.pid)  # the job outlives its daemon
     gate.touch()
-    wait_for(lambda: (home.run_dir(running) / "exit.json").exists(), what="the job to finish unwatched")
+    wait_for(
+        lambda: (home.run_dir(running) / "exit.json").exists(), what="the job to finish unwatched"
+    )
     client.store.set_setting("drain", "0")
     ensure_daemon(home)
     ended = wait_state(client, running, "failed")
@@ -257,7 +286,9 @@ def test_daemon_kill9_then_restart_readopts_and_loses_nothing(client: Client, ho
     wait_state(client, queued, "succeeded")
 
 
-def test_restarted_daemon_follows_a_still_running_job_to_its_end(client: Client, home: Home, tmp_path: Path) -> None:
+def test_restarted_daemon_follows_a_still_running_job_to_its_end(
+    client: Client, home: Home, tmp_path: Path
+) -> None:
     gate = tmp_path / "go"
     job_id = command(client, ["sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done; exit 0"])
     wait_state(client, job_id, "running")
@@ -276,7 +307,10 @@ def test_job_whose_process_vanished_is_failed_with_a_reason(client: Client, home
     os.kill(lock_holder(home) or 0, signal.SIGKILL)
     wait_for(lambda: not lock_holder(home), what="the daemon to die")
     os.killpg(job.pid, signal.SIGKILL)  # wrapper and job die together: no exit status recorded
-    wait_for(lambda: not psutil.pid_exists(job.pid) or psutil.Process(job.pid).status() == "zombie", what="gone")
+    wait_for(
+        lambda: not psutil.pid_exists(job.pid) or psutil.Process(job.pid).status() == "zombie",
+        what="gone",
+    )
     ensure_daemon(home)
     failed = wait_state(client, job_id, "failed")
     assert failed.reason is not None and failed.reason.startswith("lost:")
@@ -311,7 +345,9 @@ def test_submit_refuses_bad_input_with_exit_2(home: Home) -> None:
 
 
 def test_request_records_resources(client: Client) -> None:
-    request = JobRequest("x", "command", {"argv": ["true"]}, "/", {}, argv=["true"], cpus=1, mem=1024)
+    request = JobRequest(
+        "x", "command", {"argv": ["true"]}, "/", {}, argv=["true"], cpus=1, mem=1024
+    )
     job_id = client.submit(request)
     job = wait_state(client, job_id, "succeeded")
     assert job.cpus == 1 and job.mem == 1024 and job.granted_gpus == []

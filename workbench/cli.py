@@ -78,7 +78,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         base_dir = spec_path.parent
         where = str(spec_path)
         after_from_file = table.pop("after", [])
-        if not isinstance(after_from_file, list) or not all(isinstance(a, int) for a in after_from_file):
+        if not isinstance(after_from_file, list) or not all(
+            isinstance(a, int) for a in after_from_file
+        ):
             raise SpecError(f"{where}: key 'after': expected a list of job ids")
     else:
         if not args.command:
@@ -178,7 +180,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
     now = time.time()
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in ("id", "name", "kind", "state", "resources", "progress", "age", "reason"):
-        table.add_column(column, overflow="fold" if column == "reason" else "ellipsis", no_wrap=column != "reason")
+        table.add_column(
+            column,
+            overflow="fold" if column == "reason" else "ellipsis",
+            no_wrap=column != "reason",
+        )
     for job in jobs:
         style = STATE_STYLES.get(job.state, "")
         reason = job.reason if job.state not in ("running", "succeeded") else ""
@@ -228,8 +234,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     else:
         console.print(f"  spec:      {json.dumps(job.spec)}")
     console.print(f"  cwd:       {job.cwd}")
-    console.print(f"  resources: asked {_resources(job)}; granted GPUs {job.granted_gpus if job.granted_gpus is not None else '-'}")
-    console.print(f"  queue:     group {job.group}, priority {job.priority}, attempt {job.attempt} of {job.retries + 1}")
+    console.print(
+        f"  resources: asked {_resources(job)}; granted GPUs {job.granted_gpus if job.granted_gpus is not None else '-'}"
+    )
+    console.print(
+        f"  queue:     group {job.group}, priority {job.priority}, attempt {job.attempt} of {job.retries + 1}"
+    )
     if job.deps:
         console.print("  after:     " + ", ".join(f"{d} ({c})" for d, c in job.deps))
     if job.time_limit:
@@ -244,7 +254,13 @@ def cmd_show(args: argparse.Namespace) -> int:
     if job.progress is not None or job.progress_msg:
         console.print(f"  progress:  {_progress(job)}")
     if metrics:
-        console.print("  metrics:   " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items())))
+        console.print(
+            "  metrics:   "
+            + ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in sorted(metrics.items())
+            )
+        )
     console.print(f"  run dir:   {run_dir}")
     console.print("  history:")
     for event in events:
@@ -368,20 +384,25 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from workbench.daemon import lock_holder, serve, wake
+    from workbench.daemonlink import lock_holder, wake
 
     home = Home.current()
     if args.action == "run":
+        from workbench.daemon import serve
+
         return serve(home)
     if args.action == "start":
         from workbench.client import ensure_daemon
 
-        pid = ensure_daemon(home.ensure())
-        print(f"daemon running (pid {pid})")
+        started_pid = ensure_daemon(home.ensure())
+        print(f"daemon running (pid {started_pid})")
         return EXIT_OK
+    pid = lock_holder(home)
     if args.action == "status":
-        pid = lock_holder(home)
-        info: dict[str, Any] = {"running": bool(pid and pid > 0), "pid": pid if pid and pid > 0 else None}
+        info: dict[str, Any] = {
+            "running": bool(pid and pid > 0),
+            "pid": pid if pid and pid > 0 else None,
+        }
         if home.state_db.exists():
             client = _client(start_daemon=False)
             info["drain"] = client.store.get_setting("drain") == "1"
@@ -398,7 +419,6 @@ def cmd_daemon(args: argparse.Namespace) -> int:
                 print("jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(info["jobs"].items())))
         return EXIT_OK
     if args.action == "stop":
-        pid = lock_holder(home)
         if not pid or pid < 0:
             print("daemon not running")
             return EXIT_OK
@@ -415,7 +435,11 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         client = _client()
         client.store.set_setting("drain", "1" if args.action == "drain" else "0")
         wake(home)
-        print("drain mode on: running jobs finish, nothing new starts" if args.action == "drain" else "drain mode off")
+        print(
+            "drain mode on: running jobs finish, nothing new starts"
+            if args.action == "drain"
+            else "drain mode off"
+        )
         return EXIT_OK
     raise UsageError(f"unknown daemon action {args.action}")
 
@@ -512,7 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"workbench {__version__}")
     parser.add_argument("--batch", metavar="PIPELINE.toml", help="run a pipeline headless and exit")
-    parser.add_argument("--json", action="store_true", help="with --batch: one JSON object per event")
+    parser.add_argument(
+        "--json", action="store_true", help="with --batch: one JSON object per event"
+    )
     sub = parser.add_subparsers(dest="command_name", metavar="COMMAND")
 
     p = sub.add_parser("submit", help="queue a job: -- CMD ARG... or --spec FILE.toml")
@@ -524,7 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mem", help="host memory, e.g. 4GiB")
     p.add_argument("--after", action="append", metavar="ID", help="start after job ID succeeded")
     p.add_argument("--after-any", action="append", metavar="ID", help="start after job ID ended")
-    p.add_argument("--after-fail", action="append", metavar="ID", help="start only if job ID failed")
+    p.add_argument(
+        "--after-fail", action="append", metavar="ID", help="start only if job ID failed"
+    )
     p.add_argument("--priority", type=int, help="higher starts first (default 0)")
     p.add_argument("--group")
     p.add_argument("--retries", type=int, help="automatic retries after a failure")
@@ -547,7 +575,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="one job: spec, history, resources, metrics, paths")
     p.add_argument("id", type=int)
     p.add_argument("--json", action="store_true")
-    p.add_argument("--env", action="store_true", help="with --json: include the captured environment")
+    p.add_argument(
+        "--env", action="store_true", help="with --json: include the captured environment"
+    )
     p.set_defaults(handler=cmd_show)
 
     p = sub.add_parser("logs", help="a job's log")

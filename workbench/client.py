@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Iterable
 
-from workbench.daemon import lock_holder, wake
+from workbench.daemonlink import lock_holder, wake
 from workbench.paths import Home
 from workbench.store import SETTLED, Job, JobRequest, Store
 
@@ -62,7 +62,9 @@ def ensure_daemon(home: Home, timeout_s: float = 20.0) -> int:
                 continue
             raise DaemonUnavailable(f"the daemon could not start:\n{detail}")
         time.sleep(0.01)
-    raise DaemonUnavailable(f"the daemon did not become ready within {timeout_s:.0f}s (see {home.daemon_log})")
+    raise DaemonUnavailable(
+        f"the daemon did not become ready within {timeout_s:.0f}s (see {home.daemon_log})"
+    )
 
 
 class Client:
@@ -102,7 +104,9 @@ class Client:
         self.store.set_priority(job_id, priority)
         self.nudge()
 
-    def wait(self, job_ids: Iterable[int], timeout_s: float | None = None, poll_s: float = 0.05) -> list[Job]:
+    def wait(
+        self, job_ids: Iterable[int], timeout_s: float | None = None, poll_s: float = 0.05
+    ) -> list[Job]:
         """Block until every job has ended (or the timeout passes); returns their final rows."""
         ids = list(job_ids)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s

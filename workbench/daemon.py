@@ -45,33 +45,6 @@ class Tracked:
     timed_out: bool = False
 
 
-def lock_holder(home: Home) -> int | None:
-    """The pid of the running daemon of this home, or None if none holds the lock."""
-    if not home.lock.exists():
-        return None
-    fd = os.open(home.lock, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = home.lock.read_text().strip()
-            return int(text) if text.isdigit() else -1
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
-
-
-def wake(home: Home) -> None:
-    """Nudge the daemon (a datagram on its socket); harmless if none is listening."""
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.setblocking(False)
-            sock.sendto(b"w", str(home.socket))
-    except OSError:
-        pass
-
-
 class Daemon:
     """One supervisor process. Single-threaded: job wrappers are forked from it."""
 
@@ -113,7 +86,10 @@ class Daemon:
         try:
             sock.bind(str(self.home.socket))
         except OSError as error:
-            print(f"workbench daemon: cannot bind {self.home.socket} ({error}); polling instead", file=sys.stderr)
+            print(
+                f"workbench daemon: cannot bind {self.home.socket} ({error}); polling instead",
+                file=sys.stderr,
+            )
             sock.close()
             return
         os.chmod(self.home.socket, 0o600)
@@ -199,10 +175,14 @@ class Daemon:
         fields = {"exit_code": status.code, "ended_at": status.ended_at or time.time()}
         live = [RUNNING, PAUSED]
         if job.intent == "cancel" and not tracked.timed_out:
-            self.store.set_state(job.id, CANCELLED, f"cancelled ({status.describe()})", expect=live, **fields)
+            self.store.set_state(
+                job.id, CANCELLED, f"cancelled ({status.describe()})", expect=live, **fields
+            )
         elif tracked.timed_out:
             limit = format_duration(job.time_limit)
-            self.store.set_state(job.id, FAILED, f"time limit of {limit} exceeded", expect=live, **fields)
+            self.store.set_state(
+                job.id, FAILED, f"time limit of {limit} exceeded", expect=live, **fields
+            )
         elif status.ok:
             self.store.set_state(job.id, SUCCEEDED, status.describe(), expect=live, **fields)
         else:
@@ -211,7 +191,8 @@ class Daemon:
             self.store.set_state(job.id, FAILED, reason, expect=live, **fields)
             if job.attempt <= job.retries:
                 self.store.requeue(
-                    job.id, f"automatic retry {job.attempt}/{job.retries} after it {status.describe()}"
+                    job.id,
+                    f"automatic retry {job.attempt}/{job.retries} after it {status.describe()}",
                 )
 
     # ---- intents, limits ---------------------------------------------------------------
@@ -266,7 +247,9 @@ class Daemon:
         assert self.gpus is not None
         slots = []
         for gpu in self.gpus.sample():
-            slots.append(scheduler.GpuSlot(gpu.index, gpu.memory_total_bytes, gpu.memory_used_bytes))
+            slots.append(
+                scheduler.GpuSlot(gpu.index, gpu.memory_total_bytes, gpu.memory_used_bytes)
+            )
         self.gpu_slots = tuple(slots)
         self._next_sample = time.monotonic() + self.config.sample_interval_s
 
@@ -275,7 +258,9 @@ class Daemon:
         if not queued:
             return
         holding = [
-            scheduler.Holding(j.id, j.group, tuple(j.granted_gpus or ()), j.gpus, j.gpu_mem, j.cpus, j.mem)
+            scheduler.Holding(
+                j.id, j.group, tuple(j.granted_gpus or ()), j.gpus, j.gpu_mem, j.cpus, j.mem
+            )
             for j in active
             if j.state in (RUNNING, PAUSED)
         ]
@@ -290,7 +275,17 @@ class Daemon:
         by_id = {j.id: j for j in queued}
         for decision in scheduler.plan(
             [
-                scheduler.Want(j.id, j.priority, j.group, j.gpus, j.gpu_mem, j.cpus, j.mem, j.deps, j.fail_unrunnable)
+                scheduler.Want(
+                    j.id,
+                    j.priority,
+                    j.group,
+                    j.gpus,
+                    j.gpu_mem,
+                    j.cpus,
+                    j.mem,
+                    j.deps,
+                    j.fail_unrunnable,
+                )
                 for j in queued
             ],
             holding,
@@ -312,7 +307,12 @@ class Daemon:
     def _launch(self, job: Job, gpu_indices: tuple[int, ...]) -> None:
         now = time.time()
         if not self.store.set_state(
-            job.id, RUNNING, "started", expect=[QUEUED], started_at=now, granted_gpus=list(gpu_indices)
+            job.id,
+            RUNNING,
+            "started",
+            expect=[QUEUED],
+            started_at=now,
+            granted_gpus=list(gpu_indices),
         ):
             return  # cancelled or paused by a client in the meantime
         job = self.store.get(job.id)
@@ -342,7 +342,7 @@ class Daemon:
 
     def _pass(self) -> None:
         now = time.time()
-        active = self.store.active_jobs()
+        active = self.store.active_jobs(light=True)
         self._carry_out_intents(active, now)
         self._enforce_deadlines(now)
         self._schedule(active)

@@ -27,7 +27,9 @@ def kind_names() -> list[str]:
 def load_kind(kind: str, where: str = "spec") -> ModuleType:
     """Import a kind's module (lazily: `workbench` never imports `jobs` at start-up)."""
     if kind not in KINDS:
-        raise SpecError(f"{where}: key 'kind': unknown kind {kind!r} (known: {', '.join(kind_names())})")
+        raise SpecError(
+            f"{where}: key 'kind': unknown kind {kind!r} (known: {', '.join(kind_names())})"
+        )
     return importlib.import_module(KINDS[kind])
 
 

@@ -106,7 +106,9 @@ def load_pipeline(path: Path, env: dict[str, str] | None = None) -> Pipeline:
     for stage in built.values():
         for dep, _ in stage.after:
             if dep not in built:
-                raise SpecError(f"{path}: stage '{stage.name}': key 'after': no stage named '{dep}'")
+                raise SpecError(
+                    f"{path}: stage '{stage.name}': key 'after': no stage named '{dep}'"
+                )
     order = _stage_order({s.name: s.after for s in built.values()}, path)
     return Pipeline(name, path, tuple(built[n] for n in order))
 
@@ -179,7 +181,9 @@ class _Reporter:
                 self.emit({"type": "state", **line})
                 if self.progress is None and not self.json_mode:
                     reason = f" ({job.reason})" if job.reason and job.state != "running" else ""
-                    print(f"[{job.stage}] job {job.id} {job.state}{reason}", file=self.err, flush=True)
+                    print(
+                        f"[{job.stage}] job {job.id} {job.state}{reason}", file=self.err, flush=True
+                    )
             elif self.json_mode:
                 self.emit({"type": "progress", **line})
             if self.progress is not None:
@@ -223,27 +227,32 @@ def run_pipeline(
     Ctrl-C cancels the jobs this run started and waits for them to stop.
     """
     pipeline_id, ids = submit(pipeline)
+    interrupted = False
     with _Reporter(json_mode, out, err) as reporter:
-        reporter.emit({"type": "pipeline", "pipeline": pipeline.name, "id": pipeline_id, "jobs": ids})
-        interrupted = False
-        while True:
-            try:
+
+        def follow() -> None:
+            while True:
                 jobs = poll(ids)
                 reporter.update(jobs)
                 if all(j.state in SETTLED for j in jobs):
-                    break
+                    return
                 time.sleep(interval_s)
-            except KeyboardInterrupt:
-                if interrupted:
-                    raise
-                interrupted = True
-                print("interrupted: cancelling this pipeline's jobs", file=err, flush=True)
-                for job in poll(ids):
-                    if job.state not in ENDED:
-                        try:
-                            cancel(job.id)
-                        except ValueError:
-                            pass
+
+        try:
+            reporter.emit(
+                {"type": "pipeline", "pipeline": pipeline.name, "id": pipeline_id, "jobs": ids}
+            )
+            follow()
+        except KeyboardInterrupt:
+            interrupted = True
+            print("interrupted: cancelling this pipeline's jobs", file=err, flush=True)
+            for job in poll(ids):
+                if job.state not in ENDED:
+                    try:
+                        cancel(job.id)
+                    except ValueError:
+                        pass
+            follow()  # a second Ctrl-C leaves at once
     jobs = poll(ids)
     ok = all(j.state == SUCCEEDED for j in jobs) and not interrupted
     if json_mode:

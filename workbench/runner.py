@@ -148,12 +148,16 @@ class _CappedLog:
 def _write_exit(run_dir: Path, status: ExitStatus) -> None:
     tmp = run_dir / (EXIT_FILE + ".tmp")
     tmp.write_text(
-        json.dumps({"exit_code": status.exit_code, "signal": status.signal, "ended_at": status.ended_at})
+        json.dumps(
+            {"exit_code": status.exit_code, "signal": status.signal, "ended_at": status.ended_at}
+        )
     )
     os.replace(tmp, run_dir / EXIT_FILE)
 
 
-def _wrapper_main(argv: list[str], env: dict[str, str], cwd: str, run_dir: Path, log_cap: int) -> int:
+def _wrapper_main(
+    argv: list[str], env: dict[str, str], cwd: str, run_dir: Path, log_cap: int
+) -> int:
     """Runs in the forked wrapper: start the job, pump its output into the log, record its end."""
     os.setsid()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -117,7 +117,10 @@ def _dependency_verdict(want: Want, dep_states: Mapping[int, str]) -> tuple[str,
         waiting.append(dep_id)
     if waiting:
         listed = ", ".join(str(d) for d in waiting)
-        return "wait", f"waiting for {'dependency' if len(waiting) == 1 else 'dependencies'} {listed}"
+        return (
+            "wait",
+            f"waiting for {'dependency' if len(waiting) == 1 else 'dependencies'} {listed}",
+        )
     return "ready", None
 
 
@@ -130,7 +133,11 @@ def _never_fits(want: Want, res: Resources) -> str | None:
         return "no working GPU (all GPUs report errors)"
     if want.gpus > len(healthy):
         return f"needs {want.gpus:g} GPUs, this machine has {len(healthy)}"
-    if want.gpu_mem and want.gpus > 0 and not any(g.memory_total_bytes >= want.gpu_mem for g in healthy):
+    if (
+        want.gpu_mem
+        and want.gpus > 0
+        and not any(g.memory_total_bytes >= want.gpu_mem for g in healthy)
+    ):
         return f"needs {format_size(want.gpu_mem)} of GPU memory, the largest GPU has {format_size(max(g.memory_total_bytes for g in healthy))}"
     if want.cpus > res.cpus:
         return f"needs {want.cpus:g} CPUs, this machine has {res.cpus}"
@@ -176,7 +183,9 @@ class _Ledger:
     def pick_gpus(self, want: Want) -> tuple[int, ...] | None:
         """Whole GPUs for gpus >= 1; one shared GPU for a fraction, packed while memory fits."""
         healthy = [g for g in self.res.gpus if g.healthy]
-        mem_ok = [g for g in healthy if not want.gpu_mem or self.free_gpu_mem_bytes(g) >= want.gpu_mem]
+        mem_ok = [
+            g for g in healthy if not want.gpu_mem or self.free_gpu_mem_bytes(g) >= want.gpu_mem
+        ]
         if want.gpus >= 1:
             count = math.ceil(want.gpus)
             free = [g.index for g in mem_ok if self.share[g.index] == 0]
@@ -233,7 +242,9 @@ def plan(
             continue
         limit = settings.group_limits.get(want.group, settings.default_parallel)
         if limit and ledger.groups.get(want.group, 0) >= limit:
-            decisions.append(Wait(want.id, f"group '{want.group}' is at its limit of {limit} running"))
+            decisions.append(
+                Wait(want.id, f"group '{want.group}' is at its limit of {limit} running")
+            )
             continue
         if want.cpus and ledger.cpus + want.cpus > res.cpus + 1e-9:
             free = max(res.cpus - ledger.cpus, 0)
@@ -242,7 +253,10 @@ def plan(
         if want.mem and res.mem_bytes and ledger.mem + want.mem > res.mem_bytes:
             free_mem = max(res.mem_bytes - ledger.mem, 0)
             decisions.append(
-                Wait(want.id, f"waiting for {format_size(want.mem)} of memory ({format_size(free_mem)} free)")
+                Wait(
+                    want.id,
+                    f"waiting for {format_size(want.mem)} of memory ({format_size(free_mem)} free)",
+                )
             )
             continue
         indices: tuple[int, ...] = ()

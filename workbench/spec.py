@@ -95,7 +95,9 @@ def check_keys(table: Mapping[str, Any], known: typing.Iterable[str], where: str
             raise SpecError(f"{where}: unknown key '{key}'{hint}")
 
 
-def from_table(cls: type[T], table: Mapping[str, Any], where: str, ignore: tuple[str, ...] = ()) -> T:
+def from_table(
+    cls: type[T], table: Mapping[str, Any], where: str, ignore: tuple[str, ...] = ()
+) -> T:
     """Build dataclass `cls` from `table`: unknown keys, missing keys and wrong types are refused."""
     assert dataclasses.is_dataclass(cls)
     hints = typing.get_type_hints(cls)
@@ -104,7 +106,9 @@ def from_table(cls: type[T], table: Mapping[str, Any], where: str, ignore: tuple
     kwargs: dict[str, Any] = {}
     for field in fields:
         if field.name in table:
-            kwargs[field.name] = coerce(table[field.name], hints[field.name], f"{where}: key '{field.name}'")
+            kwargs[field.name] = coerce(
+                table[field.name], hints[field.name], f"{where}: key '{field.name}'"
+            )
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise SpecError(f"{where}: missing key '{field.name}'")
     return cls(**kwargs)

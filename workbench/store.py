@@ -370,7 +370,9 @@ class Store:
         try:
             if path.stat().st_size == 0:
                 raise sqlite3.DatabaseError("file is empty")
-            conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(
+                path, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
             conn.execute("PRAGMA busy_timeout=30000")
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode != "wal":
@@ -382,7 +384,9 @@ class Store:
                     raise sqlite3.DatabaseError("; ".join(str(r[0]) for r in result[:3]))
             _migrate(conn)
         except sqlite3.DatabaseError as error:
-            raise StoreError(f"state file unreadable ({error}).\n{recovery_advice(path)}") from error
+            raise StoreError(
+                f"state file unreadable ({error}).\n{recovery_advice(path)}"
+            ) from error
         return cls(conn, path)
 
     def close(self) -> None:
@@ -427,7 +431,9 @@ class Store:
 
     def set_group(self, name: str, parallel: int) -> None:
         with self.transaction() as conn:
-            conn.execute("INSERT OR REPLACE INTO groups(name, parallel) VALUES (?, ?)", (name, parallel))
+            conn.execute(
+                "INSERT OR REPLACE INTO groups(name, parallel) VALUES (?, ?)", (name, parallel)
+            )
 
     # ---- submit ------------------------------------------------------------------------
 
@@ -535,10 +541,14 @@ class Store:
         return jobs[0] if jobs else None
 
     def list_jobs(
-        self, states: Iterable[str] | None = None, limit: int | None = None, pipeline_id: int | None = None
+        self,
+        states: Iterable[str] | None = None,
+        limit: int | None = None,
+        pipeline_id: int | None = None,
     ) -> list[Job]:
         """Jobs by id, newest last; `limit` keeps the newest N."""
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[Any] = []
         if states is not None:
             states = list(states)
             clauses.append(f"state IN ({','.join('?' * len(states))})")
@@ -552,11 +562,18 @@ class Store:
             return list(reversed(self._jobs_where(where, params)))
         return self._jobs_where(where + " ORDER BY id", params)
 
-    def active_jobs(self) -> list[Job]:
-        """Queued, running, paused and blocked jobs (uses the partial index)."""
-        return self._jobs_where(
-            "WHERE state IN ('queued', 'running', 'paused', 'blocked') ORDER BY id"
-        )
+    def active_jobs(self, light: bool = False) -> list[Job]:
+        """Queued, running, paused and blocked jobs (uses the partial index).
+
+        `light` leaves out the captured environment and the spec (empty dicts): the daemon's
+        scheduling pass reads every active job on each wake and needs neither."""
+        where = "WHERE state IN ('queued', 'running', 'paused', 'blocked') ORDER BY id"
+        if not light:
+            return self._jobs_where(where)
+        columns = _JOB_COLUMNS.replace(" spec,", " '{}',").replace(" env,", " '{}',")
+        rows = self.conn.execute(f"SELECT {columns} FROM jobs {where}").fetchall()
+        deps = self._deps_for(r[0] for r in rows)
+        return [_job_from_row(r, deps[r[0]]) for r in rows]
 
     def states_of(self, ids: Iterable[int]) -> dict[int, str]:
         """Current state per job id (ids that no longer exist are absent)."""
@@ -566,7 +583,9 @@ class Store:
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
             out.update(
-                self.conn.execute(f"SELECT id, state FROM jobs WHERE id IN ({marks})", chunk).fetchall()
+                self.conn.execute(
+                    f"SELECT id, state FROM jobs WHERE id IN ({marks})", chunk
+                ).fetchall()
             )
         return out
 
@@ -577,7 +596,9 @@ class Store:
         return [JobEvent(*r) for r in rows]
 
     def dependents(self, job_id: int) -> list[int]:
-        return [r[0] for r in self.conn.execute("SELECT job_id FROM job_deps WHERE dep_id=?", (job_id,))]
+        return [
+            r[0] for r in self.conn.execute("SELECT job_id FROM job_deps WHERE dep_id=?", (job_id,))
+        ]
 
     def counts_by_state(self) -> dict[str, int]:
         return dict(self.conn.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall())
@@ -585,7 +606,9 @@ class Store:
     # ---- state changes -----------------------------------------------------------------
 
     @staticmethod
-    def _event(conn: sqlite3.Connection, job_id: int, state: str, reason: str | None, now: float) -> None:
+    def _event(
+        conn: sqlite3.Connection, job_id: int, state: str, reason: str | None, now: float
+    ) -> None:
         conn.execute(
             "INSERT INTO job_events(job_id, t, state, reason) VALUES (?,?,?,?)",
             (job_id, now, state, reason),
@@ -608,7 +631,9 @@ class Store:
             columns.setdefault("intent", None)
         for key, value in columns.items():
             sets.append(f"{key}=?")
-            params.append(json.dumps(value) if key == "granted_gpus" and value is not None else value)
+            params.append(
+                json.dumps(value) if key == "granted_gpus" and value is not None else value
+            )
         where = "id=?"
         params.append(job_id)
         if expect is not None:
@@ -616,7 +641,9 @@ class Store:
             where += f" AND state IN ({','.join('?' * len(expect))})"
             params.extend(expect)
         with self.transaction() as conn:
-            changed = conn.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE {where}", params).rowcount
+            changed = conn.execute(
+                f"UPDATE jobs SET {', '.join(sets)} WHERE {where}", params
+            ).rowcount
             if changed:
                 self._event(conn, job_id, state, reason, now)
         return bool(changed)
@@ -624,14 +651,19 @@ class Store:
     def set_reason(self, job_id: int, reason: str | None) -> None:
         """Update why a queued job is waiting (no event: this changes often)."""
         with self.transaction() as conn:
-            conn.execute("UPDATE jobs SET reason=? WHERE id=? AND reason IS NOT ?", (reason, job_id, reason))
+            conn.execute(
+                "UPDATE jobs SET reason=? WHERE id=? AND reason IS NOT ?", (reason, job_id, reason)
+            )
 
     def update(self, job_id: int, **columns: Any) -> None:
         """Set plain columns of a job (pid, progress, intent...) without a state change."""
         if not columns:
             return
         sets = ", ".join(f"{k}=?" for k in columns)
-        values = [json.dumps(v) if k == "granted_gpus" and v is not None else v for k, v in columns.items()]
+        values = [
+            json.dumps(v) if k == "granted_gpus" and v is not None else v
+            for k, v in columns.items()
+        ]
         with self.transaction() as conn:
             conn.execute(f"UPDATE jobs SET {sets} WHERE id=?", [*values, job_id])
 
@@ -668,25 +700,33 @@ class Store:
                 return "cancelling"
             if action == "pause":
                 if state == QUEUED:
-                    conn.execute("UPDATE jobs SET state=?, reason=? WHERE id=?", (PAUSED, "held", job_id))
+                    conn.execute(
+                        "UPDATE jobs SET state=?, reason=? WHERE id=?", (PAUSED, "held", job_id)
+                    )
                     self._event(conn, job_id, PAUSED, "held before it started", now)
                     return "paused"
                 if state == RUNNING:
                     conn.execute("UPDATE jobs SET intent='pause' WHERE id=?", (job_id,))
                     return "pausing"
-                raise JobError(f"job {job_id} is {state}; only queued or running jobs can be paused")
+                raise JobError(
+                    f"job {job_id} is {state}; only queued or running jobs can be paused"
+                )
             if action == "resume":
                 if state != PAUSED:
                     raise JobError(f"job {job_id} is {state}, not paused")
                 if not started:
-                    conn.execute("UPDATE jobs SET state=?, reason=NULL WHERE id=?", (QUEUED, job_id))
+                    conn.execute(
+                        "UPDATE jobs SET state=?, reason=NULL WHERE id=?", (QUEUED, job_id)
+                    )
                     self._event(conn, job_id, QUEUED, "released", now)
                     return "queued"
                 conn.execute("UPDATE jobs SET intent='resume' WHERE id=?", (job_id,))
                 return "resuming"
             if action == "retry":
                 if state not in (FAILED, CANCELLED, BLOCKED):
-                    raise JobError(f"job {job_id} is {state}; only failed, cancelled or blocked jobs can be retried")
+                    raise JobError(
+                        f"job {job_id} is {state}; only failed, cancelled or blocked jobs can be retried"
+                    )
                 self._requeue(conn, job_id, "retry requested", now)
                 return "queued"
             if action == "rm":
@@ -730,7 +770,9 @@ class Store:
 
     def set_priority(self, job_id: int, priority: int) -> None:
         with self.transaction() as conn:
-            if not conn.execute("UPDATE jobs SET priority=? WHERE id=?", (priority, job_id)).rowcount:
+            if not conn.execute(
+                "UPDATE jobs SET priority=? WHERE id=?", (priority, job_id)
+            ).rowcount:
                 raise NoSuchJob(f"no job with id {job_id}")
 
     # ---- metrics -----------------------------------------------------------------------
@@ -743,7 +785,9 @@ class Store:
                 [(job_id, step, name, value, now) for name, value in values.items()],
             )
 
-    def metrics(self, job_id: int, names: Iterable[str] | None = None) -> dict[str, list[tuple[int, float | None]]]:
+    def metrics(
+        self, job_id: int, names: Iterable[str] | None = None
+    ) -> dict[str, list[tuple[int, float | None]]]:
         """Series per metric name: [(step, value), ...] in step order."""
         params: list[Any] = [job_id]
         where = "job_id=?"
@@ -753,7 +797,8 @@ class Store:
             params.extend(names)
         out: dict[str, list[tuple[int, float | None]]] = {}
         for name, step, value in self.conn.execute(
-            f"SELECT name, step, value FROM metrics WHERE {where} ORDER BY name, step, rowid", params
+            f"SELECT name, step, value FROM metrics WHERE {where} ORDER BY name, step, rowid",
+            params,
         ):
             out.setdefault(name, []).append((step, value))
         return out

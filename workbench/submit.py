@@ -7,8 +7,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from workbench.kinds import kind_defaults, validate_spec
-from workbench.spec import SpecError, from_table
+from workbench.kinds import kind_defaults, load_kind, validate_spec
+from workbench.spec import SpecError, check_keys, from_table
 from workbench.store import JobRequest
 from workbench.units import parse_duration, parse_size
 
@@ -53,6 +53,10 @@ def build_request(
     """
     if "kind" not in table:
         raise SpecError(f"{where}: missing key 'kind'")
+    module = load_kind(table["kind"], where) if isinstance(table["kind"], str) else None
+    if module is not None:
+        spec_keys = [f.name for f in fields(module.Spec)]
+        check_keys(table, [*OPTION_KEYS, *spec_keys, *ignore], where)
     common = {k: v for k, v in table.items() if k in OPTION_KEYS}
     rest = {k: v for k, v in table.items() if k not in OPTION_KEYS and k not in ignore}
     options = from_table(Options, common, where)

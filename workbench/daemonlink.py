@@ -1,0 +1,36 @@
+"""How clients find and wake the daemon, without importing it (and its GPU and psutil modules)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+
+from workbench.paths import Home
+
+
+def lock_holder(home: Home) -> int | None:
+    """The pid of the running daemon of this home, or None if none holds the lock."""
+    if not home.lock.exists():
+        return None
+    fd = os.open(home.lock, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = home.lock.read_text().strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def wake(home: Home) -> None:
+    """Nudge the daemon (a datagram on its socket); harmless if none is listening."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            sock.sendto(b"w", str(home.socket))
+    except OSError:
+        pass
