@@ -151,6 +151,8 @@ def test_automatic_retries_then_success(client: Client, tmp_path: Path) -> None:
     reasons = [e.reason for e in client.store.events(job_id)]
     assert "automatic retry 1/3 after it exited with code 1" in reasons
     assert "automatic retry 2/3 after it exited with code 1" in reasons
+    log = (client.home.run_dir(job_id) / "log").read_text()
+    assert "[workbench] attempt 2 of 4 started" in log and "[workbench] attempt 3 of 4" in log
 
 
 def test_retries_run_out(client: Client) -> None:

@@ -11,6 +11,8 @@ import signal
 import socket
 import sys
 import time
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -243,14 +245,17 @@ class Daemon:
     # ---- scheduling --------------------------------------------------------------------
 
     def _sample(self) -> None:
-        """GPU inventory for the scheduler (memory used by processes that are not ours)."""
+        """One telemetry tick (history, per-job GPU use) and the GPU inventory for the scheduler:
+        memory used by processes that are not our jobs', unhealthy slots for failed GPUs."""
+        from workbench.gpu import gpu_slots
+        from workbench.telemetry import Sampler
+
         assert self.gpus is not None
-        slots = []
-        for gpu in self.gpus.sample():
-            slots.append(
-                scheduler.GpuSlot(gpu.index, gpu.memory_total_bytes, gpu.memory_used_bytes)
-            )
-        self.gpu_slots = tuple(slots)
+        sampler: Sampler | None = getattr(self, "sampler", None)
+        if sampler is None:
+            sampler = self.sampler = Sampler(self.store, self.home, self.gpus, self.config)
+        tick = sampler.tick({t.pid: t.job_id for t in self.tracked.values()})
+        self.gpu_slots = gpu_slots(tick.gpus, set(tick.owners))
         self._next_sample = time.monotonic() + self.config.sample_interval_s
 
     def _schedule(self, active: list[Job]) -> None:
@@ -334,7 +339,11 @@ class Daemon:
             env["WORKBENCH_CPUS"] = threads
         argv = job_argv(job, sys.executable)
         cwd = job.cwd if os.path.isdir(job.cwd) else str(self.home.root)
-        pid = runner.spawn(argv, env, cwd, run_dir, self.config.log_cap_bytes)
+        header = None
+        if job.attempt > 1:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+            header = f"attempt {job.attempt} of {job.retries + 1} started {stamp}"
+        pid = runner.spawn(argv, env, cwd, run_dir, self.config.log_cap_bytes, header)
         self.store.update(job.id, pid=pid, pid_start=runner.process_start_time(pid))
         self._track(job, pid, run_dir)
 
@@ -355,30 +364,44 @@ class Daemon:
     def run(self) -> None:
         self.start()
         try:
-            self._pass()
+            self._guarded(self._pass)
             while not self.stopping:
-                woke = False
-                for key, _ in self.selector.select(self._timeout()):
-                    what, job_id = key.data
-                    if what == "wake":
-                        self._drain_socket()
-                        woke = True
-                    elif what == "exit" and job_id in self.tracked:
-                        self._on_exit(job_id)
-                        woke = True
-                    elif what == "signal":
-                        try:
-                            os.read(key.fd, 512)
-                        except BlockingIOError:
-                            pass
-                if time.monotonic() >= self._next_sample:
-                    self._sample()
-                version = self.store.data_version()
-                if woke or version != self._last_version or self._next_deadline() <= time.time():
-                    self._last_version = version
-                    self._pass()
+                self._guarded(self._step)
         finally:
             self.stop()
+
+    def _guarded(self, step: Callable[[], None]) -> None:
+        """Run one step; an unexpected error is logged (daemon.log) instead of ending the
+        supervisor, since running jobs and the queue outlive any one pass."""
+        try:
+            step()
+        except Exception:
+            traceback.print_exc(file=sys.stderr)
+            sys.stderr.flush()
+            time.sleep(1.0)
+
+    def _step(self) -> None:
+        """Sleep until something happens, then react: wake-ups, job exits, samples, deadlines."""
+        woke = False
+        for key, _ in self.selector.select(self._timeout()):
+            what, job_id = key.data
+            if what == "wake":
+                self._drain_socket()
+                woke = True
+            elif what == "exit" and job_id in self.tracked:
+                self._on_exit(job_id)
+                woke = True
+            elif what == "signal":
+                try:
+                    os.read(key.fd, 512)
+                except BlockingIOError:
+                    pass
+        if time.monotonic() >= self._next_sample:
+            self._sample()
+        version = self.store.data_version()
+        if woke or version != self._last_version or self._next_deadline() <= time.time():
+            self._last_version = version
+            self._pass()
 
     def _drain_socket(self) -> None:
         assert self._sock is not None

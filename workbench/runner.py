@@ -100,10 +100,6 @@ def signal_group(pgid: int, sig: int) -> bool:
         return False
 
 
-def _write_header(fd: int, text: str) -> None:
-    os.write(fd, f"[workbench] {text}\n".encode())
-
-
 class _CappedLog:
     """Appends to the log; past the cap, drops the oldest part and says so at the top."""
 
@@ -156,7 +152,7 @@ def _write_exit(run_dir: Path, status: ExitStatus) -> None:
 
 
 def _wrapper_main(
-    argv: list[str], env: dict[str, str], cwd: str, run_dir: Path, log_cap: int
+    argv: list[str], env: dict[str, str], cwd: str, run_dir: Path, log_cap: int, header: str | None
 ) -> int:
     """Runs in the forked wrapper: start the job, pump its output into the log, record its end."""
     os.setsid()
@@ -165,6 +161,8 @@ def _wrapper_main(
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     log = _CappedLog(run_dir / LOG_FILE, log_cap)
+    if header:
+        log.write(f"[workbench] {header}\n".encode())
     read_fd, write_fd = os.pipe()
     child = os.fork()
     if child == 0:
@@ -203,8 +201,16 @@ def _wrapper_main(
     return 0
 
 
-def spawn(argv: list[str], env: dict[str, str], cwd: str, run_dir: Path, log_cap: int) -> int:
+def spawn(
+    argv: list[str],
+    env: dict[str, str],
+    cwd: str,
+    run_dir: Path,
+    log_cap: int,
+    header: str | None = None,
+) -> int:
     """Start a job under its wrapper; returns the wrapper's pid, which is also the job's pgid.
+    `header` is written to the log first (e.g. which attempt this is).
 
     The wrapper is forked (no exec) for a fast start, so the caller must be single-threaded.
     """
@@ -221,7 +227,11 @@ def spawn(argv: list[str], env: dict[str, str], cwd: str, run_dir: Path, log_cap
         # wrapper must not keep the daemon's lock alive after the daemon dies.
         os.closerange(3, os.sysconf("SC_OPEN_MAX"))
         try:
-            code = _wrapper_main(argv, env, cwd, run_dir, log_cap)
+            code = _wrapper_main(argv, env, cwd, run_dir, log_cap, header)
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()  # to the daemon's log: the wrapper itself failed
         finally:
             os._exit(code)
     return pid

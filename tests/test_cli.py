@@ -1,0 +1,133 @@
+"""The command line as scripts use it: output shapes, exit codes, following logs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from conftest import wait_for, workbench
+
+from workbench.paths import Home
+
+
+def submit(*args: str) -> int:
+    result = workbench("submit", *args)
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout.strip())
+
+
+def test_submit_ls_show_json(home: Home) -> None:
+    job_id = submit("--name", "hello", "--cpus", "1", "--", "sh", "-c", "echo hi")
+    assert workbench("wait", str(job_id)).returncode == 0
+    listing = json.loads(workbench("ls", "--json").stdout)
+    assert [(j["id"], j["name"], j["state"]) for j in listing] == [(job_id, "hello", "succeeded")]
+    assert listing[0]["resources"]["cpus"] == 1
+    shown = json.loads(workbench("show", str(job_id), "--json").stdout)
+    assert [e["state"] for e in shown["events"]] == ["queued", "running", "succeeded"]
+    assert shown["exit_code"] == 0 and shown["argv"] == ["sh", "-c", "echo hi"]
+    assert Path(shown["paths"]["log"]).read_text() == "hi\n"
+    assert "env" not in shown
+    text = workbench("show", str(job_id)).stdout
+    assert "succeeded" in text and "history:" in text
+
+
+def test_submit_json_prints_the_job(home: Home) -> None:
+    result = workbench("submit", "--json", "--paused", "--", "true")
+    job = json.loads(result.stdout)
+    assert job["state"] == "paused" and job["kind"] == "command"
+
+
+def test_ls_table_shows_state_and_reason(home: Home) -> None:
+    submit("--gpus", "1", "--name", "needs-gpu", "--", "true")
+    out = workbench("ls").stdout
+    assert "needs-gpu" in out and "queued" in out
+    wait_for(lambda: "no GPU on this machine" in workbench("ls").stdout, what="reason in ls")
+
+
+def test_wait_exit_codes(home: Home) -> None:
+    ok = submit("--", "true")
+    bad = submit("--", "false")
+    assert workbench("wait", str(ok)).returncode == 0
+    failed = workbench("wait", str(ok), str(bad))
+    assert failed.returncode == 1 and f"job {bad} failed" in failed.stderr
+    slow = submit("--", "sleep", "30")
+    timed_out = workbench("wait", str(slow), "--timeout", "0.5s")
+    assert timed_out.returncode == 1 and "timed out" in timed_out.stderr
+    workbench("cancel", str(slow))
+
+
+def test_logs_follow_streams_until_the_job_ends(home: Home) -> None:
+    job_id = submit("--", "sh", "-c", "for i in 1 2 3; do echo line $i; sleep 0.2; done")
+    result = workbench("logs", str(job_id), "-f", timeout=30)
+    assert result.stdout.splitlines() == ["line 1", "line 2", "line 3"]
+    assert workbench("logs", str(job_id), "-n", "1").stdout == "line 3\n"
+
+
+def test_control_commands_and_unknown_ids(home: Home) -> None:
+    job_id = submit("--paused", "--", "true")
+    assert workbench("cancel", str(job_id)).stdout.strip() == f"job {job_id}: cancelled"
+    again = workbench("cancel", str(job_id))
+    assert again.returncode == 1 and "already cancelled" in again.stderr
+    assert workbench("retry", str(job_id)).returncode == 0
+    assert workbench("wait", str(job_id)).returncode == 0
+    assert workbench("show", "999").returncode == 2
+    assert workbench("cancel", "999").returncode == 2
+    assert workbench("priority", str(job_id), "5").returncode == 0
+    assert json.loads(workbench("show", str(job_id), "--json").stdout)["priority"] == 5
+
+
+def test_submit_spec_file(home: Home, tmp_path: Path) -> None:
+    spec = tmp_path / "job.toml"
+    spec.write_text(
+        textwrap.dedent(
+            """
+            kind = "command"
+            name = "from-spec"
+            argv = ["sh", "-c", "pwd"]
+            retries = 1
+            """
+        )
+    )
+    job = json.loads(workbench("submit", "--spec", str(spec), "--json").stdout)
+    assert job["name"] == "from-spec" and job["retries"] == 1
+    assert workbench("wait", str(job["id"])).returncode == 0
+    assert workbench("logs", str(job["id"])).stdout.strip() == str(tmp_path)
+    spec.write_text('kind = "command"\nargv = ["true"]\nretrys = 1\n')
+    bad = workbench("submit", "--spec", str(spec))
+    assert bad.returncode == 2 and "unknown key 'retrys' (did you mean 'retries'?)" in bad.stderr
+
+
+def test_daemon_status_stop_and_drain(home: Home) -> None:
+    assert json.loads(workbench("daemon", "status", "--json").stdout)["running"] is False
+    assert workbench("daemon", "start").returncode == 0
+    status = json.loads(workbench("daemon", "status", "--json").stdout)
+    assert status["running"] is True and status["pid"] > 0
+    assert workbench("daemon", "drain").returncode == 0
+    job_id = submit("--", "true")
+    wait_for(lambda: "drain mode" in workbench("ls").stdout, what="drain note")
+    assert json.loads(workbench("show", str(job_id), "--json").stdout)["state"] == "queued"
+    workbench("daemon", "undrain")
+    assert workbench("wait", str(job_id), "--timeout", "20s").returncode == 0
+    assert workbench("daemon", "stop").returncode == 0
+    assert json.loads(workbench("daemon", "status", "--json").stdout)["running"] is False
+
+
+def test_group_limits(home: Home) -> None:
+    assert workbench("group", "sweep", "--parallel", "2").returncode == 0
+    assert json.loads(workbench("group", "--json").stdout) == {"sweep": 2}
+
+
+def test_usage_errors_exit_2(home: Home) -> None:
+    assert workbench("submit").returncode == 2
+    assert workbench("submit", "--env", "NOEQUALS", "--", "true").returncode == 2
+    assert workbench("frobnicate").returncode == 2
+
+
+def test_help_documents_states_and_exit_codes() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "workbench", "--help"], capture_output=True, text=True
+    ).stdout
+    assert "blocked" in out and "Exit codes" in out
