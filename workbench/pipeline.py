@@ -191,11 +191,13 @@ class _Reporter:
                     self.tasks[job.id] = self.progress.add_task(
                         "", total=1.0, stage=job.stage, state=job.state, message=""
                     )
+                task = self.tasks[job.id]
                 done = 1.0 if job.state == SUCCEEDED else (job.progress or 0.0)
-                message = job.progress_msg or (job.reason if job.state != "running" else "") or ""
-                self.progress.update(
-                    self.tasks[job.id], completed=done, state=job.state, message=message[:60]
-                )
+                quiet = job.state in ("running", SUCCEEDED)
+                message = job.progress_msg or ("" if quiet else job.reason) or ""
+                self.progress.update(task, completed=done, state=job.state, message=message[:60])
+                if job.state in SETTLED:
+                    self.progress.stop_task(task)  # its clock stops with it
 
 
 def summary_table(pipeline_name: str, jobs: list[Job]) -> str:
