@@ -42,16 +42,16 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is Any:
         return value
     if origin in (types.UnionType, typing.Union):
-        errors = []
-        for option in typing.get_args(tp):
-            if option is type(None):
-                if value is None:
-                    return None
-                continue
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None and len(options) < len(typing.get_args(tp)):
+            return None
+        if len(options) == 1:  # Optional[X]: X's own message is the precise one
+            return coerce(value, options[0], where)
+        for option in options:
             try:
                 return coerce(value, option, where)
-            except SpecError as error:
-                errors.append(error)
+            except SpecError:
+                continue
         raise SpecError(f"{where}: expected {_type_name(tp)}, got {_describe(value)}")
     if origin is typing.Literal:
         if value in typing.get_args(tp):
