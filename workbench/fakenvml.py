@@ -10,6 +10,7 @@ A scenario, as JSON (every key optional):
 
     {"driver_version": "550.54.15", "cuda_version": 12040,
      "failure": null,               # or "library_missing", "driver_not_loaded", "version_mismatch"
+     "missing_functions": [],       # C symbols an older driver lacks, e.g. "nvmlDeviceGetFanSpeed"
      "gpu_count": 2,                # N default GPUs when "gpus" is absent
      "gpus": [{"name": "NVIDIA H100 80GB HBM3", "memory_total": 85899345920,
                "memory_used": 1073741824, "utilization_gpu": [10, 90], "utilization_memory": 5,
@@ -33,7 +34,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 FAILURES = ("library_missing", "driver_not_loaded", "version_mismatch")
@@ -66,8 +66,8 @@ class FakeProcess:
     """A process holding GPU memory."""
 
     pid: int
-    used_memory: int | None = 512 * 1024**2
-    sm_util: int | None = None  # None: NVML has no utilisation samples for it
+    used_memory: Varying | None = 512 * 1024**2
+    sm_util: Varying | None = None  # None: NVML has no utilisation samples for it
     kind: str = "compute"  # or "graphics"
     gpu_instance_id: int | None = None
 
@@ -103,6 +103,7 @@ class Scenario:
     driver_version: str = "550.54.15"
     cuda_version: int = 12040
     failure: str | None = None
+    missing_functions: list[str] = field(default_factory=list)  # an older driver lacks these
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Scenario:
@@ -114,7 +115,9 @@ class Scenario:
             _check_keys(raw, {f.name for f in fields(FakeGpu)}, where)
             procs = []
             for p_number, proc in enumerate(raw.get("processes", [])):
-                _check_keys(proc, {f.name for f in fields(FakeProcess)}, f"{where}.processes[{p_number}]")
+                _check_keys(
+                    proc, {f.name for f in fields(FakeProcess)}, f"{where}.processes[{p_number}]"
+                )
                 procs.append(FakeProcess(**proc))
             unknown = set(raw.get("not_supported", [])) - NOT_SUPPORTABLE
             if unknown:
@@ -164,7 +167,7 @@ class _Library:
 
     def __init__(self, driver: FakeDriver):
         for name in dir(driver):
-            if name.startswith("nvml"):
+            if name.startswith("nvml") and name not in driver.scenario.missing_functions:
                 setattr(self, name, _CFunction(getattr(driver, name)))
 
 
@@ -184,8 +187,8 @@ class _GpuState:
 class FakeDriver:
     """The C side of NVML for one scenario. Methods named nvml* are the exported functions."""
 
-    def __init__(self, nvml: ModuleType, scenario: Scenario):
-        self.nvml = nvml
+    def __init__(self, nvml: Any, scenario: Scenario):
+        self.binding = nvml
         self.scenario = scenario
         self.initialised = 0
         self.calls: dict[str, int] = {}
@@ -206,7 +209,7 @@ class FakeDriver:
     # ---- helpers -----------------------------------------------------------------------
 
     def _code(self, name: str) -> int:
-        return int(getattr(self.nvml, f"NVML_ERROR_{name}"))
+        return int(getattr(self.binding, f"NVML_ERROR_{name}"))
 
     def _device(self, handle: Any, need: str | None = None) -> _GpuState | int:
         """The GPU a handle names, or the error code the call must return."""
@@ -229,7 +232,9 @@ class FakeDriver:
         buffer.value = data
         return 0
 
-    def _put_uint(self, handle: Any, ref: Any, need: str, read: Callable[[_GpuState], Number]) -> int:
+    def _put_uint(
+        self, handle: Any, ref: Any, need: str, read: Callable[[_GpuState], Number]
+    ) -> int:
         gpu = self._device(handle, need)
         if isinstance(gpu, int):
             return gpu
@@ -360,7 +365,7 @@ class FakeDriver:
         return 0
 
     def nvmlDeviceGetTemperature(self, handle: Any, sensor: Any, ref: Any) -> int:
-        if int(sensor.value) != int(self.nvml.NVML_TEMPERATURE_GPU):
+        if int(sensor.value) != int(self.binding.NVML_TEMPERATURE_GPU):
             return self._code("INVALID_ARGUMENT")
         return self._put_uint(handle, ref, "temperature", lambda g: _at(g.spec.temperature, g.tick))
 
@@ -377,10 +382,12 @@ class FakeDriver:
 
     def nvmlDeviceGetClockInfo(self, handle: Any, clock: Any, ref: Any) -> int:
         kind = int(clock.value)
-        if kind in (int(self.nvml.NVML_CLOCK_SM), int(self.nvml.NVML_CLOCK_GRAPHICS)):
+        if kind in (int(self.binding.NVML_CLOCK_SM), int(self.binding.NVML_CLOCK_GRAPHICS)):
             return self._put_uint(handle, ref, "clocks", lambda g: _at(g.spec.clock_sm_mhz, g.tick))
-        if kind == int(self.nvml.NVML_CLOCK_MEM):
-            return self._put_uint(handle, ref, "clocks", lambda g: _at(g.spec.clock_mem_mhz, g.tick))
+        if kind == int(self.binding.NVML_CLOCK_MEM):
+            return self._put_uint(
+                handle, ref, "clocks", lambda g: _at(g.spec.clock_mem_mhz, g.tick)
+            )
         return self._code("INVALID_ARGUMENT")
 
     def nvmlDeviceGetFanSpeed(self, handle: Any, ref: Any) -> int:
@@ -397,7 +404,8 @@ class FakeDriver:
             return self._code("INSUFFICIENT_SIZE") if procs else 0
         for slot, proc in zip(array, procs, strict=False):
             slot.pid = proc.pid
-            slot.usedGpuMemory = _NOT_AVAILABLE_U64 if proc.used_memory is None else proc.used_memory
+            used = proc.used_memory
+            slot.usedGpuMemory = _NOT_AVAILABLE_U64 if used is None else int(_at(used, gpu.tick))
             instance = proc.gpu_instance_id
             slot.gpuInstanceId = _NO_INSTANCE if instance is None else instance
             slot.computeInstanceId = _NO_INSTANCE if instance is None else 0
@@ -415,6 +423,10 @@ class FakeDriver:
 
     def nvmlDeviceGetGraphicsRunningProcesses_v2(self, handle: Any, count: Any, array: Any) -> int:
         return self._processes(handle, count, array, "graphics")
+
+    def nvmlDeviceGetPcieThroughput(self, handle: Any, counter: Any, ref: Any) -> int:
+        time.sleep(0.02)  # the real call blocks for about 20 ms
+        return self._put_uint(handle, ref, "pci", lambda g: 0)
 
     def nvmlDeviceGetProcessUtilization(
         self, handle: Any, array: Any, count_ref: Any, last_seen: Any
@@ -437,7 +449,7 @@ class FakeDriver:
         for slot, proc in zip(array, sampled, strict=False):
             slot.pid = proc.pid
             slot.timeStamp = now_us
-            slot.smUtil = int(proc.sm_util or 0)
+            slot.smUtil = int(_at(proc.sm_util or 0, gpu.tick))
             slot.memUtil = slot.encUtil = slot.decUtil = 0
         count.value = len(sampled)
         return 0
@@ -455,7 +467,7 @@ class _Installed:
     source: object
 
 
-def install(nvml: ModuleType, scenario: Scenario, source: object = None) -> FakeDriver:
+def install(nvml: Any, scenario: Scenario, source: object = None) -> FakeDriver:
     """Route the binding `nvml` to a fresh fake driver for `scenario` (replacing any earlier one)."""
     uninstall(nvml)
     driver = FakeDriver(nvml, scenario)
@@ -477,18 +489,18 @@ def install(nvml: ModuleType, scenario: Scenario, source: object = None) -> Fake
     return driver
 
 
-def installed(nvml: ModuleType) -> FakeDriver | None:
+def installed(nvml: Any) -> FakeDriver | None:
     saved: _Installed | None = getattr(nvml, _ATTRIBUTE, None)
     return saved.driver if saved else None
 
 
-def installed_from(nvml: ModuleType) -> object:
+def installed_from(nvml: Any) -> object:
     """What `source` the current fake was installed with (e.g. the scenario file), or None."""
     saved: _Installed | None = getattr(nvml, _ATTRIBUTE, None)
     return saved.source if saved else None
 
 
-def uninstall(nvml: ModuleType) -> None:
+def uninstall(nvml: Any) -> None:
     """Put the binding back as it was before `install`."""
     saved: _Installed | None = getattr(nvml, _ATTRIBUTE, None)
     if saved is None:

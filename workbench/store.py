@@ -98,6 +98,29 @@ MIGRATIONS: dict[int, str] = {
         created_at REAL NOT NULL
     );
     """,
+    # Telemetry (workbench/telemetry.py reads and writes these). One row per tick, keyed by
+    # time in ms; rows older than the history setting are thinned into 60 s averages.
+    # gpus: JSON [[index, util %, memory util %, memory used bytes, power W, temp C], ...].
+    2: """
+    CREATE TABLE telemetry (
+        t_ms INTEGER PRIMARY KEY,
+        span_s REAL NOT NULL,
+        cpu REAL,
+        load1 REAL,
+        mem_used INTEGER,
+        swap_used INTEGER,
+        net_rx REAL,
+        net_tx REAL,
+        disk_read REAL,
+        disk_write REAL,
+        gpus TEXT
+    );
+    CREATE TABLE telemetry_latest (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        t REAL NOT NULL,
+        snapshot TEXT NOT NULL
+    );
+    """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
