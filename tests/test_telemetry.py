@@ -325,6 +325,7 @@ def test_the_daemon_sample_feeds_the_scheduler_and_the_history(
     daemon = Daemon(tmp_home, Config())
     daemon.store = store
     daemon.gpus = Gpus.open()
+    daemon.sampler = telemetry.Sampler(store, tmp_home, daemon.gpus, Config())
     daemon._track(store.get(job_id), sleeper, tmp_home.run_dir(job_id))
     try:
         daemon._sample()

@@ -478,10 +478,14 @@ def cmd_top(args: argparse.Namespace) -> int:
         return EXIT_OK
     from rich.live import Live
 
-    with Live(refresh_per_second=1, console=_console()) as live:
+    # One NVML session for the whole loop: initialising it per sample burns a core.
+    with (
+        telemetry.Snapshots(home) as snapshots,
+        Live(console=_console(), auto_refresh=False) as live,
+    ):
         try:
             while True:
-                live.update(telemetry.render_text(telemetry.snapshot(home)))
+                live.update(telemetry.render_text(snapshots.take()), refresh=True)
                 time.sleep(1.0)
         except KeyboardInterrupt:
             return EXIT_OK

@@ -20,10 +20,11 @@ import psutil
 
 from workbench import runner, scheduler
 from workbench.config import Config, load_config
-from workbench.gpu import Gpus
+from workbench.gpu import Gpus, gpu_slots
 from workbench.kinds import job_argv
 from workbench.paths import Home
 from workbench.store import CANCELLED, FAILED, PAUSED, QUEUED, RUNNING, SUCCEEDED, Job, Store
+from workbench.telemetry import Sampler
 from workbench.units import format_duration
 
 DRAIN_KEY = "drain"
@@ -63,6 +64,7 @@ class Daemon:
         self._last_version = -1
         self._next_sample = 0.0
         self.gpus: Gpus | None = None
+        self.sampler: Sampler | None = None
         self.gpu_slots: tuple[scheduler.GpuSlot, ...] = ()
 
     # ---- start-up ----------------------------------------------------------------------
@@ -105,6 +107,7 @@ class Daemon:
         self.store = Store.open(self.home.state_db, check=True)
         self.store.backup_to(self.home.state_db.with_name("state.db.bak"))
         self.gpus = Gpus.open()
+        self.sampler = Sampler(self.store, self.home, self.gpus, self.config)
         self._bind_socket()
         read_fd, write_fd = os.pipe()
         os.set_blocking(read_fd, False)
@@ -247,14 +250,8 @@ class Daemon:
     def _sample(self) -> None:
         """One telemetry tick (history, per-job GPU use) and the GPU inventory for the scheduler:
         memory used by processes that are not our jobs', unhealthy slots for failed GPUs."""
-        from workbench.gpu import gpu_slots
-        from workbench.telemetry import Sampler
-
-        assert self.gpus is not None
-        sampler: Sampler | None = getattr(self, "sampler", None)
-        if sampler is None:
-            sampler = self.sampler = Sampler(self.store, self.home, self.gpus, self.config)
-        tick = sampler.tick({t.pid: t.job_id for t in self.tracked.values()})
+        assert self.sampler is not None
+        tick = self.sampler.tick({t.pid: t.job_id for t in self.tracked.values()})
         self.gpu_slots = gpu_slots(tick.gpus, set(tick.owners))
         self._next_sample = time.monotonic() + self.config.sample_interval_s
 
