@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import median, percentile, table, write_section
 
 from workbench.client import Client, ensure_daemon
-from workbench.daemonlink import lock_holder
+from workbench.daemonlink import lock_holder, wake
 from workbench.paths import Home
 from workbench.store import JobRequest
 
@@ -49,11 +50,13 @@ def timed_runs(argv: list[str], env: dict[str, str], runs: int) -> list[float]:
 
 
 def stop(home: Home) -> None:
+    """Stop the home's daemon and delete the home."""
     pid = lock_holder(home)
     if pid and pid > 0:
         os.kill(pid, 15)
         while lock_holder(home):
             time.sleep(0.01)
+    shutil.rmtree(home.root, ignore_errors=True)
 
 
 def bench_submit_latency(runs: int) -> list[list[str]]:
@@ -101,8 +104,6 @@ def bench_submit_to_start(samples: int) -> list[list[str]]:
     for i in range(samples):
         request = trivial(f"probe-{i}", argv=["date", "+%s.%N"])
         job_id = client.store.submit(request)
-        from workbench.daemonlink import wake
-
         wake(home)
         returned = time.time()
         client.wait([job_id])
