@@ -25,7 +25,8 @@ def main(argv: list[str]) -> int:
         return 1
     except Exception as error:
         traceback.print_exc()
-        ctx.fail(f"{type(error).__name__}: {error}")
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        ctx.fail(f"{type(error).__name__}: {first_line}")
         return 1
     ctx.progress(1.0, "done", force=True)
     return 0

@@ -18,6 +18,7 @@ from typing import Any
 
 from workbench import __version__
 from workbench.client import DaemonUnavailable
+from workbench.lake import LakeError
 from workbench.paths import Home
 from workbench.spec import SpecError
 from workbench.store import ENDED, SUCCEEDED, Job, JobError, NoSuchJob, StoreError
@@ -26,7 +27,7 @@ from workbench.units import format_duration, format_size, parse_duration
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DAEMON = 0, 1, 2, 3
 
 # Modules that add subcommands: each has `register(subparsers)`; handlers import what they need.
-EXTENSIONS: list[str] = []
+EXTENSIONS: list[str] = ["workbench.cli_data"]
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -647,7 +648,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "command", None) and args.command[:1] == ["--"]:
             args.command = args.command[1:]
         return handler(args)
-    except (SpecError, UsageError) as error:
+    except (SpecError, UsageError, LakeError) as error:
         print(f"workbench: {error}", file=sys.stderr)
         return EXIT_USAGE
     except JobError as error:

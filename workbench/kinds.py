@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 KINDS: dict[str, str] = {
     "command": "jobs.command",
+    "ingest": "jobs.ingest",
 }
 
 

@@ -121,6 +121,36 @@ MIGRATIONS: dict[int, str] = {
         snapshot TEXT NOT NULL
     );
     """,
+    3: """
+    CREATE TABLE datasets (
+        name TEXT PRIMARY KEY,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE dataset_versions (
+        dataset TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        sources TEXT NOT NULL,
+        schema TEXT NOT NULL,
+        rows INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        content_hash TEXT NOT NULL,
+        rejected_rows INTEGER NOT NULL DEFAULT 0,
+        duration_s REAL,
+        created_at REAL NOT NULL,
+        job_id INTEGER,
+        note TEXT,
+        PRIMARY KEY (dataset, version)
+    );
+    CREATE TABLE query_history (
+        id INTEGER PRIMARY KEY,
+        t REAL NOT NULL,
+        sql TEXT NOT NULL,
+        duration_s REAL,
+        rows INTEGER,
+        error TEXT
+    );
+    """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
