@@ -202,7 +202,7 @@ def _rejects(cursor: duckdb.DuckDBPyConnection) -> tuple[int, str | None]:
 
 def _write_rejects(cursor: duckdb.DuckDBPyConnection, target: Path) -> None:
     cursor.execute(
-        "COPY (SELECT s.file_path AS file, e.line, e.column_name AS column, e.error_type,"
+        "COPY (SELECT s.file_path AS file, e.line, e.column_name, e.error_type,"
         " e.error_message AS error, e.csv_line AS raw_line FROM reject_errors e"
         " JOIN reject_scans s USING (scan_id, file_id) ORDER BY file, line)"
         f" TO {_literal(str(target))} (FORMAT parquet)"

@@ -293,7 +293,7 @@ def read_arrow(
             store.close()
     con = duckdb.connect()
     try:
-        table = con.execute(f"SELECT * FROM read_parquet('{info.glob}')").to_arrow_table()
+        table = con.sql(f"SELECT * FROM read_parquet('{info.glob}')").to_arrow_table()
     finally:
         con.close()
     return table, info
