@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 KINDS: dict[str, str] = {
     "command": "jobs.command",
     "ingest": "jobs.ingest",
+    "train": "jobs.train",
 }
 
 

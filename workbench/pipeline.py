@@ -180,7 +180,8 @@ class _Reporter:
             if previous is None or previous[0] != job.state:
                 self.emit({"type": "state", **line})
                 if self.progress is None and not self.json_mode:
-                    reason = f" ({job.reason})" if job.reason and job.state != "running" else ""
+                    quiet = job.state in ("running", SUCCEEDED)
+                    reason = f" ({job.reason})" if job.reason and not quiet else ""
                     print(
                         f"[{job.stage}] job {job.id} {job.state}{reason}", file=self.err, flush=True
                     )

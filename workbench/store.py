@@ -151,6 +151,24 @@ MIGRATIONS: dict[int, str] = {
         error TEXT
     );
     """,
+    4: """
+    CREATE TABLE runs (
+        job_id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        model TEXT NOT NULL,
+        task TEXT NOT NULL,
+        dataset TEXT NOT NULL,
+        dataset_version INTEGER NOT NULL,
+        dataset_hash TEXT NOT NULL,
+        params TEXT NOT NULL,
+        env TEXT NOT NULL,
+        metrics TEXT,
+        sweep_metric TEXT,
+        bundle TEXT,
+        started_at REAL NOT NULL,
+        finished_at REAL
+    );
+    """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -836,6 +854,15 @@ class Store:
             conn.executemany(
                 "INSERT INTO metrics(job_id, step, name, value, t) VALUES (?,?,?,?,?)",
                 [(job_id, step, name, value, now) for name, value in values.items()],
+            )
+
+    def add_metric_rows(self, job_id: int, rows: Sequence[tuple[int, str, float | None]]) -> None:
+        """Many (step, name, value) rows in one transaction."""
+        now = time.time()
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO metrics(job_id, step, name, value, t) VALUES (?,?,?,?,?)",
+                [(job_id, step, name, value, now) for step, name, value in rows],
             )
 
     def metrics(

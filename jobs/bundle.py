@@ -1,0 +1,303 @@
+"""The trained-model bundle: architecture, weights and the preprocessing fitted on the training
+split, so test and export apply exactly the transform training used.
+
+A train job's run folder holds:
+- `checkpoints/last.pt`: the resumable state (model, optimizer, scheduler, RNG, position), written
+  atomically every epoch and on SIGTERM;
+- `model.pt`: the bundle (`save_bundle` / `load_bundle`), written when training ends;
+- `run.json`: params, dataset version and hash, environment, final metrics.
+
+The preprocessing is plain NumPy/Arrow (no torch), vectorised, with errors that name the column."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pyarrow
+    import torch
+
+Task = Literal["classification", "regression"]
+MAX_CATEGORIES = 1000
+BUNDLE_FORMAT = 1
+
+
+class DataError(ValueError):
+    """Data the model cannot use; the message names the column and what is wrong."""
+
+
+@dataclass
+class Column:
+    """How one feature column becomes model inputs."""
+
+    name: str
+    kind: Literal["numeric", "categorical"]
+    mean: float = 0.0
+    std: float = 1.0
+    categories: list[str] = field(default_factory=list)
+
+    @property
+    def width(self) -> int:
+        return 1 if self.kind == "numeric" else len(self.categories)
+
+
+def _is_numeric(arrow_type: Any) -> bool:
+    import pyarrow.types as pt
+
+    return bool(
+        pt.is_integer(arrow_type) or pt.is_floating(arrow_type) or pt.is_decimal(arrow_type)
+    )
+
+
+def _is_categorical(arrow_type: Any) -> bool:
+    import pyarrow.types as pt
+
+    return bool(
+        pt.is_string(arrow_type)
+        or pt.is_large_string(arrow_type)
+        or pt.is_boolean(arrow_type)
+        or pt.is_dictionary(arrow_type)
+    )
+
+
+def _as_float(column: Any, name: str) -> np.ndarray:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.types as pt
+
+    if pt.is_temporal(column.type):
+        column = (
+            pc.cast(column, pa.int64())
+            if not pt.is_date(column.type)
+            else pc.cast(pc.cast(column, pa.timestamp("s")), pa.int64())
+        )
+    return np.asarray(
+        pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64
+    )
+
+
+def _as_strings(column: Any) -> Any:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return pc.cast(column, pa.string())
+
+
+@dataclass
+class Preprocessor:
+    """Feature encoding (standardised numbers, one-hot categories, fills for missing values) and
+    the target's encoding (class names, or none for regression)."""
+
+    columns: list[Column]
+    target: str
+    task: Task
+    classes: list[str] = field(default_factory=list)
+
+    @property
+    def features(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def in_features(self) -> int:
+        return sum(c.width for c in self.columns)
+
+    @property
+    def out_features(self) -> int:
+        return len(self.classes) if self.task == "classification" else 1
+
+    @property
+    def numeric_only(self) -> bool:
+        return all(c.kind == "numeric" for c in self.columns)
+
+    @classmethod
+    def fit(
+        cls, table: pyarrow.Table, features: list[str], target: str, task: Task
+    ) -> Preprocessor:
+        import pyarrow.compute as pc
+
+        columns = []
+        for name in features:
+            column = table.column(name)
+            if _is_numeric(column.type) or str(column.type).startswith(("timestamp", "date")):
+                values = _as_float(column, name)
+                finite = values[np.isfinite(values)]
+                mean = float(finite.mean()) if finite.size else 0.0
+                std = float(finite.std()) if finite.size else 1.0
+                columns.append(Column(name, "numeric", mean, std if std > 1e-12 else 1.0))
+            elif _is_categorical(column.type):
+                distinct = pc.unique(_as_strings(column).drop_null()).to_pylist()
+                if len(distinct) > MAX_CATEGORIES:
+                    raise DataError(
+                        f"feature {name!r} has {len(distinct)} distinct values, too many to one-hot"
+                        f" encode (limit {MAX_CATEGORIES}); leave it out with `features = [...]`"
+                    )
+                columns.append(
+                    Column(name, "categorical", categories=sorted(str(v) for v in distinct))
+                )
+            else:
+                raise DataError(
+                    f"feature {name!r} has type {column.type}, which cannot be encoded as model"
+                    " input (numbers, strings, booleans, dates and timestamps can)"
+                )
+        classes: list[str] = []
+        if task == "classification":
+            classes = sorted(
+                str(v) for v in pc.unique(_as_strings(table.column(target)).drop_null()).to_pylist()
+            )
+            if len(classes) < 2:
+                only = classes[0] if classes else "nothing"
+                raise DataError(
+                    f"target {target!r} has a single class ({only!r}) in the training data: nothing to learn"
+                )
+        return cls(columns, target, task, classes)
+
+    def check_columns(self, table: pyarrow.Table, with_target: bool = False) -> None:
+        names = set(table.column_names)
+        missing = [f for f in self.features if f not in names]
+        if with_target and self.target not in names:
+            missing.append(self.target)
+        if missing:
+            raise DataError(
+                f"the data lacks column {missing[0]!r} that the model needs"
+                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                + f"; its columns: {', '.join(table.column_names)}"
+            )
+
+    def transform(self, table: pyarrow.Table) -> np.ndarray:
+        """Feature matrix, float32, shape (rows, in_features)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        self.check_columns(table)
+        blocks = []
+        for spec in self.columns:
+            column = table.column(spec.name)
+            if spec.kind == "numeric":
+                values = _as_float(column, spec.name)
+                values = np.where(np.isfinite(values), values, spec.mean)
+                blocks.append(((values - spec.mean) / spec.std).reshape(-1, 1))
+            else:
+                index = pc.index_in(
+                    _as_strings(column), value_set=pa.array(spec.categories, pa.string())
+                )
+                codes = np.asarray(
+                    index.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64
+                )
+                onehot = np.zeros((len(codes), len(spec.categories)), dtype=np.float64)
+                known = codes >= 0
+                onehot[np.nonzero(known)[0], codes[known]] = 1.0
+                blocks.append(onehot)
+        if not blocks:
+            return np.zeros((table.num_rows, 0), dtype=np.float32)
+        return np.concatenate(blocks, axis=1).astype(np.float32)
+
+    def encode_target(self, table: pyarrow.Table) -> np.ndarray:
+        """Labels as class indices (int64), or values (float32) for regression."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        column = table.column(self.target)
+        if self.task == "regression":
+            return _as_float(column, self.target).astype(np.float32)
+        strings = _as_strings(column)
+        index = pc.index_in(strings, value_set=pa.array(self.classes, pa.string()))
+        codes = np.asarray(index.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
+        if (codes < 0).any():
+            unseen = sorted({str(v) for v in pc.filter(strings, pc.is_null(index)).to_pylist()})
+            raise DataError(
+                f"target {self.target!r} has values never seen in training: {', '.join(map(repr, unseen[:5]))}"
+                f" (known classes: {', '.join(self.classes)})"
+            )
+        return codes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "columns": [asdict(c) for c in self.columns],
+            "target": self.target,
+            "task": self.task,
+            "classes": self.classes,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessor:
+        return cls(
+            [Column(**c) for c in data["columns"]],
+            data["target"],
+            data["task"],
+            list(data["classes"]),
+        )
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary name, then rename: a crash never leaves half a file."""
+    import torch
+
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_bundle(
+    path: Path,
+    model: torch.nn.Module,
+    architecture: dict[str, Any],
+    pre: Preprocessor,
+    meta: dict[str, Any],
+) -> None:
+    """`architecture`: {"name", "params", "in_features", "out_features"} as models.build takes."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_torch_save(
+        {
+            "format": BUNDLE_FORMAT,
+            "architecture": architecture,
+            "state_dict": state,
+            "preprocessor": pre.to_dict(),
+            "meta": meta,
+        },
+        path,
+    )
+
+
+def load_bundle(path: Path) -> tuple[torch.nn.Module, Preprocessor, dict[str, Any]]:
+    """The model (eval mode, CPU), its preprocessing and its metadata."""
+    import torch
+
+    from jobs.models import build
+
+    data = torch.load(path, map_location="cpu", weights_only=False)
+    if data.get("format") != BUNDLE_FORMAT:
+        raise DataError(f"{path}: not a model bundle of format {BUNDLE_FORMAT}")
+    arch = data["architecture"]
+    model = build(arch["name"], arch["in_features"], arch["out_features"], arch.get("params", {}))
+    model.load_state_dict(data["state_dict"])
+    model.eval()
+    return model, Preprocessor.from_dict(data["preprocessor"]), dict(data["meta"])
+
+
+def import_user_model(reference: str) -> Any:
+    """`path/to/model.py:build` -> the callable; an import error propagates with its traceback."""
+    path_text, _, function = reference.rpartition(":")
+    path = Path(path_text)
+    spec = importlib.util.spec_from_file_location(f"workbench_user_model_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise DataError(f"model {reference!r}: cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, function):
+        raise DataError(f"model {reference!r}: {path} defines no {function!r}")
+    return getattr(module, function)

@@ -1,0 +1,142 @@
+"""The run catalog: one row per train job with its params, dataset version and hash, environment
+and final metrics; what `workbench runs` and the Runs screen list and compare."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from workbench.store import Store
+
+if TYPE_CHECKING:
+    from workbench.lake import VersionInfo
+
+
+@dataclass(frozen=True)
+class Run:
+    """A train job's record joined with its queue state."""
+
+    job_id: int
+    name: str
+    state: str
+    model: str
+    task: str
+    dataset: str
+    dataset_version: int
+    dataset_hash: str
+    params: dict[str, Any]
+    env: dict[str, Any]
+    metrics: dict[str, float]
+    sweep_metric: str | None
+    bundle: str | None
+    started_at: float
+    finished_at: float | None
+    stage: str | None
+    pipeline_id: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "name": self.name,
+            "state": self.state,
+            "model": self.model,
+            "task": self.task,
+            "dataset": self.dataset,
+            "dataset_version": self.dataset_version,
+            "dataset_hash": self.dataset_hash,
+            "params": self.params,
+            "env": self.env,
+            "metrics": self.metrics,
+            "sweep_metric": self.sweep_metric,
+            "bundle": self.bundle,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "stage": self.stage,
+            "pipeline_id": self.pipeline_id,
+        }
+
+
+_COLUMNS = (
+    "r.job_id, r.name, j.state, r.model, r.task, r.dataset, r.dataset_version, r.dataset_hash,"
+    " r.params, r.env, r.metrics, r.sweep_metric, r.bundle, r.started_at, r.finished_at, j.stage,"
+    " j.pipeline_id"
+)
+
+
+def _run(row: tuple[Any, ...]) -> Run:
+    (job_id, name, state, model, task, dataset, version, digest, params, env, metrics, sweep,
+     bundle, started, finished, stage, pipeline) = row  # fmt: skip
+    return Run(
+        job_id, name, state or "removed", model, task, dataset, version, digest,
+        json.loads(params), json.loads(env), json.loads(metrics) if metrics else {},
+        sweep, bundle, started, finished, stage, pipeline,
+    )  # fmt: skip
+
+
+def start_run(
+    store: Store,
+    job_id: int,
+    name: str,
+    model: str,
+    task: str,
+    info: VersionInfo,
+    params: dict[str, Any],
+    env: dict[str, Any],
+    sweep_metric: str | None,
+) -> None:
+    """Record a run as it starts (again, on a retry: the row is replaced, metrics kept)."""
+    with store.transaction() as conn:
+        conn.execute(
+            "INSERT OR REPLACE INTO runs(job_id, name, model, task, dataset, dataset_version,"
+            " dataset_hash, params, env, sweep_metric, started_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                job_id, name, model, task, info.dataset, info.version, info.content_hash,
+                json.dumps(params), json.dumps(env), sweep_metric or None, time.time(),
+            ),
+        )  # fmt: skip
+
+
+def finish_run(store: Store, job_id: int, metrics: dict[str, float], bundle: str) -> None:
+    with store.transaction() as conn:
+        conn.execute(
+            "UPDATE runs SET metrics=?, bundle=?, finished_at=? WHERE job_id=?",
+            (json.dumps(metrics), bundle, time.time(), job_id),
+        )
+
+
+def list_runs(store: Store) -> list[Run]:
+    rows = store.conn.execute(
+        f"SELECT {_COLUMNS} FROM runs r LEFT JOIN jobs j ON j.id = r.job_id ORDER BY r.job_id"
+    ).fetchall()
+    return [_run(r) for r in rows]
+
+
+def get_run(store: Store, job_id: int) -> Run | None:
+    row = store.conn.execute(
+        f"SELECT {_COLUMNS} FROM runs r LEFT JOIN jobs j ON j.id = r.job_id WHERE r.job_id=?",
+        (job_id,),
+    ).fetchone()
+    return _run(row) if row else None
+
+
+def metric_order(metric: str) -> tuple[str, bool]:
+    """`val_accuracy` -> higher is better; `-val_loss`, or any *loss / *rmse / *mae -> lower."""
+    if metric.startswith("-"):
+        return metric[1:], False
+    lower = metric.endswith(("loss", "rmse", "mae", "error"))
+    return metric, not lower
+
+
+def best_run(runs: list[Run], metric: str) -> Run | None:
+    """The finished run with the best value of `metric`."""
+    name, higher = metric_order(metric)
+    scored = [r for r in runs if r.state == "succeeded" and r.metrics.get(name) is not None]
+    if not scored:
+        return None
+    return (max if higher else min)(scored, key=lambda r: r.metrics[name])
+
+
+def stage_runs(store: Store, pipeline_id: int, stage: str) -> list[Run]:
+    return [r for r in list_runs(store) if r.pipeline_id == pipeline_id and r.stage == stage]
