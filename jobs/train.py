@@ -111,8 +111,10 @@ def prepare(spec: Spec, base_dir: Path, where: str) -> Spec:
         if not resolved.is_file():
             raise SpecError(f"{where}: key 'model': no such file {resolved}")
         model = f"{resolved}:{function}"
-    if spec.sweep is not None:
-        parse_sweep(spec.sweep, where)
+    if spec.sweep is not None and "point" not in spec.sweep:
+        raise SpecError(
+            f"{where}: key 'sweep': a sweep expands into one job per point in a pipeline file (workbench --batch)"
+        )
     return replace(spec, model=model)
 
 
@@ -193,9 +195,7 @@ def expand(
         label = ",".join(
             f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in point.items()
         )
-        out.append(
-            (label, {**base, **point, "sweep": {"metric": sweep.metric, **({"point": label})}})
-        )
+        out.append((label, {**base, **point, "sweep": {"metric": sweep.metric, "point": label}}))
     return out, sweep
 
 

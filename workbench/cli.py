@@ -27,7 +27,7 @@ from workbench.units import format_duration, format_size, parse_duration
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DAEMON = 0, 1, 2, 3
 
 # Modules that add subcommands: each has `register(subparsers)`; handlers import what they need.
-EXTENSIONS: list[str] = ["workbench.cli_data"]
+EXTENSIONS: list[str] = ["workbench.cli_data", "workbench.cli_runs"]
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -502,6 +502,9 @@ def run_batch(path: str, json_mode: bool) -> int:
     client = _client()
 
     def submit(p: Any) -> tuple[int, list[int]]:
+        for stage in p.stages:
+            if stage.group_limit is not None:
+                client.store.set_group(*stage.group_limit)
         stages = [(request, stage.after) for stage in p.stages for request in stage.requests]
         pipeline_id, ids = client.store.submit_pipeline(p.name, str(p.path), stages)
         client.nudge()
@@ -513,7 +516,7 @@ def run_batch(path: str, json_mode: bool) -> int:
     def cancel(job_id: int) -> None:
         client.control(job_id, "cancel")
 
-    return run_pipeline(pipeline, submit, poll, cancel, json_mode=json_mode)
+    return run_pipeline(pipeline, submit, poll, cancel, json_mode=json_mode, store=client.store)
 
 
 def open_tui() -> int:

@@ -179,10 +179,10 @@ class Daemon:
         """Record how a job ended, and queue it again if it has retries left."""
         fields = {"exit_code": status.code, "ended_at": status.ended_at or time.time()}
         live = [RUNNING, PAUSED]
+        failure = runner.read_failure(tracked.run_dir)
         if job.intent == "cancel" and not tracked.timed_out:
-            self.store.set_state(
-                job.id, CANCELLED, f"cancelled ({status.describe()})", expect=live, **fields
-            )
+            reason = f"cancelled ({status.describe()})" + (f": {failure}" if failure else "")
+            self.store.set_state(job.id, CANCELLED, reason, expect=live, **fields)
         elif tracked.timed_out:
             limit = format_duration(job.time_limit)
             self.store.set_state(
@@ -191,7 +191,6 @@ class Daemon:
         elif status.ok:
             self.store.set_state(job.id, SUCCEEDED, status.describe(), expect=live, **fields)
         else:
-            failure = runner.read_failure(tracked.run_dir)
             reason = f"{status.describe()}: {failure}" if failure else status.describe()
             self.store.set_state(job.id, FAILED, reason, expect=live, **fields)
             if job.attempt <= job.retries:

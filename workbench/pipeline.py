@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from workbench.kinds import load_kind
 from workbench.spec import SpecError, check_keys, coerce
-from workbench.store import ENDED, SETTLED, SUCCEEDED, Job, JobRequest
+from workbench.store import ENDED, SETTLED, SUCCEEDED, Job, JobRequest, Store
 from workbench.submit import build_request
 from workbench.units import format_duration
 
@@ -27,6 +28,7 @@ class Stage:
     name: str
     requests: tuple[JobRequest, ...]
     after: tuple[tuple[str, str], ...]
+    group_limit: tuple[str, int] | None = None  # a sweep's points share a capped group
 
 
 @dataclass(frozen=True)
@@ -99,10 +101,12 @@ def load_pipeline(path: Path, env: dict[str, str] | None = None) -> Pipeline:
                 after.append((dep, cond))
         request_table = {k: v for k, v in table.items() if k not in AFTER_KEYS}
         request_table.setdefault("name", stage_name)
-        request = build_request(
-            request_table, base_dir, where, env, stage=stage_name, fail_unrunnable=True
+        points, group_limit = _expand(request_table, stage_name, name, where)
+        requests = tuple(
+            build_request(point, base_dir, where, env, stage=stage_name, fail_unrunnable=True)
+            for point in points
         )
-        built[stage_name] = Stage(stage_name, (request,), tuple(after))
+        built[stage_name] = Stage(stage_name, requests, tuple(after), group_limit)
     for stage in built.values():
         for dep, _ in stage.after:
             if dep not in built:
@@ -111,6 +115,23 @@ def load_pipeline(path: Path, env: dict[str, str] | None = None) -> Pipeline:
                 )
     order = _stage_order({s.name: s.after for s in built.values()}, path)
     return Pipeline(name, path, tuple(built[n] for n in order))
+
+
+def _expand(
+    table: dict[str, Any], stage: str, pipeline: str, where: str
+) -> tuple[list[dict[str, Any]], tuple[str, int] | None]:
+    """A stage whose kind can expand it (a train stage with `[stage.sweep]`) becomes one table
+    per point, named `stage[point]`, in a group capped at the sweep's parallelism."""
+    kind = table.get("kind")
+    if not isinstance(kind, str) or "sweep" not in table:
+        return [table], None
+    expand = getattr(load_kind(kind, where), "expand", None)
+    if expand is None:
+        raise SpecError(f"{where}: key 'sweep': kind {kind!r} does not sweep")
+    points, sweep = expand(table, where)
+    group = table.get("group") or f"sweep-{pipeline}-{stage}"
+    tables = [{**point, "name": f"{stage}[{label}]", "group": group} for label, point in points]
+    return tables, (str(group), int(sweep.parallel))
 
 
 # ---- running --------------------------------------------------------------------------------
@@ -201,18 +222,48 @@ class _Reporter:
                     self.progress.stop_task(task)  # its clock stops with it
 
 
-def summary_table(pipeline_name: str, jobs: list[Job]) -> str:
+def summary_table(pipeline_name: str, jobs: list[Job], notes: list[str]) -> str:
     """The results, as plain text for stdout."""
     lines = [f"pipeline {pipeline_name}"]
-    width = max((len(j.stage or "") for j in jobs), default=5)
+    width = max((len(j.name if j.name != j.stage else j.stage or "") for j in jobs), default=5)
     for job in jobs:
         line = _job_line(job)
         reason = f"  {job.reason}" if job.reason and job.state != SUCCEEDED else ""
+        label = job.name if job.name != job.stage else job.stage or ""
         lines.append(
-            f"  {job.stage or '':<{width}}  job {job.id:<5} {job.state:<10}"
+            f"  {label:<{width}}  job {job.id:<5} {job.state:<10}"
             f" {format_duration(line['duration_s']):>8}{reason}"
         )
+    lines.extend(f"  {note}" for note in notes)
     return "\n".join(lines)
+
+
+def sweep_results(pipeline: Pipeline, pipeline_id: int, store: Store) -> list[dict[str, Any]]:
+    """For each swept stage, the best point by the sweep's metric."""
+    from workbench import runs
+
+    results = []
+    for stage in pipeline.stages:
+        if stage.group_limit is None:
+            continue
+        metric = str((stage.requests[0].spec.get("sweep") or {}).get("metric") or "")
+        candidates = runs.stage_runs(store, pipeline_id, stage.name)
+        metric = metric or (
+            "val_accuracy" if candidates and candidates[0].task == "classification" else "-val_loss"
+        )
+        best = runs.best_run(candidates, metric)
+        name, _ = runs.metric_order(metric)
+        results.append(
+            {
+                "stage": stage.name,
+                "metric": metric,
+                "points": len(stage.requests),
+                "best_job": best.job_id if best else None,
+                "best_name": best.name if best else None,
+                "best_value": best.metrics.get(name) if best else None,
+            }
+        )
+    return results
 
 
 def run_pipeline(
@@ -224,6 +275,7 @@ def run_pipeline(
     out: IO[str] = sys.stdout,
     err: IO[str] = sys.stderr,
     interval_s: float = 0.1,
+    store: Store | None = None,
 ) -> int:
     """Submit the stages, follow them to the end, print the summary; 0 iff all succeeded.
 
@@ -258,20 +310,24 @@ def run_pipeline(
             follow()  # a second Ctrl-C leaves at once
     jobs = poll(ids)
     ok = all(j.state == SUCCEEDED for j in jobs) and not interrupted
+    sweeps = sweep_results(pipeline, pipeline_id, store) if store is not None else []
     if json_mode:
-        print(
-            json.dumps(
-                {
-                    "type": "summary",
-                    "pipeline": pipeline.name,
-                    "id": pipeline_id,
-                    "ok": ok,
-                    "stages": [_job_line(j) for j in jobs],
-                }
-            ),
-            file=out,
-            flush=True,
-        )
+        summary = {
+            "type": "summary",
+            "pipeline": pipeline.name,
+            "id": pipeline_id,
+            "ok": ok,
+            "stages": [_job_line(j) for j in jobs],
+            "sweeps": sweeps,
+        }
+        print(json.dumps(summary), file=out, flush=True)
     else:
-        print(summary_table(pipeline.name, jobs), file=out, flush=True)
+        notes = [
+            f"best of {s['stage']} ({s['points']} points) by {s['metric']}: job {s['best_job']}"
+            f" {s['best_name']} = {s['best_value']:.4g}"
+            if s["best_job"] is not None
+            else f"sweep {s['stage']}: no point finished"
+            for s in sweeps
+        ]
+        print(summary_table(pipeline.name, jobs, notes), file=out, flush=True)
     return 0 if ok else 1
