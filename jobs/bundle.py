@@ -198,6 +198,18 @@ class Preprocessor:
             return np.zeros((table.num_rows, 0), dtype=np.float32)
         return np.concatenate(blocks, axis=1).astype(np.float32)
 
+    def raw_numeric(self, table: pyarrow.Table) -> np.ndarray:
+        """The numeric features as they are (NaN where missing), float32: what an exported ONNX
+        model with the standardisation inside its graph takes."""
+        self.check_columns(table)
+        if not self.numeric_only:
+            raise DataError("raw_numeric needs a model whose features are all numeric")
+        if not self.columns:
+            return np.zeros((table.num_rows, 0), dtype=np.float32)
+        return np.stack(
+            [_as_float(table.column(c.name), c.name) for c in self.columns], axis=1
+        ).astype(np.float32)
+
     def encode_target(self, table: pyarrow.Table) -> np.ndarray:
         """Labels as class indices (int64), or values (float32) for regression."""
         import pyarrow as pa
@@ -301,3 +313,43 @@ def import_user_model(reference: str) -> Any:
     if not hasattr(module, function):
         raise DataError(f"model {reference!r}: {path} defines no {function!r}")
     return getattr(module, function)
+
+
+def resolve_model(ctx: Any, reference: str) -> tuple[str, Path, int | None]:
+    """A model reference -> (format, path, train job id). `reference` is a pipeline stage name
+    (the best point when the stage was a sweep), a train job id, or a `.onnx` / `.pt` file."""
+    from workbench import runs
+
+    if reference.endswith((".onnx", ".pt")):
+        path = Path(reference)
+        if not path.is_file():
+            raise DataError(f"model {reference!r}: no such file")
+        return ("onnx" if reference.endswith(".onnx") else "bundle"), path, None
+    if reference.isdigit():
+        run = runs.get_run(ctx.store, int(reference))
+        if run is None:
+            raise DataError(f"model {reference!r}: job {reference} is not a training run")
+    else:
+        candidates = (
+            runs.stage_runs(ctx.store, ctx.job.pipeline_id, reference)
+            if ctx.job.pipeline_id
+            else []
+        )
+        if not candidates:
+            raise DataError(
+                f"model {reference!r}: no training run of a stage with that name in this pipeline"
+            )
+        metric = candidates[0].sweep_metric or (
+            "val_accuracy" if candidates[0].task == "classification" else "-val_loss"
+        )
+        best = runs.best_run(candidates, metric) if len(candidates) > 1 else candidates[0]
+        if best is None:
+            raise DataError(f"model {reference!r}: none of its {len(candidates)} runs succeeded")
+        run = best
+        if len(candidates) > 1:
+            ctx.log(
+                f"stage {reference!r} swept {len(candidates)} points; using the best by {metric}: job {run.job_id} {run.name}"
+            )
+    if not run.bundle or not Path(run.bundle).is_file():
+        raise DataError(f"model {reference!r}: run {run.job_id} has no saved model ({run.state})")
+    return "bundle", Path(run.bundle), run.job_id

@@ -338,12 +338,15 @@ def oom_message(device_name: str, requested: str | None, free_bytes: int, total_
 class _MetricBuffer:
     """Per-step metrics, written to the store in batches (at most once a second)."""
 
-    def __init__(self, ctx: JobContext):
+    def __init__(self, ctx: JobContext, enabled: bool = True):
         self.ctx = ctx
+        self.enabled = enabled
         self.rows: list[tuple[int, str, float | None]] = []
         self.flushed = time.monotonic()
 
     def add(self, step: int, values: dict[str, float | None]) -> None:
+        if not self.enabled:
+            return
         self.rows.extend((step, k, v) for k, v in values.items())
         if time.monotonic() - self.flushed > 1.0:
             self.flush()
@@ -422,9 +425,15 @@ class Outcome:
 
 
 def fit(
-    ctx: JobContext, spec: Spec, data: Prepared, device: torch.device
+    ctx: JobContext,
+    spec: Spec,
+    data: Prepared,
+    device: torch.device,
+    checkpoint: Path | None = None,
+    record: bool = True,
 ) -> tuple[torch.nn.Module, Outcome]:
-    """The training loop: resumable from `checkpoints/last.pt`, bit-for-bit on CPU."""
+    """The training loop: resumable from `checkpoint`, bit-for-bit on CPU. With `record` off
+    (repeated trainings inside a test job) no metrics or progress are written."""
     import torch
 
     from jobs.bundle import atomic_torch_save
@@ -446,11 +455,10 @@ def fit(
     rows = len(x_train)
     steps_per_epoch = math.ceil(rows / spec.batch_size)
     shuffle = torch.Generator().manual_seed(spec.seed)
-    checkpoint = ctx.checkpoint_dir / "last.pt"
     start_epoch, start_batch, order = 0, 0, None
     best: dict[str, Any] = {"value": None, "epoch": -1, "state": None, "since": 0}
     monitor = "val_accuracy" if classification else "val_loss"
-    if checkpoint.exists():
+    if checkpoint is not None and checkpoint.exists():
         saved = torch.load(checkpoint, map_location=device, weights_only=False)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -465,10 +473,12 @@ def fit(
             (ctx.job.id, start_epoch * steps_per_epoch + start_batch),
         )
         ctx.log(f"resumed from {checkpoint} at epoch {start_epoch + 1}, batch {start_batch}")
-    metrics = _MetricBuffer(ctx)
+    metrics = _MetricBuffer(ctx, record)
     autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
 
     def save(epoch: int, batch: int, batch_order: torch.Tensor | None) -> None:
+        if checkpoint is None:
+            return
         atomic_torch_save(
             {
                 "model": model.state_dict(),
@@ -560,11 +570,12 @@ def fit(
         ctx.log(
             f"epoch {epoch + 1}/{spec.epochs}: train_loss {epoch_loss / max(seen, 1):.4f}, {summary}"
         )
-        ctx.progress(
-            (epoch + 1) / spec.epochs,
-            f"epoch {epoch + 1}/{spec.epochs}"
-            + (f" {monitor} {value:.3f}" if value is not None else ""),
-        )
+        if record:
+            ctx.progress(
+                (epoch + 1) / spec.epochs,
+                f"epoch {epoch + 1}/{spec.epochs}"
+                + (f" {monitor} {value:.3f}" if value is not None else ""),
+            )
         order = None
         save(epoch + 1, 0, None)
         if spec.early_stopping and best["since"] >= spec.early_stopping:
@@ -630,7 +641,7 @@ def run(ctx: JobContext) -> None:
         f" {data.pre.in_features} inputs, task {data.pre.task}) on {env['device_name']} ({device})"
     )
     try:
-        model, outcome = fit(ctx, spec, data, device)
+        model, outcome = fit(ctx, spec, data, device, ctx.checkpoint_dir / "last.pt")
     except torch.cuda.OutOfMemoryError as error:
         free, total = torch.cuda.mem_get_info(device)
         requested = (

@@ -19,6 +19,7 @@ KINDS: dict[str, str] = {
     "command": "jobs.command",
     "ingest": "jobs.ingest",
     "train": "jobs.train",
+    "test": "jobs.evaluate",
 }
 
 

@@ -169,6 +169,30 @@ MIGRATIONS: dict[int, str] = {
         finished_at REAL
     );
     """,
+    5: """
+    CREATE TABLE evaluations (
+        job_id INTEGER PRIMARY KEY,
+        run_job_id INTEGER,
+        dataset TEXT NOT NULL,
+        dataset_version INTEGER NOT NULL,
+        model_format TEXT NOT NULL,
+        model_path TEXT NOT NULL,
+        metrics TEXT NOT NULL,
+        gate_passed INTEGER NOT NULL,
+        result TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE models (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        export_job_id INTEGER NOT NULL,
+        run_job_id INTEGER,
+        path TEXT NOT NULL,
+        format TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        card TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
