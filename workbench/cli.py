@@ -27,7 +27,7 @@ from workbench.units import format_duration, format_size, parse_duration
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DAEMON = 0, 1, 2, 3
 
 # Modules that add subcommands: each has `register(subparsers)`; handlers import what they need.
-EXTENSIONS: list[str] = ["workbench.cli_data", "workbench.cli_runs"]
+EXTENSIONS: list[str] = ["workbench.cli_data", "workbench.cli_runs", "workbench.cli_models"]
 
 Handler = Callable[[argparse.Namespace], int]
 

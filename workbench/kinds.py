@@ -20,6 +20,7 @@ KINDS: dict[str, str] = {
     "ingest": "jobs.ingest",
     "train": "jobs.train",
     "test": "jobs.evaluate",
+    "export": "jobs.export",
 }
 
 

@@ -1,0 +1,69 @@
+"""`workbench models`: exported models with their lineage and checks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from workbench.paths import Home
+from workbench.units import format_duration, format_size
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("models", help="exported models: lineage, parity, latency, file hash")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_models)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from workbench import models
+    from workbench.store import Store
+
+    home = Home.current().ensure()
+    listed = models.list_models(Store.open(home.state_db))
+    if args.json:
+        print(json.dumps(listed, default=str))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in (
+        "id",
+        "name",
+        "dataset",
+        "run",
+        "test",
+        "parity",
+        "ort/torch b256",
+        "size",
+        "sha256",
+        "age",
+    ):
+        table.add_column(column)
+    now = time.time()
+    for model in listed:
+        card = model["card"]
+        test = card.get("test") or {}
+        metrics = test.get("metrics") or {}
+        headline = next(iter(metrics.items()), None)
+        data = card.get("dataset") or {}
+        latency = card.get("latency", {}).get("cpu", {}).get("batch_256", {})
+        table.add_row(
+            str(model["id"]),
+            card.get("name", ""),
+            f"{data.get('name')} v{data.get('version')}",
+            f"job {model['run_job_id']}",
+            f"{headline[0]} {headline[1]:.3f}" if headline else "-",
+            f"{card['parity']['max_abs_diff']:.1e}",
+            f"{latency.get('ort_over_torch_median', 0):.2f}",
+            format_size(card.get("bytes")),
+            model["sha256"][:12],
+            format_duration(now - model["created_at"]),
+        )
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(table if listed else "no models yet (an export job records one)")
+    return 0
