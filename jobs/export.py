@@ -77,8 +77,10 @@ def with_preprocessing(model: torch.nn.Module, pre: Preprocessor) -> tuple[torch
             self.inner = model
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            x = torch.where(torch.isnan(x), self.mean, x)
-            return self.inner((x - self.mean) / self.std)  # type: ignore[no-any-return]
+            mean = self.get_buffer("mean")
+            std = self.get_buffer("std")
+            x = torch.where(torch.isnan(x), mean, x)
+            return self.inner((x - mean) / std)  # type: ignore[no-any-return]
 
     return Standardised().eval(), True
 
@@ -138,8 +140,8 @@ def latency(
         rows = np.resize(x, (batch, x.shape[1])).astype(np.float32)
         tensor = torch.from_numpy(rows).to(device)
         with torch.no_grad():
-            torch_time = _timings(lambda: module(tensor), runs)
-        ort_time = _timings(lambda: session.run(None, {name: rows}), runs)
+            torch_time = _timings(lambda t=tensor: module(t), runs)
+        ort_time = _timings(lambda r=rows: session.run(None, {name: r}), runs)
         out[f"batch_{batch}"] = {
             "torch": torch_time,
             "onnxruntime": ort_time,
