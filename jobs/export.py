@@ -279,7 +279,8 @@ def run(ctx: JobContext) -> None:
         export_onnx(module, torch.from_numpy(x[: max(2, min(len(x), 8))]), path)
     except Exception as error:
         operator = unsupported_operator(error)
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+        first = (plain.splitlines() or [type(error).__name__])[0]
         if operator:
             raise JobFailed(
                 f"the ONNX exporter cannot handle operator {operator}: {first}"
