@@ -1,0 +1,122 @@
+"""The workbench TUI: one key per screen (Textual modes), help, command palette, themes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Footer, Markdown
+
+from screens.dashboard import DashboardScreen
+from screens.queue import QueueScreen
+from screens.source import Source
+from workbench.paths import Home
+
+# One line per screen: its mode name, key, title and class. Other screens add themselves here.
+SCREENS: list[tuple[str, str, str, type[Screen[Any]]]] = [
+    ("dashboard", "d", "Dashboard", DashboardScreen),
+    ("queue", "j", "Queue", QueueScreen),
+]
+
+
+class HelpScreen(ModalScreen[None]):
+    """Every key of the app and of the screen underneath."""
+
+    BINDINGS = [
+        Binding(
+            "escape,question_mark,q", "dismiss", "Close", id="help.close", tooltip="Close the help"
+        )
+    ]
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="help"):
+            yield Markdown(self.text)
+        yield Footer()
+
+
+class WorkbenchApp(App[None]):
+    """Dashboard, Queue, Data, Runs and Models over one workbench home."""
+
+    TITLE = "gpu-workbench"
+    CSS_PATH = "app.tcss"
+    MODES: ClassVar[dict[str, Any]] = {}
+    BINDINGS: ClassVar[list[Any]] = [
+        Binding("question_mark", "help", "Help", id="app.help", tooltip="Show every key"),
+        Binding(
+            "T", "toggle_theme", "Theme", id="app.theme", tooltip="Switch between dark and light"
+        ),
+        Binding("q", "quit", "Quit", id="app.quit", tooltip="Leave the TUI (jobs keep running)"),
+    ]
+
+    def __init__(self, source: Source | None = None, frozen: bool = False):
+        super().__init__()
+        self.source = source or Source(Home.current().ensure())
+        self.frozen = frozen  # snapshot tests: read once, never poll again
+        for mode, key, title, _ in SCREENS:
+            self.bind(key, f"switch_mode('{mode}')", description=title, show=True)
+
+    def on_mount(self) -> None:
+        self.theme = "textual-dark"
+        self.switch_mode("dashboard")
+
+    def action_toggle_theme(self) -> None:
+        self.theme = "textual-light" if self.theme == "textual-dark" else "textual-dark"
+
+    def help_text(self) -> str:
+        lines = ["# gpu-workbench keys", "", "## Everywhere", ""]
+        lines += [f"- `{key}` {title}" for _, key, title, _ in SCREENS]
+        lines += [
+            "- `?` this help",
+            "- `T` dark/light theme",
+            "- `ctrl+p` command palette",
+            "- `q` quit (jobs keep running)",
+        ]
+        screen = self.screen
+        bindings = [b for b in getattr(screen, "BINDINGS", []) if isinstance(b, Binding)]
+        if bindings:
+            lines += ["", f"## {type(screen).__name__.removesuffix('Screen')}", ""]
+            lines += [f"- `{b.key}` {b.description}: {b.tooltip}" for b in bindings]
+        return "\n".join(lines)
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen(self.help_text()))
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        """The palette holds the same actions as the keys: screens, then the current screen's."""
+        yield from super().get_system_commands(screen)
+        for mode, key, title, _ in SCREENS:
+            yield SystemCommand(
+                f"Go to {title}",
+                f"Switch to the {title} screen (key {key})",
+                lambda m=mode: self.switch_mode(m),
+            )
+        yield SystemCommand("Toggle theme", "Dark or light (key T)", self.action_toggle_theme)
+        for binding in getattr(screen, "BINDINGS", []):
+            if isinstance(binding, Binding) and binding.description:
+                yield SystemCommand(
+                    f"{type(screen).__name__.removesuffix('Screen')}: {binding.description}",
+                    f"{binding.tooltip} (key {binding.key})",
+                    lambda a=binding.action, s=screen: self.call_later(s.run_action, a),
+                )
+
+
+for _mode, _key, _title, _cls in SCREENS:
+    WorkbenchApp.MODES[_mode] = _cls
+
+
+def run_app() -> int:
+    """`workbench` with no command: start the daemon if needed, then the TUI."""
+    from workbench.client import ensure_daemon
+
+    home = Home.current().ensure()
+    ensure_daemon(home)
+    WorkbenchApp(Source(home)).run()
+    return 0

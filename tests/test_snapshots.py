@@ -1,0 +1,64 @@
+"""How the TUI looks: SVG snapshots of the Dashboard (two fake GPUs, one busy with a queue job;
+no GPU), the Queue with jobs in every state, and the job detail view, at 80x24 and 160x48."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tui_data import EVENTS, JOBS, LOGS, NOW, fake_gpu_snapshot, history, no_gpu_snapshot
+
+from screens.app import WorkbenchApp
+from screens.source import FixedSource
+
+SIZES = [(80, 24), (160, 48)]
+
+
+@pytest.fixture(autouse=True)
+def utc(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Times on screen are local: pin the zone so snapshots match on every machine."""
+    import time
+
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def app_with(telemetry: dict[str, Any], gpus_in_history: bool) -> WorkbenchApp:
+    source = FixedSource(
+        fixed_jobs=JOBS,
+        fixed_telemetry=telemetry,
+        fixed_history=history(gpus_in_history),
+        fixed_events=EVENTS,
+        fixed_logs=LOGS,
+        fixed_now=NOW,
+        fixed_metrics={2: {"train_loss": 0.8123, "val_accuracy": 0.8261}},
+    )
+    return WorkbenchApp(source, frozen=True)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=["80x24", "160x48"])
+def test_dashboard_two_gpus_one_busy(
+    snap_compare: Any, tmp_path: Path, size: tuple[int, int]
+) -> None:
+    assert snap_compare(app_with(fake_gpu_snapshot(tmp_path), True), terminal_size=size)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=["80x24", "160x48"])
+def test_dashboard_without_gpu(snap_compare: Any, size: tuple[int, int]) -> None:
+    assert snap_compare(app_with(no_gpu_snapshot(), False), terminal_size=size)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=["80x24", "160x48"])
+def test_queue_with_jobs_in_every_state(snap_compare: Any, size: tuple[int, int]) -> None:
+    assert snap_compare(app_with(no_gpu_snapshot(), False), terminal_size=size, press=["j"])
+
+
+@pytest.mark.parametrize("size", SIZES, ids=["80x24", "160x48"])
+def test_job_detail(snap_compare: Any, size: tuple[int, int]) -> None:
+    assert snap_compare(
+        app_with(no_gpu_snapshot(), False), terminal_size=size, press=["j", "down", "o"]
+    )

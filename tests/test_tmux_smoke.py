@@ -1,0 +1,68 @@
+"""The real `workbench` in a real terminal (tmux): a job submitted from the CLI appears, and is
+cancelled with keys; the screen is read back with capture-pane."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import wait_for, workbench
+
+from workbench.paths import Home
+
+SERVER = f"wb-smoke-{os.getpid()}"  # a tmux server of our own, not the user's
+
+
+def tmux(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["tmux", "-L", SERVER, *args], capture_output=True, text=True, check=check
+    )
+
+
+def capture(session: str) -> str:
+    return tmux("capture-pane", "-p", "-t", session).stdout
+
+
+def keys(session: str, *names: str) -> None:
+    tmux("send-keys", "-t", session, *names)
+
+
+@pytest.mark.slow
+def test_tui_in_tmux_submit_see_cancel(home: Home) -> None:
+    assert shutil.which("tmux"), "tmux is needed (installed by .ci/setup)"
+    session = f"wb-smoke-{int(time.time() * 1000)}"
+    command = f"env -u COLUMNS -u LINES WORKBENCH_HOME={home.root} {sys.executable} -m workbench"
+    tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "40", command)
+    try:
+        wait_for(
+            lambda: "Dashboard" in capture(session),
+            timeout=30,
+            what=f"the TUI to draw: {capture(session)!r}",
+        )
+        keys(session, "j")
+        wait_for(
+            lambda: "no jobs yet" in capture(session) or " id " in capture(session),
+            what="the queue",
+        )
+        job_id = workbench("submit", "--name", "smoke-sleeper", "--", "sleep", "300").stdout.strip()
+        wait_for(
+            lambda: "smoke-sleeper" in capture(session) and "running" in capture(session),
+            what="the job to appear running",
+        )
+        keys(session, "c")
+        wait_for(lambda: "cancelled" in capture(session), what="the job cancelled by key")
+        screen = capture(session)
+        assert f"job {job_id}: cancelling" in screen or "cancelled" in screen
+        shown = workbench("show", job_id, "--json").stdout
+        assert '"state": "cancelled"' in shown
+        keys(session, "q")
+        wait_for(
+            lambda: tmux("has-session", "-t", session, check=False).returncode != 0,
+            what="the TUI to quit",
+        )
+    finally:
+        tmux("kill-server", check=False)

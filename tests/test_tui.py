@@ -1,0 +1,230 @@
+"""The TUI's behaviour, key by key, against a real daemon in a temporary home (Pilot)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from conftest import stop_daemon, wait_state
+from textual.widgets import DataTable, Input, Log
+
+from screens.app import HelpScreen, WorkbenchApp
+from screens.dashboard import DashboardScreen
+from screens.queue import JobDetailScreen, QueueScreen, SubmitScreen
+from screens.source import Source
+from workbench.client import Client
+from workbench.paths import Home
+from workbench.submit import build_request
+
+
+def submit(client: Client, argv: list[str], paused: bool = False, **extra: Any) -> int:
+    request = build_request(
+        {"kind": "command", "argv": argv, **extra}, Path.cwd(), "test", paused=paused
+    )
+    return client.submit(request)
+
+
+async def until(
+    pilot: Any, predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition"
+) -> Any:
+    """Let the app run until `predicate()` holds (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        await pilot.pause(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def text_of(widget: Any) -> str:
+    """What a Static shows, as plain text."""
+    from rich.console import Console
+
+    console = Console(width=200, record=True, file=open("/dev/null", "w"))
+    console.print(widget.content)
+    return console.export_text()
+
+
+def rows(app: WorkbenchApp) -> dict[str, list[str]]:
+    table = app.screen.query_one("#jobs", DataTable)
+    return {key.value: [str(c) for c in table.get_row(key)] for key in table.rows if key.value}
+
+
+def select(app: WorkbenchApp, job_id: int) -> None:
+    table = app.screen.query_one("#jobs", DataTable)
+    table.move_cursor(row=table.get_row_index(str(job_id)))
+
+
+@pytest.fixture
+def app(home: Home) -> WorkbenchApp:
+    return WorkbenchApp(Source(home))
+
+
+async def test_modes_help_and_theme(app: WorkbenchApp) -> None:
+    async with app.run_test(size=(120, 40)) as pilot:
+        assert isinstance(app.screen, DashboardScreen)
+        await pilot.press("j")
+        assert isinstance(app.screen, QueueScreen)
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert isinstance(app.screen, QueueScreen)
+        theme = app.theme
+        await pilot.press("T")
+        assert app.theme != theme
+        await pilot.press("d")
+        assert isinstance(app.screen, DashboardScreen)
+        await pilot.press("z", "F12", "ctrl+y")  # unbound keys do nothing, and nothing breaks
+        assert app.is_running
+
+
+async def test_dashboard_shows_host_panels_and_hides_them(
+    app: WorkbenchApp, client: Client
+) -> None:
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = app.screen
+        await until(pilot, lambda: "CPU" in text_of(screen.query_one("#cpu")), what="CPU panel")
+        assert "no NVIDIA driver on this machine" in text_of(screen.query_one("#gpu-status"))
+        await pilot.press("2")
+        assert not screen.query_one("#cpu").display
+        await pilot.press("2")
+        assert screen.query_one("#cpu").display
+
+
+async def test_queue_updates_live_and_keeps_the_cursor(app: WorkbenchApp, client: Client) -> None:
+    first = submit(client, ["sleep", "30"], name="first")
+    async with app.run_test(size=(140, 40)) as pilot:
+        await pilot.press("j")
+        await until(pilot, lambda: str(first) in rows(app), what="first job row")
+        select(app, first)
+        second = submit(client, ["true"], name="second")
+        await until(
+            pilot,
+            lambda: rows(app).get(str(second), [""] * 4)[3] == "succeeded",
+            what="second job succeeded",
+        )
+        table = app.screen.query_one("#jobs", DataTable)
+        assert table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value == str(first)
+        await pilot.press("c")
+        await until(pilot, lambda: rows(app)[str(first)][3] == "cancelled", what="cancelled by key")
+
+
+async def test_pause_resume_retry_priority(app: WorkbenchApp, client: Client) -> None:
+    job_id = submit(client, ["sleep", "30"])
+    failing = submit(client, ["false"])
+    running = wait_state(client, job_id, "running")
+    wait_state(client, failing, "failed")
+    async with app.run_test(size=(140, 40)) as pilot:
+        await pilot.press("j")
+        await until(pilot, lambda: str(job_id) in rows(app), what="row")
+        select(app, job_id)
+        await pilot.press("p")
+        await until(pilot, lambda: client.store.get(job_id).state == "paused", what="paused")
+        child = psutil.Process(running.pid).children()[0]
+        await until(pilot, lambda: child.status() == psutil.STATUS_STOPPED, what="stopped process")
+        await pilot.press("u")
+        await until(pilot, lambda: client.store.get(job_id).state == "running", what="resumed")
+        await pilot.press("plus")
+        await until(pilot, lambda: client.store.get(job_id).priority == 1, what="priority up")
+        await pilot.press("minus", "minus")
+        await until(pilot, lambda: client.store.get(job_id).priority == -1, what="priority down")
+        select(app, failing)
+        await pilot.press("x")
+        await until(pilot, lambda: client.store.get(failing).attempt == 2, what="retried")
+        select(app, job_id)
+        await pilot.press("c")
+        await until(pilot, lambda: client.store.get(job_id).state == "cancelled", what="cancelled")
+
+
+async def test_filters(app: WorkbenchApp, client: Client) -> None:
+    ok = submit(client, ["true"], name="alpha")
+    bad = submit(client, ["false"], name="beta")
+    wait_state(client, ok, "succeeded")
+    wait_state(client, bad, "failed")
+    async with app.run_test(size=(140, 40)) as pilot:
+        await pilot.press("j")
+        await until(pilot, lambda: len(rows(app)) == 2, what="two rows")
+        for _ in range(6):  # any -> queued -> running -> paused -> blocked -> succeeded -> failed
+            await pilot.press("f")
+        assert list(rows(app)) == [str(bad)]
+        await pilot.press("f", "f")  # cancelled -> any state
+        assert len(rows(app)) == 2
+        await pilot.press("slash")
+        await pilot.press(*"alpha", "enter")
+        assert list(rows(app)) == [str(ok)]
+
+
+async def test_submit_form_queues_a_job(app: WorkbenchApp, client: Client) -> None:
+    async with app.run_test(size=(140, 40)) as pilot:
+        await pilot.press("j", "n")
+        assert isinstance(app.screen, SubmitScreen)
+        app.screen.query_one("#command", Input).value = "sh -c 'echo from the form'"
+        app.screen.query_one("#name", Input).value = "form job"
+        app.screen.query_one("#cpus", Input).value = "1"
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, QueueScreen), what="form closed")
+        job = await until(
+            pilot,
+            lambda: next((j for j in client.store.list_jobs() if j.name == "form job"), None),
+            what="job in the store",
+        )
+        assert job.argv == ["sh", "-c", "echo from the form"] and job.cpus == 1
+        await pilot.press("n")
+        app.screen.query_one("#command", Input).value = "true"
+        app.screen.query_one("#gpus", Input).value = "many"
+        await pilot.press("enter")
+        assert "gpus: not a number" in text_of(app.screen.query_one("#submit-error"))
+        await pilot.press("escape")
+        assert isinstance(app.screen, QueueScreen)
+
+
+async def test_job_detail_follows_the_log(app: WorkbenchApp, client: Client) -> None:
+    job_id = submit(client, ["sh", "-c", "echo first line; sleep 1; echo second line; sleep 30"])
+    async with app.run_test(size=(140, 40)) as pilot:
+        await pilot.press("j")
+        await until(pilot, lambda: str(job_id) in rows(app), what="row")
+        select(app, job_id)
+        await pilot.press("enter")
+        assert isinstance(app.screen, JobDetailScreen)
+        log = app.screen.query_one("#log", Log)
+        await until(pilot, lambda: "second line" in "\n".join(log.lines), what="the log to follow")
+        assert "first line" in log.lines[0]
+        assert "history" in text_of(app.screen.query_one("#history"))
+        await pilot.press("c")
+        await until(
+            pilot,
+            lambda: client.store.get(job_id).state == "cancelled",
+            what="cancelled from detail",
+        )
+        await pilot.press("escape")
+        assert isinstance(app.screen, QueueScreen)
+
+
+async def test_lost_daemon_is_restarted_by_the_next_action(
+    app: WorkbenchApp, client: Client, home: Home
+) -> None:
+    job_id = submit(client, ["sleep", "30"], paused=True)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await pilot.press("j")
+        await until(pilot, lambda: str(job_id) in rows(app), what="row")
+        stop_daemon(home)
+        await until(
+            pilot,
+            lambda: "daemon not running" in text_of(app.screen.query_one("#queue-status")),
+            what="status says so",
+        )
+        select(app, job_id)
+        await pilot.press("u")  # release: the client starts the daemon again
+        await until(
+            pilot,
+            lambda: client.store.get(job_id).state == "running",
+            what="job started by the new daemon",
+        )
+        await pilot.press("c")
+        await until(pilot, lambda: client.store.get(job_id).state == "cancelled", what="cancelled")
+        assert app.is_running
