@@ -12,6 +12,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Markdown
 
 from screens.dashboard import DashboardScreen
+from screens.data import DataScreen
 from screens.queue import QueueScreen
 from screens.source import Source
 from workbench.paths import Home
@@ -20,6 +21,7 @@ from workbench.paths import Home
 SCREENS: list[tuple[str, str, str, type[Screen[Any]]]] = [
     ("dashboard", "d", "Dashboard", DashboardScreen),
     ("queue", "j", "Queue", QueueScreen),
+    ("data", "s", "Data", DataScreen),
 ]
 
 

@@ -62,3 +62,43 @@ def test_job_detail(snap_compare: Any, size: tuple[int, int]) -> None:
     assert snap_compare(
         app_with(no_gpu_snapshot(), False), terminal_size=size, press=["j", "down", "o"]
     )
+
+
+@pytest.mark.parametrize("size", SIZES, ids=["80x24", "160x48"])
+def test_data_screen(snap_compare: Any, tmp_path: Path, size: tuple[int, int]) -> None:
+    import pyarrow as pa
+
+    from screens.source import Source
+    from workbench import lake
+    from workbench.paths import Home
+    from workbench.store import Store
+
+    home = Home(tmp_path / "home").ensure()
+    store = Store.open(home.state_db)
+    table = pa.table(
+        {
+            "species": ["Adelie", "Gentoo", "Chinstrap"] * 40,
+            "mass_g": [3700.0 + i for i in range(120)],
+        }
+    )
+    lake.publish_arrow(home, store, "penguins", table)
+    store.close()
+    app = WorkbenchApp(Source(home), frozen=True)
+
+    async def run_query(pilot: Any) -> None:
+        from textual.widgets import DataTable, TextArea
+
+        await pilot.press("s")
+        app.screen.query_one(
+            "#sql", TextArea
+        ).text = "SELECT species, count(*) AS n, avg(mass_g) AS mass FROM penguins GROUP BY ALL ORDER BY species"
+        await pilot.press("ctrl+r")
+        results = app.screen.query_one("#results", DataTable)
+        for _ in range(200):
+            if results.row_count == 3:
+                break
+            await pilot.pause(0.02)
+        app.screen.query_one("#datasets", DataTable).focus()
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=size, run_before=run_query)

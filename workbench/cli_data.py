@@ -41,6 +41,9 @@ def register(sub: Any) -> None:
     output.add_argument("--json", action="store_true", help="one JSON object per row")
     output.add_argument("--csv", action="store_true")
     p.add_argument("--limit", type=int, help="stop after this many rows")
+    p.add_argument(
+        "--out", metavar="FILE", help="write the whole result to FILE (.csv or .parquet)"
+    )
     p.set_defaults(handler=cmd_sql)
 
     p = sub.add_parser("datasets", help="datasets in the lake: versions, rows, size")
@@ -137,14 +140,17 @@ def cmd_sql(args: argparse.Namespace) -> int:
         query = args.query.strip().rstrip(";")
         if args.limit is not None:
             query = f"SELECT * FROM ({query}) LIMIT {int(args.limit)}"
-        result = con.execute(query)
+        result = con.sql(query) if args.out else con.execute(query)
     except (lake.QueryRefused, duckdb.Error) as error:
         lake.record_query(store, args.query, None, None, str(error))
         raise SpecError(f"sql: {error}") from None
-    columns = [d[0] for d in result.description or []]
+    columns = [d[0] for d in result.description or []] if not args.out else []
     rows = 0
     out = sys.stdout
-    if args.json:
+    if args.out:
+        rows = _write_result(result, Path(args.out))
+        print(f"{rows} rows written to {args.out}")
+    elif args.json:
         while batch := result.fetchmany(10_000):
             for row in batch:
                 out.write(json.dumps(dict(zip(columns, row, strict=True)), default=str) + "\n")
@@ -171,6 +177,44 @@ def cmd_sql(args: argparse.Namespace) -> int:
             console.print(f"({rows} rows; first 200 shown: use --csv or --json for all)")
     lake.record_query(store, args.query, time.perf_counter() - started, rows, None)
     return 0
+
+
+def _write_result(result: Any, target: Path) -> int:
+    """Stream a query's result to CSV or Parquet in record batches (never all in memory)."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from workbench.spec import SpecError
+
+    suffix = target.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise SpecError(f"--out: {target.name}: give a .csv or .parquet file")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    reader = result.to_arrow_reader(100_000)
+    tmp = target.with_name(target.name + ".part")
+    rows = 0
+    writer: Any = None
+    try:
+        for batch in reader:
+            if writer is None:
+                writer = (
+                    pq.ParquetWriter(tmp, batch.schema)
+                    if suffix == ".parquet"
+                    else pacsv.CSVWriter(tmp, batch.schema)
+                )
+            writer.write_batch(batch)
+            rows += batch.num_rows
+        if writer is None:
+            writer = (
+                pq.ParquetWriter(tmp, reader.schema)
+                if suffix == ".parquet"
+                else pacsv.CSVWriter(tmp, reader.schema)
+            )
+    finally:
+        if writer is not None:
+            writer.close()
+    tmp.replace(target)
+    return rows
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
