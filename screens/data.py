@@ -455,7 +455,7 @@ class DataScreen(Screen[None]):
         table = self.query_one("#results", DataTable)
         if self.query_state is None or table.row_count == 0 or not self.result_columns:
             return None
-        row, column = table.cursor_coordinate
+        column = table.cursor_coordinate.column
         name = self.result_columns[column]
         value = table.get_cell_at(table.cursor_coordinate)
         return name, (None if value == "NULL" else value)

@@ -140,17 +140,19 @@ def cmd_sql(args: argparse.Namespace) -> int:
         query = args.query.strip().rstrip(";")
         if args.limit is not None:
             query = f"SELECT * FROM ({query}) LIMIT {int(args.limit)}"
-        result = con.sql(query) if args.out else con.execute(query)
+        if args.out:
+            rows = _write_result(con.sql(query), Path(args.out))
+            print(f"{rows} rows written to {args.out}")
+            lake.record_query(store, args.query, time.perf_counter() - started, rows, None)
+            return 0
+        result = con.execute(query)
     except (lake.QueryRefused, duckdb.Error) as error:
         lake.record_query(store, args.query, None, None, str(error))
         raise SpecError(f"sql: {error}") from None
-    columns = [d[0] for d in result.description or []] if not args.out else []
+    columns = [d[0] for d in result.description or []]
     rows = 0
     out = sys.stdout
-    if args.out:
-        rows = _write_result(result, Path(args.out))
-        print(f"{rows} rows written to {args.out}")
-    elif args.json:
+    if args.json:
         while batch := result.fetchmany(10_000):
             for row in batch:
                 out.write(json.dumps(dict(zip(columns, row, strict=True)), default=str) + "\n")
@@ -169,7 +171,9 @@ def cmd_sql(args: argparse.Namespace) -> int:
         shown = result.fetchmany(200)
         for row in shown:
             table.add_row(*["NULL" if v is None else str(v) for v in row])
-        rest = len(result.fetchall())
+        rest = 0
+        while batch := result.fetchmany(100_000):  # counted, not kept
+            rest += len(batch)
         rows = len(shown) + rest
         console = Console(width=None if sys.stdout.isatty() else 160)
         console.print(table)
