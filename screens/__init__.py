@@ -1,1 +1,1 @@
-"""The Textual TUI of gpu-workbench: Dashboard, Queue and the job detail view."""
+"""The Textual TUI of gpu-workbench: Dashboard, Queue, Data, Runs and Models screens."""

@@ -13,7 +13,9 @@ from textual.widgets import Footer, Markdown
 
 from screens.dashboard import DashboardScreen
 from screens.data import DataScreen
+from screens.models import ModelsScreen
 from screens.queue import QueueScreen
+from screens.runs import RunsScreen
 from screens.source import Source
 from workbench.paths import Home
 
@@ -22,6 +24,8 @@ SCREENS: list[tuple[str, str, str, type[Screen[Any]]]] = [
     ("dashboard", "d", "Dashboard", DashboardScreen),
     ("queue", "j", "Queue", QueueScreen),
     ("data", "s", "Data", DataScreen),
+    ("runs", "r", "Runs", RunsScreen),
+    ("models", "m", "Models", ModelsScreen),
 ]
 
 

@@ -102,3 +102,29 @@ def test_data_screen(snap_compare: Any, tmp_path: Path, size: tuple[int, int]) -
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=size, run_before=run_query)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=["80x24", "160x48"])
+@pytest.mark.parametrize("key", ["r", "m"], ids=["runs", "models"])
+def test_runs_and_models_screens(
+    snap_compare: Any, tmp_path: Path, size: tuple[int, int], key: str
+) -> None:
+    """A finished and a running run with their curves; a model with lineage and its test."""
+    from test_runs_models_screens import build_home
+
+    from screens.source import Source
+
+    app = WorkbenchApp(Source(build_home(tmp_path / "home")), frozen=True)
+
+    async def settle(pilot: Any) -> None:
+        await pilot.press(key)
+        for _ in range(100):
+            if (
+                getattr(app.screen, "plotted", True)
+                and app.screen.query("DataTable").first().row_count
+            ):
+                break
+            await pilot.pause(0.02)
+        await pilot.pause(0.1)
+
+    assert snap_compare(app, terminal_size=size, run_before=settle)

@@ -1,0 +1,222 @@
+"""The Models screen: exported models with their lineage (dataset, run, test, export), the test
+report with its confusion matrix drawn, the worst slices, and a key that opens the Data screen
+with a query of the errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+
+from workbench.units import format_size
+
+
+@dataclass
+class ModelsRead(Message):
+    models: list[dict[str, Any]]
+    tests: dict[int, dict[str, Any]]
+
+
+def confusion(report: dict[str, Any]) -> Table:
+    """The confusion matrix with cells shaded by their share of the true class."""
+    classes = report["classes"]
+    matrix = report["confusion_matrix"]
+    table = Table(
+        title="confusion (rows: true, columns: predicted)",
+        title_style="bold",
+        show_edge=False,
+        pad_edge=False,
+    )
+    table.add_column("")
+    for name in classes:
+        table.add_column(name[:10], justify="right")
+    for name, row in zip(classes, matrix, strict=True):
+        total = sum(row) or 1
+        shaded = []
+        for j, count in enumerate(row):
+            share = count / total
+            if j == classes.index(name):
+                style = "bold green" if share > 0.9 else "green"
+            else:
+                style = "bold red" if share > 0.1 else ("red" if count else "dim")
+            shaded.append(Text(str(count), style=style))
+        table.add_row(name[:12], *shaded)
+    return table
+
+
+def render_model(model: dict[str, Any], test: dict[str, Any] | None) -> Group:
+    card = model["card"]
+    data = card.get("dataset") or {}
+    run = card.get("run") or {}
+    lines: list[Any] = []
+    head = Text()
+    head.append(f"{card.get('name')}\n", style="bold cyan")
+    head.append(
+        f"file {card.get('file')}  {format_size(card.get('bytes'))}  sha256 {model['sha256'][:16]}\n",
+        style="dim",
+    )
+    head.append("lineage  ", style="bold")
+    head.append(
+        f"dataset {data.get('name')} v{data.get('version')} ({str(data.get('content_hash'))[:10]})"
+    )
+    head.append(" -> ")
+    head.append(f"train job {run.get('job_id')}")
+    if card.get("test"):
+        head.append(" -> ")
+        passed = card["test"].get("gate_passed")
+        head.append(f"test job {card['test']['job_id']}", style="green" if passed else "red")
+    head.append(" -> ")
+    head.append(f"export job {card.get('export_job_id')}\n")
+    parity = card.get("parity") or {}
+    head.append(
+        f"parity  max abs diff {parity.get('max_abs_diff', 0):.1e} on {parity.get('rows')} rows; exporter {card.get('exporter')}, batch axis {card.get('batch_axis')}\n"
+    )
+    for batch, row in (card.get("latency", {}).get("cpu") or {}).items():
+        head.append(
+            f"latency {batch.replace('_', ' ')}: torch {row['torch']['median_ms']:.3f} ms, onnxruntime {row['onnxruntime']['median_ms']:.3f} ms"
+            f" (x{row['ort_over_torch_median']:.2f})\n",
+            style="dim",
+        )
+    if card.get("quantized"):
+        q = card["quantized"]
+        head.append(
+            f"int8    {q['metric']} {q['fp32']} -> {q['int8']}, {format_size(q['bytes'])}\n",
+            style="dim",
+        )
+    lines.append(head)
+    if test is None:
+        lines.append(Text("no test report for this run", style="dim"))
+        return Group(*lines)
+    metrics = Text("test    ", style="bold")
+    metrics.append(", ".join(f"{k} {v:.4f}" for k, v in test["metrics"].items()))
+    metrics.append(f"  on {test['dataset']['name']} v{test['dataset']['version']}\n")
+    lines.append(metrics)
+    report = test.get("report") or {}
+    if "confusion_matrix" in report:
+        lines.append(confusion(report))
+    slices = test.get("slices") or []
+    if slices:
+        worst = Text("\nworst slices\n", style="bold")
+        for item in slices[:6]:
+            value = item.get("accuracy", item.get("rmse"))
+            metric = "accuracy" if "accuracy" in item else "rmse"
+            worst.append(f"  {item['slice']:<40} {metric} {value:.3f}  ({item['rows']} rows)\n")
+        lines.append(worst)
+    return Group(*lines)
+
+
+class ModelsScreen(Screen[None]):
+    """Exported models; `e` queries the selected model's test errors in the Data screen."""
+
+    AUTO_FOCUS = "#models"
+    BINDINGS = [
+        Binding(
+            "e",
+            "errors",
+            "Errors in SQL",
+            id="models.errors",
+            tooltip="Open the Data screen with a query of the rows this model got wrong",
+        ),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.models: list[dict[str, Any]] = []
+        self.tests: dict[int, dict[str, Any]] = {}
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="models-body"):
+            yield DataTable(id="models", cursor_type="row", zebra_stripes=True)
+            with VerticalScroll(id="model-detail"):
+                yield Static(id="model-card")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        table = self.query_one("#models", DataTable)
+        for column in ("id", "name", "test", "parity"):
+            table.add_column(column, key=column)
+        self.poll()
+
+    def on_screen_resume(self) -> None:
+        self.poll()
+
+    @work(
+        thread=True, exclusive=True, exit_on_error=False, group="models", description="read models"
+    )
+    def poll(self) -> None:
+        from workbench import models
+
+        store = self.app.source.store()  # type: ignore[attr-defined]
+        listed = models.list_models(store)
+        tests: dict[int, dict[str, Any]] = {}
+        for model in listed:
+            run_id = model["run_job_id"]
+            if run_id is not None and run_id not in tests:
+                found = models.evaluations(store, run_id)
+                if found:
+                    tests[run_id] = found[0]
+        self.post_message(ModelsRead(listed, tests))
+
+    def on_models_read(self, message: ModelsRead) -> None:
+        self.models, self.tests = message.models, message.tests
+        table = self.query_one("#models", DataTable)
+        table.clear()
+        for model in self.models:
+            test = self.tests.get(model["run_job_id"])
+            headline = next(iter((test or {}).get("metrics", {}).items()), None)
+            table.add_row(
+                str(model["id"]),
+                model["card"].get("name", "")[:28],
+                f"{headline[0]} {headline[1]:.3f}" if headline else "-",
+                f"{model['card']['parity']['max_abs_diff']:.0e}",
+                key=str(model["id"]),
+            )
+        if not self.models:
+            self.query_one("#model-card", Static).update(
+                Text("no models yet: an export job records one", style="dim")
+            )
+        else:
+            self.show_selected()
+
+    def selected(self) -> dict[str, Any] | None:
+        table = self.query_one("#models", DataTable)
+        if table.row_count == 0:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return next((m for m in self.models if str(m["id"]) == key), None)
+
+    @on(DataTable.RowHighlighted, "#models")
+    def show_selected(self) -> None:
+        model = self.selected()
+        if model is not None:
+            self.query_one("#model-card", Static).update(
+                render_model(model, self.tests.get(model["run_job_id"]))
+            )
+
+    def action_errors(self) -> None:
+        model = self.selected()
+        test = self.tests.get(model["run_job_id"]) if model else None
+        if model is None or test is None:
+            self.notify("no test report for this model", severity="warning")
+            return
+        dataset = test["predictions"]["dataset"]
+        condition = (
+            "NOT correct"
+            if test.get("task") == "classification"
+            else "abs(error) > (SELECT quantile_cont(abs(error), 0.9) FROM " + dataset + ")"
+        )
+        order = "confidence DESC" if test.get("task") == "classification" else "abs(error) DESC"
+        sql = f"SELECT * FROM {dataset} WHERE {condition} ORDER BY {order}"
+        self.app.switch_mode("data")
+        self.app.call_later(lambda: self.app.screen.run_sql(sql))  # type: ignore[attr-defined]

@@ -1,0 +1,185 @@
+"""The Runs and Models screens over a real store: a finished and a running run, curves that
+follow new metrics, comparison, and a model whose errors open in the Data screen."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from test_tui import until
+from textual.widgets import DataTable
+
+from screens.app import WorkbenchApp
+from screens.data import DataScreen
+from screens.models import ModelsScreen
+from screens.runs import RunsScreen
+from screens.source import Source
+from workbench import lake, models, runs
+from workbench.paths import Home
+from workbench.store import JobRequest, Store
+
+
+def text_of(widget: Any) -> str:
+    from rich.console import Console
+
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(widget.content)
+    return console.export_text()
+
+
+def build_home(root: Path) -> Home:
+    """Two runs (one finished, one still training), a test report and an exported model."""
+    home = Home(root).ensure()
+    store = Store.open(home.state_db)
+    table = pa.table({"x": [0.1 * i for i in range(20)], "label": ["a", "b"] * 10})
+    info = lake.publish_arrow(home, store, "toy", table)
+    ids = []
+    for name, lr in (("train lr=0.01", 0.01), ("train lr=0.1", 0.1)):
+        job_id = store.submit(JobRequest(name, "train", {"dataset": "toy"}, "/", {}))
+        ids.append(job_id)
+        params = {
+            "dataset": "toy",
+            "target": "label",
+            "model": "mlp",
+            "lr": lr,
+            "epochs": 5,
+            "hidden": [16],
+            "seed": 0,
+        }
+        runs.start_run(
+            store,
+            job_id,
+            name,
+            "mlp",
+            "classification",
+            info,
+            params,
+            {"torch": "2.13.0", "device": "cpu", "device_name": "x86_64"},
+            None,
+        )
+        for step in range(1, 6 if lr == 0.01 else 3):
+            store.add_metrics(
+                job_id,
+                step,
+                {
+                    "train_loss": 1.0 / step + lr,
+                    "val_loss": 1.1 / step + lr,
+                    "val_accuracy": 0.5 + 0.08 * step - lr,
+                },
+            )
+    done, training = ids
+    store.set_state(done, "running", "started", pid=1)
+    store.set_state(done, "succeeded", "exited with code 0")
+    store.set_state(training, "running", "started", pid=2)
+    runs.finish_run(store, done, {"val_loss": 0.23, "val_accuracy": 0.89}, "/runs/1/model.pt")
+    predictions = pa.table(
+        {
+            "row_id": list(range(20)),
+            "x": [0.1 * i for i in range(20)],
+            "label": ["a", "b"] * 10,
+            "prediction": ["a"] * 20,
+            "confidence": [0.9] * 20,
+            "correct": [i % 2 == 0 for i in range(20)],
+        }
+    )
+    lake.publish_arrow(home, store, f"run{done}_predictions", predictions)
+    result = {
+        "metrics": {"accuracy": 0.5, "f1_macro": 0.33},
+        "report": {"classes": ["a", "b"], "confusion_matrix": [[10, 0], [10, 0]]},
+        "slices": [{"slice": "x in [1.5, 1.9]", "rows": 5, "accuracy": 0.4}],
+        "predictions": {"dataset": f"run{done}_predictions", "version": 1},
+        "dataset": {"name": "toy", "version": 1},
+        "task": "classification",
+        "gate_passed": True,
+    }
+    models.record_evaluation(store, 3, done, info, "bundle", "/runs/1/model.pt", result)
+    card = {
+        "name": "toy-mlp-job1",
+        "file": "/runs/4/model.onnx",
+        "bytes": 2048,
+        "exporter": "torch.onnx.export(dynamo=True)",
+        "batch_axis": "batch",
+        "dataset": {"name": "toy", "version": 1, "content_hash": info.content_hash},
+        "run": {"job_id": done},
+        "test": {"job_id": 3, "metrics": result["metrics"], "gate_passed": True},
+        "parity": {"max_abs_diff": 1.2e-6, "rows": 20},
+        "latency": {
+            "cpu": {
+                "batch_1": {
+                    "torch": {"median_ms": 0.05},
+                    "onnxruntime": {"median_ms": 0.01},
+                    "ort_over_torch_median": 0.2,
+                }
+            }
+        },
+        "export_job_id": 4,
+    }
+    models.record_model(store, 4, done, "/runs/4/model.onnx", "onnx", "ab" * 32, card)
+    store.close()
+    return home
+
+
+@pytest.fixture
+def screens_home(tmp_path: Path) -> Home:
+    return build_home(tmp_path / "home")
+
+
+async def test_runs_list_sort_compare_and_live_curves(screens_home: Home) -> None:
+    app = WorkbenchApp(Source(screens_home))
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press("r")
+        screen = app.screen
+        assert isinstance(screen, RunsScreen)
+        table = screen.query_one("#runs", DataTable)
+        await until(pilot, lambda: table.row_count == 2, what="two runs")
+        assert "succeeded" in str(table.get_row_at(0)) and "running" in str(table.get_row_at(1))
+        await until(pilot, lambda: screen.plotted, what="curves")
+        first = next(iter(screen.plotted))
+        assert len(screen.plotted[first]["train_loss"]) == 5
+        await pilot.press("o")  # by val_accuracy, best first
+        assert "sorted by val_accuracy" in text_of(screen.query_one("#runs-status"))
+        assert table.get_row_at(0)[0] == "1"
+        await pilot.press("down")
+        await until(pilot, lambda: 2 in screen.plotted, what="the running run's curves")
+        store = Store.open(screens_home.state_db)
+        store.add_metrics(2, 3, {"train_loss": 0.5})
+        await until(
+            pilot,
+            lambda: len(screen.plotted.get(2, {}).get("train_loss", [])) == 3,
+            what="the curve to grow while it trains",
+        )
+        await pilot.press("space", "up", "space", "c")
+        await until(pilot, lambda: len(screen.plotted) == 2, what="both runs overlaid")
+        diff = text_of(screen.query_one("#runs-detail"))
+        assert "job 2 vs job 1" in diff or "job 1 vs job 2" in diff
+        assert "lr" in diff and "0.01" in diff and "0.1" in diff
+
+
+async def test_models_lineage_and_errors_in_sql(screens_home: Home) -> None:
+    app = WorkbenchApp(Source(screens_home))
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press("m")
+        screen = app.screen
+        assert isinstance(screen, ModelsScreen)
+        await until(
+            pilot,
+            lambda: "lineage" in text_of(screen.query_one("#model-card")),
+            what="the model card",
+        )
+        card = text_of(screen.query_one("#model-card"))
+        assert "dataset toy v1" in card and "train job 1" in card and "export job 4" in card
+        assert "confusion" in card and "x in [1.5, 1.9]" in card
+        await pilot.press("e")
+        await until(
+            pilot,
+            lambda: (
+                isinstance(app.screen, DataScreen)
+                and app.screen.query_one("#results", DataTable).row_count == 10
+            ),
+            what="the errors query",
+        )
+        rows = app.screen.query_one("#results", DataTable)
+        assert all(str(rows.get_row_at(i)[-1]) == "False" for i in range(rows.row_count))
