@@ -358,14 +358,16 @@ class _MetricBuffer:
         self.flushed = time.monotonic()
 
 
-def _select_device(ctx: JobContext) -> torch.device:
+def _select_device(ctx: JobContext, rank: int = 0, world: int = 1) -> torch.device:
+    """The granted GPU (this rank's under DDP), else the CPU with the granted threads."""
     import torch
 
     if ctx.gpu_indices and torch.cuda.is_available():
-        return torch.device("cuda", 0)
+        torch.cuda.set_device(rank)
+        return torch.device("cuda", rank)
     if ctx.gpu_indices:
         ctx.log("GPUs were granted but torch sees no CUDA device; training on the CPU")
-    torch.set_num_threads(max(1, ctx.cpus))
+    torch.set_num_threads(max(1, ctx.cpus // world))
     return torch.device("cpu")
 
 
@@ -431,9 +433,13 @@ def fit(
     device: torch.device,
     checkpoint: Path | None = None,
     record: bool = True,
+    rank: int = 0,
+    world: int = 1,
 ) -> tuple[torch.nn.Module, Outcome]:
     """The training loop: resumable from `checkpoint`, bit-for-bit on CPU. With `record` off
-    (repeated trainings inside a test job) no metrics or progress are written."""
+    (repeated trainings inside a test job) no metrics or progress are written. With `world` > 1
+    it is one rank of DDP: each rank takes its share of every batch, gradients are averaged,
+    and only rank 0 writes checkpoints, metrics and progress."""
     import torch
 
     from jobs.bundle import atomic_torch_save
@@ -445,6 +451,17 @@ def fit(
         model = build(spec.model, data.pre.in_features, data.pre.out_features, params).to(device)
     except ValueError as error:
         raise JobFailed(str(error)) from None
+    primary = rank == 0
+    record = record and primary
+    say = ctx.log if primary else (lambda message: None)
+    trained: torch.nn.Module = model
+    if world > 1:
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     optimizer = _optimizer(spec, model)
     scheduler = _scheduler(spec, optimizer)
     classification = data.pre.task == "classification"
@@ -472,12 +489,12 @@ def fit(
             "DELETE FROM metrics WHERE job_id=? AND step>?",
             (ctx.job.id, start_epoch * steps_per_epoch + start_batch),
         )
-        ctx.log(f"resumed from {checkpoint} at epoch {start_epoch + 1}, batch {start_batch}")
+        say(f"resumed from {checkpoint} at epoch {start_epoch + 1}, batch {start_batch}")
     metrics = _MetricBuffer(ctx, record)
     autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
 
     def save(epoch: int, batch: int, batch_order: torch.Tensor | None) -> None:
-        if checkpoint is None:
+        if checkpoint is None or not primary:
             return
         atomic_torch_save(
             {
@@ -498,29 +515,39 @@ def fit(
     stopped_early = False
     epoch = start_epoch
     for epoch in range(start_epoch, spec.epochs):
-        model.train()
+        trained.train()
         if order is None or start_batch == 0:
             order = torch.randperm(rows, generator=shuffle)
         epoch_loss, seen, started = 0.0, 0, time.perf_counter()
         for batch in range(start_batch, steps_per_epoch):
-            if ctx.cancel_requested:
+            stop = ctx.cancel_requested
+            if world > 1:  # every rank stops at the same batch, or the others would hang
+                flag = torch.tensor([1.0 if stop else 0.0])
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                stop = bool(flag.item())
+            if stop:
                 save(epoch, batch, order)
                 metrics.flush()
                 raise Cancelled(
                     f"stopped by SIGTERM at epoch {epoch + 1}, batch {batch}; checkpoint saved, retry resumes"
                 )
             index = order[batch * spec.batch_size : (batch + 1) * spec.batch_size]
-            xb, yb = x_train[index], y_train[index]
+            xb, yb = x_train[index[rank::world]], y_train[index[rank::world]]
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                out = model(xb)
+                out = trained(xb)
             out = out.float()
             loss = (
                 torch.nn.functional.cross_entropy(out, yb)
                 if classification
                 else torch.nn.functional.mse_loss(out.squeeze(1), yb)
             )
-            loss_value = loss.item()
+            if world > 1:
+                shared = loss.detach().clone()
+                dist.all_reduce(shared, op=dist.ReduceOp.SUM)
+                loss_value = shared.item() / world
+            else:
+                loss_value = loss.item()
             step = epoch * steps_per_epoch + batch + 1
             if not math.isfinite(loss_value):
                 metrics.flush()
@@ -567,7 +594,7 @@ def fit(
         else:
             best["since"] += 1
         summary = ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items())
-        ctx.log(
+        say(
             f"epoch {epoch + 1}/{spec.epochs}: train_loss {epoch_loss / max(seen, 1):.4f}, {summary}"
         )
         if record:
@@ -579,7 +606,7 @@ def fit(
         order = None
         save(epoch + 1, 0, None)
         if spec.early_stopping and best["since"] >= spec.early_stopping:
-            ctx.log(f"early stopping: {monitor} has not improved for {spec.early_stopping} epochs")
+            say(f"early stopping: {monitor} has not improved for {spec.early_stopping} epochs")
             stopped_early = True
             epoch += 1
             break
@@ -591,22 +618,58 @@ def fit(
     return model, Outcome(dict(last_eval), int(best["epoch"]) + 1, epoch, stopped_early)
 
 
+def world_size(ctx: JobContext, spec: Spec) -> int:
+    """Processes to train with: the GPUs granted, or `ddp_cpu_procs` (gloo on the CPU)."""
+    if spec.ddp_cpu_procs > 1:
+        return spec.ddp_cpu_procs
+    return max(1, len(ctx.gpu_indices))
+
+
+def launch_ddp(ctx: JobContext, world: int) -> None:
+    """Run this job as `world` DDP ranks under torchrun (c10d rendezvous on loopback)."""
+    import sys
+
+    argv = [
+        sys.executable, "-P", "-m", "torch.distributed.run", "--standalone",
+        f"--nproc_per_node={world}", "-m", "jobs.train", str(ctx.job.id),
+    ]  # fmt: skip
+    ctx.log(f"training with DDP: {world} processes ({'nccl' if ctx.gpu_indices else 'gloo'})")
+    code = subprocess.run(argv, check=False).returncode
+    if code != 0:
+        failure = ctx.run_dir / "failure"
+        detail = (
+            failure.read_text().strip() if failure.exists() else f"torchrun exited with code {code}"
+        )
+        raise JobFailed(detail)
+
+
 def run(ctx: JobContext) -> None:
+    spec = ctx.spec(Spec)
+    world = world_size(ctx, spec)
+    if world > 1:
+        launch_ddp(ctx, world)
+        return
+    train_rank(ctx, spec)
+
+
+def train_rank(ctx: JobContext, spec: Spec, rank: int = 0, world: int = 1) -> None:
+    """Train in this process (one rank when `world` > 1); rank 0 records the run."""
     import torch
 
     from jobs.bundle import save_bundle
     from workbench import lake, runs
 
-    spec = ctx.spec(Spec)
     try:
         table, info = lake.read_arrow(ctx.home, spec.dataset, spec.version, ctx.store)
     except lake.LakeError as error:
         raise JobFailed(str(error)) from None
     where = f"dataset {info.dataset} v{info.version}"
     data = prepare_data(table, spec, where)
+    primary = rank == 0
+    say = ctx.log if primary else (lambda message: None)
     if data.dropped_null_targets:
-        ctx.log(f"{data.dropped_null_targets} rows without a {spec.target!r} value left out")
-    device = _select_device(ctx)
+        say(f"{data.dropped_null_targets} rows without a {spec.target!r} value left out")
+    device = _select_device(ctx, rank, world)
     env = environment(device, ctx.job.cwd)
     params = {k: v for k, v in asdict(spec).items() if k != "sweep"}
     record = {
@@ -625,23 +688,26 @@ def run(ctx: JobContext) -> None:
         "environment": env,
         "seed": spec.seed,
     }
-    runs.start_run(
-        ctx.store,
-        ctx.job.id,
-        ctx.job.name,
-        spec.model,
-        data.pre.task,
-        info,
-        params,
-        env,
-        (spec.sweep or {}).get("metric"),
-    )
-    ctx.log(
+    if primary:
+        runs.start_run(
+            ctx.store,
+            ctx.job.id,
+            ctx.job.name,
+            spec.model,
+            data.pre.task,
+            info,
+            params,
+            env,
+            (spec.sweep or {}).get("metric"),
+        )
+    say(
         f"train {spec.model} on {where} ({len(data.x_train)} train / {len(data.x_val)} validation rows,"
         f" {data.pre.in_features} inputs, task {data.pre.task}) on {env['device_name']} ({device})"
     )
     try:
-        model, outcome = fit(ctx, spec, data, device, ctx.checkpoint_dir / "last.pt")
+        model, outcome = fit(
+            ctx, spec, data, device, ctx.checkpoint_dir / "last.pt", rank=rank, world=world
+        )
     except torch.cuda.OutOfMemoryError as error:
         free, total = torch.cuda.mem_get_info(device)
         requested = (
@@ -650,6 +716,8 @@ def run(ctx: JobContext) -> None:
             else None
         )
         raise JobFailed(oom_message(env["device_name"], requested, free, total)) from None
+    if not primary:
+        return
     architecture = {
         "name": spec.model,
         "params": {"hidden": spec.hidden, "dropout": spec.dropout},
@@ -673,3 +741,43 @@ def run(ctx: JobContext) -> None:
     ctx.log(
         f"model saved to {bundle}: " + ", ".join(f"{k} {v:.4f}" for k, v in outcome.metrics.items())
     )
+
+
+def ddp_worker(job_id: int) -> int:
+    """One torchrun rank: join the process group, train this rank's share, leave."""
+    import traceback
+
+    import torch
+    import torch.distributed as dist
+
+    from jobs.context import JobContext
+
+    ctx = JobContext.from_environment(job_id)
+    backend = "nccl" if ctx.gpu_indices and torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend=backend)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    try:
+        train_rank(ctx, ctx.spec(Spec), rank, world)
+    except Cancelled as stop:
+        if rank == 0:
+            ctx.fail(str(stop))
+        return 143
+    except JobFailed as failure:
+        if rank == 0:
+            ctx.fail(str(failure))
+        return 1
+    except Exception as error:
+        traceback.print_exc()
+        if rank == 0:
+            ctx.fail(f"{type(error).__name__}: {error}")
+        return 1
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(ddp_worker(int(sys.argv[1])))
