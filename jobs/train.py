@@ -516,7 +516,7 @@ def fit(
     epoch = start_epoch
     for epoch in range(start_epoch, spec.epochs):
         trained.train()
-        if order is None or start_batch == 0:
+        if order is None:  # a checkpoint taken inside an epoch keeps its order
             order = torch.randperm(rows, generator=shuffle)
         epoch_loss, seen, started = 0.0, 0, time.perf_counter()
         for batch in range(start_batch, steps_per_epoch):
