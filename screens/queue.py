@@ -20,30 +20,12 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, DataTable, Footer, Header, Input, Label, Log, Static
 
 from screens.widgets import state_text
+from workbench.present import job_progress, job_resources
 from workbench.store import Job, JobEvent
 from workbench.units import format_duration, format_size
 
 COLUMNS = ("id", "name", "kind", "state", "resources", "progress", "age", "reason")
 STATE_FILTERS = (None, "queued", "running", "paused", "blocked", "succeeded", "failed", "cancelled")
-
-
-def resources(job: Job) -> str:
-    parts = []
-    if job.gpus:
-        granted = f"[{','.join(map(str, job.granted_gpus))}]" if job.granted_gpus else ""
-        parts.append(f"gpu {job.gpus:g}{granted}")
-    if job.cpus:
-        parts.append(f"cpu {job.cpus:g}")
-    if job.mem:
-        parts.append(f"mem {format_size(job.mem)}")
-    return " ".join(parts) or "-"
-
-
-def progress(job: Job) -> str:
-    if job.progress is None and not job.progress_msg:
-        return ""
-    pct = f"{job.progress * 100:.0f}%" if job.progress is not None else ""
-    return f"{pct} {job.progress_msg or ''}".strip()
 
 
 def row_cells(job: Job, now: float) -> tuple[Any, ...]:
@@ -53,8 +35,8 @@ def row_cells(job: Job, now: float) -> tuple[Any, ...]:
         job.name[:40],
         job.kind,
         state_text(job.state),
-        resources(job),
-        progress(job),
+        job_resources(job),
+        job_progress(job),
         format_duration(max(0.0, now - job.created_at)),
         reason or "",
     )
@@ -504,7 +486,7 @@ class JobDetailScreen(Screen[None]):
                 + "\n"
             )
         text.append(f"cwd       {job.cwd}\n")
-        text.append(f"asked     {resources(job)}\n")
+        text.append(f"asked     {job_resources(job)}\n")
         text.append(f"granted   GPUs {job.granted_gpus if job.granted_gpus is not None else '-'}\n")
         if job.peak_gpu_mem is not None or job.mean_gpu_util is not None:
             util = f"{job.mean_gpu_util:.0f}%" if job.mean_gpu_util is not None else "n/a"
@@ -519,7 +501,7 @@ class JobDetailScreen(Screen[None]):
         if job.exit_code is not None:
             text.append(f"exit code {job.exit_code}\n")
         if job.progress is not None or job.progress_msg:
-            text.append(f"progress  {progress(job)}\n")
+            text.append(f"progress  {job_progress(job)}\n")
         if metrics:
             text.append(
                 "metrics   "

@@ -6,17 +6,8 @@ from collections.abc import Sequence
 
 from rich.text import Text
 
-from workbench.units import format_duration, format_size
+from workbench.present import STATE_STYLES
 
-STATE_STYLES = {
-    "queued": "cyan",
-    "running": "bold yellow",
-    "paused": "magenta",
-    "blocked": "red",
-    "succeeded": "green",
-    "failed": "bold red",
-    "cancelled": "dim",
-}
 BLOCKS = " ▁▂▃▄▅▆▇█"
 
 
@@ -52,11 +43,3 @@ def spark(values: Sequence[float | None], width: int, top: float | None = None) 
 
 def state_text(state: str) -> Text:
     return Text(state, style=STATE_STYLES.get(state, ""))
-
-
-def size(value: float | None) -> str:
-    return format_size(value)
-
-
-def duration(seconds: float | None) -> str:
-    return format_duration(seconds)

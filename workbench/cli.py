@@ -20,6 +20,7 @@ from workbench import __version__
 from workbench.client import DaemonUnavailable
 from workbench.lake import LakeError
 from workbench.paths import Home
+from workbench.present import STATE_STYLES, job_progress, job_resources
 from workbench.spec import SpecError
 from workbench.store import ENDED, SUCCEEDED, Job, JobError, NoSuchJob, StoreError
 from workbench.units import format_duration, format_size, parse_duration
@@ -126,40 +127,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 # ---- listing ------------------------------------------------------------------------------
 
 
-def _resources(job: Job) -> str:
-    parts = []
-    if job.gpus:
-        granted = f"[{','.join(map(str, job.granted_gpus))}]" if job.granted_gpus else ""
-        parts.append(f"gpu {job.gpus:g}{granted}")
-    if job.gpu_mem:
-        parts.append(f"vram {format_size(job.gpu_mem)}")
-    if job.cpus:
-        parts.append(f"cpu {job.cpus:g}")
-    if job.mem:
-        parts.append(f"mem {format_size(job.mem)}")
-    return " ".join(parts) or "-"
-
-
-def _progress(job: Job) -> str:
-    if job.progress is None and not job.progress_msg:
-        return ""
-    pct = f"{job.progress * 100:.0f}%" if job.progress is not None else ""
-    return f"{pct} {job.progress_msg or ''}".strip()
-
-
 def _age(job: Job, now: float) -> str:
     return format_duration(now - job.created_at)
-
-
-STATE_STYLES = {
-    "queued": "cyan",
-    "running": "bold yellow",
-    "paused": "magenta",
-    "blocked": "red",
-    "succeeded": "green",
-    "failed": "bold red",
-    "cancelled": "dim",
-}
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -194,8 +163,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
             job.name[:40],
             job.kind,
             f"[{style}]{job.state}[/]",
-            _resources(job),
-            _progress(job),
+            job_resources(job),
+            job_progress(job),
             _age(job, now),
             reason or "",
         )
@@ -236,7 +205,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         console.print(f"  spec:      {json.dumps(job.spec)}")
     console.print(f"  cwd:       {job.cwd}")
     console.print(
-        f"  resources: asked {_resources(job)}; granted GPUs {job.granted_gpus if job.granted_gpus is not None else '-'}"
+        f"  resources: asked {job_resources(job)}; granted GPUs {job.granted_gpus if job.granted_gpus is not None else '-'}"
     )
     console.print(
         f"  queue:     group {job.group}, priority {job.priority}, attempt {job.attempt} of {job.retries + 1}"
@@ -253,7 +222,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             f" {job.mean_gpu_util if job.mean_gpu_util is not None else 'n/a'}%"
         )
     if job.progress is not None or job.progress_msg:
-        console.print(f"  progress:  {_progress(job)}")
+        console.print(f"  progress:  {job_progress(job)}")
     if metrics:
         console.print(
             "  metrics:   "
