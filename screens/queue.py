@@ -20,9 +20,9 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, DataTable, Footer, Header, Input, Label, Log, Static
 
 from screens.widgets import state_text
-from workbench.present import job_progress, job_resources
+from workbench.present import job_details, job_progress, job_resources
 from workbench.store import Job, JobEvent
-from workbench.units import format_duration, format_size
+from workbench.units import format_duration
 
 COLUMNS = ("id", "name", "kind", "state", "resources", "progress", "age", "reason")
 STATE_FILTERS = (None, "queued", "running", "paused", "blocked", "succeeded", "failed", "cancelled")
@@ -475,42 +475,9 @@ class JobDetailScreen(Screen[None]):
         text.append("  ")
         text.append(state_text(job.state))
         text.append(f"  ({job.kind})\n")
-        if job.reason:
-            text.append(f"reason    {job.reason}\n")
-        if job.argv:
-            text.append(f"command   {shlex.join(job.argv)}\n")
-        else:
-            text.append(
-                "spec      "
-                + ", ".join(f"{k}={v}" for k, v in job.spec.items() if v not in (None, [], {}))
-                + "\n"
-            )
-        text.append(f"cwd       {job.cwd}\n")
-        text.append(f"asked     {job_resources(job)}\n")
-        text.append(f"granted   GPUs {job.granted_gpus if job.granted_gpus is not None else '-'}\n")
-        if job.peak_gpu_mem is not None or job.mean_gpu_util is not None:
-            util = f"{job.mean_gpu_util:.0f}%" if job.mean_gpu_util is not None else "n/a"
-            text.append(
-                f"used      peak GPU memory {format_size(job.peak_gpu_mem)}, mean GPU util {util}\n"
-            )
-        text.append(
-            f"queue     group {job.group}, priority {job.priority}, attempt {job.attempt} of {job.retries + 1}\n"
-        )
-        if job.deps:
-            text.append("after     " + ", ".join(f"{d} ({c})" for d, c in job.deps) + "\n")
-        if job.exit_code is not None:
-            text.append(f"exit code {job.exit_code}\n")
-        if job.progress is not None or job.progress_msg:
-            text.append(f"progress  {job_progress(job)}\n")
-        if metrics:
-            text.append(
-                "metrics   "
-                + ", ".join(
-                    f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                    for k, v in sorted(metrics.items())
-                )
-                + "\n"
-            )
+        for label, value in job_details(job, metrics):
+            text.append(f"{label:<10}", style="bold")
+            text.append(f"{value}\n")
         return text
 
     def action_control(self, action: str) -> None:

@@ -20,10 +20,10 @@ from workbench import __version__
 from workbench.client import DaemonUnavailable
 from workbench.lake import LakeError
 from workbench.paths import Home
-from workbench.present import STATE_STYLES, job_progress, job_resources
+from workbench.present import STATE_STYLES, job_details, job_progress, job_resources
 from workbench.spec import SpecError
 from workbench.store import ENDED, SUCCEEDED, Job, JobError, NoSuchJob, StoreError
-from workbench.units import format_duration, format_size, parse_duration
+from workbench.units import format_duration, parse_duration
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DAEMON = 0, 1, 2, 3
 
@@ -195,42 +195,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     console = _console()
     style = STATE_STYLES.get(job.state, "")
     console.print(f"[bold]job {job.id}[/] {job.name}  [{style}]{job.state}[/]  ({job.kind})")
-    if job.reason:
-        console.print(f"  reason:    {job.reason}")
-    if job.argv:
-        import shlex
-
-        console.print(f"  command:   {shlex.join(job.argv)}")
-    else:
-        console.print(f"  spec:      {json.dumps(job.spec)}")
-    console.print(f"  cwd:       {job.cwd}")
-    console.print(
-        f"  resources: asked {job_resources(job)}; granted GPUs {job.granted_gpus if job.granted_gpus is not None else '-'}"
-    )
-    console.print(
-        f"  queue:     group {job.group}, priority {job.priority}, attempt {job.attempt} of {job.retries + 1}"
-    )
-    if job.deps:
-        console.print("  after:     " + ", ".join(f"{d} ({c})" for d, c in job.deps))
-    if job.time_limit:
-        console.print(f"  limit:     {format_duration(job.time_limit)}")
-    if job.exit_code is not None:
-        console.print(f"  exit code: {job.exit_code}")
-    if job.peak_gpu_mem is not None or job.mean_gpu_util is not None:
-        console.print(
-            f"  gpu use:   peak {format_size(job.peak_gpu_mem)}, mean util"
-            f" {job.mean_gpu_util if job.mean_gpu_util is not None else 'n/a'}%"
-        )
-    if job.progress is not None or job.progress_msg:
-        console.print(f"  progress:  {job_progress(job)}")
-    if metrics:
-        console.print(
-            "  metrics:   "
-            + ", ".join(
-                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                for k, v in sorted(metrics.items())
-            )
-        )
+    for label, value in job_details(job, metrics):
+        console.print(f"  {label + ':':<11}{value}", markup=False)
     console.print(f"  run dir:   {run_dir}")
     console.print("  history:")
     for event in events:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from workbench.store import Job
-from workbench.units import format_size
+from workbench.units import format_duration, format_size
 
 STATE_STYLES = {
     "queued": "cyan",
@@ -37,3 +37,45 @@ def job_progress(job: Job) -> str:
         return ""
     pct = f"{job.progress * 100:.0f}%" if job.progress is not None else ""
     return f"{pct} {job.progress_msg or ''}".strip()
+
+
+def job_details(job: Job, metrics: dict[str, float | None]) -> list[tuple[str, str]]:
+    """The facts of one job as (label, value) lines, for `workbench show` and the job screen."""
+    import shlex
+
+    lines: list[tuple[str, str]] = []
+    if job.reason:
+        lines.append(("reason", job.reason))
+    if job.argv:
+        lines.append(("command", shlex.join(job.argv)))
+    else:
+        lines.append(
+            ("spec", ", ".join(f"{k}={v}" for k, v in job.spec.items() if v not in (None, [], {})))
+        )
+    lines.append(("cwd", job.cwd))
+    granted = job.granted_gpus if job.granted_gpus is not None else "-"
+    lines.append(("resources", f"asked {job_resources(job)}; granted GPUs {granted}"))
+    if job.peak_gpu_mem is not None or job.mean_gpu_util is not None:
+        util = f"{job.mean_gpu_util:.0f}%" if job.mean_gpu_util is not None else "n/a"
+        lines.append(("gpu use", f"peak memory {format_size(job.peak_gpu_mem)}, mean util {util}"))
+    lines.append(
+        (
+            "queue",
+            f"group {job.group}, priority {job.priority}, attempt {job.attempt} of {job.retries + 1}",
+        )
+    )
+    if job.deps:
+        lines.append(("after", ", ".join(f"{d} ({c})" for d, c in job.deps)))
+    if job.time_limit:
+        lines.append(("limit", format_duration(job.time_limit)))
+    if job.exit_code is not None:
+        lines.append(("exit code", str(job.exit_code)))
+    if job.progress is not None or job.progress_msg:
+        lines.append(("progress", job_progress(job)))
+    if metrics:
+        shown = (
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in sorted(metrics.items())
+        )
+        lines.append(("metrics", ", ".join(shown)))
+    return lines
