@@ -154,10 +154,13 @@ class QueueScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="jobs", description="read jobs")
     def poll(self) -> None:
+        """Read the jobs when the store changed (data_version), else only refresh the ages."""
         source = self.app.source  # type: ignore[attr-defined]
         version = source.data_version()
-        jobs = source.jobs()
-        self.post_message(JobsRead(jobs, source.now(), version))
+        if version == self.version and self.jobs:
+            self.post_message(JobsRead(list(self.jobs.values()), source.now(), version))
+            return
+        self.post_message(JobsRead(source.jobs(), source.now(), version))
 
     def on_jobs_read(self, message: JobsRead) -> None:
         self.version = message.version
@@ -268,6 +271,7 @@ class QueueScreen(Screen[None]):
 
     def on_action_done(self, message: ActionDone) -> None:
         self.notify(message.text, severity="error" if message.error else "information", timeout=3)
+        self.version = -1
         self.poll()
 
     def action_cycle_state(self) -> None:

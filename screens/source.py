@@ -24,22 +24,25 @@ class Snapshot:
 
 
 class Source:
-    """The live source: reads the store of `home`; actions go through a Client."""
+    """The live source: reads the store of `home`; actions go through a Client.
+
+    One SQLite connection serves every worker thread (SQLite serialises its use), so
+    `data_version` readings are comparable from one poll to the next."""
 
     def __init__(self, home: Home):
         self.home = home
-        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._store: Store | None = None
         self._client: Any = None
 
     def now(self) -> float:
         return time.time()
 
     def store(self) -> Store:
-        store = getattr(self._local, "store", None)
-        if store is None:
-            store = Store.open(self.home.state_db)
-            self._local.store = store
-        return store  # type: ignore[no-any-return]
+        with self._lock:
+            if self._store is None:
+                self._store = Store.open(self.home.state_db)
+            return self._store
 
     def client(self) -> Any:
         """The client for actions (starts the daemon when needed)."""
@@ -54,7 +57,7 @@ class Source:
 
     def jobs(self) -> list[Job]:
         store = self.store()
-        active = store.active_jobs()
+        active = store.active_jobs(light=True)  # the captured environments are not shown
         ended = store.list_jobs(states=["succeeded", "failed", "cancelled"], limit=200)
         return sorted([*active, *ended], key=lambda j: j.id)
 
@@ -101,7 +104,8 @@ class FixedSource(Source):
     home: Home = field(default_factory=lambda: Home(Path("/nonexistent")))
 
     def __post_init__(self) -> None:
-        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._store = None
         self._client = None
 
     def now(self) -> float:
