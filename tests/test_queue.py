@@ -104,7 +104,9 @@ def test_pause_really_stops_the_process_and_resume_continues(client: Client) -> 
     job = wait_state(client, job_id, "running")
     client.control(job_id, "pause")
     wait_state(client, job_id, "paused")
-    child = psutil.Process(job.pid).children()[0]
+    child = wait_for(lambda: psutil.Process(job.pid).children(), what="the job under its wrapper")[
+        0
+    ]
     wait_for(lambda: child.status() == psutil.STATUS_STOPPED, what="the process to be stopped")
     client.control(job_id, "resume")
     wait_state(client, job_id, "running")

@@ -10,7 +10,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import stop_daemon, wait_state
+from conftest import stop_daemon, wait_for, wait_state
 from textual.widgets import DataTable, Input, Log
 
 from screens.app import HelpScreen, WorkbenchApp
@@ -126,7 +126,9 @@ async def test_pause_resume_retry_priority(app: WorkbenchApp, client: Client) ->
         select(app, job_id)
         await pilot.press("p")
         await until(pilot, lambda: client.store.get(job_id).state == "paused", what="paused")
-        child = psutil.Process(running.pid).children()[0]
+        child = wait_for(
+            lambda: psutil.Process(running.pid).children(), what="the job under its wrapper"
+        )[0]
         await until(pilot, lambda: child.status() == psutil.STATUS_STOPPED, what="stopped process")
         await pilot.press("u")
         await until(pilot, lambda: client.store.get(job_id).state == "running", what="resumed")
