@@ -69,7 +69,7 @@ def bench_submit_latency(runs: int) -> list[list[str]]:
         env = {**os.environ, "WORKBENCH_HOME": str(root)}
         home = Home(root).ensure()
         client = Client(home)
-        client.store.set_setting("drain", "1")  # keep the queue full: nothing starts
+        client.store.set_draining(True)  # keep the queue full: nothing starts
         client.store.submit_many([trivial(f"fill-{i}") for i in range(queued)])
         ensure_daemon(home)
         times = timed_runs([sys.executable, "-m", "workbench", "submit", "--", "true"], env, runs)

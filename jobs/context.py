@@ -101,20 +101,6 @@ class JobContext:
         granted = os.environ.get("WORKBENCH_CPUS")
         return int(granted) if granted else (os.cpu_count() or 1)
 
-    def stage_job(self, stage: str) -> Job:
-        """The job of another stage in the same pipeline run (e.g. `model = "train"`)."""
-        if self.job.pipeline_id is None:
-            raise JobFailed(
-                f"{stage!r} names a pipeline stage, but this job is not part of a pipeline"
-            )
-        row = self.store.conn.execute(
-            "SELECT id FROM jobs WHERE pipeline_id=? AND stage=? ORDER BY id DESC LIMIT 1",
-            (self.job.pipeline_id, stage),
-        ).fetchone()
-        if row is None:
-            raise JobFailed(f"no stage named {stage!r} in this pipeline")
-        return self.store.get(int(row[0]))
-
     def fail(self, message: str) -> None:
         """Record why the job failed (the daemon shows it as the job's reason)."""
         (self.run_dir / FAILURE_FILE).write_text(message)

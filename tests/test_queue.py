@@ -195,13 +195,13 @@ def test_group_parallel_limit(client: Client) -> None:
 
 
 def test_drain_mode_starts_nothing_new(client: Client) -> None:
-    client.store.set_setting("drain", "1")
+    client.store.set_draining(True)
     job_id = command(client, ["true"])
     wait_for(
         lambda: client.store.get(job_id).reason == "drain mode: nothing new starts",
         what="drain reason",
     )
-    client.store.set_setting("drain", "0")
+    client.store.set_draining(False)
     client.nudge()
     wait_state(client, job_id, "succeeded")
 
@@ -271,7 +271,7 @@ def test_daemon_kill9_then_restart_readopts_and_loses_nothing(
         client, ["sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done; echo finished; exit 7"]
     )
     job = wait_state(client, running, "running")
-    client.store.set_setting("drain", "1")
+    client.store.set_draining(True)
     queued = command(client, ["true"])
     daemon_pid = lock_holder(home)
     assert daemon_pid
@@ -282,7 +282,7 @@ def test_daemon_kill9_then_restart_readopts_and_loses_nothing(
     wait_for(
         lambda: (home.run_dir(running) / "exit.json").exists(), what="the job to finish unwatched"
     )
-    client.store.set_setting("drain", "0")
+    client.store.set_draining(False)
     ensure_daemon(home)
     ended = wait_state(client, running, "failed")
     assert ended.exit_code == 7 and ended.reason == "exited with code 7"

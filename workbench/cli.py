@@ -173,7 +173,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         console.print(table)
     else:
         console.print("no jobs" if args.all else "no jobs (ls --all shows every job)")
-    drain = store.get_setting("drain") == "1"
+    drain = store.draining
     if drain:
         console.print("[magenta]drain mode: nothing new starts (workbench daemon undrain)[/]")
     return EXIT_OK
@@ -341,7 +341,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         }
         if home.state_db.exists():
             client = _client(start_daemon=False)
-            info["drain"] = client.store.get_setting("drain") == "1"
+            info["drain"] = client.store.draining
             info["jobs"] = client.store.counts_by_state()
         info["home"] = str(home.root)
         if args.json:
@@ -369,7 +369,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.action in ("drain", "undrain"):
         client = _client()
-        client.store.set_setting("drain", "1" if args.action == "drain" else "0")
+        client.store.set_draining(args.action == "drain")
         wake(home)
         print(
             "drain mode on: running jobs finish, nothing new starts"

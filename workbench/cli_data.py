@@ -29,6 +29,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--max-rejects", type=int, help="fail when more rows than this are bad (default 10)"
     )
+    p.add_argument(
+        "--cpus", type=float, help="cores to reserve; DuckDB uses that many threads (default 1)"
+    )
     p.add_argument("--wait", action="store_true", help="wait for it; exit 0 iff it succeeded")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_ingest)
@@ -69,6 +72,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         table["null"] = args.null
     if args.max_rejects is not None:
         table["max_rejects"] = args.max_rejects
+    if args.cpus is not None:
+        table["cpus"] = args.cpus
     if args.type:
         types = {}
         for pair in args.type:
@@ -133,7 +138,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
     home = Home.current()
     store = _open(home)
-    con = lake.connect(home, store)
+    con = lake.connect(home, store, for_sql=args.query)
     started = time.perf_counter()
     try:
         lake.check_read_only(con, args.query)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,3 @@ def load_config(path: Path) -> Config:
         )
     except ValueError as error:
         raise SpecError(f"{path} [daemon]: {error}") from error
-
-
-CONFIG_KEYS = [f.name for f in fields(DaemonTable)]

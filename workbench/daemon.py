@@ -27,8 +27,6 @@ from workbench.store import CANCELLED, FAILED, PAUSED, QUEUED, RUNNING, SUCCEEDE
 from workbench.telemetry import Sampler
 from workbench.units import format_duration
 
-DRAIN_KEY = "drain"
-
 
 class DaemonError(RuntimeError):
     """The daemon could not start; the message says why."""
@@ -268,7 +266,7 @@ class Daemon:
         dep_ids = {d for j in queued for d, _ in j.deps}
         dep_states = self.store.states_of(dep_ids) if dep_ids else {}
         settings = scheduler.Settings(
-            drain=self.store.get_setting(DRAIN_KEY) == "1",
+            drain=self.store.draining,
             group_limits=self.store.group_limits(),
             default_parallel=self.config.default_parallel,
         )

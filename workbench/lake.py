@@ -321,9 +321,17 @@ def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
-def _store_tables(store: Store) -> dict[str, pyarrow.Table]:
-    """The store's jobs, runs and metrics as Arrow tables, queryable next to the lake."""
+STORE_TABLES = ("jobs", "job_events", "metrics", "runs", "evaluations", "models")
+
+
+def _store_tables(store: Store, only: Iterable[str] = STORE_TABLES) -> dict[str, pyarrow.Table]:
+    """The store's jobs, runs and metrics (those named in `only`) as Arrow tables, queryable
+    next to the lake."""
     import pyarrow as pa
+
+    wanted = set(only)
+    if not wanted:
+        return {}
 
     tables: dict[str, pyarrow.Table] = {}
     queries = {
@@ -342,6 +350,8 @@ def _store_tables(store: Store) -> dict[str, pyarrow.Table]:
         r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
     }
     for name, sql in {**queries, **{k: v for k, v in optional.items() if k in existing}}.items():
+        if name not in wanted:
+            continue
         cursor = store.conn.execute(sql)
         columns = [d[0] for d in cursor.description]
         rows = cursor.fetchall()
@@ -349,13 +359,29 @@ def _store_tables(store: Store) -> dict[str, pyarrow.Table]:
     return tables
 
 
-def connect(home: Home, store: Store, with_store_tables: bool = True) -> duckdb.DuckDBPyConnection:
+def mentioned_store_tables(sql: str) -> list[str]:
+    """The store tables a query may use: those whose name appears in it as a word. Loading them
+    costs a read of the store and pyarrow's pandas import (~0.2 s), so a query that names none
+    of them skips both; a false match only loads a table that is not used."""
+    return [t for t in STORE_TABLES if re.search(rf"\b{t}\b", sql, re.IGNORECASE)]
+
+
+def connect(
+    home: Home, store: Store, with_store_tables: bool = True, for_sql: str | None = None
+) -> duckdb.DuckDBPyConnection:
     """A read-only DuckDB connection over the lake: a view per dataset (latest version) and per
-    version (`"name@v2"`), the store's tables, file access limited to the lake, locked."""
+    version (`"name@v2"`), the store's tables (all, or with `for_sql` only those that query
+    names), file access limited to the lake, locked."""
     import duckdb
 
     con = duckdb.connect(":memory:")
-    for info in versions(store):
+    # One catalog read: a version published between two reads would leave a view pointing at
+    # a version this connection never defined.
+    every = versions(store)
+    latest: dict[str, VersionInfo] = {}
+    for info in every:
+        latest[info.dataset] = info  # oldest first, so the last one wins
+    for info in every:
         con.execute(
             f"CREATE VIEW {_quote(f'{info.dataset}@v{info.version}')} AS"
             f" SELECT * FROM read_parquet('{info.glob}')"
@@ -365,7 +391,7 @@ def connect(home: Home, store: Store, with_store_tables: bool = True) -> duckdb.
                 f"CREATE VIEW {_quote(f'{info.dataset}@v{info.version}_rejects')} AS"
                 f" SELECT * FROM read_parquet('{info.rejects_path}')"
             )
-    for info in latest_versions(store):
+    for info in latest.values():
         con.execute(
             f"CREATE VIEW {_quote(info.dataset)} AS SELECT * FROM"
             f" {_quote(f'{info.dataset}@v{info.version}')}"
@@ -376,7 +402,8 @@ def connect(home: Home, store: Store, with_store_tables: bool = True) -> duckdb.
                 f" {_quote(f'{info.dataset}@v{info.version}_rejects')}"
             )
     if with_store_tables:
-        for name, table in _store_tables(store).items():
+        only = STORE_TABLES if for_sql is None else mentioned_store_tables(for_sql)
+        for name, table in _store_tables(store, only).items():
             con.register(name, table)
     lake = str(home.lake).replace("'", "''")
     con.execute(f"SET allowed_directories=['{lake}']")

@@ -521,6 +521,14 @@ class Store:
         with self.transaction() as conn:
             conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
+    @property
+    def draining(self) -> bool:
+        """Drain mode: running jobs finish, nothing new starts."""
+        return self.get_setting("drain") == "1"
+
+    def set_draining(self, on: bool) -> None:
+        self.set_setting("drain", "1" if on else "0")
+
     def group_limits(self) -> dict[str, int]:
         return dict(self.conn.execute("SELECT name, parallel FROM groups").fetchall())
 
