@@ -56,7 +56,7 @@ def positioned_error(source: Any, sql: str, message: str) -> str:
 
     from workbench import lake
 
-    con = lake.connect(source.home, source.store())
+    con = lake.connect(source.home, source.store(), for_sql=sql)
     try:
         con.execute("EXPLAIN " + sql.strip().rstrip(";"))
     except duckdb.Error as error:
@@ -361,7 +361,7 @@ class DataScreen(Screen[None]):
             self.set_status, Text("running... (ctrl+g cancels)", style="yellow")
         )
         try:
-            con = lake.connect(source.home, store)
+            con = lake.connect(source.home, store, for_sql=query.sql)
             self.running = con
             try:
                 lake.check_read_only(con, query.sql)

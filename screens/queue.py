@@ -70,6 +70,13 @@ class QueueScreen(Screen[None]):
         ),
         Binding("n", "submit", "New", id="queue.submit", tooltip="Submit a command job"),
         Binding(
+            "b",
+            "pipeline",
+            "Pipeline",
+            id="queue.pipeline",
+            tooltip="Queue every stage of a pipeline file (as --batch does, without waiting)",
+        ),
+        Binding(
             "c",
             "control('cancel')",
             "Cancel",
@@ -241,6 +248,9 @@ class QueueScreen(Screen[None]):
     def action_submit(self) -> None:
         self.app.push_screen(SubmitScreen())
 
+    def action_pipeline(self) -> None:
+        self.app.push_screen(PipelineScreen())
+
     def action_control(self, action: str) -> None:
         job = self.selected()
         if job is None:
@@ -366,6 +376,50 @@ class SubmitScreen(ModalScreen[None]):
             self.app.call_from_thread(self.app.notify, f"submit failed: {error}", severity="error")
             return
         self.app.call_from_thread(self.app.notify, f"job {job_id} queued", timeout=3)
+        self.app.call_from_thread(self.dismiss)
+
+
+class PipelineScreen(ModalScreen[None]):
+    """Queue a pipeline file's stages; the whole file is validated first, as with --batch."""
+
+    BINDINGS = [
+        Binding("escape", "dismiss", "Close", id="pipeline.close", tooltip="Close without queueing")
+    ]
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="submit-form"):
+            yield Label("Run a pipeline file", classes="title")
+            yield Input(placeholder="path, e.g. examples/quickstart.toml", id="pipeline-path")
+            yield Static(id="pipeline-error")
+
+    def on_mount(self) -> None:
+        self.query_one("#pipeline-path", Input).focus()
+
+    @on(Input.Submitted, "#pipeline-path")
+    def queue(self, event: Input.Submitted) -> None:
+        self.send(event.value.strip())
+
+    @work(thread=True, exit_on_error=False, group="actions", description="queue a pipeline")
+    def send(self, path: str) -> None:
+        from workbench.pipeline import load_pipeline
+        from workbench.spec import SpecError
+
+        try:
+            pipeline = load_pipeline(Path(path).expanduser())
+            _, ids = self.app.source.client().submit_pipeline(pipeline)  # type: ignore[attr-defined]
+        except SpecError as error:
+            self.app.call_from_thread(
+                self.query_one("#pipeline-error", Static).update, Text(str(error), style="bold red")
+            )
+            return
+        except Exception as error:
+            self.app.call_from_thread(
+                self.app.notify, f"pipeline failed: {error}", severity="error"
+            )
+            return
+        self.app.call_from_thread(
+            self.app.notify, f"pipeline {pipeline.name}: jobs {ids[0]}-{ids[-1]} queued", timeout=4
+        )
         self.app.call_from_thread(self.dismiss)
 
 

@@ -231,3 +231,39 @@ async def test_lost_daemon_is_restarted_by_the_next_action(
         await pilot.press("c")
         await until(pilot, lambda: client.store.get(job_id).state == "cancelled", what="cancelled")
         assert app.is_running
+
+
+async def test_pipeline_file_from_the_queue(
+    app: WorkbenchApp, client: Client, tmp_path: Path
+) -> None:
+    (tmp_path / "p.toml").write_text(
+        '[[stage]]\nname = "one"\nkind = "command"\nargv = ["true"]\n\n'
+        '[[stage]]\nname = "two"\nkind = "command"\nafter = ["one"]\nargv = ["true"]\n'
+    )
+    (tmp_path / "bad.toml").write_text(
+        '[[stage]]\nname = "one"\nkind = "command"\nargvv = ["true"]\n'
+    )
+    async with app.run_test(size=(140, 40)) as pilot:
+        await pilot.press("j", "b")
+        field = app.screen.query_one("#pipeline-path", Input)
+        field.value = str(tmp_path / "bad.toml")
+        await pilot.press("enter")
+        await until(
+            pilot,
+            lambda: "unknown key 'argvv'" in text_of(app.screen.query_one("#pipeline-error")),
+            what="the refusal",
+        )
+        field.value = str(tmp_path / "p.toml")
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, QueueScreen), what="the form to close")
+        jobs = await until(
+            pilot,
+            lambda: (
+                [j for j in client.store.list_jobs() if j.state == "succeeded"]
+                if len(client.store.list_jobs()) == 2
+                and all(j.state == "succeeded" for j in client.store.list_jobs())
+                else None
+            ),
+            what="both stages to run",
+        )
+        assert [j.stage for j in jobs] == ["one", "two"]

@@ -436,22 +436,15 @@ def run_batch(path: str, json_mode: bool) -> int:
     pipeline = load_pipeline(Path(path))
     client = _client()
 
-    def submit(p: Any) -> tuple[int, list[int]]:
-        for stage in p.stages:
-            if stage.group_limit is not None:
-                client.store.set_group(*stage.group_limit)
-        stages = [(request, stage.after) for stage in p.stages for request in stage.requests]
-        pipeline_id, ids = client.store.submit_pipeline(p.name, str(p.path), stages)
-        client.nudge()
-        return pipeline_id, [i for stage in p.stages for i in ids[stage.name]]
-
     def poll(ids: list[int]) -> list[Job]:
         return [client.store.get(i) for i in ids]
 
     def cancel(job_id: int) -> None:
         client.control(job_id, "cancel")
 
-    return run_pipeline(pipeline, submit, poll, cancel, json_mode=json_mode, store=client.store)
+    return run_pipeline(
+        pipeline, client.submit_pipeline, poll, cancel, json_mode=json_mode, store=client.store
+    )
 
 
 def open_tui() -> int:

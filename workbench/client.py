@@ -8,10 +8,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from workbench.daemonlink import lock_holder, wake
 from workbench.paths import Home
 from workbench.store import SETTLED, Job, JobRequest, Store
+
+if TYPE_CHECKING:
+    from workbench.pipeline import Pipeline
 
 
 class DaemonUnavailable(RuntimeError):
@@ -93,6 +97,17 @@ class Client:
         ids = self.store.submit_many(requests)
         self.nudge()
         return ids
+
+    def submit_pipeline(self, pipeline: Pipeline) -> tuple[int, list[int]]:
+        """Queue every stage of a validated pipeline (sweeps in their capped groups); returns
+        the pipeline's id and its job ids in stage order."""
+        for stage in pipeline.stages:
+            if stage.group_limit is not None:
+                self.store.set_group(*stage.group_limit)
+        stages = [(request, stage.after) for stage in pipeline.stages for request in stage.requests]
+        pipeline_id, ids = self.store.submit_pipeline(pipeline.name, str(pipeline.path), stages)
+        self.nudge()
+        return pipeline_id, [i for stage in pipeline.stages for i in ids[stage.name]]
 
     def control(self, job_id: int, action: str) -> str:
         """cancel / pause / resume / retry / rm; returns what happened."""
