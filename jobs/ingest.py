@@ -150,15 +150,23 @@ class _Watcher(threading.Thread):
         self.interrupted = False
 
     def run(self) -> None:
+        # Cancellation is checked every 0.1 s; progress goes to the store at most every 0.5 s,
+        # since each write is a transaction the daemon and waiting clients wake for, and on a
+        # small machine that time comes out of DuckDB's threads.
+        reported = 0.0
         while not self.done.wait(0.1):
             if self.ctx.cancel_requested and not self.interrupted:
                 self.interrupted = True
                 self.cursor.interrupt()
+            now = time.monotonic()
+            if now - reported < 0.5:
+                continue
             try:
                 percent = self.cursor.query_progress()
             except Exception:
                 continue
             if percent >= 0:
+                reported = now
                 self.ctx.progress(min(percent, 99.0) / 100 * 0.95, self.message)
 
 
