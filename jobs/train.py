@@ -8,6 +8,7 @@ import json
 import math
 import platform
 import random
+import re
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -637,10 +638,12 @@ def launch_ddp(ctx: JobContext, world: int) -> None:
     code = subprocess.run(argv, check=False).returncode
     if code != 0:
         failure = ctx.run_dir / "failure"
-        detail = (
-            failure.read_text().strip() if failure.exists() else f"torchrun exited with code {code}"
-        )
-        raise JobFailed(detail)
+        if failure.exists():
+            raise JobFailed(failure.read_text().strip())
+        log = ctx.run_dir / "log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        errors = re.findall(r"^\w*(?:Error|Exception)\b.*$", text, re.MULTILINE)
+        raise JobFailed(f"torchrun exited with code {code}" + (f": {errors[-1]}" if errors else ""))
 
 
 def run(ctx: JobContext) -> None:
