@@ -260,7 +260,7 @@ def run(ctx: JobContext) -> None:
         try:
             cursor.execute(
                 f"COPY ({select}) TO {_literal(str(tmp / 'part-0.parquet'))}"
-                " (FORMAT parquet, COMPRESSION zstd)"
+                " (FORMAT parquet)"
             )
         except duckdb.InterruptException:
             raise Cancelled("cancelled while reading the sources") from None

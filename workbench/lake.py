@@ -169,7 +169,9 @@ def latest_versions(store: Store) -> list[VersionInfo]:
 
 
 def _content_hash(files: Iterable[Path]) -> str:
-    digest = hashlib.sha256()
+    """BLAKE2b-256 over the parts' names and bytes: as strong as SHA-256 for telling versions
+    apart, and about twice as fast, which matters on every ingest of a large file."""
+    digest = hashlib.blake2b(digest_size=32)
     for path in sorted(files):
         digest.update(path.name.encode())
         with open(path, "rb") as handle:
