@@ -60,14 +60,16 @@ class WorkbenchApp(App[None]):
             "T", "toggle_theme", "Theme", id="app.theme", tooltip="Switch between dark and light"
         ),
         Binding("q", "quit", "Quit", id="app.quit", tooltip="Leave the TUI (jobs keep running)"),
+        *(
+            Binding(key, f"switch_mode('{mode}')", title, id=f"app.{mode}", tooltip=f"Show {title}")
+            for mode, key, title, _ in SCREENS
+        ),
     ]
 
     def __init__(self, source: Source | None = None, frozen: bool = False):
         super().__init__()
         self.source = source or Source(Home.current().ensure())
         self.frozen = frozen  # snapshot tests: read once, never poll again
-        for mode, key, title, _ in SCREENS:
-            self.bind(key, f"switch_mode('{mode}')", description=title, show=True)
 
     def on_mount(self) -> None:
         self.theme = "textual-dark"
