@@ -343,7 +343,7 @@ class _MetricBuffer:
         self.ctx = ctx
         self.enabled = enabled
         self.rows: list[tuple[int, str, float | None]] = []
-        self.flushed = time.monotonic()
+        self.flushed = -math.inf  # the first step is written at once: curves appear without delay
 
     def add(self, step: int, values: dict[str, float | None]) -> None:
         if not self.enabled:
@@ -533,11 +533,14 @@ def fit(
                     f"stopped by SIGTERM at epoch {epoch + 1}, batch {batch}; checkpoint saved, retry resumes"
                 )
             index = order[batch * spec.batch_size : (batch + 1) * spec.batch_size]
-            xb, yb = x_train[index[rank::world]], y_train[index[rank::world]]
+            mine = index[rank::world] if world > 1 else index
+            xb, yb = x_train[mine], y_train[mine]
             optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            if autocast:
+                with torch.autocast(device.type, dtype=torch.bfloat16):
+                    out = trained(xb).float()
+            else:  # entering a disabled autocast context still costs time on every step
                 out = trained(xb)
-            out = out.float()
             loss = (
                 torch.nn.functional.cross_entropy(out, yb)
                 if classification

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import importlib
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 from textual.app import App, ComposeResult, SystemCommand
@@ -11,22 +12,28 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Markdown
 
-from screens.dashboard import DashboardScreen
-from screens.data import DataScreen
-from screens.models import ModelsScreen
-from screens.queue import QueueScreen
-from screens.runs import RunsScreen
 from screens.source import Source
 from workbench.paths import Home
 
-# One line per screen: its mode name, key, title and class. Other screens add themselves here.
-SCREENS: list[tuple[str, str, str, type[Screen[Any]]]] = [
-    ("dashboard", "d", "Dashboard", DashboardScreen),
-    ("queue", "j", "Queue", QueueScreen),
-    ("data", "s", "Data", DataScreen),
-    ("runs", "r", "Runs", RunsScreen),
-    ("models", "m", "Models", ModelsScreen),
+# One line per screen: its mode name, key, title and where its class lives. A screen's module
+# is imported the first time its key is pressed: the editor, plots and tables of the others
+# stay out of the TUI's start-up.
+SCREENS: list[tuple[str, str, str, str]] = [
+    ("dashboard", "d", "Dashboard", "screens.dashboard:DashboardScreen"),
+    ("queue", "j", "Queue", "screens.queue:QueueScreen"),
+    ("data", "s", "Data", "screens.data:DataScreen"),
+    ("runs", "r", "Runs", "screens.runs:RunsScreen"),
+    ("models", "m", "Models", "screens.models:ModelsScreen"),
 ]
+
+
+def _lazy(location: str) -> Callable[[], Screen[Any]]:
+    def make() -> Screen[Any]:
+        module, _, name = location.partition(":")
+        screen: Screen[Any] = getattr(importlib.import_module(module), name)()
+        return screen
+
+    return make
 
 
 class HelpScreen(ModalScreen[None]):
@@ -116,8 +123,8 @@ class WorkbenchApp(App[None]):
                 )
 
 
-for _mode, _key, _title, _cls in SCREENS:
-    WorkbenchApp.MODES[_mode] = _cls
+for _mode, _key, _title, _location in SCREENS:
+    WorkbenchApp.MODES[_mode] = _lazy(_location)
 
 
 def run_app() -> int:

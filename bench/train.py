@@ -1,0 +1,153 @@
+"""Train benchmark: samples/s of a `train` job against a bare PyTorch loop over the same tensors,
+model, batch size and threads (same run), and the time from job start to the first training step.
+Usage: python bench/train.py [--epochs N]"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+# bench/queue.py would shadow the standard library's `queue` (pyarrow imports it)
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+_spec = importlib.util.spec_from_file_location("_results", _HERE / "_results.py")
+assert _spec is not None and _spec.loader is not None
+_results = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_results)
+table, write_section = _results.table, _results.write_section
+
+
+def digits_table(repeat: int) -> object:
+    """scikit-learn's digits, tiled `repeat` times (64 pixel columns + the label)."""
+    import numpy as np
+    import pyarrow as pa
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    data = np.tile(digits.data, (repeat, 1))
+    columns = {f"p{i}": data[:, i] for i in range(64)}
+    columns["digit"] = np.tile(digits.target, repeat).astype("int64")
+    return pa.table(columns)
+
+
+def bare_loop(x: object, y: object, batch: int, epochs: int, threads: int) -> float:
+    """The floor: a hand-written loop with the same model, optimizer, batch and threads."""
+    import torch
+
+    from jobs.models import build
+
+    torch.manual_seed(0)
+    torch.set_num_threads(threads)
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+    model = build("mlp", xt.shape[1], int(yt.max()) + 1, {"hidden": [64, 64]})
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    rates = []
+    for _ in range(epochs):
+        order = torch.randperm(len(xt))
+        started = time.perf_counter()
+        for start in range(0, len(xt), batch):
+            index = order[start : start + batch]
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(xt[index]), yt[index])
+            loss.backward()
+            optimizer.step()
+        rates.append(len(xt) / (time.perf_counter() - started))
+    return sum(rates) / len(rates)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=20)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="wb-bench-", dir="/tmp"))
+    os.environ["WORKBENCH_HOME"] = str(root)
+    from jobs.bundle import load_bundle
+    from workbench import lake
+    from workbench.client import Client
+    from workbench.paths import Home
+    from workbench.submit import build_request
+
+    home = Home(root).ensure()
+    client = Client(home)
+    threads = 2
+    batch = 64
+    try:
+        tbl = digits_table(args.repeat)
+        lake.publish_arrow(home, client.store, "digits", tbl)
+        request = build_request(
+            {
+                "kind": "train",
+                "dataset": "digits",
+                "target": "digit",
+                "model": "mlp",
+                "epochs": args.epochs,
+                "batch_size": batch,
+                "lr": 1e-3,
+                "cpus": threads,
+                "val_fraction": 0.2,
+            },
+            root,
+            "bench",
+        )
+        job_id = client.submit(request)
+        while (job := client.store.get(job_id)).state not in ("succeeded", "failed", "cancelled"):
+            time.sleep(0.2)
+        if job.state != "succeeded":
+            print(f"train job {job_id} {job.state}: {job.reason}", file=sys.stderr)
+            return 1
+        series = client.store.metrics(job_id, ["samples_per_s"])["samples_per_s"]
+        job_rate = sum(v for _, v in series if v) / len(series)
+        first_t = client.store.conn.execute(
+            "SELECT min(t) FROM metrics WHERE job_id=? AND name='train_loss'", (job_id,)
+        ).fetchone()[0]
+        to_first_step = first_t - (job.started_at or first_t)
+        _model, pre, _meta = load_bundle(home.run_dir(job_id) / "model.pt")
+        # the same training rows, in the same float32 form the job trains on
+        n_train = round(tbl.num_rows * 0.8)
+        x = pre.transform(tbl)[:n_train]
+        y = pre.encode_target(tbl)[:n_train]
+        bare_rate = bare_loop(x, y, batch, args.epochs, threads)
+        rows = [
+            [
+                "train job samples/s",
+                f"{job_rate:,.0f}",
+                f"{bare_rate:,.0f} (bare loop)",
+                f"{job_rate / bare_rate:.2f}x (goal >= 0.9)",
+            ],
+            ["job start -> first step", f"{to_first_step:.2f} s", "-", "goal < 3 s"],
+        ]
+        body = table(["measure", "workbench", "baseline", "ratio"], rows)
+        body += (
+            f"\n\nMLP 64-64-10 on digits tiled x{args.repeat} ({tbl.num_rows} rows, 80% train),"
+            f" batch {batch}, Adam, {args.epochs} epochs, {threads} threads; samples/s is the mean"
+            " over epochs of the training loop alone (the job's per-epoch metric vs the same"
+            " measure on the bare loop). First step: job started_at to the first train_loss"
+            " metric row written (an upper bound: step metrics are flushed at most once a second; it"
+            " includes python start, import torch, reading the lake, fitting preprocessing)."
+        )
+        print(body)
+        write_section("train", "python bench/train.py", body)
+    finally:
+        from workbench.daemonlink import lock_holder
+
+        pid = lock_holder(home)
+        if pid and pid > 0:
+            import signal
+
+            os.kill(pid, signal.SIGTERM)
+            time.sleep(1)
+        client.close()
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
