@@ -259,8 +259,7 @@ def run(ctx: JobContext) -> None:
         watcher.start()
         try:
             cursor.execute(
-                f"COPY ({select}) TO {_literal(str(tmp / 'part-0.parquet'))}"
-                " (FORMAT parquet)"
+                f"COPY ({select}) TO {_literal(str(tmp / 'part-0.parquet'))} (FORMAT parquet)"
             )
         except duckdb.InterruptException:
             raise Cancelled("cancelled while reading the sources") from None
