@@ -1,5 +1,5 @@
-"""Where the screens get their data: the live store (each worker thread opens its own SQLite
-connection), or fixed data for snapshot tests. Screens never touch the store directly."""
+"""Where the screens get their data: the live store (one SQLite connection shared by the
+worker threads), or fixed data and a fixed clock for snapshot tests."""
 
 from __future__ import annotations
 
