@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import wait_for, workbench
 
+from workbench.client import Client
 from workbench.paths import Home
-from workbench.pipeline import load_pipeline
+from workbench.pipeline import Pipeline, load_pipeline, run_pipeline
 from workbench.spec import SpecError
 from workbench.store import Store
 
@@ -247,4 +248,44 @@ def test_ctrl_c_cancels_what_the_batch_started(home: Home, tmp_path: Path) -> No
     assert proc.returncode == 1, stderr
     assert "interrupted" in stderr
     summary = json.loads(stdout.splitlines()[-1])
+    assert summary["stages"][0]["state"] == "cancelled"
+
+
+def test_ctrl_c_during_submit_still_cancels_the_queued_stages(
+    client: Client, tmp_path: Path
+) -> None:
+    """A Ctrl-C that lands while the submit call is still in flight (the daemon may already
+    have started a stage) cancels the stages instead of leaving them unwatched."""
+    import io
+
+    pipeline = load_pipeline(
+        write(
+            tmp_path,
+            """
+            [[stage]]
+            name = "long"
+            kind = "command"
+            argv = ["sleep", "60"]
+            """,
+        )
+    )
+
+    def submit_then_ctrl_c(p: Pipeline) -> tuple[int, list[int]]:
+        submitted = client.submit_pipeline(p)
+        os.kill(os.getpid(), signal.SIGINT)
+        return submitted
+
+    out, err = io.StringIO(), io.StringIO()
+    code = run_pipeline(
+        pipeline,
+        submit_then_ctrl_c,
+        lambda ids: [client.store.get(i) for i in ids],
+        lambda job_id: client.control(job_id, "cancel"),
+        json_mode=True,
+        out=out,
+        err=err,
+    )
+    assert code == 1
+    assert "interrupted" in err.getvalue()
+    summary = json.loads(out.getvalue().splitlines()[-1])
     assert summary["stages"][0]["state"] == "cancelled"

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 import time
 import tomllib
 from collections.abc import Callable
@@ -266,6 +268,27 @@ def sweep_results(pipeline: Pipeline, pipeline_id: int, store: Store) -> list[di
     return results
 
 
+def _submit_holding_ctrl_c(
+    submit: Callable[[Pipeline], tuple[int, list[int]]], pipeline: Pipeline
+) -> tuple[int, list[int], bool]:
+    """Submit with Ctrl-C held back, and say whether one came meanwhile.
+
+    The daemon may start a stage before the submit call returns; a Ctrl-C in that window
+    must still cancel what was queued rather than leave it running with no one watching.
+    A handler (not a blocked mask) holds it, so the daemon this may spawn starts clean.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        pipeline_id, ids = submit(pipeline)
+        return pipeline_id, ids, False
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        pipeline_id, ids = submit(pipeline)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return pipeline_id, ids, bool(caught)
+
+
 def run_pipeline(
     pipeline: Pipeline,
     submit: Callable[[Pipeline], tuple[int, list[int]]],
@@ -281,7 +304,7 @@ def run_pipeline(
 
     Ctrl-C cancels the jobs this run started and waits for them to stop.
     """
-    pipeline_id, ids = submit(pipeline)
+    pipeline_id, ids, held = _submit_holding_ctrl_c(submit, pipeline)
     interrupted = False
     with _Reporter(json_mode, out, err) as reporter:
 
@@ -297,6 +320,8 @@ def run_pipeline(
             reporter.emit(
                 {"type": "pipeline", "pipeline": pipeline.name, "id": pipeline_id, "jobs": ids}
             )
+            if held:
+                raise KeyboardInterrupt
             follow()
         except KeyboardInterrupt:
             interrupted = True
