@@ -102,11 +102,13 @@ def test_cancel_escalates_to_sigkill_after_the_grace(client: Client, home: Home)
 def test_pause_really_stops_the_process_and_resume_continues(client: Client) -> None:
     job_id = command(client, ["sh", "-c", "sleep 30"])
     job = wait_state(client, job_id, "running")
-    client.control(job_id, "pause")
-    wait_state(client, job_id, "paused")
+    # The wrapper forks the command a moment after the job turns running; a pause in that
+    # window stops the wrapper first, and the command only starts once resumed.
     child = wait_for(lambda: psutil.Process(job.pid).children(), what="the job under its wrapper")[
         0
     ]
+    client.control(job_id, "pause")
+    wait_state(client, job_id, "paused")
     wait_for(lambda: child.status() == psutil.STATUS_STOPPED, what="the process to be stopped")
     client.control(job_id, "resume")
     wait_state(client, job_id, "running")

@@ -120,15 +120,16 @@ async def test_pause_resume_retry_priority(app: WorkbenchApp, client: Client) ->
     failing = submit(client, ["false"])
     running = wait_state(client, job_id, "running")
     wait_state(client, failing, "failed")
+    # The command is forked a moment after the job turns running: see it before pausing.
+    child = wait_for(
+        lambda: psutil.Process(running.pid).children(), what="the job under its wrapper"
+    )[0]
     async with app.run_test(size=(140, 40)) as pilot:
         await pilot.press("j")
         await until(pilot, lambda: str(job_id) in rows(app), what="row")
         select(app, job_id)
         await pilot.press("p")
         await until(pilot, lambda: client.store.get(job_id).state == "paused", what="paused")
-        child = wait_for(
-            lambda: psutil.Process(running.pid).children(), what="the job under its wrapper"
-        )[0]
         await until(pilot, lambda: child.status() == psutil.STATUS_STOPPED, what="stopped process")
         await pilot.press("u")
         await until(pilot, lambda: client.store.get(job_id).state == "running", what="resumed")
