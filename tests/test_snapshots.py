@@ -94,12 +94,19 @@ def test_data_screen(snap_compare: Any, tmp_path: Path, size: tuple[int, int]) -
         ).text = "SELECT species, count(*) AS n, avg(mass_g) AS mass FROM penguins GROUP BY ALL ORDER BY species"
         await pilot.press("ctrl+r")
         results = app.screen.query_one("#results", DataTable)
+
+        def settled() -> bool:
+            # The table sizes its columns to the new rows on its next idle, not on add_rows.
+            return results.row_count == 3 and results.ordered_columns[0].content_width >= len(
+                "Chinstrap"
+            )
+
         for _ in range(200):
-            if results.row_count == 3:
+            if settled():
                 break
             await pilot.pause(0.02)
         app.screen.query_one("#datasets", DataTable).focus()
-        await pilot.pause()
+        await pilot.pause(0.1)
 
     assert snap_compare(app, terminal_size=size, run_before=run_query)
 
