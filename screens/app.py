@@ -10,7 +10,7 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Footer, Markdown
+from textual.widgets import Footer
 
 from screens.source import Source
 from workbench.paths import Home
@@ -50,6 +50,8 @@ class HelpScreen(ModalScreen[None]):
         self.text = text
 
     def compose(self) -> ComposeResult:
+        from textual.widgets import Markdown  # markdown-it costs ~60 ms; only help needs it
+
         with VerticalScroll(id="help"):
             yield Markdown(self.text)
         yield Footer()

@@ -298,11 +298,11 @@ class DashboardScreen(Screen[None]):
         source = self.app.source  # type: ignore[attr-defined]
         snapshot = source.telemetry()
         history = source.history(HISTORY_S)
+        if snapshot is None:
+            snapshot = self._fallback_snapshot()
         self.post_message(TelemetryRead(snapshot, history))
 
     def on_telemetry_read(self, message: TelemetryRead) -> None:
-        if message.snapshot is None:
-            message.snapshot = self._fallback_snapshot()
         self.snapshot, self.history = message.snapshot, message.history
         self.refresh_panels()
         if self.app.is_running and not getattr(self.app, "frozen", False):
@@ -313,7 +313,10 @@ class DashboardScreen(Screen[None]):
             self.poll()
 
     def _fallback_snapshot(self) -> dict[str, Any] | None:
-        """No daemon history yet: one direct sample (NVML is only opened here, then closed)."""
+        """No daemon history yet: one direct sample (NVML is only opened here, then closed).
+
+        It waits `interval_s` to measure rates, so it runs in the polling thread, never on the
+        event loop."""
         from workbench import telemetry
 
         try:

@@ -268,3 +268,28 @@ async def test_pipeline_file_from_the_queue(
             what="both stages to run",
         )
         assert [j.stage for j in jobs] == ["one", "two"]
+
+
+async def test_dashboard_without_daemon_samples_off_the_event_loop(
+    app: WorkbenchApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No daemon, no telemetry in the store: the Dashboard takes a direct sample, which waits
+    to measure rates, so it must run in the polling thread and leave the UI responsive."""
+    import threading
+
+    from workbench import telemetry
+
+    threads: list[threading.Thread] = []
+    direct = telemetry.snapshot
+
+    def spy(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        threads.append(threading.current_thread())
+        return direct(*args, **kwargs)
+
+    monkeypatch.setattr(telemetry, "snapshot", spy)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = app.screen
+        assert isinstance(screen, DashboardScreen)
+        await until(pilot, lambda: screen.snapshot is not None, what="a direct sample")
+        assert "waiting for the first sample" not in text_of(screen.query_one("#gpu-status"))
+    assert threads and all(t is not threading.main_thread() for t in threads)
