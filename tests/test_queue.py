@@ -150,9 +150,13 @@ def test_automatic_retries_then_success(client: Client, tmp_path: Path) -> None:
         f"n=$(cat {marker} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {marker}; [ $n -ge 3 ]"
     )
     job_id = command(client, ["sh", "-c", script], retries=3)
-    job = wait_state(client, job_id, "succeeded")
-    assert job.attempt == 3
-    reasons = [e.reason for e in client.store.events(job_id)]
+    # What `workbench wait` and `--batch` do: stop at the first settled state. A failed attempt
+    # with retries left is queued again in the same transaction, so it is never seen settled.
+    [job] = client.wait([job_id], timeout_s=60)
+    assert job.state == "succeeded" and job.attempt == 3
+    events = client.store.events(job_id)
+    assert [e.state for e in events].count("failed") == 2  # each failed attempt is on record
+    reasons = [e.reason for e in events]
     assert "automatic retry 1/3 after it exited with code 1" in reasons
     assert "automatic retry 2/3 after it exited with code 1" in reasons
     log = (client.home.run_dir(job_id) / "log").read_text()
@@ -161,9 +165,7 @@ def test_automatic_retries_then_success(client: Client, tmp_path: Path) -> None:
 
 def test_retries_run_out(client: Client) -> None:
     job_id = command(client, ["false"], retries=1)
-    job = wait_state(client, job_id, "failed")
-    time.sleep(0.2)
-    job = client.store.get(job_id)
+    [job] = client.wait([job_id], timeout_s=60)
     assert job.state == "failed" and job.attempt == 2
 
 

@@ -190,12 +190,11 @@ class Daemon:
             self.store.set_state(job.id, SUCCEEDED, status.describe(), expect=live, **fields)
         else:
             reason = f"{status.describe()}: {failure}" if failure else status.describe()
-            self.store.set_state(job.id, FAILED, reason, expect=live, **fields)
             if job.attempt <= job.retries:
-                self.store.requeue(
-                    job.id,
-                    f"automatic retry {job.attempt}/{job.retries} after it {status.describe()}",
-                )
+                retry = f"automatic retry {job.attempt}/{job.retries} after it {status.describe()}"
+                self.store.fail_and_requeue(job.id, reason, retry, expect=live, **fields)
+            else:
+                self.store.set_state(job.id, FAILED, reason, expect=live, **fields)
 
     # ---- intents, limits ---------------------------------------------------------------
 

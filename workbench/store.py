@@ -726,7 +726,36 @@ class Store:
         **columns: Any,
     ) -> bool:
         """Move a job to `state` (only from `expect` states, if given), recording an event."""
+        with self.transaction() as conn:
+            return self._set_state(conn, job_id, state, reason, expect, time.time(), columns)
+
+    def fail_and_requeue(
+        self,
+        job_id: int,
+        reason: str,
+        retry_reason: str,
+        expect: Iterable[str],
+        **columns: Any,
+    ) -> bool:
+        """A failed attempt with retries left: record the failure (event, exit code) and queue
+        the next attempt in one transaction, so no reader (`wait`, `--batch`) sees it failed."""
         now = time.time()
+        with self.transaction() as conn:
+            changed = self._set_state(conn, job_id, FAILED, reason, expect, now, columns)
+            if changed:
+                self._requeue(conn, job_id, retry_reason, now)
+        return changed
+
+    def _set_state(
+        self,
+        conn: sqlite3.Connection,
+        job_id: int,
+        state: str,
+        reason: str | None,
+        expect: Iterable[str] | None,
+        now: float,
+        columns: dict[str, Any],
+    ) -> bool:
         sets = ["state=?", "reason=?"]
         params: list[Any] = [state, reason]
         if state in ENDED:
@@ -743,12 +772,9 @@ class Store:
             expect = list(expect)
             where += f" AND state IN ({','.join('?' * len(expect))})"
             params.extend(expect)
-        with self.transaction() as conn:
-            changed = conn.execute(
-                f"UPDATE jobs SET {', '.join(sets)} WHERE {where}", params
-            ).rowcount
-            if changed:
-                self._event(conn, job_id, state, reason, now)
+        changed = conn.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE {where}", params).rowcount
+        if changed:
+            self._event(conn, job_id, state, reason, now)
         return bool(changed)
 
     def set_reason(self, job_id: int, reason: str | None) -> None:
