@@ -218,16 +218,16 @@ def test_batch_gpu_stage_fails_without_gpu(home: Home, tmp_path: Path) -> None:
     assert summary["stages"][0]["reason"] == "no GPU on this machine"
 
 
+ONE_LONG_STAGE = """
+[[stage]]
+name = "long"
+kind = "command"
+argv = ["sleep", "60"]
+"""
+
+
 def test_ctrl_c_cancels_what_the_batch_started(home: Home, tmp_path: Path) -> None:
-    path = write(
-        tmp_path,
-        """
-        [[stage]]
-        name = "long"
-        kind = "command"
-        argv = ["sleep", "60"]
-        """,
-    )
+    path = write(tmp_path, ONE_LONG_STAGE)
     proc = subprocess.Popen(
         [sys.executable, "-m", "workbench", "--batch", str(path), "--json"],
         stdout=subprocess.PIPE,
@@ -258,17 +258,7 @@ def test_ctrl_c_during_submit_still_cancels_the_queued_stages(
     have started a stage) cancels the stages instead of leaving them unwatched."""
     import io
 
-    pipeline = load_pipeline(
-        write(
-            tmp_path,
-            """
-            [[stage]]
-            name = "long"
-            kind = "command"
-            argv = ["sleep", "60"]
-            """,
-        )
-    )
+    pipeline = load_pipeline(write(tmp_path, ONE_LONG_STAGE))
 
     def submit_then_ctrl_c(p: Pipeline) -> tuple[int, list[int]]:
         submitted = client.submit_pipeline(p)
