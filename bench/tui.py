@@ -22,29 +22,38 @@ from _results import median, table, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Starts the real app headless, says so on its first frame and exits; reports what start-up
-# imported. The parent times launch to that line: the exit (worker threads winding down) is
-# not part of the first frame.
-FIRST_FRAME = """
-import json, os, sys
-from screens.app import WorkbenchApp
-from screens.source import Source
-from workbench.paths import Home
+# Both children run this as their auto-pilot and write a line on the first frame.
+SAY_FIRST_FRAME = """
+import os
 
 async def first_frame(pilot):
     await pilot.pause()
     os.write(1, b"FIRST FRAME\\n")  # print() is captured while the app runs
     pilot.app.exit()
+"""
+
+# Starts the real app headless, says so on its first frame and exits; reports what start-up
+# imported. The parent times launch to that line: the exit (worker threads winding down) is
+# not part of the first frame.
+FIRST_FRAME = (
+    SAY_FIRST_FRAME
+    + """
+import json, sys
+from screens.app import WorkbenchApp
+from screens.source import Source
+from workbench.paths import Home
 
 app = WorkbenchApp(Source(Home.current().ensure()))
 app.run(headless=True, size=(120, 40), auto_pilot=first_frame)
 heavy = [m for m in ("torch", "onnxruntime", "duckdb") if m in sys.modules]
 print(json.dumps({"heavy": heavy}))
 """
+)
 
 # The same harness on a bare Textual app: how much of the gap to `import textual` is Textual's.
-BARE_FRAME = """
-import os
+BARE_FRAME = (
+    SAY_FIRST_FRAME
+    + """
 from textual.app import App
 from textual.widgets import Footer, Header, Static
 
@@ -54,13 +63,9 @@ class Bare(App):
         yield Static("hello")
         yield Footer()
 
-async def first_frame(pilot):
-    await pilot.pause()
-    os.write(1, b"FIRST FRAME\\n")  # print() is captured while the app runs
-    pilot.app.exit()
-
 Bare().run(headless=True, size=(120, 40), auto_pilot=first_frame)
 """
+)
 
 
 def first_frame(argv: list[str], env: dict[str, str]) -> tuple[float, str]:
