@@ -26,8 +26,8 @@ def main() -> int:
     import onnxruntime as ort
     import torch
 
+    from jobs.architectures import build
     from jobs.export import export_onnx, latency
-    from jobs.models import build
 
     torch.set_num_threads(2)
     rows = []

@@ -22,8 +22,8 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.append(str(HERE))
 from _results import table, write_section  # noqa: E402
 
+from workbench.db.store import Store  # noqa: E402
 from workbench.paths import Home  # noqa: E402
-from workbench.store import Store  # noqa: E402
 
 PAGE = 100
 DEFAULT_ROWS = 3_000_000
@@ -140,7 +140,7 @@ def main() -> None:
             ours.append(elapsed)
             store = Store.open(home.state_db)
             try:
-                from workbench import lake
+                from workbench.catalog import lake
 
                 info = lake.version_info(store, "bench")
             finally:
@@ -194,7 +194,7 @@ def main() -> None:
         # 10 million rows: time to the first page.
         import duckdb
 
-        from workbench import lake
+        from workbench.catalog import lake
 
         store = Store.open(home.state_db)
         try:

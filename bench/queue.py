@@ -18,10 +18,10 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import median, percentile, table, write_section
 
-from workbench.client import Client, ensure_daemon
-from workbench.daemonlink import lock_holder, wake
+from workbench.daemon.client import Client, ensure_daemon
+from workbench.daemon.link import lock_holder, wake
+from workbench.db.store import JobRequest
 from workbench.paths import Home
-from workbench.store import JobRequest
 
 
 def trivial(

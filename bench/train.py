@@ -40,7 +40,7 @@ def bare_loop(x: object, y: object, batch: int, epochs: int, threads: int) -> fl
     """The floor: a hand-written loop with the same model, optimizer, batch and threads."""
     import torch
 
-    from jobs.models import build
+    from jobs.architectures import build
 
     torch.manual_seed(0)
     torch.set_num_threads(threads)
@@ -70,10 +70,10 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="wb-bench-", dir="/tmp"))
     os.environ["WORKBENCH_HOME"] = str(root)
     from jobs.bundle import load_bundle
-    from workbench import lake
-    from workbench.client import Client
+    from workbench.catalog import lake
+    from workbench.daemon.client import Client
     from workbench.paths import Home
-    from workbench.submit import build_request
+    from workbench.queue.requests import build_request
 
     home = Home(root).ensure()
     client = Client(home)
@@ -136,7 +136,7 @@ def main() -> int:
         print(body)
         write_section("train", "python bench/train.py", body)
     finally:
-        from workbench.daemonlink import lock_holder
+        from workbench.daemon.link import lock_holder
 
         pid = lock_holder(home)
         if pid and pid > 0:

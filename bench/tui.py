@@ -107,7 +107,7 @@ def capture(session: str) -> str:
 
 def idle_cpu(env: dict[str, str], home: Path, seconds: float) -> tuple[float, float]:
     """Percent of one core used by the TUI and by the daemon over `seconds` of idle Dashboard."""
-    from workbench.client import ensure_daemon
+    from workbench.daemon.client import ensure_daemon
     from workbench.paths import Home
 
     daemon_pid = ensure_daemon(Home(home))

@@ -6,7 +6,7 @@ import sys
 import traceback
 
 from jobs.context import Cancelled, JobContext, JobFailed
-from workbench.kinds import load_kind
+from workbench.queue.kinds import load_kind
 
 
 def main(argv: list[str]) -> int:

@@ -289,7 +289,7 @@ def load_bundle(path: Path) -> tuple[torch.nn.Module, Preprocessor, dict[str, An
     """The model (eval mode, CPU), its preprocessing and its metadata."""
     import torch
 
-    from jobs.models import build
+    from jobs.architectures import build
 
     data = torch.load(path, map_location="cpu", weights_only=False)
     if data.get("format") != BUNDLE_FORMAT:
@@ -318,7 +318,7 @@ def import_user_model(reference: str) -> Any:
 def resolve_model(ctx: Any, reference: str) -> tuple[str, Path, int | None]:
     """A model reference -> (format, path, train job id). `reference` is a pipeline stage name
     (the best point when the stage was a sweep), a train job id, or a `.onnx` / `.pt` file."""
-    from workbench import runs
+    from workbench.catalog import tracking
 
     if reference.endswith((".onnx", ".pt")):
         path = Path(reference)
@@ -326,12 +326,12 @@ def resolve_model(ctx: Any, reference: str) -> tuple[str, Path, int | None]:
             raise DataError(f"model {reference!r}: no such file")
         return ("onnx" if reference.endswith(".onnx") else "bundle"), path, None
     if reference.isdigit():
-        run = runs.get_run(ctx.store, int(reference))
+        run = tracking.get_run(ctx.store, int(reference))
         if run is None:
             raise DataError(f"model {reference!r}: job {reference} is not a training run")
     else:
         candidates = (
-            runs.stage_runs(ctx.store, ctx.job.pipeline_id, reference)
+            tracking.stage_runs(ctx.store, ctx.job.pipeline_id, reference)
             if ctx.job.pipeline_id
             else []
         )
@@ -342,7 +342,7 @@ def resolve_model(ctx: Any, reference: str) -> tuple[str, Path, int | None]:
         metric = candidates[0].sweep_metric or (
             "val_accuracy" if candidates[0].task == "classification" else "-val_loss"
         )
-        best = runs.best_run(candidates, metric) if len(candidates) > 1 else candidates[0]
+        best = tracking.best_run(candidates, metric) if len(candidates) > 1 else candidates[0]
         if best is None:
             raise DataError(f"model {reference!r}: none of its {len(candidates)} runs succeeded")
         run = best

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workbench.spec import SpecError
+from workbench.queue.spec import SpecError
 
 
 @dataclass(frozen=True)

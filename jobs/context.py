@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 from typing import TypeVar
 
+from workbench.daemon.runner import FAILURE_FILE
+from workbench.db.store import Job, Store
 from workbench.paths import Home
-from workbench.runner import FAILURE_FILE
-from workbench.spec import from_table
-from workbench.store import Job, Store
+from workbench.queue.spec import from_table
 
 T = TypeVar("T")
 

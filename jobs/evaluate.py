@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jobs.context import JobContext, JobFailed
-from workbench.spec import SpecError
+from workbench.queue.spec import SpecError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -212,10 +212,10 @@ def _repeat(
 
     from jobs import train
     from jobs.metrics import headline
-    from workbench import lake, runs
-    from workbench.spec import from_table
+    from workbench.catalog import lake, tracking
+    from workbench.queue.spec import from_table
 
-    run = runs.get_run(ctx.store, run_id)
+    run = tracking.get_run(ctx.store, run_id)
     if run is None:
         raise JobFailed("repeat needs a training run as the model (a stage or a job id)")
     params = {
@@ -302,7 +302,7 @@ def report_markdown(result: dict[str, Any]) -> str:
 def run(ctx: JobContext) -> None:
     from jobs.bundle import DataError, resolve_model
     from jobs.metrics import check_gate, headline, slice_table
-    from workbench import lake, models
+    from workbench.catalog import lake, registry
 
     spec = ctx.spec(Spec)
     try:
@@ -365,7 +365,7 @@ def run(ctx: JobContext) -> None:
     }
     ctx.artifact("report.json").write_text(json.dumps(result, indent=2, default=float))
     ctx.artifact("report.md").write_text(report_markdown(result))
-    models.record_evaluation(ctx.store, ctx.job.id, run_id, info, fmt, str(path), result)
+    registry.record_evaluation(ctx.store, ctx.job.id, run_id, info, fmt, str(path), result)
     ctx.metrics(0, {k: v for k, v in metrics.items()})
     ctx.log("metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     for line in slices[:3]:

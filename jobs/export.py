@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from jobs.context import JobContext, JobFailed
-from workbench.spec import SpecError
+from workbench.queue.spec import SpecError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -169,7 +169,7 @@ def _held_out(
 ) -> tuple[Any, str]:
     """Rows for parity and quantization accuracy: the run's validation split, or `dataset`."""
     from jobs.train import split_indices
-    from workbench import lake
+    from workbench.catalog import lake
 
     trained_on = meta.get("dataset", {})
     name = spec.dataset or trained_on.get("name")
@@ -254,7 +254,7 @@ def run(ctx: JobContext) -> None:
     import torch
 
     from jobs.bundle import DataError, file_sha256, load_bundle, resolve_model
-    from workbench import models
+    from workbench.catalog import registry
 
     spec = ctx.spec(Spec)
     try:
@@ -369,10 +369,10 @@ def run(ctx: JobContext) -> None:
         ctx.log(
             f"int8: {metric} {quantized['fp32']} -> {quantized['int8']}, {quantized['bytes']} bytes"
         )
-    from workbench import runs
+    from workbench.catalog import tracking
 
-    run = runs.get_run(ctx.store, run_id) if run_id is not None else None
-    tests = models.evaluations(ctx.store, run_id) if run_id is not None else []
+    run = tracking.get_run(ctx.store, run_id) if run_id is not None else None
+    tests = registry.evaluations(ctx.store, run_id) if run_id is not None else []
     card = {
         "name": f"{meta.get('dataset', {}).get('name', 'model')}-{(run.model if run else 'model').rsplit('/', 1)[-1]}-job{run_id}",
         "file": str(path),
@@ -415,7 +415,7 @@ def run(ctx: JobContext) -> None:
     }
     ctx.artifact("model_card.json").write_text(json.dumps(card, indent=2, default=float))
     ctx.artifact("model_card.md").write_text(card_markdown(card))
-    model_id = models.record_model(
+    model_id = registry.record_model(
         ctx.store, ctx.job.id, run_id, str(path), "onnx", card["sha256"], card
     )
     ctx.log(

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from jobs.context import Cancelled, JobContext, JobFailed
-from workbench.lake import LakeError, check_dataset_name, publish, version_info
-from workbench.spec import SpecError
+from workbench.catalog.lake import LakeError, check_dataset_name, publish, version_info
+from workbench.queue.spec import SpecError
 
 if TYPE_CHECKING:
     import duckdb

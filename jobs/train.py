@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from jobs.context import Cancelled, JobContext, JobFailed
-from workbench.spec import SpecError
+from workbench.queue.spec import SpecError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -90,7 +90,7 @@ class Spec:
 
 def prepare(spec: Spec, base_dir: Path, where: str) -> Spec:
     """Check what can be checked before the job runs; a user model file is resolved and must exist."""
-    from jobs.models import REGISTRY
+    from jobs.architectures import REGISTRY
 
     if spec.epochs < 1:
         raise SpecError(f"{where}: key 'epochs': must be at least 1")
@@ -123,7 +123,7 @@ def prepare(spec: Spec, base_dir: Path, where: str) -> Spec:
 
 
 def parse_sweep(table: dict[str, Any], where: str) -> Sweep:
-    from workbench.spec import coerce
+    from workbench.queue.spec import coerce
 
     settings = {k: table[k] for k in ("count", "metric", "parallel", "seed") if k in table}
     params = {k: v for k, v in table.items() if k not in settings}
@@ -142,7 +142,7 @@ def parse_sweep(table: dict[str, Any], where: str) -> Sweep:
                 f"{where}: key 'sweep.{key}': not a parameter a sweep can vary ({', '.join(sorted(SWEEP_KEYS))})"
             )
         if isinstance(value, dict):
-            from workbench.spec import from_table
+            from workbench.queue.spec import from_table
 
             from_table(Range, value, f"{where}: key 'sweep.{key}'")
             if not sweep.count:
@@ -160,7 +160,7 @@ def parse_sweep(table: dict[str, Any], where: str) -> Sweep:
 
 def sweep_points(sweep: Sweep) -> list[dict[str, Any]]:
     """Grid over the lists; with ranges, `count` random points (seeded), lists sampled too."""
-    from workbench.spec import from_table
+    from workbench.queue.spec import from_table
 
     ranges = {k: from_table(Range, v, k) for k, v in sweep.params.items() if isinstance(v, dict)}
     lists = {k: v for k, v in sweep.params.items() if isinstance(v, list)}
@@ -443,8 +443,8 @@ def fit(
     and only rank 0 writes checkpoints, metrics and progress."""
     import torch
 
+    from jobs.architectures import build
     from jobs.bundle import atomic_torch_save
-    from jobs.models import build
 
     torch.manual_seed(spec.seed)
     params = {"hidden": spec.hidden, "dropout": spec.dropout}
@@ -663,7 +663,7 @@ def train_rank(ctx: JobContext, spec: Spec, rank: int = 0, world: int = 1) -> No
     import torch
 
     from jobs.bundle import save_bundle
-    from workbench import lake, runs
+    from workbench.catalog import lake, tracking
 
     try:
         table, info = lake.read_arrow(ctx.home, spec.dataset, spec.version, ctx.store)
@@ -695,7 +695,7 @@ def train_rank(ctx: JobContext, spec: Spec, rank: int = 0, world: int = 1) -> No
         "seed": spec.seed,
     }
     if primary:
-        runs.start_run(
+        tracking.start_run(
             ctx.store,
             ctx.job.id,
             ctx.job.name,
@@ -743,7 +743,7 @@ def train_rank(ctx: JobContext, spec: Spec, rank: int = 0, world: int = 1) -> No
         }
     )
     ctx.artifact("run.json").write_text(json.dumps(record, indent=2, default=str))
-    runs.finish_run(ctx.store, ctx.job.id, outcome.metrics, str(bundle))
+    tracking.finish_run(ctx.store, ctx.job.id, outcome.metrics, str(bundle))
     ctx.log(
         f"model saved to {bundle}: " + ", ".join(f"{k} {v:.4f}" for k, v in outcome.metrics.items())
     )

@@ -131,7 +131,7 @@ for _mode, _key, _title, _location in SCREENS:
 
 def run_app() -> int:
     """`workbench` with no command: start the daemon if needed, then the TUI."""
-    from workbench.client import ensure_daemon
+    from workbench.daemon.client import ensure_daemon
 
     home = Home.current().ensure()
     ensure_daemon(home)

@@ -317,7 +317,7 @@ class DashboardScreen(Screen[None]):
 
         It waits `interval_s` to measure rates, so it runs in the polling thread, never on the
         event loop."""
-        from workbench import telemetry
+        from workbench.telemetry import sampler as telemetry
 
         try:
             return telemetry.snapshot(self.app.source.home, interval_s=0.2)  # type: ignore[attr-defined]

@@ -54,7 +54,7 @@ def positioned_error(source: Any, sql: str, message: str) -> str:
     (EXPLAIN binds without running it) gives DuckDB's `LINE n:` and caret, shifted back."""
     import duckdb
 
-    from workbench import lake
+    from workbench.catalog import lake
 
     con = lake.connect(source.home, source.store(), for_sql=sql)
     try:
@@ -268,7 +268,7 @@ class DataScreen(Screen[None]):
         description="read the catalog",
     )
     def load_catalog(self) -> None:
-        from workbench import lake
+        from workbench.catalog import lake
 
         store = self.app.source.store()  # type: ignore[attr-defined]
         infos = lake.versions(store)
@@ -352,7 +352,7 @@ class DataScreen(Screen[None]):
     def _fetch(self, generation: int, query: Query, record: bool) -> None:
         import duckdb
 
-        from workbench import lake
+        from workbench.catalog import lake
 
         source = self.app.source  # type: ignore[attr-defined]
         store = source.store()
@@ -541,7 +541,7 @@ class DataScreen(Screen[None]):
     def submit_export(self, sql: str, fmt: str) -> None:
         from pathlib import Path
 
-        from workbench.submit import build_request
+        from workbench.queue.requests import build_request
 
         source = self.app.source  # type: ignore[attr-defined]
         target = source.home.root / "exports" / f"query-{time.strftime('%Y%m%d-%H%M%S')}.{fmt}"

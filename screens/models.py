@@ -124,7 +124,7 @@ class ModelsScreen(Screen[None]):
             "e",
             "errors",
             "Errors in SQL",
-            id="models.errors",
+            id="registry.errors",
             tooltip="Open the Data screen with a query of the rows this model got wrong",
         ),
     ]
@@ -155,15 +155,15 @@ class ModelsScreen(Screen[None]):
         thread=True, exclusive=True, exit_on_error=False, group="models", description="read models"
     )
     def poll(self) -> None:
-        from workbench import models
+        from workbench.catalog import registry
 
         store = self.app.source.store()  # type: ignore[attr-defined]
-        listed = models.list_models(store)
+        listed = registry.list_models(store)
         tests: dict[int, dict[str, Any]] = {}
         for model in listed:
             run_id = model["run_job_id"]
             if run_id is not None and run_id not in tests:
-                found = models.evaluations(store, run_id)
+                found = registry.evaluations(store, run_id)
                 if found:
                     tests[run_id] = found[0]
         self.post_message(ModelsRead(listed, tests))

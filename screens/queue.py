@@ -20,8 +20,8 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, DataTable, Footer, Header, Input, Label, Log, Static
 
 from screens.widgets import state_text
+from workbench.db.store import Job, JobEvent
 from workbench.present import job_details, job_progress, job_resources
-from workbench.store import Job, JobEvent
 from workbench.units import format_duration
 
 COLUMNS = ("id", "name", "kind", "state", "resources", "progress", "age", "reason")
@@ -340,8 +340,8 @@ class SubmitScreen(ModalScreen[None]):
     @on(Input.Submitted)
     @on(Button.Pressed, "#do-submit")
     def submit(self) -> None:
-        from workbench.spec import SpecError
-        from workbench.submit import build_request
+        from workbench.queue.requests import build_request
+        from workbench.queue.spec import SpecError
 
         values = {
             key: self.query_one(f"#{key}", Input).value.strip()
@@ -401,8 +401,8 @@ class PipelineScreen(ModalScreen[None]):
 
     @work(thread=True, exit_on_error=False, group="actions", description="queue a pipeline")
     def send(self, path: str) -> None:
-        from workbench.pipeline import load_pipeline
-        from workbench.spec import SpecError
+        from workbench.queue.pipeline import load_pipeline
+        from workbench.queue.spec import SpecError
 
         try:
             pipeline = load_pipeline(Path(path).expanduser())

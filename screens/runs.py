@@ -17,7 +17,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 from textual_plotext import PlotextPlot
 
 from screens.widgets import state_text
-from workbench.runs import Run, metric_order
+from workbench.catalog.tracking import Run, metric_order
 
 SORTS = ("job", "val_accuracy", "val_loss", "val_rmse")
 COLUMNS = (
@@ -98,35 +98,35 @@ class RunsScreen(Screen[None]):
             "o",
             "sort",
             "Sort",
-            id="runs.sort",
+            id="tracking.sort",
             tooltip="Sort by job, val_accuracy, val_loss or val_rmse",
         ),
         Binding(
             "space",
             "mark",
             "Mark",
-            id="runs.mark",
+            id="tracking.mark",
             tooltip="Mark a run for comparison (two at most)",
         ),
         Binding(
             "c",
             "compare",
             "Compare",
-            id="runs.compare",
+            id="tracking.compare",
             tooltip="Compare the two marked runs: params diff, curves overlaid",
         ),
         Binding(
             "w",
             "sweep",
             "Sweep",
-            id="runs.sweep",
+            id="tracking.sweep",
             tooltip="Show only the selected run's sweep, best first",
         ),
         Binding(
             "escape",
             "show_all",
             "All runs",
-            id="runs.all",
+            id="tracking.all",
             tooltip="Back to every run, no comparison",
         ),
     ]
@@ -163,11 +163,11 @@ class RunsScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="runs", description="read runs")
     def poll(self) -> None:
-        from workbench import runs
+        from workbench.catalog import tracking
 
         source = self.app.source  # type: ignore[attr-defined]
         store = source.store()
-        self.post_message(RunsRead(runs.list_runs(store), source.data_version()))
+        self.post_message(RunsRead(tracking.list_runs(store), source.data_version()))
 
     def on_runs_read(self, message: RunsRead) -> None:
         changed = message.version != self.version

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workbench.db.store import Job, JobEvent, Store
 from workbench.paths import Home
-from workbench.store import Job, JobEvent, Store
 
 
 @dataclass
@@ -47,7 +47,7 @@ class Source:
     def client(self) -> Any:
         """The client for actions (starts the daemon when needed)."""
         if self._client is None:
-            from workbench.client import Client
+            from workbench.daemon.client import Client
 
             self._client = Client(self.home)
         return self._client
@@ -62,12 +62,12 @@ class Source:
         return sorted([*active, *ended], key=lambda j: j.id)
 
     def telemetry(self) -> dict[str, Any] | None:
-        from workbench import telemetry
+        from workbench.telemetry import sampler as telemetry
 
         return telemetry.latest(self.store())
 
     def history(self, seconds: float) -> list[dict[str, Any]]:
-        from workbench import telemetry
+        from workbench.telemetry import sampler as telemetry
 
         return telemetry.history(self.store(), self.now() - seconds)
 
@@ -84,7 +84,7 @@ class Source:
         return self.home.run_dir(job_id) / "log"
 
     def daemon_running(self) -> bool:
-        from workbench.daemonlink import lock_holder
+        from workbench.daemon.link import lock_holder
 
         pid = lock_holder(self.home)
         return bool(pid and pid > 0)

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from workbench.client import Client
-from workbench.daemonlink import lock_holder
+from workbench.daemon.client import Client
+from workbench.daemon.link import lock_holder
+from workbench.db.store import Job
 from workbench.paths import Home
-from workbench.store import Job
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,7 +40,7 @@ def kill_leftover_jobs(home: Home) -> None:
     """Kill process groups of jobs a test left running (never leak processes into the next test)."""
     if not home.state_db.exists():
         return
-    from workbench.store import Store, StoreError
+    from workbench.db.store import Store, StoreError
 
     try:
         store = Store.open(home.state_db)

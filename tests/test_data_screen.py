@@ -18,8 +18,8 @@ from textual.widgets import DataTable, TextArea
 from screens.app import WorkbenchApp
 from screens.data import DataScreen
 from screens.source import Source
-from workbench import lake
-from workbench.client import Client
+from workbench.catalog import lake
+from workbench.daemon.client import Client
 from workbench.paths import Home
 
 

@@ -17,11 +17,11 @@ from conftest import stop_daemon, wait_state
 from sklearn import metrics as skm
 
 from jobs.metrics import check_gate, classification_report, regression_report, softmax
-from workbench import lake, models
-from workbench.client import Client
+from workbench.catalog import lake, registry
+from workbench.daemon.client import Client
+from workbench.db.store import Job
 from workbench.paths import Home
-from workbench.store import Job
-from workbench.submit import build_request
+from workbench.queue.requests import build_request
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -150,7 +150,7 @@ def test_test_job_report_predictions_and_gate(
     assert errors == (report["errors"],)
     assert report["slices"] and report["slices"][0]["accuracy"] <= report["slices"][-1]["accuracy"]
     assert (home.run_dir(job.id) / "report.md").read_text().startswith("# Test report")
-    assert models.evaluations(client.store, run_id)[0]["gate_passed"] is True
+    assert registry.evaluations(client.store, run_id)[0]["gate_passed"] is True
 
 
 def test_gate_failure_fails_the_job_with_value_and_bound(
@@ -220,7 +220,7 @@ def test_export_matches_pytorch_in_a_fresh_session(
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x})[0]
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-3)
-    listed = models.list_models(client.store)
+    listed = registry.list_models(client.store)
     assert listed[0]["sha256"] == card["sha256"]
     onnx_test = run(client, tmp_path, kind="test", model=str(path), dataset="penguins_test")
     assert onnx_test.state == "succeeded", onnx_test.reason
@@ -314,7 +314,7 @@ def test_repeat_reports_mean_and_std(trained: tuple[Client, Home, int], tmp_path
 
 
 def test_bad_specs_are_refused_at_submit(tmp_path: Path) -> None:
-    from workbench.spec import SpecError
+    from workbench.queue.spec import SpecError
 
     with pytest.raises(SpecError, match="gates are min_<metric> or max_<metric>"):
         build_request(

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from workbench import fakenvml, gpu, scheduler
-from workbench.gpu import GpuProcess, Gpus, GpuSample, attribute_processes, gpu_slots
+from workbench.queue import scheduler
+from workbench.telemetry import fakenvml, gpu
+from workbench.telemetry.gpu import GpuProcess, Gpus, GpuSample, attribute_processes, gpu_slots
 
 GIB = 1024**3
 Scenario = Callable[..., Gpus]

@@ -12,11 +12,11 @@ import duckdb
 import pytest
 from conftest import wait_state, workbench
 
-from workbench import lake
-from workbench.client import Client
+from workbench.catalog import lake
+from workbench.daemon.client import Client
+from workbench.db.store import Job
 from workbench.paths import Home
-from workbench.store import Job
-from workbench.submit import build_request
+from workbench.queue.requests import build_request
 
 MESSY_CSV = (
     "\ufeffid,name,score,joined\n"
@@ -223,7 +223,7 @@ def test_readers_never_fail_while_new_versions_are_published(client: Client, hom
     stop = threading.Event()
 
     def reader() -> None:
-        from workbench.store import Store
+        from workbench.db.store import Store
 
         store = Store.open(home.state_db)
         try:

@@ -11,9 +11,9 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from workbench import lake
+from workbench.catalog import lake
+from workbench.db.store import Store
 from workbench.paths import Home
-from workbench.store import Store
 
 
 @pytest.fixture

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from conftest import wait_for, workbench
 
-from workbench.client import Client
+from workbench.daemon.client import Client
+from workbench.db.store import Store
 from workbench.paths import Home
-from workbench.pipeline import Pipeline, load_pipeline, run_pipeline
-from workbench.spec import SpecError
-from workbench.store import Store
+from workbench.queue.pipeline import Pipeline, load_pipeline, run_pipeline
+from workbench.queue.spec import SpecError
 
 
 def write(tmp_path: Path, text: str) -> Path:

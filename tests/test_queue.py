@@ -15,11 +15,11 @@ import psutil
 import pytest
 from conftest import stop_daemon, wait_for, wait_state, workbench
 
-from workbench.client import Client, ensure_daemon
-from workbench.daemonlink import lock_holder
+from workbench.daemon.client import Client, ensure_daemon
+from workbench.daemon.link import lock_holder
+from workbench.db.store import JobRequest, Store, StoreError
 from workbench.paths import Home
-from workbench.store import JobRequest, Store, StoreError
-from workbench.submit import build_request
+from workbench.queue.requests import build_request
 
 
 def command(client: Client, argv: list[str], **extra) -> int:  # type: ignore[no-untyped-def]
@@ -246,8 +246,8 @@ def test_rm_and_retry_rules(client: Client) -> None:
 def _submit_many(home: str, count: int, tag: str) -> subprocess.Popen[str]:
     code = (
         "import sys; from pathlib import Path\n"
-        "from workbench.client import Client\n"
-        "from workbench.submit import build_request\n"
+        "from workbench.daemon.client import Client\n"
+        "from workbench.queue.requests import build_request\n"
         "c = Client(start_daemon=False)\n"
         f"for i in range({count}):\n"
         f"    c.store.submit(build_request({{'kind': 'command', 'argv': ['true'], 'name': '{tag}-%d' % i}}, Path('.'), 'x', env={{}}, paused=True))\n"

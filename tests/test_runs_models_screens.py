@@ -17,9 +17,9 @@ from screens.data import DataScreen
 from screens.models import ModelsScreen
 from screens.runs import RunsScreen
 from screens.source import Source
-from workbench import lake, models, runs
+from workbench.catalog import lake, registry, tracking
+from workbench.db.store import JobRequest, Store
 from workbench.paths import Home
-from workbench.store import JobRequest, Store
 
 
 def text_of(widget: Any) -> str:
@@ -49,7 +49,7 @@ def build_home(root: Path) -> Home:
             "hidden": [16],
             "seed": 0,
         }
-        runs.start_run(
+        tracking.start_run(
             store,
             job_id,
             name,
@@ -74,7 +74,7 @@ def build_home(root: Path) -> Home:
     store.set_state(done, "running", "started", pid=1)
     store.set_state(done, "succeeded", "exited with code 0")
     store.set_state(training, "running", "started", pid=2)
-    runs.finish_run(store, done, {"val_loss": 0.23, "val_accuracy": 0.89}, "/runs/1/model.pt")
+    tracking.finish_run(store, done, {"val_loss": 0.23, "val_accuracy": 0.89}, "/runs/1/model.pt")
     predictions = pa.table(
         {
             "row_id": list(range(20)),
@@ -95,7 +95,7 @@ def build_home(root: Path) -> Home:
         "task": "classification",
         "gate_passed": True,
     }
-    models.record_evaluation(store, 3, done, info, "bundle", "/runs/1/model.pt", result)
+    registry.record_evaluation(store, 3, done, info, "bundle", "/runs/1/model.pt", result)
     card = {
         "name": "toy-mlp-job1",
         "file": "/runs/4/model.onnx",
@@ -117,7 +117,7 @@ def build_home(root: Path) -> Home:
         },
         "export_job_id": 4,
     }
-    models.record_model(store, 4, done, "/runs/4/model.onnx", "onnx", "ab" * 32, card)
+    registry.record_model(store, 4, done, "/runs/4/model.onnx", "onnx", "ab" * 32, card)
     store.close()
     return home
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from workbench.scheduler import (
+from workbench.queue.scheduler import (
     NO_GPU,
     Block,
     Fail,

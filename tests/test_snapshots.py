@@ -69,9 +69,9 @@ def test_data_screen(snap_compare: Any, tmp_path: Path, size: tuple[int, int]) -
     import pyarrow as pa
 
     from screens.source import Source
-    from workbench import lake
+    from workbench.catalog import lake
+    from workbench.db.store import Store
     from workbench.paths import Home
-    from workbench.store import Store
 
     home = Home(tmp_path / "home").ensure()
     store = Store.open(home.state_db)

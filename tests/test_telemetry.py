@@ -16,12 +16,13 @@ from typing import Any
 import psutil
 import pytest
 
-from workbench import fakenvml, gpu, telemetry
 from workbench.config import Config
-from workbench.daemon import Daemon
-from workbench.gpu import Gpus
+from workbench.daemon.supervisor import Daemon
+from workbench.db.store import QUEUED, RUNNING, JobRequest, Store
 from workbench.paths import Home
-from workbench.store import QUEUED, RUNNING, JobRequest, Store
+from workbench.telemetry import fakenvml, gpu
+from workbench.telemetry import sampler as telemetry
+from workbench.telemetry.gpu import Gpus
 
 GIB = 1024**3
 DAY = 86400.0

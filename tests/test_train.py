@@ -10,11 +10,11 @@ import pyarrow as pa
 import pytest
 from conftest import wait_for, wait_state, workbench
 
-from workbench import lake, runs
-from workbench.client import Client
+from workbench.catalog import lake, tracking
+from workbench.daemon.client import Client
+from workbench.db.store import Job
 from workbench.paths import Home
-from workbench.store import Job
-from workbench.submit import build_request
+from workbench.queue.requests import build_request
 
 
 def penguins_table() -> pa.Table:
@@ -49,7 +49,7 @@ def test_mlp_on_penguins_reaches_a_sensible_accuracy(
 ) -> None:
     job = train(client, tmp_path, dataset=penguins, target="species", epochs=25, seed=1)
     assert job.state == "succeeded", job.reason
-    run = runs.get_run(client.store, job.id)
+    run = tracking.get_run(client.store, job.id)
     assert run is not None and run.metrics["val_accuracy"] >= 0.9
     record = json.loads((home.run_dir(job.id) / "run.json").read_text())
     assert record["dataset"]["version"] == 1 and len(record["dataset"]["content_hash"]) == 64
@@ -74,7 +74,7 @@ def test_digits_cnn_trains(client: Client, home: Home, tmp_path: Path) -> None:
         lr=0.003,
     )
     assert job.state == "succeeded", job.reason
-    run = runs.get_run(client.store, job.id)
+    run = tracking.get_run(client.store, job.id)
     assert run is not None and run.task == "classification"
     assert run.metrics["val_accuracy"] > 0.85
 
@@ -119,7 +119,7 @@ def test_resume_after_sigterm_equals_an_uninterrupted_run(
     resumed = wait_state(client, job_id, {"succeeded", "failed"}, timeout=180)
     assert resumed.state == "succeeded", resumed.reason
     assert "resumed from" in (home.run_dir(job_id) / "log").read_text()
-    first, second = runs.get_run(client.store, whole.id), runs.get_run(client.store, job_id)
+    first, second = tracking.get_run(client.store, whole.id), tracking.get_run(client.store, job_id)
     assert first is not None and second is not None
     assert first.metrics == second.metrics
     assert client.store.metrics(whole.id, ["train_loss"]) == client.store.metrics(
@@ -153,7 +153,7 @@ def test_user_model_file(client: Client, tmp_path: Path, penguins: str) -> None:
 def test_regression_target(client: Client, home: Home, tmp_path: Path, penguins: str) -> None:
     job = train(client, tmp_path, dataset=penguins, target="body_mass_g", epochs=20, lr=0.01)
     assert job.state == "succeeded", job.reason
-    run = runs.get_run(client.store, job.id)
+    run = tracking.get_run(client.store, job.id)
     assert run is not None and run.task == "regression" and run.metrics["val_rmse"] < 800
 
 
@@ -295,7 +295,7 @@ def test_ddp_with_gloo_on_two_processes_matches_one_process(
     assert "training with DDP: 2 processes (gloo)" in log
     series = client.store.metrics(ddp.id, ["val_loss"])["val_loss"]
     assert len(series) == 4  # written once per epoch, by rank 0 only
-    one, two = runs.get_run(client.store, single.id), runs.get_run(client.store, ddp.id)
+    one, two = tracking.get_run(client.store, single.id), tracking.get_run(client.store, ddp.id)
     assert one is not None and two is not None
     # Halves of each batch with averaged gradients: the same optimisation, except the last,
     # odd-sized batch of each epoch (19 rows: shards of 10 and 9 weigh rows slightly unequally).

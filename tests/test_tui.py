@@ -17,9 +17,9 @@ from screens.app import HelpScreen, WorkbenchApp
 from screens.dashboard import DashboardScreen
 from screens.queue import JobDetailScreen, QueueScreen, SubmitScreen
 from screens.source import Source
-from workbench.client import Client
+from workbench.daemon.client import Client
 from workbench.paths import Home
-from workbench.submit import build_request
+from workbench.queue.requests import build_request
 
 
 def submit(client: Client, argv: list[str], paused: bool = False, **extra: Any) -> int:
@@ -277,7 +277,7 @@ async def test_dashboard_without_daemon_samples_off_the_event_loop(
     to measure rates, so it must run in the polling thread and leave the UI responsive."""
     import threading
 
-    from workbench import telemetry
+    from workbench.telemetry import sampler as telemetry
 
     threads: list[threading.Thread] = []
     direct = telemetry.snapshot

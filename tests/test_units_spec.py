@@ -7,7 +7,7 @@ from typing import Literal
 
 import pytest
 
-from workbench.spec import SpecError, from_table
+from workbench.queue.spec import SpecError, from_table
 from workbench.units import format_duration, format_size, parse_duration, parse_size
 
 

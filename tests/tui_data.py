@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from workbench import fakenvml
-from workbench.store import Job, JobEvent
+from workbench.db.store import Job, JobEvent
+from workbench.telemetry import fakenvml
 
 NOW = 1_800_000_000.0
 GiB = 1024**3
@@ -143,7 +143,7 @@ HOST = {
 
 def fake_gpu_snapshot(tmp_path: Path) -> dict[str, Any]:
     """Two fake H100s through the real adapter: GPU 0 busy with job 2, GPU 1 idle."""
-    from workbench.gpu import Gpus
+    from workbench.telemetry.gpu import Gpus
 
     scenario = fakenvml.write_scenario(
         tmp_path / "scenario.json",

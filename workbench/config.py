@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workbench.spec import SpecError, from_table
+from workbench.queue.spec import SpecError, from_table
 from workbench.units import parse_duration, parse_size
 
 

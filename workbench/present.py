@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workbench.store import Job
+from workbench.db.store import Job
 from workbench.units import format_duration, format_size
 
 STATE_STYLES = {

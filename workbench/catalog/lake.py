@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from workbench.db.store import Store
 from workbench.paths import Home
-from workbench.store import Store
 
 if TYPE_CHECKING:
     import duckdb

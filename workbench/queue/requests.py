@@ -7,9 +7,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from workbench.kinds import kind_defaults, load_kind, validate_spec
-from workbench.spec import SpecError, check_keys, from_table
-from workbench.store import JobRequest
+from workbench.db.store import JobRequest
+from workbench.queue.kinds import kind_defaults, load_kind, validate_spec
+from workbench.queue.spec import SpecError, check_keys, from_table
 from workbench.units import parse_duration, parse_size
 
 

@@ -19,11 +19,11 @@ def register(sub: Any) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from workbench import models
-    from workbench.store import Store
+    from workbench.catalog import registry
+    from workbench.db.store import Store
 
     home = Home.current().ensure()
-    listed = models.list_models(Store.open(home.state_db))
+    listed = registry.list_models(Store.open(home.state_db))
     if args.json:
         print(json.dumps(listed, default=str))
         return 0

@@ -17,18 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from workbench import __version__
-from workbench.client import DaemonUnavailable
-from workbench.lake import LakeError
+from workbench.catalog.lake import LakeError
+from workbench.daemon.client import DaemonUnavailable
+from workbench.db.store import ENDED, SUCCEEDED, Job, JobError, NoSuchJob, StoreError
 from workbench.paths import Home
 from workbench.present import STATE_STYLES, job_details, job_progress, job_resources
-from workbench.spec import SpecError
-from workbench.store import ENDED, SUCCEEDED, Job, JobError, NoSuchJob, StoreError
+from workbench.queue.spec import SpecError
 from workbench.units import format_duration, parse_duration
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DAEMON = 0, 1, 2, 3
 
 # Modules that add subcommands: each has `register(subparsers)`; handlers import what they need.
-EXTENSIONS: list[str] = ["workbench.cli_data", "workbench.cli_runs", "workbench.cli_models"]
+EXTENSIONS: list[str] = ["workbench.cli.data", "workbench.cli.tracking", "workbench.cli.registry"]
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -38,7 +38,7 @@ class UsageError(Exception):
 
 
 def _client(start_daemon: bool = True) -> Any:
-    from workbench.client import Client
+    from workbench.daemon.client import Client
 
     return Client(start_daemon=start_daemon)
 
@@ -68,12 +68,12 @@ def _parse_after(values: list[str], flag: str) -> list[int]:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from workbench.submit import build_request
+    from workbench.queue.requests import build_request
 
     if args.spec:
         if args.command:
             raise UsageError("give either --spec FILE or -- CMD ARG..., not both")
-        from workbench.pipeline import _read_toml
+        from workbench.queue.pipeline import _read_toml
 
         spec_path = Path(args.spec).resolve()
         table = _read_toml(spec_path)
@@ -320,15 +320,15 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from workbench.daemonlink import lock_holder, wake
+    from workbench.daemon.link import lock_holder, wake
 
     home = Home.current()
     if args.action == "run":
-        from workbench.daemon import serve
+        from workbench.daemon.supervisor import serve
 
         return serve(home)
     if args.action == "start":
-        from workbench.client import ensure_daemon
+        from workbench.daemon.client import ensure_daemon
 
         started_pid = ensure_daemon(home.ensure())
         print(f"daemon running (pid {started_pid})")
@@ -402,7 +402,7 @@ def cmd_group(args: argparse.Namespace) -> int:
 
 
 def cmd_top(args: argparse.Namespace) -> int:
-    from workbench import telemetry
+    from workbench.telemetry import sampler as telemetry
 
     home = Home.current()
     if args.once:
@@ -431,7 +431,7 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 
 def run_batch(path: str, json_mode: bool) -> int:
-    from workbench.pipeline import load_pipeline, run_pipeline
+    from workbench.queue.pipeline import load_pipeline, run_pipeline
 
     pipeline = load_pipeline(Path(path))
     client = _client()

@@ -7,10 +7,10 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from workbench.store import Store
+from workbench.db.store import Store
 
 if TYPE_CHECKING:
-    from workbench.lake import VersionInfo
+    from workbench.catalog.lake import VersionInfo
 
 
 def record_evaluation(

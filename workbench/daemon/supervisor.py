@@ -18,13 +18,14 @@ from pathlib import Path
 
 import psutil
 
-from workbench import runner, scheduler
 from workbench.config import Config, load_config
-from workbench.gpu import Gpus, gpu_slots
-from workbench.kinds import job_argv
+from workbench.daemon import runner
+from workbench.db.store import CANCELLED, FAILED, PAUSED, QUEUED, RUNNING, SUCCEEDED, Job, Store
 from workbench.paths import Home
-from workbench.store import CANCELLED, FAILED, PAUSED, QUEUED, RUNNING, SUCCEEDED, Job, Store
-from workbench.telemetry import Sampler
+from workbench.queue import scheduler
+from workbench.queue.kinds import job_argv
+from workbench.telemetry.gpu import Gpus, gpu_slots
+from workbench.telemetry.sampler import Sampler
 from workbench.units import format_duration
 
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from workbench.kinds import load_kind
-from workbench.spec import SpecError, check_keys, coerce
-from workbench.store import ENDED, SETTLED, SUCCEEDED, Job, JobRequest, Store
-from workbench.submit import build_request
+from workbench.db.store import ENDED, SETTLED, SUCCEEDED, Job, JobRequest, Store
+from workbench.queue.kinds import load_kind
+from workbench.queue.requests import build_request
+from workbench.queue.spec import SpecError, check_keys, coerce
 from workbench.units import format_duration
 
 AFTER_KEYS = {"after": "ok", "after_any": "any", "after_fail": "fail"}
@@ -242,19 +242,19 @@ def summary_table(pipeline_name: str, jobs: list[Job], notes: list[str]) -> str:
 
 def sweep_results(pipeline: Pipeline, pipeline_id: int, store: Store) -> list[dict[str, Any]]:
     """For each swept stage, the best point by the sweep's metric."""
-    from workbench import runs
+    from workbench.catalog import tracking
 
     results = []
     for stage in pipeline.stages:
         if stage.group_limit is None:
             continue
         metric = str((stage.requests[0].spec.get("sweep") or {}).get("metric") or "")
-        candidates = runs.stage_runs(store, pipeline_id, stage.name)
+        candidates = tracking.stage_runs(store, pipeline_id, stage.name)
         metric = metric or (
             "val_accuracy" if candidates and candidates[0].task == "classification" else "-val_loss"
         )
-        best = runs.best_run(candidates, metric)
-        name, _ = runs.metric_order(metric)
+        best = tracking.best_run(candidates, metric)
+        name, _ = tracking.metric_order(metric)
         results.append(
             {
                 "stage": stage.name,

@@ -51,9 +51,9 @@ from typing import Any
 import psutil
 
 from workbench.config import Config
-from workbench.gpu import Gpus, GpuSample, attribute_processes
+from workbench.db.store import Store
 from workbench.paths import Home
-from workbench.store import Store
+from workbench.telemetry.gpu import Gpus, GpuSample, attribute_processes
 from workbench.units import format_rate, format_size
 
 SCHEMA = 1

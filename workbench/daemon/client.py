@@ -10,12 +10,12 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from workbench.daemonlink import lock_holder, wake
+from workbench.daemon.link import lock_holder, wake
+from workbench.db.store import SETTLED, Job, JobRequest, Store
 from workbench.paths import Home
-from workbench.store import SETTLED, Job, JobRequest, Store
 
 if TYPE_CHECKING:
-    from workbench.pipeline import Pipeline
+    from workbench.queue.pipeline import Pipeline
 
 
 class DaemonUnavailable(RuntimeError):

@@ -21,7 +21,8 @@ from typing import Any
 
 import psutil
 
-from workbench import fakenvml, scheduler
+from workbench.queue import scheduler
+from workbench.telemetry import fakenvml
 
 try:
     import pynvml

@@ -10,10 +10,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from workbench.spec import SpecError, from_table, to_table
+from workbench.queue.spec import SpecError, from_table, to_table
 
 if TYPE_CHECKING:
-    from workbench.store import Job
+    from workbench.db.store import Job
 
 KINDS: dict[str, str] = {
     "command": "jobs.command",

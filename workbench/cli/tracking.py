@@ -20,14 +20,14 @@ def register(sub: Any) -> None:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from workbench import runs
-    from workbench.store import Store
+    from workbench.catalog import tracking
+    from workbench.db.store import Store
 
     home = Home.current().ensure()
     store = Store.open(home.state_db)
-    listed = runs.list_runs(store)
+    listed = tracking.list_runs(store)
     if args.sort:
-        name, higher = runs.metric_order(args.sort)
+        name, higher = tracking.metric_order(args.sort)
         missing = -float("inf") if higher else float("inf")
         listed.sort(key=lambda r: r.metrics.get(name, missing), reverse=higher)
     if args.json:

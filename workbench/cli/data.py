@@ -56,8 +56,8 @@ def register(sub: Any) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from workbench.cli import UsageError, _client, _print_json, _wait_exit
-    from workbench.submit import build_request
+    from workbench.cli.main import UsageError, _client, _print_json, _wait_exit
+    from workbench.queue.requests import build_request
 
     table: dict[str, Any] = {"kind": "ingest", "source": args.sources, "dataset": args.dataset}
     if args.format:
@@ -97,7 +97,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def _follow(client: Any, job_id: int, quiet: bool) -> Any:
     """Wait for one job, with a rich progress bar on a terminal."""
-    from workbench.store import SETTLED
+    from workbench.db.store import SETTLED
 
     if quiet or not sys.stderr.isatty():
         return client.wait([job_id])[0]
@@ -124,7 +124,7 @@ def _follow(client: Any, job_id: int, quiet: bool) -> Any:
 
 
 def _open(home: Home) -> Any:
-    from workbench.store import Store
+    from workbench.db.store import Store
 
     home.ensure()
     return Store.open(home.state_db)
@@ -133,8 +133,8 @@ def _open(home: Home) -> Any:
 def cmd_sql(args: argparse.Namespace) -> int:
     import duckdb
 
-    from workbench import lake
-    from workbench.spec import SpecError
+    from workbench.catalog import lake
+    from workbench.queue.spec import SpecError
 
     home = Home.current()
     store = _open(home)
@@ -193,7 +193,7 @@ def _write_result(result: Any, target: Path) -> int:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    from workbench.spec import SpecError
+    from workbench.queue.spec import SpecError
 
     suffix = target.suffix.lower()
     if suffix not in (".csv", ".parquet"):
@@ -227,7 +227,7 @@ def _write_result(result: Any, target: Path) -> int:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    from workbench import lake
+    from workbench.catalog import lake
 
     home = Home.current()
     store = _open(home)

@@ -8,10 +8,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from workbench.store import Store
+from workbench.db.store import Store
 
 if TYPE_CHECKING:
-    from workbench.lake import VersionInfo
+    from workbench.catalog.lake import VersionInfo
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""The catalog: the versioned Parquet lake, training runs and exported models."""

@@ -1,0 +1,1 @@
+"""The store: SQLite connection, schema migrations and the repositories (the only SQL)."""

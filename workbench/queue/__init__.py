@@ -1,0 +1,1 @@
+"""The job model: states and transitions, resources, requests, kinds, the scheduler, pipelines."""

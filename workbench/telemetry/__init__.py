@@ -1,0 +1,1 @@
+"""GPU (NVML) and host (psutil) telemetry: samples, snapshots and history."""
