@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 
 import pytest
+from conftest import workbench
 
+from workbench.config import load_config
+from workbench.paths import Home
 from workbench.queue.scheduler import (
     NO_GPU,
     Block,
@@ -24,6 +29,7 @@ from workbench.queue.scheduler import (
     gpu_units,
     plan,
 )
+from workbench.queue.spec import SpecError
 
 GiB = 1024**3
 TWO_GPUS = (GpuSlot(0, 80 * GiB), GpuSlot(1, 80 * GiB))
@@ -769,3 +775,52 @@ def test_a_mig_job_counts_its_slices_against_the_quota() -> None:
     )
     assert decisions[2] == Start(2, (0,), ("MIG-c",))
     assert gpu_units(0, "3g.40gb") == pytest.approx(3 / 7)
+
+
+# ---- quotas in config.toml and on the command line ----------------------------------------
+
+
+def test_quotas_from_config_and_the_command_line(home: Home) -> None:
+    home.ensure()
+    home.config.write_text(
+        "[groups.vision]\nquota = 2\nparallel = 3\n\n[groups.sweep]\nquota = 1\n"
+    )
+    config = load_config(home.config)
+    assert config.group_quotas == {"vision": 2.0, "sweep": 1.0}
+    assert config.group_parallel == {"vision": 3}
+    assert workbench("group", "sweep", "--quota", "3").returncode == 0
+    shown = json.loads(workbench("group", "sweep", "--json").stdout)
+    assert shown == {"name": "sweep", "parallel": 0, "quota": 3.0}
+    listing = workbench("group").stdout
+    assert "vision: 3 in parallel, 2 GPUs guaranteed" in listing
+    assert "sweep: unlimited in parallel, 3 GPUs guaranteed" in listing
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[groups.vision]\nquota = -1\n", "[groups.vision]: key 'quota': must be 0 or more GPUs"),
+        (
+            "[groups.vision]\nquota = 1.5\n",
+            "[groups.vision]: key 'quota': above 1 it must be a whole",
+        ),
+        (
+            "[groups.vision]\nquotas = 1\n",
+            "[groups.vision]: unknown key 'quotas' (did you mean 'quota'?)",
+        ),
+        ("[groups]\nvision = 1\n", "[groups.vision]: expected a table"),
+        ('[scheduler]\nstart_grace = "soon"\n', "[scheduler]"),
+    ],
+)
+def test_bad_group_config_names_the_key(home: Home, text: str, message: str) -> None:
+    home.ensure()
+    home.config.write_text(text)
+    with pytest.raises(SpecError, match=re.escape(message)):
+        load_config(home.config)
+
+
+def test_a_bad_quota_on_the_command_line_exits_2(home: Home) -> None:
+    result = workbench("group", "vision", "--quota", "-2")
+    assert result.returncode == 2
+    assert "--quota: must be 0 or more GPUs" in result.stderr
+    assert "Traceback" not in result.stderr
