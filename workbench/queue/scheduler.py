@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ class Want:
     `gpus` is a count (whole GPUs) or a fraction below 1 (a share of one GPU); `mig_profile`
     (e.g. "1g.10gb") asks for one MIG instance of that profile instead. `gpu_mem` and `mem` are
     bytes (gpu_mem per GPU), `time_limit` seconds (also the backfill estimate of its run time).
+    `reason` is why it waits as last recorded: `plan` returns a Wait only when that changes.
     """
 
     id: int
@@ -37,6 +39,29 @@ class Want:
     mig_profile: str | None = None
     preemptible: bool = True
     time_limit: float | None = None
+    reason: str | None = field(default=None, compare=False)
+    shape: int = field(init=False, repr=False, compare=False)
+    units: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        units = gpu_units(self.gpus, self.mig_profile)
+        needs = (
+            self.gpus,
+            self.gpu_mem,
+            self.mig_profile,
+            self.group,
+            self.time_limit,
+            self.cpus,
+            self.mem,
+            self.fail_unrunnable,
+        )
+        object.__setattr__(self, "units", units)
+        object.__setattr__(self, "shape", _SHAPES.setdefault(needs, len(_SHAPES)))
+
+
+# Every distinct shape (what a job asks for, and of which group) gets a small number, so a
+# scheduling pass compares jobs by an int instead of hashing their fields again.
+_SHAPES: dict[tuple[object, ...], int] = {}
 
 
 @dataclass(frozen=True)
@@ -333,9 +358,18 @@ class _Ledger:
         # GPU index -> (time the waiting job may start, its id): backfill may use the GPU only
         # for a job expected to end by then.
         self.held_for: dict[int, tuple[float, int]] = {}
+        self.holds = 0  # waiting jobs given GPUs to keep this pass
         self.version = 0
+        self._never: dict[int, str | None] = {}
         for holding in held:
             self.take(holding)
+
+    def never_fits(self, want: Want) -> str | None:
+        """`_never_fits`, once per shape."""
+        key = want.shape
+        if key not in self._never:
+            self._never[key] = _never_fits(want, self.res)
+        return self._never[key]
 
     def take(self, held: Holding) -> None:
         self.held.append(held)
@@ -428,6 +462,7 @@ class _Ledger:
         start = max(self.free_at[g.index] for g in chosen)
         for g in chosen:
             self.held_for[g.index] = (start, want.id)
+        self.holds += 1
         self.version += 1
 
     def hold_now(self, indices: Iterable[int], job_id: int) -> None:
@@ -621,7 +656,8 @@ def plan(
     now: float = 0.0,
 ) -> list[Decision]:
     """Decide, for every queued job, whether it starts now, waits (with a reason in words), is
-    blocked, or fails; and which running jobs to preempt or report for their GPU memory.
+    blocked, or fails; and which running jobs to preempt or report for their GPU memory. A job
+    that still waits for the reason in its `Want.reason` gets no decision (nothing to record).
 
     Order: jobs within their group's GPU quota first, then jobs that would borrow beyond it;
     within each, higher priority, then older (lower id). A job that does not fit keeps (for up
@@ -632,104 +668,132 @@ def plan(
     """
     ledger = _Ledger(running, res, now, settings)
     decisions: list[Decision] = list(_exceeding(running, res, settings))
-    quotas = settings.quotas
-    start_units = dict(ledger.group_units)
-
-    def in_quota(want: Want) -> bool:
-        units = gpu_units(want.gpus, want.mig_profile)
-        return (
-            units > 0
-            and start_units.get(want.group, 0.0) + units <= quotas.get(want.group, 0.0) + _EPS
-        )
-
-    order = sorted(queued, key=lambda w: (not in_quota(w) if quotas else False, -w.priority, w.id))
-    unfit: dict[tuple[object, ...], tuple[int, str]] = {}
-    never_seen: dict[tuple[object, ...], str | None] = {}
-    holds = 0
-    for want in order:
-        if want.deps:
-            verdict, reason = _dependency_verdict(want, dep_states)
-            if verdict == "block":
-                decisions.append(Block(want.id, reason or "a dependency can never be satisfied"))
+    # A job's shape decides everything but its place in the order, so while nothing was
+    # handed out since a job of the same shape had to wait, the next one waits for the same
+    # reason: one dict look-up per job keeps a pass fast with thousands queued.
+    unfit: dict[int, tuple[int, str]] = {}
+    version = ledger.version
+    for want in _order(queued, settings.quotas, ledger.group_units):
+        if not want.deps:
+            known = unfit.get(want.shape)
+            if known is not None and known[0] == version:
+                if known[1] != want.reason:
+                    decisions.append(Wait(want.id, known[1]))
                 continue
-        else:
-            verdict, reason = "ready", None
-        needs = (want.gpus, want.gpu_mem, want.mig_profile, want.cpus, want.mem)
-        if needs in never_seen:
-            never = never_seen[needs]
-        else:
-            never = never_seen[needs] = _never_fits(want, res)
-        if never is not None:
-            decisions.append(Fail(want.id, never) if want.fail_unrunnable else Wait(want.id, never))
-            continue
-        if verdict == "wait":
-            decisions.append(Wait(want.id, reason or "waiting for dependencies"))
-            continue
-        if settings.drain:
-            decisions.append(Wait(want.id, "drain mode: nothing new starts"))
-            continue
-        limit = settings.group_limits.get(want.group, settings.default_parallel)
-        if limit and ledger.groups.get(want.group, 0) >= limit:
-            decisions.append(
-                Wait(want.id, f"group '{want.group}' is at its limit of {limit} running")
-            )
-            continue
-        if want.cpus and ledger.cpus + want.cpus > res.cpus + _EPS:
-            free = max(res.cpus - ledger.cpus, 0)
-            decisions.append(Wait(want.id, f"waiting for {want.cpus:g} CPUs ({free:g} free)"))
-            continue
-        if want.mem and res.mem_bytes and ledger.mem + want.mem > res.mem_bytes:
-            free_mem = max(res.mem_bytes - ledger.mem, 0)
-            decisions.append(
-                Wait(want.id, f"waiting for {_gib(want.mem)} of memory ({_gib(free_mem)} free)")
-            )
-            continue
-        indices: tuple[int, ...] = ()
-        devices: tuple[str, ...] = ()
-        units = gpu_units(want.gpus, want.mig_profile)
-        if units > 0:
-            shape = (want.gpus, want.gpu_mem, want.mig_profile, want.group, want.time_limit)
-            known = unfit.get(shape)
-            if known is not None and known[0] == ledger.version:
-                decisions.append(Wait(want.id, known[1]))
+        decision = _decide(want, ledger, dep_states, res, settings, now, decisions)
+        version = ledger.version
+        if isinstance(decision, Wait):
+            if not want.deps:
+                unfit[want.shape] = (version, decision.reason)
+            if decision.reason == want.reason:
                 continue
-            picked = ledger.pick(want)
-            if picked is None:
-                reason = _wait_with_quota(
-                    ledger, want, units, quotas, decisions, res, now, settings
-                )
-                if reason is None:
-                    reason = ledger.wait_reason(want)
-                    if want.gpus >= 1 and not want.mig_profile and holds < settings.backfill_depth:
-                        holds += 1
-                        ledger.hold_for(want)
-                decisions.append(Wait(want.id, reason))
-                unfit[shape] = (ledger.version, reason)
-                continue
-            indices, devices = picked
-        cap = None
-        if indices and not devices:
-            cap = _declared_bytes(want.gpus, want.gpu_mem, ledger.slots[indices[0]])
-            if want.gpus >= 1 and not want.gpu_mem:
-                cap = None
-        ledger.take(
-            Holding(
-                want.id,
-                want.group,
-                indices,
-                want.gpus,
-                want.gpu_mem,
-                want.cpus,
-                want.mem,
-                started_at=now,
-                mig_uuids=devices,
-                mig_profile=want.mig_profile,
-                preemptible=want.preemptible,
-                time_limit=want.time_limit,
-            )
-        )
-        decisions.append(Start(want.id, indices, devices, cap))
+        decisions.append(decision)
     return decisions
+
+
+def _order(
+    queued: Sequence[Want], quotas: Mapping[str, float], used: Mapping[str, float]
+) -> list[Want]:
+    """Jobs within their group's quota first, then those that would borrow; within each,
+    higher priority first, then lower id. Buckets, then a sort by id that is linear when the
+    queue comes in id order (as the store lists it)."""
+    buckets: dict[int, list[Want]] = {}
+    borrowing: dict[int, int] = {}
+    for want in queued:
+        over = 0
+        if quotas:
+            known = borrowing.get(want.shape)
+            if known is None:
+                inside = (
+                    want.units > 0
+                    and used.get(want.group, 0.0) + want.units <= quotas.get(want.group, 0.0) + _EPS
+                )
+                known = borrowing[want.shape] = 0 if inside else _BORROWING
+            over = known
+        rank = over - want.priority
+        bucket = buckets.get(rank)
+        if bucket is None:
+            buckets[rank] = [want]
+        else:
+            bucket.append(want)
+    order: list[Want] = []
+    for rank in sorted(buckets):
+        bucket = buckets[rank]
+        bucket.sort(key=_BY_ID)
+        order.extend(bucket)
+    return order
+
+
+_BORROWING = 1 << 48  # ranks every borrowing job after every job within its quota
+_BY_ID = operator.attrgetter("id")
+
+
+def _decide(
+    want: Want,
+    ledger: _Ledger,
+    dep_states: Mapping[int, str],
+    res: Resources,
+    settings: Settings,
+    now: float,
+    decisions: list[Decision],
+) -> Decision:
+    """One job's decision against the ledger (which it updates when the job starts)."""
+    verdict, reason = "ready", None
+    if want.deps:
+        verdict, reason = _dependency_verdict(want, dep_states)
+        if verdict == "block":
+            return Block(want.id, reason or "a dependency can never be satisfied")
+    never = ledger.never_fits(want)
+    if never is not None:
+        return Fail(want.id, never) if want.fail_unrunnable else Wait(want.id, never)
+    if verdict == "wait":
+        return Wait(want.id, reason or "waiting for dependencies")
+    if settings.drain:
+        return Wait(want.id, "drain mode: nothing new starts")
+    limit = settings.group_limits.get(want.group, settings.default_parallel)
+    if limit and ledger.groups.get(want.group, 0) >= limit:
+        return Wait(want.id, f"group '{want.group}' is at its limit of {limit} running")
+    if want.cpus and ledger.cpus + want.cpus > res.cpus + _EPS:
+        free = max(res.cpus - ledger.cpus, 0)
+        return Wait(want.id, f"waiting for {want.cpus:g} CPUs ({free:g} free)")
+    if want.mem and res.mem_bytes and ledger.mem + want.mem > res.mem_bytes:
+        free_mem = max(res.mem_bytes - ledger.mem, 0)
+        return Wait(want.id, f"waiting for {_gib(want.mem)} of memory ({_gib(free_mem)} free)")
+    indices: tuple[int, ...] = ()
+    devices: tuple[str, ...] = ()
+    if want.units > 0:
+        picked = ledger.pick(want)
+        if picked is None:
+            quota_reason = _wait_with_quota(
+                ledger, want, want.units, settings.quotas, decisions, res, now, settings
+            )
+            if quota_reason is not None:
+                return Wait(want.id, quota_reason)
+            reason = ledger.wait_reason(want)
+            if want.gpus >= 1 and not want.mig_profile and ledger.holds < settings.backfill_depth:
+                ledger.hold_for(want)
+            return Wait(want.id, reason)
+        indices, devices = picked
+    cap = None
+    if indices and not devices and (want.gpus < 1 or want.gpu_mem):
+        cap = _declared_bytes(want.gpus, want.gpu_mem, ledger.slots[indices[0]])
+    ledger.take(
+        Holding(
+            want.id,
+            want.group,
+            indices,
+            want.gpus,
+            want.gpu_mem,
+            want.cpus,
+            want.mem,
+            started_at=now,
+            mig_uuids=devices,
+            mig_profile=want.mig_profile,
+            preemptible=want.preemptible,
+            time_limit=want.time_limit,
+        )
+    )
+    return Start(want.id, indices, devices, cap)
 
 
 def _wait_with_quota(
