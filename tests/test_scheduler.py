@@ -547,6 +547,22 @@ QUOTA = [
         now=30,
     ),
     Case(
+        "while a preempted job stops, a free GPU the reclaiming job needs is kept for it too",
+        [Want(3, group="vision", gpus=2), Want(4, group="sweep", gpus=0.5, time_limit=1)],
+        [Holding(2, group="sweep", gpu_indices=(1,), gpus=1, started_at=20, stopping=True)],
+        BOX,
+        {
+            3: Wait(3, "within its group's quota; waiting for job 2 to stop and free GPU 1"),
+            4: Wait(
+                4,
+                "needs 0.5 of a GPU; the most free is 1 of GPU 0; kept for jobs ahead of it:"
+                " GPUs 0, 1 (job 3)",
+            ),
+        },
+        Settings(quotas={"vision": 2}),
+        now=30,
+    ),
+    Case(
         "a job within its quota goes before an older one that would borrow",
         [Want(1, group="sweep", gpus=1), Want(2, group="vision", gpus=1)],
         [Holding(9, group="sweep", gpu_indices=(0,), gpus=1)],

@@ -561,37 +561,39 @@ def _place(free: Sequence[GpuSlot], count: int) -> tuple[int, ...]:
     return tuple(g.index for g in free[:count])
 
 
-def _over_quota(held: Sequence[Holding], quotas: Mapping[str, float]) -> list[Holding]:
-    """Running jobs beyond their group's quota: counting each group's jobs oldest first, the
-    ones that take the group past its guaranteed GPUs. Jobs already stopping are left out."""
-    by_group: dict[str, list[Holding]] = {}
+def _spare_units(held: Sequence[Holding], quotas: Mapping[str, float]) -> dict[str, float]:
+    """GPUs each group holds beyond its quota (jobs already stopping left out): how much of
+    it may be reclaimed without taking the group below its guarantee."""
+    used: dict[str, float] = {}
     for h in held:
-        if not h.stopping and (h.gpu_indices or h.mig_uuids):
-            by_group.setdefault(h.group, []).append(h)
-    over: list[Holding] = []
-    for group, members in by_group.items():
-        quota = quotas.get(group, 0.0)
-        used = 0.0
-        # Jobs that opted out of preemption fill the guarantee first, then the oldest.
-        for h in sorted(members, key=lambda h: (h.preemptible, h.started_at, h.id)):
-            used += gpu_units(h.gpus, h.mig_profile)
-            if used > quota + _EPS:
-                over.append(h)
-    return over
+        if not h.stopping:
+            used[h.group] = used.get(h.group, 0.0) + gpu_units(h.gpus, h.mig_profile)
+    return {g: u - quotas.get(g, 0.0) for g, u in used.items() if u > quotas.get(g, 0.0) + _EPS}
 
 
 def _fits_without(
     ledger: _Ledger, want: Want, removed: set[int], res: Resources, now: float, settings: Settings
 ) -> bool:
+    return _pick_without(ledger, want, removed, res, now, settings) is not None
+
+
+def _pick_without(
+    ledger: _Ledger, want: Want, removed: set[int], res: Resources, now: float, settings: Settings
+) -> tuple[int, ...] | None:
+    """The GPUs `want` would get if the jobs in `removed` were gone."""
     trial = _Ledger([h for h in ledger.held if h.id not in removed], res, now, settings)
-    return trial.pick(want) is not None
+    picked = trial.pick(want)
+    return None if picked is None else picked[0]
 
 
 def _reclaim(
     ledger: _Ledger, want: Want, res: Resources, now: float, settings: Settings
-) -> tuple[list[Holding], list[Holding]] | None:
+) -> tuple[list[Holding], list[Holding], tuple[int, ...]] | None:
     """For a job within its group's quota that does not fit: the stopping jobs it waits for,
-    or the youngest over-quota preemptible jobs of other groups whose GPUs make it fit."""
+    or preemptible jobs of groups over their quota whose GPUs make it fit, youngest first and
+    never taking a group below its own quota. For whole GPUs it frees GPUs one at a time (the
+    GPU whose oldest job is youngest first), so fractions spread over several GPUs are not
+    preempted without freeing one."""
     stopping = {h.id for h in ledger.held if h.stopping}
     if stopping and _fits_without(ledger, want, stopping, res, now, settings):
         waited = [h for h in ledger.held if h.id in stopping]
@@ -600,28 +602,60 @@ def _reclaim(
             for h in waited
             if not _fits_without(ledger, want, stopping - {h.id}, res, now, settings)
         ]
-        return needed or waited, []
-    candidates = [
-        h
-        for h in _over_quota(ledger.held, settings.quotas)
-        if h.preemptible and h.group != want.group
-    ]
-    candidates.sort(key=lambda h: (-h.started_at, -h.id))  # youngest first
+        gpus = _pick_without(ledger, want, stopping, res, now, settings) or ()
+        return needed or waited, [], gpus
+    spare = _spare_units(ledger.held, settings.quotas)
+
+    def allowed(h: Holding) -> bool:
+        return (
+            h.preemptible
+            and not h.stopping
+            and h.group != want.group
+            and h.group in spare
+            and bool(h.gpu_indices or h.mig_uuids)
+        )
+
+    # Candidate sets, each freeing something: whole GPUs for a whole-GPU job, else single jobs.
+    steps: list[list[Holding]] = []
+    if want.gpus >= 1 and not want.mig_profile:
+        on_gpu: dict[int, list[Holding]] = {}
+        for h in ledger.held:
+            if not h.mig_uuids:
+                for index in h.gpu_indices:
+                    on_gpu.setdefault(index, []).append(h)
+        for index, jobs in on_gpu.items():
+            if all(allowed(h) for h in jobs) and not ledger.slots[index].mig:
+                steps.append(jobs)
+        steps.sort(key=lambda jobs: (-min(h.started_at for h in jobs), -max(h.id for h in jobs)))
+    else:
+        steps = [[h] for h in sorted(ledger.held, key=lambda h: (-h.started_at, -h.id))]
+        steps = [step for step in steps if allowed(step[0])]
     chosen: list[Holding] = []
     removed = set(stopping)
-    for victim in candidates:
-        chosen.append(victim)
-        removed.add(victim.id)
+    taken: dict[str, float] = {}
+    fits = False
+    for step in steps:
+        fresh = [h for h in step if h.id not in removed]
+        cost: dict[str, float] = {}
+        for h in fresh:
+            cost[h.group] = cost.get(h.group, 0.0) + gpu_units(h.gpus, h.mig_profile)
+        if any(taken.get(g, 0.0) + c > spare[g] + _EPS for g, c in cost.items()):
+            continue  # it would take that group below its quota
+        for g, c in cost.items():
+            taken[g] = taken.get(g, 0.0) + c
+        chosen.extend(fresh)
+        removed.update(h.id for h in fresh)
         if _fits_without(ledger, want, removed, res, now, settings):
+            fits = True
             break
-    else:
+    if not fits:
         return None
     # Keep only the victims it needs: try releasing the oldest ones chosen first.
     for victim in sorted(chosen, key=lambda h: (h.started_at, h.id)):
         if _fits_without(ledger, want, removed - {victim.id}, res, now, settings):
             removed.discard(victim.id)
             chosen.remove(victim)
-    return [], chosen
+    return [], chosen, _pick_without(ledger, want, removed, res, now, settings) or ()
 
 
 def _exceeding(running: Sequence[Holding], res: Resources, settings: Settings) -> list[Decision]:
@@ -820,9 +854,9 @@ def _wait_with_quota(
     reclaim = _reclaim(ledger, want, res, now, settings)
     if reclaim is None:
         return None
-    waited, victims = reclaim
+    waited, victims, placement = reclaim
     freed = sorted({i for h in (*waited, *victims) for i in h.gpu_indices})
-    ledger.hold_now(freed, want.id)
+    ledger.hold_now(placement, want.id)  # the GPUs it will get, freed or already free
     ledger.group_units[want.group] = used + units
     gpus = f"{'GPU' if len(freed) == 1 else 'GPUs'} {_listing(freed)}"
     if waited:
