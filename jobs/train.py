@@ -365,6 +365,7 @@ def _select_device(ctx: JobContext, rank: int = 0, world: int = 1) -> torch.devi
 
     if ctx.gpu_indices and torch.cuda.is_available():
         torch.cuda.set_device(rank)
+        ctx.cap_gpu_memory(rank)  # GPU pooling: stay within the reserved share of a shared GPU
         return torch.device("cuda", rank)
     if ctx.gpu_indices:
         ctx.log("GPUs were granted but torch sees no CUDA device; training on the CPU")
