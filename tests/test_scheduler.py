@@ -799,11 +799,13 @@ def test_a_mig_job_counts_its_slices_against_the_quota() -> None:
 def test_quotas_from_config_and_the_command_line(home: Home) -> None:
     home.ensure()
     home.config.write_text(
-        "[groups.vision]\nquota = 2\nparallel = 3\n\n[groups.sweep]\nquota = 1\n"
+        "[groups.vision]\nquota = 2\nparallel = 3\npreemptible = false\n\n"
+        "[groups.sweep]\nquota = 1\n"
     )
     config = load_config(home.config)
     assert config.group_quotas == {"vision": 2.0, "sweep": 1.0}
     assert config.group_parallel == {"vision": 3}
+    assert config.not_preemptible == {"vision"}
     assert workbench("group", "sweep", "--quota", "3").returncode == 0
     shown = json.loads(workbench("group", "sweep", "--json").stdout)
     assert shown == {"name": "sweep", "parallel": 0, "quota": 3.0}

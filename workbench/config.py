@@ -46,12 +46,14 @@ class GroupTable:
 
     quota: float = 0.0
     parallel: int = 0
+    preemptible: bool = True  # false: its jobs are never preempted to give GPUs back
 
 
 @dataclass(frozen=True)
 class Config:
     """Parsed settings. Durations in seconds, sizes in bytes; `group_quotas` maps a group to
-    its guaranteed GPUs, `group_parallel` to its cap on running jobs (both from `[groups.*]`)."""
+    its guaranteed GPUs, `group_parallel` to its cap on running jobs, `not_preemptible` names
+    the groups whose jobs opted out of preemption (all from `[groups.*]`)."""
 
     log_cap_bytes: int = 16 * 1024**2
     kill_grace_s: float = 10.0
@@ -64,6 +66,7 @@ class Config:
     backfill_depth: int = 32
     group_quotas: Mapping[str, float] = field(default_factory=dict)
     group_parallel: Mapping[str, int] = field(default_factory=dict)
+    not_preemptible: frozenset[str] = frozenset()
 
 
 def load_config(path: Path) -> Config:
@@ -80,7 +83,7 @@ def load_config(path: Path) -> Config:
             raise SpecError(f"{path}: unknown table '{key}'")
     table = from_table(DaemonTable, data.get("daemon", {}), f"{path} [daemon]")
     sched = from_table(SchedulerTable, data.get("scheduler", {}), f"{path} [scheduler]")
-    quotas, parallel = _groups(path, data.get("groups", {}))
+    quotas, parallel, keep = _groups(path, data.get("groups", {}))
     try:
         log_cap_bytes = parse_size(table.log_cap)
         kill_grace_s = parse_duration(table.kill_grace)
@@ -107,15 +110,18 @@ def load_config(path: Path) -> Config:
         backfill_depth=sched.backfill_depth,
         group_quotas=quotas,
         group_parallel=parallel,
+        not_preemptible=frozenset(keep),
     )
 
 
-def _groups(path: Path, raw: Any) -> tuple[dict[str, float], dict[str, int]]:
-    """`[groups.NAME]` tables -> ({group: quota}, {group: parallel}); bad values name the key."""
+def _groups(path: Path, raw: Any) -> tuple[dict[str, float], dict[str, int], set[str]]:
+    """`[groups.NAME]` tables -> ({group: quota}, {group: parallel}, {groups not preemptible});
+    bad values name the file, group and key."""
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: 'groups' must be tables like [groups.vision]")
     quotas: dict[str, float] = {}
     parallel: dict[str, int] = {}
+    keep: set[str] = set()
     for name, values in raw.items():
         where = f"{path} [groups.{name}]"
         if not isinstance(values, dict):
@@ -128,7 +134,9 @@ def _groups(path: Path, raw: Any) -> tuple[dict[str, float], dict[str, int]]:
             quotas[name] = group.quota
         if "parallel" in values:
             parallel[name] = group.parallel
-    return quotas, parallel
+        if not group.preemptible:
+            keep.add(name)
+    return quotas, parallel, keep
 
 
 def check_quota(quota: float, where: str) -> None:
