@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
-from conftest import workbench
+from conftest import wait_for, wait_state, workbench
 
 from workbench.config import load_config
+from workbench.daemon.client import Client
 from workbench.paths import Home
+from workbench.queue.requests import build_request
 from workbench.queue.scheduler import (
     NO_GPU,
     Block,
@@ -30,6 +33,7 @@ from workbench.queue.scheduler import (
     plan,
 )
 from workbench.queue.spec import SpecError
+from workbench.telemetry import fakenvml
 
 GiB = 1024**3
 TWO_GPUS = (GpuSlot(0, 80 * GiB), GpuSlot(1, 80 * GiB))
@@ -842,3 +846,134 @@ def test_a_bad_quota_on_the_command_line_exits_2(home: Home) -> None:
     assert result.returncode == 2
     assert "--quota: must be 0 or more GPUs" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ---- through the daemon, against the fake NVML ----------------------------------------------
+
+
+def fake_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gpus: list[dict[str, object]]
+) -> None:
+    """Point the daemon (started later, inheriting the environment) at a simulated driver."""
+    scenario = fakenvml.write_scenario(tmp_path / "gpus.json", gpus)
+    monkeypatch.setenv("WORKBENCH_FAKE_NVML", str(scenario))
+
+
+def submit_command(
+    client: Client, tmp_path: Path, argv: list[str], after: tuple[int, ...] = (), **options: object
+) -> int:
+    request = build_request(
+        {"kind": "command", "argv": argv, **options},
+        tmp_path,
+        "test",
+        after=tuple((job, "ok") for job in after),
+    )
+    return client.submit(request)
+
+
+def test_a_command_job_is_told_its_gpu_memory_cap(
+    client: Client, home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_machine(tmp_path, monkeypatch, [{"memory_total": 80 * GiB}])
+    show = ["sh", "-c", 'echo "cap=${WORKBENCH_GPU_MEM_BYTES:-none} visible=$CUDA_VISIBLE_DEVICES"']
+    shared = submit_command(client, tmp_path, show, gpus=0.5)
+    declared = submit_command(client, tmp_path, show, gpus=0.25, gpu_mem="8GiB")
+    whole = submit_command(client, tmp_path, show, after=(shared, declared), gpus=1)
+    for job_id in (shared, declared, whole):
+        assert wait_state(client, job_id, "succeeded").state == "succeeded"
+    logs = [(home.run_dir(j) / "log").read_text().strip() for j in (shared, declared, whole)]
+    assert logs == [f"cap={40 * GiB} visible=0", f"cap={8 * GiB} visible=0", "cap=none visible=0"]
+
+
+def test_ls_and_show_say_which_memory_outside_the_queue_keeps_a_job_waiting(
+    client: Client, home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_machine(
+        tmp_path,
+        monkeypatch,
+        [
+            {
+                "memory_total": 48 * GiB,
+                "memory_used": 26 * GiB,
+                "processes": [{"pid": 900, "used_memory": 26 * GiB}],
+            },
+            {
+                "memory_total": 48 * GiB,
+                "memory_used": 30 * GiB,
+                "processes": [{"pid": 812, "used_memory": 30 * GiB}],
+            },
+        ],
+    )
+    job_id = submit_command(client, tmp_path, ["true"], gpus=0.5, gpu_mem="40GiB")
+    expected = (
+        "needs 40.0 GiB on one GPU; the largest free is 22.0 GiB on GPU 0 (GPU 0: 26.0 GiB held"
+        " by pid 900, not a queue job; GPU 1: 30.0 GiB held by pid 812, not a queue job)"
+    )
+    client.nudge()
+    wait_for(lambda: client.store.get(job_id).reason == expected, what="the wait reason")
+    listed = json.loads(workbench("ls", "--json").stdout)
+    assert [j["reason"] for j in listed if j["id"] == job_id] == [expected]
+    assert json.loads(workbench("show", str(job_id), "--json").stdout)["reason"] == expected
+    assert "reason:    needs 40.0 GiB on one GPU" in workbench("show", str(job_id)).stdout
+    client.control(job_id, "cancel")
+
+
+@pytest.mark.slow
+def test_a_group_under_its_quota_preempts_a_borrowing_train_job_which_resumes_to_the_same_metrics(
+    client: Client, home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_train import digits_table
+
+    from workbench.catalog import lake, tracking
+
+    fake_machine(tmp_path, monkeypatch, [{}, {}])
+    home.config.write_text(
+        '[daemon]\nkill_grace = "30s"\n\n[groups.vision]\nquota = 1\n\n[groups.sweep]\nquota = 1\n'
+    )
+    lake.publish_arrow(home, client.store, "digits", digits_table())
+    spec = {
+        "kind": "train",
+        "dataset": "digits",
+        "target": "digit",
+        "model": "mlp",
+        "hidden": [128, 128],
+        "epochs": 12,
+        "batch_size": 8,
+        "seed": 3,
+        "cpus": 1,
+        "dropout": 0.1,
+        "gpus": 1,
+        "group": "sweep",
+    }
+    whole_id = client.submit(build_request(spec, tmp_path, "test"))
+    whole = wait_state(client, whole_id, {"succeeded", "failed"}, timeout=240)
+    assert whole.state == "succeeded", whole.reason
+
+    # sweep holds its one guaranteed GPU with a long job, then borrows the second for training.
+    held = submit_command(client, tmp_path, ["sleep", "600"], gpus=1, group="sweep")
+    wait_state(client, held, "running")
+    borrower = client.submit(build_request(spec, tmp_path, "test"))
+    wait_for(lambda: (client.store.get(borrower).progress or 0) >= 0.3, timeout=120, what="epochs")
+    # vision, under its quota of 1, asks for a GPU: the youngest over-quota job gives it back.
+    vision = submit_command(client, tmp_path, ["sleep", "1"], gpus=1, group="vision")
+    wait_state(client, vision, "succeeded", timeout=60)
+    resumed = wait_state(client, borrower, {"succeeded", "failed"}, timeout=240)
+    assert resumed.state == "succeeded", resumed.reason
+    client.control(held, "cancel")
+
+    events = client.store.events(borrower)
+    preempted = [e for e in events if e.event == "preempt"]
+    assert len(preempted) == 1 and preempted[0].state == "queued"
+    assert f"preempted for job {vision}" in (preempted[0].reason or "")
+    assert resumed.attempt == 1  # a preemption is not a failed attempt
+    assert "resumed from" in (home.run_dir(borrower) / "log").read_text()
+    assert client.store.get(held).state in ("running", "cancelled")  # never preempted
+    first, second = (
+        tracking.get_run(client.store, whole_id),
+        tracking.get_run(client.store, borrower),
+    )
+    assert first is not None and second is not None
+    assert first.metrics == second.metrics
+    assert client.store.metrics(whole_id, ["train_loss"]) == client.store.metrics(
+        borrower, ["train_loss"]
+    )
