@@ -551,6 +551,12 @@ fastest {min(ours_ms):.1f} ms, median {statistics.median(ours_ms):.1f} ms, p95
 job that does not fit, median {statistics.median(fifo_ms):.3f} ms. {len(ours_ms)} interleaved
 repeats; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores while they ran (the
 median and p95 carry the other processes' share of the cores).
+
+Checks against a real driver (NVML figures, `CUDA_VISIBLE_DEVICES` honoured, two fractional
+train jobs sharing one GPU within their caps, bf16 autocast, ONNX Runtime's CUDA provider) need
+a GPU machine; none was lent to this work, so they were not run and the GPU memory cap
+(`torch.cuda.set_per_process_memory_fraction`) is exercised only through its environment
+variable here.
 """
     print(body)
     write_section(
