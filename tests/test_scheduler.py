@@ -597,12 +597,51 @@ QUOTA = [
             ),
             9: Wait(
                 9,
-                "within its group's quota of 6; reclaiming GPUs 6, 7 by preempting job 6, 7"
+                "within its group's quota of 6; reclaiming GPUs 6, 7 by preempting jobs 6, 7"
                 " (over-quota)",
             ),
         },
         Settings(quotas={"vision": 6, "sweep": 2}),
         now=100,
+    ),
+    Case(
+        "borrowed fractions spread over GPUs: the GPUs cheapest to free, within the spare",
+        [Want(20, group="vision", gpus=4)],
+        [
+            Holding(1, group="vision", gpu_indices=(3,), gpus=1, started_at=10),
+            *[
+                Holding(i, group="sweep", gpu_indices=(g,), gpus=1, started_at=100)
+                for i, g in ((2, 0), (3, 1), (4, 6))
+            ],
+            Holding(5, group="sweep", gpu_indices=(2,), gpus=0.25, started_at=50),
+            *[
+                Holding(i, group="sweep", gpu_indices=(5,), gpus=0.25, started_at=40)
+                for i in (6, 7)
+            ],
+            *[
+                Holding(i, group="sweep", gpu_indices=(4,), gpus=0.25, started_at=30)
+                for i in (8, 9, 10)
+            ],
+        ],
+        EIGHT_FLAT,
+        {
+            **{
+                i: Preempt(
+                    i,
+                    "preempted for job 20: group sweep is over its quota of 3 and group vision is"
+                    " under its own",
+                    20,
+                )
+                for i in range(5, 11)
+            },
+            20: Wait(
+                20,
+                "within its group's quota of 5; reclaiming GPUs 2, 4, 5 by preempting jobs 5, 6,"
+                " 7, 8, 9, 10 (over-quota)",
+            ),
+        },
+        Settings(quotas={"vision": 5, "sweep": 3}),
+        now=200,
     ),
     Case(
         "fractions count by share against a quota",

@@ -594,8 +594,8 @@ def _reclaim(
     """For a job within its group's quota that does not fit: the stopping jobs it waits for,
     or preemptible jobs of groups over their quota whose GPUs make it fit, youngest first and
     never taking a group below its own quota. For whole GPUs it frees GPUs one at a time (the
-    GPU whose oldest job is youngest first), so fractions spread over several GPUs are not
-    preempted without freeing one."""
+    cheapest to free first, then the one whose oldest job is youngest), so fractions spread over
+    several GPUs are not preempted without freeing one."""
     stopping = {h.id for h in ledger.held if h.stopping}
     if stopping and _fits_without(ledger, want, stopping, res, now, settings):
         waited = [h for h in ledger.held if h.id in stopping]
@@ -628,7 +628,15 @@ def _reclaim(
         for index, jobs in on_gpu.items():
             if all(allowed(h) for h in jobs) and not ledger.slots[index].mig:
                 steps.append(jobs)
-        steps.sort(key=lambda jobs: (-min(h.started_at for h in jobs), -max(h.id for h in jobs)))
+        # The GPU that costs least to free (fewest GPUs' worth of jobs), then the one whose
+        # oldest job is youngest: as many GPUs as the borrowers' spare allows.
+        steps.sort(
+            key=lambda jobs: (
+                sum(gpu_units(h.gpus, h.mig_profile) for h in jobs),
+                -min(h.started_at for h in jobs),
+                -max(h.id for h in jobs),
+            )
+        )
     else:
         steps = [[h] for h in sorted(ledger.held, key=lambda h: (-h.started_at, -h.id))]
         steps = [step for step in steps if allowed(step[0])]
@@ -863,7 +871,8 @@ def _wait_with_quota(
     gpus = f"{'GPU' if len(freed) == 1 else 'GPUs'} {_listing(freed)}"
     if waited:
         ids = _listing(sorted(h.id for h in waited))
-        return f"within its group's quota; waiting for job {ids} to stop and free {gpus}"
+        jobs = "job" if len(waited) == 1 else "jobs"
+        return f"within its group's quota; waiting for {jobs} {ids} to stop and free {gpus}"
     for victim in victims:
         vquota = quotas.get(victim.group, 0.0)
         decisions.append(
@@ -875,7 +884,8 @@ def _wait_with_quota(
             )
         )
     ids = _listing(sorted(h.id for h in victims))
+    jobs = "job" if len(victims) == 1 else "jobs"
     return (
-        f"within its group's quota of {quota:g}; reclaiming {gpus} by preempting job {ids}"
+        f"within its group's quota of {quota:g}; reclaiming {gpus} by preempting {jobs} {ids}"
         f" (over-quota)"
     )
