@@ -393,6 +393,28 @@ MEMORY = [
         now=110,
     ),
     Case(
+        "memory a starting job allocated before NVML attributes it is not counted twice",
+        [Want(2, gpus=0.5, gpu_mem=40 * GiB)],
+        [Holding(1, gpu_indices=(0,), gpus=0.5, gpu_mem=40 * GiB, started_at=100)],
+        Resources((GpuSlot(0, 80 * GiB, 30 * GiB),), 8),
+        {2: Start(2, (0,), gpu_mem_cap=40 * GiB)},
+        now=110,
+    ),
+    Case(
+        "after the grace, unattributed memory is someone else's",
+        [Want(2, gpus=0.5, gpu_mem=40 * GiB)],
+        [Holding(1, gpu_indices=(0,), gpus=0.5, gpu_mem=40 * GiB, started_at=100)],
+        Resources((GpuSlot(0, 80 * GiB, 30 * GiB),), 8),
+        {
+            2: Wait(
+                2,
+                "needs 40.0 GiB on one GPU; the largest free is 10.0 GiB on GPU 0"
+                " (GPU 0: 30.0 GiB in use outside the queue)",
+            )
+        },
+        now=1000,
+    ),
+    Case(
         "after its grace a job holds what NVML shows when that is more than it declared",
         [Want(2, gpus=0.25, gpu_mem=40 * GiB)],
         [Holding(1, gpu_indices=(0,), gpus=0.5, gpu_mem=20 * GiB, gpu_mem_seen=50 * GiB)],

@@ -34,7 +34,7 @@ class DaemonTable:
 class SchedulerTable:
     """`[scheduler]` in config.toml: GPU memory policy and backfill."""
 
-    start_grace: str | float = "60s"  # a new job's declared GPU memory is held this long
+    start_grace: str | float = "60s"  # how long a new job's memory may show up unattributed
     default_runtime: str | float = "1h"  # assumed run time, for backfill, without a time limit
     strict: bool = False  # stop a job that uses more GPU memory than it reserved
     backfill_depth: int = 32  # waiting jobs that keep GPUs for themselves, per pass

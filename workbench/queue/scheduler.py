@@ -140,8 +140,9 @@ class Settings:
     """Policy: drain mode, per-group running caps and GPU quotas, and the time constants.
 
     `quotas` maps a group to its guaranteed GPUs (fractions and MIG slices count by share);
-    `start_grace_s` is how long a new job's declared GPU memory is held before NVML figures
-    may raise it; `default_runtime_s` is the run time assumed for backfill when a job has no
+    `start_grace_s` is how long after a job starts memory in use that NVML has not attributed
+    to any job may be that job's own (so it is not counted twice, as its reservation and as
+    someone else's); `default_runtime_s` is the run time assumed for backfill when a job has no
     time limit; `backfill_depth` caps how many waiting jobs get a reservation per pass (as
     Slurm's bf_max_job_test); `strict` stops jobs that exceed their GPU memory reservation.
     """
@@ -242,14 +243,21 @@ def _need_bytes(want: Want, slot: GpuSlot) -> int:
     return 0 if want.gpus >= 1 else int(want.gpus * slot.memory_total_bytes)
 
 
-def reservation_bytes(held: Holding, slot: GpuSlot, now: float, grace_s: float) -> int:
-    """GPU memory (bytes) a running job holds on one GPU: what it declared while it is in its
-    start-up grace or not yet seen by NVML, then the larger of declared and seen. A whole GPU
-    without `gpu_mem` reserves the card."""
-    declared = _declared_bytes(held.gpus, held.gpu_mem, slot)
-    if held.gpu_mem_seen is None or now - held.started_at < grace_s:
-        return max(declared, held.gpu_mem_seen or 0)
-    return max(declared, held.gpu_mem_seen)
+def reservation_bytes(held: Holding, slot: GpuSlot) -> int:
+    """GPU memory (bytes) a running job holds on one GPU: the larger of what it declared (a
+    whole GPU without `gpu_mem`: the card) and the most NVML has shown it using."""
+    return max(_declared_bytes(held.gpus, held.gpu_mem, slot), held.gpu_mem_seen or 0)
+
+
+def _unattributed_bytes(held: Holding, slot: GpuSlot, now: float, grace_s: float) -> int:
+    """Memory on a GPU that may be this job's although NVML does not show it as the job's yet:
+    its whole reservation while it is in its start-up grace and NVML has shown it using nothing
+    (a job allocates seconds after it starts, and until its process is listed its memory is
+    only "in use"), else nothing. Up to this much of the memory in use that no listed process
+    accounts for is taken to be the starting job's, not counted twice."""
+    if held.gpu_mem_seen is None and now - held.started_at < grace_s:
+        return reservation_bytes(held, slot)
+    return 0
 
 
 def _gib(num_bytes: int) -> str:
@@ -350,6 +358,7 @@ class _Ledger:
         self.held: list[Holding] = []
         self.share = {g.index: 0.0 for g in res.gpus}
         self.reserved = {g.index: 0 for g in res.gpus}
+        self.starting = {g.index: 0 for g in res.gpus}  # see _unattributed_bytes
         self.holders: dict[int, list[int]] = {g.index: [] for g in res.gpus}
         self.free_at = {g.index: now for g in res.gpus}
         self.mig_used: dict[str, int] = {}
@@ -387,7 +396,8 @@ class _Ledger:
             if held.mig_uuids:
                 continue
             self.share[index] += per_gpu
-            self.reserved[index] += reservation_bytes(
+            self.reserved[index] += reservation_bytes(held, slot)
+            self.starting[index] += _unattributed_bytes(
                 held, slot, self.now, self.settings.start_grace_s
             )
         for uuid in held.mig_uuids:
@@ -400,7 +410,13 @@ class _Ledger:
         self.version += 1
 
     def free_gpu_mem_bytes(self, slot: GpuSlot) -> int:
-        return slot.memory_total_bytes - slot.memory_used_other_bytes - self.reserved[slot.index]
+        """Total, less our jobs' reservations, less what others hold: processes NVML lists that
+        are not ours, and memory in use no process accounts for, except up to the reservations
+        of jobs in their start-up grace that NVML has not shown using anything yet (that is
+        likely theirs, and is not counted twice)."""
+        named = min(sum(p.used_memory_bytes for p in slot.others), slot.memory_used_other_bytes)
+        unnamed = max(0, slot.memory_used_other_bytes - named - self.starting[slot.index])
+        return slot.memory_total_bytes - named - unnamed - self.reserved[slot.index]
 
     def _usable(self, index: int, want: Want) -> bool:
         """False if a waiting job holds this GPU and `want` would not end before it starts."""
