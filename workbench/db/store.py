@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -31,6 +32,7 @@ from workbench.db.connection import (
     translate,
 )
 from workbench.db.migrations import SCHEMA_VERSION, create_database, migrate
+from workbench.db.telemetry import TelemetryStore
 from workbench.jobmodel.resources import Resources
 from workbench.jobmodel.states import (
     ACTIVE,
@@ -361,6 +363,16 @@ class Store:
     def __init__(self, connections: ThreadConnections, path: Path):
         self._connections = connections
         self.path = path
+        self._telemetry: TelemetryStore | None = None
+        self._telemetry_lock = threading.Lock()
+
+    @property
+    def telemetry(self) -> TelemetryStore:
+        """The history file beside this state file (telemetry.db), opened on first use."""
+        with self._telemetry_lock:
+            if self._telemetry is None:
+                self._telemetry = TelemetryStore(self.path.with_name("telemetry.db"))
+            return self._telemetry
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -405,6 +417,8 @@ class Store:
 
     def close(self) -> None:
         self._connections.close()
+        if self._telemetry is not None:
+            self._telemetry.close()
 
     def backup_to(self, target: Path) -> None:
         """A consistent copy of the state file (SQLite's online backup), written atomically."""
@@ -664,6 +678,20 @@ class Store:
             ):
                 out[job_id] = decode_text(name)
         return out
+
+    def set_gpu_use(self, updates: Sequence[tuple[int, float | None, int]]) -> None:
+        """(peak GPU memory bytes, mean GPU util %, job id) per job, in one transaction.
+
+        Rows whose values did not change are not written, so an idle GPU job does not commit
+        (and wake every reader) each second."""
+        if not updates:
+            return
+        with self.transaction() as conn:
+            conn.executemany(
+                "UPDATE jobs SET peak_gpu_mem=?, mean_gpu_util=? WHERE id=?"
+                " AND (peak_gpu_mem IS NOT ? OR mean_gpu_util IS NOT ?)",
+                [(peak, mean, job, peak, mean) for peak, mean, job in updates],
+            )
 
     def live_job_groups(self) -> dict[int, int]:
         """{process group (the wrapper's pid): job id} for jobs that own processes now."""
@@ -975,6 +1003,18 @@ class Store:
         ):
             out.setdefault(name, []).append((step, value))
         return out
+
+    def drop_metrics_after(self, job_id: int, step: int) -> None:
+        """Forget a job's metrics past `step` (a resumed run writes them again)."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM metrics WHERE job_id=? AND step>?", (job_id, step))
+
+    def first_metric_time(self, job_id: int, name: str) -> float | None:
+        """When a job first reported metric `name` (Unix s), or None."""
+        row = self.conn.execute(
+            "SELECT min(t) FROM metrics WHERE job_id=? AND name=?", (job_id, name)
+        ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
 
     def last_metrics(self, job_id: int) -> dict[str, float | None]:
         """The latest value of each metric of a job."""
