@@ -359,7 +359,6 @@ class _Ledger:
         self.share = {g.index: 0.0 for g in res.gpus}
         self.reserved = {g.index: 0 for g in res.gpus}
         self.starting = {g.index: 0 for g in res.gpus}  # see _unattributed_bytes
-        self.holders: dict[int, list[int]] = {g.index: [] for g in res.gpus}
         self.free_at = {g.index: now for g in res.gpus}
         self.mig_used: dict[str, int] = {}
         self.cpus = 0.0
@@ -391,7 +390,6 @@ class _Ledger:
             slot = self.slots.get(index)
             if slot is None:
                 continue
-            self.holders[index].append(held.id)
             self.free_at[index] = max(self.free_at[index], ends)
             if held.mig_uuids:
                 continue
