@@ -34,6 +34,7 @@ from workbench.db.connection import (
 from workbench.db.migrations import SCHEMA_VERSION, create_database, migrate
 from workbench.db.telemetry import TelemetryStore
 from workbench.jobmodel.resources import Resources
+from workbench.jobmodel.secrets import mask_job_json
 from workbench.jobmodel.states import (
     ACTIVE,
     ENDED,
@@ -191,9 +192,10 @@ class Job:
     def mem(self) -> int | None:
         return self.resources.mem
 
-    def to_json(self, with_env: bool = False) -> dict[str, Any]:
-        """The job as `--json` prints it. `with_env` adds the captured environment as stored
-        (unmasked: callers that print it mask it through `workbench.present`)."""
+    def to_json(self, with_env: bool = False, secret_words: Iterable[str] = ()) -> dict[str, Any]:
+        """The job as `--json` prints it. `with_env` adds the captured environment. Values of
+        secret-looking variables (in `env` and in a spec's `env`) are always masked; callers
+        pass the configured extra words (`workbench.present.job_json` does)."""
         out: dict[str, Any] = {
             "id": self.id,
             "name": self.name,
@@ -225,7 +227,7 @@ class Job:
         }
         if with_env:
             out["env"] = self.env
-        return out
+        return mask_job_json(out, secret_words)
 
 
 @dataclass(frozen=True)
@@ -260,8 +262,10 @@ _JOB_COLUMNS = (
     " ended_at, exit_code, reason, pid, pid_start, granted_gpus, intent, progress, progress_msg,"
     " peak_gpu_mem, mean_gpu_util, launch_token"
 )
-# The same columns with spec and env left out (lists that never show them need not parse them).
+# The same columns with spec and env left out (lists that never show them need not parse them),
+# and with only env left out (listings that show specs: an environment is the bulk of a row).
 _LIGHT_COLUMNS = _JOB_COLUMNS.replace(" spec,", " '{}',").replace(" env,", " '{}',")
+_NO_ENV_COLUMNS = _JOB_COLUMNS.replace(" env,", " '{}',")
 
 # Columns a caller may set with `update` or alongside a transition (never `state`).
 _SETTABLE = frozenset(
@@ -312,7 +316,7 @@ def _job_from_row(row: sqlite3.Row | tuple[Any, ...], deps: tuple[tuple[int, str
     ) = row  # fmt: skip
     return Job(
         id=id_,
-        name=name,
+        name=decode_text(name),
         kind=kind,
         state=JobState(state),
         spec=json.loads(spec),
@@ -589,8 +593,10 @@ class Store:
                 out[job_id].append((dep_id, cond))
         return {k: tuple(v) for k, v in out.items()}
 
-    def _jobs_where(self, where: str, params: Sequence[Any] = (), light: bool = False) -> list[Job]:
-        columns = _LIGHT_COLUMNS if light else _JOB_COLUMNS
+    def _jobs_where(
+        self, where: str, params: Sequence[Any] = (), light: bool | str = False
+    ) -> list[Job]:
+        columns = {False: _JOB_COLUMNS, True: _LIGHT_COLUMNS, "no-env": _NO_ENV_COLUMNS}[light]
         rows = self.conn.execute(f"SELECT {columns} FROM jobs {where}", params).fetchall()
         deps = self._deps_for(r[0] for r in rows)
         return [_job_from_row(r, deps[r[0]]) for r in rows]
@@ -610,12 +616,15 @@ class Store:
         states: Iterable[str] | None = None,
         limit: int | None = None,
         pipeline_id: int | None = None,
-        light: bool = False,
+        light: bool | str = False,
         before_id: int | None = None,
+        oldest_first: bool = False,
     ) -> list[Job]:
-        """Jobs by id, newest last; `limit` keeps the newest N (below `before_id`, for paging).
+        """Jobs by id, newest last; `limit` keeps the newest N (the oldest N with
+        `oldest_first`), below `before_id` if given.
 
-        `light` leaves out spec and env (empty dicts), for lists that never show them."""
+        `light=True` leaves out spec and env (empty dicts), for lists that never show them;
+        `light="no-env"` leaves out only env."""
         clauses: list[str] = []
         params: list[Any] = []
         if states is not None:
@@ -629,12 +638,14 @@ class Store:
             clauses.append("id<?")
             params.append(before_id)
         where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        if limit is not None and oldest_first:
+            return self._jobs_where(where + f" ORDER BY id LIMIT {int(limit)}", params, light)
         if limit is not None:
             where += f" ORDER BY id DESC LIMIT {int(limit)}"
             return list(reversed(self._jobs_where(where, params, light)))
         return self._jobs_where(where + " ORDER BY id", params, light)
 
-    def iter_jobs(self, light: bool = True, page: int = 1000) -> Iterator[Job]:
+    def iter_jobs(self, light: bool | str = True, page: int = 1000) -> Iterator[Job]:
         """Every job, oldest first, read `page` rows at a time (memory stays flat)."""
         after = 0
         while True:
@@ -644,7 +655,7 @@ class Store:
             yield from batch
             after = batch[-1].id
 
-    def active_jobs(self, light: bool = False) -> list[Job]:
+    def active_jobs(self, light: bool | str = False) -> list[Job]:
         """Jobs not yet ended (queued, starting, running, paused, blocked), by id.
 
         `light` leaves out the captured environment and the spec (empty dicts): the daemon's
@@ -937,7 +948,11 @@ class Store:
         the freed pages are zeroed (secure_delete, set on every connection), the WAL that still
         holds their earlier images is checkpointed and truncated, and the same rows are removed
         from the backup `state.db.bak` if there is one."""
-        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        for _ in range(50):  # a reader holding an old snapshot blocks the truncation briefly
+            busy = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            if not busy:
+                break
+            time.sleep(0.02)
         backup = self.path.with_name(self.path.name + ".bak")
         if not ids or not backup.exists():
             return
@@ -951,6 +966,43 @@ class Store:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             conn.close()
+
+    def ended_before(self, cutoff: float, limit: int = 1000) -> list[int]:
+        """Ids of jobs that ended before `cutoff` (Unix s), oldest first, at most `limit`."""
+        states = [str(s) for s in sorted(ENDED)]
+        rows = self.conn.execute(
+            f"SELECT id FROM jobs WHERE state IN ({','.join('?' * len(states))})"
+            " AND ended_at < ? ORDER BY id LIMIT ?",
+            [*states, cutoff, limit],
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def remove_ended(self, ids: Sequence[int], action: str = "prune") -> list[int]:
+        """Remove those of `ids` that have ended (with their events, deps and metrics) in one
+        transaction, auditing each; returns the ids removed. Their bytes are purged after."""
+        now = time.time()
+        ended = [str(s) for s in sorted(ENDED)]
+        with self.transaction() as conn:
+            removed: list[int] = []
+            for start in range(0, len(ids), 500):
+                chunk = list(ids[start : start + 500])
+                marks = ",".join("?" * len(chunk))
+                removed += [
+                    r[0]
+                    for r in conn.execute(
+                        f"SELECT id FROM jobs WHERE id IN ({marks})"
+                        f" AND state IN ({','.join('?' * len(ended))})",
+                        [*chunk, *ended],
+                    )
+                ]
+            self._delete_jobs(conn, removed)
+            conn.executemany(
+                "INSERT INTO audit(t, uid, action, job_id, detail) VALUES (?,?,?,?,?)",
+                [(now, os.getuid(), action, job_id, "removed") for job_id in removed],
+            )
+        if removed:
+            self.purge_removed(removed)
+        return removed
 
     def requeue(self, job_id: int, reason: str) -> None:
         """Automatic retry by the daemon."""
