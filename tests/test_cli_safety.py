@@ -7,6 +7,7 @@ import json
 import os
 import resource
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -261,10 +262,15 @@ def _corrupt_a_page(path: Path) -> None:
             for i in range(300)
         ]
     )
-    store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     store.close()
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    leaves = conn.execute(
+        "SELECT pageno FROM dbstat WHERE name='jobs' AND pagetype='leaf' ORDER BY pageno"
+    ).fetchall()
+    conn.close()
+    page = leaves[len(leaves) // 2][0] - 1  # a leaf of the jobs table, in the middle
     data = bytearray(path.read_bytes())
-    page = len(data) // 4096 // 2
     data[page * 4096 + 100 : page * 4096 + 400] = b"\x55" * 300
     path.write_bytes(bytes(data))
 

@@ -202,6 +202,16 @@ MIGRATIONS: dict[int, str] = {
     DROP TABLE IF EXISTS telemetry;
     DROP TABLE IF EXISTS telemetry_latest;
     """,
+    # Captured environments are stored once per distinct content (a shell submitting 20,000
+    # jobs captures the same one each time) and apart from the job rows, so listing jobs never
+    # walks an environment's overflow pages and the file stays small enough to check per open.
+    12: """
+    CREATE TABLE envs (id INTEGER PRIMARY KEY, env TEXT NOT NULL UNIQUE);
+    ALTER TABLE jobs ADD COLUMN env_id INTEGER;
+    INSERT OR IGNORE INTO envs(env) SELECT env FROM jobs;
+    UPDATE jobs SET env_id = (SELECT id FROM envs WHERE envs.env = jobs.env), env = '{}';
+    CREATE INDEX jobs_env ON jobs(env_id);
+    """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

@@ -257,15 +257,18 @@ class AuditEntry:
 
 
 _JOB_COLUMNS = (
-    "id, name, kind, state, spec, argv, cwd, env, priority, grp, gpus, gpu_mem, cpus, mem,"
+    "id, name, kind, state, spec, argv, cwd,"
+    " coalesce((SELECT env FROM envs WHERE envs.id = jobs.env_id), env),"
+    " priority, grp, gpus, gpu_mem, cpus, mem,"
     " retries, attempt, time_limit, fail_unrunnable, pipeline_id, stage, created_at, started_at,"
     " ended_at, exit_code, reason, pid, pid_start, granted_gpus, intent, progress, progress_msg,"
     " peak_gpu_mem, mean_gpu_util, launch_token"
 )
 # The same columns with spec and env left out (lists that never show them need not parse them),
 # and with only env left out (listings that show specs: an environment is the bulk of a row).
-_LIGHT_COLUMNS = _JOB_COLUMNS.replace(" spec,", " '{}',").replace(" env,", " '{}',")
-_NO_ENV_COLUMNS = _JOB_COLUMNS.replace(" env,", " '{}',")
+_ENV_COLUMN = " coalesce((SELECT env FROM envs WHERE envs.id = jobs.env_id), env),"
+_LIGHT_COLUMNS = _JOB_COLUMNS.replace(" spec,", " '{}',").replace(_ENV_COLUMN, " '{}',")
+_NO_ENV_COLUMNS = _JOB_COLUMNS.replace(_ENV_COLUMN, " '{}',")
 
 # Columns a caller may set with `update` or alongside a transition (never `state`).
 _SETTABLE = frozenset(
@@ -507,9 +510,9 @@ class Store:
         state = next_state(None, event)
         res = req.resources
         cur = conn.execute(
-            "INSERT INTO jobs(name, kind, state, spec, argv, cwd, env, priority, grp, gpus, gpu_mem,"
-            " cpus, mem, retries, time_limit, fail_unrunnable, pipeline_id, stage, created_at)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO jobs(name, kind, state, spec, argv, cwd, env, env_id, priority, grp, gpus,"
+            " gpu_mem, cpus, mem, retries, time_limit, fail_unrunnable, pipeline_id, stage,"
+            " created_at) VALUES (?,?,?,?,?,?,'{}',?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 encode_text(req.name),
                 req.kind,
@@ -517,7 +520,7 @@ class Store:
                 json.dumps(req.spec),
                 json.dumps(req.argv) if req.argv is not None else None,
                 encode_text(req.cwd),
-                json.dumps(req.env),
+                self._env_id(conn, req.env),
                 req.priority,
                 req.group,
                 res.gpus,
@@ -545,6 +548,13 @@ class Store:
         self._event(conn, job_id, state, "submitted", now, event)
         self._audit(conn, "submit", job_id, None, now)
         return job_id
+
+    @staticmethod
+    def _env_id(conn: sqlite3.Connection, env: dict[str, str]) -> int:
+        """The id of this environment's row (shared by every job that captured the same one)."""
+        text = json.dumps(env, sort_keys=True)
+        conn.execute("INSERT OR IGNORE INTO envs(env) VALUES (?)", (text,))
+        return int(conn.execute("SELECT id FROM envs WHERE env=?", (text,)).fetchone()[0])
 
     def submit(self, req: JobRequest) -> int:
         """Queue one job; cost is independent of how many jobs the store holds."""
@@ -935,10 +945,23 @@ class Store:
 
     @staticmethod
     def _delete_jobs(conn: sqlite3.Connection, ids: Sequence[int]) -> None:
+        """Delete jobs and what belongs only to them (an environment no other job shares)."""
         for start in range(0, len(ids), 500):
             chunk = list(ids[start : start + 500])
             marks = ",".join("?" * len(chunk))
+            env_ids = [
+                r[0]
+                for r in conn.execute(
+                    f"SELECT DISTINCT env_id FROM jobs WHERE id IN ({marks})"
+                    " AND env_id IS NOT NULL",
+                    chunk,
+                )
+            ]
             conn.execute(f"DELETE FROM jobs WHERE id IN ({marks})", chunk)
+            conn.executemany(
+                "DELETE FROM envs WHERE id=? AND NOT EXISTS (SELECT 1 FROM jobs WHERE env_id=?)",
+                [(e, e) for e in env_ids],
+            )
             conn.execute(f"DELETE FROM job_events WHERE job_id IN ({marks})", chunk)
             conn.execute(f"DELETE FROM job_deps WHERE job_id IN ({marks})", chunk)
             conn.execute(f"DELETE FROM metrics WHERE job_id IN ({marks})", chunk)
@@ -947,25 +970,16 @@ class Store:
         """Make removed jobs' bytes (environments may hold secrets) unreadable everywhere:
         the freed pages are zeroed (secure_delete, set on every connection), the WAL that still
         holds their earlier images is checkpointed and truncated, and the same rows are removed
-        from the backup `state.db.bak` if there is one."""
+        from the backup `state.db.bak` (rewritten from the checked, purged file) if there is
+        one."""
         for _ in range(50):  # a reader holding an old snapshot blocks the truncation briefly
             busy = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
             if not busy:
                 break
             time.sleep(0.02)
         backup = self.path.with_name(self.path.name + ".bak")
-        if not ids or not backup.exists():
-            return
-        try:
-            conn = connect(backup)
-        except (sqlite3.Error, OSError):
-            return
-        try:
-            with immediate(conn):
-                self._delete_jobs(conn, list(ids))
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        finally:
-            conn.close()
+        if ids and backup.exists():
+            self.backup_to(backup)  # rewritten from the purged file: the old bytes are gone
 
     def ended_before(self, cutoff: float, limit: int = 1000) -> list[int]:
         """Ids of jobs that ended before `cutoff` (Unix s), oldest first, at most `limit`."""
