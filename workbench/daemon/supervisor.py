@@ -409,7 +409,7 @@ class Daemon:
                     pass
         if time.monotonic() >= self._next_sample:
             self._sample()
-        version = self.store.data_version()
+        version = self.store.data_version(include_own=False)
         if woke or version != self._last_version or self._next_deadline() <= time.time():
             self._last_version = version
             self._pass()

@@ -372,6 +372,8 @@ class Store:
         self.path = path
         self._telemetry: TelemetryStore | None = None
         self._telemetry_lock = threading.Lock()
+        self._version_conn: sqlite3.Connection | None = None
+        self._version_lock = threading.Lock()
 
     @property
     def telemetry(self) -> TelemetryStore:
@@ -424,6 +426,10 @@ class Store:
 
     def close(self) -> None:
         self._connections.close()
+        with self._version_lock:
+            if self._version_conn is not None:
+                self._version_conn.close()
+                self._version_conn = None
         if self._telemetry is not None:
             self._telemetry.close()
 
@@ -451,9 +457,18 @@ class Store:
                 raise
             raise translated from error
 
-    def data_version(self) -> int:
-        """Changes when another connection commits (cheap; used to poll for changes)."""
-        return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+    def data_version(self, include_own: bool = True) -> int:
+        """A number that changes whenever anyone (this process included) commits to state.db;
+        cheap, for polling. Read on one connection of its own, so readings from any thread
+        are comparable with each other. `include_own=False` reads this thread's connection
+        instead, which ignores this thread's own commits (a single-threaded writer such as
+        the daemon need not wake for what it wrote itself)."""
+        if not include_own:
+            return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+        with self._version_lock:
+            if self._version_conn is None:
+                self._version_conn = connect(self.path)
+            return int(self._version_conn.execute("PRAGMA data_version").fetchone()[0])
 
     # ---- meta and settings -------------------------------------------------------------
 
