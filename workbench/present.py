@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import os
-import shlex
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -86,6 +85,8 @@ def job_details(job: Job, metrics: dict[str, float | None]) -> list[tuple[str, s
     """The facts of one job as (label, value) lines, for `workbench show` and the job screen.
 
     Values of secret-looking variables in the spec's `env` are masked."""
+    import shlex
+
     lines: list[tuple[str, str]] = []
     if job.reason:
         lines.append(("reason", job.reason))

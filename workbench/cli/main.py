@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from workbench import __version__
-from workbench.catalog.lake import LakeError
 from workbench.daemon.client import DaemonUnavailable
 from workbench.db.connection import translate
 from workbench.db.store import (
@@ -792,7 +791,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "command", None) and args.command[:1] == ["--"]:
             args.command = args.command[1:]
         return handler(args)
-    except (SpecError, UsageError, LakeError) as error:
+    except (SpecError, UsageError) as error:
         print(f"workbench: {error}", file=sys.stderr)
         return EXIT_USAGE
     except JobError as error:
@@ -812,6 +811,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 141
     except Exception as error:
+        # The lake is imported only by the commands that use it, so only they can raise its
+        # error: a bad dataset name or version is a usage error.
+        lake = sys.modules.get("workbench.catalog.lake")
+        if lake is not None and isinstance(error, lake.LakeError):
+            print(f"workbench: {error}", file=sys.stderr)
+            return EXIT_USAGE
         # A damaged state file or a full disk can surface from any read or write: one message
         # with what to do, never a traceback.
         fault = translate(error, Home.current().state_db)

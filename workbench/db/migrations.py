@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import tempfile
 from pathlib import Path
 
 from workbench.db.connection import StoreError, remove_files
@@ -222,6 +221,8 @@ def create_database(
     """Create a fresh SQLite file atomically (so a zero-length or partial file is never ours),
     with every migration applied; `auto_vacuum` makes it INCREMENTAL (free pages can be given
     back with `PRAGMA incremental_vacuum`)."""
+    import tempfile  # only when a file is created: it pulls in random and hashlib
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".db", dir=path.parent)
     os.close(fd)
     try:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workbench.db.connection import (
     StoreCorrupt,
@@ -32,7 +32,6 @@ from workbench.db.connection import (
     translate,
 )
 from workbench.db.migrations import SCHEMA_VERSION, create_database, migrate
-from workbench.db.telemetry import TelemetryStore
 from workbench.jobmodel.resources import Resources
 from workbench.jobmodel.secrets import mask_job_json
 from workbench.jobmodel.states import (
@@ -46,6 +45,9 @@ from workbench.jobmodel.states import (
     allowed,
     next_state,
 )
+
+if TYPE_CHECKING:
+    from workbench.db.telemetry import TelemetryStore
 
 __all__ = [
     "ACTIVE",
@@ -378,6 +380,8 @@ class Store:
     @property
     def telemetry(self) -> TelemetryStore:
         """The history file beside this state file (telemetry.db), opened on first use."""
+        from workbench.db.telemetry import TelemetryStore
+
         with self._telemetry_lock:
             if self._telemetry is None:
                 self._telemetry = TelemetryStore(self.path.with_name("telemetry.db"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from collections.abc import Mapping
@@ -101,6 +100,8 @@ def check_keys(table: Mapping[str, Any], known: typing.Iterable[str], where: str
     known = list(known)
     for key in table:
         if key not in known:
+            import difflib  # only for the message
+
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise SpecError(f"{where}: unknown key '{key}'{hint}")
