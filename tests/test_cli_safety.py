@@ -164,6 +164,20 @@ def test_secret_looking_variables_are_masked_everywhere(home: Home, tmp_path: Pa
     assert "AWS_SECRET_ACCESS_KEY=*** PLAIN=visible" in workbench("show", str(from_spec)).stdout
 
 
+def test_batch_json_never_prints_a_stage_secret(home: Home, tmp_path: Path) -> None:
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text(
+        '[pipeline]\nname = "p"\n\n[[stage]]\nname = "s"\nkind = "command"\n'
+        f'argv = ["sh", "-c", "test -n \\"$API_TOKEN\\""]\nenv = {{ API_TOKEN = "{SECRET}" }}\n'
+    )
+    result = workbench("--batch", str(pipeline), "--json")
+    assert result.returncode == 0, result.stderr  # the job got the real value
+    assert SECRET not in result.stdout and SECRET not in result.stderr
+    assert json.loads(result.stdout.splitlines()[-1])["ok"] is True
+    job = json.loads(workbench("ls", "--json").stdout)[0]
+    assert job["spec"]["env"] == {"API_TOKEN": "***"}
+
+
 def test_presenter_masks_what_the_tui_shows(home: Home) -> None:
     store = Store.open(home.state_db)
     job_id = store.submit(
