@@ -122,7 +122,7 @@ def main() -> int:
         )
     body = (
         table(["measure", "workbench (median)", "baseline (same run)", "ratio (min-max)"], rows)
-        + "\n\n`ls` prints the counts per state, the active jobs (the next 50 queued) and the 20"
+        + "\n\n`ls` prints the counts per state, the jobs with processes, the 50 oldest waiting jobs and the 20"
         " latest ended ones; `ls --json` prints every active job and the 20 latest ended ones,"
         " environments left unread. Goal: `ls` under 0.5 s at 20,000 jobs. Spread of the"
         f" baseline: {statistics.pstdev(base) * 1000:.1f} ms."

@@ -358,7 +358,7 @@ def test_ls_groups_counts_and_pages(home: Home) -> None:
     _fill(home, queued=120, ended=30).close()
     text = workbench("ls", "--recent", "5").stdout.splitlines()
     assert text[0] == "jobs: queued 120 · succeeded 30"
-    assert "... and 70 more queued (ls --state queued, or ls --all)" in text
+    assert "... and 70 more waiting (ls --state queued|paused|blocked, or ls --all)" in text
     assert "... and 25 older ended jobs (ls --all; workbench prune removes them)" in text
     rows = [line for line in text[2:] if not line.startswith("...")]
     assert len(rows) == 50 + 5

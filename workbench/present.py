@@ -59,21 +59,19 @@ def display_text(text: str) -> str:
 
 
 @functools.cache
-def _configured_secret_words(config_path: str) -> tuple[str, ...]:
-    from pathlib import Path
-
+def _configured_secret_words(home_env: str | None, xdg_env: str | None) -> tuple[str, ...]:
     from workbench.config import load_config
+    from workbench.paths import Home
 
-    return load_config(Path(config_path)).secret_words
+    return load_config(Home.current().config).secret_words
 
 
 def secret_words() -> tuple[str, ...]:
-    """The extra secret-name words from `[security] secret_names` in config.toml (read once).
-
-    Raises SpecError for a config file that cannot be read."""
-    from workbench.paths import Home
-
-    return _configured_secret_words(str(Home.current().config))
+    """The extra secret-name words from `[security] secret_names` in config.toml (read once
+    per home). Raises SpecError for a config file that cannot be read."""
+    return _configured_secret_words(
+        os.environ.get("WORKBENCH_HOME"), os.environ.get("XDG_DATA_HOME")
+    )
 
 
 def job_json(job: Job, with_env: bool = False) -> dict[str, Any]:

@@ -20,10 +20,13 @@ from workbench import __version__
 from workbench.daemon.client import DaemonUnavailable
 from workbench.db.connection import translate
 from workbench.db.store import (
-    ACTIVE,
+    BLOCKED,
     ENDED,
+    PAUSED,
     QUEUED,
+    RUNNING,
     SETTLED,
+    STARTING,
     SUCCEEDED,
     Job,
     JobError,
@@ -194,7 +197,8 @@ def _age(job: Job, now: float) -> str:
     return format_duration(now - job.created_at)
 
 
-QUEUED_SHOWN = 50  # queued jobs `ls` lists by default; the rest are counted
+WAITING_SHOWN = 50  # waiting jobs `ls` lists by default (oldest first); the rest are counted
+WAITING = (QUEUED, PAUSED, BLOCKED)  # with no process yet: paused here means held
 
 
 def _states_arg(values: list[str] | None) -> list[JobState] | None:
@@ -230,12 +234,16 @@ def cmd_ls(args: argparse.Namespace) -> int:
         return _ls_stream(pages, args.json, store.draining)
     counts = store.counts_by_state()
     light: bool | str = "no-env" if args.json else True
-    live = [s for s in ACTIVE if s != QUEUED]
-    shown_queued = None if args.json else QUEUED_SHOWN
+    shown_waiting = None if args.json else WAITING_SHOWN
     jobs = [
         *store.list_jobs(states=ENDED, limit=args.recent, light=light),
-        *store.list_jobs(states=live, light=light),
-        *store.list_jobs(states=[QUEUED], limit=shown_queued, oldest_first=True, light=light),
+        # Jobs with processes are all listed; those still waiting (queued, held, blocked) from
+        # the oldest, up to WAITING_SHOWN: at 20,000 queued a full list helps nobody.
+        *store.list_jobs(states=[STARTING, RUNNING], light=light),
+        *store.list_jobs(states=[PAUSED], started=True, light=light),
+        *store.list_jobs(
+            states=WAITING, started=False, limit=shown_waiting, oldest_first=True, light=light
+        ),
     ]
     jobs.sort(key=lambda j: j.id)
     if args.json:
@@ -253,9 +261,12 @@ def cmd_ls(args: argparse.Namespace) -> int:
             _write(table_line(row, widths, colour_state=3 if colour else None))
     else:
         _write("no jobs")
-    hidden_queued = counts.get(QUEUED, 0) - QUEUED_SHOWN
-    if hidden_queued > 0:
-        _write(f"... and {hidden_queued:,} more queued (ls --state queued, or ls --all)")
+    hidden_waiting = store.count_jobs(WAITING, started=False) - WAITING_SHOWN
+    if hidden_waiting > 0:
+        _write(
+            f"... and {hidden_waiting:,} more waiting (ls --state queued|paused|blocked,"
+            " or ls --all)"
+        )
     hidden_ended = sum(counts.get(s, 0) for s in ENDED) - args.recent
     if hidden_ended > 0:
         _write(
@@ -689,7 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "ls",
-        help="list jobs: counts per state, active jobs (the next 50 queued) and recent ended ones",
+        help="list jobs: counts per state, running and the 50 oldest waiting jobs, recent ended ones",
     )
     p.add_argument("--all", action="store_true", help="every job, streamed oldest first")
     p.add_argument("--recent", type=_count, default=20, help="ended jobs to show (default 20)")

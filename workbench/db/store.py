@@ -312,6 +312,14 @@ def decode_text(stored: str) -> str:
     return stored
 
 
+def _json_dict(text: str) -> dict[str, Any]:
+    """A JSON object column; the empty one (every light read) without running the parser."""
+    if text == "{}":
+        return {}
+    parsed: dict[str, Any] = json.loads(text)
+    return parsed
+
+
 def _job_from_row(row: sqlite3.Row | tuple[Any, ...], deps: tuple[tuple[int, str], ...]) -> Job:
     (
         id_, name, kind, state, spec, argv, cwd, env, priority, grp, gpus, gpu_mem, cpus, mem,
@@ -324,10 +332,10 @@ def _job_from_row(row: sqlite3.Row | tuple[Any, ...], deps: tuple[tuple[int, str
         name=decode_text(name),
         kind=kind,
         state=JobState(state),
-        spec=json.loads(spec),
+        spec=_json_dict(spec),
         argv=json.loads(argv) if argv else None,
         cwd=decode_text(cwd),
-        env=json.loads(env),
+        env=_json_dict(env),
         priority=priority,
         group=grp,
         resources=Resources(gpus=gpus, gpu_mem=gpu_mem, cpus=cpus, mem=mem),
@@ -648,12 +656,14 @@ class Store:
         light: bool | str = False,
         before_id: int | None = None,
         oldest_first: bool = False,
+        started: bool | None = None,
     ) -> list[Job]:
         """Jobs by id, newest last; `limit` keeps the newest N (the oldest N with
         `oldest_first`), below `before_id` if given.
 
         `light=True` leaves out spec and env (empty dicts), for lists that never show them;
-        `light="no-env"` leaves out only env."""
+        `light="no-env"` leaves out only env. `started` keeps jobs that have (or have not yet)
+        had a process."""
         clauses: list[str] = []
         params: list[Any] = []
         if states is not None:
@@ -666,6 +676,8 @@ class Store:
         if before_id is not None:
             clauses.append("id<?")
             params.append(before_id)
+        if started is not None:
+            clauses.append("pid IS NOT NULL" if started else "pid IS NULL")
         where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
         if limit is not None and oldest_first:
             return self._jobs_where(where + f" ORDER BY id LIMIT {int(limit)}", params, light)
@@ -754,6 +766,16 @@ class Store:
         return [
             r[0] for r in self.conn.execute("SELECT job_id FROM job_deps WHERE dep_id=?", (job_id,))
         ]
+
+    def count_jobs(self, states: Iterable[str], started: bool | None = None) -> int:
+        """How many jobs are in `states` (and, with `started`, have had a process or not)."""
+        states = [str(s) for s in states]
+        where = f"state IN ({','.join('?' * len(states))})"
+        if started is not None:
+            where += " AND pid IS NOT NULL" if started else " AND pid IS NULL"
+        return int(
+            self.conn.execute(f"SELECT count(*) FROM jobs WHERE {where}", states).fetchone()[0]
+        )
 
     def counts_by_state(self) -> dict[JobState, int]:
         """How many jobs are in each state (states with none are absent); uses the state index."""
