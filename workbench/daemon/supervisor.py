@@ -103,7 +103,7 @@ class Daemon:
     def start(self) -> None:
         self.home.ensure()
         self._take_lock()
-        self.store = Store.open(self.home.state_db, check=True)
+        self.store = Store.open(self.home.state_db, check="full")
         self.store.backup_to(self.home.state_db.with_name("state.db.bak"))
         self.gpus = Gpus.open()
         self.sampler = Sampler(self.store, self.home, self.gpus, self.config)

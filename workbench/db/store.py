@@ -86,6 +86,9 @@ __all__ = [
     "translate_os",
 ]
 
+# The tables every client reads or writes: checked on each open.
+QUEUE_TABLES = ("meta", "jobs", "envs", "job_events", "job_deps", "audit", "groups", "pipelines")
+
 # Short names for modules that compare states; the words themselves live in JobState only.
 QUEUED, STARTING, RUNNING, PAUSED = (
     JobState.QUEUED,
@@ -401,12 +404,15 @@ class Store:
         return self._connections.get()
 
     @classmethod
-    def open(cls, path: Path, check: bool = True) -> Store:
+    def open(cls, path: Path, check: bool | str = True) -> Store:
         """Open (creating if absent), check and migrate.
 
         `check` runs SQLite's quick_check once on this open, so a damaged file is refused
-        (StoreCorrupt, with recovery advice) before anything reads or writes it.
-        Raises StoreError (newer schema, unreadable), StoreCorrupt, StoreFull."""
+        (StoreCorrupt, with recovery advice) before anything reads or writes it: True checks
+        the queue's tables (what every client reads and writes), "full" the whole file (the
+        daemon at start). A damaged page elsewhere (metrics, catalog) is still refused when
+        a read reaches it. Raises StoreError (newer schema, unreadable), StoreCorrupt,
+        StoreFull."""
         path = Path(path)
         try:
             if not path.exists():
@@ -424,7 +430,7 @@ class Store:
             raise translated from error
         try:
             if check:
-                quick_check(conn)
+                quick_check(conn, () if check == "full" else QUEUE_TABLES)
             migrate(conn)
         except sqlite3.Error as error:
             conn.close()
