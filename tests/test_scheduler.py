@@ -902,10 +902,14 @@ def test_bad_group_config_names_the_key(home: Home, text: str, message: str) -> 
         load_config(home.config)
 
 
-def test_a_bad_quota_on_the_command_line_exits_2(home: Home) -> None:
-    result = workbench("group", "vision", "--quota", "-2")
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("-2", "--quota"), ("nan", "--quota"), ("1.5", "--quota: above 1 it must be a whole number")],
+)
+def test_a_bad_quota_on_the_command_line_exits_2(home: Home, value: str, message: str) -> None:
+    result = workbench("group", "vision", f"--quota={value}")
     assert result.returncode == 2
-    assert "--quota: must be 0 or more GPUs" in result.stderr
+    assert message in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -31,6 +31,21 @@ class DaemonTable:
 
 
 @dataclass(frozen=True)
+class RetentionTable:
+    """`[retention]` in config.toml: how long ended jobs are kept (e.g. "30d"; none: forever)."""
+
+    jobs: str | float | None = None
+
+
+@dataclass(frozen=True)
+class SecurityTable:
+    """`[security]` in config.toml: more words that mark an environment variable as secret
+    (besides TOKEN, KEY, SECRET, PASSWORD and CREDENTIAL)."""
+
+    secret_names: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class SchedulerTable:
     """`[scheduler]` in config.toml: GPU memory policy and backfill."""
 
@@ -60,6 +75,8 @@ class Config:
     sample_interval_s: float = 1.0
     default_parallel: int = 0
     history_s: float = 86400.0
+    retention_jobs_s: float | None = None  # ended jobs older than this are pruned (hourly)
+    secret_words: tuple[str, ...] = ()
     start_grace_s: float = 60.0
     default_runtime_s: float = 3600.0
     strict: bool = False
@@ -77,20 +94,34 @@ def load_config(path: Path) -> Config:
         data: dict[str, Any] = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as error:
         raise SpecError(f"{path}: {error}") from error
-    known = {"daemon", "scheduler", "groups"}
+    known = {"daemon", "retention", "security", "scheduler", "groups"}
     for key in data:
         if key not in known:
             raise SpecError(f"{path}: unknown table '{key}'")
     table = from_table(DaemonTable, data.get("daemon", {}), f"{path} [daemon]")
+    retention = from_table(RetentionTable, data.get("retention", {}), f"{path} [retention]")
+    security = from_table(SecurityTable, data.get("security", {}), f"{path} [security]")
     sched = from_table(SchedulerTable, data.get("scheduler", {}), f"{path} [scheduler]")
     quotas, parallel, keep = _groups(path, data.get("groups", {}))
-    try:
-        log_cap_bytes = parse_size(table.log_cap)
-        kill_grace_s = parse_duration(table.kill_grace)
-        sample_interval_s = parse_duration(table.sample_interval)
-        history_s = parse_duration(table.history)
-    except ValueError as error:
-        raise SpecError(f"{path} [daemon]: {error}") from error
+    fields: dict[str, Any] = {}
+    for key, convert, value in (
+        ("log_cap", parse_size, table.log_cap),
+        ("kill_grace", parse_duration, table.kill_grace),
+        ("sample_interval", parse_duration, table.sample_interval),
+        ("history", parse_duration, table.history),
+    ):
+        try:
+            fields[key] = convert(value)
+        except ValueError as error:
+            raise SpecError(f"{path} [daemon]: key '{key}': {error}") from error
+    if table.default_parallel < 0:
+        raise SpecError(f"{path} [daemon]: key 'default_parallel': must not be negative")
+    retention_s = None
+    if retention.jobs is not None:
+        try:
+            retention_s = parse_duration(retention.jobs)
+        except ValueError as error:
+            raise SpecError(f"{path} [retention]: key 'jobs': {error}") from error
     try:
         start_grace_s = parse_duration(sched.start_grace)
         default_runtime_s = parse_duration(sched.default_runtime)
@@ -99,11 +130,13 @@ def load_config(path: Path) -> Config:
     if sched.backfill_depth < 0:
         raise SpecError(f"{path} [scheduler]: key 'backfill_depth': must not be negative")
     return Config(
-        log_cap_bytes=log_cap_bytes,
-        kill_grace_s=kill_grace_s,
-        sample_interval_s=sample_interval_s,
-        history_s=history_s,
+        log_cap_bytes=fields["log_cap"],
+        kill_grace_s=fields["kill_grace"],
+        sample_interval_s=fields["sample_interval"],
         default_parallel=table.default_parallel,
+        history_s=fields["history"],
+        retention_jobs_s=retention_s,
+        secret_words=tuple(w for w in security.secret_names if w),
         start_grace_s=start_grace_s,
         default_runtime_s=default_runtime_s,
         strict=sched.strict,
