@@ -20,6 +20,10 @@ class DaemonTable:
     sample_interval: str | float = "1s"
     default_parallel: int = 0
     history: str | float = "24h"
+    containment: str = "auto"
+
+
+CONTAINMENT_MODES = ("auto", "cgroup", "subreaper")
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,7 @@ class Config:
     sample_interval_s: float = 1.0
     default_parallel: int = 0
     history_s: float = 86400.0
+    containment: str = "auto"  # a cgroup v2 per job where possible, else a subreaper wrapper
 
 
 def load_config(path: Path) -> Config:
@@ -46,6 +51,10 @@ def load_config(path: Path) -> Config:
         if key not in known:
             raise SpecError(f"{path}: unknown table '{key}'")
     table = from_table(DaemonTable, data.get("daemon", {}), f"{path} [daemon]")
+    if table.containment not in CONTAINMENT_MODES:
+        raise SpecError(
+            f"{path} [daemon]: key 'containment': must be one of {', '.join(CONTAINMENT_MODES)}"
+        )
     try:
         return Config(
             log_cap_bytes=parse_size(table.log_cap),
@@ -53,6 +62,7 @@ def load_config(path: Path) -> Config:
             sample_interval_s=parse_duration(table.sample_interval),
             default_parallel=table.default_parallel,
             history_s=parse_duration(table.history),
+            containment=table.containment,
         )
     except ValueError as error:
         raise SpecError(f"{path} [daemon]: {error}") from error
