@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from workbench.db.store import Store
+from workbench.jobmodel.states import JobState
 
 if TYPE_CHECKING:
     from workbench.catalog.lake import VersionInfo
@@ -132,7 +133,7 @@ def metric_order(metric: str) -> tuple[str, bool]:
 def best_run(runs: list[Run], metric: str) -> Run | None:
     """The finished run with the best value of `metric`."""
     name, higher = metric_order(metric)
-    scored = [r for r in runs if r.state == "succeeded" and r.metrics.get(name) is not None]
+    scored = [r for r in runs if r.state == JobState.SUCCEEDED and r.metrics.get(name) is not None]
     if not scored:
         return None
     return (max if higher else min)(scored, key=lambda r: r.metrics[name])

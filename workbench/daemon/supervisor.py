@@ -35,7 +35,9 @@ from workbench.telemetry.sampler import Sampler
 from workbench.units import format_duration
 
 QUEUE_PAGE = 128  # queued jobs read per scheduling step; more pages only while jobs start
-DEBUG_LAUNCH_DELAY_ENV = "WORKBENCH_DEBUG_DELAY_LAUNCH_COMMIT_S"  # tests: die between fork and commit
+DEBUG_LAUNCH_DELAY_ENV = (
+    "WORKBENCH_DEBUG_DELAY_LAUNCH_COMMIT_S"  # tests: die between fork and commit
+)
 _RETRY_S = 1.0  # how soon a write that failed (disk full, busy) is tried again
 _STOP_BACKSTOP_S = 5.0  # after the kill grace, the daemon itself kills what a cancel left
 _CREDENTIALS = struct.Struct("iII")  # struct ucred: pid, uid, gid
@@ -175,9 +177,7 @@ class Daemon:
             if job.time_limit and job.started_at:
                 deadline = job.started_at + job.time_limit
             if job.state == JobState.STARTING or job.pid is None:
-                found = (
-                    self.executor.find(job.launch_token, run_dir) if job.launch_token else None
-                )
+                found = self.executor.find(job.launch_token, run_dir) if job.launch_token else None
                 if found is None:
                     self.store.transition(
                         job.id,
@@ -338,7 +338,9 @@ class Daemon:
             ):
                 tracked.forced = True
                 stopped = self.executor.stop_all(tracked.handle)
-                self.log(f"job {tracked.job_id}: still running after its kill grace; {stopped} processes killed")
+                self.log(
+                    f"job {tracked.job_id}: still running after its kill grace; {stopped} processes killed"
+                )
 
     def _next_deadline(self) -> float:
         soonest = math.inf
@@ -390,7 +392,9 @@ class Daemon:
             page = db.queue_head(self.store, after, QUEUE_PAGE)
             batch = list(page)
             if first:
-                batch += [j for j in db.queued_with_deps(self.store) if j.id not in {p.id for p in page}]
+                batch += [
+                    j for j in db.queued_with_deps(self.store) if j.id not in {p.id for p in page}
+                ]
                 first = False
             batch = [j for j in batch if j.id not in seen]
             seen.update(j.id for j in batch)
@@ -411,10 +415,20 @@ class Daemon:
     ) -> int:
         holding = [t.holding for t in self.tracked.values()]
         dep_ids = {d for j in batch for d, _ in j.deps}
-        dep_states = {k: str(v) for k, v in self.store.states_of(dep_ids).items()} if dep_ids else {}
+        dep_states = (
+            {k: str(v) for k, v in self.store.states_of(dep_ids).items()} if dep_ids else {}
+        )
         wants = [
             scheduler.Want(
-                j.id, j.priority, j.group, j.gpus, j.gpu_mem, j.cpus, j.mem, j.deps, j.fail_unrunnable
+                j.id,
+                j.priority,
+                j.group,
+                j.gpus,
+                j.gpu_mem,
+                j.cpus,
+                j.mem,
+                j.deps,
+                j.fail_unrunnable,
             )
             for j in batch
         ]
@@ -431,9 +445,13 @@ class Daemon:
                 if job.reason != decision.reason:
                     reasons.append((job.id, decision.reason))
             elif isinstance(decision, scheduler.Block):
-                self.store.transition(job.id, Event.BLOCK, decision.reason, only_from=[JobState.QUEUED])
+                self.store.transition(
+                    job.id, Event.BLOCK, decision.reason, only_from=[JobState.QUEUED]
+                )
             elif isinstance(decision, scheduler.Fail):
-                self.store.transition(job.id, Event.REFUSE, decision.reason, only_from=[JobState.QUEUED])
+                self.store.transition(
+                    job.id, Event.REFUSE, decision.reason, only_from=[JobState.QUEUED]
+                )
         return started
 
     def _launch(self, queued: db.QueuedJob, gpu_indices: tuple[int, ...]) -> bool:
@@ -442,15 +460,18 @@ class Daemon:
         next daemon finds the attempt (or knows it never began)."""
         now = time.time()
         token = uuid.uuid4().hex
-        if self.store.transition(
-            queued.id,
-            Event.START,
-            "starting",
-            only_from=[JobState.QUEUED],
-            started_at=now,
-            granted_gpus=list(gpu_indices),
-            launch_token=token,
-        ) is None:
+        if (
+            self.store.transition(
+                queued.id,
+                Event.START,
+                "starting",
+                only_from=[JobState.QUEUED],
+                started_at=now,
+                granted_gpus=list(gpu_indices),
+                launch_token=token,
+            )
+            is None
+        ):
             return False  # cancelled or held by a client in the meantime
         job = self.store.get(queued.id)
         run_dir = self.home.run_dir(job.id)
@@ -666,4 +687,3 @@ def serve(home: Home) -> int:
             pass
         return 3
     return 0
-

@@ -64,7 +64,9 @@ def _deps(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, list[tuple[
 def _queued(conn: sqlite3.Connection, rows: list[Any]) -> list[QueuedJob]:
     deps = _deps(conn, [r[0] for r in rows])
     return [
-        QueuedJob(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8], tuple(deps.get(r[0], ())))
+        QueuedJob(
+            r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8], tuple(deps.get(r[0], ()))
+        )
         for r in rows
     ]
 

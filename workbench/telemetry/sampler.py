@@ -375,18 +375,12 @@ def _job_names(store: Store, job_ids: Iterable[int]) -> dict[int, str]:
     ids = sorted(set(job_ids))
     if not ids:
         return {}
-    marks = ",".join("?" * len(ids))
-    return dict(
-        store.conn.execute(f"SELECT id, name FROM jobs WHERE id IN ({marks})", ids).fetchall()
-    )
+    return store.job_names(ids)
 
 
 def running_job_groups(store: Store) -> dict[int, int]:
     """{process group (the wrapper's pid): job id} for jobs running now, as the store knows them."""
-    rows = store.conn.execute(
-        "SELECT pid, id FROM jobs WHERE state IN ('running', 'paused') AND pid IS NOT NULL"
-    ).fetchall()
-    return {int(pid): int(job_id) for pid, job_id in rows}
+    return store.live_job_groups()
 
 
 class Snapshots:
