@@ -4,6 +4,7 @@ telemetry, and re-adopts jobs that outlived a previous daemon. One per WORKBENCH
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import math
 import os
 import selectors
@@ -23,6 +24,7 @@ import psutil
 from workbench.config import Config, load_config
 from workbench.daemon import runner
 from workbench.daemon.executors import Ended, Executor, Handle, Launch, LaunchError
+from workbench.daemon.executors.containment import remove_empty_cgroups
 from workbench.daemon.executors.local import LocalExecutor
 from workbench.db import scheduling as db
 from workbench.db.store import Job, Store
@@ -69,7 +71,8 @@ class Daemon:
     def __init__(self, home: Home, config: Config, executor: Executor | None = None):
         self.home = home
         self.config = config
-        self.executor: Executor = executor or LocalExecutor(config.containment)
+        scope = hashlib.sha1(str(home.root).encode()).hexdigest()[:16]
+        self.executor: Executor = executor or LocalExecutor(config.containment, scope)
         self.tracked: dict[int, Tracked] = {}
         self.stopping = False
         self.selector = selectors.DefaultSelector()
@@ -199,6 +202,9 @@ class Daemon:
             handle = Handle(job.launch_token or "", run_dir, job.pid, job.pid_start)
             self._track(job.id, handle, holding, deadline)
         self._next_poll = 0.0  # look at every adopted job at once: some may have ended
+        if isinstance(self.executor, LocalExecutor) and self.executor.cgroup_root is not None:
+            keep = {t.handle.token for t in self.tracked.values()}
+            remove_empty_cgroups(self.executor.cgroup_root, keep)
 
     def _track(
         self, job_id: int, handle: Handle, holding: scheduler.Holding, deadline: float | None

@@ -24,12 +24,13 @@ _FULL_DISK_RETRY_S = 1.0
 
 class LocalExecutor:
     """Runs jobs on this machine. `containment`: "auto" | "cgroup" | "subreaper" (see
-    `containment.cgroup_base`). Must be used from a single-threaded process: `start` forks."""
+    `containment.cgroup_base`); `scope` names this home's folder of job cgroups. Must be used
+    from a single-threaded process: `start` forks."""
 
     name = "local"
 
-    def __init__(self, containment: str = "auto"):
-        self.cgroup_root, self.containment = cg.cgroup_base(containment)
+    def __init__(self, containment: str = "auto", scope: str = "default"):
+        self.cgroup_root, self.containment = cg.cgroup_base(containment, scope)
 
     def describe(self) -> str:
         return f"local executor, containment: {self.containment}"
@@ -242,19 +243,23 @@ def _start_failed(launch: Launch, message: str) -> None:
         os._exit(127)
 
 
+_reaped: dict[int, int] = {}  # the main process's wait status, once collected
+_main_child: list[int] = [-1]
+
+
 def _reap(child: int) -> int | None:
     """Collect every finished child (orphans re-parented to us included); the main child's
-    wait status if it was among them."""
-    found = None
+    wait status once it has been collected (now or earlier)."""
     while True:
         try:
             pid, wait_status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return found
+            break
         if pid == 0:
-            return found
-        if pid == child:
-            found = wait_status
+            break
+        if pid == _main_child[0]:
+            _reaped[pid] = wait_status
+    return _reaped.get(child)
 
 
 def _read_cancel_grace(run_dir: Path, default: float) -> float:
@@ -289,6 +294,7 @@ def _wrapper_main(launch: Launch, cgroup_dir: Path | None) -> int:
     if child == 0:
         os.close(read_fd)
         _exec_job(launch, cgroup_dir, write_fd)
+    _main_child[0] = child
     os.close(write_fd)
 
     def job_pids() -> list[int]:
@@ -385,7 +391,7 @@ def _kill_all(cgroup_dir: Path | None, job_pids: Callable[[], list[int]]) -> Non
     cg.signal_each(job_pids(), signal.SIGKILL)
     deadline = time.monotonic() + 2.0
     while time.monotonic() < deadline:
-        _reap(-1)
+        _reap(_main_child[0])
         if not job_pids():
             return
         time.sleep(0.01)
