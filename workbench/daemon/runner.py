@@ -89,16 +89,20 @@ def write_json_atomic(path: Path, value: dict[str, Any]) -> None:
         raise
 
 
-def write_exit(run_dir: Path, status: ExitStatus) -> None:
-    """Record how the job ended (atomically; raises OSError if it cannot be written)."""
-    write_json_atomic(run_dir / EXIT_FILE, status.to_json())
+def write_exit(run_dir: Path, status: ExitStatus, token: str) -> None:
+    """Record how the attempt with launch `token` ended (atomically; raises OSError if it cannot
+    be written)."""
+    write_json_atomic(run_dir / EXIT_FILE, {**status.to_json(), "token": token})
 
 
-def read_exit(run_dir: Path) -> ExitStatus | None:
-    """The status the wrapper recorded, or None if it never did (it was killed or is running)."""
+def read_exit(run_dir: Path, token: str | None = None) -> ExitStatus | None:
+    """The status the wrapper recorded, or None if it never did (it was killed or is running).
+    With `token`, a record left by another attempt counts as none."""
     try:
         data = json.loads((run_dir / EXIT_FILE).read_text())
     except (OSError, ValueError):
+        return None
+    if token is not None and data.get("token") not in (None, token):
         return None
     return ExitStatus(
         data.get("exit_code"),
@@ -144,15 +148,27 @@ def read_failure(run_dir: Path) -> str | None:
     return text[:500] or None
 
 
+def _boot_time() -> float:
+    if not _BOOT_TIME:
+        _BOOT_TIME.append(psutil.boot_time())
+    return _BOOT_TIME[0]
+
+
+_BOOT_TIME: list[float] = []
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
 def process_start_time(pid: int) -> float | None:
-    """Start time of a live process (seconds since the epoch), None if it is gone or a zombie."""
+    """Start time of a live process (seconds since the epoch, to 1/100 s: the kernel's clock
+    ticks, as psutil computes it), None if it is gone or a zombie. Reads /proc/<pid>/stat."""
     try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return float(proc.create_time())
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
         return None
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return round(_boot_time() + int(fields[19]) / _CLOCK_TICKS, 2)
 
 
 def same_process(pid: int, start_time: float | None) -> bool:

@@ -27,7 +27,7 @@ from workbench.daemon.executors import Ended, Executor, Handle, Launch, LaunchEr
 from workbench.daemon.executors.containment import remove_empty_cgroups
 from workbench.daemon.executors.local import LocalExecutor
 from workbench.db import scheduling as db
-from workbench.db.store import Job, Store
+from workbench.db.store import Job, Store, StoreError
 from workbench.jobmodel.states import LIVE, Event, JobState
 from workbench.paths import Home
 from workbench.queue import scheduler
@@ -43,6 +43,7 @@ DEBUG_LAUNCH_DELAY_ENV = (
 _RETRY_S = 1.0  # how soon a write that failed (disk full, busy) is tried again
 _STOP_BACKSTOP_S = 5.0  # after the kill grace, the daemon itself kills what a cancel left
 _CREDENTIALS = struct.Struct("iII")  # struct ucred: pid, uid, gid
+_WRITE_ERRORS = (sqlite3.Error, OSError, StoreError)  # a write that may work when retried
 
 
 class DaemonError(RuntimeError):
@@ -71,8 +72,8 @@ class Daemon:
     def __init__(self, home: Home, config: Config, executor: Executor | None = None):
         self.home = home
         self.config = config
-        scope = hashlib.sha1(str(home.root).encode()).hexdigest()[:16]
-        self.executor: Executor = executor or LocalExecutor(config.containment, scope)
+        self._given_executor = executor
+        self.executor: Executor = executor or LocalExecutor("subreaper")  # replaced in start()
         self.tracked: dict[int, Tracked] = {}
         self.stopping = False
         self.selector = selectors.DefaultSelector()
@@ -141,10 +142,13 @@ class Daemon:
     def start(self) -> None:
         self.home.ensure()
         self._take_lock()
+        if self._given_executor is None:
+            scope = hashlib.sha1(str(self.home.root).encode()).hexdigest()[:16]
+            self.executor = LocalExecutor(self.config.containment, scope, (self._lock_fd,))
         self.store = Store.open(self.home.state_db, check=True)
         try:
             self.store.backup_to(self.home.state_db.with_name("state.db.bak"))
-        except (OSError, sqlite3.Error) as error:
+        except _WRITE_ERRORS as error:
             self.log(f"could not back up the state file ({error}); going on without a backup")
         db.ensure_indexes(self.store)
         self.gpus = Gpus.open()
@@ -239,30 +243,37 @@ class Daemon:
                 self._unwatch(tracked)
 
     def _record_endings(self) -> None:
-        """Record every collected end; a write that fails (disk full, a long lock) is retried on
-        the next step, and the job stays tracked (its resources held) until it is recorded."""
-        for tracked in [t for t in self.tracked.values() if t.ended is not None]:
-            try:
-                self._settle(tracked)
-            except (sqlite3.Error, OSError) as error:
-                self.log(f"job {tracked.job_id}: could not record its end yet ({error}); retrying")
-                continue
+        """Record every collected end in one transaction; if the write fails (disk full, a long
+        lock) it is retried on the next step, and the jobs stay tracked (their resources held)
+        until it commits: an outcome is never dropped."""
+        done = [t for t in self.tracked.values() if t.ended is not None]
+        if not done:
+            return
+        try:
+            jobs = db.jobs_by_id(self.store, [t.job_id for t in done])
+            changes = [c for t in done if t.job_id in jobs for c in self._settle(t, jobs[t.job_id])]
+            db.apply_many(self.store, changes)
+        except _WRITE_ERRORS as error:
+            self.log(f"could not record the end of {len(done)} job(s) yet ({error}); retrying")
+            return
+        for tracked in done:
             del self.tracked[tracked.job_id]
-            self._dirty = True  # its resources are free
+        self._dirty = True  # their resources are free
 
-    def _settle(self, tracked: Tracked) -> None:
-        """Record how an attempt ended, and queue it again if it has retries left."""
+    def _settle(self, tracked: Tracked, job: Job) -> list[db.Change]:
+        """How to record an attempt's end: the state changes, including the next attempt's
+        queueing when it has retries left."""
         ended = tracked.ended
         assert ended is not None
-        job = self.store.find(tracked.job_id)
-        if job is None:
-            return  # removed meanwhile
         status = ended.status
         fields = {"exit_code": status.code, "ended_at": status.ended_at or time.time()}
-        live = list(LIVE)
+        live = tuple(LIVE)
+
+        def change(event: Event, reason: str) -> db.Change:
+            return db.Change(job.id, event, reason, live, fields)
+
         if ended.lost is not None:
-            self.store.transition(job.id, Event.LOST, ended.lost, only_from=live, **fields)
-            return
+            return [change(Event.LOST, ended.lost)]
         failure = runner.read_failure(tracked.handle.run_dir)
         leftovers = ""
         if status.leftovers:
@@ -271,28 +282,21 @@ class Daemon:
             leftovers = f"; {status.leftovers} leftover process{plural} {verb}"
         if job.intent == "cancel" and not tracked.timed_out:
             reason = f"cancelled ({status.describe()})" + (f": {failure}" if failure else "")
-            self.store.transition(job.id, Event.CANCEL, reason, only_from=live, **fields)
-        elif tracked.timed_out:
-            limit = format_duration(job.time_limit)
-            self.store.transition(
-                job.id,
-                Event.EXIT_FAILED,
-                f"time limit of {limit} exceeded",
-                only_from=live,
-                **fields,
-            )
-        elif status.ok:
-            self.store.transition(
-                job.id, Event.EXIT_OK, status.describe() + leftovers, only_from=live, **fields
-            )
-        else:
-            reason = f"{status.describe()}: {failure}" if failure else status.describe()
-            reason += leftovers
-            if job.attempt <= job.retries:
-                retry = f"automatic retry {job.attempt}/{job.retries} after it {status.describe()}"
-                self.store.fail_and_requeue(job.id, reason, retry, only_from=live, **fields)
-            else:
-                self.store.transition(job.id, Event.EXIT_FAILED, reason, only_from=live, **fields)
+            return [change(Event.CANCEL, reason)]
+        if tracked.timed_out:
+            return [
+                change(
+                    Event.EXIT_FAILED, f"time limit of {format_duration(job.time_limit)} exceeded"
+                )
+            ]
+        if status.ok:
+            return [change(Event.EXIT_OK, status.describe() + leftovers)]
+        reason = (f"{status.describe()}: {failure}" if failure else status.describe()) + leftovers
+        if job.attempt <= job.retries:
+            retry = f"automatic retry {job.attempt}/{job.retries} after it {status.describe()}"
+            requeue = db.Change(job.id, Event.REQUEUE, retry, (JobState.FAILED,))
+            return [change(Event.EXIT_FAILED, reason), requeue]
+        return [change(Event.EXIT_FAILED, reason)]
 
     @staticmethod
     def _keeps_leftovers(job: Job) -> bool:
@@ -373,7 +377,7 @@ class Daemon:
         owners = {t.handle.pid: t.job_id for t in self.tracked.values() if t.handle.pid}
         try:
             tick = self.sampler.tick(owners)
-        except (sqlite3.Error, OSError) as error:
+        except _WRITE_ERRORS as error:
             self.log(f"telemetry sample skipped ({error})")
             return
         self.gpu_slots = gpu_slots(tick.gpus, set(tick.owners))
@@ -439,14 +443,11 @@ class Daemon:
             for j in batch
         ]
         by_id = {j.id: j for j in batch}
-        started = 0
+        starts: list[tuple[db.QueuedJob, tuple[int, ...]]] = []
         for decision in scheduler.plan(wants, holding, dep_states, resources, settings):
             job = by_id[decision.job_id]
             if isinstance(decision, scheduler.Start):
-                if self._launch(job, decision.gpu_indices):
-                    started += 1
-                if time.monotonic() < self._launch_paused_until:
-                    break
+                starts.append((job, decision.gpu_indices))
             elif isinstance(decision, scheduler.Wait):
                 if job.reason != decision.reason:
                     reasons.append((job.id, decision.reason))
@@ -458,34 +459,92 @@ class Daemon:
                 self.store.transition(
                     job.id, Event.REFUSE, decision.reason, only_from=[JobState.QUEUED]
                 )
-        return started
+        return self._launch_many(starts)
 
-    def _launch(self, queued: db.QueuedJob, gpu_indices: tuple[int, ...]) -> bool:
-        """Mark the job `starting` with a fresh launch token, then hand it to the executor, then
-        record the handle. A daemon that dies anywhere in between leaves the token, by which the
-        next daemon finds the attempt (or knows it never began)."""
+    def _launch_many(self, starts: list[tuple[db.QueuedJob, tuple[int, ...]]]) -> int:
+        """Start jobs in three steps, each one transaction for all of them: mark them `starting`
+        with fresh launch tokens; hand each to the executor; record the handles (`running`).
+        A daemon that dies anywhere in between leaves the tokens, by which the next daemon finds
+        each attempt (or knows it never began): no job runs twice."""
+        if not starts:
+            return 0
         now = time.time()
-        token = uuid.uuid4().hex
-        if (
-            self.store.transition(
-                queued.id,
-                Event.START,
-                "starting",
-                only_from=[JobState.QUEUED],
-                started_at=now,
-                granted_gpus=list(gpu_indices),
-                launch_token=token,
+        tokens = {job.id: uuid.uuid4().hex for job, _ in starts}
+        marked = db.apply_many(
+            self.store,
+            [
+                db.Change(
+                    job.id,
+                    Event.START,
+                    "starting",
+                    (JobState.QUEUED,),
+                    {"started_at": now, "granted_gpus": list(gpus), "launch_token": tokens[job.id]},
+                )
+                for job, gpus in starts
+            ],
+        )
+        chosen = [
+            (job, gpus)
+            for (job, gpus), state in zip(starts, marked, strict=True)
+            if state is not None
+        ]
+        rows = db.jobs_by_id(self.store, [job.id for job, _ in chosen])
+        outcomes: list[db.Change] = []
+        launched: list[Tracked] = []
+        for queued, gpus in chosen:
+            job = rows.get(queued.id)
+            if job is None:
+                continue
+            try:
+                handle = self.executor.start(
+                    self._launch_spec(job, queued, gpus, tokens[job.id], now)
+                )
+            except LaunchError as error:
+                outcomes.append(
+                    db.Change(
+                        job.id,
+                        Event.EXIT_FAILED,
+                        str(error),
+                        (JobState.STARTING,),
+                        {"exit_code": 127},
+                    )
+                )
+                continue
+            except OSError as error:  # no fork, no run folder: try again a little later
+                self.log(f"job {job.id}: could not start ({error}); queued again")
+                self._launch_paused_until = time.monotonic() + _RETRY_S
+                reason = f"could not start ({error.strerror}); queued again"
+                outcomes.append(db.Change(job.id, Event.REQUEUE, reason, (JobState.STARTING,)))
+                break
+            holding = scheduler.Holding(
+                job.id, queued.group, gpus, queued.gpus, queued.gpu_mem, queued.cpus, queued.mem
             )
-            is None
-        ):
-            return False  # cancelled or held by a client in the meantime
-        job = self.store.get(queued.id)
+            deadline = now + job.time_limit if job.time_limit else None
+            tracked = self._track(job.id, handle, holding, deadline)
+            tracked.launch_committed = False
+            launched.append(tracked)
+        if self._debug_launch_delay_s:
+            time.sleep(self._debug_launch_delay_s)
+        for tracked in launched:
+            outcomes.append(self._launched_change(tracked))
+        try:
+            db.apply_many(self.store, outcomes)
+        except _WRITE_ERRORS as error:
+            self.log(f"could not record {len(outcomes)} start(s) yet ({error}); retrying")
+            return len(launched)
+        for tracked in launched:
+            tracked.launch_committed = True
+        return len(launched)
+
+    def _launch_spec(
+        self, job: Job, queued: db.QueuedJob, gpus: tuple[int, ...], token: str, now: float
+    ) -> Launch:
         run_dir = self.home.run_dir(job.id)
         env = dict(job.env)
         env.update(
             {
                 "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
-                "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in gpu_indices),
+                "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in gpus),
                 "PYTHONUNBUFFERED": "1",
                 "WORKBENCH_HOME": str(self.home.root),
                 "WORKBENCH_JOB_ID": str(job.id),
@@ -500,7 +559,7 @@ class Daemon:
         if job.attempt > 1:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
             header = f"attempt {job.attempt} of {job.retries + 1} started {stamp}"
-        launch = Launch(
+        return Launch(
             job_id=job.id,
             token=token,
             argv=job_argv(job, sys.executable),
@@ -512,48 +571,29 @@ class Daemon:
             header=header,
             keep_leftovers=self._keeps_leftovers(job),
         )
-        try:
-            handle = self.executor.start(launch)
-        except LaunchError as error:
-            self.store.transition(
-                job.id, Event.EXIT_FAILED, str(error), only_from=[JobState.STARTING], exit_code=127
-            )
-            return False
-        except OSError as error:  # no fork, no run folder (disk full): try again a little later
-            self.log(f"job {job.id}: could not start ({error}); queued again")
-            self._launch_paused_until = time.monotonic() + _RETRY_S
-            self.store.transition(
-                job.id,
-                Event.REQUEUE,
-                f"could not start ({error.strerror}); queued again",
-                only_from=[JobState.STARTING],
-            )
-            return False
-        holding = scheduler.Holding(
-            job.id, queued.group, gpu_indices, queued.gpus, queued.gpu_mem, queued.cpus, queued.mem
-        )
-        deadline = now + job.time_limit if job.time_limit else None
-        tracked = self._track(job.id, handle, holding, deadline)
-        tracked.launch_committed = False
-        if self._debug_launch_delay_s:
-            time.sleep(self._debug_launch_delay_s)
-        self._commit_launch(tracked)
-        return True
 
-    def _commit_launch(self, tracked: Tracked) -> None:
-        """Record the wrapper's pid (starting -> running); retried if the write fails."""
+    @staticmethod
+    def _launched_change(tracked: Tracked) -> db.Change:
+        return db.Change(
+            tracked.job_id,
+            Event.LAUNCHED,
+            "started",
+            (JobState.STARTING,),
+            {"pid": tracked.handle.pid, "pid_start": tracked.handle.start_time},
+        )
+
+    def _commit_launches(self) -> None:
+        """Record starts whose first write failed (starting -> running), all in one go."""
+        pending = [t for t in self.tracked.values() if not t.launch_committed]
+        if not pending:
+            return
         try:
-            self.store.transition(
-                tracked.job_id,
-                Event.LAUNCHED,
-                "started",
-                only_from=[JobState.STARTING],
-                pid=tracked.handle.pid,
-                pid_start=tracked.handle.start_time,
-            )
+            db.apply_many(self.store, [self._launched_change(t) for t in pending])
+        except _WRITE_ERRORS as error:
+            self.log(f"could not record {len(pending)} start(s) yet ({error}); retrying")
+            return
+        for tracked in pending:
             tracked.launch_committed = True
-        except (sqlite3.Error, OSError) as error:
-            self.log(f"job {tracked.job_id}: could not record its start yet ({error}); retrying")
 
     # ---- the loop ----------------------------------------------------------------------
 
@@ -618,9 +658,7 @@ class Daemon:
             self._next_poll = time.monotonic() + 5.0
         if exited:
             self._collect(exited)
-        for tracked in self.tracked.values():
-            if not tracked.launch_committed:
-                self._commit_launch(tracked)
+        self._commit_launches()
         self._record_endings()
         if time.monotonic() >= self._next_sample:
             self._sample()
@@ -674,6 +712,7 @@ class Daemon:
                 pass
         if self.gpus is not None:
             self.gpus.close()
+        self.executor.close()
         self.store.close()
         if self._lock_fd >= 0:
             os.ftruncate(self._lock_fd, 0)

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from workbench.db.store import Store
+from workbench.db.store import Job, Store
+from workbench.jobmodel.states import Event, JobState
 
 # Additive indexes for the daemon's queries (idempotent; created when the daemon starts):
 # the queue in scheduling order, and the few jobs with a pending intent.
@@ -94,11 +96,13 @@ def queue_head(store: Store, after: tuple[int, int] | None, limit: int) -> list[
 
 def queued_with_deps(store: Store, limit: int = 10000) -> list[QueuedJob]:
     """Queued jobs that wait on other jobs (so a failed dependency blocks them wherever they
-    are in the queue)."""
+    are in the queue). Driven from the dependency table: cost is the number of dependencies,
+    not the length of the queue."""
     conn = store.conn
+    columns = ", ".join(f"j.{c.strip()}" for c in _QUEUED_COLUMNS.split(","))
     rows = conn.execute(
-        f"SELECT {_QUEUED_COLUMNS} FROM jobs WHERE state='queued'"
-        " AND id IN (SELECT job_id FROM job_deps) ORDER BY id LIMIT ?",
+        f"SELECT {columns} FROM (SELECT DISTINCT job_id FROM job_deps) d"
+        " CROSS JOIN jobs j ON j.id = d.job_id WHERE j.state='queued' ORDER BY j.id LIMIT ?",
         (limit,),
     ).fetchall()
     return _queued(conn, rows)
@@ -190,3 +194,39 @@ def set_reasons(store: Store, reasons: Iterable[tuple[int, str | None]]) -> None
         conn.executemany(
             "UPDATE jobs SET reason=? WHERE id=? AND state='queued' AND reason IS NOT ?", pairs
         )
+
+
+@dataclass(frozen=True)
+class Change:
+    """One state change for `apply_many`: `event` for `job_id` if it is in `only_from`."""
+
+    job_id: int
+    event: Event
+    reason: str | None
+    only_from: tuple[JobState, ...]
+    columns: dict[str, Any] = field(default_factory=dict)
+
+
+def apply_many(store: Store, changes: Sequence[Change]) -> list[JobState | None]:
+    """Apply several state changes through the transition table in one transaction (all or
+    none): the new state of each, or None where the job was gone or no longer in `only_from`.
+    Raises StoreFull/StoreError when the write fails, IllegalTransition as `Store.transition`."""
+    if not changes:
+        return []
+    now = time.time()
+    with store.transaction() as conn:
+        return [
+            store._apply(conn, c.job_id, c.event, c.reason, now, c.only_from, dict(c.columns))
+            for c in changes
+        ]
+
+
+def jobs_by_id(store: Store, ids: Sequence[int]) -> dict[int, Job]:
+    """Full job rows (environment included) for these ids, in batches of 500."""
+    out: dict[int, Job] = {}
+    for start in range(0, len(ids), 500):
+        chunk = list(ids[start : start + 500])
+        marks = ",".join("?" * len(chunk))
+        for job in store._jobs_where(f"WHERE id IN ({marks})", chunk):
+            out[job.id] = job
+    return out

@@ -124,3 +124,8 @@ class Executor(Protocol):
     def describe(self) -> str:
         """One line for `daemon status`: the executor and how it contains jobs."""
         ...
+
+    def close(self) -> None:
+        """Release what the executor holds (local: its launcher process) when the daemon stops.
+        Running jobs are not affected."""
+        ...

@@ -4,10 +4,13 @@ ends the job when its main process exits (stopping leftovers), and records how i
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import selectors
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +18,7 @@ from pathlib import Path
 from workbench.daemon import runner
 from workbench.daemon.executors import Ended, Handle, Launch, LaunchError
 from workbench.daemon.executors import containment as cg
+from workbench.daemon.executors.launcher import read_frame, write_frame
 from workbench.daemon.logs import RotatingLog
 
 CANCEL_FILE = "cancel"  # the grace in seconds for a cancel the daemon asked for (SIGUSR1)
@@ -29,8 +33,14 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, containment: str = "auto", scope: str = "default"):
+    def __init__(
+        self, containment: str = "auto", scope: str = "default", hold_fds: tuple[int, ...] = ()
+    ):
+        """`hold_fds`: descriptors (the daemon's lock) the launcher and each wrapper keep open
+        until the wrapper has recorded itself, so whoever next takes the lock finds it."""
         self.cgroup_root, self.containment = cg.cgroup_base(containment, scope)
+        self.hold_fds = hold_fds
+        self._launcher: subprocess.Popen[bytes] | None = None
 
     def describe(self) -> str:
         return f"local executor, containment: {self.containment}"
@@ -41,41 +51,62 @@ class LocalExecutor:
     # ---- start and find ------------------------------------------------------------------
 
     def start(self, launch: Launch) -> Handle:
-        """Fork the wrapper. The wrapper records itself (`wrapper.json`, with the token) before it
-        lets go of anything it inherited from the daemon (the daemon's lock among them), so once a
-        new daemon holds the lock, every wrapper of the old one has its record (see `find`)."""
+        """Fork the job's wrapper from the launcher process (started on first use). The wrapper
+        records itself (`wrapper.json`, with the token) before it lets go of the descriptors in
+        `hold_fds`, so once a new daemon holds the lock, every wrapper has its record (`find`).
+        Raises LaunchError (missing working directory), OSError (no process could be made)."""
         if not os.path.isdir(launch.cwd):
             raise LaunchError(f"working directory {launch.cwd} does not exist")
-        run_dir = launch.run_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in (runner.EXIT_FILE, runner.FAILURE_FILE, runner.WRAPPER_FILE, CANCEL_FILE):
+        request = (launch, self._cgroup(launch.token))
+        for attempt in (1, 2):
+            launcher = self._launcher_process()
+            if launcher is None:
+                pid, start_time = fork_wrapper(*request)
+                return Handle(launch.token, launch.run_dir, pid, start_time)
+            assert launcher.stdin is not None and launcher.stdout is not None
             try:
-                (run_dir / stale).unlink()
-            except FileNotFoundError:
-                pass
-        cgroup_dir = self._cgroup(launch.token)
-        if cgroup_dir is not None:
-            try:
-                cgroup_dir.mkdir()
+                write_frame(launcher.stdin.fileno(), request)
+                reply = read_frame(launcher.stdout.fileno())
             except OSError:
-                cgroup_dir = None
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                start_time = runner.process_start_time(os.getpid())
-                runner.write_wrapper(
-                    run_dir, runner.WrapperRecord(launch.token, os.getpid(), start_time)
-                )
-                os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-                code = _wrapper_main(launch, cgroup_dir)
-            except BaseException:
-                import traceback
+                reply = None
+            if reply is None:  # the launcher died: start another once
+                self.close()
+                if attempt == 2:
+                    raise OSError(errno.EAGAIN, "the job launcher is not running")
+                continue
+            if reply[0] != "ok":
+                raise OSError(errno.EAGAIN, str(reply[1]))
+            return Handle(launch.token, launch.run_dir, int(reply[1]), reply[2])
+        raise AssertionError("unreachable")
 
-                traceback.print_exc()  # to the daemon's log: the wrapper itself failed
-            finally:
-                os._exit(code)
-        return Handle(launch.token, run_dir, pid, runner.process_start_time(pid))
+    def _launcher_process(self) -> subprocess.Popen[bytes] | None:
+        if self._launcher is not None and self._launcher.poll() is None:
+            return self._launcher
+        try:
+            self._launcher = subprocess.Popen(
+                [sys.executable, "-m", "workbench.daemon.executors.launcher"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                pass_fds=self.hold_fds,
+                env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+            )
+        except OSError:
+            self._launcher = None
+        return self._launcher
+
+    def close(self) -> None:
+        """Stop the launcher (running jobs are not affected)."""
+        launcher, self._launcher = self._launcher, None
+        if launcher is None:
+            return
+        for stream in (launcher.stdin, launcher.stdout):
+            if stream is not None:
+                stream.close()
+        try:
+            launcher.wait(5)
+        except subprocess.TimeoutExpired:
+            launcher.kill()
+            launcher.wait()
 
     def find(self, token: str, run_dir: Path) -> Handle | None:
         record = runner.read_wrapper(run_dir)
@@ -117,7 +148,7 @@ class LocalExecutor:
             over, wait_status = self._wrapper_over(handle)
             if not over:
                 continue
-            status = runner.read_exit(handle.run_dir)
+            status = runner.read_exit(handle.run_dir, handle.token)
             if status is not None:
                 self._cleanup(handle)
                 ended.append(Ended(handle, status))
@@ -194,6 +225,60 @@ class LocalExecutor:
 
 # ---- the wrapper (runs in the forked child) ------------------------------------------------
 
+
+def fork_wrapper(launch: Launch, cgroup_dir: Path | None) -> tuple[int, float | None]:
+    """Fork the wrapper of one attempt; returns its pid and start time. The caller must be
+    single-threaded. The wrapper first records itself, then closes every inherited descriptor
+    but stderr (where its own errors go), then runs `_wrapper_main`. SIGUSR1 (cancel) stays
+    blocked until the wrapper's handler is in place: an early cancel waits, it does not kill."""
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    try:
+        pid = os.fork()
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        raise
+    if pid != 0:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    else:
+        code = 1
+        try:
+            cgroup_dir = _prepare(launch, cgroup_dir)
+            start_time = runner.process_start_time(os.getpid())
+            record = runner.WrapperRecord(launch.token, os.getpid(), start_time)
+            runner.write_wrapper(launch.run_dir, record)
+            devnull = os.open(os.devnull, os.O_RDWR)
+            os.dup2(devnull, 0)
+            os.dup2(devnull, 1)
+            os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+            code = _wrapper_main(launch, cgroup_dir)
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()  # to the daemon's log: the wrapper itself failed
+        finally:
+            os._exit(code)
+    return pid, runner.process_start_time(pid)
+
+
+def _prepare(launch: Launch, cgroup_dir: Path | None) -> Path | None:
+    """In the wrapper, before it records itself: the run folder without an earlier attempt's
+    records, and the job's cgroup (None if it cannot be made)."""
+    launch.run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (runner.EXIT_FILE, runner.FAILURE_FILE, CANCEL_FILE):
+        try:
+            (launch.run_dir / stale).unlink()
+        except FileNotFoundError:
+            pass
+    if cgroup_dir is not None:
+        try:
+            cgroup_dir.mkdir()
+        except FileExistsError:
+            pass
+        except OSError:
+            return None
+    return cgroup_dir
+
+
 _cancel_requested: list[bool] = [False]
 
 
@@ -213,6 +298,7 @@ def _exec_job(launch: Launch, cgroup_dir: Path | None, write_fd: int) -> None:
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGUSR1, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())  # exec keeps the mask: clear it
         if cgroup_dir is not None:
             try:
                 (cgroup_dir / "cgroup.procs").write_text(str(os.getpid()))
@@ -285,6 +371,7 @@ def _wrapper_main(launch: Launch, cgroup_dir: Path | None) -> int:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGUSR1, _on_cancel)
     signal.signal(signal.SIGCHLD, _ignore)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})  # a cancel sent early lands now
 
     log = RotatingLog(launch.run_dir / runner.LOG_FILE, launch.log_cap_bytes)
     if launch.header:
@@ -375,7 +462,7 @@ def _wrapper_main(launch: Launch, cgroup_dir: Path | None) -> int:
     )
     while True:  # a full disk must not lose the outcome: retry until it can be written
         try:
-            runner.write_exit(launch.run_dir, status)
+            runner.write_exit(launch.run_dir, status, launch.token)
             break
         except OSError:
             time.sleep(_FULL_DISK_RETRY_S)
