@@ -3,12 +3,12 @@ bounded tails whatever the line endings, and `workbench logs -f/-n` end to end."
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
+import pytest
 from conftest import wait_state, workbench
 
 from workbench.daemon.client import Client
@@ -17,28 +17,28 @@ from workbench.paths import Home
 from workbench.queue.requests import build_request
 
 
-def test_follower_streams_every_byte_once_across_rotations(tmp_path: Path) -> None:
+@pytest.mark.parametrize("most_lines_between_reads", [40, 150])
+def test_follower_streams_every_byte_once_across_rotations(
+    tmp_path: Path, most_lines_between_reads: int
+) -> None:
+    """Reads interleaved with writes at random points; with 150 lines (more than one 4 KiB
+    generation) between two reads, the follower also has to pick up a generation it never had
+    open."""
     path = tmp_path / "log"
     log = RotatingLog(path, 8192)
     follower = LogFollower(path, start=0)
     lines = [f"line {i:05d} {'x' * (i % 70)}\n".encode() for i in range(5000)]
-    done = threading.Event()
-
-    def write() -> None:
-        for number, line in enumerate(lines):
-            log.write(line)
-            if number % 20 == 0:
-                time.sleep(0.001)  # a reader polls at least once per generation
-        done.set()
-
-    writer = threading.Thread(target=write)
-    writer.start()
+    chooser = random.Random(7)
     received = bytearray()
-    while not done.is_set():
+    position = 0
+    while position < len(lines):
+        batch = chooser.randint(1, most_lines_between_reads)
+        for line in lines[position : position + batch]:
+            log.write(line)
+        position += batch
         received += follower.read()
-    writer.join()
-    received += follower.read()
     log.close()
+    received += follower.read()
     follower.close()
     assert rotated(path).exists()  # it did rotate, many times
     assert bytes(received) == b"".join(lines)

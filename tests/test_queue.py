@@ -323,7 +323,7 @@ def test_job_whose_process_vanished_is_failed_with_a_reason(client: Client, home
     job = wait_state(client, job_id, "running")
     os.kill(lock_holder(home) or 0, signal.SIGKILL)
     wait_for(lambda: not lock_holder(home), what="the daemon to die")
-    os.killpg(job.pid, signal.SIGKILL)  # wrapper and job die together: no exit status recorded
+    os.kill(job.pid, signal.SIGKILL)  # the wrapper dies: no exit status recorded
     wait_for(
         lambda: not psutil.pid_exists(job.pid) or psutil.Process(job.pid).status() == "zombie",
         what="gone",
@@ -331,6 +331,7 @@ def test_job_whose_process_vanished_is_failed_with_a_reason(client: Client, home
     ensure_daemon(home)
     failed = wait_state(client, job_id, "failed")
     assert failed.reason is not None and failed.reason.startswith("lost:")
+    assert "1 remaining process of the job stopped" in failed.reason  # the orphaned sleep
 
 
 def test_truncated_state_file_is_refused_not_reset(client: Client, home: Home) -> None:

@@ -290,43 +290,69 @@ def _ignore(signum: int, frame: object) -> None:
     pass
 
 
-def _exec_job(launch: Launch, cgroup_dir: Path | None, write_fd: int) -> None:
-    """In the job's process: join the cgroup, wire the output, enter the working directory,
-    exec. Never returns; a failure to start is written to the log and `failure` (exit 127)."""
-    try:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGXFSZ):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, set())  # exec keeps the mask: clear it
-        if cgroup_dir is not None:
-            try:
-                (cgroup_dir / "cgroup.procs").write_text(str(os.getpid()))
-            except OSError:
-                pass  # the wrapper also tracks its descendants
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
-        os.dup2(write_fd, 1)
-        os.dup2(write_fd, 2)
-        try:
-            os.chdir(launch.cwd)
-        except OSError as error:
-            _start_failed(launch, f"working directory {launch.cwd}: {error.strerror}")
-        env = {**launch.env, runner.TOKEN_ENV: launch.token}
-        try:
-            os.execvpe(launch.argv[0], launch.argv, env)
-        except OSError as error:
-            _start_failed(launch, f"cannot start {launch.argv[0]!r}: {error.strerror}")
-    except BaseException as error:
-        _start_failed(launch, f"cannot start {launch.argv[0]!r}: {error}")
+_DEFAULT_IN_JOB = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGPIPE,
+    signal.SIGXFSZ,
+    signal.SIGUSR1,
+    signal.SIGCHLD,
+)
 
 
-def _start_failed(launch: Launch, message: str) -> None:
+def _find_program(name: str, env: dict[str, str]) -> str | None:
+    """`name` as exec would find it with the job's own PATH (not the wrapper's)."""
+    if "/" in name:
+        return name
+    for folder in env.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(folder or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def _spawn_job(launch: Launch, write_fd: int, log: RotatingLog) -> int | None:
+    """Start the job's main process in its own session (posix_spawn: no copy of the wrapper's
+    memory), in the working directory, with stdin from /dev/null and stdout and stderr into the
+    log pipe, and default signal handling. Returns its pid, or None when it cannot start (the
+    reason is written to the log and to `failure`)."""
     try:
-        os.write(2, f"[workbench] {message}\n".encode(errors="replace"))
+        os.chdir(launch.cwd)  # the job inherits the wrapper's working directory
+    except OSError as error:
+        _start_failed(launch, log, f"working directory {launch.cwd}: {error.strerror}")
+        return None
+    env = {**launch.env, runner.TOKEN_ENV: launch.token}
+    program = _find_program(launch.argv[0], env)
+    if program is None:
+        _start_failed(launch, log, f"cannot start {launch.argv[0]!r}: command not found")
+        return None
+    try:
+        return os.posix_spawn(
+            program,
+            launch.argv,
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, write_fd, 1),
+                (os.POSIX_SPAWN_DUP2, write_fd, 2),
+            ],
+            setsid=True,
+            setsigmask=(),
+            setsigdef=_DEFAULT_IN_JOB,
+        )
+    except OSError as error:
+        _start_failed(launch, log, f"cannot start {launch.argv[0]!r}: {error.strerror}")
+        return None
+
+
+def _start_failed(launch: Launch, log: RotatingLog, message: str) -> None:
+    log.write(f"[workbench] {message}\n".encode(errors="replace"))
+    try:
         (launch.run_dir / runner.FAILURE_FILE).write_text(message)
-    finally:
-        os._exit(127)
+    except OSError:
+        pass
+    return None
 
 
 _reaped: dict[int, int] = {}  # the main process's wait status, once collected
@@ -357,8 +383,8 @@ def _read_cancel_grace(run_dir: Path, default: float) -> float:
 
 def _wrapper_main(launch: Launch, cgroup_dir: Path | None) -> int:
     """The wrapper: start the job, pump its output into the log, stop it on cancel (SIGUSR1),
-    end it when its main process exits, stop what it left behind, record the end."""
-    os.setsid()
+    end it when its main process exits, stop what it left behind, record the end. The job leads
+    its own session; the wrapper reaps (and so can find) every orphan the job leaves."""
     cg.set_child_subreaper()
     signal.set_wakeup_fd(-1)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -376,13 +402,22 @@ def _wrapper_main(launch: Launch, cgroup_dir: Path | None) -> int:
     log = RotatingLog(launch.run_dir / runner.LOG_FILE, launch.log_cap_bytes)
     if launch.header:
         log.write(f"[workbench] {launch.header}\n".encode())
+    origin = cg.own_cgroup()
+    if cgroup_dir is not None:
+        try:  # the wrapper joins first, so the job and everything it starts are inside
+            (cgroup_dir / "cgroup.procs").write_text(str(os.getpid()))
+        except OSError:
+            cgroup_dir = None  # its descendants are still found (subreaper)
     read_fd, write_fd = os.pipe()
-    child = os.fork()
-    if child == 0:
-        os.close(read_fd)
-        _exec_job(launch, cgroup_dir, write_fd)
-    _main_child[0] = child
+    child = _spawn_job(launch, write_fd, log)
     os.close(write_fd)
+    if child is None:
+        os.close(read_fd)
+        log.close()
+        _leave_cgroup(cgroup_dir, origin)
+        _record_end(launch, runner.ExitStatus(127, None, time.time()))
+        return 0
+    _main_child[0] = child
 
     def job_pids() -> list[int]:
         pids = set(cg.descendants(os.getpid()))
@@ -460,21 +495,39 @@ def _wrapper_main(launch: Launch, cgroup_dir: Path | None) -> int:
     status = runner.ExitStatus(
         ended.exit_code, ended.signal, ended.ended_at, cpu_s, peak, len(leftovers)
     )
-    while True:  # a full disk must not lose the outcome: retry until it can be written
-        try:
-            runner.write_exit(launch.run_dir, status, launch.token)
-            break
-        except OSError:
-            time.sleep(_FULL_DISK_RETRY_S)
-    if cgroup_dir is not None and not launch.keep_leftovers:
-        cg.remove_cgroup(cgroup_dir)
+    _leave_cgroup(cgroup_dir, origin, remove=not launch.keep_leftovers)
+    _record_end(launch, status)
     return 0
 
 
+def _record_end(launch: Launch, status: runner.ExitStatus) -> None:
+    """Write exit.json; a full disk must not lose the outcome: retry until it can be written
+    (the daemon sees the wrapper alive meanwhile)."""
+    while True:
+        try:
+            runner.write_exit(launch.run_dir, status, launch.token)
+            return
+        except OSError:
+            time.sleep(_FULL_DISK_RETRY_S)
+
+
+def _leave_cgroup(cgroup_dir: Path | None, origin: str | None, remove: bool = True) -> None:
+    """Move the wrapper back to the cgroup it came from and remove the job's (when empty)."""
+    if cgroup_dir is None or origin is None:
+        return
+    mount = cg.cgroup2_mount()
+    if mount is not None:
+        try:
+            (mount / origin.lstrip("/") / "cgroup.procs").write_text(str(os.getpid()))
+        except OSError:
+            return
+    if remove:
+        cg.remove_cgroup(cgroup_dir)
+
+
 def _kill_all(cgroup_dir: Path | None, job_pids: Callable[[], list[int]]) -> None:
-    """SIGKILL every process of the job, then collect them (bounded wait)."""
-    if cgroup_dir is not None:
-        cg.cgroup_kill(cgroup_dir)
+    """SIGKILL every process of the job (not the wrapper, which shares its cgroup), then
+    collect them (bounded wait)."""
     cg.signal_each(job_pids(), signal.SIGKILL)
     deadline = time.monotonic() + 2.0
     while time.monotonic() < deadline:
