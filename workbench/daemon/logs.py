@@ -19,9 +19,9 @@ def rotated(path: Path) -> Path:
 
 
 class RotatingLog:
-    """Appends a job's output to `path`; once the file holds `cap_bytes // 2`, it is renamed to
-    `log.1` (replacing the older one) and a new `log` begins, so the two hold at most about
-    `cap_bytes`. Writes never raise: output that cannot be written (ENOSPC, EFBIG, EIO) is counted
+    """Appends a job's output to `path`; when a write would take the file past `cap_bytes // 2`,
+    the file is first renamed to `log.1` (replacing the older one) and a new `log` begins, so the
+    two hold at most `cap_bytes` (plus one write larger than half of it). Writes never raise: output that cannot be written (ENOSPC, EFBIG, EIO) is counted
     and dropped, and a marker line saying how much was lost is written once writing works again.
     The job keeps running either way: its pipe is always drained."""
 
@@ -62,7 +62,7 @@ class RotatingLog:
                 self._open()
                 if self.fd < 0:
                     raise OSError(errno.EIO, self.drop_error)
-            if self.size >= self.file_cap:
+            if self.size and self.size + len(data) > self.file_cap:
                 self._rotate()
             if self.dropped_bytes:
                 marker = (

@@ -491,36 +491,31 @@ class Daemon:
         rows = db.jobs_by_id(self.store, [job.id for job, _ in chosen])
         outcomes: list[db.Change] = []
         launched: list[Tracked] = []
-        for queued, gpus in chosen:
-            job = rows.get(queued.id)
-            if job is None:
-                continue
-            try:
-                handle = self.executor.start(
-                    self._launch_spec(job, queued, gpus, tokens[job.id], now)
-                )
-            except LaunchError as error:
+        ready = [(queued, gpus, rows[queued.id]) for queued, gpus in chosen if queued.id in rows]
+        specs = [self._launch_spec(job, q, gpus, tokens[job.id], now) for q, gpus, job in ready]
+        for (queued, gpus, job), result in zip(ready, self.executor.start_many(specs), strict=True):
+            if isinstance(result, LaunchError):
                 outcomes.append(
                     db.Change(
                         job.id,
                         Event.EXIT_FAILED,
-                        str(error),
+                        str(result),
                         (JobState.STARTING,),
                         {"exit_code": 127},
                     )
                 )
                 continue
-            except OSError as error:  # no fork, no run folder: try again a little later
-                self.log(f"job {job.id}: could not start ({error}); queued again")
+            if isinstance(result, Exception):  # no process: try again a little later
+                self.log(f"job {job.id}: could not start ({result}); queued again")
                 self._launch_paused_until = time.monotonic() + _RETRY_S
-                reason = f"could not start ({error.strerror}); queued again"
+                reason = f"could not start ({result}); queued again"
                 outcomes.append(db.Change(job.id, Event.REQUEUE, reason, (JobState.STARTING,)))
-                break
+                continue
             holding = scheduler.Holding(
                 job.id, queued.group, gpus, queued.gpus, queued.gpu_mem, queued.cpus, queued.mem
             )
             deadline = now + job.time_limit if job.time_limit else None
-            tracked = self._track(job.id, handle, holding, deadline)
+            tracked = self._track(job.id, result, holding, deadline)
             tracked.launch_committed = False
             launched.append(tracked)
         if self._debug_launch_delay_s:

@@ -79,6 +79,11 @@ class Executor(Protocol):
         Raises LaunchError if it cannot start (the message is for the user)."""
         ...
 
+    def start_many(self, launches: list[Launch]) -> list[Handle | Exception]:
+        """`start` for several attempts at once (one round trip where the executor can): per
+        attempt its Handle, or the LaunchError / OSError `start` would have raised."""
+        ...
+
     def find(self, token: str, run_dir: Path) -> Handle | None:
         """The handle of an attempt started with `token` whose start was never recorded (the
         daemon died between `start` and committing the handle), or None if that attempt never

@@ -51,33 +51,73 @@ class LocalExecutor:
     # ---- start and find ------------------------------------------------------------------
 
     def start(self, launch: Launch) -> Handle:
-        """Fork the job's wrapper from the launcher process (started on first use). The wrapper
-        records itself (`wrapper.json`, with the token) before it lets go of the descriptors in
-        `hold_fds`, so once a new daemon holds the lock, every wrapper has its record (`find`).
-        Raises LaunchError (missing working directory), OSError (no process could be made)."""
-        if not os.path.isdir(launch.cwd):
-            raise LaunchError(f"working directory {launch.cwd} does not exist")
-        request = (launch, self._cgroup(launch.token))
-        for attempt in (1, 2):
-            launcher = self._launcher_process()
-            if launcher is None:
-                pid, start_time = fork_wrapper(*request)
-                return Handle(launch.token, launch.run_dir, pid, start_time)
-            assert launcher.stdin is not None and launcher.stdout is not None
-            try:
-                write_frame(launcher.stdin.fileno(), request)
+        """One attempt (see `start_many`)."""
+        result = self.start_many([launch])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def start_many(self, launches: list[Launch]) -> list[Handle | Exception]:
+        """Fork each attempt's wrapper from the launcher process (started on first use), all
+        requests sent before the replies are read. Each wrapper records itself (`wrapper.json`,
+        with the token) before it lets go of the descriptors in `hold_fds`, so once a new daemon
+        holds the lock, every wrapper has its record (`find`). Per attempt: a Handle, or a
+        LaunchError (missing working directory) or OSError (no process could be made)."""
+        results: list[Handle | Exception | None] = [None] * len(launches)
+        pending: list[int] = []
+        for index, launch in enumerate(launches):
+            if os.path.isdir(launch.cwd):
+                pending.append(index)
+            else:
+                results[index] = LaunchError(f"working directory {launch.cwd} does not exist")
+        launcher = self._launcher_process() if pending else None
+        if launcher is None:
+            for index in pending:
+                launch = launches[index]
+                try:
+                    pid, start_time = fork_wrapper(launch, self._cgroup(launch.token))
+                    results[index] = Handle(launch.token, launch.run_dir, pid, start_time)
+                except OSError as error:
+                    results[index] = error
+        elif pending:
+            self._ask_launcher(launcher, launches, pending, results)
+        return [r if r is not None else OSError(errno.EAGAIN, "not started") for r in results]
+
+    def _ask_launcher(
+        self,
+        launcher: subprocess.Popen[bytes],
+        launches: list[Launch],
+        pending: list[int],
+        results: list[Handle | Exception | None],
+    ) -> None:
+        assert launcher.stdin is not None and launcher.stdout is not None
+        answered = 0
+        try:
+            for index in pending:
+                launch = launches[index]
+                write_frame(launcher.stdin.fileno(), (launch, self._cgroup(launch.token)))
+            for index in pending:
+                launch = launches[index]
                 reply = read_frame(launcher.stdout.fileno())
-            except OSError:
-                reply = None
-            if reply is None:  # the launcher died: start another once
-                self.close()
-                if attempt == 2:
-                    raise OSError(errno.EAGAIN, "the job launcher is not running")
-                continue
-            if reply[0] != "ok":
-                raise OSError(errno.EAGAIN, str(reply[1]))
-            return Handle(launch.token, launch.run_dir, int(reply[1]), reply[2])
-        raise AssertionError("unreachable")
+                if reply is None:
+                    break
+                answered += 1
+                if reply[0] == "ok":
+                    results[index] = Handle(launch.token, launch.run_dir, int(reply[1]), reply[2])
+                else:
+                    results[index] = OSError(errno.EAGAIN, str(reply[1]))
+        except OSError:
+            pass
+        if answered == len(pending):
+            return
+        # The launcher died with requests in flight: a wrapper it forked records itself at
+        # once, so after a moment an attempt without a record never began.
+        self.close()
+        time.sleep(1.0)
+        for index in pending[answered:]:
+            launch = launches[index]
+            found = self.find(launch.token, launch.run_dir)
+            results[index] = found or OSError(errno.EAGAIN, "the job launcher stopped")
 
     def _launcher_process(self) -> subprocess.Popen[bytes] | None:
         if self._launcher is not None and self._launcher.poll() is None:
@@ -133,6 +173,12 @@ class LocalExecutor:
         try:
             done, wait_status = os.waitpid(handle.pid, os.WNOHANG)
         except ChildProcessError:
+            try:
+                os.kill(handle.pid, 0)  # launcher-forked wrappers are reaped at once: gone is gone
+            except ProcessLookupError:
+                return True, None
+            except PermissionError:
+                pass
             return not runner.same_process(handle.pid, handle.start_time), None
         if done == 0:
             return False, None
@@ -149,8 +195,7 @@ class LocalExecutor:
             if not over:
                 continue
             status = runner.read_exit(handle.run_dir, handle.token)
-            if status is not None:
-                self._cleanup(handle)
+            if status is not None:  # the wrapper removed its cgroup itself
                 ended.append(Ended(handle, status))
                 continue
             how = "ended"
