@@ -21,7 +21,7 @@ def rotated(path: Path) -> Path:
 class RotatingLog:
     """Appends a job's output to `path`; when a write would take the file past `cap_bytes // 2`,
     the file is first renamed to `log.1` (replacing the older one) and a new `log` begins, so the
-    two hold at most `cap_bytes` (plus one write larger than half of it). Writes never raise: output that cannot be written (ENOSPC, EFBIG, EIO) is counted
+    two hold at most `cap_bytes`. Writes never raise: output that cannot be written (ENOSPC, EFBIG, EIO) is counted
     and dropped, and a marker line saying how much was lost is written once writing works again.
     The job keeps running either way: its pipe is always drained."""
 
@@ -56,7 +56,11 @@ class RotatingLog:
         self._open()
 
     def write(self, data: bytes) -> None:
-        """Append `data` (rotating first if the file is full); never raises."""
+        """Append `data` (rotating first where it would pass the cap); never raises."""
+        for start in range(0, max(len(data), 1), self.file_cap):
+            self._write_piece(data[start : start + self.file_cap])
+
+    def _write_piece(self, data: bytes) -> None:
         try:
             if self.fd < 0:
                 self._open()
