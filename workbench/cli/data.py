@@ -86,7 +86,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     client = _client()
     job_id = client.submit(request)
     if args.json:
-        _print_json(client.store.get(job_id).to_json())
+        from workbench.present import job_json
+
+        _print_json(job_json(client.store.get(job_id)))
     else:
         print(job_id)
     if not args.wait:
@@ -241,11 +243,9 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         if args.name:
             print(json.dumps([i.to_json() for i in infos]))
         else:
-            counts = dict(
-                store.conn.execute(
-                    "SELECT dataset, count(*) FROM dataset_versions GROUP BY dataset"
-                ).fetchall()
-            )
+            from workbench.db import catalog as db_catalog
+
+            counts = db_catalog.version_counts(store)
             print(json.dumps([{**i.to_json(), "versions": counts[i.dataset]} for i in infos]))
         return 0
     from rich.console import Console

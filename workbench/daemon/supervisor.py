@@ -32,10 +32,12 @@ from workbench.jobmodel.states import LIVE, Event, JobState
 from workbench.paths import Home
 from workbench.queue import scheduler
 from workbench.queue.kinds import job_argv
+from workbench.queue.retention import prune_ended
 from workbench.telemetry.gpu import Gpus, gpu_slots
 from workbench.telemetry.sampler import Sampler
 from workbench.units import format_duration
 
+PRUNE_INTERVAL_S = 3600.0
 QUEUE_PAGE = 128  # queued jobs read per scheduling step; more pages only while jobs start
 DEBUG_LAUNCH_DELAY_ENV = (
     "WORKBENCH_DEBUG_DELAY_LAUNCH_COMMIT_S"  # tests: die between fork and commit
@@ -87,6 +89,7 @@ class Daemon:
         self._next_sample = 0.0
         self._next_poll = 0.0
         self._launch_paused_until = 0.0
+        self._next_prune = 0.0
         self.gpus: Gpus | None = None
         self.sampler: Sampler | None = None
         self.gpu_slots: tuple[scheduler.GpuSlot, ...] = ()
@@ -145,7 +148,7 @@ class Daemon:
         if self._given_executor is None:
             scope = hashlib.sha1(str(self.home.root).encode()).hexdigest()[:16]
             self.executor = LocalExecutor(self.config.containment, scope, (self._lock_fd,))
-        self.store = Store.open(self.home.state_db, check=True)
+        self.store = Store.open(self.home.state_db, check="full")
         try:
             self.store.backup_to(self.home.state_db.with_name("state.db.bak"))
         except _WRITE_ERRORS as error:
@@ -657,7 +660,9 @@ class Daemon:
         self._record_endings()
         if time.monotonic() >= self._next_sample:
             self._sample()
-        version = self.store.data_version()
+        if self.config.retention_jobs_s is not None and time.monotonic() >= self._next_prune:
+            self._prune(self.config.retention_jobs_s)
+        version = self.store.data_version(include_own=False)
         if version != self._last_version:
             self._last_version = version
             stamp = db.schedule_stamp(self.store)
@@ -670,6 +675,17 @@ class Daemon:
             self._pass()
         elif self._next_deadline() <= now:
             self._enforce_deadlines(now)
+
+    def _prune(self, older_than_s: float) -> None:
+        """Retention (`[retention] jobs`): remove ended jobs past the age, hourly."""
+        self._next_prune = time.monotonic() + PRUNE_INTERVAL_S
+        try:
+            removed = prune_ended(self.store, self.home, older_than_s)
+        except _WRITE_ERRORS as error:
+            self.log(f"pruning ended jobs failed ({error}); trying again in an hour")
+            return
+        if removed:
+            self.log(f"pruned {len(removed)} ended job(s) past the retention age")
 
     def _drain_socket(self) -> bool:
         """Read every pending wake-up; True if one came from this user. Datagrams from other

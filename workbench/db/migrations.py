@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import tempfile
 from pathlib import Path
 
 from workbench.db.connection import StoreError, remove_files
@@ -196,18 +195,42 @@ MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX audit_job ON audit(job_id, id);
     """,
+    # Telemetry history moved to its own file (telemetry.db, workbench.db.telemetry), so that a
+    # 1 Hz sample no longer changes state.db's data_version and wakes every reader of jobs.
+    11: """
+    DROP TABLE IF EXISTS telemetry;
+    DROP TABLE IF EXISTS telemetry_latest;
+    """,
+    # Captured environments are stored once per distinct content (a shell submitting 20,000
+    # jobs captures the same one each time) and apart from the job rows, so listing jobs never
+    # walks an environment's overflow pages and the file stays small enough to check per open.
+    12: """
+    CREATE TABLE envs (id INTEGER PRIMARY KEY, env TEXT NOT NULL UNIQUE);
+    ALTER TABLE jobs ADD COLUMN env_id INTEGER;
+    INSERT OR IGNORE INTO envs(env) SELECT env FROM jobs;
+    UPDATE jobs SET env_id = (SELECT id FROM envs WHERE envs.env = jobs.env), env = '{}';
+    CREATE INDEX jobs_env ON jobs(env_id);
+    """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
 
-def create_database(path: Path) -> None:
-    """Create a fresh state file atomically, so a zero-length or partial file is never ours."""
-    fd, tmp = tempfile.mkstemp(prefix=".state-", suffix=".db", dir=path.parent)
+def create_database(
+    path: Path, migrations: dict[int, str] | None = None, auto_vacuum: bool = False
+) -> None:
+    """Create a fresh SQLite file atomically (so a zero-length or partial file is never ours),
+    with every migration applied; `auto_vacuum` makes it INCREMENTAL (free pages can be given
+    back with `PRAGMA incremental_vacuum`)."""
+    import tempfile  # only when a file is created: it pulls in random and hashlib
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".db", dir=path.parent)
     os.close(fd)
     try:
         conn = sqlite3.connect(tmp, isolation_level=None)
+        if auto_vacuum:
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         conn.execute("PRAGMA journal_mode=WAL")
-        migrate(conn)
+        migrate(conn, path.name, migrations)
         conn.close()
         try:
             os.link(tmp, path)
@@ -233,22 +256,26 @@ def applied_versions(conn: sqlite3.Connection) -> set[int]:
     return set(range(1, current + 1))
 
 
-def migrate(conn: sqlite3.Connection, name: str = "state.db") -> None:
-    """Bring a file up to this code's schema in one transaction.
+def migrate(
+    conn: sqlite3.Connection, name: str = "state.db", migrations: dict[int, str] | None = None
+) -> None:
+    """Bring a file up to this code's schema (`migrations`, state.db's by default) in one
+    transaction.
 
     Raises StoreError for a file written by a newer workbench (a migration this code lacks)."""
+    migrations = MIGRATIONS if migrations is None else migrations
     conn.execute("BEGIN IMMEDIATE")
     try:
         applied = applied_versions(conn)
-        unknown = sorted(v for v in applied if v not in MIGRATIONS)
+        unknown = sorted(v for v in applied if v not in migrations)
         if unknown:
             raise StoreError(
                 f"{name} has schema version {max(unknown)}, newer than this workbench"
-                f" ({SCHEMA_VERSION}); upgrade gpu-workbench (the file was left untouched)"
+                f" ({max(migrations)}); upgrade gpu-workbench (the file was left untouched)"
             )
-        missing = sorted(set(MIGRATIONS) - applied)
+        missing = sorted(set(migrations) - applied)
         for version in missing:
-            for statement in MIGRATIONS[version].split(";"):
+            for statement in migrations[version].split(";"):
                 if statement.strip():
                     conn.execute(statement)
             applied.add(version)
