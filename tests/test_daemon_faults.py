@@ -300,3 +300,63 @@ def test_wake_ups_from_other_users_are_refused(client: Client, home: Home) -> No
         lambda: "refused a wake-up from uid 65534" in home.daemon_log.read_text(),
         what="the refusal in daemon.log",
     )
+
+
+def test_progress_writes_do_not_wake_the_scheduler(client: Client, home: Home) -> None:
+    """Every commit used to wake a full scheduling pass: a job's progress and metrics writes
+    made the daemon re-plan the whole queue. Now only submits, exits, intents and freed
+    resources do."""
+    configure(home)
+    script = (
+        "import os\n"
+        "from workbench.db.store import Store\n"
+        "s = Store.open(os.environ['WORKBENCH_HOME'] + '/state.db', check=False)\n"
+        "job = int(os.environ['WORKBENCH_JOB_ID'])\n"
+        "import time\n"
+        "for i in range(60):\n"
+        "    s.set_progress(job, i / 60, f'step {i}')\n"
+        "    s.add_metrics(job, i, {'loss': 1.0 / (i + 1)})\n"
+        "    time.sleep(0.1)\n"
+    )
+    job_id = submit(client, [sys.executable, "-c", script])
+    wait_state(client, job_id, "succeeded")
+    stop_daemon(home)
+    line = [x for x in home.daemon_log.read_text().splitlines() if "stopping:" in x][-1]
+    passes = int(line.split("stopping: ")[1].split()[0])
+    # 120 commits over 6 s (the daemon used to plan again at each 1 s wake that saw one):
+    # start-up, the submit, the start, the end.
+    assert passes <= 5, line
+
+
+def test_a_pass_reads_the_head_of_the_queue_not_the_held_jobs(home: Home) -> None:
+    """One pass used to read (and parse) every active job; the daemon reads the queue's head
+    by an index in scheduling order, without environments."""
+    from workbench.db import scheduling
+    from workbench.db.store import JobRequest
+
+    store = Store.open(home.state_db)
+    try:
+        held = [
+            JobRequest(f"h{i}", "command", {"argv": ["true"]}, "/", {}, argv=["true"], paused=True)
+            for i in range(3000)
+        ]
+        store.submit_many(held)
+        waiting = [
+            JobRequest(f"q{i}", "command", {"argv": ["true"]}, "/", {}, argv=["true"], priority=i)
+            for i in range(3)
+        ]
+        ids = store.submit_many(waiting)
+        scheduling.ensure_indexes(store)
+        head = scheduling.queue_head(store, None, 128)
+        assert [j.id for j in head] == list(reversed(ids))  # priority first
+        assert scheduling.queue_head(store, (head[0].priority, head[0].id), 1)[0].id == ids[1]
+        plan = " ".join(
+            str(row[-1])
+            for row in store.conn.execute(
+                "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE state='queued'"
+                " ORDER BY priority DESC, id LIMIT 128"
+            )
+        )
+        assert "jobs_queue_order" in plan and "TEMP B-TREE" not in plan, plan
+    finally:
+        store.close()

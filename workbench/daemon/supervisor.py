@@ -715,6 +715,10 @@ class Daemon:
 
     def stop(self) -> None:
         """Leave: running jobs keep running and are re-adopted by the next daemon."""
+        self.log(
+            f"stopping: {self.passes} scheduling passes, {self.refused_wakes} refused wake-ups,"
+            f" {self.log_failures} log lines lost"
+        )
         if self._sock is not None:
             self._sock.close()
             try:
