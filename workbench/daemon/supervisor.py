@@ -90,6 +90,7 @@ class Daemon:
         self._next_poll = 0.0
         self._launch_paused_until = 0.0
         self._next_prune = 0.0
+        self._poll_soon: set[int] = set()  # attempts to poll on the next step
         self.gpus: Gpus | None = None
         self.sampler: Sampler | None = None
         self.gpu_slots: tuple[scheduler.GpuSlot, ...] = ()
@@ -221,6 +222,8 @@ class Daemon:
         if fd is not None:
             tracked.watch_fd = fd
             self.selector.register(fd, selectors.EVENT_READ, ("exit", job_id))
+        else:  # nothing to watch (it may have ended already): look at it on the next step
+            self._poll_soon.add(job_id)
         self.tracked[job_id] = tracked
         return tracked
 
@@ -604,6 +607,8 @@ class Daemon:
 
     def _timeout(self) -> float:
         """Sleep until the next thing due: a sample, a kill deadline, a time limit, a retry."""
+        if self._poll_soon:
+            return 0.0
         wait = min(
             1.0,
             self._next_sample - time.monotonic(),
@@ -651,6 +656,8 @@ class Daemon:
                     os.read(key.fd, 512)
                 except BlockingIOError:
                     pass
+        exited.extend(self._poll_soon)
+        self._poll_soon.clear()
         if time.monotonic() >= self._next_poll:
             exited = list(self.tracked)  # a periodic look at every attempt (adopted, fd-less)
             self._next_poll = time.monotonic() + 5.0
