@@ -119,15 +119,17 @@ def start_escaping(client: Client, home: Home) -> tuple[int, str]:
     return job_id, token
 
 
-def cpu_share(pid: int, seconds: float) -> float:
-    """Percent of one core a process used over `seconds`."""
+def cpu_share(pid: int, seconds: float) -> tuple[float, float]:
+    """Percent of one core a process used over `seconds`, and the bytes per second it wrote
+    to storage (/proc/<pid>/io write_bytes: what reaches the disk)."""
     proc = psutil.Process(pid)
-    before = proc.cpu_times()
+    before, written = proc.cpu_times(), proc.io_counters().write_bytes
     start = time.perf_counter()
     time.sleep(seconds)
-    after = proc.cpu_times()
+    after, written_after = proc.cpu_times(), proc.io_counters().write_bytes
+    elapsed = time.perf_counter() - start
     used = (after.user - before.user) + (after.system - before.system)
-    return used / (time.perf_counter() - start) * 100
+    return used / elapsed * 100, (written_after - written) / elapsed
 
 
 def drain_rate(client: Client, home: Home, jobs: int, group: str) -> float:
@@ -178,7 +180,11 @@ def bench_size(held: int, runs: int, seconds: float, jobs: int) -> dict[str, str
             [wall([PYTHON, "-m", "workbench", "ls", "--json"], env) for _ in range(3)]
         )
         pid = lock_holder(home) or 0
-        out["idle"] = f"{cpu_share(pid, seconds):.2f}%"
+        idle_cpu, idle_writes = cpu_share(pid, seconds)
+        out["idle"] = f"{idle_cpu:.2f}%"
+        out["writes"] = (
+            f"{idle_writes / 1024:.1f} KiB/s ({idle_writes * 86400 / 1024**2:.0f} MiB/day)"
+        )
         script = (
             "import os, time\n"
             "from workbench.db.store import Store\n"
@@ -191,7 +197,7 @@ def bench_size(held: int, runs: int, seconds: float, jobs: int) -> dict[str, str
         reporter = client.store.submit(request("progress", [PYTHON, "-c", script]))
         wake(home)
         wait_until(lambda: (client.store.get(reporter).progress or 0) > 0, timeout=60)
-        out["progress"] = f"{cpu_share(pid, seconds):.2f}%"
+        out["progress"] = f"{cpu_share(pid, seconds)[0]:.2f}%"
         client.control(reporter, "cancel")
         out["rate"] = f"{drain_rate(client, home, jobs, 'p8'):.0f} jobs/s"
     finally:
@@ -419,6 +425,7 @@ def main() -> None:
         row("ls", "ls", f"tsp -l at 990: {base['ls'] if base else tsp_note}; goal < 0.5 s"),
         row("ls --json", "ls_json"),
         row("daemon CPU, idle", "idle", "1 Hz telemetry"),
+        row("daemon disk writes, idle", "writes", "telemetry history and state.db"),
         row("daemon CPU, a job reporting progress at 20 Hz", "progress", "goal < 5%"),
         row(
             f"{jobs} trivial jobs, parallelism 8",
