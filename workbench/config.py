@@ -28,6 +28,10 @@ class DaemonTable:
     sample_interval: str | float = "1s"
     default_parallel: int = 0
     history: str | float = "24h"
+    containment: str = "auto"
+
+
+CONTAINMENT_MODES = ("auto", "cgroup", "subreaper")
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,7 @@ class Config:
     group_quotas: Mapping[str, float] = field(default_factory=dict)
     group_parallel: Mapping[str, int] = field(default_factory=dict)
     not_preemptible: frozenset[str] = frozenset()
+    containment: str = "auto"  # a cgroup v2 per job where possible, else a subreaper wrapper
 
 
 def load_config(path: Path) -> Config:
@@ -99,6 +104,10 @@ def load_config(path: Path) -> Config:
         if key not in known:
             raise SpecError(f"{path}: unknown table '{key}'")
     table = from_table(DaemonTable, data.get("daemon", {}), f"{path} [daemon]")
+    if table.containment not in CONTAINMENT_MODES:
+        raise SpecError(
+            f"{path} [daemon]: key 'containment': must be one of {', '.join(CONTAINMENT_MODES)}"
+        )
     retention = from_table(RetentionTable, data.get("retention", {}), f"{path} [retention]")
     security = from_table(SecurityTable, data.get("security", {}), f"{path} [security]")
     sched = from_table(SchedulerTable, data.get("scheduler", {}), f"{path} [scheduler]")
@@ -144,6 +153,7 @@ def load_config(path: Path) -> Config:
         group_quotas=quotas,
         group_parallel=parallel,
         not_preemptible=frozenset(keep),
+        containment=table.containment,
     )
 
 
