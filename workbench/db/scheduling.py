@@ -44,9 +44,10 @@ class QueuedJob:
     fail_unrunnable: bool
     reason: str | None
     deps: tuple[tuple[int, str], ...]
+    time_limit: float | None = None  # seconds; backfill's estimate of its run time
 
 
-_QUEUED_COLUMNS = "id, priority, grp, gpus, gpu_mem, cpus, mem, fail_unrunnable, reason"
+_QUEUED_COLUMNS = "id, priority, grp, gpus, gpu_mem, cpus, mem, fail_unrunnable, reason, time_limit"
 
 
 def _deps(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, list[tuple[int, str]]]:
@@ -67,7 +68,17 @@ def _queued(conn: sqlite3.Connection, rows: list[Any]) -> list[QueuedJob]:
     deps = _deps(conn, [r[0] for r in rows])
     return [
         QueuedJob(
-            r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8], tuple(deps.get(r[0], ()))
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            r[5],
+            r[6],
+            bool(r[7]),
+            r[8],
+            tuple(deps.get(r[0], ())),
+            r[9],
         )
         for r in rows
     ]
