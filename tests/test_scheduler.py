@@ -1042,3 +1042,40 @@ def test_a_group_under_its_quota_preempts_a_borrowing_train_job_which_resumes_to
     assert client.store.metrics(whole_id, ["train_loss"]) == client.store.metrics(
         borrower, ["train_loss"]
     )
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_job_over_its_gpu_memory_reservation_is_reported_and_stopped_when_strict(
+    client: Client, home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, strict: bool
+) -> None:
+    pid_file = tmp_path / "job.pid"
+    fake_machine(
+        tmp_path,
+        monkeypatch,
+        [
+            {
+                "memory_total": 80 * GiB,
+                "memory_used": 30 * GiB,
+                "processes": [{"pid_file": str(pid_file), "used_memory": 30 * GiB}],
+            }
+        ],
+    )
+    home.config.write_text(f"[scheduler]\nstrict = {'true' if strict else 'false'}\n")
+    job_id = submit_command(
+        client,
+        tmp_path,
+        ["sh", "-c", f"echo $$ > {pid_file}; exec sleep 60"],
+        gpus=0.25,
+        gpu_mem="8GiB",
+    )
+    over = "uses 30.0 GiB of GPU memory, over its reservation of 8.0 GiB"
+    if strict:
+        ended = wait_state(client, job_id, {"failed", "succeeded", "cancelled"}, timeout=60)
+        assert ended.state == "failed"
+        assert ended.reason == f"{over}; stopped (strict)"
+    else:
+        wait_for(lambda: client.store.get(job_id).reason == over, what="the over-reservation")
+        shown = json.loads(workbench("show", str(job_id), "--json").stdout)
+        assert shown["state"] == "running" and shown["reason"] == over
+        client.control(job_id, "cancel")
+        wait_state(client, job_id, "cancelled", timeout=30)

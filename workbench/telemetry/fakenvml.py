@@ -17,7 +17,8 @@ A scenario, as JSON (every key optional):
                "temperature": 55, "power_draw_w": 250.0, "power_limit_w": 700.0,
                "clock_sm_mhz": 1980, "clock_mem_mhz": 2619, "fan_percent": 40, "mig": false,
                "processes": [{"pid": 4242, "used_memory": 1073741824, "sm_util": 80,
-                              "kind": "compute", "gpu_instance_id": null}],
+                              "kind": "compute", "gpu_instance_id": null},
+                             {"pid_file": "/tmp/job.pid", "used_memory": 1073741824}],
                "not_supported": ["fan", "process_utilization"],
                "lost_after": 3,
                "numa_node": 0, "switch": 0,   # topology (null: the driver does not say)
@@ -76,11 +77,23 @@ Varying = Number | list[Number]
 class FakeProcess:
     """A process holding GPU memory."""
 
-    pid: int
+    pid: int = 0
     used_memory: Varying | None = 512 * 1024**2
     sm_util: Varying | None = None  # None: NVML has no utilisation samples for it
     kind: str = "compute"  # or "graphics"
     gpu_instance_id: int | None = None
+    pid_file: str | None = None  # the pid is read from this file each call; absent: not listed
+
+    def current_pid(self) -> int | None:
+        """Its pid now: `pid`, or the number in `pid_file` (None while there is none), so a
+        scenario can put a process that starts later (a queue job) on a GPU."""
+        if self.pid_file is None:
+            return self.pid
+        try:
+            text = Path(self.pid_file).read_text().strip()
+        except OSError:
+            return None
+        return int(text) if text.isdigit() else None
 
 
 @dataclass
@@ -541,13 +554,17 @@ class FakeDriver:
         gpu = self._device(handle, "processes")
         if isinstance(gpu, int):
             return gpu
-        procs = [p for p in gpu.spec.processes if p.kind == kind]
+        procs = [
+            (pid, p)
+            for p in gpu.spec.processes
+            if p.kind == kind and (pid := p.current_pid()) is not None
+        ]
         count = _out(count_ref)
         if array is None or count.value < len(procs):
             count.value = len(procs)
             return self._code("INSUFFICIENT_SIZE") if procs else 0
-        for slot, proc in zip(array, procs, strict=False):
-            slot.pid = proc.pid
+        for slot, (pid, proc) in zip(array, procs, strict=False):
+            slot.pid = pid
             used = proc.used_memory
             slot.usedGpuMemory = _NOT_AVAILABLE_U64 if used is None else int(_at(used, gpu.tick))
             instance = proc.gpu_instance_id
@@ -583,15 +600,19 @@ class FakeDriver:
         now_us = int(time.time() * 1e6)
         if now_us <= int(last_seen.value):
             return self._code("NOT_FOUND")
-        sampled = [p for p in gpu.spec.processes if p.sm_util is not None]
+        sampled = [
+            (pid, p)
+            for p in gpu.spec.processes
+            if p.sm_util is not None and (pid := p.current_pid()) is not None
+        ]
         count = _out(count_ref)
         if not sampled:
             return self._code("NOT_FOUND")
         if array is None or count.value < len(sampled):
             count.value = len(sampled)
             return self._code("INSUFFICIENT_SIZE")
-        for slot, proc in zip(array, sampled, strict=False):
-            slot.pid = proc.pid
+        for slot, (pid, proc) in zip(array, sampled, strict=False):
+            slot.pid = pid
             slot.timeStamp = now_us
             slot.smUtil = int(_at(proc.sm_util or 0, gpu.tick))
             slot.memUtil = slot.encUtil = slot.decUtil = 0
