@@ -410,7 +410,9 @@ class Daemon:
         placement = self.gpus.placement() if self.gpus is not None else None
         self.gpu_slots = gpu_slots(tick.gpus, set(tick.owners), placement)
         for job_id, used in job_gpu_memory(tick.gpus, tick.owners).items():
-            self.gpu_mem_seen[job_id] = max(used, self.gpu_mem_seen.get(job_id, 0))
+            if used > self.gpu_mem_seen.get(job_id, 0):
+                self.gpu_mem_seen[job_id] = used
+                self._dirty = True  # reservations grow; a job may be over its own
 
     def _schedule(self) -> None:
         """Start what can start, reading the queue's head page by page in scheduling order and
@@ -435,6 +437,7 @@ class Daemon:
         seen: set[int] = set()
         reasons: list[tuple[int, str | None]] = []
         first = True
+        planned = False
         while True:
             page = db.queue_head(self.store, after, QUEUE_PAGE)
             batch = list(page)
@@ -447,10 +450,13 @@ class Daemon:
             seen.update(j.id for j in batch)
             if not batch:
                 break
+            planned = True
             started = self._plan(batch, resources, settings, reasons)
             if len(page) < QUEUE_PAGE or started == 0:
                 break
             after = (page[-1].priority, page[-1].id)
+        if not planned and self.gpu_mem_seen:
+            self._plan([], resources, settings, reasons)  # running jobs over their reservation
         db.set_reasons(self.store, reasons)
 
     def _plan(
