@@ -540,9 +540,14 @@ their run time); the rest are estimated at 1 h for backfill. Preemption grace 30
 Utilisation: ours minus FIFO = {spread(gains)} points (goal: at least 15).
 p95 wait of small jobs, ours / FIFO = {spread(small_ratio, "{:.2f}")} (goal: at most 0.5).
 
-Each group's share against its quota:
+Each group's share against its quota (a spell counts while the group is under its quota with a
+job within it waiting and another group holds more than its own quota):
 
 {share_table}
+
+Spells longer than the 30 s grace happen when the borrowing group's share beyond its quota is
+spread as fractions over GPUs that also hold its guaranteed jobs: reclaiming never takes a
+group below its quota, so a 4-GPU job waits for those fractions to end.
 
 One scheduling pass with 10,000 queued jobs (mixed shapes, two groups with quotas, each job's
 wait reason as recorded by the previous pass, as the daemon passes it) on a full box: ours
