@@ -44,6 +44,8 @@ SIZES = ("small", "full", "4-gpu")
 
 @dataclass
 class SimJob:
+    """One job of the simulated day; times in seconds from midnight, memory in bytes."""
+
     id: int
     group: str
     size: str
@@ -59,13 +61,11 @@ class SimJob:
     preemptions: int = 0
     ooms: int = 0
 
-    @property
-    def units(self) -> float:
-        return self.gpus
-
 
 @dataclass
 class Run:
+    """A job on its GPUs; `token` tells this attempt's events from an earlier one's."""
+
     job: SimJob
     gpus: tuple[int, ...]
     started: float
@@ -269,6 +269,8 @@ def ours(settings: sched.Settings) -> Callable[[View], Decision]:
 
 @dataclass
 class Outcome:
+    """What one policy did with the day."""
+
     used_gpu_s: float = 0.0  # GPU-seconds held by running jobs (fractions by share) in the day
     waits: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in SIZES})
     ooms: int = 0

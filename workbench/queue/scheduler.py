@@ -173,6 +173,8 @@ class Start:
 
 @dataclass(frozen=True)
 class Wait:
+    """The job stays queued; `reason` says why, in words (shown by `ls`, `show`, the TUI)."""
+
     job_id: int
     reason: str
 
@@ -382,6 +384,7 @@ class _Ledger:
         return self._never[key]
 
     def take(self, held: Holding) -> None:
+        """Count a running (or just started) job: its GPU shares, memory, CPUs, group use."""
         self.held.append(held)
         per_gpu = held.gpus if held.gpus < 1 else 1.0
         runtime = held.time_limit or self.settings.default_runtime_s
