@@ -589,6 +589,22 @@ QUOTA = [
         now=30,
     ),
     Case(
+        "a job whose group fills its quota during the pass waits behind jobs still within theirs",
+        [
+            Want(1, group="sweep", gpus=1),
+            Want(2, group="sweep", gpus=1),
+            Want(3, group="vision", gpus=1),
+        ],
+        [],
+        BOX,
+        {
+            1: Start(1, (0,)),
+            3: Start(3, (1,)),
+            2: Wait(2, "group sweep is at its quota of 1 and nothing is idle to borrow"),
+        },
+        QUOTAS,
+    ),
+    Case(
         "a job within its quota goes before an older one that would borrow",
         [Want(1, group="sweep", gpus=1), Want(2, group="vision", gpus=1)],
         [Holding(9, group="sweep", gpu_indices=(0,), gpus=1)],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import math
 import operator
 from collections.abc import Iterable, Mapping, Sequence
@@ -375,6 +376,7 @@ class _Ledger:
         self._never: dict[int, str | None] = {}
         for holding in held:
             self.take(holding)
+        self.started_now: set[int] = set()  # jobs this pass starts: never preempted in it
 
     def never_fits(self, want: Want) -> str | None:
         """`_never_fits`, once per shape."""
@@ -629,6 +631,7 @@ def _reclaim(
         return (
             h.preemptible
             and not h.stopping
+            and h.id not in ledger.started_now
             and h.group != want.group
             and h.group in spare
             and bool(h.gpu_indices or h.mig_uuids)
@@ -732,60 +735,84 @@ def plan(
     # A job's shape decides everything but its place in the order, so while nothing was
     # handed out since a job of the same shape had to wait, the next one waits for the same
     # reason: one dict look-up per job keeps a pass fast with thousands queued.
-    unfit: dict[int, tuple[int, str]] = {}
-    version = ledger.version
-    for want in _order(queued, settings.quotas, ledger.group_units):
-        if not want.deps:
-            known = unfit.get(want.shape)
-            if known is not None and known[0] == version:
-                if known[1] != want.reason:
-                    decisions.append(Wait(want.id, known[1]))
-                continue
-        decision = _decide(want, ledger, dep_states, res, settings, now, decisions)
+    quotas = settings.quotas
+    within, borrowing = _order(queued, quotas, ledger.group_units)
+    deferred: list[Want] = []
+    for phase in (within, None):
+        if phase is None:  # borrowers, with the jobs that came to borrow while phase 1 ran
+            deferred.sort(key=_BY_RANK)
+            phase = list(heapq.merge(deferred, borrowing, key=_BY_RANK))
+            checking = False
+        else:
+            checking = bool(quotas)
+        unfit: dict[int, tuple[int, str]] = {}
         version = ledger.version
-        if isinstance(decision, Wait):
-            if not want.deps:
-                unfit[want.shape] = (version, decision.reason)
-            if decision.reason == want.reason:
+        for want in phase:
+            if (
+                checking
+                and want.units > 0
+                and ledger.group_units.get(want.group, 0.0) + want.units
+                > quotas.get(want.group, 0.0) + _EPS
+            ):
+                deferred.append(want)  # its group filled its quota in this pass: it borrows
                 continue
-        decisions.append(decision)
+            if not want.deps:
+                known = unfit.get(want.shape)
+                if known is not None and known[0] == version:
+                    if known[1] != want.reason:
+                        decisions.append(Wait(want.id, known[1]))
+                    continue
+            decision = _decide(want, ledger, dep_states, res, settings, now, decisions)
+            version = ledger.version
+            if isinstance(decision, Wait):
+                if not want.deps:
+                    unfit[want.shape] = (version, decision.reason)
+                if decision.reason == want.reason:
+                    continue
+            decisions.append(decision)
     return decisions
 
 
 def _order(
     queued: Sequence[Want], quotas: Mapping[str, float], used: Mapping[str, float]
-) -> list[Want]:
-    """Jobs within their group's quota first, then those that would borrow; within each,
-    higher priority first, then lower id. Buckets, then a sort by id that is linear when the
-    queue comes in id order (as the store lists it)."""
-    buckets: dict[int, list[Want]] = {}
-    borrowing: dict[int, int] = {}
+) -> tuple[list[Want], list[Want]]:
+    """(jobs within their group's quota, jobs that would borrow beyond it), each by higher
+    priority first, then lower id. Buckets, then a sort by id that is linear when the queue
+    comes in id order (as the store lists it)."""
+    inside_buckets: dict[int, list[Want]] = {}
+    beyond_buckets: dict[int, list[Want]] = {}
+    borrowing: dict[int, bool] = {}
     for want in queued:
-        over = 0
+        buckets = inside_buckets
         if quotas:
-            known = borrowing.get(want.shape)
-            if known is None:
-                inside = (
+            over = borrowing.get(want.shape)
+            if over is None:
+                over = borrowing[want.shape] = not (
                     want.units > 0
                     and used.get(want.group, 0.0) + want.units <= quotas.get(want.group, 0.0) + _EPS
                 )
-                known = borrowing[want.shape] = 0 if inside else _BORROWING
-            over = known
-        rank = over - want.priority
-        bucket = buckets.get(rank)
+            if over:
+                buckets = beyond_buckets
+        bucket = buckets.get(want.priority)
         if bucket is None:
-            buckets[rank] = [want]
+            buckets[want.priority] = [want]
         else:
             bucket.append(want)
-    order: list[Want] = []
-    for rank in sorted(buckets):
-        bucket = buckets[rank]
-        bucket.sort(key=_BY_ID)
-        order.extend(bucket)
-    return order
+    within: list[Want] = []
+    beyond: list[Want] = []
+    for buckets, out in ((inside_buckets, within), (beyond_buckets, beyond)):
+        for priority in sorted(buckets, reverse=True):
+            bucket = buckets[priority]
+            bucket.sort(key=_BY_ID)
+            out.extend(bucket)
+    return within, beyond
 
 
-_BORROWING = 1 << 48  # ranks every borrowing job after every job within its quota
+def _by_rank(want: Want) -> tuple[int, int]:
+    return (-want.priority, want.id)
+
+
+_BY_RANK = _by_rank
 _BY_ID = operator.attrgetter("id")
 
 
@@ -838,6 +865,7 @@ def _decide(
     cap = None
     if indices and not devices and (want.gpus < 1 or want.gpu_mem):
         cap = _declared_bytes(want.gpus, want.gpu_mem, ledger.slots[indices[0]])
+    ledger.started_now.add(want.id)
     ledger.take(
         Holding(
             want.id,
