@@ -410,3 +410,37 @@ def test_a_submit_imports_no_table_renderer_duckdb_or_torch(home: Home) -> None:
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
     assert "workbench.cli.main" in imported  # the measurement works
     assert not imported & {"rich.table", "duckdb", "torch", "pyarrow", "textual"}
+
+
+def _peak_rss_mib(args: list[str]) -> float:
+    """Peak resident memory of one `workbench ARGS` process (measured by a wrapper parent)."""
+    probe = (
+        "import resource, subprocess, sys;"
+        f"subprocess.run([sys.executable, '-m', 'workbench', *{args!r}],"
+        " stdout=subprocess.DEVNULL, check=True);"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout) / 1024
+
+
+@pytest.mark.slow
+def test_listing_20000_jobs_keeps_memory_flat(home: Home) -> None:
+    """Listing never holds the whole queue or its environments (ls once took 323 MiB)."""
+    store = Store.open(home.state_db)
+    env = {**os.environ, **{f"SETTING_{i}": "x" * 40 for i in range(20)}}
+    store.submit_many(
+        [
+            JobRequest(f"j{i}", "command", {"argv": ["true"]}, "/", env, argv=["true"])
+            for i in range(20_000)
+        ]
+    )
+    store.close()
+    text = workbench("ls").stdout.splitlines()
+    assert text[0] == "jobs: queued 20,000" and len(text) == 2 + 50 + 1
+    for args in (["ls"], ["ls", "--json"], ["ls", "--all"], ["ls", "--all", "--json"]):
+        assert _peak_rss_mib(args) < 80, args
+    assert len(json.loads(workbench("ls", "--json").stdout)) == 20_000

@@ -6,6 +6,7 @@ not be reached or started."""
 from __future__ import annotations
 
 import argparse
+import heapq
 import importlib
 import json
 import os
@@ -20,6 +21,7 @@ from workbench import __version__
 from workbench.daemon.client import DaemonUnavailable
 from workbench.db.connection import translate
 from workbench.db.store import (
+    ACTIVE,
     BLOCKED,
     ENDED,
     PAUSED,
@@ -43,6 +45,7 @@ from workbench.present import (
     job_details,
     job_json,
     job_row,
+    secret_words,
     state_counts_line,
     table_line,
     use_colour,
@@ -225,16 +228,15 @@ def cmd_ls(args: argparse.Namespace) -> int:
     client = _client(start_daemon=False)
     store = client.store
     states = _states_arg(args.state)
-    if args.all or states:
-        pages = (
-            store.iter_jobs(light="no-env" if args.json else True)
-            if states is None
-            else iter(store.list_jobs(states=states, light="no-env" if args.json else True))
-        )
-        return _ls_stream(pages, args.json, store.draining)
-    counts = store.counts_by_state()
     light: bool | str = "no-env" if args.json else True
-    shown_waiting = None if args.json else WAITING_SHOWN
+    if args.all or states:
+        return _ls_stream(store.iter_jobs(light, states=states), args.json, store.draining)
+    if args.json:
+        # Every active job and the latest ended ones, merged by id as they are read.
+        recent = store.list_jobs(states=ENDED, limit=args.recent, light=light)
+        active = store.iter_jobs(light, states=ACTIVE)
+        return _ls_stream(heapq.merge(recent, active, key=lambda j: j.id), True, False)
+    counts = store.counts_by_state()
     jobs = [
         *store.list_jobs(states=ENDED, limit=args.recent, light=light),
         # Jobs with processes are all listed; those still waiting (queued, held, blocked) from
@@ -242,13 +244,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
         *store.list_jobs(states=[STARTING, RUNNING], light=light),
         *store.list_jobs(states=[PAUSED], started=True, light=light),
         *store.list_jobs(
-            states=WAITING, started=False, limit=shown_waiting, oldest_first=True, light=light
+            states=WAITING, started=False, limit=WAITING_SHOWN, oldest_first=True, light=light
         ),
     ]
     jobs.sort(key=lambda j: j.id)
-    if args.json:
-        _print_json([job_json(j) for j in jobs])
-        return EXIT_OK
     colour = use_colour(sys.stdout)
     if counts:
         _write("jobs: " + state_counts_line(counts))
@@ -281,11 +280,18 @@ def _ls_stream(jobs: Any, as_json: bool, draining: bool) -> int:
     """Every job given, written as it is read (memory stays flat at any queue length)."""
     out = sys.stdout
     if as_json:
+        encode = json.JSONEncoder(default=str).encode  # one encoder: json.dumps makes one per call
+        words = secret_words()
         out.write("[")
+        chunk: list[str] = []
         first = True
         for job in jobs:
-            out.write(("" if first else ",\n") + json.dumps(job_json(job), default=str))
-            first = False
+            chunk.append(encode(job.to_json(secret_words=words)))
+            if len(chunk) >= 1000:
+                out.write(("" if first else ",\n") + ",\n".join(chunk))
+                chunk, first = [], False
+        if chunk:
+            out.write(("" if first else ",\n") + ",\n".join(chunk))
         out.write("]\n")
         return EXIT_OK
     now = time.time()

@@ -692,11 +692,23 @@ class Store:
             return list(reversed(self._jobs_where(where, params, light)))
         return self._jobs_where(where + " ORDER BY id", params, light)
 
-    def iter_jobs(self, light: bool | str = True, page: int = 1000) -> Iterator[Job]:
-        """Every job, oldest first, read `page` rows at a time (memory stays flat)."""
+    def iter_jobs(
+        self,
+        light: bool | str = True,
+        page: int = 1000,
+        states: Iterable[str] | None = None,
+    ) -> Iterator[Job]:
+        """Every job (in `states`, if given), oldest first, read `page` rows at a time, so
+        memory stays flat whatever the queue's length."""
+        where, params = "", []
+        if states is not None:
+            params = [str(s) for s in states]
+            where = f" AND state IN ({','.join('?' * len(params))})"
         after = 0
         while True:
-            batch = self._jobs_where("WHERE id>? ORDER BY id LIMIT ?", (after, page), light)
+            batch = self._jobs_where(
+                f"WHERE id>?{where} ORDER BY id LIMIT ?", (after, *params, page), light
+            )
             if not batch:
                 return
             yield from batch
