@@ -265,6 +265,14 @@ def test_argv_that_is_not_utf8_is_kept_byte_exact_and_run_as_given(home: Home) -
     assert os.fsencode(listed[0]["argv"][2]) == raw
 
 
+def test_names_that_look_like_markup_are_printed_as_given(home: Home) -> None:
+    job_id = submit("--paused", "--name", "[/oops] [bold]x", "--", "echo", "[/y]")
+    shown = workbench("show", str(job_id))
+    assert shown.returncode == 0, shown.stderr
+    assert "[/oops] [bold]x" in shown.stdout and "echo '[/y]'" in shown.stdout
+    assert "[/oops] [bold]x" in workbench("ls").stdout
+
+
 # ---- a damaged or full store --------------------------------------------------------------
 
 

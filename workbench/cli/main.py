@@ -342,7 +342,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         return EXIT_OK
     console = _console()
     style = STATE_STYLES.get(job.state, "")
-    name = display_text(job.name)
+    from rich.markup import escape
+
+    name = escape(display_text(job.name))  # a name is the user's text, never markup
     console.print(f"[bold]job {job.id}[/] {name}  [{style}]{job.state}[/]  ({job.kind})")
     for label, value in job_details(job, metrics):
         console.print(f"  {label + ':':<11}{value}", markup=False)
