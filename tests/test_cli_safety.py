@@ -273,6 +273,15 @@ def test_names_that_look_like_markup_are_printed_as_given(home: Home) -> None:
     assert "[/oops] [bold]x" in workbench("ls").stdout
 
 
+def test_control_characters_in_names_reach_no_terminal(home: Home) -> None:
+    job_id = submit("--paused", "--name", "evil\x1b]0;pwned\x07\nline", "--", "true")
+    for args in (["ls"], ["ls", "--all"], ["show", str(job_id)]):
+        out = workbench(*args).stdout
+        assert "\x1b" not in out and "\x07" not in out, args
+        assert "evil\\x1b]0;pwned\\x07\\x0aline" in out, args
+    assert json.loads(workbench("ls", "--json").stdout)[0]["name"].startswith("evil\x1b")
+
+
 # ---- a damaged or full store --------------------------------------------------------------
 
 

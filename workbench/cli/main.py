@@ -219,7 +219,8 @@ def _states_arg(values: list[str] | None) -> list[JobState] | None:
 
 
 def _write(line: str) -> None:
-    sys.stdout.write(display_text(line) + "\n")
+    """One line of output; its cells were made printable by `display_text` already."""
+    sys.stdout.write(line + "\n")
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -347,12 +348,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     name = escape(display_text(job.name))  # a name is the user's text, never markup
     console.print(f"[bold]job {job.id}[/] {name}  [{style}]{job.state}[/]  ({job.kind})")
     for label, value in job_details(job, metrics):
-        console.print(f"  {label + ':':<11}{value}", markup=False)
+        console.print(f"  {label + ':':<11}{display_text(value)}", markup=False)
     console.print(f"  run dir:   {run_dir}", markup=False)
     console.print("  history:")
     for event in events:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.t))
-        reason = f"  {event.reason}" if event.reason else ""
+        reason = f"  {display_text(event.reason)}" if event.reason else ""
         console.print(f"    {stamp}  {event.state:<10}{reason}", markup=False)
     if audit:
         console.print("  audit:")
