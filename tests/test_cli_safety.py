@@ -48,11 +48,16 @@ def submit(*args: str, env: dict[str, str] | None = None) -> int:
         (["submit", "--time-limit", "-5", "--", "true"], "--time-limit"),
         (["submit", "--time-limit", "99999999999d", "--", "true"], "--time-limit"),
         (["wait", "1", "--timeout", "-5"], "--timeout"),
+        (["submit", "--after", "99999999999999999999", "--", "true"], "--after"),
+        (["submit", "--after-any", "0", "--", "true"], "--after-any"),
         (["show", "99999999999999999999"], "id"),
         (["priority", "1", "99999999999999999999"], "priority"),
         (["logs", "1", "-n", "-3"], "--lines"),
         (["group", "g", "--parallel", "nan"], "--parallel"),
         (["prune", "--older-than", "inf"], "--older-than"),
+        (["sql", "SELECT 1", "--limit", "99999999999999999999"], "--limit"),
+        (["ingest", "x.csv", "--dataset", "d", "--cpus", "nan"], "--cpus"),
+        (["ingest", "x.csv", "--dataset", "d", "--max-rejects", "-1"], "--max-rejects"),
     ],
 )
 def test_bad_numbers_are_refused_naming_the_flag(home: Home, args: list[str], named: str) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench import __version__
+from workbench.cli import args as checked
 from workbench.daemon.client import DaemonUnavailable
 from workbench.db.connection import translate
 from workbench.db.store import (
@@ -51,13 +52,7 @@ from workbench.present import (
     use_colour,
 )
 from workbench.queue.spec import SpecError
-from workbench.units import (
-    format_duration,
-    parse_duration,
-    parse_int,
-    parse_number,
-    parse_size,
-)
+from workbench.units import format_duration, parse_int
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DAEMON = 0, 1, 2, 3
 DEFAULT_PRUNE_AGE_S = 30 * 86400.0
@@ -89,28 +84,6 @@ def _console() -> Any:
     return Console(highlight=False, soft_wrap=False, width=width)
 
 
-# ---- checked argument types (argparse names the flag and exits 2) --------------------------
-
-
-def _checked(parse: Callable[[str], Any], name: str) -> Callable[[str], Any]:
-    def convert(text: str) -> Any:
-        try:
-            return parse(text)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-
-    convert.__name__ = name  # argparse shows it in its fallback message
-    return convert
-
-
-_amount = _checked(lambda t: parse_number(t, minimum=0.0), "number")
-_count = _checked(lambda t: parse_int(t, minimum=0), "count")
-_signed = _checked(lambda t: parse_int(t, minimum=None), "integer")
-_job_id = _checked(lambda t: parse_int(t, minimum=1), "job id")
-_size = _checked(parse_size, "size")
-_duration = _checked(parse_duration, "duration")
-
-
 # ---- submit -------------------------------------------------------------------------------
 
 
@@ -118,9 +91,10 @@ def _parse_after(values: list[str], flag: str) -> list[int]:
     ids = []
     for value in values:
         for part in value.split(","):
-            if not part.strip().isdigit():
-                raise UsageError(f"{flag}: not a job id: {part!r}")
-            ids.append(int(part))
+            try:
+                ids.append(parse_int(part, minimum=1))
+            except ValueError as error:
+                raise UsageError(f"{flag}: not a job id: {part!r} ({error})") from None
     return ids
 
 
@@ -684,20 +658,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="queue a job: -- CMD ARG... or --spec FILE.toml")
     p.add_argument("--spec", metavar="FILE.toml", help="a job of any kind from a spec file")
     p.add_argument("--name")
-    p.add_argument("--gpus", type=_amount, help="GPUs (fractions like 0.5 share one GPU)")
-    p.add_argument("--gpu-mem", type=_size, help="GPU memory needed, e.g. 8GiB")
-    p.add_argument("--cpus", type=_amount, help="CPU cores to reserve (fractions allowed)")
-    p.add_argument("--mem", type=_size, help="host memory, e.g. 4GiB")
+    p.add_argument("--gpus", type=checked.amount, help="GPUs (fractions like 0.5 share one GPU)")
+    p.add_argument("--gpu-mem", type=checked.size, help="GPU memory needed, e.g. 8GiB")
+    p.add_argument("--cpus", type=checked.amount, help="CPU cores to reserve (fractions allowed)")
+    p.add_argument("--mem", type=checked.size, help="host memory, e.g. 4GiB")
     p.add_argument("--after", action="append", metavar="ID", help="start after job ID succeeded")
     p.add_argument("--after-any", action="append", metavar="ID", help="start after job ID ended")
     p.add_argument(
         "--after-fail", action="append", metavar="ID", help="start only if job ID failed"
     )
-    p.add_argument("--priority", type=_signed, help="higher starts first (default 0)")
+    p.add_argument("--priority", type=checked.signed, help="higher starts first (default 0)")
     p.add_argument("--group")
-    p.add_argument("--retries", type=_count, help="automatic retries after a failure")
+    p.add_argument("--retries", type=checked.count, help="automatic retries after a failure")
     p.add_argument(
-        "--time-limit", type=_duration, help="e.g. 90s, 30m, 2h; the job fails when it runs longer"
+        "--time-limit",
+        type=checked.duration,
+        help="e.g. 90s, 30m, 2h; the job fails when it runs longer",
     )
     p.add_argument("--cwd", help="working directory (default: the current one)")
     p.add_argument("--env", action="append", metavar="K=V", help="set an environment variable")
@@ -712,13 +688,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="list jobs: counts per state, running and the 50 oldest waiting jobs, recent ended ones",
     )
     p.add_argument("--all", action="store_true", help="every job, streamed oldest first")
-    p.add_argument("--recent", type=_count, default=20, help="ended jobs to show (default 20)")
+    p.add_argument(
+        "--recent", type=checked.count, default=20, help="ended jobs to show (default 20)"
+    )
     p.add_argument("--state", action="append", help="only jobs in this state (repeatable)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_ls)
 
     p = sub.add_parser("show", help="one job: spec, history, resources, metrics, paths")
-    p.add_argument("id", type=_job_id)
+    p.add_argument("id", type=checked.job_id)
     p.add_argument("--json", action="store_true")
     p.add_argument(
         "--env",
@@ -728,8 +706,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_show)
 
     p = sub.add_parser("audit", help="who (uid) asked what of which job, when")
-    p.add_argument("--job", type=_job_id, help="only this job's entries")
-    p.add_argument("--limit", type=_count, help="only the last N entries")
+    p.add_argument("--job", type=checked.job_id, help="only this job's entries")
+    p.add_argument("--limit", type=checked.count, help="only the last N entries")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_audit)
 
@@ -738,16 +716,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--older-than",
-        type=_duration,
+        type=checked.duration,
         help="age, e.g. 30d, 12h (default: [retention] jobs in config.toml, else 30d)",
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_prune)
 
     p = sub.add_parser("logs", help="a job's log")
-    p.add_argument("id", type=_job_id)
+    p.add_argument("id", type=checked.job_id)
     p.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
-    p.add_argument("-n", "--lines", type=_count, help="only the last N lines")
+    p.add_argument("-n", "--lines", type=checked.count, help="only the last N lines")
     p.set_defaults(handler=cmd_logs)
 
     for action, text in (
@@ -758,18 +736,18 @@ def build_parser() -> argparse.ArgumentParser:
         ("rm", "remove ended or queued jobs from the store"),
     ):
         p = sub.add_parser(action, help=text)
-        p.add_argument("ids", type=_job_id, nargs="+", metavar="ID")
+        p.add_argument("ids", type=checked.job_id, nargs="+", metavar="ID")
         p.set_defaults(handler=_control(action))
 
     p = sub.add_parser("priority", help="set a job's priority (higher starts first)")
-    p.add_argument("id", type=_job_id)
-    p.add_argument("priority", type=_signed)
+    p.add_argument("id", type=checked.job_id)
+    p.add_argument("priority", type=checked.signed)
     p.set_defaults(handler=cmd_priority)
 
     p = sub.add_parser("wait", help="block until jobs end; exit 0 iff all succeeded")
-    p.add_argument("ids", type=_job_id, nargs="+", metavar="ID")
+    p.add_argument("ids", type=checked.job_id, nargs="+", metavar="ID")
     p.add_argument(
-        "--timeout", type=_duration, help="give up after this long (e.g. 30s, 2h); exit 1"
+        "--timeout", type=checked.duration, help="give up after this long (e.g. 30s, 2h); exit 1"
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_wait)
@@ -782,7 +760,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("group", help="list groups, or set a group's parallelism limit")
     p.add_argument("name", nargs="?")
     p.add_argument(
-        "--parallel", type=_count, help="jobs of this group running at once (0: no limit)"
+        "--parallel", type=checked.count, help="jobs of this group running at once (0: no limit)"
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_group)
