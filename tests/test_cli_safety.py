@@ -466,3 +466,26 @@ def test_listing_20000_jobs_keeps_memory_flat(home: Home) -> None:
     for args in (["ls"], ["ls", "--json"], ["ls", "--all"], ["ls", "--all", "--json"]):
         assert _peak_rss_mib(args) < 80, args
     assert len(json.loads(workbench("ls", "--json").stdout)) == 20_000
+
+
+def test_prune_gives_the_space_back(home: Home) -> None:
+    """Retention bounds the file, not only the rows (the file used to never shrink)."""
+    store = _fill(home, queued=0, ended=2000)
+    store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    before = home.state_db.stat().st_size
+    store.close()
+    assert workbench("prune", "--older-than", "1d").returncode == 0
+    assert home.state_db.stat().st_size < before / 2
+
+
+def test_prune_converts_and_shrinks_a_file_without_auto_vacuum(home: Home) -> None:
+    store = _fill(home, queued=0, ended=2000)
+    store.conn.execute("PRAGMA auto_vacuum=NONE")
+    store.conn.execute("VACUUM")  # as files created before incremental auto-vacuum are
+    store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert store.conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+    before = home.state_db.stat().st_size
+    store.close()
+    assert workbench("prune", "--older-than", "1d").returncode == 0
+    assert home.state_db.stat().st_size < before / 2
+    assert Store.open(home.state_db).conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2

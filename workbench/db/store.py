@@ -417,7 +417,7 @@ class Store:
         try:
             if not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
-                create_database(path)
+                create_database(path, auto_vacuum=True)
             conn = connect(path)
         except sqlite3.Error as error:
             raise translate(error, path) or StoreCorrupt(
@@ -1031,6 +1031,7 @@ class Store:
         holds their earlier images is checkpointed and truncated, and the same rows are removed
         from the backup `state.db.bak` (rewritten from the checked, purged file) if there is
         one."""
+        self.give_space_back()
         for _ in range(50):  # a reader holding an old snapshot blocks the truncation briefly
             busy = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
             if not busy:
@@ -1039,6 +1040,24 @@ class Store:
         backup = self.path.with_name(self.path.name + ".bak")
         if ids and backup.exists():
             self.backup_to(backup)  # rewritten from the purged file: the old bytes are gone
+
+    def give_space_back(self) -> None:
+        """Shrink the file by its free pages: at once where it uses incremental auto-vacuum
+        (every file this code creates), else by one VACUUM that converts it, when a quarter
+        or more of it is free (files from before; skipped while another connection is busy)."""
+        conn = self.conn
+        if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+            # executescript steps the pragma to the end (execute frees one page per call).
+            conn.executescript("PRAGMA incremental_vacuum;")
+            return
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        if pages and free * 4 >= pages:
+            try:
+                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                conn.execute("VACUUM")
+            except sqlite3.OperationalError:
+                pass  # busy: the next prune tries again
 
     def ended_before(self, cutoff: float, limit: int = 1000) -> list[int]:
         """Ids of jobs that ended before `cutoff` (Unix s), oldest first, at most `limit`."""
