@@ -443,6 +443,7 @@ class Store:
         return cls(ThreadConnections(path, conn), path)
 
     def close(self) -> None:
+        """Close every thread's connection, the version connection and telemetry.db."""
         self._connections.close()
         with self._version_lock:
             if self._version_conn is not None:
@@ -491,10 +492,12 @@ class Store:
     # ---- meta and settings -------------------------------------------------------------
 
     def get_setting(self, key: str, default: str | None = None) -> str | None:
+        """A value from the meta table (schema version, drain mode...), or `default`."""
         row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return row[0] if row else default
 
     def set_setting(self, key: str, value: str) -> None:
+        """Write one meta value."""
         with self.transaction() as conn:
             conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
@@ -504,12 +507,15 @@ class Store:
         return self.get_setting("drain") == "1"
 
     def set_draining(self, on: bool) -> None:
+        """Turn drain mode on or off."""
         self.set_setting("drain", "1" if on else "0")
 
     def group_limits(self) -> dict[str, int]:
+        """{group: jobs of it that may run at once} for groups with a limit."""
         return dict(self.conn.execute("SELECT name, parallel FROM groups").fetchall())
 
     def set_group(self, name: str, parallel: int) -> None:
+        """Set a group's limit on running jobs (0: no limit)."""
         with self.transaction() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO groups(name, parallel) VALUES (?, ?)", (name, parallel)
@@ -645,12 +651,14 @@ class Store:
         return [_job_from_row(r, deps[r[0]]) for r in rows]
 
     def get(self, job_id: int) -> Job:
+        """One job with its environment and dependencies. Raises NoSuchJob."""
         jobs = self._jobs_where("WHERE id=?", (job_id,))
         if not jobs:
             raise NoSuchJob(f"no job with id {job_id}")
         return jobs[0]
 
     def find(self, job_id: int) -> Job | None:
+        """One job, or None when there is no such id."""
         jobs = self._jobs_where("WHERE id=?", (job_id,))
         return jobs[0] if jobs else None
 
@@ -774,6 +782,7 @@ class Store:
         return {int(pid): int(job_id) for pid, job_id in rows}
 
     def events(self, job_id: int) -> list[JobEvent]:
+        """A job's state history, oldest first."""
         rows = self.conn.execute(
             "SELECT job_id, t, state, reason, event FROM job_events WHERE job_id=? ORDER BY id",
             (job_id,),
@@ -781,6 +790,7 @@ class Store:
         return [JobEvent(*r) for r in rows]
 
     def dependents(self, job_id: int) -> list[int]:
+        """Ids of the jobs that wait on this one."""
         return [
             r[0] for r in self.conn.execute("SELECT job_id FROM job_deps WHERE dep_id=?", (job_id,))
         ]
@@ -928,6 +938,7 @@ class Store:
             conn.execute(f"UPDATE jobs SET {sets} WHERE id=?", [*values, job_id])
 
     def set_progress(self, job_id: int, fraction: float | None, message: str | None = None) -> None:
+        """A job's progress: `fraction` in [0, 1] (None: unknown) and a short message."""
         with self.transaction() as conn:
             conn.execute(
                 "UPDATE jobs SET progress=?, progress_msg=? WHERE id=?", (fraction, message, job_id)
@@ -1114,6 +1125,7 @@ class Store:
     # ---- metrics -----------------------------------------------------------------------
 
     def add_metrics(self, job_id: int, step: int, values: dict[str, float | None]) -> None:
+        """One step's metric values (name -> value) of a job, in one transaction."""
         now = time.time()
         with self.transaction() as conn:
             conn.executemany(
