@@ -768,7 +768,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--quota",
-        type=_amount,
+        type=checked.amount,
         help="GPUs guaranteed to this group; others borrow them while idle and are preempted"
         " to give them back (0: no guarantee)",
     )
