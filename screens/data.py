@@ -87,8 +87,9 @@ class Query:
     def paged_sql(self) -> str:
         """The user's query as a subquery: filters and sort pushed down, one page (+1 row to know
         whether there is more) fetched."""
-        base = self.sql.strip().rstrip(";")
-        wrapped = f"SELECT * FROM ({base}) AS q"
+        from workbench.catalog.lake import wrap_user_sql
+
+        wrapped = wrap_user_sql(self.sql)
         if self.filters:
             wrapped += " WHERE " + " AND ".join(
                 f"{quote(c)} IS NULL" if v is None else f"{quote(c)} = {literal(v)}"

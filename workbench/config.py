@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from workbench.catalog.lake import parse_settings
 from workbench.queue.spec import SpecError, from_table
 from workbench.units import parse_duration, parse_size
 
@@ -41,10 +42,14 @@ def load_config(path: Path) -> Config:
         data: dict[str, Any] = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as error:
         raise SpecError(f"{path}: {error}") from error
-    known = {"daemon"}
+    known = {"daemon", "sql", "lake"}
     for key in data:
         if key not in known:
             raise SpecError(f"{path}: unknown table '{key}'")
+    try:
+        parse_settings(data, str(path))  # [sql] and [lake] belong to the lake, checked here too
+    except ValueError as error:
+        raise SpecError(str(error)) from error
     table = from_table(DaemonTable, data.get("daemon", {}), f"{path} [daemon]")
     try:
         return Config(
