@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -183,18 +186,22 @@ def cmd_sql(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     rows = 0
     deadline = lake.Deadline(con, limits)
+
+    def work() -> int:
+        lake.check_read_only(con, args.query)
+        if args.out:
+            sql = lake.limited_sql(con, args.query, args.limit)
+            written = _write_result(con.sql(sql), Path(args.out))
+            print(f"{written} rows written to {args.out}")
+            return written
+        if args.json or args.csv:
+            result = con.execute(lake.limited_sql(con, args.query, args.limit))
+            return _stream(result, args.json)
+        return _print_table(con, args.query, args.limit)
+
     try:
         with deadline:
-            lake.check_read_only(con, args.query)
-            if args.out:
-                sql = lake.limited_sql(con, args.query, args.limit)
-                rows = _write_result(con.sql(sql), Path(args.out))
-                print(f"{rows} rows written to {args.out}")
-            elif args.json or args.csv:
-                result = con.execute(lake.limited_sql(con, args.query, args.limit))
-                rows = _stream(result, args.json)
-            else:
-                rows = _print_table(con, args.query, args.limit)
+            rows = _interruptible(con, work)
     except (lake.QueryRefused, duckdb.Error, KeyboardInterrupt) as error:
         stopped = deadline.explain(error)
         message = str(stopped or error)
@@ -207,6 +214,39 @@ def cmd_sql(args: argparse.Namespace) -> int:
         con.close()
     lake.record_query(store, args.query, time.perf_counter() - started, rows, None)
     return 0
+
+
+def _interruptible(con: Any, work: Callable[[], int]) -> int:
+    """Run `work` in a thread while this (main) thread waits, so that Ctrl-C reaches Python
+    while DuckDB computes and can interrupt the connection; DuckDB's interrupt error then comes
+    back from the worker and is reported as `interrupted`."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["rows"] = work()
+        except BaseException as error:  # handed to the main thread below
+            outcome["error"] = error
+
+    interrupted = threading.Event()
+
+    def on_sigint(signum: int, frame: object) -> None:
+        interrupted.set()
+        con.interrupt()  # the worker's query ends within milliseconds
+
+    thread = threading.Thread(target=target, name="sql", daemon=True)
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        thread.start()
+        while thread.is_alive():
+            thread.join(0.1)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted.is_set():
+        raise KeyboardInterrupt
+    if "error" in outcome:
+        raise outcome["error"]
+    return int(outcome["rows"])
 
 
 def _stream(result: Any, as_json: bool) -> int:
