@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from workbench.db import datasets as catalog_db
+from workbench.db import catalog as db_catalog
 from workbench.db.store import Store
 from workbench.paths import Home
 from workbench.units import format_duration, format_size, parse_duration, parse_size
@@ -93,12 +93,6 @@ def check_dataset_name(name: str, where: str = "dataset") -> str:
     return name
 
 
-_VERSION_COLUMNS = (
-    "dataset, version, path, sources, schema, rows, bytes, content_hash, rejected_rows,"
-    " duration_s, created_at, job_id"
-)
-
-
 def _version_from_row(row: tuple[Any, ...]) -> VersionInfo:
     (
         dataset,
@@ -134,33 +128,15 @@ def _version_from_row(row: tuple[Any, ...]) -> VersionInfo:
 
 def versions(store: Store, dataset: str | None = None) -> list[VersionInfo]:
     """Every version (of one dataset, or of all), oldest first."""
-    if dataset is None:
-        rows = store.conn.execute(
-            f"SELECT {_VERSION_COLUMNS} FROM dataset_versions ORDER BY dataset, version"
-        ).fetchall()
-    else:
-        rows = store.conn.execute(
-            f"SELECT {_VERSION_COLUMNS} FROM dataset_versions WHERE dataset=? ORDER BY version",
-            (dataset,),
-        ).fetchall()
+    rows = db_catalog.version_rows(store, dataset)
     return [_version_from_row(r) for r in rows]
 
 
 def version_info(store: Store, dataset: str, version: int | None = None) -> VersionInfo:
     """A version (the latest when `version` is None); LakeError names what is missing."""
-    if version is None:
-        row = store.conn.execute(
-            f"SELECT {_VERSION_COLUMNS} FROM dataset_versions WHERE dataset=?"
-            " ORDER BY version DESC LIMIT 1",
-            (dataset,),
-        ).fetchone()
-    else:
-        row = store.conn.execute(
-            f"SELECT {_VERSION_COLUMNS} FROM dataset_versions WHERE dataset=? AND version=?",
-            (dataset, version),
-        ).fetchone()
+    row = db_catalog.version_row(store, dataset, version)
     if row is None:
-        known = [r[0] for r in store.conn.execute("SELECT name FROM datasets ORDER BY name")]
+        known = db_catalog.dataset_names(store)
         if dataset not in known:
             hint = f" (known: {', '.join(known)})" if known else " (the lake is empty)"
             raise LakeError(f"no dataset named {dataset!r}{hint}")
@@ -169,11 +145,7 @@ def version_info(store: Store, dataset: str, version: int | None = None) -> Vers
 
 
 def latest_versions(store: Store) -> list[VersionInfo]:
-    rows = store.conn.execute(
-        f"SELECT {_VERSION_COLUMNS} FROM dataset_versions v WHERE version ="
-        " (SELECT max(version) FROM dataset_versions w WHERE w.dataset = v.dataset)"
-        " ORDER BY dataset"
-    ).fetchall()
+    rows = db_catalog.latest_version_rows(store)
     return [_version_from_row(r) for r in rows]
 
 
@@ -253,37 +225,20 @@ def publish(
         digest = _content_hash(parts)
         size = sum(p.stat().st_size for p in parts)
         _read_only(tmp)
-        with store.transaction() as conn:
-            latest = catalog_db.latest_hash(conn, dataset)
-            if latest is not None and latest[1:] == (digest, rejected_rows):
-                shutil.rmtree(tmp, ignore_errors=True)
-                return version_info(store, dataset, latest[0])
-            version = (latest[0] if latest else 0) + 1
+
+        def place(version: int) -> str:
             final = base / f"v{version}"
             if final.exists():  # left by a crash between rename and commit: not in the catalog
                 shutil.rmtree(final)
             tmp.rename(final)
-            now = time.time()
-            conn.execute(
-                "INSERT OR IGNORE INTO datasets(name, created_at) VALUES (?, ?)", (dataset, now)
-            )
-            conn.execute(
-                f"INSERT INTO dataset_versions({_VERSION_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    dataset,
-                    version,
-                    str(final),
-                    json.dumps(sources or []),
-                    json.dumps([{"name": n, "type": t, "nulls": nulls[n]} for n, t in schema]),
-                    rows,
-                    size,
-                    digest,
-                    rejected_rows,
-                    now - started,
-                    now,
-                    job_id,
-                ),
-            )
+            return str(final)
+
+        version = db_catalog.add_version(
+            store, dataset, place, sources or [], schema, rows, size, digest, rejected_rows,
+            started, job_id, nulls=nulls, dedup=True,
+        )  # fmt: skip
+        if tmp.exists():  # the latest version has this content: nothing was placed
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         try:
@@ -353,7 +308,7 @@ def prunable(
     or older than `keep_for_s` seconds (0 turns a rule off). Never a dataset's latest version,
     and never one a training run or evaluation used (its lineage must stay readable)."""
     now = time.time() if now is None else now
-    in_use = catalog_db.versions_in_use(store.conn)
+    in_use = db_catalog.versions_in_use(store)
     by_dataset: dict[str, list[VersionInfo]] = {}
     for info in versions(store, dataset):
         by_dataset.setdefault(info.dataset, []).append(info)
@@ -375,8 +330,7 @@ def prune(home: Home, store: Store, chosen: list[VersionInfo]) -> int:
     never finds a catalogued version without files. Returns the bytes freed."""
     freed = 0
     for info in chosen:
-        with store.transaction() as conn:
-            catalog_db.delete_version(conn, info.dataset, info.version)
+        db_catalog.delete_version(store, info.dataset, info.version)
         if info.path.is_dir() and info.path.parent.parent == home.lake:
             freed += sum(p.stat().st_size for p in info.path.iterdir() if p.is_file())
             shutil.rmtree(info.path, ignore_errors=True)
@@ -409,27 +363,13 @@ def _store_tables(store: Store, only: Iterable[str] = STORE_TABLES) -> dict[str,
         return {}
 
     tables: dict[str, pyarrow.Table] = {}
-    queries = {
-        "jobs": 'SELECT id, name, kind, state, reason, priority, grp AS "group", gpus, cpus,'
-        " attempt, retries, exit_code, created_at, started_at, ended_at, stage, pipeline_id,"
-        " progress, peak_gpu_mem, mean_gpu_util FROM jobs",
-        "job_events": "SELECT job_id, t, state, reason FROM job_events",
-        "metrics": "SELECT job_id, step, name, value, t FROM metrics",
-    }
-    optional = {
-        "runs": "SELECT * FROM runs",
-        "evaluations": "SELECT * FROM evaluations",
-        "models": "SELECT * FROM models",
-    }
-    existing = {
-        r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
-    }
-    for name, sql in {**queries, **{k: v for k, v in optional.items() if k in existing}}.items():
+    for name in STORE_TABLES:
         if name not in wanted:
             continue
-        cursor = store.conn.execute(sql)
-        columns = [d[0] for d in cursor.description]
-        rows = cursor.fetchall()
+        exposed = db_catalog.exposed_table(store, name)
+        if exposed is None:
+            continue
+        columns, rows = exposed
         tables[name] = pa.table({c: [r[i] for r in rows] for i, c in enumerate(columns)})
     return tables
 
@@ -795,16 +735,8 @@ class Deadline:
 def record_query(
     store: Store, sql: str, duration_s: float | None, rows: int | None, error: str | None
 ) -> None:
-    with store.transaction() as conn:
-        conn.execute(
-            "INSERT INTO query_history(t, sql, duration_s, rows, error) VALUES (?,?,?,?,?)",
-            (time.time(), sql, duration_s, rows, error),
-        )
+    db_catalog.record_query(store, sql, duration_s, rows, error)
 
 
 def query_history(store: Store, limit: int = 100) -> list[dict[str, Any]]:
-    rows = store.conn.execute(
-        "SELECT t, sql, duration_s, rows, error FROM query_history ORDER BY id DESC LIMIT ?",
-        (limit,),
-    ).fetchall()
-    return [dict(zip(("t", "sql", "duration_s", "rows", "error"), r, strict=True)) for r in rows]
+    return db_catalog.query_history(store, limit)

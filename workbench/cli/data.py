@@ -334,7 +334,7 @@ def _write_result(result: Any, target: Path) -> int:
 
 def cmd_datasets(args: argparse.Namespace) -> int:
     from workbench.catalog import lake
-    from workbench.db import datasets as catalog_db
+    from workbench.db import catalog as db_catalog
 
     home = Home.current()
     store = _open(home)
@@ -354,7 +354,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         if args.name:
             print(dumps([i.to_json() for i in infos]))
         else:
-            counts = catalog_db.version_counts(store.conn)
+            counts = db_catalog.version_counts(store)
             print(dumps([{**i.to_json(), "versions": counts[i.dataset]} for i in infos]))
         return 0
     from rich.console import Console
