@@ -248,3 +248,48 @@ def test_identical_content_publishes_no_new_version(
     (tmp_path / "a.csv").write_text("x\n1\n3\n")
     assert ingest(client, tmp_path, source=["a.csv"], dataset="d").state == "succeeded"
     assert [v.version for v in lake.versions(client.store, "d")] == [1, 2]
+
+
+def test_datasets_prune_keeps_the_latest_and_versions_runs_used(home: Home, client: Client) -> None:
+    import pyarrow as pa
+
+    for n in range(1, 6):
+        lake.publish_arrow(home, client.store, "d", pa.table({"x": list(range(n))}))
+    from workbench.db import catalog as db_catalog
+
+    used = lake.version_info(client.store, "d", 2)
+    original = db_catalog.versions_in_use
+    try:
+        db_catalog.versions_in_use = lambda store: {("d", 2)}  # type: ignore[assignment]
+        chosen = lake.prunable(client.store, "d", keep_versions=2)
+    finally:
+        db_catalog.versions_in_use = original  # type: ignore[assignment]
+    assert [i.version for i in chosen] == [1, 3]  # v2 a run used; v4 and v5 are the newest two
+    assert used.path.exists()
+
+    dry = workbench("datasets", "prune", "--keep", "1", "--dry-run")
+    assert dry.returncode == 0 and "would remove 4 version(s)" in dry.stdout
+    assert [v.version for v in lake.versions(client.store, "d")] == [1, 2, 3, 4, 5]
+    done = workbench("datasets", "prune", "d", "--keep", "2", "--json")
+    assert done.returncode == 0, done.stderr
+    removed = json.loads(done.stdout)["removed"]
+    assert [r["version"] for r in removed] == [1, 2, 3]
+    assert [v.version for v in lake.versions(client.store, "d")] == [4, 5]
+    assert sorted(p.name for p in (home.lake / "d").iterdir()) == ["v4", "v5"]
+    assert query(home, client, "SELECT count(*) FROM d") == [(5,)]
+    nothing = workbench("datasets", "prune")
+    assert nothing.returncode == 2 and "--keep N or --older-than AGE" in nothing.stderr
+
+
+def test_retention_from_config_prunes_after_each_ingest(
+    client: Client, home: Home, tmp_path: Path
+) -> None:
+    home.config.write_text("[lake]\nkeep_versions = 2\n")
+    for n in range(4):
+        (tmp_path / "a.csv").write_text(f"x\n{n}\n")
+        assert ingest(client, tmp_path, source=["a.csv"], dataset="d").state == "succeeded"
+    assert [v.version for v in lake.versions(client.store, "d")] == [3, 4]
+    assert sorted(p.name for p in (home.lake / "d").iterdir()) == ["v3", "v4"]
+    older = workbench("datasets", "prune", "--older-than", "0.001s")
+    assert older.returncode == 0
+    assert [v.version for v in lake.versions(client.store, "d")] == [4]

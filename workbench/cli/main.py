@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import signal
 import sys
@@ -29,6 +28,7 @@ from workbench.db.store import (
     NoSuchJob,
     StoreError,
 )
+from workbench.jsonout import dumps
 from workbench.paths import Home
 from workbench.present import STATE_STYLES, job_details, job_progress, job_resources
 from workbench.queue.spec import SpecError
@@ -53,7 +53,7 @@ def _client(start_daemon: bool = True) -> Any:
 
 
 def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=None, default=str))
+    print(dumps(value))
 
 
 def _console() -> Any:
