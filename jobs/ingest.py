@@ -89,10 +89,14 @@ INTEGER_TYPES = frozenset(
     }
 )
 NUMERIC_TYPES = INTEGER_TYPES | {"DOUBLE", "FLOAT", "REAL"}
-# Read integer columns as an exact decimal, so that a fraction is seen instead of rounded away
-# (DuckDB's cast from text or JSON to an integer rounds 2.75 to 3).
+# DuckDB's cast from text or JSON to an integer rounds (2.75 becomes 3), so integer columns are
+# read as DOUBLE and checked to be whole before the cast. DOUBLE holds every integer below 2**53
+# exactly; a column with larger values is read again as an exact decimal (slower: 128-bit).
+FAST = "DOUBLE"
 EXACT = "DECIMAL(38,18)"
+_EXACT_BELOW = 2**53
 _NOT_WHOLE = "wb-not-whole"
+_TOO_BIG = "wb-too-big"
 
 # The kind's default reservation: DuckDB's readers scale with threads, and an ingest is short.
 DEFAULTS = {"cpus": min(4, os.cpu_count() or 1)}
@@ -267,22 +271,38 @@ def column_expression(
     index: int, name: str, read_type: str, final_type: str, check_whole: bool
 ) -> str:
     """How one column is selected: cast to its final type, and where the final type is an
-    integer read from something else, checked to be whole first (a fraction stops the load with
-    a marked error naming the column's index, never rounds)."""
+    integer read from something else, checked to be whole first: a fraction stops the load with
+    a marked error naming the column's index and value (never rounded); a whole number read as
+    DOUBLE beyond 2**53 stops it with another mark, to be read again exactly."""
     column = _quote(name)
     if not check_whole:
         if read_type.upper() == final_type.upper():
             return column
         return f"CAST({column} AS {final_type}) AS {column}"
-    exact = (
+    base = _base_type(read_type)
+    value = (
         column
-        if _base_type(read_type) in ("DECIMAL", "NUMERIC", "DOUBLE", "FLOAT")
-        else (f"CAST({column} AS {EXACT})")
+        if base in ("DECIMAL", "NUMERIC", "DOUBLE", "FLOAT")
+        else f"CAST({column} AS {EXACT})"
     )
+    fraction = f"error('{_NOT_WHOLE} {index} ' || CAST({column} AS VARCHAR))"
+    if base in ("DOUBLE", "FLOAT"):
+        return (
+            f"CASE WHEN {value} IS NULL THEN NULL WHEN {value} = trunc({value}) AND"
+            f" abs({value}) < {_EXACT_BELOW} THEN CAST({value} AS {final_type})"
+            f" WHEN {value} = trunc({value}) THEN error('{_TOO_BIG} {index}')"
+            f" ELSE {fraction} END AS {column}"
+        )
     return (
-        f"CASE WHEN {exact} IS NULL OR {exact} = trunc({exact}) THEN CAST({exact} AS {final_type})"
-        f" ELSE error('{_NOT_WHOLE} {index} ' || CAST({column} AS VARCHAR)) END AS {column}"
+        f"CASE WHEN {value} IS NULL OR {value} = trunc({value}) THEN CAST({value} AS {final_type})"
+        f" ELSE {fraction} END AS {column}"
     )
+
+
+def too_big(error: str) -> int | None:
+    """The column index of the mark `column_expression` raises for a whole number past 2**53."""
+    match = re.search(rf"{_TOO_BIG} (\d+)", error)
+    return int(match.group(1)) if match else None
 
 
 def not_whole(error: str) -> tuple[int, str] | None:
@@ -378,6 +398,11 @@ class Plan:
     final_types: dict[str, str]
     user_typed: set[str]
     groups: list[tuple[list[str], list[str]]] = field(default_factory=list)  # CSV: (files, cols)
+    exact: set[str] = field(default_factory=set)  # integer columns read as EXACT, not FAST
+
+    def integer_read_type(self, column: str) -> str:
+        """What a text source's integer column is read as (see FAST and EXACT)."""
+        return EXACT if column in self.exact else FAST
 
     def select(self) -> str:
         exprs = [
@@ -445,7 +470,9 @@ def plan_csv(cursor: duckdb.DuckDBPyConnection, spec: Spec, files: list[str], fm
 
 
 def _set_read_types(plan: Plan) -> None:
-    plan.read_types = {c: (EXACT if is_integer(t) else t) for c, t in plan.final_types.items()}
+    plan.read_types = {
+        c: (plan.integer_read_type(c) if is_integer(t) else t) for c, t in plan.final_types.items()
+    }
 
 
 def csv_from(spec: Spec, plan: Plan, fmt: str) -> str:
@@ -478,7 +505,8 @@ def plan_json(cursor: duckdb.DuckDBPyConnection, spec: Spec, files: list[str], f
     final = {n: spec.types.get(n, "VARCHAR" if t == "JSON" else t) for n, t in described}
     plan = Plan(order, {}, final, set(spec.types))
     plan.read_types = {
-        c: (EXACT if c in spec.types and is_integer(t) else t) for c, t in final.items()
+        c: (plan.integer_read_type(c) if c in spec.types and is_integer(t) else t)
+        for c, t in final.items()
     }
     return plan
 
@@ -660,6 +688,13 @@ def _widen_after_fraction(ctx: JobContext, spec: Spec, plan: Plan, error: str) -
     """After a fraction met an integer column: widen a guessed column to DOUBLE and say so
     (True: load again), or fail naming the column and value when the user typed it or chose a
     sample."""
+    big = too_big(error)
+    if big is not None:
+        column = plan.columns[big]
+        plan.exact.add(column)
+        plan.read_types[column] = EXACT
+        ctx.log(f"column {column!r} holds whole numbers past 2**53: reading it again exactly")
+        return True
     found = not_whole(error)
     if found is None:
         return False

@@ -293,3 +293,14 @@ def test_retention_from_config_prunes_after_each_ingest(
     older = workbench("datasets", "prune", "--older-than", "0.001s")
     assert older.returncode == 0
     assert [v.version for v in lake.versions(client.store, "d")] == [4]
+
+
+def test_csv_integers_past_two_to_the_53_stay_exact(
+    client: Client, home: Home, tmp_path: Path
+) -> None:
+    big = 2**53 + 1  # the first integer a DOUBLE cannot hold
+    (tmp_path / "big.csv").write_text(f"id,n\n1,5\n2,{big}\n3,-{big + 2}\n")
+    job = ingest(client, tmp_path, source=["big.csv"], dataset="big")
+    assert job.state == "succeeded", job.reason
+    assert schema(client, "big")["n"] == "BIGINT"
+    assert query(home, client, "SELECT n FROM big ORDER BY id") == [(5,), (big,), (-(big + 2),)]
