@@ -452,7 +452,12 @@ def plan_csv(cursor: duckdb.DuckDBPyConnection, spec: Spec, files: list[str], fm
     guessed: dict[str, str] = {}
     order: list[str] = []
     for path in files:
-        described = _describe(cursor, f"read_csv({_literal(path)}, {options})")
+        source = f"read_csv({_literal(path)}, {options})"
+        described = _describe(cursor, source)
+        if described == [("column0", "VARCHAR")]:
+            row = cursor.execute(f"SELECT count(*) FROM {source}").fetchone()
+            if not row or not row[0]:  # what DuckDB makes of a file with nothing in it
+                raise JobFailed(f"{path} is empty: nothing to ingest (no version published)")
         header = tuple(name for name, _ in described)
         by_header.setdefault(header, []).append(path)
         for name, kind in described:

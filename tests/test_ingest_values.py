@@ -304,3 +304,22 @@ def test_csv_integers_past_two_to_the_53_stay_exact(
     assert job.state == "succeeded", job.reason
     assert schema(client, "big")["n"] == "BIGINT"
     assert query(home, client, "SELECT n FROM big ORDER BY id") == [(5,), (big,), (-(big + 2),)]
+
+
+def test_cli_null_flags_and_an_empty_compressed_file(home: Home, tmp_path: Path) -> None:
+    import gzip
+
+    (tmp_path / "t.csv").write_text("n,s\n1,NA\n2,-\n3,x\n")
+    done = workbench(
+        "ingest", str(tmp_path / "t.csv"), "--dataset", "t", "--null", "-",
+        "--no-default-nulls", "--wait",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = workbench("sql", "SELECT s FROM t ORDER BY n", "--json").stdout.splitlines()
+    assert [json.loads(r)["s"] for r in rows] == ["NA", None, "x"]
+    with gzip.open(tmp_path / "e.csv.gz", "wt") as handle:
+        handle.write("")
+    empty = workbench("ingest", str(tmp_path / "e.csv.gz"), "--dataset", "t", "--wait")
+    assert empty.returncode == 1
+    shown = workbench("show", empty.stdout.split()[0])
+    assert "is empty: nothing to ingest" in shown.stdout
