@@ -236,7 +236,7 @@ def main() -> None:
         )
         rows_out.append(
             [
-                "  whole-input types vs sampled types (--sample-size 20480), inside the job",
+                "  whole-input types vs sampled (--sample-size 20480), inside the job (time ratio)",
                 f"{j:.2f} s",
                 f"sampled: {median(sampled_times):.2f} s",
                 f"{spread([x / y for x, y in zip(job_times, sampled_times, strict=True)])}"
@@ -261,7 +261,7 @@ def main() -> None:
                 store.close()
         rows_out.append(
             [
-                f"  NDJSON, {json_rows:,} records, whole input (inside the job)",
+                f"  NDJSON, {json_rows:,} records, read whole, inside the job (time ratio)",
                 f"{median(json_job):.2f} s",
                 f"DuckDB COPY, sampled types: {median(json_base):.2f} s",
                 spread([x / y for x, y in zip(json_job, json_base, strict=True)]),
