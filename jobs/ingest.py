@@ -43,29 +43,10 @@ _EXTENSIONS = {
     ".jsonl": "ndjson",
 }
 
-# pandas' default missing-value strings (`pandas.read_csv`'s `na_values`), the reference users
-# of R and pandas expect: read as null in CSV/TSV unless `default_nulls = false`.
-DEFAULT_NULLS = (
-    "",
-    "#N/A",
-    "#N/A N/A",
-    "#NA",
-    "-1.#IND",
-    "-1.#QNAN",
-    "-NaN",
-    "-nan",
-    "1.#IND",
-    "1.#QNAN",
-    "<NA>",
-    "N/A",
-    "NA",
-    "NULL",
-    "NaN",
-    "None",
-    "n/a",
-    "nan",
-    "null",
-)
+# The strings R and pandas users expect to read as missing (the common part of pandas'
+# `read_csv` defaults): null in CSV/TSV unless `default_nulls = false`. Each one costs the
+# reader a comparison per value, so the list stays short; `null` adds others.
+DEFAULT_NULLS = ("", "NA", "N/A", "NaN", "null", "NULL", "None")
 
 INTEGER_TYPES = frozenset(
     {
@@ -106,7 +87,7 @@ DEFAULTS = {"cpus": min(4, os.cpu_count() or 1)}
 class Spec:
     """`source`: paths or globs (relative to the spec or pipeline file); `types`: per-column type
     overrides (DuckDB types, e.g. {"age" = "INTEGER"}), for every format; `null`: strings read as
-    null in CSV/TSV, added to pandas' defaults (`default_nulls = false`: only these);
+    null in CSV/TSV, added to DEFAULT_NULLS (`default_nulls = false`: only these);
     `sample_size`: guess CSV types from this many rows instead of the whole input;
     `mode = "append"` keeps the previous version's rows in the new one; more than `max_rejects`
     bad rows fail the job."""
@@ -210,7 +191,7 @@ def _struct(pairs: dict[str, str]) -> str:
 
 
 def null_strings(spec: Spec) -> list[str]:
-    """The strings read as null in CSV/TSV: pandas' defaults (unless turned off) and the spec's."""
+    """The strings read as null in CSV/TSV: DEFAULT_NULLS (unless turned off) and the spec's."""
     base = list(DEFAULT_NULLS) if spec.default_nulls else []
     return base + [n for n in spec.null if n not in base]
 

@@ -34,8 +34,8 @@ def register(sub: Any) -> None:
         "--null",
         action="append",
         metavar="TEXT",
-        help="a string that means null in CSV/TSV (repeatable; added to NA, N/A, NaN, null,"
-        " NULL, None, empty and pandas' other defaults)",
+        help="a string that means null in CSV/TSV (repeatable; added to the defaults: empty,"
+        " NA, N/A, NaN, null, NULL, None)",
     )
     p.add_argument(
         "--no-default-nulls",
