@@ -582,6 +582,7 @@ def run(ctx: JobContext) -> None:
             raise JobFailed(f"cannot read the sources: {str(error).splitlines()[0]}") from None
         finally:
             con.close()
+        planned = time.time()
         target = tmp / "part-0.parquet"
         widenings = 0
         while True:
@@ -620,6 +621,10 @@ def run(ctx: JobContext) -> None:
             break
         if fmt in ("json", "ndjson"):
             _check_has_rows(target, files)
+        ctx.log(
+            f"types decided in {planned - started:.2f}s, read and written in"
+            f" {time.time() - planned:.2f}s ({widenings + 1} pass(es))"
+        )
         ctx.progress(0.96, "publishing")
         return count
 
