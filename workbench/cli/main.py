@@ -284,7 +284,7 @@ def _ls_stream(jobs: Any, as_json: bool, draining: bool) -> int:
         out.write("[")
         first = True
         for job in jobs:
-            out.write(("" if first else ",\n") + json.dumps(job_json(job), default=str))
+            out.write(("" if first else ",\n") + dumps(job_json(job)))
             first = False
         out.write("]\n")
         return EXIT_OK
