@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from workbench.catalog.lake import parse_settings
 from workbench.queue.spec import SpecError, from_table
 from workbench.units import parse_duration, parse_size
 
@@ -99,10 +100,14 @@ def load_config(path: Path) -> Config:
         data: dict[str, Any] = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as error:
         raise SpecError(f"{path}: {error}") from error
-    known = {"daemon", "retention", "security", "scheduler", "groups"}
+    known = {"daemon", "retention", "security", "sql", "lake", "scheduler", "groups"}
     for key in data:
         if key not in known:
             raise SpecError(f"{path}: unknown table '{key}'")
+    try:
+        parse_settings(data, str(path))  # [sql] and [lake] belong to the lake, checked here too
+    except ValueError as error:
+        raise SpecError(str(error)) from error
     table = from_table(DaemonTable, data.get("daemon", {}), f"{path} [daemon]")
     if table.containment not in CONTAINMENT_MODES:
         raise SpecError(

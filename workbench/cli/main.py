@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import heapq
 import importlib
-import json
 import os
 import signal
 import sys
@@ -37,6 +36,7 @@ from workbench.db.store import (
     NoSuchJob,
     StoreError,
 )
+from workbench.jsonout import dumps
 from workbench.paths import Home
 from workbench.present import (
     LS_HEADERS,
@@ -74,7 +74,7 @@ def _client(start_daemon: bool = True) -> Any:
 
 
 def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=None, default=str))
+    print(dumps(value))
 
 
 def _console() -> Any:
@@ -255,13 +255,12 @@ def _ls_stream(jobs: Any, as_json: bool, draining: bool) -> int:
     """Every job given, written as it is read (memory stays flat at any queue length)."""
     out = sys.stdout
     if as_json:
-        encode = json.JSONEncoder(default=str).encode  # one encoder: json.dumps makes one per call
         words = secret_words()
         out.write("[")
         chunk: list[str] = []
         first = True
         for job in jobs:
-            chunk.append(encode(job.to_json(secret_words=words)))
+            chunk.append(dumps(job.to_json(secret_words=words)))
             if len(chunk) >= 1000:
                 out.write(("" if first else ",\n") + ",\n".join(chunk))
                 chunk, first = [], False
