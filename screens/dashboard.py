@@ -13,10 +13,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, VerticalScroll
 from textual.message import Message
-from textual.screen import Screen
-from textual.widgets import Footer, Header, Static
+from textual.widgets import Static
 
-from screens.widgets import meter, spark
+from screens.widgets import WorkbenchScreen, meter, spark
 from workbench.units import format_rate, format_size
 
 HISTORY_S = 300
@@ -222,8 +221,10 @@ class Panel(Static):
     DEFAULT_CSS = "Panel { border: round $primary-darken-1; padding: 0 1; height: auto; }"
 
 
-class DashboardScreen(Screen[None]):
+class DashboardScreen(WorkbenchScreen):
     """Live machine panels. Polls only while it is the current screen."""
+
+    TITLE_NAME = "Dashboard"
 
     BINDINGS = [
         Binding(
@@ -265,14 +266,14 @@ class DashboardScreen(Screen[None]):
         self.history: list[dict[str, Any]] = []
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield self.title_bar()
         with VerticalScroll(id="dashboard"):
             yield Static(id="gpu-status")
             yield Grid(id="gpus")
             with Grid(id="host"):
                 for key in ("cpu", "memory", "network", "disks"):
                     yield Panel(id=key)
-        yield Footer(compact=True)
+        yield self.bottom_bar()
 
     def on_mount(self) -> None:
         self.poll()

@@ -16,8 +16,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Static, TextArea
+from textual.widgets import DataTable, Static, TextArea
+
+from screens.widgets import WorkbenchScreen
 
 PAGE_ROWS = 100
 KEYWORDS = (
@@ -139,8 +140,10 @@ class PageRead(Message):
     error: str | None = None
 
 
-class DataScreen(Screen[None]):
+class DataScreen(WorkbenchScreen):
     """Datasets on the left, the SQL editor and paged results on the right."""
+
+    TITLE_NAME = "Data"
 
     AUTO_FOCUS = "#sql"
     BINDINGS = [
@@ -236,7 +239,7 @@ class DataScreen(Screen[None]):
         self.generation = 0  # only the newest request's page is shown
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield self.title_bar()
         with Horizontal(id="data"):
             with Vertical(id="catalog"):
                 yield DataTable(id="datasets", cursor_type="row")
@@ -247,7 +250,7 @@ class DataScreen(Screen[None]):
                 )
                 yield Static(id="sql-status")
                 yield DataTable(id="results", zebra_stripes=True)
-        yield Footer(compact=True)
+        yield self.bottom_bar()
 
     def on_mount(self) -> None:
         table = self.query_one("#datasets", DataTable)

@@ -15,9 +15,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
-from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Static
 
+from screens.widgets import WorkbenchScreen
 from workbench.units import format_size
 
 
@@ -115,8 +115,10 @@ def render_model(model: dict[str, Any], test: dict[str, Any] | None) -> Group:
     return Group(*lines)
 
 
-class ModelsScreen(Screen[None]):
+class ModelsScreen(WorkbenchScreen):
     """Exported models; `e` queries the selected model's test errors in the Data screen."""
+
+    TITLE_NAME = "Models"
 
     AUTO_FOCUS = "#models"
     BINDINGS = [
@@ -135,12 +137,12 @@ class ModelsScreen(Screen[None]):
         self.tests: dict[int, dict[str, Any]] = {}
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield self.title_bar()
         with Horizontal(id="models-body"):
             yield DataTable(id="models", cursor_type="row", zebra_stripes=True)
             with VerticalScroll(id="model-detail"):
                 yield Static(id="model-card")
-        yield Footer(compact=True)
+        yield self.bottom_bar()
 
     def on_mount(self) -> None:
         table = self.query_one("#models", DataTable)

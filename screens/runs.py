@@ -12,11 +12,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Static
 from textual_plotext import PlotextPlot
 
-from screens.widgets import state_text
+from screens.widgets import WorkbenchScreen, state_text
 from workbench.catalog.tracking import Run, metric_order
 
 SORTS = ("job", "val_accuracy", "val_loss", "val_rmse")
@@ -89,8 +88,10 @@ def params_diff(a: Run, b: Run) -> Text:
     return text
 
 
-class RunsScreen(Screen[None]):
+class RunsScreen(WorkbenchScreen):
     """Runs and their curves. Space marks up to two runs to compare."""
+
+    TITLE_NAME = "Runs"
 
     AUTO_FOCUS = "#runs"
     BINDINGS = [
@@ -142,14 +143,14 @@ class RunsScreen(Screen[None]):
         self.plotted: dict[int, dict[str, list[tuple[int, float | None]]]] = {}
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield self.title_bar()
         with Horizontal(id="runs-body"):
             with Vertical(id="runs-left"):
                 yield Static(id="runs-status")
                 yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
                 yield Static(id="runs-detail")
             yield PlotextPlot(id="curves")
-        yield Footer(compact=True)
+        yield self.bottom_bar()
 
     def on_mount(self) -> None:
         table = self.query_one("#runs", DataTable)

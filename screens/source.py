@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workbench.db.job_pages import JobFilter
 from workbench.db.store import Job, JobEvent, Store
 from workbench.paths import Home
 
@@ -21,6 +22,17 @@ class Snapshot:
     jobs: list[Job]
     telemetry: dict[str, Any] | None
     history: list[dict[str, Any]]
+
+
+@dataclass
+class JobPage:
+    """One window of the job table: `jobs` are rows `offset`.. of `total` matching the filter;
+    `counts` is jobs per state over the whole table."""
+
+    total: int
+    offset: int
+    jobs: list[Job]
+    counts: dict[str, int]
 
 
 class Source:
@@ -60,6 +72,23 @@ class Source:
         active = store.active_jobs(light=True)  # the captured environments are not shown
         ended = store.list_jobs(states=["succeeded", "failed", "cancelled"], limit=200)
         return sorted([*active, *ended], key=lambda j: j.id)
+
+    def job_page(self, where: JobFilter, offset: int, limit: int) -> JobPage:
+        """Rows `offset`..`offset + limit` of the jobs matching `where` (by id), their count and
+        the count per state: what the Queue screen shows, read without loading every job."""
+        from workbench.db import job_pages
+
+        store = self.store()
+        total = job_pages.count_jobs(store, where)
+        offset = max(0, min(offset, total - 1)) if total else 0
+        jobs = job_pages.page_of_jobs(store, where, offset, limit)
+        return JobPage(total, offset, jobs, store.counts_by_state())
+
+    def job_position(self, where: JobFilter, job_id: int) -> int:
+        """Where `job_id` sits among the jobs matching `where` (0-based)."""
+        from workbench.db import job_pages
+
+        return job_pages.position_of_job(self.store(), where, job_id)
 
     def telemetry(self) -> dict[str, Any] | None:
         from workbench.telemetry import sampler as telemetry
@@ -116,6 +145,17 @@ class FixedSource(Source):
 
     def jobs(self) -> list[Job]:
         return list(self.fixed_jobs)
+
+    def job_page(self, where: JobFilter, offset: int, limit: int) -> JobPage:
+        matching = sorted((j for j in self.fixed_jobs if where.matches(j)), key=lambda j: j.id)
+        offset = max(0, min(offset, len(matching) - 1)) if matching else 0
+        counts: dict[str, int] = {}
+        for job in self.fixed_jobs:
+            counts[job.state] = counts.get(job.state, 0) + 1
+        return JobPage(len(matching), offset, matching[offset : offset + limit], counts)
+
+    def job_position(self, where: JobFilter, job_id: int) -> int:
+        return sum(1 for j in self.fixed_jobs if where.matches(j) and j.id < job_id)
 
     def telemetry(self) -> dict[str, Any] | None:
         return self.fixed_telemetry

@@ -1,12 +1,33 @@
-"""Small shared renderables: meter bars, tiny sparklines, state colours."""
+"""Small shared pieces of every screen: meter bars, tiny sparklines, state colours, the title bar
+with the screen keys, and the focus line beside the footer."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widget import Widget
+from textual.widgets import Footer, Static, TextArea
 
-from workbench.present import STATE_STYLES
+# One colour per state; the TUI tells paused (held by a user) and blocked (a dependency failed)
+# apart from failed, which is the only red.
+STATE_STYLES = {
+    "queued": "cyan",
+    "starting": "yellow",
+    "running": "bold yellow",
+    "paused": "magenta",
+    "blocked": "dark_orange",
+    "succeeded": "green",
+    "failed": "bold red",
+    "cancelled": "grey50",
+}
+
+# The screens in key order: (key, title). The app's SCREENS table holds where each lives.
+SCREEN_KEYS = (("d", "Dashboard"), ("j", "Queue"), ("s", "Data"), ("r", "Runs"), ("m", "Models"))
 
 BLOCKS = " ▁▂▃▄▅▆▇█"
 
@@ -41,5 +62,106 @@ def spark(values: Sequence[float | None], width: int, top: float | None = None) 
     return Text("".join(chars).rjust(width), style="cyan")
 
 
+def state_style(state: str) -> str:
+    """The colour of a job state (`STATE_STYLES`)."""
+    return STATE_STYLES.get(state, "")
+
+
 def state_text(state: str) -> Text:
-    return Text(state, style=STATE_STYLES.get(state, ""))
+    return Text(state, style=state_style(state))
+
+
+class TitleBar(Static):
+    """One line: the app, then every screen with its key (the current one highlighted), help.
+
+    The screen keys live here rather than in the footer, so they stay visible at 80 columns and
+    the footer has room for the current screen's own keys."""
+
+    DEFAULT_CSS = """
+    TitleBar { height: 1; background: $panel; color: $text-muted; }
+    """
+
+    def __init__(self, current: str) -> None:
+        super().__init__(id="title-bar")
+        self.current = current
+
+    def on_mount(self) -> None:
+        self.update(self.line(self.size.width or 80))
+
+    def on_resize(self) -> None:
+        self.update(self.line(self.size.width))
+
+    def line(self, width: int) -> Text:
+        text = Text(no_wrap=True, overflow="crop")
+        text.append(" gpu-workbench " if width >= 100 else " wb ", style="bold")
+        for key, title in SCREEN_KEYS:
+            label = f" {key} {title} " if width >= 70 else f" {key} {title[:4]} "
+            text.append(label, style="bold reverse" if title == self.current else "")
+        help_text = " ? help  q quit " if width >= 80 else " ? help "
+        text.append(" " * max(1, width - text.cell_len - len(help_text)))
+        text.append(help_text, style="dim")
+        return text
+
+
+def pane_name(widget: Widget | None) -> str:
+    """What the focus line calls a focused widget: its `border_title`, else its id."""
+    if widget is None:
+        return "nothing"
+    title = widget.border_title
+    return str(title) if title else (widget.id or type(widget).__name__).replace("-", " ")
+
+
+class FocusLine(Static):
+    """Left of the footer: which pane has the focus, and how to leave it."""
+
+    DEFAULT_CSS = """
+    FocusLine { width: auto; max-width: 40; height: 1; padding: 0 1; background: $primary 40%; }
+    """
+
+    def show(self, widget: Widget | None) -> None:
+        text = Text(pane_name(widget), style="bold")
+        if isinstance(widget, TextArea) and not widget.read_only:
+            text.append(" esc: leave", style="")
+        elif widget is not None and "Input" in type(widget).__name__:
+            text.append(" esc: close", style="")
+        self.update(text)
+
+
+class BottomBar(Horizontal):
+    """The focus line and the footer on the last row."""
+
+    DEFAULT_CSS = """
+    BottomBar { dock: bottom; height: 1; }
+    BottomBar > Footer { dock: none; width: 1fr; }
+    BottomBar > Footer.-compact FooterLabel { margin: 0 1 0 0; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield FocusLine(id="focus-line")
+        yield Footer(compact=True, show_command_palette=False)
+
+
+class WorkbenchScreen(Screen[None]):
+    """A screen with the title bar on top and the focus line beside the footer; Tab and
+    Shift+Tab move between its panes (Textual's focus chain)."""
+
+    TITLE_NAME = ""
+
+    def title_bar(self) -> TitleBar:
+        return TitleBar(self.TITLE_NAME)
+
+    def bottom_bar(self) -> BottomBar:
+        return BottomBar()
+
+    def on_descendant_focus(self, event: Any) -> None:
+        self._show_focus()
+
+    def on_descendant_blur(self, event: Any) -> None:
+        self.call_after_refresh(self._show_focus)
+
+    def on_screen_resume(self) -> None:
+        self._show_focus()
+
+    def _show_focus(self) -> None:
+        for line in self.query(FocusLine):
+            line.show(self.focused)

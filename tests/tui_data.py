@@ -255,3 +255,52 @@ def history(with_gpus: bool) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+FILL_STATES = ("succeeded", "succeeded", "failed", "cancelled", "succeeded", "queued", "paused")
+
+
+def fill_jobs(store: Any, count: int, now: float | None = None) -> list[int]:
+    """`count` command jobs, most of them ended, some queued and paused (no daemon needed):
+    the table a busy queue builds over months, for the Queue screen's tests and benchmark."""
+    import time
+
+    from workbench.db.store import JobRequest
+
+    requests = [
+        JobRequest(
+            name=f"sweep point {i} lr={0.001 * (1 + i % 9):.3f}",
+            kind="command",
+            spec={"argv": ["python", "train.py", str(i)]},
+            cwd="/srv/project",
+            env={"PATH": "/usr/bin", "HOME": "/home/user"},
+            argv=["python", "train.py", str(i)],
+            cpus=1.0,
+            paused=True,
+        )
+        for i in range(count)
+    ]
+    ids = store.submit_many(requests)
+    ended_at = (now or time.time()) - 60
+    with store.transaction() as conn:
+        conn.executemany(
+            "UPDATE jobs SET state = ?, reason = ?, ended_at = ?, exit_code = ? WHERE id = ?",
+            [
+                (
+                    state,
+                    {
+                        "failed": "exited with code 1",
+                        "cancelled": "cancelled (killed by SIGTERM)",
+                        "paused": "paused",
+                        "queued": "waiting for 1 CPU (0 of 2 free)",
+                    }.get(state),
+                    ended_at if state in ("succeeded", "failed", "cancelled") else None,
+                    {"succeeded": 0, "failed": 1, "cancelled": 143}.get(state),
+                    job_id,
+                )
+                for job_id, state in zip(
+                    ids, (FILL_STATES[i % len(FILL_STATES)] for i in range(count)), strict=True
+                )
+            ],
+        )
+    return ids
