@@ -153,6 +153,9 @@ class ModelsScreen(WorkbenchScreen):
     def on_screen_resume(self) -> None:
         self.poll()
 
+    def on_resize(self) -> None:
+        self.set_class(self.size.width < 120, "narrow")
+
     @work(
         thread=True, exclusive=True, exit_on_error=False, group="models", description="read models"
     )
@@ -221,4 +224,12 @@ class ModelsScreen(WorkbenchScreen):
         order = "confidence DESC" if test.get("task") == "classification" else "abs(error) DESC"
         sql = f"SELECT * FROM {dataset} WHERE {condition} ORDER BY {order}"
         self.app.switch_mode("data")
-        self.app.call_later(lambda: self.app.screen.run_sql(sql))  # type: ignore[attr-defined]
+
+        def run_there() -> None:
+            # The results are what to look at next; the focus goes there, not to the editor,
+            # so the screen keys keep working.
+            data = self.app.screen
+            data.run_sql(sql)  # type: ignore[attr-defined]
+            data.query_one("#results").focus()
+
+        self.app.call_later(run_there)
