@@ -53,6 +53,7 @@ class PageRead(Message):
     version: int
     where: JobFilter
     select_id: int | None = None
+    daemon_running: bool = True
 
 
 @dataclass
@@ -162,6 +163,8 @@ class QueueScreen(WorkbenchScreen):
         self.version = -1
         self.counts: dict[str, int] = {}
         self.first_read = True
+        self.anchor_id: int | None = None
+        self.daemon_running = True
 
     def compose(self) -> ComposeResult:
         yield self.title_bar()
@@ -203,8 +206,9 @@ class QueueScreen(WorkbenchScreen):
         source = self.app.source  # type: ignore[attr-defined]
         version = source.data_version()
         now = source.now()
+        daemon = source.daemon_running()
         if version == self.version and not force:
-            self.post_message(PageRead(None, now, version, where))
+            self.post_message(PageRead(None, now, version, where, daemon_running=daemon))
             return
         if select_id is not None:
             position = source.job_position(where, select_id)
@@ -218,8 +222,12 @@ class QueueScreen(WorkbenchScreen):
 
     def on_page_read(self, message: PageRead) -> None:
         table = self.table
+        daemon_changed = message.daemon_running != self.daemon_running
+        self.daemon_running = message.daemon_running
         if message.page is None:
             table.set_now(message.now)
+            if daemon_changed:
+                self.show_status()
         elif message.where == self.where:
             page = message.page
             self.version = message.version
@@ -261,7 +269,7 @@ class QueueScreen(WorkbenchScreen):
             if self.where.text:
                 shown += f" {self.where.text!r}"
             status.append(f" filter {shown}: {total} ", style="magenta")
-        if not self.app.source.daemon_running():  # type: ignore[attr-defined]
+        if not self.daemon_running:
             status.append(" daemon not running: the next action starts it", style="yellow")
         self.query_one("#queue-status", Static).update(status)
 
@@ -340,8 +348,10 @@ class QueueScreen(WorkbenchScreen):
     def set_filter(self, where: JobFilter) -> None:
         """Show the jobs matching `where`, keeping the cursor on the same job where it still shows."""
         job = self.selected()
+        if job is not None:
+            self.anchor_id = job.id  # kept through a filter that shows no rows
         self.where = where
-        self.poll(force=True, select_id=job.id if job else None)
+        self.poll(force=True, select_id=self.anchor_id)
 
     def action_cycle_state(self) -> None:
         index = STATE_FILTERS.index(self.where.state)

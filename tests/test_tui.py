@@ -11,11 +11,12 @@ from typing import Any
 import psutil
 import pytest
 from conftest import stop_daemon, wait_for, wait_state
-from textual.widgets import DataTable, Input, Log
+from textual.widgets import Input, RichLog
 
 from screens.app import HelpScreen, WorkbenchApp
 from screens.dashboard import DashboardScreen
-from screens.queue import JobDetailScreen, QueueScreen, SubmitScreen
+from screens.jobtable import JobTable, cell_texts
+from screens.queue import ConfirmScreen, JobDetailScreen, QueueScreen, SubmitScreen
 from screens.source import Source
 from workbench.daemon.client import Client
 from workbench.paths import Home
@@ -52,13 +53,18 @@ def text_of(widget: Any) -> str:
 
 
 def rows(app: WorkbenchApp) -> dict[str, list[str]]:
-    table = app.screen.query_one("#jobs", DataTable)
-    return {key.value: [str(c) for c in table.get_row(key)] for key in table.rows if key.value}
+    """The Queue's held rows by job id: [id, name, kind, state, prio, resources, progress, age,
+    reason], in table order."""
+    table = app.screen.query_one("#jobs", JobTable)
+    return {str(job.id): list(cell_texts(job, table.now).values()) for job in table.window.jobs}
 
 
 def select(app: WorkbenchApp, job_id: int) -> None:
-    table = app.screen.query_one("#jobs", DataTable)
-    table.move_cursor(row=table.get_row_index(str(job_id)))
+    table = app.screen.query_one("#jobs", JobTable)
+    index = next(
+        table.window.offset + i for i, job in enumerate(table.window.jobs) if job.id == job_id
+    )
+    table.move_to(index)
 
 
 @pytest.fixture
@@ -109,10 +115,16 @@ async def test_queue_updates_live_and_keeps_the_cursor(app: WorkbenchApp, client
             lambda: rows(app).get(str(second), [""] * 4)[3] == "succeeded",
             what="second job succeeded",
         )
-        table = app.screen.query_one("#jobs", DataTable)
-        assert table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value == str(first)
-        await pilot.press("c")
+        table = app.screen.query_one("#jobs", JobTable)
+        selected = table.selected()
+        assert selected is not None and selected.id == first
+        await pilot.press("c")  # a running job: asks first; n leaves it running
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")
+        assert isinstance(app.screen, QueueScreen)
+        await pilot.press("c", "y")
         await until(pilot, lambda: rows(app)[str(first)][3] == "cancelled", what="cancelled by key")
+        assert client.store.get(first).state == "cancelled"
 
 
 async def test_pause_resume_retry_priority(app: WorkbenchApp, client: Client) -> None:
@@ -141,35 +153,67 @@ async def test_pause_resume_retry_priority(app: WorkbenchApp, client: Client) ->
         await pilot.press("x")
         await until(pilot, lambda: client.store.get(failing).attempt == 2, what="retried")
         select(app, job_id)
-        await pilot.press("c")
+        await pilot.press("c", "y")
         await until(pilot, lambda: client.store.get(job_id).state == "cancelled", what="cancelled")
 
 
-async def test_filters(app: WorkbenchApp, client: Client) -> None:
-    ok = submit(client, ["true"], name="alpha")
-    bad = submit(client, ["false"], name="beta")
-    wait_state(client, ok, "succeeded")
-    wait_state(client, bad, "failed")
+async def test_filters_keep_the_id_order(app: WorkbenchApp, client: Client) -> None:
+    """A state or text filter shows the matching jobs; clearing it puts every row back in id
+    order (not the filtered rows first), with the cursor still on the same job."""
+    names = ["alpha", "beta", "alpha two", "gamma"]
+    ids = [submit(client, ["true" if i % 2 == 0 else "false"], name=n) for i, n in enumerate(names)]
+    for i, job_id in enumerate(ids):
+        wait_state(client, job_id, "succeeded" if i % 2 == 0 else "failed")
+    everything = [str(i) for i in ids]
     async with app.run_test(size=(140, 40)) as pilot:
         await pilot.press("j")
-        await until(pilot, lambda: len(rows(app)) == 2, what="two rows")
+        await until(pilot, lambda: list(rows(app)) == everything, what="four rows")
         for _ in range(6):  # any -> queued -> running -> paused -> blocked -> succeeded -> failed
             await pilot.press("f")
-        assert list(rows(app)) == [str(bad)]
+        await until(
+            pilot, lambda: list(rows(app)) == [str(ids[1]), str(ids[3])], what="failed only"
+        )
+        select(app, ids[3])
         await pilot.press("f", "f")  # cancelled -> any state
-        assert len(rows(app)) == 2
+        await until(pilot, lambda: list(rows(app)) == everything, what="all rows, in id order")
+        assert app.screen.query_one("#jobs", JobTable).selected().id == ids[3]  # type: ignore[union-attr]
         await pilot.press("slash")
+        assert isinstance(app.focused, Input)
         await pilot.press(*"alpha", "enter")
-        assert list(rows(app)) == [str(ok)]
+        await until(
+            pilot, lambda: list(rows(app)) == [str(ids[0]), str(ids[2])], what="text filter"
+        )
+        await pilot.press("slash", "ctrl+u", "enter")  # an empty text clears it
+        await until(pilot, lambda: list(rows(app)) == everything, what="all rows again")
+
+
+async def test_text_filter_typing_fires_no_queue_keys(app: WorkbenchApp, client: Client) -> None:
+    """In the find field, c p x u + - n b f o q T d s r m are letters of the filter, not keys."""
+    running = submit(client, ["sleep", "30"], name="sleeper")
+    wait_state(client, running, "running")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("j")
+        await until(pilot, lambda: str(running) in rows(app), what="the row")
+        theme = app.theme
+        await pilot.press("slash", *"cpxu+-nbfoqTdsrm")
+        assert app.screen.query_one("#find", Input).value == "cpxu+-nbfoqTdsrm"
+        assert isinstance(app.screen, QueueScreen) and app.theme == theme
+        await pilot.press("escape")
+        assert isinstance(app.focused, JobTable)
+        assert client.store.get(running).state == "running"
+        assert client.store.get(running).priority == 0
+        await pilot.press("c", "y")
+        await until(pilot, lambda: client.store.get(running).state == "cancelled", what="cancel")
 
 
 async def test_submit_form_queues_a_job(app: WorkbenchApp, client: Client) -> None:
     async with app.run_test(size=(140, 40)) as pilot:
         await pilot.press("j", "n")
         assert isinstance(app.screen, SubmitScreen)
-        app.screen.query_one("#command", Input).value = "sh -c 'echo from the form'"
-        app.screen.query_one("#name", Input).value = "form job"
-        app.screen.query_one("#cpus", Input).value = "1"
+        await until(pilot, lambda: app.screen.query("#spec-argv"), what="the command fields")
+        app.screen.query_one("#spec-argv", Input).value = "sh -c 'echo from the form'"
+        app.screen.query_one("#opt-name", Input).value = "form job"
+        app.screen.query_one("#opt-cpus", Input).value = "1"
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(app.screen, QueueScreen), what="form closed")
         job = await until(
@@ -179,10 +223,11 @@ async def test_submit_form_queues_a_job(app: WorkbenchApp, client: Client) -> No
         )
         assert job.argv == ["sh", "-c", "echo from the form"] and job.cpus == 1
         await pilot.press("n")
-        app.screen.query_one("#command", Input).value = "true"
-        app.screen.query_one("#gpus", Input).value = "many"
+        await until(pilot, lambda: app.screen.query("#spec-argv"), what="the command fields")
+        app.screen.query_one("#spec-argv", Input).value = "true"
+        app.screen.query_one("#opt-gpus", Input).value = "many"
         await pilot.press("enter")
-        assert "gpus: not a number" in text_of(app.screen.query_one("#submit-error"))
+        assert "'gpus': not a number" in text_of(app.screen.query_one("#submit-error"))
         await pilot.press("escape")
         assert isinstance(app.screen, QueueScreen)
 
@@ -195,11 +240,15 @@ async def test_job_detail_follows_the_log(app: WorkbenchApp, client: Client) -> 
         select(app, job_id)
         await pilot.press("enter")
         assert isinstance(app.screen, JobDetailScreen)
-        log = app.screen.query_one("#log", Log)
-        await until(pilot, lambda: "second line" in "\n".join(log.lines), what="the log to follow")
-        assert "first line" in log.lines[0]
+        log = app.screen.query_one("#log", RichLog)
+        await until(
+            pilot,
+            lambda: "second line" in "\n".join(line.text for line in log.lines),
+            what="the log to follow",
+        )
+        assert "first line" in log.lines[0].text
         assert "history" in text_of(app.screen.query_one("#history"))
-        await pilot.press("c")
+        await pilot.press("c", "y")
         await until(
             pilot,
             lambda: client.store.get(job_id).state == "cancelled",
@@ -229,7 +278,7 @@ async def test_lost_daemon_is_restarted_by_the_next_action(
             lambda: client.store.get(job_id).state == "running",
             what="job started by the new daemon",
         )
-        await pilot.press("c")
+        await pilot.press("c", "y")
         await until(pilot, lambda: client.store.get(job_id).state == "cancelled", what="cancelled")
         assert app.is_running
 
