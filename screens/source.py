@@ -95,10 +95,36 @@ class Source:
 
         return telemetry.latest(self.store())
 
-    def history(self, seconds: float) -> list[dict[str, Any]]:
+    def history(self, seconds: float, bucket_s: float | None = None) -> list[dict[str, Any]]:
+        """The stored telemetry of the last `seconds`, averaged into `bucket_s` buckets."""
         from workbench.telemetry import sampler as telemetry
 
-        return telemetry.history(self.store(), self.now() - seconds)
+        return telemetry.history(self.store(), self.now() - seconds, bucket_s=bucket_s)
+
+    def process_details(self, pids: list[int]) -> dict[int, dict[str, Any]]:
+        """For the GPU process table: {pid: {user, cpu_percent, rss_bytes, started, command}}
+        of the local processes among `pids` (CPU % since the previous call for that pid)."""
+        import psutil
+
+        cache: dict[int, Any] = self.__dict__.setdefault("_processes", {})
+        out: dict[int, dict[str, Any]] = {}
+        for pid in pids:
+            try:
+                process = cache.get(pid) or psutil.Process(pid)
+                cache[pid] = process
+                with process.oneshot():
+                    out[pid] = {
+                        "user": process.username(),
+                        "cpu_percent": process.cpu_percent(None),
+                        "rss_bytes": process.memory_info().rss,
+                        "started": process.create_time(),
+                        "command": " ".join(process.cmdline()) or process.name(),
+                    }
+            except (psutil.Error, OSError):
+                cache.pop(pid, None)
+        for gone in set(cache) - set(pids):
+            cache.pop(gone, None)
+        return out
 
     def job(self, job_id: int) -> Job | None:
         return self.store().find(job_id)
@@ -130,6 +156,7 @@ class FixedSource(Source):
     fixed_logs: dict[int, str] = field(default_factory=dict)
     fixed_now: float = 1_800_000_000.0
     fixed_metrics: dict[int, dict[str, float | None]] = field(default_factory=dict)
+    fixed_processes: dict[int, dict[str, Any]] = field(default_factory=dict)
     home: Home = field(default_factory=lambda: Home(Path("/nonexistent")))
 
     def __post_init__(self) -> None:
@@ -160,8 +187,11 @@ class FixedSource(Source):
     def telemetry(self) -> dict[str, Any] | None:
         return self.fixed_telemetry
 
-    def history(self, seconds: float) -> list[dict[str, Any]]:
+    def history(self, seconds: float, bucket_s: float | None = None) -> list[dict[str, Any]]:
         return list(self.fixed_history)
+
+    def process_details(self, pids: list[int]) -> dict[int, dict[str, Any]]:
+        return {pid: self.fixed_processes[pid] for pid in pids if pid in self.fixed_processes}
 
     def job(self, job_id: int) -> Job | None:
         return next((j for j in self.fixed_jobs if j.id == job_id), None)

@@ -106,7 +106,7 @@ class TitleBar(Static):
 def pane_name(widget: Widget | None) -> str:
     """What the focus line calls a focused widget: its `border_title`, else its id."""
     if widget is None:
-        return "nothing"
+        return "keys"
     title = widget.border_title
     return str(title) if title else (widget.id or type(widget).__name__).replace("-", " ")
 
@@ -165,3 +165,88 @@ class WorkbenchScreen(Screen[None]):
     def _show_focus(self) -> None:
         for line in self.query(FocusLine):
             line.show(self.focused)
+
+
+# ---- history graphs ------------------------------------------------------------------------
+# Drawn with block characters rather than plotext: a plotext build of one 70x8 chart takes about
+# 30 ms, and the Dashboard redraws up to a dozen charts a second; these take well under 1 ms.
+
+WINDOWS = ((60.0, "1m"), (600.0, "10m"), (3600.0, "1h"), (86400.0, "24h"))
+
+
+def short_span(seconds: float) -> str:
+    """60 -> `1m`, 300 -> `5m`, 43200 -> `12h`, 30 -> `30s`."""
+    if seconds >= 3600:
+        return f"{seconds / 3600:g}h"
+    if seconds >= 60:
+        return f"{seconds / 60:g}m"
+    return f"{seconds:g}s"
+
+
+def resample(
+    points: Sequence[tuple[float, float | None]], start: float, end: float, width: int
+) -> list[float | None]:
+    """Mean of the points falling in each of `width` equal time buckets over [start, end];
+    None where a bucket has no point."""
+    sums = [0.0] * width
+    counts = [0] * width
+    span = max(1e-9, end - start)
+    for t, value in points:
+        if value is None or t < start or t > end:
+            continue
+        index = min(width - 1, int((t - start) / span * width))
+        sums[index] += value
+        counts[index] += 1
+    return [s / c if c else None for s, c in zip(sums, counts, strict=True)]
+
+
+def area(values: Sequence[float | None], height: int, top: float, style: str) -> list[Text]:
+    """An area chart `height` rows high: each value fills its column from the bottom in eighths
+    of a row (as btop draws); None leaves the column empty."""
+    rows = []
+    top = top or 1.0
+    for row in range(height - 1, -1, -1):
+        chars = []
+        for value in values:
+            if value is None:
+                chars.append(" ")
+                continue
+            fill = max(0.0, min(1.0, value / top * height - row))
+            chars.append(BLOCKS[round(fill * 8)] if fill > 0 else " ")
+        rows.append(Text("".join(chars), style=style))
+    return rows
+
+
+def chart(
+    points: Sequence[tuple[float, float | None]],
+    end: float,
+    window_s: float,
+    width: int,
+    height: int,
+    top: float,
+    style: str,
+    top_label: str,
+    axis: bool = True,
+) -> list[Text]:
+    """A history chart with a y label column (5 cells) and, with `axis`, a time axis under it:
+    `-10m ... -5m ... now`. Returns `height` (+1 with the axis) lines of `width` cells."""
+    plot_width = max(4, width - 5)
+    values = resample(points, end - window_s, end, plot_width)
+    lines = []
+    for index, row in enumerate(area(values, height, top, style)):
+        label = top_label if index == 0 else ("0" if index == height - 1 else "")
+        line = Text(f"{label[:4]:>4}", style="dim")
+        line.append("┤" if label else "│", style="dim")
+        line.append_text(row)
+        lines.append(line)
+    if axis:
+        left, middle = f"-{short_span(window_s)}", f"-{short_span(window_s / 2)}"
+        ticks = [" "] * plot_width
+        for position, label in ((0, left), (plot_width // 2 - len(middle) // 2, middle)):
+            for offset, char in enumerate(label):
+                if 0 <= position + offset < plot_width:
+                    ticks[position + offset] = char
+        for offset, char in enumerate("now"):
+            ticks[plot_width - 3 + offset] = char
+        lines.append(Text("    └" + "".join(ticks), style="dim"))
+    return lines
