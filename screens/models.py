@@ -31,12 +31,7 @@ def confusion(report: dict[str, Any]) -> Table:
     """The confusion matrix with cells shaded by their share of the true class."""
     classes = report["classes"]
     matrix = report["confusion_matrix"]
-    table = Table(
-        title="confusion (rows: true, columns: predicted)",
-        title_style="bold",
-        show_edge=False,
-        pad_edge=False,
-    )
+    table = Table(show_edge=False, pad_edge=False)
     table.add_column("")
     for name in classes:
         table.add_column(name[:10], justify="right")
@@ -54,6 +49,11 @@ def confusion(report: dict[str, Any]) -> Table:
     return table
 
 
+def unit(text: str) -> str:
+    """A value that must not break across lines (non-breaking spaces inside it)."""
+    return text.replace(" ", "\u00a0")
+
+
 def render_model(model: dict[str, Any], test: dict[str, Any] | None) -> Group:
     card = model["card"]
     data = card.get("dataset") or {}
@@ -67,20 +67,24 @@ def render_model(model: dict[str, Any], test: dict[str, Any] | None) -> Group:
     )
     head.append("lineage  ", style="bold")
     head.append(
-        f"dataset {data.get('name')} v{data.get('version')} ({str(data.get('content_hash'))[:10]})"
+        unit(
+            f"dataset {data.get('name')} v{data.get('version')} ({str(data.get('content_hash'))[:10]})"
+        )
     )
     head.append(" -> ")
-    head.append(f"train job {run.get('job_id')}")
+    head.append(unit(f"train job {run.get('job_id')}"))
     if card.get("test"):
         head.append(" -> ")
         passed = card["test"].get("gate_passed")
-        head.append(f"test job {card['test']['job_id']}", style="green" if passed else "red")
+        head.append(unit(f"test job {card['test']['job_id']}"), style="green" if passed else "red")
     head.append(" -> ")
-    head.append(f"export job {card.get('export_job_id')}\n")
+    head.append(unit(f"export job {card.get('export_job_id')}") + "\n")
     parity = card.get("parity") or {}
-    head.append(
-        f"parity  max abs diff {parity.get('max_abs_diff', 0):.1e} on {parity.get('rows')} rows; exporter {card.get('exporter')}, batch axis {card.get('batch_axis')}\n"
-    )
+    diff = unit(f"max abs diff {parity.get('max_abs_diff', 0):.1e}")
+    rows = unit(f"{parity.get('rows')} rows")
+    exporter = unit(str(card.get("exporter")))
+    axis = unit(f"batch axis {card.get('batch_axis')}")
+    head.append(f"parity  {diff} on {rows}; exporter {exporter}, {axis}\n")
     for batch, row in (card.get("latency", {}).get("cpu") or {}).items():
         head.append(
             f"latency {batch.replace('_', ' ')}: torch {row['torch']['median_ms']:.3f} ms, onnxruntime {row['onnxruntime']['median_ms']:.3f} ms"
@@ -103,6 +107,7 @@ def render_model(model: dict[str, Any], test: dict[str, Any] | None) -> Group:
     lines.append(metrics)
     report = test.get("report") or {}
     if "confusion_matrix" in report:
+        lines.append(Text("confusion (rows: true, columns: predicted)", style="bold"))
         lines.append(confusion(report))
     slices = test.get("slices") or []
     if slices:
