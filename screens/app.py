@@ -117,7 +117,14 @@ class WorkbenchApp(App[None]):
         )
 
     def help_text(self) -> str:
-        lines = ["# gpu-workbench keys", "", "## Everywhere", ""]
+        """The current screen's keys first, then the keys that work everywhere."""
+        lines = ["# gpu-workbench keys"]
+        screen = self.screen
+        bindings = [b for b in getattr(screen, "BINDINGS", []) if isinstance(b, Binding)]
+        if bindings:
+            lines += ["", f"## {type(screen).__name__.removesuffix('Screen')}", ""]
+            lines += [f"- `{self.key_names(b)}` {b.description}: {b.tooltip}" for b in bindings]
+        lines += ["", "## Everywhere", ""]
         lines += [f"- `{key}` {title}" for _, key, title, _ in SCREENS]
         lines += [
             "- `?` this help",
@@ -127,11 +134,6 @@ class WorkbenchApp(App[None]):
             "- `tab` / `shift+tab` next / previous pane; `esc` leaves a text field or editor",
             "- letter keys act only when no text field or editor has the focus",
         ]
-        screen = self.screen
-        bindings = [b for b in getattr(screen, "BINDINGS", []) if isinstance(b, Binding)]
-        if bindings:
-            lines += ["", f"## {type(screen).__name__.removesuffix('Screen')}", ""]
-            lines += [f"- `{self.key_names(b)}` {b.description}: {b.tooltip}" for b in bindings]
         return "\n".join(lines)
 
     def action_help(self) -> None:

@@ -371,9 +371,11 @@ def host_lines_compact(
     cores = Text("cores ", style="dim")
     for index, value in enumerate(per_core):
         cores.append(f"{index}:", style="dim")
-        cores.append(
-            f"{value:.0f}% ", style="green" if value < 60 else "yellow" if value < 85 else "red"
-        )
+        if value is None:
+            cores.append("n/a ", style="dim")
+        else:
+            style = "green" if value < 60 else "yellow" if value < 85 else "red"
+            cores.append(f"{value:.0f}% ", style=style)
     load = " ".join(f"{v:.2f}" for v in cpu.get("load_avg") or [])
     cores.append(f" load {load}", style="dim")
     interfaces = snap.get("network") or {}
@@ -600,6 +602,7 @@ class DashboardScreen(WorkbenchScreen):
     def action_sort(self) -> None:
         self.sort_index = (self.sort_index + 1) % len(PROCESS_SORTS)
         self.notify(f"processes by {PROCESS_SORTS[self.sort_index]}", timeout=1.5)
+        self.processes = sort_processes(self.processes, PROCESS_SORTS[self.sort_index])
         self.refresh_processes()
 
     def selected_process(self) -> dict[str, Any] | None:

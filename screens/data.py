@@ -21,6 +21,7 @@ from textual.widgets import DataTable, Static, TextArea
 from screens.widgets import WorkbenchScreen
 
 PAGE_ROWS = 100
+PAGES = Binding.Group("Page", compact=True)
 KEYWORDS = (
     "SELECT",
     "FROM",
@@ -210,6 +211,7 @@ class DataScreen(WorkbenchScreen):
             "complete",
             "Compl",
             id="data.complete",
+            show=False,
             tooltip="Complete a dataset, column or keyword",
         ),
         Binding(
@@ -217,6 +219,7 @@ class DataScreen(WorkbenchScreen):
             "history(1)",
             "History",
             id="data.history_back",
+            show=False,
             tooltip="The previous query from history",
         ),
         Binding(
@@ -233,6 +236,7 @@ class DataScreen(WorkbenchScreen):
             "page(1)",
             "Page+",
             id="data.next_page",
+            group=PAGES,
             tooltip="Next page of results",
             priority=True,
         ),
@@ -241,6 +245,7 @@ class DataScreen(WorkbenchScreen):
             "page(-1)",
             "Page-",
             id="data.prev_page",
+            group=PAGES,
             tooltip="Previous page of results",
             priority=True,
         ),
@@ -285,6 +290,7 @@ class DataScreen(WorkbenchScreen):
             "rejects",
             "Rejects",
             id="data.rejects",
+            show=False,
             tooltip="Rows the selected dataset's ingest rejected",
         ),
         Binding(
@@ -292,6 +298,7 @@ class DataScreen(WorkbenchScreen):
             "export('csv')",
             "CSV",
             id="data.export_csv",
+            show=False,
             tooltip="Write the full result to CSV (a queue job)",
         ),
         Binding(
@@ -299,6 +306,7 @@ class DataScreen(WorkbenchScreen):
             "export('parquet')",
             "Parquet",
             id="data.export_parquet",
+            show=False,
             tooltip="Write the full result to Parquet (a queue job)",
         ),
     ]

@@ -52,7 +52,9 @@ def cell_texts(job: Job, now: float) -> dict[str, str]:
     }
 
 
-def fit_columns(widths: dict[str, int], total: int) -> dict[str, int]:
+def fit_columns(
+    widths: dict[str, int], total: int, empty: frozenset[str] = frozenset()
+) -> dict[str, int]:
     """Choose columns and widths for `total` cells of width: each column as wide as its widest
     visible value (empty optional columns left out); then, until the reason has REASON_MIN
     cells (or all it needs), drop resources, progress and kind, shorten the name, drop age and
@@ -60,7 +62,7 @@ def fit_columns(widths: dict[str, int], total: int) -> dict[str, int]:
     shown = {name: widths[name] for name, _ in COLUMNS}
     shown["name"] = min(shown["name"], NAME_MAX)
     for optional in ("resources", "progress"):
-        if widths[optional] <= len(optional):  # nothing to show in the visible rows
+        if optional in empty:  # nothing to show in the visible rows
             del shown[optional]
 
     def short(columns: dict[str, int]) -> int:
@@ -204,10 +206,14 @@ class JobTable(Widget, can_focus=True):
         rows = self.visible_jobs()
         texts = [None if job is None else cell_texts(job, self.now) for job in rows]
         widths = {name: len(name) for name, _ in COLUMNS}
+        filled: set[str] = set()
         for cells in texts:
             for name, value in (cells or {}).items():
                 widths[name] = max(widths[name], len(value))
-        shown = fit_columns(widths, self.size.width)
+                if value and value != "-":
+                    filled.add(name)
+        empty = frozenset(name for name, _ in COLUMNS if name not in filled)
+        shown = fit_columns(widths, self.size.width, empty)
         self.shown_columns = shown
         header_style = self.get_component_rich_style("jobtable--header")
         cursor_style = self.get_component_rich_style("jobtable--cursor")

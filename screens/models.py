@@ -17,7 +17,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
-from screens.widgets import WorkbenchScreen
+from screens.widgets import WorkbenchScreen, unit
 from workbench.units import format_size
 
 
@@ -47,11 +47,6 @@ def confusion(report: dict[str, Any]) -> Table:
             shaded.append(Text(str(count), style=style))
         table.add_row(name[:12], *shaded)
     return table
-
-
-def unit(text: str) -> str:
-    """A value that must not break across lines (non-breaking spaces inside it)."""
-    return text.replace(" ", "\u00a0")
 
 
 def render_model(model: dict[str, Any], test: dict[str, Any] | None) -> Group:

@@ -12,18 +12,19 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from rich.console import Group
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, LoadingIndicator, RichLog, Select, Static
 
 from screens.jobtable import JobTable, Window
 from screens.source import JobPage
-from screens.widgets import STATE_STYLES, WorkbenchScreen, state_text
+from screens.widgets import STATE_STYLES, WorkbenchScreen, state_text, unit
 from workbench.db.job_pages import JobFilter
 from workbench.db.store import Job, JobEvent
 from workbench.present import job_progress, job_resources
@@ -451,23 +452,30 @@ class SubmitScreen(ModalScreen[None]):
 
         with VerticalScroll(id="submit-form"):
             yield Label(
-                "Submit a job   (Tab: next field, Enter or ctrl+s: submit, Esc: close)",
+                "Submit a job  (Tab: next field, Enter or ctrl+s: submit, Esc: close)",
                 classes="title",
             )
-            yield Select(
-                [(k, k) for k in kind_names()], value="command", allow_blank=False, id="kind"
-            )
+            with Horizontal(classes="field"):
+                yield Label("kind", classes="label")
+                yield Select(
+                    [(k, k) for k in kind_names()],
+                    value="command",
+                    allow_blank=False,
+                    id="kind",
+                    compact=True,
+                )
             yield Vertical(id="spec-fields")
-            with Horizontal(classes="row"):
-                for key, hint in COMMON_FIELDS[:4]:
-                    yield Input(placeholder=hint, id=f"opt-{key}")
-            with Horizontal(classes="row"):
-                for key, hint in COMMON_FIELDS[4:]:
-                    yield Input(placeholder=hint, id=f"opt-{key}")
+            yield Label("queue and resources", classes="section")
+            with Grid(id="options"):
+                for key, hint in COMMON_FIELDS:
+                    yield Input(placeholder=hint, id=f"opt-{key}", compact=True)
             yield Static(id="submit-error")
             with Horizontal(classes="buttons"):
-                yield Button("Submit", variant="primary", id="do-submit")
-                yield Button("Cancel", id="cancel-submit")
+                yield Button("Submit", variant="primary", id="do-submit", compact=True)
+                yield Button("Cancel", id="cancel-submit", compact=True)
+
+    def on_resize(self) -> None:
+        self.set_class(self.size.width >= 110, "wide")
 
     async def on_mount(self) -> None:
         await self.show_kind("command")
@@ -487,7 +495,7 @@ class SubmitScreen(ModalScreen[None]):
                 hint += f" = {default}"
             if kind == "command" and name == "argv":
                 hint = "command, e.g. python train.py --epochs 3 (required)"
-            inputs.append(Input(placeholder=hint, id=f"spec-{name}"))
+            inputs.append(Input(placeholder=hint, id=f"spec-{name}", compact=True))
         await box.mount_all(inputs)
         if inputs:
             inputs[0].focus()
@@ -670,12 +678,21 @@ def job_facts(job: Job, metrics: dict[str, float | None], now: float) -> list[tu
             )
         )
         facts.append(("waited", format_duration(job.started_at - job.created_at)))
+    elif job.state in ENDED:
+        facts.append(("ran", "never started"))
     else:
         facts.append(("waiting", format_duration(now - job.created_at)))
     facts.append(
         (
             "queue",
-            f"group {job.group}, priority {job.priority}, attempt {job.attempt} of {job.retries + 1}",
+            ", ".join(
+                unit(part)
+                for part in (
+                    f"group {job.group}",
+                    f"priority {job.priority}",
+                    f"attempt {job.attempt} of {job.retries + 1}",
+                )
+            ),
         )
     )
     if job.deps:
@@ -816,17 +833,22 @@ class JobDetailScreen(WorkbenchScreen):
         if self.is_current:
             self.poll()
 
-    def render_summary(self, job: Job, message: DetailRead) -> Text:
-        text = Text()
-        text.append(f"job {job.id}  ", style="bold")
-        text.append(job.name, style="bold cyan")
-        text.append("  ")
-        text.append(state_text(job.state))
-        text.append(f"  ({job.kind})\n")
+    def render_summary(self, job: Job, message: DetailRead) -> Group:
+        """The title line, then the facts in two columns (a long value wraps under itself)."""
+        from rich.table import Table
+
+        title = Text()
+        title.append(f"job {job.id}  ", style="bold")
+        title.append(job.name, style="bold cyan")
+        title.append("  ")
+        title.append(state_text(job.state))
+        title.append(f"  ({job.kind})")
+        facts = Table.grid(padding=(0, 1))
+        facts.add_column(style="bold", no_wrap=True)
+        facts.add_column(overflow="fold")
         for label, value in job_facts(job, message.metrics, message.now):
-            text.append(f"{label:<9}", style="bold")
-            text.append(f" {value}\n")
-        return text
+            facts.add_row(label, value)
+        return Group(title, facts)
 
     def action_control(self, action: str) -> None:
         job = self.job

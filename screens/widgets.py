@@ -62,6 +62,11 @@ def spark(values: Sequence[float | None], width: int, top: float | None = None) 
     return Text("".join(chars).rjust(width), style="cyan")
 
 
+def unit(text: str) -> str:
+    """A value that must not break across lines: its spaces made non-breaking."""
+    return text.replace(" ", "\u00a0")
+
+
 def state_style(state: str) -> str:
     """The colour of a job state (`STATE_STYLES`)."""
     return STATE_STYLES.get(state, "")

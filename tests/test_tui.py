@@ -11,7 +11,7 @@ from typing import Any
 import psutil
 import pytest
 from conftest import stop_daemon, wait_for, wait_state
-from textual.widgets import Input, RichLog
+from textual.widgets import DataTable, Input, RichLog, Select
 
 from screens.app import HelpScreen, WorkbenchApp
 from screens.dashboard import DashboardScreen
@@ -232,6 +232,78 @@ async def test_submit_form_queues_a_job(app: WorkbenchApp, client: Client) -> No
         assert isinstance(app.screen, QueueScreen)
 
 
+KIND_FORMS = {
+    "command": {"argv": "python -c 'print(1)'"},
+    "ingest": {"source": "{csv}", "dataset": "toy"},
+    "train": {"dataset": "toy", "target": "label", "epochs": "3", "hidden": "32 32"},
+    "test": {"model": "7", "dataset": "toy", "gate": "{ min_accuracy = 0.5 }"},
+    "export": {"model": "7", "quantize": "true"},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(KIND_FORMS))
+async def test_submit_form_queues_every_kind(
+    app: WorkbenchApp, client: Client, tmp_path: Path, kind: str
+) -> None:
+    """The form shows the kind's own fields; the spec and the queue options (after, priority,
+    group, cpus, mem, time limit) arrive in the store as `workbench submit --spec` puts them.
+    Every job waits after a held job, so nothing runs."""
+    (tmp_path / "toy.csv").write_text("x,label\n1,a\n2,b\n")
+    held = submit(client, ["true"], paused=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("j", "n")
+        form = app.screen
+        assert isinstance(form, SubmitScreen)
+        form.query_one("#kind", Select).value = kind
+        fields = KIND_FORMS[kind]
+        first = next(iter(fields))
+        await until(pilot, lambda: form.query(f"#spec-{first}"), what=f"the {kind} fields")
+        for name, value in fields.items():
+            form.query_one(f"#spec-{name}", Input).value = value.replace(
+                "{csv}", str(tmp_path / "toy.csv")
+            )
+        options = {
+            "name": f"form {kind}",
+            "after": str(held),
+            "priority": "5",
+            "group": "night",
+            "cpus": "2",
+            "mem": "1GiB",
+            "time_limit": "2h",
+        }
+        for key, value in options.items():
+            form.query_one(f"#opt-{key}", Input).value = value
+        await pilot.press("ctrl+s")
+        job = await until(
+            pilot,
+            lambda: next((j for j in client.store.list_jobs() if j.name == f"form {kind}"), None),
+            what=f"the {kind} job in the store",
+        )
+    assert job.kind == kind and job.state == "queued"
+    assert (job.priority, job.group, job.cpus, job.mem, job.time_limit) == (
+        5, "night", 2.0, 1024**3, 7200.0,
+    )  # fmt: skip
+    assert job.deps == ((held, "ok"),)
+    if kind == "train":
+        assert job.spec["epochs"] == 3 and job.spec["hidden"] == [32, 32]
+    if kind == "test":
+        assert job.spec["gate"] == {"min_accuracy": 0.5}
+
+
+async def test_submit_form_names_the_bad_field(app: WorkbenchApp, client: Client) -> None:
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("j", "n")
+        form = app.screen
+        form.query_one("#kind", Select).value = "train"
+        await until(pilot, lambda: form.query("#spec-epochs"), what="the train fields")
+        form.query_one("#spec-dataset", Input).value = "toy"
+        form.query_one("#spec-target", Input).value = "label"
+        form.query_one("#spec-epochs", Input).value = "many"
+        await pilot.press("ctrl+s")
+        assert "'epochs'" in text_of(form.query_one("#submit-error"))
+        assert client.store.list_jobs() == []
+
+
 async def test_job_detail_follows_the_log(app: WorkbenchApp, client: Client) -> None:
     job_id = submit(client, ["sh", "-c", "echo first line; sleep 1; echo second line; sleep 30"])
     async with app.run_test(size=(140, 40)) as pilot:
@@ -342,3 +414,57 @@ async def test_dashboard_without_daemon_samples_off_the_event_loop(
         await until(pilot, lambda: screen.snapshot is not None, what="a direct sample")
         assert "waiting for the first sample" not in text_of(screen.query_one("#gpu-status"))
     assert threads and all(t is not threading.main_thread() for t in threads)
+
+
+def fixed_app(tmp_path: Path) -> WorkbenchApp:
+    from tui_data import EVENTS, JOBS, LOGS, NOW, PROCESSES, fake_gpu_snapshot, history
+
+    from screens.source import FixedSource
+
+    source = FixedSource(
+        fixed_jobs=JOBS,
+        fixed_telemetry=fake_gpu_snapshot(tmp_path),
+        fixed_history=history(True),
+        fixed_events=EVENTS,
+        fixed_logs=LOGS,
+        fixed_now=NOW,
+        fixed_processes=PROCESSES,
+    )
+    return WorkbenchApp(source, frozen=True)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
+async def test_dashboard_every_gpu_processes_window_and_owning_job(
+    tmp_path: Path, size: tuple[int, int]
+) -> None:
+    app = fixed_app(tmp_path)
+    async with app.run_test(size=size) as pilot:
+        screen = app.screen
+        assert isinstance(screen, DashboardScreen)
+        await until(pilot, lambda: screen.processes, what="the process table")
+        gpus = text_of(screen.query_one("#gpus"))
+        assert "GPU 0" in gpus and "GPU 1" in gpus and "-10m" in gpus and "now" in gpus
+        table = screen.query_one("#procs", DataTable)
+        assert [str(table.get_row_at(i)[0]) for i in range(table.row_count)] == ["4242", "5150"]
+        assert "2 train mlp" in str(table.get_row_at(0))
+        await pilot.press("o")  # by SM %: still 4242 (88%) before 5150 (3%)
+        await pilot.press("o", "o")  # by host memory
+        assert screen.processes[0]["pid"] == 4242
+        await pilot.press("o")  # by elapsed: the two-hour notebook first
+        assert screen.processes[0]["pid"] == 5150
+        await pilot.press("w")
+        assert screen.window_s == 3600
+        await pilot.press("home", "c")  # 5150 belongs to no job
+        assert any("no job owns" in str(n.message) for n in app._notifications)
+        await pilot.press("down", "enter")  # 4242 is job 2's
+        assert isinstance(app.screen, JobDetailScreen) and app.screen.job_id == 2
+
+
+async def test_help_shows_readable_key_names(tmp_path: Path) -> None:
+    app = fixed_app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("j")
+        help_text = app.help_text()
+        assert "`+ / =` Prio+" in help_text and "`-` Prio-" in help_text
+        assert "equals_sign" not in help_text and "plus," not in help_text
+        assert "`b` Pipeline" in help_text

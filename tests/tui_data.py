@@ -74,6 +74,7 @@ JOBS = [
         gpus=1.0,
         granted_gpus=[0],
         pid=4242,
+        started_at=NOW - 530,
         progress=0.4,
         progress_msg="epoch 12/30 val_accuracy 0.951",
         peak_gpu_mem=12 * GiB,
@@ -168,7 +169,7 @@ def fake_gpu_snapshot(tmp_path: Path) -> dict[str, Any]:
                 "temperature": 34,
                 "power_draw_w": 70.0,
                 "power_limit_w": 700.0,
-                "processes": [],
+                "processes": [{"pid": 5150, "used_memory": 1 * GiB, "sm_util": 3}],
             },
         ],
     )
@@ -190,6 +191,8 @@ def fake_gpu_snapshot(tmp_path: Path) -> dict[str, Any]:
         for proc in sample.get("processes") or []:
             if proc["pid"] == 4242:
                 proc.update({"job_id": 2, "job_name": "train mlp", "command": "python"})
+            else:
+                proc.update({"job_id": None, "job_name": None, "command": "jupyter-lab"})
     return {
         "schema": 1,
         "time": NOW,
@@ -304,3 +307,22 @@ def fill_jobs(store: Any, count: int, now: float | None = None) -> list[int]:
             ],
         )
     return ids
+
+
+# What psutil would say of the GPU process (pid 4242 is job 2's training process).
+PROCESSES: dict[int, dict[str, Any]] = {
+    4242: {
+        "user": "alice",
+        "cpu_percent": 98.0,
+        "rss_bytes": 6 * GiB,
+        "started": NOW - 530,
+        "command": "python -P -m jobs 2 (train mlp on penguins v1)",
+    },
+    5150: {
+        "user": "bob",
+        "cpu_percent": 4.0,
+        "rss_bytes": 900 * 1024**2,
+        "started": NOW - 7200,
+        "command": "/usr/bin/python3 /usr/local/bin/jupyter-lab --no-browser --port 8888",
+    },
+}
