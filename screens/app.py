@@ -105,6 +105,17 @@ class WorkbenchApp(App[None]):
     def on_mount(self) -> None:
         self.theme = "textual-dark"
         self.switch_mode("dashboard")
+        self.set_timer(1.0, self._warm_up)
+
+    def _warm_up(self) -> None:
+        """Import the Queue's module in a thread once the first screen is up, so its key opens
+        it without the import (the others load on first use: their editor and plots are big)."""
+        self.run_worker(
+            lambda: importlib.import_module("screens.queue"),
+            thread=True,
+            exit_on_error=False,
+            group="warm-up",
+        )
 
     def action_toggle_theme(self) -> None:
         self.theme = "textual-light" if self.theme == "textual-dark" else "textual-dark"

@@ -16,7 +16,7 @@ from textual.containers import Horizontal
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
-from screens.widgets import WINDOWS, WorkbenchScreen, chart, meter, spark
+from screens.widgets import WINDOWS, Lines, WorkbenchScreen, chart, meter, spark
 from workbench.units import format_duration, format_rate, format_size
 
 PANELS = {
@@ -561,11 +561,11 @@ class DashboardScreen(WorkbenchScreen):
     def compose(self) -> ComposeResult:
         yield self.title_bar()
         yield Static(id="gpu-status")
-        yield Static(id="gpus")
+        yield Lines(id="gpus")
         with Horizontal(id="host"):
             for key in ("cpu", "memory", "network", "disks"):
-                yield Static(id=key, classes="host-panel")
-        yield Static(id="host-compact")
+                yield Lines(id=key, classes="host-panel")
+        yield Lines(id="host-compact")
         procs: DataTable[Any] = DataTable(id="procs", cursor_type="row", zebra_stripes=True)
         procs.border_title = "GPU processes"
         yield procs
@@ -785,7 +785,7 @@ class DashboardScreen(WorkbenchScreen):
                 host_height = height - 1 - procs_height
         per_gpu = max(1, gpu_room // len(gpus)) if gpus and gpu_room else 0
 
-        gpu_widget = self.query_one("#gpus", Static)
+        gpu_widget = self.query_one("#gpus", Lines)
         lines: list[Text] = []
         if per_gpu:
             for gpu in gpus:
@@ -799,16 +799,14 @@ class DashboardScreen(WorkbenchScreen):
                 lines += render_network(snap, self.history, end, window, width - 2, room - half)
         gpu_widget.display = bool(lines)
         if lines:
-            gpu_widget.update(Text("\n").join(lines))
+            gpu_widget.set_lines(lines)
 
         host = self.query_one("#host", Horizontal)
-        compact_widget = self.query_one("#host-compact", Static)
+        compact_widget = self.query_one("#host-compact", Lines)
         host.display = bool(host_shown) and not compact
         compact_widget.display = bool(host_shown) and compact
         if compact and host_shown:
-            compact_widget.update(
-                Text("\n").join(host_lines_compact(snap, self.history, width - 2))
-            )
+            compact_widget.set_lines(host_lines_compact(snap, self.history, width - 2))
         elif host_shown:
             host.styles.height = host_height
             panel_width = (width - 2) // len(host_shown) - 2
@@ -819,13 +817,11 @@ class DashboardScreen(WorkbenchScreen):
                 "disks": render_disks,
             }
             for key, render in renderers.items():
-                panel = self.query_one(f"#{key}", Static)
+                panel = self.query_one(f"#{key}", Lines)
                 panel.display = key in host_shown
                 if key in host_shown:
-                    panel.update(
-                        Text("\n").join(
-                            render(snap, self.history, end, window, panel_width, host_height)
-                        )
+                    panel.set_lines(
+                        render(snap, self.history, end, window, panel_width, host_height)
                     )
 
         table = self.query_one("#procs", DataTable)

@@ -3,13 +3,17 @@ with the screen keys, and the focus line beside the footer."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
+from rich.segment import Segment
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal
+from textual.geometry import Region, Size
 from textual.screen import Screen
+from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Footer, Static, TextArea
 
@@ -236,6 +240,10 @@ def chart(
     """A history chart with a y label column (5 cells) and, with `axis`, a time axis under it:
     `-10m ... -5m ... now`. Returns `height` (+1 with the axis) lines of `width` cells."""
     plot_width = max(4, width - 5)
+    # Columns cover fixed spans of clock time (not spans ending now): between two column
+    # boundaries only the newest column changes, so a redraw rewrites one cell per row.
+    column_s = window_s / plot_width
+    end = math.ceil(end / column_s) * column_s
     values = resample(points, end - window_s, end, plot_width)
     lines = []
     for index, row in enumerate(area(values, height, top, style)):
@@ -255,3 +263,59 @@ def chart(
             ticks[plot_width - 3 + offset] = char
         lines.append(Text("    └" + "".join(ticks), style="dim"))
     return lines
+
+
+class Lines(Widget):
+    """Lines of rich Text drawn one strip per line; `set_lines` redraws only the lines that
+    changed, so a chart whose newest column moved costs one line's rendering, not the panel's."""
+
+    DEFAULT_CSS = "Lines { height: auto; }"
+
+    def __init__(self, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self.lines: list[Text] = []
+        self._keys: list[Any] = []
+        self._strips: dict[int, Strip] = {}
+
+    @staticmethod
+    def _key(line: Text) -> Any:
+        return (line.plain, tuple(line.spans), str(line.style))
+
+    def set_lines(self, lines: list[Text]) -> None:
+        keys = [self._key(line) for line in lines]
+        if len(keys) != len(self._keys):
+            self.lines, self._keys = lines, keys
+            self._strips.clear()
+            self.refresh(layout=True)
+            return
+        changed = [i for i, (a, b) in enumerate(zip(self._keys, keys, strict=True)) if a != b]
+        self.lines, self._keys = lines, keys
+        for index in changed:
+            self._strips.pop(index, None)
+            self.refresh(Region(0, index, self.size.width, 1))
+
+    @property
+    def plain(self) -> str:
+        return "\n".join(line.plain for line in self.lines)
+
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        return len(self.lines)
+
+    def on_resize(self) -> None:
+        self._strips.clear()
+
+    def render_line(self, y: int) -> Strip:
+        width = self.size.width
+        if y >= len(self.lines):
+            return Strip.blank(width, self.rich_style)
+        strip = self._strips.get(y)
+        if strip is None:
+            line = self.lines[y].copy()
+            line.no_wrap, line.overflow, line.end = True, "crop", ""
+            segments = [
+                Segment(s.text, self.rich_style + s.style if s.style else self.rich_style)
+                for s in line.render(self.app.console)
+            ]
+            strip = Strip(segments).crop_extend(0, width, self.rich_style)
+            self._strips[y] = strip
+        return strip

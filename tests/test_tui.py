@@ -95,7 +95,7 @@ async def test_dashboard_shows_host_panels_and_hides_them(
 ) -> None:
     async with app.run_test(size=(120, 40)) as pilot:
         screen = app.screen
-        await until(pilot, lambda: "CPU" in text_of(screen.query_one("#cpu")), what="CPU panel")
+        await until(pilot, lambda: "CPU" in screen.query_one("#cpu").plain, what="CPU panel")  # type: ignore[attr-defined]
         assert "no NVIDIA driver on this machine" in text_of(screen.query_one("#gpu-status"))
         await pilot.press("2")
         assert not screen.query_one("#cpu").display
@@ -442,7 +442,7 @@ async def test_dashboard_every_gpu_processes_window_and_owning_job(
         screen = app.screen
         assert isinstance(screen, DashboardScreen)
         await until(pilot, lambda: screen.processes, what="the process table")
-        gpus = text_of(screen.query_one("#gpus"))
+        gpus = screen.query_one("#gpus").plain  # type: ignore[attr-defined]
         assert "GPU 0" in gpus and "GPU 1" in gpus and "-10m" in gpus and "now" in gpus
         table = screen.query_one("#procs", DataTable)
         assert [str(table.get_row_at(i)[0]) for i in range(table.row_count)] == ["4242", "5150"]

@@ -260,12 +260,12 @@ def history(with_gpus: bool) -> list[dict[str, Any]]:
     return rows
 
 
-FILL_STATES = ("succeeded", "succeeded", "failed", "cancelled", "succeeded", "queued", "paused")
+FILL_STATES = ("succeeded", "succeeded", "failed", "cancelled", "succeeded", "blocked", "paused")
 
 
 def fill_jobs(store: Any, count: int, now: float | None = None) -> list[int]:
-    """`count` command jobs, most of them ended, some queued and paused (no daemon needed):
-    the table a busy queue builds over months, for the Queue screen's tests and benchmark."""
+    """`count` command jobs, most of them ended, some blocked and paused (states a daemon leaves
+    alone): the table a busy queue builds over months, for the Queue's tests and benchmark."""
     import time
 
     from workbench.db.store import JobRequest
@@ -295,7 +295,7 @@ def fill_jobs(store: Any, count: int, now: float | None = None) -> list[int]:
                         "failed": "exited with code 1",
                         "cancelled": "cancelled (killed by SIGTERM)",
                         "paused": "paused",
-                        "queued": "waiting for 1 CPU (0 of 2 free)",
+                        "blocked": "dependency 1 failed",
                     }.get(state),
                     ended_at if state in ("succeeded", "failed", "cancelled") else None,
                     {"succeeded": 0, "failed": 1, "cancelled": 143}.get(state),
