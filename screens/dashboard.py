@@ -646,7 +646,7 @@ class DashboardScreen(WorkbenchScreen):
     @work(thread=True, exit_on_error=False, group="actions", description="cancel a job")
     def send_cancel(self, job_id: int) -> None:
         try:
-            result = self.app.source.client().control(job_id, "cancel")  # type: ignore[attr-defined]
+            result = self.app.source.act(lambda client: client.control(job_id, "cancel"))  # type: ignore[attr-defined]
             self.app.call_from_thread(self.notify, f"job {job_id}: {result}")
         except Exception as error:
             self.app.call_from_thread(self.notify, f"job {job_id}: {error}", severity="error")
@@ -683,10 +683,13 @@ class DashboardScreen(WorkbenchScreen):
         self.snapshot = message.snapshot
         self.details = message.processes
         if message.history is not None:
-            self.history = message.history
+            self.history = list(message.history)
             self.history_read_at = self.app.source.now()  # type: ignore[attr-defined]
-        elif self.snapshot is not None and self.history and self.window_s <= 600:
-            self.history.append(self._history_row(self.snapshot))
+        # The latest snapshot joins the history (the stored one lags by up to a bucket).
+        snap = self.snapshot
+        last = self.history[-1]["time"] if self.history else float("-inf")
+        if snap is not None and (snap.get("time") or 0.0) > last:
+            self.history.append(self._history_row(snap))
         self.refresh_panels()
         if self.app.is_running and not getattr(self.app, "frozen", False):
             self.set_timer(1.0, self._next_poll)

@@ -58,7 +58,7 @@ def positioned_error(source: Any, sql: str, message: str) -> str:
 
     from workbench.catalog import lake
 
-    con = lake.connect(source.home, source.store(), for_sql=sql)
+    con = source.read(lambda store: lake.connect(source.home, store, for_sql=sql))
     try:
         con.execute("EXPLAIN " + sql.strip().rstrip(";"))
     except duckdb.Error as error:
@@ -374,13 +374,15 @@ class DataScreen(WorkbenchScreen):
     def load_catalog(self) -> None:
         from workbench.catalog import lake
 
-        store = self.app.source.store()  # type: ignore[attr-defined]
-        infos = lake.versions(store)
+        source = self.app.source  # type: ignore[attr-defined]
+        infos, recent = source.read(
+            lambda store: (lake.versions(store), lake.query_history(store, 200))
+        )
         columns: dict[str, list[tuple[str, str]]] = {}
         for info in infos:
             columns[f"{info.dataset}@v{info.version}"] = info.schema
             columns[info.dataset] = info.schema
-        history = [h["sql"] for h in lake.query_history(store, 200)]
+        history = [h["sql"] for h in recent]
         self.post_message(CatalogRead(infos, columns, history))
 
     def on_catalog_read(self, message: CatalogRead) -> None:
@@ -480,7 +482,7 @@ class DataScreen(WorkbenchScreen):
 
         source = self.app.source  # type: ignore[attr-defined]
         try:
-            con = lake.connect(source.home, source.store(), for_sql=query.sql)
+            con = source.read(lambda store: lake.connect(source.home, store, for_sql=query.sql))
             try:
                 total: int | None = query.count_of(con)
             finally:
@@ -501,13 +503,12 @@ class DataScreen(WorkbenchScreen):
         from workbench.catalog import lake
 
         source = self.app.source  # type: ignore[attr-defined]
-        store = source.store()
         started = time.perf_counter()
         self.app.call_from_thread(
             self.set_status, Text("running... (ctrl+g cancels)", style="yellow")
         )
         try:
-            con = lake.connect(source.home, store, for_sql=query.sql)
+            con = source.read(lambda store: lake.connect(source.home, store, for_sql=query.sql))
             self.running = con
             try:
                 lake.check_read_only(con, query.sql)
@@ -524,14 +525,15 @@ class DataScreen(WorkbenchScreen):
             ):
                 message = positioned_error(source, query.sql, message)
             if record:
-                lake.record_query(store, query.sql, None, None, message)
+                source.read(lambda store: lake.record_query(store, query.sql, None, None, message))
             self.post_message(
                 PageRead(generation, query, [], [], time.perf_counter() - started, message)
             )
             return
         seconds = time.perf_counter() - started
         if record:
-            lake.record_query(store, query.sql, seconds, len(rows), None)
+            count = len(rows)
+            source.read(lambda store: lake.record_query(store, query.sql, seconds, count, None))
         self.post_message(PageRead(generation, query, columns, rows, seconds))
 
     def on_page_read(self, message: PageRead) -> None:
@@ -741,7 +743,7 @@ class DataScreen(WorkbenchScreen):
                 Path.cwd(),
                 "export",
             )
-            job_id = source.client().submit(request)
+            job_id = source.act(lambda client: client.submit(request))
         except Exception as error:
             self.app.call_from_thread(self.notify, f"export failed: {error}", severity="error")
             return

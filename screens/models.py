@@ -162,15 +162,18 @@ class ModelsScreen(WorkbenchScreen):
     def poll(self) -> None:
         from workbench.catalog import registry
 
-        store = self.app.source.store()  # type: ignore[attr-defined]
-        listed = registry.list_models(store)
-        tests: dict[int, dict[str, Any]] = {}
-        for model in listed:
-            run_id = model["run_job_id"]
-            if run_id is not None and run_id not in tests:
-                found = registry.evaluations(store, run_id)
-                if found:
-                    tests[run_id] = found[0]
+        def read(store: Any) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
+            listed = registry.list_models(store)
+            tests: dict[int, dict[str, Any]] = {}
+            for model in listed:
+                run_id = model["run_job_id"]
+                if run_id is not None and run_id not in tests:
+                    found = registry.evaluations(store, run_id)
+                    if found:
+                        tests[run_id] = found[0]
+            return listed, tests
+
+        listed, tests = self.app.source.read(read)  # type: ignore[attr-defined]
         self.post_message(ModelsRead(listed, tests))
 
     def on_models_read(self, message: ModelsRead) -> None:

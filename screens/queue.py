@@ -329,7 +329,7 @@ class QueueScreen(WorkbenchScreen):
     @work(thread=True, exit_on_error=False, group="actions", description="job control")
     def run_control(self, job_id: int, action: str) -> None:
         try:
-            result = self.app.source.client().control(job_id, action)  # type: ignore[attr-defined]
+            result = self.app.source.act(lambda client: client.control(job_id, action))  # type: ignore[attr-defined]
             self.post_message(ActionDone(f"job {job_id}: {result}"))
         except Exception as error:
             self.post_message(ActionDone(f"job {job_id}: {error}", error=True))
@@ -337,7 +337,7 @@ class QueueScreen(WorkbenchScreen):
     @work(thread=True, exit_on_error=False, group="actions", description="priority")
     def run_priority(self, job_id: int, priority: int) -> None:
         try:
-            self.app.source.client().set_priority(job_id, priority)  # type: ignore[attr-defined]
+            self.app.source.act(lambda client: client.set_priority(job_id, priority))  # type: ignore[attr-defined]
             self.post_message(ActionDone(f"job {job_id}: priority {priority}"))
         except Exception as error:
             self.post_message(ActionDone(f"job {job_id}: {error}", error=True))
@@ -564,7 +564,7 @@ class SubmitScreen(ModalScreen[None]):
     @work(thread=True, exit_on_error=False, group="actions", description="submit")
     def send(self, request: Any) -> None:
         try:
-            job_id = self.app.source.client().submit(request)  # type: ignore[attr-defined]
+            job_id = self.app.source.act(lambda client: client.submit(request))  # type: ignore[attr-defined]
         except Exception as error:
             self.app.call_from_thread(self.app.notify, f"submit failed: {error}", severity="error")
             return
@@ -611,7 +611,7 @@ class PipelineScreen(ModalScreen[None]):
 
         try:
             pipeline = load_pipeline(Path(path).expanduser())
-            _, ids = self.app.source.client().submit_pipeline(pipeline)  # type: ignore[attr-defined]
+            _, ids = self.app.source.act(lambda client: client.submit_pipeline(pipeline))  # type: ignore[attr-defined]
         except SpecError as error:
             self.app.call_from_thread(self.done, str(error))
             return
@@ -869,7 +869,7 @@ class JobDetailScreen(WorkbenchScreen):
 
         def run() -> None:
             try:
-                result = self.app.source.client().control(self.job_id, action)  # type: ignore[attr-defined]
+                result = self.app.source.act(lambda client: client.control(self.job_id, action))  # type: ignore[attr-defined]
                 self.app.call_from_thread(self.notify, f"job {self.job_id}: {result}")
             except Exception as error:
                 self.app.call_from_thread(

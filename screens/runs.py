@@ -242,15 +242,16 @@ class RunsScreen(WorkbenchScreen):
         from workbench.catalog import tracking
         from workbench.db.metric_series import metrics_mark
 
-        store = self.app.source.store()  # type: ignore[attr-defined]
-        runs = tracking.list_runs(store)
-        live = [
-            replace(run, metrics={**store.last_metrics(run.job_id), **run.metrics})
-            if run.state in ("running", "starting", "paused")
-            else run
-            for run in runs
-        ]
-        self.post_message(RunsRead(live, metrics_mark(store)))
+        def read(store: Any) -> RunsRead:
+            live = [
+                replace(run, metrics={**store.last_metrics(run.job_id), **run.metrics})
+                if run.state in ("running", "starting", "paused")
+                else run
+                for run in tracking.list_runs(store)
+            ]
+            return RunsRead(live, metrics_mark(store))
+
+        self.post_message(self.app.source.read(read))  # type: ignore[attr-defined]
 
     def on_runs_read(self, message: RunsRead) -> None:
         signature = [(r.job_id, r.state, sorted(r.metrics.items())) for r in message.runs]
@@ -383,8 +384,10 @@ class RunsScreen(WorkbenchScreen):
     def read_curves(self, job_ids: list[int]) -> None:
         from workbench.db.metric_series import metric_series
 
-        store = self.app.source.store()  # type: ignore[attr-defined]
-        self.post_message(CurvesRead({i: metric_series(store, i, SERIES) for i in job_ids}))
+        series = self.app.source.read(  # type: ignore[attr-defined]
+            lambda store: {i: metric_series(store, i, SERIES) for i in job_ids}
+        )
+        self.post_message(CurvesRead(series))
 
     def on_curves_read(self, message: CurvesRead) -> None:
         self.plotted = message.series

@@ -27,7 +27,7 @@ def text_of(widget: Any) -> str:
 
     console = Console(width=200, record=True, file=io.StringIO())
     console.print(widget.content)
-    return console.export_text()
+    return console.export_text().replace("\u00a0", " ")  # values keep together with NBSPs
 
 
 def build_home(root: Path) -> Home:
