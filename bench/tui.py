@@ -165,8 +165,8 @@ SCREENS = [
     ("d", "Dashboard", "window"),
     ("j", "Queue", " reason"),
     ("s", "Data", "dataset"),
-    ("r", "Runs", "runs"),
-    ("m", "Models", "models"),
+    ("r", "Runs", "no runs yet"),
+    ("m", "Models", "parity"),
 ]
 
 BARE_APP = """

@@ -151,6 +151,9 @@ class JobTable(Widget, can_focus=True):
         self.top = 0
         self.now = 0.0
         self.shown_columns: dict[str, int] = {}
+        # On the last row by default (first open, End): new jobs keep the cursor on the newest,
+        # as a log follows its tail; any other move stops that.
+        self.follow = True
 
     # ---- what the screen calls -------------------------------------------------------
 
@@ -168,10 +171,13 @@ class JobTable(Widget, can_focus=True):
     def set_window(self, window: Window, now: float) -> None:
         """New rows from the screen's read; redraws only when something shown changed."""
         before = self.visible_cells()
+        grew = window.total > self.window.total
         self.window = window
         self.now = now
+        if self.follow and grew:
+            self.cursor = window.total - 1
         self.cursor = max(0, min(self.cursor, window.total - 1))
-        self._scroll_to_cursor(request=False)
+        self._scroll_to_cursor(request=True)
         if self.visible_cells() != before:
             self.refresh()
 
@@ -185,7 +191,8 @@ class JobTable(Widget, can_focus=True):
     def selected(self) -> Job | None:
         return self.window.get(self.cursor)
 
-    def move_to(self, index: int) -> None:
+    def move_to(self, index: int, follow: bool = False) -> None:
+        self.follow = follow
         self.cursor = max(0, min(index, self.window.total - 1))
         self._scroll_to_cursor(request=True)
         self.refresh()
@@ -267,7 +274,7 @@ class JobTable(Widget, can_focus=True):
         self.move_to(self.cursor + step * self.visible_rows)
 
     def action_jump(self, where: int) -> None:
-        self.move_to(self.window.total - 1 if where < 0 else 0)
+        self.move_to(self.window.total - 1 if where < 0 else 0, follow=where < 0)
 
     def action_select(self) -> None:
         job = self.selected()

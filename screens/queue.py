@@ -236,7 +236,7 @@ class QueueScreen(WorkbenchScreen):
             table.set_window(Window(page.total, page.offset, tuple(page.jobs)), message.now)
             if self.first_read:
                 self.first_read = False
-                table.move_to(page.total - 1)
+                table.move_to(page.total - 1, follow=True)
             elif message.select_id is not None:
                 index = next(
                     (page.offset + i for i, j in enumerate(page.jobs) if j.id >= message.select_id),
