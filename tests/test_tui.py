@@ -468,3 +468,44 @@ async def test_help_shows_readable_key_names(tmp_path: Path) -> None:
         assert "`+ / =` Prio+" in help_text and "`-` Prio-" in help_text
         assert "equals_sign" not in help_text and "plus," not in help_text
         assert "`b` Pipeline" in help_text
+
+
+async def test_queue_of_20000_jobs_holds_a_window_and_pages(home: Home) -> None:
+    """20,000 jobs: the table holds a few screens of rows, not the store; End, Home, PgUp and
+    PgDn move through all of them; a state filter counts in the store."""
+    from tui_data import fill_jobs
+
+    from workbench.db.store import Store
+
+    store = Store.open(home.state_db)
+    fill_jobs(store, 20_000)
+    store.close()
+    app = WorkbenchApp(Source(home))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("j")
+        table = app.screen.query_one("#jobs", JobTable)
+        await until(pilot, lambda: table.window.total == 20_000, what="the count")
+        assert len(table.window.jobs) <= 3 * table.visible_rows
+        assert table.selected().id == 20_000  # type: ignore[union-attr]  # opens at the newest
+        await pilot.press("home")
+        await until(pilot, lambda: table.selected() and table.selected().id == 1, what="Home")  # type: ignore[union-attr]
+        await pilot.press("pagedown", "pagedown")
+        expected = 1 + 2 * table.visible_rows
+        await until(
+            pilot,
+            lambda: table.selected() and table.selected().id == expected,  # type: ignore[union-attr]
+            what="two pages down",
+        )
+        await pilot.press("pageup")
+        await until(
+            pilot,
+            lambda: table.selected() and table.selected().id == expected - table.visible_rows,  # type: ignore[union-attr]
+            what="a page up",
+        )
+        await pilot.press("end")
+        await until(pilot, lambda: table.selected() and table.selected().id == 20_000, what="End")  # type: ignore[union-attr]
+        assert len(table.window.jobs) <= 3 * table.visible_rows
+        for _ in range(6):  # any -> ... -> failed
+            await pilot.press("f")
+        await until(pilot, lambda: table.window.total == 20_000 // 7, what="failed jobs counted")
+        assert all(job.state == "failed" for job in table.window.jobs)

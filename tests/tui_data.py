@@ -276,7 +276,7 @@ def fill_jobs(store: Any, count: int, now: float | None = None) -> list[int]:
             cwd="/srv/project",
             env={"PATH": "/usr/bin", "HOME": "/home/user"},
             argv=["python", "train.py", str(i)],
-            cpus=1.0,
+            resources=Resources(cpus=1.0),
             paused=True,
         )
         for i in range(count)
