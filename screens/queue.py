@@ -626,7 +626,7 @@ class PipelineScreen(ModalScreen[None]):
 
 # ---- job detail ---------------------------------------------------------------------------
 
-LOG_TAIL_BYTES = 256 * 1024
+LOG_TAIL_BYTES = 128 * 1024
 
 
 @dataclass
@@ -637,10 +637,18 @@ class DetailRead(Message):
     log_chunk: str
     log_reset: bool
     now: float
+    usage: dict[str, float] | None = None
 
 
-def job_facts(job: Job, metrics: dict[str, float | None], now: float) -> list[tuple[str, str]]:
-    """The job detail's (label, value) lines: what it is, asked, granted, used, how long."""
+def job_facts(
+    job: Job,
+    metrics: dict[str, float | None],
+    now: float,
+    usage: dict[str, float] | None = None,
+    peak_rss: float | None = None,
+) -> list[tuple[str, str]]:
+    """The job detail's (label, value) lines: what it is, asked, granted, used, how long.
+    `usage` is the live process tree's CPU seconds and RSS; `peak_rss` the most seen so far."""
     facts: list[tuple[str, str]] = []
     if job.reason:
         facts.append(("reason", job.reason))
@@ -661,14 +669,12 @@ def job_facts(job: Job, metrics: dict[str, float | None], now: float) -> list[tu
         used.append(f"peak GPU memory {format_size(job.peak_gpu_mem)}")
     if job.mean_gpu_util is not None:
         used.append(f"mean GPU util {job.mean_gpu_util:.0f}%")
-    for attribute, label, fmt in (
-        ("cpu_time", "CPU time", format_duration),
-        ("peak_rss", "peak RSS", format_size),
-    ):
-        value = getattr(job, attribute, None)
-        if value is not None:
-            used.append(f"{label} {fmt(value)}")
-    facts.append(("used", ", ".join(used) if used else "not measured yet"))
+    if usage is not None:
+        used.append(f"CPU time {format_duration(usage['cpu_s'])}")
+        used.append(f"RSS {format_size(usage['rss_bytes'])}")
+        if peak_rss is not None:
+            used.append(f"peak RSS seen {format_size(peak_rss)}")
+    facts.append(("used", ", ".join(unit(u) for u in used) if used else "not measured yet"))
     if job.started_at is not None:
         end = job.ended_at if job.ended_at is not None else now
         facts.append(
@@ -732,6 +738,7 @@ class JobDetailScreen(WorkbenchScreen):
         self.log_offset = 0
         self.log_inode: int | None = None
         self.job: Job | None = None
+        self.peak_rss: float | None = None
 
     def compose(self) -> ComposeResult:
         yield self.title_bar()
@@ -740,7 +747,7 @@ class JobDetailScreen(WorkbenchScreen):
                 info.border_title = "job"
                 yield Static(id="summary")
                 yield Static(id="history")
-            log = RichLog(id="log", highlight=False, wrap=True, max_lines=5000)
+            log = RichLog(id="log", highlight=False, wrap=True, max_lines=20000)
             log.border_title = "log"
             yield log
         yield self.bottom_bar()
@@ -759,7 +766,12 @@ class JobDetailScreen(WorkbenchScreen):
         events = source.events(self.job_id) if job else []
         metrics = source.last_metrics(self.job_id) if job else {}
         chunk, reset = self.read_log(source)
-        self.post_message(DetailRead(job, events, metrics, chunk, reset, source.now()))
+        usage = (
+            source.process_usage(job.pid)
+            if job is not None and job.pid and job.state in ("running", "paused")
+            else None
+        )
+        self.post_message(DetailRead(job, events, metrics, chunk, reset, source.now(), usage))
 
     def read_log(self, source: Any) -> tuple[str, bool]:
         """New log text since the last read. The first read of a large log takes only its tail
@@ -802,6 +814,8 @@ class JobDetailScreen(WorkbenchScreen):
     def on_detail_read(self, message: DetailRead) -> None:
         job = message.job
         self.job = job
+        if message.usage is not None:
+            self.peak_rss = max(self.peak_rss or 0.0, message.usage["rss_bytes"])
         if job is None:
             self.query_one("#summary", Static).update(
                 Text(f"job {self.job_id} no longer exists", style="bold red")
@@ -846,7 +860,9 @@ class JobDetailScreen(WorkbenchScreen):
         facts = Table.grid(padding=(0, 1))
         facts.add_column(style="bold", no_wrap=True)
         facts.add_column(overflow="fold")
-        for label, value in job_facts(job, message.metrics, message.now):
+        for label, value in job_facts(
+            job, message.metrics, message.now, message.usage, self.peak_rss
+        ):
             facts.add_row(label, value)
         return Group(title, facts)
 

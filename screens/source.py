@@ -141,6 +141,26 @@ class Source:
     def log_path(self, job_id: int) -> Path:
         return self.home.run_dir(job_id) / "log"
 
+    def process_usage(self, pid: int) -> dict[str, float] | None:
+        """CPU seconds and resident memory (bytes) of a running job's process tree, or None
+        when it is not running here."""
+        import psutil
+
+        try:
+            root = psutil.Process(pid)
+            members = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return None
+        cpu_s, rss = 0.0, 0
+        for member in members:
+            try:
+                times = member.cpu_times()
+                cpu_s += times.user + times.system + times.children_user + times.children_system
+                rss += member.memory_info().rss
+            except psutil.Error:
+                continue
+        return {"cpu_s": cpu_s, "rss_bytes": float(rss)}
+
     def daemon_running(self) -> bool:
         from workbench.daemon.link import lock_holder
 
@@ -160,6 +180,7 @@ class FixedSource(Source):
     fixed_now: float = 1_800_000_000.0
     fixed_metrics: dict[int, dict[str, float | None]] = field(default_factory=dict)
     fixed_processes: dict[int, dict[str, Any]] = field(default_factory=dict)
+    fixed_usage: dict[int, dict[str, float]] = field(default_factory=dict)
     home: Home = field(default_factory=lambda: Home(Path("/nonexistent")))
 
     def __post_init__(self) -> None:
@@ -206,3 +227,6 @@ class FixedSource(Source):
 
     def daemon_running(self) -> bool:
         return True
+
+    def process_usage(self, pid: int) -> dict[str, float] | None:
+        return self.fixed_usage.get(pid)

@@ -47,6 +47,7 @@ def app_with(telemetry: dict[str, Any], gpus_in_history: bool) -> WorkbenchApp:
         fixed_now=NOW,
         fixed_metrics={2: {"train_loss": 0.8123, "val_accuracy": 0.8261}},
         fixed_processes=PROCESSES,
+        fixed_usage={4242: {"cpu_s": 1520.0, "rss_bytes": 6 * 1024**3}},
     )
     return WorkbenchApp(source, frozen=True)
 

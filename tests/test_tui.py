@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -328,6 +329,40 @@ async def test_job_detail_follows_the_log(app: WorkbenchApp, client: Client) -> 
         )
         await pilot.press("escape")
         assert isinstance(app.screen, QueueScreen)
+
+
+async def test_job_detail_opens_a_large_log_at_its_tail_and_shows_use(
+    app: WorkbenchApp, client: Client, home: Home
+) -> None:
+    """A 2 MiB log opens at its last lines at once (with a note of what was skipped); long
+    lines wrap instead of being cut; a running job shows its CPU time, RSS and how long it ran."""
+    long_line = "x" * 300
+    script = (
+        "import sys, time\n"
+        "for i in range(20000): print(f'line {i} ' + 'y' * 100)\n"
+        f"print('{long_line}END')\n"
+        "sys.stdout.flush(); time.sleep(60)\n"
+    )
+    job_id = submit(client, [sys.executable, "-c", script], name="chatty")
+    wait_state(client, job_id, "running")
+    log_path = home.run_dir(job_id) / "log"
+    wait_for(lambda: log_path.exists() and b"END" in log_path.read_bytes(), what="the log")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("j")
+        await until(pilot, lambda: str(job_id) in rows(app), what="row")
+        select(app, job_id)
+        await pilot.press("enter")
+        log = app.screen.query_one("#log", RichLog)
+        await until(pilot, lambda: log.lines, what="the log")
+        text = [line.text for line in log.lines]
+        assert "earlier skipped" in text[0] and f"workbench logs {job_id}" in text[0]
+        assert len(text) < 20000 and any("line 19999" in t for t in text)
+        assert all(len(t) <= log.size.width for t in text)  # wrapped, not cut
+        assert "END" in "".join(text)
+        summary = text_of(app.screen.query_one("#summary")).replace("\u00a0", " ")
+        assert "CPU time" in summary and "RSS" in summary and "duration" in summary
+        await pilot.press("c", "y")
+        await until(pilot, lambda: client.store.get(job_id).state == "cancelled", what="cancel")
 
 
 async def test_lost_daemon_is_restarted_by_the_next_action(
