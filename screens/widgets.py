@@ -106,7 +106,13 @@ class TitleBar(Static):
         for key, title in SCREEN_KEYS:
             label = f" {key} {title} " if width >= 70 else f" {key} {title[:4]} "
             text.append(label, style="bold reverse" if title == self.current else "")
-        help_text = " ? help  q quit " if width >= 80 else " ? help "
+        help_text = (
+            " ? help  ^p palette  q quit "
+            if width >= 110
+            else " ? help  q quit "
+            if width >= 80
+            else " ? help "
+        )
         text.append(" " * max(1, width - text.cell_len - len(help_text)))
         text.append(help_text, style="dim")
         return text

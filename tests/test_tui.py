@@ -544,3 +544,24 @@ async def test_queue_of_20000_jobs_holds_a_window_and_pages(home: Home) -> None:
             await pilot.press("f")
         await until(pilot, lambda: table.window.total == 20_000 // 7, what="failed jobs counted")
         assert all(job.state == "failed" for job in table.window.jobs)
+
+
+@pytest.mark.parametrize("key", ["d", "j", "s", "r", "m"])
+async def test_title_and_footer_fit_80_columns(tmp_path: Path, key: str) -> None:
+    """At 80 columns the title bar names every screen key and the footer's keys all fit."""
+    from textual.widgets._footer import FooterKey
+
+    from screens.widgets import FocusLine
+
+    app = fixed_app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press(key)
+        await pilot.pause(0.2)
+        title = app.screen.query_one("#title-bar").content
+        assert all(f" {k} " in str(title) for k in "djsrm") and "? help" in str(title)
+        footer_keys = list(app.screen.query(FooterKey))
+        assert footer_keys
+        used = app.screen.query_one(FocusLine).outer_size.width + sum(
+            k.outer_size.width for k in footer_keys
+        )
+        assert used <= 80, [str(k.render()) for k in footer_keys]
