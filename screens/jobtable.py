@@ -16,7 +16,6 @@ from textual.widget import Widget
 from screens.widgets import state_style
 from workbench.db.store import Job
 from workbench.present import job_progress, job_resources
-from workbench.units import format_duration
 
 # (column, justify). Shown in this order; dropped in DROP_ORDER when the width is short.
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -36,6 +35,21 @@ NAME_MIN = 12
 REASON_MIN = 30
 
 
+def short_age(seconds: float) -> str:
+    """`42s` under a minute, then `17m`, `3h05m`, `2d4h`: past the first minute an age changes
+    once a minute, so an idle table is redrawn once a minute rather than every second."""
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"{minutes}m"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours}h"
+
+
 def cell_texts(job: Job, now: float) -> dict[str, str]:
     """Each column's plain text for one job (`age` from `created_at` to `now`)."""
     reason = job.reason if job.state not in ("running", "succeeded") else ""
@@ -47,7 +61,7 @@ def cell_texts(job: Job, now: float) -> dict[str, str]:
         "prio": str(job.priority),
         "resources": job_resources(job),
         "progress": job_progress(job),
-        "age": format_duration(max(0.0, now - job.created_at)),
+        "age": short_age(max(0.0, now - job.created_at)),
         "reason": reason or "",
     }
 
