@@ -184,6 +184,12 @@ async def test_models_lineage_and_errors_in_sql(screens_home: Home) -> None:
         )
         rows = app.screen.query_one("#results", DataTable)
         assert all(str(rows.get_row_at(i)[-1]) == "False" for i in range(rows.row_count))
+        # The focus is on the results, not in the editor: `j` goes to the Queue, typing nothing.
+        editor = app.screen.query_one("#sql")
+        before = editor.text  # type: ignore[attr-defined]
+        assert app.focused is rows
+        await pilot.press("j")
+        assert type(app.screen).__name__ == "QueueScreen" and editor.text == before  # type: ignore[attr-defined]
 
 
 def test_x_values_by_epoch_time_and_step() -> None:

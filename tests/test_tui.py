@@ -565,3 +565,61 @@ async def test_title_and_footer_fit_80_columns(tmp_path: Path, key: str) -> None
             k.outer_size.width for k in footer_keys
         )
         assert used <= 80, [str(k.render()) for k in footer_keys]
+
+
+@pytest.mark.parametrize("width", [24, 38, 78, 156])
+def test_dashboard_lines_never_wrap(tmp_path: Path, width: int) -> None:
+    """Every Dashboard line fits its width, whatever the values: a load of 10+, 64 cores,
+    rates in GiB/s, a long GPU name, many disks (values are cut, never wrapped)."""
+    from tui_data import NOW, fake_gpu_snapshot, history
+
+    from screens import dashboard
+
+    snap = fake_gpu_snapshot(tmp_path)
+    snap["cpu"] = {"total": 99.5, "per_core": [99.0] * 64, "load_avg": [10.5, 12.25, 99.75]}
+    snap["network"] = {
+        f"enp{i}s0": {"rx_bytes_per_s": 9.9 * 1024**3, "tx_bytes_per_s": 8.8 * 1024**3}
+        for i in range(4)
+    }
+    snap["disk_io"] = {"nvme0n1": {"read_bytes_per_s": 7e9, "write_bytes_per_s": 6e9}}
+    snap["gpus"][0]["name"] = "NVIDIA H100 80GB HBM3 with a very long marketing name"
+    rows = history(True)
+    lines = dashboard.render_gpu(snap["gpus"][0], rows, NOW, 600, width, 8)
+    for render in (
+        dashboard.render_cpu,
+        dashboard.render_memory,
+        dashboard.render_network,
+        dashboard.render_disks,
+    ):
+        lines += render(snap, rows, NOW, 600, width, 12)
+    lines += dashboard.host_lines_compact(snap, rows, width)
+    assert lines and all(line.cell_len <= width for line in lines), [
+        (line.cell_len, line.plain) for line in lines if line.cell_len > width
+    ]
+    assert all("\n" not in line.plain for line in lines)
+
+
+async def test_pipeline_dialog_shows_progress_while_it_validates(
+    app: WorkbenchApp, client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from workbench.queue import pipeline as pipelines
+
+    release = threading.Event()
+    real = pipelines.load_pipeline
+
+    def slow_load(path: Path) -> Any:
+        release.wait(10)
+        return real(path)
+
+    monkeypatch.setattr(pipelines, "load_pipeline", slow_load)
+    (tmp_path / "p.toml").write_text('[[stage]]\nname = "one"\nkind = "command"\nargv = ["true"]\n')
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("j", "b")
+        app.screen.query_one("#pipeline-path", Input).value = str(tmp_path / "p.toml")
+        await pilot.press("enter")
+        assert app.screen.query_one("#pipeline-busy").display
+        assert "validating" in text_of(app.screen.query_one("#pipeline-error"))
+        release.set()
+        await until(pilot, lambda: isinstance(app.screen, QueueScreen), what="queued and closed")
