@@ -16,7 +16,7 @@ from test_tui import until
 from textual.widgets import DataTable, TextArea
 
 from screens.app import WorkbenchApp
-from screens.data import DataScreen
+from screens.data import DataScreen, Query
 from screens.source import Source
 from workbench.catalog import lake
 from workbench.daemon.client import Client
@@ -79,8 +79,20 @@ async def test_browse_page_sort_filter(data_home: Home) -> None:
         await pilot.pause()
         assert "rows 201-250 of 250" in status(app) and len(results(app)) == 50
         assert any("last page" in str(n.message) for n in app._notifications)
-        await pilot.press("f7")
-        await until(pilot, lambda: "rows 101-200" in status(app), what="page 2 from the cache")
+        reads = []
+        real_page_of = Query.page_of
+
+        def counted(self: Query, con: Any) -> Any:
+            reads.append(self.page)
+            return real_page_of(self, con)
+
+        Query.page_of = counted  # type: ignore[method-assign]
+        try:
+            await pilot.press("f7")
+            await until(pilot, lambda: "rows 101-200" in status(app), what="page 2 again")
+        finally:
+            Query.page_of = real_page_of  # type: ignore[method-assign]
+        assert reads == []  # a page already read is not queried again
         results_table = app.screen.query_one("#results", DataTable)
         results_table.focus()
         results_table.move_cursor(row=0, column=2)

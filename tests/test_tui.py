@@ -153,6 +153,13 @@ async def test_pause_resume_retry_priority(app: WorkbenchApp, client: Client) ->
         select(app, failing)
         await pilot.press("x")
         await until(pilot, lambda: client.store.get(failing).attempt == 2, what="retried")
+        # Every action answers: at once ("requested"), then with what the daemon did.
+        await until(
+            pilot,
+            lambda: sum(f"job {failing}: " in str(n.message) for n in app._notifications) >= 2,
+            what="feedback for retry",
+        )
+        assert any(f"job {failing}: retry requested" in str(n.message) for n in app._notifications)
         select(app, job_id)
         await pilot.press("c", "y")
         await until(pilot, lambda: client.store.get(job_id).state == "cancelled", what="cancelled")
