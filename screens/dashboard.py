@@ -725,7 +725,7 @@ class DashboardScreen(WorkbenchScreen):
 
         It waits `interval_s` to measure rates, so it runs in the polling thread, never on the
         event loop."""
-        from workbench.telemetry import sampler as telemetry
+        from workbench.telemetry import snapshot as telemetry
 
         try:
             return telemetry.snapshot(self.app.source.home, interval_s=0.2)  # type: ignore[attr-defined]

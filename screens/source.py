@@ -93,13 +93,13 @@ class Source:
         return self.read(lambda store: job_pages.position_of_job(store, where, job_id))
 
     def telemetry(self) -> dict[str, Any] | None:
-        from workbench.telemetry import sampler as telemetry
+        from workbench.telemetry import history as telemetry
 
         return self.read(telemetry.latest)
 
     def history(self, seconds: float, bucket_s: float | None = None) -> list[dict[str, Any]]:
         """The stored telemetry of the last `seconds`, averaged into `bucket_s` buckets."""
-        from workbench.telemetry import sampler as telemetry
+        from workbench.telemetry import history as telemetry
 
         since = self.now() - seconds
         return self.read(lambda store: telemetry.history(store, since, bucket_s=bucket_s))

@@ -440,7 +440,7 @@ async def test_dashboard_without_daemon_samples_off_the_event_loop(
     to measure rates, so it must run in the polling thread and leave the UI responsive."""
     import threading
 
-    from workbench.telemetry import sampler as telemetry
+    from workbench.telemetry import snapshot as telemetry
 
     threads: list[threading.Thread] = []
     direct = telemetry.snapshot

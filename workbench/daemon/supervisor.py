@@ -103,7 +103,7 @@ class Daemon:
     def start(self) -> None:
         self.home.ensure()
         self._take_lock()
-        self.store = Store.open(self.home.state_db, check=True)
+        self.store = Store.open(self.home.state_db, check="full")
         self.store.backup_to(self.home.state_db.with_name("state.db.bak"))
         self.gpus = Gpus.open()
         self.sampler = Sampler(self.store, self.home, self.gpus, self.config)
@@ -409,7 +409,7 @@ class Daemon:
                     pass
         if time.monotonic() >= self._next_sample:
             self._sample()
-        version = self.store.data_version()
+        version = self.store.data_version(include_own=False)
         if woke or version != self._last_version or self._next_deadline() <= time.time():
             self._last_version = version
             self._pass()

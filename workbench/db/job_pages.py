@@ -5,11 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from workbench.db.store import _JOB_COLUMNS, Job, Store, _job_from_row
-
-# Columns the job table shows: the spec and the captured environment are left out (they can be
-# large and a listing never shows them), so a page costs the same at 200 jobs or 20,000.
-_LIGHT_COLUMNS = _JOB_COLUMNS.replace(" spec,", " '{}',").replace(" env,", " '{}',")
+# The store's light columns leave out the spec and the captured environment (they can be large
+# and a listing never shows them), so a page costs the same at 200 jobs or 20,000.
+from workbench.db.store import _LIGHT_COLUMNS, Job, Store, _job_from_row
 
 
 @dataclass(frozen=True)
