@@ -630,3 +630,30 @@ async def test_pipeline_dialog_shows_progress_while_it_validates(
         assert "validating" in text_of(app.screen.query_one("#pipeline-error"))
         release.set()
         await until(pilot, lambda: isinstance(app.screen, QueueScreen), what="queued and closed")
+
+
+@pytest.mark.parametrize(
+    "state,text",
+    [(None, ""), ("failed", ""), (None, "LR=0.003"), ("paused", "point 1"), (None, "sigterm"),
+     ("succeeded", "nothing like this")],
+)  # fmt: skip
+def test_job_filter_in_sql_matches_python(home: Home, state: str | None, text: str) -> None:
+    """The Queue's filter counted and paged in SQL agrees with the same filter in Python, and
+    pages are in id order."""
+    from tui_data import fill_jobs
+
+    from workbench.db import job_pages
+    from workbench.db.job_pages import JobFilter
+    from workbench.db.store import Store
+
+    store = Store.open(home.state_db)
+    fill_jobs(store, 300)
+    where = JobFilter(state, text)
+    everything = store.list_jobs()
+    expected = [j.id for j in everything if where.matches(j)]
+    assert job_pages.count_jobs(store, where) == len(expected)
+    page = job_pages.page_of_jobs(store, where, 5, 20)
+    assert [j.id for j in page] == expected[5:25]
+    if expected:
+        assert job_pages.position_of_job(store, where, expected[-1]) == len(expected) - 1
+    store.close()
