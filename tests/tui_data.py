@@ -282,10 +282,12 @@ def fill_jobs(store: Any, count: int, now: float | None = None) -> list[int]:
         for i in range(count)
     ]
     ids = store.submit_many(requests)
-    ended_at = (now or time.time()) - 60
+    now = now or time.time()
     with store.transaction() as conn:
+        # One job a minute, the newest a minute old: ages like a queue's over weeks.
         conn.executemany(
-            "UPDATE jobs SET state = ?, reason = ?, ended_at = ?, exit_code = ? WHERE id = ?",
+            "UPDATE jobs SET state = ?, reason = ?, created_at = ?, ended_at = ?, exit_code = ?"
+            " WHERE id = ?",
             [
                 (
                     state,
@@ -295,12 +297,15 @@ def fill_jobs(store: Any, count: int, now: float | None = None) -> list[int]:
                         "paused": "paused",
                         "blocked": "dependency 1 failed",
                     }.get(state),
-                    ended_at if state in ("succeeded", "failed", "cancelled") else None,
+                    now - 60 * (count - index),
+                    now - 60 * (count - index) + 30
+                    if state in ("succeeded", "failed", "cancelled")
+                    else None,
                     {"succeeded": 0, "failed": 1, "cancelled": 143}.get(state),
                     job_id,
                 )
-                for job_id, state in zip(
-                    ids, (FILL_STATES[i % len(FILL_STATES)] for i in range(count)), strict=True
+                for index, (job_id, state) in enumerate(
+                    zip(ids, (FILL_STATES[i % len(FILL_STATES)] for i in range(count)), strict=True)
                 )
             ],
         )
