@@ -5,6 +5,7 @@ keeps a compact line pair per GPU, so every GPU stays on screen."""
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,7 @@ PROCESS_COLUMNS = (
     "command",
 )
 NARROW_DROPS = ("user", "elapsed")  # left out below 100 columns
+CORE_SAMPLES = 60  # per-core readings kept while the screen is open (the store keeps totals)
 
 
 @dataclass
@@ -154,23 +156,34 @@ def render_gpu(
     return lines[:height]
 
 
-def core_meters(per_core: list[float], width: int, rows: int) -> list[Text]:
-    """A meter per core in as many columns as needed to fit `rows` lines."""
+def core_meters(
+    per_core: list[float | None],
+    width: int,
+    rows: int,
+    history: list[list[float | None]] | None = None,
+) -> list[Text]:
+    """A cell per core, `index sparkline pct`, in as many columns as fit `rows` lines; the
+    sparkline is that core's recent readings (`history`: one list per sample, oldest first)."""
     if not per_core or rows < 1:
         return []
     columns = max(1, -(-len(per_core) // rows))
-    cell = max(10, width // columns - 1)
-    bar = max(2, cell - 9)
+    cell = max(12, width // columns - 1)
     lines = []
     for row in range(min(rows, len(per_core))):
         line = Text()
         for column in range(columns):
             index = column * rows + row
-            if index < len(per_core):
-                if column:
-                    line.append(" ")
-                part = meter(f"{index}", per_core[index], bar)
-                line.append_text(crop(part, cell))
+            if index >= len(per_core):
+                continue
+            if column:
+                line.append(" ")
+            value = per_core[index]
+            part = Text(f"{index:>3} ", style="dim")
+            series = [s[index] if index < len(s) else None for s in history or []]
+            part.append(spark(series or [value], cell - 9, 100))
+            style = "green" if (value or 0) < 60 else "yellow" if (value or 0) < 85 else "red"
+            part.append(f" {value:3.0f}%" if value is not None else "  n/a", style=style)
+            line.append_text(crop(part, cell))
         lines.append(crop(line, width))
     return lines
 
@@ -182,8 +195,9 @@ def render_cpu(
     window_s: float,
     width: int,
     height: int,
+    core_history: list[list[float | None]] | None = None,
 ) -> list[Text]:
-    """Title with the load, the total CPU chart, then a meter per core."""
+    """Title with the load, the total CPU chart, then each core with its recent readings."""
     cpu = snap.get("cpu") or {}
     per_core = cpu.get("per_core") or []
     load = " ".join(f"{v:.2f}" for v in cpu.get("load_avg") or [])
@@ -198,7 +212,7 @@ def render_cpu(
         lines += chart(
             points(history, "cpu"), end, window_s, width, chart_rows, 100, "green", "100%"
         )
-    lines += core_meters(per_core, width, height - len(lines))
+    lines += core_meters(per_core, width, height - len(lines), core_history)
     return lines[:height]
 
 
@@ -552,6 +566,8 @@ class DashboardScreen(WorkbenchScreen):
         self.processes: list[dict[str, Any]] = []
         self.shown_rows: list[Any] = []
         self.columns: tuple[str, ...] = ()
+        self.core_history: deque[list[float | None]] = deque(maxlen=CORE_SAMPLES)
+        self.core_time: float | None = None
         self.columns = ()
 
     @property
@@ -690,9 +706,15 @@ class DashboardScreen(WorkbenchScreen):
         last = self.history[-1]["time"] if self.history else float("-inf")
         if snap is not None and (snap.get("time") or 0.0) > last:
             self.history.append(self._history_row(snap))
+        # Per-core readings are not stored: the screen keeps the recent ones it has seen.
+        if snap is not None and snap.get("time") != self.core_time:
+            self.core_time = snap.get("time")
+            self.core_history.append(list((snap.get("cpu") or {}).get("per_core") or []))
         self.refresh_panels()
         if self.app.is_running and not getattr(self.app, "frozen", False):
-            self.set_timer(1.0, self._next_poll)
+            # Every second on the 1 min window; every 2 s (btop's and nvitop's default) on the
+            # longer ones, whose chart columns span 5 s or more.
+            self.set_timer(1.0 if self.window_s <= 60 else 2.0, self._next_poll)
 
     def _history_row(self, snap: dict[str, Any]) -> dict[str, Any]:
         """The latest snapshot as a history row, so short windows move every second."""
@@ -798,7 +820,9 @@ class DashboardScreen(WorkbenchScreen):
             room = height - 1 - procs_height - host_height
             if room >= 8:
                 half = room // 2
-                lines = render_cpu(snap, self.history, end, window, width - 2, half)[:half]
+                cores = list(self.core_history)
+                lines = render_cpu(snap, self.history, end, window, width - 2, half, cores)
+                lines = lines[:half]
                 lines += render_network(snap, self.history, end, window, width - 2, room - half)
         gpu_widget.display = bool(lines)
         if lines:
@@ -819,10 +843,15 @@ class DashboardScreen(WorkbenchScreen):
                 "network": render_network,
                 "disks": render_disks,
             }
+            cores = list(self.core_history)
             for key, render in renderers.items():
                 panel = self.query_one(f"#{key}", Lines)
                 panel.display = key in host_shown
-                if key in host_shown:
+                if key == "cpu" and key in host_shown:
+                    panel.set_lines(
+                        render_cpu(snap, self.history, end, window, panel_width, host_height, cores)
+                    )
+                elif key in host_shown:
                     panel.set_lines(
                         render(snap, self.history, end, window, panel_width, host_height)
                     )
