@@ -202,7 +202,7 @@ class QueueScreen(WorkbenchScreen):
     def _read(
         self, force: bool, offset: int, rows: int, where: JobFilter, select_id: int | None
     ) -> None:
-        """Read the window only when the store changed (`PRAGMA data_version`) or the view moved;
+        """Read the window only when the store changed (its data version moved) or the view moved;
         otherwise the message carries only the time, for the visible ages."""
         source = self.app.source  # type: ignore[attr-defined]
         version = source.data_version()

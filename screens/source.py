@@ -1,6 +1,6 @@
 """Where the screens get their data: the live store, read on one thread of its own (so the TUI
-holds one SQLite connection and its `data_version` readings compare), or fixed data and a fixed
-clock for snapshot tests."""
+holds one SQLite connection for its reads, however many worker threads it starts), or fixed data
+and a fixed clock for snapshot tests."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class Source:
     The store keeps one connection per thread, and Textual starts a new thread for every thread
     worker: reads therefore run on one long-lived store thread (`read`), actions on another
     (`act`, so a slow daemon start never holds up the polls). Each thread's connection lives as
-    long as the TUI, and `PRAGMA data_version` is always read on the same connection."""
+    long as the TUI, so polling once a second never piles up connections."""
 
     def __init__(self, home: Home):
         from concurrent.futures import ThreadPoolExecutor
