@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,27 @@ class DaemonTable:
     history: str | float = "24h"
 
 
+EXECUTOR_KINDS = ("local", "slurm")
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """`[executor]` in config.toml: where jobs run unless a job says otherwise (`--executor`).
+
+    For `kind = "slurm"`: `partition` and `account` become `--partition`/`--account`, `extra` is a
+    list of sbatch options added to every submission (e.g. `["--qos=normal"]`), `nice_base` is
+    the `--nice` of a priority-0 job (priority P gets `nice_base - P`; Slurm refuses negative
+    nice values from ordinary users), and `shared_paths` lists mount points known to be shared
+    by every node (beyond the network filesystems recognised by type)."""
+
+    kind: str = "local"
+    partition: str | None = None
+    account: str | None = None
+    extra: list[str] = field(default_factory=list)
+    nice_base: int = 0
+    shared_paths: list[str] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class Config:
     """Parsed settings."""
@@ -31,6 +52,7 @@ class Config:
     sample_interval_s: float = 1.0
     default_parallel: int = 0
     history_s: float = 86400.0
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
 
 def load_config(path: Path) -> Config:
@@ -41,11 +63,17 @@ def load_config(path: Path) -> Config:
         data: dict[str, Any] = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as error:
         raise SpecError(f"{path}: {error}") from error
-    known = {"daemon"}
+    known = {"daemon", "executor"}
     for key in data:
         if key not in known:
             raise SpecError(f"{path}: unknown table '{key}'")
     table = from_table(DaemonTable, data.get("daemon", {}), f"{path} [daemon]")
+    executor = from_table(ExecutorConfig, data.get("executor", {}), f"{path} [executor]")
+    if executor.kind not in EXECUTOR_KINDS:
+        raise SpecError(
+            f"{path} [executor]: key 'kind': expected one of {', '.join(EXECUTOR_KINDS)},"
+            f" got {executor.kind!r}"
+        )
     try:
         return Config(
             log_cap_bytes=parse_size(table.log_cap),
@@ -53,6 +81,7 @@ def load_config(path: Path) -> Config:
             sample_interval_s=parse_duration(table.sample_interval),
             default_parallel=table.default_parallel,
             history_s=parse_duration(table.history),
+            executor=executor,
         )
     except ValueError as error:
         raise SpecError(f"{path} [daemon]: {error}") from error

@@ -20,6 +20,8 @@ import psutil
 
 from workbench.config import Config, load_config
 from workbench.daemon import runner
+from workbench.daemon.executors.slurm import SlurmExecutor
+from workbench.db import executors as placement_db
 from workbench.db.store import CANCELLED, FAILED, PAUSED, QUEUED, RUNNING, SUCCEEDED, Job, Store
 from workbench.paths import Home
 from workbench.queue import scheduler
@@ -27,6 +29,8 @@ from workbench.queue.kinds import job_argv
 from workbench.telemetry.gpu import Gpus, gpu_slots
 from workbench.telemetry.sampler import Sampler
 from workbench.units import format_duration
+
+SLURM_POLL_S = 1.0  # one squeue per tick while Slurm holds jobs for us
 
 
 class DaemonError(RuntimeError):
@@ -65,6 +69,8 @@ class Daemon:
         self.gpus: Gpus | None = None
         self.sampler: Sampler | None = None
         self.gpu_slots: tuple[scheduler.GpuSlot, ...] = ()
+        self.slurm: SlurmExecutor | None = None
+        self._next_slurm_tick = 0.0
 
     # ---- start-up ----------------------------------------------------------------------
 
@@ -125,8 +131,12 @@ class Daemon:
     # ---- re-adoption -------------------------------------------------------------------
 
     def _adopt(self) -> None:
-        """Follow jobs a previous daemon started: alive ones are watched, the rest are settled."""
+        """Follow jobs a previous daemon started: alive ones are watched, the rest are settled.
+        Slurm jobs need nothing here: the Slurm executor follows them from the store."""
+        on_slurm = self._slurm_job_ids()
         for job in self.store.list_jobs(states=[RUNNING, PAUSED]):
+            if job.id in on_slurm:
+                continue
             run_dir = self.home.run_dir(job.id)
             if job.pid is None:
                 if job.state == RUNNING:
@@ -343,9 +353,24 @@ class Daemon:
 
     # ---- the loop ----------------------------------------------------------------------
 
+    def _slurm_job_ids(self) -> set[int]:
+        """Jobs the Slurm executor looks after (the local scheduler leaves them alone)."""
+        return {p.job_id for p in placement_db.slurm_placements(self.store)}
+
+    def _slurm_tick(self) -> None:
+        """Follow the jobs on Slurm: one squeue, at most once per SLURM_POLL_S."""
+        if self.slurm is not None:
+            self.slurm.tick()
+            self._next_slurm_tick = time.monotonic() + SLURM_POLL_S
+
     def _pass(self) -> None:
         now = time.time()
-        active = self.store.active_jobs(light=True)
+        on_slurm = self._slurm_job_ids()
+        if on_slurm:
+            if self.slurm is None:
+                self.slurm = SlurmExecutor(self.home, self.store, self.config)
+            self.slurm.submit_ready()
+        active = [j for j in self.store.active_jobs(light=True) if j.id not in on_slurm]
         self._carry_out_intents(active, now)
         self._enforce_deadlines(now)
         self._schedule(active)
@@ -353,6 +378,8 @@ class Daemon:
     def _timeout(self) -> float:
         """Sleep until the next thing due: a sample, a kill deadline, a time limit; at most 1 s."""
         wait = min(1.0, self._next_sample - time.monotonic(), self._next_deadline() - time.time())
+        if self.slurm is not None:
+            wait = min(wait, self._next_slurm_tick - time.monotonic())
         return max(0.0, wait)
 
     def run(self) -> None:
@@ -392,6 +419,8 @@ class Daemon:
                     pass
         if time.monotonic() >= self._next_sample:
             self._sample()
+        if self.slurm is not None and time.monotonic() >= self._next_slurm_tick:
+            self._slurm_tick()
         version = self.store.data_version()
         if woke or version != self._last_version or self._next_deadline() <= time.time():
             self._last_version = version

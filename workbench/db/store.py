@@ -193,6 +193,17 @@ MIGRATIONS: dict[int, str] = {
         created_at REAL NOT NULL
     );
     """,
+    # Executors (60-69): where each job runs ('local' or 'slurm'), its Slurm job id and node,
+    # whether Slurm may still hold it (submitted, not yet seen ended), and how much of the job's
+    # record file (see workbench/db/journal.py) has been ingested.
+    60: """
+    ALTER TABLE jobs ADD COLUMN executor TEXT NOT NULL DEFAULT 'local';
+    ALTER TABLE jobs ADD COLUMN slurm_id TEXT;
+    ALTER TABLE jobs ADD COLUMN slurm_open INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN node TEXT;
+    ALTER TABLE jobs ADD COLUMN records_offset INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX jobs_slurm_open ON jobs(id) WHERE slurm_open = 1;
+    """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -232,6 +243,7 @@ class JobRequest:
     pipeline_id: int | None = None
     stage: str | None = None
     paused: bool = False
+    executor: str = "local"
 
 
 @dataclass(frozen=True)
@@ -544,8 +556,8 @@ class Store:
         state = PAUSED if req.paused else QUEUED
         cur = conn.execute(
             "INSERT INTO jobs(name, kind, state, spec, argv, cwd, env, priority, grp, gpus, gpu_mem,"
-            " cpus, mem, retries, time_limit, fail_unrunnable, pipeline_id, stage, created_at)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " cpus, mem, retries, time_limit, fail_unrunnable, pipeline_id, stage, created_at,"
+            " executor) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 req.name,
                 req.kind,
@@ -566,6 +578,7 @@ class Store:
                 req.pipeline_id,
                 req.stage,
                 now,
+                req.executor,
             ),
         )
         job_id = int(cur.lastrowid or 0)
@@ -873,7 +886,8 @@ class Store:
         conn.execute(
             "UPDATE jobs SET state=?, reason=?, attempt=attempt+1, started_at=NULL, ended_at=NULL,"
             " exit_code=NULL, pid=NULL, pid_start=NULL, granted_gpus=NULL, intent=NULL,"
-            " progress=NULL, progress_msg=NULL WHERE id=?",
+            " progress=NULL, progress_msg=NULL, slurm_id=NULL, slurm_open=0, node=NULL, records_offset=0"
+            " WHERE id=?",
             (QUEUED, reason, job_id),
         )
         self._event(conn, job_id, QUEUED, reason, now)
@@ -884,7 +898,11 @@ class Store:
             self._requeue_blocked(conn, dependent, now)
 
     def _requeue_blocked(self, conn: sqlite3.Connection, job_id: int, now: float) -> None:
-        conn.execute("UPDATE jobs SET state=?, reason=NULL WHERE id=?", (QUEUED, job_id))
+        conn.execute(
+            "UPDATE jobs SET state=?, reason=NULL, slurm_id=NULL, slurm_open=0, node=NULL, records_offset=0"
+            " WHERE id=?",
+            (QUEUED, job_id),
+        )
         self._event(conn, job_id, QUEUED, "a dependency was retried", now)
         for (dependent,) in conn.execute(
             "SELECT j.id FROM jobs j JOIN job_deps d ON d.job_id=j.id WHERE d.dep_id=? AND j.state=?",

@@ -1,0 +1,1 @@
+"""Executors: where a job runs (this machine, or a Slurm cluster)."""
