@@ -1,37 +1,45 @@
-"""The one subprocess runner: a per-job wrapper that leads the job's process group, caps its log
-and records its exit status in the run folder, so a restarted daemon can learn how it ended."""
+"""What a job's run folder records about its process: the wrapper's identity and launch token, the
+exit status with its resource use, and a job's own failure message; plus process identity checks."""
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 EXIT_FILE = "exit.json"
+WRAPPER_FILE = "wrapper.json"  # {"token", "pid", "start_time"}: written by the wrapper first
 LOG_FILE = "log"
 FAILURE_FILE = "failure"  # a job may write why it failed here; it becomes the job's reason
-_CHUNK = 65536
+TOKEN_ENV = "WORKBENCH_LAUNCH_TOKEN"  # in every job process's environment
 
 
 @dataclass(frozen=True)
 class ExitStatus:
-    """How a job's process ended: a code, or the signal that killed it."""
+    """How a job's main process ended (a code, or the signal that killed it), and what the job
+    used: `cpu_s` CPU seconds (user + system) of all its processes, `peak_mem_bytes` its peak
+    memory (the cgroup's peak where there is one, else the largest process's peak RSS), and
+    `leftovers` how many processes were still running when the main process exited."""
 
     exit_code: int | None
     signal: int | None
     ended_at: float
+    cpu_s: float | None = None
+    peak_mem_bytes: int | None = None
+    leftovers: int = 0
 
     @property
     def ok(self) -> bool:
         return self.exit_code == 0
 
     def describe(self) -> str:
+        """`exited with code N` or `killed by SIGNAME`."""
         if self.signal is not None:
             try:
                 name = signal.Signals(self.signal).name
@@ -47,27 +55,91 @@ class ExitStatus:
             return 128 + self.signal
         return self.exit_code if self.exit_code is not None else 1
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "exit_code": self.exit_code,
+            "signal": self.signal,
+            "ended_at": self.ended_at,
+            "cpu_s": self.cpu_s,
+            "peak_mem_bytes": self.peak_mem_bytes,
+            "leftovers": self.leftovers,
+        }
+
 
 def status_from_wait(wait_status: int) -> ExitStatus:
+    """An ExitStatus from a `waitpid` status word."""
     if os.WIFSIGNALED(wait_status):
         return ExitStatus(None, os.WTERMSIG(wait_status), time.time())
     return ExitStatus(os.waitstatus_to_exitcode(wait_status), None, time.time())
+
+
+def write_json_atomic(path: Path, value: dict[str, Any]) -> None:
+    """Write `value` as JSON under a temporary name, then rename: readers never see half a file.
+    Raises OSError (e.g. ENOSPC) and leaves no partial file behind."""
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as out:
+            out.write(json.dumps(value))
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_exit(run_dir: Path, status: ExitStatus) -> None:
+    """Record how the job ended (atomically; raises OSError if it cannot be written)."""
+    write_json_atomic(run_dir / EXIT_FILE, status.to_json())
 
 
 def read_exit(run_dir: Path) -> ExitStatus | None:
     """The status the wrapper recorded, or None if it never did (it was killed or is running)."""
     try:
         data = json.loads((run_dir / EXIT_FILE).read_text())
-    except (FileNotFoundError, ValueError):
+    except (OSError, ValueError):
         return None
-    return ExitStatus(data.get("exit_code"), data.get("signal"), float(data.get("ended_at", 0)))
+    return ExitStatus(
+        data.get("exit_code"),
+        data.get("signal"),
+        float(data.get("ended_at", 0)),
+        data.get("cpu_s"),
+        data.get("peak_mem_bytes"),
+        int(data.get("leftovers") or 0),
+    )
+
+
+@dataclass(frozen=True)
+class WrapperRecord:
+    """Who runs a job: the wrapper's pid and start time, and the launch token it was given."""
+
+    token: str
+    pid: int
+    start_time: float | None
+
+
+def write_wrapper(run_dir: Path, record: WrapperRecord) -> None:
+    write_json_atomic(
+        run_dir / WRAPPER_FILE,
+        {"token": record.token, "pid": record.pid, "start_time": record.start_time},
+    )
+
+
+def read_wrapper(run_dir: Path) -> WrapperRecord | None:
+    """The wrapper record of a run folder, None if there is none (or it is unreadable)."""
+    try:
+        data = json.loads((run_dir / WRAPPER_FILE).read_text())
+        return WrapperRecord(str(data["token"]), int(data["pid"]), data.get("start_time"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def read_failure(run_dir: Path) -> str | None:
     """The message a job left in its run folder about why it failed, if any."""
     try:
         text = (run_dir / FAILURE_FILE).read_text(errors="replace").strip()
-    except FileNotFoundError:
+    except OSError:
         return None
     return text[:500] or None
 
@@ -87,6 +159,13 @@ def same_process(pid: int, start_time: float | None) -> bool:
     """True if `pid` is alive and is the process that started at `start_time` (not a reused pid)."""
     now_start = process_start_time(pid)
     return now_start is not None and start_time is not None and abs(now_start - start_time) < 0.05
+
+
+# ---- the previous wrapper, used by the supervisor until it moves onto the executor seam ----
+
+import errno  # noqa: E402
+
+_CHUNK = 65536
 
 
 def signal_group(pgid: int, sig: int) -> bool:
@@ -141,16 +220,6 @@ class _CappedLog:
         os.close(self.fd)
 
 
-def _write_exit(run_dir: Path, status: ExitStatus) -> None:
-    tmp = run_dir / (EXIT_FILE + ".tmp")
-    tmp.write_text(
-        json.dumps(
-            {"exit_code": status.exit_code, "signal": status.signal, "ended_at": status.ended_at}
-        )
-    )
-    os.replace(tmp, run_dir / EXIT_FILE)
-
-
 def _wrapper_main(
     argv: list[str], env: dict[str, str], cwd: str, run_dir: Path, log_cap: int, header: str | None
 ) -> int:
@@ -197,7 +266,7 @@ def _wrapper_main(
             continue
     status = status_from_wait(wait_status)
     log.close()
-    _write_exit(run_dir, status)
+    write_exit(run_dir, status)
     return 0
 
 
