@@ -50,7 +50,7 @@ class JobContext:
         home = Home.current()
         records = os.environ.get("WORKBENCH_RECORDS")
         if records:
-            store: Store = RecordingStore.open_recording(home.state_db, Path(records))
+            store: Store = RecordingStore.open_recording(home.state_db, Path(records), job_id)
         else:
             store = Store.open(home.state_db)
         return cls(home, store, store.get(job_id))

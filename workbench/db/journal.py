@@ -9,6 +9,7 @@ import json
 import os
 import re
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any, cast
 from workbench.db.store import Store, StoreError
 
 RECORDS_FILE = "records.jsonl"
+DEPENDENCY_WAIT_S = 60.0
 
 # What a job may write through its records: its own progress, and the catalog tables.
 _WRITE = re.compile(
@@ -64,15 +66,35 @@ class RecordingStore(Store):
     records: Path
 
     @classmethod
-    def open_recording(cls, state_db: Path, records: Path) -> RecordingStore:
+    def open_recording(
+        cls, state_db: Path, records: Path, job_id: int, wait_s: float = DEPENDENCY_WAIT_S
+    ) -> RecordingStore:
         """Copy state.db (read-only, SQLite's online backup) into memory; records go to `records`.
+
+        Slurm starts a job as soon as its dependencies end, which can be a tick before the daemon
+        has applied their records (a dataset version, a run): so the copy is taken once the
+        daemon has settled every dependency of `job_id`, waiting up to `wait_s` seconds.
         Raises StoreError if state.db cannot be read."""
+        deadline = time.monotonic() + wait_s
         try:
-            source = sqlite3.connect(f"file:{state_db}?mode=ro", uri=True, timeout=30.0)
-            memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-            with source:
-                source.backup(memory)
-            source.close()
+            while True:
+                source = sqlite3.connect(f"file:{state_db}?mode=ro", uri=True, timeout=30.0)
+                try:
+                    (unsettled,) = source.execute(
+                        "SELECT count(*) FROM job_deps d JOIN jobs j ON j.id = d.dep_id"
+                        " WHERE d.job_id=? AND j.state NOT IN"
+                        " ('succeeded', 'failed', 'cancelled', 'blocked')",
+                        (job_id,),
+                    ).fetchone()
+                    if not unsettled or time.monotonic() >= deadline:
+                        memory = sqlite3.connect(
+                            ":memory:", isolation_level=None, check_same_thread=False
+                        )
+                        source.backup(memory)
+                        break
+                finally:
+                    source.close()
+                time.sleep(0.1)
         except sqlite3.Error as error:
             raise StoreError(f"cannot read {state_db}: {error}") from error
         store = cls(memory, state_db)

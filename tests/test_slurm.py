@@ -1,0 +1,467 @@
+"""The Slurm executor: the spec-to-sbatch mapping and squeue parsing as tables, then the same jobs
+and pipelines against a real one-node Slurm on loopback (tests/slurm/up.sh), started once for
+the session and stopped by pid. In CI a missing Slurm fails these tests instead of skipping."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, stop_daemon, wait_for, workbench
+from workbench.config import Config, ExecutorConfig
+from workbench.daemon.client import Client
+from workbench.daemon.executors import slurm_map
+from workbench.daemon.executors.slurm import SlurmClient, SlurmExecutor
+from workbench.daemon.executors.slurm_map import (
+    HELD_REASONS,
+    ClusterInfo,
+    SlurmJob,
+    Submission,
+    Unmappable,
+    sbatch_args,
+)
+from workbench.db import executors as placement_db
+from workbench.db.store import Job, JobRequest
+from workbench.paths import Home
+
+FIXTURE = ROOT / "tests" / "slurm"
+
+
+# ---- the mapping, as tables -----------------------------------------------------------------
+
+BASE = Submission(name="j", output="/r/log", cwd="/w")
+SHARDS = ClusterInfo(shards_per_gpu=2)
+PLAIN = ExecutorConfig()
+
+
+def _fields(args: list[str]) -> set[str]:
+    return {a for a in args if a not in ("--parsable", "--export=ALL")} - {
+        "--job-name=j",
+        "--output=/r/log",
+        "--chdir=/w",
+    }
+
+
+@pytest.mark.parametrize(
+    ("changes", "settings", "expected"),
+    [
+        ({}, PLAIN, set()),
+        ({"gpus": 2.0}, PLAIN, {"--gres=gpu:2"}),
+        ({"gpus": 0.5}, PLAIN, {"--gres=shard:1"}),
+        ({"gpus": 0.3}, PLAIN, {"--gres=shard:1"}),  # rounded up: never less than asked
+        ({"gpus": 0.75}, PLAIN, {"--gres=shard:2"}),
+        ({"cpus": 1.5}, PLAIN, {"--cpus-per-task=2"}),
+        ({"mem": 4 * 1024**3}, PLAIN, {"--mem=4096M"}),
+        ({"mem": 1000**3}, PLAIN, {"--mem=954M"}),
+        ({"time_limit": 30.0}, PLAIN, {"--time=1"}),  # Slurm's one-minute resolution
+        ({"time_limit": 61.0}, PLAIN, {"--time=2"}),
+        ({"time_limit": 7200.0}, PLAIN, {"--time=120"}),
+        ({"priority": -5}, PLAIN, {"--nice=5"}),
+        ({"priority": 3}, ExecutorConfig(nice_base=10), {"--nice=7"}),
+        (
+            {"deps": (("11", "ok"), ("12", "any"), ("13", "fail"), ("14", "ok"))},
+            PLAIN,
+            {"--dependency=afterok:11:14,afterany:12,afternotok:13", "--kill-on-invalid-dep=yes"},
+        ),
+        ({"array_size": 4, "array_cap": 2}, PLAIN, {"--array=0-3%2"}),
+        (
+            {},
+            ExecutorConfig(partition="gpu", account="lab", extra=["--qos=short"]),
+            {"--partition=gpu", "--account=lab", "--qos=short"},
+        ),
+    ],
+)
+def test_spec_maps_to_sbatch_options(
+    changes: dict[str, object], settings: ExecutorConfig, expected: set[str]
+) -> None:
+    sub = Submission(**{**BASE.__dict__, **changes})
+    args = sbatch_args(sub, settings, SHARDS)
+    assert _fields(args) == expected
+    assert "--export=ALL" in args and "--parsable" in args
+
+
+@pytest.mark.parametrize(
+    ("changes", "cluster", "field"),
+    [
+        ({"gpu_mem": 8 * 1024**3}, SHARDS, "gpu_mem"),
+        ({"gpus": 0.5}, ClusterInfo(shards_per_gpu=None), "gpus"),
+        ({"gpus": 1.5}, SHARDS, "gpus"),
+        ({"priority": 1}, SHARDS, "priority"),
+    ],
+)
+def test_unmappable_requests_are_refused_naming_the_field(
+    changes: dict[str, object], cluster: ClusterInfo, field: str
+) -> None:
+    with pytest.raises(Unmappable, match=f"key '{field}'"):
+        sbatch_args(Submission(**{**BASE.__dict__, **changes}), PLAIN, cluster)
+
+
+def _record(job_id: int, state: str, reason: str = "None", **extra: object) -> dict[str, object]:
+    return {
+        "job_id": job_id,
+        "array_job_id": 0,
+        "array_task_id": None,
+        "array_task_string": "",
+        "job_state": state,
+        "state_reason": reason,
+        "exit_code": 0,
+        "nodes": "n1",
+        "start_time": 100,
+        "end_time": 200,
+        **extra,
+    }
+
+
+SQUEUE = {
+    "jobs": [
+        _record(1, "COMPLETED"),
+        _record(2, "FAILED", "NonZeroExitCode", exit_code=3 << 8),
+        _record(3, "TIMEOUT", "TimeLimit", exit_code=15),
+        _record(4, "OUT_OF_MEMORY", "OutOfMemory", exit_code=9),
+        _record(5, "NODE_FAIL", "NodeDown"),
+        _record(6, "CANCELLED", "None", exit_code=15),
+        _record(7, "CANCELLED", "DependencyNeverSatisfied"),
+        _record(8, "PENDING", "JobHeldUser"),
+        _record(9, "PENDING", "Resources"),
+        _record(10, "RUNNING"),
+        _record(12, "RUNNING", array_job_id=11, array_task_id=0),
+        _record(11, "PENDING", "JobArrayTaskLimit", array_job_id=11, array_task_string="1-3%1"),
+        _record(13, ["FAILED"], "NonZeroExitCode", exit_code={"set": True, "number": 2 << 8}),
+    ]
+}
+
+
+@pytest.mark.parametrize(
+    ("slurm_id", "state", "words", "code"),
+    [
+        ("1", "succeeded", "exited with code 0", 0),
+        ("2", "failed", "exited with code 3 (Slurm FAILED)", 3),
+        ("3", "failed", "time limit exceeded (Slurm TIMEOUT)", 143),
+        ("4", "failed", "out of memory (Slurm OUT_OF_MEMORY)", 137),
+        ("5", "failed", "its node failed (Slurm NODE_FAIL)", None),
+        ("6", "cancelled", "cancelled (Slurm CANCELLED)", 143),
+        ("7", "blocked", "a dependency failed, so it can never run (Slurm)", None),
+        ("8", "paused", "held in Slurm (JobHeldUser)", None),
+        ("9", "queued", "waiting for resources on the cluster", None),
+        ("10", "running", "running on n1", None),
+        ("11_0", "running", "running on n1", None),
+        ("11_2", "queued", "its array is at its limit of running tasks", None),
+        ("13", "failed", "exited with code 2 (Slurm FAILED)", 2),  # Slurm 23.02's shapes
+    ],
+)
+def test_squeue_states_and_reasons_become_ours(
+    slurm_id: str, state: str, words: str, code: int | None
+) -> None:
+    jobs = slurm_map.parse_squeue(json.dumps(SQUEUE))
+    view = slurm_map.view(jobs[slurm_id])
+    assert (view.state, view.reason) == (state, words)
+    if view.ended and code is not None:
+        assert view.exit_code == code
+    assert "11_4" not in jobs
+
+
+@pytest.mark.parametrize(
+    ("paths", "only_this_host", "declared", "problems"),
+    [
+        ({"runs/": "/home/u/wb/runs"}, True, [], 0),
+        ({"runs/": "/home/u/wb/runs"}, False, [], 1),
+        ({"runs/": "/shared/wb/runs", "lake/": "/shared/wb/lake"}, False, [], 0),
+        ({"runs/": "/scratch/wb/runs"}, False, ["/scratch"], 0),
+        ({"runs/": "/scratchy/runs"}, False, ["/scratch"], 1),
+    ],
+)
+def test_shared_filesystem_rule(
+    paths: dict[str, str], only_this_host: bool, declared: list[str], problems: int
+) -> None:
+    mounts = [("/", "ext4"), ("/home", "xfs"), ("/shared", "nfs4"), ("/scratch", "xfs")]
+    found = slurm_map.shared_path_problems(paths, mounts, only_this_host, declared)
+    assert len(found) == problems
+    if problems:
+        assert "runs/" in found[0] and "mounted at" in found[0]
+
+
+def test_shared_filesystem_refusal_names_the_paths_and_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workbench.daemon.executors import slurm as slurm_module
+    from workbench.queue.spec import SpecError
+
+    class OtherNodes(SlurmClient):
+        def nodes_are_this_host(self) -> bool:
+            return False
+
+    monkeypatch.setattr(slurm_module, "read_mounts", lambda: [("/", "ext4")])
+    home = Home(tmp_path).ensure()
+    with pytest.raises(SpecError) as refused:
+        slurm_module.check_shared_filesystem(home, "/usr/bin/python3", PLAIN, OtherNodes())
+    message = str(refused.value)
+    assert "runs/" in message and "lake/" in message and "shared_paths" in message
+
+
+# ---- a real one-node Slurm ------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def slurm() -> Iterator[dict[str, str]]:
+    """A one-node Slurm under a fresh temporary folder: munged (as the munge user), slurmctld
+    (-i, empty state) and slurmd; ready once a probe job has run; stopped by pid at the end."""
+    missing = None
+    if shutil.which("slurmctld") is None or shutil.which("sbatch") is None:
+        missing = "slurm-wlm is not installed (bash .ci/setup installs it)"
+    elif os.geteuid() != 0:
+        missing = "the test cluster needs root (munged runs as the munge user)"
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"Slurm tests cannot run in CI: {missing}")
+        pytest.skip(missing)
+    folder = tempfile.mkdtemp(prefix="wb-slurm-", dir="/tmp")
+    ports = [str(_free_port()), str(_free_port())]
+    started = subprocess.run(
+        ["bash", str(FIXTURE / "up.sh"), folder, *ports],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    previous = os.environ.get("SLURM_CONF")
+    conf = f"{folder}/slurm.conf"
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        os.environ["SLURM_CONF"] = conf
+        yield {"SLURM_CONF": conf, "dir": folder}
+    finally:
+        subprocess.run(["bash", str(FIXTURE / "down.sh"), folder], timeout=60)
+        if previous is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = previous
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def on_slurm(slurm: dict[str, str], home: Home) -> Iterator[Home]:
+    """A workbench home whose jobs go to the test cluster by default (`[executor]`)."""
+    home.config.write_text('[executor]\nkind = "slurm"\n')
+    yield home
+    stop_daemon(home)
+    ours = [p.slurm_id for p in _placements(home) if p.slurm_id]
+    if ours:
+        subprocess.run(["scancel", *ours], capture_output=True)
+
+
+def _placements(home: Home) -> list[placement_db.Placement]:
+    from workbench.db.store import Store
+
+    store = Store.open(home.state_db)
+    try:
+        return list(placement_db.placements(store, [j.id for j in store.list_jobs()]).values())
+    finally:
+        store.close()
+
+
+def _wait(client: Client, job_id: int, state: str, timeout: float) -> Job:
+    """Wait for a Slurm job's state (it has no local pid, unlike what conftest's helper needs)."""
+    job: Job = wait_for(
+        lambda: (j := client.store.get(job_id)).state == state and j,
+        timeout,
+        what=f"job {job_id} to be {state}",
+    )
+    return job
+
+
+def _submit(*args: str) -> int:
+    done = workbench("submit", *args)
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout.strip())
+
+
+def _slurm_view(slurm_id: str) -> SlurmJob | None:
+    return SlurmClient().squeue().get(slurm_id)
+
+
+def test_unmappable_request_is_refused_at_submit(on_slurm: Home) -> None:
+    done = workbench("submit", "--gpu-mem", "8GiB", "--", "true")
+    assert done.returncode == 2
+    assert "gpu_mem" in done.stderr and "Slurm" in done.stderr
+    done = workbench("submit", "--executor", "slurm", "--priority", "5", "--", "true")
+    assert done.returncode == 2 and "priority" in done.stderr and "nice_base" in done.stderr
+    assert workbench("ls", "--all", "--json").stdout.strip() in ("[]", "")
+
+
+def test_logs_follow_then_cancel(on_slurm: Home, client: Client) -> None:
+    job_id = _submit("--", "sh", "-c", "echo started on $(hostname); exec sleep 120")
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "workbench", "logs", "-f", str(job_id)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert follower.stdout is not None
+        first = follower.stdout.readline()
+        assert first.startswith("started on"), first
+        job = _wait(client, job_id, "running", timeout=30)
+        place = placement_db.placements(client.store, [job_id])[job_id]
+        assert place.executor == "slurm" and place.slurm_id and place.node == "localhost"
+        assert job.reason and "Slurm job" in job.reason
+        assert workbench("cancel", str(job_id)).returncode == 0
+        job = _wait(client, job_id, "cancelled", timeout=30)
+        assert follower.wait(timeout=30) == 0  # -f ends when the job does
+        seen = _slurm_view(place.slurm_id)
+        assert seen is None or seen.state == "CANCELLED"
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+
+
+def test_three_dependency_kinds_and_a_blocked_job(on_slurm: Home, client: Client) -> None:
+    first = _submit("--", "sh", "-c", "sleep 3; exit 3")
+    after_ok = _submit("--after", str(first), "--", "true")
+    after_any = _submit("--after-any", str(first), "--", "true")
+    after_fail = _submit("--after-fail", str(first), "--", "true")
+    # All four are on Slurm at once: the conditions are Slurm's, not ours.
+    wait_for(
+        lambda: all(p.slurm_id for p in _placements(on_slurm)), 20, what="all four on Slurm"
+    )
+    assert _wait(client, first, "failed", timeout=40).exit_code == 3
+    blocked = _wait(client, after_ok, "blocked", timeout=40)
+    assert "Slurm" in (blocked.reason or "")
+    assert _wait(client, after_any, "succeeded", timeout=40).exit_code == 0
+    assert _wait(client, after_fail, "succeeded", timeout=40).exit_code == 0
+
+
+def test_capped_group_runs_as_an_array_within_its_cap(on_slurm: Home, client: Client) -> None:
+    client.store.set_group("sweep", 1)
+    marks = on_slurm.root / "marks"
+    marks.mkdir()
+    script = f'echo "$(date +%s.%N) $(sleep 2; date +%s.%N)" > {marks}/$WORKBENCH_JOB_ID'
+    request = JobRequest(
+        "point", "command", {"argv": ["sh", "-c", script]}, str(on_slurm.root),
+        dict(os.environ), argv=["sh", "-c", script], group="sweep", cpus=1, executor="slurm",
+    )  # fmt: skip
+    ids = client.submit_many([request] * 3)
+    for job_id in ids:
+        _wait(client, job_id, "succeeded", timeout=60)
+    places = placement_db.placements(client.store, ids)
+    arrays = {places[i].slurm_id.split("_")[0] for i in ids if places[i].slurm_id}  # type: ignore[union-attr]
+    assert len(arrays) == 1 and all("_" in (places[i].slurm_id or "") for i in ids)
+    spans = sorted(tuple(map(float, (marks / str(i)).read_text().split())) for i in ids)
+    # Two CPUs would run two at once; the group's cap of 1 keeps them one after the other.
+    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        assert start >= end - 0.05
+
+
+def test_pause_holds_a_pending_job_and_resume_releases_it(on_slurm: Home, client: Client) -> None:
+    first = _submit("--", "sleep", "3")
+    second = _submit("--after", str(first), "--", "true")
+    wait_for(lambda: all(p.slurm_id for p in _placements(on_slurm)), 20, what="both on Slurm")
+    assert workbench("pause", str(second)).returncode == 0
+    slurm_id = placement_db.placements(client.store, [second])[second].slurm_id
+    assert slurm_id
+    wait_for(
+        lambda: (_slurm_view(slurm_id) or SlurmJob("", "", "")).reason in HELD_REASONS,
+        20,
+        what="Slurm to hold it",
+    )
+    _wait(client, first, "succeeded", timeout=30)
+    time.sleep(2)
+    assert client.store.get(second).state == "paused"
+    assert workbench("resume", str(second)).returncode == 0
+    _wait(client, second, "succeeded", timeout=30)
+
+
+def test_restarted_daemon_readopts_running_slurm_jobs(on_slurm: Home, client: Client) -> None:
+    job_id = _submit("--", "sh", "-c", "sleep 6; echo finished")
+    _wait(client, job_id, "running", timeout=30)
+    stop_daemon(on_slurm)
+    slurm_id = placement_db.placements(client.store, [job_id])[job_id].slurm_id
+    assert slurm_id and (_slurm_view(slurm_id) or SlurmJob("", "", "")).state == "RUNNING"
+    assert client.store.get(job_id).state == "running"  # nothing settled it while away
+    done = workbench("wait", str(job_id), "--timeout", "60")  # starts a new daemon
+    assert done.returncode == 0, done.stdout + done.stderr
+    job = client.store.get(job_id)
+    assert job.state == "succeeded" and job.exit_code == 0 and job.attempt == 1
+    assert "finished" in (on_slurm.run_dir(job_id) / "log").read_text()
+
+
+def test_one_squeue_per_tick_for_all_jobs(on_slurm: Home, client: Client) -> None:
+    stop_daemon(on_slurm)  # this test drives the executor itself
+    calls: list[str] = []
+
+    class Counting(SlurmClient):
+        def squeue(self) -> dict[str, SlurmJob]:
+            calls.append("squeue")
+            return super().squeue()
+
+    requests = [
+        JobRequest(f"j{i}", "command", {"argv": ["true"]}, "/", dict(os.environ),
+                   argv=["true"], executor="slurm")  # fmt: skip
+        for i in range(5)
+    ]
+    ids = client.store.submit_many(requests)
+    executor = SlurmExecutor(
+        on_slurm, client.store, Config(executor=ExecutorConfig(kind="slurm")), client=Counting()
+    )
+    deadline = time.monotonic() + 60
+    ticks = 1
+    while executor.tick() and time.monotonic() < deadline:
+        ticks += 1
+        time.sleep(0.5)
+    assert [client.store.get(i).state for i in ids] == ["succeeded"] * 5
+    assert 1 <= len(calls) <= ticks  # five jobs followed, never more than one squeue a tick
+
+
+def _batch(home: Home, *extra: str) -> dict[str, object]:
+    done = workbench("--batch", str(ROOT / "examples" / "quickstart.toml"), "--json", *extra,
+                     env={"WORKBENCH_HOME": str(home.root)}, timeout=240)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert isinstance(summary, dict)
+    return summary
+
+
+@pytest.mark.slow
+def test_quickstart_on_slurm_matches_the_local_run(on_slurm: Home) -> None:
+    local = Home(Path(tempfile.mkdtemp(prefix="wb-local-", dir="/tmp"))).ensure()
+    try:
+        _batch(local, "--executor", "local")
+        _batch(on_slurm)
+        results = []
+        for home in (local, on_slurm):
+            env = {"WORKBENCH_HOME": str(home.root)}
+            runs = json.loads(workbench("runs", "--json", env=env).stdout)
+            models = json.loads(workbench("models", "--json", env=env).stdout)
+            datasets = json.loads(workbench("datasets", "--json", env=env).stdout)
+            results.append((runs, models, datasets))
+        (local_runs, local_models, local_sets), (runs, models, sets) = results
+        assert [r["metrics"] for r in runs] == [r["metrics"] for r in local_runs]
+        assert runs[0]["metrics"]  # the run's metrics came back through the records
+        assert len(models) == len(local_models) == 1
+        assert [d["name"] for d in sets] == [d["name"] for d in local_sets]
+        places = _placements(on_slurm)
+        assert len(places) == 5 and all(p.executor == "slurm" and p.slurm_id for p in places)
+    finally:
+        stop_daemon(local)
+        shutil.rmtree(local.root, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_time_limit_is_slurms(on_slurm: Home, client: Client) -> None:
+    job_id = _submit("--time-limit", "20s", "--", "sleep", "600")
+    job = _wait(client, job_id, "failed", timeout=150)
+    assert job.reason == "time limit of 20s exceeded (Slurm TIMEOUT)"
+
