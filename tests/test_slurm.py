@@ -4,6 +4,7 @@ the session and stopped by pid. In CI a missing Slurm fails these tests instead 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -31,7 +32,7 @@ from workbench.daemon.executors.slurm_map import (
     sbatch_args,
 )
 from workbench.db import executors as placement_db
-from workbench.db.store import Job, JobRequest
+from workbench.db.store import Job, JobRequest, Store
 from workbench.paths import Home
 
 FIXTURE = ROOT / "tests" / "slurm"
@@ -265,8 +266,6 @@ def on_slurm(slurm: dict[str, str], home: Home) -> Iterator[Home]:
 
 
 def _placements(home: Home) -> list[placement_db.Placement]:
-    from workbench.db.store import Store
-
     store = Store.open(home.state_db)
     try:
         return list(placement_db.placements(store, [j.id for j in store.list_jobs()]).values())
@@ -334,9 +333,7 @@ def test_three_dependency_kinds_and_a_blocked_job(on_slurm: Home, client: Client
     after_any = _submit("--after-any", str(first), "--", "true")
     after_fail = _submit("--after-fail", str(first), "--", "true")
     # All four are on Slurm at once: the conditions are Slurm's, not ours.
-    wait_for(
-        lambda: all(p.slurm_id for p in _placements(on_slurm)), 20, what="all four on Slurm"
-    )
+    wait_for(lambda: all(p.slurm_id for p in _placements(on_slurm)), 20, what="all four on Slurm")
     assert _wait(client, first, "failed", timeout=40).exit_code == 3
     blocked = _wait(client, after_ok, "blocked", timeout=40)
     assert "Slurm" in (blocked.reason or "")
@@ -361,7 +358,7 @@ def test_capped_group_runs_as_an_array_within_its_cap(on_slurm: Home, client: Cl
     assert len(arrays) == 1 and all("_" in (places[i].slurm_id or "") for i in ids)
     spans = sorted(tuple(map(float, (marks / str(i)).read_text().split())) for i in ids)
     # Two CPUs would run two at once; the group's cap of 1 keeps them one after the other.
-    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+    for (_, end), (start, _) in itertools.pairwise(spans):
         assert start >= end - 0.05
 
 
@@ -391,7 +388,8 @@ def test_restarted_daemon_readopts_running_slurm_jobs(on_slurm: Home, client: Cl
     slurm_id = placement_db.placements(client.store, [job_id])[job_id].slurm_id
     assert slurm_id and (_slurm_view(slurm_id) or SlurmJob("", "", "")).state == "RUNNING"
     assert client.store.get(job_id).state == "running"  # nothing settled it while away
-    done = workbench("wait", str(job_id), "--timeout", "60")  # starts a new daemon
+    assert workbench("daemon", "start").returncode == 0
+    done = workbench("wait", str(job_id), "--timeout", "60")
     assert done.returncode == 0, done.stdout + done.stderr
     job = client.store.get(job_id)
     assert job.state == "succeeded" and job.exit_code == 0 and job.attempt == 1
@@ -408,8 +406,15 @@ def test_one_squeue_per_tick_for_all_jobs(on_slurm: Home, client: Client) -> Non
             return super().squeue()
 
     requests = [
-        JobRequest(f"j{i}", "command", {"argv": ["true"]}, "/", dict(os.environ),
-                   argv=["true"], executor="slurm")  # fmt: skip
+        JobRequest(
+            f"j{i}",
+            "command",
+            {"argv": ["true"]},
+            "/",
+            dict(os.environ),
+            argv=["true"],
+            executor="slurm",
+        )
         for i in range(5)
     ]
     ids = client.store.submit_many(requests)
@@ -442,16 +447,29 @@ def test_quickstart_on_slurm_matches_the_local_run(on_slurm: Home) -> None:
         _batch(on_slurm)
         results = []
         for home in (local, on_slurm):
+            store = Store.open(home.state_db)
+            try:
+                metrics = {
+                    job.stage: {
+                        k: v for k, v in store.last_metrics(job.id).items() if k != "samples_per_s"
+                    }
+                    for job in store.list_jobs()
+                }
+                steps = {
+                    job.stage: len(store.metrics(job.id).get("train_loss", []))
+                    for job in store.list_jobs()
+                }
+            finally:
+                store.close()
             env = {"WORKBENCH_HOME": str(home.root)}
             runs = json.loads(workbench("runs", "--json", env=env).stdout)
-            models = json.loads(workbench("models", "--json", env=env).stdout)
             datasets = json.loads(workbench("datasets", "--json", env=env).stdout)
-            results.append((runs, models, datasets))
-        (local_runs, local_models, local_sets), (runs, models, sets) = results
-        assert [r["metrics"] for r in runs] == [r["metrics"] for r in local_runs]
-        assert runs[0]["metrics"]  # the run's metrics came back through the records
-        assert len(models) == len(local_models) == 1
-        assert [d["name"] for d in sets] == [d["name"] for d in local_sets]
+            models = json.loads(workbench("models", "--json", env=env).stdout)
+            hashes = sorted((d["dataset"], d["rows"], d["content_hash"]) for d in datasets)
+            results.append((metrics, steps, [r["metrics"] for r in runs], hashes, len(models)))
+        assert results[1] == results[0]
+        metrics, steps, _, _, _ = results[1]
+        assert metrics["test"]["accuracy"] > 0.9 and steps["train"] > 40  # came back as records
         places = _placements(on_slurm)
         assert len(places) == 5 and all(p.executor == "slurm" and p.slurm_id for p in places)
     finally:
@@ -464,4 +482,3 @@ def test_time_limit_is_slurms(on_slurm: Home, client: Client) -> None:
     job_id = _submit("--time-limit", "20s", "--", "sleep", "600")
     job = _wait(client, job_id, "failed", timeout=150)
     assert job.reason == "time limit of 20s exceeded (Slurm TIMEOUT)"
-
