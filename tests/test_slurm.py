@@ -482,3 +482,64 @@ def test_time_limit_is_slurms(on_slurm: Home, client: Client) -> None:
     job_id = _submit("--time-limit", "20s", "--", "sleep", "600")
     job = _wait(client, job_id, "failed", timeout=150)
     assert job.reason == "time limit of 20s exceeded (Slurm TIMEOUT)"
+
+
+def test_records_are_applied_once_and_only_allowed_writes(home: Home) -> None:
+    from workbench.db.journal import RECORDS_FILE, RecordError, RecordingStore, apply_records
+
+    store = Store.open(home.state_db)
+    try:
+        job_id = store.submit(JobRequest("j", "command", {"argv": ["true"]}, "/", {}))
+        records = home.run_dir(job_id) / RECORDS_FILE
+        records.parent.mkdir(parents=True)
+        remote = RecordingStore.open_recording(home.state_db, records, job_id)
+        remote.set_progress(job_id, 0.5, "half")
+        remote.add_metrics(job_id, 1, {"loss": 0.25})
+        assert remote.last_metrics(job_id) == {"loss": 0.25}  # the job reads its own writes
+        assert store.last_metrics(job_id) == {}  # state.db is untouched until applied
+        offset = apply_records(store, job_id, records, 0)
+        assert offset == records.stat().st_size
+        assert apply_records(store, job_id, records, offset) == offset  # nothing twice
+        assert store.get(job_id).progress == 0.5 and store.last_metrics(job_id) == {"loss": 0.25}
+        with remote.transaction() as conn:
+            conn.execute("UPDATE jobs SET state='succeeded' WHERE id=?", (job_id,))
+        remote.add_metrics(job_id, 2, {"loss": 0.125})
+        with pytest.raises(RecordError, match="may not run"):
+            apply_records(store, job_id, records, offset)
+        assert store.get(job_id).state == "queued"
+        assert store.metrics(job_id)["loss"] == [(1, 0.25), (2, 0.125)]
+        remote.close()
+    finally:
+        store.close()
+
+
+def test_executor_protocol_on_slurm(on_slurm: Home) -> None:
+    from workbench.daemon.executors import Launch
+
+    store = Store.open(on_slurm.state_db)
+    try:
+        executor = SlurmExecutor(on_slurm, store, Config(executor=ExecutorConfig(kind="slurm")))
+        handles = []
+        for token, argv in (("t1", ["sh", "-c", "echo hello; exit 4"]), ("t2", ["sleep", "60"])):
+            job_id = store.submit(
+                JobRequest(token, "command", {"argv": argv}, "/", {}, argv=argv, cpus=1)
+            )
+            launch = Launch(
+                job_id, token, argv, dict(os.environ), str(on_slurm.root),
+                on_slurm.run_dir(job_id), 1 << 20, 5.0,
+            )  # fmt: skip
+            handles.append(executor.start(launch))
+        first, second = handles
+        found = executor.find("t1", first.run_dir)
+        assert found is not None and found.external_id == first.external_id
+        assert executor.find("t3", first.run_dir) is None
+        ended = wait_for(lambda: executor.poll([first]), 30, 0.5, "the first job to end")
+        assert ended[0].status.exit_code == 4
+        assert "hello" in executor.log_path(first).read_text()
+        wait_for(lambda: executor.adopt(second), 30, 0.5, "the second job to run")
+        executor.cancel(second, 5.0)
+        ended = wait_for(lambda: executor.poll([second]), 30, 0.5, "the cancelled job to end")
+        assert ended[0].notes == ("cancelled (Slurm CANCELLED)",)
+        assert not executor.adopt(second)
+    finally:
+        store.close()

@@ -17,10 +17,11 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from workbench.config import EXECUTOR_KINDS, Config, ExecutorConfig, load_config
 from workbench.daemon import runner
-from workbench.daemon.executors import slurm_map
+from workbench.daemon.executors import Ended, Executor, Handle, Launch, LaunchError, slurm_map
 from workbench.daemon.executors.slurm_map import (
     ACTIVE_SLURM_STATES,
     HELD_REASONS,
@@ -121,6 +122,9 @@ class SlurmClient:
     def cancel(self, slurm_ids: Sequence[str]) -> None:
         if slurm_ids:
             self._run(["scancel", *slurm_ids])
+
+    def signal(self, slurm_id: str, sig: int) -> None:
+        self._run(["scancel", "--full", f"--signal={sig}", slurm_id])
 
     def hold(self, slurm_ids: Sequence[str]) -> None:
         if slurm_ids:
@@ -271,11 +275,19 @@ class _Pending:
 
 
 class SlurmExecutor:
-    """The daemon's half of the Slurm executor. `tick()` is called from the daemon's loop: it
-    hands ready queued jobs to Slurm (a capped group's ready jobs as one array with `%N`), asks
-    squeue once about all our jobs, applies their records, and settles the ended ones. Holds no
-    state that a restarted daemon would need: everything is in the store (Slurm id, node,
-    records offset), so a new daemon re-adopts the jobs by simply ticking."""
+    """The daemon's half of the Slurm executor.
+
+    Slurm does the scheduling, so Slurm jobs skip the local scheduler's admission: the daemon
+    calls `submit_ready()` on every wake-up and `tick()` once a second. `tick` hands ready queued
+    jobs to Slurm (a capped group's ready jobs as one array with `%N`; dependencies as
+    `--dependency`), asks squeue once about all our jobs, applies their records, carries out
+    cancel/pause/resume, and settles the ended ones. It holds no state a restarted daemon would
+    need: everything is in the store (Slurm id, node, records offset), so a new daemon re-adopts
+    the jobs by simply ticking.
+
+    It also implements the `Executor` protocol for one admitted attempt at a time (`start`,
+    `find`, `adopt`, `poll`, `signal`, `cancel`, `stop_all`, `log_path`, `describe`), with the
+    same mapping, script and squeue parsing."""
 
     name = "slurm"
 
@@ -295,6 +307,89 @@ class SlurmExecutor:
         self.squeue_calls = 0
         self._cancel_sent: set[str] = set()
         self._error: str | None = None
+
+    # ---- the Executor protocol -----------------------------------------------------------
+
+    def start(self, launch: Launch) -> Handle:
+        """sbatch one attempt (resources, limits and priority from the job's row; the token in
+        `--comment` so `find` can recognise it). Raises LaunchError with Slurm's message."""
+        job = self.store.get(launch.job_id)
+        output = str(launch.run_dir / "slurm-%j.out")
+        sub = dataclasses.replace(
+            submission_for(job, job.name, output, launch.cwd), comment=f"workbench {launch.token}"
+        )
+        launch.run_dir.mkdir(parents=True, exist_ok=True)
+        script = batch_script(self.home, [(job.id, list(launch.argv), launch.cwd)])
+        env = dict(launch.env)
+        if "SLURM_CONF" in os.environ:
+            env["SLURM_CONF"] = os.environ["SLURM_CONF"]
+        try:
+            args = slurm_map.sbatch_args(sub, self.config.executor, self.client.cluster_info())
+            slurm_id = self.client.submit(args, script, env)
+        except (SlurmError, SpecError) as error:
+            raise LaunchError(f"Slurm refused it: {error}") from error
+        return Handle(launch.token, launch.run_dir, external_id=slurm_id)
+
+    def find(self, token: str, run_dir: Path) -> Handle | None:
+        """The attempt Slurm holds with this token in its comment, if any."""
+        for sid, seen in self.client.squeue().items():
+            if seen.comment == f"workbench {token}" and "_" not in sid:
+                return Handle(token, run_dir, external_id=sid)
+        return None
+
+    def adopt(self, handle: Handle) -> bool:
+        seen = self.client.squeue().get(handle.external_id or "")
+        return seen is not None and seen.state in ACTIVE_SLURM_STATES
+
+    def watch_fd(self, handle: Handle) -> int | None:
+        return None  # Slurm jobs can only be polled
+
+    def poll(self, handles: list[Handle]) -> list[Ended]:
+        """One squeue for all `handles`; ended ones with Slurm's exit status and reason. A job
+        Slurm has forgotten is settled from the `exit.json` its script left, else lost."""
+        seen = self.client.squeue()
+        self.squeue_calls += 1
+        out = []
+        for handle in handles:
+            job = seen.get(handle.external_id or "")
+            if job is None:
+                status = runner.read_exit(handle.run_dir)
+                if status is None:
+                    lost = f"Slurm no longer knows job {handle.external_id}"
+                    out.append(Ended(handle, runner.ExitStatus(None, None, time.time()), lost))
+                else:
+                    out.append(Ended(handle, status))
+                continue
+            if job.state in ACTIVE_SLURM_STATES:
+                continue
+            view = slurm_map.view(job)
+            status = runner.ExitStatus(
+                None if job.signal else job.exit_code, job.signal, job.end_time or time.time()
+            )
+            out.append(Ended(handle, status, notes=(view.reason,)))
+        return out
+
+    def signal(self, handle: Handle, sig: int) -> int:
+        """`scancel --signal` to every process of the job (batch script included)."""
+        try:
+            self.client.signal(handle.external_id or "", sig)
+        except SlurmError:
+            return 0
+        return 1
+
+    def cancel(self, handle: Handle, grace_s: float) -> None:
+        """scancel: Slurm sends SIGTERM, then SIGKILL after the cluster's KillWait (its grace,
+        which the cluster sets: `grace_s` cannot change it)."""
+        self._scancel(handle.external_id or "")
+
+    def stop_all(self, handle: Handle) -> int:
+        return self.signal(handle, 9)
+
+    def log_path(self, handle: Handle) -> Path:
+        return handle.run_dir / runner.LOG_FILE
+
+    def describe(self) -> str:
+        return "slurm: sbatch/squeue/scancel as an ordinary cluster user; Slurm contains the jobs"
 
     # ---- submit ------------------------------------------------------------------------
 
@@ -387,15 +482,12 @@ class SlurmExecutor:
         output = str(self.home.run_dir(first.id) / "slurm-%j.out")
         array = len(jobs) if cap is not None and len(jobs) > 1 else 0
         name = first.name if not array else f"{first.group} ({len(jobs)} jobs)"
-        sub = submission_for(first, name, output, first.cwd)
-        sub = Submission(
-            **{
-                **sub.__dict__,
-                "deps": items[0].deps,
-                "array_size": array,
-                "array_cap": cap if array else None,
-                "comment": f"workbench job {first.id}",
-            }
+        sub = dataclasses.replace(
+            submission_for(first, name, output, first.cwd),
+            deps=items[0].deps,
+            array_size=array,
+            array_cap=cap if array else None,
+            comment=f"workbench job {first.id}",
         )
         script = batch_script(
             self.home,
@@ -622,6 +714,13 @@ class SlurmExecutor:
                 {},
             )
         placement_db.close_slurm(self.store, job.id)
+
+
+if TYPE_CHECKING:
+
+    def _conforms(executor: SlurmExecutor) -> Executor:
+        """Where mypy checks that SlurmExecutor satisfies the Executor protocol."""
+        return executor
 
 
 def bind_executor(
