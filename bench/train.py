@@ -105,9 +105,7 @@ def main() -> int:
             return 1
         series = client.store.metrics(job_id, ["samples_per_s"])["samples_per_s"]
         job_rate = sum(v for _, v in series if v) / len(series)
-        first_t = client.store.conn.execute(
-            "SELECT min(t) FROM metrics WHERE job_id=? AND name='train_loss'", (job_id,)
-        ).fetchone()[0]
+        first_t = client.store.first_metric_time(job_id, "train_loss")
         to_first_step = first_t - (job.started_at or first_t)
         _model, pre, _meta = load_bundle(home.run_dir(job_id) / "model.pt")
         # the same training rows, in the same float32 form the job trains on

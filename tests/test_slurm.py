@@ -32,7 +32,7 @@ from workbench.daemon.executors.slurm_map import (
     sbatch_args,
 )
 from workbench.db import executors as placement_db
-from workbench.db.store import Job, JobRequest, Store
+from workbench.db.store import Job, JobRequest, Resources, Store
 from workbench.paths import Home
 
 FIXTURE = ROOT / "tests" / "slurm"
@@ -348,7 +348,8 @@ def test_capped_group_runs_as_an_array_within_its_cap(on_slurm: Home, client: Cl
     script = f'echo "$(date +%s.%N) $(sleep 2; date +%s.%N)" > {marks}/$WORKBENCH_JOB_ID'
     request = JobRequest(
         "point", "command", {"argv": ["sh", "-c", script]}, str(on_slurm.root),
-        dict(os.environ), argv=["sh", "-c", script], group="sweep", cpus=1, executor="slurm",
+        dict(os.environ), argv=["sh", "-c", script], group="sweep",
+        resources=Resources(cpus=1), executor="slurm",
     )  # fmt: skip
     ids = client.submit_many([request] * 3)
     for job_id in ids:
@@ -522,7 +523,15 @@ def test_executor_protocol_on_slurm(on_slurm: Home) -> None:
         handles = []
         for token, argv in (("t1", ["sh", "-c", "echo hello; exit 4"]), ("t2", ["sleep", "60"])):
             job_id = store.submit(
-                JobRequest(token, "command", {"argv": argv}, "/", {}, argv=argv, cpus=1)
+                JobRequest(
+                    token,
+                    "command",
+                    {"argv": argv},
+                    "/",
+                    {},
+                    argv=argv,
+                    resources=Resources(cpus=1),
+                )
             )
             launch = Launch(
                 job_id, token, argv, dict(os.environ), str(on_slurm.root),

@@ -9,12 +9,14 @@ import json
 import os
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
+from workbench.db.connection import ThreadConnections, immediate
 from workbench.db.store import Store, StoreError
 
 RECORDS_FILE = "records.jsonl"
@@ -58,12 +60,23 @@ class _Recorder:
         return cursor
 
 
+class _OneConnection(ThreadConnections):
+    """The in-memory copy has one connection, shared by the job's threads (under a lock)."""
+
+    def get(self) -> sqlite3.Connection:
+        conn = self._all[0] if self._all else None
+        if conn is None:
+            raise StoreError(f"{self.path} (in-memory copy) is closed")
+        return conn
+
+
 class RecordingStore(Store):
     """The store a job on another node uses: reads from a copy of state.db taken when the job
     started (plus its own writes), writes appended to `records` (one line per transaction,
     written with one `write` on an O_APPEND descriptor, so a reader never sees half a line)."""
 
     records: Path
+    _lock: threading.RLock
 
     @classmethod
     def open_recording(
@@ -97,20 +110,16 @@ class RecordingStore(Store):
                 time.sleep(0.1)
         except sqlite3.Error as error:
             raise StoreError(f"cannot read {state_db}: {error}") from error
-        store = cls(memory, state_db)
+        store = cls(_OneConnection(state_db, memory), state_db)
         store.records = records
+        store._lock = threading.RLock()
         return store
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         recorder = _Recorder(self.conn)
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._lock, immediate(self.conn):
             yield cast(sqlite3.Connection, recorder)
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
         if recorder.writes:
             line = json.dumps({"writes": recorder.writes}, default=str) + "\n"
             fd = os.open(self.records, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)

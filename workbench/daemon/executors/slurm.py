@@ -36,11 +36,12 @@ from workbench.db.store import (
     BLOCKED,
     CANCELLED,
     ENDED,
-    FAILED,
     PAUSED,
     QUEUED,
     RUNNING,
+    STARTING,
     SUCCEEDED,
+    Event,
     Job,
     JobRequest,
     Store,
@@ -180,14 +181,15 @@ def check_shared_filesystem(
 
 def submission_for(job: Job | JobRequest, name: str, output: str, cwd: str) -> Submission:
     """The resource, limit and priority fields of a job (or a request at submit) for sbatch."""
+    res = job.resources
     return Submission(
         name=name,
         output=output,
         cwd=cwd,
-        gpus=job.gpus,
-        gpu_mem=job.gpu_mem,
-        cpus=job.cpus,
-        mem=job.mem,
+        gpus=res.gpus,
+        gpu_mem=res.gpu_mem,
+        cpus=res.cpus,
+        mem=res.mem,
         time_limit=job.time_limit,
         priority=job.priority,
     )
@@ -420,7 +422,7 @@ class SlurmExecutor:
                 if blocked:
                     break
             if blocked:
-                self.store.set_state(job.id, BLOCKED, blocked, expect=[QUEUED])
+                self.store.transition(job.id, Event.BLOCK, blocked, only_from=[QUEUED])
             elif waiting:
                 listed = ", ".join(str(d) for d in waiting)
                 self.store.set_reason(job.id, f"waiting for {listed} before handing it to Slurm")
@@ -498,7 +500,9 @@ class SlurmExecutor:
             slurm_id = self.client.submit(args, script, self._environment(first))
         except (SlurmError, SpecError) as error:
             for job in jobs:
-                self.store.set_state(job.id, FAILED, f"Slurm refused it: {error}", expect=[QUEUED])
+                self.store.transition(
+                    job.id, Event.REFUSE, f"Slurm refused it: {error}", only_from=[QUEUED]
+                )
             return
         ids = [f"{slurm_id}_{i}" for i in range(len(jobs))] if array else [slurm_id]
         placement_db.set_slurm_id(self.store, [j.id for j in jobs], ids)
@@ -610,14 +614,7 @@ class SlurmExecutor:
             self._settle(job, place, seen, view)
             return ""
         if view.state == RUNNING:
-            if job.state == QUEUED:
-                self.store.set_state(
-                    job.id,
-                    RUNNING,
-                    f"started on {seen.node} (Slurm job {place.slurm_id})",
-                    expect=[QUEUED],
-                    started_at=seen.start_time or time.time(),
-                )
+            self._mark_running(job, place, seen)
             if seen.node and place.node != seen.node:
                 placement_db.set_node(self.store, job.id, seen.node)
             problem = self._records(job, place.records_offset)
@@ -647,14 +644,8 @@ class SlurmExecutor:
         a retry when the job has retries left."""
         problem = self._records(job, place.records_offset)
         live = [QUEUED, RUNNING, PAUSED]
-        if job.state == QUEUED and view.state not in (BLOCKED, CANCELLED):
-            self.store.set_state(
-                job.id,
-                RUNNING,
-                f"started on {seen.node} (Slurm job {place.slurm_id})",
-                expect=[QUEUED],
-                started_at=seen.start_time or time.time(),
-            )
+        if view.state not in (BLOCKED, CANCELLED):
+            self._mark_running(job, place, seen)
         if seen.node:
             placement_db.set_node(self.store, job.id, seen.node)
         fields: dict[str, object] = {"ended_at": seen.end_time or time.time()}
@@ -662,12 +653,12 @@ class SlurmExecutor:
             fields["exit_code"] = view.exit_code
         failure = runner.read_failure(self.home.run_dir(job.id))
         if view.state == BLOCKED:
-            self.store.set_state(job.id, BLOCKED, view.reason, expect=live)
+            self.store.transition(job.id, Event.BLOCK, view.reason, only_from=[QUEUED])
         elif view.state == CANCELLED or job.intent == "cancel":
             reason = "cancelled" if job.intent == "cancel" else view.reason
-            self.store.set_state(job.id, CANCELLED, reason, expect=live, **fields)
+            self.store.transition(job.id, Event.CANCEL, reason, only_from=live, **fields)
         elif view.state == SUCCEEDED and not problem:
-            self.store.set_state(job.id, SUCCEEDED, view.reason, expect=live, **fields)
+            self.store.transition(job.id, Event.EXIT_OK, view.reason, only_from=live, **fields)
         else:
             reason = view.reason
             if seen.state == "TIMEOUT" and job.time_limit:
@@ -679,13 +670,25 @@ class SlurmExecutor:
             self._fail(job, reason, fields)
         placement_db.close_slurm(self.store, job.id)
 
-    def _fail(self, job: Job, reason: str, fields: dict[str, object]) -> None:
-        live = [QUEUED, RUNNING, PAUSED]
+    def _mark_running(self, job: Job, place: placement_db.Placement, seen: SlurmJob) -> None:
+        """Slurm started it: queued -> starting -> running (the launch is Slurm's)."""
+        if job.state != QUEUED:
+            return
+        words = f"started on {seen.node or 'a node'} (Slurm job {place.slurm_id})"
+        if self.store.transition(job.id, Event.START, "Slurm is starting it", only_from=[QUEUED]):
+            self.store.transition(
+                job.id, Event.LAUNCHED, words, only_from=[STARTING],
+                started_at=seen.start_time or time.time(),
+            )  # fmt: skip
+
+    def _fail(self, job: Job, reason: str, fields: dict[str, object], lost: bool = False) -> None:
+        live = [RUNNING, PAUSED]
         if job.attempt <= job.retries:
             retry = f"automatic retry {job.attempt}/{job.retries} after it failed on Slurm"
-            self.store.fail_and_requeue(job.id, reason, retry, expect=live, **fields)
+            self.store.fail_and_requeue(job.id, reason, retry, only_from=live, **fields)
         else:
-            self.store.set_state(job.id, FAILED, reason, expect=live, **fields)
+            event = Event.LOST if lost else Event.EXIT_FAILED
+            self.store.transition(job.id, event, reason, only_from=live, **fields)
 
     def _settle_forgotten(self, job: Job, place: placement_db.Placement) -> None:
         """Slurm no longer shows the job (it ended longer ago than its MinJobAge, or the
@@ -695,10 +698,14 @@ class SlurmExecutor:
         status = runner.read_exit(run_dir)
         live = [QUEUED, RUNNING, PAUSED]
         if job.intent == "cancel":
-            self.store.set_state(job.id, CANCELLED, "cancelled", expect=live)
-        elif status is not None and status.ok and not problem:
-            self.store.set_state(
-                job.id, SUCCEEDED, status.describe(), expect=live,
+            self.store.transition(job.id, Event.CANCEL, "cancelled", only_from=live)
+            placement_db.close_slurm(self.store, job.id)
+            return
+        self._mark_running(job, place, SlurmJob(place.slurm_id or "", "", ""))
+        job = self.store.get(job.id)
+        if status is not None and status.ok and not problem:
+            self.store.transition(
+                job.id, Event.EXIT_OK, status.describe(), only_from=live,
                 exit_code=0, ended_at=status.ended_at or time.time(),
             )  # fmt: skip
         elif status is not None:
@@ -712,6 +719,7 @@ class SlurmExecutor:
                 job,
                 f"lost: Slurm no longer knows job {place.slurm_id} and it left no exit status",
                 {},
+                lost=True,
             )
         placement_db.close_slurm(self.store, job.id)
 
