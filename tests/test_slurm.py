@@ -552,3 +552,17 @@ def test_executor_protocol_on_slurm(on_slurm: Home) -> None:
         assert not executor.adopt(second)
     finally:
         store.close()
+
+
+def test_retry_is_a_new_slurm_job(on_slurm: Home, client: Client) -> None:
+    job_id = _submit("--retries", "1", "--", "sh", "-c", "exit 3")
+    first_id = wait_for(lambda: client.store.get(job_id).slurm_id, 20, what="a Slurm id")
+    job = wait_for(
+        lambda: (j := client.store.get(job_id)).state == "failed" and j.attempt == 2 and j,
+        40,
+        what="the second attempt to fail",
+    )
+    assert job.exit_code == 3 and job.executor == "slurm" and job.node == "localhost"
+    assert job.slurm_id and job.slurm_id != first_id
+    shown = json.loads(workbench("show", str(job_id), "--json").stdout)
+    assert shown["executor"] == "slurm" and shown["slurm_id"] == job.slurm_id

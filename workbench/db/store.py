@@ -171,6 +171,9 @@ class Job:
     mean_gpu_util: float | None
     launch_token: str | None = None
     deps: tuple[tuple[int, str], ...] = field(default=())
+    executor: str = "local"  # where it runs: 'local' or 'slurm'
+    slurm_id: str | None = None  # its Slurm job id (`123`, `120_3` in an array) once submitted
+    node: str | None = None  # the cluster node it runs on (Slurm)
 
     @property
     def ended(self) -> bool:
@@ -223,6 +226,9 @@ class Job:
             "progress_msg": self.progress_msg,
             "peak_gpu_mem": self.peak_gpu_mem,
             "mean_gpu_util": self.mean_gpu_util,
+            "executor": self.executor,
+            "slurm_id": self.slurm_id,
+            "node": self.node,
         }
         if with_env:
             out["env"] = self.env
@@ -259,7 +265,7 @@ _JOB_COLUMNS = (
     "id, name, kind, state, spec, argv, cwd, env, priority, grp, gpus, gpu_mem, cpus, mem,"
     " retries, attempt, time_limit, fail_unrunnable, pipeline_id, stage, created_at, started_at,"
     " ended_at, exit_code, reason, pid, pid_start, granted_gpus, intent, progress, progress_msg,"
-    " peak_gpu_mem, mean_gpu_util, launch_token"
+    " peak_gpu_mem, mean_gpu_util, launch_token, executor, slurm_id, node"
 )
 # The same columns with spec and env left out (lists that never show them need not parse them).
 _LIGHT_COLUMNS = _JOB_COLUMNS.replace(" spec,", " '{}',").replace(" env,", " '{}',")
@@ -280,6 +286,9 @@ _SETTABLE = frozenset(
         "peak_gpu_mem",
         "mean_gpu_util",
         "launch_token",
+        "slurm_id",
+        "node",
+        "records_offset",
     }
 )
 
@@ -309,7 +318,7 @@ def _job_from_row(row: sqlite3.Row | tuple[Any, ...], deps: tuple[tuple[int, str
         id_, name, kind, state, spec, argv, cwd, env, priority, grp, gpus, gpu_mem, cpus, mem,
         retries, attempt, time_limit, fail_unrunnable, pipeline_id, stage, created_at, started_at,
         ended_at, exit_code, reason, pid, pid_start, granted_gpus, intent, progress, progress_msg,
-        peak_gpu_mem, mean_gpu_util, launch_token,
+        peak_gpu_mem, mean_gpu_util, launch_token, executor, slurm_id, node,
     ) = row  # fmt: skip
     return Job(
         id=id_,
@@ -343,6 +352,9 @@ def _job_from_row(row: sqlite3.Row | tuple[Any, ...], deps: tuple[tuple[int, str
         peak_gpu_mem=peak_gpu_mem,
         mean_gpu_util=mean_gpu_util,
         launch_token=launch_token,
+        executor=executor,
+        slurm_id=slurm_id,
+        node=node,
         deps=deps,
     )
 
