@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from workbench.db.store import Store
+from workbench.db.store import PAUSED, QUEUED, RUNNING, Store
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,8 @@ def slurm_placements(store: Store) -> list[Placement]:
     may still hold (submitted, not yet seen ended by squeue: e.g. cancelled while pending)."""
     rows = store.conn.execute(
         "SELECT id, executor, slurm_id, node, records_offset FROM jobs"
-        " WHERE (executor='slurm' AND state IN ('queued', 'running', 'paused')) OR slurm_open=1"
-        " ORDER BY id"
+        " WHERE (executor='slurm' AND state IN (?, ?, ?)) OR slurm_open=1 ORDER BY id",
+        (str(QUEUED), str(RUNNING), str(PAUSED)),
     ).fetchall()
     return [Placement(*r) for r in rows]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from workbench.db.connection import ThreadConnections, immediate
-from workbench.db.store import Store, StoreError
+from workbench.db.store import SETTLED, Store, StoreError
 
 RECORDS_FILE = "records.jsonl"
 DEPENDENCY_WAIT_S = 60.0
@@ -93,11 +93,11 @@ class RecordingStore(Store):
             while True:
                 source = sqlite3.connect(f"file:{state_db}?mode=ro", uri=True, timeout=30.0)
                 try:
+                    settled = sorted(str(state) for state in SETTLED)
                     (unsettled,) = source.execute(
                         "SELECT count(*) FROM job_deps d JOIN jobs j ON j.id = d.dep_id"
-                        " WHERE d.job_id=? AND j.state NOT IN"
-                        " ('succeeded', 'failed', 'cancelled', 'blocked')",
-                        (job_id,),
+                        f" WHERE d.job_id=? AND j.state NOT IN ({','.join('?' * len(settled))})",
+                        (job_id, *settled),
                     ).fetchone()
                     if not unsettled or time.monotonic() >= deadline:
                         memory = sqlite3.connect(
