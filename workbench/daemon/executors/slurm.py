@@ -52,6 +52,7 @@ from workbench.queue.spec import SpecError
 from workbench.units import format_duration
 
 COMMAND_TIMEOUT_S = 30.0
+MAX_SUBMIT_ROUNDS = 8  # dependency levels handed to Slurm in one call
 
 
 class SlurmError(RuntimeError):
@@ -117,8 +118,9 @@ class SlurmClient:
         return slurm_map.parse_parsable(self._run(["sbatch", *args], env=env, stdin=script))
 
     def squeue(self) -> dict[str, SlurmJob]:
-        """Every job squeue shows (one call: `squeue --json` takes no job filter in 22.05)."""
-        return slurm_map.parse_squeue(self._run(["squeue", "--json"]))
+        """This user's jobs in every state, recently ended ones included (one call; Slurm 22.05
+        ignores the filters with `--json` and lists every job, later releases apply them)."""
+        return slurm_map.parse_squeue(self._run(["squeue", "--json", "--me", "--states=all"]))
 
     def cancel(self, slurm_ids: Sequence[str]) -> None:
         if slurm_ids:
@@ -534,12 +536,17 @@ class SlurmExecutor:
     def submit_ready(self) -> None:
         """Hand queued Slurm jobs whose dependencies allow it to Slurm (no squeue: cheap, so
         the daemon calls it on every wake-up, and a submitted job reaches Slurm at once)."""
-        fresh = [p.job_id for p in placement_db.slurm_placements(self.store) if not p.slurm_id]
-        jobs = [self.store.find(job_id) for job_id in fresh]
-        queued = [j for j in jobs if j is not None and j.state == QUEUED and j.intent is None]
-        if queued:
-            for items, cap in self._batches(self._ready(queued)):
+        # A job whose dependency is handed over in this round can go in the next one (a
+        # pipeline reaches Slurm whole, in dependency order, in one call).
+        for _ in range(MAX_SUBMIT_ROUNDS):
+            fresh = [p.job_id for p in placement_db.slurm_placements(self.store) if not p.slurm_id]
+            jobs = [self.store.find(job_id) for job_id in fresh]
+            queued = [j for j in jobs if j is not None and j.state == QUEUED and j.intent is None]
+            batches = self._batches(self._ready(queued)) if queued else []
+            for items, cap in batches:
                 self._submit(items, cap)
+            if not batches:
+                return
 
     def tick(self) -> bool:
         """One round: submit what is ready, then one squeue for every job Slurm holds for us.
