@@ -341,26 +341,44 @@ def test_three_dependency_kinds_and_a_blocked_job(on_slurm: Home, client: Client
     assert _wait(client, after_fail, "succeeded", timeout=40).exit_code == 0
 
 
-def test_capped_group_runs_as_an_array_within_its_cap(on_slurm: Home, client: Client) -> None:
-    client.store.set_group("sweep", 1)
-    marks = on_slurm.root / "marks"
-    marks.mkdir()
-    script = f'echo "$(date +%s.%N) $(sleep 2; date +%s.%N)" > {marks}/$WORKBENCH_JOB_ID'
-    request = JobRequest(
-        "point", "command", {"argv": ["sh", "-c", script]}, str(on_slurm.root),
-        dict(os.environ), argv=["sh", "-c", script], group="sweep",
-        resources=Resources(cpus=1), executor="slurm",
-    )  # fmt: skip
-    ids = client.submit_many([request] * 3)
-    for job_id in ids:
-        _wait(client, job_id, "succeeded", timeout=60)
-    places = placement_db.placements(client.store, ids)
-    arrays = {places[i].slurm_id.split("_")[0] for i in ids if places[i].slurm_id}  # type: ignore[union-attr]
-    assert len(arrays) == 1 and all("_" in (places[i].slurm_id or "") for i in ids)
-    spans = sorted(tuple(map(float, (marks / str(i)).read_text().split())) for i in ids)
-    # Two CPUs would run two at once; the group's cap of 1 keeps them one after the other.
+def test_sweep_runs_as_an_array_within_its_cap(on_slurm: Home, tmp_path: Path) -> None:
+    pipeline = tmp_path / "sweep.toml"
+    pipeline.write_text(
+        f"""
+        [[stage]]
+        name = "ingest"
+        kind = "ingest"
+        source = ["{ROOT / "examples" / "penguins_train.csv"}"]
+        dataset = "penguins"
+
+        [[stage]]
+        name = "train"
+        kind = "train"
+        after = ["ingest"]
+        dataset = "penguins"
+        target = "species"
+        epochs = 2
+        [stage.sweep]
+        lr = [0.001, 0.01, 0.03]
+        metric = "val_accuracy"
+        parallel = 1
+        """
+    )
+    done = workbench("--batch", str(pipeline), "--json", timeout=240)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    (sweep,) = json.loads(done.stdout.splitlines()[-1])["sweeps"]
+    assert sweep["points"] == 3 and sweep["best_job"] is not None
+    store = Store.open(on_slurm.state_db)
+    try:
+        points = [j for j in store.list_jobs() if j.kind == "train"]
+    finally:
+        store.close()
+    assert {(j.slurm_id or "").split("_")[0] for j in points} == {points[0].slurm_id.split("_")[0]}  # type: ignore[union-attr]
+    assert sorted((j.slurm_id or "").split("_")[1] for j in points) == ["0", "1", "2"]
+    # Slurm could run two 1-CPU points at once; the sweep's parallel = 1 is the array's %1.
+    spans = sorted((j.started_at or 0, j.ended_at or 0) for j in points)
     for (_, end), (start, _) in itertools.pairwise(spans):
-        assert start >= end - 0.05
+        assert start >= end
 
 
 def test_pause_holds_a_pending_job_and_resume_releases_it(on_slurm: Home, client: Client) -> None:
