@@ -299,6 +299,13 @@ def test_unmappable_request_is_refused_at_submit(on_slurm: Home) -> None:
     assert "gpu_mem" in done.stderr and "Slurm" in done.stderr
     done = workbench("submit", "--executor", "slurm", "--priority", "5", "--", "true")
     assert done.returncode == 2 and "priority" in done.stderr and "nice_base" in done.stderr
+    pipeline = on_slurm.root / "p.toml"
+    pipeline.write_text(
+        '[[stage]]\nname = "big"\nkind = "command"\nargv = ["true"]\ngpus = 0.5\n'
+        '[[stage]]\nname = "odd"\nkind = "command"\nargv = ["true"]\ngpu_mem = "4GiB"\n'
+    )
+    done = workbench("--batch", str(pipeline))
+    assert done.returncode == 2 and "stage 'odd'" in done.stderr and "gpu_mem" in done.stderr
     assert workbench("ls", "--all", "--json").stdout.strip() in ("[]", "")
 
 

@@ -448,11 +448,13 @@ def run_batch(path: str, json_mode: bool, executor: str | None = None) -> int:
     from workbench.queue.pipeline import load_pipeline, run_pipeline
 
     pipeline = load_pipeline(Path(path))
-    stages = []
-    for stage in pipeline.stages:
-        labels = [f"{pipeline.path}: stage '{stage.name}'"] * len(stage.requests)
-        bound = bind_executor(stage.requests, executor, Home.current(), labels)
-        stages.append(dataclasses.replace(stage, requests=tuple(bound)))
+    requests = [r for stage in pipeline.stages for r in stage.requests]
+    labels = [f"{pipeline.path}: stage '{s.name}'" for s in pipeline.stages for _ in s.requests]
+    bound = iter(bind_executor(requests, executor, Home.current(), labels))
+    stages = [
+        dataclasses.replace(s, requests=tuple(next(bound) for _ in s.requests))
+        for s in pipeline.stages
+    ]
     pipeline = dataclasses.replace(pipeline, stages=tuple(stages))
     client = _client()
 
