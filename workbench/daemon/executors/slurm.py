@@ -640,7 +640,7 @@ class SlurmExecutor:
             return "hold"
         if job.state == QUEUED and held:
             return "release"
-        if job.state == QUEUED and job.reason != view.reason:
+        if job.state == QUEUED:
             self.store.set_reason(job.id, f"{view.reason} (Slurm job {place.slurm_id})")
         return ""
 
