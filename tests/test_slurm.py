@@ -591,3 +591,30 @@ def test_retry_is_a_new_slurm_job(on_slurm: Home, client: Client) -> None:
     assert job.slurm_id and job.slurm_id != first_id
     shown = json.loads(workbench("show", str(job_id), "--json").stdout)
     assert shown["executor"] == "slurm" and shown["slurm_id"] == job.slurm_id
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('[executor]\nkind = "ray"\n', "key 'kind'"),
+        ('[executor]\nkind = "slurm"\npartion = "gpu"\n', "did you mean 'partition'"),
+        ('[executor]\nextra = "--qos=x"\n', "key 'extra'"),
+    ],
+)
+def test_bad_executor_config_names_the_key(tmp_path: Path, text: str, problem: str) -> None:
+    from workbench.config import load_config
+    from workbench.queue.spec import SpecError
+
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    with pytest.raises(SpecError, match=problem):
+        load_config(path)
+
+
+def test_executor_config_is_read(tmp_path: Path) -> None:
+    from workbench.config import load_config
+
+    path = tmp_path / "config.toml"
+    path.write_text('[executor]\nkind = "slurm"\npartition = "gpu"\nextra = ["--qos=x"]\n')
+    config = load_config(path).executor
+    assert (config.kind, config.partition, config.extra) == ("slurm", "gpu", ["--qos=x"])
