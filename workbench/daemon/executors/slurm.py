@@ -660,6 +660,8 @@ class SlurmExecutor:
             fields["exit_code"] = view.exit_code
         failure = runner.read_failure(self.home.run_dir(job.id))
         if view.state == BLOCKED:
+            if job.state == PAUSED:  # held here, and Slurm has given up on it meanwhile
+                self.store.transition(job.id, Event.RELEASE, None, only_from=[PAUSED])
             self.store.transition(job.id, Event.BLOCK, view.reason, only_from=[QUEUED])
         elif view.state == CANCELLED or job.intent == "cancel":
             reason = "cancelled" if job.intent == "cancel" else view.reason
