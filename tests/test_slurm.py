@@ -591,6 +591,7 @@ def test_retry_is_a_new_slurm_job(on_slurm: Home, client: Client) -> None:
     assert job.slurm_id and job.slurm_id != first_id
     shown = json.loads(workbench("show", str(job_id), "--json").stdout)
     assert shown["executor"] == "slurm" and shown["slurm_id"] == job.slurm_id
+    assert f"slurm job {job.slurm_id} on localhost" in workbench("show", str(job_id)).stdout
 
 
 @pytest.mark.parametrize(

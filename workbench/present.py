@@ -55,6 +55,11 @@ def job_details(job: Job, metrics: dict[str, float | None]) -> list[tuple[str, s
             ("spec", ", ".join(f"{k}={v}" for k, v in job.spec.items() if v not in (None, [], {})))
         )
     lines.append(("cwd", job.cwd))
+    if job.executor != "local":
+        where = (
+            f"{job.executor} job {job.slurm_id}" if job.slurm_id else f"{job.executor} (not yet)"
+        )
+        lines.append(("runs on", where + (f" on {job.node}" if job.node else "")))
     granted = job.granted_gpus if job.granted_gpus is not None else "-"
     lines.append(("resources", f"asked {job_resources(job)}; granted GPUs {granted}"))
     if job.peak_gpu_mem is not None or job.mean_gpu_util is not None:
