@@ -57,7 +57,9 @@ def job_details(job: Job, metrics: dict[str, float | None]) -> list[tuple[str, s
     lines.append(("cwd", job.cwd))
     if job.executor != "local":
         where = (
-            f"{job.executor} job {job.slurm_id}" if job.slurm_id else f"{job.executor} (not yet)"
+            f"{job.executor} job {job.slurm_id}"
+            if job.slurm_id
+            else f"{job.executor} (not handed over yet)"
         )
         lines.append(("runs on", where + (f" on {job.node}" if job.node else "")))
     granted = job.granted_gpus if job.granted_gpus is not None else "-"
