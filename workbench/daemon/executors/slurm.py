@@ -51,7 +51,7 @@ from workbench.queue.kinds import job_argv
 from workbench.queue.spec import SpecError
 from workbench.units import format_duration
 
-COMMAND_TIMEOUT_S = 30.0
+COMMAND_TIMEOUT_S = 10.0  # a Slurm command that takes longer is reported as failed
 MAX_SUBMIT_ROUNDS = 8  # dependency levels handed to Slurm in one call
 
 
@@ -123,17 +123,21 @@ class SlurmClient:
         return slurm_map.parse_squeue(self._run(["squeue", "--json", "--me", "--states=all"]))
 
     def cancel(self, slurm_ids: Sequence[str]) -> None:
+        """scancel: SIGTERM to the jobs' processes, SIGKILL after the cluster's KillWait."""
         if slurm_ids:
             self._run(["scancel", *slurm_ids])
 
     def signal(self, slurm_id: str, sig: int) -> None:
+        """Send `sig` to every process of the job, its batch script included."""
         self._run(["scancel", "--full", f"--signal={sig}", slurm_id])
 
     def hold(self, slurm_ids: Sequence[str]) -> None:
+        """Keep pending jobs from starting (`scontrol hold`)."""
         if slurm_ids:
             self._run(["scontrol", "hold", ",".join(slurm_ids)])
 
     def release(self, slurm_ids: Sequence[str]) -> None:
+        """Let held jobs start again (`scontrol release`)."""
         if slurm_ids:
             self._run(["scontrol", "release", ",".join(slurm_ids)])
 
@@ -342,6 +346,7 @@ class SlurmExecutor:
         return None
 
     def adopt(self, handle: Handle) -> bool:
+        """True while Slurm still holds the job (pending, running, completing)."""
         seen = self.client.squeue().get(handle.external_id or "")
         return seen is not None and seen.state in ACTIVE_SLURM_STATES
 
@@ -387,12 +392,15 @@ class SlurmExecutor:
         self._scancel(handle.external_id or "")
 
     def stop_all(self, handle: Handle) -> int:
+        """SIGKILL every process of the job; 1 if Slurm took the request, else 0."""
         return self.signal(handle, 9)
 
     def log_path(self, handle: Handle) -> Path:
+        """The job's log in its run folder (the batch script appends its output there)."""
         return handle.run_dir / runner.LOG_FILE
 
     def describe(self) -> str:
+        """One line for `daemon status`."""
         return "slurm: sbatch/squeue/scancel as an ordinary cluster user; Slurm contains the jobs"
 
     # ---- submit ------------------------------------------------------------------------
