@@ -109,7 +109,7 @@ class Daemon:
     def start(self) -> None:
         self.home.ensure()
         self._take_lock()
-        self.store = Store.open(self.home.state_db, check=True)
+        self.store = Store.open(self.home.state_db, check="full")
         self.store.backup_to(self.home.state_db.with_name("state.db.bak"))
         self.gpus = Gpus.open()
         self.sampler = Sampler(self.store, self.home, self.gpus, self.config)
@@ -438,7 +438,7 @@ class Daemon:
             self._sample()
         if self.slurm is not None and time.monotonic() >= self._next_slurm_tick:
             self._slurm_tick()
-        version = self.store.data_version()
+        version = self.store.data_version(include_own=False)
         if woke or version != self._last_version or self._next_deadline() <= time.time():
             self._last_version = version
             self._pass()
