@@ -619,3 +619,19 @@ def test_executor_config_is_read(tmp_path: Path) -> None:
     path.write_text('[executor]\nkind = "slurm"\npartition = "gpu"\nextra = ["--qos=x"]\n')
     config = load_config(path).executor
     assert (config.kind, config.partition, config.extra) == ("slurm", "gpu", ["--qos=x"])
+
+
+def test_cancel_of_a_pending_job_reaches_slurm(on_slurm: Home, client: Client) -> None:
+    first = _submit("--", "sleep", "30")
+    second = _submit("--after", str(first), "--", "true")
+    slurm_id = wait_for(lambda: client.store.get(second).slurm_id, 20, what="a Slurm id")
+    assert workbench("cancel", str(second)).returncode == 0
+    assert client.store.get(second).state == "cancelled"  # at once: it never started
+    seen = wait_for(
+        lambda: (j := _slurm_view(slurm_id)) is not None and j.state == "CANCELLED" and j,
+        20,
+        what="Slurm to cancel it too",
+    )
+    assert seen.state == "CANCELLED"
+    assert workbench("cancel", str(first)).returncode == 0
+    _wait(client, first, "cancelled", timeout=30)
