@@ -338,6 +338,19 @@ class SlurmExecutor:
             raise LaunchError(f"Slurm refused it: {error}") from error
         return Handle(launch.token, launch.run_dir, external_id=slurm_id)
 
+    def start_many(self, launches: list[Launch]) -> list[Handle | Exception]:
+        """`start` for each attempt (one sbatch each): its Handle, or the LaunchError."""
+        out: list[Handle | Exception] = []
+        for launch in launches:
+            try:
+                out.append(self.start(launch))
+            except LaunchError as error:
+                out.append(error)
+        return out
+
+    def close(self) -> None:
+        """Nothing to release: Slurm jobs live on without the daemon."""
+
     def find(self, token: str, run_dir: Path) -> Handle | None:
         """The attempt Slurm holds with this token in its comment, if any."""
         for sid, seen in self.client.squeue().items():
