@@ -39,10 +39,11 @@ ESCAPES = (
 
 
 @pytest.fixture(params=MODES)
-def executor(request: pytest.FixtureRequest) -> LocalExecutor:
+def executor(request: pytest.FixtureRequest) -> Iterator[LocalExecutor]:
     made = LocalExecutor(request.param)
     assert (made.cgroup_root is not None) == (request.param == "cgroup"), made.describe()
-    return made
+    yield made
+    made.close()
 
 
 def launch(run_dir: Path, argv: list[str], **extra: object) -> Launch:
@@ -88,8 +89,7 @@ def run_dir(tmp_path: Path) -> Iterator[Path]:
     yield folder
     record = runner.read_wrapper(folder)
     if record is not None:
-        for pid in cg.pids_with_token(record.token):
-            os.kill(pid, signal.SIGKILL)
+        cg.signal_each(cg.pids_with_token(record.token), signal.SIGKILL)
 
 
 def test_job_ends_when_its_main_process_exits_and_leftovers_are_stopped(
@@ -123,8 +123,17 @@ def test_cancel_stops_processes_that_left_the_group_or_session(
     wait_for(lambda: "started" in log_text(run_dir), what="the job to start")
     # python, bash, setsid sleep, sleep (own group), the daemon, the bash's sleep
     wait_for(lambda: len(live_token_pids(job.token)) >= 6, what="every process to be up")
-    sessions = {os.getsid(p) for p in live_token_pids(job.token)}
-    assert len(sessions) >= 3  # they really did leave the job's session
+
+    def sessions() -> set[int]:
+        found = set()
+        for pid in live_token_pids(job.token):
+            try:
+                found.add(os.getsid(pid))
+            except ProcessLookupError:
+                pass
+        return found
+
+    wait_for(lambda: len(sessions()) >= 3, what="processes in three sessions")  # they escaped
     executor.cancel(handle, 1.0)
     ended = wait_end(executor, handle)
     assert ended.status.signal == signal.SIGTERM
@@ -140,7 +149,7 @@ def test_a_killed_wrapper_has_its_job_processes_stopped(
     assert handle.pid is not None
     os.kill(handle.pid, signal.SIGKILL)
     ended = wait_end(executor, handle)
-    assert ended.lost is not None and "SIGKILL" in ended.lost
+    assert ended.lost is not None and "without recording how the job ended" in ended.lost
     assert ended.stopped >= 6
     wait_for(lambda: live_token_pids(job.token) == [], 5, what="no process of the job left")
 
@@ -162,6 +171,7 @@ def test_missing_working_directory_is_refused_naming_it(tmp_path: Path) -> None:
     job = launch(tmp_path / "run", ["true"], cwd=str(tmp_path / "gone"))
     with pytest.raises(LaunchError, match=str(tmp_path / "gone")):
         executor.start(job)
+    executor.close()
 
 
 def test_argv_that_is_not_utf8_runs_byte_exact(tmp_path: Path) -> None:
@@ -169,6 +179,7 @@ def test_argv_that_is_not_utf8_runs_byte_exact(tmp_path: Path) -> None:
     arg = b"caf\xe9".decode(errors="surrogateescape")
     job = launch(tmp_path / "run", ["printf", "%s", arg])
     ended = wait_end(executor, executor.start(job))
+    executor.close()
     assert ended.status.ok
     assert (tmp_path / "run" / "log").read_bytes() == b"caf\xe9"
 

@@ -20,6 +20,10 @@ class DaemonTable:
     sample_interval: str | float = "1s"
     default_parallel: int = 0
     history: str | float = "24h"
+    containment: str = "auto"
+
+
+CONTAINMENT_MODES = ("auto", "cgroup", "subreaper")
 
 
 EXECUTOR_KINDS = ("local", "slurm")
@@ -69,6 +73,7 @@ class Config:
     history_s: float = 86400.0
     retention_jobs_s: float | None = None  # ended jobs older than this are pruned (hourly)
     secret_words: tuple[str, ...] = ()
+    containment: str = "auto"  # a cgroup v2 per job where possible, else a subreaper wrapper
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
 
@@ -85,6 +90,10 @@ def load_config(path: Path) -> Config:
         if key not in known:
             raise SpecError(f"{path}: unknown table '{key}'")
     table = from_table(DaemonTable, data.get("daemon", {}), f"{path} [daemon]")
+    if table.containment not in CONTAINMENT_MODES:
+        raise SpecError(
+            f"{path} [daemon]: key 'containment': must be one of {', '.join(CONTAINMENT_MODES)}"
+        )
     executor = from_table(ExecutorConfig, data.get("executor", {}), f"{path} [executor]")
     if executor.kind not in EXECUTOR_KINDS:
         raise SpecError(
@@ -120,5 +129,6 @@ def load_config(path: Path) -> Config:
         history_s=fields["history"],
         retention_jobs_s=retention_s,
         secret_words=tuple(w for w in security.secret_names if w),
+        containment=table.containment,
         executor=executor,
     )

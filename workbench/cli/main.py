@@ -406,59 +406,36 @@ def cmd_prune(args: argparse.Namespace) -> int:
 # ---- logs ---------------------------------------------------------------------------------
 
 
-def _tail_lines(path: Path, count: int) -> bytes:
-    with open(path, "rb") as log:
-        log.seek(0, os.SEEK_END)
-        size = log.tell()
-        block = 65536
-        data = b""
-        while size > 0 and data.count(b"\n") <= count:
-            step = min(block, size)
-            size -= step
-            log.seek(size)
-            data = log.read(step) + data
-    lines = data.splitlines(keepends=True)
-    return b"".join(lines[-count:]) if count else b""
-
-
 def cmd_logs(args: argparse.Namespace) -> int:
+    from workbench.daemon.logs import LogFollower, rotated
+
     client = _client(start_daemon=False)
     job = client.store.get(args.id)
     path = client.home.run_dir(job.id) / "log"
     out = sys.stdout.buffer
-    if not path.exists() and not args.follow:
+    if not path.exists() and not rotated(path).exists() and not args.follow:
         print(f"job {job.id} has no log yet ({job.state})", file=sys.stderr)
         return EXIT_OK
-    position = 0
-    inode = None
-    if path.exists():
-        data = _tail_lines(path, args.lines) if args.lines is not None else path.read_bytes()
-        out.write(data)
+    # One open file, followed by inode: the snapshot and the stream after it meet exactly,
+    # and a rotation (log -> log.1) is read to its end before the new log begins.
+    follower = LogFollower(path)
+    try:
+        out.write(follower.snapshot(args.lines))
         out.flush()
-        position = path.stat().st_size
-        inode = path.stat().st_ino
-    if not args.follow:
-        return EXIT_OK
-    while True:
-        ended = client.store.get(job.id).state in ENDED
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            stat = None
-        if stat is not None:
-            if stat.st_ino != inode or stat.st_size < position:
-                inode, position = stat.st_ino, 0  # the log was capped and rewritten
-            if stat.st_size > position:
-                with open(path, "rb") as log:
-                    log.seek(position)
-                    chunk = log.read()
-                position += len(chunk)
+        if not args.follow:
+            return EXIT_OK
+        while True:
+            ended = client.store.states_of([job.id]).get(job.id, SUCCEEDED) in ENDED
+            chunk = follower.read()
+            if chunk:
                 out.write(chunk)
                 out.flush()
                 continue
-        if ended:
-            return EXIT_OK
-        time.sleep(0.1)
+            if ended:
+                return EXIT_OK
+            time.sleep(0.1)
+    finally:
+        follower.close()
 
 
 # ---- control ------------------------------------------------------------------------------

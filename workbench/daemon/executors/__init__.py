@@ -79,6 +79,11 @@ class Executor(Protocol):
         Raises LaunchError if it cannot start (the message is for the user)."""
         ...
 
+    def start_many(self, launches: list[Launch]) -> list[Handle | Exception]:
+        """`start` for several attempts at once (one round trip where the executor can): per
+        attempt its Handle, or the LaunchError / OSError `start` would have raised."""
+        ...
+
     def find(self, token: str, run_dir: Path) -> Handle | None:
         """The handle of an attempt started with `token` whose start was never recorded (the
         daemon died between `start` and committing the handle), or None if that attempt never
@@ -123,4 +128,9 @@ class Executor(Protocol):
 
     def describe(self) -> str:
         """One line for `daemon status`: the executor and how it contains jobs."""
+        ...
+
+    def close(self) -> None:
+        """Release what the executor holds (local: its launcher process) when the daemon stops.
+        Running jobs are not affected."""
         ...

@@ -78,17 +78,23 @@ def _probe(base: Path) -> str | None:
             pass
 
 
-def cgroup_base(mode: str) -> tuple[Path | None, str]:
-    """The folder job cgroups are created in, or None, with a line saying which containment is
-    in use. `mode`: "auto" (a cgroup when possible), "cgroup" (the same; it says why not when it
-    falls back), "subreaper" (never a cgroup)."""
+def cgroup_base(mode: str, scope: str = "default") -> tuple[Path | None, str]:
+    """The folder job cgroups are created in (`workbench.jobs/<scope>` beside this process's own
+    cgroup; one scope per workbench home), or None, with a line saying which containment is in
+    use. `mode`: "auto" or "cgroup" (a cgroup when possible; the line says why not when it falls
+    back), "subreaper" (never a cgroup)."""
     if mode == "subreaper":
         return None, "subreaper (cgroups turned off in config)"
     mount = cgroup2_mount()
     own = own_cgroup()
     if mount is None or own is None:
         return None, "subreaper (no cgroup v2 hierarchy)"
-    base = mount / own.lstrip("/") / "workbench.jobs"
+    parent = mount / own.lstrip("/") / "workbench.jobs"
+    try:
+        parent.mkdir(exist_ok=True)
+    except OSError as error:
+        return None, f"subreaper (cannot create {parent}: {error.strerror})"
+    base = parent / scope
     why_not = _probe(base)
     if why_not is not None:
         return None, f"subreaper ({why_not})"
@@ -132,10 +138,23 @@ def cgroup_usage(cgroup_dir: Path) -> tuple[float | None, int | None]:
 
 
 def remove_cgroup(cgroup_dir: Path) -> None:
+    """Remove a job's cgroup if it is empty (the kernel refuses otherwise)."""
     try:
         cgroup_dir.rmdir()
     except OSError:
         pass
+
+
+def remove_empty_cgroups(base: Path, keep: set[str]) -> None:
+    """Remove the empty job cgroups under `base` whose names are not in `keep` (left by jobs
+    whose wrapper was killed before it could clean up)."""
+    try:
+        names = [p.name for p in base.iterdir() if p.is_dir()]
+    except OSError:
+        return
+    for name in names:
+        if name not in keep:
+            remove_cgroup(base / name)
 
 
 def descendants(pid: int) -> list[int]:

@@ -4,10 +4,13 @@ ends the job when its main process exits (stopping leftovers), and records how i
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import selectors
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +18,7 @@ from pathlib import Path
 from workbench.daemon import runner
 from workbench.daemon.executors import Ended, Handle, Launch, LaunchError
 from workbench.daemon.executors import containment as cg
+from workbench.daemon.executors.launcher import read_frame, write_frame
 from workbench.daemon.logs import RotatingLog
 
 CANCEL_FILE = "cancel"  # the grace in seconds for a cancel the daemon asked for (SIGUSR1)
@@ -24,12 +28,19 @@ _FULL_DISK_RETRY_S = 1.0
 
 class LocalExecutor:
     """Runs jobs on this machine. `containment`: "auto" | "cgroup" | "subreaper" (see
-    `containment.cgroup_base`). Must be used from a single-threaded process: `start` forks."""
+    `containment.cgroup_base`); `scope` names this home's folder of job cgroups. Must be used
+    from a single-threaded process: `start` forks."""
 
     name = "local"
 
-    def __init__(self, containment: str = "auto"):
-        self.cgroup_root, self.containment = cg.cgroup_base(containment)
+    def __init__(
+        self, containment: str = "auto", scope: str = "default", hold_fds: tuple[int, ...] = ()
+    ):
+        """`hold_fds`: descriptors (the daemon's lock) the launcher and each wrapper keep open
+        until the wrapper has recorded itself, so whoever next takes the lock finds it."""
+        self.cgroup_root, self.containment = cg.cgroup_base(containment, scope)
+        self.hold_fds = hold_fds
+        self._launcher: subprocess.Popen[bytes] | None = None
 
     def describe(self) -> str:
         return f"local executor, containment: {self.containment}"
@@ -40,41 +51,102 @@ class LocalExecutor:
     # ---- start and find ------------------------------------------------------------------
 
     def start(self, launch: Launch) -> Handle:
-        """Fork the wrapper. The wrapper records itself (`wrapper.json`, with the token) before it
-        lets go of anything it inherited from the daemon (the daemon's lock among them), so once a
-        new daemon holds the lock, every wrapper of the old one has its record (see `find`)."""
-        if not os.path.isdir(launch.cwd):
-            raise LaunchError(f"working directory {launch.cwd} does not exist")
-        run_dir = launch.run_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in (runner.EXIT_FILE, runner.FAILURE_FILE, runner.WRAPPER_FILE, CANCEL_FILE):
-            try:
-                (run_dir / stale).unlink()
-            except FileNotFoundError:
-                pass
-        cgroup_dir = self._cgroup(launch.token)
-        if cgroup_dir is not None:
-            try:
-                cgroup_dir.mkdir()
-            except OSError:
-                cgroup_dir = None
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                start_time = runner.process_start_time(os.getpid())
-                runner.write_wrapper(
-                    run_dir, runner.WrapperRecord(launch.token, os.getpid(), start_time)
-                )
-                os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-                code = _wrapper_main(launch, cgroup_dir)
-            except BaseException:
-                import traceback
+        """One attempt (see `start_many`)."""
+        result = self.start_many([launch])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
 
-                traceback.print_exc()  # to the daemon's log: the wrapper itself failed
-            finally:
-                os._exit(code)
-        return Handle(launch.token, run_dir, pid, runner.process_start_time(pid))
+    def start_many(self, launches: list[Launch]) -> list[Handle | Exception]:
+        """Fork each attempt's wrapper from the launcher process (started on first use), all
+        requests sent before the replies are read. Each wrapper records itself (`wrapper.json`,
+        with the token) before it lets go of the descriptors in `hold_fds`, so once a new daemon
+        holds the lock, every wrapper has its record (`find`). Per attempt: a Handle, or a
+        LaunchError (missing working directory) or OSError (no process could be made)."""
+        results: list[Handle | Exception | None] = [None] * len(launches)
+        pending: list[int] = []
+        for index, launch in enumerate(launches):
+            if os.path.isdir(launch.cwd):
+                pending.append(index)
+            else:
+                results[index] = LaunchError(f"working directory {launch.cwd} does not exist")
+        launcher = self._launcher_process() if pending else None
+        if launcher is None:
+            for index in pending:
+                launch = launches[index]
+                try:
+                    pid, start_time = fork_wrapper(launch, self._cgroup(launch.token))
+                    results[index] = Handle(launch.token, launch.run_dir, pid, start_time)
+                except OSError as error:
+                    results[index] = error
+        elif pending:
+            self._ask_launcher(launcher, launches, pending, results)
+        return [r if r is not None else OSError(errno.EAGAIN, "not started") for r in results]
+
+    def _ask_launcher(
+        self,
+        launcher: subprocess.Popen[bytes],
+        launches: list[Launch],
+        pending: list[int],
+        results: list[Handle | Exception | None],
+    ) -> None:
+        assert launcher.stdin is not None and launcher.stdout is not None
+        answered = 0
+        try:
+            for index in pending:
+                launch = launches[index]
+                write_frame(launcher.stdin.fileno(), (launch, self._cgroup(launch.token)))
+            for index in pending:
+                launch = launches[index]
+                reply = read_frame(launcher.stdout.fileno())
+                if reply is None:
+                    break
+                answered += 1
+                if reply[0] == "ok":
+                    results[index] = Handle(launch.token, launch.run_dir, int(reply[1]), reply[2])
+                else:
+                    results[index] = OSError(errno.EAGAIN, str(reply[1]))
+        except OSError:
+            pass
+        if answered == len(pending):
+            return
+        # The launcher died with requests in flight: a wrapper it forked records itself at
+        # once, so after a moment an attempt without a record never began.
+        self.close()
+        time.sleep(1.0)
+        for index in pending[answered:]:
+            launch = launches[index]
+            found = self.find(launch.token, launch.run_dir)
+            results[index] = found or OSError(errno.EAGAIN, "the job launcher stopped")
+
+    def _launcher_process(self) -> subprocess.Popen[bytes] | None:
+        if self._launcher is not None and self._launcher.poll() is None:
+            return self._launcher
+        try:
+            self._launcher = subprocess.Popen(
+                [sys.executable, "-m", "workbench.daemon.executors.launcher"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                pass_fds=self.hold_fds,
+                env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+            )
+        except OSError:
+            self._launcher = None
+        return self._launcher
+
+    def close(self) -> None:
+        """Stop the launcher (running jobs are not affected)."""
+        launcher, self._launcher = self._launcher, None
+        if launcher is None:
+            return
+        for stream in (launcher.stdin, launcher.stdout):
+            if stream is not None:
+                stream.close()
+        try:
+            launcher.wait(5)
+        except subprocess.TimeoutExpired:
+            launcher.kill()
+            launcher.wait()
 
     def find(self, token: str, run_dir: Path) -> Handle | None:
         record = runner.read_wrapper(run_dir)
@@ -101,6 +173,12 @@ class LocalExecutor:
         try:
             done, wait_status = os.waitpid(handle.pid, os.WNOHANG)
         except ChildProcessError:
+            try:
+                os.kill(handle.pid, 0)  # launcher-forked wrappers are reaped at once: gone is gone
+            except ProcessLookupError:
+                return True, None
+            except PermissionError:
+                pass
             return not runner.same_process(handle.pid, handle.start_time), None
         if done == 0:
             return False, None
@@ -116,9 +194,8 @@ class LocalExecutor:
             over, wait_status = self._wrapper_over(handle)
             if not over:
                 continue
-            status = runner.read_exit(handle.run_dir)
-            if status is not None:
-                self._cleanup(handle)
+            status = runner.read_exit(handle.run_dir, handle.token)
+            if status is not None:  # the wrapper removed its cgroup itself
                 ended.append(Ended(handle, status))
                 continue
             how = "ended"
@@ -193,6 +270,60 @@ class LocalExecutor:
 
 # ---- the wrapper (runs in the forked child) ------------------------------------------------
 
+
+def fork_wrapper(launch: Launch, cgroup_dir: Path | None) -> tuple[int, float | None]:
+    """Fork the wrapper of one attempt; returns its pid and start time. The caller must be
+    single-threaded. The wrapper first records itself, then closes every inherited descriptor
+    but stderr (where its own errors go), then runs `_wrapper_main`. SIGUSR1 (cancel) stays
+    blocked until the wrapper's handler is in place: an early cancel waits, it does not kill."""
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    try:
+        pid = os.fork()
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        raise
+    if pid != 0:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    else:
+        code = 1
+        try:
+            cgroup_dir = _prepare(launch, cgroup_dir)
+            start_time = runner.process_start_time(os.getpid())
+            record = runner.WrapperRecord(launch.token, os.getpid(), start_time)
+            runner.write_wrapper(launch.run_dir, record)
+            devnull = os.open(os.devnull, os.O_RDWR)
+            os.dup2(devnull, 0)
+            os.dup2(devnull, 1)
+            os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+            code = _wrapper_main(launch, cgroup_dir)
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()  # to the daemon's log: the wrapper itself failed
+        finally:
+            os._exit(code)
+    return pid, runner.process_start_time(pid)
+
+
+def _prepare(launch: Launch, cgroup_dir: Path | None) -> Path | None:
+    """In the wrapper, before it records itself: the run folder without an earlier attempt's
+    records, and the job's cgroup (None if it cannot be made)."""
+    launch.run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (runner.EXIT_FILE, runner.FAILURE_FILE, CANCEL_FILE):
+        try:
+            (launch.run_dir / stale).unlink()
+        except FileNotFoundError:
+            pass
+    if cgroup_dir is not None:
+        try:
+            cgroup_dir.mkdir()
+        except FileExistsError:
+            pass
+        except OSError:
+            return None
+    return cgroup_dir
+
+
 _cancel_requested: list[bool] = [False]
 
 
@@ -204,57 +335,88 @@ def _ignore(signum: int, frame: object) -> None:
     pass
 
 
-def _exec_job(launch: Launch, cgroup_dir: Path | None, write_fd: int) -> None:
-    """In the job's process: join the cgroup, wire the output, enter the working directory,
-    exec. Never returns; a failure to start is written to the log and `failure` (exit 127)."""
-    try:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGXFSZ):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        if cgroup_dir is not None:
-            try:
-                (cgroup_dir / "cgroup.procs").write_text(str(os.getpid()))
-            except OSError:
-                pass  # the wrapper also tracks its descendants
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
-        os.dup2(write_fd, 1)
-        os.dup2(write_fd, 2)
-        try:
-            os.chdir(launch.cwd)
-        except OSError as error:
-            _start_failed(launch, f"working directory {launch.cwd}: {error.strerror}")
-        env = {**launch.env, runner.TOKEN_ENV: launch.token}
-        try:
-            os.execvpe(launch.argv[0], launch.argv, env)
-        except OSError as error:
-            _start_failed(launch, f"cannot start {launch.argv[0]!r}: {error.strerror}")
-    except BaseException as error:
-        _start_failed(launch, f"cannot start {launch.argv[0]!r}: {error}")
+_DEFAULT_IN_JOB = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGPIPE,
+    signal.SIGXFSZ,
+    signal.SIGUSR1,
+    signal.SIGCHLD,
+)
 
 
-def _start_failed(launch: Launch, message: str) -> None:
+def _find_program(name: str, env: dict[str, str]) -> str | None:
+    """`name` as exec would find it with the job's own PATH (not the wrapper's)."""
+    if "/" in name:
+        return name
+    for folder in env.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(folder or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def _spawn_job(launch: Launch, write_fd: int, log: RotatingLog) -> int | None:
+    """Start the job's main process in its own session (posix_spawn: no copy of the wrapper's
+    memory), in the working directory, with stdin from /dev/null and stdout and stderr into the
+    log pipe, and default signal handling. Returns its pid, or None when it cannot start (the
+    reason is written to the log and to `failure`)."""
     try:
-        os.write(2, f"[workbench] {message}\n".encode(errors="replace"))
+        os.chdir(launch.cwd)  # the job inherits the wrapper's working directory
+    except OSError as error:
+        _start_failed(launch, log, f"working directory {launch.cwd}: {error.strerror}")
+        return None
+    env = {**launch.env, runner.TOKEN_ENV: launch.token}
+    program = _find_program(launch.argv[0], env)
+    if program is None:
+        _start_failed(launch, log, f"cannot start {launch.argv[0]!r}: command not found")
+        return None
+    try:
+        return os.posix_spawn(
+            program,
+            launch.argv,
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, write_fd, 1),
+                (os.POSIX_SPAWN_DUP2, write_fd, 2),
+            ],
+            setsid=True,
+            setsigmask=(),
+            setsigdef=_DEFAULT_IN_JOB,
+        )
+    except OSError as error:
+        _start_failed(launch, log, f"cannot start {launch.argv[0]!r}: {error.strerror}")
+        return None
+
+
+def _start_failed(launch: Launch, log: RotatingLog, message: str) -> None:
+    log.write(f"[workbench] {message}\n".encode(errors="replace"))
+    try:
         (launch.run_dir / runner.FAILURE_FILE).write_text(message)
-    finally:
-        os._exit(127)
+    except OSError:
+        pass
+    return None
+
+
+_reaped: dict[int, int] = {}  # the main process's wait status, once collected
+_main_child: list[int] = [-1]
 
 
 def _reap(child: int) -> int | None:
     """Collect every finished child (orphans re-parented to us included); the main child's
-    wait status if it was among them."""
-    found = None
+    wait status once it has been collected (now or earlier)."""
     while True:
         try:
             pid, wait_status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return found
+            break
         if pid == 0:
-            return found
-        if pid == child:
-            found = wait_status
+            break
+        if pid == _main_child[0]:
+            _reaped[pid] = wait_status
+    return _reaped.get(child)
 
 
 def _read_cancel_grace(run_dir: Path, default: float) -> float:
@@ -266,8 +428,8 @@ def _read_cancel_grace(run_dir: Path, default: float) -> float:
 
 def _wrapper_main(launch: Launch, cgroup_dir: Path | None) -> int:
     """The wrapper: start the job, pump its output into the log, stop it on cancel (SIGUSR1),
-    end it when its main process exits, stop what it left behind, record the end."""
-    os.setsid()
+    end it when its main process exits, stop what it left behind, record the end. The job leads
+    its own session; the wrapper reaps (and so can find) every orphan the job leaves."""
     cg.set_child_subreaper()
     signal.set_wakeup_fd(-1)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -280,16 +442,27 @@ def _wrapper_main(launch: Launch, cgroup_dir: Path | None) -> int:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGUSR1, _on_cancel)
     signal.signal(signal.SIGCHLD, _ignore)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})  # a cancel sent early lands now
 
     log = RotatingLog(launch.run_dir / runner.LOG_FILE, launch.log_cap_bytes)
     if launch.header:
         log.write(f"[workbench] {launch.header}\n".encode())
+    origin = cg.own_cgroup()
+    if cgroup_dir is not None:
+        try:  # the wrapper joins first, so the job and everything it starts are inside
+            (cgroup_dir / "cgroup.procs").write_text(str(os.getpid()))
+        except OSError:
+            cgroup_dir = None  # its descendants are still found (subreaper)
     read_fd, write_fd = os.pipe()
-    child = os.fork()
-    if child == 0:
-        os.close(read_fd)
-        _exec_job(launch, cgroup_dir, write_fd)
+    child = _spawn_job(launch, write_fd, log)
     os.close(write_fd)
+    if child is None:
+        os.close(read_fd)
+        log.close()
+        _leave_cgroup(cgroup_dir, origin)
+        _record_end(launch, runner.ExitStatus(127, None, time.time()))
+        return 0
+    _main_child[0] = child
 
     def job_pids() -> list[int]:
         pids = set(cg.descendants(os.getpid()))
@@ -367,25 +540,43 @@ def _wrapper_main(launch: Launch, cgroup_dir: Path | None) -> int:
     status = runner.ExitStatus(
         ended.exit_code, ended.signal, ended.ended_at, cpu_s, peak, len(leftovers)
     )
-    while True:  # a full disk must not lose the outcome: retry until it can be written
-        try:
-            runner.write_exit(launch.run_dir, status)
-            break
-        except OSError:
-            time.sleep(_FULL_DISK_RETRY_S)
-    if cgroup_dir is not None and not launch.keep_leftovers:
-        cg.remove_cgroup(cgroup_dir)
+    _leave_cgroup(cgroup_dir, origin, remove=not launch.keep_leftovers)
+    _record_end(launch, status)
     return 0
 
 
+def _record_end(launch: Launch, status: runner.ExitStatus) -> None:
+    """Write exit.json; a full disk must not lose the outcome: retry until it can be written
+    (the daemon sees the wrapper alive meanwhile)."""
+    while True:
+        try:
+            runner.write_exit(launch.run_dir, status, launch.token)
+            return
+        except OSError:
+            time.sleep(_FULL_DISK_RETRY_S)
+
+
+def _leave_cgroup(cgroup_dir: Path | None, origin: str | None, remove: bool = True) -> None:
+    """Move the wrapper back to the cgroup it came from and remove the job's (when empty)."""
+    if cgroup_dir is None or origin is None:
+        return
+    mount = cg.cgroup2_mount()
+    if mount is not None:
+        try:
+            (mount / origin.lstrip("/") / "cgroup.procs").write_text(str(os.getpid()))
+        except OSError:
+            return
+    if remove:
+        cg.remove_cgroup(cgroup_dir)
+
+
 def _kill_all(cgroup_dir: Path | None, job_pids: Callable[[], list[int]]) -> None:
-    """SIGKILL every process of the job, then collect them (bounded wait)."""
-    if cgroup_dir is not None:
-        cg.cgroup_kill(cgroup_dir)
+    """SIGKILL every process of the job (not the wrapper, which shares its cgroup), then
+    collect them (bounded wait)."""
     cg.signal_each(job_pids(), signal.SIGKILL)
     deadline = time.monotonic() + 2.0
     while time.monotonic() < deadline:
-        _reap(-1)
+        _reap(_main_child[0])
         if not job_pids():
             return
         time.sleep(0.01)
