@@ -38,10 +38,13 @@ def placements(store: Store, ids: Iterable[int]) -> dict[int, Placement]:
 
 def slurm_placements(store: Store) -> list[Placement]:
     """Jobs the Slurm executor must look after: every active Slurm job, and ended ones that Slurm
-    may still hold (submitted, not yet seen ended by squeue: e.g. cancelled while pending)."""
+    may still hold (submitted, not yet seen ended by squeue: e.g. cancelled while pending).
+    Both halves read partial indexes, so the cost is the number of Slurm jobs, not of jobs."""
     rows = store.conn.execute(
         "SELECT id, executor, slurm_id, node, records_offset FROM jobs"
-        " WHERE (executor='slurm' AND state IN (?, ?, ?)) OR slurm_open=1 ORDER BY id",
+        " WHERE executor='slurm' AND state IN (?, ?, ?)"
+        " UNION SELECT id, executor, slurm_id, node, records_offset FROM jobs WHERE slurm_open=1"
+        " ORDER BY id",
         (str(QUEUED), str(RUNNING), str(PAUSED)),
     ).fetchall()
     return [Placement(*r) for r in rows]

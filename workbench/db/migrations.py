@@ -221,6 +221,7 @@ MIGRATIONS: dict[int, str] = {
     ALTER TABLE jobs ADD COLUMN node TEXT;
     ALTER TABLE jobs ADD COLUMN records_offset INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX jobs_slurm_open ON jobs(id) WHERE slurm_open = 1;
+    CREATE INDEX jobs_on_slurm ON jobs(state, id) WHERE executor = 'slurm';
     """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
