@@ -639,3 +639,17 @@ def test_cancel_of_a_pending_job_reaches_slurm(on_slurm: Home, client: Client) -
     assert seen.state == "CANCELLED"
     assert workbench("cancel", str(first)).returncode == 0
     _wait(client, first, "cancelled", timeout=30)
+
+
+def test_gpus_and_shards_reach_the_job(on_slurm: Home, client: Client) -> None:
+    whole = _submit("--gpus", "1", "--", "sh", "-c", 'echo "gpu=$CUDA_VISIBLE_DEVICES"')
+    share = _submit("--gpus", "0.5", "--", "true")
+    _wait(client, whole, "succeeded", timeout=40)
+    _wait(client, share, "succeeded", timeout=40)
+    assert "gpu=0" in (on_slurm.run_dir(whole) / "log").read_text()  # the cluster's fake GPU
+    seen = subprocess.run(
+        ["scontrol", "show", "job", client.store.get(share).slurm_id or ""],
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert "shard:1" in seen or "shard=1" in seen, seen
