@@ -299,6 +299,8 @@ def test_unmappable_request_is_refused_at_submit(on_slurm: Home) -> None:
     assert "gpu_mem" in done.stderr and "Slurm" in done.stderr
     done = workbench("submit", "--executor", "slurm", "--priority", "5", "--", "true")
     assert done.returncode == 2 and "priority" in done.stderr and "nice_base" in done.stderr
+    done = workbench("submit", "--gpus", "4", "--", "true")  # the cluster has one GPU
+    assert done.returncode == 2 and "cannot run it" in done.stderr and "gpu:4" in done.stderr
     pipeline = on_slurm.root / "p.toml"
     pipeline.write_text(
         '[[stage]]\nname = "big"\nkind = "command"\nargv = ["true"]\ngpus = 0.5\n'

@@ -117,6 +117,12 @@ class SlurmClient:
         """sbatch with the script on stdin; returns the Slurm job id."""
         return slurm_map.parse_parsable(self._run(["sbatch", *args], env=env, stdin=script))
 
+    def test_only(self, args: list[str]) -> None:
+        """`sbatch --test-only`: would the cluster ever run this request? Raises SlurmError with
+        Slurm's answer (e.g. "Requested node configuration is not available") if not."""
+        options = [a for a in args if a != "--parsable"]
+        self._run(["sbatch", "--test-only", *options], stdin="#!/bin/bash\ntrue\n")
+
     def squeue(self) -> dict[str, SlurmJob]:
         """This user's jobs in every state, recently ended ones included (one call; Slurm 22.05
         ignores the filters with `--json` and lists every job, later releases apply them)."""
@@ -208,7 +214,8 @@ def check_requests(
     client: SlurmClient | None = None,
     where: Sequence[str] | None = None,
 ) -> None:
-    """Submit-time checks for jobs bound to Slurm: every field maps to sbatch, and the shared
+    """Submit-time checks for jobs bound to Slurm: every field maps to sbatch, the cluster could
+    ever run the request (`sbatch --test-only`, once per distinct request), and the shared
     filesystem rule holds. Raises SpecError naming the job (or stage) and the field."""
     slurm = [(i, r) for i, r in enumerate(requests) if r.executor == "slurm"]
     if not slurm:
@@ -218,16 +225,32 @@ def check_requests(
         info = client.cluster_info()
     except SlurmError as error:
         raise SpecError(f"executor 'slurm': cannot reach Slurm ({error})") from error
+    asked: set[tuple[str, ...]] = set()
     for index, request in slurm:
         label = where[index] if where else f"job {request.name!r}"
         try:
-            slurm_map.sbatch_args(
+            args = slurm_map.sbatch_args(
                 submission_for(request, request.name, "/dev/null", request.cwd),
                 config.executor,
                 info,
             )
         except Unmappable as error:
             raise SpecError(f"{label}: cannot run on Slurm: {error}") from error
+        resources = tuple(a for a in args if not a.startswith(("--job-name=", "--chdir=")))
+        if resources in asked:
+            continue  # a sweep's points ask the cluster once
+        asked.add(resources)
+        try:
+            client.test_only(list(resources))
+        except SlurmError as error:
+            shown = " ".join(
+                a
+                for a in resources
+                if a not in ("--parsable", "--export=ALL", "--output=/dev/null")
+            )
+            raise SpecError(
+                f"{label}: the Slurm cluster cannot run it ({error}; asked {shown or 'defaults'})"
+            ) from error
     check_shared_filesystem(home, sys.executable, config.executor, client)
 
 
