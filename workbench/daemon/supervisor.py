@@ -10,7 +10,6 @@ import os
 import selectors
 import signal
 import socket
-import sqlite3
 import struct
 import sys
 import time
@@ -29,6 +28,7 @@ from workbench.daemon.executors.local import LocalExecutor
 from workbench.daemon.executors.slurm import SlurmExecutor
 from workbench.db import executors as placement_db
 from workbench.db import scheduling as db
+from workbench.db.connection import DatabaseError
 from workbench.db.store import Job, Store, StoreError
 from workbench.jobmodel.states import LIVE, Event, JobState
 from workbench.paths import Home
@@ -48,7 +48,7 @@ DEBUG_LAUNCH_DELAY_ENV = (
 _RETRY_S = 1.0  # how soon a write that failed (disk full, busy) is tried again
 _STOP_BACKSTOP_S = 5.0  # after the kill grace, the daemon itself kills what a cancel left
 _CREDENTIALS = struct.Struct("iII")  # struct ucred: pid, uid, gid
-_WRITE_ERRORS = (sqlite3.Error, OSError, StoreError)  # a write that may work when retried
+_WRITE_ERRORS = (DatabaseError, OSError, StoreError)  # a write that may work when retried
 
 
 class DaemonError(RuntimeError):
