@@ -275,6 +275,8 @@ _PENDING_WORDS = {
     "None": "submitted to Slurm",
 }
 HELD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin"})
+# Slurm's own state names (upper case; two of them spell like ours, which they are not).
+SLURM_CANCELLED, SLURM_FAILED = "CANCELLED", "FAILED"
 _FAILURE_WORDS = {
     "TIMEOUT": "time limit exceeded (Slurm TIMEOUT)",
     "OUT_OF_MEMORY": "out of memory (Slurm OUT_OF_MEMORY)",
@@ -325,11 +327,11 @@ def view(job: SlurmJob) -> View:
         return View(QUEUED, "requeued by Slurm")
     if state == "COMPLETED":
         return View(SUCCEEDED, "exited with code 0", 0, job.node, ended=True)
-    if state == "CANCELLED":
+    if state == SLURM_CANCELLED:
         if reason == "DependencyNeverSatisfied":
             return View(BLOCKED, "a dependency failed, so it can never run (Slurm)", ended=True)
         return View(CANCELLED, "cancelled (Slurm CANCELLED)", code, job.node, ended=True)
-    if state == "FAILED":
+    if state == SLURM_FAILED:
         if job.signal:
             words = f"killed by signal {job.signal} (Slurm FAILED)"
         else:
