@@ -657,3 +657,13 @@ def test_job_filter_in_sql_matches_python(home: Home, state: str | None, text: s
     if expected:
         assert job_pages.position_of_job(store, where, expected[-1]) == len(expected) - 1
     store.close()
+
+
+def test_every_state_has_its_own_colour() -> None:
+    """Paused (held by a user) and blocked (a dependency failed) never look like failed."""
+    from screens.widgets import state_style
+    from workbench.db.store import JobState
+
+    styles = {state: state_style(state) for state in JobState}
+    assert all(styles.values()) and len(set(styles.values())) == len(styles)
+    assert "red" not in styles[JobState.PAUSED] and "red" not in styles[JobState.BLOCKED]
