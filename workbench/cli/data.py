@@ -128,6 +128,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             types[column] = kind
         table["types"] = types
     request = build_request(table, Path.cwd(), "ingest")
+    from workbench.daemon.executors.slurm import bind_executor
+    from workbench.paths import Home
+
+    (request,) = bind_executor([request], None, Home.current(), ["ingest"])
     client = _client()
     job_id = client.submit(request)
     if args.json:

@@ -6,6 +6,7 @@ not be reached or started."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import heapq
 import importlib
 import os
@@ -156,6 +157,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     after += [(i, "any") for i in _parse_after(args.after_any or [], "--after-any")]
     after += [(i, "fail") for i in _parse_after(args.after_fail or [], "--after-fail")]
     request = build_request(table, base_dir, where, env, after=tuple(after), paused=args.paused)
+    from workbench.daemon.executors.slurm import bind_executor
+
+    (request,) = bind_executor([request], args.executor, Home.current(), [where])
     client = _client()
     job_id = client.submit(request)
     if args.json:
@@ -607,10 +611,19 @@ def cmd_top(args: argparse.Namespace) -> int:
 # ---- batch and TUI ------------------------------------------------------------------------
 
 
-def run_batch(path: str, json_mode: bool) -> int:
+def run_batch(path: str, json_mode: bool, executor: str | None = None) -> int:
+    from workbench.daemon.executors.slurm import bind_executor
     from workbench.queue.pipeline import load_pipeline, run_pipeline
 
     pipeline = load_pipeline(Path(path))
+    requests = [r for stage in pipeline.stages for r in stage.requests]
+    labels = [f"{pipeline.path}: stage '{s.name}'" for s in pipeline.stages for _ in s.requests]
+    bound = iter(bind_executor(requests, executor, Home.current(), labels))
+    stages = [
+        dataclasses.replace(s, requests=tuple(next(bound) for _ in s.requests))
+        for s in pipeline.stages
+    ]
+    pipeline = dataclasses.replace(pipeline, stages=tuple(stages))
     client = _client()
 
     def poll(ids: list[int]) -> list[Job]:
@@ -654,6 +667,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--json", action="store_true", help="with --batch: one JSON object per event"
     )
+    parser.add_argument(
+        "--executor",
+        choices=["local", "slurm"],
+        help="with --batch: where the stages run (default: [executor] in config.toml)",
+    )
     sub = parser.add_subparsers(dest="command_name", metavar="COMMAND")
 
     p = sub.add_parser("submit", help="queue a job: -- CMD ARG... or --spec FILE.toml")
@@ -681,6 +699,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paused", action="store_true", help="queue it held; `resume` releases it")
     p.add_argument("--wait", action="store_true", help="wait for it; exit 0 iff it succeeded")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--executor", choices=["local", "slurm"], help="where it runs (default: config.toml)"
+    )
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARG...")
     p.set_defaults(handler=cmd_submit)
 
@@ -791,7 +812,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.batch:
             if args.command_name:
                 raise UsageError("--batch runs a pipeline; give no other command")
-            return run_batch(args.batch, args.json)
+            return run_batch(args.batch, args.json, args.executor)
         if not args.command_name:
             return open_tui()
         handler: Handler = args.handler

@@ -86,18 +86,20 @@ def _queued(conn: sqlite3.Connection, rows: list[Any]) -> list[QueuedJob]:
 
 def queue_head(store: Store, after: tuple[int, int] | None, limit: int) -> list[QueuedJob]:
     """Up to `limit` queued jobs in scheduling order (priority high first, then oldest), starting
-    after the (priority, id) key `after`. Cost: `limit` rows, whatever the queue's length."""
+    after the (priority, id) key `after`. Cost: `limit` rows, whatever the queue's length.
+    Jobs bound to Slurm are left out: Slurm schedules them (workbench.daemon.executors.slurm)."""
     conn = store.conn
     if after is None:
         rows = conn.execute(
-            f"SELECT {_QUEUED_COLUMNS} FROM jobs WHERE state=? ORDER BY priority DESC, id LIMIT ?",
+            f"SELECT {_QUEUED_COLUMNS} FROM jobs WHERE state=? AND executor='local'"
+            " ORDER BY priority DESC, id LIMIT ?",
             (JobState.QUEUED, limit),
         ).fetchall()
     else:
         priority, job_id = after
         rows = conn.execute(
             f"SELECT {_QUEUED_COLUMNS} FROM jobs WHERE state=?"
-            " AND (priority < ? OR (priority = ? AND id > ?))"
+            " AND executor='local' AND (priority < ? OR (priority = ? AND id > ?))"
             " ORDER BY priority DESC, id LIMIT ?",
             (JobState.QUEUED, priority, priority, job_id, limit),
         ).fetchall()
@@ -112,7 +114,8 @@ def queued_with_deps(store: Store, limit: int = 10000) -> list[QueuedJob]:
     columns = ", ".join(f"j.{c.strip()}" for c in _QUEUED_COLUMNS.split(","))
     rows = conn.execute(
         f"SELECT {columns} FROM (SELECT DISTINCT job_id FROM job_deps) d"
-        " CROSS JOIN jobs j ON j.id = d.job_id WHERE j.state=? ORDER BY j.id LIMIT ?",
+        " CROSS JOIN jobs j ON j.id = d.job_id WHERE j.state=? AND j.executor='local'"
+        " ORDER BY j.id LIMIT ?",
         (JobState.QUEUED, limit),
     ).fetchall()
     return _queued(conn, rows)
