@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from workbench.cli import args as checked
 from workbench.jsonout import dumps
 from workbench.paths import Home
 from workbench.units import format_duration, format_size, parse_duration
@@ -50,10 +51,14 @@ def register(sub: Any) -> None:
         " value that does not fit is rejected (or fails the job), never rounded",
     )
     p.add_argument(
-        "--max-rejects", type=int, help="fail when more rows than this are bad (default 10)"
+        "--max-rejects",
+        type=checked.count,
+        help="fail when more rows than this are bad (default 10)",
     )
     p.add_argument(
-        "--cpus", type=float, help="cores to reserve; DuckDB uses that many threads (default 1)"
+        "--cpus",
+        type=checked.amount,
+        help="cores to reserve; DuckDB uses that many threads (default 1)",
     )
     p.add_argument("--wait", action="store_true", help="wait for it; exit 0 iff it succeeded")
     p.add_argument("--json", action="store_true")
@@ -66,7 +71,7 @@ def register(sub: Any) -> None:
     output = p.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="one JSON object per row")
     output.add_argument("--csv", action="store_true")
-    p.add_argument("--limit", type=int, help="stop after this many rows")
+    p.add_argument("--limit", type=checked.count, help="stop after this many rows")
     p.add_argument(
         "--out", metavar="FILE", help="write the whole result to FILE (.csv or .parquet)"
     )
@@ -123,6 +128,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             types[column] = kind
         table["types"] = types
     request = build_request(table, Path.cwd(), "ingest")
+    from workbench.daemon.executors.slurm import bind_executor
+    from workbench.paths import Home
+
+    (request,) = bind_executor([request], None, Home.current(), ["ingest"])
     client = _client()
     job_id = client.submit(request)
     if args.json:
