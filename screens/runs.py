@@ -17,7 +17,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 from textual_plotext import PlotextPlot
 
 from screens.widgets import state_text
-from workbench.catalog.tracking import Run, metric_order
+from workbench.catalog.tracking import Run, sort_runs
 
 SORTS = ("job", "val_accuracy", "val_loss", "val_rmse")
 COLUMNS = (
@@ -197,9 +197,7 @@ class RunsScreen(Screen[None]):
             metric = SORTS[self.sort_index]
         if metric == "job":
             return sorted(runs, key=lambda r: r.job_id)
-        name, higher = metric_order(metric)
-        missing = float("-inf") if higher else float("inf")
-        return sorted(runs, key=lambda r: r.metrics.get(name, missing), reverse=higher)
+        return sort_runs(runs, metric)
 
     def apply(self) -> None:
         table = self.query_one("#runs", DataTable)

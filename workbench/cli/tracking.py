@@ -15,7 +15,7 @@ from workbench.units import format_duration
 def register(sub: Any) -> None:
     p = sub.add_parser("runs", help="training runs: status, key params, metrics")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--sort", metavar="METRIC", help="sort by a metric (prefix - for lower first)")
+    p.add_argument("--sort", metavar="METRIC", help="sort by a metric, best first (prefix - for lower is better); NaN and missing last")
     p.set_defaults(handler=cmd_runs)
 
 
@@ -27,9 +27,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     store = Store.open(home.state_db)
     listed = tracking.list_runs(store)
     if args.sort:
-        name, higher = tracking.metric_order(args.sort)
-        missing = -float("inf") if higher else float("inf")
-        listed.sort(key=lambda r: r.metrics.get(name, missing), reverse=higher)
+        listed = tracking.sort_runs(listed, args.sort)
     if args.json:
         print(json.dumps([r.to_json() for r in listed], default=str))
         return 0
