@@ -67,7 +67,8 @@ def _is_categorical(arrow_type: Any) -> bool:
     )
 
 
-def _as_float(column: Any, name: str) -> np.ndarray:
+def as_float(column: Any, name: str) -> np.ndarray:
+    """An Arrow column as float64 (dates and timestamps as seconds/ticks; null -> NaN)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.types as pt
@@ -131,7 +132,7 @@ class Preprocessor:
         for name in features:
             column = table.column(name)
             if _is_numeric(column.type) or str(column.type).startswith(("timestamp", "date")):
-                values = _as_float(column, name)
+                values = as_float(column, name)
                 finite = values[np.isfinite(values)]
                 mean = float(finite.mean()) if finite.size else 0.0
                 std = float(finite.std()) if finite.size else 1.0
@@ -154,7 +155,7 @@ class Preprocessor:
         classes: list[str] = []
         target_mean, target_std = 0.0, 1.0
         if task == "regression":
-            values = _as_float(table.column(target), target)
+            values = as_float(table.column(target), target)
             finite = values[np.isfinite(values)]
             if finite.size:
                 target_mean = float(finite.mean())
@@ -193,7 +194,7 @@ class Preprocessor:
         for spec in self.columns:
             column = table.column(spec.name)
             if spec.kind == "numeric":
-                values = _as_float(column, spec.name)
+                values = as_float(column, spec.name)
                 values = np.where(np.isfinite(values), values, spec.mean)
                 blocks.append(((values - spec.mean) / spec.std).reshape(-1, 1))
             else:
@@ -220,7 +221,7 @@ class Preprocessor:
         if not self.columns:
             return np.zeros((table.num_rows, 0), dtype=np.float32)
         return np.stack(
-            [_as_float(table.column(c.name), c.name) for c in self.columns], axis=1
+            [as_float(table.column(c.name), c.name) for c in self.columns], axis=1
         ).astype(np.float32)
 
     def raw_columns(self, table: pyarrow.Table) -> dict[str, np.ndarray]:
@@ -232,7 +233,7 @@ class Preprocessor:
         for spec in self.columns:
             column = table.column(spec.name)
             if spec.kind == "numeric":
-                out[spec.name] = _as_float(column, spec.name).astype(np.float32).reshape(-1, 1)
+                out[spec.name] = as_float(column, spec.name).astype(np.float32).reshape(-1, 1)
             else:
                 strings = _as_strings(column).to_pylist()
                 out[spec.name] = np.array(
@@ -249,7 +250,7 @@ class Preprocessor:
 
         column = table.column(self.target)
         if self.task == "regression":
-            return _as_float(column, self.target)
+            return as_float(column, self.target)
         strings = _as_strings(column)
         index = pc.index_in(strings, value_set=pa.array(self.classes, pa.string()))
         codes = np.asarray(index.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)

@@ -445,6 +445,16 @@ def prepare_data(
     if table.num_rows < 2:
         raise JobFailed(f"{where} has {table.num_rows} rows with a target: too few to train on")
     task, reason = infer_task(table.column(spec.target), spec.task)
+    if task == "regression":
+        import numpy as np
+
+        from jobs.bundle import as_float
+
+        infinite = int(np.isinf(as_float(table.column(spec.target), spec.target)).sum())
+        if infinite:
+            raise JobFailed(
+                f"target {spec.target!r} has {infinite} infinite values in {where}: fix or drop them"
+            )
     if spec.loss != "auto" and spec.loss not in LOSSES[task]:
         raise JobFailed(f"key 'loss': {spec.loss!r} is not a {task} loss ({reason})")
     if task == "regression" and (spec.class_weight is not None or spec.threshold is not None):
