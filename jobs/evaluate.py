@@ -76,6 +76,14 @@ def check_gate_task(gate: dict[str, Any], task: str, where: str) -> None:
             raise SpecError(f"{where}: key 'gate.{key}': {problem}")
 
 
+def check_upstream(spec: dict[str, Any], kind: str, upstream: dict[str, Any], where: str) -> None:
+    """In a pipeline: the gates of a test stage whose model is a train stage with a `task`
+    set are checked against that task at submit. Raises SpecError."""
+    task = upstream.get("task")
+    if kind == "train" and task in ("classification", "regression"):
+        check_gate_task(spec.get("gate") or {}, str(task), where)
+
+
 class Predictor:
     """Predictions of a bundle (torch) or an exported ONNX model for a table, and its
     preprocessing. `inputs` says what an ONNX graph takes: "columns" (one input per raw feature

@@ -220,8 +220,8 @@ def _check_training_keys(spec: Spec, where: str) -> None:
         known = validation_metric_names(task)
         name = stopping.metric.removeprefix("-")
         if stopping.metric and name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            close = [n for n in known if name in n] or difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
             raise SpecError(
                 f"{where}: key 'early_stopping.metric': {stopping.metric!r} is not a reported"
                 f" validation metric{hint}; known: {', '.join(known)}"
@@ -897,6 +897,9 @@ def fit(
         model.eval()
         last_eval = evaluate(model, x_val, y_val, data.y_val_true, data.pre, criterion)
         lr = optimizer.param_groups[0]["lr"]
+        last_step = (epoch + 1) * steps_per_epoch
+        if last_step <= warmup_steps:  # the rate the epoch's last step used
+            lr *= last_step / warmup_steps
         if scheduler is not None:
             scheduler.step()
         epoch_metrics: dict[str, float | None] = {

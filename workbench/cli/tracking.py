@@ -15,7 +15,11 @@ from workbench.units import format_duration
 def register(sub: Any) -> None:
     p = sub.add_parser("runs", help="training runs: status, key params, metrics")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--sort", metavar="METRIC", help="sort by a metric, best first (prefix - for lower is better); NaN and missing last")
+    p.add_argument(
+        "--sort",
+        metavar="METRIC",
+        help="sort by a metric, best first (prefix - for lower is better); NaN and missing last",
+    )
     p.set_defaults(handler=cmd_runs)
 
 

@@ -117,6 +117,7 @@ def load_pipeline(path: Path, env: dict[str, str] | None = None) -> Pipeline:
                 )
     for stage_name, stage in built.items():
         built[stage_name] = _after_best_point(stage, built)
+        _check_against_upstream(stage, built, f"{path}: stage '{stage_name}'")
     order = _stage_order({s.name: s.after for s in built.values()}, path)
     return Pipeline(name, path, tuple(built[n] for n in order))
 
@@ -136,6 +137,22 @@ def _expand(
     group = table.get("group") or f"sweep-{pipeline}-{stage}"
     tables = [{**point, "name": f"{stage}[{label}]", "group": group} for label, point in points]
     return tables, (str(group), int(sweep.parallel))
+
+
+def _check_against_upstream(stage: Stage, built: dict[str, Stage], where: str) -> None:
+    """Checks a stage's kind makes against the stage its `model` names (a test stage's gates
+    against the task a train stage sets, through an export stage too)."""
+    for request in stage.requests:
+        check = getattr(load_kind(request.kind, where), "check_upstream", None)
+        upstream = built.get(str(request.spec.get("model", "")))
+        seen: set[str] = set()
+        while upstream is not None and upstream.requests[0].kind == "export":
+            if upstream.name in seen:
+                break
+            seen.add(upstream.name)
+            upstream = built.get(str(upstream.requests[0].spec.get("model", "")))
+        if check is not None and upstream is not None:
+            check(request.spec, upstream.requests[0].kind, upstream.requests[0].spec, where)
 
 
 def _after_best_point(stage: Stage, built: dict[str, Stage]) -> Stage:
