@@ -67,7 +67,7 @@ def bare_loop(x: object, y: object, batch: int, epochs: int, threads: int) -> fl
 
 
 def train_job(
-    client: object, root: Path, epochs: int, batch: int, threads: int
+    client: Client, root: Path, epochs: int, batch: int, threads: int
 ) -> tuple[float, float]:
     """One train job through the queue: (mean samples/s over its epochs, s from start to the
     first step's metric row)."""
