@@ -11,6 +11,13 @@ from typing import Any
 from workbench.paths import Home
 from workbench.units import format_duration
 
+SHOWN = ("val_accuracy", "val_f1_macro", "val_pr_auc", "val_loss", "val_rmse", "val_r2")
+"""The metrics the table shows when a run has them (`--json` has all)."""
+
+
+def _metric(name: str, value: Any) -> str:
+    return f"{name} {value:.4g}" if isinstance(value, int | float) else f"{name} -"
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser("runs", help="training runs: status, key params, metrics")
@@ -43,7 +50,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
         table.add_column(column)
     now = time.time()
     for run in listed:
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(run.metrics.items()))
+        keys = [k for k in SHOWN if k in run.metrics] or sorted(run.metrics)
+        shown = ", ".join(_metric(k, run.metrics[k]) for k in keys)
         table.add_row(
             str(run.job_id),
             run.name[:40],
