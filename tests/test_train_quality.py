@@ -5,6 +5,7 @@ and the pure pieces (stratified split, losses, spec checks) table-driven."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import tempfile
@@ -344,6 +345,27 @@ def test_runs_sort_puts_nan_and_missing_last_either_way(home: Home) -> None:
         3,
         4,
     ]
+    store.close()
+
+
+def test_best_point_skips_nan_and_breaks_ties_by_val_loss_then_age(home: Home) -> None:
+    from workbench.db.store import Store
+
+    store = Store.open(home.state_db)
+    info = lake.VersionInfo("d", 1, home.root, 1, 1, "h", [], [], 0, None, 0.0, None)
+    points = {
+        1: {"val_accuracy": 0.9, "val_loss": 0.30},
+        2: {"val_accuracy": math.nan, "val_loss": 0.10},
+        3: {"val_accuracy": 0.9, "val_loss": 0.20},
+        4: {"val_accuracy": 0.9, "val_loss": 0.20},
+    }
+    for job_id, metrics in points.items():
+        tracking.start_run(store, job_id, f"p{job_id}", "mlp", "classification", info, {}, {}, None)
+        tracking.finish_run(store, job_id, metrics, "")
+    runs = [dataclasses.replace(r, state="succeeded") for r in tracking.list_runs(store)]
+    best = tracking.best_run(runs, "val_accuracy")
+    assert best is not None and best.job_id == 3  # ties: lower val_loss, then the older job
+    assert tracking.best_run([r for r in runs if r.job_id == 2], "val_accuracy") is None
     store.close()
 
 
