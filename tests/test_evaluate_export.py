@@ -211,9 +211,17 @@ def test_categorical_model_exports_whole_and_matches_our_predictions_on_raw_rows
     trained: tuple[Client, Home, int], tmp_path: Path
 ) -> None:
     client, home, run_id = trained
+    # our predictions of the held-out rows, from the bundle through a test job
+    tested = run(client, tmp_path, kind="test", model=str(run_id), dataset="penguins_test")
+    assert tested.state == "succeeded", tested.reason
     job = run(client, tmp_path, kind="export", model=str(run_id), quantize=True)
     assert job.state == "succeeded", job.reason
     card = json.loads((home.run_dir(job.id) / "model_card.json").read_text())
+    assert card["test"]["job_id"] == tested.id
+    assert card["test"]["dataset"]["name"] == "penguins_test"
+    assert card["test"]["dataset"]["hash_algorithm"] == "blake2b-256"
+    assert len(card["test"]["dataset"]["content_hash"]) == 64
+    assert "tested by job" in (home.run_dir(job.id) / "model_card.md").read_text()
     assert card["exporter"] == "torch.onnx.export(dynamo=True)" and isinstance(
         card["batch_axis"], str
     )
@@ -237,9 +245,6 @@ def test_categorical_model_exports_whole_and_matches_our_predictions_on_raw_rows
     kinds = {i.name: i.type for i in session.get_inputs()}
     assert kinds["island"] == kinds["sex"] == "tensor(string)"
     assert kinds["bill_length_mm"] == "tensor(float)" and "features" not in kinds
-    # our predictions of the held-out rows, from the bundle through a test job
-    tested = run(client, tmp_path, kind="test", model=str(run_id), dataset="penguins_test")
-    assert tested.state == "succeeded", tested.reason
     predictions, _ = lake.read_arrow(home, f"run{run_id}_predictions")
     classes = card["classes"]
     ours = np.stack([predictions.column(f"p_{c}").to_numpy() for c in classes], axis=1)

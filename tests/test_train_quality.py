@@ -315,13 +315,17 @@ def test_missing_targets_in_test_data_are_left_out_and_counted(lab: tuple[Client
     labels = bc_test.column("diagnosis").to_pylist()
     holes = pa.array([None if i % 7 == 0 else v for i, v in enumerate(labels)], pa.string())
     index = bc_test.column_names.index("diagnosis")
-    lake.publish_arrow(
-        home, client.store, "bc_holes", bc_test.set_column(index, "diagnosis", holes)
-    )
-    tested = run(client, kind="test", model=str(classifier.id), dataset="bc_holes")
+    ids = pa.array([f"patient-{i:04d}" for i in range(len(labels))])
+    with_ids = bc_test.set_column(index, "diagnosis", holes).append_column("id", ids)
+    lake.publish_arrow(home, client.store, "bc_holes", with_ids)
+    tested = run(client, kind="test", model=str(classifier.id), dataset="bc_holes", key="id")
     assert tested.state == "succeeded", tested.reason
     counts = report_of(home, tested)["report"]["counts"]  # type: ignore[index]
     assert counts["missing_targets"] == math.ceil(len(labels) / 7)
+    predictions, _ = lake.read_arrow(home, f"run{classifier.id}_predictions")
+    assert predictions.column("id").to_pylist() == ids.to_pylist()
+    assert predictions.column("label").null_count == counts["missing_targets"]
+    assert predictions.column("correct").null_count == counts["missing_targets"]
 
 
 # ---- NaN is never best ----------------------------------------------------------------------
