@@ -95,9 +95,7 @@ def train_job(
         raise RuntimeError(f"train job {job_id} {job.state}: {job.reason}")
     series = client.store.metrics(job_id, ["samples_per_s"])["samples_per_s"]
     rate = sum(v for _, v in series if v) / len(series)
-    first_t = client.store.conn.execute(
-        "SELECT min(t) FROM metrics WHERE job_id=? AND name='train_loss'", (job_id,)
-    ).fetchone()[0]
+    first_t = client.store.first_metric_time(job_id, "train_loss")
     return rate, first_t - (job.started_at or first_t)
 
 

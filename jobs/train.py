@@ -809,10 +809,7 @@ def fit(
         torch.set_rng_state(saved["rng"])
         start_epoch, start_batch, order = saved["epoch"], saved["batch"], saved["order"]
         best = saved["best"]
-        ctx.store.conn.execute(
-            "DELETE FROM metrics WHERE job_id=? AND step>?",
-            (ctx.job.id, start_epoch * steps_per_epoch + start_batch),
-        )
+        ctx.store.drop_metrics_after(ctx.job.id, start_epoch * steps_per_epoch + start_batch)
         say(f"resumed from {checkpoint} at epoch {start_epoch + 1}, batch {start_batch}")
     metrics = _MetricBuffer(ctx, record)
     autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()

@@ -26,7 +26,7 @@ def test_submit_ls_show_json(home: Home) -> None:
     assert [(j["id"], j["name"], j["state"]) for j in listing] == [(job_id, "hello", "succeeded")]
     assert listing[0]["resources"]["cpus"] == 1
     shown = json.loads(workbench("show", str(job_id), "--json").stdout)
-    assert [e["state"] for e in shown["events"]] == ["queued", "running", "succeeded"]
+    assert [e["state"] for e in shown["events"]] == ["queued", "starting", "running", "succeeded"]
     assert shown["exit_code"] == 0 and shown["argv"] == ["sh", "-c", "echo hi"]
     assert Path(shown["paths"]["log"]).read_text() == "hi\n"
     assert "env" not in shown

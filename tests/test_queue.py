@@ -17,7 +17,7 @@ from conftest import stop_daemon, wait_for, wait_state, workbench
 
 from workbench.daemon.client import Client, ensure_daemon
 from workbench.daemon.link import lock_holder
-from workbench.db.store import JobRequest, Store, StoreError
+from workbench.db.store import JobRequest, Resources, Store, StoreError
 from workbench.paths import Home
 from workbench.queue.requests import build_request
 
@@ -42,7 +42,12 @@ def test_lifecycle_success_and_failure_with_history(client: Client) -> None:
     failed = wait_state(client, bad, "failed")
     assert failed.exit_code == 3
     assert failed.reason == "exited with code 3"
-    assert [e.state for e in client.store.events(ok)] == ["queued", "running", "succeeded"]
+    assert [e.state for e in client.store.events(ok)] == [
+        "queued",
+        "starting",
+        "running",
+        "succeeded",
+    ]
     log = (client.home.run_dir(ok) / "log").read_text()
     assert "out" in log and "err" in log
 
@@ -354,7 +359,13 @@ def test_submit_refuses_bad_input_with_exit_2(home: Home) -> None:
 
 def test_request_records_resources(client: Client) -> None:
     request = JobRequest(
-        "x", "command", {"argv": ["true"]}, "/", {}, argv=["true"], cpus=1, mem=1024
+        "x",
+        "command",
+        {"argv": ["true"]},
+        "/",
+        {},
+        argv=["true"],
+        resources=Resources(cpus=1, mem=1024),
     )
     job_id = client.submit(request)
     job = wait_state(client, job_id, "succeeded")

@@ -18,7 +18,7 @@ from screens.models import ModelsScreen
 from screens.runs import RunsScreen
 from screens.source import Source
 from workbench.catalog import lake, registry, tracking
-from workbench.db.store import JobRequest, Store
+from workbench.db.store import Event, JobRequest, Store
 from workbench.paths import Home
 
 
@@ -71,9 +71,10 @@ def build_home(root: Path) -> Home:
                 },
             )
     done, training = ids
-    store.set_state(done, "running", "started", pid=1)
-    store.set_state(done, "succeeded", "exited with code 0")
-    store.set_state(training, "running", "started", pid=2)
+    for job_id, pid in ((done, 1), (training, 2)):
+        store.transition(job_id, Event.START, "starting")
+        store.transition(job_id, Event.LAUNCHED, "started", pid=pid)
+    store.transition(done, Event.EXIT_OK, "exited with code 0")
     tracking.finish_run(store, done, {"val_loss": 0.23, "val_accuracy": 0.89}, "/runs/1/model.pt")
     predictions = pa.table(
         {

@@ -18,7 +18,7 @@ import pytest
 
 from workbench.config import Config
 from workbench.daemon.supervisor import Daemon
-from workbench.db.store import QUEUED, RUNNING, JobRequest, Store
+from workbench.db.store import RUNNING, STARTING, Event, JobRequest, Store
 from workbench.paths import Home
 from workbench.telemetry import fakenvml, gpu
 from workbench.telemetry import sampler as telemetry
@@ -57,8 +57,8 @@ def store(tmp_home: Home) -> Iterator[Store]:
 
 def running_job(store: Store, pid: int, name: str = "train-mlp") -> int:
     job_id = store.submit(JobRequest(name=name, kind="command", spec={}, cwd="/", env={}))
-    assert store.set_state(job_id, RUNNING, "started", expect=[QUEUED], started_at=time.time())
-    store.update(job_id, pid=pid)
+    assert store.transition(job_id, Event.START, "starting", started_at=time.time()) == STARTING
+    assert store.transition(job_id, Event.LAUNCHED, "started", pid=pid) == RUNNING
     return job_id
 
 

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from workbench.db.store import Job, JobEvent
+from workbench.db.store import Job, JobEvent, JobState, Resources
 from workbench.telemetry import fakenvml
 
 NOW = 1_800_000_000.0
@@ -26,10 +26,6 @@ def job(job_id: int, name: str, state: str, **extra: Any) -> Job:
         "env": {},
         "priority": 0,
         "group": "default",
-        "gpus": 0.0,
-        "gpu_mem": None,
-        "cpus": 0.0,
-        "mem": None,
         "retries": 0,
         "attempt": 1,
         "time_limit": None,
@@ -50,8 +46,10 @@ def job(job_id: int, name: str, state: str, **extra: Any) -> Job:
         "peak_gpu_mem": None,
         "mean_gpu_util": None,
     }
+    wanted = {k: extra.pop(k) for k in ("gpus", "gpu_mem", "cpus", "mem") if k in extra}
     fields.update(extra)
-    return Job(**fields)
+    fields["state"] = JobState(fields["state"])
+    return Job(**fields, resources=Resources(**wanted))
 
 
 JOBS = [

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from workbench.db.store import Job
+from workbench.jobmodel.states import JobState
 from workbench.units import format_duration, format_size
 
-STATE_STYLES = {
-    "queued": "cyan",
-    "running": "bold yellow",
-    "paused": "magenta",
-    "blocked": "red",
-    "succeeded": "green",
-    "failed": "bold red",
-    "cancelled": "dim",
+STATE_STYLES: dict[str, str] = {
+    JobState.QUEUED: "cyan",
+    JobState.STARTING: "yellow",
+    JobState.RUNNING: "bold yellow",
+    JobState.PAUSED: "magenta",
+    JobState.BLOCKED: "red",
+    JobState.SUCCEEDED: "green",
+    JobState.FAILED: "bold red",
+    JobState.CANCELLED: "dim",
 }
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from workbench.db import catalog as db_catalog
 from workbench.db.store import Store
 from workbench.paths import Home
 
@@ -86,12 +87,6 @@ def check_dataset_name(name: str, where: str = "dataset") -> str:
     return name
 
 
-_VERSION_COLUMNS = (
-    "dataset, version, path, sources, schema, rows, bytes, content_hash, rejected_rows,"
-    " duration_s, created_at, job_id"
-)
-
-
 def _version_from_row(row: tuple[Any, ...]) -> VersionInfo:
     (
         dataset,
@@ -125,33 +120,15 @@ def _version_from_row(row: tuple[Any, ...]) -> VersionInfo:
 
 def versions(store: Store, dataset: str | None = None) -> list[VersionInfo]:
     """Every version (of one dataset, or of all), oldest first."""
-    if dataset is None:
-        rows = store.conn.execute(
-            f"SELECT {_VERSION_COLUMNS} FROM dataset_versions ORDER BY dataset, version"
-        ).fetchall()
-    else:
-        rows = store.conn.execute(
-            f"SELECT {_VERSION_COLUMNS} FROM dataset_versions WHERE dataset=? ORDER BY version",
-            (dataset,),
-        ).fetchall()
+    rows = db_catalog.version_rows(store, dataset)
     return [_version_from_row(r) for r in rows]
 
 
 def version_info(store: Store, dataset: str, version: int | None = None) -> VersionInfo:
     """A version (the latest when `version` is None); LakeError names what is missing."""
-    if version is None:
-        row = store.conn.execute(
-            f"SELECT {_VERSION_COLUMNS} FROM dataset_versions WHERE dataset=?"
-            " ORDER BY version DESC LIMIT 1",
-            (dataset,),
-        ).fetchone()
-    else:
-        row = store.conn.execute(
-            f"SELECT {_VERSION_COLUMNS} FROM dataset_versions WHERE dataset=? AND version=?",
-            (dataset, version),
-        ).fetchone()
+    row = db_catalog.version_row(store, dataset, version)
     if row is None:
-        known = [r[0] for r in store.conn.execute("SELECT name FROM datasets ORDER BY name")]
+        known = db_catalog.dataset_names(store)
         if dataset not in known:
             hint = f" (known: {', '.join(known)})" if known else " (the lake is empty)"
             raise LakeError(f"no dataset named {dataset!r}{hint}")
@@ -160,11 +137,7 @@ def version_info(store: Store, dataset: str, version: int | None = None) -> Vers
 
 
 def latest_versions(store: Store) -> list[VersionInfo]:
-    rows = store.conn.execute(
-        f"SELECT {_VERSION_COLUMNS} FROM dataset_versions v WHERE version ="
-        " (SELECT max(version) FROM dataset_versions w WHERE w.dataset = v.dataset)"
-        " ORDER BY dataset"
-    ).fetchall()
+    rows = db_catalog.latest_version_rows(store)
     return [_version_from_row(r) for r in rows]
 
 
@@ -221,37 +194,18 @@ def publish(
         rows, schema = _describe_parts(tmp)
         digest = _content_hash(parts)
         size = sum(p.stat().st_size for p in parts)
-        with store.transaction() as conn:
-            row = conn.execute(
-                "SELECT coalesce(max(version), 0) FROM dataset_versions WHERE dataset=?",
-                (dataset,),
-            ).fetchone()
-            version = int(row[0]) + 1
+
+        def place(version: int) -> str:
             final = base / f"v{version}"
             if final.exists():  # left by a crash between rename and commit: not in the catalog
                 shutil.rmtree(final)
             tmp.rename(final)
-            now = time.time()
-            conn.execute(
-                "INSERT OR IGNORE INTO datasets(name, created_at) VALUES (?, ?)", (dataset, now)
-            )
-            conn.execute(
-                f"INSERT INTO dataset_versions({_VERSION_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    dataset,
-                    version,
-                    str(final),
-                    json.dumps(sources or []),
-                    json.dumps([{"name": n, "type": t} for n, t in schema]),
-                    rows,
-                    size,
-                    digest,
-                    rejected_rows,
-                    now - started,
-                    now,
-                    job_id,
-                ),
-            )
+            return str(final)
+
+        version = db_catalog.add_version(
+            store, dataset, place, sources or [], schema, rows, size, digest, rejected_rows,
+            started, job_id,
+        )  # fmt: skip
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         try:
@@ -336,27 +290,13 @@ def _store_tables(store: Store, only: Iterable[str] = STORE_TABLES) -> dict[str,
         return {}
 
     tables: dict[str, pyarrow.Table] = {}
-    queries = {
-        "jobs": 'SELECT id, name, kind, state, reason, priority, grp AS "group", gpus, cpus,'
-        " attempt, retries, exit_code, created_at, started_at, ended_at, stage, pipeline_id,"
-        " progress, peak_gpu_mem, mean_gpu_util FROM jobs",
-        "job_events": "SELECT job_id, t, state, reason FROM job_events",
-        "metrics": "SELECT job_id, step, name, value, t FROM metrics",
-    }
-    optional = {
-        "runs": "SELECT * FROM runs",
-        "evaluations": "SELECT * FROM evaluations",
-        "models": "SELECT * FROM models",
-    }
-    existing = {
-        r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
-    }
-    for name, sql in {**queries, **{k: v for k, v in optional.items() if k in existing}}.items():
+    for name in STORE_TABLES:
         if name not in wanted:
             continue
-        cursor = store.conn.execute(sql)
-        columns = [d[0] for d in cursor.description]
-        rows = cursor.fetchall()
+        exposed = db_catalog.exposed_table(store, name)
+        if exposed is None:
+            continue
+        columns, rows = exposed
         tables[name] = pa.table({c: [r[i] for r in rows] for i, c in enumerate(columns)})
     return tables
 
@@ -438,16 +378,8 @@ def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
 def record_query(
     store: Store, sql: str, duration_s: float | None, rows: int | None, error: str | None
 ) -> None:
-    with store.transaction() as conn:
-        conn.execute(
-            "INSERT INTO query_history(t, sql, duration_s, rows, error) VALUES (?,?,?,?,?)",
-            (time.time(), sql, duration_s, rows, error),
-        )
+    db_catalog.record_query(store, sql, duration_s, rows, error)
 
 
 def query_history(store: Store, limit: int = 100) -> list[dict[str, Any]]:
-    rows = store.conn.execute(
-        "SELECT t, sql, duration_s, rows, error FROM query_history ORDER BY id DESC LIMIT ?",
-        (limit,),
-    ).fetchall()
-    return [dict(zip(("t", "sql", "duration_s", "rows", "error"), r, strict=True)) for r in rows]
+    return db_catalog.query_history(store, limit)

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from workbench.db import catalog as db_catalog
 from workbench.db.store import Store
+from workbench.jobmodel.states import JobState
 
 if TYPE_CHECKING:
     from workbench.catalog.lake import VersionInfo
@@ -59,13 +60,6 @@ class Run:
         }
 
 
-_COLUMNS = (
-    "r.job_id, r.name, j.state, r.model, r.task, r.dataset, r.dataset_version, r.dataset_hash,"
-    " r.params, r.env, r.metrics, r.sweep_metric, r.bundle, r.started_at, r.finished_at, j.stage,"
-    " j.pipeline_id"
-)
-
-
 def _run(row: tuple[Any, ...]) -> Run:
     (job_id, name, state, model, task, dataset, version, digest, params, env, metrics, sweep,
      bundle, started, finished, stage, pipeline) = row  # fmt: skip
@@ -88,38 +82,23 @@ def start_run(
     sweep_metric: str | None,
 ) -> None:
     """Record a run as it starts (again, on a retry: the row is replaced, metrics kept)."""
-    with store.transaction() as conn:
-        conn.execute(
-            "INSERT OR REPLACE INTO runs(job_id, name, model, task, dataset, dataset_version,"
-            " dataset_hash, params, env, sweep_metric, started_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                job_id, name, model, task, info.dataset, info.version, info.content_hash,
-                json.dumps(params), json.dumps(env), sweep_metric or None, time.time(),
-            ),
-        )  # fmt: skip
+    db_catalog.start_run(
+        store, job_id, name, model, task, info.dataset, info.version, info.content_hash,
+        params, env, sweep_metric,
+    )  # fmt: skip
 
 
 def finish_run(store: Store, job_id: int, metrics: dict[str, float], bundle: str) -> None:
-    with store.transaction() as conn:
-        conn.execute(
-            "UPDATE runs SET metrics=?, bundle=?, finished_at=? WHERE job_id=?",
-            (json.dumps(metrics), bundle, time.time(), job_id),
-        )
+    db_catalog.finish_run(store, job_id, metrics, bundle)
 
 
 def list_runs(store: Store) -> list[Run]:
-    rows = store.conn.execute(
-        f"SELECT {_COLUMNS} FROM runs r LEFT JOIN jobs j ON j.id = r.job_id ORDER BY r.job_id"
-    ).fetchall()
-    return [_run(r) for r in rows]
+    return [_run(r) for r in db_catalog.run_rows(store)]
 
 
 def get_run(store: Store, job_id: int) -> Run | None:
-    row = store.conn.execute(
-        f"SELECT {_COLUMNS} FROM runs r LEFT JOIN jobs j ON j.id = r.job_id WHERE r.job_id=?",
-        (job_id,),
-    ).fetchone()
-    return _run(row) if row else None
+    rows = db_catalog.run_rows(store, job_id)
+    return _run(rows[0]) if rows else None
 
 
 def metric_order(metric: str) -> tuple[str, bool]:
@@ -159,7 +138,7 @@ def best_run(runs: list[Run], metric: str) -> Run | None:
     scored = [
         r
         for r in runs
-        if r.state == "succeeded" and metric_sort_key(r.metrics.get(name), True)[0] == 0
+        if r.state == JobState.SUCCEEDED and metric_sort_key(r.metrics.get(name), True)[0] == 0
     ]
     return sort_runs(scored, metric)[0] if scored else None
 

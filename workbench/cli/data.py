@@ -241,11 +241,9 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         if args.name:
             print(json.dumps([i.to_json() for i in infos]))
         else:
-            counts = dict(
-                store.conn.execute(
-                    "SELECT dataset, count(*) FROM dataset_versions GROUP BY dataset"
-                ).fetchall()
-            )
+            from workbench.db import catalog as db_catalog
+
+            counts = db_catalog.version_counts(store)
             print(json.dumps([{**i.to_json(), "versions": counts[i.dataset]} for i in infos]))
         return 0
     from rich.console import Console

@@ -19,7 +19,16 @@ from typing import Any
 from workbench import __version__
 from workbench.catalog.lake import LakeError
 from workbench.daemon.client import DaemonUnavailable
-from workbench.db.store import ENDED, SUCCEEDED, Job, JobError, NoSuchJob, StoreError
+from workbench.db.store import (
+    ENDED,
+    RUNNING,
+    SETTLED,
+    SUCCEEDED,
+    Job,
+    JobError,
+    NoSuchJob,
+    StoreError,
+)
 from workbench.paths import Home
 from workbench.present import STATE_STYLES, job_details, job_progress, job_resources
 from workbench.queue.spec import SpecError
@@ -157,7 +166,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         )
     for job in jobs:
         style = STATE_STYLES.get(job.state, "")
-        reason = job.reason if job.state not in ("running", "succeeded") else ""
+        reason = job.reason if job.state not in (RUNNING, SUCCEEDED) else ""
         table.add_row(
             str(job.id),
             job.name[:40],
@@ -304,7 +313,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
         client.store.get(job_id)
     timeout = parse_duration(args.timeout) if args.timeout else None
     jobs = client.wait(args.ids, timeout)
-    unfinished = [j for j in jobs if j.state not in ENDED and j.state != "blocked"]
+    unfinished = [j for j in jobs if j.state not in SETTLED]
     if unfinished:
         print(
             "timed out waiting for " + ", ".join(f"job {j.id} ({j.state})" for j in unfinished),
@@ -347,8 +356,8 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         if args.json:
             _print_json(info)
         else:
-            state = f"running (pid {info['pid']})" if info["running"] else "not running"
-            print(f"daemon {state}; home {home.root}")
+            status = f"running (pid {info['pid']})" if info["running"] else "not running"
+            print(f"daemon {status}; home {home.root}")
             if info.get("drain"):
                 print("drain mode: nothing new starts")
             if info.get("jobs"):

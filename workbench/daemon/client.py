@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from workbench.daemon.link import lock_holder, wake
-from workbench.db.store import SETTLED, Job, JobRequest, Store
+from workbench.db.store import SETTLED, SUCCEEDED, Job, JobRequest, Store
 from workbench.paths import Home
 
 if TYPE_CHECKING:
@@ -131,7 +131,7 @@ class Client:
             if now_version != version:
                 version = now_version
                 states = self.store.states_of(ids)
-                if all(states.get(i, "succeeded") in SETTLED for i in ids):
+                if all(states.get(i, SUCCEEDED) in SETTLED for i in ids):
                     break
             if deadline is not None and time.monotonic() >= deadline:
                 break

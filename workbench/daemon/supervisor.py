@@ -20,7 +20,7 @@ import psutil
 
 from workbench.config import Config, load_config
 from workbench.daemon import runner
-from workbench.db.store import CANCELLED, FAILED, PAUSED, QUEUED, RUNNING, SUCCEEDED, Job, Store
+from workbench.db.store import PAUSED, QUEUED, RUNNING, STARTING, Event, Job, Store
 from workbench.paths import Home
 from workbench.queue import scheduler
 from workbench.queue.kinds import job_argv
@@ -126,10 +126,10 @@ class Daemon:
 
     def _adopt(self) -> None:
         """Follow jobs a previous daemon started: alive ones are watched, the rest are settled."""
-        for job in self.store.list_jobs(states=[RUNNING, PAUSED]):
+        for job in self.store.list_jobs(states=[STARTING, RUNNING, PAUSED]):
             run_dir = self.home.run_dir(job.id)
             if job.pid is None:
-                if job.state == RUNNING:
+                if job.state in (STARTING, RUNNING):
                     self.store.requeue(job.id, "the daemon stopped while starting it; queued again")
                 continue
             if runner.same_process(job.pid, job.pid_start):
@@ -139,11 +139,11 @@ class Daemon:
             if status is not None:
                 self._settle(job, status, Tracked(job.id, job.pid, -1, run_dir))
             else:
-                self.store.set_state(
+                self.store.transition(
                     job.id,
-                    FAILED,
+                    Event.LOST,
                     "lost: its process ended while no daemon was watching and left no exit status",
-                    expect=[RUNNING, PAUSED],
+                    only_from=[STARTING, RUNNING, PAUSED],
                 )
 
     def _track(self, job: Job, pid: int, run_dir: Path) -> None:
@@ -177,25 +177,31 @@ class Daemon:
     def _settle(self, job: Job, status: runner.ExitStatus, tracked: Tracked) -> None:
         """Record how a job ended, and queue it again if it has retries left."""
         fields = {"exit_code": status.code, "ended_at": status.ended_at or time.time()}
-        live = [RUNNING, PAUSED]
+        live = [STARTING, RUNNING, PAUSED]
         failure = runner.read_failure(tracked.run_dir)
         if job.intent == "cancel" and not tracked.timed_out:
             reason = f"cancelled ({status.describe()})" + (f": {failure}" if failure else "")
-            self.store.set_state(job.id, CANCELLED, reason, expect=live, **fields)
+            self.store.transition(job.id, Event.CANCEL, reason, only_from=live, **fields)
         elif tracked.timed_out:
             limit = format_duration(job.time_limit)
-            self.store.set_state(
-                job.id, FAILED, f"time limit of {limit} exceeded", expect=live, **fields
+            self.store.transition(
+                job.id,
+                Event.EXIT_FAILED,
+                f"time limit of {limit} exceeded",
+                only_from=live,
+                **fields,
             )
         elif status.ok:
-            self.store.set_state(job.id, SUCCEEDED, status.describe(), expect=live, **fields)
+            self.store.transition(
+                job.id, Event.EXIT_OK, status.describe(), only_from=live, **fields
+            )
         else:
             reason = f"{status.describe()}: {failure}" if failure else status.describe()
             if job.attempt <= job.retries:
                 retry = f"automatic retry {job.attempt}/{job.retries} after it {status.describe()}"
-                self.store.fail_and_requeue(job.id, reason, retry, expect=live, **fields)
+                self.store.fail_and_requeue(job.id, reason, retry, only_from=live, **fields)
             else:
-                self.store.set_state(job.id, FAILED, reason, expect=live, **fields)
+                self.store.transition(job.id, Event.EXIT_FAILED, reason, only_from=live, **fields)
 
     # ---- intents, limits ---------------------------------------------------------------
 
@@ -208,10 +214,14 @@ class Daemon:
                 self._terminate(tracked, now)
             elif job.intent == "pause" and job.state == RUNNING:
                 runner.signal_group(tracked.pid, signal.SIGSTOP)
-                self.store.set_state(job.id, PAUSED, "paused", expect=[RUNNING], intent=None)
+                self.store.transition(
+                    job.id, Event.PAUSE, "paused", only_from=[RUNNING], intent=None
+                )
             elif job.intent == "resume" and job.state == PAUSED:
                 runner.signal_group(tracked.pid, signal.SIGCONT)
-                self.store.set_state(job.id, RUNNING, "resumed", expect=[PAUSED], intent=None)
+                self.store.transition(
+                    job.id, Event.RESUME, "resumed", only_from=[PAUSED], intent=None
+                )
             elif job.intent in ("pause", "resume"):
                 self.store.update(job.id, intent=None)
 
@@ -261,7 +271,7 @@ class Daemon:
                 j.id, j.group, tuple(j.granted_gpus or ()), j.gpus, j.gpu_mem, j.cpus, j.mem
             )
             for j in active
-            if j.state in (RUNNING, PAUSED)
+            if j.state in (STARTING, RUNNING, PAUSED)
         ]
         dep_ids = {d for j in queued for d, _ in j.deps}
         dep_states = self.store.states_of(dep_ids) if dep_ids else {}
@@ -299,17 +309,17 @@ class Daemon:
                 if job.reason != decision.reason:
                     self.store.set_reason(job.id, decision.reason)
             elif isinstance(decision, scheduler.Block):
-                self.store.set_state(job.id, "blocked", decision.reason, expect=[QUEUED])
+                self.store.transition(job.id, Event.BLOCK, decision.reason, only_from=[QUEUED])
             elif isinstance(decision, scheduler.Fail):
-                self.store.set_state(job.id, FAILED, decision.reason, expect=[QUEUED])
+                self.store.transition(job.id, Event.REFUSE, decision.reason, only_from=[QUEUED])
 
     def _launch(self, job: Job, gpu_indices: tuple[int, ...]) -> None:
         now = time.time()
-        if not self.store.set_state(
+        if not self.store.transition(
             job.id,
-            RUNNING,
-            "started",
-            expect=[QUEUED],
+            Event.START,
+            "starting",
+            only_from=[QUEUED],
             started_at=now,
             granted_gpus=list(gpu_indices),
         ):
@@ -338,7 +348,14 @@ class Daemon:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
             header = f"attempt {job.attempt} of {job.retries + 1} started {stamp}"
         pid = runner.spawn(argv, env, cwd, run_dir, self.config.log_cap_bytes, header)
-        self.store.update(job.id, pid=pid, pid_start=runner.process_start_time(pid))
+        self.store.transition(
+            job.id,
+            Event.LAUNCHED,
+            "started",
+            only_from=[STARTING],
+            pid=pid,
+            pid_start=runner.process_start_time(pid),
+        )
         self._track(job, pid, run_dir)
 
     # ---- the loop ----------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""The single source of truth: SQLite in WAL mode, shared by the daemon, the CLI, the TUI and jobs."""
+"""The jobs repository over state.db (SQLite in WAL mode), shared by the daemon, clients and jobs.
+
+Every job state change goes through `workbench.jobmodel.states.next_state`; every statement
+that touches state.db lives in `workbench.db`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import dataclasses
 import json
 import os
 import sqlite3
-import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -14,191 +18,87 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Job states (INTERFACE.md). `paused` covers both a stopped running job and a held queued one.
-QUEUED, RUNNING, PAUSED, BLOCKED = "queued", "running", "paused", "blocked"
-SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
-STATES = (QUEUED, RUNNING, PAUSED, BLOCKED, SUCCEEDED, FAILED, CANCELLED)
-ENDED = frozenset({SUCCEEDED, FAILED, CANCELLED})
-ACTIVE = frozenset({QUEUED, RUNNING, PAUSED, BLOCKED})
-SETTLED = ENDED | {BLOCKED}  # nothing more happens to these unless someone retries them
+from workbench.db.connection import (
+    StoreCorrupt,
+    StoreError,
+    StoreFull,
+    ThreadConnections,
+    connect,
+    full_message,
+    immediate,
+    is_full_error,
+    quick_check,
+    recovery_advice,
+    translate,
+)
+from workbench.db.migrations import SCHEMA_VERSION, create_database, migrate
+from workbench.db.telemetry import TelemetryStore
+from workbench.jobmodel.resources import Resources
+from workbench.jobmodel.states import (
+    ACTIVE,
+    ENDED,
+    LIVE,
+    SETTLED,
+    Event,
+    IllegalTransition,
+    JobState,
+    allowed,
+    next_state,
+)
+
+__all__ = [
+    "ACTIVE",
+    "BLOCKED",
+    "CANCELLED",
+    "DEP_CONDITIONS",
+    "ENDED",
+    "FAILED",
+    "LIVE",
+    "PAUSED",
+    "QUEUED",
+    "RUNNING",
+    "SCHEMA_VERSION",
+    "SETTLED",
+    "STARTING",
+    "STATES",
+    "SUCCEEDED",
+    "AuditEntry",
+    "Event",
+    "IllegalTransition",
+    "Job",
+    "JobError",
+    "JobEvent",
+    "JobRequest",
+    "JobState",
+    "NoSuchJob",
+    "Resources",
+    "Store",
+    "StoreCorrupt",
+    "StoreError",
+    "StoreFull",
+    "allowed",
+    "decode_text",
+    "encode_text",
+    "recovery_advice",
+    "translate_os",
+]
+
+# Short names for modules that compare states; the words themselves live in JobState only.
+QUEUED, STARTING, RUNNING, PAUSED = (
+    JobState.QUEUED,
+    JobState.STARTING,
+    JobState.RUNNING,
+    JobState.PAUSED,
+)
+BLOCKED, SUCCEEDED, FAILED, CANCELLED = (
+    JobState.BLOCKED,
+    JobState.SUCCEEDED,
+    JobState.FAILED,
+    JobState.CANCELLED,
+)
+STATES = tuple(JobState)
 
 DEP_CONDITIONS = ("ok", "any", "fail")
-
-# Schema migrations by version. Numbers are reserved per owner so that parts can grow
-# independently: 1 core (jobs, events, metrics, groups, pipelines); 2 telemetry; 3 lake
-# catalog and query history; 4 runs; 5 evaluations and models. Gaps are fine.
-MIGRATIONS: dict[int, str] = {
-    1: """
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    CREATE TABLE jobs (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        name TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        state TEXT NOT NULL,
-        spec TEXT NOT NULL,
-        argv TEXT,
-        cwd TEXT NOT NULL,
-        env TEXT NOT NULL,
-        priority INTEGER NOT NULL DEFAULT 0,
-        grp TEXT NOT NULL DEFAULT 'default',
-        gpus REAL NOT NULL DEFAULT 0,
-        gpu_mem INTEGER,
-        cpus REAL NOT NULL DEFAULT 0,
-        mem INTEGER,
-        retries INTEGER NOT NULL DEFAULT 0,
-        attempt INTEGER NOT NULL DEFAULT 1,
-        time_limit REAL,
-        fail_unrunnable INTEGER NOT NULL DEFAULT 0,
-        pipeline_id INTEGER,
-        stage TEXT,
-        created_at REAL NOT NULL,
-        started_at REAL,
-        ended_at REAL,
-        exit_code INTEGER,
-        reason TEXT,
-        pid INTEGER,
-        pid_start REAL,
-        granted_gpus TEXT,
-        intent TEXT,
-        progress REAL,
-        progress_msg TEXT,
-        peak_gpu_mem INTEGER,
-        mean_gpu_util REAL
-    );
-    CREATE INDEX jobs_active ON jobs(state) WHERE state IN ('queued', 'running', 'paused', 'blocked');
-    CREATE INDEX jobs_pipeline ON jobs(pipeline_id) WHERE pipeline_id IS NOT NULL;
-    CREATE TABLE job_deps (
-        job_id INTEGER NOT NULL,
-        dep_id INTEGER NOT NULL,
-        cond TEXT NOT NULL,
-        PRIMARY KEY (job_id, dep_id)
-    );
-    CREATE INDEX job_deps_dep ON job_deps(dep_id);
-    CREATE TABLE job_events (
-        id INTEGER PRIMARY KEY,
-        job_id INTEGER NOT NULL,
-        t REAL NOT NULL,
-        state TEXT NOT NULL,
-        reason TEXT
-    );
-    CREATE INDEX job_events_job ON job_events(job_id, id);
-    CREATE TABLE metrics (
-        job_id INTEGER NOT NULL,
-        step INTEGER NOT NULL,
-        name TEXT NOT NULL,
-        value REAL,
-        t REAL NOT NULL
-    );
-    CREATE INDEX metrics_job ON metrics(job_id, name, step);
-    CREATE TABLE groups (name TEXT PRIMARY KEY, parallel INTEGER NOT NULL);
-    CREATE TABLE pipelines (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        name TEXT NOT NULL,
-        path TEXT NOT NULL,
-        created_at REAL NOT NULL
-    );
-    """,
-    # Telemetry (workbench/telemetry.py reads and writes these). One row per tick, keyed by
-    # time in ms; rows older than the history setting are thinned into 60 s averages.
-    # gpus: JSON [[index, util %, memory util %, memory used bytes, power W, temp C], ...].
-    2: """
-    CREATE TABLE telemetry (
-        t_ms INTEGER PRIMARY KEY,
-        span_s REAL NOT NULL,
-        cpu REAL,
-        load1 REAL,
-        mem_used INTEGER,
-        swap_used INTEGER,
-        net_rx REAL,
-        net_tx REAL,
-        disk_read REAL,
-        disk_write REAL,
-        gpus TEXT
-    );
-    CREATE TABLE telemetry_latest (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
-        t REAL NOT NULL,
-        snapshot TEXT NOT NULL
-    );
-    """,
-    3: """
-    CREATE TABLE datasets (
-        name TEXT PRIMARY KEY,
-        created_at REAL NOT NULL
-    );
-    CREATE TABLE dataset_versions (
-        dataset TEXT NOT NULL,
-        version INTEGER NOT NULL,
-        path TEXT NOT NULL,
-        sources TEXT NOT NULL,
-        schema TEXT NOT NULL,
-        rows INTEGER NOT NULL,
-        bytes INTEGER NOT NULL,
-        content_hash TEXT NOT NULL,
-        rejected_rows INTEGER NOT NULL DEFAULT 0,
-        duration_s REAL,
-        created_at REAL NOT NULL,
-        job_id INTEGER,
-        note TEXT,
-        PRIMARY KEY (dataset, version)
-    );
-    CREATE TABLE query_history (
-        id INTEGER PRIMARY KEY,
-        t REAL NOT NULL,
-        sql TEXT NOT NULL,
-        duration_s REAL,
-        rows INTEGER,
-        error TEXT
-    );
-    """,
-    4: """
-    CREATE TABLE runs (
-        job_id INTEGER PRIMARY KEY,
-        name TEXT NOT NULL,
-        model TEXT NOT NULL,
-        task TEXT NOT NULL,
-        dataset TEXT NOT NULL,
-        dataset_version INTEGER NOT NULL,
-        dataset_hash TEXT NOT NULL,
-        params TEXT NOT NULL,
-        env TEXT NOT NULL,
-        metrics TEXT,
-        sweep_metric TEXT,
-        bundle TEXT,
-        started_at REAL NOT NULL,
-        finished_at REAL
-    );
-    """,
-    5: """
-    CREATE TABLE evaluations (
-        job_id INTEGER PRIMARY KEY,
-        run_job_id INTEGER,
-        dataset TEXT NOT NULL,
-        dataset_version INTEGER NOT NULL,
-        model_format TEXT NOT NULL,
-        model_path TEXT NOT NULL,
-        metrics TEXT NOT NULL,
-        gate_passed INTEGER NOT NULL,
-        result TEXT NOT NULL,
-        created_at REAL NOT NULL
-    );
-    CREATE TABLE models (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        export_job_id INTEGER NOT NULL,
-        run_job_id INTEGER,
-        path TEXT NOT NULL,
-        format TEXT NOT NULL,
-        sha256 TEXT NOT NULL,
-        card TEXT NOT NULL,
-        created_at REAL NOT NULL
-    );
-    """,
-}
-SCHEMA_VERSION = max(MIGRATIONS)
-
-
-class StoreError(RuntimeError):
-    """The state file cannot be used; the message says why and how to recover."""
 
 
 class JobError(ValueError):
@@ -211,7 +111,10 @@ class NoSuchJob(JobError):
 
 @dataclass(frozen=True)
 class JobRequest:
-    """Everything a client decides at submit time."""
+    """Everything a client decides at submit time.
+
+    argv items and cwd may hold lone surrogates (bytes that are not UTF-8, decoded with
+    `surrogateescape`, as `os.fsdecode` gives them); the store keeps them byte-exact."""
 
     name: str
     kind: str
@@ -221,10 +124,7 @@ class JobRequest:
     argv: list[str] | None = None
     priority: int = 0
     group: str = "default"
-    gpus: float = 0.0
-    gpu_mem: int | None = None
-    cpus: float = 0.0
-    mem: int | None = None
+    resources: Resources = field(default_factory=Resources)
     retries: int = 0
     time_limit: float | None = None
     fail_unrunnable: bool = False
@@ -236,22 +136,19 @@ class JobRequest:
 
 @dataclass(frozen=True)
 class Job:
-    """One row of the queue, as read from the store."""
+    """One row of the queue, as read from the store (times are Unix seconds)."""
 
     id: int
     name: str
     kind: str
-    state: str
+    state: JobState
     spec: dict[str, Any]
     argv: list[str] | None
     cwd: str
     env: dict[str, str]
     priority: int
     group: str
-    gpus: float
-    gpu_mem: int | None
-    cpus: float
-    mem: int | None
+    resources: Resources
     retries: int
     attempt: int
     time_limit: float | None
@@ -271,31 +168,44 @@ class Job:
     progress_msg: str | None
     peak_gpu_mem: int | None
     mean_gpu_util: float | None
+    launch_token: str | None = None
     deps: tuple[tuple[int, str], ...] = field(default=())
 
     @property
     def ended(self) -> bool:
         return self.state in ENDED
 
+    @property
+    def gpus(self) -> float:
+        return self.resources.gpus
+
+    @property
+    def gpu_mem(self) -> int | None:
+        return self.resources.gpu_mem
+
+    @property
+    def cpus(self) -> float:
+        return self.resources.cpus
+
+    @property
+    def mem(self) -> int | None:
+        return self.resources.mem
+
     def to_json(self, with_env: bool = False) -> dict[str, Any]:
-        """The job as `--json` prints it (env only on request: it can be large)."""
+        """The job as `--json` prints it. `with_env` adds the captured environment as stored
+        (unmasked: callers that print it mask it through `workbench.present`)."""
         out: dict[str, Any] = {
             "id": self.id,
             "name": self.name,
             "kind": self.kind,
-            "state": self.state,
+            "state": str(self.state),
             "reason": self.reason,
             "spec": self.spec,
             "argv": self.argv,
             "cwd": self.cwd,
             "priority": self.priority,
             "group": self.group,
-            "resources": {
-                "gpus": self.gpus,
-                "gpu_mem": self.gpu_mem,
-                "cpus": self.cpus,
-                "mem": self.mem,
-            },
+            "resources": self.resources.to_json(),
             "granted_gpus": self.granted_gpus,
             "retries": self.retries,
             "attempt": self.attempt,
@@ -320,20 +230,77 @@ class Job:
 
 @dataclass(frozen=True)
 class JobEvent:
-    """One state change of a job, with its time and reason."""
+    """One state change of a job: its time, the state it led to, why, and the event's name."""
 
     job_id: int
     t: float
     state: str
     reason: str | None
+    event: str | None = None
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One intent a user expressed: when (Unix s), who (uid), what, on which job."""
+
+    id: int
+    t: float
+    uid: int
+    action: str
+    job_id: int | None
+    detail: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 _JOB_COLUMNS = (
     "id, name, kind, state, spec, argv, cwd, env, priority, grp, gpus, gpu_mem, cpus, mem,"
     " retries, attempt, time_limit, fail_unrunnable, pipeline_id, stage, created_at, started_at,"
     " ended_at, exit_code, reason, pid, pid_start, granted_gpus, intent, progress, progress_msg,"
-    " peak_gpu_mem, mean_gpu_util"
+    " peak_gpu_mem, mean_gpu_util, launch_token"
 )
+# The same columns with spec and env left out (lists that never show them need not parse them).
+_LIGHT_COLUMNS = _JOB_COLUMNS.replace(" spec,", " '{}',").replace(" env,", " '{}',")
+
+# Columns a caller may set with `update` or alongside a transition (never `state`).
+_SETTABLE = frozenset(
+    {
+        "started_at",
+        "ended_at",
+        "exit_code",
+        "reason",
+        "pid",
+        "pid_start",
+        "granted_gpus",
+        "intent",
+        "progress",
+        "progress_msg",
+        "peak_gpu_mem",
+        "mean_gpu_util",
+        "launch_token",
+    }
+)
+
+
+def encode_text(text: str) -> str:
+    """Text for a TEXT column: as is when it is valid UTF-8, else a JSON string literal
+    (ASCII, with lone surrogates escaped) so bytes that are not UTF-8 survive exactly."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(text)
+    if text.startswith('"'):
+        return json.dumps(text)
+    return text
+
+
+def decode_text(stored: str) -> str:
+    """Inverse of `encode_text`."""
+    if stored.startswith('"'):
+        decoded: str = json.loads(stored)
+        return decoded
+    return stored
 
 
 def _job_from_row(row: sqlite3.Row | tuple[Any, ...], deps: tuple[tuple[int, str], ...]) -> Job:
@@ -341,23 +308,20 @@ def _job_from_row(row: sqlite3.Row | tuple[Any, ...], deps: tuple[tuple[int, str
         id_, name, kind, state, spec, argv, cwd, env, priority, grp, gpus, gpu_mem, cpus, mem,
         retries, attempt, time_limit, fail_unrunnable, pipeline_id, stage, created_at, started_at,
         ended_at, exit_code, reason, pid, pid_start, granted_gpus, intent, progress, progress_msg,
-        peak_gpu_mem, mean_gpu_util,
+        peak_gpu_mem, mean_gpu_util, launch_token,
     ) = row  # fmt: skip
     return Job(
         id=id_,
         name=name,
         kind=kind,
-        state=state,
+        state=JobState(state),
         spec=json.loads(spec),
         argv=json.loads(argv) if argv else None,
-        cwd=cwd,
+        cwd=decode_text(cwd),
         env=json.loads(env),
         priority=priority,
         group=grp,
-        gpus=gpus,
-        gpu_mem=gpu_mem,
-        cpus=cpus,
-        mem=mem,
+        resources=Resources(gpus=gpus, gpu_mem=gpu_mem, cpus=cpus, mem=mem),
         retries=retries,
         attempt=attempt,
         time_limit=time_limit,
@@ -377,115 +341,84 @@ def _job_from_row(row: sqlite3.Row | tuple[Any, ...], deps: tuple[tuple[int, str
         progress_msg=progress_msg,
         peak_gpu_mem=peak_gpu_mem,
         mean_gpu_util=mean_gpu_util,
+        launch_token=launch_token,
         deps=deps,
     )
 
 
-def _create_database(path: Path) -> None:
-    """Create a fresh state file atomically, so a zero-length or partial file is never ours."""
-    fd, tmp = tempfile.mkstemp(prefix=".state-", suffix=".db", dir=path.parent)
-    os.close(fd)
-    try:
-        conn = sqlite3.connect(tmp, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        _migrate(conn)
-        conn.close()
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-    finally:
-        for leftover in (tmp, tmp + "-wal", tmp + "-shm"):
-            try:
-                os.unlink(leftover)
-            except FileNotFoundError:
-                pass
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        has_meta = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
-        ).fetchone()
-        current = 0
-        if has_meta:
-            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            current = int(row[0]) if row else 0
-        if current > SCHEMA_VERSION:
-            raise StoreError(
-                f"state.db has schema version {current}, newer than this workbench"
-                f" ({SCHEMA_VERSION}); upgrade gpu-workbench"
-            )
-        for version in sorted(v for v in MIGRATIONS if v > current):
-            for statement in MIGRATIONS[version].split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute(
-                "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
-                (str(version),),
-            )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-
-
-def recovery_advice(path: Path) -> str:
-    """What to tell a user whose state file cannot be read."""
-    backup = path.with_name(path.name + ".bak")
-    lines = [
-        f"{path} cannot be read; it was left untouched.",
-        "To recover:",
-        f"  - try SQLite's recovery: sqlite3 {path} .recover | sqlite3 {path}.recovered"
-        f" and move {path.name}.recovered to {path.name}",
-    ]
-    if backup.exists():
-        lines.append(
-            f"  - or restore the backup taken at the last good daemon start: cp {backup} {path}"
-        )
-    lines.append(f"  - or start afresh (losing the queue and history): mv {path} {path}.broken")
-    return "\n".join(lines)
+def _column_value(key: str, value: Any) -> Any:
+    if key not in _SETTABLE:
+        raise ValueError(f"not a settable job column: {key!r}")
+    if key == "granted_gpus" and value is not None:
+        return json.dumps(value)
+    return value
 
 
 class Store:
-    """One connection to state.db. Each process opens its own; writes are short transactions."""
+    """state.db for one process: one SQLite connection per thread (opened on first use).
 
-    def __init__(self, conn: sqlite3.Connection, path: Path):
-        self.conn = conn
+    Writes are short `BEGIN IMMEDIATE` transactions. Errors a user must act on surface as
+    StoreError subclasses: StoreCorrupt (damaged file), StoreFull (no space left)."""
+
+    def __init__(self, connections: ThreadConnections, path: Path):
+        self._connections = connections
         self.path = path
+        self._telemetry: TelemetryStore | None = None
+        self._telemetry_lock = threading.Lock()
+
+    @property
+    def telemetry(self) -> TelemetryStore:
+        """The history file beside this state file (telemetry.db), opened on first use."""
+        with self._telemetry_lock:
+            if self._telemetry is None:
+                self._telemetry = TelemetryStore(self.path.with_name("telemetry.db"))
+            return self._telemetry
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection (for the db layer's own modules)."""
+        return self._connections.get()
 
     @classmethod
-    def open(cls, path: Path, check: bool = False) -> Store:
-        """Open (creating if absent) and migrate. `check` runs an integrity check first."""
+    def open(cls, path: Path, check: bool = True) -> Store:
+        """Open (creating if absent), check and migrate.
+
+        `check` runs SQLite's quick_check once on this open, so a damaged file is refused
+        (StoreCorrupt, with recovery advice) before anything reads or writes it.
+        Raises StoreError (newer schema, unreadable), StoreCorrupt, StoreFull."""
         path = Path(path)
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _create_database(path)
         try:
-            if path.stat().st_size == 0:
-                raise sqlite3.DatabaseError("file is empty")
-            conn = sqlite3.connect(
-                path, timeout=30.0, isolation_level=None, check_same_thread=False
-            )
-            conn.execute("PRAGMA busy_timeout=30000")
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode != "wal":
-                raise sqlite3.DatabaseError(f"cannot switch to WAL mode (got {mode})")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            if check:
-                result = conn.execute("PRAGMA quick_check").fetchall()
-                if result != [("ok",)]:
-                    raise sqlite3.DatabaseError("; ".join(str(r[0]) for r in result[:3]))
-            _migrate(conn)
-        except sqlite3.DatabaseError as error:
-            raise StoreError(
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                create_database(path)
+            conn = connect(path)
+        except sqlite3.Error as error:
+            raise translate(error, path) or StoreCorrupt(
                 f"state file unreadable ({error}).\n{recovery_advice(path)}"
             ) from error
-        return cls(conn, path)
+        except OSError as error:
+            translated = translate_os(error, path)
+            if translated is None:
+                raise
+            raise translated from error
+        try:
+            if check:
+                quick_check(conn)
+            migrate(conn)
+        except sqlite3.Error as error:
+            conn.close()
+            raise translate(error, path) or StoreCorrupt(
+                f"state file unreadable ({error}).\n{recovery_advice(path)}"
+            ) from error
+        except BaseException:
+            conn.close()
+            raise
+        return cls(ThreadConnections(path, conn), path)
 
     def close(self) -> None:
-        self.conn.close()
+        self._connections.close()
+        if self._telemetry is not None:
+            self._telemetry.close()
 
     def backup_to(self, target: Path) -> None:
         """A consistent copy of the state file (SQLite's online backup), written atomically."""
@@ -498,14 +431,18 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT: takes the write lock up front so reads inside are current."""
-        self.conn.execute("BEGIN IMMEDIATE")
+        """BEGIN IMMEDIATE ... COMMIT on this thread's connection.
+
+        A full disk or a damaged file raises StoreFull / StoreCorrupt (the transaction is
+        rolled back, so nothing half-written stays)."""
         try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+            with immediate(self.conn) as conn:
+                yield conn
+        except sqlite3.Error as error:
+            translated = translate(error, self.path)
+            if translated is None:
+                raise
+            raise translated from error
 
     def data_version(self) -> int:
         """Changes when another connection commits (cheap; used to poll for changes)."""
@@ -538,28 +475,51 @@ class Store:
                 "INSERT OR REPLACE INTO groups(name, parallel) VALUES (?, ?)", (name, parallel)
             )
 
+    # ---- audit -------------------------------------------------------------------------
+
+    @staticmethod
+    def _audit(
+        conn: sqlite3.Connection, action: str, job_id: int | None, detail: str | None, now: float
+    ) -> None:
+        conn.execute(
+            "INSERT INTO audit(t, uid, action, job_id, detail) VALUES (?,?,?,?,?)",
+            (now, os.getuid(), action, job_id, detail),
+        )
+
+    def audit_log(self, job_id: int | None = None, limit: int | None = None) -> list[AuditEntry]:
+        """Intents in time order (oldest first); `job_id` keeps one job's, `limit` the newest N."""
+        where, params = ("WHERE job_id=?", [job_id]) if job_id is not None else ("", [])
+        rows = self.conn.execute(
+            f"SELECT id, t, uid, action, job_id, detail FROM audit {where} ORDER BY id DESC"
+            + (f" LIMIT {int(limit)}" if limit is not None else ""),
+            params,
+        ).fetchall()
+        return [AuditEntry(*r) for r in reversed(rows)]
+
     # ---- submit ------------------------------------------------------------------------
 
     def _insert(self, conn: sqlite3.Connection, req: JobRequest, now: float) -> int:
-        state = PAUSED if req.paused else QUEUED
+        event = Event.HOLD_SUBMIT if req.paused else Event.SUBMIT
+        state = next_state(None, event)
+        res = req.resources
         cur = conn.execute(
             "INSERT INTO jobs(name, kind, state, spec, argv, cwd, env, priority, grp, gpus, gpu_mem,"
             " cpus, mem, retries, time_limit, fail_unrunnable, pipeline_id, stage, created_at)"
             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
-                req.name,
+                encode_text(req.name),
                 req.kind,
                 state,
                 json.dumps(req.spec),
                 json.dumps(req.argv) if req.argv is not None else None,
-                req.cwd,
+                encode_text(req.cwd),
                 json.dumps(req.env),
                 req.priority,
                 req.group,
-                req.gpus,
-                req.gpu_mem,
-                req.cpus,
-                req.mem,
+                res.gpus,
+                res.gpu_mem,
+                res.cpus,
+                res.mem,
                 req.retries,
                 req.time_limit,
                 int(req.fail_unrunnable),
@@ -578,7 +538,8 @@ class Store:
                 "INSERT OR REPLACE INTO job_deps(job_id, dep_id, cond) VALUES (?,?,?)",
                 (job_id, dep_id, cond),
             )
-        self._event(conn, job_id, state, "submitted", now)
+        self._event(conn, job_id, state, "submitted", now, event)
+        self._audit(conn, "submit", job_id, None, now)
         return job_id
 
     def submit(self, req: JobRequest) -> int:
@@ -628,8 +589,9 @@ class Store:
                 out[job_id].append((dep_id, cond))
         return {k: tuple(v) for k, v in out.items()}
 
-    def _jobs_where(self, where: str, params: Sequence[Any] = ()) -> list[Job]:
-        rows = self.conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs {where}", params).fetchall()
+    def _jobs_where(self, where: str, params: Sequence[Any] = (), light: bool = False) -> list[Job]:
+        columns = _LIGHT_COLUMNS if light else _JOB_COLUMNS
+        rows = self.conn.execute(f"SELECT {columns} FROM jobs {where}", params).fetchall()
         deps = self._deps_for(r[0] for r in rows)
         return [_job_from_row(r, deps[r[0]]) for r in rows]
 
@@ -648,53 +610,103 @@ class Store:
         states: Iterable[str] | None = None,
         limit: int | None = None,
         pipeline_id: int | None = None,
+        light: bool = False,
+        before_id: int | None = None,
     ) -> list[Job]:
-        """Jobs by id, newest last; `limit` keeps the newest N."""
+        """Jobs by id, newest last; `limit` keeps the newest N (below `before_id`, for paging).
+
+        `light` leaves out spec and env (empty dicts), for lists that never show them."""
         clauses: list[str] = []
         params: list[Any] = []
         if states is not None:
-            states = list(states)
+            states = [str(s) for s in states]
             clauses.append(f"state IN ({','.join('?' * len(states))})")
             params.extend(states)
         if pipeline_id is not None:
             clauses.append("pipeline_id=?")
             params.append(pipeline_id)
+        if before_id is not None:
+            clauses.append("id<?")
+            params.append(before_id)
         where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
         if limit is not None:
             where += f" ORDER BY id DESC LIMIT {int(limit)}"
-            return list(reversed(self._jobs_where(where, params)))
-        return self._jobs_where(where + " ORDER BY id", params)
+            return list(reversed(self._jobs_where(where, params, light)))
+        return self._jobs_where(where + " ORDER BY id", params, light)
+
+    def iter_jobs(self, light: bool = True, page: int = 1000) -> Iterator[Job]:
+        """Every job, oldest first, read `page` rows at a time (memory stays flat)."""
+        after = 0
+        while True:
+            batch = self._jobs_where("WHERE id>? ORDER BY id LIMIT ?", (after, page), light)
+            if not batch:
+                return
+            yield from batch
+            after = batch[-1].id
 
     def active_jobs(self, light: bool = False) -> list[Job]:
-        """Queued, running, paused and blocked jobs (uses the partial index).
+        """Jobs not yet ended (queued, starting, running, paused, blocked), by id.
 
         `light` leaves out the captured environment and the spec (empty dicts): the daemon's
-        scheduling pass reads every active job on each wake and needs neither."""
-        where = "WHERE state IN ('queued', 'running', 'paused', 'blocked') ORDER BY id"
-        if not light:
-            return self._jobs_where(where)
-        columns = _JOB_COLUMNS.replace(" spec,", " '{}',").replace(" env,", " '{}',")
-        rows = self.conn.execute(f"SELECT {columns} FROM jobs {where}").fetchall()
-        deps = self._deps_for(r[0] for r in rows)
-        return [_job_from_row(r, deps[r[0]]) for r in rows]
+        scheduling pass needs neither."""
+        states = [str(s) for s in sorted(ACTIVE)]
+        where = f"WHERE state IN ({','.join('?' * len(states))}) ORDER BY id"
+        return self._jobs_where(where, states, light)
 
-    def states_of(self, ids: Iterable[int]) -> dict[int, str]:
+    def states_of(self, ids: Iterable[int]) -> dict[int, JobState]:
         """Current state per job id (ids that no longer exist are absent)."""
         ids = list(set(ids))
+        out: dict[int, JobState] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for job_id, state in self.conn.execute(
+                f"SELECT id, state FROM jobs WHERE id IN ({marks})", chunk
+            ):
+                out[job_id] = JobState(state)
+        return out
+
+    def job_names(self, ids: Iterable[int]) -> dict[int, str]:
+        """{job id: name} for the given ids (missing ids are absent)."""
+        ids = sorted(set(ids))
         out: dict[int, str] = {}
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            out.update(
-                self.conn.execute(
-                    f"SELECT id, state FROM jobs WHERE id IN ({marks})", chunk
-                ).fetchall()
-            )
+            for job_id, name in self.conn.execute(
+                f"SELECT id, name FROM jobs WHERE id IN ({marks})", chunk
+            ):
+                out[job_id] = decode_text(name)
         return out
+
+    def set_gpu_use(self, updates: Sequence[tuple[int, float | None, int]]) -> None:
+        """(peak GPU memory bytes, mean GPU util %, job id) per job, in one transaction.
+
+        Rows whose values did not change are not written, so an idle GPU job does not commit
+        (and wake every reader) each second."""
+        if not updates:
+            return
+        with self.transaction() as conn:
+            conn.executemany(
+                "UPDATE jobs SET peak_gpu_mem=?, mean_gpu_util=? WHERE id=?"
+                " AND (peak_gpu_mem IS NOT ? OR mean_gpu_util IS NOT ?)",
+                [(peak, mean, job, peak, mean) for peak, mean, job in updates],
+            )
+
+    def live_job_groups(self) -> dict[int, int]:
+        """{process group (the wrapper's pid): job id} for jobs that own processes now."""
+        states = [str(s) for s in sorted(LIVE)]
+        rows = self.conn.execute(
+            f"SELECT pid, id FROM jobs WHERE state IN ({','.join('?' * len(states))})"
+            " AND pid IS NOT NULL",
+            states,
+        ).fetchall()
+        return {int(pid): int(job_id) for pid, job_id in rows}
 
     def events(self, job_id: int) -> list[JobEvent]:
         rows = self.conn.execute(
-            "SELECT job_id, t, state, reason FROM job_events WHERE job_id=? ORDER BY id", (job_id,)
+            "SELECT job_id, t, state, reason, event FROM job_events WHERE job_id=? ORDER BY id",
+            (job_id,),
         ).fetchall()
         return [JobEvent(*r) for r in rows]
 
@@ -703,79 +715,121 @@ class Store:
             r[0] for r in self.conn.execute("SELECT job_id FROM job_deps WHERE dep_id=?", (job_id,))
         ]
 
-    def counts_by_state(self) -> dict[str, int]:
-        return dict(self.conn.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall())
+    def counts_by_state(self) -> dict[JobState, int]:
+        """How many jobs are in each state (states with none are absent); uses the state index."""
+        return {
+            JobState(state): count
+            for state, count in self.conn.execute(
+                "SELECT state, count(*) FROM jobs GROUP BY state"
+            ).fetchall()
+        }
 
     # ---- state changes -----------------------------------------------------------------
 
     @staticmethod
     def _event(
-        conn: sqlite3.Connection, job_id: int, state: str, reason: str | None, now: float
+        conn: sqlite3.Connection,
+        job_id: int,
+        state: JobState,
+        reason: str | None,
+        now: float,
+        event: Event | None = None,
     ) -> None:
         conn.execute(
-            "INSERT INTO job_events(job_id, t, state, reason) VALUES (?,?,?,?)",
-            (job_id, now, state, reason),
+            "INSERT INTO job_events(job_id, t, state, reason, event) VALUES (?,?,?,?,?)",
+            (job_id, now, str(state), reason, str(event) if event else None),
         )
 
-    def set_state(
+    def transition(
         self,
         job_id: int,
-        state: str,
+        event: Event,
         reason: str | None,
-        expect: Iterable[str] | None = None,
+        only_from: Iterable[JobState] | None = None,
         **columns: Any,
-    ) -> bool:
-        """Move a job to `state` (only from `expect` states, if given), recording an event."""
+    ) -> JobState | None:
+        """Apply `event` to a job through the transition table, setting `columns` with it.
+
+        Returns the new state, or None when the job is gone or (with `only_from`) no longer in
+        one of those states: the caller lost a race and nothing was written.
+        Raises IllegalTransition when the table does not allow the event from the job's state."""
         with self.transaction() as conn:
-            return self._set_state(conn, job_id, state, reason, expect, time.time(), columns)
+            return self._apply(conn, job_id, event, reason, time.time(), only_from, columns)
 
     def fail_and_requeue(
         self,
         job_id: int,
         reason: str,
         retry_reason: str,
-        expect: Iterable[str],
+        only_from: Iterable[JobState] | None = None,
         **columns: Any,
     ) -> bool:
         """A failed attempt with retries left: record the failure (event, exit code) and queue
         the next attempt in one transaction, so no reader (`wait`, `--batch`) sees it failed."""
         now = time.time()
         with self.transaction() as conn:
-            changed = self._set_state(conn, job_id, FAILED, reason, expect, now, columns)
-            if changed:
-                self._requeue(conn, job_id, retry_reason, now)
-        return changed
+            changed = self._apply(conn, job_id, Event.EXIT_FAILED, reason, now, only_from, columns)
+            if changed is not None:
+                self._apply(conn, job_id, Event.REQUEUE, retry_reason, now, None, {})
+        return changed is not None
 
-    def _set_state(
+    def _apply(
         self,
         conn: sqlite3.Connection,
         job_id: int,
-        state: str,
+        event: Event,
         reason: str | None,
-        expect: Iterable[str] | None,
         now: float,
+        only_from: Iterable[JobState] | None,
         columns: dict[str, Any],
-    ) -> bool:
+    ) -> JobState | None:
+        row = conn.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            return None
+        state = JobState(row[0])
+        if only_from is not None and state not in set(only_from):
+            return None
+        new = next_state(state, event, job_id)
         sets = ["state=?", "reason=?"]
-        params: list[Any] = [state, reason]
-        if state in ENDED:
+        params: list[Any] = [str(new), reason]
+        if new in ENDED:
             columns.setdefault("ended_at", now)
             columns.setdefault("intent", None)
+        if event in (Event.RETRY, Event.REQUEUE, Event.PREEMPT):
+            # Back to the queue: a fresh attempt (a preempted job resumes the same attempt).
+            if event != Event.PREEMPT:
+                sets.append("attempt=attempt+1")
+            for key in (
+                "started_at",
+                "ended_at",
+                "exit_code",
+                "pid",
+                "pid_start",
+                "granted_gpus",
+                "intent",
+                "progress",
+                "progress_msg",
+                "launch_token",
+            ):
+                columns.setdefault(key, None)
         for key, value in columns.items():
             sets.append(f"{key}=?")
-            params.append(
-                json.dumps(value) if key == "granted_gpus" and value is not None else value
-            )
-        where = "id=?"
+            params.append(_column_value(key, value))
         params.append(job_id)
-        if expect is not None:
-            expect = list(expect)
-            where += f" AND state IN ({','.join('?' * len(expect))})"
-            params.extend(expect)
-        changed = conn.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE {where}", params).rowcount
-        if changed:
-            self._event(conn, job_id, state, reason, now)
-        return bool(changed)
+        conn.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id=?", params)
+        self._event(conn, job_id, new, reason, now, event)
+        if new == QUEUED and event in (Event.RETRY, Event.REQUEUE):
+            self._unblock_dependents(conn, job_id, now)
+        return new
+
+    def _unblock_dependents(self, conn: sqlite3.Connection, job_id: int, now: float) -> None:
+        """Dependents blocked by this job wait again (and theirs, transitively)."""
+        for (dependent,) in conn.execute(
+            "SELECT j.id FROM jobs j JOIN job_deps d ON d.job_id=j.id WHERE d.dep_id=? AND j.state=?",
+            (job_id, str(BLOCKED)),
+        ).fetchall():
+            self._apply(conn, dependent, Event.UNBLOCK, None, now, [BLOCKED], {})
+            self._unblock_dependents(conn, dependent, now)
 
     def set_reason(self, job_id: int, reason: str | None) -> None:
         """Update why a queued job is waiting (no event: this changes often)."""
@@ -789,10 +843,7 @@ class Store:
         if not columns:
             return
         sets = ", ".join(f"{k}=?" for k in columns)
-        values = [
-            json.dumps(v) if k == "granted_gpus" and v is not None else v
-            for k, v in columns.items()
-        ]
+        values = [_column_value(k, v) for k, v in columns.items()]
         with self.transaction() as conn:
             conn.execute(f"UPDATE jobs SET {sets} WHERE id=?", [*values, job_id])
 
@@ -803,106 +854,118 @@ class Store:
             )
 
     def request(self, job_id: int, action: str) -> str:
-        """A client's job-control intent: cancel, pause, resume, retry, rm.
+        """A client's job-control intent: cancel, pause, resume, retry, rm. Audited.
 
-        Jobs that are not running change state here at once; for a running job the intent is
+        Jobs that own no process change state here at once; for a live job the intent is
         recorded and the daemon (which owns the process) carries it out. Returns what happened.
-        """
+        Raises NoSuchJob, or JobError when the job's state does not allow the action."""
         now = time.time()
         with self.transaction() as conn:
             row = conn.execute("SELECT state, pid FROM jobs WHERE id=?", (job_id,)).fetchone()
             if row is None:
                 raise NoSuchJob(f"no job with id {job_id}")
-            state, pid = row
-            started = pid is not None
-            if action == "cancel":
-                if state in ENDED:
-                    raise JobError(f"job {job_id} already {state}")
-                if state in (QUEUED, BLOCKED) or (state == PAUSED and not started):
-                    conn.execute(
-                        "UPDATE jobs SET state=?, reason=?, ended_at=?, intent=NULL WHERE id=?",
-                        (CANCELLED, "cancelled before it started", now, job_id),
-                    )
-                    self._event(conn, job_id, CANCELLED, "cancelled before it started", now)
-                    return "cancelled"
-                conn.execute("UPDATE jobs SET intent='cancel' WHERE id=?", (job_id,))
-                return "cancelling"
-            if action == "pause":
-                if state == QUEUED:
-                    conn.execute(
-                        "UPDATE jobs SET state=?, reason=? WHERE id=?", (PAUSED, "held", job_id)
-                    )
-                    self._event(conn, job_id, PAUSED, "held before it started", now)
-                    return "paused"
-                if state == RUNNING:
-                    conn.execute("UPDATE jobs SET intent='pause' WHERE id=?", (job_id,))
-                    return "pausing"
-                raise JobError(
-                    f"job {job_id} is {state}; only queued or running jobs can be paused"
+            state = JobState(row[0])
+            held = state == PAUSED and row[1] is None  # paused before it ever started
+            outcome = self._request(conn, job_id, action, state, held, now)
+            self._audit(conn, action, job_id, outcome, now)
+        if action == "rm":
+            self.purge_removed([job_id])
+        return outcome
+
+    def _request(
+        self,
+        conn: sqlite3.Connection,
+        job_id: int,
+        action: str,
+        state: JobState,
+        held: bool,
+        now: float,
+    ) -> str:
+        live = state in LIVE and not held
+        if action == "cancel":
+            if not allowed(state, Event.CANCEL):
+                raise JobError(f"job {job_id} already {state}")
+            if not live:
+                new = self._apply(
+                    conn, job_id, Event.CANCEL, "cancelled before it started", now, None, {}
                 )
-            if action == "resume":
-                if state != PAUSED:
-                    raise JobError(f"job {job_id} is {state}, not paused")
-                if not started:
-                    conn.execute(
-                        "UPDATE jobs SET state=?, reason=NULL WHERE id=?", (QUEUED, job_id)
-                    )
-                    self._event(conn, job_id, QUEUED, "released", now)
-                    return "queued"
-                conn.execute("UPDATE jobs SET intent='resume' WHERE id=?", (job_id,))
-                return "resuming"
-            if action == "retry":
-                if state not in (FAILED, CANCELLED, BLOCKED):
-                    raise JobError(
-                        f"job {job_id} is {state}; only failed, cancelled or blocked jobs can be retried"
-                    )
-                self._requeue(conn, job_id, "retry requested", now)
-                return "queued"
-            if action == "rm":
-                if state in (RUNNING,) or (state == PAUSED and started):
-                    raise JobError(f"job {job_id} is {state}; cancel it before removing it")
-                conn.execute("DELETE FROM jobs WHERE id=?", (job_id,))
-                conn.execute("DELETE FROM job_events WHERE job_id=?", (job_id,))
-                conn.execute("DELETE FROM job_deps WHERE job_id=?", (job_id,))
-                conn.execute("DELETE FROM metrics WHERE job_id=?", (job_id,))
-                return "removed"
-            raise JobError(f"unknown action {action!r}")
+                return str(new)
+            conn.execute("UPDATE jobs SET intent='cancel' WHERE id=?", (job_id,))
+            return "cancelling"
+        if action == "pause":
+            if state == QUEUED:
+                new = self._apply(conn, job_id, Event.HOLD, "held before it started", now, None, {})
+                return str(new)
+            if state in (STARTING, RUNNING):
+                conn.execute("UPDATE jobs SET intent='pause' WHERE id=?", (job_id,))
+                return "pausing"
+            raise JobError(f"job {job_id} is {state}; only queued or running jobs can be paused")
+        if action == "resume":
+            if state != PAUSED:
+                raise JobError(f"job {job_id} is {state}, not paused")
+            if held:
+                new = self._apply(conn, job_id, Event.RELEASE, "released", now, None, {})
+                return str(new)
+            conn.execute("UPDATE jobs SET intent='resume' WHERE id=?", (job_id,))
+            return "resuming"
+        if action == "retry":
+            if not allowed(state, Event.RETRY):
+                raise JobError(
+                    f"job {job_id} is {state}; only failed, cancelled or blocked jobs can be retried"
+                )
+            new = self._apply(conn, job_id, Event.RETRY, "retry requested", now, None, {})
+            return str(new)
+        if action == "rm":
+            if live:
+                raise JobError(f"job {job_id} is {state}; cancel it before removing it")
+            self._delete_jobs(conn, [job_id])
+            return "removed"
+        raise JobError(f"unknown action {action!r}")
 
-    def _requeue(self, conn: sqlite3.Connection, job_id: int, reason: str, now: float) -> None:
-        """Back to the queue as a new attempt; dependents blocked by it wait again."""
-        conn.execute(
-            "UPDATE jobs SET state=?, reason=?, attempt=attempt+1, started_at=NULL, ended_at=NULL,"
-            " exit_code=NULL, pid=NULL, pid_start=NULL, granted_gpus=NULL, intent=NULL,"
-            " progress=NULL, progress_msg=NULL WHERE id=?",
-            (QUEUED, reason, job_id),
-        )
-        self._event(conn, job_id, QUEUED, reason, now)
-        for (dependent,) in conn.execute(
-            "SELECT j.id FROM jobs j JOIN job_deps d ON d.job_id=j.id WHERE d.dep_id=? AND j.state=?",
-            (job_id, BLOCKED),
-        ).fetchall():
-            self._requeue_blocked(conn, dependent, now)
+    @staticmethod
+    def _delete_jobs(conn: sqlite3.Connection, ids: Sequence[int]) -> None:
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            conn.execute(f"DELETE FROM jobs WHERE id IN ({marks})", chunk)
+            conn.execute(f"DELETE FROM job_events WHERE job_id IN ({marks})", chunk)
+            conn.execute(f"DELETE FROM job_deps WHERE job_id IN ({marks})", chunk)
+            conn.execute(f"DELETE FROM metrics WHERE job_id IN ({marks})", chunk)
 
-    def _requeue_blocked(self, conn: sqlite3.Connection, job_id: int, now: float) -> None:
-        conn.execute("UPDATE jobs SET state=?, reason=NULL WHERE id=?", (QUEUED, job_id))
-        self._event(conn, job_id, QUEUED, "a dependency was retried", now)
-        for (dependent,) in conn.execute(
-            "SELECT j.id FROM jobs j JOIN job_deps d ON d.job_id=j.id WHERE d.dep_id=? AND j.state=?",
-            (job_id, BLOCKED),
-        ).fetchall():
-            self._requeue_blocked(conn, dependent, now)
+    def purge_removed(self, ids: Sequence[int]) -> None:
+        """Make removed jobs' bytes (environments may hold secrets) unreadable everywhere:
+        the freed pages are zeroed (secure_delete, set on every connection), the WAL that still
+        holds their earlier images is checkpointed and truncated, and the same rows are removed
+        from the backup `state.db.bak` if there is one."""
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        backup = self.path.with_name(self.path.name + ".bak")
+        if not ids or not backup.exists():
+            return
+        try:
+            conn = connect(backup)
+        except (sqlite3.Error, OSError):
+            return
+        try:
+            with immediate(conn):
+                self._delete_jobs(conn, list(ids))
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
 
     def requeue(self, job_id: int, reason: str) -> None:
         """Automatic retry by the daemon."""
         with self.transaction() as conn:
-            self._requeue(conn, job_id, reason, time.time())
+            self._apply(conn, job_id, Event.REQUEUE, reason, time.time(), None, {})
 
     def set_priority(self, job_id: int, priority: int) -> None:
+        """Change a job's priority (audited). Raises NoSuchJob."""
+        now = time.time()
         with self.transaction() as conn:
             if not conn.execute(
                 "UPDATE jobs SET priority=? WHERE id=?", (priority, job_id)
             ).rowcount:
                 raise NoSuchJob(f"no job with id {job_id}")
+            self._audit(conn, "priority", job_id, str(priority), now)
 
     # ---- metrics -----------------------------------------------------------------------
 
@@ -941,6 +1004,18 @@ class Store:
             out.setdefault(name, []).append((step, value))
         return out
 
+    def drop_metrics_after(self, job_id: int, step: int) -> None:
+        """Forget a job's metrics past `step` (a resumed run writes them again)."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM metrics WHERE job_id=? AND step>?", (job_id, step))
+
+    def first_metric_time(self, job_id: int, name: str) -> float | None:
+        """When a job first reported metric `name` (Unix s), or None."""
+        row = self.conn.execute(
+            "SELECT min(t) FROM metrics WHERE job_id=? AND name=?", (job_id, name)
+        ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
     def last_metrics(self, job_id: int) -> dict[str, float | None]:
         """The latest value of each metric of a job."""
         rows = self.conn.execute(
@@ -949,3 +1024,10 @@ class Store:
             (job_id,),
         ).fetchall()
         return dict(rows)
+
+
+def translate_os(error: OSError, path: Path) -> StoreError | None:
+    """A StoreError for OS errors a user must act on (a full disk), else None."""
+    if is_full_error(error):
+        return StoreFull(full_message(path))
+    return None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from workbench.db.store import ENDED, SETTLED, SUCCEEDED, Job, JobRequest, Store
+from workbench.db.store import ENDED, RUNNING, SETTLED, SUCCEEDED, Job, JobRequest, Store
 from workbench.queue.kinds import load_kind
 from workbench.queue.requests import build_request
 from workbench.queue.spec import SpecError, check_keys, coerce
@@ -240,7 +240,7 @@ class _Reporter:
             if previous is None or previous[0] != job.state:
                 self.emit({"type": "state", **line})
                 if self.progress is None and not self.json_mode:
-                    quiet = job.state in ("running", SUCCEEDED)
+                    quiet = job.state in (RUNNING, SUCCEEDED)
                     reason = f" ({job.reason})" if job.reason and not quiet else ""
                     print(
                         f"[{job.stage}] job {job.id} {job.state}{reason}", file=self.err, flush=True
@@ -254,7 +254,7 @@ class _Reporter:
                     )
                 task = self.tasks[job.id]
                 done = 1.0 if job.state == SUCCEEDED else (job.progress or 0.0)
-                quiet = job.state in ("running", SUCCEEDED)
+                quiet = job.state in (RUNNING, SUCCEEDED)
                 message = job.progress_msg or ("" if quiet else job.reason) or ""
                 self.progress.update(task, completed=done, state=job.state, message=message[:60])
                 if job.state in SETTLED:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.db.store import JobRequest
+from workbench.jobmodel.resources import Resources
 from workbench.queue.kinds import kind_defaults, load_kind, validate_spec
 from workbench.queue.spec import SpecError, check_keys, from_table
 from workbench.units import parse_duration, parse_size
@@ -90,10 +91,7 @@ def build_request(
         argv=argv,
         priority=options.priority,
         group=options.group,
-        gpus=options.gpus,
-        gpu_mem=gpu_mem,
-        cpus=cpus,
-        mem=mem,
+        resources=Resources(gpus=options.gpus, gpu_mem=gpu_mem, cpus=cpus, mem=mem),
         retries=options.retries,
         time_limit=time_limit,
         **extra,

@@ -6,6 +6,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from workbench.jobmodel.states import SETTLED
+from workbench.jobmodel.states import JobState as S
 from workbench.units import format_size
 
 NO_GPU = "no GPU on this machine"
@@ -102,17 +104,17 @@ def _dependency_verdict(want: Want, dep_states: Mapping[int, str]) -> tuple[str,
         if state is None:
             return "block", f"dependency {dep_id} was removed"
         if cond == "ok":
-            if state == "succeeded":
+            if state == S.SUCCEEDED:
                 continue
-            if state in ("failed", "cancelled", "blocked"):
+            if state in (S.FAILED, S.CANCELLED, S.BLOCKED):
                 return "block", f"dependency {dep_id} {state}"
         elif cond == "any":
-            if state in ("succeeded", "failed", "cancelled", "blocked"):
+            if state in SETTLED:
                 continue
         elif cond == "fail":
-            if state == "failed":
+            if state == S.FAILED:
                 continue
-            if state in ("succeeded", "cancelled", "blocked"):
+            if state in (S.SUCCEEDED, S.CANCELLED, S.BLOCKED):
                 return "block", f"dependency {dep_id} {state}; this job runs only after a failure"
         waiting.append(dep_id)
     if waiting:

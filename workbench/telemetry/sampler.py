@@ -52,6 +52,7 @@ import psutil
 
 from workbench.config import Config
 from workbench.db.store import Store
+from workbench.db.telemetry import HISTORY_COLUMNS
 from workbench.paths import Home
 from workbench.telemetry.gpu import Gpus, GpuSample, attribute_processes
 from workbench.units import format_rate, format_size
@@ -64,16 +65,7 @@ FOLDER_BUDGET_S = 0.002
 SLOW_REFRESH_S = 30.0  # how often to re-list mounts, disks and interfaces
 _SKIP_DISKS = ("loop", "ram", "zram", "sr", "fd", "nbd")
 _VIRTUAL_DISKS = ("dm-", "md")  # stacked on other disks: listed, but not added to the totals
-_HISTORY_COLUMNS = (
-    "cpu",
-    "load1",
-    "mem_used",
-    "swap_used",
-    "net_rx",
-    "net_tx",
-    "disk_read",
-    "disk_write",
-)
+_HISTORY_COLUMNS = HISTORY_COLUMNS
 _HISTORY_NAMES = {
     "mem_used": "memory_used",
     "swap_used": "swap_used",
@@ -375,18 +367,12 @@ def _job_names(store: Store, job_ids: Iterable[int]) -> dict[int, str]:
     ids = sorted(set(job_ids))
     if not ids:
         return {}
-    marks = ",".join("?" * len(ids))
-    return dict(
-        store.conn.execute(f"SELECT id, name FROM jobs WHERE id IN ({marks})", ids).fetchall()
-    )
+    return store.job_names(ids)
 
 
 def running_job_groups(store: Store) -> dict[int, int]:
     """{process group (the wrapper's pid): job id} for jobs running now, as the store knows them."""
-    rows = store.conn.execute(
-        "SELECT pid, id FROM jobs WHERE state IN ('running', 'paused') AND pid IS NOT NULL"
-    ).fetchall()
-    return {int(pid): int(job_id) for pid, job_id in rows}
+    return store.live_job_groups()
 
 
 class Snapshots:
@@ -580,9 +566,6 @@ def _row_to_dict(row: Sequence[Any]) -> dict[str, Any]:
     return out
 
 
-_SELECT = f"SELECT t_ms, span_s, {', '.join(_HISTORY_COLUMNS)}, gpus FROM telemetry"
-
-
 def history(
     store: Store, since: float, until: float | None = None, bucket_s: float | None = None
 ) -> list[dict[str, Any]]:
@@ -592,10 +575,7 @@ def history(
     temperature_c}]. `bucket_s` averages rows into buckets of that many seconds (for long
     ranges on a narrow chart)."""
     end = time.time() + 1 if until is None else until
-    rows = store.conn.execute(
-        f"{_SELECT} WHERE t_ms >= ? AND t_ms <= ? ORDER BY t_ms",
-        (int(since * 1000), int(end * 1000)),
-    ).fetchall()
+    rows = store.telemetry.rows_between(int(since * 1000), int(end * 1000))
     if bucket_s:
         rows = _bucketed(rows, bucket_s)
     return [_row_to_dict(r) for r in rows]
@@ -614,8 +594,8 @@ def _bucketed(rows: Sequence[tuple[Any, ...]], bucket_s: float) -> list[tuple[An
 
 def latest(store: Store) -> dict[str, Any] | None:
     """The last full snapshot the daemon wrote (check its "time" for staleness), or None."""
-    row = store.conn.execute("SELECT snapshot FROM telemetry_latest WHERE id = 1").fetchone()
-    return None if row is None else dict(json.loads(row[0]))
+    text = store.telemetry.latest()
+    return None if text is None else dict(json.loads(text))
 
 
 def thin(
@@ -629,21 +609,12 @@ def thin(
     anything older than `keep_thinned_s`. Returns how many rows were folded."""
     width_ms = int(bucket_s * 1000)
     cutoff_ms = int((now - keep_raw_s) * 1000) // width_ms * width_ms
-    with store.transaction() as conn:
-        rows = conn.execute(
-            f"{_SELECT} WHERE t_ms < ? AND span_s < ? ORDER BY t_ms", (cutoff_ms, bucket_s)
-        ).fetchall()
-        if rows:
-            conn.execute(
-                "DELETE FROM telemetry WHERE t_ms < ? AND span_s < ?", (cutoff_ms, bucket_s)
-            )
-            conn.executemany(
-                f"INSERT OR REPLACE INTO telemetry (t_ms, span_s, {', '.join(_HISTORY_COLUMNS)}, gpus)"
-                f" VALUES ({', '.join('?' * (len(_HISTORY_COLUMNS) + 3))})",
-                _bucketed(rows, bucket_s),
-            )
-        conn.execute("DELETE FROM telemetry WHERE t_ms < ?", (int((now - keep_thinned_s) * 1000),))
-    return len(rows)
+    return store.telemetry.thin(
+        cutoff_ms,
+        bucket_s,
+        lambda rows: _bucketed(rows, bucket_s),
+        int((now - keep_thinned_s) * 1000),
+    )
 
 
 # ---- the daemon's sampler ------------------------------------------------------------------
@@ -696,17 +667,14 @@ class Sampler:
             now, self.gpus, samples, host, self.folders.to_json(), owners, names, commands
         )
         updates = self._job_updates(samples, owners, now)
-        with self.store.transaction() as conn:
-            conn.execute(
-                f"INSERT OR REPLACE INTO telemetry (t_ms, span_s, {', '.join(_HISTORY_COLUMNS)}, gpus)"
-                f" VALUES ({', '.join('?' * (len(_HISTORY_COLUMNS) + 3))})",
-                (int(now * 1000), self.interval_s, *_history_row(snap)),
-            )
-            conn.execute(
-                "INSERT OR REPLACE INTO telemetry_latest (id, t, snapshot) VALUES (1, ?, ?)",
-                (now, json.dumps(snap, separators=(",", ":"))),
-            )
-            conn.executemany("UPDATE jobs SET peak_gpu_mem=?, mean_gpu_util=? WHERE id=?", updates)
+        self.store.telemetry.record(
+            int(now * 1000),
+            self.interval_s,
+            _history_row(snap),
+            json.dumps(snap, separators=(",", ":")),
+            now,
+        )
+        self.store.set_gpu_use(updates)
         if now >= self._thin_due:
             thin(self.store, now, self.keep_raw_s)
             self._thin_due = now + THIN_BUCKET_S
@@ -747,12 +715,10 @@ class Sampler:
 
     def _resume(self, job: int, now: float) -> _JobUse:
         """Carry on from what an earlier daemon recorded (its mean weighted by the job's age)."""
-        row = self.store.conn.execute(
-            "SELECT peak_gpu_mem, mean_gpu_util, started_at FROM jobs WHERE id=?", (job,)
-        ).fetchone()
-        if row is None:
+        found = self.store.find(job)
+        if found is None:
             return _JobUse(0, 0.0, 0)
-        peak, mean, started = row[0] or 0, row[1], row[2]
+        peak, mean, started = found.peak_gpu_mem or 0, found.mean_gpu_util, found.started_at
         if mean is None or started is None:
             return _JobUse(peak, 0.0, 0)
         weight = max(1, int((now - started) / self.interval_s))

@@ -1,0 +1,176 @@
+"""The db layer: the only SQLite SQL, schema migrations, telemetry in its own file."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from workbench.db.migrations import MIGRATIONS, SCHEMA_VERSION
+from workbench.db.store import JobRequest, Store, StoreError
+from workbench.db.telemetry import TELEMETRY_MIGRATIONS
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = ("workbench", "jobs", "screens", "bench")
+
+
+def _tables() -> set[str]:
+    text = " ".join([*MIGRATIONS.values(), *TELEMETRY_MIGRATIONS.values()])
+    return set(re.findall(r"CREATE TABLE (\w+)", text))
+
+
+def test_no_sqlite_sql_outside_the_db_layer() -> None:
+    """SQL on state.db or telemetry.db is written only in workbench/db (DuckDB SQL over the
+    lake is elsewhere by design, and mentions no store table as a write target)."""
+    tables = "|".join(sorted(_tables()))
+    statement = re.compile(
+        rf"\b(INSERT\s+(OR\s+\w+\s+)?INTO|UPDATE|DELETE\s+FROM|CREATE\s+TABLE|DROP\s+TABLE)\s+({tables})\b"
+        rf"|\bFROM\s+({tables})\s+(WHERE|ORDER|GROUP|LIMIT)\b|sqlite_master|PRAGMA\s+\w+",
+        re.IGNORECASE,
+    )
+    offenders = []
+    for package in SOURCES:
+        for path in (ROOT / package).rglob("*.py"):
+            relative = path.relative_to(ROOT)
+            if relative.parts[:2] == ("workbench", "db"):
+                continue
+            text = path.read_text()
+            for number, line in enumerate(text.splitlines(), 1):
+                if (
+                    statement.search(line)
+                    or re.search(r"\bimport sqlite3\b|\.conn\.execute", line)
+                    or re.search(r"\bstore\.conn\b", line)
+                ):
+                    offenders.append(f"{relative}:{number}: {line.strip()}")
+    assert offenders == []
+
+
+def test_the_grep_catches_sql_outside_the_layer(tmp_path: Path) -> None:
+    """The pattern above is not vacuous: it flags the statements it is meant to."""
+    tables = "|".join(sorted(_tables()))
+    statement = re.compile(rf"\b(UPDATE|DELETE\s+FROM)\s+({tables})\b", re.IGNORECASE)
+    assert statement.search('conn.execute("UPDATE jobs SET priority=1")')
+    assert statement.search("DELETE FROM metrics WHERE job_id=?")
+    assert not statement.search("SELECT * FROM read_parquet('x')")
+
+
+def _request() -> JobRequest:
+    return JobRequest("j", "command", {"argv": ["true"]}, "/", {"A": "1"}, argv=["true"])
+
+
+def _previous_schema_file(path: Path) -> None:
+    """A state file as the workbench before queue core v2 wrote it: migrations 1-5, with a
+    queued and a finished job, their events, and telemetry in state.db."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("BEGIN")
+    for version in range(1, 6):
+        for sql in MIGRATIONS[version].split(";"):
+            if sql.strip():
+                conn.execute(sql)
+    conn.execute("INSERT INTO meta(key, value) VALUES ('schema_version', '5')")
+    for state in ("queued", "succeeded"):
+        conn.execute(
+            "INSERT INTO jobs(name, kind, state, spec, argv, cwd, env, created_at)"
+            " VALUES (?, 'command', ?, '{}', '[\"true\"]', '/', '{\"A\": \"1\"}', ?)",
+            (f"old {state}", state, time.time()),
+        )
+        conn.execute(
+            "INSERT INTO job_events(job_id, t, state, reason) VALUES (last_insert_rowid(), ?, ?, 'x')",
+            (time.time(), state),
+        )
+    conn.execute("INSERT INTO telemetry(t_ms, span_s) VALUES (1, 1.0)")
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def test_migrates_a_state_file_of_the_previous_schema(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    _previous_schema_file(path)
+    store = Store.open(path)
+    try:
+        jobs = store.list_jobs()
+        assert [(j.name, j.state) for j in jobs] == [
+            ("old queued", "queued"),
+            ("old succeeded", "succeeded"),
+        ]
+        assert jobs[0].env == {"A": "1"} and jobs[0].launch_token is None
+        assert store.events(jobs[0].id)[0].event is None  # older events have no event name
+        new = store.submit(_request())  # the new columns and the audit table work
+        assert [e.action for e in store.audit_log()] == ["submit"]
+        assert store.events(new)[0].event == "submit"
+        assert store.get_setting("schema_version") == str(SCHEMA_VERSION)
+        tables = {
+            r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+        assert "telemetry" not in tables and "audit" in tables
+        indexes = store.conn.execute(
+            "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE state IN ('queued')"
+        ).fetchall()
+        assert "jobs_state" in str(indexes)
+    finally:
+        store.close()
+
+
+def test_refuses_a_state_file_of_a_newer_schema(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    Store.open(path).close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    applied = conn.execute("SELECT value FROM meta WHERE key='migrations'").fetchone()[0]
+    conn.execute(
+        "UPDATE meta SET value=? WHERE key='migrations'", (applied + f",{SCHEMA_VERSION + 1}",)
+    )
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match=r"newer than this workbench.*upgrade gpu-workbench"):
+        Store.open(path)
+    assert path.read_bytes() == before
+
+
+def test_telemetry_samples_do_not_change_the_jobs_data_version(tmp_path: Path) -> None:
+    """A reader polling `data_version` of state.db wakes for jobs, not for 1 Hz samples."""
+    writer = Store.open(tmp_path / "state.db")
+    reader = Store.open(tmp_path / "state.db")
+    try:
+        version = reader.data_version()
+        for tick in range(5):
+            writer.telemetry.record(tick * 1000, 1.0, [None] * 9, "{}", time.time())
+        assert reader.data_version() == version
+        assert len(reader.telemetry.rows_between(0, 10_000)) == 5
+        writer.submit(_request())
+        assert reader.data_version() != version
+    finally:
+        writer.close()
+        reader.close()
+
+
+def test_telemetry_file_gives_space_back_when_thinned(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "state.db")
+    try:
+        telemetry = store.telemetry
+        assert telemetry.conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
+        gpus = "[" + ",".join(["[0, 50, 50, 1000000000, 250.0, 60]"] * 8) + "]"
+        for tick in range(3000):
+            telemetry.record(tick * 1000, 1.0, [1.0] * 8 + [gpus], "{}", time.time())
+        telemetry.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        pages = telemetry.conn.execute("PRAGMA page_count").fetchone()[0]
+        telemetry.thin(3_000_000, 60.0, lambda rows: [], 3_000_000)
+        telemetry.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        assert telemetry.conn.execute("PRAGMA page_count").fetchone()[0] < pages
+    finally:
+        store.close()
+
+
+def test_damaged_telemetry_is_set_aside_and_restarted(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "state.db")
+    store.close()
+    (tmp_path / "telemetry.db").write_bytes(b"SQLite format 3\x00" + b"\xff" * 8192)
+    store = Store.open(tmp_path / "state.db")
+    try:
+        assert store.telemetry.latest() is None
+        assert list(tmp_path.glob("telemetry.db.broken-*"))
+    finally:
+        store.close()

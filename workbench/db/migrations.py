@@ -1,0 +1,283 @@
+"""The schema of state.db as numbered migrations, and how a file is created and brought up to date."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import tempfile
+from pathlib import Path
+
+from workbench.db.connection import StoreError, remove_files
+
+# Schema migrations by version. Numbers are reserved per owner so that parts can grow
+# independently: 1 and 10-19 core (jobs, events, metrics, groups, pipelines, audit); 2 telemetry
+# (moved to telemetry.db by 11); 3 and 30-39 lake catalog and query history; 4 and 40-49 runs;
+# 5 and 50-59 evaluations and models. Gaps are fine: each file records which ones it has.
+MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        state TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        argv TEXT,
+        cwd TEXT NOT NULL,
+        env TEXT NOT NULL,
+        priority INTEGER NOT NULL DEFAULT 0,
+        grp TEXT NOT NULL DEFAULT 'default',
+        gpus REAL NOT NULL DEFAULT 0,
+        gpu_mem INTEGER,
+        cpus REAL NOT NULL DEFAULT 0,
+        mem INTEGER,
+        retries INTEGER NOT NULL DEFAULT 0,
+        attempt INTEGER NOT NULL DEFAULT 1,
+        time_limit REAL,
+        fail_unrunnable INTEGER NOT NULL DEFAULT 0,
+        pipeline_id INTEGER,
+        stage TEXT,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        ended_at REAL,
+        exit_code INTEGER,
+        reason TEXT,
+        pid INTEGER,
+        pid_start REAL,
+        granted_gpus TEXT,
+        intent TEXT,
+        progress REAL,
+        progress_msg TEXT,
+        peak_gpu_mem INTEGER,
+        mean_gpu_util REAL
+    );
+    CREATE INDEX jobs_active ON jobs(state) WHERE state IN ('queued', 'running', 'paused', 'blocked');
+    CREATE INDEX jobs_pipeline ON jobs(pipeline_id) WHERE pipeline_id IS NOT NULL;
+    CREATE TABLE job_deps (
+        job_id INTEGER NOT NULL,
+        dep_id INTEGER NOT NULL,
+        cond TEXT NOT NULL,
+        PRIMARY KEY (job_id, dep_id)
+    );
+    CREATE INDEX job_deps_dep ON job_deps(dep_id);
+    CREATE TABLE job_events (
+        id INTEGER PRIMARY KEY,
+        job_id INTEGER NOT NULL,
+        t REAL NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT
+    );
+    CREATE INDEX job_events_job ON job_events(job_id, id);
+    CREATE TABLE metrics (
+        job_id INTEGER NOT NULL,
+        step INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        value REAL,
+        t REAL NOT NULL
+    );
+    CREATE INDEX metrics_job ON metrics(job_id, name, step);
+    CREATE TABLE groups (name TEXT PRIMARY KEY, parallel INTEGER NOT NULL);
+    CREATE TABLE pipelines (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        path TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    """,
+    # Telemetry (workbench/telemetry.py reads and writes these). One row per tick, keyed by
+    # time in ms; rows older than the history setting are thinned into 60 s averages.
+    # gpus: JSON [[index, util %, memory util %, memory used bytes, power W, temp C], ...].
+    2: """
+    CREATE TABLE telemetry (
+        t_ms INTEGER PRIMARY KEY,
+        span_s REAL NOT NULL,
+        cpu REAL,
+        load1 REAL,
+        mem_used INTEGER,
+        swap_used INTEGER,
+        net_rx REAL,
+        net_tx REAL,
+        disk_read REAL,
+        disk_write REAL,
+        gpus TEXT
+    );
+    CREATE TABLE telemetry_latest (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        t REAL NOT NULL,
+        snapshot TEXT NOT NULL
+    );
+    """,
+    3: """
+    CREATE TABLE datasets (
+        name TEXT PRIMARY KEY,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE dataset_versions (
+        dataset TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        sources TEXT NOT NULL,
+        schema TEXT NOT NULL,
+        rows INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        content_hash TEXT NOT NULL,
+        rejected_rows INTEGER NOT NULL DEFAULT 0,
+        duration_s REAL,
+        created_at REAL NOT NULL,
+        job_id INTEGER,
+        note TEXT,
+        PRIMARY KEY (dataset, version)
+    );
+    CREATE TABLE query_history (
+        id INTEGER PRIMARY KEY,
+        t REAL NOT NULL,
+        sql TEXT NOT NULL,
+        duration_s REAL,
+        rows INTEGER,
+        error TEXT
+    );
+    """,
+    4: """
+    CREATE TABLE runs (
+        job_id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        model TEXT NOT NULL,
+        task TEXT NOT NULL,
+        dataset TEXT NOT NULL,
+        dataset_version INTEGER NOT NULL,
+        dataset_hash TEXT NOT NULL,
+        params TEXT NOT NULL,
+        env TEXT NOT NULL,
+        metrics TEXT,
+        sweep_metric TEXT,
+        bundle TEXT,
+        started_at REAL NOT NULL,
+        finished_at REAL
+    );
+    """,
+    5: """
+    CREATE TABLE evaluations (
+        job_id INTEGER PRIMARY KEY,
+        run_job_id INTEGER,
+        dataset TEXT NOT NULL,
+        dataset_version INTEGER NOT NULL,
+        model_format TEXT NOT NULL,
+        model_path TEXT NOT NULL,
+        metrics TEXT NOT NULL,
+        gate_passed INTEGER NOT NULL,
+        result TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE models (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        export_job_id INTEGER NOT NULL,
+        run_job_id INTEGER,
+        path TEXT NOT NULL,
+        format TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        card TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    """,
+    # Queue core v2: the event that caused each state change, the launch token written before a
+    # job's wrapper is forked, an index by state for every state query, and the audit trail.
+    10: """
+    ALTER TABLE job_events ADD COLUMN event TEXT;
+    ALTER TABLE jobs ADD COLUMN launch_token TEXT;
+    DROP INDEX IF EXISTS jobs_active;
+    CREATE INDEX jobs_state ON jobs(state, id);
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        t REAL NOT NULL,
+        uid INTEGER NOT NULL,
+        action TEXT NOT NULL,
+        job_id INTEGER,
+        detail TEXT
+    );
+    CREATE INDEX audit_job ON audit(job_id, id);
+    """,
+    # Telemetry history moved to its own file (telemetry.db, workbench.db.telemetry), so that a
+    # 1 Hz sample no longer changes state.db's data_version and wakes every reader of jobs.
+    11: """
+    DROP TABLE IF EXISTS telemetry;
+    DROP TABLE IF EXISTS telemetry_latest;
+    """,
+}
+SCHEMA_VERSION = max(MIGRATIONS)
+
+
+def create_database(
+    path: Path, migrations: dict[int, str] | None = None, auto_vacuum: bool = False
+) -> None:
+    """Create a fresh SQLite file atomically (so a zero-length or partial file is never ours),
+    with every migration applied; `auto_vacuum` makes it INCREMENTAL (free pages can be given
+    back with `PRAGMA incremental_vacuum`)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".db", dir=path.parent)
+    os.close(fd)
+    try:
+        conn = sqlite3.connect(tmp, isolation_level=None)
+        if auto_vacuum:
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        conn.execute("PRAGMA journal_mode=WAL")
+        migrate(conn, path.name, migrations)
+        conn.close()
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+    finally:
+        remove_files(tmp, tmp + "-wal", tmp + "-shm")
+
+
+def applied_versions(conn: sqlite3.Connection) -> set[int]:
+    """The migrations a file has (an empty set for a new file)."""
+    has_meta = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+    ).fetchone()
+    if not has_meta:
+        return set()
+    listed = conn.execute("SELECT value FROM meta WHERE key='migrations'").fetchone()
+    if listed:
+        return {int(v) for v in listed[0].split(",") if v}
+    row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    current = int(row[0]) if row else 0
+    # Files from before the list was kept applied every migration up to their version.
+    return set(range(1, current + 1))
+
+
+def migrate(
+    conn: sqlite3.Connection, name: str = "state.db", migrations: dict[int, str] | None = None
+) -> None:
+    """Bring a file up to this code's schema (`migrations`, state.db's by default) in one
+    transaction.
+
+    Raises StoreError for a file written by a newer workbench (a migration this code lacks)."""
+    migrations = MIGRATIONS if migrations is None else migrations
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        applied = applied_versions(conn)
+        unknown = sorted(v for v in applied if v not in migrations)
+        if unknown:
+            raise StoreError(
+                f"{name} has schema version {max(unknown)}, newer than this workbench"
+                f" ({max(migrations)}); upgrade gpu-workbench (the file was left untouched)"
+            )
+        missing = sorted(set(migrations) - applied)
+        for version in missing:
+            for statement in migrations[version].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            applied.add(version)
+        if missing:
+            conn.executemany(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                [
+                    ("schema_version", str(max(applied))),
+                    ("migrations", ",".join(str(v) for v in sorted(applied))),
+                ],
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise

@@ -1,0 +1,1 @@
+"""The job model every layer shares: states, the transition table, resources."""
