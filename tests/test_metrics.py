@@ -24,6 +24,9 @@ from jobs.metrics import (
     softmax,
 )
 
+# scikit-learn's notice for single-label inputs: the single-class cases are the point here
+pytestmark = pytest.mark.filterwarnings("ignore:A single label was found:UserWarning")
+
 
 def _sk_label_metrics(y_true: list[str], y_pred: list[str]) -> dict[str, float]:
     with warnings.catch_warnings():
