@@ -381,11 +381,12 @@ def split_indices(
         cut = round(rows * val_fraction)
         return np.sort(order[cut:]), np.sort(order[:cut])
     _, groups = np.unique(strata, return_inverse=True)
+    counts = np.bincount(groups.ravel()) if rows else np.zeros(0, dtype=np.int64)
+    by_group = np.argsort(groups.ravel(), kind="stable")
     val_parts = []
-    for group in range(int(groups.max()) + 1 if rows else 0):
-        members = np.flatnonzero(groups == group)
-        members = members[rng.permutation(len(members))]
-        val_parts.append(members[: round(len(members) * val_fraction)])
+    for start, count in zip(np.r_[0, np.cumsum(counts)[:-1]], counts, strict=True):
+        members = by_group[start : start + count][rng.permutation(count)]
+        val_parts.append(members[: round(count * val_fraction)])
     val = np.sort(np.concatenate(val_parts)) if val_parts else np.zeros(0, dtype=np.int64)
     train = np.setdiff1d(np.arange(rows), val)
     return train, val
@@ -400,10 +401,8 @@ def split_table(table: Any, spec: Spec, task: str) -> tuple[Any, Any]:
 
     strata = None
     if task == "classification" and spec.stratify:
-        strata = np.asarray(
-            pc.cast(table.column(spec.target), pa.string()).to_numpy(zero_copy_only=False),
-            dtype=object,
-        )
+        labels = pc.cast(table.column(spec.target), pa.string()).combine_chunks()
+        strata = np.asarray(pc.dictionary_encode(labels).indices.to_numpy(zero_copy_only=False))
     train_idx, val_idx = split_indices(table.num_rows, spec.val_fraction, spec.split_seed, strata)
     return table.take(train_idx), table.take(val_idx)
 
