@@ -1,6 +1,8 @@
-"""The `export` kind: a trained run's bundle to ONNX (numeric preprocessing inside the graph, a
-symbolic batch axis), checked with onnx.checker, held to parity with PyTorch on held-out rows,
-timed against PyTorch, optionally quantized to int8, and described by a model card."""
+"""The `export` kind: a trained run's bundle to ONNX with the whole preprocessing inside the
+graph (raw numeric matrix, or one raw input per column with the categorical encoding built from
+ONNX operators) and a symbolic batch axis, checked with onnx.checker, held to parity with
+PyTorch on raw held-out rows, timed against PyTorch, optionally quantized to int8 (its own
+catalog row), and described by a model card."""
 
 from __future__ import annotations
 
@@ -295,7 +297,7 @@ def _held_out(
     if not spec.dataset and not meta.get("validation_dataset") and params:
         known = {k: v for k, v in params.items() if k in train.Spec.__dataclass_fields__}
         run_spec = from_table(train.Spec, known, "the run's params")
-        rows, _ = train._with_target(table, pre.target)
+        rows, _ = train.with_target(table, pre.target)
         _, val = train.split_table(rows, run_spec, pre.task)
         if val.num_rows:
             table = val

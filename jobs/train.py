@@ -407,7 +407,7 @@ def split_table(table: Any, spec: Spec, task: str) -> tuple[Any, Any]:
     return table.take(train_idx), table.take(val_idx)
 
 
-def _with_target(table: Any, target: str) -> tuple[Any, int]:
+def with_target(table: Any, target: str) -> tuple[Any, int]:
     """The rows whose target is present (not null, not NaN), and how many were left out."""
     import pyarrow.compute as pc
     import pyarrow.types as pt
@@ -440,7 +440,7 @@ def prepare_data(
         raise JobFailed(f"feature {missing[0]!r} is not in {where} (columns: {', '.join(columns)})")
     if not features:
         raise JobFailed(f"no features: {where} has only the target column")
-    table, dropped = _with_target(table, spec.target)
+    table, dropped = with_target(table, spec.target)
     if table.num_rows < 2:
         raise JobFailed(f"{where} has {table.num_rows} rows with a target: too few to train on")
     task, reason = infer_task(table.column(spec.target), spec.task)
@@ -462,7 +462,7 @@ def prepare_data(
         for name in [*features, spec.target]:
             if name not in val_table.column_names:
                 raise JobFailed(f"column {name!r} is not in the validation data {val_where}")
-        val_table, val_dropped = _with_target(val_table, spec.target)
+        val_table, val_dropped = with_target(val_table, spec.target)
         dropped += val_dropped
         train_table = table
         validation = f"{val_where} ({val_table.num_rows} rows)"
