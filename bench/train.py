@@ -127,6 +127,7 @@ def main() -> int:
         pre = Preprocessor.fit(tbl.slice(0, n_train), features, "digit", "classification")
         x = pre.transform(tbl)[:n_train]
         y = pre.encode_target(tbl)[:n_train]
+        load_before = os.getloadavg()[0]
         ratios, job_rates, bare_rates, first_steps = [], [], [], []
         for _ in range(args.rounds):  # interleaved: drift in machine load hits both sides
             job_rate, first_step = train_job(client, root, args.epochs, batch, threads)
@@ -157,7 +158,8 @@ def main() -> int:
             f" without GPU shared with other work; {args.rounds} rounds, each a train job then the"
             " bare loop. samples/s is the mean over epochs of the training loop alone (the job's"
             " per-epoch metric vs the same measure on the bare loop); per-round ratios:"
-            f" {', '.join(f'{r:.2f}' for r in ratios)}. First step: job started_at to the first"
+            f" {', '.join(f'{r:.2f}' for r in ratios)}; 1-minute load average"
+            f" {load_before:.1f} before, {os.getloadavg()[0]:.1f} after. First step: job started_at to the first"
             " train_loss metric row written (an upper bound: step metrics are flushed at most once"
             " a second; it includes python start, import torch, reading the lake, fitting"
             " preprocessing)."
