@@ -1,16 +1,22 @@
-"""Queue benchmarks: CLI submit latency at 200 and 4,000 queued jobs, submit-to-start latency,
-throughput of trivial jobs at parallelism 1 and 8, and the daemon's idle CPU, each beside a
-baseline measured in the same run. Usage: python bench/queue.py [--quick]"""
+"""Queue benchmarks at 200, 5,000 and 20,000 held jobs: CLI submit latency, submit-to-start,
+cancel latency, trivial jobs per second at parallelism 8, `ls` and `ls --json`, the daemon's CPU
+idle and while a job reports progress; draining at two queue lengths; baselines measured in the
+same run (`python -c pass`, task-spooler at its ~1,000-job limit); and a reliability run that
+injects faults (daemon and wrapper kill -9, cancels of escaping processes, bad inputs).
+Usage: python bench/queue.py [--quick]"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import shutil
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -19,176 +25,437 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import median, percentile, table, write_section
 
 from workbench.daemon.client import Client, ensure_daemon
+from workbench.daemon.executors.containment import pids_with_token
 from workbench.daemon.link import lock_holder, wake
 from workbench.db.store import JobRequest
 from workbench.paths import Home
 
+PYTHON = sys.executable
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+ESCAPES = (
+    "import os, subprocess, time\n"
+    "subprocess.Popen(['bash', '-c', 'setsid sleep 1000 & sleep 1000'])\n"
+    "subprocess.Popen(['sleep', '1000'], process_group=0)\n"
+    "if os.fork() == 0:\n"
+    "    os.setsid()\n"
+    "    if os.fork() == 0:\n"
+    "        time.sleep(1000)\n"
+    "    os._exit(0)\n"
+    "time.sleep(1000)\n"
+)
 
-def trivial(
-    name: str, group: str = "default", paused: bool = False, argv: list[str] | None = None
-) -> JobRequest:
-    argv = argv or ["true"]
+
+def request(name: str, argv: list[str], group: str = "default", paused: bool = False) -> JobRequest:
     return JobRequest(
-        name,
-        "command",
-        {"argv": argv},
-        "/",
-        dict(os.environ),
-        argv=argv,
-        group=group,
-        paused=paused,
+        name, "command", {"argv": argv}, "/", dict(ENV), argv=argv, group=group, paused=paused
     )
 
 
-def timed_runs(argv: list[str], env: dict[str, str], runs: int) -> list[float]:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
-        times.append(time.perf_counter() - start)
-    return times
+def spread(values: list[float], scale: float = 1000.0, unit: str = "ms") -> str:
+    """median [p25-p75] in `unit`."""
+    q = statistics.quantiles(values, n=4) if len(values) >= 2 else [values[0]] * 3
+    return f"{median(values) * scale:.1f} {unit} [{q[0] * scale:.1f}-{q[2] * scale:.1f}]"
 
 
-def stop(home: Home) -> None:
-    """Stop the home's daemon and delete the home."""
+def wall(argv: list[str], env: dict[str, str] | None = None) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, env=env or ENV, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def make_home(held: int) -> tuple[Home, Client, dict[str, str]]:
+    root = Path(tempfile.mkdtemp(prefix="wb-bench-", dir="/tmp"))
+    home = Home(root).ensure()
+    env = {**ENV, "WORKBENCH_HOME": str(root)}
+    client = Client(home, start_daemon=False)
+    for start in range(0, held, 5000):
+        client.store.submit_many(
+            [
+                request(f"held-{i}", ["true"], paused=True)
+                for i in range(start, min(held, start + 5000))
+            ]
+        )
+    os.environ["WORKBENCH_HOME"] = str(root)
+    ensure_daemon(home)
+    return home, client, env
+
+
+def drop_home(home: Home, client: Client) -> None:
     pid = lock_holder(home)
     if pid and pid > 0:
-        os.kill(pid, 15)
+        os.kill(pid, signal.SIGTERM)
         while lock_holder(home):
             time.sleep(0.01)
+    client.close()
     shutil.rmtree(home.root, ignore_errors=True)
 
 
-def bench_submit_latency(runs: int) -> list[list[str]]:
-    rows = []
-    baseline = timed_runs([sys.executable, "-c", "pass"], dict(os.environ), runs)
-    base = median(baseline)
-    results = {}
-    for queued in (200, 4000):
-        root = Path(tempfile.mkdtemp(prefix="wb-bench-"))
-        env = {**os.environ, "WORKBENCH_HOME": str(root)}
-        home = Home(root).ensure()
-        client = Client(home)
-        client.store.set_draining(True)  # keep the queue full: nothing starts
-        client.store.submit_many([trivial(f"fill-{i}") for i in range(queued)])
-        ensure_daemon(home)
-        times = timed_runs([sys.executable, "-m", "workbench", "submit", "--", "true"], env, runs)
-        results[queued] = median(times)
-        rows.append(
-            [
-                f"CLI submit, {queued} queued",
-                f"{median(times) * 1000:.1f} ms",
-                f"python -c pass: {base * 1000:.1f} ms",
-                f"{median(times) / base:.2f}x",
-            ]
-        )
-        stop(home)
-        client.close()
-    rows.append(
-        [
-            "submit at 4,000 vs 200 queued",
-            f"{results[4000] * 1000:.1f} ms",
-            f"at 200: {results[200] * 1000:.1f} ms",
-            f"{results[4000] / results[200]:.2f}x (goal <= 1.2)",
-        ]
-    )
-    return rows
+def wait_until(predicate: Callable[[], bool], timeout: float = 60.0, poll: float = 0.002) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("benchmark step timed out")
+        time.sleep(poll)
 
 
-def bench_submit_to_start(samples: int) -> list[list[str]]:
-    root = Path(tempfile.mkdtemp(prefix="wb-bench-"))
-    home = Home(root).ensure()
-    client = Client(home)
-    ensure_daemon(home)
-    delays = []
-    for i in range(samples):
-        request = trivial(f"probe-{i}", argv=["date", "+%s.%N"])
-        job_id = client.store.submit(request)
-        wake(home)
-        returned = time.time()
-        client.wait([job_id])
-        started = float((home.run_dir(job_id) / "log").read_text().strip())
-        delays.append(started - returned)
-    stop(home)
-    client.close()
-    return [
-        [
-            "submit-to-start (median)",
-            f"{median(delays) * 1000:.1f} ms",
-            "pueue 140 ms, task-spooler 3 ms (published)",
-            "goal < 20 ms",
-        ],
-        ["submit-to-start (p95)", f"{percentile(delays, 95) * 1000:.1f} ms", "", ""],
-    ]
+def wait_state(client: Client, job_id: int, state: str, timeout: float = 60.0) -> None:
+    wait_until(lambda: client.store.states_of([job_id]).get(job_id) == state, timeout)
 
 
-def bench_throughput(jobs: int) -> list[list[str]]:
-    rows = []
-    # Baseline: the same number of `true` processes spawned serially by a bare Python loop.
-    start = time.perf_counter()
-    for _ in range(jobs):
-        subprocess.run(["true"], check=True)
-    bare = jobs / (time.perf_counter() - start)
-    for parallel in (1, 8):
-        root = Path(tempfile.mkdtemp(prefix="wb-bench-"))
-        home = Home(root).ensure()
-        client = Client(home)
-        client.store.set_group("bench", parallel)
-        ensure_daemon(home)
-        start = time.perf_counter()
-        ids = client.submit_many([trivial(f"t{i}", group="bench") for i in range(jobs)])
-        client.wait(ids, poll_s=0.01)
-        rate = jobs / (time.perf_counter() - start)
-        states = client.store.counts_by_state()
-        rows.append(
-            [
-                f"{jobs} trivial jobs, parallelism {parallel}",
-                f"{rate:.0f} jobs/s",
-                f"bare subprocess loop: {bare:.0f} /s",
-                f"{rate / bare:.2f}x" + (" (goal >= 50 jobs/s)" if parallel == 8 else ""),
-            ]
-        )
-        assert states == {"succeeded": jobs}, states
-        stop(home)
-        client.close()
-    return rows
+def wait_started(client: Client, job_id: int) -> int:
+    """Wait until the job's wrapper pid is recorded; returns it."""
+    wait_until(lambda: client.store.get(job_id).pid is not None, 60)
+    return client.store.get(job_id).pid or 0
 
 
-def bench_idle_cpu(seconds: float) -> list[list[str]]:
-    root = Path(tempfile.mkdtemp(prefix="wb-bench-"))
-    home = Home(root).ensure()
-    pid = ensure_daemon(home)
-    time.sleep(2)
+def start_escaping(client: Client, home: Home) -> tuple[int, str]:
+    """A job whose six processes leave its session and group; returns (job id, launch token)."""
+    job_id = client.store.submit(request("escape", [PYTHON, "-c", ESCAPES]))
+    wake(home)
+    wait_started(client, job_id)
+    token = client.store.get(job_id).launch_token or ""
+    wait_until(lambda: len(pids_with_token(token)) >= 6, 30)
+    return job_id, token
+
+
+def cpu_share(pid: int, seconds: float) -> tuple[float, float]:
+    """Percent of one core a process used over `seconds`, and the bytes per second it wrote
+    to storage (/proc/<pid>/io write_bytes: what reaches the disk)."""
     proc = psutil.Process(pid)
-    before = proc.cpu_times()
+    before, written = proc.cpu_times(), proc.io_counters().write_bytes
     start = time.perf_counter()
     time.sleep(seconds)
-    after = proc.cpu_times()
+    after, written_after = proc.cpu_times(), proc.io_counters().write_bytes
     elapsed = time.perf_counter() - start
     used = (after.user - before.user) + (after.system - before.system)
-    stop(home)
+    return used / elapsed * 100, (written_after - written) / elapsed
+
+
+def drain_rate(client: Client, home: Home, jobs: int, group: str) -> float:
+    """Trivial jobs per second, `jobs` queued at once in a group capped at 8 running."""
+    client.store.set_group(group, 8)
+    start = time.perf_counter()
+    ids = client.store.submit_many(
+        [request(f"{group}-{i}", ["true"], group=group) for i in range(jobs)]
+    )
+    wake(home)
+    client.wait(ids, poll_s=0.01)
+    return jobs / (time.perf_counter() - start)
+
+
+def bench_size(held: int, runs: int, seconds: float, jobs: int) -> dict[str, str]:
+    home, client, env = make_home(held)
+    out: dict[str, str] = {}
+    try:
+        submit, base = [], []
+        for _ in range(runs):  # interleaved with the baseline
+            base.append(wall([PYTHON, "-c", "pass"]))
+            submit.append(wall([PYTHON, "-m", "workbench", "submit", "--", "true"], env))
+        out["submit"] = spread(submit)
+        out["submit_ratio"] = f"{median(submit) / median(base):.2f}x"
+        out["submit_s"] = str(median(submit))
+        out["pass"] = spread(base)
+        delays = []
+        for i in range(runs * 2):
+            job_id = client.store.submit(request(f"probe-{i}", ["date", "+%s.%N"]))
+            wake(home)
+            returned = time.time()
+            client.wait([job_id], poll_s=0.002)
+            delays.append(float((home.run_dir(job_id) / "log").read_text().strip()) - returned)
+        out["start"] = spread(delays)
+        out["start_p95"] = f"{percentile(delays, 95) * 1000:.1f} ms"
+        cancels = []
+        for i in range(runs):
+            job_id = client.store.submit(request(f"cancel-{i}", ["sleep", "100"]))
+            wake(home)
+            wait_started(client, job_id)
+            start = time.perf_counter()
+            client.control(job_id, "cancel")
+            wait_state(client, job_id, "cancelled")
+            cancels.append(time.perf_counter() - start)
+        out["cancel"] = spread(cancels)
+        out["ls"] = spread([wall([PYTHON, "-m", "workbench", "ls"], env) for _ in range(3)])
+        out["ls_json"] = spread(
+            [wall([PYTHON, "-m", "workbench", "ls", "--json"], env) for _ in range(3)]
+        )
+        pid = lock_holder(home) or 0
+        idle_cpu, idle_writes = cpu_share(pid, seconds)
+        out["idle"] = f"{idle_cpu:.2f}%"
+        out["writes"] = (
+            f"{idle_writes / 1024:.1f} KiB/s ({idle_writes * 86400 / 1024**2:.0f} MiB/day)"
+        )
+        script = (
+            "import os, time\n"
+            "from workbench.db.store import Store\n"
+            "s = Store.open(os.environ['WORKBENCH_HOME'] + '/state.db', check=False)\n"
+            "job = int(os.environ['WORKBENCH_JOB_ID'])\n"
+            "for i in range(100000):\n"
+            "    s.set_progress(job, (i % 100) / 100, f'step {i}')\n"
+            "    time.sleep(0.05)\n"
+        )
+        reporter = client.store.submit(request("progress", [PYTHON, "-c", script]))
+        wake(home)
+        wait_until(lambda: (client.store.get(reporter).progress or 0) > 0, timeout=60)
+        out["progress"] = f"{cpu_share(pid, seconds)[0]:.2f}%"
+        client.control(reporter, "cancel")
+        out["rate"] = f"{drain_rate(client, home, jobs, 'p8'):.0f} jobs/s"
+    finally:
+        drop_home(home, client)
+    return out
+
+
+def bench_drain(jobs: int) -> list[list[str]]:
+    """Draining cost per job at two queue lengths (linear: the same rate)."""
+    home, client, _ = make_home(0)
+    try:
+        small = drain_rate(client, home, jobs, "d1")
+        large = drain_rate(client, home, jobs * 4, "d4")
+    finally:
+        drop_home(home, client)
     return [
         [
-            f"daemon idle CPU over {seconds:.0f} s (1 Hz sampling)",
-            f"{used / elapsed * 100:.2f}% of a core",
+            f"drain {jobs} vs {jobs * 4} queued, parallelism 8",
+            f"{small:.0f} vs {large:.0f} jobs/s",
             "",
-            "goal < 0.5%",
+            f"{large / small:.2f}x (linear: about 1x)",
         ]
     ]
+
+
+def tsp_available() -> str | None:
+    return shutil.which("tsp") or shutil.which("ts")
+
+
+def bench_tsp(tsp: str, runs: int, jobs: int) -> dict[str, str]:
+    """task-spooler at its limit: one blocking job and about 990 queued behind it (its client
+    blocks once some 994 jobs are queued)."""
+    out: dict[str, str] = {}
+    sock = Path(tempfile.mkdtemp(prefix="tsp-")) / "socket"
+    env = {
+        **os.environ,
+        "TS_SOCKET": str(sock),
+        "TS_MAXFINISHED": "2000",
+        "TMPDIR": str(sock.parent),
+    }
+
+    def tsp_run(*args: str) -> str:
+        return subprocess.run(
+            [tsp, *args], env=env, capture_output=True, text=True, check=True
+        ).stdout
+
+    try:
+        tsp_run("-S", "1")
+        tsp_run("sleep", "1000")
+        for _ in range(990 - runs):
+            tsp_run("true")
+        out["submit"] = spread([wall([tsp, "true"], env) for _ in range(runs)])
+        out["ls"] = spread([wall([tsp, "-l"], env) for _ in range(3)])
+        tsp_run("-K")
+        tsp_run("-S", "8")
+        start = time.perf_counter()
+        for _ in range(jobs):
+            tsp_run("true")
+        wait_until(
+            lambda: "running" not in tsp_run("-l") and "queued" not in tsp_run("-l"), 300, 0.01
+        )
+        out["rate"] = f"{jobs / (time.perf_counter() - start):.0f} jobs/s (incl. {jobs} CLI calls)"
+        delays = []
+        stamp = sock.parent / "stamp"
+        for _ in range(runs):
+            tsp_run("sh", "-c", f"date +%s.%N > {stamp}")
+            returned = time.time()
+            wait_until(lambda: stamp.exists() and stamp.stat().st_size > 0, 30)
+            delays.append(float(stamp.read_text().strip()) - returned)
+            stamp.unlink()
+        out["start"] = spread(delays)
+    finally:
+        subprocess.run([tsp, "-K"], env=env, capture_output=True)
+        shutil.rmtree(sock.parent, ignore_errors=True)
+    return out
+
+
+def reliability(jobs: int) -> list[list[str]]:
+    """Faults injected while jobs run; counts what was lost, run twice, or left behind."""
+    rows: list[list[str]] = []
+    home, client, env = make_home(0)
+    marks = home.root / "marks"
+    marks.mkdir()
+    try:
+        # 1. kill -9 of the daemon, five times, while `jobs` jobs start and end.
+        client.store.set_group("r", 4)
+        ids = client.store.submit_many(
+            [
+                request(f"r{i}", ["sh", "-c", f"echo x >> {marks}/{i}; sleep 0.05"], group="r")
+                for i in range(jobs)
+            ]
+        )
+        wake(home)
+        kills = 0
+        for _ in range(5):
+            time.sleep(0.4)
+            pid = lock_holder(home)
+            if pid and pid > 0:
+                os.kill(pid, signal.SIGKILL)
+                kills += 1
+                wait_until(lambda: not lock_holder(home), 30)
+                ensure_daemon(home)
+        client.wait(ids, timeout_s=300)
+        runs = [
+            len((marks / str(i)).read_text().splitlines()) if (marks / str(i)).exists() else 0
+            for i in range(jobs)
+        ]
+        states = client.store.states_of(ids)
+        lost = sum(1 for i in ids if states.get(i) != "succeeded")
+        twice = sum(1 for n in runs if n > 1)
+        rows.append(
+            [
+                f"daemon kill -9 during {jobs} short jobs",
+                str(kills),
+                str(jobs),
+                str(lost),
+                str(twice),
+                "-",
+            ]
+        )
+        # 2. kill -9 of five wrappers whose jobs started escaping processes; 3. ten cancels.
+        left_after_kill = 0
+        for _ in range(5):
+            job_id, token = start_escaping(client, home)
+            os.kill(wait_started(client, job_id), signal.SIGKILL)
+            wait_state(client, job_id, "failed")
+            time.sleep(0.2)
+            left_after_kill += len(pids_with_token(token))
+        rows.append(
+            [
+                "wrapper kill -9 (job with 6 escaping processes)",
+                "5",
+                "5",
+                "0 (settled: lost)",
+                "0",
+                str(left_after_kill),
+            ]
+        )
+        left_after_cancel = 0
+        for _ in range(10):
+            job_id, token = start_escaping(client, home)
+            client.control(job_id, "cancel")
+            wait_state(client, job_id, "cancelled")
+            time.sleep(0.2)
+            left_after_cancel += len(pids_with_token(token))
+        rows.append(
+            [
+                "cancel of a job with 6 escaping processes",
+                "10",
+                "10",
+                "0",
+                "0",
+                str(left_after_cancel),
+            ]
+        )
+        # 4. bad inputs: clear error, never a traceback.
+        bad = [
+            ["submit", "--gpus", "nan", "--", "true"],
+            ["submit", "--cpus", "nan", "--", "true"],
+            ["submit", "--gpus", "inf", "--", "true"],
+            ["submit", "--cpus", "inf", "--", "true"],
+            ["submit", "--mem", "99999999999999999999999TiB", "--", "true"],
+            ["submit", "--priority", "99999999999999999999", "--", "true"],
+            ["submit", "--cwd", "/nonexistent", "--", "true"],
+            ["wait", "1", "--timeout", "-5"],
+            ["logs", "999999"],
+            ["cancel", "999999"],
+        ]
+        tracebacks = 0
+        for argv in bad:
+            done = subprocess.run(
+                [PYTHON, "-m", "workbench", *argv], env=env, capture_output=True, text=True
+            )
+            tracebacks += "Traceback" in done.stderr
+        non_utf8 = subprocess.run(
+            [PYTHON, "-m", "workbench", "submit", "--", "echo", os.fsdecode(b"caf\xe9")],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        tracebacks += "Traceback" in non_utf8.stderr
+        rows.append(
+            [
+                "bad inputs (NaN, inf, overflow, negative, missing cwd, non-UTF-8 argv)",
+                str(len(bad) + 1),
+                "-",
+                "-",
+                "-",
+                f"tracebacks: {tracebacks}",
+            ]
+        )
+    finally:
+        drop_home(home, client)
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer samples")
     args = parser.parse_args()
-    runs, samples, jobs, idle = (5, 10, 100, 5.0) if args.quick else (20, 50, 500, 30.0)
+    sizes = (200, 2000) if args.quick else (200, 5000, 20000)
+    runs, seconds, jobs = (5, 3.0, 100) if args.quick else (10, 10.0, 400)
+    results = {held: bench_size(held, runs, seconds, jobs) for held in sizes}
+    tsp = tsp_available()
+    base = bench_tsp(tsp, runs, jobs) if tsp else None
+    first, last = sizes[0], sizes[-1]
+    headers = ["measure", *[f"{n:,} held" for n in sizes], "baseline (same run)"]
+
+    def row(label: str, key: str, baseline: str = "") -> list[str]:
+        return [label, *[results[n][key] for n in sizes], baseline]
+
+    tsp_note = "task-spooler not installed" if base is None else ""
     rows = [
-        *bench_submit_latency(runs),
-        *bench_submit_to_start(samples),
-        *bench_throughput(jobs),
-        *bench_idle_cpu(idle),
+        row(
+            "CLI submit (median [IQR])",
+            "submit",
+            f"python -c pass: {results[last]['pass']}; tsp at 990 queued: {base['submit'] if base else tsp_note}",
+        ),
+        row("CLI submit / python -c pass", "submit_ratio", "goal <= 1.5x"),
+        row(
+            "submit-to-start", "start", f"tsp: {base['start'] if base else tsp_note}; goal < 50 ms"
+        ),
+        row("submit-to-start p95", "start_p95"),
+        row("cancel (request to settled)", "cancel", "goal < 50 ms"),
+        row("ls", "ls", f"tsp -l at 990: {base['ls'] if base else tsp_note}; goal < 0.5 s"),
+        row("ls --json", "ls_json"),
+        row("daemon CPU, idle", "idle", "1 Hz telemetry"),
+        row("daemon disk writes, idle", "writes", "telemetry history and state.db"),
+        row("daemon CPU, a job reporting progress at 20 Hz", "progress", "goal < 5%"),
+        row(
+            f"{jobs} trivial jobs, parallelism 8",
+            "rate",
+            f"tsp -S 8: {base['rate'] if base else tsp_note}; goal >= 200/s",
+        ),
     ]
-    text = table(["measure", "workbench", "baseline (same run)", "ratio / goal"], rows)
+    flat = float(results[last]["submit_s"]) / float(results[first]["submit_s"])
+    rows.append(
+        [
+            f"submit at {last:,} vs {first:,} held",
+            *([""] * len(sizes)),
+            f"{flat:.2f}x (goal <= 1.2x)",
+        ]
+    )
+    text = table(headers, rows)
+    drain = bench_drain(jobs // 2)
+    text += "\n\n" + table(["draining", "rates", "", "ratio"], drain)
+    faults = reliability(100 if args.quick else 200)
+    text += "\n\nReliability (faults injected while jobs ran):\n\n" + table(
+        [
+            "fault",
+            "injected",
+            "jobs at risk",
+            "jobs lost",
+            "jobs run twice",
+            "processes left / tracebacks",
+        ],
+        faults,
+    )
     print(text)
     if not args.quick:
         write_section("queue", "python bench/queue.py", text)

@@ -10,11 +10,14 @@ from workbench.queue.spec import SpecError
 
 @dataclass(frozen=True)
 class Spec:
-    """`argv` is the program and its arguments; `env` adds to the environment captured at submit."""
+    """`argv` is the program and its arguments; `env` adds to the environment captured at submit.
+    `keep_leftovers`: processes the command starts may outlive it (by default they are stopped
+    when the command's main process exits, as Slurm does)."""
 
     argv: list[str]
     cwd: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    keep_leftovers: bool = False
 
 
 def prepare(spec: Spec, base_dir: Path, where: str) -> Spec:
@@ -26,4 +29,4 @@ def prepare(spec: Spec, base_dir: Path, where: str) -> Spec:
         if not resolved.is_dir():
             raise SpecError(f"{where}: key 'cwd': no such directory {resolved}")
         cwd = str(resolved)
-    return Spec(argv=spec.argv, cwd=cwd, env=spec.env)
+    return Spec(argv=spec.argv, cwd=cwd, env=spec.env, keep_leftovers=spec.keep_leftovers)

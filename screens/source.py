@@ -26,8 +26,8 @@ class Snapshot:
 class Source:
     """The live source: reads the store of `home`; actions go through a Client.
 
-    One SQLite connection serves every worker thread (SQLite serialises its use), so
-    `data_version` readings are comparable from one poll to the next."""
+    The store gives each worker thread its own SQLite connection; `data_version` readings
+    come from one connection of their own, so they are comparable from one poll to the next."""
 
     def __init__(self, home: Home):
         self.home = home

@@ -47,13 +47,13 @@ def kill_leftover_jobs(home: Home) -> None:
     except StoreError:
         return
     try:
-        for job in store.list_jobs(states=["running", "paused"]):
+        from workbench.daemon.executors.containment import pids_with_token, signal_each
+
+        for job in store.list_jobs(states=["starting", "running", "paused"]):
+            if job.launch_token:
+                signal_each(pids_with_token(job.launch_token), signal.SIGKILL)
             if job.pid:
-                for sig in (signal.SIGCONT, signal.SIGKILL):
-                    try:
-                        os.killpg(job.pid, sig)
-                    except (ProcessLookupError, PermissionError):
-                        pass
+                signal_each([job.pid], signal.SIGKILL)
     finally:
         store.close()
 

@@ -120,7 +120,7 @@ BAD = [
         argv = ["true"]
         mem = "lots"
         """,
-        "stage 'a': not a size: 'lots'",
+        "stage 'a': key 'mem': not a size: 'lots'",
     ),
     ("not toml", "[[stage]\nname = 1", "not valid TOML"),
     ("no stages", "[pipeline]\nname = 'x'\n", "no [[stage]] tables"),

@@ -198,3 +198,19 @@ def test_two_threads_share_a_store_without_transaction_collisions(store: Store) 
         thread.join()
     assert errors == []
     assert store.get(job_id).priority in (999, 10_999)
+
+
+def test_data_version_is_comparable_across_threads_and_sees_own_commits(store: Store) -> None:
+    """The TUI polls from worker threads: a reading taken on one thread must change after a
+    commit made on another thread of the same process."""
+    seen: list[int] = []
+    reader = threading.Thread(target=lambda: seen.append(store.data_version()))
+    reader.start()
+    reader.join()
+    store.submit(request())  # this thread's own connection commits
+    after: list[int] = []
+    reader = threading.Thread(target=lambda: after.append(store.data_version()))
+    reader.start()
+    reader.join()
+    assert seen != after
+    assert store.data_version() == after[0]  # same reading on any thread while nothing commits

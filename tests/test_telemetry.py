@@ -17,9 +17,11 @@ import psutil
 import pytest
 
 from workbench.config import Config
+from workbench.daemon.executors import Handle
 from workbench.daemon.supervisor import Daemon
 from workbench.db.store import RUNNING, STARTING, Event, JobRequest, Store
 from workbench.paths import Home
+from workbench.queue import scheduler
 from workbench.telemetry import fakenvml, gpu
 from workbench.telemetry import sampler as telemetry
 from workbench.telemetry.gpu import Gpus
@@ -338,7 +340,9 @@ def test_the_daemon_sample_feeds_the_scheduler_and_the_history(
     daemon.store = store
     daemon.gpus = Gpus.open()
     daemon.sampler = telemetry.Sampler(store, tmp_home, daemon.gpus, Config())
-    daemon._track(store.get(job_id), sleeper, tmp_home.run_dir(job_id))
+    handle = Handle("token", tmp_home.run_dir(job_id), sleeper, None)
+    holding = scheduler.Holding(job_id, "default", (0,), 1.0, None, 0.0, None)
+    daemon._track(job_id, handle, holding, None)
     try:
         daemon._sample()
         ours, lost = daemon.gpu_slots
@@ -349,8 +353,7 @@ def test_the_daemon_sample_feeds_the_scheduler_and_the_history(
     finally:
         daemon.gpus.close()
         for tracked in daemon.tracked.values():
-            if tracked.pidfd >= 0:
-                os.close(tracked.pidfd)
+            daemon._unwatch(tracked)
 
 
 def test_a_tick_costs_little_cpu(fake_gpus: Any, tmp_home: Home, store: Store) -> None:

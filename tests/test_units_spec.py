@@ -132,3 +132,66 @@ def test_from_table_messages_name_the_key(table: dict[str, object], message: str
     with pytest.raises(SpecError) as caught:
         from_table(Example, table, "s")
     assert message in str(caught.value)
+
+
+# ---- every number a user gives is checked at the parsing layer ---------------------------
+
+from workbench.units import parse_int, parse_number  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "text", ["99999999999999999999999TiB", "1e999", float("nan"), float("inf"), -1, 2**64]
+)
+def test_parse_size_refuses_nan_infinity_overflow(text: str | float) -> None:
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+@pytest.mark.parametrize("text", ["-5", "99999999999d", float("nan"), float("inf"), -5.0])
+def test_parse_duration_refuses_nan_infinity_overflow_negative(text: str | float) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("nan", "NaN"),
+        ("inf", "finite"),
+        ("-inf", "finite"),
+        ("-1", "negative"),
+        ("x", "not a number"),
+    ],
+)
+def test_parse_number_messages(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_number(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("99999999999999999999", "at most"),
+        ("-3", "negative"),
+        ("1.5", "whole"),
+        ("9" * 100, "at most"),
+    ],
+)
+def test_parse_int_messages(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_int(text)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [(float("nan"), "NaN"), (float("inf"), "finite"), (2**70, "at most"), (-(2**70), "at least")],
+)
+def test_spec_numbers_are_finite_and_64_bit(value: float, message: str) -> None:
+    @dataclass
+    class Spec:
+        rate: float = 0.0
+        count: int = 0
+
+    key = "count" if isinstance(value, int) else "rate"
+    with pytest.raises(SpecError, match=f"key '{key}': .*{message}"):
+        from_table(Spec, {key: value}, "job.toml")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,25 @@ class DaemonTable:
     sample_interval: str | float = "1s"
     default_parallel: int = 0
     history: str | float = "24h"
+    containment: str = "auto"
+
+
+CONTAINMENT_MODES = ("auto", "cgroup", "subreaper")
+
+
+@dataclass(frozen=True)
+class RetentionTable:
+    """`[retention]` in config.toml: how long ended jobs are kept (e.g. "30d"; none: forever)."""
+
+    jobs: str | float | None = None
+
+
+@dataclass(frozen=True)
+class SecurityTable:
+    """`[security]` in config.toml: more words that mark an environment variable as secret
+    (besides TOKEN, KEY, SECRET, PASSWORD and CREDENTIAL)."""
+
+    secret_names: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -31,6 +50,9 @@ class Config:
     sample_interval_s: float = 1.0
     default_parallel: int = 0
     history_s: float = 86400.0
+    retention_jobs_s: float | None = None  # ended jobs older than this are pruned (hourly)
+    secret_words: tuple[str, ...] = ()
+    containment: str = "auto"  # a cgroup v2 per job where possible, else a subreaper wrapper
 
 
 def load_config(path: Path) -> Config:
@@ -41,18 +63,43 @@ def load_config(path: Path) -> Config:
         data: dict[str, Any] = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as error:
         raise SpecError(f"{path}: {error}") from error
-    known = {"daemon"}
+    known = {"daemon", "retention", "security"}
     for key in data:
         if key not in known:
             raise SpecError(f"{path}: unknown table '{key}'")
     table = from_table(DaemonTable, data.get("daemon", {}), f"{path} [daemon]")
-    try:
-        return Config(
-            log_cap_bytes=parse_size(table.log_cap),
-            kill_grace_s=parse_duration(table.kill_grace),
-            sample_interval_s=parse_duration(table.sample_interval),
-            default_parallel=table.default_parallel,
-            history_s=parse_duration(table.history),
+    if table.containment not in CONTAINMENT_MODES:
+        raise SpecError(
+            f"{path} [daemon]: key 'containment': must be one of {', '.join(CONTAINMENT_MODES)}"
         )
-    except ValueError as error:
-        raise SpecError(f"{path} [daemon]: {error}") from error
+    retention = from_table(RetentionTable, data.get("retention", {}), f"{path} [retention]")
+    security = from_table(SecurityTable, data.get("security", {}), f"{path} [security]")
+    fields: dict[str, Any] = {}
+    for key, convert, value in (
+        ("log_cap", parse_size, table.log_cap),
+        ("kill_grace", parse_duration, table.kill_grace),
+        ("sample_interval", parse_duration, table.sample_interval),
+        ("history", parse_duration, table.history),
+    ):
+        try:
+            fields[key] = convert(value)
+        except ValueError as error:
+            raise SpecError(f"{path} [daemon]: key '{key}': {error}") from error
+    if table.default_parallel < 0:
+        raise SpecError(f"{path} [daemon]: key 'default_parallel': must not be negative")
+    retention_s = None
+    if retention.jobs is not None:
+        try:
+            retention_s = parse_duration(retention.jobs)
+        except ValueError as error:
+            raise SpecError(f"{path} [retention]: key 'jobs': {error}") from error
+    return Config(
+        log_cap_bytes=fields["log_cap"],
+        kill_grace_s=fields["kill_grace"],
+        sample_interval_s=fields["sample_interval"],
+        default_parallel=table.default_parallel,
+        history_s=fields["history"],
+        retention_jobs_s=retention_s,
+        secret_words=tuple(w for w in security.secret_names if w),
+        containment=table.containment,
+    )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,9 +61,31 @@ class Home:
         return self.runs / str(job_id)
 
     def ensure(self) -> Home:
-        """Create the home (mode 0700) and its folders if missing."""
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.root, 0o700)
+        """Create the home (mode 0700) and its folders if missing.
+
+        An existing home keeps its mode (a shared folder must not lose its permissions); if
+        group or others can read it, a warning goes to stderr once per process."""
+        try:
+            self.root.mkdir(parents=True, mode=0o700)
+        except FileExistsError:
+            if not self.root.is_dir():
+                raise NotADirectoryError(f"WORKBENCH_HOME {self.root} is not a directory") from None
+            _warn_if_readable(self.root)
         self.lake.mkdir(exist_ok=True)
         self.runs.mkdir(exist_ok=True)
         return self
+
+
+_warned: set[Path] = set()
+
+
+def _warn_if_readable(root: Path) -> None:
+    mode = root.stat().st_mode
+    if mode & (stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH) and root not in _warned:
+        _warned.add(root)
+        print(
+            f"workbench: warning: WORKBENCH_HOME {root} is readable by other users"
+            f" (mode {stat.S_IMODE(mode):o}); job environments and logs inside may hold secrets"
+            f" (chmod 700 {root} to keep them private)",
+            file=sys.stderr,
+        )

@@ -1,8 +1,15 @@
-"""How a job reads in a listing, shared by the CLI and the TUI: resources, progress, state colour."""
+"""How a job reads in a listing, shared by the CLI and the TUI: resources, progress, state colour,
+secrets masked, text that is not UTF-8 shown escaped."""
 
 from __future__ import annotations
 
+import functools
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
 from workbench.db.store import Job
+from workbench.jobmodel.secrets import mask_env
 from workbench.jobmodel.states import JobState
 from workbench.units import format_duration, format_size
 
@@ -41,20 +48,57 @@ def job_progress(job: Job) -> str:
     return f"{pct} {job.progress_msg or ''}".strip()
 
 
+def display_text(text: str) -> str:
+    """Text safe to print: bytes that are not UTF-8 (kept as lone surrogates, as `os.fsdecode`
+    gives them) are shown as `\\xe9` escapes instead of failing the terminal's encoder."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+@functools.cache
+def _configured_secret_words(home_env: str | None, xdg_env: str | None) -> tuple[str, ...]:
+    from workbench.config import load_config
+    from workbench.paths import Home
+
+    return load_config(Home.current().config).secret_words
+
+
+def secret_words() -> tuple[str, ...]:
+    """The extra secret-name words from `[security] secret_names` in config.toml (read once
+    per home). Raises SpecError for a config file that cannot be read."""
+    return _configured_secret_words(
+        os.environ.get("WORKBENCH_HOME"), os.environ.get("XDG_DATA_HOME")
+    )
+
+
+def job_json(job: Job, with_env: bool = False) -> dict[str, Any]:
+    """A job as every `--json` output prints it: secrets masked with the configured words."""
+    return job.to_json(with_env=with_env, secret_words=secret_words())
+
+
 def job_details(job: Job, metrics: dict[str, float | None]) -> list[tuple[str, str]]:
-    """The facts of one job as (label, value) lines, for `workbench show` and the job screen."""
+    """The facts of one job as (label, value) lines, for `workbench show` and the job screen.
+
+    Values of secret-looking variables in the spec's `env` are masked."""
     import shlex
 
     lines: list[tuple[str, str]] = []
     if job.reason:
         lines.append(("reason", job.reason))
     if job.argv:
-        lines.append(("command", shlex.join(job.argv)))
+        lines.append(("command", display_text(shlex.join(job.argv))))
     else:
         lines.append(
             ("spec", ", ".join(f"{k}={v}" for k, v in job.spec.items() if v not in (None, [], {})))
         )
-    lines.append(("cwd", job.cwd))
+    spec_env = job.spec.get("env")
+    if isinstance(spec_env, dict) and spec_env:
+        masked = mask_env(spec_env, secret_words())
+        lines.append(("env", display_text(" ".join(f"{k}={v}" for k, v in masked.items()))))
+    lines.append(("cwd", display_text(job.cwd)))
     granted = job.granted_gpus if job.granted_gpus is not None else "-"
     lines.append(("resources", f"asked {job_resources(job)}; granted GPUs {granted}"))
     if job.peak_gpu_mem is not None or job.mean_gpu_util is not None:
@@ -81,3 +125,70 @@ def job_details(job: Job, metrics: dict[str, float | None]) -> list[tuple[str, s
         )
         lines.append(("metrics", ", ".join(shown)))
     return lines
+
+
+_ANSI = {
+    "cyan": "36",
+    "yellow": "33",
+    "bold yellow": "1;33",
+    "magenta": "35",
+    "red": "31",
+    "green": "32",
+    "bold red": "1;31",
+    "dim": "2",
+}
+
+
+def paint_state(state: str, padded: str) -> str:
+    """A state cell (already padded) in its colour, as ANSI escapes."""
+    code = _ANSI.get(STATE_STYLES.get(state, ""), "")
+    return f"\x1b[{code}m{padded}\x1b[0m" if code else padded
+
+
+def column_widths(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[int]:
+    """The widest cell of each column (header included)."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            if len(cell) > widths[i]:
+                widths[i] = len(cell)
+    return widths
+
+
+def table_line(cells: Sequence[str], widths: Sequence[int], colour_state: int | None = None) -> str:
+    """One aligned line (two spaces between columns; the last column is not padded). With
+    `colour_state`, that column is painted as a job state."""
+    out = []
+    last = len(cells) - 1
+    for i, cell in enumerate(cells):
+        padded = cell if i == last else cell.ljust(widths[i])
+        out.append(paint_state(cell, padded) if i == colour_state else padded)
+    return "  ".join(out).rstrip()
+
+
+def job_row(job: Job, now: float) -> list[str]:
+    """One `ls` row: id, name, kind, state, resources, progress, age, reason."""
+    reason = job.reason if job.state not in (JobState.RUNNING, JobState.SUCCEEDED) else ""
+    return [
+        str(job.id),
+        display_text(job.name)[:40],
+        job.kind,
+        str(job.state),
+        job_resources(job),
+        job_progress(job),
+        format_duration(now - job.created_at),
+        display_text(reason or ""),
+    ]
+
+
+LS_HEADERS = ("id", "name", "kind", "state", "resources", "progress", "age", "reason")
+
+
+def state_counts_line(counts: dict[JobState, int]) -> str:
+    """`queued 19,990 · running 8 · failed 2`: states in lifecycle order, empty ones left out."""
+    return " · ".join(f"{state} {counts[state]:,}" for state in JobState if counts.get(state))
+
+
+def use_colour(stream: Any) -> bool:
+    """Colour only on a terminal, and never when NO_COLOR is set."""
+    return bool(getattr(stream, "isatty", lambda: False)()) and not os.environ.get("NO_COLOR")

@@ -86,7 +86,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     client = _client()
     job_id = client.submit(request)
     if args.json:
-        _print_json(client.store.get(job_id).to_json())
+        from workbench.present import job_json
+
+        _print_json(job_json(client.store.get(job_id)))
     else:
         print(job_id)
     if not args.wait:

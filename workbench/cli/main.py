@@ -17,24 +17,47 @@ from pathlib import Path
 from typing import Any
 
 from workbench import __version__
-from workbench.catalog.lake import LakeError
 from workbench.daemon.client import DaemonUnavailable
+from workbench.db.connection import translate
 from workbench.db.store import (
+    BLOCKED,
     ENDED,
+    PAUSED,
+    QUEUED,
     RUNNING,
     SETTLED,
+    STARTING,
     SUCCEEDED,
     Job,
     JobError,
+    JobState,
     NoSuchJob,
     StoreError,
 )
 from workbench.paths import Home
-from workbench.present import STATE_STYLES, job_details, job_progress, job_resources
+from workbench.present import (
+    LS_HEADERS,
+    STATE_STYLES,
+    column_widths,
+    display_text,
+    job_details,
+    job_json,
+    job_row,
+    state_counts_line,
+    table_line,
+    use_colour,
+)
 from workbench.queue.spec import SpecError
-from workbench.units import format_duration, parse_duration
+from workbench.units import (
+    format_duration,
+    parse_duration,
+    parse_int,
+    parse_number,
+    parse_size,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DAEMON = 0, 1, 2, 3
+DEFAULT_PRUNE_AGE_S = 30 * 86400.0
 
 # Modules that add subcommands: each has `register(subparsers)`; handlers import what they need.
 EXTENSIONS: list[str] = ["workbench.cli.data", "workbench.cli.tracking", "workbench.cli.registry"]
@@ -63,6 +86,28 @@ def _console() -> Any:
     return Console(highlight=False, soft_wrap=False, width=width)
 
 
+# ---- checked argument types (argparse names the flag and exits 2) --------------------------
+
+
+def _checked(parse: Callable[[str], Any], name: str) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    convert.__name__ = name  # argparse shows it in its fallback message
+    return convert
+
+
+_amount = _checked(lambda t: parse_number(t, minimum=0.0), "number")
+_count = _checked(lambda t: parse_int(t, minimum=0), "count")
+_signed = _checked(lambda t: parse_int(t, minimum=None), "integer")
+_job_id = _checked(lambda t: parse_int(t, minimum=1), "job id")
+_size = _checked(parse_size, "size")
+_duration = _checked(parse_duration, "duration")
+
+
 # ---- submit -------------------------------------------------------------------------------
 
 
@@ -74,6 +119,15 @@ def _parse_after(values: list[str], flag: str) -> list[int]:
                 raise UsageError(f"{flag}: not a job id: {part!r}")
             ids.append(int(part))
     return ids
+
+
+def _current_dir() -> Path:
+    try:
+        return Path.cwd()
+    except FileNotFoundError:
+        raise UsageError(
+            "the current directory no longer exists; cd somewhere else or give --cwd"
+        ) from None
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -97,7 +151,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if not args.command:
             raise UsageError("nothing to run: give -- CMD ARG... or --spec FILE.toml")
         table = {"kind": "command", "argv": args.command}
-        base_dir = Path(args.cwd).resolve() if args.cwd else Path.cwd()
+        if args.cwd and not Path(args.cwd).is_dir():
+            problem = "is not a directory" if Path(args.cwd).exists() else "no such directory"
+            raise UsageError(f"--cwd {args.cwd}: {problem}")
+        base_dir = Path(args.cwd).resolve() if args.cwd else _current_dir()
         where = "submit"
         after_from_file = []
     overrides = {
@@ -125,7 +182,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     client = _client()
     job_id = client.submit(request)
     if args.json:
-        _print_json(client.store.get(job_id).to_json())
+        _print_json(job_json(client.store.get(job_id)))
     else:
         print(job_id)
     if args.wait:
@@ -140,51 +197,123 @@ def _age(job: Job, now: float) -> str:
     return format_duration(now - job.created_at)
 
 
+WAITING_SHOWN = 50  # waiting jobs `ls` lists by default (oldest first); the rest are counted
+WAITING = (QUEUED, PAUSED, BLOCKED)  # with no process yet: paused here means held
+
+
+def _states_arg(values: list[str] | None) -> list[JobState] | None:
+    if not values:
+        return None
+    states = []
+    for value in values:
+        for part in value.split(","):
+            try:
+                states.append(JobState(part.strip()))
+            except ValueError:
+                known = ", ".join(s.value for s in JobState)
+                raise UsageError(f"--state: unknown state {part!r} (one of {known})") from None
+    return states
+
+
+def _write(line: str) -> None:
+    sys.stdout.write(display_text(line) + "\n")
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
+    """Active jobs and the latest ended ones, grouped counts on top (as `pueue status` does);
+    `--all` streams every job a page at a time. Environments are never read."""
     client = _client(start_daemon=False)
     store = client.store
-    if args.all:
-        jobs = store.list_jobs()
-    else:
-        active = store.active_jobs()
-        ended = store.list_jobs(states=ENDED, limit=args.recent)
-        jobs = sorted([*active, *ended], key=lambda j: j.id)
-    if args.state:
-        jobs = [j for j in jobs if j.state in args.state]
+    states = _states_arg(args.state)
+    if args.all or states:
+        pages = (
+            store.iter_jobs(light="no-env" if args.json else True)
+            if states is None
+            else iter(store.list_jobs(states=states, light="no-env" if args.json else True))
+        )
+        return _ls_stream(pages, args.json, store.draining)
+    counts = store.counts_by_state()
+    light: bool | str = "no-env" if args.json else True
+    shown_waiting = None if args.json else WAITING_SHOWN
+    jobs = [
+        *store.list_jobs(states=ENDED, limit=args.recent, light=light),
+        # Jobs with processes are all listed; those still waiting (queued, held, blocked) from
+        # the oldest, up to WAITING_SHOWN: at 20,000 queued a full list helps nobody.
+        *store.list_jobs(states=[STARTING, RUNNING], light=light),
+        *store.list_jobs(states=[PAUSED], started=True, light=light),
+        *store.list_jobs(
+            states=WAITING, started=False, limit=shown_waiting, oldest_first=True, light=light
+        ),
+    ]
+    jobs.sort(key=lambda j: j.id)
     if args.json:
-        _print_json([j.to_json() for j in jobs])
+        _print_json([job_json(j) for j in jobs])
         return EXIT_OK
-    from rich.table import Table
-
-    now = time.time()
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("id", "name", "kind", "state", "resources", "progress", "age", "reason"):
-        table.add_column(
-            column,
-            overflow="fold" if column == "reason" else "ellipsis",
-            no_wrap=column != "reason",
-        )
-    for job in jobs:
-        style = STATE_STYLES.get(job.state, "")
-        reason = job.reason if job.state not in (RUNNING, SUCCEEDED) else ""
-        table.add_row(
-            str(job.id),
-            job.name[:40],
-            job.kind,
-            f"[{style}]{job.state}[/]",
-            job_resources(job),
-            job_progress(job),
-            _age(job, now),
-            reason or "",
-        )
-    console = _console()
+    colour = use_colour(sys.stdout)
+    if counts:
+        _write("jobs: " + state_counts_line(counts))
     if jobs:
-        console.print(table)
+        now = time.time()
+        rows = [job_row(j, now) for j in jobs]
+        widths = column_widths(LS_HEADERS, rows)
+        _write(table_line(LS_HEADERS, widths))
+        for row in rows:
+            _write(table_line(row, widths, colour_state=3 if colour else None))
     else:
-        console.print("no jobs" if args.all else "no jobs (ls --all shows every job)")
-    drain = store.draining
-    if drain:
-        console.print("[magenta]drain mode: nothing new starts (workbench daemon undrain)[/]")
+        _write("no jobs")
+    hidden_waiting = store.count_jobs(WAITING, started=False) - WAITING_SHOWN
+    if hidden_waiting > 0:
+        _write(
+            f"... and {hidden_waiting:,} more waiting (ls --state queued|paused|blocked,"
+            " or ls --all)"
+        )
+    hidden_ended = sum(counts.get(s, 0) for s in ENDED) - args.recent
+    if hidden_ended > 0:
+        _write(
+            f"... and {hidden_ended:,} older ended jobs (ls --all; workbench prune removes them)"
+        )
+    if store.draining:
+        _write("drain mode: nothing new starts (workbench daemon undrain)")
+    return EXIT_OK
+
+
+def _ls_stream(jobs: Any, as_json: bool, draining: bool) -> int:
+    """Every job given, written as it is read (memory stays flat at any queue length)."""
+    out = sys.stdout
+    if as_json:
+        out.write("[")
+        first = True
+        for job in jobs:
+            out.write(("" if first else ",\n") + json.dumps(job_json(job), default=str))
+            first = False
+        out.write("]\n")
+        return EXIT_OK
+    now = time.time()
+    colour = use_colour(out)
+    widths: list[int] | None = None
+    batch: list[list[str]] = []
+    count = 0
+
+    def flush() -> None:
+        nonlocal widths
+        if widths is None:
+            widths = column_widths(LS_HEADERS, batch)
+            _write(table_line(LS_HEADERS, widths))
+        for row in batch:
+            _write(table_line(row, widths, colour_state=3 if colour else None))
+        batch.clear()
+
+    for job in jobs:
+        batch.append(job_row(job, now))
+        count += 1
+        if len(batch) >= 1000:
+            flush()
+    if batch:
+        flush()
+    if not count:
+        _write("no jobs")
+    if draining:
+        _write("drain mode: nothing new starts (workbench daemon undrain)")
     return EXIT_OK
 
 
@@ -193,84 +322,116 @@ def cmd_show(args: argparse.Namespace) -> int:
     job = client.store.get(args.id)
     events = client.store.events(job.id)
     metrics = client.store.last_metrics(job.id)
+    audit = client.store.audit_log(job_id=job.id)
     run_dir = client.home.run_dir(job.id)
     if args.json:
-        out = job.to_json(with_env=args.env)
-        out["events"] = [{"t": e.t, "state": e.state, "reason": e.reason} for e in events]
+        out = job_json(job, with_env=args.env)
+        out["events"] = [
+            {"t": e.t, "state": e.state, "reason": e.reason, "event": e.event} for e in events
+        ]
+        out["audit"] = [a.to_json() for a in audit]
         out["metrics"] = metrics
         out["paths"] = {"run_dir": str(run_dir), "log": str(run_dir / "log")}
         _print_json(out)
         return EXIT_OK
     console = _console()
     style = STATE_STYLES.get(job.state, "")
-    console.print(f"[bold]job {job.id}[/] {job.name}  [{style}]{job.state}[/]  ({job.kind})")
+    name = display_text(job.name)
+    console.print(f"[bold]job {job.id}[/] {name}  [{style}]{job.state}[/]  ({job.kind})")
     for label, value in job_details(job, metrics):
         console.print(f"  {label + ':':<11}{value}", markup=False)
-    console.print(f"  run dir:   {run_dir}")
+    console.print(f"  run dir:   {run_dir}", markup=False)
     console.print("  history:")
     for event in events:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.t))
         reason = f"  {event.reason}" if event.reason else ""
-        console.print(f"    {stamp}  {event.state:<10}{reason}")
+        console.print(f"    {stamp}  {event.state:<10}{reason}", markup=False)
+    if audit:
+        console.print("  audit:")
+        for entry in audit:
+            console.print(f"    {_audit_line(entry)}", markup=False)
+    return EXIT_OK
+
+
+def _audit_line(entry: Any) -> str:
+    import pwd
+
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.t))
+    try:
+        who = pwd.getpwuid(entry.uid).pw_name
+    except KeyError:
+        who = str(entry.uid)
+    job = f"job {entry.job_id}" if entry.job_id is not None else "-"
+    detail = f"  ({entry.detail})" if entry.detail else ""
+    return f"{stamp}  {who:<10} {entry.action:<9} {job}{detail}"
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Who (uid) asked what of which job, when: oldest first, the last N with --limit."""
+    client = _client(start_daemon=False)
+    entries = client.store.audit_log(job_id=args.job, limit=args.limit)
+    if args.json:
+        _print_json([e.to_json() for e in entries])
+        return EXIT_OK
+    for entry in entries:
+        _write(_audit_line(entry))
+    if not entries:
+        _write("no audit entries")
+    return EXIT_OK
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Remove ended jobs older than the age given (or `[retention] jobs`), with their runs."""
+    from workbench.config import load_config
+    from workbench.queue.retention import prune_ended
+
+    client = _client(start_daemon=False)
+    older_than = args.older_than
+    if older_than is None:
+        older_than = load_config(client.home.config).retention_jobs_s
+    if older_than is None:
+        older_than = DEFAULT_PRUNE_AGE_S
+    removed = prune_ended(client.store, client.home, older_than)
+    if args.json:
+        _print_json({"removed": removed, "older_than_s": older_than})
+    else:
+        print(f"removed {len(removed)} ended job(s) older than {format_duration(older_than)}")
     return EXIT_OK
 
 
 # ---- logs ---------------------------------------------------------------------------------
 
 
-def _tail_lines(path: Path, count: int) -> bytes:
-    with open(path, "rb") as log:
-        log.seek(0, os.SEEK_END)
-        size = log.tell()
-        block = 65536
-        data = b""
-        while size > 0 and data.count(b"\n") <= count:
-            step = min(block, size)
-            size -= step
-            log.seek(size)
-            data = log.read(step) + data
-    lines = data.splitlines(keepends=True)
-    return b"".join(lines[-count:]) if count else b""
-
-
 def cmd_logs(args: argparse.Namespace) -> int:
+    from workbench.daemon.logs import LogFollower, rotated
+
     client = _client(start_daemon=False)
     job = client.store.get(args.id)
     path = client.home.run_dir(job.id) / "log"
     out = sys.stdout.buffer
-    if not path.exists() and not args.follow:
+    if not path.exists() and not rotated(path).exists() and not args.follow:
         print(f"job {job.id} has no log yet ({job.state})", file=sys.stderr)
         return EXIT_OK
-    position = 0
-    inode = None
-    if path.exists():
-        data = _tail_lines(path, args.lines) if args.lines is not None else path.read_bytes()
-        out.write(data)
+    # One open file, followed by inode: the snapshot and the stream after it meet exactly,
+    # and a rotation (log -> log.1) is read to its end before the new log begins.
+    follower = LogFollower(path)
+    try:
+        out.write(follower.snapshot(args.lines))
         out.flush()
-        position = path.stat().st_size
-        inode = path.stat().st_ino
-    if not args.follow:
-        return EXIT_OK
-    while True:
-        ended = client.store.get(job.id).state in ENDED
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            stat = None
-        if stat is not None:
-            if stat.st_ino != inode or stat.st_size < position:
-                inode, position = stat.st_ino, 0  # the log was capped and rewritten
-            if stat.st_size > position:
-                with open(path, "rb") as log:
-                    log.seek(position)
-                    chunk = log.read()
-                position += len(chunk)
+        if not args.follow:
+            return EXIT_OK
+        while True:
+            ended = client.store.states_of([job.id]).get(job.id, SUCCEEDED) in ENDED
+            chunk = follower.read()
+            if chunk:
                 out.write(chunk)
                 out.flush()
                 continue
-        if ended:
-            return EXIT_OK
-        time.sleep(0.1)
+            if ended:
+                return EXIT_OK
+            time.sleep(0.1)
+    finally:
+        follower.close()
 
 
 # ---- control ------------------------------------------------------------------------------
@@ -311,7 +472,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
     client = _client()
     for job_id in args.ids:
         client.store.get(job_id)
-    timeout = parse_duration(args.timeout) if args.timeout else None
+    timeout: float | None = args.timeout
     jobs = client.wait(args.ids, timeout)
     unfinished = [j for j in jobs if j.state not in SETTLED]
     if unfinished:
@@ -321,7 +482,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
         )
         return EXIT_FAILED
     if args.json:
-        _print_json([j.to_json() for j in jobs])
+        _print_json([job_json(j) for j in jobs])
     return _wait_exit(jobs, quiet=args.json)
 
 
@@ -473,7 +634,9 @@ def build_parser() -> argparse.ArgumentParser:
             " With no command it opens the TUI."
         ),
         epilog=(
-            "Job states: queued, running, paused, blocked, succeeded, failed, cancelled. Exit codes:"
+            "Job states: queued, starting, running, paused, blocked, succeeded, failed, cancelled."
+            " Environment variables whose names contain TOKEN, KEY, SECRET, PASSWORD or CREDENTIAL"
+            " (and [security] secret_names in config.toml) are shown as ***. Exit codes:"
             " 0 success, 1 a job or stage failed, 2 bad usage or spec, 3 daemon unavailable."
             " State lives in $WORKBENCH_HOME (default $XDG_DATA_HOME/workbench or"
             " ~/.local/share/workbench)."
@@ -489,19 +652,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="queue a job: -- CMD ARG... or --spec FILE.toml")
     p.add_argument("--spec", metavar="FILE.toml", help="a job of any kind from a spec file")
     p.add_argument("--name")
-    p.add_argument("--gpus", type=float, help="GPUs (fractions like 0.5 share one GPU)")
-    p.add_argument("--gpu-mem", help="GPU memory needed, e.g. 8GiB")
-    p.add_argument("--cpus", type=float)
-    p.add_argument("--mem", help="host memory, e.g. 4GiB")
+    p.add_argument("--gpus", type=_amount, help="GPUs (fractions like 0.5 share one GPU)")
+    p.add_argument("--gpu-mem", type=_size, help="GPU memory needed, e.g. 8GiB")
+    p.add_argument("--cpus", type=_amount, help="CPU cores to reserve (fractions allowed)")
+    p.add_argument("--mem", type=_size, help="host memory, e.g. 4GiB")
     p.add_argument("--after", action="append", metavar="ID", help="start after job ID succeeded")
     p.add_argument("--after-any", action="append", metavar="ID", help="start after job ID ended")
     p.add_argument(
         "--after-fail", action="append", metavar="ID", help="start only if job ID failed"
     )
-    p.add_argument("--priority", type=int, help="higher starts first (default 0)")
+    p.add_argument("--priority", type=_signed, help="higher starts first (default 0)")
     p.add_argument("--group")
-    p.add_argument("--retries", type=int, help="automatic retries after a failure")
-    p.add_argument("--time-limit", help="e.g. 90s, 30m, 2h; the job fails when it runs longer")
+    p.add_argument("--retries", type=_count, help="automatic retries after a failure")
+    p.add_argument(
+        "--time-limit", type=_duration, help="e.g. 90s, 30m, 2h; the job fails when it runs longer"
+    )
     p.add_argument("--cwd", help="working directory (default: the current one)")
     p.add_argument("--env", action="append", metavar="K=V", help="set an environment variable")
     p.add_argument("--paused", action="store_true", help="queue it held; `resume` releases it")
@@ -510,25 +675,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARG...")
     p.set_defaults(handler=cmd_submit)
 
-    p = sub.add_parser("ls", help="list jobs")
-    p.add_argument("--all", action="store_true", help="every job, not only active and recent")
-    p.add_argument("--recent", type=int, default=20, help="ended jobs to show (default 20)")
+    p = sub.add_parser(
+        "ls",
+        help="list jobs: counts per state, running and the 50 oldest waiting jobs, recent ended ones",
+    )
+    p.add_argument("--all", action="store_true", help="every job, streamed oldest first")
+    p.add_argument("--recent", type=_count, default=20, help="ended jobs to show (default 20)")
     p.add_argument("--state", action="append", help="only jobs in this state (repeatable)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_ls)
 
     p = sub.add_parser("show", help="one job: spec, history, resources, metrics, paths")
-    p.add_argument("id", type=int)
+    p.add_argument("id", type=_job_id)
     p.add_argument("--json", action="store_true")
     p.add_argument(
-        "--env", action="store_true", help="with --json: include the captured environment"
+        "--env",
+        action="store_true",
+        help="with --json: include the captured environment (secret-looking values masked)",
     )
     p.set_defaults(handler=cmd_show)
 
+    p = sub.add_parser("audit", help="who (uid) asked what of which job, when")
+    p.add_argument("--job", type=_job_id, help="only this job's entries")
+    p.add_argument("--limit", type=_count, help="only the last N entries")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_audit)
+
+    p = sub.add_parser(
+        "prune", help="remove ended jobs and their run folders past the retention age"
+    )
+    p.add_argument(
+        "--older-than",
+        type=_duration,
+        help="age, e.g. 30d, 12h (default: [retention] jobs in config.toml, else 30d)",
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_prune)
+
     p = sub.add_parser("logs", help="a job's log")
-    p.add_argument("id", type=int)
+    p.add_argument("id", type=_job_id)
     p.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
-    p.add_argument("-n", "--lines", type=int, help="only the last N lines")
+    p.add_argument("-n", "--lines", type=_count, help="only the last N lines")
     p.set_defaults(handler=cmd_logs)
 
     for action, text in (
@@ -539,17 +726,19 @@ def build_parser() -> argparse.ArgumentParser:
         ("rm", "remove ended or queued jobs from the store"),
     ):
         p = sub.add_parser(action, help=text)
-        p.add_argument("ids", type=int, nargs="+", metavar="ID")
+        p.add_argument("ids", type=_job_id, nargs="+", metavar="ID")
         p.set_defaults(handler=_control(action))
 
     p = sub.add_parser("priority", help="set a job's priority (higher starts first)")
-    p.add_argument("id", type=int)
-    p.add_argument("priority", type=int)
+    p.add_argument("id", type=_job_id)
+    p.add_argument("priority", type=_signed)
     p.set_defaults(handler=cmd_priority)
 
     p = sub.add_parser("wait", help="block until jobs end; exit 0 iff all succeeded")
-    p.add_argument("ids", type=int, nargs="+", metavar="ID")
-    p.add_argument("--timeout", help="give up after this long (e.g. 30s, 2h); exit 1")
+    p.add_argument("ids", type=_job_id, nargs="+", metavar="ID")
+    p.add_argument(
+        "--timeout", type=_duration, help="give up after this long (e.g. 30s, 2h); exit 1"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_wait)
 
@@ -560,7 +749,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("group", help="list groups, or set a group's parallelism limit")
     p.add_argument("name", nargs="?")
-    p.add_argument("--parallel", type=int, help="jobs of this group running at once (0: no limit)")
+    p.add_argument(
+        "--parallel", type=_count, help="jobs of this group running at once (0: no limit)"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_group)
 
@@ -588,7 +779,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "command", None) and args.command[:1] == ["--"]:
             args.command = args.command[1:]
         return handler(args)
-    except (SpecError, UsageError, LakeError) as error:
+    except (SpecError, UsageError) as error:
         print(f"workbench: {error}", file=sys.stderr)
         return EXIT_USAGE
     except JobError as error:
@@ -602,6 +793,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_DAEMON
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader left (`workbench ls | head`): stop quietly, as other Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except Exception as error:
+        # The lake is imported only by the commands that use it, so only they can raise its
+        # error: a bad dataset name or version is a usage error.
+        lake = sys.modules.get("workbench.catalog.lake")
+        if lake is not None and isinstance(error, lake.LakeError):
+            print(f"workbench: {error}", file=sys.stderr)
+            return EXIT_USAGE
+        # A damaged state file or a full disk can surface from any read or write: one message
+        # with what to do, never a traceback.
+        fault = translate(error, Home.current().state_db)
+        if fault is None:
+            raise
+        print(f"workbench: {fault}", file=sys.stderr)
+        return EXIT_DAEMON
 
 
 if __name__ == "__main__":

@@ -1,32 +1,51 @@
-"""The supervisor: admits queued jobs, runs each under its wrapper, carries out intents, samples
+"""The supervisor: admits queued jobs, hands each to an executor, carries out intents, samples
 telemetry, and re-adopts jobs that outlived a previous daemon. One per WORKBENCH_HOME."""
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import math
 import os
 import selectors
 import signal
 import socket
+import sqlite3
+import struct
 import sys
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import psutil
 
 from workbench.config import Config, load_config
 from workbench.daemon import runner
-from workbench.db.store import PAUSED, QUEUED, RUNNING, STARTING, Event, Job, Store
+from workbench.daemon.executors import Ended, Executor, Handle, Launch, LaunchError
+from workbench.daemon.executors.containment import remove_empty_cgroups
+from workbench.daemon.executors.local import LocalExecutor
+from workbench.db import scheduling as db
+from workbench.db.store import Job, Store, StoreError
+from workbench.jobmodel.states import LIVE, Event, JobState
 from workbench.paths import Home
 from workbench.queue import scheduler
 from workbench.queue.kinds import job_argv
+from workbench.queue.retention import prune_ended
 from workbench.telemetry.gpu import Gpus, gpu_slots
 from workbench.telemetry.sampler import Sampler
 from workbench.units import format_duration
+
+PRUNE_INTERVAL_S = 3600.0
+QUEUE_PAGE = 128  # queued jobs read per scheduling step; more pages only while jobs start
+DEBUG_LAUNCH_DELAY_ENV = (
+    "WORKBENCH_DEBUG_DELAY_LAUNCH_COMMIT_S"  # tests: die between fork and commit
+)
+_RETRY_S = 1.0  # how soon a write that failed (disk full, busy) is tried again
+_STOP_BACKSTOP_S = 5.0  # after the kill grace, the daemon itself kills what a cancel left
+_CREDENTIALS = struct.Struct("iII")  # struct ucred: pid, uid, gid
+_WRITE_ERRORS = (sqlite3.Error, OSError, StoreError)  # a write that may work when retried
 
 
 class DaemonError(RuntimeError):
@@ -35,24 +54,28 @@ class DaemonError(RuntimeError):
 
 @dataclass
 class Tracked:
-    """A job process this daemon watches (its own child, or adopted from an earlier daemon)."""
+    """A job attempt this daemon watches (started by it, or adopted from an earlier daemon)."""
 
     job_id: int
-    pid: int
-    pidfd: int
-    run_dir: Path
-    deadline: float | None = None
+    handle: Handle
+    holding: scheduler.Holding
+    watch_fd: int = -1
+    deadline: float | None = None  # the time limit, seconds since the epoch
     cancel_sent_at: float | None = None
-    killed: bool = False
+    forced: bool = False
     timed_out: bool = False
+    launch_committed: bool = True
+    ended: Ended | None = None  # over, but not yet recorded (the write failed: retried)
 
 
 class Daemon:
-    """One supervisor process. Single-threaded: job wrappers are forked from it."""
+    """One supervisor process. Single-threaded: the local executor forks wrappers from it."""
 
-    def __init__(self, home: Home, config: Config):
+    def __init__(self, home: Home, config: Config, executor: Executor | None = None):
         self.home = home
         self.config = config
+        self._given_executor = executor
+        self.executor: Executor = executor or LocalExecutor("subreaper")  # replaced in start()
         self.tracked: dict[int, Tracked] = {}
         self.stopping = False
         self.selector = selectors.DefaultSelector()
@@ -61,10 +84,32 @@ class Daemon:
         self._lock_fd = -1
         self._sock: socket.socket | None = None
         self._last_version = -1
+        self._last_stamp: tuple[int, int] = (-1, -1)
+        self._dirty = True
         self._next_sample = 0.0
+        self._next_poll = 0.0
+        self._launch_paused_until = 0.0
+        self._next_prune = 0.0
+        self._poll_soon: set[int] = set()  # attempts to poll on the next step
         self.gpus: Gpus | None = None
         self.sampler: Sampler | None = None
         self.gpu_slots: tuple[scheduler.GpuSlot, ...] = ()
+        self.log_failures = 0  # messages the daemon could not write (its log's disk was full)
+        self.refused_wakes = 0  # datagrams from other users, ignored
+        self.passes = 0  # scheduling passes run (each reads only the head of the queue)
+        delay = os.environ.get(DEBUG_LAUNCH_DELAY_ENV, "")
+        self._debug_launch_delay_s = float(delay) if delay else 0.0
+
+    # ---- its own log: never raises ---------------------------------------------------------
+
+    def log(self, message: str) -> None:
+        """A line in daemon.log. A full disk or a closed stream is counted, never raised: the
+        daemon's error path must not be what stops it."""
+        try:
+            sys.stderr.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+            sys.stderr.flush()
+        except Exception:
+            self.log_failures += 1
 
     # ---- start-up ----------------------------------------------------------------------
 
@@ -88,11 +133,9 @@ class Daemon:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             sock.bind(str(self.home.socket))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         except OSError as error:
-            print(
-                f"workbench daemon: cannot bind {self.home.socket} ({error}); polling instead",
-                file=sys.stderr,
-            )
+            self.log(f"cannot bind {self.home.socket} ({error}); polling instead")
             sock.close()
             return
         os.chmod(self.home.socket, 0o600)
@@ -103,8 +146,15 @@ class Daemon:
     def start(self) -> None:
         self.home.ensure()
         self._take_lock()
-        self.store = Store.open(self.home.state_db, check=True)
-        self.store.backup_to(self.home.state_db.with_name("state.db.bak"))
+        if self._given_executor is None:
+            scope = hashlib.sha1(str(self.home.root).encode()).hexdigest()[:16]
+            self.executor = LocalExecutor(self.config.containment, scope, (self._lock_fd,))
+        self.store = Store.open(self.home.state_db, check="full")
+        try:
+            self.store.backup_to(self.home.state_db.with_name("state.db.bak"))
+        except _WRITE_ERRORS as error:
+            self.log(f"could not back up the state file ({error}); going on without a backup")
+        db.ensure_indexes(self.store)
         self.gpus = Gpus.open()
         self.sampler = Sampler(self.store, self.home, self.gpus, self.config)
         self._bind_socket()
@@ -117,6 +167,7 @@ class Daemon:
         self.selector.register(read_fd, selectors.EVENT_READ, ("signal", None))
         self._sample()
         self._adopt()
+        self.log(f"started (pid {os.getpid()}); {self.executor.describe()}")
         self._announce_ready()
 
     def _on_signal(self, signum: int, frame: object) -> None:
@@ -125,251 +176,445 @@ class Daemon:
     # ---- re-adoption -------------------------------------------------------------------
 
     def _adopt(self) -> None:
-        """Follow jobs a previous daemon started: alive ones are watched, the rest are settled."""
-        for job in self.store.list_jobs(states=[STARTING, RUNNING, PAUSED]):
+        """Follow jobs a previous daemon left live. A `starting` job is found by its launch token
+        (adopted if its wrapper began, queued again if it never did: never run twice); a running
+        one is watched again, and one that ended meanwhile is settled by the next poll."""
+        for job in db.live_jobs(self.store):
             run_dir = self.home.run_dir(job.id)
-            if job.pid is None:
-                if job.state in (STARTING, RUNNING):
-                    self.store.requeue(job.id, "the daemon stopped while starting it; queued again")
-                continue
-            if runner.same_process(job.pid, job.pid_start):
-                self._track(job, job.pid, run_dir)
-                continue
-            status = runner.read_exit(run_dir)
-            if status is not None:
-                self._settle(job, status, Tracked(job.id, job.pid, -1, run_dir))
-            else:
+            holding = scheduler.Holding(
+                job.id, job.group, job.granted_gpus, job.gpus, job.gpu_mem, job.cpus, job.mem
+            )
+            deadline = None
+            if job.time_limit and job.started_at:
+                deadline = job.started_at + job.time_limit
+            if job.state == JobState.STARTING or job.pid is None:
+                found = self.executor.find(job.launch_token, run_dir) if job.launch_token else None
+                if found is None:
+                    self.store.transition(
+                        job.id,
+                        Event.REQUEUE,
+                        "the daemon stopped before its wrapper started; queued again",
+                        only_from=[JobState.STARTING, JobState.RUNNING],
+                    )
+                    continue
                 self.store.transition(
                     job.id,
-                    Event.LOST,
-                    "lost: its process ended while no daemon was watching and left no exit status",
-                    only_from=[STARTING, RUNNING, PAUSED],
+                    Event.ADOPT,
+                    f"adopted by a restarted daemon (wrapper pid {found.pid})",
+                    only_from=[JobState.STARTING, JobState.RUNNING],
+                    pid=found.pid,
+                    pid_start=found.start_time,
                 )
+                self._track(job.id, found, holding, deadline)
+                continue
+            handle = Handle(job.launch_token or "", run_dir, job.pid, job.pid_start)
+            self._track(job.id, handle, holding, deadline)
+        self._next_poll = 0.0  # look at every adopted job at once: some may have ended
+        if isinstance(self.executor, LocalExecutor) and self.executor.cgroup_root is not None:
+            keep = {t.handle.token for t in self.tracked.values()}
+            remove_empty_cgroups(self.executor.cgroup_root, keep)
 
-    def _track(self, job: Job, pid: int, run_dir: Path) -> None:
-        try:
-            pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            pidfd = -1
-        deadline = None
-        if job.time_limit and job.started_at:
-            deadline = job.started_at + job.time_limit
-        self.tracked[job.id] = Tracked(job.id, pid, pidfd, run_dir, deadline)
-        if pidfd >= 0:
-            self.selector.register(pidfd, selectors.EVENT_READ, ("exit", job.id))
+    def _track(
+        self, job_id: int, handle: Handle, holding: scheduler.Holding, deadline: float | None
+    ) -> Tracked:
+        tracked = Tracked(job_id, handle, holding, deadline=deadline)
+        fd = self.executor.watch_fd(handle)
+        if fd is not None:
+            tracked.watch_fd = fd
+            self.selector.register(fd, selectors.EVENT_READ, ("exit", job_id))
+        else:  # nothing to watch (it may have ended already): look at it on the next step
+            self._poll_soon.add(job_id)
+        self.tracked[job_id] = tracked
+        return tracked
+
+    def _unwatch(self, tracked: Tracked) -> None:
+        if tracked.watch_fd >= 0:
+            self.selector.unregister(tracked.watch_fd)
+            os.close(tracked.watch_fd)
+            tracked.watch_fd = -1
 
     # ---- job endings -------------------------------------------------------------------
 
-    def _on_exit(self, job_id: int) -> None:
-        tracked = self.tracked.pop(job_id)
-        if tracked.pidfd >= 0:
-            self.selector.unregister(tracked.pidfd)
-            os.close(tracked.pidfd)
-        reaped = runner.reap(tracked.pid)
-        status = runner.read_exit(tracked.run_dir)
-        if status is None:
-            # The wrapper itself died (SIGKILL after the grace period, or killed by hand).
-            status = reaped or runner.ExitStatus(None, signal.SIGKILL, time.time())
-        job = self.store.find(job_id)
-        if job is not None:
-            self._settle(job, status, tracked)
+    def _collect(self, job_ids: list[int]) -> None:
+        """Ask the executor which of these attempts are over; keep each end until recorded."""
+        watching = [self.tracked[i] for i in job_ids if i in self.tracked]
+        handles = [t.handle for t in watching if t.ended is None]
+        if not handles:
+            return
+        by_token = {t.handle.token: t for t in watching}
+        for ended in self.executor.poll(handles):
+            tracked = by_token.get(ended.handle.token)
+            if tracked is not None:
+                tracked.ended = ended
+                self._unwatch(tracked)
 
-    def _settle(self, job: Job, status: runner.ExitStatus, tracked: Tracked) -> None:
-        """Record how a job ended, and queue it again if it has retries left."""
+    def _record_endings(self) -> None:
+        """Record every collected end in one transaction; if the write fails (disk full, a long
+        lock) it is retried on the next step, and the jobs stay tracked (their resources held)
+        until it commits: an outcome is never dropped."""
+        done = [t for t in self.tracked.values() if t.ended is not None]
+        if not done:
+            return
+        try:
+            jobs = db.jobs_by_id(self.store, [t.job_id for t in done])
+            changes = [c for t in done if t.job_id in jobs for c in self._settle(t, jobs[t.job_id])]
+            db.apply_many(self.store, changes)
+        except _WRITE_ERRORS as error:
+            self.log(f"could not record the end of {len(done)} job(s) yet ({error}); retrying")
+            return
+        for tracked in done:
+            del self.tracked[tracked.job_id]
+        self._dirty = True  # their resources are free
+
+    def _settle(self, tracked: Tracked, job: Job) -> list[db.Change]:
+        """How to record an attempt's end: the state changes, including the next attempt's
+        queueing when it has retries left."""
+        ended = tracked.ended
+        assert ended is not None
+        status = ended.status
         fields = {"exit_code": status.code, "ended_at": status.ended_at or time.time()}
-        live = [STARTING, RUNNING, PAUSED]
-        failure = runner.read_failure(tracked.run_dir)
+        live = tuple(LIVE)
+
+        def change(event: Event, reason: str) -> db.Change:
+            return db.Change(job.id, event, reason, live, fields)
+
+        if ended.lost is not None:
+            return [change(Event.LOST, ended.lost)]
+        failure = runner.read_failure(tracked.handle.run_dir)
+        leftovers = ""
+        if status.leftovers:
+            verb = "left running" if self._keeps_leftovers(job) else "stopped"
+            plural = "es" if status.leftovers != 1 else ""
+            leftovers = f"; {status.leftovers} leftover process{plural} {verb}"
         if job.intent == "cancel" and not tracked.timed_out:
             reason = f"cancelled ({status.describe()})" + (f": {failure}" if failure else "")
-            self.store.transition(job.id, Event.CANCEL, reason, only_from=live, **fields)
-        elif tracked.timed_out:
-            limit = format_duration(job.time_limit)
-            self.store.transition(
-                job.id,
-                Event.EXIT_FAILED,
-                f"time limit of {limit} exceeded",
-                only_from=live,
-                **fields,
-            )
-        elif status.ok:
-            self.store.transition(
-                job.id, Event.EXIT_OK, status.describe(), only_from=live, **fields
-            )
-        else:
-            reason = f"{status.describe()}: {failure}" if failure else status.describe()
-            if job.attempt <= job.retries:
-                retry = f"automatic retry {job.attempt}/{job.retries} after it {status.describe()}"
-                self.store.fail_and_requeue(job.id, reason, retry, only_from=live, **fields)
-            else:
-                self.store.transition(job.id, Event.EXIT_FAILED, reason, only_from=live, **fields)
+            return [change(Event.CANCEL, reason)]
+        if tracked.timed_out:
+            return [
+                change(
+                    Event.EXIT_FAILED, f"time limit of {format_duration(job.time_limit)} exceeded"
+                )
+            ]
+        if status.ok:
+            return [change(Event.EXIT_OK, status.describe() + leftovers)]
+        reason = (f"{status.describe()}: {failure}" if failure else status.describe()) + leftovers
+        if job.attempt <= job.retries:
+            retry = f"automatic retry {job.attempt}/{job.retries} after it {status.describe()}"
+            requeue = db.Change(job.id, Event.REQUEUE, retry, (JobState.FAILED,))
+            return [change(Event.EXIT_FAILED, reason), requeue]
+        return [change(Event.EXIT_FAILED, reason)]
+
+    @staticmethod
+    def _keeps_leftovers(job: Job) -> bool:
+        return bool(job.spec.get("keep_leftovers", False))
 
     # ---- intents, limits ---------------------------------------------------------------
 
-    def _carry_out_intents(self, active: list[Job], now: float) -> None:
-        for job in active:
-            tracked = self.tracked.get(job.id)
-            if tracked is None:
+    def _carry_out_intents(self, now: float) -> None:
+        for intent in db.intents(self.store):
+            tracked = self.tracked.get(intent.job_id)
+            if tracked is None or tracked.ended is not None:
+                if intent.intent != "cancel":
+                    self.store.update(intent.job_id, intent=None)
                 continue
-            if job.intent == "cancel" and tracked.cancel_sent_at is None:
-                self._terminate(tracked, now)
-            elif job.intent == "pause" and job.state == RUNNING:
-                runner.signal_group(tracked.pid, signal.SIGSTOP)
+            if intent.intent == "cancel":
+                if tracked.cancel_sent_at is None:
+                    self._cancel(tracked, now)
+            elif intent.intent == "pause" and intent.state == JobState.RUNNING:
+                self.executor.signal(tracked.handle, signal.SIGSTOP)
                 self.store.transition(
-                    job.id, Event.PAUSE, "paused", only_from=[RUNNING], intent=None
+                    intent.job_id, Event.PAUSE, "paused", only_from=[JobState.RUNNING], intent=None
                 )
-            elif job.intent == "resume" and job.state == PAUSED:
-                runner.signal_group(tracked.pid, signal.SIGCONT)
+            elif intent.intent == "resume" and intent.state == JobState.PAUSED:
+                self.executor.signal(tracked.handle, signal.SIGCONT)
                 self.store.transition(
-                    job.id, Event.RESUME, "resumed", only_from=[PAUSED], intent=None
+                    intent.job_id, Event.RESUME, "resumed", only_from=[JobState.PAUSED], intent=None
                 )
-            elif job.intent in ("pause", "resume"):
-                self.store.update(job.id, intent=None)
+            elif intent.intent in ("pause", "resume") and intent.state != JobState.STARTING:
+                self.store.update(intent.job_id, intent=None)
+
+    def _cancel(self, tracked: Tracked, now: float) -> None:
+        tracked.cancel_sent_at = now
+        self.executor.cancel(tracked.handle, self.config.kill_grace_s)
 
     def _enforce_deadlines(self, now: float) -> None:
-        """Time limits (SIGTERM), then the kill grace (SIGKILL to the whole group)."""
+        """Time limits (a cancel); and a backstop for a cancel the executor did not finish."""
         for tracked in self.tracked.values():
+            if tracked.ended is not None:
+                continue
             if tracked.deadline is not None and not tracked.timed_out and now >= tracked.deadline:
                 tracked.timed_out = True
                 if tracked.cancel_sent_at is None:
-                    self._terminate(tracked, now)
+                    self._cancel(tracked, now)
             sent = tracked.cancel_sent_at
-            if sent is not None and not tracked.killed and now >= sent + self.config.kill_grace_s:
-                tracked.killed = True
-                runner.signal_group(tracked.pid, signal.SIGKILL)
+            if (
+                sent is not None
+                and not tracked.forced
+                and now >= sent + self.config.kill_grace_s + _STOP_BACKSTOP_S
+            ):
+                tracked.forced = True
+                stopped = self.executor.stop_all(tracked.handle)
+                self.log(
+                    f"job {tracked.job_id}: still running after its kill grace; {stopped} processes killed"
+                )
 
     def _next_deadline(self) -> float:
         soonest = math.inf
         for tracked in self.tracked.values():
+            if tracked.ended is not None or not tracked.launch_committed:
+                soonest = min(soonest, time.time() + _RETRY_S)
+                continue
             if tracked.deadline is not None and not tracked.timed_out:
                 soonest = min(soonest, tracked.deadline)
-            if tracked.cancel_sent_at is not None and not tracked.killed:
-                soonest = min(soonest, tracked.cancel_sent_at + self.config.kill_grace_s)
+            if tracked.cancel_sent_at is not None and not tracked.forced:
+                soonest = min(
+                    soonest, tracked.cancel_sent_at + self.config.kill_grace_s + _STOP_BACKSTOP_S
+                )
         return soonest
-
-    def _terminate(self, tracked: Tracked, now: float) -> None:
-        """SIGTERM to the group (continued first, in case it is paused); SIGKILL after the grace."""
-        tracked.cancel_sent_at = now
-        runner.signal_group(tracked.pid, signal.SIGTERM)
-        runner.signal_group(tracked.pid, signal.SIGCONT)
 
     # ---- scheduling --------------------------------------------------------------------
 
     def _sample(self) -> None:
         """One telemetry tick (history, per-job GPU use) and the GPU inventory for the scheduler:
-        memory used by processes that are not our jobs', unhealthy slots for failed GPUs."""
+        memory used by processes that are not our jobs', unhealthy slots for failed GPUs. A failed
+        tick (disk full) is logged and skipped: it must not hold up the queue."""
         assert self.sampler is not None
-        tick = self.sampler.tick({t.pid: t.job_id for t in self.tracked.values()})
-        self.gpu_slots = gpu_slots(tick.gpus, set(tick.owners))
         self._next_sample = time.monotonic() + self.config.sample_interval_s
-
-    def _schedule(self, active: list[Job]) -> None:
-        queued = [j for j in active if j.state == QUEUED]
-        if not queued:
+        owners = {t.handle.pid: t.job_id for t in self.tracked.values() if t.handle.pid}
+        try:
+            tick = self.sampler.tick(owners)
+        except _WRITE_ERRORS as error:
+            self.log(f"telemetry sample skipped ({error})")
             return
-        holding = [
-            scheduler.Holding(
-                j.id, j.group, tuple(j.granted_gpus or ()), j.gpus, j.gpu_mem, j.cpus, j.mem
-            )
-            for j in active
-            if j.state in (STARTING, RUNNING, PAUSED)
-        ]
-        dep_ids = {d for j in queued for d, _ in j.deps}
-        dep_states = self.store.states_of(dep_ids) if dep_ids else {}
+        self.gpu_slots = gpu_slots(tick.gpus, set(tick.owners))
+
+    def _schedule(self) -> None:
+        """Start what can start, reading the queue's head page by page in scheduling order and
+        stopping at the first page that starts nothing: a pass costs the jobs it looks at, not
+        the length of the queue."""
+        if time.monotonic() < self._launch_paused_until:
+            return
         settings = scheduler.Settings(
             drain=self.store.draining,
             group_limits=self.store.group_limits(),
             default_parallel=self.config.default_parallel,
         )
         resources = scheduler.Resources(self.gpu_slots, self.cpus, self.mem_bytes)
-        by_id = {j.id: j for j in queued}
-        for decision in scheduler.plan(
-            [
-                scheduler.Want(
-                    j.id,
-                    j.priority,
-                    j.group,
-                    j.gpus,
-                    j.gpu_mem,
-                    j.cpus,
-                    j.mem,
-                    j.deps,
-                    j.fail_unrunnable,
-                )
-                for j in queued
-            ],
-            holding,
-            dep_states,
-            resources,
-            settings,
-        ):
+        after: tuple[int, int] | None = None
+        seen: set[int] = set()
+        reasons: list[tuple[int, str | None]] = []
+        first = True
+        while True:
+            page = db.queue_head(self.store, after, QUEUE_PAGE)
+            batch = list(page)
+            if first:
+                batch += [
+                    j for j in db.queued_with_deps(self.store) if j.id not in {p.id for p in page}
+                ]
+                first = False
+            batch = [j for j in batch if j.id not in seen]
+            seen.update(j.id for j in batch)
+            if not batch:
+                break
+            started = self._plan(batch, resources, settings, reasons)
+            if len(page) < QUEUE_PAGE or started == 0:
+                break
+            after = (page[-1].priority, page[-1].id)
+        db.set_reasons(self.store, reasons)
+
+    def _plan(
+        self,
+        batch: list[db.QueuedJob],
+        resources: scheduler.Resources,
+        settings: scheduler.Settings,
+        reasons: list[tuple[int, str | None]],
+    ) -> int:
+        holding = [t.holding for t in self.tracked.values()]
+        dep_ids = {d for j in batch for d, _ in j.deps}
+        dep_states = (
+            {k: str(v) for k, v in self.store.states_of(dep_ids).items()} if dep_ids else {}
+        )
+        wants = [
+            scheduler.Want(
+                j.id,
+                j.priority,
+                j.group,
+                j.gpus,
+                j.gpu_mem,
+                j.cpus,
+                j.mem,
+                j.deps,
+                j.fail_unrunnable,
+            )
+            for j in batch
+        ]
+        by_id = {j.id: j for j in batch}
+        starts: list[tuple[db.QueuedJob, tuple[int, ...]]] = []
+        for decision in scheduler.plan(wants, holding, dep_states, resources, settings):
             job = by_id[decision.job_id]
             if isinstance(decision, scheduler.Start):
-                self._launch(job, decision.gpu_indices)
+                starts.append((job, decision.gpu_indices))
             elif isinstance(decision, scheduler.Wait):
                 if job.reason != decision.reason:
-                    self.store.set_reason(job.id, decision.reason)
+                    reasons.append((job.id, decision.reason))
             elif isinstance(decision, scheduler.Block):
-                self.store.transition(job.id, Event.BLOCK, decision.reason, only_from=[QUEUED])
+                self.store.transition(
+                    job.id, Event.BLOCK, decision.reason, only_from=[JobState.QUEUED]
+                )
             elif isinstance(decision, scheduler.Fail):
-                self.store.transition(job.id, Event.REFUSE, decision.reason, only_from=[QUEUED])
+                self.store.transition(
+                    job.id, Event.REFUSE, decision.reason, only_from=[JobState.QUEUED]
+                )
+        return self._launch_many(starts)
 
-    def _launch(self, job: Job, gpu_indices: tuple[int, ...]) -> None:
+    def _launch_many(self, starts: list[tuple[db.QueuedJob, tuple[int, ...]]]) -> int:
+        """Start jobs in three steps, each one transaction for all of them: mark them `starting`
+        with fresh launch tokens; hand each to the executor; record the handles (`running`).
+        A daemon that dies anywhere in between leaves the tokens, by which the next daemon finds
+        each attempt (or knows it never began): no job runs twice."""
+        if not starts:
+            return 0
         now = time.time()
-        if not self.store.transition(
-            job.id,
-            Event.START,
-            "starting",
-            only_from=[QUEUED],
-            started_at=now,
-            granted_gpus=list(gpu_indices),
-        ):
-            return  # cancelled or paused by a client in the meantime
-        job = self.store.get(job.id)
+        tokens = {job.id: uuid.uuid4().hex for job, _ in starts}
+        marked = db.apply_many(
+            self.store,
+            [
+                db.Change(
+                    job.id,
+                    Event.START,
+                    "starting",
+                    (JobState.QUEUED,),
+                    {"started_at": now, "granted_gpus": list(gpus), "launch_token": tokens[job.id]},
+                )
+                for job, gpus in starts
+            ],
+        )
+        chosen = [
+            (job, gpus)
+            for (job, gpus), state in zip(starts, marked, strict=True)
+            if state is not None
+        ]
+        rows = db.jobs_by_id(self.store, [job.id for job, _ in chosen])
+        outcomes: list[db.Change] = []
+        launched: list[Tracked] = []
+        ready = [(queued, gpus, rows[queued.id]) for queued, gpus in chosen if queued.id in rows]
+        specs = [self._launch_spec(job, q, gpus, tokens[job.id], now) for q, gpus, job in ready]
+        for (queued, gpus, job), result in zip(ready, self.executor.start_many(specs), strict=True):
+            if isinstance(result, LaunchError):
+                outcomes.append(
+                    db.Change(
+                        job.id,
+                        Event.EXIT_FAILED,
+                        str(result),
+                        (JobState.STARTING,),
+                        {"exit_code": 127},
+                    )
+                )
+                continue
+            if isinstance(result, Exception):  # no process: try again a little later
+                self.log(f"job {job.id}: could not start ({result}); queued again")
+                self._launch_paused_until = time.monotonic() + _RETRY_S
+                reason = f"could not start ({result}); queued again"
+                outcomes.append(db.Change(job.id, Event.REQUEUE, reason, (JobState.STARTING,)))
+                continue
+            holding = scheduler.Holding(
+                job.id, queued.group, gpus, queued.gpus, queued.gpu_mem, queued.cpus, queued.mem
+            )
+            deadline = now + job.time_limit if job.time_limit else None
+            tracked = self._track(job.id, result, holding, deadline)
+            tracked.launch_committed = False
+            launched.append(tracked)
+        if self._debug_launch_delay_s:
+            time.sleep(self._debug_launch_delay_s)
+        for tracked in launched:
+            outcomes.append(self._launched_change(tracked))
+        try:
+            db.apply_many(self.store, outcomes)
+        except _WRITE_ERRORS as error:
+            self.log(f"could not record {len(outcomes)} start(s) yet ({error}); retrying")
+            return len(launched)
+        for tracked in launched:
+            tracked.launch_committed = True
+        return len(launched)
+
+    def _launch_spec(
+        self, job: Job, queued: db.QueuedJob, gpus: tuple[int, ...], token: str, now: float
+    ) -> Launch:
         run_dir = self.home.run_dir(job.id)
         env = dict(job.env)
         env.update(
             {
                 "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
-                "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in gpu_indices),
+                "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in gpus),
                 "PYTHONUNBUFFERED": "1",
                 "WORKBENCH_HOME": str(self.home.root),
                 "WORKBENCH_JOB_ID": str(job.id),
                 "WORKBENCH_RUN_DIR": str(run_dir),
             }
         )
-        if job.cpus > 0:
-            threads = str(max(1, math.ceil(job.cpus)))
+        if queued.cpus > 0:
+            threads = str(max(1, math.ceil(queued.cpus)))
             env.setdefault("OMP_NUM_THREADS", threads)
             env["WORKBENCH_CPUS"] = threads
-        argv = job_argv(job, sys.executable)
-        cwd = job.cwd if os.path.isdir(job.cwd) else str(self.home.root)
         header = None
         if job.attempt > 1:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
             header = f"attempt {job.attempt} of {job.retries + 1} started {stamp}"
-        pid = runner.spawn(argv, env, cwd, run_dir, self.config.log_cap_bytes, header)
-        self.store.transition(
-            job.id,
+        return Launch(
+            job_id=job.id,
+            token=token,
+            argv=job_argv(job, sys.executable),
+            env=env,
+            cwd=job.cwd,
+            run_dir=run_dir,
+            log_cap_bytes=self.config.log_cap_bytes,
+            kill_grace_s=self.config.kill_grace_s,
+            header=header,
+            keep_leftovers=self._keeps_leftovers(job),
+        )
+
+    @staticmethod
+    def _launched_change(tracked: Tracked) -> db.Change:
+        return db.Change(
+            tracked.job_id,
             Event.LAUNCHED,
             "started",
-            only_from=[STARTING],
-            pid=pid,
-            pid_start=runner.process_start_time(pid),
+            (JobState.STARTING,),
+            {"pid": tracked.handle.pid, "pid_start": tracked.handle.start_time},
         )
-        self._track(job, pid, run_dir)
+
+    def _commit_launches(self) -> None:
+        """Record starts whose first write failed (starting -> running), all in one go."""
+        pending = [t for t in self.tracked.values() if not t.launch_committed]
+        if not pending:
+            return
+        try:
+            db.apply_many(self.store, [self._launched_change(t) for t in pending])
+        except _WRITE_ERRORS as error:
+            self.log(f"could not record {len(pending)} start(s) yet ({error}); retrying")
+            return
+        for tracked in pending:
+            tracked.launch_committed = True
 
     # ---- the loop ----------------------------------------------------------------------
 
     def _pass(self) -> None:
+        self.passes += 1
         now = time.time()
-        active = self.store.active_jobs(light=True)
-        self._carry_out_intents(active, now)
+        self._carry_out_intents(now)
         self._enforce_deadlines(now)
-        self._schedule(active)
+        self._schedule()
 
     def _timeout(self) -> float:
-        """Sleep until the next thing due: a sample, a kill deadline, a time limit; at most 1 s."""
-        wait = min(1.0, self._next_sample - time.monotonic(), self._next_deadline() - time.time())
+        """Sleep until the next thing due: a sample, a kill deadline, a time limit, a retry."""
+        if self._poll_soon:
+            return 0.0
+        wait = min(
+            1.0,
+            self._next_sample - time.monotonic(),
+            self._next_poll - time.monotonic(),
+            self._next_deadline() - time.time(),
+        )
         return max(0.0, wait)
 
     def run(self) -> None:
@@ -382,48 +627,105 @@ class Daemon:
             self.stop()
 
     def _guarded(self, step: Callable[[], None]) -> None:
-        """Run one step; an unexpected error is logged (daemon.log) instead of ending the
-        supervisor, since running jobs and the queue outlive any one pass."""
+        """Run one step; an unexpected error is logged (never raised, even when the log cannot
+        be written) instead of ending the supervisor: running jobs and the queue outlive a pass."""
         try:
             step()
         except Exception:
-            traceback.print_exc(file=sys.stderr)
-            sys.stderr.flush()
-            time.sleep(1.0)
+            try:
+                detail = traceback.format_exc()
+            except Exception:
+                detail = "unexpected error (no traceback)"
+            self.log(detail.rstrip())
+            self._dirty = True
+            time.sleep(0.2)
 
     def _step(self) -> None:
-        """Sleep until something happens, then react: wake-ups, job exits, samples, deadlines."""
-        woke = False
+        """Sleep until something happens, then react: wake-ups, job exits, samples, deadlines.
+        A scheduling pass runs only when something that can change a decision happened."""
+        exited: list[int] = []
         for key, _ in self.selector.select(self._timeout()):
             what, job_id = key.data
             if what == "wake":
-                self._drain_socket()
-                woke = True
-            elif what == "exit" and job_id in self.tracked:
-                self._on_exit(job_id)
-                woke = True
+                if self._drain_socket():
+                    self._dirty = True
+            elif what == "exit":
+                exited.append(job_id)
             elif what == "signal":
                 try:
                     os.read(key.fd, 512)
                 except BlockingIOError:
                     pass
+        exited.extend(self._poll_soon)
+        self._poll_soon.clear()
+        if time.monotonic() >= self._next_poll:
+            exited = list(self.tracked)  # a periodic look at every attempt (adopted, fd-less)
+            self._next_poll = time.monotonic() + 5.0
+        if exited:
+            self._collect(exited)
+        self._commit_launches()
+        self._record_endings()
         if time.monotonic() >= self._next_sample:
             self._sample()
-        version = self.store.data_version()
-        if woke or version != self._last_version or self._next_deadline() <= time.time():
+        if self.config.retention_jobs_s is not None and time.monotonic() >= self._next_prune:
+            self._prune(self.config.retention_jobs_s)
+        version = self.store.data_version(include_own=False)
+        if version != self._last_version:
             self._last_version = version
+            stamp = db.schedule_stamp(self.store)
+            if stamp != self._last_stamp:
+                self._last_stamp = stamp
+                self._dirty = True
+        now = time.time()
+        if self._dirty:
+            self._dirty = False
             self._pass()
+        elif self._next_deadline() <= now:
+            self._enforce_deadlines(now)
 
-    def _drain_socket(self) -> None:
+    def _prune(self, older_than_s: float) -> None:
+        """Retention (`[retention] jobs`): remove ended jobs past the age, hourly."""
+        self._next_prune = time.monotonic() + PRUNE_INTERVAL_S
+        try:
+            removed = prune_ended(self.store, self.home, older_than_s)
+        except _WRITE_ERRORS as error:
+            self.log(f"pruning ended jobs failed ({error}); trying again in an hour")
+            return
+        if removed:
+            self.log(f"pruned {len(removed)} ended job(s) past the retention age")
+
+    def _drain_socket(self) -> bool:
+        """Read every pending wake-up; True if one came from this user. Datagrams from other
+        users (SO_PASSCRED credentials) are refused and counted."""
         assert self._sock is not None
+        woke = False
         while True:
             try:
-                self._sock.recv(64)
+                _, ancillary, _, _ = self._sock.recvmsg(64, socket.CMSG_SPACE(_CREDENTIALS.size))
             except BlockingIOError:
-                return
+                return woke
+            except OSError:
+                return woke
+            uid = None
+            for level, kind, data in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                    _, uid, _ = _CREDENTIALS.unpack(data[: _CREDENTIALS.size])
+            if uid == os.getuid():
+                woke = True
+            else:
+                self.refused_wakes += 1
+                if self.refused_wakes <= 10 or self.refused_wakes % 1000 == 0:
+                    self.log(
+                        f"refused a wake-up from uid {uid} (only uid {os.getuid()} may use this"
+                        f" daemon); {self.refused_wakes} refused so far"
+                    )
 
     def stop(self) -> None:
         """Leave: running jobs keep running and are re-adopted by the next daemon."""
+        self.log(
+            f"stopping: {self.passes} scheduling passes, {self.refused_wakes} refused wake-ups,"
+            f" {self.log_failures} log lines lost"
+        )
         if self._sock is not None:
             self._sock.close()
             try:
@@ -432,6 +734,7 @@ class Daemon:
                 pass
         if self.gpus is not None:
             self.gpus.close()
+        self.executor.close()
         self.store.close()
         if self._lock_fd >= 0:
             os.ftruncate(self._lock_fd, 0)
@@ -445,6 +748,9 @@ def serve(home: Home) -> int:
         daemon = Daemon(home, load_config(home.config))
         daemon.run()
     except Exception as error:  # the client that started us reads this from daemon.log
-        print(f"workbench daemon: {error}", file=sys.stderr, flush=True)
+        try:
+            print(f"workbench daemon: {error}", file=sys.stderr, flush=True)
+        except Exception:
+            pass
         return 3
     return 0

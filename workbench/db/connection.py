@@ -50,17 +50,43 @@ def full_message(path: Path) -> str:
     )
 
 
-def is_full_error(error: BaseException) -> bool:
-    """Whether an exception means "the disk (or the file size limit) is full"."""
+_SQLITE_IOERR_WRITE = getattr(sqlite3, "SQLITE_IOERR_WRITE", 778)
+_SQLITE_IOERR_SHMSIZE = getattr(sqlite3, "SQLITE_IOERR_SHMSIZE", 4874)
+_SQLITE_IOERR_TRUNCATE = getattr(sqlite3, "SQLITE_IOERR_TRUNCATE", 1546)
+_SQLITE_IOERR_FSYNC = getattr(sqlite3, "SQLITE_IOERR_FSYNC", 1034)
+
+
+def _space_is_short(path: Path | None) -> bool:
+    """Whether a write error can be blamed on space: the device is (nearly) full, or this
+    process runs under a file size limit (RLIMIT_FSIZE), which fails writes the same way."""
+    import resource
+
+    if resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY:
+        return True
+    if path is None:
+        return False
+    try:
+        stat = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize < 4 * 1024 * 1024
+
+
+def is_full_error(error: BaseException, path: Path | None = None) -> bool:
+    """Whether an exception means "the disk (or the file size limit) is full".
+
+    SQLite reports ENOSPC as SQLITE_FULL, but a write that fails outright (EFBIG, or a
+    shared-memory file that cannot grow) as an I/O error: those count when space is short."""
     if isinstance(error, StoreFull):
         return True
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return True
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
     if isinstance(error, sqlite3.Error):
         code = getattr(error, "sqlite_errorcode", None)
-        if code == sqlite3.SQLITE_FULL:
+        if code == sqlite3.SQLITE_FULL or "database or disk is full" in str(error).lower():
             return True
-        return "database or disk is full" in str(error).lower()
+        if code is not None and code & 0xFF == sqlite3.SQLITE_IOERR:
+            return _space_is_short(path)
     return False
 
 
@@ -75,9 +101,13 @@ def is_corrupt_error(error: BaseException) -> bool:
     return "malformed" in text or "not a database" in text or "file is empty" in text
 
 
-def translate(error: sqlite3.Error, path: Path) -> StoreError | None:
-    """A StoreError for the faults a user must act on (full disk, damage), else None."""
-    if is_full_error(error):
+def translate(error: BaseException, path: Path) -> StoreError | None:
+    """A StoreError for the faults a user must act on (full disk, damage), else None.
+
+    Takes sqlite3 and OS errors alike, so a client can map whatever escaped to one message."""
+    if isinstance(error, StoreError):
+        return error
+    if is_full_error(error, path):
         return StoreFull(full_message(path))
     if is_corrupt_error(error):
         return StoreCorrupt(f"state file damaged ({error}).\n{recovery_advice(path)}")
@@ -104,9 +134,20 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def quick_check(conn: sqlite3.Connection) -> None:
-    """SQLite's quick_check over the whole file; raises sqlite3.DatabaseError naming the damage."""
-    result = conn.execute("PRAGMA quick_check(3)").fetchall()
+def quick_check(conn: sqlite3.Connection, tables: tuple[str, ...] = ()) -> None:
+    """SQLite's quick_check (b-tree structure, free list, record format): of the whole file, or
+    of only `tables` and their indexes (cheaper where other tables, such as per-step metrics,
+    are large). Raises sqlite3.DatabaseError naming the damage."""
+    if tables:
+        existing = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        result: list[tuple[str]] = []
+        for table in tables:
+            if table in existing:
+                rows = conn.execute(f"PRAGMA quick_check('{table}')").fetchall()
+                result += [r for r in rows if r != ("ok",)]
+        result = result or [("ok",)]
+    else:
+        result = conn.execute("PRAGMA quick_check(3)").fetchall()
     if result != [("ok",)]:
         raise sqlite3.DatabaseError(
             "database disk image is malformed: " + "; ".join(str(r[0]) for r in result[:3])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import tempfile
 from pathlib import Path
 
 from workbench.db.connection import StoreError, remove_files
@@ -202,6 +201,16 @@ MIGRATIONS: dict[int, str] = {
     DROP TABLE IF EXISTS telemetry;
     DROP TABLE IF EXISTS telemetry_latest;
     """,
+    # Captured environments are stored once per distinct content (a shell submitting 20,000
+    # jobs captures the same one each time) and apart from the job rows, so listing jobs never
+    # walks an environment's overflow pages and the file stays small enough to check per open.
+    12: """
+    CREATE TABLE envs (id INTEGER PRIMARY KEY, env TEXT NOT NULL UNIQUE);
+    ALTER TABLE jobs ADD COLUMN env_id INTEGER;
+    INSERT OR IGNORE INTO envs(env) SELECT env FROM jobs;
+    UPDATE jobs SET env_id = (SELECT id FROM envs WHERE envs.env = jobs.env), env = '{}';
+    CREATE INDEX jobs_env ON jobs(env_id);
+    """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -212,6 +221,8 @@ def create_database(
     """Create a fresh SQLite file atomically (so a zero-length or partial file is never ours),
     with every migration applied; `auto_vacuum` makes it INCREMENTAL (free pages can be given
     back with `PRAGMA incremental_vacuum`)."""
+    import tempfile  # only when a file is created: it pulls in random and hashlib
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".db", dir=path.parent)
     os.close(fd)
     try:

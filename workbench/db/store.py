@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workbench.db.connection import (
     StoreCorrupt,
@@ -32,8 +32,8 @@ from workbench.db.connection import (
     translate,
 )
 from workbench.db.migrations import SCHEMA_VERSION, create_database, migrate
-from workbench.db.telemetry import TelemetryStore
 from workbench.jobmodel.resources import Resources
+from workbench.jobmodel.secrets import mask_job_json
 from workbench.jobmodel.states import (
     ACTIVE,
     ENDED,
@@ -45,6 +45,9 @@ from workbench.jobmodel.states import (
     allowed,
     next_state,
 )
+
+if TYPE_CHECKING:
+    from workbench.db.telemetry import TelemetryStore
 
 __all__ = [
     "ACTIVE",
@@ -82,6 +85,9 @@ __all__ = [
     "recovery_advice",
     "translate_os",
 ]
+
+# The tables every client reads or writes: checked on each open.
+QUEUE_TABLES = ("meta", "jobs", "envs", "job_events", "job_deps", "audit", "groups", "pipelines")
 
 # Short names for modules that compare states; the words themselves live in JobState only.
 QUEUED, STARTING, RUNNING, PAUSED = (
@@ -191,9 +197,10 @@ class Job:
     def mem(self) -> int | None:
         return self.resources.mem
 
-    def to_json(self, with_env: bool = False) -> dict[str, Any]:
-        """The job as `--json` prints it. `with_env` adds the captured environment as stored
-        (unmasked: callers that print it mask it through `workbench.present`)."""
+    def to_json(self, with_env: bool = False, secret_words: Iterable[str] = ()) -> dict[str, Any]:
+        """The job as `--json` prints it. `with_env` adds the captured environment. Values of
+        secret-looking variables (in `env` and in a spec's `env`) are always masked; callers
+        pass the configured extra words (`workbench.present.job_json` does)."""
         out: dict[str, Any] = {
             "id": self.id,
             "name": self.name,
@@ -225,7 +232,7 @@ class Job:
         }
         if with_env:
             out["env"] = self.env
-        return out
+        return mask_job_json(out, secret_words)
 
 
 @dataclass(frozen=True)
@@ -255,13 +262,18 @@ class AuditEntry:
 
 
 _JOB_COLUMNS = (
-    "id, name, kind, state, spec, argv, cwd, env, priority, grp, gpus, gpu_mem, cpus, mem,"
+    "id, name, kind, state, spec, argv, cwd,"
+    " coalesce((SELECT env FROM envs WHERE envs.id = jobs.env_id), env),"
+    " priority, grp, gpus, gpu_mem, cpus, mem,"
     " retries, attempt, time_limit, fail_unrunnable, pipeline_id, stage, created_at, started_at,"
     " ended_at, exit_code, reason, pid, pid_start, granted_gpus, intent, progress, progress_msg,"
     " peak_gpu_mem, mean_gpu_util, launch_token"
 )
-# The same columns with spec and env left out (lists that never show them need not parse them).
-_LIGHT_COLUMNS = _JOB_COLUMNS.replace(" spec,", " '{}',").replace(" env,", " '{}',")
+# The same columns with spec and env left out (lists that never show them need not parse them),
+# and with only env left out (listings that show specs: an environment is the bulk of a row).
+_ENV_COLUMN = " coalesce((SELECT env FROM envs WHERE envs.id = jobs.env_id), env),"
+_LIGHT_COLUMNS = _JOB_COLUMNS.replace(" spec,", " '{}',").replace(_ENV_COLUMN, " '{}',")
+_NO_ENV_COLUMNS = _JOB_COLUMNS.replace(_ENV_COLUMN, " '{}',")
 
 # Columns a caller may set with `update` or alongside a transition (never `state`).
 _SETTABLE = frozenset(
@@ -303,6 +315,14 @@ def decode_text(stored: str) -> str:
     return stored
 
 
+def _json_dict(text: str) -> dict[str, Any]:
+    """A JSON object column; the empty one (every light read) without running the parser."""
+    if text == "{}":
+        return {}
+    parsed: dict[str, Any] = json.loads(text)
+    return parsed
+
+
 def _job_from_row(row: sqlite3.Row | tuple[Any, ...], deps: tuple[tuple[int, str], ...]) -> Job:
     (
         id_, name, kind, state, spec, argv, cwd, env, priority, grp, gpus, gpu_mem, cpus, mem,
@@ -312,13 +332,13 @@ def _job_from_row(row: sqlite3.Row | tuple[Any, ...], deps: tuple[tuple[int, str
     ) = row  # fmt: skip
     return Job(
         id=id_,
-        name=name,
+        name=decode_text(name),
         kind=kind,
         state=JobState(state),
-        spec=json.loads(spec),
+        spec=_json_dict(spec),
         argv=json.loads(argv) if argv else None,
         cwd=decode_text(cwd),
-        env=json.loads(env),
+        env=_json_dict(env),
         priority=priority,
         group=grp,
         resources=Resources(gpus=gpus, gpu_mem=gpu_mem, cpus=cpus, mem=mem),
@@ -365,10 +385,14 @@ class Store:
         self.path = path
         self._telemetry: TelemetryStore | None = None
         self._telemetry_lock = threading.Lock()
+        self._version_conn: sqlite3.Connection | None = None
+        self._version_lock = threading.Lock()
 
     @property
     def telemetry(self) -> TelemetryStore:
         """The history file beside this state file (telemetry.db), opened on first use."""
+        from workbench.db.telemetry import TelemetryStore
+
         with self._telemetry_lock:
             if self._telemetry is None:
                 self._telemetry = TelemetryStore(self.path.with_name("telemetry.db"))
@@ -380,12 +404,15 @@ class Store:
         return self._connections.get()
 
     @classmethod
-    def open(cls, path: Path, check: bool = True) -> Store:
+    def open(cls, path: Path, check: bool | str = True) -> Store:
         """Open (creating if absent), check and migrate.
 
         `check` runs SQLite's quick_check once on this open, so a damaged file is refused
-        (StoreCorrupt, with recovery advice) before anything reads or writes it.
-        Raises StoreError (newer schema, unreadable), StoreCorrupt, StoreFull."""
+        (StoreCorrupt, with recovery advice) before anything reads or writes it: True checks
+        the queue's tables (what every client reads and writes), "full" the whole file (the
+        daemon at start). A damaged page elsewhere (metrics, catalog) is still refused when
+        a read reaches it. Raises StoreError (newer schema, unreadable), StoreCorrupt,
+        StoreFull."""
         path = Path(path)
         try:
             if not path.exists():
@@ -403,7 +430,7 @@ class Store:
             raise translated from error
         try:
             if check:
-                quick_check(conn)
+                quick_check(conn, () if check == "full" else QUEUE_TABLES)
             migrate(conn)
         except sqlite3.Error as error:
             conn.close()
@@ -417,6 +444,10 @@ class Store:
 
     def close(self) -> None:
         self._connections.close()
+        with self._version_lock:
+            if self._version_conn is not None:
+                self._version_conn.close()
+                self._version_conn = None
         if self._telemetry is not None:
             self._telemetry.close()
 
@@ -444,9 +475,18 @@ class Store:
                 raise
             raise translated from error
 
-    def data_version(self) -> int:
-        """Changes when another connection commits (cheap; used to poll for changes)."""
-        return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+    def data_version(self, include_own: bool = True) -> int:
+        """A number that changes whenever anyone (this process included) commits to state.db;
+        cheap, for polling. Read on one connection of its own, so readings from any thread
+        are comparable with each other. `include_own=False` reads this thread's connection
+        instead, which ignores this thread's own commits (a single-threaded writer such as
+        the daemon need not wake for what it wrote itself)."""
+        if not include_own:
+            return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+        with self._version_lock:
+            if self._version_conn is None:
+                self._version_conn = connect(self.path)
+            return int(self._version_conn.execute("PRAGMA data_version").fetchone()[0])
 
     # ---- meta and settings -------------------------------------------------------------
 
@@ -503,9 +543,9 @@ class Store:
         state = next_state(None, event)
         res = req.resources
         cur = conn.execute(
-            "INSERT INTO jobs(name, kind, state, spec, argv, cwd, env, priority, grp, gpus, gpu_mem,"
-            " cpus, mem, retries, time_limit, fail_unrunnable, pipeline_id, stage, created_at)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO jobs(name, kind, state, spec, argv, cwd, env, env_id, priority, grp, gpus,"
+            " gpu_mem, cpus, mem, retries, time_limit, fail_unrunnable, pipeline_id, stage,"
+            " created_at) VALUES (?,?,?,?,?,?,'{}',?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 encode_text(req.name),
                 req.kind,
@@ -513,7 +553,7 @@ class Store:
                 json.dumps(req.spec),
                 json.dumps(req.argv) if req.argv is not None else None,
                 encode_text(req.cwd),
-                json.dumps(req.env),
+                self._env_id(conn, req.env),
                 req.priority,
                 req.group,
                 res.gpus,
@@ -541,6 +581,13 @@ class Store:
         self._event(conn, job_id, state, "submitted", now, event)
         self._audit(conn, "submit", job_id, None, now)
         return job_id
+
+    @staticmethod
+    def _env_id(conn: sqlite3.Connection, env: dict[str, str]) -> int:
+        """The id of this environment's row (shared by every job that captured the same one)."""
+        text = json.dumps(env, sort_keys=True)
+        conn.execute("INSERT OR IGNORE INTO envs(env) VALUES (?)", (text,))
+        return int(conn.execute("SELECT id FROM envs WHERE env=?", (text,)).fetchone()[0])
 
     def submit(self, req: JobRequest) -> int:
         """Queue one job; cost is independent of how many jobs the store holds."""
@@ -589,8 +636,10 @@ class Store:
                 out[job_id].append((dep_id, cond))
         return {k: tuple(v) for k, v in out.items()}
 
-    def _jobs_where(self, where: str, params: Sequence[Any] = (), light: bool = False) -> list[Job]:
-        columns = _LIGHT_COLUMNS if light else _JOB_COLUMNS
+    def _jobs_where(
+        self, where: str, params: Sequence[Any] = (), light: bool | str = False
+    ) -> list[Job]:
+        columns = {False: _JOB_COLUMNS, True: _LIGHT_COLUMNS, "no-env": _NO_ENV_COLUMNS}[light]
         rows = self.conn.execute(f"SELECT {columns} FROM jobs {where}", params).fetchall()
         deps = self._deps_for(r[0] for r in rows)
         return [_job_from_row(r, deps[r[0]]) for r in rows]
@@ -610,12 +659,17 @@ class Store:
         states: Iterable[str] | None = None,
         limit: int | None = None,
         pipeline_id: int | None = None,
-        light: bool = False,
+        light: bool | str = False,
         before_id: int | None = None,
+        oldest_first: bool = False,
+        started: bool | None = None,
     ) -> list[Job]:
-        """Jobs by id, newest last; `limit` keeps the newest N (below `before_id`, for paging).
+        """Jobs by id, newest last; `limit` keeps the newest N (the oldest N with
+        `oldest_first`), below `before_id` if given.
 
-        `light` leaves out spec and env (empty dicts), for lists that never show them."""
+        `light=True` leaves out spec and env (empty dicts), for lists that never show them;
+        `light="no-env"` leaves out only env. `started` keeps jobs that have (or have not yet)
+        had a process."""
         clauses: list[str] = []
         params: list[Any] = []
         if states is not None:
@@ -628,13 +682,17 @@ class Store:
         if before_id is not None:
             clauses.append("id<?")
             params.append(before_id)
+        if started is not None:
+            clauses.append("pid IS NOT NULL" if started else "pid IS NULL")
         where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        if limit is not None and oldest_first:
+            return self._jobs_where(where + f" ORDER BY id LIMIT {int(limit)}", params, light)
         if limit is not None:
             where += f" ORDER BY id DESC LIMIT {int(limit)}"
             return list(reversed(self._jobs_where(where, params, light)))
         return self._jobs_where(where + " ORDER BY id", params, light)
 
-    def iter_jobs(self, light: bool = True, page: int = 1000) -> Iterator[Job]:
+    def iter_jobs(self, light: bool | str = True, page: int = 1000) -> Iterator[Job]:
         """Every job, oldest first, read `page` rows at a time (memory stays flat)."""
         after = 0
         while True:
@@ -644,7 +702,7 @@ class Store:
             yield from batch
             after = batch[-1].id
 
-    def active_jobs(self, light: bool = False) -> list[Job]:
+    def active_jobs(self, light: bool | str = False) -> list[Job]:
         """Jobs not yet ended (queued, starting, running, paused, blocked), by id.
 
         `light` leaves out the captured environment and the spec (empty dicts): the daemon's
@@ -714,6 +772,16 @@ class Store:
         return [
             r[0] for r in self.conn.execute("SELECT job_id FROM job_deps WHERE dep_id=?", (job_id,))
         ]
+
+    def count_jobs(self, states: Iterable[str], started: bool | None = None) -> int:
+        """How many jobs are in `states` (and, with `started`, have had a process or not)."""
+        states = [str(s) for s in states]
+        where = f"state IN ({','.join('?' * len(states))})"
+        if started is not None:
+            where += " AND pid IS NOT NULL" if started else " AND pid IS NULL"
+        return int(
+            self.conn.execute(f"SELECT count(*) FROM jobs WHERE {where}", states).fetchone()[0]
+        )
 
     def counts_by_state(self) -> dict[JobState, int]:
         """How many jobs are in each state (states with none are absent); uses the state index."""
@@ -924,10 +992,23 @@ class Store:
 
     @staticmethod
     def _delete_jobs(conn: sqlite3.Connection, ids: Sequence[int]) -> None:
+        """Delete jobs and what belongs only to them (an environment no other job shares)."""
         for start in range(0, len(ids), 500):
             chunk = list(ids[start : start + 500])
             marks = ",".join("?" * len(chunk))
+            env_ids = [
+                r[0]
+                for r in conn.execute(
+                    f"SELECT DISTINCT env_id FROM jobs WHERE id IN ({marks})"
+                    " AND env_id IS NOT NULL",
+                    chunk,
+                )
+            ]
             conn.execute(f"DELETE FROM jobs WHERE id IN ({marks})", chunk)
+            conn.executemany(
+                "DELETE FROM envs WHERE id=? AND NOT EXISTS (SELECT 1 FROM jobs WHERE env_id=?)",
+                [(e, e) for e in env_ids],
+            )
             conn.execute(f"DELETE FROM job_events WHERE job_id IN ({marks})", chunk)
             conn.execute(f"DELETE FROM job_deps WHERE job_id IN ({marks})", chunk)
             conn.execute(f"DELETE FROM metrics WHERE job_id IN ({marks})", chunk)
@@ -936,21 +1017,53 @@ class Store:
         """Make removed jobs' bytes (environments may hold secrets) unreadable everywhere:
         the freed pages are zeroed (secure_delete, set on every connection), the WAL that still
         holds their earlier images is checkpointed and truncated, and the same rows are removed
-        from the backup `state.db.bak` if there is one."""
-        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        from the backup `state.db.bak` (rewritten from the checked, purged file) if there is
+        one."""
+        for _ in range(50):  # a reader holding an old snapshot blocks the truncation briefly
+            busy = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            if not busy:
+                break
+            time.sleep(0.02)
         backup = self.path.with_name(self.path.name + ".bak")
-        if not ids or not backup.exists():
-            return
-        try:
-            conn = connect(backup)
-        except (sqlite3.Error, OSError):
-            return
-        try:
-            with immediate(conn):
-                self._delete_jobs(conn, list(ids))
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        finally:
-            conn.close()
+        if ids and backup.exists():
+            self.backup_to(backup)  # rewritten from the purged file: the old bytes are gone
+
+    def ended_before(self, cutoff: float, limit: int = 1000) -> list[int]:
+        """Ids of jobs that ended before `cutoff` (Unix s), oldest first, at most `limit`."""
+        states = [str(s) for s in sorted(ENDED)]
+        rows = self.conn.execute(
+            f"SELECT id FROM jobs WHERE state IN ({','.join('?' * len(states))})"
+            " AND ended_at < ? ORDER BY id LIMIT ?",
+            [*states, cutoff, limit],
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def remove_ended(self, ids: Sequence[int], action: str = "prune") -> list[int]:
+        """Remove those of `ids` that have ended (with their events, deps and metrics) in one
+        transaction, auditing each; returns the ids removed. Their bytes are purged after."""
+        now = time.time()
+        ended = [str(s) for s in sorted(ENDED)]
+        with self.transaction() as conn:
+            removed: list[int] = []
+            for start in range(0, len(ids), 500):
+                chunk = list(ids[start : start + 500])
+                marks = ",".join("?" * len(chunk))
+                removed += [
+                    r[0]
+                    for r in conn.execute(
+                        f"SELECT id FROM jobs WHERE id IN ({marks})"
+                        f" AND state IN ({','.join('?' * len(ended))})",
+                        [*chunk, *ended],
+                    )
+                ]
+            self._delete_jobs(conn, removed)
+            conn.executemany(
+                "INSERT INTO audit(t, uid, action, job_id, detail) VALUES (?,?,?,?,?)",
+                [(now, os.getuid(), action, job_id, "removed") for job_id in removed],
+            )
+        if removed:
+            self.purge_removed(removed)
+        return removed
 
     def requeue(self, job_id: int, reason: str) -> None:
         """Automatic retry by the daemon."""

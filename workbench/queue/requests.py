@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from workbench.db.store import JobRequest
 from workbench.jobmodel.resources import Resources
@@ -30,6 +31,8 @@ class Options:
     time_limit: str | float | None = None
 
 
+T = TypeVar("T")
+
 OPTION_KEYS = frozenset(f.name for f in fields(Options))
 
 
@@ -38,6 +41,16 @@ def _check_number(value: float, key: str, where: str, allow_fraction: bool = Tru
         raise SpecError(f"{where}: key '{key}': must not be negative")
     if key == "gpus" and value > 1 and value != int(value):
         raise SpecError(f"{where}: key 'gpus': above 1 it must be a whole number, got {value:g}")
+
+
+def _parsed(parse: Callable[[Any], T], value: Any, key: str, where: str) -> T | None:
+    """`parse(value)` (None stays None); a bad value is a SpecError naming the key."""
+    if value is None:
+        return None
+    try:
+        return parse(value)
+    except ValueError as error:
+        raise SpecError(f"{where}: key '{key}': {error}") from None
 
 
 def build_request(
@@ -64,12 +77,9 @@ def build_request(
     spec = validate_spec(options.kind, rest, base_dir, where)
     defaults = kind_defaults(options.kind)
     _check_number(options.gpus, "gpus", where)
-    try:
-        gpu_mem = parse_size(options.gpu_mem) if options.gpu_mem is not None else None
-        mem = parse_size(options.mem) if options.mem is not None else None
-        time_limit = parse_duration(options.time_limit) if options.time_limit is not None else None
-    except ValueError as error:
-        raise SpecError(f"{where}: {error}") from error
+    gpu_mem = _parsed(parse_size, options.gpu_mem, "gpu_mem", where)
+    mem = _parsed(parse_size, options.mem, "mem", where)
+    time_limit = _parsed(parse_duration, options.time_limit, "time_limit", where)
     cpus = options.cpus if options.cpus is not None else float(defaults.get("cpus", 0))
     _check_number(cpus, "cpus", where)
     if options.retries < 0:
@@ -80,6 +90,9 @@ def build_request(
     if options.kind == "command":
         argv = list(spec["argv"])
         cwd = spec.get("cwd") or cwd
+        if not os.path.isdir(cwd):
+            problem = "is not a directory" if os.path.exists(cwd) else "no such directory"
+            raise SpecError(f"{where}: key 'cwd': {cwd}: {problem}")
         captured_env.update(spec.get("env") or {})
     name = options.name or extra.get("stage") or _default_name(options.kind, spec)
     return JobRequest(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
+
+from workbench.units import INT64_MAX, check_int, check_number
 
 T = TypeVar("T")
 
@@ -69,9 +70,18 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         return {str(k): coerce(v, value_tp, f"{where}.{k}") for k, v in value.items()}
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            try:  # NaN, infinity and numbers past 64 bits are never meant
+                check_number(value, minimum=None, maximum=float(INT64_MAX))
+                check_number(value, minimum=-float(INT64_MAX))
+            except ValueError as error:
+                raise SpecError(f"{where}: {error}") from None
             return float(value)
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            try:
+                check_int(value, minimum=None)
+            except ValueError as error:
+                raise SpecError(f"{where}: {error}") from None
             return value
     elif tp in (str, bool):
         if isinstance(value, tp):
@@ -90,6 +100,8 @@ def check_keys(table: Mapping[str, Any], known: typing.Iterable[str], where: str
     known = list(known)
     for key in table:
         if key not in known:
+            import difflib  # only for the message
+
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise SpecError(f"{where}: unknown key '{key}'{hint}")

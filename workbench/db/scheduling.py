@@ -1,0 +1,232 @@
+"""The daemon's reads for incremental scheduling: the head of the queue in scheduling order (no
+environments, no specs), pending intents, the jobs a previous daemon left live, a stamp that changes
+only when something that can change a decision happened, and wait reasons written in one batch."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from workbench.db.store import Job, Store
+from workbench.jobmodel.states import Event, JobState
+
+# Additive indexes for the daemon's queries (idempotent; created when the daemon starts):
+# the queue in scheduling order, and the few jobs with a pending intent.
+INDEXES = (
+    "CREATE INDEX IF NOT EXISTS jobs_queue_order ON jobs(state, priority DESC, id)",
+    "CREATE INDEX IF NOT EXISTS jobs_intent ON jobs(id) WHERE intent IS NOT NULL",
+)
+
+
+def ensure_indexes(store: Store) -> None:
+    """Create the indexes above if missing (one short write transaction)."""
+    with store.transaction() as conn:
+        for statement in INDEXES:
+            conn.execute(statement)
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    """What the scheduler needs of a queued job. `gpu_mem`, `mem` in bytes; `deps` are
+    (job id, condition) pairs."""
+
+    id: int
+    priority: int
+    group: str
+    gpus: float
+    gpu_mem: int | None
+    cpus: float
+    mem: int | None
+    fail_unrunnable: bool
+    reason: str | None
+    deps: tuple[tuple[int, str], ...]
+
+
+_QUEUED_COLUMNS = "id, priority, grp, gpus, gpu_mem, cpus, mem, fail_unrunnable, reason"
+
+
+def _deps(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, list[tuple[int, str]]]:
+    out: dict[int, list[tuple[int, str]]] = {}
+    for start in range(0, len(ids), 500):
+        chunk = list(ids[start : start + 500])
+        marks = ",".join("?" * len(chunk))
+        for job_id, dep_id, cond in conn.execute(
+            f"SELECT job_id, dep_id, cond FROM job_deps WHERE job_id IN ({marks})"
+            " ORDER BY job_id, dep_id",
+            chunk,
+        ):
+            out.setdefault(job_id, []).append((dep_id, cond))
+    return out
+
+
+def _queued(conn: sqlite3.Connection, rows: list[Any]) -> list[QueuedJob]:
+    deps = _deps(conn, [r[0] for r in rows])
+    return [
+        QueuedJob(
+            r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8], tuple(deps.get(r[0], ()))
+        )
+        for r in rows
+    ]
+
+
+def queue_head(store: Store, after: tuple[int, int] | None, limit: int) -> list[QueuedJob]:
+    """Up to `limit` queued jobs in scheduling order (priority high first, then oldest), starting
+    after the (priority, id) key `after`. Cost: `limit` rows, whatever the queue's length."""
+    conn = store.conn
+    if after is None:
+        rows = conn.execute(
+            f"SELECT {_QUEUED_COLUMNS} FROM jobs WHERE state='queued'"
+            " ORDER BY priority DESC, id LIMIT ?",
+            (limit,),
+        ).fetchall()
+    else:
+        priority, job_id = after
+        rows = conn.execute(
+            f"SELECT {_QUEUED_COLUMNS} FROM jobs WHERE state='queued'"
+            " AND (priority < ? OR (priority = ? AND id > ?))"
+            " ORDER BY priority DESC, id LIMIT ?",
+            (priority, priority, job_id, limit),
+        ).fetchall()
+    return _queued(conn, rows)
+
+
+def queued_with_deps(store: Store, limit: int = 10000) -> list[QueuedJob]:
+    """Queued jobs that wait on other jobs (so a failed dependency blocks them wherever they
+    are in the queue). Driven from the dependency table: cost is the number of dependencies,
+    not the length of the queue."""
+    conn = store.conn
+    columns = ", ".join(f"j.{c.strip()}" for c in _QUEUED_COLUMNS.split(","))
+    rows = conn.execute(
+        f"SELECT {columns} FROM (SELECT DISTINCT job_id FROM job_deps) d"
+        " CROSS JOIN jobs j ON j.id = d.job_id WHERE j.state='queued' ORDER BY j.id LIMIT ?",
+        (limit,),
+    ).fetchall()
+    return _queued(conn, rows)
+
+
+@dataclass(frozen=True)
+class Intent:
+    """A client's pending request for a job the daemon owns: cancel, pause or resume."""
+
+    job_id: int
+    state: str
+    intent: str
+
+
+def intents(store: Store) -> list[Intent]:
+    """Jobs with a pending intent (read through a partial index: cost is the number of intents)."""
+    rows = store.conn.execute(
+        "SELECT id, state, intent FROM jobs WHERE intent IS NOT NULL ORDER BY id"
+    ).fetchall()
+    return [Intent(int(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+
+@dataclass(frozen=True)
+class LiveJob:
+    """A job that may own processes: what the daemon needs to watch it again after a restart."""
+
+    id: int
+    state: str
+    group: str
+    gpus: float
+    gpu_mem: int | None
+    cpus: float
+    mem: int | None
+    granted_gpus: tuple[int, ...]
+    pid: int | None
+    pid_start: float | None
+    launch_token: str | None
+    started_at: float | None
+    time_limit: float | None
+
+
+def live_jobs(store: Store) -> list[LiveJob]:
+    """Jobs starting or running, and paused jobs that had started (a held job has no pid)."""
+    rows = store.conn.execute(
+        "SELECT id, state, grp, gpus, gpu_mem, cpus, mem, granted_gpus, pid, pid_start,"
+        " launch_token, started_at, time_limit FROM jobs"
+        " WHERE state IN ('starting', 'running')"
+        " OR (state = 'paused' AND (pid IS NOT NULL OR launch_token IS NOT NULL)) ORDER BY id"
+    ).fetchall()
+    return [
+        LiveJob(
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            r[5],
+            r[6],
+            tuple(json.loads(r[7]) if r[7] else ()),
+            r[8],
+            r[9],
+            r[10],
+            r[11],
+            r[12],
+        )
+        for r in rows
+    ]
+
+
+def schedule_stamp(store: Store) -> tuple[int, int]:
+    """Changes whenever a job changes state or a client records an intent (every submit,
+    state change and intent writes an event or an audit row), but not with progress, metrics,
+    wait reasons or telemetry. Two index lookups."""
+    conn = store.conn
+    events = conn.execute("SELECT max(id) FROM job_events").fetchone()[0] or 0
+    try:
+        audit = conn.execute("SELECT max(id) FROM audit").fetchone()[0] or 0
+    except sqlite3.OperationalError:
+        audit = 0
+    return int(events), int(audit)
+
+
+def set_reasons(store: Store, reasons: Iterable[tuple[int, str | None]]) -> None:
+    """Update why queued jobs wait, in one transaction (no events: these change often)."""
+    pairs = [(reason, job_id, reason) for job_id, reason in reasons]
+    if not pairs:
+        return
+    with store.transaction() as conn:
+        conn.executemany(
+            "UPDATE jobs SET reason=? WHERE id=? AND state='queued' AND reason IS NOT ?", pairs
+        )
+
+
+@dataclass(frozen=True)
+class Change:
+    """One state change for `apply_many`: `event` for `job_id` if it is in `only_from`."""
+
+    job_id: int
+    event: Event
+    reason: str | None
+    only_from: tuple[JobState, ...]
+    columns: dict[str, Any] = field(default_factory=dict)
+
+
+def apply_many(store: Store, changes: Sequence[Change]) -> list[JobState | None]:
+    """Apply several state changes through the transition table in one transaction (all or
+    none): the new state of each, or None where the job was gone or no longer in `only_from`.
+    Raises StoreFull/StoreError when the write fails, IllegalTransition as `Store.transition`."""
+    if not changes:
+        return []
+    now = time.time()
+    with store.transaction() as conn:
+        return [
+            store._apply(conn, c.job_id, c.event, c.reason, now, c.only_from, dict(c.columns))
+            for c in changes
+        ]
+
+
+def jobs_by_id(store: Store, ids: Sequence[int]) -> dict[int, Job]:
+    """Full job rows (environment included) for these ids, in batches of 500."""
+    out: dict[int, Job] = {}
+    for start in range(0, len(ids), 500):
+        chunk = list(ids[start : start + 500])
+        marks = ",".join("?" * len(chunk))
+        for job in store._jobs_where(f"WHERE id IN ({marks})", chunk):
+            out[job.id] = job
+    return out

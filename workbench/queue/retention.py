@@ -1,0 +1,34 @@
+"""Retention: ended jobs older than an age leave the store, with their run folders."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+from workbench.db.store import Store
+from workbench.paths import Home
+
+BATCH = 1000  # jobs per transaction, so a large prune never holds the write lock for long
+
+
+def prune_ended(
+    store: Store, home: Home, older_than_s: float, now: float | None = None
+) -> list[int]:
+    """Remove jobs that ended more than `older_than_s` seconds ago (succeeded, failed or
+    cancelled; never active ones), their events, metrics and run folders `runs/<id>/`.
+
+    Each removal is audited (action "prune") and its bytes purged from state.db and its
+    backup. Returns the removed ids, oldest first. Costs one indexed query per 1,000 jobs."""
+    cutoff = (time.time() if now is None else now) - older_than_s
+    removed_all: list[int] = []
+    while True:
+        ids = store.ended_before(cutoff, limit=BATCH)
+        if not ids:
+            break
+        removed = store.remove_ended(ids)
+        for job_id in removed:
+            shutil.rmtree(home.run_dir(job_id), ignore_errors=True)
+        removed_all += removed
+        if len(ids) < BATCH:
+            break
+    return removed_all
