@@ -234,6 +234,7 @@ def test_targets_near_1e8_keep_float64_precision_through_test_and_onnx(
     exported = run(client, kind="export", model=str(trained.id))
     assert exported.state == "succeeded", exported.reason
     card = json.loads((home.run_dir(exported.id) / "model_card.json").read_text())
+    assert card["parity"]["units"] == "standardised target" and card["parity"]["violations"] == 0
     session = ort.InferenceSession(card["file"], providers=["CPUExecutionProvider"])
     output = session.run(None, {session.get_inputs()[0].name: x.astype(np.float32).reshape(-1, 1)})[
         0
