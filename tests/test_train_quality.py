@@ -492,7 +492,7 @@ def test_stratified_split_keeps_class_proportions_and_split_seed_is_separate() -
     assert counts  # unstratified draws are allowed to miss the proportion
 
 
-def test_focal_loss_with_gamma_0_is_cross_entropy_and_weights_follow_sklearn() -> None:
+def test_losses_and_class_weights() -> None:
     import torch
     from sklearn.utils.class_weight import compute_class_weight
 
@@ -516,6 +516,12 @@ def test_focal_loss_with_gamma_0_is_cross_entropy_and_weights_follow_sklearn() -
         sharp(logits, y).item()
         < make_criterion(from_table(Spec, base, "t"), "classification", None)(logits, y).item()
     )
+    out = torch.tensor([[0.0], [3.0], [-1.0]])
+    target = torch.tensor([0.5, 0.0, -1.0])
+    huber = make_criterion(from_table(Spec, {**base, "loss": "huber"}, "t"), "regression", None)
+    mse = make_criterion(from_table(Spec, base, "t"), "regression", None)
+    assert huber(out, target).item() == pytest.approx((0.125 + 2.5 + 0.0) / 3)
+    assert mse(out, target).item() == pytest.approx((0.25 + 9.0 + 0.0) / 3)
     codes = np.array([0] * 30 + [1] * 15 + [2] * 5)
     pre = Preprocessor([], "t", "classification", ["a", "b", "c"])
     balanced = class_weights(
