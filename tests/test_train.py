@@ -172,7 +172,7 @@ BAD = [
         "target 'b' has a single class ('same') in the training data",
     ),
     (
-        {"target": "a", "features": ["label"], "optimizer": "sgd", "lr": 1e30},
+        {"target": "a", "features": ["label"], "optimizer": "sgd", "lr": 1e15},
         "loss became",
     ),
     ({"target": "c", "features": ["a"]}, "target 'c' has 2 infinite values"),
