@@ -75,21 +75,22 @@ def _queued(conn: sqlite3.Connection, rows: list[Any]) -> list[QueuedJob]:
 
 def queue_head(store: Store, after: tuple[int, int] | None, limit: int) -> list[QueuedJob]:
     """Up to `limit` queued jobs in scheduling order (priority high first, then oldest), starting
-    after the (priority, id) key `after`. Cost: `limit` rows, whatever the queue's length."""
+    after the (priority, id) key `after`. Cost: `limit` rows, whatever the queue's length.
+    Jobs bound to Slurm are left out: Slurm schedules them (workbench.daemon.executors.slurm)."""
     conn = store.conn
     if after is None:
         rows = conn.execute(
-            f"SELECT {_QUEUED_COLUMNS} FROM jobs WHERE state='queued'"
+            f"SELECT {_QUEUED_COLUMNS} FROM jobs WHERE state=? AND executor='local'"
             " ORDER BY priority DESC, id LIMIT ?",
-            (limit,),
+            (JobState.QUEUED, limit),
         ).fetchall()
     else:
         priority, job_id = after
         rows = conn.execute(
-            f"SELECT {_QUEUED_COLUMNS} FROM jobs WHERE state='queued'"
-            " AND (priority < ? OR (priority = ? AND id > ?))"
+            f"SELECT {_QUEUED_COLUMNS} FROM jobs WHERE state=?"
+            " AND executor='local' AND (priority < ? OR (priority = ? AND id > ?))"
             " ORDER BY priority DESC, id LIMIT ?",
-            (priority, priority, job_id, limit),
+            (JobState.QUEUED, priority, priority, job_id, limit),
         ).fetchall()
     return _queued(conn, rows)
 
@@ -102,8 +103,9 @@ def queued_with_deps(store: Store, limit: int = 10000) -> list[QueuedJob]:
     columns = ", ".join(f"j.{c.strip()}" for c in _QUEUED_COLUMNS.split(","))
     rows = conn.execute(
         f"SELECT {columns} FROM (SELECT DISTINCT job_id FROM job_deps) d"
-        " CROSS JOIN jobs j ON j.id = d.job_id WHERE j.state='queued' ORDER BY j.id LIMIT ?",
-        (limit,),
+        " CROSS JOIN jobs j ON j.id = d.job_id WHERE j.state=? AND j.executor='local'"
+        " ORDER BY j.id LIMIT ?",
+        (JobState.QUEUED, limit),
     ).fetchall()
     return _queued(conn, rows)
 
@@ -149,8 +151,9 @@ def live_jobs(store: Store) -> list[LiveJob]:
     rows = store.conn.execute(
         "SELECT id, state, grp, gpus, gpu_mem, cpus, mem, granted_gpus, pid, pid_start,"
         " launch_token, started_at, time_limit FROM jobs"
-        " WHERE state IN ('starting', 'running')"
-        " OR (state = 'paused' AND (pid IS NOT NULL OR launch_token IS NOT NULL)) ORDER BY id"
+        " WHERE state IN (?, ?)"
+        " OR (state = ? AND (pid IS NOT NULL OR launch_token IS NOT NULL)) ORDER BY id",
+        (JobState.STARTING, JobState.RUNNING, JobState.PAUSED),
     ).fetchall()
     return [
         LiveJob(
@@ -187,12 +190,12 @@ def schedule_stamp(store: Store) -> tuple[int, int]:
 
 def set_reasons(store: Store, reasons: Iterable[tuple[int, str | None]]) -> None:
     """Update why queued jobs wait, in one transaction (no events: these change often)."""
-    pairs = [(reason, job_id, reason) for job_id, reason in reasons]
+    pairs = [(reason, job_id, JobState.QUEUED, reason) for job_id, reason in reasons]
     if not pairs:
         return
     with store.transaction() as conn:
         conn.executemany(
-            "UPDATE jobs SET reason=? WHERE id=? AND state='queued' AND reason IS NOT ?", pairs
+            "UPDATE jobs SET reason=? WHERE id=? AND state=? AND reason IS NOT ?", pairs
         )
 
 
