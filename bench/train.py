@@ -170,7 +170,7 @@ def main() -> int:
             f" per-round ratios: {'; '.join(notes)}; 1-minute load average {load_before:.1f}"
             f" before, {os.getloadavg()[0]:.1f} after. With 2 threads while other processes hold"
             " the cores, torch's OpenMP workers wait on each other and both sides fall by an order"
-            " of magnitude: the ratio still holds, the absolute figures mean little. First step:"
+            " of magnitude and the ratio swings with the other load: read the 1-thread row. First step:"
             " job started_at to the first train_loss metric row written (an upper bound: step"
             " metrics are flushed at most once a second; it includes python start, import torch,"
             " reading the lake, fitting preprocessing)."
