@@ -135,7 +135,11 @@ class LocalExecutor:
         return self._launcher
 
     def close(self) -> None:
-        """Stop the launcher (running jobs are not affected)."""
+        """Stop the launcher and remove this home's empty job cgroups (running jobs are not
+        affected: their cgroups are not empty)."""
+        if self.cgroup_root is not None:
+            cg.remove_empty_cgroups(self.cgroup_root, keep=set())
+            cg.remove_cgroup(self.cgroup_root)
         launcher, self._launcher = self._launcher, None
         if launcher is None:
             return
@@ -195,7 +199,8 @@ class LocalExecutor:
             if not over:
                 continue
             status = runner.read_exit(handle.run_dir, handle.token)
-            if status is not None:  # the wrapper removed its cgroup itself
+            if status is not None:
+                self._cleanup(handle)  # the wrapper left it by exiting (moving costs more)
                 ended.append(Ended(handle, status))
                 continue
             how = "ended"
@@ -447,7 +452,6 @@ def _wrapper_main(launch: Launch, cgroup_dir: Path | None) -> int:
     log = RotatingLog(launch.run_dir / runner.LOG_FILE, launch.log_cap_bytes)
     if launch.header:
         log.write(f"[workbench] {launch.header}\n".encode())
-    origin = cg.own_cgroup()
     if cgroup_dir is not None:
         try:  # the wrapper joins first, so the job and everything it starts are inside
             (cgroup_dir / "cgroup.procs").write_text(str(os.getpid()))
@@ -459,7 +463,6 @@ def _wrapper_main(launch: Launch, cgroup_dir: Path | None) -> int:
     if child is None:
         os.close(read_fd)
         log.close()
-        _leave_cgroup(cgroup_dir, origin)
         _record_end(launch, runner.ExitStatus(127, None, time.time()))
         return 0
     _main_child[0] = child
@@ -540,7 +543,6 @@ def _wrapper_main(launch: Launch, cgroup_dir: Path | None) -> int:
     status = runner.ExitStatus(
         ended.exit_code, ended.signal, ended.ended_at, cpu_s, peak, len(leftovers)
     )
-    _leave_cgroup(cgroup_dir, origin, remove=not launch.keep_leftovers)
     _record_end(launch, status)
     return 0
 
@@ -554,20 +556,6 @@ def _record_end(launch: Launch, status: runner.ExitStatus) -> None:
             return
         except OSError:
             time.sleep(_FULL_DISK_RETRY_S)
-
-
-def _leave_cgroup(cgroup_dir: Path | None, origin: str | None, remove: bool = True) -> None:
-    """Move the wrapper back to the cgroup it came from and remove the job's (when empty)."""
-    if cgroup_dir is None or origin is None:
-        return
-    mount = cg.cgroup2_mount()
-    if mount is not None:
-        try:
-            (mount / origin.lstrip("/") / "cgroup.procs").write_text(str(os.getpid()))
-        except OSError:
-            return
-    if remove:
-        cg.remove_cgroup(cgroup_dir)
 
 
 def _kill_all(cgroup_dir: Path | None, job_pids: Callable[[], list[int]]) -> None:
