@@ -36,6 +36,7 @@ class ExitStatus:
 
     @property
     def ok(self) -> bool:
+        """Exited with code 0."""
         return self.exit_code == 0
 
     def describe(self) -> str:
@@ -56,6 +57,7 @@ class ExitStatus:
         return self.exit_code if self.exit_code is not None else 1
 
     def to_json(self) -> dict[str, Any]:
+        """The record exit.json holds (plus the launch token, added by `write_exit`)."""
         return {
             "exit_code": self.exit_code,
             "signal": self.signal,
@@ -124,6 +126,7 @@ class WrapperRecord:
 
 
 def write_wrapper(run_dir: Path, record: WrapperRecord) -> None:
+    """Write `wrapper.json` atomically (raises OSError when it cannot)."""
     write_json_atomic(
         run_dir / WRAPPER_FILE,
         {"token": record.token, "pid": record.pid, "start_time": record.start_time},

@@ -144,6 +144,8 @@ class Daemon:
         self._sock = sock
 
     def start(self) -> None:
+        """Take the lock, open the store, adopt what a previous daemon left, then say ready.
+        Raises DaemonError when another daemon holds the lock, StoreError for a bad store."""
         self.home.ensure()
         self._take_lock()
         if self._given_executor is None:
@@ -618,6 +620,7 @@ class Daemon:
         return max(0.0, wait)
 
     def run(self) -> None:
+        """Start, then loop until SIGTERM/SIGINT/SIGHUP; jobs keep running after it returns."""
         self.start()
         try:
             self._guarded(self._pass)

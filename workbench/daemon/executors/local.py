@@ -43,6 +43,7 @@ class LocalExecutor:
         self._launcher: subprocess.Popen[bytes] | None = None
 
     def describe(self) -> str:
+        """One line: the executor and the containment in use (and why, for a fallback)."""
         return f"local executor, containment: {self.containment}"
 
     def _cgroup(self, token: str) -> Path | None:
@@ -153,15 +154,19 @@ class LocalExecutor:
             launcher.wait()
 
     def find(self, token: str, run_dir: Path) -> Handle | None:
+        """The attempt whose `wrapper.json` carries `token` (see the protocol; certain because
+        the wrapper records itself before it releases the daemon's lock)."""
         record = runner.read_wrapper(run_dir)
         if record is None or record.token != token:
             return None
         return Handle(token, run_dir, record.pid, record.start_time)
 
     def adopt(self, handle: Handle) -> bool:
+        """True if the wrapper is alive and is the same process (pid and start time)."""
         return handle.pid is not None and runner.same_process(handle.pid, handle.start_time)
 
     def watch_fd(self, handle: Handle) -> int | None:
+        """A pidfd of the wrapper (readable once it exits); None if it is already gone."""
         if handle.pid is None:
             return None
         try:
@@ -241,6 +246,7 @@ class LocalExecutor:
         return sorted(pids)
 
     def signal(self, handle: Handle, sig: int) -> int:
+        """`sig` to every process of the job (see `job_pids`); how many got it."""
         return cg.signal_each(self.job_pids(handle), sig)
 
     def cancel(self, handle: Handle, grace_s: float) -> None:
@@ -260,6 +266,8 @@ class LocalExecutor:
             self.stop_all(handle)
 
     def stop_all(self, handle: Handle) -> int:
+        """SIGKILL the whole job (cgroup.kill where there is one) and its wrapper; returns how
+        many job processes were found."""
         pids = self.job_pids(handle)
         cgroup_dir = self._cgroup(handle.token)
         if cgroup_dir is not None:
@@ -270,6 +278,7 @@ class LocalExecutor:
         return len(pids)
 
     def log_path(self, handle: Handle) -> Path:
+        """`runs/<id>/log` (rotated to `log.1`)."""
         return handle.run_dir / runner.LOG_FILE
 
 
