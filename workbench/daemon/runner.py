@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 EXIT_FILE = "exit.json"
 WRAPPER_FILE = "wrapper.json"  # {"token", "pid", "start_time"}: written by the wrapper first
 LOG_FILE = "log"
@@ -152,8 +150,13 @@ def read_failure(run_dir: Path) -> str | None:
 
 
 def _boot_time() -> float:
+    """When the system booted (`btime` in /proc/stat, as psutil reads it), cached."""
     if not _BOOT_TIME:
-        _BOOT_TIME.append(psutil.boot_time())
+        with open("/proc/stat", "rb") as stat:
+            for line in stat:
+                if line.startswith(b"btime"):
+                    _BOOT_TIME.append(float(line.split()[1]))
+                    break
     return _BOOT_TIME[0]
 
 
