@@ -10,7 +10,6 @@ import os
 import selectors
 import signal
 import socket
-import sqlite3
 import struct
 import sys
 import time
@@ -27,7 +26,7 @@ from workbench.daemon.executors import Ended, Executor, Handle, Launch, LaunchEr
 from workbench.daemon.executors.containment import remove_empty_cgroups
 from workbench.daemon.executors.local import LocalExecutor
 from workbench.db import scheduling as db
-from workbench.db.store import Job, Store, StoreError
+from workbench.db.store import Job, Store
 from workbench.jobmodel.states import LIVE, Event, JobState
 from workbench.paths import Home
 from workbench.queue import scheduler
@@ -45,7 +44,7 @@ DEBUG_LAUNCH_DELAY_ENV = (
 _RETRY_S = 1.0  # how soon a write that failed (disk full, busy) is tried again
 _STOP_BACKSTOP_S = 5.0  # after the kill grace, the daemon itself kills what a cancel left
 _CREDENTIALS = struct.Struct("iII")  # struct ucred: pid, uid, gid
-_WRITE_ERRORS = (sqlite3.Error, OSError, StoreError)  # a write that may work when retried
+_WRITE_ERRORS = db.RETRYABLE_ERRORS  # a write that may work when retried
 
 
 class DaemonError(RuntimeError):
@@ -324,8 +323,9 @@ class Daemon:
                     self._cancel(tracked, now)
             elif intent.intent == "pause" and intent.state == JobState.RUNNING:
                 self.executor.signal(tracked.handle, signal.SIGSTOP)
+                why = "paused"
                 self.store.transition(
-                    intent.job_id, Event.PAUSE, "paused", only_from=[JobState.RUNNING], intent=None
+                    intent.job_id, Event.PAUSE, why, only_from=[JobState.RUNNING], intent=None
                 )
             elif intent.intent == "resume" and intent.state == JobState.PAUSED:
                 self.executor.signal(tracked.handle, signal.SIGCONT)

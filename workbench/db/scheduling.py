@@ -11,8 +11,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from workbench.db.store import Job, Store
+from workbench.db.store import Job, Store, StoreError
 from workbench.jobmodel.states import Event, JobState
+
+# What a failed store operation may raise that a retry can cure (a full disk, a long lock):
+# the daemon keeps the outcome and tries again.
+RETRYABLE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, OSError, StoreError)
 
 # Additive indexes for the daemon's queries (idempotent; created when the daemon starts):
 # the queue in scheduling order, and the few jobs with a pending intent.
@@ -46,6 +50,7 @@ class QueuedJob:
     deps: tuple[tuple[int, str], ...]
 
 
+_QUEUED = str(JobState.QUEUED)
 _QUEUED_COLUMNS = "id, priority, grp, gpus, gpu_mem, cpus, mem, fail_unrunnable, reason"
 
 
@@ -79,17 +84,16 @@ def queue_head(store: Store, after: tuple[int, int] | None, limit: int) -> list[
     conn = store.conn
     if after is None:
         rows = conn.execute(
-            f"SELECT {_QUEUED_COLUMNS} FROM jobs WHERE state='queued'"
-            " ORDER BY priority DESC, id LIMIT ?",
-            (limit,),
+            f"SELECT {_QUEUED_COLUMNS} FROM jobs WHERE state=? ORDER BY priority DESC, id LIMIT ?",
+            (_QUEUED, limit),
         ).fetchall()
     else:
         priority, job_id = after
         rows = conn.execute(
-            f"SELECT {_QUEUED_COLUMNS} FROM jobs WHERE state='queued'"
+            f"SELECT {_QUEUED_COLUMNS} FROM jobs WHERE state=?"
             " AND (priority < ? OR (priority = ? AND id > ?))"
             " ORDER BY priority DESC, id LIMIT ?",
-            (priority, priority, job_id, limit),
+            (_QUEUED, priority, priority, job_id, limit),
         ).fetchall()
     return _queued(conn, rows)
 
@@ -102,8 +106,8 @@ def queued_with_deps(store: Store, limit: int = 10000) -> list[QueuedJob]:
     columns = ", ".join(f"j.{c.strip()}" for c in _QUEUED_COLUMNS.split(","))
     rows = conn.execute(
         f"SELECT {columns} FROM (SELECT DISTINCT job_id FROM job_deps) d"
-        " CROSS JOIN jobs j ON j.id = d.job_id WHERE j.state='queued' ORDER BY j.id LIMIT ?",
-        (limit,),
+        " CROSS JOIN jobs j ON j.id = d.job_id WHERE j.state=? ORDER BY j.id LIMIT ?",
+        (_QUEUED, limit),
     ).fetchall()
     return _queued(conn, rows)
 
@@ -149,8 +153,9 @@ def live_jobs(store: Store) -> list[LiveJob]:
     rows = store.conn.execute(
         "SELECT id, state, grp, gpus, gpu_mem, cpus, mem, granted_gpus, pid, pid_start,"
         " launch_token, started_at, time_limit FROM jobs"
-        " WHERE state IN ('starting', 'running')"
-        " OR (state = 'paused' AND (pid IS NOT NULL OR launch_token IS NOT NULL)) ORDER BY id"
+        " WHERE state IN (?, ?)"
+        " OR (state = ? AND (pid IS NOT NULL OR launch_token IS NOT NULL)) ORDER BY id",
+        (str(JobState.STARTING), str(JobState.RUNNING), str(JobState.PAUSED)),
     ).fetchall()
     return [
         LiveJob(
@@ -187,12 +192,12 @@ def schedule_stamp(store: Store) -> tuple[int, int]:
 
 def set_reasons(store: Store, reasons: Iterable[tuple[int, str | None]]) -> None:
     """Update why queued jobs wait, in one transaction (no events: these change often)."""
-    pairs = [(reason, job_id, reason) for job_id, reason in reasons]
+    pairs = [(reason, job_id, _QUEUED, reason) for job_id, reason in reasons]
     if not pairs:
         return
     with store.transaction() as conn:
         conn.executemany(
-            "UPDATE jobs SET reason=? WHERE id=? AND state='queued' AND reason IS NOT ?", pairs
+            "UPDATE jobs SET reason=? WHERE id=? AND state=? AND reason IS NOT ?", pairs
         )
 
 
