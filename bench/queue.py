@@ -399,6 +399,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = (200, 2000) if args.quick else (200, 5000, 20000)
     runs, seconds, jobs = (5, 3.0, 100) if args.quick else (10, 10.0, 400)
+    load_at_start = os.getloadavg()[0]
     tsp = tsp_available()
     base = bench_tsp(tsp, runs, jobs) if tsp else None
     print("task-spooler:", base, flush=True)
@@ -444,7 +445,11 @@ def main() -> None:
             f"{flat:.2f}x (goal <= 1.2x)",
         ]
     )
-    text = table(headers, rows)
+    text = (
+        f"Load average (1 min) {load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} after"
+        f" the sizes, on {os.cpu_count()} cores: absolute times move with the load; compare each"
+        " figure with the baseline measured beside it in the same run.\n\n"
+    ) + table(headers, rows)
     drain = bench_drain(jobs // 2)
     text += "\n\n" + table(["draining", "rates", "", "ratio"], drain)
     faults = reliability(100 if args.quick else 200)
