@@ -67,49 +67,60 @@ def main() -> int:
     python = sys.executable
     rows: list[list[str]] = []
     submits: dict[int, float] = {}
-    for size in sizes:
-        root = Path(tempfile.mkdtemp(prefix="wb-bench-", dir="/tmp"))
-        try:
+    roots = {size: Path(tempfile.mkdtemp(prefix="wb-bench-", dir="/tmp")) for size in sizes}
+    wb = [python, "-m", "workbench"]
+    envs = {size: {**os.environ, "WORKBENCH_HOME": str(root)} for size, root in roots.items()}
+    names = ("pass", "ls", "ls --json", "submit", "open")
+    samples: dict[int, dict[str, list[float]]] = {size: {k: [] for k in names} for size in sizes}
+    try:
+        for size, root in roots.items():
             fill(root, size)
-            env = {**os.environ, "WORKBENCH_HOME": str(root)}
-            wb = [python, "-m", "workbench"]
-            subprocess.run([*wb, "daemon", "drain"], env=env, check=True, capture_output=True)
-            subprocess.run([*wb, "daemon", "start"], env=env, check=True, capture_output=True)
-            samples: dict[str, list[float]] = {
-                k: [] for k in ("pass", "ls", "ls --json", "submit", "open")
-            }
-            for _ in range(repeat):  # interleaved: each round measures every command once
-                samples["pass"].append(timed([python, "-c", "pass"], env))
-                samples["ls"].append(timed([*wb, "ls"], env))
-                samples["ls --json"].append(timed([*wb, "ls", "--json"], env))
-                samples["submit"].append(timed([*wb, "submit", "--paused", "--", "true"], env))
+            for action in ("drain", "start"):
+                subprocess.run(
+                    [*wb, "daemon", action], env=envs[size], check=True, capture_output=True
+                )
+        # Interleaved: each round measures every command at every size, so a change in the
+        # machine's load touches all of them alike.
+        for _ in range(repeat):
+            for size, root in roots.items():
+                env = envs[size]
+                samples[size]["pass"].append(timed([python, "-c", "pass"], env))
+                samples[size]["ls"].append(timed([*wb, "ls"], env))
+                samples[size]["ls --json"].append(timed([*wb, "ls", "--json"], env))
+                samples[size]["submit"].append(
+                    timed([*wb, "submit", "--paused", "--", "true"], env)
+                )
                 start = time.perf_counter()
                 Store.open(root / "state.db").close()
-                samples["open"].append(time.perf_counter() - start)
-            subprocess.run([*wb, "daemon", "stop"], env=env, check=True, capture_output=True)
+                samples[size]["open"].append(time.perf_counter() - start)
+        for size, root in roots.items():
+            subprocess.run([*wb, "daemon", "stop"], env=envs[size], check=True, capture_output=True)
             size_mb = (root / "state.db").stat().st_size / 1e6
-            base = samples["pass"]
+            base = samples[size]["pass"]
             for name in ("ls", "ls --json", "submit"):
-                ratios = [a / b for a, b in zip(samples[name], base, strict=True)]
+                ratios = [a / b for a, b in zip(samples[size][name], base, strict=True)]
                 rows.append(
                     [
                         f"`{name}`, {size:,} jobs",
-                        f"{median(samples[name]) * 1000:.0f} ms",
+                        f"{median(samples[size][name]) * 1000:.0f} ms",
                         f"python -c pass: {median(base) * 1000:.0f} ms",
                         spread(ratios),
                     ]
                 )
-            submits[size] = median(samples["submit"])
+            submits[size] = median(samples[size]["submit"])
             rows.append(
                 [
                     f"open + quick_check, {size:,} jobs",
-                    f"{median(samples['open']) * 1000:.1f} ms",
+                    f"{median(samples[size]['open']) * 1000:.1f} ms",
                     f"state.db {size_mb:.1f} MB",
                     "",
                 ]
             )
-        finally:
+    finally:
+        for size, root in roots.items():
+            subprocess.run([*wb, "daemon", "stop"], env=envs[size], capture_output=True)
             shutil.rmtree(root, ignore_errors=True)
+    base = [t for size in sizes for t in samples[size]["pass"]]
     if len(submits) > 1:
         first, last = sizes[0], sizes[-1]
         rows.append(

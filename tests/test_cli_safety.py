@@ -48,11 +48,16 @@ def submit(*args: str, env: dict[str, str] | None = None) -> int:
         (["submit", "--time-limit", "-5", "--", "true"], "--time-limit"),
         (["submit", "--time-limit", "99999999999d", "--", "true"], "--time-limit"),
         (["wait", "1", "--timeout", "-5"], "--timeout"),
+        (["submit", "--after", "99999999999999999999", "--", "true"], "--after"),
+        (["submit", "--after-any", "0", "--", "true"], "--after-any"),
         (["show", "99999999999999999999"], "id"),
         (["priority", "1", "99999999999999999999"], "priority"),
         (["logs", "1", "-n", "-3"], "--lines"),
         (["group", "g", "--parallel", "nan"], "--parallel"),
         (["prune", "--older-than", "inf"], "--older-than"),
+        (["sql", "SELECT 1", "--limit", "99999999999999999999"], "--limit"),
+        (["ingest", "x.csv", "--dataset", "d", "--cpus", "nan"], "--cpus"),
+        (["ingest", "x.csv", "--dataset", "d", "--max-rejects", "-1"], "--max-rejects"),
     ],
 )
 def test_bad_numbers_are_refused_naming_the_flag(home: Home, args: list[str], named: str) -> None:
@@ -265,6 +270,23 @@ def test_argv_that_is_not_utf8_is_kept_byte_exact_and_run_as_given(home: Home) -
     assert os.fsencode(listed[0]["argv"][2]) == raw
 
 
+def test_names_that_look_like_markup_are_printed_as_given(home: Home) -> None:
+    job_id = submit("--paused", "--name", "[/oops] [bold]x", "--", "echo", "[/y]")
+    shown = workbench("show", str(job_id))
+    assert shown.returncode == 0, shown.stderr
+    assert "[/oops] [bold]x" in shown.stdout and "echo '[/y]'" in shown.stdout
+    assert "[/oops] [bold]x" in workbench("ls").stdout
+
+
+def test_control_characters_in_names_reach_no_terminal(home: Home) -> None:
+    job_id = submit("--paused", "--name", "evil\x1b]0;pwned\x07\nline", "--", "true")
+    for args in (["ls"], ["ls", "--all"], ["show", str(job_id)]):
+        out = workbench(*args).stdout
+        assert "\x1b" not in out and "\x07" not in out, args
+        assert "evil\\x1b]0;pwned\\x07\\x0aline" in out, args
+    assert json.loads(workbench("ls", "--json").stdout)[0]["name"].startswith("evil\x1b")
+
+
 # ---- a damaged or full store --------------------------------------------------------------
 
 
@@ -410,3 +432,60 @@ def test_a_submit_imports_no_table_renderer_duckdb_or_torch(home: Home) -> None:
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
     assert "workbench.cli.main" in imported  # the measurement works
     assert not imported & {"rich.table", "duckdb", "torch", "pyarrow", "textual"}
+
+
+def _peak_rss_mib(args: list[str]) -> float:
+    """Peak resident memory of one `workbench ARGS` process (measured by a wrapper parent)."""
+    probe = (
+        "import resource, subprocess, sys;"
+        f"subprocess.run([sys.executable, '-m', 'workbench', *{args!r}],"
+        " stdout=subprocess.DEVNULL, check=True);"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout) / 1024
+
+
+@pytest.mark.slow
+def test_listing_20000_jobs_keeps_memory_flat(home: Home) -> None:
+    """Listing never holds the whole queue or its environments (ls once took 323 MiB)."""
+    store = Store.open(home.state_db)
+    env = {**os.environ, **{f"SETTING_{i}": "x" * 40 for i in range(20)}}
+    store.submit_many(
+        [
+            JobRequest(f"j{i}", "command", {"argv": ["true"]}, "/", env, argv=["true"])
+            for i in range(20_000)
+        ]
+    )
+    store.close()
+    text = workbench("ls").stdout.splitlines()
+    assert text[0] == "jobs: queued 20,000" and len(text) == 2 + 50 + 1
+    for args in (["ls"], ["ls", "--json"], ["ls", "--all"], ["ls", "--all", "--json"]):
+        assert _peak_rss_mib(args) < 80, args
+    assert len(json.loads(workbench("ls", "--json").stdout)) == 20_000
+
+
+def test_prune_gives_the_space_back(home: Home) -> None:
+    """Retention bounds the file, not only the rows (the file used to never shrink)."""
+    store = _fill(home, queued=0, ended=2000)
+    store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    before = home.state_db.stat().st_size
+    store.close()
+    assert workbench("prune", "--older-than", "1d").returncode == 0
+    assert home.state_db.stat().st_size < before / 2
+
+
+def test_prune_converts_and_shrinks_a_file_without_auto_vacuum(home: Home) -> None:
+    store = _fill(home, queued=0, ended=2000)
+    store.conn.execute("PRAGMA auto_vacuum=NONE")
+    store.conn.execute("VACUUM")  # as files created before incremental auto-vacuum are
+    store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert store.conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+    before = home.state_db.stat().st_size
+    store.close()
+    assert workbench("prune", "--older-than", "1d").returncode == 0
+    assert home.state_db.stat().st_size < before / 2
+    assert Store.open(home.state_db).conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2

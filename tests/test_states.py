@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
@@ -93,18 +94,39 @@ def test_state_values_are_the_interface_words() -> None:
     assert f"{JobState.RUNNING}" == "running" and JobState("running") is JobState.RUNNING
 
 
+_WORDS = "|".join(s.value for s in JobState)
+_LITERAL = rf"[\"'](?:{_WORDS})[\"']"
+STATE_COMPARISON = re.compile(
+    rf"(==|!=)\s*{_LITERAL}|{_LITERAL}\s*(==|!=)|\bin\s*[(\[{{]\s*{_LITERAL}"
+    rf"|state\s*=\s*{_LITERAL}|\bIN\s*\(\s*{_LITERAL}",
+    re.IGNORECASE,
+)
+
+
 def test_state_words_appear_once_in_the_core() -> None:
-    """No module outside the state machine compares a state with a bare string literal."""
+    """No module outside the state machine compares a state with a bare string literal, in
+    Python (`== "running"`, `in ("failed", ...)`) or in SQL (`state='queued'`, `IN ('running'`)."""
     root = Path(__file__).resolve().parent.parent / "workbench"
-    words = [f'"{s.value}"' for s in JobState] + [f"'{s.value}'" for s in JobState]
     offenders = []
     for path in root.rglob("*.py"):
         if path.name == "states.py" or "migrations" in path.name:
             continue
         for number, line in enumerate(path.read_text().splitlines(), 1):
-            if "state" in line.lower() and any(w in line for w in words):
+            if STATE_COMPARISON.search(line):
                 offenders.append(f"{path.name}:{number}: {line.strip()}")
     assert offenders == []
+
+
+def test_the_state_literal_check_is_not_vacuous() -> None:
+    """The pattern above flags the forms it is meant to."""
+    for line in (
+        'if job.state == "running":',
+        'if state in ("failed", "cancelled"):',
+        "SELECT id FROM jobs WHERE state='queued'",
+        "WHERE state IN ('running', 'paused')",
+    ):
+        assert STATE_COMPARISON.search(line), line
+    assert not STATE_COMPARISON.search('store.transition(j, Event.PAUSE, "paused")')
 
 
 def request(name: str = "j") -> JobRequest:

@@ -368,3 +368,27 @@ def test_a_tick_costs_little_cpu(fake_gpus: Any, tmp_home: Home, store: Store) -
     per_tick = (time.process_time() - start) / 50
     assert per_tick < 0.02, f"{per_tick * 1000:.1f} ms of CPU per tick"
     gpus.close()
+
+
+def test_a_steady_gpu_job_does_not_wake_the_readers_of_jobs(
+    fake_gpus: Any, tmp_home: Home, store: Store, sleeper: int
+) -> None:
+    """Samples go to telemetry.db; a job's GPU use is written to state.db only when it moves,
+    so a reader polling data_version wakes for changes, not for every 1 Hz tick."""
+    job_id = running_job(store, sleeper)
+    fake_gpus([{"processes": [{"pid": sleeper, "used_memory": GIB, "sm_util": 50}]}])
+    gpus = Gpus.open()
+    sampler = telemetry.Sampler(store, tmp_home, gpus, Config())
+    reader = Store.open(tmp_home.state_db)
+    try:
+        sampler.tick({sleeper: job_id})
+        version = reader.data_version()
+        for _ in range(5):
+            sampler.tick({sleeper: job_id})
+            time.sleep(0.002)
+        assert reader.data_version() == version
+        assert len(telemetry.history(store, 0)) == 6
+        assert store.get(job_id).peak_gpu_mem == GIB
+    finally:
+        reader.close()
+        gpus.close()

@@ -48,14 +48,20 @@ def job_progress(job: Job) -> str:
     return f"{pct} {job.progress_msg or ''}".strip()
 
 
+# Control characters (C0, DEL, C1) shown as escapes: a job's name or argv must not move the
+# cursor, ring the bell or send escape sequences to the terminal of whoever lists it.
+_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]}
+
+
 def display_text(text: str) -> str:
     """Text safe to print: bytes that are not UTF-8 (kept as lone surrogates, as `os.fsdecode`
-    gives them) are shown as `\\xe9` escapes instead of failing the terminal's encoder."""
+    gives them) are shown as `\\xe9` escapes instead of failing the terminal's encoder, and
+    control characters (newlines, ESC...) as `\\x1b` escapes."""
     try:
         text.encode("utf-8")
-        return text
     except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text.translate(_CONTROLS)
 
 
 @functools.cache
@@ -87,7 +93,7 @@ def job_details(job: Job, metrics: dict[str, float | None]) -> list[tuple[str, s
 
     lines: list[tuple[str, str]] = []
     if job.reason:
-        lines.append(("reason", job.reason))
+        lines.append(("reason", display_text(job.reason)))
     if job.argv:
         lines.append(("command", display_text(shlex.join(job.argv))))
     else:
@@ -117,7 +123,7 @@ def job_details(job: Job, metrics: dict[str, float | None]) -> list[tuple[str, s
     if job.exit_code is not None:
         lines.append(("exit code", str(job.exit_code)))
     if job.progress is not None or job.progress_msg:
-        lines.append(("progress", job_progress(job)))
+        lines.append(("progress", display_text(job_progress(job))))
     if metrics:
         shown = (
             f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
@@ -175,7 +181,7 @@ def job_row(job: Job, now: float) -> list[str]:
         job.kind,
         str(job.state),
         job_resources(job),
-        job_progress(job),
+        display_text(job_progress(job)),
         format_duration(now - job.created_at),
         display_text(reason or ""),
     ]

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from workbench.cli import args as checked
 from workbench.paths import Home
 from workbench.units import format_duration, format_size
 
@@ -27,10 +28,14 @@ def register(sub: Any) -> None:
     p.add_argument("--no-header", action="store_true", help="the CSV files have no header row")
     p.add_argument("--null", action="append", metavar="TEXT", help="a string that means null")
     p.add_argument(
-        "--max-rejects", type=int, help="fail when more rows than this are bad (default 10)"
+        "--max-rejects",
+        type=checked.count,
+        help="fail when more rows than this are bad (default 10)",
     )
     p.add_argument(
-        "--cpus", type=float, help="cores to reserve; DuckDB uses that many threads (default 1)"
+        "--cpus",
+        type=checked.amount,
+        help="cores to reserve; DuckDB uses that many threads (default 1)",
     )
     p.add_argument("--wait", action="store_true", help="wait for it; exit 0 iff it succeeded")
     p.add_argument("--json", action="store_true")
@@ -43,7 +48,7 @@ def register(sub: Any) -> None:
     output = p.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="one JSON object per row")
     output.add_argument("--csv", action="store_true")
-    p.add_argument("--limit", type=int, help="stop after this many rows")
+    p.add_argument("--limit", type=checked.count, help="stop after this many rows")
     p.add_argument(
         "--out", metavar="FILE", help="write the whole result to FILE (.csv or .parquet)"
     )

@@ -6,6 +6,7 @@ not be reached or started."""
 from __future__ import annotations
 
 import argparse
+import heapq
 import importlib
 import json
 import os
@@ -17,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from workbench import __version__
+from workbench.cli import args as checked
 from workbench.daemon.client import DaemonUnavailable
 from workbench.db.connection import translate
 from workbench.db.store import (
+    ACTIVE,
     BLOCKED,
     ENDED,
     PAUSED,
@@ -43,18 +46,13 @@ from workbench.present import (
     job_details,
     job_json,
     job_row,
+    secret_words,
     state_counts_line,
     table_line,
     use_colour,
 )
 from workbench.queue.spec import SpecError
-from workbench.units import (
-    format_duration,
-    parse_duration,
-    parse_int,
-    parse_number,
-    parse_size,
-)
+from workbench.units import format_duration, parse_int
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DAEMON = 0, 1, 2, 3
 DEFAULT_PRUNE_AGE_S = 30 * 86400.0
@@ -86,28 +84,6 @@ def _console() -> Any:
     return Console(highlight=False, soft_wrap=False, width=width)
 
 
-# ---- checked argument types (argparse names the flag and exits 2) --------------------------
-
-
-def _checked(parse: Callable[[str], Any], name: str) -> Callable[[str], Any]:
-    def convert(text: str) -> Any:
-        try:
-            return parse(text)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-
-    convert.__name__ = name  # argparse shows it in its fallback message
-    return convert
-
-
-_amount = _checked(lambda t: parse_number(t, minimum=0.0), "number")
-_count = _checked(lambda t: parse_int(t, minimum=0), "count")
-_signed = _checked(lambda t: parse_int(t, minimum=None), "integer")
-_job_id = _checked(lambda t: parse_int(t, minimum=1), "job id")
-_size = _checked(parse_size, "size")
-_duration = _checked(parse_duration, "duration")
-
-
 # ---- submit -------------------------------------------------------------------------------
 
 
@@ -115,9 +91,10 @@ def _parse_after(values: list[str], flag: str) -> list[int]:
     ids = []
     for value in values:
         for part in value.split(","):
-            if not part.strip().isdigit():
-                raise UsageError(f"{flag}: not a job id: {part!r}")
-            ids.append(int(part))
+            try:
+                ids.append(parse_int(part, minimum=1))
+            except ValueError as error:
+                raise UsageError(f"{flag}: not a job id: {part!r} ({error})") from None
     return ids
 
 
@@ -216,7 +193,8 @@ def _states_arg(values: list[str] | None) -> list[JobState] | None:
 
 
 def _write(line: str) -> None:
-    sys.stdout.write(display_text(line) + "\n")
+    """One line of output; its cells were made printable by `display_text` already."""
+    sys.stdout.write(line + "\n")
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -225,16 +203,15 @@ def cmd_ls(args: argparse.Namespace) -> int:
     client = _client(start_daemon=False)
     store = client.store
     states = _states_arg(args.state)
-    if args.all or states:
-        pages = (
-            store.iter_jobs(light="no-env" if args.json else True)
-            if states is None
-            else iter(store.list_jobs(states=states, light="no-env" if args.json else True))
-        )
-        return _ls_stream(pages, args.json, store.draining)
-    counts = store.counts_by_state()
     light: bool | str = "no-env" if args.json else True
-    shown_waiting = None if args.json else WAITING_SHOWN
+    if args.all or states:
+        return _ls_stream(store.iter_jobs(light, states=states), args.json, store.draining)
+    if args.json:
+        # Every active job and the latest ended ones, merged by id as they are read.
+        recent = store.list_jobs(states=ENDED, limit=args.recent, light=light)
+        active = store.iter_jobs(light, states=ACTIVE)
+        return _ls_stream(heapq.merge(recent, active, key=lambda j: j.id), True, False)
+    counts = store.counts_by_state()
     jobs = [
         *store.list_jobs(states=ENDED, limit=args.recent, light=light),
         # Jobs with processes are all listed; those still waiting (queued, held, blocked) from
@@ -242,13 +219,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
         *store.list_jobs(states=[STARTING, RUNNING], light=light),
         *store.list_jobs(states=[PAUSED], started=True, light=light),
         *store.list_jobs(
-            states=WAITING, started=False, limit=shown_waiting, oldest_first=True, light=light
+            states=WAITING, started=False, limit=WAITING_SHOWN, oldest_first=True, light=light
         ),
     ]
     jobs.sort(key=lambda j: j.id)
-    if args.json:
-        _print_json([job_json(j) for j in jobs])
-        return EXIT_OK
     colour = use_colour(sys.stdout)
     if counts:
         _write("jobs: " + state_counts_line(counts))
@@ -281,11 +255,18 @@ def _ls_stream(jobs: Any, as_json: bool, draining: bool) -> int:
     """Every job given, written as it is read (memory stays flat at any queue length)."""
     out = sys.stdout
     if as_json:
+        encode = json.JSONEncoder(default=str).encode  # one encoder: json.dumps makes one per call
+        words = secret_words()
         out.write("[")
+        chunk: list[str] = []
         first = True
         for job in jobs:
-            out.write(("" if first else ",\n") + json.dumps(job_json(job), default=str))
-            first = False
+            chunk.append(encode(job.to_json(secret_words=words)))
+            if len(chunk) >= 1000:
+                out.write(("" if first else ",\n") + ",\n".join(chunk))
+                chunk, first = [], False
+        if chunk:
+            out.write(("" if first else ",\n") + ",\n".join(chunk))
         out.write("]\n")
         return EXIT_OK
     now = time.time()
@@ -336,15 +317,17 @@ def cmd_show(args: argparse.Namespace) -> int:
         return EXIT_OK
     console = _console()
     style = STATE_STYLES.get(job.state, "")
-    name = display_text(job.name)
+    from rich.markup import escape
+
+    name = escape(display_text(job.name))  # a name is the user's text, never markup
     console.print(f"[bold]job {job.id}[/] {name}  [{style}]{job.state}[/]  ({job.kind})")
     for label, value in job_details(job, metrics):
-        console.print(f"  {label + ':':<11}{value}", markup=False)
+        console.print(f"  {label + ':':<11}{display_text(value)}", markup=False)
     console.print(f"  run dir:   {run_dir}", markup=False)
     console.print("  history:")
     for event in events:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.t))
-        reason = f"  {event.reason}" if event.reason else ""
+        reason = f"  {display_text(event.reason)}" if event.reason else ""
         console.print(f"    {stamp}  {event.state:<10}{reason}", markup=False)
     if audit:
         console.print("  audit:")
@@ -652,20 +635,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="queue a job: -- CMD ARG... or --spec FILE.toml")
     p.add_argument("--spec", metavar="FILE.toml", help="a job of any kind from a spec file")
     p.add_argument("--name")
-    p.add_argument("--gpus", type=_amount, help="GPUs (fractions like 0.5 share one GPU)")
-    p.add_argument("--gpu-mem", type=_size, help="GPU memory needed, e.g. 8GiB")
-    p.add_argument("--cpus", type=_amount, help="CPU cores to reserve (fractions allowed)")
-    p.add_argument("--mem", type=_size, help="host memory, e.g. 4GiB")
+    p.add_argument("--gpus", type=checked.amount, help="GPUs (fractions like 0.5 share one GPU)")
+    p.add_argument("--gpu-mem", type=checked.size, help="GPU memory needed, e.g. 8GiB")
+    p.add_argument("--cpus", type=checked.amount, help="CPU cores to reserve (fractions allowed)")
+    p.add_argument("--mem", type=checked.size, help="host memory, e.g. 4GiB")
     p.add_argument("--after", action="append", metavar="ID", help="start after job ID succeeded")
     p.add_argument("--after-any", action="append", metavar="ID", help="start after job ID ended")
     p.add_argument(
         "--after-fail", action="append", metavar="ID", help="start only if job ID failed"
     )
-    p.add_argument("--priority", type=_signed, help="higher starts first (default 0)")
+    p.add_argument("--priority", type=checked.signed, help="higher starts first (default 0)")
     p.add_argument("--group")
-    p.add_argument("--retries", type=_count, help="automatic retries after a failure")
+    p.add_argument("--retries", type=checked.count, help="automatic retries after a failure")
     p.add_argument(
-        "--time-limit", type=_duration, help="e.g. 90s, 30m, 2h; the job fails when it runs longer"
+        "--time-limit",
+        type=checked.duration,
+        help="e.g. 90s, 30m, 2h; the job fails when it runs longer",
     )
     p.add_argument("--cwd", help="working directory (default: the current one)")
     p.add_argument("--env", action="append", metavar="K=V", help="set an environment variable")
@@ -680,13 +665,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="list jobs: counts per state, running and the 50 oldest waiting jobs, recent ended ones",
     )
     p.add_argument("--all", action="store_true", help="every job, streamed oldest first")
-    p.add_argument("--recent", type=_count, default=20, help="ended jobs to show (default 20)")
+    p.add_argument(
+        "--recent", type=checked.count, default=20, help="ended jobs to show (default 20)"
+    )
     p.add_argument("--state", action="append", help="only jobs in this state (repeatable)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_ls)
 
     p = sub.add_parser("show", help="one job: spec, history, resources, metrics, paths")
-    p.add_argument("id", type=_job_id)
+    p.add_argument("id", type=checked.job_id)
     p.add_argument("--json", action="store_true")
     p.add_argument(
         "--env",
@@ -696,8 +683,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_show)
 
     p = sub.add_parser("audit", help="who (uid) asked what of which job, when")
-    p.add_argument("--job", type=_job_id, help="only this job's entries")
-    p.add_argument("--limit", type=_count, help="only the last N entries")
+    p.add_argument("--job", type=checked.job_id, help="only this job's entries")
+    p.add_argument("--limit", type=checked.count, help="only the last N entries")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_audit)
 
@@ -706,16 +693,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--older-than",
-        type=_duration,
+        type=checked.duration,
         help="age, e.g. 30d, 12h (default: [retention] jobs in config.toml, else 30d)",
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_prune)
 
     p = sub.add_parser("logs", help="a job's log")
-    p.add_argument("id", type=_job_id)
+    p.add_argument("id", type=checked.job_id)
     p.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
-    p.add_argument("-n", "--lines", type=_count, help="only the last N lines")
+    p.add_argument("-n", "--lines", type=checked.count, help="only the last N lines")
     p.set_defaults(handler=cmd_logs)
 
     for action, text in (
@@ -726,18 +713,18 @@ def build_parser() -> argparse.ArgumentParser:
         ("rm", "remove ended or queued jobs from the store"),
     ):
         p = sub.add_parser(action, help=text)
-        p.add_argument("ids", type=_job_id, nargs="+", metavar="ID")
+        p.add_argument("ids", type=checked.job_id, nargs="+", metavar="ID")
         p.set_defaults(handler=_control(action))
 
     p = sub.add_parser("priority", help="set a job's priority (higher starts first)")
-    p.add_argument("id", type=_job_id)
-    p.add_argument("priority", type=_signed)
+    p.add_argument("id", type=checked.job_id)
+    p.add_argument("priority", type=checked.signed)
     p.set_defaults(handler=cmd_priority)
 
     p = sub.add_parser("wait", help="block until jobs end; exit 0 iff all succeeded")
-    p.add_argument("ids", type=_job_id, nargs="+", metavar="ID")
+    p.add_argument("ids", type=checked.job_id, nargs="+", metavar="ID")
     p.add_argument(
-        "--timeout", type=_duration, help="give up after this long (e.g. 30s, 2h); exit 1"
+        "--timeout", type=checked.duration, help="give up after this long (e.g. 30s, 2h); exit 1"
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_wait)
@@ -750,7 +737,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("group", help="list groups, or set a group's parallelism limit")
     p.add_argument("name", nargs="?")
     p.add_argument(
-        "--parallel", type=_count, help="jobs of this group running at once (0: no limit)"
+        "--parallel", type=checked.count, help="jobs of this group running at once (0: no limit)"
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_group)

@@ -13,6 +13,11 @@ from pathlib import Path
 BUSY_TIMEOUT_S = 30.0
 
 
+# What a store call may raise besides StoreError (a busy or locked file, an I/O error), for
+# callers outside this package that retry: they need not import sqlite3.
+DatabaseError = sqlite3.Error
+
+
 class StoreError(RuntimeError):
     """The state file cannot be used; the message says why and how to recover (exit code 3)."""
 

@@ -417,7 +417,7 @@ class Store:
         try:
             if not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
-                create_database(path)
+                create_database(path, auto_vacuum=True)
             conn = connect(path)
         except sqlite3.Error as error:
             raise translate(error, path) or StoreCorrupt(
@@ -443,6 +443,7 @@ class Store:
         return cls(ThreadConnections(path, conn), path)
 
     def close(self) -> None:
+        """Close every thread's connection, the version connection and telemetry.db."""
         self._connections.close()
         with self._version_lock:
             if self._version_conn is not None:
@@ -491,10 +492,12 @@ class Store:
     # ---- meta and settings -------------------------------------------------------------
 
     def get_setting(self, key: str, default: str | None = None) -> str | None:
+        """A value from the meta table (schema version, drain mode...), or `default`."""
         row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return row[0] if row else default
 
     def set_setting(self, key: str, value: str) -> None:
+        """Write one meta value."""
         with self.transaction() as conn:
             conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
@@ -504,12 +507,15 @@ class Store:
         return self.get_setting("drain") == "1"
 
     def set_draining(self, on: bool) -> None:
+        """Turn drain mode on or off."""
         self.set_setting("drain", "1" if on else "0")
 
     def group_limits(self) -> dict[str, int]:
+        """{group: jobs of it that may run at once} for groups with a limit."""
         return dict(self.conn.execute("SELECT name, parallel FROM groups").fetchall())
 
     def set_group(self, name: str, parallel: int) -> None:
+        """Set a group's limit on running jobs (0: no limit)."""
         with self.transaction() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO groups(name, parallel) VALUES (?, ?)", (name, parallel)
@@ -645,12 +651,14 @@ class Store:
         return [_job_from_row(r, deps[r[0]]) for r in rows]
 
     def get(self, job_id: int) -> Job:
+        """One job with its environment and dependencies. Raises NoSuchJob."""
         jobs = self._jobs_where("WHERE id=?", (job_id,))
         if not jobs:
             raise NoSuchJob(f"no job with id {job_id}")
         return jobs[0]
 
     def find(self, job_id: int) -> Job | None:
+        """One job, or None when there is no such id."""
         jobs = self._jobs_where("WHERE id=?", (job_id,))
         return jobs[0] if jobs else None
 
@@ -692,11 +700,23 @@ class Store:
             return list(reversed(self._jobs_where(where, params, light)))
         return self._jobs_where(where + " ORDER BY id", params, light)
 
-    def iter_jobs(self, light: bool | str = True, page: int = 1000) -> Iterator[Job]:
-        """Every job, oldest first, read `page` rows at a time (memory stays flat)."""
+    def iter_jobs(
+        self,
+        light: bool | str = True,
+        page: int = 1000,
+        states: Iterable[str] | None = None,
+    ) -> Iterator[Job]:
+        """Every job (in `states`, if given), oldest first, read `page` rows at a time, so
+        memory stays flat whatever the queue's length."""
+        where, params = "", []
+        if states is not None:
+            params = [str(s) for s in states]
+            where = f" AND state IN ({','.join('?' * len(params))})"
         after = 0
         while True:
-            batch = self._jobs_where("WHERE id>? ORDER BY id LIMIT ?", (after, page), light)
+            batch = self._jobs_where(
+                f"WHERE id>?{where} ORDER BY id LIMIT ?", (after, *params, page), light
+            )
             if not batch:
                 return
             yield from batch
@@ -762,6 +782,7 @@ class Store:
         return {int(pid): int(job_id) for pid, job_id in rows}
 
     def events(self, job_id: int) -> list[JobEvent]:
+        """A job's state history, oldest first."""
         rows = self.conn.execute(
             "SELECT job_id, t, state, reason, event FROM job_events WHERE job_id=? ORDER BY id",
             (job_id,),
@@ -769,6 +790,7 @@ class Store:
         return [JobEvent(*r) for r in rows]
 
     def dependents(self, job_id: int) -> list[int]:
+        """Ids of the jobs that wait on this one."""
         return [
             r[0] for r in self.conn.execute("SELECT job_id FROM job_deps WHERE dep_id=?", (job_id,))
         ]
@@ -916,6 +938,7 @@ class Store:
             conn.execute(f"UPDATE jobs SET {sets} WHERE id=?", [*values, job_id])
 
     def set_progress(self, job_id: int, fraction: float | None, message: str | None = None) -> None:
+        """A job's progress: `fraction` in [0, 1] (None: unknown) and a short message."""
         with self.transaction() as conn:
             conn.execute(
                 "UPDATE jobs SET progress=?, progress_msg=? WHERE id=?", (fraction, message, job_id)
@@ -1019,6 +1042,7 @@ class Store:
         holds their earlier images is checkpointed and truncated, and the same rows are removed
         from the backup `state.db.bak` (rewritten from the checked, purged file) if there is
         one."""
+        self.give_space_back()
         for _ in range(50):  # a reader holding an old snapshot blocks the truncation briefly
             busy = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
             if not busy:
@@ -1027,6 +1051,24 @@ class Store:
         backup = self.path.with_name(self.path.name + ".bak")
         if ids and backup.exists():
             self.backup_to(backup)  # rewritten from the purged file: the old bytes are gone
+
+    def give_space_back(self) -> None:
+        """Shrink the file by its free pages: at once where it uses incremental auto-vacuum
+        (every file this code creates), else by one VACUUM that converts it, when a quarter
+        or more of it is free (files from before; skipped while another connection is busy)."""
+        conn = self.conn
+        if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+            # executescript steps the pragma to the end (execute frees one page per call).
+            conn.executescript("PRAGMA incremental_vacuum;")
+            return
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        if pages and free * 4 >= pages:
+            try:
+                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                conn.execute("VACUUM")
+            except sqlite3.OperationalError:
+                pass  # busy: the next prune tries again
 
     def ended_before(self, cutoff: float, limit: int = 1000) -> list[int]:
         """Ids of jobs that ended before `cutoff` (Unix s), oldest first, at most `limit`."""
@@ -1083,6 +1125,7 @@ class Store:
     # ---- metrics -----------------------------------------------------------------------
 
     def add_metrics(self, job_id: int, step: int, values: dict[str, float | None]) -> None:
+        """One step's metric values (name -> value) of a job, in one transaction."""
         now = time.time()
         with self.transaction() as conn:
             conn.executemany(

@@ -150,7 +150,8 @@ class TelemetryStore:
                 )
                 conn.executemany(_INSERT, fold(rows))
             conn.execute("DELETE FROM telemetry WHERE t_ms < ?", (drop_before_ms,))
-        self.conn.execute(f"PRAGMA incremental_vacuum({VACUUM_PAGES})").fetchall()
+        # executescript steps the pragma to the end (execute frees one page per call).
+        self.conn.executescript(f"PRAGMA incremental_vacuum({VACUUM_PAGES});")
         return len(rows)
 
     def free_pages(self) -> int:

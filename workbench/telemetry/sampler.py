@@ -125,6 +125,7 @@ class Sampler:
         self._not_ours: set[int] = set()
         self._commands: dict[int, str | None] = {}
         self._job_use: dict[int, _JobUse] = {}
+        self._written: dict[int, tuple[int, float | None]] = {}  # last GPU use stored per job
         self._thin_due = 0.0
 
     def tick(self, jobs_by_group: Mapping[int, int], now: float | None = None) -> Tick:
@@ -149,7 +150,12 @@ class Sampler:
             json.dumps(snap, separators=(",", ":")),
             now,
         )
-        self.store.set_gpu_use(updates)
+        changed = [u for u in updates if self._written.get(u[2]) != (u[0], u[1])]
+        if changed:  # no write transaction at all while nothing moved
+            self.store.set_gpu_use(changed)
+            self._written.update({job: (peak, mean) for peak, mean, job in changed})
+        for job in set(self._written) - {u[2] for u in updates}:
+            del self._written[job]
         if now >= self._thin_due:
             thin(self.store, now, self.keep_raw_s)
             self._thin_due = now + THIN_BUCKET_S
