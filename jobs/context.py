@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from workbench.daemon.runner import FAILURE_FILE
+from workbench.db.journal import RecordingStore
 from workbench.db.store import Job, Store
 from workbench.paths import Home
 from workbench.queue.spec import from_table
@@ -44,8 +45,14 @@ class JobContext:
 
     @classmethod
     def from_environment(cls, job_id: int) -> JobContext:
+        """The context of job `job_id`. With `WORKBENCH_RECORDS` set (a job on a cluster node,
+        where writing state.db is unsafe) writes go to that record file for the daemon to apply."""
         home = Home.current()
-        store = Store.open(home.state_db)
+        records = os.environ.get("WORKBENCH_RECORDS")
+        if records:
+            store: Store = RecordingStore.open_recording(home.state_db, Path(records), job_id)
+        else:
+            store = Store.open(home.state_db)
         return cls(home, store, store.get(job_id))
 
     def spec(self, cls: type[T]) -> T:

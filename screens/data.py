@@ -87,8 +87,9 @@ class Query:
     def paged_sql(self) -> str:
         """The user's query as a subquery: filters and sort pushed down, one page (+1 row to know
         whether there is more) fetched."""
-        base = self.sql.strip().rstrip(";")
-        wrapped = f"SELECT * FROM ({base}) AS q"
+        from workbench.catalog.lake import wrap_user_sql
+
+        wrapped = wrap_user_sql(self.sql)
         if self.filters:
             wrapped += " WHERE " + " AND ".join(
                 f"{quote(c)} IS NULL" if v is None else f"{quote(c)} = {literal(v)}"
@@ -360,17 +361,23 @@ class DataScreen(Screen[None]):
         self.app.call_from_thread(
             self.set_status, Text("running... (ctrl+g cancels)", style="yellow")
         )
+        deadline = None
         try:
-            con = lake.connect(source.home, store, for_sql=query.sql)
+            limits = lake.settings(source.home)
+            con = lake.connect(source.home, store, for_sql=query.sql, limits=limits)
             self.running = con
             try:
                 lake.check_read_only(con, query.sql)
-                columns, rows = query.page_of(con)
+                with lake.Deadline(con, limits) as deadline:
+                    columns, rows = query.page_of(con)
             finally:
                 self.running = None
                 con.close()
-        except (duckdb.Error, lake.QueryRefused, QueryError) as error:
+        except (duckdb.Error, lake.QueryRefused, QueryError, ValueError) as error:
+            stopped = deadline.explain(error) if deadline is not None else None
             message = "cancelled" if isinstance(error, duckdb.InterruptException) else str(error)
+            if stopped is not None and str(stopped) != "interrupted":
+                message = str(stopped)  # the time or memory limit, in words
             if (
                 isinstance(error, duckdb.Error)
                 and "LINE " not in message

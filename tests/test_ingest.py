@@ -245,8 +245,10 @@ def test_readers_never_fail_while_new_versions_are_published(client: Client, hom
     readers = [threading.Thread(target=reader) for _ in range(2)]
     for thread in readers:
         thread.start()
-    for _ in range(20):
-        lake.publish_arrow(home, client.store, "live", pa.table({"v": list(range(1000))}))
+    for n in range(20):  # each version differs: identical content would publish nothing
+        lake.publish_arrow(
+            home, client.store, "live", pa.table({"v": list(range(n + 1, n + 1001))})
+        )
     stop.set()
     for thread in readers:
         thread.join()

@@ -245,6 +245,12 @@ def test_only_the_store_tables_a_query_names_are_loaded(home: Home, store: Store
         assert con.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
         with pytest.raises(duckdb.CatalogException, match="metrics"):
             con.execute("SELECT * FROM metrics")
+        with pytest.raises(duckdb.CatalogException, match="birds"):
+            con.execute("SELECT * FROM birds")  # not named by the query: no view
+    finally:
+        con.close()
+    con = lake.connect(home, store, for_sql="SELECT count(*) FROM birds")
+    try:
         assert con.execute("SELECT count(*) FROM birds").fetchone() == (3,)
     finally:
         con.close()

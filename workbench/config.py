@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workbench.catalog.lake import parse_settings
 from workbench.queue.spec import SpecError, from_table
 from workbench.units import parse_duration, parse_size
 
@@ -24,6 +25,27 @@ class DaemonTable:
 
 
 CONTAINMENT_MODES = ("auto", "cgroup", "subreaper")
+
+
+EXECUTOR_KINDS = ("local", "slurm")
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """`[executor]` in config.toml: where jobs run unless a job says otherwise (`--executor`).
+
+    For `kind = "slurm"`: `partition` and `account` become `--partition`/`--account`, `extra` is a
+    list of sbatch options added to every submission (e.g. `["--qos=normal"]`), `nice_base` is
+    the `--nice` of a priority-0 job (priority P gets `nice_base - P`; Slurm refuses negative
+    nice values from ordinary users), and `shared_paths` lists mount points known to be shared
+    by every node (beyond the network filesystems recognised by type)."""
+
+    kind: str = "local"
+    partition: str | None = None
+    account: str | None = None
+    extra: list[str] = field(default_factory=list)
+    nice_base: int = 0
+    shared_paths: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -53,6 +75,7 @@ class Config:
     retention_jobs_s: float | None = None  # ended jobs older than this are pruned (hourly)
     secret_words: tuple[str, ...] = ()
     containment: str = "auto"  # a cgroup v2 per job where possible, else a subreaper wrapper
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
 
 def load_config(path: Path) -> Config:
@@ -63,14 +86,24 @@ def load_config(path: Path) -> Config:
         data: dict[str, Any] = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as error:
         raise SpecError(f"{path}: {error}") from error
-    known = {"daemon", "retention", "security"}
+    known = {"daemon", "retention", "security", "sql", "lake", "executor"}
     for key in data:
         if key not in known:
             raise SpecError(f"{path}: unknown table '{key}'")
+    try:
+        parse_settings(data, str(path))  # [sql] and [lake] belong to the lake, checked here too
+    except ValueError as error:
+        raise SpecError(str(error)) from error
     table = from_table(DaemonTable, data.get("daemon", {}), f"{path} [daemon]")
     if table.containment not in CONTAINMENT_MODES:
         raise SpecError(
             f"{path} [daemon]: key 'containment': must be one of {', '.join(CONTAINMENT_MODES)}"
+        )
+    executor = from_table(ExecutorConfig, data.get("executor", {}), f"{path} [executor]")
+    if executor.kind not in EXECUTOR_KINDS:
+        raise SpecError(
+            f"{path} [executor]: key 'kind': expected one of {', '.join(EXECUTOR_KINDS)},"
+            f" got {executor.kind!r}"
         )
     retention = from_table(RetentionTable, data.get("retention", {}), f"{path} [retention]")
     security = from_table(SecurityTable, data.get("security", {}), f"{path} [security]")
@@ -102,4 +135,5 @@ def load_config(path: Path) -> Config:
         retention_jobs_s=retention_s,
         secret_words=tuple(w for w in security.secret_names if w),
         containment=table.containment,
+        executor=executor,
     )

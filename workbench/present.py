@@ -105,6 +105,13 @@ def job_details(job: Job, metrics: dict[str, float | None]) -> list[tuple[str, s
         masked = mask_env(spec_env, secret_words())
         lines.append(("env", display_text(" ".join(f"{k}={v}" for k, v in masked.items()))))
     lines.append(("cwd", display_text(job.cwd)))
+    if job.executor != "local":
+        where = (
+            f"{job.executor} job {job.slurm_id}"
+            if job.slurm_id
+            else f"{job.executor} (not handed over yet)"
+        )
+        lines.append(("runs on", where + (f" on {job.node}" if job.node else "")))
     granted = job.granted_gpus if job.granted_gpus is not None else "-"
     lines.append(("resources", f"asked {job_resources(job)}; granted GPUs {granted}"))
     if job.peak_gpu_mem is not None or job.mean_gpu_util is not None:

@@ -1,5 +1,5 @@
 """The versioned Parquet lake and its catalog: publishing dataset versions atomically, reading
-them as Arrow, and sandboxed read-only DuckDB connections with a view per dataset.
+them as Arrow, and sandboxed read-only DuckDB connections with a view per dataset a query names.
 
 Layout: `lake/<dataset>/v<N>/part-*.parquet` (and `rejects.parquet` where an ingest kept bad
 rows). A version is written under `lake/<dataset>/.tmp-*` and published by one atomic rename
@@ -10,18 +10,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
+import stat
+import threading
 import time
+import tomllib
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench.db import catalog as db_catalog
 from workbench.db.store import Store
 from workbench.paths import Home
+from workbench.units import format_duration, format_size, parse_duration, parse_size
 
 if TYPE_CHECKING:
     import duckdb
@@ -52,6 +57,7 @@ class VersionInfo:
     duration_s: float | None
     created_at: float
     job_id: int | None
+    nulls: dict[str, int | None] = field(default_factory=dict)  # column -> null values
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -61,7 +67,7 @@ class VersionInfo:
             "rows": self.rows,
             "bytes": self.bytes,
             "content_hash": self.content_hash,
-            "schema": [{"name": n, "type": t} for n, t in self.schema],
+            "schema": [{"name": n, "type": t, "nulls": self.nulls.get(n)} for n, t in self.schema],
             "sources": self.sources,
             "rejected_rows": self.rejected_rows,
             "duration_s": self.duration_s,
@@ -102,6 +108,7 @@ def _version_from_row(row: tuple[Any, ...]) -> VersionInfo:
         created,
         job,
     ) = row
+    columns = json.loads(schema)
     return VersionInfo(
         dataset,
         version,
@@ -109,12 +116,13 @@ def _version_from_row(row: tuple[Any, ...]) -> VersionInfo:
         rows,
         size,
         digest,
-        [(c["name"], c["type"]) for c in json.loads(schema)],
+        [(c["name"], c["type"]) for c in columns],
         json.loads(sources),
         rejected,
         duration,
         created,
         job,
+        {c["name"]: c.get("nulls") for c in columns},
     )
 
 
@@ -153,17 +161,37 @@ def _content_hash(files: Iterable[Path]) -> str:
     return digest.hexdigest()
 
 
-def _describe_parts(tmp: Path) -> tuple[int, list[tuple[str, str]]]:
+def _describe_parts(tmp: Path) -> tuple[int, list[tuple[str, str]], dict[str, int | None]]:
+    """Rows, schema and each top-level column's null count, from the Parquet footers (the
+    writer's statistics: no scan of the data)."""
     import duckdb
 
     con = duckdb.connect()
     try:
-        pattern = str(tmp / "part-*.parquet")
-        rows = con.execute(f"SELECT count(*) FROM read_parquet('{pattern}')").fetchone()
-        schema = con.execute(f"DESCRIBE SELECT * FROM read_parquet('{pattern}')").fetchall()
+        pattern = _sql_literal(str(tmp / "part-*.parquet"))
+        rows = con.execute(f"SELECT count(*) FROM read_parquet({pattern})").fetchone()
+        schema = con.execute(f"DESCRIBE SELECT * FROM read_parquet({pattern})").fetchall()
+        stats = con.execute(
+            "SELECT path_in_schema, sum(stats_null_count), count(*) - count(stats_null_count)"
+            f" FROM parquet_metadata({pattern}) GROUP BY path_in_schema"
+        ).fetchall()
     finally:
         con.close()
-    return int(rows[0] if rows else 0), [(str(r[0]), str(r[1])) for r in schema]
+    known = {str(path): (None if missing else int(nulls or 0)) for path, nulls, missing in stats}
+    columns = [(str(r[0]), str(r[1])) for r in schema]
+    return int(rows[0] if rows else 0), columns, {n: known.get(n) for n, _ in columns}
+
+
+def _sql_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _read_only(folder: Path) -> None:
+    """Published files lose their write bits: a writer that gets past the SQL sandbox still
+    cannot open a version's bytes for writing (the folder stays writable for prune)."""
+    for path in folder.iterdir():
+        if path.is_file():
+            path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
 
 
 def publish(
@@ -179,6 +207,8 @@ def publish(
     `rejects.parquet`) into a private folder and returns how many rows it rejected; the folder
     becomes `v<N>` by one atomic rename.
 
+    Content identical to the latest version (same BLAKE2b hash of the parts, same rejected rows)
+    publishes nothing: the latest version is returned as it is (its `job_id` is not the caller's).
     On any error the private folder is removed: a failed write leaves nothing behind."""
     check_dataset_name(dataset)
     started = started_at if started_at is not None else time.time()
@@ -191,9 +221,10 @@ def publish(
         parts = sorted(tmp.glob("part-*.parquet"))
         if not parts:
             raise LakeError(f"dataset {dataset!r}: nothing was written")
-        rows, schema = _describe_parts(tmp)
+        rows, schema, nulls = _describe_parts(tmp)
         digest = _content_hash(parts)
         size = sum(p.stat().st_size for p in parts)
+        _read_only(tmp)
 
         def place(version: int) -> str:
             final = base / f"v{version}"
@@ -204,8 +235,10 @@ def publish(
 
         version = db_catalog.add_version(
             store, dataset, place, sources or [], schema, rows, size, digest, rejected_rows,
-            started, job_id,
+            started, job_id, nulls=nulls, dedup=True,
         )  # fmt: skip
+        if tmp.exists():  # the latest version has this content: nothing was placed
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         try:
@@ -264,6 +297,46 @@ def clean_orphans(home: Home) -> int:
     return removed
 
 
+def prunable(
+    store: Store,
+    dataset: str | None = None,
+    keep_versions: int = 0,
+    keep_for_s: float = 0.0,
+    now: float | None = None,
+) -> list[VersionInfo]:
+    """The versions a retention rule removes: past the newest `keep_versions` of their dataset,
+    or older than `keep_for_s` seconds (0 turns a rule off). Never a dataset's latest version,
+    and never one a training run or evaluation used (its lineage must stay readable)."""
+    now = time.time() if now is None else now
+    in_use = db_catalog.versions_in_use(store)
+    by_dataset: dict[str, list[VersionInfo]] = {}
+    for info in versions(store, dataset):
+        by_dataset.setdefault(info.dataset, []).append(info)
+    chosen: list[VersionInfo] = []
+    for infos in by_dataset.values():
+        newest_first = sorted(infos, key=lambda i: i.version, reverse=True)
+        for rank, info in enumerate(newest_first):
+            if rank == 0 or (info.dataset, info.version) in in_use:
+                continue
+            too_many = keep_versions > 0 and rank >= keep_versions
+            too_old = keep_for_s > 0 and now - info.created_at > keep_for_s
+            if too_many or too_old:
+                chosen.append(info)
+    return sorted(chosen, key=lambda i: (i.dataset, i.version))
+
+
+def prune(home: Home, store: Store, chosen: list[VersionInfo]) -> int:
+    """Remove versions (from `prunable`): the catalog row first, then the folder, so a reader
+    never finds a catalogued version without files. Returns the bytes freed."""
+    freed = 0
+    for info in chosen:
+        db_catalog.delete_version(store, info.dataset, info.version)
+        if info.path.is_dir() and info.path.parent.parent == home.lake:
+            freed += sum(p.stat().st_size for p in info.path.iterdir() if p.is_file())
+            shutil.rmtree(info.path, ignore_errors=True)
+    return freed
+
+
 # ---- queries ------------------------------------------------------------------------------
 
 READ_STATEMENTS = frozenset({"SELECT", "EXPLAIN"})
@@ -282,12 +355,11 @@ STORE_TABLES = ("jobs", "job_events", "metrics", "runs", "evaluations", "models"
 
 def _store_tables(store: Store, only: Iterable[str] = STORE_TABLES) -> dict[str, pyarrow.Table]:
     """The store's jobs, runs and metrics (those named in `only`) as Arrow tables, queryable
-    next to the lake."""
-    import pyarrow as pa
-
+    next to the lake. A query that names none of them never imports pyarrow (~0.1 s)."""
     wanted = set(only)
     if not wanted:
         return {}
+    import pyarrow as pa
 
     tables: dict[str, pyarrow.Table] = {}
     for name in STORE_TABLES:
@@ -308,71 +380,355 @@ def mentioned_store_tables(sql: str) -> list[str]:
     return [t for t in STORE_TABLES if re.search(rf"\b{t}\b", sql, re.IGNORECASE)]
 
 
+@dataclass(frozen=True)
+class LakeSettings:
+    """`[sql]` and `[lake]` in config.toml: the limits of a user's query and the retention of
+    old versions. Defaults suit a shared box: a query may use a quarter of the memory (at least
+    1 GiB), spill up to 10 GiB inside WORKBENCH_HOME, and run 5 minutes; versions are kept."""
+
+    sql_timeout_s: float = 300.0
+    sql_memory_limit_bytes: int = 0  # 0: a quarter of the machine's memory, at least 1 GiB
+    sql_spill_limit_bytes: int = 10 * 1024**3
+    sql_threads: int = 0  # 0: DuckDB's default (every core)
+    keep_versions: int = 0  # newest versions kept per dataset (0: every version)
+    keep_for_s: float = 0.0  # older versions are pruned after this long (0: never)
+
+    @property
+    def memory_limit_bytes(self) -> int:
+        if self.sql_memory_limit_bytes:
+            return self.sql_memory_limit_bytes
+        try:
+            total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):
+            total = 4 * 1024**3
+        return max(1024**3, total // 4)
+
+
+SQL_KEYS = {
+    "timeout": "sql_timeout_s",
+    "memory_limit": "sql_memory_limit_bytes",
+    "spill_limit": "sql_spill_limit_bytes",
+    "threads": "sql_threads",
+}
+LAKE_KEYS = {"keep_versions": "keep_versions", "keep_for": "keep_for_s"}
+
+
+def parse_settings(data: dict[str, Any], where: str) -> LakeSettings:
+    """LakeSettings from config.toml's parsed `[sql]` and `[lake]` tables; ValueError names the
+    table and key that is wrong."""
+    values: dict[str, Any] = {}
+    for table, keys in (("sql", SQL_KEYS), ("lake", LAKE_KEYS)):
+        given = data.get(table, {})
+        if not isinstance(given, dict):
+            raise ValueError(f"{where}: [{table}] must be a table")
+        for key, value in given.items():
+            if key not in keys:
+                raise ValueError(
+                    f"{where} [{table}]: unknown key {key!r} (known: {', '.join(keys)})"
+                )
+            name = keys[key]
+            try:
+                if name.endswith("_s"):
+                    values[name] = parse_duration(value)
+                elif name.endswith("_bytes"):
+                    values[name] = parse_size(value)
+                elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                    values[name] = value
+                else:
+                    raise ValueError(f"expected a whole number >= 0, got {value!r}")
+            except ValueError as error:
+                raise ValueError(f"{where} [{table}]: key {key!r}: {error}") from None
+    return LakeSettings(**values)
+
+
+def settings(home: Home) -> LakeSettings:
+    """The home's LakeSettings (defaults when config.toml is missing)."""
+    if not home.config.exists():
+        return LakeSettings()
+    try:
+        data = tomllib.loads(home.config.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"{home.config}: {error}") from None
+    return parse_settings(data, str(home.config))
+
+
+def mentioned_versions(store_versions: list[VersionInfo], sql: str) -> list[VersionInfo]:
+    """The versions a query may read: a dataset's latest when its name appears as a word (or
+    as `name_rejects`), an older one when `name@vN` appears. A false match only costs a view."""
+    latest: dict[str, VersionInfo] = {}
+    for info in store_versions:
+        latest[info.dataset] = info  # oldest first, so the last one wins
+    words = {w.lower() for w in re.findall(r"[A-Za-z_][A-Za-z0-9_]*(?:@v\d+(?:_rejects)?)?", sql)}
+    wanted: list[VersionInfo] = []
+    for info in store_versions:
+        name = info.dataset.lower()
+        named = {f"{name}@v{info.version}", f"{name}@v{info.version}_rejects"}
+        if latest[info.dataset] is info:
+            named |= {name, f"{name}_rejects"}
+        if named & words:
+            wanted.append(info)
+    return wanted
+
+
 def connect(
-    home: Home, store: Store, with_store_tables: bool = True, for_sql: str | None = None
+    home: Home,
+    store: Store,
+    with_store_tables: bool = True,
+    for_sql: str | None = None,
+    limits: LakeSettings | None = None,
 ) -> duckdb.DuckDBPyConnection:
     """A read-only DuckDB connection over the lake: a view per dataset (latest version) and per
-    version (`"name@v2"`), the store's tables (all, or with `for_sql` only those that query
-    names), file access limited to the lake, locked."""
+    version (`"name@v2"`) and their rejects, the store's tables; with `for_sql`, only those the
+    query names (each view opens Parquet footers, so a catalog of many versions would otherwise
+    cost every query).
+
+    The sandbox: DuckDB may open only the exact Parquet files of those views (`allowed_paths`;
+    no folder, so nothing can be created in the lake, and a COPY onto a part file fails on its
+    temporary file), external access is off, memory and threads are capped, spill files go to
+    `WORKBENCH_HOME/tmp/duckdb` (capped too), and the configuration is locked."""
     import duckdb
 
+    limits = limits or settings(home)
     con = duckdb.connect(":memory:")
     # One catalog read: a version published between two reads would leave a view pointing at
     # a version this connection never defined.
     every = versions(store)
     latest: dict[str, VersionInfo] = {}
     for info in every:
-        latest[info.dataset] = info  # oldest first, so the last one wins
-    for info in every:
-        con.execute(
-            f"CREATE VIEW {_quote(f'{info.dataset}@v{info.version}')} AS"
-            f" SELECT * FROM read_parquet('{info.glob}')"
-        )
-        if info.rejected_rows and info.rejects_path.exists():
+        latest[info.dataset] = info
+    chosen = every if for_sql is None else mentioned_versions(every, for_sql)
+    allowed: list[str] = []
+
+    def view(name: str, files: list[str]) -> None:
+        allowed.extend(files)
+        listed = "[" + ", ".join(_sql_literal(f) for f in files) + "]"
+        con.execute(f"CREATE VIEW {_quote(name)} AS SELECT * FROM read_parquet({listed})")
+
+    for info in chosen:
+        parts = sorted(str(p) for p in info.path.glob("part-*.parquet"))
+        if not parts:
+            continue
+        rejects = info.rejected_rows and info.rejects_path.exists()
+        view(f"{info.dataset}@v{info.version}", parts)
+        if rejects:
+            view(f"{info.dataset}@v{info.version}_rejects", [str(info.rejects_path)])
+        if latest[info.dataset] is info:
             con.execute(
-                f"CREATE VIEW {_quote(f'{info.dataset}@v{info.version}_rejects')} AS"
-                f" SELECT * FROM read_parquet('{info.rejects_path}')"
+                f"CREATE VIEW {_quote(info.dataset)} AS SELECT * FROM"
+                f" {_quote(f'{info.dataset}@v{info.version}')}"
             )
-    for info in latest.values():
-        con.execute(
-            f"CREATE VIEW {_quote(info.dataset)} AS SELECT * FROM"
-            f" {_quote(f'{info.dataset}@v{info.version}')}"
-        )
-        if info.rejected_rows and info.rejects_path.exists():
-            con.execute(
-                f"CREATE VIEW {_quote(info.dataset + '_rejects')} AS SELECT * FROM"
-                f" {_quote(f'{info.dataset}@v{info.version}_rejects')}"
-            )
+            if rejects:
+                con.execute(
+                    f"CREATE VIEW {_quote(info.dataset + '_rejects')} AS SELECT * FROM"
+                    f" {_quote(f'{info.dataset}@v{info.version}_rejects')}"
+                )
     if with_store_tables:
         only = STORE_TABLES if for_sql is None else mentioned_store_tables(for_sql)
         for name, table in _store_tables(store, only).items():
             con.register(name, table)
-    lake = str(home.lake).replace("'", "''")
-    con.execute(f"SET allowed_directories=['{lake}']")
-    con.execute("SET enable_external_access=false")
-    con.execute("SET enable_progress_bar=true")
-    con.execute("SET enable_progress_bar_print=false")
-    con.execute("SET lock_configuration=true")
+    spill = home.root / "tmp" / "duckdb"
+    spill.mkdir(parents=True, exist_ok=True)
+    con.execute(f"SET temp_directory = {_sql_literal(str(spill))}")
+    con.execute(f"SET max_temp_directory_size = '{limits.sql_spill_limit_bytes}B'")
+    con.execute(f"SET memory_limit = '{limits.memory_limit_bytes}B'")
+    if limits.sql_threads:
+        con.execute(f"SET threads = {limits.sql_threads}")
+    con.execute("SET allowed_paths = [" + ", ".join(_sql_literal(p) for p in allowed) + "]")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET enable_progress_bar = true")
+    con.execute("SET enable_progress_bar_print = false")
+    con.execute("SET lock_configuration = true")
     return con
 
 
+def _explained(text: str) -> tuple[bool, str]:
+    """Whether an EXPLAIN statement analyzes (runs) what it explains, and the explained
+    statement's text. Comments are skipped: `EXPLAIN /* x */ ANALYZE` analyzes."""
+    import duckdb
+
+    tokens = [(p, k.name) for p, k in duckdb.tokenize(text) if k.name != "comment"]
+    words = [(p, text[p:].split(None, 1)[0].rstrip("(),;").upper(), k) for p, k in tokens]
+    index = 1  # past EXPLAIN
+    analyze = False
+    if index < len(words) and words[index][1] in ("ANALYZE", "ANALYSE"):
+        analyze = True
+        index += 1
+    elif index < len(words) and text[words[index][0]] == "(":
+        depth = 0
+        while index < len(words):
+            position, word, _ = words[index]
+            if word in ("ANALYZE", "ANALYSE"):
+                analyze = True
+            char = text[position]
+            depth += char == "("
+            depth -= char == ")"
+            index += 1
+            if depth == 0:
+                break
+    inner = text[words[index][0] :] if index < len(words) else ""
+    return analyze, inner
+
+
+def _check_statement(con: duckdb.DuckDBPyConnection, text: str, number: int) -> None:
+    import duckdb
+
+    statements = con.extract_statements(text)
+    for statement in statements:
+        kind = statement.type.name
+        if kind == "SELECT":
+            continue
+        if kind == "EXPLAIN":
+            analyze, inner = _explained(statement.query)
+            if not inner.strip():
+                raise QueryRefused(f"statement {number}: EXPLAIN of nothing")
+            try:
+                inner_kinds = [s.type.name for s in con.extract_statements(inner)]
+            except duckdb.Error as error:
+                raise QueryRefused(str(error)) from None
+            if analyze and inner_kinds != ["SELECT"]:
+                raise QueryRefused(
+                    f"statement {number} is EXPLAIN ANALYZE of {', '.join(inner_kinds)}: ANALYZE"
+                    " runs the statement, so only a SELECT may be analyzed here (the lake is"
+                    " read-only)"
+                )
+            if inner_kinds == ["EXPLAIN"]:
+                _check_statement(con, inner, number)
+            continue
+        raise QueryRefused(
+            f"statement {number} is {kind}: only SELECT and EXPLAIN run here (the lake is"
+            " read-only; write data with an ingest job)"
+        )
+
+
 def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
-    """Refuse anything but reads (SELECT, EXPLAIN), naming the statement that is refused."""
+    """Refuse anything but reads, from the parsed statements (not the first keyword): SELECT
+    (with SUMMARIZE, DESCRIBE, SHOW, VALUES, FROM-first), EXPLAIN, and EXPLAIN ANALYZE of a
+    SELECT only. QueryRefused names the statement that is refused."""
     import duckdb
 
     try:
         statements = con.extract_statements(sql)
-    except duckdb.Error as error:
+    except (duckdb.Error, ValueError) as error:
         raise QueryRefused(str(error)) from None
     if not statements:
         raise QueryRefused("no statement to run")
     for number, statement in enumerate(statements, 1):
-        kind = statement.type.name
-        if kind not in READ_STATEMENTS:
+        try:
+            kind = statement.type.name
+        except ValueError as error:
+            raise QueryRefused(f"statement {number}: {error}") from None
+        if kind == "SELECT":
+            continue
+        if kind != "EXPLAIN":
             raise QueryRefused(
                 f"statement {number} is {kind}: only SELECT and EXPLAIN run here (the lake is"
                 " read-only; write data with an ingest job)"
             )
+        _check_statement(con, statement.query, number)
+
+
+def last_statement(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[str, str]:
+    """(kind, text) of the query's last statement, without the semicolons that end it; a
+    trailing comment stays (wrap it on its own line)."""
+    import duckdb
+
+    statements = con.extract_statements(sql)
+    if not statements:
+        raise QueryRefused("no statement to run")
+    statement = statements[-1]
+    text = statement.query
+    cut = len(text)
+    for position, kind in reversed(duckdb.tokenize(text)):
+        if kind.name == "comment":
+            continue
+        if kind.name == "operator" and text[position] == ";":
+            cut = position
+            continue
+        break
+    return statement.type.name, text[:cut]
+
+
+def wrap_sql(body: str) -> str:
+    """`body` (one SELECT, no trailing semicolon) as a subquery `q`, on lines of its own so a
+    trailing `-- comment` cannot swallow the closing parenthesis."""
+    return f"SELECT * FROM (\n{body}\n) AS q"
+
+
+def wrap_user_sql(sql: str) -> str:
+    """The user's SQL (its last statement) as the subquery `q`, for paging and export: what the
+    CLI's `--limit` and the Data screen's export both run, so comments, semicolons and white
+    space at the end survive in both."""
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        body = last_statement(con, sql)[1]
+    except (duckdb.Error, QueryRefused):
+        body = sql  # the query itself will report the error, with its position
+    finally:
+        con.close()
+    return wrap_sql(body)
+
+
+def limited_sql(con: duckdb.DuckDBPyConnection, sql: str, limit: int | None) -> str:
+    """What to run for the user's SQL: its last statement, with LIMIT pushed around it when the
+    statement is a SELECT (EXPLAIN output is small and cannot be a subquery)."""
+    kind, body = last_statement(con, sql)
+    if limit is None or kind != "SELECT":
+        return body
+    return f"{wrap_sql(body)} LIMIT {int(limit)}"
+
+
+class QueryStopped(RuntimeError):
+    """A query stopped by the statement time limit, the memory limit, or the user: a message in
+    words, no traceback."""
+
+
+class Deadline:
+    """Interrupts a connection's running statement after `seconds` (a timer thread calls
+    `interrupt()`), so a cross join cannot run until someone notices. Use as a context manager;
+    `explain(error)` turns DuckDB's interrupt and out-of-memory errors into QueryStopped."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, limits: LakeSettings):
+        self.con = con
+        self.limits = limits
+        self.fired = threading.Event()
+        self._timer: threading.Timer | None = None
+
+    def _fire(self) -> None:
+        self.fired.set()
+        self.con.interrupt()
+
+    def __enter__(self) -> Deadline:
+        if self.limits.sql_timeout_s > 0:
+            self._timer = threading.Timer(self.limits.sql_timeout_s, self._fire)
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def explain(self, error: BaseException) -> QueryStopped | None:
+        """The QueryStopped for an interrupt or a limit, or None for other errors."""
+        import duckdb
+
+        if isinstance(error, duckdb.InterruptException | KeyboardInterrupt):
+            if self.fired.is_set():
+                return QueryStopped(
+                    f"stopped after {format_duration(self.limits.sql_timeout_s)}, the statement"
+                    " time limit ([sql] timeout in config.toml)"
+                )
+            return QueryStopped("interrupted")
+        if isinstance(error, duckdb.OutOfMemoryException):
+            return QueryStopped(
+                f"stopped: the query needs more than the memory limit"
+                f" ({format_size(self.limits.memory_limit_bytes)}, [sql] memory_limit) and the"
+                f" spill limit ({format_size(self.limits.sql_spill_limit_bytes)}, [sql]"
+                " spill_limit in config.toml)"
+            )
+        return None
 
 
 def record_query(

@@ -1,18 +1,23 @@
-"""Data commands: `workbench ingest`, `workbench sql`, `workbench datasets`."""
+"""Data commands: `workbench ingest`, `workbench sql`, `workbench datasets` (and `prune`)."""
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
+import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from workbench.cli import args as checked
+from workbench.jsonout import dumps
 from workbench.paths import Home
-from workbench.units import format_duration, format_size
+from workbench.units import format_duration, format_size, parse_duration
+
+SHOWN_ROWS = 200
 
 
 def register(sub: Any) -> None:
@@ -26,7 +31,25 @@ def register(sub: Any) -> None:
     p.add_argument("--type", action="append", metavar="COL=TYPE", help="override a column's type")
     p.add_argument("--delimiter")
     p.add_argument("--no-header", action="store_true", help="the CSV files have no header row")
-    p.add_argument("--null", action="append", metavar="TEXT", help="a string that means null")
+    p.add_argument(
+        "--null",
+        action="append",
+        metavar="TEXT",
+        help="a string that means null in CSV/TSV (repeatable; added to the defaults: empty,"
+        " NA, N/A, NaN, null, NULL, None)",
+    )
+    p.add_argument(
+        "--no-default-nulls",
+        action="store_true",
+        help="only --null strings (and nothing else) mean null",
+    )
+    p.add_argument(
+        "--sample-size",
+        type=int,
+        metavar="N",
+        help="CSV/TSV: guess types from the first N rows instead of the whole input; a later"
+        " value that does not fit is rejected (or fails the job), never rounded",
+    )
     p.add_argument(
         "--max-rejects",
         type=checked.count,
@@ -54,9 +77,22 @@ def register(sub: Any) -> None:
     )
     p.set_defaults(handler=cmd_sql)
 
-    p = sub.add_parser("datasets", help="datasets in the lake: versions, rows, size")
-    p.add_argument("name", nargs="?", help="one dataset: all its versions")
+    p = sub.add_parser(
+        "datasets",
+        help="datasets in the lake: versions, rows, size; `datasets prune` removes old versions",
+    )
+    p.add_argument("name", nargs="?", help="one dataset: its versions and columns; or `prune`")
+    p.add_argument("dataset", nargs="?", help="with prune: only this dataset")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--keep", type=int, metavar="N", help="prune: keep the newest N versions of each dataset"
+    )
+    p.add_argument(
+        "--older-than", metavar="AGE", help="prune: remove versions older than AGE (e.g. 30d)"
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="prune: list what would go, remove nothing"
+    )
     p.set_defaults(handler=cmd_datasets)
 
 
@@ -75,6 +111,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         table["header"] = False
     if args.null:
         table["null"] = args.null
+    if args.no_default_nulls:
+        table["default_nulls"] = False
+    if args.sample_size is not None:
+        table["sample_size"] = args.sample_size
     if args.max_rejects is not None:
         table["max_rejects"] = args.max_rejects
     if args.cpus is not None:
@@ -88,6 +128,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             types[column] = kind
         table["types"] = types
     request = build_request(table, Path.cwd(), "ingest")
+    from workbench.daemon.executors.slurm import bind_executor
+    from workbench.paths import Home
+
+    (request,) = bind_executor([request], None, Home.current(), ["ingest"])
     client = _client()
     job_id = client.submit(request)
     if args.json:
@@ -145,54 +189,120 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
     home = Home.current()
     store = _open(home)
-    con = lake.connect(home, store, for_sql=args.query)
-    started = time.perf_counter()
     try:
-        lake.check_read_only(con, args.query)
-        query = args.query.strip().rstrip(";")
-        if args.limit is not None:
-            query = f"SELECT * FROM ({query}) LIMIT {int(args.limit)}"
-        if args.out:
-            rows = _write_result(con.sql(query), Path(args.out))
-            print(f"{rows} rows written to {args.out}")
-            lake.record_query(store, args.query, time.perf_counter() - started, rows, None)
-            return 0
-        result = con.execute(query)
-    except (lake.QueryRefused, duckdb.Error) as error:
-        lake.record_query(store, args.query, None, None, str(error))
-        raise SpecError(f"sql: {error}") from None
-    columns = [d[0] for d in result.description or []]
+        limits = lake.settings(home)
+    except ValueError as error:
+        raise SpecError(str(error)) from None
+    con = lake.connect(home, store, for_sql=args.query, limits=limits)
+    started = time.perf_counter()
     rows = 0
-    out = sys.stdout
-    if args.json:
-        while batch := result.fetchmany(10_000):
-            for row in batch:
-                out.write(json.dumps(dict(zip(columns, row, strict=True)), default=str) + "\n")
-            rows += len(batch)
-    elif args.csv:
-        writer = csv.writer(out)
-        writer.writerow(columns)
-        while batch := result.fetchmany(10_000):
-            writer.writerows(batch)
-            rows += len(batch)
-    else:
-        from rich.console import Console
-        from rich.table import Table
+    deadline = lake.Deadline(con, limits)
 
-        table = Table(*columns, header_style="bold")
-        shown = result.fetchmany(200)
-        for row in shown:
-            table.add_row(*["NULL" if v is None else str(v) for v in row])
-        rest = 0
-        while batch := result.fetchmany(100_000):  # counted, not kept
-            rest += len(batch)
-        rows = len(shown) + rest
-        console = Console(width=None if sys.stdout.isatty() else 160)
-        console.print(table)
-        if rest:
-            console.print(f"({rows} rows; first 200 shown: use --csv or --json for all)")
+    def work() -> int:
+        lake.check_read_only(con, args.query)
+        if args.out:
+            sql = lake.limited_sql(con, args.query, args.limit)
+            written = _write_result(con.sql(sql), Path(args.out))
+            print(f"{written} rows written to {args.out}")
+            return written
+        if args.json or args.csv:
+            result = con.execute(lake.limited_sql(con, args.query, args.limit))
+            return _stream(result, args.json)
+        return _print_table(con, args.query, args.limit)
+
+    try:
+        with deadline:
+            rows = _interruptible(con, work)
+    except (lake.QueryRefused, duckdb.Error, KeyboardInterrupt) as error:
+        stopped = deadline.explain(error)
+        message = str(stopped or error)
+        lake.record_query(store, args.query, None, None, message)
+        if stopped is not None:
+            print(f"sql: {stopped}", file=sys.stderr)
+            return 130 if str(stopped) == "interrupted" else 1
+        raise SpecError(f"sql: {error}") from None
+    finally:
+        con.close()
     lake.record_query(store, args.query, time.perf_counter() - started, rows, None)
     return 0
+
+
+def _interruptible(con: Any, work: Callable[[], int]) -> int:
+    """Run `work` in a thread while this (main) thread waits, so that Ctrl-C reaches Python
+    while DuckDB computes and can interrupt the connection; DuckDB's interrupt error then comes
+    back from the worker and is reported as `interrupted`."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["rows"] = work()
+        except BaseException as error:  # handed to the main thread below
+            outcome["error"] = error
+
+    interrupted = threading.Event()
+
+    def on_sigint(signum: int, frame: object) -> None:
+        interrupted.set()
+        con.interrupt()  # the worker's query ends within milliseconds
+
+    thread = threading.Thread(target=target, name="sql", daemon=True)
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        thread.start()
+        while thread.is_alive():
+            thread.join(0.1)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted.is_set():
+        raise KeyboardInterrupt
+    if "error" in outcome:
+        raise outcome["error"]
+    return int(outcome["rows"])
+
+
+def _stream(result: Any, as_json: bool) -> int:
+    """Every row to stdout: one JSON object per line (NaN and infinities as null), or CSV
+    (where they stay `nan` and `inf`)."""
+    columns = [d[0] for d in result.description or []]
+    out = sys.stdout
+    rows = 0
+    if as_json:
+        while batch := result.fetchmany(10_000):
+            out.write("".join(dumps(dict(zip(columns, row, strict=True))) + "\n" for row in batch))
+            rows += len(batch)
+        return rows
+    writer = csv.writer(out)
+    writer.writerow(columns)
+    while batch := result.fetchmany(10_000):
+        writer.writerows(batch)
+        rows += len(batch)
+    return rows
+
+
+def _print_table(con: Any, sql: str, limit: int | None) -> int:
+    """The first rows as a table: DuckDB computes only what is shown (one row more, to know
+    whether there is more), instead of every row being pulled through Python to count them."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from workbench.catalog import lake
+
+    shown_limit = SHOWN_ROWS if limit is None else min(limit, SHOWN_ROWS)
+    result = con.execute(lake.limited_sql(con, sql, shown_limit + 1))
+    columns = [d[0] for d in result.description or []]
+    fetched = result.fetchall()
+    more = len(fetched) > shown_limit
+    shown = fetched[:shown_limit]
+    table = Table(*columns, header_style="bold")
+    for row in shown:
+        table.add_row(*["NULL" if v is None else str(v) for v in row])
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(table)
+    if more and (limit is None or limit > shown_limit):
+        console.print(
+            f"(first {shown_limit} rows shown; more follow: use --csv, --json or --out for all)"
+        )
+    return len(shown)
 
 
 def _write_result(result: Any, target: Path) -> int:
@@ -235,9 +345,16 @@ def _write_result(result: Any, target: Path) -> int:
 
 def cmd_datasets(args: argparse.Namespace) -> int:
     from workbench.catalog import lake
+    from workbench.db import catalog as db_catalog
 
     home = Home.current()
     store = _open(home)
+    if args.name == "prune":
+        return _prune(home, store, args)
+    if args.dataset or args.keep is not None or args.older_than or args.dry_run:
+        from workbench.cli.main import UsageError
+
+        raise UsageError("--keep, --older-than, --dry-run and a second name go with `prune`")
     if args.name:
         infos = lake.versions(store, args.name)
         if not infos:
@@ -246,12 +363,10 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         infos = lake.latest_versions(store)
     if args.json:
         if args.name:
-            print(json.dumps([i.to_json() for i in infos]))
+            print(dumps([i.to_json() for i in infos]))
         else:
-            from workbench.db import catalog as db_catalog
-
             counts = db_catalog.version_counts(store)
-            print(json.dumps([{**i.to_json(), "versions": counts[i.dataset]} for i in infos]))
+            print(dumps([{**i.to_json(), "versions": counts[i.dataset]} for i in infos]))
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -274,8 +389,62 @@ def cmd_datasets(args: argparse.Namespace) -> int:
             f"{first_source}{more}",
         )
     console = Console(width=None if sys.stdout.isatty() else 160)
-    if infos:
-        console.print(table)
-    else:
+    if not infos:
         console.print("no datasets yet (workbench ingest FILE --dataset NAME)")
+        return 0
+    console.print(table)
+    if args.name:
+        latest = infos[-1]
+        columns = Table(box=None, header_style="bold", pad_edge=False)
+        for column in ("column", "type", "nulls"):
+            columns.add_column(column)
+        for name, kind in latest.schema:
+            nulls = latest.nulls.get(name)
+            columns.add_row(name, kind, "?" if nulls is None else str(nulls))
+        console.print(f"\ncolumns of v{latest.version} ({latest.rows} rows):")
+        console.print(columns)
+    return 0
+
+
+def _prune(home: Home, store: Any, args: argparse.Namespace) -> int:
+    """`workbench datasets prune [NAME]`: remove old versions by the rule given as options, else
+    by `[lake]` in config.toml."""
+    from workbench.catalog import lake
+    from workbench.cli.main import UsageError
+
+    try:
+        rule = lake.settings(home)
+        keep = rule.keep_versions if args.keep is None else args.keep
+        older = rule.keep_for_s if args.older_than is None else parse_duration(args.older_than)
+    except ValueError as error:
+        raise UsageError(f"datasets prune: {error}") from None
+    if keep < 0:
+        raise UsageError("datasets prune: --keep must not be negative")
+    if not keep and not older:
+        raise UsageError(
+            "datasets prune: give --keep N or --older-than AGE (or set keep_versions / keep_for"
+            " under [lake] in config.toml)"
+        )
+    if args.dataset:
+        lake.version_info(store, args.dataset)  # a LakeError names the known datasets
+    chosen = lake.prunable(store, args.dataset, keep, older)
+    freed = 0 if args.dry_run else lake.prune(home, store, chosen)
+    if args.json:
+        print(
+            dumps(
+                {
+                    "removed" if not args.dry_run else "would_remove": [
+                        {"dataset": i.dataset, "version": i.version, "bytes": i.bytes}
+                        for i in chosen
+                    ],
+                    "bytes_freed": freed,
+                }
+            )
+        )
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    for info in chosen:
+        print(f"{verb} {info.dataset} v{info.version} ({format_size(info.bytes)})")
+    total = sum(i.bytes for i in chosen)
+    print(f"{verb} {len(chosen)} version(s), {format_size(total)}")
     return 0

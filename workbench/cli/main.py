@@ -6,9 +6,9 @@ not be reached or started."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import heapq
 import importlib
-import json
 import os
 import signal
 import sys
@@ -37,6 +37,7 @@ from workbench.db.store import (
     NoSuchJob,
     StoreError,
 )
+from workbench.jsonout import dumps
 from workbench.paths import Home
 from workbench.present import (
     LS_HEADERS,
@@ -74,7 +75,7 @@ def _client(start_daemon: bool = True) -> Any:
 
 
 def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=None, default=str))
+    print(dumps(value))
 
 
 def _console() -> Any:
@@ -156,6 +157,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     after += [(i, "any") for i in _parse_after(args.after_any or [], "--after-any")]
     after += [(i, "fail") for i in _parse_after(args.after_fail or [], "--after-fail")]
     request = build_request(table, base_dir, where, env, after=tuple(after), paused=args.paused)
+    from workbench.daemon.executors.slurm import bind_executor
+
+    (request,) = bind_executor([request], args.executor, Home.current(), [where])
     client = _client()
     job_id = client.submit(request)
     if args.json:
@@ -255,13 +259,12 @@ def _ls_stream(jobs: Any, as_json: bool, draining: bool) -> int:
     """Every job given, written as it is read (memory stays flat at any queue length)."""
     out = sys.stdout
     if as_json:
-        encode = json.JSONEncoder(default=str).encode  # one encoder: json.dumps makes one per call
         words = secret_words()
         out.write("[")
         chunk: list[str] = []
         first = True
         for job in jobs:
-            chunk.append(encode(job.to_json(secret_words=words)))
+            chunk.append(dumps(job.to_json(secret_words=words)))
             if len(chunk) >= 1000:
                 out.write(("" if first else ",\n") + ",\n".join(chunk))
                 chunk, first = [], False
@@ -583,10 +586,19 @@ def cmd_top(args: argparse.Namespace) -> int:
 # ---- batch and TUI ------------------------------------------------------------------------
 
 
-def run_batch(path: str, json_mode: bool) -> int:
+def run_batch(path: str, json_mode: bool, executor: str | None = None) -> int:
+    from workbench.daemon.executors.slurm import bind_executor
     from workbench.queue.pipeline import load_pipeline, run_pipeline
 
     pipeline = load_pipeline(Path(path))
+    requests = [r for stage in pipeline.stages for r in stage.requests]
+    labels = [f"{pipeline.path}: stage '{s.name}'" for s in pipeline.stages for _ in s.requests]
+    bound = iter(bind_executor(requests, executor, Home.current(), labels))
+    stages = [
+        dataclasses.replace(s, requests=tuple(next(bound) for _ in s.requests))
+        for s in pipeline.stages
+    ]
+    pipeline = dataclasses.replace(pipeline, stages=tuple(stages))
     client = _client()
 
     def poll(ids: list[int]) -> list[Job]:
@@ -630,6 +642,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--json", action="store_true", help="with --batch: one JSON object per event"
     )
+    parser.add_argument(
+        "--executor",
+        choices=["local", "slurm"],
+        help="with --batch: where the stages run (default: [executor] in config.toml)",
+    )
     sub = parser.add_subparsers(dest="command_name", metavar="COMMAND")
 
     p = sub.add_parser("submit", help="queue a job: -- CMD ARG... or --spec FILE.toml")
@@ -657,6 +674,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paused", action="store_true", help="queue it held; `resume` releases it")
     p.add_argument("--wait", action="store_true", help="wait for it; exit 0 iff it succeeded")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--executor", choices=["local", "slurm"], help="where it runs (default: config.toml)"
+    )
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARG...")
     p.set_defaults(handler=cmd_submit)
 
@@ -759,7 +779,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.batch:
             if args.command_name:
                 raise UsageError("--batch runs a pipeline; give no other command")
-            return run_batch(args.batch, args.json)
+            return run_batch(args.batch, args.json, args.executor)
         if not args.command_name:
             return open_tui()
         handler: Handler = args.handler

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from typing import Any
 
+from workbench.jsonout import dumps
 from workbench.paths import Home
 from workbench.units import format_duration, format_size
 
@@ -25,7 +25,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     home = Home.current().ensure()
     listed = registry.list_models(Store.open(home.state_db))
     if args.json:
-        print(json.dumps(listed, default=str))
+        print(dumps(listed))
         return 0
     from rich.console import Console
     from rich.table import Table

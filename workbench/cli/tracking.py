@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from typing import Any
 
+from workbench.jsonout import dumps
 from workbench.paths import Home
 from workbench.units import format_duration
 
@@ -31,7 +31,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         missing = -float("inf") if higher else float("inf")
         listed.sort(key=lambda r: r.metrics.get(name, missing), reverse=higher)
     if args.json:
-        print(json.dumps([r.to_json() for r in listed], default=str))
+        print(dumps([r.to_json() for r in listed]))
         return 0
     from rich.console import Console
     from rich.table import Table

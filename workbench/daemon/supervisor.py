@@ -25,6 +25,8 @@ from workbench.daemon import runner
 from workbench.daemon.executors import Ended, Executor, Handle, Launch, LaunchError
 from workbench.daemon.executors.containment import remove_empty_cgroups
 from workbench.daemon.executors.local import LocalExecutor
+from workbench.daemon.executors.slurm import SlurmExecutor
+from workbench.db import executors as placement_db
 from workbench.db import scheduling as db
 from workbench.db.store import Job, Store
 from workbench.jobmodel.states import LIVE, Event, JobState
@@ -37,6 +39,7 @@ from workbench.telemetry.sampler import Sampler
 from workbench.units import format_duration
 
 PRUNE_INTERVAL_S = 3600.0
+SLURM_POLL_S = 1.0  # one squeue per tick while Slurm holds jobs for us
 QUEUE_PAGE = 128  # queued jobs read per scheduling step; more pages only while jobs start
 DEBUG_LAUNCH_DELAY_ENV = (
     "WORKBENCH_DEBUG_DELAY_LAUNCH_COMMIT_S"  # tests: die between fork and commit
@@ -96,6 +99,8 @@ class Daemon:
         self.log_failures = 0  # messages the daemon could not write (its log's disk was full)
         self.refused_wakes = 0  # datagrams from other users, ignored
         self.passes = 0  # scheduling passes run (each reads only the head of the queue)
+        self.slurm: SlurmExecutor | None = None  # created when the first Slurm job appears
+        self._next_slurm_tick = 0.0
         delay = os.environ.get(DEBUG_LAUNCH_DELAY_ENV, "")
         self._debug_launch_delay_s = float(delay) if delay else 0.0
 
@@ -180,7 +185,10 @@ class Daemon:
         """Follow jobs a previous daemon left live. A `starting` job is found by its launch token
         (adopted if its wrapper began, queued again if it never did: never run twice); a running
         one is watched again, and one that ended meanwhile is settled by the next poll."""
+        on_slurm = self._slurm_job_ids()  # followed by the Slurm executor from the store
         for job in db.live_jobs(self.store):
+            if job.id in on_slurm:
+                continue
             run_dir = self.home.run_dir(job.id)
             holding = scheduler.Holding(
                 job.id, job.group, job.granted_gpus, job.gpus, job.gpu_mem, job.cpus, job.mem
@@ -312,7 +320,10 @@ class Daemon:
     # ---- intents, limits ---------------------------------------------------------------
 
     def _carry_out_intents(self, now: float) -> None:
+        on_slurm = self._slurm_job_ids()
         for intent in db.intents(self.store):
+            if intent.job_id in on_slurm:
+                continue  # the Slurm executor carries these out
             tracked = self.tracked.get(intent.job_id)
             if tracked is None or tracked.ended is not None:
                 if intent.intent != "cancel":
@@ -600,9 +611,23 @@ class Daemon:
 
     # ---- the loop ----------------------------------------------------------------------
 
+    def _slurm_job_ids(self) -> set[int]:
+        """Jobs the Slurm executor looks after (the local scheduler leaves them alone)."""
+        return {p.job_id for p in placement_db.slurm_placements(self.store)}
+
+    def _slurm_tick(self) -> None:
+        """Follow the jobs on Slurm: one squeue, at most once per SLURM_POLL_S."""
+        if self.slurm is not None:
+            self.slurm.tick()
+            self._next_slurm_tick = time.monotonic() + SLURM_POLL_S
+
     def _pass(self) -> None:
         self.passes += 1
         now = time.time()
+        if self.slurm is not None or self._slurm_job_ids():
+            if self.slurm is None:
+                self.slurm = SlurmExecutor(self.home, self.store, self.config)
+            self.slurm.submit_ready()
         self._carry_out_intents(now)
         self._enforce_deadlines(now)
         self._schedule()
@@ -617,6 +642,8 @@ class Daemon:
             self._next_poll - time.monotonic(),
             self._next_deadline() - time.time(),
         )
+        if self.slurm is not None:
+            wait = min(wait, self._next_slurm_tick - time.monotonic())
         return max(0.0, wait)
 
     def run(self) -> None:
@@ -670,6 +697,8 @@ class Daemon:
         self._record_endings()
         if time.monotonic() >= self._next_sample:
             self._sample()
+        if self.slurm is not None and time.monotonic() >= self._next_slurm_tick:
+            self._slurm_tick()
         if self.config.retention_jobs_s is not None and time.monotonic() >= self._next_prune:
             self._prune(self.config.retention_jobs_s)
         version = self.store.data_version(include_own=False)

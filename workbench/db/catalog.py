@@ -84,17 +84,25 @@ def add_version(
     rejected_rows: int,
     started: float,
     job_id: int | None,
+    nulls: dict[str, int | None] | None = None,
+    dedup: bool = False,
 ) -> int:
     """Record the next version of `dataset` in one transaction and return its number.
 
     `place(version)` runs inside the transaction (so two writers never pick the same number):
-    it moves the files into place and returns their final path."""
+    it moves the files into place and returns their final path. `nulls` (column -> null count)
+    is kept in the schema. With `dedup`, content identical to the latest version's (same hash,
+    same rejected rows) records nothing, does not call `place`, and returns that version."""
+    nulls = nulls or {}
     with store.transaction() as conn:
         row = conn.execute(
-            "SELECT coalesce(max(version), 0) FROM dataset_versions WHERE dataset=?",
+            "SELECT version, content_hash, rejected_rows FROM dataset_versions WHERE dataset=?"
+            " ORDER BY version DESC LIMIT 1",
             (dataset,),
         ).fetchone()
-        version = int(row[0]) + 1
+        if dedup and row is not None and (row[1], row[2]) == (digest, rejected_rows):
+            return int(row[0])
+        version = (int(row[0]) if row else 0) + 1
         final = place(version)
         now = time.time()
         conn.execute(
@@ -107,7 +115,7 @@ def add_version(
                 version,
                 final,
                 json.dumps(sources or []),
-                json.dumps([{"name": n, "type": t} for n, t in schema]),
+                json.dumps([{"name": n, "type": t, "nulls": nulls.get(n)} for n, t in schema]),
                 rows,
                 size,
                 digest,
@@ -118,6 +126,27 @@ def add_version(
             ),
         )
     return version
+
+
+def versions_in_use(store: Store) -> set[tuple[str, int]]:
+    """(dataset, version) pairs a training run or an evaluation records having used."""
+    tables = {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    used: set[tuple[str, int]] = set()
+    for table in ("runs", "evaluations"):
+        if table in tables:
+            used.update(
+                (str(d), int(v))
+                for d, v in store.conn.execute(f"SELECT dataset, dataset_version FROM {table}")
+            )
+    return used
+
+
+def delete_version(store: Store, dataset: str, version: int) -> None:
+    """Remove one version's catalog row (its files are the caller's to remove)."""
+    with store.transaction() as conn:
+        conn.execute(
+            "DELETE FROM dataset_versions WHERE dataset=? AND version=?", (dataset, version)
+        )
 
 
 def record_query(

@@ -11,7 +11,7 @@ from workbench.db.connection import StoreError, remove_files
 # Schema migrations by version. Numbers are reserved per owner so that parts can grow
 # independently: 1 and 10-19 core (jobs, events, metrics, groups, pipelines, audit); 2 telemetry
 # (moved to telemetry.db by 11); 3 and 30-39 lake catalog and query history; 4 and 40-49 runs;
-# 5 and 50-59 evaluations and models. Gaps are fine: each file records which ones it has.
+# 5 and 50-59 evaluations and models; 60-69 executors. Gaps are fine: each file records which ones it has.
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -210,6 +210,18 @@ MIGRATIONS: dict[int, str] = {
     INSERT OR IGNORE INTO envs(env) SELECT env FROM jobs;
     UPDATE jobs SET env_id = (SELECT id FROM envs WHERE envs.env = jobs.env), env = '{}';
     CREATE INDEX jobs_env ON jobs(env_id);
+    """,
+    # Executors (60-69): where each job runs ('local' or 'slurm'), its Slurm job id and node,
+    # whether Slurm may still hold it (submitted, not yet seen ended), and how much of the job's
+    # record file (see workbench/db/journal.py) has been applied.
+    60: """
+    ALTER TABLE jobs ADD COLUMN executor TEXT NOT NULL DEFAULT 'local';
+    ALTER TABLE jobs ADD COLUMN slurm_id TEXT;
+    ALTER TABLE jobs ADD COLUMN slurm_open INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN node TEXT;
+    ALTER TABLE jobs ADD COLUMN records_offset INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX jobs_slurm_open ON jobs(id) WHERE slurm_open = 1;
+    CREATE INDEX jobs_on_slurm ON jobs(state, id) WHERE executor = 'slurm';
     """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)

@@ -50,7 +50,6 @@ class QueuedJob:
     deps: tuple[tuple[int, str], ...]
 
 
-_QUEUED = str(JobState.QUEUED)
 _QUEUED_COLUMNS = "id, priority, grp, gpus, gpu_mem, cpus, mem, fail_unrunnable, reason"
 
 
@@ -80,20 +79,22 @@ def _queued(conn: sqlite3.Connection, rows: list[Any]) -> list[QueuedJob]:
 
 def queue_head(store: Store, after: tuple[int, int] | None, limit: int) -> list[QueuedJob]:
     """Up to `limit` queued jobs in scheduling order (priority high first, then oldest), starting
-    after the (priority, id) key `after`. Cost: `limit` rows, whatever the queue's length."""
+    after the (priority, id) key `after`. Cost: `limit` rows, whatever the queue's length.
+    Jobs bound to Slurm are left out: Slurm schedules them (workbench.daemon.executors.slurm)."""
     conn = store.conn
     if after is None:
         rows = conn.execute(
-            f"SELECT {_QUEUED_COLUMNS} FROM jobs WHERE state=? ORDER BY priority DESC, id LIMIT ?",
-            (_QUEUED, limit),
+            f"SELECT {_QUEUED_COLUMNS} FROM jobs WHERE state=? AND executor='local'"
+            " ORDER BY priority DESC, id LIMIT ?",
+            (JobState.QUEUED, limit),
         ).fetchall()
     else:
         priority, job_id = after
         rows = conn.execute(
             f"SELECT {_QUEUED_COLUMNS} FROM jobs WHERE state=?"
-            " AND (priority < ? OR (priority = ? AND id > ?))"
+            " AND executor='local' AND (priority < ? OR (priority = ? AND id > ?))"
             " ORDER BY priority DESC, id LIMIT ?",
-            (_QUEUED, priority, priority, job_id, limit),
+            (JobState.QUEUED, priority, priority, job_id, limit),
         ).fetchall()
     return _queued(conn, rows)
 
@@ -106,8 +107,9 @@ def queued_with_deps(store: Store, limit: int = 10000) -> list[QueuedJob]:
     columns = ", ".join(f"j.{c.strip()}" for c in _QUEUED_COLUMNS.split(","))
     rows = conn.execute(
         f"SELECT {columns} FROM (SELECT DISTINCT job_id FROM job_deps) d"
-        " CROSS JOIN jobs j ON j.id = d.job_id WHERE j.state=? ORDER BY j.id LIMIT ?",
-        (_QUEUED, limit),
+        " CROSS JOIN jobs j ON j.id = d.job_id WHERE j.state=? AND j.executor='local'"
+        " ORDER BY j.id LIMIT ?",
+        (JobState.QUEUED, limit),
     ).fetchall()
     return _queued(conn, rows)
 
@@ -155,7 +157,7 @@ def live_jobs(store: Store) -> list[LiveJob]:
         " launch_token, started_at, time_limit FROM jobs"
         " WHERE state IN (?, ?)"
         " OR (state = ? AND (pid IS NOT NULL OR launch_token IS NOT NULL)) ORDER BY id",
-        (str(JobState.STARTING), str(JobState.RUNNING), str(JobState.PAUSED)),
+        (JobState.STARTING, JobState.RUNNING, JobState.PAUSED),
     ).fetchall()
     return [
         LiveJob(
@@ -192,7 +194,7 @@ def schedule_stamp(store: Store) -> tuple[int, int]:
 
 def set_reasons(store: Store, reasons: Iterable[tuple[int, str | None]]) -> None:
     """Update why queued jobs wait, in one transaction (no events: these change often)."""
-    pairs = [(reason, job_id, _QUEUED, reason) for job_id, reason in reasons]
+    pairs = [(reason, job_id, JobState.QUEUED, reason) for job_id, reason in reasons]
     if not pairs:
         return
     with store.transaction() as conn:

@@ -138,6 +138,7 @@ class JobRequest:
     pipeline_id: int | None = None
     stage: str | None = None
     paused: bool = False
+    executor: str = "local"
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,9 @@ class Job:
     mean_gpu_util: float | None
     launch_token: str | None = None
     deps: tuple[tuple[int, str], ...] = field(default=())
+    executor: str = "local"  # where it runs: 'local' or 'slurm'
+    slurm_id: str | None = None  # its Slurm job id (`123`, `120_3` in an array) once submitted
+    node: str | None = None  # the cluster node it runs on (Slurm)
 
     @property
     def ended(self) -> bool:
@@ -229,6 +233,9 @@ class Job:
             "progress_msg": self.progress_msg,
             "peak_gpu_mem": self.peak_gpu_mem,
             "mean_gpu_util": self.mean_gpu_util,
+            "executor": self.executor,
+            "slurm_id": self.slurm_id,
+            "node": self.node,
         }
         if with_env:
             out["env"] = self.env
@@ -267,7 +274,7 @@ _JOB_COLUMNS = (
     " priority, grp, gpus, gpu_mem, cpus, mem,"
     " retries, attempt, time_limit, fail_unrunnable, pipeline_id, stage, created_at, started_at,"
     " ended_at, exit_code, reason, pid, pid_start, granted_gpus, intent, progress, progress_msg,"
-    " peak_gpu_mem, mean_gpu_util, launch_token"
+    " peak_gpu_mem, mean_gpu_util, launch_token, executor, slurm_id, node"
 )
 # The same columns with spec and env left out (lists that never show them need not parse them),
 # and with only env left out (listings that show specs: an environment is the bulk of a row).
@@ -291,6 +298,9 @@ _SETTABLE = frozenset(
         "peak_gpu_mem",
         "mean_gpu_util",
         "launch_token",
+        "slurm_id",
+        "node",
+        "records_offset",
     }
 )
 
@@ -328,7 +338,7 @@ def _job_from_row(row: sqlite3.Row | tuple[Any, ...], deps: tuple[tuple[int, str
         id_, name, kind, state, spec, argv, cwd, env, priority, grp, gpus, gpu_mem, cpus, mem,
         retries, attempt, time_limit, fail_unrunnable, pipeline_id, stage, created_at, started_at,
         ended_at, exit_code, reason, pid, pid_start, granted_gpus, intent, progress, progress_msg,
-        peak_gpu_mem, mean_gpu_util, launch_token,
+        peak_gpu_mem, mean_gpu_util, launch_token, executor, slurm_id, node,
     ) = row  # fmt: skip
     return Job(
         id=id_,
@@ -362,6 +372,9 @@ def _job_from_row(row: sqlite3.Row | tuple[Any, ...], deps: tuple[tuple[int, str
         peak_gpu_mem=peak_gpu_mem,
         mean_gpu_util=mean_gpu_util,
         launch_token=launch_token,
+        executor=executor,
+        slurm_id=slurm_id,
+        node=node,
         deps=deps,
     )
 
@@ -551,7 +564,7 @@ class Store:
         cur = conn.execute(
             "INSERT INTO jobs(name, kind, state, spec, argv, cwd, env, env_id, priority, grp, gpus,"
             " gpu_mem, cpus, mem, retries, time_limit, fail_unrunnable, pipeline_id, stage,"
-            " created_at) VALUES (?,?,?,?,?,?,'{}',?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " created_at, executor) VALUES (?,?,?,?,?,?,'{}',?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 encode_text(req.name),
                 req.kind,
@@ -572,6 +585,7 @@ class Store:
                 req.pipeline_id,
                 req.stage,
                 now,
+                req.executor,
             ),
         )
         job_id = int(cur.lastrowid or 0)
@@ -902,6 +916,11 @@ class Store:
                 "launch_token",
             ):
                 columns.setdefault(key, None)
+        if event in (Event.RETRY, Event.REQUEUE, Event.UNBLOCK):
+            # A new attempt on Slurm is a new Slurm job (executors: migration 60).
+            columns.setdefault("slurm_id", None)
+            columns.setdefault("node", None)
+            columns.setdefault("records_offset", 0)
         for key, value in columns.items():
             sets.append(f"{key}=?")
             params.append(_column_value(key, value))

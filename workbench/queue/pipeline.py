@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import threading
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from workbench.db.store import ENDED, RUNNING, SETTLED, SUCCEEDED, Job, JobRequest, Store
+from workbench.jsonout import dumps
 from workbench.queue.kinds import load_kind
 from workbench.queue.requests import build_request
 from workbench.queue.spec import SpecError, check_keys, coerce
@@ -190,7 +190,7 @@ class _Reporter:
 
     def emit(self, event: dict[str, Any]) -> None:
         if self.json_mode:
-            print(json.dumps(event), file=self.out, flush=True)
+            print(dumps(event), file=self.out, flush=True)
 
     def update(self, jobs: list[Job]) -> None:
         for job in jobs:
@@ -345,7 +345,7 @@ def run_pipeline(
             "stages": [_job_line(j) for j in jobs],
             "sweeps": sweeps,
         }
-        print(json.dumps(summary), file=out, flush=True)
+        print(dumps(summary), file=out, flush=True)
     else:
         notes = [
             f"best of {s['stage']} ({s['points']} points) by {s['metric']}: job {s['best_job']}"

@@ -1,0 +1,179 @@
+"""Executor benchmark: submit-to-start and per-job overhead of the Slurm executor (a real one-node
+Slurm on loopback, tests/slurm/up.sh) against the local executor, interleaved in the same run,
+plus the cost of the one `squeue --json` the daemon makes per tick. Needs root and slurm-wlm.
+Usage: python bench/executor.py [--quick]"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import median, percentile, table, write_section
+
+from workbench.daemon.client import Client
+from workbench.daemon.link import lock_holder
+from workbench.db.store import JobRequest
+from workbench.paths import Home
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE = ROOT / "tests" / "slurm"
+STAMP = 'date +%s.%N > "$WORKBENCH_RUN_DIR/started"'
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_home(kind: str) -> Home:
+    home = Home(Path(tempfile.mkdtemp(prefix=f"wb-bench-{kind}-", dir="/tmp"))).ensure()
+    home.config.write_text(f'[executor]\nkind = "{kind}"\n')
+    return home
+
+
+def request(argv: list[str], executor: str) -> JobRequest:
+    return JobRequest("bench", "command", {"argv": argv}, "/", dict(os.environ), argv=argv,
+                      executor=executor)  # fmt: skip
+
+
+def one_job(client: Client, executor: str) -> tuple[float, float]:
+    """(submit-to-start, submit-to-settled) in seconds for one job that stamps its start."""
+    argv = ["sh", "-c", STAMP]
+    submitted = time.time()
+    job_id = client.submit(request(argv, executor))
+    (job,) = client.wait([job_id], timeout_s=120, poll_s=0.01)
+    settled = time.time()
+    assert job.state == "succeeded", (job.state, job.reason)
+    started = float((client.home.run_dir(job_id) / "started").read_text())
+    return started - submitted, settled - submitted
+
+
+def batch(client: Client, executor: str, count: int) -> float:
+    """Seconds from submitting `count` trivial jobs at once until all have settled."""
+    start = time.time()
+    ids = client.submit_many([request(["true"], executor)] * count)
+    jobs = client.wait(ids, timeout_s=300, poll_s=0.02)
+    assert all(j.state == "succeeded" for j in jobs)
+    return time.time() - start
+
+
+def stop(home: Home) -> None:
+    pid = lock_holder(home)
+    if pid and pid > 0:
+        os.kill(pid, 15)
+        while lock_holder(home):
+            time.sleep(0.01)
+    shutil.rmtree(home.root, ignore_errors=True)
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):.2f}-{max(values):.2f}x"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    args = parser.parse_args()
+    reps = 5 if args.quick else 15
+    batch_size = 6 if args.quick else 12
+    cluster = tempfile.mkdtemp(prefix="wb-bench-slurm-", dir="/tmp")
+    up = subprocess.run(
+        ["bash", str(FIXTURE / "up.sh"), cluster, str(free_port()), str(free_port())],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    if up.returncode != 0:
+        print(up.stdout + up.stderr, file=sys.stderr)
+        return 1
+    os.environ["SLURM_CONF"] = f"{cluster}/slurm.conf"
+    homes = {kind: make_home(kind) for kind in ("local", "slurm")}
+    clients = {kind: Client(home) for kind, home in homes.items()}
+    try:
+        for kind in homes:  # warm up: daemon started, Slurm's first job scheduled
+            one_job(clients[kind], kind)
+        start_s: dict[str, list[float]] = {"local": [], "slurm": []}
+        total_s: dict[str, list[float]] = {"local": [], "slurm": []}
+        for rep in range(reps):
+            order = ("local", "slurm") if rep % 2 == 0 else ("slurm", "local")
+            for kind in order:
+                to_start, to_end = one_job(clients[kind], kind)
+                start_s[kind].append(to_start)
+                total_s[kind].append(to_end)
+        batches: dict[str, list[float]] = {"local": [], "slurm": []}
+        for rep in range(2 if args.quick else 3):
+            for kind in ("local", "slurm") if rep % 2 == 0 else ("slurm", "local"):
+                batches[kind].append(batch(clients[kind], kind, batch_size))
+        squeue_ms = []
+        for _ in range(reps):
+            began = time.perf_counter()
+            subprocess.run(["squeue", "--json"], capture_output=True, check=True)
+            squeue_ms.append((time.perf_counter() - began) * 1000)
+    finally:
+        for client in clients.values():
+            client.close()
+        for home in homes.values():
+            stop(home)
+        subprocess.run(["bash", str(FIXTURE / "down.sh"), cluster], timeout=60)
+        shutil.rmtree(cluster, ignore_errors=True)
+
+    def ratios(series: dict[str, list[float]]) -> list[float]:
+        return [s / max(loc, 1e-6) for s, loc in zip(series["slurm"], series["local"], strict=True)]
+
+    rows = [
+        [
+            "submit-to-start, median",
+            f"{median(start_s['slurm']) * 1000:.0f} ms",
+            f"local: {median(start_s['local']) * 1000:.0f} ms",
+            f"{median(ratios(start_s)):.0f}x (pairs {spread(ratios(start_s))})",
+        ],
+        [
+            "submit-to-start, p90",
+            f"{percentile(start_s['slurm'], 90) * 1000:.0f} ms",
+            f"local: {percentile(start_s['local'], 90) * 1000:.0f} ms",
+            "",
+        ],
+        [
+            "one job, submit to settled in the store, median",
+            f"{median(total_s['slurm']) * 1000:.0f} ms",
+            f"local: {median(total_s['local']) * 1000:.0f} ms",
+            f"{median(ratios(total_s)):.1f}x (pairs {spread(ratios(total_s))})",
+        ],
+        [
+            f"{batch_size} trivial jobs at once, per job",
+            f"{median(batches['slurm']) / batch_size * 1000:.0f} ms",
+            f"local: {median(batches['local']) / batch_size * 1000:.0f} ms",
+            f"{median(batches['slurm']) / median(batches['local']):.1f}x"
+            f" (runs {statistics.mean(batches['slurm']):.1f} s vs"
+            f" {statistics.mean(batches['local']):.1f} s)",
+        ],
+        [
+            "one `squeue --json` (the daemon's per-tick poll)",
+            f"{median(squeue_ms):.0f} ms",
+            "",
+            f"p90 {percentile(squeue_ms, 90):.0f} ms",
+        ],
+    ]
+    body = (
+        table(["measure", "slurm executor", "baseline (same run)", "ratio"], rows)
+        + f"\n\n{reps} single jobs per executor, interleaved; ratios are per adjacent pair. The"
+        " Slurm cluster is one node on loopback (`tests/slurm/up.sh`: `batch_sched_delay=0`,"
+        " 2 CPUs, so Slurm runs two 1-CPU jobs at once); the daemon polls squeue once a second,"
+        " which bounds how soon it sees a start or an end."
+    )
+    print(body)
+    command = "sudo python bench/executor.py" + (" --quick" if args.quick else "")
+    write_section("Executor", command, body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

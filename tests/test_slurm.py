@@ -1,0 +1,657 @@
+"""The Slurm executor: the spec-to-sbatch mapping and squeue parsing as tables, then the same jobs
+and pipelines against a real one-node Slurm on loopback (tests/slurm/up.sh), started once for
+the session and stopped by pid. In CI a missing Slurm fails these tests instead of skipping."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, stop_daemon, wait_for, workbench
+from workbench.config import Config, ExecutorConfig
+from workbench.daemon.client import Client
+from workbench.daemon.executors import slurm_map
+from workbench.daemon.executors.slurm import SlurmClient, SlurmExecutor
+from workbench.daemon.executors.slurm_map import (
+    HELD_REASONS,
+    ClusterInfo,
+    SlurmJob,
+    Submission,
+    Unmappable,
+    sbatch_args,
+)
+from workbench.db import executors as placement_db
+from workbench.db.store import Job, JobRequest, Resources, Store
+from workbench.paths import Home
+
+FIXTURE = ROOT / "tests" / "slurm"
+
+
+# ---- the mapping, as tables -----------------------------------------------------------------
+
+BASE = Submission(name="j", output="/r/log", cwd="/w")
+SHARDS = ClusterInfo(shards_per_gpu=2)
+PLAIN = ExecutorConfig()
+
+
+def _fields(args: list[str]) -> set[str]:
+    return {a for a in args if a not in ("--parsable", "--export=ALL")} - {
+        "--job-name=j",
+        "--output=/r/log",
+        "--chdir=/w",
+    }
+
+
+@pytest.mark.parametrize(
+    ("changes", "settings", "expected"),
+    [
+        ({}, PLAIN, set()),
+        ({"gpus": 2.0}, PLAIN, {"--gres=gpu:2"}),
+        ({"gpus": 0.5}, PLAIN, {"--gres=shard:1"}),
+        ({"gpus": 0.3}, PLAIN, {"--gres=shard:1"}),  # rounded up: never less than asked
+        ({"gpus": 0.75}, PLAIN, {"--gres=shard:2"}),
+        ({"cpus": 1.5}, PLAIN, {"--cpus-per-task=2"}),
+        ({"mem": 4 * 1024**3}, PLAIN, {"--mem=4096M"}),
+        ({"mem": 1000**3}, PLAIN, {"--mem=954M"}),
+        ({"time_limit": 30.0}, PLAIN, {"--time=1"}),  # Slurm's one-minute resolution
+        ({"time_limit": 61.0}, PLAIN, {"--time=2"}),
+        ({"time_limit": 7200.0}, PLAIN, {"--time=120"}),
+        ({"priority": -5}, PLAIN, {"--nice=5"}),
+        ({"priority": 3}, ExecutorConfig(nice_base=10), {"--nice=7"}),
+        (
+            {"deps": (("11", "ok"), ("12", "any"), ("13", "fail"), ("14", "ok"))},
+            PLAIN,
+            {"--dependency=afterok:11:14,afterany:12,afternotok:13", "--kill-on-invalid-dep=yes"},
+        ),
+        ({"array_size": 4, "array_cap": 2}, PLAIN, {"--array=0-3%2"}),
+        (
+            {},
+            ExecutorConfig(partition="gpu", account="lab", extra=["--qos=short"]),
+            {"--partition=gpu", "--account=lab", "--qos=short"},
+        ),
+    ],
+)
+def test_spec_maps_to_sbatch_options(
+    changes: dict[str, object], settings: ExecutorConfig, expected: set[str]
+) -> None:
+    sub = Submission(**{**BASE.__dict__, **changes})
+    args = sbatch_args(sub, settings, SHARDS)
+    assert _fields(args) == expected
+    assert "--export=ALL" in args and "--parsable" in args
+
+
+@pytest.mark.parametrize(
+    ("changes", "cluster", "field"),
+    [
+        ({"gpu_mem": 8 * 1024**3}, SHARDS, "gpu_mem"),
+        ({"gpus": 0.5}, ClusterInfo(shards_per_gpu=None), "gpus"),
+        ({"gpus": 1.5}, SHARDS, "gpus"),
+        ({"priority": 1}, SHARDS, "priority"),
+    ],
+)
+def test_unmappable_requests_are_refused_naming_the_field(
+    changes: dict[str, object], cluster: ClusterInfo, field: str
+) -> None:
+    with pytest.raises(Unmappable, match=f"key '{field}'"):
+        sbatch_args(Submission(**{**BASE.__dict__, **changes}), PLAIN, cluster)
+
+
+def _record(job_id: int, state: str, reason: str = "None", **extra: object) -> dict[str, object]:
+    return {
+        "job_id": job_id,
+        "array_job_id": 0,
+        "array_task_id": None,
+        "array_task_string": "",
+        "job_state": state,
+        "state_reason": reason,
+        "exit_code": 0,
+        "nodes": "n1",
+        "start_time": 100,
+        "end_time": 200,
+        **extra,
+    }
+
+
+SQUEUE = {
+    "jobs": [
+        _record(1, "COMPLETED"),
+        _record(2, "FAILED", "NonZeroExitCode", exit_code=3 << 8),
+        _record(3, "TIMEOUT", "TimeLimit", exit_code=15),
+        _record(4, "OUT_OF_MEMORY", "OutOfMemory", exit_code=9),
+        _record(5, "NODE_FAIL", "NodeDown"),
+        _record(6, "CANCELLED", "None", exit_code=15),
+        _record(7, "CANCELLED", "DependencyNeverSatisfied"),
+        _record(8, "PENDING", "JobHeldUser"),
+        _record(9, "PENDING", "Resources"),
+        _record(10, "RUNNING"),
+        _record(12, "RUNNING", array_job_id=11, array_task_id=0),
+        _record(11, "PENDING", "JobArrayTaskLimit", array_job_id=11, array_task_string="1-3%1"),
+        _record(13, ["FAILED"], "NonZeroExitCode", exit_code={"set": True, "number": 2 << 8}),
+    ]
+}
+
+
+@pytest.mark.parametrize(
+    ("slurm_id", "state", "words", "code"),
+    [
+        ("1", "succeeded", "exited with code 0", 0),
+        ("2", "failed", "exited with code 3 (Slurm FAILED)", 3),
+        ("3", "failed", "time limit exceeded (Slurm TIMEOUT)", 143),
+        ("4", "failed", "out of memory (Slurm OUT_OF_MEMORY)", 137),
+        ("5", "failed", "its node failed (Slurm NODE_FAIL)", None),
+        ("6", "cancelled", "cancelled (Slurm CANCELLED)", 143),
+        ("7", "blocked", "a dependency failed, so it can never run (Slurm)", None),
+        ("8", "paused", "held in Slurm (JobHeldUser)", None),
+        ("9", "queued", "waiting for resources on the cluster", None),
+        ("10", "running", "running on n1", None),
+        ("11_0", "running", "running on n1", None),
+        ("11_2", "queued", "its array is at its limit of running tasks", None),
+        ("13", "failed", "exited with code 2 (Slurm FAILED)", 2),  # Slurm 23.02's shapes
+    ],
+)
+def test_squeue_states_and_reasons_become_ours(
+    slurm_id: str, state: str, words: str, code: int | None
+) -> None:
+    jobs = slurm_map.parse_squeue(json.dumps(SQUEUE))
+    view = slurm_map.view(jobs[slurm_id])
+    assert (view.state, view.reason) == (state, words)
+    if view.ended and code is not None:
+        assert view.exit_code == code
+    assert "11_4" not in jobs
+
+
+@pytest.mark.parametrize(
+    ("paths", "only_this_host", "declared", "problems"),
+    [
+        ({"runs/": "/home/u/wb/runs"}, True, [], 0),
+        ({"runs/": "/home/u/wb/runs"}, False, [], 1),
+        ({"runs/": "/shared/wb/runs", "lake/": "/shared/wb/lake"}, False, [], 0),
+        ({"runs/": "/scratch/wb/runs"}, False, ["/scratch"], 0),
+        ({"runs/": "/scratchy/runs"}, False, ["/scratch"], 1),
+    ],
+)
+def test_shared_filesystem_rule(
+    paths: dict[str, str], only_this_host: bool, declared: list[str], problems: int
+) -> None:
+    mounts = [("/", "ext4"), ("/home", "xfs"), ("/shared", "nfs4"), ("/scratch", "xfs")]
+    found = slurm_map.shared_path_problems(paths, mounts, only_this_host, declared)
+    assert len(found) == problems
+    if problems:
+        assert "runs/" in found[0] and "mounted at" in found[0]
+
+
+def test_shared_filesystem_refusal_names_the_paths_and_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workbench.daemon.executors import slurm as slurm_module
+    from workbench.queue.spec import SpecError
+
+    class OtherNodes(SlurmClient):
+        def nodes_are_this_host(self) -> bool:
+            return False
+
+    monkeypatch.setattr(slurm_module, "read_mounts", lambda: [("/", "ext4")])
+    home = Home(tmp_path).ensure()
+    with pytest.raises(SpecError) as refused:
+        slurm_module.check_shared_filesystem(home, "/usr/bin/python3", PLAIN, OtherNodes())
+    message = str(refused.value)
+    assert "runs/" in message and "lake/" in message and "shared_paths" in message
+
+
+# ---- a real one-node Slurm ------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def slurm() -> Iterator[dict[str, str]]:
+    """A one-node Slurm under a fresh temporary folder: munged (as the munge user), slurmctld
+    (-i, empty state) and slurmd; ready once a probe job has run; stopped by pid at the end."""
+    missing = None
+    if shutil.which("slurmctld") is None or shutil.which("sbatch") is None:
+        missing = "slurm-wlm is not installed (bash .ci/setup installs it)"
+    elif os.geteuid() != 0:
+        missing = "the test cluster needs root (munged runs as the munge user)"
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"Slurm tests cannot run in CI: {missing}")
+        pytest.skip(missing)
+    folder = tempfile.mkdtemp(prefix="wb-slurm-", dir="/tmp")
+    ports = [str(_free_port()), str(_free_port())]
+    started = subprocess.run(
+        ["bash", str(FIXTURE / "up.sh"), folder, *ports],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    previous = os.environ.get("SLURM_CONF")
+    conf = f"{folder}/slurm.conf"
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        os.environ["SLURM_CONF"] = conf
+        yield {"SLURM_CONF": conf, "dir": folder}
+    finally:
+        subprocess.run(["bash", str(FIXTURE / "down.sh"), folder], timeout=60)
+        if previous is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = previous
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def on_slurm(slurm: dict[str, str], home: Home) -> Iterator[Home]:
+    """A workbench home whose jobs go to the test cluster by default (`[executor]`)."""
+    home.config.write_text('[executor]\nkind = "slurm"\n')
+    yield home
+    stop_daemon(home)
+    ours = [p.slurm_id for p in _placements(home) if p.slurm_id]
+    if ours:
+        subprocess.run(["scancel", *ours], capture_output=True)
+
+
+def _placements(home: Home) -> list[placement_db.Placement]:
+    store = Store.open(home.state_db)
+    try:
+        return list(placement_db.placements(store, [j.id for j in store.list_jobs()]).values())
+    finally:
+        store.close()
+
+
+def _wait(client: Client, job_id: int, state: str, timeout: float) -> Job:
+    """Wait for a Slurm job's state (it has no local pid, unlike what conftest's helper needs)."""
+    job: Job = wait_for(
+        lambda: (j := client.store.get(job_id)).state == state and j,
+        timeout,
+        what=f"job {job_id} to be {state}",
+    )
+    return job
+
+
+def _submit(*args: str) -> int:
+    done = workbench("submit", *args)
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout.strip())
+
+
+def _slurm_view(slurm_id: str) -> SlurmJob | None:
+    return SlurmClient().squeue().get(slurm_id)
+
+
+def test_unmappable_request_is_refused_at_submit(on_slurm: Home) -> None:
+    done = workbench("submit", "--gpu-mem", "8GiB", "--", "true")
+    assert done.returncode == 2
+    assert "gpu_mem" in done.stderr and "Slurm" in done.stderr
+    done = workbench("submit", "--executor", "slurm", "--priority", "5", "--", "true")
+    assert done.returncode == 2 and "priority" in done.stderr and "nice_base" in done.stderr
+    done = workbench("submit", "--gpus", "4", "--", "true")  # the cluster has one GPU
+    assert done.returncode == 2 and "cannot run it" in done.stderr and "gpu:4" in done.stderr
+    pipeline = on_slurm.root / "p.toml"
+    pipeline.write_text(
+        '[[stage]]\nname = "big"\nkind = "command"\nargv = ["true"]\ngpus = 0.5\n'
+        '[[stage]]\nname = "odd"\nkind = "command"\nargv = ["true"]\ngpu_mem = "4GiB"\n'
+    )
+    done = workbench("--batch", str(pipeline))
+    assert done.returncode == 2 and "stage 'odd'" in done.stderr and "gpu_mem" in done.stderr
+    assert workbench("ls", "--all", "--json").stdout.strip() in ("[]", "")
+
+
+def test_logs_follow_then_cancel(on_slurm: Home, client: Client) -> None:
+    job_id = _submit("--", "sh", "-c", "echo started on $(hostname); exec sleep 120")
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "workbench", "logs", "-f", str(job_id)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert follower.stdout is not None
+        first = follower.stdout.readline()
+        assert first.startswith("started on"), first
+        job = _wait(client, job_id, "running", timeout=30)
+        place = placement_db.placements(client.store, [job_id])[job_id]
+        assert place.executor == "slurm" and place.slurm_id and place.node == "localhost"
+        assert job.reason and "Slurm job" in job.reason
+        assert workbench("cancel", str(job_id)).returncode == 0
+        job = _wait(client, job_id, "cancelled", timeout=30)
+        assert follower.wait(timeout=30) == 0  # -f ends when the job does
+        seen = _slurm_view(place.slurm_id)
+        assert seen is None or seen.state == "CANCELLED"
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+
+
+def test_three_dependency_kinds_and_a_blocked_job(on_slurm: Home, client: Client) -> None:
+    first = _submit("--", "sh", "-c", "sleep 3; exit 3")
+    after_ok = _submit("--after", str(first), "--", "true")
+    after_any = _submit("--after-any", str(first), "--", "true")
+    after_fail = _submit("--after-fail", str(first), "--", "true")
+    # All four are on Slurm at once: the conditions are Slurm's, not ours.
+    wait_for(lambda: all(p.slurm_id for p in _placements(on_slurm)), 20, what="all four on Slurm")
+    assert _wait(client, first, "failed", timeout=40).exit_code == 3
+    blocked = _wait(client, after_ok, "blocked", timeout=40)
+    assert "Slurm" in (blocked.reason or "")
+    assert _wait(client, after_any, "succeeded", timeout=40).exit_code == 0
+    assert _wait(client, after_fail, "succeeded", timeout=40).exit_code == 0
+
+
+def test_sweep_runs_as_an_array_within_its_cap(on_slurm: Home, tmp_path: Path) -> None:
+    pipeline = tmp_path / "sweep.toml"
+    pipeline.write_text(
+        f"""
+        [[stage]]
+        name = "ingest"
+        kind = "ingest"
+        source = ["{ROOT / "examples" / "penguins_train.csv"}"]
+        dataset = "penguins"
+
+        [[stage]]
+        name = "train"
+        kind = "train"
+        after = ["ingest"]
+        dataset = "penguins"
+        target = "species"
+        epochs = 2
+        [stage.sweep]
+        lr = [0.001, 0.01, 0.03]
+        metric = "val_accuracy"
+        parallel = 1
+        """
+    )
+    done = workbench("--batch", str(pipeline), "--json", timeout=240)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    (sweep,) = json.loads(done.stdout.splitlines()[-1])["sweeps"]
+    assert sweep["points"] == 3 and sweep["best_job"] is not None
+    store = Store.open(on_slurm.state_db)
+    try:
+        points = [j for j in store.list_jobs() if j.kind == "train"]
+    finally:
+        store.close()
+    assert {(j.slurm_id or "").split("_")[0] for j in points} == {points[0].slurm_id.split("_")[0]}  # type: ignore[union-attr]
+    assert sorted((j.slurm_id or "").split("_")[1] for j in points) == ["0", "1", "2"]
+    # Slurm could run two 1-CPU points at once; the sweep's parallel = 1 is the array's %1.
+    spans = sorted((j.started_at or 0, j.ended_at or 0) for j in points)
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert start >= end
+
+
+def test_pause_holds_a_pending_job_and_resume_releases_it(on_slurm: Home, client: Client) -> None:
+    first = _submit("--", "sleep", "3")
+    second = _submit("--after", str(first), "--", "true")
+    wait_for(lambda: all(p.slurm_id for p in _placements(on_slurm)), 20, what="both on Slurm")
+    assert workbench("pause", str(second)).returncode == 0
+    slurm_id = placement_db.placements(client.store, [second])[second].slurm_id
+    assert slurm_id
+    wait_for(
+        lambda: (_slurm_view(slurm_id) or SlurmJob("", "", "")).reason in HELD_REASONS,
+        20,
+        what="Slurm to hold it",
+    )
+    _wait(client, first, "succeeded", timeout=30)
+    time.sleep(2)
+    assert client.store.get(second).state == "paused"
+    assert workbench("resume", str(second)).returncode == 0
+    _wait(client, second, "succeeded", timeout=30)
+
+
+def test_restarted_daemon_readopts_running_slurm_jobs(on_slurm: Home, client: Client) -> None:
+    job_id = _submit("--", "sh", "-c", "sleep 6; echo finished")
+    _wait(client, job_id, "running", timeout=30)
+    stop_daemon(on_slurm)
+    slurm_id = placement_db.placements(client.store, [job_id])[job_id].slurm_id
+    assert slurm_id and (_slurm_view(slurm_id) or SlurmJob("", "", "")).state == "RUNNING"
+    assert client.store.get(job_id).state == "running"  # nothing settled it while away
+    assert workbench("daemon", "start").returncode == 0
+    done = workbench("wait", str(job_id), "--timeout", "60")
+    assert done.returncode == 0, done.stdout + done.stderr
+    job = client.store.get(job_id)
+    assert job.state == "succeeded" and job.exit_code == 0 and job.attempt == 1
+    assert "finished" in (on_slurm.run_dir(job_id) / "log").read_text()
+
+
+def test_one_squeue_per_tick_for_all_jobs(on_slurm: Home, client: Client) -> None:
+    stop_daemon(on_slurm)  # this test drives the executor itself
+    calls: list[str] = []
+
+    class Counting(SlurmClient):
+        def squeue(self) -> dict[str, SlurmJob]:
+            calls.append("squeue")
+            return super().squeue()
+
+    requests = [
+        JobRequest(
+            f"j{i}",
+            "command",
+            {"argv": ["true"]},
+            "/",
+            dict(os.environ),
+            argv=["true"],
+            executor="slurm",
+        )
+        for i in range(5)
+    ]
+    ids = client.store.submit_many(requests)
+    executor = SlurmExecutor(
+        on_slurm, client.store, Config(executor=ExecutorConfig(kind="slurm")), client=Counting()
+    )
+    deadline = time.monotonic() + 60
+    ticks = 1
+    while executor.tick() and time.monotonic() < deadline:
+        ticks += 1
+        time.sleep(0.5)
+    assert [client.store.get(i).state for i in ids] == ["succeeded"] * 5
+    assert 1 <= len(calls) <= ticks  # five jobs followed, never more than one squeue a tick
+
+
+def _batch(home: Home, *extra: str) -> subprocess.Popen[str]:
+    """The quickstart pipeline headless in `home` (started, not waited for)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "workbench", "--batch", str(ROOT / "examples" / "quickstart.toml"),
+         "--json", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "WORKBENCH_HOME": str(home.root)},
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_quickstart_on_slurm_matches_the_local_run(on_slurm: Home) -> None:
+    local = Home(Path(tempfile.mkdtemp(prefix="wb-local-", dir="/tmp"))).ensure()
+    try:
+        # Both at once (seeded, so timing cannot change the numbers): half the wall time.
+        runs = [_batch(local, "--executor", "local"), _batch(on_slurm)]
+        for run in runs:
+            out, err = run.communicate(timeout=300)
+            assert run.returncode == 0, out[-2000:] + err[-2000:]
+        results = []
+        for home in (local, on_slurm):
+            store = Store.open(home.state_db)
+            try:
+                metrics = {
+                    job.stage: {
+                        k: v for k, v in store.last_metrics(job.id).items() if k != "samples_per_s"
+                    }
+                    for job in store.list_jobs()
+                }
+                steps = {
+                    job.stage: len(store.metrics(job.id).get("train_loss", []))
+                    for job in store.list_jobs()
+                }
+            finally:
+                store.close()
+            env = {"WORKBENCH_HOME": str(home.root)}
+            runs = json.loads(workbench("runs", "--json", env=env).stdout)
+            datasets = json.loads(workbench("datasets", "--json", env=env).stdout)
+            models = json.loads(workbench("models", "--json", env=env).stdout)
+            hashes = sorted((d["dataset"], d["rows"], d["content_hash"]) for d in datasets)
+            results.append((metrics, steps, [r["metrics"] for r in runs], hashes, len(models)))
+        assert results[1] == results[0]
+        metrics, steps, _, _, _ = results[1]
+        assert metrics["test"]["accuracy"] > 0.9 and steps["train"] > 40  # came back as records
+        places = _placements(on_slurm)
+        assert len(places) == 5 and all(p.executor == "slurm" and p.slurm_id for p in places)
+    finally:
+        stop_daemon(local)
+        shutil.rmtree(local.root, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_time_limit_is_slurms(on_slurm: Home, client: Client) -> None:
+    job_id = _submit("--time-limit", "20s", "--", "sleep", "600")
+    job = _wait(client, job_id, "failed", timeout=150)
+    assert job.reason == "time limit of 20s exceeded (Slurm TIMEOUT)"
+
+
+def test_records_are_applied_once_and_only_allowed_writes(home: Home) -> None:
+    from workbench.db.journal import RECORDS_FILE, RecordError, RecordingStore, apply_records
+
+    store = Store.open(home.state_db)
+    try:
+        job_id = store.submit(JobRequest("j", "command", {"argv": ["true"]}, "/", {}))
+        records = home.run_dir(job_id) / RECORDS_FILE
+        records.parent.mkdir(parents=True)
+        remote = RecordingStore.open_recording(home.state_db, records, job_id)
+        remote.set_progress(job_id, 0.5, "half")
+        remote.add_metrics(job_id, 1, {"loss": 0.25})
+        assert remote.last_metrics(job_id) == {"loss": 0.25}  # the job reads its own writes
+        assert store.last_metrics(job_id) == {}  # state.db is untouched until applied
+        offset = apply_records(store, job_id, records, 0)
+        assert offset == records.stat().st_size
+        assert apply_records(store, job_id, records, offset) == offset  # nothing twice
+        assert store.get(job_id).progress == 0.5 and store.last_metrics(job_id) == {"loss": 0.25}
+        with remote.transaction() as conn:
+            conn.execute("UPDATE jobs SET state='succeeded' WHERE id=?", (job_id,))
+        remote.add_metrics(job_id, 2, {"loss": 0.125})
+        with pytest.raises(RecordError, match="may not run"):
+            apply_records(store, job_id, records, offset)
+        assert store.get(job_id).state == "queued"
+        assert store.metrics(job_id)["loss"] == [(1, 0.25), (2, 0.125)]
+        remote.close()
+    finally:
+        store.close()
+
+
+def test_executor_protocol_on_slurm(on_slurm: Home) -> None:
+    from workbench.daemon.executors import Launch
+
+    store = Store.open(on_slurm.state_db)
+    try:
+        executor = SlurmExecutor(on_slurm, store, Config(executor=ExecutorConfig(kind="slurm")))
+        handles = []
+        for token, argv in (("t1", ["sh", "-c", "echo hello; exit 4"]), ("t2", ["sleep", "60"])):
+            job_id = store.submit(
+                JobRequest(
+                    token,
+                    "command",
+                    {"argv": argv},
+                    "/",
+                    {},
+                    argv=argv,
+                    resources=Resources(cpus=1),
+                )
+            )
+            launch = Launch(
+                job_id, token, argv, dict(os.environ), str(on_slurm.root),
+                on_slurm.run_dir(job_id), 1 << 20, 5.0,
+            )  # fmt: skip
+            handles.append(executor.start(launch))
+        first, second = handles
+        found = executor.find("t1", first.run_dir)
+        assert found is not None and found.external_id == first.external_id
+        assert executor.find("t3", first.run_dir) is None
+        ended = wait_for(lambda: executor.poll([first]), 30, 0.5, "the first job to end")
+        assert ended[0].status.exit_code == 4
+        assert "hello" in executor.log_path(first).read_text()
+        wait_for(lambda: executor.adopt(second), 30, 0.5, "the second job to run")
+        executor.cancel(second, 5.0)
+        ended = wait_for(lambda: executor.poll([second]), 30, 0.5, "the cancelled job to end")
+        assert ended[0].notes == ("cancelled (Slurm CANCELLED)",)
+        assert not executor.adopt(second)
+    finally:
+        store.close()
+
+
+def test_retry_is_a_new_slurm_job(on_slurm: Home, client: Client) -> None:
+    job_id = _submit("--retries", "1", "--", "sh", "-c", "exit 3")
+    first_id = wait_for(lambda: client.store.get(job_id).slurm_id, 20, what="a Slurm id")
+    job = wait_for(
+        lambda: (j := client.store.get(job_id)).state == "failed" and j.attempt == 2 and j,
+        40,
+        what="the second attempt to fail",
+    )
+    assert job.exit_code == 3 and job.executor == "slurm" and job.node == "localhost"
+    assert job.slurm_id and job.slurm_id != first_id
+    shown = json.loads(workbench("show", str(job_id), "--json").stdout)
+    assert shown["executor"] == "slurm" and shown["slurm_id"] == job.slurm_id
+    assert f"slurm job {job.slurm_id} on localhost" in workbench("show", str(job_id)).stdout
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('[executor]\nkind = "ray"\n', "key 'kind'"),
+        ('[executor]\nkind = "slurm"\npartion = "gpu"\n', "did you mean 'partition'"),
+        ('[executor]\nextra = "--qos=x"\n', "key 'extra'"),
+    ],
+)
+def test_bad_executor_config_names_the_key(tmp_path: Path, text: str, problem: str) -> None:
+    from workbench.config import load_config
+    from workbench.queue.spec import SpecError
+
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    with pytest.raises(SpecError, match=problem):
+        load_config(path)
+
+
+def test_executor_config_is_read(tmp_path: Path) -> None:
+    from workbench.config import load_config
+
+    path = tmp_path / "config.toml"
+    path.write_text('[executor]\nkind = "slurm"\npartition = "gpu"\nextra = ["--qos=x"]\n')
+    config = load_config(path).executor
+    assert (config.kind, config.partition, config.extra) == ("slurm", "gpu", ["--qos=x"])
+
+
+def test_cancel_of_a_pending_job_reaches_slurm(on_slurm: Home, client: Client) -> None:
+    first = _submit("--", "sleep", "30")
+    second = _submit("--after", str(first), "--", "true")
+    slurm_id = wait_for(lambda: client.store.get(second).slurm_id, 20, what="a Slurm id")
+    assert workbench("cancel", str(second)).returncode == 0
+    assert client.store.get(second).state == "cancelled"  # at once: it never started
+    seen = wait_for(
+        lambda: (j := _slurm_view(slurm_id)) is not None and j.state == "CANCELLED" and j,
+        20,
+        what="Slurm to cancel it too",
+    )
+    assert seen.state == "CANCELLED"
+    assert workbench("cancel", str(first)).returncode == 0
+    _wait(client, first, "cancelled", timeout=30)
+
+
+def test_gpus_and_shards_reach_the_job(on_slurm: Home, client: Client) -> None:
+    whole = _submit("--gpus", "1", "--", "sh", "-c", 'echo "gpu=$CUDA_VISIBLE_DEVICES"')
+    share = _submit("--gpus", "0.5", "--", "true")
+    _wait(client, whole, "succeeded", timeout=40)
+    _wait(client, share, "succeeded", timeout=40)
+    assert "gpu=0" in (on_slurm.run_dir(whole) / "log").read_text()  # the cluster's fake GPU
+    seen = subprocess.run(
+        ["scontrol", "show", "job", client.store.get(share).slurm_id or ""],
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert "shard:1" in seen or "shard=1" in seen, seen

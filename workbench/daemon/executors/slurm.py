@@ -1,0 +1,801 @@
+"""The Slurm executor: hands jobs to a Slurm cluster with what an ordinary cluster user has
+(`sbatch --parsable`, one `squeue --json` per tick, `scancel`, `scontrol hold/release`), and
+brings their state, exit codes, Slurm's reasons and the jobs' records back into the store."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from workbench.config import EXECUTOR_KINDS, Config, ExecutorConfig, load_config
+from workbench.daemon import runner
+from workbench.daemon.executors import Ended, Executor, Handle, Launch, LaunchError, slurm_map
+from workbench.daemon.executors.slurm_map import (
+    ACTIVE_SLURM_STATES,
+    HELD_REASONS,
+    ClusterInfo,
+    SlurmJob,
+    Submission,
+    Unmappable,
+)
+from workbench.db import executors as placement_db
+from workbench.db.journal import RECORDS_FILE, RecordError, apply_records
+from workbench.db.store import (
+    BLOCKED,
+    CANCELLED,
+    ENDED,
+    PAUSED,
+    QUEUED,
+    RUNNING,
+    STARTING,
+    SUCCEEDED,
+    Event,
+    Job,
+    JobRequest,
+    Store,
+)
+from workbench.paths import Home
+from workbench.queue.kinds import job_argv
+from workbench.queue.spec import SpecError
+from workbench.units import format_duration
+
+COMMAND_TIMEOUT_S = 10.0  # a Slurm command that takes longer is reported as failed
+MAX_SUBMIT_ROUNDS = 8  # dependency levels handed to Slurm in one call
+
+
+class SlurmError(RuntimeError):
+    """A Slurm command failed or is missing; the message has its stderr."""
+
+
+class SlurmClient:
+    """The Slurm commands of an ordinary cluster user. `env` overrides the environment of every
+    command (e.g. `SLURM_CONF`); by default they inherit this process's."""
+
+    def __init__(self, env: Mapping[str, str] | None = None):
+        self.env = dict(env) if env is not None else None
+        self._info: ClusterInfo | None = None
+
+    def _run(
+        self,
+        argv: list[str],
+        env: Mapping[str, str] | None = None,
+        stdin: str | None = None,
+    ) -> str:
+        program = shutil.which(argv[0], path=(env or self.env or os.environ).get("PATH"))
+        if program is None:
+            raise SlurmError(f"{argv[0]} not found: is Slurm installed and on PATH?")
+        full_env = dict(env if env is not None else (self.env or os.environ))
+        try:
+            done = subprocess.run(
+                [program, *argv[1:]],
+                input=stdin,
+                capture_output=True,
+                text=True,
+                env=full_env,
+                timeout=COMMAND_TIMEOUT_S,
+            )
+        except subprocess.TimeoutExpired as error:
+            raise SlurmError(f"{argv[0]} did not answer within {COMMAND_TIMEOUT_S:g}s") from error
+        if done.returncode != 0:
+            message = (done.stderr or done.stdout).strip().splitlines()
+            raise SlurmError(f"{argv[0]}: {message[-1] if message else f'exit {done.returncode}'}")
+        return done.stdout
+
+    def cluster_info(self) -> ClusterInfo:
+        """Shards per GPU (from the nodes' GRES), asked once per client."""
+        if self._info is None:
+            shards = None
+            for line in self._run(["sinfo", "-h", "-o", "%G"]).splitlines():
+                found = slurm_map.shards_per_gpu(line.strip())
+                if found:
+                    shards = found if shards is None else min(shards, found)
+            self._info = ClusterInfo(shards_per_gpu=shards)
+        return self._info
+
+    def nodes_are_this_host(self) -> bool:
+        """True when every node of the cluster is this machine (a one-node cluster on it)."""
+        names = {"localhost", "127.0.0.1", "::1", socket.gethostname(), socket.getfqdn()}
+        for line in self._run(["sinfo", "-h", "-N", "-o", "%N %o"]).splitlines():
+            for word in line.split():
+                if word not in names and not word.startswith("127."):
+                    return False
+        return True
+
+    def submit(self, args: list[str], script: str, env: Mapping[str, str]) -> str:
+        """sbatch with the script on stdin; returns the Slurm job id."""
+        return slurm_map.parse_parsable(self._run(["sbatch", *args], env=env, stdin=script))
+
+    def test_only(self, args: list[str]) -> None:
+        """`sbatch --test-only`: would the cluster ever run this request? Raises SlurmError with
+        Slurm's answer (e.g. "Requested node configuration is not available") if not."""
+        options = [a for a in args if a != "--parsable"]
+        self._run(["sbatch", "--test-only", *options], stdin="#!/bin/bash\ntrue\n")
+
+    def squeue(self) -> dict[str, SlurmJob]:
+        """This user's jobs in every state, recently ended ones included (one call; Slurm 22.05
+        ignores the filters with `--json` and lists every job, later releases apply them)."""
+        return slurm_map.parse_squeue(self._run(["squeue", "--json", "--me", "--states=all"]))
+
+    def cancel(self, slurm_ids: Sequence[str]) -> None:
+        """scancel: SIGTERM to the jobs' processes, SIGKILL after the cluster's KillWait."""
+        if slurm_ids:
+            self._run(["scancel", *slurm_ids])
+
+    def signal(self, slurm_id: str, sig: int) -> None:
+        """Send `sig` to every process of the job, its batch script included."""
+        self._run(["scancel", "--full", f"--signal={sig}", slurm_id])
+
+    def hold(self, slurm_ids: Sequence[str]) -> None:
+        """Keep pending jobs from starting (`scontrol hold`)."""
+        if slurm_ids:
+            self._run(["scontrol", "hold", ",".join(slurm_ids)])
+
+    def release(self, slurm_ids: Sequence[str]) -> None:
+        """Let held jobs start again (`scontrol release`)."""
+        if slurm_ids:
+            self._run(["scontrol", "release", ",".join(slurm_ids)])
+
+
+def read_mounts() -> list[tuple[str, str]]:
+    """(mount point, filesystem type) of this machine's mounts."""
+    out = []
+    try:
+        with open("/proc/self/mounts") as handle:
+            for line in handle:
+                fields = line.split()
+                if len(fields) >= 3:
+                    out.append((fields[1].replace("\\040", " "), fields[2]))
+    except OSError:
+        pass
+    return out
+
+
+def check_shared_filesystem(
+    home: Home, python: str, settings: ExecutorConfig, client: SlurmClient
+) -> None:
+    """Refuse (SpecError, exit 2) when runs/, lake/ or the Python environment is on a filesystem
+    other nodes may not see at the same path."""
+    paths = {
+        "runs/": str(home.runs.resolve()),
+        "lake/": str(home.lake.resolve()),
+        "the Python environment": str(Path(sys.prefix).resolve()),
+    }
+    if Path(python).resolve().parent.parent != Path(sys.prefix).resolve():
+        paths["the Python interpreter"] = str(Path(python).resolve())
+    try:
+        local = client.nodes_are_this_host()
+    except SlurmError as error:
+        raise SpecError(f"executor 'slurm': cannot reach Slurm ({error})") from error
+    problems = slurm_map.shared_path_problems(
+        paths, read_mounts(), local, list(settings.shared_paths)
+    )
+    if problems:
+        raise SpecError(
+            "executor 'slurm': jobs on other nodes need runs/, lake/ and the Python environment"
+            " on a filesystem every node sees at the same path (NFS, Lustre, ...), but "
+            + "; ".join(problems)
+            + ". Put WORKBENCH_HOME and the environment on a shared filesystem, or list the"
+            " mount in [executor] shared_paths in config.toml if it is shared."
+        )
+
+
+def submission_for(job: Job | JobRequest, name: str, output: str, cwd: str) -> Submission:
+    """The resource, limit and priority fields of a job (or a request at submit) for sbatch."""
+    res = job.resources
+    return Submission(
+        name=name,
+        output=output,
+        cwd=cwd,
+        gpus=res.gpus,
+        gpu_mem=res.gpu_mem,
+        cpus=res.cpus,
+        mem=res.mem,
+        time_limit=job.time_limit,
+        priority=job.priority,
+    )
+
+
+def check_requests(
+    requests: Sequence[JobRequest],
+    home: Home,
+    config: Config,
+    client: SlurmClient | None = None,
+    where: Sequence[str] | None = None,
+) -> None:
+    """Submit-time checks for jobs bound to Slurm: every field maps to sbatch, the cluster could
+    ever run the request (`sbatch --test-only`, once per distinct request), and the shared
+    filesystem rule holds. Raises SpecError naming the job (or stage) and the field."""
+    slurm = [(i, r) for i, r in enumerate(requests) if r.executor == "slurm"]
+    if not slurm:
+        return
+    client = client or SlurmClient()
+    try:
+        info = client.cluster_info()
+    except SlurmError as error:
+        raise SpecError(f"executor 'slurm': cannot reach Slurm ({error})") from error
+    asked: set[tuple[str, ...]] = set()
+    for index, request in slurm:
+        label = where[index] if where else f"job {request.name!r}"
+        try:
+            args = slurm_map.sbatch_args(
+                submission_for(request, request.name, "/dev/null", request.cwd),
+                config.executor,
+                info,
+            )
+        except Unmappable as error:
+            raise SpecError(f"{label}: cannot run on Slurm: {error}") from error
+        resources = tuple(a for a in args if not a.startswith(("--job-name=", "--chdir=")))
+        if resources in asked:
+            continue  # a sweep's points ask the cluster once
+        asked.add(resources)
+        try:
+            client.test_only(list(resources))
+        except SlurmError as error:
+            shown = " ".join(
+                a
+                for a in resources
+                if a not in ("--parsable", "--export=ALL", "--output=/dev/null")
+            )
+            raise SpecError(
+                f"{label}: the Slurm cluster cannot run it ({error}; asked {shown or 'defaults'})"
+            ) from error
+    check_shared_filesystem(home, sys.executable, config.executor, client)
+
+
+# ---- the batch script ----------------------------------------------------------------------
+
+
+def batch_script(home: Home, jobs: Sequence[tuple[int, list[str], str]]) -> str:
+    """A bash script that runs job i of `jobs` ((job id, argv, cwd)) as Slurm array task i (or
+    the only one). Output goes to the job's `runs/<id>/log`; its end is written to `exit.json`
+    there too, for when Slurm has forgotten the job before the daemon asked."""
+    runs = shlex.quote(str(home.runs))
+    cases = []
+    for index, (job_id, argv, cwd) in enumerate(jobs):
+        words = " ".join(shlex.quote(a) for a in argv)
+        cases.append(f"  {index}) id={job_id}; cwd={shlex.quote(cwd)}; argv=({words}) ;;")
+    lines = [
+        "#!/bin/bash",
+        f"# workbench: jobs {' '.join(str(j[0]) for j in jobs)} (array task i runs the i-th)",
+        'case "${SLURM_ARRAY_TASK_ID:-0}" in',
+        *cases,
+        '  *) echo "workbench: no job for array task $SLURM_ARRAY_TASK_ID" >&2; exit 2 ;;',
+        "esac",
+        f'run_dir={runs}/"$id"',
+        'mkdir -p "$run_dir"',
+        'rm -f "$run_dir/exit.json" "$run_dir/failure"',
+        'exec >>"$run_dir/log" 2>&1',
+        'export WORKBENCH_JOB_ID="$id" WORKBENCH_RUN_DIR="$run_dir"'
+        ' WORKBENCH_RECORDS="$run_dir/records.jsonl"',
+        'if ! cd -- "$cwd"; then',
+        '  echo "[workbench] the working directory $cwd does not exist on $(hostname)"',
+        '  echo "the working directory $cwd does not exist on $(hostname)" >"$run_dir/failure"',
+        "  code=127",
+        "else",
+        '  "${argv[@]}"',
+        "  code=$?",
+        "fi",
+        'printf \'{"exit_code": %d, "signal": null, "ended_at": %s}\\n\' "$code" "$(date +%s)"'
+        ' >"$run_dir/exit.json.tmp" && mv "$run_dir/exit.json.tmp" "$run_dir/exit.json"',
+        'exit "$code"',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# ---- the daemon side -----------------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    """A queued Slurm job that is ready to hand over, with its dependencies as Slurm ids."""
+
+    job: Job
+    deps: tuple[tuple[str, str], ...]
+
+
+class SlurmExecutor:
+    """The daemon's half of the Slurm executor.
+
+    Slurm does the scheduling, so Slurm jobs skip the local scheduler's admission: the daemon
+    calls `submit_ready()` on every wake-up and `tick()` once a second. `tick` hands ready queued
+    jobs to Slurm (a capped group's ready jobs as one array with `%N`; dependencies as
+    `--dependency`), asks squeue once about all our jobs, applies their records, carries out
+    cancel/pause/resume, and settles the ended ones. It holds no state a restarted daemon would
+    need: everything is in the store (Slurm id, node, records offset), so a new daemon re-adopts
+    the jobs by simply ticking.
+
+    It also implements the `Executor` protocol for one admitted attempt at a time (`start`,
+    `find`, `adopt`, `poll`, `signal`, `cancel`, `stop_all`, `log_path`, `describe`), with the
+    same mapping, script and squeue parsing."""
+
+    name = "slurm"
+
+    def __init__(
+        self,
+        home: Home,
+        store: Store,
+        config: Config,
+        python: str = sys.executable,
+        client: SlurmClient | None = None,
+    ):
+        self.home = home
+        self.store = store
+        self.config = config
+        self.python = python
+        self.client = client or SlurmClient()
+        self.squeue_calls = 0
+        self._cancel_sent: set[str] = set()
+        self._error: str | None = None
+
+    # ---- the Executor protocol -----------------------------------------------------------
+
+    def start(self, launch: Launch) -> Handle:
+        """sbatch one attempt (resources, limits and priority from the job's row; the token in
+        `--comment` so `find` can recognise it). Raises LaunchError with Slurm's message."""
+        job = self.store.get(launch.job_id)
+        output = str(launch.run_dir / "slurm-%j.out")
+        sub = dataclasses.replace(
+            submission_for(job, job.name, output, launch.cwd), comment=f"workbench {launch.token}"
+        )
+        launch.run_dir.mkdir(parents=True, exist_ok=True)
+        script = batch_script(self.home, [(job.id, list(launch.argv), launch.cwd)])
+        env = dict(launch.env)
+        if "SLURM_CONF" in os.environ:
+            env["SLURM_CONF"] = os.environ["SLURM_CONF"]
+        try:
+            args = slurm_map.sbatch_args(sub, self.config.executor, self.client.cluster_info())
+            slurm_id = self.client.submit(args, script, env)
+        except (SlurmError, SpecError) as error:
+            raise LaunchError(f"Slurm refused it: {error}") from error
+        return Handle(launch.token, launch.run_dir, external_id=slurm_id)
+
+    def start_many(self, launches: list[Launch]) -> list[Handle | Exception]:
+        """`start` for each attempt (one sbatch each): its Handle, or the LaunchError."""
+        out: list[Handle | Exception] = []
+        for launch in launches:
+            try:
+                out.append(self.start(launch))
+            except LaunchError as error:
+                out.append(error)
+        return out
+
+    def close(self) -> None:
+        """Nothing to release: Slurm jobs live on without the daemon."""
+
+    def find(self, token: str, run_dir: Path) -> Handle | None:
+        """The attempt Slurm holds with this token in its comment, if any."""
+        for sid, seen in self.client.squeue().items():
+            if seen.comment == f"workbench {token}" and "_" not in sid:
+                return Handle(token, run_dir, external_id=sid)
+        return None
+
+    def adopt(self, handle: Handle) -> bool:
+        """True while Slurm still holds the job (pending, running, completing)."""
+        seen = self.client.squeue().get(handle.external_id or "")
+        return seen is not None and seen.state in ACTIVE_SLURM_STATES
+
+    def watch_fd(self, handle: Handle) -> int | None:
+        return None  # Slurm jobs can only be polled
+
+    def poll(self, handles: list[Handle]) -> list[Ended]:
+        """One squeue for all `handles`; ended ones with Slurm's exit status and reason. A job
+        Slurm has forgotten is settled from the `exit.json` its script left, else lost."""
+        seen = self.client.squeue()
+        self.squeue_calls += 1
+        out = []
+        for handle in handles:
+            job = seen.get(handle.external_id or "")
+            if job is None:
+                status = runner.read_exit(handle.run_dir)
+                if status is None:
+                    lost = f"Slurm no longer knows job {handle.external_id}"
+                    out.append(Ended(handle, runner.ExitStatus(None, None, time.time()), lost))
+                else:
+                    out.append(Ended(handle, status))
+                continue
+            if job.state in ACTIVE_SLURM_STATES:
+                continue
+            view = slurm_map.view(job)
+            status = runner.ExitStatus(
+                None if job.signal else job.exit_code, job.signal, job.end_time or time.time()
+            )
+            out.append(Ended(handle, status, notes=(view.reason,)))
+        return out
+
+    def signal(self, handle: Handle, sig: int) -> int:
+        """`scancel --signal` to every process of the job (batch script included)."""
+        try:
+            self.client.signal(handle.external_id or "", sig)
+        except SlurmError:
+            return 0
+        return 1
+
+    def cancel(self, handle: Handle, grace_s: float) -> None:
+        """scancel: Slurm sends SIGTERM, then SIGKILL after the cluster's KillWait (its grace,
+        which the cluster sets: `grace_s` cannot change it)."""
+        self._scancel(handle.external_id or "")
+
+    def stop_all(self, handle: Handle) -> int:
+        """SIGKILL every process of the job; 1 if Slurm took the request, else 0."""
+        return self.signal(handle, 9)
+
+    def log_path(self, handle: Handle) -> Path:
+        """The job's log in its run folder (the batch script appends its output there)."""
+        return handle.run_dir / runner.LOG_FILE
+
+    def describe(self) -> str:
+        """One line for `daemon status`."""
+        return "slurm: sbatch/squeue/scancel as an ordinary cluster user; Slurm contains the jobs"
+
+    # ---- submit ------------------------------------------------------------------------
+
+    def _ready(self, queued: list[Job]) -> list[_Pending]:
+        """Decide for each queued job without a Slurm id: hand over now (its dependencies as
+        Slurm ids), wait (a dependency is not on Slurm yet), or block (one can never be met)."""
+        dep_ids = {d for j in queued for d, _ in j.deps}
+        states = self.store.states_of(dep_ids) if dep_ids else {}
+        places = placement_db.placements(self.store, dep_ids) if dep_ids else {}
+        ready = []
+        for job in queued:
+            slurm_deps: list[tuple[str, str]] = []
+            waiting: list[int] = []
+            blocked = None
+            for dep_id, cond in job.deps:
+                state = states.get(dep_id)
+                place = places.get(dep_id)
+                if state is None:
+                    blocked = f"dependency {dep_id} was removed"
+                elif state in ENDED or state == BLOCKED:
+                    problem = slurm_map.ended_dependency(cond, state)
+                    if problem:
+                        blocked = f"dependency {dep_id} {problem}"
+                elif place is not None and place.slurm_id and place.executor == "slurm":
+                    slurm_deps.append((place.slurm_id, cond))
+                else:
+                    waiting.append(dep_id)
+                if blocked:
+                    break
+            if blocked:
+                self.store.transition(job.id, Event.BLOCK, blocked, only_from=[QUEUED])
+            elif waiting:
+                listed = ", ".join(str(d) for d in waiting)
+                self.store.set_reason(job.id, f"waiting for {listed} before handing it to Slurm")
+            else:
+                ready.append(_Pending(job, tuple(slurm_deps)))
+        return ready
+
+    def _batches(self, ready: list[_Pending]) -> list[tuple[list[_Pending], int | None]]:
+        """Single jobs, and one array per capped group whose ready jobs are alike (same
+        resources, limits, priority, dependencies, environment). A capped group that already
+        has jobs on Slurm waits until they are done, so the cap holds across submissions."""
+        limits = self.store.group_limits()
+        busy_groups = self._groups_on_slurm()
+        batches: list[tuple[list[_Pending], int | None]] = []
+        arrays: dict[tuple[object, ...], list[_Pending]] = {}
+        for item in ready:
+            job = item.job
+            cap = limits.get(job.group, self.config.default_parallel) or None
+            if cap is None:
+                batches.append(([item], None))
+                continue
+            if job.group in busy_groups:
+                self.store.set_reason(
+                    job.id,
+                    f"group {job.group!r} is at its limit of {cap} running: waits for its"
+                    " Slurm jobs to finish",
+                )
+                continue
+            key = (
+                job.group, job.gpus, job.gpu_mem, job.cpus, job.mem, job.time_limit,
+                job.priority, item.deps, json.dumps(job.env, sort_keys=True),
+            )  # fmt: skip
+            arrays.setdefault(key, []).append(item)
+        for items in arrays.values():
+            group = items[0].job.group
+            batches.append((items, limits.get(group, self.config.default_parallel)))
+        return batches
+
+    def _groups_on_slurm(self) -> set[str]:
+        """Groups that have jobs Slurm holds for us (submitted, not ended)."""
+        active = self.store.active_jobs(light=True)
+        places = placement_db.placements(self.store, [j.id for j in active])
+        return {
+            j.group
+            for j in active
+            if j.state != BLOCKED and places[j.id].executor == "slurm" and places[j.id].slurm_id
+        }
+
+    def _submit(self, items: list[_Pending], cap: int | None) -> None:
+        jobs = [self.store.get(item.job.id) for item in items]
+        first = jobs[0]
+        for job in jobs:
+            self.home.run_dir(job.id).mkdir(parents=True, exist_ok=True)
+            for stale in (RECORDS_FILE, runner.EXIT_FILE, runner.FAILURE_FILE):
+                try:
+                    (self.home.run_dir(job.id) / stale).unlink()
+                except FileNotFoundError:
+                    pass
+        output = str(self.home.run_dir(first.id) / "slurm-%j.out")
+        array = len(jobs) if cap is not None and len(jobs) > 1 else 0
+        name = first.name if not array else f"{first.group} ({len(jobs)} jobs)"
+        sub = dataclasses.replace(
+            submission_for(first, name, output, first.cwd),
+            deps=items[0].deps,
+            array_size=array,
+            array_cap=cap if array else None,
+            comment=f"workbench job {first.id}",
+        )
+        script = batch_script(
+            self.home,
+            [(j.id, job_argv(j, self.python), j.cwd or str(self.home.root)) for j in jobs],
+        )
+        try:
+            args = slurm_map.sbatch_args(sub, self.config.executor, self.client.cluster_info())
+            slurm_id = self.client.submit(args, script, self._environment(first))
+        except (SlurmError, SpecError) as error:
+            for job in jobs:
+                self.store.transition(
+                    job.id, Event.REFUSE, f"Slurm refused it: {error}", only_from=[QUEUED]
+                )
+            return
+        ids = [f"{slurm_id}_{i}" for i in range(len(jobs))] if array else [slurm_id]
+        placement_db.set_slurm_id(self.store, [j.id for j in jobs], ids)
+        for job, sid in zip(jobs, ids, strict=True):
+            self.store.set_reason(job.id, f"submitted to Slurm as job {sid}")
+
+    def _environment(self, job: Job) -> dict[str, str]:
+        """sbatch's environment, which `--export=ALL` hands to the job: the environment
+        captured at submit, plus what every job gets, plus the daemon's Slurm settings."""
+        env = dict(job.env)
+        env.update(
+            {
+                "PYTHONUNBUFFERED": "1",
+                "WORKBENCH_HOME": str(self.home.root),
+                "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+            }
+        )
+        if job.cpus > 0:
+            threads = str(max(1, math.ceil(job.cpus)))
+            env.setdefault("OMP_NUM_THREADS", threads)
+            env["WORKBENCH_CPUS"] = threads
+        if "SLURM_CONF" in os.environ:  # the cluster the daemon talks to
+            env["SLURM_CONF"] = os.environ["SLURM_CONF"]
+        env.setdefault("PATH", os.environ.get("PATH", "/usr/bin:/bin"))
+        return env
+
+    # ---- follow ------------------------------------------------------------------------
+
+    def submit_ready(self) -> None:
+        """Hand queued Slurm jobs whose dependencies allow it to Slurm (no squeue: cheap, so
+        the daemon calls it on every wake-up, and a submitted job reaches Slurm at once)."""
+        # A job whose dependency is handed over in this round can go in the next one (a
+        # pipeline reaches Slurm whole, in dependency order, in one call).
+        for _ in range(MAX_SUBMIT_ROUNDS):
+            fresh = [p.job_id for p in placement_db.slurm_placements(self.store) if not p.slurm_id]
+            jobs = [self.store.find(job_id) for job_id in fresh]
+            queued = [j for j in jobs if j is not None and j.state == QUEUED and j.intent is None]
+            batches = self._batches(self._ready(queued)) if queued else []
+            for items, cap in batches:
+                self._submit(items, cap)
+            if not batches:
+                return
+
+    def tick(self) -> bool:
+        """One round: submit what is ready, then one squeue for every job Slurm holds for us.
+        Returns True if there is anything on Slurm to follow (the daemon then ticks again)."""
+        self.submit_ready()
+        followed = [p for p in placement_db.slurm_placements(self.store) if p.slurm_id]
+        if not followed:
+            return False
+        try:
+            seen = self.client.squeue()
+            self.squeue_calls += 1
+            self._error = None
+        except SlurmError as error:
+            if self._error != str(error):
+                print(f"workbench daemon: squeue failed: {error}", file=sys.stderr, flush=True)
+            self._error = str(error)
+            return True
+        holds, releases = [], []
+        for place in followed:
+            assert place.slurm_id is not None
+            job = self.store.find(place.job_id)
+            if job is None:
+                continue
+            action = self._follow(job, place, seen.get(place.slurm_id))
+            if action == "hold":
+                holds.append(place.slurm_id)
+            elif action == "release":
+                releases.append(place.slurm_id)
+        for what, ids in (("hold", holds), ("release", releases)):
+            try:
+                (self.client.hold if what == "hold" else self.client.release)(ids)
+            except SlurmError as error:
+                print(f"workbench daemon: scontrol {what}: {error}", file=sys.stderr, flush=True)
+        return True
+
+    def _scancel(self, slurm_id: str) -> None:
+        if slurm_id in self._cancel_sent:
+            return
+        try:
+            self.client.cancel([slurm_id])
+            self._cancel_sent.add(slurm_id)
+        except SlurmError as error:
+            print(f"workbench daemon: scancel {slurm_id}: {error}", file=sys.stderr, flush=True)
+
+    def _records(self, job: Job, offset: int) -> str | None:
+        """Apply the job's new records; a problem is returned in words (it fails the job)."""
+        try:
+            apply_records(self.store, job.id, self.home.run_dir(job.id) / RECORDS_FILE, offset)
+        except RecordError as error:
+            return str(error)
+        return None
+
+    def _follow(self, job: Job, place: placement_db.Placement, seen: SlurmJob | None) -> str:
+        """Bring one job in line with what Slurm says; returns 'hold'/'release' when Slurm
+        should be told (batched by the caller), else ''."""
+        assert place.slurm_id is not None
+        if job.state in ENDED or job.state == BLOCKED:
+            # Ended here first (cancelled while pending): make Slurm let go of it too.
+            if seen is not None and seen.state in ACTIVE_SLURM_STATES:
+                self._scancel(place.slurm_id)
+            else:
+                self._records(job, place.records_offset)
+                placement_db.close_slurm(self.store, job.id)
+            return ""
+        if job.intent == "cancel":
+            self._scancel(place.slurm_id)
+        if seen is None:
+            self._settle_forgotten(job, place)
+            return ""
+        view = slurm_map.view(seen)
+        if view.ended:
+            self._settle(job, place, seen, view)
+            return ""
+        if view.state == RUNNING:
+            self._mark_running(job, place, seen)
+            if seen.node and place.node != seen.node:
+                placement_db.set_node(self.store, job.id, seen.node)
+            problem = self._records(job, place.records_offset)
+            if problem:
+                print(f"workbench daemon: {problem}", file=sys.stderr, flush=True)
+            if job.intent in ("pause", "resume"):
+                self.store.update(job.id, intent=None)
+                self.store.set_reason(
+                    job.id,
+                    "a running Slurm job cannot be paused by a cluster user (only an"
+                    " administrator can suspend it); cancel it instead",
+                )
+            return ""
+        held = seen.state == "PENDING" and seen.reason in HELD_REASONS
+        if job.state == PAUSED and not held:
+            return "hold"
+        if job.state == QUEUED and held:
+            return "release"
+        if job.state == QUEUED:
+            self.store.set_reason(job.id, f"{view.reason} (Slurm job {place.slurm_id})")
+        return ""
+
+    def _settle(
+        self, job: Job, place: placement_db.Placement, seen: SlurmJob, view: slurm_map.View
+    ) -> None:
+        """Record how Slurm ended a job: records first (metrics, catalog), then the state, and
+        a retry when the job has retries left."""
+        problem = self._records(job, place.records_offset)
+        live = [QUEUED, RUNNING, PAUSED]
+        if view.state not in (BLOCKED, CANCELLED):
+            self._mark_running(job, place, seen)
+        if seen.node:
+            placement_db.set_node(self.store, job.id, seen.node)
+        fields: dict[str, object] = {"ended_at": seen.end_time or time.time()}
+        if view.exit_code is not None:
+            fields["exit_code"] = view.exit_code
+        failure = runner.read_failure(self.home.run_dir(job.id))
+        if view.state == BLOCKED:
+            if job.state == PAUSED:  # held here, and Slurm has given up on it meanwhile
+                self.store.transition(job.id, Event.RELEASE, None, only_from=[PAUSED])
+            self.store.transition(job.id, Event.BLOCK, view.reason, only_from=[QUEUED])
+        elif view.state == CANCELLED or job.intent == "cancel":
+            reason = "cancelled" if job.intent == "cancel" else view.reason
+            self.store.transition(job.id, Event.CANCEL, reason, only_from=live, **fields)
+        elif view.state == SUCCEEDED and not problem:
+            self.store.transition(job.id, Event.EXIT_OK, view.reason, only_from=live, **fields)
+        else:
+            reason = view.reason
+            if seen.state == "TIMEOUT" and job.time_limit:
+                reason = f"time limit of {format_duration(job.time_limit)} exceeded (Slurm TIMEOUT)"
+            if failure:
+                reason = f"{reason}: {failure}"
+            if problem:
+                reason = f"{reason}; {problem}"
+            self._fail(job, reason, fields)
+        placement_db.close_slurm(self.store, job.id)
+
+    def _mark_running(self, job: Job, place: placement_db.Placement, seen: SlurmJob) -> None:
+        """Slurm started it: queued -> starting -> running (the launch is Slurm's)."""
+        if job.state != QUEUED:
+            return
+        words = f"started on {seen.node or 'a node'} (Slurm job {place.slurm_id})"
+        if self.store.transition(job.id, Event.START, "Slurm is starting it", only_from=[QUEUED]):
+            self.store.transition(
+                job.id, Event.LAUNCHED, words, only_from=[STARTING],
+                started_at=seen.start_time or time.time(),
+            )  # fmt: skip
+
+    def _fail(self, job: Job, reason: str, fields: dict[str, object], lost: bool = False) -> None:
+        live = [RUNNING, PAUSED]
+        if job.attempt <= job.retries:
+            retry = f"automatic retry {job.attempt}/{job.retries} after it failed on Slurm"
+            self.store.fail_and_requeue(job.id, reason, retry, only_from=live, **fields)
+        else:
+            event = Event.LOST if lost else Event.EXIT_FAILED
+            self.store.transition(job.id, event, reason, only_from=live, **fields)
+
+    def _settle_forgotten(self, job: Job, place: placement_db.Placement) -> None:
+        """Slurm no longer shows the job (it ended longer ago than its MinJobAge, or the
+        cluster lost it): settle by the exit status the batch script left, else as lost."""
+        problem = self._records(job, place.records_offset)
+        run_dir = self.home.run_dir(job.id)
+        status = runner.read_exit(run_dir)
+        live = [QUEUED, RUNNING, PAUSED]
+        if job.intent == "cancel":
+            self.store.transition(job.id, Event.CANCEL, "cancelled", only_from=live)
+            placement_db.close_slurm(self.store, job.id)
+            return
+        self._mark_running(job, place, SlurmJob(place.slurm_id or "", "", ""))
+        job = self.store.get(job.id)
+        if status is not None and status.ok and not problem:
+            self.store.transition(
+                job.id, Event.EXIT_OK, status.describe(), only_from=live,
+                exit_code=0, ended_at=status.ended_at or time.time(),
+            )  # fmt: skip
+        elif status is not None:
+            failure = runner.read_failure(run_dir)
+            reason = status.describe() + (f": {failure}" if failure else "")
+            self._fail(
+                job, reason + (f"; {problem}" if problem else ""), {"exit_code": status.code}
+            )
+        else:
+            self._fail(
+                job,
+                f"lost: Slurm no longer knows job {place.slurm_id} and it left no exit status",
+                {},
+                lost=True,
+            )
+        placement_db.close_slurm(self.store, job.id)
+
+
+if TYPE_CHECKING:
+
+    def _conforms(executor: SlurmExecutor) -> Executor:
+        """Where mypy checks that SlurmExecutor satisfies the Executor protocol."""
+        return executor
+
+
+def bind_executor(
+    requests: Sequence[JobRequest],
+    kind: str | None,
+    home: Home,
+    labels: Sequence[str] | None = None,
+) -> list[JobRequest]:
+    """Requests bound to executor `kind` (None: `[executor] kind` of config.toml, else local),
+    checked at submit when that is Slurm. Raises SpecError naming the job or stage and field."""
+    config = load_config(home.config)
+    kind = kind or config.executor.kind
+    if kind not in EXECUTOR_KINDS:
+        raise SpecError(f"--executor: expected one of {', '.join(EXECUTOR_KINDS)}, got {kind!r}")
+    bound = [dataclasses.replace(r, executor=kind) for r in requests]
+    check_requests(bound, home, config, where=labels)
+    return bound

@@ -1,0 +1,80 @@
+"""Where jobs run: the executor of each job, its Slurm job id and node, and how much of its record
+file the daemon has ingested (the jobs table's columns of migration 60)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from workbench.db.store import PAUSED, QUEUED, RUNNING, Store
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a job runs: `executor` is 'local' or 'slurm'; `slurm_id` is the Slurm job id
+    (`123`, or `120_3` for task 3 of array 120) once submitted; `node` the host it runs on."""
+
+    job_id: int
+    executor: str
+    slurm_id: str | None
+    node: str | None
+    records_offset: int = 0
+
+
+def placements(store: Store, ids: Iterable[int]) -> dict[int, Placement]:
+    """Placement per job id (for `show`, `ls` and the Queue screen's executor/node column)."""
+    ids = list(set(ids))
+    out: dict[int, Placement] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        for row in store.conn.execute(
+            f"SELECT id, executor, slurm_id, node, records_offset FROM jobs WHERE id IN ({marks})",
+            chunk,
+        ):
+            out[row[0]] = Placement(*row)
+    return out
+
+
+def slurm_placements(store: Store) -> list[Placement]:
+    """Jobs the Slurm executor must look after: every active Slurm job, and ended ones that Slurm
+    may still hold (submitted, not yet seen ended by squeue: e.g. cancelled while pending).
+    Both halves read partial indexes, so the cost is the number of Slurm jobs, not of jobs."""
+    rows = store.conn.execute(
+        "SELECT id, executor, slurm_id, node, records_offset FROM jobs"
+        " WHERE executor='slurm' AND state IN (?, ?, ?)"
+        " UNION SELECT id, executor, slurm_id, node, records_offset FROM jobs WHERE slurm_open=1"
+        " ORDER BY id",
+        (str(QUEUED), str(RUNNING), str(PAUSED)),
+    ).fetchall()
+    return [Placement(*r) for r in rows]
+
+
+def set_slurm_id(store: Store, job_ids: list[int], slurm_ids: list[str]) -> None:
+    """Record the Slurm ids of freshly submitted jobs (one transaction)."""
+    with store.transaction() as conn:
+        conn.executemany(
+            "UPDATE jobs SET slurm_id=?, slurm_open=1, node=NULL, records_offset=0 WHERE id=?",
+            list(zip(slurm_ids, job_ids, strict=True)),
+        )
+
+
+def set_node(store: Store, job_id: int, node: str) -> None:
+    """The node a Slurm job runs on (as squeue names it)."""
+    with store.transaction() as conn:
+        conn.execute("UPDATE jobs SET node=? WHERE id=? AND node IS NOT ?", (node, job_id, node))
+
+
+def close_slurm(store: Store, job_id: int) -> None:
+    """Slurm is done with this job (squeue saw it end, or has forgotten it)."""
+    with store.transaction() as conn:
+        conn.execute("UPDATE jobs SET slurm_open=0 WHERE id=?", (job_id,))
+
+
+def slurm_ids_of(store: Store, ids: Iterable[int]) -> dict[int, str]:
+    """Slurm ids of the given jobs that have one (dependencies of a job being submitted)."""
+    return {
+        job_id: place.slurm_id
+        for job_id, place in placements(store, ids).items()
+        if place.slurm_id is not None and place.executor == "slurm"
+    }

@@ -1,0 +1,181 @@
+"""Records instead of writes, for jobs on other nodes: SQLite over NFS is unsafe, so a job that
+runs on a cluster node reads a private in-memory copy of state.db and appends each of its write
+transactions (progress, metrics, runs, evaluations, models, dataset versions) as one JSON line to
+`records.jsonl` in its run folder; the daemon applies those lines to state.db, once each."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, cast
+
+from workbench.db.connection import ThreadConnections, immediate
+from workbench.db.store import SETTLED, Store, StoreError
+
+RECORDS_FILE = "records.jsonl"
+DEPENDENCY_WAIT_S = 60.0
+
+# What a job may write through its records: its own progress, and the catalog tables.
+_WRITE = re.compile(
+    r"\s*(?:INSERT(?:\s+OR\s+\w+)?\s+INTO|REPLACE\s+INTO|UPDATE|DELETE\s+FROM)\s+(\w+)", re.I
+)
+_CATALOG_TABLES = frozenset(
+    {"metrics", "runs", "evaluations", "models", "datasets", "dataset_versions"}
+)
+_PROGRESS = re.compile(
+    r"\s*UPDATE\s+jobs\s+SET\s+progress=\?,\s*progress_msg=\?\s+WHERE\s+id=\?\s*"
+)
+
+
+class RecordError(RuntimeError):
+    """A job's records cannot be applied (a statement it may not run, or a constraint failed)."""
+
+
+class _Recorder:
+    """Stands in for the connection inside a transaction: runs each statement on the in-memory
+    copy (so the job reads its own writes) and remembers the writes for the record file."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self._conn = conn
+        self.writes: list[tuple[str, list[Any]]] = []
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        cursor = self._conn.execute(sql, params)
+        if _WRITE.match(sql):
+            self.writes.append((sql, list(params)))
+        return cursor
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> sqlite3.Cursor:
+        listed = [list(r) for r in rows]
+        cursor = self._conn.executemany(sql, listed)
+        if _WRITE.match(sql):
+            self.writes.extend((sql, r) for r in listed)
+        return cursor
+
+
+class _OneConnection(ThreadConnections):
+    """The in-memory copy has one connection, shared by the job's threads (under a lock)."""
+
+    def get(self) -> sqlite3.Connection:
+        conn = self._all[0] if self._all else None
+        if conn is None:
+            raise StoreError(f"{self.path} (in-memory copy) is closed")
+        return conn
+
+
+class RecordingStore(Store):
+    """The store a job on another node uses: reads from a copy of state.db taken when the job
+    started (plus its own writes), writes appended to `records` (one line per transaction,
+    written with one `write` on an O_APPEND descriptor, so a reader never sees half a line)."""
+
+    records: Path
+    _lock: threading.RLock
+
+    @classmethod
+    def open_recording(
+        cls, state_db: Path, records: Path, job_id: int, wait_s: float = DEPENDENCY_WAIT_S
+    ) -> RecordingStore:
+        """Copy state.db (read-only, SQLite's online backup) into memory; records go to `records`.
+
+        Slurm starts a job as soon as its dependencies end, which can be a tick before the daemon
+        has applied their records (a dataset version, a run): so the copy is taken once the
+        daemon has settled every dependency of `job_id`, waiting up to `wait_s` seconds.
+        Raises StoreError if state.db cannot be read."""
+        deadline = time.monotonic() + wait_s
+        try:
+            while True:
+                source = sqlite3.connect(f"file:{state_db}?mode=ro", uri=True, timeout=30.0)
+                try:
+                    settled = sorted(str(state) for state in SETTLED)
+                    (unsettled,) = source.execute(
+                        "SELECT count(*) FROM job_deps d JOIN jobs j ON j.id = d.dep_id"
+                        f" WHERE d.job_id=? AND j.state NOT IN ({','.join('?' * len(settled))})",
+                        (job_id, *settled),
+                    ).fetchone()
+                    if not unsettled or time.monotonic() >= deadline:
+                        memory = sqlite3.connect(
+                            ":memory:", isolation_level=None, check_same_thread=False
+                        )
+                        source.backup(memory)
+                        break
+                finally:
+                    source.close()
+                time.sleep(0.1)
+        except sqlite3.Error as error:
+            raise StoreError(f"cannot read {state_db}: {error}") from error
+        store = cls(_OneConnection(state_db, memory), state_db)
+        store.records = records
+        store._lock = threading.RLock()
+        return store
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        recorder = _Recorder(self.conn)
+        with self._lock, immediate(self.conn):
+            yield cast(sqlite3.Connection, recorder)
+        if recorder.writes:
+            line = json.dumps({"writes": recorder.writes}, default=str) + "\n"
+            fd = os.open(self.records, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                os.write(fd, line.encode())
+            finally:
+                os.close(fd)
+
+    def backup_to(self, target: Path) -> None:
+        raise StoreError("a job on another node cannot back up state.db")
+
+
+def _check(sql: str, params: list[Any], job_id: int) -> None:
+    match = _WRITE.match(sql)
+    table = match.group(1).lower() if match else ""
+    if table in _CATALOG_TABLES:
+        return
+    if table == "jobs" and _PROGRESS.fullmatch(sql) and params and params[-1] == job_id:
+        return
+    raise RecordError(f"job {job_id} may not run {sql.split('(')[0].strip()[:60]!r}")
+
+
+def apply_records(store: Store, job_id: int, path: Path, offset: int) -> int:
+    """Apply the complete lines of a job's record file from byte `offset` to state.db in one
+    transaction that also moves the job's `records_offset`, so each line is applied exactly once
+    even across daemon restarts. Returns the new offset. Raises RecordError (with the offset
+    moved past the bad line, so it is reported once) for a line that cannot be applied."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            data = handle.read()
+    except FileNotFoundError:
+        return offset
+    end = data.rfind(b"\n") + 1
+    if end == 0:
+        return offset
+    new_offset = offset + end
+    problem = None
+    with store.transaction() as conn:
+        for raw in data[:end].splitlines():
+            try:
+                writes = [(str(sql), list(params)) for sql, params in json.loads(raw)["writes"]]
+                for sql, params in writes:
+                    _check(sql, params, job_id)
+            except (ValueError, KeyError, TypeError, RecordError) as error:
+                problem = problem or str(error)
+                continue
+            conn.execute("SAVEPOINT record")
+            try:
+                for sql, params in writes:
+                    conn.execute(sql, params)
+            except sqlite3.Error as error:
+                conn.execute("ROLLBACK TO record")
+                problem = problem or f"{type(error).__name__}: {error}"
+            conn.execute("RELEASE record")
+        conn.execute("UPDATE jobs SET records_offset=? WHERE id=?", (new_offset, job_id))
+    if problem:
+        raise RecordError(f"some records of job {job_id} could not be applied ({problem})")
+    return new_offset
