@@ -64,13 +64,35 @@ class WorkbenchApp(App[None]):
     CSS_PATH = "app.tcss"
     MODES: ClassVar[dict[str, Any]] = {}
     BINDINGS: ClassVar[list[Any]] = [
-        Binding("question_mark", "help", "Help", id="app.help", tooltip="Show every key"),
+        # The title bar shows these, so the footer keeps its room for the screen's own keys.
         Binding(
-            "T", "toggle_theme", "Theme", id="app.theme", tooltip="Switch between dark and light"
+            "question_mark", "help", "Help", id="app.help", tooltip="Show every key", show=False
         ),
-        Binding("q", "quit", "Quit", id="app.quit", tooltip="Leave the TUI (jobs keep running)"),
+        Binding(
+            "T",
+            "toggle_theme",
+            "Theme",
+            id="app.theme",
+            tooltip="Switch between dark and light",
+            show=False,
+        ),
+        Binding(
+            "q",
+            "quit",
+            "Quit",
+            id="app.quit",
+            tooltip="Leave the TUI (jobs keep running)",
+            show=False,
+        ),
         *(
-            Binding(key, f"switch_mode('{mode}')", title, id=f"app.{mode}", tooltip=f"Show {title}")
+            Binding(
+                key,
+                f"switch_mode('{mode}')",
+                title,
+                id=f"app.{mode}",
+                tooltip=f"Show {title}",
+                show=False,
+            )
             for mode, key, title, _ in SCREENS
         ),
     ]
@@ -83,24 +105,46 @@ class WorkbenchApp(App[None]):
     def on_mount(self) -> None:
         self.theme = "textual-dark"
         self.switch_mode("dashboard")
+        self.set_timer(1.0, self._warm_up)
+
+    def _warm_up(self) -> None:
+        """Import the Queue's module in a thread once the first screen is up, so its key opens
+        it without the import (the others load on first use: their editor and plots are big)."""
+        self.run_worker(
+            lambda: importlib.import_module("screens.queue"),
+            thread=True,
+            exit_on_error=False,
+            group="warm-up",
+        )
 
     def action_toggle_theme(self) -> None:
         self.theme = "textual-light" if self.theme == "textual-dark" else "textual-dark"
 
+    def key_names(self, binding: Binding) -> str:
+        """Every key of a binding as the footer writes it: `plus,equals_sign` reads `+ / =`."""
+        return " / ".join(
+            self.get_key_display(Binding(key.strip(), binding.action))
+            for key in binding.key.split(",")
+        )
+
     def help_text(self) -> str:
-        lines = ["# gpu-workbench keys", "", "## Everywhere", ""]
+        """The current screen's keys first, then the keys that work everywhere."""
+        lines = ["# gpu-workbench keys"]
+        screen = self.screen
+        bindings = [b for b in getattr(screen, "BINDINGS", []) if isinstance(b, Binding)]
+        if bindings:
+            lines += ["", f"## {type(screen).__name__.removesuffix('Screen')}", ""]
+            lines += [f"- `{self.key_names(b)}` {b.description}: {b.tooltip}" for b in bindings]
+        lines += ["", "## Everywhere", ""]
         lines += [f"- `{key}` {title}" for _, key, title, _ in SCREENS]
         lines += [
             "- `?` this help",
             "- `T` dark/light theme",
             "- `ctrl+p` command palette",
             "- `q` quit (jobs keep running)",
+            "- `tab` / `shift+tab` next / previous pane; `esc` leaves a text field or editor",
+            "- letter keys act only when no text field or editor has the focus",
         ]
-        screen = self.screen
-        bindings = [b for b in getattr(screen, "BINDINGS", []) if isinstance(b, Binding)]
-        if bindings:
-            lines += ["", f"## {type(screen).__name__.removesuffix('Screen')}", ""]
-            lines += [f"- `{b.key}` {b.description}: {b.tooltip}" for b in bindings]
         return "\n".join(lines)
 
     def action_help(self) -> None:
@@ -120,7 +164,7 @@ class WorkbenchApp(App[None]):
             if isinstance(binding, Binding) and binding.description:
                 yield SystemCommand(
                     f"{type(screen).__name__.removesuffix('Screen')}: {binding.description}",
-                    f"{binding.tooltip} (key {binding.key})",
+                    f"{binding.tooltip} (key {self.key_names(binding)})",
                     lambda a=binding.action, s=screen: self.call_later(s.run_action, a),
                 )
 

@@ -16,10 +16,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Static, TextArea
+from textual.widgets import DataTable, Static, TextArea
+
+from screens.widgets import WorkbenchScreen
 
 PAGE_ROWS = 100
+PAGES = Binding.Group("Page", compact=True)
 KEYWORDS = (
     "SELECT",
     "FROM",
@@ -56,7 +58,7 @@ def positioned_error(source: Any, sql: str, message: str) -> str:
 
     from workbench.catalog import lake
 
-    con = lake.connect(source.home, source.store(), for_sql=sql)
+    con = source.read(lambda store: lake.connect(source.home, store, for_sql=sql))
     try:
         con.execute("EXPLAIN " + sql.strip().rstrip(";"))
     except duckdb.Error as error:
@@ -122,6 +124,52 @@ class Query:
         """The whole result (for export): the same filters and order, no page."""
         return self.paged_sql().rsplit(" LIMIT ", 1)[0]
 
+    def key(self) -> tuple[str, tuple[str, bool] | None, tuple[tuple[str, Any], ...]]:
+        """What identifies the result (not the page): pages and the row count are kept per key."""
+        return (self.sql, self.order, tuple(self.filters))
+
+    def count_of(self, con: Any) -> int:
+        """How many rows the whole result has (filters applied; order does not matter)."""
+        relation = con.sql(self.sql.strip().rstrip(";"))
+        if relation is None:
+            raise QueryError("this statement returns no rows")
+        for column, value in self.filters:
+            relation = relation.filter(
+                f"{quote(column)} IS NULL"
+                if value is None
+                else f"{quote(column)} = {literal(value)}"
+            )
+        rows = relation.aggregate("count(*)").fetchall()
+        return int(rows[0][0]) if rows else 0
+
+
+def is_profile(sql: str) -> bool:
+    return sql.lstrip().upper().startswith("SUMMARIZE")
+
+
+def cell(value: Any, profile: bool) -> Text:
+    """A result cell: NULL dimmed, numbers right-aligned; a profile's figures (SUMMARIZE gives
+    them as text with up to 17 digits) rounded to 6 significant digits."""
+    if value is None:
+        return Text("NULL", style="dim", justify="right")
+    if isinstance(value, bool):
+        return Text(str(value))
+    if isinstance(value, int | float):
+        return Text(
+            f"{value:.6g}" if profile and isinstance(value, float) else str(value), justify="right"
+        )
+    if hasattr(value, "as_integer_ratio") and not isinstance(value, str):  # Decimal
+        return Text(str(value), justify="right")
+    if profile and isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return Text(value)
+        if "." in value or "e" in value.lower():
+            return Text(f"{number:.6g}", justify="right")
+        return Text(value, justify="right")
+    return Text(str(value))
+
 
 @dataclass
 class CatalogRead(Message):
@@ -140,10 +188,20 @@ class PageRead(Message):
     error: str | None = None
 
 
-class DataScreen(Screen[None]):
+@dataclass
+class CountRead(Message):
+    """The row count of a result, counted after its first page was shown."""
+
+    key: Any
+    total: int | None
+
+
+class DataScreen(WorkbenchScreen):
     """Datasets on the left, the SQL editor and paged results on the right."""
 
-    AUTO_FOCUS = "#sql"
+    TITLE_NAME = "Data"
+
+    AUTO_FOCUS = "#datasets"
     BINDINGS = [
         Binding(
             "ctrl+r,ctrl+enter", "run", "Run", id="data.run", tooltip="Run the query (first page)"
@@ -154,6 +212,7 @@ class DataScreen(Screen[None]):
             "complete",
             "Compl",
             id="data.complete",
+            show=False,
             tooltip="Complete a dataset, column or keyword",
         ),
         Binding(
@@ -161,6 +220,7 @@ class DataScreen(Screen[None]):
             "history(1)",
             "History",
             id="data.history_back",
+            show=False,
             tooltip="The previous query from history",
         ),
         Binding(
@@ -171,8 +231,32 @@ class DataScreen(Screen[None]):
             tooltip="The next query from history",
             show=False,
         ),
-        Binding("f8", "page(1)", "Page+", id="data.next_page", tooltip="Next page of results"),
-        Binding("f7", "page(-1)", "Page-", id="data.prev_page", tooltip="Previous page of results"),
+        # Priority: the editor binds F7 to "select all"; here it pages wherever the focus is.
+        Binding(
+            "f8",
+            "page(1)",
+            "Page+",
+            id="data.next_page",
+            group=PAGES,
+            tooltip="Next page of results",
+            priority=True,
+        ),
+        Binding(
+            "f7",
+            "page(-1)",
+            "Page-",
+            id="data.prev_page",
+            group=PAGES,
+            tooltip="Previous page of results",
+            priority=True,
+        ),
+        Binding(
+            "ctrl+b",
+            "toggle_sidebar",
+            "Sidebar",
+            id="data.sidebar",
+            tooltip="Hide or show the datasets sidebar (more room for results)",
+        ),
         Binding(
             "ctrl+o",
             "sort",
@@ -207,6 +291,7 @@ class DataScreen(Screen[None]):
             "rejects",
             "Rejects",
             id="data.rejects",
+            show=False,
             tooltip="Rows the selected dataset's ingest rejected",
         ),
         Binding(
@@ -214,6 +299,7 @@ class DataScreen(Screen[None]):
             "export('csv')",
             "CSV",
             id="data.export_csv",
+            show=False,
             tooltip="Write the full result to CSV (a queue job)",
         ),
         Binding(
@@ -221,6 +307,7 @@ class DataScreen(Screen[None]):
             "export('parquet')",
             "Parquet",
             id="data.export_parquet",
+            show=False,
             tooltip="Write the full result to Parquet (a queue job)",
         ),
     ]
@@ -235,20 +322,33 @@ class DataScreen(Screen[None]):
         self.running: Any = None
         self.result_columns: list[str] = []
         self.generation = 0  # only the newest request's page is shown
+        # Pages already read, per result and page number (a result's pages are read once), and
+        # row counts per result (None while counting).
+        self.pages: dict[tuple[Any, int], tuple[list[str], list[tuple[Any, ...]]]] = {}
+        self.totals: dict[Any, int | None] = {}
+        self.more = False
+        self.page_rows: list[tuple[Any, ...]] = []  # the raw values shown (for sort and filter)
+        self.last_rows, self.last_seconds = 0, 0.0
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield self.title_bar()
         with Horizontal(id="data"):
             with Vertical(id="catalog"):
-                yield DataTable(id="datasets", cursor_type="row")
+                datasets: DataTable[Any] = DataTable(id="datasets", cursor_type="row")
+                datasets.border_title = "datasets"
+                yield datasets
                 yield Static(id="schema")
             with Vertical(id="workspace"):
-                yield TextArea.code_editor(
+                editor = TextArea.code_editor(
                     "", language="sql", id="sql", soft_wrap=True, show_line_numbers=False
                 )
+                editor.border_title = "editor"
+                yield editor
                 yield Static(id="sql-status")
-                yield DataTable(id="results", zebra_stripes=True)
-        yield Footer(compact=True)
+                results: DataTable[Any] = DataTable(id="results", zebra_stripes=True)
+                results.border_title = "results"
+                yield results
+        yield self.bottom_bar()
 
     def on_mount(self) -> None:
         table = self.query_one("#datasets", DataTable)
@@ -258,6 +358,10 @@ class DataScreen(Screen[None]):
 
     def on_screen_resume(self) -> None:
         self.load_catalog()
+
+    def on_resize(self) -> None:
+        self.set_class(self.size.width < 110, "narrow")
+        self.set_class(self.size.height < 32, "short")
 
     # ---- catalog ---------------------------------------------------------------------
 
@@ -271,13 +375,15 @@ class DataScreen(Screen[None]):
     def load_catalog(self) -> None:
         from workbench.catalog import lake
 
-        store = self.app.source.store()  # type: ignore[attr-defined]
-        infos = lake.versions(store)
+        source = self.app.source  # type: ignore[attr-defined]
+        infos, recent = source.read(
+            lambda store: (lake.versions(store), lake.query_history(store, 200))
+        )
         columns: dict[str, list[tuple[str, str]]] = {}
         for info in infos:
             columns[f"{info.dataset}@v{info.version}"] = info.schema
             columns[info.dataset] = info.schema
-        history = [h["sql"] for h in lake.query_history(store, 200)]
+        history = [h["sql"] for h in recent]
         self.post_message(CatalogRead(infos, columns, history))
 
     def on_catalog_read(self, message: CatalogRead) -> None:
@@ -322,11 +428,22 @@ class DataScreen(Screen[None]):
 
     @on(DataTable.RowSelected, "#datasets")
     def query_selected(self) -> None:
+        """Open a dataset: its rows in the results, the focus in the editor (to refine it)."""
         info = self.selected_dataset()
         if info is not None:
             latest = max(v.version for v in self.datasets if v.dataset == info.dataset)
             name = info.dataset if info.version == latest else f"{info.dataset}@v{info.version}"
             self.run_sql(f"SELECT * FROM {quote(name)}")
+            editor = self.query_one("#sql", TextArea)
+            editor.focus()
+            editor.move_cursor(editor.document.end)
+
+    def action_toggle_sidebar(self) -> None:
+        catalog = self.query_one("#catalog")
+        catalog.display = not catalog.display
+        if not catalog.display and self.focused is not None and self.focused.id == "datasets":
+            self.query_one("#sql", TextArea).focus()
+        self.notify(f"sidebar {'shown' if catalog.display else 'hidden'} (ctrl+b)", timeout=1.5)
 
     # ---- running queries -------------------------------------------------------------
 
@@ -345,9 +462,43 @@ class DataScreen(Screen[None]):
         self.fetch(self.query_state, record=True)
 
     def fetch(self, query: Query, record: bool = False) -> None:
-        """Fetch a page of `query` as it is now (a copy: later key presses make new requests)."""
+        """Show a page of `query` as it is now (a copy: later key presses make new requests):
+        from the pages already read, else read by a worker."""
         self.generation += 1
-        self._fetch(self.generation, replace(query, filters=list(query.filters)), record)
+        copy = replace(query, filters=list(query.filters))
+        if record:  # run again: the data may have changed
+            self.pages = {k: v for k, v in self.pages.items() if k[0] != copy.key()}
+            self.totals.pop(copy.key(), None)
+        cached = self.pages.get((copy.key(), copy.page))
+        if cached is not None:
+            self.on_page_read(PageRead(self.generation, copy, cached[0], cached[1], 0.0))
+            return
+        self._fetch(self.generation, copy, record)
+
+    @work(thread=True, exit_on_error=False, group="count", description="count the rows")
+    def _count(self, query: Query) -> None:
+        import duckdb
+
+        from workbench.catalog import lake
+
+        source = self.app.source  # type: ignore[attr-defined]
+        try:
+            limits = lake.settings(source.home)
+            con = source.read(
+                lambda store: lake.connect(source.home, store, for_sql=query.sql, limits=limits)
+            )
+            try:
+                total: int | None = query.count_of(con)
+            finally:
+                con.close()
+        except (duckdb.Error, QueryError, AttributeError):
+            total = -1  # could not count: the status says so instead of "counting"
+        self.post_message(CountRead(query.key(), total))
+
+    def on_count_read(self, message: CountRead) -> None:
+        self.totals[message.key] = message.total
+        if self.query_state is not None and self.query_state.key() == message.key:
+            self.show_page_status(self.query_state, self.last_rows, self.last_seconds)
 
     @work(thread=True, exit_on_error=False, group="query", description="run a query")
     def _fetch(self, generation: int, query: Query, record: bool) -> None:
@@ -356,7 +507,6 @@ class DataScreen(Screen[None]):
         from workbench.catalog import lake
 
         source = self.app.source  # type: ignore[attr-defined]
-        store = source.store()
         started = time.perf_counter()
         self.app.call_from_thread(
             self.set_status, Text("running... (ctrl+g cancels)", style="yellow")
@@ -364,7 +514,9 @@ class DataScreen(Screen[None]):
         deadline = None
         try:
             limits = lake.settings(source.home)
-            con = lake.connect(source.home, store, for_sql=query.sql, limits=limits)
+            con = source.read(
+                lambda store: lake.connect(source.home, store, for_sql=query.sql, limits=limits)
+            )
             self.running = con
             try:
                 lake.check_read_only(con, query.sql)
@@ -385,42 +537,70 @@ class DataScreen(Screen[None]):
             ):
                 message = positioned_error(source, query.sql, message)
             if record:
-                lake.record_query(store, query.sql, None, None, message)
+                source.read(lambda store: lake.record_query(store, query.sql, None, None, message))
             self.post_message(
                 PageRead(generation, query, [], [], time.perf_counter() - started, message)
             )
             return
         seconds = time.perf_counter() - started
         if record:
-            lake.record_query(store, query.sql, seconds, len(rows), None)
+            count = len(rows)
+            source.read(lambda store: lake.record_query(store, query.sql, seconds, count, None))
         self.post_message(PageRead(generation, query, columns, rows, seconds))
 
     def on_page_read(self, message: PageRead) -> None:
         if message.generation != self.generation:
             return  # an older request finished after a newer one was made
+        table = self.query_one("#results", DataTable)
         if message.error is not None:
+            with self.app.batch_update():
+                table.clear(columns=True)  # no stale rows under an error
+            self.result_columns = []
+            self.page_rows = []
+            self.more = False
             self.set_status(Text(message.error, style="bold red"))
             self.move_to_error(message.error)
             return
-        table = self.query_one("#results", DataTable)
-        more = len(message.rows) > PAGE_ROWS
+        query = message.query
+        self.pages[(query.key(), query.page)] = (message.columns, message.rows)
+        self.more = len(message.rows) > PAGE_ROWS
         rows = message.rows[:PAGE_ROWS]
+        if not self.more and query.key() not in self.totals:
+            self.totals[query.key()] = query.page * PAGE_ROWS + len(rows)
+        elif query.key() not in self.totals:
+            self.totals[query.key()] = None
+            self._count(query)
         keep = self._cursor_cell()
+        profile = is_profile(query.sql)
         with self.app.batch_update():
             table.clear(columns=True)
             self.result_columns = message.columns
             for column in message.columns:
                 table.add_column(column, key=column)
             for row in rows:
-                table.add_row(*["NULL" if v is None else str(v) for v in row])
+                table.add_row(*[cell(v, profile) for v in row])
             if keep is not None and keep[0] in message.columns:  # stay on the column (sort again)
                 table.move_cursor(row=0, column=message.columns.index(keep[0]))
-        query = message.query
+        self.page_rows = rows
+        self.last_rows, self.last_seconds = len(rows), message.seconds
+        self.show_page_status(query, len(rows), message.seconds)
+
+    def show_page_status(self, query: Query, shown: int, seconds: float) -> None:
+        """`rows 1-100 of 2,500 (F8 more)  12 ms  sorted by ...`; `of ...` while counting."""
         first = query.page * PAGE_ROWS + 1
-        status = Text(f"rows {first}-{first + len(rows) - 1}" if rows else "no rows")
-        status.append(" (more: F8)" if more else "", style="dim")
+        total = self.totals.get(query.key())
+        status = Text(f"rows {first}-{first + shown - 1}" if shown else "no rows")
+        if shown:
+            if total is None:
+                status.append(" of ... (counting)")
+            elif total >= 0:
+                status.append(f" of {total:,}")
+        if self.more:
+            status.append("  F8 next", style="dim")
+        if query.page:
+            status.append("  F7 previous", style="dim")
         if not getattr(self.app, "frozen", False):  # snapshots must not depend on timing
-            status.append(f"  {message.seconds * 1000:.0f} ms", style="dim")
+            status.append(f"  {seconds * 1000:.0f} ms", style="dim")
         if query.order:
             status.append(
                 f"  sorted by {query.order[0]} {'desc' if query.order[1] else 'asc'}",
@@ -454,22 +634,31 @@ class DataScreen(Screen[None]):
 
     def action_page(self, step: int) -> None:
         if self.query_state is None:
+            self.notify("no results to page: run a query first (ctrl+r)", severity="warning")
+            return
+        if step > 0 and not self.more:
+            self.notify("this is the last page", timeout=2)
+            return
+        if step < 0 and self.query_state.page == 0:
+            self.notify("this is the first page", timeout=2)
             return
         self.query_state.page = max(0, self.query_state.page + step)
         self.fetch(self.query_state)
 
     def _cursor_cell(self) -> tuple[str, Any] | None:
+        """(column, raw value) under the results cursor."""
         table = self.query_one("#results", DataTable)
         if self.query_state is None or table.row_count == 0 or not self.result_columns:
             return None
-        column = table.cursor_coordinate.column
-        name = self.result_columns[column]
-        value = table.get_cell_at(table.cursor_coordinate)
-        return name, (None if value == "NULL" else value)
+        row, column = table.cursor_coordinate
+        if row >= len(self.page_rows) or column >= len(self.result_columns):
+            return None
+        return self.result_columns[column], self.page_rows[row][column]
 
     def action_sort(self) -> None:
         cell = self._cursor_cell()
         if cell is None or self.query_state is None:
+            self.notify("no results to sort: run a query first", severity="warning")
             return
         column = cell[0]
         descending = self.query_state.order == (column, False)
@@ -480,6 +669,7 @@ class DataScreen(Screen[None]):
     def action_filter(self) -> None:
         cell = self._cursor_cell()
         if cell is None or self.query_state is None:
+            self.notify("no results to filter: run a query first", severity="warning")
             return
         # The cell is shown as text; DuckDB casts the literal to the column's type.
         self.query_state.filters.append(cell)
@@ -487,26 +677,32 @@ class DataScreen(Screen[None]):
         self.fetch(self.query_state)
 
     def action_clear_filters(self) -> None:
-        if self.query_state is not None:
-            self.query_state = Query(self.query_state.sql)
-            self.fetch(self.query_state)
+        if self.query_state is None or not (self.query_state.filters or self.query_state.order):
+            self.notify("no sort or filter to drop", timeout=2)
+            return
+        self.query_state = Query(self.query_state.sql)
+        self.fetch(self.query_state)
 
     def action_profile(self) -> None:
         info = self.selected_dataset()
-        if info is not None:
+        if info is None:
+            self.notify("select a dataset to profile first", severity="warning")
+        else:
             self.run_sql(f"SUMMARIZE SELECT * FROM {quote(f'{info.dataset}@v{info.version}')}")
 
     def action_rejects(self) -> None:
         info = self.selected_dataset()
         if info is None:
+            self.notify("select a dataset first", severity="warning")
             return
         if not info.rejected_rows:
-            self.notify(f"{info.dataset} v{info.version} has no rejected rows")
+            self.notify(f"{info.dataset} v{info.version}: its ingest rejected no rows", timeout=3)
             return
         self.run_sql(f"SELECT * FROM {quote(f'{info.dataset}@v{info.version}_rejects')}")
 
     def action_history(self, step: int) -> None:
         if not self.history:
+            self.notify("no queries in the history yet", timeout=2)
             return
         self.history_index = max(-1, min(len(self.history) - 1, self.history_index + step))
         text = self.history[self.history_index] if self.history_index >= 0 else ""
@@ -559,7 +755,7 @@ class DataScreen(Screen[None]):
                 Path.cwd(),
                 "export",
             )
-            job_id = source.client().submit(request)
+            job_id = source.act(lambda client: client.submit(request))
         except Exception as error:
             self.app.call_from_thread(self.notify, f"export failed: {error}", severity="error")
             return

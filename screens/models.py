@@ -15,9 +15,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
-from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Static
 
+from screens.widgets import WorkbenchScreen, unit
 from workbench.units import format_size
 
 
@@ -31,12 +31,7 @@ def confusion(report: dict[str, Any]) -> Table:
     """The confusion matrix with cells shaded by their share of the true class."""
     classes = report["classes"]
     matrix = report["confusion_matrix"]
-    table = Table(
-        title="confusion (rows: true, columns: predicted)",
-        title_style="bold",
-        show_edge=False,
-        pad_edge=False,
-    )
+    table = Table(show_edge=False, pad_edge=False)
     table.add_column("")
     for name in classes:
         table.add_column(name[:10], justify="right")
@@ -67,20 +62,24 @@ def render_model(model: dict[str, Any], test: dict[str, Any] | None) -> Group:
     )
     head.append("lineage  ", style="bold")
     head.append(
-        f"dataset {data.get('name')} v{data.get('version')} ({str(data.get('content_hash'))[:10]})"
+        unit(
+            f"dataset {data.get('name')} v{data.get('version')} ({str(data.get('content_hash'))[:10]})"
+        )
     )
     head.append(" -> ")
-    head.append(f"train job {run.get('job_id')}")
+    head.append(unit(f"train job {run.get('job_id')}"))
     if card.get("test"):
         head.append(" -> ")
         passed = card["test"].get("gate_passed")
-        head.append(f"test job {card['test']['job_id']}", style="green" if passed else "red")
+        head.append(unit(f"test job {card['test']['job_id']}"), style="green" if passed else "red")
     head.append(" -> ")
-    head.append(f"export job {card.get('export_job_id')}\n")
+    head.append(unit(f"export job {card.get('export_job_id')}") + "\n")
     parity = card.get("parity") or {}
-    head.append(
-        f"parity  max abs diff {parity.get('max_abs_diff', 0):.1e} on {parity.get('rows')} rows; exporter {card.get('exporter')}, batch axis {card.get('batch_axis')}\n"
-    )
+    diff = unit(f"max abs diff {parity.get('max_abs_diff', 0):.1e}")
+    rows = unit(f"{parity.get('rows')} rows")
+    exporter = unit(str(card.get("exporter")))
+    axis = unit(f"batch axis {card.get('batch_axis')}")
+    head.append(f"parity  {diff} on {rows}; exporter {exporter}, {axis}\n")
     for batch, row in (card.get("latency", {}).get("cpu") or {}).items():
         head.append(
             f"latency {batch.replace('_', ' ')}: torch {row['torch']['median_ms']:.3f} ms, onnxruntime {row['onnxruntime']['median_ms']:.3f} ms"
@@ -103,6 +102,7 @@ def render_model(model: dict[str, Any], test: dict[str, Any] | None) -> Group:
     lines.append(metrics)
     report = test.get("report") or {}
     if "confusion_matrix" in report:
+        lines.append(Text("confusion (rows: true, columns: predicted)", style="bold"))
         lines.append(confusion(report))
     slices = test.get("slices") or []
     if slices:
@@ -115,8 +115,10 @@ def render_model(model: dict[str, Any], test: dict[str, Any] | None) -> Group:
     return Group(*lines)
 
 
-class ModelsScreen(Screen[None]):
+class ModelsScreen(WorkbenchScreen):
     """Exported models; `e` queries the selected model's test errors in the Data screen."""
+
+    TITLE_NAME = "Models"
 
     AUTO_FOCUS = "#models"
     BINDINGS = [
@@ -135,12 +137,12 @@ class ModelsScreen(Screen[None]):
         self.tests: dict[int, dict[str, Any]] = {}
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield self.title_bar()
         with Horizontal(id="models-body"):
             yield DataTable(id="models", cursor_type="row", zebra_stripes=True)
             with VerticalScroll(id="model-detail"):
                 yield Static(id="model-card")
-        yield Footer(compact=True)
+        yield self.bottom_bar()
 
     def on_mount(self) -> None:
         table = self.query_one("#models", DataTable)
@@ -151,21 +153,27 @@ class ModelsScreen(Screen[None]):
     def on_screen_resume(self) -> None:
         self.poll()
 
+    def on_resize(self) -> None:
+        self.set_class(self.size.width < 120, "narrow")
+
     @work(
         thread=True, exclusive=True, exit_on_error=False, group="models", description="read models"
     )
     def poll(self) -> None:
         from workbench.catalog import registry
 
-        store = self.app.source.store()  # type: ignore[attr-defined]
-        listed = registry.list_models(store)
-        tests: dict[int, dict[str, Any]] = {}
-        for model in listed:
-            run_id = model["run_job_id"]
-            if run_id is not None and run_id not in tests:
-                found = registry.evaluations(store, run_id)
-                if found:
-                    tests[run_id] = found[0]
+        def read(store: Any) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
+            listed = registry.list_models(store)
+            tests: dict[int, dict[str, Any]] = {}
+            for model in listed:
+                run_id = model["run_job_id"]
+                if run_id is not None and run_id not in tests:
+                    found = registry.evaluations(store, run_id)
+                    if found:
+                        tests[run_id] = found[0]
+            return listed, tests
+
+        listed, tests = self.app.source.read(read)  # type: ignore[attr-defined]
         self.post_message(ModelsRead(listed, tests))
 
     def on_models_read(self, message: ModelsRead) -> None:
@@ -219,4 +227,12 @@ class ModelsScreen(Screen[None]):
         order = "confidence DESC" if test.get("task") == "classification" else "abs(error) DESC"
         sql = f"SELECT * FROM {dataset} WHERE {condition} ORDER BY {order}"
         self.app.switch_mode("data")
-        self.app.call_later(lambda: self.app.screen.run_sql(sql))  # type: ignore[attr-defined]
+
+        def run_there() -> None:
+            # The results are what to look at next; the focus goes there, not to the editor,
+            # so the screen keys keep working.
+            data = self.app.screen
+            data.run_sql(sql)  # type: ignore[attr-defined]
+            data.query_one("#results").focus()
+
+        self.app.call_later(run_there)

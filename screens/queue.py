@@ -1,52 +1,60 @@
-"""The Queue: the job table updated in place (rows diffed, only changed cells rewritten), job
-control keys, a submit form, and the job detail screen with its log following live."""
+"""The Queue: a virtual job table (only the rows around the screen are read, and only when the
+store changed), job control with feedback and a confirmation before a running job is cancelled,
+a submit form for every kind, the pipeline dialog, and the job detail screen."""
 
 from __future__ import annotations
 
 import os
 import shlex
 import time
-from dataclasses import dataclass
+import tomllib
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from rich.console import Group
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.message import Message
-from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, DataTable, Footer, Header, Input, Label, Log, Static
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, LoadingIndicator, RichLog, Select, Static
 
-from screens.widgets import state_text
+from screens.jobtable import JobTable, Window
+from screens.source import JobPage
+from screens.widgets import STATE_STYLES, WorkbenchScreen, state_text, unit
+from workbench.db.job_pages import JobFilter
 from workbench.db.store import Job, JobEvent
-from workbench.present import job_details, job_progress, job_resources
-from workbench.units import format_duration
+from workbench.present import job_progress, job_resources
+from workbench.units import format_duration, format_size
 
-COLUMNS = ("id", "name", "kind", "state", "resources", "progress", "age", "reason")
-STATE_FILTERS = (None, "queued", "running", "paused", "blocked", "succeeded", "failed", "cancelled")
-
-
-def row_cells(job: Job, now: float) -> tuple[Any, ...]:
-    reason = job.reason if job.state not in ("running", "succeeded") else ""
-    return (
-        str(job.id),
-        job.name[:40],
-        job.kind,
-        state_text(job.state),
-        job_resources(job),
-        job_progress(job),
-        format_duration(max(0.0, now - job.created_at)),
-        reason or "",
-    )
+STATE_FILTERS = (
+    None,
+    "queued",
+    "running",
+    "paused",
+    "blocked",
+    "succeeded",
+    "failed",
+    "cancelled",
+)
+POLL_S = 1.0
+PRIORITY = Binding.Group("Prio", compact=True)
+ENDED = ("succeeded", "failed", "cancelled")
 
 
 @dataclass
-class JobsRead(Message):
-    jobs: list[Job]
+class PageRead(Message):
+    """A worker's read of the job window (None: the store did not change)."""
+
+    page: JobPage | None
     now: float
     version: int
+    where: JobFilter
+    select_id: int | None = None
+    daemon_running: bool = True
 
 
 @dataclass
@@ -55,20 +63,38 @@ class ActionDone(Message):
     error: bool = False
 
 
-class QueueScreen(Screen[None]):
+class ConfirmScreen(ModalScreen[bool]):
+    """A yes/no question; `y` or Enter answers yes, `n` or Esc no."""
+
+    BINDINGS = [
+        Binding("y,enter", "answer(True)", "Yes", id="confirm.yes", tooltip="Do it"),
+        Binding("n,escape", "answer(False)", "No", id="confirm.no", tooltip="Leave it"),
+    ]
+
+    def __init__(self, question: str) -> None:
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="confirm"):
+            yield Label(self.question)
+            yield Label("y / Enter: yes    n / Esc: no", classes="hint")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
+
+class QueueScreen(WorkbenchScreen):
     """The job table and job control."""
 
+    TITLE_NAME = "Queue"
     AUTO_FOCUS = "#jobs"
 
     BINDINGS = [
         Binding(
-            "o",
-            "open",
-            "Open",
-            id="queue.open",
-            tooltip="Open the job (also Enter): spec, history, resources, live log",
+            "o", "open", "Open", id="queue.open", tooltip="Open the job (also Enter)", show=False
         ),
-        Binding("n", "submit", "New", id="queue.submit", tooltip="Submit a command job"),
+        Binding("n", "submit", "New", id="queue.submit", tooltip="Submit a job of any kind"),
         Binding(
             "b",
             "pipeline",
@@ -81,7 +107,7 @@ class QueueScreen(Screen[None]):
             "control('cancel')",
             "Cancel",
             id="queue.cancel",
-            tooltip="Cancel the job (SIGTERM, then SIGKILL)",
+            tooltip="Cancel the job (asks first if it is running)",
         ),
         Binding(
             "p",
@@ -110,6 +136,8 @@ class QueueScreen(Screen[None]):
             "Prio+",
             id="queue.priority_up",
             tooltip="Raise the job's priority",
+            key_display="+",
+            group=PRIORITY,
         ),
         Binding(
             "minus",
@@ -117,133 +145,150 @@ class QueueScreen(Screen[None]):
             "Prio-",
             id="queue.priority_down",
             tooltip="Lower the job's priority",
+            key_display="-",
+            group=PRIORITY,
         ),
         Binding(
             "f",
             "cycle_state",
             "State",
             id="queue.state_filter",
-            tooltip="Show only jobs in one state",
+            tooltip="Show only jobs in one state (again: the next state)",
         ),
         Binding("slash", "filter_text", "Find", id="queue.find", tooltip="Filter jobs by text"),
     ]
 
     def __init__(self) -> None:
         super().__init__()
-        self.jobs: dict[int, Job] = {}
-        self.state_filter: str | None = None
-        self.text_filter = ""
+        self.where = JobFilter()
         self.version = -1
+        self.counts: dict[str, int] = {}
+        self.first_read = True
+        self.anchor_id: int | None = None
+        self.daemon_running = True
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield self.title_bar()
         yield Static(id="queue-status")
-        yield Input(
-            placeholder="filter by text (name, kind, reason); Enter to apply, Esc to close",
-            id="find",
+        find = Input(
+            placeholder="text in id, name, kind or reason; Enter applies, empty clears", id="find"
         )
-        table: DataTable[Any] = DataTable(id="jobs", cursor_type="row", zebra_stripes=True)
+        find.border_title = "find"
+        yield find
+        table = JobTable(id="jobs")
+        table.border_title = "jobs"
         yield table
-        yield Footer(compact=True)
+        yield self.bottom_bar()
 
     def on_mount(self) -> None:
-        table = self.query_one("#jobs", DataTable)
-        for column in COLUMNS:
-            table.add_column(column, key=column)
         self.query_one("#find", Input).display = False
-        self.poll()
+        self.poll(force=True)
 
     def on_screen_resume(self) -> None:
-        self.version = -1
-        self.poll()
+        self.poll(force=True)
 
-    # ---- polling ---------------------------------------------------------------------
+    @property
+    def table(self) -> JobTable:
+        return self.query_one("#jobs", JobTable)
+
+    # ---- reading ---------------------------------------------------------------------
+
+    def poll(self, force: bool = False, select_id: int | None = None) -> None:
+        table = self.table
+        offset = -1 if self.first_read else table.wanted_offset()
+        self._read(force, offset, table.wanted_rows(), self.where, select_id)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="jobs", description="read jobs")
-    def poll(self) -> None:
-        """Read the jobs when the store changed (data_version), else only refresh the ages."""
+    def _read(
+        self, force: bool, offset: int, rows: int, where: JobFilter, select_id: int | None
+    ) -> None:
+        """Read the window only when the store changed (its data version moved) or the view moved;
+        otherwise the message carries only the time, for the visible ages."""
         source = self.app.source  # type: ignore[attr-defined]
         version = source.data_version()
-        if version == self.version and self.jobs:
-            self.post_message(JobsRead(list(self.jobs.values()), source.now(), version))
+        now = source.now()
+        daemon = source.daemon_running()
+        if version == self.version and not force:
+            self.post_message(PageRead(None, now, version, where, daemon_running=daemon))
             return
-        self.post_message(JobsRead(source.jobs(), source.now(), version))
+        if select_id is not None:
+            position = source.job_position(where, select_id)
+            offset = max(0, position - rows // 3)
+        if offset < 0:
+            total = source.job_page(where, 0, 0).total
+            offset = max(0, total - rows)
+        self.post_message(
+            PageRead(source.job_page(where, offset, rows), now, version, where, select_id)
+        )
 
-    def on_jobs_read(self, message: JobsRead) -> None:
-        self.version = message.version
-        self.jobs = {j.id: j for j in message.jobs}
-        self.apply(message.now)
+    def on_page_read(self, message: PageRead) -> None:
+        table = self.table
+        daemon_changed = message.daemon_running != self.daemon_running
+        self.daemon_running = message.daemon_running
+        if message.page is None:
+            table.set_now(message.now)
+            if daemon_changed:
+                self.show_status()
+        elif message.where == self.where:
+            page = message.page
+            self.version = message.version
+            self.counts = page.counts
+            table.set_window(Window(page.total, page.offset, tuple(page.jobs)), message.now)
+            if self.first_read:
+                self.first_read = False
+                table.move_to(page.total - 1, follow=True)
+            elif message.select_id is not None:
+                index = next(
+                    (page.offset + i for i, j in enumerate(page.jobs) if j.id >= message.select_id),
+                    page.total - 1,
+                )
+                table.move_to(index)
+            self.show_status()
         if self.app.is_running and not getattr(self.app, "frozen", False):
-            self.set_timer(0.5, self._next_poll)
+            self.set_timer(POLL_S, self._next_poll)
 
     def _next_poll(self) -> None:
         if self.is_current:
             self.poll()
 
-    def visible(self) -> list[Job]:
-        needle = self.text_filter.lower()
-        out = []
-        for job in self.jobs.values():
-            if self.state_filter and job.state != self.state_filter:
-                continue
-            if (
-                needle
-                and needle not in f"{job.id} {job.name} {job.kind} {job.reason or ''}".lower()
-            ):
-                continue
-            out.append(job)
-        return out
+    @on(JobTable.WindowWanted)
+    def load_window(self, message: JobTable.WindowWanted) -> None:
+        self._read(True, message.offset, message.rows, self.where, None)
 
-    def apply(self, now: float) -> None:
-        """Diff the table against the jobs: remove stale rows, add new ones, rewrite changed cells."""
-        table = self.query_one("#jobs", DataTable)
-        wanted = {str(j.id): j for j in self.visible()}
-        with self.app.batch_update():
-            for key in [k.value for k in list(table.rows)]:
-                if key not in wanted:
-                    table.remove_row(key)
-            for key, job in wanted.items():
-                cells = row_cells(job, now)
-                if key not in table.rows:
-                    table.add_row(*cells, key=key)
-                    continue
-                current = table.get_row(key)
-                for column, old, new in zip(COLUMNS, current, cells, strict=True):
-                    if str(old) != str(new):
-                        table.update_cell(key, column, new)
-        counts: dict[str, int] = {}
-        for job in self.jobs.values():
-            counts[job.state] = counts.get(job.state, 0) + 1
-        status = Text(
-            " ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-            or "no jobs yet: press n to submit one"
-        )
-        if self.state_filter or self.text_filter:
-            status.append(
-                f"   filter: {self.state_filter or 'any state'} {self.text_filter!r}",
-                style="magenta",
-            )
-        if not self.app.source.daemon_running():  # type: ignore[attr-defined]
-            status.append("   daemon not running: the next action starts it", style="yellow")
+    def show_status(self) -> None:
+        status = Text(no_wrap=True, overflow="ellipsis")
+        for state in (*STATE_FILTERS[1:],):
+            if self.counts.get(state):
+                status.append(f"{self.counts[state]} ", style="bold")
+                status.append(f"{state}  ", style=STATE_STYLES.get(state, ""))
+        if not self.counts:
+            status.append("no jobs yet: press n to submit one", style="dim")
+        table = self.table
+        total = table.window.total
+        if self.where.state or self.where.text:
+            shown = f"{self.where.state or 'any state'}"
+            if self.where.text:
+                shown += f" {self.where.text!r}"
+            status.append(f" filter {shown}: {total} ", style="magenta")
+        if not self.daemon_running:
+            status.append(" daemon not running: the next action starts it", style="yellow")
         self.query_one("#queue-status", Static).update(status)
 
     # ---- actions ---------------------------------------------------------------------
 
     def selected(self) -> Job | None:
-        table = self.query_one("#jobs", DataTable)
-        if table.row_count == 0:
-            return None
-        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        return self.jobs.get(int(key)) if key is not None else None
+        return self.table.selected()
 
-    @on(DataTable.RowSelected, "#jobs")
-    def open_selected(self) -> None:
-        self.action_open()
+    @on(JobTable.Selected)
+    def open_selected(self, message: JobTable.Selected) -> None:
+        self.app.push_screen(JobDetailScreen(message.job.id))
 
     def action_open(self) -> None:
         job = self.selected()
-        if job is not None:
-            self.app.push_screen(JobDetailScreen(job.id))
+        if job is None:
+            self.notify("no job selected", severity="warning")
+            return
+        self.app.push_screen(JobDetailScreen(job.id))
 
     def action_submit(self) -> None:
         self.app.push_screen(SubmitScreen())
@@ -256,17 +301,35 @@ class QueueScreen(Screen[None]):
         if job is None:
             self.notify("no job selected", severity="warning")
             return
-        self.run_control(job.id, action)
+        if action == "cancel" and job.state in ("running", "starting"):
+
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    self.send_control(job.id, action)
+                else:
+                    self.notify(f"job {job.id}: left running", timeout=2)
+
+            self.app.push_screen(
+                ConfirmScreen(f"Cancel running job {job.id} ({job.name})?"), answered
+            )
+            return
+        self.send_control(job.id, action)
+
+    def send_control(self, job_id: int, action: str) -> None:
+        self.notify(f"job {job_id}: {action} requested", timeout=2)
+        self.run_control(job_id, action)
 
     def action_priority(self, step: int) -> None:
         job = self.selected()
-        if job is not None:
-            self.run_priority(job.id, job.priority + step)
+        if job is None:
+            self.notify("no job selected", severity="warning")
+            return
+        self.run_priority(job.id, job.priority + step)
 
     @work(thread=True, exit_on_error=False, group="actions", description="job control")
     def run_control(self, job_id: int, action: str) -> None:
         try:
-            result = self.app.source.client().control(job_id, action)  # type: ignore[attr-defined]
+            result = self.app.source.act(lambda client: client.control(job_id, action))  # type: ignore[attr-defined]
             self.post_message(ActionDone(f"job {job_id}: {result}"))
         except Exception as error:
             self.post_message(ActionDone(f"job {job_id}: {error}", error=True))
@@ -274,104 +337,234 @@ class QueueScreen(Screen[None]):
     @work(thread=True, exit_on_error=False, group="actions", description="priority")
     def run_priority(self, job_id: int, priority: int) -> None:
         try:
-            self.app.source.client().set_priority(job_id, priority)  # type: ignore[attr-defined]
+            self.app.source.act(lambda client: client.set_priority(job_id, priority))  # type: ignore[attr-defined]
             self.post_message(ActionDone(f"job {job_id}: priority {priority}"))
         except Exception as error:
             self.post_message(ActionDone(f"job {job_id}: {error}", error=True))
 
     def on_action_done(self, message: ActionDone) -> None:
         self.notify(message.text, severity="error" if message.error else "information", timeout=3)
-        self.version = -1
-        self.poll()
+        self.poll(force=True)
+
+    def set_filter(self, where: JobFilter) -> None:
+        """Show the jobs matching `where`, keeping the cursor on the same job where it still shows."""
+        job = self.selected()
+        if job is not None:
+            self.anchor_id = job.id  # kept through a filter that shows no rows
+        self.where = where
+        self.poll(force=True, select_id=self.anchor_id)
 
     def action_cycle_state(self) -> None:
-        index = STATE_FILTERS.index(self.state_filter)
-        self.state_filter = STATE_FILTERS[(index + 1) % len(STATE_FILTERS)]
-        self.apply(self.app.source.now())  # type: ignore[attr-defined]
+        index = STATE_FILTERS.index(self.where.state)
+        state = STATE_FILTERS[(index + 1) % len(STATE_FILTERS)]
+        self.set_filter(JobFilter(state, self.where.text))
+        self.notify(f"state filter: {state or 'any state'}", timeout=1.5)
 
     def action_filter_text(self) -> None:
         find = self.query_one("#find", Input)
+        find.value = self.where.text
         find.display = True
         find.focus()
 
     @on(Input.Submitted, "#find")
     def apply_text_filter(self, event: Input.Submitted) -> None:
-        self.text_filter = event.value.strip()
         event.input.display = False
-        self.query_one("#jobs", DataTable).focus()
-        self.apply(self.app.source.now())  # type: ignore[attr-defined]
+        self.table.focus()
+        self.set_filter(JobFilter(self.where.state, event.value.strip()))
 
     def key_escape(self) -> None:
         find = self.query_one("#find", Input)
         if find.display:
             find.display = False
-            self.query_one("#jobs", DataTable).focus()
+            self.table.focus()
+
+
+# ---- submit form --------------------------------------------------------------------------
+
+
+def spec_fields(kind: str) -> list[tuple[str, str, Any]]:
+    """(name, type as written, default or MISSING) of a kind's spec fields."""
+    from dataclasses import MISSING
+
+    from workbench.queue.kinds import load_kind
+
+    out = []
+    for item in fields(load_kind(kind).Spec):
+        default: Any = item.default
+        if item.default_factory is not MISSING:
+            default = item.default_factory()
+        out.append((item.name, str(item.type), default))
+    return out
+
+
+def parse_field(name: str, type_name: str, text: str) -> Any:
+    """A form field's text as the value a spec file would hold: lists split like a shell line
+    (or written as TOML `[...]`), tables and numbers as TOML, strings as typed."""
+    if type_name.startswith("list") or type_name.startswith("list["):
+        if text.startswith("["):
+            return tomllib.loads(f"v = {text}")["v"]
+        words = shlex.split(text)
+        if "int" in type_name:
+            return [int(w) for w in words]
+        return words
+    if "dict" in type_name:
+        return tomllib.loads(f"v = {text}")["v"]
+    if type_name.startswith("str") or type_name.startswith("Literal") or type_name == "Format":
+        return text
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+COMMON_FIELDS = (
+    ("name", "name (optional)"),
+    ("after", "after: job ids, e.g. 12 14"),
+    ("priority", "priority, e.g. 5"),
+    ("group", "group"),
+    ("gpus", "gpus, e.g. 1 or 0.5"),
+    ("gpu_mem", "gpu memory, e.g. 8GiB"),
+    ("cpus", "cpus"),
+    ("mem", "memory, e.g. 4GiB"),
+    ("time_limit", "time limit, e.g. 2h"),
+    ("retries", "retries"),
+)
 
 
 class SubmitScreen(ModalScreen[None]):
-    """A form for a command job with its resources."""
+    """A form for one job of any kind: the kind's own fields from its spec, then the queue and
+    resource options; validated exactly as `workbench submit --spec` does."""
 
     BINDINGS = [
-        Binding("escape", "dismiss", "Close", id="submit.close", tooltip="Close without submitting")
+        Binding(
+            "escape", "dismiss", "Close", id="submit.close", tooltip="Close without submitting"
+        ),
+        Binding("ctrl+s", "submit", "Submit", id="submit.send", tooltip="Validate and queue"),
     ]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.kind = "command"
+        self.fields: list[tuple[str, str, Any]] = []
+
     def compose(self) -> ComposeResult:
-        with Vertical(id="submit-form"):
-            yield Label("Submit a command job", classes="title")
-            yield Input(placeholder="command, e.g. python train.py --epochs 3", id="command")
-            yield Input(placeholder="name (optional)", id="name")
-            with Horizontal():
-                yield Input(placeholder="gpus", id="gpus")
-                yield Input(placeholder="cpus", id="cpus")
-                yield Input(placeholder="priority", id="priority")
-                yield Input(placeholder="group", id="group")
+        from workbench.queue.kinds import kind_names
+
+        with VerticalScroll(id="submit-form"):
+            yield Label(
+                "Submit a job  (Tab: next field, Enter or ctrl+s: submit, Esc: close)",
+                classes="title",
+            )
+            with Horizontal(classes="field"):
+                yield Label("kind", classes="label")
+                yield Select(
+                    [(k, k) for k in kind_names()],
+                    value="command",
+                    allow_blank=False,
+                    id="kind",
+                    compact=True,
+                )
+            yield Vertical(id="spec-fields")
+            yield Label("queue and resources", classes="section")
+            with Grid(id="options"):
+                for key, hint in COMMON_FIELDS:
+                    yield Input(placeholder=hint, id=f"opt-{key}", compact=True)
             yield Static(id="submit-error")
             with Horizontal(classes="buttons"):
-                yield Button("Submit", variant="primary", id="do-submit")
-                yield Button("Cancel", id="cancel-submit")
+                yield Button("Submit", variant="primary", id="do-submit", compact=True)
+                yield Button("Cancel", id="cancel-submit", compact=True)
 
-    def on_mount(self) -> None:
-        self.query_one("#command", Input).focus()
+    def on_resize(self) -> None:
+        self.set_class(self.size.width >= 110, "wide")
+
+    async def on_mount(self) -> None:
+        await self.show_kind("command")
+
+    async def show_kind(self, kind: str) -> None:
+        self.kind = kind
+        self.fields = spec_fields(kind)
+        box = self.query_one("#spec-fields", Vertical)
+        await box.remove_children()
+        inputs = []
+        for name, type_name, default in self.fields:
+            from dataclasses import MISSING
+
+            required = default is MISSING
+            hint = f"{name}{' (required)' if required else ''}: {type_name}"
+            if not required and default not in (None, [], {}):
+                hint += f" = {default}"
+            if kind == "command" and name == "argv":
+                hint = "command, e.g. python train.py --epochs 3 (required)"
+            inputs.append(Input(placeholder=hint, id=f"spec-{name}", compact=True))
+        await box.mount_all(inputs)
+        if inputs:
+            inputs[0].focus()
+
+    @on(Select.Changed, "#kind")
+    async def kind_changed(self, event: Select.Changed) -> None:
+        if isinstance(event.value, str) and event.value != self.kind:
+            await self.show_kind(event.value)
 
     @on(Button.Pressed, "#cancel-submit")
     def cancel(self) -> None:
         self.dismiss()
 
+    def table(self) -> tuple[dict[str, Any], tuple[tuple[int, str], ...]]:
+        """The form as a spec table plus the dependencies; SpecError names a bad field."""
+        from workbench.queue.spec import SpecError
+
+        table: dict[str, Any] = {"kind": self.kind}
+        for name, type_name, _ in self.fields:
+            text = self.query_one(f"#spec-{name}", Input).value.strip()
+            if not text:
+                continue
+            try:
+                table[name] = parse_field(name, type_name, text)
+            except (ValueError, tomllib.TOMLDecodeError) as error:
+                raise SpecError(f"form: key {name!r}: cannot read {text!r} ({error})") from None
+        after: list[tuple[int, str]] = []
+        for key, _ in COMMON_FIELDS:
+            text = self.query_one(f"#opt-{key}", Input).value.strip()
+            if not text:
+                continue
+            if key == "after":
+                try:
+                    after = [(int(word), "ok") for word in text.replace(",", " ").split()]
+                except ValueError:
+                    raise SpecError(f"form: key 'after': expected job ids, got {text!r}") from None
+            elif key in ("gpus", "cpus"):
+                try:
+                    table[key] = float(text)
+                except ValueError:
+                    raise SpecError(f"form: key {key!r}: not a number: {text!r}") from None
+            elif key in ("priority", "retries"):
+                try:
+                    table[key] = int(text)
+                except ValueError:
+                    raise SpecError(f"form: key {key!r}: not a whole number: {text!r}") from None
+            else:
+                table[key] = text
+        return table, tuple(after)
+
     @on(Input.Submitted)
     @on(Button.Pressed, "#do-submit")
-    def submit(self) -> None:
+    def action_submit(self) -> None:
         from workbench.queue.requests import build_request
         from workbench.queue.spec import SpecError
 
-        values = {
-            key: self.query_one(f"#{key}", Input).value.strip()
-            for key in ("command", "name", "gpus", "cpus", "priority", "group")
-        }
         try:
-            argv = shlex.split(values["command"])
-            if not argv:
-                raise SpecError("give a command to run")
-            table: dict[str, Any] = {"kind": "command", "argv": argv}
-            if values["name"]:
-                table["name"] = values["name"]
-            for key, cast in (("gpus", float), ("cpus", float), ("priority", int)):
-                if values[key]:
-                    try:
-                        table[key] = cast(values[key])
-                    except ValueError:
-                        raise SpecError(f"{key}: not a number: {values[key]!r}") from None
-            if values["group"]:
-                table["group"] = values["group"]
-            request = build_request(table, Path(os.getcwd()), "submit")
+            table, after = self.table()
+            request = build_request(table, Path(os.getcwd()), "form", after=after)
         except (SpecError, ValueError) as error:
             self.query_one("#submit-error", Static).update(Text(str(error), style="bold red"))
             return
+        self.query_one("#submit-error", Static).update(Text("submitting...", style="yellow"))
         self.send(request)
 
     @work(thread=True, exit_on_error=False, group="actions", description="submit")
     def send(self, request: Any) -> None:
         try:
-            job_id = self.app.source.client().submit(request)  # type: ignore[attr-defined]
+            job_id = self.app.source.act(lambda client: client.submit(request))  # type: ignore[attr-defined]
         except Exception as error:
             self.app.call_from_thread(self.app.notify, f"submit failed: {error}", severity="error")
             return
@@ -388,16 +581,28 @@ class PipelineScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="submit-form"):
-            yield Label("Run a pipeline file", classes="title")
+            yield Label("Run a pipeline file (Enter: queue, Esc: close)", classes="title")
             yield Input(placeholder="path, e.g. examples/quickstart.toml", id="pipeline-path")
             yield Static(id="pipeline-error")
+            yield LoadingIndicator(id="pipeline-busy")
 
     def on_mount(self) -> None:
+        self.query_one("#pipeline-busy").display = False
         self.query_one("#pipeline-path", Input).focus()
 
     @on(Input.Submitted, "#pipeline-path")
     def queue(self, event: Input.Submitted) -> None:
+        self.query_one("#pipeline-busy").display = True
+        self.query_one("#pipeline-error", Static).update(
+            Text("validating every stage, then queueing...", style="yellow")
+        )
         self.send(event.value.strip())
+
+    def done(self, error: str | None) -> None:
+        self.query_one("#pipeline-busy").display = False
+        self.query_one("#pipeline-error", Static).update(
+            Text(error, style="bold red") if error else Text("")
+        )
 
     @work(thread=True, exit_on_error=False, group="actions", description="queue a pipeline")
     def send(self, path: str) -> None:
@@ -406,21 +611,22 @@ class PipelineScreen(ModalScreen[None]):
 
         try:
             pipeline = load_pipeline(Path(path).expanduser())
-            _, ids = self.app.source.client().submit_pipeline(pipeline)  # type: ignore[attr-defined]
+            _, ids = self.app.source.act(lambda client: client.submit_pipeline(pipeline))  # type: ignore[attr-defined]
         except SpecError as error:
-            self.app.call_from_thread(
-                self.query_one("#pipeline-error", Static).update, Text(str(error), style="bold red")
-            )
+            self.app.call_from_thread(self.done, str(error))
             return
         except Exception as error:
-            self.app.call_from_thread(
-                self.app.notify, f"pipeline failed: {error}", severity="error"
-            )
+            self.app.call_from_thread(self.done, f"pipeline failed: {error}")
             return
         self.app.call_from_thread(
             self.app.notify, f"pipeline {pipeline.name}: jobs {ids[0]}-{ids[-1]} queued", timeout=4
         )
         self.app.call_from_thread(self.dismiss)
+
+
+# ---- job detail ---------------------------------------------------------------------------
+
+LOG_TAIL_BYTES = 128 * 1024
 
 
 @dataclass
@@ -430,11 +636,92 @@ class DetailRead(Message):
     metrics: dict[str, float | None]
     log_chunk: str
     log_reset: bool
+    now: float
+    usage: dict[str, float] | None = None
 
 
-class JobDetailScreen(Screen[None]):
+def job_facts(
+    job: Job,
+    metrics: dict[str, float | None],
+    now: float,
+    usage: dict[str, float] | None = None,
+    peak_rss: float | None = None,
+) -> list[tuple[str, str]]:
+    """The job detail's (label, value) lines: what it is, asked, granted, used, how long.
+    `usage` is the live process tree's CPU seconds and RSS; `peak_rss` the most seen so far."""
+    facts: list[tuple[str, str]] = []
+    if job.reason:
+        facts.append(("reason", job.reason))
+    if job.argv:
+        facts.append(("command", shlex.join(job.argv)))
+    elif job.spec:
+        facts.append(
+            ("spec", ", ".join(f"{k}={v}" for k, v in job.spec.items() if v not in (None, [], {})))
+        )
+    facts.append(("cwd", job.cwd))
+    facts.append(("asked", job_resources(job)))
+    granted = job.granted_gpus
+    facts.append(
+        ("granted", "GPU " + ", ".join(map(str, granted)) if granted else "no GPU (CPU only)")
+    )
+    used = []
+    if job.peak_gpu_mem is not None:
+        used.append(f"peak GPU memory {format_size(job.peak_gpu_mem)}")
+    if job.mean_gpu_util is not None:
+        used.append(f"mean GPU util {job.mean_gpu_util:.0f}%")
+    if usage is not None:
+        used.append(f"CPU time {format_duration(usage['cpu_s'])}")
+        used.append(f"RSS {format_size(usage['rss_bytes'])}")
+        if peak_rss is not None:
+            used.append(f"peak RSS seen {format_size(peak_rss)}")
+    facts.append(("used", ", ".join(unit(u) for u in used) if used else "not measured yet"))
+    if job.started_at is not None:
+        end = job.ended_at if job.ended_at is not None else now
+        facts.append(
+            (
+                "duration",
+                format_duration(end - job.started_at) + ("" if job.ended_at else " so far"),
+            )
+        )
+        facts.append(("waited", format_duration(job.started_at - job.created_at)))
+    elif job.state in ENDED:
+        facts.append(("ran", "never started"))
+    else:
+        facts.append(("waiting", format_duration(now - job.created_at)))
+    facts.append(
+        (
+            "queue",
+            ", ".join(
+                unit(part)
+                for part in (
+                    f"group {job.group}",
+                    f"priority {job.priority}",
+                    f"attempt {job.attempt} of {job.retries + 1}",
+                )
+            ),
+        )
+    )
+    if job.deps:
+        facts.append(("after", ", ".join(f"{d} ({c})" for d, c in job.deps)))
+    if job.time_limit:
+        facts.append(("limit", format_duration(job.time_limit)))
+    if job.exit_code is not None:
+        facts.append(("exit code", str(job.exit_code)))
+    if job.progress is not None or job.progress_msg:
+        facts.append(("progress", job_progress(job)))
+    if metrics:
+        shown = (
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in sorted(metrics.items())
+        )
+        facts.append(("metrics", ", ".join(shown)))
+    return facts
+
+
+class JobDetailScreen(WorkbenchScreen):
     """One job: what it is, what happened to it, what it was granted and used, its log live."""
 
+    TITLE_NAME = "Queue"
     BINDINGS = [
         Binding(
             "escape,q", "app.pop_screen", "Back", id="detail.back", tooltip="Back to the queue"
@@ -450,18 +737,27 @@ class JobDetailScreen(Screen[None]):
         self.job_id = job_id
         self.log_offset = 0
         self.log_inode: int | None = None
+        self.job: Job | None = None
+        self.peak_rss: float | None = None
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield self.title_bar()
         with Horizontal(id="detail"):
-            with VerticalScroll(id="detail-info"):
+            with VerticalScroll(id="detail-info") as info:
+                info.border_title = "job"
                 yield Static(id="summary")
                 yield Static(id="history")
-            yield Log(id="log", highlight=False, max_lines=5000)
-        yield Footer(compact=True)
+            log = RichLog(id="log", highlight=False, wrap=True, max_lines=20000)
+            log.border_title = "log"
+            yield log
+        yield self.bottom_bar()
 
     def on_mount(self) -> None:
+        self.set_class(self.size.width < 120, "narrow")
         self.poll()
+
+    def on_resize(self) -> None:
+        self.set_class(self.size.width < 120, "narrow")
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="detail", description="read job")
     def poll(self) -> None:
@@ -470,10 +766,16 @@ class JobDetailScreen(Screen[None]):
         events = source.events(self.job_id) if job else []
         metrics = source.last_metrics(self.job_id) if job else {}
         chunk, reset = self.read_log(source)
-        self.post_message(DetailRead(job, events, metrics, chunk, reset))
+        usage = (
+            source.process_usage(job.pid)
+            if job is not None and job.pid and job.state in ("running", "paused")
+            else None
+        )
+        self.post_message(DetailRead(job, events, metrics, chunk, reset, source.now(), usage))
 
     def read_log(self, source: Any) -> tuple[str, bool]:
-        """New log text since the last read; a capped (rewritten) log is read again from the top."""
+        """New log text since the last read. The first read of a large log takes only its tail
+        (LOG_TAIL_BYTES, from a line start); a capped (rewritten) log is read again."""
         fixed = getattr(source, "fixed_logs", None)
         if fixed is not None:
             text = fixed.get(self.job_id, "") if self.log_offset == 0 else ""
@@ -489,63 +791,106 @@ class JobDetailScreen(Screen[None]):
             stat.st_ino != self.log_inode or stat.st_size < self.log_offset
         ):
             self.log_offset, reset = 0, True
+        first = self.log_inode is None or reset
         self.log_inode = stat.st_ino
         if stat.st_size <= self.log_offset:
             return "", reset
+        skipped = ""
         with open(path, "rb") as handle:
+            if first and stat.st_size - self.log_offset > LOG_TAIL_BYTES:
+                start = stat.st_size - LOG_TAIL_BYTES
+                handle.seek(start)
+                partial = handle.readline()
+                self.log_offset = start + len(partial)
+                skipped = (
+                    f"[{format_size(self.log_offset)} earlier skipped;"
+                    f" the whole log: workbench logs {self.job_id}]\n"
+                )
             handle.seek(self.log_offset)
             data = handle.read(1 << 20)
         self.log_offset += len(data)
-        return data.decode(errors="replace"), reset
+        return skipped + data.decode(errors="replace"), reset
 
     def on_detail_read(self, message: DetailRead) -> None:
         job = message.job
+        self.job = job
+        if message.usage is not None:
+            self.peak_rss = max(self.peak_rss or 0.0, message.usage["rss_bytes"])
         if job is None:
             self.query_one("#summary", Static).update(
                 Text(f"job {self.job_id} no longer exists", style="bold red")
             )
             return
-        self.query_one("#summary", Static).update(self.render_summary(job, message.metrics))
+        self.query_one("#summary", Static).update(self.render_summary(job, message))
         history = Text()
         history.append("history\n", style="bold")
         for event in message.events:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.t))
+            stamp = time.strftime("%m-%d %H:%M:%S", time.localtime(event.t))
             history.append(f"{stamp} ")
             history.append(state_text(event.state))
             history.append(f"  {event.reason or ''}\n", style="dim")
         self.query_one("#history", Static).update(history)
-        log = self.query_one("#log", Log)
+        log = self.query_one("#log", RichLog)
         if message.log_reset:
             log.clear()
         if message.log_chunk:
-            log.write(message.log_chunk)
+            for line in message.log_chunk.splitlines():
+                log.write(Text(line))
         if (
             self.app.is_running
             and not getattr(self.app, "frozen", False)
-            and job.state not in ("succeeded", "failed", "cancelled")
-        ) or message.log_chunk:
-            self.set_timer(0.5, self.poll)
+            and (job.state not in ENDED or message.log_chunk)
+        ):
+            self.set_timer(0.5, self._next_poll)
 
-    def render_summary(self, job: Job, metrics: dict[str, float | None]) -> Text:
-        text = Text()
-        text.append(f"job {job.id}  ", style="bold")
-        text.append(job.name, style="bold cyan")
-        text.append("  ")
-        text.append(state_text(job.state))
-        text.append(f"  ({job.kind})\n")
-        for label, value in job_details(job, metrics):
-            text.append(f"{label:<10}", style="bold")
-            text.append(f"{value}\n")
-        return text
+    def _next_poll(self) -> None:
+        if self.is_current:
+            self.poll()
+
+    def render_summary(self, job: Job, message: DetailRead) -> Group:
+        """The title line, then the facts in two columns (a long value wraps under itself)."""
+        from rich.table import Table
+
+        title = Text()
+        title.append(f"job {job.id}  ", style="bold")
+        title.append(job.name, style="bold cyan")
+        title.append("  ")
+        title.append(state_text(job.state))
+        title.append(f"  ({job.kind})")
+        facts = Table.grid(padding=(0, 1))
+        facts.add_column(style="bold", no_wrap=True)
+        facts.add_column(overflow="fold")
+        for label, value in job_facts(
+            job, message.metrics, message.now, message.usage, self.peak_rss
+        ):
+            facts.add_row(label, value)
+        return Group(title, facts)
 
     def action_control(self, action: str) -> None:
+        job = self.job
+        if action == "cancel" and job is not None and job.state in ("running", "starting"):
+
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    self.send_control(action)
+
+            self.app.push_screen(
+                ConfirmScreen(f"Cancel running job {job.id} ({job.name})?"), answered
+            )
+            return
+        self.send_control(action)
+
+    def send_control(self, action: str) -> None:
+        self.notify(f"job {self.job_id}: {action} requested", timeout=2)
+
         def run() -> None:
             try:
-                result = self.app.source.client().control(self.job_id, action)  # type: ignore[attr-defined]
+                result = self.app.source.act(lambda client: client.control(self.job_id, action))  # type: ignore[attr-defined]
                 self.app.call_from_thread(self.notify, f"job {self.job_id}: {result}")
             except Exception as error:
                 self.app.call_from_thread(
                     self.notify, f"job {self.job_id}: {error}", severity="error"
                 )
+            self.app.call_from_thread(self.poll)
 
         self.run_worker(run, thread=True, exit_on_error=False, group="actions")

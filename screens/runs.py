@@ -1,9 +1,10 @@
-"""The Runs screen: training runs with status, key params and metrics (sortable), a run's loss
-and validation curves updating while it trains, two runs compared, a sweep's points ranked."""
+"""The Runs screen: training runs with status, key params and metrics (live for running runs),
+loss and metric curves on separate charts by epoch (or by time), two runs compared on the same
+scale, and a sweep's points named by the parameters that differ between them, best first."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from rich.text import Text
@@ -12,14 +13,16 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Static
 from textual_plotext import PlotextPlot
 
-from screens.widgets import state_text
-from workbench.catalog.tracking import Run, metric_order
+from screens.widgets import WorkbenchScreen, state_text
+from workbench.catalog.tracking import Run, sort_runs
 
 SORTS = ("job", "val_accuracy", "val_loss", "val_rmse")
+LOSSES = ("train_loss", "train_loss_epoch", "val_loss")
+SCORES = ("val_accuracy", "val_f1_macro", "val_rmse", "val_mae", "val_r2")
+SERIES = (*LOSSES, *SCORES, "epoch")
 COLUMNS = (
     "job",
     "name",
@@ -27,41 +30,70 @@ COLUMNS = (
     "model",
     "dataset",
     "lr",
-    "epochs",
+    "epoch",
     "val_accuracy",
     "val_loss",
     "val_rmse",
 )
+NARROW_DROPS = ("model", "dataset", "lr")
+AXES = ("epoch", "time")
 
 
 @dataclass
 class RunsRead(Message):
+    """The runs (running ones with their latest metrics) and the metrics mark."""
+
     runs: list[Run]
-    version: int
+    mark: int
 
 
 @dataclass
 class CurvesRead(Message):
-    series: dict[int, dict[str, list[tuple[int, float | None]]]]
+    """Per job, per metric: [(step, time, value), ...]."""
+
+    series: dict[int, dict[str, list[tuple[int, float, float | None]]]]
 
 
-def cells(run: Run) -> tuple[Any, ...]:
-    def metric(name: str) -> str:
+def sweep_labels(runs: list[Run]) -> dict[int, str]:
+    """Runs of the same pipeline stage (a sweep) named by the parameters that differ between
+    them, e.g. `lr=0.01 hidden=[64]`; runs alone in their stage are not in the result."""
+    groups: dict[tuple[int | None, str | None], list[Run]] = {}
+    for run in runs:
+        if run.pipeline_id is not None:
+            groups.setdefault((run.pipeline_id, run.stage), []).append(run)
+    labels: dict[int, str] = {}
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        keys = sorted({k for r in members for k in r.params})
+        differing = [k for k in keys if len({repr(r.params.get(k)) for r in members}) > 1]
+        for run in members:
+            labels[run.job_id] = (
+                " ".join(f"{k}={run.params.get(k)}" for k in differing) or f"job {run.job_id}"
+            )
+    return labels
+
+
+def cells(run: Run, label: str | None) -> dict[str, Any]:
+    def metric(name: str) -> Text:
         value = run.metrics.get(name)
-        return f"{value:.4f}" if value is not None else ""
+        return Text(f"{value:.4f}" if value is not None else "", justify="right")
 
-    return (
-        str(run.job_id),
-        run.name[:36],
-        state_text(run.state),
-        run.model.rsplit("/", 1)[-1][:16],
-        f"{run.dataset} v{run.dataset_version}",
-        f"{run.params.get('lr', '')}",
-        f"{run.params.get('epochs', '')}",
-        metric("val_accuracy"),
-        metric("val_loss"),
-        metric("val_rmse"),
-    )
+    epoch = run.metrics.get("epoch")
+    epochs = run.params.get("epochs")
+    shown_epoch = f"{epoch:.0f}/{epochs}" if epoch is not None and epochs else (str(epochs or ""))
+    return {
+        "job": Text(str(run.job_id), justify="right"),
+        "name": (label or run.name)[:40],
+        "state": state_text(run.state),
+        "model": run.model.rsplit("/", 1)[-1][:16],
+        "dataset": f"{run.dataset} v{run.dataset_version}",
+        "lr": Text(f"{run.params.get('lr', '')}", justify="right"),
+        "epoch": Text(shown_epoch, justify="right"),
+        "val_accuracy": metric("val_accuracy"),
+        "val_loss": metric("val_loss"),
+        "val_rmse": metric("val_rmse"),
+    }
 
 
 def params_diff(a: Run, b: Run) -> Text:
@@ -80,7 +112,7 @@ def params_diff(a: Run, b: Run) -> Text:
         text.append(f"{a.params.get(key)!s:>14}  |  {b.params.get(key)!s}\n")
     if not differing:
         text.append("same parameters\n", style="dim")
-    for name in sorted(set(a.metrics) | set(b.metrics)):
+    for name in sorted((set(a.metrics) | set(b.metrics)) - {"epoch"}):
         left, right = (
             f"{v:.4f}" if v is not None else "-" for v in (a.metrics.get(name), b.metrics.get(name))
         )
@@ -89,9 +121,31 @@ def params_diff(a: Run, b: Run) -> Text:
     return text
 
 
-class RunsScreen(Screen[None]):
+def x_values(
+    series: dict[str, list[tuple[int, float, float | None]]], axis: str
+) -> tuple[dict[int, float], str]:
+    """Map each step of a run to its x: the epoch (fractional, from the steps per epoch the
+    `epoch` metric reveals), else the step; or the seconds (minutes past 10 min) since its
+    first metric. Returns (step -> x, axis label)."""
+    points = [p for name in series for p in series[name]]
+    if not points:
+        return {}, axis
+    if axis == "time":
+        start = min(t for _, t, _ in points)
+        span = max(t for _, t, _ in points) - start
+        scale, unit = (60.0, "minutes") if span > 600 else (1.0, "seconds")
+        return {step: (t - start) / scale for step, t, _ in points}, f"{unit} since start"
+    per_epoch = [step / value for step, _, value in series.get("epoch", []) if value]
+    if per_epoch:
+        steps = per_epoch[-1]
+        return {step: step / steps for step, _, _ in points}, "epoch"
+    return {step: float(step) for step, _, _ in points}, "step (no epoch finished yet)"
+
+
+class RunsScreen(WorkbenchScreen):
     """Runs and their curves. Space marks up to two runs to compare."""
 
+    TITLE_NAME = "Runs"
     AUTO_FOCUS = "#runs"
     BINDINGS = [
         Binding(
@@ -113,7 +167,14 @@ class RunsScreen(Screen[None]):
             "compare",
             "Compare",
             id="tracking.compare",
-            tooltip="Compare the two marked runs: params diff, curves overlaid",
+            tooltip="Compare the two marked runs: params diff, curves on the same axes",
+        ),
+        Binding(
+            "x",
+            "axis",
+            "By epoch/time",
+            id="tracking.axis",
+            tooltip="Plot the curves by epoch (default) or by time since the run started",
         ),
         Binding(
             "w",
@@ -134,47 +195,73 @@ class RunsScreen(Screen[None]):
     def __init__(self) -> None:
         super().__init__()
         self.runs: dict[int, Run] = {}
+        self.labels: dict[int, str] = {}
         self.sort_index = 0
         self.marked: list[int] = []
         self.comparing = False
         self.sweep_of: Run | None = None
-        self.version = -1
-        self.plotted: dict[int, dict[str, list[tuple[int, float | None]]]] = {}
+        self.mark = -1
+        self.signature: Any = None
+        self.axis = "epoch"
+        self.plotted: dict[int, dict[str, list[tuple[int, float, float | None]]]] = {}
+        self.columns: tuple[str, ...] = ()
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield self.title_bar()
         with Horizontal(id="runs-body"):
             with Vertical(id="runs-left"):
                 yield Static(id="runs-status")
-                yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+                table: DataTable[Any] = DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+                table.border_title = "runs"
+                yield table
                 yield Static(id="runs-detail")
-            yield PlotextPlot(id="curves")
-        yield Footer(compact=True)
+            with Vertical(id="charts"):
+                yield PlotextPlot(id="curves")
+                yield PlotextPlot(id="scores")
+        yield self.bottom_bar()
 
     def on_mount(self) -> None:
-        table = self.query_one("#runs", DataTable)
-        for column in COLUMNS:
-            table.add_column(column, key=column)
+        self.set_class(self.size.width < 120, "narrow")
         self.poll()
 
+    def on_resize(self) -> None:
+        narrow = self.size.width < 120
+        if narrow != self.has_class("narrow"):
+            self.set_class(narrow, "narrow")
+            self.apply()
+
     def on_screen_resume(self) -> None:
-        self.version = -1
+        self.mark = -1
+        self.signature = None
         self.poll()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="runs", description="read runs")
     def poll(self) -> None:
+        """The runs (a few rows), with the latest metrics of those still running; curves are
+        re-read only when a metric was written (the metrics mark moved)."""
         from workbench.catalog import tracking
+        from workbench.db.metric_series import metrics_mark
 
-        source = self.app.source  # type: ignore[attr-defined]
-        store = source.store()
-        self.post_message(RunsRead(tracking.list_runs(store), source.data_version()))
+        def read(store: Any) -> RunsRead:
+            live = [
+                replace(run, metrics={**store.last_metrics(run.job_id), **run.metrics})
+                if run.state in ("running", "starting", "paused")
+                else run
+                for run in tracking.list_runs(store)
+            ]
+            return RunsRead(live, metrics_mark(store))
+
+        self.post_message(self.app.source.read(read))  # type: ignore[attr-defined]
 
     def on_runs_read(self, message: RunsRead) -> None:
-        changed = message.version != self.version
-        self.version = message.version
+        signature = [(r.job_id, r.state, sorted(r.metrics.items())) for r in message.runs]
         self.runs = {r.job_id: r for r in message.runs}
-        if changed:
+        if signature != self.signature:
+            self.signature = signature
+            self.labels = sweep_labels(message.runs)
             self.apply()
+        if message.mark != self.mark:
+            self.mark = message.mark
             self.load_curves()
         if self.app.is_running and not getattr(self.app, "frozen", False):
             self.set_timer(1.0, self._next)
@@ -197,21 +284,33 @@ class RunsScreen(Screen[None]):
             metric = SORTS[self.sort_index]
         if metric == "job":
             return sorted(runs, key=lambda r: r.job_id)
-        name, higher = metric_order(metric)
-        missing = float("-inf") if higher else float("inf")
-        return sorted(runs, key=lambda r: r.metrics.get(name, missing), reverse=higher)
+        return sort_runs(runs, metric)
+
+    def shown_columns(self, ordered: list[Run]) -> tuple[str, ...]:
+        """Every column with something to show; below 120 columns, model, dataset and lr go."""
+        drop = set(NARROW_DROPS) if self.has_class("narrow") else set()
+        for metric in ("val_accuracy", "val_loss", "val_rmse"):
+            if all(r.metrics.get(metric) is None for r in ordered):
+                drop.add(metric)
+        return tuple(c for c in COLUMNS if c not in drop)
 
     def apply(self) -> None:
         table = self.query_one("#runs", DataTable)
         ordered = self.ordered()
         selected = self.selected()
+        columns = self.shown_columns(ordered)
         with self.app.batch_update():
+            if columns != self.columns:
+                table.clear(columns=True)
+                for column in columns:
+                    table.add_column(column, key=column)
+                self.columns = columns
             table.clear()
             for run in ordered:
-                mark = "*" if run.job_id in self.marked else ""
-                row = list(cells(run))
-                row[0] = f"{mark}{row[0]}"
-                table.add_row(*row, key=str(run.job_id))
+                row = cells(run, self.labels.get(run.job_id))
+                if run.job_id in self.marked:
+                    row["job"] = Text(f"*{run.job_id}", style="bold cyan", justify="right")
+                table.add_row(*(row[c] for c in columns), key=str(run.job_id))
             if selected is not None and str(selected.job_id) in table.rows:
                 table.move_cursor(row=table.get_row_index(str(selected.job_id)))
         status = Text(f"{len(self.runs)} runs", style="bold")
@@ -222,6 +321,7 @@ class RunsScreen(Screen[None]):
             )
         else:
             status.append(f"  sorted by {SORTS[self.sort_index]}", style="dim")
+        status.append(f"  by {self.axis} (x)", style="dim")
         if self.marked:
             status.append(f"  marked: {', '.join(map(str, self.marked))}", style="cyan")
         if not self.runs:
@@ -280,37 +380,77 @@ class RunsScreen(Screen[None]):
         thread=True, exclusive=True, exit_on_error=False, group="curves", description="read curves"
     )
     def read_curves(self, job_ids: list[int]) -> None:
-        store = self.app.source.store()  # type: ignore[attr-defined]
-        names = ["train_loss", "val_loss", "val_accuracy", "val_rmse"]
-        self.post_message(CurvesRead({job_id: store.metrics(job_id, names) for job_id in job_ids}))
+        from workbench.db.metric_series import metric_series
+
+        series = self.app.source.read(  # type: ignore[attr-defined]
+            lambda store: {i: metric_series(store, i, SERIES) for i in job_ids}
+        )
+        self.post_message(CurvesRead(series))
 
     def on_curves_read(self, message: CurvesRead) -> None:
         self.plotted = message.series
-        widget = self.query_one("#curves", PlotextPlot)
-        plt = widget.plt
-        plt.clear_figure()
-        plt.title("loss and validation per step" if len(message.series) == 1 else "runs compared")
-        for job_id, series in message.series.items():
-            for name in ("train_loss", "val_loss", "val_accuracy", "val_rmse"):
-                points = [(s, v) for s, v in series.get(name, []) if v is not None]
-                if points:
-                    label = f"{job_id} {name}" if len(message.series) > 1 else name
-                    plt.plot(
-                        [p[0] for p in points],
-                        [p[1] for p in points],
-                        label=label,
-                        marker="braille",
-                    )
-        plt.xlabel("step")
-        widget.refresh()
+        self.draw()
+
+    def label(self, job_id: int, name: str, many: bool) -> str:
+        if not many:
+            return name
+        return f"{self.labels.get(job_id) or f'job {job_id}'} {name}"
+
+    def chart_series(self) -> dict[str, tuple[str, list[tuple[str, list[float], list[float]]]]]:
+        """What each chart plots: {chart id: (x label, [(label, xs, ys), ...])}. Losses go on
+        `curves`, the task metric on `scores`, every run on the same x (epoch or time)."""
+        many = len(self.plotted) > 1
+        out: dict[str, tuple[str, list[tuple[str, list[float], list[float]]]]] = {}
+        for widget_id, names in (("curves", LOSSES), ("scores", SCORES)):
+            xlabel = self.axis
+            lines = []
+            for job_id, series in self.plotted.items():
+                xs, xlabel = x_values(series, self.axis)
+                for name in names:
+                    if name == "train_loss" and many and series.get("train_loss_epoch"):
+                        continue  # comparing: the per-epoch mean reads better than every step
+                    if name == "train_loss_epoch" and not many:
+                        continue
+                    points = [(xs[s], v) for s, _, v in series.get(name, []) if v is not None]
+                    if points:
+                        lines.append(
+                            (
+                                self.label(job_id, name, many),
+                                [p[0] for p in points],
+                                [p[1] for p in points],
+                            )
+                        )
+            out[widget_id] = (xlabel, lines)
+        return out
+
+    def draw(self) -> None:
+        """Loss on one chart, the task metric on the other."""
+        titles = {"curves": "loss", "scores": "validation metric"}
+        for widget_id, (xlabel, lines) in self.chart_series().items():
+            widget = self.query_one(f"#{widget_id}", PlotextPlot)
+            plt = widget.plt
+            plt.clear_figure()
+            for label, xs, ys in lines:
+                plt.plot(xs, ys, label=label, marker="braille")
+            title = titles[widget_id]
+            plt.title(title if lines else f"{title}: nothing recorded yet")
+            plt.xlabel(xlabel)
+            widget.refresh()
 
     def action_sort(self) -> None:
         self.sort_index = (self.sort_index + 1) % len(SORTS)
         self.apply()
 
+    def action_axis(self) -> None:
+        self.axis = AXES[(AXES.index(self.axis) + 1) % len(AXES)]
+        self.notify(f"curves by {self.axis}", timeout=1.5)
+        self.apply()
+        self.draw()
+
     def action_mark(self) -> None:
         run = self.selected()
         if run is None:
+            self.notify("no run selected", severity="warning")
             return
         if run.job_id in self.marked:
             self.marked.remove(run.job_id)
@@ -334,6 +474,9 @@ class RunsScreen(Screen[None]):
         self.apply()
 
     def action_show_all(self) -> None:
+        if self.sweep_of is None and not self.comparing:
+            self.notify("already showing every run", timeout=1.5)
+            return
         self.sweep_of = None
         self.comparing = False
         self.apply()

@@ -1,87 +1,165 @@
-"""Where the screens get their data: the live store (one SQLite connection shared by the
-worker threads), or fixed data and a fixed clock for snapshot tests."""
+"""Where the screens get their data: the live store, read on one thread of its own (so the TUI
+holds one SQLite connection for its reads, however many worker threads it starts), or fixed data
+and a fixed clock for snapshot tests."""
 
 from __future__ import annotations
 
-import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from workbench.db.job_pages import JobFilter
 from workbench.db.store import Job, JobEvent, Store
 from workbench.paths import Home
 
+T = TypeVar("T")
+
 
 @dataclass
-class Snapshot:
-    """What the Queue and Dashboard need in one read."""
+class JobPage:
+    """One window of the job table: `jobs` are rows `offset`.. of `total` matching the filter;
+    `counts` is jobs per state over the whole table."""
 
-    version: int
+    total: int
+    offset: int
     jobs: list[Job]
-    telemetry: dict[str, Any] | None
-    history: list[dict[str, Any]]
+    counts: dict[str, int]
 
 
 class Source:
     """The live source: reads the store of `home`; actions go through a Client.
 
-    The store gives each worker thread its own SQLite connection; `data_version` readings
-    come from one connection of their own, so they are comparable from one poll to the next."""
+    The store keeps one connection per thread, and Textual starts a new thread for every thread
+    worker: reads therefore run on one long-lived store thread (`read`), actions on another
+    (`act`, so a slow daemon start never holds up the polls). Each thread's connection lives as
+    long as the TUI, so polling once a second never piles up connections."""
 
     def __init__(self, home: Home):
+        from concurrent.futures import ThreadPoolExecutor
+
         self.home = home
-        self._lock = threading.Lock()
         self._store: Store | None = None
         self._client: Any = None
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="workbench-store")
+        self._actor = ThreadPoolExecutor(1, thread_name_prefix="workbench-actions")
 
     def now(self) -> float:
         return time.time()
 
-    def store(self) -> Store:
-        with self._lock:
-            if self._store is None:
-                self._store = Store.open(self.home.state_db)
-            return self._store
+    def read(self, fn: Callable[[Store], T]) -> T:
+        """`fn(store)` run on the store thread; its exceptions are raised here."""
+        return self._reader.submit(self._on_store_thread, fn).result()
 
-    def client(self) -> Any:
-        """The client for actions (starts the daemon when needed)."""
-        if self._client is None:
-            from workbench.daemon.client import Client
+    def _on_store_thread(self, fn: Callable[[Store], T]) -> T:
+        if self._store is None:
+            self._store = Store.open(self.home.state_db)
+        return fn(self._store)
 
-            self._client = Client(self.home)
-        return self._client
+    def act(self, fn: Callable[[Any], T]) -> T:
+        """`fn(client)` run on the actions thread (the Client starts the daemon when needed)."""
+
+        def run() -> T:
+            if self._client is None:
+                from workbench.daemon.client import Client
+
+                self._client = Client(self.home)
+            return fn(self._client)
+
+        return self._actor.submit(run).result()
 
     def data_version(self) -> int:
-        return self.store().data_version()
+        return self.read(lambda store: store.data_version())
 
-    def jobs(self) -> list[Job]:
-        store = self.store()
-        active = store.active_jobs(light=True)  # the captured environments are not shown
-        ended = store.list_jobs(states=["succeeded", "failed", "cancelled"], limit=200)
-        return sorted([*active, *ended], key=lambda j: j.id)
+    def job_page(self, where: JobFilter, offset: int, limit: int) -> JobPage:
+        """Rows `offset`..`offset + limit` of the jobs matching `where` (by id), their count and
+        the count per state: what the Queue screen shows, read without loading every job."""
+        from workbench.db import job_pages
+
+        def page(store: Store) -> JobPage:
+            total = job_pages.count_jobs(store, where)
+            first = max(0, min(offset, total - 1)) if total else 0
+            jobs = job_pages.page_of_jobs(store, where, first, limit)
+            counts = {str(state): n for state, n in store.counts_by_state().items()}
+            return JobPage(total, first, jobs, counts)
+
+        return self.read(page)
+
+    def job_position(self, where: JobFilter, job_id: int) -> int:
+        """Where `job_id` sits among the jobs matching `where` (0-based)."""
+        from workbench.db import job_pages
+
+        return self.read(lambda store: job_pages.position_of_job(store, where, job_id))
 
     def telemetry(self) -> dict[str, Any] | None:
-        from workbench.telemetry import sampler as telemetry
+        from workbench.telemetry import history as telemetry
 
-        return telemetry.latest(self.store())
+        return self.read(telemetry.latest)
 
-    def history(self, seconds: float) -> list[dict[str, Any]]:
-        from workbench.telemetry import sampler as telemetry
+    def history(self, seconds: float, bucket_s: float | None = None) -> list[dict[str, Any]]:
+        """The stored telemetry of the last `seconds`, averaged into `bucket_s` buckets."""
+        from workbench.telemetry import history as telemetry
 
-        return telemetry.history(self.store(), self.now() - seconds)
+        since = self.now() - seconds
+        return self.read(lambda store: telemetry.history(store, since, bucket_s=bucket_s))
+
+    def process_details(self, pids: list[int]) -> dict[int, dict[str, Any]]:
+        """For the GPU process table: {pid: {user, cpu_percent, rss_bytes, started, command}}
+        of the local processes among `pids` (CPU % since the previous call for that pid)."""
+        import psutil
+
+        cache: dict[int, Any] = self.__dict__.setdefault("_processes", {})
+        out: dict[int, dict[str, Any]] = {}
+        for pid in pids:
+            try:
+                process = cache.get(pid) or psutil.Process(pid)
+                cache[pid] = process
+                with process.oneshot():
+                    out[pid] = {
+                        "user": process.username(),
+                        "cpu_percent": process.cpu_percent(None),
+                        "rss_bytes": process.memory_info().rss,
+                        "started": process.create_time(),
+                        "command": " ".join(process.cmdline()) or process.name(),
+                    }
+            except (psutil.Error, OSError):
+                cache.pop(pid, None)
+        for gone in set(cache) - set(pids):
+            cache.pop(gone, None)
+        return out
 
     def job(self, job_id: int) -> Job | None:
-        return self.store().find(job_id)
+        return self.read(lambda store: store.find(job_id))
 
     def events(self, job_id: int) -> list[JobEvent]:
-        return self.store().events(job_id)
+        return self.read(lambda store: store.events(job_id))
 
     def last_metrics(self, job_id: int) -> dict[str, float | None]:
-        return self.store().last_metrics(job_id)
+        return self.read(lambda store: store.last_metrics(job_id))
 
     def log_path(self, job_id: int) -> Path:
         return self.home.run_dir(job_id) / "log"
+
+    def process_usage(self, pid: int) -> dict[str, float] | None:
+        """CPU seconds and resident memory (bytes) of a running job's process tree, or None
+        when it is not running here."""
+        import psutil
+
+        try:
+            root = psutil.Process(pid)
+            members = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return None
+        cpu_s, rss = 0.0, 0
+        for member in members:
+            try:
+                times = member.cpu_times()
+                cpu_s += times.user + times.system + times.children_user + times.children_system
+                rss += member.memory_info().rss
+            except psutil.Error:
+                continue
+        return {"cpu_s": cpu_s, "rss_bytes": float(rss)}
 
     def daemon_running(self) -> bool:
         from workbench.daemon.link import lock_holder
@@ -101,12 +179,16 @@ class FixedSource(Source):
     fixed_logs: dict[int, str] = field(default_factory=dict)
     fixed_now: float = 1_800_000_000.0
     fixed_metrics: dict[int, dict[str, float | None]] = field(default_factory=dict)
+    fixed_processes: dict[int, dict[str, Any]] = field(default_factory=dict)
+    fixed_usage: dict[int, dict[str, float]] = field(default_factory=dict)
     home: Home = field(default_factory=lambda: Home(Path("/nonexistent")))
 
     def __post_init__(self) -> None:
-        self._lock = threading.Lock()
         self._store = None
         self._client = None
+
+    def read(self, fn: Callable[[Store], T]) -> T:
+        raise NotImplementedError("fixed data has no store")
 
     def now(self) -> float:
         return self.fixed_now
@@ -114,14 +196,25 @@ class FixedSource(Source):
     def data_version(self) -> int:
         return 1
 
-    def jobs(self) -> list[Job]:
-        return list(self.fixed_jobs)
+    def job_page(self, where: JobFilter, offset: int, limit: int) -> JobPage:
+        matching = sorted((j for j in self.fixed_jobs if where.matches(j)), key=lambda j: j.id)
+        offset = max(0, min(offset, len(matching) - 1)) if matching else 0
+        counts: dict[str, int] = {}
+        for job in self.fixed_jobs:
+            counts[job.state] = counts.get(job.state, 0) + 1
+        return JobPage(len(matching), offset, matching[offset : offset + limit], counts)
+
+    def job_position(self, where: JobFilter, job_id: int) -> int:
+        return sum(1 for j in self.fixed_jobs if where.matches(j) and j.id < job_id)
 
     def telemetry(self) -> dict[str, Any] | None:
         return self.fixed_telemetry
 
-    def history(self, seconds: float) -> list[dict[str, Any]]:
+    def history(self, seconds: float, bucket_s: float | None = None) -> list[dict[str, Any]]:
         return list(self.fixed_history)
+
+    def process_details(self, pids: list[int]) -> dict[int, dict[str, Any]]:
+        return {pid: self.fixed_processes[pid] for pid in pids if pid in self.fixed_processes}
 
     def job(self, job_id: int) -> Job | None:
         return next((j for j in self.fixed_jobs if j.id == job_id), None)
@@ -134,3 +227,6 @@ class FixedSource(Source):
 
     def daemon_running(self) -> bool:
         return True
+
+    def process_usage(self, pid: int) -> dict[str, float] | None:
+        return self.fixed_usage.get(pid)

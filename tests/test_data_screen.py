@@ -16,7 +16,7 @@ from test_tui import until
 from textual.widgets import DataTable, TextArea
 
 from screens.app import WorkbenchApp
-from screens.data import DataScreen
+from screens.data import DataScreen, Query
 from screens.source import Source
 from workbench.catalog import lake
 from workbench.daemon.client import Client
@@ -69,10 +69,30 @@ async def test_browse_page_sort_filter(data_home: Home) -> None:
         table.focus()
         await pilot.press("enter")
         await until(pilot, lambda: "rows 1-100" in status(app), what="first page")
-        assert len(results(app)) == 100 and "more" in status(app)
+        assert len(results(app)) == 100 and "F8 next" in status(app)
+        await until(pilot, lambda: "rows 1-100 of 250" in status(app), what="the count")
+        assert isinstance(app.focused, TextArea)  # opening a dataset: the focus is in the editor
         await pilot.press("f8", "f8")
-        await until(pilot, lambda: "rows 201-250" in status(app), what="third page")
-        assert "more" not in status(app)
+        await until(pilot, lambda: "rows 201-250 of 250" in status(app), what="third page")
+        assert "F8 next" not in status(app)
+        await pilot.press("f8")  # past the end: a message, and the page stays
+        await pilot.pause()
+        assert "rows 201-250 of 250" in status(app) and len(results(app)) == 50
+        assert any("last page" in str(n.message) for n in app._notifications)
+        reads = []
+        real_page_of = Query.page_of
+
+        def counted(self: Query, con: Any) -> Any:
+            reads.append(self.page)
+            return real_page_of(self, con)
+
+        Query.page_of = counted  # type: ignore[method-assign]
+        try:
+            await pilot.press("f7")
+            await until(pilot, lambda: "rows 101-200" in status(app), what="page 2 again")
+        finally:
+            Query.page_of = real_page_of  # type: ignore[method-assign]
+        assert reads == []  # a page already read is not queried again
         results_table = app.screen.query_one("#results", DataTable)
         results_table.focus()
         results_table.move_cursor(row=0, column=2)
@@ -115,6 +135,85 @@ async def test_errors_sandbox_history_and_completion(data_home: Home, client: Cl
         editor.focus()
         await pilot.press("ctrl+n")
         assert editor.text.startswith("SELECT score")
+
+
+async def test_typing_a_query_never_fires_screen_keys(data_home: Home) -> None:
+    """After a dataset is opened the focus is in the editor: a query holding every global key
+    letter (d j s r m q T) and the Queue's (c p x n b f o u) is typed, not obeyed; Esc leaves
+    the editor, and only then does `j` switch screens."""
+    app = WorkbenchApp(Source(data_home))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("s")
+        datasets = app.screen.query_one("#datasets", DataTable)
+        await until(pilot, lambda: datasets.row_count == 1, what="the dataset list")
+        assert app.focused is datasets
+        await pilot.press("enter")
+        editor = app.screen.query_one("#sql", TextArea)
+        await until(pilot, lambda: "rows 1-100" in status(app), what="the dataset's rows")
+        assert app.focused is editor
+        theme = app.theme
+        query = (
+            'SELECT "group" AS djsrmqT, count(*) AS cpxnbfou FROM scores GROUP BY ALL ORDER BY 1'
+        )
+        editor.text = ""
+        await pilot.press(*query)
+        assert isinstance(app.screen, DataScreen) and app.theme == theme
+        assert editor.text == query
+        await pilot.press("tab")  # indents inside the editor
+        assert editor.text.startswith(query + " ") and app.focused is editor
+        editor.text = query
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: "rows 1-3 of 3" in status(app), what="the typed query's rows")
+        assert [
+            c.label.plain for c in app.screen.query_one("#results", DataTable).ordered_columns
+        ] == [
+            "djsrmqT",
+            "cpxnbfou",
+        ]
+        await pilot.press("escape")  # leaves the editor for the results
+        assert app.focused is app.screen.query_one("#results", DataTable)
+        await pilot.press("shift+tab", "shift+tab")  # back through the panes: editor, datasets
+        assert app.focused is datasets
+        await pilot.press("j")
+        assert type(app.screen).__name__ == "QueueScreen"
+
+
+async def test_profile_rejects_sidebar_and_errors(data_home: Home) -> None:
+    """Profile figures rounded; a key with nothing to do says so; the sidebar hides; an error
+    clears the results it replaces; numbers are right-aligned."""
+    app = WorkbenchApp(Source(data_home))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("s")
+        datasets = app.screen.query_one("#datasets", DataTable)
+        await until(pilot, lambda: datasets.row_count == 1, what="the dataset list")
+        await pilot.press("ctrl+j")
+        await pilot.pause()
+        assert any("rejected no rows" in str(n.message) for n in app._notifications)
+        await run_query(app, pilot, "SELECT avg(score) / 3 AS third, 1 AS one FROM scores")
+        table = app.screen.query_one("#results", DataTable)
+        third = table.get_row_at(0)[0]
+        assert third.justify == "right" and str(third) == str(62.25 / 3)
+        await pilot.press("ctrl+s")  # profile (SUMMARIZE) of the selected dataset
+        await until(
+            pilot,
+            lambda: "SUMMARIZE" in app.screen.query_one("#sql", TextArea).text,
+            what="profile",
+        )
+        await until(pilot, lambda: "rows 1-3 of 3" in status(app), what="the profile")
+        figures = [str(c) for row in results(app) for c in row]
+        decimals = [
+            f.split(".")[1]
+            for f in figures
+            if f.replace(".", "").replace("-", "").isdigit() and "." in f
+        ]
+        assert decimals and all(len(d) <= 6 for d in decimals), figures
+        catalog = app.screen.query_one("#catalog")
+        await pilot.press("ctrl+b")
+        assert not catalog.display
+        await pilot.press("ctrl+b")
+        assert catalog.display
+        await run_query(app, pilot, "SELECT nope FROM scores")
+        assert table.row_count == 0 and not table.columns
 
 
 async def test_cancel_a_long_query(data_home: Home) -> None:
@@ -174,7 +273,7 @@ async def test_first_page_of_ten_million_rows_without_materialising(
         await run_query(app, pilot, "SELECT * FROM big")
         elapsed = time.perf_counter() - started
         after = process.memory_info().rss
-        assert len(results(app)) == 100 and "more" in status(app)
+        assert len(results(app)) == 100 and "F8 next" in status(app)
     # 10 million rows of three columns would be gigabytes as Python objects; one page is not.
     assert after - before < 300 * 1024**2, f"memory grew by {(after - before) / 1024**2:.0f} MiB"
     print(f"first page of 10M rows in {elapsed:.2f}s")

@@ -15,7 +15,7 @@ from textual.widgets import DataTable
 from screens.app import WorkbenchApp
 from screens.data import DataScreen
 from screens.models import ModelsScreen
-from screens.runs import RunsScreen
+from screens.runs import RunsScreen, sweep_labels, x_values
 from screens.source import Source
 from workbench.catalog import lake, registry, tracking
 from workbench.db.store import Event, JobRequest, Store
@@ -27,7 +27,7 @@ def text_of(widget: Any) -> str:
 
     console = Console(width=200, record=True, file=io.StringIO())
     console.print(widget.content)
-    return console.export_text()
+    return console.export_text().replace("\u00a0", " ")  # values keep together with NBSPs
 
 
 def build_home(root: Path) -> Home:
@@ -142,7 +142,7 @@ async def test_runs_list_sort_compare_and_live_curves(screens_home: Home) -> Non
         assert len(screen.plotted[first]["train_loss"]) == 5
         await pilot.press("o")  # by val_accuracy, best first
         assert "sorted by val_accuracy" in text_of(screen.query_one("#runs-status"))
-        assert table.get_row_at(0)[0] == "1"
+        assert str(table.get_row_at(0)[0]) == "1"
         await pilot.press("down")
         await until(pilot, lambda: 2 in screen.plotted, what="the running run's curves")
         store = Store.open(screens_home.state_db)
@@ -184,3 +184,72 @@ async def test_models_lineage_and_errors_in_sql(screens_home: Home) -> None:
         )
         rows = app.screen.query_one("#results", DataTable)
         assert all(str(rows.get_row_at(i)[-1]) == "False" for i in range(rows.row_count))
+        # The focus is on the results, not in the editor: `j` goes to the Queue, typing nothing.
+        editor = app.screen.query_one("#sql")
+        before = editor.text  # type: ignore[attr-defined]
+        assert app.focused is rows
+        await pilot.press("j")
+        assert type(app.screen).__name__ == "QueueScreen" and editor.text == before  # type: ignore[attr-defined]
+
+
+def test_x_values_by_epoch_time_and_step() -> None:
+    """A run of 280 steps and one of 2,100 both span epochs 0-5 by epoch; by time, seconds
+    since each run's first metric; before the first epoch ends, the step."""
+    short = {
+        "train_loss": [(s, 1000.0 + s, 1.0) for s in range(1, 281)],
+        "epoch": [(56 * e, 1000.0 + 56 * e, float(e)) for e in range(1, 6)],
+    }
+    long = {
+        "train_loss": [(s, 2000.0 + s / 10, 1.0) for s in range(1, 2101)],
+        "epoch": [(420 * e, 2000.0 + 42 * e, float(e)) for e in range(1, 6)],
+    }
+    for series in (short, long):
+        xs, label = x_values(series, "epoch")
+        assert label == "epoch" and max(xs.values()) == 5.0
+    xs, label = x_values(long, "time")
+    assert label == "seconds since start" and round(max(xs.values())) == 210
+    xs, label = x_values({"train_loss": [(1, 5.0, 1.0), (2, 6.0, 0.9)]}, "epoch")
+    assert label.startswith("step") and xs == {1: 1.0, 2: 2.0}
+
+
+def test_sweep_points_are_named_by_their_parameters() -> None:
+    def run(job_id: int, lr: float, hidden: list[int], stage: str | None = "sweep") -> Any:
+        return tracking.Run(
+            job_id, "sweep", "succeeded", "mlp", "classification", "toy", 1, "h",
+            {"lr": lr, "hidden": hidden, "seed": 0}, {}, {}, None, None, 0.0, None,
+            stage, 7 if stage else None,
+        )  # fmt: skip
+
+    labels = sweep_labels(
+        [run(1, 0.01, [64]), run(2, 0.1, [64]), run(3, 0.1, [128]), run(4, 0.5, [8], None)]
+    )
+    assert labels == {1: "hidden=[64] lr=0.01", 2: "hidden=[64] lr=0.1", 3: "hidden=[128] lr=0.1"}
+
+
+async def test_compare_plots_loss_and_metric_apart_by_epoch(screens_home: Home) -> None:
+    """Two runs marked and compared: losses on one chart, accuracy on the other, x in epochs
+    for both; the running run's latest metrics show in the table; x switches to time."""
+    store = Store.open(screens_home.state_db)
+    store.add_metrics(1, 5, {"epoch": 1.0})  # run 1: 5 steps per epoch
+    store.add_metrics(2, 2, {"epoch": 1.0, "val_accuracy": 0.61})  # run 2: 2 steps per epoch
+    store.close()
+    app = WorkbenchApp(Source(screens_home))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("r")
+        screen = app.screen
+        assert isinstance(screen, RunsScreen)
+        table = screen.query_one("#runs", DataTable)
+        await until(pilot, lambda: table.row_count == 2, what="two runs")
+        running = [str(c) for c in table.get_row("2")]
+        assert "0.6100" in running and "1/5" in running  # live metrics of the running run
+        await pilot.press("space", "down", "space", "c")
+        await until(pilot, lambda: len(screen.plotted) == 2, what="both runs")
+        charts = screen.chart_series()
+        loss_label, losses = charts["curves"]
+        score_label, scores = charts["scores"]
+        assert loss_label == score_label == "epoch"
+        assert {label.split()[-1] for label, _, _ in losses} == {"train_loss", "val_loss"}
+        assert {label.split()[-1] for label, _, _ in scores} == {"val_accuracy"}
+        assert all(max(xs) <= 1.0 for _, xs, _ in losses)  # both runs span one epoch
+        await pilot.press("x")
+        assert screen.chart_series()["curves"][0] == "seconds since start"

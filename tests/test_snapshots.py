@@ -1,5 +1,6 @@
-"""How the TUI looks: SVG snapshots of the Dashboard (two fake GPUs, one busy with a queue job;
-no GPU), the Queue with jobs in every state, and the job detail view, at 80x24 and 160x48."""
+"""How the TUI looks, at 80x24 and 160x48: SVG snapshots of the Dashboard (two fake GPUs, one
+busy with a queue job's process; no GPU), the Queue with jobs in every state, the job detail,
+the submit form, the help, the Data, Runs and Models screens."""
 
 from __future__ import annotations
 
@@ -7,7 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tui_data import EVENTS, JOBS, LOGS, NOW, fake_gpu_snapshot, history, no_gpu_snapshot
+from tui_data import (
+    EVENTS,
+    JOBS,
+    LOGS,
+    NOW,
+    PROCESSES,
+    fake_gpu_snapshot,
+    history,
+    no_gpu_snapshot,
+)
 
 from screens.app import WorkbenchApp
 from screens.source import FixedSource
@@ -36,6 +46,8 @@ def app_with(telemetry: dict[str, Any], gpus_in_history: bool) -> WorkbenchApp:
         fixed_logs=LOGS,
         fixed_now=NOW,
         fixed_metrics={2: {"train_loss": 0.8123, "val_accuracy": 0.8261}},
+        fixed_processes=PROCESSES,
+        fixed_usage={4242: {"cpu_s": 1520.0, "rss_bytes": 6 * 1024**3}},
     )
     return WorkbenchApp(source, frozen=True)
 
@@ -60,7 +72,26 @@ def test_queue_with_jobs_in_every_state(snap_compare: Any, size: tuple[int, int]
 @pytest.mark.parametrize("size", SIZES, ids=["80x24", "160x48"])
 def test_job_detail(snap_compare: Any, size: tuple[int, int]) -> None:
     assert snap_compare(
-        app_with(no_gpu_snapshot(), False), terminal_size=size, press=["j", "down", "o"]
+        app_with(no_gpu_snapshot(), False), terminal_size=size, press=["j", "home", "down", "o"]
+    )
+
+
+@pytest.mark.parametrize("size", SIZES, ids=["80x24", "160x48"])
+def test_submit_form(snap_compare: Any, size: tuple[int, int]) -> None:
+    async def settle(pilot: Any) -> None:
+        await pilot.press("j", "n")
+        for _ in range(100):
+            if pilot.app.screen.query("#spec-argv"):
+                break
+            await pilot.pause(0.02)
+
+    assert snap_compare(app_with(no_gpu_snapshot(), False), terminal_size=size, run_before=settle)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=["80x24", "160x48"])
+def test_queue_help(snap_compare: Any, size: tuple[int, int]) -> None:
+    assert snap_compare(
+        app_with(no_gpu_snapshot(), False), terminal_size=size, press=["j", "question_mark"]
     )
 
 

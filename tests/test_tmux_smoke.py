@@ -1,5 +1,6 @@
-"""The real `workbench` in a real terminal (tmux): a job submitted from the CLI appears, and is
-cancelled with keys; the screen is read back with capture-pane."""
+"""The real `workbench` in a real terminal (tmux) at 80x24 and 160x48: a job submitted from the
+CLI appears with its reason column on screen, and is cancelled with keys (after the confirmation
+a running job asks for); the screen is read back with capture-pane."""
 
 from __future__ import annotations
 
@@ -32,11 +33,13 @@ def keys(session: str, *names: str) -> None:
 
 
 @pytest.mark.slow
-def test_tui_in_tmux_submit_see_cancel(home: Home) -> None:
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
+def test_tui_in_tmux_submit_see_cancel(home: Home, size: tuple[int, int]) -> None:
     assert shutil.which("tmux"), "tmux is needed (installed by .ci/setup)"
     session = f"wb-smoke-{int(time.time() * 1000)}"
     command = f"env -u COLUMNS -u LINES WORKBENCH_HOME={home.root} {sys.executable} -m workbench"
-    tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "40", command)
+    width, height = size
+    tmux("new-session", "-d", "-s", session, "-x", str(width), "-y", str(height), command)
     try:
         wait_for(
             lambda: "Dashboard" in capture(session),
@@ -45,18 +48,27 @@ def test_tui_in_tmux_submit_see_cancel(home: Home) -> None:
         )
         keys(session, "j")
         wait_for(
-            lambda: "no jobs yet" in capture(session) or " id " in capture(session),
+            lambda: "no jobs yet" in capture(session) or " reason" in capture(session),
             what="the queue",
         )
+        blocker = workbench("submit", "--name", "held", "--paused", "--", "true").stdout.strip()
+        waiting = workbench(
+            "submit", "--name", "waits", "--after", blocker, "--", "true"
+        ).stdout.strip()
         job_id = workbench("submit", "--name", "smoke-sleeper", "--", "sleep", "300").stdout.strip()
         wait_for(
             lambda: "smoke-sleeper" in capture(session) and "running" in capture(session),
             what="the job to appear running",
         )
-        keys(session, "c")
-        wait_for(lambda: "cancelled" in capture(session), what="the job cancelled by key")
         screen = capture(session)
-        assert f"job {job_id}: cancelling" in screen or "cancelled" in screen
+        assert all(len(line) <= width for line in screen.splitlines())
+        waits_line = next(line for line in screen.splitlines() if "waits" in line)
+        assert f"waiting for dependency {blocker}" in waits_line, waits_line  # the reason shows
+        keys(session, "c")  # the cursor is on the newest job: the running sleeper
+        wait_for(lambda: "Cancel running job" in capture(session), what="the confirmation")
+        keys(session, "y")
+        wait_for(lambda: "cancelled" in capture(session), what="the job cancelled by key")
+        assert waiting in capture(session)
         shown = workbench("show", job_id, "--json").stdout
         assert '"state": "cancelled"' in shown
         keys(session, "q")

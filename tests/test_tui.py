@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,11 +12,12 @@ from typing import Any
 import psutil
 import pytest
 from conftest import stop_daemon, wait_for, wait_state
-from textual.widgets import DataTable, Input, Log
+from textual.widgets import DataTable, Input, RichLog, Select
 
 from screens.app import HelpScreen, WorkbenchApp
 from screens.dashboard import DashboardScreen
-from screens.queue import JobDetailScreen, QueueScreen, SubmitScreen
+from screens.jobtable import JobTable, cell_texts
+from screens.queue import ConfirmScreen, JobDetailScreen, QueueScreen, SubmitScreen
 from screens.source import Source
 from workbench.daemon.client import Client
 from workbench.paths import Home
@@ -52,13 +54,18 @@ def text_of(widget: Any) -> str:
 
 
 def rows(app: WorkbenchApp) -> dict[str, list[str]]:
-    table = app.screen.query_one("#jobs", DataTable)
-    return {key.value: [str(c) for c in table.get_row(key)] for key in table.rows if key.value}
+    """The Queue's held rows by job id: [id, name, kind, state, prio, resources, progress, age,
+    reason], in table order."""
+    table = app.screen.query_one("#jobs", JobTable)
+    return {str(job.id): list(cell_texts(job, table.now).values()) for job in table.window.jobs}
 
 
 def select(app: WorkbenchApp, job_id: int) -> None:
-    table = app.screen.query_one("#jobs", DataTable)
-    table.move_cursor(row=table.get_row_index(str(job_id)))
+    table = app.screen.query_one("#jobs", JobTable)
+    index = next(
+        table.window.offset + i for i, job in enumerate(table.window.jobs) if job.id == job_id
+    )
+    table.move_to(index)
 
 
 @pytest.fixture
@@ -89,7 +96,7 @@ async def test_dashboard_shows_host_panels_and_hides_them(
 ) -> None:
     async with app.run_test(size=(120, 40)) as pilot:
         screen = app.screen
-        await until(pilot, lambda: "CPU" in text_of(screen.query_one("#cpu")), what="CPU panel")
+        await until(pilot, lambda: "CPU" in screen.query_one("#cpu").plain, what="CPU panel")  # type: ignore[attr-defined]
         assert "no NVIDIA driver on this machine" in text_of(screen.query_one("#gpu-status"))
         await pilot.press("2")
         assert not screen.query_one("#cpu").display
@@ -109,10 +116,16 @@ async def test_queue_updates_live_and_keeps_the_cursor(app: WorkbenchApp, client
             lambda: rows(app).get(str(second), [""] * 4)[3] == "succeeded",
             what="second job succeeded",
         )
-        table = app.screen.query_one("#jobs", DataTable)
-        assert table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value == str(first)
-        await pilot.press("c")
+        table = app.screen.query_one("#jobs", JobTable)
+        selected = table.selected()
+        assert selected is not None and selected.id == first
+        await pilot.press("c")  # a running job: asks first; n leaves it running
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")
+        assert isinstance(app.screen, QueueScreen)
+        await pilot.press("c", "y")
         await until(pilot, lambda: rows(app)[str(first)][3] == "cancelled", what="cancelled by key")
+        assert client.store.get(first).state == "cancelled"
 
 
 async def test_pause_resume_retry_priority(app: WorkbenchApp, client: Client) -> None:
@@ -140,36 +153,75 @@ async def test_pause_resume_retry_priority(app: WorkbenchApp, client: Client) ->
         select(app, failing)
         await pilot.press("x")
         await until(pilot, lambda: client.store.get(failing).attempt == 2, what="retried")
+        # Every action answers: at once ("requested"), then with what the daemon did.
+        await until(
+            pilot,
+            lambda: sum(f"job {failing}: " in str(n.message) for n in app._notifications) >= 2,
+            what="feedback for retry",
+        )
+        assert any(f"job {failing}: retry requested" in str(n.message) for n in app._notifications)
         select(app, job_id)
-        await pilot.press("c")
+        await pilot.press("c", "y")
         await until(pilot, lambda: client.store.get(job_id).state == "cancelled", what="cancelled")
 
 
-async def test_filters(app: WorkbenchApp, client: Client) -> None:
-    ok = submit(client, ["true"], name="alpha")
-    bad = submit(client, ["false"], name="beta")
-    wait_state(client, ok, "succeeded")
-    wait_state(client, bad, "failed")
+async def test_filters_keep_the_id_order(app: WorkbenchApp, client: Client) -> None:
+    """A state or text filter shows the matching jobs; clearing it puts every row back in id
+    order (not the filtered rows first), with the cursor still on the same job."""
+    names = ["alpha", "beta", "alpha two", "gamma"]
+    ids = [submit(client, ["true" if i % 2 == 0 else "false"], name=n) for i, n in enumerate(names)]
+    for i, job_id in enumerate(ids):
+        wait_state(client, job_id, "succeeded" if i % 2 == 0 else "failed")
+    everything = [str(i) for i in ids]
     async with app.run_test(size=(140, 40)) as pilot:
         await pilot.press("j")
-        await until(pilot, lambda: len(rows(app)) == 2, what="two rows")
+        await until(pilot, lambda: list(rows(app)) == everything, what="four rows")
         for _ in range(6):  # any -> queued -> running -> paused -> blocked -> succeeded -> failed
             await pilot.press("f")
-        assert list(rows(app)) == [str(bad)]
+        await until(
+            pilot, lambda: list(rows(app)) == [str(ids[1]), str(ids[3])], what="failed only"
+        )
+        select(app, ids[3])
         await pilot.press("f", "f")  # cancelled -> any state
-        assert len(rows(app)) == 2
+        await until(pilot, lambda: list(rows(app)) == everything, what="all rows, in id order")
+        assert app.screen.query_one("#jobs", JobTable).selected().id == ids[3]  # type: ignore[union-attr]
         await pilot.press("slash")
+        assert isinstance(app.focused, Input)
         await pilot.press(*"alpha", "enter")
-        assert list(rows(app)) == [str(ok)]
+        await until(
+            pilot, lambda: list(rows(app)) == [str(ids[0]), str(ids[2])], what="text filter"
+        )
+        await pilot.press("slash", "ctrl+u", "enter")  # an empty text clears it
+        await until(pilot, lambda: list(rows(app)) == everything, what="all rows again")
+
+
+async def test_text_filter_typing_fires_no_queue_keys(app: WorkbenchApp, client: Client) -> None:
+    """In the find field, c p x u + - n b f o q T d s r m are letters of the filter, not keys."""
+    running = submit(client, ["sleep", "30"], name="sleeper")
+    wait_state(client, running, "running")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("j")
+        await until(pilot, lambda: str(running) in rows(app), what="the row")
+        theme = app.theme
+        await pilot.press("slash", *"cpxu+-nbfoqTdsrm")
+        assert app.screen.query_one("#find", Input).value == "cpxu+-nbfoqTdsrm"
+        assert isinstance(app.screen, QueueScreen) and app.theme == theme
+        await pilot.press("escape")
+        assert isinstance(app.focused, JobTable)
+        assert client.store.get(running).state == "running"
+        assert client.store.get(running).priority == 0
+        await pilot.press("c", "y")
+        await until(pilot, lambda: client.store.get(running).state == "cancelled", what="cancel")
 
 
 async def test_submit_form_queues_a_job(app: WorkbenchApp, client: Client) -> None:
     async with app.run_test(size=(140, 40)) as pilot:
         await pilot.press("j", "n")
         assert isinstance(app.screen, SubmitScreen)
-        app.screen.query_one("#command", Input).value = "sh -c 'echo from the form'"
-        app.screen.query_one("#name", Input).value = "form job"
-        app.screen.query_one("#cpus", Input).value = "1"
+        await until(pilot, lambda: app.screen.query("#spec-argv"), what="the command fields")
+        app.screen.query_one("#spec-argv", Input).value = "sh -c 'echo from the form'"
+        app.screen.query_one("#opt-name", Input).value = "form job"
+        app.screen.query_one("#opt-cpus", Input).value = "1"
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(app.screen, QueueScreen), what="form closed")
         job = await until(
@@ -179,12 +231,85 @@ async def test_submit_form_queues_a_job(app: WorkbenchApp, client: Client) -> No
         )
         assert job.argv == ["sh", "-c", "echo from the form"] and job.cpus == 1
         await pilot.press("n")
-        app.screen.query_one("#command", Input).value = "true"
-        app.screen.query_one("#gpus", Input).value = "many"
+        await until(pilot, lambda: app.screen.query("#spec-argv"), what="the command fields")
+        app.screen.query_one("#spec-argv", Input).value = "true"
+        app.screen.query_one("#opt-gpus", Input).value = "many"
         await pilot.press("enter")
-        assert "gpus: not a number" in text_of(app.screen.query_one("#submit-error"))
+        assert "'gpus': not a number" in text_of(app.screen.query_one("#submit-error"))
         await pilot.press("escape")
         assert isinstance(app.screen, QueueScreen)
+
+
+KIND_FORMS = {
+    "command": {"argv": "python -c 'print(1)'"},
+    "ingest": {"source": "{csv}", "dataset": "toy"},
+    "train": {"dataset": "toy", "target": "label", "epochs": "3", "hidden": "32 32"},
+    "test": {"model": "7", "dataset": "toy", "gate": "{ min_accuracy = 0.5 }"},
+    "export": {"model": "7", "quantize": "true"},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(KIND_FORMS))
+async def test_submit_form_queues_every_kind(
+    app: WorkbenchApp, client: Client, tmp_path: Path, kind: str
+) -> None:
+    """The form shows the kind's own fields; the spec and the queue options (after, priority,
+    group, cpus, mem, time limit) arrive in the store as `workbench submit --spec` puts them.
+    Every job waits after a held job, so nothing runs."""
+    (tmp_path / "toy.csv").write_text("x,label\n1,a\n2,b\n")
+    held = submit(client, ["true"], paused=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("j", "n")
+        form = app.screen
+        assert isinstance(form, SubmitScreen)
+        form.query_one("#kind", Select).value = kind
+        fields = KIND_FORMS[kind]
+        first = next(iter(fields))
+        await until(pilot, lambda: form.query(f"#spec-{first}"), what=f"the {kind} fields")
+        for name, value in fields.items():
+            form.query_one(f"#spec-{name}", Input).value = value.replace(
+                "{csv}", str(tmp_path / "toy.csv")
+            )
+        options = {
+            "name": f"form {kind}",
+            "after": str(held),
+            "priority": "5",
+            "group": "night",
+            "cpus": "2",
+            "mem": "1GiB",
+            "time_limit": "2h",
+        }
+        for key, value in options.items():
+            form.query_one(f"#opt-{key}", Input).value = value
+        await pilot.press("ctrl+s")
+        job = await until(
+            pilot,
+            lambda: next((j for j in client.store.list_jobs() if j.name == f"form {kind}"), None),
+            what=f"the {kind} job in the store",
+        )
+    assert job.kind == kind and job.state == "queued"
+    assert (job.priority, job.group, job.cpus, job.mem, job.time_limit) == (
+        5, "night", 2.0, 1024**3, 7200.0,
+    )  # fmt: skip
+    assert job.deps == ((held, "ok"),)
+    if kind == "train":
+        assert job.spec["epochs"] == 3 and job.spec["hidden"] == [32, 32]
+    if kind == "test":
+        assert job.spec["gate"] == {"min_accuracy": 0.5}
+
+
+async def test_submit_form_names_the_bad_field(app: WorkbenchApp, client: Client) -> None:
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("j", "n")
+        form = app.screen
+        form.query_one("#kind", Select).value = "train"
+        await until(pilot, lambda: form.query("#spec-epochs"), what="the train fields")
+        form.query_one("#spec-dataset", Input).value = "toy"
+        form.query_one("#spec-target", Input).value = "label"
+        form.query_one("#spec-epochs", Input).value = "many"
+        await pilot.press("ctrl+s")
+        assert "'epochs'" in text_of(form.query_one("#submit-error"))
+        assert client.store.list_jobs() == []
 
 
 async def test_job_detail_follows_the_log(app: WorkbenchApp, client: Client) -> None:
@@ -195,11 +320,15 @@ async def test_job_detail_follows_the_log(app: WorkbenchApp, client: Client) -> 
         select(app, job_id)
         await pilot.press("enter")
         assert isinstance(app.screen, JobDetailScreen)
-        log = app.screen.query_one("#log", Log)
-        await until(pilot, lambda: "second line" in "\n".join(log.lines), what="the log to follow")
-        assert "first line" in log.lines[0]
+        log = app.screen.query_one("#log", RichLog)
+        await until(
+            pilot,
+            lambda: "second line" in "\n".join(line.text for line in log.lines),
+            what="the log to follow",
+        )
+        assert "first line" in log.lines[0].text
         assert "history" in text_of(app.screen.query_one("#history"))
-        await pilot.press("c")
+        await pilot.press("c", "y")
         await until(
             pilot,
             lambda: client.store.get(job_id).state == "cancelled",
@@ -207,6 +336,40 @@ async def test_job_detail_follows_the_log(app: WorkbenchApp, client: Client) -> 
         )
         await pilot.press("escape")
         assert isinstance(app.screen, QueueScreen)
+
+
+async def test_job_detail_opens_a_large_log_at_its_tail_and_shows_use(
+    app: WorkbenchApp, client: Client, home: Home
+) -> None:
+    """A 2 MiB log opens at its last lines at once (with a note of what was skipped); long
+    lines wrap instead of being cut; a running job shows its CPU time, RSS and how long it ran."""
+    long_line = "x" * 300
+    script = (
+        "import sys, time\n"
+        "for i in range(20000): print(f'line {i} ' + 'y' * 100)\n"
+        f"print('{long_line}END')\n"
+        "sys.stdout.flush(); time.sleep(60)\n"
+    )
+    job_id = submit(client, [sys.executable, "-c", script], name="chatty")
+    wait_state(client, job_id, "running")
+    log_path = home.run_dir(job_id) / "log"
+    wait_for(lambda: log_path.exists() and b"END" in log_path.read_bytes(), what="the log")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("j")
+        await until(pilot, lambda: str(job_id) in rows(app), what="row")
+        select(app, job_id)
+        await pilot.press("enter")
+        log = app.screen.query_one("#log", RichLog)
+        await until(pilot, lambda: log.lines, what="the log")
+        text = [line.text for line in log.lines]
+        assert "earlier skipped" in text[0] and f"workbench logs {job_id}" in text[0]
+        assert len(text) < 20000 and any("line 19999" in t for t in text)
+        assert all(len(t) <= log.size.width for t in text)  # wrapped, not cut
+        assert "END" in "".join(text)
+        summary = text_of(app.screen.query_one("#summary")).replace("\u00a0", " ")
+        assert "CPU time" in summary and "RSS" in summary and "duration" in summary
+        await pilot.press("c", "y")
+        await until(pilot, lambda: client.store.get(job_id).state == "cancelled", what="cancel")
 
 
 async def test_lost_daemon_is_restarted_by_the_next_action(
@@ -229,7 +392,7 @@ async def test_lost_daemon_is_restarted_by_the_next_action(
             lambda: client.store.get(job_id).state == "running",
             what="job started by the new daemon",
         )
-        await pilot.press("c")
+        await pilot.press("c", "y")
         await until(pilot, lambda: client.store.get(job_id).state == "cancelled", what="cancelled")
         assert app.is_running
 
@@ -277,7 +440,7 @@ async def test_dashboard_without_daemon_samples_off_the_event_loop(
     to measure rates, so it must run in the polling thread and leave the UI responsive."""
     import threading
 
-    from workbench.telemetry import sampler as telemetry
+    from workbench.telemetry import snapshot as telemetry
 
     threads: list[threading.Thread] = []
     direct = telemetry.snapshot
@@ -293,3 +456,214 @@ async def test_dashboard_without_daemon_samples_off_the_event_loop(
         await until(pilot, lambda: screen.snapshot is not None, what="a direct sample")
         assert "waiting for the first sample" not in text_of(screen.query_one("#gpu-status"))
     assert threads and all(t is not threading.main_thread() for t in threads)
+
+
+def fixed_app(tmp_path: Path) -> WorkbenchApp:
+    from tui_data import EVENTS, JOBS, LOGS, NOW, PROCESSES, fake_gpu_snapshot, history
+
+    from screens.source import FixedSource
+
+    source = FixedSource(
+        fixed_jobs=JOBS,
+        fixed_telemetry=fake_gpu_snapshot(tmp_path),
+        fixed_history=history(True),
+        fixed_events=EVENTS,
+        fixed_logs=LOGS,
+        fixed_now=NOW,
+        fixed_processes=PROCESSES,
+    )
+    return WorkbenchApp(source, frozen=True)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
+async def test_dashboard_every_gpu_processes_window_and_owning_job(
+    tmp_path: Path, size: tuple[int, int]
+) -> None:
+    app = fixed_app(tmp_path)
+    async with app.run_test(size=size) as pilot:
+        screen = app.screen
+        assert isinstance(screen, DashboardScreen)
+        await until(pilot, lambda: screen.processes, what="the process table")
+        gpus = screen.query_one("#gpus").plain  # type: ignore[attr-defined]
+        assert "GPU 0" in gpus and "GPU 1" in gpus and "-10m" in gpus and "now" in gpus
+        table = screen.query_one("#procs", DataTable)
+        assert [str(table.get_row_at(i)[0]) for i in range(table.row_count)] == ["4242", "5150"]
+        assert "2 train mlp" in str(table.get_row_at(0))
+        await pilot.press("o")  # by SM %: still 4242 (88%) before 5150 (3%)
+        await pilot.press("o", "o")  # by host memory
+        assert screen.processes[0]["pid"] == 4242
+        await pilot.press("o")  # by elapsed: the two-hour notebook first
+        assert screen.processes[0]["pid"] == 5150
+        await pilot.press("w")
+        assert screen.window_s == 3600
+        await pilot.press("home", "c")  # 5150 belongs to no job
+        assert any("no job owns" in str(n.message) for n in app._notifications)
+        await pilot.press("down", "enter")  # 4242 is job 2's
+        assert isinstance(app.screen, JobDetailScreen) and app.screen.job_id == 2
+
+
+async def test_help_shows_readable_key_names(tmp_path: Path) -> None:
+    app = fixed_app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("j")
+        help_text = app.help_text()
+        assert "`+ / =` Prio+" in help_text and "`-` Prio-" in help_text
+        assert "equals_sign" not in help_text and "plus," not in help_text
+        assert "`b` Pipeline" in help_text
+
+
+async def test_queue_of_20000_jobs_holds_a_window_and_pages(home: Home) -> None:
+    """20,000 jobs: the table holds a few screens of rows, not the store; End, Home, PgUp and
+    PgDn move through all of them; a state filter counts in the store."""
+    from tui_data import fill_jobs
+
+    from workbench.db.store import Store
+
+    store = Store.open(home.state_db)
+    fill_jobs(store, 20_000)
+    store.close()
+    app = WorkbenchApp(Source(home))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("j")
+        table = app.screen.query_one("#jobs", JobTable)
+        await until(pilot, lambda: table.window.total == 20_000, what="the count")
+        assert len(table.window.jobs) <= 3 * table.visible_rows
+        assert table.selected().id == 20_000  # type: ignore[union-attr]  # opens at the newest
+        await pilot.press("home")
+        await until(pilot, lambda: table.selected() and table.selected().id == 1, what="Home")  # type: ignore[union-attr]
+        await pilot.press("pagedown", "pagedown")
+        expected = 1 + 2 * table.visible_rows
+        await until(
+            pilot,
+            lambda: table.selected() and table.selected().id == expected,  # type: ignore[union-attr]
+            what="two pages down",
+        )
+        await pilot.press("pageup")
+        await until(
+            pilot,
+            lambda: table.selected() and table.selected().id == expected - table.visible_rows,  # type: ignore[union-attr]
+            what="a page up",
+        )
+        await pilot.press("end")
+        await until(pilot, lambda: table.selected() and table.selected().id == 20_000, what="End")  # type: ignore[union-attr]
+        assert len(table.window.jobs) <= 3 * table.visible_rows
+        for _ in range(6):  # any -> ... -> failed
+            await pilot.press("f")
+        await until(pilot, lambda: table.window.total == 20_000 // 7, what="failed jobs counted")
+        assert all(job.state == "failed" for job in table.window.jobs)
+
+
+@pytest.mark.parametrize("key", ["d", "j", "s", "r", "m"])
+async def test_title_and_footer_fit_80_columns(tmp_path: Path, key: str) -> None:
+    """At 80 columns the title bar names every screen key and the footer's keys all fit."""
+    from textual.widgets._footer import FooterKey
+
+    from screens.widgets import FocusLine
+
+    app = fixed_app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press(key)
+        await pilot.pause(0.2)
+        title = app.screen.query_one("#title-bar").content
+        assert all(f" {k} " in str(title) for k in "djsrm") and "? help" in str(title)
+        footer_keys = list(app.screen.query(FooterKey))
+        assert footer_keys
+        used = app.screen.query_one(FocusLine).outer_size.width + sum(
+            k.outer_size.width for k in footer_keys
+        )
+        assert used <= 80, [str(k.render()) for k in footer_keys]
+
+
+@pytest.mark.parametrize("width", [24, 38, 78, 156])
+def test_dashboard_lines_never_wrap(tmp_path: Path, width: int) -> None:
+    """Every Dashboard line fits its width, whatever the values: a load of 10+, 64 cores,
+    rates in GiB/s, a long GPU name, many disks (values are cut, never wrapped)."""
+    from tui_data import NOW, fake_gpu_snapshot, history
+
+    from screens import dashboard
+
+    snap = fake_gpu_snapshot(tmp_path)
+    snap["cpu"] = {"total": 99.5, "per_core": [99.0] * 64, "load_avg": [10.5, 12.25, 99.75]}
+    snap["network"] = {
+        f"enp{i}s0": {"rx_bytes_per_s": 9.9 * 1024**3, "tx_bytes_per_s": 8.8 * 1024**3}
+        for i in range(4)
+    }
+    snap["disk_io"] = {"nvme0n1": {"read_bytes_per_s": 7e9, "write_bytes_per_s": 6e9}}
+    snap["gpus"][0]["name"] = "NVIDIA H100 80GB HBM3 with a very long marketing name"
+    rows = history(True)
+    lines = dashboard.render_gpu(snap["gpus"][0], rows, NOW, 600, width, 8)
+    for render in (
+        dashboard.render_cpu,
+        dashboard.render_memory,
+        dashboard.render_network,
+        dashboard.render_disks,
+    ):
+        lines += render(snap, rows, NOW, 600, width, 12)
+    lines += dashboard.host_lines_compact(snap, rows, width)
+    assert lines and all(line.cell_len <= width for line in lines), [
+        (line.cell_len, line.plain) for line in lines if line.cell_len > width
+    ]
+    assert all("\n" not in line.plain for line in lines)
+
+
+async def test_pipeline_dialog_shows_progress_while_it_validates(
+    app: WorkbenchApp, client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from workbench.queue import pipeline as pipelines
+
+    release = threading.Event()
+    real = pipelines.load_pipeline
+
+    def slow_load(path: Path) -> Any:
+        release.wait(10)
+        return real(path)
+
+    monkeypatch.setattr(pipelines, "load_pipeline", slow_load)
+    (tmp_path / "p.toml").write_text('[[stage]]\nname = "one"\nkind = "command"\nargv = ["true"]\n')
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("j", "b")
+        app.screen.query_one("#pipeline-path", Input).value = str(tmp_path / "p.toml")
+        await pilot.press("enter")
+        assert app.screen.query_one("#pipeline-busy").display
+        assert "validating" in text_of(app.screen.query_one("#pipeline-error"))
+        release.set()
+        await until(pilot, lambda: isinstance(app.screen, QueueScreen), what="queued and closed")
+
+
+@pytest.mark.parametrize(
+    "state,text",
+    [(None, ""), ("failed", ""), (None, "LR=0.003"), ("paused", "point 1"), (None, "sigterm"),
+     ("succeeded", "nothing like this")],
+)  # fmt: skip
+def test_job_filter_in_sql_matches_python(home: Home, state: str | None, text: str) -> None:
+    """The Queue's filter counted and paged in SQL agrees with the same filter in Python, and
+    pages are in id order."""
+    from tui_data import fill_jobs
+
+    from workbench.db import job_pages
+    from workbench.db.job_pages import JobFilter
+    from workbench.db.store import Store
+
+    store = Store.open(home.state_db)
+    fill_jobs(store, 300)
+    where = JobFilter(state, text)
+    everything = store.list_jobs()
+    expected = [j.id for j in everything if where.matches(j)]
+    assert job_pages.count_jobs(store, where) == len(expected)
+    page = job_pages.page_of_jobs(store, where, 5, 20)
+    assert [j.id for j in page] == expected[5:25]
+    if expected:
+        assert job_pages.position_of_job(store, where, expected[-1]) == len(expected) - 1
+    store.close()
+
+
+def test_every_state_has_its_own_colour() -> None:
+    """Paused (held by a user) and blocked (a dependency failed) never look like failed."""
+    from screens.widgets import state_style
+    from workbench.db.store import JobState
+
+    styles = {state: state_style(state) for state in JobState}
+    assert all(styles.values()) and len(set(styles.values())) == len(styles)
+    assert "red" not in styles[JobState.PAUSED] and "red" not in styles[JobState.BLOCKED]

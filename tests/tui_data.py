@@ -72,6 +72,7 @@ JOBS = [
         gpus=1.0,
         granted_gpus=[0],
         pid=4242,
+        started_at=NOW - 530,
         progress=0.4,
         progress_msg="epoch 12/30 val_accuracy 0.951",
         peak_gpu_mem=12 * GiB,
@@ -166,7 +167,7 @@ def fake_gpu_snapshot(tmp_path: Path) -> dict[str, Any]:
                 "temperature": 34,
                 "power_draw_w": 70.0,
                 "power_limit_w": 700.0,
-                "processes": [],
+                "processes": [{"pid": 5150, "used_memory": 1 * GiB, "sm_util": 3}],
             },
         ],
     )
@@ -188,6 +189,8 @@ def fake_gpu_snapshot(tmp_path: Path) -> dict[str, Any]:
         for proc in sample.get("processes") or []:
             if proc["pid"] == 4242:
                 proc.update({"job_id": 2, "job_name": "train mlp", "command": "python"})
+            else:
+                proc.update({"job_id": None, "job_name": None, "command": "jupyter-lab"})
     return {
         "schema": 1,
         "time": NOW,
@@ -253,3 +256,76 @@ def history(with_gpus: bool) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+FILL_STATES = ("succeeded", "succeeded", "failed", "cancelled", "succeeded", "blocked", "paused")
+
+
+def fill_jobs(store: Any, count: int, now: float | None = None) -> list[int]:
+    """`count` command jobs, most of them ended, some blocked and paused (states a daemon leaves
+    alone): the table a busy queue builds over months, for the Queue's tests and benchmark."""
+    import time
+
+    from workbench.db.store import JobRequest
+
+    requests = [
+        JobRequest(
+            name=f"sweep point {i} lr={0.001 * (1 + i % 9):.3f}",
+            kind="command",
+            spec={"argv": ["python", "train.py", str(i)]},
+            cwd="/srv/project",
+            env={"PATH": "/usr/bin", "HOME": "/home/user"},
+            argv=["python", "train.py", str(i)],
+            resources=Resources(cpus=1.0),
+            paused=True,
+        )
+        for i in range(count)
+    ]
+    ids = store.submit_many(requests)
+    now = now or time.time()
+    with store.transaction() as conn:
+        # One job a minute, the newest a minute old: ages like a queue's over weeks.
+        conn.executemany(
+            "UPDATE jobs SET state = ?, reason = ?, created_at = ?, ended_at = ?, exit_code = ?"
+            " WHERE id = ?",
+            [
+                (
+                    state,
+                    {
+                        "failed": "exited with code 1",
+                        "cancelled": "cancelled (killed by SIGTERM)",
+                        "paused": "paused",
+                        "blocked": "dependency 1 failed",
+                    }.get(state),
+                    now - 60 * (count - index),
+                    now - 60 * (count - index) + 30
+                    if state in ("succeeded", "failed", "cancelled")
+                    else None,
+                    {"succeeded": 0, "failed": 1, "cancelled": 143}.get(state),
+                    job_id,
+                )
+                for index, (job_id, state) in enumerate(
+                    zip(ids, (FILL_STATES[i % len(FILL_STATES)] for i in range(count)), strict=True)
+                )
+            ],
+        )
+    return ids
+
+
+# What psutil would say of the GPU process (pid 4242 is job 2's training process).
+PROCESSES: dict[int, dict[str, Any]] = {
+    4242: {
+        "user": "alice",
+        "cpu_percent": 98.0,
+        "rss_bytes": 6 * GiB,
+        "started": NOW - 530,
+        "command": "python -P -m jobs 2 (train mlp on penguins v1)",
+    },
+    5150: {
+        "user": "bob",
+        "cpu_percent": 4.0,
+        "rss_bytes": 900 * 1024**2,
+        "started": NOW - 7200,
+        "command": "/usr/bin/python3 /usr/local/bin/jupyter-lab --no-browser --port 8888",
+    },
+}

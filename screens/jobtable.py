@@ -1,0 +1,311 @@
+"""A virtual job table: it knows how many rows match and holds only a window of jobs around the
+visible rows; columns are sized to the visible content on every draw and the least useful ones
+drop out when the terminal is narrow, so the reason a job waits stays on screen."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from rich.text import Text
+from textual import events
+from textual.binding import Binding, BindingType
+from textual.message import Message
+from textual.widget import Widget
+
+from screens.widgets import state_style
+from workbench.db.store import Job
+from workbench.present import job_progress, job_resources
+
+# (column, justify). Shown in this order; dropped in DROP_ORDER when the width is short.
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("id", "right"),
+    ("name", "left"),
+    ("kind", "left"),
+    ("state", "left"),
+    ("prio", "right"),
+    ("resources", "left"),
+    ("progress", "left"),
+    ("age", "right"),
+    ("reason", "left"),
+)
+DROP_ORDER = ("resources", "progress", "kind", "age", "prio")
+NAME_MAX = 28
+NAME_MIN = 12
+REASON_MIN = 30
+
+
+def short_age(seconds: float) -> str:
+    """`42s` under a minute, then `17m`, `3h05m`, `2d4h`: past the first minute an age changes
+    once a minute, so an idle table is redrawn once a minute rather than every second."""
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"{minutes}m"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours}h"
+
+
+def cell_texts(job: Job, now: float) -> dict[str, str]:
+    """Each column's plain text for one job (`age` from `created_at` to `now`)."""
+    reason = job.reason if job.state not in ("running", "succeeded") else ""
+    return {
+        "id": str(job.id),
+        "name": job.name,
+        "kind": job.kind,
+        "state": job.state,
+        "prio": str(job.priority),
+        "resources": job_resources(job),
+        "progress": job_progress(job),
+        "age": short_age(max(0.0, now - job.created_at)),
+        "reason": reason or "",
+    }
+
+
+def fit_columns(
+    widths: dict[str, int], total: int, empty: frozenset[str] = frozenset()
+) -> dict[str, int]:
+    """Choose columns and widths for `total` cells of width: each column as wide as its widest
+    visible value (empty optional columns left out); then, until the reason has REASON_MIN
+    cells (or all it needs), drop resources, progress and kind, shorten the name, drop age and
+    priority, shorten the name again. The reason takes what is left."""
+    shown = {name: widths[name] for name, _ in COLUMNS}
+    shown["name"] = min(shown["name"], NAME_MAX)
+    for optional in ("resources", "progress"):
+        if optional in empty:  # nothing to show in the visible rows
+            del shown[optional]
+
+    def short(columns: dict[str, int]) -> int:
+        used = sum(w for c, w in columns.items() if c != "reason") + len(columns) - 1
+        return min(REASON_MIN, columns["reason"]) - (total - used)
+
+    steps: list[tuple[str, int]] = [
+        ("resources", 0),
+        ("progress", 0),
+        ("kind", 0),
+        ("name", 18),
+        ("age", 0),
+        ("prio", 0),
+        ("name", NAME_MIN),
+    ]
+    for column, keep in steps:
+        missing = short(shown)
+        if missing <= 0:
+            break
+        if column == "name":
+            shown["name"] = max(keep, shown["name"] - missing)
+        elif column in shown:
+            del shown[column]
+    used = sum(w for c, w in shown.items() if c != "reason") + len(shown) - 1
+    shown["reason"] = max(0, total - used)
+    return shown
+
+
+def clip(text: str, width: int) -> str:
+    """`text` cut to `width` cells with an ellipsis (never wrapped)."""
+    if len(text) <= width:
+        return text
+    return text[: max(0, width - 1)] + "…" if width > 0 else ""
+
+
+@dataclass
+class Window:
+    """The jobs held: rows `offset`.. of `total` matching ones."""
+
+    total: int = 0
+    offset: int = 0
+    jobs: tuple[Job, ...] = ()
+
+    def get(self, index: int) -> Job | None:
+        position = index - self.offset
+        return self.jobs[position] if 0 <= position < len(self.jobs) else None
+
+
+class JobTable(Widget, can_focus=True):
+    """Rows of jobs drawn from a window the screen loads; the cursor follows a job by index."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("up", "move(-1)", "Up", show=False),
+        Binding("down", "move(1)", "Down", show=False),
+        Binding("pageup", "page(-1)", "Page up", show=False),
+        Binding("pagedown", "page(1)", "Page down", show=False),
+        Binding("home", "jump(0)", "First", show=False),
+        Binding("end", "jump(-1)", "Last", show=False),
+        Binding("enter", "select", "Open", show=False),
+    ]
+    COMPONENT_CLASSES: ClassVar[set[str]] = {"jobtable--header", "jobtable--cursor"}
+    DEFAULT_CSS = """
+    JobTable { height: 1fr; }
+    JobTable > .jobtable--header { text-style: bold; color: $text-muted; }
+    JobTable > .jobtable--cursor { background: $primary 30%; }
+    JobTable:focus > .jobtable--cursor { background: $accent 60%; text-style: bold; }
+    """
+
+    @dataclass
+    class WindowWanted(Message):
+        """The visible rows are not all held: the screen should load rows from `offset`."""
+
+        offset: int
+        rows: int
+
+    @dataclass
+    class Selected(Message):
+        """Enter on a job."""
+
+        job: Job
+
+    def __init__(self, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.window = Window()
+        self.cursor = 0
+        self.top = 0
+        self.now = 0.0
+        self.shown_columns: dict[str, int] = {}
+        # On the last row by default (first open, End): new jobs keep the cursor on the newest,
+        # as a log follows its tail; any other move stops that.
+        self.follow = True
+
+    # ---- what the screen calls -------------------------------------------------------
+
+    @property
+    def visible_rows(self) -> int:
+        return max(1, self.size.height - 1)
+
+    def wanted_offset(self) -> int:
+        """Where a window of three screens around the visible rows should start."""
+        return max(0, self.top - self.visible_rows)
+
+    def wanted_rows(self) -> int:
+        return self.visible_rows * 3
+
+    def set_window(self, window: Window, now: float) -> None:
+        """New rows from the screen's read; redraws only when something shown changed."""
+        before = self.visible_cells()
+        grew = window.total > self.window.total
+        self.window = window
+        self.now = now
+        if self.follow and grew:
+            self.cursor = window.total - 1
+        self.cursor = max(0, min(self.cursor, window.total - 1))
+        self._scroll_to_cursor(request=True)
+        if self.visible_cells() != before:
+            self.refresh()
+
+    def set_now(self, now: float) -> None:
+        """Ages move on: redraw only if a visible age changed."""
+        before = self.visible_cells()
+        self.now = now
+        if self.visible_cells() != before:
+            self.refresh()
+
+    def selected(self) -> Job | None:
+        return self.window.get(self.cursor)
+
+    def move_to(self, index: int, follow: bool = False) -> None:
+        self.follow = follow
+        self.cursor = max(0, min(index, self.window.total - 1))
+        self._scroll_to_cursor(request=True)
+        self.refresh()
+
+    # ---- drawing ---------------------------------------------------------------------
+
+    def visible_jobs(self) -> list[Job | None]:
+        end = min(self.window.total, self.top + self.visible_rows)
+        return [self.window.get(i) for i in range(self.top, end)]
+
+    def visible_cells(self) -> list[tuple[str, ...] | None]:
+        return [
+            None if job is None else tuple(cell_texts(job, self.now).values())
+            for job in self.visible_jobs()
+        ]
+
+    def render(self) -> Text:
+        rows = self.visible_jobs()
+        texts = [None if job is None else cell_texts(job, self.now) for job in rows]
+        widths = {name: len(name) for name, _ in COLUMNS}
+        filled: set[str] = set()
+        for cells in texts:
+            for name, value in (cells or {}).items():
+                widths[name] = max(widths[name], len(value))
+                if value and value != "-":
+                    filled.add(name)
+        empty = frozenset(name for name, _ in COLUMNS if name not in filled)
+        shown = fit_columns(widths, self.size.width, empty)
+        self.shown_columns = shown
+        header_style = self.get_component_rich_style("jobtable--header")
+        cursor_style = self.get_component_rich_style("jobtable--cursor")
+        justify = dict(COLUMNS)
+        out = Text(no_wrap=True, overflow="crop")
+        header = " ".join(
+            clip(n, w).rjust(w) if justify[n] == "right" else clip(n, w).ljust(w)
+            for n, w in shown.items()
+        )
+        out.append(header, style=header_style)
+        for index, (job, cells) in enumerate(zip(rows, texts, strict=True)):
+            out.append("\n")
+            line = Text(no_wrap=True, overflow="crop")
+            if job is None or cells is None:
+                line.append("…".ljust(self.size.width), style="dim")
+            else:
+                for position, (name, width) in enumerate(shown.items()):
+                    if position:
+                        line.append(" ")
+                    value = clip(cells[name], width)
+                    value = value.rjust(width) if justify[name] == "right" else value.ljust(width)
+                    line.append(value, style=state_style(job.state) if name == "state" else "")
+                line.pad_right(max(0, self.size.width - line.cell_len))
+            if self.top + index == self.cursor:
+                line.stylize(cursor_style)
+            out.append_text(line)
+        if not rows:
+            out.append("\n")
+        return out
+
+    # ---- keys and mouse --------------------------------------------------------------
+
+    def _scroll_to_cursor(self, request: bool) -> None:
+        height = self.visible_rows
+        if self.cursor < self.top:
+            self.top = self.cursor
+        elif self.cursor >= self.top + height:
+            self.top = self.cursor - height + 1
+        self.top = max(0, min(self.top, max(0, self.window.total - height)))
+        if not request:
+            return
+        end = min(self.window.total, self.top + height)
+        held = range(self.window.offset, self.window.offset + len(self.window.jobs))
+        if self.window.total and not (self.top in held and end - 1 in held):
+            self.post_message(self.WindowWanted(self.wanted_offset(), self.wanted_rows()))
+
+    def action_move(self, step: int) -> None:
+        self.move_to(self.cursor + step)
+
+    def action_page(self, step: int) -> None:
+        self.move_to(self.cursor + step * self.visible_rows)
+
+    def action_jump(self, where: int) -> None:
+        self.move_to(self.window.total - 1 if where < 0 else 0, follow=where < 0)
+
+    def action_select(self) -> None:
+        job = self.selected()
+        if job is not None:
+            self.post_message(self.Selected(job))
+
+    def on_mouse_scroll_down(self, event: events.MouseScrollDown) -> None:
+        event.stop()
+        self.move_to(self.cursor + 3)
+
+    def on_mouse_scroll_up(self, event: events.MouseScrollUp) -> None:
+        event.stop()
+        self.move_to(self.cursor - 3)
+
+    def on_click(self, event: events.Click) -> None:
+        if event.y >= 1:
+            self.move_to(self.top + event.y - 1)
+
+    def on_resize(self) -> None:
+        self._scroll_to_cursor(request=True)
