@@ -28,7 +28,13 @@ from screens.widgets import STATE_STYLES, WorkbenchScreen, state_text, unit
 from workbench.daemon.logs import rotated, tail_bytes
 from workbench.db.job_pages import JobFilter
 from workbench.db.store import Job, JobEvent
-from workbench.present import job_progress, job_resources, recorded_usage, used_parts
+from workbench.present import (
+    granted_text,
+    job_progress,
+    job_resources,
+    recorded_usage,
+    used_parts,
+)
 from workbench.units import format_duration, format_size
 
 STATE_FILTERS = (
@@ -664,10 +670,7 @@ def job_facts(
         )
     facts.append(("cwd", job.cwd))
     facts.append(("asked", job_resources(job)))
-    granted = job.granted_gpus
-    facts.append(
-        ("granted", "GPU " + ", ".join(map(str, granted)) if granted else "no GPU (CPU only)")
-    )
+    facts.append(("granted", granted_text(job)))
     used = used_parts(job, recorded, usage, peak_rss)
     facts.append(("used", ", ".join(unit(u) for u in used) if used else "not measured yet"))
     if job.started_at is not None:

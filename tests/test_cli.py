@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from conftest import wait_for, workbench
 
 from workbench.paths import Home
@@ -192,3 +193,16 @@ def test_show_tolerates_missing_partial_and_stale_exit_records(home: Home) -> No
     (home.run_dir(held) / "exit.json").write_text('{"exit_code": 0, "cpu_s": 9.0}')
     shown_held = json.loads(workbench("show", str(held), "--json").stdout)
     assert shown_held["cpu_s"] is None and shown_held["peak_mem_bytes"] is None
+
+
+@pytest.mark.parametrize(
+    ("granted", "text"),
+    [(None, "not yet"), ([], "no GPU (CPU only)"), ([0], "GPU 0"), ([1, 3], "GPUs 1, 3")],
+)
+def test_granted_gpus_are_said_in_words(granted: list[int] | None, text: str) -> None:
+    """`show` printed the raw list (`granted GPUs []`); it and the job screen now say it."""
+    from types import SimpleNamespace
+
+    from workbench.present import granted_text
+
+    assert granted_text(SimpleNamespace(granted_gpus=granted)) == text  # type: ignore[arg-type]

@@ -41,6 +41,17 @@ def job_resources(job: Job) -> str:
     return " ".join(parts) or "-"
 
 
+def granted_text(job: Job) -> str:
+    """What the scheduler granted, in words: `GPU 0`, `GPUs 0, 1`, `no GPU (CPU only)`, or `not yet`
+    (a job that has not started)."""
+    if job.granted_gpus is None:
+        return "not yet"
+    if not job.granted_gpus:
+        return "no GPU (CPU only)"
+    label = "GPU" if len(job.granted_gpus) == 1 else "GPUs"
+    return f"{label} {', '.join(map(str, job.granted_gpus))}"
+
+
 def job_progress(job: Job) -> str:
     """`40% epoch 12/30`, or empty when the job reports none."""
     if job.progress is None and not job.progress_msg:
@@ -160,8 +171,7 @@ def job_details(
             else f"{job.executor} (not handed over yet)"
         )
         lines.append(("runs on", where + (f" on {job.node}" if job.node else "")))
-    granted = job.granted_gpus if job.granted_gpus is not None else "-"
-    lines.append(("resources", f"asked {job_resources(job)}; granted GPUs {granted}"))
+    lines.append(("resources", f"asked {job_resources(job)}; granted {granted_text(job)}"))
     used = used_parts(job, recorded_usage(job, run_dir))
     if used:
         lines.append(("used", ", ".join(used)))
