@@ -556,14 +556,21 @@ def _wrapper_main(launch: Launch, cgroup_dir: Path | None) -> int:
     return 0
 
 
+_SPACE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
 def _record_end(launch: Launch, status: runner.ExitStatus) -> None:
-    """Write exit.json; a full disk must not lose the outcome: retry until it can be written
-    (the daemon sees the wrapper alive meanwhile)."""
+    """Write exit.json; a full disk must not lose the outcome: retry while the disk is full
+    (the daemon sees the wrapper alive meanwhile). Any other error (the run folder was removed
+    by `rm` or `prune`, or the home deleted) cannot heal by waiting: the wrapper gives up, and
+    the daemon, if one still tracks the job, settles it as ended without a record."""
     while True:
         try:
             runner.write_exit(launch.run_dir, status, launch.token)
             return
-        except OSError:
+        except OSError as error:
+            if error.errno not in _SPACE_ERRORS:
+                return
             time.sleep(_FULL_DISK_RETRY_S)
 
 
