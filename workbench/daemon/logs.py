@@ -4,11 +4,13 @@ is full), a follower that streams across rotations without repeats or jumps, and
 from __future__ import annotations
 
 import errno
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 ROTATED_SUFFIX = ".1"
+OFFSETS_SUFFIX = ".offsets"  # {"<inode>": start offset in the whole output} of log and log.1
 _BLOCK = 65536
 TAIL_SCAN_LIMIT_BYTES = 4 * 1024 * 1024  # `-n N` reads at most this much from the end
 
@@ -16,6 +18,22 @@ TAIL_SCAN_LIMIT_BYTES = 4 * 1024 * 1024  # `-n N` reads at most this much from t
 def rotated(path: Path) -> Path:
     """The previous generation of a log (`log.1`)."""
     return path.with_name(path.name + ROTATED_SUFFIX)
+
+
+def offsets_file(path: Path) -> Path:
+    """Where the writer records at which offset of the job's whole output each of the two
+    generations begins (keyed by inode), so a follower can tell exactly what it skipped."""
+    return path.with_name(path.name + OFFSETS_SUFFIX)
+
+
+def read_offsets(path: Path) -> dict[int, int]:
+    """{inode: start offset in bytes of the job's whole output} for `log` and `log.1`, from the
+    writer's record; {} when there is none or it cannot be read."""
+    try:
+        data = json.loads(offsets_file(path).read_bytes())
+        return {int(inode): int(start) for inode, start in data.items()}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}
 
 
 class RotatingLog:
@@ -32,12 +50,24 @@ class RotatingLog:
         self.size = 0
         self.dropped_bytes = 0
         self.drop_error = ""
+        self.inode = -1
+        self.base = 0  # where the current file begins in the job's whole output
         self._open()
+        known = read_offsets(path)
+        if self.inode in known:
+            self.base = known[self.inode]
+        else:
+            try:
+                self.base = os.stat(rotated(path)).st_size
+            except OSError:
+                self.base = 0
 
     def _open(self) -> None:
         try:
             self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            self.size = os.fstat(self.fd).st_size
+            info = os.fstat(self.fd)
+            self.size = info.st_size
+            self.inode = info.st_ino
         except OSError as error:
             self.fd = -1
             self.drop_error = error.strerror or str(error)
@@ -50,10 +80,27 @@ class RotatingLog:
             view = view[written:]
 
     def _rotate(self) -> None:
+        old_inode, old_base = self.inode, self.base
         os.replace(self.path, rotated(self.path))
         os.close(self.fd)
         self.fd = -1
+        self.base = old_base + self.size
         self._open()
+        if self.fd >= 0:
+            self._record_offsets({old_inode: old_base, self.inode: self.base})
+
+    def _record_offsets(self, starts: dict[int, int]) -> None:
+        """Best effort (a full disk only makes followers less precise about what they skip)."""
+        target = offsets_file(self.path)
+        tmp = target.with_name(target.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps({str(inode): start for inode, start in starts.items()}))
+            os.replace(tmp, target)
+        except OSError:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
 
     def write(self, data: bytes) -> None:
         """Append `data` (rotating first where it would pass the cap); never raises."""
@@ -145,17 +192,37 @@ def tail_lines(path: Path, count: int, limit_bytes: int = TAIL_SCAN_LIMIT_BYTES)
         follower.close()
 
 
+SKIP_MARKER = "[workbench] {count} skipped: the log rotated faster than it was followed\n"
+_LONGEST_HELD_LINE = 1024 * 1024  # a line longer than this is passed on unfinished
+
+
+def _first_break(data: bytes) -> int:
+    """Index of the first line end (`\\n` or `\\r`) in `data`, -1 if none."""
+    ends = [i for i in (data.find(b"\n"), data.find(b"\r")) if i >= 0]
+    return min(ends) if ends else -1
+
+
 class LogFollower:
     """Streams a rotating log faithfully: it keeps the file it is reading open, so when `log` is
-    renamed to `log.1` it reads the old file to its end before switching to the new `log` by
-    inode. Every byte written is returned once, in order, as long as the reader calls `read` at
-    least once per two generations (with the default cap: every 16 MiB of output)."""
+    renamed to `log.1` it reads the old file to its end before switching to the next generation
+    by inode. Every byte written is returned once, in order, as long as the reader calls `read`
+    at least once per two generations (with the default cap: every 16 MiB of output).
+
+    A reader that falls further behind loses what rotated away unread; the stream stays
+    faithful even then: `read` returns whole lines only (ended by `\\n` or `\\r`; the
+    unfinished last line is held back until it ends, or until `flush`), the line torn by the
+    skip is dropped on both sides, and one marker line (`SKIP_MARKER`, with the byte count from
+    the writer's offsets record where it has one) stands where bytes were skipped."""
 
     def __init__(self, path: Path, start: int | None = None):
         """`start`: the offset in the current `log` to begin at (None: its end)."""
         self.path = path
         self._fd = -1
         self._inode = -1
+        self._base: int | None = None  # where the open file begins in the whole output
+        self._held = b""  # the unfinished last line, not yet returned
+        self._resync = False  # after a skip: drop bytes up to the next line end
+        self._after: tuple[int, int | None] | None = None  # (inode, end) of a finished file
         self._open_current(start)
 
     def _open_current(self, start: int | None) -> None:
@@ -166,6 +233,11 @@ class LogFollower:
         self._fd = fd
         self._inode = os.fstat(fd).st_ino
         os.lseek(fd, os.fstat(fd).st_size if start is None else start, os.SEEK_SET)
+        known = read_offsets(self.path)
+        if self._inode in known:
+            self._base = known[self._inode]
+        elif not rotated(self.path).exists():
+            self._base = 0
 
     @property
     def position(self) -> int:
@@ -208,38 +280,93 @@ class LogFollower:
                 os.close(older_fd)
 
     def read(self) -> bytes:
-        """Everything written since the last call (possibly b"")."""
-        chunks: list[bytes] = []
+        """The whole lines written since the last call (possibly b""), with a marker line
+        where bytes rotated away unread."""
+        out: list[bytes] = []
         while True:
-            if self._fd < 0:
-                self._open_current(0)
-                if self._fd < 0:
-                    return b"".join(chunks)
-            chunks.extend(self._read_to_end())
+            if self._fd < 0 and not self._open_next(out):
+                break
+            self._take(b"".join(self._read_to_end()), out)
             try:
                 now_inode = os.stat(self.path).st_ino
             except FileNotFoundError:
-                return b"".join(chunks)
+                break
             if now_inode == self._inode:
-                return b"".join(chunks)
-            # Rotated: the open file (now log.1, or gone) was read to its end above; a write may
-            # have landed after that read and before the rename, so read once more. If log.1 is
-            # not our file, a whole generation went by between two reads: it comes next.
-            chunks.extend(self._read_to_end())
+                break
+            # Rotated: the open file (now log.1, or gone) is final once renamed; a write may
+            # have landed after the read above and before the rename, so read once more.
+            self._take(b"".join(self._read_to_end()), out)
+            end = None if self._base is None else self._base + self.position
+            self._after = (self._inode, end)
             os.close(self._fd)
             self._fd = -1
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        """The unfinished last line held back by `read` (call when the writer has ended)."""
+        held, self._held = self._held, b""
+        return b"" if self._resync else held
+
+    def _open_next(self, out: list[bytes]) -> bool:
+        """Open the generation after the finished one (`log.1` when a whole generation went
+        by unread, else `log`), noting any skip in `out`; False if there is none yet."""
+        if self._after is None:  # the log did not exist when we began
+            self._open_current(0)
+            return self._fd >= 0
+        done_inode, done_end = self._after
+        try:
+            current = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            return False
+        fd = -1
+        try:
+            fd = os.open(rotated(self.path), os.O_RDONLY)
+            if os.fstat(fd).st_ino in (done_inode, current):
+                os.close(fd)
+                fd = -1
+        except FileNotFoundError:
+            pass
+        if fd < 0:
             try:
-                older = os.open(rotated(self.path), os.O_RDONLY)
+                fd = os.open(self.path, os.O_RDONLY)
             except FileNotFoundError:
-                continue
-            if os.fstat(older).st_ino in (self._inode, now_inode):
-                os.close(older)
-                continue
-            self._fd = older
-            self._inode = os.fstat(older).st_ino
-            chunks.extend(self._read_to_end())
-            os.close(self._fd)
-            self._fd = -1
+                return False
+        inode = os.fstat(fd).st_ino
+        known = read_offsets(self.path)
+        start = known.get(inode)
+        skipped: int | None
+        if start is not None and done_end is not None:
+            skipped = max(start - done_end, 0)
+        else:
+            try:  # `log.1` still the finished file after opening `log`: nothing went by
+                contiguous = os.stat(rotated(self.path)).st_ino == done_inode
+            except FileNotFoundError:
+                contiguous = False
+            skipped = 0 if contiguous and inode != done_inode else None
+        self._fd, self._inode, self._base, self._after = fd, inode, start, None
+        if skipped != 0:
+            count = "an unknown number of bytes" if skipped is None else f"{skipped} bytes"
+            self._held = b""  # its end rotated away unread
+            out.append(SKIP_MARKER.format(count=count).encode())
+            self._resync = True
+        return True
+
+    def _take(self, data: bytes, out: list[bytes]) -> None:
+        """Pass on the whole lines of held + `data`; hold the unfinished rest."""
+        if not data:
+            return
+        if self._resync:
+            cut = _first_break(data)
+            if cut < 0:
+                return
+            data = data[cut + 1 :]
+            self._resync = False
+        data = self._held + data
+        cut = max(data.rfind(b"\n"), data.rfind(b"\r"))
+        if cut < 0 and len(data) > _LONGEST_HELD_LINE:
+            cut = len(data) - 1
+        out.append(data[: cut + 1])
+        self._held = data[cut + 1 :]
 
     def _read_to_end(self) -> Iterator[bytes]:
         while True:
