@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROTATED_SUFFIX = ".1"
+RESERVE_SUFFIX = ".reserve"  # space the writer holds so a job's end can be recorded on a full disk
 OFFSETS_SUFFIX = ".offsets"  # {"<inode>": start offset in the whole output} of log and log.1
 _BLOCK = 65536
 TAIL_SCAN_LIMIT_BYTES = 4 * 1024 * 1024  # `-n N` reads at most this much from the end
@@ -39,17 +40,26 @@ def read_offsets(path: Path) -> dict[int, int]:
 class RotatingLog:
     """Appends a job's output to `path`; when a write would take the file past `cap_bytes // 2`,
     the file is first renamed to `log.1` (replacing the older one) and a new `log` begins, so the
-    two hold at most `cap_bytes`. Writes never raise: output that cannot be written (ENOSPC, EFBIG, EIO) is counted
-    and dropped, and a marker line saying how much was lost is written once writing works again.
-    The job keeps running either way: its pipe is always drained."""
+    two hold at most `cap_bytes`. Writes never raise: output that cannot be written (ENOSPC,
+    EFBIG, EIO) is counted and dropped, and a marker line saying how much was lost is written
+    once writing works again, or at `close`. The job keeps running either way: its pipe is
+    always drained.
 
-    def __init__(self, path: Path, cap_bytes: int):
+    With `reserve_bytes`, a file `log.reserve` of that size is allocated at once and given back
+    at `close`: when the job's own output filled the disk, that room takes the drop marker and
+    the job's exit record, so a job that ends is always settled."""
+
+    def __init__(self, path: Path, cap_bytes: int, reserve_bytes: int = 0):
         self.path = path
+        self.reserve = path.with_name(path.name + RESERVE_SUFFIX)
+        if reserve_bytes > 0:
+            _allocate(self.reserve, reserve_bytes)
         self.file_cap = max(cap_bytes // 2, 4096)
         self.fd = -1
         self.size = 0
         self.dropped_bytes = 0
         self.drop_error = ""
+        self.drop_errno = 0
         self.inode = -1
         self.base = 0  # where the current file begins in the job's whole output
         self._open()
@@ -116,9 +126,12 @@ class RotatingLog:
             if self.size and self.size + len(data) > self.file_cap:
                 self._rotate()
             if self.dropped_bytes:
+                why = "could not write the log"
+                if self.drop_errno in (errno.ENOSPC, errno.EDQUOT):
+                    why = "the disk holding the log was full"
                 marker = (
-                    f"\n[workbench] {self.dropped_bytes} bytes of output dropped: could not"
-                    f" write the log ({self.drop_error})\n"
+                    f"\n[workbench] {self.dropped_bytes} bytes of output dropped: {why}"
+                    f" ({self.drop_error})\n"
                 ).encode()
                 self._write_all(marker)
                 self.dropped_bytes = 0
@@ -126,14 +139,71 @@ class RotatingLog:
         except OSError as error:
             self.dropped_bytes += len(data)
             self.drop_error = error.strerror or str(error)
+            self.drop_errno = error.errno or 0
 
     def close(self) -> None:
-        """Flush the drop marker if anything was lost, then close."""
+        """Write the drop marker if anything was lost, making room for it where the disk is
+        full (the reserve first, then the older generation `log.1`, then this generation's
+        bytes), give the reserve back, and close. Never raises."""
         if self.dropped_bytes:
-            self.write(b"")
+            for make_room in (self._release_reserve, self._drop_older, self._drop_current):
+                self.write(b"")
+                if not self.dropped_bytes:
+                    break
+                make_room()
+            else:
+                self.write(b"")
+        self._release_reserve()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+    def _release_reserve(self) -> None:
+        try:
+            os.unlink(self.reserve)
+        except OSError:
+            pass
+
+    def _drop_older(self) -> None:
+        try:
+            self.dropped_bytes += os.stat(rotated(self.path)).st_size
+            os.unlink(rotated(self.path))
+        except OSError:
+            pass
+
+    def _drop_current(self) -> None:
+        if self.fd >= 0:
+            try:
+                os.ftruncate(self.fd, 0)
+                self.dropped_bytes += self.size
+                self.size = 0
+            except OSError:
+                pass
+
+
+def _allocate(path: Path, size: int) -> None:
+    """Create `path` holding `size` bytes of disk (best effort: nothing is left on failure)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError:
+        return
+    try:
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as error:
+            if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            os.write(fd, b"\0" * size)  # a file system without fallocate
+    except OSError:
+        os.close(fd)
+        fd = -1
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def tail_bytes(path: Path, count: int) -> bytes:

@@ -19,11 +19,12 @@ from workbench.daemon import runner
 from workbench.daemon.executors import Ended, Handle, Launch, LaunchError
 from workbench.daemon.executors import containment as cg
 from workbench.daemon.executors.launcher import read_frame, write_frame
-from workbench.daemon.logs import RotatingLog
+from workbench.daemon.logs import ROTATED_SUFFIX, RotatingLog
 
 CANCEL_FILE = "cancel"  # the grace in seconds for a cancel the daemon asked for (SIGUSR1)
 _CHUNK = 65536
 _FULL_DISK_RETRY_S = 1.0
+_END_RESERVE_BYTES = 256 * 1024  # held by the log from the start, for the drop marker and exit.json
 
 
 class LocalExecutor:
@@ -458,7 +459,9 @@ def _wrapper_main(launch: Launch, cgroup_dir: Path | None) -> int:
     signal.signal(signal.SIGCHLD, _ignore)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})  # a cancel sent early lands now
 
-    log = RotatingLog(launch.run_dir / runner.LOG_FILE, launch.log_cap_bytes)
+    log = RotatingLog(
+        launch.run_dir / runner.LOG_FILE, launch.log_cap_bytes, reserve_bytes=_END_RESERVE_BYTES
+    )
     if launch.header:
         log.write(f"[workbench] {launch.header}\n".encode())
     if cgroup_dir is not None:
@@ -557,13 +560,21 @@ def _wrapper_main(launch: Launch, cgroup_dir: Path | None) -> int:
 
 
 def _record_end(launch: Launch, status: runner.ExitStatus) -> None:
-    """Write exit.json; a full disk must not lose the outcome: retry until it can be written
-    (the daemon sees the wrapper alive meanwhile)."""
+    """Write exit.json; a full disk must not lose the outcome. The log gave back its reserve
+    when it closed; if something else took that room, the job's older log generation goes
+    next, and then it retries until it can be written (the daemon sees the wrapper alive
+    meanwhile)."""
+    older = launch.run_dir / (runner.LOG_FILE + ROTATED_SUFFIX)
     while True:
         try:
             runner.write_exit(launch.run_dir, status, launch.token)
             return
         except OSError:
+            try:
+                older.unlink()
+                continue
+            except OSError:
+                pass
             time.sleep(_FULL_DISK_RETRY_S)
 
 
