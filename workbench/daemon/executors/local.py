@@ -19,7 +19,7 @@ from workbench.daemon import runner
 from workbench.daemon.executors import Ended, Handle, Launch, LaunchError
 from workbench.daemon.executors import containment as cg
 from workbench.daemon.executors.launcher import read_frame, write_frame
-from workbench.daemon.logs import ROTATED_SUFFIX, RotatingLog
+from workbench.daemon.logs import RESERVE_SUFFIX, ROTATED_SUFFIX, RotatingLog
 
 CANCEL_FILE = "cancel"  # the grace in seconds for a cancel the daemon asked for (SIGUSR1)
 _CHUNK = 65536
@@ -224,6 +224,10 @@ class LocalExecutor:
         return ended
 
     def _cleanup(self, handle: Handle) -> None:
+        try:  # a wrapper killed before closing its log leaves the log's reserve behind
+            (handle.run_dir / (runner.LOG_FILE + RESERVE_SUFFIX)).unlink()
+        except OSError:
+            pass
         cgroup_dir = self._cgroup(handle.token)
         if cgroup_dir is not None:
             cg.remove_cgroup(cgroup_dir)
