@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 from workbench.catalog.lake import parse_settings
 from workbench.queue.spec import SpecError, from_table
 from workbench.units import parse_duration, parse_size
+from workbench.userfiles import UserFileError, read_toml
 
 
 @dataclass(frozen=True)
@@ -83,9 +83,9 @@ def load_config(path: Path) -> Config:
     if not path.exists():
         return Config()
     try:
-        data: dict[str, Any] = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise SpecError(f"{path}: {error}") from error
+        data: dict[str, Any] = read_toml(path)
+    except UserFileError as error:
+        raise SpecError(str(error)) from None
     known = {"daemon", "retention", "security", "sql", "lake", "executor"}
     for key in data:
         if key not in known:
