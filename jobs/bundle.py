@@ -67,7 +67,8 @@ def _is_categorical(arrow_type: Any) -> bool:
     )
 
 
-def _as_float(column: Any, name: str) -> np.ndarray:
+def as_float(column: Any, name: str) -> np.ndarray:
+    """An Arrow column as float64 (dates and timestamps as seconds/ticks; null -> NaN)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.types as pt
@@ -93,12 +94,17 @@ def _as_strings(column: Any) -> Any:
 @dataclass
 class Preprocessor:
     """Feature encoding (standardised numbers, one-hot categories, fills for missing values) and
-    the target's encoding (class names, or none for regression)."""
+    the target's encoding: class names for classification (and the binary decision `threshold`
+    on the probability of `classes[1]`, None for the argmax), or for regression the mean and
+    standard deviation the float64 target is standardised with for training."""
 
     columns: list[Column]
     target: str
     task: Task
     classes: list[str] = field(default_factory=list)
+    target_mean: float = 0.0
+    target_std: float = 1.0
+    threshold: float | None = None
 
     @property
     def features(self) -> list[str]:
@@ -126,7 +132,7 @@ class Preprocessor:
         for name in features:
             column = table.column(name)
             if _is_numeric(column.type) or str(column.type).startswith(("timestamp", "date")):
-                values = _as_float(column, name)
+                values = as_float(column, name)
                 finite = values[np.isfinite(values)]
                 mean = float(finite.mean()) if finite.size else 0.0
                 std = float(finite.std()) if finite.size else 1.0
@@ -147,6 +153,14 @@ class Preprocessor:
                     " input (numbers, strings, booleans, dates and timestamps can)"
                 )
         classes: list[str] = []
+        target_mean, target_std = 0.0, 1.0
+        if task == "regression":
+            values = as_float(table.column(target), target)
+            finite = values[np.isfinite(values)]
+            if finite.size:
+                target_mean = float(finite.mean())
+                spread = float(finite.std())
+                target_std = spread if spread > 1e-12 * max(1.0, abs(target_mean)) else 1.0
         if task == "classification":
             classes = sorted(
                 str(v) for v in pc.unique(_as_strings(table.column(target)).drop_null()).to_pylist()
@@ -156,7 +170,7 @@ class Preprocessor:
                 raise DataError(
                     f"target {target!r} has a single class ({only!r}) in the training data: nothing to learn"
                 )
-        return cls(columns, target, task, classes)
+        return cls(columns, target, task, classes, target_mean, target_std)
 
     def check_columns(self, table: pyarrow.Table, with_target: bool = False) -> None:
         names = set(table.column_names)
@@ -180,7 +194,7 @@ class Preprocessor:
         for spec in self.columns:
             column = table.column(spec.name)
             if spec.kind == "numeric":
-                values = _as_float(column, spec.name)
+                values = as_float(column, spec.name)
                 values = np.where(np.isfinite(values), values, spec.mean)
                 blocks.append(((values - spec.mean) / spec.std).reshape(-1, 1))
             else:
@@ -207,27 +221,55 @@ class Preprocessor:
         if not self.columns:
             return np.zeros((table.num_rows, 0), dtype=np.float32)
         return np.stack(
-            [_as_float(table.column(c.name), c.name) for c in self.columns], axis=1
+            [as_float(table.column(c.name), c.name) for c in self.columns], axis=1
         ).astype(np.float32)
 
+    def raw_columns(self, table: pyarrow.Table) -> dict[str, np.ndarray]:
+        """One array per feature column, shape (rows, 1), as an exported model with the whole
+        encoding inside its graph takes them: numbers float32 (NaN where missing), everything
+        else strings ("" where missing, which matches no category)."""
+        self.check_columns(table)
+        out: dict[str, np.ndarray] = {}
+        for spec in self.columns:
+            column = table.column(spec.name)
+            if spec.kind == "numeric":
+                out[spec.name] = as_float(column, spec.name).astype(np.float32).reshape(-1, 1)
+            else:
+                strings = _as_strings(column).to_pylist()
+                out[spec.name] = np.array(
+                    [["" if v is None else v] for v in strings], dtype=object
+                ).reshape(-1, 1)
+        return out
+
     def encode_target(self, table: pyarrow.Table) -> np.ndarray:
-        """Labels as class indices (int64), or values (float32) for regression."""
+        """Labels as class indices (int64, -1 where the label is missing), or for regression
+        the values as float64 (NaN where missing). Raises DataError naming a label the model
+        never saw in training."""
         import pyarrow as pa
         import pyarrow.compute as pc
 
         column = table.column(self.target)
         if self.task == "regression":
-            return _as_float(column, self.target).astype(np.float32)
+            return as_float(column, self.target)
         strings = _as_strings(column)
         index = pc.index_in(strings, value_set=pa.array(self.classes, pa.string()))
         codes = np.asarray(index.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
-        if (codes < 0).any():
-            unseen = sorted({str(v) for v in pc.filter(strings, pc.is_null(index)).to_pylist()})
+        unseen_mask = pc.and_(pc.is_null(index), pc.is_valid(strings))
+        if pc.any(unseen_mask).as_py():
+            unseen = sorted({str(v) for v in pc.filter(strings, unseen_mask).to_pylist()})
             raise DataError(
                 f"target {self.target!r} has values never seen in training: {', '.join(map(repr, unseen[:5]))}"
                 f" (known classes: {', '.join(self.classes)})"
             )
         return codes
+
+    def scale_target(self, values: np.ndarray) -> np.ndarray:
+        """Regression targets (float64) -> the standardised float32 values training fits."""
+        return ((values - self.target_mean) / self.target_std).astype(np.float32)
+
+    def restore_target(self, outputs: np.ndarray) -> np.ndarray:
+        """Model outputs in standardised units -> predictions in the target's units, float64."""
+        return np.asarray(outputs, dtype=np.float64) * self.target_std + self.target_mean
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -235,6 +277,9 @@ class Preprocessor:
             "target": self.target,
             "task": self.task,
             "classes": self.classes,
+            "target_mean": self.target_mean,
+            "target_std": self.target_std,
+            "threshold": self.threshold,
         }
 
     @classmethod
@@ -244,6 +289,9 @@ class Preprocessor:
             data["target"],
             data["task"],
             list(data["classes"]),
+            float(data.get("target_mean", 0.0)),
+            float(data.get("target_std", 1.0)),
+            data.get("threshold"),
         )
 
 
@@ -315,9 +363,30 @@ def import_user_model(reference: str) -> Any:
     return getattr(module, function)
 
 
+def _exported_by_stage(ctx: Any, stage: str) -> tuple[str, Path, int | None] | None:
+    """The fp32 .onnx an export stage of this pipeline wrote: ("onnx", path, its run's job id)."""
+    from workbench.catalog import registry
+
+    if not ctx.job.pipeline_id:
+        return None
+    jobs = [
+        j.id
+        for j in ctx.store.list_jobs(pipeline_id=ctx.job.pipeline_id)
+        if j.stage == stage and j.kind == "export"
+    ]
+    for model in registry.list_models(ctx.store):
+        if model["export_job_id"] in jobs and model["format"] == "onnx":
+            path = Path(model["path"])
+            if not path.is_file():
+                raise DataError(f"model {stage!r}: the exported file {path} is gone")
+            return "onnx", path, model["run_job_id"]
+    return None
+
+
 def resolve_model(ctx: Any, reference: str) -> tuple[str, Path, int | None]:
     """A model reference -> (format, path, train job id). `reference` is a pipeline stage name
-    (the best point when the stage was a sweep), a train job id, or a `.onnx` / `.pt` file."""
+    (a train stage: its run, the best point when the stage was a sweep; an export stage: the
+    .onnx it wrote), a train job id, or a `.onnx` / `.pt` file."""
     from workbench.catalog import tracking
 
     if reference.endswith((".onnx", ".pt")):
@@ -336,8 +405,12 @@ def resolve_model(ctx: Any, reference: str) -> tuple[str, Path, int | None]:
             else []
         )
         if not candidates:
+            exported = _exported_by_stage(ctx, reference)
+            if exported is not None:
+                return exported
             raise DataError(
-                f"model {reference!r}: no training run of a stage with that name in this pipeline"
+                f"model {reference!r}: no training run or exported model of a stage with that"
+                " name in this pipeline"
             )
         metric = candidates[0].sweep_metric or (
             "val_accuracy" if candidates[0].task == "classification" else "-val_loss"

@@ -103,6 +103,28 @@ class JobContext:
         return list(range(len([v for v in visible.split(",") if v.strip()])))
 
     @property
+    def gpu_mem_cap_bytes(self) -> int | None:
+        """GPU memory (bytes per GPU) the scheduler reserved for this job, from
+        WORKBENCH_GPU_MEM_BYTES; None when it holds whole GPUs (or none)."""
+        raw = os.environ.get("WORKBENCH_GPU_MEM_BYTES", "")
+        return int(raw) if raw.isdigit() and int(raw) > 0 else None
+
+    def cap_gpu_memory(self, device_index: int) -> None:
+        """GPU pooling: hold this process to the memory it reserved on a shared GPU, so a
+        neighbour packed beside it cannot be pushed out of memory by it (torch's caching
+        allocator refuses allocations past the fraction). No-op without a cap or CUDA."""
+        cap = self.gpu_mem_cap_bytes
+        if cap is None:
+            return
+        import torch
+
+        if not torch.cuda.is_available():
+            return
+        total = torch.cuda.get_device_properties(device_index).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device_index)
+        self.log(f"GPU memory capped at {cap / 1024**3:.1f} GiB of {total / 1024**3:.1f} GiB")
+
+    @property
     def cpus(self) -> int:
         """Threads this job may use: what it asked for, else every core."""
         granted = os.environ.get("WORKBENCH_CPUS")

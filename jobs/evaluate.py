@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,25 +26,31 @@ GATE_PREFIXES = ("min_", "max_")
 
 @dataclass(frozen=True)
 class Spec:
-    """`model`: a pipeline stage, a train job id, or a .onnx/.pt path; `gate`: bounds such as
-    {min_accuracy = 0.9, max_rmse = 300}; `repeat = N` trains-and-tests N seeds."""
+    """`model`: a pipeline stage (a train stage: its best run; an export stage: its .onnx), a
+    train job id, or a .onnx/.pt path; `gate`: bounds such as {min_accuracy = 0.9, max_rmse =
+    300}, or per class {min_recall = {pos = 0.5}}; `repeat = N` trains-and-tests N seeds;
+    `key`: a column carried into the predictions table to find each row's source."""
 
     model: str
     dataset: str
     version: int | None = None
-    gate: dict[str, float] = field(default_factory=dict)
+    gate: dict[str, float | dict[str, float]] = field(default_factory=dict)
     repeat: int = 0
     slices: list[str] | None = None
     bins: int = 4
     predictions: str | None = None
+    key: str | None = None
 
 
 def prepare(spec: Spec, base_dir: Path, where: str) -> Spec:
-    for key in spec.gate:
-        if not key.startswith(GATE_PREFIXES) or len(key) <= 4:
-            raise SpecError(
-                f"{where}: key 'gate.{key}': gates are min_<metric> or max_<metric> (e.g. min_accuracy, max_rmse)"
-            )
+    """Submit-time checks: gate names must be metrics of some task (`check_gate_task` checks
+    them against the model's task where a pipeline knows it), files must exist."""
+    from jobs.metrics import gate_metric_problem
+
+    for key, bound in spec.gate.items():
+        problem = gate_metric_problem(key, bound, None)
+        if problem:
+            raise SpecError(f"{where}: key 'gate.{key}': {problem}")
     if spec.repeat < 0 or spec.repeat == 1:
         raise SpecError(f"{where}: key 'repeat': 0 (off) or at least 2 seeds")
     if spec.bins < 2:
@@ -59,8 +66,29 @@ def prepare(spec: Spec, base_dir: Path, where: str) -> Spec:
     return replace(spec, model=model)
 
 
+def check_gate_task(gate: dict[str, Any], task: str, where: str) -> None:
+    """Refuse gate entries that are no metric of `task`; raises SpecError naming the key."""
+    from jobs.metrics import gate_metric_problem
+
+    for key, bound in gate.items():
+        problem = gate_metric_problem(key, bound, task)
+        if problem:
+            raise SpecError(f"{where}: key 'gate.{key}': {problem}")
+
+
+def check_upstream(spec: dict[str, Any], kind: str, upstream: dict[str, Any], where: str) -> None:
+    """In a pipeline: the gates of a test stage whose model is a train stage with a `task`
+    set are checked against that task at submit. Raises SpecError."""
+    task = upstream.get("task")
+    if kind == "train" and task in ("classification", "regression"):
+        check_gate_task(spec.get("gate") or {}, str(task), where)
+
+
 class Predictor:
-    """Outputs of a bundle (torch) or an exported ONNX model for a table, and its preprocessing."""
+    """Predictions of a bundle (torch) or an exported ONNX model for a table, and its
+    preprocessing. `inputs` says what an ONNX graph takes: "columns" (one input per raw feature
+    column, the whole encoding inside), "matrix" (the raw numeric features as one matrix) or
+    "encoded" (the encoded feature matrix)."""
 
     def __init__(
         self,
@@ -68,13 +96,13 @@ class Predictor:
         pre: Preprocessor,
         model: Any = None,
         session: Any = None,
-        raw_input: bool = False,
+        inputs: str = "encoded",
     ):
         self.fmt = fmt
         self.pre = pre
         self.model = model
         self.session = session
-        self.raw_input = raw_input
+        self.inputs = inputs
 
     @classmethod
     def load(cls, fmt: str, path: Path) -> Predictor:
@@ -92,22 +120,40 @@ class Predictor:
                 f"{path}: this ONNX file has no workbench preprocessing metadata (export it with an export job)"
             )
         pre = Preprocessor.from_dict(json.loads(props["workbench.preprocessor"]))
-        return cls(
-            fmt, pre, session=session, raw_input=props.get("workbench.numeric_preprocessing") == "1"
+        inputs = props.get("workbench.inputs") or (
+            "matrix" if props.get("workbench.numeric_preprocessing") == "1" else "encoded"
         )
+        return cls(fmt, pre, session=session, inputs=inputs)
 
-    def outputs(self, table: pyarrow.Table) -> np.ndarray:
+    def onnx_feed(self, table: pyarrow.Table) -> dict[str, np.ndarray]:
+        """The ONNX session's inputs for `table`."""
+        if self.inputs == "columns":
+            return self.pre.raw_columns(table)
+        matrix = (
+            self.pre.raw_numeric(table) if self.inputs == "matrix" else self.pre.transform(table)
+        )
+        return {self.session.get_inputs()[0].name: matrix}
+
+    def predict(self, table: pyarrow.Table) -> np.ndarray:
+        """Classification: probabilities, float64 (rows, classes). Regression: predictions in
+        the target's units, float64 (rows,)."""
         import numpy as np
+
+        from jobs.metrics import softmax
 
         if self.fmt == "bundle":
             import torch
 
             x = torch.from_numpy(self.pre.transform(table))
             with torch.no_grad():
-                return np.asarray(self.model(x).float().numpy())
-        inputs = self.pre.raw_numeric(table) if self.raw_input else self.pre.transform(table)
-        name = self.session.get_inputs()[0].name
-        return np.asarray(self.session.run(None, {name: inputs})[0], dtype=np.float32)
+                outputs = np.asarray(self.model(x).float().numpy())
+            if self.pre.task == "classification":
+                return softmax(outputs)
+            return self.pre.restore_target(outputs[:, 0])
+        got = np.asarray(self.session.run(None, self.onnx_feed(table))[0])
+        if self.pre.task == "classification":
+            return softmax(got)
+        return got[:, 0].astype(np.float64)  # the graph restores the target's units
 
 
 def _slices(
@@ -151,56 +197,67 @@ def _slices(
 def evaluate_table(
     predictor: Predictor, table: pyarrow.Table
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(report, per-row arrays) for one model on one labelled table."""
+    """(report, per-row arrays) for one model on one labelled table. Rows without a label are
+    predicted, but left out of the metrics and counted (`report.counts.missing_targets`)."""
     import numpy as np
 
     from jobs.bundle import DataError
-    from jobs.metrics import classification_report, regression_report, softmax
+    from jobs.metrics import classification_report, predict_labels, regression_report
 
     pre = predictor.pre
     try:
         pre.check_columns(table, with_target=True)
         y = pre.encode_target(table)
-        outputs = predictor.outputs(table)
+        predicted_values = predictor.predict(table)
     except DataError as error:
         raise JobFailed(str(error)) from None
     if pre.task == "classification":
-        proba = softmax(outputs)
-        report = classification_report(y, proba, pre.classes)
-        predicted = proba.argmax(axis=1)
+        proba = predicted_values
+        report = classification_report(y, proba, pre.classes, pre.threshold)
+        predicted = predict_labels(proba, pre.threshold)
+        names = np.asarray(pre.classes, dtype=object)
+        known = y >= 0
         rows = {
-            "label": np.asarray(pre.classes, dtype=object)[y],
-            "prediction": np.asarray(pre.classes, dtype=object)[predicted],
-            "confidence": proba.max(axis=1),
-            "correct": predicted == y,
+            "label": np.where(known, names[np.maximum(y, 0)], None),
+            "prediction": names[predicted],
+            "confidence": proba[np.arange(len(predicted)), predicted],
+            "correct": np.where(known, predicted == y, None),
+            "proba": proba,
         }
     else:
-        values = outputs[:, 0]
-        report = regression_report(y, values)
-        rows = {"label": y, "prediction": values, "error": values - y}
+        report = regression_report(y, predicted_values)
+        rows = {"label": y, "prediction": predicted_values, "error": predicted_values - y}
     return report, rows
 
 
 def _predictions_table(
-    table: pyarrow.Table, pre: Preprocessor, rows: dict[str, Any]
+    table: pyarrow.Table, pre: Preprocessor, rows: dict[str, Any], key: str | None
 ) -> pyarrow.Table:
+    """Per-row predictions: `row_number` (the row's position in the dataset version, 0-based),
+    the `key` column when given, the features, label, prediction and, for classification,
+    confidence, correct and one `p_<class>` probability column per class."""
     import numpy as np
     import pyarrow as pa
 
-    columns: dict[str, Any] = {"row_id": pa.array(np.arange(table.num_rows, dtype=np.int64))}
+    columns: dict[str, Any] = {"row_number": pa.array(np.arange(table.num_rows, dtype=np.int64))}
+    if key is not None:
+        columns[f"key_{key}" if key in pre.features or key == "row_number" else key] = table.column(
+            key
+        )
     for name in pre.features:
         columns[name] = table.column(name)
-    columns["label"] = pa.array(
-        list(rows["label"]) if pre.task == "classification" else rows["label"]
-    )
-    columns["prediction"] = pa.array(
-        list(rows["prediction"]) if pre.task == "classification" else rows["prediction"]
-    )
     if pre.task == "classification":
+        columns["label"] = pa.array(list(rows["label"]), pa.string())
+        columns["prediction"] = pa.array(list(rows["prediction"]), pa.string())
         columns["confidence"] = pa.array(rows["confidence"].astype(np.float64))
-        columns["correct"] = pa.array(rows["correct"])
+        columns["correct"] = pa.array(list(rows["correct"]), pa.bool_())
+        for index, name in enumerate(pre.classes):
+            columns[f"p_{name}"] = pa.array(rows["proba"][:, index].astype(np.float64))
     else:
-        columns["error"] = pa.array(rows["error"].astype(np.float64))
+        label = rows["label"]
+        columns["label"] = pa.array(label, pa.float64(), mask=np.isnan(label))
+        columns["prediction"] = pa.array(rows["prediction"], pa.float64())
+        columns["error"] = pa.array(rows["error"], pa.float64(), mask=np.isnan(rows["error"]))
     return pa.table(columns)
 
 
@@ -223,12 +280,24 @@ def _repeat(
     }
     base = from_table(train.Spec, params, "repeat")
     data_table, _ = lake.read_arrow(ctx.home, run.dataset, run.dataset_version, ctx.store)
+    val_table, val_where = None, ""
+    if base.val_dataset is not None:
+        val_table, val_info = lake.read_arrow(
+            ctx.home, base.val_dataset, base.val_version, ctx.store
+        )
+        val_where = f"dataset {val_info.dataset} v{val_info.version}"
     device = train._select_device(ctx)
     values: dict[str, list[float]] = {}
     for index in range(times):
         seed = base.seed + index
         spec = from_table(train.Spec, {**params, "seed": seed}, "repeat")
-        data = train.prepare_data(data_table, spec, f"dataset {run.dataset} v{run.dataset_version}")
+        data = train.prepare_data(
+            data_table,
+            spec,
+            f"dataset {run.dataset} v{run.dataset_version}",
+            val_table,
+            val_where,
+        )
         model, _ = train.fit(ctx, spec, data, device, checkpoint=None, record=False)
         report, _ = evaluate_table(
             Predictor("bundle", data.pre, model=model.cpu().eval()), test_table
@@ -255,6 +324,17 @@ def report_markdown(result: dict[str, Any]) -> str:
     lines += ["| metric | value |", "| --- | --- |"]
     lines += [f"| {k} | {v:.4f} |" for k, v in result["metrics"].items()]
     report = result["report"]
+    counts = report.get("counts", {})
+    lines += [
+        "",
+        f"Rows scored: {counts.get('rows')}; left out without a label: {counts.get('missing_targets')};"
+        f" NaN outputs: {counts.get('nan_outputs')}"
+        + (
+            f"; decision threshold {report['threshold']:.4f}"
+            if report.get("threshold") is not None
+            else ""
+        ),
+    ]
     if "per_class" in report:
         lines += [
             "",
@@ -300,6 +380,8 @@ def report_markdown(result: dict[str, Any]) -> str:
 
 
 def run(ctx: JobContext) -> None:
+    import numpy as np
+
     from jobs.bundle import DataError, resolve_model
     from jobs.metrics import check_gate, headline, slice_table
     from workbench.catalog import lake, registry
@@ -312,13 +394,33 @@ def run(ctx: JobContext) -> None:
         raise JobFailed(str(error)) from None
     ctx.log(f"testing {fmt} {path} on dataset {info.dataset} v{info.version} ({info.rows} rows)")
     predictor = Predictor.load(fmt, path)
+    pre = predictor.pre
+    try:
+        check_gate_task(spec.gate, pre.task, "key 'gate'")
+    except SpecError as error:
+        raise JobFailed(str(error)) from None
+    if spec.key is not None and spec.key not in table.column_names:
+        raise JobFailed(f"key 'key': column {spec.key!r} is not in dataset {info.dataset}")
     started = time.perf_counter()
     report, rows = evaluate_table(predictor, table)
-    pre = predictor.pre
     ctx.progress(0.2, "evaluated")
     metrics = headline(report)
-    groups = _slices(table, pre, spec.slices, spec.bins)
-    correct = rows.get("correct")
+    counts = report["counts"]
+    if counts["missing_targets"]:
+        ctx.log(
+            f"{counts['missing_targets']} rows without a {pre.target!r} value left out of the metrics"
+        )
+    if counts["nan_outputs"]:
+        ctx.log(
+            f"the model gave NaN or infinite outputs for {counts['nan_outputs']} rows: metrics are NaN"
+        )
+    labelled = rows["label"] != None if pre.task == "classification" else ~np.isnan(rows["label"])  # noqa: E711
+    groups = {k: v & labelled for k, v in _slices(table, pre, spec.slices, spec.bins).items()}
+    correct = (
+        np.asarray(rows["correct"] == True, dtype=bool)  # noqa: E712
+        if pre.task == "classification"
+        else None
+    )
     slices = slice_table(groups, correct, rows.get("error"))
     default_name = (
         f"run{run_id}_predictions" if run_id is not None else f"test{ctx.job.id}_predictions"
@@ -328,7 +430,7 @@ def run(ctx: JobContext) -> None:
         ctx.home,
         ctx.store,
         name,
-        _predictions_table(table, pre, rows),
+        _predictions_table(table, pre, rows, spec.key),
         [{"path": str(path), "job": ctx.job.id}],
         ctx.job.id,
     )
@@ -342,7 +444,7 @@ def run(ctx: JobContext) -> None:
     repeat = (
         _repeat(ctx, run_id, spec.repeat, table) if spec.repeat and run_id is not None else None
     )
-    problems = check_gate(spec.gate, metrics)
+    problems = check_gate(spec.gate, metrics, report.get("per_class"))
     result = {
         "model": {"reference": spec.model, "format": fmt, "path": str(path), "run_job_id": run_id},
         "dataset": {
@@ -361,12 +463,17 @@ def run(ctx: JobContext) -> None:
         "gate_passed": not problems,
         "gate_problems": problems,
         "seconds": time.perf_counter() - started,
-        "errors": int((~correct).sum()) if correct is not None else None,
+        "errors": int((~correct[labelled]).sum()) if correct is not None else None,
     }
     ctx.artifact("report.json").write_text(json.dumps(result, indent=2, default=float))
     ctx.artifact("report.md").write_text(report_markdown(result))
-    registry.record_evaluation(ctx.store, ctx.job.id, run_id, info, fmt, str(path), result)
-    ctx.metrics(0, {k: v for k, v in metrics.items()})
+    finite: dict[str, float | None] = {
+        k: (v if math.isfinite(v) else None) for k, v in metrics.items()
+    }
+    registry.record_evaluation(
+        ctx.store, ctx.job.id, run_id, info, fmt, str(path), {**result, "metrics": finite}
+    )
+    ctx.metrics(0, finite)
     ctx.log("metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     for line in slices[:3]:
         ctx.log(f"worst slice: {line}")

@@ -1,6 +1,8 @@
-"""The `export` kind: a trained run's bundle to ONNX (numeric preprocessing inside the graph, a
-symbolic batch axis), checked with onnx.checker, held to parity with PyTorch on held-out rows,
-timed against PyTorch, optionally quantized to int8, and described by a model card."""
+"""The `export` kind: a trained run's bundle to ONNX with the whole preprocessing inside the
+graph (raw numeric matrix, or one raw input per column with the categorical encoding built from
+ONNX operators) and a symbolic batch axis, checked with onnx.checker, held to parity with
+PyTorch on raw held-out rows, timed against PyTorch, optionally quantized to int8 (its own
+catalog row), and described by a model card."""
 
 from __future__ import annotations
 
@@ -56,33 +58,124 @@ def prepare(spec: Spec, base_dir: Path, where: str) -> Spec:
     return spec
 
 
-def with_preprocessing(model: torch.nn.Module, pre: Preprocessor) -> tuple[torch.nn.Module, bool]:
-    """The model with numeric standardisation (and missing-value fills) in front, when every
-    feature is numeric; otherwise the model itself, fed encoded features. Returns (module, raw)."""
+def serving_module(model: torch.nn.Module, pre: Preprocessor) -> tuple[torch.nn.Module, str]:
+    """The module to export, and what its ONNX graph will take (`Predictor.inputs`).
+
+    Every feature numeric: the standardisation and missing-value fills go in front of the
+    model, and the graph takes the raw numeric matrix ("matrix"). Any categorical feature: the
+    module takes the encoded matrix, and `prepend_encoding` later gives the graph one raw input
+    per column ("columns"). For regression the output is restored to the target's units in
+    float64 (prediction * std + mean), so targets near 1e8 keep their precision."""
     import torch
     from torch import nn
 
-    if not pre.numeric_only or not pre.columns:
-        return model, False
+    inputs = "matrix" if pre.numeric_only and pre.columns else "columns"
 
-    class Standardised(nn.Module):
+    class Serving(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.register_buffer(
-                "mean", torch.tensor([c.mean for c in pre.columns], dtype=torch.float32)
-            )
-            self.register_buffer(
-                "std", torch.tensor([c.std for c in pre.columns], dtype=torch.float32)
-            )
             self.inner = model
+            self.standardise = inputs == "matrix"
+            self.restore = pre.task == "regression"
+            means = [c.mean for c in pre.columns] if self.standardise else [0.0]
+            stds = [c.std for c in pre.columns] if self.standardise else [1.0]
+            self.register_buffer("mean", torch.tensor(means, dtype=torch.float32))
+            self.register_buffer("std", torch.tensor(stds, dtype=torch.float32))
+            self.register_buffer("y_mean", torch.tensor(pre.target_mean, dtype=torch.float64))
+            self.register_buffer("y_std", torch.tensor(pre.target_std, dtype=torch.float64))
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            mean = self.get_buffer("mean")
-            std = self.get_buffer("std")
-            x = torch.where(torch.isnan(x), mean, x)
-            return self.inner((x - mean) / std)  # type: ignore[no-any-return]
+            if self.standardise:
+                mean = self.get_buffer("mean")
+                x = (torch.where(torch.isnan(x), mean, x) - mean) / self.get_buffer("std")
+            out: torch.Tensor = self.inner(x)
+            if self.restore:
+                return out.double() * self.get_buffer("y_std") + self.get_buffer("y_mean")
+            return out
 
-    return Standardised().eval(), True
+    return Serving().eval(), inputs
+
+
+def prepend_encoding(model_path: Path, pre: Preprocessor) -> None:
+    """Rewrite the ONNX file at `model_path` (input "features": the encoded matrix) so that it
+    takes one input per raw feature column, shape (batch, 1): float for numeric columns, string
+    for the others. The encoding runs in the graph with standard ONNX operators: numbers
+    Where(IsNaN(x), mean, x), minus mean, over std; categories a one-hot from Equal(x,
+    categories) (string tensors, opset 19+) cast to float, so an unknown or empty string encodes
+    as all zeros, as in training. Raises JobFailed when the model's opset is below 19."""
+    import onnx
+    from onnx import TensorProto, compose, helper
+
+    graph_model = onnx.load(str(model_path))
+    opset = max(o.version for o in graph_model.opset_import if o.domain in ("", "ai.onnx"))
+    if opset < 19:
+        raise JobFailed(f"string inputs need ONNX opset 19 or later; the exporter wrote {opset}")
+    taken = {"output", "features"}
+    clash = [c.name for c in pre.columns if c.name in taken or c.name.startswith("wb_pre_")]
+    if clash:
+        raise JobFailed(
+            f"feature column {clash[0]!r} cannot be an ONNX input name (the graph uses it);"
+            " rename the column"
+        )
+    nodes, initializers, inputs, blocks = [], [], [], []
+    for number, column in enumerate(pre.columns):
+        tag = f"wb_pre_{number}"
+        if column.kind == "numeric":
+            inputs.append(
+                helper.make_tensor_value_info(column.name, TensorProto.FLOAT, ["batch", 1])
+            )
+            initializers += [
+                helper.make_tensor(f"{tag}_mean", TensorProto.FLOAT, [1], [column.mean]),
+                helper.make_tensor(f"{tag}_std", TensorProto.FLOAT, [1], [column.std]),
+            ]
+            nodes += [
+                helper.make_node("IsNaN", [column.name], [f"{tag}_nan"]),
+                helper.make_node(
+                    "Where", [f"{tag}_nan", f"{tag}_mean", column.name], [f"{tag}_fill"]
+                ),
+                helper.make_node("Sub", [f"{tag}_fill", f"{tag}_mean"], [f"{tag}_centred"]),
+                helper.make_node("Div", [f"{tag}_centred", f"{tag}_std"], [f"{tag}_block"]),
+            ]
+        else:
+            inputs.append(
+                helper.make_tensor_value_info(column.name, TensorProto.STRING, ["batch", 1])
+            )
+            initializers.append(
+                helper.make_tensor(
+                    f"{tag}_categories",
+                    TensorProto.STRING,
+                    [1, len(column.categories)],
+                    [c.encode() for c in column.categories],  # type: ignore[misc]
+                )
+            )
+            nodes += [
+                helper.make_node("Equal", [column.name, f"{tag}_categories"], [f"{tag}_equal"]),
+                helper.make_node("Cast", [f"{tag}_equal"], [f"{tag}_block"], to=TensorProto.FLOAT),
+            ]
+        blocks.append(f"{tag}_block")
+    nodes.append(helper.make_node("Concat", blocks, ["wb_pre_features"], axis=1))
+    encoder = helper.make_model(
+        helper.make_graph(
+            nodes,
+            "workbench_encoding",
+            inputs,
+            [
+                helper.make_tensor_value_info(
+                    "wb_pre_features", TensorProto.FLOAT, ["batch", pre.in_features]
+                )
+            ],
+            initializers,
+        ),
+        opset_imports=[helper.make_opsetid("", opset)],
+        ir_version=graph_model.ir_version,
+    )
+    merged = compose.merge_models(encoder, graph_model, io_map=[("wb_pre_features", "features")])
+    versions: dict[str, int] = {}
+    for entry in merged.opset_import:
+        versions[entry.domain] = max(versions.get(entry.domain, 0), entry.version)
+    del merged.opset_import[:]
+    merged.opset_import.extend(helper.make_opsetid(d, v) for d, v in versions.items())
+    onnx.save(merged, str(model_path))
 
 
 def unsupported_operator(error: BaseException) -> str | None:
@@ -127,21 +220,38 @@ def _timings(call: Any, runs: int) -> dict[str, float]:
     }
 
 
+def resize_feed(feed: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+    """Each input repeated or cut to `rows` rows (the first axis), keeping its dtype."""
+    import numpy as np
+
+    out = {}
+    for name, values in feed.items():
+        index = np.resize(np.arange(len(values)), rows)
+        out[name] = values[index]
+    return out
+
+
 def latency(
-    module: torch.nn.Module, session: Any, x: np.ndarray, runs: int, device: str = "cpu"
+    module: torch.nn.Module,
+    session: Any,
+    x: np.ndarray,
+    feed: dict[str, np.ndarray],
+    runs: int,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Median and p99 of PyTorch and onnxruntime at batch 1 and 256, and their ratio."""
+    """Median and p99 of PyTorch (on `x`, what the module takes) and onnxruntime (on `feed`,
+    what the graph takes) at batch 1 and 256, and their ratio."""
     import numpy as np
     import torch
 
     out: dict[str, Any] = {}
-    name = session.get_inputs()[0].name
     for batch in (1, 256):
-        rows = np.resize(x, (batch, x.shape[1])).astype(np.float32)
+        rows = x[np.resize(np.arange(len(x)), batch)]
         tensor = torch.from_numpy(rows).to(device)
+        batch_feed = resize_feed(feed, batch)
         with torch.no_grad():
             torch_time = _timings(lambda t=tensor: module(t), runs)
-        ort_time = _timings(lambda r=rows: session.run(None, {name: r}), runs)
+        ort_time = _timings(lambda f=batch_feed: session.run(None, f), runs)
         out[f"batch_{batch}"] = {
             "torch": torch_time,
             "onnxruntime": ort_time,
@@ -167,11 +277,14 @@ def parity(expected: np.ndarray, got: np.ndarray, atol: float, rtol: float) -> d
 def _held_out(
     ctx: JobContext, spec: Spec, pre: Preprocessor, meta: dict[str, Any]
 ) -> tuple[Any, str]:
-    """Rows for parity and quantization accuracy: the run's validation split, or `dataset`."""
-    from jobs.train import split_indices
+    """Rows for parity and quantization accuracy: the run's validation rows (its validation
+    dataset, or the split training drew), or `dataset`."""
+    from jobs import train
     from workbench.catalog import lake
+    from workbench.queue.spec import from_table
 
-    trained_on = meta.get("dataset", {})
+    params = dict(meta.get("params", {}))
+    trained_on = meta.get("validation_dataset") or meta.get("dataset", {})
     name = spec.dataset or trained_on.get("name")
     version = spec.version if spec.dataset else trained_on.get("version")
     if not name:
@@ -181,48 +294,67 @@ def _held_out(
     except lake.LakeError as error:
         raise JobFailed(str(error)) from None
     where = f"dataset {info.dataset} v{info.version}"
-    if not spec.dataset:
-        params = meta.get("params", {})
-        import pyarrow.compute as pc
-
-        table = table.filter(pc.is_valid(table.column(pre.target)))
-        _, val_idx = split_indices(
-            table.num_rows, params.get("val_fraction", 0.2), params.get("seed", 0)
-        )
-        if len(val_idx):
-            table = table.take(val_idx)
+    if not spec.dataset and not meta.get("validation_dataset") and params:
+        known = {k: v for k, v in params.items() if k in train.Spec.__dataclass_fields__}
+        run_spec = from_table(train.Spec, known, "the run's params")
+        rows, _ = train.with_target(table, pre.target)
+        _, val = train.split_table(rows, run_spec, pre.task)
+        if val.num_rows:
+            table = val
             where += " (validation split)"
     return table.slice(0, 2048), where
 
 
-def _accuracy(outputs: np.ndarray, labels: np.ndarray | None, task: str) -> float | None:
+def _quality(outputs: np.ndarray, labels: np.ndarray | None, pre: Preprocessor) -> float | None:
+    """Accuracy (classification, with the decision threshold) or RMSE (regression, in the
+    target's units) of graph outputs on the labelled rows."""
     import numpy as np
+
+    from jobs.metrics import predict_labels, softmax
 
     if labels is None:
         return None
-    if task == "classification":
-        return float((outputs.argmax(axis=1) == labels).mean())
-    return float(np.sqrt(((outputs[:, 0] - labels) ** 2).mean()))
+    if pre.task == "classification":
+        known = labels >= 0
+        predicted = predict_labels(softmax(outputs[known]), pre.threshold)
+        return float((predicted == labels[known]).mean()) if known.any() else None
+    known = ~np.isnan(labels)
+    error = outputs[known, 0].astype(np.float64) - labels[known]
+    return float(np.sqrt((error**2).mean())) if known.any() else None
+
+
+HASH_LABEL = "blake2b-256"
+"""The dataset content hash's algorithm (workbench.catalog.lake hashes with BLAKE2b, 32 bytes)."""
 
 
 def card_markdown(card: dict[str, Any]) -> str:
+    """The model card as Markdown."""
     lines = [f"# Model card: {card['name']}", ""]
     lines += [f"- file: `{card['file']}` (sha256 `{card['sha256']}`, {card['bytes']} bytes)"]
     lines += [
         f"- exporter: {card['exporter']}, opset {card['opset']}, batch axis `{card['batch_axis']}`"
     ]
     lines += [f"- input: {card['input']}"]
+    lines += [f"- output: {card['output']}"]
     data = card["dataset"]
     lines += [
-        f"- trained on: dataset {data.get('name')} v{data.get('version')} (sha256 {str(data.get('content_hash'))[:16]}...)"
+        f"- trained on: dataset {data.get('name')} v{data.get('version')}"
+        f" ({data.get('hash_algorithm', HASH_LABEL)} {str(data.get('content_hash'))[:16]}...)"
     ]
     lines += [
         f"- run: job {card['run']['job_id']} ({card['run'].get('model')}), params: {json.dumps(card['run'].get('params', {}))}"
     ]
-    if card.get("test"):
+    if card.get("threshold") is not None:
+        lines += [f"- decision threshold on p({card['classes'][1]}): {card['threshold']:.4f}"]
+    test = card.get("test")
+    if test:
+        tested = test.get("dataset") or {}
         lines += [
-            "- test metrics: "
-            + ", ".join(f"{k} {v:.4f}" for k, v in card["test"]["metrics"].items())
+            f"- tested by job {test['job_id']} on dataset {tested.get('name')} v{tested.get('version')}"
+            f" ({tested.get('hash_algorithm', HASH_LABEL)} {str(tested.get('content_hash'))[:16]}...): "
+            + ", ".join(
+                f"{k} {v:.4f}" for k, v in test["metrics"].items() if isinstance(v, int | float)
+            )
         ]
     p = card["parity"]
     lines += [
@@ -242,9 +374,22 @@ def card_markdown(card: dict[str, Any]) -> str:
         q = card["quantized"]
         lines += [
             "",
-            f"int8 (dynamic): `{q['file']}`, {q['bytes']} bytes; metric {q['metric']}: fp32 {q['fp32']} -> int8 {q['int8']}; batch 256 median {q['latency_ms']:.3f} ms",
+            f"int8 (dynamic): `{q['file']}`, {q['bytes']} bytes, sha256 `{q['sha256']}`, catalog model"
+            f" {q.get('model_id')}; metric {q['metric']}: fp32 {q['fp32']} -> int8 {q['int8']};"
+            f" batch 256 median {q['latency_ms']:.3f} ms",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _describe_inputs(pre: Preprocessor, inputs: str) -> str:
+    if inputs == "matrix":
+        return (
+            "one float matrix of the raw numeric features (standardisation and missing-value"
+            " fills inside the graph): " + ", ".join(pre.features)
+        )
+    return "one input per raw feature column, shape (batch, 1), the encoding inside the graph: " + (
+        ", ".join(f"{c.name} ({'float' if c.kind == 'numeric' else 'string'})" for c in pre.columns)
+    )
 
 
 def run(ctx: JobContext) -> None:
@@ -265,10 +410,11 @@ def run(ctx: JobContext) -> None:
         raise JobFailed(f"model {spec.model!r}: export takes a trained run, not an ONNX file")
     model, pre, meta = load_bundle(bundle_path)
     torch.set_num_threads(max(1, ctx.cpus))
-    module, raw = with_preprocessing(model, pre)
+    module, inputs = serving_module(model, pre)
     table, where = _held_out(ctx, spec, pre, meta)
     try:
-        x = pre.raw_numeric(table) if raw else pre.transform(table)
+        x = pre.raw_numeric(table) if inputs == "matrix" else pre.transform(table)
+        feed_all = {"features": x} if inputs == "matrix" else pre.raw_columns(table)
         labels = pre.encode_target(table) if pre.target in table.column_names else None
     except DataError as error:
         raise JobFailed(str(error)) from None
@@ -286,10 +432,15 @@ def run(ctx: JobContext) -> None:
                 f"the ONNX exporter cannot handle operator {operator}: {first}"
             ) from None
         raise JobFailed(f"ONNX export failed: {first}") from None
+    if inputs == "columns":
+        prepend_encoding(path, pre)
     proto = onnx.load(str(path))
+    output_kind = "prediction" if pre.task == "regression" else "logits"
     for key, value in {
         "workbench.preprocessor": json.dumps(pre.to_dict()),
-        "workbench.numeric_preprocessing": "1" if raw else "0",
+        "workbench.inputs": inputs,
+        "workbench.output": output_kind,
+        "workbench.numeric_preprocessing": "1" if inputs == "matrix" else "0",
         "workbench.meta": json.dumps(
             {"run_job_id": run_id, "task": pre.task, "classes": pre.classes}
         ),
@@ -300,25 +451,43 @@ def run(ctx: JobContext) -> None:
     onnx.checker.check_model(str(path), full_check=True)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     ctx.log(
-        f"exported with {EXPORTER} in {time.perf_counter() - started:.1f}s; onnx.checker passed (opset {opset})"
+        f"exported with {EXPORTER} in {time.perf_counter() - started:.1f}s; onnx.checker passed"
+        f" (opset {opset}); inputs: {inputs}"
     )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    batch_axis = session.get_inputs()[0].shape[0]
-    if not isinstance(batch_axis, str):
-        raise JobFailed(f"the exported batch axis is fixed at {batch_axis}, not symbolic")
-    name = session.get_inputs()[0].name
+    batch_axes = {i.name: i.shape[0] for i in session.get_inputs()}
+    fixed = {n: a for n, a in batch_axes.items() if not isinstance(a, str)}
+    if fixed:
+        name, axis = next(iter(fixed.items()))
+        raise JobFailed(
+            f"the exported batch axis of input {name!r} is fixed at {axis}, not symbolic"
+        )
+    batch_axis = next(iter(batch_axes.values()))
+    feed = {
+        i.name: feed_all[i.name if inputs == "columns" else "features"]
+        for i in session.get_inputs()
+    }
     for batch in (1, 7, 256):
-        rows = np.resize(x, (batch, x.shape[1])).astype(np.float32)
-        shape = session.run(None, {name: rows})[0].shape
+        shape = session.run(None, resize_feed(feed, batch))[0].shape
         if shape[0] != batch:
             raise JobFailed(f"the exported model returned {shape[0]} rows for a batch of {batch}")
     ctx.progress(0.4, "parity")
     with torch.no_grad():
-        expected = module(torch.from_numpy(x)).float().numpy()
-    got = session.run(None, {name: x})[0]
-    check = parity(expected, got, spec.atol, spec.rtol)
+        expected = module(torch.from_numpy(x)).numpy()
+    got = session.run(None, feed)[0]
+    if pre.task == "regression":  # compared in training units: rtol on 1e8 would excuse 1e5
+        check = parity(
+            (expected - pre.target_mean) / pre.target_std,
+            (got - pre.target_mean) / pre.target_std,
+            spec.atol,
+            spec.rtol,
+        )
+        check["units"] = "standardised target"
+    else:
+        check = parity(expected, got, spec.atol, spec.rtol)
     ctx.log(
-        f"parity on {check['rows']} held-out rows of {where}: max abs diff {check['max_abs_diff']:.2e}"
+        f"parity on {check['rows']} held-out rows of {where} (raw {inputs} inputs):"
+        f" max abs diff {check['max_abs_diff']:.2e}"
     )
     if check["violations"]:
         raise JobFailed(
@@ -326,7 +495,7 @@ def run(ctx: JobContext) -> None:
             f" (max abs diff {check['max_abs_diff']:.3e}; atol {spec.atol}, rtol {spec.rtol})"
         )
     ctx.progress(0.55, "timing")
-    timings: dict[str, Any] = {"cpu": latency(module, session, x, spec.latency_runs)}
+    timings: dict[str, Any] = {"cpu": latency(module, session, x, feed, spec.latency_runs)}
     if (
         ctx.gpu_indices
         and torch.cuda.is_available()
@@ -334,7 +503,7 @@ def run(ctx: JobContext) -> None:
     ):
         gpu_session = ort.InferenceSession(str(path), providers=["CUDAExecutionProvider"])
         timings["cuda"] = latency(
-            module.to("cuda"), gpu_session, x, spec.latency_runs, device="cuda"
+            module.to("cuda"), gpu_session, x, feed, spec.latency_runs, device="cuda"
         )
         module.to("cpu")
     for batch, row in timings["cpu"].items():
@@ -342,7 +511,7 @@ def run(ctx: JobContext) -> None:
             f"latency {batch}: torch {row['torch']['median_ms']:.3f} ms, onnxruntime"
             f" {row['onnxruntime']['median_ms']:.3f} ms (ratio {row['ort_over_torch_median']:.2f})"
         )
-    quantized = None
+    quantized: dict[str, Any] | None = None
     if spec.quantize:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -350,21 +519,20 @@ def run(ctx: JobContext) -> None:
         qpath = ctx.artifact("model.int8.onnx")
         quantize_dynamic(str(path), str(qpath), weight_type=QuantType.QInt8)
         qsession = ort.InferenceSession(str(qpath), providers=["CPUExecutionProvider"])
-        qout = qsession.run(None, {qsession.get_inputs()[0].name: x})[0]
+        qout = qsession.run(None, feed)[0]
         metric = "accuracy" if pre.task == "classification" else "rmse"
-        rows256 = np.resize(x, (256, x.shape[1])).astype(np.float32)
+        feed256 = resize_feed(feed, 256)
         quantized = {
             "file": str(qpath),
             "bytes": qpath.stat().st_size,
             "sha256": file_sha256(qpath),
             "metric": metric,
-            "fp32": _accuracy(got, labels, pre.task),
-            "int8": _accuracy(qout, labels, pre.task),
+            "fp32": _quality(got, labels, pre),
+            "int8": _quality(qout, labels, pre),
             "max_abs_diff_vs_fp32": float(np.abs(qout - got).max()),
-            "latency_ms": _timings(
-                lambda: qsession.run(None, {qsession.get_inputs()[0].name: rows256}),
-                spec.latency_runs,
-            )["median_ms"],
+            "latency_ms": _timings(lambda: qsession.run(None, feed256), spec.latency_runs)[
+                "median_ms"
+            ],
         }
         ctx.log(
             f"int8: {metric} {quantized['fp32']} -> {quantized['int8']}, {quantized['bytes']} bytes"
@@ -373,6 +541,9 @@ def run(ctx: JobContext) -> None:
 
     run = tracking.get_run(ctx.store, run_id) if run_id is not None else None
     tests = registry.evaluations(ctx.store, run_id) if run_id is not None else []
+    test_data = dict(tests[0].get("dataset") or {}) if tests else {}
+    if test_data:
+        test_data["hash_algorithm"] = HASH_LABEL
     card = {
         "name": f"{meta.get('dataset', {}).get('name', 'model')}-{(run.model if run else 'model').rsplit('/', 1)[-1]}-job{run_id}",
         "file": str(path),
@@ -382,14 +553,15 @@ def run(ctx: JobContext) -> None:
         "exporter": EXPORTER,
         "opset": opset,
         "batch_axis": batch_axis,
-        "input": "raw numeric features (standardisation and missing-value fills inside the graph): "
-        + ", ".join(pre.features)
-        if raw
-        else f"encoded features ({pre.in_features} values: one-hot categories, standardised numbers) of "
-        + ", ".join(pre.features),
+        "inputs": inputs,
+        "input": _describe_inputs(pre, inputs),
+        "output": "class logits (softmax for probabilities)"
+        if pre.task == "classification"
+        else "the prediction in the target's units, float64",
         "task": pre.task,
         "classes": pre.classes,
-        "dataset": meta.get("dataset", {}),
+        "threshold": pre.threshold,
+        "dataset": {**meta.get("dataset", {}), "hash_algorithm": HASH_LABEL},
         "run": {
             "job_id": run_id,
             "model": run.model if run else None,
@@ -398,6 +570,7 @@ def run(ctx: JobContext) -> None:
         },
         "test": {
             "job_id": tests[0]["job_id"],
+            "dataset": test_data,
             "metrics": tests[0]["metrics"],
             "gate_passed": tests[0]["gate_passed"],
         }
@@ -413,11 +586,34 @@ def run(ctx: JobContext) -> None:
         },
         "export_job_id": ctx.job.id,
     }
-    ctx.artifact("model_card.json").write_text(json.dumps(card, indent=2, default=float))
-    ctx.artifact("model_card.md").write_text(card_markdown(card))
     model_id = registry.record_model(
         ctx.store, ctx.job.id, run_id, str(path), "onnx", card["sha256"], card
     )
+    if quantized is not None:
+        int8_card = {
+            **card,
+            "name": f"{card['name']}-int8",
+            "file": quantized["file"],
+            "sha256": quantized["sha256"],
+            "bytes": quantized["bytes"],
+            "format": "onnx-int8",
+            "quantized_from": model_id,
+            "quantized": None,
+            "quality": {
+                k: quantized[k] for k in ("metric", "fp32", "int8", "max_abs_diff_vs_fp32")
+            },
+        }
+        quantized["model_id"] = registry.record_model(
+            ctx.store,
+            ctx.job.id,
+            run_id,
+            quantized["file"],
+            "onnx-int8",
+            quantized["sha256"],
+            int8_card,
+        )
+    ctx.artifact("model_card.json").write_text(json.dumps(card, indent=2, default=float))
+    ctx.artifact("model_card.md").write_text(card_markdown(card))
     ctx.log(
         f"model {model_id}: {path} (sha256 {card['sha256'][:16]}...), card in {ctx.run_dir / 'model_card.md'}"
     )

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from jobs.context import Cancelled, JobContext, JobFailed
+from workbench.catalog.tracking import metric_order
 from workbench.queue.spec import SpecError
 
 if TYPE_CHECKING:
@@ -62,8 +63,38 @@ class Sweep:
 
 
 @dataclass(frozen=True)
+class EarlyStopping:
+    """`early_stopping = { metric = "val_f1_macro", patience = 5, min_delta = 0.001 }`: stop
+    when `metric` (any reported validation metric; a leading "-" or a loss/error name means
+    lower is better) has not improved by more than `min_delta` for `patience` epochs, and keep
+    the best epoch's weights. The default metric is val_accuracy (classification) or -val_loss."""
+
+    patience: int
+    metric: str = ""
+    min_delta: float = 0.0
+
+
+AUTO_CLASSES = 50
+"""Task inference: a string, boolean or dictionary target is classification; a float or
+decimal one regression; an integer one classification when it has at most AUTO_CLASSES
+distinct values, else regression. `task = ...` overrides."""
+
+LOSSES = {
+    "classification": ("cross_entropy", "focal"),
+    "regression": ("mse", "huber"),
+}
+
+
+@dataclass(frozen=True)
 class Spec:
-    """Train `model` on `dataset` (its latest version, or `version`) to predict `target`."""
+    """Train `model` on `dataset` (its latest version, or `version`) to predict `target`.
+
+    Validation: a `val_fraction` of the rows, stratified by class for classification
+    (`stratify`), drawn with `split_seed` (independent of the weights' `seed`), or the whole
+    of `val_dataset` instead. Imbalance: `class_weight` ("balanced": n / (classes * count) as
+    scikit-learn's compute_class_weight, or a table class -> weight), `loss`, and for two
+    classes a decision `threshold` on the probability of the second class (a number, or "f1":
+    the threshold with the best F1 on the validation split)."""
 
     dataset: str
     target: str
@@ -81,11 +112,39 @@ class Spec:
     momentum: float = 0.9
     schedule: Literal["none", "cosine", "step"] = "none"
     seed: int = 0
+    split_seed: int = 0
     val_fraction: float = 0.2
-    early_stopping: int = 0
+    stratify: bool = True
+    val_dataset: str | None = None
+    val_version: int | None = None
+    early_stopping: int | EarlyStopping = 0
+    warmup_epochs: float = 0.0
+    class_weight: str | dict[str, float] | None = None
+    loss: Literal["auto", "cross_entropy", "focal", "mse", "huber"] = "auto"
+    focal_gamma: float = 2.0
+    threshold: float | str | None = None
     clip_grad: float | None = None
     ddp_cpu_procs: int = 0
     sweep: dict[str, Any] | None = None
+
+    @property
+    def stopping(self) -> EarlyStopping | None:
+        """Early stopping as a table (an integer `early_stopping` is the patience)."""
+        if isinstance(self.early_stopping, EarlyStopping):
+            return self.early_stopping
+        return EarlyStopping(self.early_stopping) if self.early_stopping else None
+
+
+def validation_metric_names(task: str | None) -> list[str]:
+    """What a train job reports on its validation split each epoch (for `task`, or either)."""
+    from jobs.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
+
+    names = {
+        "classification": CLASSIFICATION_METRICS,
+        "regression": REGRESSION_METRICS,
+        None: CLASSIFICATION_METRICS + REGRESSION_METRICS,
+    }[task]
+    return ["val_loss", *(f"val_{n}" for n in names)]
 
 
 def prepare(spec: Spec, base_dir: Path, where: str) -> Spec:
@@ -100,6 +159,7 @@ def prepare(spec: Spec, base_dir: Path, where: str) -> Spec:
         raise SpecError(f"{where}: key 'val_fraction': must be in [0, 1)")
     if spec.lr <= 0:
         raise SpecError(f"{where}: key 'lr': must be positive")
+    _check_training_keys(spec, where)
     model = spec.model
     if model not in REGISTRY:
         path, sep, function = model.rpartition(":")
@@ -117,6 +177,55 @@ def prepare(spec: Spec, base_dir: Path, where: str) -> Spec:
             f"{where}: key 'sweep': a sweep expands into one job per point in a pipeline file (workbench --batch)"
         )
     return replace(spec, model=model)
+
+
+def _check_training_keys(spec: Spec, where: str) -> None:
+    """Submit-time checks of the loss, imbalance, validation and early-stopping keys."""
+    import difflib
+
+    task = None if spec.task == "auto" else spec.task
+    if spec.loss != "auto" and task is not None and spec.loss not in LOSSES[task]:
+        raise SpecError(
+            f"{where}: key 'loss': {spec.loss!r} is not a {task} loss ({', '.join(LOSSES[task])})"
+        )
+    if isinstance(spec.class_weight, str) and spec.class_weight != "balanced":
+        raise SpecError(
+            f"{where}: key 'class_weight': \"balanced\" or a table class -> weight, got {spec.class_weight!r}"
+        )
+    if isinstance(spec.class_weight, dict):
+        for name, weight in spec.class_weight.items():
+            if not weight > 0:
+                raise SpecError(f"{where}: key 'class_weight.{name}': weights must be positive")
+    if task == "regression" and (spec.class_weight is not None or spec.threshold is not None):
+        key = "class_weight" if spec.class_weight is not None else "threshold"
+        raise SpecError(f"{where}: key '{key}': applies to classification, not regression")
+    if isinstance(spec.threshold, str) and spec.threshold != "f1":
+        raise SpecError(
+            f"{where}: key 'threshold': a probability in (0, 1) or \"f1\", got {spec.threshold!r}"
+        )
+    if isinstance(spec.threshold, float) and not 0 < spec.threshold < 1:
+        raise SpecError(f"{where}: key 'threshold': must be in (0, 1)")
+    if spec.focal_gamma < 0:
+        raise SpecError(f"{where}: key 'focal_gamma': must not be negative")
+    if spec.warmup_epochs < 0:
+        raise SpecError(f"{where}: key 'warmup_epochs': must not be negative")
+    if spec.val_dataset is None and spec.val_version is not None:
+        raise SpecError(f"{where}: key 'val_version': give 'val_dataset' too")
+    stopping = spec.stopping
+    if stopping is not None:
+        if stopping.patience < 1:
+            raise SpecError(f"{where}: key 'early_stopping.patience': must be at least 1")
+        if stopping.min_delta < 0:
+            raise SpecError(f"{where}: key 'early_stopping.min_delta': must not be negative")
+        known = validation_metric_names(task)
+        name = stopping.metric.removeprefix("-")
+        if stopping.metric and name not in known:
+            close = [n for n in known if name in n] or difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+            raise SpecError(
+                f"{where}: key 'early_stopping.metric': {stopping.metric!r} is not a reported"
+                f" validation metric{hint}; known: {', '.join(known)}"
+            )
 
 
 # ---- sweeps -------------------------------------------------------------------------------
@@ -203,41 +312,119 @@ def expand(
 # ---- data ---------------------------------------------------------------------------------
 
 
-def infer_task(column: Any, requested: str) -> Literal["classification", "regression"]:
+def infer_task(column: Any, requested: str) -> tuple[Literal["classification", "regression"], str]:
+    """The task for a target column, and the reason in words (logged by the job).
+
+    The rule (AUTO_CLASSES): strings, booleans and dictionaries are classification; floats and
+    decimals regression; integers classification with at most AUTO_CLASSES distinct values,
+    else regression. A `task` other than "auto" wins."""
     import pyarrow.compute as pc
     import pyarrow.types as pt
 
     if requested != "auto":
-        return "classification" if requested == "classification" else "regression"
+        chosen: Literal["classification", "regression"] = (
+            "classification" if requested == "classification" else "regression"
+        )
+        return chosen, f"task {chosen} (set by key 'task')"
     if pt.is_floating(column.type) or pt.is_decimal(column.type):
-        return "regression"
-    if pt.is_integer(column.type) and len(pc.unique(column.drop_null())) > 20:
-        return "regression"
-    return "classification"
+        return "regression", f"task regression: the target is {column.type}; set task to override"
+    if pt.is_integer(column.type):
+        distinct = len(pc.unique(column.drop_null()))
+        if distinct > AUTO_CLASSES:
+            return "regression", (
+                f"task regression: the integer target has {distinct} distinct values"
+                f' (more than {AUTO_CLASSES}); set task = "classification" to override'
+            )
+        return "classification", (
+            f"task classification: the integer target has {distinct} distinct values"
+            f' (at most {AUTO_CLASSES}); set task = "regression" to override'
+        )
+    return (
+        "classification",
+        f"task classification: the target is {column.type}; set task to override",
+    )
 
 
 @dataclass
 class Prepared:
+    """Encoded training and validation data.
+
+    `x_*`: float32 (rows, in_features). `y_train`/`y_val`: what the loss takes (int64 class
+    codes, -1 for a validation label training never saw; or float32 standardised targets).
+    `y_val_true`: the validation labels for metrics (int64 codes, or float64 in the target's
+    own units)."""
+
     x_train: np.ndarray
     y_train: np.ndarray
     x_val: np.ndarray
     y_val: np.ndarray
+    y_val_true: np.ndarray
     pre: Preprocessor
     features: list[str]
     dropped_null_targets: int
+    task_reason: str = ""
+    validation: str = ""
 
 
-def split_indices(rows: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(
+    rows: int, val_fraction: float, seed: int, strata: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) row indices, each sorted. Without `strata`, a seeded permutation's
+    first round(rows * val_fraction) rows validate. With `strata` (one label per row) each
+    stratum gives round(its rows * val_fraction) of its own permuted rows, so class
+    proportions hold in both parts."""
     import numpy as np
 
-    order = np.random.default_rng(seed).permutation(rows)
-    cut = round(rows * val_fraction)
-    return np.sort(order[cut:]), np.sort(order[:cut])
+    rng = np.random.default_rng(seed)
+    if strata is None:
+        order = rng.permutation(rows)
+        cut = round(rows * val_fraction)
+        return np.sort(order[cut:]), np.sort(order[:cut])
+    _, groups = np.unique(strata, return_inverse=True)
+    counts = np.bincount(groups.ravel()) if rows else np.zeros(0, dtype=np.int64)
+    by_group = np.argsort(groups.ravel(), kind="stable")
+    val_parts = []
+    for start, count in zip(np.r_[0, np.cumsum(counts)[:-1]], counts, strict=True):
+        members = by_group[start : start + count][rng.permutation(count)]
+        val_parts.append(members[: round(count * val_fraction)])
+    val = np.sort(np.concatenate(val_parts)) if val_parts else np.zeros(0, dtype=np.int64)
+    train = np.setdiff1d(np.arange(rows), val)
+    return train, val
 
 
-def prepare_data(table: Any, spec: Spec, where: str) -> Prepared:
+def split_table(table: Any, spec: Spec, task: str) -> tuple[Any, Any]:
+    """(train, validation) tables of the rows with a target, as `split_indices` draws them
+    (stratified by the target for classification unless `stratify = false`)."""
+    import numpy as np
+    import pyarrow as pa
     import pyarrow.compute as pc
 
+    strata = None
+    if task == "classification" and spec.stratify:
+        labels = pc.cast(table.column(spec.target), pa.string()).combine_chunks()
+        strata = np.asarray(pc.dictionary_encode(labels).indices.to_numpy(zero_copy_only=False))
+    train_idx, val_idx = split_indices(table.num_rows, spec.val_fraction, spec.split_seed, strata)
+    return table.take(train_idx), table.take(val_idx)
+
+
+def with_target(table: Any, target: str) -> tuple[Any, int]:
+    """The rows whose target is present (not null, not NaN), and how many were left out."""
+    import pyarrow.compute as pc
+    import pyarrow.types as pt
+
+    column = table.column(target)
+    valid = pc.is_valid(column)
+    if pt.is_floating(column.type):
+        valid = pc.and_(valid, pc.invert(pc.fill_null(pc.is_nan(column), False)))
+    kept = table.filter(valid)
+    return kept, table.num_rows - kept.num_rows
+
+
+def prepare_data(
+    table: Any, spec: Spec, where: str, val_table: Any = None, val_where: str = ""
+) -> Prepared:
+    """Split (or take `val_table` as the validation rows), fit the preprocessing on the
+    training rows, encode both. Raises JobFailed naming the column or dataset at fault."""
     from jobs.bundle import DataError, Preprocessor
 
     columns = table.column_names
@@ -253,26 +440,66 @@ def prepare_data(table: Any, spec: Spec, where: str) -> Prepared:
         raise JobFailed(f"feature {missing[0]!r} is not in {where} (columns: {', '.join(columns)})")
     if not features:
         raise JobFailed(f"no features: {where} has only the target column")
-    valid = pc.is_valid(table.column(spec.target))
-    dropped = table.num_rows - pc.sum(valid).as_py() if table.num_rows else 0
-    table = table.filter(valid)
+    table, dropped = with_target(table, spec.target)
     if table.num_rows < 2:
         raise JobFailed(f"{where} has {table.num_rows} rows with a target: too few to train on")
-    task = infer_task(table.column(spec.target), spec.task)
-    train_idx, val_idx = split_indices(table.num_rows, spec.val_fraction, spec.seed)
-    train_table = table.take(train_idx)
+    task, reason = infer_task(table.column(spec.target), spec.task)
+    if task == "regression":
+        import numpy as np
+
+        from jobs.bundle import as_float
+
+        infinite = int(np.isinf(as_float(table.column(spec.target), spec.target)).sum())
+        if infinite:
+            raise JobFailed(
+                f"target {spec.target!r} has {infinite} infinite values in {where}: fix or drop them"
+            )
+    if spec.loss != "auto" and spec.loss not in LOSSES[task]:
+        raise JobFailed(f"key 'loss': {spec.loss!r} is not a {task} loss ({reason})")
+    if task == "regression" and (spec.class_weight is not None or spec.threshold is not None):
+        raise JobFailed(f"keys 'class_weight'/'threshold' apply to classification ({reason})")
+    if val_table is not None:
+        for name in [*features, spec.target]:
+            if name not in val_table.column_names:
+                raise JobFailed(f"column {name!r} is not in the validation data {val_where}")
+        val_table, val_dropped = with_target(val_table, spec.target)
+        dropped += val_dropped
+        train_table = table
+        validation = f"{val_where} ({val_table.num_rows} rows)"
+    else:
+        train_table, val_table = split_table(table, spec, task)
+        stratified = " stratified by class" if task == "classification" and spec.stratify else ""
+        validation = (
+            f"{val_table.num_rows} rows of {where} (val_fraction {spec.val_fraction},"
+            f" split_seed {spec.split_seed}{stratified})"
+        )
     try:
         pre = Preprocessor.fit(train_table, features, spec.target, task)
+        if task == "classification" and isinstance(spec.threshold, float):
+            if len(pre.classes) != 2:
+                raise JobFailed(
+                    f"key 'threshold': applies to two classes; {spec.target!r} has {len(pre.classes)}"
+                )
+            pre.threshold = spec.threshold
+        if spec.threshold == "f1" and (len(pre.classes) != 2 or val_table.num_rows == 0):
+            raise JobFailed(
+                "key 'threshold': \"f1\" is chosen on the validation rows of a two-class target;"
+                f" {spec.target!r} has {len(pre.classes)} classes and {val_table.num_rows} validation rows"
+            )
         x_train = pre.transform(train_table)
-        y_train = pre.encode_target(train_table)
-        val_table = table.take(val_idx)
         x_val = pre.transform(val_table)
-        y_val = (
-            pre.encode_target(val_table) if task == "regression" else _encode_known(pre, val_table)
-        )
+        if task == "regression":
+            y_train = pre.scale_target(pre.encode_target(train_table))
+            y_val_true = pre.encode_target(val_table)
+            y_val = pre.scale_target(y_val_true)
+        else:
+            y_train = pre.encode_target(train_table)
+            y_val = y_val_true = _encode_known(pre, val_table)
     except DataError as error:
         raise JobFailed(str(error)) from None
-    return Prepared(x_train, y_train, x_val, y_val, pre, features, int(dropped))
+    return Prepared(
+        x_train, y_train, x_val, y_val, y_val_true, pre, features, int(dropped), reason, validation
+    )
 
 
 def _encode_known(pre: Preprocessor, table: Any) -> np.ndarray:
@@ -285,6 +512,47 @@ def _encode_known(pre: Preprocessor, table: Any) -> np.ndarray:
         pc.cast(table.column(pre.target), pa.string()), value_set=pa.array(pre.classes, pa.string())
     )
     return np.asarray(index.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def class_weights(spec: Spec, pre: Preprocessor, y_train: np.ndarray) -> np.ndarray | None:
+    """Per-class loss weights (float32, one per class) or None. "balanced" gives
+    n_rows / (n_classes * rows_of_class), scikit-learn's compute_class_weight formula; a table
+    names classes (others weigh 1). Raises JobFailed for a class the data lacks."""
+    import numpy as np
+
+    if spec.class_weight is None or pre.task != "classification":
+        return None
+    counts = np.bincount(y_train, minlength=len(pre.classes)).astype(np.float64)
+    if spec.class_weight == "balanced":
+        weights = np.where(
+            counts > 0, len(y_train) / (len(pre.classes) * np.maximum(counts, 1)), 1.0
+        )
+        return weights.astype(np.float32)
+    assert isinstance(spec.class_weight, dict)
+    weights = np.ones(len(pre.classes), dtype=np.float32)
+    for name, weight in spec.class_weight.items():
+        if name not in pre.classes:
+            raise JobFailed(
+                f"key 'class_weight': class {name!r} is not in the training data"
+                f" (classes: {', '.join(pre.classes)})"
+            )
+        weights[pre.classes.index(name)] = weight
+    return weights
+
+
+def best_f1_threshold(scores: np.ndarray, positive: np.ndarray) -> float:
+    """The decision threshold t (predict positive where score >= t) with the highest F1 of the
+    positive class over the distinct validation scores; ties go to the higher threshold."""
+    import numpy as np
+
+    order = np.argsort(-scores, kind="mergesort")
+    sorted_scores, hits = scores[order], positive[order].astype(np.float64)
+    last = np.r_[np.flatnonzero(np.diff(sorted_scores)), len(scores) - 1]
+    true_pos = np.cumsum(hits)[last]
+    predicted = last + 1
+    f1 = 2 * true_pos / (predicted + hits.sum())
+    best = int(np.argmax(f1))  # first maximum: the highest threshold
+    return float(sorted_scores[last[best]])
 
 
 # ---- environment --------------------------------------------------------------------------
@@ -365,6 +633,7 @@ def _select_device(ctx: JobContext, rank: int = 0, world: int = 1) -> torch.devi
 
     if ctx.gpu_indices and torch.cuda.is_available():
         torch.cuda.set_device(rank)
+        ctx.cap_gpu_memory(rank)  # GPU pooling: stay within the reserved share of a shared GPU
         return torch.device("cuda", rank)
     if ctx.gpu_indices:
         ctx.log("GPUs were granted but torch sees no CUDA device; training on the CPU")
@@ -396,27 +665,72 @@ def _scheduler(spec: Spec, optimizer: torch.optim.Optimizer) -> Any:
     return None
 
 
+def make_criterion(spec: Spec, task: str, weights: torch.Tensor | None) -> Any:
+    """The training loss: (outputs, targets) -> scalar tensor. Classification: cross-entropy,
+    or focal loss FL = -(1 - p_t)^gamma log p_t (Lin et al. 2017, "Focal Loss for Dense Object
+    Detection"), both with optional per-class weights (a weighted mean, as torch's
+    cross_entropy). Regression (standardised targets): mean squared error, or Huber (delta 1)."""
+    import torch.nn.functional as F
+
+    loss = spec.loss if spec.loss != "auto" else LOSSES[task][0]
+    if loss == "cross_entropy":
+        if weights is None:
+            return F.cross_entropy
+        return lambda out, y: F.cross_entropy(out, y, weight=weights)
+    if loss == "focal":
+        gamma = spec.focal_gamma
+
+        def focal(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            log_p = F.log_softmax(out.float(), dim=1).gather(1, y.unsqueeze(1)).squeeze(1)
+            term = -((1 - log_p.exp()) ** gamma) * log_p
+            if weights is None:
+                return term.mean()
+            w = weights[y]
+            return (term * w).sum() / w.sum()
+
+        return focal
+    if loss == "huber":
+        return lambda out, y: F.huber_loss(out.squeeze(1), y, delta=1.0)
+    return lambda out, y: F.mse_loss(out.squeeze(1), y)
+
+
 def evaluate(
-    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, task: str
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    y_true: np.ndarray,
+    pre: Preprocessor,
+    criterion: Any,
 ) -> dict[str, float]:
+    """Validation metrics: `val_loss` (the training loss) and `val_<metric>` for every metric
+    of jobs.metrics' report (classification with the decision threshold; regression in the
+    target's own units). Undefined values are NaN."""
     import torch
+
+    from jobs.metrics import classification_report, headline, regression_report, softmax
 
     if len(x) == 0:
         return {}
     with torch.no_grad():
         out = model(x).float()
-        if task == "classification":
+        if pre.task == "classification":
             known = y >= 0
-            loss = (
-                torch.nn.functional.cross_entropy(out[known], y[known]).item()
-                if known.any()
-                else float("nan")
+            loss = criterion(out[known], y[known]).item() if known.any() else math.nan
+            report = classification_report(
+                y_true, softmax(out.cpu().numpy()), pre.classes, pre.threshold
             )
-            accuracy = (out.argmax(1) == y).float().mean().item()
-            return {"val_loss": loss, "val_accuracy": accuracy}
-        pred = out.squeeze(1)
-        mse = torch.mean((pred - y) ** 2).item()
-        return {"val_loss": mse, "val_rmse": math.sqrt(mse)}
+        else:
+            loss = criterion(out, y).item()
+            report = regression_report(y_true, pre.restore_target(out.squeeze(1).cpu().numpy()))
+    return {"val_loss": loss, **{f"val_{k}": v for k, v in headline(report).items()}}
+
+
+def _finite(values: dict[str, float]) -> dict[str, float | None]:
+    """NaN and infinite values as None: what the store and run records hold."""
+    return {k: (v if math.isfinite(v) else None) for k, v in values.items()}
+
+
+_SHOWN = ("val_loss", "val_accuracy", "val_f1_macro", "val_pr_auc", "val_rmse", "val_r2")
 
 
 @dataclass
@@ -465,17 +779,26 @@ def fit(
         )
     optimizer = _optimizer(spec, model)
     scheduler = _scheduler(spec, optimizer)
-    classification = data.pre.task == "classification"
+    weights = class_weights(spec, data.pre, data.y_train)
+    criterion = make_criterion(
+        spec, data.pre.task, torch.from_numpy(weights).to(device) if weights is not None else None
+    )
     x_train = torch.from_numpy(data.x_train).to(device)
     y_train = torch.from_numpy(data.y_train).to(device)
     x_val = torch.from_numpy(data.x_val).to(device)
     y_val = torch.from_numpy(data.y_val).to(device)
     rows = len(x_train)
     steps_per_epoch = math.ceil(rows / spec.batch_size)
+    warmup_steps = round(spec.warmup_epochs * steps_per_epoch)
     shuffle = torch.Generator().manual_seed(spec.seed)
     start_epoch, start_batch, order = 0, 0, None
     best: dict[str, Any] = {"value": None, "epoch": -1, "state": None, "since": 0}
-    monitor = "val_accuracy" if classification else "val_loss"
+    stopping = spec.stopping
+    monitor = (stopping.metric if stopping else "") or (
+        "val_accuracy" if data.pre.task == "classification" else "-val_loss"
+    )
+    monitor_name, higher = metric_order(monitor)
+    min_delta = stopping.min_delta if stopping else 0.0
     if checkpoint is not None and checkpoint.exists():
         saved = torch.load(checkpoint, map_location=device, weights_only=False)
         model.load_state_dict(saved["model"])
@@ -538,11 +861,7 @@ def fit(
                     out = trained(xb).float()
             else:  # entering a disabled autocast context still costs time on every step
                 out = trained(xb)
-            loss = (
-                torch.nn.functional.cross_entropy(out, yb)
-                if classification
-                else torch.nn.functional.mse_loss(out.squeeze(1), yb)
-            )
+            loss = criterion(out, yb)
             if world > 1:
                 shared = loss.detach().clone()
                 dist.all_reduce(shared, op=dist.ReduceOp.SUM)
@@ -558,15 +877,26 @@ def fit(
             loss.backward()  # type: ignore[no-untyped-call]
             if spec.clip_grad:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), spec.clip_grad)
-            optimizer.step()
+            if step <= warmup_steps:  # linear warm-up: lr * step / warmup_steps
+                scheduled = [group["lr"] for group in optimizer.param_groups]
+                for group in optimizer.param_groups:
+                    group["lr"] *= step / warmup_steps
+                optimizer.step()
+                for group, lr_now in zip(optimizer.param_groups, scheduled, strict=True):
+                    group["lr"] = lr_now
+            else:
+                optimizer.step()
             epoch_loss += loss_value * len(index)
             seen += len(index)
             metrics.add(step, {"train_loss": loss_value})
         start_batch = 0
         elapsed = time.perf_counter() - started
         model.eval()
-        last_eval = evaluate(model, x_val, y_val, data.pre.task)
+        last_eval = evaluate(model, x_val, y_val, data.y_val_true, data.pre, criterion)
         lr = optimizer.param_groups[0]["lr"]
+        last_step = (epoch + 1) * steps_per_epoch
+        if last_step <= warmup_steps:  # the rate the epoch's last step used
+            lr *= last_step / warmup_steps
         if scheduler is not None:
             scheduler.step()
         epoch_metrics: dict[str, float | None] = {
@@ -574,16 +904,18 @@ def fit(
             "train_loss_epoch": epoch_loss / max(seen, 1),
             "lr": lr,
             "samples_per_s": seen / elapsed if elapsed > 0 else None,
-            **last_eval,
+            **_finite(last_eval),
         }
         if device.type == "cuda":
             epoch_metrics["gpu_mem_bytes"] = float(torch.cuda.max_memory_allocated(device))
         metrics.add((epoch + 1) * steps_per_epoch, epoch_metrics)
         metrics.flush()
-        value = last_eval.get(monitor)
+        value = last_eval.get(monitor_name)
+        if value is not None and not math.isfinite(value):
+            value = None  # a NaN never improves
         better = value is not None and (
             best["value"] is None
-            or (value > best["value"] if classification else value < best["value"])
+            or (value > best["value"] + min_delta if higher else value < best["value"] - min_delta)
         )
         if better:
             best = {
@@ -594,7 +926,7 @@ def fit(
             }
         else:
             best["since"] += 1
-        summary = ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items())
+        summary = ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items() if k in _SHOWN)
         say(
             f"epoch {epoch + 1}/{spec.epochs}: train_loss {epoch_loss / max(seen, 1):.4f}, {summary}"
         )
@@ -602,20 +934,33 @@ def fit(
             ctx.progress(
                 (epoch + 1) / spec.epochs,
                 f"epoch {epoch + 1}/{spec.epochs}"
-                + (f" {monitor} {value:.3f}" if value is not None else ""),
+                + (f" {monitor_name} {value:.3f}" if value is not None else ""),
             )
         order = None
         save(epoch + 1, 0, None)
-        if spec.early_stopping and best["since"] >= spec.early_stopping:
-            say(f"early stopping: {monitor} has not improved for {spec.early_stopping} epochs")
+        if stopping and best["since"] >= stopping.patience:
+            say(
+                f"early stopping: {monitor_name} has not improved by more than {min_delta} for"
+                f" {stopping.patience} epochs; keeping epoch {best['epoch'] + 1}"
+            )
             stopped_early = True
             epoch += 1
             break
     else:
         epoch = spec.epochs
-    if spec.early_stopping and best["state"] is not None:
+    if stopping and best["state"] is not None:
         model.load_state_dict(best["state"])
-        last_eval = evaluate(model, x_val, y_val, data.pre.task)
+        last_eval = evaluate(model, x_val, y_val, data.y_val_true, data.pre, criterion)
+    if spec.threshold == "f1":
+        from jobs.metrics import softmax
+
+        with torch.no_grad():
+            scores = softmax(model(x_val).float().cpu().numpy())[:, 1]
+        data.pre.threshold = best_f1_threshold(scores, data.y_val_true == 1)
+        say(
+            f"threshold {data.pre.threshold:.4f}: the best F1 of {data.pre.classes[1]!r} on validation"
+        )
+        last_eval = evaluate(model, x_val, y_val, data.y_val_true, data.pre, criterion)
     return model, Outcome(dict(last_eval), int(best["epoch"]) + 1, epoch, stopped_early)
 
 
@@ -667,15 +1012,31 @@ def train_rank(ctx: JobContext, spec: Spec, rank: int = 0, world: int = 1) -> No
     except lake.LakeError as error:
         raise JobFailed(str(error)) from None
     where = f"dataset {info.dataset} v{info.version}"
-    data = prepare_data(table, spec, where)
+    val_table, val_info = None, None
+    if spec.val_dataset is not None:
+        try:
+            val_table, val_info = lake.read_arrow(
+                ctx.home, spec.val_dataset, spec.val_version, ctx.store
+            )
+        except lake.LakeError as error:
+            raise JobFailed(f"key 'val_dataset': {error}") from None
+    data = prepare_data(
+        table,
+        spec,
+        where,
+        val_table,
+        f"dataset {val_info.dataset} v{val_info.version}" if val_info else "",
+    )
     primary = rank == 0
     say = ctx.log if primary else (lambda message: None)
+    say(data.task_reason)
+    say(f"validation: {data.validation}")
     if data.dropped_null_targets:
         say(f"{data.dropped_null_targets} rows without a {spec.target!r} value left out")
     device = _select_device(ctx, rank, world)
     env = environment(device, ctx.job.cwd)
     params = {k: v for k, v in asdict(spec).items() if k != "sweep"}
-    record = {
+    record: dict[str, Any] = {
         "params": params,
         "dataset": {
             "name": info.dataset,
@@ -683,9 +1044,18 @@ def train_rank(ctx: JobContext, spec: Spec, rank: int = 0, world: int = 1) -> No
             "content_hash": info.content_hash,
             "rows": info.rows,
         },
+        "validation_dataset": {
+            "name": val_info.dataset,
+            "version": val_info.version,
+            "content_hash": val_info.content_hash,
+        }
+        if val_info
+        else None,
         "features": data.features,
         "task": data.pre.task,
+        "task_reason": data.task_reason,
         "classes": data.pre.classes,
+        "dropped_null_targets": data.dropped_null_targets,
         "train_rows": len(data.x_train),
         "val_rows": len(data.x_val),
         "environment": env,
@@ -728,11 +1098,13 @@ def train_rank(ctx: JobContext, spec: Spec, rank: int = 0, world: int = 1) -> No
         "out_features": data.pre.out_features,
     }
     bundle = ctx.artifact("model.pt")
-    meta = {**record, "metrics": outcome.metrics, "run_job_id": ctx.job.id}
+    metrics = {k: v for k, v in _finite(outcome.metrics).items() if v is not None}
+    record["threshold"] = data.pre.threshold
+    meta = {**record, "metrics": metrics, "run_job_id": ctx.job.id}
     save_bundle(bundle, model.cpu(), architecture, data.pre, meta)
     record.update(
         {
-            "metrics": outcome.metrics,
+            "metrics": metrics,
             "best_epoch": outcome.best_epoch,
             "epochs_run": outcome.epochs_run,
             "stopped_early": outcome.stopped_early,
@@ -740,9 +1112,10 @@ def train_rank(ctx: JobContext, spec: Spec, rank: int = 0, world: int = 1) -> No
         }
     )
     ctx.artifact("run.json").write_text(json.dumps(record, indent=2, default=str))
-    tracking.finish_run(ctx.store, ctx.job.id, outcome.metrics, str(bundle))
+    tracking.finish_run(ctx.store, ctx.job.id, metrics, str(bundle))
     ctx.log(
-        f"model saved to {bundle}: " + ", ".join(f"{k} {v:.4f}" for k, v in outcome.metrics.items())
+        f"model saved to {bundle}: "
+        + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in _SHOWN)
     )
 
 

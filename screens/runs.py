@@ -17,7 +17,7 @@ from textual.widgets import DataTable, Static
 from textual_plotext import PlotextPlot
 
 from screens.widgets import WorkbenchScreen, state_text
-from workbench.catalog.tracking import Run, metric_order
+from workbench.catalog.tracking import Run, sort_runs
 
 SORTS = ("job", "val_accuracy", "val_loss", "val_rmse")
 LOSSES = ("train_loss", "train_loss_epoch", "val_loss")
@@ -284,9 +284,7 @@ class RunsScreen(WorkbenchScreen):
             metric = SORTS[self.sort_index]
         if metric == "job":
             return sorted(runs, key=lambda r: r.job_id)
-        name, higher = metric_order(metric)
-        missing = float("-inf") if higher else float("inf")
-        return sorted(runs, key=lambda r: r.metrics.get(name, missing), reverse=higher)
+        return sort_runs(runs, metric)
 
     def shown_columns(self, ordered: list[Run]) -> tuple[str, ...]:
         """Every column with something to show; below 120 columns, model, dataset and lr go."""

@@ -190,19 +190,50 @@ def test_missing_feature_and_unseen_labels_fail_clearly(trained: tuple[Client, H
     )
 
 
-def test_export_matches_pytorch_in_a_fresh_session(
+def _raw_feed(session: ort.InferenceSession, table: pa.Table) -> dict[str, np.ndarray]:
+    """What a consumer with the raw file would pass: each column as it is, (rows, 1); strings
+    with "" for missing, numbers as float32 with NaN for missing."""
+    feed = {}
+    for item in session.get_inputs():
+        values = table.column(item.name).to_pylist()
+        if item.type == "tensor(string)":
+            feed[item.name] = np.array(
+                [["" if v is None else str(v)] for v in values], dtype=object
+            )
+        else:
+            feed[item.name] = np.array(
+                [[np.nan if v is None else v] for v in values], dtype=np.float32
+            )
+    return feed
+
+
+def test_categorical_model_exports_whole_and_matches_our_predictions_on_raw_rows(
     trained: tuple[Client, Home, int], tmp_path: Path
 ) -> None:
-    from jobs.bundle import load_bundle
-
     client, home, run_id = trained
+    # our predictions of the held-out rows, from the bundle through a test job
+    tested = run(client, tmp_path, kind="test", model=str(run_id), dataset="penguins_test")
+    assert tested.state == "succeeded", tested.reason
     job = run(client, tmp_path, kind="export", model=str(run_id), quantize=True)
     assert job.state == "succeeded", job.reason
     card = json.loads((home.run_dir(job.id) / "model_card.json").read_text())
+    assert card["test"]["job_id"] == tested.id
+    assert card["test"]["dataset"]["name"] == "penguins_test"
+    assert card["test"]["dataset"]["hash_algorithm"] == "blake2b-256"
+    assert len(card["test"]["dataset"]["content_hash"]) == 64
+    assert "tested by job" in (home.run_dir(job.id) / "model_card.md").read_text()
     assert card["exporter"] == "torch.onnx.export(dynamo=True)" and isinstance(
         card["batch_axis"], str
     )
     assert card["dataset"]["name"] == "penguins_train" and card["run"]["job_id"] == run_id
+    assert card["dataset"]["hash_algorithm"] == "blake2b-256"
+    assert (
+        "sha256"
+        not in (home.run_dir(job.id) / "model_card.md")
+        .read_text()
+        .split("trained on")[1]
+        .splitlines()[0]
+    )
     assert card["parity"]["violations"] == 0 and card["quantized"]["int8"] is not None
     assert set(card["latency"]["cpu"]) == {"batch_1", "batch_256"}
     import hashlib
@@ -210,20 +241,32 @@ def test_export_matches_pytorch_in_a_fresh_session(
     path = Path(card["file"])
     assert hashlib.sha256(path.read_bytes()).hexdigest() == card["sha256"]
     assert not path.with_name(path.name + ".data").exists()  # one self-contained file
-    model, pre, _ = load_bundle(home.run_dir(run_id) / "model.pt")
-    test_table, _ = lake.read_arrow(home, "penguins_test")
-    x = pre.transform(test_table)
-    import torch
-
-    with torch.no_grad():
-        expected = model(torch.from_numpy(x)).numpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {session.get_inputs()[0].name: x})[0]
-    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-3)
+    kinds = {i.name: i.type for i in session.get_inputs()}
+    assert kinds["island"] == kinds["sex"] == "tensor(string)"
+    assert kinds["bill_length_mm"] == "tensor(float)" and "features" not in kinds
+    predictions, _ = lake.read_arrow(home, f"run{run_id}_predictions")
+    classes = card["classes"]
+    ours = np.stack([predictions.column(f"p_{c}").to_numpy() for c in classes], axis=1)
+    test_table, _ = lake.read_arrow(home, "penguins_test")
+    assert predictions.column("row_number").to_pylist() == list(range(test_table.num_rows))
+    logits = session.run(None, _raw_feed(session, test_table))[0]
+    np.testing.assert_allclose(softmax(logits), ours, atol=1e-4, rtol=1e-3)  # the export parity
+    assert [classes[k] for k in logits.argmax(1)] == predictions.column("prediction").to_pylist()
     listed = registry.list_models(client.store)
-    assert listed[0]["sha256"] == card["sha256"]
+    by_format = {m["format"]: m for m in listed if m["export_job_id"] == job.id}
+    assert by_format["onnx"]["sha256"] == card["sha256"]
+    int8 = by_format["onnx-int8"]
+    assert (
+        int8["path"] == card["quantized"]["file"]
+        and int8["card"]["quantized_from"] == by_format["onnx"]["id"]
+    )
+    assert hashlib.sha256(Path(int8["path"]).read_bytes()).hexdigest() == int8["sha256"]
     onnx_test = run(client, tmp_path, kind="test", model=str(path), dataset="penguins_test")
     assert onnx_test.state == "succeeded", onnx_test.reason
+    onnx_report = json.loads((home.run_dir(onnx_test.id) / "report.json").read_text())
+    bundle_report = json.loads((home.run_dir(tested.id) / "report.json").read_text())
+    assert onnx_report["metrics"]["accuracy"] == bundle_report["metrics"]["accuracy"]
 
 
 def test_user_model_on_numeric_data_exports_with_preprocessing_inside(
@@ -252,7 +295,7 @@ def test_user_model_on_numeric_data_exports_with_preprocessing_inside(
     job = run(client, tmp_path, kind="export", model=str(trained_job.id))
     assert job.state == "succeeded", job.reason
     card = json.loads((home.run_dir(job.id) / "model_card.json").read_text())
-    assert card["input"].startswith("raw numeric features")
+    assert card["inputs"] == "matrix" and "raw numeric features" in card["input"]
     session = ort.InferenceSession(card["file"], providers=["CPUExecutionProvider"])
     raw = wine.drop(columns=["target"]).to_numpy(dtype=np.float32)
     from jobs.bundle import load_bundle

@@ -16,7 +16,15 @@ import pytest
 
 from workbench.queue import scheduler
 from workbench.telemetry import fakenvml, gpu
-from workbench.telemetry.gpu import GpuProcess, Gpus, GpuSample, attribute_processes, gpu_slots
+from workbench.telemetry.gpu import (
+    GpuPlacement,
+    GpuProcess,
+    Gpus,
+    GpuSample,
+    attribute_processes,
+    gpu_slots,
+    job_gpu_memory,
+)
 
 GIB = 1024**3
 Scenario = Callable[..., Gpus]
@@ -288,7 +296,11 @@ def sample(
         (
             [sample(0, 30 * GIB, (GpuProcess(1, 20 * GIB), GpuProcess(2, 10 * GIB)))],
             {1},
-            [scheduler.GpuSlot(0, 80 * GIB, 10 * GIB)],
+            [
+                scheduler.GpuSlot(
+                    0, 80 * GIB, 10 * GIB, others=(scheduler.OtherProcess(2, 10 * GIB),)
+                )
+            ],
         ),
         # No process list: everything in use counts as someone else's.
         ([sample(0, 30 * GIB, None)], {1}, [scheduler.GpuSlot(0, 80 * GIB, 30 * GIB)]),
@@ -310,6 +322,83 @@ def test_gpu_slots(
     samples: list[GpuSample], ours: set[int], expected: list[scheduler.GpuSlot]
 ) -> None:
     assert list(gpu_slots(samples, ours)) == expected
+
+
+def test_gpu_slots_carry_topology_and_mig_instances() -> None:
+    mig = (scheduler.MigSlot("MIG-x", "1g.10gb", 10 * GIB),)
+    slots = gpu_slots(
+        [sample(0, 0, ()), sample(1, 0, ())],
+        set(),
+        {0: GpuPlacement(0, 0), 1: GpuPlacement(1, 1, mig)},
+    )
+    assert [(s.numa_node, s.switch, s.mig) for s in slots] == [(0, 0, ()), (1, 1, mig)]
+
+
+def test_a_jobs_gpu_memory_is_its_processes_on_its_fullest_gpu() -> None:
+    samples = [
+        sample(0, 0, (GpuProcess(10, 3 * GIB), GpuProcess(11, 2 * GIB), GpuProcess(99, GIB))),
+        sample(1, 0, (GpuProcess(12, 4 * GIB), GpuProcess(13, None))),
+    ]
+    owners = {10: 1, 11: 1, 12: 1, 13: 2}
+    assert job_gpu_memory(samples, owners) == {1: 5 * GIB}
+
+
+EIGHT_WITH_TOPOLOGY = [{"numa_node": i // 4, "switch": i // 2} for i in range(8)]
+
+
+def test_topology_from_the_driver_groups_gpus_by_pcie_switch_and_numa_node(
+    open_fake: Scenario,
+) -> None:
+    gpus = open_fake(EIGHT_WITH_TOPOLOGY)
+    placement = gpus.placement()
+    assert [placement[i].numa_node for i in range(8)] == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert [placement[i].switch for i in range(8)] == [0, 0, 2, 2, 4, 4, 6, 6]
+    assert calls("nvmlDeviceGetTopologyCommonAncestor") == 28  # each pair once
+    gpus.placement()
+    assert calls("nvmlDeviceGetTopologyCommonAncestor") == 28  # then cached
+
+
+def test_without_topology_support_placement_is_unknown(open_fake: Scenario) -> None:
+    gpus = open_fake([{}, {}])
+    assert gpus.placement() == {0: GpuPlacement(), 1: GpuPlacement()}
+
+
+def test_mig_instances_are_read_as_allocatable_slots_with_their_uuids(
+    open_fake: Scenario,
+) -> None:
+    gpus = open_fake(
+        [
+            {
+                "name": "NVIDIA A100-SXM4-80GB",
+                "mig": True,
+                "mig_instances": [
+                    {"profile": "1g.10gb", "memory_total": 10 * GIB},
+                    {"profile": "1g.10gb", "memory_total": 10 * GIB, "uuid": "MIG-given"},
+                    {"profile": "3g.40gb", "memory_total": 40 * GIB},
+                ],
+            },
+            {},
+        ]
+    )
+    place = gpus.placement()
+    assert place[1].mig == ()
+    assert [(m.profile, m.memory_total_bytes) for m in place[0].mig] == [
+        ("1g.10gb", 10 * GIB),
+        ("1g.10gb", 10 * GIB),
+        ("3g.40gb", 40 * GIB),
+    ]
+    uuids = [m.uuid for m in place[0].mig]
+    assert uuids[1] == "MIG-given" and all(u.startswith("MIG-") for u in uuids)
+    assert len(set(uuids)) == 3
+    slots = gpu_slots(gpus.sample(), set(), place)
+    decisions = scheduler.plan(
+        [scheduler.Want(1, mig_profile="3g.40gb")],
+        [],
+        {},
+        scheduler.Resources(slots, 8),
+        scheduler.Settings(),
+    )
+    assert decisions == [scheduler.Start(1, (0,), (uuids[2],))]
 
 
 # ---- attributing GPU processes to jobs -------------------------------------------------------

@@ -2,21 +2,38 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
 
+import pytest
+from conftest import wait_for, wait_state, workbench
+
+from workbench.config import load_config
+from workbench.daemon.client import Client
+from workbench.paths import Home
+from workbench.queue.requests import build_request
 from workbench.queue.scheduler import (
     NO_GPU,
     Block,
+    Exceeds,
     Fail,
     GpuSlot,
     Holding,
+    MigSlot,
+    OtherProcess,
+    Preempt,
     Resources,
     Settings,
     Start,
     Wait,
     Want,
+    gpu_units,
     plan,
 )
+from workbench.queue.spec import SpecError
+from workbench.telemetry import fakenvml
 
 GiB = 1024**3
 TWO_GPUS = (GpuSlot(0, 80 * GiB), GpuSlot(1, 80 * GiB))
@@ -101,7 +118,7 @@ CASES = [
         {},
         BOX,
         Settings(),
-        {2: Start(2, (1,))},
+        {2: Start(2, (1,), gpu_mem_cap=40 * GiB)},
     ),
     (
         "a fraction does not take a GPU held whole",
@@ -110,7 +127,7 @@ CASES = [
         {},
         BOX,
         Settings(),
-        {2: Start(2, (1,))},
+        {2: Start(2, (1,), gpu_mem_cap=40 * GiB)},
     ),
     (
         "packing stops when GPU memory would not fit",
@@ -119,7 +136,7 @@ CASES = [
         {},
         Resources(gpus=(GpuSlot(0, 80 * GiB),), cpus=8),
         Settings(),
-        {2: Wait(2, "waiting for 0.25 GPU with 50.0 GiB free (most free now: 40.0 GiB)")},
+        {2: Wait(2, "needs 50.0 GiB on one GPU; the largest free is 40.0 GiB on GPU 0")},
     ),
     (
         "memory used by other processes counts",
@@ -128,7 +145,7 @@ CASES = [
         {},
         Resources(gpus=(GpuSlot(0, 80 * GiB, 60 * GiB), GpuSlot(1, 80 * GiB, 10 * GiB)), cpus=8),
         Settings(),
-        {1: Start(1, (1,))},
+        {1: Start(1, (1,), gpu_mem_cap=40 * GiB)},
     ),
     (
         "a lost GPU is never granted",
@@ -297,7 +314,7 @@ def test_plan(queued, running, deps, res, settings, expected):  # type: ignore[n
 
 def test_fraction_goes_to_the_fullest_gpu_it_fits_keeping_whole_gpus_free() -> None:
     decisions = decide([Want(3, gpus=0.25)], [Holding(1, gpu_indices=(1,), gpus=0.5)])
-    assert decisions[3] == Start(3, (1,))
+    assert decisions[3] == Start(3, (1,), gpu_mem_cap=20 * GiB)
 
 
 def test_one_pass_hands_each_gpu_out_once() -> None:
@@ -305,3 +322,776 @@ def test_one_pass_hands_each_gpu_out_once() -> None:
     started = [d for d in decisions.values() if isinstance(d, Start)]
     assert sorted(d.gpu_indices for d in started) == [(0,), (1,)]
     assert all(isinstance(decisions[i], Wait) for i in (3, 4))
+
+
+# ---- GPU pooling: inventories of 1, 2 and 8 GPUs, one with MIG, memory held outside the queue
+
+ONE_GPU = Resources(gpus=(GpuSlot(0, 24 * GiB),), cpus=8)
+# Eight GPUs: NUMA node 0 holds GPUs 0-3, node 1 GPUs 4-7; pairs share a PCIe switch.
+EIGHT = Resources(
+    gpus=tuple(GpuSlot(i, 80 * GiB, numa_node=i // 4, switch=i // 2) for i in range(8)),
+    cpus=64,
+)
+EIGHT_FLAT = Resources(gpus=tuple(GpuSlot(i, 80 * GiB) for i in range(8)), cpus=64)
+MIG_BOX = Resources(
+    gpus=(
+        GpuSlot(
+            0,
+            80 * GiB,
+            mig=(
+                MigSlot("MIG-a", "1g.10gb", 10 * GiB),
+                MigSlot("MIG-b", "1g.10gb", 10 * GiB),
+                MigSlot("MIG-c", "3g.40gb", 40 * GiB),
+            ),
+        ),
+        GpuSlot(1, 80 * GiB),
+    ),
+    cpus=8,
+)
+OTHERS_BOX = Resources(
+    gpus=(
+        GpuSlot(0, 80 * GiB),
+        GpuSlot(1, 80 * GiB, 30 * GiB, others=(OtherProcess(812, 30 * GiB),)),
+    ),
+    cpus=8,
+)
+QUOTAS = Settings(quotas={"vision": 1, "sweep": 1})
+
+
+@dataclass(frozen=True)
+class Case:
+    """One row: the queue, the running jobs, the machine, the policy, the clock, and the
+    decisions expected (by job id; Exceeds and Preempt decisions by the running job's id)."""
+
+    name: str
+    queued: list[Want]
+    running: list[Holding]
+    res: Resources
+    expected: dict[int, object]
+    settings: Settings = field(default_factory=Settings)
+    now: float = 0.0
+
+
+def decide_at(case: Case) -> dict[int, object]:
+    out: dict[int, object] = {}
+    for d in plan(case.queued, case.running, {}, case.res, case.settings, case.now):
+        out[d.job_id] = d
+    return out
+
+
+MEMORY = [
+    Case(
+        "a starting job's declared memory is held through its grace though NVML shows less",
+        [Want(2, gpus=0.5, gpu_mem=48 * GiB)],
+        [
+            Holding(
+                1, gpu_indices=(0,), gpus=0.5, gpu_mem=40 * GiB, started_at=100, gpu_mem_seen=GiB
+            )
+        ],
+        Resources((GpuSlot(0, 80 * GiB),), 8),
+        {2: Wait(2, "needs 48.0 GiB on one GPU; the largest free is 40.0 GiB on GPU 0")},
+        now=110,
+    ),
+    Case(
+        "memory a starting job allocated before NVML attributes it is not counted twice",
+        [Want(2, gpus=0.5, gpu_mem=40 * GiB)],
+        [Holding(1, gpu_indices=(0,), gpus=0.5, gpu_mem=40 * GiB, started_at=100)],
+        Resources((GpuSlot(0, 80 * GiB, 30 * GiB),), 8),
+        {2: Start(2, (0,), gpu_mem_cap=40 * GiB)},
+        now=110,
+    ),
+    Case(
+        "after the grace, unattributed memory is someone else's",
+        [Want(2, gpus=0.5, gpu_mem=40 * GiB)],
+        [Holding(1, gpu_indices=(0,), gpus=0.5, gpu_mem=40 * GiB, started_at=100)],
+        Resources((GpuSlot(0, 80 * GiB, 30 * GiB),), 8),
+        {
+            2: Wait(
+                2,
+                "needs 40.0 GiB on one GPU; the largest free is 10.0 GiB on GPU 0"
+                " (GPU 0: 30.0 GiB in use outside the queue)",
+            )
+        },
+        now=1000,
+    ),
+    Case(
+        "after its grace a job holds what NVML shows when that is more than it declared",
+        [Want(2, gpus=0.25, gpu_mem=40 * GiB)],
+        [Holding(1, gpu_indices=(0,), gpus=0.5, gpu_mem=20 * GiB, gpu_mem_seen=50 * GiB)],
+        Resources((GpuSlot(0, 80 * GiB),), 8),
+        {
+            1: Exceeds(1, "uses 50.0 GiB of GPU memory, over its reservation of 20.0 GiB", False),
+            2: Wait(2, "needs 40.0 GiB on one GPU; the largest free is 30.0 GiB on GPU 0"),
+        },
+        now=1000,
+    ),
+    Case(
+        "after its grace a job that uses less than it declared still holds what it declared",
+        [Want(2, gpus=0.5, gpu_mem=40 * GiB)],
+        [Holding(1, gpu_indices=(0,), gpus=0.5, gpu_mem=40 * GiB, gpu_mem_seen=10 * GiB)],
+        Resources((GpuSlot(0, 80 * GiB),), 8),
+        {2: Start(2, (0,), gpu_mem_cap=40 * GiB)},
+        now=1000,
+    ),
+    Case(
+        "memory held outside the queue is subtracted and named in the reason",
+        [Want(3, gpus=0.5, gpu_mem=40 * GiB)],
+        [
+            Holding(1, gpu_indices=(0,), gpus=0.5, gpu_mem=58 * GiB),
+            Holding(2, gpu_indices=(1,), gpus=0.25, gpu_mem=30 * GiB),
+        ],
+        OTHERS_BOX,
+        {
+            3: Wait(
+                3,
+                "needs 40.0 GiB on one GPU; the largest free is 22.0 GiB on GPU 0"
+                " (GPU 1: 30.0 GiB held by pid 812, not a queue job)",
+            )
+        },
+    ),
+    Case(
+        "a job over its reservation is stopped when strict",
+        [],
+        [Holding(1, gpu_indices=(0,), gpus=0.5, gpu_mem=8 * GiB, gpu_mem_seen=9 * GiB)],
+        ONE_GPU,
+        {1: Exceeds(1, "uses 9.0 GiB of GPU memory, over its reservation of 8.0 GiB", True)},
+        Settings(strict=True),
+    ),
+    Case(
+        "an undeclared fraction is capped at its share of the card",
+        [Want(1, gpus=0.25)],
+        [],
+        ONE_GPU,
+        {1: Start(1, (0,), gpu_mem_cap=6 * GiB)},
+    ),
+    Case(
+        "a fraction waits while the one GPU is held whole",
+        [Want(2, gpus=0.5)],
+        [Holding(1, gpu_indices=(0,), gpus=1)],
+        ONE_GPU,
+        {2: Wait(2, "needs 0.5 of a GPU; the most free is 0 of GPU 0")},
+    ),
+    Case(
+        "a whole GPU waits while a fraction runs on the one GPU",
+        [Want(2, gpus=1)],
+        [Holding(1, gpu_indices=(0,), gpus=0.5)],
+        ONE_GPU,
+        {2: Wait(2, "waiting for 1 GPU (0 of 1 free)")},
+    ),
+]
+
+QUOTA = [
+    Case(
+        "a group borrows an idle GPU beyond its quota",
+        [Want(2, group="sweep", gpus=1)],
+        [Holding(1, group="sweep", gpu_indices=(0,), gpus=1)],
+        BOX,
+        {2: Start(2, (1,))},
+        QUOTAS,
+    ),
+    Case(
+        "a group at its quota with nothing idle waits, saying so",
+        [Want(3, group="vision", gpus=1)],
+        [
+            Holding(1, group="vision", gpu_indices=(0,), gpus=1),
+            Holding(2, group="sweep", gpu_indices=(1,), gpus=1),
+        ],
+        BOX,
+        {3: Wait(3, "group vision is at its quota of 1 and nothing is idle to borrow")},
+        QUOTAS,
+    ),
+    Case(
+        "a group under its quota reclaims the youngest over-quota job",
+        [Want(3, group="vision", gpus=1)],
+        [
+            Holding(1, group="sweep", gpu_indices=(0,), gpus=1, started_at=10),
+            Holding(2, group="sweep", gpu_indices=(1,), gpus=1, started_at=20),
+        ],
+        BOX,
+        {
+            2: Preempt(
+                2,
+                "preempted for job 3: group sweep is over its quota of 1 and group vision is"
+                " under its own",
+                3,
+            ),
+            3: Wait(
+                3,
+                "within its group's quota of 1; reclaiming GPU 1 by preempting job 2 (over-quota)",
+            ),
+        },
+        QUOTAS,
+        now=30,
+    ),
+    Case(
+        "a job that opted out of preemption is never chosen",
+        [Want(3, group="vision", gpus=1)],
+        [
+            Holding(1, group="sweep", gpu_indices=(0,), gpus=1, started_at=10),
+            Holding(2, group="sweep", gpu_indices=(1,), gpus=1, started_at=20, preemptible=False),
+        ],
+        BOX,
+        {
+            1: Preempt(
+                1,
+                "preempted for job 3: group sweep is over its quota of 1 and group vision is"
+                " under its own",
+                3,
+            ),
+            3: Wait(
+                3,
+                "within its group's quota of 1; reclaiming GPU 0 by preempting job 1 (over-quota)",
+            ),
+        },
+        QUOTAS,
+        now=30,
+    ),
+    Case(
+        "nothing preemptible: the job waits for GPUs like any other",
+        [Want(3, group="vision", gpus=1)],
+        [
+            Holding(1, group="sweep", gpu_indices=(0,), gpus=1, preemptible=False),
+            Holding(2, group="sweep", gpu_indices=(1,), gpus=1, preemptible=False),
+        ],
+        BOX,
+        {3: Wait(3, "waiting for 1 GPU (0 of 2 free)")},
+        QUOTAS,
+    ),
+    Case(
+        "while a preempted job stops, nothing more is preempted and its GPU is kept",
+        [Want(3, group="vision", gpus=1), Want(4, group="sweep", gpus=0.5, time_limit=1)],
+        [
+            Holding(1, group="sweep", gpu_indices=(0,), gpus=1, started_at=10),
+            Holding(2, group="sweep", gpu_indices=(1,), gpus=1, started_at=20, stopping=True),
+        ],
+        BOX,
+        {
+            3: Wait(3, "within its group's quota; waiting for job 2 to stop and free GPU 1"),
+            4: Wait(4, "group sweep is at its quota of 1 and nothing is idle to borrow"),
+        },
+        QUOTAS,
+        now=30,
+    ),
+    Case(
+        "while a preempted job stops, a free GPU the reclaiming job needs is kept for it too",
+        [Want(3, group="vision", gpus=2), Want(4, group="sweep", gpus=0.5, time_limit=1)],
+        [Holding(2, group="sweep", gpu_indices=(1,), gpus=1, started_at=20, stopping=True)],
+        BOX,
+        {
+            3: Wait(3, "within its group's quota; waiting for job 2 to stop and free GPU 1"),
+            4: Wait(
+                4,
+                "needs 0.5 of a GPU; the most free is 1 of GPU 0; kept for jobs ahead of it:"
+                " GPUs 0, 1 (job 3)",
+            ),
+        },
+        Settings(quotas={"vision": 2}),
+        now=30,
+    ),
+    Case(
+        "a job whose group fills its quota during the pass waits behind jobs still within theirs",
+        [
+            Want(1, group="sweep", gpus=1),
+            Want(2, group="sweep", gpus=1),
+            Want(3, group="vision", gpus=1),
+        ],
+        [],
+        BOX,
+        {
+            1: Start(1, (0,)),
+            3: Start(3, (1,)),
+            2: Wait(2, "group sweep is at its quota of 1 and nothing is idle to borrow"),
+        },
+        QUOTAS,
+    ),
+    Case(
+        "a job within its quota goes before an older one that would borrow",
+        [Want(1, group="sweep", gpus=1), Want(2, group="vision", gpus=1)],
+        [Holding(9, group="sweep", gpu_indices=(0,), gpus=1)],
+        BOX,
+        {
+            2: Start(2, (1,)),
+            1: Wait(1, "group sweep is at its quota of 1 and nothing is idle to borrow"),
+        },
+        QUOTAS,
+    ),
+    Case(
+        "on eight GPUs a group under its quota reclaims as many GPUs as it needs, youngest first",
+        [Want(9, group="vision", gpus=2)],
+        [Holding(i, group="sweep", gpu_indices=(i,), gpus=1, started_at=i) for i in range(8)],
+        EIGHT_FLAT,
+        {
+            7: Preempt(
+                7,
+                "preempted for job 9: group sweep is over its quota of 2 and group vision is"
+                " under its own",
+                9,
+            ),
+            6: Preempt(
+                6,
+                "preempted for job 9: group sweep is over its quota of 2 and group vision is"
+                " under its own",
+                9,
+            ),
+            9: Wait(
+                9,
+                "within its group's quota of 6; reclaiming GPUs 6, 7 by preempting jobs 6, 7"
+                " (over-quota)",
+            ),
+        },
+        Settings(quotas={"vision": 6, "sweep": 2}),
+        now=100,
+    ),
+    Case(
+        "borrowed fractions spread over GPUs: the GPUs cheapest to free, within the spare",
+        [Want(20, group="vision", gpus=4)],
+        [
+            Holding(1, group="vision", gpu_indices=(3,), gpus=1, started_at=10),
+            *[
+                Holding(i, group="sweep", gpu_indices=(g,), gpus=1, started_at=100)
+                for i, g in ((2, 0), (3, 1), (4, 6))
+            ],
+            Holding(5, group="sweep", gpu_indices=(2,), gpus=0.25, started_at=50),
+            *[
+                Holding(i, group="sweep", gpu_indices=(5,), gpus=0.25, started_at=40)
+                for i in (6, 7)
+            ],
+            *[
+                Holding(i, group="sweep", gpu_indices=(4,), gpus=0.25, started_at=30)
+                for i in (8, 9, 10)
+            ],
+        ],
+        EIGHT_FLAT,
+        {
+            **{
+                i: Preempt(
+                    i,
+                    "preempted for job 20: group sweep is over its quota of 3 and group vision is"
+                    " under its own",
+                    20,
+                )
+                for i in range(5, 11)
+            },
+            20: Wait(
+                20,
+                "within its group's quota of 5; reclaiming GPUs 2, 4, 5 by preempting jobs 5, 6,"
+                " 7, 8, 9, 10 (over-quota)",
+            ),
+        },
+        Settings(quotas={"vision": 5, "sweep": 3}),
+        now=200,
+    ),
+    Case(
+        "fractions count by share against a quota",
+        [Want(3, group="vision", gpus=0.5)],
+        [
+            Holding(1, group="vision", gpu_indices=(0,), gpus=0.5),
+            Holding(2, group="sweep", gpu_indices=(1,), gpus=1),
+        ],
+        BOX,
+        {3: Start(3, (0,), gpu_mem_cap=40 * GiB)},
+        QUOTAS,
+    ),
+]
+
+BACKFILL = [
+    # GPUs 0-1 end at t=100, 2-5 at t=500; 6-7 are free. The 4-GPU job 1 keeps 6, 7, 0, 1
+    # and starts at t=100.
+    Case(
+        "a short job backfills onto a kept GPU when it ends before the large job starts",
+        [Want(1, gpus=4), Want(2, gpus=1, time_limit=50)],
+        [
+            Holding(10 + i, gpu_indices=(i,), gpus=1, time_limit=100 if i < 2 else 500)
+            for i in range(6)
+        ],
+        EIGHT_FLAT,
+        {
+            1: Wait(1, "waiting for 4 GPU (2 of 8 free)"),
+            2: Start(2, (6,)),
+        },
+    ),
+    Case(
+        "a job that would delay the large job's start waits",
+        [Want(1, gpus=4), Want(2, gpus=1, time_limit=200), Want(3, gpus=0.5)],
+        [
+            Holding(10 + i, gpu_indices=(i,), gpus=1, time_limit=100 if i < 2 else 500)
+            for i in range(6)
+        ],
+        EIGHT_FLAT,
+        {
+            1: Wait(1, "waiting for 4 GPU (2 of 8 free)"),
+            2: Wait(
+                2,
+                "waiting for 1 GPU (2 of 8 free); kept for jobs ahead of it: GPUs 0, 1, 6, 7 (job 1)",
+            ),
+            3: Wait(
+                3,
+                "needs 0.5 of a GPU; the most free is 1 of GPU 6; kept for jobs ahead of it:"
+                " GPUs 0, 1, 6, 7 (job 1), GPU 2 (job 2)",
+            ),
+        },
+    ),
+    Case(
+        "higher priority first within a group; the lower one waits behind it",
+        [Want(1, gpus=1), Want(2, gpus=1, priority=5)],
+        [Holding(9, gpu_indices=(0,), gpus=1)],
+        BOX,
+        {
+            2: Start(2, (1,)),
+            1: Wait(1, "waiting for 1 GPU (0 of 2 free)"),
+        },
+    ),
+]
+
+PLACEMENT = [
+    Case(
+        "a 2-GPU job lands on GPUs under one PCIe switch",
+        [Want(1, gpus=2)],
+        [Holding(8, gpu_indices=(0,), gpus=1), Holding(9, gpu_indices=(2,), gpus=1)],
+        EIGHT,
+        {1: Start(1, (4, 5))},
+    ),
+    Case(
+        "without topology it takes the lowest free indices",
+        [Want(1, gpus=2)],
+        [Holding(8, gpu_indices=(0,), gpus=1), Holding(9, gpu_indices=(2,), gpus=1)],
+        EIGHT_FLAT,
+        {1: Start(1, (1, 3))},
+    ),
+    Case(
+        "a 4-GPU job lands on one NUMA node",
+        [Want(1, gpus=4)],
+        [Holding(8, gpu_indices=(0,), gpus=1)],
+        EIGHT,
+        {1: Start(1, (4, 5, 6, 7))},
+    ),
+    Case(
+        "a single GPU fills a broken pair first, keeping whole pairs for larger jobs",
+        [Want(1, gpus=1)],
+        [Holding(8, gpu_indices=(2,), gpus=1)],
+        EIGHT,
+        {1: Start(1, (3,))},
+    ),
+    Case(
+        "a fraction is packed onto a GPU already shared",
+        [Want(1, gpus=0.25)],
+        [Holding(8, gpu_indices=(5,), gpus=0.5)],
+        EIGHT,
+        {1: Start(1, (5,), gpu_mem_cap=20 * GiB)},
+    ),
+    Case(
+        "a MIG profile gets one instance, named by its UUID",
+        [Want(1, mig_profile="1g.10gb"), Want(2, mig_profile="1g.10gb")],
+        [],
+        MIG_BOX,
+        {1: Start(1, (0,), ("MIG-a",)), 2: Start(2, (0,), ("MIG-b",))},
+    ),
+    Case(
+        "all instances of a profile in use: it waits naming their jobs",
+        [Want(3, mig_profile="1g.10gb")],
+        [
+            Holding(1, gpu_indices=(0,), mig_uuids=("MIG-a",), mig_profile="1g.10gb"),
+            Holding(2, gpu_indices=(0,), mig_uuids=("MIG-b",), mig_profile="1g.10gb"),
+        ],
+        MIG_BOX,
+        {3: Wait(3, "needs a MIG 1g.10gb instance; all 2 are in use (jobs 1, 2)")},
+    ),
+    Case(
+        "a profile this machine lacks can never run",
+        [Want(1, mig_profile="2g.20gb")],
+        [],
+        MIG_BOX,
+        {
+            1: Wait(
+                1,
+                "needs a MIG 2g.20gb instance; this machine has none"
+                " (MIG instances: 1g.10gb on GPU 0, 3g.40gb on GPU 0)",
+            )
+        },
+    ),
+    Case(
+        "whole and fractional jobs never get a GPU split into MIG instances",
+        [Want(1, gpus=1), Want(2, gpus=0.5), Want(3, gpus=2)],
+        [],
+        MIG_BOX,
+        {
+            1: Start(1, (1,)),
+            2: Wait(2, "needs 0.5 of a GPU; the most free is 0 of GPU 1"),
+            3: Wait(3, "needs 2 GPUs, this machine has 1 (1 GPU split into MIG instances)"),
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize("case", MEMORY + QUOTA + BACKFILL + PLACEMENT, ids=lambda c: c.name)
+def test_pooling(case: Case) -> None:
+    assert decide_at(case) == case.expected
+
+
+def test_backfill_never_delays_the_large_job() -> None:
+    """Run the day forward: the 4-GPU job starts when its kept GPUs free, not later."""
+    running = [
+        Holding(10 + i, gpu_indices=(i,), gpus=1, time_limit=100 if i < 2 else 500)
+        for i in range(6)
+    ]
+    queued = [Want(1, gpus=4)] + [Want(20 + k, gpus=1, time_limit=60) for k in range(6)]
+    started_large = None
+    now = 0.0
+    while started_large is None and now <= 200:
+        ending = [h for h in running if h.started_at + (h.time_limit or 0) <= now]
+        running = [h for h in running if h not in ending]
+        for d in plan(queued, running, {}, EIGHT_FLAT, Settings(), now):
+            if isinstance(d, Start):
+                want = next(w for w in queued if w.id == d.job_id)
+                queued.remove(want)
+                running.append(
+                    Holding(
+                        want.id,
+                        gpu_indices=d.gpu_indices,
+                        gpus=want.gpus,
+                        started_at=now,
+                        time_limit=want.time_limit,
+                    )
+                )
+                if want.id == 1:
+                    started_large = now
+        now += 10
+    assert started_large == 100
+
+
+def test_a_mig_job_counts_its_slices_against_the_quota() -> None:
+    decisions = decide_at(
+        Case(
+            "",
+            [Want(2, group="vision", mig_profile="3g.40gb")],
+            [Holding(1, group="vision", gpu_indices=(1,), gpus=0.5)],
+            MIG_BOX,
+            {},
+            Settings(quotas={"vision": 1}),
+        )
+    )
+    assert decisions[2] == Start(2, (0,), ("MIG-c",))
+    assert gpu_units(0, "3g.40gb") == pytest.approx(3 / 7)
+
+
+# ---- quotas in config.toml and on the command line ----------------------------------------
+
+
+def test_quotas_from_config_and_the_command_line(home: Home) -> None:
+    home.ensure()
+    home.config.write_text(
+        "[groups.vision]\nquota = 2\nparallel = 3\npreemptible = false\n\n"
+        "[groups.sweep]\nquota = 1\n"
+    )
+    config = load_config(home.config)
+    assert config.group_quotas == {"vision": 2.0, "sweep": 1.0}
+    assert config.group_parallel == {"vision": 3}
+    assert config.not_preemptible == {"vision"}
+    assert workbench("group", "sweep", "--quota", "3").returncode == 0
+    shown = json.loads(workbench("group", "sweep", "--json").stdout)
+    assert shown == {"name": "sweep", "parallel": 0, "quota": 3.0}
+    listing = workbench("group").stdout
+    assert "vision: 3 in parallel, 2 GPUs guaranteed" in listing
+    assert "sweep: unlimited in parallel, 3 GPUs guaranteed" in listing
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[groups.vision]\nquota = -1\n", "[groups.vision]: key 'quota': must be 0 or more GPUs"),
+        (
+            "[groups.vision]\nquota = 1.5\n",
+            "[groups.vision]: key 'quota': above 1 it must be a whole",
+        ),
+        (
+            "[groups.vision]\nquotas = 1\n",
+            "[groups.vision]: unknown key 'quotas' (did you mean 'quota'?)",
+        ),
+        ("[groups]\nvision = 1\n", "[groups.vision]: expected a table"),
+        ('[scheduler]\nstart_grace = "soon"\n', "[scheduler]"),
+    ],
+)
+def test_bad_group_config_names_the_key(home: Home, text: str, message: str) -> None:
+    home.ensure()
+    home.config.write_text(text)
+    with pytest.raises(SpecError, match=re.escape(message)):
+        load_config(home.config)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("-2", "--quota"), ("nan", "--quota"), ("1.5", "--quota: above 1 it must be a whole number")],
+)
+def test_a_bad_quota_on_the_command_line_exits_2(home: Home, value: str, message: str) -> None:
+    result = workbench("group", "vision", f"--quota={value}")
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# ---- through the daemon, against the fake NVML ----------------------------------------------
+
+
+def fake_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gpus: list[dict[str, object]]
+) -> None:
+    """Point the daemon (started later, inheriting the environment) at a simulated driver."""
+    scenario = fakenvml.write_scenario(tmp_path / "gpus.json", gpus)
+    monkeypatch.setenv("WORKBENCH_FAKE_NVML", str(scenario))
+
+
+def submit_command(
+    client: Client, tmp_path: Path, argv: list[str], after: tuple[int, ...] = (), **options: object
+) -> int:
+    request = build_request(
+        {"kind": "command", "argv": argv, **options},
+        tmp_path,
+        "test",
+        after=tuple((job, "ok") for job in after),
+    )
+    return client.submit(request)
+
+
+def test_a_command_job_is_told_its_gpu_memory_cap(
+    client: Client, home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_machine(tmp_path, monkeypatch, [{"memory_total": 80 * GiB}])
+    show = ["sh", "-c", 'echo "cap=${WORKBENCH_GPU_MEM_BYTES:-none} visible=$CUDA_VISIBLE_DEVICES"']
+    shared = submit_command(client, tmp_path, show, gpus=0.5)
+    declared = submit_command(client, tmp_path, show, gpus=0.25, gpu_mem="8GiB")
+    whole = submit_command(client, tmp_path, show, after=(shared, declared), gpus=1)
+    for job_id in (shared, declared, whole):
+        assert wait_state(client, job_id, "succeeded").state == "succeeded"
+    logs = [(home.run_dir(j) / "log").read_text().strip() for j in (shared, declared, whole)]
+    assert logs == [f"cap={40 * GiB} visible=0", f"cap={8 * GiB} visible=0", "cap=none visible=0"]
+
+
+def test_ls_and_show_say_which_memory_outside_the_queue_keeps_a_job_waiting(
+    client: Client, home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_machine(
+        tmp_path,
+        monkeypatch,
+        [
+            {
+                "memory_total": 48 * GiB,
+                "memory_used": 26 * GiB,
+                "processes": [{"pid": 900, "used_memory": 26 * GiB}],
+            },
+            {
+                "memory_total": 48 * GiB,
+                "memory_used": 30 * GiB,
+                "processes": [{"pid": 812, "used_memory": 30 * GiB}],
+            },
+        ],
+    )
+    job_id = submit_command(client, tmp_path, ["true"], gpus=0.5, gpu_mem="40GiB")
+    expected = (
+        "needs 40.0 GiB on one GPU; the largest free is 22.0 GiB on GPU 0 (GPU 0: 26.0 GiB held"
+        " by pid 900, not a queue job; GPU 1: 30.0 GiB held by pid 812, not a queue job)"
+    )
+    client.nudge()
+    wait_for(lambda: client.store.get(job_id).reason == expected, what="the wait reason")
+    listed = json.loads(workbench("ls", "--json").stdout)
+    assert [j["reason"] for j in listed if j["id"] == job_id] == [expected]
+    assert json.loads(workbench("show", str(job_id), "--json").stdout)["reason"] == expected
+    assert "reason:    needs 40.0 GiB on one GPU" in workbench("show", str(job_id)).stdout
+    client.control(job_id, "cancel")
+
+
+@pytest.mark.slow
+def test_a_group_under_its_quota_preempts_a_borrowing_train_job_which_resumes_to_the_same_metrics(
+    client: Client, home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_train import digits_table
+
+    from workbench.catalog import lake, tracking
+
+    fake_machine(tmp_path, monkeypatch, [{}, {}])
+    home.config.write_text(
+        '[daemon]\nkill_grace = "30s"\n\n[groups.vision]\nquota = 1\n\n[groups.sweep]\nquota = 1\n'
+    )
+    lake.publish_arrow(home, client.store, "digits", digits_table())
+    spec = {
+        "kind": "train",
+        "dataset": "digits",
+        "target": "digit",
+        "model": "mlp",
+        "hidden": [128, 128],
+        "epochs": 12,
+        "batch_size": 8,
+        "seed": 3,
+        "cpus": 1,
+        "dropout": 0.1,
+        "gpus": 1,
+        "group": "sweep",
+    }
+    whole_id = client.submit(build_request(spec, tmp_path, "test"))
+    whole = wait_state(client, whole_id, {"succeeded", "failed"}, timeout=240)
+    assert whole.state == "succeeded", whole.reason
+
+    # sweep holds its one guaranteed GPU with a long job, then borrows the second for training.
+    held = submit_command(client, tmp_path, ["sleep", "600"], gpus=1, group="sweep")
+    wait_state(client, held, "running")
+    borrower = client.submit(build_request(spec, tmp_path, "test"))
+    wait_for(lambda: (client.store.get(borrower).progress or 0) >= 0.3, timeout=120, what="epochs")
+    # vision, under its quota of 1, asks for a GPU: the youngest over-quota job gives it back.
+    vision = submit_command(client, tmp_path, ["sleep", "1"], gpus=1, group="vision")
+    wait_state(client, vision, "succeeded", timeout=60)
+    resumed = wait_state(client, borrower, {"succeeded", "failed"}, timeout=240)
+    assert resumed.state == "succeeded", resumed.reason
+    client.control(held, "cancel")
+
+    events = client.store.events(borrower)
+    preempted = [e for e in events if e.event == "preempt"]
+    assert len(preempted) == 1 and preempted[0].state == "queued"
+    assert f"preempted for job {vision}" in (preempted[0].reason or "")
+    assert resumed.attempt == 1  # a preemption is not a failed attempt
+    assert "resumed from" in (home.run_dir(borrower) / "log").read_text()
+    assert client.store.get(held).state in ("running", "cancelled")  # never preempted
+    first, second = (
+        tracking.get_run(client.store, whole_id),
+        tracking.get_run(client.store, borrower),
+    )
+    assert first is not None and second is not None
+    assert first.metrics == second.metrics
+    assert client.store.metrics(whole_id, ["train_loss"]) == client.store.metrics(
+        borrower, ["train_loss"]
+    )
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_job_over_its_gpu_memory_reservation_is_reported_and_stopped_when_strict(
+    client: Client, home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, strict: bool
+) -> None:
+    pid_file = tmp_path / "job.pid"
+    fake_machine(
+        tmp_path,
+        monkeypatch,
+        [
+            {
+                "memory_total": 80 * GiB,
+                "memory_used": 30 * GiB,
+                "processes": [{"pid_file": str(pid_file), "used_memory": 30 * GiB}],
+            }
+        ],
+    )
+    home.config.write_text(f"[scheduler]\nstrict = {'true' if strict else 'false'}\n")
+    job_id = submit_command(
+        client,
+        tmp_path,
+        ["sh", "-c", f"echo $$ > {pid_file}; exec sleep 60"],
+        gpus=0.25,
+        gpu_mem="8GiB",
+    )
+    over = "uses 30.0 GiB of GPU memory, over its reservation of 8.0 GiB"
+    if strict:
+        ended = wait_state(client, job_id, {"failed", "succeeded", "cancelled"}, timeout=60)
+        assert ended.state == "failed"
+        assert ended.reason == f"{over}; stopped (strict)"
+    else:
+        wait_for(lambda: client.store.get(job_id).reason == over, what="the over-reservation")
+        shown = json.loads(workbench("show", str(job_id), "--json").stdout)
+        assert shown["state"] == "running" and shown["reason"] == over
+        client.control(job_id, "cancel")
+        wait_state(client, job_id, "cancelled", timeout=30)

@@ -160,7 +160,7 @@ def test_regression_target(client: Client, home: Home, tmp_path: Path, penguins:
 BAD = [
     (
         {"target": "nope"},
-        "target column 'nope' is not in dataset bad v1 (columns: a, b, label, tags)",
+        "target column 'nope' is not in dataset bad v1 (columns: a, b, label, tags, c)",
     ),
     (
         {"target": "label", "features": ["a", "missing"]},
@@ -172,14 +172,17 @@ BAD = [
         "target 'b' has a single class ('same') in the training data",
     ),
     (
-        {"target": "a", "features": ["label"], "task": "regression", "lr": 0.1},
-        "loss became inf at step 1",
+        {"target": "a", "features": ["label"], "optimizer": "sgd", "lr": 1e15},
+        "loss became",
     ),
+    ({"target": "c", "features": ["a"]}, "target 'c' has 2 infinite values"),
 ]
 
 
 @pytest.mark.parametrize(
-    ("spec", "message"), BAD, ids=["target", "feature", "unencodable", "single-class", "nan-loss"]
+    ("spec", "message"),
+    BAD,
+    ids=["target", "feature", "unencodable", "single-class", "nan-loss", "infinite-target"],
 )
 def test_bad_input_fails_with_a_clear_message(
     client: Client, home: Home, tmp_path: Path, spec: dict[str, object], message: str
@@ -190,6 +193,7 @@ def test_bad_input_fails_with_a_clear_message(
             "b": ["same"] * 40,
             "label": ["x", "y"] * 20,
             "tags": [["t"]] * 40,
+            "c": [float("inf"), float("-inf")] + [float(i) for i in range(38)],
         }
     )
     lake.publish_arrow(home, client.store, "bad", table)

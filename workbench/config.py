@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workbench.catalog.lake import parse_settings
 from workbench.queue.spec import SpecError, from_table
 from workbench.units import parse_duration, parse_size
 from workbench.userfiles import UserFileError, read_toml
+
+if TYPE_CHECKING:
+    from workbench.db.store import Store
+
+QUOTAS_SETTING = "group_quotas"  # the store setting `workbench group NAME --quota G` writes
 
 
 @dataclass(frozen=True)
@@ -64,8 +72,29 @@ class SecurityTable:
 
 
 @dataclass(frozen=True)
+class SchedulerTable:
+    """`[scheduler]` in config.toml: GPU memory policy and backfill."""
+
+    start_grace: str | float = "60s"  # how long a new job's memory may show up unattributed
+    default_runtime: str | float = "1h"  # assumed run time, for backfill, without a time limit
+    strict: bool = False  # stop a job that uses more GPU memory than it reserved
+    backfill_depth: int = 32  # waiting jobs that keep GPUs for themselves, per pass
+
+
+@dataclass(frozen=True)
+class GroupTable:
+    """`[groups.NAME]` in config.toml: a group's guaranteed GPUs and its cap on running jobs."""
+
+    quota: float = 0.0
+    parallel: int = 0
+    preemptible: bool = True  # false: its jobs are never preempted to give GPUs back
+
+
+@dataclass(frozen=True)
 class Config:
-    """Parsed settings."""
+    """Parsed settings. Durations in seconds, sizes in bytes; `group_quotas` maps a group to
+    its guaranteed GPUs, `group_parallel` to its cap on running jobs, `not_preemptible` names
+    the groups whose jobs opted out of preemption (all from `[groups.*]`)."""
 
     log_cap_bytes: int = 16 * 1024**2
     kill_grace_s: float = 10.0
@@ -74,6 +103,13 @@ class Config:
     history_s: float = 86400.0
     retention_jobs_s: float | None = None  # ended jobs older than this are pruned (hourly)
     secret_words: tuple[str, ...] = ()
+    start_grace_s: float = 60.0
+    default_runtime_s: float = 3600.0
+    strict: bool = False
+    backfill_depth: int = 32
+    group_quotas: Mapping[str, float] = field(default_factory=dict)
+    group_parallel: Mapping[str, int] = field(default_factory=dict)
+    not_preemptible: frozenset[str] = frozenset()
     containment: str = "auto"  # a cgroup v2 per job where possible, else a subreaper wrapper
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
@@ -86,7 +122,7 @@ def load_config(path: Path) -> Config:
         data: dict[str, Any] = read_toml(path)
     except UserFileError as error:
         raise SpecError(str(error)) from None
-    known = {"daemon", "retention", "security", "sql", "lake", "executor"}
+    known = {"daemon", "retention", "security", "sql", "lake", "executor", "scheduler", "groups"}
     for key in data:
         if key not in known:
             raise SpecError(f"{path}: unknown table '{key}'")
@@ -107,6 +143,8 @@ def load_config(path: Path) -> Config:
         )
     retention = from_table(RetentionTable, data.get("retention", {}), f"{path} [retention]")
     security = from_table(SecurityTable, data.get("security", {}), f"{path} [security]")
+    sched = from_table(SchedulerTable, data.get("scheduler", {}), f"{path} [scheduler]")
+    quotas, parallel, keep = _groups(path, data.get("groups", {}))
     fields: dict[str, Any] = {}
     for key, convert, value in (
         ("log_cap", parse_size, table.log_cap),
@@ -126,6 +164,13 @@ def load_config(path: Path) -> Config:
             retention_s = parse_duration(retention.jobs)
         except ValueError as error:
             raise SpecError(f"{path} [retention]: key 'jobs': {error}") from error
+    try:
+        start_grace_s = parse_duration(sched.start_grace)
+        default_runtime_s = parse_duration(sched.default_runtime)
+    except ValueError as error:
+        raise SpecError(f"{path} [scheduler]: {error}") from error
+    if sched.backfill_depth < 0:
+        raise SpecError(f"{path} [scheduler]: key 'backfill_depth': must not be negative")
     return Config(
         log_cap_bytes=fields["log_cap"],
         kill_grace_s=fields["kill_grace"],
@@ -134,6 +179,69 @@ def load_config(path: Path) -> Config:
         history_s=fields["history"],
         retention_jobs_s=retention_s,
         secret_words=tuple(w for w in security.secret_names if w),
+        start_grace_s=start_grace_s,
+        default_runtime_s=default_runtime_s,
+        strict=sched.strict,
+        backfill_depth=sched.backfill_depth,
+        group_quotas=quotas,
+        group_parallel=parallel,
+        not_preemptible=frozenset(keep),
         containment=table.containment,
         executor=executor,
     )
+
+
+def _groups(path: Path, raw: Any) -> tuple[dict[str, float], dict[str, int], set[str]]:
+    """`[groups.NAME]` tables -> ({group: quota}, {group: parallel}, {groups not preemptible});
+    bad values name the file, group and key."""
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: 'groups' must be tables like [groups.vision]")
+    quotas: dict[str, float] = {}
+    parallel: dict[str, int] = {}
+    keep: set[str] = set()
+    for name, values in raw.items():
+        where = f"{path} [groups.{name}]"
+        if not isinstance(values, dict):
+            raise SpecError(f"{where}: expected a table, got {values!r}")
+        group = from_table(GroupTable, values, where)
+        check_quota(group.quota, f"{where}: key 'quota'")
+        if group.parallel < 0:
+            raise SpecError(f"{where}: key 'parallel': must be 0 (no limit) or more")
+        if "quota" in values:
+            quotas[name] = group.quota
+        if "parallel" in values:
+            parallel[name] = group.parallel
+        if not group.preemptible:
+            keep.add(name)
+    return quotas, parallel, keep
+
+
+def check_quota(quota: float, where: str) -> None:
+    """A quota is a whole number of GPUs or a fraction of one, never negative."""
+    if quota < 0 or not math.isfinite(quota):
+        raise SpecError(f"{where}: must be 0 or more GPUs, got {quota:g}")
+    if quota > 1 and quota != int(quota):
+        raise SpecError(f"{where}: above 1 it must be a whole number of GPUs, got {quota:g}")
+
+
+def group_quotas(config: Config, store: Store) -> dict[str, float]:
+    """Each group's guaranteed GPUs: config.toml's `[groups.NAME] quota`, overridden by
+    `workbench group NAME --quota G` (kept in the store)."""
+    quotas = dict(config.group_quotas)
+    quotas.update(stored_quotas(store))
+    return quotas
+
+
+def stored_quotas(store: Store) -> dict[str, float]:
+    """The quotas set with `workbench group NAME --quota G`."""
+    raw = store.get_setting(QUOTAS_SETTING)
+    if not raw:
+        return {}
+    return {str(k): float(v) for k, v in json.loads(raw).items()}
+
+
+def set_stored_quota(store: Store, group: str, quota: float) -> None:
+    """Record a group's quota from the command line (0 removes the guarantee)."""
+    quotas = stored_quotas(store)
+    quotas[group] = quota
+    store.set_setting(QUOTAS_SETTING, json.dumps(quotas, sort_keys=True))

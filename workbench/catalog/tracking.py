@@ -4,6 +4,7 @@ and final metrics; what `workbench runs` and the Runs screen list and compare.""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -104,17 +105,42 @@ def metric_order(metric: str) -> tuple[str, bool]:
     """`val_accuracy` -> higher is better; `-val_loss`, or any *loss / *rmse / *mae -> lower."""
     if metric.startswith("-"):
         return metric[1:], False
-    lower = metric.endswith(("loss", "rmse", "mae", "error"))
+    lower = metric.endswith(("loss", "rmse", "mae", "mse", "error"))
     return metric, not lower
 
 
-def best_run(runs: list[Run], metric: str) -> Run | None:
-    """The finished run with the best value of `metric`."""
+def metric_sort_key(value: Any, higher_is_better: bool) -> tuple[int, float]:
+    """Sort key (ascending) that puts the best value first and NaN, infinite or missing values
+    last, whichever way the metric runs."""
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        return (1, 0.0)
+    return (0, -float(value) if higher_is_better else float(value))
+
+
+def sort_runs(runs: list[Run], metric: str) -> list[Run]:
+    """Runs best first by `metric` (see `metric_order`); NaN, infinite and missing values last.
+    Ties are broken by the lower `val_loss`, then by the older job (smaller id)."""
     name, higher = metric_order(metric)
-    scored = [r for r in runs if r.state == JobState.SUCCEEDED and r.metrics.get(name) is not None]
-    if not scored:
-        return None
-    return (max if higher else min)(scored, key=lambda r: r.metrics[name])
+    return sorted(
+        runs,
+        key=lambda r: (
+            metric_sort_key(r.metrics.get(name), higher),
+            metric_sort_key(r.metrics.get("val_loss"), False),
+            r.job_id,
+        ),
+    )
+
+
+def best_run(runs: list[Run], metric: str) -> Run | None:
+    """The succeeded run with the best finite value of `metric` (ties as in `sort_runs`);
+    None when no run has one."""
+    name, _ = metric_order(metric)
+    scored = [
+        r
+        for r in runs
+        if r.state == JobState.SUCCEEDED and metric_sort_key(r.metrics.get(name), True)[0] == 0
+    ]
+    return sort_runs(scored, metric)[0] if scored else None
 
 
 def stage_runs(store: Store, pipeline_id: int, stage: str) -> list[Run]:

@@ -537,20 +537,45 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
 
 def cmd_group(args: argparse.Namespace) -> int:
-    client = _client(start_daemon=args.parallel is not None)
+    from workbench.config import check_quota, group_quotas, load_config, set_stored_quota
+
+    changing = args.parallel is not None or args.quota is not None
+    if changing and not args.name:
+        raise UsageError("name the group: workbench group NAME --parallel N --quota G")
+    if args.parallel is not None and args.parallel < 0:
+        raise UsageError("--parallel must be 0 (unlimited) or more")
+    if args.quota is not None:
+        check_quota(args.quota, "--quota")
+    client = _client(start_daemon=changing)
     if args.name and args.parallel is not None:
-        if args.parallel < 0:
-            raise UsageError("--parallel must be 0 (unlimited) or more")
         client.store.set_group(args.name, args.parallel)
+    if args.name and args.quota is not None:
+        set_stored_quota(client.store, args.name, args.quota)
+    if changing:
         client.nudge()
-    limits = client.store.group_limits()
+    config = load_config(Home.current().config)
+    limits = {**config.group_parallel, **client.store.group_limits()}
+    quotas = {k: v for k, v in group_quotas(config, client.store).items() if v}
     if args.json:
-        _print_json(limits)
-    else:
-        for name, parallel in sorted(limits.items()):
-            print(f"{name}: {parallel if parallel else 'unlimited'} in parallel")
-        if not limits:
-            print("no group limits set (groups are limited only by resources)")
+        if args.name:
+            _print_json(
+                {
+                    "name": args.name,
+                    "parallel": limits.get(args.name, 0),
+                    "quota": quotas.get(args.name, 0.0),
+                }
+            )
+        else:
+            _print_json(limits)
+        return EXIT_OK
+    names = sorted(({args.name} if args.name else set()) | set(limits) | set(quotas))
+    for name in names:
+        parallel = limits.get(name, 0)
+        quota = quotas.get(name)
+        guarantee = f", {quota:g} GPU{'' if quota == 1 else 's'} guaranteed" if quota else ""
+        print(f"{name}: {parallel if parallel else 'unlimited'} in parallel{guarantee}")
+    if not names:
+        print("no group limits or quotas set (groups are limited only by resources)")
     return EXIT_OK
 
 
@@ -760,10 +785,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_daemon)
 
-    p = sub.add_parser("group", help="list groups, or set a group's parallelism limit")
+    p = sub.add_parser(
+        "group", help="list groups, or set a group's cap on running jobs and its guaranteed GPUs"
+    )
     p.add_argument("name", nargs="?")
     p.add_argument(
         "--parallel", type=checked.count, help="jobs of this group running at once (0: no limit)"
+    )
+    p.add_argument(
+        "--quota",
+        type=checked.amount,
+        help="GPUs guaranteed to this group; others borrow them while idle and are preempted"
+        " to give them back (0: no guarantee)",
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_group)

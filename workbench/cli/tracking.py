@@ -11,11 +11,22 @@ from workbench.jsonout import dumps
 from workbench.paths import Home
 from workbench.units import format_duration
 
+SHOWN = ("val_accuracy", "val_f1_macro", "val_pr_auc", "val_loss", "val_rmse", "val_r2")
+"""The metrics the table shows when a run has them (`--json` has all)."""
+
+
+def _metric(name: str, value: Any) -> str:
+    return f"{name} {value:.4g}" if isinstance(value, int | float) else f"{name} -"
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser("runs", help="training runs: status, key params, metrics")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--sort", metavar="METRIC", help="sort by a metric (prefix - for lower first)")
+    p.add_argument(
+        "--sort",
+        metavar="METRIC",
+        help="sort by a metric, best first (prefix - for lower is better); NaN and missing last",
+    )
     p.set_defaults(handler=cmd_runs)
 
 
@@ -27,9 +38,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     store = Store.open(home.state_db)
     listed = tracking.list_runs(store)
     if args.sort:
-        name, higher = tracking.metric_order(args.sort)
-        missing = -float("inf") if higher else float("inf")
-        listed.sort(key=lambda r: r.metrics.get(name, missing), reverse=higher)
+        listed = tracking.sort_runs(listed, args.sort)
     if args.json:
         print(dumps([r.to_json() for r in listed]))
         return 0
@@ -41,7 +50,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
         table.add_column(column)
     now = time.time()
     for run in listed:
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(run.metrics.items()))
+        keys = [k for k in SHOWN if k in run.metrics] or sorted(run.metrics)
+        shown = ", ".join(_metric(k, run.metrics[k]) for k in keys)
         table.add_row(
             str(run.job_id),
             run.name[:40],

@@ -16,11 +16,11 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import psutil
 
-from workbench.config import Config, load_config
+from workbench.config import Config, group_quotas, load_config
 from workbench.daemon import runner
 from workbench.daemon.executors import Ended, Executor, Handle, Launch, LaunchError
 from workbench.daemon.executors.containment import remove_empty_cgroups
@@ -28,14 +28,13 @@ from workbench.daemon.executors.local import LocalExecutor
 from workbench.daemon.executors.slurm import SlurmExecutor
 from workbench.db import executors as placement_db
 from workbench.db import scheduling as db
-from workbench.db.connection import DatabaseError
-from workbench.db.store import Job, Store, StoreError
+from workbench.db.store import Job, Store
 from workbench.jobmodel.states import LIVE, Event, JobState
 from workbench.paths import Home
 from workbench.queue import scheduler
 from workbench.queue.kinds import job_argv
 from workbench.queue.retention import prune_ended
-from workbench.telemetry.gpu import Gpus, gpu_slots
+from workbench.telemetry.gpu import Gpus, gpu_slots, job_gpu_memory
 from workbench.telemetry.sampler import Sampler
 from workbench.units import format_duration
 
@@ -48,7 +47,7 @@ DEBUG_LAUNCH_DELAY_ENV = (
 _RETRY_S = 1.0  # how soon a write that failed (disk full, busy) is tried again
 _STOP_BACKSTOP_S = 5.0  # after the kill grace, the daemon itself kills what a cancel left
 _CREDENTIALS = struct.Struct("iII")  # struct ucred: pid, uid, gid
-_WRITE_ERRORS = (DatabaseError, OSError, StoreError)  # a write that may work when retried
+_WRITE_ERRORS = db.RETRYABLE_ERRORS  # a write that may work when retried
 
 
 class DaemonError(RuntimeError):
@@ -69,6 +68,8 @@ class Tracked:
     timed_out: bool = False
     launch_committed: bool = True
     ended: Ended | None = None  # over, but not yet recorded (the write failed: retried)
+    preempted: str | None = None  # why it was sent SIGTERM to give its GPUs back
+    over_reservation: str | None = None  # why it was stopped (strict GPU memory reservations)
 
 
 class Daemon:
@@ -97,6 +98,8 @@ class Daemon:
         self.gpus: Gpus | None = None
         self.sampler: Sampler | None = None
         self.gpu_slots: tuple[scheduler.GpuSlot, ...] = ()
+        self.gpu_mem_seen: dict[int, int] = {}  # job id -> most GPU memory seen on one GPU
+        self._start_details: dict[int, scheduler.Start] = {}  # this pass's starts, by job id
         self.log_failures = 0  # messages the daemon could not write (its log's disk was full)
         self.refused_wakes = 0  # datagrams from other users, ignored
         self.passes = 0  # scheduling passes run (each reads only the head of the queue)
@@ -149,6 +152,8 @@ class Daemon:
         self._sock = sock
 
     def start(self) -> None:
+        """Take the lock, open the store, adopt what a previous daemon left, then say ready.
+        Raises DaemonError when another daemon holds the lock, StoreError for a bad store."""
         self.home.ensure()
         self._take_lock()
         if self._given_executor is None:
@@ -190,7 +195,16 @@ class Daemon:
                 continue
             run_dir = self.home.run_dir(job.id)
             holding = scheduler.Holding(
-                job.id, job.group, job.granted_gpus, job.gpus, job.gpu_mem, job.cpus, job.mem
+                job.id,
+                job.group,
+                tuple(job.granted_gpus or ()),
+                job.gpus,
+                job.gpu_mem,
+                job.cpus,
+                job.mem,
+                started_at=job.started_at or time.time(),
+                time_limit=job.time_limit,
+                preemptible=job.group not in self.config.not_preemptible,
             )
             deadline = None
             if job.time_limit and job.started_at:
@@ -272,6 +286,7 @@ class Daemon:
             return
         for tracked in done:
             del self.tracked[tracked.job_id]
+            self.gpu_mem_seen.pop(tracked.job_id, None)
         self._dirty = True  # their resources are free
 
     def _settle(self, tracked: Tracked, job: Job) -> list[db.Change]:
@@ -294,6 +309,13 @@ class Daemon:
             verb = "left running" if self._keeps_leftovers(job) else "stopped"
             plural = "es" if status.leftovers != 1 else ""
             leftovers = f"; {status.leftovers} leftover process{plural} {verb}"
+        if tracked.preempted is not None and job.intent != "cancel" and not status.ok:
+            # GPU pooling: back to the queue with a `preempt` event and the same attempt; a
+            # train job resumes from the checkpoint it saved on SIGTERM.
+            back = (JobState.RUNNING, JobState.PAUSED)
+            return [db.Change(job.id, Event.PREEMPT, tracked.preempted, back)]
+        if tracked.over_reservation is not None and job.intent != "cancel":
+            return [change(Event.EXIT_FAILED, tracked.over_reservation)]
         if job.intent == "cancel" and not tracked.timed_out:
             reason = f"cancelled ({status.describe()})" + (f": {failure}" if failure else "")
             return [change(Event.CANCEL, reason)]
@@ -333,8 +355,9 @@ class Daemon:
                     self._cancel(tracked, now)
             elif intent.intent == "pause" and intent.state == JobState.RUNNING:
                 self.executor.signal(tracked.handle, signal.SIGSTOP)
+                why = "paused"
                 self.store.transition(
-                    intent.job_id, Event.PAUSE, "paused", only_from=[JobState.RUNNING], intent=None
+                    intent.job_id, Event.PAUSE, why, only_from=[JobState.RUNNING], intent=None
                 )
             elif intent.intent == "resume" and intent.state == JobState.PAUSED:
                 self.executor.signal(tracked.handle, signal.SIGCONT)
@@ -397,7 +420,12 @@ class Daemon:
         except _WRITE_ERRORS as error:
             self.log(f"telemetry sample skipped ({error})")
             return
-        self.gpu_slots = gpu_slots(tick.gpus, set(tick.owners))
+        placement = self.gpus.placement() if self.gpus is not None else None
+        self.gpu_slots = gpu_slots(tick.gpus, set(tick.owners), placement)
+        for job_id, used in job_gpu_memory(tick.gpus, tick.owners).items():
+            if used > self.gpu_mem_seen.get(job_id, 0):
+                self.gpu_mem_seen[job_id] = used
+                self._dirty = True  # reservations grow; a job may be over its own
 
     def _schedule(self) -> None:
         """Start what can start, reading the queue's head page by page in scheduling order and
@@ -405,16 +433,24 @@ class Daemon:
         the length of the queue."""
         if time.monotonic() < self._launch_paused_until:
             return
+        config = self.config
         settings = scheduler.Settings(
             drain=self.store.draining,
-            group_limits=self.store.group_limits(),
-            default_parallel=self.config.default_parallel,
+            group_limits={**config.group_parallel, **self.store.group_limits()},
+            default_parallel=config.default_parallel,
+            quotas=group_quotas(config, self.store),
+            start_grace_s=config.start_grace_s,
+            default_runtime_s=config.default_runtime_s,
+            backfill_depth=config.backfill_depth,
+            strict=config.strict,
         )
         resources = scheduler.Resources(self.gpu_slots, self.cpus, self.mem_bytes)
+        self._start_details.clear()
         after: tuple[int, int] | None = None
         seen: set[int] = set()
         reasons: list[tuple[int, str | None]] = []
         first = True
+        planned = False
         while True:
             page = db.queue_head(self.store, after, QUEUE_PAGE)
             batch = list(page)
@@ -427,10 +463,13 @@ class Daemon:
             seen.update(j.id for j in batch)
             if not batch:
                 break
+            planned = True
             started = self._plan(batch, resources, settings, reasons)
             if len(page) < QUEUE_PAGE or started == 0:
                 break
             after = (page[-1].priority, page[-1].id)
+        if not planned and self.gpu_mem_seen:
+            self._plan([], resources, settings, reasons)  # running jobs over their reservation
         db.set_reasons(self.store, reasons)
 
     def _plan(
@@ -440,7 +479,14 @@ class Daemon:
         settings: scheduler.Settings,
         reasons: list[tuple[int, str | None]],
     ) -> int:
-        holding = [t.holding for t in self.tracked.values()]
+        holding = [
+            replace(
+                t.holding,
+                gpu_mem_seen=self.gpu_mem_seen.get(t.job_id),
+                stopping=t.cancel_sent_at is not None or t.ended is not None,
+            )
+            for t in self.tracked.values()
+        ]
         dep_ids = {d for j in batch for d, _ in j.deps}
         dep_states = (
             {k: str(v) for k, v in self.store.states_of(dep_ids).items()} if dep_ids else {}
@@ -456,14 +502,22 @@ class Daemon:
                 j.mem,
                 j.deps,
                 j.fail_unrunnable,
+                preemptible=j.group not in self.config.not_preemptible,
+                time_limit=j.time_limit,
+                reason=j.reason,
             )
             for j in batch
         ]
         by_id = {j.id: j for j in batch}
         starts: list[tuple[db.QueuedJob, tuple[int, ...]]] = []
-        for decision in scheduler.plan(wants, holding, dep_states, resources, settings):
+        now = time.time()
+        for decision in scheduler.plan(wants, holding, dep_states, resources, settings, now):
+            if isinstance(decision, scheduler.Preempt | scheduler.Exceeds):
+                self._reclaim(decision, now)
+                continue
             job = by_id[decision.job_id]
             if isinstance(decision, scheduler.Start):
+                self._start_details[job.id] = decision  # MIG devices, GPU memory cap
                 starts.append((job, decision.gpu_indices))
             elif isinstance(decision, scheduler.Wait):
                 if job.reason != decision.reason:
@@ -477,6 +531,27 @@ class Daemon:
                     job.id, Event.REFUSE, decision.reason, only_from=[JobState.QUEUED]
                 )
         return self._launch_many(starts)
+
+    def _reclaim(self, decision: scheduler.Preempt | scheduler.Exceeds, now: float) -> None:
+        """GPU pooling: preempt a running job (SIGTERM, then the kill grace; it is queued again
+        when it ends), or report one using more GPU memory than it reserved (in its reason, and
+        stopped when the policy is strict)."""
+        tracked = self.tracked.get(decision.job_id)
+        if tracked is None or tracked.ended is not None or not tracked.launch_committed:
+            return
+        if isinstance(decision, scheduler.Exceeds):
+            job = self.store.find(decision.job_id)
+            reason = decision.reason + ("; stopped (strict)" if decision.stop else "")
+            if job is not None and job.reason != reason:
+                self.store.set_reason(decision.job_id, reason)
+            if decision.stop and tracked.cancel_sent_at is None:
+                tracked.over_reservation = reason
+                self._cancel(tracked, now)
+            return
+        if tracked.cancel_sent_at is None:
+            tracked.preempted = decision.reason
+            self.log(f"job {decision.job_id}: {decision.reason}")
+            self._cancel(tracked, now)
 
     def _launch_many(self, starts: list[tuple[db.QueuedJob, tuple[int, ...]]]) -> int:
         """Start jobs in three steps, each one transaction for all of them: mark them `starting`
@@ -528,8 +603,19 @@ class Daemon:
                 reason = f"could not start ({result}); queued again"
                 outcomes.append(db.Change(job.id, Event.REQUEUE, reason, (JobState.STARTING,)))
                 continue
+            start = self._start_details.pop(job.id, None)
             holding = scheduler.Holding(
-                job.id, queued.group, gpus, queued.gpus, queued.gpu_mem, queued.cpus, queued.mem
+                job.id,
+                queued.group,
+                gpus,
+                queued.gpus,
+                queued.gpu_mem,
+                queued.cpus,
+                queued.mem,
+                started_at=now,
+                mig_uuids=start.devices if start else (),
+                preemptible=queued.group not in self.config.not_preemptible,
+                time_limit=job.time_limit,
             )
             deadline = now + job.time_limit if job.time_limit else None
             tracked = self._track(job.id, result, holding, deadline)
@@ -552,17 +638,22 @@ class Daemon:
         self, job: Job, queued: db.QueuedJob, gpus: tuple[int, ...], token: str, now: float
     ) -> Launch:
         run_dir = self.home.run_dir(job.id)
+        start = self._start_details.get(job.id)
+        visible = ",".join(start.devices) if start and start.devices else None
         env = dict(job.env)
         env.update(
             {
                 "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
-                "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in gpus),
+                "CUDA_VISIBLE_DEVICES": visible or ",".join(str(i) for i in gpus),
                 "PYTHONUNBUFFERED": "1",
                 "WORKBENCH_HOME": str(self.home.root),
                 "WORKBENCH_JOB_ID": str(job.id),
                 "WORKBENCH_RUN_DIR": str(run_dir),
             }
         )
+        env.pop("WORKBENCH_GPU_MEM_BYTES", None)
+        if start is not None and start.gpu_mem_cap is not None:  # its share of a shared GPU
+            env["WORKBENCH_GPU_MEM_BYTES"] = str(start.gpu_mem_cap)
         if queued.cpus > 0:
             threads = str(max(1, math.ceil(queued.cpus)))
             env.setdefault("OMP_NUM_THREADS", threads)
@@ -645,6 +736,7 @@ class Daemon:
         return max(0.0, wait)
 
     def run(self) -> None:
+        """Start, then loop until SIGTERM/SIGINT/SIGHUP; jobs keep running after it returns."""
         self.start()
         try:
             self._guarded(self._pass)

@@ -12,8 +12,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from workbench.db.store import Job, Store
+from workbench.db.store import Job, Store, StoreError
 from workbench.jobmodel.states import Event, JobState
+
+# What a failed store operation may raise that a retry can cure (a full disk, a long lock):
+# the daemon keeps the outcome and tries again.
+RETRYABLE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, OSError, StoreError)
 
 # Additive indexes for the daemon's queries (idempotent; created when the daemon starts):
 # the queue in scheduling order, and the few jobs with a pending intent.
@@ -45,9 +49,10 @@ class QueuedJob:
     fail_unrunnable: bool
     reason: str | None
     deps: tuple[tuple[int, str], ...]
+    time_limit: float | None = None  # seconds; backfill's estimate of its run time
 
 
-_QUEUED_COLUMNS = "id, priority, grp, gpus, gpu_mem, cpus, mem, fail_unrunnable, reason"
+_QUEUED_COLUMNS = "id, priority, grp, gpus, gpu_mem, cpus, mem, fail_unrunnable, reason, time_limit"
 
 
 def _deps(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, list[tuple[int, str]]]:
@@ -68,7 +73,17 @@ def _queued(conn: sqlite3.Connection, rows: list[Any]) -> list[QueuedJob]:
     deps = _deps(conn, [r[0] for r in rows])
     return [
         QueuedJob(
-            r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8], tuple(deps.get(r[0], ()))
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            r[5],
+            r[6],
+            bool(r[7]),
+            r[8],
+            tuple(deps.get(r[0], ())),
+            r[9],
         )
         for r in rows
     ]

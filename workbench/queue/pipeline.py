@@ -109,6 +109,9 @@ def load_pipeline(path: Path, env: dict[str, str] | None = None) -> Pipeline:
                 raise SpecError(
                     f"{path}: stage '{stage.name}': key 'after': no stage named '{dep}'"
                 )
+    for stage_name, stage in built.items():
+        built[stage_name] = _after_best_point(stage, built)
+        _check_against_upstream(stage, built, f"{path}: stage '{stage_name}'")
     order = _stage_order({s.name: s.after for s in built.values()}, path)
     return Pipeline(name, path, tuple(built[n] for n in order))
 
@@ -128,6 +131,40 @@ def _expand(
     group = table.get("group") or f"sweep-{pipeline}-{stage}"
     tables = [{**point, "name": f"{stage}[{label}]", "group": group} for label, point in points]
     return tables, (str(group), int(sweep.parallel))
+
+
+def _check_against_upstream(stage: Stage, built: dict[str, Stage], where: str) -> None:
+    """Checks a stage's kind makes against the stage its `model` names (a test stage's gates
+    against the task a train stage sets, through an export stage too)."""
+    for request in stage.requests:
+        check = getattr(load_kind(request.kind, where), "check_upstream", None)
+        upstream = built.get(str(request.spec.get("model", "")))
+        seen: set[str] = set()
+        while upstream is not None and upstream.requests[0].kind == "export":
+            if upstream.name in seen:
+                break
+            seen.add(upstream.name)
+            upstream = built.get(str(upstream.requests[0].spec.get("model", "")))
+        if check is not None and upstream is not None:
+            check(request.spec, upstream.requests[0].kind, upstream.requests[0].spec, where)
+
+
+def _after_best_point(stage: Stage, built: dict[str, Stage]) -> Stage:
+    """A stage that takes its model from a swept stage (`model = "<sweep stage>"`) needs the
+    sweep's best point, not every point: it waits for all points to end (`any`) instead of
+    for all to succeed, so one failed point does not block it; with no point succeeded it fails
+    saying so (jobs.bundle.resolve_model)."""
+    models = {str(r.spec.get("model", "")) for r in stage.requests}
+    after = tuple(
+        (dep, "any")
+        if cond == "ok" and built[dep].group_limit is not None and models == {dep}
+        else (dep, cond)
+        for dep, cond in stage.after
+        if dep in built
+    )
+    if after == stage.after:
+        return stage
+    return Stage(stage.name, stage.requests, after, stage.group_limit)
 
 
 # ---- running --------------------------------------------------------------------------------
@@ -237,8 +274,11 @@ def summary_table(pipeline_name: str, jobs: list[Job], notes: list[str]) -> str:
     return "\n".join(lines)
 
 
-def sweep_results(pipeline: Pipeline, pipeline_id: int, store: Store) -> list[dict[str, Any]]:
-    """For each swept stage, the best point by the sweep's metric."""
+def sweep_results(
+    pipeline: Pipeline, pipeline_id: int, store: Store, jobs: list[Job] | None = None
+) -> list[dict[str, Any]]:
+    """For each swept stage, the best point by the sweep's metric (NaN and failed points never
+    win; ties go to the lower val_loss, then the older job) and each failed point's reason."""
     from workbench.catalog import tracking
 
     results = []
@@ -252,6 +292,7 @@ def sweep_results(pipeline: Pipeline, pipeline_id: int, store: Store) -> list[di
         )
         best = tracking.best_run(candidates, metric)
         name, _ = tracking.metric_order(metric)
+        points = [j for j in (jobs or []) if j.stage == stage.name]
         results.append(
             {
                 "stage": stage.name,
@@ -260,6 +301,12 @@ def sweep_results(pipeline: Pipeline, pipeline_id: int, store: Store) -> list[di
                 "best_job": best.job_id if best else None,
                 "best_name": best.name if best else None,
                 "best_value": best.metrics.get(name) if best else None,
+                "tie_rule": "lower val_loss, then the older job",
+                "failed": [
+                    {"job": j.id, "name": j.name, "state": j.state, "reason": j.reason}
+                    for j in points
+                    if j.state in SETTLED and j.state != SUCCEEDED
+                ],
             }
         )
     return results
@@ -274,6 +321,11 @@ class Terminated(KeyboardInterrupt):
 
 def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated
+
+
+def _excused(jobs: list[Job], sweeps: list[dict[str, Any]]) -> set[int]:
+    """Failed sweep points of a sweep that still has a best point: recorded, not fatal."""
+    return {point["job"] for s in sweeps if s["best_job"] is not None for point in s["failed"]}
 
 
 def _submit_holding_ctrl_c(
@@ -370,8 +422,9 @@ def _run_pipeline(
                         pass
             follow()  # a second Ctrl-C leaves at once
     jobs = poll(ids)
-    ok = all(j.state == SUCCEEDED for j in jobs) and interrupted is None
-    sweeps = sweep_results(pipeline, pipeline_id, store) if store is not None else []
+    sweeps = sweep_results(pipeline, pipeline_id, store, jobs) if store is not None else []
+    excused = _excused(jobs, sweeps)
+    ok = all(j.state == SUCCEEDED or j.id in excused for j in jobs) and interrupted is None
     if json_mode:
         summary = {
             "type": "summary",
@@ -389,6 +442,10 @@ def _run_pipeline(
             if s["best_job"] is not None
             else f"sweep {s['stage']}: no point finished"
             for s in sweeps
+        ] + [
+            f"sweep point {p['name']} (job {p['job']}) {p['state']}: {p['reason']}"
+            for s in sweeps
+            for p in s["failed"]
         ]
         print(summary_table(pipeline.name, jobs, notes), file=out, flush=True)
     if interrupted is not None:

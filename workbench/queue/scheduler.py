@@ -1,9 +1,11 @@
-"""Scheduling decisions as a pure function of (queue, running jobs, resources, settings, time)."""
+"""Scheduling decisions as a pure function of (queue, inventory, usage, time)."""
 
 from __future__ import annotations
 
+import heapq
 import math
-from collections.abc import Mapping, Sequence
+import operator
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from workbench.jobmodel.states import SETTLED
@@ -11,11 +13,22 @@ from workbench.jobmodel.states import JobState as S
 from workbench.units import format_size
 
 NO_GPU = "no GPU on this machine"
+MIG_SLICES = 7  # compute slices of an A100/H100: a `3g.40gb` instance counts as 3/7 of a GPU
+_EPS = 1e-9
+
+
+# ---- inputs ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Want:
-    """A queued job as the scheduler sees it."""
+    """A queued job as the scheduler sees it.
+
+    `gpus` is a count (whole GPUs) or a fraction below 1 (a share of one GPU); `mig_profile`
+    (e.g. "1g.10gb") asks for one MIG instance of that profile instead. `gpu_mem` and `mem` are
+    bytes (gpu_mem per GPU), `time_limit` seconds (also the backfill estimate of its run time).
+    `reason` is why it waits as last recorded: `plan` returns a Wait only when that changes.
+    """
 
     id: int
     priority: int = 0
@@ -26,11 +39,42 @@ class Want:
     mem: int | None = None
     deps: tuple[tuple[int, str], ...] = ()
     fail_unrunnable: bool = False
+    mig_profile: str | None = None
+    preemptible: bool = True
+    time_limit: float | None = None
+    reason: str | None = field(default=None, compare=False)
+    shape: int = field(init=False, repr=False, compare=False)
+    units: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        units = gpu_units(self.gpus, self.mig_profile)
+        needs = (
+            self.gpus,
+            self.gpu_mem,
+            self.mig_profile,
+            self.group,
+            self.time_limit,
+            self.cpus,
+            self.mem,
+            self.fail_unrunnable,
+        )
+        object.__setattr__(self, "units", units)
+        object.__setattr__(self, "shape", _SHAPES.setdefault(needs, len(_SHAPES)))
+
+
+# Every distinct shape (what a job asks for, and of which group) gets a small number, so a
+# scheduling pass compares jobs by an int instead of hashing their fields again.
+_SHAPES: dict[tuple[object, ...], int] = {}
 
 
 @dataclass(frozen=True)
 class Holding:
-    """A running (or paused-while-running) job and what it was granted."""
+    """A running (or paused-while-running) job, what it was granted and what it uses.
+
+    `started_at` is unix seconds; `gpu_mem_seen` the most GPU memory (bytes) NVML has shown
+    its processes holding on one of its GPUs (None: not seen yet, or NVML cannot tell);
+    `stopping` is true once it was sent SIGTERM (cancel, time limit or preemption).
+    """
 
     id: int
     group: str = "default"
@@ -39,20 +83,54 @@ class Holding:
     gpu_mem: int | None = None
     cpus: float = 0.0
     mem: int | None = None
+    started_at: float = 0.0
+    gpu_mem_seen: int | None = None
+    mig_uuids: tuple[str, ...] = ()
+    mig_profile: str | None = None
+    preemptible: bool = True
+    time_limit: float | None = None
+    stopping: bool = False
+
+
+@dataclass(frozen=True)
+class OtherProcess:
+    """A process on a GPU that belongs to no queue job, and the memory (bytes) it holds."""
+
+    pid: int
+    used_memory_bytes: int
+
+
+@dataclass(frozen=True)
+class MigSlot:
+    """One MIG instance: allocatable on its own, named by its UUID in CUDA_VISIBLE_DEVICES."""
+
+    uuid: str
+    profile: str  # "1g.10gb", "3g.40gb", ...
+    memory_total_bytes: int
 
 
 @dataclass(frozen=True)
 class GpuSlot:
-    """One GPU: its index (PCI bus order), memory, and memory used by processes not ours."""
+    """One GPU: index (PCI bus order), memory in bytes, memory held by processes that are not
+    queue jobs (`others` names them where NVML lists them), and where it sits: `numa_node` and
+    `switch` (an id shared by the GPUs under one PCIe switch, from NVML's common ancestor) when
+    known. With MIG on, only its `mig` instances are allocatable."""
 
     index: int
     memory_total_bytes: int
     memory_used_other_bytes: int = 0
     healthy: bool = True
+    others: tuple[OtherProcess, ...] = ()
+    numa_node: int | None = None
+    switch: int | None = None
+    uuid: str | None = None
+    mig: tuple[MigSlot, ...] = ()
 
 
 @dataclass(frozen=True)
 class Resources:
+    """The machine: GPUs, CPU count, memory in bytes (0: not counted)."""
+
     gpus: tuple[GpuSlot, ...] = ()
     cpus: int = 1
     mem_bytes: int = 0
@@ -60,19 +138,44 @@ class Resources:
 
 @dataclass(frozen=True)
 class Settings:
+    """Policy: drain mode, per-group running caps and GPU quotas, and the time constants.
+
+    `quotas` maps a group to its guaranteed GPUs (fractions and MIG slices count by share);
+    `start_grace_s` is how long after a job starts memory in use that NVML has not attributed
+    to any job may be that job's own (so it is not counted twice, as its reservation and as
+    someone else's); `default_runtime_s` is the run time assumed for backfill when a job has no
+    time limit; `backfill_depth` caps how many waiting jobs get a reservation per pass (as
+    Slurm's bf_max_job_test); `strict` stops jobs that exceed their GPU memory reservation.
+    """
+
     drain: bool = False
     group_limits: Mapping[str, int] = field(default_factory=dict)
     default_parallel: int = 0  # for groups without a limit; 0 = only resources limit
+    quotas: Mapping[str, float] = field(default_factory=dict)
+    start_grace_s: float = 60.0
+    default_runtime_s: float = 3600.0
+    backfill_depth: int = 32
+    strict: bool = False
+
+
+# ---- decisions ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Start:
+    """Start the job on these GPUs. `devices` is CUDA_VISIBLE_DEVICES when it is not the
+    indices (MIG instance UUIDs); `gpu_mem_cap` the bytes per GPU it may use (None: the card)."""
+
     job_id: int
     gpu_indices: tuple[int, ...]
+    devices: tuple[str, ...] = ()
+    gpu_mem_cap: int | None = None
 
 
 @dataclass(frozen=True)
 class Wait:
+    """The job stays queued; `reason` says why, in words (shown by `ls`, `show`, the TUI)."""
+
     job_id: int
     reason: str
 
@@ -93,7 +196,83 @@ class Fail:
     reason: str
 
 
-Decision = Start | Wait | Block | Fail
+@dataclass(frozen=True)
+class Preempt:
+    """Stop a running job (SIGTERM; it checkpoints) and queue it again, for `for_job`."""
+
+    job_id: int
+    reason: str
+    for_job: int
+
+
+@dataclass(frozen=True)
+class Exceeds:
+    """A running job uses more GPU memory than it reserved; `stop` when the policy is strict."""
+
+    job_id: int
+    reason: str
+    stop: bool
+
+
+Decision = Start | Wait | Block | Fail | Preempt | Exceeds
+
+
+# ---- helpers -----------------------------------------------------------------------------
+
+
+def mig_share(profile: str) -> float:
+    """A MIG profile's share of a GPU for quotas: "3g.40gb" -> 3/7."""
+    head = profile.split("g.", 1)[0]
+    return int(head) / MIG_SLICES if head.isdigit() else 1.0 / MIG_SLICES
+
+
+def gpu_units(gpus: float, mig_profile: str | None) -> float:
+    """GPUs a request counts for against a quota: a count, a fraction, or a MIG share."""
+    return mig_share(mig_profile) if mig_profile else gpus
+
+
+def _declared_bytes(gpus: float, gpu_mem: int | None, slot: GpuSlot) -> int:
+    """Memory a job reserves by what it asked: `gpu_mem`, else its share of the card."""
+    if gpu_mem:
+        return gpu_mem
+    return slot.memory_total_bytes if gpus >= 1 else int(gpus * slot.memory_total_bytes)
+
+
+def _need_bytes(want: Want, slot: GpuSlot) -> int:
+    """Free memory a GPU must have for `want`: its `gpu_mem`, or for a fraction its share of
+    the card; a whole GPU without `gpu_mem` needs none in particular (it gets the GPU alone)."""
+    if want.gpu_mem:
+        return want.gpu_mem
+    return 0 if want.gpus >= 1 else int(want.gpus * slot.memory_total_bytes)
+
+
+def reservation_bytes(held: Holding, slot: GpuSlot) -> int:
+    """GPU memory (bytes) a running job holds on one GPU: the larger of what it declared (a
+    whole GPU without `gpu_mem`: the card) and the most NVML has shown it using."""
+    return max(_declared_bytes(held.gpus, held.gpu_mem, slot), held.gpu_mem_seen or 0)
+
+
+def _unattributed_bytes(held: Holding, slot: GpuSlot, now: float, grace_s: float) -> int:
+    """Memory on a GPU that may be this job's although NVML does not show it as the job's yet:
+    its whole reservation while it is in its start-up grace and NVML has shown it using nothing
+    (a job allocates seconds after it starts, and until its process is listed its memory is
+    only "in use"), else nothing. Up to this much of the memory in use that no listed process
+    accounts for is taken to be the starting job's, not counted twice."""
+    if held.gpu_mem_seen is None and now - held.started_at < grace_s:
+        return reservation_bytes(held, slot)
+    return 0
+
+
+def _gib(num_bytes: int) -> str:
+    return format_size(max(num_bytes, 0))
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def _listing(ids: Iterable[int]) -> str:
+    return ", ".join(str(i) for i in ids)
 
 
 def _dependency_verdict(want: Want, dep_states: Mapping[int, str]) -> tuple[str, str | None]:
@@ -129,88 +308,407 @@ def _dependency_verdict(want: Want, dep_states: Mapping[int, str]) -> tuple[str,
 def _never_fits(want: Want, res: Resources) -> str | None:
     """Why this job can never run here, whatever else finishes; None if it could."""
     healthy = [g for g in res.gpus if g.healthy]
-    if want.gpus > 0 and not res.gpus:
+    wants_gpu = want.gpus > 0 or want.mig_profile is not None
+    if wants_gpu and not res.gpus:
         return NO_GPU
-    if want.gpus > 0 and not healthy:
+    if wants_gpu and not healthy:
         return "no working GPU (all GPUs report errors)"
-    if want.gpus > len(healthy):
-        return f"needs {want.gpus:g} GPUs, this machine has {len(healthy)}"
-    if (
-        want.gpu_mem
-        and want.gpus > 0
-        and not any(g.memory_total_bytes >= want.gpu_mem for g in healthy)
-    ):
-        return f"needs {format_size(want.gpu_mem)} of GPU memory, the largest GPU has {format_size(max(g.memory_total_bytes for g in healthy))}"
+    if want.mig_profile is not None:
+        instances = [m for g in healthy for m in g.mig if m.profile == want.mig_profile]
+        if not instances:
+            known = sorted({f"{m.profile} on GPU {g.index}" for g in healthy for m in g.mig})
+            have = f" (MIG instances: {', '.join(known)})" if known else ""
+            return f"needs a MIG {want.mig_profile} instance; this machine has none{have}"
+        if want.gpu_mem and all(m.memory_total_bytes < want.gpu_mem for m in instances):
+            return (
+                f"needs {_gib(want.gpu_mem)} of GPU memory, a MIG {want.mig_profile} instance"
+                f" has {_gib(instances[0].memory_total_bytes)}"
+            )
+    elif want.gpus > 0:
+        whole = [g for g in healthy if not g.mig]
+        split = len(healthy) - len(whole)
+        note = f" ({_plural(split, 'GPU')} split into MIG instances)" if split else ""
+        if not whole:
+            return f"every GPU is split into MIG instances; ask for one (e.g. --gpus {_any_profile(healthy)})"
+        if want.gpus > len(whole):
+            return f"needs {want.gpus:g} GPUs, this machine has {len(whole)}{note}"
+        if want.gpu_mem and not any(g.memory_total_bytes >= want.gpu_mem for g in whole):
+            largest = max(g.memory_total_bytes for g in whole)
+            return f"needs {_gib(want.gpu_mem)} of GPU memory, the largest GPU has {_gib(largest)}"
     if want.cpus > res.cpus:
         return f"needs {want.cpus:g} CPUs, this machine has {res.cpus}"
     if want.mem and res.mem_bytes and want.mem > res.mem_bytes:
-        return f"needs {format_size(want.mem)} of memory, this machine has {format_size(res.mem_bytes)}"
+        return f"needs {_gib(want.mem)} of memory, this machine has {_gib(res.mem_bytes)}"
     return None
 
 
-class _Ledger:
-    """What is in use while one scheduling pass hands things out."""
+def _any_profile(gpus: Sequence[GpuSlot]) -> str:
+    return next((m.profile for g in gpus for m in g.mig), "1g.10gb")
 
-    def __init__(self, running: Sequence[Holding], res: Resources):
+
+# ---- the ledger of one pass --------------------------------------------------------------
+
+
+class _Ledger:
+    """What is in use (and reserved for waiting jobs) while one pass hands things out."""
+
+    def __init__(self, held: Sequence[Holding], res: Resources, now: float, settings: Settings):
         self.res = res
+        self.now = now
+        self.settings = settings
+        self.slots = {g.index: g for g in res.gpus}
+        self.whole = [g for g in res.gpus if g.healthy and not g.mig]
+        self.held: list[Holding] = []
         self.share = {g.index: 0.0 for g in res.gpus}
         self.reserved = {g.index: 0 for g in res.gpus}
+        self.starting = {g.index: 0 for g in res.gpus}  # see _unattributed_bytes
+        self.free_at = {g.index: now for g in res.gpus}
+        self.mig_used: dict[str, int] = {}
         self.cpus = 0.0
         self.mem = 0
         self.groups: dict[str, int] = {}
-        for held in running:
-            self.take(held.group, held.gpu_indices, held.gpus, held.gpu_mem, held.cpus, held.mem)
+        self.group_units: dict[str, float] = {}
+        # GPU index -> (time the waiting job may start, its id): backfill may use the GPU only
+        # for a job expected to end by then.
+        self.held_for: dict[int, tuple[float, int]] = {}
+        self.holds = 0  # waiting jobs given GPUs to keep this pass
+        self.version = 0
+        self._never: dict[int, str | None] = {}
+        for holding in held:
+            self.take(holding)
+        self.started_now: set[int] = set()  # jobs this pass starts: never preempted in it
 
-    def take(
-        self,
-        group: str,
-        indices: Sequence[int],
-        gpus: float,
-        gpu_mem: int | None,
-        cpus: float,
-        mem: int | None,
-    ) -> None:
-        per_gpu = gpus if gpus < 1 else 1.0
-        for index in indices:
-            if index in self.share:
-                self.share[index] += per_gpu
-                self.reserved[index] += gpu_mem or 0
-        self.cpus += cpus
-        self.mem += mem or 0
-        self.groups[group] = self.groups.get(group, 0) + 1
+    def never_fits(self, want: Want) -> str | None:
+        """`_never_fits`, once per shape."""
+        key = want.shape
+        if key not in self._never:
+            self._never[key] = _never_fits(want, self.res)
+        return self._never[key]
+
+    def take(self, held: Holding) -> None:
+        """Count a running (or just started) job: its GPU shares, memory, CPUs, group use."""
+        self.held.append(held)
+        per_gpu = held.gpus if held.gpus < 1 else 1.0
+        runtime = held.time_limit or self.settings.default_runtime_s
+        ends = max(held.started_at + runtime, self.now)
+        for index in held.gpu_indices:
+            slot = self.slots.get(index)
+            if slot is None:
+                continue
+            self.free_at[index] = max(self.free_at[index], ends)
+            if held.mig_uuids:
+                continue
+            self.share[index] += per_gpu
+            self.reserved[index] += reservation_bytes(held, slot)
+            self.starting[index] += _unattributed_bytes(
+                held, slot, self.now, self.settings.start_grace_s
+            )
+        for uuid in held.mig_uuids:
+            self.mig_used[uuid] = held.id
+        self.cpus += held.cpus
+        self.mem += held.mem or 0
+        self.groups[held.group] = self.groups.get(held.group, 0) + 1
+        units = gpu_units(held.gpus, held.mig_profile)
+        self.group_units[held.group] = self.group_units.get(held.group, 0.0) + units
+        self.version += 1
 
     def free_gpu_mem_bytes(self, slot: GpuSlot) -> int:
-        return slot.memory_total_bytes - slot.memory_used_other_bytes - self.reserved[slot.index]
+        """Total, less our jobs' reservations, less what others hold: processes NVML lists that
+        are not ours, and memory in use no process accounts for, except up to the reservations
+        of jobs in their start-up grace that NVML has not shown using anything yet (that is
+        likely theirs, and is not counted twice)."""
+        named = min(sum(p.used_memory_bytes for p in slot.others), slot.memory_used_other_bytes)
+        unnamed = max(0, slot.memory_used_other_bytes - named - self.starting[slot.index])
+        return slot.memory_total_bytes - named - unnamed - self.reserved[slot.index]
 
-    def pick_gpus(self, want: Want) -> tuple[int, ...] | None:
-        """Whole GPUs for gpus >= 1; one shared GPU for a fraction, packed while memory fits."""
-        healthy = [g for g in self.res.gpus if g.healthy]
-        mem_ok = [
-            g for g in healthy if not want.gpu_mem or self.free_gpu_mem_bytes(g) >= want.gpu_mem
-        ]
+    def _usable(self, index: int, want: Want) -> bool:
+        """False if a waiting job holds this GPU and `want` would not end before it starts."""
+        hold = self.held_for.get(index)
+        if hold is None:
+            return True
+        runtime = want.time_limit or self.settings.default_runtime_s
+        return self.now + runtime <= hold[0] + _EPS
+
+    def pick(self, want: Want) -> tuple[tuple[int, ...], tuple[str, ...]] | None:
+        """(GPU indices, MIG UUIDs) for `want`, or None if it does not fit now."""
+        if want.mig_profile is not None:
+            for slot in self.res.gpus:
+                if not slot.healthy or not self._usable(slot.index, want):
+                    continue
+                for inst in slot.mig:
+                    if inst.profile == want.mig_profile and inst.uuid not in self.mig_used:
+                        if want.gpu_mem and inst.memory_total_bytes < want.gpu_mem:
+                            continue
+                        return (slot.index,), (inst.uuid,)
+            return None
         if want.gpus >= 1:
             count = math.ceil(want.gpus)
-            free = [g.index for g in mem_ok if self.share[g.index] == 0]
-            return tuple(free[:count]) if len(free) >= count else None
-        # A fraction: the fullest GPU it still fits on, so whole GPUs stay free for others.
-        fits = [g for g in mem_ok if self.share[g.index] + want.gpus <= 1.0 + 1e-9]
+            free = [
+                g
+                for g in self.whole
+                if self.share[g.index] == 0
+                and self._usable(g.index, want)
+                and self.free_gpu_mem_bytes(g) >= _need_bytes(want, g)
+            ]
+            if len(free) < count:
+                return None
+            return _place(free, count), ()
+        fits = [
+            g
+            for g in self.whole
+            if self.share[g.index] + want.gpus <= 1.0 + _EPS
+            and self._usable(g.index, want)
+            and self.free_gpu_mem_bytes(g) >= _need_bytes(want, g)
+        ]
         if not fits:
             return None
+        # The fullest GPU it still fits on, so whole GPUs stay free for others.
         best = max(fits, key=lambda g: (self.share[g.index], -g.index))
-        return (best.index,)
+        return (best.index,), ()
+
+    def hold_for(self, want: Want) -> None:
+        """Reserve for a waiting whole-GPU job the GPUs that free up first (Slurm's backfill):
+        later jobs may use them only if they are expected to end before it can start."""
+        count = math.ceil(want.gpus)
+        open_gpus = [
+            g
+            for g in self.whole
+            if g.index not in self.held_for
+            and g.memory_total_bytes - g.memory_used_other_bytes >= _need_bytes(want, g)
+        ]
+        if len(open_gpus) < count:
+            return
+        open_gpus.sort(key=lambda g: (self.free_at[g.index], g.index))
+        chosen = open_gpus[:count]
+        start = max(self.free_at[g.index] for g in chosen)
+        for g in chosen:
+            self.held_for[g.index] = (start, want.id)
+        self.holds += 1
+        self.version += 1
+
+    def hold_now(self, indices: Iterable[int], job_id: int) -> None:
+        """Keep GPUs for a job that waits on a preemption: no backfill onto them at all."""
+        for index in indices:
+            self.held_for[index] = (self.now, job_id)
+        self.version += 1
+
+    # ---- reasons ---------------------------------------------------------------------
 
     def wait_reason(self, want: Want) -> str:
-        healthy = [g for g in self.res.gpus if g.healthy]
-        if want.gpus > 0:
-            free = sum(1 for g in healthy if self.share[g.index] == 0)
-            if want.gpu_mem:
-                best = max((self.free_gpu_mem_bytes(g) for g in healthy), default=0)
-                return (
-                    f"waiting for {want.gpus:g} GPU with {format_size(want.gpu_mem)} free"
-                    f" (most free now: {format_size(max(best, 0))})"
+        """Why `want` does not fit on the GPUs now, in words."""
+        if want.mig_profile is not None:
+            same = [
+                m
+                for g in self.res.gpus
+                if g.healthy
+                for m in g.mig
+                if m.profile == want.mig_profile
+            ]
+            busy = sorted({self.mig_used[m.uuid] for m in same if m.uuid in self.mig_used})
+            total = len(same)
+            return f"needs a MIG {want.mig_profile} instance; all {total} are in use" + (
+                f" (jobs {_listing(busy)})" if busy else ""
+            )
+        held = sorted(
+            {(i, j) for i, (_, j) in self.held_for.items() if self.slots[i].healthy},
+        )
+        held_note = ""
+        if held:
+            by_job: dict[int, list[int]] = {}
+            for index, job in held:
+                by_job.setdefault(job, []).append(index)
+            parts = [
+                f"{'GPU' if len(ix) == 1 else 'GPUs'} {_listing(ix)} (job {job})"
+                for job, ix in sorted(by_job.items())
+            ]
+            held_note = "; kept for jobs ahead of it: " + ", ".join(parts)
+        if want.gpus >= 1 and not want.gpu_mem:
+            free = sum(1 for g in self.whole if self.share[g.index] == 0)
+            return f"waiting for {want.gpus:g} GPU ({free} of {len(self.whole)} free){held_note}"
+        need = _need_bytes(want, self.whole[0])
+        if want.gpus < 1 and not want.gpu_mem:
+            most = max(self.whole, key=lambda g: (1.0 - self.share[g.index], -g.index))
+            room = max(1.0 - self.share[most.index], 0.0)
+            return (
+                f"needs {want.gpus:g} of a GPU; the most free is {room:g} of GPU {most.index}"
+                f"{self._others_note()}{held_note}"
+            )
+        candidates = [g for g in self.whole if want.gpus < 1 or self.share[g.index] == 0]
+        where = "on one GPU" if want.gpus <= 1 else f"on each of {want.gpus:g} GPUs"
+        if not candidates:
+            free = sum(1 for g in self.whole if self.share[g.index] == 0)
+            return f"needs {_gib(need)} {where}; {free} of {len(self.whole)} GPUs free{held_note}"
+        best = max(candidates, key=lambda g: (self.free_gpu_mem_bytes(g), -g.index))
+        return (
+            f"needs {_gib(need)} {where}; the largest free is"
+            f" {_gib(self.free_gpu_mem_bytes(best))} on GPU {best.index}"
+            f"{self._others_note()}{held_note}"
+        )
+
+    def _others_note(self) -> str:
+        """ "(GPU 1: 30.0 GiB held by pid 812, not a queue job)" for memory outside the queue."""
+        parts = []
+        for g in self.whole:
+            if g.memory_used_other_bytes <= 0:
+                continue
+            listed = sorted(g.others, key=lambda p: -p.used_memory_bytes)
+            if listed:
+                pids = ", ".join(str(p.pid) for p in listed)
+                who = (
+                    f"held by pid {pids}, not a queue job"
+                    if len(listed) == 1
+                    else f"held by pids {pids}, not queue jobs"
                 )
-            return f"waiting for {want.gpus:g} GPU ({free} of {len(healthy)} free)"
-        return "waiting"
+            else:
+                who = "in use outside the queue"
+            parts.append(f"GPU {g.index}: {_gib(g.memory_used_other_bytes)} {who}")
+        return f" ({'; '.join(parts)})" if parts else ""
+
+
+def _place(free: Sequence[GpuSlot], count: int) -> tuple[int, ...]:
+    """`count` GPUs from `free`, on one PCIe switch if possible, else one NUMA node, else any.
+    Among the islands that fit, the one with the fewest free GPUs (so large islands stay whole
+    for larger jobs), then the lowest indices."""
+    for key in ("switch", "numa_node"):
+        islands: dict[int, list[GpuSlot]] = {}
+        for g in free:
+            value = getattr(g, key)
+            if value is not None:
+                islands.setdefault(value, []).append(g)
+        fitting = [members for members in islands.values() if len(members) >= count]
+        if fitting:
+            best = min(fitting, key=lambda m: (len(m), m[0].index))
+            return tuple(g.index for g in best[:count])
+    return tuple(g.index for g in free[:count])
+
+
+def _spare_units(held: Sequence[Holding], quotas: Mapping[str, float]) -> dict[str, float]:
+    """GPUs each group holds beyond its quota (jobs already stopping left out): how much of
+    it may be reclaimed without taking the group below its guarantee."""
+    used: dict[str, float] = {}
+    for h in held:
+        if not h.stopping:
+            used[h.group] = used.get(h.group, 0.0) + gpu_units(h.gpus, h.mig_profile)
+    return {g: u - quotas.get(g, 0.0) for g, u in used.items() if u > quotas.get(g, 0.0) + _EPS}
+
+
+def _fits_without(
+    ledger: _Ledger, want: Want, removed: set[int], res: Resources, now: float, settings: Settings
+) -> bool:
+    return _pick_without(ledger, want, removed, res, now, settings) is not None
+
+
+def _pick_without(
+    ledger: _Ledger, want: Want, removed: set[int], res: Resources, now: float, settings: Settings
+) -> tuple[int, ...] | None:
+    """The GPUs `want` would get if the jobs in `removed` were gone."""
+    trial = _Ledger([h for h in ledger.held if h.id not in removed], res, now, settings)
+    picked = trial.pick(want)
+    return None if picked is None else picked[0]
+
+
+def _reclaim(
+    ledger: _Ledger, want: Want, res: Resources, now: float, settings: Settings
+) -> tuple[list[Holding], list[Holding], tuple[int, ...]] | None:
+    """For a job within its group's quota that does not fit: the stopping jobs it waits for,
+    or preemptible jobs of groups over their quota whose GPUs make it fit, youngest first and
+    never taking a group below its own quota. For whole GPUs it frees GPUs one at a time (the
+    cheapest to free first, then the one whose oldest job is youngest), so fractions spread over
+    several GPUs are not preempted without freeing one."""
+    stopping = {h.id for h in ledger.held if h.stopping}
+    if stopping and _fits_without(ledger, want, stopping, res, now, settings):
+        waited = [h for h in ledger.held if h.id in stopping]
+        needed = [
+            h
+            for h in waited
+            if not _fits_without(ledger, want, stopping - {h.id}, res, now, settings)
+        ]
+        gpus = _pick_without(ledger, want, stopping, res, now, settings) or ()
+        return needed or waited, [], gpus
+    spare = _spare_units(ledger.held, settings.quotas)
+
+    def allowed(h: Holding) -> bool:
+        return (
+            h.preemptible
+            and not h.stopping
+            and h.id not in ledger.started_now
+            and h.group != want.group
+            and h.group in spare
+            and bool(h.gpu_indices or h.mig_uuids)
+        )
+
+    # Candidate sets, each freeing something: whole GPUs for a whole-GPU job, else single jobs.
+    steps: list[list[Holding]] = []
+    if want.gpus >= 1 and not want.mig_profile:
+        on_gpu: dict[int, list[Holding]] = {}
+        for h in ledger.held:
+            if not h.mig_uuids:
+                for index in h.gpu_indices:
+                    on_gpu.setdefault(index, []).append(h)
+        for index, jobs in on_gpu.items():
+            if all(allowed(h) for h in jobs) and not ledger.slots[index].mig:
+                steps.append(jobs)
+        # The GPU that costs least to free (fewest GPUs' worth of jobs), then the one whose
+        # oldest job is youngest: as many GPUs as the borrowers' spare allows.
+        steps.sort(
+            key=lambda jobs: (
+                sum(gpu_units(h.gpus, h.mig_profile) for h in jobs),
+                -min(h.started_at for h in jobs),
+                -max(h.id for h in jobs),
+            )
+        )
+    else:
+        steps = [[h] for h in sorted(ledger.held, key=lambda h: (-h.started_at, -h.id))]
+        steps = [step for step in steps if allowed(step[0])]
+    chosen: list[Holding] = []
+    removed = set(stopping)
+    taken: dict[str, float] = {}
+    fits = False
+    for step in steps:
+        fresh = [h for h in step if h.id not in removed]
+        cost: dict[str, float] = {}
+        for h in fresh:
+            cost[h.group] = cost.get(h.group, 0.0) + gpu_units(h.gpus, h.mig_profile)
+        if any(taken.get(g, 0.0) + c > spare[g] + _EPS for g, c in cost.items()):
+            continue  # it would take that group below its quota
+        for g, c in cost.items():
+            taken[g] = taken.get(g, 0.0) + c
+        chosen.extend(fresh)
+        removed.update(h.id for h in fresh)
+        if _fits_without(ledger, want, removed, res, now, settings):
+            fits = True
+            break
+    if not fits:
+        return None
+    # Keep only the victims it needs: try releasing the oldest ones chosen first.
+    for victim in sorted(chosen, key=lambda h: (h.started_at, h.id)):
+        if _fits_without(ledger, want, removed - {victim.id}, res, now, settings):
+            removed.discard(victim.id)
+            chosen.remove(victim)
+    return [], chosen, _pick_without(ledger, want, removed, res, now, settings) or ()
+
+
+def _exceeding(running: Sequence[Holding], res: Resources, settings: Settings) -> list[Decision]:
+    """Running jobs that NVML shows above the GPU memory they declared."""
+    slots = {g.index: g for g in res.gpus}
+    found: list[Decision] = []
+    for h in running:
+        if h.gpu_mem_seen is None or not h.gpu_indices or h.mig_uuids:
+            continue
+        slot = slots.get(h.gpu_indices[0])
+        if slot is None or (h.gpus >= 1 and not h.gpu_mem):
+            continue
+        declared = _declared_bytes(h.gpus, h.gpu_mem, slot)
+        if h.gpu_mem_seen > declared:
+            reason = (
+                f"uses {_gib(h.gpu_mem_seen)} of GPU memory, over its reservation of"
+                f" {_gib(declared)}"
+            )
+            found.append(Exceeds(h.id, reason, settings.strict))
+    return found
+
+
+# ---- the pass ----------------------------------------------------------------------------
 
 
 def plan(
@@ -219,55 +717,220 @@ def plan(
     dep_states: Mapping[int, str],
     res: Resources,
     settings: Settings,
+    now: float = 0.0,
 ) -> list[Decision]:
-    """Decide, for every queued job, whether it starts now, waits, is blocked, or fails.
+    """Decide, for every queued job, whether it starts now, waits (with a reason in words), is
+    blocked, or fails; and which running jobs to preempt or report for their GPU memory. A job
+    that still waits for the reason in its `Want.reason` gets no decision (nothing to record).
 
-    Jobs are considered by priority (higher first), then by id (older first). A job that
-    does not fit does not stop a later one that does (backfill).
+    Order: jobs within their group's GPU quota first, then jobs that would borrow beyond it;
+    within each, higher priority, then older (lower id). A job that does not fit keeps (for up
+    to `backfill_depth` jobs) the GPUs that free up first, and a later job may start on them
+    only if its time limit (else `default_runtime_s`) ends before then, so backfill never
+    delays it (Slurm's backfill). A job within its quota that does not fit reclaims GPUs by
+    preempting the youngest preemptible jobs of groups over their quota.
     """
-    ledger = _Ledger(running, res)
-    decisions: list[Decision] = []
-    for want in sorted(queued, key=lambda w: (-w.priority, w.id)):
+    ledger = _Ledger(running, res, now, settings)
+    decisions: list[Decision] = list(_exceeding(running, res, settings))
+    # A job's shape decides everything but its place in the order, so while nothing was
+    # handed out since a job of the same shape had to wait, the next one waits for the same
+    # reason: one dict look-up per job keeps a pass fast with thousands queued.
+    quotas = settings.quotas
+    within, borrowing = _order(queued, quotas, ledger.group_units)
+    deferred: list[Want] = []
+    for phase in (within, None):
+        if phase is None:  # borrowers, with the jobs that came to borrow while phase 1 ran
+            deferred.sort(key=_BY_RANK)
+            phase = list(heapq.merge(deferred, borrowing, key=_BY_RANK))
+            checking = False
+        else:
+            checking = bool(quotas)
+        unfit: dict[int, tuple[int, str]] = {}
+        version = ledger.version
+        for want in phase:
+            if (
+                checking
+                and want.units > 0
+                and ledger.group_units.get(want.group, 0.0) + want.units
+                > quotas.get(want.group, 0.0) + _EPS
+            ):
+                deferred.append(want)  # its group filled its quota in this pass: it borrows
+                continue
+            if not want.deps:
+                known = unfit.get(want.shape)
+                if known is not None and known[0] == version:
+                    if known[1] != want.reason:
+                        decisions.append(Wait(want.id, known[1]))
+                    continue
+            decision = _decide(want, ledger, dep_states, res, settings, now, decisions)
+            version = ledger.version
+            if isinstance(decision, Wait):
+                if not want.deps:
+                    unfit[want.shape] = (version, decision.reason)
+                if decision.reason == want.reason:
+                    continue
+            decisions.append(decision)
+    return decisions
+
+
+def _order(
+    queued: Sequence[Want], quotas: Mapping[str, float], used: Mapping[str, float]
+) -> tuple[list[Want], list[Want]]:
+    """(jobs within their group's quota, jobs that would borrow beyond it), each by higher
+    priority first, then lower id. Buckets, then a sort by id that is linear when the queue
+    comes in id order (as the store lists it)."""
+    inside_buckets: dict[int, list[Want]] = {}
+    beyond_buckets: dict[int, list[Want]] = {}
+    borrowing: dict[int, bool] = {}
+    for want in queued:
+        buckets = inside_buckets
+        if quotas:
+            over = borrowing.get(want.shape)
+            if over is None:
+                over = borrowing[want.shape] = not (
+                    want.units > 0
+                    and used.get(want.group, 0.0) + want.units <= quotas.get(want.group, 0.0) + _EPS
+                )
+            if over:
+                buckets = beyond_buckets
+        bucket = buckets.get(want.priority)
+        if bucket is None:
+            buckets[want.priority] = [want]
+        else:
+            bucket.append(want)
+    within: list[Want] = []
+    beyond: list[Want] = []
+    for buckets, out in ((inside_buckets, within), (beyond_buckets, beyond)):
+        for priority in sorted(buckets, reverse=True):
+            bucket = buckets[priority]
+            bucket.sort(key=_BY_ID)
+            out.extend(bucket)
+    return within, beyond
+
+
+def _by_rank(want: Want) -> tuple[int, int]:
+    return (-want.priority, want.id)
+
+
+_BY_RANK = _by_rank
+_BY_ID = operator.attrgetter("id")
+
+
+def _decide(
+    want: Want,
+    ledger: _Ledger,
+    dep_states: Mapping[int, str],
+    res: Resources,
+    settings: Settings,
+    now: float,
+    decisions: list[Decision],
+) -> Decision:
+    """One job's decision against the ledger (which it updates when the job starts)."""
+    verdict, reason = "ready", None
+    if want.deps:
         verdict, reason = _dependency_verdict(want, dep_states)
         if verdict == "block":
-            decisions.append(Block(want.id, reason or "a dependency can never be satisfied"))
-            continue
-        never = _never_fits(want, res)
-        if never is not None:
-            decisions.append(Fail(want.id, never) if want.fail_unrunnable else Wait(want.id, never))
-            continue
-        if verdict == "wait":
-            decisions.append(Wait(want.id, reason or "waiting for dependencies"))
-            continue
-        if settings.drain:
-            decisions.append(Wait(want.id, "drain mode: nothing new starts"))
-            continue
-        limit = settings.group_limits.get(want.group, settings.default_parallel)
-        if limit and ledger.groups.get(want.group, 0) >= limit:
-            decisions.append(
-                Wait(want.id, f"group '{want.group}' is at its limit of {limit} running")
+            return Block(want.id, reason or "a dependency can never be satisfied")
+    never = ledger.never_fits(want)
+    if never is not None:
+        return Fail(want.id, never) if want.fail_unrunnable else Wait(want.id, never)
+    if verdict == "wait":
+        return Wait(want.id, reason or "waiting for dependencies")
+    if settings.drain:
+        return Wait(want.id, "drain mode: nothing new starts")
+    limit = settings.group_limits.get(want.group, settings.default_parallel)
+    if limit and ledger.groups.get(want.group, 0) >= limit:
+        return Wait(want.id, f"group '{want.group}' is at its limit of {limit} running")
+    if want.cpus and ledger.cpus + want.cpus > res.cpus + _EPS:
+        free = max(res.cpus - ledger.cpus, 0)
+        return Wait(want.id, f"waiting for {want.cpus:g} CPUs ({free:g} free)")
+    if want.mem and res.mem_bytes and ledger.mem + want.mem > res.mem_bytes:
+        free_mem = max(res.mem_bytes - ledger.mem, 0)
+        return Wait(want.id, f"waiting for {_gib(want.mem)} of memory ({_gib(free_mem)} free)")
+    indices: tuple[int, ...] = ()
+    devices: tuple[str, ...] = ()
+    if want.units > 0:
+        picked = ledger.pick(want)
+        if picked is None:
+            quota_reason = _wait_with_quota(
+                ledger, want, want.units, settings.quotas, decisions, res, now, settings
             )
-            continue
-        if want.cpus and ledger.cpus + want.cpus > res.cpus + 1e-9:
-            free = max(res.cpus - ledger.cpus, 0)
-            decisions.append(Wait(want.id, f"waiting for {want.cpus:g} CPUs ({free:g} free)"))
-            continue
-        if want.mem and res.mem_bytes and ledger.mem + want.mem > res.mem_bytes:
-            free_mem = max(res.mem_bytes - ledger.mem, 0)
-            decisions.append(
-                Wait(
-                    want.id,
-                    f"waiting for {format_size(want.mem)} of memory ({format_size(free_mem)} free)",
-                )
+            if quota_reason is not None:
+                return Wait(want.id, quota_reason)
+            reason = ledger.wait_reason(want)
+            if want.gpus >= 1 and not want.mig_profile and ledger.holds < settings.backfill_depth:
+                ledger.hold_for(want)
+            return Wait(want.id, reason)
+        indices, devices = picked
+    cap = None
+    if indices and not devices and (want.gpus < 1 or want.gpu_mem):
+        cap = _declared_bytes(want.gpus, want.gpu_mem, ledger.slots[indices[0]])
+    ledger.started_now.add(want.id)
+    ledger.take(
+        Holding(
+            want.id,
+            want.group,
+            indices,
+            want.gpus,
+            want.gpu_mem,
+            want.cpus,
+            want.mem,
+            started_at=now,
+            mig_uuids=devices,
+            mig_profile=want.mig_profile,
+            preemptible=want.preemptible,
+            time_limit=want.time_limit,
+        )
+    )
+    return Start(want.id, indices, devices, cap)
+
+
+def _wait_with_quota(
+    ledger: _Ledger,
+    want: Want,
+    units: float,
+    quotas: Mapping[str, float],
+    decisions: list[Decision],
+    res: Resources,
+    now: float,
+    settings: Settings,
+) -> str | None:
+    """The reason (and any preemption) for a GPU job that does not fit, where quotas decide
+    it: a job within its quota reclaims borrowed GPUs; one beyond it is told its group is at
+    its quota. None: quotas play no part, the plain fit reason applies."""
+    if not quotas:
+        return None
+    quota = quotas.get(want.group, 0.0)
+    used = ledger.group_units.get(want.group, 0.0)
+    if used + units > quota + _EPS:
+        if want.group not in quotas:
+            return None
+        return f"group {want.group} is at its quota of {quota:g} and nothing is idle to borrow"
+    reclaim = _reclaim(ledger, want, res, now, settings)
+    if reclaim is None:
+        return None
+    waited, victims, placement = reclaim
+    freed = sorted({i for h in (*waited, *victims) for i in h.gpu_indices})
+    ledger.hold_now(placement, want.id)  # the GPUs it will get, freed or already free
+    ledger.group_units[want.group] = used + units
+    gpus = f"{'GPU' if len(freed) == 1 else 'GPUs'} {_listing(freed)}"
+    if waited:
+        ids = _listing(sorted(h.id for h in waited))
+        jobs = "job" if len(waited) == 1 else "jobs"
+        return f"within its group's quota; waiting for {jobs} {ids} to stop and free {gpus}"
+    for victim in victims:
+        vquota = quotas.get(victim.group, 0.0)
+        decisions.append(
+            Preempt(
+                victim.id,
+                f"preempted for job {want.id}: group {victim.group} is over its quota of"
+                f" {vquota:g} and group {want.group} is under its own",
+                want.id,
             )
-            continue
-        indices: tuple[int, ...] = ()
-        if want.gpus > 0:
-            picked = ledger.pick_gpus(want)
-            if picked is None:
-                decisions.append(Wait(want.id, ledger.wait_reason(want)))
-                continue
-            indices = picked
-        ledger.take(want.group, indices, want.gpus, want.gpu_mem, want.cpus, want.mem)
-        decisions.append(Start(want.id, indices))
-    return decisions
+        )
+    ids = _listing(sorted(h.id for h in victims))
+    jobs = "job" if len(victims) == 1 else "jobs"
+    return (
+        f"within its group's quota of {quota:g}; reclaiming {gpus} by preempting {jobs} {ids}"
+        f" (over-quota)"
+    )

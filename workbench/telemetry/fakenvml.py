@@ -17,13 +17,23 @@ A scenario, as JSON (every key optional):
                "temperature": 55, "power_draw_w": 250.0, "power_limit_w": 700.0,
                "clock_sm_mhz": 1980, "clock_mem_mhz": 2619, "fan_percent": 40, "mig": false,
                "processes": [{"pid": 4242, "used_memory": 1073741824, "sm_util": 80,
-                              "kind": "compute", "gpu_instance_id": null}],
+                              "kind": "compute", "gpu_instance_id": null},
+                             {"pid_file": "/tmp/job.pid", "used_memory": 1073741824}],
                "not_supported": ["fan", "process_utilization"],
-               "lost_after": 3}]}
+               "lost_after": 3,
+               "numa_node": 0, "switch": 0,   # topology (null: the driver does not say)
+               "mig_instances": [{"profile": "1g.10gb", "memory_total": 10737418240}]}]}
 
 A list value (as `utilization_gpu` above) is read in turn, one element per sample. A GPU with
 `lost_after: K` answers K samples (memory reads) and then every call on it returns
 NVML_ERROR_GPU_IS_LOST. Names allowed in `not_supported`: see NOT_SUPPORTABLE.
+
+Topology: GPUs with the same `switch` sit under one PCIe switch
+(`nvmlDeviceGetTopologyCommonAncestor` answers NVML_TOPOLOGY_SINGLE), else GPUs with the same
+`numa_node` share a CPU (NVML_TOPOLOGY_NODE), else NVML_TOPOLOGY_SYSTEM; a GPU without either
+answers NotSupported. `nvmlDeviceGetNumaNodeId` reads `numa_node`. A GPU with `mig: true` and
+`mig_instances` has MIG device handles (`nvmlDeviceGetMigDeviceHandleByIndex`), each with its
+own name ("<GPU name> MIG 1g.10gb"), UUID, memory and GPU instance id.
 """
 
 from __future__ import annotations
@@ -51,6 +61,8 @@ NOT_SUPPORTABLE = frozenset(
         "mig",
         "uuid",
         "pci",
+        "topology",
+        "numa",
     }
 )
 GIB = 1024**3
@@ -65,10 +77,32 @@ Varying = Number | list[Number]
 class FakeProcess:
     """A process holding GPU memory."""
 
-    pid: int
+    pid: int = 0
     used_memory: Varying | None = 512 * 1024**2
     sm_util: Varying | None = None  # None: NVML has no utilisation samples for it
     kind: str = "compute"  # or "graphics"
+    gpu_instance_id: int | None = None
+    pid_file: str | None = None  # the pid is read from this file each call; absent: not listed
+
+    def current_pid(self) -> int | None:
+        """Its pid now: `pid`, or the number in `pid_file` (None while there is none), so a
+        scenario can put a process that starts later (a queue job) on a GPU."""
+        if self.pid_file is None:
+            return self.pid
+        try:
+            text = Path(self.pid_file).read_text().strip()
+        except OSError:
+            return None
+        return int(text) if text.isdigit() else None
+
+
+@dataclass
+class FakeMig:
+    """One MIG instance of a GPU (a GPU instance with one compute instance)."""
+
+    profile: str = "1g.10gb"
+    memory_total: int = 10 * GIB
+    uuid: str | None = None
     gpu_instance_id: int | None = None
 
 
@@ -93,6 +127,9 @@ class FakeGpu:
     processes: list[FakeProcess] = field(default_factory=list)
     not_supported: list[str] = field(default_factory=list)
     lost_after: int | None = None
+    numa_node: int | None = None
+    switch: int | None = None
+    mig_instances: list[FakeMig] = field(default_factory=list)
 
 
 @dataclass
@@ -122,7 +159,13 @@ class Scenario:
             unknown = set(raw.get("not_supported", [])) - NOT_SUPPORTABLE
             if unknown:
                 raise ValueError(f"{where}.not_supported: unknown {sorted(unknown)}")
-            gpus.append(FakeGpu(**{**raw, "processes": procs}))
+            migs = []
+            for m_number, mig in enumerate(raw.get("mig_instances", [])):
+                _check_keys(
+                    mig, {f.name for f in fields(FakeMig)}, f"{where}.mig_instances[{m_number}]"
+                )
+                migs.append(FakeMig(**mig))
+            gpus.append(FakeGpu(**{**raw, "processes": procs, "mig_instances": migs}))
         if data.get("failure") not in (None, *FAILURES):
             raise ValueError(f"scenario.failure must be one of {FAILURES}, not {data['failure']!r}")
         rest = {k: v for k, v in data.items() if k not in ("gpus", "gpu_count")}
@@ -184,6 +227,23 @@ class _GpuState:
         return max(0, self.samples - 1)
 
 
+@dataclass
+class _MigState:
+    spec: FakeMig
+    parent: _GpuState
+    number: int  # its place among the parent's MIG devices
+    cell: ctypes.c_uint
+
+    @property
+    def instance_id(self) -> int:
+        return self.spec.gpu_instance_id if self.spec.gpu_instance_id is not None else self.number
+
+    @property
+    def uuid(self) -> str:
+        parent, number = self.parent.index, self.number
+        return self.spec.uuid or f"MIG-fa4e0000-0000-4000-8000-{parent:06x}{number:06x}"
+
+
 class FakeDriver:
     """The C side of NVML for one scenario. Methods named nvml* are the exported functions."""
 
@@ -194,6 +254,13 @@ class FakeDriver:
         self.calls: dict[str, int] = {}
         self.gpus = [_GpuState(g, i, ctypes.c_uint(i)) for i, g in enumerate(scenario.gpus)]
         self.by_address = {ctypes.addressof(g.cell): g for g in self.gpus}
+        self.migs = [
+            _MigState(m, g, n, ctypes.c_uint(1000 + 10 * g.index + n))
+            for g in self.gpus
+            if g.spec.mig
+            for n, m in enumerate(g.spec.mig_instances)
+        ]
+        self.mig_by_address = {ctypes.addressof(m.cell): m for m in self.migs}
         for name in dir(self):
             if name.startswith("nvml"):
                 setattr(self, name, self._counted(name, getattr(self, name)))
@@ -224,6 +291,15 @@ class FakeDriver:
         if need is not None and need in gpu.spec.not_supported:
             return self._code("NOT_SUPPORTED")
         return gpu
+
+    def _mig(self, handle: Any) -> _MigState | None:
+        """The MIG device a handle names, if it names one."""
+        address = ctypes.cast(handle, ctypes.c_void_p).value
+        return self.mig_by_address.get(address or 0)
+
+    def _put_handle(self, ref: Any, cell: ctypes.c_uint) -> None:
+        pointer_cell = ctypes.cast(ctypes.byref(_out(ref)), ctypes.POINTER(ctypes.c_void_p))
+        pointer_cell.contents.value = ctypes.addressof(cell)
 
     def _put_text(self, buffer: Any, length: Any, text: str) -> int:
         data = text.encode()
@@ -298,17 +374,22 @@ class FakeDriver:
         gpu = self.gpus[number]
         if gpu.lost:
             return self._code("GPU_IS_LOST")
-        pointer_cell = ctypes.cast(ctypes.byref(_out(ref)), ctypes.POINTER(ctypes.c_void_p))
-        pointer_cell.contents.value = ctypes.addressof(gpu.cell)
+        self._put_handle(ref, gpu.cell)
         return 0
 
     def nvmlDeviceGetName(self, handle: Any, buffer: Any, length: Any) -> int:
+        mig = self._mig(handle)
+        if mig is not None:
+            return self._put_text(buffer, length, f"{mig.parent.spec.name} MIG {mig.spec.profile}")
         gpu = self._device(handle)
         if isinstance(gpu, int):
             return gpu
         return self._put_text(buffer, length, gpu.spec.name)
 
     def nvmlDeviceGetUUID(self, handle: Any, buffer: Any, length: Any) -> int:
+        mig = self._mig(handle)
+        if mig is not None:
+            return self._put_text(buffer, length, mig.uuid)
         gpu = self._device(handle, "uuid")
         if isinstance(gpu, int):
             return gpu
@@ -335,6 +416,17 @@ class FakeDriver:
         return 0
 
     def nvmlDeviceGetMemoryInfo(self, handle: Any, ref: Any) -> int:
+        mig = self._mig(handle)
+        if mig is not None:
+            memory = _out(ref)
+            memory.total = mig.spec.memory_total
+            memory.used = sum(
+                int(_at(p.used_memory or 0, mig.parent.tick))
+                for p in mig.parent.spec.processes
+                if p.gpu_instance_id == mig.instance_id
+            )
+            memory.free = memory.total - memory.used
+            return 0
         gpu = self._device(handle, "memory")
         if isinstance(gpu, int):
             return gpu
@@ -352,6 +444,71 @@ class FakeDriver:
 
     def nvmlDeviceGetMemoryInfo_v2(self, handle: Any, ref: Any) -> int:
         return self.nvmlDeviceGetMemoryInfo(handle, ref)
+
+    # ---- topology and MIG devices ------------------------------------------------------
+
+    def nvmlDeviceGetNumaNodeId(self, handle: Any, ref: Any) -> int:
+        gpu = self._device(handle, "numa")
+        if isinstance(gpu, int):
+            return gpu
+        if gpu.spec.numa_node is None:
+            return self._code("NOT_SUPPORTED")
+        _out(ref).value = gpu.spec.numa_node
+        return 0
+
+    def nvmlDeviceGetTopologyCommonAncestor(self, first: Any, second: Any, ref: Any) -> int:
+        one = self._device(first, "topology")
+        if isinstance(one, int):
+            return one
+        two = self._device(second, "topology")
+        if isinstance(two, int):
+            return two
+        a, b = one.spec, two.spec
+        if (a.switch is None and a.numa_node is None) or (b.switch is None and b.numa_node is None):
+            return self._code("NOT_SUPPORTED")
+        if one is two:
+            level = self.binding.NVML_TOPOLOGY_INTERNAL
+        elif a.switch is not None and a.switch == b.switch:
+            level = self.binding.NVML_TOPOLOGY_SINGLE
+        elif a.numa_node is not None and a.numa_node == b.numa_node:
+            level = self.binding.NVML_TOPOLOGY_NODE
+        else:
+            level = self.binding.NVML_TOPOLOGY_SYSTEM
+        _out(ref).value = int(level)
+        return 0
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, handle: Any, ref: Any) -> int:
+        gpu = self._device(handle, "mig")
+        if isinstance(gpu, int):
+            return gpu
+        _out(ref).value = 7 if gpu.spec.mig else 0
+        return 0
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: Any, index: Any, ref: Any) -> int:
+        gpu = self._device(handle, "mig")
+        if isinstance(gpu, int):
+            return gpu
+        if not gpu.spec.mig:
+            return self._code("INVALID_ARGUMENT")
+        number = int(index.value)
+        mine = [m for m in self.migs if m.parent is gpu]
+        if not 0 <= number < 7:
+            return self._code("INVALID_ARGUMENT")
+        if number >= len(mine):
+            return self._code("NOT_FOUND")  # an empty slot: no instance was created there
+        self._put_handle(ref, mine[number].cell)
+        return 0
+
+    def nvmlDeviceIsMigDeviceHandle(self, handle: Any, ref: Any) -> int:
+        _out(ref).value = int(self._mig(handle) is not None)
+        return 0
+
+    def nvmlDeviceGetGpuInstanceId(self, handle: Any, ref: Any) -> int:
+        mig = self._mig(handle)
+        if mig is None:
+            return self._code("INVALID_ARGUMENT")
+        _out(ref).value = mig.instance_id
+        return 0
 
     def nvmlDeviceGetUtilizationRates(self, handle: Any, ref: Any) -> int:
         gpu = self._device(handle, "utilization")
@@ -397,13 +554,17 @@ class FakeDriver:
         gpu = self._device(handle, "processes")
         if isinstance(gpu, int):
             return gpu
-        procs = [p for p in gpu.spec.processes if p.kind == kind]
+        procs = [
+            (pid, p)
+            for p in gpu.spec.processes
+            if p.kind == kind and (pid := p.current_pid()) is not None
+        ]
         count = _out(count_ref)
         if array is None or count.value < len(procs):
             count.value = len(procs)
             return self._code("INSUFFICIENT_SIZE") if procs else 0
-        for slot, proc in zip(array, procs, strict=False):
-            slot.pid = proc.pid
+        for slot, (pid, proc) in zip(array, procs, strict=False):
+            slot.pid = pid
             used = proc.used_memory
             slot.usedGpuMemory = _NOT_AVAILABLE_U64 if used is None else int(_at(used, gpu.tick))
             instance = proc.gpu_instance_id
@@ -439,15 +600,19 @@ class FakeDriver:
         now_us = int(time.time() * 1e6)
         if now_us <= int(last_seen.value):
             return self._code("NOT_FOUND")
-        sampled = [p for p in gpu.spec.processes if p.sm_util is not None]
+        sampled = [
+            (pid, p)
+            for p in gpu.spec.processes
+            if p.sm_util is not None and (pid := p.current_pid()) is not None
+        ]
         count = _out(count_ref)
         if not sampled:
             return self._code("NOT_FOUND")
         if array is None or count.value < len(sampled):
             count.value = len(sampled)
             return self._code("INSUFFICIENT_SIZE")
-        for slot, proc in zip(array, sampled, strict=False):
-            slot.pid = proc.pid
+        for slot, (pid, proc) in zip(array, sampled, strict=False):
+            slot.pid = pid
             slot.timeStamp = now_us
             slot.smUtil = int(_at(proc.sm_util or 0, gpu.tick))
             slot.memUtil = slot.encUtil = slot.decUtil = 0

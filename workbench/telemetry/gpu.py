@@ -79,6 +79,17 @@ class GpuSample:
         return out
 
 
+@dataclass(frozen=True)
+class GpuPlacement:
+    """Where a GPU sits and how it is split, for the scheduler: its NUMA node, an id shared by
+    the GPUs under one PCIe switch (from `nvmlDeviceGetTopologyCommonAncestor`), and its MIG
+    instances when MIG is on. None: the driver does not say."""
+
+    numa_node: int | None = None
+    switch: int | None = None
+    mig: tuple[scheduler.MigSlot, ...] = ()
+
+
 def error_row(
     index: int, error: str, name: str | None = None, total: int = 0, **ids: Any
 ) -> GpuSample:
@@ -167,6 +178,8 @@ class Gpus:
         self.driver_version = driver_version
         self.cuda_version = cuda_version
         self._devices = [_Device(i) for i in range(count)]
+        self._placement: dict[int, GpuPlacement] = {}
+        self._placement_due = 0.0
 
     @classmethod
     def open(cls) -> Gpus:
@@ -198,6 +211,80 @@ class Gpus:
             return []
         now = time.time()
         return [self._sample_device(device, now) for device in self._devices]
+
+    def placement(self) -> dict[int, GpuPlacement]:
+        """{GPU index: placement}, read at first use and every STATIC_REFRESH_S after (NUMA
+        node and topology are fixed; MIG instances change only when an admin reconfigures)."""
+        if self.nvml is None:
+            return {}
+        now = time.time()
+        if now >= self._placement_due:
+            self._placement = self._read_placement()
+            self._placement_due = now + STATIC_REFRESH_S
+        return self._placement
+
+    def _read_placement(self) -> dict[int, GpuPlacement]:
+        nvml: Any = self.nvml
+        handles: dict[int, Any] = {}
+        for device in self._devices:
+            try:
+                handles[device.index] = device.handle or nvml.nvmlDeviceGetHandleByIndex(
+                    device.index
+                )
+            except nvml.NVMLError:
+                continue
+        switch: dict[int, int] = {}
+        known: set[int] = set()
+        indices = sorted(handles)
+        for position, first in enumerate(indices):
+            for second in indices[position + 1 :]:
+                try:
+                    level = nvml.nvmlDeviceGetTopologyCommonAncestor(
+                        handles[first], handles[second]
+                    )
+                except nvml.NVMLError:
+                    continue
+                known.update((first, second))
+                if level <= nvml.NVML_TOPOLOGY_MULTIPLE:  # under the same PCIe switch tree
+                    root = switch.get(first, first)
+                    switch[second] = switch.setdefault(first, root)
+        out: dict[int, GpuPlacement] = {}
+        for index, handle in handles.items():
+            numa = None
+            try:
+                numa = self._optional(nvml.nvmlDeviceGetNumaNodeId, handle)
+            except nvml.NVMLError:
+                numa = None
+            numa_node = None if numa is None or int(numa) < 0 else int(numa)
+            out[index] = GpuPlacement(
+                numa_node,
+                switch.get(index, index) if index in known else None,
+                self._mig_instances(handle),
+            )
+        return out
+
+    def _mig_instances(self, handle: Any) -> tuple[scheduler.MigSlot, ...]:
+        """The MIG instances of a GPU with MIG on (empty otherwise), as allocatable slots."""
+        nvml: Any = self.nvml
+        try:
+            mode = self._optional(nvml.nvmlDeviceGetMigMode, handle)
+            if mode is None or mode[0] != nvml.NVML_DEVICE_MIG_ENABLE:
+                return ()
+            count = nvml.nvmlDeviceGetMaxMigDeviceCount(handle)
+        except nvml.NVMLError:
+            return ()
+        found = []
+        for number in range(count):
+            try:
+                mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, number)
+                name = _text(nvml.nvmlDeviceGetName(mig))
+                uuid = _text(nvml.nvmlDeviceGetUUID(mig))
+                total = int(nvml.nvmlDeviceGetMemoryInfo(mig).total)
+            except nvml.NVMLError:
+                continue  # NotFound: an empty slot
+            profile = name.rsplit(" MIG ", 1)[-1] if " MIG " in name else name
+            found.append(scheduler.MigSlot(uuid, profile, total))
+        return tuple(found)
 
     def close(self) -> None:
         if self.nvml is not None:
@@ -350,23 +437,70 @@ class Gpus:
 # ---- for the scheduler and the dashboard -------------------------------------------------
 
 
-def gpu_slots(samples: Iterable[GpuSample], our_pids: set[int]) -> tuple[scheduler.GpuSlot, ...]:
+def gpu_slots(
+    samples: Iterable[GpuSample],
+    our_pids: set[int],
+    placement: Mapping[int, GpuPlacement] | None = None,
+) -> tuple[scheduler.GpuSlot, ...]:
     """The scheduler's GPU inventory. Memory used by others is everything in use except what our
     job processes hold (so driver and context overhead counts as taken); without a process list
-    it is all memory in use. An error row is an unhealthy slot."""
+    it is all memory in use. The other processes are named (pid, bytes) for wait reasons. An
+    error row is an unhealthy slot. `placement` adds NUMA node, PCIe switch and MIG instances."""
     slots = []
+    where = placement or {}
     for sample in samples:
+        place = where.get(sample.index, GpuPlacement())
         if not sample.ok:
             slots.append(
-                scheduler.GpuSlot(sample.index, sample.memory_total_bytes, 0, healthy=False)
+                scheduler.GpuSlot(
+                    sample.index,
+                    sample.memory_total_bytes,
+                    0,
+                    healthy=False,
+                    numa_node=place.numa_node,
+                    switch=place.switch,
+                    uuid=sample.uuid,
+                )
             )
             continue
         ours = 0
+        others: tuple[scheduler.OtherProcess, ...] = ()
         if sample.processes is not None:
             ours = sum(p.used_memory_bytes or 0 for p in sample.processes if p.pid in our_pids)
+            others = tuple(
+                scheduler.OtherProcess(p.pid, p.used_memory_bytes)
+                for p in sample.processes
+                if p.pid not in our_pids and p.used_memory_bytes
+            )
         other = max(0, sample.memory_used_bytes - ours)
-        slots.append(scheduler.GpuSlot(sample.index, sample.memory_total_bytes, other))
+        slots.append(
+            scheduler.GpuSlot(
+                sample.index,
+                sample.memory_total_bytes,
+                other,
+                others=others,
+                numa_node=place.numa_node,
+                switch=place.switch,
+                uuid=sample.uuid,
+                mig=place.mig,
+            )
+        )
     return tuple(slots)
+
+
+def job_gpu_memory(samples: Iterable[GpuSample], owners: Mapping[int, int]) -> dict[int, int]:
+    """{job id: bytes} the most GPU memory each job's processes hold on any one GPU, from
+    `owners` ({pid: job id}, as `attribute_processes` finds them)."""
+    seen: dict[int, int] = {}
+    for sample in samples:
+        per_job: dict[int, int] = {}
+        for proc in sample.processes or ():
+            job = owners.get(proc.pid)
+            if job is not None and proc.used_memory_bytes:
+                per_job[job] = per_job.get(job, 0) + proc.used_memory_bytes
+        for job, used in per_job.items():
+            seen[job] = max(seen.get(job, 0), used)
+    return seen
 
 
 def job_of_process(pid: int, jobs_by_group: Mapping[int, int]) -> int | None:
