@@ -303,3 +303,15 @@ def test_the_tui_refuses_when_only_stdout_is_a_pipe(home: Home) -> None:
         os.close(secondary)
     assert proc.returncode == 2 and "stdout is not one" in proc.stderr
     assert proc.stdout == ""
+
+
+def test_what_a_command_writes_for_the_user_keeps_the_users_umask(
+    home: Home, tmp_path: Path
+) -> None:
+    previous = os.umask(0o022)
+    try:
+        result = workbench("sql", "SELECT 1 AS x", "--out", str(tmp_path / "out.csv"))
+    finally:
+        os.umask(previous)
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE((tmp_path / "out.csv").stat().st_mode) == 0o644

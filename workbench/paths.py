@@ -6,6 +6,8 @@ import errno
 import os
 import stat
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,3 +129,14 @@ def _warn_if_readable(root: Path) -> None:
             f" (chmod 700 {root} to keep them private)",
             file=sys.stderr,
         )
+
+
+@contextmanager
+def users_umask() -> Iterator[None]:
+    """Within the block, files are created with the user's own umask (for what a command writes
+    for the user outside WORKBENCH_HOME, such as `sql --out FILE`), not the workbench's 0o077."""
+    previous = os.umask(job_umask(dict(os.environ)))
+    try:
+        yield
+    finally:
+        os.umask(previous)
