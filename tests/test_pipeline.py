@@ -226,7 +226,14 @@ argv = ["sleep", "60"]
 """
 
 
-def test_ctrl_c_cancels_what_the_batch_started(home: Home, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 128 + signal.SIGTERM)]
+)
+def test_ctrl_c_cancels_what_the_batch_started(
+    home: Home, tmp_path: Path, signum: int, code: int
+) -> None:
+    """Ctrl-C, and SIGTERM as `timeout` or a CI runner sends it, cancel the batch's stages; the
+    exit code is the shell's for that signal (130, 143)."""
     path = write(tmp_path, ONE_LONG_STAGE)
     proc = subprocess.Popen(
         [sys.executable, "-m", "workbench", "--batch", str(path), "--json"],
@@ -243,9 +250,9 @@ def test_ctrl_c_cancels_what_the_batch_started(home: Home, tmp_path: Path) -> No
         return bool(jobs) and jobs[0].state == "running"
 
     wait_for(running, what="the stage to run")
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 1, stderr
+    assert proc.returncode == code, stderr
     assert "interrupted" in stderr
     summary = json.loads(stdout.splitlines()[-1])
     assert summary["stages"][0]["state"] == "cancelled"
@@ -275,7 +282,7 @@ def test_ctrl_c_during_submit_still_cancels_the_queued_stages(
         out=out,
         err=err,
     )
-    assert code == 1
+    assert code == 130
     assert "interrupted" in err.getvalue()
     summary = json.loads(out.getvalue().splitlines()[-1])
     assert summary["stages"][0]["state"] == "cancelled"

@@ -162,8 +162,15 @@ def test_automatic_retries_then_success(client: Client, tmp_path: Path) -> None:
     events = client.store.events(job_id)
     assert [e.state for e in events].count("failed") == 2  # each failed attempt is on record
     reasons = [e.reason for e in events]
-    assert "automatic retry 1/3 after it exited with code 1" in reasons
-    assert "automatic retry 2/3 after it exited with code 1" in reasons
+    # Each retry backs off (1 s, then 2 s) and says so.
+    assert (
+        "retrying in 1s (attempt 2 of 4); automatic retry 1/3 after it exited with code 1"
+        in reasons
+    )
+    assert (
+        "retrying in 2s (attempt 3 of 4); automatic retry 2/3 after it exited with code 1"
+        in reasons
+    )
     log = (client.home.run_dir(job_id) / "log").read_text()
     assert "[workbench] attempt 2 of 4 started" in log and "[workbench] attempt 3 of 4" in log
 

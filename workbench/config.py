@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from workbench.catalog.lake import parse_settings
 from workbench.queue.spec import SpecError, from_table
 from workbench.units import parse_duration, parse_size
+from workbench.userfiles import UserFileError, read_toml
 
 if TYPE_CHECKING:
     from workbench.db.store import Store
@@ -119,9 +119,9 @@ def load_config(path: Path) -> Config:
     if not path.exists():
         return Config()
     try:
-        data: dict[str, Any] = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise SpecError(f"{path}: {error}") from error
+        data: dict[str, Any] = read_toml(path)
+    except UserFileError as error:
+        raise SpecError(str(error)) from None
     known = {"daemon", "retention", "security", "sql", "lake", "executor", "scheduler", "groups"}
     for key in data:
         if key not in known:

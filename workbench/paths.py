@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,11 +72,48 @@ class Home:
             self.root.mkdir(parents=True, mode=0o700)
         except FileExistsError:
             if not self.root.is_dir():
-                raise NotADirectoryError(f"WORKBENCH_HOME {self.root} is not a directory") from None
+                raise NotADirectoryError(
+                    errno.ENOTDIR, "WORKBENCH_HOME is not a directory", str(self.root)
+                ) from None
             _warn_if_readable(self.root)
-        self.lake.mkdir(exist_ok=True)
-        self.runs.mkdir(exist_ok=True)
+        self.lake.mkdir(mode=0o700, exist_ok=True)
+        self.runs.mkdir(mode=0o700, exist_ok=True)
         return self
+
+    def owns(self, path: str | os.PathLike[str] | None) -> bool:
+        """True if `path` is this home, inside it, or a folder on the way to it (an error about
+        such a path is about WORKBENCH_HOME, not about the user's own files)."""
+        if path is None:
+            return False
+        try:
+            target = Path(os.fsdecode(path)).absolute()
+        except (TypeError, ValueError):
+            return False
+        return target == self.root or self.root in target.parents or target in self.root.parents
+
+
+# The umask the user had before the workbench made its own files private (octal text). Clients
+# set it once; the daemon inherits it; a job gets it back (Slurm passes SLURM_UMASK alike).
+USER_UMASK_ENV = "WORKBENCH_UMASK"
+
+
+def make_files_private() -> None:
+    """Set the process umask to 0o077, so every file and folder the workbench creates under
+    WORKBENCH_HOME (state backups, logs, run folders, the lake) is readable by its owner only,
+    even in a shared 1777 home. The previous umask is kept in $WORKBENCH_UMASK (set once: the
+    user's own, not a workbench process's) for `job_umask`."""
+    previous = os.umask(0o077)
+    os.environ.setdefault(USER_UMASK_ENV, f"{previous:03o}")
+
+
+def job_umask(env: dict[str, str]) -> int:
+    """The umask a job runs with: the submitter's (from `env[WORKBENCH_UMASK]`), else 0o022;
+    a job's own output files keep the modes the user expects."""
+    try:
+        value = int(env.get(USER_UMASK_ENV, "022"), 8)
+    except ValueError:
+        return 0o022
+    return value if 0 <= value <= 0o777 else 0o022
 
 
 _warned: set[Path] = set()
@@ -89,3 +129,14 @@ def _warn_if_readable(root: Path) -> None:
             f" (chmod 700 {root} to keep them private)",
             file=sys.stderr,
         )
+
+
+@contextmanager
+def users_umask() -> Iterator[None]:
+    """Within the block, files are created with the user's own umask (for what a command writes
+    for the user outside WORKBENCH_HOME, such as `sql --out FILE`), not the workbench's 0o077."""
+    previous = os.umask(job_umask(dict(os.environ)))
+    try:
+        yield
+    finally:
+        os.umask(previous)

@@ -16,7 +16,6 @@ import shutil
 import stat
 import threading
 import time
-import tomllib
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from workbench.db import catalog as db_catalog
 from workbench.db.store import Store
 from workbench.paths import Home
 from workbench.units import format_duration, format_size, parse_duration, parse_size
+from workbench.userfiles import read_toml
 
 if TYPE_CHECKING:
     import duckdb
@@ -445,10 +445,7 @@ def settings(home: Home) -> LakeSettings:
     """The home's LakeSettings (defaults when config.toml is missing)."""
     if not home.config.exists():
         return LakeSettings()
-    try:
-        data = tomllib.loads(home.config.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise ValueError(f"{home.config}: {error}") from None
+    data = read_toml(home.config)  # UserFileError (a ValueError) names the file
     return parse_settings(data, str(home.config))
 
 

@@ -306,7 +306,15 @@ def _print_table(con: Any, sql: str, limit: int | None) -> int:
 
 
 def _write_result(result: Any, target: Path) -> int:
-    """Stream a query's result to CSV or Parquet in record batches (never all in memory)."""
+    """Stream a query's result to CSV or Parquet in record batches (never all in memory); the
+    file is the user's, so it gets the user's umask, not the workbench's private one."""
+    from workbench.paths import users_umask
+
+    with users_umask():
+        return _write_result_as_user(result, target)
+
+
+def _write_result_as_user(result: Any, target: Path) -> int:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 

@@ -38,7 +38,7 @@ from workbench.db.store import (
     StoreError,
 )
 from workbench.jsonout import dumps
-from workbench.paths import Home
+from workbench.paths import Home, make_files_private
 from workbench.present import (
     LS_HEADERS,
     STATE_STYLES,
@@ -642,6 +642,12 @@ def run_batch(path: str, json_mode: bool, executor: str | None = None) -> int:
 
 
 def open_tui() -> int:
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        which = "stdout" if sys.stdin.isatty() else "stdin"
+        raise UsageError(
+            f"the TUI needs a terminal, but {which} is not one; use a command instead"
+            " (workbench --help), e.g. `workbench ls` or `workbench --batch FILE`"
+        )
     app_module = importlib.import_module("screens.app")
     return int(app_module.run_app() or 0)
 
@@ -809,7 +815,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _home_fault(error: BaseException) -> str | None:
+    """A message for an OSError about WORKBENCH_HOME (a file, a folder that cannot be made or
+    written), naming the path; None for any other error (which must not be hidden)."""
+    if not isinstance(error, OSError) or error.errno is None:
+        return None
+    home = Home.current()
+    paths = [p for p in (error.filename, error.filename2) if p is not None]
+    if not any(home.owns(p) for p in paths):
+        return None
+    named = os.fsdecode(paths[0])
+    problem = error.strerror or str(error)
+    if named == str(home.root):
+        return f"WORKBENCH_HOME {home.root}: {problem}; set WORKBENCH_HOME to a folder you own"
+    return f"WORKBENCH_HOME {home.root}: {named}: {problem}; set WORKBENCH_HOME to a folder you own"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    make_files_private()  # our state files and folders: owner only, even in a shared home
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -835,8 +858,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DaemonUnavailable as error:
         print(f"workbench: {error}", file=sys.stderr)
         return EXIT_DAEMON
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as error:
+        return int(getattr(error, "exit_code", 130))  # 143 for a batch's SIGTERM
     except BrokenPipeError:
         # The reader left (`workbench ls | head`): stop quietly, as other Unix tools do.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -853,7 +876,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # with what to do, never a traceback.
         fault = translate(error, Home.current().state_db)
         if fault is None:
-            raise
+            home_fault = _home_fault(error)
+            if home_fault is None:
+                raise
+            print(f"workbench: {home_fault}", file=sys.stderr)
+            return EXIT_DAEMON
         print(f"workbench: {fault}", file=sys.stderr)
         return EXIT_DAEMON
 

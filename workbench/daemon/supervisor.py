@@ -798,7 +798,7 @@ class Daemon:
                 self._last_stamp = stamp
                 self._dirty = True
         now = time.time()
-        if self._dirty:
+        if self._dirty or db.retry_due(self.store, now):  # or a retry's back-off ended
             self._dirty = False
             self._pass()
         elif self._next_deadline() <= now:

@@ -140,12 +140,18 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def quick_check(conn: sqlite3.Connection, tables: tuple[str, ...] = ()) -> None:
+def quick_check(
+    conn: sqlite3.Connection, tables: tuple[str, ...] = (), skip: tuple[str, ...] = ()
+) -> None:
     """SQLite's quick_check (b-tree structure, free list, record format): of the whole file, or
-    of only `tables` and their indexes (cheaper where other tables, such as per-step metrics,
-    are large). Raises sqlite3.DatabaseError naming the damage."""
-    if tables:
+    of only `tables` and their indexes, or of every table (the schema and `sqlite_sequence`
+    included) but those in `skip` (cheaper where a table, such as per-step metrics, is large
+    and no client's queue command reads it). Raises sqlite3.DatabaseError naming the damage."""
+    if tables or skip:
         existing = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        existing.add("sqlite_schema")
+        if not tables:
+            tables = tuple(sorted(t for t in existing if t not in skip))
         result: list[tuple[str]] = []
         for table in tables:
             if table in existing:

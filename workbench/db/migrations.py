@@ -211,6 +211,12 @@ MIGRATIONS: dict[int, str] = {
     UPDATE jobs SET env_id = (SELECT id FROM envs WHERE envs.env = jobs.env), env = '{}';
     CREATE INDEX jobs_env ON jobs(env_id);
     """,
+    # Automatic retries back off: a requeued attempt may not start before `not_before` (epoch
+    # seconds); the partial index finds the few jobs waiting so without scanning the queue.
+    13: """
+    ALTER TABLE jobs ADD COLUMN not_before REAL;
+    CREATE INDEX jobs_not_before ON jobs(not_before) WHERE not_before IS NOT NULL;
+    """,
     # Executors (60-69): where each job runs ('local' or 'slurm'), its Slurm job id and node,
     # whether Slurm may still hold it (submitted, not yet seen ended), and how much of the job's
     # record file (see workbench/db/journal.py) has been applied.

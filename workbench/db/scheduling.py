@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,21 +94,40 @@ def queue_head(store: Store, after: tuple[int, int] | None, limit: int) -> list[
     after the (priority, id) key `after`. Cost: `limit` rows, whatever the queue's length.
     Jobs bound to Slurm are left out: Slurm schedules them (workbench.daemon.executors.slurm)."""
     conn = store.conn
+    now = time.time()  # a job backing off after a failure (not_before) is not yet a candidate
     if after is None:
         rows = conn.execute(
             f"SELECT {_QUEUED_COLUMNS} FROM jobs WHERE state=? AND executor='local'"
-            " ORDER BY priority DESC, id LIMIT ?",
-            (JobState.QUEUED, limit),
+            f" AND {_NOT_BACKING_OFF} ORDER BY priority DESC, id LIMIT ?",
+            (JobState.QUEUED, now, limit),
         ).fetchall()
     else:
         priority, job_id = after
         rows = conn.execute(
             f"SELECT {_QUEUED_COLUMNS} FROM jobs WHERE state=?"
             " AND executor='local' AND (priority < ? OR (priority = ? AND id > ?))"
-            " ORDER BY priority DESC, id LIMIT ?",
-            (JobState.QUEUED, priority, priority, job_id, limit),
+            f" AND {_NOT_BACKING_OFF} ORDER BY priority DESC, id LIMIT ?",
+            (JobState.QUEUED, priority, priority, job_id, now, limit),
         ).fetchall()
     return _queued(conn, rows)
+
+
+_NOT_BACKING_OFF = "(not_before IS NULL OR not_before <= ?)"
+_retry_checked: weakref.WeakKeyDictionary[Store, float] = weakref.WeakKeyDictionary()
+
+
+def retry_due(store: Store, now: float) -> bool:
+    """True if a queued job's back-off (`not_before`, epoch seconds) ended since the last call
+    for this store (so the daemon runs a scheduling pass then, although nothing was written).
+    One lookup in a partial index of the few jobs backing off."""
+    since = _retry_checked.get(store, 0.0)
+    _retry_checked[store] = now
+    row = store.conn.execute(
+        "SELECT 1 FROM jobs WHERE not_before IS NOT NULL AND not_before > ? AND not_before <= ?"
+        " AND state=? LIMIT 1",
+        (since, now, JobState.QUEUED),
+    ).fetchone()
+    return row is not None
 
 
 def queued_with_deps(store: Store, limit: int = 10000) -> list[QueuedJob]:
@@ -119,8 +139,8 @@ def queued_with_deps(store: Store, limit: int = 10000) -> list[QueuedJob]:
     rows = conn.execute(
         f"SELECT {columns} FROM (SELECT DISTINCT job_id FROM job_deps) d"
         " CROSS JOIN jobs j ON j.id = d.job_id WHERE j.state=? AND j.executor='local'"
-        " ORDER BY j.id LIMIT ?",
-        (JobState.QUEUED, limit),
+        " AND (j.not_before IS NULL OR j.not_before <= ?) ORDER BY j.id LIMIT ?",
+        (JobState.QUEUED, time.time(), limit),
     ).fetchall()
     return _queued(conn, rows)
 

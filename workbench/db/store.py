@@ -33,6 +33,7 @@ from workbench.db.connection import (
 )
 from workbench.db.migrations import SCHEMA_VERSION, create_database, migrate
 from workbench.jobmodel.resources import Resources
+from workbench.jobmodel.retry import retry_delay_s
 from workbench.jobmodel.secrets import mask_job_json
 from workbench.jobmodel.states import (
     ACTIVE,
@@ -87,7 +88,11 @@ __all__ = [
 ]
 
 # The tables every client reads or writes: checked on each open.
-QUEUE_TABLES = ("meta", "jobs", "envs", "job_events", "job_deps", "audit", "groups", "pipelines")
+# Left out of a client's check at open (the daemon checks the whole file): per-step training
+# metrics grow large, and no queue command reads or writes them. Every other table is checked,
+# `sqlite_sequence` and the schema included, so a client that reads (`ls`) refuses exactly the
+# damage a client that writes (`submit`) would hit.
+UNCHECKED_AT_OPEN = ("metrics",)
 
 # Short names for modules that compare states; the words themselves live in JobState only.
 QUEUED, STARTING, RUNNING, PAUSED = (
@@ -292,6 +297,7 @@ _SETTABLE = frozenset(
         "pid",
         "pid_start",
         "granted_gpus",
+        "not_before",
         "intent",
         "progress",
         "progress_msg",
@@ -422,9 +428,8 @@ class Store:
 
         `check` runs SQLite's quick_check once on this open, so a damaged file is refused
         (StoreCorrupt, with recovery advice) before anything reads or writes it: True checks
-        the queue's tables (what every client reads and writes), "full" the whole file (the
-        daemon at start). A damaged page elsewhere (metrics, catalog) is still refused when
-        a read reaches it. Raises StoreError (newer schema, unreadable), StoreCorrupt,
+        every table but per-step metrics (UNCHECKED_AT_OPEN), "full" the whole file (the
+        daemon at start). A damaged metrics page is still refused when a read reaches it. Raises StoreError (newer schema, unreadable), StoreCorrupt,
         StoreFull."""
         path = Path(path)
         try:
@@ -443,7 +448,7 @@ class Store:
             raise translated from error
         try:
             if check:
-                quick_check(conn, () if check == "full" else QUEUE_TABLES)
+                quick_check(conn, skip=() if check == "full" else UNCHECKED_AT_OPEN)
             migrate(conn)
         except sqlite3.Error as error:
             conn.close()
@@ -468,6 +473,9 @@ class Store:
     def backup_to(self, target: Path) -> None:
         """A consistent copy of the state file (SQLite's online backup), written atomically."""
         tmp = target.with_name(target.name + ".tmp")
+        # Private from the first byte (it holds job environments), whatever the umask.
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+        os.chmod(tmp, 0o600)
         dest = sqlite3.connect(tmp)
         with dest:
             self.conn.backup(dest)
@@ -887,13 +895,25 @@ class Store:
         only_from: Iterable[JobState] | None,
         columns: dict[str, Any],
     ) -> JobState | None:
-        row = conn.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+        row = conn.execute(
+            "SELECT state, attempt, retries FROM jobs WHERE id=?", (job_id,)
+        ).fetchone()
         if row is None:
             return None
         state = JobState(row[0])
         if only_from is not None and state not in set(only_from):
             return None
         new = next_state(state, event, job_id)
+        if event == Event.REQUEUE and state == FAILED:
+            # An automatic retry after a failure backs off (jobmodel.retry): the scheduler
+            # leaves the job alone until `not_before`, so a job that fails at once cannot spin.
+            attempt, retries = int(row[1]), int(row[2])
+            delay = retry_delay_s(attempt)
+            columns.setdefault("not_before", now + delay)
+            said = f"retrying in {delay:.0f}s (attempt {attempt + 1} of {retries + 1})"
+            reason = f"{said}; {reason}" if reason else said
+        elif event in (Event.RETRY, Event.REQUEUE, Event.UNBLOCK):
+            columns.setdefault("not_before", None)  # by hand, or a launch that never ran: now
         sets = ["state=?", "reason=?"]
         params: list[Any] = [str(new), reason]
         if new in ENDED:

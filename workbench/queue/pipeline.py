@@ -7,7 +7,6 @@ import signal
 import sys
 import threading
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from workbench.queue.kinds import load_kind
 from workbench.queue.requests import build_request
 from workbench.queue.spec import SpecError, check_keys, coerce
 from workbench.units import format_duration
+from workbench.userfiles import UserFileError, read_toml
 
 AFTER_KEYS = {"after": "ok", "after_any": "any", "after_fail": "fail"}
 
@@ -42,15 +42,9 @@ class Pipeline:
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such file") from None
-    except OSError as error:
-        raise SpecError(f"{path}: {error.strerror}") from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise SpecError(f"{path}: not valid TOML: {error}") from None
+        return read_toml(path)
+    except UserFileError as error:
+        raise SpecError(str(error)) from None
 
 
 def _stage_order(stages: dict[str, tuple[tuple[str, str], ...]], path: Path) -> list[str]:
@@ -241,7 +235,10 @@ class _Reporter:
                 self.emit({"type": "state", **line})
                 if self.progress is None and not self.json_mode:
                     quiet = job.state in (RUNNING, SUCCEEDED)
-                    reason = f" ({job.reason})" if job.reason and not quiet else ""
+                    said = (job.reason or "").strip()
+                    # A reason that only repeats the state ("starting (starting)") says nothing.
+                    repeats = said.lower().rstrip(".") == str(job.state).lower()
+                    reason = f" ({said})" if said and not quiet and not repeats else ""
                     print(
                         f"[{job.stage}] job {job.id} {job.state}{reason}", file=self.err, flush=True
                     )
@@ -315,6 +312,17 @@ def sweep_results(
     return results
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (from `timeout`, a CI runner, `kill`) while a batch runs: handled as Ctrl-C is
+    (the batch cancels its stages), but the exit code is 143 (128 + SIGTERM), not 130."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def _excused(jobs: list[Job], sweeps: list[dict[str, Any]]) -> set[int]:
     """Failed sweep points of a sweep that still has a best point: recorded, not fatal."""
     return {point["job"] for s in sweeps if s["best_job"] is not None for point in s["failed"]}
@@ -322,8 +330,9 @@ def _excused(jobs: list[Job], sweeps: list[dict[str, Any]]) -> set[int]:
 
 def _submit_holding_ctrl_c(
     submit: Callable[[Pipeline], tuple[int, list[int]]], pipeline: Pipeline
-) -> tuple[int, list[int], bool]:
-    """Submit with Ctrl-C held back, and say whether one came meanwhile.
+) -> tuple[int, list[int], type[KeyboardInterrupt] | None]:
+    """Submit with Ctrl-C and SIGTERM held back, and say which came meanwhile (the exception
+    to raise once the jobs are known), if any.
 
     The daemon may start a stage before the submit call returns; a Ctrl-C in that window
     must still cancel what was queued rather than leave it running with no one watching.
@@ -331,14 +340,20 @@ def _submit_holding_ctrl_c(
     """
     if threading.current_thread() is not threading.main_thread():
         pipeline_id, ids = submit(pipeline)
-        return pipeline_id, ids, False
+        return pipeline_id, ids, None
     caught: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    previous_term = signal.signal(signal.SIGTERM, lambda signum, _frame: caught.append(signum))
     try:
         pipeline_id, ids = submit(pipeline)
     finally:
         signal.signal(signal.SIGINT, previous)
-    return pipeline_id, ids, bool(caught)
+        signal.signal(signal.SIGTERM, previous_term)
+    if signal.SIGTERM in caught:
+        raise_after: type[KeyboardInterrupt] | None = Terminated
+    else:
+        raise_after = KeyboardInterrupt if caught else None
+    return pipeline_id, ids, raise_after
 
 
 def run_pipeline(
@@ -354,10 +369,31 @@ def run_pipeline(
 ) -> int:
     """Submit the stages, follow them to the end, print the summary; 0 iff all succeeded.
 
-    Ctrl-C cancels the jobs this run started and waits for them to stop.
+    Ctrl-C or SIGTERM cancels the jobs this run started and waits for them to stop; the result
+    is then 130 (Ctrl-C) or 143 (SIGTERM), as a shell reports a command those signals ended.
     """
+    on_main = threading.current_thread() is threading.main_thread()
+    previous_term = signal.signal(signal.SIGTERM, _raise_terminated) if on_main else None
+    try:
+        return _run_pipeline(pipeline, submit, poll, cancel, json_mode, out, err, interval_s, store)
+    finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
+
+
+def _run_pipeline(
+    pipeline: Pipeline,
+    submit: Callable[[Pipeline], tuple[int, list[int]]],
+    poll: Callable[[list[int]], list[Job]],
+    cancel: Callable[[int], None],
+    json_mode: bool,
+    out: IO[str],
+    err: IO[str],
+    interval_s: float,
+    store: Store | None,
+) -> int:
     pipeline_id, ids, held = _submit_holding_ctrl_c(submit, pipeline)
-    interrupted = False
+    interrupted: KeyboardInterrupt | None = None
     with _Reporter(json_mode, out, err) as reporter:
 
         def follow() -> None:
@@ -372,11 +408,11 @@ def run_pipeline(
             reporter.emit(
                 {"type": "pipeline", "pipeline": pipeline.name, "id": pipeline_id, "jobs": ids}
             )
-            if held:
-                raise KeyboardInterrupt
+            if held is not None:
+                raise held
             follow()
-        except KeyboardInterrupt:
-            interrupted = True
+        except KeyboardInterrupt as signalled:
+            interrupted = signalled
             print("interrupted: cancelling this pipeline's jobs", file=err, flush=True)
             for job in poll(ids):
                 if job.state not in ENDED:
@@ -388,7 +424,7 @@ def run_pipeline(
     jobs = poll(ids)
     sweeps = sweep_results(pipeline, pipeline_id, store, jobs) if store is not None else []
     excused = _excused(jobs, sweeps)
-    ok = all(j.state == SUCCEEDED or j.id in excused for j in jobs) and not interrupted
+    ok = all(j.state == SUCCEEDED or j.id in excused for j in jobs) and interrupted is None
     if json_mode:
         summary = {
             "type": "summary",
@@ -412,4 +448,6 @@ def run_pipeline(
             for p in s["failed"]
         ]
         print(summary_table(pipeline.name, jobs, notes), file=out, flush=True)
+    if interrupted is not None:
+        return int(getattr(interrupted, "exit_code", 130))
     return 0 if ok else 1

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from workbench.db.store import JobRequest
 from workbench.jobmodel.resources import Resources
+from workbench.jobmodel.retry import MAX_RETRIES
 from workbench.queue.kinds import kind_defaults, load_kind, validate_spec
 from workbench.queue.spec import SpecError, check_keys, from_table
 from workbench.units import parse_duration, parse_size
@@ -84,6 +85,11 @@ def build_request(
     _check_number(cpus, "cpus", where)
     if options.retries < 0:
         raise SpecError(f"{where}: key 'retries': must not be negative")
+    if options.retries > MAX_RETRIES:
+        raise SpecError(
+            f"{where}: key 'retries': at most {MAX_RETRIES} automatic retries"
+            f" (got {options.retries})"
+        )
     captured_env = dict(os.environ if env is None else env)
     cwd = str(base_dir)
     argv = None

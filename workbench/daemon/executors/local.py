@@ -20,6 +20,7 @@ from workbench.daemon.executors import Ended, Handle, Launch, LaunchError
 from workbench.daemon.executors import containment as cg
 from workbench.daemon.executors.launcher import read_frame, write_frame
 from workbench.daemon.logs import RESERVE_SUFFIX, ROTATED_SUFFIX, RotatingLog
+from workbench.paths import job_umask
 
 CANCEL_FILE = "cancel"  # the grace in seconds for a cancel the daemon asked for (SIGUSR1)
 _CHUNK = 65536
@@ -391,6 +392,7 @@ def _spawn_job(launch: Launch, write_fd: int, log: RotatingLog) -> int | None:
     if program is None:
         _start_failed(launch, log, f"cannot start {launch.argv[0]!r}: command not found")
         return None
+    previous_umask = os.umask(job_umask(launch.env))  # the job's files: the user's umask
     try:
         return os.posix_spawn(
             program,
@@ -408,6 +410,8 @@ def _spawn_job(launch: Launch, write_fd: int, log: RotatingLog) -> int | None:
     except OSError as error:
         _start_failed(launch, log, f"cannot start {launch.argv[0]!r}: {error.strerror}")
         return None
+    finally:
+        os.umask(previous_umask)
 
 
 def _start_failed(launch: Launch, log: RotatingLog, message: str) -> None:
