@@ -211,6 +211,12 @@ MIGRATIONS: dict[int, str] = {
     UPDATE jobs SET env_id = (SELECT id FROM envs WHERE envs.env = jobs.env), env = '{}';
     CREATE INDEX jobs_env ON jobs(env_id);
     """,
+    # GPU pooling: a job may ask for one MIG instance of a profile ("1g.10gb") instead of GPUs,
+    # and may opt out of preemption (never chosen to give borrowed GPUs back).
+    13: """
+    ALTER TABLE jobs ADD COLUMN mig_profile TEXT;
+    ALTER TABLE jobs ADD COLUMN preemptible INTEGER NOT NULL DEFAULT 1;
+    """,
     # Executors (60-69): where each job runs ('local' or 'slurm'), its Slurm job id and node,
     # whether Slurm may still hold it (submitted, not yet seen ended), and how much of the job's
     # record file (see workbench/db/journal.py) has been applied.

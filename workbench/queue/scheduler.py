@@ -8,6 +8,7 @@ import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from workbench.jobmodel.resources import OVER_RESERVATION
 from workbench.jobmodel.states import SETTLED
 from workbench.jobmodel.states import JobState as S
 from workbench.units import format_size
@@ -701,8 +702,7 @@ def _exceeding(running: Sequence[Holding], res: Resources, settings: Settings) -
         declared = _declared_bytes(h.gpus, h.gpu_mem, slot)
         if h.gpu_mem_seen > declared:
             reason = (
-                f"uses {_gib(h.gpu_mem_seen)} of GPU memory, over its reservation of"
-                f" {_gib(declared)}"
+                f"uses {_gib(h.gpu_mem_seen)} of GPU memory, {OVER_RESERVATION} of {_gib(declared)}"
             )
             found.append(Exceeds(h.id, reason, settings.strict))
     return found
