@@ -1186,3 +1186,36 @@ def test_a_job_that_opts_out_of_preemption_keeps_its_borrowed_gpu(
     client.control(vision, "cancel")
     client.control(kept, "cancel")
     wait_state(client, kept, "cancelled", timeout=30)
+
+
+def test_a_restarted_daemon_keeps_an_adopted_jobs_mig_instance_and_opt_out(
+    client: Client, home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import signal
+
+    from workbench.daemon.client import ensure_daemon
+    from workbench.daemon.link import lock_holder
+
+    fake_machine(
+        tmp_path,
+        monkeypatch,
+        [{"mig": True, "mig_instances": [{"profile": "1g.10gb", "memory_total": 10 * GiB}]}],
+    )
+    home.config.write_text("[groups.vision]\nquota = 1\n\n[groups.sweep]\nquota = 0\n")
+    held = submit_command(
+        client, tmp_path, ["sleep", "600"], gpus="1g.10gb", group="sweep", preemptible=False
+    )
+    wait_state(client, held, "running")
+    os.kill(lock_holder(home) or 0, signal.SIGKILL)
+    wait_for(lambda: not lock_holder(home), what="the daemon to die")
+    ensure_daemon(home)
+    second = submit_command(client, tmp_path, ["true"], gpus="1g.10gb", group="vision")
+    client.nudge()
+    expected = f"needs a MIG 1g.10gb instance; all 1 are in use (job {held})"
+    wait_for(lambda: client.store.get(second).reason == expected, what="the MIG in-use reason")
+    assert client.store.get(held).state == "running"
+    assert not [e for e in client.store.events(held) if e.event == "preempt"]
+    client.control(second, "cancel")
+    client.control(held, "cancel")
+    wait_state(client, held, "cancelled", timeout=30)

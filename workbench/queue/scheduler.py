@@ -508,7 +508,7 @@ class _Ledger:
             busy = sorted({self.mig_used[m.uuid] for m in same if m.uuid in self.mig_used})
             total = len(same)
             return f"needs a MIG {want.mig_profile} instance; all {total} are in use" + (
-                f" (jobs {_listing(busy)})" if busy else ""
+                f" ({'job' if len(busy) == 1 else 'jobs'} {_listing(busy)})" if busy else ""
             )
         held = sorted(
             {(i, j) for i, (_, j) in self.held_for.items() if self.slots[i].healthy},
