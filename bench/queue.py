@@ -231,20 +231,18 @@ def bench_tsp(tsp: str, runs: int, jobs: int) -> dict[str, str]:
     """task-spooler at its limit: one blocking job and about 990 queued behind it (its client
     blocks once some 994 jobs are queued)."""
     out: dict[str, str] = {}
-    sock = Path(tempfile.mkdtemp(prefix="tsp-")) / "socket"
-    env = {
-        **os.environ,
-        "TS_SOCKET": str(sock),
-        "TS_MAXFINISHED": "2000",
-        "TMPDIR": str(sock.parent),
-    }
+    folder = Path(tempfile.mkdtemp(prefix="tsp-"))
+    env = {**os.environ, "TS_MAXFINISHED": "2000", "TMPDIR": str(folder)}
+
+    def use_server(name: str) -> None:  # a fresh server per phase (a killed one lingers)
+        env["TS_SOCKET"] = str(folder / name)
 
     def tsp_run(*args: str) -> str:
-        return subprocess.run(
-            [tsp, *args], env=env, capture_output=True, text=True, check=True
-        ).stdout
+        done = subprocess.run([tsp, *args], env=env, capture_output=True, text=True, check=True)
+        return done.stdout
 
     try:
+        use_server("full")
         tsp_run("-S", "1")
         tsp_run("sleep", "1000")
         for _ in range(990 - runs):
@@ -252,6 +250,7 @@ def bench_tsp(tsp: str, runs: int, jobs: int) -> dict[str, str]:
         out["submit"] = spread([wall([tsp, "true"], env) for _ in range(runs)])
         out["ls"] = spread([wall([tsp, "-l"], env) for _ in range(3)])
         tsp_run("-K")
+        use_server("rate")
         tsp_run("-S", "8")
         start = time.perf_counter()
         for _ in range(jobs):
@@ -261,7 +260,7 @@ def bench_tsp(tsp: str, runs: int, jobs: int) -> dict[str, str]:
         )
         out["rate"] = f"{jobs / (time.perf_counter() - start):.0f} jobs/s (incl. {jobs} CLI calls)"
         delays = []
-        stamp = sock.parent / "stamp"
+        stamp = folder / "stamp"
         for _ in range(runs):
             tsp_run("sh", "-c", f"date +%s.%N > {stamp}")
             returned = time.time()
@@ -271,7 +270,7 @@ def bench_tsp(tsp: str, runs: int, jobs: int) -> dict[str, str]:
         out["start"] = spread(delays)
     finally:
         subprocess.run([tsp, "-K"], env=env, capture_output=True)
-        shutil.rmtree(sock.parent, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
     return out
 
 
@@ -400,9 +399,14 @@ def main() -> None:
     args = parser.parse_args()
     sizes = (200, 2000) if args.quick else (200, 5000, 20000)
     runs, seconds, jobs = (5, 3.0, 100) if args.quick else (10, 10.0, 400)
-    results = {held: bench_size(held, runs, seconds, jobs) for held in sizes}
+    load_at_start = os.getloadavg()[0]
     tsp = tsp_available()
     base = bench_tsp(tsp, runs, jobs) if tsp else None
+    print("task-spooler:", base, flush=True)
+    results = {}
+    for held in sizes:
+        results[held] = bench_size(held, runs, seconds, jobs)
+        print(f"{held} held:", results[held], flush=True)
     first, last = sizes[0], sizes[-1]
     headers = ["measure", *[f"{n:,} held" for n in sizes], "baseline (same run)"]
 
@@ -441,7 +445,11 @@ def main() -> None:
             f"{flat:.2f}x (goal <= 1.2x)",
         ]
     )
-    text = table(headers, rows)
+    text = (
+        f"Load average (1 min) {load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} after"
+        f" the sizes, on {os.cpu_count()} cores: absolute times move with the load; compare each"
+        " figure with the baseline measured beside it in the same run.\n\n"
+    ) + table(headers, rows)
     drain = bench_drain(jobs // 2)
     text += "\n\n" + table(["draining", "rates", "", "ratio"], drain)
     faults = reliability(100 if args.quick else 200)

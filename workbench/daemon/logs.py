@@ -249,6 +249,7 @@ class LogFollower:
             yield data
 
     def close(self) -> None:
+        """Close the file being followed."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

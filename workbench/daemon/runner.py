@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 EXIT_FILE = "exit.json"
 WRAPPER_FILE = "wrapper.json"  # {"token", "pid", "start_time"}: written by the wrapper first
 LOG_FILE = "log"
@@ -36,6 +34,7 @@ class ExitStatus:
 
     @property
     def ok(self) -> bool:
+        """Exited with code 0."""
         return self.exit_code == 0
 
     def describe(self) -> str:
@@ -56,6 +55,7 @@ class ExitStatus:
         return self.exit_code if self.exit_code is not None else 1
 
     def to_json(self) -> dict[str, Any]:
+        """The record exit.json holds (plus the launch token, added by `write_exit`)."""
         return {
             "exit_code": self.exit_code,
             "signal": self.signal,
@@ -124,6 +124,7 @@ class WrapperRecord:
 
 
 def write_wrapper(run_dir: Path, record: WrapperRecord) -> None:
+    """Write `wrapper.json` atomically (raises OSError when it cannot)."""
     write_json_atomic(
         run_dir / WRAPPER_FILE,
         {"token": record.token, "pid": record.pid, "start_time": record.start_time},
@@ -149,8 +150,13 @@ def read_failure(run_dir: Path) -> str | None:
 
 
 def _boot_time() -> float:
+    """When the system booted (`btime` in /proc/stat, as psutil reads it), cached."""
     if not _BOOT_TIME:
-        _BOOT_TIME.append(psutil.boot_time())
+        with open("/proc/stat", "rb") as stat:
+            for line in stat:
+                if line.startswith(b"btime"):
+                    _BOOT_TIME.append(float(line.split()[1]))
+                    break
     return _BOOT_TIME[0]
 
 

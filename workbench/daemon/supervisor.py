@@ -28,8 +28,7 @@ from workbench.daemon.executors.local import LocalExecutor
 from workbench.daemon.executors.slurm import SlurmExecutor
 from workbench.db import executors as placement_db
 from workbench.db import scheduling as db
-from workbench.db.connection import DatabaseError
-from workbench.db.store import Job, Store, StoreError
+from workbench.db.store import Job, Store
 from workbench.jobmodel.states import LIVE, Event, JobState
 from workbench.paths import Home
 from workbench.queue import scheduler
@@ -48,7 +47,7 @@ DEBUG_LAUNCH_DELAY_ENV = (
 _RETRY_S = 1.0  # how soon a write that failed (disk full, busy) is tried again
 _STOP_BACKSTOP_S = 5.0  # after the kill grace, the daemon itself kills what a cancel left
 _CREDENTIALS = struct.Struct("iII")  # struct ucred: pid, uid, gid
-_WRITE_ERRORS = (DatabaseError, OSError, StoreError)  # a write that may work when retried
+_WRITE_ERRORS = db.RETRYABLE_ERRORS  # a write that may work when retried
 
 
 class DaemonError(RuntimeError):
@@ -153,6 +152,8 @@ class Daemon:
         self._sock = sock
 
     def start(self) -> None:
+        """Take the lock, open the store, adopt what a previous daemon left, then say ready.
+        Raises DaemonError when another daemon holds the lock, StoreError for a bad store."""
         self.home.ensure()
         self._take_lock()
         if self._given_executor is None:
@@ -370,8 +371,9 @@ class Daemon:
                     self._cancel(tracked, now)
             elif intent.intent == "pause" and intent.state == JobState.RUNNING:
                 self.executor.signal(tracked.handle, signal.SIGSTOP)
+                why = "paused"
                 self.store.transition(
-                    intent.job_id, Event.PAUSE, "paused", only_from=[JobState.RUNNING], intent=None
+                    intent.job_id, Event.PAUSE, why, only_from=[JobState.RUNNING], intent=None
                 )
             elif intent.intent == "resume" and intent.state == JobState.PAUSED:
                 self.executor.signal(tracked.handle, signal.SIGCONT)
@@ -752,6 +754,7 @@ class Daemon:
         return max(0.0, wait)
 
     def run(self) -> None:
+        """Start, then loop until SIGTERM/SIGINT/SIGHUP; jobs keep running after it returns."""
         self.start()
         try:
             self._guarded(self._pass)

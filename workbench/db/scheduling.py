@@ -11,8 +11,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from workbench.db.store import Job, Store
+from workbench.db.store import Job, Store, StoreError
 from workbench.jobmodel.states import Event, JobState
+
+# What a failed store operation may raise that a retry can cure (a full disk, a long lock):
+# the daemon keeps the outcome and tries again.
+RETRYABLE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, OSError, StoreError)
 
 # Additive indexes for the daemon's queries (idempotent; created when the daemon starts):
 # the queue in scheduling order, and the few jobs with a pending intent.

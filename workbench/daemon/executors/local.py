@@ -43,6 +43,7 @@ class LocalExecutor:
         self._launcher: subprocess.Popen[bytes] | None = None
 
     def describe(self) -> str:
+        """One line: the executor and the containment in use (and why, for a fallback)."""
         return f"local executor, containment: {self.containment}"
 
     def _cgroup(self, token: str) -> Path | None:
@@ -135,7 +136,11 @@ class LocalExecutor:
         return self._launcher
 
     def close(self) -> None:
-        """Stop the launcher (running jobs are not affected)."""
+        """Stop the launcher and remove this home's empty job cgroups (running jobs are not
+        affected: their cgroups are not empty)."""
+        if self.cgroup_root is not None:
+            cg.remove_empty_cgroups(self.cgroup_root, keep=set())
+            cg.remove_cgroup(self.cgroup_root)
         launcher, self._launcher = self._launcher, None
         if launcher is None:
             return
@@ -149,15 +154,19 @@ class LocalExecutor:
             launcher.wait()
 
     def find(self, token: str, run_dir: Path) -> Handle | None:
+        """The attempt whose `wrapper.json` carries `token` (see the protocol; certain because
+        the wrapper records itself before it releases the daemon's lock)."""
         record = runner.read_wrapper(run_dir)
         if record is None or record.token != token:
             return None
         return Handle(token, run_dir, record.pid, record.start_time)
 
     def adopt(self, handle: Handle) -> bool:
+        """True if the wrapper is alive and is the same process (pid and start time)."""
         return handle.pid is not None and runner.same_process(handle.pid, handle.start_time)
 
     def watch_fd(self, handle: Handle) -> int | None:
+        """A pidfd of the wrapper (readable once it exits); None if it is already gone."""
         if handle.pid is None:
             return None
         try:
@@ -195,7 +204,8 @@ class LocalExecutor:
             if not over:
                 continue
             status = runner.read_exit(handle.run_dir, handle.token)
-            if status is not None:  # the wrapper removed its cgroup itself
+            if status is not None:
+                self._cleanup(handle)  # the wrapper left it by exiting (moving costs more)
                 ended.append(Ended(handle, status))
                 continue
             how = "ended"
@@ -236,6 +246,7 @@ class LocalExecutor:
         return sorted(pids)
 
     def signal(self, handle: Handle, sig: int) -> int:
+        """`sig` to every process of the job (see `job_pids`); how many got it."""
         return cg.signal_each(self.job_pids(handle), sig)
 
     def cancel(self, handle: Handle, grace_s: float) -> None:
@@ -255,6 +266,8 @@ class LocalExecutor:
             self.stop_all(handle)
 
     def stop_all(self, handle: Handle) -> int:
+        """SIGKILL the whole job (cgroup.kill where there is one) and its wrapper; returns how
+        many job processes were found."""
         pids = self.job_pids(handle)
         cgroup_dir = self._cgroup(handle.token)
         if cgroup_dir is not None:
@@ -265,6 +278,7 @@ class LocalExecutor:
         return len(pids)
 
     def log_path(self, handle: Handle) -> Path:
+        """`runs/<id>/log` (rotated to `log.1`)."""
         return handle.run_dir / runner.LOG_FILE
 
 
@@ -447,7 +461,6 @@ def _wrapper_main(launch: Launch, cgroup_dir: Path | None) -> int:
     log = RotatingLog(launch.run_dir / runner.LOG_FILE, launch.log_cap_bytes)
     if launch.header:
         log.write(f"[workbench] {launch.header}\n".encode())
-    origin = cg.own_cgroup()
     if cgroup_dir is not None:
         try:  # the wrapper joins first, so the job and everything it starts are inside
             (cgroup_dir / "cgroup.procs").write_text(str(os.getpid()))
@@ -459,7 +472,6 @@ def _wrapper_main(launch: Launch, cgroup_dir: Path | None) -> int:
     if child is None:
         os.close(read_fd)
         log.close()
-        _leave_cgroup(cgroup_dir, origin)
         _record_end(launch, runner.ExitStatus(127, None, time.time()))
         return 0
     _main_child[0] = child
@@ -540,7 +552,6 @@ def _wrapper_main(launch: Launch, cgroup_dir: Path | None) -> int:
     status = runner.ExitStatus(
         ended.exit_code, ended.signal, ended.ended_at, cpu_s, peak, len(leftovers)
     )
-    _leave_cgroup(cgroup_dir, origin, remove=not launch.keep_leftovers)
     _record_end(launch, status)
     return 0
 
@@ -554,20 +565,6 @@ def _record_end(launch: Launch, status: runner.ExitStatus) -> None:
             return
         except OSError:
             time.sleep(_FULL_DISK_RETRY_S)
-
-
-def _leave_cgroup(cgroup_dir: Path | None, origin: str | None, remove: bool = True) -> None:
-    """Move the wrapper back to the cgroup it came from and remove the job's (when empty)."""
-    if cgroup_dir is None or origin is None:
-        return
-    mount = cg.cgroup2_mount()
-    if mount is not None:
-        try:
-            (mount / origin.lstrip("/") / "cgroup.procs").write_text(str(os.getpid()))
-        except OSError:
-            return
-    if remove:
-        cg.remove_cgroup(cgroup_dir)
 
 
 def _kill_all(cgroup_dir: Path | None, job_pids: Callable[[], list[int]]) -> None:
