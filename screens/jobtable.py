@@ -15,7 +15,7 @@ from textual.widget import Widget
 
 from screens.widgets import state_style
 from workbench.db.store import Job
-from workbench.present import job_progress, job_resources
+from workbench.present import job_progress, job_resources, shown_reason
 
 # (column, justify). Shown in this order; dropped in DROP_ORDER when the width is short.
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -52,7 +52,7 @@ def short_age(seconds: float) -> str:
 
 def cell_texts(job: Job, now: float) -> dict[str, str]:
     """Each column's plain text for one job (`age` from `created_at` to `now`)."""
-    reason = job.reason if job.state not in ("running", "succeeded") else ""
+    reason = shown_reason(job)
     return {
         "id": str(job.id),
         "name": job.name,

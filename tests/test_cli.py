@@ -134,6 +134,48 @@ def test_help_documents_states_and_exit_codes() -> None:
     assert "blocked" in out and "Exit codes" in out
 
 
+def test_mig_profile_and_no_preempt_are_stored_and_shown(home: Home, tmp_path: Path) -> None:
+    done = workbench(
+        "submit", "--paused", "--gpus", "1g.10gb", "--no-preempt", "--json", "--", "true"
+    )
+    assert done.returncode == 0, done.stderr
+    job = json.loads(done.stdout)
+    assert job["resources"]["mig_profile"] == "1g.10gb" and job["resources"]["gpus"] == 0
+    assert job["preemptible"] is False
+    text = workbench("show", str(job["id"])).stdout
+    assert "mig 1g.10gb" in text and "preempt:   no" in text
+    spec = tmp_path / "job.toml"
+    spec.write_text('kind = "command"\nargv = ["true"]\ngpus = "3g.40gb"\npreemptible = false\n')
+    shown = json.loads(workbench("submit", "--paused", "--spec", str(spec), "--json").stdout)
+    assert shown["resources"]["mig_profile"] == "3g.40gb" and shown["preemptible"] is False
+    plain = json.loads(
+        workbench("submit", "--paused", "--gpus", "0.5", "--json", "--", "true").stdout
+    )
+    assert plain["resources"]["mig_profile"] is None and plain["preemptible"] is True
+    assert "preempt:" not in workbench("show", str(plain["id"])).stdout
+
+
+def test_an_unknown_gpus_form_exits_2_naming_the_flag_or_key(home: Home, tmp_path: Path) -> None:
+    for value in ("2g", "1g.10", "big", "1.5", "-1", "nan"):
+        done = workbench("submit", "--gpus", value, "--", "true")
+        assert done.returncode == 2, value
+        assert "--gpus" in done.stderr and "Traceback" not in done.stderr
+    spec = tmp_path / "job.toml"
+    spec.write_text('kind = "command"\nargv = ["true"]\ngpus = "8g.1tb"\n')
+    done = workbench("submit", "--spec", str(spec))
+    assert done.returncode == 2 and f"{spec}: key 'gpus'" in done.stderr
+    assert "MIG profile such as 1g.10gb" in done.stderr
+    spec.write_text('kind = "command"\nargv = ["true"]\npreemptible = "no"\n')
+    done = workbench("submit", "--spec", str(spec))
+    assert done.returncode == 2 and "preemptible" in done.stderr
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text('[[stage]]\nname = "odd"\nkind = "command"\nargv = ["true"]\ngpus = "x1"\n')
+    done = workbench("--batch", str(pipeline))
+    assert done.returncode == 2 and "stage 'odd'" in done.stderr and "'gpus'" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert json.loads(workbench("ls", "--all", "--json").stdout or "[]") == []
+
+
 # Allocates about 50 MiB (written, so the pages are resident) and burns about 0.3 s of CPU.
 USING_SCRIPT = (
     "import time\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -356,6 +357,10 @@ OTHERS_BOX = Resources(
     cpus=8,
 )
 QUOTAS = Settings(quotas={"vision": 1, "sweep": 1})
+EIGHT_ONE_MIG = Resources(
+    gpus=(MIG_BOX.gpus[0], *(GpuSlot(i, 80 * GiB) for i in range(1, 8))),
+    cpus=64,
+)
 
 
 @dataclass(frozen=True)
@@ -810,6 +815,24 @@ PLACEMENT = [
         },
     ),
     Case(
+        "a MIG profile on a machine without MIG waits, saying none exists",
+        [Want(1, mig_profile="1g.10gb")],
+        [],
+        BOX,
+        {1: Wait(1, "needs a MIG 1g.10gb instance; this machine has none")},
+    ),
+    Case(
+        "on 8 GPUs with MIG on one, a MIG job gets an instance and whole jobs the other seven",
+        [Want(1, mig_profile="3g.40gb"), Want(2, gpus=4), Want(3, gpus=4)],
+        [],
+        EIGHT_ONE_MIG,
+        {
+            1: Start(1, (0,), ("MIG-c",)),
+            2: Start(2, (1, 2, 3, 4)),
+            3: Wait(3, "waiting for 4 GPU (3 of 7 free)"),
+        },
+    ),
+    Case(
         "whole and fractional jobs never get a GPU split into MIG instances",
         [Want(1, gpus=1), Want(2, gpus=0.5), Want(3, gpus=2)],
         [],
@@ -1093,5 +1116,106 @@ def test_a_job_over_its_gpu_memory_reservation_is_reported_and_stopped_when_stri
         wait_for(lambda: client.store.get(job_id).reason == over, what="the over-reservation")
         shown = json.loads(workbench("show", str(job_id), "--json").stdout)
         assert shown["state"] == "running" and shown["reason"] == over
+        # A running job's reason is hidden in listings, except this one: ls and the Queue screen.
+        assert over in workbench("ls").stdout
+        from screens.jobtable import cell_texts
+
+        assert cell_texts(client.store.get(job_id), time.time())["reason"] == over
         client.control(job_id, "cancel")
         wait_state(client, job_id, "cancelled", timeout=30)
+
+
+def test_a_mig_profile_job_runs_on_an_instance_named_by_its_uuid(
+    client: Client, home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mig_uuid = "MIG-5e1f0000-0000-4000-8000-000000000001"
+    fake_machine(
+        tmp_path,
+        monkeypatch,
+        [
+            {
+                "name": "NVIDIA A100-SXM4-80GB",
+                "mig": True,
+                "mig_instances": [
+                    {"profile": "1g.10gb", "memory_total": 10 * GiB, "uuid": mig_uuid},
+                    {"profile": "3g.40gb", "memory_total": 40 * GiB},
+                ],
+            },
+            {"memory_total": 80 * GiB},
+        ],
+    )
+    show = ["sh", "-c", 'echo "visible=$CUDA_VISIBLE_DEVICES"']
+    done = workbench("submit", "--gpus", "1g.10gb", "--wait", "--json", "--", *show)
+    assert done.returncode == 0, done.stderr
+    job = json.loads(done.stdout)
+    job_id = job["id"]
+    assert job["resources"]["mig_profile"] == "1g.10gb"
+    assert (home.run_dir(job_id) / "log").read_text().strip() == f"visible={mig_uuid}"
+    # A profile no GPU is split into waits, saying so in words, in `ls` and `show`.
+    lacking = submit_command(client, tmp_path, ["true"], gpus="2g.20gb")
+    expected = (
+        "needs a MIG 2g.20gb instance; this machine has none"
+        " (MIG instances: 1g.10gb on GPU 0, 3g.40gb on GPU 0)"
+    )
+    client.nudge()
+    wait_for(lambda: client.store.get(lacking).reason == expected, what="the MIG wait reason")
+    assert expected[:40] in workbench("ls").stdout
+    assert "mig 2g.20gb" in workbench("show", str(lacking)).stdout
+    client.control(lacking, "cancel")
+
+
+def test_a_job_that_opts_out_of_preemption_keeps_its_borrowed_gpu(
+    client: Client, home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_machine(tmp_path, monkeypatch, [{}])
+    home.config.write_text("[groups.vision]\nquota = 1\n\n[groups.sweep]\nquota = 0\n")
+    result = workbench(
+        "submit", "--group", "sweep", "--gpus", "1", "--no-preempt", "--", "sleep", "600"
+    )
+    assert result.returncode == 0, result.stderr
+    kept = int(result.stdout)
+    wait_state(client, kept, "running")
+    vision = submit_command(client, tmp_path, ["true"], gpus=1, group="vision")
+    client.nudge()
+    wait_for(
+        lambda: client.store.get(vision).reason == "waiting for 1 GPU (0 of 1 free)",
+        what="the quota job's wait reason",
+    )
+    assert client.store.get(kept).state == "running"
+    assert not [e for e in client.store.events(kept) if e.event == "preempt"]
+    client.control(vision, "cancel")
+    client.control(kept, "cancel")
+    wait_state(client, kept, "cancelled", timeout=30)
+
+
+def test_a_restarted_daemon_keeps_an_adopted_jobs_mig_instance_and_opt_out(
+    client: Client, home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import signal
+
+    from workbench.daemon.client import ensure_daemon
+    from workbench.daemon.link import lock_holder
+
+    fake_machine(
+        tmp_path,
+        monkeypatch,
+        [{"mig": True, "mig_instances": [{"profile": "1g.10gb", "memory_total": 10 * GiB}]}],
+    )
+    home.config.write_text("[groups.vision]\nquota = 1\n\n[groups.sweep]\nquota = 0\n")
+    held = submit_command(
+        client, tmp_path, ["sleep", "600"], gpus="1g.10gb", group="sweep", preemptible=False
+    )
+    wait_state(client, held, "running")
+    os.kill(lock_holder(home) or 0, signal.SIGKILL)
+    wait_for(lambda: not lock_holder(home), what="the daemon to die")
+    ensure_daemon(home)
+    second = submit_command(client, tmp_path, ["true"], gpus="1g.10gb", group="vision")
+    client.nudge()
+    expected = f"needs a MIG 1g.10gb instance; all 1 are in use (job {held})"
+    wait_for(lambda: client.store.get(second).reason == expected, what="the MIG in-use reason")
+    assert client.store.get(held).state == "running"
+    assert not [e for e in client.store.events(held) if e.event == "preempt"]
+    client.control(second, "cancel")
+    client.control(held, "cancel")
+    wait_state(client, held, "cancelled", timeout=30)

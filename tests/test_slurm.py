@@ -98,6 +98,7 @@ def test_spec_maps_to_sbatch_options(
         ({"gpus": 0.5}, ClusterInfo(shards_per_gpu=None), "gpus"),
         ({"gpus": 1.5}, SHARDS, "gpus"),
         ({"priority": 1}, SHARDS, "priority"),
+        ({"mig_profile": "1g.10gb"}, SHARDS, "gpus"),
     ],
 )
 def test_unmappable_requests_are_refused_naming_the_field(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.db.store import Job
+from workbench.jobmodel.resources import OVER_RESERVATION
 from workbench.jobmodel.secrets import mask_env
 from workbench.jobmodel.states import ENDED, JobState
 from workbench.units import format_duration, format_size
@@ -29,6 +30,9 @@ STATE_STYLES: dict[str, str] = {
 def job_resources(job: Job) -> str:
     """`gpu 1[0] vram 8.0 GiB cpu 2 mem 4.0 GiB`: asked, with the GPUs granted in brackets."""
     parts = []
+    if job.resources.mig_profile:
+        granted = f"[{','.join(map(str, job.granted_gpus))}]" if job.granted_gpus else ""
+        parts.append(f"mig {job.resources.mig_profile}{granted}")
     if job.gpus:
         granted = f"[{','.join(map(str, job.granted_gpus))}]" if job.granted_gpus else ""
         parts.append(f"gpu {job.gpus:g}{granted}")
@@ -39,6 +43,17 @@ def job_resources(job: Job) -> str:
     if job.mem:
         parts.append(f"mem {format_size(job.mem)}")
     return " ".join(parts) or "-"
+
+
+def shown_reason(job: Job) -> str:
+    """The reason a listing shows: why a job waits or ended; for a running job only a problem
+    it has now (using more GPU memory than it reserved), not how it started."""
+    reason = job.reason or ""
+    if job.state == JobState.SUCCEEDED:
+        return ""
+    if job.state in (JobState.RUNNING, JobState.STARTING):
+        return reason if OVER_RESERVATION in reason else ""
+    return reason
 
 
 def granted_text(job: Job) -> str:
@@ -181,6 +196,8 @@ def job_details(
             f"group {job.group}, priority {job.priority}, attempt {job.attempt} of {job.retries + 1}",
         )
     )
+    if not job.preemptible:
+        lines.append(("preempt", "no: never preempted to give borrowed GPUs back"))
     if job.deps:
         lines.append(("after", ", ".join(f"{d} ({c})" for d, c in job.deps)))
     if job.time_limit:
@@ -239,7 +256,7 @@ def table_line(cells: Sequence[str], widths: Sequence[int], colour_state: int | 
 
 def job_row(job: Job, now: float) -> list[str]:
     """One `ls` row: id, name, kind, state, resources, progress, age, reason."""
-    reason = job.reason if job.state not in (JobState.RUNNING, JobState.SUCCEEDED) else ""
+    reason = shown_reason(job)
     return [
         str(job.id),
         display_text(job.name)[:40],

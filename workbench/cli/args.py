@@ -7,6 +7,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
+from workbench.jobmodel.resources import parse_gpus
 from workbench.units import parse_duration, parse_int, parse_number, parse_size
 
 
@@ -27,3 +28,5 @@ signed = _checked(lambda t: parse_int(t, minimum=None), "integer")  # e.g. --pri
 job_id = _checked(lambda t: parse_int(t, minimum=1), "job id")
 size = _checked(parse_size, "size")  # bytes, e.g. 8GiB
 duration = _checked(parse_duration, "duration")  # seconds, e.g. 2h
+# GPUs as the spec key takes them: a count, a fraction, or a MIG profile (`--gpus 1g.10gb`)
+gpus = _checked(lambda t: t if parse_gpus(t)[1] else parse_gpus(t)[0], "GPUs")

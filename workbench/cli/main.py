@@ -146,6 +146,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         "group": args.group,
         "retries": args.retries,
         "time_limit": args.time_limit,
+        "preemptible": False if args.no_preempt else None,
     }
     table.update({k: v for k, v in overrides.items() if v is not None})
     env = dict(os.environ)
@@ -687,7 +688,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="queue a job: -- CMD ARG... or --spec FILE.toml")
     p.add_argument("--spec", metavar="FILE.toml", help="a job of any kind from a spec file")
     p.add_argument("--name")
-    p.add_argument("--gpus", type=checked.amount, help="GPUs (fractions like 0.5 share one GPU)")
+    p.add_argument(
+        "--gpus",
+        type=checked.gpus,
+        help="GPUs (fractions like 0.5 share one GPU), or a MIG profile such as 1g.10gb",
+    )
     p.add_argument("--gpu-mem", type=checked.size, help="GPU memory needed, e.g. 8GiB")
     p.add_argument("--cpus", type=checked.amount, help="CPU cores to reserve (fractions allowed)")
     p.add_argument("--mem", type=checked.size, help="host memory, e.g. 4GiB")
@@ -707,6 +712,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cwd", help="working directory (default: the current one)")
     p.add_argument("--env", action="append", metavar="K=V", help="set an environment variable")
     p.add_argument("--paused", action="store_true", help="queue it held; `resume` releases it")
+    p.add_argument(
+        "--no-preempt",
+        action="store_true",
+        help="never preempt it to give borrowed GPUs back (spec key: preemptible = false)",
+    )
     p.add_argument("--wait", action="store_true", help="wait for it; exit 0 iff it succeeded")
     p.add_argument("--json", action="store_true")
     p.add_argument(

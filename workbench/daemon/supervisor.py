@@ -185,6 +185,20 @@ class Daemon:
 
     # ---- re-adoption -------------------------------------------------------------------
 
+    def _adopted_mig(self, job: db.LiveJob) -> tuple[str, ...]:
+        """The MIG instance an adopted job holds: one of its profile on its granted GPU that no
+        other followed job holds (the store keeps the GPU, not the instance's UUID)."""
+        if job.mig_profile is None:
+            return ()
+        taken = {u for t in self.tracked.values() for u in t.holding.mig_uuids}
+        for slot in self.gpu_slots:
+            if slot.index not in job.granted_gpus:
+                continue
+            for inst in slot.mig:
+                if inst.profile == job.mig_profile and inst.uuid not in taken:
+                    return (inst.uuid,)
+        return ()
+
     def _adopt(self) -> None:
         """Follow jobs a previous daemon left live. A `starting` job is found by its launch token
         (adopted if its wrapper began, queued again if it never did: never run twice); a running
@@ -204,7 +218,9 @@ class Daemon:
                 job.mem,
                 started_at=job.started_at or time.time(),
                 time_limit=job.time_limit,
-                preemptible=job.group not in self.config.not_preemptible,
+                mig_uuids=self._adopted_mig(job),
+                mig_profile=job.mig_profile,
+                preemptible=job.preemptible and job.group not in self.config.not_preemptible,
             )
             deadline = None
             if job.time_limit and job.started_at:
@@ -502,7 +518,8 @@ class Daemon:
                 j.mem,
                 j.deps,
                 j.fail_unrunnable,
-                preemptible=j.group not in self.config.not_preemptible,
+                mig_profile=j.mig_profile,
+                preemptible=j.preemptible and j.group not in self.config.not_preemptible,
                 time_limit=j.time_limit,
                 reason=j.reason,
             )
@@ -614,7 +631,8 @@ class Daemon:
                 queued.mem,
                 started_at=now,
                 mig_uuids=start.devices if start else (),
-                preemptible=queued.group not in self.config.not_preemptible,
+                mig_profile=queued.mig_profile,
+                preemptible=queued.preemptible and queued.group not in self.config.not_preemptible,
                 time_limit=job.time_limit,
             )
             deadline = now + job.time_limit if job.time_limit else None

@@ -217,6 +217,12 @@ MIGRATIONS: dict[int, str] = {
     ALTER TABLE jobs ADD COLUMN not_before REAL;
     CREATE INDEX jobs_not_before ON jobs(not_before) WHERE not_before IS NOT NULL;
     """,
+    # GPU pooling: a job may ask for one MIG instance of a profile ("1g.10gb") instead of GPUs,
+    # and may opt out of preemption (never chosen to give borrowed GPUs back).
+    14: """
+    ALTER TABLE jobs ADD COLUMN mig_profile TEXT;
+    ALTER TABLE jobs ADD COLUMN preemptible INTEGER NOT NULL DEFAULT 1;
+    """,
     # Executors (60-69): where each job runs ('local' or 'slurm'), its Slurm job id and node,
     # whether Slurm may still hold it (submitted, not yet seen ended), and how much of the job's
     # record file (see workbench/db/journal.py) has been applied.

@@ -50,9 +50,14 @@ class QueuedJob:
     reason: str | None
     deps: tuple[tuple[int, str], ...]
     time_limit: float | None = None  # seconds; backfill's estimate of its run time
+    mig_profile: str | None = None  # one MIG instance of this profile instead of GPUs
+    preemptible: bool = True  # false: never preempted to give borrowed GPUs back
 
 
-_QUEUED_COLUMNS = "id, priority, grp, gpus, gpu_mem, cpus, mem, fail_unrunnable, reason, time_limit"
+_QUEUED_COLUMNS = (
+    "id, priority, grp, gpus, gpu_mem, cpus, mem, fail_unrunnable, reason, time_limit,"
+    " mig_profile, preemptible"
+)
 
 
 def _deps(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, list[tuple[int, str]]]:
@@ -84,6 +89,8 @@ def _queued(conn: sqlite3.Connection, rows: list[Any]) -> list[QueuedJob]:
             r[8],
             tuple(deps.get(r[0], ())),
             r[9],
+            r[10],
+            bool(r[11]),
         )
         for r in rows
     ]
@@ -179,13 +186,15 @@ class LiveJob:
     launch_token: str | None
     started_at: float | None
     time_limit: float | None
+    mig_profile: str | None = None
+    preemptible: bool = True
 
 
 def live_jobs(store: Store) -> list[LiveJob]:
     """Jobs starting or running, and paused jobs that had started (a held job has no pid)."""
     rows = store.conn.execute(
         "SELECT id, state, grp, gpus, gpu_mem, cpus, mem, granted_gpus, pid, pid_start,"
-        " launch_token, started_at, time_limit FROM jobs"
+        " launch_token, started_at, time_limit, mig_profile, preemptible FROM jobs"
         " WHERE state IN (?, ?)"
         " OR (state = ? AND (pid IS NOT NULL OR launch_token IS NOT NULL)) ORDER BY id",
         (JobState.STARTING, JobState.RUNNING, JobState.PAUSED),
@@ -205,6 +214,8 @@ def live_jobs(store: Store) -> list[LiveJob]:
             r[10],
             r[11],
             r[12],
+            r[13],
+            bool(r[14]),
         )
         for r in rows
     ]

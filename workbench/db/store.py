@@ -144,6 +144,7 @@ class JobRequest:
     stage: str | None = None
     paused: bool = False
     executor: str = "local"
+    preemptible: bool = True  # false: never preempted to give borrowed GPUs back
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,7 @@ class Job:
     executor: str = "local"  # where it runs: 'local' or 'slurm'
     slurm_id: str | None = None  # its Slurm job id (`123`, `120_3` in an array) once submitted
     node: str | None = None  # the cluster node it runs on (Slurm)
+    preemptible: bool = True  # false: never preempted to give borrowed GPUs back
 
     @property
     def ended(self) -> bool:
@@ -241,6 +243,7 @@ class Job:
             "executor": self.executor,
             "slurm_id": self.slurm_id,
             "node": self.node,
+            "preemptible": self.preemptible,
         }
         if with_env:
             out["env"] = self.env
@@ -279,7 +282,7 @@ _JOB_COLUMNS = (
     " priority, grp, gpus, gpu_mem, cpus, mem,"
     " retries, attempt, time_limit, fail_unrunnable, pipeline_id, stage, created_at, started_at,"
     " ended_at, exit_code, reason, pid, pid_start, granted_gpus, intent, progress, progress_msg,"
-    " peak_gpu_mem, mean_gpu_util, launch_token, executor, slurm_id, node"
+    " peak_gpu_mem, mean_gpu_util, launch_token, executor, slurm_id, node, mig_profile, preemptible"
 )
 # The same columns with spec and env left out (lists that never show them need not parse them),
 # and with only env left out (listings that show specs: an environment is the bulk of a row).
@@ -344,7 +347,8 @@ def _job_from_row(row: sqlite3.Row | tuple[Any, ...], deps: tuple[tuple[int, str
         id_, name, kind, state, spec, argv, cwd, env, priority, grp, gpus, gpu_mem, cpus, mem,
         retries, attempt, time_limit, fail_unrunnable, pipeline_id, stage, created_at, started_at,
         ended_at, exit_code, reason, pid, pid_start, granted_gpus, intent, progress, progress_msg,
-        peak_gpu_mem, mean_gpu_util, launch_token, executor, slurm_id, node,
+        peak_gpu_mem, mean_gpu_util, launch_token, executor, slurm_id, node, mig_profile,
+        preemptible,
     ) = row  # fmt: skip
     return Job(
         id=id_,
@@ -357,7 +361,9 @@ def _job_from_row(row: sqlite3.Row | tuple[Any, ...], deps: tuple[tuple[int, str
         env=_json_dict(env),
         priority=priority,
         group=grp,
-        resources=Resources(gpus=gpus, gpu_mem=gpu_mem, cpus=cpus, mem=mem),
+        resources=Resources(
+            gpus=gpus, gpu_mem=gpu_mem, cpus=cpus, mem=mem, mig_profile=mig_profile
+        ),
         retries=retries,
         attempt=attempt,
         time_limit=time_limit,
@@ -382,6 +388,7 @@ def _job_from_row(row: sqlite3.Row | tuple[Any, ...], deps: tuple[tuple[int, str
         slurm_id=slurm_id,
         node=node,
         deps=deps,
+        preemptible=bool(preemptible),
     )
 
 
@@ -572,7 +579,8 @@ class Store:
         cur = conn.execute(
             "INSERT INTO jobs(name, kind, state, spec, argv, cwd, env, env_id, priority, grp, gpus,"
             " gpu_mem, cpus, mem, retries, time_limit, fail_unrunnable, pipeline_id, stage,"
-            " created_at, executor) VALUES (?,?,?,?,?,?,'{}',?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " created_at, executor, mig_profile, preemptible)"
+            " VALUES (?,?,?,?,?,?,'{}',?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 encode_text(req.name),
                 req.kind,
@@ -594,6 +602,8 @@ class Store:
                 req.stage,
                 now,
                 req.executor,
+                res.mig_profile,
+                int(req.preemptible),
             ),
         )
         job_id = int(cur.lastrowid or 0)

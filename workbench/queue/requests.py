@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from workbench.db.store import JobRequest
-from workbench.jobmodel.resources import Resources
+from workbench.jobmodel.resources import Resources, parse_gpus
 from workbench.jobmodel.retry import MAX_RETRIES
 from workbench.queue.kinds import kind_defaults, load_kind, validate_spec
 from workbench.queue.spec import SpecError, check_keys, from_table
@@ -22,7 +22,7 @@ class Options:
 
     kind: str
     name: str | None = None
-    gpus: float = 0.0
+    gpus: float | str = 0.0  # a count, a fraction below 1, or a MIG profile ("1g.10gb")
     gpu_mem: str | int | None = None
     cpus: float | None = None
     mem: str | int | None = None
@@ -30,6 +30,7 @@ class Options:
     group: str = "default"
     retries: int = 0
     time_limit: str | float | None = None
+    preemptible: bool = True
 
 
 T = TypeVar("T")
@@ -77,7 +78,7 @@ def build_request(
     options = from_table(Options, common, where)
     spec = validate_spec(options.kind, rest, base_dir, where)
     defaults = kind_defaults(options.kind)
-    _check_number(options.gpus, "gpus", where)
+    gpus, mig_profile = _parsed(parse_gpus, options.gpus, "gpus", where) or (0.0, None)
     gpu_mem = _parsed(parse_size, options.gpu_mem, "gpu_mem", where)
     mem = _parsed(parse_size, options.mem, "mem", where)
     time_limit = _parsed(parse_duration, options.time_limit, "time_limit", where)
@@ -110,9 +111,12 @@ def build_request(
         argv=argv,
         priority=options.priority,
         group=options.group,
-        resources=Resources(gpus=options.gpus, gpu_mem=gpu_mem, cpus=cpus, mem=mem),
+        resources=Resources(
+            gpus=gpus, gpu_mem=gpu_mem, cpus=cpus, mem=mem, mig_profile=mig_profile
+        ),
         retries=options.retries,
         time_limit=time_limit,
+        preemptible=options.preemptible,
         **extra,
     )
 

@@ -8,6 +8,7 @@ import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from workbench.jobmodel.resources import OVER_RESERVATION
 from workbench.jobmodel.states import SETTLED
 from workbench.jobmodel.states import JobState as S
 from workbench.units import format_size
@@ -507,7 +508,7 @@ class _Ledger:
             busy = sorted({self.mig_used[m.uuid] for m in same if m.uuid in self.mig_used})
             total = len(same)
             return f"needs a MIG {want.mig_profile} instance; all {total} are in use" + (
-                f" (jobs {_listing(busy)})" if busy else ""
+                f" ({'job' if len(busy) == 1 else 'jobs'} {_listing(busy)})" if busy else ""
             )
         held = sorted(
             {(i, j) for i, (_, j) in self.held_for.items() if self.slots[i].healthy},
@@ -701,8 +702,7 @@ def _exceeding(running: Sequence[Holding], res: Resources, settings: Settings) -
         declared = _declared_bytes(h.gpus, h.gpu_mem, slot)
         if h.gpu_mem_seen > declared:
             reason = (
-                f"uses {_gib(h.gpu_mem_seen)} of GPU memory, over its reservation of"
-                f" {_gib(declared)}"
+                f"uses {_gib(h.gpu_mem_seen)} of GPU memory, {OVER_RESERVATION} of {_gib(declared)}"
             )
             found.append(Exceeds(h.id, reason, settings.strict))
     return found

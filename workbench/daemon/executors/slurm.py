@@ -204,6 +204,7 @@ def submission_for(job: Job | JobRequest, name: str, output: str, cwd: str) -> S
         mem=res.mem,
         time_limit=job.time_limit,
         priority=job.priority,
+        mig_profile=res.mig_profile,
     )
 
 

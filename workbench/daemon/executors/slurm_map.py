@@ -48,6 +48,7 @@ class Submission:
     array_size: int = 0
     array_cap: int | None = None
     comment: str = ""
+    mig_profile: str | None = None  # one MIG instance of this profile (not mappable to sbatch)
 
 
 DEPENDENCY_TYPES = {"ok": "afterok", "any": "afterany", "fail": "afternotok"}
@@ -85,6 +86,12 @@ def sbatch_args(sub: Submission, settings: ExecutorConfig, cluster: ClusterInfo)
     field that Slurm cannot express. The environment travels with `--export=ALL`: sbatch runs
     with the job's captured environment, so values with commas survive (a `--export=K=V` list
     would split them)."""
+    if sub.mig_profile is not None:
+        raise Unmappable(
+            f"key 'gpus': a MIG profile ({sub.mig_profile}) has no Slurm request here (a"
+            " cluster names MIG devices as GRES types of its own); ask for whole GPUs or a"
+            " fraction (gpus = 0.5, as shards) instead"
+        )
     if sub.gpu_mem is not None:
         raise Unmappable(
             "key 'gpu_mem': Slurm has no request for GPU memory; ask for whole GPUs or a"
