@@ -171,6 +171,11 @@ def prepare(spec: Spec, base_dir: Path, where: str) -> Spec:
     for column, kind in spec.types.items():
         if not kind.strip():
             raise SpecError(f"{where}: key 'types': column {column!r} has an empty type")
+        why = lake.check_type_name(kind)
+        if why is not None:
+            raise SpecError(
+                f"{where}: key 'types': column {column!r}: {kind!r} is not a DuckDB type ({why})"
+            )
     return replace(spec, source=patterns)
 
 
