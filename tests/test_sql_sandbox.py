@@ -379,3 +379,48 @@ def test_refusal_names_the_statement_as_written(sql: str, named: str) -> None:
         lake.check_read_only(con, sql)
     number = 2 if sql.startswith("SELECT 1;") else 1
     assert f"statement {number} is {named}:" in str(refused.value)
+
+
+TEXT_FORMS_SQL = (
+    "SELECT 'infinity'::DATE AS d, '-infinity'::DATE AS nd, 'infinity'::TIMESTAMP AS t,"
+    " '\\xFF\\x00'::BLOB AS b, INTERVAL 3 DAY AS i, DATE '2024-01-02' AS ok, 7 AS n"
+)
+TEXT_FORMS = {
+    "d": "infinity",
+    "nd": "-infinity",
+    "t": "infinity",
+    "b": "\\xFF\\x00",
+    "i": "3 days",
+    "ok": "2024-01-02",
+}
+
+
+def test_json_writes_infinite_dates_blobs_and_intervals_in_duckdb_text_form(
+    home: Home, birds: object
+) -> None:
+    done = workbench("sql", "--json", TEXT_FORMS_SQL)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {**TEXT_FORMS, "n": 7}
+
+
+def test_csv_and_table_write_the_same_text_forms(home: Home, birds: object, tmp_path: Path) -> None:
+    expected = ",".join([*TEXT_FORMS.values(), "7"])
+    done = workbench("sql", "--csv", TEXT_FORMS_SQL)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1] == expected
+    out = tmp_path / "o.csv"
+    assert workbench("sql", "--out", str(out), TEXT_FORMS_SQL).returncode == 0
+    assert out.read_text().splitlines()[1].replace('"', "") == expected
+    table = workbench("sql", TEXT_FORMS_SQL)
+    assert table.returncode == 0, table.stderr
+    for text in TEXT_FORMS.values():
+        assert text in table.stdout
+    assert "9999-12-31" not in table.stdout and "0:00:00" not in table.stdout
+
+
+def test_text_forms_keep_duplicate_names_and_other_types() -> None:
+    con = duckdb.connect()
+    sql = lake.text_sql(con, "SELECT 1 AS a, DATE 'infinity' AS a, 2.5 AS x; -- c", None)
+    result = con.execute(sql)
+    assert [d[0] for d in result.description or []] == ["a", "a", "x"]
+    assert result.fetchall() == [(1, "infinity", 2.5)]

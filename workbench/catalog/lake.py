@@ -762,6 +762,33 @@ def limited_sql(con: duckdb.DuckDBPyConnection, sql: str, limit: int | None) -> 
     return f"{wrap_sql(body)} LIMIT {int(limit)}"
 
 
+# Column types whose Python values misprint: DATE/TIMESTAMP infinities come back as 9999-12-31
+# (or year 1), BLOBs as b'..' reprs, INTERVALs as "3 days, 0:00:00" timedeltas.
+_AS_TEXT = re.compile(r"\b(DATE|TIMESTAMP|TIMESTAMP_S|TIMESTAMP_MS|TIMESTAMP_NS|INTERVAL|BLOB)\b")
+
+
+def text_sql(con: duckdb.DuckDBPyConnection, sql: str, limit: int | None) -> str:
+    """`limited_sql`, with every column whose type is or holds a DATE, TIMESTAMP, INTERVAL or
+    BLOB cast to VARCHAR, so it prints in DuckDB's own text form (`infinity`, `-infinity`,
+    `3 days`, `\\xFF\\x00`) in the CLI's table, CSV and JSON. Other columns keep their
+    types; statements that are not a SELECT are returned as `limited_sql` gives them. The
+    columns are bound (not run) to learn their types."""
+    kind, _ = last_statement(con, sql)
+    query = limited_sql(con, sql, limit)
+    if kind != "SELECT":
+        return query
+    relation = con.sql(query)
+    columns = relation.columns
+    types = [str(t) for t in relation.types]
+    if not any(_AS_TEXT.search(t) for t in types):
+        return query
+    exprs = [
+        (f"CAST(#{i} AS VARCHAR)" if _AS_TEXT.search(t) else f"#{i}") + f" AS {_quote(c)}"
+        for i, (c, t) in enumerate(zip(columns, types, strict=True), 1)
+    ]
+    return f"SELECT {', '.join(exprs)} FROM (\n{query}\n) AS q"
+
+
 class QueryStopped(RuntimeError):
     """A query stopped by the statement time limit, the memory limit, or the user: a message in
     words, no traceback."""

@@ -214,12 +214,14 @@ def cmd_sql(args: argparse.Namespace) -> int:
     def work() -> int:
         lake.check_read_only(con, args.query)
         if args.out:
-            sql = lake.limited_sql(con, args.query, args.limit)
+            # Parquet keeps DuckDB's types; CSV gets the text forms (as --csv does).
+            as_text = Path(args.out).suffix.lower() == ".csv"
+            sql = (lake.text_sql if as_text else lake.limited_sql)(con, args.query, args.limit)
             written = _write_result(con.sql(sql), Path(args.out))
             print(f"{written} rows written to {args.out}")
             return written
         if args.json or args.csv:
-            result = con.execute(lake.limited_sql(con, args.query, args.limit))
+            result = con.execute(lake.text_sql(con, args.query, args.limit))
             return _stream(result, args.json)
         return _print_table(con, args.query, args.limit)
 
@@ -301,7 +303,7 @@ def _print_table(con: Any, sql: str, limit: int | None) -> int:
     from workbench.catalog import lake
 
     shown_limit = SHOWN_ROWS if limit is None else min(limit, SHOWN_ROWS)
-    result = con.execute(lake.limited_sql(con, sql, shown_limit + 1))
+    result = con.execute(lake.text_sql(con, sql, shown_limit + 1))
     columns = [d[0] for d in result.description or []]
     fetched = result.fetchall()
     more = len(fetched) > shown_limit
