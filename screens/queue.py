@@ -25,9 +25,16 @@ from textual.widgets import Button, Input, Label, LoadingIndicator, RichLog, Sel
 from screens.jobtable import JobTable, Window
 from screens.source import JobPage
 from screens.widgets import STATE_STYLES, WorkbenchScreen, state_text, unit
+from workbench.daemon.logs import rotated, tail_bytes
 from workbench.db.job_pages import JobFilter
 from workbench.db.store import Job, JobEvent
-from workbench.present import job_progress, job_resources
+from workbench.present import (
+    granted_text,
+    job_progress,
+    job_resources,
+    recorded_usage,
+    used_parts,
+)
 from workbench.units import format_duration, format_size
 
 STATE_FILTERS = (
@@ -638,6 +645,7 @@ class DetailRead(Message):
     log_reset: bool
     now: float
     usage: dict[str, float] | None = None
+    recorded: dict[str, float | int | None] | None = None
 
 
 def job_facts(
@@ -646,9 +654,11 @@ def job_facts(
     now: float,
     usage: dict[str, float] | None = None,
     peak_rss: float | None = None,
+    recorded: dict[str, float | int | None] | None = None,
 ) -> list[tuple[str, str]]:
     """The job detail's (label, value) lines: what it is, asked, granted, used, how long.
-    `usage` is the live process tree's CPU seconds and RSS; `peak_rss` the most seen so far."""
+    `usage` is the live process tree's CPU seconds and RSS; `peak_rss` the most seen so far;
+    `recorded` an ended job's CPU time and peak memory from its exit record (`recorded_usage`)."""
     facts: list[tuple[str, str]] = []
     if job.reason:
         facts.append(("reason", job.reason))
@@ -660,20 +670,8 @@ def job_facts(
         )
     facts.append(("cwd", job.cwd))
     facts.append(("asked", job_resources(job)))
-    granted = job.granted_gpus
-    facts.append(
-        ("granted", "GPU " + ", ".join(map(str, granted)) if granted else "no GPU (CPU only)")
-    )
-    used = []
-    if job.peak_gpu_mem is not None:
-        used.append(f"peak GPU memory {format_size(job.peak_gpu_mem)}")
-    if job.mean_gpu_util is not None:
-        used.append(f"mean GPU util {job.mean_gpu_util:.0f}%")
-    if usage is not None:
-        used.append(f"CPU time {format_duration(usage['cpu_s'])}")
-        used.append(f"RSS {format_size(usage['rss_bytes'])}")
-        if peak_rss is not None:
-            used.append(f"peak RSS seen {format_size(peak_rss)}")
+    facts.append(("granted", granted_text(job)))
+    used = used_parts(job, recorded, usage, peak_rss)
     facts.append(("used", ", ".join(unit(u) for u in used) if used else "not measured yet"))
     if job.started_at is not None:
         end = job.ended_at if job.ended_at is not None else now
@@ -771,11 +769,15 @@ class JobDetailScreen(WorkbenchScreen):
             if job is not None and job.pid and job.state in ("running", "paused")
             else None
         )
-        self.post_message(DetailRead(job, events, metrics, chunk, reset, source.now(), usage))
+        recorded = recorded_usage(job, source.home.run_dir(job.id)) if job is not None else None
+        self.post_message(
+            DetailRead(job, events, metrics, chunk, reset, source.now(), usage, recorded)
+        )
 
     def read_log(self, source: Any) -> tuple[str, bool]:
-        """New log text since the last read. The first read of a large log takes only its tail
-        (LOG_TAIL_BYTES, from a line start); a capped (rewritten) log is read again."""
+        """New log text since the last read. The first read (and the first after the log was
+        rotated or rewritten) takes the tail of `log.1` + `log` at once: the last LOG_TAIL_BYTES,
+        from a line start, with a note of what was skipped; later reads continue in `log`."""
         fixed = getattr(source, "fixed_logs", None)
         if fixed is not None:
             text = fixed.get(self.job_id, "") if self.log_offset == 0 else ""
@@ -791,25 +793,41 @@ class JobDetailScreen(WorkbenchScreen):
             stat.st_ino != self.log_inode or stat.st_size < self.log_offset
         ):
             self.log_offset, reset = 0, True
-        first = self.log_inode is None or reset
-        self.log_inode = stat.st_ino
+        if self.log_inode is None or reset:
+            return self.read_tail(path, stat), reset
         if stat.st_size <= self.log_offset:
             return "", reset
-        skipped = ""
         with open(path, "rb") as handle:
-            if first and stat.st_size - self.log_offset > LOG_TAIL_BYTES:
-                start = stat.st_size - LOG_TAIL_BYTES
-                handle.seek(start)
-                partial = handle.readline()
-                self.log_offset = start + len(partial)
-                skipped = (
-                    f"[{format_size(self.log_offset)} earlier skipped;"
-                    f" the whole log: workbench logs {self.job_id}]\n"
-                )
             handle.seek(self.log_offset)
             data = handle.read(1 << 20)
         self.log_offset += len(data)
-        return skipped + data.decode(errors="replace"), reset
+        return data.decode(errors="replace"), reset
+
+    def read_tail(self, path: Path, stat: os.stat_result) -> str:
+        """The tail of a rotated log across `log.1` and `log` (`tail_bytes`), taken when `log`
+        held still around the read, so that the next read continues where this one ended."""
+        for _ in range(5):
+            data = tail_bytes(path, LOG_TAIL_BYTES)
+            try:
+                after = path.stat()
+            except FileNotFoundError:
+                return ""
+            if (after.st_ino, after.st_size) == (stat.st_ino, stat.st_size):
+                break
+            stat = after
+        self.log_inode, self.log_offset = stat.st_ino, stat.st_size
+        try:
+            total = stat.st_size + rotated(path).stat().st_size
+        except FileNotFoundError:
+            total = stat.st_size
+        skipped = ""
+        if total > len(data):
+            data = data[data.find(b"\n") + 1 :]  # start at a line start
+            skipped = (
+                f"[{format_size(total - len(data))} earlier skipped;"
+                f" the whole log: workbench logs {self.job_id}]\n"
+            )
+        return skipped + data.decode(errors="replace")
 
     def on_detail_read(self, message: DetailRead) -> None:
         job = message.job
@@ -861,7 +879,7 @@ class JobDetailScreen(WorkbenchScreen):
         facts.add_column(style="bold", no_wrap=True)
         facts.add_column(overflow="fold")
         for label, value in job_facts(
-            job, message.metrics, message.now, message.usage, self.peak_rss
+            job, message.metrics, message.now, message.usage, self.peak_rss, message.recorded
         ):
             facts.add_row(label, value)
         return Group(title, facts)

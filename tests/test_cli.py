@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from conftest import wait_for, workbench
 
 from workbench.paths import Home
@@ -131,3 +132,77 @@ def test_help_documents_states_and_exit_codes() -> None:
         [sys.executable, "-m", "workbench", "--help"], capture_output=True, text=True
     ).stdout
     assert "blocked" in out and "Exit codes" in out
+
+
+# Allocates about 50 MiB (written, so the pages are resident) and burns about 0.3 s of CPU.
+USING_SCRIPT = (
+    "import time\n"
+    "block = b'x' * (50 << 20)\n"
+    "start = time.process_time()\n"
+    "while time.process_time() - start < 0.3: pass\n"
+)
+
+
+def test_show_reports_cpu_time_and_peak_memory_of_an_ended_job(home: Home) -> None:
+    """`show` and `show --json` give the CPU time and peak memory the job's wrapper recorded."""
+    from workbench.units import format_duration, format_size
+
+    job_id = submit("--", sys.executable, "-c", USING_SCRIPT)
+    assert workbench("wait", str(job_id)).returncode == 0
+    shown = json.loads(workbench("show", str(job_id), "--json").stdout)
+    assert 0.25 <= shown["cpu_s"] < 60
+    assert 50 << 20 <= shown["peak_mem_bytes"] < 4 << 30
+    text = workbench("show", str(job_id)).stdout
+    used = next(line for line in text.splitlines() if line.strip().startswith("used:"))
+    assert f"CPU time {format_duration(shown['cpu_s'])}" in used
+    assert f"peak memory {format_size(shown['peak_mem_bytes'])}" in used
+
+
+def test_show_tolerates_missing_partial_and_stale_exit_records(home: Home) -> None:
+    """A missing, truncated or partial `exit.json`, or values that are not finite numbers >= 0,
+    show what is there and nothing else; a job not ended ignores an earlier attempt's record."""
+    job_id = submit("--", "true")
+    assert workbench("wait", str(job_id)).returncode == 0
+    record = home.run_dir(job_id) / "exit.json"
+    cases: list[tuple[str | None, float | None, int | None]] = [
+        ('{"exit_code": 0, "cpu_s": 1.5}', 1.5, None),
+        ('{"exit_code": 0, "peak_mem_bytes": 2097152}', None, 2 << 20),
+        ('{"cpu_s": NaN, "peak_mem_bytes": -1}', None, None),
+        ('{"cpu_s": "1", "peak_mem_bytes": 1e999}', None, None),
+        ('{"cpu_s": 1.', None, None),
+        ("[1, 2]", None, None),
+        (None, None, None),
+    ]
+    for content, cpu_s, peak in cases:
+        if content is None:
+            record.unlink()
+        else:
+            record.write_text(content)
+        shown = workbench("show", str(job_id), "--json")
+        assert shown.returncode == 0, (content, shown.stderr)
+        assert (json.loads(shown.stdout)["cpu_s"], json.loads(shown.stdout)["peak_mem_bytes"]) == (
+            cpu_s,
+            peak,
+        ), content
+        text = workbench("show", str(job_id))
+        assert text.returncode == 0 and "Traceback" not in text.stderr, content
+        assert ("CPU time" in text.stdout) == (cpu_s is not None), content
+        assert ("peak memory" in text.stdout) == (peak is not None), content
+    held = submit("--paused", "--", "true")
+    home.run_dir(held).mkdir(parents=True, exist_ok=True)
+    (home.run_dir(held) / "exit.json").write_text('{"exit_code": 0, "cpu_s": 9.0}')
+    shown_held = json.loads(workbench("show", str(held), "--json").stdout)
+    assert shown_held["cpu_s"] is None and shown_held["peak_mem_bytes"] is None
+
+
+@pytest.mark.parametrize(
+    ("granted", "text"),
+    [(None, "not yet"), ([], "no GPU (CPU only)"), ([0], "GPU 0"), ([1, 3], "GPUs 1, 3")],
+)
+def test_granted_gpus_are_said_in_words(granted: list[int] | None, text: str) -> None:
+    """`show` printed the raw list (`granted GPUs []`); it and the job screen now say it."""
+    from types import SimpleNamespace
+
+    from workbench.present import granted_text
+
+    assert granted_text(SimpleNamespace(granted_gpus=granted)) == text  # type: ignore[arg-type]

@@ -372,6 +372,69 @@ async def test_job_detail_opens_a_large_log_at_its_tail_and_shows_use(
         await until(pilot, lambda: client.store.get(job_id).state == "cancelled", what="cancel")
 
 
+async def test_job_detail_shows_recorded_cpu_time_and_peak_memory(
+    app: WorkbenchApp, client: Client
+) -> None:
+    """An ended job's detail shows the CPU time and peak memory its wrapper recorded."""
+    from workbench.present import recorded_usage
+    from workbench.units import format_duration, format_size
+
+    script = (
+        "import time\n"
+        "block = b'x' * (50 << 20)\n"
+        "start = time.process_time()\n"
+        "while time.process_time() - start < 0.3: pass\n"
+    )
+    job_id = submit(client, [sys.executable, "-c", script], name="user")
+    job = wait_state(client, job_id, "succeeded")
+    recorded = recorded_usage(job, client.home.run_dir(job_id))
+    cpu_s, peak = recorded["cpu_s"], recorded["peak_mem_bytes"]
+    assert cpu_s is not None and 0.25 <= cpu_s < 60
+    assert peak is not None and 50 << 20 <= peak < 4 << 30
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("j")
+        await until(pilot, lambda: str(job_id) in rows(app), what="row")
+        select(app, job_id)
+        await pilot.press("enter")
+        assert isinstance(app.screen, JobDetailScreen)
+        summary = app.screen.query_one("#summary")
+
+        def used_line() -> str:
+            text = text_of(summary).replace("\u00a0", " ")
+            return next((line for line in text.splitlines() if line.startswith("used")), "")
+
+        await until(pilot, used_line, what="the used line")
+        used = " ".join(used_line().split())
+        assert f"CPU time {format_duration(cpu_s)}" in used
+        assert f"peak memory {format_size(peak)}" in used
+
+
+async def test_job_detail_log_tail_continues_into_the_rotated_log(
+    app: WorkbenchApp, client: Client, home: Home
+) -> None:
+    """With a small log cap the log rotates to `log.1`; the detail shows the tail of `log.1`
+    and `log` together at once, in order, with nothing repeated or left out."""
+    home.config.write_text('[daemon]\nlog_cap = "16KiB"\n')
+    script = "for i in range(3000): print(f'line {i:05d}', flush=i % 100 == 0)\n"
+    job_id = submit(client, [sys.executable, "-c", script], name="rotating")
+    wait_state(client, job_id, "succeeded")
+    log_path = home.run_dir(job_id) / "log"
+    older = log_path.with_name("log.1").read_bytes()
+    newer = log_path.read_bytes()
+    assert older and len(newer) < 16 * 1024  # rotated: `log` alone holds only the newest lines
+    expected = (older + newer).decode().splitlines()
+    assert len(expected) > len(newer.decode().splitlines()) and expected[-1] == "line 02999"
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("j")
+        await until(pilot, lambda: str(job_id) in rows(app), what="row")
+        select(app, job_id)
+        await pilot.press("enter")
+        log = app.screen.query_one("#log", RichLog)
+        await until(pilot, lambda: log.lines, what="the log")
+        await pilot.pause(0.3)
+        assert [line.text for line in log.lines] == expected
+
+
 async def test_lost_daemon_is_restarted_by_the_next_action(
     app: WorkbenchApp, client: Client, home: Home
 ) -> None:

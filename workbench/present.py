@@ -6,11 +6,12 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from workbench.db.store import Job
 from workbench.jobmodel.secrets import mask_env
-from workbench.jobmodel.states import JobState
+from workbench.jobmodel.states import ENDED, JobState
 from workbench.units import format_duration, format_size
 
 STATE_STYLES: dict[str, str] = {
@@ -38,6 +39,17 @@ def job_resources(job: Job) -> str:
     if job.mem:
         parts.append(f"mem {format_size(job.mem)}")
     return " ".join(parts) or "-"
+
+
+def granted_text(job: Job) -> str:
+    """What the scheduler granted, in words: `GPU 0`, `GPUs 0, 1`, `no GPU (CPU only)`, or `not yet`
+    (a job that has not started)."""
+    if job.granted_gpus is None:
+        return "not yet"
+    if not job.granted_gpus:
+        return "no GPU (CPU only)"
+    label = "GPU" if len(job.granted_gpus) == 1 else "GPUs"
+    return f"{label} {', '.join(map(str, job.granted_gpus))}"
 
 
 def job_progress(job: Job) -> str:
@@ -85,8 +97,55 @@ def job_json(job: Job, with_env: bool = False) -> dict[str, Any]:
     return job.to_json(with_env=with_env, secret_words=secret_words())
 
 
-def job_details(job: Job, metrics: dict[str, float | None]) -> list[tuple[str, str]]:
-    """The facts of one job as (label, value) lines, for `workbench show` and the job screen.
+def recorded_usage(job: Job, run_dir: Path | None) -> dict[str, float | int | None]:
+    """What an ended job used, as its wrapper recorded it in the run folder's `exit.json`:
+    `{"cpu_s": CPU seconds (user + system, all its processes), "peak_mem_bytes": peak memory in
+    bytes (the cgroup's `memory.peak`, else the largest child's peak RSS)}`. A value is None
+    when the job has not ended (an earlier attempt's record would mislead), there is no run
+    folder or record, or the record lacks it."""
+    if run_dir is None or job.state not in ENDED:
+        return {"cpu_s": None, "peak_mem_bytes": None}
+    from workbench.daemon.runner import read_usage
+
+    cpu_s, peak = read_usage(run_dir)
+    return {"cpu_s": cpu_s, "peak_mem_bytes": peak}
+
+
+def used_parts(
+    job: Job,
+    recorded: dict[str, float | int | None] | None = None,
+    live: dict[str, float] | None = None,
+    peak_rss: float | None = None,
+) -> list[str]:
+    """What a job used, as phrases (`peak GPU memory 1.0 GiB`, `mean GPU util 40%`, `CPU time
+    2.5s`, `peak memory 52.0 MiB`), for the `used` line of `show` and the job screen.
+
+    `recorded` is `recorded_usage` (an ended job); `live` the running process tree's
+    `{"cpu_s", "rss_bytes"}` and `peak_rss` the most RSS seen so far (the TUI samples them)."""
+    parts = []
+    if job.peak_gpu_mem is not None:
+        parts.append(f"peak GPU memory {format_size(job.peak_gpu_mem)}")
+    if job.mean_gpu_util is not None:
+        parts.append(f"mean GPU util {job.mean_gpu_util:.0f}%")
+    cpu_s = recorded.get("cpu_s") if recorded else None
+    peak_mem = recorded.get("peak_mem_bytes") if recorded else None
+    if cpu_s is not None:
+        parts.append(f"CPU time {format_duration(cpu_s)}")
+    if peak_mem is not None:
+        parts.append(f"peak memory {format_size(peak_mem)}")
+    if live is not None:
+        parts.append(f"CPU time {format_duration(live['cpu_s'])}")
+        parts.append(f"RSS {format_size(live['rss_bytes'])}")
+        if peak_rss is not None:
+            parts.append(f"peak RSS seen {format_size(peak_rss)}")
+    return parts
+
+
+def job_details(
+    job: Job, metrics: dict[str, float | None], run_dir: Path | None = None
+) -> list[tuple[str, str]]:
+    """The facts of one job as (label, value) lines, for `workbench show`. With `run_dir`, an
+    ended job's recorded CPU time and peak memory join the `used` line (see `used_parts`).
 
     Values of secret-looking variables in the spec's `env` are masked."""
     import shlex
@@ -112,11 +171,10 @@ def job_details(job: Job, metrics: dict[str, float | None]) -> list[tuple[str, s
             else f"{job.executor} (not handed over yet)"
         )
         lines.append(("runs on", where + (f" on {job.node}" if job.node else "")))
-    granted = job.granted_gpus if job.granted_gpus is not None else "-"
-    lines.append(("resources", f"asked {job_resources(job)}; granted GPUs {granted}"))
-    if job.peak_gpu_mem is not None or job.mean_gpu_util is not None:
-        util = f"{job.mean_gpu_util:.0f}%" if job.mean_gpu_util is not None else "n/a"
-        lines.append(("gpu use", f"peak memory {format_size(job.peak_gpu_mem)}, mean util {util}"))
+    lines.append(("resources", f"asked {job_resources(job)}; granted {granted_text(job)}"))
+    used = used_parts(job, recorded_usage(job, run_dir))
+    if used:
+        lines.append(("used", ", ".join(used)))
     lines.append(
         (
             "queue",

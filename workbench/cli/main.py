@@ -47,6 +47,7 @@ from workbench.present import (
     job_details,
     job_json,
     job_row,
+    recorded_usage,
     secret_words,
     state_counts_line,
     table_line,
@@ -315,6 +316,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         ]
         out["audit"] = [a.to_json() for a in audit]
         out["metrics"] = metrics
+        out.update(recorded_usage(job, run_dir))  # cpu_s, peak_mem_bytes (None until it ends)
         out["paths"] = {"run_dir": str(run_dir), "log": str(run_dir / "log")}
         _print_json(out)
         return EXIT_OK
@@ -324,7 +326,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     name = escape(display_text(job.name))  # a name is the user's text, never markup
     console.print(f"[bold]job {job.id}[/] {name}  [{style}]{job.state}[/]  ({job.kind})")
-    for label, value in job_details(job, metrics):
+    for label, value in job_details(job, metrics, run_dir):
         console.print(f"  {label + ':':<11}{display_text(value)}", markup=False)
     console.print(f"  run dir:   {run_dir}", markup=False)
     console.print("  history:")

@@ -4,6 +4,7 @@ exit status with its resource use, and a job's own failure message; plus process
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import time
@@ -112,6 +113,32 @@ def read_exit(run_dir: Path, token: str | None = None) -> ExitStatus | None:
         data.get("peak_mem_bytes"),
         int(data.get("leftovers") or 0),
     )
+
+
+def read_usage(run_dir: Path) -> tuple[float | None, int | None]:
+    """What the job's last attempt used, as its `exit.json` records it: (CPU seconds, peak
+    memory in bytes). Either is None where the record lacks it: no file (never ran, or still
+    running), a partial or unreadable file, or a value that is not a finite number >= 0."""
+    try:
+        data = json.loads((run_dir / EXIT_FILE).read_text())
+    except (OSError, ValueError):
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+
+    def number(key: str) -> float | None:
+        value = data.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        try:
+            as_float = float(value)
+        except OverflowError:  # an integer too large for a float
+            return None
+        return as_float if math.isfinite(as_float) and as_float >= 0 else None
+
+    cpu_s = number("cpu_s")
+    peak = number("peak_mem_bytes")
+    return cpu_s, None if peak is None else int(peak)
 
 
 @dataclass(frozen=True)
