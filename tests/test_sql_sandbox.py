@@ -202,7 +202,7 @@ def test_no_write_path_changes_the_lake_or_the_catalog(
         ("EXPLAIN --c\n ANALYZE INSERT INTO t VALUES (1)", "EXPLAIN ANALYZE of INSERT"),
         ("EXPLAIN (FORMAT json, ANALYZE) COPY (SELECT 1) TO 'x'", "EXPLAIN ANALYZE of COPY"),
         ("CALL checkpoint()", "statement 1 is CALL"),
-        ("RESET threads", "statement 1 is SET"),
+        ("RESET threads", "statement 1 is RESET"),
     ],
 )
 def test_explain_analyze_runs_only_for_a_select(
@@ -371,6 +371,7 @@ def test_check_read_only_refuses_surrogates_as_a_query_refused() -> None:
         ("/* x */ RESET threads", "RESET"),
         ("SET threads = 1", "SET"),
         ("SELECT 1; INSTALL httpfs", "INSTALL"),
+        ("EXPLAIN ANALYZE INSTALL httpfs", "EXPLAIN ANALYZE of INSTALL"),
     ],
 )
 def test_refusal_names_the_statement_as_written(sql: str, named: str) -> None:

@@ -627,7 +627,9 @@ def _check_statement(con: duckdb.DuckDBPyConnection, text: str, number: int) -> 
             if not inner.strip():
                 raise QueryRefused(f"statement {number}: EXPLAIN of nothing")
             try:
-                inner_kinds = [s.type.name for s in con.extract_statements(inner)]
+                inner_kinds = [
+                    _written_kind(s.query, s.type.name) for s in con.extract_statements(inner)
+                ]
             except duckdb.Error as error:
                 raise QueryRefused(str(error)) from None
             if analyze and inner_kinds != ["SELECT"]:
@@ -640,8 +642,8 @@ def _check_statement(con: duckdb.DuckDBPyConnection, text: str, number: int) -> 
                 _check_statement(con, inner, number)
             continue
         raise QueryRefused(
-            f"statement {number} is {kind}: only SELECT and EXPLAIN run here (the lake is"
-            " read-only; write data with an ingest job)"
+            f"statement {number} is {_written_kind(statement.query, kind)}: only SELECT and"
+            " EXPLAIN run here (the lake is read-only; write data with an ingest job)"
         )
 
 
