@@ -4,6 +4,7 @@ disk, a missing working directory, wake-ups from other users."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -271,6 +272,47 @@ def test_full_disk_keeps_the_daemon_up_and_records_the_outcome_once_space_return
         stop_daemon(home)
         if mounted:
             subprocess.run(["umount", "-l", str(root)], check=False)
+        subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small tmpfs")
+def test_job_whose_output_fills_the_disk_is_settled_and_prune_frees_the_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WORKBENCH_HOME on a 2 MB tmpfs and a job printing 300,000 lines: its log filled the disk,
+    so the wrapper could never write exit.json and the job showed running forever; `prune`
+    (like every writing command) then failed for want of space, and the log never said that
+    output was dropped."""
+    root = Path(f"/tmp/wb-fill-{os.getpid()}")
+    root.mkdir()
+    assert _tmpfs(root, "2m"), "mount -t tmpfs failed"
+    monkeypatch.setenv("WORKBENCH_HOME", str(root))
+    home = Home(root).ensure()
+    configure(home)
+    client = Client(home)
+    filler = root / "filler"
+    try:
+        script = "for i in range(300000): print(f'line {i:07d} ' + 'x' * 30)\n"
+        job_id = submit(client, [sys.executable, "-c", script])
+        job = wait_state(client, job_id, "succeeded")
+        assert job.exit_code == 0
+        log = (home.run_dir(job_id) / "log").read_bytes()
+        last = log.rstrip(b"\n").rsplit(b"\n", 1)[-1].decode()
+        assert "bytes of output dropped: the disk holding the log was full" in last, last
+        assert not (home.run_dir(job_id) / "log.reserve").exists()
+        _fill(filler)  # whatever room the settle left: the disk is full now
+        time.sleep(1.1)
+        pruned = workbench("prune", "--older-than", "1s", "--json")
+        assert pruned.returncode == 0, pruned.stderr
+        assert job_id in json.loads(pruned.stdout)["removed"]
+        assert not home.run_dir(job_id).exists()
+        shown = workbench("show", str(job_id))
+        assert shown.returncode == 2 and "Traceback" not in shown.stderr
+    finally:
+        client.close()
+        stop_daemon(home)
+        subprocess.run(["umount", "-l", str(root)], check=False)
         subprocess.run(["rm", "-rf", str(root)], check=False)
 
 

@@ -254,3 +254,20 @@ def test_full_disk_drops_output_with_a_marker_and_keeps_the_job_alive(tmp_path: 
     finally:
         if mounted:
             subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_wrapper_gives_up_recording_when_its_run_folder_is_gone(
+    executor: LocalExecutor, run_dir: Path
+) -> None:
+    """A wrapper retried exit.json forever on any error: with its run folder removed (`rm`,
+    `prune`, a deleted home) it lingered as an orphan. Only a full disk is worth waiting out."""
+    import shutil
+
+    job = launch(run_dir, [sys.executable, "-c", "import time; time.sleep(1)"])
+    handle = executor.start(job)
+    shutil.rmtree(run_dir)
+    wait_for(
+        lambda: not Path(f"/proc/{handle.pid}").exists(),
+        timeout=15,
+        what="the wrapper to exit",
+    )

@@ -416,6 +416,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
                 out.flush()
                 continue
             if ended:
+                out.write(follower.flush())  # an unfinished last line
+                out.flush()
                 return EXIT_OK
             time.sleep(0.1)
     finally:

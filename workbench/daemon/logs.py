@@ -4,11 +4,14 @@ is full), a follower that streams across rotations without repeats or jumps, and
 from __future__ import annotations
 
 import errno
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 ROTATED_SUFFIX = ".1"
+RESERVE_SUFFIX = ".reserve"  # space the writer holds so a job's end can be recorded on a full disk
+OFFSETS_SUFFIX = ".offsets"  # {"<inode>": start offset in the whole output} of log and log.1
 _BLOCK = 65536
 TAIL_SCAN_LIMIT_BYTES = 4 * 1024 * 1024  # `-n N` reads at most this much from the end
 
@@ -18,26 +21,63 @@ def rotated(path: Path) -> Path:
     return path.with_name(path.name + ROTATED_SUFFIX)
 
 
+def offsets_file(path: Path) -> Path:
+    """Where the writer records at which offset of the job's whole output each of the two
+    generations begins (keyed by inode), so a follower can tell exactly what it skipped."""
+    return path.with_name(path.name + OFFSETS_SUFFIX)
+
+
+def read_offsets(path: Path) -> dict[int, int]:
+    """{inode: start offset in bytes of the job's whole output} for `log` and `log.1`, from the
+    writer's record; {} when there is none or it cannot be read."""
+    try:
+        data = json.loads(offsets_file(path).read_bytes())
+        return {int(inode): int(start) for inode, start in data.items()}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}
+
+
 class RotatingLog:
     """Appends a job's output to `path`; when a write would take the file past `cap_bytes // 2`,
     the file is first renamed to `log.1` (replacing the older one) and a new `log` begins, so the
-    two hold at most `cap_bytes`. Writes never raise: output that cannot be written (ENOSPC, EFBIG, EIO) is counted
-    and dropped, and a marker line saying how much was lost is written once writing works again.
-    The job keeps running either way: its pipe is always drained."""
+    two hold at most `cap_bytes`. Writes never raise: output that cannot be written (ENOSPC,
+    EFBIG, EIO) is counted and dropped, and a marker line saying how much was lost is written
+    once writing works again, or at `close`. The job keeps running either way: its pipe is
+    always drained.
 
-    def __init__(self, path: Path, cap_bytes: int):
+    With `reserve_bytes`, a file `log.reserve` of that size is allocated at once and given back
+    at `close`: when the job's own output filled the disk, that room takes the drop marker and
+    the job's exit record, so a job that ends is always settled."""
+
+    def __init__(self, path: Path, cap_bytes: int, reserve_bytes: int = 0):
         self.path = path
+        self.reserve = path.with_name(path.name + RESERVE_SUFFIX)
+        if reserve_bytes > 0:
+            _allocate(self.reserve, reserve_bytes)
         self.file_cap = max(cap_bytes // 2, 4096)
         self.fd = -1
         self.size = 0
         self.dropped_bytes = 0
         self.drop_error = ""
+        self.drop_errno = 0
+        self.inode = -1
+        self.base = 0  # where the current file begins in the job's whole output
         self._open()
+        known = read_offsets(path)
+        if self.inode in known:
+            self.base = known[self.inode]
+        else:
+            try:
+                self.base = os.stat(rotated(path)).st_size
+            except OSError:
+                self.base = 0
 
     def _open(self) -> None:
         try:
             self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            self.size = os.fstat(self.fd).st_size
+            info = os.fstat(self.fd)
+            self.size = info.st_size
+            self.inode = info.st_ino
         except OSError as error:
             self.fd = -1
             self.drop_error = error.strerror or str(error)
@@ -50,10 +90,27 @@ class RotatingLog:
             view = view[written:]
 
     def _rotate(self) -> None:
+        old_inode, old_base = self.inode, self.base
         os.replace(self.path, rotated(self.path))
         os.close(self.fd)
         self.fd = -1
+        self.base = old_base + self.size
         self._open()
+        if self.fd >= 0:
+            self._record_offsets({old_inode: old_base, self.inode: self.base})
+
+    def _record_offsets(self, starts: dict[int, int]) -> None:
+        """Best effort (a full disk only makes followers less precise about what they skip)."""
+        target = offsets_file(self.path)
+        tmp = target.with_name(target.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps({str(inode): start for inode, start in starts.items()}))
+            os.replace(tmp, target)
+        except OSError:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
 
     def write(self, data: bytes) -> None:
         """Append `data` (rotating first where it would pass the cap); never raises."""
@@ -69,9 +126,12 @@ class RotatingLog:
             if self.size and self.size + len(data) > self.file_cap:
                 self._rotate()
             if self.dropped_bytes:
+                why = "could not write the log"
+                if self.drop_errno in (errno.ENOSPC, errno.EDQUOT):
+                    why = "the disk holding the log was full"
                 marker = (
-                    f"\n[workbench] {self.dropped_bytes} bytes of output dropped: could not"
-                    f" write the log ({self.drop_error})\n"
+                    f"\n[workbench] {self.dropped_bytes} bytes of output dropped: {why}"
+                    f" ({self.drop_error})\n"
                 ).encode()
                 self._write_all(marker)
                 self.dropped_bytes = 0
@@ -79,14 +139,71 @@ class RotatingLog:
         except OSError as error:
             self.dropped_bytes += len(data)
             self.drop_error = error.strerror or str(error)
+            self.drop_errno = error.errno or 0
 
     def close(self) -> None:
-        """Flush the drop marker if anything was lost, then close."""
+        """Write the drop marker if anything was lost, making room for it where the disk is
+        full (the reserve first, then the older generation `log.1`, then this generation's
+        bytes), give the reserve back, and close. Never raises."""
         if self.dropped_bytes:
-            self.write(b"")
+            for make_room in (self._release_reserve, self._drop_older, self._drop_current):
+                self.write(b"")
+                if not self.dropped_bytes:
+                    break
+                make_room()
+            else:
+                self.write(b"")
+        self._release_reserve()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+    def _release_reserve(self) -> None:
+        try:
+            os.unlink(self.reserve)
+        except OSError:
+            pass
+
+    def _drop_older(self) -> None:
+        try:
+            self.dropped_bytes += os.stat(rotated(self.path)).st_size
+            os.unlink(rotated(self.path))
+        except OSError:
+            pass
+
+    def _drop_current(self) -> None:
+        if self.fd >= 0:
+            try:
+                os.ftruncate(self.fd, 0)
+                self.dropped_bytes += self.size
+                self.size = 0
+            except OSError:
+                pass
+
+
+def _allocate(path: Path, size: int) -> None:
+    """Create `path` holding `size` bytes of disk (best effort: nothing is left on failure)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError:
+        return
+    try:
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as error:
+            if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            os.write(fd, b"\0" * size)  # a file system without fallocate
+    except OSError:
+        os.close(fd)
+        fd = -1
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def tail_bytes(path: Path, count: int) -> bytes:
@@ -145,17 +262,37 @@ def tail_lines(path: Path, count: int, limit_bytes: int = TAIL_SCAN_LIMIT_BYTES)
         follower.close()
 
 
+SKIP_MARKER = "[workbench] {count} skipped: the log rotated faster than it was followed\n"
+_LONGEST_HELD_LINE = 1024 * 1024  # a line longer than this is passed on unfinished
+
+
+def _first_break(data: bytes) -> int:
+    """Index of the first line end (`\\n` or `\\r`) in `data`, -1 if none."""
+    ends = [i for i in (data.find(b"\n"), data.find(b"\r")) if i >= 0]
+    return min(ends) if ends else -1
+
+
 class LogFollower:
     """Streams a rotating log faithfully: it keeps the file it is reading open, so when `log` is
-    renamed to `log.1` it reads the old file to its end before switching to the new `log` by
-    inode. Every byte written is returned once, in order, as long as the reader calls `read` at
-    least once per two generations (with the default cap: every 16 MiB of output)."""
+    renamed to `log.1` it reads the old file to its end before switching to the next generation
+    by inode. Every byte written is returned once, in order, as long as the reader calls `read`
+    at least once per two generations (with the default cap: every 16 MiB of output).
+
+    A reader that falls further behind loses what rotated away unread; the stream stays
+    faithful even then: `read` returns whole lines only (ended by `\\n` or `\\r`; the
+    unfinished last line is held back until it ends, or until `flush`), the line torn by the
+    skip is dropped on both sides, and one marker line (`SKIP_MARKER`, with the byte count from
+    the writer's offsets record where it has one) stands where bytes were skipped."""
 
     def __init__(self, path: Path, start: int | None = None):
         """`start`: the offset in the current `log` to begin at (None: its end)."""
         self.path = path
         self._fd = -1
         self._inode = -1
+        self._base: int | None = None  # where the open file begins in the whole output
+        self._held = b""  # the unfinished last line, not yet returned
+        self._resync = False  # after a skip: drop bytes up to the next line end
+        self._after: tuple[int, int | None] | None = None  # (inode, end) of a finished file
         self._open_current(start)
 
     def _open_current(self, start: int | None) -> None:
@@ -166,6 +303,11 @@ class LogFollower:
         self._fd = fd
         self._inode = os.fstat(fd).st_ino
         os.lseek(fd, os.fstat(fd).st_size if start is None else start, os.SEEK_SET)
+        known = read_offsets(self.path)
+        if self._inode in known:
+            self._base = known[self._inode]
+        elif not rotated(self.path).exists():
+            self._base = 0
 
     @property
     def position(self) -> int:
@@ -208,38 +350,93 @@ class LogFollower:
                 os.close(older_fd)
 
     def read(self) -> bytes:
-        """Everything written since the last call (possibly b"")."""
-        chunks: list[bytes] = []
+        """The whole lines written since the last call (possibly b""), with a marker line
+        where bytes rotated away unread."""
+        out: list[bytes] = []
         while True:
-            if self._fd < 0:
-                self._open_current(0)
-                if self._fd < 0:
-                    return b"".join(chunks)
-            chunks.extend(self._read_to_end())
+            if self._fd < 0 and not self._open_next(out):
+                break
+            self._take(b"".join(self._read_to_end()), out)
             try:
                 now_inode = os.stat(self.path).st_ino
             except FileNotFoundError:
-                return b"".join(chunks)
+                break
             if now_inode == self._inode:
-                return b"".join(chunks)
-            # Rotated: the open file (now log.1, or gone) was read to its end above; a write may
-            # have landed after that read and before the rename, so read once more. If log.1 is
-            # not our file, a whole generation went by between two reads: it comes next.
-            chunks.extend(self._read_to_end())
+                break
+            # Rotated: the open file (now log.1, or gone) is final once renamed; a write may
+            # have landed after the read above and before the rename, so read once more.
+            self._take(b"".join(self._read_to_end()), out)
+            end = None if self._base is None else self._base + self.position
+            self._after = (self._inode, end)
             os.close(self._fd)
             self._fd = -1
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        """The unfinished last line held back by `read` (call when the writer has ended)."""
+        held, self._held = self._held, b""
+        return b"" if self._resync else held
+
+    def _open_next(self, out: list[bytes]) -> bool:
+        """Open the generation after the finished one (`log.1` when a whole generation went
+        by unread, else `log`), noting any skip in `out`; False if there is none yet."""
+        if self._after is None:  # the log did not exist when we began
+            self._open_current(0)
+            return self._fd >= 0
+        done_inode, done_end = self._after
+        try:
+            current = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            return False
+        fd = -1
+        try:
+            fd = os.open(rotated(self.path), os.O_RDONLY)
+            if os.fstat(fd).st_ino in (done_inode, current):
+                os.close(fd)
+                fd = -1
+        except FileNotFoundError:
+            pass
+        if fd < 0:
             try:
-                older = os.open(rotated(self.path), os.O_RDONLY)
+                fd = os.open(self.path, os.O_RDONLY)
             except FileNotFoundError:
-                continue
-            if os.fstat(older).st_ino in (self._inode, now_inode):
-                os.close(older)
-                continue
-            self._fd = older
-            self._inode = os.fstat(older).st_ino
-            chunks.extend(self._read_to_end())
-            os.close(self._fd)
-            self._fd = -1
+                return False
+        inode = os.fstat(fd).st_ino
+        known = read_offsets(self.path)
+        start = known.get(inode)
+        skipped: int | None
+        if start is not None and done_end is not None:
+            skipped = max(start - done_end, 0)
+        else:
+            try:  # `log.1` still the finished file after opening `log`: nothing went by
+                contiguous = os.stat(rotated(self.path)).st_ino == done_inode
+            except FileNotFoundError:
+                contiguous = False
+            skipped = 0 if contiguous and inode != done_inode else None
+        self._fd, self._inode, self._base, self._after = fd, inode, start, None
+        if skipped != 0:
+            count = "an unknown number of bytes" if skipped is None else f"{skipped} bytes"
+            self._held = b""  # its end rotated away unread
+            out.append(SKIP_MARKER.format(count=count).encode())
+            self._resync = True
+        return True
+
+    def _take(self, data: bytes, out: list[bytes]) -> None:
+        """Pass on the whole lines of held + `data`; hold the unfinished rest."""
+        if not data:
+            return
+        if self._resync:
+            cut = _first_break(data)
+            if cut < 0:
+                return
+            data = data[cut + 1 :]
+            self._resync = False
+        data = self._held + data
+        cut = max(data.rfind(b"\n"), data.rfind(b"\r"))
+        if cut < 0 and len(data) > _LONGEST_HELD_LINE:
+            cut = len(data) - 1
+        out.append(data[: cut + 1])
+        self._held = data[cut + 1 :]
 
     def _read_to_end(self) -> Iterator[bytes]:
         while True:

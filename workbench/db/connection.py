@@ -51,7 +51,8 @@ def full_message(path: Path) -> str:
     """The one wording for a full disk, naming the folder whose device is full."""
     return (
         f"no space left on the device holding WORKBENCH_HOME ({path.parent});"
-        " free some space (or run `workbench prune`) and try again"
+        " free some space (`workbench prune --older-than 1d` deletes the logs and records of"
+        " jobs that ended over a day ago, even on a full disk) and try again"
     )
 
 

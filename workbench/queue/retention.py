@@ -18,16 +18,18 @@ def prune_ended(
     cancelled; never active ones), their events, metrics and run folders `runs/<id>/`.
 
     Each removal is audited (action "prune") and its bytes purged from state.db and its
-    backup. Returns the removed ids, oldest first. Costs one indexed query per 1,000 jobs."""
+    backup. The run folders go first: on a full disk (often full of job logs) that frees the
+    room the store's own writes need. Returns the removed ids, oldest first. Costs one
+    indexed query per 1,000 jobs."""
     cutoff = (time.time() if now is None else now) - older_than_s
     removed_all: list[int] = []
     while True:
         ids = store.ended_before(cutoff, limit=BATCH)
         if not ids:
             break
-        removed = store.remove_ended(ids)
-        for job_id in removed:
+        for job_id in ids:  # ended jobs never run again in these folders (a retry starts afresh)
             shutil.rmtree(home.run_dir(job_id), ignore_errors=True)
+        removed = store.remove_ended(ids)
         removed_all += removed
         if len(ids) < BATCH:
             break

@@ -19,11 +19,12 @@ from workbench.daemon import runner
 from workbench.daemon.executors import Ended, Handle, Launch, LaunchError
 from workbench.daemon.executors import containment as cg
 from workbench.daemon.executors.launcher import read_frame, write_frame
-from workbench.daemon.logs import RotatingLog
+from workbench.daemon.logs import RESERVE_SUFFIX, ROTATED_SUFFIX, RotatingLog
 
 CANCEL_FILE = "cancel"  # the grace in seconds for a cancel the daemon asked for (SIGUSR1)
 _CHUNK = 65536
 _FULL_DISK_RETRY_S = 1.0
+_END_RESERVE_BYTES = 256 * 1024  # held by the log from the start, for the drop marker and exit.json
 
 
 class LocalExecutor:
@@ -223,6 +224,10 @@ class LocalExecutor:
         return ended
 
     def _cleanup(self, handle: Handle) -> None:
+        try:  # a wrapper killed before closing its log leaves the log's reserve behind
+            (handle.run_dir / (runner.LOG_FILE + RESERVE_SUFFIX)).unlink()
+        except OSError:
+            pass
         cgroup_dir = self._cgroup(handle.token)
         if cgroup_dir is not None:
             cg.remove_cgroup(cgroup_dir)
@@ -458,7 +463,9 @@ def _wrapper_main(launch: Launch, cgroup_dir: Path | None) -> int:
     signal.signal(signal.SIGCHLD, _ignore)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})  # a cancel sent early lands now
 
-    log = RotatingLog(launch.run_dir / runner.LOG_FILE, launch.log_cap_bytes)
+    log = RotatingLog(
+        launch.run_dir / runner.LOG_FILE, launch.log_cap_bytes, reserve_bytes=_END_RESERVE_BYTES
+    )
     if launch.header:
         log.write(f"[workbench] {launch.header}\n".encode())
     if cgroup_dir is not None:
@@ -556,14 +563,29 @@ def _wrapper_main(launch: Launch, cgroup_dir: Path | None) -> int:
     return 0
 
 
+_SPACE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
 def _record_end(launch: Launch, status: runner.ExitStatus) -> None:
-    """Write exit.json; a full disk must not lose the outcome: retry until it can be written
-    (the daemon sees the wrapper alive meanwhile)."""
+    """Write exit.json; a full disk must not lose the outcome. The log gave back its reserve
+    when it closed; if something else took that room, the job's older log generation goes
+    next, and then it retries while the disk is full (the daemon sees the wrapper alive
+    meanwhile). Any other error (the run folder was removed by `rm` or `prune`, or the home
+    deleted) cannot heal by waiting: the wrapper gives up, and the daemon, if one still tracks
+    the job, settles it as ended without a record."""
+    older = launch.run_dir / (runner.LOG_FILE + ROTATED_SUFFIX)
     while True:
         try:
             runner.write_exit(launch.run_dir, status, launch.token)
             return
-        except OSError:
+        except OSError as error:
+            if error.errno not in _SPACE_ERRORS:
+                return
+            try:
+                older.unlink()
+                continue
+            except OSError:
+                pass
             time.sleep(_FULL_DISK_RETRY_S)
 
 
