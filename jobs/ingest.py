@@ -171,6 +171,11 @@ def prepare(spec: Spec, base_dir: Path, where: str) -> Spec:
     for column, kind in spec.types.items():
         if not kind.strip():
             raise SpecError(f"{where}: key 'types': column {column!r} has an empty type")
+        why = lake.check_type_name(kind)
+        if why is not None:
+            raise SpecError(
+                f"{where}: key 'types': column {column!r}: {kind!r} is not a DuckDB type ({why})"
+            )
     return replace(spec, source=patterns)
 
 
@@ -225,9 +230,16 @@ def _csv_options(spec: Spec, fmt: str, sample_size: int | None) -> list[str]:
     return options
 
 
-def csv_sql(spec: Spec, files: list[str], fmt: str, types: dict[str, str] | None = None) -> str:
-    """`read_csv` of files that share one header, with rejects kept and `types` (every column)."""
-    options = ["store_rejects = true", *_csv_options(spec, fmt, spec.sample_size)]
+def csv_sql(
+    spec: Spec,
+    files: list[str],
+    fmt: str,
+    types: dict[str, str] | None = None,
+    dialect: tuple[str, ...] = (),
+) -> str:
+    """`read_csv` of files that share one header and `dialect` (options from `sniff_dialect`),
+    with rejects kept and `types` (every column)."""
+    options = ["store_rejects = true", *_csv_options(spec, fmt, spec.sample_size), *dialect]
     if types is not None:
         options.append(f"types = {_struct(types)}")
     return f"read_csv({_list(files)}, {', '.join(options)})"
@@ -378,7 +390,8 @@ class Plan:
     read_types: dict[str, str]
     final_types: dict[str, str]
     user_typed: set[str]
-    groups: list[tuple[list[str], list[str]]] = field(default_factory=list)  # CSV: (files, cols)
+    # CSV: (files, columns, dialect options) per group of files read together
+    groups: list[tuple[list[str], list[str], tuple[str, ...]]] = field(default_factory=list)
     exact: set[str] = field(default_factory=set)  # integer columns read as EXACT, not FAST
 
     def integer_read_type(self, column: str) -> str:
@@ -425,22 +438,56 @@ def _merge_type(a: str, b: str) -> str:
     return "VARCHAR"
 
 
+def sniff_dialect(
+    cursor: duckdb.DuckDBPyConnection, spec: Spec, path: str, fmt: str
+) -> tuple[str, ...]:
+    """The `read_csv` options (delimiter, quote, escape, header) of one file, sniffed with
+    `ignore_errors` so that a ragged row (too many or too few fields, anywhere in the file) is
+    left out of the vote instead of making DuckDB's sniffer pick another dialect (a whole line
+    as one column named like "a,b") or give up. The user's own `delimiter`/`header` win. A file
+    the sniffer cannot read at all gets () (DuckDB's own sniffing, and its error, at the load).
+    """
+    options = ", ".join([*_csv_options(spec, fmt, spec.sample_size), "ignore_errors = true"])
+    try:
+        row = cursor.execute(
+            f"SELECT Delimiter, Quote, Escape, HasHeader FROM sniff_csv({_literal(path)}, {options})"
+        ).fetchone()
+    except duckdb.Error:
+        return ()
+    if row is None:
+        return ()
+    delim, quote, escape, has_header = (str(row[0]), str(row[1]), str(row[2]), bool(row[3]))
+    dialect: list[str] = []
+    if spec.delimiter is None and fmt != "tsv" and delim != "(empty)":
+        dialect.append(f"delim = {_literal(delim)}")
+    # No quote seen: RFC 4180's double quote still applies (a later quoted field is read whole).
+    dialect.append(f"quote = {_literal(quote if quote != '(empty)' else chr(34))}")
+    if escape != "(empty)":
+        dialect.append(f"escape = {_literal(escape)}")
+    if spec.header is None:
+        dialect.append(f"header = {str(has_header).lower()}")
+    return tuple(dialect)
+
+
 def plan_csv(cursor: duckdb.DuckDBPyConnection, spec: Spec, files: list[str], fmt: str) -> Plan:
-    """Guess each file's header and types (DuckDB's sniffer, on a sample), group the files by
-    header, and decide one type per column."""
-    options = ", ".join(_csv_options(spec, fmt, spec.sample_size))
-    by_header: dict[tuple[str, ...], list[str]] = {}
+    """Sniff each file's dialect and header (ragged rows left out, see `sniff_dialect`), guess
+    its types (on the whole file unless `sample_size`; rows with the wrong number of fields are
+    skipped here and become rejects at the load), group the files by header and dialect, and
+    decide one type per column."""
+    options = ", ".join([*_csv_options(spec, fmt, spec.sample_size), "ignore_errors = true"])
+    by_header: dict[tuple[tuple[str, ...], tuple[str, ...]], list[str]] = {}
     guessed: dict[str, str] = {}
     order: list[str] = []
     for path in files:
-        source = f"read_csv({_literal(path)}, {options})"
+        dialect = sniff_dialect(cursor, spec, path, fmt)
+        source = f"read_csv({_literal(path)}, {', '.join([options, *dialect])})"
         described = _describe(cursor, source)
         if described == [("column0", "VARCHAR")]:
             row = cursor.execute(f"SELECT count(*) FROM {source}").fetchone()
             if not row or not row[0]:  # what DuckDB makes of a file with nothing in it
                 raise JobFailed(f"{path} is empty: nothing to ingest (no version published)")
         header = tuple(name for name, _ in described)
-        by_header.setdefault(header, []).append(path)
+        by_header.setdefault((header, dialect), []).append(path)
         for name, kind in described:
             if name not in guessed:
                 order.append(name)
@@ -450,7 +497,7 @@ def plan_csv(cursor: duckdb.DuckDBPyConnection, spec: Spec, files: list[str], fm
     _check_overrides(spec, order)
     final = {c: spec.types.get(c, guessed[c]) for c in order}
     plan = Plan(order, {}, final, set(spec.types))
-    plan.groups = [(group, list(header)) for header, group in by_header.items()]
+    plan.groups = [(group, list(header), dialect) for (header, dialect), group in by_header.items()]
     _set_read_types(plan)
     return plan
 
@@ -464,8 +511,9 @@ def _set_read_types(plan: Plan) -> None:
 def csv_from(spec: Spec, plan: Plan, fmt: str) -> str:
     """The FROM clause reading every CSV group with the plan's read types."""
     parts = [
-        f"SELECT * FROM {csv_sql(spec, group, fmt, {c: plan.read_types[c] for c in header})}"
-        for group, header in plan.groups
+        "SELECT * FROM "
+        + csv_sql(spec, group, fmt, {c: plan.read_types[c] for c in header}, dialect)
+        for group, header, dialect in plan.groups
     ]
     if len(parts) == 1:
         return f"({parts[0]})"

@@ -202,7 +202,7 @@ def test_no_write_path_changes_the_lake_or_the_catalog(
         ("EXPLAIN --c\n ANALYZE INSERT INTO t VALUES (1)", "EXPLAIN ANALYZE of INSERT"),
         ("EXPLAIN (FORMAT json, ANALYZE) COPY (SELECT 1) TO 'x'", "EXPLAIN ANALYZE of COPY"),
         ("CALL checkpoint()", "statement 1 is CALL"),
-        ("RESET threads", "statement 1 is SET"),
+        ("RESET threads", "statement 1 is RESET"),
     ],
 )
 def test_explain_analyze_runs_only_for_a_select(
@@ -299,3 +299,129 @@ def test_bad_sql_config_is_named(home: Home, birds: object) -> None:
     done = workbench("sql", "SELECT 1")
     assert done.returncode == 2
     assert "[sql]: key 'timeout'" in done.stderr
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_time_limit_with_out_says_stopped_and_removes_the_part_file(
+    home: Home, store: Store, tmp_path: Path, suffix: str
+) -> None:
+    n = 20_000
+    table = pa.table({"id": list(range(n)), "name": [f"n{i}" for i in range(n)]})
+    lake.publish_arrow(home, store, "code", table)
+    home.config.write_text('[sql]\ntimeout = "1s"\n')
+    out = tmp_path / f"o{suffix}"
+    sql = "SELECT * FROM code a, code b"  # 400M rows: rows are written when the limit fires
+    done = workbench("sql", "--out", str(out), sql, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "stopped after 1.0s, the statement time limit" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its .part
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_query_error_midway_through_out_removes_the_part_file(
+    home: Home, birds: object, tmp_path: Path, suffix: str
+) -> None:
+    out = tmp_path / f"o{suffix}"
+    sql = (
+        "SELECT CASE WHEN range < 500000 THEN range ELSE error('boom') END AS x FROM range(1000000)"
+    )
+    done = workbench("sql", "--out", str(out), sql)
+    assert done.returncode == 2, done.stderr
+    assert "boom" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_out_into_a_folder_that_is_a_file_is_named(
+    home: Home, birds: object, tmp_path: Path
+) -> None:
+    (tmp_path / "afile").write_text("x")
+    done = workbench("sql", "--out", str(tmp_path / "afile" / "o.csv"), "SELECT 1")
+    assert done.returncode == 2
+    assert "--out: cannot create" in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_sql_that_is_not_utf8_is_refused_with_exit_2(home: Home, birds: object) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "workbench", "sql", b"SELECT 'caf\xe9'"],
+        capture_output=True,
+        timeout=120,
+        env=os.environ.copy(),
+    )
+    stderr = done.stderr.decode("utf-8", "replace")
+    assert done.returncode == 2, stderr
+    assert "not valid UTF-8 (byte 0xe9 at character 12)" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_check_read_only_refuses_surrogates_as_a_query_refused() -> None:
+    con = duckdb.connect()
+    with pytest.raises(lake.QueryRefused, match="not valid UTF-8"):
+        lake.check_read_only(con, "SELECT 'caf\udce9'")
+
+
+@pytest.mark.parametrize(
+    ("sql", "named"),
+    [
+        ("INSTALL httpfs", "INSTALL"),
+        ("force install httpfs", "FORCE INSTALL"),
+        ("LOAD httpfs", "LOAD"),
+        ("/* x */ RESET threads", "RESET"),
+        ("SET threads = 1", "SET"),
+        ("SELECT 1; INSTALL httpfs", "INSTALL"),
+        ("EXPLAIN ANALYZE INSTALL httpfs", "EXPLAIN ANALYZE of INSTALL"),
+    ],
+)
+def test_refusal_names_the_statement_as_written(sql: str, named: str) -> None:
+    con = duckdb.connect()
+    with pytest.raises(lake.QueryRefused) as refused:
+        lake.check_read_only(con, sql)
+    number = 2 if sql.startswith("SELECT 1;") else 1
+    assert f"statement {number} is {named}:" in str(refused.value)
+
+
+TEXT_FORMS_SQL = (
+    "SELECT 'infinity'::DATE AS d, '-infinity'::DATE AS nd, 'infinity'::TIMESTAMP AS t,"
+    " '\\xFF\\x00'::BLOB AS b, INTERVAL 3 DAY AS i, DATE '2024-01-02' AS ok, 7 AS n"
+)
+TEXT_FORMS = {
+    "d": "infinity",
+    "nd": "-infinity",
+    "t": "infinity",
+    "b": "\\xFF\\x00",
+    "i": "3 days",
+    "ok": "2024-01-02",
+}
+
+
+def test_json_writes_infinite_dates_blobs_and_intervals_in_duckdb_text_form(
+    home: Home, birds: object
+) -> None:
+    done = workbench("sql", "--json", TEXT_FORMS_SQL)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {**TEXT_FORMS, "n": 7}
+
+
+def test_csv_and_table_write_the_same_text_forms(home: Home, birds: object, tmp_path: Path) -> None:
+    expected = ",".join([*TEXT_FORMS.values(), "7"])
+    done = workbench("sql", "--csv", TEXT_FORMS_SQL)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1] == expected
+    out = tmp_path / "o.csv"
+    assert workbench("sql", "--out", str(out), TEXT_FORMS_SQL).returncode == 0
+    assert out.read_text().splitlines()[1].replace('"', "") == expected
+    table = workbench("sql", TEXT_FORMS_SQL)
+    assert table.returncode == 0, table.stderr
+    for text in TEXT_FORMS.values():
+        assert text in table.stdout
+    assert "9999-12-31" not in table.stdout and "0:00:00" not in table.stdout
+
+
+def test_text_forms_keep_duplicate_names_and_other_types() -> None:
+    con = duckdb.connect()
+    sql = lake.text_sql(con, "SELECT 1 AS a, DATE 'infinity' AS a, 2.5 AS x; -- c", None)
+    result = con.execute(sql)
+    assert [d[0] for d in result.description or []] == ["a", "a", "x"]
+    assert result.fetchall() == [(1, "infinity", 2.5)]

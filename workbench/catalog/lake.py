@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 DATASET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 REJECTS_FILE = "rejects.parquet"
+DATASET_NAME_MAX = 64
+# Views the SQL layer makes beside each dataset: NAME_rejects; and test jobs' predictions.
+RESERVED_SUFFIXES = ("_rejects", "_predictions")
 
 
 class LakeError(ValueError):
@@ -84,13 +87,55 @@ class VersionInfo:
         return self.path / REJECTS_FILE
 
 
-def check_dataset_name(name: str, where: str = "dataset") -> str:
+def reserved_name(name: str) -> str | None:
+    """Why `name` cannot be a user's dataset, or None: the SQL layer's own views are the store
+    tables (`STORE_TABLES`), each dataset's `NAME_rejects` and the test jobs'
+    `runN_predictions`/`testN_predictions` datasets; DuckDB names are case-insensitive, so a
+    dataset with one of these names (or suffixes) would shadow one of them."""
+    lowered = name.lower()
+    if lowered in STORE_TABLES:
+        return f"{name!r} is the name of the store's {lowered!r} view"
+    for suffix in RESERVED_SUFFIXES:
+        if lowered.endswith(suffix):
+            return f"names ending in {suffix!r} are reserved"
+    return None
+
+
+def check_dataset_name(name: str, where: str = "dataset", internal: bool = False) -> str:
+    """`name` if it is a usable dataset name: ASCII letters, digits and _, not starting with a
+    digit, at most `DATASET_NAME_MAX` characters (it names a folder); unless `internal` (a
+    job's own output such as predictions), not a reserved name (see `reserved_name`).
+    Raises LakeError naming `where`."""
     if not DATASET_NAME.match(name):
         raise LakeError(
-            f"{where}: {name!r} is not a usable dataset name (letters, digits and _; not"
-            " starting with a digit)"
+            f"{where}: {name[:80]!r} is not a usable dataset name (ASCII letters, digits and _;"
+            " not starting with a digit)"
         )
+    if len(name) > DATASET_NAME_MAX:
+        raise LakeError(
+            f"{where}: a dataset name has at most {DATASET_NAME_MAX} characters, got"
+            f" {len(name)} ({name[:20]!r}...)"
+        )
+    if not internal:
+        why = reserved_name(name)
+        if why is not None:
+            raise LakeError(
+                f"{where}: {why}; reserved: {', '.join(STORE_TABLES)} and names ending in"
+                f" {' or '.join(RESERVED_SUFFIXES)}"
+            )
     return name
+
+
+def check_type_name(kind: str) -> str | None:
+    """Why `kind` is not a DuckDB type (DuckDB's own type parser: DECIMAL(p,s), VARCHAR(n),
+    lists and structs included), or None when it is."""
+    import duckdb
+
+    try:
+        duckdb.sqltype(kind)
+    except (duckdb.Error, ValueError, TypeError) as error:
+        return str(error).splitlines()[0]
+    return None
 
 
 def _version_from_row(row: tuple[Any, ...]) -> VersionInfo:
@@ -210,7 +255,7 @@ def publish(
     Content identical to the latest version (same BLAKE2b hash of the parts, same rejected rows)
     publishes nothing: the latest version is returned as it is (its `job_id` is not the caller's).
     On any error the private folder is removed: a failed write leaves nothing behind."""
-    check_dataset_name(dataset)
+    check_dataset_name(dataset, internal=True)
     started = started_at if started_at is not None else time.time()
     base = home.lake / dataset
     base.mkdir(parents=True, exist_ok=True)
@@ -579,7 +624,9 @@ def _check_statement(con: duckdb.DuckDBPyConnection, text: str, number: int) -> 
             if not inner.strip():
                 raise QueryRefused(f"statement {number}: EXPLAIN of nothing")
             try:
-                inner_kinds = [s.type.name for s in con.extract_statements(inner)]
+                inner_kinds = [
+                    _written_kind(s.query, s.type.name) for s in con.extract_statements(inner)
+                ]
             except duckdb.Error as error:
                 raise QueryRefused(str(error)) from None
             if analyze and inner_kinds != ["SELECT"]:
@@ -592,8 +639,8 @@ def _check_statement(con: duckdb.DuckDBPyConnection, text: str, number: int) -> 
                 _check_statement(con, inner, number)
             continue
         raise QueryRefused(
-            f"statement {number} is {kind}: only SELECT and EXPLAIN run here (the lake is"
-            " read-only; write data with an ingest job)"
+            f"statement {number} is {_written_kind(statement.query, kind)}: only SELECT and"
+            " EXPLAIN run here (the lake is read-only; write data with an ingest job)"
         )
 
 
@@ -603,10 +650,11 @@ def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     SELECT only. QueryRefused names the statement that is refused."""
     import duckdb
 
+    check_sql_text(sql)
     try:
         statements = con.extract_statements(sql)
-    except (duckdb.Error, ValueError) as error:
-        raise QueryRefused(str(error)) from None
+    except (duckdb.Error, ValueError, TypeError) as error:
+        raise QueryRefused(str(error).splitlines()[0]) from None
     if not statements:
         raise QueryRefused("no statement to run")
     for number, statement in enumerate(statements, 1):
@@ -618,10 +666,47 @@ def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
             continue
         if kind != "EXPLAIN":
             raise QueryRefused(
-                f"statement {number} is {kind}: only SELECT and EXPLAIN run here (the lake is"
+                f"statement {number} is {_written_kind(statement.query, kind)}: only SELECT and"
+                " EXPLAIN run here (the lake is"
                 " read-only; write data with an ingest job)"
             )
         _check_statement(con, statement.query, number)
+
+
+def check_sql_text(sql: str) -> None:
+    """Refuse SQL that is not valid UTF-8 text (bytes the shell passed through as surrogate
+    escapes), naming the first bad byte and its character offset: DuckDB's parser takes only
+    UTF-8. Raises QueryRefused."""
+    try:
+        sql.encode("utf-8")
+    except UnicodeEncodeError as error:
+        bad = sql[error.start]
+        byte = f"0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else repr(bad)
+        raise QueryRefused(
+            f"the SQL is not valid UTF-8 (byte {byte} at character {error.start + 1}); write it"
+            " in UTF-8"
+        ) from None
+
+
+# Statement kinds DuckDB files several commands under: name the command as it was written.
+_GROUPED_KINDS = {"LOAD", "SET", "VARIABLE_SET", "PRAGMA", "TRANSACTION", "COPY_DATABASE"}
+
+
+def _written_kind(text: str, kind: str) -> str:
+    """The statement's kind as the user wrote it: DuckDB's type for INSTALL is LOAD and for
+    RESET is SET, so for those kinds the leading keyword(s) (`FORCE INSTALL`, `RESET`) name
+    it; other kinds keep DuckDB's name (a `WITH ... INSERT` is an INSERT)."""
+    if kind not in _GROUPED_KINDS:
+        return kind
+    words: list[str] = re.findall(
+        r"[A-Za-z_]+", re.sub(r"--[^\n]*|/\*.*?\*/", " ", text, flags=re.S)
+    )
+    if not words:
+        return kind
+    first = str(words[0]).upper()
+    if first == "FORCE" and len(words) > 1:
+        return f"FORCE {words[1].upper()}"
+    return first
 
 
 def last_statement(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[str, str]:
@@ -674,6 +759,33 @@ def limited_sql(con: duckdb.DuckDBPyConnection, sql: str, limit: int | None) -> 
     if limit is None or kind != "SELECT":
         return body
     return f"{wrap_sql(body)} LIMIT {int(limit)}"
+
+
+# Column types whose Python values misprint: DATE/TIMESTAMP infinities come back as 9999-12-31
+# (or year 1), BLOBs as b'..' reprs, INTERVALs as "3 days, 0:00:00" timedeltas.
+_AS_TEXT = re.compile(r"\b(DATE|TIMESTAMP|TIMESTAMP_S|TIMESTAMP_MS|TIMESTAMP_NS|INTERVAL|BLOB)\b")
+
+
+def text_sql(con: duckdb.DuckDBPyConnection, sql: str, limit: int | None) -> str:
+    """`limited_sql`, with every column whose type is or holds a DATE, TIMESTAMP, INTERVAL or
+    BLOB cast to VARCHAR, so it prints in DuckDB's own text form (`infinity`, `-infinity`,
+    `3 days`, `\\xFF\\x00`) in the CLI's table, CSV and JSON. Other columns keep their
+    types; statements that are not a SELECT are returned as `limited_sql` gives them. The
+    columns are bound (not run) to learn their types."""
+    kind, _ = last_statement(con, sql)
+    query = limited_sql(con, sql, limit)
+    if kind != "SELECT":
+        return query
+    relation = con.sql(query)
+    columns = relation.columns
+    types = [str(t) for t in relation.types]
+    if not any(_AS_TEXT.search(t) for t in types):
+        return query
+    exprs = [
+        (f"CAST(#{i} AS VARCHAR)" if _AS_TEXT.search(t) else f"#{i}") + f" AS {_quote(c)}"
+        for i, (c, t) in enumerate(zip(columns, types, strict=True), 1)
+    ]
+    return f"SELECT {', '.join(exprs)} FROM (\n{query}\n) AS q"
 
 
 class QueryStopped(RuntimeError):

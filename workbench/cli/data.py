@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import signal
 import sys
@@ -97,9 +98,14 @@ def register(sub: Any) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    from workbench.catalog import lake
     from workbench.cli.main import UsageError, _client, _print_json, _wait_exit
     from workbench.queue.requests import build_request
 
+    try:
+        lake.check_dataset_name(args.dataset, "--dataset")
+    except lake.LakeError as error:
+        raise UsageError(str(error)) from None
     table: dict[str, Any] = {"kind": "ingest", "source": args.sources, "dataset": args.dataset}
     if args.format:
         table["format"] = args.format
@@ -125,6 +131,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             column, sep, kind = pair.partition("=")
             if not sep or not column or not kind:
                 raise UsageError(f"--type: expected COLUMN=TYPE, got {pair!r}")
+            why = lake.check_type_name(kind)
+            if why is not None:
+                raise UsageError(f"--type {pair}: {kind!r} is not a DuckDB type ({why})")
             types[column] = kind
         table["types"] = types
     request = build_request(table, Path.cwd(), "ingest")
@@ -187,6 +196,10 @@ def cmd_sql(args: argparse.Namespace) -> int:
     from workbench.catalog import lake
     from workbench.queue.spec import SpecError
 
+    try:
+        lake.check_sql_text(args.query)
+    except lake.QueryRefused as error:
+        raise SpecError(f"sql: {error}") from None
     home = Home.current()
     store = _open(home)
     try:
@@ -201,12 +214,14 @@ def cmd_sql(args: argparse.Namespace) -> int:
     def work() -> int:
         lake.check_read_only(con, args.query)
         if args.out:
-            sql = lake.limited_sql(con, args.query, args.limit)
+            # Parquet keeps DuckDB's types; CSV gets the text forms (as --csv does).
+            as_text = Path(args.out).suffix.lower() == ".csv"
+            sql = (lake.text_sql if as_text else lake.limited_sql)(con, args.query, args.limit)
             written = _write_result(con.sql(sql), Path(args.out))
             print(f"{written} rows written to {args.out}")
             return written
         if args.json or args.csv:
-            result = con.execute(lake.limited_sql(con, args.query, args.limit))
+            result = con.execute(lake.text_sql(con, args.query, args.limit))
             return _stream(result, args.json)
         return _print_table(con, args.query, args.limit)
 
@@ -288,7 +303,7 @@ def _print_table(con: Any, sql: str, limit: int | None) -> int:
     from workbench.catalog import lake
 
     shown_limit = SHOWN_ROWS if limit is None else min(limit, SHOWN_ROWS)
-    result = con.execute(lake.limited_sql(con, sql, shown_limit + 1))
+    result = con.execute(lake.text_sql(con, sql, shown_limit + 1))
     columns = [d[0] for d in result.description or []]
     fetched = result.fetchall()
     more = len(fetched) > shown_limit
@@ -315,6 +330,14 @@ def _write_result(result: Any, target: Path) -> int:
 
 
 def _write_result_as_user(result: Any, target: Path) -> int:
+    """Stream a query's result to CSV or Parquet in record batches (never all in memory),
+    through `target.part`, renamed at the end. On every error (interrupt, time or memory
+    limit, a query error, a full disk, Ctrl-C) the part file is removed. DuckDB's errors that
+    Arrow's reader hands back as OSError/ArrowException are raised again as DuckDB's own
+    (interrupt, out of memory, or a plain duckdb.Error), so the caller reports them as it does
+    without --out; a file that cannot be written is a SpecError naming it."""
+    import duckdb
+    import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
@@ -323,32 +346,62 @@ def _write_result_as_user(result: Any, target: Path) -> int:
     suffix = target.suffix.lower()
     if suffix not in (".csv", ".parquet"):
         raise SpecError(f"--out: {target.name}: give a .csv or .parquet file")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    reader = result.to_arrow_reader(100_000)
     tmp = target.with_name(target.name + ".part")
     rows = 0
     writer: Any = None
+
+    def open_writer(schema: Any) -> Any:
+        try:
+            if suffix == ".parquet":
+                return pq.ParquetWriter(tmp, schema)
+            return pacsv.CSVWriter(tmp, schema)
+        except OSError as error:
+            raise SpecError(f"--out: cannot write {target}: {error}") from None
+
     try:
-        for batch in reader:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise SpecError(f"--out: cannot create {target.parent}: {error}") from None
+        reader = result.to_arrow_reader(100_000)
+        batches = iter(reader)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except (OSError, pa.ArrowException) as error:
+                raise _duckdb_error(duckdb, error) from None
             if writer is None:
-                writer = (
-                    pq.ParquetWriter(tmp, batch.schema)
-                    if suffix == ".parquet"
-                    else pacsv.CSVWriter(tmp, batch.schema)
-                )
-            writer.write_batch(batch)
+                writer = open_writer(batch.schema)
+            try:
+                writer.write_batch(batch)
+            except OSError as error:
+                raise SpecError(f"--out: cannot write {target}: {error}") from None
             rows += batch.num_rows
         if writer is None:
-            writer = (
-                pq.ParquetWriter(tmp, reader.schema)
-                if suffix == ".parquet"
-                else pacsv.CSVWriter(tmp, reader.schema)
-            )
-    finally:
+            writer = open_writer(reader.schema)
+        writer.close()
+        writer = None
+        tmp.replace(target)
+    except BaseException:
         if writer is not None:
-            writer.close()
-    tmp.replace(target)
+            with contextlib.suppress(Exception):
+                writer.close()
+        with contextlib.suppress(OSError):  # e.g. its folder is a file: there is none
+            tmp.unlink(missing_ok=True)
+        raise
     return rows
+
+
+def _duckdb_error(duckdb: Any, error: BaseException) -> BaseException:
+    """DuckDB's error from the text Arrow's reader wrapped it in ("INTERRUPT Error: ...")."""
+    text = str(error)
+    if text.startswith("INTERRUPT Error"):
+        return duckdb.InterruptException(text)  # type: ignore[no-any-return]
+    if text.startswith("Out of Memory Error"):
+        return duckdb.OutOfMemoryException(text)  # type: ignore[no-any-return]
+    return duckdb.Error(text)  # type: ignore[no-any-return]
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
