@@ -263,8 +263,9 @@ def test_wrapper_gives_up_recording_when_its_run_folder_is_gone(
     `prune`, a deleted home) it lingered as an orphan. Only a full disk is worth waiting out."""
     import shutil
 
-    job = launch(run_dir, [sys.executable, "-c", "import time; time.sleep(1)"])
+    job = launch(run_dir, [sys.executable, "-c", "import time; time.sleep(2)"])
     handle = executor.start(job)
+    wait_for(lambda: runner.read_wrapper(run_dir) is not None, what="the wrapper's record")
     shutil.rmtree(run_dir)
     wait_for(
         lambda: not Path(f"/proc/{handle.pid}").exists(),
