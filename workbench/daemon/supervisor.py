@@ -105,8 +105,11 @@ class Daemon:
         self.passes = 0  # scheduling passes run (each reads only the head of the queue)
         self.slurm: SlurmExecutor | None = None  # created when the first Slurm job appears
         self._next_slurm_tick = 0.0
-        delay = os.environ.get(DEBUG_LAUNCH_DELAY_ENV, "")
-        self._debug_launch_delay_s = float(delay) if delay else 0.0
+        try:  # a debug setting: anything but a finite number of seconds means none
+            delay = float(os.environ.get(DEBUG_LAUNCH_DELAY_ENV) or 0.0)
+        except ValueError:
+            delay = 0.0
+        self._debug_launch_delay_s = delay if 0.0 < delay < 3600.0 else 0.0
 
     # ---- its own log: never raises ---------------------------------------------------------
 
