@@ -188,7 +188,7 @@ class FixedSource(Source):
         self._client = None
 
     def read(self, fn: Callable[[Store], T]) -> T:
-        raise NotImplementedError("fixed data has no store")
+        raise LookupError("canned data has no store: give the read it needs a fixed_* field")
 
     def now(self) -> float:
         return self.fixed_now
