@@ -504,14 +504,7 @@ class Daemon:
         settings: scheduler.Settings,
         reasons: list[tuple[int, str | None]],
     ) -> int:
-        holding = [
-            replace(
-                t.holding,
-                gpu_mem_seen=self.gpu_mem_seen.get(t.job_id),
-                stopping=t.cancel_sent_at is not None or t.ended is not None,
-            )
-            for t in self.tracked.values()
-        ]
+        holding = [self._holding_now(t) for t in self.tracked.values()]
         dep_ids = {d for j in batch for d, _ in j.deps}
         dep_states = (
             {k: str(v) for k, v in self.store.states_of(dep_ids).items()} if dep_ids else {}
@@ -557,6 +550,16 @@ class Daemon:
                     job.id, Event.REFUSE, decision.reason, only_from=[JobState.QUEUED]
                 )
         return self._launch_many(starts)
+
+    def _holding_now(self, tracked: Tracked) -> scheduler.Holding:
+        """What the job holds, with the GPU memory last seen and whether it is stopping; a new
+        value only when those changed (a pass looks at every running job)."""
+        seen = self.gpu_mem_seen.get(tracked.job_id)
+        stopping = tracked.cancel_sent_at is not None or tracked.ended is not None
+        holding = tracked.holding
+        if holding.gpu_mem_seen != seen or holding.stopping != stopping:
+            holding = tracked.holding = replace(holding, gpu_mem_seen=seen, stopping=stopping)
+        return holding
 
     def _reclaim(self, decision: scheduler.Preempt | scheduler.Exceeds, now: float) -> None:
         """GPU pooling: preempt a running job (SIGTERM, then the kill grace; it is queued again
