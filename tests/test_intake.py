@@ -154,9 +154,9 @@ def test_help_and_a_large_environment_take_the_full_path(daemon: Home) -> None:
     assert not _audited_by_daemon(daemon, int(big.stdout))
 
 
-def _fake_daemon(home: Home, queue_it: bool) -> subprocess.Popen[str]:
+def _fake_daemon(home: Home, queue_it: bool, stay: bool = False) -> subprocess.Popen[str]:
     """A stand-in daemon that holds the lock, takes one submission from the intake socket,
-    queues it (or not) and stops without answering."""
+    queues it (or not) and stops without answering (or, with `stay`, never answers)."""
     script = textwrap.dedent(
         f"""
         import fcntl, marshal, os, socket, sys
@@ -175,12 +175,19 @@ def _fake_daemon(home: Home, queue_it: bool) -> subprocess.Popen[str]:
             req = JobRequest("taken", "command", {{"argv": ["true"]}}, "/", {{}}, argv=["true"],
                              paused=True)
             store.submit(req, request_token=request["token"])
+        if {stay!r}:
+            print("queued", flush=True)
+            sys.stdin.read()  # holds the lock until the test closes stdin
         os.unlink(home.intake_socket)
         os._exit(0)  # stops without answering; the lock goes with it
         """
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=os.environ
+        [sys.executable, "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=os.environ,
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     return proc
@@ -205,6 +212,21 @@ def test_a_daemon_that_stops_holding_a_submission_neither_loses_nor_doubles_it(
         client.close()
     assert [j.id for j in jobs] == [int(result.stdout)]
     assert jobs[0].name == ("taken" if queue_it else "true")
+
+
+def test_an_answer_that_never_comes_is_found_in_the_store(home: Home) -> None:
+    Store.open(home.state_db).close()
+    fake = _fake_daemon(home, queue_it=True, stay=True)
+    try:
+        result = workbench("submit", "--json", "--paused", "--", "true", timeout=60)
+        assert fake.stdout is not None and fake.stdout.readline().strip() == "queued"
+    finally:
+        assert fake.stdin is not None
+        fake.stdin.close()
+        fake.wait(10)
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["name"] == "taken" and shown["state"] == "paused"
 
 
 def test_submissions_from_another_uid_are_refused(daemon: Home) -> None:

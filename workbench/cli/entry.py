@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 _LIVENESS_S = 0.25  # how often a waiting client checks that the daemon still runs
+_LOOK_IN_STORE_S = 5.0  # how often it looks in the store for a job whose answer was lost
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -89,7 +90,7 @@ def quick_submit(words: list[str]) -> int | None:
         return _after_daemon_stopped(home, token, words)
     if "fallback" in reply:
         return None
-    return _print_reply(reply)
+    return _print_reply(reply, words)
 
 
 def lock_holder_or_none(home: Home) -> int | None:
@@ -105,7 +106,9 @@ def _await_reply(
     sock: _socket.socket, token: str, home: Home, daemon: int
 ) -> dict[str, Any] | None:
     """The daemon's answer to `token`; None if the daemon stopped before answering. No time
-    limit otherwise: a daemon waiting for the store's lock answers when it has it."""
+    limit otherwise: a daemon waiting for the store's lock answers when it has it. Every
+    `_LOOK_IN_STORE_S` without an answer the store is asked, in case the answer was lost."""
+    waited = 0.0
     while True:
         ready, _, _ = select.select([sock], [], [], _LIVENESS_S)
         if ready:
@@ -118,27 +121,35 @@ def _await_reply(
             continue
         if lock_holder_or_none(home) != daemon:
             return None
+        waited += _LIVENESS_S
+        if waited >= _LOOK_IN_STORE_S:
+            waited = 0.0
+            job_id = _queued_by_request(home, token)
+            if job_id is not None:
+                return {"token": token, "exit": 0, "job_id": job_id, "lost_reply": True}
 
 
-def _after_daemon_stopped(home: Home, token: str, words: list[str]) -> int | None:
-    """The daemon stopped after it was handed the submission: if it queued the job (its audit
-    entry carries the token), report that job; otherwise submit by ourselves."""
+def _queued_by_request(home: Home, token: str) -> int | None:
+    """The job the daemon queued for this submission's token (its audit entry), or None."""
     from workbench.daemon.client import Client
 
     try:
         client = Client(home, start_daemon=False)
         try:
-            job_id = client.store.submitted_by_request(token)
+            return client.store.submitted_by_request(token)
         finally:
             client.close()
     except Exception:
         return None  # the full path reports what is wrong with the store
+
+
+def _after_daemon_stopped(home: Home, token: str, words: list[str]) -> int | None:
+    """The daemon stopped after it was handed the submission: if it queued the job (its audit
+    entry carries the token), report that job; otherwise submit by ourselves."""
+    job_id = _queued_by_request(home, token)
     if job_id is None:
         return None
-    args = _submit_flags(words)
-    return _print_reply(
-        {"exit": 0, "job_id": job_id, "stdout": f"{job_id}\n", **args}, show_json=True
-    )
+    return _print_reply({"exit": 0, "job_id": job_id, "lost_reply": True}, words)
 
 
 def _submit_flags(words: list[str]) -> dict[str, bool]:
@@ -149,15 +160,18 @@ def _submit_flags(words: list[str]) -> dict[str, bool]:
     return {"wait": bool(args.wait), "json": bool(args.json)}
 
 
-def _print_reply(reply: dict[str, Any], show_json: bool = False) -> int:
-    """Print what the daemon said the CLI prints; wait for the job with --wait."""
+def _print_reply(reply: dict[str, Any], words: list[str]) -> int:
+    """Print what the daemon said the CLI prints (or, when its answer was lost, what the CLI
+    prints for the job it queued); wait for the job with --wait."""
     job_id = reply.get("job_id")
-    if show_json and reply.get("json") and job_id is not None:
-        from workbench.cli.main import print_job_json
+    if reply.get("lost_reply") and job_id is not None:
+        reply = {**reply, **_submit_flags(words), "stdout": f"{job_id}\n"}
+        if reply["json"]:
+            from workbench.cli.main import print_job_json
 
-        print_job_json(int(job_id))
-    else:
-        _write(sys.stdout, str(reply.get("stdout", "")))
+            print_job_json(int(job_id))
+            reply["stdout"] = ""
+    _write(sys.stdout, str(reply.get("stdout", "")))
     _write(sys.stderr, str(reply.get("stderr", "")))
     code = int(reply.get("exit", 1))
     if code == 0 and reply.get("wait") and job_id is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import marshal
 import os
+import select
 import socket
 import struct
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from workbench.queue.spec import SpecError
 
 _CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STORE = 0, 1, 2, 3
+_SEND_WAIT_S = 1.0
 
 
 class Intake:
@@ -99,11 +101,22 @@ class Intake:
             reply = self._answer(data, bool(flags & socket.MSG_TRUNC))
             if reply.get("job_id") is not None:
                 queued += 1
-            try:
-                self.sock.sendto(marshal.dumps(reply), address)
-            except OSError:
-                pass  # the client left; it finds its job by the token if it comes back
+            self._send(marshal.dumps(reply), address)
         return queued
+
+    def _send(self, data: bytes, address: Any) -> None:
+        """Answer one client. Unread answers are charged to this socket's send buffer, so with
+        many slow clients a send can find it full: wait for room (a second at most). An answer
+        that cannot be sent is not lost: the client finds its job by the token in the store."""
+        assert self.sock is not None
+        for _ in range(2):
+            try:
+                self.sock.sendto(data, address)
+                return
+            except BlockingIOError:
+                select.select([], [self.sock], [], _SEND_WAIT_S)
+            except OSError:
+                return  # the client left
 
     def _answer(self, data: bytes, truncated: bool) -> dict[str, Any]:
         try:
