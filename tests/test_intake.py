@@ -144,9 +144,14 @@ def test_a_quick_submit_imports_no_store_parser_or_job_model(daemon: Home) -> No
     assert _audited_by_daemon(daemon, int(result.stdout))
 
 
-def test_help_and_a_large_environment_take_the_full_path(daemon: Home) -> None:
+def test_help_slurm_and_a_large_environment_take_the_full_path(daemon: Home) -> None:
     helped = workbench("submit", "--help")
     assert helped.returncode == 0 and "--gpus" in helped.stdout
+    slurm = workbench("submit", "--executor", "slurm", "--paused", "--", "true")
+    full = workbench("submit", "--executor", "slurm", "--paused", "--", "true", env=FULL)
+    assert (slurm.returncode, slurm.stderr) == (full.returncode, full.stderr)
+    if slurm.returncode == 0:  # a Slurm cluster answered: the client queued it itself
+        assert not _audited_by_daemon(daemon, int(slurm.stdout))
     big = workbench(
         "submit", "--paused", "--", "true", env={f"BIG{i}": "x" * 100_000 for i in range(3)}
     )

@@ -14,6 +14,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from workbench.config import load_config
 from workbench.daemon.executors.slurm import bind_executor
 from workbench.daemon.link import INTAKE_VERSION, MAX_SUBMISSION_BYTES
 from workbench.db.connection import translate
@@ -153,6 +154,9 @@ class Intake:
         except submission.SubmitUsage as error:
             return {"exit": EXIT_USAGE, "stderr": error.text}
         try:
+            if (args.executor or load_config(self.home.config).executor.kind) != "local":
+                # Checking a Slurm job runs Slurm's commands, which must not hold up this loop.
+                return {"fallback": "a Slurm submission is checked by the client"}
             request, where = submission.request_from_args(args, env)
             (request,) = bind_executor([request], args.executor, self.home, [where])
             job_id = self.store.submit(request, request_token=token)
