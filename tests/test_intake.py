@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import marshal
 import os
+import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -16,6 +18,8 @@ import pytest
 from conftest import stop_daemon, workbench
 
 from workbench.daemon.client import Client, ensure_daemon
+from workbench.daemon.intake import MAX_FLAGS, well_formed
+from workbench.daemon.link import INTAKE_VERSION, lock_holder
 from workbench.db.store import Store
 from workbench.paths import Home
 
@@ -270,3 +274,224 @@ def test_submissions_from_another_uid_are_refused(daemon: Home) -> None:
 def test_the_marshalled_protocol_round_trips_bytes_that_are_not_utf8() -> None:
     request = {"argv": ["caf\udce9"], "env": {"K": "\udcff"}, "n": 1, "ok": True}
     assert marshal.loads(marshal.dumps(request)) == request
+
+
+# ---- attacks: what once stopped, stalled or fooled the quick path -------------------------
+
+
+def _datagram(home: Home, request: object, raw: bytes | None = None) -> object:
+    """Send one datagram to the intake socket as a client would; the daemon's answer (None if
+    none came within 10 s)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("")
+        sock.sendto(marshal.dumps(request) if raw is None else raw, str(home.intake_socket))
+        sock.settimeout(10)
+        try:
+            return marshal.loads(sock.recv(1 << 20))
+        except TimeoutError:
+            return None
+
+
+def _request(home: Home, argv: list[str], **fields: object) -> dict[str, object]:
+    return {
+        "v": INTAKE_VERSION,
+        "token": os.urandom(8).hex(),
+        "daemon": lock_holder(home),
+        "argv": argv,
+        "cwd": str(home.root),
+        "env": {"PATH": os.environ["PATH"]},
+        **fields,
+    }
+
+
+def _jobs(home: Home) -> list[int]:
+    store = Store.open(home.state_db)
+    try:
+        return [j.id for j in store.list_jobs()]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    "words", [["--hel", "--", "true"], ["--he", "--paused", "echo", "x"], ["--bogus", "--", "true"]]
+)
+def test_help_abbreviations_and_unknown_flags_answer_as_the_full_cli(
+    daemon: Home, words: list[str]
+) -> None:
+    # `--hel` is argparse's abbreviation of --help: the daemon printed help and exited.
+    # An unknown flag is reported by the top-level parser, with its usage, not submit's.
+    pid = lock_holder(daemon)
+    quick = workbench("submit", *words)
+    full = workbench("submit", *words, env=FULL)
+    assert (quick.returncode, quick.stdout, quick.stderr) == (
+        full.returncode,
+        full.stdout,
+        full.stderr,
+    )
+    reply = _datagram(daemon, _request(daemon, words))
+    assert isinstance(reply, dict) and "fallback" in reply
+    assert lock_holder(daemon) == pid
+    assert _jobs(daemon) == []
+
+
+def test_messages_match_for_undecodable_bytes_and_the_clients_width(daemon: Home) -> None:
+    for words, env in [
+        (["--paused", "--cwd", "caf\udce9", "--", "true"], {}),  # stderr: backslashreplace
+        (["--gpus"], {"COLUMNS": "200"}),  # usage wrapped at the client's width, not 80
+        (["--gpus"], {"COLUMNS": "30"}),
+    ]:
+        quick = workbench("submit", *words, env=env)
+        full = workbench("submit", *words, env={**env, **FULL})
+        assert quick.returncode == full.returncode == 2
+        assert quick.stderr == full.stderr, words
+
+
+def test_garbage_datagrams_neither_stop_nor_stall_the_daemon(daemon: Home) -> None:
+    pid = lock_holder(daemon)
+    good = _request(daemon, ["--paused", "--", "true"])
+    garbage: list[object] = [
+        {**good, "cwd": "/tmp\0x"},
+        {**good, "argv": ["--paused", "--", "tr\0ue"]},
+        {**good, "env": {"A": "b\0c"}},
+        {**good, "env": {"A=B": "c"}},
+        {**good, "cwd": str(daemon.state_db)},  # a file
+        {**good, "cwd": "relative"},
+        {**good, "argv": "--paused"},
+        {**good, "argv": [1, 2]},
+        {**good, "env": [("A", "b")]},
+        {**good, "columns": "80"},
+        {**good, "v": 1},
+        {**good, "daemon": -1},
+        {**good, "argv": ["--paused", "--spec", "/dev/zero"]},
+    ]
+    for request in garbage:
+        reply = _datagram(daemon, request)
+        assert isinstance(reply, dict) and "fallback" in reply, request
+    raws = [
+        os.urandom(64),
+        marshal.dumps([good]),
+        marshal.dumps({"token": 5}),
+        b"\xfb" + b"\xda\x05token" + b"(" + struct.pack("<i", 2**31 - 1),  # asks for 16 GiB
+        b"\xfb" + b"\xda\x05token" + b"[" * 5000,
+        marshal.dumps(good)[:-3],
+    ]
+    for raw in raws:
+        assert _datagram(daemon, None, raw) in (
+            {"token": None, "fallback": "unreadable submission"},
+        )
+    assert not well_formed(b"(" + struct.pack("<i", 2**31 - 1))
+    assert not well_formed(b"[" + struct.pack("<i", 100) + b"N" * 99)
+    assert well_formed(marshal.dumps(good))
+    assert _jobs(daemon) == []
+    shown = workbench("submit", "--paused", "--", "true")
+    assert shown.returncode == 0 and _audited_by_daemon(daemon, int(shown.stdout))
+    assert lock_holder(daemon) == pid
+    assert "Traceback" not in daemon.daemon_log.read_text()
+
+
+def test_a_submission_with_many_flags_is_parsed_by_the_client(daemon: Home) -> None:
+    # argparse's cost grows with the square of the flags: 30,000 held the loop for 30 s.
+    words = ["--paused"] * (MAX_FLAGS + 1) + ["--", "true"]
+    reply = _datagram(daemon, _request(daemon, words))
+    assert isinstance(reply, dict) and "fallback" in reply
+    result = workbench("submit", *words)
+    assert result.returncode == 0 and not _audited_by_daemon(daemon, int(result.stdout))
+
+
+def test_an_answer_too_long_for_a_datagram_still_reaches_the_client(daemon: Home) -> None:
+    # The message quotes the argument with each control byte as \x01: four times longer
+    # than the request, past the datagram limit. The client used to wait for ever.
+    long = "\x01" * 45_000
+    quick = workbench("submit", "--after", long, "--", "true", timeout=60)
+    full = workbench("submit", "--after", long, "--", "true", env=FULL)
+    assert quick.returncode == full.returncode == 2
+    assert quick.stderr == full.stderr
+    # A queued job whose --json is too long: the client prints it itself.
+    quick = workbench("submit", "--json", "--paused", "--", "echo", long, timeout=60)
+    assert quick.returncode == 0, quick.stderr
+    shown = json.loads(quick.stdout)
+    assert shown["argv"] == ["echo", long] and _audited_by_daemon(daemon, shown["id"])
+
+
+def test_specs_from_streams_fifos_and_nested_too_deep(daemon: Home, tmp_path: Path) -> None:
+    text = 'kind = "command"\nargv = ["echo", "piped"]\n'
+    for env in ({}, FULL):
+        result = workbench("submit", "--paused", "--spec", "/dev/stdin", input=text, env=env)
+        assert result.returncode == 0, result.stderr
+        assert _shown(int(result.stdout))["argv"] == ["echo", "piped"]
+    deep = tmp_path / "deep.toml"
+    deep.write_text("a = " + "[" * 3000 + "]" * 3000 + "\n")
+    quick = workbench("submit", "--spec", str(deep))
+    full = workbench("submit", "--spec", str(deep), env=FULL)
+    assert (quick.returncode, quick.stderr) == (full.returncode, full.stderr)
+    assert quick.returncode == 2 and "nested too deeply" in quick.stderr
+    fifo = tmp_path / "job.toml"
+    os.mkfifo(fifo)
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "workbench", "submit", "--paused", "--spec", str(fifo)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # The daemon must not block reading the FIFO: it keeps taking submissions.
+        reply = _datagram(daemon, _request(daemon, ["--paused", "--", "true"]))
+        assert isinstance(reply, dict) and reply.get("exit") == 0, reply
+        with open(fifo, "w") as writer:
+            writer.write(text)
+        out, _ = waiting.communicate(timeout=60)
+    finally:
+        waiting.kill()
+        waiting.wait()
+    assert waiting.returncode == 0 and _shown(int(out))["argv"] == ["echo", "piped"]
+
+
+def test_a_request_for_another_daemon_or_asked_again_is_not_queued_twice(daemon: Home) -> None:
+    pid = lock_holder(daemon)
+    assert pid is not None
+    # Found holding the lock by a client, then replaced: the client submits by itself.
+    reply = _datagram(daemon, _request(daemon, ["--paused", "--", "true"], daemon=pid + 1))
+    assert isinstance(reply, dict) and "fallback" in reply
+    assert _jobs(daemon) == []
+    first = _request(daemon, ["--paused", "--", "true"])
+    reply = _datagram(daemon, first)
+    assert isinstance(reply, dict) and reply["exit"] == 0
+    again = _datagram(daemon, {**first, "again": 1})
+    assert isinstance(again, dict) and again["job_id"] == reply["job_id"]
+    assert _jobs(daemon) == [reply["job_id"]]
+
+
+def test_a_lost_error_answer_is_asked_for_again(home: Home) -> None:
+    """A stand-in daemon drops the first datagram unanswered (a full send buffer) and answers
+    the resent one: the client used to wait for ever, the store holding no job of its."""
+    Store.open(home.state_db).close()
+    script = textwrap.dedent(
+        """
+        import fcntl, marshal, os, socket
+        from workbench.paths import Home
+        home = Home.current()
+        fd = os.open(home.lock, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, str(os.getpid()).encode())
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(home.intake_socket))
+        print("ready", flush=True)
+        sock.recv(1 << 20)
+        data, address = sock.recvfrom(1 << 20)
+        request = marshal.loads(data)
+        print("again" if request.get("again") else "first", flush=True)
+        reply = {"token": request["token"], "exit": 2, "stderr": "workbench: bad\\n"}
+        sock.sendto(marshal.dumps(reply), address)
+        os.unlink(home.intake_socket)
+        """
+    )
+    fake = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=os.environ
+    )
+    try:
+        assert fake.stdout is not None and fake.stdout.readline().strip() == "ready"
+        result = workbench("submit", "--", "true", timeout=60)
+        assert fake.stdout.readline().strip() == "again"
+    finally:
+        fake.kill()
+        fake.wait()
+    assert (result.returncode, result.stderr) == (2, "workbench: bad\n")

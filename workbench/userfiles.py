@@ -15,7 +15,8 @@ def read_toml(path: Path) -> dict[str, Any]:
     """Parse the TOML file at `path` into a dict.
 
     Raises UserFileError naming `path` when it is missing, unreadable (a folder, no permission),
-    not UTF-8 (TOML files are UTF-8 by definition) or not valid TOML."""
+    not UTF-8 (TOML files are UTF-8 by definition) or not valid TOML (nesting too deep for the
+    parser's recursion included)."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -33,3 +34,5 @@ def read_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise UserFileError(f"{path}: not valid TOML: {error}") from None
+    except RecursionError:
+        raise UserFileError(f"{path}: not valid TOML: arrays or tables nested too deeply") from None

@@ -43,13 +43,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _handed_over(words: list[str]) -> bool:
     """Whether the daemon may take this submit: not for help (printed here, at the terminal's
-    width), which argparse shows for -h anywhere among submit's own flags."""
+    width), which argparse shows for -h, --help or an abbreviation of it (--h, --he, --hel)
+    anywhere among submit's own flags. (The daemon hands back any other help it finds.)"""
     for word in words:
         if word == "--":
             return True
-        if word in ("-h", "--help"):
+        if word == "-h" or (len(word) >= 3 and "--help".startswith(word)):
             return False
     return True
+
+
+def _columns() -> int:
+    """The terminal width argparse wraps usage text to here, as `shutil.get_terminal_size`
+    finds it ($COLUMNS, else the terminal on stdout, else 80), without importing shutil."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns > 0:
+        return columns
+    stdout = sys.__stdout__
+    try:
+        return (os.get_terminal_size(stdout.fileno()).columns if stdout else 0) or 80
+    except (AttributeError, ValueError, OSError):
+        return 80
 
 
 def quick_submit(words: list[str]) -> int | None:
@@ -72,7 +89,15 @@ def quick_submit(words: list[str]) -> int | None:
         os.umask(mask)
         env[USER_UMASK_ENV] = f"{mask:03o}"
     token = os.urandom(16).hex()
-    request = {"v": INTAKE_VERSION, "token": token, "argv": words, "cwd": cwd, "env": env}
+    request = {
+        "v": INTAKE_VERSION,
+        "token": token,
+        "daemon": daemon,
+        "argv": words,
+        "cwd": cwd,
+        "env": env,
+        "columns": _columns(),
+    }
     data = marshal.dumps(request)
     if len(data) > MAX_SUBMISSION_BYTES:
         return None
@@ -83,13 +108,14 @@ def quick_submit(words: list[str]) -> int | None:
             sock.sendto(data, str(home.intake_socket))
         except OSError:
             return None  # nothing listens (a daemon that just stopped): nothing was sent
-        reply = _await_reply(sock, token, home, daemon)
+        reply = _await_reply(sock, token, home, daemon, marshal.dumps({**request, "again": 1}))
     finally:
         sock.close()
-    if reply is None:
+    if reply is None or "fallback" in reply:
+        # The daemon stopped, or handed the submission back (a resent one reached a daemon
+        # that took over the socket since): report the job if one was queued for it, else
+        # submit by ourselves.
         return _after_daemon_stopped(home, token, words)
-    if "fallback" in reply:
-        return None
     return _print_reply(reply, words)
 
 
@@ -103,11 +129,13 @@ def lock_holder_or_none(home: Home) -> int | None:
 
 
 def _await_reply(
-    sock: _socket.socket, token: str, home: Home, daemon: int
+    sock: _socket.socket, token: str, home: Home, daemon: int, again: bytes
 ) -> dict[str, Any] | None:
     """The daemon's answer to `token`; None if the daemon stopped before answering. No time
     limit otherwise: a daemon waiting for the store's lock answers when it has it. Every
-    `_LOOK_IN_STORE_S` without an answer the store is asked, in case the answer was lost."""
+    `_LOOK_IN_STORE_S` without an answer the store is asked, in case the answer was lost; if it
+    holds no such job, the request is sent `again` (the daemon answers it once more, with the
+    job the first one queued if it did, so an error's lost answer does not leave us waiting)."""
     waited = 0.0
     while True:
         ready, _, _ = select.select([sock], [], [], _LIVENESS_S)
@@ -127,6 +155,10 @@ def _await_reply(
             job_id = _queued_by_request(home, token)
             if job_id is not None:
                 return {"token": token, "exit": 0, "job_id": job_id, "lost_reply": True}
+            try:
+                sock.sendto(again, str(home.intake_socket))
+            except OSError:
+                pass  # the daemon is stopping: the next liveness check sees it
 
 
 def _queued_by_request(home: Home, token: str) -> int | None:
@@ -182,8 +214,8 @@ def _print_reply(reply: dict[str, Any], words: list[str]) -> int:
 
 
 def _write(stream: Any, text: str) -> None:
-    if not text:
-        return
-    stream.flush()
-    stream.buffer.write(text.encode("utf-8", "surrogateescape"))
-    stream.buffer.flush()
+    """Print `text` as the full CLI's `print` would: through the stream's own encoding and
+    error handler (stderr writes an undecodable byte of an argument as `\\udcXX`)."""
+    if text:
+        stream.write(text)
+        stream.flush()

@@ -10,6 +10,7 @@ import marshal
 import os
 import select
 import socket
+import stat
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,15 @@ from workbench.queue.spec import SpecError
 _CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STORE = 0, 1, 2, 3
 _SEND_WAIT_S = 1.0
+# argparse compares every option word with every other (quadratic): 30,000 flags in one
+# request held the daemon's loop for 30 s. More than this many are parsed by the client.
+MAX_FLAGS = 256
+# A spec file larger than this is read by the client, not by the daemon's loop.
+MAX_SPEC_BYTES = 1 << 20
+# Paths that name the reader's own files (`/dev/stdin`, a shell's `<(...)`, `/proc/self`):
+# read here they would be the daemon's, so the client reads them.
+_CALLERS_OWN = ("/dev/", "/proc/")
+_PARSERS_KEPT = 8  # parsers kept, one per terminal width seen
 
 
 class Intake:
@@ -42,7 +52,7 @@ class Intake:
         self.sock: socket.socket | None = None
         self.refused = 0
         self.taken = 0
-        self._parser = submission.parser()
+        self._parsers: dict[int | None, submission.SubmitParser] = {}
 
     def bind(self) -> socket.socket | None:
         """Create the socket (replacing a stale one); None, with a log line, if it cannot be
@@ -100,9 +110,9 @@ class Intake:
             if not address:
                 continue  # nowhere to answer: the client cannot be waiting for it
             reply = self._answer(data, bool(flags & socket.MSG_TRUNC))
-            if reply.get("job_id") is not None:
+            if reply.get("job_id") is not None and not reply.get("lost_reply"):
                 queued += 1
-            self._send(marshal.dumps(reply), address)
+            self._send(_fitted(reply), address)
         return queued
 
     def _send(self, data: bytes, address: Any) -> None:
@@ -120,46 +130,80 @@ class Intake:
                 return  # the client left
 
     def _answer(self, data: bytes, truncated: bool) -> dict[str, Any]:
-        try:
-            request = marshal.loads(data)  # only this uid's datagrams get here (credentials)
-            token = str(request["token"])
-        except (ValueError, KeyError, TypeError, EOFError):
+        """The reply to one datagram. Never raises: whatever cannot be taken is handed back
+        to the client (a fallback), which then reports it exactly as the full CLI does."""
+        request = read_request(data)
+        if request is None:
             return {"token": None, "fallback": "unreadable submission"}
+        token = request["token"]
         if truncated:
             return {"token": token, "fallback": "submission too large"}
-        if request.get("v") != INTAKE_VERSION:
+        if request["v"] != INTAKE_VERSION:
             return {"token": token, "fallback": f"daemon speaks version {INTAKE_VERSION}"}
+        if request["daemon"] != os.getpid():
+            # Sent to a daemon that stopped since: its client already looked for the job in
+            # the store, found none, and submits by itself. Taking it too would queue it twice.
+            return {"token": token, "fallback": "sent to another daemon"}
+        problem = malformed(request)
+        if problem is not None:
+            return {"token": token, "fallback": f"malformed submission ({problem})"}
+        if request.get("again"):  # the client got no answer: did the first one queue it?
+            try:
+                job_id = self.store.submitted_by_request(token)
+            except Exception as error:
+                return {"token": token, "fallback": f"{type(error).__name__}"}
+            if job_id is not None:
+                return {"token": token, "exit": EXIT_OK, "job_id": job_id, "lost_reply": True}
         try:
-            argv = [str(word) for word in request["argv"]]
-            env = {str(k): str(v) for k, v in dict(request["env"]).items()}
-            cwd = str(request["cwd"])
-        except (KeyError, TypeError, ValueError):
-            return {"token": token, "fallback": "malformed submission"}
-        try:
-            os.chdir(cwd)  # relative paths (--spec, --cwd) are the client's
-        except OSError:
+            os.chdir(request["cwd"])  # relative paths (--spec, --cwd) are the client's
+        except (OSError, ValueError):
             return {"token": token, "fallback": "working directory unavailable"}
         try:
-            return {"token": token, **self._submit(argv, env, token)}
+            return {"token": token, **self._submit(request, token)}
+        except (Exception, SystemExit) as error:  # a bug here must not stop the daemon
+            self.log(f"submission not taken ({type(error).__name__}: {error})")
+            return {"token": token, "fallback": f"{type(error).__name__}"}
         finally:
             try:
                 os.chdir(self.home.root)
             except OSError:
                 os.chdir("/")
 
-    def _submit(self, argv: list[str], env: dict[str, str], token: str) -> dict[str, Any]:
+    def _parser(self, columns: int | None) -> submission.SubmitParser:
+        """The submit parser for a client whose terminal is `columns` wide (usage lines wrap as
+        the full CLI's would there)."""
+        parser = self._parsers.get(columns)
+        if parser is None:
+            if len(self._parsers) >= _PARSERS_KEPT:
+                self._parsers.clear()
+            width = None if columns is None else max(columns - 2, 1)  # as argparse's default
+            parser = self._parsers[columns] = submission.parser(width)
+        return parser
+
+    def _submit(self, request: dict[str, Any], token: str) -> dict[str, Any]:
         """What `cmd_submit` would do and print, as a reply."""
+        argv: list[str] = request["argv"]
+        env: dict[str, str] = request["env"]
+        head = argv[: argv.index("--")] if "--" in argv else argv
+        if sum(word.startswith("-") for word in head) > MAX_FLAGS:
+            return {"fallback": f"more than {MAX_FLAGS} flags"}
         try:
-            args = submission.parse_args(self._parser, argv)
+            args = submission.parse_args(self._parser(request.get("columns")), argv)
         except submission.SubmitUsage as error:
             return {"exit": EXIT_USAGE, "stderr": error.text}
+        except submission.SubmitNotHere as error:
+            return {"fallback": str(error)}
+        if args.spec:
+            why = _client_reads(args.spec)
+            if why is not None:
+                return {"fallback": why}
         try:
             if (args.executor or load_config(self.home.config).executor.kind) != "local":
                 # Checking a Slurm job runs Slurm's commands, which must not hold up this loop.
                 return {"fallback": "a Slurm submission is checked by the client"}
-            request, where = submission.request_from_args(args, env)
-            (request,) = bind_executor([request], args.executor, self.home, [where])
-            job_id = self.store.submit(request, request_token=token)
+            job, where = submission.request_from_args(args, env)
+            (job,) = bind_executor([job], args.executor, self.home, [where])
+            job_id = self.store.submit(job, request_token=token)
         except SpecError as error:
             return {"exit": EXIT_USAGE, "stderr": f"workbench: {error}\n"}
         except JobError as error:
@@ -185,3 +229,145 @@ class Intake:
             except Exception as error:  # queued all the same: print its id, as without --json
                 self.log(f"job {job_id}: queued, but cannot be shown as JSON ({error})")
         return reply
+
+
+def _fitted(reply: dict[str, Any]) -> bytes:
+    """`reply` marshalled, within the datagram limit: an answer too long to send (a message
+    that quotes a long argument, --json of a long command) becomes, for a queued job, its id
+    alone (the client prints what the CLI prints for it) and otherwise a fallback (the client
+    reports the error itself). Without this the client never heard back."""
+    data = marshal.dumps(reply)
+    if len(data) <= MAX_SUBMISSION_BYTES:
+        return data
+    token = reply.get("token")
+    if reply.get("job_id") is not None:
+        return marshal.dumps(
+            {"token": token, "exit": EXIT_OK, "job_id": reply["job_id"], "lost_reply": True}
+        )
+    return marshal.dumps({"token": token, "fallback": "answer too large"})
+
+
+def _client_reads(spec: str) -> str | None:
+    """Why the spec file `spec` (relative to the current directory) is left to the client, or
+    None if the daemon may read it: a stream named by the reader's own files (`/dev/stdin`,
+    `<(...)`), anything but a regular file (a FIFO would block the daemon's loop until written)
+    or a large file."""
+    path = os.path.abspath(spec)
+    real = os.path.realpath(path)
+    if any((p + "/").startswith(_CALLERS_OWN) for p in (path, real)):
+        return "the spec file is a stream of the client's"
+    try:
+        info = os.stat(real)
+    except OSError:
+        return None  # missing or unreadable: the message the CLI gives
+    if not stat.S_ISREG(info.st_mode):
+        return "the spec file is not a regular file"
+    if info.st_size > MAX_SPEC_BYTES:
+        return "a large spec file"
+    return None
+
+
+_FLAG_REF = 0x80  # marshal's "remember this object" bit on a type code
+_NO_DATA = frozenset(b"NTF")  # None, True, False
+_SHORT_TEXT = frozenset(b"zZ")  # 1-byte length, then the bytes
+_TEXT = frozenset(b"uatAs")  # 4-byte length, then the bytes
+_COUNTED = frozenset(b"([<>")  # 4-byte count, then the items
+_MAX_DEPTH = 8  # a request nests two levels (dict of list/dict)
+
+
+def well_formed(data: bytes) -> bool:
+    """Whether `data` is a marshalled value built only of what a request holds (dicts, lists,
+    tuples, sets, strings, ints, None/True/False and back-references), nesting at most
+    `_MAX_DEPTH` deep, with no length or count larger than the bytes left.
+
+    `marshal.loads` trusts a count and allocates for it before it reads the items: a 5-byte
+    tuple header asks for up to 16 GiB (2**31 pointers), which random bytes sent to the socket
+    can hit. This walk costs one step per object, a few ms for the largest request."""
+    end = len(data)
+
+    def size(pos: int) -> int:
+        if pos + 4 > end:
+            raise ValueError("short")
+        return int.from_bytes(data[pos : pos + 4], "little", signed=True)
+
+    def skip(pos: int, depth: int) -> int:
+        if pos >= end or depth > _MAX_DEPTH:
+            raise ValueError("short or deep")
+        code = data[pos] & ~_FLAG_REF
+        pos += 1
+        if code in _NO_DATA:
+            return pos
+        if code in (ord("i"), ord("r")):
+            pos += 4
+        elif code in _SHORT_TEXT:
+            pos += 1 + (data[pos] if pos < end else 0)
+        elif code in _TEXT:
+            length = size(pos)
+            pos += 4 + length if length >= 0 else end + 1
+        elif code == ord("l"):  # a big int: a signed count of 15-bit digits, 2 bytes each
+            pos += 4 + 2 * abs(size(pos))
+        elif code == ord(")"):  # a small tuple: 1-byte count
+            count = data[pos] if pos < end else 0
+            pos += 1
+            for _ in range(count):
+                pos = skip(pos, depth + 1)
+        elif code in _COUNTED:
+            count = size(pos)
+            pos += 4
+            if not 0 <= count <= end - pos:
+                raise ValueError("count")
+            for _ in range(count):
+                pos = skip(pos, depth + 1)
+        elif code == ord("{"):
+            while pos < end and data[pos] != ord("0"):
+                pos = skip(skip(pos, depth + 1), depth + 1)
+            pos += 1
+        else:
+            raise ValueError(f"type {code!r}")
+        if pos > end:
+            raise ValueError("short")
+        return pos
+
+    try:
+        skip(0, 0)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+def read_request(data: bytes) -> dict[str, Any] | None:
+    """The request in one datagram, or None if it is not a marshalled dict with a string
+    "token" (nothing can be answered to it). Other fields are checked by `malformed`."""
+    if not well_formed(data):
+        return None
+    try:
+        request = marshal.loads(data)
+    except (ValueError, EOFError, TypeError):
+        return None
+    if not isinstance(request, dict) or not isinstance(request.get("token"), str):
+        return None
+    request.setdefault("v", None)
+    request.setdefault("daemon", None)
+    return request
+
+
+def malformed(request: dict[str, Any]) -> str | None:
+    """What is wrong with a request's fields, or None: "argv" a list of strings, "env" a dict
+    of strings (names non-empty, without "="), "cwd" an absolute path, "columns" a positive int
+    or absent; no string holds a NUL (no process can pass one: a request with one was not sent
+    by `workbench submit`)."""
+    argv, env, cwd = request.get("argv"), request.get("env"), request.get("cwd")
+    columns = request.get("columns")
+    if not isinstance(argv, list) or not all(isinstance(word, str) for word in argv):
+        return "argv"
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and k and "=" not in k for k, v in env.items()
+    ):
+        return "env"
+    if not isinstance(cwd, str) or not cwd.startswith("/"):
+        return "cwd"
+    if columns is not None and (type(columns) is not int or not 0 < columns < 100_000):
+        return "columns"
+    if any("\0" in text for text in (cwd, *argv, *env, *env.values())):
+        return "a NUL character"
+    return None

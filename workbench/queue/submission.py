@@ -5,6 +5,7 @@ path for the CLI and for the daemon, which takes submissions handed to it by `wo
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -27,12 +28,22 @@ class SubmitUsage(SpecError):
         self.text = text
 
 
+class SubmitNotHere(Exception):
+    """Words that only the full CLI answers exactly: help (`-h`, `--help` or an abbreviation
+    such as `--hel`, printed at the terminal's width) and flags `submit` does not know (reported
+    by the top-level parser, with its usage). The daemon hands these back to the client."""
+
+
 class SubmitParser(argparse.ArgumentParser):
-    """The submit flags as a parser that raises SubmitUsage instead of exiting, for callers that
-    must not exit (the daemon)."""
+    """The submit flags as a parser that raises SubmitUsage instead of exiting, and
+    SubmitNotHere instead of printing help, for callers that must neither exit nor print (the
+    daemon)."""
 
     def error(self, message: str) -> NoReturn:
         raise SubmitUsage(f"{self.format_usage()}{self.prog}: error: {message}\n")
+
+    def print_help(self, file: object = None) -> NoReturn:
+        raise SubmitNotHere("help")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -76,19 +87,41 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARG...")
 
 
-def parser() -> SubmitParser:
-    """A parser of the words after `workbench submit` (raises SubmitUsage on bad ones)."""
-    p = SubmitParser(prog="workbench submit", description=HELP)
+def parser(width: int | None = None) -> SubmitParser:
+    """A parser of the words after `workbench submit` (raises SubmitUsage on bad ones). `width`:
+    the columns its usage text is wrapped to, as argparse takes them (the terminal's width
+    less 2; default: this process's terminal)."""
+    p = SubmitParser(
+        prog="workbench submit",
+        description=HELP,
+        formatter_class=lambda prog: argparse.HelpFormatter(prog, width=width),
+    )
     add_arguments(p)
     return p
 
 
 def parse_args(p: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    """`argv` (the words after `submit`) parsed, with a leading `--` dropped from the command."""
-    args = p.parse_args(argv)
+    """`argv` (the words after `submit`) parsed, with a leading `--` dropped from the command.
+    Raises SubmitUsage (through `p.error`) on bad words, SubmitNotHere on words `submit` does
+    not know (the full CLI reports them with its top-level usage)."""
+    args, unknown = p.parse_known_args(argv)
+    if unknown:
+        raise SubmitNotHere(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command[:1] == ["--"]:
         args.command = args.command[1:]
     return args
+
+
+def spec_path(spec: str) -> tuple[Path, Path]:
+    """The spec file `--spec SPEC` names, as (path to read, folder its relative paths start
+    from). A file is named by its resolved path; a stream such as `/dev/stdin` or a shell's
+    `<(...)` (whose resolved name cannot be opened) is read as given, its relative paths taken
+    from the current directory. Raises SpecError if the current directory is gone."""
+    given = Path(spec) if os.path.isabs(spec) else _current_dir() / spec
+    resolved = given.resolve()
+    if resolved.exists() or not given.exists():
+        return resolved, resolved.parent
+    return given, _current_dir()
 
 
 def _parse_after(values: list[str], flag: str) -> list[int]:
@@ -122,10 +155,9 @@ def request_from_args(args: argparse.Namespace, env: dict[str, str]) -> tuple[Jo
     if args.spec:
         if args.command:
             raise SpecError("give either --spec FILE or -- CMD ARG..., not both")
-        spec_path = Path(args.spec).resolve()
-        table = _read_toml(spec_path)
-        base_dir = spec_path.parent
-        where = str(spec_path)
+        path, base_dir = spec_path(args.spec)
+        table = _read_toml(path)
+        where = str(path)
         after_from_file = table.pop("after", [])
         if not isinstance(after_from_file, list) or not all(
             isinstance(a, int) for a in after_from_file
