@@ -214,8 +214,11 @@ def _print_reply(reply: dict[str, Any], words: list[str]) -> int:
 
 
 def _write(stream: Any, text: str) -> None:
-    """Print `text` as the full CLI's `print` would: through the stream's own encoding and
-    error handler (stderr writes an undecodable byte of an argument as `\\udcXX`)."""
-    if text:
-        stream.write(text)
-        stream.flush()
+    """Print `text` as the full CLI's `print(text, end="", file=stream)` would: through the
+    stream's own encoding and error handler (stderr writes an undecodable byte of an argument
+    as `\\udcXX`); a closed stream (None: started with `>&-`) falls back to stdout, as
+    print's `file=None` does, and nothing is written if that is closed too."""
+    target = stream if stream is not None else sys.stdout
+    if text and target is not None:
+        target.write(text)
+        target.flush()
