@@ -7,11 +7,14 @@ from __future__ import annotations
 import json
 import marshal
 import os
+import signal
 import socket
+import sqlite3
 import struct
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +23,7 @@ from conftest import stop_daemon, workbench
 from workbench.daemon.client import Client, ensure_daemon
 from workbench.daemon.intake import MAX_FLAGS, well_formed
 from workbench.daemon.link import INTAKE_VERSION, lock_holder
-from workbench.db.store import Store
+from workbench.db.store import JobRequest, Store
 from workbench.paths import Home
 
 FULL = {"WORKBENCH_NO_INTAKE": "1"}  # the full CLI, for comparison
@@ -493,3 +496,65 @@ def test_a_lost_error_answer_is_asked_for_again(home: Home) -> None:
         fake.kill()
         fake.wait()
     assert (result.returncode, result.stderr) == (2, "workbench: bad\n")
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL])
+def test_a_client_interrupted_while_the_store_is_busy_leaves_no_job(
+    daemon: Home, how: signal.Signals
+) -> None:
+    """As with the full CLI, a submit stopped (Ctrl-C, kill) before its job was committed leaves
+    none: the daemon, which waited for the store's lock, used to queue it all the same."""
+    busy = sqlite3.connect(daemon.state_db, timeout=0, isolation_level=None)
+    busy.execute("BEGIN IMMEDIATE")
+    try:
+        client = subprocess.Popen(
+            [sys.executable, "-m", "workbench", "submit", "--paused", "--", "true"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        time.sleep(1.0)  # handed over (or not yet: either way it must leave no job)
+        client.send_signal(how)
+        _, err = client.communicate(timeout=30)
+    finally:
+        busy.execute("ROLLBACK")
+        busy.close()
+    assert client.returncode == (130 if how == signal.SIGINT else -signal.SIGKILL), err
+    assert b"Traceback" not in err
+    after = workbench("submit", "--paused", "--", "true")  # taken after the one before
+    assert after.returncode == 0 and _audited_by_daemon(daemon, int(after.stdout))
+    assert _jobs(daemon) == [int(after.stdout)]
+
+
+def test_a_damaged_or_replaced_store_gets_the_full_clis_answer(home: Home) -> None:
+    """A client checks state.db before it writes and refuses a damaged one (exit 3); the
+    daemon, whose connection was opened while the file was sound, used to queue into it."""
+    store = Store.open(home.state_db)
+    store.submit_many(
+        [
+            JobRequest(f"j{i}", "command", {"argv": ["true"]}, "/", {"X": "y" * 200}, paused=True)
+            for i in range(300)
+        ]
+    )
+    store.close()
+    ensure_daemon(home)
+    conn = sqlite3.connect(home.state_db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    leaves = conn.execute(
+        "SELECT pageno FROM dbstat WHERE name='jobs' AND pagetype='leaf' ORDER BY pageno"
+    ).fetchall()
+    conn.close()
+    good = home.state_db.read_bytes()
+    page = leaves[len(leaves) // 2][0] - 1
+    with open(home.state_db, "r+b") as damaged:
+        damaged.seek(page * 4096 + 100)
+        damaged.write(b"\x55" * 300)
+    quick = workbench("submit", "--paused", "--", "true")
+    full = workbench("submit", "--paused", "--", "true", env=FULL)
+    assert quick.returncode == full.returncode == 3, quick.stdout
+    assert quick.stderr == full.stderr and "state file damaged" in quick.stderr
+    # Replaced (a backup moved over it): the job goes into the new file, as without a daemon.
+    (home.root / "restored.db").write_bytes(good)
+    os.replace(home.root / "restored.db", home.state_db)
+    quick = workbench("submit", "--paused", "--name", "into-the-new-file", "--", "true")
+    assert quick.returncode == 0, quick.stderr
+    assert Store.open(home.state_db).get(int(quick.stdout)).name == "into-the-new-file"

@@ -19,7 +19,7 @@ from workbench.config import load_config
 from workbench.daemon.executors.slurm import bind_executor
 from workbench.daemon.link import INTAKE_VERSION, MAX_SUBMISSION_BYTES
 from workbench.db.connection import translate
-from workbench.db.store import JobError, NoSuchJob, Store
+from workbench.db.store import JobError, NoSuchJob, Store, StoreError, Withdrawn
 from workbench.jsonout import dumps
 from workbench.paths import Home
 from workbench.present import job_json
@@ -53,6 +53,8 @@ class Intake:
         self.refused = 0
         self.taken = 0
         self._parsers: dict[int | None, submission.SubmitParser] = {}
+        self._inode = _identity(home.state_db)[0]  # the file this daemon's store has open
+        self._checked: tuple[int, int, int] | None = None  # state.db as last found sound
 
     def bind(self) -> socket.socket | None:
         """Create the socket (replacing a stale one); None, with a log line, if it cannot be
@@ -109,7 +111,7 @@ class Intake:
                 continue
             if not address:
                 continue  # nowhere to answer: the client cannot be waiting for it
-            reply = self._answer(data, bool(flags & socket.MSG_TRUNC))
+            reply = self._answer(data, bool(flags & socket.MSG_TRUNC), address)
             if reply.get("job_id") is not None and not reply.get("lost_reply"):
                 queued += 1
             self._send(_fitted(reply), address)
@@ -129,7 +131,7 @@ class Intake:
             except OSError:
                 return  # the client left
 
-    def _answer(self, data: bytes, truncated: bool) -> dict[str, Any]:
+    def _answer(self, data: bytes, truncated: bool, address: Any) -> dict[str, Any]:
         """The reply to one datagram. Never raises: whatever cannot be taken is handed back
         to the client (a fallback), which then reports it exactly as the full CLI does."""
         request = read_request(data)
@@ -159,7 +161,7 @@ class Intake:
         except (OSError, ValueError):
             return {"token": token, "fallback": "working directory unavailable"}
         try:
-            return {"token": token, **self._submit(request, token)}
+            return {"token": token, **self._submit(request, token, address)}
         except (Exception, SystemExit) as error:  # a bug here must not stop the daemon
             self.log(f"submission not taken ({type(error).__name__}: {error})")
             return {"token": token, "fallback": f"{type(error).__name__}"}
@@ -180,8 +182,41 @@ class Intake:
             parser = self._parsers[columns] = submission.parser(width)
         return parser
 
-    def _submit(self, request: dict[str, Any], token: str) -> dict[str, Any]:
-        """What `cmd_submit` would do and print, as a reply."""
+    def _refusal(self) -> dict[str, Any] | None:
+        """What a client would be told on opening state.db now, as a reply, or None. A client
+        checks the file (quick_check) before it writes, so a damaged one is refused with exit 3;
+        this daemon's own connection, opened earlier, would write into it. The check is made as
+        a client makes it, on a fresh connection, whenever the file changed since it last
+        passed (a checkpoint, or a write from outside), so it costs a `stat` otherwise. A file
+        that is gone or was replaced (another inode) is left to the client, which writes where
+        the full CLI would."""
+        identity = _identity(self.home.state_db)
+        if identity[0] != self._inode or identity[0] == 0:
+            return {"fallback": "state.db replaced"}
+        if identity == self._checked:
+            return None
+        try:
+            Store.open(self.home.state_db).close()
+        except StoreError as error:
+            return {"exit": EXIT_STORE, "stderr": f"workbench: {error}\n"}
+        self._checked = identity
+        return None
+
+    def _client_there(self, address: Any) -> bool:
+        """Whether the client at `address` still waits for its answer: an empty datagram (which
+        it ignores) is refused once it closed its socket (Ctrl-C) or died."""
+        assert self.sock is not None
+        try:
+            self.sock.sendto(b"", address)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+        except OSError:
+            return True  # its queue is full, say: it is there
+        return True
+
+    def _submit(self, request: dict[str, Any], token: str, address: Any) -> dict[str, Any]:
+        """What `cmd_submit` would do and print, as a reply. A client that left before the job
+        was committed (Ctrl-C while the store was busy) leaves no job, as in the full CLI."""
         argv: list[str] = request["argv"]
         env: dict[str, str] = request["env"]
         head = argv[: argv.index("--")] if "--" in argv else argv
@@ -203,7 +238,14 @@ class Intake:
                 return {"fallback": "a Slurm submission is checked by the client"}
             job, where = submission.request_from_args(args, env)
             (job,) = bind_executor([job], args.executor, self.home, [where])
-            job_id = self.store.submit(job, request_token=token)
+            refused = self._refusal()
+            if refused is not None:
+                return refused
+            job_id = self.store.submit(
+                job, request_token=token, still_wanted=lambda: self._client_there(address)
+            )
+        except Withdrawn:
+            return {"fallback": "withdrawn: the client left"}
         except SpecError as error:
             return {"exit": EXIT_USAGE, "stderr": f"workbench: {error}\n"}
         except JobError as error:
@@ -229,6 +271,15 @@ class Intake:
             except Exception as error:  # queued all the same: print its id, as without --json
                 self.log(f"job {job_id}: queued, but cannot be shown as JSON ({error})")
         return reply
+
+
+def _identity(path: Any) -> tuple[int, int, int]:
+    """(inode, size, mtime in ns) of a file; zeros if it cannot be read."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return (0, 0, 0)
+    return (info.st_ino, info.st_size, info.st_mtime_ns)
 
 
 def _fitted(reply: dict[str, Any]) -> bytes:

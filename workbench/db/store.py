@@ -12,7 +12,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +117,10 @@ REQUEST_PREFIX = "request "  # the audit detail of a submission the daemon took 
 
 class JobError(ValueError):
     """A job-control request that cannot be done (no such job, wrong state)."""
+
+
+class Withdrawn(Exception):
+    """A submission whose submitter left before it was committed (`Store.submit`)."""
 
 
 class NoSuchJob(JobError):
@@ -632,15 +636,25 @@ class Store:
         conn.execute("INSERT OR IGNORE INTO envs(env) VALUES (?)", (text,))
         return int(conn.execute("SELECT id FROM envs WHERE env=?", (text,)).fetchone()[0])
 
-    def submit(self, req: JobRequest, request_token: str | None = None) -> int:
+    def submit(
+        self,
+        req: JobRequest,
+        request_token: str | None = None,
+        still_wanted: Callable[[], bool] | None = None,
+    ) -> int:
         """Queue one job; cost is independent of how many jobs the store holds.
 
         `request_token`: the id of a submission the daemon took for a client, kept in the audit
         entry (`request <token>`) so the client can learn the job's id if the daemon stops
-        before it answers (`submitted_by_request`)."""
+        before it answers (`submitted_by_request`). `still_wanted`: asked just before the
+        commit (the write lock held, perhaps after a wait for it); False rolls the job back
+        and raises Withdrawn, as a client interrupted while it waits leaves no job."""
         detail = None if request_token is None else f"{REQUEST_PREFIX}{request_token}"
         with self.transaction() as conn:
-            return self._insert(conn, req, time.time(), detail)
+            job_id = self._insert(conn, req, time.time(), detail)
+            if still_wanted is not None and not still_wanted():
+                raise Withdrawn(f"submission {request_token} withdrawn")
+            return job_id
 
     def submitted_by_request(self, request_token: str) -> int | None:
         """The job a submission with this token queued (see `submit`), or None."""
