@@ -290,7 +290,10 @@ def _datagram(home: Home, request: object, raw: bytes | None = None) -> object:
         sock.sendto(marshal.dumps(request) if raw is None else raw, str(home.intake_socket))
         sock.settimeout(10)
         try:
-            return marshal.loads(sock.recv(1 << 20))
+            data = b""
+            while not data:  # an empty datagram asks whether we are still there
+                data = sock.recv(1 << 20)
+            return marshal.loads(data)
         except TimeoutError:
             return None
 
