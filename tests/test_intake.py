@@ -21,7 +21,7 @@ import pytest
 from conftest import stop_daemon, workbench
 
 from workbench.daemon.client import Client, ensure_daemon
-from workbench.daemon.intake import MAX_FLAGS, well_formed
+from workbench.daemon.intake import MAX_FLAGS, same_groups, well_formed
 from workbench.daemon.link import INTAKE_VERSION, lock_holder
 from workbench.db.store import JobRequest, Store
 from workbench.paths import Home
@@ -561,3 +561,21 @@ def test_a_damaged_or_replaced_store_gets_the_full_clis_answer(home: Home) -> No
     quick = workbench("submit", "--paused", "--name", "into-the-new-file", "--", "true")
     assert quick.returncode == 0, quick.stderr
     assert Store.open(home.state_db).get(int(quick.stdout)).name == "into-the-new-file"
+
+
+def test_a_client_with_other_groups_submits_by_itself(daemon: Home) -> None:
+    """Added to a group since the daemon started (or in `sg`), a user reads files the daemon
+    cannot: the daemon read the spec as itself and answered 'cannot read'."""
+    assert same_groups(os.getpid(), os.getgid())
+    assert not same_groups(os.getpid(), os.getgid() + 1)
+    if os.getuid() != 0:  # only root can start a client with other groups; the rest holds
+        return
+    result = subprocess.run(
+        [sys.executable, "-m", "workbench", "submit", "--paused", "--", "true"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: os.setgroups([4321]),
+    )
+    assert result.returncode == 0, result.stderr
+    assert not _audited_by_daemon(daemon, int(result.stdout))

@@ -100,10 +100,10 @@ class Intake:
                 return queued
             except OSError:
                 return queued
-            uid = None
+            pid = uid = gid = None
             for level, kind, payload in ancillary:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-                    _, uid, _ = _CREDENTIALS.unpack(payload[: _CREDENTIALS.size])
+                    pid, uid, gid = _CREDENTIALS.unpack(payload[: _CREDENTIALS.size])
             if uid != os.getuid():
                 self.refused += 1
                 if self.refused <= 10 or self.refused % 1000 == 0:
@@ -111,7 +111,8 @@ class Intake:
                 continue
             if not address:
                 continue  # nowhere to answer: the client cannot be waiting for it
-            reply = self._answer(data, bool(flags & socket.MSG_TRUNC), address)
+            peer = (pid or 0, gid if gid is not None else -1)
+            reply = self._answer(data, bool(flags & socket.MSG_TRUNC), address, peer)
             if reply.get("job_id") is not None and not reply.get("lost_reply"):
                 queued += 1
             self._send(_fitted(reply), address)
@@ -131,7 +132,9 @@ class Intake:
             except OSError:
                 return  # the client left
 
-    def _answer(self, data: bytes, truncated: bool, address: Any) -> dict[str, Any]:
+    def _answer(
+        self, data: bytes, truncated: bool, address: Any, peer: tuple[int, int]
+    ) -> dict[str, Any]:
         """The reply to one datagram. Never raises: whatever cannot be taken is handed back
         to the client (a fallback), which then reports it exactly as the full CLI does."""
         request = read_request(data)
@@ -149,6 +152,8 @@ class Intake:
         problem = malformed(request)
         if problem is not None:
             return {"token": token, "fallback": f"malformed submission ({problem})"}
+        if not same_groups(*peer):
+            return {"token": token, "fallback": "the client's groups are not the daemon's"}
         if request.get("again"):  # the client got no answer: did the first one queue it?
             try:
                 job_id = self.store.submitted_by_request(token)
@@ -271,6 +276,23 @@ class Intake:
             except Exception as error:  # queued all the same: print its id, as without --json
                 self.log(f"job {job_id}: queued, but cannot be shown as JSON ({error})")
         return reply
+
+
+def same_groups(pid: int, gid: int) -> bool:
+    """Whether the process `pid`, of primary group `gid`, has this process's groups (primary
+    and supplementary, read in /proc/PID/status), so that both may read the same files. A
+    user added to a group since the daemon started, or in a `newgrp`/`sg` shell, can read a
+    spec file or enter a folder the daemon cannot: such a client submits by itself."""
+    if gid != os.getgid():
+        return False
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Groups:"):
+                    return {int(g) for g in line.split()[1:]} == set(os.getgroups())
+    except (OSError, ValueError):
+        pass
+    return False
 
 
 def _identity(path: Any) -> tuple[int, int, int]:
