@@ -21,7 +21,7 @@ import pytest
 from conftest import stop_daemon, workbench
 
 from workbench.daemon.client import Client, ensure_daemon
-from workbench.daemon.intake import MAX_FLAGS, same_groups, well_formed
+from workbench.daemon.intake import MAX_FLAGS, read_request, same_groups, well_formed
 from workbench.daemon.link import INTAKE_VERSION, lock_holder
 from workbench.db.store import JobRequest, Store
 from workbench.paths import Home
@@ -579,3 +579,23 @@ def test_a_client_with_other_groups_submits_by_itself(daemon: Home) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert not _audited_by_daemon(daemon, int(result.stdout))
+
+
+def test_every_request_a_client_marshals_passes_the_datagram_check() -> None:
+    """The check made before `marshal.loads` must never refuse a real request (its client
+    would get a fallback for every submit): strings of every kind, shared and interned."""
+    shared = "shared value"
+    words = ["", "a" * 300, "é" * 300, "caf\udce9", "\U0001f600" * 70, sys.intern("--paused")]
+    for n in range(len(words) + 1):
+        request = {
+            "v": INTAKE_VERSION,
+            "token": os.urandom(16).hex(),
+            "daemon": 2**22,
+            "argv": [*words[:n], "--", *words[n:]],
+            "cwd": "/" + words[n % len(words)],
+            "env": {f"K{i}": shared if i % 2 else word for i, word in enumerate(words)},
+            "columns": 80,
+            "again": 1,
+        }
+        data = marshal.dumps(request)
+        assert well_formed(data) and read_request(data) == request

@@ -144,8 +144,10 @@ def _await_reply(
                 reply = marshal.loads(sock.recv(MAX_SUBMISSION_BYTES))
             except (OSError, ValueError, EOFError, TypeError):
                 continue
-            if isinstance(reply, dict) and reply.get("token") == token:
-                return reply
+            if isinstance(reply, dict) and (
+                reply.get("token") == token or (reply.get("token") is None and "fallback" in reply)
+            ):
+                return reply  # only the daemon answers to this socket: an unread request is ours
             continue
         if lock_holder_or_none(home) != daemon:
             return None
@@ -156,9 +158,9 @@ def _await_reply(
             if job_id is not None:
                 return {"token": token, "exit": 0, "job_id": job_id, "lost_reply": True}
             try:
-                sock.sendto(again, str(home.intake_socket))
+                sock.sendto(again, _socket.MSG_DONTWAIT, str(home.intake_socket))
             except OSError:
-                pass  # the daemon is stopping: the next liveness check sees it
+                pass  # its queue is full (asked next time) or it stopped (seen next check)
 
 
 def _queued_by_request(home: Home, token: str) -> int | None:
