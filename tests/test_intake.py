@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import marshal
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -21,7 +22,7 @@ import pytest
 from conftest import stop_daemon, workbench
 
 from workbench.daemon.client import Client, ensure_daemon
-from workbench.daemon.intake import MAX_FLAGS, read_request, same_groups, well_formed
+from workbench.daemon.intake import MAX_FLAGS, read_request, same_view, well_formed
 from workbench.daemon.link import INTAKE_VERSION, lock_holder
 from workbench.db.store import JobRequest, Store
 from workbench.paths import Home
@@ -563,12 +564,12 @@ def test_a_damaged_or_replaced_store_gets_the_full_clis_answer(home: Home) -> No
     assert Store.open(home.state_db).get(int(quick.stdout)).name == "into-the-new-file"
 
 
-def test_a_client_with_other_groups_submits_by_itself(daemon: Home) -> None:
+def test_a_client_with_other_groups_or_mounts_submits_by_itself(daemon: Home) -> None:
     """Added to a group since the daemon started (or in `sg`), a user reads files the daemon
     cannot: the daemon read the spec as itself and answered 'cannot read'."""
-    assert same_groups(os.getpid(), os.getgid())
-    assert not same_groups(os.getpid(), os.getgid() + 1)
-    if os.getuid() != 0:  # only root can start a client with other groups; the rest holds
+    assert same_view(os.getpid(), os.getgid())
+    assert not same_view(os.getpid(), os.getgid() + 1)
+    if os.getuid() != 0:  # only root can start such clients; the check above still holds
         return
     result = subprocess.run(
         [sys.executable, "-m", "workbench", "submit", "--paused", "--", "true"],
@@ -576,6 +577,28 @@ def test_a_client_with_other_groups_submits_by_itself(daemon: Home) -> None:
         text=True,
         timeout=60,
         preexec_fn=lambda: os.setgroups([4321]),
+    )
+    assert result.returncode == 0, result.stderr
+    assert not _audited_by_daemon(daemon, int(result.stdout))
+    # In another mount namespace (a container sharing the home), paths name other files.
+    unshare = shutil.which("unshare")
+    if unshare is None or subprocess.run([unshare, "--mount", "true"]).returncode != 0:
+        return  # namespaces not allowed here
+    result = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            sys.executable,
+            "-m",
+            "workbench",
+            "submit",
+            "--paused",
+            "--",
+            "true",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert not _audited_by_daemon(daemon, int(result.stdout))
@@ -599,3 +622,48 @@ def test_every_request_a_client_marshals_passes_the_datagram_check() -> None:
         }
         data = marshal.dumps(request)
         assert well_formed(data) and read_request(data) == request
+
+
+@pytest.mark.slow
+def test_concurrent_submitters_through_daemon_kills_lose_nothing_and_double_nothing(
+    daemon: Home,
+) -> None:
+    """8 submitters, 200 submits, the daemon killed (SIGKILL, then SIGTERM) while they run:
+    every submit says exit 0 and the id of the one job queued under its name."""
+    import threading
+
+    workers, each = 8, 25
+    printed: dict[str, tuple[int, str, str]] = {}
+    lock = threading.Lock()
+
+    def submitter(w: int) -> None:
+        for j in range(each):
+            name = f"w{w}-{j}"
+            result = workbench("submit", "--paused", "--name", name, "--", "true")
+            with lock:
+                printed[name] = (result.returncode, result.stdout.strip(), result.stderr)
+
+    threads = [threading.Thread(target=submitter, args=(w,)) for w in range(workers)]
+    for thread in threads:
+        thread.start()
+    for share, how in ((0.3, signal.SIGKILL), (0.6, signal.SIGTERM)):
+        while len(printed) < workers * each * share and any(t.is_alive() for t in threads):
+            time.sleep(0.01)
+        pid = lock_holder(daemon)
+        if pid and pid > 0:
+            os.kill(pid, how)
+    for thread in threads:
+        thread.join(timeout=600)
+    assert all(code == 0 for code, _, _ in printed.values()), [r for r in printed.values() if r[0]][
+        :3
+    ]
+    store = Store.open(daemon.state_db)
+    try:
+        jobs = store.list_jobs()
+    finally:
+        store.close()
+    by_name: dict[str, list[int]] = {}
+    for job in jobs:
+        by_name.setdefault(job.name, []).append(job.id)
+    assert len(jobs) == workers * each
+    assert {name: [int(out)] for name, (_, out, _) in printed.items()} == by_name

@@ -152,7 +152,7 @@ class Intake:
         problem = malformed(request)
         if problem is not None:
             return {"token": token, "fallback": f"malformed submission ({problem})"}
-        if not same_groups(*peer):
+        if not same_view(*peer):
             return {"token": token, "fallback": "the client's groups are not the daemon's"}
         if request.get("again"):  # the client got no answer: did the first one queue it?
             try:
@@ -278,14 +278,19 @@ class Intake:
         return reply
 
 
-def same_groups(pid: int, gid: int) -> bool:
-    """Whether the process `pid`, of primary group `gid`, has this process's groups (primary
-    and supplementary, read in /proc/PID/status), so that both may read the same files. A
+def same_view(pid: int, gid: int) -> bool:
+    """Whether the process `pid`, of primary group `gid`, sees files as this one does: the same
+    groups (primary and supplementary, read in /proc/PID/status), mount namespace and root. A
     user added to a group since the daemon started, or in a `newgrp`/`sg` shell, can read a
-    spec file or enter a folder the daemon cannot: such a client submits by itself."""
+    spec file or enter a folder the daemon cannot; in a container or chroot sharing the home,
+    a path names other files. Such a client submits by itself."""
     if gid != os.getgid():
         return False
     try:
+        for view in ("ns/mnt", "root"):
+            theirs, ours = os.stat(f"/proc/{pid}/{view}"), os.stat(f"/proc/self/{view}")
+            if (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino):
+                return False
         with open(f"/proc/{pid}/status", "rb") as status:
             for line in status:
                 if line.startswith(b"Groups:"):
