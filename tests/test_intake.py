@@ -667,3 +667,13 @@ def test_concurrent_submitters_through_daemon_kills_lose_nothing_and_double_noth
         by_name.setdefault(job.name, []).append(job.id)
     assert len(jobs) == workers * each
     assert {name: [int(out)] for name, (_, out, _) in printed.items()} == by_name
+
+
+def test_a_home_others_can_read_gets_the_full_clis_warning(daemon: Home) -> None:
+    os.chmod(daemon.root, 0o755)
+    for words in (["--paused", "--", "true"], ["--after", "99999", "--", "true"], ["--gpus", "x"]):
+        quick = workbench("submit", *words)
+        full = workbench("submit", *words, env=FULL)
+        assert quick.returncode == full.returncode, words
+        assert quick.stderr == full.stderr, words
+    assert "is readable by other users" in workbench("submit", "--paused", "--", "true").stderr

@@ -116,7 +116,7 @@ def quick_submit(words: list[str]) -> int | None:
         # that took over the socket since): report the job if one was queued for it, else
         # submit by ourselves.
         return _after_daemon_stopped(home, token, words)
-    return _print_reply(reply, words)
+    return _print_reply(reply, words, home)
 
 
 def lock_holder_or_none(home: Home) -> int | None:
@@ -183,7 +183,7 @@ def _after_daemon_stopped(home: Home, token: str, words: list[str]) -> int | Non
     job_id = _queued_by_request(home, token)
     if job_id is None:
         return None
-    return _print_reply({"exit": 0, "job_id": job_id, "lost_reply": True}, words)
+    return _print_reply({"exit": 0, "job_id": job_id, "lost_reply": True}, words, home)
 
 
 def _submit_flags(words: list[str]) -> dict[str, bool]:
@@ -194,10 +194,15 @@ def _submit_flags(words: list[str]) -> dict[str, bool]:
     return {"wait": bool(args.wait), "json": bool(args.json)}
 
 
-def _print_reply(reply: dict[str, Any], words: list[str]) -> int:
+def _print_reply(reply: dict[str, Any], words: list[str], home: Home) -> int:
     """Print what the daemon said the CLI prints (or, when its answer was lost, what the CLI
     prints for the job it queued); wait for the job with --wait."""
     job_id = reply.get("job_id")
+    if reply.get("ensure_home") or job_id is not None:
+        try:  # where the full CLI opens its home: the warning if others can read it
+            home.ensure()
+        except OSError:
+            pass
     if reply.get("lost_reply") and job_id is not None:
         reply = {**reply, **_submit_flags(words), "stdout": f"{job_id}\n"}
         if reply["json"]:

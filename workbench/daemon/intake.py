@@ -160,7 +160,13 @@ class Intake:
             except Exception as error:
                 return {"token": token, "fallback": f"{type(error).__name__}"}
             if job_id is not None:
-                return {"token": token, "exit": EXIT_OK, "job_id": job_id, "lost_reply": True}
+                return {
+                    "token": token,
+                    "exit": EXIT_OK,
+                    "job_id": job_id,
+                    "lost_reply": True,
+                    "ensure_home": True,
+                }
         try:
             os.chdir(request["cwd"])  # relative paths (--spec, --cwd) are the client's
         except (OSError, ValueError):
@@ -243,6 +249,23 @@ class Intake:
                 return {"fallback": "a Slurm submission is checked by the client"}
             job, where = submission.request_from_args(args, env)
             (job,) = bind_executor([job], args.executor, self.home, [where])
+        except SpecError as error:
+            return {"exit": EXIT_USAGE, "stderr": f"workbench: {error}\n"}
+        except JobError as error:
+            code = EXIT_USAGE if isinstance(error, NoSuchJob) else EXIT_FAILED
+            return {"exit": code, "stderr": f"workbench: {error}\n"}
+        except Exception as error:
+            self.log(f"submission not taken ({type(error).__name__}: {error})")
+            return {"fallback": f"{type(error).__name__}"}
+        reply = self._queue(job, args, token, address)
+        if "fallback" not in reply:
+            # The full CLI opens its home here (warning on stderr if others can read it).
+            reply["ensure_home"] = True
+        return reply
+
+    def _queue(self, job: Any, args: Any, token: str, address: Any) -> dict[str, Any]:
+        """Queue the checked `job` as the full CLI's client would, as a reply."""
+        try:
             refused = self._refusal()
             if refused is not None:
                 return refused
@@ -251,8 +274,6 @@ class Intake:
             )
         except Withdrawn:
             return {"fallback": "withdrawn: the client left"}
-        except SpecError as error:
-            return {"exit": EXIT_USAGE, "stderr": f"workbench: {error}\n"}
         except JobError as error:
             code = EXIT_USAGE if isinstance(error, NoSuchJob) else EXIT_FAILED
             return {"exit": code, "stderr": f"workbench: {error}\n"}
@@ -320,7 +341,13 @@ def _fitted(reply: dict[str, Any]) -> bytes:
     token = reply.get("token")
     if reply.get("job_id") is not None:
         return marshal.dumps(
-            {"token": token, "exit": EXIT_OK, "job_id": reply["job_id"], "lost_reply": True}
+            {
+                "token": token,
+                "exit": EXIT_OK,
+                "job_id": reply["job_id"],
+                "lost_reply": True,
+                "ensure_home": True,
+            }
         )
     return marshal.dumps({"token": token, "fallback": "answer too large"})
 
