@@ -450,28 +450,24 @@ def test_specs_from_streams_fifos_and_nested_too_deep(daemon: Home, tmp_path: Pa
     assert waiting.returncode == 0 and _shown(int(out))["argv"] == ["echo", "piped"]
 
 
-def test_a_request_for_another_daemon_or_asked_again_is_not_queued_twice(daemon: Home) -> None:
+def test_a_request_sent_to_another_daemon_is_handed_back(daemon: Home) -> None:
+    """A client found one daemon holding the lock, which was replaced before its request
+    arrived: that client looks in the store once the first is gone and submits by itself, so
+    the new daemon must not queue it too."""
     pid = lock_holder(daemon)
     assert pid is not None
-    # Found holding the lock by a client, then replaced: the client submits by itself.
     reply = _datagram(daemon, _request(daemon, ["--paused", "--", "true"], daemon=pid + 1))
     assert isinstance(reply, dict) and "fallback" in reply
     assert _jobs(daemon) == []
-    first = _request(daemon, ["--paused", "--", "true"])
-    reply = _datagram(daemon, first)
-    assert isinstance(reply, dict) and reply["exit"] == 0
-    again = _datagram(daemon, {**first, "again": 1})
-    assert isinstance(again, dict) and again["job_id"] == reply["job_id"]
-    assert _jobs(daemon) == [reply["job_id"]]
 
 
-def test_a_lost_error_answer_is_asked_for_again(home: Home) -> None:
-    """A stand-in daemon drops the first datagram unanswered (a full send buffer) and answers
-    the resent one: the client used to wait for ever, the store holding no job of its."""
+def test_a_daemon_that_never_answers_is_given_up_on(home: Home) -> None:
+    """A stand-in daemon takes the datagram and never answers (a lost answer, a stalled loop):
+    the client used to wait for ever. It gives up, finds no job, and submits by itself."""
     Store.open(home.state_db).close()
     script = textwrap.dedent(
         """
-        import fcntl, marshal, os, socket
+        import fcntl, os, socket, sys
         from workbench.paths import Home
         home = Home.current()
         fd = os.open(home.lock, os.O_RDWR | os.O_CREAT, 0o600)
@@ -481,25 +477,41 @@ def test_a_lost_error_answer_is_asked_for_again(home: Home) -> None:
         sock.bind(str(home.intake_socket))
         print("ready", flush=True)
         sock.recv(1 << 20)
-        data, address = sock.recvfrom(1 << 20)
-        request = marshal.loads(data)
-        print("again" if request.get("again") else "first", flush=True)
-        reply = {"token": request["token"], "exit": 2, "stderr": "workbench: bad\\n"}
-        sock.sendto(marshal.dumps(reply), address)
-        os.unlink(home.intake_socket)
+        sys.stdin.read()  # holds the lock, answering nothing, until the test closes stdin
         """
     )
     fake = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=os.environ
+        [sys.executable, "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=os.environ,
     )
     try:
         assert fake.stdout is not None and fake.stdout.readline().strip() == "ready"
-        result = workbench("submit", "--", "true", timeout=60)
-        assert fake.stdout.readline().strip() == "again"
+        result = workbench("submit", "--paused", "--", "true", timeout=60)
     finally:
-        fake.kill()
-        fake.wait()
-    assert (result.returncode, result.stderr) == (2, "workbench: bad\n")
+        assert fake.stdin is not None
+        fake.stdin.close()
+        fake.wait(10)
+    assert result.returncode == 0, result.stderr
+    assert _jobs(home) == [int(result.stdout)]
+    assert not _audited_by_daemon(home, int(result.stdout))
+
+
+def test_a_stalled_daemon_neither_holds_up_a_submit_nor_queues_it_twice(daemon: Home) -> None:
+    pid = lock_holder(daemon)
+    assert pid is not None and pid > 0
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        result = workbench("submit", "--paused", "--", "true", timeout=60)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert result.returncode == 0, result.stderr
+    # Woken, the daemon reads the request and finds its client gone: it queues nothing.
+    later = workbench("submit", "--paused", "--", "true")
+    assert later.returncode == 0 and _audited_by_daemon(daemon, int(later.stdout))
+    assert _jobs(daemon) == [int(result.stdout), int(later.stdout)]
 
 
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL])
@@ -618,7 +630,6 @@ def test_every_request_a_client_marshals_passes_the_datagram_check() -> None:
             "cwd": "/" + words[n % len(words)],
             "env": {f"K{i}": shared if i % 2 else word for i, word in enumerate(words)},
             "columns": 80,
-            "again": 1,
         }
         data = marshal.dumps(request)
         assert well_formed(data) and read_request(data) == request

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 _LIVENESS_S = 0.25  # how often a waiting client checks that the daemon still runs
-_LOOK_IN_STORE_S = 5.0  # how often it looks in the store for a job whose answer was lost
+_GIVE_UP_S = 5.0  # an answer that has not come by then (lost, or a stalled daemon) is not awaited
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,17 +104,19 @@ def quick_submit(words: list[str]) -> int | None:
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
     try:
         try:
-            sock.bind("")  # an abstract address the daemon answers to
+            # An abstract address the daemon answers to, named by the token: no later client
+            # can have it, so the daemon's "still there?" check (below) is about us alone.
+            sock.bind(f"\0workbench-submit-{token}")
             sock.sendto(data, str(home.intake_socket))
         except OSError:
             return None  # nothing listens (a daemon that just stopped): nothing was sent
-        reply = _await_reply(sock, token, home, daemon, marshal.dumps({**request, "again": 1}))
+        reply = _await_reply(sock, token, home, daemon)
     finally:
         sock.close()
     if reply is None or "fallback" in reply:
-        # The daemon stopped, or handed the submission back (a resent one reached a daemon
-        # that took over the socket since): report the job if one was queued for it, else
-        # submit by ourselves.
+        # No answer (the daemon stopped, or has not answered for _GIVE_UP_S), or handed back.
+        # The socket is closed now, and the daemon commits a job only after it checked that
+        # its client still waits there: report the job if one was queued, else submit ourselves.
         return _after_daemon_stopped(home, token, words)
     return _print_reply(reply, words, home)
 
@@ -129,21 +131,19 @@ def lock_holder_or_none(home: Home) -> int | None:
 
 
 def _await_reply(
-    sock: _socket.socket, token: str, home: Home, daemon: int, again: bytes
+    sock: _socket.socket, token: str, home: Home, daemon: int
 ) -> dict[str, Any] | None:
-    """The daemon's answer to `token`; None if the daemon stopped before answering. No time
-    limit otherwise: a daemon waiting for the store's lock answers when it has it. Every
-    `_LOOK_IN_STORE_S` without an answer the store is asked, in case the answer was lost; if it
-    holds no such job, the request is sent `again` (the daemon answers it once more, with the
-    job the first one queued if it did, so an error's lost answer does not leave us waiting)."""
+    """The daemon's answer to `token`; None if the daemon stopped, or gave no answer within
+    `_GIVE_UP_S` (lost, or a daemon stalled: stopped with SIGSTOP, or waiting for the store's
+    lock, which the full path then waits for itself)."""
     waited = 0.0
-    while True:
+    while waited < _GIVE_UP_S:
         ready, _, _ = select.select([sock], [], [], _LIVENESS_S)
         if ready:
             try:
                 reply = marshal.loads(sock.recv(MAX_SUBMISSION_BYTES))
             except (OSError, ValueError, EOFError, TypeError):
-                continue
+                continue  # an empty datagram: the daemon asks whether we still wait
             if isinstance(reply, dict) and (
                 reply.get("token") == token or (reply.get("token") is None and "fallback" in reply)
             ):
@@ -152,25 +152,19 @@ def _await_reply(
         if lock_holder_or_none(home) != daemon:
             return None
         waited += _LIVENESS_S
-        if waited >= _LOOK_IN_STORE_S:
-            waited = 0.0
-            job_id = _queued_by_request(home, token)
-            if job_id is not None:
-                return {"token": token, "exit": 0, "job_id": job_id, "lost_reply": True}
-            try:
-                sock.sendto(again, _socket.MSG_DONTWAIT, str(home.intake_socket))
-            except OSError:
-                pass  # its queue is full (asked next time) or it stopped (seen next check)
+    return None
 
 
 def _queued_by_request(home: Home, token: str) -> int | None:
-    """The job the daemon queued for this submission's token (its audit entry), or None."""
+    """The job the daemon queued for this submission's token (its audit entry), or None. Read
+    under the store's write lock, so a transaction the daemon had begun for it has ended."""
     from workbench.daemon.client import Client
 
     try:
         client = Client(home, start_daemon=False)
         try:
-            return client.store.submitted_by_request(token)
+            with client.store.transaction():
+                return client.store.submitted_by_request(token)
         finally:
             client.close()
     except Exception:
@@ -178,8 +172,8 @@ def _queued_by_request(home: Home, token: str) -> int | None:
 
 
 def _after_daemon_stopped(home: Home, token: str, words: list[str]) -> int | None:
-    """The daemon stopped after it was handed the submission: if it queued the job (its audit
-    entry carries the token), report that job; otherwise submit by ourselves."""
+    """The daemon stopped, did not answer, or handed the submission back: if it queued the job
+    (its audit entry carries the token), report that job; otherwise submit by ourselves."""
     job_id = _queued_by_request(home, token)
     if job_id is None:
         return None

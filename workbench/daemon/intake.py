@@ -154,19 +154,6 @@ class Intake:
             return {"token": token, "fallback": f"malformed submission ({problem})"}
         if not same_view(*peer):
             return {"token": token, "fallback": "the client's groups are not the daemon's"}
-        if request.get("again"):  # the client got no answer: did the first one queue it?
-            try:
-                job_id = self.store.submitted_by_request(token)
-            except Exception as error:
-                return {"token": token, "fallback": f"{type(error).__name__}"}
-            if job_id is not None:
-                return {
-                    "token": token,
-                    "exit": EXIT_OK,
-                    "job_id": job_id,
-                    "lost_reply": True,
-                    "ensure_home": True,
-                }
         try:
             os.chdir(request["cwd"])  # relative paths (--spec, --cwd) are the client's
         except (OSError, ValueError):

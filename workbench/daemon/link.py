@@ -41,9 +41,10 @@ def wake(home: Home) -> None:
 # takes): one `marshal`led dict per datagram each way, on `Home.intake_socket`. Request: {"v",
 # "token", "daemon" (the pid the client found holding the lock: another daemon does not take
 # it), "argv" (the words after `submit`), "cwd", "env", "columns" (the client's terminal width,
-# for usage text), "again" (present when resent because no answer came)}. Reply: {"token",
-# "exit", "stdout", "stderr", "job_id", "wait", "json"}, {"token", "exit", "job_id",
-# "lost_reply"} when the client must print the job itself, or {"token", "fallback": why} when
-# the client must do it all itself.
+# for usage text)}. Reply: {"token", "exit", "stdout", "stderr", "job_id", "wait", "json",
+# "ensure_home"}, {"token", "exit", "job_id", "lost_reply"} when the client must print the job
+# itself, or {"token", "fallback": why} when the client must do it all itself. Before it
+# commits a job the daemon sends an empty datagram to the client: refused (the client left or
+# gave up waiting), the job is rolled back.
 INTAKE_VERSION = 2
 MAX_SUBMISSION_BYTES = 192 * 1024  # below Linux's default datagram limit (net.core.wmem_default)
