@@ -4,6 +4,7 @@ twice when the daemon stops while it holds one."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import marshal
 import os
@@ -22,7 +23,7 @@ import pytest
 from conftest import stop_daemon, workbench
 
 from workbench.daemon.client import Client, ensure_daemon
-from workbench.daemon.intake import MAX_FLAGS, read_request, same_view, well_formed
+from workbench.daemon.intake import MAX_FLAGS, Intake, read_request, same_view, well_formed
 from workbench.daemon.link import INTAKE_VERSION, lock_holder
 from workbench.db.store import JobRequest, Store
 from workbench.paths import Home
@@ -688,3 +689,31 @@ def test_a_home_others_can_read_gets_the_full_clis_warning(daemon: Home) -> None
         assert quick.returncode == full.returncode, words
         assert quick.stderr == full.stderr, words
     assert "is readable by other users" in workbench("submit", "--paused", "--", "true").stderr
+
+
+def test_a_flood_of_submissions_is_taken_a_batch_per_wake_up(home: Home) -> None:
+    """Answering every pending datagram in one call let a stream of them (many clients, or one
+    sending garbage) keep the daemon's loop from ever scheduling."""
+    store = Store.open(home.state_db)
+    intake = Intake(home, store, log=lambda line: None)
+    assert intake.bind() is not None
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+            sender.bind("")
+            for _ in range(8):  # the kernel queues 10 datagrams at most by default
+                sender.sendto(b"garbage", str(home.intake_socket))
+            assert intake.take_all(limit=3) == 0
+            answers = 0
+            sender.settimeout(1)
+            with contextlib.suppress(TimeoutError):
+                while True:
+                    sender.recv(1 << 16)
+                    answers += 1
+            assert answers == 3
+            intake.take_all()
+            assert intake.sock is not None
+            with pytest.raises(BlockingIOError):  # all answered: none left pending
+                intake.sock.recv(1 << 16, socket.MSG_DONTWAIT)
+    finally:
+        intake.close()
+        store.close()

@@ -38,6 +38,7 @@ MAX_SPEC_BYTES = 1 << 20
 # read here they would be the daemon's, so the client reads them.
 _CALLERS_OWN = ("/dev/", "/proc/")
 _PARSERS_KEPT = 8  # parsers kept, one per terminal width seen
+TAKEN_PER_CALL = 32  # submissions answered per wake-up of the loop (a few ms each)
 
 
 class Intake:
@@ -88,10 +89,14 @@ class Intake:
         self.sock.close()
         self.sock = None
 
-    def take_all(self) -> int:
-        """Answer every pending submission; returns how many jobs were queued."""
+    def take_all(self, limit: int = TAKEN_PER_CALL) -> int:
+        """Answer the pending submissions, `limit` at most (the rest wait for the next call: the
+        socket stays readable), so that a flood of them, from many clients or one sending
+        garbage, never keeps the loop from scheduling; returns how many jobs were queued."""
         queued = 0
-        while self.sock is not None:
+        for _ in range(limit):
+            if self.sock is None:
+                break
             try:
                 data, ancillary, flags, address = self.sock.recvmsg(
                     MAX_SUBMISSION_BYTES + 1, socket.CMSG_SPACE(_CREDENTIALS.size)
