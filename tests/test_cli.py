@@ -245,6 +245,8 @@ def test_granted_gpus_are_said_in_words(granted: list[int] | None, text: str) ->
     """`show` printed the raw list (`granted GPUs []`); it and the job screen now say it."""
     from types import SimpleNamespace
 
+    from workbench.jobmodel.resources import Resources
     from workbench.present import granted_text
 
-    assert granted_text(SimpleNamespace(granted_gpus=granted)) == text  # type: ignore[arg-type]
+    job = SimpleNamespace(granted_gpus=granted, resources=Resources())
+    assert granted_text(job) == text  # type: ignore[arg-type]

@@ -173,7 +173,7 @@ CASES = [
         {},
         BOX,
         Settings(),
-        {2: Start(2, (0, 1)), 1: Wait(1, "waiting for 2 GPU (0 of 2 free)")},
+        {2: Start(2, (0, 1)), 1: Wait(1, "waiting for 2 GPUs (0 of 2 free)")},
     ),
     (
         "backfill: a small job passes a big one that does not fit",
@@ -182,7 +182,7 @@ CASES = [
         {},
         BOX,
         Settings(),
-        {1: Wait(1, "waiting for 2 GPU (1 of 2 free)"), 2: Start(2, ())},
+        {1: Wait(1, "waiting for 2 GPUs (1 of 2 free)"), 2: Start(2, ())},
     ),
     (
         "group limit",
@@ -711,7 +711,7 @@ BACKFILL = [
         ],
         EIGHT_FLAT,
         {
-            1: Wait(1, "waiting for 4 GPU (2 of 8 free)"),
+            1: Wait(1, "waiting for 4 GPUs (2 of 8 free)"),
             2: Start(2, (6,)),
         },
     ),
@@ -724,7 +724,7 @@ BACKFILL = [
         ],
         EIGHT_FLAT,
         {
-            1: Wait(1, "waiting for 4 GPU (2 of 8 free)"),
+            1: Wait(1, "waiting for 4 GPUs (2 of 8 free)"),
             2: Wait(
                 2,
                 "waiting for 1 GPU (2 of 8 free); kept for jobs ahead of it: GPUs 0, 1, 6, 7 (job 1)",
@@ -829,7 +829,7 @@ PLACEMENT = [
         {
             1: Start(1, (0,), ("MIG-c",)),
             2: Start(2, (1, 2, 3, 4)),
-            3: Wait(3, "waiting for 4 GPU (3 of 7 free)"),
+            3: Wait(3, "waiting for 4 GPUs (3 of 7 free)"),
         },
     ),
     Case(
@@ -846,7 +846,63 @@ PLACEMENT = [
 ]
 
 
-@pytest.mark.parametrize("case", MEMORY + QUOTA + BACKFILL + PLACEMENT, ids=lambda c: c.name)
+# Counts in reasons read right: one GPU, four GPUs, one CPU, the only MIG instance.
+WORDING = [
+    Case(
+        "a 4-GPU job waits for 4 GPUs, on 8 GPUs",
+        [Want(1, gpus=4)],
+        [Holding(9, gpu_indices=(i,), gpus=1) for i in range(6)],
+        EIGHT_FLAT,
+        {1: Wait(1, "waiting for 4 GPUs (2 of 8 free)")},
+    ),
+    Case(
+        "a 2-GPU job waits for 2 GPUs, on 2 GPUs",
+        [Want(1, gpus=2)],
+        [Holding(9, gpu_indices=(0,), gpus=1)],
+        BOX,
+        {1: Wait(1, "waiting for 2 GPUs (1 of 2 free)")},
+    ),
+    Case(
+        "a 1-GPU job waits for 1 GPU, on 1 GPU",
+        [Want(1, gpus=1)],
+        [Holding(9, gpu_indices=(0,), gpus=1)],
+        ONE_GPU,
+        {1: Wait(1, "waiting for 1 GPU (0 of 1 free)")},
+    ),
+    Case(
+        "a job of one CPU waits for 1 CPU",
+        [Want(1, cpus=1)],
+        [Holding(9, cpus=8)],
+        ONE_GPU,
+        {1: Wait(1, "waiting for 1 CPU (0 free)")},
+    ),
+    Case(
+        "a job of two CPUs waits for 2 CPUs",
+        [Want(1, cpus=2)],
+        [Holding(9, cpus=7)],
+        ONE_GPU,
+        {1: Wait(1, "waiting for 2 CPUs (1 free)")},
+    ),
+    Case(
+        "a job asking more GPUs than the machine has, with MIG on one",
+        [Want(1, gpus=2)],
+        [],
+        MIG_BOX,
+        {1: Wait(1, "needs 2 GPUs, this machine has 1 (1 GPU split into MIG instances)")},
+    ),
+    Case(
+        "the only MIG instance of a profile is in use",
+        [Want(2, mig_profile="3g.40gb")],
+        [Holding(1, gpu_indices=(0,), mig_uuids=("MIG-c",), mig_profile="3g.40gb")],
+        MIG_BOX,
+        {2: Wait(2, "needs a MIG 3g.40gb instance; the only one is in use (job 1)")},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "case", MEMORY + QUOTA + BACKFILL + PLACEMENT + WORDING, ids=lambda c: c.name
+)
 def test_pooling(case: Case) -> None:
     assert decide_at(case) == case.expected
 
@@ -1151,6 +1207,9 @@ def test_a_mig_profile_job_runs_on_an_instance_named_by_its_uuid(
     job_id = job["id"]
     assert job["resources"]["mig_profile"] == "1g.10gb"
     assert (home.run_dir(job_id) / "log").read_text().strip() == f"visible={mig_uuid}"
+    # `show` names the instance the job got, as CUDA_VISIBLE_DEVICES did, not just its GPU.
+    shown = workbench("show", str(job_id)).stdout
+    assert f"granted MIG 1g.10gb instance {mig_uuid} on GPU 0" in " ".join(shown.split())
     # A profile no GPU is split into waits, saying so in words, in `ls` and `show`.
     lacking = submit_command(client, tmp_path, ["true"], gpus="2g.20gb")
     expected = (
@@ -1162,6 +1221,31 @@ def test_a_mig_profile_job_runs_on_an_instance_named_by_its_uuid(
     assert expected[:40] in workbench("ls").stdout
     assert "mig 2g.20gb" in workbench("show", str(lacking)).stdout
     client.control(lacking, "cancel")
+
+
+@pytest.mark.parametrize(
+    ("profile", "token", "recorded", "text"),
+    [
+        ("1g.10gb", "t2", ("t2", "MIG-x"), "MIG 1g.10gb instance MIG-x on GPU 0"),
+        ("1g.10gb", "t2", ("t1", "MIG-old"), "MIG 1g.10gb instance on GPU 0"),  # earlier attempt
+        ("1g.10gb", "t2", None, "MIG 1g.10gb instance on GPU 0"),  # wrapper not recorded yet
+        (None, "t2", ("t2", "0"), "GPU 0"),
+    ],
+)
+def test_a_mig_grant_is_shown_as_the_instance_the_attempt_was_launched_with(
+    tmp_path: Path, profile: str | None, token: str, recorded: tuple[str, str] | None, text: str
+) -> None:
+    from types import SimpleNamespace
+
+    from workbench.daemon.runner import WrapperRecord, write_wrapper
+    from workbench.jobmodel.resources import Resources as Asked
+    from workbench.present import granted_text
+
+    if recorded is not None:
+        write_wrapper(tmp_path, WrapperRecord(recorded[0], 1, None, recorded[1]))
+    asked = Asked(gpus=0 if profile else 1, mig_profile=profile)
+    job = SimpleNamespace(granted_gpus=[0], resources=asked, launch_token=token)
+    assert granted_text(job, tmp_path) == text  # type: ignore[arg-type]
 
 
 def test_a_job_that_opts_out_of_preemption_keeps_its_borrowed_gpu(

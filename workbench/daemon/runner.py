@@ -143,18 +143,25 @@ def read_usage(run_dir: Path) -> tuple[float | None, int | None]:
 
 @dataclass(frozen=True)
 class WrapperRecord:
-    """Who runs a job: the wrapper's pid and start time, and the launch token it was given."""
+    """Who runs a job: the wrapper's pid and start time, the launch token it was given, and the
+    `CUDA_VISIBLE_DEVICES` it was launched with (GPU indices or MIG instance UUIDs; None: unset)."""
 
     token: str
     pid: int
     start_time: float | None
+    devices: str | None = None
 
 
 def write_wrapper(run_dir: Path, record: WrapperRecord) -> None:
     """Write `wrapper.json` atomically (raises OSError when it cannot)."""
     write_json_atomic(
         run_dir / WRAPPER_FILE,
-        {"token": record.token, "pid": record.pid, "start_time": record.start_time},
+        {
+            "token": record.token,
+            "pid": record.pid,
+            "start_time": record.start_time,
+            "devices": record.devices,
+        },
     )
 
 
@@ -162,7 +169,13 @@ def read_wrapper(run_dir: Path) -> WrapperRecord | None:
     """The wrapper record of a run folder, None if there is none (or it is unreadable)."""
     try:
         data = json.loads((run_dir / WRAPPER_FILE).read_text())
-        return WrapperRecord(str(data["token"]), int(data["pid"]), data.get("start_time"))
+        devices = data.get("devices")
+        return WrapperRecord(
+            str(data["token"]),
+            int(data["pid"]),
+            data.get("start_time"),
+            devices if isinstance(devices, str) else None,
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

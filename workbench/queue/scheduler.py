@@ -268,8 +268,9 @@ def _gib(num_bytes: int) -> str:
     return format_size(max(num_bytes, 0))
 
 
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+def _plural(count: float, word: str) -> str:
+    """`1 GPU`, `4 GPUs`, `1.5 CPUs`: a count and its noun, singular only for exactly one."""
+    return f"{count:g} {word}" if count == 1 else f"{count:g} {word}s"
 
 
 def _listing(ids: Iterable[int]) -> str:
@@ -332,12 +333,12 @@ def _never_fits(want: Want, res: Resources) -> str | None:
         if not whole:
             return f"every GPU is split into MIG instances; ask for one (e.g. --gpus {_any_profile(healthy)})"
         if want.gpus > len(whole):
-            return f"needs {want.gpus:g} GPUs, this machine has {len(whole)}{note}"
+            return f"needs {_plural(want.gpus, 'GPU')}, this machine has {len(whole)}{note}"
         if want.gpu_mem and not any(g.memory_total_bytes >= want.gpu_mem for g in whole):
             largest = max(g.memory_total_bytes for g in whole)
             return f"needs {_gib(want.gpu_mem)} of GPU memory, the largest GPU has {_gib(largest)}"
     if want.cpus > res.cpus:
-        return f"needs {want.cpus:g} CPUs, this machine has {res.cpus}"
+        return f"needs {_plural(want.cpus, 'CPU')}, this machine has {res.cpus}"
     if want.mem and res.mem_bytes and want.mem > res.mem_bytes:
         return f"needs {_gib(want.mem)} of memory, this machine has {_gib(res.mem_bytes)}"
     return None
@@ -507,7 +508,8 @@ class _Ledger:
             ]
             busy = sorted({self.mig_used[m.uuid] for m in same if m.uuid in self.mig_used})
             total = len(same)
-            return f"needs a MIG {want.mig_profile} instance; all {total} are in use" + (
+            in_use = "the only one is in use" if total == 1 else f"all {total} are in use"
+            return f"needs a MIG {want.mig_profile} instance; {in_use}" + (
                 f" ({'job' if len(busy) == 1 else 'jobs'} {_listing(busy)})" if busy else ""
             )
         held = sorted(
@@ -525,7 +527,7 @@ class _Ledger:
             held_note = "; kept for jobs ahead of it: " + ", ".join(parts)
         if want.gpus >= 1 and not want.gpu_mem:
             free = sum(1 for g in self.whole if self.share[g.index] == 0)
-            return f"waiting for {want.gpus:g} GPU ({free} of {len(self.whole)} free){held_note}"
+            return f"waiting for {_plural(want.gpus, 'GPU')} ({free} of {len(self.whole)} free){held_note}"
         need = _need_bytes(want, self.whole[0])
         if want.gpus < 1 and not want.gpu_mem:
             most = max(self.whole, key=lambda g: (1.0 - self.share[g.index], -g.index))
@@ -843,7 +845,7 @@ def _decide(
         return Wait(want.id, f"group '{want.group}' is at its limit of {limit} running")
     if want.cpus and ledger.cpus + want.cpus > res.cpus + _EPS:
         free = max(res.cpus - ledger.cpus, 0)
-        return Wait(want.id, f"waiting for {want.cpus:g} CPUs ({free:g} free)")
+        return Wait(want.id, f"waiting for {_plural(want.cpus, 'CPU')} ({free:g} free)")
     if want.mem and res.mem_bytes and ledger.mem + want.mem > res.mem_bytes:
         free_mem = max(res.mem_bytes - ledger.mem, 0)
         return Wait(want.id, f"waiting for {_gib(want.mem)} of memory ({_gib(free_mem)} free)")

@@ -309,7 +309,9 @@ def fork_wrapper(launch: Launch, cgroup_dir: Path | None) -> tuple[int, float | 
         try:
             cgroup_dir = _prepare(launch, cgroup_dir)
             start_time = runner.process_start_time(os.getpid())
-            record = runner.WrapperRecord(launch.token, os.getpid(), start_time)
+            record = runner.WrapperRecord(
+                launch.token, os.getpid(), start_time, launch.env.get("CUDA_VISIBLE_DEVICES")
+            )
             runner.write_wrapper(launch.run_dir, record)
             devnull = os.open(os.devnull, os.O_RDWR)
             os.dup2(devnull, 0)
