@@ -572,7 +572,11 @@ QUOTA = [
         BOX,
         {
             3: Wait(3, "within its group's quota; waiting for job 2 to stop and free GPU 1"),
-            4: Wait(4, "group sweep is at its quota of 1 and nothing is idle to borrow"),
+            4: Wait(
+                4,
+                "group sweep is at its quota of 1 and nothing is idle to borrow; kept for jobs"
+                " ahead of it: GPU 1 (job 3)",
+            ),
         },
         QUOTAS,
         now=30,
@@ -846,6 +850,147 @@ PLACEMENT = [
 ]
 
 
+# Reclaiming whole GPUs where the borrower's share is fractions spread over GPUs that also hold
+# its guaranteed jobs; several reclaims in one pass; borrowers keeping GPUs.
+Q8 = Settings(quotas={"vision": 5, "sweep": 3})
+
+
+def _frac(job_id: int, gpu: int, started_at: float) -> Holding:
+    return Holding(job_id, group="sweep", gpu_indices=(gpu,), gpus=0.25, started_at=started_at)
+
+
+# Sweep (quota 3) holds 14 quarters = 3.5 GPUs on GPUs 4-7 (4, 3, 3, 4): every GPU costs more
+# than its 0.5 beyond the quota, so no GPU frees within that. Freeing GPU 5 (its oldest job is
+# the youngest) preempts two over-quota quarters and moves the third to the room on GPU 6:
+# sweep ends at 3.0, its quota.
+SPREAD = [_frac(40 + k, 4, 10) for k in range(4)]
+SPREAD += [_frac(50 + k, 5, 100) for k in range(3)]
+SPREAD += [_frac(60 + k, 6, 50) for k in range(3)]
+SPREAD += [_frac(70 + k, 7, 10) for k in range(4)]
+OVER = "group sweep is over its quota of 3 and group vision is under its own"
+MOVED = (
+    "group vision is under its quota and needs whole GPUs; this job can start again at once"
+    " on room left on another GPU"
+)
+SPREAD_EXPECTED: dict[int, object] = {
+    50: Preempt(50, f"preempted for job 1: {OVER}", 1),
+    51: Preempt(51, f"preempted for job 1: {OVER}", 1),
+    52: Preempt(52, f"preempted for job 1: {MOVED}", 1),
+    1: Wait(
+        1,
+        "within its group's quota of 5; reclaiming GPU 5 by preempting jobs 50, 51 (over-quota)"
+        " and job 52 (to move to room on other GPUs)",
+    ),
+}
+RECLAIM = [
+    Case(
+        "8 GPUs: fractions spread past the spare: some preempted, one moved, group at its quota",
+        [Want(1, group="vision", gpus=1)],
+        [Holding(10 + i, group="vision", gpu_indices=(i,), gpus=1) for i in range(4)] + SPREAD,
+        EIGHT_FLAT,
+        SPREAD_EXPECTED,
+        Q8,
+        now=200,
+    ),
+    Case(
+        "8 GPUs with MIG on one: the same, the MIG GPU never freed nor moved onto",
+        [Want(1, group="vision", gpus=1)],
+        [Holding(10 + i, group="vision", gpu_indices=(i,), gpus=1) for i in range(1, 4)]
+        + [Holding(9, "vision", (0,), mig_uuids=("MIG-c",), mig_profile="3g.40gb")]
+        + SPREAD,
+        EIGHT_ONE_MIG,
+        SPREAD_EXPECTED,
+        Q8,
+        now=200,
+    ),
+    Case(
+        "2 GPUs: a group within its quota spread thin has a fraction moved to free a GPU",
+        [Want(1, group="vision", gpus=1)],
+        [_frac(11, 0, 10), _frac(12, 1, 20)],
+        BOX,
+        {
+            12: Preempt(12, f"preempted for job 1: {MOVED}", 1),
+            1: Wait(
+                1,
+                "within its group's quota of 1; reclaiming GPU 1 by preempting job 12"
+                " (to move to room on other GPUs)",
+            ),
+        },
+        QUOTAS,
+        now=30,
+    ),
+    Case(
+        "1 GPU: fractions with nowhere to move are not preempted below their quota",
+        [Want(1, group="vision", gpus=1)],
+        [_frac(11, 0, 10), _frac(12, 0, 20), _frac(13, 0, 30)],
+        ONE_GPU,
+        {1: Wait(1, "waiting for 1 GPU (0 of 1 free)")},
+        Settings(quotas={"vision": 1, "sweep": 0.5}),
+        now=40,
+    ),
+    Case(
+        "8 GPUs: two jobs reclaiming in one pass each preempt for themselves",
+        [Want(1, group="vision", gpus=1), Want(2, group="vision", gpus=1)],
+        [Holding(10 + i, group="sweep", gpu_indices=(i,), gpus=1, started_at=i) for i in range(8)],
+        EIGHT_FLAT,
+        {
+            17: Preempt(17, f"preempted for job 1: {OVER}", 1),
+            1: Wait(
+                1,
+                "within its group's quota of 5; reclaiming GPU 7 by preempting job 17 (over-quota)",
+            ),
+            16: Preempt(16, f"preempted for job 2: {OVER}", 2),
+            2: Wait(
+                2,
+                "within its group's quota of 5; reclaiming GPU 6 by preempting job 16 (over-quota)",
+            ),
+        },
+        Q8,
+        now=100,
+    ),
+    Case(
+        "2 GPUs: a stopping job's GPU promised to one job is not waited for by the next",
+        [Want(1, group="vision", gpus=1), Want(2, group="vision", gpus=1)],
+        [
+            Holding(11, group="sweep", gpu_indices=(0,), gpus=1, stopping=True),
+            Holding(12, group="sweep", gpu_indices=(1,), gpus=1, stopping=True),
+        ],
+        BOX,
+        {
+            1: Wait(1, "within its group's quota; waiting for job 11 to stop and free GPU 0"),
+            2: Wait(2, "within its group's quota; waiting for job 12 to stop and free GPU 1"),
+        },
+        Settings(quotas={"vision": 2, "sweep": 0}),
+        now=100,
+    ),
+    Case(
+        "8 GPUs: a 4-GPU borrower keeps the GPUs that free first against later borrowers",
+        [
+            Want(1, group="vision", gpus=4),
+            Want(2, group="vision", gpus=1, time_limit=7200),
+            Want(3, group="sweep", gpus=1),
+            Want(4, group="vision", gpus=1, time_limit=50),
+        ],
+        [
+            Holding(10 + i, group="vision", gpu_indices=(i,), gpus=1, time_limit=100)
+            for i in range(5)
+        ],
+        EIGHT_FLAT,
+        {
+            3: Start(3, (5,)),  # within its quota: placed before any borrower
+            1: Wait(1, "group vision is at its quota of 5 and nothing is idle to borrow"),
+            2: Wait(
+                2,
+                "group vision is at its quota of 5 and nothing is idle to borrow; kept for jobs"
+                " ahead of it: GPUs 0, 1, 6, 7 (job 1)",
+            ),
+            4: Start(4, (6,)),  # ends before the 4-GPU job can start: backfills
+        },
+        Q8,
+    ),
+]
+
+
 # Counts in reasons read right: one GPU, four GPUs, one CPU, the only MIG instance.
 WORDING = [
     Case(
@@ -901,7 +1046,7 @@ WORDING = [
 
 
 @pytest.mark.parametrize(
-    "case", MEMORY + QUOTA + BACKFILL + PLACEMENT + WORDING, ids=lambda c: c.name
+    "case", MEMORY + QUOTA + BACKFILL + PLACEMENT + WORDING + RECLAIM, ids=lambda c: c.name
 )
 def test_pooling(case: Case) -> None:
     assert decide_at(case) == case.expected
@@ -1296,7 +1441,7 @@ def test_a_restarted_daemon_keeps_an_adopted_jobs_mig_instance_and_opt_out(
     ensure_daemon(home)
     second = submit_command(client, tmp_path, ["true"], gpus="1g.10gb", group="vision")
     client.nudge()
-    expected = f"needs a MIG 1g.10gb instance; all 1 are in use (job {held})"
+    expected = f"needs a MIG 1g.10gb instance; the only one is in use (job {held})"
     wait_for(lambda: client.store.get(second).reason == expected, what="the MIG in-use reason")
     assert client.store.get(held).state == "running"
     assert not [e for e in client.store.events(held) if e.event == "preempt"]
