@@ -964,6 +964,23 @@ RECLAIM = [
         now=100,
     ),
     Case(
+        "8 GPUs: once a group fills its quota in a pass, its later jobs of that shape all borrow",
+        [Want(i, group="sweep", gpus=1) for i in range(1, 6)]
+        + [Want(6, group="vision", gpus=4), Want(7, group="vision", gpus=1)],
+        [],
+        EIGHT_FLAT,
+        {
+            1: Start(1, (0,)),
+            2: Start(2, (1,)),
+            3: Start(3, (2,)),
+            6: Start(6, (3, 4, 5, 6)),
+            7: Start(7, (7,)),
+            4: Wait(4, "group sweep is at its quota of 3 and nothing is idle to borrow"),
+            5: Wait(5, "group sweep is at its quota of 3 and nothing is idle to borrow"),
+        },
+        Q8,
+    ),
+    Case(
         "8 GPUs: a 4-GPU borrower keeps the GPUs that free first against later borrowers",
         [
             Want(1, group="vision", gpus=4),

@@ -852,21 +852,33 @@ def plan(
     ledger = _Ledger(running, res, now, settings)
     decisions: list[Decision] = list(_exceeding(running, res, settings))
     # A job's shape decides everything but its place in the order, so while nothing was
-    # handed out since a job of the same shape had to wait, the next one waits for the same
-    # reason: one dict look-up per job keeps a pass fast with thousands queued.
+    # handed out since a job of the same shape had to wait (or was deferred to borrow), the
+    # next one waits for the same reason (or is deferred too): one dict look-up per job keeps
+    # a pass fast with thousands queued.
     quotas = settings.quotas
     within, borrowing = _order(queued, quotas, ledger.group_units)
     deferred: list[Want] = []
     for phase in (within, None):
         if phase is None:  # borrowers, with the jobs that came to borrow while phase 1 ran
-            deferred.sort(key=_BY_RANK)
-            phase = list(heapq.merge(deferred, borrowing, key=_BY_RANK))
+            if deferred:
+                deferred.sort(key=_BY_RANK)
+                phase = list(heapq.merge(deferred, borrowing, key=_BY_RANK))
+            else:
+                phase = borrowing
             checking = False
         else:
             checking = bool(quotas)
-        unfit: dict[int, tuple[int, str]] = {}
+        unfit: dict[int, tuple[int, str | None]] = {}  # shape -> (version, reason; None: defer)
         version = ledger.version
         for want in phase:
+            if not want.deps:
+                known = unfit.get(want.shape)
+                if known is not None and known[0] == version:
+                    if known[1] is None:
+                        deferred.append(want)
+                    elif known[1] != want.reason:
+                        decisions.append(Wait(want.id, known[1]))
+                    continue
             if (
                 checking
                 and want.units > 0
@@ -874,13 +886,9 @@ def plan(
                 > quotas.get(want.group, 0.0) + _EPS
             ):
                 deferred.append(want)  # its group filled its quota in this pass: it borrows
+                if not want.deps:
+                    unfit[want.shape] = (version, None)
                 continue
-            if not want.deps:
-                known = unfit.get(want.shape)
-                if known is not None and known[0] == version:
-                    if known[1] != want.reason:
-                        decisions.append(Wait(want.id, known[1]))
-                    continue
             decision = _decide(want, ledger, dep_states, res, settings, now, decisions)
             version = ledger.version
             if isinstance(decision, Wait):
@@ -903,18 +911,15 @@ def _order(
     comes in id order (as the store lists it)."""
     inside_buckets: dict[int, list[Want]] = {}
     beyond_buckets: dict[int, list[Want]] = {}
-    borrowing: dict[int, bool] = {}
+    route: dict[int, dict[int, list[Want]]] = {}  # shape -> the buckets its jobs go to
     for want in queued:
-        buckets = inside_buckets
-        if quotas:
-            over = borrowing.get(want.shape)
-            if over is None:
-                over = borrowing[want.shape] = not (
-                    want.units > 0
-                    and used.get(want.group, 0.0) + want.units <= quotas.get(want.group, 0.0) + _EPS
-                )
-            if over:
-                buckets = beyond_buckets
+        buckets = route.get(want.shape)
+        if buckets is None:
+            over = bool(quotas) and not (
+                want.units > 0
+                and used.get(want.group, 0.0) + want.units <= quotas.get(want.group, 0.0) + _EPS
+            )
+            buckets = route[want.shape] = beyond_buckets if over else inside_buckets
         bucket = buckets.get(want.priority)
         if bucket is None:
             buckets[want.priority] = [want]
