@@ -964,6 +964,39 @@ RECLAIM = [
         now=100,
     ),
     Case(
+        "8 GPUs: a 4-GPU job that took its group past its quota is reclaimed for a fraction",
+        [Want(3, group="sweep", gpus=0.25)],
+        [
+            Holding(1, group="vision", gpu_indices=(0, 1, 2, 3), gpus=4, started_at=10),
+            Holding(2, group="vision", gpu_indices=(4, 5, 6, 7), gpus=4, started_at=20),
+        ],
+        EIGHT,
+        {
+            2: Preempt(
+                2,
+                "preempted for job 3: group vision is over its quota of 5 and group sweep is"
+                " under its own",
+                3,
+            ),
+            3: Wait(
+                3,
+                "within its group's quota of 3; reclaiming GPUs 4, 5, 6, 7 by preempting job 2"
+                " (over-quota)",
+            ),
+        },
+        Q8,
+        now=30,
+    ),
+    Case(
+        "1 GPU: a job within its group's quota is never reclaimed",
+        [Want(2, group="sweep", gpus=0.25)],
+        [Holding(1, group="vision", gpu_indices=(0,), gpus=1, started_at=10)],
+        ONE_GPU,
+        {2: Wait(2, "needs 0.25 of a GPU; the most free is 0 of GPU 0")},
+        Settings(quotas={"vision": 1, "sweep": 0.5}),
+        now=30,
+    ),
+    Case(
         "8 GPUs: once a group fills its quota in a pass, its later jobs of that shape all borrow",
         [Want(i, group="sweep", gpus=1) for i in range(1, 6)]
         + [Want(6, group="vision", gpus=4), Want(7, group="vision", gpus=1)],

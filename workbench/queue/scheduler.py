@@ -746,16 +746,26 @@ def _reclaim(
     # over GPUs so that no GPU frees within the spare (a borrower's share beyond its quota
     # shares GPUs with its guaranteed jobs, or a group within its quota is spread thin), also
     # past the spare, if the victims past it can start again at once in the room left: each
-    # group then keeps its quota overall (a preempted fraction moves to another GPU).
-    for strict in (True, False):
-        usable = [step for step in steps if not strict or all(h.group in spare for h in step)]
+    # group then keeps its quota overall (a preempted fraction moves to another GPU). Last,
+    # a job that started beyond its group's quota although part of it lies within (a 4-GPU job
+    # that took a group with a quota of 5 from 4 GPUs to 8): it borrows, so it is reclaimed,
+    # even though its group is then left below its quota by the part that lay within.
+    over = _over_quota_jobs(ledger.held, settings.quotas, leaving)
+    for mode in ("spare", "moved", "over"):
+        if mode == "spare":
+            usable = [step for step in steps if all(h.group in spare for h in step)]
+        elif mode == "over":
+            usable = [step for step in steps if all(h.id in over for h in step)]
+        else:
+            usable = steps
+        strict = mode == "spare"
         found = _choose_victims(ledger, want, usable, spare, stopping, strict, res, now, settings)
         if found is None or not found[0]:
             continue
         chosen, removed = found
         placement = _pick_without(ledger, want, removed, res, now, settings) or ()
         moved: set[int] = set()
-        if not strict:
+        if mode == "moved":
             taken: dict[str, float] = {}
             for h in chosen:
                 taken[h.group] = taken.get(h.group, 0.0) + gpu_units(h.gpus, h.mig_profile)
@@ -764,6 +774,25 @@ def _reclaim(
                 continue
         return [], chosen, placement, moved
     return None
+
+
+def _over_quota_jobs(
+    held: Sequence[Holding], quotas: Mapping[str, float], leaving: set[int]
+) -> set[int]:
+    """Ids of the jobs that took their group beyond its quota: within each group, by start
+    (oldest first), those at which the running total passes the quota. Jobs already stopping,
+    and those in `leaving`, do not count."""
+    running = sorted(
+        (h for h in held if not h.stopping and h.id not in leaving),
+        key=lambda h: (h.started_at, h.id),
+    )
+    total: dict[str, float] = {}
+    over: set[int] = set()
+    for h in running:
+        total[h.group] = total.get(h.group, 0.0) + gpu_units(h.gpus, h.mig_profile)
+        if total[h.group] > quotas.get(h.group, 0.0) + _EPS:
+            over.add(h.id)
+    return over
 
 
 def _choose_victims(
