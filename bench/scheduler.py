@@ -485,8 +485,9 @@ def simulate(
 # ---- decision time at 10,000 queued ---------------------------------------------------------
 
 
-def decision_times(repeats: int) -> tuple[list[float], list[float]]:
-    """One pass of our scheduler and of FIFO first-fit with 10,000 queued jobs on a full box."""
+def decision_times(repeats: int) -> tuple[list[float], list[float], list[float]]:
+    """One pass of our scheduler and of FIFO first-fit with 10,000 queued jobs on a full box:
+    (ours wall-clock s, ours CPU s of this process, FIFO wall-clock s), per repeat."""
     rng = random.Random(7)
     wants = []
     sim = []
@@ -515,15 +516,16 @@ def decision_times(repeats: int) -> tuple[list[float], list[float]]:
         if isinstance(d, sched.Wait)
     }
     wants = [dataclasses.replace(w, reason=recorded.get(w.id)) for w in wants]
-    ours_s, fifo_s = [], []
+    ours_s, ours_cpu_s, fifo_s = [], [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         sched.plan(wants, holdings, {}, res, settings, 10.0)
         ours_s.append(time.perf_counter() - start)
+        ours_cpu_s.append(time.process_time() - cpu)
         start = time.perf_counter()
         fifo_first_fit(view)
         fifo_s.append(time.perf_counter() - start)
-    return ours_s, fifo_s
+    return ours_s, ours_cpu_s, fifo_s
 
 
 # ---- report -------------------------------------------------------------------------------
@@ -710,9 +712,10 @@ def main() -> None:
         print(main_table, per_seed, share_table, scenario_table, sep="\n\n")
         print(f"gain {spread(gains)}; small p95 ratio {spread(small_ratio, '{:.2f}')}")
         return
-    ours_s, fifo_s = decision_times(10 if args.quick else 40)
+    ours_s, ours_cpu_s, fifo_s = decision_times(10 if args.quick else 40)
     loadavg.append(os.getloadavg()[0])
     ours_ms = [t * 1000 for t in ours_s]
+    cpu_ms = [t * 1000 for t in ours_cpu_s]
     fifo_ms = [t * 1000 for t in fifo_s]
     grace_ok: Callable[[float], bool] = lambda v: v <= GRACE + 1e-6  # noqa: E731
     saturated_note = ""
@@ -776,12 +779,12 @@ repeats). Offered: GPU-hours submitted in the day over those the box has. Per se
   under both policies: within a group ours keeps priority, then age, as the issue asks, and the
   sweep group's share beyond its quota is what vision leaves idle. Halving their p95 would take
   an order that puts short jobs first, which the issue's rules do not ask for.
-- No group under its quota longer than the preemption grace ({GRACE:.0f} s): a job within its
-  group's quota waited at most {spread(job_spell, "{:.0f}")} s while another group borrowed
-  ({verdict(job_spell, grace_ok)}); vision's longest spell under its quota with work waiting
-  and sweep borrowing was {spread(group_spell, "{:.0f}")} s ({verdict(group_spell, grace_ok)});
-  a spell outlasts one job's wait when another job of the group arrives during it and needs its
-  own reclaim and grace.
+- No group under its quota longer than the preemption grace ({GRACE:.0f} s), counted per
+  job: {verdict(job_spell, grace_ok)}; a job within its group's quota waited at most
+  {spread(job_spell, "{:.0f}")} s while another group borrowed. Counted per group:
+  {verdict(group_spell, grace_ok)}; vision's longest spell under its quota with work waiting
+  and sweep borrowing was {spread(group_spell, "{:.0f}")} s. A spell outlasts one job's wait
+  when another job of the group arrives during it and needs its own reclaim and grace.
 - One scheduling pass under 5 ms with 10,000 queued: see below.
 
 Each group's share against its quota (a spell counts while the group is under its quota with a
@@ -795,13 +798,16 @@ The same comparison on other days (5 seeds each unless `--quick`; means, min-max
 {scenario_table}
 
 One scheduling pass with 10,000 queued jobs (mixed shapes, two groups with quotas, each job's
-wait reason as recorded by the previous pass, as the daemon passes it) on a full box: ours
-fastest {min(ours_ms):.1f} ms, median {statistics.median(ours_ms):.1f} ms, p95
-{percentile(ours_ms, 95):.1f} ms (goal: under 5 ms:
-{"met" if statistics.median(ours_ms) < 5 else "not met"} by the median); FIFO first-fit, which
-stops at the first job that does not fit, median {statistics.median(fifo_ms):.3f} ms.
-{len(ours_ms)} interleaved repeats; load average {loadavg[-1]:.1f} on {os.cpu_count()} cores
-when they ended (the median and p95 carry the other processes' share of the cores).
+wait reason as recorded by the previous pass, as the daemon passes it) on a full box, ours:
+wall-clock fastest {min(ours_ms):.1f} ms, median {statistics.median(ours_ms):.1f} ms, p95
+{percentile(ours_ms, 95):.1f} ms; CPU time of the pass (this process only, so other processes'
+share of the cores is left out) median {statistics.median(cpu_ms):.1f} ms, p95
+{percentile(cpu_ms, 95):.1f} ms. Goal under 5 ms: {
+        "met" if statistics.median(cpu_ms) < 5 else "not met"
+    } by the CPU time's median, {"met" if statistics.median(ours_ms) < 5 else "not met"} by the
+wall-clock median. FIFO first-fit, which stops at the first job that does not fit: median
+{statistics.median(fifo_ms):.3f} ms. {len(ours_ms)} interleaved repeats; load average
+{loadavg[-1]:.1f} on {os.cpu_count()} cores when they ended.
 
 Checks against a real driver (NVML figures, `CUDA_VISIBLE_DEVICES` honoured, two fractional
 train jobs sharing one GPU within their caps, bf16 autocast, ONNX Runtime's CUDA provider) need
