@@ -851,7 +851,7 @@ PLACEMENT = [
 
 
 # Reclaiming whole GPUs where the borrower's share is fractions spread over GPUs that also hold
-# its guaranteed jobs; several reclaims in one pass; borrowers keeping GPUs.
+# its guaranteed jobs; jobs that took their group past its quota; several reclaims in one pass.
 Q8 = Settings(quotas={"vision": 5, "sweep": 3})
 
 
@@ -1010,31 +1010,6 @@ RECLAIM = [
             7: Start(7, (7,)),
             4: Wait(4, "group sweep is at its quota of 3 and nothing is idle to borrow"),
             5: Wait(5, "group sweep is at its quota of 3 and nothing is idle to borrow"),
-        },
-        Q8,
-    ),
-    Case(
-        "8 GPUs: a 4-GPU borrower keeps the GPUs that free first against later borrowers",
-        [
-            Want(1, group="vision", gpus=4),
-            Want(2, group="vision", gpus=1, time_limit=7200),
-            Want(3, group="sweep", gpus=1),
-            Want(4, group="vision", gpus=1, time_limit=50),
-        ],
-        [
-            Holding(10 + i, group="vision", gpu_indices=(i,), gpus=1, time_limit=100)
-            for i in range(5)
-        ],
-        EIGHT_FLAT,
-        {
-            3: Start(3, (5,)),  # within its quota: placed before any borrower
-            1: Wait(1, "group vision is at its quota of 5 and nothing is idle to borrow"),
-            2: Wait(
-                2,
-                "group vision is at its quota of 5 and nothing is idle to borrow; kept for jobs"
-                " ahead of it: GPUs 0, 1, 6, 7 (job 1)",
-            ),
-            4: Start(4, (6,)),  # ends before the 4-GPU job can start: backfills
         },
         Q8,
     ),

@@ -1013,11 +1013,6 @@ def _decide(
                 ledger, want, want.units, settings.quotas, decisions, res, now, settings
             )
             if quota_reason is not None:
-                # A borrower keeps GPUs too (only borrowers after it are held back: jobs within
-                # their quota were placed before any borrower), else a stream of smaller
-                # borrowers would start on each GPU as it frees and the large one never would.
-                if holds and not ledger.reclaiming and ledger.holds < settings.backfill_depth:
-                    ledger.hold_for(want)
                 if not ledger.reclaiming:
                     quota_reason += ledger.held_note(want)
                 return Wait(want.id, quota_reason)
