@@ -1,9 +1,12 @@
-"""Scheduler benchmark: a seeded simulated day on an 8-GPU node through our scheduler, a FIFO
-first-fit baseline and a task-spooler-style free-memory threshold, in the same run; and the time
-of one scheduling pass with 10,000 queued jobs. Usage: python bench/scheduler.py [--quick]
+"""Scheduler benchmark: a seeded simulated working day on an 8-GPU node through our scheduler, a
+FIFO first-fit baseline and a task-spooler-style free-memory threshold, in the same run; and the
+time of one scheduling pass with 10,000 queued jobs.
+Usage: python bench/scheduler.py [--quick] [--seeds N] [--only SCENARIO]
 
 The day: many small fractional jobs (0.25 GPU, declared 10-20 GiB) submitted in sweeps, full-GPU
-jobs and a few 4-GPU jobs, from two groups with quotas (vision 5 GPUs, sweep 3). A job allocates
+jobs and a few 4-GPU jobs, from two groups with quotas (vision 5 GPUs, sweep 3), submitted at a
+rate that follows the hours of a working day (HOURLY), sized to a share of the box's GPU-hours
+(SCENARIOS: 80% for the goals; 60%, 100% and the earlier uniform 112% day too). A job allocates
 its GPU memory 30 s after it starts (what double-books GPUs under a free-memory test); a job that
 finds its memory taken dies of OOM and is submitted again 5 minutes later. A preempted job stops
 after a 30 s grace, keeps its progress (train checkpoints on SIGTERM) and pays 60 s to restart.
