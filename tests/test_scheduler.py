@@ -741,6 +741,17 @@ BACKFILL = [
         },
     ),
     Case(
+        "the highest priority starts first, a negative one included in the order",
+        [Want(1, gpus=1, priority=-1), Want(2, gpus=1), Want(3, gpus=1, priority=2)],
+        [Holding(9, gpu_indices=(0,), gpus=1)],
+        BOX,
+        {
+            3: Start(3, (1,)),
+            2: Wait(2, "waiting for 1 GPU (0 of 2 free)"),
+            1: Wait(1, "waiting for 1 GPU (0 of 2 free)"),
+        },
+    ),
+    Case(
         "higher priority first within a group; the lower one waits behind it",
         [Want(1, gpus=1), Want(2, gpus=1, priority=5)],
         [Holding(9, gpu_indices=(0,), gpus=1)],
@@ -1014,6 +1025,49 @@ RECLAIM = [
         Q8,
     ),
 ]
+
+
+@pytest.mark.parametrize(
+    ("res", "running"),
+    [
+        (ONE_GPU, [_frac(1, 0, 10), _frac(2, 0, 20), Holding(3, cpus=2, mem=GiB)]),
+        (
+            BOX,
+            [
+                Holding(1, "vision", (0,), 1, started_at=5, gpu_mem_seen=70 * GiB),
+                Holding(2, "sweep", (1,), 0.5, 30 * GiB, cpus=1, started_at=95),
+                _frac(3, 1, 50),
+            ],
+        ),
+        (
+            EIGHT_ONE_MIG,
+            [
+                Holding(1, "vision", (0,), mig_uuids=("MIG-c",), mig_profile="3g.40gb"),
+                Holding(2, "vision", (1, 2, 3, 4), 4, started_at=10),
+                *SPREAD,
+            ],
+        ),
+    ],
+)
+def test_a_trial_ledger_less_some_jobs_counts_as_one_built_without_them(
+    res: Resources, running: list[Holding]
+) -> None:
+    """Reclaims try many victim sets: the copy less the victims must count what a ledger of
+    the remaining jobs counts (a whole GPU exactly free, or it would not be taken)."""
+    from workbench.queue.scheduler import _Ledger
+
+    base = _Ledger(running, res, 100.0, Q8)
+    for cut in range(len(running) + 1):
+        removed = {h.id for h in running[:cut]}
+        trial = base.without(removed)
+        fresh = _Ledger([h for h in running if h.id not in removed], res, 100.0, Q8)
+        for name in ("share", "reserved", "starting", "mig_used", "cpus", "mem"):
+            assert getattr(trial, name) == pytest.approx(getattr(fresh, name)), name
+        assert {g: u for g, u in trial.group_units.items() if u} == pytest.approx(
+            {g: u for g, u in fresh.group_units.items() if u}
+        )
+        assert [h.id for h in trial.held] == [h.id for h in fresh.held]
+        assert all(trial.share[i] == 0 for i in fresh.share if fresh.share[i] == 0)
 
 
 # Counts in reasons read right: one GPU, four GPUs, one CPU, the only MIG instance.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import heapq
 import math
 import operator
 from collections.abc import Iterable, Mapping, Sequence
@@ -46,8 +45,12 @@ class Want:
     reason: str | None = field(default=None, compare=False)
     shape: int = field(init=False, repr=False, compare=False)
     units: float = field(init=False, repr=False, compare=False)
+    # Scheduling order as one int (higher priority first, then lower id; ids are SQLite rowids,
+    # below 2**63): sorting by it compares ints, not tuples.
+    rank: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "rank", (-self.priority << 63) + self.id)
         units = gpu_units(self.gpus, self.mig_profile)
         needs = (
             self.gpus,
@@ -421,6 +424,39 @@ class _Ledger:
         self.group_units[held.group] = self.group_units.get(held.group, 0.0) + units
         self.version += 1
 
+    def without(self, removed: set[int]) -> _Ledger:
+        """What is in use less the jobs in `removed` (by id), as a new ledger with no GPUs kept
+        and no reclaims: a trial for a reclaim, without counting every running job again."""
+        trial = _Ledger((), self.res, self.now, self.settings)
+        trial.held = [h for h in self.held if h.id not in removed]
+        trial.share = dict(self.share)
+        trial.reserved = dict(self.reserved)
+        trial.starting = dict(self.starting)
+        trial.free_at = dict(self.free_at)
+        trial.mig_used = {u: j for u, j in self.mig_used.items() if j not in removed}
+        trial.cpus, trial.mem = self.cpus, self.mem
+        trial.groups = dict(self.groups)
+        trial.group_units = dict(self.group_units)
+        for held in self.held:
+            if held.id not in removed:
+                continue
+            per_gpu = held.gpus if held.gpus < 1 else 1.0
+            for index in held.gpu_indices:
+                slot = self.slots.get(index)
+                if slot is None or held.mig_uuids:
+                    continue
+                share = trial.share[index] - per_gpu
+                trial.share[index] = share if share > _EPS else 0.0  # exact 0: a whole GPU free
+                trial.reserved[index] -= reservation_bytes(held, slot)
+                trial.starting[index] -= _unattributed_bytes(
+                    held, slot, self.now, self.settings.start_grace_s
+                )
+            trial.cpus -= held.cpus
+            trial.mem -= held.mem or 0
+            trial.groups[held.group] -= 1
+            trial.group_units[held.group] -= gpu_units(held.gpus, held.mig_profile)
+        return trial
+
     def free_gpu_mem_bytes(self, slot: GpuSlot) -> int:
         """Total, less our jobs' reservations, less what others hold: processes NVML lists that
         are not ours, and memory in use no process accounts for, except up to the reservations
@@ -639,7 +675,7 @@ def _trial(
     ledger: _Ledger, removed: set[int], res: Resources, now: float, settings: Settings
 ) -> _Ledger:
     """A ledger of the running jobs less `removed`, with the GPUs promised in this pass full."""
-    trial = _Ledger([h for h in ledger.held if h.id not in removed], res, now, settings)
+    trial = ledger.without(removed)
     for index in ledger.promised:
         trial.share[index] = max(trial.share[index], 1.0)
     return trial
@@ -889,9 +925,9 @@ def plan(
     deferred: list[Want] = []
     for phase in (within, None):
         if phase is None:  # borrowers, with the jobs that came to borrow while phase 1 ran
-            if deferred:
-                deferred.sort(key=_BY_RANK)
-                phase = list(heapq.merge(deferred, borrowing, key=_BY_RANK))
+            if deferred:  # both in rank order: the sort merges two runs
+                phase = deferred + borrowing
+                phase.sort(key=_BY_RANK)
             else:
                 phase = borrowing
             checking = False
@@ -964,11 +1000,7 @@ def _order(
     return within, beyond
 
 
-def _by_rank(want: Want) -> tuple[int, int]:
-    return (-want.priority, want.id)
-
-
-_BY_RANK = _by_rank
+_BY_RANK = operator.attrgetter("rank")
 _BY_ID = operator.attrgetter("id")
 
 
