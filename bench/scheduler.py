@@ -745,8 +745,8 @@ def main() -> None:
     if "saturated" in runs:
         fifo_sat = utilisation(runs["saturated"][0])["FIFO first-fit"]
         saturated_note = (
-            f" Where the box is saturated all day (the earlier model), FIFO uses"
-            f" {spread(fifo_sat)}%, so 15 points above it would be above 100%."
+            f"\n  Where the box is saturated all day (the earlier model), FIFO uses"
+            f" {spread(fifo_sat)}%,\n  so 15 points above it would be above 100%."
         )
     body = f"""
 A seeded simulated working day ({len(seeds)} seeds; mean, and min-max over seeds, in brackets)
