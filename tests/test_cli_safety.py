@@ -384,6 +384,11 @@ def test_ls_groups_counts_and_pages(home: Home) -> None:
     assert "... and 25 older ended jobs (ls --all; workbench prune removes them)" in text
     rows = [line for line in text[2:] if not line.startswith("...")]
     assert len(rows) == 50 + 5
+    # `--json` lists the same jobs as the table (it listed every active job: 20,000 rows at
+    # 20,000 queued), and says on stderr what it left out.
+    listed = workbench("ls", "--recent", "5", "--json")
+    assert [j["id"] for j in json.loads(listed.stdout)] == [int(r.split()[0]) for r in rows]
+    assert "listed 55 of 150 jobs; ls --all --json lists every job" in listed.stderr
     everything = json.loads(workbench("ls", "--all", "--json").stdout)
     assert len(everything) == 150 and all("env" not in j for j in everything)
     assert [j["id"] for j in everything] == sorted(j["id"] for j in everything)

@@ -187,6 +187,14 @@ class Job:
     slurm_id: str | None = None  # its Slurm job id (`123`, `120_3` in an array) once submitted
     node: str | None = None  # the cluster node it runs on (Slurm)
     preemptible: bool = True  # false: never preempted to give borrowed GPUs back
+    # What the ended attempt used (None until it is settled, or where it was not measured):
+    # CPU seconds (user + system, all its processes) and peak memory in bytes, each with its
+    # source, 'cgroup' (the job's cgroup v2) or 'rusage' (getrusage of the wrapper's children).
+    cpu_s: float | None = None
+    cpu_source: str | None = None
+    peak_mem_bytes: int | None = None
+    peak_mem_source: str | None = None
+    not_before: float | None = None  # a retry backing off may not start before (Unix s)
 
     @property
     def ended(self) -> bool:
@@ -244,6 +252,10 @@ class Job:
             "slurm_id": self.slurm_id,
             "node": self.node,
             "preemptible": self.preemptible,
+            "cpu_s": self.cpu_s,
+            "cpu_source": self.cpu_source,
+            "peak_mem_bytes": self.peak_mem_bytes,
+            "peak_mem_source": self.peak_mem_source,
         }
         if with_env:
             out["env"] = self.env
@@ -282,7 +294,8 @@ _JOB_COLUMNS = (
     " priority, grp, gpus, gpu_mem, cpus, mem,"
     " retries, attempt, time_limit, fail_unrunnable, pipeline_id, stage, created_at, started_at,"
     " ended_at, exit_code, reason, pid, pid_start, granted_gpus, intent, progress, progress_msg,"
-    " peak_gpu_mem, mean_gpu_util, launch_token, executor, slurm_id, node, mig_profile, preemptible"
+    " peak_gpu_mem, mean_gpu_util, launch_token, executor, slurm_id, node, mig_profile,"
+    " preemptible, cpu_s, cpu_source, peak_mem_bytes, peak_mem_source, not_before"
 )
 # The same columns with spec and env left out (lists that never show them need not parse them),
 # and with only env left out (listings that show specs: an environment is the bulk of a row).
@@ -310,6 +323,10 @@ _SETTABLE = frozenset(
         "slurm_id",
         "node",
         "records_offset",
+        "cpu_s",
+        "cpu_source",
+        "peak_mem_bytes",
+        "peak_mem_source",
     }
 )
 
@@ -348,7 +365,7 @@ def _job_from_row(row: sqlite3.Row | tuple[Any, ...], deps: tuple[tuple[int, str
         retries, attempt, time_limit, fail_unrunnable, pipeline_id, stage, created_at, started_at,
         ended_at, exit_code, reason, pid, pid_start, granted_gpus, intent, progress, progress_msg,
         peak_gpu_mem, mean_gpu_util, launch_token, executor, slurm_id, node, mig_profile,
-        preemptible,
+        preemptible, cpu_s, cpu_source, peak_mem_bytes, peak_mem_source, not_before,
     ) = row  # fmt: skip
     return Job(
         id=id_,
@@ -389,6 +406,11 @@ def _job_from_row(row: sqlite3.Row | tuple[Any, ...], deps: tuple[tuple[int, str
         node=node,
         deps=deps,
         preemptible=bool(preemptible),
+        cpu_s=cpu_s,
+        cpu_source=cpu_source,
+        peak_mem_bytes=peak_mem_bytes,
+        peak_mem_source=peak_mem_source,
+        not_before=not_before,
     )
 
 
@@ -944,6 +966,10 @@ class Store:
                 "progress",
                 "progress_msg",
                 "launch_token",
+                "cpu_s",
+                "cpu_source",
+                "peak_mem_bytes",
+                "peak_mem_source",
             ):
                 columns.setdefault(key, None)
         if event in (Event.RETRY, Event.REQUEUE, Event.UNBLOCK):

@@ -554,15 +554,17 @@ def _wrapper_main(launch: Launch, cgroup_dir: Path | None) -> int:
     cpu_s, peak = None, None
     if cgroup_dir is not None:
         cpu_s, peak = cg.cgroup_usage(cgroup_dir)
+    cpu_source = peak_source = "cgroup"
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     if cpu_s is None:
-        cpu_s = usage.ru_utime + usage.ru_stime
+        cpu_s, cpu_source = usage.ru_utime + usage.ru_stime, "rusage"
     if peak is None:
-        peak = usage.ru_maxrss * 1024
+        peak, peak_source = usage.ru_maxrss * 1024, "rusage"
     ended = runner.status_from_wait(main_status)
     status = runner.ExitStatus(
-        ended.exit_code, ended.signal, ended.ended_at, cpu_s, peak, len(leftovers)
-    )
+        ended.exit_code, ended.signal, ended.ended_at, cpu_s, peak, len(leftovers),
+        cpu_source, peak_source,
+    )  # fmt: skip
     _record_end(launch, status)
     return 0
 
