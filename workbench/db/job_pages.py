@@ -12,7 +12,6 @@ from typing import Any
 # and a listing never shows them), so a page costs the same at 200 jobs or 20,000.
 from workbench.db.store import (
     _LIGHT_COLUMNS,
-    _NO_ENV_COLUMNS,
     Job,
     Store,
     _job_from_row,
@@ -93,20 +92,36 @@ _JSON_TEMPLATE = (
 )
 
 
-def _value(value: Any) -> str:
-    """One JSON scalar as `workbench.jsonout.dumps` writes it (non-finite floats as null)."""
-    if value is None:
-        return "null"
-    kind = value.__class__
-    if kind is str:
-        return _quote(value)
-    if kind is float:
-        return repr(value) if value - value == 0 else "null"
-    if kind is bool:
-        return "true" if value else "false"
-    if kind is int:
-        return int.__repr__(value)
-    return _quote(str(value))
+def _number(column: str) -> str:
+    """SQL giving a numeric column as `dumps` writes it: the number, or 'null' for NULL and for
+    infinities (inf - inf is NaN, which SQLite makes NULL); Python's `%s` of the int or float
+    SQLite returns is then the same text `json.dumps` writes (`float.__repr__`)."""
+    return f"iif({column} - {column} = 0, {column}, 'null')"
+
+
+# The columns of `_JSON_TEMPLATE` in its order; numbers rendered by SQL (`_number`), `after`
+# filled in from job_deps, strings quoted in Python (SQLite's json_quote keeps non-ASCII text,
+# json.dumps escapes it).
+_JSON_COLUMNS = ", ".join(
+    [
+        "id, name, kind, state, reason, spec, ifnull(argv, 'null'), cwd, priority, grp",
+        *(_number(c) for c in ("gpus", "gpu_mem", "cpus", "mem")),
+        "mig_profile, ifnull(granted_gpus, 'null'), retries, attempt",
+        _number("time_limit"),
+        "NULL",  # after
+        _number("pipeline_id"),
+        "stage",
+        *(_number(c) for c in ("created_at", "started_at", "ended_at", "exit_code", "pid")),
+        _number("progress"),
+        "progress_msg",
+        *(_number(c) for c in ("peak_gpu_mem", "mean_gpu_util")),
+        "executor, slurm_id, node, iif(preemptible, 'true', 'false')",
+        _number("cpu_s"),
+        "cpu_source",
+        _number("peak_mem_bytes"),
+        "peak_mem_source",
+    ]
+)
 
 
 def _text(stored: str) -> str:
@@ -114,40 +129,41 @@ def _text(stored: str) -> str:
     return _quote(decode_text(stored) if stored.startswith('"') else stored)
 
 
+def _string(value: str | None) -> str:
+    return "null" if value is None else _quote(value)
+
+
 def _after(deps: tuple[tuple[int, str], ...]) -> str:
     return "[" + ", ".join(f'{{"job": {d}, "cond": {_quote(c)}}}' for d, c in deps) + "]"
 
 
-def _raw_json_ok(stored: str | None) -> bool:
+def _raw_json_ok(stored: str) -> bool:
     """Whether a stored JSON column (written by `json.dumps`) can be copied into the output as
     it is: not when it holds a non-finite number (`dumps` writes null there) or an `env` table
     (a spec's environment: its secret-looking values are masked, which needs the parsed value)."""
-    return stored is None or not ('"env"' in stored or "NaN" in stored or "Infinity" in stored)
-
-
-def _job_json_text(
-    row: tuple[Any, ...], deps: tuple[tuple[int, str], ...], words: tuple[str, ...]
-) -> str:
-    """One job as `dumps(job.to_json(secret_words=words))` writes it, from a `_NO_ENV_COLUMNS`
-    row, without parsing its spec or argv (copied as stored) or building a Job. Rows whose stored
-    JSON cannot be copied (see `_raw_json_ok`) go through `Job.to_json`: same text, slower."""
-    spec, argv, granted = row[4], row[5], row[27]
-    if not (_raw_json_ok(spec) and _raw_json_ok(argv) and _raw_json_ok(granted)):
-        return dumps(_job_from_row(row, deps).to_json(secret_words=words))
-    v = _value
-    return _JSON_TEMPLATE % (
-        v(row[0]), _text(row[1]), v(row[2]), v(row[3]), v(row[24]), spec, argv or "null",
-        _text(row[6]), v(row[8]), v(row[9]), v(row[10]), v(row[11]), v(row[12]), v(row[13]),
-        v(row[37]), granted or "null", v(row[14]), v(row[15]), v(row[16]), _after(deps),
-        v(row[18]), v(row[19]), v(row[20]), v(row[21]), v(row[22]), v(row[23]), v(row[25]),
-        v(row[29]), v(row[30]), v(row[31]), v(row[32]), v(row[34]), v(row[35]), v(row[36]),
-        "true" if row[38] else "false", v(row[39]), v(row[40]), v(row[41]), v(row[42]),
-    )  # fmt: skip
+    return not ('"env"' in stored or "NaN" in stored or "Infinity" in stored)
 
 
 def _json_page(store: Store, rows: list[Any], words: tuple[str, ...]) -> list[str]:
+    """Each `_JSON_COLUMNS` row as the text `dumps(job.to_json(secret_words=words))` gives,
+    without parsing its spec or argv (copied as stored) or building a Job. A row whose stored
+    JSON cannot be copied (`_raw_json_ok`) is read again as a Job and written by `to_json`."""
     deps = store._deps_for(r[0] for r in rows)
-    return [_job_json_text(r, deps[r[0]], words) for r in rows]
+    s, q = _string, _quote
+    out = []
+    for r in rows:
+        if not (_raw_json_ok(r[5]) and _raw_json_ok(r[6]) and _raw_json_ok(r[15])):
+            (job,) = store._jobs_where("WHERE id=?", (r[0],), light="no-env")
+            out.append(dumps(job.to_json(secret_words=words)))
+            continue
+        text = _JSON_TEMPLATE % (
+            r[0], _text(r[1]), q(r[2]), q(r[3]), s(r[4]), r[5], r[6], _text(r[7]), r[8], q(r[9]),
+            r[10], r[11], r[12], r[13], s(r[14]), r[15], r[16], r[17], r[18], _after(deps[r[0]]),
+            r[20], s(r[21]), r[22], r[23], r[24], r[25], r[26], r[27], s(r[28]), r[29], r[30],
+            q(r[31]), s(r[32]), s(r[33]), r[34], r[35], s(r[36]), r[37], s(r[38]),
+        )  # fmt: skip
+        out.append(text)
+    return out
 
 
 def job_json_pages(
@@ -168,7 +184,7 @@ def job_json_pages(
     after = 0
     while True:
         rows = store.conn.execute(
-            f"SELECT {_NO_ENV_COLUMNS} FROM jobs WHERE id>?{where} ORDER BY id LIMIT ?",
+            f"SELECT {_JSON_COLUMNS} FROM jobs WHERE id>?{where} ORDER BY id LIMIT ?",
             (after, *params, page),
         ).fetchall()
         if not rows:
@@ -188,7 +204,7 @@ def job_json_by_ids(
         chunk = ordered[start : start + page]
         marks = ",".join("?" * len(chunk))
         rows = store.conn.execute(
-            f"SELECT {_NO_ENV_COLUMNS} FROM jobs WHERE id IN ({marks}) ORDER BY id", chunk
+            f"SELECT {_JSON_COLUMNS} FROM jobs WHERE id IN ({marks}) ORDER BY id", chunk
         ).fetchall()
         if rows:
             yield _json_page(store, rows, words)
