@@ -740,7 +740,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--recent", type=checked.count, default=20, help="ended jobs to show (default 20)"
     )
     p.add_argument("--state", action="append", help="only jobs in this state (repeatable)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="the same jobs as a JSON array of job objects (what was left out: on stderr)",
+    )
     p.set_defaults(handler=cmd_ls)
 
     p = sub.add_parser("show", help="one job: spec, history, resources, metrics, paths")
