@@ -153,8 +153,8 @@ def _json_page(store: Store, rows: list[Any], words: tuple[str, ...]) -> list[st
     out = []
     for r in rows:
         if not (_raw_json_ok(r[5]) and _raw_json_ok(r[6]) and _raw_json_ok(r[15])):
-            (job,) = store._jobs_where("WHERE id=?", (r[0],), light="no-env")
-            out.append(dumps(job.to_json(secret_words=words)))
+            for job in store._jobs_where("WHERE id=?", (r[0],), light="no-env"):  # unless gone
+                out.append(dumps(job.to_json(secret_words=words)))
             continue
         text = _JSON_TEMPLATE % (
             r[0], _text(r[1]), q(r[2]), q(r[3]), s(r[4]), r[5], r[6], _text(r[7]), r[8], q(r[9]),

@@ -219,7 +219,9 @@ class Job:
     def to_json(self, with_env: bool = False, secret_words: Iterable[str] = ()) -> dict[str, Any]:
         """The job as `--json` prints it. `with_env` adds the captured environment. Values of
         secret-looking variables (in `env` and in a spec's `env`) are always masked; callers
-        pass the configured extra words (`workbench.present.job_json` does)."""
+        pass the configured extra words (`workbench.present.job_json` does). Listings write
+        the same text straight from rows (`workbench.db.job_pages`): change both together (a
+        test compares them)."""
         out: dict[str, Any] = {
             "id": self.id,
             "name": self.name,
