@@ -304,5 +304,8 @@ def test_job_json_pages_write_what_to_json_writes(tmp_path: Path) -> None:
         assert json.loads(expected[4])["spec"]["lr"] is None  # NaN is not JSON
         queued = [t for p in job_json_pages(store, ["queued"], words) for t in p]
         assert queued == [expected[0], *expected[2:5]]
+        # Several states: each read by its own index range, merged by id, paged as asked.
+        waiting = list(job_json_pages(store, ["paused", "queued", "paused"], words, page=3))
+        assert waiting == [[expected[0], *expected[2:4]], expected[4:6]]
     finally:
         store.close()

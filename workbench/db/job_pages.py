@@ -174,23 +174,11 @@ def job_json_pages(
 ) -> Iterator[list[str]]:
     """Every job (in `states`, if given) as JSON texts, oldest first, `page` jobs at a time:
     each text is what `dumps(job.to_json(secret_words=...))` gives, the environment left out.
-    Each page is one indexed range read (keyset on id), so the cost is linear in the jobs
-    printed and memory stays flat whatever the queue's length."""
+    Pages are indexed range reads (`Store.row_pages`: keyset on id, per state), so the cost is
+    linear in the jobs printed and memory stays flat whatever the queue's length."""
     words = tuple(secret_words)
-    where, params = "", []
-    if states is not None:
-        params = [str(s) for s in states]
-        where = f" AND state IN ({','.join('?' * len(params))})"
-    after = 0
-    while True:
-        rows = store.conn.execute(
-            f"SELECT {_JSON_COLUMNS} FROM jobs WHERE id>?{where} ORDER BY id LIMIT ?",
-            (after, *params, page),
-        ).fetchall()
-        if not rows:
-            return
+    for rows in store.row_pages(_JSON_COLUMNS, states, page):
         yield _json_page(store, rows, words)
-        after = rows[-1][0]
 
 
 def job_json_by_ids(

@@ -7,6 +7,7 @@ that touches state.db lives in `workbench.db`.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import json
 import os
 import sqlite3
@@ -764,19 +765,46 @@ class Store:
     ) -> Iterator[Job]:
         """Every job (in `states`, if given), oldest first, read `page` rows at a time, so
         memory stays flat whatever the queue's length."""
-        where, params = "", []
-        if states is not None:
-            params = [str(s) for s in states]
-            where = f" AND state IN ({','.join('?' * len(params))})"
+        columns = {False: _JOB_COLUMNS, True: _LIGHT_COLUMNS, "no-env": _NO_ENV_COLUMNS}[light]
+        for rows in self.row_pages(columns, states, page):
+            deps = self._deps_for(r[0] for r in rows)
+            yield from (_job_from_row(r, deps[r[0]]) for r in rows)
+
+    def row_pages(
+        self, columns: str, states: Iterable[str] | None = None, page: int = 1000
+    ) -> Iterator[list[Any]]:
+        """Rows of `columns` (the first must be `id`) for every job in `states` (all if None),
+        by id, `page` at a time. Each state is read by its own keyset range on the state index
+        and the ranges are merged by id, so the cost is linear in the rows read (one range over
+        several states would sort what is left of them for every page)."""
+        if states is None:
+            ranges = [self._range(columns, None, page)]
+        else:
+            ranges = [self._range(columns, str(state), page) for state in dict.fromkeys(states)]
+            if not ranges:
+                return
+        merged = ranges[0] if len(ranges) == 1 else heapq.merge(*ranges, key=lambda r: r[0])
+        batch: list[Any] = []
+        for row in merged:
+            batch.append(row)
+            if len(batch) >= page:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def _range(self, columns: str, state: str | None, page: int) -> Iterator[Any]:
+        where, params = ("", []) if state is None else (" AND state=?", [state])
         after = 0
         while True:
-            batch = self._jobs_where(
-                f"WHERE id>?{where} ORDER BY id LIMIT ?", (after, *params, page), light
-            )
-            if not batch:
+            rows = self.conn.execute(
+                f"SELECT {columns} FROM jobs WHERE id>?{where} ORDER BY id LIMIT ?",
+                (after, *params, page),
+            ).fetchall()
+            yield from rows
+            if len(rows) < page:
                 return
-            yield from batch
-            after = batch[-1].id
+            after = rows[-1][0]
 
     def active_jobs(self, light: bool | str = False) -> list[Job]:
         """Jobs not yet ended (queued, starting, running, paused, blocked), by id.
