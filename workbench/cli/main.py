@@ -204,7 +204,7 @@ def _write(line: str) -> None:
 def cmd_ls(args: argparse.Namespace) -> int:
     """Active jobs and the latest ended ones, grouped counts on top (as `pueue status` does);
     `--all` streams every job a page at a time. Environments are never read. `--json` lists the
-    same jobs as the table (counts and notes of what was left out go to stderr)."""
+    same jobs as the table, as job objects (how many it left out is said on stderr)."""
     from workbench.db.job_pages import job_json_by_ids, job_json_pages
 
     client = _client(start_daemon=False)
