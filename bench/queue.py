@@ -148,12 +148,16 @@ def bench_size(held: int, runs: int, seconds: float, jobs: int) -> dict[str, str
     home, client, env = make_home(held)
     out: dict[str, str] = {}
     try:
-        submit, base = [], []
+        submit, base, full = [], [], []
+        alone = {**env, "WORKBENCH_NO_INTAKE": "1"}  # the client does it all itself
         for _ in range(runs):  # interleaved with the baseline
             base.append(wall([PYTHON, "-c", "pass"]))
             submit.append(wall([PYTHON, "-m", "workbench", "submit", "--", "true"], env))
+            full.append(wall([PYTHON, "-m", "workbench", "submit", "--", "true"], alone))
         out["submit"] = spread(submit)
         out["submit_ratio"] = f"{median(submit) / median(base):.2f}x"
+        out["submit_full"] = spread(full)
+        out["submit_full_ratio"] = f"{median(full) / median(base):.2f}x"
         out["submit_s"] = str(median(submit))
         out["pass"] = spread(base)
         delays = []
@@ -416,11 +420,13 @@ def main() -> None:
     tsp_note = "task-spooler not installed" if base is None else ""
     rows = [
         row(
-            "CLI submit (median [IQR])",
+            "CLI submit, taken by the daemon (median [IQR])",
             "submit",
             f"python -c pass: {results[last]['pass']}; tsp at 990 queued: {base['submit'] if base else tsp_note}",
         ),
         row("CLI submit / python -c pass", "submit_ratio", "goal <= 1.5x"),
+        row("CLI submit, no daemon intake (WORKBENCH_NO_INTAKE=1)", "submit_full"),
+        row("  same / python -c pass", "submit_full_ratio", "the client opens the store itself"),
         row(
             "submit-to-start", "start", f"tsp: {base['start'] if base else tsp_note}; goal < 50 ms"
         ),

@@ -1,5 +1,5 @@
 """Entry point for `python -m workbench`."""
 
-from workbench.cli.main import main
+from workbench.cli.entry import main
 
 raise SystemExit(main())

@@ -1,5 +1,1 @@
-"""The command line: one module per command family."""
-
-from workbench.cli.main import main
-
-__all__ = ["main"]
+"""The command line: one module per command family; `entry` is the program's entry point."""

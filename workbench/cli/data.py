@@ -13,9 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from workbench.cli import args as checked
 from workbench.jsonout import dumps
 from workbench.paths import Home
+from workbench.queue import argtypes as checked
 from workbench.units import format_duration, format_size, parse_duration
 
 SHOWN_ROWS = 200

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from workbench import __version__
-from workbench.cli import args as checked
 from workbench.daemon.client import DaemonUnavailable
 from workbench.db.connection import translate
 from workbench.db.store import (
@@ -51,8 +50,10 @@ from workbench.present import (
     table_line,
     use_colour,
 )
+from workbench.queue import argtypes as checked
+from workbench.queue import submission
 from workbench.queue.spec import SpecError
-from workbench.units import format_duration, parse_int
+from workbench.units import format_duration
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DAEMON = 0, 1, 2, 3
 DEFAULT_PRUNE_AGE_S = 30 * 86400.0
@@ -87,78 +88,11 @@ def _console() -> Any:
 # ---- submit -------------------------------------------------------------------------------
 
 
-def _parse_after(values: list[str], flag: str) -> list[int]:
-    ids = []
-    for value in values:
-        for part in value.split(","):
-            try:
-                ids.append(parse_int(part, minimum=1))
-            except ValueError as error:
-                raise UsageError(f"{flag}: not a job id: {part!r} ({error})") from None
-    return ids
-
-
-def _current_dir() -> Path:
-    try:
-        return Path.cwd()
-    except FileNotFoundError:
-        raise UsageError(
-            "the current directory no longer exists; cd somewhere else or give --cwd"
-        ) from None
-
-
 def cmd_submit(args: argparse.Namespace) -> int:
-    from workbench.queue.requests import build_request
-
-    if args.spec:
-        if args.command:
-            raise UsageError("give either --spec FILE or -- CMD ARG..., not both")
-        from workbench.queue.pipeline import _read_toml
-
-        spec_path = Path(args.spec).resolve()
-        table = _read_toml(spec_path)
-        base_dir = spec_path.parent
-        where = str(spec_path)
-        after_from_file = table.pop("after", [])
-        if not isinstance(after_from_file, list) or not all(
-            isinstance(a, int) for a in after_from_file
-        ):
-            raise SpecError(f"{where}: key 'after': expected a list of job ids")
-    else:
-        if not args.command:
-            raise UsageError("nothing to run: give -- CMD ARG... or --spec FILE.toml")
-        table = {"kind": "command", "argv": args.command}
-        if args.cwd and not Path(args.cwd).is_dir():
-            problem = "is not a directory" if Path(args.cwd).exists() else "no such directory"
-            raise UsageError(f"--cwd {args.cwd}: {problem}")
-        base_dir = Path(args.cwd).resolve() if args.cwd else _current_dir()
-        where = "submit"
-        after_from_file = []
-    overrides = {
-        "name": args.name,
-        "gpus": args.gpus,
-        "gpu_mem": args.gpu_mem,
-        "cpus": args.cpus,
-        "mem": args.mem,
-        "priority": args.priority,
-        "group": args.group,
-        "retries": args.retries,
-        "time_limit": args.time_limit,
-        "preemptible": False if args.no_preempt else None,
-    }
-    table.update({k: v for k, v in overrides.items() if v is not None})
-    env = dict(os.environ)
-    for pair in args.env or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--env: expected KEY=VALUE, got {pair!r}")
-        env[key] = value
-    after = [(i, "ok") for i in [*after_from_file, *_parse_after(args.after or [], "--after")]]
-    after += [(i, "any") for i in _parse_after(args.after_any or [], "--after-any")]
-    after += [(i, "fail") for i in _parse_after(args.after_fail or [], "--after-fail")]
-    request = build_request(table, base_dir, where, env, after=tuple(after), paused=args.paused)
     from workbench.daemon.executors.slurm import bind_executor
+    from workbench.queue.submission import request_from_args
 
+    request, where = request_from_args(args, dict(os.environ))
     (request,) = bind_executor([request], args.executor, Home.current(), [where])
     client = _client()
     job_id = client.submit(request)
@@ -169,6 +103,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.wait:
         return _wait_exit(client.wait([job_id]), quiet=args.json)
     return EXIT_OK
+
+
+def print_job_json(job_id: int) -> None:
+    """One job as `submit --json` prints it."""
+    _print_json(job_json(_client(start_daemon=False).store.get(job_id)))
+
+
+def wait_submitted(job_id: int, quiet: bool) -> int:
+    """`submit --wait` after the daemon took the submission (`workbench.cli.entry`): wait for
+    the job; exit 0 iff it succeeded."""
+    return _wait_exit(_client().wait([job_id]), quiet=quiet)
 
 
 # ---- listing ------------------------------------------------------------------------------
@@ -691,44 +636,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command_name", metavar="COMMAND")
 
-    p = sub.add_parser("submit", help="queue a job: -- CMD ARG... or --spec FILE.toml")
-    p.add_argument("--spec", metavar="FILE.toml", help="a job of any kind from a spec file")
-    p.add_argument("--name")
-    p.add_argument(
-        "--gpus",
-        type=checked.gpus,
-        help="GPUs (fractions like 0.5 share one GPU), or a MIG profile such as 1g.10gb",
-    )
-    p.add_argument("--gpu-mem", type=checked.size, help="GPU memory needed, e.g. 8GiB")
-    p.add_argument("--cpus", type=checked.amount, help="CPU cores to reserve (fractions allowed)")
-    p.add_argument("--mem", type=checked.size, help="host memory, e.g. 4GiB")
-    p.add_argument("--after", action="append", metavar="ID", help="start after job ID succeeded")
-    p.add_argument("--after-any", action="append", metavar="ID", help="start after job ID ended")
-    p.add_argument(
-        "--after-fail", action="append", metavar="ID", help="start only if job ID failed"
-    )
-    p.add_argument("--priority", type=checked.signed, help="higher starts first (default 0)")
-    p.add_argument("--group")
-    p.add_argument("--retries", type=checked.count, help="automatic retries after a failure")
-    p.add_argument(
-        "--time-limit",
-        type=checked.duration,
-        help="e.g. 90s, 30m, 2h; the job fails when it runs longer",
-    )
-    p.add_argument("--cwd", help="working directory (default: the current one)")
-    p.add_argument("--env", action="append", metavar="K=V", help="set an environment variable")
-    p.add_argument("--paused", action="store_true", help="queue it held; `resume` releases it")
-    p.add_argument(
-        "--no-preempt",
-        action="store_true",
-        help="never preempt it to give borrowed GPUs back (spec key: preemptible = false)",
-    )
-    p.add_argument("--wait", action="store_true", help="wait for it; exit 0 iff it succeeded")
-    p.add_argument("--json", action="store_true")
-    p.add_argument(
-        "--executor", choices=["local", "slurm"], help="where it runs (default: config.toml)"
-    )
-    p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARG...")
+    p = sub.add_parser("submit", help=submission.HELP)
+    submission.add_arguments(p)
     p.set_defaults(handler=cmd_submit)
 
     p = sub.add_parser(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import socket
 
 from workbench.paths import Home
 
@@ -28,9 +27,20 @@ def lock_holder(home: Home) -> int | None:
 
 def wake(home: Home) -> None:
     """Nudge the daemon (a datagram on its socket); harmless if none is listening."""
+    import socket  # here: `workbench submit`'s quick path imports this module, not the socket one
+
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.setblocking(False)
             sock.sendto(b"w", str(home.socket))
     except OSError:
         pass
+
+
+# Submissions handed to the daemon (`workbench.cli.entry` sends, `workbench.daemon.intake`
+# takes): one `marshal`led dict per datagram each way, on `Home.intake_socket`. Request: {"v",
+# "token", "argv" (the words after `submit`), "cwd", "env"}. Reply: {"token", "exit", "stdout",
+# "stderr", "job_id", "wait", "json"}, or {"token", "fallback": why} when the client must do it
+# itself.
+INTAKE_VERSION = 1
+MAX_SUBMISSION_BYTES = 192 * 1024  # below Linux's default datagram limit (net.core.wmem_default)

@@ -26,6 +26,7 @@ from workbench.daemon.executors import Ended, Executor, Handle, Launch, LaunchEr
 from workbench.daemon.executors.containment import remove_empty_cgroups
 from workbench.daemon.executors.local import LocalExecutor
 from workbench.daemon.executors.slurm import SlurmExecutor
+from workbench.daemon.intake import Intake
 from workbench.db import executors as placement_db
 from workbench.db import scheduling as db
 from workbench.db.store import Job, Store
@@ -87,6 +88,7 @@ class Daemon:
         self.mem_bytes = psutil.virtual_memory().total
         self._lock_fd = -1
         self._sock: socket.socket | None = None
+        self.intake: Intake | None = None
         self._last_version = -1
         self._last_stamp: tuple[int, int] = (-1, -1)
         self._dirty = True
@@ -179,6 +181,10 @@ class Daemon:
         self.selector.register(read_fd, selectors.EVENT_READ, ("signal", None))
         self._sample()
         self._adopt()
+        self.intake = Intake(self.home, self.store, self.log)
+        intake_sock = self.intake.bind()
+        if intake_sock is not None:
+            self.selector.register(intake_sock, selectors.EVENT_READ, ("intake", None))
         self.log(f"started (pid {os.getpid()}); {self.executor.describe()}")
         self._announce_ready()
 
@@ -498,14 +504,7 @@ class Daemon:
         settings: scheduler.Settings,
         reasons: list[tuple[int, str | None]],
     ) -> int:
-        holding = [
-            replace(
-                t.holding,
-                gpu_mem_seen=self.gpu_mem_seen.get(t.job_id),
-                stopping=t.cancel_sent_at is not None or t.ended is not None,
-            )
-            for t in self.tracked.values()
-        ]
+        holding = [self._holding_now(t) for t in self.tracked.values()]
         dep_ids = {d for j in batch for d, _ in j.deps}
         dep_states = (
             {k: str(v) for k, v in self.store.states_of(dep_ids).items()} if dep_ids else {}
@@ -551,6 +550,16 @@ class Daemon:
                     job.id, Event.REFUSE, decision.reason, only_from=[JobState.QUEUED]
                 )
         return self._launch_many(starts)
+
+    def _holding_now(self, tracked: Tracked) -> scheduler.Holding:
+        """What the job holds, with the GPU memory last seen and whether it is stopping; a new
+        value only when those changed (a pass looks at every running job)."""
+        seen = self.gpu_mem_seen.get(tracked.job_id)
+        stopping = tracked.cancel_sent_at is not None or tracked.ended is not None
+        holding = tracked.holding
+        if holding.gpu_mem_seen != seen or holding.stopping != stopping:
+            holding = tracked.holding = replace(holding, gpu_mem_seen=seen, stopping=stopping)
+        return holding
 
     def _reclaim(self, decision: scheduler.Preempt | scheduler.Exceeds, now: float) -> None:
         """GPU pooling: preempt a running job (SIGTERM, then the kill grace; it is queued again
@@ -789,6 +798,9 @@ class Daemon:
             if what == "wake":
                 if self._drain_socket():
                     self._dirty = True
+            elif what == "intake":
+                if self.intake is not None and self.intake.take_all():
+                    self._dirty = True
             elif what == "exit":
                 exited.append(job_id)
             elif what == "signal":
@@ -868,6 +880,8 @@ class Daemon:
             f"stopping: {self.passes} scheduling passes, {self.refused_wakes} refused wake-ups,"
             f" {self.log_failures} log lines lost"
         )
+        if self.intake is not None:
+            self.intake.close()
         if self._sock is not None:
             self._sock.close()
             try:

@@ -113,6 +113,9 @@ STATES = tuple(JobState)
 DEP_CONDITIONS = ("ok", "any", "fail")
 
 
+REQUEST_PREFIX = "request "  # the audit detail of a submission the daemon took for a client
+
+
 class JobError(ValueError):
     """A job-control request that cannot be done (no such job, wrong state)."""
 
@@ -597,7 +600,9 @@ class Store:
 
     # ---- submit ------------------------------------------------------------------------
 
-    def _insert(self, conn: sqlite3.Connection, req: JobRequest, now: float) -> int:
+    def _insert(
+        self, conn: sqlite3.Connection, req: JobRequest, now: float, detail: str | None = None
+    ) -> int:
         event = Event.HOLD_SUBMIT if req.paused else Event.SUBMIT
         state = next_state(None, event)
         res = req.resources
@@ -642,7 +647,7 @@ class Store:
                 (job_id, dep_id, cond),
             )
         self._event(conn, job_id, state, "submitted", now, event)
-        self._audit(conn, "submit", job_id, None, now)
+        self._audit(conn, "submit", job_id, detail, now)
         return job_id
 
     @staticmethod
@@ -652,10 +657,23 @@ class Store:
         conn.execute("INSERT OR IGNORE INTO envs(env) VALUES (?)", (text,))
         return int(conn.execute("SELECT id FROM envs WHERE env=?", (text,)).fetchone()[0])
 
-    def submit(self, req: JobRequest) -> int:
-        """Queue one job; cost is independent of how many jobs the store holds."""
+    def submit(self, req: JobRequest, request_token: str | None = None) -> int:
+        """Queue one job; cost is independent of how many jobs the store holds.
+
+        `request_token`: the id of a submission the daemon took for a client, kept in the audit
+        entry (`request <token>`) so the client can learn the job's id if the daemon stops
+        before it answers (`submitted_by_request`)."""
+        detail = None if request_token is None else f"{REQUEST_PREFIX}{request_token}"
         with self.transaction() as conn:
-            return self._insert(conn, req, time.time())
+            return self._insert(conn, req, time.time(), detail)
+
+    def submitted_by_request(self, request_token: str) -> int | None:
+        """The job a submission with this token queued (see `submit`), or None."""
+        row = self.conn.execute(
+            "SELECT job_id FROM audit WHERE action='submit' AND detail=? ORDER BY id DESC LIMIT 1",
+            (f"{REQUEST_PREFIX}{request_token}",),
+        ).fetchone()
+        return None if row is None else int(row[0])
 
     def submit_many(self, build: Sequence[JobRequest]) -> list[int]:
         """Queue several jobs in one transaction (all or none)."""

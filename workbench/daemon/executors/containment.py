@@ -7,7 +7,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from workbench.daemon.runner import TOKEN_ENV
@@ -15,14 +15,21 @@ from workbench.daemon.runner import TOKEN_ENV
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 
 
+def _find_prctl() -> Callable[..., int] | None:
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+# Looked up once, at import: the launcher imports this module, so every wrapper it forks has it.
+_prctl = _find_prctl()
+
+
 def set_child_subreaper() -> bool:
     """Make this process the reaper of its orphaned descendants (they re-parent to it instead of
     to init), so it can find and stop them. False if the kernel refused."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
-    except (OSError, AttributeError):
-        return False
+    return _prctl is not None and int(_prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
 
 
 def cgroup2_mount() -> Path | None:

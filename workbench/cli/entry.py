@@ -1,0 +1,189 @@
+"""The `workbench` entry point. `submit` is first offered to a running daemon (it parses and
+queues with the CLI's own code and answers with what to print, see `workbench.daemon.intake`),
+so a submit imports no store, job model or argparse; everything else, and a submit no daemon
+takes, runs the full CLI (`workbench.cli.main`)."""
+
+from __future__ import annotations
+
+import _socket  # socket.socket without the socket module's imports (selectors, enum classes)
+import marshal  # loaded with the interpreter, where json costs a tenth of its start-up
+import os
+import select
+import sys
+
+from workbench.daemon.link import INTAKE_VERSION, MAX_SUBMISSION_BYTES, lock_holder
+from workbench.paths import USER_UMASK_ENV, Home
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
+_LIVENESS_S = 0.25  # how often a waiting client checks that the daemon still runs
+_LOOK_IN_STORE_S = 5.0  # how often it looks in the store for a job whose answer was lost
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `workbench ARGS` (default: `sys.argv[1:]`); returns the exit code."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["submit"]:
+        try:
+            code = quick_submit(words[1:])
+        except KeyboardInterrupt:
+            return 130
+        except BrokenPipeError:  # the reader left (`workbench submit ... | head`)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
+        if code is not None:
+            return code
+    from workbench.cli.main import main as full_main
+
+    return full_main(words)
+
+
+def _handed_over(words: list[str]) -> bool:
+    """Whether the daemon may take this submit: not for help (printed here, at the terminal's
+    width), which argparse shows for -h anywhere among submit's own flags."""
+    for word in words:
+        if word == "--":
+            return True
+        if word in ("-h", "--help"):
+            return False
+    return True
+
+
+def quick_submit(words: list[str]) -> int | None:
+    """Hand `submit WORDS` to this home's running daemon and print its answer; the exit code, or
+    None when no daemon takes it (none runs, an older one, the request is too large, or the
+    daemon could not read it): the caller then submits by itself, which starts a daemon."""
+    if os.environ.get("WORKBENCH_NO_INTAKE") or not _handed_over(words):
+        return None
+    try:
+        cwd = os.getcwd()
+        home = Home.current()
+    except (OSError, RuntimeError):
+        return None  # the full path says what is wrong
+    daemon = lock_holder_or_none(home)
+    if daemon is None or not home.intake_socket.exists():
+        return None
+    env = dict(os.environ)
+    if USER_UMASK_ENV not in env:  # as `make_files_private` records it for the full path
+        mask = os.umask(0o077)
+        os.umask(mask)
+        env[USER_UMASK_ENV] = f"{mask:03o}"
+    token = os.urandom(16).hex()
+    request = {"v": INTAKE_VERSION, "token": token, "argv": words, "cwd": cwd, "env": env}
+    data = marshal.dumps(request)
+    if len(data) > MAX_SUBMISSION_BYTES:
+        return None
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
+    try:
+        try:
+            sock.bind("")  # an abstract address the daemon answers to
+            sock.sendto(data, str(home.intake_socket))
+        except OSError:
+            return None  # nothing listens (a daemon that just stopped): nothing was sent
+        reply = _await_reply(sock, token, home, daemon)
+    finally:
+        sock.close()
+    if reply is None:
+        return _after_daemon_stopped(home, token, words)
+    if "fallback" in reply:
+        return None
+    return _print_reply(reply, words)
+
+
+def lock_holder_or_none(home: Home) -> int | None:
+    """The running daemon's pid, or None (none runs, or the lock cannot be read)."""
+    try:
+        pid = lock_holder(home)
+    except OSError:
+        return None
+    return pid if pid is not None and pid > 0 else None
+
+
+def _await_reply(
+    sock: _socket.socket, token: str, home: Home, daemon: int
+) -> dict[str, Any] | None:
+    """The daemon's answer to `token`; None if the daemon stopped before answering. No time
+    limit otherwise: a daemon waiting for the store's lock answers when it has it. Every
+    `_LOOK_IN_STORE_S` without an answer the store is asked, in case the answer was lost."""
+    waited = 0.0
+    while True:
+        ready, _, _ = select.select([sock], [], [], _LIVENESS_S)
+        if ready:
+            try:
+                reply = marshal.loads(sock.recv(MAX_SUBMISSION_BYTES))
+            except (OSError, ValueError, EOFError, TypeError):
+                continue
+            if isinstance(reply, dict) and reply.get("token") == token:
+                return reply
+            continue
+        if lock_holder_or_none(home) != daemon:
+            return None
+        waited += _LIVENESS_S
+        if waited >= _LOOK_IN_STORE_S:
+            waited = 0.0
+            job_id = _queued_by_request(home, token)
+            if job_id is not None:
+                return {"token": token, "exit": 0, "job_id": job_id, "lost_reply": True}
+
+
+def _queued_by_request(home: Home, token: str) -> int | None:
+    """The job the daemon queued for this submission's token (its audit entry), or None."""
+    from workbench.daemon.client import Client
+
+    try:
+        client = Client(home, start_daemon=False)
+        try:
+            return client.store.submitted_by_request(token)
+        finally:
+            client.close()
+    except Exception:
+        return None  # the full path reports what is wrong with the store
+
+
+def _after_daemon_stopped(home: Home, token: str, words: list[str]) -> int | None:
+    """The daemon stopped after it was handed the submission: if it queued the job (its audit
+    entry carries the token), report that job; otherwise submit by ourselves."""
+    job_id = _queued_by_request(home, token)
+    if job_id is None:
+        return None
+    return _print_reply({"exit": 0, "job_id": job_id, "lost_reply": True}, words)
+
+
+def _submit_flags(words: list[str]) -> dict[str, bool]:
+    """--wait and --json among submit's own flags (before the command)."""
+    from workbench.queue import submission
+
+    args = submission.parse_args(submission.parser(), words)
+    return {"wait": bool(args.wait), "json": bool(args.json)}
+
+
+def _print_reply(reply: dict[str, Any], words: list[str]) -> int:
+    """Print what the daemon said the CLI prints (or, when its answer was lost, what the CLI
+    prints for the job it queued); wait for the job with --wait."""
+    job_id = reply.get("job_id")
+    if reply.get("lost_reply") and job_id is not None:
+        reply = {**reply, **_submit_flags(words), "stdout": f"{job_id}\n"}
+        if reply["json"]:
+            from workbench.cli.main import print_job_json
+
+            print_job_json(int(job_id))
+            reply["stdout"] = ""
+    _write(sys.stdout, str(reply.get("stdout", "")))
+    _write(sys.stderr, str(reply.get("stderr", "")))
+    code = int(reply.get("exit", 1))
+    if code == 0 and reply.get("wait") and job_id is not None:
+        from workbench.cli.main import wait_submitted
+
+        return wait_submitted(int(job_id), quiet=bool(reply.get("json")))
+    return code
+
+
+def _write(stream: Any, text: str) -> None:
+    if not text:
+        return
+    stream.flush()
+    stream.buffer.write(text.encode("utf-8", "surrogateescape"))
+    stream.buffer.flush()

@@ -1,0 +1,167 @@
+"""The `submit` command's flags and how they, with a spec file, become a JobRequest: one code
+path for the CLI and for the daemon, which takes submissions handed to it by `workbench.cli.entry`
+(see `workbench.daemon.intake`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+from workbench.queue import argtypes as checked
+from workbench.queue.spec import SpecError
+from workbench.units import parse_int
+
+if TYPE_CHECKING:
+    from workbench.db.store import JobRequest
+
+HELP = "queue a job: -- CMD ARG... or --spec FILE.toml"
+
+
+class SubmitUsage(SpecError):
+    """Bad `submit` arguments found by argparse: `text` is what argparse would print (usage and
+    the error line); the exit code is 2, as for any bad spec."""
+
+    def __init__(self, text: str):
+        super().__init__(text.rstrip("\n"))
+        self.text = text
+
+
+class SubmitParser(argparse.ArgumentParser):
+    """The submit flags as a parser that raises SubmitUsage instead of exiting, for callers that
+    must not exit (the daemon)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise SubmitUsage(f"{self.format_usage()}{self.prog}: error: {message}\n")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of `workbench submit` (INTERFACE.md); each number is checked by `argtypes`."""
+    p.add_argument("--spec", metavar="FILE.toml", help="a job of any kind from a spec file")
+    p.add_argument("--name")
+    p.add_argument(
+        "--gpus",
+        type=checked.gpus,
+        help="GPUs (fractions like 0.5 share one GPU), or a MIG profile such as 1g.10gb",
+    )
+    p.add_argument("--gpu-mem", type=checked.size, help="GPU memory needed, e.g. 8GiB")
+    p.add_argument("--cpus", type=checked.amount, help="CPU cores to reserve (fractions allowed)")
+    p.add_argument("--mem", type=checked.size, help="host memory, e.g. 4GiB")
+    p.add_argument("--after", action="append", metavar="ID", help="start after job ID succeeded")
+    p.add_argument("--after-any", action="append", metavar="ID", help="start after job ID ended")
+    p.add_argument(
+        "--after-fail", action="append", metavar="ID", help="start only if job ID failed"
+    )
+    p.add_argument("--priority", type=checked.signed, help="higher starts first (default 0)")
+    p.add_argument("--group")
+    p.add_argument("--retries", type=checked.count, help="automatic retries after a failure")
+    p.add_argument(
+        "--time-limit",
+        type=checked.duration,
+        help="e.g. 90s, 30m, 2h; the job fails when it runs longer",
+    )
+    p.add_argument("--cwd", help="working directory (default: the current one)")
+    p.add_argument("--env", action="append", metavar="K=V", help="set an environment variable")
+    p.add_argument("--paused", action="store_true", help="queue it held; `resume` releases it")
+    p.add_argument(
+        "--no-preempt",
+        action="store_true",
+        help="never preempt it to give borrowed GPUs back (spec key: preemptible = false)",
+    )
+    p.add_argument("--wait", action="store_true", help="wait for it; exit 0 iff it succeeded")
+    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--executor", choices=["local", "slurm"], help="where it runs (default: config.toml)"
+    )
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARG...")
+
+
+def parser() -> SubmitParser:
+    """A parser of the words after `workbench submit` (raises SubmitUsage on bad ones)."""
+    p = SubmitParser(prog="workbench submit", description=HELP)
+    add_arguments(p)
+    return p
+
+
+def parse_args(p: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """`argv` (the words after `submit`) parsed, with a leading `--` dropped from the command."""
+    args = p.parse_args(argv)
+    if args.command[:1] == ["--"]:
+        args.command = args.command[1:]
+    return args
+
+
+def _parse_after(values: list[str], flag: str) -> list[int]:
+    ids = []
+    for value in values:
+        for part in value.split(","):
+            try:
+                ids.append(parse_int(part, minimum=1))
+            except ValueError as error:
+                raise SpecError(f"{flag}: not a job id: {part!r} ({error})") from None
+    return ids
+
+
+def _current_dir() -> Path:
+    try:
+        return Path.cwd()
+    except FileNotFoundError:
+        raise SpecError(
+            "the current directory no longer exists; cd somewhere else or give --cwd"
+        ) from None
+
+
+def request_from_args(args: argparse.Namespace, env: dict[str, str]) -> tuple[JobRequest, str]:
+    """The job `workbench submit` asks for, and where its table came from (`submit`, or the spec
+    file's path, for messages). Relative paths are taken from the current directory; `env` is the
+    submitter's environment (the job's, before `--env` pairs are applied). Raises SpecError (exit
+    2) naming the flag, file or key at fault."""
+    from workbench.queue.pipeline import _read_toml
+    from workbench.queue.requests import build_request
+
+    if args.spec:
+        if args.command:
+            raise SpecError("give either --spec FILE or -- CMD ARG..., not both")
+        spec_path = Path(args.spec).resolve()
+        table = _read_toml(spec_path)
+        base_dir = spec_path.parent
+        where = str(spec_path)
+        after_from_file = table.pop("after", [])
+        if not isinstance(after_from_file, list) or not all(
+            isinstance(a, int) for a in after_from_file
+        ):
+            raise SpecError(f"{where}: key 'after': expected a list of job ids")
+    else:
+        if not args.command:
+            raise SpecError("nothing to run: give -- CMD ARG... or --spec FILE.toml")
+        table = {"kind": "command", "argv": args.command}
+        if args.cwd and not Path(args.cwd).is_dir():
+            problem = "is not a directory" if Path(args.cwd).exists() else "no such directory"
+            raise SpecError(f"--cwd {args.cwd}: {problem}")
+        base_dir = Path(args.cwd).resolve() if args.cwd else _current_dir()
+        where = "submit"
+        after_from_file = []
+    overrides = {
+        "name": args.name,
+        "gpus": args.gpus,
+        "gpu_mem": args.gpu_mem,
+        "cpus": args.cpus,
+        "mem": args.mem,
+        "priority": args.priority,
+        "group": args.group,
+        "retries": args.retries,
+        "time_limit": args.time_limit,
+        "preemptible": False if args.no_preempt else None,
+    }
+    table.update({k: v for k, v in overrides.items() if v is not None})
+    env = dict(env)
+    for pair in args.env or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SpecError(f"--env: expected KEY=VALUE, got {pair!r}")
+        env[key] = value
+    after = [(i, "ok") for i in [*after_from_file, *_parse_after(args.after or [], "--after")]]
+    after += [(i, "any") for i in _parse_after(args.after_any or [], "--after-any")]
+    after += [(i, "fail") for i in _parse_after(args.after_fail or [], "--after-fail")]
+    request = build_request(table, base_dir, where, env, after=tuple(after), paused=args.paused)
+    return request, where
