@@ -250,7 +250,7 @@ def test_job_json_pages_write_what_to_json_writes(tmp_path: Path) -> None:
     are not UTF-8, a name that starts with a quote, non-ASCII text, a spec's environment with
     secrets (masked), a non-finite number in a spec, dependencies, granted GPUs, a settled job
     with its usage, and a column holding infinity."""
-    from workbench.db.job_pages import job_json_by_ids, job_json_pages
+    from workbench.db.job_pages import job_json_pages
     from workbench.db.store import Event, Resources
     from workbench.jsonout import dumps
 
@@ -299,7 +299,10 @@ def test_job_json_pages_write_what_to_json_writes(tmp_path: Path) -> None:
         pages = list(job_json_pages(store, secret_words=words, page=2))
         assert [len(p) for p in pages] == [2, 2, 2]
         assert [text for page in pages for text in page] == expected
-        assert [t for p in job_json_by_ids(store, ids[::-1], words) for t in p] == expected
+        others = [j.id for j in store.list_jobs(light=True) if j.state != "queued"]
+        assert others and len(others) < len(expected)
+        merged = job_json_pages(store, ["queued"], words, page=2, also=others)
+        assert [t for p in merged for t in p] == expected  # the others merged in by id
         assert "s3cret" not in "".join(expected) and '"MY_WORD": "***"' in expected[3]
         assert json.loads(expected[4])["spec"]["lr"] is None  # NaN is not JSON
         queued = [t for p in job_json_pages(store, ["queued"], words) for t in p]

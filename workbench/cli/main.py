@@ -20,6 +20,7 @@ from workbench import __version__
 from workbench.daemon.client import DaemonUnavailable
 from workbench.db.connection import translate
 from workbench.db.store import (
+    ACTIVE,
     BLOCKED,
     ENDED,
     PAUSED,
@@ -148,13 +149,16 @@ def _write(line: str) -> None:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     """Active jobs and the latest ended ones, grouped counts on top (as `pueue status` does);
-    `--all` streams every job a page at a time. Environments are never read. `--json` lists the
-    same jobs as the table, as job objects (how many it left out is said on stderr)."""
-    from workbench.db.job_pages import job_json_by_ids, job_json_pages
+    `--all` streams every job a page at a time. Environments are never read. `--json` lists every
+    active job and the latest ended ones (scripts read the whole queue), a page at a time."""
+    from workbench.db.job_pages import job_json_pages
 
     client = _client(start_daemon=False)
     store = client.store
     states = _states_arg(args.state)
+    if args.json and not (args.all or states):
+        recent = [j.id for j in store.list_jobs(states=ENDED, limit=args.recent, light=True)]
+        return _ls_json(job_json_pages(store, ACTIVE, secret_words(), also=recent))
     if args.all or states:
         if args.json:
             return _ls_json(job_json_pages(store, states, secret_words()))
@@ -185,12 +189,6 @@ def cmd_ls(args: argparse.Namespace) -> int:
         )
     if store.draining:
         notes.append("drain mode: nothing new starts (workbench daemon undrain)")
-    if args.json:
-        code = _ls_json(job_json_by_ids(store, [j.id for j in jobs], secret_words()))
-        if hidden_waiting > 0 or hidden_ended > 0:
-            listed = f"listed {len(jobs):,} of {sum(counts.values()):,} jobs"
-            sys.stderr.write(f"workbench: {listed}; ls --all --json lists every job\n")
-        return code
     colour = use_colour(sys.stdout)
     if counts:
         _write("jobs: " + state_counts_line(counts))

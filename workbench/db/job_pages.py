@@ -3,6 +3,8 @@ and for `ls --json` (jobs as JSON text, a page at a time, without building Job o
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _quote
@@ -171,28 +173,23 @@ def job_json_pages(
     states: Iterable[str] | None = None,
     secret_words: Iterable[str] = (),
     page: int = 1000,
+    also: Sequence[int] = (),
 ) -> Iterator[list[str]]:
     """Every job (in `states`, if given) as JSON texts, oldest first, `page` jobs at a time:
     each text is what `dumps(job.to_json(secret_words=...))` gives, the environment left out.
-    Pages are indexed range reads (`Store.row_pages`: keyset on id, per state), so the cost is
-    linear in the jobs printed and memory stays flat whatever the queue's length."""
+    `also`: ids of other jobs to list with them, merged by id (`ls --json`: the latest ended
+    jobs beside every active one). Pages are indexed range reads (`Store.row_pages`: keyset on
+    id, per state), so the cost is linear in the jobs printed and memory stays flat whatever the
+    queue's length."""
     words = tuple(secret_words)
-    for rows in store.row_pages(_JSON_COLUMNS, states, page):
-        yield _json_page(store, rows, words)
-
-
-def job_json_by_ids(
-    store: Store, ids: Sequence[int], secret_words: Iterable[str] = (), page: int = 500
-) -> Iterator[list[str]]:
-    """The jobs with these ids as JSON texts (as `job_json_pages`), by id, `page` at a time;
-    ids that name no job are left out."""
-    words = tuple(secret_words)
-    ordered = sorted(set(ids))
-    for start in range(0, len(ordered), page):
-        chunk = ordered[start : start + page]
-        marks = ",".join("?" * len(chunk))
-        rows = store.conn.execute(
-            f"SELECT {_JSON_COLUMNS} FROM jobs WHERE id IN ({marks}) ORDER BY id", chunk
+    pages = store.row_pages(_JSON_COLUMNS, states, page)
+    if also:
+        marks = ",".join("?" * len(also))
+        extra = store.conn.execute(
+            f"SELECT {_JSON_COLUMNS} FROM jobs WHERE id IN ({marks}) ORDER BY id", list(also)
         ).fetchall()
-        if rows:
-            yield _json_page(store, rows, words)
+        rows_in_order = heapq.merge((r for p in pages for r in p), extra, key=lambda r: r[0])
+        pages = (list(itertools.islice(rows_in_order, page)) for _ in itertools.count())
+        pages = itertools.takewhile(bool, pages)
+    for rows in pages:
+        yield _json_page(store, rows, words)
