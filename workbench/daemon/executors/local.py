@@ -25,6 +25,7 @@ from workbench.paths import job_umask
 CANCEL_FILE = "cancel"  # the grace in seconds for a cancel the daemon asked for (SIGUSR1)
 _CHUNK = 65536
 _FULL_DISK_RETRY_S = 1.0
+_STOP_WAIT_S = 5.0  # how long stop_all waits for the killed processes to be gone
 _END_RESERVE_BYTES = 256 * 1024  # held by the log from the start, for the drop marker and exit.json
 
 
@@ -281,6 +282,16 @@ class LocalExecutor:
         cg.signal_each(pids, signal.SIGKILL)
         if handle.pid is not None and self.adopt(handle):
             cg.signal_each([handle.pid], signal.SIGKILL)
+        # A killed process is listed until it has run its exit (on a busy machine, a while),
+        # and one caught in fork leaves a child the first look missed: look again until none
+        # is left, so that the job is settled only once its processes are gone.
+        deadline = time.monotonic() + _STOP_WAIT_S
+        while time.monotonic() < deadline:
+            left = self.job_pids(handle)
+            if not left:
+                break
+            cg.signal_each(left, signal.SIGKILL)
+            time.sleep(0.01)
         return len(pids)
 
     def log_path(self, handle: Handle) -> Path:
