@@ -134,13 +134,16 @@ def job_json(job: Job, with_env: bool = False) -> dict[str, Any]:
 
 
 def recorded_usage(job: Job, run_dir: Path | None) -> dict[str, float | int | None]:
-    """What an ended job used, as its wrapper recorded it in the run folder's `exit.json`:
-    `{"cpu_s": CPU seconds (user + system, all its processes), "peak_mem_bytes": peak memory in
-    bytes (the cgroup's `memory.peak`, else the largest child's peak RSS)}`. A value is None
-    when the job has not ended (an earlier attempt's record would mislead), there is no run
-    folder or record, or the record lacks it."""
-    if run_dir is None or job.state not in ENDED:
+    """What an ended job used: `{"cpu_s": CPU seconds (user + system, all its processes),
+    "peak_mem_bytes": peak memory in bytes (the cgroup's `memory.peak`, else the largest child's
+    peak RSS)}`, as the store kept them when the job was settled (so a pruned run folder loses
+    nothing). A job settled by a version without those columns falls back to its run folder's
+    `exit.json`. A value is None when the job has not ended (an earlier attempt's record would
+    mislead) or it was not measured."""
+    if job.state not in ENDED:
         return {"cpu_s": None, "peak_mem_bytes": None}
+    if job.cpu_s is not None or job.peak_mem_bytes is not None or run_dir is None:
+        return {"cpu_s": job.cpu_s, "peak_mem_bytes": job.peak_mem_bytes}
     from workbench.daemon.runner import read_usage
 
     cpu_s, peak = read_usage(run_dir)

@@ -169,7 +169,6 @@ class Daemon:
             self.store.backup_to(self.home.state_db.with_name("state.db.bak"))
         except _WRITE_ERRORS as error:
             self.log(f"could not back up the state file ({error}); going on without a backup")
-        db.ensure_indexes(self.store)
         self.gpus = Gpus.open()
         self.sampler = Sampler(self.store, self.home, self.gpus, self.config)
         self._bind_socket()
@@ -321,6 +320,7 @@ class Daemon:
         assert ended is not None
         status = ended.status
         fields = {"exit_code": status.code, "ended_at": status.ended_at or time.time()}
+        fields.update(status.usage_columns())  # kept in the store: outlives the run folder
         live = tuple(LIVE)
 
         def change(event: Event, reason: str) -> db.Change:

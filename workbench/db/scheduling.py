@@ -1,6 +1,7 @@
 """The daemon's reads for incremental scheduling: the head of the queue in scheduling order (no
-environments, no specs), pending intents, the jobs a previous daemon left live, a stamp that changes
-only when something that can change a decision happened, and wait reasons written in one batch."""
+environments, no specs; its indexes come with migration 15), pending intents, the jobs a previous
+daemon left live, a stamp that changes only when something that can change a decision happened,
+and wait reasons written in one batch."""
 
 from __future__ import annotations
 
@@ -18,20 +19,6 @@ from workbench.jobmodel.states import Event, JobState
 # What a failed store operation may raise that a retry can cure (a full disk, a long lock):
 # the daemon keeps the outcome and tries again.
 RETRYABLE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, OSError, StoreError)
-
-# Additive indexes for the daemon's queries (idempotent; created when the daemon starts):
-# the queue in scheduling order, and the few jobs with a pending intent.
-INDEXES = (
-    "CREATE INDEX IF NOT EXISTS jobs_queue_order ON jobs(state, priority DESC, id)",
-    "CREATE INDEX IF NOT EXISTS jobs_intent ON jobs(id) WHERE intent IS NOT NULL",
-)
-
-
-def ensure_indexes(store: Store) -> None:
-    """Create the indexes above if missing (one short write transaction)."""
-    with store.transaction() as conn:
-        for statement in INDEXES:
-            conn.execute(statement)
 
 
 @dataclass(frozen=True)
