@@ -1527,3 +1527,25 @@ def test_a_restarted_daemon_keeps_an_adopted_jobs_mig_instance_and_opt_out(
     client.control(second, "cancel")
     client.control(held, "cancel")
     wait_state(client, held, "cancelled", timeout=30)
+
+
+def test_a_job_within_its_quota_behind_a_long_queue_of_borrowers_still_reclaims(
+    client: Client, home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon reads the queue a page at a time; a job within its group's quota used to be
+    planned only if it was in the first page, so 200 older borrowers kept it waiting (unseen)
+    while their group held the GPU: every group's head is planned in every pass."""
+    fake_machine(tmp_path, monkeypatch, [{}])
+    home.config.write_text("[groups.vision]\nquota = 1\n\n[groups.sweep]\nquota = 0\n")
+    borrower = submit_command(client, tmp_path, ["sleep", "600"], gpus=1, group="sweep")
+    wait_state(client, borrower, "running")
+    backlog = [
+        build_request(
+            {"kind": "command", "argv": ["true"], "gpus": 1, "group": "sweep"}, tmp_path, "test"
+        )
+        for _ in range(200)
+    ]
+    client.submit_many(backlog)
+    vision = submit_command(client, tmp_path, ["true"], gpus=1, group="vision")
+    assert wait_state(client, vision, "succeeded", timeout=60).state == "succeeded"
+    assert [e.event for e in client.store.events(borrower)].count("preempt") == 1

@@ -116,7 +116,7 @@ def test_migrates_a_state_file_of_the_previous_schema(tmp_path: Path) -> None:
         store.close()
 
 
-ADDED_BY_THIS_VERSION = (15, 16)  # the scheduling indexes; the usage columns
+ADDED_BY_THIS_VERSION = (15, 16, 17)  # the scheduling indexes; the usage columns; group heads
 
 
 def test_a_state_file_of_the_previous_version_gains_indexes_and_usage_columns(
@@ -153,7 +153,7 @@ def test_a_state_file_of_the_previous_version_gains_indexes_and_usage_columns(
 
     store = Store.open(path)  # a client (no daemon has run)
     try:
-        assert {"jobs_queue_order", "jobs_intent"} <= indexes(store)
+        assert {"jobs_queue_order", "jobs_intent", "jobs_group_queue"} <= indexes(store)
         assert store.get_setting("migrations") == ",".join(map(str, sorted(MIGRATIONS)))
         old = store.list_jobs()[0]
         assert (old.cpu_s, old.peak_mem_bytes, old.peak_mem_source) == (None, None, None)
@@ -178,6 +178,11 @@ def test_a_state_file_of_the_previous_version_gains_indexes_and_usage_columns(
             )
         )
         assert "jobs_intent" in plan, plan
+        heads = store.conn.execute(
+            "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE state='queued' AND grp='g'"
+            " AND executor='local' ORDER BY priority DESC, id LIMIT 128"
+        ).fetchall()
+        assert "jobs_group_queue" in str(heads), heads  # db.group_heads: one seek per group
     finally:
         store.close()
 

@@ -480,9 +480,14 @@ class Daemon:
             page = db.queue_head(self.store, after, QUEUE_PAGE)
             batch = list(page)
             if first:
-                batch += [
-                    j for j in db.queued_with_deps(self.store) if j.id not in {p.id for p in page}
-                ]
+                extra = db.queued_with_deps(self.store)
+                guaranteed = [g for g, quota in settings.quotas.items() if quota > 0]
+                if len(page) == QUEUE_PAGE and guaranteed:
+                    # The head of every group with a quota too: a job within its group's quota
+                    # must be planned (and reclaim) however many older jobs wait ahead of it.
+                    extra += db.group_heads(self.store, guaranteed, QUEUE_PAGE)
+                in_page = {p.id for p in page}
+                batch += list({j.id: j for j in extra if j.id not in in_page}.values())
                 first = False
             batch = [j for j in batch if j.id not in seen]
             seen.update(j.id for j in batch)

@@ -239,6 +239,11 @@ MIGRATIONS: dict[int, str] = {
     ALTER TABLE jobs ADD COLUMN peak_mem_bytes INTEGER;
     ALTER TABLE jobs ADD COLUMN peak_mem_source TEXT;
     """,
+    # Each group's head of the queue, in scheduling order: a pass plans the first jobs of every
+    # group with a quota, so a job within its quota is seen however many older jobs wait.
+    17: """
+    CREATE INDEX IF NOT EXISTS jobs_group_queue ON jobs(state, grp, priority DESC, id);
+    """,
     # Executors (60-69): where each job runs ('local' or 'slurm'), its Slurm job id and node,
     # whether Slurm may still hold it (submitted, not yet seen ended), and how much of the job's
     # record file (see workbench/db/journal.py) has been applied.
