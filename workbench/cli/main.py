@@ -91,9 +91,8 @@ def _console() -> Any:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from workbench.daemon.executors.slurm import bind_executor
-    from workbench.queue.submission import request_from_args
 
-    request, where = request_from_args(args, dict(os.environ))
+    request, where = submission.request_from_args(args, dict(os.environ))
     (request,) = bind_executor([request], args.executor, Home.current(), [where])
     client = _client()
     job_id = client.submit(request)
