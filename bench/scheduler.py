@@ -1,9 +1,12 @@
-"""Scheduler benchmark: a seeded simulated day on an 8-GPU node through our scheduler, a FIFO
-first-fit baseline and a task-spooler-style free-memory threshold, in the same run; and the time
-of one scheduling pass with 10,000 queued jobs. Usage: python bench/scheduler.py [--quick]
+"""Scheduler benchmark: a seeded simulated working day on an 8-GPU node through our scheduler, a
+FIFO first-fit baseline and a task-spooler-style free-memory threshold, in the same run; and the
+time of one scheduling pass with 10,000 queued jobs.
+Usage: python bench/scheduler.py [--quick] [--seeds N] [--only SCENARIO]
 
 The day: many small fractional jobs (0.25 GPU, declared 10-20 GiB) submitted in sweeps, full-GPU
-jobs and a few 4-GPU jobs, from two groups with quotas (vision 5 GPUs, sweep 3). A job allocates
+jobs and a few 4-GPU jobs, from two groups with quotas (vision 5 GPUs, sweep 3), submitted at a
+rate that follows the hours of a working day (HOURLY), sized to a share of the box's GPU-hours
+(SCENARIOS: 80% for the goals; 60%, 100% and the earlier uniform 112% day too). A job allocates
 its GPU memory 30 s after it starts (what double-books GPUs under a free-memory test); a job that
 finds its memory taken dies of OOM and is submitted again 5 minutes later. A preempted job stops
 after a 30 s grace, keeps its progress (train checkpoints on SIGTERM) and pays 60 s to restart.
@@ -60,6 +63,7 @@ class SimJob:
     ended: float | None = None
     preemptions: int = 0
     ooms: int = 0
+    queued_at: float = 0.0  # when it last entered the queue (FIFO order)
 
 
 @dataclass
@@ -74,8 +78,45 @@ class Run:
     token: int = 0
 
 
-def make_day(seed: int, scale: float = 1.0) -> list[SimJob]:
-    """The seeded workload: arrival time, group, shape, declared and real memory, work."""
+# The working day's shape: relative submission rate per hour of the day (0-23). Quiet night,
+# a morning ramp, a daytime peak with a lunch dip, a tapering evening: the diurnal cycle GPU
+# cluster traces show (Philly, Jeon et al., ATC 2019; Helios, Hu et al., SC 2021).
+HOURLY = (0.2,) * 7 + (0.4, 0.7) + (1.0,) * 3 + (0.7,) + (1.0,) * 5 + (0.6, 0.5, 0.4) + (0.3,) * 3
+# Expected GPU-seconds of one sweep, one full-GPU job and one 4-GPU job (the means of the
+# distributions `make_day` draws from), to size a day to an offered load.
+SWEEP_GPU_S = 30 * 0.25 * 1200
+FULL_GPU_S = (1800 + 3 * 3600) / 2
+BIG_GPU_S = 4 * (3600 + 4 * 3600) / 2
+# The mix of one day (24 sweeps, 60 full-GPU jobs, 5 4-GPU jobs) offers this share of the box.
+BASE_LOAD = (24 * SWEEP_GPU_S + 60 * FULL_GPU_S + 5 * BIG_GPU_S) / (GPUS * DAY)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """How a day's work arrives: `load` the GPU-hours offered over those the box has in a day
+    (expected; the realised load is reported), `diurnal` whether submissions follow HOURLY
+    (else uniform over the day), `warmup` whether the day before is simulated too (its jobs
+    arrive the same way), so the measured day starts with what the night left queued."""
+
+    name: str
+    load: float
+    diurnal: bool
+    warmup: bool
+
+
+SCENARIOS = {
+    "day": Scenario("working day, 80% offered", 0.8, True, True),
+    "light": Scenario("working day, 60% offered", 0.6, True, True),
+    "heavy": Scenario("working day, 100% offered", 1.0, True, True),
+    "saturated": Scenario(
+        "uniform arrivals, 112% offered (the earlier model)", BASE_LOAD, False, False
+    ),
+}
+
+
+def make_day(seed: int, scenario: Scenario, scale: float = 1.0) -> list[SimJob]:
+    """The seeded workload: arrival time, group, shape, declared and real memory, work. Times
+    are seconds from the measured day's midnight (negative: the day before, with `warmup`)."""
     rng = random.Random(seed)
     jobs: list[SimJob] = []
 
@@ -121,19 +162,33 @@ def make_day(seed: int, scale: float = 1.0) -> list[SimJob]:
             job.time_limit = job.work * rng.uniform(1.1, 2.0) + RESTART * 3
         jobs.append(job)
 
-    for _ in range(round(24 * scale)):  # sweeps of small jobs
-        t = rng.uniform(0, DAY)
-        for k in range(rng.randint(20, 40)):
-            add(t + k, "sweep", "small")
-    for _ in range(round(60 * scale)):
-        add(rng.uniform(0, DAY), rng.choice(("vision", "sweep")), "full")
-    for _ in range(max(1, round(5 * scale))):
-        add(rng.uniform(0, DAY), "vision", "4-gpu")
+    def when(day_start: float) -> float:
+        if not scenario.diurnal:
+            return day_start + rng.uniform(0, DAY)
+        hour = rng.choices(range(24), HOURLY)[0]
+        return day_start + (hour + rng.random()) * 3600
+
+    factor = scale * scenario.load / BASE_LOAD
+    for day_start in (-DAY, 0.0) if scenario.warmup else (0.0,):
+        for _ in range(round(24 * factor)):  # sweeps of small jobs
+            t = when(day_start)
+            for k in range(rng.randint(20, 40)):
+                add(t + k, "sweep", "small")
+        for _ in range(round(60 * factor)):
+            add(when(day_start), rng.choice(("vision", "sweep")), "full")
+        for _ in range(max(1, round(5 * factor))):
+            add(when(day_start), "vision", "4-gpu")
     jobs.sort(key=lambda j: j.submitted)
     for number, job in enumerate(jobs, 1):
         job.id = number
         job.remaining = job.work
+        job.queued_at = job.submitted
     return jobs
+
+
+def offered(jobs: list[SimJob]) -> float:
+    """GPU-seconds submitted within the measured day over those the box has in it."""
+    return sum(j.gpus * j.work for j in jobs if 0 <= j.submitted < DAY) / (GPUS * DAY)
 
 
 # ---- the three policies -------------------------------------------------------------------
@@ -272,6 +327,7 @@ class Outcome:
     """What one policy did with the day."""
 
     used_gpu_s: float = 0.0  # GPU-seconds held by running jobs (fractions by share) in the day
+    wasted_gpu_s: float = 0.0  # of those, work done again: OOM-killed runs, restarts
     waits: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in SIZES})
     ooms: int = 0
     preemptions: int = 0
@@ -279,6 +335,10 @@ class Outcome:
     starved_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(QUOTAS, 0.0))
     longest_starved_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(QUOTAS, 0.0))
     unfinished: int = 0
+    # the longest a queued job within its group's quota waited while another group borrowed
+    longest_job_starved_s: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(QUOTAS, 0.0)
+    )
 
 
 def simulate(
@@ -306,7 +366,7 @@ def simulate(
     token = 0
 
     def account(now: float) -> None:
-        span = min(now, DAY) - min(last, DAY)
+        span = min(max(now, 0.0), DAY) - min(max(last, 0.0), DAY)
         if span > 0:
             for run in running.values():
                 units = run.job.gpus
@@ -330,10 +390,28 @@ def simulate(
                 starving_since[group] = now
             elif not waiting and since is not None:
                 spell = now - since
-                if since < DAY:
-                    out.starved_s[group] += min(now, DAY) - since
+                if since < DAY and now > 0:  # a spell that overlaps the measured day
+                    out.starved_s[group] += min(now, DAY) - max(since, 0.0)
                     out.longest_starved_s[group] = max(out.longest_starved_s[group], spell)
                 starving_since[group] = None
+        for job in queued.values():
+            group = job.group
+            eligible = usage[group] + job.gpus <= QUOTAS[group] + 1e-9 and any(
+                usage[g] > QUOTAS[g] + 1e-9 for g in QUOTAS if g != group
+            )
+            since = job_since.get(job.id)
+            if eligible and since is None:
+                job_since[job.id] = now
+            elif not eligible and since is not None:
+                close(job, now)
+
+    job_since: dict[int, float] = {}
+
+    def close(job: SimJob, now: float) -> None:
+        since = job_since.pop(job.id)
+        if since < DAY and now > 0:
+            longest = out.longest_job_starved_s
+            longest[job.group] = max(longest[job.group], now - since)
 
     while events:
         now = events[0][0]
@@ -345,12 +423,15 @@ def simulate(
             _, _, kind, job_id, tok = heapq.heappop(events)
             job = by_id[job_id]
             if kind == "arrive":
+                job.queued_at = now
                 queued[job.id] = job
             elif kind == "alloc":
                 run = running.get(job_id)
                 if run is None or run.token != tok:
                     continue
                 if any(mem[g] + job.real_mem > CARD for g in run.gpus):
+                    if now - ALLOC_LAG < DAY:
+                        out.wasted_gpu_s += job.gpus * ALLOC_LAG
                     out.ooms += 1
                     job.ooms += 1
                     del running[job_id]
@@ -371,8 +452,14 @@ def simulate(
                     job.ended = now
                 else:
                     job.remaining = max(0.0, job.remaining - (now - run.started)) + RESTART
+                    if now < DAY:
+                        out.wasted_gpu_s += job.gpus * RESTART
                     queued[job.id] = job
-        view = View(now, sorted(queued.values(), key=lambda j: j.id), running, list(mem))
+        # Queue order: by when each job (re)entered the queue; a job resubmitted after an OOM
+        # kill goes to the back, as a new submission does.
+        view = View(
+            now, sorted(queued.values(), key=lambda j: (j.queued_at, j.id)), running, list(mem)
+        )
         starts, preempts = policy(view)
         for job_id in preempts:
             run = running[job_id]
@@ -383,11 +470,14 @@ def simulate(
                 push(now + GRACE, "stopped", job_id, run.token)
         for job_id, gpus in starts:
             job = queued.pop(job_id)
+            if job_id in job_since:
+                close(job, now)
             token += 1
             running[job_id] = Run(job, gpus, now, token=token)
             if job.first_start is None:
                 job.first_start = now
-                out.waits[job.size].append(now - job.submitted)
+                if 0 <= job.submitted < DAY:  # the measured day's jobs
+                    out.waits[job.size].append(now - job.submitted)
             push(now + ALLOC_LAG, "alloc", job_id, token)
             push(now + job.remaining, "end", job_id, token)
         starving(now)
@@ -398,8 +488,13 @@ def simulate(
 # ---- decision time at 10,000 queued ---------------------------------------------------------
 
 
-def decision_times(repeats: int) -> tuple[list[float], list[float]]:
-    """One pass of our scheduler and of FIFO first-fit with 10,000 queued jobs on a full box."""
+def decision_times(
+    repeats: int,
+) -> tuple[list[float], list[float], list[float], list[float]]:
+    """One pass of our scheduler and of FIFO first-fit with 10,000 queued jobs on a full box:
+    (ours wall-clock s, ours CPU s of this process, FIFO wall-clock s), per repeat; and ours'
+    CPU s on a box full of one group's fractions, where the pass decides reclaims for the other
+    group's jobs within its quota."""
     rng = random.Random(7)
     wants = []
     sim = []
@@ -428,50 +523,117 @@ def decision_times(repeats: int) -> tuple[list[float], list[float]]:
         if isinstance(d, sched.Wait)
     }
     wants = [dataclasses.replace(w, reason=recorded.get(w.id)) for w in wants]
-    ours_s, fifo_s = [], []
+    # Sweep holds 28 quarters (7 GPUs' worth, 4 beyond its quota) spread over all 8 GPUs.
+    fractions = [
+        sched.Holding(200_000 + 4 * g + k, "sweep", (g,), 0.25, 16 * GIB, started_at=4 * g + k)
+        for g in range(GPUS)
+        for k in range(4 if g % 2 else 3)
+    ]
+    recorded = {
+        d.job_id: d.reason
+        for d in sched.plan(wants, fractions, {}, res, settings, 100.0)
+        if isinstance(d, sched.Wait)
+    }
+    reclaiming = [dataclasses.replace(w, reason=recorded.get(w.id)) for w in wants]
+    ours_s, ours_cpu_s, fifo_s, reclaim_cpu_s = [], [], [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         sched.plan(wants, holdings, {}, res, settings, 10.0)
         ours_s.append(time.perf_counter() - start)
+        ours_cpu_s.append(time.process_time() - cpu)
         start = time.perf_counter()
         fifo_first_fit(view)
         fifo_s.append(time.perf_counter() - start)
-    return ours_s, fifo_s
+        cpu = time.process_time()
+        sched.plan(reclaiming, fractions, {}, res, settings, 100.0)
+        reclaim_cpu_s.append(time.process_time() - cpu)
+    return ours_s, ours_cpu_s, fifo_s, reclaim_cpu_s
 
 
 # ---- report -------------------------------------------------------------------------------
+
+
+def spread(values: list[float], fmt: str = "{:.1f}") -> str:
+    """`mean (min-max)` over seeds."""
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(statistics.mean(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
+POLICIES = ("ours", "FIFO first-fit", "task-spooler")
+
+
+def policy(name: str) -> Callable[[View], Decision]:
+    """A fresh policy (ours keeps the reasons it recorded, per simulated day)."""
+    if name == "ours":
+        return ours(sched.Settings(quotas=QUOTAS, start_grace_s=ALLOC_LAG * 2))
+    return fifo_first_fit if name == "FIFO first-fit" else task_spooler
+
+
+def run_scenario(
+    scenario: Scenario, seeds: list[int], scale: float
+) -> tuple[dict[str, list[Outcome]], list[float]]:
+    """Every policy through the same seeded days, interleaved: ({policy: outcomes}, offered
+    loads % per seed)."""
+    results: dict[str, list[Outcome]] = {name: [] for name in POLICIES}
+    loads = []
+    names = list(POLICIES)
+    for number, seed in enumerate(seeds):
+        day = make_day(seed, scenario, scale)
+        loads.append(100 * offered(day))
+        rotated = names[number % len(names) :] + names[: number % len(names)]  # interleave
+        for name in rotated:
+            results[name].append(simulate(day, policy(name)))
+        print(f"{scenario.name}, seed {seed}: {len(day)} jobs", file=sys.stderr)
+    return results, loads
+
+
+def utilisation(results: dict[str, list[Outcome]]) -> dict[str, list[float]]:
+    """GPU-hours used in the measured day over those available, % (per seed)."""
+    return {n: [100 * o.used_gpu_s / (GPUS * DAY) for o in outs] for n, outs in results.items()}
+
+
+def small_p95_ratio(results: dict[str, list[Outcome]]) -> list[float]:
+    """p95 wait of small jobs, ours over FIFO's (per seed)."""
+    return [
+        percentile(o.waits["small"], 95) / max(percentile(f.waits["small"], 95), 1e-9)
+        for o, f in zip(results["ours"], results["FIFO first-fit"], strict=True)
+    ]
+
+
+def verdict(values: list[float], ok: Callable[[float], bool]) -> str:
+    """`met` / `not met`, with on how many seeds it holds."""
+    held = sum(1 for v in values if ok(v))
+    word = "met" if held == len(values) else "not met"
+    return f"{word} ({held} of {len(values)} seeds)"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="two seeds, a lighter day")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument(
+        "--only", choices=sorted(SCENARIOS), help="one scenario, printed, RESULTS.md untouched"
+    )
     args = parser.parse_args()
     seeds = list(range(2 if args.quick else args.seeds))
-    settings = sched.Settings(quotas=QUOTAS, start_grace_s=ALLOC_LAG * 2)
-    policies: dict[str, Callable[[View], Decision]] = {
-        "ours": ours(settings),
-        "FIFO first-fit": fifo_first_fit,
-        "task-spooler": task_spooler,
+    scale = 0.5 if args.quick else 1.0
+    loadavg = [os.getloadavg()[0]]
+    runs = {}
+    for key, scenario in SCENARIOS.items():
+        if args.only in (None, key):
+            runs[key] = run_scenario(scenario, seeds, scale)
+            loadavg.append(os.getloadavg()[0])
+    main_key = args.only or "day"
+    results, loads = runs[main_key]
+    util = utilisation(results)
+    useful = {
+        n: [100 * (o.used_gpu_s - o.wasted_gpu_s) / (GPUS * DAY) for o in outs]
+        for n, outs in results.items()
     }
-    results: dict[str, list[Outcome]] = {name: [] for name in policies}
-    names = list(policies)
-    for number, seed in enumerate(seeds):
-        day = make_day(seed, 0.5 if args.quick else 1.0)
-        rotated = names[number % len(names) :] + names[: number % len(names)]  # interleave
-        for name in rotated:
-            results[name].append(simulate(day, policies[name]))
-        print(f"seed {seed}: {len(day)} jobs", file=sys.stderr)
-
-    def spread(values: list[float], fmt: str = "{:.1f}") -> str:
-        if len(values) == 1:
-            return fmt.format(values[0])
-        return f"{fmt.format(statistics.mean(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
-
-    util = {n: [100 * o.used_gpu_s / (GPUS * DAY) for o in outs] for n, outs in results.items()}
     rows = []
     for name, outs in results.items():
-        row = [name, spread(util[name])]
+        row = [name, spread(util[name]), spread(useful[name])]
         for size in SIZES:
             means = [statistics.mean(o.waits[size]) / 60 for o in outs if o.waits[size]]
             p95s = [percentile(o.waits[size], 95) / 60 for o in outs if o.waits[size]]
@@ -482,7 +644,8 @@ def main() -> None:
     main_table = table(
         [
             "policy",
-            "GPU utilisation % (day)",
+            "GPU util % (used)",
+            "useful %",
             "small wait min: mean / p95",
             "full-GPU wait min",
             "4-GPU wait min",
@@ -492,72 +655,191 @@ def main() -> None:
         rows,
     )
     gains = [u - f for u, f in zip(util["ours"], util["FIFO first-fit"], strict=True)]
-    small_ratio = [
-        percentile(o.waits["small"], 95) / max(percentile(f.waits["small"], 95), 1e-9)
-        for o, f in zip(results["ours"], results["FIFO first-fit"], strict=True)
-    ]
+    small_ratio = small_p95_ratio(results)
+    group_spell = [o.longest_starved_s["vision"] for o in results["ours"]]
+    job_spell = [max(o.longest_job_starved_s.values()) for o in results["ours"]]
+    per_seed = table(
+        [
+            "seed",
+            "offered %",
+            "util ours / FIFO / task-spooler %",
+            "small p95 ours / FIFO",
+            "vision: longest spell / longest job wait under quota s",
+        ],
+        [
+            [
+                str(seed),
+                f"{loads[i]:.0f}",
+                " / ".join(f"{util[n][i]:.1f}" for n in POLICIES),
+                f"{small_ratio[i]:.2f}",
+                f"{group_spell[i]:.0f} / {results['ours'][i].longest_job_starved_s['vision']:.0f}",
+            ]
+            for i, seed in enumerate(seeds)
+        ],
+    )
     share_rows = []
     for name, outs in results.items():
         for group, quota in QUOTAS.items():
-            share = [o.share_s[group] / DAY for o in outs]
-            starved = [o.starved_s[group] / 60 for o in outs]
-            longest = [o.longest_starved_s[group] for o in outs]
             share_rows.append(
                 [
                     name,
                     group,
                     f"{quota:g}",
-                    spread(share, "{:.2f}"),
-                    spread(starved, "{:.0f}"),
-                    spread(longest, "{:.0f}"),
+                    spread([o.share_s[group] / DAY for o in outs], "{:.2f}"),
+                    spread([o.starved_s[group] / 60 for o in outs], "{:.0f}"),
+                    spread([o.longest_starved_s[group] for o in outs], "{:.0f}"),
+                    spread([o.longest_job_starved_s[group] for o in outs], "{:.0f}"),
                 ]
             )
     share_table = table(
         [
             "policy",
             "group",
-            "quota (GPUs)",
+            "quota",
             "mean GPUs held",
-            "minutes under quota, work waiting, another group borrowing",
-            "longest such spell (s)",
+            "min under quota, work waiting, other borrowing",
+            "longest such spell s",
+            "longest one job waited so s",
         ],
         share_rows,
     )
-    ours_s, fifo_s = decision_times(10 if args.quick else 40)
+    scenario_rows = []
+    for key, (res_k, loads_k) in runs.items():
+        util_k = utilisation(res_k)
+        gain_k = [u - f for u, f in zip(util_k["ours"], util_k["FIFO first-fit"], strict=True)]
+        scenario_rows.append(
+            [
+                SCENARIOS[key].name,
+                spread(loads_k, "{:.0f}"),
+                " / ".join(f"{statistics.mean(util_k[n]):.1f}" for n in POLICIES),
+                spread(gain_k),
+                spread(small_p95_ratio(res_k), "{:.2f}"),
+                spread([o.longest_starved_s["vision"] for o in res_k["ours"]], "{:.0f}"),
+                spread([max(o.longest_job_starved_s.values()) for o in res_k["ours"]], "{:.0f}"),
+            ]
+        )
+    scenario_table = table(
+        [
+            "day",
+            "offered %",
+            "util ours / FIFO / t-s %",
+            "ours - FIFO points",
+            "small p95 ours / FIFO",
+            "vision longest spell s",
+            "longest job wait under quota s",
+        ],
+        scenario_rows,
+    )
+    if args.only:
+        print(main_table, per_seed, share_table, scenario_table, sep="\n\n")
+        print(f"gain {spread(gains)}; small p95 ratio {spread(small_ratio, '{:.2f}')}")
+        return
+    ours_s, ours_cpu_s, fifo_s, reclaim_cpu_s = decision_times(10 if args.quick else 40)
+    loadavg.append(os.getloadavg()[0])
     ours_ms = [t * 1000 for t in ours_s]
+    cpu_ms = [t * 1000 for t in ours_cpu_s]
+    reclaim_ms = [t * 1000 for t in reclaim_cpu_s]
     fifo_ms = [t * 1000 for t in fifo_s]
+    grace_ok: Callable[[float], bool] = lambda v: v <= GRACE + 1e-6  # noqa: E731
+    saturated_note = ""
+    if "saturated" in runs:
+        fifo_sat = utilisation(runs["saturated"][0])["FIFO first-fit"]
+        saturated_note = (
+            f"\n  Where the box is saturated all day (the earlier model), FIFO uses"
+            f" {spread(fifo_sat)}%,\n  so 15 points above it would be above 100%."
+        )
     body = f"""
-A seeded simulated day ({len(seeds)} seeds; mean, and min-max over seeds, in brackets) on 8 x 80 GiB
-GPUs (two NUMA nodes, pairs under one PCIe switch; 8 GiB held on GPU 7 by a process outside the
-queue), through our scheduler (`workbench.queue.scheduler.plan`, called at every event as the
-daemon does), a strict FIFO first-fit baseline and a task-spooler-style free-memory test (a GPU
-is free when NVML shows >= 90% of its memory free), in the same run. Jobs allocate their memory
-30 s after they start; a job that then finds no room dies of OOM and is resubmitted 5 min
-later. Groups: vision (quota 5; full-GPU and 4-GPU jobs), sweep (quota 3; sweeps of 20-40 jobs
-of 0.25 GPU declaring 10-20 GiB, and full-GPU jobs). 60% of jobs carry a time limit (1.1-2x
-their run time); the rest are estimated at 1 h for backfill. Preemption grace 30 s.
+A seeded simulated working day ({len(seeds)} seeds; mean, and min-max over seeds, in brackets)
+on 8 x 80 GiB GPUs (two NUMA nodes, pairs under one PCIe switch; 8 GiB held on GPU 7 by a
+process outside the queue), through our scheduler (`workbench.queue.scheduler.plan`, called at
+every event as the daemon does), a strict FIFO first-fit baseline (jobs start only in queue
+order: when the head does not fit, nothing behind it starts; a fraction goes on the first GPU
+where its declared memory fits) and a task-spooler-style free-memory test (a GPU is free when
+NVML shows >= 90% of its memory free), in the same run, interleaved. Load average on
+{os.cpu_count()} cores while it ran: {min(loadavg):.1f}-{max(loadavg):.1f} (the day is simulated:
+the load changes only the pass times below).
+
+**The day.** Submissions follow a working day: relative rate per hour 0.2 from midnight to
+07:00, 0.4 and 0.7 over 07-09, 1.0 over 09-12 and 13-18 with 0.7 at lunch, then 0.6, 0.5, 0.4
+and 0.3 from 21:00 (the diurnal cycle GPU cluster traces show: Philly, Jeon et al., ATC 2019;
+Helios, Hu et al., SC 2021). The day before is simulated the same way, so the measured day
+starts with what its night left queued. Each day: sweeps of 20-40 jobs of 0.25 GPU (declaring
+10-20 GiB, 10-30 min each) submitted together, full-GPU jobs (0.5-3 h) from both groups, and a
+few 4-GPU jobs (1-4 h) from vision; groups vision (quota 5 GPUs) and sweep (quota 3). The day
+is sized to offer 80% of the box's GPU-hours (realised per seed below): the daytime peak offers
+about 1.4 times what the box can do, the night about a third. Jobs allocate their memory 30 s
+after they start; a job that then finds no room dies of OOM and is resubmitted 5 min later, at
+the back of the queue. 60% of jobs carry a time limit (1.1-2x their run time); the rest are
+estimated at 1 h for backfill. A preempted job stops after a 30 s grace, keeps its progress
+(train checkpoints on SIGTERM) and does 60 s of work again.
+
+**Why the model changed.** The earlier model submitted 112% of the box's GPU-hours, uniformly
+over the day. A box offered more work than it can do in a day has a queue that grows day after
+day: every policy ran with hours of backlog from morning on, so any policy that keeps GPUs busy
+saturates the box, FIFO's head-of-line blocking cannot show, and waits measure the backlog.
+Real days vary (bursts of sweeps, a daytime peak, a quiet night); the day is now shaped as above
+and sized to a load a box can sustain. Its parameters were set before our scheduler was run on
+it and not changed after; 60% and 100% offered, and the earlier model itself, are reported too.
 
 {main_table}
 
-Utilisation: ours minus FIFO = {spread(gains)} points (goal: at least 15).
-p95 wait of small jobs, ours / FIFO = {spread(small_ratio, "{:.2f}")} (goal: at most 0.5).
+Used counts GPU-hours held by running jobs over those the box has in the day (fractions by
+share); useful leaves out work done again (OOM-killed starts, the 60 s a preempted job
+repeats). Offered: GPU-hours submitted in the day over those the box has. Per seed:
+
+{per_seed}
+
+**Goals** (this day):
+
+- Utilisation at least 15 points above FIFO: {verdict(gains, lambda v: v >= 15)}; ours minus
+  FIFO = {spread(gains)} points. On a day the box can sustain, every policy that keeps up does
+  the work offered, so over days its utilisation is the offered load whatever the order; one
+  day's figure differs only by the backlog carried across midnight.{saturated_note}
+  Head-of-line blocking costs FIFO little on this mix: it packs fractions by declared memory,
+  and only the few 4-GPU jobs make the box drain while they wait at the head.
+- p95 wait of small jobs at most half of FIFO's: {verdict(small_ratio, lambda v: v <= 0.5)};
+  ours / FIFO = {spread(small_ratio, "{:.2f}")}. Small jobs are waiting out the daytime backlog
+  under both policies: within a group ours keeps priority, then age, as the issue asks, and the
+  sweep group's share beyond its quota is what vision leaves idle. Halving their p95 would take
+  an order that puts short jobs first, which the issue's rules do not ask for.
+- No group under its quota longer than the preemption grace ({GRACE:.0f} s), counted per
+  job: {verdict(job_spell, grace_ok)}; a job within its group's quota waited at most
+  {spread(job_spell, "{:.0f}")} s while another group borrowed. Counted per group:
+  {verdict(group_spell, grace_ok)}; vision's longest spell under its quota with work waiting
+  and sweep borrowing was {spread(group_spell, "{:.0f}")} s. A spell outlasts one job's wait
+  when another job of the group arrives during it and needs its own reclaim and grace.
+- One scheduling pass under 5 ms with 10,000 queued: see below.
 
 Each group's share against its quota (a spell counts while the group is under its quota with a
-job within it waiting and another group holds more than its own quota):
+job within it waiting and another group holds more than its own quota; the last column is the
+longest one such job waited):
 
 {share_table}
 
-Spells longer than the 30 s grace happen when the borrowing group's share beyond its quota is
-spread as fractions over GPUs that also hold its guaranteed jobs: reclaiming never takes a
-group below its quota, so a 4-GPU job waits for those fractions to end.
+The same comparison on other days (5 seeds each unless `--quick`; means, min-max in brackets):
+
+{scenario_table}
 
 One scheduling pass with 10,000 queued jobs (mixed shapes, two groups with quotas, each job's
-wait reason as recorded by the previous pass, as the daemon passes it) on a full box: ours
-fastest {min(ours_ms):.1f} ms, median {statistics.median(ours_ms):.1f} ms, p95
-{percentile(ours_ms, 95):.1f} ms (goal: under 5 ms); FIFO first-fit, which stops at the first
-job that does not fit, median {statistics.median(fifo_ms):.3f} ms. {len(ours_ms)} interleaved
-repeats; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores while they ran (the
-median and p95 carry the other processes' share of the cores).
+wait reason as recorded by the previous pass, as the daemon passes it) on a full box, ours:
+wall-clock fastest {min(ours_ms):.1f} ms, median {statistics.median(ours_ms):.1f} ms, p95
+{percentile(ours_ms, 95):.1f} ms; CPU time of the pass (this process only, so other processes'
+share of the cores is left out) median {statistics.median(cpu_ms):.1f} ms, p95
+{percentile(cpu_ms, 95):.1f} ms. Goal under 5 ms: {
+        "met" if statistics.median(cpu_ms) < 5 else "not met"
+    } by the CPU time's median, {"met" if statistics.median(ours_ms) < 5 else "not met"} by the
+wall-clock median. FIFO first-fit, which stops at the first job that does not fit: median
+{statistics.median(fifo_ms):.3f} ms. A pass that decides reclaims costs more: on a box full of
+one group's fractions (28 quarters over the 8 GPUs, 4 GPUs' worth beyond its quota), with the
+same 10,000 queued (reasons as a pass on that box recorded them), the pass preempting for the other group's
+jobs within its quota took CPU time median {statistics.median(reclaim_ms):.1f} ms, p95
+{percentile(reclaim_ms, 95):.1f} ms: {"under" if statistics.median(reclaim_ms) < 5 else "over"}
+5 ms at the median, {"under" if percentile(reclaim_ms, 95) < 5 else "over"} it at the p95.
+{len(ours_ms)} interleaved repeats; load average {loadavg[-1]:.1f} on {os.cpu_count()} cores
+when they ended. Pass times here vary by up to twice from run to run with what else runs on
+the two cores: compare figures within one run. These are `plan` over all 10,000 at once; the
+daemon hands it the queue's head 128 jobs at a time in scheduling order and reads on only
+while jobs start, so its passes look at fewer.
 
 Checks against a real driver (NVML figures, `CUDA_VISIBLE_DEVICES` honoured, two fractional
 train jobs sharing one GPU within their caps, bf16 autocast, ONNX Runtime's CUDA provider) need

@@ -646,6 +646,7 @@ class DetailRead(Message):
     now: float
     usage: dict[str, float] | None = None
     recorded: dict[str, float | int | None] | None = None
+    granted: str | None = None  # what the attempt was given (MIG instances by UUID)
 
 
 def job_facts(
@@ -655,10 +656,12 @@ def job_facts(
     usage: dict[str, float] | None = None,
     peak_rss: float | None = None,
     recorded: dict[str, float | int | None] | None = None,
+    granted: str | None = None,
 ) -> list[tuple[str, str]]:
     """The job detail's (label, value) lines: what it is, asked, granted, used, how long.
     `usage` is the live process tree's CPU seconds and RSS; `peak_rss` the most seen so far;
-    `recorded` an ended job's CPU time and peak memory from its exit record (`recorded_usage`)."""
+    `recorded` an ended job's CPU time and peak memory from its exit record (`recorded_usage`);
+    `granted` what its attempt was given as `granted_text` reads it from the run folder."""
     facts: list[tuple[str, str]] = []
     if job.reason:
         facts.append(("reason", job.reason))
@@ -670,7 +673,7 @@ def job_facts(
         )
     facts.append(("cwd", job.cwd))
     facts.append(("asked", job_resources(job)))
-    facts.append(("granted", granted_text(job)))
+    facts.append(("granted", granted or granted_text(job)))
     used = used_parts(job, recorded, usage, peak_rss)
     facts.append(("used", ", ".join(unit(u) for u in used) if used else "not measured yet"))
     if job.started_at is not None:
@@ -769,9 +772,11 @@ class JobDetailScreen(WorkbenchScreen):
             if job is not None and job.pid and job.state in ("running", "paused")
             else None
         )
-        recorded = recorded_usage(job, source.home.run_dir(job.id)) if job is not None else None
+        run_dir = source.home.run_dir(job.id) if job is not None else None
+        recorded = recorded_usage(job, run_dir) if job is not None else None
+        granted = granted_text(job, run_dir) if job is not None else None
         self.post_message(
-            DetailRead(job, events, metrics, chunk, reset, source.now(), usage, recorded)
+            DetailRead(job, events, metrics, chunk, reset, source.now(), usage, recorded, granted)
         )
 
     def read_log(self, source: Any) -> tuple[str, bool]:
@@ -879,7 +884,13 @@ class JobDetailScreen(WorkbenchScreen):
         facts.add_column(style="bold", no_wrap=True)
         facts.add_column(overflow="fold")
         for label, value in job_facts(
-            job, message.metrics, message.now, message.usage, self.peak_rss, message.recorded
+            job,
+            message.metrics,
+            message.now,
+            message.usage,
+            self.peak_rss,
+            message.recorded,
+            message.granted,
         ):
             facts.add_row(label, value)
         return Group(title, facts)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import wait_for, workbench
 
+from workbench.db.store import Store
 from workbench.paths import Home
 
 
@@ -186,7 +187,11 @@ USING_SCRIPT = (
 
 
 def test_show_reports_cpu_time_and_peak_memory_of_an_ended_job(home: Home) -> None:
-    """`show` and `show --json` give the CPU time and peak memory the job's wrapper recorded."""
+    """`show` and `show --json` give the CPU time and peak memory the job's wrapper recorded,
+    with where each came from (its cgroup, or getrusage); the store keeps them when the job is
+    settled, so `ls --json` has them too and a job whose run folder is gone still reports them."""
+    import shutil
+
     from workbench.units import format_duration, format_size
 
     job_id = submit("--", sys.executable, "-c", USING_SCRIPT)
@@ -194,17 +199,30 @@ def test_show_reports_cpu_time_and_peak_memory_of_an_ended_job(home: Home) -> No
     shown = json.loads(workbench("show", str(job_id), "--json").stdout)
     assert 0.25 <= shown["cpu_s"] < 60
     assert 50 << 20 <= shown["peak_mem_bytes"] < 4 << 30
+    assert shown["cpu_source"] in ("cgroup", "rusage")
+    assert shown["peak_mem_source"] in ("cgroup", "rusage")
     text = workbench("show", str(job_id)).stdout
     used = next(line for line in text.splitlines() if line.strip().startswith("used:"))
     assert f"CPU time {format_duration(shown['cpu_s'])}" in used
     assert f"peak memory {format_size(shown['peak_mem_bytes'])}" in used
+    usage = ("cpu_s", "cpu_source", "peak_mem_bytes", "peak_mem_source")
+    listed = json.loads(workbench("ls", "--json").stdout)
+    assert [{k: j[k] for k in usage} for j in listed] == [{k: shown[k] for k in usage}]
+    shutil.rmtree(home.run_dir(job_id))
+    again = json.loads(workbench("show", str(job_id), "--json").stdout)
+    assert {k: again[k] for k in usage} == {k: shown[k] for k in usage}
+    assert used in workbench("show", str(job_id)).stdout
 
 
 def test_show_tolerates_missing_partial_and_stale_exit_records(home: Home) -> None:
-    """A missing, truncated or partial `exit.json`, or values that are not finite numbers >= 0,
-    show what is there and nothing else; a job not ended ignores an earlier attempt's record."""
+    """A job settled before the store kept its usage reads it from `exit.json`: a missing,
+    truncated or partial record, or values that are not finite numbers >= 0, show what is there
+    and nothing else; a job not ended ignores an earlier attempt's record."""
     job_id = submit("--", "true")
     assert workbench("wait", str(job_id)).returncode == 0
+    store = Store.open(home.state_db)  # as a version without the usage columns left it
+    store.update(job_id, cpu_s=None, cpu_source=None, peak_mem_bytes=None, peak_mem_source=None)
+    store.close()
     record = home.run_dir(job_id) / "exit.json"
     cases: list[tuple[str | None, float | None, int | None]] = [
         ('{"exit_code": 0, "cpu_s": 1.5}', 1.5, None),
@@ -245,6 +263,8 @@ def test_granted_gpus_are_said_in_words(granted: list[int] | None, text: str) ->
     """`show` printed the raw list (`granted GPUs []`); it and the job screen now say it."""
     from types import SimpleNamespace
 
+    from workbench.jobmodel.resources import Resources
     from workbench.present import granted_text
 
-    assert granted_text(SimpleNamespace(granted_gpus=granted)) == text  # type: ignore[arg-type]
+    job = SimpleNamespace(granted_gpus=granted, resources=Resources())
+    assert granted_text(job) == text  # type: ignore[arg-type]

@@ -384,6 +384,10 @@ def test_ls_groups_counts_and_pages(home: Home) -> None:
     assert "... and 25 older ended jobs (ls --all; workbench prune removes them)" in text
     rows = [line for line in text[2:] if not line.startswith("...")]
     assert len(rows) == 50 + 5
+    # `--json` lists every active job and the latest ended ones (scripts read the whole queue).
+    listed = workbench("ls", "--recent", "5", "--json")
+    ids = [j["id"] for j in json.loads(listed.stdout)]
+    assert ids == [*range(1, 121), *range(146, 151)] and listed.stderr == ""
     everything = json.loads(workbench("ls", "--all", "--json").stdout)
     assert len(everything) == 150 and all("env" not in j for j in everything)
     assert [j["id"] for j in everything] == sorted(j["id"] for j in everything)
@@ -465,7 +469,8 @@ def test_listing_20000_jobs_keeps_memory_flat(home: Home) -> None:
     assert text[0] == "jobs: queued 20,000" and len(text) == 2 + 50 + 1
     for args in (["ls"], ["ls", "--json"], ["ls", "--all"], ["ls", "--all", "--json"]):
         assert _peak_rss_mib(args) < 80, args
-    assert len(json.loads(workbench("ls", "--json").stdout)) == 20_000
+    assert len(json.loads(workbench("ls", "--json").stdout)) == 20_000  # every active job
+    assert len(json.loads(workbench("ls", "--all", "--json").stdout)) == 20_000
 
 
 def test_prune_gives_the_space_back(home: Home) -> None:

@@ -372,7 +372,7 @@ def test_progress_writes_do_not_wake_the_scheduler(client: Client, home: Home) -
 
 def test_a_pass_reads_the_head_of_the_queue_not_the_held_jobs(home: Home) -> None:
     """One pass used to read (and parse) every active job; the daemon reads the queue's head
-    by an index in scheduling order, without environments."""
+    by an index in scheduling order (every store has it: migration 15), without environments."""
     from workbench.db import scheduling
     from workbench.db.store import JobRequest
 
@@ -388,7 +388,6 @@ def test_a_pass_reads_the_head_of_the_queue_not_the_held_jobs(home: Home) -> Non
             for i in range(3)
         ]
         ids = store.submit_many(waiting)
-        scheduling.ensure_indexes(store)
         head = scheduling.queue_head(store, None, 128)
         assert [j.id for j in head] == list(reversed(ids))  # priority first
         assert scheduling.queue_head(store, (head[0].priority, head[0].id), 1)[0].id == ids[1]

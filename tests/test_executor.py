@@ -103,6 +103,37 @@ def test_job_ends_when_its_main_process_exits_and_leftovers_are_stopped(
     assert (run_dir / "log").read_text() == "done\n"
     assert live_token_pids(job.token) == []
     assert ended.status.cpu_s is not None and ended.status.peak_mem_bytes
+    sources = (ended.status.cpu_source, ended.status.peak_mem_source)
+    assert set(sources) <= {"cgroup", "rusage"} and None not in sources
+
+
+@pytest.mark.parametrize(
+    ("record", "usage"),
+    [
+        ('{"exit_code": 0, "cpu_s": 1.5, "cpu_source": "cgroup"}', (1.5, "cgroup", None, None)),
+        (
+            '{"exit_code": 0, "peak_mem_bytes": 2097152, "peak_mem_source": "rusage"}',
+            (None, None, 2 << 20, "rusage"),
+        ),
+        ('{"cpu_s": NaN, "peak_mem_bytes": -1, "cpu_source": "x"}', (None, None, None, None)),
+        ('{"cpu_s": "1", "peak_mem_bytes": 1e999, "peak_mem_source": 3}', (None, None, None, None)),
+        ('{"exit_code": 0}', (None, None, None, None)),
+    ],
+)
+def test_exit_record_usage_reaches_the_store_only_when_sound(
+    tmp_path: Path, record: str, usage: tuple[object, ...]
+) -> None:
+    """The settle copies an exit record's usage into the store's columns: a value that is not a
+    finite number >= 0, or a source that is neither cgroup nor rusage, is recorded as none."""
+    (tmp_path / runner.EXIT_FILE).write_text(record)
+    status = runner.read_exit(tmp_path)
+    assert status is not None
+    columns = status.usage_columns()
+    assert (
+        tuple(columns[k] for k in ("cpu_s", "cpu_source", "peak_mem_bytes", "peak_mem_source"))
+        == usage
+    )
+    assert runner.read_exit(tmp_path / "missing") is None
 
 
 def test_keep_leftovers_lets_them_outlive_the_job(executor: LocalExecutor, run_dir: Path) -> None:

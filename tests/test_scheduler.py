@@ -173,7 +173,7 @@ CASES = [
         {},
         BOX,
         Settings(),
-        {2: Start(2, (0, 1)), 1: Wait(1, "waiting for 2 GPU (0 of 2 free)")},
+        {2: Start(2, (0, 1)), 1: Wait(1, "waiting for 2 GPUs (0 of 2 free)")},
     ),
     (
         "backfill: a small job passes a big one that does not fit",
@@ -182,7 +182,7 @@ CASES = [
         {},
         BOX,
         Settings(),
-        {1: Wait(1, "waiting for 2 GPU (1 of 2 free)"), 2: Start(2, ())},
+        {1: Wait(1, "waiting for 2 GPUs (1 of 2 free)"), 2: Start(2, ())},
     ),
     (
         "group limit",
@@ -572,7 +572,11 @@ QUOTA = [
         BOX,
         {
             3: Wait(3, "within its group's quota; waiting for job 2 to stop and free GPU 1"),
-            4: Wait(4, "group sweep is at its quota of 1 and nothing is idle to borrow"),
+            4: Wait(
+                4,
+                "group sweep is at its quota of 1 and nothing is idle to borrow; kept for jobs"
+                " ahead of it: GPU 1 (job 3)",
+            ),
         },
         QUOTAS,
         now=30,
@@ -711,7 +715,7 @@ BACKFILL = [
         ],
         EIGHT_FLAT,
         {
-            1: Wait(1, "waiting for 4 GPU (2 of 8 free)"),
+            1: Wait(1, "waiting for 4 GPUs (2 of 8 free)"),
             2: Start(2, (6,)),
         },
     ),
@@ -724,7 +728,7 @@ BACKFILL = [
         ],
         EIGHT_FLAT,
         {
-            1: Wait(1, "waiting for 4 GPU (2 of 8 free)"),
+            1: Wait(1, "waiting for 4 GPUs (2 of 8 free)"),
             2: Wait(
                 2,
                 "waiting for 1 GPU (2 of 8 free); kept for jobs ahead of it: GPUs 0, 1, 6, 7 (job 1)",
@@ -734,6 +738,17 @@ BACKFILL = [
                 "needs 0.5 of a GPU; the most free is 1 of GPU 6; kept for jobs ahead of it:"
                 " GPUs 0, 1, 6, 7 (job 1), GPU 2 (job 2)",
             ),
+        },
+    ),
+    Case(
+        "the highest priority starts first, a negative one included in the order",
+        [Want(1, gpus=1, priority=-1), Want(2, gpus=1), Want(3, gpus=1, priority=2)],
+        [Holding(9, gpu_indices=(0,), gpus=1)],
+        BOX,
+        {
+            3: Start(3, (1,)),
+            2: Wait(2, "waiting for 1 GPU (0 of 2 free)"),
+            1: Wait(1, "waiting for 1 GPU (0 of 2 free)"),
         },
     ),
     Case(
@@ -829,7 +844,7 @@ PLACEMENT = [
         {
             1: Start(1, (0,), ("MIG-c",)),
             2: Start(2, (1, 2, 3, 4)),
-            3: Wait(3, "waiting for 4 GPU (3 of 7 free)"),
+            3: Wait(3, "waiting for 4 GPUs (3 of 7 free)"),
         },
     ),
     Case(
@@ -846,7 +861,272 @@ PLACEMENT = [
 ]
 
 
-@pytest.mark.parametrize("case", MEMORY + QUOTA + BACKFILL + PLACEMENT, ids=lambda c: c.name)
+# Reclaiming whole GPUs where the borrower's share is fractions spread over GPUs that also hold
+# its guaranteed jobs; jobs that took their group past its quota; several reclaims in one pass.
+Q8 = Settings(quotas={"vision": 5, "sweep": 3})
+
+
+def _frac(job_id: int, gpu: int, started_at: float) -> Holding:
+    return Holding(job_id, group="sweep", gpu_indices=(gpu,), gpus=0.25, started_at=started_at)
+
+
+# Sweep (quota 3) holds 14 quarters = 3.5 GPUs on GPUs 4-7 (4, 3, 3, 4): every GPU costs more
+# than its 0.5 beyond the quota, so no GPU frees within that. Freeing GPU 5 (its oldest job is
+# the youngest) preempts two over-quota quarters and moves the third to the room on GPU 6:
+# sweep ends at 3.0, its quota.
+SPREAD = [_frac(40 + k, 4, 10) for k in range(4)]
+SPREAD += [_frac(50 + k, 5, 100) for k in range(3)]
+SPREAD += [_frac(60 + k, 6, 50) for k in range(3)]
+SPREAD += [_frac(70 + k, 7, 10) for k in range(4)]
+OVER = "group sweep is over its quota of 3 and group vision is under its own"
+MOVED = (
+    "group vision is under its quota and needs whole GPUs; this job can start again at once"
+    " on room left on another GPU"
+)
+SPREAD_EXPECTED: dict[int, object] = {
+    50: Preempt(50, f"preempted for job 1: {OVER}", 1),
+    51: Preempt(51, f"preempted for job 1: {OVER}", 1),
+    52: Preempt(52, f"preempted for job 1: {MOVED}", 1),
+    1: Wait(
+        1,
+        "within its group's quota of 5; reclaiming GPU 5 by preempting jobs 50, 51 (over-quota)"
+        " and job 52 (to move to room on other GPUs)",
+    ),
+}
+RECLAIM = [
+    Case(
+        "8 GPUs: fractions spread past the spare: some preempted, one moved, group at its quota",
+        [Want(1, group="vision", gpus=1)],
+        [Holding(10 + i, group="vision", gpu_indices=(i,), gpus=1) for i in range(4)] + SPREAD,
+        EIGHT_FLAT,
+        SPREAD_EXPECTED,
+        Q8,
+        now=200,
+    ),
+    Case(
+        "8 GPUs with MIG on one: the same, the MIG GPU never freed nor moved onto",
+        [Want(1, group="vision", gpus=1)],
+        [Holding(10 + i, group="vision", gpu_indices=(i,), gpus=1) for i in range(1, 4)]
+        + [Holding(9, "vision", (0,), mig_uuids=("MIG-c",), mig_profile="3g.40gb")]
+        + SPREAD,
+        EIGHT_ONE_MIG,
+        SPREAD_EXPECTED,
+        Q8,
+        now=200,
+    ),
+    Case(
+        "2 GPUs: a group within its quota spread thin has a fraction moved to free a GPU",
+        [Want(1, group="vision", gpus=1)],
+        [_frac(11, 0, 10), _frac(12, 1, 20)],
+        BOX,
+        {
+            12: Preempt(12, f"preempted for job 1: {MOVED}", 1),
+            1: Wait(
+                1,
+                "within its group's quota of 1; reclaiming GPU 1 by preempting job 12"
+                " (to move to room on other GPUs)",
+            ),
+        },
+        QUOTAS,
+        now=30,
+    ),
+    Case(
+        "1 GPU: fractions with nowhere to move are not preempted below their quota",
+        [Want(1, group="vision", gpus=1)],
+        [_frac(11, 0, 10), _frac(12, 0, 20), _frac(13, 0, 30)],
+        ONE_GPU,
+        {1: Wait(1, "waiting for 1 GPU (0 of 1 free)")},
+        Settings(quotas={"vision": 1, "sweep": 0.5}),
+        now=40,
+    ),
+    Case(
+        "8 GPUs: two jobs reclaiming in one pass each preempt for themselves",
+        [Want(1, group="vision", gpus=1), Want(2, group="vision", gpus=1)],
+        [Holding(10 + i, group="sweep", gpu_indices=(i,), gpus=1, started_at=i) for i in range(8)],
+        EIGHT_FLAT,
+        {
+            17: Preempt(17, f"preempted for job 1: {OVER}", 1),
+            1: Wait(
+                1,
+                "within its group's quota of 5; reclaiming GPU 7 by preempting job 17 (over-quota)",
+            ),
+            16: Preempt(16, f"preempted for job 2: {OVER}", 2),
+            2: Wait(
+                2,
+                "within its group's quota of 5; reclaiming GPU 6 by preempting job 16 (over-quota)",
+            ),
+        },
+        Q8,
+        now=100,
+    ),
+    Case(
+        "2 GPUs: a stopping job's GPU promised to one job is not waited for by the next",
+        [Want(1, group="vision", gpus=1), Want(2, group="vision", gpus=1)],
+        [
+            Holding(11, group="sweep", gpu_indices=(0,), gpus=1, stopping=True),
+            Holding(12, group="sweep", gpu_indices=(1,), gpus=1, stopping=True),
+        ],
+        BOX,
+        {
+            1: Wait(1, "within its group's quota; waiting for job 11 to stop and free GPU 0"),
+            2: Wait(2, "within its group's quota; waiting for job 12 to stop and free GPU 1"),
+        },
+        Settings(quotas={"vision": 2, "sweep": 0}),
+        now=100,
+    ),
+    Case(
+        "8 GPUs: a 4-GPU job that took its group past its quota is reclaimed for a fraction",
+        [Want(3, group="sweep", gpus=0.25)],
+        [
+            Holding(1, group="vision", gpu_indices=(0, 1, 2, 3), gpus=4, started_at=10),
+            Holding(2, group="vision", gpu_indices=(4, 5, 6, 7), gpus=4, started_at=20),
+        ],
+        EIGHT,
+        {
+            2: Preempt(
+                2,
+                "preempted for job 3: group vision is over its quota of 5 and group sweep is"
+                " under its own",
+                3,
+            ),
+            3: Wait(
+                3,
+                "within its group's quota of 3; reclaiming GPUs 4, 5, 6, 7 by preempting job 2"
+                " (over-quota)",
+            ),
+        },
+        Q8,
+        now=30,
+    ),
+    Case(
+        "1 GPU: a job within its group's quota is never reclaimed",
+        [Want(2, group="sweep", gpus=0.25)],
+        [Holding(1, group="vision", gpu_indices=(0,), gpus=1, started_at=10)],
+        ONE_GPU,
+        {2: Wait(2, "needs 0.25 of a GPU; the most free is 0 of GPU 0")},
+        Settings(quotas={"vision": 1, "sweep": 0.5}),
+        now=30,
+    ),
+    Case(
+        "8 GPUs: once a group fills its quota in a pass, its later jobs of that shape all borrow",
+        [Want(i, group="sweep", gpus=1) for i in range(1, 6)]
+        + [Want(6, group="vision", gpus=4), Want(7, group="vision", gpus=1)],
+        [],
+        EIGHT_FLAT,
+        {
+            1: Start(1, (0,)),
+            2: Start(2, (1,)),
+            3: Start(3, (2,)),
+            6: Start(6, (3, 4, 5, 6)),
+            7: Start(7, (7,)),
+            4: Wait(4, "group sweep is at its quota of 3 and nothing is idle to borrow"),
+            5: Wait(5, "group sweep is at its quota of 3 and nothing is idle to borrow"),
+        },
+        Q8,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("res", "running"),
+    [
+        (ONE_GPU, [_frac(1, 0, 10), _frac(2, 0, 20), Holding(3, cpus=2, mem=GiB)]),
+        (
+            BOX,
+            [
+                Holding(1, "vision", (0,), 1, started_at=5, gpu_mem_seen=70 * GiB),
+                Holding(2, "sweep", (1,), 0.5, 30 * GiB, cpus=1, started_at=95),
+                _frac(3, 1, 50),
+            ],
+        ),
+        (
+            EIGHT_ONE_MIG,
+            [
+                Holding(1, "vision", (0,), mig_uuids=("MIG-c",), mig_profile="3g.40gb"),
+                Holding(2, "vision", (1, 2, 3, 4), 4, started_at=10),
+                *SPREAD,
+            ],
+        ),
+    ],
+)
+def test_a_trial_ledger_less_some_jobs_counts_as_one_built_without_them(
+    res: Resources, running: list[Holding]
+) -> None:
+    """Reclaims try many victim sets: the copy less the victims must count what a ledger of
+    the remaining jobs counts (a whole GPU exactly free, or it would not be taken)."""
+    from workbench.queue.scheduler import _Ledger
+
+    base = _Ledger(running, res, 100.0, Q8)
+    for cut in range(len(running) + 1):
+        removed = {h.id for h in running[:cut]}
+        trial = base.without(removed)
+        fresh = _Ledger([h for h in running if h.id not in removed], res, 100.0, Q8)
+        for name in ("share", "reserved", "starting", "mig_used", "cpus", "mem"):
+            assert getattr(trial, name) == pytest.approx(getattr(fresh, name)), name
+        assert {g: u for g, u in trial.group_units.items() if u} == pytest.approx(
+            {g: u for g, u in fresh.group_units.items() if u}
+        )
+        assert [h.id for h in trial.held] == [h.id for h in fresh.held]
+        assert all(trial.share[i] == 0 for i in fresh.share if fresh.share[i] == 0)
+
+
+# Counts in reasons read right: one GPU, four GPUs, one CPU, the only MIG instance.
+WORDING = [
+    Case(
+        "a 4-GPU job waits for 4 GPUs, on 8 GPUs",
+        [Want(1, gpus=4)],
+        [Holding(9, gpu_indices=(i,), gpus=1) for i in range(6)],
+        EIGHT_FLAT,
+        {1: Wait(1, "waiting for 4 GPUs (2 of 8 free)")},
+    ),
+    Case(
+        "a 2-GPU job waits for 2 GPUs, on 2 GPUs",
+        [Want(1, gpus=2)],
+        [Holding(9, gpu_indices=(0,), gpus=1)],
+        BOX,
+        {1: Wait(1, "waiting for 2 GPUs (1 of 2 free)")},
+    ),
+    Case(
+        "a 1-GPU job waits for 1 GPU, on 1 GPU",
+        [Want(1, gpus=1)],
+        [Holding(9, gpu_indices=(0,), gpus=1)],
+        ONE_GPU,
+        {1: Wait(1, "waiting for 1 GPU (0 of 1 free)")},
+    ),
+    Case(
+        "a job of one CPU waits for 1 CPU",
+        [Want(1, cpus=1)],
+        [Holding(9, cpus=8)],
+        ONE_GPU,
+        {1: Wait(1, "waiting for 1 CPU (0 free)")},
+    ),
+    Case(
+        "a job of two CPUs waits for 2 CPUs",
+        [Want(1, cpus=2)],
+        [Holding(9, cpus=7)],
+        ONE_GPU,
+        {1: Wait(1, "waiting for 2 CPUs (1 free)")},
+    ),
+    Case(
+        "a job asking more GPUs than the machine has, with MIG on one",
+        [Want(1, gpus=2)],
+        [],
+        MIG_BOX,
+        {1: Wait(1, "needs 2 GPUs, this machine has 1 (1 GPU split into MIG instances)")},
+    ),
+    Case(
+        "the only MIG instance of a profile is in use",
+        [Want(2, mig_profile="3g.40gb")],
+        [Holding(1, gpu_indices=(0,), mig_uuids=("MIG-c",), mig_profile="3g.40gb")],
+        MIG_BOX,
+        {2: Wait(2, "needs a MIG 3g.40gb instance; the only one is in use (job 1)")},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "case", MEMORY + QUOTA + BACKFILL + PLACEMENT + WORDING + RECLAIM, ids=lambda c: c.name
+)
 def test_pooling(case: Case) -> None:
     assert decide_at(case) == case.expected
 
@@ -1151,6 +1431,9 @@ def test_a_mig_profile_job_runs_on_an_instance_named_by_its_uuid(
     job_id = job["id"]
     assert job["resources"]["mig_profile"] == "1g.10gb"
     assert (home.run_dir(job_id) / "log").read_text().strip() == f"visible={mig_uuid}"
+    # `show` names the instance the job got, as CUDA_VISIBLE_DEVICES did, not just its GPU.
+    shown = workbench("show", str(job_id)).stdout
+    assert f"granted MIG 1g.10gb instance {mig_uuid} on GPU 0" in " ".join(shown.split())
     # A profile no GPU is split into waits, saying so in words, in `ls` and `show`.
     lacking = submit_command(client, tmp_path, ["true"], gpus="2g.20gb")
     expected = (
@@ -1162,6 +1445,31 @@ def test_a_mig_profile_job_runs_on_an_instance_named_by_its_uuid(
     assert expected[:40] in workbench("ls").stdout
     assert "mig 2g.20gb" in workbench("show", str(lacking)).stdout
     client.control(lacking, "cancel")
+
+
+@pytest.mark.parametrize(
+    ("profile", "token", "recorded", "text"),
+    [
+        ("1g.10gb", "t2", ("t2", "MIG-x"), "MIG 1g.10gb instance MIG-x on GPU 0"),
+        ("1g.10gb", "t2", ("t1", "MIG-old"), "MIG 1g.10gb instance on GPU 0"),  # earlier attempt
+        ("1g.10gb", "t2", None, "MIG 1g.10gb instance on GPU 0"),  # wrapper not recorded yet
+        (None, "t2", ("t2", "0"), "GPU 0"),
+    ],
+)
+def test_a_mig_grant_is_shown_as_the_instance_the_attempt_was_launched_with(
+    tmp_path: Path, profile: str | None, token: str, recorded: tuple[str, str] | None, text: str
+) -> None:
+    from types import SimpleNamespace
+
+    from workbench.daemon.runner import WrapperRecord, write_wrapper
+    from workbench.jobmodel.resources import Resources as Asked
+    from workbench.present import granted_text
+
+    if recorded is not None:
+        write_wrapper(tmp_path, WrapperRecord(recorded[0], 1, None, recorded[1]))
+    asked = Asked(gpus=0 if profile else 1, mig_profile=profile)
+    job = SimpleNamespace(granted_gpus=[0], resources=asked, launch_token=token)
+    assert granted_text(job, tmp_path) == text  # type: ignore[arg-type]
 
 
 def test_a_job_that_opts_out_of_preemption_keeps_its_borrowed_gpu(
@@ -1212,10 +1520,32 @@ def test_a_restarted_daemon_keeps_an_adopted_jobs_mig_instance_and_opt_out(
     ensure_daemon(home)
     second = submit_command(client, tmp_path, ["true"], gpus="1g.10gb", group="vision")
     client.nudge()
-    expected = f"needs a MIG 1g.10gb instance; all 1 are in use (job {held})"
+    expected = f"needs a MIG 1g.10gb instance; the only one is in use (job {held})"
     wait_for(lambda: client.store.get(second).reason == expected, what="the MIG in-use reason")
     assert client.store.get(held).state == "running"
     assert not [e for e in client.store.events(held) if e.event == "preempt"]
     client.control(second, "cancel")
     client.control(held, "cancel")
     wait_state(client, held, "cancelled", timeout=30)
+
+
+def test_a_job_within_its_quota_behind_a_long_queue_of_borrowers_still_reclaims(
+    client: Client, home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon reads the queue a page at a time; a job within its group's quota used to be
+    planned only if it was in the first page, so 200 older borrowers kept it waiting (unseen)
+    while their group held the GPU: every group's head is planned in every pass."""
+    fake_machine(tmp_path, monkeypatch, [{}])
+    home.config.write_text("[groups.vision]\nquota = 1\n\n[groups.sweep]\nquota = 0\n")
+    borrower = submit_command(client, tmp_path, ["sleep", "600"], gpus=1, group="sweep")
+    wait_state(client, borrower, "running")
+    backlog = [
+        build_request(
+            {"kind": "command", "argv": ["true"], "gpus": 1, "group": "sweep"}, tmp_path, "test"
+        )
+        for _ in range(200)
+    ]
+    client.submit_many(backlog)
+    vision = submit_command(client, tmp_path, ["true"], gpus=1, group="vision")
+    assert wait_state(client, vision, "succeeded", timeout=60).state == "succeeded"
+    assert [e.event for e in client.store.events(borrower)].count("preempt") == 1

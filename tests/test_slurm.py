@@ -22,7 +22,7 @@ from tests.conftest import ROOT, stop_daemon, wait_for, workbench
 from workbench.config import Config, ExecutorConfig
 from workbench.daemon.client import Client
 from workbench.daemon.executors import slurm_map
-from workbench.daemon.executors.slurm import SlurmClient, SlurmExecutor
+from workbench.daemon.executors.slurm import SlurmClient, SlurmExecutor, due_for_slurm
 from workbench.daemon.executors.slurm_map import (
     HELD_REASONS,
     ClusterInfo,
@@ -32,7 +32,7 @@ from workbench.daemon.executors.slurm_map import (
     sbatch_args,
 )
 from workbench.db import executors as placement_db
-from workbench.db.store import Job, JobRequest, Resources, Store
+from workbench.db.store import Job, JobRequest, JobState, Resources, Store
 from workbench.paths import Home
 
 FIXTURE = ROOT / "tests" / "slurm"
@@ -586,13 +586,57 @@ def test_executor_protocol_on_slurm(on_slurm: Home) -> None:
         store.close()
 
 
+def _queued_job(job_id: int, not_before: float | None) -> Job:
+    store_job = Job(
+        id=job_id, name="j", kind="command", state=JobState.QUEUED, spec={}, argv=["true"],
+        cwd="/", env={}, priority=0, group="default", resources=Resources(), retries=3,
+        attempt=2, time_limit=None, fail_unrunnable=False, pipeline_id=None, stage=None,
+        created_at=0.0, started_at=None, ended_at=None, exit_code=None, reason=None, pid=None,
+        pid_start=None, granted_gpus=None, intent=None, progress=None, progress_msg=None,
+        peak_gpu_mem=None, mean_gpu_util=None, executor="slurm", not_before=not_before,
+    )  # fmt: skip
+    return store_job
+
+
+@pytest.mark.parametrize(
+    ("not_before", "now", "handed_over"),
+    [
+        (None, 100.0, True),  # a first attempt, or a retry by hand: at once
+        (99.0, 100.0, True),  # its back-off is over
+        (100.0, 100.0, True),
+        (101.0, 100.0, False),  # an automatic retry still backing off
+        (160.0, 100.0, False),
+    ],
+)
+def test_a_retry_backing_off_is_not_handed_to_slurm(
+    not_before: float | None, now: float, handed_over: bool
+) -> None:
+    """Slurm retries went to sbatch at once, however often the job had failed; they now wait
+    for `not_before`, which the store sets with the local retries' back-off (1 s doubling)."""
+    jobs = [_queued_job(1, None), _queued_job(2, not_before)]
+    assert [j.id for j in due_for_slurm(jobs, now)] == ([1, 2] if handed_over else [1])
+
+
 def test_retry_is_a_new_slurm_job(on_slurm: Home, client: Client) -> None:
-    job_id = _submit("--retries", "1", "--", "sh", "-c", "exit 3")
+    """Each automatic retry is a new Slurm job, handed over only once its back-off is over
+    (1 s, then 2 s: the daemon's own 1 s squeue round alone would resubmit sooner)."""
+    job_id = _submit("--retries", "2", "--", "sh", "-c", "exit 3")
     first_id = wait_for(lambda: client.store.get(job_id).slurm_id, 20, what="a Slurm id")
+    for attempt, delay in ((2, 1), (3, 2)):
+        waiting = wait_for(
+            lambda a=attempt: (j := client.store.get(job_id)).attempt == a and j,
+            40,
+            what=f"the requeue for attempt {attempt}",
+        )
+        assert waiting.not_before is not None
+        assert f"retrying in {delay}s (attempt {attempt} of 3)" in str(waiting.reason)
+        while time.time() < waiting.not_before - 0.05:
+            assert client.store.get(job_id).slurm_id is None, "handed to Slurm while backing off"
+            time.sleep(0.01)
     job = wait_for(
-        lambda: (j := client.store.get(job_id)).state == "failed" and j.attempt == 2 and j,
+        lambda: (j := client.store.get(job_id)).state == "failed" and j.attempt == 3 and j,
         40,
-        what="the second attempt to fail",
+        what="the third attempt to fail",
     )
     assert job.exit_code == 3 and job.executor == "slurm" and job.node == "localhost"
     assert job.slurm_id and job.slurm_id != first_id

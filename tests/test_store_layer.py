@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import time
@@ -108,9 +109,80 @@ def test_migrates_a_state_file_of_the_previous_schema(tmp_path: Path) -> None:
         }
         assert "telemetry" not in tables and "audit" in tables
         indexes = store.conn.execute(
-            "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE state IN ('queued')"
+            "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE state IN ('queued') ORDER BY id"
         ).fetchall()
         assert "jobs_state" in str(indexes)
+    finally:
+        store.close()
+
+
+ADDED_BY_THIS_VERSION = (15, 16, 17)  # the scheduling indexes; the usage columns; group heads
+
+
+def test_a_state_file_of_the_previous_version_gains_indexes_and_usage_columns(
+    tmp_path: Path,
+) -> None:
+    """A file written by the version before migrations 15 and 16 (every other migration applied,
+    an ended job in it) gains the daemon's scheduling indexes when any client opens it (they
+    were created only by a daemon at start) and the usage columns, which a settle then fills."""
+    path = tmp_path / "state.db"
+    previous = sorted(v for v in MIGRATIONS if v not in ADDED_BY_THIS_VERSION)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("BEGIN")
+    for version in previous:
+        for sql in MIGRATIONS[version].split(";"):
+            if sql.strip():
+                conn.execute(sql)
+    conn.executemany(
+        "INSERT INTO meta(key, value) VALUES (?, ?)",
+        [("schema_version", str(max(previous))), ("migrations", ",".join(map(str, previous)))],
+    )
+    conn.execute(
+        "INSERT INTO jobs(name, kind, state, spec, argv, cwd, env, created_at, ended_at,"
+        " exit_code) VALUES ('old', 'command', 'succeeded', '{}', '[\"true\"]', '/', '{}', 1, 2, 0)"
+    )
+    # That version's daemon created one of the indexes at start: the migration still applies.
+    conn.execute("CREATE INDEX jobs_queue_order ON jobs(state, priority DESC, id)")
+    conn.execute("COMMIT")
+    conn.close()
+
+    def indexes(store: Store) -> set[str]:
+        rows = store.conn.execute("SELECT name FROM sqlite_master WHERE type='index'")
+        return {r[0] for r in rows}
+
+    store = Store.open(path)  # a client (no daemon has run)
+    try:
+        assert {"jobs_queue_order", "jobs_intent", "jobs_group_queue"} <= indexes(store)
+        assert store.get_setting("migrations") == ",".join(map(str, sorted(MIGRATIONS)))
+        old = store.list_jobs()[0]
+        assert (old.cpu_s, old.peak_mem_bytes, old.peak_mem_source) == (None, None, None)
+        new = store.submit(_request())
+        from workbench.db.store import Event
+
+        store.transition(new, Event.START, "starting")
+        store.transition(new, Event.LAUNCHED, "started", pid=1)
+        store.transition(
+            new, Event.EXIT_FAILED, "exited with code 1", exit_code=1, cpu_s=0.5,
+            cpu_source="cgroup", peak_mem_bytes=1 << 20, peak_mem_source="cgroup",
+        )  # fmt: skip
+        shown = store.get(new).to_json()
+        assert (shown["cpu_s"], shown["peak_mem_bytes"]) == (0.5, 1 << 20)
+        assert (shown["cpu_source"], shown["peak_mem_source"]) == ("cgroup", "cgroup")
+        store.transition(new, Event.RETRY, "retried by hand")  # a new attempt: not measured
+        assert store.get(new).cpu_s is None and store.get(new).peak_mem_source is None
+        plan = " ".join(
+            str(r[-1])
+            for r in store.conn.execute(
+                "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE intent IS NOT NULL ORDER BY id"
+            )
+        )
+        assert "jobs_intent" in plan, plan
+        heads = store.conn.execute(
+            "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE state='queued' AND grp='g'"
+            " AND executor='local' ORDER BY priority DESC, id LIMIT 128"
+        ).fetchall()
+        assert "jobs_group_queue" in str(heads), heads  # db.group_heads: one seek per group
     finally:
         store.close()
 
@@ -173,5 +245,75 @@ def test_damaged_telemetry_is_set_aside_and_restarted(tmp_path: Path) -> None:
     try:
         assert store.telemetry.latest() is None
         assert list(tmp_path.glob("telemetry.db.broken-*"))
+    finally:
+        store.close()
+
+
+def test_job_json_pages_write_what_to_json_writes(tmp_path: Path) -> None:
+    """`ls --json` writes jobs from their rows without parsing specs or building Job objects;
+    the text is exactly `dumps(job.to_json(secret_words=...))` for every kind of job: bytes that
+    are not UTF-8, a name that starts with a quote, non-ASCII text, a spec's environment with
+    secrets (masked), a non-finite number in a spec, dependencies, granted GPUs, a settled job
+    with its usage, and a column holding infinity."""
+    from workbench.db.job_pages import job_json_pages
+    from workbench.db.store import Event, Resources
+    from workbench.jsonout import dumps
+
+    store = Store.open(tmp_path / "state.db")
+    try:
+        odd = b"caf\xe9".decode("utf-8", "surrogateescape")
+        first = store.submit(_request())
+        requests = [
+            JobRequest(odd, "command", {"argv": [odd]}, f"/tmp/{odd}", {}, argv=[odd, "é"]),
+            JobRequest('"quoted" ü 🚀', "command", {"argv": ["x"]}, "/", {}, argv=["x"]),
+            JobRequest(
+                "spec env",
+                "command",
+                {"argv": ["x"], "env": {"API_TOKEN": "s3cret", "MY_WORD": "w", "A": "1"}},
+                "/",
+                {"API_TOKEN": "s3cret"},
+                argv=["x"],
+            ),
+            JobRequest("nan", "train", {"lr": float("nan"), "epochs": 3}, "/", {}),
+            JobRequest(
+                "deps",
+                "command",
+                {"argv": ["x"]},
+                "/",
+                {},
+                argv=["x"],
+                after=((first, "ok"), (first + 1, "any")),
+                resources=Resources(gpus=0.5, gpu_mem=2 << 30, cpus=1.5, mem=1 << 30),
+                priority=-3,
+                time_limit=90.0,
+                paused=True,
+            ),
+        ]
+        ids = [first, *store.submit_many(requests)]
+        settled = ids[1]
+        store.transition(settled, Event.START, "starting")
+        store.transition(settled, Event.LAUNCHED, "started", pid=42, granted_gpus=[0, 3])
+        store.set_progress(settled, 0.25, "step 1 of 4")
+        store.transition(
+            settled, Event.EXIT_FAILED, "exited with code 3", exit_code=3, cpu_s=1.25,
+            cpu_source="rusage", peak_mem_bytes=52 << 20, peak_mem_source="cgroup",
+        )  # fmt: skip
+        store.update(ids[2], progress=float("inf"))
+        words = ("WORD",)
+        expected = [dumps(j.to_json(secret_words=words)) for j in store.list_jobs(light="no-env")]
+        pages = list(job_json_pages(store, secret_words=words, page=2))
+        assert [len(p) for p in pages] == [2, 2, 2]
+        assert [text for page in pages for text in page] == expected
+        others = [j.id for j in store.list_jobs(light=True) if j.state != "queued"]
+        assert others and len(others) < len(expected)
+        merged = job_json_pages(store, ["queued"], words, page=2, also=others)
+        assert [t for p in merged for t in p] == expected  # the others merged in by id
+        assert "s3cret" not in "".join(expected) and '"MY_WORD": "***"' in expected[3]
+        assert json.loads(expected[4])["spec"]["lr"] is None  # NaN is not JSON
+        queued = [t for p in job_json_pages(store, ["queued"], words) for t in p]
+        assert queued == [expected[0], *expected[2:5]]
+        # Several states: each read by its own index range, merged by id, paged as asked.
+        waiting = list(job_json_pages(store, ["paused", "queued", "paused"], words, page=3))
+        assert waiting == [[expected[0], *expected[2:4]], expected[4:6]]
     finally:
         store.close()

@@ -56,15 +56,36 @@ def shown_reason(job: Job) -> str:
     return reason
 
 
-def granted_text(job: Job) -> str:
-    """What the scheduler granted, in words: `GPU 0`, `GPUs 0, 1`, `no GPU (CPU only)`, or `not yet`
-    (a job that has not started)."""
+def granted_text(job: Job, run_dir: Path | None = None) -> str:
+    """What the scheduler granted, in words: `GPU 0`, `GPUs 0, 1`, `no GPU (CPU only)`, `not yet`
+    (a job that has not started), or for a MIG job its instance: `MIG 1g.10gb instance
+    MIG-5e1f... on GPU 0`, the UUID being the `CUDA_VISIBLE_DEVICES` this attempt was launched
+    with as its wrapper recorded it in `run_dir` (without it, or before the wrapper recorded
+    itself: `MIG 1g.10gb instance on GPU 0`)."""
     if job.granted_gpus is None:
         return "not yet"
-    if not job.granted_gpus:
+    if not job.granted_gpus and not job.resources.mig_profile:
         return "no GPU (CPU only)"
     label = "GPU" if len(job.granted_gpus) == 1 else "GPUs"
-    return f"{label} {', '.join(map(str, job.granted_gpus))}"
+    where = f"{label} {', '.join(map(str, job.granted_gpus))}"
+    profile = job.resources.mig_profile
+    if not profile:
+        return where
+    devices = _launched_devices(job, run_dir)
+    return f"MIG {profile} instance{f' {devices}' if devices else ''} on {where}"
+
+
+def _launched_devices(job: Job, run_dir: Path | None) -> str | None:
+    """`CUDA_VISIBLE_DEVICES` of the job's current attempt, from its wrapper record (only when
+    the record carries this attempt's launch token: an earlier attempt's would mislead)."""
+    if run_dir is None or not job.launch_token:
+        return None
+    from workbench.daemon.runner import read_wrapper
+
+    record = read_wrapper(run_dir)
+    if record is None or record.token != job.launch_token or not record.devices:
+        return None
+    return display_text(record.devices)
 
 
 def job_progress(job: Job) -> str:
@@ -113,13 +134,16 @@ def job_json(job: Job, with_env: bool = False) -> dict[str, Any]:
 
 
 def recorded_usage(job: Job, run_dir: Path | None) -> dict[str, float | int | None]:
-    """What an ended job used, as its wrapper recorded it in the run folder's `exit.json`:
-    `{"cpu_s": CPU seconds (user + system, all its processes), "peak_mem_bytes": peak memory in
-    bytes (the cgroup's `memory.peak`, else the largest child's peak RSS)}`. A value is None
-    when the job has not ended (an earlier attempt's record would mislead), there is no run
-    folder or record, or the record lacks it."""
-    if run_dir is None or job.state not in ENDED:
+    """What an ended job used: `{"cpu_s": CPU seconds (user + system, all its processes),
+    "peak_mem_bytes": peak memory in bytes (the cgroup's `memory.peak`, else the largest child's
+    peak RSS)}`, as the store kept them when the job was settled (so a pruned run folder loses
+    nothing). A job settled by a version without those columns falls back to its run folder's
+    `exit.json`. A value is None when the job has not ended (an earlier attempt's record would
+    mislead) or it was not measured."""
+    if job.state not in ENDED:
         return {"cpu_s": None, "peak_mem_bytes": None}
+    if job.cpu_s is not None or job.peak_mem_bytes is not None or run_dir is None:
+        return {"cpu_s": job.cpu_s, "peak_mem_bytes": job.peak_mem_bytes}
     from workbench.daemon.runner import read_usage
 
     cpu_s, peak = read_usage(run_dir)
@@ -186,7 +210,7 @@ def job_details(
             else f"{job.executor} (not handed over yet)"
         )
         lines.append(("runs on", where + (f" on {job.node}" if job.node else "")))
-    lines.append(("resources", f"asked {job_resources(job)}; granted {granted_text(job)}"))
+    lines.append(("resources", f"asked {job_resources(job)}; granted {granted_text(job, run_dir)}"))
     used = used_parts(job, recorded_usage(job, run_dir))
     if used:
         lines.append(("used", ", ".join(used)))

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import heapq
 import importlib
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,9 +91,8 @@ def _console() -> Any:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from workbench.daemon.executors.slurm import bind_executor
-    from workbench.queue.submission import request_from_args
 
-    request, where = request_from_args(args, dict(os.environ))
+    request, where = submission.request_from_args(args, dict(os.environ))
     (request,) = bind_executor([request], args.executor, Home.current(), [where])
     client = _client()
     job_id = client.submit(request)
@@ -150,30 +148,46 @@ def _write(line: str) -> None:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     """Active jobs and the latest ended ones, grouped counts on top (as `pueue status` does);
-    `--all` streams every job a page at a time. Environments are never read."""
+    `--all` streams every job a page at a time. Environments are never read. `--json` lists every
+    active job and the latest ended ones (scripts read the whole queue), a page at a time."""
+    from workbench.db.job_pages import job_json_pages
+
     client = _client(start_daemon=False)
     store = client.store
     states = _states_arg(args.state)
-    light: bool | str = "no-env" if args.json else True
+    if args.json and not (args.all or states):
+        recent = [j.id for j in store.list_jobs(states=ENDED, limit=args.recent, light=True)]
+        return _ls_json(job_json_pages(store, ACTIVE, secret_words(), also=recent))
     if args.all or states:
-        return _ls_stream(store.iter_jobs(light, states=states), args.json, store.draining)
-    if args.json:
-        # Every active job and the latest ended ones, merged by id as they are read.
-        recent = store.list_jobs(states=ENDED, limit=args.recent, light=light)
-        active = store.iter_jobs(light, states=ACTIVE)
-        return _ls_stream(heapq.merge(recent, active, key=lambda j: j.id), True, False)
+        if args.json:
+            return _ls_json(job_json_pages(store, states, secret_words()))
+        return _ls_stream(store.iter_jobs(True, states=states), store.draining)
     counts = store.counts_by_state()
     jobs = [
-        *store.list_jobs(states=ENDED, limit=args.recent, light=light),
+        *store.list_jobs(states=ENDED, limit=args.recent, light=True),
         # Jobs with processes are all listed; those still waiting (queued, held, blocked) from
         # the oldest, up to WAITING_SHOWN: at 20,000 queued a full list helps nobody.
-        *store.list_jobs(states=[STARTING, RUNNING], light=light),
-        *store.list_jobs(states=[PAUSED], started=True, light=light),
+        *store.list_jobs(states=[STARTING, RUNNING], light=True),
+        *store.list_jobs(states=[PAUSED], started=True, light=True),
         *store.list_jobs(
-            states=WAITING, started=False, limit=WAITING_SHOWN, oldest_first=True, light=light
+            states=WAITING, started=False, limit=WAITING_SHOWN, oldest_first=True, light=True
         ),
     ]
     jobs.sort(key=lambda j: j.id)
+    notes = []
+    hidden_waiting = store.count_jobs(WAITING, started=False) - WAITING_SHOWN
+    if hidden_waiting > 0:
+        notes.append(
+            f"... and {hidden_waiting:,} more waiting (ls --state queued|paused|blocked,"
+            " or ls --all)"
+        )
+    hidden_ended = sum(counts.get(s, 0) for s in ENDED) - args.recent
+    if hidden_ended > 0:
+        notes.append(
+            f"... and {hidden_ended:,} older ended jobs (ls --all; workbench prune removes them)"
+        )
+    if store.draining:
+        notes.append("drain mode: nothing new starts (workbench daemon undrain)")
     colour = use_colour(sys.stdout)
     if counts:
         _write("jobs: " + state_counts_line(counts))
@@ -186,39 +200,28 @@ def cmd_ls(args: argparse.Namespace) -> int:
             _write(table_line(row, widths, colour_state=3 if colour else None))
     else:
         _write("no jobs")
-    hidden_waiting = store.count_jobs(WAITING, started=False) - WAITING_SHOWN
-    if hidden_waiting > 0:
-        _write(
-            f"... and {hidden_waiting:,} more waiting (ls --state queued|paused|blocked,"
-            " or ls --all)"
-        )
-    hidden_ended = sum(counts.get(s, 0) for s in ENDED) - args.recent
-    if hidden_ended > 0:
-        _write(
-            f"... and {hidden_ended:,} older ended jobs (ls --all; workbench prune removes them)"
-        )
-    if store.draining:
-        _write("drain mode: nothing new starts (workbench daemon undrain)")
+    for note in notes:
+        _write(note)
     return EXIT_OK
 
 
-def _ls_stream(jobs: Any, as_json: bool, draining: bool) -> int:
-    """Every job given, written as it is read (memory stays flat at any queue length)."""
+def _ls_json(pages: Iterable[list[str]]) -> int:
+    """A JSON array of the jobs' objects (`Job.to_json`), written a page at a time as the
+    pages are read: memory stays flat and the cost is linear in the jobs printed."""
     out = sys.stdout
-    if as_json:
-        words = secret_words()
-        out.write("[")
-        chunk: list[str] = []
-        first = True
-        for job in jobs:
-            chunk.append(dumps(job.to_json(secret_words=words)))
-            if len(chunk) >= 1000:
-                out.write(("" if first else ",\n") + ",\n".join(chunk))
-                chunk, first = [], False
-        if chunk:
-            out.write(("" if first else ",\n") + ",\n".join(chunk))
-        out.write("]\n")
-        return EXIT_OK
+    out.write("[")
+    first = True
+    for page in pages:
+        out.write(("" if first else ",\n") + ",\n".join(page))
+        first = False
+    out.write("]\n")
+    return EXIT_OK
+
+
+def _ls_stream(jobs: Iterable[Job], draining: bool) -> int:
+    """Every job given as table rows, written as they are read (memory stays flat at any
+    queue length)."""
+    out = sys.stdout
     now = time.time()
     colour = use_colour(out)
     widths: list[int] | None = None
@@ -643,7 +646,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--recent", type=checked.count, default=20, help="ended jobs to show (default 20)"
     )
     p.add_argument("--state", action="append", help="only jobs in this state (repeatable)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="the same jobs as a JSON array of job objects (what was left out: on stderr)",
+    )
     p.set_defaults(handler=cmd_ls)
 
     p = sub.add_parser("show", help="one job: spec, history, resources, metrics, paths")

@@ -23,8 +23,9 @@ TOKEN_ENV = "WORKBENCH_LAUNCH_TOKEN"  # in every job process's environment
 class ExitStatus:
     """How a job's main process ended (a code, or the signal that killed it), and what the job
     used: `cpu_s` CPU seconds (user + system) of all its processes, `peak_mem_bytes` its peak
-    memory (the cgroup's peak where there is one, else the largest process's peak RSS), and
-    `leftovers` how many processes were still running when the main process exited."""
+    memory (the cgroup's peak where there is one, else the largest process's peak RSS),
+    `leftovers` how many processes were still running when the main process exited, and where
+    each usage figure came from (`cpu_source`, `peak_mem_source`: USAGE_SOURCES or None)."""
 
     exit_code: int | None
     signal: int | None
@@ -32,6 +33,8 @@ class ExitStatus:
     cpu_s: float | None = None
     peak_mem_bytes: int | None = None
     leftovers: int = 0
+    cpu_source: str | None = None
+    peak_mem_source: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -64,6 +67,18 @@ class ExitStatus:
             "cpu_s": self.cpu_s,
             "peak_mem_bytes": self.peak_mem_bytes,
             "leftovers": self.leftovers,
+            "cpu_source": self.cpu_source,
+            "peak_mem_source": self.peak_mem_source,
+        }
+
+    def usage_columns(self) -> dict[str, Any]:
+        """The store's usage columns for this end (`workbench.db.store.Job`): CPU seconds, peak
+        memory bytes and their sources; a figure without a value has no source either."""
+        return {
+            "cpu_s": self.cpu_s,
+            "cpu_source": self.cpu_source if self.cpu_s is not None else None,
+            "peak_mem_bytes": self.peak_mem_bytes,
+            "peak_mem_source": self.peak_mem_source if self.peak_mem_bytes is not None else None,
         }
 
 
@@ -103,28 +118,32 @@ def read_exit(run_dir: Path, token: str | None = None) -> ExitStatus | None:
         data = json.loads((run_dir / EXIT_FILE).read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(data, dict):
+        return None
     if token is not None and data.get("token") not in (None, token):
         return None
+    cpu_s, peak = _usage(data)
     return ExitStatus(
         data.get("exit_code"),
         data.get("signal"),
         float(data.get("ended_at", 0)),
-        data.get("cpu_s"),
-        data.get("peak_mem_bytes"),
+        cpu_s,
+        peak,
         int(data.get("leftovers") or 0),
+        _source(data.get("cpu_source")),
+        _source(data.get("peak_mem_source")),
     )
 
 
-def read_usage(run_dir: Path) -> tuple[float | None, int | None]:
-    """What the job's last attempt used, as its `exit.json` records it: (CPU seconds, peak
-    memory in bytes). Either is None where the record lacks it: no file (never ran, or still
-    running), a partial or unreadable file, or a value that is not a finite number >= 0."""
-    try:
-        data = json.loads((run_dir / EXIT_FILE).read_text())
-    except (OSError, ValueError):
-        return None, None
-    if not isinstance(data, dict):
-        return None, None
+USAGE_SOURCES = ("cgroup", "rusage")  # the job's cgroup v2 files, or getrusage(RUSAGE_CHILDREN)
+
+
+def _source(value: Any) -> str | None:
+    return value if value in USAGE_SOURCES else None
+
+
+def _usage(data: dict[str, Any]) -> tuple[float | None, int | None]:
+    """(cpu_s, peak_mem_bytes) of an exit record, each None unless a finite number >= 0."""
 
     def number(key: str) -> float | None:
         value = data.get(key)
@@ -141,20 +160,40 @@ def read_usage(run_dir: Path) -> tuple[float | None, int | None]:
     return cpu_s, None if peak is None else int(peak)
 
 
+def read_usage(run_dir: Path) -> tuple[float | None, int | None]:
+    """What the job's last attempt used, as its `exit.json` records it: (CPU seconds, peak
+    memory in bytes). Either is None where the record lacks it: no file (never ran, or still
+    running), a partial or unreadable file, or a value that is not a finite number >= 0."""
+    try:
+        data = json.loads((run_dir / EXIT_FILE).read_text())
+    except (OSError, ValueError):
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    return _usage(data)
+
+
 @dataclass(frozen=True)
 class WrapperRecord:
-    """Who runs a job: the wrapper's pid and start time, and the launch token it was given."""
+    """Who runs a job: the wrapper's pid and start time, the launch token it was given, and the
+    `CUDA_VISIBLE_DEVICES` it was launched with (GPU indices or MIG instance UUIDs; None: unset)."""
 
     token: str
     pid: int
     start_time: float | None
+    devices: str | None = None
 
 
 def write_wrapper(run_dir: Path, record: WrapperRecord) -> None:
     """Write `wrapper.json` atomically (raises OSError when it cannot)."""
     write_json_atomic(
         run_dir / WRAPPER_FILE,
-        {"token": record.token, "pid": record.pid, "start_time": record.start_time},
+        {
+            "token": record.token,
+            "pid": record.pid,
+            "start_time": record.start_time,
+            "devices": record.devices,
+        },
     )
 
 
@@ -162,7 +201,13 @@ def read_wrapper(run_dir: Path) -> WrapperRecord | None:
     """The wrapper record of a run folder, None if there is none (or it is unreadable)."""
     try:
         data = json.loads((run_dir / WRAPPER_FILE).read_text())
-        return WrapperRecord(str(data["token"]), int(data["pid"]), data.get("start_time"))
+        devices = data.get("devices")
+        return WrapperRecord(
+            str(data["token"]),
+            int(data["pid"]),
+            data.get("start_time"),
+            devices if isinstance(devices, str) else None,
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

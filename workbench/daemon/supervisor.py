@@ -169,7 +169,6 @@ class Daemon:
             self.store.backup_to(self.home.state_db.with_name("state.db.bak"))
         except _WRITE_ERRORS as error:
             self.log(f"could not back up the state file ({error}); going on without a backup")
-        db.ensure_indexes(self.store)
         self.gpus = Gpus.open()
         self.sampler = Sampler(self.store, self.home, self.gpus, self.config)
         self._bind_socket()
@@ -321,6 +320,7 @@ class Daemon:
         assert ended is not None
         status = ended.status
         fields = {"exit_code": status.code, "ended_at": status.ended_at or time.time()}
+        fields.update(status.usage_columns())  # kept in the store: outlives the run folder
         live = tuple(LIVE)
 
         def change(event: Event, reason: str) -> db.Change:
@@ -480,9 +480,14 @@ class Daemon:
             page = db.queue_head(self.store, after, QUEUE_PAGE)
             batch = list(page)
             if first:
-                batch += [
-                    j for j in db.queued_with_deps(self.store) if j.id not in {p.id for p in page}
-                ]
+                extra = db.queued_with_deps(self.store)
+                guaranteed = [g for g, quota in settings.quotas.items() if quota > 0]
+                if len(page) == QUEUE_PAGE and guaranteed:
+                    # The head of every group with a quota too: a job within its group's quota
+                    # must be planned (and reclaim) however many older jobs wait ahead of it.
+                    extra += db.group_heads(self.store, guaranteed, QUEUE_PAGE)
+                in_page = {p.id for p in page}
+                batch += list({j.id: j for j in extra if j.id not in in_page}.values())
                 first = False
             batch = [j for j in batch if j.id not in seen]
             seen.update(j.id for j in batch)

@@ -223,6 +223,27 @@ MIGRATIONS: dict[int, str] = {
     ALTER TABLE jobs ADD COLUMN mig_profile TEXT;
     ALTER TABLE jobs ADD COLUMN preemptible INTEGER NOT NULL DEFAULT 1;
     """,
+    # The daemon's scheduling reads (workbench/db/scheduling.py): the queue in scheduling order
+    # (priority high first, then oldest) and the few jobs with a pending intent. Created here so
+    # that every client's file has them, and a file from an older version gains them on upgrade.
+    15: """
+    CREATE INDEX IF NOT EXISTS jobs_queue_order ON jobs(state, priority DESC, id);
+    CREATE INDEX IF NOT EXISTS jobs_intent ON jobs(id) WHERE intent IS NOT NULL;
+    """,
+    # What an ended attempt used, from its exit.json when it is settled (so it outlives a pruned
+    # run folder, and listings need no file read): CPU seconds (user + system, all its
+    # processes), peak memory in bytes, and where each figure came from ('cgroup' or 'rusage').
+    16: """
+    ALTER TABLE jobs ADD COLUMN cpu_s REAL;
+    ALTER TABLE jobs ADD COLUMN cpu_source TEXT;
+    ALTER TABLE jobs ADD COLUMN peak_mem_bytes INTEGER;
+    ALTER TABLE jobs ADD COLUMN peak_mem_source TEXT;
+    """,
+    # Each group's head of the queue, in scheduling order: a pass plans the first jobs of every
+    # group with a quota, so a job within its quota is seen however many older jobs wait.
+    17: """
+    CREATE INDEX IF NOT EXISTS jobs_group_queue ON jobs(state, grp, priority DESC, id);
+    """,
     # Executors (60-69): where each job runs ('local' or 'slurm'), its Slurm job id and node,
     # whether Slurm may still hold it (submitted, not yet seen ended), and how much of the job's
     # record file (see workbench/db/journal.py) has been applied.

@@ -1,6 +1,7 @@
 """The daemon's reads for incremental scheduling: the head of the queue in scheduling order (no
-environments, no specs), pending intents, the jobs a previous daemon left live, a stamp that changes
-only when something that can change a decision happened, and wait reasons written in one batch."""
+environments, no specs; its indexes come with migration 15), pending intents, the jobs a previous
+daemon left live, a stamp that changes only when something that can change a decision happened,
+and wait reasons written in one batch."""
 
 from __future__ import annotations
 
@@ -18,20 +19,6 @@ from workbench.jobmodel.states import Event, JobState
 # What a failed store operation may raise that a retry can cure (a full disk, a long lock):
 # the daemon keeps the outcome and tries again.
 RETRYABLE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, OSError, StoreError)
-
-# Additive indexes for the daemon's queries (idempotent; created when the daemon starts):
-# the queue in scheduling order, and the few jobs with a pending intent.
-INDEXES = (
-    "CREATE INDEX IF NOT EXISTS jobs_queue_order ON jobs(state, priority DESC, id)",
-    "CREATE INDEX IF NOT EXISTS jobs_intent ON jobs(id) WHERE intent IS NOT NULL",
-)
-
-
-def ensure_indexes(store: Store) -> None:
-    """Create the indexes above if missing (one short write transaction)."""
-    with store.transaction() as conn:
-        for statement in INDEXES:
-            conn.execute(statement)
 
 
 @dataclass(frozen=True)
@@ -117,6 +104,23 @@ def queue_head(store: Store, after: tuple[int, int] | None, limit: int) -> list[
             (JobState.QUEUED, priority, priority, job_id, now, limit),
         ).fetchall()
     return _queued(conn, rows)
+
+
+def group_heads(store: Store, groups: Iterable[str], limit: int) -> list[QueuedJob]:
+    """The first `limit` queued jobs of each of `groups`, each in scheduling order (as
+    `queue_head`). Cost: one indexed page per group (`jobs_group_queue`), whatever the queue's
+    length."""
+    conn = store.conn
+    now = time.time()
+    heads: list[QueuedJob] = []
+    for group in groups:
+        rows = conn.execute(
+            f"SELECT {_QUEUED_COLUMNS} FROM jobs WHERE state=? AND grp=? AND executor='local'"
+            f" AND {_NOT_BACKING_OFF} ORDER BY priority DESC, id LIMIT ?",
+            (JobState.QUEUED, group, now, limit),
+        ).fetchall()
+        heads.extend(_queued(conn, rows))
+    return heads
 
 
 _NOT_BACKING_OFF = "(not_before IS NULL OR not_before <= ?)"

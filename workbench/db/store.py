@@ -7,6 +7,7 @@ that touches state.db lives in `workbench.db`.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import json
 import os
 import sqlite3
@@ -194,6 +195,14 @@ class Job:
     slurm_id: str | None = None  # its Slurm job id (`123`, `120_3` in an array) once submitted
     node: str | None = None  # the cluster node it runs on (Slurm)
     preemptible: bool = True  # false: never preempted to give borrowed GPUs back
+    # What the ended attempt used (None until it is settled, or where it was not measured):
+    # CPU seconds (user + system, all its processes) and peak memory in bytes, each with its
+    # source, 'cgroup' (the job's cgroup v2) or 'rusage' (getrusage of the wrapper's children).
+    cpu_s: float | None = None
+    cpu_source: str | None = None
+    peak_mem_bytes: int | None = None
+    peak_mem_source: str | None = None
+    not_before: float | None = None  # a retry backing off may not start before (Unix s)
 
     @property
     def ended(self) -> bool:
@@ -218,7 +227,9 @@ class Job:
     def to_json(self, with_env: bool = False, secret_words: Iterable[str] = ()) -> dict[str, Any]:
         """The job as `--json` prints it. `with_env` adds the captured environment. Values of
         secret-looking variables (in `env` and in a spec's `env`) are always masked; callers
-        pass the configured extra words (`workbench.present.job_json` does)."""
+        pass the configured extra words (`workbench.present.job_json` does). Listings write
+        the same text straight from rows (`workbench.db.job_pages`): change both together (a
+        test compares them)."""
         out: dict[str, Any] = {
             "id": self.id,
             "name": self.name,
@@ -251,6 +262,10 @@ class Job:
             "slurm_id": self.slurm_id,
             "node": self.node,
             "preemptible": self.preemptible,
+            "cpu_s": self.cpu_s,
+            "cpu_source": self.cpu_source,
+            "peak_mem_bytes": self.peak_mem_bytes,
+            "peak_mem_source": self.peak_mem_source,
         }
         if with_env:
             out["env"] = self.env
@@ -289,7 +304,8 @@ _JOB_COLUMNS = (
     " priority, grp, gpus, gpu_mem, cpus, mem,"
     " retries, attempt, time_limit, fail_unrunnable, pipeline_id, stage, created_at, started_at,"
     " ended_at, exit_code, reason, pid, pid_start, granted_gpus, intent, progress, progress_msg,"
-    " peak_gpu_mem, mean_gpu_util, launch_token, executor, slurm_id, node, mig_profile, preemptible"
+    " peak_gpu_mem, mean_gpu_util, launch_token, executor, slurm_id, node, mig_profile,"
+    " preemptible, cpu_s, cpu_source, peak_mem_bytes, peak_mem_source, not_before"
 )
 # The same columns with spec and env left out (lists that never show them need not parse them),
 # and with only env left out (listings that show specs: an environment is the bulk of a row).
@@ -317,6 +333,10 @@ _SETTABLE = frozenset(
         "slurm_id",
         "node",
         "records_offset",
+        "cpu_s",
+        "cpu_source",
+        "peak_mem_bytes",
+        "peak_mem_source",
     }
 )
 
@@ -355,7 +375,7 @@ def _job_from_row(row: sqlite3.Row | tuple[Any, ...], deps: tuple[tuple[int, str
         retries, attempt, time_limit, fail_unrunnable, pipeline_id, stage, created_at, started_at,
         ended_at, exit_code, reason, pid, pid_start, granted_gpus, intent, progress, progress_msg,
         peak_gpu_mem, mean_gpu_util, launch_token, executor, slurm_id, node, mig_profile,
-        preemptible,
+        preemptible, cpu_s, cpu_source, peak_mem_bytes, peak_mem_source, not_before,
     ) = row  # fmt: skip
     return Job(
         id=id_,
@@ -396,6 +416,11 @@ def _job_from_row(row: sqlite3.Row | tuple[Any, ...], deps: tuple[tuple[int, str
         node=node,
         deps=deps,
         preemptible=bool(preemptible),
+        cpu_s=cpu_s,
+        cpu_source=cpu_source,
+        peak_mem_bytes=peak_mem_bytes,
+        peak_mem_source=peak_mem_source,
+        not_before=not_before,
     )
 
 
@@ -772,19 +797,46 @@ class Store:
     ) -> Iterator[Job]:
         """Every job (in `states`, if given), oldest first, read `page` rows at a time, so
         memory stays flat whatever the queue's length."""
-        where, params = "", []
-        if states is not None:
-            params = [str(s) for s in states]
-            where = f" AND state IN ({','.join('?' * len(params))})"
+        columns = {False: _JOB_COLUMNS, True: _LIGHT_COLUMNS, "no-env": _NO_ENV_COLUMNS}[light]
+        for rows in self.row_pages(columns, states, page):
+            deps = self._deps_for(r[0] for r in rows)
+            yield from (_job_from_row(r, deps[r[0]]) for r in rows)
+
+    def row_pages(
+        self, columns: str, states: Iterable[str] | None = None, page: int = 1000
+    ) -> Iterator[list[Any]]:
+        """Rows of `columns` (the first must be `id`) for every job in `states` (all if None),
+        by id, `page` at a time. Each state is read by its own keyset range on the state index
+        and the ranges are merged by id, so the cost is linear in the rows read (one range over
+        several states would sort what is left of them for every page)."""
+        if states is None:
+            ranges = [self._range(columns, None, page)]
+        else:
+            ranges = [self._range(columns, str(state), page) for state in dict.fromkeys(states)]
+            if not ranges:
+                return
+        merged = ranges[0] if len(ranges) == 1 else heapq.merge(*ranges, key=lambda r: r[0])
+        batch: list[Any] = []
+        for row in merged:
+            batch.append(row)
+            if len(batch) >= page:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def _range(self, columns: str, state: str | None, page: int) -> Iterator[Any]:
+        where, params = ("", []) if state is None else (" AND state=?", [state])
         after = 0
         while True:
-            batch = self._jobs_where(
-                f"WHERE id>?{where} ORDER BY id LIMIT ?", (after, *params, page), light
-            )
-            if not batch:
+            rows = self.conn.execute(
+                f"SELECT {columns} FROM jobs WHERE id>?{where} ORDER BY id LIMIT ?",
+                (after, *params, page),
+            ).fetchall()
+            yield from rows
+            if len(rows) < page:
                 return
-            yield from batch
-            after = batch[-1].id
+            after = rows[-1][0]
 
     def active_jobs(self, light: bool | str = False) -> list[Job]:
         """Jobs not yet ended (queued, starting, running, paused, blocked), by id.
@@ -976,6 +1028,10 @@ class Store:
                 "progress",
                 "progress_msg",
                 "launch_token",
+                "cpu_s",
+                "cpu_source",
+                "peak_mem_bytes",
+                "peak_mem_source",
             ):
                 columns.setdefault(key, None)
         if event in (Event.RETRY, Event.REQUEUE, Event.UNBLOCK):

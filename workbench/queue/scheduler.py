@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import heapq
 import math
 import operator
 from collections.abc import Iterable, Mapping, Sequence
@@ -46,8 +45,12 @@ class Want:
     reason: str | None = field(default=None, compare=False)
     shape: int = field(init=False, repr=False, compare=False)
     units: float = field(init=False, repr=False, compare=False)
+    # Scheduling order as one int (higher priority first, then lower id; ids are SQLite rowids,
+    # below 2**63): sorting by it compares ints, not tuples.
+    rank: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "rank", (-self.priority << 63) + self.id)
         units = gpu_units(self.gpus, self.mig_profile)
         needs = (
             self.gpus,
@@ -268,8 +271,9 @@ def _gib(num_bytes: int) -> str:
     return format_size(max(num_bytes, 0))
 
 
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+def _plural(count: float, word: str) -> str:
+    """`1 GPU`, `4 GPUs`, `1.5 CPUs`: a count and its noun, singular only for exactly one."""
+    return f"{count:g} {word}" if count == 1 else f"{count:g} {word}s"
 
 
 def _listing(ids: Iterable[int]) -> str:
@@ -332,12 +336,12 @@ def _never_fits(want: Want, res: Resources) -> str | None:
         if not whole:
             return f"every GPU is split into MIG instances; ask for one (e.g. --gpus {_any_profile(healthy)})"
         if want.gpus > len(whole):
-            return f"needs {want.gpus:g} GPUs, this machine has {len(whole)}{note}"
+            return f"needs {_plural(want.gpus, 'GPU')}, this machine has {len(whole)}{note}"
         if want.gpu_mem and not any(g.memory_total_bytes >= want.gpu_mem for g in whole):
             largest = max(g.memory_total_bytes for g in whole)
             return f"needs {_gib(want.gpu_mem)} of GPU memory, the largest GPU has {_gib(largest)}"
     if want.cpus > res.cpus:
-        return f"needs {want.cpus:g} CPUs, this machine has {res.cpus}"
+        return f"needs {_plural(want.cpus, 'CPU')}, this machine has {res.cpus}"
     if want.mem and res.mem_bytes and want.mem > res.mem_bytes:
         return f"needs {_gib(want.mem)} of memory, this machine has {_gib(res.mem_bytes)}"
     return None
@@ -373,6 +377,14 @@ class _Ledger:
         # for a job expected to end by then.
         self.held_for: dict[int, tuple[float, int]] = {}
         self.holds = 0  # waiting jobs given GPUs to keep this pass
+        # The job just decided waits on a reclaim (its GPUs held now): its decision is its own,
+        # not one the next job of its shape may reuse.
+        self.reclaiming = False
+        # Reclaims decided in this pass: GPUs promised to the jobs that wait for them, running
+        # jobs chosen to be preempted, and stopping jobs whose GPUs are promised already.
+        self.promised: set[int] = set()
+        self.preempting: set[int] = set()
+        self.claimed: set[int] = set()
         self.version = 0
         self._never: dict[int, str | None] = {}
         for holding in held:
@@ -390,8 +402,7 @@ class _Ledger:
         """Count a running (or just started) job: its GPU shares, memory, CPUs, group use."""
         self.held.append(held)
         per_gpu = held.gpus if held.gpus < 1 else 1.0
-        runtime = held.time_limit or self.settings.default_runtime_s
-        ends = max(held.started_at + runtime, self.now)
+        ends = self.ends(held)
         for index in held.gpu_indices:
             slot = self.slots.get(index)
             if slot is None:
@@ -413,6 +424,39 @@ class _Ledger:
         self.group_units[held.group] = self.group_units.get(held.group, 0.0) + units
         self.version += 1
 
+    def without(self, removed: set[int]) -> _Ledger:
+        """What is in use less the jobs in `removed` (by id), as a new ledger with no GPUs kept
+        and no reclaims: a trial for a reclaim, without counting every running job again."""
+        trial = _Ledger((), self.res, self.now, self.settings)
+        trial.held = [h for h in self.held if h.id not in removed]
+        trial.share = dict(self.share)
+        trial.reserved = dict(self.reserved)
+        trial.starting = dict(self.starting)
+        trial.free_at = dict(self.free_at)
+        trial.mig_used = {u: j for u, j in self.mig_used.items() if j not in removed}
+        trial.cpus, trial.mem = self.cpus, self.mem
+        trial.groups = dict(self.groups)
+        trial.group_units = dict(self.group_units)
+        for held in self.held:
+            if held.id not in removed:
+                continue
+            per_gpu = held.gpus if held.gpus < 1 else 1.0
+            for index in held.gpu_indices:
+                slot = self.slots.get(index)
+                if slot is None or held.mig_uuids:
+                    continue
+                share = trial.share[index] - per_gpu
+                trial.share[index] = share if share > _EPS else 0.0  # exact 0: a whole GPU free
+                trial.reserved[index] -= reservation_bytes(held, slot)
+                trial.starting[index] -= _unattributed_bytes(
+                    held, slot, self.now, self.settings.start_grace_s
+                )
+            trial.cpus -= held.cpus
+            trial.mem -= held.mem or 0
+            trial.groups[held.group] -= 1
+            trial.group_units[held.group] -= gpu_units(held.gpus, held.mig_profile)
+        return trial
+
     def free_gpu_mem_bytes(self, slot: GpuSlot) -> int:
         """Total, less our jobs' reservations, less what others hold: processes NVML lists that
         are not ours, and memory in use no process accounts for, except up to the reservations
@@ -423,9 +467,10 @@ class _Ledger:
         return slot.memory_total_bytes - named - unnamed - self.reserved[slot.index]
 
     def _usable(self, index: int, want: Want) -> bool:
-        """False if a waiting job holds this GPU and `want` would not end before it starts."""
+        """False if a waiting job (another than `want`) holds this GPU against `want` and `want`
+        would not end before that job starts."""
         hold = self.held_for.get(index)
-        if hold is None:
+        if hold is None or hold[1] == want.id:
             return True
         runtime = want.time_limit or self.settings.default_runtime_s
         return self.now + runtime <= hold[0] + _EPS
@@ -487,10 +532,17 @@ class _Ledger:
         self.holds += 1
         self.version += 1
 
+    def ends(self, held: Holding) -> float:
+        """When a running job is expected to end: its start plus its time limit (else
+        `default_runtime_s`), and not before now."""
+        return max(held.started_at + (held.time_limit or self.settings.default_runtime_s), self.now)
+
     def hold_now(self, indices: Iterable[int], job_id: int) -> None:
-        """Keep GPUs for a job that waits on a preemption: no backfill onto them at all."""
+        """Keep GPUs for a job that waits on a preemption: no backfill onto them at all, and
+        no other reclaim in this pass counts on them."""
         for index in indices:
             self.held_for[index] = (self.now, job_id)
+            self.promised.add(index)
         self.version += 1
 
     # ---- reasons ---------------------------------------------------------------------
@@ -507,25 +559,14 @@ class _Ledger:
             ]
             busy = sorted({self.mig_used[m.uuid] for m in same if m.uuid in self.mig_used})
             total = len(same)
-            return f"needs a MIG {want.mig_profile} instance; all {total} are in use" + (
+            in_use = "the only one is in use" if total == 1 else f"all {total} are in use"
+            return f"needs a MIG {want.mig_profile} instance; {in_use}" + (
                 f" ({'job' if len(busy) == 1 else 'jobs'} {_listing(busy)})" if busy else ""
             )
-        held = sorted(
-            {(i, j) for i, (_, j) in self.held_for.items() if self.slots[i].healthy},
-        )
-        held_note = ""
-        if held:
-            by_job: dict[int, list[int]] = {}
-            for index, job in held:
-                by_job.setdefault(job, []).append(index)
-            parts = [
-                f"{'GPU' if len(ix) == 1 else 'GPUs'} {_listing(ix)} (job {job})"
-                for job, ix in sorted(by_job.items())
-            ]
-            held_note = "; kept for jobs ahead of it: " + ", ".join(parts)
+        held_note = self.held_note(want)
         if want.gpus >= 1 and not want.gpu_mem:
             free = sum(1 for g in self.whole if self.share[g.index] == 0)
-            return f"waiting for {want.gpus:g} GPU ({free} of {len(self.whole)} free){held_note}"
+            return f"waiting for {_plural(want.gpus, 'GPU')} ({free} of {len(self.whole)} free){held_note}"
         need = _need_bytes(want, self.whole[0])
         if want.gpus < 1 and not want.gpu_mem:
             most = max(self.whole, key=lambda g: (1.0 - self.share[g.index], -g.index))
@@ -545,6 +586,26 @@ class _Ledger:
             f" {_gib(self.free_gpu_mem_bytes(best))} on GPU {best.index}"
             f"{self._others_note()}{held_note}"
         )
+
+    def held_note(self, want: Want) -> str:
+        """ "; kept for jobs ahead of it: GPUs 0, 1 (job 5)", or "" when nothing is kept."""
+        held = sorted(
+            {
+                (i, j)
+                for i, (_, j) in self.held_for.items()
+                if self.slots[i].healthy and j != want.id
+            }
+        )
+        if not held:
+            return ""
+        by_job: dict[int, list[int]] = {}
+        for index, job in held:
+            by_job.setdefault(job, []).append(index)
+        parts = [
+            f"{'GPU' if len(ix) == 1 else 'GPUs'} {_listing(ix)} (job {job})"
+            for job, ix in sorted(by_job.items())
+        ]
+        return "; kept for jobs ahead of it: " + ", ".join(parts)
 
     def _others_note(self) -> str:
         """ "(GPU 1: 30.0 GiB held by pid 812, not a queue job)" for memory outside the queue."""
@@ -583,12 +644,14 @@ def _place(free: Sequence[GpuSlot], count: int) -> tuple[int, ...]:
     return tuple(g.index for g in free[:count])
 
 
-def _spare_units(held: Sequence[Holding], quotas: Mapping[str, float]) -> dict[str, float]:
-    """GPUs each group holds beyond its quota (jobs already stopping left out): how much of
-    it may be reclaimed without taking the group below its guarantee."""
+def _spare_units(
+    held: Sequence[Holding], quotas: Mapping[str, float], leaving: set[int]
+) -> dict[str, float]:
+    """GPUs each group holds beyond its quota (jobs already stopping, and those in `leaving`,
+    left out): how much of it may be reclaimed without taking the group below its guarantee."""
     used: dict[str, float] = {}
     for h in held:
-        if not h.stopping:
+        if not h.stopping and h.id not in leaving:
             used[h.group] = used.get(h.group, 0.0) + gpu_units(h.gpus, h.mig_profile)
     return {g: u - quotas.get(g, 0.0) for g, u in used.items() if u > quotas.get(g, 0.0) + _EPS}
 
@@ -602,39 +665,89 @@ def _fits_without(
 def _pick_without(
     ledger: _Ledger, want: Want, removed: set[int], res: Resources, now: float, settings: Settings
 ) -> tuple[int, ...] | None:
-    """The GPUs `want` would get if the jobs in `removed` were gone."""
-    trial = _Ledger([h for h in ledger.held if h.id not in removed], res, now, settings)
-    picked = trial.pick(want)
+    """The GPUs `want` would get if the jobs in `removed` were gone (GPUs promised to other
+    jobs in this pass stay out of reach)."""
+    picked = _trial(ledger, removed, res, now, settings).pick(want)
     return None if picked is None else picked[0]
+
+
+def _trial(
+    ledger: _Ledger, removed: set[int], res: Resources, now: float, settings: Settings
+) -> _Ledger:
+    """A ledger of the running jobs less `removed`, with the GPUs promised in this pass full."""
+    trial = ledger.without(removed)
+    for index in ledger.promised:
+        trial.share[index] = max(trial.share[index], 1.0)
+    return trial
+
+
+def _restartable(
+    ledger: _Ledger,
+    want: Want,
+    placement: tuple[int, ...],
+    victims: Sequence[Holding],
+    removed: set[int],
+    res: Resources,
+    now: float,
+    settings: Settings,
+) -> tuple[dict[str, float], set[int]]:
+    """(GPUs' worth per group, ids) of `victims` that could start again at once in the room
+    left once `want` runs on `placement` (the smallest first): preempted there, they come back
+    within their group's quota, so the group is not left below it."""
+    trial = _trial(ledger, removed, res, now, settings)
+    trial.take(Holding(want.id, want.group, placement, want.gpus, want.gpu_mem, started_at=now))
+    back: dict[str, float] = {}
+    ids: set[int] = set()
+    for victim in sorted(victims, key=lambda h: (gpu_units(h.gpus, h.mig_profile), -h.id)):
+        if victim.mig_uuids:
+            continue
+        again = Want(
+            victim.id, 0, victim.group, victim.gpus, victim.gpu_mem, time_limit=victim.time_limit
+        )
+        picked = trial.pick(again)
+        if picked is None:
+            continue
+        trial.take(
+            Holding(victim.id, victim.group, picked[0], victim.gpus, victim.gpu_mem, started_at=now)
+        )
+        back[victim.group] = back.get(victim.group, 0.0) + again.units
+        ids.add(victim.id)
+    return back, ids
 
 
 def _reclaim(
     ledger: _Ledger, want: Want, res: Resources, now: float, settings: Settings
-) -> tuple[list[Holding], list[Holding], tuple[int, ...]] | None:
-    """For a job within its group's quota that does not fit: the stopping jobs it waits for,
-    or preemptible jobs of groups over their quota whose GPUs make it fit, youngest first and
-    never taking a group below its own quota. For whole GPUs it frees GPUs one at a time (the
-    cheapest to free first, then the one whose oldest job is youngest), so fractions spread over
-    several GPUs are not preempted without freeing one."""
-    stopping = {h.id for h in ledger.held if h.stopping}
-    if stopping and _fits_without(ledger, want, stopping, res, now, settings):
-        waited = [h for h in ledger.held if h.id in stopping]
-        needed = [
-            h
-            for h in waited
-            if not _fits_without(ledger, want, stopping - {h.id}, res, now, settings)
-        ]
+) -> tuple[list[Holding], list[Holding], tuple[int, ...], set[int]] | None:
+    """For a job within its group's quota that does not fit: (the stopping jobs it waits for,
+    the jobs to preempt, the GPUs it will get, the ids of victims moved rather than reclaimed:
+    they can start again at once elsewhere), or None if nothing can be freed for it.
+
+    It waits for stopping jobs whose GPUs no earlier job of this pass was promised; else it
+    preempts jobs of other groups whose GPUs make it fit, never taking a group below its own
+    quota: first only jobs of groups over their quota, within what they hold beyond it; else
+    (fractions spread so that no GPU frees within that) also jobs past it, of any other group,
+    when those past it can start again at once in the room left (the group keeps its quota
+    overall: the fraction moves). For whole GPUs it frees GPUs one at a time (the cheapest to
+    free first, then the one whose oldest job is youngest), so fractions spread over several
+    GPUs are not preempted without freeing one; then it keeps only the victims it needs."""
+    leaving = ledger.preempting | ledger.claimed
+    stopping = {h.id for h in ledger.held if h.stopping or h.id in ledger.preempting}
+    waitable = stopping - ledger.claimed  # stopping jobs whose GPUs nobody was promised yet
+    if waitable and _fits_without(ledger, want, stopping, res, now, settings):
         gpus = _pick_without(ledger, want, stopping, res, now, settings) or ()
-        return needed or waited, [], gpus
-    spare = _spare_units(ledger.held, settings.quotas)
+        # The stopping jobs on the GPUs it will get (others may be promised to later jobs).
+        waited = [h for h in ledger.held if h.id in waitable and set(h.gpu_indices) & set(gpus)]
+        if waited:
+            return waited, [], gpus, set()
+    spare = _spare_units(ledger.held, settings.quotas, leaving)
 
     def allowed(h: Holding) -> bool:
         return (
             h.preemptible
             and not h.stopping
+            and h.id not in leaving
             and h.id not in ledger.started_now
             and h.group != want.group
-            and h.group in spare
             and bool(h.gpu_indices or h.mig_uuids)
         )
 
@@ -643,14 +756,18 @@ def _reclaim(
     if want.gpus >= 1 and not want.mig_profile:
         on_gpu: dict[int, list[Holding]] = {}
         for h in ledger.held:
-            if not h.mig_uuids:
+            if not h.mig_uuids and h.id not in stopping:
                 for index in h.gpu_indices:
                     on_gpu.setdefault(index, []).append(h)
         for index, jobs in on_gpu.items():
-            if all(allowed(h) for h in jobs) and not ledger.slots[index].mig:
+            if (
+                all(allowed(h) for h in jobs)
+                and not ledger.slots[index].mig
+                and index not in ledger.promised
+            ):
                 steps.append(jobs)
         # The GPU that costs least to free (fewest GPUs' worth of jobs), then the one whose
-        # oldest job is youngest: as many GPUs as the borrowers' spare allows.
+        # oldest job is youngest.
         steps.sort(
             key=lambda jobs: (
                 sum(gpu_units(h.gpus, h.mig_profile) for h in jobs),
@@ -661,6 +778,72 @@ def _reclaim(
     else:
         steps = [[h] for h in sorted(ledger.held, key=lambda h: (-h.started_at, -h.id))]
         steps = [step for step in steps if allowed(step[0])]
+    # First only borrowers' jobs, within each one's spare. Then, where fractions are spread
+    # over GPUs so that no GPU frees within the spare (a borrower's share beyond its quota
+    # shares GPUs with its guaranteed jobs, or a group within its quota is spread thin), also
+    # past the spare, if the victims past it can start again at once in the room left: each
+    # group then keeps its quota overall (a preempted fraction moves to another GPU). Last,
+    # a job that started beyond its group's quota although part of it lies within (a 4-GPU job
+    # that took a group with a quota of 5 from 4 GPUs to 8): it borrows, so it is reclaimed,
+    # even though its group is then left below its quota by the part that lay within.
+    over = _over_quota_jobs(ledger.held, settings.quotas, leaving)
+    for mode in ("spare", "moved", "over"):
+        if mode == "spare":
+            usable = [step for step in steps if all(h.group in spare for h in step)]
+        elif mode == "over":
+            usable = [step for step in steps if all(h.id in over for h in step)]
+        else:
+            usable = steps
+        strict = mode == "spare"
+        found = _choose_victims(ledger, want, usable, spare, stopping, strict, res, now, settings)
+        if found is None or not found[0]:
+            continue
+        chosen, removed = found
+        placement = _pick_without(ledger, want, removed, res, now, settings) or ()
+        moved: set[int] = set()
+        if mode == "moved":
+            taken: dict[str, float] = {}
+            for h in chosen:
+                taken[h.group] = taken.get(h.group, 0.0) + gpu_units(h.gpus, h.mig_profile)
+            back, moved = _restartable(ledger, want, placement, chosen, removed, res, now, settings)
+            if any(c - back.get(g, 0.0) > spare.get(g, 0.0) + _EPS for g, c in taken.items()):
+                continue
+        return [], chosen, placement, moved
+    return None
+
+
+def _over_quota_jobs(
+    held: Sequence[Holding], quotas: Mapping[str, float], leaving: set[int]
+) -> set[int]:
+    """Ids of the jobs that took their group beyond its quota: within each group, by start
+    (oldest first), those at which the running total passes the quota. Jobs already stopping,
+    and those in `leaving`, do not count."""
+    running = sorted(
+        (h for h in held if not h.stopping and h.id not in leaving),
+        key=lambda h: (h.started_at, h.id),
+    )
+    total: dict[str, float] = {}
+    over: set[int] = set()
+    for h in running:
+        total[h.group] = total.get(h.group, 0.0) + gpu_units(h.gpus, h.mig_profile)
+        if total[h.group] > quotas.get(h.group, 0.0) + _EPS:
+            over.add(h.id)
+    return over
+
+
+def _choose_victims(
+    ledger: _Ledger,
+    want: Want,
+    steps: Sequence[Sequence[Holding]],
+    spare: Mapping[str, float],
+    stopping: set[int],
+    strict: bool,
+    res: Resources,
+    now: float,
+    settings: Settings,
+) -> tuple[list[Holding], set[int]] | None:
+    """Steps in order until `want` fits (with `strict`, only those within each group's spare),
+    then the victims it needs (releasing the oldest chosen first): (victims, removed ids)."""
     chosen: list[Holding] = []
     removed = set(stopping)
     taken: dict[str, float] = {}
@@ -670,7 +853,9 @@ def _reclaim(
         cost: dict[str, float] = {}
         for h in fresh:
             cost[h.group] = cost.get(h.group, 0.0) + gpu_units(h.gpus, h.mig_profile)
-        if any(taken.get(g, 0.0) + c > spare[g] + _EPS for g, c in cost.items()):
+        if strict and any(
+            taken.get(g, 0.0) + c > spare.get(g, 0.0) + _EPS for g, c in cost.items()
+        ):
             continue  # it would take that group below its quota
         for g, c in cost.items():
             taken[g] = taken.get(g, 0.0) + c
@@ -681,12 +866,11 @@ def _reclaim(
             break
     if not fits:
         return None
-    # Keep only the victims it needs: try releasing the oldest ones chosen first.
     for victim in sorted(chosen, key=lambda h: (h.started_at, h.id)):
         if _fits_without(ledger, want, removed - {victim.id}, res, now, settings):
             removed.discard(victim.id)
             chosen.remove(victim)
-    return [], chosen, _pick_without(ledger, want, removed, res, now, settings) or ()
+    return chosen, removed
 
 
 def _exceeding(running: Sequence[Holding], res: Resources, settings: Settings) -> list[Decision]:
@@ -733,21 +917,33 @@ def plan(
     ledger = _Ledger(running, res, now, settings)
     decisions: list[Decision] = list(_exceeding(running, res, settings))
     # A job's shape decides everything but its place in the order, so while nothing was
-    # handed out since a job of the same shape had to wait, the next one waits for the same
-    # reason: one dict look-up per job keeps a pass fast with thousands queued.
+    # handed out since a job of the same shape had to wait (or was deferred to borrow), the
+    # next one waits for the same reason (or is deferred too): one dict look-up per job keeps
+    # a pass fast with thousands queued.
     quotas = settings.quotas
     within, borrowing = _order(queued, quotas, ledger.group_units)
     deferred: list[Want] = []
     for phase in (within, None):
         if phase is None:  # borrowers, with the jobs that came to borrow while phase 1 ran
-            deferred.sort(key=_BY_RANK)
-            phase = list(heapq.merge(deferred, borrowing, key=_BY_RANK))
+            if deferred:  # both in rank order: the sort merges two runs
+                phase = deferred + borrowing
+                phase.sort(key=_BY_RANK)
+            else:
+                phase = borrowing
             checking = False
         else:
             checking = bool(quotas)
-        unfit: dict[int, tuple[int, str]] = {}
+        unfit: dict[int, tuple[int, str | None]] = {}  # shape -> (version, reason; None: defer)
         version = ledger.version
         for want in phase:
+            if not want.deps:
+                known = unfit.get(want.shape)
+                if known is not None and known[0] == version:
+                    if known[1] is None:
+                        deferred.append(want)
+                    elif known[1] != want.reason:
+                        decisions.append(Wait(want.id, known[1]))
+                    continue
             if (
                 checking
                 and want.units > 0
@@ -755,17 +951,16 @@ def plan(
                 > quotas.get(want.group, 0.0) + _EPS
             ):
                 deferred.append(want)  # its group filled its quota in this pass: it borrows
+                if not want.deps:
+                    unfit[want.shape] = (version, None)
                 continue
-            if not want.deps:
-                known = unfit.get(want.shape)
-                if known is not None and known[0] == version:
-                    if known[1] != want.reason:
-                        decisions.append(Wait(want.id, known[1]))
-                    continue
             decision = _decide(want, ledger, dep_states, res, settings, now, decisions)
             version = ledger.version
             if isinstance(decision, Wait):
-                if not want.deps:
+                if ledger.reclaiming:
+                    ledger.reclaiming = False
+                    unfit.pop(want.shape, None)
+                elif not want.deps:
                     unfit[want.shape] = (version, decision.reason)
                 if decision.reason == want.reason:
                     continue
@@ -781,18 +976,15 @@ def _order(
     comes in id order (as the store lists it)."""
     inside_buckets: dict[int, list[Want]] = {}
     beyond_buckets: dict[int, list[Want]] = {}
-    borrowing: dict[int, bool] = {}
+    route: dict[int, dict[int, list[Want]]] = {}  # shape -> the buckets its jobs go to
     for want in queued:
-        buckets = inside_buckets
-        if quotas:
-            over = borrowing.get(want.shape)
-            if over is None:
-                over = borrowing[want.shape] = not (
-                    want.units > 0
-                    and used.get(want.group, 0.0) + want.units <= quotas.get(want.group, 0.0) + _EPS
-                )
-            if over:
-                buckets = beyond_buckets
+        buckets = route.get(want.shape)
+        if buckets is None:
+            over = bool(quotas) and not (
+                want.units > 0
+                and used.get(want.group, 0.0) + want.units <= quotas.get(want.group, 0.0) + _EPS
+            )
+            buckets = route[want.shape] = beyond_buckets if over else inside_buckets
         bucket = buckets.get(want.priority)
         if bucket is None:
             buckets[want.priority] = [want]
@@ -808,11 +1000,7 @@ def _order(
     return within, beyond
 
 
-def _by_rank(want: Want) -> tuple[int, int]:
-    return (-want.priority, want.id)
-
-
-_BY_RANK = _by_rank
+_BY_RANK = operator.attrgetter("rank")
 _BY_ID = operator.attrgetter("id")
 
 
@@ -843,7 +1031,7 @@ def _decide(
         return Wait(want.id, f"group '{want.group}' is at its limit of {limit} running")
     if want.cpus and ledger.cpus + want.cpus > res.cpus + _EPS:
         free = max(res.cpus - ledger.cpus, 0)
-        return Wait(want.id, f"waiting for {want.cpus:g} CPUs ({free:g} free)")
+        return Wait(want.id, f"waiting for {_plural(want.cpus, 'CPU')} ({free:g} free)")
     if want.mem and res.mem_bytes and ledger.mem + want.mem > res.mem_bytes:
         free_mem = max(res.mem_bytes - ledger.mem, 0)
         return Wait(want.id, f"waiting for {_gib(want.mem)} of memory ({_gib(free_mem)} free)")
@@ -852,13 +1040,16 @@ def _decide(
     if want.units > 0:
         picked = ledger.pick(want)
         if picked is None:
+            holds = want.gpus >= 1 and not want.mig_profile
             quota_reason = _wait_with_quota(
                 ledger, want, want.units, settings.quotas, decisions, res, now, settings
             )
             if quota_reason is not None:
+                if not ledger.reclaiming:
+                    quota_reason += ledger.held_note(want)
                 return Wait(want.id, quota_reason)
             reason = ledger.wait_reason(want)
-            if want.gpus >= 1 and not want.mig_profile and ledger.holds < settings.backfill_depth:
+            if holds and ledger.holds < settings.backfill_depth:
                 ledger.hold_for(want)
             return Wait(want.id, reason)
         indices, devices = picked
@@ -909,9 +1100,12 @@ def _wait_with_quota(
     reclaim = _reclaim(ledger, want, res, now, settings)
     if reclaim is None:
         return None
-    waited, victims, placement = reclaim
+    waited, victims, placement, moved = reclaim
     freed = sorted({i for h in (*waited, *victims) for i in h.gpu_indices})
     ledger.hold_now(placement, want.id)  # the GPUs it will get, freed or already free
+    ledger.reclaiming = True
+    ledger.claimed.update(h.id for h in waited)
+    ledger.preempting.update(h.id for h in victims)
     ledger.group_units[want.group] = used + units
     gpus = f"{'GPU' if len(freed) == 1 else 'GPUs'} {_listing(freed)}"
     if waited:
@@ -920,17 +1114,23 @@ def _wait_with_quota(
         return f"within its group's quota; waiting for {jobs} {ids} to stop and free {gpus}"
     for victim in victims:
         vquota = quotas.get(victim.group, 0.0)
-        decisions.append(
-            Preempt(
-                victim.id,
-                f"preempted for job {want.id}: group {victim.group} is over its quota of"
-                f" {vquota:g} and group {want.group} is under its own",
-                want.id,
-            )
+        why = (
+            f"group {want.group} is under its quota and needs whole GPUs; this job can start"
+            f" again at once on room left on another GPU"
+            if victim.id in moved
+            else f"group {victim.group} is over its quota of {vquota:g} and group {want.group}"
+            " is under its own"
         )
-    ids = _listing(sorted(h.id for h in victims))
-    jobs = "job" if len(victims) == 1 else "jobs"
+        decisions.append(Preempt(victim.id, f"preempted for job {want.id}: {why}", want.id))
+    parts = []
+    for label, group in (
+        ("over-quota", [h.id for h in victims if h.id not in moved]),
+        ("to move to room on other GPUs", [h.id for h in victims if h.id in moved]),
+    ):
+        if group:
+            jobs = "job" if len(group) == 1 else "jobs"
+            parts.append(f"{jobs} {_listing(sorted(group))} ({label})")
     return (
-        f"within its group's quota of {quota:g}; reclaiming {gpus} by preempting {jobs} {ids}"
-        f" (over-quota)"
+        f"within its group's quota of {quota:g}; reclaiming {gpus} by preempting"
+        f" {' and '.join(parts)}"
     )

@@ -25,6 +25,7 @@ from workbench.paths import job_umask
 CANCEL_FILE = "cancel"  # the grace in seconds for a cancel the daemon asked for (SIGUSR1)
 _CHUNK = 65536
 _FULL_DISK_RETRY_S = 1.0
+_STOP_WAIT_S = 5.0  # how long stop_all waits for the killed processes to be gone
 _END_RESERVE_BYTES = 256 * 1024  # held by the log from the start, for the drop marker and exit.json
 
 
@@ -281,6 +282,16 @@ class LocalExecutor:
         cg.signal_each(pids, signal.SIGKILL)
         if handle.pid is not None and self.adopt(handle):
             cg.signal_each([handle.pid], signal.SIGKILL)
+        # A killed process is listed until it has run its exit (on a busy machine, a while),
+        # and one caught in fork leaves a child the first look missed: look again until none
+        # is left, so that the job is settled only once its processes are gone.
+        deadline = time.monotonic() + _STOP_WAIT_S
+        while time.monotonic() < deadline:
+            left = self.job_pids(handle)
+            if not left:
+                break
+            cg.signal_each(left, signal.SIGKILL)
+            time.sleep(0.01)
         return len(pids)
 
     def log_path(self, handle: Handle) -> Path:
@@ -309,7 +320,9 @@ def fork_wrapper(launch: Launch, cgroup_dir: Path | None) -> tuple[int, float | 
         try:
             cgroup_dir = _prepare(launch, cgroup_dir)
             start_time = runner.process_start_time(os.getpid())
-            record = runner.WrapperRecord(launch.token, os.getpid(), start_time)
+            record = runner.WrapperRecord(
+                launch.token, os.getpid(), start_time, launch.env.get("CUDA_VISIBLE_DEVICES")
+            )
             runner.write_wrapper(launch.run_dir, record)
             devnull = os.open(os.devnull, os.O_RDWR)
             os.dup2(devnull, 0)
@@ -554,15 +567,17 @@ def _wrapper_main(launch: Launch, cgroup_dir: Path | None) -> int:
     cpu_s, peak = None, None
     if cgroup_dir is not None:
         cpu_s, peak = cg.cgroup_usage(cgroup_dir)
+    cpu_source = peak_source = "cgroup"
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     if cpu_s is None:
-        cpu_s = usage.ru_utime + usage.ru_stime
+        cpu_s, cpu_source = usage.ru_utime + usage.ru_stime, "rusage"
     if peak is None:
-        peak = usage.ru_maxrss * 1024
+        peak, peak_source = usage.ru_maxrss * 1024, "rusage"
     ended = runner.status_from_wait(main_status)
     status = runner.ExitStatus(
-        ended.exit_code, ended.signal, ended.ended_at, cpu_s, peak, len(leftovers)
-    )
+        ended.exit_code, ended.signal, ended.ended_at, cpu_s, peak, len(leftovers),
+        cpu_source, peak_source,
+    )  # fmt: skip
     _record_end(launch, status)
     return 0
 

@@ -306,6 +306,16 @@ class _Pending:
     deps: tuple[tuple[str, str], ...]
 
 
+def due_for_slurm(queued: Sequence[Job], now: float) -> list[Job]:
+    """The queued jobs that may be handed to Slurm at `now` (Unix s): all but those whose
+    automatic retry still backs off. A failed attempt with retries left is requeued with
+    `not_before` (the store sets it from `workbench.jobmodel.retry`: 1 s doubling to 60 s, the
+    same delays as local retries), so a job that fails at once on the cluster does not flood
+    sbatch. A job held back keeps its reason ("retrying in 4s (attempt 3 of 5); ...") and goes
+    in the first submit round after its time (the daemon runs one when a back-off ends)."""
+    return [job for job in queued if job.not_before is None or job.not_before <= now]
+
+
 class SlurmExecutor:
     """The daemon's half of the Slurm executor.
 
@@ -587,6 +597,7 @@ class SlurmExecutor:
             fresh = [p.job_id for p in placement_db.slurm_placements(self.store) if not p.slurm_id]
             jobs = [self.store.find(job_id) for job_id in fresh]
             queued = [j for j in jobs if j is not None and j.state == QUEUED and j.intent is None]
+            queued = due_for_slurm(queued, time.time())
             batches = self._batches(self._ready(queued)) if queued else []
             for items, cap in batches:
                 self._submit(items, cap)
