@@ -5,6 +5,7 @@ twice when the daemon stops while it holds one."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import marshal
 import os
@@ -717,3 +718,17 @@ def test_a_flood_of_submissions_is_taken_a_batch_per_wake_up(home: Home) -> None
     finally:
         intake.close()
         store.close()
+
+
+@pytest.mark.parametrize("content", [b"\xff", "²".encode(), b""])
+def test_a_lock_held_without_a_readable_pid_is_no_traceback(home: Home, content: bytes) -> None:
+    """The lock file held with other bytes than a pid (being written, or damaged): reading it
+    raised UnicodeDecodeError or ValueError ('²' is a digit to str.isdigit) through submit."""
+    fd = os.open(home.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, content)
+        assert lock_holder(home) == -1
+    finally:
+        os.close(fd)
+    assert lock_holder(home) is None

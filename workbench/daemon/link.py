@@ -9,7 +9,8 @@ from workbench.paths import Home
 
 
 def lock_holder(home: Home) -> int | None:
-    """The pid of the running daemon of this home, or None if none holds the lock."""
+    """The pid of the running daemon of this home, None if none holds the lock, -1 if it is
+    held but does not hold a pid (being written, or damaged). Raises OSError."""
     if not home.lock.exists():
         return None
     fd = os.open(home.lock, os.O_RDONLY)
@@ -17,7 +18,7 @@ def lock_holder(home: Home) -> int | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            text = home.lock.read_text().strip()
+            text = home.lock.read_bytes().strip()  # held: the pid as ASCII digits, else -1
             return int(text) if text.isdigit() else -1
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
