@@ -126,7 +126,8 @@ class Intake:
     def _send(self, data: bytes, address: Any) -> None:
         """Answer one client. Unread answers are charged to this socket's send buffer, so with
         many slow clients a send can find it full: wait for room (a second at most). An answer
-        that cannot be sent is not lost: the client finds its job by the token in the store."""
+        that cannot be sent is not lost: the client, with no answer in 5 s, finds its job by the
+        token in the store."""
         assert self.sock is not None
         for _ in range(2):
             try:
@@ -151,14 +152,14 @@ class Intake:
         if request["v"] != INTAKE_VERSION:
             return {"token": token, "fallback": f"daemon speaks version {INTAKE_VERSION}"}
         if request["daemon"] != os.getpid():
-            # Sent to a daemon that stopped since: its client already looked for the job in
-            # the store, found none, and submits by itself. Taking it too would queue it twice.
+            # Sent to the daemon this one replaced: its client, seeing that one gone, looks for
+            # the job in the store and submits by itself. Taking it too would queue it twice.
             return {"token": token, "fallback": "sent to another daemon"}
         problem = malformed(request)
         if problem is not None:
             return {"token": token, "fallback": f"malformed submission ({problem})"}
         if not same_view(*peer):
-            return {"token": token, "fallback": "the client's groups are not the daemon's"}
+            return {"token": token, "fallback": "the client sees other files (groups, mounts)"}
         try:
             os.chdir(request["cwd"])  # relative paths (--spec, --cwd) are the client's
         except (OSError, ValueError):
