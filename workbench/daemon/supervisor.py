@@ -15,7 +15,7 @@ import sys
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 import psutil
@@ -477,18 +477,13 @@ class Daemon:
         first = True
         planned = False
         while True:
-            page = db.queue_head(self.store, after, QUEUE_PAGE)
-            batch = list(page)
             if first:
-                extra = db.queued_with_deps(self.store)
                 guaranteed = [g for g, quota in settings.quotas.items() if quota > 0]
-                if len(page) == QUEUE_PAGE and guaranteed:
-                    # The head of every group with a quota too: a job within its group's quota
-                    # must be planned (and reclaim) however many older jobs wait ahead of it.
-                    extra += db.group_heads(self.store, guaranteed, QUEUE_PAGE)
-                in_page = {p.id for p in page}
-                batch += list({j.id: j for j in extra if j.id not in in_page}.values())
+                page, batch = db.first_batch(self.store, guaranteed, QUEUE_PAGE)
                 first = False
+            else:
+                page = db.queue_head(self.store, after, QUEUE_PAGE)
+                batch = list(page)
             batch = [j for j in batch if j.id not in seen]
             seen.update(j.id for j in batch)
             if not batch:
@@ -514,24 +509,7 @@ class Daemon:
         dep_states = (
             {k: str(v) for k, v in self.store.states_of(dep_ids).items()} if dep_ids else {}
         )
-        wants = [
-            scheduler.Want(
-                j.id,
-                j.priority,
-                j.group,
-                j.gpus,
-                j.gpu_mem,
-                j.cpus,
-                j.mem,
-                j.deps,
-                j.fail_unrunnable,
-                mig_profile=j.mig_profile,
-                preemptible=j.preemptible and j.group not in self.config.not_preemptible,
-                time_limit=j.time_limit,
-                reason=j.reason,
-            )
-            for j in batch
-        ]
+        wants = wants_of(batch, self.config.not_preemptible)
         by_id = {j.id: j for j in batch}
         starts: list[tuple[db.QueuedJob, tuple[int, ...]]] = []
         now = time.time()
@@ -900,6 +878,30 @@ class Daemon:
         if self._lock_fd >= 0:
             os.ftruncate(self._lock_fd, 0)
             os.close(self._lock_fd)
+
+
+def wants_of(batch: list[db.QueuedJob], not_preemptible: Iterable[str]) -> list[scheduler.Want]:
+    """Queued jobs as the scheduler takes them; jobs of a group in `not_preemptible`
+    (`[groups.NAME] preemptible = false`) are never preempted."""
+    kept = set(not_preemptible)
+    return [
+        scheduler.Want(
+            j.id,
+            j.priority,
+            j.group,
+            j.gpus,
+            j.gpu_mem,
+            j.cpus,
+            j.mem,
+            j.deps,
+            j.fail_unrunnable,
+            mig_profile=j.mig_profile,
+            preemptible=j.preemptible and j.group not in kept,
+            time_limit=j.time_limit,
+            reason=j.reason,
+        )
+        for j in batch
+    ]
 
 
 def serve(home: Home) -> int:

@@ -123,6 +123,21 @@ def group_heads(store: Store, groups: Iterable[str], limit: int) -> list[QueuedJ
     return heads
 
 
+def first_batch(
+    store: Store, guaranteed: Sequence[str], limit: int
+) -> tuple[list[QueuedJob], list[QueuedJob]]:
+    """What a scheduling pass plans first: (the queue's head page of `limit` jobs, that page plus
+    every queued job with dependencies and, when the page is full, the head of each group in
+    `guaranteed` (groups with a GPU quota), each job once). A job within its group's quota is
+    so planned however many older jobs wait ahead of it."""
+    page = queue_head(store, None, limit)
+    extra = queued_with_deps(store)
+    if len(page) == limit and guaranteed:
+        extra += group_heads(store, guaranteed, limit)
+    in_page = {j.id for j in page}
+    return page, [*page, *{j.id: j for j in extra if j.id not in in_page}.values()]
+
+
 _NOT_BACKING_OFF = "(not_before IS NULL OR not_before <= ?)"
 _retry_checked: weakref.WeakKeyDictionary[Store, float] = weakref.WeakKeyDictionary()
 
