@@ -83,44 +83,34 @@ def _queued(conn: sqlite3.Connection, rows: list[Any]) -> list[QueuedJob]:
     ]
 
 
-def queue_head(store: Store, after: tuple[int, int] | None, limit: int) -> list[QueuedJob]:
+def queue_head(
+    store: Store, after: tuple[int, int] | None, limit: int, group: str | None = None
+) -> list[QueuedJob]:
     """Up to `limit` queued jobs in scheduling order (priority high first, then oldest), starting
-    after the (priority, id) key `after`. Cost: `limit` rows, whatever the queue's length.
+    after the (priority, id) key `after`; only `group`'s when given. Cost: `limit` rows, whatever
+    the queue's length (indexes `jobs_queue_order`, and `jobs_group_queue` for a group).
     Jobs bound to Slurm are left out: Slurm schedules them (workbench.daemon.executors.slurm)."""
-    conn = store.conn
-    now = time.time()  # a job backing off after a failure (not_before) is not yet a candidate
-    if after is None:
-        rows = conn.execute(
-            f"SELECT {_QUEUED_COLUMNS} FROM jobs WHERE state=? AND executor='local'"
-            f" AND {_NOT_BACKING_OFF} ORDER BY priority DESC, id LIMIT ?",
-            (JobState.QUEUED, now, limit),
-        ).fetchall()
-    else:
-        priority, job_id = after
-        rows = conn.execute(
-            f"SELECT {_QUEUED_COLUMNS} FROM jobs WHERE state=?"
-            " AND executor='local' AND (priority < ? OR (priority = ? AND id > ?))"
-            f" AND {_NOT_BACKING_OFF} ORDER BY priority DESC, id LIMIT ?",
-            (JobState.QUEUED, priority, priority, job_id, now, limit),
-        ).fetchall()
-    return _queued(conn, rows)
+    where = "state=? AND executor='local'"
+    params: list[Any] = [JobState.QUEUED]
+    if group is not None:
+        where += " AND grp=?"
+        params.append(group)
+    if after is not None:
+        where += " AND (priority < ? OR (priority = ? AND id > ?))"
+        params += [after[0], after[0], after[1]]
+    # A job backing off after a failure (not_before) is not yet a candidate.
+    rows = store.conn.execute(
+        f"SELECT {_QUEUED_COLUMNS} FROM jobs WHERE {where} AND {_NOT_BACKING_OFF}"
+        " ORDER BY priority DESC, id LIMIT ?",
+        (*params, time.time(), limit),
+    ).fetchall()
+    return _queued(store.conn, rows)
 
 
 def group_heads(store: Store, groups: Iterable[str], limit: int) -> list[QueuedJob]:
-    """The first `limit` queued jobs of each of `groups`, each in scheduling order (as
-    `queue_head`). Cost: one indexed page per group (`jobs_group_queue`), whatever the queue's
-    length."""
-    conn = store.conn
-    now = time.time()
-    heads: list[QueuedJob] = []
-    for group in groups:
-        rows = conn.execute(
-            f"SELECT {_QUEUED_COLUMNS} FROM jobs WHERE state=? AND grp=? AND executor='local'"
-            f" AND {_NOT_BACKING_OFF} ORDER BY priority DESC, id LIMIT ?",
-            (JobState.QUEUED, group, now, limit),
-        ).fetchall()
-        heads.extend(_queued(conn, rows))
-    return heads
+    """The first `limit` queued jobs of each of `groups`, each in scheduling order
+    (`queue_head` of one group: an indexed page per group, whatever the queue's length)."""
+    return [job for group in groups for job in queue_head(store, None, limit, group)]
 
 
 def first_batch(
