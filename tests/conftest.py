@@ -96,6 +96,18 @@ def workbench(
     )
 
 
+def imports_of(*args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """Run `python -X importtime -m workbench ARGS`; the result and the modules it imported."""
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "workbench", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+    return result, imported
+
+
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.02, what: str = "condition"):  # type: ignore[no-untyped-def]
     """Poll until predicate() is truthy; fail the test with `what` on timeout."""
     deadline = time.monotonic() + timeout

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import workbench
+from conftest import imports_of, workbench
 
 from workbench.db.store import Event, JobRequest, Store, StoreFull
 from workbench.paths import Home
@@ -426,14 +426,8 @@ def test_retention_from_config(home: Home) -> None:
 
 
 def test_a_submit_imports_no_table_renderer_duckdb_or_torch(home: Home) -> None:
-    result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "workbench", "submit", "--paused", "--", "true"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result, imported = imports_of("submit", "--paused", "--", "true")
     assert result.returncode == 0, result.stderr
-    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
     assert "workbench.cli.main" in imported  # the measurement works
     assert not imported & {"rich.table", "duckdb", "torch", "pyarrow", "textual"}
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import stop_daemon, workbench
+from conftest import imports_of, stop_daemon, workbench
 
 from workbench.daemon.client import Client, ensure_daemon
 from workbench.daemon.intake import MAX_FLAGS, Intake, read_request, same_view, well_formed
@@ -140,14 +140,8 @@ def test_json_and_wait_through_the_daemon(daemon: Home) -> None:
 
 
 def test_a_quick_submit_imports_no_store_parser_or_job_model(daemon: Home) -> None:
-    result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "workbench", "submit", "--paused", "--", "true"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result, imported = imports_of("submit", "--paused", "--", "true")
     assert result.returncode == 0, result.stderr
-    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
     assert "workbench.cli.entry" in imported  # the measurement works
     heavy = {"workbench.cli.main", "workbench.db.store", "sqlite3", "argparse", "dataclasses"}
     assert not imported & heavy, imported & heavy
@@ -191,7 +185,7 @@ def _fake_daemon(home: Home, queue_it: bool, stay: bool = False) -> subprocess.P
                              paused=True)
             store.submit(req, request_token=request["token"])
         if {stay!r}:
-            print("queued", flush=True)
+            print("taken", flush=True)
             sys.stdin.read()  # holds the lock until the test closes stdin
         os.unlink(home.intake_socket)
         os._exit(0)  # stops without answering; the lock goes with it
@@ -234,7 +228,7 @@ def test_an_answer_that_never_comes_is_found_in_the_store(home: Home) -> None:
     fake = _fake_daemon(home, queue_it=True, stay=True)
     try:
         result = workbench("submit", "--json", "--paused", "--", "true", timeout=60)
-        assert fake.stdout is not None and fake.stdout.readline().strip() == "queued"
+        assert fake.stdout is not None and fake.stdout.readline().strip() == "taken"
     finally:
         assert fake.stdin is not None
         fake.stdin.close()
@@ -467,30 +461,8 @@ def test_a_daemon_that_never_answers_is_given_up_on(home: Home) -> None:
     """A stand-in daemon takes the datagram and never answers (a lost answer, a stalled loop):
     the client used to wait for ever. It gives up, finds no job, and submits by itself."""
     Store.open(home.state_db).close()
-    script = textwrap.dedent(
-        """
-        import fcntl, os, socket, sys
-        from workbench.paths import Home
-        home = Home.current()
-        fd = os.open(home.lock, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        os.write(fd, str(os.getpid()).encode())
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(str(home.intake_socket))
-        print("ready", flush=True)
-        sock.recv(1 << 20)
-        sys.stdin.read()  # holds the lock, answering nothing, until the test closes stdin
-        """
-    )
-    fake = subprocess.Popen(
-        [sys.executable, "-c", script],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=os.environ,
-    )
+    fake = _fake_daemon(home, queue_it=False, stay=True)
     try:
-        assert fake.stdout is not None and fake.stdout.readline().strip() == "ready"
         result = workbench("submit", "--paused", "--", "true", timeout=60)
     finally:
         assert fake.stdin is not None
