@@ -26,7 +26,7 @@ from workbench.present import job_json
 from workbench.queue import submission
 from workbench.queue.spec import SpecError
 
-_CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
+CREDENTIALS = struct.Struct("iII")  # struct ucred: pid, uid, gid (SO_PASSCRED)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STORE = 0, 1, 2, 3
 _SEND_WAIT_S = 1.0
 # argparse compares every option word with every other (quadratic): 30,000 flags in one
@@ -39,6 +39,18 @@ MAX_SPEC_BYTES = 1 << 20
 _CALLERS_OWN = ("/dev/", "/proc/")
 _PARSERS_KEPT = 8  # parsers kept, one per terminal width seen
 TAKEN_PER_CALL = 32  # submissions answered per wake-up of the loop (a few ms each)
+
+
+def peer_credentials(
+    ancillary: list[tuple[int, int, bytes]],
+) -> tuple[int | None, int | None, int | None]:
+    """(pid, uid, gid) of a datagram's sender from `recvmsg`'s ancillary data on a socket with
+    SO_PASSCRED (Linux, unix(7)); Nones when the kernel attached none."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+            pid, uid, gid = CREDENTIALS.unpack(data[: CREDENTIALS.size])
+            return pid, uid, gid
+    return None, None, None
 
 
 class Intake:
@@ -99,16 +111,13 @@ class Intake:
                 break
             try:
                 data, ancillary, flags, address = self.sock.recvmsg(
-                    MAX_SUBMISSION_BYTES + 1, socket.CMSG_SPACE(_CREDENTIALS.size)
+                    MAX_SUBMISSION_BYTES + 1, socket.CMSG_SPACE(CREDENTIALS.size)
                 )
             except (BlockingIOError, InterruptedError):
                 return queued
             except OSError:
                 return queued
-            pid = uid = gid = None
-            for level, kind, payload in ancillary:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-                    pid, uid, gid = _CREDENTIALS.unpack(payload[: _CREDENTIALS.size])
+            pid, uid, gid = peer_credentials(ancillary)
             if uid != os.getuid():
                 self.refused += 1
                 if self.refused <= 10 or self.refused % 1000 == 0:

@@ -10,7 +10,6 @@ import os
 import selectors
 import signal
 import socket
-import struct
 import sys
 import time
 import traceback
@@ -26,7 +25,7 @@ from workbench.daemon.executors import Ended, Executor, Handle, Launch, LaunchEr
 from workbench.daemon.executors.containment import remove_empty_cgroups
 from workbench.daemon.executors.local import LocalExecutor
 from workbench.daemon.executors.slurm import SlurmExecutor
-from workbench.daemon.intake import Intake
+from workbench.daemon.intake import CREDENTIALS, Intake, peer_credentials
 from workbench.db import executors as placement_db
 from workbench.db import scheduling as db
 from workbench.db.store import Job, Store
@@ -47,7 +46,6 @@ DEBUG_LAUNCH_DELAY_ENV = (
 )
 _RETRY_S = 1.0  # how soon a write that failed (disk full, busy) is tried again
 _STOP_BACKSTOP_S = 5.0  # after the kill grace, the daemon itself kills what a cancel left
-_CREDENTIALS = struct.Struct("iII")  # struct ucred: pid, uid, gid
 _WRITE_ERRORS = db.RETRYABLE_ERRORS  # a write that may work when retried
 
 
@@ -838,15 +836,12 @@ class Daemon:
         woke = False
         while True:
             try:
-                _, ancillary, _, _ = self._sock.recvmsg(64, socket.CMSG_SPACE(_CREDENTIALS.size))
+                _, ancillary, _, _ = self._sock.recvmsg(64, socket.CMSG_SPACE(CREDENTIALS.size))
             except BlockingIOError:
                 return woke
             except OSError:
                 return woke
-            uid = None
-            for level, kind, data in ancillary:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-                    _, uid, _ = _CREDENTIALS.unpack(data[: _CREDENTIALS.size])
+            _, uid, _ = peer_credentials(ancillary)
             if uid == os.getuid():
                 woke = True
             else:
