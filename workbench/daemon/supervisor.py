@@ -444,7 +444,12 @@ class Daemon:
             self.log(f"telemetry sample skipped ({error})")
             return
         placement = self.gpus.placement() if self.gpus is not None else None
-        self.gpu_slots = gpu_slots(tick.gpus, set(tick.owners), placement)
+        slots = gpu_slots(tick.gpus, set(tick.owners), placement)
+        if slots != self.gpu_slots:
+            # Memory freed or taken outside the queue, a GPU lost or back, MIG changed: a
+            # waiting job may fit now, and its reason (which names these) may be stale.
+            self.gpu_slots = slots
+            self._dirty = True
         for job_id, used in job_gpu_memory(tick.gpus, tick.owners).items():
             if used > self.gpu_mem_seen.get(job_id, 0):
                 self.gpu_mem_seen[job_id] = used
