@@ -301,6 +301,63 @@ CASES = [
         Settings(drain=True),
         {2: Block(2, "dependency 1 failed")},
     ),
+    # A GPU that reports an error may answer again: a job that needs it waits, saying so, and
+    # is not failed as one that can never run here (nor told the machine has fewer GPUs).
+    (
+        "a job that needs a GPU in error waits, naming it",
+        [Want(1, gpus=2, fail_unrunnable=True)],
+        [],
+        {},
+        Resources(gpus=(GpuSlot(0, 80 * GiB), GpuSlot(1, 80 * GiB, healthy=False)), cpus=8),
+        Settings(),
+        {1: Wait(1, "waiting for 2 GPUs (1 of 1 free; GPU 1 reports an error)")},
+    ),
+    (
+        "every GPU in error: a wait, not a failure",
+        [Want(1, gpus=0.5, gpu_mem=8 * GiB, fail_unrunnable=True)],
+        [],
+        {},
+        Resources(gpus=(GpuSlot(0, 80 * GiB, healthy=False),), cpus=8),
+        Settings(),
+        {1: Wait(1, "waiting for 0.5 GPUs (0 of 0 free; GPU 0 reports an error)")},
+    ),
+    (
+        "a MIG instance on a GPU in error",
+        [Want(1, mig_profile="1g.10gb", fail_unrunnable=True)],
+        [],
+        {},
+        Resources(
+            gpus=(
+                GpuSlot(0, 80 * GiB, healthy=False, mig=(MigSlot("MIG-a", "1g.10gb", 10 * GiB),)),
+                GpuSlot(1, 80 * GiB),
+            ),
+            cpus=8,
+        ),
+        Settings(),
+        {1: Wait(1, "needs a MIG 1g.10gb instance; GPU 0 reports an error")},
+    ),
+    (
+        "memory reasons name a GPU in error too",
+        [Want(1, gpus=0.5, gpu_mem=90 * GiB)],
+        [],
+        {},
+        Resources(
+            gpus=(
+                GpuSlot(0, 80 * GiB, healthy=False),
+                GpuSlot(1, 80 * GiB),
+                GpuSlot(2, 100 * GiB, 20 * GiB),
+            ),
+            cpus=8,
+        ),
+        Settings(),
+        {
+            1: Wait(
+                1,
+                "needs 90.0 GiB on one GPU; the largest free is 80.0 GiB on GPU 1 (GPU 2:"
+                " 20.0 GiB in use outside the queue); GPU 0 reports an error",
+            )
+        },
+    ),
 ]
 
 

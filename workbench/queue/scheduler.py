@@ -311,17 +311,17 @@ def _dependency_verdict(want: Want, dep_states: Mapping[int, str]) -> tuple[str,
 
 
 def _never_fits(want: Want, res: Resources) -> str | None:
-    """Why this job can never run here, whatever else finishes; None if it could."""
-    healthy = [g for g in res.gpus if g.healthy]
+    """Why this job can never run here, whatever else finishes; None if it could. Judged on
+    every GPU the machine has: one that reports an error may come back (NVML errors can pass),
+    so a job that needs it waits, saying so (`_Ledger.wait_reason`), rather than failing."""
+    gpus = res.gpus
     wants_gpu = want.gpus > 0 or want.mig_profile is not None
-    if wants_gpu and not res.gpus:
+    if wants_gpu and not gpus:
         return NO_GPU
-    if wants_gpu and not healthy:
-        return "no working GPU (all GPUs report errors)"
     if want.mig_profile is not None:
-        instances = [m for g in healthy for m in g.mig if m.profile == want.mig_profile]
+        instances = [m for g in gpus for m in g.mig if m.profile == want.mig_profile]
         if not instances:
-            known = sorted({f"{m.profile} on GPU {g.index}" for g in healthy for m in g.mig})
+            known = sorted({f"{m.profile} on GPU {g.index}" for g in gpus for m in g.mig})
             have = f" (MIG instances: {', '.join(known)})" if known else ""
             return f"needs a MIG {want.mig_profile} instance; this machine has none{have}"
         if want.gpu_mem and all(m.memory_total_bytes < want.gpu_mem for m in instances):
@@ -330,11 +330,11 @@ def _never_fits(want: Want, res: Resources) -> str | None:
                 f" has {_gib(instances[0].memory_total_bytes)}"
             )
     elif want.gpus > 0:
-        whole = [g for g in healthy if not g.mig]
-        split = len(healthy) - len(whole)
+        whole = [g for g in gpus if not g.mig]
+        split = len(gpus) - len(whole)
         note = f" ({_plural(split, 'GPU')} split into MIG instances)" if split else ""
         if not whole:
-            return f"every GPU is split into MIG instances; ask for one (e.g. --gpus {_any_profile(healthy)})"
+            return f"every GPU is split into MIG instances; ask for one (e.g. --gpus {_any_profile(gpus)})"
         if want.gpus > len(whole):
             return f"needs {_plural(want.gpus, 'GPU')}, this machine has {len(whole)}{note}"
         if want.gpu_mem and not any(g.memory_total_bytes >= want.gpu_mem for g in whole):
@@ -548,7 +548,9 @@ class _Ledger:
     # ---- reasons ---------------------------------------------------------------------
 
     def wait_reason(self, want: Want) -> str:
-        """Why `want` does not fit on the GPUs now, in words."""
+        """Why `want` does not fit on the GPUs now, in words (naming GPUs that report errors:
+        they are left out until they answer again)."""
+        broken = self.broken_note()
         if want.mig_profile is not None:
             same = [
                 m
@@ -557,6 +559,8 @@ class _Ledger:
                 for m in g.mig
                 if m.profile == want.mig_profile
             ]
+            if not same:
+                return f"needs a MIG {want.mig_profile} instance; {broken}"
             busy = sorted({self.mig_used[m.uuid] for m in same if m.uuid in self.mig_used})
             total = len(same)
             in_use = "the only one is in use" if total == 1 else f"all {total} are in use"
@@ -564,28 +568,42 @@ class _Ledger:
                 f" ({'job' if len(busy) == 1 else 'jobs'} {_listing(busy)})" if busy else ""
             )
         held_note = self.held_note(want)
-        if want.gpus >= 1 and not want.gpu_mem:
+        if want.gpus >= 1 and not want.gpu_mem or not self.whole:
             free = sum(1 for g in self.whole if self.share[g.index] == 0)
-            return f"waiting for {_plural(want.gpus, 'GPU')} ({free} of {len(self.whole)} free){held_note}"
+            of = f"{free} of {len(self.whole)} free" + (f"; {broken}" if broken else "")
+            return f"waiting for {_plural(want.gpus, 'GPU')} ({of}){held_note}"
+        broken = f"; {broken}" if broken else ""
         need = _need_bytes(want, self.whole[0])
         if want.gpus < 1 and not want.gpu_mem:
             most = max(self.whole, key=lambda g: (1.0 - self.share[g.index], -g.index))
             room = max(1.0 - self.share[most.index], 0.0)
             return (
                 f"needs {want.gpus:g} of a GPU; the most free is {room:g} of GPU {most.index}"
-                f"{self._others_note()}{held_note}"
+                f"{self._others_note()}{broken}{held_note}"
             )
         candidates = [g for g in self.whole if want.gpus < 1 or self.share[g.index] == 0]
         where = "on one GPU" if want.gpus <= 1 else f"on each of {want.gpus:g} GPUs"
         if not candidates:
             free = sum(1 for g in self.whole if self.share[g.index] == 0)
-            return f"needs {_gib(need)} {where}; {free} of {len(self.whole)} GPUs free{held_note}"
+            return (
+                f"needs {_gib(need)} {where}; {free} of {len(self.whole)} GPUs free{broken}"
+                f"{held_note}"
+            )
         best = max(candidates, key=lambda g: (self.free_gpu_mem_bytes(g), -g.index))
         return (
             f"needs {_gib(need)} {where}; the largest free is"
             f" {_gib(self.free_gpu_mem_bytes(best))} on GPU {best.index}"
-            f"{self._others_note()}{held_note}"
+            f"{self._others_note()}{broken}{held_note}"
         )
+
+    def broken_note(self) -> str:
+        """ "GPU 1 reports an error" / "GPUs 1, 3 report errors", or "" when all answer."""
+        broken = [g.index for g in self.res.gpus if not g.healthy]
+        if not broken:
+            return ""
+        if len(broken) == 1:
+            return f"GPU {broken[0]} reports an error"
+        return f"GPUs {_listing(broken)} report errors"
 
     def held_note(self, want: Want) -> str:
         """ "; kept for jobs ahead of it: GPUs 0, 1 (job 5)", or "" when nothing is kept."""
