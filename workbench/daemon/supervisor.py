@@ -231,6 +231,7 @@ class Daemon:
             deadline = None
             if job.time_limit and job.started_at:
                 deadline = job.started_at + job.time_limit
+            stopping = job.intent if job.intent in db.STOP_INTENTS else None
             if job.state == JobState.STARTING or job.pid is None:
                 found = self.executor.find(job.launch_token, run_dir) if job.launch_token else None
                 if found is None:
@@ -249,14 +250,27 @@ class Daemon:
                     pid=found.pid,
                     pid_start=found.start_time,
                 )
-                self._track(job.id, found, holding, deadline)
+                self._resume_stop(self._track(job.id, found, holding, deadline), job, stopping)
                 continue
             handle = Handle(job.launch_token or "", run_dir, job.pid, job.pid_start)
-            self._track(job.id, handle, holding, deadline)
+            self._resume_stop(self._track(job.id, handle, holding, deadline), job, stopping)
         self._next_poll = 0.0  # look at every adopted job at once: some may have ended
         if isinstance(self.executor, LocalExecutor) and self.executor.cgroup_root is not None:
             keep = {t.handle.token for t in self.tracked.values()}
             remove_empty_cgroups(self.executor.cgroup_root, keep)
+
+    def _resume_stop(self, tracked: Tracked, job: db.LiveJob, intent: str | None) -> None:
+        """An adopted job an earlier daemon was preempting (or stopping for its GPU memory):
+        settle it as that daemon would have, and make sure it stops (SIGTERM again, harmless
+        when its wrapper already has it; the kill grace runs from now)."""
+        if intent is None:
+            return
+        reason = job.reason or ("preempted" if intent == db.PREEMPT_INTENT else "stopped")
+        if intent == db.PREEMPT_INTENT:
+            tracked.preempted = reason
+        else:
+            tracked.over_reservation = reason
+        self._cancel(tracked, time.time())
 
     def _track(
         self, job_id: int, handle: Handle, holding: scheduler.Holding, deadline: float | None
@@ -557,16 +571,31 @@ class Daemon:
         if isinstance(decision, scheduler.Exceeds):
             job = self.store.find(decision.job_id)
             reason = decision.reason + ("; stopped (strict)" if decision.stop else "")
-            if job is not None and job.reason != reason:
-                self.store.set_reason(decision.job_id, reason)
             if decision.stop and tracked.cancel_sent_at is None:
-                tracked.over_reservation = reason
-                self._cancel(tracked, now)
+                if self._record_stop(decision.job_id, db.STOP_INTENT, reason):
+                    tracked.over_reservation = reason
+                    self._cancel(tracked, now)
+            elif job is not None and job.reason != reason:
+                self.store.set_reason(decision.job_id, reason)
             return
         if tracked.cancel_sent_at is None:
-            tracked.preempted = decision.reason
-            self.log(f"job {decision.job_id}: {decision.reason}")
-            self._cancel(tracked, now)
+            if self._record_stop(decision.job_id, db.PREEMPT_INTENT, decision.reason):
+                tracked.preempted = decision.reason
+                self.log(f"job {decision.job_id}: {decision.reason}")
+                self._cancel(tracked, now)
+
+    def _record_stop(self, job_id: int, intent: str, reason: str) -> bool:
+        """Write down why the daemon stops a job before it signals it, so a daemon that starts
+        after this one died settles the job the same way (a preempted job goes back to the
+        queue, not to `failed`). A job the user asked to cancel keeps that intent. False when
+        the write failed (it is tried again on the next pass; nothing is signalled meanwhile)."""
+        try:
+            db.record_stop(self.store, job_id, intent, reason)
+        except _WRITE_ERRORS as error:
+            self.log(f"job {job_id}: could not record why it is stopped ({error}); retrying")
+            self._dirty = True
+            return False
+        return True
 
     def _launch_many(self, starts: list[tuple[db.QueuedJob, tuple[int, ...]]]) -> int:
         """Start jobs in three steps, each one transaction for all of them: mark them `starting`

@@ -197,13 +197,23 @@ class LiveJob:
     time_limit: float | None
     mig_profile: str | None = None
     preemptible: bool = True
+    intent: str | None = None  # STOP_INTENTS: the daemon was stopping it, and `reason` says why
+    reason: str | None = None
+
+
+# Intents the daemon itself records before it sends SIGTERM, so that a daemon started after it
+# died knows why the job is stopping: `preempt` (GPU pooling: back to the queue) and `stop`
+# (it used more GPU memory than it reserved, with `strict`). The job's reason says why.
+PREEMPT_INTENT = "preempt"
+STOP_INTENT = "stop"
+STOP_INTENTS = (PREEMPT_INTENT, STOP_INTENT)
 
 
 def live_jobs(store: Store) -> list[LiveJob]:
     """Jobs starting or running, and paused jobs that had started (a held job has no pid)."""
     rows = store.conn.execute(
         "SELECT id, state, grp, gpus, gpu_mem, cpus, mem, granted_gpus, pid, pid_start,"
-        " launch_token, started_at, time_limit, mig_profile, preemptible FROM jobs"
+        " launch_token, started_at, time_limit, mig_profile, preemptible, intent, reason FROM jobs"
         " WHERE state IN (?, ?)"
         " OR (state = ? AND (pid IS NOT NULL OR launch_token IS NOT NULL)) ORDER BY id",
         (JobState.STARTING, JobState.RUNNING, JobState.PAUSED),
@@ -225,9 +235,23 @@ def live_jobs(store: Store) -> list[LiveJob]:
             r[12],
             r[13],
             bool(r[14]),
+            r[15],
+            r[16],
         )
         for r in rows
     ]
+
+
+def record_stop(store: Store, job_id: int, intent: str, reason: str) -> None:
+    """Record that the daemon is stopping a live job (`intent` one of STOP_INTENTS) and why, in
+    its reason; a cancel the user asked for is kept (it decides how the job ends). No event:
+    the state changes when the job has stopped."""
+    with store.transaction() as conn:
+        conn.execute(
+            "UPDATE jobs SET intent=CASE WHEN intent='cancel' THEN intent ELSE ? END, reason=?"
+            " WHERE id=? AND state IN (?, ?, ?)",
+            (intent, reason, job_id, JobState.STARTING, JobState.RUNNING, JobState.PAUSED),
+        )
 
 
 def schedule_stamp(store: Store) -> tuple[int, int]:

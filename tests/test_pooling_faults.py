@@ -1,0 +1,148 @@
+"""GPU pooling under faults, end to end through the daemon against the fake NVML: the GPUs
+changing under a waiting job, a daemon killed while it preempts, and the wait reasons shown."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from conftest import wait_for, wait_state
+from test_scheduler import GiB, fake_machine, submit_command
+
+from workbench.daemon.client import Client, ensure_daemon
+from workbench.daemon.link import lock_holder
+from workbench.paths import Home
+from workbench.queue.requests import build_request
+
+
+def test_a_job_waiting_for_memory_held_outside_the_queue_starts_once_it_is_freed(
+    client: Client, home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon re-planned only when a job changed state or a client woke it: memory that a
+    process outside the queue freed left the job waiting (saying the memory was still held)
+    until something unrelated happened."""
+    home.config.write_text('[daemon]\nsample_interval = "0.2s"\n')
+    held = [30 * GiB] * 10 + [0] * 100_000  # one element per sample: freed after 2 s
+    fake_machine(
+        tmp_path,
+        monkeypatch,
+        [
+            {
+                "memory_total": 48 * GiB,
+                "memory_used": held,
+                "processes": [{"pid": 812, "used_memory": held}],
+            }
+        ],
+    )
+    job_id = submit_command(client, tmp_path, ["true"], gpus=0.5, gpu_mem="40GiB")
+    client.nudge()
+    wait_for(
+        lambda: "held by pid 812" in (client.store.get(job_id).reason or ""),
+        what="the reason naming the process outside the queue",
+    )
+    assert wait_state(client, job_id, "succeeded", timeout=30).state == "succeeded"
+
+
+def test_a_lost_gpu_makes_a_waiting_job_say_so_without_failing_it(
+    client: Client, home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GPU that reports an error may come back (NVML errors can be passing): a job that needs
+    it waits, saying which GPU is in error, instead of being told the machine has fewer GPUs
+    (and, in `--batch`, failed as if it could never run)."""
+    home.config.write_text('[daemon]\nsample_interval = "0.2s"\n')
+    fake_machine(tmp_path, monkeypatch, [{}, {"lost_after": 5}])
+    first = submit_command(client, tmp_path, ["sleep", "600"], gpus=1)
+    wait_state(client, first, "running")
+    table = {"kind": "command", "argv": ["true"], "gpus": 2}
+    pair = client.submit(build_request(table, tmp_path, "test", fail_unrunnable=True))
+    expected = "waiting for 2 GPUs (0 of 1 free; GPU 1 reports an error)"
+    wait_for(lambda: client.store.get(pair).reason == expected, what="the lost GPU's reason")
+    assert client.store.get(pair).state == "queued"
+    client.control(pair, "cancel")
+    client.control(first, "cancel")
+    wait_state(client, first, "cancelled", timeout=30)
+
+
+def test_a_preemption_survives_the_daemon_being_killed_while_the_job_stops(
+    client: Client, home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Why a job was sent SIGTERM lived only in the daemon's memory: a daemon killed during the
+    kill grace left a job that its wrapper then killed, and the next daemon (with nothing left
+    to reclaim for: the waiting job was cancelled meanwhile) recorded it as failed, spending
+    its attempt. The preemption is written down before the signal is sent."""
+    fake_machine(tmp_path, monkeypatch, [{}])
+    home.config.write_text(
+        '[daemon]\nkill_grace = "1s"\n\n[groups.vision]\nquota = 1\n\n[groups.sweep]\nquota = 0\n'
+    )
+    log = home.run_dir(1) / "log"
+    stubborn = submit_command(
+        client,
+        tmp_path,
+        ["sh", "-c", 'trap "echo got TERM" TERM; echo up; while true; do sleep 0.1; done'],
+        gpus=1,
+        group="sweep",
+    )
+    assert stubborn == 1
+    wait_state(client, stubborn, "running")
+    wait_for(lambda: log.exists() and "up" in log.read_text(), what="the job to trap SIGTERM")
+    vision = submit_command(client, tmp_path, ["true"], gpus=1, group="vision")
+    wait_for(lambda: "got TERM" in log.read_text(), what="the preemption's SIGTERM")
+    os.kill(lock_holder(home) or 0, signal.SIGKILL)
+    wait_for(lambda: not lock_holder(home), what="the daemon to die")
+    client.control(vision, "cancel")  # nothing waits for the GPU any more
+    token = client.store.get(stubborn).launch_token
+    from workbench.daemon.executors import containment as cg
+
+    assert token
+    wait_for(lambda: not cg.pids_with_token(token), timeout=20, what="the wrapper's SIGKILL")
+    ensure_daemon(home)
+    client.nudge()
+    wait_for(
+        lambda: [e.event for e in client.store.events(stubborn)].count("preempt") == 1,
+        what="the preempt event",
+    )
+    events = client.store.events(stubborn)
+    assert "failed" not in [e.state for e in events]
+    assert client.store.get(stubborn).attempt == 1
+    client.control(stubborn, "cancel")
+    wait_state(client, stubborn, {"cancelled"}, timeout=30)
+
+
+def test_a_strict_stop_keeps_its_reason_across_a_daemon_killed_while_the_job_stops(
+    client: Client, home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for a job stopped for using more GPU memory than it reserved (`strict`): the
+    next daemon said only that it was killed by a signal."""
+    pid_file = tmp_path / "job.pid"
+    fake_machine(
+        tmp_path,
+        monkeypatch,
+        [
+            {
+                "memory_total": 80 * GiB,
+                "memory_used": 30 * GiB,
+                "processes": [{"pid_file": str(pid_file), "used_memory": 30 * GiB}],
+            }
+        ],
+    )
+    home.config.write_text('[daemon]\nkill_grace = "1s"\n\n[scheduler]\nstrict = true\n')
+    script = f'trap "echo got TERM" TERM; echo $$ > {pid_file}; while true; do sleep 0.1; done'
+    job_id = submit_command(client, tmp_path, ["sh", "-c", script], gpus=0.25, gpu_mem="8GiB")
+    log = home.run_dir(job_id) / "log"
+    wait_for(lambda: log.exists() and "got TERM" in log.read_text(), what="the strict SIGTERM")
+    os.kill(lock_holder(home) or 0, signal.SIGKILL)
+    wait_for(lambda: not lock_holder(home), what="the daemon to die")
+    from workbench.daemon.executors import containment as cg
+
+    token = client.store.get(job_id).launch_token
+    assert token
+    wait_for(lambda: not cg.pids_with_token(token), timeout=20, what="the wrapper's SIGKILL")
+    pid_file.unlink()
+    ensure_daemon(home)
+    ended = wait_state(client, job_id, {"failed", "succeeded", "cancelled"}, timeout=30)
+    assert ended.state == "failed"
+    assert ended.reason == (
+        "uses 30.0 GiB of GPU memory, over its reservation of 8.0 GiB; stopped (strict)"
+    )
