@@ -3,12 +3,13 @@ changing under a waiting job, a daemon killed while it preempts, and the wait re
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
 
 import pytest
-from conftest import wait_for, wait_state
+from conftest import wait_for, wait_state, workbench
 from test_scheduler import GiB, fake_machine, submit_command
 
 from workbench.daemon.client import Client, ensure_daemon
@@ -146,3 +147,30 @@ def test_a_strict_stop_keeps_its_reason_across_a_daemon_killed_while_the_job_sto
     assert ended.reason == (
         "uses 30.0 GiB of GPU memory, over its reservation of 8.0 GiB; stopped (strict)"
     )
+
+
+def test_batch_says_why_a_stage_waits(
+    client: Client, home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--batch` printed a stage as `queued` once, with the reason it had then, and never again
+    while it waited: a stage whose dependency ended and which then waited for a GPU said only
+    "waiting for dependency", in the progress lines and in `--json`."""
+    fake_machine(tmp_path, monkeypatch, [{}])
+    pipeline = tmp_path / "pipe.toml"
+    pipeline.write_text(
+        '[pipeline]\nname = "p"\n\n[[stage]]\nname = "first"\nkind = "command"\n'
+        'argv = ["sleep", "1"]\n\n[[stage]]\nname = "gpu"\nkind = "command"\n'
+        'argv = ["true"]\ngpus = 1\nafter = ["first"]\n'
+    )
+    expected = "waiting for 1 GPU (0 of 1 free)"
+    for mode in ("plain", "json"):
+        holder = submit_command(client, tmp_path, ["sleep", "4"], gpus=1)
+        wait_state(client, holder, "running")
+        result = workbench("--batch", str(pipeline), *(["--json"] if mode == "json" else []))
+        assert result.returncode == 0, result.stderr
+        if mode == "plain":
+            assert f"[gpu] job {holder + 2} waits: {expected}" in result.stderr
+        else:
+            events = [json.loads(line) for line in result.stdout.splitlines()]
+            waits = [e["reason"] for e in events if e["type"] == "wait" and e["stage"] == "gpu"]
+            assert expected in waits

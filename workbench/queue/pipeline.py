@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 import threading
@@ -12,7 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from workbench.db.store import ENDED, RUNNING, SETTLED, SUCCEEDED, Job, JobRequest, Store
+from workbench.db.store import (
+    ENDED,
+    QUEUED,
+    RUNNING,
+    SETTLED,
+    SUCCEEDED,
+    Job,
+    JobRequest,
+    Store,
+)
 from workbench.jsonout import dumps
 from workbench.queue.kinds import load_kind
 from workbench.queue.requests import build_request
@@ -193,7 +203,9 @@ class _Reporter:
         self.json_mode = json_mode
         self.out = out
         self.err = err
-        self.last: dict[int, tuple[str, float | None, str | None]] = {}
+        # Per job: (state, progress, progress message, wait reason while queued).
+        self.last: dict[int, tuple[str, float | None, str | None, str | None]] = {}
+        self.said: dict[int, str] = {}  # the wait reason last printed, its numbers masked
         self.progress: Any = None
         self.tasks: dict[int, Any] = {}
         if not json_mode and err.isatty():
@@ -225,7 +237,8 @@ class _Reporter:
 
     def update(self, jobs: list[Job]) -> None:
         for job in jobs:
-            key = (job.state, job.progress, job.progress_msg)
+            waits = job.reason if job.state == QUEUED else None
+            key = (job.state, job.progress, job.progress_msg, waits)
             if self.last.get(job.id) == key:
                 continue
             previous = self.last.get(job.id)
@@ -239,9 +252,20 @@ class _Reporter:
                     # A reason that only repeats the state ("starting (starting)") says nothing.
                     repeats = said.lower().rstrip(".") == str(job.state).lower()
                     reason = f" ({said})" if said and not quiet and not repeats else ""
+                    self.said[job.id] = _masked(said)
                     print(
                         f"[{job.stage}] job {job.id} {job.state}{reason}", file=self.err, flush=True
                     )
+            elif previous[3] != waits:
+                # Why a queued job waits is written by the daemon after it is queued, and
+                # changes as the queue moves: a `wait` event, and a line when the words change
+                # (not for every memory figure that moves).
+                self.emit({"type": "wait", **line})
+                said = (waits or "").strip()
+                if said and self.progress is None and not self.json_mode:
+                    if self.said.get(job.id) != _masked(said):
+                        self.said[job.id] = _masked(said)
+                        print(f"[{job.stage}] job {job.id} waits: {said}", file=self.err, flush=True)
             elif self.json_mode:
                 self.emit({"type": "progress", **line})
             if self.progress is not None:
@@ -256,6 +280,11 @@ class _Reporter:
                 self.progress.update(task, completed=done, state=job.state, message=message[:60])
                 if job.state in SETTLED:
                     self.progress.stop_task(task)  # its clock stops with it
+
+
+def _masked(reason: str) -> str:
+    """A wait reason with its figures masked, to tell a new reason from moving numbers."""
+    return re.sub(r"[0-9]+(?:\.[0-9]+)?", "#", reason)
 
 
 def summary_table(pipeline_name: str, jobs: list[Job], notes: list[str]) -> str:
