@@ -174,3 +174,30 @@ def test_batch_says_why_a_stage_waits(
             events = [json.loads(line) for line in result.stdout.splitlines()]
             waits = [e["reason"] for e in events if e["type"] == "wait" and e["stage"] == "gpu"]
             assert expected in waits
+
+
+def test_every_queued_job_has_a_reason_that_holds_however_deep_in_the_queue(
+    client: Client, home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass reads the queue's head and stops at a page where nothing starts: jobs past it had
+    no reason at all (`show` printed none, `ls --json` null), and a job that fell back past it
+    (its priority lowered) kept the reason it had at the head, though it no longer held."""
+    from workbench.queue.scheduler import BEHIND
+
+    fake_machine(tmp_path, monkeypatch, [{}])
+    home.config.write_text("[groups.g]\nparallel = 1\n")
+    holder = submit_command(client, tmp_path, ["sleep", "600"], gpus=1, group="g")
+    wait_state(client, holder, "running")
+    table = {"kind": "command", "argv": ["true"], "gpus": 1}
+    backlog = client.submit_many([build_request(table, tmp_path, "test") for _ in range(200)])
+    moved = submit_command(client, tmp_path, ["true"], gpus=1, group="g", priority=10)
+    limit = "group 'g' is at its limit of 1 running"
+    client.nudge()
+    wait_for(lambda: client.store.get(moved).reason == limit, what="the head job's reason")
+    assert client.store.get(backlog[0]).reason == "waiting for 1 GPU (0 of 1 free)"
+    wait_for(lambda: client.store.get(backlog[-1]).reason == BEHIND, what="the deep job's reason")
+    assert f"reason:    {BEHIND}" in workbench("show", str(backlog[-1])).stdout
+    client.set_priority(moved, -1)
+    wait_for(lambda: client.store.get(moved).reason == BEHIND, what="the stale reason replaced")
+    client.control(holder, "cancel")
+    wait_state(client, holder, "cancelled", timeout=30)

@@ -103,6 +103,10 @@ class Daemon:
         self.log_failures = 0  # messages the daemon could not write (its log's disk was full)
         self.refused_wakes = 0  # datagrams from other users, ignored
         self.passes = 0  # scheduling passes run (each reads only the head of the queue)
+        # Queued jobs the last pass looked at, and the newest job id then (None: not yet, so
+        # every queued job's reason, perhaps an earlier daemon's, is stale): see _schedule.
+        self._planned: set[int] = set()
+        self._planned_upto: int | None = None
         self.slurm: SlurmExecutor | None = None  # created when the first Slurm job appears
         self._next_slurm_tick = 0.0
         try:  # a debug setting: anything but a finite number of seconds means none
@@ -488,6 +492,8 @@ class Daemon:
         )
         resources = scheduler.Resources(self.gpu_slots, self.cpus, self.mem_bytes)
         self._start_details.clear()
+        if self._planned_upto is None:  # reasons an earlier daemon wrote may no longer hold
+            self._planned_upto = db.mark_unplanned(self.store, [], None, scheduler.BEHIND)
         after: tuple[int, int] | None = None
         seen: set[int] = set()
         reasons: list[tuple[int, str | None]] = []
@@ -513,6 +519,13 @@ class Daemon:
         if not planned and self.gpu_mem_seen:
             self._plan([], resources, settings, reasons)  # running jobs over their reservation
         db.set_reasons(self.store, reasons)
+        # Jobs this pass did not reach say so, rather than nothing (new ones) or what was true
+        # when a pass last reached them.
+        stale = sorted(self._planned - seen)
+        self._planned_upto = db.mark_unplanned(
+            self.store, stale, self._planned_upto, scheduler.BEHIND
+        )
+        self._planned = seen
 
     def _plan(
         self,
