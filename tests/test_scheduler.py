@@ -616,7 +616,14 @@ QUOTA = [
             Holding(2, group="sweep", gpu_indices=(1,), gpus=1, preemptible=False),
         ],
         BOX,
-        {3: Wait(3, "waiting for 1 GPU (0 of 2 free)")},
+        {
+            3: Wait(
+                3,
+                "waiting for 1 GPU (0 of 2 free); within its group's quota of 1, but nothing can"
+                " be reclaimed: job 2 (group sweep) borrows beyond its group's quota and opted"
+                " out of preemption",
+            )
+        },
         QUOTAS,
     ),
     Case(
@@ -992,7 +999,13 @@ RECLAIM = [
         [Want(1, group="vision", gpus=1)],
         [_frac(11, 0, 10), _frac(12, 0, 20), _frac(13, 0, 30)],
         ONE_GPU,
-        {1: Wait(1, "waiting for 1 GPU (0 of 1 free)")},
+        {
+            1: Wait(
+                1,
+                "waiting for 1 GPU (0 of 1 free); within its group's quota of 1, but nothing can"
+                " be reclaimed: stopping job 13, which borrows, would not make room for it",
+            )
+        },
         Settings(quotas={"vision": 1, "sweep": 0.5}),
         now=40,
     ),
@@ -1060,7 +1073,14 @@ RECLAIM = [
         [Want(2, group="sweep", gpus=0.25)],
         [Holding(1, group="vision", gpu_indices=(0,), gpus=1, started_at=10)],
         ONE_GPU,
-        {2: Wait(2, "needs 0.25 of a GPU; the most free is 0 of GPU 0")},
+        {
+            2: Wait(
+                2,
+                "needs 0.25 of a GPU; the most free is 0 of GPU 0; within its group's quota of"
+                " 0.5, but nothing can be reclaimed: no other group holds more than its own quota"
+                " (the quotas add up to 1.5 GPUs, this machine has 1)",
+            )
+        },
         Settings(quotas={"vision": 1, "sweep": 0.5}),
         now=30,
     ),
@@ -1543,7 +1563,10 @@ def test_a_job_that_opts_out_of_preemption_keeps_its_borrowed_gpu(
     vision = submit_command(client, tmp_path, ["true"], gpus=1, group="vision")
     client.nudge()
     wait_for(
-        lambda: client.store.get(vision).reason == "waiting for 1 GPU (0 of 1 free)",
+        lambda: client.store.get(vision).reason
+        == "waiting for 1 GPU (0 of 1 free); within its group's quota of 1, but nothing can be"
+        f" reclaimed: job {kept} (group sweep) borrows beyond its group's quota and opted out"
+        " of preemption",
         what="the quota job's wait reason",
     )
     assert client.store.get(kept).state == "running"
@@ -1577,7 +1600,11 @@ def test_a_restarted_daemon_keeps_an_adopted_jobs_mig_instance_and_opt_out(
     ensure_daemon(home)
     second = submit_command(client, tmp_path, ["true"], gpus="1g.10gb", group="vision")
     client.nudge()
-    expected = f"needs a MIG 1g.10gb instance; the only one is in use (job {held})"
+    expected = (
+        f"needs a MIG 1g.10gb instance; the only one is in use (job {held}); within its group's"
+        f" quota of 1, but nothing can be reclaimed: job {held} (group sweep) borrows beyond its"
+        " group's quota and opted out of preemption"
+    )
     wait_for(lambda: client.store.get(second).reason == expected, what="the MIG in-use reason")
     assert client.store.get(held).state == "running"
     assert not [e for e in client.store.events(held) if e.event == "preempt"]

@@ -1069,7 +1069,7 @@ def _decide(
                 if not ledger.reclaiming:
                     quota_reason += ledger.held_note(want)
                 return Wait(want.id, quota_reason)
-            reason = ledger.wait_reason(want)
+            reason = ledger.wait_reason(want) + _unreclaimable_note(ledger, want, settings.quotas)
             if holds and ledger.holds < settings.backfill_depth:
                 ledger.hold_for(want)
             return Wait(want.id, reason)
@@ -1095,6 +1095,39 @@ def _decide(
         )
     )
     return Start(want.id, indices, devices, cap)
+
+
+def _unreclaimable_note(ledger: _Ledger, want: Want, quotas: Mapping[str, float]) -> str:
+    """For a job within its group's quota that waits although nothing could be reclaimed for
+    it, why its guarantee does not help now (else ""): the jobs borrowing beyond their group's
+    quota opted out of preemption, or would not free room for it, or no group borrows at all
+    (with the quotas adding up to more GPUs than the machine has, when they do)."""
+    quota = quotas.get(want.group, 0.0)
+    used = ledger.group_units.get(want.group, 0.0)
+    if not quota or want.units <= 0 or used + want.units > quota + _EPS:
+        return ""
+    leaving = ledger.preempting | ledger.claimed
+    over = _over_quota_jobs(ledger.held, quotas, leaving)
+    borrowers = sorted(
+        (h for h in ledger.held if h.id in over and h.group != want.group and not h.stopping),
+        key=lambda h: h.id,
+    )
+    head = f"; within its group's quota of {quota:g}, but nothing can be reclaimed: "
+    if borrowers and all(not h.preemptible for h in borrowers):
+        named = ", ".join(f"{h.id} (group {h.group})" for h in borrowers)
+        if len(borrowers) == 1:
+            return head + f"job {named} borrows beyond its group's quota and opted out of preemption"
+        return head + f"jobs {named} borrow beyond their groups' quotas and opted out of preemption"
+    if borrowers:
+        ids = _listing(h.id for h in borrowers)
+        if len(borrowers) == 1:
+            return head + f"stopping job {ids}, which borrows, would not make room for it"
+        return head + f"stopping jobs {ids}, which borrow, would not make room for it"
+    note = head + "no other group holds more than its own quota"
+    total = sum(quotas.values())
+    if total > len(ledger.res.gpus) + _EPS:
+        note += f" (the quotas add up to {total:g} GPUs, this machine has {len(ledger.res.gpus)})"
+    return note
 
 
 def _wait_with_quota(
