@@ -1300,13 +1300,31 @@ def test_bad_group_config_names_the_key(home: Home, text: str, message: str) -> 
 
 @pytest.mark.parametrize(
     ("value", "message"),
-    [("-2", "--quota"), ("nan", "--quota"), ("1.5", "--quota: above 1 it must be a whole number")],
+    [
+        ("-2", "--quota"),
+        ("nan", "--quota"),
+        ("1.5", "--quota: above 1 it must be a whole number"),
+        ("1e30", "--quota: must be at most 9223372036854775807 GPUs"),  # as config.toml refuses
+    ],
 )
 def test_a_bad_quota_on_the_command_line_exits_2(home: Home, value: str, message: str) -> None:
     result = workbench("group", "vision", f"--quota={value}")
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_quotas_adding_up_past_the_machine_are_warned_about(
+    home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_machine(tmp_path, monkeypatch, [{}, {}])
+    assert "warning" not in workbench("group", "vision", "--quota", "2").stderr
+    result = workbench("group", "sweep", "--quota", "1")
+    assert result.returncode == 0
+    assert (
+        "warning: the group quotas (sweep 1, vision 2) add up to 3 GPUs and this machine has"
+        " 2 GPUs: not every guarantee can be met at once"
+    ) in result.stderr
 
 
 # ---- through the daemon, against the fake NVML ----------------------------------------------

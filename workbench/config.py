@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from workbench.catalog.lake import parse_settings
 from workbench.queue.spec import SpecError, from_table
-from workbench.units import parse_duration, parse_size
+from workbench.units import INT64_MAX, parse_duration, parse_size
 from workbench.userfiles import UserFileError, read_toml
 
 if TYPE_CHECKING:
@@ -217,9 +217,12 @@ def _groups(path: Path, raw: Any) -> tuple[dict[str, float], dict[str, int], set
 
 
 def check_quota(quota: float, where: str) -> None:
-    """A quota is a whole number of GPUs or a fraction of one, never negative."""
+    """A quota is a whole number of GPUs or a fraction of one, never negative, within 64 bits
+    (as config.toml's numbers are). Raises SpecError naming `where`."""
     if quota < 0 or not math.isfinite(quota):
         raise SpecError(f"{where}: must be 0 or more GPUs, got {quota:g}")
+    if quota > INT64_MAX:
+        raise SpecError(f"{where}: must be at most {INT64_MAX} GPUs, got {quota:g}")
     if quota > 1 and quota != int(quota):
         raise SpecError(f"{where}: above 1 it must be a whole number of GPUs, got {quota:g}")
 

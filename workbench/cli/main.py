@@ -521,6 +521,8 @@ def cmd_group(args: argparse.Namespace) -> int:
         else:
             _print_json(limits)
         return EXIT_OK
+    if args.quota is not None:
+        _warn_quotas_beyond_the_machine(quotas)
     names = sorted(({args.name} if args.name else set()) | set(limits) | set(quotas))
     for name in names:
         parallel = limits.get(name, 0)
@@ -530,6 +532,27 @@ def cmd_group(args: argparse.Namespace) -> int:
     if not names:
         print("no group limits or quotas set (groups are limited only by resources)")
     return EXIT_OK
+
+
+def _warn_quotas_beyond_the_machine(quotas: dict[str, float]) -> None:
+    """A warning on stderr when the guarantees add up to more GPUs than NVML shows here: they
+    cannot all be met at once (a waiting job within its quota then says so in its reason)."""
+    from workbench.telemetry.gpu import Gpus
+
+    gpus = Gpus.open()
+    try:
+        count = len(gpus.sample())
+    finally:
+        gpus.close()
+    total = sum(quotas.values())
+    if total > count:
+        listed = ", ".join(f"{name} {quota:g}" for name, quota in sorted(quotas.items()))
+        have = f"{count} GPU{'' if count == 1 else 's'}" if count else "no GPU"
+        print(
+            f"workbench: warning: the group quotas ({listed}) add up to {total:g} GPUs and this"
+            f" machine has {have}: not every guarantee can be met at once",
+            file=sys.stderr,
+        )
 
 
 # ---- telemetry ----------------------------------------------------------------------------
