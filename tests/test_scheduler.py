@@ -1314,6 +1314,21 @@ def test_a_bad_quota_on_the_command_line_exits_2(home: Home, value: str, message
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("value", ["8", "512", "1000KB"])
+def test_gpu_memory_without_a_unit_is_refused_not_taken_as_bytes(
+    home: Home, tmp_path: Path, value: str
+) -> None:
+    """`--gpu-mem 8` was 8 bytes: a shared job's cap (WORKBENCH_GPU_MEM_BYTES, a train job's
+    memory fraction) that no CUDA context fits in."""
+    result = workbench("submit", "--gpus", "0.5", "--gpu-mem", value, "--", "true")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "key 'gpu_mem'" in result.stderr and "give a unit, e.g. 8GiB" in result.stderr
+    spec = tmp_path / "job.toml"
+    spec.write_text(f'kind = "command"\nargv = ["true"]\ngpus = 0.5\ngpu_mem = "{value}"\n')
+    result = workbench("submit", "--spec", str(spec))
+    assert result.returncode == 2 and "key 'gpu_mem'" in result.stderr
+
+
 def test_quotas_adding_up_past_the_machine_are_warned_about(
     home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -45,6 +45,9 @@ def _check_number(value: float, key: str, where: str, allow_fraction: bool = Tru
         raise SpecError(f"{where}: key 'gpus': above 1 it must be a whole number, got {value:g}")
 
 
+MIN_GPU_MEM_BYTES = 1024**2  # below this a GPU memory reservation is a unit left out
+
+
 def _parsed(parse: Callable[[Any], T], value: Any, key: str, where: str) -> T | None:
     """`parse(value)` (None stays None); a bad value is a SpecError naming the key."""
     if value is None:
@@ -80,6 +83,13 @@ def build_request(
     defaults = kind_defaults(options.kind)
     gpus, mig_profile = _parsed(parse_gpus, options.gpus, "gpus", where) or (0.0, None)
     gpu_mem = _parsed(parse_size, options.gpu_mem, "gpu_mem", where)
+    if gpu_mem and gpu_mem < MIN_GPU_MEM_BYTES:
+        # A number without a unit is bytes: `--gpu-mem 8` would cap the job at 8 bytes (a train
+        # job's memory fraction, a command job's WORKBENCH_GPU_MEM_BYTES).
+        raise SpecError(
+            f"{where}: key 'gpu_mem': {gpu_mem} bytes is less than 1 MiB, too little for a GPU"
+            " job; give a unit, e.g. 8GiB"
+        )
     mem = _parsed(parse_size, options.mem, "mem", where)
     time_limit = _parsed(parse_duration, options.time_limit, "time_limit", where)
     cpus = options.cpus if options.cpus is not None else float(defaults.get("cpus", 0))
