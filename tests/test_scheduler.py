@@ -1314,6 +1314,19 @@ def test_a_bad_quota_on_the_command_line_exits_2(home: Home, value: str, message
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("name", ["", " ", " vision", "a\nb", "esc\x1b[2J", "x" * 129])
+def test_a_group_name_that_cannot_be_shown_is_refused_everywhere(home: Home, name: str) -> None:
+    """Blank names, names with spaces around them or control characters (which broke the
+    `group` listing and every wait reason naming the group) were accepted."""
+    for args in (["group", name, "--quota", "1"], ["submit", "--group", name, "--", "true"]):
+        result = workbench(*args)
+        assert result.returncode == 2, (args, result.stdout)
+        assert "group" in result.stderr and "Traceback" not in result.stderr
+    home.config.write_text(f"[groups.{json.dumps(name)}]\nquota = 1\n")
+    with pytest.raises(SpecError, match=re.escape("[groups]: a group")):
+        load_config(home.config)
+
+
 @pytest.mark.parametrize("value", ["8", "512", "1000KB"])
 def test_gpu_memory_without_a_unit_is_refused_not_taken_as_bytes(
     home: Home, tmp_path: Path, value: str

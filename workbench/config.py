@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench.catalog.lake import parse_settings
+from workbench.queue.requests import check_group
 from workbench.queue.spec import SpecError, from_table
 from workbench.units import INT64_MAX, parse_duration, parse_size
 from workbench.userfiles import UserFileError, read_toml
@@ -201,6 +202,7 @@ def _groups(path: Path, raw: Any) -> tuple[dict[str, float], dict[str, int], set
     keep: set[str] = set()
     for name, values in raw.items():
         where = f"{path} [groups.{name}]"
+        check_group(name, f"{path} [groups]")
         if not isinstance(values, dict):
             raise SpecError(f"{where}: expected a table, got {values!r}")
         group = from_table(GroupTable, values, where)

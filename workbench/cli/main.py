@@ -491,10 +491,13 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
 def cmd_group(args: argparse.Namespace) -> int:
     from workbench.config import check_quota, group_quotas, load_config, set_stored_quota
+    from workbench.queue.requests import check_group
 
     changing = args.parallel is not None or args.quota is not None
     if changing and not args.name:
         raise UsageError("name the group: workbench group NAME --parallel N --quota G")
+    if args.name is not None:
+        check_group(args.name, "group")
     if args.parallel is not None and args.parallel < 0:
         raise UsageError("--parallel must be 0 (unlimited) or more")
     if args.quota is not None:

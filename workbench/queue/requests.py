@@ -48,6 +48,25 @@ def _check_number(value: float, key: str, where: str, allow_fraction: bool = Tru
 MIN_GPU_MEM_BYTES = 1024**2  # below this a GPU memory reservation is a unit left out
 
 
+MAX_GROUP_NAME = 128
+
+
+def check_group(name: str, where: str) -> str:
+    """A group name as given (`--group`, `group = ...`, `workbench group NAME`, `[groups.NAME]`):
+    1 to 128 printable characters, not starting or ending with a space (it is shown in listings
+    and wait reasons, and " vision" would be another group than "vision"). Raises SpecError
+    naming `where`."""
+    if not name or not name.strip():
+        raise SpecError(f"{where}: a group needs a name, got {name!r}")
+    if len(name) > MAX_GROUP_NAME:
+        raise SpecError(f"{where}: a group name has at most {MAX_GROUP_NAME} characters")
+    if not name.isprintable() or name != name.strip():
+        raise SpecError(
+            f"{where}: a group name must be printable, without spaces around it, got {name!r}"
+        )
+    return name
+
+
 def _parsed(parse: Callable[[Any], T], value: Any, key: str, where: str) -> T | None:
     """`parse(value)` (None stays None); a bad value is a SpecError naming the key."""
     if value is None:
@@ -79,6 +98,7 @@ def build_request(
     common = {k: v for k, v in table.items() if k in OPTION_KEYS}
     rest = {k: v for k, v in table.items() if k not in OPTION_KEYS and k not in ignore}
     options = from_table(Options, common, where)
+    check_group(options.group, f"{where}: key 'group'")
     spec = validate_spec(options.kind, rest, base_dir, where)
     defaults = kind_defaults(options.kind)
     gpus, mig_profile = _parsed(parse_gpus, options.gpus, "gpus", where) or (0.0, None)
