@@ -201,3 +201,28 @@ def test_every_queued_job_has_a_reason_that_holds_however_deep_in_the_queue(
     wait_for(lambda: client.store.get(moved).reason == BEHIND, what="the stale reason replaced")
     client.control(holder, "cancel")
     wait_state(client, holder, "cancelled", timeout=30)
+
+
+def test_a_preempted_jobs_log_says_where_it_started_again(
+    client: Client, home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A preempted job starts again with the same attempt and writes on in the same log: only
+    a later attempt had a header line, so the two runs' output ran together unmarked."""
+    fake_machine(tmp_path, monkeypatch, [{}])
+    home.config.write_text(
+        '[daemon]\nkill_grace = "1s"\n\n[groups.vision]\nquota = 1\n\n[groups.sweep]\nquota = 0\n'
+    )
+    borrower = submit_command(
+        client, tmp_path, ["sh", "-c", "echo run; exec sleep 600"], gpus=1, group="sweep"
+    )
+    log = home.run_dir(borrower) / "log"
+    wait_for(lambda: log.exists() and "run" in log.read_text(), what="the first run")
+    vision = submit_command(client, tmp_path, ["true"], gpus=1, group="vision")
+    assert wait_state(client, vision, "succeeded", timeout=30).state == "succeeded"
+    wait_for(lambda: log.read_text().count("run\n") == 2, what="the second run")
+    lines = log.read_text().splitlines()
+    assert lines[0] == "run" and lines[-1] == "run"
+    assert lines[-2].startswith("[workbench] started again ")
+    assert lines[-2].endswith(" after it was preempted once")
+    client.control(borrower, "cancel")
+    wait_state(client, borrower, "cancelled", timeout=30)

@@ -641,7 +641,11 @@ class Daemon:
         outcomes: list[db.Change] = []
         launched: list[Tracked] = []
         ready = [(queued, gpus, rows[queued.id]) for queued, gpus in chosen if queued.id in rows]
-        specs = [self._launch_spec(job, q, gpus, tokens[job.id], now) for q, gpus, job in ready]
+        preempted = db.preemption_counts(self.store, [job.id for _, _, job in ready])
+        specs = [
+            self._launch_spec(job, q, gpus, tokens[job.id], now, preempted.get(job.id, 0))
+            for q, gpus, job in ready
+        ]
         for (queued, gpus, job), result in zip(ready, self.executor.start_many(specs), strict=True):
             if isinstance(result, LaunchError):
                 outcomes.append(
@@ -693,8 +697,17 @@ class Daemon:
         return len(launched)
 
     def _launch_spec(
-        self, job: Job, queued: db.QueuedJob, gpus: tuple[int, ...], token: str, now: float
+        self,
+        job: Job,
+        queued: db.QueuedJob,
+        gpus: tuple[int, ...],
+        token: str,
+        now: float,
+        preempted: int = 0,
     ) -> Launch:
+        """What the executor needs to start `job`; its log gets a header line when this is not
+        the job's first start (a later attempt, or the same attempt after `preempted`
+        preemptions: its output so far is in the same log)."""
         run_dir = self.home.run_dir(job.id)
         start = self._start_details.get(job.id)
         visible = ",".join(start.devices) if start and start.devices else None
@@ -717,9 +730,13 @@ class Daemon:
             env.setdefault("OMP_NUM_THREADS", threads)
             env["WORKBENCH_CPUS"] = threads
         header = None
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
         if job.attempt > 1:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
             header = f"attempt {job.attempt} of {job.retries + 1} started {stamp}"
+        if preempted:
+            times = "once" if preempted == 1 else f"{preempted} times"
+            again = f"started again {stamp} after it was preempted {times}"
+            header = f"{header}; {again}" if header else again
         return Launch(
             job_id=job.id,
             token=token,

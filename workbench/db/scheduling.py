@@ -276,6 +276,22 @@ def mark_unplanned(
     return int(highest or 0)
 
 
+def preemption_counts(store: Store, ids: Sequence[int]) -> dict[int, int]:
+    """{job id: times it was preempted} for those of `ids` that ever were (index job_events_job:
+    cost is the jobs' events)."""
+    out: dict[int, int] = {}
+    for start in range(0, len(ids), 500):
+        chunk = list(ids[start : start + 500])
+        marks = ",".join("?" * len(chunk))
+        for job_id, count in store.conn.execute(
+            f"SELECT job_id, count(*) FROM job_events WHERE job_id IN ({marks}) AND event=?"
+            " GROUP BY job_id",
+            (*chunk, str(Event.PREEMPT)),
+        ):
+            out[int(job_id)] = int(count)
+    return out
+
+
 def record_stop(store: Store, job_id: int, intent: str, reason: str) -> None:
     """Record that the daemon is stopping a live job (`intent` one of STOP_INTENTS) and why, in
     its reason; a cancel the user asked for is kept (it decides how the job ends). No event:
