@@ -226,3 +226,52 @@ def test_a_preempted_jobs_log_says_where_it_started_again(
     assert lines[-2].endswith(" after it was preempted once")
     client.control(borrower, "cancel")
     wait_state(client, borrower, "cancelled", timeout=30)
+
+
+def test_a_restarted_daemon_knows_which_mig_instance_each_adopted_job_holds(
+    client: Client, home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store keeps a MIG job's GPU, not its instance: a restarted daemon gave each adopted
+    job the first free instance of its profile, so once the job that had been given the other
+    one's instance ended, a new job was started on an instance still in use."""
+    first, second = (
+        "MIG-aaaaaaaa-0000-4000-8000-000000000001",
+        "MIG-bbbbbbbb-0000-4000-8000-000000000002",
+    )
+    fake_machine(
+        tmp_path,
+        monkeypatch,
+        [
+            {
+                "mig": True,
+                "mig_instances": [
+                    {"profile": "1g.10gb", "memory_total": 10 * GiB, "uuid": first},
+                    {"profile": "1g.10gb", "memory_total": 10 * GiB, "uuid": second},
+                ],
+            }
+        ],
+    )
+    show = ["sh", "-c", 'echo "visible=$CUDA_VISIBLE_DEVICES"; exec sleep 600']
+    a = submit_command(client, tmp_path, show, gpus="1g.10gb")
+    wait_state(client, a, "running")
+    b = submit_command(client, tmp_path, show, gpus="1g.10gb")
+    wait_state(client, b, "running")
+    client.control(a, "cancel")
+    wait_state(client, a, "cancelled", timeout=30)
+    c = submit_command(client, tmp_path, show, gpus="1g.10gb")  # gets `first` again
+    wait_state(client, c, "running")
+    log_c = home.run_dir(c) / "log"
+    wait_for(lambda: log_c.exists() and "visible=" in log_c.read_text(), what="job c's devices")
+    assert log_c.read_text().strip() == f"visible={first}"
+    os.kill(lock_holder(home) or 0, signal.SIGKILL)
+    wait_for(lambda: not lock_holder(home), what="the daemon to die")
+    ensure_daemon(home)
+    client.control(b, "cancel")  # frees `second`
+    wait_state(client, b, "cancelled", timeout=30)
+    d = submit_command(
+        client, tmp_path, ["sh", "-c", 'echo "visible=$CUDA_VISIBLE_DEVICES"'], gpus="1g.10gb"
+    )
+    assert wait_state(client, d, "succeeded", timeout=30).state == "succeeded"
+    assert (home.run_dir(d) / "log").read_text().strip() == f"visible={second}"
+    client.control(c, "cancel")
+    wait_state(client, c, "cancelled", timeout=30)

@@ -196,11 +196,20 @@ class Daemon:
     # ---- re-adoption -------------------------------------------------------------------
 
     def _adopted_mig(self, job: db.LiveJob) -> tuple[str, ...]:
-        """The MIG instance an adopted job holds: one of its profile on its granted GPU that no
-        other followed job holds (the store keeps the GPU, not the instance's UUID)."""
+        """The MIG instance an adopted job holds: the `CUDA_VISIBLE_DEVICES` its wrapper recorded
+        it was launched with (for this attempt's launch token); without that record, one of its
+        profile on its granted GPU that no other followed job holds (the store keeps the GPU,
+        not the instance's UUID). A guess could name another job's instance, and then hand the
+        job's own instance out again while it runs."""
         if job.mig_profile is None:
             return ()
         taken = {u for t in self.tracked.values() for u in t.holding.mig_uuids}
+        record = runner.read_wrapper(self.home.run_dir(job.id))
+        if record is not None and record.token == job.launch_token and record.devices:
+            launched = tuple(u for u in record.devices.split(",") if u)
+            known = {inst.uuid for slot in self.gpu_slots for inst in slot.mig}
+            if launched and all(u in known and u not in taken for u in launched):
+                return launched
         for slot in self.gpu_slots:
             if slot.index not in job.granted_gpus:
                 continue
