@@ -275,3 +275,33 @@ def test_a_restarted_daemon_knows_which_mig_instance_each_adopted_job_holds(
     assert (home.run_dir(d) / "log").read_text().strip() == f"visible={second}"
     client.control(c, "cancel")
     wait_state(client, c, "cancelled", timeout=30)
+
+
+def test_a_job_paused_by_its_user_stays_held_after_it_is_preempted(
+    client: Client, home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A paused job went back to the queue when preempted and started again by itself as soon
+    as a GPU was idle: its user's pause was lost. It is held until `resume`."""
+    fake_machine(tmp_path, monkeypatch, [{}])
+    home.config.write_text(
+        '[daemon]\nkill_grace = "1s"\n\n[groups.vision]\nquota = 1\n\n[groups.sweep]\nquota = 0\n'
+    )
+    paused = submit_command(client, tmp_path, ["sleep", "600"], gpus=1, group="sweep")
+    wait_state(client, paused, "running")
+    client.control(paused, "pause")
+    wait_state(client, paused, "paused")
+    vision = submit_command(client, tmp_path, ["sleep", "0.5"], gpus=1, group="vision")
+    assert wait_state(client, vision, "succeeded", timeout=30).state == "succeeded"
+    job = wait_for(
+        lambda: (j := client.store.get(paused)).pid is None and j.state == "paused" and j,
+        what="the preempted job held",
+    )
+    assert "it was paused, so it is held until resumed" in (job.reason or "")
+    events = [e.event for e in client.store.events(paused)]
+    assert (
+        events[-2:] == ["preempt", "hold"] and "launched" not in events[events.index("preempt") :]
+    )
+    client.control(paused, "resume")
+    wait_state(client, paused, "running", timeout=30)
+    client.control(paused, "cancel")
+    wait_state(client, paused, "cancelled", timeout=30)

@@ -363,7 +363,12 @@ class Daemon:
             # GPU pooling: back to the queue with a `preempt` event and the same attempt; a
             # train job resumes from the checkpoint it saved on SIGTERM.
             back = (JobState.RUNNING, JobState.PAUSED)
-            return [db.Change(job.id, Event.PREEMPT, tracked.preempted, back)]
+            preempt = db.Change(job.id, Event.PREEMPT, tracked.preempted, back)
+            if job.state != JobState.PAUSED:
+                return [preempt]
+            # Paused by its user: it stays held (not started again) until `resume`.
+            held = f"{tracked.preempted}; it was paused, so it is held until resumed"
+            return [preempt, db.Change(job.id, Event.HOLD, held, (JobState.QUEUED,))]
         if tracked.over_reservation is not None and job.intent != "cancel":
             return [change(Event.EXIT_FAILED, tracked.over_reservation)]
         if job.intent == "cancel" and not tracked.timed_out:
