@@ -305,3 +305,23 @@ def test_a_job_paused_by_its_user_stays_held_after_it_is_preempted(
     wait_state(client, paused, "running", timeout=30)
     client.control(paused, "cancel")
     wait_state(client, paused, "cancelled", timeout=30)
+
+
+def test_ls_says_a_job_is_stopping_because_it_is_preempted(
+    client: Client, home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """During the kill grace a job being preempted was listed as plainly running, its reason
+    hidden (a running job's reason is shown only for a problem it has)."""
+    fake_machine(tmp_path, monkeypatch, [{}])
+    home.config.write_text(
+        '[daemon]\nkill_grace = "3s"\n\n[groups.vision]\nquota = 1\n\n[groups.sweep]\nquota = 0\n'
+    )
+    script = 'trap "echo got TERM" TERM; echo up; while true; do sleep 0.1; done'
+    borrower = submit_command(client, tmp_path, ["sh", "-c", script], gpus=1, group="sweep")
+    log = home.run_dir(borrower) / "log"
+    wait_for(lambda: log.exists() and "up" in log.read_text(), what="the job to trap SIGTERM")
+    vision = submit_command(client, tmp_path, ["true"], gpus=1, group="vision")
+    wait_for(lambda: "got TERM" in log.read_text(), what="the preemption's SIGTERM")
+    row = next(line for line in workbench("ls").stdout.splitlines() if line.startswith("1 "))
+    assert "running" in row and f"stopping: preempted for job {vision}" in row
+    assert wait_state(client, vision, "succeeded", timeout=30).state == "succeeded"

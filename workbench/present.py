@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from workbench.db.scheduling import PREEMPT_INTENT
 from workbench.db.store import Job
 from workbench.jobmodel.resources import OVER_RESERVATION
 from workbench.jobmodel.secrets import mask_env
@@ -47,11 +48,14 @@ def job_resources(job: Job) -> str:
 
 def shown_reason(job: Job) -> str:
     """The reason a listing shows: why a job waits or ended; for a running job only a problem
-    it has now (using more GPU memory than it reserved), not how it started."""
+    it has now (using more GPU memory than it reserved) or why the daemon is stopping it
+    (`stopping: preempted for job 7: ...`, during the kill grace), not how it started."""
     reason = job.reason or ""
     if job.state == JobState.SUCCEEDED:
         return ""
     if job.state in (JobState.RUNNING, JobState.STARTING):
+        if job.intent == PREEMPT_INTENT and reason:
+            return f"stopping: {reason}"
         return reason if OVER_RESERVATION in reason else ""
     return reason
 
