@@ -804,6 +804,71 @@ BACKFILL = [
             ),
         },
     ),
+    # One GPU shared by quarters ending at t=100, 100 and 150: a waiting 0.75 fits at t=100.
+    # Small fractions arriving all the time used to fill every quarter freed, so it never did.
+    Case(
+        "a waiting fraction keeps the GPU it fits on soonest: a longer small one waits",
+        [Want(1, gpus=0.75, time_limit=100), Want(2, gpus=0.25, time_limit=1000)],
+        [
+            Holding(10, gpu_indices=(0,), gpus=0.25, time_limit=100),
+            Holding(11, gpu_indices=(0,), gpus=0.25, time_limit=100),
+            Holding(12, gpu_indices=(0,), gpus=0.25, started_at=50, time_limit=100),
+        ],
+        Resources(gpus=(GpuSlot(0, 80 * GiB),), cpus=8),
+        {
+            1: Wait(1, "needs 0.75 of a GPU; the most free is 0.25 of GPU 0"),
+            2: Wait(
+                2,
+                "needs 0.25 of a GPU; the most free is 0.25 of GPU 0; kept for jobs ahead of"
+                " it: GPU 0 (job 1)",
+            ),
+        },
+        now=60,
+    ),
+    Case(
+        "a small fraction that ends before the kept GPU frees backfills",
+        [Want(1, gpus=0.75, time_limit=100), Want(2, gpus=0.25, time_limit=30)],
+        [
+            Holding(10, gpu_indices=(0,), gpus=0.25, time_limit=100),
+            Holding(11, gpu_indices=(0,), gpus=0.25, time_limit=100),
+            Holding(12, gpu_indices=(0,), gpus=0.25, started_at=50, time_limit=100),
+        ],
+        Resources(gpus=(GpuSlot(0, 80 * GiB),), cpus=8),
+        {
+            1: Wait(1, "needs 0.75 of a GPU; the most free is 0.25 of GPU 0"),
+            2: Start(2, (0,), gpu_mem_cap=20 * GiB),
+        },
+        now=60,
+    ),
+    # 0.5 ends at t=100, 0.25 runs on: the waiting half starts then and leaves a quarter free,
+    # which a long quarter may take now (it delays nothing); a second one may not.
+    Case(
+        "a fraction may use the room a kept fraction leaves beside it, and no more",
+        [
+            Want(1, gpus=0.5),
+            Want(2, gpus=0.25, time_limit=1000),
+            Want(3, gpus=0.25, time_limit=1000),
+        ],
+        [
+            Holding(10, gpu_indices=(0,), gpus=0.5, time_limit=100),
+            Holding(11, gpu_indices=(0,), gpus=0.25, time_limit=1000),
+        ],
+        Resources(gpus=(GpuSlot(0, 80 * GiB), GpuSlot(1, 80 * GiB, 70 * GiB)), cpus=8),
+        {
+            1: Wait(
+                1,
+                "needs 0.5 of a GPU; the most free is 1 of GPU 1 (GPU 1: 70.0 GiB in use"
+                " outside the queue)",
+            ),
+            2: Start(2, (0,), gpu_mem_cap=20 * GiB),
+            3: Wait(
+                3,
+                "needs 0.25 of a GPU; the most free is 1 of GPU 1 (GPU 1: 70.0 GiB in use"
+                " outside the queue); kept for jobs ahead of it: GPU 0 (job 1)",
+            ),
+        },
+        now=10,
+    ),
     Case(
         "the highest priority starts first, a negative one included in the order",
         [Want(1, gpus=1, priority=-1), Want(2, gpus=1), Want(3, gpus=1, priority=2)],

@@ -379,6 +379,10 @@ class _Ledger:
         # GPU index -> (time the waiting job may start, its id): backfill may use the GPU only
         # for a job expected to end by then.
         self.held_for: dict[int, tuple[float, int]] = {}
+        # GPU index -> (share, bytes) left beside a waiting fraction once it starts there (see
+        # hold_share): a later job that would outlast the hold may use that room and no more.
+        # A GPU kept for a whole-GPU job has no entry: nothing is left beside it.
+        self.held_room: dict[int, tuple[float, int]] = {}
         self.holds = 0  # waiting jobs given GPUs to keep this pass
         # The job just decided waits on a reclaim (its GPUs held now): its decision is its own,
         # not one the next job of its shape may reuse.
@@ -415,6 +419,14 @@ class _Ledger:
                 continue
             self.share[index] += per_gpu
             self.reserved[index] += reservation_bytes(held, slot)
+            room = self.held_room.get(index)
+            if room is not None and self.held_for[index][1] != held.id:
+                # It starts beside a waiting fraction's hold: it takes part of the room left.
+                share_left, bytes_left = room
+                self.held_room[index] = (
+                    share_left - per_gpu,
+                    bytes_left - reservation_bytes(held, slot),
+                )
             self.starting[index] += _unattributed_bytes(
                 held, slot, self.now, self.settings.start_grace_s
             )
@@ -476,7 +488,14 @@ class _Ledger:
         if hold is None or hold[1] == want.id:
             return True
         runtime = want.time_limit or self.settings.default_runtime_s
-        return self.now + runtime <= hold[0] + _EPS
+        if self.now + runtime <= hold[0] + _EPS:
+            return True
+        room = self.held_room.get(index)
+        if room is None or want.gpus >= 1 or want.mig_profile is not None:
+            return False
+        # It would outlast the hold: only in the room the waiting fraction leaves beside it.
+        need = _need_bytes(want, self.slots[index])
+        return want.gpus <= room[0] + _EPS and need <= room[1]
 
     def pick(self, want: Want) -> tuple[tuple[int, ...], tuple[str, ...]] | None:
         """(GPU indices, MIG UUIDs) for `want`, or None if it does not fit now."""
@@ -535,6 +554,47 @@ class _Ledger:
         self.holds += 1
         self.version += 1
 
+    def hold_share(self, want: Want) -> None:
+        """Reserve for a waiting fraction the GPU it could start on soonest (as `hold_for` does
+        for whole GPUs): by running jobs' expected ends, when enough of the GPU's share and
+        memory is free for it. Later jobs may use that GPU only if they end before then, or
+        within the room the fraction leaves beside it (`held_room`), so small fractions
+        arriving all the time never keep a larger one off its GPU."""
+        best: tuple[tuple[float, float, int], float, float, int] | None = None
+        for g in self.whole:
+            if g.index in self.held_for:
+                continue
+            need = _need_bytes(want, g)
+            if g.memory_total_bytes - g.memory_used_other_bytes < need:
+                continue
+            share = self.share[g.index]
+            free_mem = self.free_gpu_mem_bytes(g)
+            start = self.now
+            if share + want.gpus > 1.0 + _EPS or free_mem < need:
+                here = [h for h in self.held if g.index in h.gpu_indices and not h.mig_uuids]
+                found = None
+                for h in sorted(here, key=lambda h: (self.ends(h), h.id)):
+                    share -= h.gpus if h.gpus < 1 else 1.0
+                    free_mem += reservation_bytes(h, g)
+                    if share + want.gpus <= 1.0 + _EPS and free_mem >= need:
+                        found = self.ends(h)
+                        break
+                if found is None:
+                    continue
+                start = found
+            key = (start, -self.share[g.index], g.index)
+            room_share = max(0.0, 1.0 - share - want.gpus)
+            room_bytes = max(0, free_mem - need)
+            if best is None or key < best[0]:
+                best = (key, room_share, room_bytes, g.index)
+        if best is None:
+            return
+        (start, _, index), room_share, room_bytes, _ = best
+        self.held_for[index] = (start, want.id)
+        self.held_room[index] = (room_share, room_bytes)
+        self.holds += 1
+        self.version += 1
+
     def ends(self, held: Holding) -> float:
         """When a running job is expected to end: its start plus its time limit (else
         `default_runtime_s`), and not before now."""
@@ -545,6 +605,7 @@ class _Ledger:
         no other reclaim in this pass counts on them."""
         for index in indices:
             self.held_for[index] = (self.now, job_id)
+            self.held_room.pop(index, None)
             self.promised.add(index)
         self.version += 1
 
@@ -1061,7 +1122,7 @@ def _decide(
     if want.units > 0:
         picked = ledger.pick(want)
         if picked is None:
-            holds = want.gpus >= 1 and not want.mig_profile
+            holds = not want.mig_profile
             quota_reason = _wait_with_quota(
                 ledger, want, want.units, settings.quotas, decisions, res, now, settings
             )
@@ -1071,7 +1132,10 @@ def _decide(
                 return Wait(want.id, quota_reason)
             reason = ledger.wait_reason(want) + _unreclaimable_note(ledger, want, settings.quotas)
             if holds and ledger.holds < settings.backfill_depth:
-                ledger.hold_for(want)
+                if want.gpus >= 1:
+                    ledger.hold_for(want)
+                else:
+                    ledger.hold_share(want)
             return Wait(want.id, reason)
         indices, devices = picked
     cap = None
