@@ -325,3 +325,42 @@ def test_ls_says_a_job_is_stopping_because_it_is_preempted(
     row = next(line for line in workbench("ls").stdout.splitlines() if line.startswith("1 "))
     assert "running" in row and f"stopping: preempted for job {vision}" in row
     assert wait_state(client, vision, "succeeded", timeout=30).state == "succeeded"
+
+
+def test_memory_a_job_holds_on_a_gpu_it_was_not_granted_is_counted_there(
+    client: Client, home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job that sets CUDA_VISIBLE_DEVICES itself (scripts that hard-code GPU 0 are common)
+    allocates on a GPU it was not granted. Its memory there was taken as "ours" and so left out
+    of that GPU's inventory, though no reservation there holds it: the GPU looked free and was
+    handed out again."""
+    pid_file = tmp_path / "stray.pid"
+    fake_machine(
+        tmp_path,
+        monkeypatch,
+        [
+            {"memory_total": 80 * GiB},
+            {
+                "memory_total": 80 * GiB,
+                "memory_used": 30 * GiB,
+                "processes": [{"pid_file": str(pid_file), "used_memory": 30 * GiB}],
+            },
+        ],
+    )
+    stray = submit_command(
+        client, tmp_path, ["sh", "-c", f"echo $$ > {pid_file}; exec sleep 600"], gpus=1
+    )
+    wait_state(client, stray, "running")
+    wait_for(pid_file.exists, what="the stray job's pid")
+    pid = int(pid_file.read_text())
+    big = submit_command(client, tmp_path, ["true"], gpus=0.5, gpu_mem="60GiB")
+    client.nudge()
+    expected = (
+        f"needs 60.0 GiB on one GPU; the largest free is 50.0 GiB on GPU 1 (GPU 1: 30.0 GiB"
+        f" held by pid {pid} of job {stray}, not granted it)"
+    )
+    wait_for(lambda: client.store.get(big).reason == expected, what="the stray memory's reason")
+    assert client.store.get(big).state == "queued"
+    client.control(big, "cancel")
+    client.control(stray, "cancel")
+    wait_state(client, stray, "cancelled", timeout=30)

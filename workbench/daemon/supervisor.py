@@ -476,13 +476,19 @@ class Daemon:
             self.log(f"telemetry sample skipped ({error})")
             return
         placement = self.gpus.placement() if self.gpus is not None else None
-        slots = gpu_slots(tick.gpus, set(tick.owners), placement)
+        granted = {
+            pid: (job_id, self.tracked[job_id].holding.gpu_indices)
+            for pid, job_id in tick.owners.items()
+            if job_id in self.tracked
+        }
+        slots = gpu_slots(tick.gpus, set(tick.owners), placement, granted)
         if slots != self.gpu_slots:
             # Memory freed or taken outside the queue, a GPU lost or back, MIG changed: a
             # waiting job may fit now, and its reason (which names these) may be stale.
             self.gpu_slots = slots
             self._dirty = True
-        for job_id, used in job_gpu_memory(tick.gpus, tick.owners).items():
+        grants = {job_id: t.holding.gpu_indices for job_id, t in self.tracked.items()}
+        for job_id, used in job_gpu_memory(tick.gpus, tick.owners, grants).items():
             if used > self.gpu_mem_seen.get(job_id, 0):
                 self.gpu_mem_seen[job_id] = used
                 self._dirty = True  # reservations grow; a job may be over its own

@@ -101,10 +101,12 @@ class Holding:
 
 @dataclass(frozen=True)
 class OtherProcess:
-    """A process on a GPU that belongs to no queue job, and the memory (bytes) it holds."""
+    """A process on a GPU holding memory (bytes) that is in no reservation there: it belongs to
+    no queue job, or (`job_id`) to a job that was not granted this GPU."""
 
     pid: int
     used_memory_bytes: int
+    job_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -560,7 +562,7 @@ class _Ledger:
         memory is free for it. Later jobs may use that GPU only if they end before then, or
         within the room the fraction leaves beside it (`held_room`), so small fractions
         arriving all the time never keep a larger one off its GPU."""
-        best: tuple[tuple[float, float, int], float, float, int] | None = None
+        best: tuple[tuple[float, float, int], float, int, int] | None = None
         for g in self.whole:
             if g.index in self.held_for:
                 continue
@@ -589,7 +591,7 @@ class _Ledger:
                 best = (key, room_share, room_bytes, g.index)
         if best is None:
             return
-        (start, _, index), room_share, room_bytes, _ = best
+        (start, _fullness, index), room_share, room_bytes, _index = best
         self.held_for[index] = (start, want.id)
         self.held_room[index] = (room_share, room_bytes)
         self.holds += 1
@@ -696,15 +698,18 @@ class _Ledger:
             if g.memory_used_other_bytes <= 0:
                 continue
             listed = sorted(g.others, key=lambda p: -p.used_memory_bytes)
-            if listed:
-                pids = ", ".join(str(p.pid) for p in listed)
-                who = (
-                    f"held by pid {pids}, not a queue job"
-                    if len(listed) == 1
-                    else f"held by pids {pids}, not queue jobs"
+            strays = [p for p in listed if p.job_id is not None]
+            outside = [p for p in listed if p.job_id is None]
+            held = []
+            if outside:
+                pids = ", ".join(str(p.pid) for p in outside)
+                held.append(
+                    f"pid {pids}, not a queue job"
+                    if len(outside) == 1
+                    else f"pids {pids}, not queue jobs"
                 )
-            else:
-                who = "in use outside the queue"
+            held.extend(f"pid {p.pid} of job {p.job_id}, not granted it" for p in strays)
+            who = f"held by {'; '.join(held)}" if held else "in use outside the queue"
             parts.append(f"GPU {g.index}: {_gib(g.memory_used_other_bytes)} {who}")
         return f" ({'; '.join(parts)})" if parts else ""
 

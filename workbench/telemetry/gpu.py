@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -441,11 +441,14 @@ def gpu_slots(
     samples: Iterable[GpuSample],
     our_pids: set[int],
     placement: Mapping[int, GpuPlacement] | None = None,
+    granted: Mapping[int, tuple[int, Collection[int]]] | None = None,
 ) -> tuple[scheduler.GpuSlot, ...]:
     """The scheduler's GPU inventory. Memory used by others is everything in use except what our
     job processes hold (so driver and context overhead counts as taken); without a process list
     it is all memory in use. The other processes are named (pid, bytes) for wait reasons. An
-    error row is an unhealthy slot. `placement` adds NUMA node, PCIe switch and MIG instances."""
+    error row is an unhealthy slot. `placement` adds NUMA node, PCIe switch and MIG instances.
+    `granted` maps a job process's pid to (its job id, the GPU indices the job was granted): what it holds on any other GPU (a job that set CUDA_VISIBLE_DEVICES itself) is in
+    no reservation there, so it counts as another's, named with its job."""
     slots = []
     where = placement or {}
     for sample in samples:
@@ -466,11 +469,19 @@ def gpu_slots(
         ours = 0
         others: tuple[scheduler.OtherProcess, ...] = ()
         if sample.processes is not None:
-            ours = sum(p.used_memory_bytes or 0 for p in sample.processes if p.pid in our_pids)
+            grants = granted or {}
+
+            def here(pid: int) -> bool:
+                grant = grants.get(pid)
+                return pid in our_pids and (grant is None or sample.index in grant[1])
+
+            ours = sum(p.used_memory_bytes or 0 for p in sample.processes if here(p.pid))
             others = tuple(
-                scheduler.OtherProcess(p.pid, p.used_memory_bytes)
+                scheduler.OtherProcess(
+                    p.pid, p.used_memory_bytes, grants[p.pid][0] if p.pid in grants else None
+                )
                 for p in sample.processes
-                if p.pid not in our_pids and p.used_memory_bytes
+                if not here(p.pid) and p.used_memory_bytes
             )
         other = max(0, sample.memory_used_bytes - ours)
         slots.append(
@@ -488,16 +499,25 @@ def gpu_slots(
     return tuple(slots)
 
 
-def job_gpu_memory(samples: Iterable[GpuSample], owners: Mapping[int, int]) -> dict[int, int]:
+def job_gpu_memory(
+    samples: Iterable[GpuSample],
+    owners: Mapping[int, int],
+    granted: Mapping[int, Collection[int]] | None = None,
+) -> dict[int, int]:
     """{job id: bytes} the most GPU memory each job's processes hold on any one GPU, from
-    `owners` ({pid: job id}, as `attribute_processes` finds them)."""
+    `owners` ({pid: job id}, as `attribute_processes` finds them); with `granted` ({job id: GPU
+    indices}), only on the GPUs each job was granted (what it holds elsewhere is no part of its
+    reservation: `gpu_slots` counts it as another's there)."""
     seen: dict[int, int] = {}
     for sample in samples:
         per_job: dict[int, int] = {}
         for proc in sample.processes or ():
             job = owners.get(proc.pid)
-            if job is not None and proc.used_memory_bytes:
-                per_job[job] = per_job.get(job, 0) + proc.used_memory_bytes
+            if job is None or not proc.used_memory_bytes:
+                continue
+            if granted is not None and job in granted and sample.index not in granted[job]:
+                continue
+            per_job[job] = per_job.get(job, 0) + proc.used_memory_bytes
         for job, used in per_job.items():
             seen[job] = max(seen.get(job, 0), used)
     return seen
