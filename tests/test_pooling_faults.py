@@ -364,3 +364,32 @@ def test_memory_a_job_holds_on_a_gpu_it_was_not_granted_is_counted_there(
     client.control(big, "cancel")
     client.control(stray, "cancel")
     wait_state(client, stray, "cancelled", timeout=30)
+
+
+def test_a_quota_changed_in_config_toml_applies_while_the_daemon_runs(
+    client: Client, home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon read config.toml once, at its start: `workbench group` showed a quota edited
+    in `[groups.NAME]` at once, while the daemon kept scheduling by the old one."""
+    fake_machine(tmp_path, monkeypatch, [{}])
+    home.config.write_text(
+        '[daemon]\nkill_grace = "1s"\n\n[groups.vision]\nquota = 0\n\n[groups.sweep]\nquota = 1\n'
+    )
+    held = submit_command(client, tmp_path, ["sleep", "600"], gpus=1, group="sweep")
+    wait_state(client, held, "running")
+    vision = submit_command(client, tmp_path, ["true"], gpus=1, group="vision")
+    client.nudge()
+    wait_for(
+        lambda: (
+            client.store.get(vision).reason
+            == "group vision is at its quota of 0 and nothing is idle to borrow"
+        ),
+        what="the quota reason",
+    )
+    home.config.write_text(
+        '[daemon]\nkill_grace = "1s"\n\n[groups.vision]\nquota = 1\n\n[groups.sweep]\nquota = 0\n'
+    )
+    assert "vision: unlimited in parallel, 1 GPU guaranteed" in workbench("group").stdout
+    assert wait_state(client, vision, "succeeded", timeout=30).state == "succeeded"
+    assert "preempt" in [e.event for e in client.store.events(held)]
+    client.control(held, "cancel")

@@ -34,6 +34,7 @@ from workbench.paths import Home
 from workbench.queue import scheduler
 from workbench.queue.kinds import job_argv
 from workbench.queue.retention import prune_ended
+from workbench.queue.spec import SpecError
 from workbench.telemetry.gpu import Gpus, gpu_slots, job_gpu_memory
 from workbench.telemetry.sampler import Sampler
 from workbench.units import format_duration
@@ -107,6 +108,7 @@ class Daemon:
         # every queued job's reason, perhaps an earlier daemon's, is stale): see _schedule.
         self._planned: set[int] = set()
         self._planned_upto: int | None = None
+        self._config_stamp: tuple[int, int, int] | None = None  # config.toml as last read
         self.slurm: SlurmExecutor | None = None  # created when the first Slurm job appears
         self._next_slurm_tick = 0.0
         try:  # a debug setting: anything but a finite number of seconds means none
@@ -166,6 +168,7 @@ class Daemon:
         if self._given_executor is None:
             scope = hashlib.sha1(str(self.home.root).encode()).hexdigest()[:16]
             self.executor = LocalExecutor(self.config.containment, scope, (self._lock_fd,))
+        self._config_stamp = self._config_file_stamp()
         self.store = Store.open(self.home.state_db, check="full")
         try:
             self.store.backup_to(self.home.state_db.with_name("state.db.bak"))
@@ -189,6 +192,33 @@ class Daemon:
             self.selector.register(intake_sock, selectors.EVENT_READ, ("intake", None))
         self.log(f"started (pid {os.getpid()}); {self.executor.describe()}")
         self._announce_ready()
+
+    def _config_file_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            stat = os.stat(self.home.config)
+        except OSError:
+            return None
+        return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+    def _reread_config(self) -> None:
+        """config.toml changed (a stat per step tells): read it again, so `[groups.*]` quotas,
+        limits and opt-outs and `[scheduler]` apply at once, as `workbench group` already shows
+        them. A file that cannot be used is logged and the settings in force are kept. What
+        the daemon set up at its start (containment, executor, sampling) changes at its next."""
+        stamp = self._config_file_stamp()
+        if stamp == self._config_stamp:
+            return
+        self._config_stamp = stamp
+        try:
+            config = load_config(self.home.config)
+        except (SpecError, OSError) as error:
+            self.log(f"config.toml changed but cannot be used ({error}); keeping the settings")
+            return
+        self.config = replace(
+            config, containment=self.config.containment, executor=self.config.executor
+        )
+        self.log("config.toml changed: group quotas and limits, scheduler settings apply now")
+        self._dirty = True
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stopping = True
@@ -886,6 +916,7 @@ class Daemon:
             self._sample()
         if self.slurm is not None and time.monotonic() >= self._next_slurm_tick:
             self._slurm_tick()
+        self._reread_config()
         if self.config.retention_jobs_s is not None and time.monotonic() >= self._next_prune:
             self._prune(self.config.retention_jobs_s)
         version = self.store.data_version(include_own=False)
