@@ -432,7 +432,8 @@ class Daemon:
                 continue  # the Slurm executor carries these out
             tracked = self.tracked.get(intent.job_id)
             if tracked is None or tracked.ended is not None:
-                if intent.intent != "cancel":
+                # A cancel, or why the daemon stopped it, decides how its end is recorded.
+                if intent.intent != "cancel" and intent.intent not in db.STOP_INTENTS:
                     self.store.update(intent.job_id, intent=None)
                 continue
             if intent.intent == "cancel":
