@@ -393,3 +393,20 @@ def test_a_quota_changed_in_config_toml_applies_while_the_daemon_runs(
     assert wait_state(client, vision, "succeeded", timeout=30).state == "succeeded"
     assert "preempt" in [e.event for e in client.store.events(held)]
     client.control(held, "cancel")
+
+
+def test_ls_says_when_no_daemon_is_there_to_start_queued_jobs(
+    client: Client, home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ls` reads the store without starting a daemon: with none running, queued jobs showed
+    the reasons last written, as if something were still deciding for them."""
+    fake_machine(tmp_path, monkeypatch, [{}])
+    waiting = submit_command(client, tmp_path, ["true"], gpus=2)
+    client.nudge()
+    wait_for(lambda: client.store.get(waiting).reason, what="a reason")
+    note = "no daemon is running: queued jobs wait until one starts (workbench daemon start)"
+    assert note not in workbench("ls").stdout
+    from conftest import stop_daemon
+
+    stop_daemon(home)
+    assert note in workbench("ls").stdout

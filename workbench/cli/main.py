@@ -146,6 +146,16 @@ def _write(line: str) -> None:
     sys.stdout.write(line + "\n")
 
 
+def _daemon_running() -> bool:
+    """Whether a daemon holds this home's lock (True when that cannot be told)."""
+    from workbench.daemon.link import lock_holder
+
+    try:
+        return lock_holder(Home.current()) is not None
+    except OSError:
+        return True
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     """Active jobs and the latest ended ones, grouped counts on top (as `pueue status` does);
     `--all` streams every job a page at a time. Environments are never read. `--json` lists every
@@ -188,6 +198,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
         )
     if store.draining:
         notes.append("drain mode: nothing new starts (workbench daemon undrain)")
+    if counts.get(QUEUED) and not _daemon_running():
+        notes.append(
+            "no daemon is running: queued jobs wait until one starts (workbench daemon start)"
+        )
     colour = use_colour(sys.stdout)
     if counts:
         _write("jobs: " + state_counts_line(counts))
