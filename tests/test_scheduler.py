@@ -1674,10 +1674,12 @@ def test_a_job_that_opts_out_of_preemption_keeps_its_borrowed_gpu(
     vision = submit_command(client, tmp_path, ["true"], gpus=1, group="vision")
     client.nudge()
     wait_for(
-        lambda: client.store.get(vision).reason
-        == "waiting for 1 GPU (0 of 1 free); within its group's quota of 1, but nothing can be"
-        f" reclaimed: job {kept} (group sweep) borrows beyond its group's quota and opted out"
-        " of preemption",
+        lambda: (
+            client.store.get(vision).reason
+            == "waiting for 1 GPU (0 of 1 free); within its group's quota of 1, but nothing can be"
+            f" reclaimed: job {kept} (group sweep) borrows beyond its group's quota and opted out"
+            " of preemption"
+        ),
         what="the quota job's wait reason",
     )
     assert client.store.get(kept).state == "running"

@@ -642,11 +642,12 @@ class Daemon:
             elif job is not None and job.reason != reason:
                 self.store.set_reason(decision.job_id, reason)
             return
-        if tracked.cancel_sent_at is None:
-            if self._record_stop(decision.job_id, db.PREEMPT_INTENT, decision.reason):
-                tracked.preempted = decision.reason
-                self.log(f"job {decision.job_id}: {decision.reason}")
-                self._cancel(tracked, now)
+        if tracked.cancel_sent_at is None and self._record_stop(
+            decision.job_id, db.PREEMPT_INTENT, decision.reason
+        ):
+            tracked.preempted = decision.reason
+            self.log(f"job {decision.job_id}: {decision.reason}")
+            self._cancel(tracked, now)
 
     def _record_stop(self, job_id: int, intent: str, reason: str) -> bool:
         """Write down why the daemon stops a job before it signals it, so a daemon that starts

@@ -242,9 +242,7 @@ def live_jobs(store: Store) -> list[LiveJob]:
     ]
 
 
-def mark_unplanned(
-    store: Store, stale: Sequence[int], since_id: int | None, reason: str
-) -> int:
+def mark_unplanned(store: Store, stale: Sequence[int], since_id: int | None, reason: str) -> int:
     """Give `reason` to queued jobs a scheduling pass did not look at: those in `stale` (looked
     at before, so their reason may no longer hold) and those submitted after job `since_id`
     that have none yet (None: every queued job, once, when the daemon starts). Jobs backing

@@ -262,10 +262,10 @@ class _Reporter:
                 # (not for every memory figure that moves).
                 self.emit({"type": "wait", **line})
                 said = (waits or "").strip()
-                if said and self.progress is None and not self.json_mode:
-                    if self.said.get(job.id) != _masked(said):
-                        self.said[job.id] = _masked(said)
-                        print(f"[{job.stage}] job {job.id} waits: {said}", file=self.err, flush=True)
+                plain = self.progress is None and not self.json_mode
+                if said and plain and self.said.get(job.id) != _masked(said):
+                    self.said[job.id] = _masked(said)
+                    print(f"[{job.stage}] job {job.id} waits: {said}", file=self.err, flush=True)
             elif self.json_mode:
                 self.emit({"type": "progress", **line})
             if self.progress is not None:

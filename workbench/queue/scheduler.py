@@ -634,7 +634,7 @@ class _Ledger:
                 f" ({'job' if len(busy) == 1 else 'jobs'} {_listing(busy)})" if busy else ""
             )
         held_note = self.held_note(want)
-        if want.gpus >= 1 and not want.gpu_mem or not self.whole:
+        if (want.gpus >= 1 and not want.gpu_mem) or not self.whole:
             free = sum(1 for g in self.whole if self.share[g.index] == 0)
             of = f"{free} of {len(self.whole)} free" + (f"; {broken}" if broken else "")
             return f"waiting for {_plural(want.gpus, 'GPU')} ({of}){held_note}"
@@ -1185,7 +1185,9 @@ def _unreclaimable_note(ledger: _Ledger, want: Want, quotas: Mapping[str, float]
     if borrowers and all(not h.preemptible for h in borrowers):
         named = ", ".join(f"{h.id} (group {h.group})" for h in borrowers)
         if len(borrowers) == 1:
-            return head + f"job {named} borrows beyond its group's quota and opted out of preemption"
+            return (
+                head + f"job {named} borrows beyond its group's quota and opted out of preemption"
+            )
         return head + f"jobs {named} borrow beyond their groups' quotas and opted out of preemption"
     if borrowers:
         ids = _listing(h.id for h in borrowers)

@@ -470,18 +470,19 @@ def gpu_slots(
         others: tuple[scheduler.OtherProcess, ...] = ()
         if sample.processes is not None:
             grants = granted or {}
-
-            def here(pid: int) -> bool:
-                grant = grants.get(pid)
-                return pid in our_pids and (grant is None or sample.index in grant[1])
-
-            ours = sum(p.used_memory_bytes or 0 for p in sample.processes if here(p.pid))
+            # A job's process counts as ours only on the GPUs its job was granted.
+            here = {
+                p.pid
+                for p in sample.processes
+                if p.pid in our_pids and (p.pid not in grants or sample.index in grants[p.pid][1])
+            }
+            ours = sum(p.used_memory_bytes or 0 for p in sample.processes if p.pid in here)
             others = tuple(
                 scheduler.OtherProcess(
                     p.pid, p.used_memory_bytes, grants[p.pid][0] if p.pid in grants else None
                 )
                 for p in sample.processes
-                if not here(p.pid) and p.used_memory_bytes
+                if p.pid not in here and p.used_memory_bytes
             )
         other = max(0, sample.memory_used_bytes - ours)
         slots.append(
