@@ -410,3 +410,33 @@ def test_ls_says_when_no_daemon_is_there_to_start_queued_jobs(
 
     stop_daemon(home)
     assert note in workbench("ls").stdout
+
+
+def test_a_group_opted_out_of_preemption_in_config_toml_keeps_its_running_jobs(
+    client: Client, home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group's `preemptible = false` was fixed into each job when it started: set while the
+    daemon ran, it did not cover the group's running jobs."""
+    fake_machine(tmp_path, monkeypatch, [{}])
+    home.config.write_text(
+        '[daemon]\nkill_grace = "1s"\n\n[groups.vision]\nquota = 0\n\n[groups.sweep]\nquota = 0\n'
+    )
+    held = submit_command(client, tmp_path, ["sleep", "600"], gpus=1, group="sweep")
+    wait_state(client, held, "running")
+    home.config.write_text(
+        '[daemon]\nkill_grace = "1s"\n\n[groups.vision]\nquota = 1\n\n'
+        "[groups.sweep]\nquota = 0\npreemptible = false\n"
+    )
+    vision = submit_command(client, tmp_path, ["true"], gpus=1, group="vision")
+    client.nudge()
+    expected = (
+        "waiting for 1 GPU (0 of 1 free); within its group's quota of 1, but nothing can be"
+        f" reclaimed: job {held} (group sweep) borrows beyond its group's quota and opted out"
+        " of preemption"
+    )
+    wait_for(lambda: client.store.get(vision).reason == expected, what="the opt-out reason")
+    assert client.store.get(held).state == "running"
+    assert "preempt" not in [e.event for e in client.store.events(held)]
+    client.control(vision, "cancel")
+    client.control(held, "cancel")
+    wait_state(client, held, "cancelled", timeout=30)

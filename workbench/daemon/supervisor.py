@@ -69,6 +69,7 @@ class Tracked:
     launch_committed: bool = True
     ended: Ended | None = None  # over, but not yet recorded (the write failed: retried)
     preempted: str | None = None  # why it was sent SIGTERM to give its GPUs back
+    opted_out: bool = False  # the job itself said preemptible = false (its group may, too)
     over_reservation: str | None = None  # why it was stopped (strict GPU memory reservations)
 
 
@@ -269,7 +270,7 @@ class Daemon:
                 time_limit=job.time_limit,
                 mig_uuids=self._adopted_mig(job),
                 mig_profile=job.mig_profile,
-                preemptible=job.preemptible and job.group not in self.config.not_preemptible,
+                preemptible=job.preemptible,
             )
             deadline = None
             if job.time_limit and job.started_at:
@@ -318,7 +319,10 @@ class Daemon:
     def _track(
         self, job_id: int, handle: Handle, holding: scheduler.Holding, deadline: float | None
     ) -> Tracked:
+        """Follow a job attempt; `holding.preemptible` is the job's own flag (its group's, from
+        config.toml, is applied in `_holding_now`)."""
         tracked = Tracked(job_id, handle, holding, deadline=deadline)
+        tracked.opted_out = not holding.preemptible
         fd = self.executor.watch_fd(handle)
         if fd is not None:
             tracked.watch_fd = fd
@@ -621,8 +625,16 @@ class Daemon:
         seen = self.gpu_mem_seen.get(tracked.job_id)
         stopping = tracked.cancel_sent_at is not None or tracked.ended is not None
         holding = tracked.holding
-        if holding.gpu_mem_seen != seen or holding.stopping != stopping:
-            holding = tracked.holding = replace(holding, gpu_mem_seen=seen, stopping=stopping)
+        # Its own opt-out, or its group's as config.toml says now (it is read again on change).
+        preemptible = not tracked.opted_out and holding.group not in self.config.not_preemptible
+        if (
+            holding.gpu_mem_seen != seen
+            or holding.stopping != stopping
+            or holding.preemptible != preemptible
+        ):
+            holding = tracked.holding = replace(
+                holding, gpu_mem_seen=seen, stopping=stopping, preemptible=preemptible
+            )
         return holding
 
     def _reclaim(self, decision: scheduler.Preempt | scheduler.Exceeds, now: float) -> None:
@@ -728,7 +740,7 @@ class Daemon:
                 started_at=now,
                 mig_uuids=start.devices if start else (),
                 mig_profile=queued.mig_profile,
-                preemptible=queued.preemptible and queued.group not in self.config.not_preemptible,
+                preemptible=queued.preemptible,
                 time_limit=job.time_limit,
             )
             deadline = now + job.time_limit if job.time_limit else None
