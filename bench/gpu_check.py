@@ -59,6 +59,8 @@ if str(ROOT) not in sys.path:
 
 from _results import table, write_section  # noqa: E402
 
+from workbench.paths import Home  # noqa: E402
+
 GIB = 1024**3
 MIB = 1024**2
 PASS, FAIL, NOT_AVAILABLE = "PASS", "FAIL", "NOT AVAILABLE"
@@ -274,14 +276,14 @@ class Workbench:
 
     def wait(self, job_id: int, at_most: float = 180) -> dict[str, Any]:
         """The job once it ended; a job still going at the limit is cancelled and Failed."""
-        self.run("wait", str(job_id), "--timeout", f"{self.deadline.left(at_most):.0f}",
-                 timeout=self.deadline.left(at_most) + 30)  # fmt: skip
+        limit = self.deadline.left(at_most)
+        self.run("wait", str(job_id), "--timeout", f"{limit:.0f}", timeout=limit + 30)
         job = self.show(job_id)
         if job["state"] not in ("succeeded", "failed", "cancelled", "blocked"):
             self.run("cancel", str(job_id))
             raise Failed(
-                f"job {job_id} ({job['name']}) had not ended after {at_most:.0f}s: {job['state']},"
-                f" {job.get('reason')}"
+                f"job {job_id} ({job['name']}) had not ended after waiting {limit:.0f}s (cancelled):"
+                f" {job['state']}, {job.get('reason')}"
             )
         return job
 
@@ -306,19 +308,27 @@ class Workbench:
         return self.daemon_pid
 
     def stop_daemon(self) -> tuple[bool, str]:
-        """Cancel what is left, stop the daemon by its pid (SIGTERM, SIGKILL after 15 s), and
-        look for any process of this home still alive. (ok, what happened)."""
-        notes = []
+        """Cancel the jobs still going (and wait for them to end), stop the daemon by its pid
+        (SIGTERM, SIGKILL after 15 s), then look for any process of this home still alive
+        (killed, and reported). (ok, what happened)."""
+        from workbench.daemon.link import lock_holder
+
+        notes: list[str] = []
+        going = []
         for job_id in self.submitted:
             done = self.run("show", str(job_id), "--json")
             if done.returncode == 0 and json.loads(done.stdout)["state"] in (
                 "queued", "starting", "running", "paused",
             ):  # fmt: skip
-                self.run("cancel", str(job_id))
-                notes.append(f"cancelled job {job_id}")
-        pid = self.daemon_pid
+                going.append(str(job_id))
+        if going:
+            self.run("cancel", *going)
+            self.run("wait", *going, "--timeout", "30", timeout=60)
+            notes.append(f"cancelled job(s) {', '.join(going)}")
+        holder = lock_holder(Home(self.home))
+        pid = self.daemon_pid or (holder if holder and holder > 0 else None)
         if pid is None:
-            return False, "no daemon was started"
+            return False, "no daemon was running"
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -326,15 +336,23 @@ class Workbench:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and _alive(pid):
             time.sleep(0.05)
-        if _alive(pid):
+        killed = _alive(pid)
+        if killed:
             os.kill(pid, signal.SIGKILL)
-            notes.append(f"daemon pid {pid} needed SIGKILL")
+            notes.append(f"daemon pid {pid} did not stop within 15s: SIGKILL")
         time.sleep(0.2)
         left = _processes_of_home(self.home)
+        for found in left:
+            try:
+                os.kill(int(found.split()[0]), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         if left:
-            return False, f"still running after the stop: {left}"
-        return not any("SIGKILL" in n for n in notes), "; ".join(
-            [f"daemon pid {pid} stopped by SIGTERM", *notes, "no process of the home left"]
+            notes.append(f"still running after the stop, killed: {', '.join(left)}")
+        ok = not killed and not left
+        return ok, "; ".join(
+            [f"daemon pid {pid} stopped by SIGTERM" if not killed else "daemon killed", *notes]
+            + (["no process of the home left"] if ok else [])
         )
 
 
@@ -459,7 +477,9 @@ class GpuCheck:
     def whole_gpu(self) -> str:
         """`--gpus` for a job that takes a whole GPU: 1, or a MIG profile where every GPU is in
         MIG mode (whole GPUs are then not allocatable)."""
-        if self.samples and all(s.mig_mode for s in self.samples):
+        if not self.samples:
+            raise NotAvailable("NVML found no GPU to grant")
+        if all(s.mig_mode for s in self.samples):
             for place in self.placement.values():
                 if place.mig:
                     return str(place.mig[0].profile)
@@ -819,10 +839,14 @@ class GpuCheck:
 
     def onnxruntime_cuda(self, result: Result) -> str:
         self.need("onnx", "onnxscript", "onnxruntime")
+        asked = self.whole_gpu()
         if self.train_job is None:
             self.need_dataset()
-            raise Failed("not run: the bf16 train job (the model to export) did not succeed")
-        asked = self.whole_gpu()
+            trained = next((r for r in self.results if r.name == "bf16 autocast"), None)
+            why = f"the bf16 train job (the model to export) did not run: {getattr(trained, 'detail', '')}"
+            if trained is not None and trained.verdict == NOT_AVAILABLE:
+                raise NotAvailable(why)
+            raise Failed(why)
         spec = self.home / "gpucheck" / "export.toml"
         spec.write_text(
             f'kind = "export"\nname = "gpucheck-export"\nmodel = "{self.train_job["id"]}"\n'
@@ -1008,6 +1032,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fake", action="store_true", help="run against the simulated driver")
     parser.add_argument("--write", action="store_true", help="record in bench/RESULTS.md")
+    parser.add_argument(
+        "--scenario", metavar="FILE.json", help="with --fake: this simulated machine instead"
+    )
     parser.add_argument("--home", help="WORKBENCH_HOME to use (default: a fresh temporary one)")
     parser.add_argument("--json-out", help="also write the results as JSON to this file")
     parser.add_argument("--budget", type=float, default=300, help="seconds for all the checks")
@@ -1044,7 +1071,14 @@ def main() -> int:
         from workbench.telemetry import fakenvml
 
         home.mkdir(parents=True, exist_ok=True)
-        scenario = fakenvml.write_scenario(home / "fake_nvml.json", FAKE_SCENARIO)
+        try:
+            machine_data = (
+                json.loads(Path(args.scenario).read_text()) if args.scenario else FAKE_SCENARIO
+            )
+            scenario = fakenvml.write_scenario(home / "fake_nvml.json", machine_data)
+        except (OSError, ValueError) as error:
+            print(f"gpu_check: --scenario {args.scenario}: {error}", file=sys.stderr)
+            return 2
         env["WORKBENCH_FAKE_NVML"] = os.environ["WORKBENCH_FAKE_NVML"] = str(scenario)
     else:
         os.environ.pop("WORKBENCH_FAKE_NVML", None)
