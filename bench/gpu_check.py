@@ -65,6 +65,8 @@ GIB = 1024**3
 MIB = 1024**2
 PASS, FAIL, NOT_AVAILABLE = "PASS", "FAIL", "NOT AVAILABLE"
 SECTION = "GPU check"
+SMI_FIELDS = ["uuid", "index", "memory.total", "memory.used"]
+SMI_USED_SLACK_MIB = 256  # used memory moves between the two reads
 MARK = "GPUCHECK "  # the probes' result line in a job's log
 PAIR_CAP = "2GiB"
 HOG_CAP = "1GiB"
@@ -541,46 +543,21 @@ class GpuCheck:
         if smi is None:
             raise NotAvailable("nvidia-smi is not on the PATH")
         if not self.samples:
-            raise Failed("not run: NVML gave no GPU to compare")
-        fields = ["uuid", "index", "name", "memory.total", "memory.used", "memory.reserved"]
+            raise NotAvailable("NVML gave no GPU to compare")
+        fields = [*SMI_FIELDS, "memory.reserved"]
         done = _smi(smi, fields)
         if done.returncode != 0:  # an older nvidia-smi without memory.reserved
-            fields = fields[:-1]
+            fields = SMI_FIELDS
             done = _smi(smi, fields)
         if done.returncode != 0:
             raise Failed(f"nvidia-smi exited {done.returncode}: {done.stderr.strip()[-200:]}")
-        rows = {}
-        for line in done.stdout.strip().splitlines():
-            values = [v.strip() for v in line.split(",")]
-            rows[values[0]] = dict(zip(fields, values, strict=False))
-        bad = []
-        for s in self.samples:
-            row = rows.get(s.uuid or "")
-            if row is None:
-                bad.append(f"GPU {s.index} ({s.uuid}) is not in nvidia-smi's list")
-                continue
-            total_mib, used_mib = int(row["memory.total"]), int(row["memory.used"])
-            reserved = row.get("memory.reserved", "")
-            reserved_mib = int(reserved) if reserved.isdigit() else 0
-            nvml_total, nvml_used = s.memory_total_bytes // MIB, s.memory_used_bytes // MIB
-            used_gap = min(abs(nvml_used - used_mib), abs(nvml_used - used_mib - reserved_mib))
-            result.figures.append(
-                f"GPU {s.index}: total NVML {nvml_total} MiB, nvidia-smi {total_mib} MiB; used"
-                f" NVML {nvml_used} MiB, nvidia-smi {used_mib} MiB"
-                + (f" (+ {reserved_mib} MiB reserved)" if reserved.isdigit() else "")
-            )
-            if abs(nvml_total - total_mib) > 1:
-                bad.append(
-                    f"GPU {s.index}: total {nvml_total} MiB by NVML, {total_mib} by nvidia-smi"
-                )
-            if used_gap > 256:
-                bad.append(
-                    f"GPU {s.index}: used {nvml_used} MiB by NVML, {used_mib} (+{reserved_mib}"
-                    " reserved) by nvidia-smi"
-                )
-        if bad:
-            raise Failed("; ".join(bad))
-        return "memory total equal, used within 256 MiB on every GPU"
+        figures, problems, compared = compare_with_smi(self.samples, done.stdout, fields)
+        result.figures.extend(figures)
+        if problems:
+            raise Failed("; ".join(problems))
+        if not compared:
+            raise NotAvailable("nvidia-smi gave no memory figures to compare")
+        return f"memory total equal, used within {SMI_USED_SLACK_MIB} MiB on every GPU"
 
     # ---- 2. the daemon and its jobs ---------------------------------------------------------------
 
@@ -747,25 +724,11 @@ class GpuCheck:
         self.need_cuda()
         if len(self.pair) != 2 or any(j["state"] != "succeeded" for j in self.pair):
             raise Failed("not run: the fractional pair did not succeed")
-        cap = 2 * GIB
         bad = []
         for job in self.pair:
-            log = self.wb.log(job)
-            capped = next((line for line in log.splitlines() if "GPU memory capped" in line), None)
-            peak = job["metrics"].get("gpu_mem_bytes")
-            seen = job.get("peak_gpu_mem")
-            result.figures.append(
-                f"job {job['id']}: {capped or 'no cap line in the log'}; torch peak allocated"
-                f" {_mib(peak)}; NVML peak {_mib(seen)} (cap {_mib(cap)})"
-            )
-            if capped is None:
-                bad.append(f"job {job['id']} did not cap its GPU memory")
-            if peak is None:
-                bad.append(f"job {job['id']} recorded no gpu_mem_bytes (did it train on the GPU?)")
-            elif peak > cap:
-                bad.append(f"job {job['id']} allocated {_mib(peak)}, over its cap of {_mib(cap)}")
-            if seen is not None and seen > cap:
-                bad.append(f"job {job['id']} held {_mib(seen)} by NVML, over its cap")
+            figure, problems = cap_findings(job, self.wb.log(job), 2 * GIB)
+            result.figures.append(figure)
+            bad += problems
         if bad:
             raise Failed("; ".join(bad))
         return "both capped at 2 GiB and within it (torch's allocator and NVML)"
@@ -773,6 +736,8 @@ class GpuCheck:
     def cap_enforced(self, result: Result) -> str:
         self.need_cuda()
         self.need_dataset()
+        if not self.samples:
+            raise NotAvailable("NVML found no GPU to share")
         if all(s.mig_mode for s in self.samples):
             raise NotAvailable("every GPU is in MIG mode: fractions of a GPU do not apply")
         model = self.home / "gpucheck" / "hog.py"
@@ -826,15 +791,9 @@ class GpuCheck:
                 f"torch directly: a 1024x1024 matmul under autocast gives {direct['dtype']}, relative"
                 f" error {direct['rel_err']:.2e} against float64 (float32 {direct['fp32_rel_err']:.2e})"
             )
-        if not str(env.get("device", "")).startswith("cuda"):
-            raise Failed(f"the train job ran on {env.get('device')}, not the granted GPU")
-        if "autocast" not in env:
-            raise Failed("the train job does not record whether it used autocast")
-        expected = "bfloat16" if cuda.get("bf16_supported") else None
-        if env["autocast"] != expected:
-            raise Failed(f"the job's autocast is {env['autocast']}, expected {expected}")
-        if direct is None or direct["dtype"] != "bfloat16" or not 1e-4 < direct["rel_err"] < 5e-2:
-            raise Failed(f"torch's autocast did not compute in bfloat16: {direct}")
+        problems = autocast_findings(env, direct, bool(cuda.get("bf16_supported")))
+        if problems:
+            raise Failed("; ".join(problems))
         return f"train job used {env['autocast']} autocast on {env.get('device_name')}"
 
     def onnxruntime_cuda(self, result: Result) -> str:
@@ -881,25 +840,12 @@ class GpuCheck:
             f" {seen.get('node_runs_by_provider')}, max abs diff against CPU"
             f" {seen.get('max_abs_diff_vs_cpu', float('nan')):.2e}"
         )
-        if "CUDAExecutionProvider" not in (seen.get("available") or []):
-            raise NotAvailable(
-                f"onnxruntime {seen.get('onnxruntime')} has no CUDAExecutionProvider (available:"
-                f" {', '.join(seen.get('available') or [])}); onnxruntime-gpu provides it"
-            )
-        cuda_nodes = (seen.get("node_runs_by_provider") or {}).get("CUDAExecutionProvider", 0)
-        if (seen.get("session_providers") or [None])[
-            0
-        ] != "CUDAExecutionProvider" or not cuda_nodes:
-            raise Failed(
-                "CUDAExecutionProvider is available but the session ran on"
-                f" {seen.get('session_providers')} (nodes {seen.get('node_runs_by_provider')});"
-                " its CUDA libraries could not be loaded (see the job's log)"
-            )
-        if seen["max_abs_diff_vs_cpu"] > 1e-2:
-            raise Failed(f"CUDA and CPU outputs differ by {seen['max_abs_diff_vs_cpu']:.2e}")
-        if "cuda" not in latency:
-            raise Failed("the export job did not time onnxruntime on the GPU it was granted")
-        return f"{cuda_nodes} node runs on CUDAExecutionProvider; outputs match the CPU's"
+        verdict, detail = ort_verdict(seen, latency)
+        if verdict == NOT_AVAILABLE:
+            raise NotAvailable(detail)
+        if verdict == FAIL:
+            raise Failed(detail)
+        return detail
 
     def daemon_stop(self, result: Result) -> str:
         ok, what = self.wb.stop_daemon()
@@ -961,12 +907,130 @@ class GpuCheck:
 
     def report(self) -> str:
         rows = [[r.name, r.verdict, r.detail] for r in self.results]
-        lines = [*self.versions(), "", table(["check", "result", "detail"], rows), ""]
+        lines = [*(f"- {v}" for v in self.versions()), ""]
+        lines += [table(["check", "result", "detail"], rows), ""]
         for r in self.results:
             if r.figures:
-                lines.append(f"{r.name} ({r.seconds:.1f}s):")
-                lines.extend(f"  {figure}" for figure in r.figures)
-        return "\n".join(lines)
+                lines += [f"{r.name} ({r.seconds:.1f}s):", ""]
+                lines += [*(f"- {figure}" for figure in r.figures), ""]
+        return "\n".join(lines).rstrip() + "\n"
+
+
+def cap_findings(job: dict[str, Any], log_text: str, cap_bytes: int) -> tuple[str, list[str]]:
+    """A fractional train job against its GPU memory cap: (a figure line, problems). It must say
+    in its log that it capped itself, record torch's peak allocation (`gpu_mem_bytes`, so it
+    trained on the GPU) within the cap, and the daemon's NVML peak (`peak_gpu_mem`, None when
+    no sample caught it) must be within it too."""
+    capped = next((line for line in log_text.splitlines() if "GPU memory capped" in line), None)
+    peak = job["metrics"].get("gpu_mem_bytes")
+    seen = job.get("peak_gpu_mem")
+    figure = (
+        f"job {job['id']}: {capped or 'no cap line in the log'}; torch peak allocated"
+        f" {_mib(peak)}; NVML peak {_mib(seen)} (cap {_mib(cap_bytes)})"
+    )
+    problems = []
+    if capped is None:
+        problems.append(f"job {job['id']} did not cap its GPU memory")
+    if peak is None:
+        problems.append(f"job {job['id']} recorded no gpu_mem_bytes (did it train on the GPU?)")
+    elif peak > cap_bytes:
+        problems.append(
+            f"job {job['id']} allocated {_mib(peak)}, over its cap of {_mib(cap_bytes)}"
+        )
+    if seen is not None and seen > cap_bytes:
+        problems.append(f"job {job['id']} held {_mib(seen)} by NVML, over its cap")
+    return figure, problems
+
+
+def autocast_findings(
+    env: dict[str, Any], direct: dict[str, Any] | None, bf16_supported: bool
+) -> list[str]:
+    """Problems with bf16 autocast: the train job's recorded environment (run.json) must show
+    the GPU and `autocast` "bfloat16" where the GPU supports bf16 (None where not), and torch's
+    own autocast matmul (`direct`, from probe_cuda) must come out in bfloat16 with a relative
+    error of a bf16 product: above 1e-4 (so not float32) and below 5e-2 (so not garbage)."""
+    problems = []
+    if not str(env.get("device", "")).startswith("cuda"):
+        problems.append(f"the train job ran on {env.get('device')}, not the granted GPU")
+    if "autocast" not in env:
+        problems.append("the train job does not record whether it used autocast")
+    elif env["autocast"] != ("bfloat16" if bf16_supported else None):
+        expected = "bfloat16" if bf16_supported else None
+        problems.append(f"the job's autocast is {env['autocast']}, expected {expected}")
+    if direct is None or direct["dtype"] != "bfloat16" or not 1e-4 < direct["rel_err"] < 5e-2:
+        problems.append(f"torch's autocast did not compute in bfloat16: {direct}")
+    return problems
+
+
+def ort_verdict(seen: dict[str, Any], latency: dict[str, Any]) -> tuple[str, str]:
+    """(verdict, detail) of onnxruntime on the GPU, from probe_ort's findings (`seen`) and the
+    export job's model card `latency`: NOT AVAILABLE without a CUDAExecutionProvider; FAIL when
+    the session fell back to the CPU, no node ran on CUDA, outputs differ from the CPU's by more
+    than 1e-2, or the export job did not time the GPU it was granted."""
+    if "CUDAExecutionProvider" not in (seen.get("available") or []):
+        return NOT_AVAILABLE, (
+            f"onnxruntime {seen.get('onnxruntime')} has no CUDAExecutionProvider (available:"
+            f" {', '.join(seen.get('available') or [])}); onnxruntime-gpu provides it"
+        )
+    cuda_nodes = (seen.get("node_runs_by_provider") or {}).get("CUDAExecutionProvider", 0)
+    first = (seen.get("session_providers") or [None])[0]
+    if first != "CUDAExecutionProvider" or not cuda_nodes:
+        return FAIL, (
+            f"CUDAExecutionProvider is available but the session ran on"
+            f" {seen.get('session_providers')} (node runs {seen.get('node_runs_by_provider')});"
+            " its CUDA libraries could not be loaded (see the probe job's log)"
+        )
+    if seen["max_abs_diff_vs_cpu"] > 1e-2:
+        return FAIL, f"CUDA and CPU outputs differ by {seen['max_abs_diff_vs_cpu']:.2e}"
+    if "cuda" not in latency:
+        return FAIL, "the export job did not time onnxruntime on the GPU it was granted"
+    return PASS, f"{cuda_nodes} node runs on CUDAExecutionProvider; outputs match the CPU's"
+
+
+def compare_with_smi(
+    samples: list[Any], csv_text: str, fields: list[str]
+) -> tuple[list[str], list[str], int]:
+    """NVML's memory figures (`samples`, GpuSample) against nvidia-smi's
+    `--query-gpu=FIELDS --format=csv,noheader,nounits` output (MiB), matched by UUID.
+    Returns (figure lines, problems, GPUs compared). Totals must agree within 1 MiB (rounding).
+    Used must agree within SMI_USED_SLACK_MIB, against nvidia-smi's used or its used plus
+    reserved: NVML's v1 memory info counts the driver's reservation as used, newer nvidia-smi
+    reports it apart. "[N/A]" figures are shown and not compared."""
+    rows = {}
+    for line in csv_text.strip().splitlines():
+        values = [v.strip() for v in line.split(",")]
+        rows[values[0]] = dict(zip(fields, values, strict=False))
+    figures, problems, compared = [], [], 0
+    for s in samples:
+        row = rows.get(s.uuid or "")
+        if row is None:
+            problems.append(f"GPU {s.index} ({s.uuid}) is not in nvidia-smi's list")
+            continue
+        total, used, reserved = (
+            _mib_field(row.get(f)) for f in ("memory.total", "memory.used", "memory.reserved")
+        )
+        nvml_total, nvml_used = s.memory_total_bytes // MIB, s.memory_used_bytes // MIB
+        figures.append(
+            f"GPU {s.index}: total NVML {nvml_total} MiB, nvidia-smi {_na(total, ' MiB')}; used"
+            f" NVML {nvml_used} MiB, nvidia-smi {_na(used, ' MiB')}"
+            + ("" if reserved is None else f" (+ {reserved} MiB reserved)")
+        )
+        if total is None or used is None:
+            continue
+        compared += 1
+        if abs(nvml_total - total) > 1:
+            problems.append(f"GPU {s.index}: total {nvml_total} MiB by NVML, {total} by nvidia-smi")
+        gap = min(abs(nvml_used - used), abs(nvml_used - used - (reserved or 0)))
+        if gap > SMI_USED_SLACK_MIB:
+            problems.append(
+                f"GPU {s.index}: used {nvml_used} MiB by NVML, {used}"
+                f" (+{reserved or 0} reserved) by nvidia-smi"
+            )
+    return figures, problems, compared
+
+
+def _mib_field(text: str | None) -> int | None:
+    return int(text) if text is not None and text.isdigit() else None
 
 
 def _smi(smi: str, fields: list[str]) -> subprocess.CompletedProcess[str]:
@@ -1090,7 +1154,7 @@ def main() -> int:
     finally:
         if made:
             shutil.rmtree(home, ignore_errors=True)
-    body = f"Machine: {machine_line}\n" + checker.report()
+    body = f"Machine: {machine_line}\n\n" + checker.report()
     print(body)
     if args.json_out:
         Path(args.json_out).write_text(
