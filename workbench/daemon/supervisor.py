@@ -563,6 +563,11 @@ class Daemon:
             self.log(f"job {decision.job_id}: {decision.reason}")
             self._cancel(tracked, now)
 
+    def _granted_devices(self, job_id: int) -> list[str] | None:
+        """The MIG instances (UUIDs) the scheduler chose for a job starting now, or None."""
+        start = self._start_details.get(job_id)
+        return list(start.devices) if start is not None and start.devices else None
+
     def _launch_many(self, starts: list[tuple[db.QueuedJob, tuple[int, ...]]]) -> int:
         """Start jobs in three steps, each one transaction for all of them: mark them `starting`
         with fresh launch tokens; hand each to the executor; record the handles (`running`).
@@ -580,7 +585,12 @@ class Daemon:
                     Event.START,
                     "starting",
                     (JobState.QUEUED,),
-                    {"started_at": now, "granted_gpus": list(gpus), "launch_token": tokens[job.id]},
+                    {
+                        "started_at": now,
+                        "granted_gpus": list(gpus),
+                        "granted_devices": self._granted_devices(job.id),
+                        "launch_token": tokens[job.id],
+                    },
                 )
                 for job, gpus in starts
             ],
