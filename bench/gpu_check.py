@@ -565,7 +565,7 @@ class GpuCheck:
         self.need("psutil", "pyarrow", "rich")
         pid = self.wb.start_daemon()
         self.daemon_ok = True
-        result.figures.append(f"WORKBENCH_HOME {self.home}; daemon pid {pid}")
+        print(f"[gpu-check] WORKBENCH_HOME {self.home}", file=sys.stderr, flush=True)
         try:
             self.need("duckdb")
             self.wb.ok(
