@@ -440,6 +440,15 @@ class GpuCheck:
                 + "; ".join(PACKAGES[p] for p in lacking) + ")"
             )  # fmt: skip
 
+    def depends_on(self, name: str, why: str = "") -> None:
+        """Raise for a check that cannot go on without what check `name` should have left: NOT
+        AVAILABLE where that one was, else FAIL (not run)."""
+        earlier = next((r for r in self.results if r.name == name), None)
+        said = f"needs '{name}'{f' ({why})' if why else ''}, which"
+        if earlier is not None and earlier.verdict == NOT_AVAILABLE:
+            raise NotAvailable(f"{said} was not available: {earlier.detail}")
+        raise Failed(f"not run: {said} did not succeed")
+
     def need_daemon(self) -> None:
         if not self.daemon_ok:
             raise Failed("not run: the daemon did not start (see 'daemon start')")
@@ -625,7 +634,7 @@ class GpuCheck:
             + ", ".join(f"{d['name']} {d['uuid']}" for d in cuda["devices"])
         )
         if self.visible_job is None:
-            raise Failed("not run: the visible-devices job did not succeed")
+            self.depends_on("visible devices")
         seen = self.wb.probe_result(self.visible_job)
         if not seen.get("cuda_available"):
             raise Failed(f"torch in the job sees no CUDA device: {seen}")
@@ -723,7 +732,7 @@ class GpuCheck:
     def pair_caps(self, result: Result) -> str:
         self.need_cuda()
         if len(self.pair) != 2 or any(j["state"] != "succeeded" for j in self.pair):
-            raise Failed("not run: the fractional pair did not succeed")
+            self.depends_on("pair overlap")
         bad = []
         for job in self.pair:
             figure, problems = cap_findings(job, self.wb.log(job), 2 * GIB)
@@ -800,12 +809,7 @@ class GpuCheck:
         self.need("onnx", "onnxscript", "onnxruntime")
         asked = self.whole_gpu()
         if self.train_job is None:
-            self.need_dataset()
-            trained = next((r for r in self.results if r.name == "bf16 autocast"), None)
-            why = f"the bf16 train job (the model to export) did not run: {getattr(trained, 'detail', '')}"
-            if trained is not None and trained.verdict == NOT_AVAILABLE:
-                raise NotAvailable(why)
-            raise Failed(why)
+            self.depends_on("bf16 autocast", "its train job gives the model to export")
         spec = self.home / "gpucheck" / "export.toml"
         spec.write_text(
             f'kind = "export"\nname = "gpucheck-export"\nmodel = "{self.train_job["id"]}"\n'
