@@ -289,6 +289,13 @@ class Workbench:
             )
         return job
 
+    def failure(self, job: dict[str, Any]) -> str:
+        """Why a job did not succeed, with the end of its log."""
+        tail = " | ".join(self.log(job).strip().splitlines()[-3:])
+        return (
+            f"job {job['id']} ({job['name']}) {job['state']}: {job.get('reason')}; log ends: {tail}"
+        )
+
     def log(self, job: dict[str, Any]) -> str:
         path = Path(job["paths"]["log"])
         return path.read_text(errors="replace") if path.exists() else ""
@@ -598,7 +605,7 @@ class GpuCheck:
         )  # fmt: skip
         job = self.wb.wait(job_id, 180)
         if job["state"] != "succeeded":
-            raise Failed(f"job {job_id} {job['state']}: {job.get('reason')}")
+            raise Failed(self.wb.failure(job))
         self.visible_job = job
         seen = self.wb.probe_result(job)
         acceptable = self._acceptable_devices(job)
@@ -678,10 +685,14 @@ class GpuCheck:
         self._watch_pair(ids)
         self.pair = [self.wb.wait(i, 240) for i in ids]
         for job in self.pair:
-            result.figures.append(
-                f"job {job['id']}: {job['state']}, granted GPU {job['granted_gpus']}, ran"
-                f" {_clock(job['started_at'])} to {_clock(job['ended_at'])}"
+            ran = (
+                f"ran {_clock(job['started_at'])} to {_clock(job['ended_at'])}"
                 f" ({job['ended_at'] - job['started_at']:.1f}s)"
+                if job["started_at"] and job["ended_at"]
+                else "never ran"
+            )
+            result.figures.append(
+                f"job {job['id']}: {job['state']}, granted GPU {job['granted_gpus']}, {ran}"
             )
         failed = [j for j in self.pair if j["state"] != "succeeded"]
         if failed:
@@ -781,7 +792,7 @@ class GpuCheck:
         job_id = self.wb.submit("--spec", str(spec), "--gpus", asked, "--cpus", "1")
         job = self.wb.wait(job_id, 240)
         if job["state"] != "succeeded":
-            raise Failed(f"job {job_id} {job['state']}: {job.get('reason')}")
+            raise Failed(self.wb.failure(job))
         self.train_job = job
         run = json.loads((Path(job["paths"]["run_dir"]) / "run.json").read_text())
         env = run.get("environment", {})
@@ -818,7 +829,7 @@ class GpuCheck:
         export_id = self.wb.submit("--spec", str(spec), "--gpus", asked, "--cpus", "1")
         export = self.wb.wait(export_id, 300)
         if export["state"] != "succeeded":
-            raise Failed(f"export job {export_id} {export['state']}: {export.get('reason')}")
+            raise Failed(self.wb.failure(export))
         card = json.loads((Path(export["paths"]["run_dir"]) / "model_card.json").read_text())
         latency = card.get("latency", {})
         on_gpu = card.get("gpu_provider") or {}
@@ -835,7 +846,7 @@ class GpuCheck:
         )  # fmt: skip
         probe = self.wb.wait(probe_id, 180)
         if probe["state"] != "succeeded":
-            raise Failed(f"probe job {probe_id} {probe['state']}: {probe.get('reason')}")
+            raise Failed(self.wb.failure(probe))
         seen = self.wb.probe_result(probe)
         result.figures.append(
             f"probe job {probe_id} (CUDA_VISIBLE_DEVICES {seen.get('CUDA_VISIBLE_DEVICES')!r}):"
