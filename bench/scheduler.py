@@ -1045,8 +1045,10 @@ Goal under 5 ms for the daemon's decision: {
     } (both p95s).
 
 Checks against a real driver (NVML figures, `CUDA_VISIBLE_DEVICES` honoured, two fractional
-train jobs sharing one GPU within their caps, bf16 autocast, ONNX Runtime's CUDA provider) need
-a GPU machine; none was lent to this work, so they were not run and the GPU memory cap
+train jobs sharing one GPU within their caps, bf16 autocast, ONNX Runtime's CUDA provider) are
+one prepared script, `python bench/gpu_check.py --write` (section "GPU check"); its plumbing
+runs here against the simulated driver (`--fake`, in the tests). No GPU machine was lent to
+this work, so it has not met a real driver and the GPU memory cap
 (`torch.cuda.set_per_process_memory_fraction`) is exercised only through its environment
 variable here.
 """
