@@ -392,6 +392,25 @@ def _describe_inputs(pre: Preprocessor, inputs: str) -> str:
     )
 
 
+def session_on(path: Path, provider: str) -> tuple[Any, str | None]:
+    """An onnxruntime session of the model at `path` running on `provider` (e.g.
+    "CUDAExecutionProvider"), or (None, why not). onnxruntime without that provider, or one
+    that cannot load its libraries (a CUDA or cuDNN it was not built for), still makes a
+    session, on the CPU, with only a warning: so the session's own providers decide."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=[provider])
+    used = list(session.get_providers())
+    if used[:1] == [provider]:
+        return session, None
+    if provider not in ort.get_available_providers():
+        return None, f"onnxruntime {ort.__version__} has no {provider}"
+    return None, (
+        f"onnxruntime could not start {provider} (the session runs on {', '.join(used)});"
+        " its libraries are missing or do not match this machine's"
+    )
+
+
 def run(ctx: JobContext) -> None:
     import numpy as np
     import onnx
@@ -496,16 +515,25 @@ def run(ctx: JobContext) -> None:
         )
     ctx.progress(0.55, "timing")
     timings: dict[str, Any] = {"cpu": latency(module, session, x, feed, spec.latency_runs)}
-    if (
-        ctx.gpu_indices
-        and torch.cuda.is_available()
-        and "CUDAExecutionProvider" in ort.get_available_providers()
-    ):
-        gpu_session = ort.InferenceSession(str(path), providers=["CUDAExecutionProvider"])
-        timings["cuda"] = latency(
-            module.to("cuda"), gpu_session, x, feed, spec.latency_runs, device="cuda"
+    gpu_provider: dict[str, str | None] | None = None
+    if ctx.gpu_indices:
+        gpu_session, why_not = (
+            session_on(path, "CUDAExecutionProvider")
+            if torch.cuda.is_available()
+            else (None, "torch sees no CUDA device")
         )
-        module.to("cpu")
+        gpu_provider = {
+            "provider": None if gpu_session is None else "CUDAExecutionProvider",
+            "why_not": why_not,
+        }
+        if gpu_session is not None:
+            timings["cuda"] = latency(
+                module.to("cuda"), gpu_session, x, feed, spec.latency_runs, device="cuda"
+            )
+            module.to("cpu")
+            ctx.log("onnxruntime on the granted GPU: CUDAExecutionProvider")
+        else:
+            ctx.log(f"no GPU latency: {why_not}")
     for batch, row in timings["cpu"].items():
         ctx.log(
             f"latency {batch}: torch {row['torch']['median_ms']:.3f} ms, onnxruntime"
@@ -578,6 +606,7 @@ def run(ctx: JobContext) -> None:
         else None,
         "parity": check,
         "latency": timings,
+        "gpu_provider": gpu_provider,
         "quantized": quantized,
         "environment": {
             "torch": torch.__version__,

@@ -568,7 +568,18 @@ def git_commit(folder: str) -> str | None:
     return result.stdout.strip() or None if result.returncode == 0 else None
 
 
+def bf16_autocast(device: torch.device) -> bool:
+    """Whether training on `device` runs its forward pass under bfloat16 autocast: on a CUDA
+    device that supports bf16 (Ampere and later), never on the CPU."""
+    import torch
+
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
 def environment(device: torch.device, cwd: str) -> dict[str, Any]:
+    """What the run ran on, for run.json and the runs table: versions, the device and its
+    name, threads, the autocast dtype ("bfloat16", or None for full float32) and the git
+    commit of `cwd`."""
     import numpy
     import torch
 
@@ -582,6 +593,7 @@ def environment(device: torch.device, cwd: str) -> dict[str, Any]:
         "cuda": torch.version.cuda,
         "device": str(device),
         "device_name": name,
+        "autocast": "bfloat16" if bf16_autocast(device) else None,
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "numpy": numpy.__version__,
@@ -812,7 +824,7 @@ def fit(
         ctx.store.drop_metrics_after(ctx.job.id, start_epoch * steps_per_epoch + start_batch)
         say(f"resumed from {checkpoint} at epoch {start_epoch + 1}, batch {start_batch}")
     metrics = _MetricBuffer(ctx, record)
-    autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    autocast = bf16_autocast(device)
 
     def save(epoch: int, batch: int, batch_order: torch.Tensor | None) -> None:
         if checkpoint is None or not primary:

@@ -646,7 +646,6 @@ class DetailRead(Message):
     now: float
     usage: dict[str, float] | None = None
     recorded: dict[str, float | int | None] | None = None
-    granted: str | None = None  # what the attempt was given (MIG instances by UUID)
 
 
 def job_facts(
@@ -656,12 +655,10 @@ def job_facts(
     usage: dict[str, float] | None = None,
     peak_rss: float | None = None,
     recorded: dict[str, float | int | None] | None = None,
-    granted: str | None = None,
 ) -> list[tuple[str, str]]:
     """The job detail's (label, value) lines: what it is, asked, granted, used, how long.
     `usage` is the live process tree's CPU seconds and RSS; `peak_rss` the most seen so far;
-    `recorded` an ended job's CPU time and peak memory from its exit record (`recorded_usage`);
-    `granted` what its attempt was given as `granted_text` reads it from the run folder."""
+    `recorded` an ended job's CPU time and peak memory from its exit record (`recorded_usage`)."""
     facts: list[tuple[str, str]] = []
     if job.reason:
         facts.append(("reason", job.reason))
@@ -673,7 +670,7 @@ def job_facts(
         )
     facts.append(("cwd", job.cwd))
     facts.append(("asked", job_resources(job)))
-    facts.append(("granted", granted or granted_text(job)))
+    facts.append(("granted", granted_text(job)))
     used = used_parts(job, recorded, usage, peak_rss)
     facts.append(("used", ", ".join(unit(u) for u in used) if used else "not measured yet"))
     if job.started_at is not None:
@@ -774,9 +771,8 @@ class JobDetailScreen(WorkbenchScreen):
         )
         run_dir = source.home.run_dir(job.id) if job is not None else None
         recorded = recorded_usage(job, run_dir) if job is not None else None
-        granted = granted_text(job, run_dir) if job is not None else None
         self.post_message(
-            DetailRead(job, events, metrics, chunk, reset, source.now(), usage, recorded, granted)
+            DetailRead(job, events, metrics, chunk, reset, source.now(), usage, recorded)
         )
 
     def read_log(self, source: Any) -> tuple[str, bool]:
@@ -890,7 +886,6 @@ class JobDetailScreen(WorkbenchScreen):
             message.usage,
             self.peak_rss,
             message.recorded,
-            message.granted,
         ):
             facts.add_row(label, value)
         return Group(title, facts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1619,7 +1620,10 @@ def test_a_mig_profile_job_runs_on_an_instance_named_by_its_uuid(
     job_id = job["id"]
     assert job["resources"]["mig_profile"] == "1g.10gb"
     assert (home.run_dir(job_id) / "log").read_text().strip() == f"visible={mig_uuid}"
-    # `show` names the instance the job got, as CUDA_VISIBLE_DEVICES did, not just its GPU.
+    assert job["granted_devices"] == [mig_uuid]
+    # `show` names the instance the job got, as CUDA_VISIBLE_DEVICES did, not just its GPU,
+    # from the store: a pruned run folder loses nothing of it.
+    shutil.rmtree(home.run_dir(job_id))
     shown = workbench("show", str(job_id)).stdout
     assert f"granted MIG 1g.10gb instance {mig_uuid} on GPU 0" in " ".join(shown.split())
     # A profile no GPU is split into waits, saying so in words, in `ls` and `show`.
@@ -1636,28 +1640,25 @@ def test_a_mig_profile_job_runs_on_an_instance_named_by_its_uuid(
 
 
 @pytest.mark.parametrize(
-    ("profile", "token", "recorded", "text"),
+    ("profile", "devices", "text"),
     [
-        ("1g.10gb", "t2", ("t2", "MIG-x"), "MIG 1g.10gb instance MIG-x on GPU 0"),
-        ("1g.10gb", "t2", ("t1", "MIG-old"), "MIG 1g.10gb instance on GPU 0"),  # earlier attempt
-        ("1g.10gb", "t2", None, "MIG 1g.10gb instance on GPU 0"),  # wrapper not recorded yet
-        (None, "t2", ("t2", "0"), "GPU 0"),
+        ("1g.10gb", ["MIG-x"], "MIG 1g.10gb instance MIG-x on GPU 0"),
+        ("1g.10gb", None, "MIG 1g.10gb instance on GPU 0"),  # started before it was recorded
+        ("1g.10gb", ["MIG-\x1b[2J"], "MIG 1g.10gb instance MIG-\\x1b[2J on GPU 0"),
+        (None, None, "GPU 0"),
     ],
 )
 def test_a_mig_grant_is_shown_as_the_instance_the_attempt_was_launched_with(
-    tmp_path: Path, profile: str | None, token: str, recorded: tuple[str, str] | None, text: str
+    profile: str | None, devices: list[str] | None, text: str
 ) -> None:
     from types import SimpleNamespace
 
-    from workbench.daemon.runner import WrapperRecord, write_wrapper
     from workbench.jobmodel.resources import Resources as Asked
     from workbench.present import granted_text
 
-    if recorded is not None:
-        write_wrapper(tmp_path, WrapperRecord(recorded[0], 1, None, recorded[1]))
     asked = Asked(gpus=0 if profile else 1, mig_profile=profile)
-    job = SimpleNamespace(granted_gpus=[0], resources=asked, launch_token=token)
-    assert granted_text(job, tmp_path) == text  # type: ignore[arg-type]
+    job = SimpleNamespace(granted_gpus=[0], resources=asked, granted_devices=devices)
+    assert granted_text(job) == text  # type: ignore[arg-type]
 
 
 def test_a_job_that_opts_out_of_preemption_keeps_its_borrowed_gpu(

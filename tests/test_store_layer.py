@@ -116,7 +116,8 @@ def test_migrates_a_state_file_of_the_previous_schema(tmp_path: Path) -> None:
         store.close()
 
 
-ADDED_BY_THIS_VERSION = (15, 16, 17)  # the scheduling indexes; the usage columns; group heads
+# The scheduling indexes; the usage columns; group heads; the granted MIG instances.
+ADDED_BY_THIS_VERSION = (15, 16, 17, 18)
 
 
 def test_a_state_file_of_the_previous_version_gains_indexes_and_usage_columns(
@@ -157,10 +158,12 @@ def test_a_state_file_of_the_previous_version_gains_indexes_and_usage_columns(
         assert store.get_setting("migrations") == ",".join(map(str, sorted(MIGRATIONS)))
         old = store.list_jobs()[0]
         assert (old.cpu_s, old.peak_mem_bytes, old.peak_mem_source) == (None, None, None)
+        assert old.granted_devices is None
         new = store.submit(_request())
         from workbench.db.store import Event
 
-        store.transition(new, Event.START, "starting")
+        store.transition(new, Event.START, "starting", granted_devices=["MIG-5e1f"])
+        assert store.get(new).granted_devices == ["MIG-5e1f"]
         store.transition(new, Event.LAUNCHED, "started", pid=1)
         store.transition(
             new, Event.EXIT_FAILED, "exited with code 1", exit_code=1, cpu_s=0.5,
@@ -171,6 +174,7 @@ def test_a_state_file_of_the_previous_version_gains_indexes_and_usage_columns(
         assert (shown["cpu_source"], shown["peak_mem_source"]) == ("cgroup", "cgroup")
         store.transition(new, Event.RETRY, "retried by hand")  # a new attempt: not measured
         assert store.get(new).cpu_s is None and store.get(new).peak_mem_source is None
+        assert store.get(new).granted_devices is None  # the next attempt gets its own
         plan = " ".join(
             str(r[-1])
             for r in store.conn.execute(
@@ -253,7 +257,7 @@ def test_job_json_pages_write_what_to_json_writes(tmp_path: Path) -> None:
     """`ls --json` writes jobs from their rows without parsing specs or building Job objects;
     the text is exactly `dumps(job.to_json(secret_words=...))` for every kind of job: bytes that
     are not UTF-8, a name that starts with a quote, non-ASCII text, a spec's environment with
-    secrets (masked), a non-finite number in a spec, dependencies, granted GPUs, a settled job
+    secrets (masked), a non-finite number in a spec, dependencies, a granted MIG instance, a settled job
     with its usage, and a column holding infinity."""
     from workbench.db.job_pages import job_json_pages
     from workbench.db.store import Event, Resources
@@ -292,7 +296,9 @@ def test_job_json_pages_write_what_to_json_writes(tmp_path: Path) -> None:
         ids = [first, *store.submit_many(requests)]
         settled = ids[1]
         store.transition(settled, Event.START, "starting")
-        store.transition(settled, Event.LAUNCHED, "started", pid=42, granted_gpus=[0, 3])
+        store.transition(
+            settled, Event.LAUNCHED, "started", pid=42, granted_gpus=[0], granted_devices=["MIG-a"]
+        )
         store.set_progress(settled, 0.25, "step 1 of 4")
         store.transition(
             settled, Event.EXIT_FAILED, "exited with code 3", exit_code=3, cpu_s=1.25,

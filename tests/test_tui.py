@@ -732,23 +732,17 @@ def test_every_state_has_its_own_colour() -> None:
     assert "red" not in styles[JobState.PAUSED] and "red" not in styles[JobState.BLOCKED]
 
 
-def test_job_detail_shows_the_mig_instance_read_from_the_run_folder(tmp_path: Path) -> None:
-    """The detail's `granted` line is what `granted_text` reads from the attempt's wrapper record
-    (the MIG instance by UUID), not only the GPU index the store keeps."""
+def test_job_detail_shows_the_mig_instance_the_attempt_was_launched_with() -> None:
+    """The detail's `granted` line names the MIG instance by UUID, not only its GPU's index."""
     import dataclasses
 
     from tui_data import NOW, job
 
     from screens.queue import job_facts
-    from workbench.daemon.runner import WrapperRecord, write_wrapper
-    from workbench.present import granted_text
 
-    mig = job(7, "mig job", "running", granted_gpus=[0], launch_token="t7")
+    mig = job(7, "mig job", "running", granted_gpus=[0], granted_devices=["MIG-4f0c"])
     mig = dataclasses.replace(
         mig, resources=dataclasses.replace(mig.resources, gpus=0.0, mig_profile="1g.10gb")
     )
-    write_wrapper(tmp_path, WrapperRecord("t7", 1, None, "MIG-4f0c"))
-    granted = granted_text(mig, tmp_path)
-    assert "MIG-4f0c" in granted
-    facts = dict(job_facts(mig, {}, NOW, granted=granted))
-    assert facts["granted"] == granted
+    facts = dict(job_facts(mig, {}, NOW))
+    assert facts["granted"] == "MIG 1g.10gb instance MIG-4f0c on GPU 0"

@@ -60,12 +60,12 @@ def shown_reason(job: Job) -> str:
     return reason
 
 
-def granted_text(job: Job, run_dir: Path | None = None) -> str:
+def granted_text(job: Job) -> str:
     """What the scheduler granted, in words: `GPU 0`, `GPUs 0, 1`, `no GPU (CPU only)`, `not yet`
     (a job that has not started), or for a MIG job its instance: `MIG 1g.10gb instance
     MIG-5e1f... on GPU 0`, the UUID being the `CUDA_VISIBLE_DEVICES` this attempt was launched
-    with as its wrapper recorded it in `run_dir` (without it, or before the wrapper recorded
-    itself: `MIG 1g.10gb instance on GPU 0`)."""
+    with (`Job.granted_devices`; a job started before that was recorded: `MIG 1g.10gb instance
+    on GPU 0`)."""
     if job.granted_gpus is None:
         return "not yet"
     if not job.granted_gpus and not job.resources.mig_profile:
@@ -75,21 +75,8 @@ def granted_text(job: Job, run_dir: Path | None = None) -> str:
     profile = job.resources.mig_profile
     if not profile:
         return where
-    devices = _launched_devices(job, run_dir)
+    devices = display_text(",".join(job.granted_devices)) if job.granted_devices else ""
     return f"MIG {profile} instance{f' {devices}' if devices else ''} on {where}"
-
-
-def _launched_devices(job: Job, run_dir: Path | None) -> str | None:
-    """`CUDA_VISIBLE_DEVICES` of the job's current attempt, from its wrapper record (only when
-    the record carries this attempt's launch token: an earlier attempt's would mislead)."""
-    if run_dir is None or not job.launch_token:
-        return None
-    from workbench.daemon.runner import read_wrapper
-
-    record = read_wrapper(run_dir)
-    if record is None or record.token != job.launch_token or not record.devices:
-        return None
-    return display_text(record.devices)
 
 
 def job_progress(job: Job) -> str:
@@ -214,7 +201,7 @@ def job_details(
             else f"{job.executor} (not handed over yet)"
         )
         lines.append(("runs on", where + (f" on {job.node}" if job.node else "")))
-    lines.append(("resources", f"asked {job_resources(job)}; granted {granted_text(job, run_dir)}"))
+    lines.append(("resources", f"asked {job_resources(job)}; granted {granted_text(job)}"))
     used = used_parts(job, recorded_usage(job, run_dir))
     if used:
         lines.append(("used", ", ".join(used)))

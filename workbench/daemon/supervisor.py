@@ -227,20 +227,22 @@ class Daemon:
     # ---- re-adoption -------------------------------------------------------------------
 
     def _adopted_mig(self, job: db.LiveJob) -> tuple[str, ...]:
-        """The MIG instance an adopted job holds: the `CUDA_VISIBLE_DEVICES` its wrapper recorded
-        it was launched with (for this attempt's launch token); without that record, one of its
-        profile on its granted GPU that no other followed job holds (the store keeps the GPU,
-        not the instance's UUID). A guess could name another job's instance, and then hand the
-        job's own instance out again while it runs."""
+        """The MIG instance an adopted job holds: the one its row records (`granted_devices`,
+        written with its launch token), else the `CUDA_VISIBLE_DEVICES` its wrapper recorded
+        for this attempt (a job started before the row kept it), else one of its profile on its
+        granted GPU that no other followed job holds. Only the last is a guess; a wrong one
+        names another job's instance, and hands the job's own out again while it runs."""
         if job.mig_profile is None:
             return ()
         taken = {u for t in self.tracked.values() for u in t.holding.mig_uuids}
-        record = runner.read_wrapper(self.home.run_dir(job.id))
-        if record is not None and record.token == job.launch_token and record.devices:
-            launched = tuple(u for u in record.devices.split(",") if u)
-            known = {inst.uuid for slot in self.gpu_slots for inst in slot.mig}
-            if launched and all(u in known and u not in taken for u in launched):
-                return launched
+        known = {inst.uuid for slot in self.gpu_slots for inst in slot.mig}
+        launched: tuple[str, ...] = tuple(job.granted_devices or ())
+        if not launched:
+            record = runner.read_wrapper(self.home.run_dir(job.id))
+            if record is not None and record.token == job.launch_token and record.devices:
+                launched = tuple(u for u in record.devices.split(",") if u)
+        if launched and all(u in known and u not in taken for u in launched):
+            return launched
         for slot in self.gpu_slots:
             if slot.index not in job.granted_gpus:
                 continue
@@ -674,6 +676,11 @@ class Daemon:
             return False
         return True
 
+    def _granted_devices(self, job_id: int) -> list[str] | None:
+        """The MIG instances (UUIDs) the scheduler chose for a job starting now, or None."""
+        start = self._start_details.get(job_id)
+        return list(start.devices) if start is not None and start.devices else None
+
     def _launch_many(self, starts: list[tuple[db.QueuedJob, tuple[int, ...]]]) -> int:
         """Start jobs in three steps, each one transaction for all of them: mark them `starting`
         with fresh launch tokens; hand each to the executor; record the handles (`running`).
@@ -691,7 +698,12 @@ class Daemon:
                     Event.START,
                     "starting",
                     (JobState.QUEUED,),
-                    {"started_at": now, "granted_gpus": list(gpus), "launch_token": tokens[job.id]},
+                    {
+                        "started_at": now,
+                        "granted_gpus": list(gpus),
+                        "granted_devices": self._granted_devices(job.id),
+                        "launch_token": tokens[job.id],
+                    },
                 )
                 for job, gpus in starts
             ],

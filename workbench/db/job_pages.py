@@ -90,7 +90,7 @@ _JSON_TEMPLATE = (
     ' "created_at": %s, "started_at": %s, "ended_at": %s, "exit_code": %s, "pid": %s,'
     ' "progress": %s, "progress_msg": %s, "peak_gpu_mem": %s, "mean_gpu_util": %s,'
     ' "executor": %s, "slurm_id": %s, "node": %s, "preemptible": %s, "cpu_s": %s,'
-    ' "cpu_source": %s, "peak_mem_bytes": %s, "peak_mem_source": %s}'
+    ' "cpu_source": %s, "peak_mem_bytes": %s, "peak_mem_source": %s, "granted_devices": %s}'
 )
 
 
@@ -122,6 +122,7 @@ _JSON_COLUMNS = ", ".join(
         "cpu_source",
         _number("peak_mem_bytes"),
         "peak_mem_source",
+        "ifnull(granted_devices, 'null')",
     ]
 )
 
@@ -162,7 +163,7 @@ def _json_page(store: Store, rows: list[Any], words: tuple[str, ...]) -> list[st
             r[0], _text(r[1]), q(r[2]), q(r[3]), s(r[4]), r[5], r[6], _text(r[7]), r[8], q(r[9]),
             r[10], r[11], r[12], r[13], s(r[14]), r[15], r[16], r[17], r[18], _after(deps[r[0]]),
             r[20], s(r[21]), r[22], r[23], r[24], r[25], r[26], r[27], s(r[28]), r[29], r[30],
-            q(r[31]), s(r[32]), s(r[33]), r[34], r[35], s(r[36]), r[37], s(r[38]),
+            q(r[31]), s(r[32]), s(r[33]), r[34], r[35], s(r[36]), r[37], s(r[38]), r[39],
         )  # fmt: skip
         out.append(text)
     return out

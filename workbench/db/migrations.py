@@ -244,6 +244,11 @@ MIGRATIONS: dict[int, str] = {
     17: """
     CREATE INDEX IF NOT EXISTS jobs_group_queue ON jobs(state, grp, priority DESC, id);
     """,
+    # The devices an attempt was launched with where they are not GPU indices (MIG instances by
+    # UUID, as CUDA_VISIBLE_DEVICES carries them): a JSON list, cleared when the job requeues.
+    18: """
+    ALTER TABLE jobs ADD COLUMN granted_devices TEXT;
+    """,
     # Executors (60-69): where each job runs ('local' or 'slurm'), its Slurm job id and node,
     # whether Slurm may still hold it (submitted, not yet seen ended), and how much of the job's
     # record file (see workbench/db/journal.py) has been applied.

@@ -199,6 +199,7 @@ class LiveJob:
     preemptible: bool = True
     intent: str | None = None  # STOP_INTENTS: the daemon was stopping it, and `reason` says why
     reason: str | None = None
+    granted_devices: tuple[str, ...] = ()  # the MIG instances (UUIDs) it was launched on
 
 
 # Intents the daemon itself records before it sends SIGTERM, so that a daemon started after it
@@ -213,7 +214,8 @@ def live_jobs(store: Store) -> list[LiveJob]:
     """Jobs starting or running, and paused jobs that had started (a held job has no pid)."""
     rows = store.conn.execute(
         "SELECT id, state, grp, gpus, gpu_mem, cpus, mem, granted_gpus, pid, pid_start,"
-        " launch_token, started_at, time_limit, mig_profile, preemptible, intent, reason FROM jobs"
+        " launch_token, started_at, time_limit, mig_profile, preemptible, intent, reason,"
+        " granted_devices FROM jobs"
         " WHERE state IN (?, ?)"
         " OR (state = ? AND (pid IS NOT NULL OR launch_token IS NOT NULL)) ORDER BY id",
         (JobState.STARTING, JobState.RUNNING, JobState.PAUSED),
@@ -237,6 +239,7 @@ def live_jobs(store: Store) -> list[LiveJob]:
             bool(r[14]),
             r[15],
             r[16],
+            tuple(json.loads(r[17]) if r[17] else ()),
         )
         for r in rows
     ]

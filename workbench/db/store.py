@@ -203,6 +203,9 @@ class Job:
     peak_mem_bytes: int | None = None
     peak_mem_source: str | None = None
     not_before: float | None = None  # a retry backing off may not start before (Unix s)
+    # What CUDA_VISIBLE_DEVICES held for this attempt where it is not GPU indices: MIG
+    # instances by UUID (`MIG-5e1f...`); None for a whole or fractional GPU, or not started.
+    granted_devices: list[str] | None = None
 
     @property
     def ended(self) -> bool:
@@ -266,6 +269,7 @@ class Job:
             "cpu_source": self.cpu_source,
             "peak_mem_bytes": self.peak_mem_bytes,
             "peak_mem_source": self.peak_mem_source,
+            "granted_devices": self.granted_devices,
         }
         if with_env:
             out["env"] = self.env
@@ -305,7 +309,8 @@ _JOB_COLUMNS = (
     " retries, attempt, time_limit, fail_unrunnable, pipeline_id, stage, created_at, started_at,"
     " ended_at, exit_code, reason, pid, pid_start, granted_gpus, intent, progress, progress_msg,"
     " peak_gpu_mem, mean_gpu_util, launch_token, executor, slurm_id, node, mig_profile,"
-    " preemptible, cpu_s, cpu_source, peak_mem_bytes, peak_mem_source, not_before"
+    " preemptible, cpu_s, cpu_source, peak_mem_bytes, peak_mem_source, not_before,"
+    " granted_devices"
 )
 # The same columns with spec and env left out (lists that never show them need not parse them),
 # and with only env left out (listings that show specs: an environment is the bulk of a row).
@@ -323,6 +328,7 @@ _SETTABLE = frozenset(
         "pid",
         "pid_start",
         "granted_gpus",
+        "granted_devices",
         "not_before",
         "intent",
         "progress",
@@ -376,6 +382,7 @@ def _job_from_row(row: sqlite3.Row | tuple[Any, ...], deps: tuple[tuple[int, str
         ended_at, exit_code, reason, pid, pid_start, granted_gpus, intent, progress, progress_msg,
         peak_gpu_mem, mean_gpu_util, launch_token, executor, slurm_id, node, mig_profile,
         preemptible, cpu_s, cpu_source, peak_mem_bytes, peak_mem_source, not_before,
+        granted_devices,
     ) = row  # fmt: skip
     return Job(
         id=id_,
@@ -421,13 +428,14 @@ def _job_from_row(row: sqlite3.Row | tuple[Any, ...], deps: tuple[tuple[int, str
         peak_mem_bytes=peak_mem_bytes,
         peak_mem_source=peak_mem_source,
         not_before=not_before,
+        granted_devices=json.loads(granted_devices) if granted_devices else None,
     )
 
 
 def _column_value(key: str, value: Any) -> Any:
     if key not in _SETTABLE:
         raise ValueError(f"not a settable job column: {key!r}")
-    if key == "granted_gpus" and value is not None:
+    if key in ("granted_gpus", "granted_devices") and value is not None:
         return json.dumps(value)
     return value
 
@@ -1024,6 +1032,7 @@ class Store:
                 "pid",
                 "pid_start",
                 "granted_gpus",
+                "granted_devices",
                 "intent",
                 "progress",
                 "progress_msg",
