@@ -324,6 +324,8 @@ def test_ls_says_a_job_is_stopping_because_it_is_preempted(
     wait_for(lambda: "got TERM" in log.read_text(), what="the preemption's SIGTERM")
     row = next(line for line in workbench("ls").stdout.splitlines() if line.startswith("1 "))
     assert "running" in row and f"stopping: preempted for job {vision}" in row
+    shown = workbench("show", str(borrower)).stdout
+    assert f"reason:    stopping: preempted for job {vision}" in shown
     assert wait_state(client, vision, "succeeded", timeout=30).state == "succeeded"
 
 

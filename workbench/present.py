@@ -182,7 +182,13 @@ def job_details(
 
     lines: list[tuple[str, str]] = []
     if job.reason:
-        lines.append(("reason", display_text(job.reason)))
+        stopping = job.intent == PREEMPT_INTENT and job.state in (
+            JobState.RUNNING,
+            JobState.STARTING,
+            JobState.PAUSED,
+        )
+        reason = f"stopping: {job.reason}" if stopping else job.reason
+        lines.append(("reason", display_text(reason)))
     if job.argv:
         lines.append(("command", display_text(shlex.join(job.argv))))
     else:
