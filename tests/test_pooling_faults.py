@@ -222,6 +222,7 @@ def test_a_preempted_jobs_log_says_where_it_started_again(
     wait_for(lambda: log.read_text().count("run\n") == 2, what="the second run")
     lines = log.read_text().splitlines()
     assert lines[0] == "run" and lines[-1] == "run"
+    assert lines[1].startswith(f"[workbench] stopping: preempted for job {vision}: group sweep")
     assert lines[-2].startswith("[workbench] started again ")
     assert lines[-2].endswith(" after it was preempted once")
     client.control(borrower, "cancel")
@@ -442,3 +443,14 @@ def test_a_group_opted_out_of_preemption_in_config_toml_keeps_its_running_jobs(
     client.control(vision, "cancel")
     client.control(held, "cancel")
     wait_state(client, held, "cancelled", timeout=30)
+
+
+def test_a_cancelled_jobs_log_says_it_was_cancelled(client: Client, home: Home) -> None:
+    """Every stop the daemon makes (cancel, time limit, preemption, a strict GPU memory stop)
+    left a log that simply ended: why was only in `show`."""
+    job_id = submit_command(client, Path.cwd(), ["sh", "-c", "printf partial; exec sleep 600"])
+    log = home.run_dir(job_id) / "log"
+    wait_for(lambda: log.exists() and log.read_text() == "partial", what="the output")
+    client.control(job_id, "cancel")
+    wait_state(client, job_id, "cancelled", timeout=30)
+    assert log.read_text() == "partial\n[workbench] stopping: cancelled\n"

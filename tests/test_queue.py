@@ -186,6 +186,8 @@ def test_time_limit_fails_the_job(client: Client, home: Home) -> None:
     job_id = command(client, ["sleep", "30"], time_limit="1s")
     job = wait_state(client, job_id, "failed", timeout=15)
     assert job.reason == "time limit of 1.0s exceeded"
+    log = (home.run_dir(job_id) / "log").read_text()
+    assert log == "[workbench] stopping: time limit of 1.0s exceeded\n"
 
 
 def test_log_is_capped_by_rotation_and_keeps_the_latest_output_whole(

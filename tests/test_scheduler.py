@@ -1581,6 +1581,9 @@ def test_a_job_over_its_gpu_memory_reservation_is_reported_and_stopped_when_stri
         ended = wait_state(client, job_id, {"failed", "succeeded", "cancelled"}, timeout=60)
         assert ended.state == "failed"
         assert ended.reason == f"{over}; stopped (strict)"
+        # The log says why it ends there, not only `show`.
+        log = (home.run_dir(job_id) / "log").read_text()
+        assert f"[workbench] stopping: {over}; stopped (strict)\n" in log
     else:
         wait_for(lambda: client.store.get(job_id).reason == over, what="the over-reservation")
         shown = json.loads(workbench("show", str(job_id), "--json").stdout)

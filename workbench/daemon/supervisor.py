@@ -316,7 +316,7 @@ class Daemon:
             tracked.preempted = reason
         else:
             tracked.over_reservation = reason
-        self._cancel(tracked, time.time())
+        self._cancel(tracked, time.time(), reason)
 
     def _track(
         self, job_id: int, handle: Handle, holding: scheduler.Holding, deadline: float | None
@@ -444,7 +444,7 @@ class Daemon:
                 continue
             if intent.intent == "cancel":
                 if tracked.cancel_sent_at is None:
-                    self._cancel(tracked, now)
+                    self._cancel(tracked, now, "cancelled")
             elif intent.intent == "pause" and intent.state == JobState.RUNNING:
                 self.executor.signal(tracked.handle, signal.SIGSTOP)
                 why = "paused"
@@ -459,9 +459,10 @@ class Daemon:
             elif intent.intent in ("pause", "resume") and intent.state != JobState.STARTING:
                 self.store.update(intent.job_id, intent=None)
 
-    def _cancel(self, tracked: Tracked, now: float) -> None:
+    def _cancel(self, tracked: Tracked, now: float, why: str) -> None:
+        """SIGTERM the job, SIGKILL after the kill grace; `why` goes into its log."""
         tracked.cancel_sent_at = now
-        self.executor.cancel(tracked.handle, self.config.kill_grace_s)
+        self.executor.cancel(tracked.handle, self.config.kill_grace_s, why)
 
     def _enforce_deadlines(self, now: float) -> None:
         """Time limits (a cancel); and a backstop for a cancel the executor did not finish."""
@@ -471,7 +472,8 @@ class Daemon:
             if tracked.deadline is not None and not tracked.timed_out and now >= tracked.deadline:
                 tracked.timed_out = True
                 if tracked.cancel_sent_at is None:
-                    self._cancel(tracked, now)
+                    limit = format_duration(tracked.deadline - tracked.holding.started_at)
+                    self._cancel(tracked, now, f"time limit of {limit} exceeded")
             sent = tracked.cancel_sent_at
             if (
                 sent is not None
@@ -652,7 +654,7 @@ class Daemon:
             if decision.stop and tracked.cancel_sent_at is None:
                 if self._record_stop(decision.job_id, db.STOP_INTENT, reason):
                     tracked.over_reservation = reason
-                    self._cancel(tracked, now)
+                    self._cancel(tracked, now, reason)
             elif job is not None and job.reason != reason:
                 self.store.set_reason(decision.job_id, reason)
             return
@@ -661,7 +663,7 @@ class Daemon:
         ):
             tracked.preempted = decision.reason
             self.log(f"job {decision.job_id}: {decision.reason}")
-            self._cancel(tracked, now)
+            self._cancel(tracked, now, decision.reason)
 
     def _record_stop(self, job_id: int, intent: str, reason: str) -> bool:
         """Write down why the daemon stops a job before it signals it, so a daemon that starts

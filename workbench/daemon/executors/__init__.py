@@ -111,10 +111,12 @@ class Executor(Protocol):
         returns how many processes were signalled (0 if none is left)."""
         ...
 
-    def cancel(self, handle: Handle, grace_s: float) -> None:
+    def cancel(self, handle: Handle, grace_s: float, why: str | None = None) -> None:
         """Stop the attempt: SIGTERM (and SIGCONT, in case it is paused) to every process now,
         SIGKILL to whatever is left `grace_s` seconds later, enforced by the executor even if
-        the daemon dies meanwhile. Returns at once; the end is reported by `poll`."""
+        the daemon dies meanwhile; `why` (cancelled, a time limit, a preemption...) goes into
+        the job's log where the executor writes it. Returns at once; the end is reported by
+        `poll`."""
         ...
 
     def stop_all(self, handle: Handle) -> int:

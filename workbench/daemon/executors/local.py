@@ -256,15 +256,17 @@ class LocalExecutor:
         """`sig` to every process of the job (see `job_pids`); how many got it."""
         return cg.signal_each(self.job_pids(handle), sig)
 
-    def cancel(self, handle: Handle, grace_s: float) -> None:
-        """Ask the wrapper (SIGUSR1) to stop the job: it sends SIGTERM to every process, and
-        SIGKILL after `grace_s`. Without a live wrapper, every process is killed at once."""
+    def cancel(self, handle: Handle, grace_s: float, why: str | None = None) -> None:
+        """Ask the wrapper (SIGUSR1) to stop the job: it writes `why` into the job's log, sends
+        SIGTERM to every process, and SIGKILL after `grace_s`. Without a live wrapper, every
+        process is killed at once."""
         if not self.adopt(handle):
             self.stop_all(handle)
             return
         assert handle.pid is not None
+        reason = " ".join((why or "").split())  # one line
         try:
-            (handle.run_dir / CANCEL_FILE).write_text(f"{grace_s}")
+            (handle.run_dir / CANCEL_FILE).write_text(f"{grace_s}\n{reason}")
         except OSError:
             pass  # the wrapper then uses the grace it was started with
         try:
@@ -455,11 +457,18 @@ def _reap(child: int) -> int | None:
     return _reaped.get(child)
 
 
-def _read_cancel_grace(run_dir: Path, default: float) -> float:
+def _read_cancel(run_dir: Path, default: float) -> tuple[float, str]:
+    """(the kill grace, why the job is stopped: "" if not said) from the cancel file."""
     try:
-        return max(0.0, float((run_dir / CANCEL_FILE).read_text().strip()))
-    except (OSError, ValueError):
-        return default
+        text = (run_dir / CANCEL_FILE).read_text()
+    except OSError:
+        return default, ""
+    first, _, why = text.partition("\n")
+    try:
+        grace = max(0.0, float(first.strip()))
+    except ValueError:
+        grace = default
+    return grace, why.strip()
 
 
 def _wrapper_main(launch: Launch, cgroup_dir: Path | None) -> int:
@@ -511,14 +520,16 @@ def _wrapper_main(launch: Launch, cgroup_dir: Path | None) -> int:
     selector.register(read_fd, selectors.EVENT_READ, "output")
     selector.register(wake_r, selectors.EVENT_READ, "signal")
     pipe_open = True
+    line_done = True  # the job's output so far ends with a newline (or is empty)
 
     def pump(timeout: float | None) -> None:
-        nonlocal pipe_open
+        nonlocal pipe_open, line_done
         for key, _ in selector.select(timeout):
             if key.data == "output":
                 data = os.read(read_fd, _CHUNK)
                 if data:
                     log.write(data)
+                    line_done = data.endswith(b"\n")
                 else:
                     selector.unregister(read_fd)
                     pipe_open = False
@@ -536,7 +547,11 @@ def _wrapper_main(launch: Launch, cgroup_dir: Path | None) -> int:
     def handle_cancel() -> None:
         nonlocal kill_at, killed
         if _cancel_requested[0] and kill_at is None:
-            kill_at = time.monotonic() + _read_cancel_grace(launch.run_dir, launch.kill_grace_s)
+            grace, why = _read_cancel(launch.run_dir, launch.kill_grace_s)
+            kill_at = time.monotonic() + grace
+            if why:
+                start = "" if line_done else "\n"
+                log.write(f"{start}[workbench] stopping: {why}\n".encode(errors="replace"))
             cg.terminate(job_pids())
         if kill_at is not None and not killed and time.monotonic() >= kill_at:
             killed = True

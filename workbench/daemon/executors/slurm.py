@@ -433,9 +433,10 @@ class SlurmExecutor:
             return 0
         return 1
 
-    def cancel(self, handle: Handle, grace_s: float) -> None:
+    def cancel(self, handle: Handle, grace_s: float, why: str | None = None) -> None:
         """scancel: Slurm sends SIGTERM, then SIGKILL after the cluster's KillWait (its grace,
-        which the cluster sets: `grace_s` cannot change it)."""
+        which the cluster sets: `grace_s` cannot change it; the log is the cluster's to write,
+        so `why` is not written into it)."""
         self._scancel(handle.external_id or "")
 
     def stop_all(self, handle: Handle) -> int:
