@@ -408,11 +408,12 @@ def test_ls_says_when_no_daemon_is_there_to_start_queued_jobs(
     client.nudge()
     wait_for(lambda: client.store.get(waiting).reason, what="a reason")
     note = "no daemon is running: queued jobs wait until one starts (workbench daemon start)"
-    assert note not in workbench("ls").stdout
+    assert note not in workbench("ls").stderr
     from conftest import stop_daemon
 
     stop_daemon(home)
-    assert note in workbench("ls").stdout
+    listed = workbench("ls")
+    assert note in listed.stderr and note not in listed.stdout
 
 
 def test_a_group_opted_out_of_preemption_in_config_toml_keeps_its_running_jobs(

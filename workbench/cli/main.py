@@ -198,9 +198,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
         )
     if store.draining:
         notes.append("drain mode: nothing new starts (workbench daemon undrain)")
-    if counts.get(QUEUED) and not _daemon_running():
-        notes.append(
-            "no daemon is running: queued jobs wait until one starts (workbench daemon start)"
+    if counts.get(QUEUED) and not _daemon_running():  # a warning: stdout stays the table
+        print(
+            "workbench: no daemon is running: queued jobs wait until one starts"
+            " (workbench daemon start)",
+            file=sys.stderr,
         )
     colour = use_colour(sys.stdout)
     if counts:
