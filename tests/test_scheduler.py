@@ -895,6 +895,21 @@ BACKFILL = [
 
 PLACEMENT = [
     Case(
+        "a whole GPU is given where nothing outside the queue holds memory, if it can be",
+        [Want(1, gpus=1), Want(2, gpus=2)],
+        [],
+        Resources(
+            gpus=(
+                GpuSlot(0, 80 * GiB, 30 * GiB, others=(OtherProcess(812, 30 * GiB),)),
+                GpuSlot(1, 80 * GiB, 1 * GiB),
+                GpuSlot(2, 80 * GiB),
+                GpuSlot(3, 80 * GiB, 2 * GiB),
+            ),
+            cpus=8,
+        ),
+        {1: Start(1, (2,)), 2: Start(2, (1, 3))},
+    ),
+    Case(
         "a 2-GPU job lands on GPUs under one PCIe switch",
         [Want(1, gpus=2)],
         [Holding(8, gpu_indices=(0,), gpus=1), Holding(9, gpu_indices=(2,), gpus=1)],

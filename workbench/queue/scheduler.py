@@ -715,20 +715,28 @@ class _Ledger:
 
 
 def _place(free: Sequence[GpuSlot], count: int) -> tuple[int, ...]:
-    """`count` GPUs from `free`, on one PCIe switch if possible, else one NUMA node, else any.
-    Among the islands that fit, the one with the fewest free GPUs (so large islands stay whole
-    for larger jobs), then the lowest indices."""
+    """`count` GPUs from `free` (in ascending index order), on one PCIe switch if possible,
+    else one NUMA node, else any. Among the islands that fit, the one with the fewest free GPUs
+    (so large islands stay whole for larger jobs), then the least memory held outside the queue
+    on the GPUs it would give, then the lowest indices; within it, the GPUs with the least
+    memory held outside the queue (a whole GPU is not given with 30 GiB of it taken while a
+    clean one is free), then the lowest indices."""
+    cleanest = sorted(free, key=lambda g: (g.memory_used_other_bytes, g.index))
+
+    def taken(members: Sequence[GpuSlot]) -> int:
+        return sum(g.memory_used_other_bytes for g in members[:count])
+
     for key in ("switch", "numa_node"):
         islands: dict[int, list[GpuSlot]] = {}
-        for g in free:
+        for g in cleanest:
             value = getattr(g, key)
             if value is not None:
                 islands.setdefault(value, []).append(g)
         fitting = [members for members in islands.values() if len(members) >= count]
         if fitting:
-            best = min(fitting, key=lambda m: (len(m), m[0].index))
-            return tuple(g.index for g in best[:count])
-    return tuple(g.index for g in free[:count])
+            best = min(fitting, key=lambda m: (len(m), taken(m), min(g.index for g in m)))
+            return tuple(sorted(g.index for g in best[:count]))
+    return tuple(sorted(g.index for g in cleanest[:count]))
 
 
 def _spare_units(
