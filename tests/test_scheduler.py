@@ -1423,6 +1423,33 @@ def test_gpu_memory_without_a_unit_is_refused_not_taken_as_bytes(
     assert result.returncode == 2 and "key 'gpu_mem'" in result.stderr
 
 
+def test_quotas_set_at_the_same_time_are_all_kept(home: Home) -> None:
+    """`workbench group NAME --quota G` read the stored quotas and wrote them back in two
+    steps: two groups' quotas set at once (a script setting several) lost one of them."""
+    import threading
+
+    from workbench.config import set_stored_quota, stored_quotas
+    from workbench.db.store import Store
+
+    Store.open(home.state_db).close()
+    names = [f"g{i}" for i in range(8)]
+
+    def set_many(name: str) -> None:
+        store = Store.open(home.state_db)
+        for n in range(40):
+            set_stored_quota(store, f"{name}-{n}", 1)
+        store.close()
+
+    threads = [threading.Thread(target=set_many, args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    store = Store.open(home.state_db)
+    assert len(stored_quotas(store)) == 8 * 40
+    store.close()
+
+
 def test_quotas_adding_up_past_the_machine_are_warned_about(
     home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

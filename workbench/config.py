@@ -246,7 +246,8 @@ def stored_quotas(store: Store) -> dict[str, float]:
 
 
 def set_stored_quota(store: Store, group: str, quota: float) -> None:
-    """Record a group's quota from the command line (0 removes the guarantee)."""
-    quotas = stored_quotas(store)
-    quotas[group] = quota
-    store.set_setting(QUOTAS_SETTING, json.dumps(quotas, sort_keys=True))
+    """Record a group's quota from the command line (0 removes the guarantee), in one
+    transaction with the others' (set at the same time, none is lost)."""
+    from workbench.db.scheduling import set_json_entry
+
+    set_json_entry(store, QUOTAS_SETTING, group, quota)

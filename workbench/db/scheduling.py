@@ -293,6 +293,20 @@ def preemption_counts(store: Store, ids: Sequence[int]) -> dict[int, int]:
     return out
 
 
+def set_json_entry(store: Store, key: str, entry: str, value: Any) -> None:
+    """Set `entry` to `value` in the JSON object kept under meta `key` (e.g. the group quotas),
+    reading and writing it in one transaction: two clients setting entries at once keep both
+    (a read, then a separate write, lost one)."""
+    with store.transaction() as conn:
+        row = conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        data = json.loads(row[0]) if row and row[0] else {}
+        data[entry] = value
+        conn.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+            (key, json.dumps(data, sort_keys=True)),
+        )
+
+
 def record_stop(store: Store, job_id: int, intent: str, reason: str) -> None:
     """Record that the daemon is stopping a live job (`intent` one of STOP_INTENTS) and why, in
     its reason; a cancel the user asked for is kept (it decides how the job ends). No event:
