@@ -1665,7 +1665,10 @@ def test_a_mig_profile_job_runs_on_an_instance_named_by_its_uuid(
     job_id = job["id"]
     assert job["resources"]["mig_profile"] == "1g.10gb"
     assert (home.run_dir(job_id) / "log").read_text().strip() == f"visible={mig_uuid}"
-    assert job["granted_devices"] == [mig_uuid]
+    # `submit --json` prints the job as queued (granted nothing yet, unless it started first):
+    # the grant is read once it ended.
+    ended = json.loads(workbench("show", str(job_id), "--json").stdout)
+    assert ended["granted_devices"] == [mig_uuid]
     # `show` names the instance the job got, as CUDA_VISIBLE_DEVICES did, not just its GPU,
     # from the store: a pruned run folder loses nothing of it.
     shutil.rmtree(home.run_dir(job_id))
