@@ -253,6 +253,7 @@ def bench_tsp(tsp: str, runs: int, jobs: int) -> dict[str, str]:
             tsp_run("true")
         out["submit"] = spread([wall([tsp, "true"], env) for _ in range(runs)])
         out["ls"] = spread([wall([tsp, "-l"], env) for _ in range(3)])
+        tsp_run("-k")  # the blocking job: a killed server leaves its running job behind
         tsp_run("-K")
         use_server("rate")
         tsp_run("-S", "8")
