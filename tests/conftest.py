@@ -72,6 +72,10 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Home]:
     kill_leftover_jobs(the_home)
     import shutil
 
+    from workbench.daemon.executors.containment import home_scope, remove_scope
+
+    remove_scope(home_scope(root))  # a daemon the test killed with SIGKILL left it
+
     shutil.rmtree(root, ignore_errors=True)
 
 

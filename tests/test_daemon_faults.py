@@ -401,3 +401,29 @@ def test_a_pass_reads_the_head_of_the_queue_not_the_held_jobs(home: Home) -> Non
         assert "jobs_queue_order" in plan and "TEMP B-TREE" not in plan, plan
     finally:
         store.close()
+
+
+@pytest.mark.skipif("cgroup" not in MODES, reason="needs a delegated cgroup v2 hierarchy")
+def test_a_daemon_killed_with_sigkill_leaves_its_cgroups_for_remove_scope(
+    client: Client, home: Home
+) -> None:
+    """A daemon's normal exit removes its home's folder of job cgroups; one killed with SIGKILL
+    cannot, and where its home is then deleted (every test home) no later daemon does: the
+    folders piled up by the thousand. `remove_scope` (the `home` fixture calls it) takes the
+    empty job cgroups and the folder away."""
+    configure(home, containment="cgroup")
+    job_id = submit(client, ["sleep", "60"])
+    wait_state(client, job_id, "running")
+    base, _ = cg.cgroup_base("cgroup", cg.home_scope(home.root))
+    assert base is not None and any(p.is_dir() for p in base.iterdir())
+    daemon_pid = lock_holder(home)
+    assert daemon_pid and daemon_pid > 0
+    os.kill(daemon_pid, signal.SIGKILL)
+    wait_for(lambda: not lock_holder(home), what="the daemon to be gone")
+    jobs = [p for p in base.iterdir() if p.is_dir()]
+    for job_cgroup in jobs:
+        assert cg.cgroup_kill(job_cgroup)
+    wait_for(lambda: not any(cg.cgroup_pids(j) for j in jobs), what="the job's processes to go")
+    assert base.is_dir()  # left behind: nobody removed it
+    cg.remove_scope(cg.home_scope(home.root))
+    assert not base.exists()

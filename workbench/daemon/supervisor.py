@@ -4,7 +4,6 @@ telemetry, and re-adopts jobs that outlived a previous daemon. One per WORKBENCH
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import math
 import os
 import selectors
@@ -22,7 +21,7 @@ import psutil
 from workbench.config import Config, group_quotas, load_config
 from workbench.daemon import runner
 from workbench.daemon.executors import Ended, Executor, Handle, Launch, LaunchError
-from workbench.daemon.executors.containment import remove_empty_cgroups
+from workbench.daemon.executors.containment import home_scope, remove_empty_cgroups
 from workbench.daemon.executors.local import LocalExecutor
 from workbench.daemon.executors.slurm import SlurmExecutor
 from workbench.daemon.intake import CREDENTIALS, Intake, peer_credentials
@@ -167,7 +166,7 @@ class Daemon:
         self.home.ensure()
         self._take_lock()
         if self._given_executor is None:
-            scope = hashlib.sha1(str(self.home.root).encode()).hexdigest()[:16]
+            scope = home_scope(self.home.root)
             self.executor = LocalExecutor(self.config.containment, scope, (self._lock_fd,))
         self._config_stamp = self._config_file_stamp()
         self.store = Store.open(self.home.state_db, check="full")

@@ -57,6 +57,27 @@ def own_cgroup() -> str | None:
     return None
 
 
+def home_scope(root: Path) -> str:
+    """The name of a workbench home's folder of job cgroups: 16 hex digits of the SHA-1 of the
+    home's path (one folder per home, so daemons of two homes never touch each other's jobs)."""
+    import hashlib  # here: wrappers import this module and never need it
+
+    return hashlib.sha1(str(root).encode()).hexdigest()[:16]
+
+
+def remove_scope(scope: str) -> None:
+    """Remove a home's folder of job cgroups and the empty job cgroups in it (what its daemon
+    does when it exits; one killed with SIGKILL leaves them, and its next daemon in the same
+    home removes them). Cgroups still holding processes stay; nothing is created."""
+    mount, own = cgroup2_mount(), own_cgroup()
+    if mount is None or own is None:
+        return
+    base = mount / own.lstrip("/") / "workbench.jobs" / scope
+    if base.is_dir():
+        remove_empty_cgroups(base, keep=set())
+        remove_cgroup(base)
+
+
 def _probe(base: Path) -> str | None:
     """None if a job cgroup can be created under `base` and a process moved into it, else why."""
     probe = base / f"probe-{os.getpid()}"
