@@ -1423,6 +1423,21 @@ def test_gpu_memory_without_a_unit_is_refused_not_taken_as_bytes(
     assert result.returncode == 2 and "key 'gpu_mem'" in result.stderr
 
 
+def test_gpu_memory_for_a_job_that_asks_for_no_gpu_is_refused(home: Home, tmp_path: Path) -> None:
+    """`--gpu-mem 8GiB` without `--gpus` was accepted and dropped: the job ran on the CPU and
+    no GPU memory was ever reserved for it. A MIG profile is a GPU: it may carry gpu_mem."""
+    result = workbench("submit", "--gpu-mem", "8GiB", "--", "true")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "key 'gpu_mem'" in result.stderr and "asks for no GPU" in result.stderr
+    spec = tmp_path / "job.toml"
+    spec.write_text('kind = "command"\nargv = ["true"]\ngpu_mem = "8GiB"\n')
+    result = workbench("submit", "--spec", str(spec))
+    assert result.returncode == 2 and "asks for no GPU" in result.stderr
+    assert workbench("ls", "--all", "--json").stdout.strip() in ("[]", "")
+    mig = workbench("submit", "--gpus", "1g.10gb", "--gpu-mem", "8GiB", "--paused", "--", "true")
+    assert mig.returncode == 0, mig.stderr
+
+
 def test_quotas_set_at_the_same_time_are_all_kept(home: Home) -> None:
     """`workbench group NAME --quota G` read the stored quotas and wrote them back in two
     steps: two groups' quotas set at once (a script setting several) lost one of them."""

@@ -295,7 +295,7 @@ def _slurm_view(slurm_id: str) -> SlurmJob | None:
 
 
 def test_unmappable_request_is_refused_at_submit(on_slurm: Home) -> None:
-    done = workbench("submit", "--gpu-mem", "8GiB", "--", "true")
+    done = workbench("submit", "--gpus", "1", "--gpu-mem", "8GiB", "--", "true")
     assert done.returncode == 2
     assert "gpu_mem" in done.stderr and "Slurm" in done.stderr
     done = workbench("submit", "--executor", "slurm", "--priority", "5", "--", "true")

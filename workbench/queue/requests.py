@@ -110,6 +110,13 @@ def build_request(
             f"{where}: key 'gpu_mem': {gpu_mem} bytes is less than 1 MiB, too little for a GPU"
             " job; give a unit, e.g. 8GiB"
         )
+    if gpu_mem and not gpus and mig_profile is None:
+        # A reservation of GPU memory for a job that asks for no GPU would be dropped: it runs
+        # on the CPU, and nothing says the GPU memory asked for was never reserved.
+        raise SpecError(
+            f"{where}: key 'gpu_mem': GPU memory for a job that asks for no GPU; add gpus"
+            " (a count, a share such as 0.5, or a MIG profile)"
+        )
     mem = _parsed(parse_size, options.mem, "mem", where)
     time_limit = _parsed(parse_duration, options.time_limit, "time_limit", where)
     cpus = options.cpus if options.cpus is not None else float(defaults.get("cpus", 0))
