@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import wait_for, wait_state, workbench
-from test_scheduler import GiB, fake_machine, submit_command
+from test_scheduler import GiB, fake_machine, gpu_held_by, submit_command
 
 from workbench.daemon.client import Client, ensure_daemon
 from workbench.daemon.link import lock_holder
@@ -117,17 +117,7 @@ def test_a_strict_stop_keeps_its_reason_across_a_daemon_killed_while_the_job_sto
     """The same for a job stopped for using more GPU memory than it reserved (`strict`): the
     next daemon said only that it was killed by a signal."""
     pid_file = tmp_path / "job.pid"
-    fake_machine(
-        tmp_path,
-        monkeypatch,
-        [
-            {
-                "memory_total": 80 * GiB,
-                "memory_used": 30 * GiB,
-                "processes": [{"pid_file": str(pid_file), "used_memory": 30 * GiB}],
-            }
-        ],
-    )
+    fake_machine(tmp_path, monkeypatch, [gpu_held_by(pid_file)])
     home.config.write_text('[daemon]\nkill_grace = "1s"\n\n[scheduler]\nstrict = true\n')
     script = f'trap "echo got TERM" TERM; echo $$ > {pid_file}; while true; do sleep 0.1; done'
     job_id = submit_command(client, tmp_path, ["sh", "-c", script], gpus=0.25, gpu_mem="8GiB")
@@ -338,18 +328,7 @@ def test_memory_a_job_holds_on_a_gpu_it_was_not_granted_is_counted_there(
     of that GPU's inventory, though no reservation there holds it: the GPU looked free and was
     handed out again."""
     pid_file = tmp_path / "stray.pid"
-    fake_machine(
-        tmp_path,
-        monkeypatch,
-        [
-            {"memory_total": 80 * GiB},
-            {
-                "memory_total": 80 * GiB,
-                "memory_used": 30 * GiB,
-                "processes": [{"pid_file": str(pid_file), "used_memory": 30 * GiB}],
-            },
-        ],
-    )
+    fake_machine(tmp_path, monkeypatch, [{"memory_total": 80 * GiB}, gpu_held_by(pid_file)])
     stray = submit_command(
         client, tmp_path, ["sh", "-c", f"echo $$ > {pid_file}; exec sleep 600"], gpus=1
     )

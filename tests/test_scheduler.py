@@ -768,6 +768,13 @@ QUOTA = [
     ),
 ]
 
+# One GPU shared by quarters ending at t=100, 100 and 150.
+QUARTERS_ENDING_AT_100_100_150 = [
+    Holding(10, gpu_indices=(0,), gpus=0.25, time_limit=100),
+    Holding(11, gpu_indices=(0,), gpus=0.25, time_limit=100),
+    Holding(12, gpu_indices=(0,), gpus=0.25, started_at=50, time_limit=100),
+]
+
 BACKFILL = [
     # GPUs 0-1 end at t=100, 2-5 at t=500; 6-7 are free. The 4-GPU job 1 keeps 6, 7, 0, 1
     # and starts at t=100.
@@ -805,16 +812,12 @@ BACKFILL = [
             ),
         },
     ),
-    # One GPU shared by quarters ending at t=100, 100 and 150: a waiting 0.75 fits at t=100.
-    # Small fractions arriving all the time used to fill every quarter freed, so it never did.
+    # A waiting 0.75 fits at t=100. Small fractions arriving all the time used to fill every
+    # quarter freed, so it never did.
     Case(
         "a waiting fraction keeps the GPU it fits on soonest: a longer small one waits",
         [Want(1, gpus=0.75, time_limit=100), Want(2, gpus=0.25, time_limit=1000)],
-        [
-            Holding(10, gpu_indices=(0,), gpus=0.25, time_limit=100),
-            Holding(11, gpu_indices=(0,), gpus=0.25, time_limit=100),
-            Holding(12, gpu_indices=(0,), gpus=0.25, started_at=50, time_limit=100),
-        ],
+        QUARTERS_ENDING_AT_100_100_150,
         Resources(gpus=(GpuSlot(0, 80 * GiB),), cpus=8),
         {
             1: Wait(1, "needs 0.75 of a GPU; the most free is 0.25 of GPU 0"),
@@ -829,11 +832,7 @@ BACKFILL = [
     Case(
         "a small fraction that ends before the kept GPU frees backfills",
         [Want(1, gpus=0.75, time_limit=100), Want(2, gpus=0.25, time_limit=30)],
-        [
-            Holding(10, gpu_indices=(0,), gpus=0.25, time_limit=100),
-            Holding(11, gpu_indices=(0,), gpus=0.25, time_limit=100),
-            Holding(12, gpu_indices=(0,), gpus=0.25, started_at=50, time_limit=100),
-        ],
+        QUARTERS_ENDING_AT_100_100_150,
         Resources(gpus=(GpuSlot(0, 80 * GiB),), cpus=8),
         {
             1: Wait(1, "needs 0.75 of a GPU; the most free is 0.25 of GPU 0"),
@@ -1489,6 +1488,16 @@ def fake_machine(
     monkeypatch.setenv("WORKBENCH_FAKE_NVML", str(scenario))
 
 
+def gpu_held_by(pid_file: Path) -> dict[str, object]:
+    """A simulated 80 GiB GPU on which the process whose pid is written to `pid_file` (by a job,
+    once it runs) holds 30 GiB."""
+    return {
+        "memory_total": 80 * GiB,
+        "memory_used": 30 * GiB,
+        "processes": [{"pid_file": str(pid_file), "used_memory": 30 * GiB}],
+    }
+
+
 def submit_command(
     client: Client, tmp_path: Path, argv: list[str], after: tuple[int, ...] = (), **options: object
 ) -> int:
@@ -1614,17 +1623,7 @@ def test_a_job_over_its_gpu_memory_reservation_is_reported_and_stopped_when_stri
     client: Client, home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, strict: bool
 ) -> None:
     pid_file = tmp_path / "job.pid"
-    fake_machine(
-        tmp_path,
-        monkeypatch,
-        [
-            {
-                "memory_total": 80 * GiB,
-                "memory_used": 30 * GiB,
-                "processes": [{"pid_file": str(pid_file), "used_memory": 30 * GiB}],
-            }
-        ],
-    )
+    fake_machine(tmp_path, monkeypatch, [gpu_held_by(pid_file)])
     home.config.write_text(f"[scheduler]\nstrict = {'true' if strict else 'false'}\n")
     job_id = submit_command(
         client,
