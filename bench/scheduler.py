@@ -855,8 +855,9 @@ def main() -> None:
         ],
         scenario_rows,
     )
+    fifo = results["FIFO first-fit"]
     variant_rows = []
-    for name, outs in (("ours", results["ours"]), *variants.items()):
+    for name, outs in (("ours", results["ours"]), *variants.items(), ("FIFO first-fit", fifo)):
         variant_rows.append(
             [
                 name,
@@ -870,20 +871,6 @@ def main() -> None:
                 spread([o.longest_job_starved_s["vision"] for o in outs], "{:.0f}"),
             ]
         )
-    fifo = results["FIFO first-fit"]
-    variant_rows.append(
-        [
-            "FIFO first-fit",
-            spread(util["FIFO first-fit"]),
-            spread(idle_queued(fifo)),
-            "1",
-            *(
-                spread([percentile(o.waits[size], 95) / 60 for o in fifo], "{:.0f}")
-                for size in SIZES
-            ),
-            spread([o.longest_job_starved_s["vision"] for o in fifo], "{:.0f}"),
-        ]
-    )
     variant_table = table(
         [
             "policy",
