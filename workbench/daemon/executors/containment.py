@@ -65,14 +65,23 @@ def home_scope(root: Path) -> str:
     return hashlib.sha1(str(root).encode()).hexdigest()[:16]
 
 
+def _jobs_parent() -> Path | None:
+    """`workbench.jobs` beside this process's own cgroup (not created here), or None without a
+    cgroup v2 hierarchy: the folder every home's scope of job cgroups is in."""
+    mount, own = cgroup2_mount(), own_cgroup()
+    if mount is None or own is None:
+        return None
+    return mount / own.lstrip("/") / "workbench.jobs"
+
+
 def remove_scope(scope: str) -> None:
     """Remove a home's folder of job cgroups and the empty job cgroups in it (what its daemon
     does when it exits; one killed with SIGKILL leaves them, and its next daemon in the same
     home removes them). Cgroups still holding processes stay; nothing is created."""
-    mount, own = cgroup2_mount(), own_cgroup()
-    if mount is None or own is None:
+    parent = _jobs_parent()
+    if parent is None:
         return
-    base = mount / own.lstrip("/") / "workbench.jobs" / scope
+    base = parent / scope
     if base.is_dir():
         remove_empty_cgroups(base, keep=set())
         remove_cgroup(base)
@@ -113,11 +122,9 @@ def cgroup_base(mode: str, scope: str = "default") -> tuple[Path | None, str]:
     back), "subreaper" (never a cgroup)."""
     if mode == "subreaper":
         return None, "subreaper (cgroups turned off in config)"
-    mount = cgroup2_mount()
-    own = own_cgroup()
-    if mount is None or own is None:
+    parent = _jobs_parent()
+    if parent is None:
         return None, "subreaper (no cgroup v2 hierarchy)"
-    parent = mount / own.lstrip("/") / "workbench.jobs"
     try:
         parent.mkdir(exist_ok=True)
     except OSError as error:
