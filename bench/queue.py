@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -227,6 +228,45 @@ def bench_drain(jobs: int) -> list[list[str]]:
     ]
 
 
+def start_delays(client: Client, home: Home, runs: int) -> list[float]:
+    """Seconds from a submit's return to its job's first instruction (`date` in the job)."""
+    delays = []
+    for i in range(runs):
+        job_id = client.store.submit(request(f"probe-{i}", ["date", "+%s.%N"]))
+        wake(home)
+        returned = time.time()
+        client.wait([job_id], poll_s=0.002)
+        delays.append(float((home.run_dir(job_id) / "log").read_text().strip()) - returned)
+    return delays
+
+
+def bench_starvation(blocked: int, runs: int) -> list[str]:
+    """The starvation case: `blocked` jobs waiting on a held one fill the queue's head; the time
+    from a startable job's submit to its start (it used to wait for ever behind them)."""
+    home, client, _ = make_home(0)
+    try:
+        gate = client.store.submit(request("gate", ["true"], paused=True))
+        for start in range(0, blocked, 5000):
+            count = min(blocked, start + 5000) - start
+            client.store.submit_many(
+                [replace(request("after", ["true"]), after=((gate, "ok"),))] * count
+            )
+        first = time.perf_counter()
+        wake(home)
+        marked = "SELECT count(*) FROM jobs WHERE blocked_on='deps'"
+        wait_until(lambda: client.store.conn.execute(marked).fetchone()[0] == blocked, 300)
+        marking = time.perf_counter() - first
+        delays = start_delays(client, home, runs)
+    finally:
+        drop_home(home, client)
+    return [
+        f"{blocked:,} jobs waiting on a held one",
+        spread(delays),
+        f"{percentile(delays, 95) * 1000:.1f} ms",
+        f"{marking:.2f} s",
+    ]
+
+
 def tsp_available() -> str | None:
     return shutil.which("tsp") or shutil.which("ts")
 
@@ -401,7 +441,16 @@ def reliability(jobs: int) -> list[list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer samples")
+    parser.add_argument(
+        "--round2",
+        action="store_true",
+        help="only the round-2 figures (starvation, bulk submit, drain breakdown, ls --json)",
+    )
+    parser.add_argument("--tiny", action="store_true", help="with --round2: a smoke-test size")
     args = parser.parse_args()
+    if args.round2:
+        round2(args.tiny)
+        return
     sizes = (200, 2000) if args.quick else (200, 5000, 20000)
     runs, seconds, jobs = (5, 3.0, 100) if args.quick else (10, 10.0, 400)
     load_at_start = os.getloadavg()[0]
@@ -474,6 +523,24 @@ def main() -> None:
     print(text)
     if not args.quick:
         write_section("queue", "python bench/queue.py", text)
+
+
+def round2(tiny: bool) -> None:
+    """Issue 24's figures, in their own RESULTS.md section (not written in the tiny mode)."""
+    load = os.getloadavg()[0]
+    sizes = (50,) if tiny else (200, 5000, 20000)
+    runs = 3 if tiny else 15
+    rows = [bench_starvation(n, runs) for n in sizes]
+    text = (
+        f"Load average (1 min) {load:.1f} at the start on {os.cpu_count()} cores, shared with"
+        " other developers' work (loaded): compare figures only with those beside them.\n\n"
+        "Starvation: a startable job submitted behind jobs that cannot start (time from its"
+        " submit to its start; goal under 50 ms median, as for an empty queue; marking: the"
+        " first pass after the blocked jobs arrived, which reads each once):\n\n"
+    ) + table(["queue", "submit-to-start (median [IQR])", "p95", "marking"], rows)
+    print(text, flush=True)
+    if not tiny:
+        write_section("queue-round2", "python bench/queue.py --round2", text)
 
 
 if __name__ == "__main__":

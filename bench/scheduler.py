@@ -581,7 +581,7 @@ def daemon_pass_times(wants: list[sched.Want], repeats: int) -> tuple[list[float
     job's wait reason is recorded by a first pass, as the daemon records it."""
     import tempfile
 
-    from workbench.daemon.supervisor import QUEUE_PAGE, wants_of
+    from workbench.daemon.planning import QUEUE_PAGE, wants_of
     from workbench.db import scheduling as db
     from workbench.db.store import JobRequest, Store
     from workbench.jobmodel.resources import Resources

@@ -169,11 +169,9 @@ def test_batch_says_why_a_stage_waits(
 def test_every_queued_job_has_a_reason_that_holds_however_deep_in_the_queue(
     client: Client, home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A pass reads the queue's head and stops at a page where nothing starts: jobs past it had
-    no reason at all (`show` printed none, `ls --json` null), and a job that fell back past it
-    (its priority lowered) kept the reason it had at the head, though it no longer held."""
-    from workbench.queue.scheduler import BEHIND
-
+    """Jobs past a page where nothing started had no reason at all, then a blanket "behind other
+    waiting jobs" though they waited for the same GPU as the head. Every queued job is read
+    once and gets its own reason; a priority change has the job read again."""
     fake_machine(tmp_path, monkeypatch, [{}])
     home.config.write_text("[groups.g]\nparallel = 1\n")
     holder = submit_command(client, tmp_path, ["sleep", "600"], gpus=1, group="g")
@@ -182,13 +180,15 @@ def test_every_queued_job_has_a_reason_that_holds_however_deep_in_the_queue(
     backlog = client.submit_many([build_request(table, tmp_path, "test") for _ in range(200)])
     moved = submit_command(client, tmp_path, ["true"], gpus=1, group="g", priority=10)
     limit = "group 'g' is at its limit of 1 running"
+    gpu = "waiting for 1 GPU (0 of 1 free)"
     client.nudge()
     wait_for(lambda: client.store.get(moved).reason == limit, what="the head job's reason")
-    assert client.store.get(backlog[0]).reason == "waiting for 1 GPU (0 of 1 free)"
-    wait_for(lambda: client.store.get(backlog[-1]).reason == BEHIND, what="the deep job's reason")
-    assert f"reason:    {BEHIND}" in workbench("show", str(backlog[-1])).stdout
+    assert client.store.get(backlog[0]).reason == gpu
+    wait_for(lambda: client.store.get(backlog[-1]).reason == gpu, what="the deep job's reason")
+    assert f"reason:    {gpu}" in workbench("show", str(backlog[-1])).stdout
+    client.store.set_reason(moved, "stale")
     client.set_priority(moved, -1)
-    wait_for(lambda: client.store.get(moved).reason == BEHIND, what="the stale reason replaced")
+    wait_for(lambda: client.store.get(moved).reason == limit, what="the moved job read again")
     client.control(holder, "cancel")
     wait_state(client, holder, "cancelled", timeout=30)
 

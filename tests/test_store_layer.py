@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench.db.migrations import MIGRATIONS, SCHEMA_VERSION
+from workbench.db.migrations import MIGRATIONS, SCHEMA_VERSION, statements
 from workbench.db.store import JobRequest, Store, StoreError
 from workbench.db.telemetry import TELEMETRY_MIGRATIONS, VACUUM_PAGES
 
@@ -69,9 +69,8 @@ def _previous_schema_file(path: Path) -> None:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("BEGIN")
     for version in range(1, 6):
-        for sql in MIGRATIONS[version].split(";"):
-            if sql.strip():
-                conn.execute(sql)
+        for sql in statements(MIGRATIONS[version]):
+            conn.execute(sql)
     conn.execute("INSERT INTO meta(key, value) VALUES ('schema_version', '5')")
     for state in ("queued", "succeeded"):
         conn.execute(
@@ -132,9 +131,8 @@ def test_a_state_file_of_the_previous_version_gains_indexes_and_usage_columns(
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("BEGIN")
     for version in previous:
-        for sql in MIGRATIONS[version].split(";"):
-            if sql.strip():
-                conn.execute(sql)
+        for sql in statements(MIGRATIONS[version]):
+            conn.execute(sql)
     conn.executemany(
         "INSERT INTO meta(key, value) VALUES (?, ?)",
         [("schema_version", str(max(previous))), ("migrations", ",".join(map(str, previous)))],

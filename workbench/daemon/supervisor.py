@@ -13,18 +13,20 @@ import sys
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import psutil
 
-from workbench.config import Config, group_quotas, load_config
+from workbench.config import Config, load_config
 from workbench.daemon import runner
 from workbench.daemon.executors import Ended, Executor, Handle, Launch, LaunchError
 from workbench.daemon.executors.containment import home_scope, remove_empty_cgroups
 from workbench.daemon.executors.local import LocalExecutor
 from workbench.daemon.executors.slurm import SlurmExecutor
 from workbench.daemon.intake import CREDENTIALS, Intake, peer_credentials
+from workbench.daemon.planning import Planner
+from workbench.daemon.wakeups import Wakeups, monotonic_at, next_retry
 from workbench.db import executors as placement_db
 from workbench.db import scheduling as db
 from workbench.db.store import Job, Store
@@ -40,7 +42,6 @@ from workbench.units import format_duration
 
 PRUNE_INTERVAL_S = 3600.0
 SLURM_POLL_S = 1.0  # one squeue per tick while Slurm holds jobs for us
-QUEUE_PAGE = 128  # queued jobs read per scheduling step; more pages only while jobs start
 DEBUG_LAUNCH_DELAY_ENV = (
     "WORKBENCH_DEBUG_DELAY_LAUNCH_COMMIT_S"  # tests: die between fork and commit
 )
@@ -94,6 +95,7 @@ class Daemon:
         self._next_sample = 0.0
         self._next_poll = 0.0
         self._launch_paused_until = 0.0
+        self.wakeups = Wakeups()  # times a pass is due though nothing was written
         self._next_prune = 0.0
         self._poll_soon: set[int] = set()  # attempts to poll on the next step
         self.gpus: Gpus | None = None
@@ -103,11 +105,7 @@ class Daemon:
         self._start_details: dict[int, scheduler.Start] = {}  # this pass's starts, by job id
         self.log_failures = 0  # messages the daemon could not write (its log's disk was full)
         self.refused_wakes = 0  # datagrams from other users, ignored
-        self.passes = 0  # scheduling passes run (each reads only the head of the queue)
-        # Queued jobs the last pass looked at, and the newest job id then (None: not yet, so
-        # every queued job's reason, perhaps an earlier daemon's, is stale): see _schedule.
-        self._planned: set[int] = set()
-        self._planned_upto: int | None = None
+        self.passes = 0  # scheduling passes run
         self._config_stamp: tuple[int, int, int] | None = None  # config.toml as last read
         self.slurm: SlurmExecutor | None = None  # created when the first Slurm job appears
         self._next_slurm_tick = 0.0
@@ -170,6 +168,9 @@ class Daemon:
             self.executor = LocalExecutor(self.config.containment, scope, (self._lock_fd,))
         self._config_stamp = self._config_file_stamp()
         self.store = Store.open(self.home.state_db, check="full")
+        self.planner = Planner(
+            self.store, self._holdings, self._launch_many, self._reclaim, self._start_details
+        )
         try:
             self.store.backup_to(self.home.state_db.with_name("state.db.bak"))
         except _WRITE_ERRORS as error:
@@ -532,95 +533,16 @@ class Daemon:
                 self._dirty = True  # reservations grow; a job may be over its own
 
     def _schedule(self) -> None:
-        """Start what can start, reading the queue's head page by page in scheduling order and
-        stopping at the first page that starts nothing: a pass costs the jobs it looks at, not
-        the length of the queue."""
+        """Start what can start (workbench.daemon.planning: every job that could start now is
+        seen, whatever waits before it); another pass follows at once when a page all started."""
         if time.monotonic() < self._launch_paused_until:
             return
-        config = self.config
-        settings = scheduler.Settings(
-            drain=self.store.draining,
-            group_limits={**config.group_parallel, **self.store.group_limits()},
-            default_parallel=config.default_parallel,
-            quotas=group_quotas(config, self.store),
-            start_grace_s=config.start_grace_s,
-            default_runtime_s=config.default_runtime_s,
-            backfill_depth=config.backfill_depth,
-            strict=config.strict,
-        )
         resources = scheduler.Resources(self.gpu_slots, self.cpus, self.mem_bytes)
-        self._start_details.clear()
-        if self._planned_upto is None:  # reasons an earlier daemon wrote may no longer hold
-            self._planned_upto = db.mark_unplanned(self.store, [], None, scheduler.BEHIND)
-        after: tuple[int, int] | None = None
-        seen: set[int] = set()
-        reasons: list[tuple[int, str | None]] = []
-        first = True
-        planned = False
-        while True:
-            if first:
-                guaranteed = [g for g, quota in settings.quotas.items() if quota > 0]
-                page, batch = db.first_batch(self.store, guaranteed, QUEUE_PAGE)
-                first = False
-            else:
-                page = db.queue_head(self.store, after, QUEUE_PAGE)
-                batch = list(page)
-            batch = [j for j in batch if j.id not in seen]
-            seen.update(j.id for j in batch)
-            if not batch:
-                break
-            planned = True
-            started = self._plan(batch, resources, settings, reasons)
-            if len(page) < QUEUE_PAGE or started == 0:
-                break
-            after = (page[-1].priority, page[-1].id)
-        if not planned and self.gpu_mem_seen:
-            self._plan([], resources, settings, reasons)  # running jobs over their reservation
-        db.set_reasons(self.store, reasons)
-        # Jobs this pass did not reach say so, rather than nothing (new ones) or what was true
-        # when a pass last reached them.
-        stale = sorted(self._planned - seen)
-        self._planned_upto = db.mark_unplanned(
-            self.store, stale, self._planned_upto, scheduler.BEHIND
-        )
-        self._planned = seen
+        if self.planner.run(self.config, resources):
+            self._dirty = True
 
-    def _plan(
-        self,
-        batch: list[db.QueuedJob],
-        resources: scheduler.Resources,
-        settings: scheduler.Settings,
-        reasons: list[tuple[int, str | None]],
-    ) -> int:
-        holding = [self._holding_now(t) for t in self.tracked.values()]
-        dep_ids = {d for j in batch for d, _ in j.deps}
-        dep_states = (
-            {k: str(v) for k, v in self.store.states_of(dep_ids).items()} if dep_ids else {}
-        )
-        wants = wants_of(batch, self.config.not_preemptible)
-        by_id = {j.id: j for j in batch}
-        starts: list[tuple[db.QueuedJob, tuple[int, ...]]] = []
-        now = time.time()
-        for decision in scheduler.plan(wants, holding, dep_states, resources, settings, now):
-            if isinstance(decision, scheduler.Preempt | scheduler.Exceeds):
-                self._reclaim(decision, now)
-                continue
-            job = by_id[decision.job_id]
-            if isinstance(decision, scheduler.Start):
-                self._start_details[job.id] = decision  # MIG devices, GPU memory cap
-                starts.append((job, decision.gpu_indices))
-            elif isinstance(decision, scheduler.Wait):
-                if job.reason != decision.reason:
-                    reasons.append((job.id, decision.reason))
-            elif isinstance(decision, scheduler.Block):
-                self.store.transition(
-                    job.id, Event.BLOCK, decision.reason, only_from=[JobState.QUEUED]
-                )
-            elif isinstance(decision, scheduler.Fail):
-                self.store.transition(
-                    job.id, Event.REFUSE, decision.reason, only_from=[JobState.QUEUED]
-                )
-        return self._launch_many(starts)
+    def _holdings(self) -> list[scheduler.Holding]:
+        return [self._holding_now(t) for t in self.tracked.values()]
 
     def _holding_now(self, tracked: Tracked) -> scheduler.Holding:
         """What the job holds, with the GPU memory last seen and whether it is stopping; a new
@@ -738,6 +660,7 @@ class Daemon:
             if isinstance(result, Exception):  # no process: try again a little later
                 self.log(f"job {job.id}: could not start ({result}); queued again")
                 self._launch_paused_until = time.monotonic() + _RETRY_S
+                self.wakeups.at("launch", self._launch_paused_until)
                 reason = f"could not start ({result}); queued again"
                 outcomes.append(db.Change(job.id, Event.REQUEUE, reason, (JobState.STARTING,)))
                 continue
@@ -872,6 +795,9 @@ class Daemon:
         self._carry_out_intents(now)
         self._enforce_deadlines(now)
         self._schedule()
+        retry_at = next_retry(self.store, time.time())
+        if retry_at is not None:
+            self.wakeups.at("retry", monotonic_at(retry_at))
 
     def _timeout(self) -> float:
         """Sleep until the next thing due: a sample, a kill deadline, a time limit, a retry."""
@@ -882,6 +808,7 @@ class Daemon:
             self._next_sample - time.monotonic(),
             self._next_poll - time.monotonic(),
             self._next_deadline() - time.time(),
+            self.wakeups.next() - time.monotonic(),
         )
         if self.slurm is not None:
             wait = min(wait, self._next_slurm_tick - time.monotonic())
@@ -953,6 +880,8 @@ class Daemon:
             if stamp != self._last_stamp:
                 self._last_stamp = stamp
                 self._dirty = True
+        if self.wakeups.take_due(time.monotonic()):
+            self._dirty = True  # a back-off ended
         now = time.time()
         if self._dirty or db.retry_due(self.store, now):  # or a retry's back-off ended
             self._dirty = False
@@ -1015,30 +944,6 @@ class Daemon:
         if self._lock_fd >= 0:
             os.ftruncate(self._lock_fd, 0)
             os.close(self._lock_fd)
-
-
-def wants_of(batch: list[db.QueuedJob], not_preemptible: Iterable[str]) -> list[scheduler.Want]:
-    """Queued jobs as the scheduler takes them; jobs of a group in `not_preemptible`
-    (`[groups.NAME] preemptible = false`) are never preempted."""
-    kept = set(not_preemptible)
-    return [
-        scheduler.Want(
-            j.id,
-            j.priority,
-            j.group,
-            j.gpus,
-            j.gpu_mem,
-            j.cpus,
-            j.mem,
-            j.deps,
-            j.fail_unrunnable,
-            mig_profile=j.mig_profile,
-            preemptible=j.preemptible and j.group not in kept,
-            time_limit=j.time_limit,
-            reason=j.reason,
-        )
-        for j in batch
-    ]
 
 
 def serve(home: Home) -> int:

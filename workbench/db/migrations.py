@@ -249,6 +249,33 @@ MIGRATIONS: dict[int, str] = {
     18: """
     ALTER TABLE jobs ADD COLUMN granted_devices TEXT;
     """,
+    # Scheduling that cannot starve (workbench/daemon/planning.py): why a queued job was last
+    # found unable to start, so a pass skips it by an index instead of reading it page by page:
+    # 'deps' (a dependency has not ended as it needs; cleared by a trigger when a dependency
+    # changes state or is removed) or 'fit' (resources, a group's cap, drain: the pass re-reads
+    # the head of each such shape of job). Any state or priority change of the job clears it.
+    20: """
+    ALTER TABLE jobs ADD COLUMN blocked_on TEXT;
+    CREATE INDEX IF NOT EXISTS jobs_startable ON jobs(priority DESC, id)
+        WHERE state = 'queued' AND blocked_on IS NULL;
+    CREATE INDEX IF NOT EXISTS jobs_unfit ON jobs(grp, gpus, gpu_mem, mig_profile, time_limit,
+        cpus, mem, fail_unrunnable, priority DESC, id)
+        WHERE state = 'queued' AND blocked_on = 'fit';
+    CREATE TRIGGER IF NOT EXISTS jobs_unblock_on_state AFTER UPDATE OF state ON jobs
+        WHEN NEW.state IS NOT OLD.state BEGIN
+        UPDATE jobs SET blocked_on = NULL WHERE id = NEW.id AND blocked_on IS NOT NULL;
+        UPDATE jobs SET blocked_on = NULL WHERE blocked_on IS NOT NULL
+            AND id IN (SELECT job_id FROM job_deps WHERE dep_id = NEW.id);
+    END;
+    CREATE TRIGGER IF NOT EXISTS jobs_unblock_on_priority AFTER UPDATE OF priority ON jobs
+        WHEN NEW.priority IS NOT OLD.priority BEGIN
+        UPDATE jobs SET blocked_on = NULL WHERE id = NEW.id AND blocked_on IS NOT NULL;
+    END;
+    CREATE TRIGGER IF NOT EXISTS jobs_unblock_on_delete AFTER DELETE ON jobs BEGIN
+        UPDATE jobs SET blocked_on = NULL WHERE blocked_on IS NOT NULL
+            AND id IN (SELECT job_id FROM job_deps WHERE dep_id = OLD.id);
+    END;
+    """,
     # Executors (60-69): where each job runs ('local' or 'slurm'), its Slurm job id and node,
     # whether Slurm may still hold it (submitted, not yet seen ended), and how much of the job's
     # record file (see workbench/db/journal.py) has been applied.
@@ -290,6 +317,22 @@ def create_database(
         remove_files(tmp, tmp + "-wal", tmp + "-shm")
 
 
+def statements(script: str) -> list[str]:
+    """The SQL statements of a migration, split at each `;` that ends a complete statement
+    (`sqlite3.complete_statement`), so a trigger's body stays in one piece."""
+    out: list[str] = []
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                out.append(pending)
+            pending = ""
+    if pending.strip(" \n;"):
+        out.append(pending)
+    return out
+
+
 def applied_versions(conn: sqlite3.Connection) -> set[int]:
     """The migrations a file has (an empty set for a new file)."""
     has_meta = conn.execute(
@@ -325,9 +368,8 @@ def migrate(
             )
         missing = sorted(set(migrations) - applied)
         for version in missing:
-            for statement in migrations[version].split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            for statement in statements(migrations[version]):
+                conn.execute(statement)
             applied.add(version)
         if missing:
             conn.executemany(

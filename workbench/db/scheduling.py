@@ -377,3 +377,94 @@ def jobs_by_id(store: Store, ids: Sequence[int]) -> dict[int, Job]:
         for job in store._jobs_where(f"WHERE id IN ({marks})", chunk):
             out[job.id] = job
     return out
+
+
+# ---- what a pass can start (migration 20: `blocked_on`) ----------------------------------
+
+# What decides whether a job fits (the scheduler's `Want.shape`, less priority): jobs of one
+# shape waiting on resources wait for the same reason, so a pass re-reads only each shape's head.
+Shape = tuple[str, float, int | None, str | None, float | None, float, int | None, int]
+# (The partial indexes' conditions are literals in the queries: SQLite uses a partial index
+# only where it can see the query's WHERE implies the index's.)
+_SHAPE_COLUMNS = "grp, gpus, gpu_mem, mig_profile, time_limit, cpus, mem, fail_unrunnable"
+FIT = "fit"  # waits on resources, a group's cap or drain
+DEPS = "deps"  # waits on a dependency that has not ended as it needs
+
+
+def startable(store: Store, now: float) -> list[QueuedJob]:
+    """Every queued local job not known to wait (`blocked_on` is NULL: new, queued again, or a
+    dependency moved) and not backing off, in scheduling order. Index `jobs_startable`: cost is
+    these jobs, however many others wait."""
+    rows = store.conn.execute(
+        f"SELECT {_QUEUED_COLUMNS} FROM jobs INDEXED BY jobs_startable"
+        " WHERE state='queued' AND blocked_on IS NULL AND executor='local'"
+        f" AND {_NOT_BACKING_OFF} ORDER BY priority DESC, id",
+        (now,),
+    ).fetchall()
+    return _queued(store.conn, rows)
+
+
+def unfit_shapes(store: Store) -> list[Shape]:
+    """The distinct shapes of jobs marked as waiting on resources (one pass over the index
+    `jobs_unfit`, in SQLite)."""
+    rows = store.conn.execute(
+        f"SELECT DISTINCT {_SHAPE_COLUMNS} FROM jobs INDEXED BY jobs_unfit"
+        " WHERE state='queued' AND blocked_on='fit' AND executor='local'",
+    ).fetchall()
+    return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+def shape_head(store: Store, shape: Shape, limit: int, now: float) -> list[QueuedJob]:
+    """The first `limit` jobs, in scheduling order, of those of `shape` marked as waiting on
+    resources (one seek in `jobs_unfit`)."""
+    match = " AND ".join(f"{c.strip()} IS ?" for c in _SHAPE_COLUMNS.split(","))
+    rows = store.conn.execute(
+        f"SELECT {_QUEUED_COLUMNS} FROM jobs INDEXED BY jobs_unfit"
+        f" WHERE state='queued' AND blocked_on='fit' AND executor='local' AND {match}"
+        f" AND {_NOT_BACKING_OFF} ORDER BY priority DESC, id LIMIT ?",
+        (*shape, now, limit),
+    ).fetchall()
+    return _queued(store.conn, rows)
+
+
+def events_mark(store: Store) -> int:
+    """The newest job event's id: a pass reads it before the dependencies' states, and marks a
+    job as waiting on them only if none of them changed since (`record_waits`)."""
+    return int(store.conn.execute("SELECT max(id) FROM job_events").fetchone()[0] or 0)
+
+
+def clear_marks(store: Store, kind: str) -> None:
+    """Forget every `kind` mark (a daemon's start: what an earlier one found may not hold)."""
+    with store.transaction() as conn:
+        conn.execute("UPDATE jobs SET blocked_on=NULL WHERE blocked_on=?", (kind,))
+
+
+def record_waits(
+    store: Store,
+    reasons: Iterable[tuple[int, str | None]],
+    marks: Iterable[tuple[int, str]],
+    mark: int,
+) -> None:
+    """Write why queued jobs wait and what they wait on (`marks`: (job id, FIT or DEPS)), in one
+    transaction. A DEPS mark is set only if no dependency of the job has an event newer than
+    `mark` and none was removed: a dependency that moved meanwhile leaves the job unmarked,
+    so the next pass reads it (the trigger clears marks only for changes after they are set)."""
+    pairs = [(reason, job_id, JobState.QUEUED, reason) for job_id, reason in reasons]
+    fit = [(FIT, job_id, JobState.QUEUED) for job_id, kind in marks if kind == FIT]
+    deps = [(DEPS, job_id, JobState.QUEUED, job_id, mark) for job_id, kind in marks if kind == DEPS]
+    if not (pairs or fit or deps):
+        return
+    with store.transaction() as conn:
+        conn.executemany(
+            "UPDATE jobs SET reason=? WHERE id=? AND state=? AND reason IS NOT ?", pairs
+        )
+        conn.executemany(
+            "UPDATE jobs SET blocked_on=? WHERE id=? AND state=? AND blocked_on IS NULL", fit
+        )
+        conn.executemany(
+            "UPDATE jobs SET blocked_on=? WHERE id=? AND state=? AND blocked_on IS NULL"
+            " AND NOT EXISTS (SELECT 1 FROM job_deps d LEFT JOIN jobs p ON p.id = d.dep_id"
+            " WHERE d.job_id=? AND (p.id IS NULL OR EXISTS (SELECT 1 FROM job_events e"
+            " WHERE e.job_id = d.dep_id AND e.id > ?)))",
+            deps,
+        )

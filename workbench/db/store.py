@@ -1022,8 +1022,9 @@ class Store:
             columns.setdefault("ended_at", now)
             columns.setdefault("intent", None)
         if event in (Event.RETRY, Event.REQUEUE, Event.PREEMPT):
-            # Back to the queue: a fresh attempt (a preempted job resumes the same attempt).
-            if event != Event.PREEMPT:
+            # Back to the queue: a fresh attempt after one that ran (a preempted job resumes the
+            # same attempt; a launch that never began, requeued from `starting`, spends none).
+            if event == Event.RETRY or (event == Event.REQUEUE and state == FAILED):
                 sets.append("attempt=attempt+1")
             for key in (
                 "started_at",

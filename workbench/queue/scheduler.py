@@ -315,6 +315,12 @@ def _dependency_verdict(want: Want, dep_states: Mapping[int, str]) -> tuple[str,
     return "ready", None
 
 
+def waits_on_dependencies(want: Want, dep_states: Mapping[int, str]) -> bool:
+    """True when `want` waits for a dependency to end (one is live or queued, and none rules
+    the job out); `dep_states` maps job id -> state name, a removed dependency absent."""
+    return bool(want.deps) and _dependency_verdict(want, dep_states)[0] == "wait"
+
+
 def _never_fits(want: Want, res: Resources) -> str | None:
     """Why this job can never run here, whatever else finishes; None if it could. Judged on
     every GPU the machine has: one that reports an error may come back (NVML errors can pass),

@@ -115,8 +115,9 @@ class LocalExecutor:
         if answered == len(pending):
             return
         # The launcher died with requests in flight: a wrapper it forked records itself at
-        # once, so after a moment an attempt without a record never began.
-        self.close()
+        # once, so after a moment an attempt without a record never began. The next launch
+        # starts a new launcher (the jobs' cgroups, and their parent, stay).
+        self._stop_launcher()
         time.sleep(1.0)
         for index in pending[answered:]:
             launch = launches[index]
@@ -144,6 +145,15 @@ class LocalExecutor:
         if self.cgroup_root is not None:
             cg.remove_empty_cgroups(self.cgroup_root, keep=set())
             cg.remove_cgroup(self.cgroup_root)
+        self._stop_launcher()
+
+    def launcher_pid(self) -> int | None:
+        """The launcher's pid while it runs (tests kill it), else None."""
+        launcher = self._launcher
+        return launcher.pid if launcher is not None and launcher.poll() is None else None
+
+    def _stop_launcher(self) -> None:
+        """Close the launcher's pipes and wait for it (it exits when its stdin closes)."""
         launcher, self._launcher = self._launcher, None
         if launcher is None:
             return
