@@ -387,6 +387,8 @@ Shape = tuple[str, float, int | None, str | None, float | None, float, int | Non
 # (The partial indexes' conditions are literals in the queries: SQLite uses a partial index
 # only where it can see the query's WHERE implies the index's.)
 _SHAPE_COLUMNS = "grp, gpus, gpu_mem, mig_profile, time_limit, cpus, mem, fail_unrunnable"
+# The state as a literal (a bound parameter hides it from the planner).
+_IS_QUEUED = "state=" + repr(str(JobState.QUEUED))
 FIT = "fit"  # waits on resources, a group's cap or drain
 DEPS = "deps"  # waits on a dependency that has not ended as it needs
 
@@ -397,7 +399,7 @@ def startable(store: Store, now: float) -> list[QueuedJob]:
     these jobs, however many others wait."""
     rows = store.conn.execute(
         f"SELECT {_QUEUED_COLUMNS} FROM jobs INDEXED BY jobs_startable"
-        " WHERE state='queued' AND blocked_on IS NULL AND executor='local'"
+        f" WHERE {_IS_QUEUED} AND blocked_on IS NULL AND executor='local'"
         f" AND {_NOT_BACKING_OFF} ORDER BY priority DESC, id",
         (now,),
     ).fetchall()
@@ -409,7 +411,7 @@ def unfit_shapes(store: Store) -> list[Shape]:
     `jobs_unfit`, in SQLite)."""
     rows = store.conn.execute(
         f"SELECT DISTINCT {_SHAPE_COLUMNS} FROM jobs INDEXED BY jobs_unfit"
-        " WHERE state='queued' AND blocked_on='fit' AND executor='local'",
+        f" WHERE {_IS_QUEUED} AND blocked_on='fit' AND executor='local'",
     ).fetchall()
     return [tuple(r) for r in rows]  # type: ignore[misc]
 
@@ -420,7 +422,7 @@ def shape_head(store: Store, shape: Shape, limit: int, now: float) -> list[Queue
     match = " AND ".join(f"{c.strip()} IS ?" for c in _SHAPE_COLUMNS.split(","))
     rows = store.conn.execute(
         f"SELECT {_QUEUED_COLUMNS} FROM jobs INDEXED BY jobs_unfit"
-        f" WHERE state='queued' AND blocked_on='fit' AND executor='local' AND {match}"
+        f" WHERE {_IS_QUEUED} AND blocked_on='fit' AND executor='local' AND {match}"
         f" AND {_NOT_BACKING_OFF} ORDER BY priority DESC, id LIMIT ?",
         (*shape, now, limit),
     ).fetchall()
