@@ -28,6 +28,7 @@ from _results import median, percentile, table, write_section
 from workbench.daemon.client import Client, ensure_daemon
 from workbench.daemon.executors.containment import pids_with_token
 from workbench.daemon.link import lock_holder, wake
+from workbench.db import scheduling
 from workbench.db.store import JobRequest
 from workbench.paths import Home
 
@@ -253,8 +254,7 @@ def bench_starvation(blocked: int, runs: int) -> list[str]:
             )
         first = time.perf_counter()
         wake(home)
-        marked = "SELECT count(*) FROM jobs WHERE blocked_on='deps'"
-        wait_until(lambda: client.store.conn.execute(marked).fetchone()[0] == blocked, 300)
+        wait_until(lambda: scheduling.marked_count(client.store, scheduling.DEPS) == blocked, 300)
         marking = time.perf_counter() - first
         delays = start_delays(client, home, runs)
     finally:

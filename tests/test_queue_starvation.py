@@ -125,7 +125,4 @@ def test_a_pass_reads_only_new_and_head_jobs(client: Client, tmp_path: Path, cou
     client.submit_many(_requests(tmp_path, count, after=[held]))
     _starts_promptly(client, _cli_submit())
     assert db.startable(client.store, time.time()) == []
-    marks = client.store.conn.execute(
-        "SELECT count(*) FROM jobs WHERE blocked_on='deps'"
-    ).fetchone()[0]
-    assert marks == count
+    assert db.marked_count(client.store, db.DEPS) == count

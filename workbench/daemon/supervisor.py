@@ -3,6 +3,7 @@ telemetry, and re-adopts jobs that outlived a previous daemon. One per WORKBENCH
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import math
 import os
@@ -24,11 +25,13 @@ from workbench.daemon.executors import Ended, Executor, Handle, Launch, LaunchEr
 from workbench.daemon.executors.containment import home_scope, remove_empty_cgroups
 from workbench.daemon.executors.local import LocalExecutor
 from workbench.daemon.executors.slurm import SlurmExecutor
+from workbench.daemon.homewatch import HomeGone, HomeWatch
 from workbench.daemon.intake import CREDENTIALS, Intake, peer_credentials
 from workbench.daemon.planning import Planner
-from workbench.daemon.wakeups import Wakeups, monotonic_at, next_retry
+from workbench.daemon.wakeups import Wakeups, monotonic_at
 from workbench.db import executors as placement_db
 from workbench.db import scheduling as db
+from workbench.db.connection import full_message
 from workbench.db.store import Job, Store
 from workbench.jobmodel.states import LIVE, Event, JobState
 from workbench.paths import Home
@@ -48,6 +51,8 @@ DEBUG_LAUNCH_DELAY_ENV = (
 _RETRY_S = 1.0  # how soon a write that failed (disk full, busy) is tried again
 _STOP_BACKSTOP_S = 5.0  # after the kill grace, the daemon itself kills what a cancel left
 _WRITE_ERRORS = db.RETRYABLE_ERRORS  # a write that may work when retried
+_NO_SPACE_RETRY_S = 5.0  # how soon launches are tried again after one found no space
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a launch that failed for want of space or inodes
 
 
 class DaemonError(RuntimeError):
@@ -83,6 +88,7 @@ class Daemon:
         self.executor: Executor = executor or LocalExecutor("subreaper")  # replaced in start()
         self.tracked: dict[int, Tracked] = {}
         self.stopping = False
+        self.home_gone = False  # set when the home folder was removed under the daemon
         self.selector = selectors.DefaultSelector()
         self.cpus = os.cpu_count() or 1
         self.mem_bytes = psutil.virtual_memory().total
@@ -160,8 +166,10 @@ class Daemon:
 
     def start(self) -> None:
         """Take the lock, open the store, adopt what a previous daemon left, then say ready.
-        Raises DaemonError when another daemon holds the lock, StoreError for a bad store."""
-        self.home.ensure()
+        Raises DaemonError when another daemon holds the lock, StoreError for a bad store,
+        HomeGone when the home folder does not exist (it is never created here)."""
+        self.home_watch = HomeWatch(self.home.root)
+        self.home.ensure()  # its folders (runs, lake), in a home that exists
         self._take_lock()
         if self._given_executor is None:
             scope = home_scope(self.home.root)
@@ -536,6 +544,7 @@ class Daemon:
         """Start what can start (workbench.daemon.planning: every job that could start now is
         seen, whatever waits before it); another pass follows at once when a page all started."""
         if time.monotonic() < self._launch_paused_until:
+            self.wakeups.at("launch", self._launch_paused_until)  # a pass when it ends
             return
         resources = scheduler.Resources(self.gpu_slots, self.cpus, self.mem_bytes)
         if self.planner.run(self.config, resources):
@@ -662,6 +671,10 @@ class Daemon:
                 self._launch_paused_until = time.monotonic() + _RETRY_S
                 self.wakeups.at("launch", self._launch_paused_until)
                 reason = f"could not start ({result}); queued again"
+                if isinstance(result, OSError) and result.errno in _NO_SPACE:
+                    reason = full_message(self.home.state_db)  # tried again after a back-off
+                    self._launch_paused_until = time.monotonic() + _NO_SPACE_RETRY_S
+                    self.wakeups.at("launch", self._launch_paused_until)
                 outcomes.append(db.Change(job.id, Event.REQUEUE, reason, (JobState.STARTING,)))
                 continue
             start = self._start_details.pop(job.id, None)
@@ -795,7 +808,7 @@ class Daemon:
         self._carry_out_intents(now)
         self._enforce_deadlines(now)
         self._schedule()
-        retry_at = next_retry(self.store, time.time())
+        retry_at = db.next_retry(self.store, time.time())
         if retry_at is not None:
             self.wakeups.at("retry", monotonic_at(retry_at))
 
@@ -823,6 +836,8 @@ class Daemon:
                 self._guarded(self._step)
         finally:
             self.stop()
+        if self.home_gone:
+            raise HomeGone(f"WORKBENCH_HOME {self.home.root} was removed; the daemon exited")
 
     def _guarded(self, step: Callable[[], None]) -> None:
         """Run one step; an unexpected error is logged (never raised, even when the log cannot
@@ -841,6 +856,11 @@ class Daemon:
     def _step(self) -> None:
         """Sleep until something happens, then react: wake-ups, job exits, samples, deadlines.
         A scheduling pass runs only when something that can change a decision happened."""
+        if self.home_watch.gone():
+            self.log(f"WORKBENCH_HOME {self.home.root} was removed or replaced; exiting")
+            self.home_gone = True
+            self.stopping = True
+            return
         exited: list[int] = []
         for key, _ in self.selector.select(self._timeout()):
             what, job_id = key.data
@@ -947,8 +967,9 @@ class Daemon:
 
 
 def serve(home: Home) -> int:
-    """`workbench daemon run`: the supervisor in the foreground."""
-    home.ensure()
+    """`workbench daemon run`: the supervisor in the foreground. A home that does not exist is
+    not created (exit 3): a daemon started late, after its home was removed, must not bring it
+    back."""
     try:
         daemon = Daemon(home, load_config(home.config))
         daemon.run()

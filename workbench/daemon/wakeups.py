@@ -8,9 +8,6 @@ from __future__ import annotations
 import math
 import time
 
-from workbench.db.store import Store
-from workbench.jobmodel.states import JobState
-
 
 class Wakeups:
     """Named times (`time.monotonic()` seconds) at which a pass is due; one per name, the
@@ -33,17 +30,6 @@ class Wakeups:
         for name in due:
             del self._due[name]
         return due
-
-
-def next_retry(store: Store, now: float) -> float | None:
-    """The earliest `not_before` (epoch seconds) after `now` of a queued job backing off, or
-    None. One look-up in the partial index `jobs_not_before`."""
-    row = store.conn.execute(
-        "SELECT min(not_before) FROM jobs WHERE not_before IS NOT NULL AND not_before > ?"
-        " AND state=?",
-        (now, JobState.QUEUED),
-    ).fetchone()
-    return None if row is None or row[0] is None else float(row[0])
 
 
 def monotonic_at(epoch_s: float) -> float:

@@ -276,6 +276,12 @@ MIGRATIONS: dict[int, str] = {
             AND id IN (SELECT job_id FROM job_deps WHERE dep_id = OLD.id);
     END;
     """,
+    # A request token (the intake's submission id) is an idempotency key: the submit looks it
+    # up in the audit trail in the same transaction, by this index, before it queues a job.
+    21: """
+    CREATE INDEX IF NOT EXISTS audit_request ON audit(detail)
+        WHERE action = 'submit' AND detail IS NOT NULL;
+    """,
     # Executors (60-69): where each job runs ('local' or 'slurm'), its Slurm job id and node,
     # whether Slurm may still hold it (submitted, not yet seen ended), and how much of the job's
     # record file (see workbench/db/journal.py) has been applied.

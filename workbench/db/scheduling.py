@@ -146,6 +146,17 @@ def retry_due(store: Store, now: float) -> bool:
     return row is not None
 
 
+def next_retry(store: Store, now: float) -> float | None:
+    """The earliest `not_before` (epoch seconds) after `now` of a queued job backing off, or
+    None. One look-up in the partial index `jobs_not_before`."""
+    row = store.conn.execute(
+        "SELECT min(not_before) FROM jobs WHERE not_before IS NOT NULL AND not_before > ?"
+        " AND state=?",
+        (now, JobState.QUEUED),
+    ).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
 def queued_with_deps(store: Store, limit: int = 10000) -> list[QueuedJob]:
     """Queued jobs that wait on other jobs (so a failed dependency blocks them wherever they
     are in the queue). Driven from the dependency table: cost is the number of dependencies,
@@ -433,6 +444,13 @@ def events_mark(store: Store) -> int:
     """The newest job event's id: a pass reads it before the dependencies' states, and marks a
     job as waiting on them only if none of them changed since (`record_waits`)."""
     return int(store.conn.execute("SELECT max(id) FROM job_events").fetchone()[0] or 0)
+
+
+def marked_count(store: Store, kind: str) -> int:
+    """How many jobs carry the mark `kind` (FIT or DEPS): the bench and tests read it."""
+    return int(
+        store.conn.execute("SELECT count(*) FROM jobs WHERE blocked_on=?", (kind,)).fetchone()[0]
+    )
 
 
 def clear_marks(store: Store, kind: str) -> None:

@@ -347,6 +347,10 @@ _SETTABLE = frozenset(
 )
 
 
+# The job a submission with this request token queued (index audit_request, migration 21).
+_BY_REQUEST = "SELECT job_id FROM audit WHERE action='submit' AND detail=? ORDER BY id DESC LIMIT 1"
+
+
 def encode_text(text: str) -> str:
     """Text for a TEXT column: as is when it is valid UTF-8, else a JSON string literal
     (ASCII, with lone surrogates escaped) so bytes that are not UTF-8 survive exactly."""
@@ -679,11 +683,16 @@ class Store:
 
         `request_token`: the id of a submission the daemon took for a client, kept in the audit
         entry (`request <token>`) so the client can learn the job's id if the daemon stops
-        before it answers (`submitted_by_request`). `still_wanted`: asked just before the
+        before it answers (`submitted_by_request`); an idempotency key: a request sent again
+        with the same token returns the job the first one queued, and queues nothing. `still_wanted`: asked just before the
         commit (the write lock held, perhaps after a wait for it); False rolls the job back
         and raises Withdrawn, as a client interrupted while it waits leaves no job."""
         detail = None if request_token is None else f"{REQUEST_PREFIX}{request_token}"
         with self.transaction() as conn:
+            if detail is not None:  # the token is an idempotency key: a resent request
+                earlier = conn.execute(_BY_REQUEST, (detail,)).fetchone()
+                if earlier is not None:
+                    return int(earlier[0])
             job_id = self._insert(conn, req, time.time(), detail)
             if still_wanted is not None and not still_wanted():
                 raise Withdrawn(f"submission {request_token} withdrawn")
@@ -691,10 +700,7 @@ class Store:
 
     def submitted_by_request(self, request_token: str) -> int | None:
         """The job a submission with this token queued (see `submit`), or None."""
-        row = self.conn.execute(
-            "SELECT job_id FROM audit WHERE action='submit' AND detail=? ORDER BY id DESC LIMIT 1",
-            (f"{REQUEST_PREFIX}{request_token}",),
-        ).fetchone()
+        row = self.conn.execute(_BY_REQUEST, (f"{REQUEST_PREFIX}{request_token}",)).fetchone()
         return None if row is None else int(row[0])
 
     def submit_many(self, build: Sequence[JobRequest]) -> list[int]:

@@ -3,7 +3,8 @@ from. Forking it costs about a millisecond where forking the daemon (its telemet
 modules loaded) costs several, and the fork happens outside the daemon's thread.
 
 Protocol on stdin/stdout: frames of a 4-byte big-endian length and a pickled value. Request:
-`(Launch, cgroup_dir: Path | None)`. Reply: `("ok", pid, start_time)` or `("error", message)`.
+`(Launch, cgroup_dir: Path | None)`. Reply: `("ok", pid, start_time)` or
+`("error", message, errno)`, in the order of the requests.
 The launcher exits when its stdin closes (the daemon went away); it holds the descriptors the
 daemon passed it (the daemon's lock) until then, and every wrapper holds them until it has
 recorded itself, so a new daemon that gets the lock finds every wrapper's record."""
@@ -48,9 +49,18 @@ def _read_exactly(fd: int, size: int) -> bytes | None:
     return b"".join(parts)
 
 
+def _more_waiting(fd: int) -> bool:
+    """Whether another request is already waiting on `fd` (the daemon sends a batch at once)."""
+    import select
+
+    return bool(select.select([fd], [], [], 0)[0])
+
+
 def main() -> int:
-    """Serve launch requests until stdin closes."""
-    from workbench.daemon.executors.local import fork_wrapper
+    """Serve launch requests until stdin closes. The requests waiting at once are forked
+    together, then each wrapper's word that it recorded itself is awaited in turn (so a wrapper
+    that could not, for want of space or inodes, is reported as not started)."""
+    from workbench.daemon.executors.local import fork_wrapper_async, wrapper_ready
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # wrappers are watched by pidfd, not waited
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -59,13 +69,33 @@ def main() -> int:
         request = read_frame(0)
         if request is None:
             return 0
-        launch, cgroup_dir = request
-        try:
-            pid, start_time = fork_wrapper(launch, cgroup_dir)
-        except Exception as error:
-            write_frame(1, ("error", f"{type(error).__name__}: {error}"))
-            continue
-        write_frame(1, ("ok", pid, start_time))
+        batch = [request]
+        ended = False
+        while _more_waiting(0):
+            request = read_frame(0)
+            if request is None:
+                ended = True
+                break
+            batch.append(request)
+        forked: list[tuple[int, int] | OSError] = []
+        for launch, cgroup_dir in batch:
+            try:
+                forked.append(fork_wrapper_async(launch, cgroup_dir))
+            except OSError as error:
+                forked.append(error)
+        for item in forked:
+            try:
+                if isinstance(item, OSError):
+                    raise item
+                pid, ready_fd = item
+                start_time = wrapper_ready(pid, ready_fd)
+            except OSError as error:
+                said = error.strerror or f"{type(error).__name__}: {error}"
+                write_frame(1, ("error", said, error.errno))
+                continue
+            write_frame(1, ("ok", pid, start_time))
+        if ended:
+            return 0
 
 
 if __name__ == "__main__":

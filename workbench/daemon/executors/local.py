@@ -109,7 +109,8 @@ class LocalExecutor:
                 if reply[0] == "ok":
                     results[index] = Handle(launch.token, launch.run_dir, int(reply[1]), reply[2])
                 else:
-                    results[index] = OSError(errno.EAGAIN, str(reply[1]))
+                    code = reply[2] if len(reply) > 2 and reply[2] else errno.EAGAIN
+                    results[index] = OSError(code, str(reply[1]))
         except OSError:
             pass
         if answered == len(pending):
@@ -314,40 +315,90 @@ class LocalExecutor:
 # ---- the wrapper (runs in the forked child) ------------------------------------------------
 
 
+_LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+
+
+class WrapperNotStarted(OSError):
+    """The wrapper could not prepare its run folder or record itself (a full disk, no inodes
+    left): it exited before the job began, so the attempt never ran. `errno` as the OSError."""
+
+
 def fork_wrapper(launch: Launch, cgroup_dir: Path | None) -> tuple[int, float | None]:
-    """Fork the wrapper of one attempt; returns its pid and start time. The caller must be
-    single-threaded. The wrapper first records itself, then closes every inherited descriptor
-    but stderr (where its own errors go), then runs `_wrapper_main`. SIGUSR1 (cancel) stays
-    blocked until the wrapper's handler is in place: an early cancel waits, it does not kill."""
+    """Fork the wrapper of one attempt and wait until it has recorded itself (`wrapper_ready`);
+    returns its pid and start time. Raises WrapperNotStarted when it could not."""
+    pid, ready_fd = fork_wrapper_async(launch, cgroup_dir)
+    return pid, wrapper_ready(pid, ready_fd)
+
+
+def fork_wrapper_async(launch: Launch, cgroup_dir: Path | None) -> tuple[int, int]:
+    """Fork the wrapper of one attempt; returns its pid and a descriptor to pass to
+    `wrapper_ready`. The caller must be single-threaded. The wrapper prepares its run folder
+    and log, records itself, says so on that descriptor (or why it could not, and exits: the
+    job never starts), closes every inherited descriptor but stderr (where its own errors go),
+    then runs `_wrapper_main`. SIGUSR1 (cancel) stays blocked until the wrapper's handler is
+    in place: an early cancel waits, it does not kill."""
+    read_fd, write_fd = os.pipe()
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
     try:
         pid = os.fork()
     except BaseException:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        os.close(read_fd)
+        os.close(write_fd)
         raise
     if pid != 0:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-    else:
-        code = 1
+        os.close(write_fd)
+        return pid, read_fd
+    code = 1
+    try:
+        os.close(read_fd)
         try:
             cgroup_dir = _prepare(launch, cgroup_dir)
+            # The log's inode now: a home out of inodes fails here, before the job begins.
+            os.close(os.open(launch.run_dir / runner.LOG_FILE, _LOG_FLAGS, 0o600))
             start_time = runner.process_start_time(os.getpid())
             record = runner.WrapperRecord(
                 launch.token, os.getpid(), start_time, launch.env.get("CUDA_VISIBLE_DEVICES")
             )
             runner.write_wrapper(launch.run_dir, record)
-            devnull = os.open(os.devnull, os.O_RDWR)
-            os.dup2(devnull, 0)
-            os.dup2(devnull, 1)
-            os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-            code = _wrapper_main(launch, cgroup_dir)
-        except BaseException:
-            import traceback
+        except OSError as error:  # reported to the daemon, which queues the job again
+            said = error.strerror or str(error)
+            said += f": {error.filename}" if error.filename else ""
+            os.write(write_fd, f"{error.errno or 0} {said}".encode()[:4000])
+            os._exit(1)
+        os.write(write_fd, b"ok")
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        os.dup2(devnull, 1)
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        code = _wrapper_main(launch, cgroup_dir)
+    except BaseException:
+        import traceback
 
-            traceback.print_exc()  # to the daemon's log: the wrapper itself failed
-        finally:
-            os._exit(code)
-    return pid, runner.process_start_time(pid)
+        traceback.print_exc()  # to the daemon's log: the wrapper itself failed
+    finally:
+        os._exit(code)
+
+
+def wrapper_ready(pid: int, ready_fd: int) -> float | None:
+    """Wait for a wrapper forked by `fork_wrapper_async` to record itself; returns its start
+    time. Raises WrapperNotStarted (with its errno and message) when it could not, or ended
+    without a word."""
+    try:
+        parts: list[bytes] = []
+        while chunk := os.read(ready_fd, 4096):
+            parts.append(chunk)
+            if parts == [b"ok"]:
+                break
+    finally:
+        os.close(ready_fd)
+    said = b"".join(parts).decode(errors="replace")
+    if said == "ok":
+        return runner.process_start_time(pid)
+    number, _, message = said.partition(" ")
+    code = int(number) if number.isdigit() else errno.EIO
+    raise WrapperNotStarted(code, message or "the job's wrapper ended before it recorded itself")
 
 
 def _prepare(launch: Launch, cgroup_dir: Path | None) -> Path | None:
