@@ -11,7 +11,7 @@ from typing import Any
 
 from workbench.db.scheduling import PREEMPT_INTENT
 from workbench.db.store import Job
-from workbench.jobmodel.resources import OVER_RESERVATION
+from workbench.jobmodel.resources import OVER_MEM, OVER_RESERVATION
 from workbench.jobmodel.secrets import mask_env
 from workbench.jobmodel.states import ENDED, JobState
 from workbench.units import format_duration, format_size
@@ -51,8 +51,8 @@ def shown_reason(job: Job) -> str:
     it has now (using more GPU memory than it reserved) or why the daemon is stopping it
     (`stopping: preempted for job 7: ...`, during the kill grace), not how it started."""
     reason = job.reason or ""
-    if job.state == JobState.SUCCEEDED:
-        return ""
+    if job.state == JobState.SUCCEEDED:  # only what went wrong: its memory over its --mem
+        return next((p for p in reason.split("; ") if p.startswith(OVER_MEM)), "")
     if job.state in (JobState.RUNNING, JobState.STARTING):
         if job.intent == PREEMPT_INTENT and reason:
             return f"stopping: {reason}"

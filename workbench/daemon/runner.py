@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from workbench.jobmodel.resources import OOM_AT_MEM, OVER_MEM
+
 EXIT_FILE = "exit.json"
 WRAPPER_FILE = "wrapper.json"  # {"token", "pid", "start_time"}: written by the wrapper first
 LOG_FILE = "log"
@@ -25,7 +27,9 @@ class ExitStatus:
     used: `cpu_s` CPU seconds (user + system) of all its processes, `peak_mem_bytes` its peak
     memory (the cgroup's peak where there is one, else the largest process's peak RSS),
     `leftovers` how many processes were still running when the main process exited, and where
-    each usage figure came from (`cpu_source`, `peak_mem_source`: USAGE_SOURCES or None)."""
+    each usage figure came from (`cpu_source`, `peak_mem_source`: USAGE_SOURCES or None).
+    `oom_kills`: processes the kernel's OOM killer killed in the job's cgroup (memory.events),
+    `mem_enforced`: whether its `--mem` was the cgroup's memory.max."""
 
     exit_code: int | None
     signal: int | None
@@ -35,6 +39,8 @@ class ExitStatus:
     leftovers: int = 0
     cpu_source: str | None = None
     peak_mem_source: str | None = None
+    oom_kills: int = 0
+    mem_enforced: bool = False
 
     @property
     def ok(self) -> bool:
@@ -69,6 +75,8 @@ class ExitStatus:
             "leftovers": self.leftovers,
             "cpu_source": self.cpu_source,
             "peak_mem_source": self.peak_mem_source,
+            "oom_kills": self.oom_kills,
+            "mem_enforced": self.mem_enforced,
         }
 
     def usage_columns(self) -> dict[str, Any]:
@@ -111,6 +119,29 @@ def write_exit(run_dir: Path, status: ExitStatus, token: str) -> None:
     write_json_atomic(run_dir / EXIT_FILE, {**status.to_json(), "token": token})
 
 
+def memory_note(limit_bytes: int | None, status: ExitStatus) -> str:
+    """What an ended attempt's reason says of its memory against its `--mem` (`limit_bytes`):
+    that the OOM killer stopped it at the cgroup's memory.max, or, where the limit could not be
+    enforced (no cgroup v2 memory controller), that its peak went over it; else ""."""
+    from workbench.units import format_size
+
+    if not limit_bytes:
+        return ""
+    if status.oom_kills and status.mem_enforced:
+        count = status.oom_kills
+        return (
+            f"; {OOM_AT_MEM}: the OOM killer stopped {count} process{'es' if count != 1 else ''}"
+            f" at its --mem limit of {format_size(limit_bytes)}"
+        )
+    peak = status.peak_mem_bytes
+    if not status.mem_enforced and peak is not None and peak > limit_bytes:
+        return (
+            f"; {OVER_MEM}: peak {format_size(peak)} of {format_size(limit_bytes)} (not"
+            " enforced: no cgroup v2 memory controller)"
+        )
+    return ""
+
+
 def read_exit(run_dir: Path, token: str | None = None) -> ExitStatus | None:
     """The status the wrapper recorded, or None if it never did (it was killed or is running).
     With `token`, a record left by another attempt counts as none."""
@@ -132,6 +163,8 @@ def read_exit(run_dir: Path, token: str | None = None) -> ExitStatus | None:
         int(data.get("leftovers") or 0),
         _source(data.get("cpu_source")),
         _source(data.get("peak_mem_source")),
+        int(data.get("oom_kills") or 0) if isinstance(data.get("oom_kills"), int) else 0,
+        data.get("mem_enforced") is True,
     )
 
 

@@ -403,6 +403,7 @@ class Daemon:
             verb = "left running" if self._keeps_leftovers(job) else "stopped"
             plural = "es" if status.leftovers != 1 else ""
             leftovers = f"; {status.leftovers} leftover process{plural} {verb}"
+        leftovers += runner.memory_note(job.mem, status)  # OOM-killed, or over an unenforced --mem
         if tracked.preempted is not None and job.intent != "cancel" and not status.ok:
             # GPU pooling: back to the queue with a `preempt` event and the same attempt; a
             # train job resumes from the checkpoint it saved on SIGTERM.
@@ -761,6 +762,7 @@ class Daemon:
             kill_grace_s=self.config.kill_grace_s,
             header=header,
             keep_leftovers=self._keeps_leftovers(job),
+            mem_bytes=queued.mem,
         )
 
     @staticmethod

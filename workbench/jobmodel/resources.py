@@ -15,6 +15,8 @@ MIG_PROFILE = re.compile(r"(?:[1-7]c\.)?[1-7]g\.[0-9]+gb(?:\+me)?")
 # The words a running job's reason starts with when it uses more GPU memory than it reserved
 # (written by the scheduler, picked out by listings that otherwise hide a running job's reason).
 OVER_RESERVATION = "over its reservation"
+OVER_MEM = "over its --mem"  # an ended job's reason, where memory.max could not enforce it
+OOM_AT_MEM = "out of memory"  # an ended job's reason: the OOM killer stopped it at memory.max
 
 
 def parse_gpus(value: str | int | float) -> tuple[float, str | None]:

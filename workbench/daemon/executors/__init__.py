@@ -37,6 +37,7 @@ class Launch:
     kill_grace_s: float
     header: str | None = None
     keep_leftovers: bool = False
+    mem_bytes: int | None = None  # `--mem`: the job cgroup's memory.max where it can be set
 
 
 @dataclass(frozen=True)

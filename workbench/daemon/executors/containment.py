@@ -133,7 +133,57 @@ def cgroup_base(mode: str, scope: str = "default") -> tuple[Path | None, str]:
     why_not = _probe(base)
     if why_not is not None:
         return None, f"subreaper ({why_not})"
-    return base, f"cgroup v2 ({base})"
+    enable_memory(base)
+    memory = "memory.max" if _has_memory(base) else "no memory controller: --mem is reported"
+    return base, f"cgroup v2 ({base}; {memory})"
+
+
+def _has_memory(base: Path) -> bool:
+    try:
+        return "memory" in (base / "cgroup.subtree_control").read_text().split()
+    except OSError:
+        return False
+
+
+def enable_memory(base: Path) -> None:
+    """Best effort: turn the memory controller on for the job cgroups under `base` (its parent's
+    and its own `cgroup.subtree_control`), where the hierarchy offers it."""
+    for folder in (base.parent, base):
+        try:
+            if "memory" in (folder / "cgroup.controllers").read_text().split():
+                (folder / "cgroup.subtree_control").write_text("+memory")
+        except OSError:
+            pass
+
+
+def set_memory_max(cgroup_dir: Path, limit_bytes: int) -> bool:
+    """Cap a job cgroup's memory at `limit_bytes` (memory.max; swap too, where memory.swap.max
+    exists, so the cap is not a slow swap). True if the cap is in force; False without the
+    cgroup v2 memory controller for this cgroup (the overuse is then only reported)."""
+    try:
+        if "memory" not in (cgroup_dir / "cgroup.controllers").read_text().split():
+            return False
+        (cgroup_dir / "memory.max").write_text(str(limit_bytes))
+    except OSError:
+        return False
+    try:
+        (cgroup_dir / "memory.swap.max").write_text("0")
+    except OSError:
+        pass
+    return True
+
+
+def oom_kills(cgroup_dir: Path) -> int:
+    """Processes the OOM killer killed in this cgroup (`oom_kill` of memory.events; 0 without
+    the memory controller)."""
+    try:
+        for line in (cgroup_dir / "memory.events").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def cgroup_pids(cgroup_dir: Path) -> list[int]:

@@ -560,6 +560,9 @@ def _wrapper_main(launch: Launch, cgroup_dir: Path | None) -> int:
             (cgroup_dir / "cgroup.procs").write_text(str(os.getpid()))
         except OSError:
             cgroup_dir = None  # its descendants are still found (subreaper)
+    enforced = False
+    if cgroup_dir is not None and launch.mem_bytes:
+        enforced = cg.set_memory_max(cgroup_dir, launch.mem_bytes)
     read_fd, write_fd = os.pipe()
     child = _spawn_job(launch, write_fd, log)
     os.close(write_fd)
@@ -640,9 +643,10 @@ def _wrapper_main(launch: Launch, cgroup_dir: Path | None) -> int:
         pump(0.05)
         _reap(child)
     log.close()
-    cpu_s, peak = None, None
+    cpu_s, peak, oom = None, None, 0
     if cgroup_dir is not None:
         cpu_s, peak = cg.cgroup_usage(cgroup_dir)
+        oom = cg.oom_kills(cgroup_dir) if enforced else 0
     cpu_source = peak_source = "cgroup"
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     if cpu_s is None:
@@ -652,7 +656,7 @@ def _wrapper_main(launch: Launch, cgroup_dir: Path | None) -> int:
     ended = runner.status_from_wait(main_status)
     status = runner.ExitStatus(
         ended.exit_code, ended.signal, ended.ended_at, cpu_s, peak, len(leftovers),
-        cpu_source, peak_source,
+        cpu_source, peak_source, oom, enforced,
     )  # fmt: skip
     _record_end(launch, status)
     return 0
