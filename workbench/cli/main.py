@@ -92,6 +92,8 @@ def _console() -> Any:
 def cmd_submit(args: argparse.Namespace) -> int:
     from workbench.daemon.executors.slurm import bind_executor
 
+    if args.bulk:
+        return _submit_bulk(args)
     request, where = submission.request_from_args(args, dict(os.environ))
     (request,) = bind_executor([request], args.executor, Home.current(), [where])
     client = _client()
@@ -102,6 +104,29 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(job_id)
     if args.wait:
         return _wait_exit(client.wait([job_id]), quiet=args.json)
+    return EXIT_OK
+
+
+def _submit_bulk(args: argparse.Namespace) -> int:
+    """`submit --bulk FILE|-`: every line's job in one transaction (all or none); prints the ids,
+    one per line (`--json`: the jobs as a list)."""
+    from workbench.daemon.executors.slurm import bind_executor
+
+    source = "stdin" if args.bulk == "-" else args.bulk
+    try:
+        text = sys.stdin.read() if args.bulk == "-" else Path(args.bulk).read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise SpecError(f"--bulk {source}: cannot read it ({error})") from None
+    requests = submission.bulk_requests(args, dict(os.environ), text, source)
+    requests = bind_executor(requests, args.executor, Home.current(), [source] * len(requests))
+    client = _client()
+    ids = client.submit_many(requests)
+    if args.json:
+        _print_json([job_json(client.store.get(i)) for i in ids])
+    else:
+        sys.stdout.write("".join(f"{i}\n" for i in ids))
+    if args.wait:
+        return _wait_exit(client.wait(ids), quiet=args.json)
     return EXIT_OK
 
 

@@ -241,6 +241,8 @@ class Intake:
             return {"exit": EXIT_USAGE, "stderr": error.text}
         except submission.SubmitNotHere as error:
             return {"fallback": str(error)}
+        if args.bulk:  # its lines may be the client's stdin
+            return {"fallback": "a bulk submit is read by the client"}
         if args.spec:
             why = _client_reads(args.spec)
             if why is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Mapping
@@ -107,13 +108,19 @@ def check_keys(table: Mapping[str, Any], known: typing.Iterable[str], where: str
             raise SpecError(f"{where}: unknown key '{key}'{hint}")
 
 
+@functools.cache
+def _shape_of(cls: type) -> tuple[dict[str, Any], list[dataclasses.Field[Any]]]:
+    """A spec dataclass's resolved type hints and init fields, worked out once per class
+    (`typing.get_type_hints` compiles every annotation again: most of a bulk submit's time)."""
+    return typing.get_type_hints(cls), [f for f in dataclasses.fields(cls) if f.init]
+
+
 def from_table(
     cls: type[T], table: Mapping[str, Any], where: str, ignore: tuple[str, ...] = ()
 ) -> T:
     """Build dataclass `cls` from `table`: unknown keys, missing keys and wrong types are refused."""
     assert dataclasses.is_dataclass(cls)
-    hints = typing.get_type_hints(cls)
-    fields = [f for f in dataclasses.fields(cls) if f.init]
+    hints, fields = _shape_of(cls)
     check_keys({k: v for k, v in table.items() if k not in ignore}, [f.name for f in fields], where)
     kwargs: dict[str, Any] = {}
     for field in fields:

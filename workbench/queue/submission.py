@@ -49,6 +49,12 @@ class SubmitParser(argparse.ArgumentParser):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of `workbench submit` (INTERFACE.md); each number is checked by `argtypes`."""
     p.add_argument("--spec", metavar="FILE.toml", help="a job of any kind from a spec file")
+    p.add_argument(
+        "--bulk",
+        metavar="FILE",
+        help="one job per line of FILE (- for stdin), each line split as a shell would; the"
+        " other options apply to every line; all are queued or none",
+    )
     p.add_argument("--name")
     p.add_argument(
         "--gpus",
@@ -142,6 +148,46 @@ def _current_dir() -> Path:
         raise SpecError(
             "the current directory no longer exists; cd somewhere else or give --cwd"
         ) from None
+
+
+def bulk_lines(text: str, source: str) -> list[tuple[int, list[str]]]:
+    """(line number, argv) for each line of a bulk file's `text` that holds a command (blank
+    and comment lines are skipped), split as a POSIX shell would (`shlex`). Raises SpecError
+    naming `source` and the line for a line that cannot be split (an unclosed quote)."""
+    import shlex
+
+    out: list[tuple[int, list[str]]] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError as error:
+            raise SpecError(f"{source} line {number}: {error}") from None
+        if words:
+            out.append((number, words))
+    return out
+
+
+def bulk_requests(
+    args: argparse.Namespace, env: dict[str, str], text: str, source: str
+) -> list[JobRequest]:
+    """Every job of a bulk submit (`--bulk`): each line's argv with the other options, checked
+    as a single `submit -- ARGV` would be. Raises SpecError naming `source` and the line at
+    fault (the first one), so that none is queued."""
+    if args.spec or args.command:
+        raise SpecError("give --bulk FILE alone: not with --spec or -- CMD ARG...")
+    lines = bulk_lines(text, source)
+    if not lines:
+        raise SpecError(f"{source}: no command in it (one per line)")
+    requests = []
+    line_args = argparse.Namespace(**vars(args))
+    line_args.bulk = None
+    for number, words in lines:
+        line_args.command = words
+        try:
+            requests.append(request_from_args(line_args, env)[0])
+        except SpecError as error:
+            raise SpecError(f"{source} line {number}: {error}") from None
+    return requests
 
 
 def request_from_args(args: argparse.Namespace, env: dict[str, str]) -> tuple[JobRequest, str]:
