@@ -267,6 +267,101 @@ def bench_starvation(blocked: int, runs: int) -> list[str]:
     ]
 
 
+def bench_bulk(jobs: int) -> tuple[float, float]:
+    """`workbench submit --bulk` of `jobs` lines (held, so nothing runs): (jobs/s, seconds)."""
+    home, client, env = make_home(0)
+    listing = home.root / "jobs.txt"
+    listing.write_text("".join(f"true {i}\n" for i in range(jobs)))
+    try:
+        took = wall([PYTHON, "-m", "workbench", "submit", "--bulk", str(listing), "--paused"], env)
+        assert len(client.store.list_jobs()) == jobs
+    finally:
+        drop_home(home, client)
+    return jobs / took, took
+
+
+def _event_spans(client: Client, ids: list[int]) -> dict[str, list[float]]:
+    """Per job, seconds between its events: queued -> starting (waiting for a slot),
+    starting -> running (the launch: fork, cgroup, wrapper record, the commit), running ->
+    ended (the job, the wrapper's end record, the daemon's poll and settle)."""
+    spans: dict[str, list[float]] = {"launch": [], "run and settle": []}
+    for job_id in ids:
+        times = {e.state: e.t for e in client.store.events(job_id)}
+        if {"starting", "running", "succeeded"} <= times.keys():
+            spans["launch"].append(times["running"] - times["starting"])
+            spans["run and settle"].append(times["succeeded"] - times["running"])
+    return spans
+
+
+def bench_drain_round2(jobs: int) -> tuple[float, dict[str, list[float]]]:
+    """`jobs` trivial jobs already queued (drain mode on while they are queued), parallelism 8:
+    jobs/s from drain mode off to the last one ended, and where each job's time went."""
+    home, client, _ = make_home(0)
+    try:
+        client.store.set_group("p8", 8)
+        client.store.set_draining(True)
+        ids = client.store.submit_many(
+            [request(f"d-{i}", ["true"], group="p8") for i in range(jobs)]
+        )
+        wake(home)
+        time.sleep(1.0)
+        start = time.perf_counter()
+        client.store.set_draining(False)
+        wake(home)
+        client.wait(ids, poll_s=0.005)
+        rate = jobs / (time.perf_counter() - start)
+        return rate, _event_spans(client, ids)
+    finally:
+        drop_home(home, client)
+
+
+def bench_tsp_round2(tsp: str, jobs: int, calls: int) -> tuple[float, float]:
+    """task-spooler, same paths: (per-call submit rate over `calls` CLI calls, jobs/s draining
+    `jobs` already-queued trivial jobs at 8 slots)."""
+    folder = Path(tempfile.mkdtemp(prefix="tsp-"))
+    env = {**os.environ, "TS_MAXFINISHED": "5000", "TMPDIR": str(folder)}
+    gate = folder / "gate"
+
+    def tsp_run(*args: str) -> str:
+        done = subprocess.run([tsp, *args], env=env, capture_output=True, text=True, check=True)
+        return done.stdout
+
+    try:
+        env["TS_SOCKET"] = str(folder / "calls")
+        tsp_run("-S", "1")
+        tsp_run("sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.01; done")
+        start = time.perf_counter()
+        for _ in range(calls):
+            tsp_run("true")
+        per_call = calls / (time.perf_counter() - start)
+        tsp_run("-K")
+        env["TS_SOCKET"] = str(folder / "drain")
+        tsp_run("-S", "1")
+        tsp_run("sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.01; done")
+        for _ in range(jobs):
+            tsp_run("true")
+        start = time.perf_counter()
+        tsp_run("-S", "8")
+        gate.touch()
+        wait_until(
+            lambda: "running" not in tsp_run("-l") and "queued" not in tsp_run("-l"), 300, 0.005
+        )
+        drain = jobs / (time.perf_counter() - start)
+    finally:
+        subprocess.run([tsp, "-K"], env=env, capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+    return per_call, drain
+
+
+def bench_ls_json(held: int) -> str:
+    """`workbench ls --json` with `held` jobs in the home."""
+    home, client, env = make_home(held)
+    try:
+        return spread([wall([PYTHON, "-m", "workbench", "ls", "--json"], env) for _ in range(3)])
+    finally:
+        drop_home(home, client)
+
+
 def tsp_available() -> str | None:
     return shutil.which("tsp") or shutil.which("ts")
 
@@ -531,6 +626,38 @@ def round2(tiny: bool) -> None:
     sizes = (50,) if tiny else (200, 5000, 20000)
     runs = 3 if tiny else 15
     rows = [bench_starvation(n, runs) for n in sizes]
+    bulk_jobs, drain_jobs, calls = (200, 40, 40) if tiny else (10000, 400, 400)
+    bulk_rate, bulk_s = bench_bulk(bulk_jobs)
+    drain, spans = bench_drain_round2(drain_jobs)
+    tsp = tsp_available()
+    tsp_call, tsp_drain = bench_tsp_round2(tsp, drain_jobs, calls) if tsp else (0.0, 0.0)
+    ls_size = 500 if tiny else 20000
+    ls_json = bench_ls_json(ls_size)
+    tsp_note = "" if tsp else " (task-spooler not installed: no anchor)"
+    ratio = f"{drain / tsp_drain:.2f}x" if tsp_drain else "-"
+    through = [
+        [
+            f"bulk submit, {bulk_jobs:,} jobs, one CLI call",
+            f"{bulk_rate:,.0f} jobs/s ({bulk_s:.2f} s)",
+            f"tsp, one CLI call per job ({calls}): {tsp_call:,.0f} jobs/s{tsp_note}",
+            f"{bulk_rate / tsp_call:.1f}x" if tsp_call else "-",
+        ],
+        [
+            f"drain of {drain_jobs} queued trivial jobs, parallelism 8",
+            f"{drain:,.0f} jobs/s",
+            f"tsp -S 8, {drain_jobs} queued: {tsp_drain:,.0f} jobs/s{tsp_note}",
+            ratio,
+        ],
+        [f"ls --json at {ls_size:,} jobs", ls_json, "goal < 0.5 s", ""],
+    ]
+    where = [
+        [
+            name,
+            spread(values) if values else "-",
+            f"{sum(values) / max(drain_jobs, 1) * 1000:.1f} ms",
+        ]
+        for name, values in spans.items()
+    ]
     text = (
         f"Load average (1 min) {load:.1f} at the start on {os.cpu_count()} cores, shared with"
         " other developers' work (loaded): compare figures only with those beside them.\n\n"
@@ -538,6 +665,13 @@ def round2(tiny: bool) -> None:
         " submit to its start; goal under 50 ms median, as for an empty queue; marking: the"
         " first pass after the blocked jobs arrived, which reads each once):\n\n"
     ) + table(["queue", "submit-to-start (median [IQR])", "p95", "marking"], rows)
+    text += "\n\nThroughput, each against the same path of task-spooler in the same run:\n\n"
+    text += table(["measure", "workbench", "anchor", "ratio"], through)
+    text += (
+        "\n\nWhere a drained job's time goes (from its events; per job, median [IQR]; the"
+        " total divided by the jobs, as 8 run at once):\n\n"
+    )
+    text += table(["span", "per job", "sum / jobs"], where)
     print(text, flush=True)
     if not tiny:
         write_section("queue-round2", "python bench/queue.py --round2", text)
