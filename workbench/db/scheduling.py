@@ -256,38 +256,6 @@ def live_jobs(store: Store) -> list[LiveJob]:
     ]
 
 
-def mark_unplanned(store: Store, stale: Sequence[int], since_id: int | None, reason: str) -> int:
-    """Give `reason` to queued jobs a scheduling pass did not look at: those in `stale` (looked
-    at before, so their reason may no longer hold) and those submitted after job `since_id`
-    that have none yet (None: every queued job, once, when the daemon starts). Jobs backing
-    off after a failure keep theirs ("retrying in 4s"). Cost: the jobs named and the new ones.
-    Returns the highest job id now (the next call's `since_id`)."""
-    highest = int(store.conn.execute("SELECT max(id) FROM jobs").fetchone()[0] or 0)
-    if not stale and since_id is not None and highest <= since_id:
-        return since_id  # nothing new, nothing left behind: no write
-    now = time.time()
-    where = f"state=? AND executor='local' AND {_NOT_BACKING_OFF} AND reason IS NOT ?"
-    with store.transaction() as conn:
-        for start in range(0, len(stale), 500):
-            chunk = list(stale[start : start + 500])
-            marks = ",".join("?" * len(chunk))
-            conn.execute(
-                f"UPDATE jobs SET reason=? WHERE id IN ({marks}) AND {where}",
-                (reason, *chunk, JobState.QUEUED, now, reason),
-            )
-        if since_id is None:
-            conn.execute(
-                f"UPDATE jobs SET reason=? WHERE {where}", (reason, JobState.QUEUED, now, reason)
-            )
-        else:
-            conn.execute(
-                f"UPDATE jobs SET reason=? WHERE id > ? AND reason IS NULL AND {where}",
-                (reason, since_id, JobState.QUEUED, now, reason),
-            )
-        highest = conn.execute("SELECT max(id) FROM jobs").fetchone()[0]
-    return int(highest or 0)
-
-
 def preemption_counts(store: Store, ids: Sequence[int]) -> dict[int, int]:
     """{job id: times it was preempted} for those of `ids` that ever were (index job_events_job:
     cost is the jobs' events)."""

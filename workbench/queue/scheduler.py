@@ -13,9 +13,6 @@ from workbench.jobmodel.states import JobState as S
 from workbench.units import format_size
 
 NO_GPU = "no GPU on this machine"
-# Why a queued job waits that a scheduling pass did not look at: the daemon reads the head of
-# the queue (in scheduling order) and stops at a page where nothing starts (Slurm's "Priority").
-BEHIND = "behind other waiting jobs that go first (within quota, then by priority and age)"
 MIG_SLICES = 7  # compute slices of an A100/H100: a `3g.40gb` instance counts as 3/7 of a GPU
 _EPS = 1e-9
 
