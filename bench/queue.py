@@ -362,6 +362,97 @@ def bench_ls_json(held: int) -> str:
         drop_home(home, client)
 
 
+def _outcomes(client: Client, home: Home, ids: list[int], ran: Path) -> list[str]:
+    """[lost (failed/lost), run twice (from `ran`, one line per run), retries spent, tracebacks
+    in daemon.log] for jobs that each append their id to `ran`."""
+    runs = ran.read_text().split() if ran.exists() else []
+    jobs = [client.store.get(j) for j in ids]
+    lost = sum(1 for j in jobs if j.state != "succeeded")
+    twice = sum(1 for j in ids if runs.count(str(j)) > 1)
+    spent = sum(1 for j in jobs if j.attempt > 1)
+    tracebacks = home.daemon_log.read_text(errors="replace").count("Traceback")
+    return [str(lost), str(twice), str(spent), str(tracebacks)]
+
+
+def reliability_round2(jobs: int) -> list[list[str]]:
+    """Issue 24's faults, injected: [fault, injected, jobs at risk, lost, run twice, retries
+    spent, tracebacks]."""
+    import threading
+
+    rows: list[list[str]] = []
+    home, client, _ = make_home(0)
+    ran = home.root / "ran"
+    try:
+        daemon = psutil.Process(lock_holder(home) or 0)
+        kills: list[int] = []
+        stop = threading.Event()
+
+        def killer() -> None:
+            while not stop.is_set():
+                for child in daemon.children():
+                    if "executors.launcher" in " ".join(child.cmdline()):
+                        try:
+                            child.kill()
+                            kills.append(child.pid)
+                        except psutil.NoSuchProcess:
+                            pass
+                time.sleep(0.01)
+
+        thread = threading.Thread(target=killer)
+        thread.start()
+        ids: list[int] = []
+        argv = ["sh", "-c", f'echo "$WORKBENCH_JOB_ID" >> {ran}']
+        for _ in range(0, jobs, 10):
+            ids += client.store.submit_many([request("k", argv) for _ in range(10)])
+            wake(home)
+            time.sleep(0.02)
+        stop.set()
+        thread.join()
+        client.wait(ids, timeout_s=300, poll_s=0.05)
+        rows.append(
+            [
+                f"launcher kill -9 while {jobs} jobs are submitted",
+                str(len(kills)),
+                str(jobs),
+                *_outcomes(client, home, ids, ran),
+            ]
+        )
+        from workbench.daemon.intake import INTAKE_VERSION
+
+        twice = 0
+        for _ in range(10):
+            token = os.urandom(8).hex()
+            message = {
+                "v": INTAKE_VERSION,
+                "token": token,
+                "daemon": lock_holder(home),
+                "argv": ["--paused", "--", "true"],
+                "cwd": str(home.root),
+                "env": {"PATH": os.environ["PATH"]},
+            }
+            before = len(client.store.list_jobs())
+            for _ in range(2):
+                _send_datagram(home, message)
+            twice += len(client.store.list_jobs()) - before - 1
+        rows.append(["the same intake datagram sent twice", "10", "10", "-", str(twice), "-", "0"])
+    finally:
+        drop_home(home, client)
+    return rows
+
+
+def _send_datagram(home: Home, message: dict[str, object]) -> None:
+    import marshal
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("")
+        sock.sendto(marshal.dumps(message), str(home.intake_socket))
+        sock.settimeout(10)
+        data = b""
+        while not data:
+            data = sock.recv(1 << 20)
+
+
 def tsp_available() -> str | None:
     return shutil.which("tsp") or shutil.which("ts")
 
@@ -672,6 +763,19 @@ def round2(tiny: bool) -> None:
         " total divided by the jobs, as 8 run at once):\n\n"
     )
     text += table(["span", "per job", "sum / jobs"], where)
+    faults = reliability_round2(50 if tiny else 200)
+    text += "\n\nReliability, issue 24's faults injected:\n\n" + table(
+        [
+            "fault",
+            "injected",
+            "jobs at risk",
+            "jobs lost",
+            "jobs run twice",
+            "retries spent",
+            "tracebacks",
+        ],
+        faults,
+    )
     print(text, flush=True)
     if not tiny:
         write_section("queue-round2", "python bench/queue.py --round2", text)
