@@ -816,7 +816,7 @@ class Daemon:
 
     def _timeout(self) -> float:
         """Sleep until the next thing due: a sample, a kill deadline, a time limit, a retry."""
-        if self._poll_soon:
+        if self._poll_soon or self._dirty:  # a pass is due now (e.g. a page that all started)
             return 0.0
         wait = min(
             1.0,
