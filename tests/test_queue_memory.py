@@ -33,6 +33,9 @@ def test_a_job_over_its_mem_is_stopped_or_flagged(client: Client, home: Home) ->
     listed = json.loads(workbench("ls", "--json", "--all").stdout)
     assert any(j["id"] == job_id and "--mem" in (j["reason"] or "") for j in listed)
     assert "--mem" in workbench("ls", "--all").stdout
+    from workbench.present import shown_reason  # what the Queue screen's reason column shows
+
+    assert "--mem" in shown_reason(client.store.get(job_id))
 
 
 def test_a_job_within_its_mem_has_no_note(client: Client) -> None:
