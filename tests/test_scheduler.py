@@ -1501,6 +1501,9 @@ def gpu_held_by(pid_file: Path) -> dict[str, object]:
 def submit_command(
     client: Client, tmp_path: Path, argv: list[str], after: tuple[int, ...] = (), **options: object
 ) -> int:
+    """A command job; opted in to preemption (a command job is preempted only when it says it is
+    checkpointable or opts in: these tests are about pooling, not about checkpoints)."""
+    options.setdefault("preemptible", True)
     request = build_request(
         {"kind": "command", "argv": argv, **options},
         tmp_path,
@@ -1729,7 +1732,16 @@ def test_a_job_that_opts_out_of_preemption_keeps_its_borrowed_gpu(
     fake_machine(tmp_path, monkeypatch, [{}])
     home.config.write_text("[groups.vision]\nquota = 1\n\n[groups.sweep]\nquota = 0\n")
     result = workbench(
-        "submit", "--group", "sweep", "--gpus", "1", "--no-preempt", "--", "sleep", "600"
+        "submit",
+        "--group",
+        "sweep",
+        "--gpus",
+        "1",
+        "--checkpointable",
+        "--no-preempt",
+        "--",
+        "sleep",
+        "600",
     )
     assert result.returncode == 0, result.stderr
     kept = int(result.stdout)
@@ -1768,7 +1780,13 @@ def test_a_restarted_daemon_keeps_an_adopted_jobs_mig_instance_and_opt_out(
     )
     home.config.write_text("[groups.vision]\nquota = 1\n\n[groups.sweep]\nquota = 0\n")
     held = submit_command(
-        client, tmp_path, ["sleep", "600"], gpus="1g.10gb", group="sweep", preemptible=False
+        client,
+        tmp_path,
+        ["sleep", "600"],
+        gpus="1g.10gb",
+        group="sweep",
+        preemptible=False,
+        checkpointable=True,
     )
     wait_state(client, held, "running")
     os.kill(lock_holder(home) or 0, signal.SIGKILL)

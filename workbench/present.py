@@ -218,7 +218,14 @@ def job_details(
         )
     )
     if not job.preemptible:
-        lines.append(("preempt", "no: never preempted to give borrowed GPUs back"))
+        if job.kind == "command" and not job.spec.get("checkpointable"):
+            why = "no: not checkpointable (--checkpointable), so never preempted"
+        else:
+            why = "no: never preempted to give borrowed GPUs back"
+        lines.append(("preempt", why))
+    stop = _stop_text(job)
+    if stop:
+        lines.append(("stop", stop))
     if job.deps:
         lines.append(("after", ", ".join(f"{d} ({c})" for d, c in job.deps)))
     if job.time_limit:
@@ -301,3 +308,22 @@ def state_counts_line(counts: dict[JobState, int]) -> str:
 def use_colour(stream: Any) -> bool:
     """Colour only on a terminal, and never when NO_COLOR is set."""
     return bool(getattr(stream, "isatty", lambda: False)()) and not os.environ.get("NO_COLOR")
+
+
+def _stop_text(job: Job) -> str | None:
+    """A command job's stop protocol where it is not the default (SIGTERM, the configured
+    grace, no warning, not checkpointable), e.g. `SIGUSR1, 30s grace, warned 1m00s before its
+    time limit, checkpointable`; None when all is default."""
+    if job.kind != "command":
+        return None
+    spec = job.spec
+    parts = []
+    if spec.get("stop_signal") not in (None, "TERM"):
+        parts.append(f"SIG{spec['stop_signal']}")
+    if isinstance(spec.get("kill_grace"), int | float):
+        parts.append(f"{format_duration(spec['kill_grace'])} grace")
+    if isinstance(spec.get("signal_before"), int | float):
+        parts.append(f"warned {format_duration(spec['signal_before'])} before its time limit")
+    if spec.get("checkpointable"):
+        parts.append("checkpointable")
+    return ", ".join(parts) or None

@@ -30,7 +30,7 @@ class Options:
     group: str = "default"
     retries: int = 0
     time_limit: str | float | None = None
-    preemptible: bool = True
+    preemptible: bool | None = None  # None: yes, but a command job only when checkpointable
 
 
 T = TypeVar("T")
@@ -153,9 +153,18 @@ def build_request(
         ),
         retries=options.retries,
         time_limit=time_limit,
-        preemptible=options.preemptible,
+        preemptible=_preemptible(options, spec),
         **extra,
     )
+
+
+def _preemptible(options: Options, spec: dict[str, Any]) -> bool:
+    """Whether GPU pooling may preempt the job: as `preemptible` says; unsaid, every job of a
+    built-in kind (train checkpoints and resumes), and a command job only when it says it is
+    `checkpointable` (else a preemption would lose its work)."""
+    if options.preemptible is not None:
+        return options.preemptible
+    return bool(spec.get("checkpointable")) if options.kind == "command" else True
 
 
 def _default_name(kind: str, spec: dict[str, Any]) -> str:

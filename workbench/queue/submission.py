@@ -79,6 +79,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="never preempt it to give borrowed GPUs back (spec key: preemptible = false)",
     )
+    p.add_argument(
+        "--stop-signal",
+        metavar="SIG",
+        help="signal for cancel, time limit and preemption (default TERM; spec key: stop_signal)",
+    )
+    p.add_argument(
+        "--kill-grace",
+        type=checked.duration,
+        help="time from the stop signal to SIGKILL (default: [daemon] kill_grace)",
+    )
+    p.add_argument(
+        "--signal-before",
+        type=checked.duration,
+        metavar="DURATION",
+        help="send the stop signal this long before the time limit, as a warning",
+    )
+    p.add_argument(
+        "--checkpointable",
+        action="store_true",
+        default=None,
+        help="it saves on the stop signal and resumes from WORKBENCH_CHECKPOINT_DIR: it may be"
+        " preempted, and is restarted in the same run",
+    )
+    p.add_argument(
+        "--snapshot",
+        action="store_true",
+        default=None,
+        help="run a copy of the working directory's files frozen now (default: [submit] snapshot)",
+    )
     p.add_argument("--wait", action="store_true", help="wait for it; exit 0 iff it succeeded")
     p.add_argument("--json", action="store_true")
     p.add_argument(
@@ -184,6 +213,11 @@ def request_from_args(args: argparse.Namespace, env: dict[str, str]) -> tuple[Jo
         "retries": args.retries,
         "time_limit": args.time_limit,
         "preemptible": False if args.no_preempt else None,
+        "stop_signal": args.stop_signal,
+        "kill_grace": args.kill_grace,
+        "signal_before": args.signal_before,
+        "checkpointable": args.checkpointable,
+        "snapshot": args.snapshot,
     }
     table.update({k: v for k, v in overrides.items() if v is not None})
     env = dict(env)
