@@ -36,7 +36,7 @@ class Spec:
     kill_grace: str | float | None = None
     signal_before: str | float | None = None
     checkpointable: bool = False
-    snapshot: bool = False
+    snapshot: bool | None = None  # None: [submit] snapshot of config.toml
 
 
 def prepare(spec: Spec, base_dir: Path, where: str) -> Spec:

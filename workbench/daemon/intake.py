@@ -23,7 +23,7 @@ from workbench.db.store import JobError, NoSuchJob, Store, StoreError, Withdrawn
 from workbench.jsonout import dumps
 from workbench.paths import Home
 from workbench.present import job_json
-from workbench.queue import submission
+from workbench.queue import repro, submission
 from workbench.queue.spec import SpecError
 
 CREDENTIALS = struct.Struct("iII")  # struct ucred: pid, uid, gid (SO_PASSCRED)
@@ -249,7 +249,12 @@ class Intake:
             if (args.executor or load_config(self.home.config).executor.kind) != "local":
                 # Checking a Slurm job runs Slurm's commands, which must not hold up this loop.
                 return {"fallback": "a Slurm submission is checked by the client"}
-            job, where = submission.request_from_args(args, env)
+            job, where = submission.request_from_args(args, env, capture=False)
+            config = load_config(self.home.config)
+            if repro.wants_snapshot(job, config.snapshot):
+                # Copying the files may take a while: not in this loop.
+                return {"fallback": "a snapshot is taken by the client"}
+            job = repro.capture(job, self.home.root, False, config.snapshot_cap_bytes)
             (job,) = bind_executor([job], args.executor, self.home, [where])
         except SpecError as error:
             return {"exit": EXIT_USAGE, "stderr": f"workbench: {error}\n"}

@@ -26,12 +26,14 @@ from workbench.daemon.executors.local import LocalExecutor
 from workbench.daemon.executors.slurm import SlurmExecutor
 from workbench.daemon.intake import CREDENTIALS, Intake, peer_credentials
 from workbench.db import executors as placement_db
+from workbench.db import repro as repro_db
 from workbench.db import scheduling as db
 from workbench.db.store import Job, Store
 from workbench.jobmodel.states import LIVE, Event, JobState
 from workbench.paths import Home
 from workbench.queue import scheduler
 from workbench.queue.kinds import job_argv
+from workbench.queue.repro import start_environment
 from workbench.queue.retention import prune_ended
 from workbench.queue.spec import SpecError
 from workbench.telemetry.gpu import Gpus, gpu_slots, job_gpu_memory
@@ -102,6 +104,7 @@ class Daemon:
         self.sampler: Sampler | None = None
         self.gpu_slots: tuple[scheduler.GpuSlot, ...] = ()
         self.gpu_mem_seen: dict[int, int] = {}  # job id -> most GPU memory seen on one GPU
+        self.gpu_names: dict[int, str] = {}  # GPU index -> model, as the last sample saw it
         self._start_details: dict[int, scheduler.Start] = {}  # this pass's starts, by job id
         self.log_failures = 0  # messages the daemon could not write (its log's disk was full)
         self.refused_wakes = 0  # datagrams from other users, ignored
@@ -559,6 +562,7 @@ class Daemon:
         except _WRITE_ERRORS as error:
             self.log(f"telemetry sample skipped ({error})")
             return
+        self.gpu_names = {s.index: s.name for s in tick.gpus}
         placement = self.gpus.placement() if self.gpus is not None else None
         granted = {
             pid: (job_id, self.tracked[job_id].holding.gpu_indices)
@@ -819,7 +823,25 @@ class Daemon:
             return len(launched)
         for tracked in launched:
             tracked.launch_committed = True
+        self._record_starts(launched)
         return len(launched)
+
+    def _record_starts(self, launched: list[Tracked]) -> None:
+        """What each job saw at its start, for reproducing it: host, driver, GPU models. Best
+        effort: a failed write loses only this record."""
+        gpus = self.gpus
+        driver = gpus.driver_version if gpus is not None else None
+        cuda = gpus.cuda_version if gpus is not None else None
+        records = {
+            t.job_id: start_environment(
+                [self.gpu_names.get(i, f"GPU {i}") for i in t.holding.gpu_indices], driver, cuda
+            )
+            for t in launched
+        }
+        try:
+            repro_db.record_starts(self.store, records)
+        except _WRITE_ERRORS as error:
+            self.log(f"could not record what {len(records)} job(s) started with ({error})")
 
     def _launch_spec(
         self,

@@ -173,11 +173,15 @@ def _current_dir() -> Path:
         ) from None
 
 
-def request_from_args(args: argparse.Namespace, env: dict[str, str]) -> tuple[JobRequest, str]:
+def request_from_args(
+    args: argparse.Namespace, env: dict[str, str], capture: bool = True
+) -> tuple[JobRequest, str]:
     """The job `workbench submit` asks for, and where its table came from (`submit`, or the spec
     file's path, for messages). Relative paths are taken from the current directory; `env` is the
-    submitter's environment (the job's, before `--env` pairs are applied). Raises SpecError (exit
-    2) naming the flag, file or key at fault."""
+    submitter's environment (the job's, before `--env` pairs are applied). With `capture`, the
+    request carries what reproduces it (`workbench.queue.repro.capture`: code state,
+    environment, and the snapshot it runs from when asked). Raises SpecError (exit 2) naming the
+    flag, file or key at fault, or a snapshot over its cap."""
     from workbench.queue.pipeline import _read_toml
     from workbench.queue.requests import build_request
 
@@ -230,4 +234,17 @@ def request_from_args(args: argparse.Namespace, env: dict[str, str]) -> tuple[Jo
     after += [(i, "any") for i in _parse_after(args.after_any or [], "--after-any")]
     after += [(i, "fail") for i in _parse_after(args.after_fail or [], "--after-fail")]
     request = build_request(table, base_dir, where, env, after=tuple(after), paused=args.paused)
+    if capture:
+        request = capture_repro(request)
     return request, where
+
+
+def capture_repro(request: JobRequest) -> JobRequest:
+    """`request` with its reproducibility record, with this home's `[submit]` settings."""
+    from workbench.config import load_config
+    from workbench.paths import Home
+    from workbench.queue import repro
+
+    home = Home.current()
+    config = load_config(home.config)
+    return repro.capture(request, home.root, config.snapshot, config.snapshot_cap_bytes)

@@ -1,0 +1,48 @@
+"""Reads and writes of what a job was submitted and started with, to reproduce it (table
+`job_repro`, migration 50; the records' shape is `workbench.queue.repro`'s). The submit-time
+record is written with the job itself (`Store.submit`, from `JobRequest.repro`)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from workbench.db.store import Store
+
+
+def record_starts(store: Store, started: dict[int, dict[str, Any]]) -> None:
+    """Keep what the daemon saw when jobs started ({job id: record}; a job's latest start wins),
+    in one transaction."""
+    if not started:
+        return
+    with store.transaction() as conn:
+        conn.executemany(
+            "INSERT OR IGNORE INTO job_repro(job_id) VALUES (?)", [(i,) for i in started]
+        )
+        conn.executemany(
+            "UPDATE job_repro SET started=? WHERE job_id=?",
+            [(json.dumps(record), i) for i, record in started.items()],
+        )
+
+
+def repro_of(store: Store, job_id: int) -> dict[str, Any] | None:
+    """{"code", "environment", "snapshot", "started"} of a job (each None where not recorded),
+    or None when nothing was (a job submitted before migration 50)."""
+    row = store.conn.execute(
+        "SELECT record, started FROM job_repro WHERE job_id=?", (job_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    try:
+        record = json.loads(row[0] or "{}")
+        started = json.loads(row[1]) if row[1] else None
+    except ValueError:
+        return None
+    if not isinstance(record, dict):
+        record = {}
+    return {
+        "code": record.get("code"),
+        "environment": record.get("environment"),
+        "snapshot": record.get("snapshot"),
+        "started": started if isinstance(started, dict) else None,
+    }
