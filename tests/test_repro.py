@@ -9,6 +9,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,12 @@ def test_a_folder_outside_git_is_snapshotted_whole_but_its_virtualenv(
     repro = json.loads(workbench("show", str(job_id), "--json").stdout)["repro"]
     assert repro["code"] == {"path": str(folder), "git": False}
     assert "not a git work tree" in repro["snapshot"]["rule"]
+    # Pruned with its job, as its run folder is.
+    frozen = Path(repro["snapshot"]["path"])
+    assert frozen.is_dir()
+    time.sleep(0.1)
+    assert workbench("prune", "--older-than", "0.05s").returncode == 0
+    assert not frozen.exists() and not home.run_dir(job_id).exists()
 
 
 @pytest.mark.slow

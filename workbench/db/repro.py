@@ -46,3 +46,29 @@ def repro_of(store: Store, job_id: int) -> dict[str, Any] | None:
         "snapshot": record.get("snapshot"),
         "started": started if isinstance(started, dict) else None,
     }
+
+
+def snapshots_of(store: Store, ids: list[int]) -> set[str]:
+    """The snapshot folders the jobs `ids` ran from (see `workbench.queue.repro`)."""
+    found: set[str] = set()
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        for (text,) in store.conn.execute(
+            f"SELECT json_extract(record, '$.snapshot.path') FROM job_repro"
+            f" WHERE job_id IN ({marks})",
+            chunk,
+        ):
+            if isinstance(text, str) and text:
+                found.add(text)
+    return found
+
+
+def snapshot_in_use(store: Store, path: str) -> bool:
+    """Whether a job the store still holds runs from the snapshot folder `path` (a sweep's
+    points share one)."""
+    row = store.conn.execute(
+        "SELECT 1 FROM job_repro WHERE json_extract(record, '$.snapshot.path') = ? LIMIT 1",
+        (path,),
+    ).fetchone()
+    return row is not None
