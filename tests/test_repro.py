@@ -209,3 +209,15 @@ def test_the_model_card_names_the_training_jobs_code_and_environment(
     assert "- training code (job" in markdown and "dirty" in markdown
     assert "- training python:" in markdown
     assert os.path.exists(card["file"])
+
+
+def test_a_long_diff_is_cut_at_its_cap_with_a_note(repo: Path) -> None:
+    from workbench.queue.repro import code_state
+
+    (repo / "train.py").write_text("".join(f"print({i})\n" for i in range(2000)))
+    whole = code_state(str(repo))
+    assert whole["diff_note"] is None and whole["diff_bytes"] == len(whole["diff"].encode())
+    cut = code_state(str(repo), diff_cap=1000)
+    assert len(cut["diff"]) == 1000 and cut["diff_bytes"] == whole["diff_bytes"]
+    assert cut["diff_note"] is not None and cut["diff_note"].startswith("cut at 1000 B of ")
+    assert cut["dirty"] and cut["branch"] and cut["commit"] == _git(repo, "rev-parse", "HEAD")

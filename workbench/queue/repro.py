@@ -61,20 +61,27 @@ def code_state(cwd: str, diff_cap: int = DIFF_CAP_BYTES) -> dict[str, Any]:
         return state
     state["git"] = True
     state["root"] = top.stdout.decode(errors="replace").strip()
-    head = _git(cwd, "rev-parse", "--verify", "-q", "HEAD")
-    state["commit"] = (
-        head.stdout.decode().strip() if head is not None and head.returncode == 0 else None
-    )
-    branch = _git(cwd, "symbolic-ref", "-q", "--short", "HEAD")
-    state["branch"] = (
-        branch.stdout.decode(errors="replace").strip() or None
-        if branch is not None and branch.returncode == 0
-        else None
-    )
-    diff = _git(cwd, "diff", "HEAD", "--no-color", "--no-ext-diff") if state["commit"] else None
+    # One status for the commit, the branch, changes to tracked files and untracked ones.
+    status = _git(cwd, "status", "--porcelain=v2", "--branch", "-z")
+    entries = status.stdout.split(b"\0") if status is not None and status.returncode == 0 else []
+    commit = branch = None
+    changed = False
+    untracked: list[str] = []
+    for entry in entries:
+        text = entry.decode(errors="surrogateescape")
+        if text.startswith("# branch.oid "):
+            commit = text.split(" ", 2)[2]
+        elif text.startswith("# branch.head "):
+            branch = text.split(" ", 2)[2]
+        elif text[:2] in ("1 ", "2 ", "u "):
+            changed = True
+        elif text.startswith("? "):
+            untracked.append(text[2:])
+    state["commit"] = commit if commit and commit != "(initial)" else None
+    state["branch"] = branch if branch and branch != "(detached)" else None
+    diff = _git(cwd, "diff", "HEAD", "--no-color", "--no-ext-diff") if changed else None
     raw = diff.stdout if diff is not None and diff.returncode == 0 else b""
-    untracked = _lines(_git(cwd, "ls-files", "--others", "--exclude-standard", "-z"))
-    state["dirty"] = bool(raw) or bool(untracked)
+    state["dirty"] = changed or bool(untracked)
     state["diff_bytes"] = len(raw)
     state["diff"] = raw[:diff_cap].decode(errors="replace")
     state["diff_note"] = (
@@ -120,9 +127,35 @@ def environment(argv: list[str] | None, env: dict[str, str]) -> dict[str, Any]:
     """The environment a job runs with, as seen at submit: "host", "platform", "python" (the
     interpreter and, where it is this one, its version), "distributions" ({name: version}),
     "torch" and "cuda" (torch's version and the CUDA it was built for, from its version's
-    `+cu121` suffix or the `nvidia-cuda-runtime-cu*` distribution; None without them)."""
+    `+cu121` suffix or the `nvidia-cuda-runtime-cu*` distribution; None without them).
+    Reading the distributions costs some 50 ms: the answer is kept per interpreter until a
+    folder holding them changes (an install or removal changes its modification time)."""
     python = _interpreter(argv, env)
     folders = _site_packages(python)
+    stamp = (python, _mtimes(folders or [p for p in sys.path if p.endswith("-packages")]))
+    cached = _ENVIRONMENTS.get(python)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    found = _read_environment(python, folders)
+    _ENVIRONMENTS[python] = (stamp, found)
+    return found
+
+
+_ENVIRONMENTS: dict[str, tuple[Any, dict[str, Any]]] = {}
+
+
+def _mtimes(folders: list[str]) -> tuple[float, ...]:
+    out = []
+    for folder in folders:
+        try:
+            out.append(os.stat(folder).st_mtime)
+        except OSError:
+            out.append(-1.0)
+    return tuple(out)
+
+
+def _read_environment(python: str, folders: list[str] | None) -> dict[str, Any]:
+    """`environment`'s answer, read now."""
     dists = (
         importlib.metadata.distributions(path=folders)
         if folders
