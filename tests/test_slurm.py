@@ -560,6 +560,34 @@ def test_the_time_limit_warning_reaches_the_job_on_slurm(
     assert job.state == "succeeded"
 
 
+@pytest.mark.slow
+def test_a_checkpointable_job_requeued_by_slurm_restarts_with_its_checkpoint_folder(
+    on_slurm: Home, client: Client, tmp_path: Path
+) -> None:
+    script = tmp_path / "ckpt.sh"
+    script.write_text(
+        'echo "start $WORKBENCH_RESTARTS $WORKBENCH_CHECKPOINT_DIR"\n'
+        'if [ -e "$WORKBENCH_CHECKPOINT_DIR/state" ]; then echo "resumed from $(cat'
+        ' "$WORKBENCH_CHECKPOINT_DIR/state")"; exit 0; fi\n'
+        "trap 'echo saved > \"$WORKBENCH_CHECKPOINT_DIR/state\"; exit 1' TERM\n"
+        "while :; do sleep 0.2; done\n"
+    )
+    job_id = _submit("--checkpointable", "--", "bash", str(script))
+    log = on_slurm.run_dir(job_id) / "log"
+    wait_for(lambda: log.exists() and "start 0" in log.read_text(), 40, what="the first start")
+    slurm_id = client.store.get(job_id).slurm_id or ""
+    subprocess.run(["scontrol", "requeue", slurm_id], check=True, capture_output=True)
+    job = _wait(client, job_id, "succeeded", timeout=150)
+    text = log.read_text()
+    checkpoints = on_slurm.run_dir(job_id) / "checkpoints"
+    assert f"start 1 {checkpoints}" in text and "resumed from saved" in text, text
+    assert (
+        f"[workbench] restart 1: the same run, resuming from its checkpoint folder {checkpoints}"
+        in text
+    )
+    assert job.state == "succeeded"
+
+
 def test_checkpointable_jobs_are_requeued_by_slurm_and_warned_before_their_limit() -> None:
     sub = Submission(**{**BASE.__dict__, "time_limit": 600.0, "warn_before_s": 90.0})
     assert "--signal=B:23@90" in sbatch_args(sub, PLAIN, SHARDS)
