@@ -114,7 +114,7 @@ def test_a_snapshot_over_its_cap_is_refused_naming_size_and_cap(home: Home, repo
     assert "4.0 KiB" in done.stderr and "2.0 KiB" in done.stderr, done.stderr
     assert "snapshot_cap" in done.stderr and "Traceback" not in done.stderr
     assert workbench("ls", "--all", "--json").stdout.strip() in ("[]", "")
-    assert not list((home.root / "snapshots").glob("*/*"))  # nothing copied
+    assert not list((home.runs / "snapshots").glob("*/*"))  # nothing copied
 
 
 def test_a_folder_outside_git_is_snapshotted_whole_but_its_virtualenv(

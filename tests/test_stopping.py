@@ -88,6 +88,8 @@ def test_a_bad_stop_signal_is_refused_at_submit(home: Home) -> None:
     spec.write_text('kind = "command"\nargv = ["true"]\nsignal_before = "soon"\n')
     done = workbench("submit", "--spec", str(spec))
     assert done.returncode == 2 and "signal_before" in done.stderr and str(spec) in done.stderr
+    done = workbench("submit", "--signal-before", "1m", "--", "true")  # no time limit to warn of
+    assert done.returncode == 2 and "signal_before" in done.stderr and "time limit" in done.stderr
 
 
 def test_the_time_limit_warning_comes_signal_before_the_limit(

@@ -254,7 +254,7 @@ class Intake:
             if repro.wants_snapshot(job, config.snapshot):
                 # Copying the files may take a while: not in this loop.
                 return {"fallback": "a snapshot is taken by the client"}
-            job = repro.capture(job, self.home.root, False, config.snapshot_cap_bytes)
+            job = repro.capture(job, self.home.runs, False, config.snapshot_cap_bytes)
             (job,) = bind_executor([job], args.executor, self.home, [where])
         except SpecError as error:
             return {"exit": EXIT_USAGE, "stderr": f"workbench: {error}\n"}

@@ -117,7 +117,7 @@ def load_pipeline(path: Path, env: dict[str, str] | None = None) -> Pipeline:
         requests = tuple(
             repro.capture(
                 build_request(point, base_dir, where, env, stage=stage_name, fail_unrunnable=True),
-                home.root,
+                home.runs,
                 config.snapshot,
                 config.snapshot_cap_bytes,
                 cache,

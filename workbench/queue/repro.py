@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 DIFF_CAP_BYTES = 256 * 1024  # the diff kept of uncommitted changes; a longer one is cut, saying so
 _GIT_TIMEOUT_S = 10.0
-SNAPSHOTS = "snapshots"  # under the home: one folder per snapshot, named by the submit time
+SNAPSHOTS = "snapshots"  # in runs/ (shared with Slurm nodes): a folder per snapshot, by time
 # Never frozen, in or out of git: version control, caches, virtual environments.
 _SKIPPED_DIRS = frozenset({".git", "__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"})
 
@@ -239,8 +239,8 @@ def snapshot_files(cwd: str) -> tuple[list[str], str]:
     return sorted(found), "not a git work tree: every file under the folder"
 
 
-def take_snapshot(cwd: str, home_root: Path, cap_bytes: int) -> dict[str, Any]:
-    """Copy the files `snapshot_files` chooses into a new folder `snapshots/<stamp>` of the home
+def take_snapshot(cwd: str, runs_dir: Path, cap_bytes: int) -> dict[str, Any]:
+    """Copy the files `snapshot_files` chooses into a new folder `runs/snapshots/<stamp>` of the home
     and return {"path", "source", "files", "bytes", "rule"}. Raises SpecError (exit 2) naming the
     size and the cap when they come to more than `cap_bytes`, before anything is copied."""
     names, rule = snapshot_files(cwd)
@@ -257,7 +257,7 @@ def take_snapshot(cwd: str, home_root: Path, cap_bytes: int) -> dict[str, Any]:
             " raise [submit] snapshot_cap in config.toml, ignore large files in .gitignore,"
             " or submit without --snapshot"
         )
-    base = home_root / SNAPSHOTS
+    base = runs_dir / SNAPSHOTS
     base.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     dest = Path(_unique(base, stamp))
@@ -304,7 +304,7 @@ def wants_snapshot(request: JobRequest, default: bool) -> bool:
 
 def capture(
     request: JobRequest,
-    home_root: Path,
+    runs_dir: Path,
     snapshot_default: bool = False,
     cap_bytes: int = 100 * 1024**2,
     cache: dict[Any, Any] | None = None,
@@ -328,7 +328,7 @@ def capture(
     if wants_snapshot(request, snapshot_default):
         snap = cache.get(("snapshot", cwd))  # a sweep's points share one
         if snap is None:
-            snap = cache[("snapshot", cwd)] = take_snapshot(cwd, home_root, cap_bytes)
+            snap = cache[("snapshot", cwd)] = take_snapshot(cwd, runs_dir, cap_bytes)
         frozen = snap["path"]
         prefix = cwd.rstrip(os.sep) + os.sep
         argv = [

@@ -119,6 +119,13 @@ def build_request(
         )
     mem = _parsed(parse_size, options.mem, "mem", where)
     time_limit = _parsed(parse_duration, options.time_limit, "time_limit", where)
+    warn = spec.get("signal_before")
+    if isinstance(warn, int | float) and (time_limit is None or warn >= time_limit):
+        # A warning before a limit there is not, or that would come before the job starts.
+        raise SpecError(
+            f"{where}: key 'signal_before': a warning {warn:g} s before the time limit needs a"
+            " longer time limit (time_limit, --time-limit)"
+        )
     cpus = options.cpus if options.cpus is not None else float(defaults.get("cpus", 0))
     _check_number(cpus, "cpus", where)
     if options.retries < 0:

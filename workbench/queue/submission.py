@@ -247,4 +247,4 @@ def capture_repro(request: JobRequest) -> JobRequest:
 
     home = Home.current()
     config = load_config(home.config)
-    return repro.capture(request, home.root, config.snapshot, config.snapshot_cap_bytes)
+    return repro.capture(request, home.runs, config.snapshot, config.snapshot_cap_bytes)
