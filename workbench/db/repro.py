@@ -10,6 +10,17 @@ from typing import Any
 from workbench.db.store import Store
 
 
+def record_submitted(store: Store, job_id: int, record: dict[str, Any]) -> None:
+    """Keep what a job was submitted with, where it was not written with the job itself (the
+    daemon's intake records it once the client has its answer)."""
+    with store.transaction() as conn:
+        conn.execute(
+            "INSERT INTO job_repro(job_id, record) VALUES (?, ?)"
+            " ON CONFLICT(job_id) DO UPDATE SET record=excluded.record",
+            (job_id, json.dumps(record)),
+        )
+
+
 def record_starts(store: Store, started: dict[int, dict[str, Any]]) -> None:
     """Keep what the daemon saw when jobs started ({job id: record}; a job's latest start wins),
     in one transaction."""
