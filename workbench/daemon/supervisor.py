@@ -409,7 +409,11 @@ class Daemon:
             verb = "left running" if self._keeps_leftovers(job) else "stopped"
             plural = "es" if status.leftovers != 1 else ""
             leftovers = f"; {status.leftovers} leftover process{plural} {verb}"
-        resumable = tracked.policy.checkpointable and tracked.cancel_sent_at is not None
+        resumable = (
+            job.kind == "command"
+            and tracked.policy.checkpointable
+            and tracked.cancel_sent_at is not None
+        )
         if (
             tracked.preempted is not None
             and job.intent != "cancel"
