@@ -722,7 +722,7 @@ class SlurmExecutor:
         over; one that has not started is cancelled at once."""
         if slurm_id in self._cancel_sent:
             return
-        if seen is None or seen.state != "RUNNING":
+        if seen is None or slurm_map.view(seen).state != RUNNING:
             self._scancel(slurm_id)
             return
         policy = stopping.policy_for(job, self.config.kill_grace_s)
