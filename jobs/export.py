@@ -327,6 +327,46 @@ HASH_LABEL = "blake2b-256"
 """The dataset content hash's algorithm (workbench.catalog.lake hashes with BLAKE2b, 32 bytes)."""
 
 
+def training_provenance(store: Any, job_id: int | None) -> dict[str, Any] | None:
+    """How the training job was run, for the card: the code state of its working directory
+    (git commit, branch, dirty, the size of its uncommitted diff), its snapshot, and its
+    environment (Python, torch, CUDA build, distributions, host; driver and GPUs at its start),
+    as recorded at its submit and start (`workbench.db.repro`). None where nothing was."""
+    if job_id is None:
+        return None
+    from workbench.db.repro import repro_of
+
+    try:
+        record = repro_of(store, job_id)
+    except Exception:  # a store without the table (an older home): the card goes without
+        return None
+    if record is None:
+        return None
+    code = dict(record.get("code") or {})
+    code.pop("diff", None)  # its size is kept; the text stays in the store (`workbench show`)
+    return {
+        "job_id": job_id,
+        "code": code,
+        "snapshot": record.get("snapshot"),
+        "environment": record.get("environment"),
+        "started": record.get("started"),
+    }
+
+
+def provenance_markdown(training: dict[str, Any] | None) -> list[str]:
+    """The card's Markdown lines for `training_provenance`."""
+    if not training:
+        return []
+    from workbench.present import code_text, repro_lines
+
+    lines = []
+    if training.get("code"):
+        lines.append(f"- training code (job {training['job_id']}): {code_text(training['code'])}")
+    for label, text in repro_lines({**training, "code": None}):
+        lines.append(f"- training {label}: {text}")
+    return lines
+
+
 def card_markdown(card: dict[str, Any]) -> str:
     """The model card as Markdown."""
     lines = [f"# Model card: {card['name']}", ""]
@@ -344,6 +384,7 @@ def card_markdown(card: dict[str, Any]) -> str:
     lines += [
         f"- run: job {card['run']['job_id']} ({card['run'].get('model')}), params: {json.dumps(card['run'].get('params', {}))}"
     ]
+    lines += provenance_markdown(card.get("training"))
     if card.get("threshold") is not None:
         lines += [f"- decision threshold on p({card['classes'][1]}): {card['threshold']:.4f}"]
     test = card.get("test")
@@ -614,6 +655,7 @@ def run(ctx: JobContext) -> None:
             "onnxruntime": ort.__version__,
         },
         "export_job_id": ctx.job.id,
+        "training": training_provenance(ctx.store, run_id),
     }
     model_id = registry.record_model(
         ctx.store, ctx.job.id, run_id, str(path), "onnx", card["sha256"], card

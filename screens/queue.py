@@ -570,7 +570,10 @@ class SubmitScreen(ModalScreen[None]):
 
     @work(thread=True, exit_on_error=False, group="actions", description="submit")
     def send(self, request: Any) -> None:
+        from workbench.queue.submission import capture_repro
+
         try:
+            request = capture_repro(request)  # git state, environment (and a snapshot): off the UI
             job_id = self.app.source.act(lambda client: client.submit(request))  # type: ignore[attr-defined]
         except Exception as error:
             self.app.call_from_thread(self.app.notify, f"submit failed: {error}", severity="error")

@@ -150,10 +150,18 @@ def test_mig_profile_and_no_preempt_are_stored_and_shown(home: Home, tmp_path: P
     shown = json.loads(workbench("submit", "--paused", "--spec", str(spec), "--json").stdout)
     assert shown["resources"]["mig_profile"] == "3g.40gb" and shown["preemptible"] is False
     plain = json.loads(
-        workbench("submit", "--paused", "--gpus", "0.5", "--json", "--", "true").stdout
+        workbench(
+            "submit", "--paused", "--gpus", "0.5", "--checkpointable", "--json", "--", "true"
+        ).stdout
     )
     assert plain["resources"]["mig_profile"] is None and plain["preemptible"] is True
     assert "preempt:" not in workbench("show", str(plain["id"])).stdout
+    # A command job that does not say it is checkpointable is not preempted, and show says why.
+    unsaid = json.loads(
+        workbench("submit", "--paused", "--gpus", "1", "--json", "--", "true").stdout
+    )
+    assert unsaid["preemptible"] is False
+    assert "not checkpointable" in workbench("show", str(unsaid["id"])).stdout
 
 
 def test_an_unknown_gpus_form_exits_2_naming_the_flag_or_key(home: Home, tmp_path: Path) -> None:

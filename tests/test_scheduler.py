@@ -14,6 +14,7 @@ from conftest import wait_for, wait_state, workbench
 
 from workbench.config import load_config
 from workbench.daemon.client import Client
+from workbench.daemon.stopping import NOT_CHECKPOINTABLE
 from workbench.paths import Home
 from workbench.queue.requests import build_request
 from workbench.queue.scheduler import (
@@ -626,6 +627,78 @@ QUOTA = [
             )
         },
         QUOTAS,
+    ),
+    Case(
+        "command jobs that are not checkpointable are not preempted, and the reason says so",
+        [Want(3, group="vision", gpus=1)],
+        [
+            Holding(
+                1,
+                group="sweep",
+                gpu_indices=(0,),
+                gpus=1,
+                preemptible=False,
+                kept_because=NOT_CHECKPOINTABLE,
+            ),
+            Holding(
+                2,
+                group="sweep",
+                gpu_indices=(1,),
+                gpus=1,
+                preemptible=False,
+                kept_because=NOT_CHECKPOINTABLE,
+            ),
+        ],
+        BOX,
+        {
+            3: Wait(
+                3,
+                "waiting for 1 GPU (0 of 2 free); within its group's quota of 1, but nothing can"
+                " be reclaimed: job 2 (group sweep) borrows beyond its group's quota and is not"
+                " checkpointable, so it is not preempted",
+            )
+        },
+        QUOTAS,
+    ),
+    Case(
+        "several borrowers, none checkpointable: the reason names them all",
+        [Want(4, group="vision", gpus=2)],
+        [
+            Holding(
+                1,
+                group="sweep",
+                gpu_indices=(0,),
+                gpus=1,
+                preemptible=False,
+                kept_because=NOT_CHECKPOINTABLE,
+            ),
+            Holding(
+                2,
+                group="sweep",
+                gpu_indices=(1,),
+                gpus=1,
+                preemptible=False,
+                kept_because=NOT_CHECKPOINTABLE,
+            ),
+            Holding(
+                3,
+                group="sweep",
+                gpu_indices=(2,),
+                gpus=1,
+                preemptible=False,
+                kept_because=NOT_CHECKPOINTABLE,
+            ),
+        ],
+        Resources(gpus=tuple(GpuSlot(i, 80 * GiB) for i in range(3)), cpus=64, mem_bytes=0),
+        {
+            4: Wait(
+                4,
+                "waiting for 2 GPUs (0 of 3 free); within its group's quota of 2, but nothing"
+                " can be reclaimed: jobs 2 (group sweep), 3 (group sweep) borrow beyond their"
+                " groups' quotas and are not checkpointable, so they are not preempted",
+            )
+        },
+        Settings(quotas={"vision": 2, "sweep": 1}),
     ),
     Case(
         "while a preempted job stops, nothing more is preempted and its GPU is kept",
@@ -1501,6 +1574,9 @@ def gpu_held_by(pid_file: Path) -> dict[str, object]:
 def submit_command(
     client: Client, tmp_path: Path, argv: list[str], after: tuple[int, ...] = (), **options: object
 ) -> int:
+    """A command job; opted in to preemption (a command job is preempted only when it says it is
+    checkpointable or opts in: these tests are about pooling, not about checkpoints)."""
+    options.setdefault("preemptible", True)
     request = build_request(
         {"kind": "command", "argv": argv, **options},
         tmp_path,
@@ -1729,7 +1805,16 @@ def test_a_job_that_opts_out_of_preemption_keeps_its_borrowed_gpu(
     fake_machine(tmp_path, monkeypatch, [{}])
     home.config.write_text("[groups.vision]\nquota = 1\n\n[groups.sweep]\nquota = 0\n")
     result = workbench(
-        "submit", "--group", "sweep", "--gpus", "1", "--no-preempt", "--", "sleep", "600"
+        "submit",
+        "--group",
+        "sweep",
+        "--gpus",
+        "1",
+        "--checkpointable",
+        "--no-preempt",
+        "--",
+        "sleep",
+        "600",
     )
     assert result.returncode == 0, result.stderr
     kept = int(result.stdout)
@@ -1768,7 +1853,13 @@ def test_a_restarted_daemon_keeps_an_adopted_jobs_mig_instance_and_opt_out(
     )
     home.config.write_text("[groups.vision]\nquota = 1\n\n[groups.sweep]\nquota = 0\n")
     held = submit_command(
-        client, tmp_path, ["sleep", "600"], gpus="1g.10gb", group="sweep", preemptible=False
+        client,
+        tmp_path,
+        ["sleep", "600"],
+        gpus="1g.10gb",
+        group="sweep",
+        preemptible=False,
+        checkpointable=True,
     )
     wait_state(client, held, "running")
     os.kill(lock_holder(home) or 0, signal.SIGKILL)

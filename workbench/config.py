@@ -36,6 +36,15 @@ class DaemonTable:
 CONTAINMENT_MODES = ("auto", "cgroup", "subreaper")
 
 
+@dataclass(frozen=True)
+class SubmitTable:
+    """`[submit]` in config.toml: `snapshot` makes `--snapshot` the default of every command job;
+    `snapshot_cap` is the most a snapshot may copy (a larger one is refused at submit)."""
+
+    snapshot: bool = False
+    snapshot_cap: str | int = "100MiB"
+
+
 EXECUTOR_KINDS = ("local", "slurm")
 
 
@@ -113,6 +122,8 @@ class Config:
     not_preemptible: frozenset[str] = frozenset()
     containment: str = "auto"  # a cgroup v2 per job where possible, else a subreaper wrapper
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    snapshot: bool = False  # [submit] snapshot: every command job runs a frozen copy
+    snapshot_cap_bytes: int = 100 * 1024**2  # [submit] snapshot_cap
 
 
 def load_config(path: Path) -> Config:
@@ -123,7 +134,10 @@ def load_config(path: Path) -> Config:
         data: dict[str, Any] = read_toml(path)
     except UserFileError as error:
         raise SpecError(str(error)) from None
-    known = {"daemon", "retention", "security", "sql", "lake", "executor", "scheduler", "groups"}
+    known = {
+        "daemon", "retention", "security", "sql", "lake", "executor", "scheduler", "groups",
+        "submit",
+    }  # fmt: skip
     for key in data:
         if key not in known:
             raise SpecError(f"{path}: unknown table '{key}'")
@@ -146,6 +160,11 @@ def load_config(path: Path) -> Config:
     security = from_table(SecurityTable, data.get("security", {}), f"{path} [security]")
     sched = from_table(SchedulerTable, data.get("scheduler", {}), f"{path} [scheduler]")
     quotas, parallel, keep = _groups(path, data.get("groups", {}))
+    submit = from_table(SubmitTable, data.get("submit", {}), f"{path} [submit]")
+    try:
+        snapshot_cap = parse_size(submit.snapshot_cap)
+    except ValueError as error:
+        raise SpecError(f"{path} [submit]: key 'snapshot_cap': {error}") from error
     fields: dict[str, Any] = {}
     for key, convert, value in (
         ("log_cap", parse_size, table.log_cap),
@@ -189,6 +208,8 @@ def load_config(path: Path) -> Config:
         not_preemptible=frozenset(keep),
         containment=table.containment,
         executor=executor,
+        snapshot=submit.snapshot,
+        snapshot_cap_bytes=snapshot_cap,
     )
 
 

@@ -217,8 +217,14 @@ def job_details(
             f"group {job.group}, priority {job.priority}, attempt {job.attempt} of {job.retries + 1}",
         )
     )
-    if not job.preemptible:
+    unsaid = job.kind == "command" and not job.spec.get("checkpointable")
+    if not job.preemptible and unsaid and (job.gpus or job.resources.mig_profile):
+        lines.append(("preempt", "no: not checkpointable (--checkpointable), so never preempted"))
+    elif not job.preemptible and not unsaid:
         lines.append(("preempt", "no: never preempted to give borrowed GPUs back"))
+    stop = _stop_text(job)
+    if stop:
+        lines.append(("stop", stop))
     if job.deps:
         lines.append(("after", ", ".join(f"{d} ({c})" for d, c in job.deps)))
     if job.time_limit:
@@ -301,3 +307,81 @@ def state_counts_line(counts: dict[JobState, int]) -> str:
 def use_colour(stream: Any) -> bool:
     """Colour only on a terminal, and never when NO_COLOR is set."""
     return bool(getattr(stream, "isatty", lambda: False)()) and not os.environ.get("NO_COLOR")
+
+
+def _stop_text(job: Job) -> str | None:
+    """A command job's stop protocol where it is not the default (SIGTERM, the configured
+    grace, no warning, not checkpointable), e.g. `SIGUSR1, 30s grace, warned 1m00s before its
+    time limit, checkpointable`; None when all is default."""
+    if job.kind != "command":
+        return None
+    spec = job.spec
+    parts = []
+    if spec.get("stop_signal") not in (None, "TERM"):
+        parts.append(f"SIG{spec['stop_signal']}")
+    if isinstance(spec.get("kill_grace"), int | float):
+        parts.append(f"{format_duration(spec['kill_grace'])} grace")
+    if isinstance(spec.get("signal_before"), int | float):
+        parts.append(f"warned {format_duration(spec['signal_before'])} before its time limit")
+    if spec.get("checkpointable"):
+        parts.append("checkpointable")
+    return ", ".join(parts) or None
+
+
+def repro_lines(record: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """`show`'s lines for what reproduces a job (`workbench.db.repro.repro_of`): its code
+    state, snapshot, Python environment and what it started with; none when nothing was
+    recorded."""
+    if not record:
+        return []
+    lines: list[tuple[str, str]] = []
+    code = record.get("code") or {}
+    if code:
+        lines.append(("code", code_text(code)))
+    snap = record.get("snapshot")
+    if snap:
+        lines.append(
+            (
+                "snapshot",
+                f"{snap.get('path')} ({snap.get('files')} files, {format_size(snap.get('bytes'))}"
+                f" frozen from {snap.get('source')}; {snap.get('rule')})",
+            )
+        )
+    env = record.get("environment") or {}
+    if env:
+        python = env.get("python") or {}
+        dists = env.get("distributions") or {}
+        lines.append(
+            (
+                "python",
+                f"{python.get('version') or '?'} ({python.get('executable')}), torch"
+                f" {env.get('torch') or '-'}, CUDA build {env.get('cuda') or '-'},"
+                f" {len(dists)} distributions, submitted on {env.get('host')}",
+            )
+        )
+    started = record.get("started") or {}
+    if started:
+        gpus = ", ".join(started.get("gpus") or []) or "no GPU"
+        driver = started.get("driver")
+        driven = f"driver {driver} (CUDA {started.get('driver_cuda')})" if driver else "no driver"
+        lines.append(("started", f"on {started.get('host')}: {gpus}; {driven}"))
+    return lines
+
+
+def code_text(code: dict[str, Any]) -> str:
+    """A code state in one line: `git 3f2a9c1e0b7d on main, dirty (1.2 KiB diff, 2 untracked)`,
+    or `not a git work tree: PATH`."""
+    if not code.get("git"):
+        return f"not a git work tree: {code.get('path')}"
+    commit = (code.get("commit") or "no commit yet")[:12]
+    branch = f" on {code['branch']}" if code.get("branch") else ""
+    if not code.get("dirty"):
+        return f"git {commit}{branch}, clean ({code.get('root')})"
+    parts = []
+    if code.get("diff_bytes"):
+        parts.append(f"{format_size(code['diff_bytes'])} diff")
+    if code.get("diff_note"):
+        parts.append(f"diff kept {code['diff_note']}")
+    if code.get("untracked"):
+        parts.append(f"{len(code['untracked'])} untracked")
+    return f"git {commit}{branch}, dirty ({', '.join(parts)}) ({code.get('root')})"

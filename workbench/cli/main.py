@@ -19,6 +19,7 @@ from typing import Any
 from workbench import __version__
 from workbench.daemon.client import DaemonUnavailable
 from workbench.db.connection import translate
+from workbench.db.repro import repro_of
 from workbench.db.store import (
     ACTIVE,
     BLOCKED,
@@ -46,6 +47,7 @@ from workbench.present import (
     job_json,
     job_row,
     recorded_usage,
+    repro_lines,
     secret_words,
     state_counts_line,
     table_line,
@@ -60,7 +62,12 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DAEMON = 0, 1, 2, 3
 DEFAULT_PRUNE_AGE_S = 30 * 86400.0
 
 # Modules that add subcommands: each has `register(subparsers)`; handlers import what they need.
-EXTENSIONS: list[str] = ["workbench.cli.data", "workbench.cli.tracking", "workbench.cli.registry"]
+EXTENSIONS: list[str] = [
+    "workbench.cli.data",
+    "workbench.cli.tracking",
+    "workbench.cli.registry",
+    "workbench.cli.compare",
+]
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -308,6 +315,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         out["metrics"] = metrics
         out.update(recorded_usage(job, run_dir))  # cpu_s, peak_mem_bytes (None until it ends)
         out["paths"] = {"run_dir": str(run_dir), "log": str(run_dir / "log")}
+        out["repro"] = repro_of(client.store, job.id)
         _print_json(out)
         return EXIT_OK
     console = _console()
@@ -316,7 +324,10 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     name = escape(display_text(job.name))  # a name is the user's text, never markup
     console.print(f"[bold]job {job.id}[/] {name}  [{style}]{job.state}[/]  ({job.kind})")
-    for label, value in job_details(job, metrics, run_dir):
+    for label, value in [
+        *job_details(job, metrics, run_dir),
+        *repro_lines(repro_of(client.store, job.id)),
+    ]:
         console.print(f"  {label + ':':<11}{display_text(value)}", markup=False)
     console.print(f"  run dir:   {run_dir}", markup=False)
     console.print("  history:")

@@ -18,12 +18,13 @@ from typing import Any
 from workbench.config import load_config
 from workbench.daemon.executors.slurm import bind_executor
 from workbench.daemon.link import INTAKE_VERSION, MAX_SUBMISSION_BYTES
+from workbench.db import repro as repro_db
 from workbench.db.connection import translate
 from workbench.db.store import JobError, NoSuchJob, Store, StoreError, Withdrawn
 from workbench.jsonout import dumps
 from workbench.paths import Home
 from workbench.present import job_json
-from workbench.queue import submission
+from workbench.queue import repro, submission
 from workbench.queue.spec import SpecError
 
 CREDENTIALS = struct.Struct("iII")  # struct ucred: pid, uid, gid (SO_PASSCRED)
@@ -65,6 +66,7 @@ class Intake:
         self.sock: socket.socket | None = None
         self.refused = 0
         self.taken = 0
+        self._to_capture: list[tuple[int, Any]] = []  # (job id, request) queued, not yet captured
         self._parsers: dict[int | None, submission.SubmitParser] = {}
         self._inode = _identity(home.state_db)[0]  # the file this daemon's store has open
         self._checked: tuple[int, int, int] | None = None  # state.db as last found sound
@@ -130,7 +132,21 @@ class Intake:
             if reply.get("job_id") is not None and not reply.get("lost_reply"):
                 queued += 1
             self._send(_fitted(reply), address)
+            self._capture()
         return queued
+
+    def _capture(self) -> None:
+        """Record what reproduces the jobs just queued (`workbench.queue.repro`: code state and
+        environment), once their clients have their answer: the daemon does it before its next
+        scheduling pass, so a job never starts without it. A failure loses only the record."""
+        while self._to_capture:
+            job_id, job = self._to_capture.pop()
+            try:
+                captured = repro.capture(job, self.home.runs)
+                if captured.repro is not None:
+                    repro_db.record_submitted(self.store, job_id, captured.repro)
+            except Exception as error:
+                self.log(f"job {job_id}: what it was submitted with is not recorded ({error})")
 
     def _send(self, data: bytes, address: Any) -> None:
         """Answer one client. Unread answers are charged to this socket's send buffer, so with
@@ -251,7 +267,11 @@ class Intake:
             if (args.executor or load_config(self.home.config).executor.kind) != "local":
                 # Checking a Slurm job runs Slurm's commands, which must not hold up this loop.
                 return {"fallback": "a Slurm submission is checked by the client"}
-            job, where = submission.request_from_args(args, env)
+            job, where = submission.request_from_args(args, env, capture=False)
+            config = load_config(self.home.config)
+            if repro.wants_snapshot(job, config.snapshot):
+                # Copying the files may take a while: not in this loop.
+                return {"fallback": "a snapshot is taken by the client"}
             (job,) = bind_executor([job], args.executor, self.home, [where])
         except SpecError as error:
             return {"exit": EXIT_USAGE, "stderr": f"workbench: {error}\n"}
@@ -288,6 +308,7 @@ class Intake:
                 return {"fallback": f"{type(error).__name__}"}
             return {"exit": EXIT_STORE, "stderr": f"workbench: {fault}\n"}
         self.taken += 1
+        self._to_capture.append((job_id, job))  # after the answer: it costs a git call or two
         reply: dict[str, Any] = {
             "exit": EXIT_OK,
             "job_id": job_id,

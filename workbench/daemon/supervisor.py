@@ -15,12 +15,12 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import psutil
 
 from workbench.config import Config, load_config
-from workbench.daemon import runner
+from workbench.daemon import runner, stopping
 from workbench.daemon.executors import Ended, Executor, Handle, Launch, LaunchError
 from workbench.daemon.executors.containment import home_scope, remove_empty_cgroups
 from workbench.daemon.executors.local import LocalExecutor
@@ -30,6 +30,7 @@ from workbench.daemon.intake import CREDENTIALS, Intake, peer_credentials
 from workbench.daemon.planning import Planner
 from workbench.daemon.wakeups import Wakeups, monotonic_at
 from workbench.db import executors as placement_db
+from workbench.db import repro as repro_db
 from workbench.db import scheduling as db
 from workbench.db.connection import full_message
 from workbench.db.store import Job, Store
@@ -37,6 +38,7 @@ from workbench.jobmodel.states import LIVE, Event, JobState
 from workbench.paths import Home
 from workbench.queue import scheduler
 from workbench.queue.kinds import job_argv
+from workbench.queue.repro import start_environment
 from workbench.queue.retention import prune_ended
 from workbench.queue.spec import SpecError
 from workbench.telemetry.gpu import Gpus, gpu_slots, job_gpu_memory
@@ -76,6 +78,8 @@ class Tracked:
     preempted: str | None = None  # why it was sent SIGTERM to give its GPUs back
     opted_out: bool = False  # the job itself said preemptible = false (its group may, too)
     over_reservation: str | None = None  # why it was stopped (strict GPU memory reservations)
+    policy: stopping.StopPolicy = field(default_factory=stopping.StopPolicy)  # signal, grace
+    warned: bool = False  # the warning before its time limit was sent
 
 
 class Daemon:
@@ -108,6 +112,7 @@ class Daemon:
         self.sampler: Sampler | None = None
         self.gpu_slots: tuple[scheduler.GpuSlot, ...] = ()
         self.gpu_mem_seen: dict[int, int] = {}  # job id -> most GPU memory seen on one GPU
+        self.gpu_names: dict[int, str] = {}  # GPU index -> model, as the last sample saw it
         self._start_details: dict[int, scheduler.Start] = {}  # this pass's starts, by job id
         self.log_failures = 0  # messages the daemon could not write (its log's disk was full)
         self.refused_wakes = 0  # datagrams from other users, ignored
@@ -268,6 +273,7 @@ class Daemon:
             if job.id in on_slurm:
                 continue
             run_dir = self.home.run_dir(job.id)
+            row = self.store.find(job.id)
             holding = scheduler.Holding(
                 job.id,
                 job.group,
@@ -281,11 +287,13 @@ class Daemon:
                 mig_uuids=self._adopted_mig(job),
                 mig_profile=job.mig_profile,
                 preemptible=job.preemptible,
+                kept_because=stopping.kept_because(row) if row is not None else None,
             )
+            policy = stopping.policy_for(row, self.config.kill_grace_s) if row else None
             deadline = None
             if job.time_limit and job.started_at:
                 deadline = job.started_at + job.time_limit
-            stopping = job.intent if job.intent in db.STOP_INTENTS else None
+            stop = job.intent if job.intent in db.STOP_INTENTS else None
             if job.state == JobState.STARTING or job.pid is None:
                 found = self.executor.find(job.launch_token, run_dir) if job.launch_token else None
                 if found is None:
@@ -304,10 +312,10 @@ class Daemon:
                     pid=found.pid,
                     pid_start=found.start_time,
                 )
-                self._resume_stop(self._track(job.id, found, holding, deadline), job, stopping)
+                self._resume_stop(self._track(job.id, found, holding, deadline, policy), job, stop)
                 continue
             handle = Handle(job.launch_token or "", run_dir, job.pid, job.pid_start)
-            self._resume_stop(self._track(job.id, handle, holding, deadline), job, stopping)
+            self._resume_stop(self._track(job.id, handle, holding, deadline, policy), job, stop)
         self._next_poll = 0.0  # look at every adopted job at once: some may have ended
         if isinstance(self.executor, LocalExecutor) and self.executor.cgroup_root is not None:
             keep = {t.handle.token for t in self.tracked.values()}
@@ -327,11 +335,18 @@ class Daemon:
         self._cancel(tracked, time.time(), reason)
 
     def _track(
-        self, job_id: int, handle: Handle, holding: scheduler.Holding, deadline: float | None
+        self,
+        job_id: int,
+        handle: Handle,
+        holding: scheduler.Holding,
+        deadline: float | None,
+        policy: stopping.StopPolicy | None = None,
     ) -> Tracked:
         """Follow a job attempt; `holding.preemptible` is the job's own flag (its group's, from
-        config.toml, is applied in `_holding_now`)."""
+        config.toml, is applied in `_holding_now`); `policy` how it is stopped (default: SIGTERM
+        and the configured grace)."""
         tracked = Tracked(job_id, handle, holding, deadline=deadline)
+        tracked.policy = policy or stopping.StopPolicy(grace_s=self.config.kill_grace_s)
         tracked.opted_out = not holding.preemptible
         fd = self.executor.watch_fd(handle)
         if fd is not None:
@@ -404,9 +419,19 @@ class Daemon:
             plural = "es" if status.leftovers != 1 else ""
             leftovers = f"; {status.leftovers} leftover process{plural} {verb}"
         leftovers += runner.memory_note(job.mem, status)  # OOM-killed, or over an unenforced --mem
-        if tracked.preempted is not None and job.intent != "cancel" and not status.ok:
+        resumable = (
+            job.kind == "command"
+            and tracked.policy.checkpointable
+            and tracked.cancel_sent_at is not None
+        )
+        if (
+            tracked.preempted is not None
+            and job.intent != "cancel"
+            and (not status.ok or resumable)
+        ):
             # GPU pooling: back to the queue with a `preempt` event and the same attempt; a
-            # train job resumes from the checkpoint it saved on SIGTERM.
+            # train job resumes from the checkpoint it saved on SIGTERM, and so does a
+            # checkpointable command job (which may exit 0 once it has saved).
             back = (JobState.RUNNING, JobState.PAUSED)
             preempt = db.Change(job.id, Event.PREEMPT, tracked.preempted, back)
             if job.state != JobState.PAUSED:
@@ -469,15 +494,32 @@ class Daemon:
                 self.store.update(intent.job_id, intent=None)
 
     def _cancel(self, tracked: Tracked, now: float, why: str) -> None:
-        """SIGTERM the job, SIGKILL after the kill grace; `why` goes into its log."""
+        """The job's stop signal, SIGKILL after its kill grace; `why` goes into its stop file
+        (written first: the job may read it in its handler) and its log."""
         tracked.cancel_sent_at = now
-        self.executor.cancel(tracked.handle, self.config.kill_grace_s, why)
+        stopping.write_stop(tracked.handle.run_dir, why)
+        self.executor.cancel(tracked.handle, tracked.policy.grace_s, why)
+
+    def _warn(self, tracked: Tracked, now: float) -> None:
+        """The warning before the time limit (`signal_before`): the stop file says when the
+        limit comes, then the job gets its stop signal; it is stopped at the limit as usual."""
+        tracked.warned = True
+        assert tracked.deadline is not None
+        limit = format_duration(tracked.deadline - tracked.holding.started_at)
+        left = format_duration(max(0.0, tracked.deadline - now))
+        stopping.write_stop(
+            tracked.handle.run_dir, f"time limit of {limit} reached in {left}; save and exit"
+        )
+        self.executor.signal(tracked.handle, tracked.policy.signal)
 
     def _enforce_deadlines(self, now: float) -> None:
         """Time limits (a cancel); and a backstop for a cancel the executor did not finish."""
         for tracked in self.tracked.values():
             if tracked.ended is not None:
                 continue
+            warn_at = self._warn_at(tracked)
+            if warn_at is not None and now >= warn_at and tracked.cancel_sent_at is None:
+                self._warn(tracked, now)
             if tracked.deadline is not None and not tracked.timed_out and now >= tracked.deadline:
                 tracked.timed_out = True
                 if tracked.cancel_sent_at is None:
@@ -487,13 +529,21 @@ class Daemon:
             if (
                 sent is not None
                 and not tracked.forced
-                and now >= sent + self.config.kill_grace_s + _STOP_BACKSTOP_S
+                and now >= sent + tracked.policy.grace_s + _STOP_BACKSTOP_S
             ):
                 tracked.forced = True
                 stopped = self.executor.stop_all(tracked.handle)
                 self.log(
                     f"job {tracked.job_id}: still running after its kill grace; {stopped} processes killed"
                 )
+
+    @staticmethod
+    def _warn_at(tracked: Tracked) -> float | None:
+        """When the job is warned of its time limit (None: not, or already)."""
+        before = tracked.policy.warn_before_s
+        if before is None or tracked.deadline is None or tracked.warned:
+            return None
+        return tracked.deadline - before
 
     def _next_deadline(self) -> float:
         soonest = math.inf
@@ -503,9 +553,12 @@ class Daemon:
                 continue
             if tracked.deadline is not None and not tracked.timed_out:
                 soonest = min(soonest, tracked.deadline)
+            warn_at = self._warn_at(tracked)
+            if warn_at is not None and tracked.cancel_sent_at is None:
+                soonest = min(soonest, warn_at)
             if tracked.cancel_sent_at is not None and not tracked.forced:
                 soonest = min(
-                    soonest, tracked.cancel_sent_at + self.config.kill_grace_s + _STOP_BACKSTOP_S
+                    soonest, tracked.cancel_sent_at + tracked.policy.grace_s + _STOP_BACKSTOP_S
                 )
         return soonest
 
@@ -523,6 +576,7 @@ class Daemon:
         except _WRITE_ERRORS as error:
             self.log(f"telemetry sample skipped ({error})")
             return
+        self.gpu_names = {s.index: s.name for s in tick.gpus}
         placement = self.gpus.placement() if self.gpus is not None else None
         granted = {
             pid: (job_id, self.tracked[job_id].holding.gpu_indices)
@@ -692,9 +746,11 @@ class Daemon:
                 mig_profile=queued.mig_profile,
                 preemptible=queued.preemptible,
                 time_limit=job.time_limit,
+                kept_because=stopping.kept_because(job),
             )
             deadline = now + job.time_limit if job.time_limit else None
-            tracked = self._track(job.id, result, holding, deadline)
+            policy = stopping.policy_for(job, self.config.kill_grace_s)
+            tracked = self._track(job.id, result, holding, deadline, policy)
             tracked.launch_committed = False
             launched.append(tracked)
         if self._debug_launch_delay_s:
@@ -708,7 +764,25 @@ class Daemon:
             return len(launched)
         for tracked in launched:
             tracked.launch_committed = True
+        self._record_starts(launched)
         return len(launched)
+
+    def _record_starts(self, launched: list[Tracked]) -> None:
+        """What each job saw at its start, for reproducing it: host, driver, GPU models. Best
+        effort: a failed write loses only this record."""
+        gpus = self.gpus
+        driver = gpus.driver_version if gpus is not None else None
+        cuda = gpus.cuda_version if gpus is not None else None
+        records = {
+            t.job_id: start_environment(
+                [self.gpu_names.get(i, f"GPU {i}") for i in t.holding.gpu_indices], driver, cuda
+            )
+            for t in launched
+        }
+        try:
+            repro_db.record_starts(self.store, records)
+        except _WRITE_ERRORS as error:
+            self.log(f"could not record what {len(records)} job(s) started with ({error})")
 
     def _launch_spec(
         self,
@@ -743,6 +817,10 @@ class Daemon:
             threads = str(max(1, math.ceil(queued.cpus)))
             env.setdefault("OMP_NUM_THREADS", threads)
             env["WORKBENCH_CPUS"] = threads
+        restarts = job.attempt - 1 + preempted  # earlier starts of this job
+        stopping.clear_stop(run_dir)
+        env.update(stopping.contract_env(run_dir, restarts))
+        policy = stopping.policy_for(job, self.config.kill_grace_s)
         header = None
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
         if job.attempt > 1:
@@ -751,6 +829,8 @@ class Daemon:
             times = "once" if preempted == 1 else f"{preempted} times"
             again = f"started again {stamp} after it was preempted {times}"
             header = f"{header}; {again}" if header else again
+        if restarts and policy.checkpointable and job.kind == "command":
+            header = f"{header}\n[workbench] {stopping.restart_marker(restarts, run_dir)}"
         return Launch(
             job_id=job.id,
             token=token,
@@ -759,10 +839,11 @@ class Daemon:
             cwd=job.cwd,
             run_dir=run_dir,
             log_cap_bytes=self.config.log_cap_bytes,
-            kill_grace_s=self.config.kill_grace_s,
+            kill_grace_s=policy.grace_s,
             header=header,
             keep_leftovers=self._keeps_leftovers(job),
             mem_bytes=queued.mem,
+            stop_signal=policy.signal,
         )
 
     @staticmethod

@@ -282,6 +282,16 @@ MIGRATIONS: dict[int, str] = {
     CREATE INDEX IF NOT EXISTS audit_request ON audit(detail)
         WHERE action = 'submit' AND detail IS NOT NULL;
     """,
+    # Reproducibility (50-54): what each job was submitted with (code state of its working
+    # directory, environment, snapshot; JSON, see workbench/queue/repro.py) and what the daemon
+    # saw when it started (driver, GPU models).
+    50: """
+    CREATE TABLE job_repro (
+        job_id INTEGER PRIMARY KEY,
+        record TEXT NOT NULL DEFAULT '{}',
+        started TEXT
+    );
+    """,
     # Executors (60-69): where each job runs ('local' or 'slurm'), its Slurm job id and node,
     # whether Slurm may still hold it (submitted, not yet seen ended), and how much of the job's
     # record file (see workbench/db/journal.py) has been applied.

@@ -153,6 +153,9 @@ class JobRequest:
     paused: bool = False
     executor: str = "local"
     preemptible: bool = True  # false: never preempted to give borrowed GPUs back
+    # What it was submitted with, to reproduce it (workbench.queue.repro): {"code",
+    # "environment", "snapshot"}; None: not captured.
+    repro: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -653,6 +656,11 @@ class Store:
             ),
         )
         job_id = int(cur.lastrowid or 0)
+        if req.repro is not None:
+            conn.execute(
+                "INSERT OR REPLACE INTO job_repro(job_id, record) VALUES (?, ?)",
+                (job_id, json.dumps(req.repro)),
+            )
         for dep_id, cond in req.after:
             if cond not in DEP_CONDITIONS:
                 raise JobError(f"unknown dependency condition {cond!r}")
@@ -1188,6 +1196,7 @@ class Store:
             conn.execute(f"DELETE FROM job_events WHERE job_id IN ({marks})", chunk)
             conn.execute(f"DELETE FROM job_deps WHERE job_id IN ({marks})", chunk)
             conn.execute(f"DELETE FROM metrics WHERE job_id IN ({marks})", chunk)
+            conn.execute(f"DELETE FROM job_repro WHERE job_id IN ({marks})", chunk)
 
     def purge_removed(self, ids: Sequence[int]) -> None:
         """Make removed jobs' bytes (environments may hold secrets) unreadable everywhere:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from workbench.config import load_config
 from workbench.db.store import (
     ENDED,
     QUEUED,
@@ -24,6 +25,8 @@ from workbench.db.store import (
     Store,
 )
 from workbench.jsonout import dumps
+from workbench.paths import Home
+from workbench.queue import repro
 from workbench.queue.kinds import load_kind
 from workbench.queue.requests import build_request
 from workbench.queue.spec import SpecError, check_keys, coerce
@@ -92,6 +95,9 @@ def load_pipeline(path: Path, env: dict[str, str] | None = None) -> Pipeline:
         raise SpecError(f"{path}: no [[stage]] tables")
     base_dir = path.parent
     built: dict[str, Stage] = {}
+    home = Home.current()
+    config = load_config(home.config)
+    cache: dict[Any, Any] = {}  # code state and environment, once per folder and interpreter
     for number, table in enumerate(tables, 1):
         if not isinstance(table, dict):
             raise SpecError(f"{path}: stage #{number}: expected a table")
@@ -109,7 +115,13 @@ def load_pipeline(path: Path, env: dict[str, str] | None = None) -> Pipeline:
         request_table.setdefault("name", stage_name)
         points, group_limit = _expand(request_table, stage_name, name, where)
         requests = tuple(
-            build_request(point, base_dir, where, env, stage=stage_name, fail_unrunnable=True)
+            repro.capture(
+                build_request(point, base_dir, where, env, stage=stage_name, fail_unrunnable=True),
+                home.runs,
+                config.snapshot,
+                config.snapshot_cap_bytes,
+                cache,
+            )
             for point in points
         )
         built[stage_name] = Stage(stage_name, requests, tuple(after), group_limit)

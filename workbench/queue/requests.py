@@ -30,7 +30,7 @@ class Options:
     group: str = "default"
     retries: int = 0
     time_limit: str | float | None = None
-    preemptible: bool = True
+    preemptible: bool | None = None  # None: yes, but a command job only when checkpointable
 
 
 T = TypeVar("T")
@@ -119,6 +119,13 @@ def build_request(
         )
     mem = _parsed(parse_size, options.mem, "mem", where)
     time_limit = _parsed(parse_duration, options.time_limit, "time_limit", where)
+    warn = spec.get("signal_before")
+    if isinstance(warn, int | float) and (time_limit is None or warn >= time_limit):
+        # A warning before a limit there is not, or that would come before the job starts.
+        raise SpecError(
+            f"{where}: key 'signal_before': a warning {warn:g} s before the time limit needs a"
+            " longer time limit (time_limit, --time-limit)"
+        )
     cpus = options.cpus if options.cpus is not None else float(defaults.get("cpus", 0))
     _check_number(cpus, "cpus", where)
     if options.retries < 0:
@@ -153,9 +160,18 @@ def build_request(
         ),
         retries=options.retries,
         time_limit=time_limit,
-        preemptible=options.preemptible,
+        preemptible=_preemptible(options, spec),
         **extra,
     )
+
+
+def _preemptible(options: Options, spec: dict[str, Any]) -> bool:
+    """Whether GPU pooling may preempt the job: as `preemptible` says; unsaid, every job of a
+    built-in kind (train checkpoints and resumes), and a command job only when it says it is
+    `checkpointable` (else a preemption would lose its work)."""
+    if options.preemptible is not None:
+        return options.preemptible
+    return bool(spec.get("checkpointable")) if options.kind == "command" else True
 
 
 def _default_name(kind: str, spec: dict[str, Any]) -> str:

@@ -94,6 +94,9 @@ class Holding:
     preemptible: bool = True
     time_limit: float | None = None
     stopping: bool = False
+    # Why it may not be preempted, where that is not an opt-out (a command job that is not
+    # checkpointable: "is not checkpointable, so it is not preempted"); None: it opted out.
+    kept_because: str | None = None
 
 
 @dataclass(frozen=True)
@@ -1194,12 +1197,23 @@ def _unreclaimable_note(ledger: _Ledger, want: Want, quotas: Mapping[str, float]
     )
     head = f"; within its group's quota of {quota:g}, but nothing can be reclaimed: "
     if borrowers and all(not h.preemptible for h in borrowers):
-        named = ", ".join(f"{h.id} (group {h.group})" for h in borrowers)
         if len(borrowers) == 1:
+            (only,) = borrowers
+            why = only.kept_because or "opted out of preemption"
             return (
-                head + f"job {named} borrows beyond its group's quota and opted out of preemption"
+                head
+                + f"job {only.id} (group {only.group}) borrows beyond its group's quota and {why}"
             )
-        return head + f"jobs {named} borrow beyond their groups' quotas and opted out of preemption"
+        named = ", ".join(f"{h.id} (group {h.group})" for h in borrowers)
+        kept = {h.kept_because for h in borrowers}
+        why = (
+            "opted out of preemption"
+            if kept == {None}
+            else "are not checkpointable, so they are not preempted"
+            if None not in kept
+            else "opted out of preemption or are not checkpointable"
+        )
+        return head + f"jobs {named} borrow beyond their groups' quotas and {why}"
     if borrowers:
         ids = _listing(h.id for h in borrowers)
         if len(borrowers) == 1:

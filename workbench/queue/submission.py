@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from workbench.queue import argtypes as checked
 from workbench.queue.spec import SpecError
@@ -84,6 +84,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--no-preempt",
         action="store_true",
         help="never preempt it to give borrowed GPUs back (spec key: preemptible = false)",
+    )
+    p.add_argument(
+        "--stop-signal",
+        metavar="SIG",
+        help="signal for cancel, time limit and preemption (default TERM; spec key: stop_signal)",
+    )
+    p.add_argument(
+        "--kill-grace",
+        type=checked.duration,
+        help="time from the stop signal to SIGKILL (default: [daemon] kill_grace)",
+    )
+    p.add_argument(
+        "--signal-before",
+        type=checked.duration,
+        metavar="DURATION",
+        help="send the stop signal this long before the time limit, as a warning",
+    )
+    p.add_argument(
+        "--checkpointable",
+        action="store_true",
+        default=None,
+        help="it saves on the stop signal and resumes from WORKBENCH_CHECKPOINT_DIR: it may be"
+        " preempted, and is restarted in the same run",
+    )
+    p.add_argument(
+        "--snapshot",
+        action="store_true",
+        default=None,
+        help="run a copy of the working directory's files frozen now (default: [submit] snapshot)",
     )
     p.add_argument("--wait", action="store_true", help="wait for it; exit 0 iff it succeeded")
     p.add_argument("--json", action="store_true")
@@ -184,17 +213,22 @@ def bulk_requests(
     for number, words in lines:
         line_args.command = words
         try:
-            requests.append(request_from_args(line_args, env)[0])
+            requests.append(request_from_args(line_args, env, capture=False)[0])
         except SpecError as error:
             raise SpecError(f"{source} line {number}: {error}") from None
-    return requests
+    cache: dict[Any, Any] = {}  # one code state, environment and snapshot for every line
+    return [capture_repro(request, cache) for request in requests]
 
 
-def request_from_args(args: argparse.Namespace, env: dict[str, str]) -> tuple[JobRequest, str]:
+def request_from_args(
+    args: argparse.Namespace, env: dict[str, str], capture: bool = True
+) -> tuple[JobRequest, str]:
     """The job `workbench submit` asks for, and where its table came from (`submit`, or the spec
     file's path, for messages). Relative paths are taken from the current directory; `env` is the
-    submitter's environment (the job's, before `--env` pairs are applied). Raises SpecError (exit
-    2) naming the flag, file or key at fault."""
+    submitter's environment (the job's, before `--env` pairs are applied). With `capture`, the
+    request carries what reproduces it (`workbench.queue.repro.capture`: code state,
+    environment, and the snapshot it runs from when asked). Raises SpecError (exit 2) naming the
+    flag, file or key at fault, or a snapshot over its cap."""
     from workbench.queue.pipeline import _read_toml
     from workbench.queue.requests import build_request
 
@@ -230,6 +264,11 @@ def request_from_args(args: argparse.Namespace, env: dict[str, str]) -> tuple[Jo
         "retries": args.retries,
         "time_limit": args.time_limit,
         "preemptible": False if args.no_preempt else None,
+        "stop_signal": args.stop_signal,
+        "kill_grace": args.kill_grace,
+        "signal_before": args.signal_before,
+        "checkpointable": args.checkpointable,
+        "snapshot": args.snapshot,
     }
     table.update({k: v for k, v in overrides.items() if v is not None})
     env = dict(env)
@@ -242,4 +281,18 @@ def request_from_args(args: argparse.Namespace, env: dict[str, str]) -> tuple[Jo
     after += [(i, "any") for i in _parse_after(args.after_any or [], "--after-any")]
     after += [(i, "fail") for i in _parse_after(args.after_fail or [], "--after-fail")]
     request = build_request(table, base_dir, where, env, after=tuple(after), paused=args.paused)
+    if capture:
+        request = capture_repro(request)
     return request, where
+
+
+def capture_repro(request: JobRequest, cache: dict[Any, Any] | None = None) -> JobRequest:
+    """`request` with its reproducibility record, with this home's `[submit]` settings; `cache`
+    (one dict for a submission of many jobs) keeps each directory's answer once."""
+    from workbench.config import load_config
+    from workbench.paths import Home
+    from workbench.queue import repro
+
+    home = Home.current()
+    config = load_config(home.config)
+    return repro.capture(request, home.runs, config.snapshot, config.snapshot_cap_bytes, cache)

@@ -4,6 +4,7 @@ beside it by implementing `Executor`."""
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -25,7 +26,8 @@ class Launch:
     daemon recognises this attempt and never starts a second one. `argv` may hold surrogate-escaped
     bytes (non-UTF-8 arguments) and is run byte-exact. `kill_grace_s` is the time between SIGTERM
     and SIGKILL for cancel, time limit and leftover processes. `keep_leftovers` lets processes a
-    job started outlive its main process (the default stops them)."""
+    job started outlive its main process (the default stops them). `stop_signal` is what cancel,
+    time limit and preemption send first (the job's `stop_signal`, default SIGTERM)."""
 
     job_id: int
     token: str
@@ -38,6 +40,7 @@ class Launch:
     header: str | None = None
     keep_leftovers: bool = False
     mem_bytes: int | None = None  # `--mem`: the job cgroup's memory.max where it can be set
+    stop_signal: int = signal.SIGTERM
 
 
 @dataclass(frozen=True)

@@ -269,8 +269,8 @@ class LocalExecutor:
 
     def cancel(self, handle: Handle, grace_s: float, why: str | None = None) -> None:
         """Ask the wrapper (SIGUSR1) to stop the job: it writes `why` into the job's log, sends
-        SIGTERM to every process, and SIGKILL after `grace_s`. Without a live wrapper, every
-        process is killed at once."""
+        the job's stop signal (SIGTERM unless its spec says otherwise) to every process, and
+        SIGKILL after `grace_s`. Without a live wrapper, every process is killed at once."""
         if not self.adopt(handle):
             self.stop_all(handle)
             return
@@ -616,7 +616,9 @@ def _wrapper_main(launch: Launch, cgroup_dir: Path | None) -> int:
             if why:
                 start = "" if line_done else "\n"
                 log.write(f"{start}[workbench] stopping: {why}\n".encode(errors="replace"))
-            cg.terminate(job_pids())
+            pids = job_pids()
+            cg.signal_each(pids, launch.stop_signal)
+            cg.signal_each(pids, signal.SIGCONT)  # a stopped process acts on it once continued
         if kill_at is not None and not killed and time.monotonic() >= kill_at:
             killed = True
             _kill_all(cgroup_dir, job_pids)

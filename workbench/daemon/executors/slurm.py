@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from workbench.config import EXECUTOR_KINDS, Config, ExecutorConfig, load_config
-from workbench.daemon import runner
+from workbench.daemon import runner, stopping
 from workbench.daemon.executors import Ended, Executor, Handle, Launch, LaunchError, slurm_map
 from workbench.daemon.executors.slurm_map import (
     ACTIVE_SLURM_STATES,
@@ -192,8 +192,11 @@ def check_shared_filesystem(
 
 
 def submission_for(job: Job | JobRequest, name: str, output: str, cwd: str) -> Submission:
-    """The resource, limit and priority fields of a job (or a request at submit) for sbatch."""
+    """The resource, limit and priority fields of a job (or a request at submit) for sbatch,
+    with its stop protocol: the warning before the time limit, and `--requeue` when it is
+    checkpointable."""
     res = job.resources
+    policy = stopping.policy_for(job, 0.0)
     return Submission(
         name=name,
         output=output,
@@ -205,6 +208,8 @@ def submission_for(job: Job | JobRequest, name: str, output: str, cwd: str) -> S
         time_limit=job.time_limit,
         priority=job.priority,
         mig_profile=res.mig_profile,
+        warn_before_s=policy.warn_before_s,
+        requeue=policy.checkpointable and job.kind == "command",
     )
 
 
@@ -258,41 +263,106 @@ def check_requests(
 # ---- the batch script ----------------------------------------------------------------------
 
 
-def batch_script(home: Home, jobs: Sequence[tuple[int, list[str], str]]) -> str:
-    """A bash script that runs job i of `jobs` ((job id, argv, cwd)) as Slurm array task i (or
-    the only one). Output goes to the job's `runs/<id>/log`; its end is written to `exit.json`
-    there too, for when Slurm has forgotten the job before the daemon asked."""
+@dataclass(frozen=True)
+class ScriptJob:
+    """One job of a batch script: its id, argv and working directory, its stop signal's name
+    (`TERM`...), how many starts it had before this submission (`restarts`: Slurm's own
+    requeues add SLURM_RESTART_COUNT) and whether a restart is marked in its log
+    (`checkpointable`)."""
+
+    job_id: int
+    argv: list[str]
+    cwd: str
+    stop_signal: str = "TERM"
+    restarts: int = 0
+    checkpointable: bool = False
+
+
+def batch_script(home: Home, jobs: Sequence[ScriptJob]) -> str:
+    """A bash script that runs job i of `jobs` as Slurm array task i (or the only one). Output
+    goes to the job's `runs/<id>/log`; its end is written to `exit.json` there too, for when
+    Slurm has forgotten the job before the daemon asked.
+
+    Stopping (README, "Stopping, resuming and reproducing a job"): the job runs as a child the
+    shell waits for, so the shell outlives it to record its end; the shell catches the stop
+    signals (a shell that died on SIGTERM let Slurm kill the job mid-handler), and turns
+    WARN_SIGNAL (the time limit warning, `--signal=B:...`, sent to the shell alone) into the job's
+    stop signal, after writing the stop file."""
     runs = shlex.quote(str(home.runs))
     cases = []
-    for index, (job_id, argv, cwd) in enumerate(jobs):
-        words = " ".join(shlex.quote(a) for a in argv)
-        cases.append(f"  {index}) id={job_id}; cwd={shlex.quote(cwd)}; argv=({words}) ;;")
+    for index, job in enumerate(jobs):
+        words = " ".join(shlex.quote(a) for a in job.argv)
+        cases.append(
+            f"  {index}) id={job.job_id}; cwd={shlex.quote(job.cwd)}; argv=({words});"
+            f" stop_sig={job.stop_signal}; restarts={job.restarts};"
+            f" marked={int(job.checkpointable)} ;;"
+        )
+    warn = int(slurm_map.WARN_SIGNAL)
     lines = [
         "#!/bin/bash",
-        f"# workbench: jobs {' '.join(str(j[0]) for j in jobs)} (array task i runs the i-th)",
+        f"# workbench: jobs {' '.join(str(j.job_id) for j in jobs)} (array task i runs the i-th)",
         'case "${SLURM_ARRAY_TASK_ID:-0}" in',
         *cases,
         '  *) echo "workbench: no job for array task $SLURM_ARRAY_TASK_ID" >&2; exit 2 ;;',
         "esac",
         f'run_dir={runs}/"$id"',
-        'mkdir -p "$run_dir"',
-        'rm -f "$run_dir/exit.json" "$run_dir/failure"',
+        'mkdir -p "$run_dir/checkpoints"',
+        'rm -f "$run_dir/exit.json" "$run_dir/failure" "$run_dir/stop"',
         'exec >>"$run_dir/log" 2>&1',
+        "restarts=$((restarts + ${SLURM_RESTART_COUNT:-0}))",
         'export WORKBENCH_JOB_ID="$id" WORKBENCH_RUN_DIR="$run_dir"'
-        ' WORKBENCH_RECORDS="$run_dir/records.jsonl"',
+        ' WORKBENCH_RECORDS="$run_dir/records.jsonl"'
+        ' WORKBENCH_CHECKPOINT_DIR="$run_dir/checkpoints" WORKBENCH_RESTARTS="$restarts"'
+        ' WORKBENCH_STOP_FILE="$run_dir/stop"',
+        'if [ "$restarts" -gt 0 ] && [ "$marked" = 1 ]; then',
+        '  echo "[workbench] restart $restarts: the same run, resuming from its checkpoint'
+        ' folder $WORKBENCH_CHECKPOINT_DIR"',
+        "fi",
+        "child=",
+        "warned() {",
+        '  [ -e "$run_dir/stop" ] || echo "time limit reached soon (Slurm\'s warning);'
+        ' save and exit" >"$run_dir/stop"',
+        '  [ -n "$child" ] && kill -s "$stop_sig" "$child" 2>/dev/null',
+        "}",
+        "trap : TERM HUP USR1 USR2",
+        f"trap warned {warn}",
         'if ! cd -- "$cwd"; then',
         '  echo "[workbench] the working directory $cwd does not exist on $(hostname)"',
         '  echo "the working directory $cwd does not exist on $(hostname)" >"$run_dir/failure"',
         "  code=127",
         "else",
-        '  "${argv[@]}"',
-        "  code=$?",
+        '  "${argv[@]}" &',
+        "  child=$!",
+        '  while :; do wait "$child"; code=$?; kill -0 "$child" 2>/dev/null || break; done',
         "fi",
         'printf \'{"exit_code": %d, "signal": null, "ended_at": %s}\\n\' "$code" "$(date +%s)"'
         ' >"$run_dir/exit.json.tmp" && mv "$run_dir/exit.json.tmp" "$run_dir/exit.json"',
         'exit "$code"',
     ]
     return "\n".join(lines) + "\n"
+
+
+def script_job(job: Job, argv: list[str], cwd: str, restarts: int) -> ScriptJob:
+    """A job as the batch script runs it, with its stop protocol."""
+    policy = stopping.policy_for(job, 0.0)
+    marked = policy.checkpointable and job.kind == "command"
+    return ScriptJob(job.id, argv, cwd, policy.signal_name, restarts, marked)
+
+
+def slurm_limit(seconds: float) -> str:
+    """A time limit as Slurm enforces it (whole minutes, rounded up), in words."""
+    return format_duration(slurm_map.time_limit_minutes(seconds) * 60.0)
+
+
+def _limit_note(job: Job) -> str:
+    """For a submit reason: the time limit Slurm enforces where it is not the one asked for."""
+    if not job.time_limit:
+        return ""
+    enforced = slurm_map.time_limit_minutes(job.time_limit) * 60.0
+    if abs(enforced - job.time_limit) < 1e-6:
+        return ""
+    asked = format_duration(job.time_limit)
+    return f"; its time limit of {asked} is {slurm_limit(job.time_limit)} on Slurm (whole minutes)"
 
 
 # ---- the daemon side -----------------------------------------------------------------------
@@ -348,6 +418,7 @@ class SlurmExecutor:
         self.client = client or SlurmClient()
         self.squeue_calls = 0
         self._cancel_sent: set[str] = set()
+        self._stop_sent: dict[str, float] = {}  # Slurm id -> when its stop signal was sent
         self._error: str | None = None
 
     # ---- the Executor protocol -----------------------------------------------------------
@@ -361,7 +432,8 @@ class SlurmExecutor:
             submission_for(job, job.name, output, launch.cwd), comment=f"workbench {launch.token}"
         )
         launch.run_dir.mkdir(parents=True, exist_ok=True)
-        script = batch_script(self.home, [(job.id, list(launch.argv), launch.cwd)])
+        restarts = int(launch.env.get("WORKBENCH_RESTARTS") or 0)
+        script = batch_script(self.home, [script_job(job, list(launch.argv), launch.cwd, restarts)])
         env = dict(launch.env)
         if "SLURM_CONF" in os.environ:
             env["SLURM_CONF"] = os.environ["SLURM_CONF"]
@@ -512,6 +584,7 @@ class SlurmExecutor:
             key = (
                 job.group, job.gpus, job.gpu_mem, job.cpus, job.mem, job.time_limit,
                 job.priority, item.deps, json.dumps(job.env, sort_keys=True),
+                submission_for(job, "", "", ""),
             )  # fmt: skip
             arrays.setdefault(key, []).append(item)
         for items in arrays.values():
@@ -551,7 +624,10 @@ class SlurmExecutor:
         )
         script = batch_script(
             self.home,
-            [(j.id, job_argv(j, self.python), j.cwd or str(self.home.root)) for j in jobs],
+            [
+                script_job(j, job_argv(j, self.python), j.cwd or str(self.home.root), j.attempt - 1)
+                for j in jobs
+            ],
         )
         try:
             args = slurm_map.sbatch_args(sub, self.config.executor, self.client.cluster_info())
@@ -565,7 +641,7 @@ class SlurmExecutor:
         ids = [f"{slurm_id}_{i}" for i in range(len(jobs))] if array else [slurm_id]
         placement_db.set_slurm_id(self.store, [j.id for j in jobs], ids)
         for job, sid in zip(jobs, ids, strict=True):
-            self.store.set_reason(job.id, f"submitted to Slurm as job {sid}")
+            self.store.set_reason(job.id, f"submitted to Slurm as job {sid}{_limit_note(job)}")
 
     def _environment(self, job: Job) -> dict[str, str]:
         """sbatch's environment, which `--export=ALL` hands to the job: the environment
@@ -639,6 +715,28 @@ class SlurmExecutor:
                 print(f"workbench daemon: scontrol {what}: {error}", file=sys.stderr, flush=True)
         return True
 
+    def _stop(self, job: Job, slurm_id: str, seen: SlurmJob | None, why: str) -> None:
+        """Stop a job as its stop protocol says: a running one gets its stop file, then its stop
+        signal (`scancel --full --signal`: every process, the batch shell catches it), and
+        `scancel` (SIGTERM, then SIGKILL after the cluster's KillWait) once its kill grace is
+        over; one that has not started is cancelled at once."""
+        if slurm_id in self._cancel_sent:
+            return
+        if seen is None or slurm_map.view(seen).state != RUNNING:
+            self._scancel(slurm_id)
+            return
+        policy = stopping.policy_for(job, self.config.kill_grace_s)
+        sent = self._stop_sent.get(slurm_id)
+        if sent is None:
+            stopping.write_stop(self.home.run_dir(job.id), why)
+            try:
+                self.client.signal(slurm_id, policy.signal)
+            except SlurmError as error:
+                print(f"workbench daemon: scancel {slurm_id}: {error}", file=sys.stderr, flush=True)
+            self._stop_sent[slurm_id] = time.time()
+        elif time.time() >= sent + policy.grace_s:
+            self._scancel(slurm_id)
+
     def _scancel(self, slurm_id: str) -> None:
         if slurm_id in self._cancel_sent:
             return
@@ -663,13 +761,13 @@ class SlurmExecutor:
         if job.state in ENDED or job.state == BLOCKED:
             # Ended here first (cancelled while pending): make Slurm let go of it too.
             if seen is not None and seen.state in ACTIVE_SLURM_STATES:
-                self._scancel(place.slurm_id)
+                self._stop(job, place.slurm_id, seen, job.reason or "cancelled")
             else:
                 self._records(job, place.records_offset)
                 placement_db.close_slurm(self.store, job.id)
             return ""
         if job.intent == "cancel":
-            self._scancel(place.slurm_id)
+            self._stop(job, place.slurm_id, seen, "cancelled")
         if seen is None:
             self._settle_forgotten(job, place)
             return ""
@@ -698,7 +796,9 @@ class SlurmExecutor:
         if job.state == QUEUED and held:
             return "release"
         if job.state == QUEUED:
-            self.store.set_reason(job.id, f"{view.reason} (Slurm job {place.slurm_id})")
+            self.store.set_reason(
+                job.id, f"{view.reason} (Slurm job {place.slurm_id}){_limit_note(job)}"
+            )
         return ""
 
     def _settle(
@@ -728,7 +828,7 @@ class SlurmExecutor:
         else:
             reason = view.reason
             if seen.state == "TIMEOUT" and job.time_limit:
-                reason = f"time limit of {format_duration(job.time_limit)} exceeded (Slurm TIMEOUT)"
+                reason = f"time limit of {slurm_limit(job.time_limit)} exceeded (Slurm TIMEOUT)"
             if failure:
                 reason = f"{reason}: {failure}"
             if problem:

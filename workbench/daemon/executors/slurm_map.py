@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,14 @@ class Submission:
     array_cap: int | None = None
     comment: str = ""
     mig_profile: str | None = None  # one MIG instance of this profile (not mappable to sbatch)
+    warn_before_s: float | None = None  # the batch shell is sent WARN_SIGNAL this long before
+    requeue: bool = False  # checkpointable: Slurm may requeue it (preemption, node failure)
+
+
+# What Slurm sends the batch shell before the time limit (`--signal=B:...`); the batch script
+# turns it into the job's own stop signal. SIGURG: no one else sends it, and its default is to
+# be ignored, so it can never be mistaken for a stop nor kill anything.
+WARN_SIGNAL = signal.SIGURG
 
 
 DEPENDENCY_TYPES = {"ok": "afterok", "any": "afterany", "fail": "afternotok"}
@@ -118,6 +127,10 @@ def sbatch_args(sub: Submission, settings: ExecutorConfig, cluster: ClusterInfo)
         args.append(f"--mem={mem_mebibytes(sub.mem)}M")
     if sub.time_limit is not None:
         args.append(f"--time={time_limit_minutes(sub.time_limit)}")
+        if sub.warn_before_s:  # Slurm may send it up to 60 s early (its resolution)
+            args.append(f"--signal=B:{int(WARN_SIGNAL)}@{math.ceil(sub.warn_before_s)}")
+    if sub.requeue:
+        args.append("--requeue")
     if nice:
         args.append(f"--nice={nice}")
     if sub.deps:
