@@ -263,6 +263,7 @@ def test_submissions_from_another_uid_are_refused(daemon: Home) -> None:
     os.chmod(daemon.intake_socket, 0o666)  # and write to it: the daemon must still refuse
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert out.stdout.strip() == "no answer", out.stderr
+    os.chmod(daemon.intake_socket, 0o600)  # a socket others can write is refused by clients
     client = Client(daemon, start_daemon=False)
     try:
         assert client.store.list_jobs() == []

@@ -54,6 +54,7 @@ from workbench.present import (
 from workbench.queue import argtypes as checked
 from workbench.queue import submission
 from workbench.queue.spec import SpecError
+from workbench.trust import UntrustedHome
 from workbench.units import format_duration
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DAEMON = 0, 1, 2, 3
@@ -823,7 +824,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as error:
         print(f"workbench: {error}", file=sys.stderr)
         return EXIT_DAEMON
-    except DaemonUnavailable as error:
+    except (DaemonUnavailable, UntrustedHome) as error:
         print(f"workbench: {error}", file=sys.stderr)
         return EXIT_DAEMON
     except KeyboardInterrupt as error:

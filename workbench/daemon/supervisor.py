@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 
 import psutil
 
+from workbench import safefs
 from workbench.config import Config, group_quotas, load_config
 from workbench.daemon import runner
 from workbench.daemon.executors import Ended, Executor, Handle, Launch, LaunchError
@@ -131,7 +132,7 @@ class Daemon:
     # ---- start-up ----------------------------------------------------------------------
 
     def _take_lock(self) -> None:
-        self._lock_fd = os.open(self.home.lock, os.O_RDWR | os.O_CREAT, 0o600)
+        self._lock_fd = safefs.open_file(self.home.lock, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -1043,8 +1044,8 @@ def wants_of(batch: list[db.QueuedJob], not_preemptible: Iterable[str]) -> list[
 
 def serve(home: Home) -> int:
     """`workbench daemon run`: the supervisor in the foreground."""
-    home.ensure()
     try:
+        home.ensure()
         daemon = Daemon(home, load_config(home.config))
         daemon.run()
     except Exception as error:  # the client that started us reads this from daemon.log
