@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import stop_daemon, wait_for, workbench
 
-from tests.conftest import stop_daemon, wait_for, workbench
 from workbench.paths import Home
 from workbench.trust import UntrustedHome, check_home, check_socket
 

@@ -134,6 +134,25 @@ def make_dir(path: Path, mode: int = 0o700) -> None:
         os.close(dir_fd)
 
 
+def remove_links(folder: Path) -> int:
+    """Remove every symbolic link directly inside `folder` (what they point to stays); returns
+    how many. Raises OSError when `folder` cannot be opened (or is itself a link)."""
+    dir_fd = open_dir(folder)
+    removed = 0
+    try:
+        with os.scandir(dir_fd) as entries:
+            links = [entry.name for entry in entries if entry.is_symlink()]
+        for name in links:
+            try:
+                os.unlink(name, dir_fd=dir_fd)
+                removed += 1
+            except FileNotFoundError:
+                pass
+    finally:
+        os.close(dir_fd)
+    return removed
+
+
 def remove_tree(path: Path) -> None:
     """Remove `path` and, when it is a real folder, everything below it, following no link: a
     link is removed itself (what it points to stays), and below a folder `shutil.rmtree`'s

@@ -114,6 +114,10 @@ class Client:
     def control(self, job_id: int, action: str) -> str:
         """cancel / pause / resume / retry / rm; returns what happened."""
         result = self.store.request(job_id, action)
+        if action == "rm":  # its output and records go with it (links are removed, not followed)
+            from workbench.queue.retention import remove_run_dir
+
+            remove_run_dir(self.home, job_id)
         self.nudge()
         return result
 

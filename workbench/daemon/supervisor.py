@@ -33,7 +33,7 @@ from workbench.jobmodel.states import LIVE, Event, JobState
 from workbench.paths import Home
 from workbench.queue import scheduler
 from workbench.queue.kinds import job_argv
-from workbench.queue.retention import prune_ended
+from workbench.queue.retention import prune_ended, sweep_orphans
 from workbench.queue.spec import SpecError
 from workbench.telemetry.gpu import Gpus, gpu_slots, job_gpu_memory
 from workbench.telemetry.sampler import Sampler
@@ -187,12 +187,24 @@ class Daemon:
         self.selector.register(read_fd, selectors.EVENT_READ, ("signal", None))
         self._sample()
         self._adopt()
+        self._sweep_orphans()
         self.intake = Intake(self.home, self.store, self.log)
         intake_sock = self.intake.bind()
         if intake_sock is not None:
             self.selector.register(intake_sock, selectors.EVENT_READ, ("intake", None))
         self.log(f"started (pid {os.getpid()}); {self.executor.describe()}")
         self._announce_ready()
+
+    def _sweep_orphans(self) -> None:
+        """What a killed `rm` or ingest left: run folders of removed jobs, lake staging folders
+        of writers that died (`retention.sweep_orphans`)."""
+        try:
+            runs, staging = sweep_orphans(self.store, self.home)
+        except _WRITE_ERRORS as error:
+            self.log(f"could not remove orphaned folders ({error})")
+            return
+        if runs or staging:
+            self.log(f"removed {runs} orphaned run folder(s), {staging} lake staging folder(s)")
 
     def _config_file_stamp(self) -> tuple[int, int, int] | None:
         try:

@@ -345,6 +345,7 @@ def _prepare(launch: Launch, cgroup_dir: Path | None) -> Path | None:
     """In the wrapper, before it records itself: the run folder without an earlier attempt's
     records, and the job's cgroup (None if it cannot be made)."""
     safefs.make_dir(launch.run_dir)  # a link in its place is removed, never written through
+    safefs.remove_links(launch.run_dir)  # and so are links planted inside it (`log` -> elsewhere)
     for stale in (runner.EXIT_FILE, runner.FAILURE_FILE, CANCEL_FILE):
         safefs.unlink(launch.run_dir / stale)
     if cgroup_dir is not None:
