@@ -193,3 +193,36 @@ def test_a_rm_killed_right_after_its_commit_leaves_no_secret_in_the_backup(home:
     assert SECRET.encode() in backup.read_bytes()  # the daemon's start backed it up
     assert workbench("rm", "2").returncode == 0
     assert backup.exists() and SECRET.encode() not in backup.read_bytes()
+
+
+def test_a_fifo_named_config_toml_hangs_nothing_also_after_it_is_removed(
+    home: Home, tmp_path: Path
+) -> None:
+    """Config files are opened non-blocking and refused unless regular: the daemon at start
+    and on re-reading, submits (quick and full), and `ls` answer at once naming the file."""
+    os.mkfifo(home.config, 0o600)
+    started = time.monotonic()
+    refused = workbench("daemon", "start", timeout=30)
+    assert refused.returncode == 3, refused.stderr
+    assert f"{home.config}: not a regular file" in refused.stderr
+    for env in (None, {"WORKBENCH_NO_INTAKE": "1"}):
+        submitted = workbench("submit", "--", "true", env=env, timeout=30)
+        assert submitted.returncode == 2, submitted.stderr
+        assert "config.toml: not a regular file" in submitted.stderr
+    assert time.monotonic() - started < 25
+    home.config.unlink()
+    assert workbench("submit", "--wait", "--", "true", timeout=30).returncode == 0
+    # One made while the daemon runs: it keeps its settings and keeps answering.
+    os.mkfifo(home.config, 0o600)
+    wait_for(
+        lambda: (
+            "config.toml changed but cannot be used" in home.daemon_log.read_text()
+            or workbench("submit", "--", "true", timeout=30).returncode == 2
+        ),
+        what="the FIFO to be noticed",
+    )
+    quick = workbench("submit", "--", "true", timeout=30)
+    assert quick.returncode == 2 and "not a regular file" in quick.stderr
+    home.config.unlink()
+    assert workbench("submit", "--wait", "--", "true", timeout=30).returncode == 0
+    assert "Traceback" not in home.daemon_log.read_text()

@@ -555,9 +555,9 @@ def parse_settings(data: dict[str, Any], where: str) -> LakeSettings:
 
 def settings(home: Home) -> LakeSettings:
     """The home's LakeSettings (defaults when config.toml is missing)."""
-    if not home.config.exists():
+    if not os.path.lexists(home.config):
         return LakeSettings()
-    data = read_toml(home.config)  # UserFileError (a ValueError) names the file
+    data = read_toml(home.config, regular_only=True)  # UserFileError (a ValueError) names it
     return parse_settings(data, str(home.config))
 
 

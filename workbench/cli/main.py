@@ -102,7 +102,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     else:
         print(job_id)
     if args.wait:
-        return _wait_exit(client.wait([job_id]), quiet=args.json)
+        return _wait_exit(client.wait([job_id]), [job_id], quiet=args.json)
     return EXIT_OK
 
 
@@ -114,7 +114,7 @@ def print_job_json(job_id: int) -> None:
 def wait_submitted(job_id: int, quiet: bool) -> int:
     """`submit --wait` after the daemon took the submission (`workbench.cli.entry`): wait for
     the job; exit 0 iff it succeeded."""
-    return _wait_exit(_client().wait([job_id]), quiet=quiet)
+    return _wait_exit(_client().wait([job_id]), [job_id], quiet=quiet)
 
 
 # ---- listing ------------------------------------------------------------------------------
@@ -416,12 +416,19 @@ def cmd_priority(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _wait_exit(jobs: list[Job], quiet: bool = False) -> int:
+def _wait_exit(jobs: list[Job], ids: Sequence[int], quiet: bool = False) -> int:
+    """The exit code of waiting for `ids` (`jobs`: their rows at the end): 0 iff every one
+    succeeded. A job removed while waited on has no row: it did not succeed (a script doing
+    `wait && deploy` must not deploy), and is named on stderr even with --json."""
     bad = [j for j in jobs if j.state != SUCCEEDED]
     if not quiet:
         for job in bad:
             print(f"job {job.id} {job.state}: {job.reason or ''}".rstrip(": "), file=sys.stderr)
-    return EXIT_FAILED if bad else EXIT_OK
+    found = {j.id for j in jobs}
+    removed = [i for i in dict.fromkeys(ids) if i not in found]
+    for job_id in removed:
+        print(f"job {job_id} was removed before it ended", file=sys.stderr)
+    return EXIT_FAILED if bad or removed else EXIT_OK
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
@@ -439,7 +446,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if args.json:
         _print_json([job_json(j) for j in jobs])
-    return _wait_exit(jobs, quiet=args.json)
+    return _wait_exit(jobs, args.ids, quiet=args.json)
 
 
 # ---- daemon and groups --------------------------------------------------------------------
