@@ -32,6 +32,14 @@ from _results import table, write_section  # noqa: E402
 
 NOBODY = 65534
 SECRET = "AKIA-BENCH-SECRET-0123456789"
+# With --before DIR: PYTHONPATH for every process started, so that they run another checkout's
+# `workbench` (the code before this round); they run from a folder outside the checkout.
+EXTRA_ENV: dict[str, str] = {}
+CWD = "/tmp"
+
+
+def _env(root: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {**os.environ, **EXTRA_ENV, "WORKBENCH_HOME": str(root), **(extra or {})}
 
 
 class Trial:
@@ -53,7 +61,8 @@ class Trial:
             capture_output=True,
             text=True,
             timeout=timeout,
-            env={**os.environ, "WORKBENCH_HOME": str(self.root), **(env or {})},
+            env=_env(self.root, env),
+            cwd=CWD,
         )
         self.outputs += [done.stdout, done.stderr]
         return done
@@ -263,7 +272,8 @@ def wait_removed(t: Trial) -> bool:
     held = t.wb("submit", "--paused", "--", "true").stdout.strip()
     waiter = subprocess.Popen(
         [sys.executable, "-m", "workbench", "wait", held],
-        env={**os.environ, "WORKBENCH_HOME": str(t.root)},
+        env=_env(t.root),
+        cwd=CWD,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -294,7 +304,12 @@ def long_pipelines(t: Trial) -> bool:
             "except SpecError as e:\n    print('refused', 'cycle' in str(e))\n"
         )
         done = subprocess.run(
-            [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
+            [sys.executable, "-c", probe],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=_env(t.root),
+            cwd=CWD,
         )
         t.outputs += [done.stdout, done.stderr]
         ok = ok and done.stdout.strip() == ("refused True" if cycle else "True")
@@ -347,7 +362,9 @@ def killed_rm(t: Trial) -> bool:
         "Store.purge_removed = lambda self, ids, **kw: os._exit(9)\n"
         f"Store.open(Path({str(t.root / 'state.db')!r})).request(1, 'rm')\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=_env(t.root), cwd=CWD
+    )
     t.outputs.append(done.stderr)
     return had and (not backup.exists() or SECRET.encode() not in backup.read_bytes())
 
@@ -374,52 +391,80 @@ ATTACKS: list[tuple[str, Callable[[Trial], bool], bool]] = [
 ]
 
 
+def run_attack(attack: Callable[[Trial], bool], repeat: int) -> list[int]:
+    """[worked, jobs lost, run twice, processes left, tracebacks] over `repeat` attempts."""
+    counts = [0, 0, 0, 0, 0]
+    for _ in range(repeat):
+        trial = Trial()
+        try:
+            if not attack(trial):
+                counts[0] += 1
+        except Exception as error:  # an attack that broke the harness counts as worked
+            trial.outputs.append(f"{type(error).__name__}: {error}")
+            counts[0] += 1
+        finally:
+            counts[4] += trial.tracebacks()
+            trial.count_jobs()
+            counts[1] += trial.lost
+            counts[2] += trial.twice
+            counts[3] += trial.close()
+    return counts
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tiny", action="store_true", help="each attack once, results not written")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--before",
+        metavar="DIR",
+        help="also run each attack once with PYTHONPATH=DIR (a checkout of the code before)",
+    )
     args = parser.parse_args()
     repeat = 1 if args.tiny else args.repeat
     rows = []
-    worked_total = 0
+    bad_total = 0
     for name, attack, needs_root in ATTACKS:
         if needs_root and os.geteuid() != 0:
             rows.append([name, "skipped (needs root)", "-", "-", "-", "-", "-"])
             continue
-        worked = lost = twice = left = tracebacks = 0
-        for _ in range(repeat):
-            trial = Trial()
+        counts = run_attack(attack, repeat)
+        bad_total += sum(counts)
+        row = [name, str(repeat), *map(str, counts)]
+        if args.before:
+            EXTRA_ENV["PYTHONPATH"] = str(Path(args.before).resolve())
             try:
-                if not attack(trial):
-                    worked += 1
-            except Exception as error:  # an attack that broke the harness counts as worked
-                trial.outputs.append(f"{type(error).__name__}: {error}")
-                worked += 1
+                before = run_attack(attack, 1)
             finally:
-                tracebacks += trial.tracebacks()
-                trial.count_jobs()
-                lost += trial.lost
-                twice += trial.twice
-                left += trial.close()
-        worked_total += worked + tracebacks + left + lost + twice
-        rows.append(
-            [name, str(repeat), str(worked), str(lost), str(twice), str(left), str(tracebacks)]
-        )
-    body = table(
-        ["attack", "attempts", "worked", "jobs lost", "run twice", "processes left", "tracebacks"],
-        rows,
-    )
+                EXTRA_ENV.clear()
+            row.append(f"worked {before[0]}/1, lost {before[1]}, tracebacks {before[4]}")
+        rows.append(row)
+    headers = ["attack", "attempts", "worked", "jobs lost", "run twice", "processes left"]
+    headers.append("tracebacks")
+    if args.before:
+        headers.append("before this round (1 attempt)")
+    body = table(headers, rows)
     body += (
         "\n\nEach attempt in a fresh home inside a shared 1777 folder, through the real CLI and"
         ' daemon; "worked" counts attempts whose outcome was wrong (exit code, message, a file'
         " written through a link, a datagram received by the planted daemon). Another user is"
-        f" uid {NOBODY}. The machine was shared with other developers and loaded (load average"
+        f" uid {NOBODY}."
+        + (
+            " The last column ran the same attacks against the code before this round (its"
+            " checkout on PYTHONPATH)."
+            if args.before
+            else ""
+        )
+        + " The machine was shared with other developers and loaded (load average"
         f" {os.getloadavg()[0]:.1f} at the end)."
     )
     print(body)
     if not args.tiny:
-        write_section("attacks on a home", f"python bench/attacks.py --repeat {repeat}", body)
-    return 1 if worked_total else 0
+        command = f"python bench/attacks.py --repeat {repeat}"
+        if args.before:
+            command += " --before CHECKOUT"
+        write_section("attacks on a home", command, body)
+    return 1 if bad_total else 0
 
 
 if __name__ == "__main__":

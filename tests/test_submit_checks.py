@@ -71,6 +71,18 @@ def test_a_spec_file_that_exec_cannot_carry_is_refused(
     _no_jobs(home)
 
 
+@pytest.mark.parametrize("path", ["quick", "full"])
+def test_an_ingest_source_with_a_nul_is_refused(home: Home, tmp_path: Path, path: str) -> None:
+    spec = tmp_path / "ingest.toml"
+    spec.write_text('kind = "ingest"\nsource = ["a.csv", "b\\u0000.csv"]\ndataset = "d"\n')
+    if path == "quick":
+        assert workbench("daemon", "start").returncode == 0
+        wait_for(home.intake_socket.exists, what="the intake socket")
+    result = workbench("submit", "--spec", str(spec), env=FULL if path == "full" else None)
+    _refused(result, f"{spec}: key 'source'[1]: contains a NUL byte")
+    _no_jobs(home)
+
+
 @pytest.mark.parametrize(("what", "keys", "message"), BAD, ids=IDS)
 def test_a_pipeline_stage_that_exec_cannot_carry_is_refused(
     home: Home, tmp_path: Path, what: str, keys: str, message: str

@@ -227,8 +227,8 @@ def _print_reply(reply: dict[str, Any], words: list[str], home: Home) -> int:
     if reply.get("ensure_home") or job_id is not None:
         try:  # where the full CLI opens its home: the warning if others can read it
             home.ensure()
-        except OSError:
-            pass
+        except (OSError, UntrustedHome):
+            pass  # checked before sending; a change since is the next command's to report
     if reply.get("lost_reply") and job_id is not None:
         reply = {**reply, **_submit_flags(words), "stdout": f"{job_id}\n"}
         if reply["json"]:

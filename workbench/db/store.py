@@ -521,7 +521,7 @@ class Store:
         """A consistent copy of the state file (SQLite's online backup), written atomically."""
         tmp = target.with_name(target.name + ".tmp")
         # Private from the first byte (it holds job environments), whatever the umask.
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600))
         os.chmod(tmp, 0o600)
         dest = sqlite3.connect(tmp)
         with dest:
