@@ -191,7 +191,9 @@ def test_deleted_working_directory_fails_the_job_naming_it(client: Client, home:
 
 def _tmpfs(path: Path, size: str) -> bool:
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        # mode 0700: a tmpfs root is 1777 by default, and a home others can write is refused
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+        capture_output=True,
     )
     return done.returncode == 0
 
