@@ -109,6 +109,8 @@ def test_a_home_planted_by_another_user_gets_nothing_from_submit(shared: Path) -
         workbench("ls", env=env),
         workbench("daemon", "start", env=env),
         workbench("daemon", "run", env=env),
+        workbench("daemon", "status", env=env),
+        workbench("daemon", "stop", env=env),  # would SIGTERM whatever pid the lock names
     ]
     assert fake.received() == 0
     for result in results:

@@ -54,7 +54,7 @@ from workbench.present import (
 from workbench.queue import argtypes as checked
 from workbench.queue import submission
 from workbench.queue.spec import SpecError
-from workbench.trust import UntrustedHome
+from workbench.trust import UntrustedHome, check_home
 from workbench.units import format_duration
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DAEMON = 0, 1, 2, 3
@@ -456,6 +456,8 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     from workbench.daemon.link import lock_holder, wake
 
     home = Home.current()
+    # A lock planted by another user names any pid: `stop` would signal it, `status` report it.
+    check_home(home.root)
     if args.action == "run":
         from workbench.daemon.supervisor import serve
 
