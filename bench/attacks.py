@@ -74,24 +74,21 @@ class Trial:
 
     def count_jobs(self) -> None:
         """Jobs of this home settled as lost (`lost: ...` reasons) or started more than once."""
-        import sqlite3
+        from workbench.db.store import Store, StoreError
 
         db = self.root / "state.db"
         if not db.is_file() or db.stat().st_uid != os.geteuid():
             return
         try:
-            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-            try:
-                self.lost += conn.execute(
-                    "SELECT count(*) FROM jobs WHERE reason LIKE 'lost%'"
-                ).fetchone()[0]
-                self.twice += conn.execute(
-                    "SELECT count(*) FROM jobs WHERE attempt > 1"
-                ).fetchone()[0]
-            finally:
-                conn.close()
-        except sqlite3.Error:
-            pass
+            store = Store.open(db, check=False)
+        except StoreError:
+            return
+        try:
+            jobs = store.list_jobs()
+        finally:
+            store.close()
+        self.lost += sum(1 for job in jobs if (job.reason or "").startswith("lost"))
+        self.twice += sum(1 for job in jobs if job.attempt > 1)
 
     def close(self) -> int:
         """Stop the home's daemon and jobs; returns how many processes were left to kill."""
