@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import stat
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ import pytest
 from conftest import stop_daemon, wait_for, workbench
 
 from workbench.paths import Home
-from workbench.trust import UntrustedHome, check_home, check_socket
+from workbench.trust import UntrustedHome, check_daemon_process, check_home, check_socket
 
 NOBODY = 65534
 SECRET = "AKIAFAKESECRET0123456789"
@@ -216,6 +217,15 @@ def test_check_socket_refuses_another_users_socket_and_a_reply_from_one_is_dropp
             check_home(shared / "attacker")
     finally:
         assert fake.received() == 0
+    check_daemon_process(shared, os.getpid())  # ours: passes
+    check_daemon_process(shared, 2**22 + 12345)  # gone: passes (nothing listens)
+    nobody = subprocess.Popen(["sleep", "30"], user=NOBODY)
+    try:
+        with pytest.raises(UntrustedHome, match=f"pid {nobody.pid}\\) runs as uid {NOBODY}"):
+            check_daemon_process(shared, nobody.pid)
+    finally:
+        nobody.kill()
+        nobody.wait()
     mine = shared / "mine.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(str(mine))

@@ -127,3 +127,20 @@ def check_socket(root: Path, path: Path) -> None:
     check_entry(root, path, info, os.geteuid())
     if not stat.S_ISSOCK(info.st_mode):
         raise _refuse(root, path, "is not a socket", f"remove it (rm {path})")
+
+
+def check_daemon_process(root: Path, pid: int) -> None:
+    """Raise UntrustedHome unless process `pid` (the daemon that `daemon.lock` names) runs as
+    this user: `/proc/PID` belongs to the process's effective uid. With `check_socket`, what a
+    client checks before it sends: the socket's file and the process holding the lock are ours.
+    A pid that is gone passes (the send finds nobody, and the client submits by itself)."""
+    try:
+        owner = os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return
+    if owner != os.geteuid():
+        raise UntrustedHome(
+            f"WORKBENCH_HOME {root}: the daemon its daemon.lock names (pid {pid}) runs as"
+            f" {_owner(owner)}, not as you (uid {os.geteuid()}); nothing was sent to it."
+            " Set WORKBENCH_HOME to a folder of your own (mkdir -m 700 FOLDER)"
+        )

@@ -13,7 +13,7 @@ import sys
 
 from workbench.daemon.link import INTAKE_VERSION, MAX_SUBMISSION_BYTES, lock_holder
 from workbench.paths import USER_UMASK_ENV, Home
-from workbench.trust import UntrustedHome, check_home, check_socket
+from workbench.trust import UntrustedHome, check_daemon_process, check_home, check_socket
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
@@ -120,6 +120,7 @@ def quick_submit(words: list[str]) -> int | None:
             # Right before sending: the socket's file is made by whoever bound it, so one
             # owned by us was bound by us (a datagram socket has no SO_PEERCRED to ask).
             check_socket(home.root, home.intake_socket)
+            check_daemon_process(home.root, daemon)
             sock.sendto(data, str(home.intake_socket))
         except UntrustedHome as error:
             _write(sys.stderr, f"workbench: {error}\n")
