@@ -6,11 +6,13 @@ removed job's secret is never left in the state backup."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import stop_daemon, wait_for, workbench
 
 from workbench import safefs
@@ -226,3 +228,44 @@ def test_a_fifo_named_config_toml_hangs_nothing_also_after_it_is_removed(
     home.config.unlink()
     assert workbench("submit", "--wait", "--", "true", timeout=30).returncode == 0
     assert "Traceback" not in home.daemon_log.read_text()
+
+
+def test_a_kill_9_of_an_ingest_leaves_a_staging_folder_that_prune_removes(
+    client: Client, home: Home, tmp_path: Path
+) -> None:
+    """The real fault: an ingest job killed with SIGKILL while it writes its version leaves
+    `lake/<name>/.tmp-j<id>-*`; once the job has ended, prune removes it (and so would the
+    next daemon start)."""
+    import duckdb
+
+    from workbench.daemon.executors.containment import pids_with_token, signal_each
+    from workbench.queue.requests import build_request
+
+    big = tmp_path / "big.csv"
+    try:
+        duckdb.connect().execute(
+            "COPY (SELECT range AS id, md5(range::VARCHAR) AS h FROM range(1500000))"
+            f" TO '{big}' (HEADER)"
+        )
+        request = build_request(
+            {"kind": "ingest", "source": [str(big)], "dataset": "big"}, tmp_path, "test"
+        )
+        job_id = client.submit(request)
+        staging = home.lake / "big"
+        found = wait_for(
+            lambda: list(staging.glob(f".tmp-j{job_id}-*")) if staging.is_dir() else [],
+            timeout=60,
+            interval=0.005,
+            what="the ingest's staging folder",
+        )
+        token = client.store.get(job_id).launch_token
+        assert token
+        signal_each(list(pids_with_token(token)), signal.SIGKILL)
+        wait_for(lambda: client.store.get(job_id).state in ("failed", "succeeded"), what="end")
+        if client.store.get(job_id).state == "succeeded":
+            pytest.skip("the ingest finished before it could be killed")
+        assert any(p.exists() for p in found)  # left behind by the killed writer
+        assert workbench("prune", "--older-than", "1d").returncode == 0
+        assert not list(staging.glob(".tmp-*"))
+    finally:
+        big.unlink(missing_ok=True)
