@@ -278,3 +278,25 @@ def test_the_daemon_refuses_to_start_in_a_home_that_became_open(home: Home) -> N
     os.chmod(home.root, 0o700)
     assert workbench("daemon", "start").returncode == 0
     wait_for(lambda: (home.root / "intake.sock").exists(), what="the intake socket")
+
+
+def test_group_write_is_refused_unless_the_group_is_the_users_private_one(shared: Path) -> None:
+    """With a umask of 002 (Debian, Ubuntu) a user's own files are group-writable by their
+    private group (named as the user, no other member): accepted, as Debian's ssh does; a
+    group that others belong to is refused."""
+    import grp
+    import pwd
+
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    group = grp.getgrgid(os.getegid())
+    if group.gr_name != user or any(member != user for member in group.gr_mem):
+        pytest.skip("this user's primary group is not a private one")
+    home = shared / "home"
+    home.mkdir(mode=0o700)
+    config = home / "config.toml"
+    config.write_text("")
+    os.chmod(config, 0o664)
+    check_home(home)  # the private group may write: accepted
+    os.chown(config, os.geteuid(), NOBODY)  # a group of other users
+    with pytest.raises(UntrustedHome, match=r"config\.toml can be written by other users"):
+        check_home(home)

@@ -3,9 +3,10 @@ another user owns or can change, before they read, write or send anything there.
 
 The rule (as ssh's StrictModes for ~/.ssh): the home folder, and every entry at its top level
 (`state.db`, `daemon.lock`, `daemon.sock`, `intake.sock`, `runs/`, `lake/`, `config.toml`...),
-is owned by this user, is not a symbolic link, and is writable by no one else; every folder
-above the home is owned by this user or root and, where others can write it, has the sticky
-bit (as /tmp: nobody else may rename or replace what is ours inside it). Below the top level
+is owned by this user, is not a symbolic link, and is writable by no one else (the user's
+private group aside: see `_private_group_write`); every folder above the home is owned by this
+user or root and, where others can write it, has the sticky bit (as /tmp: nobody else may
+rename or replace what is ours inside it). Below the top level
 nothing else can be planted then (the folders are ours and closed to others); what is opened
 there goes through `workbench.safefs`, which follows no links. Standard library only: the
 quick submit path runs this before it sends a byte."""
@@ -41,6 +42,31 @@ def _refuse(root: Path, path: Path, problem: str, fix: str) -> UntrustedHome:
     )
 
 
+_private_groups: dict[int, bool] = {}
+
+
+def _private_group_write(info: os.stat_result, uid: int) -> bool:
+    """Whether `info`'s only write bit for anyone else is its group's, and that group is this
+    user's private group (named as the user, no other member: the default with a umask of 002
+    on Debian and Ubuntu, where a file the user writes is group-writable). As Debian's ssh
+    accepts for ~/.ssh."""
+    if info.st_mode & stat.S_IWOTH or info.st_gid != os.getegid():
+        return False
+    if info.st_gid not in _private_groups:
+        try:
+            import grp  # C modules: only on this path
+            import pwd
+
+            user = pwd.getpwuid(uid).pw_name
+            group = grp.getgrgid(info.st_gid)
+            _private_groups[info.st_gid] = group.gr_name == user and all(
+                member == user for member in group.gr_mem
+            )
+        except (ImportError, KeyError):
+            _private_groups[info.st_gid] = False
+    return _private_groups[info.st_gid]
+
+
 def check_entry(root: Path, path: Path, info: os.stat_result, uid: int) -> None:
     """Raise UntrustedHome unless `path` (`info`: its lstat) is ours, no link, and writable by
     no one else."""
@@ -60,7 +86,7 @@ def check_entry(root: Path, path: Path, info: os.stat_result, uid: int) -> None:
             if path != root
             else "set WORKBENCH_HOME to a folder of your own (mkdir -m 700 FOLDER)",
         )
-    if info.st_mode & _OTHERS_WRITE:
+    if info.st_mode & _OTHERS_WRITE and not _private_group_write(info, uid):
         mode = f"{stat.S_IMODE(info.st_mode):o}"
         raise _refuse(
             root,
@@ -92,7 +118,11 @@ def check_home(root: Path) -> None:
                 f" {_owner(info.st_uid)}, who could replace the home; set WORKBENCH_HOME to a"
                 " folder inside one only you (or root) own"
             )
-        if info.st_mode & _OTHERS_WRITE and not info.st_mode & stat.S_ISVTX:
+        if (
+            info.st_mode & _OTHERS_WRITE
+            and not info.st_mode & stat.S_ISVTX
+            and not (info.st_uid == uid and _private_group_write(info, uid))
+        ):
             raise UntrustedHome(
                 f"WORKBENCH_HOME {root}: the folder {folder} above it can be written by other"
                 f" users (mode {stat.S_IMODE(info.st_mode):o}) and is not sticky, so the home"
