@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import TypeVar
 
+from workbench import safefs
 from workbench.daemon.runner import FAILURE_FILE
 from workbench.db.journal import RecordingStore
 from workbench.db.store import Job, Store
@@ -87,7 +88,7 @@ class JobContext:
     @property
     def checkpoint_dir(self) -> Path:
         path = self.run_dir / "checkpoints"
-        path.mkdir(exist_ok=True)
+        safefs.make_dir(path)  # a link planted in its place is removed, not followed
         return path
 
     # ---- control -----------------------------------------------------------------------
@@ -132,5 +133,5 @@ class JobContext:
 
     def fail(self, message: str) -> None:
         """Record why the job failed (the daemon shows it as the job's reason)."""
-        (self.run_dir / FAILURE_FILE).write_text(message)
+        safefs.write_bytes(self.run_dir / FAILURE_FILE, message.encode(errors="replace"))
         print(f"error: {message}", file=sys.stderr, flush=True)

@@ -68,15 +68,20 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Home]:
     monkeypatch.delenv("WORKBENCH_FAKE_NVML", raising=False)
     the_home = Home(root).ensure()
     yield the_home
-    stop_daemon(the_home)
-    kill_leftover_jobs(the_home)
+    remove_home(the_home)
+
+
+def remove_home(home: Home) -> None:
+    """Undo a test's home: stop its daemon and leftover jobs, remove its cgroup scope and
+    delete the folder (every fixture that makes a home ends with this)."""
     import shutil
 
     from workbench.daemon.executors.containment import home_scope, remove_scope
 
-    remove_scope(home_scope(root))  # a daemon the test killed with SIGKILL left it
-
-    shutil.rmtree(root, ignore_errors=True)
+    stop_daemon(home)
+    kill_leftover_jobs(home)
+    remove_scope(home_scope(home.root))  # a daemon the test killed with SIGKILL left it
+    shutil.rmtree(home.root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -102,11 +102,12 @@ def test_an_oserror_about_another_path_is_not_hidden(home: Home) -> None:
 # ---- 3. private state files in a shared home ---------------------------------------------
 
 
-def test_a_shared_home_gets_only_private_files_and_jobs_keep_the_users_umask(
+def test_a_home_others_can_read_gets_only_private_files_and_jobs_keep_the_users_umask(
     tmp_path: Path,
 ) -> None:
+    """(A home others can write is refused: tests/test_home_trust.py.)"""
     root = Path(tempfile.mkdtemp(prefix="wb-", dir="/tmp"))
-    os.chmod(root, 0o1777)
+    os.chmod(root, 0o755)
     work = tmp_path / "work"
     work.mkdir()
     env = {"WORKBENCH_HOME": str(root)}
@@ -125,7 +126,7 @@ def test_a_shared_home_gets_only_private_files_and_jobs_keep_the_users_umask(
         os.umask(previous)
         stop_daemon(Home(root))
     try:
-        assert stat.S_IMODE(root.stat().st_mode) == 0o1777  # the shared folder keeps its mode
+        assert stat.S_IMODE(root.stat().st_mode) == 0o755  # the folder keeps its mode
         created = [p for p in root.rglob("*")]
         assert any(p.name == "exit.json" for p in created)
         leaked = [

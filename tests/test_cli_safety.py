@@ -117,7 +117,7 @@ def test_submit_checks_cwd(home: Home, tmp_path: Path) -> None:
 def test_home_is_created_private_and_an_existing_mode_is_kept(tmp_path: Path) -> None:
     fresh = Path(tempfile.mkdtemp(prefix="wb-", dir="/tmp")) / "new-home"
     shared = Path(tempfile.mkdtemp(prefix="wb-", dir="/tmp"))
-    os.chmod(shared, 0o1777)
+    os.chmod(shared, 0o755)
     try:
         created = workbench("ls", env={"WORKBENCH_HOME": str(fresh)})
         assert created.returncode == 0, created.stderr
@@ -125,8 +125,12 @@ def test_home_is_created_private_and_an_existing_mode_is_kept(tmp_path: Path) ->
         assert "readable by other users" not in created.stderr
         listed = workbench("ls", env={"WORKBENCH_HOME": str(shared)})
         assert listed.returncode == 0, listed.stderr
+        assert stat.S_IMODE(shared.stat().st_mode) == 0o755
+        assert "readable by other users (mode 755)" in listed.stderr
+        os.chmod(shared, 0o1777)  # others could plant files in it: refused, its mode kept
+        refused = workbench("ls", env={"WORKBENCH_HOME": str(shared)})
+        assert refused.returncode == 3 and "can be written by other users" in refused.stderr
         assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
-        assert "readable by other users (mode 1777)" in listed.stderr
     finally:
         import shutil
 

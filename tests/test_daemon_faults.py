@@ -191,7 +191,9 @@ def test_deleted_working_directory_fails_the_job_naming_it(client: Client, home:
 
 def _tmpfs(path: Path, size: str) -> bool:
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        # mode 0700: a tmpfs root is 1777 by default, and a home others can write is refused
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+        capture_output=True,
     )
     return done.returncode == 0
 
@@ -224,10 +226,16 @@ def test_full_disk_keeps_the_daemon_up_and_records_the_outcome_once_space_return
     root.mkdir()
     mounted = _tmpfs(root, "16m")
     monkeypatch.setenv("WORKBENCH_HOME", str(root))
-    home = Home(root).ensure()
-    configure(home, sample_interval="0.2s")
+    try:  # a failure here must not leave the mount behind
+        home = Home(root).ensure()
+        configure(home, sample_interval="0.2s")
+        client = Client(home)
+    except BaseException:
+        if mounted:
+            subprocess.run(["umount", "-l", str(root)], check=False)
+        subprocess.run(["rm", "-rf", str(root)], check=False)
+        raise
     gate = tmp_path / "go"
-    client = Client(home)
     filler = root / "filler"
     try:
         job_id = submit(

@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pyarrow as pa
 import pytest
-from conftest import stop_daemon, wait_state
+from conftest import remove_home, wait_state
 from sklearn import metrics as skm
 
 from jobs.metrics import check_gate, classification_report, regression_report, softmax
@@ -87,30 +87,32 @@ def trained() -> Iterator[tuple[Client, Home, int]]:
         patch.setenv("WORKBENCH_HOME", str(root))
         home = Home(root).ensure()
         client = Client(home)
-        examples = ROOT / "examples"
-        for name in ("train", "test"):
+        try:
+            examples = ROOT / "examples"
+            for name in ("train", "test"):
+                job = run(
+                    client,
+                    examples,
+                    kind="ingest",
+                    source=[f"penguins_{name}.csv"],
+                    dataset=f"penguins_{name}",
+                )
+                assert job.state == "succeeded", job.reason
             job = run(
                 client,
                 examples,
-                kind="ingest",
-                source=[f"penguins_{name}.csv"],
-                dataset=f"penguins_{name}",
+                kind="train",
+                dataset="penguins_train",
+                target="species",
+                epochs=30,
+                lr=0.003,
+                batch_size=32,
             )
             assert job.state == "succeeded", job.reason
-        job = run(
-            client,
-            examples,
-            kind="train",
-            dataset="penguins_train",
-            target="species",
-            epochs=30,
-            lr=0.003,
-            batch_size=32,
-        )
-        assert job.state == "succeeded", job.reason
-        yield client, home, job.id
-        client.close()
-        stop_daemon(home)
+            yield client, home, job.id
+        finally:
+            client.close()
+            remove_home(home)
 
 
 def run(client: Client, base: Path, **table: object) -> Job:

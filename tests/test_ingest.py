@@ -259,21 +259,26 @@ def test_readers_never_fail_while_new_versions_are_published(client: Client, hom
 def test_cancel_interrupts_a_large_ingest_and_leaves_nothing(
     client: Client, home: Home, tmp_path: Path
 ) -> None:
-    big = tmp_path / "big.csv"
-    duckdb.connect().execute(
-        f"COPY (SELECT range AS id, random() AS r, md5(range::VARCHAR) AS h FROM range(4000000)) TO '{big}' (HEADER)"
-    )
-    request = build_request(
-        {"kind": "ingest", "source": [str(big)], "dataset": "big"}, tmp_path, "test"
-    )
-    job_id = client.submit(request)
-    wait_state(client, job_id, "running")
-    from conftest import wait_for
+    big = tmp_path / "big.csv"  # 229 MiB: deleted here, not left in pytest's folder
+    try:
+        duckdb.connect().execute(
+            f"COPY (SELECT range AS id, random() AS r, md5(range::VARCHAR) AS h FROM range(4000000)) TO '{big}' (HEADER)"
+        )
+        request = build_request(
+            {"kind": "ingest", "source": [str(big)], "dataset": "big"}, tmp_path, "test"
+        )
+        job_id = client.submit(request)
+        wait_state(client, job_id, "running")
+        from conftest import wait_for
 
-    wait_for(
-        lambda: (client.store.get(job_id).progress or 0) > 0, timeout=30, what="ingest progress"
-    )
-    client.control(job_id, "cancel")
-    job = wait_state(client, job_id, "cancelled", timeout=15)
-    assert job.state == "cancelled"
-    assert not (home.lake / "big").exists()
+        wait_for(
+            lambda: (client.store.get(job_id).progress or 0) > 0,
+            timeout=30,
+            what="ingest progress",
+        )
+        client.control(job_id, "cancel")
+        job = wait_state(client, job_id, "cancelled", timeout=15)
+        assert job.state == "cancelled"
+        assert not (home.lake / "big").exists()
+    finally:
+        big.unlink(missing_ok=True)

@@ -108,11 +108,13 @@ def test_failed_write_leaves_no_version_and_no_temp_files(home: Home, store: Sto
 
 def test_clean_orphans_removes_dead_writers_folders(home: Home, store: Store) -> None:
     lake.publish_arrow(home, store, "kept", penguins_like(4))
-    orphan = home.lake / "kept" / ".tmp-deadbeef"
+    orphan = home.lake / "kept" / f"{lake.staging_name(7)}deadbeef"  # job 7's, not running
     orphan.mkdir()
     (orphan / "part-0.parquet").write_bytes(b"x")
-    assert lake.clean_orphans(home) == 1
-    assert not orphan.exists() and (home.lake / "kept" / "v1").exists()
+    writing = home.lake / "kept" / f"{lake.staging_name(8)}cafe"  # job 8's, running
+    writing.mkdir()
+    assert lake.clean_orphans(home, lambda job_id: job_id == 8) == 1
+    assert not orphan.exists() and writing.exists() and (home.lake / "kept" / "v1").exists()
 
 
 def test_reader_connection_has_views_versions_and_store_tables(home: Home, store: Store) -> None:

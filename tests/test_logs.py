@@ -144,6 +144,7 @@ def test_tail_of_carriage_return_progress_reads_a_bounded_part(tmp_path: Path) -
     expected = b"step 0799997 ##\nstep 0799998 ##\nstep 0799999 ##\n"
     assert tail_lines(path, 3) == expected
     assert tail_lines(path, 3, limit_bytes=4096) == expected  # 4 KiB of 12 MB suffice
+    path.unlink()  # not left in pytest's folder
 
 
 def test_tail_lines_handles_every_line_ending_and_continues_into_the_older_file(

@@ -8,19 +8,32 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from conftest import wait_for, workbench
 
 from workbench.paths import Home
 
-SERVER = f"wb-smoke-{os.getpid()}"  # a tmux server of our own, not the user's
+# A tmux server of our own, not the user's, with its socket in a folder this module removes
+# (`-L NAME` left /tmp/tmux-UID/NAME behind after every run).
+SOCKET_DIR = Path(tempfile.mkdtemp(prefix="wb-tmux-", dir="/tmp"))
+SOCKET = SOCKET_DIR / f"wb-smoke-{os.getpid()}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _socket_removed() -> Iterator[None]:
+    yield
+    tmux("kill-server", check=False)
+    shutil.rmtree(SOCKET_DIR, ignore_errors=True)
 
 
 def tmux(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["tmux", "-L", SERVER, *args], capture_output=True, text=True, check=check
+        ["tmux", "-S", str(SOCKET), *args], capture_output=True, text=True, check=check
     )
 
 

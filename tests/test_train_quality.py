@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import stop_daemon, wait_state, workbench
+from conftest import remove_home, wait_state, workbench
 from sklearn import metrics as skm
 
 from workbench.catalog import lake, tracking
@@ -69,15 +69,17 @@ def lab() -> Iterator[tuple[Client, Home]]:
         patch.delenv("WORKBENCH_FAKE_NVML", raising=False)
         home = Home(root).ensure()
         client = Client(home)
-        bc_train, bc_test = breast_cancer_tables()
-        lake.publish_arrow(home, client.store, "bc_train", bc_train)
-        lake.publish_arrow(home, client.store, "bc_test", bc_test)
-        diabetes_train, diabetes_test, _, _ = diabetes_split()
-        lake.publish_arrow(home, client.store, "diabetes_train", diabetes_train)
-        lake.publish_arrow(home, client.store, "diabetes_test", diabetes_test)
-        yield client, home
-        client.close()
-        stop_daemon(home)
+        try:
+            bc_train, bc_test = breast_cancer_tables()
+            lake.publish_arrow(home, client.store, "bc_train", bc_train)
+            lake.publish_arrow(home, client.store, "bc_test", bc_test)
+            diabetes_train, diabetes_test, _, _ = diabetes_split()
+            lake.publish_arrow(home, client.store, "diabetes_train", diabetes_train)
+            lake.publish_arrow(home, client.store, "diabetes_test", diabetes_test)
+            yield client, home
+        finally:
+            client.close()
+            remove_home(home)
 
 
 def run(client: Client, **table: object) -> Job:

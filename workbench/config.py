@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,10 +129,10 @@ class Config:
 
 def load_config(path: Path) -> Config:
     """Read config.toml; a missing file means defaults, a bad one is an error naming the key."""
-    if not path.exists():
+    if not os.path.lexists(path):
         return Config()
     try:
-        data: dict[str, Any] = read_toml(path)
+        data: dict[str, Any] = read_toml(path, regular_only=True)  # a FIFO must not hang us
     except UserFileError as error:
         raise SpecError(str(error)) from None
     known = {

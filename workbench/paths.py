@@ -90,8 +90,12 @@ class Home:
     def ensure(self) -> Home:
         """Create the home (mode 0700) and its folders if missing.
 
-        An existing home keeps its mode (a shared folder must not lose its permissions); if
-        group or others can read it, a warning goes to stderr once per process."""
+        A home that is not this user's alone is refused first (`workbench.trust.check_home`:
+        raises UntrustedHome, exit 3). An existing home keeps its mode; if group or others can
+        read it, a warning goes to stderr once per process."""
+        from workbench.trust import check_home
+
+        check_home(self.root)
         try:
             self.root.mkdir(parents=True, mode=0o700)
         except FileExistsError:
@@ -100,8 +104,10 @@ class Home:
                     errno.ENOTDIR, "WORKBENCH_HOME is not a directory", str(self.root)
                 ) from None
             _warn_if_readable(self.root)
-        self.lake.mkdir(mode=0o700, exist_ok=True)
-        self.runs.mkdir(mode=0o700, exist_ok=True)
+        from workbench.safefs import make_dir
+
+        make_dir(self.lake)
+        make_dir(self.runs)
         return self
 
     def owns(self, path: str | os.PathLike[str] | None) -> bool:

@@ -259,7 +259,7 @@ def publish(
     started = started_at if started_at is not None else time.time()
     base = home.lake / dataset
     base.mkdir(parents=True, exist_ok=True)
-    tmp = base / f".tmp-{uuid.uuid4().hex}"
+    tmp = base / f"{staging_name(job_id)}{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
         rejected_rows = write(tmp) or 0
@@ -333,12 +333,79 @@ def read_arrow(
     return table, info
 
 
-def clean_orphans(home: Home) -> int:
-    """Remove `.tmp-*` folders left by writers that died; returns how many were removed."""
+STAGING_PREFIX = ".tmp-"
+# A staging folder nobody names (written before owners were recorded) is an orphan this long
+# after it was last changed: no version takes hours between its writes.
+UNNAMED_ORPHAN_AGE_S = 24 * 3600.0
+
+
+def staging_name(job_id: int | None) -> str:
+    """The start of a staging folder's name, saying who writes it: `.tmp-j<job id>-` for a job
+    (orphaned once the job no longer runs), else `.tmp-p<pid>.<start ticks>-` for the writing
+    process (orphaned once that process is gone; the start time tells a reused pid apart)."""
+    if job_id is not None:
+        return f"{STAGING_PREFIX}j{job_id}-"
+    pid = os.getpid()
+    return f"{STAGING_PREFIX}p{pid}.{_start_ticks(pid)}-"
+
+
+def _start_ticks(pid: int) -> str | None:
+    """A process's start time in clock ticks since boot (field 22 of /proc/PID/stat), as text;
+    None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            fields = stat_file.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in (b"Z", b"X") else fields[19].decode()
+
+
+def staging_orphaned(name: str, live_jobs: Callable[[int], bool], age_s: float) -> bool:
+    """Whether the staging folder `name` (last changed `age_s` seconds ago) has no live writer:
+    its job does not run (`live_jobs(id)` False), its process is gone, or, for a folder that
+    names no writer, it is older than UNNAMED_ORPHAN_AGE_S."""
+    owner = name[len(STAGING_PREFIX) :].split("-", 1)[0]
+    if owner[:1] == "j" and owner[1:].isdigit():
+        return not live_jobs(int(owner[1:]))
+    if owner[:1] == "p" and "." in owner:
+        pid, _, ticks = owner[1:].partition(".")
+        return not pid.isdigit() or _start_ticks(int(pid)) != ticks
+    return age_s > UNNAMED_ORPHAN_AGE_S
+
+
+def clean_orphans(home: Home, live_jobs: Callable[[int], bool]) -> int:
+    """Remove the `lake/<dataset>/.tmp-*` staging folders whose writer died (`kill -9` of an
+    ingest job: see `staging_orphaned`; `live_jobs(id)` says whether a job may still be
+    writing); returns how many were removed. No link is followed. Run at daemon start and by
+    `prune`."""
+    from workbench import safefs
+
     removed = 0
-    for tmp in home.lake.glob("*/.tmp-*"):
-        shutil.rmtree(tmp, ignore_errors=True)
-        removed += 1
+    now = time.time()
+    try:
+        datasets = list(os.scandir(home.lake))
+    except OSError:
+        return 0
+    for dataset in datasets:
+        if not dataset.is_dir(follow_symlinks=False):
+            continue
+        try:
+            entries = list(os.scandir(dataset.path))
+        except OSError:
+            continue
+        for entry in entries:
+            if not entry.name.startswith(STAGING_PREFIX):
+                continue
+            try:
+                age = now - entry.stat(follow_symlinks=False).st_mtime
+            except OSError:
+                continue
+            if staging_orphaned(entry.name, live_jobs, age):
+                try:
+                    safefs.remove_tree(Path(entry.path))
+                    removed += 1
+                except OSError:
+                    pass
     return removed
 
 
@@ -488,9 +555,9 @@ def parse_settings(data: dict[str, Any], where: str) -> LakeSettings:
 
 def settings(home: Home) -> LakeSettings:
     """The home's LakeSettings (defaults when config.toml is missing)."""
-    if not home.config.exists():
+    if not os.path.lexists(home.config):
         return LakeSettings()
-    data = read_toml(home.config)  # UserFileError (a ValueError) names the file
+    data = read_toml(home.config, regular_only=True)  # UserFileError (a ValueError) names it
     return parse_settings(data, str(home.config))
 
 

@@ -151,16 +151,16 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print(job_id)
     if not args.wait:
         return 0
-    job = _follow(client, job_id, quiet=args.json)
-    return _wait_exit([job], quiet=args.json)
+    return _wait_exit(_follow(client, job_id, quiet=args.json), [job_id], quiet=args.json)
 
 
-def _follow(client: Any, job_id: int, quiet: bool) -> Any:
-    """Wait for one job, with a rich progress bar on a terminal."""
+def _follow(client: Any, job_id: int, quiet: bool) -> list[Any]:
+    """Wait for one job, with a rich progress bar on a terminal; its final row in a list (empty
+    when it was removed meanwhile)."""
     from workbench.db.store import SETTLED
 
     if quiet or not sys.stderr.isatty():
-        return client.wait([job_id])[0]
+        return list(client.wait([job_id]))
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -174,12 +174,14 @@ def _follow(client: Any, job_id: int, quiet: bool) -> Any:
     ) as progress:
         task = progress.add_task("queued", total=1.0)
         while True:
-            job = client.store.get(job_id)
+            job = client.store.find(job_id)
+            if job is None:
+                return []
             progress.update(
                 task, completed=job.progress or 0.0, description=job.progress_msg or job.state
             )
             if job.state in SETTLED:
-                return job
+                return [job]
             time.sleep(0.1)
 
 

@@ -13,6 +13,7 @@ import sys
 
 from workbench.daemon.link import INTAKE_VERSION, MAX_SUBMISSION_BYTES, lock_holder
 from workbench.paths import USER_UMASK_ENV, Home
+from workbench.trust import UntrustedHome, check_daemon_process, check_home, check_socket
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
@@ -20,7 +21,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 _LIVENESS_S = 0.25  # how often a waiting client checks that the daemon still runs
-_GIVE_UP_S = 5.0  # an answer that has not come by then (lost, or a stalled daemon) is not awaited
+_GIVE_UP_S = 5.0
+EXIT_UNTRUSTED = 3  # as the full CLI's exit for a home it cannot use  # an answer that has not come by then (lost, or a stalled daemon) is not awaited
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -80,6 +82,13 @@ def quick_submit(words: list[str]) -> int | None:
         home = Home.current()
     except (OSError, RuntimeError):
         return None  # the full path says what is wrong
+    try:  # before anything is read or sent: the home, its lock and socket are ours alone
+        check_home(home.root)
+    except UntrustedHome as error:
+        _write(sys.stderr, f"workbench: {error}\n")
+        return EXIT_UNTRUSTED
+    except OSError:
+        return None
     daemon = lock_holder_or_none(home)
     if daemon is None or not home.intake_socket.exists():
         return None
@@ -107,7 +116,15 @@ def quick_submit(words: list[str]) -> int | None:
             # An abstract address the daemon answers to, named by the token: no later client
             # can have it, so the daemon's "still there?" check (below) is about us alone.
             sock.bind(f"\0workbench-submit-{token}")
+            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_PASSCRED, 1)  # who answers
+            # Right before sending: the socket's file is made by whoever bound it, so one
+            # owned by us was bound by us (a datagram socket has no SO_PEERCRED to ask).
+            check_socket(home.root, home.intake_socket)
+            check_daemon_process(home.root, daemon)
             sock.sendto(data, str(home.intake_socket))
+        except UntrustedHome as error:
+            _write(sys.stderr, f"workbench: {error}\n")
+            return EXIT_UNTRUSTED
         except OSError:
             return None  # nothing listens (a daemon that just stopped): nothing was sent
         reply = _await_reply(sock, token, home, daemon)
@@ -119,6 +136,17 @@ def quick_submit(words: list[str]) -> int | None:
         # its client still waits there: report the job if one was queued, else submit ourselves.
         return _after_daemon_stopped(home, token, words)
     return _print_reply(reply, words, home)
+
+
+_CREDENTIALS_BYTES = 12  # struct ucred: pid, uid, gid (unix(7))
+
+
+def _sender_uid(ancillary: list[tuple[int, int, bytes]]) -> int | None:
+    """The uid the kernel attached to a datagram (SCM_CREDENTIALS), None if none."""
+    for level, kind, payload in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_CREDENTIALS and len(payload) >= 8:
+            return int.from_bytes(payload[4:8], sys.byteorder)
+    return None
 
 
 def lock_holder_or_none(home: Home) -> int | None:
@@ -141,7 +169,12 @@ def _await_reply(
         ready, _, _ = select.select([sock], [], [], _LIVENESS_S)
         if ready:
             try:
-                reply = marshal.loads(sock.recv(MAX_SUBMISSION_BYTES))
+                data, ancillary, _, _ = sock.recvmsg(
+                    MAX_SUBMISSION_BYTES, _socket.CMSG_SPACE(_CREDENTIALS_BYTES)
+                )
+                if _sender_uid(ancillary) != os.geteuid():
+                    continue  # only our own daemon's answers count (a forged one is dropped)
+                reply = marshal.loads(data)
             except (OSError, ValueError, EOFError, TypeError):
                 continue  # an empty datagram: the daemon asks whether we still wait
             if isinstance(reply, dict) and (
@@ -195,8 +228,8 @@ def _print_reply(reply: dict[str, Any], words: list[str], home: Home) -> int:
     if reply.get("ensure_home") or job_id is not None:
         try:  # where the full CLI opens its home: the warning if others can read it
             home.ensure()
-        except OSError:
-            pass
+        except (OSError, UntrustedHome):
+            pass  # checked before sending; a change since is the next command's to report
     if reply.get("lost_reply") and job_id is not None:
         reply = {**reply, **_submit_flags(words), "stdout": f"{job_id}\n"}
         if reply["json"]:

@@ -56,6 +56,7 @@ from workbench.present import (
 from workbench.queue import argtypes as checked
 from workbench.queue import submission
 from workbench.queue.spec import SpecError
+from workbench.trust import UntrustedHome, check_home
 from workbench.units import format_duration
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DAEMON = 0, 1, 2, 3
@@ -110,7 +111,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     else:
         print(job_id)
     if args.wait:
-        return _wait_exit(client.wait([job_id]), quiet=args.json)
+        return _wait_exit(client.wait([job_id]), [job_id], quiet=args.json)
     return EXIT_OK
 
 
@@ -133,7 +134,7 @@ def _submit_bulk(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write("".join(f"{i}\n" for i in ids))
     if args.wait:
-        return _wait_exit(client.wait(ids), quiet=args.json)
+        return _wait_exit(client.wait(ids), ids, quiet=args.json)
     return EXIT_OK
 
 
@@ -145,7 +146,7 @@ def print_job_json(job_id: int) -> None:
 def wait_submitted(job_id: int, quiet: bool) -> int:
     """`submit --wait` after the daemon took the submission (`workbench.cli.entry`): wait for
     the job; exit 0 iff it succeeded."""
-    return _wait_exit(_client().wait([job_id]), quiet=quiet)
+    return _wait_exit(_client().wait([job_id]), [job_id], quiet=quiet)
 
 
 # ---- listing ------------------------------------------------------------------------------
@@ -451,12 +452,19 @@ def cmd_priority(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _wait_exit(jobs: list[Job], quiet: bool = False) -> int:
+def _wait_exit(jobs: list[Job], ids: Sequence[int], quiet: bool = False) -> int:
+    """The exit code of waiting for `ids` (`jobs`: their rows at the end): 0 iff every one
+    succeeded. A job removed while waited on has no row: it did not succeed (a script doing
+    `wait && deploy` must not deploy), and is named on stderr even with --json."""
     bad = [j for j in jobs if j.state != SUCCEEDED]
     if not quiet:
         for job in bad:
             print(f"job {job.id} {job.state}: {job.reason or ''}".rstrip(": "), file=sys.stderr)
-    return EXIT_FAILED if bad else EXIT_OK
+    found = {j.id for j in jobs}
+    removed = [i for i in dict.fromkeys(ids) if i not in found]
+    for job_id in removed:
+        print(f"job {job_id} was removed before it ended", file=sys.stderr)
+    return EXIT_FAILED if bad or removed else EXIT_OK
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
@@ -474,7 +482,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if args.json:
         _print_json([job_json(j) for j in jobs])
-    return _wait_exit(jobs, quiet=args.json)
+    return _wait_exit(jobs, args.ids, quiet=args.json)
 
 
 # ---- daemon and groups --------------------------------------------------------------------
@@ -484,6 +492,8 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     from workbench.daemon.link import lock_holder, wake
 
     home = Home.current()
+    # A lock planted by another user names any pid: `stop` would signal it, `status` report it.
+    check_home(home.root)
     if args.action == "run":
         from workbench.daemon.supervisor import serve
 
@@ -859,7 +869,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as error:
         print(f"workbench: {error}", file=sys.stderr)
         return EXIT_DAEMON
-    except DaemonUnavailable as error:
+    except (DaemonUnavailable, UntrustedHome) as error:
         print(f"workbench: {error}", file=sys.stderr)
         return EXIT_DAEMON
     except KeyboardInterrupt as error:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from workbench import safefs
 from workbench.daemon.link import lock_holder, wake
 from workbench.db.store import SETTLED, SUCCEEDED, Job, JobRequest, Store
 from workbench.paths import Home
@@ -24,10 +25,10 @@ class DaemonUnavailable(RuntimeError):
 
 def _daemon_log_tail(home: Home, since: int) -> str:
     try:
-        with open(home.daemon_log, "rb") as log:
+        with open(safefs.open_file(home.daemon_log, os.O_RDONLY), "rb") as log:
             log.seek(since)
             return log.read().decode(errors="replace").strip()[-2000:]
-    except FileNotFoundError:
+    except OSError:
         return ""
 
 
@@ -39,7 +40,8 @@ def ensure_daemon(home: Home, timeout_s: float = 20.0) -> int:
     home.ensure()
     log_start = home.daemon_log.stat().st_size if home.daemon_log.exists() else 0
     if pid is None:
-        with open(home.daemon_log, "ab") as log, open(os.devnull, "rb") as devnull:
+        log_fd = safefs.open_file(home.daemon_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        with open(log_fd, "ab") as log, open(os.devnull, "rb") as devnull:
             env = dict(os.environ, WORKBENCH_HOME=str(home.root))
             proc = subprocess.Popen(
                 [sys.executable, "-m", "workbench", "daemon", "run"],
@@ -112,6 +114,10 @@ class Client:
     def control(self, job_id: int, action: str) -> str:
         """cancel / pause / resume / retry / rm; returns what happened."""
         result = self.store.request(job_id, action)
+        if action == "rm":  # its output and records go with it (links are removed, not followed)
+            from workbench.queue.retention import remove_run_dir
+
+            remove_run_dir(self.home, job_id)
         self.nudge()
         return result
 

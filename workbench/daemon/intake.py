@@ -257,6 +257,10 @@ class Intake:
             return {"exit": EXIT_USAGE, "stderr": error.text}
         except submission.SubmitNotHere as error:
             return {"fallback": str(error)}
+        try:
+            submission.check_words(args)
+        except SpecError as error:
+            return {"exit": EXIT_USAGE, "stderr": f"workbench: {error}\n"}
         if args.bulk:  # its lines may be the client's stdin
             return {"fallback": "a bulk submit is read by the client"}
         if args.spec:
@@ -267,7 +271,7 @@ class Intake:
             if (args.executor or load_config(self.home.config).executor.kind) != "local":
                 # Checking a Slurm job runs Slurm's commands, which must not hold up this loop.
                 return {"fallback": "a Slurm submission is checked by the client"}
-            job, where = submission.request_from_args(args, env, capture=False)
+            job, where = submission.request_from_args(args, env, capture=False, streams=False)
             config = load_config(self.home.config)
             if repro.wants_snapshot(job, config.snapshot):
                 # Copying the files may take a while: not in this loop.
@@ -483,21 +487,21 @@ def read_request(data: bytes) -> dict[str, Any] | None:
 
 def malformed(request: dict[str, Any]) -> str | None:
     """What is wrong with a request's fields, or None: "argv" a list of strings, "env" a dict
-    of strings (names non-empty, without "="), "cwd" an absolute path, "columns" a positive int
-    or absent; no string holds a NUL (no process can pass one: a request with one was not sent
-    by `workbench submit`)."""
+    of strings, "cwd" an absolute path without a NUL, "columns" a positive int or absent. What
+    argv words and the environment hold is checked as for any submit, by the same code
+    (`workbench.queue.spec.check_exec_strings` and `check_environment`: exit 2 naming them)."""
     argv, env, cwd = request.get("argv"), request.get("env"), request.get("cwd")
     columns = request.get("columns")
     if not isinstance(argv, list) or not all(isinstance(word, str) for word in argv):
         return "argv"
     if not isinstance(env, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) and k and "=" not in k for k, v in env.items()
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
     ):
         return "env"
     if not isinstance(cwd, str) or not cwd.startswith("/"):
         return "cwd"
     if columns is not None and (type(columns) is not int or not 0 < columns < 100_000):
         return "columns"
-    if any("\0" in text for text in (cwd, *argv, *env, *env.values())):
-        return "a NUL character"
+    if "\0" in cwd:
+        return "a NUL character in cwd"
     return None

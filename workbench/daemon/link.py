@@ -11,14 +11,15 @@ from workbench.paths import Home
 def lock_holder(home: Home) -> int | None:
     """The pid of the running daemon of this home, None if none holds the lock, -1 if it is
     held but does not hold a pid (being written, or damaged). Raises OSError."""
-    if not home.lock.exists():
+    try:
+        fd = os.open(home.lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
         return None
-    fd = os.open(home.lock, os.O_RDONLY)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            text = home.lock.read_bytes().strip()  # held: the pid as ASCII digits, else -1
+            text = os.pread(fd, 32, 0).strip()  # held: the pid as ASCII digits, else -1
             return int(text) if text.isdigit() else -1
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
@@ -27,9 +28,16 @@ def lock_holder(home: Home) -> int | None:
 
 
 def wake(home: Home) -> None:
-    """Nudge the daemon (a datagram on its socket); harmless if none is listening."""
+    """Nudge the daemon (a datagram on its socket); harmless if none is listening. Nothing is
+    sent to a socket that is not this user's own (`workbench.trust.check_socket`)."""
     import socket  # here: `workbench submit`'s quick path imports this module, not the socket one
 
+    from workbench.trust import UntrustedHome, check_socket
+
+    try:
+        check_socket(home.root, home.socket)
+    except (OSError, UntrustedHome):
+        return
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.setblocking(False)

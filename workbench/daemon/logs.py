@@ -9,6 +9,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from workbench import safefs
+
 ROTATED_SUFFIX = ".1"
 RESERVE_SUFFIX = ".reserve"  # space the writer holds so a job's end can be recorded on a full disk
 OFFSETS_SUFFIX = ".offsets"  # {"<inode>": start offset in the whole output} of log and log.1
@@ -31,7 +33,7 @@ def read_offsets(path: Path) -> dict[int, int]:
     """{inode: start offset in bytes of the job's whole output} for `log` and `log.1`, from the
     writer's record; {} when there is none or it cannot be read."""
     try:
-        data = json.loads(offsets_file(path).read_bytes())
+        data = json.loads(safefs.read_bytes(offsets_file(path), 1 << 20))
         return {int(inode): int(start) for inode, start in data.items()}
     except (OSError, ValueError, TypeError, AttributeError):
         return {}
@@ -74,7 +76,7 @@ class RotatingLog:
 
     def _open(self) -> None:
         try:
-            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self.fd = safefs.open_file(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
             info = os.fstat(self.fd)
             self.size = info.st_size
             self.inode = info.st_ino
@@ -102,15 +104,12 @@ class RotatingLog:
     def _record_offsets(self, starts: dict[int, int]) -> None:
         """Best effort (a full disk only makes followers less precise about what they skip)."""
         target = offsets_file(self.path)
-        tmp = target.with_name(target.name + ".tmp")
         try:
-            tmp.write_text(json.dumps({str(inode): start for inode, start in starts.items()}))
-            os.replace(tmp, target)
+            safefs.write_atomic(
+                target, json.dumps({str(inode): start for inode, start in starts.items()}).encode()
+            )
         except OSError:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            pass
 
     def write(self, data: bytes) -> None:
         """Append `data` (rotating first where it would pass the cap); never raises."""
@@ -184,7 +183,7 @@ class RotatingLog:
 def _allocate(path: Path, size: int) -> None:
     """Create `path` holding `size` bytes of disk (best effort: nothing is left on failure)."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = safefs.open_file(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     except OSError:
         return
     try:
@@ -215,11 +214,11 @@ def tail_bytes(path: Path, count: int) -> bytes:
         if need <= 0:
             break
         try:
-            with open(candidate, "rb") as log:
+            with open(safefs.open_file(candidate, os.O_RDONLY), "rb") as log:
                 size = log.seek(0, os.SEEK_END)
                 log.seek(max(size - need, 0))
                 out = log.read(need) + out
-        except FileNotFoundError:
+        except OSError:  # missing, or a link (never followed)
             continue
     return out
 
@@ -297,7 +296,7 @@ class LogFollower:
 
     def _open_current(self, start: int | None) -> None:
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
             return
         self._fd = fd
@@ -322,7 +321,7 @@ class LogFollower:
         older_path = rotated(self.path)
         older_fd = -1
         try:
-            older_fd = os.open(older_path, os.O_RDONLY)
+            older_fd = os.open(older_path, os.O_RDONLY | os.O_NOFOLLOW)
             if os.fstat(older_fd).st_ino == self._inode:  # rotated since we opened: no older
                 os.close(older_fd)
                 older_fd = -1
@@ -390,7 +389,7 @@ class LogFollower:
             return False
         fd = -1
         try:
-            fd = os.open(rotated(self.path), os.O_RDONLY)
+            fd = os.open(rotated(self.path), os.O_RDONLY | os.O_NOFOLLOW)
             if os.fstat(fd).st_ino in (done_inode, current):
                 os.close(fd)
                 fd = -1
@@ -398,7 +397,7 @@ class LogFollower:
             pass
         if fd < 0:
             try:
-                fd = os.open(self.path, os.O_RDONLY)
+                fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
             except FileNotFoundError:
                 return False
         inode = os.fstat(fd).st_ino

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from workbench import safefs
 from workbench.jobmodel.resources import OOM_AT_MEM, OVER_MEM
 
 EXIT_FILE = "exit.json"
@@ -99,18 +100,18 @@ def status_from_wait(wait_status: int) -> ExitStatus:
 
 def write_json_atomic(path: Path, value: dict[str, Any]) -> None:
     """Write `value` as JSON under a temporary name, then rename: readers never see half a file.
-    Raises OSError (e.g. ENOSPC) and leaves no partial file behind."""
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as out:
-            out.write(json.dumps(value))
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    Follows no link at `path` or its folder (`workbench.safefs`). Raises OSError (e.g. ENOSPC,
+    ELOOP) and leaves no partial file behind."""
+    safefs.write_atomic(path, json.dumps(value).encode())
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON in the run-folder file `path`, read without following a link; raises OSError
+    or ValueError."""
+    return json.loads(safefs.read_bytes(path, _RECORD_LIMIT))
+
+
+_RECORD_LIMIT = 1 << 20  # a record is a few hundred bytes; a larger file is not one of ours
 
 
 def write_exit(run_dir: Path, status: ExitStatus, token: str) -> None:
@@ -146,7 +147,7 @@ def read_exit(run_dir: Path, token: str | None = None) -> ExitStatus | None:
     """The status the wrapper recorded, or None if it never did (it was killed or is running).
     With `token`, a record left by another attempt counts as none."""
     try:
-        data = json.loads((run_dir / EXIT_FILE).read_text())
+        data = _read_json(run_dir / EXIT_FILE)
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict):
@@ -198,7 +199,7 @@ def read_usage(run_dir: Path) -> tuple[float | None, int | None]:
     memory in bytes). Either is None where the record lacks it: no file (never ran, or still
     running), a partial or unreadable file, or a value that is not a finite number >= 0."""
     try:
-        data = json.loads((run_dir / EXIT_FILE).read_text())
+        data = _read_json(run_dir / EXIT_FILE)
     except (OSError, ValueError):
         return None, None
     if not isinstance(data, dict):
@@ -233,7 +234,7 @@ def write_wrapper(run_dir: Path, record: WrapperRecord) -> None:
 def read_wrapper(run_dir: Path) -> WrapperRecord | None:
     """The wrapper record of a run folder, None if there is none (or it is unreadable)."""
     try:
-        data = json.loads((run_dir / WRAPPER_FILE).read_text())
+        data = _read_json(run_dir / WRAPPER_FILE)
         devices = data.get("devices")
         return WrapperRecord(
             str(data["token"]),
@@ -248,7 +249,7 @@ def read_wrapper(run_dir: Path) -> WrapperRecord | None:
 def read_failure(run_dir: Path) -> str | None:
     """The message a job left in its run folder about why it failed, if any."""
     try:
-        text = (run_dir / FAILURE_FILE).read_text(errors="replace").strip()
+        text = safefs.read_bytes(run_dir / FAILURE_FILE, 4096).decode(errors="replace").strip()
     except OSError:
         return None
     return text[:500] or None

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import psutil
 
+from workbench import safefs
 from workbench.config import Config, load_config
 from workbench.daemon import runner, stopping
 from workbench.daemon.executors import Ended, Executor, Handle, Launch, LaunchError
@@ -39,7 +40,7 @@ from workbench.paths import Home
 from workbench.queue import scheduler
 from workbench.queue.kinds import job_argv
 from workbench.queue.repro import start_environment
-from workbench.queue.retention import prune_ended
+from workbench.queue.retention import prune_ended, sweep_orphans
 from workbench.queue.spec import SpecError
 from workbench.telemetry.gpu import Gpus, gpu_slots, job_gpu_memory
 from workbench.telemetry.sampler import Sampler
@@ -140,7 +141,7 @@ class Daemon:
     # ---- start-up ----------------------------------------------------------------------
 
     def _take_lock(self) -> None:
-        self._lock_fd = os.open(self.home.lock, os.O_RDWR | os.O_CREAT, 0o600)
+        self._lock_fd = safefs.open_file(self.home.lock, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -200,12 +201,24 @@ class Daemon:
         self.selector.register(read_fd, selectors.EVENT_READ, ("signal", None))
         self._sample()
         self._adopt()
+        self._sweep_orphans()
         self.intake = Intake(self.home, self.store, self.log)
         intake_sock = self.intake.bind()
         if intake_sock is not None:
             self.selector.register(intake_sock, selectors.EVENT_READ, ("intake", None))
         self.log(f"started (pid {os.getpid()}); {self.executor.describe()}")
         self._announce_ready()
+
+    def _sweep_orphans(self) -> None:
+        """What a killed `rm` or ingest left: run folders of removed jobs, lake staging folders
+        of writers that died (`retention.sweep_orphans`)."""
+        try:
+            runs, staging = sweep_orphans(self.store, self.home)
+        except _WRITE_ERRORS as error:
+            self.log(f"could not remove orphaned folders ({error})")
+            return
+        if runs or staging:
+            self.log(f"removed {runs} orphaned run folder(s), {staging} lake staging folder(s)")
 
     def _config_file_stamp(self) -> tuple[int, int, int] | None:
         try:
@@ -1054,6 +1067,7 @@ def serve(home: Home) -> int:
     not created (exit 3): a daemon started late, after its home was removed, must not bring it
     back."""
     try:
+        home.ensure()
         daemon = Daemon(home, load_config(home.config))
         daemon.run()
     except Exception as error:  # the client that started us reads this from daemon.log

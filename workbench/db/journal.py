@@ -122,7 +122,9 @@ class RecordingStore(Store):
             yield cast(sqlite3.Connection, recorder)
         if recorder.writes:
             line = json.dumps({"writes": recorder.writes}, default=str) + "\n"
-            fd = os.open(self.records, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            fd = os.open(
+                self.records, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600
+            )
             try:
                 os.write(fd, line.encode())
             finally:

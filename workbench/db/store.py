@@ -528,7 +528,7 @@ class Store:
         """A consistent copy of the state file (SQLite's online backup), written atomically."""
         tmp = target.with_name(target.name + ".tmp")
         # Private from the first byte (it holds job environments), whatever the umask.
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600))
         os.chmod(tmp, 0o600)
         dest = sqlite3.connect(tmp)
         with dest:
@@ -1120,9 +1120,22 @@ class Store:
             held = state == PAUSED and row[1] is None  # paused before it ever started
             outcome = self._request(conn, job_id, action, state, held, now)
             self._audit(conn, action, job_id, outcome, now)
+            dropped = action == "rm" and self._drop_backup()
         if action == "rm":
-            self.purge_removed([job_id])
+            self.purge_removed([job_id], backup_dropped=dropped)
         return outcome
+
+    def _drop_backup(self) -> bool:
+        """Delete `state.db.bak` inside a removing transaction, before it commits: no moment
+        after the commit finds the removed rows (an environment's secrets) in a backup, even
+        when the process is killed right then. `purge_removed` writes it again from the purged
+        file; a process killed first leaves none until the next daemon start makes one.
+        Returns whether there was one."""
+        try:
+            os.unlink(self.path.with_name(self.path.name + ".bak"))
+        except FileNotFoundError:
+            return False
+        return True
 
     def _request(
         self,
@@ -1198,12 +1211,12 @@ class Store:
             conn.execute(f"DELETE FROM metrics WHERE job_id IN ({marks})", chunk)
             conn.execute(f"DELETE FROM job_repro WHERE job_id IN ({marks})", chunk)
 
-    def purge_removed(self, ids: Sequence[int]) -> None:
+    def purge_removed(self, ids: Sequence[int], backup_dropped: bool = False) -> None:
         """Make removed jobs' bytes (environments may hold secrets) unreadable everywhere:
         the freed pages are zeroed (secure_delete, set on every connection), the WAL that still
         holds their earlier images is checkpointed and truncated, and the same rows are removed
         from the backup `state.db.bak` (rewritten from the checked, purged file) if there is
-        one."""
+        one (or was, until `_drop_backup` deleted it: `backup_dropped`)."""
         self.give_space_back()
         for _ in range(50):  # a reader holding an old snapshot blocks the truncation briefly
             busy = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
@@ -1211,7 +1224,7 @@ class Store:
                 break
             time.sleep(0.02)
         backup = self.path.with_name(self.path.name + ".bak")
-        if ids and backup.exists():
+        if ids and (backup_dropped or backup.exists()):
             self.backup_to(backup)  # rewritten from the purged file: the old bytes are gone
 
     def give_space_back(self) -> None:
@@ -1265,8 +1278,9 @@ class Store:
                 "INSERT INTO audit(t, uid, action, job_id, detail) VALUES (?,?,?,?,?)",
                 [(now, os.getuid(), action, job_id, "removed") for job_id in removed],
             )
+            dropped = bool(removed) and self._drop_backup()
         if removed:
-            self.purge_removed(removed)
+            self.purge_removed(removed, backup_dropped=dropped)
         return removed
 
     def requeue(self, job_id: int, reason: str) -> None:

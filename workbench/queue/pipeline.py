@@ -53,33 +53,55 @@ class Pipeline:
     stages: tuple[Stage, ...] = field(default=())
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_toml(path: Path, regular_only: bool = False) -> dict[str, Any]:
     try:
-        return read_toml(path)
+        return read_toml(path, regular_only)
     except UserFileError as error:
         raise SpecError(str(error)) from None
 
 
 def _stage_order(stages: dict[str, tuple[tuple[str, str], ...]], path: Path) -> list[str]:
-    """Stages ordered so each comes after its dependencies; refuses cycles, naming them."""
+    """Stages ordered so each comes after its dependencies (otherwise in file order); refuses
+    a cycle, naming it. A depth-first search with its own stack, not Python's: a chain of any
+    length (thousands of stages listed last first) is ordered without a recursion limit. Costs
+    O(stages + dependencies)."""
     order: list[str] = []
     state: dict[str, str] = {}
-
-    def visit(name: str, trail: list[str]) -> None:
-        if state.get(name) == "done":
-            return
-        if state.get(name) == "visiting":
-            cycle = [*trail[trail.index(name) :], name]
-            raise SpecError(f"{path}: stage '{name}': key 'after': cycle {' -> '.join(cycle)}")
-        state[name] = "visiting"
-        for dep, _ in stages[name]:
-            visit(dep, [*trail, name])
-        state[name] = "done"
-        order.append(name)
-
-    for name in stages:
-        visit(name, [])
+    for root in stages:
+        if state.get(root) == "done":
+            continue
+        state[root] = "visiting"
+        trail = [root]  # the stages being visited, each waiting on the next
+        pending = [iter(stages[root])]
+        while pending:
+            step = next(pending[-1], None)
+            if step is None:
+                done = trail.pop()
+                pending.pop()
+                state[done] = "done"
+                order.append(done)
+                continue
+            dep = step[0]
+            if state.get(dep) == "done":
+                continue
+            if state.get(dep) == "visiting":
+                cycle = [*trail[trail.index(dep) :], dep]
+                raise SpecError(f"{path}: stage '{dep}': key 'after': cycle {_cycle_text(cycle)}")
+            state[dep] = "visiting"
+            trail.append(dep)
+            pending.append(iter(stages[dep]))
     return order
+
+
+_CYCLE_SHOWN = 10  # stages named at each end of a longer cycle
+
+
+def _cycle_text(cycle: list[str]) -> str:
+    """`a -> b -> a` (each stage waits on the next); a long cycle is shown by its ends."""
+    if len(cycle) <= 2 * _CYCLE_SHOWN + 1:
+        return " -> ".join(cycle)
+    head, tail = cycle[:_CYCLE_SHOWN], cycle[-_CYCLE_SHOWN:]
+    return f"{' -> '.join(head)} -> ... -> {' -> '.join(tail)} ({len(cycle) - 1} stages)"
 
 
 def load_pipeline(path: Path, env: dict[str, str] | None = None) -> Pipeline:

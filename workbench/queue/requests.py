@@ -12,7 +12,13 @@ from workbench.db.store import JobRequest
 from workbench.jobmodel.resources import Resources, parse_gpus
 from workbench.jobmodel.retry import MAX_RETRIES
 from workbench.queue.kinds import kind_defaults, load_kind, validate_spec
-from workbench.queue.spec import SpecError, check_keys, from_table
+from workbench.queue.spec import (
+    SpecError,
+    check_environment,
+    check_exec_strings,
+    check_keys,
+    from_table,
+)
 from workbench.units import parse_duration, parse_size
 
 
@@ -91,6 +97,9 @@ def build_request(
     """
     if "kind" not in table:
         raise SpecError(f"{where}: missing key 'kind'")
+    check_exec_strings(table, where)  # before any of them reaches a path or exec
+    if env is not None:
+        check_environment(env, f"{where}: the environment")
     module = load_kind(table["kind"], where) if isinstance(table["kind"], str) else None
     if module is not None:
         spec_keys = [f.name for f in fields(module.Spec)]

@@ -136,3 +136,55 @@ def from_table(
 def to_table(obj: Any) -> dict[str, Any]:
     """A spec dataclass -> a plain dict (for JSON in the store)."""
     return dataclasses.asdict(obj)
+
+
+def check_exec_strings(table: Mapping[str, Any], where: str) -> None:
+    """Refuse a job table whose strings cannot reach exec(2) or an environment: any string
+    (argv words, cwd, sources, every value at any depth) holding a NUL byte, and an `env` table
+    whose names are empty or hold `=` or a NUL (execve takes NUL-terminated `NAME=value`
+    strings, so these would fail at launch, or set another variable). The one check for the
+    CLI, spec files, pipeline stages and the daemon's intake (all go through `build_request`).
+    Walks the table without recursion. Raises SpecError naming `where`, the key and the index,
+    e.g. `job.toml: key 'argv'[2]: contains a NUL byte`."""
+    stack: list[tuple[str, Any, bool]] = [
+        (f"{where}: key '{key}'", value, key == "env") for key, value in table.items()
+    ]
+    for key in table:
+        check_text(str(key), f"{where}: key {key!r}")
+    while stack:
+        place, value, is_env = stack.pop()
+        if isinstance(value, str):
+            check_text(value, place)
+        elif isinstance(value, list):
+            stack.extend((f"{place}[{i}]", item, False) for i, item in enumerate(value))
+        elif isinstance(value, dict):
+            for name, item in value.items():
+                if is_env:
+                    check_env_name(str(name), place)
+                else:
+                    check_text(str(name), f"{place}: name {name!r}")
+                stack.append((f"{place}.{name}", item, False))
+
+
+def check_environment(env: Mapping[str, str], where: str) -> None:
+    """Refuse an environment (names to values) that execve cannot carry: see
+    `check_exec_strings`. Raises SpecError naming `where` and the variable."""
+    for name, value in env.items():
+        check_env_name(name, where)
+        check_text(value, f"{where}: variable {name!r}")
+
+
+def check_env_name(name: str, where: str) -> None:
+    """An environment variable's name: not empty, no `=`, no NUL (raises SpecError)."""
+    if not name:
+        raise SpecError(f"{where}: an environment variable needs a name, got ''")
+    if "=" in name:
+        raise SpecError(f"{where}: name {name!r}: an environment variable's name cannot hold '='")
+    check_text(name, f"{where}: name {name!r}")
+
+
+def check_text(text: str, where: str) -> None:
+    """Refuse a string holding a NUL byte (no C string, so no path, argument or variable, can
+    carry one): raises SpecError naming `where` and the offset."""
+    if "\0" in text:
+        raise SpecError(f"{where}: contains a NUL byte (at offset {text.index(chr(0))})")

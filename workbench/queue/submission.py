@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from workbench.queue import argtypes as checked
-from workbench.queue.spec import SpecError
+from workbench.queue.spec import SpecError, check_env_name, check_text
 from workbench.units import parse_int
 
 if TYPE_CHECKING:
@@ -220,23 +220,34 @@ def bulk_requests(
     return [capture_repro(request, cache) for request in requests]
 
 
+def check_words(args: argparse.Namespace) -> None:
+    """Refuse flag values no path or program can take (a NUL in --spec, --cwd, --name): checked
+    before any of them is used as a path. Raises SpecError naming the flag."""
+    for flag, value in (("--spec", args.spec), ("--cwd", args.cwd), ("--name", args.name)):
+        if value is not None:
+            check_text(value, flag)
+
+
 def request_from_args(
-    args: argparse.Namespace, env: dict[str, str], capture: bool = True
+    args: argparse.Namespace, env: dict[str, str], capture: bool = True, streams: bool = True
 ) -> tuple[JobRequest, str]:
     """The job `workbench submit` asks for, and where its table came from (`submit`, or the spec
     file's path, for messages). Relative paths are taken from the current directory; `env` is the
     submitter's environment (the job's, before `--env` pairs are applied). With `capture`, the
     request carries what reproduces it (`workbench.queue.repro.capture`: code state,
-    environment, and the snapshot it runs from when asked). Raises SpecError (exit 2) naming the
-    flag, file or key at fault, or a snapshot over its cap."""
+    environment, and the snapshot it runs from when asked). `streams`: whether a spec file may
+    be a stream (a FIFO, `/dev/stdin`) waited on; the daemon, which must never block, passes
+    False. Raises SpecError (exit 2) naming the flag, file or key at fault, or a snapshot over
+    its cap."""
     from workbench.queue.pipeline import _read_toml
     from workbench.queue.requests import build_request
 
+    check_words(args)
     if args.spec:
         if args.command:
             raise SpecError("give either --spec FILE or -- CMD ARG..., not both")
         path, base_dir = spec_path(args.spec)
-        table = _read_toml(path)
+        table = _read_toml(path, regular_only=not streams)  # the daemon reads no FIFO
         where = str(path)
         after_from_file = table.pop("after", [])
         if not isinstance(after_from_file, list) or not all(
@@ -276,6 +287,8 @@ def request_from_args(
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise SpecError(f"--env: expected KEY=VALUE, got {pair!r}")
+        check_env_name(key, "--env")
+        check_text(value, f"--env {key}")
         env[key] = value
     after = [(i, "ok") for i in [*after_from_file, *_parse_after(args.after or [], "--after")]]
     after += [(i, "any") for i in _parse_after(args.after_any or [], "--after-any")]

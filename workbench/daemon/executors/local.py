@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from workbench import safefs
 from workbench.daemon import runner
 from workbench.daemon.executors import Ended, Handle, Launch, LaunchError
 from workbench.daemon.executors import containment as cg
@@ -238,7 +239,7 @@ class LocalExecutor:
 
     def _cleanup(self, handle: Handle) -> None:
         try:  # a wrapper killed before closing its log leaves the log's reserve behind
-            (handle.run_dir / (runner.LOG_FILE + RESERVE_SUFFIX)).unlink()
+            safefs.unlink(handle.run_dir / (runner.LOG_FILE + RESERVE_SUFFIX))
         except OSError:
             pass
         cgroup_dir = self._cgroup(handle.token)
@@ -277,7 +278,7 @@ class LocalExecutor:
         assert handle.pid is not None
         reason = " ".join((why or "").split())  # one line
         try:
-            (handle.run_dir / CANCEL_FILE).write_text(f"{grace_s}\n{reason}")
+            safefs.write_bytes(handle.run_dir / CANCEL_FILE, f"{grace_s}\n{reason}".encode())
         except OSError:
             pass  # the wrapper then uses the grace it was started with
         try:
@@ -404,12 +405,10 @@ def wrapper_ready(pid: int, ready_fd: int) -> float | None:
 def _prepare(launch: Launch, cgroup_dir: Path | None) -> Path | None:
     """In the wrapper, before it records itself: the run folder without an earlier attempt's
     records, and the job's cgroup (None if it cannot be made)."""
-    launch.run_dir.mkdir(parents=True, exist_ok=True)
+    safefs.make_dir(launch.run_dir)  # a link in its place is removed, never written through
+    safefs.remove_links(launch.run_dir)  # and so are links planted inside it (`log` -> elsewhere)
     for stale in (runner.EXIT_FILE, runner.FAILURE_FILE, CANCEL_FILE):
-        try:
-            (launch.run_dir / stale).unlink()
-        except FileNotFoundError:
-            pass
+        safefs.unlink(launch.run_dir / stale)
     if cgroup_dir is not None:
         try:
             cgroup_dir.mkdir()
@@ -493,7 +492,7 @@ def _spawn_job(launch: Launch, write_fd: int, log: RotatingLog) -> int | None:
 def _start_failed(launch: Launch, log: RotatingLog, message: str) -> None:
     log.write(f"[workbench] {message}\n".encode(errors="replace"))
     try:
-        (launch.run_dir / runner.FAILURE_FILE).write_text(message)
+        safefs.write_bytes(launch.run_dir / runner.FAILURE_FILE, message.encode(errors="replace"))
     except OSError:
         pass
     return None
@@ -521,7 +520,7 @@ def _reap(child: int) -> int | None:
 def _read_cancel(run_dir: Path, default: float) -> tuple[float, str]:
     """(the kill grace, why the job is stopped: "" if not said) from the cancel file."""
     try:
-        text = (run_dir / CANCEL_FILE).read_text()
+        text = safefs.read_bytes(run_dir / CANCEL_FILE, 4096).decode(errors="replace")
     except OSError:
         return default, ""
     first, _, why = text.partition("\n")
@@ -683,7 +682,7 @@ def _record_end(launch: Launch, status: runner.ExitStatus) -> None:
             if error.errno not in _SPACE_ERRORS:
                 return
             try:
-                older.unlink()
+                safefs.unlink(older)
                 continue
             except OSError:
                 pass
