@@ -249,6 +249,21 @@ MIGRATIONS: dict[int, str] = {
     18: """
     ALTER TABLE jobs ADD COLUMN granted_devices TEXT;
     """,
+    # Runs of any job (40-49): a run records who produced it (`source`: 'train' for the built-in
+    # kind, 'script' for records from the tracking API or captured files), the artifacts it
+    # recorded (JSON list), and every dataset version it declared reading (lineage).
+    40: """
+    ALTER TABLE runs ADD COLUMN source TEXT NOT NULL DEFAULT 'train';
+    ALTER TABLE runs ADD COLUMN artifacts TEXT;
+    CREATE TABLE run_datasets (
+        job_id INTEGER NOT NULL,
+        dataset TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        content_hash TEXT NOT NULL,
+        t REAL NOT NULL,
+        PRIMARY KEY (job_id, dataset, version)
+    );
+    """,
     # Executors (60-69): where each job runs ('local' or 'slurm'), its Slurm job id and node,
     # whether Slurm may still hold it (submitted, not yet seen ended), and how much of the job's
     # record file (see workbench/db/journal.py) has been applied.
