@@ -87,7 +87,7 @@ def cells(run: Run, label: str | None) -> dict[str, Any]:
         "name": (label or run.name)[:40],
         "state": state_text(run.state),
         "model": run.model.rsplit("/", 1)[-1][:16],
-        "dataset": f"{run.dataset} v{run.dataset_version}",
+        "dataset": f"{run.dataset} v{run.dataset_version}" if run.dataset else "-",
         "lr": Text(f"{run.params.get('lr', '')}", justify="right"),
         "epoch": Text(shown_epoch, justify="right"),
         "val_accuracy": metric("val_accuracy"),
@@ -326,7 +326,8 @@ class RunsScreen(WorkbenchScreen):
             status.append(f"  marked: {', '.join(map(str, self.marked))}", style="cyan")
         if not self.runs:
             status = Text(
-                "no runs yet: a train job records one (workbench --batch examples/quickstart.toml)",
+                "no runs yet: a train job or a script using workbench.track records one"
+                " (workbench --batch examples/quickstart.toml)",
                 style="dim",
             )
         self.query_one("#runs-status", Static).update(status)

@@ -253,3 +253,50 @@ async def test_compare_plots_loss_and_metric_apart_by_epoch(screens_home: Home) 
         assert all(max(xs) <= 1.0 for _, xs, _ in losses)  # both runs span one epoch
         await pilot.press("x")
         assert screen.chart_series()["curves"][0] == "seconds since start"
+
+
+async def test_a_script_run_is_listed_beside_the_train_runs_and_grows(screens_home: Home) -> None:
+    """A command job's records (workbench.track's format), applied as the daemon applies them,
+    make a run on the Runs screen beside the built-in ones; new points extend its curve."""
+    import json
+
+    from workbench.db.journal import apply_records
+
+    store = Store.open(screens_home.state_db)
+    job_id = store.submit(JobRequest("my train.py", "command", {"argv": ["python"]}, "/", {}))
+    store.transition(job_id, Event.START, "starting")
+    store.transition(job_id, Event.LAUNCHED, "started", pid=3)
+    records = screens_home.run_dir(job_id) / "records.jsonl"
+    records.parent.mkdir(parents=True)
+
+    def append(*lines: dict[str, Any]) -> None:
+        with open(records, "a") as handle:
+            handle.writelines(json.dumps(line) + "\n" for line in lines)
+        (offset,) = store.conn.execute(
+            "SELECT records_offset FROM jobs WHERE id=?", (job_id,)
+        ).fetchone()
+        apply_records(store, job_id, records, offset)
+
+    append(
+        {"kind": "params", "values": {"lr": 0.3}},
+        *({"kind": "metrics", "step": s, "t": 1.0 + s, "values": {"train_loss": 1 / (s + 1)}}
+          for s in range(4)),
+    )  # fmt: skip
+    app = WorkbenchApp(Source(screens_home))
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press("r")
+        screen = app.screen
+        assert isinstance(screen, RunsScreen)
+        table = screen.query_one("#runs", DataTable)
+        await until(pilot, lambda: table.row_count == 3, what="the script's run")
+        row = [str(c) for c in table.get_row(str(job_id))]
+        assert "my train.py" in row and "running" in row and "0.3" in row
+        table.move_cursor(row=table.get_row_index(str(job_id)))
+        await until(pilot, lambda: job_id in screen.plotted, what="the script's curve")
+        append({"kind": "metrics", "step": 4, "t": 6.0, "values": {"train_loss": 0.1}})
+        await until(
+            pilot,
+            lambda: len(screen.plotted.get(job_id, {}).get("train_loss", [])) == 5,
+            what="the curve to grow while it trains",
+        )
+    store.close()

@@ -318,3 +318,61 @@ def test_restart_and_stop_helpers_read_the_job_environment(
     assert track.stop_requested() is None
     stop.write_text("preempted by group a\n")
     assert track.stop_requested() == "preempted by group a"
+
+
+def test_a_command_stage_sweeps_and_its_best_point_is_tested(home: Home, tmp_path: Path) -> None:
+    """`{lr}` in a command stage's argv is swept; each point's run records its params and the
+    sweep metric; the test stage takes the best point by the logged metric."""
+    blobs(home)
+    folder = script_dir(tmp_path)
+    pipeline = tmp_path / "sweep.toml"
+    pipeline.write_text(
+        textwrap.dedent(
+            f"""
+            [pipeline]
+            name = "byo-sweep"
+
+            [[stage]]
+            name = "fit"
+            kind = "command"
+            argv = ["{sys.executable}", "train.py", "{{lr}}", "5"]
+            cwd = "{folder}"
+            env = {{ PYTHONPATH = "{folder}" }}
+            sweep = {{ lr = [0.0001, 0.5], metric = "val_accuracy" }}
+
+            [[stage]]
+            name = "check"
+            kind = "test"
+            after = ["fit"]
+            model = "fit"
+            dataset = "blobs"
+            """
+        )
+    )
+    result = workbench("--batch", str(pipeline), "--json", timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout.splitlines()[-1])
+    runs = {r["params"]["lr"]: r for r in runs_json() if r["source"] == "script"}
+    assert set(runs) == {0.0001, 0.5}
+    assert all(r["sweep_metric"] == "val_accuracy" for r in runs.values())
+    assert runs[0.5]["metrics"]["val_accuracy"] > runs[0.0001]["metrics"]["val_accuracy"]
+    [sweep] = report["sweeps"]
+    assert sweep["best_job"] == runs[0.5]["job_id"]
+    store = Store.open(home.state_db)
+    [evaluation] = registry.evaluations(store)
+    assert evaluation["model"]["run_job_id"] == runs[0.5]["job_id"]
+    store.close()
+
+
+def test_a_command_sweep_must_name_its_metric_and_placeholders(home: Home, tmp_path: Path) -> None:
+    pipeline = tmp_path / "bad.toml"
+    for sweep, wanted in (
+        ("{ lr = [0.1, 0.2] }", "key 'sweep.metric'"),
+        ('{ lr = [0.1], wd = [1], metric = "loss" }', "key 'sweep.wd': argv has no {wd}"),
+    ):
+        pipeline.write_text(
+            '[pipeline]\nname = "p"\n[[stage]]\nname = "fit"\nkind = "command"\n'
+            f'argv = ["python", "t.py", "{{lr}}"]\nsweep = {sweep}\n'
+        )
+        result = workbench("--batch", str(pipeline))
+        assert result.returncode == 2 and wanted in result.stderr, result.stderr
