@@ -3,6 +3,7 @@ a pipeline stage of this kind can be swept (`{name}` placeholders in `argv`)."""
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +19,16 @@ class Spec:
     """`argv` is the program and its arguments; `env` adds to the environment captured at submit.
     `keep_leftovers`: processes the command starts may outlive it (by default they are stopped
     when the command's main process exits, as Slurm does). `sweep` is set by a swept stage on
-    each of its points ({metric, point, params}); the run records `params` and `metric`."""
+    each of its points ({metric, point, params}); the run records `params` and `metric`.
+    `capture`: files or folders (relative to `cwd`) whose TensorBoard, Lightning CSV or Hugging
+    Face metric files written while the job runs become its run's metrics (workbench/capture.py)."""
 
     argv: list[str]
     cwd: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     keep_leftovers: bool = False
     sweep: dict[str, Any] = field(default_factory=dict)
+    capture: list[str] = field(default_factory=list)
 
 
 def prepare(spec: Spec, base_dir: Path, where: str) -> Spec:
@@ -36,8 +40,15 @@ def prepare(spec: Spec, base_dir: Path, where: str) -> Spec:
         if not resolved.is_dir():
             raise SpecError(f"{where}: key 'cwd': no such directory {resolved}")
         cwd = str(resolved)
+    folder = Path(cwd) if cwd is not None else base_dir
+    capture = [str((folder / os.path.expanduser(p)).resolve()) for p in spec.capture]
     return Spec(
-        argv=spec.argv, cwd=cwd, env=spec.env, keep_leftovers=spec.keep_leftovers, sweep=spec.sweep
+        argv=spec.argv,
+        cwd=cwd,
+        env=spec.env,
+        keep_leftovers=spec.keep_leftovers,
+        sweep=spec.sweep,
+        capture=capture,
     )
 
 

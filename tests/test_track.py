@@ -376,3 +376,96 @@ def test_a_command_sweep_must_name_its_metric_and_placeholders(home: Home, tmp_p
         )
         result = workbench("--batch", str(pipeline))
         assert result.returncode == 2 and wanted in result.stderr, result.stderr
+
+
+TENSORBOARD_SCRIPT = textwrap.dedent(
+    """
+    import time
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter("tb/run1")
+    for step in range(20):
+        writer.add_scalar("train/loss", 1.0 / (step + 1), step)
+        writer.add_scalar("val/accuracy", step / 20, step)
+        writer.flush()
+        time.sleep(0.05)
+    writer.close()
+    """
+)
+
+LIGHTNING_SCRIPT = textwrap.dedent(
+    """
+    # What Lightning's CSVLogger writes (lightning_logs/version_N/metrics.csv): one row per
+    # log call, blank cells for metrics not logged then; the file is rewritten when columns grow.
+    import csv, os
+    os.makedirs("lightning_logs/version_0", exist_ok=True)
+    rows = []
+    for epoch in range(3):
+        for step in range(epoch * 10, epoch * 10 + 10, 5):
+            rows.append({"epoch": epoch, "step": step, "train_loss": 1.0 / (step + 1)})
+        rows.append({"epoch": epoch, "step": epoch * 10 + 9, "val_loss": 0.5 / (epoch + 1)})
+        with open("lightning_logs/version_0/metrics.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, ["epoch", "step", "train_loss", "val_loss"])
+            writer.writeheader()
+            writer.writerows(rows)
+    """
+)
+
+HF_SCRIPT = textwrap.dedent(
+    """
+    # What the Hugging Face Trainer writes: trainer_state.json in each checkpoint-N folder and
+    # in output_dir, each with the whole log_history so far.
+    import json, os
+    history = []
+    for step in (10, 20, 30):
+        history.append({"epoch": step / 30, "step": step, "loss": 3.0 / step, "learning_rate": 1e-3})
+        history.append({"epoch": step / 30, "step": step, "eval_loss": 2.0 / step})
+        os.makedirs(f"out/checkpoint-{step}", exist_ok=True)
+        state = {"global_step": step, "log_history": history}
+        with open(f"out/checkpoint-{step}/trainer_state.json", "w") as handle:
+            json.dump(state, handle)
+    with open("out/trainer_state.json", "w") as handle:
+        json.dump(state, handle)
+    """
+)
+
+
+def test_captured_files_become_the_run_metrics(home: Home, tmp_path: Path) -> None:
+    """Three scripts that import nothing of the workbench: TensorBoard events (torch's
+    SummaryWriter), a Lightning CSVLogger metrics.csv and Hugging Face trainer_state.json files,
+    declared with --capture; their points become the runs' metrics. A metrics.csv left in the
+    folder by an earlier run (older than the job) is not read."""
+    folder = tmp_path / "proj"
+    (folder / "lightning_logs" / "version_9").mkdir(parents=True)
+    stale = folder / "lightning_logs" / "version_9" / "metrics.csv"
+    stale.write_text("epoch,step,stale_loss\n0,0,1.0\n")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    jobs = {}
+    for name, body, capture in (
+        ("tb", TENSORBOARD_SCRIPT, "tb"),
+        ("lightning", LIGHTNING_SCRIPT, "lightning_logs"),
+        ("hf", HF_SCRIPT, "out"),
+    ):
+        (folder / f"{name}.py").write_text(body)
+        result = workbench(
+            "submit", "--cwd", str(folder), "--capture", capture, "--name", name, "--wait",
+            "--", sys.executable, f"{name}.py",
+            timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+        jobs[name] = int(result.stdout.split()[0])
+    store = Store.open(home.state_db)
+    tb = store.metrics(jobs["tb"])
+    assert [s for s, _ in tb["train/loss"]] == list(range(20))
+    assert abs(tb["val/accuracy"][-1][1] - 19 / 20) < 1e-6  # float32 in the event file
+    lightning = store.metrics(jobs["lightning"])
+    assert "stale_loss" not in lightning
+    assert [s for s, _ in lightning["train_loss"]] == [0, 5, 10, 15, 20, 25]
+    assert [s for s, _ in lightning["val_loss"]] == [9, 19, 29]
+    hf = store.metrics(jobs["hf"])
+    assert [s for s, _ in hf["loss"]] == [10, 20, 30]  # once each, though in four files
+    assert [s for s, _ in hf["eval_loss"]] == [10, 20, 30]
+    listed = {r["name"]: r for r in runs_json()}
+    assert listed["hf"]["metrics"]["eval_loss"] == 2.0 / 30
+    assert listed["tb"]["source"] == "script"
+    store.close()
