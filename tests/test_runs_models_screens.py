@@ -300,3 +300,12 @@ async def test_a_script_run_is_listed_beside_the_train_runs_and_grows(screens_ho
             what="the curve to grow while it trains",
         )
     store.close()
+
+
+def test_long_series_are_thinned_for_the_chart_keeping_the_last_point() -> None:
+    from screens.runs import thinned
+
+    points = [(s, float(s), 1.0 / (s + 1)) for s in range(50_000)]
+    kept = thinned(points, 2_000)
+    assert len(kept) <= 2_001 and kept[0] == points[0] and kept[-1] == points[-1]
+    assert thinned(points[:10], 2_000) == points[:10]
