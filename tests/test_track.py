@@ -469,3 +469,81 @@ def test_captured_files_become_the_run_metrics(home: Home, tmp_path: Path) -> No
     assert listed["hf"]["metrics"]["eval_loss"] == 2.0 / 30
     assert listed["tb"]["source"] == "script"
     store.close()
+
+
+TORCHSCRIPT_SCRIPT = textwrap.dedent(
+    """
+    import torch
+    import workbench.track as wt
+
+    table = wt.dataset("line").relation().to_arrow_table()
+    x = torch.tensor(table.column("x").to_pylist(), dtype=torch.float32).reshape(-1, 1)
+    y = torch.tensor(table.column("y").to_pylist(), dtype=torch.float32).reshape(-1, 1)
+    model = torch.nn.Linear(1, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(300):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        wt.log({"train_loss": loss.item()})
+    torch.jit.save(torch.jit.script(model), "line.ts")
+    wt.artifact("line.ts")
+    wt.register_model("line.ts", features=["x"], target="y", task="regression")
+    """
+)
+
+
+def test_a_torchscript_regression_model_is_tested_in_the_pipeline(
+    home: Home, tmp_path: Path
+) -> None:
+    """TorchScript, regression: the test stage's metrics are in the target's units; the run
+    records the artifact the script kept; export refuses it saying what it can export."""
+    store = Store.open(home.state_db)
+    xs = [i / 10 for i in range(50)]
+    lake.publish_arrow(home, store, "line", pa.table({"x": xs, "y": [3 * x + 1 for x in xs]}))
+    store.close()
+    folder = tmp_path / "ts"
+    folder.mkdir()
+    (folder / "fit.py").write_text(TORCHSCRIPT_SCRIPT)
+    pipeline = tmp_path / "ts.toml"
+    pipeline.write_text(
+        textwrap.dedent(
+            f"""
+            [pipeline]
+            name = "ts"
+
+            [[stage]]
+            name = "fit"
+            kind = "command"
+            argv = ["{sys.executable}", "fit.py"]
+            cwd = "{folder}"
+
+            [[stage]]
+            name = "check"
+            kind = "test"
+            after = ["fit"]
+            model = "fit"
+            dataset = "line"
+            gate = {{ max_rmse = 0.1 }}
+
+            [[stage]]
+            name = "ship"
+            kind = "export"
+            after = ["check"]
+            model = "fit"
+            dataset = "line"
+            """
+        )
+    )
+    result = workbench("--batch", str(pipeline), timeout=300)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "check  job 2     succeeded" in result.stdout
+    assert "a TorchScript model cannot be exported to ONNX here" in result.stdout
+    [run] = runs_json()
+    assert run["task"] == "regression" and run["metrics"]["train_loss"] < 0.01
+    assert [Path(a["path"]).name for a in run["artifacts"]] == ["line.ts"]
+    store = Store.open(home.state_db)
+    [evaluation] = registry.evaluations(store)
+    assert evaluation["metrics"]["rmse"] < 0.1 and evaluation["gate_passed"]
+    store.close()
