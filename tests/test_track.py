@@ -547,3 +547,28 @@ def test_a_torchscript_regression_model_is_tested_in_the_pipeline(
     [evaluation] = registry.evaluations(store)
     assert evaluation["metrics"]["rmse"] < 0.1 and evaluation["gate_passed"]
     store.close()
+
+
+def test_a_forked_worker_never_writes_the_parents_points_twice(home: Home, tmp_path: Path) -> None:
+    """A DataLoader-style fork: the child inherits the parent's unwritten buffer; only the parent
+    writes it, and what the child logs itself is kept too."""
+    proc, records = _script_job(
+        home,
+        tmp_path,
+        """
+        import os, sys
+        import workbench.track as wt
+        for step in range(5):
+            wt.log({"loss": 1.0}, step=step)
+        pid = os.fork()
+        if pid == 0:
+            wt.log({"child": 1.0}, step=100)
+            sys.exit(0)  # runs atexit, as a worker process ending normally does
+        os.waitpid(pid, 0)
+        wt.log({"loss": 1.0}, step=5)
+        """,
+    )
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    steps = sorted(json.loads(line)["step"] for line in records.read_text().splitlines())
+    assert steps == [0, 1, 2, 3, 4, 5, 100]

@@ -73,15 +73,25 @@ class _Writer:
         with self._lock:
             self._buffer.append(line)
             full = len(self._buffer) >= FLUSH_POINTS
+            start = self._thread is None
+            if start:
+                self._thread = threading.Thread(
+                    target=self._loop, name="workbench-track", daemon=True
+                )
+        if start:
+            assert self._thread is not None
+            self._thread.start()
+            atexit.register(self.flush)
         if full:
             self.flush()
-        elif self._thread is None:
-            self._start()
 
-    def _start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="workbench-track", daemon=True)
-        self._thread.start()
-        atexit.register(self.flush)
+    def after_fork(self) -> None:
+        """In a forked child (a DataLoader worker): the parent's buffered records are the
+        parent's to write (never twice); the child writes its own through its own thread."""
+        self._lock = threading.Lock()
+        self._buffer = []
+        self._fd = -1
+        self._thread = None
 
     def _loop(self) -> None:
         while not self._stop.wait(FLUSH_INTERVAL_S):
@@ -154,6 +164,16 @@ def _tracker() -> _Tracker:
             if _state is None:
                 _state = _Tracker()
     return _state
+
+
+def _after_fork_in_child() -> None:
+    global _state_lock
+    _state_lock = threading.Lock()
+    if _state is not None and _state.writer is not None:
+        _state.writer.after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _reset_for_tests() -> None:
