@@ -309,3 +309,18 @@ def test_long_series_are_thinned_for_the_chart_keeping_the_last_point() -> None:
     kept = thinned(points, 2_000)
     assert len(kept) <= 2_001 and kept[0] == points[0] and kept[-1] == points[-1]
     assert thinned(points[:10], 2_000) == points[:10]
+
+
+def test_a_model_registered_by_a_script_reads_as_not_exported_yet() -> None:
+    from rich.console import Console
+
+    from screens.models import render_model
+
+    card = {"name": "blobs-script-job7", "file": "/r/7/models/w.pt", "bytes": 10,
+            "format": "state_dict", "source": "script", "job_id": 7, "run": {"job_id": 7},
+            "dataset": {"name": "blobs", "version": 1, "content_hash": "ab" * 8}}  # fmt: skip
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(render_model({"sha256": "cd" * 32, "card": card}, None))
+    text = console.export_text()
+    assert "state_dict registered by job 7's script" in text
+    assert "parity" not in text and "export job" not in text
