@@ -143,21 +143,9 @@ def x_values(
 
 
 PLOT_POINTS = 2_000
-"""At most this many points of a series are plotted: a chart is ~150 cells wide, and plotting
-50,000 points of a long run took over a second on the event loop."""
-
-
-def thinned(
-    points: list[tuple[int, float, float | None]], limit: int = PLOT_POINTS
-) -> list[tuple[int, float, float | None]]:
-    """Every k-th point (k chosen so at most `limit` remain), the last one always kept."""
-    if len(points) <= limit:
-        return points
-    stride = -(-len(points) // limit)
-    kept = points[::stride]
-    if kept[-1] is not points[-1]:
-        kept.append(points[-1])
-    return kept
+"""About this many points of a series are read and plotted (workbench.db.metric_series thins
+longer ones): a chart is ~150 cells wide, and plotting 50,000 points of a long run took over a
+second on the event loop."""
 
 
 class RunsScreen(WorkbenchScreen):
@@ -402,13 +390,7 @@ class RunsScreen(WorkbenchScreen):
         from workbench.db.metric_series import metric_series
 
         series = self.app.source.read(  # type: ignore[attr-defined]
-            lambda store: {
-                i: {
-                    name: thinned(points)
-                    for name, points in metric_series(store, i, SERIES).items()
-                }
-                for i in job_ids
-            }
+            lambda store: {i: metric_series(store, i, SERIES, PLOT_POINTS) for i in job_ids}
         )
         self.post_message(CurvesRead(series))
 

@@ -302,13 +302,20 @@ async def test_a_script_run_is_listed_beside_the_train_runs_and_grows(screens_ho
     store.close()
 
 
-def test_long_series_are_thinned_for_the_chart_keeping_the_last_point() -> None:
-    from screens.runs import thinned
+def test_long_series_are_thinned_for_the_chart_keeping_the_last_point(tmp_path: Path) -> None:
+    from workbench.db.metric_series import metric_series
 
-    points = [(s, float(s), 1.0 / (s + 1)) for s in range(50_000)]
-    kept = thinned(points, 2_000)
-    assert len(kept) <= 2_001 and kept[0] == points[0] and kept[-1] == points[-1]
-    assert thinned(points[:10], 2_000) == points[:10]
+    store = Store.open(tmp_path / "state.db")
+    store.add_metric_rows(1, [(s, "train_loss", 1.0 / (s + 1)) for s in range(50_000)])
+    store.add_metric_rows(1, [(s, "val_loss", 0.5) for s in range(0, 50_000, 5_000)])
+    series = metric_series(store, 1, ["train_loss", "val_loss"], 2_000)
+    steps = [s for s, _, _ in series["train_loss"]]
+    assert 1_900 <= len(steps) <= 2_001 and steps[0] == 0 and steps[-1] == 49_999
+    assert steps == sorted(steps)
+    assert len(series["val_loss"]) == 10  # short series whole
+    full = metric_series(store, 1, ["train_loss"])
+    assert len(full["train_loss"]) == 50_000
+    store.close()
 
 
 def test_a_model_registered_by_a_script_reads_as_not_exported_yet() -> None:
