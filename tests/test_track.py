@@ -572,3 +572,23 @@ def test_a_forked_worker_never_writes_the_parents_points_twice(home: Home, tmp_p
     assert proc.returncode == 0, err
     steps = sorted(json.loads(line)["step"] for line in records.read_text().splitlines())
     assert steps == [0, 1, 2, 3, 4, 5, 100]
+
+
+def test_a_restarted_job_continues_its_steps(home: Home, tmp_path: Path) -> None:
+    """With WORKBENCH_RESTARTS set, `log()` without a step goes on after the last step the
+    earlier start wrote."""
+    body = """
+        import workbench.track as wt
+        for _ in range(3):
+            wt.log({"loss": 1.0})
+        """
+    first, records = _script_job(home, tmp_path, body)
+    assert first.wait(timeout=60) == 0
+    os.environ["WORKBENCH_RESTARTS"] = "1"
+    try:
+        second, _ = _script_job(home, tmp_path, body)
+        assert second.wait(timeout=60) == 0
+    finally:
+        del os.environ["WORKBENCH_RESTARTS"]
+    steps = [json.loads(line)["step"] for line in records.read_text().splitlines()]
+    assert steps == [0, 1, 2, 3, 4, 5]

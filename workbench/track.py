@@ -133,7 +133,7 @@ class _Tracker:
         if self.run_dir is not None:
             records = os.environ.get("WORKBENCH_RECORDS") or str(self.run_dir / RECORDS_FILE)
             self.writer = _Writer(Path(records))
-        self.step = -1
+        self.step = _last_step(self.writer.path) if self.writer is not None and restarts() else -1
         self.warned: set[str] = set()
         self.noted = False
 
@@ -151,6 +151,25 @@ class _Tracker:
     def emit(self, record: dict[str, Any]) -> None:
         if self.writer is not None:
             self.writer.add(record)
+
+
+def _last_step(records: Path, tail_bytes: int = 1 << 16) -> int:
+    """The last metrics step an earlier start of this job wrote (-1 when none): a restarted
+    job's `log()` without a step goes on from it, so its curves continue."""
+    try:
+        with open(records, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - tail_bytes))
+            lines = handle.read().splitlines()
+    except OSError:
+        return -1
+    for line in reversed(lines):
+        if line.startswith(b'{"kind":"metrics"'):
+            try:
+                return int(json.loads(line)["step"])
+            except (ValueError, KeyError, TypeError):
+                continue
+    return -1
 
 
 _state: _Tracker | None = None
