@@ -64,7 +64,7 @@ def build(
             nn.Flatten(),
             nn.Linear(channels[1] * pooled * pooled, out_features),
         )
-    if ":" in name and name.split(":", 1)[0].endswith(".py"):
+    if ":" in name:  # path/to/model.py:build or package.module:build
         from jobs.bundle import import_user_model
 
         model = import_user_model(name)(in_features, out_features)

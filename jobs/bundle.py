@@ -343,15 +343,26 @@ def load_bundle(path: Path) -> tuple[torch.nn.Module, Preprocessor, dict[str, An
     if data.get("format") != BUNDLE_FORMAT:
         raise DataError(f"{path}: not a model bundle of format {BUNDLE_FORMAT}")
     arch = data["architecture"]
-    model = build(arch["name"], arch["in_features"], arch["out_features"], arch.get("params", {}))
-    model.load_state_dict(data["state_dict"])
+    if arch.get("torchscript"):  # a script's TorchScript model (see script_model_bundle)
+        model = torch.jit.load(arch["torchscript"], map_location="cpu")  # type: ignore[no-untyped-call]
+    else:
+        model = build(
+            arch["name"], arch["in_features"], arch["out_features"], arch.get("params", {})
+        )
+        model.load_state_dict(data["state_dict"])
     model.eval()
     return model, Preprocessor.from_dict(data["preprocessor"]), dict(data["meta"])
 
 
 def import_user_model(reference: str) -> Any:
-    """`path/to/model.py:build` -> the callable; an import error propagates with its traceback."""
+    """`path/to/model.py:build` or `package.module:build` -> the callable; an import error
+    propagates with its traceback."""
     path_text, _, function = reference.rpartition(":")
+    if not path_text.endswith(".py"):
+        module_obj = importlib.import_module(path_text)
+        if not hasattr(module_obj, function):
+            raise DataError(f"model {reference!r}: module {path_text} defines no {function!r}")
+        return getattr(module_obj, function)
     path = Path(path_text)
     spec = importlib.util.spec_from_file_location(f"workbench_user_model_{path.stem}", path)
     if spec is None or spec.loader is None:
@@ -381,6 +392,106 @@ def _exported_by_stage(ctx: Any, stage: str) -> tuple[str, Path, int | None] | N
                 raise DataError(f"model {stage!r}: the exported file {path} is gone")
             return "onnx", path, model["run_job_id"]
     return None
+
+
+def script_model_bundle(ctx: Any, run: Any) -> tuple[str, Path]:
+    """The model a script registered (workbench.track's `register_model`) as test and export
+    take a built-in run's: ("bundle", a bundle written into this job's run folder) for a
+    TorchScript file or a state dict with its `build` reference, ("onnx", a copy carrying the
+    preprocessing metadata) for an ONNX file. The preprocessing is the identity on the numeric
+    `features` it declared (the script's model takes them raw); the classes are those it gave,
+    else the target's distinct values in the first dataset it declared, sorted as strings.
+    Raises DataError when the run registered no model, or its file is gone."""
+    import json
+
+    import pyarrow.compute as pc
+
+    from workbench.catalog import lake, registry
+
+    found = [
+        m
+        for m in registry.list_models(ctx.store)
+        if m["run_job_id"] == run.job_id and m["card"].get("source") == "script"
+    ]
+    if not found:
+        raise DataError(f"run {run.job_id} registered no model (workbench.track.register_model)")
+    model_row = found[0]
+    card = model_row["card"]
+    path = Path(model_row["path"])
+    if not path.is_file():
+        raise DataError(f"run {run.job_id}: its registered model {path} is gone")
+    task = card["task"]
+    classes = [str(c) for c in card.get("classes") or []]
+    datasets = card.get("datasets") or list(run.datasets)
+    if task == "classification" and not classes:
+        if not datasets:
+            raise DataError(
+                f"run {run.job_id}: its model gives no classes and it declared no dataset to"
+                " take them from (register_model(..., classes=[...]))"
+            )
+        first = datasets[0]
+        table, _ = lake.read_arrow(ctx.home, first["name"], first["version"], ctx.store)
+        classes = sorted(
+            str(v)
+            for v in pc.unique(_as_strings(table.column(card["target"])).drop_null()).to_pylist()
+        )
+    pre = Preprocessor(
+        [Column(str(f), "numeric") for f in card["features"]], card["target"], task, classes
+    )
+    first = datasets[0] if datasets else {}
+    meta = {
+        "dataset": {k: first.get(k) for k in ("name", "version", "content_hash")} if first else {},
+        "datasets": datasets,
+        "params": dict(run.params),
+        "metrics": dict(run.metrics),
+        "source": "script",
+        "registered": {
+            "path": str(path),
+            "format": model_row["format"],
+            "sha256": model_row["sha256"],
+        },
+    }
+    out_features = len(classes) if task == "classification" else 1
+    if model_row["format"] == "onnx":
+        import onnx
+
+        graph = onnx.load(str(path))
+        for key, value in (
+            ("workbench.preprocessor", json.dumps(pre.to_dict())),
+            ("workbench.inputs", "encoded"),
+        ):
+            entry = graph.metadata_props.add()
+            entry.key, entry.value = key, value
+        target = Path(ctx.artifact("script_model.onnx"))
+        onnx.save(graph, str(target))
+        return "onnx", target
+    import torch
+
+    architecture: dict[str, Any] = {
+        "name": card.get("build") or "torchscript",
+        "params": {},
+        "in_features": pre.in_features,
+        "out_features": out_features,
+    }
+    if model_row["format"] == "torchscript":
+        architecture["torchscript"] = str(path)
+        state: dict[str, Any] = {}
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise DataError(f"{path}: not a state dict ({type(state).__name__})")
+    target = Path(ctx.artifact("script_model.pt"))
+    atomic_torch_save(
+        {
+            "format": BUNDLE_FORMAT,
+            "architecture": architecture,
+            "state_dict": state,
+            "preprocessor": pre.to_dict(),
+            "meta": meta,
+        },
+        target,
+    )
+    return "bundle", target
 
 
 def resolve_model(ctx: Any, reference: str) -> tuple[str, Path, int | None]:
@@ -423,6 +534,9 @@ def resolve_model(ctx: Any, reference: str) -> tuple[str, Path, int | None]:
             ctx.log(
                 f"stage {reference!r} swept {len(candidates)} points; using the best by {metric}: job {run.job_id} {run.name}"
             )
+    if run.source == "script":
+        fmt, path = script_model_bundle(ctx, run)
+        return fmt, path, run.job_id
     if not run.bundle or not Path(run.bundle).is_file():
         raise DataError(f"model {reference!r}: run {run.job_id} has no saved model ({run.state})")
     return "bundle", Path(run.bundle), run.job_id

@@ -469,6 +469,12 @@ def run(ctx: JobContext) -> None:
     if fmt != "bundle":
         raise JobFailed(f"model {spec.model!r}: export takes a trained run, not an ONNX file")
     model, pre, meta = load_bundle(bundle_path)
+    if meta.get("registered", {}).get("format") == "torchscript":
+        raise JobFailed(
+            f"model {spec.model!r}: a TorchScript model cannot be exported to ONNX here"
+            " (torch.onnx's exporter traces Python modules); register a state dict with"
+            " build='module:function', or an ONNX file, to export it"
+        )
     torch.set_num_threads(max(1, ctx.cpus))
     module, inputs = serving_module(model, pre)
     table, where = _held_out(ctx, spec, pre, meta)
@@ -631,6 +637,7 @@ def run(ctx: JobContext) -> None:
         "classes": pre.classes,
         "threshold": pre.threshold,
         "dataset": {**meta.get("dataset", {}), "hash_algorithm": HASH_LABEL},
+        "datasets": meta.get("datasets") or [meta.get("dataset", {})],
         "run": {
             "job_id": run_id,
             "model": run.model if run else None,

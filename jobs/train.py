@@ -11,6 +11,7 @@ import random
 import re
 import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from itertools import product
 from pathlib import Path
@@ -231,7 +232,10 @@ def _check_training_keys(spec: Spec, where: str) -> None:
 # ---- sweeps -------------------------------------------------------------------------------
 
 
-def parse_sweep(table: dict[str, Any], where: str) -> Sweep:
+def parse_sweep(
+    table: dict[str, Any], where: str, keys: Iterable[str] | None = SWEEP_KEYS
+) -> Sweep:
+    """`[stage.sweep]` checked: every varied parameter is one of `keys` (any name when None)."""
     from workbench.queue.spec import coerce
 
     settings = {k: table[k] for k in ("count", "metric", "parallel", "seed") if k in table}
@@ -246,9 +250,9 @@ def parse_sweep(table: dict[str, Any], where: str) -> Sweep:
     if not params:
         raise SpecError(f"{where}: key 'sweep': give at least one parameter to vary")
     for key, value in params.items():
-        if key not in SWEEP_KEYS:
+        if keys is not None and key not in keys:
             raise SpecError(
-                f"{where}: key 'sweep.{key}': not a parameter a sweep can vary ({', '.join(sorted(SWEEP_KEYS))})"
+                f"{where}: key 'sweep.{key}': not a parameter a sweep can vary ({', '.join(sorted(keys))})"
             )
         if isinstance(value, dict):
             from workbench.queue.spec import from_table

@@ -72,6 +72,14 @@ def render_model(model: dict[str, Any], test: dict[str, Any] | None) -> Group:
         head.append(" -> ")
         passed = card["test"].get("gate_passed")
         head.append(unit(f"test job {card['test']['job_id']}"), style="green" if passed else "red")
+    if card.get("source") == "script":  # registered by workbench.track: not exported yet
+        head.append(
+            f"\n{card.get('format')} registered by job {card.get('job_id')}'s script; a test or"
+            " export stage whose model is that stage takes it\n",
+            style="dim",
+        )
+        lines.append(head)
+        return Group(*lines)
     head.append(" -> ")
     head.append(unit(f"export job {card.get('export_job_id')}") + "\n")
     parity = card.get("parity") or {}

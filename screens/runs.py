@@ -87,7 +87,7 @@ def cells(run: Run, label: str | None) -> dict[str, Any]:
         "name": (label or run.name)[:40],
         "state": state_text(run.state),
         "model": run.model.rsplit("/", 1)[-1][:16],
-        "dataset": f"{run.dataset} v{run.dataset_version}",
+        "dataset": f"{run.dataset} v{run.dataset_version}" if run.dataset else "-",
         "lr": Text(f"{run.params.get('lr', '')}", justify="right"),
         "epoch": Text(shown_epoch, justify="right"),
         "val_accuracy": metric("val_accuracy"),
@@ -140,6 +140,12 @@ def x_values(
         steps = per_epoch[-1]
         return {step: step / steps for step, _, _ in points}, "epoch"
     return {step: float(step) for step, _, _ in points}, "step (no epoch finished yet)"
+
+
+PLOT_POINTS = 2_000
+"""About this many points of a series are read and plotted (workbench.db.metric_series thins
+longer ones): a chart is ~150 cells wide, and plotting 50,000 points of a long run took over a
+second on the event loop."""
 
 
 class RunsScreen(WorkbenchScreen):
@@ -326,7 +332,8 @@ class RunsScreen(WorkbenchScreen):
             status.append(f"  marked: {', '.join(map(str, self.marked))}", style="cyan")
         if not self.runs:
             status = Text(
-                "no runs yet: a train job records one (workbench --batch examples/quickstart.toml)",
+                "no runs yet: a train job or a script using workbench.track records one"
+                " (workbench --batch examples/quickstart.toml)",
                 style="dim",
             )
         self.query_one("#runs-status", Static).update(status)
@@ -383,7 +390,7 @@ class RunsScreen(WorkbenchScreen):
         from workbench.db.metric_series import metric_series
 
         series = self.app.source.read(  # type: ignore[attr-defined]
-            lambda store: {i: metric_series(store, i, SERIES) for i in job_ids}
+            lambda store: {i: metric_series(store, i, SERIES, PLOT_POINTS) for i in job_ids}
         )
         self.post_message(CurvesRead(series))
 

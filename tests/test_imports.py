@@ -50,3 +50,13 @@ def test_tui_start_imports_no_ml_runtime() -> None:
     loaded = modules_after("import screens.app")
     assert "textual" in loaded
     assert not loaded & HEAVY
+
+
+def test_tracking_api_imports_the_standard_library_only() -> None:
+    """`import workbench.track` in a training script costs no store, DuckDB, torch or Textual."""
+    bare = modules_after("")  # what the interpreter itself loads (site hooks included)
+    loaded = modules_after("import workbench.track")
+    outside = {m.split(".")[0] for m in loaded - bare} - set(sys.stdlib_module_names)
+    assert outside == {"workbench"}
+    assert {m for m in loaded if m.startswith("workbench.")} == {"workbench.track"}
+    assert "sqlite3" not in loaded

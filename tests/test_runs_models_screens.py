@@ -253,3 +253,81 @@ async def test_compare_plots_loss_and_metric_apart_by_epoch(screens_home: Home) 
         assert all(max(xs) <= 1.0 for _, xs, _ in losses)  # both runs span one epoch
         await pilot.press("x")
         assert screen.chart_series()["curves"][0] == "seconds since start"
+
+
+async def test_a_script_run_is_listed_beside_the_train_runs_and_grows(screens_home: Home) -> None:
+    """A command job's records (workbench.track's format), applied as the daemon applies them,
+    make a run on the Runs screen beside the built-in ones; new points extend its curve."""
+    import json
+
+    from workbench.db.journal import apply_records
+
+    store = Store.open(screens_home.state_db)
+    job_id = store.submit(JobRequest("my train.py", "command", {"argv": ["python"]}, "/", {}))
+    store.transition(job_id, Event.START, "starting")
+    store.transition(job_id, Event.LAUNCHED, "started", pid=3)
+    records = screens_home.run_dir(job_id) / "records.jsonl"
+    records.parent.mkdir(parents=True)
+
+    def append(*lines: dict[str, Any]) -> None:
+        with open(records, "a") as handle:
+            handle.writelines(json.dumps(line) + "\n" for line in lines)
+        (offset,) = store.conn.execute(
+            "SELECT records_offset FROM jobs WHERE id=?", (job_id,)
+        ).fetchone()
+        apply_records(store, job_id, records, offset)
+
+    append(
+        {"kind": "params", "values": {"lr": 0.3}},
+        *({"kind": "metrics", "step": s, "t": 1.0 + s, "values": {"train_loss": 1 / (s + 1)}}
+          for s in range(4)),
+    )  # fmt: skip
+    app = WorkbenchApp(Source(screens_home))
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press("r")
+        screen = app.screen
+        assert isinstance(screen, RunsScreen)
+        table = screen.query_one("#runs", DataTable)
+        await until(pilot, lambda: table.row_count == 3, what="the script's run")
+        row = [str(c) for c in table.get_row(str(job_id))]
+        assert "my train.py" in row and "running" in row and "0.3" in row
+        table.move_cursor(row=table.get_row_index(str(job_id)))
+        await until(pilot, lambda: job_id in screen.plotted, what="the script's curve")
+        append({"kind": "metrics", "step": 4, "t": 6.0, "values": {"train_loss": 0.1}})
+        await until(
+            pilot,
+            lambda: len(screen.plotted.get(job_id, {}).get("train_loss", [])) == 5,
+            what="the curve to grow while it trains",
+        )
+    store.close()
+
+
+def test_long_series_are_thinned_for_the_chart_keeping_the_last_point(tmp_path: Path) -> None:
+    from workbench.db.metric_series import metric_series
+
+    store = Store.open(tmp_path / "state.db")
+    store.add_metric_rows(1, [(s, "train_loss", 1.0 / (s + 1)) for s in range(50_000)])
+    store.add_metric_rows(1, [(s, "val_loss", 0.5) for s in range(0, 50_000, 5_000)])
+    series = metric_series(store, 1, ["train_loss", "val_loss"], 2_000)
+    steps = [s for s, _, _ in series["train_loss"]]
+    assert 1_900 <= len(steps) <= 2_001 and steps[0] == 0 and steps[-1] == 49_999
+    assert steps == sorted(steps)
+    assert len(series["val_loss"]) == 10  # short series whole
+    full = metric_series(store, 1, ["train_loss"])
+    assert len(full["train_loss"]) == 50_000
+    store.close()
+
+
+def test_a_model_registered_by_a_script_reads_as_not_exported_yet() -> None:
+    from rich.console import Console
+
+    from screens.models import render_model
+
+    card = {"name": "blobs-script-job7", "file": "/r/7/models/w.pt", "bytes": 10,
+            "format": "state_dict", "source": "script", "job_id": 7, "run": {"job_id": 7},
+            "dataset": {"name": "blobs", "version": 1, "content_hash": "ab" * 8}}  # fmt: skip
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(render_model({"sha256": "cd" * 32, "card": card}, None))
+    text = console.export_text()
+    assert "state_dict registered by job 7's script" in text
+    assert "parity" not in text and "export job" not in text

@@ -1,5 +1,6 @@
-"""The run catalog: one row per train job with its params, dataset version and hash, environment
-and final metrics; what `workbench runs` and the Runs screen list and compare."""
+"""The run catalog: one row per job that reported a run (the built-in `train` kind, or any job
+through workbench.track or a captured file) with its params, dataset versions and hashes,
+environment and latest metrics; what `workbench runs` and the Runs screen list and compare."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Run:
-    """A train job's record joined with its queue state."""
+    """A job's run joined with its queue state. `source` is 'train' (the built-in kind) or
+    'script' (records from workbench.track or captured files); `datasets` every version the run
+    declared reading ({name, version, content_hash}), `artifacts` the files it recorded."""
 
     job_id: int
     name: str
@@ -37,6 +40,9 @@ class Run:
     finished_at: float | None
     stage: str | None
     pipeline_id: int | None
+    source: str = "train"
+    datasets: tuple[dict[str, Any], ...] = ()
+    artifacts: tuple[dict[str, Any], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -57,17 +63,32 @@ class Run:
             "finished_at": self.finished_at,
             "stage": self.stage,
             "pipeline_id": self.pipeline_id,
+            "source": self.source,
+            "datasets": list(self.datasets),
+            "artifacts": list(self.artifacts),
         }
 
 
-def _run(row: tuple[Any, ...]) -> Run:
+def _run(row: tuple[Any, ...], datasets: list[dict[str, Any]] | None = None) -> Run:
     (job_id, name, state, model, task, dataset, version, digest, params, env, metrics, sweep,
-     bundle, started, finished, stage, pipeline) = row  # fmt: skip
+     bundle, started, finished, stage, pipeline, source, artifacts) = row  # fmt: skip
+    if not datasets and dataset:
+        datasets = [{"name": dataset, "version": version, "content_hash": digest}]
     return Run(
         job_id, name, state or "removed", model, task, dataset, version, digest,
         json.loads(params), json.loads(env), json.loads(metrics) if metrics else {},
-        sweep, bundle, started, finished, stage, pipeline,
+        sweep, bundle, started, finished, stage, pipeline, source or "train",
+        tuple(datasets or ()), tuple(json.loads(artifacts) if artifacts else ()),
     )  # fmt: skip
+
+
+def _datasets_by_job(store: Store, job_id: int | None = None) -> dict[int, list[dict[str, Any]]]:
+    out: dict[int, list[dict[str, Any]]] = {}
+    for run_job, name, version, digest in db_catalog.run_dataset_rows(store, job_id):
+        out.setdefault(run_job, []).append(
+            {"name": name, "version": version, "content_hash": digest}
+        )
+    return out
 
 
 def start_run(
@@ -93,12 +114,14 @@ def finish_run(store: Store, job_id: int, metrics: dict[str, float], bundle: str
 
 
 def list_runs(store: Store) -> list[Run]:
-    return [_run(r) for r in db_catalog.run_rows(store)]
+    """Every run, by job id."""
+    datasets = _datasets_by_job(store)
+    return [_run(r, datasets.get(r[0])) for r in db_catalog.run_rows(store)]
 
 
 def get_run(store: Store, job_id: int) -> Run | None:
     rows = db_catalog.run_rows(store, job_id)
-    return _run(rows[0]) if rows else None
+    return _run(rows[0], _datasets_by_job(store, job_id).get(job_id)) if rows else None
 
 
 def metric_order(metric: str) -> tuple[str, bool]:

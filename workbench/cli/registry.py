@@ -52,13 +52,14 @@ def cmd_models(args: argparse.Namespace) -> int:
         headline = next(iter(metrics.items()), None)
         data = card.get("dataset") or {}
         latency = card.get("latency", {}).get("cpu", {}).get("batch_256", {})
+        parity = card.get("parity") or {}
         table.add_row(
             str(model["id"]),
             card.get("name", ""),
             f"{data.get('name')} v{data.get('version')}",
             f"job {model['run_job_id']}",
             f"{headline[0]} {headline[1]:.3f}" if headline else "-",
-            f"{card['parity']['max_abs_diff']:.1e}",
+            f"{parity['max_abs_diff']:.1e}" if "max_abs_diff" in parity else "-",
             f"{latency.get('ort_over_torch_median', 0):.2f}",
             format_size(card.get("bytes")),
             model["sha256"][:12],

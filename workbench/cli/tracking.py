@@ -1,4 +1,5 @@
-"""`workbench runs`: training runs with their params, dataset version and metrics."""
+"""`workbench runs`: runs of every job that reported one (the built-in train kind, scripts using
+workbench.track, captured files) with their params, dataset version and metrics."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def _metric(name: str, value: Any) -> str:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("runs", help="training runs: status, key params, metrics")
+    p = sub.add_parser("runs", help="runs of any job: status, key params, metrics")
     p.add_argument("--json", action="store_true")
     p.add_argument(
         "--sort",
@@ -57,12 +58,16 @@ def cmd_runs(args: argparse.Namespace) -> int:
             run.name[:40],
             run.state,
             run.model.rsplit("/", 1)[-1],
-            f"{run.dataset} v{run.dataset_version}",
+            f"{run.dataset} v{run.dataset_version}" if run.dataset else "-",
             f"{run.params.get('lr', '')}",
             f"{run.params.get('epochs', '')}",
             shown or "-",
             format_duration(now - run.started_at),
         )
     console = Console(width=None if sys.stdout.isatty() else 160)
-    console.print(table if listed else "no runs yet (a train job records one)")
+    console.print(
+        table
+        if listed
+        else "no runs yet (a train job, or a script using workbench.track, records one)"
+    )
     return 0

@@ -29,6 +29,7 @@ from workbench.daemon.executors.slurm import SlurmExecutor
 from workbench.daemon.homewatch import HomeGone, HomeWatch
 from workbench.daemon.intake import CREDENTIALS, Intake, peer_credentials
 from workbench.daemon.planning import Planner
+from workbench.daemon.records import RecordFollower
 from workbench.daemon.wakeups import Wakeups, monotonic_at
 from workbench.db import executors as placement_db
 from workbench.db import repro as repro_db
@@ -100,6 +101,7 @@ class Daemon:
         self._lock_fd = -1
         self._sock: socket.socket | None = None
         self.intake: Intake | None = None
+        self.records: RecordFollower | None = None
         self._last_version = -1
         self._last_stamp: tuple[int, int] = (-1, -1)
         self._dirty = True
@@ -191,6 +193,7 @@ class Daemon:
             self.log(f"could not back up the state file ({error}); going on without a backup")
         self.gpus = Gpus.open()
         self.sampler = Sampler(self.store, self.home, self.gpus, self.config)
+        self.records = RecordFollower(self.home, self.store, self.log)
         self._bind_socket()
         read_fd, write_fd = os.pipe()
         os.set_blocking(read_fd, False)
@@ -399,12 +402,16 @@ class Daemon:
         if not done:
             return
         try:
+            if self.records is not None:  # what the job reported is in before its end
+                self.records.ended([t.job_id for t in done])
             jobs = db.jobs_by_id(self.store, [t.job_id for t in done])
             changes = [c for t in done if t.job_id in jobs for c in self._settle(t, jobs[t.job_id])]
             db.apply_many(self.store, changes)
         except _WRITE_ERRORS as error:
             self.log(f"could not record the end of {len(done)} job(s) yet ({error}); retrying")
             return
+        if self.records is not None:
+            self.records.forget(t.job_id for t in done)
         for tracked in done:
             del self.tracked[tracked.job_id]
             self.gpu_mem_seen.pop(tracked.job_id, None)
@@ -921,6 +928,8 @@ class Daemon:
         )
         if self.slurm is not None:
             wait = min(wait, self._next_slurm_tick - time.monotonic())
+        if self.records is not None and self.tracked:
+            wait = min(wait, self.records.timeout())
         return max(0.0, wait)
 
     def run(self) -> None:
@@ -982,6 +991,8 @@ class Daemon:
             self._collect(exited)
         self._commit_launches()
         self._record_endings()
+        if self.records is not None and self.tracked and self.records.due():
+            self.records.follow(list(self.tracked))
         if time.monotonic() >= self._next_sample:
             self._sample()
         if self.slurm is not None and time.monotonic() >= self._next_slurm_tick:

@@ -138,6 +138,11 @@ def versions_in_use(store: Store) -> set[tuple[str, int]]:
                 (str(d), int(v))
                 for d, v in store.conn.execute(f"SELECT dataset, dataset_version FROM {table}")
             )
+    if "run_datasets" in tables:
+        used.update(
+            (str(d), int(v))
+            for d, v in store.conn.execute("SELECT dataset, version FROM run_datasets")
+        )
     return used
 
 
@@ -199,7 +204,7 @@ def exposed_table(store: Store, name: str) -> tuple[list[str], list[tuple[Any, .
 RUN_COLUMNS = (
     "r.job_id, r.name, j.state, r.model, r.task, r.dataset, r.dataset_version, r.dataset_hash,"
     " r.params, r.env, r.metrics, r.sweep_metric, r.bundle, r.started_at, r.finished_at, j.stage,"
-    " j.pipeline_id"
+    " j.pipeline_id, r.source, r.artifacts"
 )
 
 
@@ -247,6 +252,17 @@ def run_rows(store: Store, job_id: int | None = None) -> list[tuple[Any, ...]]:
     return store.conn.execute(
         f"SELECT {RUN_COLUMNS} FROM runs r LEFT JOIN jobs j ON j.id = r.job_id WHERE r.job_id=?",
         (job_id,),
+    ).fetchall()
+
+
+def run_dataset_rows(store: Store, job_id: int | None = None) -> list[tuple[Any, ...]]:
+    """(job_id, dataset, version, content_hash) of every dataset version runs declared reading
+    (workbench.track's `dataset()`), in the order they were declared."""
+    where, params = ("WHERE job_id=?", (job_id,)) if job_id is not None else ("", ())
+    return store.conn.execute(
+        f"SELECT job_id, dataset, version, content_hash FROM run_datasets {where}"
+        " ORDER BY job_id, t",
+        params,
     ).fetchall()
 
 

@@ -144,11 +144,21 @@ def _check(sql: str, params: list[Any], job_id: int) -> None:
     raise RecordError(f"job {job_id} may not run {sql.split('(')[0].strip()[:60]!r}")
 
 
-def apply_records(store: Store, job_id: int, path: Path, offset: int) -> int:
+def apply_records(
+    store: Store, job_id: int, path: Path, offset: int, notes: list[str] | None = None
+) -> int:
     """Apply the complete lines of a job's record file from byte `offset` to state.db in one
     transaction that also moves the job's `records_offset`, so each line is applied exactly once
-    even across daemon restarts. Returns the new offset. Raises RecordError (with the offset
-    moved past the bad line, so it is reported once) for a line that cannot be applied."""
+    even across daemon restarts. Returns the new offset.
+
+    A line is either a recorded write transaction (`{"writes": [...]}`, a built-in kind on another
+    node) or a typed record (`{"kind": ...}`, see workbench/db/track_records.py: the tracking
+    API and captured files, on any executor). A write line that cannot be applied raises
+    RecordError (with the offset moved past it, so it is reported once); a typed record that
+    cannot be applied is skipped and described in `notes` (a script's bad record never fails
+    its job)."""
+    from workbench.db.track_records import RecordApplier, TypedRecordError
+
     try:
         with open(path, "rb") as handle:
             handle.seek(offset)
@@ -161,9 +171,27 @@ def apply_records(store: Store, job_id: int, path: Path, offset: int) -> int:
     new_offset = offset + end
     problem = None
     with store.transaction() as conn:
+        typed = RecordApplier(conn, job_id, path.parent)
         for raw in data[:end].splitlines():
+            if not raw.strip():
+                continue
+            if raw.startswith(b'{"kind"') and not raw.rstrip().endswith(b"}"):
+                if notes is not None:  # cut short by a kill of the script that wrote it
+                    notes.append(f"an incomplete record skipped ({len(raw)} bytes)")
+                continue
             try:
-                writes = [(str(sql), list(params)) for sql, params in json.loads(raw)["writes"]]
+                line = json.loads(raw)
+                if isinstance(line, dict) and "kind" in line:
+                    conn.execute("SAVEPOINT record")
+                    try:
+                        typed.apply(line)
+                    except (TypedRecordError, sqlite3.Error) as error:
+                        conn.execute("ROLLBACK TO record")
+                        if notes is not None and len(notes) < 100:
+                            notes.append(str(error))
+                    conn.execute("RELEASE record")
+                    continue
+                writes = [(str(sql), list(params)) for sql, params in line["writes"]]
                 for sql, params in writes:
                     _check(sql, params, job_id)
             except (ValueError, KeyError, TypeError, RecordError) as error:
@@ -177,6 +205,7 @@ def apply_records(store: Store, job_id: int, path: Path, offset: int) -> int:
                 conn.execute("ROLLBACK TO record")
                 problem = problem or f"{type(error).__name__}: {error}"
             conn.execute("RELEASE record")
+        typed.finish()
         conn.execute("UPDATE jobs SET records_offset=? WHERE id=?", (new_offset, job_id))
     if problem:
         raise RecordError(f"some records of job {job_id} could not be applied ({problem})")

@@ -282,6 +282,21 @@ MIGRATIONS: dict[int, str] = {
     CREATE INDEX IF NOT EXISTS audit_request ON audit(detail)
         WHERE action = 'submit' AND detail IS NOT NULL;
     """,
+    # Runs of any job (40-49): a run records who produced it (`source`: 'train' for the built-in
+    # kind, 'script' for records from the tracking API or captured files), the artifacts it
+    # recorded (JSON list), and every dataset version it declared reading (lineage).
+    40: """
+    ALTER TABLE runs ADD COLUMN source TEXT NOT NULL DEFAULT 'train';
+    ALTER TABLE runs ADD COLUMN artifacts TEXT;
+    CREATE TABLE run_datasets (
+        job_id INTEGER NOT NULL,
+        dataset TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        content_hash TEXT NOT NULL,
+        t REAL NOT NULL,
+        PRIMARY KEY (job_id, dataset, version)
+    );
+    """,
     # Reproducibility (50-54): what each job was submitted with (code state of its working
     # directory, environment, snapshot; JSON, see workbench/queue/repro.py) and what the daemon
     # saw when it started (driver, GPU models).

@@ -55,5 +55,10 @@ def kind_defaults(kind: str) -> dict[str, Any]:
 def job_argv(job: Job, python: str) -> list[str]:
     """What the runner executes for a job: the user's argv, or the kind's entry point."""
     if job.kind == "command":
-        return list(job.argv or job.spec.get("argv") or [])
+        argv = list(job.argv or job.spec.get("argv") or [])
+        capture = job.spec.get("capture") or []
+        if capture:  # its metric files followed on its side (workbench/capture.py)
+            paths = [word for path in capture for word in ("--path", str(path))]
+            return [python, "-P", "-m", "workbench.capture", *paths, "--", *argv]
+        return argv
     return [python, "-P", "-m", "jobs", str(job.id)]

@@ -336,6 +336,13 @@ def capture(
             for a in (request.argv or [])
         ]
         spec = {**request.spec, "cwd": frozen, "argv": argv, "snapshot": True}
+        if isinstance(spec.get("capture"), list):  # the files it writes are in the copy too
+            spec["capture"] = [
+                frozen + os.sep + p[len(prefix) :]
+                if isinstance(p, str) and p.startswith(prefix)
+                else p
+                for p in spec["capture"]
+            ]
         request = dataclasses.replace(request, cwd=frozen, argv=argv, spec=spec)
     record = {"code": code, "environment": env, "snapshot": snap}
     return dataclasses.replace(request, repro=record)

@@ -79,6 +79,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--cwd", help="working directory (default: the current one)")
     p.add_argument("--env", action="append", metavar="K=V", help="set an environment variable")
+    p.add_argument(
+        "--capture",
+        action="append",
+        metavar="PATH",
+        help="a file or folder whose TensorBoard/Lightning/Hugging Face metrics become the run's",
+    )
     p.add_argument("--paused", action="store_true", help="queue it held; `resume` releases it")
     p.add_argument(
         "--no-preempt",
@@ -282,6 +288,8 @@ def request_from_args(
         "snapshot": args.snapshot,
     }
     table.update({k: v for k, v in overrides.items() if v is not None})
+    if getattr(args, "capture", None):
+        table["capture"] = [*table.get("capture", []), *args.capture]
     env = dict(env)
     for pair in args.env or []:
         key, sep, value = pair.partition("=")

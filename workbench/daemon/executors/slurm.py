@@ -46,6 +46,7 @@ from workbench.db.store import (
     JobRequest,
     Store,
 )
+from workbench.db.track_records import mark_finished
 from workbench.paths import Home
 from workbench.queue.kinds import job_argv
 from workbench.queue.spec import SpecError
@@ -807,6 +808,7 @@ class SlurmExecutor:
         """Record how Slurm ended a job: records first (metrics, catalog), then the state, and
         a retry when the job has retries left."""
         problem = self._records(job, place.records_offset)
+        mark_finished(self.store, [job.id])  # a script's run (workbench.track) ends with it
         live = [QUEUED, RUNNING, PAUSED]
         if view.state not in (BLOCKED, CANCELLED):
             self._mark_running(job, place, seen)
