@@ -52,6 +52,17 @@ def register(sub: Any) -> None:
         " value that does not fit is rejected (or fails the job), never rounded",
     )
     p.add_argument(
+        "--encoding",
+        help="CSV/TSV: the files' encoding (e.g. latin-1, cp1252); without it UTF-8 is checked"
+        " and a file with no multi-byte UTF-8 is read as cp1252 or latin-1, logged",
+    )
+    p.add_argument(
+        "--date-format",
+        metavar="FORMAT",
+        help="CSV/TSV: read dates that are not ISO with this strptime format (e.g. %%d/%%m/%%Y);"
+        " without it they stay text",
+    )
+    p.add_argument(
         "--max-rejects",
         type=checked.count,
         help="fail when more rows than this are bad (default 10)",
@@ -123,6 +134,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         table["sample_size"] = args.sample_size
     if args.max_rejects is not None:
         table["max_rejects"] = args.max_rejects
+    if args.encoding:
+        table["encoding"] = args.encoding
+    if args.date_format:
+        table["date_format"] = args.date_format
     if args.cpus is not None:
         table["cpus"] = args.cpus
     if args.type:
