@@ -54,6 +54,7 @@ from workbench.present import (
 from workbench.queue import argtypes as checked
 from workbench.queue import submission
 from workbench.queue.spec import SpecError
+from workbench.safetext import fallback_streams
 from workbench.units import format_duration
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DAEMON = 0, 1, 2, 3
@@ -419,7 +420,8 @@ def _wait_exit(jobs: list[Job], quiet: bool = False) -> int:
     bad = [j for j in jobs if j.state != SUCCEEDED]
     if not quiet:
         for job in bad:
-            print(f"job {job.id} {job.state}: {job.reason or ''}".rstrip(": "), file=sys.stderr)
+            reason = display_text(job.reason or "")
+            print(f"job {job.id} {job.state}: {reason}".rstrip(": "), file=sys.stderr)
     return EXIT_FAILED if bad else EXIT_OK
 
 
@@ -801,6 +803,7 @@ def _home_fault(error: BaseException) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     make_files_private()  # our state files and folders: owner only, even in a shared home
+    fallback_streams()  # a latin-1 terminal gets escapes, never a UnicodeEncodeError
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -815,7 +818,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.command = args.command[1:]
         return handler(args)
     except (SpecError, UsageError) as error:
-        print(f"workbench: {error}", file=sys.stderr)
+        print(f"workbench: {display_text(str(error))}", file=sys.stderr)
         return EXIT_USAGE
     except JobError as error:
         print(f"workbench: {error}", file=sys.stderr)
