@@ -123,6 +123,16 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         lake.check_dataset_name(args.dataset, "--dataset")
     except lake.LakeError as error:
         raise UsageError(str(error)) from None
+    store = _open(Home.current())
+    try:
+        other = lake.same_name_ignoring_case(store, args.dataset)
+    finally:
+        store.close()
+    if other is not None:
+        raise UsageError(
+            f"--dataset: {args.dataset!r}: the lake has {other!r}, the same name but for case"
+            f" (SQL names ignore case); choose another name or ingest into {other!r}"
+        )
     table: dict[str, Any] = {"kind": "ingest", "source": args.sources, "dataset": args.dataset}
     if args.format:
         table["format"] = args.format
@@ -236,6 +246,13 @@ def cmd_sql(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     rows = 0
     deadline = lake.Deadline(con, limits)
+
+    if args.out and lake.in_lake(home, Path(args.out)):
+        con.close()
+        raise SpecError(
+            f"sql: --out {args.out}: that is inside the lake ({home.lake}), where published"
+            " versions never change; write the result elsewhere"
+        )
 
     def work() -> int:
         lake.check_read_only(con, args.query)
