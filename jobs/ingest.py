@@ -429,6 +429,20 @@ def _find_line(spec: Spec, fmt: str, plan: Plan, column: str, value: str) -> str
     return ""
 
 
+def _rows_read(cursor: duckdb.DuckDBPyConnection, spec: Spec, plan: Plan, fmt: str) -> int:
+    """The rows the load's WHERE clause saw (records with the right number of fields): when
+    the load wrote as many, no value failed its check and the rejects need no search."""
+    total = 0
+    for paths, header, dialect in plan.groups:
+        options = [*_csv_options(spec, fmt, spec.sample_size), *dialect, "ignore_errors = true"]
+        options.append(f"types = {_struct(dict.fromkeys(header, 'VARCHAR'))}")
+        row = cursor.execute(
+            f"SELECT count(*) FROM read_csv({_list(paths)}, {', '.join(options)})"
+        ).fetchone()
+        total += int(row[0]) if row else 0
+    return total
+
+
 def _strict_rejects(
     cursor: duckdb.DuckDBPyConnection, spec: Spec, plan: Plan, fmt: str
 ) -> list[Reject]:
@@ -451,7 +465,9 @@ def _strict_rejects(
         )
         delimiter, quote, has_header = _reader_dialect(spec, fmt, dialect)
         for path in paths:
-            source = csv_sql(spec, [path], fmt, {c: "VARCHAR" for c in header}, dialect)
+            source = plan.text_from(
+                csv_sql(spec, [path], fmt, {c: "VARCHAR" for c in header}, dialect), header
+            )
             rows = cursor.execute(
                 f"SELECT e.c, e.v FROM (SELECT unnest(list_filter([{failing}], lambda x: x IS NOT"
                 f" NULL)) AS e FROM {source}) LIMIT {(spec.max_rejects + 1) * len(checks)}"
@@ -578,6 +594,19 @@ class Plan:
             for i, c in enumerate(self.columns)
         ]
         return ", ".join(exprs)
+
+    def text_from(self, source: str, columns: list[str] | None = None) -> str:
+        """`source` with each text column's cast computed once beside it (see
+        `ingest_strict.cast_sql`), for the checks and conversions to share."""
+        casts = [
+            cast
+            for i, c in enumerate(self.columns)
+            if (columns is None or c in columns)
+            and (cast := strict.cast_sql(i, c, self.final_types[c], self.date_formats.get(c)))
+        ]
+        if not casts:
+            return source
+        return f"(SELECT *, {', '.join(casts)} FROM {source})"
 
     def where(self) -> str:
         """The WHERE clause keeping the rows every sampled guess converts exactly, or ''."""
@@ -823,6 +852,7 @@ def _run(ctx: JobContext, spec: Spec, files: list[str], fmt: str, workdir: str) 
 
     decoded: list[strict.Decoded] = []
     if fmt in ("csv", "tsv"):
+        checking = time.time()
         for path in files:
             try:
                 item = strict.decode(path, spec.encoding, workdir)
@@ -831,6 +861,7 @@ def _run(ctx: JobContext, spec: Spec, files: list[str], fmt: str, workdir: str) 
             if item.note:
                 ctx.log(item.note)
             decoded.append(item)
+        ctx.log(f"checked the encoding of {len(files)} file(s) in {time.time() - checking:.2f}s")
     sources: list[dict[str, Any]] = []
     for number, path in enumerate(files):
         stat = os.stat(path)
@@ -858,13 +889,15 @@ def _run(ctx: JobContext, spec: Spec, files: list[str], fmt: str, workdir: str) 
         con.execute(f"SET TimeZone = {_literal(strict.SESSION_TIME_ZONE)}")
         return con
 
-    def load(con: duckdb.DuckDBPyConnection, plan: Plan, target: Path) -> None:
+    def load(con: duckdb.DuckDBPyConnection, plan: Plan, target: Path) -> int:
         if fmt in ("csv", "tsv"):
             source = csv_from(spec, plan, fmt)
         elif fmt == "parquet":
             source = parquet_sql(files)
         else:
             source = json_sql(files, fmt, plan.read_types)
+        if plan.text:
+            source = plan.text_from(source)
         select = f"SELECT {plan.select()} FROM {source}{plan.where()}"
         if previous is not None:
             select = (
@@ -874,12 +907,15 @@ def _run(ctx: JobContext, spec: Spec, files: list[str], fmt: str, workdir: str) 
         watcher = _Watcher(ctx, con, f"reading {len(files)} file(s)")
         watcher.start()
         try:
-            con.execute(f"COPY ({select}) TO {_literal(str(target))} (FORMAT parquet)")
+            done = con.execute(
+                f"COPY ({select}) TO {_literal(str(target))} (FORMAT parquet)"
+            ).fetchone()
         except duckdb.InterruptException:
             raise Cancelled("cancelled while reading the sources") from None
         finally:
             watcher.done.set()
             watcher.join()
+        return int(done[0]) if done else 0
 
     def write(tmp: Path) -> int:
         con = connect()
@@ -901,7 +937,7 @@ def _run(ctx: JobContext, spec: Spec, files: list[str], fmt: str, workdir: str) 
             con = connect()
             try:
                 try:
-                    load(con, plan, target)
+                    written = load(con, plan, target) - (previous.rows if previous else 0)
                 except duckdb.Error as error:
                     if ctx.cancel_requested:
                         raise Cancelled("cancelled while reading the sources") from None
@@ -919,7 +955,9 @@ def _run(ctx: JobContext, spec: Spec, files: list[str], fmt: str, workdir: str) 
                     if spec.sample_size is None and _widen_after_rejects(ctx, con, plan):
                         widenings += 1
                         continue
-                    found = _rejects(con, plan) + _strict_rejects(con, spec, plan, fmt)
+                    found = _rejects(con, plan)
+                    if plan.where() and _rows_read(con, spec, plan, fmt) > written:
+                        found += _strict_rejects(con, spec, plan, fmt)
                     found.sort(key=lambda r: (r[0], r[1]))
                     count = len({(r[0], r[1]) for r in found})
                     first = _reject_sentence(found[0]) if found else None

@@ -63,8 +63,27 @@ def _words(words: tuple[str, ...]) -> str:
     return "(" + ", ".join(_literal(w) for w in words) + ")"
 
 
+def cast_column(index: int) -> str:
+    """The name of the column holding column `index` cast once (see `cast_sql`)."""
+    return f'"__wb_cast_{index}"'
+
+
+def cast_sql(index: int, name: str, kind: str, date_format: str | None = None) -> str | None:
+    """`TRY_CAST(name AS kind) AS cast_column(index)`: computed once per value, for the check
+    and the conversion both; None where the conversion is not a plain cast."""
+    base = base_type(kind)
+    if base in ("VARCHAR", "TEXT", "STRING", "BOOLEAN") or (base == "DATE" and date_format):
+        return None
+    column = '"' + name.replace('"', '""') + '"'
+    return f"TRY_CAST({column} AS {kind}) AS {cast_column(index)}"
+
+
 def check_sql(
-    column: str, kind: str, date_format: str | None = None, declared: bool = False
+    column: str,
+    kind: str,
+    date_format: str | None = None,
+    declared: bool = False,
+    cast: str | None = None,
 ) -> str | None:
     """A SQL condition true when the text `column` (already quoted) converts to `kind` keeping
     its meaning, or None when every text does (VARCHAR). Integers must print back as written
@@ -75,7 +94,7 @@ def check_sql(
     t/f, 1/0: the user said they are booleans)."""
     base = base_type(kind)
     c = column
-    cast = f"TRY_CAST({c} AS {kind})"
+    cast = cast or f"TRY_CAST({c} AS {kind})"
     if base in ("VARCHAR", "TEXT", "STRING"):
         return None
     if base in _INTEGERS:
@@ -89,7 +108,8 @@ def check_sql(
         )
     if base in ("DOUBLE", "FLOAT", "REAL", "FLOAT4", "FLOAT8"):
         return (
-            f"{cast} IS NOT NULL AND NOT regexp_matches({c}, '^\\s*[-+]?0[0-9]') AND NOT"
+            f"{cast} IS NOT NULL AND ({c}[1] NOT IN ('0', '-', '+', ' ') OR NOT"
+            f" regexp_matches({c}, '^\\s*[-+]?0[0-9]')) AND NOT"
             f" (abs({cast}) >= 9007199254740992 AND regexp_full_match({c}, '\\s*[-+]?\\d+\\s*'))"
         )
     if base == "DATE":
@@ -108,7 +128,9 @@ def check_sql(
     return f"{cast} IS NOT NULL"
 
 
-def convert_sql(column: str, kind: str, date_format: str | None = None) -> str:
+def convert_sql(
+    column: str, kind: str, date_format: str | None = None, cast: str | None = None
+) -> str:
     """The text `column` converted to `kind` (stored as `stored_type(kind)`); only meaningful
     where `check_sql` holds."""
     base = base_type(kind)
@@ -118,7 +140,7 @@ def convert_sql(column: str, kind: str, date_format: str | None = None) -> str:
         return f"CAST(try_strptime({column}, {_literal(date_format)}) AS DATE)"
     if base == "BOOLEAN":
         return f"(lower(trim({column})) IN {_words(_TRUE_WORDS)})"
-    value = f"TRY_CAST({column} AS {kind})"
+    value = cast or f"TRY_CAST({column} AS {kind})"
     stored = stored_type(kind)
     return value if stored == kind else f"CAST({value} AS {stored})"
 
@@ -140,12 +162,13 @@ def strict_column(
     `sampled` integer type (a number that is not a whole one fails, other text is rejected).
     A condition that SQL cannot decide (NULL) counts as false: a row is never dropped unsaid."""
     column = '"' + name.replace('"', '""') + '"'
-    check = check_sql(column, kind, date_format, declared)
+    cast = cast_column(index) if cast_sql(index, name, kind, date_format) else None
+    check = check_sql(column, kind, date_format, declared, cast)
     if check is not None:
         check = f"coalesce({check}, false)"
     if sampled and base_type(kind) in _INTEGERS:
         fail = True
-    converted = convert_sql(column, kind, date_format)
+    converted = convert_sql(column, kind, date_format, cast)
     if check is None:
         return f"{converted} AS {column}", None
     if fail:
@@ -160,7 +183,7 @@ def strict_column(
                 f" regexp_matches({column}, '^\\s*[-+]?0[0-9]'), false))"
             )
         elif declared:
-            parsed = f"{convert_sql(column, kind, date_format)} IS NOT NULL"
+            parsed = f"{converted} IS NOT NULL"
             if base_type(kind) == "BOOLEAN":
                 parsed = check
             condition = f"({column} IS NULL OR coalesce({parsed}, false))"
@@ -221,24 +244,36 @@ def _open(path: str) -> IO[bytes]:
 
 def _first_bad(path: str) -> tuple[int, int, int] | None:
     """(line, byte offset, byte) of the first byte that is not UTF-8, or None for a UTF-8
-    file; read in blocks (a 1 GB file costs about a second)."""
+    file; read in blocks, an ASCII block (the common case) checked without decoding it."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset = 0
-    line = 1
     with _open(path) as handle:
         while block := handle.read(1 << 24):
+            if block.isascii() and not decoder.getstate()[0]:
+                offset += len(block)
+                continue
             try:
                 decoder.decode(block)
             except UnicodeDecodeError as error:
-                line += block.count(b"\n", 0, error.start)
+                line = _line_of(path, offset + error.start)
                 return line, offset + error.start, block[error.start]
-            line += block.count(b"\n")
             offset += len(block)
         try:
             decoder.decode(b"", final=True)
         except UnicodeDecodeError:
-            return line, offset, 0
+            return _line_of(path, offset), offset, 0
     return None
+
+
+def _line_of(path: str, position: int) -> int:
+    """The 1-based line holding byte `position` (read again: only for an error message)."""
+    line = 1
+    done = 0
+    with _open(path) as handle:
+        while done < position and (block := handle.read(min(1 << 24, position - done))):
+            line += block.count(b"\n")
+            done += len(block)
+    return line
 
 
 def _utf8_name(encoding: str) -> bool:
