@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from jobs import ingest_sources as remote
 from jobs import ingest_strict as strict
 from jobs.context import Cancelled, JobContext, JobFailed
 from workbench.catalog import lake
@@ -33,7 +34,7 @@ from workbench.queue.spec import SpecError
 if TYPE_CHECKING:
     import duckdb
 
-Format = Literal["auto", "csv", "tsv", "parquet", "json", "ndjson"]
+Format = Literal["auto", "csv", "tsv", "parquet", "json", "ndjson", "sqlite"]
 _COMPRESSED = (".gz", ".zst", ".gzip")
 _EXTENSIONS = {
     ".csv": "csv",
@@ -45,6 +46,9 @@ _EXTENSIONS = {
     ".json": "json",
     ".ndjson": "ndjson",
     ".jsonl": "ndjson",
+    ".db": "sqlite",
+    ".sqlite": "sqlite",
+    ".sqlite3": "sqlite",
 }
 
 # The strings R and pandas users expect to read as missing (the common part of pandas'
@@ -96,7 +100,8 @@ class Spec:
     `mode = "append"` keeps the previous version's rows in the new one; more than `max_rejects`
     bad rows fail the job; `encoding`: the CSV files' encoding (else decided, see
     `ingest_strict.decode`); `date_format`: a strptime format for CSV dates that are not ISO
-    (`%d/%m/%Y`; without it such dates stay text)."""
+    (`%d/%m/%Y`; without it such dates stay text). A source may be an `http(s)://` URL
+    (fetched first) or a SQLite database with `table` or `query` (see `ingest_sources`)."""
 
     source: list[str]
     dataset: str
@@ -111,10 +116,12 @@ class Spec:
     max_rejects: int = 10
     encoding: str | None = None
     date_format: str | None = None
+    table: str | None = None
+    query: str | None = None
 
 
 def _format_of(path: str) -> str | None:
-    name = path.lower()
+    name = (remote.url_name(path) if remote.is_url(path) else path).lower()
     for suffix in _COMPRESSED:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
@@ -125,6 +132,9 @@ def expand_sources(patterns: list[str], where: str) -> list[str]:
     """Every file the patterns name, in order, each once; a pattern matching nothing is an error."""
     files: list[str] = []
     for number, pattern in enumerate(patterns):
+        if remote.is_url(pattern):
+            files.append(pattern)  # fetched when the job runs
+            continue
         matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
         matches = [m for m in matches if os.path.isfile(m)]
         if not matches:
@@ -161,9 +171,16 @@ def prepare(spec: Spec, base_dir: Path, where: str) -> Spec:
         raise SpecError(str(error)) from None
     if not spec.source:
         raise SpecError(f"{where}: key 'source': give at least one file or glob")
-    patterns = [str((base_dir / os.path.expanduser(p)).resolve()) for p in spec.source]
+    patterns = [
+        p if remote.is_url(p) else str((base_dir / os.path.expanduser(p)).resolve())
+        for p in spec.source
+    ]
     files = expand_sources(patterns, where)
     fmt = source_format(spec, files, where)
+    if fmt == "sqlite" and (spec.table is None) == (spec.query is None):
+        raise SpecError(f"{where}: a SQLite source needs key 'table' or key 'query' (one of them)")
+    if fmt != "sqlite" and (spec.table is not None or spec.query is not None):
+        raise SpecError(f"{where}: keys 'table' and 'query' apply to a SQLite source only")
     if spec.max_rejects < 0:
         raise SpecError(f"{where}: key 'max_rejects': must not be negative")
     if spec.delimiter is not None and len(spec.delimiter) != 1:
@@ -833,12 +850,6 @@ def run(ctx: JobContext) -> None:
         fmt = source_format(spec, files, where)
     except SpecError as error:
         raise JobFailed(str(error)) from None
-    empty = [f for f in files if _is_empty(f)]
-    if empty:
-        raise JobFailed(
-            f"{empty[0]} is empty: nothing to ingest (no version published"
-            f"{'; the dataset keeps its rows' if spec.mode == 'replace' else ''})"
-        )
     (ctx.home.root / "tmp").mkdir(parents=True, exist_ok=True)
     workdir = tempfile.mkdtemp(prefix="ingest-", dir=ctx.home.root / "tmp")
     try:
@@ -847,8 +858,49 @@ def run(ctx: JobContext) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _materialise(
+    ctx: JobContext, spec: Spec, files: list[str], fmt: str, workdir: str
+) -> tuple[list[str], str, list[dict[str, Any]]]:
+    """Local files for every source: URLs fetched into `workdir`, a SQLite table or query
+    written there as Parquet. Returns the files, their format, and each one's lineage (the
+    source's own path or URL first)."""
+    local: list[str] = []
+    origins: list[dict[str, Any]] = []
+    for source in files:
+        origin: dict[str, Any] = {"path": source}
+        path = source
+        if remote.is_url(source):
+            try:
+                path, fetched = remote.fetch(source, workdir)
+            except remote.SourceError as error:
+                raise JobFailed(str(error)) from None
+            origin = {"path": fetched["url"], **fetched}
+            ctx.log(
+                f"fetched {fetched['url']}: {fetched['bytes']} bytes, sha256 {fetched['sha256']}"
+            )
+        if fmt == "sqlite":
+            try:
+                path, read = remote.sqlite_to_parquet(path, spec.table, spec.query, workdir)
+            except remote.SourceError as error:
+                raise JobFailed(str(error)) from None
+            origin = {**origin, **read}
+            ctx.log(f"read {read['rows']} row(s) from SQLite {source}")
+        local.append(path)
+        origins.append(origin)
+    empty = [(o["path"], f) for o, f in zip(origins, local, strict=True) if _is_empty(f)]
+    if empty:
+        raise JobFailed(
+            f"{empty[0][0]} is empty: nothing to ingest (no version published"
+            f"{'; the dataset keeps its rows' if spec.mode == 'replace' else ''})"
+        )
+    return local, ("parquet" if fmt == "sqlite" else fmt), origins
+
+
 def _run(ctx: JobContext, spec: Spec, files: list[str], fmt: str, workdir: str) -> None:
     import duckdb
+
+    named = fmt
+    files, fmt, origins = _materialise(ctx, spec, files, fmt, workdir)
 
     decoded: list[strict.Decoded] = []
     if fmt in ("csv", "tsv"):
@@ -861,11 +913,12 @@ def _run(ctx: JobContext, spec: Spec, files: list[str], fmt: str, workdir: str) 
             if item.note:
                 ctx.log(item.note)
             decoded.append(item)
+        decoded = [replace(d, source=o["path"]) for d, o in zip(decoded, origins, strict=True)]
         ctx.log(f"checked the encoding of {len(files)} file(s) in {time.time() - checking:.2f}s")
     sources: list[dict[str, Any]] = []
     for number, path in enumerate(files):
         stat = os.stat(path)
-        source = {"path": path, "bytes": stat.st_size, "mtime": stat.st_mtime, "format": fmt}
+        source = {"bytes": stat.st_size, "mtime": stat.st_mtime, **origins[number], "format": named}
         if decoded:
             source["encoding"] = decoded[number].encoding
         sources.append(source)

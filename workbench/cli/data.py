@@ -24,10 +24,18 @@ SHOWN_ROWS = 200
 def register(sub: Any) -> None:
     p = sub.add_parser("ingest", help="queue an ingest job: files or globs into a dataset version")
     p.add_argument(
-        "sources", nargs="+", metavar="SRC", help="CSV/TSV, Parquet, JSON or NDJSON files or globs"
+        "sources",
+        nargs="+",
+        metavar="SRC",
+        help="CSV/TSV, Parquet, JSON or NDJSON files or globs, http(s):// URLs, or a SQLite"
+        " database (with --table or --query)",
     )
     p.add_argument("--dataset", required=True, help="dataset name (letters, digits, _)")
-    p.add_argument("--format", choices=["auto", "csv", "tsv", "parquet", "json", "ndjson"])
+    p.add_argument(
+        "--format", choices=["auto", "csv", "tsv", "parquet", "json", "ndjson", "sqlite"]
+    )
+    p.add_argument("--table", help="SQLite: the table to ingest")
+    p.add_argument("--query", help="SQLite: a read-only query whose result to ingest")
     p.add_argument("--mode", choices=["replace", "append"], help="append: keep the previous rows")
     p.add_argument("--type", action="append", metavar="COL=TYPE", help="override a column's type")
     p.add_argument("--delimiter")
@@ -152,6 +160,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         table["max_rejects"] = args.max_rejects
     if args.encoding:
         table["encoding"] = args.encoding
+    if args.table:
+        table["table"] = args.table
+    if args.query:
+        table["query"] = args.query
     if args.date_format:
         table["date_format"] = args.date_format
     if args.cpus is not None:
