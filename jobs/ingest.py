@@ -1042,15 +1042,18 @@ def _run(ctx: JobContext, spec: Spec, files: list[str], fmt: str, workdir: str) 
         ctx.progress(0.96, "publishing")
         return count
 
-    info = publish(
-        ctx.home,
-        ctx.store,
-        spec.dataset,
-        write,
-        sources=sources,
-        job_id=ctx.job.id,
-        started_at=started,
-    )
+    try:
+        info = publish(
+            ctx.home,
+            ctx.store,
+            spec.dataset,
+            write,
+            sources=sources,
+            job_id=ctx.job.id,
+            started_at=started,
+        )
+    except LakeError as error:  # e.g. a name that differs from another dataset's only in case
+        raise JobFailed(str(error)) from None
     seconds = time.time() - started
     if info.job_id != ctx.job.id:
         ctx.log(f"identical to {info.dataset} v{info.version} (same content hash): no new version")

@@ -82,3 +82,19 @@ def test_rejects_of_a_dataset_without_rejects_is_an_empty_table(home: Home, clie
     assert done.stdout == ""
     counted = workbench("sql", 'SELECT count(*) AS n FROM "clean@v1_rejects"', "--json")
     assert counted.stdout.strip() == '{"n": 0}'
+
+
+def test_a_pipeline_into_another_case_fails_in_words(home: Home, tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("a\n1\n")
+    assert (
+        workbench("ingest", str(tmp_path / "a.csv"), "--dataset", "big", "--wait").returncode == 0
+    )
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text(
+        '[pipeline]\nname = "p"\n[[stage]]\nname = "load"\nkind = "ingest"\n'
+        f'source = ["{tmp_path / "a.csv"}"]\ndataset = "Big"\n'
+    )
+    batch = workbench("--batch", str(pipeline))
+    assert batch.returncode == 1, batch.stderr
+    assert "same name but for case" in batch.stdout + batch.stderr
+    assert "Traceback" not in batch.stdout + batch.stderr

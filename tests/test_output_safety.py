@@ -206,3 +206,25 @@ def test_in_tmux_a_nasty_cell_neither_retitles_nor_clears(
         assert "pwned" not in title
     finally:
         tmux("kill-server", check=False)
+
+
+@pytest.mark.slow
+def test_in_tmux_the_tui_under_a_latin1_locale_says_so(home: Home, tmp_path: Path) -> None:
+    assert shutil.which("tmux"), "tmux is needed (installed by .ci/setup)"
+    locale = _latin1_locale(tmp_path)
+    session = f"wb-latin1-{int(time.time() * 1000)}"
+    env = " ".join(f"{k}={v}" for k, v in locale.items())
+    command = (
+        f"env -u COLUMNS -u LINES {env} WORKBENCH_HOME={home.root} {sys.executable} -m workbench"
+        "; echo TUI-EXIT=$?; sleep 600"
+    )
+    tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "40", command)
+    try:
+        wait_for(lambda: "Dashboard" in capture(session), timeout=30, what="the TUI to draw")
+        tmux("send-keys", "-t", session, "q")
+        wait_for(lambda: "TUI-EXIT=" in capture(session), timeout=30, what="the TUI to quit")
+        screen = capture(session)
+        assert "TUI-EXIT=0" in screen and "Traceback" not in screen, screen
+        assert "not UTF-8" in screen and "iso8859-1" in screen.lower(), screen
+    finally:
+        tmux("kill-server", check=False)
