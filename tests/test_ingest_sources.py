@@ -132,3 +132,59 @@ def test_sqlite_faults_name_the_database(client: Client, tmp_path: Path) -> None
     con.close()
     refused = workbench("ingest", str(tmp_path / "shop.db"), "--dataset", "s")
     assert refused.returncode == 2 and "'table'" in refused.stderr
+
+
+def test_csv_from_an_https_url_with_a_trusted_certificate(
+    home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real TLS server on loopback (a self-signed certificate made here with openssl, trusted
+    through SSL_CERT_FILE, which Python's default context reads)."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+         "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    folder = tmp_path / "www"
+    folder.mkdir()
+    (folder / "t.csv").write_text("id,code\n1,007\n2,18446744073709551615\n")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server_code = (
+        "import http.server, ssl, functools, sys\n"
+        "handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[1])\n"
+        "server = http.server.HTTPServer(('127.0.0.1', int(sys.argv[2])), handler)\n"
+        "context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n"
+        "context.load_cert_chain(sys.argv[3], sys.argv[4])\n"
+        "server.socket = context.wrap_socket(server.socket, server_side=True)\n"
+        "server.serve_forever()\n"
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-c", server_code, str(folder), str(port), str(cert), str(key)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        url = f"https://127.0.0.1:{port}/t.csv"
+        untrusted = workbench("ingest", url, "--dataset", "u", "--wait")
+        assert untrusted.returncode == 1
+        shown = workbench("show", untrusted.stdout.split()[0]).stdout
+        assert url in shown and "CERTIFICATE" in shown.upper()
+        env = {"SSL_CERT_FILE": str(cert)}
+        workbench("daemon", "stop", env=env)
+        done = workbench("ingest", url, "--dataset", "t", "--wait", env=env)
+        assert done.returncode == 0, done.stderr
+        out = workbench("sql", "SELECT code FROM t ORDER BY id", "--csv").stdout
+        assert out.splitlines() == ["code", "007", "18446744073709551615"]
+    finally:
+        os.kill(server.pid, signal.SIGTERM)
+        server.wait(timeout=10)
