@@ -3,8 +3,11 @@ median with their range): `workbench ingest --wait` of a generated CSV with defa
 against DuckDB's own `COPY (SELECT * FROM read_csv(...)) TO '...parquet'`; the ingest's
 whole-input types against the same ingest with `--sample-size` (DuckDB's sample); and, over 10
 million rows, `workbench sql` (the printed first 200 rows, and `--json --limit 100`) and the Data
-screen's first page against DuckDB's Python API.
-Usage: nice python bench/ingest.py [--rows N] [--quick]"""
+screen's first page against DuckDB's Python API. The same for a Parquet source. Where the
+remaining time goes: the job's own phase timings (its log) and cProfile's top costs of
+`workbench sql`.
+Usage: nice python bench/ingest.py [--rows N] [--quick | --tiny]  (--tiny: a smoke run of every
+measure on a few thousand rows; it writes nothing to RESULTS.md)"""
 
 from __future__ import annotations
 
@@ -37,6 +40,12 @@ DEFAULT_CPUS = min(4, os.cpu_count() or 1)  # the ingest kind's default reservat
 def spread(ratios: list[float]) -> str:
     """`1.23x (1.10-1.40)`: the median ratio and its range over the repeats."""
     return f"{median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+
+
+# Every process of a run (ours and the bare DuckDB baseline) may cache its bytecode: with
+# PYTHONDONTWRITEBYTECODE set (as on the shared machine) each start compiles every module
+# again (~0.1 s for the CLI), which no user's installed workbench pays.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 
 def bare_process(glob: str, rows: int) -> float:
@@ -105,6 +114,46 @@ def duckdb_copy(csv: Path, out: Path) -> float:
     return elapsed
 
 
+def duckdb_parquet_copy(source: Path, out: Path) -> float:
+    """The Parquet baseline: DuckDB's Python API rewriting the same Parquet file, timed."""
+    import duckdb
+
+    con = duckdb.connect()
+    started = time.perf_counter()
+    con.execute(f"COPY (SELECT * FROM read_parquet('{source}')) TO '{out}' (FORMAT parquet)")
+    elapsed = time.perf_counter() - started
+    con.close()
+    return elapsed
+
+
+def job_phases(home: Home, job_id: int) -> str:
+    """The timing lines of an ingest job's log (encodings, types, read and write, publish)."""
+    log = (home.run_dir(job_id) / "log").read_text()
+    keep = ("checked", "types decided", "published")
+    return "; ".join(line.strip() for line in log.splitlines() if any(k in line for k in keep))
+
+
+def top_costs(env: dict[str, str], args: list[str], count: int = 6) -> str:
+    """cProfile's top `count` functions by own time in `workbench ARGS` (a new process)."""
+    import pstats
+
+    with tempfile.NamedTemporaryFile(suffix=".prof") as handle:
+        subprocess.run(
+            [sys.executable, "-m", "cProfile", "-o", handle.name, "-m", "workbench", *args],
+            env=env,
+            capture_output=True,
+            check=True,
+        )
+        stats = pstats.Stats(handle.name)
+        total = stats.total_tt  # type: ignore[attr-defined]
+        rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:count]  # type: ignore[attr-defined]
+        parts = []
+        for (filename, line, name), (_, _, own, _, _) in rows:
+            where = Path(filename).name if filename != "~" else "builtin"
+            parts.append(f"{name} ({where}:{line}) {own * 1000:.0f} ms")
+        return f"total {total * 1000:.0f} ms: " + ", ".join(parts)
+
+
 def workbench(env: dict[str, str], *args: str) -> tuple[float, str]:
     started = time.perf_counter()
     done = subprocess.run(
@@ -165,9 +214,12 @@ def main() -> None:
     parser.add_argument("--big", type=int, default=10_000_000, help="rows for the first page")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat")
+    parser.add_argument("--tiny", action="store_true", help="a smoke run; writes no results")
     args = parser.parse_args()
     if args.quick:
         args.rows, args.big, args.repeat = 300_000, 1_000_000, 1
+    if args.tiny:
+        args.rows, args.big, args.repeat = 3_000, 20_000, 1
 
     work = Path(tempfile.mkdtemp(prefix="wb-bench-ingest-"))
     env = dict(os.environ, WORKBENCH_HOME=str(work / "home"))
@@ -253,6 +305,29 @@ def main() -> None:
             ]
         )
 
+        # Parquet: the same rows, ingested against DuckDB rewriting the file.
+        parquet = work / "data.parquet"
+        import duckdb
+
+        duckdb.connect().execute(
+            f"COPY (SELECT * FROM read_csv('{csv}')) TO '{parquet}' (FORMAT parquet)"
+        )
+        pq_base: list[float] = []
+        pq_ours: list[float] = []
+        for attempt in range(args.repeat):
+            pq_base.append(duckdb_parquet_copy(parquet, work / f"pq-{attempt}.parquet"))
+            pq_ours.append(
+                workbench(env, "ingest", str(parquet), "--dataset", f"pq{attempt}", "--wait")[0]
+            )
+        rows_out.append(
+            [
+                f"ingest the same rows as Parquet, CLI --wait, median of {args.repeat}",
+                f"{median(pq_ours):.2f} s",
+                f"DuckDB COPY read_parquet: {median(pq_base):.2f} s",
+                f"{spread([x / y for x, y in zip(pq_base, pq_ours, strict=True)])} (goal >= 0.85)",
+            ]
+        )
+
         # NDJSON is always read whole (every record: late keys and types): its cost against
         # DuckDB's sampled read of the same file.
         ndjson = work / "data.ndjson"
@@ -286,6 +361,14 @@ def main() -> None:
                 for n in range(args.repeat)
             ]
         )
+        store = Store.open(home.state_db)
+        try:
+            phases = {
+                name: job_phases(home, lake.version_info(store, name).job_id or 0)
+                for name in (f"whole{args.repeat - 1}", f"pq{args.repeat - 1}")
+            }
+        finally:
+            store.close()
         rows_out.append(
             [
                 "  fixed cost: 1-row CSV, CLI --wait",
@@ -352,6 +435,12 @@ def main() -> None:
                 " (goal <= 1.5)",
             ]
         )
+        costs = {
+            "LIMIT 100": top_costs(
+                env, ["sql", "--json", "--limit", str(PAGE), "SELECT * FROM big"]
+            ),
+            "SELECT *": top_costs(env, ["sql", "SELECT * FROM big"]),
+        }
         subprocess.run(
             [sys.executable, "-m", "workbench", "daemon", "stop"], env=env, capture_output=True
         )
@@ -359,7 +448,15 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     report = table(["measure", "workbench", "baseline (same run)", "ratio / goal"], rows_out)
+    report += "\n\nWhere the time goes (the last run):\n"
+    report += f"- ingest CSV job: {phases[f'whole{args.repeat - 1}']}\n"
+    report += f"- ingest Parquet job: {phases[f'pq{args.repeat - 1}']}\n"
+    report += "".join(
+        f"- `sql` {name}, cProfile own time: {text}\n" for name, text in costs.items()
+    )
     print(report)
+    if args.tiny:
+        return
     command = "nice python bench/ingest.py" + (" --quick" if args.quick else "")
     name = "ingest"
     if not args.quick and args.rows != DEFAULT_ROWS:

@@ -15,12 +15,17 @@ import glob
 import gzip
 import os
 import re
+import shutil
+import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from jobs import ingest_sources as remote
+from jobs import ingest_strict as strict
 from jobs.context import Cancelled, JobContext, JobFailed
 from workbench.catalog import lake
 from workbench.catalog.lake import LakeError, check_dataset_name, publish, version_info
@@ -29,7 +34,7 @@ from workbench.queue.spec import SpecError
 if TYPE_CHECKING:
     import duckdb
 
-Format = Literal["auto", "csv", "tsv", "parquet", "json", "ndjson"]
+Format = Literal["auto", "csv", "tsv", "parquet", "json", "ndjson", "sqlite"]
 _COMPRESSED = (".gz", ".zst", ".gzip")
 _EXTENSIONS = {
     ".csv": "csv",
@@ -41,6 +46,9 @@ _EXTENSIONS = {
     ".json": "json",
     ".ndjson": "ndjson",
     ".jsonl": "ndjson",
+    ".db": "sqlite",
+    ".sqlite": "sqlite",
+    ".sqlite3": "sqlite",
 }
 
 # The strings R and pandas users expect to read as missing (the common part of pandas'
@@ -90,7 +98,10 @@ class Spec:
     null in CSV/TSV, added to DEFAULT_NULLS (`default_nulls = false`: only these);
     `sample_size`: guess CSV types from this many rows instead of the whole input;
     `mode = "append"` keeps the previous version's rows in the new one; more than `max_rejects`
-    bad rows fail the job."""
+    bad rows fail the job; `encoding`: the CSV files' encoding (else decided, see
+    `ingest_strict.decode`); `date_format`: a strptime format for CSV dates that are not ISO
+    (`%d/%m/%Y`; without it such dates stay text). A source may be an `http(s)://` URL
+    (fetched first) or a SQLite database with `table` or `query` (see `ingest_sources`)."""
 
     source: list[str]
     dataset: str
@@ -103,10 +114,14 @@ class Spec:
     sample_size: int | None = None
     mode: Literal["replace", "append"] = "replace"
     max_rejects: int = 10
+    encoding: str | None = None
+    date_format: str | None = None
+    table: str | None = None
+    query: str | None = None
 
 
 def _format_of(path: str) -> str | None:
-    name = path.lower()
+    name = (remote.url_name(path) if remote.is_url(path) else path).lower()
     for suffix in _COMPRESSED:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
@@ -117,6 +132,9 @@ def expand_sources(patterns: list[str], where: str) -> list[str]:
     """Every file the patterns name, in order, each once; a pattern matching nothing is an error."""
     files: list[str] = []
     for number, pattern in enumerate(patterns):
+        if remote.is_url(pattern):
+            files.append(pattern)  # fetched when the job runs
+            continue
         matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
         matches = [m for m in matches if os.path.isfile(m)]
         if not matches:
@@ -153,9 +171,16 @@ def prepare(spec: Spec, base_dir: Path, where: str) -> Spec:
         raise SpecError(str(error)) from None
     if not spec.source:
         raise SpecError(f"{where}: key 'source': give at least one file or glob")
-    patterns = [str((base_dir / os.path.expanduser(p)).resolve()) for p in spec.source]
+    patterns = [
+        p if remote.is_url(p) else str((base_dir / os.path.expanduser(p)).resolve())
+        for p in spec.source
+    ]
     files = expand_sources(patterns, where)
     fmt = source_format(spec, files, where)
+    if fmt == "sqlite" and (spec.table is None) == (spec.query is None):
+        raise SpecError(f"{where}: a SQLite source needs key 'table' or key 'query' (one of them)")
+    if fmt != "sqlite" and (spec.table is not None or spec.query is not None):
+        raise SpecError(f"{where}: keys 'table' and 'query' apply to a SQLite source only")
     if spec.max_rejects < 0:
         raise SpecError(f"{where}: key 'max_rejects': must not be negative")
     if spec.delimiter is not None and len(spec.delimiter) != 1:
@@ -168,6 +193,19 @@ def prepare(spec: Spec, base_dir: Path, where: str) -> Spec:
                 f"{where}: key 'sample_size': only CSV/TSV types can be sampled; {fmt} is always"
                 " read whole (a sample would drop keys and values it did not see)"
             )
+    if spec.encoding is not None:
+        why = strict.check_encoding_name(spec.encoding)
+        if why is not None:
+            raise SpecError(f"{where}: key 'encoding': {why}")
+    if (spec.encoding is not None or spec.date_format is not None) and fmt not in ("csv", "tsv"):
+        raise SpecError(
+            f"{where}: keys 'encoding' and 'date_format' apply to CSV/TSV only ({fmt} is read"
+            " as its format defines)"
+        )
+    if spec.date_format is not None and "%" not in spec.date_format:
+        raise SpecError(
+            f"{where}: key 'date_format': {spec.date_format!r} has no % field (e.g. %d/%m/%Y)"
+        )
     for column, kind in spec.types.items():
         if not kind.strip():
             raise SpecError(f"{where}: key 'types': column {column!r} has an empty type")
@@ -238,7 +276,8 @@ def csv_sql(
     dialect: tuple[str, ...] = (),
 ) -> str:
     """`read_csv` of files that share one header and `dialect` (options from `sniff_dialect`),
-    with rejects kept and `types` (every column)."""
+    with rejects kept and `types` (every column; `ingest_strict` converts text itself, so the
+    load reads every column as VARCHAR)."""
     options = ["store_rejects = true", *_csv_options(spec, fmt, spec.sample_size), *dialect]
     if types is not None:
         options.append(f"types = {_struct(types)}")
@@ -341,31 +380,164 @@ class _Watcher(threading.Thread):
                 self.ctx.progress(min(percent, 99.0) / 100 * 0.95, self.message)
 
 
-def _rejects(cursor: duckdb.DuckDBPyConnection) -> tuple[int, str | None]:
-    """How many rows were rejected, and a sentence about the first one."""
-    row = cursor.execute(
-        "SELECT count(DISTINCT (scan_id, file_id, line)) FROM reject_errors"
-    ).fetchone()
-    count = int(row[0]) if row else 0
-    if not count:
-        return 0, None
-    first = cursor.execute(
-        "SELECT s.file_path, e.line, e.column_name, e.error_message FROM reject_errors e"
-        " JOIN reject_scans s USING (scan_id, file_id) ORDER BY s.file_path, e.line LIMIT 1"
-    ).fetchone()
-    assert first is not None
-    path, line, column, message = first
+Reject = tuple[str, int, str | None, str, str, str, bytes | None]
+"""(source file, line, column, error type, error, raw line as text, the line's original bytes)"""
+
+
+def _rejects(cursor: duckdb.DuckDBPyConnection, plan: Plan) -> list[Reject]:
+    """DuckDB's rejected rows (one per error), with the source's path and the line's original
+    bytes (read back from the file: DuckDB's `csv_line` shows bytes that are not UTF-8 as ?)."""
+    rows = cursor.execute(
+        "SELECT s.file_path, e.line, e.column_name, e.error_type, e.error_message, e.csv_line,"
+        " e.line_byte_position FROM reject_errors e JOIN reject_scans s USING (scan_id, file_id)"
+        " ORDER BY s.file_path, e.line"
+    ).fetchall()
+    found: list[Reject] = []
+    for path, line, column, kind, message, text, position in rows:
+        decoded = plan.sources.get(str(path), strict.Decoded(str(path), str(path), "utf-8"))
+        raw = strict.raw_bytes(decoded, position)
+        shown = str(text or "")
+        if raw is not None:
+            try:
+                raw.decode(decoded.encoding)
+                raw = shown.encode(decoded.encoding, "replace")
+            except UnicodeDecodeError:
+                shown = raw.decode(decoded.encoding, "backslashreplace")
+        found.append((decoded.source, int(line), column, str(kind), str(message), shown, raw))
+    return found
+
+
+def _reject_sentence(reject: Reject) -> str:
+    path, line, column, _, message, _, _ = reject
     where = f"{path} line {line}" + (f", column {column!r}" if column else "")
-    return count, f"{where}: {message.splitlines()[0]}"
+    return f"{where}: {message.splitlines()[0]}"
 
 
-def _write_rejects(cursor: duckdb.DuckDBPyConnection, target: Path) -> None:
+def _dialect_value(dialect: tuple[str, ...], key: str) -> str | None:
+    for option in dialect:
+        name, _, value = option.partition(" = ")
+        if name == key and value.startswith("'"):
+            return value[1:-1].replace("''", "'")
+    return None
+
+
+def _reader_dialect(spec: Spec, fmt: str, dialect: tuple[str, ...]) -> tuple[str, str, bool]:
+    """(delimiter, quote, header) of a CSV group, for Python's csv module."""
+    delimiter = spec.delimiter or _dialect_value(dialect, "delim")
+    delimiter = delimiter or ("\t" if fmt == "tsv" else ",")
+    quote = _dialect_value(dialect, "quote") or '"'
+    header = "header = true" in dialect or bool(spec.header)
+    return delimiter, quote, header
+
+
+def _find_line(spec: Spec, fmt: str, plan: Plan, column: str, value: str) -> str:
+    """Where `value` sits in `column`: " on line N of FILE", or "" when it cannot be found."""
+    for paths, header, dialect in plan.groups:
+        if column not in header:
+            continue
+        delimiter, quote, has_header = _reader_dialect(spec, fmt, dialect)
+        for path in paths:
+            decoded = plan.sources.get(path, strict.Decoded(path, path, "utf-8"))
+            (hit,) = strict.locate(
+                decoded, delimiter, quote, has_header, [(header.index(column), value)]
+            )
+            if hit is not None:
+                return f" on line {hit[0]} of {decoded.source}"
+    return ""
+
+
+def _rows_read(cursor: duckdb.DuckDBPyConnection, spec: Spec, plan: Plan, fmt: str) -> int:
+    """The rows the load's WHERE clause saw (records with the right number of fields): when
+    the load wrote as many, no value failed its check and the rejects need no search."""
+    total = 0
+    for paths, header, dialect in plan.groups:
+        options = [*_csv_options(spec, fmt, spec.sample_size), *dialect, "ignore_errors = true"]
+        options.append(f"types = {_struct(dict.fromkeys(header, 'VARCHAR'))}")
+        row = cursor.execute(
+            f"SELECT count(*) FROM read_csv({_list(paths)}, {', '.join(options)})"
+        ).fetchone()
+        total += int(row[0]) if row else 0
+    return total
+
+
+def _strict_rejects(
+    cursor: duckdb.DuckDBPyConnection, spec: Spec, plan: Plan, fmt: str
+) -> list[Reject]:
+    """With `--sample-size`: the rows the load left out because a value did not convert to
+    its sampled type exactly, each with its line and original bytes (at most max_rejects + 1
+    are looked for: more fail the job anyway)."""
+    if not plan.text:
+        return []
+    found: list[Reject] = []
+    conditions = plan.strict_parts()[1]
+    for paths, header, dialect in plan.groups:
+        checks = [(column, condition) for column, condition in conditions if column in header]
+        if not checks:
+            continue
+        # One entry per value that fails, as DuckDB's rejects list one per column.
+        failing = ", ".join(
+            f"CASE WHEN NOT {condition} THEN struct_pack(c := {_literal(column)},"
+            f" v := {_quote(column)}) END"
+            for column, condition in checks
+        )
+        delimiter, quote, has_header = _reader_dialect(spec, fmt, dialect)
+        for path in paths:
+            source = plan.text_from(
+                csv_sql(spec, [path], fmt, {c: "VARCHAR" for c in header}, dialect), header
+            )
+            rows = cursor.execute(
+                f"SELECT e.c, e.v FROM (SELECT unnest(list_filter([{failing}], lambda x: x IS NOT"
+                f" NULL)) AS e FROM {source}) LIMIT {(spec.max_rejects + 1) * len(checks)}"
+            ).fetchall()
+            if not rows:
+                continue
+            decoded = plan.sources.get(path, strict.Decoded(path, path, "utf-8"))
+            wanted = [(header.index(str(column)), str(text)) for column, text in rows]
+            hits = strict.locate(decoded, delimiter, quote, has_header, wanted)
+            for (column, text), hit in zip(rows, hits, strict=True):
+                line, raw = hit if hit is not None else (0, None)
+                kind = plan.final_types[str(column)]
+                why = (
+                    f"{text!r} is not a {kind} value (the type you gave)"
+                    if column in plan.user_typed
+                    else f"{text!r} does not convert to {kind} exactly (the type guessed from the"
+                    f" first {spec.sample_size} rows); it is never changed"
+                )
+                found.append(
+                    (
+                        decoded.source,
+                        line,
+                        str(column),
+                        "CAST",
+                        why,
+                        raw.decode(decoded.encoding, "backslashreplace") if raw else "",
+                        raw,
+                    )
+                )
+    return found
+
+
+def _write_rejects(cursor: duckdb.DuckDBPyConnection, target: Path, found: list[Reject]) -> None:
     cursor.execute(
-        "COPY (SELECT s.file_path AS file, e.line, e.column_name, e.error_type,"
-        " e.error_message AS error, e.csv_line AS raw_line FROM reject_errors e"
-        " JOIN reject_scans s USING (scan_id, file_id) ORDER BY file, line)"
-        f" TO {_literal(str(target))} (FORMAT parquet)"
+        "CREATE TEMP TABLE wb_rejects (file VARCHAR, line BIGINT, column_name VARCHAR,"
+        " error_type VARCHAR, error VARCHAR, raw_line VARCHAR, raw_bytes BLOB)"
     )
+    cursor.executemany("INSERT INTO wb_rejects VALUES (?, ?, ?, ?, ?, ?, ?)", found)
+    cursor.execute(
+        f"COPY (SELECT * FROM wb_rejects ORDER BY file, line, column_name) TO"
+        f" {_literal(str(target))} (FORMAT parquet)"
+    )
+
+
+def _row_count(target: Path) -> int:
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        row = con.execute(f"SELECT count(*) FROM read_parquet({_literal(str(target))})").fetchone()
+    finally:
+        con.close()
+    return int(row[0]) if row else 0
 
 
 def _is_empty(path: str) -> bool:
@@ -393,23 +565,72 @@ class Plan:
     # CSV: (files, columns, dialect options) per group of files read together
     groups: list[tuple[list[str], list[str], tuple[str, ...]]] = field(default_factory=list)
     exact: set[str] = field(default_factory=set)  # integer columns read as EXACT, not FAST
+    # CSV: every column read as text and converted by ingest_strict; `sampled`: guessed
+    # columns reject what does not convert (else it widens them); per-column date formats
+    text: bool = False
+    sampled: bool = False
+    date_formats: dict[str, str] = field(default_factory=dict)
+    sources: dict[str, strict.Decoded] = field(default_factory=dict)  # read path -> decoded
 
     def integer_read_type(self, column: str) -> str:
         """What a text source's integer column is read as (see FAST and EXACT)."""
         return EXACT if column in self.exact else FAST
 
+    def strict_parts(self) -> tuple[list[str], list[tuple[str, str]]]:
+        """CSV: the select expressions and the (column, condition) pairs a kept row meets
+        (sampled guesses, and declared types a value must parse as)."""
+        exprs: list[str] = []
+        conditions: list[tuple[str, str]] = []
+        for i, c in enumerate(self.columns):
+            fail = not self.sampled or c in self.user_typed
+            expr, condition = strict.strict_column(
+                i,
+                c,
+                self.final_types[c],
+                self.date_formats.get(c),
+                fail,
+                c in self.user_typed,
+                self.sampled,
+            )
+            exprs.append(expr)
+            if condition is not None:
+                conditions.append((c, condition))
+        return exprs, conditions
+
     def select(self) -> str:
+        if self.text:
+            return ", ".join(self.strict_parts()[0])
         exprs = [
             column_expression(
                 i,
                 c,
                 self.read_types[c],
-                self.final_types[c],
+                strict.stored_type(self.final_types[c]),
                 is_integer(self.final_types[c]) and not is_integer(self.read_types[c]),
             )
             for i, c in enumerate(self.columns)
         ]
         return ", ".join(exprs)
+
+    def text_from(self, source: str, columns: list[str] | None = None) -> str:
+        """`source` with each text column's cast computed once beside it (see
+        `ingest_strict.cast_sql`), for the checks and conversions to share."""
+        casts = [
+            cast
+            for i, c in enumerate(self.columns)
+            if (columns is None or c in columns)
+            and (cast := strict.cast_sql(i, c, self.final_types[c], self.date_formats.get(c)))
+        ]
+        if not casts:
+            return source
+        return f"(SELECT *, {', '.join(casts)} FROM {source})"
+
+    def where(self) -> str:
+        """The WHERE clause keeping the rows every sampled guess converts exactly, or ''."""
+        if not self.text:
+            return ""
+        conditions = [condition for _, condition in self.strict_parts()[1]]
+        return f" WHERE {' AND '.join(conditions)}" if conditions else ""
 
 
 def _describe(cursor: duckdb.DuckDBPyConnection, source: str) -> list[tuple[str, str]]:
@@ -440,23 +661,29 @@ def _merge_type(a: str, b: str) -> str:
 
 def sniff_dialect(
     cursor: duckdb.DuckDBPyConnection, spec: Spec, path: str, fmt: str
-) -> tuple[str, ...]:
+) -> tuple[tuple[str, ...], str | None]:
     """The `read_csv` options (delimiter, quote, escape, header) of one file, sniffed with
     `ignore_errors` so that a ragged row (too many or too few fields, anywhere in the file) is
     left out of the vote instead of making DuckDB's sniffer pick another dialect (a whole line
     as one column named like "a,b") or give up. The user's own `delimiter`/`header` win. A file
     the sniffer cannot read at all gets () (DuckDB's own sniffing, and its error, at the load).
+    Second: the date or timestamp format the sniffer chose when it is not ISO (`%d/%m/%Y`),
+    else None.
     """
+    import duckdb
+
     options = ", ".join([*_csv_options(spec, fmt, spec.sample_size), "ignore_errors = true"])
     try:
         row = cursor.execute(
-            f"SELECT Delimiter, Quote, Escape, HasHeader FROM sniff_csv({_literal(path)}, {options})"
+            "SELECT Delimiter, Quote, Escape, HasHeader, DateFormat, TimestampFormat"
+            f" FROM sniff_csv({_literal(path)}, {options})"
         ).fetchone()
     except duckdb.Error:
-        return ()
+        return (), None
     if row is None:
-        return ()
+        return (), None
     delim, quote, escape, has_header = (str(row[0]), str(row[1]), str(row[2]), bool(row[3]))
+    date_format = next((str(f) for f in row[4:6] if f and not str(f).startswith("%Y-%m-%d")), None)
     dialect: list[str] = []
     if spec.delimiter is None and fmt != "tsv" and delim != "(empty)":
         dialect.append(f"delim = {_literal(delim)}")
@@ -466,29 +693,71 @@ def sniff_dialect(
         dialect.append(f"escape = {_literal(escape)}")
     if spec.header is None:
         dialect.append(f"header = {str(has_header).lower()}")
-    return tuple(dialect)
+    return tuple(dialect), date_format
 
 
-def plan_csv(cursor: duckdb.DuckDBPyConnection, spec: Spec, files: list[str], fmt: str) -> Plan:
-    """Sniff each file's dialect and header (ragged rows left out, see `sniff_dialect`), guess
-    its types (on the whole file unless `sample_size`; rows with the wrong number of fields are
-    skipped here and become rejects at the load), group the files by header and dialect, and
-    decide one type per column."""
-    options = ", ".join([*_csv_options(spec, fmt, spec.sample_size), "ignore_errors = true"])
+def header_names(
+    cursor: duckdb.DuckDBPyConnection, path: str, dialect: tuple[str, ...]
+) -> list[str | None]:
+    """The header row's fields as written (None for an empty one), read as a data row."""
+    options = [o for o in dialect if not o.startswith("header")]
+    options += [
+        "header = false",
+        "all_varchar = true",
+        "nullstr = ['\\x00']",
+        "ignore_errors = true",
+    ]
+    row = cursor.execute(
+        f"SELECT * FROM read_csv({_literal(path)}, {', '.join(options)}) LIMIT 1"
+    ).fetchone()
+    return [None if v is None or v == "" else str(v) for v in (row or ())]
+
+
+def plan_csv(
+    cursor: duckdb.DuckDBPyConnection,
+    spec: Spec,
+    files: list[str],
+    fmt: str,
+    decoded: list[strict.Decoded] | None = None,
+    log: Callable[[str], None] = lambda line: None,
+) -> Plan:
+    """Sniff each file's dialect and header (ragged rows left out, see `sniff_dialect`), name
+    its columns (`ingest_strict.unique_names`, logged), guess its types (DuckDB's sample; the
+    strict load checks every value against them), group the files by header and dialect, and
+    decide one type per column. `decoded`: the UTF-8 files DuckDB reads (see
+    `ingest_strict.decode`), one per file. Guesses that would change values are not taken:
+    BOOLEAN stays only for `true`/`false` (checked at the load), and dates in a format that is
+    not ISO stay text unless `date_format` says how to read them (logged either way)."""
+    decoded = decoded or [strict.Decoded(f, f, "utf-8") for f in files]
+    options = [*_csv_options(spec, fmt, spec.sample_size), "ignore_errors = true"]
+    if spec.date_format:
+        options.append(f"dateformat = {_literal(spec.date_format)}")
     by_header: dict[tuple[tuple[str, ...], tuple[str, ...]], list[str]] = {}
     guessed: dict[str, str] = {}
     order: list[str] = []
-    for path in files:
-        dialect = sniff_dialect(cursor, spec, path, fmt)
-        source = f"read_csv({_literal(path)}, {', '.join([options, *dialect])})"
+    non_iso: dict[str, str] = {}
+    for item in decoded:
+        path = item.path
+        dialect, date_format = sniff_dialect(cursor, spec, path, fmt)
+        if "header = true" in dialect or (spec.header and dialect):
+            raw = header_names(cursor, path, dialect)
+            names, notes = strict.unique_names(raw)
+            if notes:
+                for note in notes:
+                    log(f"{item.source}: {note}")
+            if notes or any(n != r for n, r in zip(names, raw, strict=False)):
+                dialect = (*dialect, f"names = {_list(names)}")
+        source = f"read_csv({_literal(path)}, {', '.join([*options, *dialect])})"
         described = _describe(cursor, source)
         if described == [("column0", "VARCHAR")]:
             row = cursor.execute(f"SELECT count(*) FROM {source}").fetchone()
             if not row or not row[0]:  # what DuckDB makes of a file with nothing in it
-                raise JobFailed(f"{path} is empty: nothing to ingest (no version published)")
+                raise JobFailed(f"{item.source} is empty: nothing to ingest (no version published)")
         header = tuple(name for name, _ in described)
         by_header.setdefault((header, dialect), []).append(path)
         for name, kind in described:
+            if date_format and strict.base_type(kind) in ("DATE", "TIMESTAMP", "TIMESTAMPTZ"):
+                non_iso[name] = date_format
             if name not in guessed:
                 order.append(name)
                 guessed[name] = kind
@@ -496,9 +765,26 @@ def plan_csv(cursor: duckdb.DuckDBPyConnection, spec: Spec, files: list[str], fm
                 guessed[name] = _merge_type(guessed[name], kind)
     _check_overrides(spec, order)
     final = {c: spec.types.get(c, guessed[c]) for c in order}
-    plan = Plan(order, {}, final, set(spec.types))
+    plan = Plan(order, {}, final, set(spec.types), text=True, sampled=spec.sample_size is not None)
+    plan.sources = {d.path: d for d in decoded}
+    for column, found in non_iso.items():
+        if column in spec.types:
+            continue
+        if spec.date_format and strict.base_type(final[column]) == "DATE":
+            plan.date_formats[column] = spec.date_format
+            log(f"column {column!r}: dates read as {spec.date_format} (--date-format)")
+            continue
+        final[column] = "VARCHAR"
+        log(
+            f"column {column!r}: dates like {found} are not ISO and may be read either way"
+            f" (day or month first): kept as text; give --date-format (e.g. {found}) to read"
+            " them as dates"
+        )
+    for column, kind in spec.types.items():
+        if spec.date_format and strict.base_type(kind) == "DATE":
+            plan.date_formats[column] = spec.date_format
     plan.groups = [(group, list(header), dialect) for (header, dialect), group in by_header.items()]
-    _set_read_types(plan)
+    plan.read_types = dict.fromkeys(order, "VARCHAR")
     return plan
 
 
@@ -556,7 +842,6 @@ def plan_parquet(cursor: duckdb.DuckDBPyConnection, spec: Spec, files: list[str]
 
 
 def run(ctx: JobContext) -> None:
-    import duckdb
 
     spec = ctx.spec(Spec)
     where = f"job {ctx.job.id}"
@@ -565,16 +850,78 @@ def run(ctx: JobContext) -> None:
         fmt = source_format(spec, files, where)
     except SpecError as error:
         raise JobFailed(str(error)) from None
-    empty = [f for f in files if _is_empty(f)]
+    (ctx.home.root / "tmp").mkdir(parents=True, exist_ok=True)
+    workdir = tempfile.mkdtemp(prefix="ingest-", dir=ctx.home.root / "tmp")
+    try:
+        _run(ctx, spec, files, fmt, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _materialise(
+    ctx: JobContext, spec: Spec, files: list[str], fmt: str, workdir: str
+) -> tuple[list[str], str, list[dict[str, Any]]]:
+    """Local files for every source: URLs fetched into `workdir`, a SQLite table or query
+    written there as Parquet. Returns the files, their format, and each one's lineage (the
+    source's own path or URL first)."""
+    local: list[str] = []
+    origins: list[dict[str, Any]] = []
+    for source in files:
+        origin: dict[str, Any] = {"path": source}
+        path = source
+        if remote.is_url(source):
+            try:
+                path, fetched = remote.fetch(source, workdir)
+            except remote.SourceError as error:
+                raise JobFailed(str(error)) from None
+            origin = {"path": fetched["url"], **fetched}
+            ctx.log(
+                f"fetched {fetched['url']}: {fetched['bytes']} bytes, sha256 {fetched['sha256']}"
+            )
+        if fmt == "sqlite":
+            try:
+                path, read = remote.sqlite_to_parquet(path, spec.table, spec.query, workdir)
+            except remote.SourceError as error:
+                raise JobFailed(str(error)) from None
+            origin = {**origin, **read}
+            ctx.log(f"read {read['rows']} row(s) from SQLite {source}")
+        local.append(path)
+        origins.append(origin)
+    empty = [(o["path"], f) for o, f in zip(origins, local, strict=True) if _is_empty(f)]
     if empty:
         raise JobFailed(
-            f"{empty[0]} is empty: nothing to ingest (no version published"
+            f"{empty[0][0]} is empty: nothing to ingest (no version published"
             f"{'; the dataset keeps its rows' if spec.mode == 'replace' else ''})"
         )
+    return local, ("parquet" if fmt == "sqlite" else fmt), origins
+
+
+def _run(ctx: JobContext, spec: Spec, files: list[str], fmt: str, workdir: str) -> None:
+    import duckdb
+
+    named = fmt
+    files, fmt, origins = _materialise(ctx, spec, files, fmt, workdir)
+
+    decoded: list[strict.Decoded] = []
+    if fmt in ("csv", "tsv"):
+        checking = time.time()
+        for path in files:
+            try:
+                item = strict.decode(path, spec.encoding, workdir)
+            except strict.EncodingError as error:
+                raise JobFailed(str(error)) from None
+            if item.note:
+                ctx.log(item.note)
+            decoded.append(item)
+        decoded = [replace(d, source=o["path"]) for d, o in zip(decoded, origins, strict=True)]
+        ctx.log(f"checked the encoding of {len(files)} file(s) in {time.time() - checking:.2f}s")
     sources: list[dict[str, Any]] = []
-    for path in files:
+    for number, path in enumerate(files):
         stat = os.stat(path)
-        sources.append({"path": path, "bytes": stat.st_size, "mtime": stat.st_mtime, "format": fmt})
+        source = {"bytes": stat.st_size, "mtime": stat.st_mtime, **origins[number], "format": named}
+        if decoded:
+            source["encoding"] = decoded[number].encoding
+        sources.append(source)
     total = sum(s["bytes"] for s in sources)
     ctx.log(f"ingest {len(files)} {fmt} file(s), {total} bytes, into dataset {spec.dataset!r}")
     previous = None
@@ -592,16 +939,19 @@ def run(ctx: JobContext) -> None:
         con.execute("SET enable_progress_bar = true")
         con.execute("SET enable_progress_bar_print = false")
         con.execute("SET progress_bar_time = 0")
+        con.execute(f"SET TimeZone = {_literal(strict.SESSION_TIME_ZONE)}")
         return con
 
-    def load(con: duckdb.DuckDBPyConnection, plan: Plan, target: Path) -> None:
+    def load(con: duckdb.DuckDBPyConnection, plan: Plan, target: Path) -> int:
         if fmt in ("csv", "tsv"):
             source = csv_from(spec, plan, fmt)
         elif fmt == "parquet":
             source = parquet_sql(files)
         else:
             source = json_sql(files, fmt, plan.read_types)
-        select = f"SELECT {plan.select()} FROM {source}"
+        if plan.text:
+            source = plan.text_from(source)
+        select = f"SELECT {plan.select()} FROM {source}{plan.where()}"
         if previous is not None:
             select = (
                 f"SELECT * FROM read_parquet({_literal(previous.glob)}) UNION ALL BY NAME {select}"
@@ -610,18 +960,21 @@ def run(ctx: JobContext) -> None:
         watcher = _Watcher(ctx, con, f"reading {len(files)} file(s)")
         watcher.start()
         try:
-            con.execute(f"COPY ({select}) TO {_literal(str(target))} (FORMAT parquet)")
+            done = con.execute(
+                f"COPY ({select}) TO {_literal(str(target))} (FORMAT parquet)"
+            ).fetchone()
         except duckdb.InterruptException:
             raise Cancelled("cancelled while reading the sources") from None
         finally:
             watcher.done.set()
             watcher.join()
+        return int(done[0]) if done else 0
 
     def write(tmp: Path) -> int:
         con = connect()
         try:
             if fmt in ("csv", "tsv"):
-                plan = plan_csv(con, spec, files, fmt)
+                plan = plan_csv(con, spec, files, fmt, decoded, ctx.log)
             elif fmt == "parquet":
                 plan = plan_parquet(con, spec, files)
             else:
@@ -637,10 +990,13 @@ def run(ctx: JobContext) -> None:
             con = connect()
             try:
                 try:
-                    load(con, plan, target)
+                    written = load(con, plan, target) - (previous.rows if previous else 0)
                 except duckdb.Error as error:
                     if ctx.cancel_requested:
                         raise Cancelled("cancelled while reading the sources") from None
+                    if plan.text and _widen_strict(ctx, spec, fmt, plan, str(error)):
+                        widenings += 1
+                        continue
                     if not _widen_after_fraction(ctx, spec, plan, str(error)):
                         raise JobFailed(
                             f"cannot read the sources: {_first_line(str(error))}"
@@ -652,14 +1008,19 @@ def run(ctx: JobContext) -> None:
                     if spec.sample_size is None and _widen_after_rejects(ctx, con, plan):
                         widenings += 1
                         continue
-                    count, first = _rejects(con)
+                    found = _rejects(con, plan)
+                    if plan.where() and _rows_read(con, spec, plan, fmt) > written:
+                        found += _strict_rejects(con, spec, plan, fmt)
+                    found.sort(key=lambda r: (r[0], r[1]))
+                    count = len({(r[0], r[1]) for r in found})
+                    first = _reject_sentence(found[0]) if found else None
                     if count > spec.max_rejects:
                         raise JobFailed(
                             f"{count} row(s) rejected, more than max_rejects ="
                             f" {spec.max_rejects}; the first: {first}"
                         )
                     if count:
-                        _write_rejects(con, tmp / "rejects.parquet")
+                        _write_rejects(con, tmp / "rejects.parquet", found)
                         ctx.log(
                             f"{count} row(s) rejected (kept in {spec.dataset}_rejects);"
                             f" first: {first}"
@@ -669,6 +1030,11 @@ def run(ctx: JobContext) -> None:
             break
         if fmt in ("json", "ndjson"):
             _check_has_rows(target, files)
+        elif count and spec.mode == "replace" and not _row_count(target):
+            raise JobFailed(
+                f"no row of {', '.join(files)} could be read ({count} rejected; the first:"
+                f" {first}): nothing published, the dataset keeps its rows"
+            )
         ctx.log(
             f"types decided in {planned - started:.2f}s, read and written in"
             f" {time.time() - planned:.2f}s ({widenings + 1} pass(es))"
@@ -676,15 +1042,18 @@ def run(ctx: JobContext) -> None:
         ctx.progress(0.96, "publishing")
         return count
 
-    info = publish(
-        ctx.home,
-        ctx.store,
-        spec.dataset,
-        write,
-        sources=sources,
-        job_id=ctx.job.id,
-        started_at=started,
-    )
+    try:
+        info = publish(
+            ctx.home,
+            ctx.store,
+            spec.dataset,
+            write,
+            sources=sources,
+            job_id=ctx.job.id,
+            started_at=started,
+        )
+    except LakeError as error:  # e.g. a name that differs from another dataset's only in case
+        raise JobFailed(str(error)) from None
     seconds = time.time() - started
     if info.job_id != ctx.job.id:
         ctx.log(f"identical to {info.dataset} v{info.version} (same content hash): no new version")
@@ -721,6 +1090,43 @@ def _apply_retention(ctx: JobContext, dataset: str) -> None:
 def _first_line(message: str) -> str:
     lines = [line for line in message.splitlines() if line.strip()]
     return lines[0] if lines else message
+
+
+def _widen_strict(ctx: JobContext, spec: Spec, fmt: str, plan: Plan, error: str) -> bool:
+    """After a CSV value did not convert to its column's type exactly: fail naming the column,
+    value and line when the user typed it; else widen the guessed column and say so (True: load
+    again). See `ingest_strict.widened`."""
+    found = strict.strict_failure(error)
+    if found is None:
+        return False
+    index, value = found
+    column = plan.columns[index]
+    kind = plan.final_types[column]
+    where = _find_line(spec, fmt, plan, column, value)
+    if column in plan.user_typed:
+        if is_integer(kind) and strict.widened(kind, value) == "DOUBLE":
+            raise JobFailed(
+                f"column {column!r}: {value} is not a whole number{where}, so it does not fit"
+                f" {kind} (the type you gave); it is never rounded"
+            )
+        raise JobFailed(
+            f"column {column!r}: {value!r}{where} does not fit {kind} (the type you gave)"
+            " without changing it; a value is never rounded, cut or reinterpreted"
+        )
+    if plan.sampled:
+        raise JobFailed(
+            f"column {column!r}: {value} is not a whole number{where}, so it does not fit {kind}"
+            f" (guessed from the first {spec.sample_size} rows; it is never rounded): read the"
+            f" whole input without --sample-size, or give --type {column}=DOUBLE"
+        )
+    after = strict.widened(kind, value)
+    plan.final_types[column] = after
+    plan.date_formats.pop(column, None)
+    ctx.log(
+        f"column {column!r}: {value!r}{where} does not fit {kind} exactly (guessed from a"
+        f" sample): widened to {after}, loading again"
+    )
+    return True
 
 
 def _widen_after_fraction(ctx: JobContext, spec: Spec, plan: Plan, error: str) -> bool:

@@ -19,6 +19,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Static, TextArea
 
 from screens.widgets import WorkbenchScreen
+from workbench.safetext import display_text
 
 PAGE_ROWS = 100
 PAGES = Binding.Group("Page", compact=True)
@@ -164,11 +165,11 @@ def cell(value: Any, profile: bool) -> Text:
         try:
             number = float(value)
         except ValueError:
-            return Text(value)
+            return Text(display_text(value))
         if "." in value or "e" in value.lower():
             return Text(f"{number:.6g}", justify="right")
-        return Text(value, justify="right")
-    return Text(str(value))
+        return Text(display_text(value), justify="right")
+    return Text(display_text(str(value)))  # data is shown, never run by the terminal
 
 
 @dataclass
@@ -422,8 +423,8 @@ class DataScreen(WorkbenchScreen):
         text.append(f"{info.dataset} v{info.version}\n", style="bold")
         text.append(f"{info.rows} rows, {info.rejected_rows} rejected\n", style="dim")
         for name, kind in info.schema:
-            text.append(f"{name}", style="cyan")
-            text.append(f"  {kind}\n", style="dim")
+            text.append(display_text(name), style="cyan")
+            text.append(f"  {display_text(kind)}\n", style="dim")
         self.query_one("#schema", Static).update(text)
 
     @on(DataTable.RowSelected, "#datasets")
@@ -558,7 +559,7 @@ class DataScreen(WorkbenchScreen):
             self.result_columns = []
             self.page_rows = []
             self.more = False
-            self.set_status(Text(message.error, style="bold red"))
+            self.set_status(Text(display_text(message.error), style="bold red"))
             self.move_to_error(message.error)
             return
         query = message.query
@@ -576,7 +577,7 @@ class DataScreen(WorkbenchScreen):
             table.clear(columns=True)
             self.result_columns = message.columns
             for column in message.columns:
-                table.add_column(column, key=column)
+                table.add_column(Text(display_text(column)), key=column)
             for row in rows:
                 table.add_row(*[cell(v, profile) for v in row])
             if keep is not None and keep[0] in message.columns:  # stay on the column (sort again)

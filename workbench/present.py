@@ -3,7 +3,6 @@ secrets masked, text that is not UTF-8 shown escaped."""
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -14,6 +13,7 @@ from workbench.db.store import Job
 from workbench.jobmodel.resources import OVER_MEM, OVER_RESERVATION
 from workbench.jobmodel.secrets import mask_env
 from workbench.jobmodel.states import ENDED, JobState
+from workbench.safetext import display_text as display_text
 from workbench.units import format_duration, format_size
 
 STATE_STYLES: dict[str, str] = {
@@ -87,23 +87,6 @@ def job_progress(job: Job) -> str:
     return f"{pct} {job.progress_msg or ''}".strip()
 
 
-# Control characters (C0, DEL, C1) shown as escapes: a job's name or argv must not move the
-# cursor, ring the bell or send escape sequences to the terminal of whoever lists it.
-_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]}
-
-
-def display_text(text: str) -> str:
-    """Text safe to print: bytes that are not UTF-8 (kept as lone surrogates, as `os.fsdecode`
-    gives them) are shown as `\\xe9` escapes instead of failing the terminal's encoder, and
-    control characters (newlines, ESC...) as `\\x1b` escapes."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return text.translate(_CONTROLS)
-
-
-@functools.cache
 def _configured_secret_words(home_env: str | None, xdg_env: str | None) -> tuple[str, ...]:
     from workbench.config import load_config
     from workbench.paths import Home

@@ -8,11 +8,11 @@ writers never get the same number."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
-import shutil
 import stat
 import threading
 import time
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from workbench import safefs
 from workbench.db import catalog as db_catalog
 from workbench.db.store import Store
 from workbench.paths import Home
@@ -231,12 +232,54 @@ def _sql_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+_READ = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
+_READ_DIR = _READ | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
+
+
 def _read_only(folder: Path) -> None:
-    """Published files lose their write bits: a writer that gets past the SQL sandbox still
-    cannot open a version's bytes for writing (the folder stays writable for prune)."""
+    """Published files and their folder lose their write bits: a writer that gets past the SQL
+    sandbox (or a user's `--out`) cannot replace, add or remove a version's files. Prune and
+    the cleanups give the folder its write bit back first (`remove_tree`)."""
     for path in folder.iterdir():
         if path.is_file():
-            path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+            path.chmod(_READ)
+    folder.chmod(_READ_DIR)
+
+
+def remove_tree(folder: Path) -> None:
+    """Remove a (possibly read-only, see `_read_only`) version or staging folder and what it
+    holds, following no link: write bits are given back only to real folders (a link is never
+    chmod-ed through), then `safefs.remove_tree` removes it. Errors are left for the next
+    sweep."""
+    if not folder.is_dir() or folder.is_symlink():
+        with contextlib.suppress(OSError):
+            safefs.remove_tree(folder)
+        return
+    for top, dirs, _files in os.walk(folder, followlinks=False):
+        for path in [top, *(os.path.join(top, d) for d in dirs)]:
+            if os.path.islink(path):
+                continue
+            with contextlib.suppress(OSError):
+                os.chmod(path, os.lstat(path).st_mode | stat.S_IWUSR | stat.S_IXUSR)
+    with contextlib.suppress(OSError):
+        safefs.remove_tree(folder)
+
+
+def in_lake(home: Home, path: Path) -> bool:
+    """Whether `path` (resolved, links followed, for a file that may not exist yet) lies in the
+    lake, where published versions must never change."""
+    lake_root = home.lake.resolve()
+    target = path.expanduser().resolve()
+    return target == lake_root or lake_root in target.parents
+
+
+def same_name_ignoring_case(store: Store, dataset: str) -> str | None:
+    """The existing dataset whose name differs from `dataset` only in case (SQL names are
+    case-insensitive, so both could never be queried), or None."""
+    for name in db_catalog.dataset_names(store):
+        if name != dataset and name.lower() == dataset.lower():
+            return name
+    return None
 
 
 def publish(
@@ -256,6 +299,12 @@ def publish(
     publishes nothing: the latest version is returned as it is (its `job_id` is not the caller's).
     On any error the private folder is removed: a failed write leaves nothing behind."""
     check_dataset_name(dataset, internal=True)
+    other = same_name_ignoring_case(store, dataset)
+    if other is not None:
+        raise LakeError(
+            f"dataset {dataset!r}: the lake has {other!r}, the same name but for case; SQL names"
+            f" ignore case, so choose another name (or ingest into {other!r})"
+        )
     started = started_at if started_at is not None else time.time()
     base = home.lake / dataset
     base.mkdir(parents=True, exist_ok=True)
@@ -274,7 +323,7 @@ def publish(
         def place(version: int) -> str:
             final = base / f"v{version}"
             if final.exists():  # left by a crash between rename and commit: not in the catalog
-                shutil.rmtree(final)
+                remove_tree(final)
             tmp.rename(final)
             return str(final)
 
@@ -283,9 +332,9 @@ def publish(
             started, job_id, nulls=nulls, dedup=True,
         )  # fmt: skip
         if tmp.exists():  # the latest version has this content: nothing was placed
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_tree(tmp)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp)
         try:
             base.rmdir()  # only when this was the dataset's first, failed, version
         except OSError:
@@ -378,7 +427,6 @@ def clean_orphans(home: Home, live_jobs: Callable[[int], bool]) -> int:
     ingest job: see `staging_orphaned`; `live_jobs(id)` says whether a job may still be
     writing); returns how many were removed. No link is followed. Run at daemon start and by
     `prune`."""
-    from workbench import safefs
 
     removed = 0
     now = time.time()
@@ -401,11 +449,8 @@ def clean_orphans(home: Home, live_jobs: Callable[[int], bool]) -> int:
             except OSError:
                 continue
             if staging_orphaned(entry.name, live_jobs, age):
-                try:
-                    safefs.remove_tree(Path(entry.path))
-                    removed += 1
-                except OSError:
-                    pass
+                remove_tree(Path(entry.path))
+                removed += 1
     return removed
 
 
@@ -445,13 +490,19 @@ def prune(home: Home, store: Store, chosen: list[VersionInfo]) -> int:
         db_catalog.delete_version(store, info.dataset, info.version)
         if info.path.is_dir() and info.path.parent.parent == home.lake:
             freed += sum(p.stat().st_size for p in info.path.iterdir() if p.is_file())
-            shutil.rmtree(info.path, ignore_errors=True)
+            remove_tree(info.path)
     return freed
 
 
 # ---- queries ------------------------------------------------------------------------------
 
 READ_STATEMENTS = frozenset({"SELECT", "EXPLAIN"})
+# The columns of a rejects table (jobs/ingest.py writes them), for a dataset without rejects.
+EMPTY_REJECTS = (
+    "SELECT NULL::VARCHAR AS file, NULL::BIGINT AS line, NULL::VARCHAR AS column_name,"
+    " NULL::VARCHAR AS error_type, NULL::VARCHAR AS error, NULL::VARCHAR AS raw_line,"
+    " NULL::BLOB AS raw_bytes"
+)
 
 
 class QueryRefused(ValueError):
@@ -607,30 +658,42 @@ def connect(
         latest[info.dataset] = info
     chosen = every if for_sql is None else mentioned_versions(every, for_sql)
     allowed: list[str] = []
+    # SQL names ignore case: of datasets whose names differ only in case (made before names
+    # were checked for it), the first keeps its views; the others are not reachable by name.
+    owner: dict[str, str] = {}
+    for info in every:
+        owner.setdefault(info.dataset.lower(), info.dataset)
 
     def view(name: str, files: list[str]) -> None:
         allowed.extend(files)
         listed = "[" + ", ".join(_sql_literal(f) for f in files) + "]"
         con.execute(f"CREATE VIEW {_quote(name)} AS SELECT * FROM read_parquet({listed})")
 
+    def rejects_view(name: str, info: VersionInfo) -> None:
+        if info.rejected_rows and info.rejects_path.exists():
+            view(name, [str(info.rejects_path)])
+        else:  # no rejects: an empty table, so a query or a join over it still runs
+            con.execute(
+                f"CREATE VIEW {_quote(name)} AS SELECT * FROM ({EMPTY_REJECTS}) WHERE false"
+            )
+
     for info in chosen:
+        if owner[info.dataset.lower()] != info.dataset:
+            continue
         parts = sorted(str(p) for p in info.path.glob("part-*.parquet"))
         if not parts:
             continue
-        rejects = info.rejected_rows and info.rejects_path.exists()
         view(f"{info.dataset}@v{info.version}", parts)
-        if rejects:
-            view(f"{info.dataset}@v{info.version}_rejects", [str(info.rejects_path)])
+        rejects_view(f"{info.dataset}@v{info.version}_rejects", info)
         if latest[info.dataset] is info:
             con.execute(
                 f"CREATE VIEW {_quote(info.dataset)} AS SELECT * FROM"
                 f" {_quote(f'{info.dataset}@v{info.version}')}"
             )
-            if rejects:
-                con.execute(
-                    f"CREATE VIEW {_quote(info.dataset + '_rejects')} AS SELECT * FROM"
-                    f" {_quote(f'{info.dataset}@v{info.version}_rejects')}"
-                )
+            con.execute(
+                f"CREATE VIEW {_quote(info.dataset + '_rejects')} AS SELECT * FROM"
+                f" {_quote(f'{info.dataset}@v{info.version}_rejects')}"
+            )
     if with_store_tables:
         only = STORE_TABLES if for_sql is None else mentioned_store_tables(for_sql)
         for name, table in _store_tables(store, only).items():

@@ -24,10 +24,18 @@ SHOWN_ROWS = 200
 def register(sub: Any) -> None:
     p = sub.add_parser("ingest", help="queue an ingest job: files or globs into a dataset version")
     p.add_argument(
-        "sources", nargs="+", metavar="SRC", help="CSV/TSV, Parquet, JSON or NDJSON files or globs"
+        "sources",
+        nargs="+",
+        metavar="SRC",
+        help="CSV/TSV, Parquet, JSON or NDJSON files or globs, http(s):// URLs, or a SQLite"
+        " database (with --table or --query)",
     )
     p.add_argument("--dataset", required=True, help="dataset name (letters, digits, _)")
-    p.add_argument("--format", choices=["auto", "csv", "tsv", "parquet", "json", "ndjson"])
+    p.add_argument(
+        "--format", choices=["auto", "csv", "tsv", "parquet", "json", "ndjson", "sqlite"]
+    )
+    p.add_argument("--table", help="SQLite: the table to ingest")
+    p.add_argument("--query", help="SQLite: a read-only query whose result to ingest")
     p.add_argument("--mode", choices=["replace", "append"], help="append: keep the previous rows")
     p.add_argument("--type", action="append", metavar="COL=TYPE", help="override a column's type")
     p.add_argument("--delimiter")
@@ -52,6 +60,17 @@ def register(sub: Any) -> None:
         " value that does not fit is rejected (or fails the job), never rounded",
     )
     p.add_argument(
+        "--encoding",
+        help="CSV/TSV: the files' encoding (e.g. latin-1, cp1252); without it UTF-8 is checked"
+        " and a file with no multi-byte UTF-8 is read as cp1252 or latin-1, logged",
+    )
+    p.add_argument(
+        "--date-format",
+        metavar="FORMAT",
+        help="CSV/TSV: read dates that are not ISO with this strptime format (e.g. %%d/%%m/%%Y);"
+        " without it they stay text",
+    )
+    p.add_argument(
         "--max-rejects",
         type=checked.count,
         help="fail when more rows than this are bad (default 10)",
@@ -73,6 +92,12 @@ def register(sub: Any) -> None:
     output.add_argument("--json", action="store_true", help="one JSON object per row")
     output.add_argument("--csv", action="store_true")
     p.add_argument("--limit", type=checked.count, help="stop after this many rows")
+    p.add_argument(
+        "--columns",
+        type=checked.count,
+        metavar="N",
+        help="table: start at column N (a wide result shows the columns that fit, and says so)",
+    )
     p.add_argument(
         "--out", metavar="FILE", help="write the whole result to FILE (.csv or .parquet)"
     )
@@ -106,6 +131,16 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         lake.check_dataset_name(args.dataset, "--dataset")
     except lake.LakeError as error:
         raise UsageError(str(error)) from None
+    store = _open(Home.current())
+    try:
+        other = lake.same_name_ignoring_case(store, args.dataset)
+    finally:
+        store.close()
+    if other is not None:
+        raise UsageError(
+            f"--dataset: {args.dataset!r}: the lake has {other!r}, the same name but for case"
+            f" (SQL names ignore case); choose another name or ingest into {other!r}"
+        )
     table: dict[str, Any] = {"kind": "ingest", "source": args.sources, "dataset": args.dataset}
     if args.format:
         table["format"] = args.format
@@ -123,6 +158,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         table["sample_size"] = args.sample_size
     if args.max_rejects is not None:
         table["max_rejects"] = args.max_rejects
+    if args.encoding:
+        table["encoding"] = args.encoding
+    if args.table:
+        table["table"] = args.table
+    if args.query:
+        table["query"] = args.query
+    if args.date_format:
+        table["date_format"] = args.date_format
     if args.cpus is not None:
         table["cpus"] = args.cpus
     if args.type:
@@ -138,7 +181,6 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         table["types"] = types
     request = build_request(table, Path.cwd(), "ingest")
     from workbench.daemon.executors.slurm import bind_executor
-    from workbench.paths import Home
 
     (request,) = bind_executor([request], None, Home.current(), ["ingest"])
     client = _client()
@@ -177,9 +219,12 @@ def _follow(client: Any, job_id: int, quiet: bool) -> list[Any]:
             job = client.store.find(job_id)
             if job is None:
                 return []
-            progress.update(
-                task, completed=job.progress or 0.0, description=job.progress_msg or job.state
-            )
+            from rich.markup import escape
+
+            from workbench.safetext import display_text
+
+            said = escape(display_text(job.progress_msg or job.state))
+            progress.update(task, completed=job.progress or 0.0, description=said)
             if job.state in SETTLED:
                 return [job]
             time.sleep(0.1)
@@ -208,10 +253,20 @@ def cmd_sql(args: argparse.Namespace) -> int:
         limits = lake.settings(home)
     except ValueError as error:
         raise SpecError(str(error)) from None
-    con = lake.connect(home, store, for_sql=args.query, limits=limits)
+    try:
+        con = lake.connect(home, store, for_sql=args.query, limits=limits)
+    except duckdb.Error as error:  # a view the catalog cannot make: words, not a traceback
+        raise SpecError(f"sql: {str(error).splitlines()[0]}") from None
     started = time.perf_counter()
     rows = 0
     deadline = lake.Deadline(con, limits)
+
+    if args.out and lake.in_lake(home, Path(args.out)):
+        con.close()
+        raise SpecError(
+            f"sql: --out {args.out}: that is inside the lake ({home.lake}), where published"
+            " versions never change; write the result elsewhere"
+        )
 
     def work() -> int:
         lake.check_read_only(con, args.query)
@@ -225,7 +280,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
         if args.json or args.csv:
             result = con.execute(lake.text_sql(con, args.query, args.limit))
             return _stream(result, args.json)
-        return _print_table(con, args.query, args.limit)
+        return _print_table(con, args.query, args.limit, args.columns or 1)
 
     try:
         with deadline:
@@ -277,10 +332,26 @@ def _interruptible(con: Any, work: Callable[[], int]) -> int:
     return int(outcome["rows"])
 
 
+def _labels(result: Any) -> list[str]:
+    """The result's column names, repeated ones renamed as the table names them (`a`, `a_1`:
+    JSON would otherwise keep only the last `a`), the renames said on stderr."""
+    from workbench.safetext import display_text, unique_labels
+
+    columns, notes = unique_labels([str(d[0]) for d in result.description or []])
+    if notes:
+        print(
+            f"sql: repeated column names renamed: {display_text(', '.join(notes))}",
+            file=sys.stderr,
+        )
+    return columns
+
+
 def _stream(result: Any, as_json: bool) -> int:
     """Every row to stdout: one JSON object per line (NaN and infinities as null), or CSV
-    (where they stay `nan` and `inf`)."""
-    columns = [d[0] for d in result.description or []]
+    (where they stay `nan` and `inf`; to a terminal, control characters shown escaped)."""
+    from workbench.safetext import display_text
+
+    columns = _labels(result)
     out = sys.stdout
     rows = 0
     if as_json:
@@ -289,32 +360,70 @@ def _stream(result: Any, as_json: bool) -> int:
             rows += len(batch)
         return rows
     writer = csv.writer(out)
-    writer.writerow(columns)
+    terminal = out.isatty()
+    writer.writerow([display_text(c) for c in columns] if terminal else columns)
     while batch := result.fetchmany(10_000):
+        if terminal:
+            batch = [[display_text(v) if isinstance(v, str) else v for v in r] for r in batch]
         writer.writerows(batch)
         rows += len(batch)
     return rows
 
 
-def _print_table(con: Any, sql: str, limit: int | None) -> int:
+def _fitting_columns(labels: list[str], rows: list[tuple[Any, ...]], first: int, width: int) -> int:
+    """How many columns from index `first` fit in `width` characters, each at its header's or
+    widest shown value's width (at most 24), plus borders; at least one."""
+    used = 1
+    count = 0
+    for index in range(first, len(labels)):
+        widest = max([len(labels[index]), *(len(str(r[index])) for r in rows[:50])])
+        used += min(max(widest, 4), 24) + 3
+        if used > width and count:
+            break
+        count += 1
+    return count
+
+
+def _print_table(con: Any, sql: str, limit: int | None, first_column: int = 1) -> int:
     """The first rows as a table: DuckDB computes only what is shown (one row more, to know
     whether there is more), instead of every row being pulled through Python to count them."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from workbench.catalog import lake
+    from workbench.safetext import display_text
 
     shown_limit = SHOWN_ROWS if limit is None else min(limit, SHOWN_ROWS)
     result = con.execute(lake.text_sql(con, sql, shown_limit + 1))
-    columns = [d[0] for d in result.description or []]
+    columns = _labels(result)
     fetched = result.fetchall()
     more = len(fetched) > shown_limit
     shown = fetched[:shown_limit]
-    table = Table(*columns, header_style="bold")
-    for row in shown:
-        table.add_row(*["NULL" if v is None else str(v) for v in row])
     console = Console(width=None if sys.stdout.isatty() else 160)
+    # Cells and headers are Text: data is never read as rich markup (`[bold]`, `[/]`).
+    labels = [display_text(c) for c in columns]
+    first = min(first_column, max(len(labels), 1)) - 1
+    count = _fitting_columns(labels, shown, first, console.width)
+    table = Table(header_style="bold")
+    for label in labels[first : first + count]:
+        table.add_column(Text(label))
+    for row in shown:
+        table.add_row(
+            *[
+                Text("NULL" if v is None else display_text(str(v)))
+                for v in row[first : first + count]
+            ]
+        )
     console.print(table)
+    if count < len(labels):
+        last = first + count
+        after = f"; --columns {last + 1} for the next" if last < len(labels) else ""
+        console.print(
+            f"(columns {first + 1:,}-{last:,} of {len(labels):,} shown{after}; --json or --csv"
+            " for every column)",
+            markup=False,
+        )
     if more and (limit is None or limit > shown_limit):
         console.print(
             f"(first {shown_limit} rows shown; more follow: use --csv, --json or --out for all)"
@@ -433,6 +542,9 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         return 0
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
+
+    from workbench.safetext import display_text
 
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in ("dataset", "version", "rows", "rejected", "size", "columns", "age", "source"):
@@ -449,7 +561,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
             format_size(info.bytes),
             str(len(info.schema)),
             format_duration(now - info.created_at),
-            f"{first_source}{more}",
+            Text(display_text(f"{first_source}{more}")),
         )
     console = Console(width=None if sys.stdout.isatty() else 160)
     if not infos:
@@ -463,7 +575,11 @@ def cmd_datasets(args: argparse.Namespace) -> int:
             columns.add_column(column)
         for name, kind in latest.schema:
             nulls = latest.nulls.get(name)
-            columns.add_row(name, kind, "?" if nulls is None else str(nulls))
+            columns.add_row(
+                Text(display_text(name)),
+                Text(display_text(kind)),
+                "?" if nulls is None else str(nulls),
+            )
         console.print(f"\ncolumns of v{latest.version} ({latest.rows} rows):")
         console.print(columns)
     return 0

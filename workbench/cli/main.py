@@ -56,6 +56,7 @@ from workbench.present import (
 from workbench.queue import argtypes as checked
 from workbench.queue import submission
 from workbench.queue.spec import SpecError
+from workbench.safetext import fallback_streams
 from workbench.trust import UntrustedHome, check_home
 from workbench.units import format_duration
 
@@ -459,7 +460,8 @@ def _wait_exit(jobs: list[Job], ids: Sequence[int], quiet: bool = False) -> int:
     bad = [j for j in jobs if j.state != SUCCEEDED]
     if not quiet:
         for job in bad:
-            print(f"job {job.id} {job.state}: {job.reason or ''}".rstrip(": "), file=sys.stderr)
+            reason = display_text(job.reason or "")
+            print(f"job {job.id} {job.state}: {reason}".rstrip(": "), file=sys.stderr)
     found = {j.id for j in jobs}
     removed = [i for i in dict.fromkeys(ids) if i not in found]
     for job_id in removed:
@@ -685,6 +687,14 @@ def open_tui() -> int:
             f"the TUI needs a terminal, but {which} is not one; use a command instead"
             " (workbench --help), e.g. `workbench ls` or `workbench --batch FILE`"
         )
+    encoding = (sys.stdout.encoding or "").lower().replace("_", "-")
+    if not encoding.startswith("utf"):
+        print(
+            f"workbench: the terminal's encoding is {sys.stdout.encoding}, not UTF-8: lines,"
+            " bars and text outside it cannot be drawn and show as escapes; set LANG (or LC_ALL)"
+            " to a UTF-8 locale, e.g. LANG=C.UTF-8",
+            file=sys.stderr,
+        )
     app_module = importlib.import_module("screens.app")
     return int(app_module.run_app() or 0)
 
@@ -847,6 +857,7 @@ def _home_fault(error: BaseException) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     make_files_private()  # our state files and folders: owner only, even in a shared home
+    fallback_streams()  # a latin-1 terminal gets escapes, never a UnicodeEncodeError
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -861,7 +872,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.command = args.command[1:]
         return handler(args)
     except (SpecError, UsageError) as error:
-        print(f"workbench: {error}", file=sys.stderr)
+        print(f"workbench: {display_text(str(error))}", file=sys.stderr)
         return EXIT_USAGE
     except JobError as error:
         print(f"workbench: {error}", file=sys.stderr)

@@ -30,6 +30,7 @@ from workbench.queue import repro
 from workbench.queue.kinds import load_kind
 from workbench.queue.requests import build_request
 from workbench.queue.spec import SpecError, check_keys, coerce
+from workbench.safetext import display_text
 from workbench.units import format_duration
 from workbench.userfiles import UserFileError, read_toml
 
@@ -282,7 +283,7 @@ class _Reporter:
                 self.emit({"type": "state", **line})
                 if self.progress is None and not self.json_mode:
                     quiet = job.state in (RUNNING, SUCCEEDED)
-                    said = (job.reason or "").strip()
+                    said = display_text((job.reason or "").strip())
                     # A reason that only repeats the state ("starting (starting)") says nothing.
                     repeats = said.lower().rstrip(".") == str(job.state).lower()
                     reason = f" ({said})" if said and not quiet and not repeats else ""
@@ -295,7 +296,7 @@ class _Reporter:
                 # changes as the queue moves: a `wait` event, and a line when the words change
                 # (not for every memory figure that moves).
                 self.emit({"type": "wait", **line})
-                said = (waits or "").strip()
+                said = display_text((waits or "").strip())
                 plain = self.progress is None and not self.json_mode
                 if said and plain and self.said.get(job.id) != _masked(said):
                     self.said[job.id] = _masked(said)
@@ -310,7 +311,7 @@ class _Reporter:
                 task = self.tasks[job.id]
                 done = 1.0 if job.state == SUCCEEDED else (job.progress or 0.0)
                 quiet = job.state in (RUNNING, SUCCEEDED)
-                message = job.progress_msg or ("" if quiet else job.reason) or ""
+                message = display_text(job.progress_msg or ("" if quiet else job.reason) or "")
                 self.progress.update(task, completed=done, state=job.state, message=message[:60])
                 if job.state in SETTLED:
                     self.progress.stop_task(task)  # its clock stops with it
@@ -327,8 +328,8 @@ def summary_table(pipeline_name: str, jobs: list[Job], notes: list[str]) -> str:
     width = max((len(j.name if j.name != j.stage else j.stage or "") for j in jobs), default=5)
     for job in jobs:
         line = _job_line(job)
-        reason = f"  {job.reason}" if job.reason and job.state != SUCCEEDED else ""
-        label = job.name if job.name != job.stage else job.stage or ""
+        reason = f"  {display_text(job.reason)}" if job.reason and job.state != SUCCEEDED else ""
+        label = display_text(job.name if job.name != job.stage else job.stage or "")
         lines.append(
             f"  {label:<{width}}  job {job.id:<5} {job.state:<10}"
             f" {format_duration(line['duration_s']):>8}{reason}"
@@ -506,7 +507,7 @@ def _run_pipeline(
             else f"sweep {s['stage']}: no point finished"
             for s in sweeps
         ] + [
-            f"sweep point {p['name']} (job {p['job']}) {p['state']}: {p['reason']}"
+            f"sweep point {p['name']} (job {p['job']}) {p['state']}: {display_text(p['reason'] or '')}"
             for s in sweeps
             for p in s["failed"]
         ]

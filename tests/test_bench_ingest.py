@@ -1,0 +1,34 @@
+"""bench/ingest.py's tiny mode runs every measure end to end on a few thousand rows (a smoke
+test: the figures themselves come from a full run, see bench/RESULTS.md)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_bench_ingest_tiny_runs_every_measure(home: object) -> None:
+    results = (ROOT / "bench" / "RESULTS.md").read_bytes()
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "ingest.py"), "--tiny"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    for measure in (
+        "ingest 3,000-row CSV",
+        "ingest the same rows as Parquet",
+        "`workbench sql --json --limit 100`",
+        '`workbench sql "SELECT * FROM big"`',
+        "ingest CSV job: checked the encoding",
+        "`sql` LIMIT 100, cProfile own time: total",
+    ):
+        assert measure in done.stdout, done.stdout
+    assert (ROOT / "bench" / "RESULTS.md").read_bytes() == results  # tiny writes nothing
