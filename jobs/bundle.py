@@ -42,10 +42,69 @@ class Column:
     mean: float = 0.0
     std: float = 1.0
     categories: list[str] = field(default_factory=list)
+    source: str = ""
+    """The Arrow type the column had in training ("" in bundles written before it was kept)."""
 
     @property
     def width(self) -> int:
         return 1 if self.kind == "numeric" else len(self.categories)
+
+    @property
+    def family(self) -> str:
+        """What kind of value the column takes: number, date, timestamp, string or boolean."""
+        return type_family(self.source) if self.source else ""
+
+    def describe(self) -> dict[str, Any]:
+        """The column as an input of an exported model: name, ONNX element type, shape, the
+        value's unit and what stands for a missing value (`INPUT_UNITS`)."""
+        family = self.family or ("number" if self.kind == "numeric" else "string")
+        if self.kind == "numeric":
+            return {
+                "name": self.name,
+                "type": "float64",
+                "shape": ["batch", 1],
+                "source_type": self.source or None,
+                "unit": INPUT_UNITS.get(family, INPUT_UNITS["number"]),
+                "missing": "NaN",
+            }
+        return {
+            "name": self.name,
+            "type": "string",
+            "shape": ["batch", 1],
+            "source_type": self.source or None,
+            "unit": INPUT_UNITS["string"]
+            + (" (booleans as 'true'/'false')" if family == "boolean" else ""),
+            "categories": len(self.categories),
+            "missing": '""',
+        }
+
+
+INPUT_UNITS = {
+    "number": "the value as it is",
+    "date": "seconds since 1970-01-01 (a DATE d is d's days since 1970-01-01 times 86400)",
+    "timestamp": "microseconds since 1970-01-01 00:00:00 UTC",
+    "string": "the text; a value not seen in training encodes as no category",
+}
+"""The unit of each kind of exported input (`as_float` converts dates and timestamps so)."""
+
+
+def type_family(arrow_type: Any) -> str:
+    """An Arrow type (or its string form) -> number, date, timestamp, string, boolean, null or
+    other: the kinds of value a feature column may hold, compared between training and use."""
+    text = str(arrow_type)
+    if text == "null":
+        return "null"
+    if text.startswith("date"):
+        return "date"
+    if text.startswith("timestamp"):
+        return "timestamp"
+    if text == "bool":
+        return "boolean"
+    if text in ("string", "large_string", "utf8", "large_utf8") or text.startswith("dictionary"):
+        return "string"
+    if text.startswith(("int", "uint", "float", "double", "halffloat", "decimal")):
+        return "number"
+    return "other"
 
 
 def _is_numeric(arrow_type: Any) -> bool:
@@ -68,20 +127,27 @@ def _is_categorical(arrow_type: Any) -> bool:
 
 
 def as_float(column: Any, name: str) -> np.ndarray:
-    """An Arrow column as float64 (dates and timestamps as seconds/ticks; null -> NaN)."""
+    """An Arrow column as float64, null -> NaN: dates as seconds since 1970-01-01, timestamps
+    as microseconds since 1970-01-01 UTC whatever their stored unit (`INPUT_UNITS`). Raises
+    DataError naming the column when its values are not numbers."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.types as pt
 
-    if pt.is_temporal(column.type):
-        column = (
-            pc.cast(column, pa.int64())
-            if not pt.is_date(column.type)
-            else pc.cast(pc.cast(column, pa.timestamp("s")), pa.int64())
+    try:
+        if pt.is_date(column.type):
+            column = pc.cast(pc.cast(column, pa.timestamp("s")), pa.int64())
+        elif pt.is_timestamp(column.type):
+            column = pc.cast(pc.cast(column, pa.timestamp("us")), pa.int64())
+        elif pt.is_temporal(column.type):
+            column = pc.cast(column, pa.int64())
+        return np.asarray(
+            pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64
         )
-    return np.asarray(
-        pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64
-    )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+        raise DataError(
+            f"column {name!r} holds {column.type} values, not numbers: {str(error).splitlines()[0]}"
+        ) from None
 
 
 def _as_strings(column: Any) -> Any:
@@ -136,7 +202,11 @@ class Preprocessor:
                 finite = values[np.isfinite(values)]
                 mean = float(finite.mean()) if finite.size else 0.0
                 std = float(finite.std()) if finite.size else 1.0
-                columns.append(Column(name, "numeric", mean, std if std > 1e-12 else 1.0))
+                columns.append(
+                    Column(
+                        name, "numeric", mean, std if std > 1e-12 else 1.0, source=str(column.type)
+                    )
+                )
             elif _is_categorical(column.type):
                 distinct = pc.unique(_as_strings(column).drop_null()).to_pylist()
                 if len(distinct) > MAX_CATEGORIES:
@@ -145,7 +215,12 @@ class Preprocessor:
                         f" encode (limit {MAX_CATEGORIES}); leave it out with `features = [...]`"
                     )
                 columns.append(
-                    Column(name, "categorical", categories=sorted(str(v) for v in distinct))
+                    Column(
+                        name,
+                        "categorical",
+                        categories=sorted(str(v) for v in distinct),
+                        source=str(column.type),
+                    )
                 )
             else:
                 raise DataError(
@@ -183,6 +258,18 @@ class Preprocessor:
                 + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
                 + f"; its columns: {', '.join(table.column_names)}"
             )
+        for spec in self.columns:
+            got = type_family(table.column(spec.name).type)
+            if spec.family and got not in (spec.family, "null"):
+                raise DataError(
+                    f"column {spec.name!r} holds {table.column(spec.name).type} values ({got}) where"
+                    f" the model was trained on {spec.source} ({spec.family}):"
+                    f" {spec.describe()['unit']}"
+                )
+
+    def describe_inputs(self) -> list[dict[str, Any]]:
+        """One entry per named input of an exported model (`Column.describe`), in order."""
+        return [c.describe() for c in self.columns]
 
     def transform(self, table: pyarrow.Table) -> np.ndarray:
         """Feature matrix, float32, shape (rows, in_features)."""
@@ -212,28 +299,17 @@ class Preprocessor:
             return np.zeros((table.num_rows, 0), dtype=np.float32)
         return np.concatenate(blocks, axis=1).astype(np.float32)
 
-    def raw_numeric(self, table: pyarrow.Table) -> np.ndarray:
-        """The numeric features as they are (NaN where missing), float32: what an exported ONNX
-        model with the standardisation inside its graph takes."""
-        self.check_columns(table)
-        if not self.numeric_only:
-            raise DataError("raw_numeric needs a model whose features are all numeric")
-        if not self.columns:
-            return np.zeros((table.num_rows, 0), dtype=np.float32)
-        return np.stack(
-            [as_float(table.column(c.name), c.name) for c in self.columns], axis=1
-        ).astype(np.float32)
-
     def raw_columns(self, table: pyarrow.Table) -> dict[str, np.ndarray]:
         """One array per feature column, shape (rows, 1), as an exported model with the whole
-        encoding inside its graph takes them: numbers float32 (NaN where missing), everything
-        else strings ("" where missing, which matches no category)."""
+        encoding inside its graph takes them: numbers (dates, timestamps in `INPUT_UNITS`)
+        float64 with NaN where missing, so the graph standardises exactly as `transform`;
+        everything else strings ("" where missing, which matches no category)."""
         self.check_columns(table)
         out: dict[str, np.ndarray] = {}
         for spec in self.columns:
             column = table.column(spec.name)
             if spec.kind == "numeric":
-                out[spec.name] = as_float(column, spec.name).astype(np.float32).reshape(-1, 1)
+                out[spec.name] = as_float(column, spec.name).reshape(-1, 1)
             else:
                 strings = _as_strings(column).to_pylist()
                 out[spec.name] = np.array(

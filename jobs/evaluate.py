@@ -126,13 +126,21 @@ class Predictor:
         return cls(fmt, pre, session=session, inputs=inputs)
 
     def onnx_feed(self, table: pyarrow.Table) -> dict[str, np.ndarray]:
-        """The ONNX session's inputs for `table`."""
-        if self.inputs == "columns":
-            return self.pre.raw_columns(table)
-        matrix = (
-            self.pre.raw_numeric(table) if self.inputs == "matrix" else self.pre.transform(table)
-        )
-        return {self.session.get_inputs()[0].name: matrix}
+        """The ONNX session's inputs for `table`, each numeric one in the element type the graph
+        declares (float64 for exports since named float64 inputs; float32 in older files)."""
+        import numpy as np
+
+        if self.inputs == "encoded":
+            return {self.session.get_inputs()[0].name: self.pre.transform(table)}
+        raw = self.pre.raw_columns(table)
+        if self.inputs == "matrix":  # older exports: the raw numeric features as one matrix
+            matrix = np.concatenate([raw[c.name] for c in self.pre.columns], axis=1)
+            return {self.session.get_inputs()[0].name: matrix.astype(np.float32)}
+        declared = {i.name: i.type for i in self.session.get_inputs()}
+        return {
+            name: values.astype(np.float32) if declared.get(name) == "tensor(float)" else values
+            for name, values in raw.items()
+        }
 
     def predict(self, table: pyarrow.Table) -> np.ndarray:
         """Classification: probabilities, float64 (rows, classes). Regression: predictions in

@@ -81,6 +81,8 @@ def render_model(model: dict[str, Any], test: dict[str, Any] | None) -> Group:
     axis = unit(f"batch axis {card.get('batch_axis')}")
     head.append(f"parity  {diff} on {rows}; exporter {exporter}, {axis}\n")
     for batch, row in (card.get("latency", {}).get("cpu") or {}).items():
+        if not batch.startswith("batch_") or "torch" not in row:  # threads; an int8 model's row
+            continue
         head.append(
             f"latency {batch.replace('_', ' ')}: torch {row['torch']['median_ms']:.3f} ms, onnxruntime {row['onnxruntime']['median_ms']:.3f} ms"
             f" (x{row['ort_over_torch_median']:.2f})\n",
@@ -181,12 +183,12 @@ class ModelsScreen(WorkbenchScreen):
         table = self.query_one("#models", DataTable)
         table.clear()
         for model in self.models:
-            test = self.tests.get(model["run_job_id"])
+            test = model["card"].get("held_out") or self.tests.get(model["run_job_id"])  # int8
             headline = next(iter((test or {}).get("metrics", {}).items()), None)
             table.add_row(
                 str(model["id"]),
                 model["card"].get("name", "")[:28],
-                f"{headline[0]} {headline[1]:.3f}" if headline else "-",
+                f"{headline[0]} {headline[1]:.3f}" if headline and headline[1] is not None else "-",
                 f"{model['card']['parity']['max_abs_diff']:.0e}",
                 key=str(model["id"]),
             )

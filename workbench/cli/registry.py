@@ -47,9 +47,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     now = time.time()
     for model in listed:
         card = model["card"]
-        test = card.get("test") or {}
+        test = card.get("test") or card.get("held_out") or {}  # an int8 model: its own
         metrics = test.get("metrics") or {}
-        headline = next(iter(metrics.items()), None)
+        headline = next(((k, v) for k, v in metrics.items() if v is not None), None)
         data = card.get("dataset") or {}
         latency = card.get("latency", {}).get("cpu", {}).get("batch_256", {})
         table.add_row(
