@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from workbench.daemon.runner import FAILURE_FILE
 from workbench.db.journal import RecordingStore
@@ -17,6 +17,32 @@ from workbench.paths import Home
 from workbench.queue.spec import from_table
 
 T = TypeVar("T")
+
+
+def _plain(value: Any) -> Any:
+    """`value` with NumPy scalars and arrays (anything with `tolist`) as Python values and
+    every non-finite float as None, through dicts, lists and tuples."""
+    import math
+
+    if hasattr(value, "tolist") and not isinstance(value, str | bytes):
+        value = value.tolist()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def strict_json(value: Any) -> str:
+    """`value` as strict JSON (RFC 8259; what `json.loads` with a raising `parse_constant`
+    accepts), indented: NaN and infinities anywhere become null (`workbench.jsonout.dumps`),
+    NumPy values plain numbers or lists, anything else its text. Every JSON file a job writes
+    goes through this; an undefined metric is null with its reason written beside it."""
+    import json
+
+    return json.dumps(_plain(value), indent=2, allow_nan=False, default=str)
 
 
 class JobFailed(Exception):
@@ -82,6 +108,12 @@ class JobContext:
         """A path inside the run folder for a file this job produces."""
         path = self.run_dir / name
         path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def write_json(self, name: str, value: Any) -> Path:
+        """`value` as strict JSON (RFC 8259, `strict_json`) in the run folder file `name`."""
+        path = self.artifact(name)
+        path.write_text(strict_json(value))
         return path
 
     @property

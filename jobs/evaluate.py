@@ -66,6 +66,14 @@ def prepare(spec: Spec, base_dir: Path, where: str) -> Spec:
     return replace(spec, model=model)
 
 
+def dataset_refs(spec: dict[str, Any]) -> list[Any]:
+    """The dataset a test spec names (and its `key` column), for `catalogcheck` at submit."""
+    from workbench.queue.catalogcheck import DatasetRef
+
+    key = (("key", str(spec["key"])),) if spec.get("key") else ()
+    return [DatasetRef("dataset", str(spec["dataset"]), spec.get("version"), key)]
+
+
 def check_gate_task(gate: dict[str, Any], task: str, where: str) -> None:
     """Refuse gate entries that are no metric of `task`; raises SpecError naming the key."""
     from jobs.metrics import gate_metric_problem
@@ -463,6 +471,7 @@ def run(ctx: JobContext) -> None:
         },
         "task": pre.task,
         "metrics": metrics,
+        "undefined": report.get("undefined", {}),
         "report": report,
         "slices": slices,
         "predictions": {"dataset": predictions.dataset, "version": predictions.version},
@@ -473,7 +482,7 @@ def run(ctx: JobContext) -> None:
         "seconds": time.perf_counter() - started,
         "errors": int((~correct[labelled]).sum()) if correct is not None else None,
     }
-    ctx.artifact("report.json").write_text(json.dumps(result, indent=2, default=float))
+    ctx.write_json("report.json", result)
     ctx.artifact("report.md").write_text(report_markdown(result))
     finite: dict[str, float | None] = {
         k: (v if math.isfinite(v) else None) for k, v in metrics.items()
@@ -483,6 +492,8 @@ def run(ctx: JobContext) -> None:
     )
     ctx.metrics(0, finite)
     ctx.log("metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    for metric, why in report.get("undefined", {}).items():
+        ctx.log(f"{metric} is undefined (null in report.json): {why}")
     for line in slices[:3]:
         ctx.log(f"worst slice: {line}")
     if problems:

@@ -58,6 +58,15 @@ def prepare(spec: Spec, base_dir: Path, where: str) -> Spec:
     return spec
 
 
+def dataset_refs(spec: dict[str, Any]) -> list[Any]:
+    """The parity dataset an export spec names, if any, for `catalogcheck` at submit."""
+    from workbench.queue.catalogcheck import DatasetRef
+
+    if not spec.get("dataset"):
+        return []
+    return [DatasetRef("dataset", str(spec["dataset"]), spec.get("version"))]
+
+
 def serving_module(model: torch.nn.Module, pre: Preprocessor) -> torch.nn.Module:
     """The module to export: it takes the encoded feature matrix (float32, what `test` feeds
     the model) and `prepend_encoding` later gives the graph one named raw input per column. For
@@ -776,7 +785,7 @@ def run(ctx: JobContext) -> None:
             quantized["sha256"],
             int8_card,
         )
-    ctx.artifact("model_card.json").write_text(json.dumps(card, indent=2, default=float))
+    ctx.write_json("model_card.json", card)
     ctx.artifact("model_card.md").write_text(card_markdown(card))
     ctx.log(
         f"model {model_id}: {path} (sha256 {card['sha256'][:16]}...), card in {ctx.run_dir / 'model_card.md'}"

@@ -4,7 +4,6 @@ inside `run`: the CLI imports this module to validate specs."""
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import random
@@ -159,6 +158,7 @@ def prepare(spec: Spec, base_dir: Path, where: str) -> Spec:
         raise SpecError(f"{where}: key 'val_fraction': must be in [0, 1)")
     if spec.lr <= 0:
         raise SpecError(f"{where}: key 'lr': must be positive")
+    _check_ranges(spec, where)
     _check_training_keys(spec, where)
     model = spec.model
     if model not in REGISTRY:
@@ -177,6 +177,62 @@ def prepare(spec: Spec, base_dir: Path, where: str) -> Spec:
             f"{where}: key 'sweep': a sweep expands into one job per point in a pipeline file (workbench --batch)"
         )
     return replace(spec, model=model)
+
+
+def _check_ranges(spec: Spec, where: str) -> None:
+    """Submit-time ranges of the optimiser and architecture keys, and a target that is not
+    among the features (training on the label scores 1.0 and learns nothing). Raises
+    SpecError naming the key."""
+    if spec.clip_grad is not None and not spec.clip_grad > 0:
+        raise SpecError(
+            f"{where}: key 'clip_grad': the largest gradient norm must be positive, got"
+            f" {spec.clip_grad} (leave it out for no clipping)"
+        )
+    if spec.features is not None:
+        if spec.target in spec.features:
+            raise SpecError(
+                f"{where}: key 'features': lists the target {spec.target!r}; a model given its"
+                " own label learns nothing"
+            )
+        doubled = sorted({f for f in spec.features if spec.features.count(f) > 1})
+        if doubled:
+            raise SpecError(f"{where}: key 'features': {doubled[0]!r} is listed twice")
+        if not spec.features:
+            raise SpecError(f"{where}: key 'features': give at least one column")
+    if any(width < 1 for width in spec.hidden):
+        raise SpecError(
+            f"{where}: key 'hidden': every layer needs at least 1 unit, got {spec.hidden}"
+        )
+    for key in ("seed", "split_seed"):
+        if getattr(spec, key) < 0:
+            raise SpecError(f"{where}: key '{key}': must not be negative (NumPy seeds are >= 0)")
+    if spec.weight_decay < 0:
+        raise SpecError(f"{where}: key 'weight_decay': must not be negative")
+    if not 0 <= spec.momentum < 1:
+        raise SpecError(f"{where}: key 'momentum': must be in [0, 1), got {spec.momentum}")
+    if not 0 <= spec.dropout < 1:
+        raise SpecError(f"{where}: key 'dropout': a probability in [0, 1), got {spec.dropout}")
+
+
+def dataset_refs(spec: dict[str, Any]) -> list[Any]:
+    """The datasets and columns a train spec names, for `catalogcheck` at submit: `dataset`
+    (and `val_dataset`) with `target` and `features`."""
+    from workbench.queue.catalogcheck import DatasetRef
+
+    features = [("features", str(f)) for f in spec.get("features") or []]
+    columns = (("target", str(spec["target"])), *features)
+    refs = [DatasetRef("dataset", str(spec["dataset"]), spec.get("version"), columns)]
+    if spec.get("val_dataset"):
+        refs.append(
+            DatasetRef(
+                "val_dataset",
+                str(spec["val_dataset"]),
+                spec.get("val_version"),
+                columns,
+                "val_version",
+            )
+        )
+    return refs
 
 
 def _check_training_keys(spec: Spec, where: str) -> None:
@@ -1123,7 +1179,7 @@ def train_rank(ctx: JobContext, spec: Spec, rank: int = 0, world: int = 1) -> No
             "bundle": str(bundle),
         }
     )
-    ctx.artifact("run.json").write_text(json.dumps(record, indent=2, default=str))
+    ctx.write_json("run.json", record)
     tracking.finish_run(ctx.store, ctx.job.id, metrics, str(bundle))
     ctx.log(
         f"model saved to {bundle}: "

@@ -255,3 +255,30 @@ def test_an_int8_model_has_its_own_metric_and_parity(
     assert int8["latency"]["cpu"]["batch_256"]["onnxruntime"]["median_ms"] == pytest.approx(
         fp32["quantized"]["latency_ms"]
     )
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def test_every_json_file_a_job_writes_is_strict_json(
+    daemon: tuple[Client, Home], dated: tuple[int, int], tmp_path: Path
+) -> None:
+    """ROC AUC with a class absent from the test rows is null with its reason beside it, not a
+    bare NaN; then every JSON file under the home (run.json, report.json, model_card.json, the
+    runner's files) parses with a parser that refuses NaN and Infinity."""
+    client, home = daemon
+    train_id, _ = dated
+    table = labelled(200, 7)
+    only_yes = table.filter(pa.compute.equal(table["label"], "yes"))
+    lake.publish_arrow(home, client.store, "dated_yes", only_yes)
+    job = run(client, tmp_path, kind="test", model=str(train_id), dataset="dated_yes")
+    assert job.state == "succeeded", job.reason
+    text = (home.run_dir(job.id) / "report.json").read_text()
+    report = json.loads(text, parse_constant=_refuse_constant)
+    assert report["metrics"]["roc_auc"] is None
+    assert "class 'no' is absent" in report["undefined"]["roc_auc"]
+    files = sorted(home.root.rglob("*.json"))
+    assert {"run.json", "report.json", "model_card.json"} <= {f.name for f in files}
+    for path in files:
+        json.loads(path.read_text(), parse_constant=_refuse_constant)

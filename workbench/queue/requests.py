@@ -100,6 +100,11 @@ def build_request(
     options = from_table(Options, common, where)
     check_group(options.group, f"{where}: key 'group'")
     spec = validate_spec(options.kind, rest, base_dir, where)
+    if "stage" not in extra:  # a pipeline checks its stages together (datasets stages write)
+        from workbench.paths import Home
+        from workbench.queue.catalogcheck import check_refs, refs_of
+
+        check_refs(Home.current(), refs_of(options.kind, spec), where)
     defaults = kind_defaults(options.kind)
     gpus, mig_profile = _parsed(parse_gpus, options.gpus, "gpus", where) or (0.0, None)
     gpu_mem = _parsed(parse_size, options.gpu_mem, "gpu_mem", where)
