@@ -150,6 +150,58 @@ def as_float(column: Any, name: str) -> np.ndarray:
         ) from None
 
 
+HIGH_CARDINALITY = 0.5
+"""A categorical feature whose distinct values exceed this share of the training rows (and
+20) is reported: its one-hot columns are mostly seen once."""
+NUMERIC_LOOKING = 0.9
+"""A text feature is reported as numeric-looking when this share of its values read as numbers
+(thousands separators "," allowed, as in "1,234.5")."""
+_NUMBER = r"^[+-]?((\d{1,3}(,\d{3})+|\d+)(\.\d*)?|\.\d+)([eE][+-]?\d+)?$"
+
+
+def encoding_warnings(table: pyarrow.Table, pre: Preprocessor) -> list[str]:
+    """What the encoding fitted on `table` (the training rows) does that a user would want to
+    know: categorical features with very many distinct values (HIGH_CARDINALITY) and text
+    features whose values read as numbers (NUMERIC_LOOKING). One sentence each, naming the
+    column."""
+    import pyarrow.compute as pc
+
+    out = []
+    rows = max(1, table.num_rows)
+    for spec in pre.columns:
+        if spec.kind != "categorical":
+            continue
+        count = len(spec.categories)
+        if count > 20 and count > HIGH_CARDINALITY * rows:
+            out.append(
+                f"feature {spec.name!r} has {count} distinct values in {rows} training rows: its"
+                f" one-hot encoding adds {count} inputs, most seen once (an identifier? leave it"
+                " out with `features = [...]`)"
+            )
+        strings = _as_strings(table.column(spec.name)).drop_null()
+        if spec.family == "string" and len(strings):
+            numeric = pc.match_substring_regex(pc.utf8_trim_whitespace(strings), _NUMBER)
+            share = float(pc.mean(pc.cast(numeric, "int8")).as_py() or 0.0)
+            if share >= NUMERIC_LOOKING:
+                sample = next((v for v in strings.to_pylist() if "," in v), strings[0].as_py())
+                out.append(
+                    f"feature {spec.name!r} is text, but {share:.0%} of its values read as numbers"
+                    f" (e.g. {sample!r}): it is one-hot encoded as {count} categories; declare it"
+                    " numeric at ingest or clean it to use it as a number"
+                )
+    return out
+
+
+def label_strings(column: Any) -> Any:
+    """A target column as class names (strings), NaN of a float column as missing (null)."""
+    import pyarrow.compute as pc
+    import pyarrow.types as pt
+
+    if pt.is_floating(column.type):
+        column = pc.if_else(pc.fill_null(pc.is_nan(column), False), None, column)
+    return _as_strings(column)
+
+
 def _as_strings(column: Any) -> Any:
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -238,7 +290,8 @@ class Preprocessor:
                 target_std = spread if spread > 1e-12 * max(1.0, abs(target_mean)) else 1.0
         if task == "classification":
             classes = sorted(
-                str(v) for v in pc.unique(_as_strings(table.column(target)).drop_null()).to_pylist()
+                str(v)
+                for v in pc.unique(label_strings(table.column(target)).drop_null()).to_pylist()
             )
             if len(classes) < 2:
                 only = classes[0] if classes else "nothing"
@@ -266,6 +319,23 @@ class Preprocessor:
                     f" the model was trained on {spec.source} ({spec.family}):"
                     f" {spec.describe()['unit']}"
                 )
+
+    def unseen_categories(self, table: pyarrow.Table) -> dict[str, int]:
+        """Per categorical feature, how many present values of `table` are no category the
+        model knows (they encode as all zeros, as in training); columns with none left out."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        counts: dict[str, int] = {}
+        for spec in self.columns:
+            if spec.kind != "categorical" or spec.name not in table.column_names:
+                continue
+            strings = _as_strings(table.column(spec.name))
+            known = pc.is_in(strings, value_set=pa.array(spec.categories, pa.string()))
+            unseen = int(pc.sum(pc.and_(pc.is_valid(strings), pc.invert(known))).as_py() or 0)
+            if unseen:
+                counts[spec.name] = unseen
+        return counts
 
     def describe_inputs(self) -> list[dict[str, Any]]:
         """One entry per named input of an exported model (`Column.describe`), in order."""
@@ -327,7 +397,7 @@ class Preprocessor:
         column = table.column(self.target)
         if self.task == "regression":
             return as_float(column, self.target)
-        strings = _as_strings(column)
+        strings = label_strings(column)
         index = pc.index_in(strings, value_set=pa.array(self.classes, pa.string()))
         codes = np.asarray(index.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
         unseen_mask = pc.and_(pc.is_null(index), pc.is_valid(strings))

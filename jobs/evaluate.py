@@ -419,6 +419,14 @@ def run(ctx: JobContext) -> None:
         raise JobFailed(f"key 'key': column {spec.key!r} is not in dataset {info.dataset}")
     started = time.perf_counter()
     report, rows = evaluate_table(predictor, table)
+    unseen = pre.unseen_categories(table)
+    warnings = [
+        f"feature {column!r}: {count} of {table.num_rows} values are categories training never"
+        " saw (encoded as no category)"
+        for column, count in unseen.items()
+    ]
+    for warning in warnings:
+        ctx.log(f"warning: {warning}")
     ctx.progress(0.2, "evaluated")
     metrics = headline(report)
     counts = report["counts"]
@@ -472,6 +480,8 @@ def run(ctx: JobContext) -> None:
         "task": pre.task,
         "metrics": metrics,
         "undefined": report.get("undefined", {}),
+        "unseen_categories": unseen,
+        "warnings": warnings,
         "report": report,
         "slices": slices,
         "predictions": {"dataset": predictions.dataset, "version": predictions.version},
