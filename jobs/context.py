@@ -19,6 +19,37 @@ from workbench.queue.spec import from_table
 T = TypeVar("T")
 
 
+def workbench_source() -> dict[str, str | None]:
+    """The workbench that ran this job: its version (`workbench.__version__`) and, when it is
+    installed from a git checkout (editable install), the checkout's commit (`git rev-parse
+    HEAD`, with "+dirty" when tracked files differ from it); None otherwise."""
+    import subprocess
+
+    import workbench
+
+    root = Path(workbench.__file__).resolve().parent.parent
+    commit: str | None = None
+    if (root / ".git").exists():
+        try:
+            head = subprocess.run(
+                ["git", "-C", str(root), "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            )
+            dirty = subprocess.run(
+                ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            )
+            if head.returncode == 0 and head.stdout.strip():
+                commit = head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+        except (OSError, subprocess.SubprocessError):
+            commit = None
+    return {"version": workbench.__version__, "git_commit": commit}
+
+
 def _plain(value: Any) -> Any:
     """`value` with NumPy scalars and arrays (anything with `tolist`) as Python values and
     every non-finite float as None, through dicts, lists and tuples."""

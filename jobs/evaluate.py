@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jobs.context import JobContext, JobFailed
+from jobs.context import JobContext, JobFailed, workbench_source
 from workbench.queue.spec import SpecError
 
 if TYPE_CHECKING:
@@ -111,6 +111,8 @@ class Predictor:
         self.model = model
         self.session = session
         self.inputs = inputs
+        self.run_job_id: int | None = None
+        """For an exported file: the training run its metadata names (`workbench.meta`)."""
 
     @classmethod
     def load(cls, fmt: str, path: Path) -> Predictor:
@@ -131,7 +133,10 @@ class Predictor:
         inputs = props.get("workbench.inputs") or (
             "matrix" if props.get("workbench.numeric_preprocessing") == "1" else "encoded"
         )
-        return cls(fmt, pre, session=session, inputs=inputs)
+        predictor = cls(fmt, pre, session=session, inputs=inputs)
+        run_id = json.loads(props.get("workbench.meta") or "{}").get("run_job_id")
+        predictor.run_job_id = int(run_id) if isinstance(run_id, int) else None
+        return predictor
 
     def onnx_feed(self, table: pyarrow.Table) -> dict[str, np.ndarray]:
         """The ONNX session's inputs for `table`, each numeric one in the element type the graph
@@ -411,6 +416,12 @@ def run(ctx: JobContext) -> None:
     ctx.log(f"testing {fmt} {path} on dataset {info.dataset} v{info.version} ({info.rows} rows)")
     predictor = Predictor.load(fmt, path)
     pre = predictor.pre
+    if run_id is None and predictor.run_job_id is not None:
+        from workbench.catalog import tracking
+
+        if tracking.get_run(ctx.store, predictor.run_job_id) is not None:
+            run_id = predictor.run_job_id
+            ctx.log(f"{path.name} was exported from training run {run_id}")
     try:
         check_gate_task(spec.gate, pre.task, "key 'gate'")
     except SpecError as error:
@@ -446,20 +457,26 @@ def run(ctx: JobContext) -> None:
         else None
     )
     slices = slice_table(groups, correct, rows.get("error"))
-    default_name = (
-        f"run{run_id}_predictions" if run_id is not None else f"test{ctx.job.id}_predictions"
+    names = (
+        [spec.predictions]
+        if spec.predictions
+        else [f"run{run_id}_test{ctx.job.id}_predictions", f"run{run_id}_predictions"]
+        if run_id is not None
+        else [f"test{ctx.job.id}_predictions"]
     )
-    name = spec.predictions or default_name
-    predictions = lake.publish_arrow(
-        ctx.home,
-        ctx.store,
-        name,
-        _predictions_table(table, pre, rows, spec.key),
-        [{"path": str(path), "job": ctx.job.id}],
-        ctx.job.id,
-    )
+    per_row = _predictions_table(table, pre, rows, spec.key)
+    published = [
+        lake.publish_arrow(
+            ctx.home, ctx.store, name, per_row, [{"path": str(path), "job": ctx.job.id}], ctx.job.id
+        )
+        for name in names
+    ]
+    predictions = published[0]
     ctx.log(
-        f"per-row predictions: dataset {predictions.dataset} v{predictions.version} ({predictions.rows} rows)"
+        "per-row predictions: "
+        + " and ".join(f"dataset {p.dataset} v{p.version}" for p in published)
+        + f" ({predictions.rows} rows"
+        + ("; the second is the run's latest test)" if len(published) > 1 else ")")
     )
     if spec.repeat and run_id is None:
         raise JobFailed(
@@ -485,6 +502,8 @@ def run(ctx: JobContext) -> None:
         "report": report,
         "slices": slices,
         "predictions": {"dataset": predictions.dataset, "version": predictions.version},
+        "latest_predictions": {"dataset": published[-1].dataset, "version": published[-1].version},
+        "workbench": workbench_source(),
         "repeat": repeat,
         "gate": spec.gate,
         "gate_passed": not problems,

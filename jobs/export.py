@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from jobs.context import JobContext, JobFailed
+from jobs.context import JobContext, JobFailed, workbench_source
 from workbench.queue.spec import SpecError
 
 if TYPE_CHECKING:
@@ -443,11 +443,20 @@ def card_markdown(card: dict[str, Any]) -> str:
     ]
     lines += ["- inputs, one per column, shape (batch, 1):"]
     for item in card["inputs"] if isinstance(card.get("inputs"), list) else []:
-        source = f", trained on {item['source_type']}" if item.get("source_type") else ""
+        trained = f", trained on {item['source_type']}" if item.get("source_type") else ""
         lines += [
-            f"  - `{item['name']}`: {item['type']}{source}; {item['unit']}; missing: {item['missing']}"
+            f"  - `{item['name']}`: {item['type']}{trained}; {item['unit']}; missing: {item['missing']}"
         ]
     lines += [f"- output: {card['output']}"]
+    made_by = card.get("workbench") or {}
+    lines += [
+        f"- exported by workbench {made_by.get('version')}"
+        + (
+            f", commit {made_by['git_commit']}"
+            if made_by.get("git_commit")
+            else " (not a git checkout)"
+        )
+    ]
     data = card["dataset"]
     lines += [
         f"- trained on: dataset {data.get('name')} v{data.get('version')}"
@@ -742,6 +751,7 @@ def run(ctx: JobContext) -> None:
             "onnxruntime": ort.__version__,
         },
         "export_job_id": ctx.job.id,
+        "workbench": workbench_source(),
     }
     model_id = registry.record_model(
         ctx.store, ctx.job.id, run_id, str(path), "onnx", card["sha256"], card

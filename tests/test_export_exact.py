@@ -282,3 +282,37 @@ def test_every_json_file_a_job_writes_is_strict_json(
     assert {"run.json", "report.json", "model_card.json"} <= {f.name for f in files}
     for path in files:
         json.loads(path.read_text(), parse_constant=_refuse_constant)
+
+
+def test_lineage_card_names_workbench_onnx_test_names_its_run_each_test_keeps_its_predictions(
+    daemon: tuple[Client, Home], dated: tuple[int, int], tmp_path: Path
+) -> None:
+    import subprocess
+
+    import workbench
+
+    client, home = daemon
+    train_id, export_id = dated
+    card = json.loads((home.run_dir(export_id) / "model_card.json").read_text())
+    root = Path(workbench.__file__).resolve().parent.parent
+    head = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    assert card["workbench"]["version"] == workbench.__version__
+    assert card["workbench"]["git_commit"].startswith(head)
+    assert (
+        f"exported by workbench {workbench.__version__}, commit {head}"
+        in (home.run_dir(export_id) / "model_card.md").read_text()
+    )
+    first = run(client, tmp_path, kind="test", model=card["file"], dataset="dated")
+    second = run(client, tmp_path, kind="test", model=str(train_id), dataset="dated_yes")
+    assert first.state == second.state == "succeeded", (first.reason, second.reason)
+    report = json.loads((home.run_dir(first.id) / "report.json").read_text())
+    assert report["model"]["run_job_id"] == train_id  # the .onnx file named its run
+    assert report["predictions"]["dataset"] == f"run{train_id}_test{first.id}_predictions"
+    assert first.id in [e["job_id"] for e in registry.evaluations(client.store, train_id)]
+    mine, _ = lake.read_arrow(home, f"run{train_id}_test{first.id}_predictions")
+    theirs, _ = lake.read_arrow(home, f"run{train_id}_test{second.id}_predictions")
+    latest, _ = lake.read_arrow(home, f"run{train_id}_predictions")
+    assert mine.num_rows == 600 and theirs.num_rows == latest.num_rows < 600
+    assert latest.equals(theirs)
