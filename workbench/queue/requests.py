@@ -30,7 +30,7 @@ class Options:
     group: str = "default"
     retries: int = 0
     time_limit: str | float | None = None
-    preemptible: bool = True
+    preemptible: bool | None = None  # None: the kind's default (DEFAULTS), else True
 
 
 T = TypeVar("T")
@@ -158,7 +158,11 @@ def build_request(
         ),
         retries=options.retries,
         time_limit=time_limit,
-        preemptible=options.preemptible,
+        preemptible=(
+            options.preemptible
+            if options.preemptible is not None
+            else bool(defaults.get("preemptible", True))
+        ),
         **extra,
     )
 
