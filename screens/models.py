@@ -88,6 +88,8 @@ def render_model(model: dict[str, Any], test: dict[str, Any] | None) -> Group:
             f" (x{row['ort_over_torch_median']:.2f})\n",
             style="dim",
         )
+    for line in model.get("serving") or []:
+        head.append(f"serving {line}\n", style="green")
     if card.get("quantized"):
         q = card["quantized"]
         head.append(
@@ -166,6 +168,17 @@ class ModelsScreen(WorkbenchScreen):
 
         def read(store: Any) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
             listed = registry.list_models(store)
+            serving = [
+                j
+                for j in store.list_jobs(states=["queued", "starting", "running"], light="no-env")
+                if j.kind == "serve"
+            ]
+            for model in listed:  # serve jobs of this model: their live request counts
+                model["serving"] = [
+                    f"serve job {j.id} ({j.state}): {j.progress_msg or 'starting'}"
+                    for j in serving
+                    if str(j.spec.get("model")) in (str(model["id"]), str(model["path"]))
+                ]
             tests: dict[int, dict[str, Any]] = {}
             for model in listed:
                 run_id = model["run_job_id"]

@@ -33,3 +33,8 @@ def test_bench_export_tiny() -> None:
 def test_bench_defaults_tiny() -> None:
     out = _bench("defaults.py", "--tiny")
     assert "| iris" in out and "| diabetes" in out and "sklearn baseline" in out
+
+
+def test_bench_serve_tiny() -> None:
+    out = _bench("serve.py", "--tiny")
+    assert "| mlp" in out and "HTTP rows/s" in out and "in-process" in out
