@@ -195,3 +195,14 @@ def test_a_model_whose_test_failed_its_gates_is_not_served(
     model = next(m for m in registry.list_models(client.store) if m["export_job_id"] == export.id)
     job = run(client, tmp_path, kind="serve", model=str(model["id"]))
     assert job.state == "failed" and "failed its gates" in (job.reason or ""), job.reason
+
+
+def test_serve_cli_refuses_bad_arguments_with_exit_2(home: Home) -> None:
+    from conftest import workbench
+
+    result = workbench("serve", "3", "--port", "70000")
+    assert result.returncode == 2 and "key 'port'" in result.stderr, result.stderr
+    result = workbench("serve", "model.pt")
+    assert result.returncode == 2 and "serve takes an exported .onnx model" in result.stderr
+    result = workbench("serve", "3", "--max-batch", "0")
+    assert result.returncode == 2 and "key 'max_batch'" in result.stderr
