@@ -75,7 +75,8 @@ def test_default_length_scales_with_the_data(
 ) -> None:
     spec = train.Spec(dataset="d", target="y", batch_size=batch)
     resolved, line = train.resolve_length(spec, rows, rows // 4)
-    assert resolved.epochs == epochs and resolved.early_stopping == stopping
+    assert resolved.epochs == epochs
+    assert resolved.early_stopping == train.EarlyStopping(stopping, "-val_loss")
     assert line is not None and f"epochs {epochs} by default" in line
     given, none = train.resolve_length(train.Spec(dataset="d", target="y", epochs=7), rows, 10)
     assert given.epochs == 7 and given.early_stopping == 0 and none is None
@@ -153,4 +154,10 @@ def test_default_length_is_stated_in_the_log(daemon: tuple[Client, Home], tmp_pa
     log = (home.run_dir(job.id) / "log").read_text()
     assert "epochs 500 by default: at least 2000 optimiser steps (1 per epoch" in log
     record = json.loads((home.run_dir(job.id) / "run.json").read_text())
-    assert record["params"]["epochs"] == 500 and record["params"]["early_stopping"] == 25
+    assert "early stopping after 25 epochs without a lower val_loss" in log
+    assert record["params"]["epochs"] == 500
+    assert record["params"]["early_stopping"] == {
+        "patience": 25,
+        "metric": "-val_loss",
+        "min_delta": 0.0,
+    }
