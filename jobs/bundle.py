@@ -42,10 +42,69 @@ class Column:
     mean: float = 0.0
     std: float = 1.0
     categories: list[str] = field(default_factory=list)
+    source: str = ""
+    """The Arrow type the column had in training ("" in bundles written before it was kept)."""
 
     @property
     def width(self) -> int:
         return 1 if self.kind == "numeric" else len(self.categories)
+
+    @property
+    def family(self) -> str:
+        """What kind of value the column takes: number, date, timestamp, string or boolean."""
+        return type_family(self.source) if self.source else ""
+
+    def describe(self) -> dict[str, Any]:
+        """The column as an input of an exported model: name, ONNX element type, shape, the
+        value's unit and what stands for a missing value (`INPUT_UNITS`)."""
+        family = self.family or ("number" if self.kind == "numeric" else "string")
+        if self.kind == "numeric":
+            return {
+                "name": self.name,
+                "type": "float64",
+                "shape": ["batch", 1],
+                "source_type": self.source or None,
+                "unit": INPUT_UNITS.get(family, INPUT_UNITS["number"]),
+                "missing": "NaN",
+            }
+        return {
+            "name": self.name,
+            "type": "string",
+            "shape": ["batch", 1],
+            "source_type": self.source or None,
+            "unit": INPUT_UNITS["string"]
+            + (" (booleans as 'true'/'false')" if family == "boolean" else ""),
+            "categories": len(self.categories),
+            "missing": '""',
+        }
+
+
+INPUT_UNITS = {
+    "number": "the value as it is",
+    "date": "seconds since 1970-01-01 (a DATE d is d's days since 1970-01-01 times 86400)",
+    "timestamp": "microseconds since 1970-01-01 00:00:00 UTC",
+    "string": "the text; a value not seen in training encodes as no category",
+}
+"""The unit of each kind of exported input (`as_float` converts dates and timestamps so)."""
+
+
+def type_family(arrow_type: Any) -> str:
+    """An Arrow type (or its string form) -> number, date, timestamp, string, boolean, null or
+    other: the kinds of value a feature column may hold, compared between training and use."""
+    text = str(arrow_type)
+    if text == "null":
+        return "null"
+    if text.startswith("date"):
+        return "date"
+    if text.startswith("timestamp"):
+        return "timestamp"
+    if text == "bool":
+        return "boolean"
+    if text in ("string", "large_string", "utf8", "large_utf8") or text.startswith("dictionary"):
+        return "string"
+    if text.startswith(("int", "uint", "float", "double", "halffloat", "decimal")):
+        return "number"
+    return "other"
 
 
 def _is_numeric(arrow_type: Any) -> bool:
@@ -68,20 +127,79 @@ def _is_categorical(arrow_type: Any) -> bool:
 
 
 def as_float(column: Any, name: str) -> np.ndarray:
-    """An Arrow column as float64 (dates and timestamps as seconds/ticks; null -> NaN)."""
+    """An Arrow column as float64, null -> NaN: dates as seconds since 1970-01-01, timestamps
+    as microseconds since 1970-01-01 UTC whatever their stored unit (`INPUT_UNITS`). Raises
+    DataError naming the column when its values are not numbers."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.types as pt
 
-    if pt.is_temporal(column.type):
-        column = (
-            pc.cast(column, pa.int64())
-            if not pt.is_date(column.type)
-            else pc.cast(pc.cast(column, pa.timestamp("s")), pa.int64())
+    try:
+        if pt.is_date(column.type):
+            column = pc.cast(pc.cast(column, pa.timestamp("s")), pa.int64())
+        elif pt.is_timestamp(column.type):
+            column = pc.cast(pc.cast(column, pa.timestamp("us")), pa.int64())
+        elif pt.is_temporal(column.type):
+            column = pc.cast(column, pa.int64())
+        return np.asarray(
+            pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64
         )
-    return np.asarray(
-        pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64
-    )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+        raise DataError(
+            f"column {name!r} holds {column.type} values, not numbers: {str(error).splitlines()[0]}"
+        ) from None
+
+
+HIGH_CARDINALITY = 0.5
+"""A categorical feature whose distinct values exceed this share of the training rows (and
+20) is reported: its one-hot columns are mostly seen once."""
+NUMERIC_LOOKING = 0.9
+"""A text feature is reported as numeric-looking when this share of its values read as numbers
+(thousands separators "," allowed, as in "1,234.5")."""
+_NUMBER = r"^[+-]?((\d{1,3}(,\d{3})+|\d+)(\.\d*)?|\.\d+)([eE][+-]?\d+)?$"
+
+
+def encoding_warnings(table: pyarrow.Table, pre: Preprocessor) -> list[str]:
+    """What the encoding fitted on `table` (the training rows) does that a user would want to
+    know: categorical features with very many distinct values (HIGH_CARDINALITY) and text
+    features whose values read as numbers (NUMERIC_LOOKING). One sentence each, naming the
+    column."""
+    import pyarrow.compute as pc
+
+    out = []
+    rows = max(1, table.num_rows)
+    for spec in pre.columns:
+        if spec.kind != "categorical":
+            continue
+        count = len(spec.categories)
+        if count > 20 and count > HIGH_CARDINALITY * rows:
+            out.append(
+                f"feature {spec.name!r} has {count} distinct values in {rows} training rows: its"
+                f" one-hot encoding adds {count} inputs, most seen once (an identifier? leave it"
+                " out with `features = [...]`)"
+            )
+        strings = _as_strings(table.column(spec.name)).drop_null()
+        if spec.family == "string" and len(strings):
+            numeric = pc.match_substring_regex(pc.utf8_trim_whitespace(strings), _NUMBER)
+            share = float(pc.mean(pc.cast(numeric, "int8")).as_py() or 0.0)
+            if share >= NUMERIC_LOOKING:
+                sample = next((v for v in strings.to_pylist() if "," in v), strings[0].as_py())
+                out.append(
+                    f"feature {spec.name!r} is text, but {share:.0%} of its values read as numbers"
+                    f" (e.g. {sample!r}): it is one-hot encoded as {count} categories; declare it"
+                    " numeric at ingest or clean it to use it as a number"
+                )
+    return out
+
+
+def label_strings(column: Any) -> Any:
+    """A target column as class names (strings), NaN of a float column as missing (null)."""
+    import pyarrow.compute as pc
+    import pyarrow.types as pt
+
+    if pt.is_floating(column.type):
+        column = pc.if_else(pc.fill_null(pc.is_nan(column), False), None, column)
+    return _as_strings(column)
 
 
 def _as_strings(column: Any) -> Any:
@@ -136,7 +254,11 @@ class Preprocessor:
                 finite = values[np.isfinite(values)]
                 mean = float(finite.mean()) if finite.size else 0.0
                 std = float(finite.std()) if finite.size else 1.0
-                columns.append(Column(name, "numeric", mean, std if std > 1e-12 else 1.0))
+                columns.append(
+                    Column(
+                        name, "numeric", mean, std if std > 1e-12 else 1.0, source=str(column.type)
+                    )
+                )
             elif _is_categorical(column.type):
                 distinct = pc.unique(_as_strings(column).drop_null()).to_pylist()
                 if len(distinct) > MAX_CATEGORIES:
@@ -145,7 +267,12 @@ class Preprocessor:
                         f" encode (limit {MAX_CATEGORIES}); leave it out with `features = [...]`"
                     )
                 columns.append(
-                    Column(name, "categorical", categories=sorted(str(v) for v in distinct))
+                    Column(
+                        name,
+                        "categorical",
+                        categories=sorted(str(v) for v in distinct),
+                        source=str(column.type),
+                    )
                 )
             else:
                 raise DataError(
@@ -163,7 +290,8 @@ class Preprocessor:
                 target_std = spread if spread > 1e-12 * max(1.0, abs(target_mean)) else 1.0
         if task == "classification":
             classes = sorted(
-                str(v) for v in pc.unique(_as_strings(table.column(target)).drop_null()).to_pylist()
+                str(v)
+                for v in pc.unique(label_strings(table.column(target)).drop_null()).to_pylist()
             )
             if len(classes) < 2:
                 only = classes[0] if classes else "nothing"
@@ -183,6 +311,35 @@ class Preprocessor:
                 + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
                 + f"; its columns: {', '.join(table.column_names)}"
             )
+        for spec in self.columns:
+            got = type_family(table.column(spec.name).type)
+            if spec.family and got not in (spec.family, "null"):
+                raise DataError(
+                    f"column {spec.name!r} holds {table.column(spec.name).type} values ({got}) where"
+                    f" the model was trained on {spec.source} ({spec.family}):"
+                    f" {spec.describe()['unit']}"
+                )
+
+    def unseen_categories(self, table: pyarrow.Table) -> dict[str, int]:
+        """Per categorical feature, how many present values of `table` are no category the
+        model knows (they encode as all zeros, as in training); columns with none left out."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        counts: dict[str, int] = {}
+        for spec in self.columns:
+            if spec.kind != "categorical" or spec.name not in table.column_names:
+                continue
+            strings = _as_strings(table.column(spec.name))
+            known = pc.is_in(strings, value_set=pa.array(spec.categories, pa.string()))
+            unseen = int(pc.sum(pc.and_(pc.is_valid(strings), pc.invert(known))).as_py() or 0)
+            if unseen:
+                counts[spec.name] = unseen
+        return counts
+
+    def describe_inputs(self) -> list[dict[str, Any]]:
+        """One entry per named input of an exported model (`Column.describe`), in order."""
+        return [c.describe() for c in self.columns]
 
     def transform(self, table: pyarrow.Table) -> np.ndarray:
         """Feature matrix, float32, shape (rows, in_features)."""
@@ -212,28 +369,17 @@ class Preprocessor:
             return np.zeros((table.num_rows, 0), dtype=np.float32)
         return np.concatenate(blocks, axis=1).astype(np.float32)
 
-    def raw_numeric(self, table: pyarrow.Table) -> np.ndarray:
-        """The numeric features as they are (NaN where missing), float32: what an exported ONNX
-        model with the standardisation inside its graph takes."""
-        self.check_columns(table)
-        if not self.numeric_only:
-            raise DataError("raw_numeric needs a model whose features are all numeric")
-        if not self.columns:
-            return np.zeros((table.num_rows, 0), dtype=np.float32)
-        return np.stack(
-            [as_float(table.column(c.name), c.name) for c in self.columns], axis=1
-        ).astype(np.float32)
-
     def raw_columns(self, table: pyarrow.Table) -> dict[str, np.ndarray]:
         """One array per feature column, shape (rows, 1), as an exported model with the whole
-        encoding inside its graph takes them: numbers float32 (NaN where missing), everything
-        else strings ("" where missing, which matches no category)."""
+        encoding inside its graph takes them: numbers (dates, timestamps in `INPUT_UNITS`)
+        float64 with NaN where missing, so the graph standardises exactly as `transform`;
+        everything else strings ("" where missing, which matches no category)."""
         self.check_columns(table)
         out: dict[str, np.ndarray] = {}
         for spec in self.columns:
             column = table.column(spec.name)
             if spec.kind == "numeric":
-                out[spec.name] = as_float(column, spec.name).astype(np.float32).reshape(-1, 1)
+                out[spec.name] = as_float(column, spec.name).reshape(-1, 1)
             else:
                 strings = _as_strings(column).to_pylist()
                 out[spec.name] = np.array(
@@ -251,7 +397,7 @@ class Preprocessor:
         column = table.column(self.target)
         if self.task == "regression":
             return as_float(column, self.target)
-        strings = _as_strings(column)
+        strings = label_strings(column)
         index = pc.index_in(strings, value_set=pa.array(self.classes, pa.string()))
         codes = np.asarray(index.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
         unseen_mask = pc.and_(pc.is_null(index), pc.is_valid(strings))

@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from workbench import safefs
 from workbench.daemon.runner import FAILURE_FILE
@@ -18,6 +18,63 @@ from workbench.paths import Home
 from workbench.queue.spec import from_table
 
 T = TypeVar("T")
+
+
+def workbench_source() -> dict[str, str | None]:
+    """The workbench that ran this job: its version (`workbench.__version__`) and, when it is
+    installed from a git checkout (editable install), the checkout's commit (`git rev-parse
+    HEAD`, with "+dirty" when tracked files differ from it); None otherwise."""
+    import subprocess
+
+    import workbench
+
+    root = Path(workbench.__file__).resolve().parent.parent
+    commit: str | None = None
+    if (root / ".git").exists():
+        try:
+            head = subprocess.run(
+                ["git", "-C", str(root), "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            )
+            dirty = subprocess.run(
+                ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            )
+            if head.returncode == 0 and head.stdout.strip():
+                commit = head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+        except (OSError, subprocess.SubprocessError):
+            commit = None
+    return {"version": workbench.__version__, "git_commit": commit}
+
+
+def _plain(value: Any) -> Any:
+    """`value` with NumPy scalars and arrays (anything with `tolist`) as Python values and
+    every non-finite float as None, through dicts, lists and tuples."""
+    import math
+
+    if hasattr(value, "tolist") and not isinstance(value, str | bytes):
+        value = value.tolist()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def strict_json(value: Any) -> str:
+    """`value` as strict JSON (RFC 8259; what `json.loads` with a raising `parse_constant`
+    accepts), indented: NaN and infinities anywhere become null (`workbench.jsonout.dumps`),
+    NumPy values plain numbers or lists, anything else its text. Every JSON file a job writes
+    goes through this; an undefined metric is null with its reason written beside it."""
+    import json
+
+    return json.dumps(_plain(value), indent=2, allow_nan=False, default=str)
 
 
 class JobFailed(Exception):
@@ -83,6 +140,12 @@ class JobContext:
         """A path inside the run folder for a file this job produces."""
         path = self.run_dir / name
         path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def write_json(self, name: str, value: Any) -> Path:
+        """`value` as strict JSON (RFC 8259, `strict_json`) in the run folder file `name`."""
+        path = self.artifact(name)
+        path.write_text(strict_json(value))
         return path
 
     @property

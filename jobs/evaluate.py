@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jobs.context import JobContext, JobFailed
+from jobs.context import JobContext, JobFailed, workbench_source
 from workbench.queue.spec import SpecError
 
 if TYPE_CHECKING:
@@ -66,6 +66,14 @@ def prepare(spec: Spec, base_dir: Path, where: str) -> Spec:
     return replace(spec, model=model)
 
 
+def dataset_refs(spec: dict[str, Any]) -> list[Any]:
+    """The dataset a test spec names (and its `key` column), for `catalogcheck` at submit."""
+    from workbench.queue.catalogcheck import DatasetRef
+
+    key = (("key", str(spec["key"])),) if spec.get("key") else ()
+    return [DatasetRef("dataset", str(spec["dataset"]), spec.get("version"), key)]
+
+
 def check_gate_task(gate: dict[str, Any], task: str, where: str) -> None:
     """Refuse gate entries that are no metric of `task`; raises SpecError naming the key."""
     from jobs.metrics import gate_metric_problem
@@ -103,6 +111,8 @@ class Predictor:
         self.model = model
         self.session = session
         self.inputs = inputs
+        self.run_job_id: int | None = None
+        """For an exported file: the training run its metadata names (`workbench.meta`)."""
 
     @classmethod
     def load(cls, fmt: str, path: Path) -> Predictor:
@@ -123,16 +133,27 @@ class Predictor:
         inputs = props.get("workbench.inputs") or (
             "matrix" if props.get("workbench.numeric_preprocessing") == "1" else "encoded"
         )
-        return cls(fmt, pre, session=session, inputs=inputs)
+        predictor = cls(fmt, pre, session=session, inputs=inputs)
+        run_id = json.loads(props.get("workbench.meta") or "{}").get("run_job_id")
+        predictor.run_job_id = int(run_id) if isinstance(run_id, int) else None
+        return predictor
 
     def onnx_feed(self, table: pyarrow.Table) -> dict[str, np.ndarray]:
-        """The ONNX session's inputs for `table`."""
-        if self.inputs == "columns":
-            return self.pre.raw_columns(table)
-        matrix = (
-            self.pre.raw_numeric(table) if self.inputs == "matrix" else self.pre.transform(table)
-        )
-        return {self.session.get_inputs()[0].name: matrix}
+        """The ONNX session's inputs for `table`, each numeric one in the element type the graph
+        declares (float64 for exports since named float64 inputs; float32 in older files)."""
+        import numpy as np
+
+        if self.inputs == "encoded":
+            return {self.session.get_inputs()[0].name: self.pre.transform(table)}
+        raw = self.pre.raw_columns(table)
+        if self.inputs == "matrix":  # older exports: the raw numeric features as one matrix
+            matrix = np.concatenate([raw[c.name] for c in self.pre.columns], axis=1)
+            return {self.session.get_inputs()[0].name: matrix.astype(np.float32)}
+        declared = {i.name: i.type for i in self.session.get_inputs()}
+        return {
+            name: values.astype(np.float32) if declared.get(name) == "tensor(float)" else values
+            for name, values in raw.items()
+        }
 
     def predict(self, table: pyarrow.Table) -> np.ndarray:
         """Classification: probabilities, float64 (rows, classes). Regression: predictions in
@@ -395,6 +416,12 @@ def run(ctx: JobContext) -> None:
     ctx.log(f"testing {fmt} {path} on dataset {info.dataset} v{info.version} ({info.rows} rows)")
     predictor = Predictor.load(fmt, path)
     pre = predictor.pre
+    if run_id is None and predictor.run_job_id is not None:
+        from workbench.catalog import tracking
+
+        if tracking.get_run(ctx.store, predictor.run_job_id) is not None:
+            run_id = predictor.run_job_id
+            ctx.log(f"{path.name} was exported from training run {run_id}")
     try:
         check_gate_task(spec.gate, pre.task, "key 'gate'")
     except SpecError as error:
@@ -403,6 +430,14 @@ def run(ctx: JobContext) -> None:
         raise JobFailed(f"key 'key': column {spec.key!r} is not in dataset {info.dataset}")
     started = time.perf_counter()
     report, rows = evaluate_table(predictor, table)
+    unseen = pre.unseen_categories(table)
+    warnings = [
+        f"feature {column!r}: {count} of {table.num_rows} values are categories training never"
+        " saw (encoded as no category)"
+        for column, count in unseen.items()
+    ]
+    for warning in warnings:
+        ctx.log(f"warning: {warning}")
     ctx.progress(0.2, "evaluated")
     metrics = headline(report)
     counts = report["counts"]
@@ -422,20 +457,26 @@ def run(ctx: JobContext) -> None:
         else None
     )
     slices = slice_table(groups, correct, rows.get("error"))
-    default_name = (
-        f"run{run_id}_predictions" if run_id is not None else f"test{ctx.job.id}_predictions"
+    names = (
+        [spec.predictions]
+        if spec.predictions
+        else [f"run{run_id}_test{ctx.job.id}_predictions", f"run{run_id}_predictions"]
+        if run_id is not None
+        else [f"test{ctx.job.id}_predictions"]
     )
-    name = spec.predictions or default_name
-    predictions = lake.publish_arrow(
-        ctx.home,
-        ctx.store,
-        name,
-        _predictions_table(table, pre, rows, spec.key),
-        [{"path": str(path), "job": ctx.job.id}],
-        ctx.job.id,
-    )
+    per_row = _predictions_table(table, pre, rows, spec.key)
+    published = [
+        lake.publish_arrow(
+            ctx.home, ctx.store, name, per_row, [{"path": str(path), "job": ctx.job.id}], ctx.job.id
+        )
+        for name in names
+    ]
+    predictions = published[0]
     ctx.log(
-        f"per-row predictions: dataset {predictions.dataset} v{predictions.version} ({predictions.rows} rows)"
+        "per-row predictions: "
+        + " and ".join(f"dataset {p.dataset} v{p.version}" for p in published)
+        + f" ({predictions.rows} rows"
+        + ("; the second is the run's latest test)" if len(published) > 1 else ")")
     )
     if spec.repeat and run_id is None:
         raise JobFailed(
@@ -455,9 +496,14 @@ def run(ctx: JobContext) -> None:
         },
         "task": pre.task,
         "metrics": metrics,
+        "undefined": report.get("undefined", {}),
+        "unseen_categories": unseen,
+        "warnings": warnings,
         "report": report,
         "slices": slices,
         "predictions": {"dataset": predictions.dataset, "version": predictions.version},
+        "latest_predictions": {"dataset": published[-1].dataset, "version": published[-1].version},
+        "workbench": workbench_source(),
         "repeat": repeat,
         "gate": spec.gate,
         "gate_passed": not problems,
@@ -465,7 +511,7 @@ def run(ctx: JobContext) -> None:
         "seconds": time.perf_counter() - started,
         "errors": int((~correct[labelled]).sum()) if correct is not None else None,
     }
-    ctx.artifact("report.json").write_text(json.dumps(result, indent=2, default=float))
+    ctx.write_json("report.json", result)
     ctx.artifact("report.md").write_text(report_markdown(result))
     finite: dict[str, float | None] = {
         k: (v if math.isfinite(v) else None) for k, v in metrics.items()
@@ -475,6 +521,8 @@ def run(ctx: JobContext) -> None:
     )
     ctx.metrics(0, finite)
     ctx.log("metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    for metric, why in report.get("undefined", {}).items():
+        ctx.log(f"{metric} is undefined (null in report.json): {why}")
     for line in slices[:3]:
         ctx.log(f"worst slice: {line}")
     if problems:

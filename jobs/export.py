@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from jobs.context import JobContext, JobFailed
+from jobs.context import JobContext, JobFailed, workbench_source
 from workbench.queue.spec import SpecError
 
 if TYPE_CHECKING:
@@ -58,51 +58,50 @@ def prepare(spec: Spec, base_dir: Path, where: str) -> Spec:
     return spec
 
 
-def serving_module(model: torch.nn.Module, pre: Preprocessor) -> tuple[torch.nn.Module, str]:
-    """The module to export, and what its ONNX graph will take (`Predictor.inputs`).
+def dataset_refs(spec: dict[str, Any]) -> list[Any]:
+    """The parity dataset an export spec names, if any, for `catalogcheck` at submit."""
+    from workbench.queue.catalogcheck import DatasetRef
 
-    Every feature numeric: the standardisation and missing-value fills go in front of the
-    model, and the graph takes the raw numeric matrix ("matrix"). Any categorical feature: the
-    module takes the encoded matrix, and `prepend_encoding` later gives the graph one raw input
-    per column ("columns"). For regression the output is restored to the target's units in
-    float64 (prediction * std + mean), so targets near 1e8 keep their precision."""
+    if not spec.get("dataset"):
+        return []
+    return [DatasetRef("dataset", str(spec["dataset"]), spec.get("version"))]
+
+
+def serving_module(model: torch.nn.Module, pre: Preprocessor) -> torch.nn.Module:
+    """The module to export: it takes the encoded feature matrix (float32, what `test` feeds
+    the model) and `prepend_encoding` later gives the graph one named raw input per column. For
+    regression the output is restored to the target's units in float64 (prediction * std +
+    mean), as `Preprocessor.restore_target` does, so targets near 1e8 keep their precision."""
     import torch
     from torch import nn
-
-    inputs = "matrix" if pre.numeric_only and pre.columns else "columns"
 
     class Serving(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.inner = model
-            self.standardise = inputs == "matrix"
             self.restore = pre.task == "regression"
-            means = [c.mean for c in pre.columns] if self.standardise else [0.0]
-            stds = [c.std for c in pre.columns] if self.standardise else [1.0]
-            self.register_buffer("mean", torch.tensor(means, dtype=torch.float32))
-            self.register_buffer("std", torch.tensor(stds, dtype=torch.float32))
             self.register_buffer("y_mean", torch.tensor(pre.target_mean, dtype=torch.float64))
             self.register_buffer("y_std", torch.tensor(pre.target_std, dtype=torch.float64))
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if self.standardise:
-                mean = self.get_buffer("mean")
-                x = (torch.where(torch.isnan(x), mean, x) - mean) / self.get_buffer("std")
             out: torch.Tensor = self.inner(x)
             if self.restore:
                 return out.double() * self.get_buffer("y_std") + self.get_buffer("y_mean")
             return out
 
-    return Serving().eval(), inputs
+    return Serving().eval()
 
 
 def prepend_encoding(model_path: Path, pre: Preprocessor) -> None:
     """Rewrite the ONNX file at `model_path` (input "features": the encoded matrix) so that it
-    takes one input per raw feature column, shape (batch, 1): float for numeric columns, string
-    for the others. The encoding runs in the graph with standard ONNX operators: numbers
-    Where(IsNaN(x), mean, x), minus mean, over std; categories a one-hot from Equal(x,
-    categories) (string tensors, opset 19+) cast to float, so an unknown or empty string encodes
-    as all zeros, as in training. Raises JobFailed when the model's opset is below 19."""
+    takes one input per raw feature column, shape (batch, 1): float64 for numeric columns
+    (dates and timestamps in `bundle.INPUT_UNITS`), string for the others. The encoding runs in
+    the graph with standard ONNX operators, in the precision `Preprocessor.transform` uses:
+    numbers Where(IsNaN(x), mean, x), minus mean, over std, all in float64, then cast to float32
+    (IEEE operations, so the result equals NumPy's bit for bit; a float32 mean would turn
+    1500003353 into 1500003328); categories a one-hot from Equal(x, categories) (string tensors,
+    opset 19+) cast to float, so an unknown or empty string encodes as all zeros, as in
+    training. Raises JobFailed when the model's opset is below 19 or there are no features."""
     import onnx
     from onnx import TensorProto, compose, helper
 
@@ -117,16 +116,18 @@ def prepend_encoding(model_path: Path, pre: Preprocessor) -> None:
             f"feature column {clash[0]!r} cannot be an ONNX input name (the graph uses it);"
             " rename the column"
         )
+    if not pre.columns:
+        raise JobFailed("the model has no feature columns to take as inputs")
     nodes, initializers, inputs, blocks = [], [], [], []
     for number, column in enumerate(pre.columns):
         tag = f"wb_pre_{number}"
         if column.kind == "numeric":
             inputs.append(
-                helper.make_tensor_value_info(column.name, TensorProto.FLOAT, ["batch", 1])
+                helper.make_tensor_value_info(column.name, TensorProto.DOUBLE, ["batch", 1])
             )
             initializers += [
-                helper.make_tensor(f"{tag}_mean", TensorProto.FLOAT, [1], [column.mean]),
-                helper.make_tensor(f"{tag}_std", TensorProto.FLOAT, [1], [column.std]),
+                helper.make_tensor(f"{tag}_mean", TensorProto.DOUBLE, [1], [column.mean]),
+                helper.make_tensor(f"{tag}_std", TensorProto.DOUBLE, [1], [column.std]),
             ]
             nodes += [
                 helper.make_node("IsNaN", [column.name], [f"{tag}_nan"]),
@@ -134,7 +135,8 @@ def prepend_encoding(model_path: Path, pre: Preprocessor) -> None:
                     "Where", [f"{tag}_nan", f"{tag}_mean", column.name], [f"{tag}_fill"]
                 ),
                 helper.make_node("Sub", [f"{tag}_fill", f"{tag}_mean"], [f"{tag}_centred"]),
-                helper.make_node("Div", [f"{tag}_centred", f"{tag}_std"], [f"{tag}_block"]),
+                helper.make_node("Div", [f"{tag}_centred", f"{tag}_std"], [f"{tag}_scaled"]),
+                helper.make_node("Cast", [f"{tag}_scaled"], [f"{tag}_block"], to=TensorProto.FLOAT),
             ]
         else:
             inputs.append(
@@ -214,9 +216,16 @@ def _timings(call: Any, runs: int) -> dict[str, float]:
         call()
         samples.append((time.perf_counter() - start) * 1000)
     samples.sort()
+
+    def at(q: float) -> float:
+        return samples[min(len(samples) - 1, round(q * (len(samples) - 1)))]
+
     return {
         "median_ms": statistics.median(samples),
-        "p99_ms": samples[min(len(samples) - 1, round(0.99 * (len(samples) - 1)))],
+        "p10_ms": at(0.10),
+        "p90_ms": at(0.90),
+        "p99_ms": at(0.99),
+        "runs": runs,
     }
 
 
@@ -239,12 +248,20 @@ def latency(
     runs: int,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """Median and p99 of PyTorch (on `x`, what the module takes) and onnxruntime (on `feed`,
-    what the graph takes) at batch 1 and 256, and their ratio."""
+    """Median, p10, p90 and p99 in ms of PyTorch (on `x`, what the module takes) and
+    onnxruntime (on `feed`, what the graph takes) at batch 1 and 256, their ratio, and the
+    thread settings they ran with (`threads`: torch's intra-op threads, and the session's
+    `session.intra_op_num_threads` option; 0 means onnxruntime's default, one per core)."""
     import numpy as np
     import torch
 
-    out: dict[str, Any] = {}
+    options = session.get_session_options() if hasattr(session, "get_session_options") else None
+    out: dict[str, Any] = {
+        "threads": {
+            "torch": torch.get_num_threads(),
+            "onnxruntime": options.intra_op_num_threads if options is not None else None,
+        }
+    }
     for batch in (1, 256):
         rows = x[np.resize(np.arange(len(x)), batch)]
         tensor = torch.from_numpy(rows).to(device)
@@ -271,6 +288,96 @@ def parity(expected: np.ndarray, got: np.ndarray, atol: float, rtol: float) -> d
         "violations": int((diff > allowed).sum()),
         "atol": atol,
         "rtol": rtol,
+    }
+
+
+PARITY_BATCHES = (1, 7, 256)
+"""Batch sizes at which the exported graph's values are compared with PyTorch's."""
+
+
+def _standardised(values: np.ndarray, pre: Preprocessor) -> np.ndarray:
+    """Regression outputs in training units (rtol on 1e8 would excuse 1e5); others unchanged."""
+    if pre.task != "regression":
+        return values
+    return (values - pre.target_mean) / pre.target_std
+
+
+def batch_parity(
+    module: torch.nn.Module,
+    session: Any,
+    x: np.ndarray,
+    feed: dict[str, np.ndarray],
+    pre: Preprocessor,
+    atol: float,
+    rtol: float,
+) -> dict[str, dict[str, Any]]:
+    """PyTorch (eager, on the encoded rows `x`) against onnxruntime (on the raw `feed`) at each
+    of PARITY_BATCHES: the rows cut into consecutive batches of that size (up to 64 rows at
+    batch 1 and 7, every row at 256), each batch run on its own, so a model whose values depend
+    on the batch size (a branch on `x.shape[0]`) is caught. {batch: `parity(...)`}."""
+    import numpy as np
+    import torch
+
+    out: dict[str, dict[str, Any]] = {}
+    for batch in PARITY_BATCHES:
+        rows = len(x) if batch >= 256 else min(len(x), batch * max(1, 64 // batch))
+        expected, got = [], []
+        for start in range(0, rows, batch):
+            stop = min(rows, start + batch)
+            with torch.no_grad():
+                expected.append(module(torch.from_numpy(x[start:stop])).numpy())
+            chunk = {name: values[start:stop] for name, values in feed.items()}
+            got.append(np.asarray(session.run(None, chunk)[0]))
+        out[str(batch)] = parity(
+            _standardised(np.concatenate(expected), pre),
+            _standardised(np.concatenate(got), pre),
+            atol,
+            rtol,
+        )
+    return out
+
+
+def _session(path: Path, threads: int) -> Any:
+    """A CPU onnxruntime session with `threads` intra-op threads (the job's CPU share)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, threads)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _full_parity(
+    module: torch.nn.Module,
+    model: torch.nn.Module,
+    session: Any,
+    table: Any,
+    x: np.ndarray,
+    feed: dict[str, np.ndarray],
+    pre: Preprocessor,
+    spec: Spec,
+) -> dict[str, Any]:
+    """`batch_parity` at each of PARITY_BATCHES, and the ONNX model's predictions (through the
+    test job's own `Predictor` on the raw table) against the bundle's, as `test` computes them
+    (probabilities, or predictions in the target's units compared in standardised units). The
+    summary (rows, max_abs_diff, violations) covers all of them."""
+    from jobs.evaluate import Predictor
+
+    batches = batch_parity(module, session, x, feed, pre, spec.atol, spec.rtol)
+    expected = Predictor("bundle", pre, model=model).predict(table)
+    got = Predictor("onnx", pre, session=session, inputs="columns").predict(table)
+    test = parity(_standardised(expected, pre), _standardised(got, pre), spec.atol, spec.rtol)
+    every = [*batches.values(), test]
+    return {
+        "rows": test["rows"],
+        "max_abs_diff": max(p["max_abs_diff"] for p in every),
+        "violations": sum(p["violations"] for p in every),
+        "atol": spec.atol,
+        "rtol": spec.rtol,
+        "units": "standardised target"
+        if pre.task == "regression"
+        else "logits; test: probabilities",
+        "batches": batches,
+        "test": test,
     }
 
 
@@ -374,8 +481,22 @@ def card_markdown(card: dict[str, Any]) -> str:
     lines += [
         f"- exporter: {card['exporter']}, opset {card['opset']}, batch axis `{card['batch_axis']}`"
     ]
-    lines += [f"- input: {card['input']}"]
+    lines += ["- inputs, one per column, shape (batch, 1):"]
+    for item in card["inputs"] if isinstance(card.get("inputs"), list) else []:
+        trained = f", trained on {item['source_type']}" if item.get("source_type") else ""
+        lines += [
+            f"  - `{item['name']}`: {item['type']}{trained}; {item['unit']}; missing: {item['missing']}"
+        ]
     lines += [f"- output: {card['output']}"]
+    made_by = card.get("workbench") or {}
+    lines += [
+        f"- exported by workbench {made_by.get('version')}"
+        + (
+            f", commit {made_by['git_commit']}"
+            if made_by.get("git_commit")
+            else " (not a git checkout)"
+        )
+    ]
     data = card["dataset"]
     lines += [
         f"- trained on: dataset {data.get('name')} v{data.get('version')}"
@@ -399,14 +520,20 @@ def card_markdown(card: dict[str, Any]) -> str:
         ]
     p = card["parity"]
     lines += [
-        f"- parity with PyTorch on {p['rows']} rows: max abs diff {p['max_abs_diff']:.2e} (atol {p['atol']}, rtol {p['rtol']})"
+        f"- parity with PyTorch on {p['rows']} rows"
+        + (f" at batch {', '.join(p['batches'])} and against `test`" if p.get("batches") else "")
+        + f": max abs diff {p['max_abs_diff']:.2e} (atol {p['atol']}, rtol {p['rtol']})"
     ]
+    threads = card["latency"]["cpu"].get("threads") or {}
     lines += [
+        "",
+        f"Latency (ms; threads: torch {threads.get('torch')}, onnxruntime"
+        f" {threads.get('onnxruntime')}; p10-p90 and runs in the card's JSON)",
         "",
         "| batch | PyTorch median ms | onnxruntime median ms | p99 ms (torch / ort) | ratio |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for batch, row in card["latency"]["cpu"].items():
+    for batch, row in _batches(card["latency"]["cpu"]):
         lines.append(
             f"| {batch.split('_')[1]} | {row['torch']['median_ms']:.3f} | {row['onnxruntime']['median_ms']:.3f}"
             f" | {row['torch']['p99_ms']:.3f} / {row['onnxruntime']['p99_ms']:.3f} | {row['ort_over_torch_median']:.2f} |"
@@ -422,15 +549,20 @@ def card_markdown(card: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _describe_inputs(pre: Preprocessor, inputs: str) -> str:
-    if inputs == "matrix":
-        return (
-            "one float matrix of the raw numeric features (standardisation and missing-value"
-            " fills inside the graph): " + ", ".join(pre.features)
+def _describe_inputs(pre: Preprocessor) -> str:
+    return (
+        "one named input per raw feature column, shape (batch, 1), the encoding inside the graph: "
+        + "; ".join(
+            f"{i['name']} ({i['type']}{', ' + i['source_type'] if i['source_type'] else ''}:"
+            f" {i['unit']}; missing {i['missing']})"
+            for i in pre.describe_inputs()
         )
-    return "one input per raw feature column, shape (batch, 1), the encoding inside the graph: " + (
-        ", ".join(f"{c.name} ({'float' if c.kind == 'numeric' else 'string'})" for c in pre.columns)
     )
+
+
+def _batches(timings: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The per-batch rows of `latency`'s result (without its `threads` entry)."""
+    return [(k, v) for k, v in timings.items() if k.startswith("batch_")]
 
 
 def session_on(path: Path, provider: str) -> tuple[Any, str | None]:
@@ -476,11 +608,11 @@ def run(ctx: JobContext) -> None:
             " build='module:function', or an ONNX file, to export it"
         )
     torch.set_num_threads(max(1, ctx.cpus))
-    module, inputs = serving_module(model, pre)
+    module = serving_module(model, pre)
     table, where = _held_out(ctx, spec, pre, meta)
     try:
-        x = pre.raw_numeric(table) if inputs == "matrix" else pre.transform(table)
-        feed_all = {"features": x} if inputs == "matrix" else pre.raw_columns(table)
+        x = pre.transform(table)
+        feed_all = pre.raw_columns(table)
         labels = pre.encode_target(table) if pre.target in table.column_names else None
     except DataError as error:
         raise JobFailed(str(error)) from None
@@ -498,15 +630,16 @@ def run(ctx: JobContext) -> None:
                 f"the ONNX exporter cannot handle operator {operator}: {first}"
             ) from None
         raise JobFailed(f"ONNX export failed: {first}") from None
-    if inputs == "columns":
-        prepend_encoding(path, pre)
+    inputs = "columns"
+    prepend_encoding(path, pre)
     proto = onnx.load(str(path))
     output_kind = "prediction" if pre.task == "regression" else "logits"
     for key, value in {
         "workbench.preprocessor": json.dumps(pre.to_dict()),
         "workbench.inputs": inputs,
+        "workbench.input_spec": json.dumps(pre.describe_inputs()),
         "workbench.output": output_kind,
-        "workbench.numeric_preprocessing": "1" if inputs == "matrix" else "0",
+        "workbench.numeric_preprocessing": "0",
         "workbench.meta": json.dumps(
             {"run_job_id": run_id, "task": pre.task, "classes": pre.classes}
         ),
@@ -518,9 +651,11 @@ def run(ctx: JobContext) -> None:
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     ctx.log(
         f"exported with {EXPORTER} in {time.perf_counter() - started:.1f}s; onnx.checker passed"
-        f" (opset {opset}); inputs: {inputs}"
+        f" (opset {opset}); inputs: one per column ("
+        + ", ".join(f"{i['name']} {i['type']}" for i in pre.describe_inputs())
+        + ")"
     )
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = _session(path, ctx.cpus)
     batch_axes = {i.name: i.shape[0] for i in session.get_inputs()}
     fixed = {n: a for n, a in batch_axes.items() if not isinstance(a, str)}
     if fixed:
@@ -529,37 +664,33 @@ def run(ctx: JobContext) -> None:
             f"the exported batch axis of input {name!r} is fixed at {axis}, not symbolic"
         )
     batch_axis = next(iter(batch_axes.values()))
-    feed = {
-        i.name: feed_all[i.name if inputs == "columns" else "features"]
-        for i in session.get_inputs()
-    }
-    for batch in (1, 7, 256):
+    feed = {i.name: feed_all[i.name] for i in session.get_inputs()}
+    for batch in PARITY_BATCHES:
         shape = session.run(None, resize_feed(feed, batch))[0].shape
         if shape[0] != batch:
             raise JobFailed(f"the exported model returned {shape[0]} rows for a batch of {batch}")
     ctx.progress(0.4, "parity")
-    with torch.no_grad():
-        expected = module(torch.from_numpy(x)).numpy()
-    got = session.run(None, feed)[0]
-    if pre.task == "regression":  # compared in training units: rtol on 1e8 would excuse 1e5
-        check = parity(
-            (expected - pre.target_mean) / pre.target_std,
-            (got - pre.target_mean) / pre.target_std,
-            spec.atol,
-            spec.rtol,
-        )
-        check["units"] = "standardised target"
-    else:
-        check = parity(expected, got, spec.atol, spec.rtol)
+    check = _full_parity(module, model, session, table, x, feed, pre, spec)
     ctx.log(
-        f"parity on {check['rows']} held-out rows of {where} (raw {inputs} inputs):"
+        f"parity on {check['rows']} held-out rows of {where} (raw column inputs), at batch"
+        f" {', '.join(check['batches'])} and against the test job's predictions:"
         f" max abs diff {check['max_abs_diff']:.2e}"
     )
-    if check["violations"]:
+    failed = {k: v for k, v in check["batches"].items() if v["violations"]}
+    if check["test"]["violations"]:
+        failed["test"] = check["test"]
+    if failed:
+        where_failed, worst = next(iter(failed.items()))
         raise JobFailed(
-            f"onnxruntime and PyTorch differ beyond tolerance on {check['violations']} values"
-            f" (max abs diff {check['max_abs_diff']:.3e}; atol {spec.atol}, rtol {spec.rtol})"
+            f"onnxruntime and PyTorch differ beyond tolerance on {worst['violations']} values"
+            + (
+                " (against the predictions `test` computes"
+                if where_failed == "test"
+                else f" (at batch {where_failed}"
+            )
+            + f"; max abs diff {worst['max_abs_diff']:.3e}; atol {spec.atol}, rtol {spec.rtol})"
         )
+    got = np.asarray(session.run(None, feed)[0])
     ctx.progress(0.55, "timing")
     timings: dict[str, Any] = {"cpu": latency(module, session, x, feed, spec.latency_runs)}
     gpu_provider: dict[str, str | None] | None = None
@@ -581,10 +712,14 @@ def run(ctx: JobContext) -> None:
             ctx.log("onnxruntime on the granted GPU: CUDAExecutionProvider")
         else:
             ctx.log(f"no GPU latency: {why_not}")
-    for batch, row in timings["cpu"].items():
+    threads = timings["cpu"]["threads"]
+    for label, row in _batches(timings["cpu"]):
         ctx.log(
-            f"latency {batch}: torch {row['torch']['median_ms']:.3f} ms, onnxruntime"
-            f" {row['onnxruntime']['median_ms']:.3f} ms (ratio {row['ort_over_torch_median']:.2f})"
+            f"latency {label}: torch {row['torch']['median_ms']:.3f} ms, onnxruntime"
+            f" {row['onnxruntime']['median_ms']:.3f} ms (ratio {row['ort_over_torch_median']:.2f};"
+            f" p10-p90 torch {row['torch']['p10_ms']:.3f}-{row['torch']['p90_ms']:.3f}, onnxruntime"
+            f" {row['onnxruntime']['p10_ms']:.3f}-{row['onnxruntime']['p90_ms']:.3f}; threads torch"
+            f" {threads['torch']}, onnxruntime {threads['onnxruntime']})"
         )
     quantized: dict[str, Any] | None = None
     if spec.quantize:
@@ -593,8 +728,8 @@ def run(ctx: JobContext) -> None:
         ctx.progress(0.8, "quantizing")
         qpath = ctx.artifact("model.int8.onnx")
         quantize_dynamic(str(path), str(qpath), weight_type=QuantType.QInt8)
-        qsession = ort.InferenceSession(str(qpath), providers=["CPUExecutionProvider"])
-        qout = qsession.run(None, feed)[0]
+        qsession = _session(qpath, ctx.cpus)
+        qout = np.asarray(qsession.run(None, feed)[0])
         metric = "accuracy" if pre.task == "classification" else "rmse"
         feed256 = resize_feed(feed, 256)
         quantized = {
@@ -605,10 +740,12 @@ def run(ctx: JobContext) -> None:
             "fp32": _quality(got, labels, pre),
             "int8": _quality(qout, labels, pre),
             "max_abs_diff_vs_fp32": float(np.abs(qout - got).max()),
-            "latency_ms": _timings(lambda: qsession.run(None, feed256), spec.latency_runs)[
-                "median_ms"
-            ],
+            "parity": parity(
+                _standardised(got, pre), _standardised(qout, pre), spec.atol, spec.rtol
+            ),
+            "latency": _timings(lambda: qsession.run(None, feed256), spec.latency_runs),
         }
+        quantized["latency_ms"] = quantized["latency"]["median_ms"]
         ctx.log(
             f"int8: {metric} {quantized['fp32']} -> {quantized['int8']}, {quantized['bytes']} bytes"
         )
@@ -628,8 +765,8 @@ def run(ctx: JobContext) -> None:
         "exporter": EXPORTER,
         "opset": opset,
         "batch_axis": batch_axis,
-        "inputs": inputs,
-        "input": _describe_inputs(pre, inputs),
+        "inputs": pre.describe_inputs(),
+        "input": _describe_inputs(pre),
         "output": "class logits (softmax for probabilities)"
         if pre.task == "classification"
         else "the prediction in the target's units, float64",
@@ -663,6 +800,7 @@ def run(ctx: JobContext) -> None:
         },
         "export_job_id": ctx.job.id,
         "training": training_provenance(ctx.store, run_id),
+        "workbench": workbench_source(),
     }
     model_id = registry.record_model(
         ctx.store, ctx.job.id, run_id, str(path), "onnx", card["sha256"], card
@@ -680,6 +818,22 @@ def run(ctx: JobContext) -> None:
             "quality": {
                 k: quantized[k] for k in ("metric", "fp32", "int8", "max_abs_diff_vs_fp32")
             },
+            "test": None,
+            "held_out": {
+                "rows": check["rows"],
+                "metrics": {quantized["metric"]: quantized["int8"]},
+            },
+            "parity": {**quantized["parity"], "against": "the fp32 ONNX model", "gated": False},
+            "latency": {
+                "cpu": {
+                    "threads": timings["cpu"]["threads"],
+                    "batch_256": {
+                        "onnxruntime": quantized["latency"],
+                        "ort_over_torch_median": quantized["latency"]["median_ms"]
+                        / timings["cpu"]["batch_256"]["torch"]["median_ms"],
+                    },
+                }
+            },
         }
         quantized["model_id"] = registry.record_model(
             ctx.store,
@@ -690,7 +844,7 @@ def run(ctx: JobContext) -> None:
             quantized["sha256"],
             int8_card,
         )
-    ctx.artifact("model_card.json").write_text(json.dumps(card, indent=2, default=float))
+    ctx.write_json("model_card.json", card)
     ctx.artifact("model_card.md").write_text(card_markdown(card))
     ctx.log(
         f"model {model_id}: {path} (sha256 {card['sha256'][:16]}...), card in {ctx.run_dir / 'model_card.md'}"

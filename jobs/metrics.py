@@ -124,8 +124,8 @@ def classification_report(
     predicted. Probability metrics use every model class as scikit-learn does with
     `labels=class_names`: log loss (probabilities clipped to [eps, 1 - eps] of float64), ROC AUC
     (binary: of class 1; more classes: one-vs-rest macro), PR AUC (average precision; binary: of
-    class 1; more classes: one-vs-rest macro). Undefined values (ROC AUC with one class present)
-    are None. If any kept row has a non-finite probability every metric is NaN and
+    class 1; more classes: one-vs-rest macro). Undefined values (ROC AUC with a class absent)
+    are None, with the reason in `undefined` (metric -> why). If any kept row has a non-finite probability every metric is NaN and
     `counts.nan_outputs` says how many rows: such a model fails every gate.
     Raises ValueError when the shapes disagree."""
     proba = np.asarray(proba, dtype=np.float64)
@@ -148,6 +148,7 @@ def classification_report(
             "classes": [],
             "threshold": threshold,
             "counts": counts,
+            "undefined": dict.fromkeys(CLASSIFICATION_METRICS, _why_none(counts)),
         }
     y_pred = predict_labels(proba, threshold)
     scored = label_metrics(y_true, y_pred)
@@ -162,6 +163,14 @@ def classification_report(
         pr_auc = float(
             np.mean([average_precision(proba[:, k], y_true == k) for k in range(len(class_names))])
         )
+    absent = [class_names[k] for k in range(len(class_names)) if not (y_true == k).any()]
+    undefined = {}
+    if not math.isfinite(auc):
+        undefined["roc_auc"] = (
+            f"class {absent[0]!r} is absent from the {len(y_true)} labelled rows"
+            if absent
+            else "every labelled row has the same class"
+        ) + ": ROC AUC needs positives and negatives of each class"
     return {
         "accuracy": scored["accuracy"],
         "precision_macro": scored["precision_macro"],
@@ -183,7 +192,15 @@ def classification_report(
         "classes": names,
         "threshold": threshold,
         "counts": counts,
+        "undefined": undefined,
     }
+
+
+def _why_none(counts: dict[str, int]) -> str:
+    """Why no metric is defined: non-finite outputs, or no labelled row."""
+    if counts["nan_outputs"]:
+        return f"the model gave NaN or infinite outputs for {counts['nan_outputs']} rows"
+    return "no row has a label"
 
 
 def regression_report(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
@@ -200,7 +217,11 @@ def regression_report(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
     bad = int((~np.isfinite(y_pred)).sum())
     counts = {"rows": len(y_true), "missing_targets": int((~known).sum()), "nan_outputs": bad}
     if bad or len(y_true) == 0:
-        return {**dict.fromkeys(REGRESSION_METRICS, math.nan), "counts": counts}
+        return {
+            **dict.fromkeys(REGRESSION_METRICS, math.nan),
+            "counts": counts,
+            "undefined": dict.fromkeys(REGRESSION_METRICS, _why_none(counts)),
+        }
     error = y_pred - y_true
     residual = float((error**2).sum())
     total = float(((y_true - y_true.mean()) ** 2).sum())
@@ -211,6 +232,7 @@ def regression_report(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
         "rmse": float(np.sqrt((error**2).mean())),
         "r2": float(r2),
         "counts": counts,
+        "undefined": {},
     }
 
 

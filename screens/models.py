@@ -89,11 +89,15 @@ def render_model(model: dict[str, Any], test: dict[str, Any] | None) -> Group:
     axis = unit(f"batch axis {card.get('batch_axis')}")
     head.append(f"parity  {diff} on {rows}; exporter {exporter}, {axis}\n")
     for batch, row in (card.get("latency", {}).get("cpu") or {}).items():
+        if not batch.startswith("batch_") or "torch" not in row:  # threads; an int8 model's row
+            continue
         head.append(
             f"latency {batch.replace('_', ' ')}: torch {row['torch']['median_ms']:.3f} ms, onnxruntime {row['onnxruntime']['median_ms']:.3f} ms"
             f" (x{row['ort_over_torch_median']:.2f})\n",
             style="dim",
         )
+    for line in model.get("serving") or []:
+        head.append(f"serving {line}\n", style="green")
     if card.get("quantized"):
         q = card["quantized"]
         head.append(
@@ -172,6 +176,17 @@ class ModelsScreen(WorkbenchScreen):
 
         def read(store: Any) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
             listed = registry.list_models(store)
+            serving = [
+                j
+                for j in store.list_jobs(states=["queued", "starting", "running"], light="no-env")
+                if j.kind == "serve"
+            ]
+            for model in listed:  # serve jobs of this model: their live request counts
+                model["serving"] = [
+                    f"serve job {j.id} ({j.state}): {j.progress_msg or 'starting'}"
+                    for j in serving
+                    if str(j.spec.get("model")) in (str(model["id"]), str(model["path"]))
+                ]
             tests: dict[int, dict[str, Any]] = {}
             for model in listed:
                 run_id = model["run_job_id"]
@@ -189,12 +204,12 @@ class ModelsScreen(WorkbenchScreen):
         table = self.query_one("#models", DataTable)
         table.clear()
         for model in self.models:
-            test = self.tests.get(model["run_job_id"])
+            test = model["card"].get("held_out") or self.tests.get(model["run_job_id"])  # int8
             headline = next(iter((test or {}).get("metrics", {}).items()), None)
             table.add_row(
                 str(model["id"]),
                 model["card"].get("name", "")[:28],
-                f"{headline[0]} {headline[1]:.3f}" if headline else "-",
+                f"{headline[0]} {headline[1]:.3f}" if headline and headline[1] is not None else "-",
                 f"{model['card']['parity']['max_abs_diff']:.0e}",
                 key=str(model["id"]),
             )

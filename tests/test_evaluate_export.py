@@ -194,7 +194,7 @@ def test_missing_feature_and_unseen_labels_fail_clearly(trained: tuple[Client, H
 
 def _raw_feed(session: ort.InferenceSession, table: pa.Table) -> dict[str, np.ndarray]:
     """What a consumer with the raw file would pass: each column as it is, (rows, 1); strings
-    with "" for missing, numbers as float32 with NaN for missing."""
+    with "" for missing, numbers as float64 with NaN for missing."""
     feed = {}
     for item in session.get_inputs():
         values = table.column(item.name).to_pylist()
@@ -204,7 +204,7 @@ def _raw_feed(session: ort.InferenceSession, table: pa.Table) -> dict[str, np.nd
             )
         else:
             feed[item.name] = np.array(
-                [[np.nan if v is None else v] for v in values], dtype=np.float32
+                [[np.nan if v is None else v] for v in values], dtype=np.float64
             )
     return feed
 
@@ -237,7 +237,9 @@ def test_categorical_model_exports_whole_and_matches_our_predictions_on_raw_rows
         .splitlines()[0]
     )
     assert card["parity"]["violations"] == 0 and card["quantized"]["int8"] is not None
-    assert set(card["latency"]["cpu"]) == {"batch_1", "batch_256"}
+    assert set(card["latency"]["cpu"]) == {"batch_1", "batch_256", "threads"}
+    assert card["latency"]["cpu"]["threads"]["onnxruntime"] >= 1
+    assert set(card["parity"]["batches"]) == {"1", "7", "256"} and card["parity"]["test"]
     import hashlib
 
     path = Path(card["file"])
@@ -246,7 +248,7 @@ def test_categorical_model_exports_whole_and_matches_our_predictions_on_raw_rows
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     kinds = {i.name: i.type for i in session.get_inputs()}
     assert kinds["island"] == kinds["sex"] == "tensor(string)"
-    assert kinds["bill_length_mm"] == "tensor(float)" and "features" not in kinds
+    assert kinds["bill_length_mm"] == "tensor(double)" and "features" not in kinds
     predictions, _ = lake.read_arrow(home, f"run{run_id}_predictions")
     classes = card["classes"]
     ours = np.stack([predictions.column(f"p_{c}").to_numpy() for c in classes], axis=1)
@@ -297,9 +299,11 @@ def test_user_model_on_numeric_data_exports_with_preprocessing_inside(
     job = run(client, tmp_path, kind="export", model=str(trained_job.id))
     assert job.state == "succeeded", job.reason
     card = json.loads((home.run_dir(job.id) / "model_card.json").read_text())
-    assert card["inputs"] == "matrix" and "raw numeric features" in card["input"]
+    names = [c for c in wine.columns if c != "target"]
+    assert [i["name"] for i in card["inputs"]] == names
+    assert {i["type"] for i in card["inputs"]} == {"float64"}
     session = ort.InferenceSession(card["file"], providers=["CPUExecutionProvider"])
-    raw = wine.drop(columns=["target"]).to_numpy(dtype=np.float32)
+    assert [i.name for i in session.get_inputs()] == names
     from jobs.bundle import load_bundle
 
     model, pre, _ = load_bundle(home.run_dir(trained_job.id) / "model.pt")
@@ -307,7 +311,7 @@ def test_user_model_on_numeric_data_exports_with_preprocessing_inside(
 
     with torch.no_grad():
         expected = model(torch.from_numpy(pre.transform(pa.Table.from_pandas(wine)))).numpy()
-    got = session.run(None, {session.get_inputs()[0].name: raw})[0]
+    got = session.run(None, {n: wine[[n]].to_numpy(dtype=np.float64) for n in names})[0]
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-3)
 
 

@@ -158,13 +158,13 @@ def test_regression_target(client: Client, home: Home, tmp_path: Path, penguins:
 
 
 BAD = [
-    (
+    (  # refused at submit: the dataset is in the catalog (its run-time check stays too)
         {"target": "nope"},
-        "target column 'nope' is not in dataset bad v1 (columns: a, b, label, tags, c)",
+        "key 'target': dataset bad v1 has no column 'nope'; its columns: a, b, label, tags, c",
     ),
     (
         {"target": "label", "features": ["a", "missing"]},
-        "feature 'missing' is not in dataset bad v1",
+        "key 'features': dataset bad v1 has no column 'missing'",
     ),
     ({"target": "label", "features": ["tags"]}, "feature 'tags' has type list<"),
     (
@@ -197,6 +197,13 @@ def test_bad_input_fails_with_a_clear_message(
         }
     )
     lake.publish_arrow(home, client.store, "bad", table)
+    if message.startswith("key "):
+        from workbench.queue.spec import SpecError
+
+        with pytest.raises(SpecError) as caught:
+            train(client, tmp_path, dataset="bad", epochs=2, **spec)
+        assert message in str(caught.value)
+        return
     job = train(client, tmp_path, dataset="bad", epochs=2, **spec)
     assert job.state == "failed"
     assert message in (job.reason or "")

@@ -1,4 +1,5 @@
-"""`workbench models`: exported models with their lineage and checks."""
+"""`workbench models`: exported models with their lineage and checks; `workbench serve MODEL`:
+one of them behind an HTTP endpoint, as a queue job (the `serve` kind)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,41 @@ def register(sub: Any) -> None:
     p = sub.add_parser("models", help="exported models: lineage, parity, latency, file hash")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_models)
+    p = sub.add_parser(
+        "serve",
+        help="queue a serve job: an exported model over HTTP (POST /predict, GET /health)",
+    )
+    p.add_argument("model", help="a catalog model id (`workbench models`) or an exported .onnx")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1, loopback only)")
+    p.add_argument("--port", type=int, help="port (default 0: any free one, shown by ls/show)")
+    p.add_argument("--max-batch", type=int, help="rows batched into one model call (default 64)")
+    p.add_argument("--max-wait-ms", type=float, help="how long a batch waits to fill (default 2)")
+    p.add_argument("--gpus", help="a GPU count or share (0.25) to hold; default none (CPU)")
+    p.add_argument("--cpus", type=float, help="cores to reserve (default 1)")
+    p.add_argument(
+        "--preemptible", action="store_true", help="let the scheduler preempt it (default never)"
+    )
+    p.add_argument("--name", help="job name")
+    p.set_defaults(handler=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Submit a serve job; prints its id. Bad arguments are SpecErrors (exit 2)."""
+    from pathlib import Path
+
+    from workbench.cli.main import _client
+    from workbench.queue.requests import build_request
+
+    table: dict[str, Any] = {"kind": "serve", "model": args.model}
+    for key in ("host", "port", "max_batch", "max_wait_ms", "gpus", "cpus", "name"):
+        if getattr(args, key) is not None:
+            table[key] = getattr(args, key)
+    if args.preemptible:
+        table["preemptible"] = True
+    request = build_request(table, Path.cwd(), "serve")
+    client = _client()
+    print(client.submit(request))
+    return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -47,9 +83,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     now = time.time()
     for model in listed:
         card = model["card"]
-        test = card.get("test") or {}
+        test = card.get("test") or card.get("held_out") or {}  # an int8 model: its own
         metrics = test.get("metrics") or {}
-        headline = next(iter(metrics.items()), None)
+        headline = next(((k, v) for k, v in metrics.items() if v is not None), None)
         data = card.get("dataset") or {}
         latency = card.get("latency", {}).get("cpu", {}).get("batch_256", {})
         parity = card.get("parity") or {}

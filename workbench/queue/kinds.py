@@ -21,6 +21,7 @@ KINDS: dict[str, str] = {
     "train": "jobs.train",
     "test": "jobs.evaluate",
     "export": "jobs.export",
+    "serve": "jobs.serve",
 }
 
 

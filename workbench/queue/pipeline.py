@@ -155,6 +155,9 @@ def load_pipeline(path: Path, env: dict[str, str] | None = None) -> Pipeline:
                     f"{path}: stage '{stage.name}': key 'after': no stage named '{dep}'"
                 )
     for stage_name, stage in built.items():
+        built[stage_name] = _after_model_stage(stage, built)
+    _check_catalog(built, path)
+    for stage_name, stage in built.items():
         built[stage_name] = _after_best_point(stage, built)
         _check_against_upstream(stage, built, f"{path}: stage '{stage_name}'")
     order = _stage_order({s.name: s.after for s in built.values()}, path)
@@ -192,6 +195,39 @@ def _check_against_upstream(stage: Stage, built: dict[str, Stage], where: str) -
             upstream = built.get(str(upstream.requests[0].spec.get("model", "")))
         if check is not None and upstream is not None:
             check(request.spec, upstream.requests[0].kind, upstream.requests[0].spec, where)
+
+
+MODEL_TAKING_KINDS = ("test", "export", "serve")
+"""Kinds whose `model` may name another stage: that stage is then an implicit dependency."""
+
+
+def _after_model_stage(stage: Stage, built: dict[str, Stage]) -> Stage:
+    """A test, export or serve stage whose `model` names another stage of the pipeline runs
+    after it (as if `after` named it; DVC infers a dependency from an output the same way)."""
+    named = {str(r.spec.get("model", "")) for r in stage.requests if r.kind in MODEL_TAKING_KINDS}
+    extra = tuple(
+        (dep, "ok")
+        for dep in sorted(named)
+        if dep in built and dep != stage.name and all(d != dep for d, _ in stage.after)
+    )
+    if not extra:
+        return stage
+    return Stage(stage.name, stage.requests, stage.after + extra, stage.group_limit)
+
+
+def _check_catalog(built: dict[str, Stage], path: Path) -> None:
+    """Each stage's datasets and columns against the lake's catalog (`catalogcheck`), knowing
+    the datasets the pipeline's ingest stages write."""
+    from workbench.paths import Home
+    from workbench.queue.catalogcheck import check_refs, refs_of
+
+    produced = frozenset(
+        str(r.spec.get("dataset")) for s in built.values() for r in s.requests if r.kind == "ingest"
+    )
+    home = Home.current()
+    for stage in built.values():
+        refs = [ref for r in stage.requests for ref in refs_of(r.kind, r.spec)]
+        check_refs(home, list(dict.fromkeys(refs)), f"{path}: stage '{stage.name}'", produced)
 
 
 def _after_best_point(stage: Stage, built: dict[str, Stage]) -> Stage:

@@ -36,7 +36,9 @@ class Options:
     group: str = "default"
     retries: int = 0
     time_limit: str | float | None = None
-    preemptible: bool | None = None  # None: yes, but a command job only when checkpointable
+    preemptible: bool | None = None  # None: the kind's default; a command job if checkpointable
+        None  # None: the kind's default (DEFAULTS); a command job only when checkpointable
+    )
 
 
 T = TypeVar("T")
@@ -109,6 +111,11 @@ def build_request(
     options = from_table(Options, common, where)
     check_group(options.group, f"{where}: key 'group'")
     spec = validate_spec(options.kind, rest, base_dir, where)
+    if "stage" not in extra:  # a pipeline checks its stages together (datasets stages write)
+        from workbench.paths import Home
+        from workbench.queue.catalogcheck import check_refs, refs_of
+
+        check_refs(Home.current(), refs_of(options.kind, spec), where)
     defaults = kind_defaults(options.kind)
     gpus, mig_profile = _parsed(parse_gpus, options.gpus, "gpus", where) or (0.0, None)
     gpu_mem = _parsed(parse_size, options.gpu_mem, "gpu_mem", where)
@@ -169,17 +176,20 @@ def build_request(
         ),
         retries=options.retries,
         time_limit=time_limit,
-        preemptible=_preemptible(options, spec),
+        preemptible=_preemptible(options, spec, defaults),
         **extra,
     )
 
 
-def _preemptible(options: Options, spec: dict[str, Any]) -> bool:
-    """Whether GPU pooling may preempt the job: as `preemptible` says; unsaid, every job of a
-    built-in kind (train checkpoints and resumes), and a command job only when it says it is
-    `checkpointable` (else a preemption would lose its work)."""
+def _preemptible(options: Options, spec: dict[str, Any], defaults: dict[str, Any]) -> bool:
+    """Whether GPU pooling may preempt the job: as `preemptible` says; unsaid, as its kind's
+    `DEFAULTS` say (a `serve` job is not), every other job of a built-in kind (train checkpoints
+    and resumes), and a command job only when it says it is `checkpointable` (else a
+    preemption would lose its work)."""
     if options.preemptible is not None:
         return options.preemptible
+    if "preemptible" in defaults:
+        return bool(defaults["preemptible"])
     return bool(spec.get("checkpointable")) if options.kind == "command" else True
 
 

@@ -1,0 +1,208 @@
+"""The `serve` kind with a real HTTP client against the running job: predictions equal the test
+job's, bad requests get a 4xx naming the input, counts and latency reach the progress line,
+in-flight requests are answered when the job is cancelled, and a model whose test failed its
+gates is not served."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from conftest import stop_daemon, wait_for, wait_state
+
+from workbench.catalog import lake, registry
+from workbench.daemon.client import Client
+from workbench.db.store import Job
+from workbench.paths import Home
+from workbench.queue.requests import build_request
+
+
+def run(client: Client, base: Path, **table: object) -> Job:
+    job_id = client.submit(build_request(dict(table), base, "test"))
+    return wait_state(client, job_id, {"succeeded", "failed", "cancelled"}, timeout=240)
+
+
+def shops(rows: int, seed: int) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=rows)
+    shop = rng.choice(["north", "south", "east"], rows)
+    big = 1_500_000_000 + rng.integers(0, 5000, rows)
+    score = x + np.where(shop == "north", 1.0, -0.5) + (big - 1_500_002_500) / 3000
+    return pa.table(
+        {
+            "x": x,
+            "shop": shop.tolist(),
+            "big": pa.array(big, pa.int64()),
+            "bought": np.where(score > 0, "yes", "no").tolist(),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def exported() -> Iterator[tuple[Client, Home, int, int]]:
+    """(client, home, train job, catalog model id) of an exported classifier."""
+    root = Path(tempfile.mkdtemp(prefix="wb-", dir="/tmp"))
+    base = Path(tempfile.mkdtemp(prefix="wb-serve-"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WORKBENCH_HOME", str(root))
+        home = Home(root).ensure()
+        client = Client(home)
+        lake.publish_arrow(home, client.store, "shops", shops(400, 0))
+        lake.publish_arrow(home, client.store, "shops_test", shops(150, 1))
+        trained = run(client, base, kind="train", dataset="shops", target="bought", epochs=10)
+        assert trained.state == "succeeded", trained.reason
+        export = run(client, base, kind="export", model=str(trained.id))
+        assert export.state == "succeeded", export.reason
+        model_id = next(
+            m["id"] for m in registry.list_models(client.store) if m["export_job_id"] == export.id
+        )
+        yield client, home, trained.id, model_id
+        for job in client.store.list_jobs(states=["running", "queued", "starting"]):
+            client.control(job.id, "cancel")
+        client.close()
+        stop_daemon(home)
+
+
+def post(url: str, body: Any, raw: bytes | None = None) -> tuple[int, dict[str, Any]]:
+    data = raw if raw is not None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url + "/predict", data=data, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def start_server(client: Client, home: Home, base: Path, **extra: object) -> tuple[int, str]:
+    job_id = client.submit(build_request({"kind": "serve", **extra}, base, "test"))
+    wait_state(client, job_id, {"running", "failed"}, timeout=60)
+    path = home.run_dir(job_id) / "serve.json"
+    wait_for(
+        lambda: path.exists() or client.store.get(job_id).state == "failed", 60, what="serve.json"
+    )
+    job = client.store.get(job_id)
+    assert job.state == "running", job.reason
+    return job_id, json.loads(path.read_text())["url"]
+
+
+def rows_of(table: pa.Table) -> list[dict[str, Any]]:
+    return [{k: r[k] for k in ("x", "shop", "big")} for r in table.to_pylist()]
+
+
+def test_served_predictions_equal_the_test_jobs_and_bad_requests_get_4xx(
+    exported: tuple[Client, Home, int, int], tmp_path: Path
+) -> None:
+    client, home, train_id, model_id = exported
+    tested = run(client, tmp_path, kind="test", model=str(train_id), dataset="shops_test")
+    assert tested.state == "succeeded", tested.reason
+    job_id, url = start_server(client, home, tmp_path, model=str(model_id))
+    assert url.startswith("http://127.0.0.1:")
+    with urllib.request.urlopen(url + "/health", timeout=10) as response:
+        health = json.loads(response.read())
+    assert health["status"] == "ok" and [i["name"] for i in health["inputs"]] == [
+        "x",
+        "shop",
+        "big",
+    ]
+    table, _ = lake.read_arrow(home, "shops_test")
+    status, got = post(url, {"rows": rows_of(table)})
+    assert status == 200, got
+    predictions, _ = lake.read_arrow(home, f"run{train_id}_predictions")
+    assert got["predictions"] == predictions.column("prediction").to_pylist()
+    ours = np.stack([predictions.column(f"p_{c}").to_numpy() for c in got["classes"]], axis=1)
+    np.testing.assert_allclose(np.array(got["probabilities"]), ours, rtol=1e-6, atol=1e-7)
+    one = rows_of(table)[:1]
+    assert post(url, {"rows": one})[1]["predictions"] == got["predictions"][:1]
+    bad = [
+        ({"rows": [{**one[0], "colour": "red"}]}, 400, "unknown input 'colour'"),
+        ({"rows": [{"x": 1.0, "shop": "north"}]}, 400, "missing input 'big'"),
+        ({"rows": [{**one[0], "x": "1.5"}]}, 422, "input 'x' takes a number"),
+        ({"rows": [{**one[0], "shop": 3}]}, 422, "input 'shop' takes text"),
+        ({"rows": []}, 400, "non-empty list"),
+        ({"rows": one * 10_001}, 413, "at most 10000"),
+        ({"inputs": one}, 400, 'expected {"rows"'),
+    ]
+    for body, code, message in bad:
+        status, answer = post(url, body)
+        assert status == code and message in answer["error"], (body, status, answer)
+    assert post(url, None, raw=b"{not json")[0] == 400
+    wait_for(
+        lambda: (
+            "requests" in (client.store.get(job_id).progress_msg or "")
+            and " 2 requests" in (client.store.get(job_id).progress_msg or "")
+        ),
+        10,
+        what="the progress line to count the requests",
+    )
+    line = client.store.get(job_id).progress_msg or ""
+    assert "p50" in line and "p99" in line and "8 refused" in line, line
+    client.control(job_id, "cancel")
+    assert wait_state(client, job_id, {"cancelled", "failed"}, timeout=60).state == "cancelled"
+
+
+def test_cancel_answers_the_requests_in_flight(
+    exported: tuple[Client, Home, int, int], tmp_path: Path
+) -> None:
+    client, home, _, model_id = exported
+    job_id, url = start_server(client, home, tmp_path, model=str(model_id), max_wait_ms=400.0)
+    table, _ = lake.read_arrow(home, "shops_test")
+    results: list[int] = []
+
+    def ask() -> None:
+        results.append(post(url, {"rows": rows_of(table)[:3]})[0])
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.1)  # the requests wait in the batcher (max_wait_ms 400)
+    client.control(job_id, "cancel")
+    for thread in threads:
+        thread.join(30)
+    assert results == [200] * 8
+    job = wait_state(client, job_id, {"cancelled", "failed"}, timeout=60)
+    assert job.state == "cancelled", job.reason
+    assert not job.preemptible
+    assert "8 requests answered" in (home.run_dir(job_id) / "log").read_text()
+
+
+def test_a_model_whose_test_failed_its_gates_is_not_served(
+    exported: tuple[Client, Home, int, int], tmp_path: Path
+) -> None:
+    client, _, train_id, _ = exported
+    gated = run(
+        client,
+        tmp_path,
+        kind="test",
+        model=str(train_id),
+        dataset="shops_test",
+        gate={"min_accuracy": 1.01},
+    )
+    assert gated.state == "failed"
+    export = run(client, tmp_path, kind="export", model=str(train_id))
+    assert export.state == "succeeded", export.reason
+    model = next(m for m in registry.list_models(client.store) if m["export_job_id"] == export.id)
+    job = run(client, tmp_path, kind="serve", model=str(model["id"]))
+    assert job.state == "failed" and "failed its gates" in (job.reason or ""), job.reason
+
+
+def test_serve_cli_refuses_bad_arguments_with_exit_2(home: Home) -> None:
+    from conftest import workbench
+
+    result = workbench("serve", "3", "--port", "70000")
+    assert result.returncode == 2 and "key 'port'" in result.stderr, result.stderr
+    result = workbench("serve", "model.pt")
+    assert result.returncode == 2 and "serve takes an exported .onnx model" in result.stderr
+    result = workbench("serve", "3", "--max-batch", "0")
+    assert result.returncode == 2 and "key 'max_batch'" in result.stderr
