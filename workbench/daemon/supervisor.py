@@ -1078,7 +1078,8 @@ def serve(home: Home) -> int:
     not created (exit 3): a daemon started late, after its home was removed, must not bring it
     back."""
     try:
-        home.ensure()
+        if home.root.is_dir():  # its trust checked, its folders made; a missing one stays so
+            home.ensure()
         daemon = Daemon(home, load_config(home.config))
         daemon.run()
     except Exception as error:  # the client that started us reads this from daemon.log
