@@ -24,7 +24,7 @@ from textual.widgets import Button, Input, Label, LoadingIndicator, RichLog, Sel
 
 from screens.jobtable import JobTable, Window
 from screens.source import JobPage
-from screens.widgets import STATE_STYLES, WorkbenchScreen, state_text, unit
+from screens.widgets import STATE_STYLES, LiveGuard, WorkbenchScreen, state_text, unit
 from workbench.daemon.logs import rotated, tail_bytes
 from workbench.db.job_pages import JobFilter
 from workbench.db.store import Job, JobEvent
@@ -70,7 +70,7 @@ class ActionDone(Message):
     error: bool = False
 
 
-class ConfirmScreen(ModalScreen[bool]):
+class ConfirmScreen(LiveGuard, ModalScreen[bool]):
     """A yes/no question; `y` or Enter answers yes, `n` or Esc no."""
 
     BINDINGS = [
@@ -438,7 +438,7 @@ COMMON_FIELDS = (
 )
 
 
-class SubmitScreen(ModalScreen[None]):
+class SubmitScreen(LiveGuard, ModalScreen[None]):
     """A form for one job of any kind: the kind's own fields from its spec, then the queue and
     resource options; validated exactly as `workbench submit --spec` does."""
 
@@ -579,7 +579,7 @@ class SubmitScreen(ModalScreen[None]):
         self.app.call_from_thread(self.dismiss)
 
 
-class PipelineScreen(ModalScreen[None]):
+class PipelineScreen(LiveGuard, ModalScreen[None]):
     """Queue a pipeline file's stages; the whole file is validated first, as with --batch."""
 
     BINDINGS = [

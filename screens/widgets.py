@@ -12,6 +12,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.geometry import Region, Size
+from textual.message import Message
 from textual.screen import Screen
 from textual.strip import Strip
 from textual.widget import Widget
@@ -156,7 +157,40 @@ class BottomBar(Horizontal):
         yield Footer(compact=True, show_command_palette=False)
 
 
-class WorkbenchScreen(Screen[None]):
+class LiveGuard(Screen[Any]):
+    """The one guard of every screen against updates that arrive when there is nothing to update.
+
+    A screen's messages (worker results, timers, `call_later`, widget events) can arrive before
+    it is composed, after it was closed, or while the app is exiting (a `q` in a burst of keys
+    that also switched screens): its widgets are then missing and `query_one` raises NoMatches.
+    Every message goes through `_dispatch_message`, so the guard sits there: an exception raised
+    while the screen is not `live` is dropped (the update had nowhere to go); while it is live,
+    exceptions propagate as ever. Keys that reach a screen before it is composed run no action
+    (`check_action`). Mixed in before `Screen`/`ModalScreen`."""
+
+    @property
+    def live(self) -> bool:
+        """True while the screen is composed, attached, not closing, and the app not exiting."""
+        return (
+            bool(self._nodes)
+            and self.is_attached
+            and not (self._closing or self._closed or self._pruning)
+            and not getattr(self.app, "_exit", False)
+        )
+
+    async def _dispatch_message(self, message: Message) -> None:
+        try:
+            await super()._dispatch_message(message)
+        except Exception:
+            if self.live:
+                raise
+            self.log.warning(f"{type(self).__name__}: dropped {type(message).__name__}: not live")
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return self.live and super().check_action(action, parameters)
+
+
+class WorkbenchScreen(LiveGuard):
     """A screen with the title bar on top and the focus line beside the footer; Tab and
     Shift+Tab move between its panes (Textual's focus chain)."""
 
