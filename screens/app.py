@@ -6,12 +6,14 @@ import importlib
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
+from textual import events
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer
 
+from screens.keyorder import KeyOrder
 from screens.source import Source
 from workbench.paths import Home
 
@@ -101,6 +103,15 @@ class WorkbenchApp(App[None]):
         super().__init__()
         self.source = source or Source(Home.current().ensure())
         self.frozen = frozen  # snapshot tests: read once, never poll again
+        self.key_order = KeyOrder(self, lambda key: App.on_event(self, key))
+
+    async def on_event(self, event: events.Event) -> None:
+        """Fresh keys go through the key order (`screens.keyorder`): one at a time, each to the
+        widget focused when its turn comes, however many arrived together."""
+        if isinstance(event, events.Key) and not event.is_forwarded:
+            await self.key_order.arrived(event)
+            return
+        await super().on_event(event)
 
     def on_mount(self) -> None:
         self.theme = "textual-dark"

@@ -152,3 +152,54 @@ async def test_query_typed_into_the_dataset_list_in_one_packet(
         burst(app, "SELECT 'qTjrmd' AS x FROM t WHERE y = 1")
         await pilot.pause(1.0)
     assert app._exception is None
+
+
+async def test_form_fields_typed_in_one_write_each_get_their_text(busy_home: Home) -> None:
+    """The issue's input: text typed after three Tabs, in one write with them, goes to the field
+    the Tabs reached (it all went to `cwd`)."""
+    from textual.widgets import Input
+
+    app = WorkbenchApp(NoActions(busy_home))
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press("j", "n")
+        await until(pilot, lambda: app.screen.query("#spec-argv"), what="the command fields")
+        await until(pilot, lambda: app.focused and app.focused.id == "spec-argv", what="focus")
+        burst(app, "sleep 5\t/srv\tA=1\t\tlate")
+
+        def typed() -> list[str]:
+            return [i.value for i in app.screen.query(Input) if i.value]
+
+        await until(pilot, lambda: any("late" in v for v in typed()), what="the last word")
+        values = {i.id: i.value for i in app.screen.query(Input)}
+        assert values["spec-argv"] == "sleep 5"
+        assert values["spec-cwd"] == "/srv"
+        assert values["spec-env"] == "A=1"
+        assert "late" in [v for v in values.values()]
+        assert sum(v == "late" for v in values.values()) == 1
+
+
+async def test_find_field_and_editor_take_only_the_keys_typed_while_focused(
+    busy_home: Home,
+) -> None:
+    """`/`, a text, Enter, then `f` in one write: the text filters, `f` is the state key again.
+    In the SQL editor, text, Esc, then `j`: the text stays in the editor and `j` opens the Queue."""
+    from textual.widgets import TextArea
+
+    from screens.queue import QueueScreen
+
+    app = WorkbenchApp(NoActions(busy_home))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("j")
+        screen = app.screen
+        assert isinstance(screen, QueueScreen)
+        await until(pilot, lambda: screen.table.window.total == 60, what="the jobs")
+        burst(app, "/point 7\rf")
+        await until(pilot, lambda: screen.where.state == "queued", what="the state key after Enter")
+        assert screen.where.text == "point 7"
+        await pilot.press("s")
+        editor = app.screen.query_one("#sql", TextArea)
+        editor.focus()
+        await pilot.pause()
+        burst(app, ["S", "E", "L", "E", "C", "T", " ", "1", "escape", "j"])
+        await until(pilot, lambda: isinstance(app.screen, QueueScreen), what="j after Esc")
+        assert editor.text == "SELECT 1"
