@@ -24,7 +24,14 @@ from textual.widgets import Button, Input, Label, LoadingIndicator, RichLog, Sel
 
 from screens.jobtable import JobTable, Window
 from screens.source import JobPage
-from screens.widgets import STATE_STYLES, LiveGuard, WorkbenchScreen, state_text, unit
+from screens.widgets import (
+    STATE_STYLES,
+    LiveGuard,
+    WorkbenchScreen,
+    fit_value,
+    state_text,
+    unit,
+)
 from workbench.daemon.logs import rotated, tail_bytes
 from workbench.db.job_pages import JobFilter
 from workbench.db.store import Job, JobEvent
@@ -721,14 +728,23 @@ class JobDetailScreen(WorkbenchScreen):
 
     TITLE_NAME = "Queue"
     BINDINGS = [
-        Binding(
-            "escape,q", "app.pop_screen", "Back", id="detail.back", tooltip="Back to the queue"
-        ),
+        Binding("escape,q", "back", "Back", id="detail.back", tooltip="Back to the queue"),
         Binding("c", "control('cancel')", "Cancel", id="detail.cancel", tooltip="Cancel this job"),
         Binding(
             "x", "control('retry')", "Retry", id="detail.retry", tooltip="Queue this job again"
         ),
+        Binding("slash", "find", "Find", id="detail.find", tooltip="Search the log"),
+        Binding("n", "find_next(1)", "Next", id="detail.next", tooltip="Next match in the log"),
+        Binding(
+            "N",
+            "find_next(-1)",
+            "Prev",
+            id="detail.previous",
+            tooltip="Previous match in the log",
+            show=False,
+        ),
     ]
+    AUTO_FOCUS = "#log"
 
     def __init__(self, job_id: int):
         super().__init__()
@@ -737,6 +753,10 @@ class JobDetailScreen(WorkbenchScreen):
         self.log_inode: int | None = None
         self.job: Job | None = None
         self.peak_rss: float | None = None
+        self.log_rest = ""  # the log's unfinished last line (a progress bar redrawing it)
+        self.following = True  # new lines scroll the log to its end
+        self.last_read: DetailRead | None = None
+        self.search = ""
 
     def compose(self) -> ComposeResult:
         yield self.title_bar()
@@ -745,9 +765,15 @@ class JobDetailScreen(WorkbenchScreen):
                 info.border_title = "job"
                 yield Static(id="summary")
                 yield Static(id="history")
-            log = RichLog(id="log", highlight=False, wrap=True, max_lines=20000)
-            log.border_title = "log"
-            yield log
+            with Vertical(id="log-pane"):
+                log = RichLog(id="log", highlight=False, wrap=True, max_lines=20000)
+                log.border_title = "log"
+                yield log
+                yield Static(id="log-current")
+                yield Static(id="log-state")
+                find = Input(placeholder="text to find in the log; Enter: find", id="log-find")
+                find.display = False
+                yield find
         yield self.bottom_bar()
 
     def on_mount(self) -> None:
@@ -756,6 +782,14 @@ class JobDetailScreen(WorkbenchScreen):
 
     def on_resize(self) -> None:
         self.set_class(self.size.width < 120, "narrow")
+        if self.last_read is not None:
+            self.call_after_refresh(self.show_summary)
+
+    def show_summary(self) -> None:
+        """The facts, fitted to the pane's width (again after a resize)."""
+        message = self.last_read
+        if message is not None and message.job is not None:
+            self.query_one("#summary", Static).update(self.render_summary(message.job, message))
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="detail", description="read job")
     def poll(self) -> None:
@@ -840,7 +874,8 @@ class JobDetailScreen(WorkbenchScreen):
                 Text(f"job {self.job_id} no longer exists", style="bold red")
             )
             return
-        self.query_one("#summary", Static).update(self.render_summary(job, message))
+        self.last_read = message
+        self.show_summary()
         history = Text()
         history.append("history\n", style="bold")
         for event in message.events:
@@ -849,12 +884,7 @@ class JobDetailScreen(WorkbenchScreen):
             history.append(state_text(event.state))
             history.append(f"  {event.reason or ''}\n", style="dim")
         self.query_one("#history", Static).update(history)
-        log = self.query_one("#log", RichLog)
-        if message.log_reset:
-            log.clear()
-        if message.log_chunk:
-            for line in message.log_chunk.splitlines():
-                log.write(Text(line))
+        self.show_log(message.log_chunk, message.log_reset, job.state in ENDED)
         if (
             self.app.is_running
             and not getattr(self.app, "frozen", False)
@@ -865,6 +895,111 @@ class JobDetailScreen(WorkbenchScreen):
     def _next_poll(self) -> None:
         if self.is_current:
             self.poll()
+
+    # ---- the log, followed like `less +F` ------------------------------------------------
+
+    def show_log(self, chunk: str, reset: bool, ended: bool) -> None:
+        """Append `chunk` as a terminal shows it (`\\r` redraws overwrite their line: the
+        CLI's `terminal_lines`); the unfinished last line shows under the log until it ends.
+        New lines scroll the view only while it is at the end: scrolling up (Up, Home, PgUp,
+        the mouse) stops following, End resumes it."""
+        from workbench.daemon.logs import overwrite_redraws, terminal_lines
+
+        log = self.query_one("#log", RichLog)
+        if reset:
+            log.clear()
+            self.log_rest = ""
+        following = self.following
+        if chunk:
+            lines, self.log_rest = terminal_lines(self.log_rest + chunk)
+            for line in lines:
+                log.write(Text(line), scroll_end=following)
+        if ended and self.log_rest:
+            log.write(Text(overwrite_redraws(self.log_rest)), scroll_end=following)
+            self.log_rest = ""
+        current = self.query_one("#log-current", Static)
+        current.display = bool(self.log_rest)
+        current.update(Text(overwrite_redraws(self.log_rest), no_wrap=True, overflow="ellipsis"))
+        self.show_follow_state()
+
+    def show_follow_state(self) -> None:
+        state = "following" if self.following else "paused (End: follow)"
+        found = f"  found {self.search!r}: n / N" if self.search else "  /: find"
+        self.query_one("#log-state", Static).update(Text(state + found, style="dim"))
+
+    def set_following(self, following: bool) -> None:
+        self.following = following
+        if following:
+            self.query_one("#log", RichLog).scroll_end(animate=False)
+        self.show_follow_state()
+
+    def _follow_if_at_end(self) -> None:
+        log = self.query_one("#log", RichLog)
+        self.set_following(log.scroll_y >= log.max_scroll_y)
+
+    def on_key(self, event: Any) -> None:
+        """Up, Home and PgUp in the log stop following; End resumes it, and so does scrolling
+        down to the last line."""
+        if not isinstance(self.focused, RichLog):
+            return
+        if event.key in ("up", "home", "pageup"):
+            self.set_following(False)
+        elif event.key == "end":
+            self.set_following(True)
+        elif event.key in ("down", "pagedown"):
+            self.call_after_refresh(self._follow_if_at_end)
+
+    def on_mouse_scroll_up(self) -> None:
+        self.set_following(False)
+
+    def on_mouse_scroll_down(self) -> None:
+        self.call_after_refresh(self._follow_if_at_end)
+
+    def action_find(self) -> None:
+        find = self.query_one("#log-find", Input)
+        find.value = self.search
+        find.display = True
+        find.focus()
+
+    @on(Input.Submitted, "#log-find")
+    def find_submitted(self, event: Input.Submitted) -> None:
+        event.input.display = False
+        log = self.query_one("#log", RichLog)
+        log.focus()
+        self.search = event.value.strip()
+        if self.search:
+            self.find_next(1, from_line=int(log.scroll_y) - 1)
+        self.show_follow_state()
+
+    def action_find_next(self, step: int) -> None:
+        if not self.search:
+            self.action_find()
+            return
+        self.find_next(step, from_line=int(self.query_one("#log", RichLog).scroll_y))
+
+    def find_next(self, step: int, from_line: int) -> None:
+        """Scroll so that the next (`step` 1) or previous (-1) line holding the search text,
+        after or before `from_line`, is the top line; the view stops following."""
+        log = self.query_one("#log", RichLog)
+        needle = self.search.lower()
+        rows = [i for i, strip in enumerate(log.lines) if needle in strip.text.lower()]
+        if not rows:
+            self.notify(f"{self.search!r} is not in the log", severity="warning", timeout=2)
+            return
+        after = [i for i in rows if (i > from_line if step > 0 else i < from_line)]
+        row = (after[0] if step > 0 else after[-1]) if after else rows[0 if step > 0 else -1]
+        self.set_following(False)
+        log.scroll_to(y=row, animate=False)
+        self.notify(f"match {rows.index(row) + 1} of {len(rows)} (n / N)", timeout=1.5)
+
+    def action_back(self) -> None:
+        """Esc closes the find field if it is open, else goes back to the queue."""
+        find = self.query_one("#log-find", Input)
+        if find.display:
+            find.display = False
+            self.query_one("#log", RichLog).focus()
+            return
+        self.app.pop_screen()
 
     def render_summary(self, job: Job, message: DetailRead) -> Group:
         """The title line, then the facts in two columns (a long value wraps under itself)."""
@@ -879,15 +1014,18 @@ class JobDetailScreen(WorkbenchScreen):
         facts = Table.grid(padding=(0, 1))
         facts.add_column(style="bold", no_wrap=True)
         facts.add_column(overflow="fold")
-        for label, value in job_facts(
+        rows = job_facts(
             job,
             message.metrics,
             message.now,
             message.usage,
             self.peak_rss,
             message.recorded,
-        ):
-            facts.add_row(label, value)
+        )
+        label_width = max(len(label) for label, _ in rows)
+        width = self.query_one("#summary", Static).content_size.width - label_width - 1
+        for label, value in rows:
+            facts.add_row(label, fit_value(value, width))
         return Group(title, facts)
 
     def action_control(self, action: str) -> None:

@@ -72,6 +72,55 @@ def unit(text: str) -> str:
     return text.replace(" ", "\u00a0")
 
 
+def top_level_parts(text: str, sep: str) -> list[str]:
+    """`text` split at each `sep` outside brackets and quotes, `sep` kept at the end of each
+    part but the last: `a=1, hidden=[128, 128]` -> [`a=1, `, `hidden=[128, 128]`]."""
+    parts, depth, quote, start, i = [], 0, "", 0, 0
+    while i < len(text):
+        char = text[i]
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth = max(0, depth - 1)
+        elif depth == 0 and text.startswith(sep, i):
+            parts.append(text[start : i + len(sep)])
+            start = i = i + len(sep)
+            continue
+        i += 1
+    parts.append(text[start:])
+    return [p for p in parts if p]
+
+
+def fit_value(text: str, width: int) -> str:
+    """`text` broken into lines of at most `width` cells between values, never inside one:
+    first at `, ` (outside brackets), a part still too long at its spaces, and only a single
+    word wider than the line is cut into pieces. Rich wraps at any space (even a non-breaking
+    one), which split `attempt 1 of 1` and `hidden=[128, 128]` across lines."""
+    if width <= 0 or len(text) <= width:
+        return text
+    lines: list[str] = []
+    line = ""
+    for part in top_level_parts(text, ", "):
+        pieces = [part] if len(part) <= width else top_level_parts(part, " ")
+        for piece in pieces:
+            if len(line) + len(piece.rstrip()) <= width:
+                line += piece
+                continue
+            if line:
+                lines.append(line.rstrip())
+            while len(piece.rstrip()) > width:
+                lines.append(piece[:width])
+                piece = piece[width:]
+            line = piece
+    if line.strip():
+        lines.append(line.rstrip())
+    return "\n".join(lines)
+
+
 def state_style(state: str) -> str:
     """The colour of a job state (`STATE_STYLES`)."""
     return STATE_STYLES.get(state, "")

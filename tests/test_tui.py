@@ -746,3 +746,75 @@ def test_job_detail_shows_the_mig_instance_the_attempt_was_launched_with() -> No
     )
     facts = dict(job_facts(mig, {}, NOW))
     assert facts["granted"] == "MIG 1g.10gb instance MIG-4f0c on GPU 0"
+
+
+LOG_SCRIPT = """
+import sys, time
+for i in range(200):
+    print(f"line {i}")
+for p in range(900):
+    sys.stdout.write(f"\\rprogress {p + 1:4d}/900")
+print(flush=True)
+i = 0
+while True:
+    print(f"tick {i}", flush=True)
+    i += 1
+    time.sleep(0.2)
+"""
+
+
+async def test_job_detail_log_stops_following_when_scrolled_up_and_finds_text(
+    app: WorkbenchApp, client: Client
+) -> None:
+    """Like `less +F`: Home (or Up, PgUp) stops following while lines keep coming, End resumes;
+    900 `\\r` redraws of a progress bar are one line; `/` finds text and scrolls to it."""
+    job_id = submit(client, [sys.executable, "-c", LOG_SCRIPT])
+    async with app.run_test(size=(140, 40)) as pilot:
+        await pilot.press("j")
+        await until(pilot, lambda: str(job_id) in rows(app), what="row")
+        select(app, job_id)
+        await pilot.press("enter")
+        screen = app.screen
+        assert isinstance(screen, JobDetailScreen)
+        log = screen.query_one("#log", RichLog)
+
+        def texts() -> list[str]:
+            return [line.text for line in log.lines]
+
+        def state() -> str:
+            return text_of(screen.query_one("#log-state"))
+
+        await until(pilot, lambda: any("tick 3" in t for t in texts()), what="ticks")
+        assert sum("progress" in t for t in texts()) == 1
+        assert any("progress  900/900" in t for t in texts())
+        assert log.scroll_y == log.max_scroll_y > 0  # following
+        await pilot.press("home")
+        assert log.scroll_y == 0
+        count = len(texts())
+        await until(pilot, lambda: len(texts()) > count + 5, what="more ticks")
+        assert log.scroll_y == 0 and "paused" in state()
+        await pilot.press("pageup", "up")
+        assert log.scroll_y == 0
+        await pilot.press("end")
+        count = len(texts())
+        await until(pilot, lambda: len(texts()) > count + 3, what="more ticks")
+        await until(pilot, lambda: log.scroll_y == log.max_scroll_y, what="the end followed")
+        assert "following" in state()
+        await pilot.press("slash", *"line 42", "enter")
+        assert texts()[int(log.scroll_y)] == "line 42"
+        assert "paused" in state()
+        await pilot.press("n")
+        assert "line 42" in texts()[int(log.scroll_y)] and log.scroll_y > 0
+        await pilot.press("escape")
+        assert isinstance(app.screen, QueueScreen)
+
+
+def test_fit_value_breaks_between_values_never_inside_one() -> None:
+    """Job detail's values: `attempt 1 of 1` and `hidden=[128, 128]` stay whole on a line."""
+    from screens.widgets import fit_value
+
+    lines = fit_value("group default, priority 0, attempt 1 of 1", 20).splitlines()
+    assert lines == ["group default,", "priority 0,", "attempt 1 of 1"]
+    lines = fit_value("model=mlp, hidden=[128, 128], lr=0.001", 22).splitlines()
+    assert "hidden=[128, 128]," in lines
+    assert all(len(line) <= 10 for line in fit_value("x" * 35 + ", y", 10).splitlines())
