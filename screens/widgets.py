@@ -365,6 +365,7 @@ class Lines(Widget):
         self.lines: list[Text] = []
         self._keys: list[Any] = []
         self._strips: dict[int, Strip] = {}
+        self._strips_style: Any = None
 
     @staticmethod
     def _key(line: Text) -> Any:
@@ -397,6 +398,12 @@ class Lines(Widget):
         width = self.size.width
         if y >= len(self.lines):
             return Strip.blank(width, self.rich_style)
+        # A strip is kept with the style it was drawn in: after a theme switch (even one made
+        # on another screen) every line is drawn again, not only those whose text changed.
+        style = self.rich_style
+        if self._strips_style != style:
+            self._strips.clear()
+            self._strips_style = style
         strip = self._strips.get(y)
         if strip is None:
             line = self.lines[y].copy()

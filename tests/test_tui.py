@@ -818,3 +818,35 @@ def test_fit_value_breaks_between_values_never_inside_one() -> None:
     lines = fit_value("model=mlp, hidden=[128, 128], lr=0.001", 22).splitlines()
     assert "hidden=[128, 128]," in lines
     assert all(len(line) <= 10 for line in fit_value("x" * 35 + ", y", 10).splitlines())
+
+
+async def test_theme_switch_redraws_every_chart_line(tmp_path: Path) -> None:
+    """`T`, `T` (and `T` on another screen): every line of every chart is drawn in the current
+    theme's background at once; none keeps the other theme's until its text changes."""
+    from screens.widgets import Lines
+
+    def stale(app: WorkbenchApp) -> list[str]:
+        out = []
+        for widget in app.screen.query(Lines):
+            if not widget.display or not widget.lines:
+                continue
+            background = widget.rich_style.bgcolor
+            for y in range(len(widget.lines)):
+                if any(
+                    s.style is not None and s.style.bgcolor not in (None, background)
+                    for s in widget.render_line(y)
+                ):
+                    out.append(f"{widget.id}:{y}")
+        return out
+
+    app = fixed_app(tmp_path)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await until(pilot, lambda: app.screen.query_one("#gpus", Lines).lines, what="charts")
+        await pilot.pause(0.2)
+        assert not stale(app)
+        await pilot.press("T")
+        await pilot.pause(0.2)
+        assert not stale(app), "light bands after T"
+        await pilot.press("T", "j", "T", "d")
+        await pilot.pause(0.2)
+        assert not stale(app), "bands after a switch made on another screen"
