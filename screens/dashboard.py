@@ -188,6 +188,11 @@ def core_meters(
     return lines
 
 
+def load_text(cpu: dict[str, Any], digits: int = 2) -> str:
+    """The 1, 5 and 15 minute load averages, `13.95 11.88 10.02` (`digits` decimals)."""
+    return " ".join(f"{v:.{digits}f}" for v in cpu.get("load_avg") or []) or "n/a"
+
+
 def render_cpu(
     snap: dict[str, Any],
     history: list[dict[str, Any]],
@@ -200,11 +205,15 @@ def render_cpu(
     """Title with the load, the total CPU chart, then each core with its recent readings."""
     cpu = snap.get("cpu") or {}
     per_core = cpu.get("per_core") or []
-    load = " ".join(f"{v:.2f}" for v in cpu.get("load_avg") or [])
     title = Text("CPU ", style="bold")
     total = cpu.get("total")
     title.append(f"{total:.0f}%" if total is not None else "n/a", style="green")
-    title.append(f"  {cpu.get('count', len(per_core))} cores  load {load}", style="dim")
+    count = cpu.get("count", len(per_core))
+    for cores, digits in ((f"{count} cores", 2), (f"{count}c", 2), (f"{count}c", 1), ("", 1)):
+        tail = f"  {cores}  load {load_text(cpu, digits)}" if cores else f" {load_text(cpu, 1)}"
+        if title.cell_len + len(tail) <= width:
+            break
+    title.append(tail, style="dim")
     lines = [crop(title, width)]
     core_rows = min(len(per_core), max(1, (height - 1) // 2))
     chart_rows = height - 1 - core_rows - 1
@@ -382,7 +391,8 @@ def host_lines_compact(
         )
     )
     per_core = cpu.get("per_core") or []
-    cores = Text("cores ", style="dim")
+    # The load first: with many cores the line is cut at its end, never the load.
+    cores = Text(f"load {load_text(cpu)}  cores ", style="dim")
     for index, value in enumerate(per_core):
         cores.append(f"{index}:", style="dim")
         if value is None:
@@ -390,8 +400,6 @@ def host_lines_compact(
         else:
             style = "green" if value < 60 else "yellow" if value < 85 else "red"
             cores.append(f"{value:.0f}% ", style=style)
-    load = " ".join(f"{v:.2f}" for v in cpu.get("load_avg") or [])
-    cores.append(f" load {load}", style="dim")
     interfaces = snap.get("network") or {}
     io = snap.get("disk_io") or {}
     rates = Text("net ", style="bold")

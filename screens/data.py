@@ -516,7 +516,7 @@ class DataScreen(WorkbenchScreen):
             return
         text = Text()
         text.append(f"{info.dataset} v{info.version}\n", style="bold")
-        text.append(f"{info.rows} rows, {info.rejected_rows} rejected\n", style="dim")
+        text.append(f"{info.rows:,} rows, {info.rejected_rows:,} rejected\n", style="dim")
         for name, kind in info.schema:
             text.append(f"{name}", style="cyan")
             text.append(f"  {kind}\n", style="dim")
@@ -690,7 +690,7 @@ class DataScreen(WorkbenchScreen):
         """`rows 1-100 of 2,500 (F8 more)  12 ms  sorted by ...`; `of ...` while counting."""
         first = query.page * PAGE_ROWS + 1
         total = self.totals.get(query.key())
-        status = Text(f"rows {first}-{first + shown - 1}" if shown else "no rows")
+        status = Text(f"rows {first:,}-{first + shown - 1:,}" if shown else "no rows")
         if shown:
             if total is None:
                 status.append(" of ... (counting)")

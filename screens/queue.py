@@ -273,7 +273,7 @@ class QueueScreen(WorkbenchScreen):
         status = Text(no_wrap=True, overflow="ellipsis")
         for state in (*STATE_FILTERS[1:],):
             if self.counts.get(state):
-                status.append(f"{self.counts[state]} ", style="bold")
+                status.append(f"{self.counts[state]:,} ", style="bold")
                 status.append(f"{state}  ", style=STATE_STYLES.get(state, ""))
         if not self.counts:
             status.append("no jobs yet: press n to submit one", style="dim")

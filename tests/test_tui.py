@@ -850,3 +850,31 @@ async def test_theme_switch_redraws_every_chart_line(tmp_path: Path) -> None:
         await pilot.press("T", "j", "T", "d")
         await pilot.pause(0.2)
         assert not stale(app), "bands after a switch made on another screen"
+
+
+@pytest.mark.parametrize("width", [30, 37, 60])
+def test_cpu_title_shows_all_three_load_averages(width: int) -> None:
+    """`load 13.95 11.88 1` was cut: the title shortens the core count and the decimals first."""
+    from screens.dashboard import host_lines_compact, render_cpu
+
+    snap = {
+        "cpu": {
+            "total": 45.0,
+            "count": 64,
+            "per_core": [10.0] * 64,
+            "load_avg": [13.95, 11.88, 10.02],
+        }
+    }
+    title = render_cpu(snap, [], 0.0, 60.0, width, 1)[0].plain
+    assert title.split()[-3:] in (["13.95", "11.88", "10.02"], ["13.9", "11.9", "10.0"]), title
+    assert "10.02" in host_lines_compact(snap, [], 78)[1].plain
+
+
+def test_latency_ratio_reads_at_any_scale() -> None:
+    """59.987 ms against 0.142 ms read `x0.00`."""
+    from screens.models import speed_ratio
+
+    assert speed_ratio(59.987, 0.142) == "onnxruntime 422x faster"
+    assert speed_ratio(0.142, 59.987) == "onnxruntime 422x slower"
+    assert speed_ratio(1.0, 1.01) == "same speed"
+    assert speed_ratio(2.6, 2.0) == "onnxruntime 1.3x faster"
