@@ -20,7 +20,16 @@ from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, LoadingIndicator, RichLog, Select, Static
+from textual.widgets import (
+    Button,
+    Footer,
+    Input,
+    Label,
+    LoadingIndicator,
+    RichLog,
+    Select,
+    Static,
+)
 
 from screens.jobtable import JobTable, Window
 from screens.source import JobPage
@@ -411,9 +420,48 @@ def spec_fields(kind: str) -> list[tuple[str, str, Any]]:
     return out
 
 
+def literal_options(type_name: str) -> list[str]:
+    """The values a `Literal['a', 'b']` type allows (empty for any other type)."""
+    import re
+
+    match = re.search(r"Literal\[(.*?)\]", type_name)
+    return re.findall(r"'([^']*)'", match.group(1)) if match else []
+
+
+def field_hint(name: str, type_name: str, default: Any, required: bool) -> str:
+    """A field's placeholder in the syntax it accepts: `KEY=VALUE, ...`, `replace | append`,
+    `WORD ...`, `N N ...`, `true | false`, a number, then `(required)` or the default."""
+    options = literal_options(type_name)
+    if options:
+        hint = " | ".join(options)
+    elif "dict" in type_name:
+        hint = "KEY=VALUE, ..."
+    elif type_name.startswith("list") and "int" in type_name:
+        hint = "N N ..., e.g. 128 128"
+    elif type_name.startswith("list"):
+        hint = "WORD ... (as a shell line)"
+    elif type_name.startswith("bool"):
+        hint = "true | false"
+    elif type_name.startswith("int"):
+        hint = "a whole number"
+    elif type_name.startswith("float"):
+        hint = "a number"
+    else:
+        hint = "text"
+    if required:
+        return f"{hint} (required)"
+    if default not in (None, [], {}, ""):
+        shown = str(default).lower() if isinstance(default, bool) else str(default)
+        if isinstance(default, list):
+            shown = " ".join(map(str, default))
+        return f"{hint} (default {shown})"
+    return hint
+
+
 def parse_field(name: str, type_name: str, text: str) -> Any:
     """A form field's text as the value a spec file would hold: lists split like a shell line
-    (or written as TOML `[...]`), tables and numbers as TOML, strings as typed."""
+    (or written as TOML `[...]`), tables as `KEY=VALUE, ...` (or TOML `{...}`), numbers and
+    booleans as TOML, strings as typed. ValueError names what was expected."""
     if type_name.startswith("list") or type_name.startswith("list["):
         if text.startswith("["):
             return tomllib.loads(f"v = {text}")["v"]
@@ -421,9 +469,29 @@ def parse_field(name: str, type_name: str, text: str) -> Any:
         if "int" in type_name:
             return [int(w) for w in words]
         return words
-    if "dict" in type_name:
-        return tomllib.loads(f"v = {text}")["v"]
-    if type_name.startswith("str") or type_name.startswith("Literal") or type_name == "Format":
+    if "dict" in type_name and ("=" in text or not type_name.startswith("str")):
+        if text.startswith("{"):
+            return tomllib.loads(f"v = {text}")["v"]
+        from screens.widgets import top_level_parts
+
+        table: dict[str, Any] = {}
+        for part in top_level_parts(text, ","):
+            key, equals, value = part.rstrip(",").strip().partition("=")
+            if not equals or not key.strip():
+                raise ValueError(f"expected KEY=VALUE, ..., got {part.strip()!r}")
+            value = value.strip()
+            if "dict[str, str]" not in type_name:
+                try:
+                    table[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+                    continue
+                except tomllib.TOMLDecodeError:
+                    pass
+            table[key.strip()] = value.strip("\"'") if value[:1] in "\"'" else value
+        return table
+    options = literal_options(type_name)
+    if options and text not in options:
+        raise ValueError(f"expected {' | '.join(options)}, got {text!r}")
+    if type_name.startswith("str") or options or type_name == "Format":
         return text
     try:
         return tomllib.loads(f"v = {text}")["v"]
@@ -432,17 +500,30 @@ def parse_field(name: str, type_name: str, text: str) -> Any:
 
 
 COMMON_FIELDS = (
-    ("name", "name (optional)"),
-    ("after", "after: job ids, e.g. 12 14"),
-    ("priority", "priority, e.g. 5"),
-    ("group", "group"),
-    ("gpus", "gpus, e.g. 1 or 0.5"),
-    ("gpu_mem", "gpu memory, e.g. 8GiB"),
-    ("cpus", "cpus"),
-    ("mem", "memory, e.g. 4GiB"),
-    ("time_limit", "time limit, e.g. 2h"),
-    ("retries", "retries"),
+    ("name", "name", "text (optional)"),
+    ("after", "after", "job ids, e.g. 12 14"),
+    ("priority", "priority", "a whole number, e.g. 5"),
+    ("group", "group", "text (default default)"),
+    ("gpus", "gpus", "N, e.g. 1 or 0.5"),
+    ("gpu_mem", "gpu mem", "SIZE, e.g. 8GiB"),
+    ("cpus", "cpus", "N, e.g. 2"),
+    ("mem", "mem", "SIZE, e.g. 4GiB"),
+    ("time_limit", "time limit", "DURATION, e.g. 2h"),
+    ("retries", "retries", "a whole number"),
 )
+
+
+def field_row(field_id: str, label: str, hint: str) -> Vertical:
+    """One labelled field: `label  [input]`, and under it the field's error (hidden)."""
+    return Vertical(
+        Horizontal(
+            Label(label, classes="label"),
+            Input(placeholder=hint, id=field_id, compact=True),
+            classes="field",
+        ),
+        Static(id=f"error-{field_id}", classes="field-error"),
+        classes="field-row",
+    )
 
 
 class SubmitScreen(LiveGuard, ModalScreen[None]):
@@ -481,12 +562,13 @@ class SubmitScreen(LiveGuard, ModalScreen[None]):
             yield Vertical(id="spec-fields")
             yield Label("queue and resources", classes="section")
             with Grid(id="options"):
-                for key, hint in COMMON_FIELDS:
-                    yield Input(placeholder=hint, id=f"opt-{key}", compact=True)
+                for key, label, hint in COMMON_FIELDS:
+                    yield field_row(f"opt-{key}", label, hint)
             yield Static(id="submit-error")
             with Horizontal(classes="buttons"):
                 yield Button("Submit", variant="primary", id="do-submit", compact=True)
                 yield Button("Cancel", id="cancel-submit", compact=True)
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_resize(self) -> None:
         self.set_class(self.size.width >= 110, "wide")
@@ -495,24 +577,22 @@ class SubmitScreen(LiveGuard, ModalScreen[None]):
         await self.show_kind("command")
 
     async def show_kind(self, kind: str) -> None:
+        from dataclasses import MISSING
+
         self.kind = kind
         self.fields = spec_fields(kind)
         box = self.query_one("#spec-fields", Vertical)
         await box.remove_children()
-        inputs = []
+        rows = []
         for name, type_name, default in self.fields:
-            from dataclasses import MISSING
-
-            required = default is MISSING
-            hint = f"{name}{' (required)' if required else ''}: {type_name}"
-            if not required and default not in (None, [], {}):
-                hint += f" = {default}"
+            hint = field_hint(name, type_name, default, default is MISSING)
+            label = name.replace("_", " ")
             if kind == "command" and name == "argv":
-                hint = "command, e.g. python train.py --epochs 3 (required)"
-            inputs.append(Input(placeholder=hint, id=f"spec-{name}", compact=True))
-        await box.mount_all(inputs)
-        if inputs:
-            inputs[0].focus()
+                hint, label = "WORD ..., e.g. python train.py --epochs 3 (required)", "command"
+            rows.append(field_row(f"spec-{name}", label, hint))
+        await box.mount_all(rows)
+        if rows:
+            self.query_one(f"#spec-{self.fields[0][0]}", Input).focus()
 
     @on(Select.Changed, "#kind")
     async def kind_changed(self, event: Select.Changed) -> None:
@@ -535,9 +615,9 @@ class SubmitScreen(LiveGuard, ModalScreen[None]):
             try:
                 table[name] = parse_field(name, type_name, text)
             except (ValueError, tomllib.TOMLDecodeError) as error:
-                raise SpecError(f"form: key {name!r}: cannot read {text!r} ({error})") from None
+                raise SpecError(f"form: key {name!r}: cannot read {text!r}: {error}") from None
         after: list[tuple[int, str]] = []
-        for key, _ in COMMON_FIELDS:
+        for key, _, _ in COMMON_FIELDS:
             text = self.query_one(f"#opt-{key}", Input).value.strip()
             if not text:
                 continue
@@ -566,14 +646,45 @@ class SubmitScreen(LiveGuard, ModalScreen[None]):
         from workbench.queue.requests import build_request
         from workbench.queue.spec import SpecError
 
+        self.clear_errors()
         try:
             table, after = self.table()
             request = build_request(table, Path(os.getcwd()), "form", after=after)
         except (SpecError, ValueError) as error:
-            self.query_one("#submit-error", Static).update(Text(str(error), style="bold red"))
+            shown = self.show_error(str(error))
+            summary = f"{shown}: see the field marked in red" if shown else str(error)
+            self.query_one("#submit-error", Static).update(Text(summary, style="bold red"))
             return
         self.query_one("#submit-error", Static).update(Text("submitting...", style="yellow"))
         self.send(request)
+
+    def clear_errors(self) -> None:
+        for error in self.query(".field-error"):
+            error.display = False
+        for field in self.query(Input):
+            field.remove_class("-invalid")
+
+    def show_error(self, message: str) -> str | None:
+        """The error under the field it names (the first field whose key it quotes), that
+        field marked and focused; the message without the `form: key 'x':` it repeats."""
+        import re
+
+        keys = [f"spec-{name}" for name, _, _ in self.fields] + [
+            f"opt-{key}" for key, _, _ in COMMON_FIELDS
+        ]
+        for quoted in re.findall(r"'(\w+)'", message):
+            field_id = next((k for k in keys if k.split("-", 1)[1] == quoted), None)
+            if field_id is None:
+                continue
+            short = re.sub(rf"^.*?\b(key )?'{quoted}'[:,]?\s*", "", message) or message
+            error = self.query_one(f"#error-{field_id}", Static)
+            error.update(Text(short, style="bold red"))
+            error.display = True
+            field = self.query_one(f"#{field_id}", Input)
+            field.add_class("-invalid")
+            field.focus()
+            return quoted
+        return None
 
     @work(thread=True, exit_on_error=False, group="actions", description="submit")
     def send(self, request: Any) -> None:

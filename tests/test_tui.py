@@ -235,7 +235,9 @@ async def test_submit_form_queues_a_job(app: WorkbenchApp, client: Client) -> No
         app.screen.query_one("#spec-argv", Input).value = "true"
         app.screen.query_one("#opt-gpus", Input).value = "many"
         await pilot.press("enter")
-        assert "'gpus': not a number" in text_of(app.screen.query_one("#submit-error"))
+        assert "not a number: 'many'" in text_of(app.screen.query_one("#error-opt-gpus"))
+        assert app.screen.query_one("#opt-gpus").has_class("-invalid")
+        assert app.focused is app.screen.query_one("#opt-gpus")
         await pilot.press("escape")
         assert isinstance(app.screen, QueueScreen)
 
@@ -308,7 +310,15 @@ async def test_submit_form_names_the_bad_field(app: WorkbenchApp, client: Client
         form.query_one("#spec-target", Input).value = "label"
         form.query_one("#spec-epochs", Input).value = "many"
         await pilot.press("ctrl+s")
-        assert "'epochs'" in text_of(form.query_one("#submit-error"))
+        assert "epochs" in text_of(form.query_one("#submit-error"))
+        error = form.query_one("#error-spec-epochs")
+        assert error.display and "'many'" in text_of(error)
+        assert app.focused is form.query_one("#spec-epochs")
+        labels = [str(label.content) for label in form.query(".label")]
+        assert {"kind", "dataset", "target", "epochs", "gpus", "time limit"} <= set(labels)
+        from textual.widgets._footer import FooterKey
+
+        assert {k.description for k in form.query(FooterKey)} >= {"Submit", "Close"}
         assert client.store.list_jobs() == []
 
 
@@ -878,3 +888,22 @@ def test_latency_ratio_reads_at_any_scale() -> None:
     assert speed_ratio(0.142, 59.987) == "onnxruntime 422x slower"
     assert speed_ratio(1.0, 1.01) == "same speed"
     assert speed_ratio(2.6, 2.0) == "onnxruntime 1.3x faster"
+
+
+def test_form_hints_are_input_syntax_and_parse_back() -> None:
+    """Hints read as what to type (`KEY=VALUE, ...`, `replace | append`), never a Python
+    annotation; what they describe parses to the spec's value."""
+    from screens.queue import field_hint, parse_field, spec_fields
+
+    for kind in ("command", "ingest", "train", "test", "export"):
+        for name, type_name, default in spec_fields(kind):
+            hint = field_hint(name, type_name, default, False)
+            assert "[" not in hint.split(",")[0] and "Literal" not in hint and "dict" not in hint
+    assert field_hint("env", "dict[str, str]", {}, False) == "KEY=VALUE, ..."
+    assert field_hint("mode", "Literal['replace', 'append']", "replace", False) == (
+        "replace | append (default replace)"
+    )
+    assert parse_field("env", "dict[str, str]", "A=1, B=x y") == {"A": "1", "B": "x y"}
+    assert parse_field("gate", "dict[str, float]", "min_accuracy=0.5") == {"min_accuracy": 0.5}
+    with pytest.raises(ValueError, match=r"replace \| append"):
+        parse_field("mode", "Literal['replace', 'append']", "merge")
