@@ -18,17 +18,19 @@ from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Footer, Static, TextArea
 
-# One colour per state; the TUI tells paused (held by a user) and blocked (a dependency failed)
-# apart from failed, which is the only red.
+# One colour per state, each of a distinct hue: running (green, bold) apart from blocked
+# (amber, a dependency failed), paused (violet, held by a user) apart from failed (the only
+# red). Mid-luminance colours, so each reads at a WCAG contrast of 3:1 or more on both the dark
+# and the light theme's background (tests/test_tui.py checks).
 STATE_STYLES = {
-    "queued": "cyan",
-    "starting": "yellow",
-    "running": "bold yellow",
-    "paused": "magenta",
-    "blocked": "dark_orange",
-    "succeeded": "green",
-    "failed": "bold red",
-    "cancelled": "grey50",
+    "queued": "#0b86a3",
+    "starting": "#3a6fe0",
+    "running": "bold #23903a",
+    "paused": "#9a4fe0",
+    "blocked": "#b8660a",
+    "succeeded": "#5f7f25",
+    "failed": "bold #dc2a45",
+    "cancelled": "#7a7a7a",
 }
 
 # The screens in key order: (key, title). The app's SCREENS table holds where each lives.

@@ -907,3 +907,59 @@ def test_form_hints_are_input_syntax_and_parse_back() -> None:
     assert parse_field("gate", "dict[str, float]", "min_accuracy=0.5") == {"min_accuracy": 0.5}
     with pytest.raises(ValueError, match=r"replace \| append"):
         parse_field("mode", "Literal['replace', 'append']", "merge")
+
+
+def test_queue_columns_keep_the_reason_first() -> None:
+    """160 columns: a long progress message no longer takes 37 cells while the reason is cut;
+    start, end, duration and command join when the reason has all it needs. 80 columns:
+    resources and progress stay (shortened) beside a 30-cell reason."""
+    from screens.jobtable import REASON_MIN, fit_columns
+
+    widths = {
+        "id": 4, "name": 20, "kind": 7, "state": 9, "prio": 4, "resources": 24,
+        "progress": 37, "age": 5, "reason": 70, "start": 8, "end": 8, "duration": 6,
+        "command": 60,
+    }  # fmt: skip
+    wide = fit_columns(widths, 158)
+    assert wide["reason"] >= 70 and wide["progress"] <= 14
+    assert sum(wide.values()) + len(wide) - 1 <= 158
+    roomy = fit_columns({**widths, "reason": 20}, 200)
+    assert {"start", "end", "duration", "command"} <= set(roomy) and roomy["reason"] >= 20
+    narrow = fit_columns(widths, 78)
+    assert narrow["reason"] >= REASON_MIN and {"resources", "progress"} <= set(narrow)
+    assert sum(narrow.values()) + len(narrow) - 1 <= 78
+
+
+def test_state_colours_are_distinct_and_readable_in_both_themes() -> None:
+    """Running and blocked, paused and failed were nearly the same colour; every state reads at
+    a contrast of 3:1 on the dark and the light theme's background."""
+    from rich.color import Color
+    from rich.style import Style
+
+    from screens.widgets import STATE_STYLES
+
+    def rgb(state: str) -> tuple[int, int, int]:
+        color = Style.parse(STATE_STYLES[state]).color
+        assert color is not None
+        triplet = color.get_truecolor()
+        return triplet.red, triplet.green, triplet.blue
+
+    def luminance(values: tuple[int, int, int]) -> float:
+        def channel(v: int) -> float:
+            c = v / 255
+            return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+        r, g, b = (channel(v) for v in values)
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+    def contrast(a: float, b: float) -> float:
+        return (max(a, b) + 0.05) / (min(a, b) + 0.05)
+
+    backgrounds = [Color.parse(c).get_truecolor() for c in ("#121212", "#E0E0E0")]
+    for state in STATE_STYLES:
+        for bg in backgrounds:
+            ratio = contrast(luminance(rgb(state)), luminance((bg.red, bg.green, bg.blue)))
+            assert ratio >= 3.0, (state, bg, ratio)
+    for a, b in (("running", "blocked"), ("paused", "failed")):
+        distance = sum((x - y) ** 2 for x, y in zip(rgb(a), rgb(b), strict=True)) ** 0.5
+        assert distance > 100, (a, b, distance)
