@@ -38,9 +38,9 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 # the reason to keep REASON_MIN cells (or all it needs); the rest (`full`) only join when the
 # reason keeps all it needs.
 OPTIONAL: tuple[tuple[str, int, bool], ...] = (
-    ("prio", 4, False),
     ("progress", 5, False),
     ("resources", 8, False),
+    ("prio", 4, False),
     ("age", 6, False),
     ("kind", 8, False),
     ("progress", 14, True),
@@ -54,6 +54,7 @@ OPTIONAL: tuple[tuple[str, int, bool], ...] = (
 )
 NAME_MAX = 28
 NAME_MIN = 12
+NAME_SHORT = 16  # the name is cut this far to keep the short optional columns
 REASON_MIN = 30
 
 
@@ -115,7 +116,8 @@ def fit_columns(
     """Choose columns and widths for `total` cells: id, name and state always, the name cut
     to NAME_MIN before the reason gets fewer than REASON_MIN cells; then each OPTIONAL column
     with something to show, as wide as its widest visible value up to its cap, while the reason
-    keeps what it needs (the reason is kept first). The reason takes what is left. Returns
+    keeps what it needs (the reason is kept first); the name gives up to NAME_SHORT for
+    the first group. The reason takes what is left. Returns
     {column: width} in display order."""
     reason = widths["reason"]
     short = min(reason, REASON_MIN)
@@ -133,7 +135,11 @@ def fit_columns(
         if chosen.get(column, 0) >= width:
             continue
         grown = {**chosen, column: width}
-        if left(grown) >= (reason if full else short):
+        missing = (reason if full else short) - left(grown)
+        if missing > 0 and not full and grown["name"] - missing >= NAME_SHORT:
+            grown["name"] -= missing  # a shorter name before a dropped column
+            missing = 0
+        if missing <= 0:
             chosen = grown
     chosen["reason"] = max(0, left(chosen))
     return {name: chosen[name] for name, _ in COLUMNS if name in chosen}
