@@ -963,3 +963,56 @@ def test_state_colours_are_distinct_and_readable_in_both_themes() -> None:
     for a, b in (("running", "blocked"), ("paused", "failed")):
         distance = sum((x - y) ** 2 for x, y in zip(rgb(a), rgb(b), strict=True)) ** 0.5
         assert distance > 100, (a, b, distance)
+
+
+async def test_dashboard_whole_machine_processes_with_filter_and_sort_mark(home: Home) -> None:
+    """`a` lists every process of the machine (this test's own among them, with its user and
+    command), `/` keeps those matching a text, the sorted column carries an arrow."""
+    import getpass
+    import os
+
+    app = WorkbenchApp(Source(home))
+    async with app.run_test(size=(160, 48)) as pilot:
+        screen = app.screen
+        assert isinstance(screen, DashboardScreen)
+        await until(pilot, lambda: screen.snapshot is not None, what="a sample")
+        await pilot.press("a")
+        me = os.getpid()
+        await until(pilot, lambda: any(p["pid"] == me for p in screen.processes), what="my pid")
+        await pilot.press("slash", *str(me), "enter")
+        await until(pilot, lambda: [p["pid"] for p in screen.processes] == [me], what="filter")
+        row = screen.processes[0]
+        assert row["user"] == getpass.getuser() and "python" in row["command"]
+        table = screen.query_one("#procs", DataTable)
+        labels = [str(c.label) for c in table.ordered_columns]
+        assert "gpu mem ▼" in labels and "all processes" in str(table.border_title)
+
+
+def test_process_facts_survive_a_denied_command_line() -> None:
+    """Another user's process denies its command line: the row keeps its name and owner
+    instead of `-` and `?`."""
+    import psutil
+
+    from screens.source import process_facts
+
+    class Denied:
+        def cmdline(self) -> list[str]:
+            raise psutil.AccessDenied(1)
+
+        def name(self) -> str:
+            return "sshd"
+
+        def username(self) -> str:
+            return "root"
+
+        def memory_info(self) -> Any:
+            raise psutil.AccessDenied(1)
+
+        def cpu_percent(self, interval: None) -> float:
+            return 0.5
+
+        def create_time(self) -> float:
+            return 1.0
+
+    facts = process_facts(Denied())
+    assert facts["command"] == "[sshd]" and facts["user"] == "root" and facts["rss_bytes"] is None
