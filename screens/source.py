@@ -8,11 +8,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from workbench.db.job_pages import JobFilter
-from workbench.db.store import Job, JobEvent, Store
 from workbench.paths import Home
+
+if TYPE_CHECKING:  # the store's modules load on the first read, after the first frame
+    from workbench.db.job_pages import JobFilter
+    from workbench.db.store import Job, JobEvent, Store
 
 T = TypeVar("T")
 
@@ -79,6 +81,8 @@ class Source:
 
     def _on_store_thread(self, fn: Callable[[Store], T]) -> T:
         if self._store is None:
+            from workbench.db.store import Store
+
             self._store = Store.open(self.home.state_db)
         return fn(self._store)
 
