@@ -112,3 +112,15 @@ def test_a_new_home_gets_an_example_config(tmp_path: Path) -> None:
     assert "# [daemon]" in text and "# [sql]" in text
     assert all(not line or line.startswith("#") for line in text.splitlines())
     assert load_config(root / "config.toml") == Config()
+
+
+def test_show_continues_long_values_under_themselves(home: Home) -> None:
+    """`show` wrapped long lines back to column 0; at 80 columns a long command continues
+    under its value and no line is wider than the terminal."""
+    words = [f"--option-number-{i}=value-{i}" for i in range(12)]
+    job = workbench("submit", "--paused", "--", "echo", *words).stdout.strip()
+    shown = workbench("show", job, env={"COLUMNS": "80"})
+    lines = shown.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), shown.stdout
+    start = next(i for i, line in enumerate(lines) if line.startswith("  command:"))
+    assert lines[start + 1].startswith(" " * 13) and "--option-number" in lines[start + 1]

@@ -297,13 +297,13 @@ def cmd_show(args: argparse.Namespace) -> int:
     name = escape(display_text(job.name))  # a name is the user's text, never markup
     console.print(f"[bold]job {job.id}[/] {name}  [{style}]{job.state}[/]  ({job.kind})")
     for label, value in job_details(job, metrics, run_dir):
-        console.print(f"  {label + ':':<11}{display_text(value)}", markup=False)
-    console.print(f"  run dir:   {run_dir}", markup=False)
+        console.print(hanging(f"  {label + ':':<11}", display_text(value), console.width))
+    console.print(hanging("  run dir:   ", str(run_dir), console.width))
     console.print("  history:")
     for event in events:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.t))
         reason = f"  {display_text(event.reason)}" if event.reason else ""
-        console.print(f"    {stamp}  {event.state:<10}{reason}", markup=False)
+        console.print(hanging(f"    {stamp}  ", f"{event.state:<10}{reason}", console.width))
     if audit:
         console.print("  audit:")
         for entry in audit:
@@ -420,6 +420,18 @@ def cmd_priority(args: argparse.Namespace) -> int:
     client.set_priority(args.id, args.priority)
     print(f"job {args.id}: priority {args.priority}")
     return EXIT_OK
+
+
+def hanging(head: str, value: str, width: int) -> Any:
+    """`head` then `value`, a long value continuing under itself (not at column 0): broken
+    at spaces, a word wider than the room cut. Plain text (no markup)."""
+    import textwrap
+
+    from rich.text import Text
+
+    room = max(10, width - len(head))
+    lines = textwrap.wrap(value, room, break_on_hyphens=False) or [""]
+    return Text(head + ("\n" + " " * len(head)).join(lines), no_wrap=True, overflow="crop")
 
 
 def _wait_exit(jobs: list[Job], quiet: bool = False) -> int:
