@@ -450,7 +450,7 @@ def main() -> int:
                 ["screen", "key to data on screen", "idle CPU", "bare Textual app idle"],
                 per_screen + monitors,
             ),
-            "The Queue at three sizes (same terminal, daemon running, most jobs ended):",
+            "The Queue at each size (same terminal, daemon running, most jobs ended):",
             table(["store", "key to rows on screen", "idle CPU", "TUI memory (RSS)"], sizes),
         ]
     )
