@@ -40,7 +40,7 @@ PROCESS_COLUMNS = (
     "elapsed",
     "command",
 )
-NARROW_DROPS = ("user", "elapsed")  # left out below 100 columns
+NARROW_DROPS = ("user", "elapsed", "host mem")  # left out below 100 columns (room for commands)
 CORE_SAMPLES = 60  # per-core readings kept while the screen is open (the store keeps totals)
 
 
@@ -913,6 +913,8 @@ class DashboardScreen(WorkbenchScreen):
             if host_shown and not compact:
                 host_height = height - 1 - procs_height
         per_gpu = max(1, gpu_room // len(gpus)) if gpus and gpu_room else 0
+        if 2 < per_gpu < 4:
+            per_gpu = 2  # charts need 4 lines: the compact pair takes 2, the table the rest
 
         gpu_widget = self.query_one("#gpus", Lines)
         lines: list[Text] = []

@@ -1016,3 +1016,35 @@ def test_process_facts_survive_a_denied_command_line() -> None:
 
     facts = process_facts(Denied())
     assert facts["command"] == "[sshd]" and facts["user"] == "root" and facts["rss_bytes"] is None
+
+
+async def test_dashboard_at_80x24_leaves_no_blank_gpu_lines_under_a_scrolling_table(
+    tmp_path: Path,
+) -> None:
+    """Four GPUs and eight processes at 80x24: each GPU keeps its compact pair of lines and the
+    process table gets every other line (it scrolled while blank lines sat above it); commands
+    get the width host memory leaves."""
+    import copy
+
+    from screens.widgets import Lines
+
+    app = fixed_app(tmp_path)
+    source = app.source
+    snapshot = copy.deepcopy(source.fixed_telemetry)  # type: ignore[attr-defined]
+    gpus = snapshot["gpus"]
+    for index in (2, 3):
+        extra = copy.deepcopy(gpus[1])
+        extra["index"], extra["processes"] = index, []
+        gpus.append(extra)
+    template = gpus[0]["processes"][0]
+    gpus[0]["processes"] = [{**template, "pid": 4242 + i} for i in range(8)]
+    source.fixed_telemetry = snapshot  # type: ignore[attr-defined]
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        await until(pilot, lambda: len(screen.processes) == 9, what="the processes")
+        await pilot.pause(0.2)
+        charts = screen.query_one("#gpus", Lines)
+        assert len(charts.lines) == charts.region.height == 8  # 4 GPUs x 2 lines, none blank
+        table = screen.query_one("#procs", DataTable)
+        assert table.region.height >= 7
+        assert "host mem" not in [str(c.label) for c in table.ordered_columns]
