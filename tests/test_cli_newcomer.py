@@ -124,3 +124,28 @@ def test_show_continues_long_values_under_themselves(home: Home) -> None:
     assert all(len(line) <= 80 for line in lines), shown.stdout
     start = next(i for i, line in enumerate(lines) if line.startswith("  command:"))
     assert lines[start + 1].startswith(" " * 13) and "--option-number" in lines[start + 1]
+
+
+def test_batch_first_wait_reason_is_the_dependency() -> None:
+    """A stage the daemon has not planned yet read "behind other waiting jobs" before its real
+    reason, "waiting for dependency 1"."""
+    import io
+
+    from tui_data import job
+
+    from workbench.queue.pipeline import _Reporter
+
+    err = io.StringIO()
+    reporter = _Reporter(False, io.StringIO(), err)
+    first = job(1, "ingest", "running", stage="ingest")
+    second = job(
+        2,
+        "train",
+        "queued",
+        stage="train",
+        deps=((1, "ok"),),
+        reason="behind other waiting jobs that go first (within quota, then by priority and age)",
+    )
+    reporter.update([first, second])
+    assert "[train] job 2 queued (waiting for dependency 1)" in err.getvalue()
+    assert "behind other waiting" not in err.getvalue()

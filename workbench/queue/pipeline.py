@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import signal
 import sys
@@ -243,8 +244,17 @@ class _Reporter:
             print(dumps(event), file=self.out, flush=True)
 
     def update(self, jobs: list[Job]) -> None:
+        unfinished = {j.id for j in jobs if j.state != SUCCEEDED}
         for job in jobs:
             waits = job.reason if job.state == QUEUED else None
+            if waits is not None and waits.startswith("behind other waiting jobs"):
+                # The daemon says this of a job it has not planned yet; a stage whose
+                # dependency has not finished waits for that first (said as the scheduler does).
+                pending = [str(dep) for dep, _ in job.deps if dep in unfinished]
+                if pending:
+                    kind = "dependency" if len(pending) == 1 else "dependencies"
+                    waits = f"waiting for {kind} {', '.join(pending)}"
+                    job = dataclasses.replace(job, reason=waits)
             key = (job.state, job.progress, job.progress_msg, waits)
             if self.last.get(job.id) == key:
                 continue
