@@ -111,6 +111,10 @@ class WorkbenchApp(App[None]):
     async def on_event(self, event: events.Event) -> None:
         """Fresh keys go through the key order (`screens.keyorder`): one at a time, each to the
         widget focused when its turn comes, however many arrived together."""
+        if isinstance(event, events.Key) and (
+            self._exit or (event.is_forwarded and not self.key_order.screen_ready())
+        ):
+            return  # quitting, or its screen went: a key has nowhere to go
         if isinstance(event, events.Key) and not event.is_forwarded:
             await self.key_order.arrived(event)
             return

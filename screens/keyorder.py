@@ -46,7 +46,25 @@ class KeyOrder:
             return
         await self._start(key)
 
+    def closing(self) -> bool:
+        return bool(getattr(self.app, "_exit", False)) or not self.app.is_running
+
+    def screen_ready(self) -> bool:
+        """Whether the current screen is there and mounted (between a mode switch and its
+        screen's mount, the app has no screen to give a key to)."""
+        try:
+            return bool(self.app.screen.is_mounted)
+        except Exception:  # ScreenStackError, UnknownModeError: a mode being set up
+            return False
+
     async def _start(self, key: events.Key) -> None:
+        if self.closing():
+            self.held.clear()
+            return
+        if not self.screen_ready():  # wait for the screen, then start with this key
+            self.held.appendleft(key)
+            self.app.set_timer(0.02, self._next)
+            return
         self.in_flight, self.since = key, time.monotonic()
         target = self.app.focused or self.app.screen
         await self.send(key)
@@ -80,7 +98,8 @@ class KeyOrder:
             and target.call_later(self._follow, key, target, target, rounds + 1)
         ):
             return
-        if not getattr(self.app.screen, "is_mounted", True) and self.held:
+        waited = time.monotonic() - self.since
+        if not self.screen_ready() and self.held and not self.closing() and waited < HOLD_S:
             self.app.set_timer(0.02, lambda: self._done(key, target, DRAIN_ROUNDS))
             return
         self.in_flight = None
@@ -103,5 +122,7 @@ class KeyOrder:
                 self.app.call_later(self._next)
 
     async def _next(self) -> None:
-        if self.in_flight is None and self.held:
+        if self.closing():
+            self.held.clear()
+        elif self.in_flight is None and self.held:
             await self._start(self.held.popleft())
