@@ -6,12 +6,14 @@ import importlib
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
+from textual import events
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer
 
+from screens.keyorder import KeyOrder
 from screens.source import Source
 from workbench.paths import Home
 
@@ -97,15 +99,47 @@ class WorkbenchApp(App[None]):
         ),
     ]
 
-    def __init__(self, source: Source | None = None, frozen: bool = False):
+    def __init__(
+        self, source: Source | None = None, frozen: bool = False, start_daemon: bool = False
+    ):
         super().__init__()
         self.source = source or Source(Home.current().ensure())
         self.frozen = frozen  # snapshot tests: read once, never poll again
+        self.start_daemon = start_daemon  # `workbench`: start one after the first frame
+        self.key_order = KeyOrder(self, lambda key: App.on_event(self, key))
+
+    async def on_event(self, event: events.Event) -> None:
+        """Fresh keys go through the key order (`screens.keyorder`): one at a time, each to the
+        widget focused when its turn comes, however many arrived together."""
+        if isinstance(event, events.Key) and (
+            self._exit or (event.is_forwarded and not self.key_order.screen_ready())
+        ):
+            return  # quitting, or its screen went: a key has nowhere to go
+        if isinstance(event, events.Key) and not event.is_forwarded:
+            await self.key_order.arrived(event)
+            return
+        await super().on_event(event)
 
     def on_mount(self) -> None:
         self.theme = "textual-dark"
         self.switch_mode("dashboard")
+        if self.start_daemon:
+            # After the first frame, off the event loop: starting a daemon takes a second or
+            # more, and the Dashboard samples by itself meanwhile.
+            self.call_after_refresh(self._start_daemon)
         self.set_timer(1.0, self._warm_up)
+
+    def _start_daemon(self) -> None:
+        from workbench.daemon.client import ensure_daemon
+
+        home = self.source.home
+        self.run_worker(
+            lambda: ensure_daemon(home),
+            thread=True,
+            exit_on_error=False,
+            group="daemon",
+            description="start the daemon",
+        )
 
     def _warm_up(self) -> None:
         """Import the Queue's module in a thread once the first screen is up, so its key opens
@@ -174,10 +208,8 @@ for _mode, _key, _title, _location in SCREENS:
 
 
 def run_app() -> int:
-    """`workbench` with no command: start the daemon if needed, then the TUI."""
-    from workbench.daemon.client import ensure_daemon
-
+    """`workbench` with no command: the TUI, which starts the daemon if needed once its first
+    frame is up."""
     home = Home.current().ensure()
-    ensure_daemon(home)
-    WorkbenchApp(Source(home)).run()
+    WorkbenchApp(Source(home), start_daemon=True).run()
     return 0

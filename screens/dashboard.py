@@ -15,7 +15,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.message import Message
-from textual.widgets import DataTable, Static
+from textual.widgets import DataTable, Input, Static
 
 from screens.widgets import WINDOWS, Lines, WorkbenchScreen, chart, meter, spark
 from workbench.units import format_duration, format_rate, format_size
@@ -40,7 +40,7 @@ PROCESS_COLUMNS = (
     "elapsed",
     "command",
 )
-NARROW_DROPS = ("user", "elapsed")  # left out below 100 columns
+NARROW_DROPS = ("user", "elapsed", "host mem")  # left out below 100 columns (room for commands)
 CORE_SAMPLES = 60  # per-core readings kept while the screen is open (the store keeps totals)
 
 
@@ -188,6 +188,11 @@ def core_meters(
     return lines
 
 
+def load_text(cpu: dict[str, Any], digits: int = 2) -> str:
+    """The 1, 5 and 15 minute load averages, `13.95 11.88 10.02` (`digits` decimals)."""
+    return " ".join(f"{v:.{digits}f}" for v in cpu.get("load_avg") or []) or "n/a"
+
+
 def render_cpu(
     snap: dict[str, Any],
     history: list[dict[str, Any]],
@@ -200,11 +205,15 @@ def render_cpu(
     """Title with the load, the total CPU chart, then each core with its recent readings."""
     cpu = snap.get("cpu") or {}
     per_core = cpu.get("per_core") or []
-    load = " ".join(f"{v:.2f}" for v in cpu.get("load_avg") or [])
     title = Text("CPU ", style="bold")
     total = cpu.get("total")
     title.append(f"{total:.0f}%" if total is not None else "n/a", style="green")
-    title.append(f"  {cpu.get('count', len(per_core))} cores  load {load}", style="dim")
+    count = cpu.get("count", len(per_core))
+    for cores, digits in ((f"{count} cores", 2), (f"{count}c", 2), (f"{count}c", 1), ("", 1)):
+        tail = f"  {cores}  load {load_text(cpu, digits)}" if cores else f" {load_text(cpu, 1)}"
+        if title.cell_len + len(tail) <= width:
+            break
+    title.append(tail, style="dim")
     lines = [crop(title, width)]
     core_rows = min(len(per_core), max(1, (height - 1) // 2))
     chart_rows = height - 1 - core_rows - 1
@@ -382,7 +391,8 @@ def host_lines_compact(
         )
     )
     per_core = cpu.get("per_core") or []
-    cores = Text("cores ", style="dim")
+    # The load first: with many cores the line is cut at its end, never the load.
+    cores = Text(f"load {load_text(cpu)}  cores ", style="dim")
     for index, value in enumerate(per_core):
         cores.append(f"{index}:", style="dim")
         if value is None:
@@ -390,8 +400,6 @@ def host_lines_compact(
         else:
             style = "green" if value < 60 else "yellow" if value < 85 else "red"
             cores.append(f"{value:.0f}% ", style=style)
-    load = " ".join(f"{v:.2f}" for v in cpu.get("load_avg") or [])
-    cores.append(f" load {load}", style="dim")
     interfaces = snap.get("network") or {}
     io = snap.get("disk_io") or {}
     rates = Text("net ", style="bold")
@@ -414,10 +422,26 @@ def host_lines_compact(
     return [crop(first, width), crop(cores, width), crop(rates, width)]
 
 
+SORT_COLUMNS = {
+    "gpu memory": "gpu mem",
+    "SM %": "sm%",
+    "CPU %": "cpu%",
+    "host memory": "host mem",
+    "elapsed": "elapsed",
+    "pid": "pid",
+}
+
+
 def process_rows(
-    snap: dict[str, Any], details: dict[int, dict[str, Any]], now: float
+    snap: dict[str, Any],
+    details: dict[int, dict[str, Any]],
+    now: float,
+    machine: bool = False,
+    text: str = "",
 ) -> list[dict[str, Any]]:
-    """Every GPU process of every GPU with its host details, as the table shows them."""
+    """Every GPU process of every GPU with its host details, as the table shows them; with
+    `machine`, every other process in `details` too (no GPU columns); with `text`, only the
+    rows whose pid, user, job or command holds it (any case)."""
     out = []
     for gpu in snap.get("gpus") or []:
         for proc in gpu.get("processes") or []:
@@ -440,6 +464,34 @@ def process_rows(
                     "command": info.get("command") or proc.get("command") or "?",
                 }
             )
+    if machine:
+        on_gpu = {row["pid"] for row in out}
+        for pid, info in details.items():
+            if pid in on_gpu:
+                continue
+            started = info.get("started")
+            out.append(
+                {
+                    "pid": pid,
+                    "user": info.get("user") or "-",
+                    "gpu": "-",
+                    "job_id": None,
+                    "job": "-",
+                    "gpu_mem": None,
+                    "sm": None,
+                    "cpu": info.get("cpu_percent"),
+                    "rss": info.get("rss_bytes"),
+                    "elapsed": (now - started) if started else None,
+                    "command": info.get("command") or "?",
+                }
+            )
+    if text:
+        needle = text.lower()
+        out = [
+            row
+            for row in out
+            if any(needle in str(row[k]).lower() for k in ("pid", "user", "job", "command"))
+        ]
     return out
 
 
@@ -497,6 +549,20 @@ class DashboardScreen(WorkbenchScreen):
             "Sort",
             id="dashboard.sort",
             tooltip="Sort processes by GPU memory, SM %, CPU %, host memory, elapsed, pid",
+        ),
+        Binding(
+            "a",
+            "machine",
+            "All procs",
+            id="dashboard.machine",
+            tooltip="Every process of the machine, not only those on a GPU (again: GPU only)",
+        ),
+        Binding(
+            "slash",
+            "find",
+            "Find",
+            id="dashboard.find",
+            tooltip="Show only processes whose pid, user, job or command holds a text",
         ),
         Binding(
             "enter",
@@ -569,6 +635,8 @@ class DashboardScreen(WorkbenchScreen):
         self.core_history: deque[list[float | None]] = deque(maxlen=CORE_SAMPLES)
         self.core_time: float | None = None
         self.columns = ()
+        self.machine = False  # every process of the machine, not only GPU ones
+        self.process_filter = ""
 
     @property
     def window_s(self) -> float:
@@ -585,6 +653,9 @@ class DashboardScreen(WorkbenchScreen):
         procs: DataTable[Any] = DataTable(id="procs", cursor_type="row", zebra_stripes=True)
         procs.border_title = "GPU processes"
         yield procs
+        find = Input(placeholder="text in pid, user, job or command; Enter applies", id="proc-find")
+        find.display = False
+        yield find
         yield self.bottom_bar()
 
     def on_mount(self) -> None:
@@ -620,6 +691,31 @@ class DashboardScreen(WorkbenchScreen):
         self.notify(f"processes by {PROCESS_SORTS[self.sort_index]}", timeout=1.5)
         self.processes = sort_processes(self.processes, PROCESS_SORTS[self.sort_index])
         self.refresh_processes()
+
+    def action_machine(self) -> None:
+        self.machine = not self.machine
+        self.notify("every process" if self.machine else "GPU processes only", timeout=1.5)
+        self.poll()
+
+    def action_find(self) -> None:
+        find = self.query_one("#proc-find", Input)
+        find.value = self.process_filter
+        find.display = True
+        find.focus()
+
+    @on(Input.Submitted, "#proc-find")
+    def apply_find(self, event: Input.Submitted) -> None:
+        event.input.display = False
+        self.query_one("#procs", DataTable).focus()
+        self.process_filter = event.value.strip()
+        if self.snapshot is not None:
+            self.refresh_panels()
+
+    def key_escape(self) -> None:
+        find = self.query_one("#proc-find", Input)
+        if find.display:
+            find.display = False
+            self.query_one("#procs", DataTable).focus()
 
     def selected_process(self) -> dict[str, Any] | None:
         table = self.query_one("#procs", DataTable)
@@ -693,6 +789,8 @@ class DashboardScreen(WorkbenchScreen):
             p["pid"] for g in (snapshot or {}).get("gpus") or [] for p in g.get("processes") or []
         ]
         details = source.process_details(pids) if pids else {}
+        if self.machine:
+            details = {**source.machine_processes(), **details}
         self.post_message(TelemetryRead(snapshot, history, details))
 
     def on_telemetry_read(self, message: TelemetryRead) -> None:
@@ -791,10 +889,16 @@ class DashboardScreen(WorkbenchScreen):
         status.update(crop(selector + about, width - 2))
 
         self.processes = sort_processes(
-            process_rows(snap, self.details, self.app.source.now()),  # type: ignore[attr-defined]
+            process_rows(
+                snap,
+                self.details,
+                self.app.source.now(),  # type: ignore[attr-defined]
+                self.machine,
+                self.process_filter,
+            ),
             PROCESS_SORTS[self.sort_index],
         )
-        show_procs = bool(gpus) and "gpus" not in self.hidden
+        show_procs = (bool(gpus) or self.machine) and "gpus" not in self.hidden
         proc_rows = min(max(1, len(self.processes)), max(2, height // 5)) if show_procs else 0
         procs_height = proc_rows + 2 if show_procs else 0  # border title and header
         host_shown = [k for k in ("cpu", "memory", "network", "disks") if k not in self.hidden]
@@ -809,6 +913,8 @@ class DashboardScreen(WorkbenchScreen):
             if host_shown and not compact:
                 host_height = height - 1 - procs_height
         per_gpu = max(1, gpu_room // len(gpus)) if gpus and gpu_room else 0
+        if 2 < per_gpu < 4:
+            per_gpu = 2  # charts need 4 lines: the compact pair takes 2, the table the rest
 
         gpu_widget = self.query_one("#gpus", Lines)
         lines: list[Text] = []
@@ -885,23 +991,35 @@ class DashboardScreen(WorkbenchScreen):
             )
             for row in self.processes
         ]
-        plain = [columns, *(tuple(c.plain for c in row) for row in rows)]
+        sorted_by = SORT_COLUMNS[PROCESS_SORTS[self.sort_index]]
+        labels = tuple(
+            f"{c} {'▲' if c == 'pid' else '▼'}" if c == sorted_by else c for c in columns
+        )
+        title = "all processes" if self.machine else "GPU processes"
+        if self.process_filter:
+            title += f" with {self.process_filter!r}"
+        table.border_title = f"{title} ({len(self.processes)}), by {PROCESS_SORTS[self.sort_index]}"
+        plain = [labels, *(tuple(c.plain for c in row) for row in rows)]
         if plain == self.shown_rows:
             return
         self.shown_rows = plain
         cursor = table.cursor_coordinate.row
         with self.app.batch_update():
-            if columns != self.columns:
+            if labels != self.columns:
                 table.clear(columns=True)
-                for column in columns:
-                    table.add_column(column, key=column)
-                self.columns = columns
+                for column, label in zip(columns, labels, strict=True):
+                    table.add_column(label, key=column)
+                self.columns = labels
             table.clear()
             for row in rows:
                 table.add_row(*row)
             if not rows:
                 table.add_row(
-                    *(Text("") for _ in columns[:-1]), Text("no GPU processes", style="dim")
+                    *(Text("") for _ in columns[:-1]),
+                    Text(
+                        "no processes match" if self.process_filter else "no GPU processes",
+                        style="dim",
+                    ),
                 )
             else:
                 table.move_cursor(row=min(cursor, len(rows) - 1))

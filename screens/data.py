@@ -172,11 +172,78 @@ def cell(value: Any, profile: bool) -> Text:
     return Text(display_text(str(value)))  # data is shown, never run by the terminal
 
 
+class SqlHistory:
+    """The editor's history, newest first: the store's (earlier sessions) with this session's
+    queries in front as soon as they run, consecutive duplicates dropped. Browsing keeps the
+    unsaved text as a draft: going back from it saves it, coming forward past the newest query
+    brings it back, and editing a query shown from history makes the edit the new draft."""
+
+    def __init__(self) -> None:
+        self.entries: list[str] = []
+        self.session: list[str] = []
+        self.index = -1  # -1: the draft (not browsing)
+        self.draft = ""
+
+    @staticmethod
+    def _dedupe(entries: list[str]) -> list[str]:
+        out: list[str] = []
+        for sql in entries:
+            if sql.strip() and (not out or out[-1].strip() != sql.strip()):
+                out.append(sql)
+        return out
+
+    def load(self, stored: list[str]) -> None:
+        """The store's history (newest first), with this session's queries it lacks in front."""
+        missing = [sql for sql in self.session if sql not in stored]
+        self.entries = self._dedupe(missing + stored)
+        self.index = min(self.index, len(self.entries) - 1)
+
+    def record(self, sql: str) -> None:
+        """A query was run: it is the newest entry, and browsing starts again from the draft."""
+        self.session.insert(0, sql)
+        self.entries = self._dedupe([sql, *self.entries])
+        self.index, self.draft = -1, ""
+
+    def browse(self, step: int, text: str) -> str | None:
+        """The text to show after moving `step` back (1) or forward (-1) from what the editor
+        holds (`text`); None at either end."""
+        shown = self.entries[self.index] if self.index >= 0 else self.draft
+        if text != shown:  # edited: the edit is the draft, browsing restarts from it
+            self.index, self.draft = -1, text
+        elif self.index == -1:
+            self.draft = text
+        index = self.index + step
+        if index < -1 or index >= len(self.entries):
+            return None
+        self.index = index
+        return self.entries[index] if index >= 0 else self.draft
+
+
+class SqlEditor(TextArea):
+    """The SQL editor: Textual's code editor with ctrl+a selecting everything (as harlequin and
+    most editors do; Home still goes to the line start)."""
+
+    BINDINGS = [
+        Binding("ctrl+a", "select_all", "Select all", id="editor.select_all", show=False),
+    ]
+
+
 @dataclass
 class CatalogRead(Message):
     datasets: list[Any]
     columns: dict[str, list[tuple[str, str]]]
     history: list[str]
+    store_tables: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class ProfileRead(Message):
+    """SUMMARIZE of one dataset, for the profile pane (or the error)."""
+
+    name: str
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+    error: str | None = None
 
 
 @dataclass
@@ -318,8 +385,8 @@ class DataScreen(WorkbenchScreen):
         self.query_state: Query | None = None
         self.columns: dict[str, list[tuple[str, str]]] = {}
         self.datasets: list[Any] = []
-        self.history: list[str] = []
-        self.history_index = -1
+        self.history = SqlHistory()
+        self.store_tables: dict[str, list[str]] = {}
         self.running: Any = None
         self.result_columns: list[str] = []
         self.generation = 0  # only the newest request's page is shown
@@ -340,8 +407,8 @@ class DataScreen(WorkbenchScreen):
                 yield datasets
                 yield Static(id="schema")
             with Vertical(id="workspace"):
-                editor = TextArea.code_editor(
-                    "", language="sql", id="sql", soft_wrap=True, show_line_numbers=False
+                editor = SqlEditor.code_editor(
+                    "", language="sql", id="sql", soft_wrap=True, show_line_numbers=True
                 )
                 editor.border_title = "editor"
                 yield editor
@@ -349,6 +416,10 @@ class DataScreen(WorkbenchScreen):
                 results: DataTable[Any] = DataTable(id="results", zebra_stripes=True)
                 results.border_title = "results"
                 yield results
+                profile: DataTable[Any] = DataTable(id="profile", zebra_stripes=True)
+                profile.border_title = "profile"
+                profile.display = False
+                yield profile
         yield self.bottom_bar()
 
     def on_mount(self) -> None:
@@ -375,33 +446,43 @@ class DataScreen(WorkbenchScreen):
     )
     def load_catalog(self) -> None:
         from workbench.catalog import lake
+        from workbench.db.catalog import exposed_columns
 
         source = self.app.source  # type: ignore[attr-defined]
-        infos, recent = source.read(
-            lambda store: (lake.versions(store), lake.query_history(store, 200))
+        infos, recent, tables = source.read(
+            lambda store: (
+                lake.versions(store),
+                lake.query_history(store, 200),
+                exposed_columns(store),
+            )
         )
         columns: dict[str, list[tuple[str, str]]] = {}
         for info in infos:
             columns[f"{info.dataset}@v{info.version}"] = info.schema
             columns[info.dataset] = info.schema
         history = [h["sql"] for h in recent]
-        self.post_message(CatalogRead(infos, columns, history))
+        self.post_message(CatalogRead(infos, columns, history, tables))
 
     def on_catalog_read(self, message: CatalogRead) -> None:
-        self.datasets, self.columns, self.history = (
-            message.datasets,
-            message.columns,
-            message.history,
-        )
+        self.datasets, self.columns = message.datasets, message.columns
+        self.history.load(message.history)
+        self.store_tables = message.store_tables
+        for name, names in message.store_tables.items():
+            self.columns.setdefault(name, [(c, "") for c in names])
         table = self.query_one("#datasets", DataTable)
+        keep = table.cursor_row
         table.clear()
         for info in message.datasets:
             table.add_row(
                 info.dataset,
                 f"v{info.version}",
-                str(info.rows),
+                f"{info.rows:,}",
                 key=f"{info.dataset}@v{info.version}",
             )
+        for name in message.store_tables:  # the store's own tables, read-only, after the lake
+            table.add_row(Text(name, style="italic"), Text("store", style="dim"), "", key=name)
+        if 0 < keep < table.row_count:
+            table.move_cursor(row=keep)
         if not message.datasets:
             self.query_one("#schema", Static).update(
                 Text("no datasets yet: workbench ingest FILE --dataset NAME", style="dim")
@@ -414,14 +495,29 @@ class DataScreen(WorkbenchScreen):
         key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
         return next((d for d in self.datasets if f"{d.dataset}@v{d.version}" == key), None)
 
+    def selected_store_table(self) -> str | None:
+        table = self.query_one("#datasets", DataTable)
+        if table.row_count == 0:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return key if key in self.store_tables else None
+
     @on(DataTable.RowHighlighted, "#datasets")
     def show_schema(self) -> None:
         info = self.selected_dataset()
+        store_table = self.selected_store_table()
+        if store_table is not None:
+            text = Text(f"{store_table}", style="bold")
+            text.append("  the store's table (read-only)\n", style="dim")
+            for name in self.store_tables[store_table]:
+                text.append(f"{name}\n", style="cyan")
+            self.query_one("#schema", Static).update(text)
+            return
         if info is None:
             return
         text = Text()
         text.append(f"{info.dataset} v{info.version}\n", style="bold")
-        text.append(f"{info.rows} rows, {info.rejected_rows} rejected\n", style="dim")
+        text.append(f"{info.rows:,} rows, {info.rejected_rows:,} rejected\n", style="dim")
         for name, kind in info.schema:
             text.append(display_text(name), style="cyan")
             text.append(f"  {display_text(kind)}\n", style="dim")
@@ -431,10 +527,14 @@ class DataScreen(WorkbenchScreen):
     def query_selected(self) -> None:
         """Open a dataset: its rows in the results, the focus in the editor (to refine it)."""
         info = self.selected_dataset()
+        store_table = self.selected_store_table()
+        if store_table is not None:
+            self.run_sql(f"SELECT * FROM {store_table}")
         if info is not None:
             latest = max(v.version for v in self.datasets if v.dataset == info.dataset)
             name = info.dataset if info.version == latest else f"{info.dataset}@v{info.version}"
             self.run_sql(f"SELECT * FROM {quote(name)}")
+        if info is not None or store_table is not None:
             editor = self.query_one("#sql", TextArea)
             editor.focus()
             editor.move_cursor(editor.document.end)
@@ -459,7 +559,8 @@ class DataScreen(WorkbenchScreen):
             self.notify("write a query first", severity="warning")
             return
         self.query_state = Query(sql)
-        self.history_index = -1
+        self.history.record(sql)
+        self.show_results()
         self.fetch(self.query_state, record=True)
 
     def fetch(self, query: Query, record: bool = False) -> None:
@@ -590,7 +691,7 @@ class DataScreen(WorkbenchScreen):
         """`rows 1-100 of 2,500 (F8 more)  12 ms  sorted by ...`; `of ...` while counting."""
         first = query.page * PAGE_ROWS + 1
         total = self.totals.get(query.key())
-        status = Text(f"rows {first}-{first + shown - 1}" if shown else "no rows")
+        status = Text(f"rows {first:,}-{first + shown - 1:,}" if shown else "no rows")
         if shown:
             if total is None:
                 status.append(" of ... (counting)")
@@ -685,11 +786,59 @@ class DataScreen(WorkbenchScreen):
         self.fetch(self.query_state)
 
     def action_profile(self) -> None:
+        """The selected dataset's column profile (SUMMARIZE) in its own pane, in place of the
+        results until ctrl+s again (or a query) brings them back; the editor keeps its text."""
+        profile = self.query_one("#profile", DataTable)
+        if profile.display:
+            self.show_results()
+            return
         info = self.selected_dataset()
-        if info is None:
+        store_table = self.selected_store_table()
+        if info is None and store_table is None:
             self.notify("select a dataset to profile first", severity="warning")
-        else:
-            self.run_sql(f"SUMMARIZE SELECT * FROM {quote(f'{info.dataset}@v{info.version}')}")
+            return
+        name = store_table or quote(f"{info.dataset}@v{info.version}")
+        shown = store_table or f"{info.dataset} v{info.version}"
+        profile.border_title = f"profile of {shown} (ctrl+s: back to results)"
+        profile.clear(columns=True)
+        self.query_one("#results").display = False
+        profile.display = True
+        self.read_profile(shown, f"SUMMARIZE SELECT * FROM {name}")
+
+    def show_results(self) -> None:
+        self.query_one("#profile").display = False
+        self.query_one("#results").display = True
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="profile", description="profile")
+    def read_profile(self, shown: str, sql: str) -> None:
+        import duckdb
+
+        from workbench.catalog import lake
+
+        source = self.app.source  # type: ignore[attr-defined]
+        try:
+            con = source.read(lambda store: lake.connect(source.home, store, for_sql=sql))
+            try:
+                relation = con.sql(sql)
+                columns, rows = list(relation.columns), relation.fetchall()
+            finally:
+                con.close()
+        except (duckdb.Error, lake.QueryRefused) as error:
+            self.post_message(ProfileRead(shown, [], [], str(error)))
+            return
+        self.post_message(ProfileRead(shown, columns, rows))
+
+    def on_profile_read(self, message: ProfileRead) -> None:
+        profile = self.query_one("#profile", DataTable)
+        if message.error is not None:
+            self.set_status(Text(f"profile of {message.name}: {message.error}", style="bold red"))
+            return
+        with self.app.batch_update():
+            profile.clear(columns=True)
+            for column in message.columns:
+                profile.add_column(column, key=column)
+            for row in message.rows:
+                profile.add_row(*[cell(v, True) for v in row])
 
     def action_rejects(self) -> None:
         info = self.selected_dataset()
@@ -702,12 +851,19 @@ class DataScreen(WorkbenchScreen):
         self.run_sql(f"SELECT * FROM {quote(f'{info.dataset}@v{info.version}_rejects')}")
 
     def action_history(self, step: int) -> None:
-        if not self.history:
+        """ctrl+up: the previous query (this session's first); ctrl+down: the next, and past the
+        newest the text that was in the editor before browsing."""
+        if not self.history.entries:
             self.notify("no queries in the history yet", timeout=2)
             return
-        self.history_index = max(-1, min(len(self.history) - 1, self.history_index + step))
-        text = self.history[self.history_index] if self.history_index >= 0 else ""
-        self.query_one("#sql", TextArea).text = text
+        editor = self.query_one("#sql", TextArea)
+        text = self.history.browse(step, editor.text)
+        if text is None:
+            where = "oldest query" if step > 0 else "newest: your draft"
+            self.notify(f"history: at the {where}", timeout=1.5)
+            return
+        editor.text = text
+        editor.move_cursor(editor.document.end)
 
     def action_complete(self) -> None:
         """Complete the word before the cursor from dataset names, their columns and keywords."""

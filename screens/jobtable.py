@@ -17,7 +17,7 @@ from screens.widgets import state_style
 from workbench.db.store import Job
 from workbench.present import job_progress, job_resources, shown_reason
 
-# (column, justify). Shown in this order; dropped in DROP_ORDER when the width is short.
+# (column, justify), in the order shown. The reason takes the width the others leave.
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("id", "right"),
     ("name", "left"),
@@ -27,11 +27,34 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("resources", "left"),
     ("progress", "left"),
     ("age", "right"),
+    ("start", "right"),
+    ("end", "right"),
+    ("duration", "right"),
+    ("command", "left"),
     ("reason", "left"),
 )
-DROP_ORDER = ("resources", "progress", "kind", "age", "prio")
+# Optional columns (or a wider cut of one already shown) in the order they are added while the
+# width allows, each at most `cap` cells. The first group, cut short (`40%`, `gpu 1[0]`), needs
+# the reason to keep REASON_MIN cells (or all it needs); the rest (`full`) only join when the
+# reason keeps all it needs.
+OPTIONAL: tuple[tuple[str, int, bool], ...] = (
+    ("progress", 5, False),
+    ("resources", 8, False),
+    ("prio", 4, False),
+    ("age", 6, False),
+    ("kind", 8, False),
+    ("progress", 14, True),
+    ("resources", 18, True),
+    ("duration", 8, True),
+    ("start", 11, True),
+    ("end", 11, True),
+    ("command", 40, True),
+    ("progress", 30, True),
+    ("resources", 36, True),
+)
 NAME_MAX = 28
 NAME_MIN = 12
+NAME_SHORT = 16  # the name is cut this far to keep the short optional columns
 REASON_MIN = 30
 
 
@@ -50,9 +73,26 @@ def short_age(seconds: float) -> str:
     return f"{days}d{hours}h"
 
 
+def clock(t: float | None, now: float) -> str:
+    """A start or end time: `14:05:09` today, `12-24 14:05` before."""
+    import time as _time
+
+    if t is None:
+        return ""
+    local, today = _time.localtime(t), _time.localtime(now)
+    if local[:3] == today[:3]:
+        return _time.strftime("%H:%M:%S", local)
+    return _time.strftime("%m-%d %H:%M", local)
+
+
 def cell_texts(job: Job, now: float) -> dict[str, str]:
     """Each column's plain text for one job (`age` from `created_at` to `now`)."""
+    import shlex
+
     reason = shown_reason(job)
+    ran = None
+    if job.started_at is not None:
+        ran = (job.ended_at if job.ended_at is not None else now) - job.started_at
     return {
         "id": str(job.id),
         "name": job.name,
@@ -63,46 +103,46 @@ def cell_texts(job: Job, now: float) -> dict[str, str]:
         "progress": job_progress(job),
         "age": short_age(max(0.0, now - job.created_at)),
         "reason": reason or "",
+        "start": clock(job.started_at, now),
+        "end": clock(job.ended_at, now),
+        "duration": short_age(max(0.0, ran)) if ran is not None else "",
+        "command": shlex.join(job.argv) if job.argv else "",
     }
 
 
 def fit_columns(
     widths: dict[str, int], total: int, empty: frozenset[str] = frozenset()
 ) -> dict[str, int]:
-    """Choose columns and widths for `total` cells of width: each column as wide as its widest
-    visible value (empty optional columns left out); then, until the reason has REASON_MIN
-    cells (or all it needs), drop resources, progress and kind, shorten the name, drop age and
-    priority, shorten the name again. The reason takes what is left."""
-    shown = {name: widths[name] for name, _ in COLUMNS}
-    shown["name"] = min(shown["name"], NAME_MAX)
-    for optional in ("resources", "progress"):
-        if optional in empty:  # nothing to show in the visible rows
-            del shown[optional]
+    """Choose columns and widths for `total` cells: id, name and state always, the name cut
+    to NAME_MIN before the reason gets fewer than REASON_MIN cells; then each OPTIONAL column
+    with something to show, as wide as its widest visible value up to its cap, while the reason
+    keeps what it needs (the reason is kept first); the name gives up to NAME_SHORT for
+    the first group. The reason takes what is left. Returns
+    {column: width} in display order."""
+    reason = widths["reason"]
+    short = min(reason, REASON_MIN)
+    chosen = {"id": widths["id"], "name": min(widths["name"], NAME_MAX), "state": widths["state"]}
 
-    def short(columns: dict[str, int]) -> int:
-        used = sum(w for c, w in columns.items() if c != "reason") + len(columns) - 1
-        return min(REASON_MIN, columns["reason"]) - (total - used)
+    def left(columns: dict[str, int]) -> int:
+        return total - sum(columns.values()) - len(columns)  # one space after each column
 
-    steps: list[tuple[str, int]] = [
-        ("resources", 0),
-        ("progress", 0),
-        ("kind", 0),
-        ("name", 18),
-        ("age", 0),
-        ("prio", 0),
-        ("name", NAME_MIN),
-    ]
-    for column, keep in steps:
-        missing = short(shown)
+    if left(chosen) < short:
+        chosen["name"] = max(NAME_MIN, chosen["name"] - (short - left(chosen)))
+    for column, cap, full in OPTIONAL:
+        if column in empty:
+            continue
+        width = min(widths[column], cap)
+        if chosen.get(column, 0) >= width:
+            continue
+        grown = {**chosen, column: width}
+        missing = (reason if full else short) - left(grown)
+        if missing > 0 and not full and grown["name"] - missing >= NAME_SHORT:
+            grown["name"] -= missing  # a shorter name before a dropped column
+            missing = 0
         if missing <= 0:
-            break
-        if column == "name":
-            shown["name"] = max(keep, shown["name"] - missing)
-        elif column in shown:
-            del shown[column]
-    used = sum(w for c, w in shown.items() if c != "reason") + len(shown) - 1
-    shown["reason"] = max(0, total - used)
-    return shown
+            chosen = grown
+    chosen["reason"] = max(0, left(chosen))
+    return {name: chosen[name] for name, _ in COLUMNS if name in chosen}
 
 
 def clip(text: str, width: int) -> str:
@@ -233,7 +273,7 @@ class JobTable(Widget, can_focus=True):
                 widths[name] = max(widths[name], len(value))
                 if value and value != "-":
                     filled.add(name)
-        empty = frozenset(name for name, _ in COLUMNS if name not in filled)
+        empty = frozenset(name for name, _ in COLUMNS if name not in filled and name != "reason")
         shown = fit_columns(widths, self.size.width, empty)
         self.shown_columns = shown
         header_style = self.get_component_rich_style("jobtable--header")

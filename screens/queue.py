@@ -20,11 +20,27 @@ from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, LoadingIndicator, RichLog, Select, Static
+from textual.widgets import (
+    Button,
+    Footer,
+    Input,
+    Label,
+    LoadingIndicator,
+    RichLog,
+    Select,
+    Static,
+)
 
 from screens.jobtable import JobTable, Window
 from screens.source import JobPage
-from screens.widgets import STATE_STYLES, WorkbenchScreen, state_text, unit
+from screens.widgets import (
+    STATE_STYLES,
+    LiveGuard,
+    WorkbenchScreen,
+    fit_value,
+    state_text,
+    unit,
+)
 from workbench.daemon.logs import rotated, tail_bytes
 from workbench.db.job_pages import JobFilter
 from workbench.db.store import Job, JobEvent
@@ -70,7 +86,7 @@ class ActionDone(Message):
     error: bool = False
 
 
-class ConfirmScreen(ModalScreen[bool]):
+class ConfirmScreen(LiveGuard, ModalScreen[bool]):
     """A yes/no question; `y` or Enter answers yes, `n` or Esc no."""
 
     BINDINGS = [
@@ -266,7 +282,7 @@ class QueueScreen(WorkbenchScreen):
         status = Text(no_wrap=True, overflow="ellipsis")
         for state in (*STATE_FILTERS[1:],):
             if self.counts.get(state):
-                status.append(f"{self.counts[state]} ", style="bold")
+                status.append(f"{self.counts[state]:,} ", style="bold")
                 status.append(f"{state}  ", style=STATE_STYLES.get(state, ""))
         if not self.counts:
             status.append("no jobs yet: press n to submit one", style="dim")
@@ -404,9 +420,48 @@ def spec_fields(kind: str) -> list[tuple[str, str, Any]]:
     return out
 
 
+def literal_options(type_name: str) -> list[str]:
+    """The values a `Literal['a', 'b']` type allows (empty for any other type)."""
+    import re
+
+    match = re.search(r"Literal\[(.*?)\]", type_name)
+    return re.findall(r"'([^']*)'", match.group(1)) if match else []
+
+
+def field_hint(name: str, type_name: str, default: Any, required: bool) -> str:
+    """A field's placeholder in the syntax it accepts: `KEY=VALUE, ...`, `replace | append`,
+    `WORD ...`, `N N ...`, `true | false`, a number, then `(required)` or the default."""
+    options = literal_options(type_name)
+    if options:
+        hint = " | ".join(options)
+    elif "dict" in type_name:
+        hint = "KEY=VALUE, ..."
+    elif type_name.startswith("list") and "int" in type_name:
+        hint = "N N ..., e.g. 128 128"
+    elif type_name.startswith("list"):
+        hint = "WORD ... (as a shell line)"
+    elif type_name.startswith("bool"):
+        hint = "true | false"
+    elif type_name.startswith("int"):
+        hint = "a whole number"
+    elif type_name.startswith("float"):
+        hint = "a number"
+    else:
+        hint = "text"
+    if required:
+        return f"{hint} (required)"
+    if default not in (None, [], {}, ""):
+        shown = str(default).lower() if isinstance(default, bool) else str(default)
+        if isinstance(default, list):
+            shown = " ".join(map(str, default))
+        return f"{hint} (default {shown})"
+    return hint
+
+
 def parse_field(name: str, type_name: str, text: str) -> Any:
     """A form field's text as the value a spec file would hold: lists split like a shell line
-    (or written as TOML `[...]`), tables and numbers as TOML, strings as typed."""
+    (or written as TOML `[...]`), tables as `KEY=VALUE, ...` (or TOML `{...}`), numbers and
+    booleans as TOML, strings as typed. ValueError names what was expected."""
     if type_name.startswith("list") or type_name.startswith("list["):
         if text.startswith("["):
             return tomllib.loads(f"v = {text}")["v"]
@@ -414,9 +469,29 @@ def parse_field(name: str, type_name: str, text: str) -> Any:
         if "int" in type_name:
             return [int(w) for w in words]
         return words
-    if "dict" in type_name:
-        return tomllib.loads(f"v = {text}")["v"]
-    if type_name.startswith("str") or type_name.startswith("Literal") or type_name == "Format":
+    if "dict" in type_name and ("=" in text or not type_name.startswith("str")):
+        if text.startswith("{"):
+            return tomllib.loads(f"v = {text}")["v"]
+        from screens.widgets import top_level_parts
+
+        table: dict[str, Any] = {}
+        for part in top_level_parts(text, ","):
+            key, equals, value = part.rstrip(",").strip().partition("=")
+            if not equals or not key.strip():
+                raise ValueError(f"expected KEY=VALUE, ..., got {part.strip()!r}")
+            value = value.strip()
+            if "dict[str, str]" not in type_name:
+                try:
+                    table[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+                    continue
+                except tomllib.TOMLDecodeError:
+                    pass
+            table[key.strip()] = value.strip("\"'") if value[:1] in "\"'" else value
+        return table
+    options = literal_options(type_name)
+    if options and text not in options:
+        raise ValueError(f"expected {' | '.join(options)}, got {text!r}")
+    if type_name.startswith("str") or options or type_name == "Format":
         return text
     try:
         return tomllib.loads(f"v = {text}")["v"]
@@ -425,20 +500,33 @@ def parse_field(name: str, type_name: str, text: str) -> Any:
 
 
 COMMON_FIELDS = (
-    ("name", "name (optional)"),
-    ("after", "after: job ids, e.g. 12 14"),
-    ("priority", "priority, e.g. 5"),
-    ("group", "group"),
-    ("gpus", "gpus, e.g. 1 or 0.5"),
-    ("gpu_mem", "gpu memory, e.g. 8GiB"),
-    ("cpus", "cpus"),
-    ("mem", "memory, e.g. 4GiB"),
-    ("time_limit", "time limit, e.g. 2h"),
-    ("retries", "retries"),
+    ("name", "name", "text (optional)"),
+    ("after", "after", "job ids, e.g. 12 14"),
+    ("priority", "priority", "a whole number, e.g. 5"),
+    ("group", "group", "text (default default)"),
+    ("gpus", "gpus", "N, e.g. 1 or 0.5"),
+    ("gpu_mem", "gpu mem", "SIZE, e.g. 8GiB"),
+    ("cpus", "cpus", "N, e.g. 2"),
+    ("mem", "mem", "SIZE, e.g. 4GiB"),
+    ("time_limit", "time limit", "DURATION, e.g. 2h"),
+    ("retries", "retries", "a whole number"),
 )
 
 
-class SubmitScreen(ModalScreen[None]):
+def field_row(field_id: str, label: str, hint: str) -> Vertical:
+    """One labelled field: `label  [input]`, and under it the field's error (hidden)."""
+    return Vertical(
+        Horizontal(
+            Label(label, classes="label"),
+            Input(placeholder=hint, id=field_id, compact=True),
+            classes="field",
+        ),
+        Static(id=f"error-{field_id}", classes="field-error"),
+        classes="field-row",
+    )
+
+
+class SubmitScreen(LiveGuard, ModalScreen[None]):
     """A form for one job of any kind: the kind's own fields from its spec, then the queue and
     resource options; validated exactly as `workbench submit --spec` does."""
 
@@ -474,12 +562,13 @@ class SubmitScreen(ModalScreen[None]):
             yield Vertical(id="spec-fields")
             yield Label("queue and resources", classes="section")
             with Grid(id="options"):
-                for key, hint in COMMON_FIELDS:
-                    yield Input(placeholder=hint, id=f"opt-{key}", compact=True)
+                for key, label, hint in COMMON_FIELDS:
+                    yield field_row(f"opt-{key}", label, hint)
             yield Static(id="submit-error")
             with Horizontal(classes="buttons"):
                 yield Button("Submit", variant="primary", id="do-submit", compact=True)
                 yield Button("Cancel", id="cancel-submit", compact=True)
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_resize(self) -> None:
         self.set_class(self.size.width >= 110, "wide")
@@ -488,24 +577,22 @@ class SubmitScreen(ModalScreen[None]):
         await self.show_kind("command")
 
     async def show_kind(self, kind: str) -> None:
+        from dataclasses import MISSING
+
         self.kind = kind
         self.fields = spec_fields(kind)
         box = self.query_one("#spec-fields", Vertical)
         await box.remove_children()
-        inputs = []
+        rows = []
         for name, type_name, default in self.fields:
-            from dataclasses import MISSING
-
-            required = default is MISSING
-            hint = f"{name}{' (required)' if required else ''}: {type_name}"
-            if not required and default not in (None, [], {}):
-                hint += f" = {default}"
+            hint = field_hint(name, type_name, default, default is MISSING)
+            label = name.replace("_", " ")
             if kind == "command" and name == "argv":
-                hint = "command, e.g. python train.py --epochs 3 (required)"
-            inputs.append(Input(placeholder=hint, id=f"spec-{name}", compact=True))
-        await box.mount_all(inputs)
-        if inputs:
-            inputs[0].focus()
+                hint, label = "WORD ..., e.g. python train.py --epochs 3 (required)", "command"
+            rows.append(field_row(f"spec-{name}", label, hint))
+        await box.mount_all(rows)
+        if rows:
+            self.query_one(f"#spec-{self.fields[0][0]}", Input).focus()
 
     @on(Select.Changed, "#kind")
     async def kind_changed(self, event: Select.Changed) -> None:
@@ -528,9 +615,9 @@ class SubmitScreen(ModalScreen[None]):
             try:
                 table[name] = parse_field(name, type_name, text)
             except (ValueError, tomllib.TOMLDecodeError) as error:
-                raise SpecError(f"form: key {name!r}: cannot read {text!r} ({error})") from None
+                raise SpecError(f"form: key {name!r}: cannot read {text!r}: {error}") from None
         after: list[tuple[int, str]] = []
-        for key, _ in COMMON_FIELDS:
+        for key, _, _ in COMMON_FIELDS:
             text = self.query_one(f"#opt-{key}", Input).value.strip()
             if not text:
                 continue
@@ -559,14 +646,45 @@ class SubmitScreen(ModalScreen[None]):
         from workbench.queue.requests import build_request
         from workbench.queue.spec import SpecError
 
+        self.clear_errors()
         try:
             table, after = self.table()
             request = build_request(table, Path(os.getcwd()), "form", after=after)
         except (SpecError, ValueError) as error:
-            self.query_one("#submit-error", Static).update(Text(str(error), style="bold red"))
+            shown = self.show_error(str(error))
+            summary = f"{shown}: see the field marked in red" if shown else str(error)
+            self.query_one("#submit-error", Static).update(Text(summary, style="bold red"))
             return
         self.query_one("#submit-error", Static).update(Text("submitting...", style="yellow"))
         self.send(request)
+
+    def clear_errors(self) -> None:
+        for error in self.query(".field-error"):
+            error.display = False
+        for field in self.query(Input):
+            field.remove_class("-invalid")
+
+    def show_error(self, message: str) -> str | None:
+        """The error under the field it names (the first field whose key it quotes), that
+        field marked and focused; the message without the `form: key 'x':` it repeats."""
+        import re
+
+        keys = [f"spec-{name}" for name, _, _ in self.fields] + [
+            f"opt-{key}" for key, _, _ in COMMON_FIELDS
+        ]
+        for quoted in re.findall(r"'(\w+)'", message):
+            field_id = next((k for k in keys if k.split("-", 1)[1] == quoted), None)
+            if field_id is None:
+                continue
+            short = re.sub(rf"^.*?\b(key )?'{quoted}'[:,]?\s*", "", message) or message
+            error = self.query_one(f"#error-{field_id}", Static)
+            error.update(Text(short, style="bold red"))
+            error.display = True
+            field = self.query_one(f"#{field_id}", Input)
+            field.add_class("-invalid")
+            field.focus()
+            return quoted
+        return None
 
     @work(thread=True, exit_on_error=False, group="actions", description="submit")
     def send(self, request: Any) -> None:
@@ -582,7 +700,7 @@ class SubmitScreen(ModalScreen[None]):
         self.app.call_from_thread(self.dismiss)
 
 
-class PipelineScreen(ModalScreen[None]):
+class PipelineScreen(LiveGuard, ModalScreen[None]):
     """Queue a pipeline file's stages; the whole file is validated first, as with --batch."""
 
     BINDINGS = [
@@ -724,14 +842,23 @@ class JobDetailScreen(WorkbenchScreen):
 
     TITLE_NAME = "Queue"
     BINDINGS = [
-        Binding(
-            "escape,q", "app.pop_screen", "Back", id="detail.back", tooltip="Back to the queue"
-        ),
+        Binding("escape,q", "back", "Back", id="detail.back", tooltip="Back to the queue"),
         Binding("c", "control('cancel')", "Cancel", id="detail.cancel", tooltip="Cancel this job"),
         Binding(
             "x", "control('retry')", "Retry", id="detail.retry", tooltip="Queue this job again"
         ),
+        Binding("slash", "find", "Find", id="detail.find", tooltip="Search the log"),
+        Binding("n", "find_next(1)", "Next", id="detail.next", tooltip="Next match in the log"),
+        Binding(
+            "N",
+            "find_next(-1)",
+            "Prev",
+            id="detail.previous",
+            tooltip="Previous match in the log",
+            show=False,
+        ),
     ]
+    AUTO_FOCUS = "#log"
 
     def __init__(self, job_id: int):
         super().__init__()
@@ -740,6 +867,10 @@ class JobDetailScreen(WorkbenchScreen):
         self.log_inode: int | None = None
         self.job: Job | None = None
         self.peak_rss: float | None = None
+        self.log_rest = ""  # the log's unfinished last line (a progress bar redrawing it)
+        self.following = True  # new lines scroll the log to its end
+        self.last_read: DetailRead | None = None
+        self.search = ""
 
     def compose(self) -> ComposeResult:
         yield self.title_bar()
@@ -748,9 +879,15 @@ class JobDetailScreen(WorkbenchScreen):
                 info.border_title = "job"
                 yield Static(id="summary")
                 yield Static(id="history")
-            log = RichLog(id="log", highlight=False, wrap=True, max_lines=20000)
-            log.border_title = "log"
-            yield log
+            with Vertical(id="log-pane"):
+                log = RichLog(id="log", highlight=False, wrap=True, max_lines=20000)
+                log.border_title = "log"
+                yield log
+                yield Static(id="log-current")
+                yield Static(id="log-state")
+                find = Input(placeholder="text to find in the log; Enter: find", id="log-find")
+                find.display = False
+                yield find
         yield self.bottom_bar()
 
     def on_mount(self) -> None:
@@ -759,6 +896,14 @@ class JobDetailScreen(WorkbenchScreen):
 
     def on_resize(self) -> None:
         self.set_class(self.size.width < 120, "narrow")
+        if self.last_read is not None:
+            self.call_after_refresh(self.show_summary)
+
+    def show_summary(self) -> None:
+        """The facts, fitted to the pane's width (again after a resize)."""
+        message = self.last_read
+        if message is not None and message.job is not None:
+            self.query_one("#summary", Static).update(self.render_summary(message.job, message))
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="detail", description="read job")
     def poll(self) -> None:
@@ -843,7 +988,8 @@ class JobDetailScreen(WorkbenchScreen):
                 Text(f"job {self.job_id} no longer exists", style="bold red")
             )
             return
-        self.query_one("#summary", Static).update(self.render_summary(job, message))
+        self.last_read = message
+        self.show_summary()
         history = Text()
         history.append("history\n", style="bold")
         for event in message.events:
@@ -852,12 +998,7 @@ class JobDetailScreen(WorkbenchScreen):
             history.append(state_text(event.state))
             history.append(f"  {event.reason or ''}\n", style="dim")
         self.query_one("#history", Static).update(history)
-        log = self.query_one("#log", RichLog)
-        if message.log_reset:
-            log.clear()
-        if message.log_chunk:
-            for line in message.log_chunk.splitlines():
-                log.write(Text(line))
+        self.show_log(message.log_chunk, message.log_reset, job.state in ENDED)
         if (
             self.app.is_running
             and not getattr(self.app, "frozen", False)
@@ -868,6 +1009,111 @@ class JobDetailScreen(WorkbenchScreen):
     def _next_poll(self) -> None:
         if self.is_current:
             self.poll()
+
+    # ---- the log, followed like `less +F` ------------------------------------------------
+
+    def show_log(self, chunk: str, reset: bool, ended: bool) -> None:
+        """Append `chunk` as a terminal shows it (`\\r` redraws overwrite their line: the
+        CLI's `terminal_lines`); the unfinished last line shows under the log until it ends.
+        New lines scroll the view only while it is at the end: scrolling up (Up, Home, PgUp,
+        the mouse) stops following, End resumes it."""
+        from workbench.daemon.logs import overwrite_redraws, terminal_lines
+
+        log = self.query_one("#log", RichLog)
+        if reset:
+            log.clear()
+            self.log_rest = ""
+        following = self.following
+        if chunk:
+            lines, self.log_rest = terminal_lines(self.log_rest + chunk)
+            for line in lines:
+                log.write(Text(line), scroll_end=following)
+        if ended and self.log_rest:
+            log.write(Text(overwrite_redraws(self.log_rest)), scroll_end=following)
+            self.log_rest = ""
+        current = self.query_one("#log-current", Static)
+        current.display = bool(self.log_rest)
+        current.update(Text(overwrite_redraws(self.log_rest), no_wrap=True, overflow="ellipsis"))
+        self.show_follow_state()
+
+    def show_follow_state(self) -> None:
+        state = "following" if self.following else "paused (End: follow)"
+        found = f"  found {self.search!r}: n / N" if self.search else "  /: find"
+        self.query_one("#log-state", Static).update(Text(state + found, style="dim"))
+
+    def set_following(self, following: bool) -> None:
+        self.following = following
+        if following:
+            self.query_one("#log", RichLog).scroll_end(animate=False)
+        self.show_follow_state()
+
+    def _follow_if_at_end(self) -> None:
+        log = self.query_one("#log", RichLog)
+        self.set_following(log.scroll_y >= log.max_scroll_y)
+
+    def on_key(self, event: Any) -> None:
+        """Up, Home and PgUp in the log stop following; End resumes it, and so does scrolling
+        down to the last line."""
+        if not isinstance(self.focused, RichLog):
+            return
+        if event.key in ("up", "home", "pageup"):
+            self.set_following(False)
+        elif event.key == "end":
+            self.set_following(True)
+        elif event.key in ("down", "pagedown"):
+            self.call_after_refresh(self._follow_if_at_end)
+
+    def on_mouse_scroll_up(self) -> None:
+        self.set_following(False)
+
+    def on_mouse_scroll_down(self) -> None:
+        self.call_after_refresh(self._follow_if_at_end)
+
+    def action_find(self) -> None:
+        find = self.query_one("#log-find", Input)
+        find.value = self.search
+        find.display = True
+        find.focus()
+
+    @on(Input.Submitted, "#log-find")
+    def find_submitted(self, event: Input.Submitted) -> None:
+        event.input.display = False
+        log = self.query_one("#log", RichLog)
+        log.focus()
+        self.search = event.value.strip()
+        if self.search:
+            self.find_next(1, from_line=int(log.scroll_y) - 1)
+        self.show_follow_state()
+
+    def action_find_next(self, step: int) -> None:
+        if not self.search:
+            self.action_find()
+            return
+        self.find_next(step, from_line=int(self.query_one("#log", RichLog).scroll_y))
+
+    def find_next(self, step: int, from_line: int) -> None:
+        """Scroll so that the next (`step` 1) or previous (-1) line holding the search text,
+        after or before `from_line`, is the top line; the view stops following."""
+        log = self.query_one("#log", RichLog)
+        needle = self.search.lower()
+        rows = [i for i, strip in enumerate(log.lines) if needle in strip.text.lower()]
+        if not rows:
+            self.notify(f"{self.search!r} is not in the log", severity="warning", timeout=2)
+            return
+        after = [i for i in rows if (i > from_line if step > 0 else i < from_line)]
+        row = (after[0] if step > 0 else after[-1]) if after else rows[0 if step > 0 else -1]
+        self.set_following(False)
+        log.scroll_to(y=row, animate=False)
+        self.notify(f"match {rows.index(row) + 1} of {len(rows)} (n / N)", timeout=1.5)
+
+    def action_back(self) -> None:
+        """Esc closes the find field if it is open, else goes back to the queue."""
+        find = self.query_one("#log-find", Input)
+        if find.display:
+            find.display = False
+            self.query_one("#log", RichLog).focus()
+            return
+        self.app.pop_screen()
 
     def render_summary(self, job: Job, message: DetailRead) -> Group:
         """The title line, then the facts in two columns (a long value wraps under itself)."""
@@ -882,15 +1128,18 @@ class JobDetailScreen(WorkbenchScreen):
         facts = Table.grid(padding=(0, 1))
         facts.add_column(style="bold", no_wrap=True)
         facts.add_column(overflow="fold")
-        for label, value in job_facts(
+        rows = job_facts(
             job,
             message.metrics,
             message.now,
             message.usage,
             self.peak_rss,
             message.recorded,
-        ):
-            facts.add_row(label, value)
+        )
+        label_width = max(len(label) for label, _ in rows)
+        width = self.query_one("#summary", Static).content_size.width - label_width - 1
+        for label, value in rows:
+            facts.add_row(label, fit_value(value, width))
         return Group(title, facts)
 
     def action_control(self, action: str) -> None:

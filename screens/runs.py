@@ -96,29 +96,74 @@ def cells(run: Run, label: str | None) -> dict[str, Any]:
     }
 
 
-def params_diff(a: Run, b: Run) -> Text:
-    """The parameters that differ between two runs, then their final metrics side by side."""
-    text = Text()
-    text.append(f"job {a.job_id} vs job {b.job_id}\n", style="bold")
-    keys = sorted(set(a.params) | set(b.params))
-    differing = [k for k in keys if a.params.get(k) != b.params.get(k)]
-    if a.dataset_hash != b.dataset_hash:
-        text.append(
-            f"dataset  {a.dataset} v{a.dataset_version}  |  {b.dataset} v{b.dataset_version}\n",
-            style="yellow",
+# One colour per run, the same on every chart and in the legend (distinct hues, readable on
+# both themes).
+PALETTE = (
+    (79, 195, 247),
+    (255, 167, 38),
+    (186, 104, 200),
+    (102, 187, 106),
+    (239, 83, 80),
+    (212, 225, 87),
+    (144, 164, 174),
+    (240, 98, 146),
+)
+SMOOTHING = (0.0, 0.6, 0.9)
+
+
+def run_colour(position: int) -> tuple[int, int, int]:
+    return PALETTE[position % len(PALETTE)]
+
+
+def hex_colour(rgb: tuple[int, int, int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
+
+
+def smooth(values: list[float], weight: float) -> list[float]:
+    """TensorBoard's smoothing: an exponential moving average with weight `weight` (0: none),
+    debiased so the first points are not pulled towards zero."""
+    if weight <= 0:
+        return list(values)
+    out, last = [], 0.0
+    for count, value in enumerate(values, start=1):
+        last = last * weight + (1 - weight) * value
+        out.append(last / (1 - weight**count))
+    return out
+
+
+def params_diff(runs: list[Run], width: int = 80) -> Any:
+    """The parameters that differ between any number of runs, then their final metrics: a
+    table with a column per run (cells cut, never wrapped, so long names keep it aligned)."""
+    from rich.console import Group
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, show_edge=False, padding=(0, 1))
+    name_width = 14
+    each = max(6, (width - name_width - 2) // max(1, len(runs)) - 1)
+    table.add_column("", style="cyan", no_wrap=True, max_width=name_width, overflow="ellipsis")
+    for position, run in enumerate(runs):
+        table.add_column(
+            Text(f"job {run.job_id}", style=f"bold {hex_colour(run_colour(position))}"),
+            justify="right",
+            no_wrap=True,
+            overflow="ellipsis",
+            max_width=each,
         )
+    keys = sorted({k for r in runs for k in r.params})
+    differing = [k for k in keys if len({repr(r.params.get(k)) for r in runs}) > 1]
+    if len({r.dataset_hash for r in runs}) > 1:
+        table.add_row("dataset", *(f"{r.dataset} v{r.dataset_version}" for r in runs))
     for key in differing:
-        text.append(f"{key:<14}", style="cyan")
-        text.append(f"{a.params.get(key)!s:>14}  |  {b.params.get(key)!s}\n")
-    if not differing:
-        text.append("same parameters\n", style="dim")
-    for name in sorted((set(a.metrics) | set(b.metrics)) - {"epoch"}):
-        left, right = (
-            f"{v:.4f}" if v is not None else "-" for v in (a.metrics.get(name), b.metrics.get(name))
+        table.add_row(key, *(str(r.params.get(key, "-")) for r in runs))
+    for name in sorted({m for r in runs for m in r.metrics} - {"epoch"}):
+        values = (r.metrics.get(name) for r in runs)
+        table.add_row(
+            Text(name, style="magenta"), *(f"{v:.4f}" if v is not None else "-" for v in values)
         )
-        text.append(f"{name:<14}", style="magenta")
-        text.append(f"{left:>14}  |  {right}\n")
-    return text
+    head = Text(f"{len(runs)} runs compared", style="bold")
+    if not differing:
+        head.append("  same parameters", style="dim")
+    return Group(head, table)
 
 
 def x_values(
@@ -149,7 +194,7 @@ second on the event loop."""
 
 
 class RunsScreen(WorkbenchScreen):
-    """Runs and their curves. Space marks up to two runs to compare."""
+    """Runs and their curves. Space marks runs (any number) to compare on the same axes."""
 
     TITLE_NAME = "Runs"
     AUTO_FOCUS = "#runs"
@@ -166,14 +211,21 @@ class RunsScreen(WorkbenchScreen):
             "mark",
             "Mark",
             id="tracking.mark",
-            tooltip="Mark a run for comparison (two at most)",
+            tooltip="Mark a run for comparison (any number)",
         ),
         Binding(
             "c",
             "compare",
             "Compare",
             id="tracking.compare",
-            tooltip="Compare the two marked runs: params diff, curves on the same axes",
+            tooltip="Compare the marked runs: params diff, curves on the same axes",
+        ),
+        Binding(
+            "z",
+            "smoothing",
+            "Smooth",
+            id="tracking.smoothing",
+            tooltip="Smooth the curves (TensorBoard's moving average): off, 0.6, 0.9",
         ),
         Binding(
             "x",
@@ -211,6 +263,7 @@ class RunsScreen(WorkbenchScreen):
         self.axis = "epoch"
         self.plotted: dict[int, dict[str, list[tuple[int, float, float | None]]]] = {}
         self.columns: tuple[str, ...] = ()
+        self.smoothing = 0.0
 
     def compose(self) -> ComposeResult:
         yield self.title_bar()
@@ -221,9 +274,11 @@ class RunsScreen(WorkbenchScreen):
                 table.border_title = "runs"
                 yield table
                 yield Static(id="runs-detail")
-            with Vertical(id="charts"):
-                yield PlotextPlot(id="curves")
-                yield PlotextPlot(id="scores")
+            with Vertical(id="charts-pane"):
+                yield Static(id="legend")
+                with Vertical(id="charts"):
+                    yield PlotextPlot(id="curves")
+                    yield PlotextPlot(id="scores")
         yield self.bottom_bar()
 
     def on_mount(self) -> None:
@@ -328,6 +383,8 @@ class RunsScreen(WorkbenchScreen):
         else:
             status.append(f"  sorted by {SORTS[self.sort_index]}", style="dim")
         status.append(f"  by {self.axis} (x)", style="dim")
+        if self.smoothing:
+            status.append(f"  smoothed {self.smoothing:g} (z)", style="dim")
         if self.marked:
             status.append(f"  marked: {', '.join(map(str, self.marked))}", style="cyan")
         if not self.runs:
@@ -351,7 +408,7 @@ class RunsScreen(WorkbenchScreen):
             self.load_curves()
 
     def shown_runs(self) -> list[Run]:
-        if self.comparing and len(self.marked) == 2:
+        if self.comparing and len(self.marked) >= 2:
             return [self.runs[i] for i in self.marked if i in self.runs]
         run = self.selected()
         return [run] if run else []
@@ -361,8 +418,9 @@ class RunsScreen(WorkbenchScreen):
         if runs:
             self.read_curves([r.job_id for r in runs])
         detail = self.query_one("#runs-detail", Static)
-        if len(runs) == 2:
-            detail.update(params_diff(runs[0], runs[1]))
+        self.set_class(len(runs) >= 2, "comparing")
+        if len(runs) >= 2:
+            detail.update(params_diff(runs, detail.size.width or self.size.width))
         elif runs:
             run = runs[0]
             text = Text()
@@ -403,11 +461,14 @@ class RunsScreen(WorkbenchScreen):
             return name
         return f"{self.labels.get(job_id) or f'job {job_id}'} {name}"
 
-    def chart_series(self) -> dict[str, tuple[str, list[tuple[str, list[float], list[float]]]]]:
-        """What each chart plots: {chart id: (x label, [(label, xs, ys), ...])}. Losses go on
-        `curves`, the task metric on `scores`, every run on the same x (epoch or time)."""
+    def chart_lines(
+        self,
+    ) -> dict[str, tuple[str, list[tuple[int, str, str, list[float], list[float]]]]]:
+        """What each chart plots: {chart id: (x label, [(job, metric, label, xs, ys), ...])}.
+        Losses go on `curves`, the task metric on `scores`, every run on the same x (epoch or
+        time), smoothed by the chosen weight."""
         many = len(self.plotted) > 1
-        out: dict[str, tuple[str, list[tuple[str, list[float], list[float]]]]] = {}
+        out: dict[str, tuple[str, list[tuple[int, str, str, list[float], list[float]]]]] = {}
         for widget_id, names in (("curves", LOSSES), ("scores", SCORES)):
             xlabel = self.axis
             lines = []
@@ -420,29 +481,63 @@ class RunsScreen(WorkbenchScreen):
                         continue
                     points = [(xs[s], v) for s, _, v in series.get(name, []) if v is not None]
                     if points:
+                        ys = smooth([p[1] for p in points], self.smoothing)
                         lines.append(
                             (
+                                job_id,
+                                name,
                                 self.label(job_id, name, many),
                                 [p[0] for p in points],
-                                [p[1] for p in points],
+                                ys,
                             )
                         )
             out[widget_id] = (xlabel, lines)
         return out
 
+    def chart_series(self) -> dict[str, tuple[str, list[tuple[str, list[float], list[float]]]]]:
+        """`chart_lines` without the job and metric: {chart id: (x label, [(label, xs, ys)])}."""
+        return {
+            key: (xlabel, [(label, xs, ys) for _, _, label, xs, ys in lines])
+            for key, (xlabel, lines) in self.chart_lines().items()
+        }
+
+    def colours(self) -> dict[int, tuple[int, int, int]]:
+        """One colour per shown run, the same on both charts and in the legend."""
+        return {job_id: run_colour(i) for i, job_id in enumerate(self.plotted)}
+
     def draw(self) -> None:
-        """Loss on one chart, the task metric on the other."""
+        """Loss on one chart, the task metric on the other; one colour per run, training
+        curves drawn in braille and validation in dots; the legend sits above the charts,
+        never over a curve."""
         titles = {"curves": "loss", "scores": "validation metric"}
-        for widget_id, (xlabel, lines) in self.chart_series().items():
+        colours = self.colours()
+        for widget_id, (xlabel, lines) in self.chart_lines().items():
             widget = self.query_one(f"#{widget_id}", PlotextPlot)
             plt = widget.plt
             plt.clear_figure()
-            for label, xs, ys in lines:
-                plt.plot(xs, ys, label=label, marker="braille")
+            for job_id, name, _, xs, ys in lines:
+                marker = "braille" if name.startswith("train") else "dot"
+                plt.plot(xs, ys, marker=marker, color=colours[job_id])
             title = titles[widget_id]
             plt.title(title if lines else f"{title}: nothing recorded yet")
             plt.xlabel(xlabel)
             widget.refresh()
+        legend = Text(no_wrap=True, overflow="ellipsis")
+        many = len(self.plotted) > 1
+        for job_id, colour in colours.items():
+            name = self.labels.get(job_id) or (
+                self.runs[job_id].name if job_id in self.runs else f"job {job_id}"
+            )
+            legend.append("■ ", style=hex_colour(colour))
+            legend.append(f"{job_id} {name}  " if many else f"{name}  ")
+        legend.append("⠶ train  • val", style="dim")
+        self.query_one("#legend", Static).update(legend)
+
+    def action_smoothing(self) -> None:
+        self.smoothing = SMOOTHING[(SMOOTHING.index(self.smoothing) + 1) % len(SMOOTHING)]
+        self.notify(f"smoothing {self.smoothing:g}", timeout=1.5)
+        self.apply()
+        self.draw()
 
     def action_sort(self) -> None:
         self.sort_index = (self.sort_index + 1) % len(SORTS)
@@ -462,12 +557,12 @@ class RunsScreen(WorkbenchScreen):
         if run.job_id in self.marked:
             self.marked.remove(run.job_id)
         else:
-            self.marked = [*self.marked[-1:], run.job_id]
+            self.marked.append(run.job_id)
         self.apply()
 
     def action_compare(self) -> None:
-        if len(self.marked) != 2:
-            self.notify("mark two runs with space first", severity="warning")
+        if len(self.marked) < 2:
+            self.notify("mark two runs or more with space first", severity="warning")
             return
         self.comparing = True
         self.load_curves()

@@ -8,11 +8,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from workbench.db.job_pages import JobFilter
-from workbench.db.store import Job, JobEvent, Store
 from workbench.paths import Home
+
+if TYPE_CHECKING:  # the store's modules load on the first read, after the first frame
+    from workbench.db.job_pages import JobFilter
+    from workbench.db.store import Job, JobEvent, Store
 
 T = TypeVar("T")
 
@@ -26,6 +28,31 @@ class JobPage:
     offset: int
     jobs: list[Job]
     counts: dict[str, int]
+
+
+def process_facts(process: Any) -> dict[str, Any]:
+    """{user, cpu_percent, rss_bytes, started, command} of a psutil.Process, each fact on its
+    own: another user's process denies its command line but still gives its name and owner,
+    so a row never reads `-` and `?` for all of them. Raises psutil.NoSuchProcess if it ended."""
+    import psutil
+
+    def fact(read: Callable[[], Any], default: Any = None) -> Any:
+        try:
+            return read()
+        except psutil.AccessDenied:
+            return default
+
+    command = fact(lambda: " ".join(process.cmdline()), "") or fact(
+        lambda: f"[{process.name()}]", "?"
+    )
+    memory = fact(process.memory_info)
+    return {
+        "user": fact(process.username) or str(fact(lambda: process.uids().real, "-")),
+        "cpu_percent": fact(lambda: process.cpu_percent(None)),
+        "rss_bytes": memory.rss if memory is not None else None,
+        "started": fact(process.create_time),
+        "command": command,
+    }
 
 
 class Source:
@@ -54,6 +81,8 @@ class Source:
 
     def _on_store_thread(self, fn: Callable[[Store], T]) -> T:
         if self._store is None:
+            from workbench.db.store import Store
+
             self._store = Store.open(self.home.state_db)
         return fn(self._store)
 
@@ -116,18 +145,31 @@ class Source:
                 process = cache.get(pid) or psutil.Process(pid)
                 cache[pid] = process
                 with process.oneshot():
-                    out[pid] = {
-                        "user": process.username(),
-                        "cpu_percent": process.cpu_percent(None),
-                        "rss_bytes": process.memory_info().rss,
-                        "started": process.create_time(),
-                        "command": " ".join(process.cmdline()) or process.name(),
-                    }
-            except (psutil.Error, OSError):
+                    out[pid] = process_facts(process)
+            except (psutil.NoSuchProcess, OSError):
                 cache.pop(pid, None)
         for gone in set(cache) - set(pids):
             cache.pop(gone, None)
         return out
+
+    def machine_processes(self, limit: int = 200) -> dict[int, dict[str, Any]]:
+        """Every process of the machine (as `process_details` gives them), the `limit` busiest
+        by CPU %: the Dashboard's whole-machine view."""
+        import psutil
+
+        cache: dict[int, Any] = self.__dict__.setdefault("_machine", {})
+        seen: dict[int, dict[str, Any]] = {}
+        for process in psutil.process_iter():
+            process = cache.setdefault(process.pid, process)
+            try:
+                with process.oneshot():
+                    seen[process.pid] = process_facts(process)
+            except (psutil.NoSuchProcess, OSError):
+                continue
+        for gone in set(cache) - set(seen):
+            cache.pop(gone, None)
+        busiest = sorted(seen, key=lambda pid: seen[pid]["cpu_percent"] or 0.0, reverse=True)
+        return {pid: seen[pid] for pid in busiest[:limit]}
 
     def job(self, job_id: int) -> Job | None:
         return self.read(lambda store: store.find(job_id))
@@ -215,6 +257,9 @@ class FixedSource(Source):
 
     def process_details(self, pids: list[int]) -> dict[int, dict[str, Any]]:
         return {pid: self.fixed_processes[pid] for pid in pids if pid in self.fixed_processes}
+
+    def machine_processes(self, limit: int = 200) -> dict[int, dict[str, Any]]:
+        return dict(list(self.fixed_processes.items())[:limit])
 
     def job(self, job_id: int) -> Job | None:
         return next((j for j in self.fixed_jobs if j.id == job_id), None)

@@ -12,22 +12,25 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.geometry import Region, Size
+from textual.message import Message
 from textual.screen import Screen
 from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Footer, Static, TextArea
 
-# One colour per state; the TUI tells paused (held by a user) and blocked (a dependency failed)
-# apart from failed, which is the only red.
+# One colour per state, each of a distinct hue: running (green, bold) apart from blocked
+# (amber, a dependency failed), paused (violet, held by a user) apart from failed (the only
+# red). Mid-luminance colours, so each reads at a WCAG contrast of 3:1 or more on both the dark
+# and the light theme's background (tests/test_tui.py checks).
 STATE_STYLES = {
-    "queued": "cyan",
-    "starting": "yellow",
-    "running": "bold yellow",
-    "paused": "magenta",
-    "blocked": "dark_orange",
-    "succeeded": "green",
-    "failed": "bold red",
-    "cancelled": "grey50",
+    "queued": "#0b86a3",
+    "starting": "#3a6fe0",
+    "running": "bold #23903a",
+    "paused": "#9a4fe0",
+    "blocked": "#b8660a",
+    "succeeded": "#5f7f25",
+    "failed": "bold #dc2a45",
+    "cancelled": "#7a7a7a",
 }
 
 # The screens in key order: (key, title). The app's SCREENS table holds where each lives.
@@ -69,6 +72,55 @@ def spark(values: Sequence[float | None], width: int, top: float | None = None) 
 def unit(text: str) -> str:
     """A value that must not break across lines: its spaces made non-breaking."""
     return text.replace(" ", "\u00a0")
+
+
+def top_level_parts(text: str, sep: str) -> list[str]:
+    """`text` split at each `sep` outside brackets and quotes, `sep` kept at the end of each
+    part but the last: `a=1, hidden=[128, 128]` -> [`a=1, `, `hidden=[128, 128]`]."""
+    parts, depth, quote, start, i = [], 0, "", 0, 0
+    while i < len(text):
+        char = text[i]
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth = max(0, depth - 1)
+        elif depth == 0 and text.startswith(sep, i):
+            parts.append(text[start : i + len(sep)])
+            start = i = i + len(sep)
+            continue
+        i += 1
+    parts.append(text[start:])
+    return [p for p in parts if p]
+
+
+def fit_value(text: str, width: int) -> str:
+    """`text` broken into lines of at most `width` cells between values, never inside one:
+    first at `, ` (outside brackets), a part still too long at its spaces, and only a single
+    word wider than the line is cut into pieces. Rich wraps at any space (even a non-breaking
+    one), which split `attempt 1 of 1` and `hidden=[128, 128]` across lines."""
+    if width <= 0 or len(text) <= width:
+        return text
+    lines: list[str] = []
+    line = ""
+    for part in top_level_parts(text, ", "):
+        pieces = [part] if len(part) <= width else top_level_parts(part, " ")
+        for piece in pieces:
+            if len(line) + len(piece.rstrip()) <= width:
+                line += piece
+                continue
+            if line:
+                lines.append(line.rstrip())
+            while len(piece.rstrip()) > width:
+                lines.append(piece[:width])
+                piece = piece[width:]
+            line = piece
+    if line.strip():
+        lines.append(line.rstrip())
+    return "\n".join(lines)
 
 
 def state_style(state: str) -> str:
@@ -156,7 +208,40 @@ class BottomBar(Horizontal):
         yield Footer(compact=True, show_command_palette=False)
 
 
-class WorkbenchScreen(Screen[None]):
+class LiveGuard(Screen[Any]):
+    """The one guard of every screen against updates that arrive when there is nothing to update.
+
+    A screen's messages (worker results, timers, `call_later`, widget events) can arrive before
+    it is composed, after it was closed, or while the app is exiting (a `q` in a burst of keys
+    that also switched screens): its widgets are then missing and `query_one` raises NoMatches.
+    Every message goes through `_dispatch_message`, so the guard sits there: an exception raised
+    while the screen is not `live` is dropped (the update had nowhere to go); while it is live,
+    exceptions propagate as ever. Keys that reach a screen before it is composed run no action
+    (`check_action`). Mixed in before `Screen`/`ModalScreen`."""
+
+    @property
+    def live(self) -> bool:
+        """True while the screen is composed, attached, not closing, and the app not exiting."""
+        return (
+            bool(self._nodes)
+            and self.is_attached
+            and not (self._closing or self._closed or self._pruning)
+            and not getattr(self.app, "_exit", False)
+        )
+
+    async def _dispatch_message(self, message: Message) -> None:
+        try:
+            await super()._dispatch_message(message)
+        except Exception:
+            if self.live:
+                raise
+            self.log.warning(f"{type(self).__name__}: dropped {type(message).__name__}: not live")
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return self.live and super().check_action(action, parameters)
+
+
+class WorkbenchScreen(LiveGuard):
     """A screen with the title bar on top and the focus line beside the footer; Tab and
     Shift+Tab move between its panes (Textual's focus chain)."""
 
@@ -282,6 +367,7 @@ class Lines(Widget):
         self.lines: list[Text] = []
         self._keys: list[Any] = []
         self._strips: dict[int, Strip] = {}
+        self._strips_style: Any = None
 
     @staticmethod
     def _key(line: Text) -> Any:
@@ -314,6 +400,12 @@ class Lines(Widget):
         width = self.size.width
         if y >= len(self.lines):
             return Strip.blank(width, self.rich_style)
+        # A strip is kept with the style it was drawn in: after a theme switch (even one made
+        # on another screen) every line is drawn again, not only those whose text changed.
+        style = self.rich_style
+        if self._strips_style != style:
+            self._strips.clear()
+            self._strips_style = style
         strip = self._strips.get(y)
         if strip is None:
             line = self.lines[y].copy()

@@ -65,7 +65,7 @@ async def test_browse_page_sort_filter(data_home: Home) -> None:
         await pilot.press("s")
         assert isinstance(app.screen, DataScreen)
         table = app.screen.query_one("#datasets", DataTable)
-        await until(pilot, lambda: table.row_count == 1, what="the dataset list")
+        await until(pilot, lambda: "scores@v1" in table.rows, what="the dataset list")
         table.focus()
         await pilot.press("enter")
         await until(pilot, lambda: "rows 1-100" in status(app), what="first page")
@@ -145,7 +145,7 @@ async def test_typing_a_query_never_fires_screen_keys(data_home: Home) -> None:
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("s")
         datasets = app.screen.query_one("#datasets", DataTable)
-        await until(pilot, lambda: datasets.row_count == 1, what="the dataset list")
+        await until(pilot, lambda: "scores@v1" in datasets.rows, what="the dataset list")
         assert app.focused is datasets
         await pilot.press("enter")
         editor = app.screen.query_one("#sql", TextArea)
@@ -185,7 +185,7 @@ async def test_profile_rejects_sidebar_and_errors(data_home: Home) -> None:
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("s")
         datasets = app.screen.query_one("#datasets", DataTable)
-        await until(pilot, lambda: datasets.row_count == 1, what="the dataset list")
+        await until(pilot, lambda: "scores@v1" in datasets.rows, what="the dataset list")
         await pilot.press("ctrl+j")
         await pilot.pause()
         assert any("rejected no rows" in str(n.message) for n in app._notifications)
@@ -193,20 +193,21 @@ async def test_profile_rejects_sidebar_and_errors(data_home: Home) -> None:
         table = app.screen.query_one("#results", DataTable)
         third = table.get_row_at(0)[0]
         assert third.justify == "right" and str(third) == str(62.25 / 3)
-        await pilot.press("ctrl+s")  # profile (SUMMARIZE) of the selected dataset
-        await until(
-            pilot,
-            lambda: "SUMMARIZE" in app.screen.query_one("#sql", TextArea).text,
-            what="profile",
-        )
-        await until(pilot, lambda: "rows 1-3 of 3" in status(app), what="the profile")
-        figures = [str(c) for row in results(app) for c in row]
+        editor = app.screen.query_one("#sql", TextArea)
+        typed = editor.text
+        await pilot.press("ctrl+s")  # profile (SUMMARIZE) of the selected dataset, own pane
+        profile = app.screen.query_one("#profile", DataTable)
+        await until(pilot, lambda: profile.row_count == 3, what="the profile")
+        assert editor.text == typed and profile.display and not table.display
+        figures = [str(c) for i in range(3) for c in profile.get_row_at(i)]
         decimals = [
             f.split(".")[1]
             for f in figures
             if f.replace(".", "").replace("-", "").isdigit() and "." in f
         ]
         assert decimals and all(len(d) <= 6 for d in decimals), figures
+        await pilot.press("ctrl+s")  # again: back to the results, as they were
+        assert table.display and not profile.display and table.row_count == 1
         catalog = app.screen.query_one("#catalog")
         await pilot.press("ctrl+b")
         assert not catalog.display
@@ -277,3 +278,37 @@ async def test_first_page_of_ten_million_rows_without_materialising(
     # 10 million rows of three columns would be gigabytes as Python objects; one page is not.
     assert after - before < 300 * 1024**2, f"memory grew by {(after - before) / 1024**2:.0f} MiB"
     print(f"first page of 10M rows in {elapsed:.2f}s")
+
+
+async def test_history_holds_this_sessions_queries_and_keeps_the_draft(data_home: Home) -> None:
+    """A fresh home: the queries run in this session are the history at once (no "no queries
+    yet" after six), consecutive duplicates once; browsing keeps the unsaved text as a draft
+    that ctrl+down brings back; ctrl+a selects everything; the editor numbers its lines; the
+    catalog lists the store's tables after the datasets and opens them."""
+    app = WorkbenchApp(Source(data_home))
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press("s")
+        screen = app.screen
+        assert isinstance(screen, DataScreen)
+        datasets = screen.query_one("#datasets", DataTable)
+        await until(pilot, lambda: "scores@v1" in datasets.rows, what="the dataset list")
+        assert {"jobs", "runs", "metrics"} <= {str(k.value) for k in datasets.rows}
+        for sql in ("SELECT 1", "SELECT 2", "SELECT 2", "SELECT 3"):
+            await run_query(app, pilot, sql)
+        editor = screen.query_one("#sql", TextArea)
+        assert editor.show_line_numbers
+        editor.text = "SELECT id FROM scores WHERE"  # unsaved work
+        editor.focus()
+        await pilot.press("ctrl+up")
+        assert editor.text == "SELECT 3"
+        await pilot.press("ctrl+up", "ctrl+up")
+        assert editor.text == "SELECT 1"  # SELECT 2 once
+        await pilot.press("ctrl+down", "ctrl+down", "ctrl+down")
+        assert editor.text == "SELECT id FROM scores WHERE"  # the draft is back
+        await pilot.press("ctrl+a")
+        assert editor.selected_text == "SELECT id FROM scores WHERE"
+        datasets.focus()
+        datasets.move_cursor(row=datasets.get_row_index("jobs"))
+        await pilot.press("enter")
+        await until(pilot, lambda: editor.text == "SELECT * FROM jobs", what="the store table")
+        await until(pilot, lambda: "no rows" in status(app) or "rows" in status(app))

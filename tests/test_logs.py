@@ -220,3 +220,16 @@ def test_logs_n_on_progress_output(client: Client, home: Home) -> None:
     shown = workbench("logs", "-n", "2", str(job_id))
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout == "1998%\n1999%\n"
+
+
+def test_terminal_lines_apply_redraws_and_hold_the_unfinished_line() -> None:
+    """900 `\\r` redraws of a progress bar are one line, as a terminal shows it; a line torn
+    between two reads (even between `\\r` and `\\n`) is joined with the next read."""
+    from workbench.daemon.logs import overwrite_redraws, terminal_lines
+
+    bar = "".join(f"\rprogress {p:4d}/900" for p in range(1, 901))
+    lines, rest = terminal_lines("start\n" + bar + "\r")
+    assert lines == ["start"] and rest.endswith("\r")
+    lines, rest = terminal_lines(rest + "\nnext\n")
+    assert lines == ["progress  900/900", "next"] and rest == ""
+    assert overwrite_redraws("loading...\rdone") == "doneing..."

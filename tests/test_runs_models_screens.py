@@ -155,7 +155,7 @@ async def test_runs_list_sort_compare_and_live_curves(screens_home: Home) -> Non
         await pilot.press("space", "up", "space", "c")
         await until(pilot, lambda: len(screen.plotted) == 2, what="both runs overlaid")
         diff = text_of(screen.query_one("#runs-detail"))
-        assert "job 2 vs job 1" in diff or "job 1 vs job 2" in diff
+        assert "2 runs compared" in diff and "job 1" in diff and "job 2" in diff
         assert "lr" in diff and "0.01" in diff and "0.1" in diff
 
 
@@ -331,3 +331,38 @@ def test_a_model_registered_by_a_script_reads_as_not_exported_yet() -> None:
     text = console.export_text()
     assert "state_dict registered by job 7's script" in text
     assert "parity" not in text and "export job" not in text
+
+
+async def test_compare_like_tensorboard_at_80x24(screens_home: Home) -> None:
+    """At 80x24: the params diff shows beside both charts; one colour per run on every chart;
+    the legend sits outside the plots; smoothing (z) changes the drawn values; any number of
+    runs can be marked."""
+    from screens.runs import smooth
+
+    app = WorkbenchApp(Source(screens_home))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("r")
+        screen = app.screen
+        assert isinstance(screen, RunsScreen)
+        table = screen.query_one("#runs", DataTable)
+        await until(pilot, lambda: table.row_count == 2, what="two runs")
+        await pilot.press("space", "down", "space", "c")
+        await until(pilot, lambda: len(screen.plotted) == 2, what="both runs")
+        detail = screen.query_one("#runs-detail")
+        assert detail.display and detail.region.height > 0
+        diff = text_of(detail)
+        assert "lr" in diff and "0.01" in diff and "0.1" in diff
+        assert screen.query_one("#scores").region.height > 0
+        lines = screen.chart_lines()
+        colours = screen.colours()
+        assert len(set(colours.values())) == 2
+        for _, chart in lines.values():
+            for job_id, _, _, _, _ in chart:
+                assert job_id in colours  # the same colour for a run on both charts
+        legend = text_of(screen.query_one("#legend"))
+        assert "■" in legend and "train" in legend
+        raw = {(j, m): ys for j, m, _, _, ys in lines["curves"][1]}
+        await pilot.press("z")
+        smoothed = {(j, m): ys for j, m, _, _, ys in screen.chart_lines()["curves"][1]}
+        assert smoothed != raw and smoothed[(1, "val_loss")] == smooth(raw[(1, "val_loss")], 0.6)
+    assert smooth([1.0, 1.0, 1.0], 0.9) == [1.0, 1.0, 1.0]  # debiased: no pull towards 0

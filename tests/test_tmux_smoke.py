@@ -91,3 +91,28 @@ def test_tui_in_tmux_submit_see_cancel(home: Home, size: tuple[int, int]) -> Non
         )
     finally:
         tmux("kill-server", check=False)
+
+
+@pytest.mark.slow
+def test_tui_in_tmux_key_burst_in_one_write(home: Home) -> None:
+    """Screen keys and a `q` typed in one write (as over SSH): every screen is opened while the
+    app quits; it ends with status 0 and no traceback on the screen."""
+    assert shutil.which("tmux"), "tmux is needed (installed by .ci/setup)"
+    session = f"wb-burst-{int(time.time() * 1000)}"
+    command = f"env -u COLUMNS -u LINES WORKBENCH_HOME={home.root} {sys.executable} -m workbench"
+    tmux("new-session", "-d", "-s", session, "-x", "80", "-y", "24", command)
+    try:
+        tmux("set-option", "-t", session, "remain-on-exit", "on")
+        wait_for(lambda: "Dashboard" in capture(session), timeout=30, what="the TUI to draw")
+        tmux("send-keys", "-t", session, "-l", "SELECT 'qTjrmd' AS x FROM t")
+
+        def dead() -> str:
+            shown = tmux("display-message", "-p", "-t", session, "#{pane_dead} #{pane_dead_status}")
+            return shown.stdout.strip() if shown.stdout.startswith("1") else ""
+
+        status = wait_for(dead, timeout=30, what="the TUI to quit")
+        screen = capture(session)
+        assert status == "1 0", screen
+        assert "Traceback" not in screen and "NoMatches" not in screen, screen
+    finally:
+        tmux("kill-server", check=False)

@@ -235,7 +235,9 @@ async def test_submit_form_queues_a_job(app: WorkbenchApp, client: Client) -> No
         app.screen.query_one("#spec-argv", Input).value = "true"
         app.screen.query_one("#opt-gpus", Input).value = "many"
         await pilot.press("enter")
-        assert "'gpus': not a number" in text_of(app.screen.query_one("#submit-error"))
+        assert "not a number: 'many'" in text_of(app.screen.query_one("#error-opt-gpus"))
+        assert app.screen.query_one("#opt-gpus").has_class("-invalid")
+        assert app.focused is app.screen.query_one("#opt-gpus")
         await pilot.press("escape")
         assert isinstance(app.screen, QueueScreen)
 
@@ -308,7 +310,15 @@ async def test_submit_form_names_the_bad_field(app: WorkbenchApp, client: Client
         form.query_one("#spec-target", Input).value = "label"
         form.query_one("#spec-epochs", Input).value = "many"
         await pilot.press("ctrl+s")
-        assert "'epochs'" in text_of(form.query_one("#submit-error"))
+        assert "epochs" in text_of(form.query_one("#submit-error"))
+        error = form.query_one("#error-spec-epochs")
+        assert error.display and "'many'" in text_of(error)
+        assert app.focused is form.query_one("#spec-epochs")
+        labels = [str(label.content) for label in form.query(".label")]
+        assert {"kind", "dataset", "target", "epochs", "gpus", "time limit"} <= set(labels)
+        from textual.widgets._footer import FooterKey
+
+        assert {k.description for k in form.query(FooterKey)} >= {"Submit", "Close"}
         assert client.store.list_jobs() == []
 
 
@@ -746,3 +756,295 @@ def test_job_detail_shows_the_mig_instance_the_attempt_was_launched_with() -> No
     )
     facts = dict(job_facts(mig, {}, NOW))
     assert facts["granted"] == "MIG 1g.10gb instance MIG-4f0c on GPU 0"
+
+
+LOG_SCRIPT = """
+import sys, time
+for i in range(200):
+    print(f"line {i}")
+for p in range(900):
+    sys.stdout.write(f"\\rprogress {p + 1:4d}/900")
+print(flush=True)
+i = 0
+while True:
+    print(f"tick {i}", flush=True)
+    i += 1
+    time.sleep(0.2)
+"""
+
+
+async def test_job_detail_log_stops_following_when_scrolled_up_and_finds_text(
+    app: WorkbenchApp, client: Client
+) -> None:
+    """Like `less +F`: Home (or Up, PgUp) stops following while lines keep coming, End resumes;
+    900 `\\r` redraws of a progress bar are one line; `/` finds text and scrolls to it."""
+    job_id = submit(client, [sys.executable, "-c", LOG_SCRIPT])
+    async with app.run_test(size=(140, 40)) as pilot:
+        await pilot.press("j")
+        await until(pilot, lambda: str(job_id) in rows(app), what="row")
+        select(app, job_id)
+        await pilot.press("enter")
+        screen = app.screen
+        assert isinstance(screen, JobDetailScreen)
+        log = screen.query_one("#log", RichLog)
+
+        def texts() -> list[str]:
+            return [line.text for line in log.lines]
+
+        def state() -> str:
+            return text_of(screen.query_one("#log-state"))
+
+        await until(pilot, lambda: any("tick 3" in t for t in texts()), what="ticks")
+        assert sum("progress" in t for t in texts()) == 1
+        assert any("progress  900/900" in t for t in texts())
+        assert log.scroll_y == log.max_scroll_y > 0  # following
+        await pilot.press("home")
+        assert log.scroll_y == 0
+        count = len(texts())
+        await until(pilot, lambda: len(texts()) > count + 5, what="more ticks")
+        assert log.scroll_y == 0 and "paused" in state()
+        await pilot.press("pageup", "up")
+        assert log.scroll_y == 0
+        await pilot.press("end")
+        count = len(texts())
+        await until(pilot, lambda: len(texts()) > count + 3, what="more ticks")
+        await until(pilot, lambda: log.scroll_y == log.max_scroll_y, what="the end followed")
+        assert "following" in state()
+        await pilot.press("slash", *"line 42", "enter")
+        assert texts()[int(log.scroll_y)] == "line 42"
+        assert "paused" in state()
+        await pilot.press("n")
+        assert "line 42" in texts()[int(log.scroll_y)] and log.scroll_y > 0
+        await pilot.press("escape")
+        assert isinstance(app.screen, QueueScreen)
+
+
+def test_fit_value_breaks_between_values_never_inside_one() -> None:
+    """Job detail's values: `attempt 1 of 1` and `hidden=[128, 128]` stay whole on a line."""
+    from screens.widgets import fit_value
+
+    lines = fit_value("group default, priority 0, attempt 1 of 1", 20).splitlines()
+    assert lines == ["group default,", "priority 0,", "attempt 1 of 1"]
+    lines = fit_value("model=mlp, hidden=[128, 128], lr=0.001", 22).splitlines()
+    assert "hidden=[128, 128]," in lines
+    assert all(len(line) <= 10 for line in fit_value("x" * 35 + ", y", 10).splitlines())
+
+
+async def test_theme_switch_redraws_every_chart_line(tmp_path: Path) -> None:
+    """`T`, `T` (and `T` on another screen): every line of every chart is drawn in the current
+    theme's background at once; none keeps the other theme's until its text changes."""
+    from screens.widgets import Lines
+
+    def stale(app: WorkbenchApp) -> list[str]:
+        out = []
+        for widget in app.screen.query(Lines):
+            if not widget.display or not widget.lines:
+                continue
+            background = widget.rich_style.bgcolor
+            for y in range(len(widget.lines)):
+                if any(
+                    s.style is not None and s.style.bgcolor not in (None, background)
+                    for s in widget.render_line(y)
+                ):
+                    out.append(f"{widget.id}:{y}")
+        return out
+
+    app = fixed_app(tmp_path)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await until(pilot, lambda: app.screen.query_one("#gpus", Lines).lines, what="charts")
+        await pilot.pause(0.2)
+        assert not stale(app)
+        await pilot.press("T")
+        await pilot.pause(0.2)
+        assert not stale(app), "light bands after T"
+        await pilot.press("T", "j", "T", "d")
+        await pilot.pause(0.2)
+        assert not stale(app), "bands after a switch made on another screen"
+
+
+@pytest.mark.parametrize("width", [30, 37, 60])
+def test_cpu_title_shows_all_three_load_averages(width: int) -> None:
+    """`load 13.95 11.88 1` was cut: the title shortens the core count and the decimals first."""
+    from screens.dashboard import host_lines_compact, render_cpu
+
+    snap = {
+        "cpu": {
+            "total": 45.0,
+            "count": 64,
+            "per_core": [10.0] * 64,
+            "load_avg": [13.95, 11.88, 10.02],
+        }
+    }
+    title = render_cpu(snap, [], 0.0, 60.0, width, 1)[0].plain
+    assert title.split()[-3:] in (["13.95", "11.88", "10.02"], ["13.9", "11.9", "10.0"]), title
+    assert "10.02" in host_lines_compact(snap, [], 78)[1].plain
+
+
+def test_latency_ratio_reads_at_any_scale() -> None:
+    """59.987 ms against 0.142 ms read `x0.00`."""
+    from screens.models import speed_ratio
+
+    assert speed_ratio(59.987, 0.142) == "onnxruntime 422x faster"
+    assert speed_ratio(0.142, 59.987) == "onnxruntime 422x slower"
+    assert speed_ratio(1.0, 1.01) == "same speed"
+    assert speed_ratio(2.6, 2.0) == "onnxruntime 1.3x faster"
+
+
+def test_form_hints_are_input_syntax_and_parse_back() -> None:
+    """Hints read as what to type (`KEY=VALUE, ...`, `replace | append`), never a Python
+    annotation; what they describe parses to the spec's value."""
+    from screens.queue import field_hint, parse_field, spec_fields
+
+    for kind in ("command", "ingest", "train", "test", "export"):
+        for name, type_name, default in spec_fields(kind):
+            hint = field_hint(name, type_name, default, False)
+            assert "[" not in hint.split(",")[0] and "Literal" not in hint and "dict" not in hint
+    assert field_hint("env", "dict[str, str]", {}, False) == "KEY=VALUE, ..."
+    assert field_hint("mode", "Literal['replace', 'append']", "replace", False) == (
+        "replace | append (default replace)"
+    )
+    assert parse_field("env", "dict[str, str]", "A=1, B=x y") == {"A": "1", "B": "x y"}
+    assert parse_field("gate", "dict[str, float]", "min_accuracy=0.5") == {"min_accuracy": 0.5}
+    with pytest.raises(ValueError, match=r"replace \| append"):
+        parse_field("mode", "Literal['replace', 'append']", "merge")
+
+
+def test_queue_columns_keep_the_reason_first() -> None:
+    """160 columns: a long progress message no longer takes 37 cells while the reason is cut;
+    start, end, duration and command join when the reason has all it needs. 80 columns:
+    resources and progress stay (shortened) beside a 30-cell reason."""
+    from screens.jobtable import REASON_MIN, fit_columns
+
+    widths = {
+        "id": 4, "name": 20, "kind": 7, "state": 9, "prio": 4, "resources": 24,
+        "progress": 37, "age": 5, "reason": 70, "start": 8, "end": 8, "duration": 6,
+        "command": 60,
+    }  # fmt: skip
+    wide = fit_columns(widths, 158)
+    assert wide["reason"] >= 70 and wide["progress"] <= 14
+    assert sum(wide.values()) + len(wide) - 1 <= 158
+    roomy = fit_columns({**widths, "reason": 20}, 200)
+    assert {"start", "end", "duration", "command"} <= set(roomy) and roomy["reason"] >= 20
+    narrow = fit_columns(widths, 78)
+    assert narrow["reason"] >= REASON_MIN and {"resources", "progress"} <= set(narrow)
+    assert sum(narrow.values()) + len(narrow) - 1 <= 78
+
+
+def test_state_colours_are_distinct_and_readable_in_both_themes() -> None:
+    """Running and blocked, paused and failed were nearly the same colour; every state reads at
+    a contrast of 3:1 on the dark and the light theme's background."""
+    from rich.color import Color
+    from rich.style import Style
+
+    from screens.widgets import STATE_STYLES
+
+    def rgb(state: str) -> tuple[int, int, int]:
+        color = Style.parse(STATE_STYLES[state]).color
+        assert color is not None
+        triplet = color.get_truecolor()
+        return triplet.red, triplet.green, triplet.blue
+
+    def luminance(values: tuple[int, int, int]) -> float:
+        def channel(v: int) -> float:
+            c = v / 255
+            return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+        r, g, b = (channel(v) for v in values)
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+    def contrast(a: float, b: float) -> float:
+        return (max(a, b) + 0.05) / (min(a, b) + 0.05)
+
+    backgrounds = [Color.parse(c).get_truecolor() for c in ("#121212", "#E0E0E0")]
+    for state in STATE_STYLES:
+        for bg in backgrounds:
+            ratio = contrast(luminance(rgb(state)), luminance((bg.red, bg.green, bg.blue)))
+            assert ratio >= 3.0, (state, bg, ratio)
+    for a, b in (("running", "blocked"), ("paused", "failed")):
+        distance = sum((x - y) ** 2 for x, y in zip(rgb(a), rgb(b), strict=True)) ** 0.5
+        assert distance > 100, (a, b, distance)
+
+
+async def test_dashboard_whole_machine_processes_with_filter_and_sort_mark(home: Home) -> None:
+    """`a` lists every process of the machine (this test's own among them, with its user and
+    command), `/` keeps those matching a text, the sorted column carries an arrow."""
+    import getpass
+    import os
+
+    app = WorkbenchApp(Source(home))
+    async with app.run_test(size=(160, 48)) as pilot:
+        screen = app.screen
+        assert isinstance(screen, DashboardScreen)
+        await until(pilot, lambda: screen.snapshot is not None, what="a sample")
+        await pilot.press("a")
+        me = os.getpid()
+        await until(pilot, lambda: any(p["pid"] == me for p in screen.processes), what="my pid")
+        await pilot.press("slash", *str(me), "enter")
+        await until(pilot, lambda: [p["pid"] for p in screen.processes] == [me], what="filter")
+        row = screen.processes[0]
+        assert row["user"] == getpass.getuser() and "python" in row["command"]
+        table = screen.query_one("#procs", DataTable)
+        labels = [str(c.label) for c in table.ordered_columns]
+        assert "gpu mem ▼" in labels and "all processes" in str(table.border_title)
+
+
+def test_process_facts_survive_a_denied_command_line() -> None:
+    """Another user's process denies its command line: the row keeps its name and owner
+    instead of `-` and `?`."""
+    import psutil
+
+    from screens.source import process_facts
+
+    class Denied:
+        def cmdline(self) -> list[str]:
+            raise psutil.AccessDenied(1)
+
+        def name(self) -> str:
+            return "sshd"
+
+        def username(self) -> str:
+            return "root"
+
+        def memory_info(self) -> Any:
+            raise psutil.AccessDenied(1)
+
+        def cpu_percent(self, interval: None) -> float:
+            return 0.5
+
+        def create_time(self) -> float:
+            return 1.0
+
+    facts = process_facts(Denied())
+    assert facts["command"] == "[sshd]" and facts["user"] == "root" and facts["rss_bytes"] is None
+
+
+async def test_dashboard_at_80x24_leaves_no_blank_gpu_lines_under_a_scrolling_table(
+    tmp_path: Path,
+) -> None:
+    """Four GPUs and eight processes at 80x24: each GPU keeps its compact pair of lines and the
+    process table gets every other line (it scrolled while blank lines sat above it); commands
+    get the width host memory leaves."""
+    import copy
+
+    from screens.widgets import Lines
+
+    app = fixed_app(tmp_path)
+    source = app.source
+    snapshot = copy.deepcopy(source.fixed_telemetry)  # type: ignore[attr-defined]
+    gpus = snapshot["gpus"]
+    for index in (2, 3):
+        extra = copy.deepcopy(gpus[1])
+        extra["index"], extra["processes"] = index, []
+        gpus.append(extra)
+    template = gpus[0]["processes"][0]
+    gpus[0]["processes"] = [{**template, "pid": 4242 + i} for i in range(8)]
+    source.fixed_telemetry = snapshot  # type: ignore[attr-defined]
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        await until(pilot, lambda: len(screen.processes) == 9, what="the processes")
+        await pilot.pause(0.2)
+        charts = screen.query_one("#gpus", Lines)
+        assert len(charts.lines) == charts.region.height == 8  # 4 GPUs x 2 lines, none blank
+        table = screen.query_one("#procs", DataTable)
+        assert table.region.height >= 7
+        assert "host mem" not in [str(c.label) for c in table.ordered_columns]

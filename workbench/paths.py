@@ -21,6 +21,47 @@ def home_dir() -> Path:
     return (base / "workbench").resolve()
 
 
+EXAMPLE_CONFIG = """\
+# gpu-workbench settings. Every line is commented out: the defaults apply. Uncomment and change
+# what you need; the daemon reads this file again when it changes (README: config.toml).
+#
+# [daemon]
+# log_cap = "16MiB"        # per job log
+# kill_grace = "10s"       # SIGTERM -> SIGKILL
+# sample_interval = "1s"   # telemetry sampling
+# history = "24h"          # telemetry kept at full resolution
+# default_parallel = 0     # jobs per group at once when the group has no limit (0: resources only)
+# containment = "auto"     # "cgroup" (a cgroup v2 per job where possible), "subreaper", or auto
+
+# [scheduler]
+# start_grace = "60s"      # a new job's memory may show up unattributed this long
+# default_runtime = "1h"   # run time assumed for backfill when a job has no time limit
+# strict = false           # stop a job that uses more GPU memory than it reserved
+# backfill_depth = 32      # waiting jobs per pass that keep GPUs for themselves
+
+# [groups.vision]          # one table per group
+# quota = 2                # GPUs guaranteed (workbench group NAME --quota G overrides it)
+# parallel = 0             # jobs running at once (0: no limit)
+# preemptible = true       # false: never preempted to give GPUs back
+
+# [retention]
+# jobs = "30d"             # ended jobs older than this are pruned hourly (default: kept)
+
+# [security]
+# secret_names = ["DSN"]   # more words that mark an environment variable as secret
+
+# [sql]                    # workbench sql and the Data screen
+# timeout = "5m"           # statement time limit
+# memory_limit = "8GiB"    # default: a quarter of the machine's memory, at least 1 GiB
+# spill_limit = "10GiB"    # spill files, in $WORKBENCH_HOME/tmp/duckdb
+# threads = 0              # 0: every core
+
+# [lake]
+# keep_versions = 0        # newest versions kept per dataset after each ingest (0: all)
+# keep_for = "30d"         # older versions are removed (leave out: never)
+"""
+
+
 class Home:
     """The layout of one workbench home folder (an immutable value: equal homes have equal
     roots). A plain class, not a dataclass: `workbench submit`'s quick path imports this module,
@@ -88,7 +129,8 @@ class Home:
         return self.runs / str(job_id)
 
     def ensure(self) -> Home:
-        """Create the home (mode 0700) and its folders if missing.
+        """Create the home (mode 0700) and its folders if missing; a new home gets an example
+        `config.toml`, every line commented out (`EXAMPLE_CONFIG`).
 
         A home that is not this user's alone is refused first (`workbench.trust.check_home`:
         raises UntrustedHome, exit 3). An existing home keeps its mode; if group or others can
@@ -98,6 +140,11 @@ class Home:
         check_home(self.root)
         try:
             self.root.mkdir(parents=True, mode=0o700)
+            try:
+                with open(self.config, "x", encoding="utf-8") as handle:
+                    handle.write(EXAMPLE_CONFIG)
+            except OSError:
+                pass  # an example only: a home without it works the same
         except FileExistsError:
             if not self.root.is_dir():
                 raise NotADirectoryError(

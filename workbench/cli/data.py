@@ -193,7 +193,25 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print(job_id)
     if not args.wait:
         return 0
-    return _wait_exit(_follow(client, job_id, quiet=args.json), [job_id], quiet=args.json)
+    jobs = _follow(client, job_id, quiet=args.json)
+    code: int = _wait_exit(jobs, [job_id], quiet=args.json)
+    if not args.json and jobs and jobs[0].state == "succeeded":
+        print(_ingest_summary(client.store, args.dataset))
+    return code
+
+
+def _ingest_summary(store: Any, dataset: str) -> str:
+    """`dataset scores v2: 1,820 rows, 3 rejected`: what a finished ingest made."""
+    from workbench.catalog import lake
+
+    versions = [info for info in lake.versions(store) if info.dataset == dataset]
+    if not versions:
+        return f"dataset {dataset}: no version recorded"
+    info = max(versions, key=lambda v: v.version)
+    return (
+        f"dataset {info.dataset} v{info.version}: {info.rows:,} rows,"
+        f" {info.rejected_rows:,} rejected"
+    )
 
 
 def _follow(client: Any, job_id: int, quiet: bool) -> list[Any]:
@@ -235,6 +253,31 @@ def _open(home: Home) -> Any:
 
     home.ensure()
     return Store.open(home.state_db)
+
+
+def _missing_table(message: str) -> str | None:
+    """The table a DuckDB `Catalog Error: Table with name X does not exist!` names."""
+    import re
+
+    match = re.search(r"Table with name (\S+) does not exist", message)
+    return match.group(1).strip('"') if match else None
+
+
+def _no_such_dataset(store: Any, name: str) -> str:
+    """`no dataset 'nosuch'; did you mean 'scores'? datasets: scores, toy; store tables: jobs,
+    ...`: what can be queried, instead of DuckDB's guess among its system tables."""
+    import difflib
+
+    from workbench.catalog import lake
+
+    datasets = sorted({info.dataset for info in lake.versions(store)})
+    tables = list(lake.STORE_TABLES)
+    close = difflib.get_close_matches(name, datasets + tables, n=1)
+    text = f"no dataset {name!r}"
+    if close:
+        text += f"; did you mean {close[0]!r}?"
+    text += f"; datasets: {', '.join(datasets) if datasets else 'none yet (workbench ingest)'}"
+    return text + f"; store tables: {', '.join(tables)}"
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
@@ -292,6 +335,9 @@ def cmd_sql(args: argparse.Namespace) -> int:
         if stopped is not None:
             print(f"sql: {stopped}", file=sys.stderr)
             return 130 if str(stopped) == "interrupted" else 1
+        missing = _missing_table(str(error))
+        if missing is not None:
+            raise SpecError(f"sql: {_no_such_dataset(store, missing)}") from None
         raise SpecError(f"sql: {error}") from None
     finally:
         con.close()

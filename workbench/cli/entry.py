@@ -28,6 +28,8 @@ EXIT_UNTRUSTED = 3  # as the full CLI's exit for a home it cannot use  # an answ
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `workbench ARGS` (default: `sys.argv[1:]`); returns the exit code."""
     words = list(sys.argv[1:] if argv is None else argv)
+    if not words and sys.stdin.isatty() and sys.stdout.isatty():
+        return open_tui_fast()
     if words[:1] == ["submit"]:
         try:
             code = quick_submit(words[1:])
@@ -41,6 +43,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     from workbench.cli.main import main as full_main
 
     return full_main(words)
+
+
+STARTING = b"\x1b[?1049h\x1b[2J\x1b[H gpu-workbench  starting the TUI...\r\n"
+LEAVE_ALT_SCREEN = b"\x1b[?1049l"
+
+
+def open_tui_fast() -> int:
+    """`workbench` at a terminal: a line on the (alternate) screen at once, before Textual and
+    the screens are imported (about half a second under load), then the TUI, which draws over
+    it; the CLI's parser and store modules are never imported on the way. The daemon is started
+    by the app after its first frame (`screens.app.run_app`)."""
+    import importlib
+
+    from workbench.paths import make_files_private
+
+    make_files_private()
+    fd = sys.stdout.fileno()
+    os.write(fd, STARTING)
+    try:
+        code: int = importlib.import_module(
+            "screens.app"
+        ).run_app()  # the core never imports screens
+        return code
+    except BaseException:
+        os.write(fd, LEAVE_ALT_SCREEN)  # a failure before Textual took the screen: show it
+        raise
 
 
 def _handed_over(words: list[str]) -> bool:

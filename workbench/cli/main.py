@@ -69,6 +69,7 @@ EXTENSIONS: list[str] = [
     "workbench.cli.tracking",
     "workbench.cli.registry",
     "workbench.cli.compare",
+    "workbench.cli.completion",
 ]
 
 Handler = Callable[[argparse.Namespace], int]
@@ -330,13 +331,13 @@ def cmd_show(args: argparse.Namespace) -> int:
         *job_details(job, metrics, run_dir),
         *repro_lines(repro_of(client.store, job.id)),
     ]:
-        console.print(f"  {label + ':':<11}{display_text(value)}", markup=False)
-    console.print(f"  run dir:   {run_dir}", markup=False)
+        console.print(hanging(f"  {label + ':':<11}", display_text(value), console.width))
+    console.print(hanging("  run dir:   ", str(run_dir), console.width))
     console.print("  history:")
     for event in events:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.t))
         reason = f"  {display_text(event.reason)}" if event.reason else ""
-        console.print(f"    {stamp}  {event.state:<10}{reason}", markup=False)
+        console.print(hanging(f"    {stamp}  ", f"{event.state:<10}{reason}", console.width))
     if audit:
         console.print("  audit:")
         for entry in audit:
@@ -439,7 +440,9 @@ def _control(action: str) -> Handler:
                 result = client.control(job_id, action)
                 print(f"job {job_id}: {result}")
             except JobError as error:
-                print(f"job {job_id}: {error}", file=sys.stderr)
+                # The error names the job itself (`job 8 already cancelled`): said once.
+                message = str(error).removeprefix(f"job {job_id} ").removeprefix(f"job {job_id}: ")
+                print(f"job {job_id}: {message}", file=sys.stderr)
                 code = max(code, EXIT_USAGE if isinstance(error, NoSuchJob) else EXIT_FAILED)
         return code
 
@@ -451,6 +454,18 @@ def cmd_priority(args: argparse.Namespace) -> int:
     client.set_priority(args.id, args.priority)
     print(f"job {args.id}: priority {args.priority}")
     return EXIT_OK
+
+
+def hanging(head: str, value: str, width: int) -> Any:
+    """`head` then `value`, a long value continuing under itself (not at column 0): broken
+    at spaces, a word wider than the room cut. Plain text (no markup)."""
+    import textwrap
+
+    from rich.text import Text
+
+    room = max(10, width - len(head))
+    lines = textwrap.wrap(value, room, break_on_hyphens=False) or [""]
+    return Text(head + ("\n" + " " * len(head)).join(lines), no_wrap=True, overflow="crop")
 
 
 def _wait_exit(jobs: list[Job], ids: Sequence[int], quiet: bool = False) -> int:
@@ -667,6 +682,17 @@ def run_batch(path: str, json_mode: bool, executor: str | None = None) -> int:
         for s in pipeline.stages
     ]
     pipeline = dataclasses.replace(pipeline, stages=tuple(stages))
+    from workbench.daemon.link import lock_holder
+
+    home = Home.current()
+    holder = lock_holder(home)
+    if not (holder and holder > 0) and not json_mode:
+        print(
+            f"starting a daemon for {home.root}; it keeps running after this pipeline"
+            " (jobs queued by others keep draining; workbench daemon stop ends it)",
+            file=sys.stderr,
+            flush=True,
+        )
     client = _client()
 
     def poll(ids: list[int]) -> list[Job]:
@@ -839,6 +865,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_names(parser: argparse.ArgumentParser) -> list[str]:
+    """The parser's commands (`submit`, `ls`, ...), in the order `--help` lists them."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return list(action.choices)
+    return []
+
+
+def unknown_command(parser: argparse.ArgumentParser, words: list[str]) -> str | None:
+    """For a first word that is no command: `no command 'sumbit'; did you mean 'submit'?`
+    (difflib's closest), else the list of commands; None when the word is a command or an
+    option (argparse handles those)."""
+    import difflib
+
+    if not words or words[0].startswith("-"):
+        return None
+    names = command_names(parser)
+    if words[0] in names:
+        return None
+    close = difflib.get_close_matches(words[0], names, n=3)
+    if close:
+        return f"no command {words[0]!r}; did you mean {' or '.join(map(repr, close))}?"
+    return f"no command {words[0]!r}; the commands: {', '.join(names)} (workbench --help)"
+
+
 def _home_fault(error: BaseException) -> str | None:
     """A message for an OSError about WORKBENCH_HOME (a file, a folder that cannot be made or
     written), naming the path; None for any other error (which must not be hidden)."""
@@ -859,7 +910,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     make_files_private()  # our state files and folders: owner only, even in a shared home
     fallback_streams()  # a latin-1 terminal gets escapes, never a UnicodeEncodeError
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    unknown = unknown_command(parser, words)
+    if unknown is not None:
+        print(f"workbench: {unknown}", file=sys.stderr)
+        return EXIT_USAGE
+    args = parser.parse_args(words)
     try:
         if args.batch:
             if args.command_name:

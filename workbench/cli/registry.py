@@ -66,8 +66,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in (
+    columns = (
         "id",
         "name",
         "dataset",
@@ -78,9 +77,9 @@ def cmd_models(args: argparse.Namespace) -> int:
         "size",
         "sha256",
         "age",
-    ):
-        table.add_column(column)
+    )
     now = time.time()
+    rows = []
     for model in listed:
         card = model["card"]
         test = card.get("test") or card.get("held_out") or {}  # an int8 model: its own
@@ -89,7 +88,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         data = card.get("dataset") or {}
         latency = card.get("latency", {}).get("cpu", {}).get("batch_256", {})
         parity = card.get("parity") or {}
-        table.add_row(
+        values = (
             str(model["id"]),
             card.get("name", ""),
             f"{data.get('name')} v{data.get('version')}",
@@ -101,6 +100,43 @@ def cmd_models(args: argparse.Namespace) -> int:
             model["sha256"][:12],
             format_duration(now - model["created_at"]),
         )
-    console = Console(width=None if sys.stdout.isatty() else 160)
-    console.print(table if listed else "no models yet (an export job records one)")
+        rows.append(dict(zip(columns, values, strict=True)))
+    import os
+
+    width = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "160"))
+    console = Console(width=width, highlight=False)
+    if not listed:
+        console.print("no models yet (an export job records one)")
+        return 0
+    # Whole names always; the least needed columns leave first when the terminal is narrow.
+    shown = fit_columns(
+        rows,
+        columns,
+        ("sha256", "age", "size", "ort/torch b256", "run", "dataset", "parity"),
+        console.width,
+    )
+    table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 2, 0, 0))
+    for column in shown:
+        table.add_column(column, no_wrap=True, overflow="ellipsis")
+    for row in rows:
+        table.add_row(*(row[c] for c in shown))
+    console.print(table)
     return 0
+
+
+def fit_columns(
+    rows: list[dict[str, str]], columns: tuple[str, ...], drops: tuple[str, ...], width: int
+) -> list[str]:
+    """The columns whose widest values fit `width` cells (two between columns), leaving out
+    `drops` in order until they do."""
+    shown = list(columns)
+
+    def need(column: str) -> int:
+        return max([len(column)] + [len(r[column]) for r in rows])
+
+    for drop in ("", *drops):
+        if drop:
+            shown.remove(drop)
+        if sum(need(c) for c in shown) + 2 * (len(shown) - 1) <= width:
+            break
+    return shown

@@ -229,6 +229,26 @@ def split_display_lines(data: bytes) -> list[bytes]:
     return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
 
 
+def overwrite_redraws(line: str) -> str:
+    """One line as a terminal leaves it after its `\\r` redraws: each part after a `\\r`
+    overwrites the line from its first column, so a progress bar's 900 redraws leave only the
+    last (with any longer earlier text showing past its end, as on a terminal)."""
+    shown = ""
+    for part in line.split("\r"):
+        shown = part + shown[len(part) :]
+    return shown
+
+
+def terminal_lines(text: str) -> tuple[list[str], str]:
+    """`text` (a chunk of a log, after any unfinished line of the previous chunk) as a terminal
+    shows it: the finished lines (ended by `\\n` or `\\r\\n`) with their redraws applied
+    (`overwrite_redraws`), and the unfinished last line, raw, to put before the next chunk.
+    `split_display_lines` counts the same redraws as lines, for `logs --lines`."""
+    lines = text.replace("\r\n", "\n").split("\n")
+    rest = lines.pop()
+    return [overwrite_redraws(line) for line in lines], rest
+
+
 def _tail_lines_fd(fd: int, end: int, count: int, limit_bytes: int) -> tuple[list[bytes], bool]:
     """The last `count` display lines of the bytes [0, end) of an open file, reading backwards
     at most `limit_bytes`; and whether the start of the file was reached."""

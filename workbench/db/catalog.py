@@ -199,6 +199,20 @@ def exposed_table(store: Store, name: str) -> tuple[list[str], list[tuple[Any, .
     return [d[0] for d in cursor.description], cursor.fetchall()
 
 
+def exposed_columns(store: Store) -> dict[str, list[str]]:
+    """{store table: its column names} for every store table the SQL surface exposes and this
+    file has (no rows read): what the Data screen's catalog lists beside the datasets."""
+    present = {
+        row[0] for row in store.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+    }
+    out: dict[str, list[str]] = {}
+    for name, sql in _EXPOSED.items():
+        if name in present:
+            cursor = store.conn.execute(sql + " LIMIT 0")
+            out[name] = [d[0] for d in cursor.description]
+    return out
+
+
 # ---- runs (training), evaluations and exported models ---------------------------------------
 
 RUN_COLUMNS = (

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import signal
 import sys
@@ -282,15 +283,22 @@ class _Reporter:
         if not json_mode and err.isatty():
             from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.table import Column
 
+            console = Console(file=err)
+            # Stage, state and time keep their width; at 80 columns the bar shrinks and the
+            # message is cut at its end (it was the stage and state that were cut).
             self.progress = Progress(
-                TextColumn("{task.fields[stage]:<12}"),
-                BarColumn(),
-                TextColumn("{task.percentage:>3.0f}%"),
-                TextColumn("{task.fields[state]:<10}"),
-                TimeElapsedColumn(),
-                TextColumn("{task.fields[message]}"),
-                console=Console(file=err),
+                TextColumn("{task.fields[stage]}", table_column=Column(no_wrap=True, min_width=12)),
+                BarColumn(bar_width=40 if console.width >= 120 else 12),
+                TextColumn("{task.percentage:>3.0f}%", table_column=Column(no_wrap=True)),
+                TextColumn("{task.fields[state]}", table_column=Column(no_wrap=True, min_width=9)),
+                TimeElapsedColumn(table_column=Column(no_wrap=True)),
+                TextColumn(
+                    "{task.fields[message]}",
+                    table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis"),
+                ),
+                console=console,
             )
 
     def __enter__(self) -> _Reporter:
@@ -307,8 +315,17 @@ class _Reporter:
             print(dumps(event), file=self.out, flush=True)
 
     def update(self, jobs: list[Job]) -> None:
+        unfinished = {j.id for j in jobs if j.state != SUCCEEDED}
         for job in jobs:
             waits = job.reason if job.state == QUEUED else None
+            if waits is not None and waits.startswith("behind other waiting jobs"):
+                # The daemon says this of a job it has not planned yet; a stage whose
+                # dependency has not finished waits for that first (said as the scheduler does).
+                pending = [str(dep) for dep, _ in job.deps if dep in unfinished]
+                if pending:
+                    kind = "dependency" if len(pending) == 1 else "dependencies"
+                    waits = f"waiting for {kind} {', '.join(pending)}"
+                    job = dataclasses.replace(job, reason=waits)
             key = (job.state, job.progress, job.progress_msg, waits)
             if self.last.get(job.id) == key:
                 continue

@@ -37,8 +37,6 @@ class Options:
     retries: int = 0
     time_limit: str | float | None = None
     preemptible: bool | None = None  # None: the kind's default; a command job if checkpointable
-        None  # None: the kind's default (DEFAULTS); a command job only when checkpointable
-    )
 
 
 T = TypeVar("T")
