@@ -238,9 +238,8 @@ def test_targets_near_1e8_keep_float64_precision_through_test_and_onnx(
     card = json.loads((home.run_dir(exported.id) / "model_card.json").read_text())
     assert card["parity"]["units"] == "standardised target" and card["parity"]["violations"] == 0
     session = ort.InferenceSession(card["file"], providers=["CPUExecutionProvider"])
-    output = session.run(None, {session.get_inputs()[0].name: x.astype(np.float32).reshape(-1, 1)})[
-        0
-    ]
+    assert [(i.name, i.type) for i in session.get_inputs()] == [("x", "tensor(double)")]
+    output = session.run(None, {"x": x.reshape(-1, 1)})[0]
     assert output.dtype == np.float64 and len(np.unique(output)) == 199
     np.testing.assert_allclose(output[:, 0], predicted, rtol=0, atol=1e-3)
 
