@@ -252,11 +252,13 @@ def test_damaged_telemetry_is_set_aside_and_restarted(tmp_path: Path) -> None:
 
 
 def test_job_json_pages_write_what_to_json_writes(tmp_path: Path) -> None:
-    """`ls --json` writes jobs from their rows without parsing specs or building Job objects;
-    the text is exactly `dumps(job.to_json(secret_words=...))` for every kind of job: bytes that
-    are not UTF-8, a name that starts with a quote, non-ASCII text, a spec's environment with
-    secrets (masked), a non-finite number in a spec, dependencies, a granted MIG instance, a settled job
-    with its usage, and a column holding infinity."""
+    """`ls --json` writes jobs from their rows (SQLite's json_object) without parsing specs or
+    building Job objects; the text is compact ASCII JSON that reads back as exactly
+    `job.to_json(secret_words=...)` (every float equal) for every kind of job: bytes that are
+    not UTF-8, a name that starts with a quote, non-ASCII text, quotes, backslashes and control
+    characters, a spec's environment with secrets (masked), a non-finite number in a spec,
+    dependencies, a granted MIG instance, a settled job with its usage (floats that need 17
+    digits, and large and small ones), and a column holding infinity."""
     from workbench.db.job_pages import job_json_pages
     from workbench.db.store import Event, Resources
     from workbench.jsonout import dumps
@@ -291,7 +293,20 @@ def test_job_json_pages_write_what_to_json_writes(tmp_path: Path) -> None:
                 paused=True,
             ),
         ]
+        requests.append(
+            JobRequest(
+                'plain "q" \\ \t\x01',
+                "command",
+                {"argv": ["x", "a\\b"]},
+                "/",
+                {},
+                argv=["x", "a\\b"],
+                resources=Resources(gpus=0.1, cpus=1 / 3, mem=5 << 30),
+                time_limit=1e20,
+            )
+        )
         ids = [first, *store.submit_many(requests)]
+        store.update(ids[-1], progress=2.5e-7, started_at=1765071012.3456789, mean_gpu_util=0.1)
         settled = ids[1]
         store.transition(settled, Event.START, "starting")
         store.transition(
@@ -306,18 +321,20 @@ def test_job_json_pages_write_what_to_json_writes(tmp_path: Path) -> None:
         words = ("WORD",)
         expected = [dumps(j.to_json(secret_words=words)) for j in store.list_jobs(light="no-env")]
         pages = list(job_json_pages(store, secret_words=words, page=2))
-        assert [len(p) for p in pages] == [2, 2, 2]
-        assert [text for page in pages for text in page] == expected
+        assert [len(p) for p in pages] == [2, 2, 2, 1]
+        texts = [text for page in pages for text in page]
+        assert [json.loads(t) for t in texts] == [json.loads(t) for t in expected]
+        assert all(t.isascii() and ", " not in t.replace('", "', "") for t in texts)
         others = [j.id for j in store.list_jobs(light=True) if j.state != "queued"]
         assert others and len(others) < len(expected)
         merged = job_json_pages(store, ["queued"], words, page=2, also=others)
-        assert [t for p in merged for t in p] == expected  # the others merged in by id
+        assert [t for p in merged for t in p] == texts  # the others merged in by id
         assert "s3cret" not in "".join(expected) and '"MY_WORD": "***"' in expected[3]
         assert json.loads(expected[4])["spec"]["lr"] is None  # NaN is not JSON
         queued = [t for p in job_json_pages(store, ["queued"], words) for t in p]
-        assert queued == [expected[0], *expected[2:5]]
+        assert queued == [texts[0], *texts[2:5], texts[6]]
         # Several states: each read by its own index range, merged by id, paged as asked.
         waiting = list(job_json_pages(store, ["paused", "queued", "paused"], words, page=3))
-        assert waiting == [[expected[0], *expected[2:4]], expected[4:6]]
+        assert waiting == [[texts[0], *texts[2:4]], [*texts[4:7]]]
     finally:
         store.close()

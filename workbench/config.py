@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from workbench.catalog.lake import parse_settings
 from workbench.queue.requests import check_group
 from workbench.queue.spec import SpecError, from_table
 from workbench.units import INT64_MAX, parse_duration, parse_size
@@ -142,6 +141,10 @@ def load_config(path: Path) -> Config:
     for key in data:
         if key not in known:
             raise SpecError(f"{path}: unknown table '{key}'")
+    # Imported here: the lake module (with hashlib's OpenSSL and uuid) costs some 20 ms, and
+    # only reading a config file needs it (a home without one starts every command faster).
+    from workbench.catalog.lake import parse_settings
+
     try:
         parse_settings(data, str(path))  # [sql] and [lake] belong to the lake, checked here too
     except ValueError as error:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
 # The store's light columns leave out the spec and the captured environment (they can be large
@@ -17,7 +17,6 @@ from workbench.db.store import (
     Job,
     Store,
     _job_from_row,
-    decode_text,
 )
 from workbench.jsonout import dumps
 
@@ -82,90 +81,84 @@ def position_of_job(store: Store, where: JobFilter, job_id: int) -> int:
 
 # ---- jobs as JSON text, a page at a time ------------------------------------------------------
 
-_JSON_TEMPLATE = (
-    '{"id": %s, "name": %s, "kind": %s, "state": %s, "reason": %s, "spec": %s, "argv": %s,'
-    ' "cwd": %s, "priority": %s, "group": %s, "resources": {"gpus": %s, "gpu_mem": %s,'
-    ' "cpus": %s, "mem": %s, "mig_profile": %s}, "granted_gpus": %s, "retries": %s,'
-    ' "attempt": %s, "time_limit": %s, "after": %s, "pipeline_id": %s, "stage": %s,'
-    ' "created_at": %s, "started_at": %s, "ended_at": %s, "exit_code": %s, "pid": %s,'
-    ' "progress": %s, "progress_msg": %s, "peak_gpu_mem": %s, "mean_gpu_util": %s,'
-    ' "executor": %s, "slurm_id": %s, "node": %s, "preemptible": %s, "cpu_s": %s,'
-    ' "cpu_source": %s, "peak_mem_bytes": %s, "peak_mem_source": %s, "granted_devices": %s}'
-)
+# `ls --json` writes each job as compact JSON (no spaces after `,` and `:`), ASCII only. SQLite
+# writes a row's text itself (json_object: one function call, where building it in Python from
+# 40 columns costs twice as much). Its order is `Job.to_json`'s; a test compares the two.
+_REAL = "real"  # a REAL column, written with the digits that read back as the same float
+_INT = "int"  # an INTEGER column (an integer or NULL: `_FAST_GUARD` checks)
+_FIELDS: tuple[tuple[str, str], ...] = (
+    ("id", _INT), ("name", "name"), ("kind", "kind"), ("state", "state"),
+    ("reason", "reason"), ("spec", "json(spec)"), ("argv", "json(argv)"), ("cwd", "cwd"),
+    ("priority", _INT), ("group", "grp"), ("resources", "resources"),
+    ("granted_gpus", "json(granted_gpus)"), ("retries", _INT), ("attempt", _INT),
+    ("time_limit", _REAL), ("after", "after"), ("pipeline_id", _INT), ("stage", "stage"),
+    ("created_at", _REAL), ("started_at", _REAL), ("ended_at", _REAL), ("exit_code", _INT),
+    ("pid", _INT), ("progress", _REAL), ("progress_msg", "progress_msg"),
+    ("peak_gpu_mem", _INT), ("mean_gpu_util", _REAL), ("executor", "executor"),
+    ("slurm_id", "slurm_id"), ("node", "node"),
+    ("preemptible", "json(iif(preemptible, 'true', 'false'))"), ("cpu_s", _REAL),
+    ("cpu_source", "cpu_source"), ("peak_mem_bytes", _INT),
+    ("peak_mem_source", "peak_mem_source"), ("granted_devices", "json(granted_devices)"),
+)  # fmt: skip
+_RESOURCES = (("gpus", _REAL), ("gpu_mem", _INT), ("cpus", _REAL), ("mem", _INT))
 
 
-def _number(column: str) -> str:
-    """SQL giving a numeric column as `dumps` writes it: the number, or 'null' for NULL and for
-    infinities (inf - inf is NaN, which SQLite makes NULL); Python's `%s` of the int or float
-    SQLite returns is then the same text `json.dumps` writes (`float.__repr__`)."""
-    return f"iif({column} - {column} = 0, {column}, 'null')"
+def _real(column: str) -> str:
+    """SQL giving a REAL column as a JSON number that reads back as the same float: SQLite's
+    own text (15 significant digits) where that reads back equal, else 17 digits (always
+    enough for a double: IEEE 754-2008, 5.12.2); NULL (JSON null) for NULL and infinities
+    (inf - inf is NaN, which SQLite makes NULL), as `workbench.jsonout.dumps` writes them."""
+    text = f"CAST({column} AS TEXT)"
+    exact = f"iif(CAST({text} AS REAL) = {column}, {text}, printf('%!.17g', {column}))"
+    return f"iif({column} - {column} = 0, json({exact}), NULL)"
 
 
-# The columns of `_JSON_TEMPLATE` in its order; numbers rendered by SQL (`_number`), `after`
-# filled in from job_deps, strings quoted in Python (SQLite's json_quote keeps non-ASCII text,
-# json.dumps escapes it).
-_JSON_COLUMNS = ", ".join(
+def _value(key: str, how: str) -> str:
+    if how == _REAL:
+        return _real(key)
+    if how == _INT:
+        return key
+    if how == "resources":
+        pairs = [f"'{k}', {_value(k, h)}" for k, h in _RESOURCES]
+        return f"json_object({', '.join(pairs)}, 'mig_profile', mig_profile)"
+    if how == "after":  # the primary key (job_id, dep_id) keeps each job's in dep_id order
+        return (
+            "(SELECT json_group_array(json_object('job', dep_id, 'cond', cond))"
+            " FROM (SELECT dep_id, cond FROM job_deps WHERE job_id = jobs.id ORDER BY dep_id))"
+        )
+    return how
+
+
+# Rows SQLite cannot write as `Job.to_json` reads: a spec whose environment needs masking
+# (`mask_job_json`) or that holds a number that is not JSON (json.dumps writes NaN, Infinity);
+# a name or cwd stored encoded (`encode_text`: bytes that are not UTF-8); an INTEGER column
+# holding something else. `_json_page` writes those from the Job.
+_INTS = [k for k, how in (*_FIELDS, *_RESOURCES) if how == _INT]
+_FAST_GUARD = " AND ".join(
     [
-        "id, name, kind, state, reason, spec, ifnull(argv, 'null'), cwd, priority, grp",
-        *(_number(c) for c in ("gpus", "gpu_mem", "cpus", "mem")),
-        "mig_profile, ifnull(granted_gpus, 'null'), retries, attempt",
-        _number("time_limit"),
-        "NULL",  # after
-        _number("pipeline_id"),
-        "stage",
-        *(_number(c) for c in ("created_at", "started_at", "ended_at", "exit_code", "pid")),
-        _number("progress"),
-        "progress_msg",
-        *(_number(c) for c in ("peak_gpu_mem", "mean_gpu_util")),
-        "executor, slurm_id, node, iif(preemptible, 'true', 'false')",
-        _number("cpu_s"),
-        "cpu_source",
-        _number("peak_mem_bytes"),
-        "peak_mem_source",
-        "ifnull(granted_devices, 'null')",
+        "instr(spec, '\"env\"') + instr(spec, 'NaN') + instr(spec, 'Infinity') = 0",
+        "substr(name, 1, 1) <> '\"' AND substr(cwd, 1, 1) <> '\"'",
+        "typeof(" + " + ".join(f"ifnull({k}, 0)" for k in _INTS) + ") = 'integer'",
     ]
 )
-
-
-def _text(stored: str) -> str:
-    """A stored name or cwd (`encode_text`) as a JSON string."""
-    return _quote(decode_text(stored) if stored.startswith('"') else stored)
-
-
-def _string(value: str | None) -> str:
-    return "null" if value is None else _quote(value)
-
-
-def _after(deps: tuple[tuple[int, str], ...]) -> str:
-    return "[" + ", ".join(f'{{"job": {d}, "cond": {_quote(c)}}}' for d, c in deps) + "]"
-
-
-def _raw_json_ok(stored: str) -> bool:
-    """Whether a stored JSON column (written by `json.dumps`) can be copied into the output as
-    it is: not when it holds a non-finite number (`dumps` writes null there) or an `env` table
-    (a spec's environment: its secret-looking values are masked, which needs the parsed value)."""
-    return not ('"env"' in stored or "NaN" in stored or "Infinity" in stored)
+_OBJECT = "json_object(" + ", ".join(f"'{k}', {_value(k, how)}" for k, how in _FIELDS) + ")"
+_JSON_COLUMNS = f"id, iif({_FAST_GUARD}, {_OBJECT}, NULL)"
+_COMPACT = (",", ":")
 
 
 def _json_page(store: Store, rows: list[Any], words: tuple[str, ...]) -> list[str]:
-    """Each `_JSON_COLUMNS` row as the text `dumps(job.to_json(secret_words=words))` gives,
-    without parsing its spec or argv (copied as stored) or building a Job. A row whose stored
-    JSON cannot be copied (`_raw_json_ok`) is read again as a Job and written by `to_json`."""
-    deps = store._deps_for(r[0] for r in rows)
-    s, q = _string, _quote
-    out = []
-    for r in rows:
-        if not (_raw_json_ok(r[5]) and _raw_json_ok(r[6]) and _raw_json_ok(r[15])):
-            for job in store._jobs_where("WHERE id=?", (r[0],), light="no-env"):  # unless gone
-                out.append(dumps(job.to_json(secret_words=words)))
-            continue
-        text = _JSON_TEMPLATE % (
-            r[0], _text(r[1]), q(r[2]), q(r[3]), s(r[4]), r[5], r[6], _text(r[7]), r[8], q(r[9]),
-            r[10], r[11], r[12], r[13], s(r[14]), r[15], r[16], r[17], r[18], _after(deps[r[0]]),
-            r[20], s(r[21]), r[22], r[23], r[24], r[25], r[26], r[27], s(r[28]), r[29], r[30],
-            q(r[31]), s(r[32]), s(r[33]), r[34], r[35], s(r[36]), r[37], s(r[38]), r[39],
-        )  # fmt: skip
-        out.append(text)
+    """Each `_JSON_COLUMNS` row (id, text or NULL) as the compact ASCII JSON of
+    `job.to_json(secret_words=words)`: SQLite's text where it wrote one (text that is not
+    ASCII escaped by json.dumps), else the job read again and written by `to_json`."""
+    out: list[str] = []
+    for job_id, text in rows:
+        if text is None:
+            for job in store._jobs_where("WHERE id=?", (job_id,), light="no-env"):  # unless gone
+                out.append(dumps(job.to_json(secret_words=words), separators=_COMPACT))
+        elif text.isascii():
+            out.append(text)
+        else:
+            out.append(dumps(json.loads(text), separators=_COMPACT))
     return out
 
 
@@ -176,8 +169,9 @@ def job_json_pages(
     page: int = 1000,
     also: Sequence[int] = (),
 ) -> Iterator[list[str]]:
-    """Every job (in `states`, if given) as JSON texts, oldest first, `page` jobs at a time:
-    each text is what `dumps(job.to_json(secret_words=...))` gives, the environment left out.
+    """Every job (in `states`, if given) as compact ASCII JSON texts, oldest first, `page` jobs
+    at a time: each text reads back (`json.loads`) as `job.to_json(secret_words=...)`, the
+    environment left out (floats equal; text written by SQLite or by json.dumps).
     `also`: ids of other jobs to list with them, merged by id (`ls --json`: the latest ended
     jobs beside every active one). Pages are indexed range reads (`Store.row_pages`: keyset on
     id, per state), so the cost is linear in the jobs printed and memory stays flat whatever the

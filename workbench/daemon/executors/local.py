@@ -368,7 +368,17 @@ def fork_wrapper_async(launch: Launch, cgroup_dir: Path | None) -> tuple[int, in
             said += f": {error.filename}" if error.filename else ""
             os.write(write_fd, f"{error.errno or 0} {said}".encode()[:4000])
             os._exit(1)
-        os.write(write_fd, b"ok")
+        try:
+            os.write(write_fd, b"ok")
+        except OSError:
+            # The launcher died before it heard (kill -9): the daemon was never told this
+            # attempt began and, finding no record, queues the job again. Take the record back
+            # and never start the job, or it would be reported lost (or run twice).
+            try:
+                os.unlink(launch.run_dir / runner.WRAPPER_FILE)
+            except OSError:
+                pass
+            os._exit(1)
         devnull = os.open(os.devnull, os.O_RDWR)
         os.dup2(devnull, 0)
         os.dup2(devnull, 1)
