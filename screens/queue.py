@@ -446,6 +446,8 @@ def field_hint(name: str, type_name: str, default: Any, required: bool) -> str:
         hint = "a whole number"
     elif type_name.startswith("float"):
         hint = "a number"
+    elif type_name.startswith("str | float"):  # a duration (kill_grace, signal_before)
+        hint = "DURATION, e.g. 30s"
     else:
         hint = "text"
     if required:

@@ -903,6 +903,8 @@ def test_form_hints_are_input_syntax_and_parse_back() -> None:
     assert field_hint("mode", "Literal['replace', 'append']", "replace", False) == (
         "replace | append (default replace)"
     )
+    assert field_hint("kill_grace", "str | float | None", None, False) == "DURATION, e.g. 30s"
+    assert parse_field("kill_grace", "str | float | None", "30s") == "30s"
     assert parse_field("env", "dict[str, str]", "A=1, B=x y") == {"A": "1", "B": "x y"}
     assert parse_field("gate", "dict[str, float]", "min_accuracy=0.5") == {"min_accuracy": 0.5}
     with pytest.raises(ValueError, match=r"replace \| append"):
