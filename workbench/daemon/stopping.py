@@ -11,11 +11,12 @@ The contract with the job (every executor sets these in its environment):
 
 from __future__ import annotations
 
-import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from workbench import safefs
 
 if TYPE_CHECKING:
     from workbench.db.store import Job, JobRequest
@@ -84,33 +85,26 @@ def kept_because(job: Job | JobRequest) -> str | None:
 def write_stop(run_dir: Path, why: str) -> None:
     """Write the stop file (atomically: a job that sees it reads the whole reason). Best effort:
     a folder that is gone or full must not keep the daemon from signalling."""
-    tmp = run_dir / f".{STOP_FILE}.{os.getpid()}.tmp"
-    try:
-        tmp.write_text(" ".join(why.split()) + "\n")
-        os.replace(tmp, run_dir / STOP_FILE)
+    try:  # through the folder's descriptor, following no link
+        safefs.write_atomic(run_dir / STOP_FILE, (" ".join(why.split()) + "\n").encode())
     except OSError:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
+        pass
 
 
 def clear_stop(run_dir: Path) -> None:
     """Remove an earlier start's stop file (a new start has not been asked to stop)."""
     try:
-        (run_dir / STOP_FILE).unlink()
+        safefs.unlink(run_dir / STOP_FILE)
     except OSError:
         pass
 
 
 def contract_env(run_dir: Path, restarts: int) -> dict[str, str]:
-    """The stop protocol's variables for a job's environment (see the module's docstring); the
-    checkpoint folder is created here, so a job can write into it at once."""
+    """The stop protocol's variables for a job's environment (see the module's docstring). The
+    checkpoint folder is made on the job's side once its run folder is (the local wrapper's
+    `_prepare`, the Slurm batch script), never here: the daemon writes nothing into a run
+    folder that a link may still stand in for."""
     checkpoints = run_dir / CHECKPOINT_DIR
-    try:
-        checkpoints.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        pass  # the job's own mkdir reports it
     return {
         "WORKBENCH_CHECKPOINT_DIR": str(checkpoints),
         "WORKBENCH_RESTARTS": str(restarts),

@@ -21,6 +21,7 @@ from workbench.daemon.executors import Ended, Handle, Launch, LaunchError
 from workbench.daemon.executors import containment as cg
 from workbench.daemon.executors.launcher import read_frame, write_frame
 from workbench.daemon.logs import RESERVE_SUFFIX, ROTATED_SUFFIX, RotatingLog
+from workbench.daemon.stopping import CHECKPOINT_DIR, STOP_FILE
 from workbench.paths import job_umask
 
 CANCEL_FILE = "cancel"  # the grace in seconds for a cancel the daemon asked for (SIGUSR1)
@@ -417,8 +418,9 @@ def _prepare(launch: Launch, cgroup_dir: Path | None) -> Path | None:
     records, and the job's cgroup (None if it cannot be made)."""
     safefs.make_dir(launch.run_dir)  # a link in its place is removed, never written through
     safefs.remove_links(launch.run_dir)  # and so are links planted inside it (`log` -> elsewhere)
-    for stale in (runner.EXIT_FILE, runner.FAILURE_FILE, CANCEL_FILE):
+    for stale in (runner.EXIT_FILE, runner.FAILURE_FILE, CANCEL_FILE, STOP_FILE):
         safefs.unlink(launch.run_dir / stale)
+    safefs.make_dir(launch.run_dir / CHECKPOINT_DIR)  # kept across restarts (the stop protocol)
     if cgroup_dir is not None:
         try:
             cgroup_dir.mkdir()
