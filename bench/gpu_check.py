@@ -199,14 +199,28 @@ def probe_ort(model_path: str) -> dict[str, Any]:
     out["onnxruntime"] = ort.__version__
     out["available"] = list(ort.get_available_providers())
     cpu = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
-    first = cpu.get_inputs()[0]
-    width = first.shape[1] if isinstance(first.shape[1], int) else len(FEATURES)
+    inputs = cpu.get_inputs()
     rng = np.random.default_rng(0)
-    if width == len(FEATURES):
-        x = rng.normal([44.0, 17.0, 200.0, 4200.0], [5.0, 2.0, 14.0, 800.0], size=(256, width))
-    else:
-        x = rng.normal(size=(256, width))
-    feed = {first.name: x.astype(np.float32)}
+    means = dict(zip(FEATURES, (44.0, 17.0, 200.0, 4200.0), strict=True))
+    stds = dict(zip(FEATURES, (5.0, 2.0, 14.0, 800.0), strict=True))
+    feed: dict[str, Any] = {}
+    if len(inputs) > 1 or inputs[0].name in FEATURES:
+        # one named input per column, (rows, 1), float64 (exports since named float64 inputs)
+        for each in inputs:
+            if each.type == "tensor(string)":
+                feed[each.name] = np.full((256, 1), "x", dtype=object)
+                continue
+            dtype = np.float64 if each.type == "tensor(double)" else np.float32
+            column = rng.normal(means.get(each.name, 0.0), stds.get(each.name, 1.0), (256, 1))
+            feed[each.name] = column.astype(dtype)
+    else:  # older exports: one float32 matrix, a column per feature
+        first = inputs[0]
+        width = first.shape[1] if isinstance(first.shape[1], int) else len(FEATURES)
+        if width == len(FEATURES):
+            x = rng.normal(list(means.values()), list(stds.values()), size=(256, width))
+        else:
+            x = rng.normal(size=(256, width))
+        feed[first.name] = x.astype(np.float32)
     options = ort.SessionOptions()
     options.enable_profiling = True
     folder = os.environ.get("WORKBENCH_RUN_DIR") or tempfile.mkdtemp(prefix="gpucheck-ort-")
