@@ -24,7 +24,10 @@ With --fake it runs against the simulated driver (workbench/telemetry/fakenvml.p
 H200), so the plumbing is proven on a machine without a GPU: the NVML figures come from the fake,
 the daemon grants fractions of the fake GPU and the jobs train on the CPU.
 
-Usage: python bench/gpu_check.py [--fake] [--write] [--home DIR] [--json-out FILE] [--budget S]
+With --tiny (the smoke test's size, not with --write) its train jobs run a tenth of the epochs.
+
+Usage: python bench/gpu_check.py [--fake] [--tiny] [--write] [--home DIR] [--json-out FILE]
+       [--budget S]
 """
 
 from __future__ import annotations
@@ -689,7 +692,7 @@ class GpuCheck:
             raise NotAvailable("NVML found no GPU to share")
         if all(s.mig_mode for s in self.samples):
             raise NotAvailable("every GPU is in MIG mode: fractions of a GPU do not apply")
-        spec = self._train_spec("gpucheck-pair", epochs=40)
+        spec = self._train_spec("gpucheck-pair", epochs=4 if self.args.tiny else 40)
         pair_options = ["--gpus", "0.5", "--gpu-mem", PAIR_CAP, "--cpus", "1", "--paused"]
         ids = [
             self.wb.submit("--spec", str(spec), "--name", f"gpucheck-pair-{n}", *pair_options)
@@ -802,7 +805,7 @@ class GpuCheck:
     def bf16(self, result: Result) -> str:
         self.need_dataset()
         asked = self.whole_gpu()
-        spec = self._train_spec("gpucheck-bf16", epochs=30)
+        spec = self._train_spec("gpucheck-bf16", epochs=3 if self.args.tiny else 30)
         job_id = self.wb.submit("--spec", str(spec), "--gpus", asked, "--cpus", "1")
         job = self.wb.wait(job_id, 240)
         if job["state"] != "succeeded":
@@ -1126,6 +1129,9 @@ def main() -> int:
     parser.add_argument("--fake", action="store_true", help="run against the simulated driver")
     parser.add_argument("--write", action="store_true", help="record in bench/RESULTS.md")
     parser.add_argument(
+        "--tiny", action="store_true", help="smoke-test size: train jobs of a tenth the epochs"
+    )
+    parser.add_argument(
         "--scenario", metavar="FILE.json", help="with --fake: this simulated machine instead"
     )
     parser.add_argument("--home", help="WORKBENCH_HOME to use (default: a fresh temporary one)")
@@ -1147,6 +1153,9 @@ def main() -> int:
         return take_section(Path(args.take))
     if args.fake and args.write:
         print("gpu_check: --write records the real driver only, not --fake", file=sys.stderr)
+        return 2
+    if args.tiny and args.write:
+        print("gpu_check: --write records the full-size checks only, not --tiny", file=sys.stderr)
         return 2
     from _results import machine
 
