@@ -1,7 +1,7 @@
 """Executor benchmark: submit-to-start and per-job overhead of the Slurm executor (a real one-node
 Slurm on loopback, tests/slurm/up.sh) against the local executor, interleaved in the same run,
 plus the cost of the one `squeue --json` the daemon makes per tick. Needs root and slurm-wlm.
-Usage: python bench/executor.py [--quick]"""
+Usage: python bench/executor.py [--quick] [--tiny] [--cluster DIR]"""
 
 from __future__ import annotations
 
@@ -83,17 +83,30 @@ def spread(values: list[float]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="smoke test: 2 single jobs and one batch of 2 per executor; RESULTS.md untouched",
+    )
+    parser.add_argument(
+        "--cluster",
+        metavar="DIR",
+        help="use the test cluster already running under DIR (tests/slurm/up.sh DIR ...)"
+        " instead of starting and stopping one",
+    )
     args = parser.parse_args()
-    reps = 5 if args.quick else 15
-    batch_size = 6 if args.quick else 12
-    cluster = tempfile.mkdtemp(prefix="wb-bench-slurm-", dir="/tmp")
-    up = subprocess.run(
-        ["bash", str(FIXTURE / "up.sh"), cluster, str(free_port()), str(free_port())],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    if up.returncode != 0:
-        print(up.stdout + up.stderr, file=sys.stderr)
-        return 1
+    reps = 2 if args.tiny else 5 if args.quick else 15
+    batch_size = 2 if args.tiny else 6 if args.quick else 12
+    batch_rounds = 1 if args.tiny else 2 if args.quick else 3
+    cluster = args.cluster or tempfile.mkdtemp(prefix="wb-bench-slurm-", dir="/tmp")
+    if not args.cluster:
+        up = subprocess.run(
+            ["bash", str(FIXTURE / "up.sh"), cluster, str(free_port()), str(free_port())],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        if up.returncode != 0:
+            print(up.stdout + up.stderr, file=sys.stderr)
+            return 1
     os.environ["SLURM_CONF"] = f"{cluster}/slurm.conf"
     homes = {kind: make_home(kind) for kind in ("local", "slurm")}
     clients = {kind: Client(home) for kind, home in homes.items()}
@@ -109,7 +122,7 @@ def main() -> int:
                 start_s[kind].append(to_start)
                 total_s[kind].append(to_end)
         batches: dict[str, list[float]] = {"local": [], "slurm": []}
-        for rep in range(2 if args.quick else 3):
+        for rep in range(batch_rounds):
             for kind in ("local", "slurm") if rep % 2 == 0 else ("slurm", "local"):
                 batches[kind].append(batch(clients[kind], kind, batch_size))
         squeue_ms = []
@@ -122,8 +135,9 @@ def main() -> int:
             client.close()
         for home in homes.values():
             stop(home)
-        subprocess.run(["bash", str(FIXTURE / "down.sh"), cluster], timeout=60)
-        shutil.rmtree(cluster, ignore_errors=True)
+        if not args.cluster:
+            subprocess.run(["bash", str(FIXTURE / "down.sh"), cluster], timeout=60)
+            shutil.rmtree(cluster, ignore_errors=True)
 
     def ratios(series: dict[str, list[float]]) -> list[float]:
         return [s / max(loc, 1e-6) for s, loc in zip(series["slurm"], series["local"], strict=True)]
@@ -170,6 +184,8 @@ def main() -> int:
         " which bounds how soon it sees a start or an end."
     )
     print(body)
+    if args.tiny:
+        return 0
     command = "sudo python bench/executor.py" + (" --quick" if args.quick else "")
     write_section("Executor", command, body)
     return 0

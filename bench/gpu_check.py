@@ -24,7 +24,10 @@ With --fake it runs against the simulated driver (workbench/telemetry/fakenvml.p
 H200), so the plumbing is proven on a machine without a GPU: the NVML figures come from the fake,
 the daemon grants fractions of the fake GPU and the jobs train on the CPU.
 
-Usage: python bench/gpu_check.py [--fake] [--write] [--home DIR] [--json-out FILE] [--budget S]
+With --tiny (the smoke test's size, not with --write) its train jobs run a tenth of the epochs.
+
+Usage: python bench/gpu_check.py [--fake] [--tiny] [--write] [--home DIR] [--json-out FILE]
+       [--budget S]
 """
 
 from __future__ import annotations
@@ -199,14 +202,28 @@ def probe_ort(model_path: str) -> dict[str, Any]:
     out["onnxruntime"] = ort.__version__
     out["available"] = list(ort.get_available_providers())
     cpu = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
-    first = cpu.get_inputs()[0]
-    width = first.shape[1] if isinstance(first.shape[1], int) else len(FEATURES)
+    inputs = cpu.get_inputs()
     rng = np.random.default_rng(0)
-    if width == len(FEATURES):
-        x = rng.normal([44.0, 17.0, 200.0, 4200.0], [5.0, 2.0, 14.0, 800.0], size=(256, width))
-    else:
-        x = rng.normal(size=(256, width))
-    feed = {first.name: x.astype(np.float32)}
+    means = dict(zip(FEATURES, (44.0, 17.0, 200.0, 4200.0), strict=True))
+    stds = dict(zip(FEATURES, (5.0, 2.0, 14.0, 800.0), strict=True))
+    feed: dict[str, Any] = {}
+    if len(inputs) > 1 or inputs[0].name in FEATURES:
+        # one named input per column, (rows, 1), float64 (exports since named float64 inputs)
+        for each in inputs:
+            if each.type == "tensor(string)":
+                feed[each.name] = np.full((256, 1), "x", dtype=object)
+                continue
+            dtype = np.float64 if each.type == "tensor(double)" else np.float32
+            column = rng.normal(means.get(each.name, 0.0), stds.get(each.name, 1.0), (256, 1))
+            feed[each.name] = column.astype(dtype)
+    else:  # older exports: one float32 matrix, a column per feature
+        first = inputs[0]
+        width = first.shape[1] if isinstance(first.shape[1], int) else len(FEATURES)
+        if width == len(FEATURES):
+            x = rng.normal(list(means.values()), list(stds.values()), size=(256, width))
+        else:
+            x = rng.normal(size=(256, width))
+        feed[first.name] = x.astype(np.float32)
     options = ort.SessionOptions()
     options.enable_profiling = True
     folder = os.environ.get("WORKBENCH_RUN_DIR") or tempfile.mkdtemp(prefix="gpucheck-ort-")
@@ -675,7 +692,7 @@ class GpuCheck:
             raise NotAvailable("NVML found no GPU to share")
         if all(s.mig_mode for s in self.samples):
             raise NotAvailable("every GPU is in MIG mode: fractions of a GPU do not apply")
-        spec = self._train_spec("gpucheck-pair", epochs=40)
+        spec = self._train_spec("gpucheck-pair", epochs=4 if self.args.tiny else 40)
         pair_options = ["--gpus", "0.5", "--gpu-mem", PAIR_CAP, "--cpus", "1", "--paused"]
         ids = [
             self.wb.submit("--spec", str(spec), "--name", f"gpucheck-pair-{n}", *pair_options)
@@ -788,7 +805,7 @@ class GpuCheck:
     def bf16(self, result: Result) -> str:
         self.need_dataset()
         asked = self.whole_gpu()
-        spec = self._train_spec("gpucheck-bf16", epochs=30)
+        spec = self._train_spec("gpucheck-bf16", epochs=3 if self.args.tiny else 30)
         job_id = self.wb.submit("--spec", str(spec), "--gpus", asked, "--cpus", "1")
         job = self.wb.wait(job_id, 240)
         if job["state"] != "succeeded":
@@ -1112,6 +1129,9 @@ def main() -> int:
     parser.add_argument("--fake", action="store_true", help="run against the simulated driver")
     parser.add_argument("--write", action="store_true", help="record in bench/RESULTS.md")
     parser.add_argument(
+        "--tiny", action="store_true", help="smoke-test size: train jobs of a tenth the epochs"
+    )
+    parser.add_argument(
         "--scenario", metavar="FILE.json", help="with --fake: this simulated machine instead"
     )
     parser.add_argument("--home", help="WORKBENCH_HOME to use (default: a fresh temporary one)")
@@ -1133,6 +1153,9 @@ def main() -> int:
         return take_section(Path(args.take))
     if args.fake and args.write:
         print("gpu_check: --write records the real driver only, not --fake", file=sys.stderr)
+        return 2
+    if args.tiny and args.write:
+        print("gpu_check: --write records the full-size checks only, not --tiny", file=sys.stderr)
         return 2
     from _results import machine
 

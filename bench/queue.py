@@ -3,7 +3,7 @@ cancel latency, trivial jobs per second at parallelism 8, `ls` and `ls --json`, 
 idle and while a job reports progress; draining at two queue lengths; baselines measured in the
 same run (`python -c pass`, task-spooler at its ~1,000-job limit); and a reliability run that
 injects faults (daemon and wrapper kill -9, cancels of escaping processes, bad inputs).
-Usage: python bench/queue.py [--quick]"""
+Usage: python bench/queue.py [--quick] [--round2] [--tiny]"""
 
 from __future__ import annotations
 
@@ -766,13 +766,19 @@ def main() -> None:
         action="store_true",
         help="only the round-2 figures (starvation, bulk submit, drain breakdown, ls --json)",
     )
-    parser.add_argument("--tiny", action="store_true", help="with --round2: a smoke-test size")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a smoke-test size (round 1: 20 and 100 held, 1 sample, 16 jobs); RESULTS.md untouched",
+    )
     args = parser.parse_args()
     if args.round2:
         round2(args.tiny)
         return
-    sizes = (200, 2000) if args.quick else (200, 5000, 20000)
-    runs, seconds, jobs = (5, 3.0, 100) if args.quick else (10, 10.0, 400)
+    sizes = (20, 100) if args.tiny else (200, 2000) if args.quick else (200, 5000, 20000)
+    runs, seconds, jobs = (
+        (1, 0.5, 16) if args.tiny else (5, 3.0, 100) if args.quick else (10, 10.0, 400)
+    )
     load_at_start = os.getloadavg()[0]
     tsp = tsp_available()
     base = bench_tsp(tsp, runs, jobs) if tsp else None
@@ -828,7 +834,7 @@ def main() -> None:
     ) + table(headers, rows)
     drain = bench_drain(jobs // 2)
     text += "\n\n" + table(["draining", "rates", "", "ratio"], drain)
-    faults = reliability(100 if args.quick else 200)
+    faults = reliability(10 if args.tiny else 100 if args.quick else 200)
     text += "\n\nReliability (faults injected while jobs ran):\n\n" + table(
         [
             "fault",
@@ -841,7 +847,7 @@ def main() -> None:
         faults,
     )
     print(text)
-    if not args.quick:
+    if not (args.quick or args.tiny):
         write_section("queue", "python bench/queue.py", text)
 
 

@@ -1,7 +1,7 @@
 """Scheduler benchmark: a seeded simulated working day on an 8-GPU node through our scheduler, a
 FIFO first-fit baseline and a task-spooler-style free-memory threshold, in the same run; and the
 time of one scheduling pass with 10,000 queued jobs.
-Usage: python bench/scheduler.py [--quick] [--seeds N] [--only SCENARIO]
+Usage: python bench/scheduler.py [--quick] [--seeds N] [--only SCENARIO] [--tiny]
 
 The day: many small fractional jobs (0.25 GPU, declared 10-20 GiB) submitted in sweeps, full-GPU
 jobs and a few 4-GPU jobs, from two groups with quotas (vision 5 GPUs, sweep 3), submitted at a
@@ -737,13 +737,18 @@ def main() -> None:
     parser.add_argument(
         "--only", choices=sorted(SCENARIOS), help="one scenario, printed, RESULTS.md untouched"
     )
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="smoke test: one seed of the --quick day only, 2 pass repeats, RESULTS.md untouched",
+    )
     args = parser.parse_args()
-    seeds = list(range(2 if args.quick else args.seeds))
-    scale = 0.5 if args.quick else 1.0
+    seeds = [0] if args.tiny else list(range(2 if args.quick else args.seeds))
+    scale = 0.5 if args.quick or args.tiny else 1.0
     loadavg = [os.getloadavg()[0]]
     runs = {}
     for key, scenario in SCENARIOS.items():
-        if args.only in (None, key):
+        if args.only in (None, key) and not (args.tiny and key != "day"):
             runs[key] = run_scenario(scenario, seeds, scale)
             loadavg.append(os.getloadavg()[0])
     main_key = args.only or "day"
@@ -897,8 +902,9 @@ def main() -> None:
         print(main_table, per_seed, share_table, scenario_table, variant_table, sep="\n\n")
         print(f"gain {spread(gains)}; small p95 ratio {spread(small_ratio, '{:.2f}')}")
         return
-    ours_s, ours_cpu_s, fifo_s, reclaim_cpu_s, queued = decision_times(10 if args.quick else 40)
-    daemon_full_s, daemon_reclaim_s = daemon_pass_times(queued, 10 if args.quick else 40)
+    repeats = 2 if args.tiny else 10 if args.quick else 40
+    ours_s, ours_cpu_s, fifo_s, reclaim_cpu_s, queued = decision_times(repeats)
+    daemon_full_s, daemon_reclaim_s = daemon_pass_times(queued, repeats)
     daemon_full_ms = [t * 1000 for t in daemon_full_s]
     daemon_reclaim_ms = [t * 1000 for t in daemon_reclaim_s]
     loadavg.append(os.getloadavg()[0])
@@ -1040,6 +1046,8 @@ this work, so it has not met a real driver and the GPU memory cap
 variable here.
 """
     print(body)
+    if args.tiny:
+        return
     write_section(
         "Scheduler", "python bench/scheduler.py" + (" --quick" if args.quick else ""), body
     )

@@ -4,7 +4,7 @@ store; `python -c pass` measured interleaved in the same run as the baseline.
 
 Each store holds 5% active jobs (queued) and 95% ended ones, every job with a realistic captured
 environment; one more holds 20,000 held jobs (all active, as bench/queue.py fills its queue).
-Usage: python bench/store.py [--quick] [--repeat N]"""
+Usage: python bench/store.py [--quick] [--repeat N] [--tiny]"""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from _results import median, table, write_section  # noqa: E402
 from workbench.db.store import Event, JobRequest, Store  # noqa: E402
 
 SIZES = (200, 5_000, 20_000)
+TINY = (20, 200)  # --tiny: the smoke test's sizes
 HELD = 20_000  # the extra store: every job held (active), as bench/queue.py fills its queue
 
 
@@ -66,11 +67,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="200 and 5,000 jobs, 3 repeats")
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="smoke test: 20 and 200 jobs, 1 repeat, no held store; RESULTS.md untouched",
+    )
     args = parser.parse_args()
-    sizes: list[int | str] = list(SIZES[:2] if args.quick else SIZES)
-    if not args.quick:
+    sizes: list[int | str] = list(TINY if args.tiny else SIZES[:2] if args.quick else SIZES)
+    if not (args.quick or args.tiny):
         sizes.append("held")
-    repeat = 3 if args.quick else args.repeat
+    repeat = 1 if args.tiny else 3 if args.quick else args.repeat
     python = sys.executable
     rows: list[list[str]] = []
     submits: dict[int | str, float] = {}
@@ -157,6 +163,8 @@ def main() -> int:
         " figure with the baseline beside it)."
     )
     print(body)
+    if args.tiny:
+        return 0
     command = "python bench/store.py" + (" --quick" if args.quick else "")
     write_section("store and CLI at scale", command, body)
     return 0

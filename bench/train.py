@@ -1,6 +1,6 @@
 """Train benchmark: samples/s of a `train` job against a bare PyTorch loop over the same tensors,
 model, batch size and threads (same run), and the time from job start to the first training step.
-Usage: python bench/train.py [--epochs N]"""
+Usage: python bench/train.py [--epochs N] [--tiny]"""
 
 from __future__ import annotations
 
@@ -113,7 +113,14 @@ def main() -> int:
         default=[1, 2],
         help="torch thread counts to measure, each on both sides (default: 1 2)",
     )
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="smoke test: 1 epoch on digits once, 1 round, 1 thread; RESULTS.md untouched",
+    )
     args = parser.parse_args()
+    if args.tiny:
+        args.epochs, args.repeat, args.rounds, args.threads = 1, 1, 1, [1]
     root = Path(tempfile.mkdtemp(prefix="wb-bench-", dir="/tmp"))
     os.environ["WORKBENCH_HOME"] = str(root)
     from jobs.bundle import Preprocessor
@@ -176,7 +183,8 @@ def main() -> int:
             " reading the lake, fitting preprocessing)."
         )
         print(body)
-        write_section("train", " ".join(["python bench/train.py", *sys.argv[1:]]), body)
+        if not args.tiny:
+            write_section("train", " ".join(["python bench/train.py", *sys.argv[1:]]), body)
     except RuntimeError as error:
         print(error, file=sys.stderr)
         return 1

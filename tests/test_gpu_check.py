@@ -53,7 +53,7 @@ def test_the_gpu_check_runs_its_plumbing_on_the_fake_driver_and_leaves_nothing_r
     before = RESULTS.read_bytes()
     report = tmp_path / "report.json"
     done = run_check(
-        "--fake", "--home", str(home.root), "--json-out", str(report), "--budget", "240"
+        "--fake", "--tiny", "--home", str(home.root), "--json-out", str(report), "--budget", "240"
     )
     assert done.returncode == 0, done.stdout + done.stderr
     results = {r["name"]: r for r in json.loads(report.read_text())["results"]}

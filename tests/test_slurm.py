@@ -779,3 +779,44 @@ def test_gpus_and_shards_reach_the_job(on_slurm: Home, client: Client) -> None:
         text=True,
     ).stdout
     assert "shard:1" in seen or "shard=1" in seen, seen
+
+
+@pytest.mark.slow
+def test_bench_executor_tiny(slurm: dict[str, str]) -> None:
+    """bench/executor.py in its tiny mode on the session's test cluster (issue 25: every bench
+    script has a smoke test): its table has every row, with Slurm's figures and the local
+    baseline's; RESULTS.md untouched."""
+    results = ROOT / "bench" / "RESULTS.md"
+    before = results.read_text()
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "executor.py"), "--tiny", "--cluster", slurm["dir"]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert results.read_text() == before
+    rows = {
+        cells[0]: cells[1:]
+        for line in done.stdout.splitlines()
+        if line.startswith("| ")
+        for cells in [[cell.strip() for cell in line.strip().strip("|").split("|")]]
+    }
+
+    def ms(cell: str) -> float:
+        return float(cell.removeprefix("local: ").removesuffix(" ms"))
+
+    for name in (
+        "submit-to-start, median",
+        "submit-to-start, p90",
+        "one job, submit to settled in the store, median",
+        "2 trivial jobs at once, per job",
+    ):
+        on_slurm, local = rows[name][:2]
+        assert 0 < ms(local) < 30_000 and 0 < ms(on_slurm) < 60_000, done.stdout
+    # a start through sbatch, slurmctld and slurmd: many times a local fork (16-48x in RESULTS.md)
+    start = rows["submit-to-start, median"]
+    assert ms(start[0]) > ms(start[1]), done.stdout
+    assert 0 < ms(rows["one `squeue --json` (the daemon's per-tick poll)"][0]) < 10_000
+    assert "2 single jobs per executor" in done.stdout
