@@ -931,13 +931,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"workbench: {display_text(str(error))}", file=sys.stderr)
         return EXIT_USAGE
     except JobError as error:
-        print(f"workbench: {error}", file=sys.stderr)
+        print(f"workbench: {display_text(str(error))}", file=sys.stderr)
         return EXIT_USAGE if isinstance(error, NoSuchJob) else EXIT_FAILED
     except StoreError as error:
-        print(f"workbench: {error}", file=sys.stderr)
+        print(f"workbench: {display_text(str(error))}", file=sys.stderr)
         return EXIT_DAEMON
     except (DaemonUnavailable, UntrustedHome) as error:
-        print(f"workbench: {error}", file=sys.stderr)
+        print(f"workbench: {display_text(str(error))}", file=sys.stderr)
         return EXIT_DAEMON
     except KeyboardInterrupt as error:
         return int(getattr(error, "exit_code", 130))  # 143 for a batch's SIGTERM
@@ -951,7 +951,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # error: a bad dataset name or version is a usage error.
         lake = sys.modules.get("workbench.catalog.lake")
         if lake is not None and isinstance(error, lake.LakeError):
-            print(f"workbench: {error}", file=sys.stderr)
+            print(f"workbench: {display_text(str(error))}", file=sys.stderr)
             return EXIT_USAGE
         # A damaged state file or a full disk can surface from any read or write: one message
         # with what to do, never a traceback.
@@ -960,7 +960,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             home_fault = _home_fault(error)
             if home_fault is None:
                 raise
-            print(f"workbench: {home_fault}", file=sys.stderr)
+            print(f"workbench: {display_text(str(home_fault))}", file=sys.stderr)
             return EXIT_DAEMON
         print(f"workbench: {fault}", file=sys.stderr)
         return EXIT_DAEMON

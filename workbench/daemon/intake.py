@@ -26,6 +26,7 @@ from workbench.paths import Home
 from workbench.present import job_json
 from workbench.queue import repro, submission
 from workbench.queue.spec import SpecError
+from workbench.safetext import display_text
 
 CREDENTIALS = struct.Struct("iII")  # struct ucred: pid, uid, gid (SO_PASSCRED)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STORE = 0, 1, 2, 3
@@ -52,6 +53,12 @@ def peer_credentials(
             pid, uid, gid = CREDENTIALS.unpack(data[: CREDENTIALS.size])
             return pid, uid, gid
     return None, None, None
+
+
+def said(error: BaseException) -> str:
+    """An error as the full CLI prints it (`workbench: ...`, its text made printable by
+    `display_text`), so a quick submit's refusal reads the same byte for byte."""
+    return f"workbench: {display_text(str(error))}\n"
 
 
 class Intake:
@@ -227,7 +234,7 @@ class Intake:
         try:
             Store.open(self.home.state_db).close()
         except StoreError as error:
-            return {"exit": EXIT_STORE, "stderr": f"workbench: {error}\n"}
+            return {"exit": EXIT_STORE, "stderr": said(error)}
         self._checked = identity
         return None
 
@@ -260,7 +267,7 @@ class Intake:
         try:
             submission.check_words(args)
         except SpecError as error:
-            return {"exit": EXIT_USAGE, "stderr": f"workbench: {error}\n"}
+            return {"exit": EXIT_USAGE, "stderr": said(error)}
         if args.bulk:  # its lines may be the client's stdin
             return {"fallback": "a bulk submit is read by the client"}
         if args.spec:
@@ -278,10 +285,10 @@ class Intake:
                 return {"fallback": "a snapshot is taken by the client"}
             (job,) = bind_executor([job], args.executor, self.home, [where])
         except SpecError as error:
-            return {"exit": EXIT_USAGE, "stderr": f"workbench: {error}\n"}
+            return {"exit": EXIT_USAGE, "stderr": said(error)}
         except JobError as error:
             code = EXIT_USAGE if isinstance(error, NoSuchJob) else EXIT_FAILED
-            return {"exit": code, "stderr": f"workbench: {error}\n"}
+            return {"exit": code, "stderr": said(error)}
         except Exception as error:
             self.log(f"submission not taken ({type(error).__name__}: {error})")
             return {"fallback": f"{type(error).__name__}"}
@@ -304,13 +311,13 @@ class Intake:
             return {"fallback": "withdrawn: the client left"}
         except JobError as error:
             code = EXIT_USAGE if isinstance(error, NoSuchJob) else EXIT_FAILED
-            return {"exit": code, "stderr": f"workbench: {error}\n"}
+            return {"exit": code, "stderr": said(error)}
         except Exception as error:
             fault = translate(error, self.home.state_db)
             if fault is None:  # unexpected: the client does it itself and reports it
                 self.log(f"submission not taken ({type(error).__name__}: {error})")
                 return {"fallback": f"{type(error).__name__}"}
-            return {"exit": EXIT_STORE, "stderr": f"workbench: {fault}\n"}
+            return {"exit": EXIT_STORE, "stderr": said(fault)}
         self.taken += 1
         self._to_capture.append((job_id, job))  # after the answer: it costs a git call or two
         reply: dict[str, Any] = {
