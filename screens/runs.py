@@ -39,10 +39,12 @@ COLUMNS = (
 NARROW_DROPS = ("model", "dataset", "lr")
 AXES = ("epoch", "time")
 TABLE_METRICS = ("epoch", "val_accuracy", "val_loss", "val_rmse")  # what `cells` reads
-# A live run's charts are redrawn at most this often (seconds): a chart costs 20-60 ms of CPU
-# to draw (plotext), and a run writes a metric row every step. TensorBoard reloads its event
-# files every 5 s by default (`--reload_interval`); the table's cells still follow every second.
-LIVE_CURVES_S = 5.0
+# A live run's charts and table figures are redrawn at most this often (seconds): a chart
+# costs 20-60 ms of CPU to draw (plotext), the table as much (it redraws whole on a cell's
+# change), and a run writes a metric row every step (an epoch a second on a small dataset).
+# TensorBoard's page reloads every 30 s; bench/tui.py --live-run-only measures the cost.
+LIVE_CURVES_S = 10.0
+LIVE_TABLE_S = 3.0
 ENDED = ("succeeded", "failed", "cancelled", "blocked")
 
 
@@ -277,6 +279,7 @@ class RunsScreen(WorkbenchScreen):
         self.drawn: dict[str, Any] = {}
         self.curve_states: dict[int, str] = {}
         self.curves_at = 0.0
+        self.applied_at = 0.0
 
     def compose(self) -> ComposeResult:
         yield self.title_bar()
@@ -329,24 +332,24 @@ class RunsScreen(WorkbenchScreen):
 
     def on_runs_read(self, message: RunsRead) -> None:
         # Only what the table shows: a live run writes a metric row every step, most of which
-        # (train_loss, the step) no row shows; those change the curves, not the table.
-        signature = [
-            (
-                r.job_id,
-                r.name,
-                r.state,
-                r.model,
-                r.dataset,
-                r.dataset_version,
-                repr(sorted(r.params.items())),
-                *(r.metrics.get(m) for m in TABLE_METRICS),
-            )
+        # (train_loss, the step) no row shows; those change the curves, not the table. A row
+        # added, gone or changing state shows at once; a live run's figures at most every
+        # LIVE_TABLE_S (a DataTable redraws whole on any cell's change).
+        rows = [
+            (r.job_id, r.name, r.state, r.model, r.dataset, r.dataset_version,
+             repr(sorted(r.params.items())))
             for r in message.runs
-        ]
+        ]  # fmt: skip
+        figures = [tuple(r.metrics.get(m) for m in TABLE_METRICS) for r in message.runs]
         self.runs = {r.job_id: r for r in message.runs}
-        if signature != self.signature:
-            self.signature = signature
+        if (
+            self.signature is None
+            or rows != self.signature[0]
+            or (figures != self.signature[1] and time.monotonic() - self.applied_at >= LIVE_TABLE_S)
+        ):
+            self.signature = (rows, figures)
             self.labels = sweep_labels(message.runs)
+            self.applied_at = time.monotonic()
             self.apply()
         if message.mark != self.mark:
             shown = self.shown_runs()
