@@ -461,13 +461,14 @@ def main() -> int:
         help="only the Runs screen's idle CPU while one run trains (prints its table)",
     )
     args = parser.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="wb-bench-", dir="/tmp"))
-    env = {**os.environ, "WORKBENCH_HOME": str(home)}
+    env = {**os.environ}
     env.pop("WORKBENCH_FAKE_NVML", None)
     if args.live_run_only:
         live = runs_live(env, args.idle_seconds, args.repeats)
         print(table(["screen", "key to the run on screen", "idle CPU", "load"], live))
         return 0
+    home = Path(tempfile.mkdtemp(prefix="wb-bench-", dir="/tmp"))
+    env["WORKBENCH_HOME"] = str(home)
     if args.tiny:
         try:
             rows = first_text_rows(env, home, 1)
