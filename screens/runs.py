@@ -4,6 +4,7 @@ scale, and a sweep's points named by the parameters that differ between them, be
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -37,6 +38,14 @@ COLUMNS = (
 )
 NARROW_DROPS = ("model", "dataset", "lr")
 AXES = ("epoch", "time")
+TABLE_METRICS = ("epoch", "val_accuracy", "val_loss", "val_rmse")  # what `cells` reads
+# A live run's charts and table figures are redrawn at most this often (seconds): a chart
+# costs 20-60 ms of CPU to draw (plotext), the table as much (it redraws whole on a cell's
+# change), and a run writes a metric row every step (an epoch a second on a small dataset).
+# TensorBoard's page reloads every 30 s; bench/tui.py --live-run-only measures the cost.
+LIVE_CURVES_S = 10.0
+LIVE_TABLE_S = 3.0
+ENDED = ("succeeded", "failed", "cancelled", "blocked")
 
 
 @dataclass
@@ -264,6 +273,13 @@ class RunsScreen(WorkbenchScreen):
         self.plotted: dict[int, dict[str, list[tuple[int, float, float | None]]]] = {}
         self.columns: tuple[str, ...] = ()
         self.smoothing = 0.0
+        self.shown_cells: dict[str, dict[str, Any]] = {}
+        self.status_text: Text | None = None
+        self.detail_text: Any = None
+        self.drawn: dict[str, Any] = {}
+        self.curve_states: dict[int, str] = {}
+        self.curves_at = 0.0
+        self.applied_at = 0.0
 
     def compose(self) -> ComposeResult:
         yield self.title_bar()
@@ -315,15 +331,35 @@ class RunsScreen(WorkbenchScreen):
         self.post_message(self.app.source.read(read))  # type: ignore[attr-defined]
 
     def on_runs_read(self, message: RunsRead) -> None:
-        signature = [(r.job_id, r.state, sorted(r.metrics.items())) for r in message.runs]
+        # Only what the table shows: a live run writes a metric row every step, most of which
+        # (train_loss, the step) no row shows; those change the curves, not the table. A row
+        # added, gone or changing state shows at once; a live run's figures at most every
+        # LIVE_TABLE_S (a DataTable redraws whole on any cell's change).
+        rows = [
+            (r.job_id, r.name, r.state, r.model, r.dataset, r.dataset_version,
+             repr(sorted(r.params.items())))
+            for r in message.runs
+        ]  # fmt: skip
+        figures = [tuple(r.metrics.get(m) for m in TABLE_METRICS) for r in message.runs]
         self.runs = {r.job_id: r for r in message.runs}
-        if signature != self.signature:
-            self.signature = signature
+        if (
+            self.signature is None
+            or rows != self.signature[0]
+            or (figures != self.signature[1] and time.monotonic() - self.applied_at >= LIVE_TABLE_S)
+        ):
+            self.signature = (rows, figures)
             self.labels = sweep_labels(message.runs)
+            self.applied_at = time.monotonic()
             self.apply()
         if message.mark != self.mark:
-            self.mark = message.mark
-            self.load_curves()
+            shown = self.shown_runs()
+            if not any(r.state not in ENDED for r in shown):
+                self.mark = message.mark
+                if any(self.curve_states.get(r.job_id) != r.state for r in shown):
+                    self.load_curves()  # an ended run's curves, once read, do not move
+            elif time.monotonic() - self.curves_at >= LIVE_CURVES_S:
+                self.mark = message.mark  # else the next poll sees the mark moved still
+                self.load_curves()
         if self.app.is_running and not getattr(self.app, "frozen", False):
             self.set_timer(1.0, self._next)
 
@@ -360,20 +396,32 @@ class RunsScreen(WorkbenchScreen):
         ordered = self.ordered()
         selected = self.selected()
         columns = self.shown_columns(ordered)
+        rows = {}
+        for run in ordered:
+            row = cells(run, self.labels.get(run.job_id))
+            if run.job_id in self.marked:
+                row["job"] = Text(f"*{run.job_id}", style="bold cyan", justify="right")
+            rows[str(run.job_id)] = row
         with self.app.batch_update():
-            if columns != self.columns:
-                table.clear(columns=True)
-                for column in columns:
-                    table.add_column(column, key=column)
-                self.columns = columns
-            table.clear()
-            for run in ordered:
-                row = cells(run, self.labels.get(run.job_id))
-                if run.job_id in self.marked:
-                    row["job"] = Text(f"*{run.job_id}", style="bold cyan", justify="right")
-                table.add_row(*(row[c] for c in columns), key=str(run.job_id))
-            if selected is not None and str(selected.job_id) in table.rows:
-                table.move_cursor(row=table.get_row_index(str(selected.job_id)))
+            if columns == self.columns and list(rows) == [k.value for k in table.rows]:
+                # The same rows in the same order: only the cells that changed are redrawn.
+                for key, row in rows.items():
+                    before = self.shown_cells.get(key, {})
+                    for column in columns:
+                        if before.get(column) != row[column]:
+                            table.update_cell(key, column, row[column])
+            else:
+                if columns != self.columns:
+                    table.clear(columns=True)
+                    for column in columns:
+                        table.add_column(column, key=column)
+                    self.columns = columns
+                table.clear()
+                for key, row in rows.items():
+                    table.add_row(*(row[c] for c in columns), key=key)
+                if selected is not None and str(selected.job_id) in table.rows:
+                    table.move_cursor(row=table.get_row_index(str(selected.job_id)))
+            self.shown_cells = rows
         status = Text(f"{len(self.runs)} runs", style="bold")
         if self.sweep_of is not None:
             status.append(
@@ -393,7 +441,9 @@ class RunsScreen(WorkbenchScreen):
                 " (workbench --batch examples/quickstart.toml)",
                 style="dim",
             )
-        self.query_one("#runs-status", Static).update(status)
+        if status != self.status_text:
+            self.status_text = status
+            self.query_one("#runs-status", Static).update(status)
 
     def selected(self) -> Run | None:
         table = self.query_one("#runs", DataTable)
@@ -415,12 +465,15 @@ class RunsScreen(WorkbenchScreen):
 
     def load_curves(self) -> None:
         runs = self.shown_runs()
+        self.curve_states = {r.job_id: r.state for r in runs}
+        self.curves_at = time.monotonic()
         if runs:
             self.read_curves([r.job_id for r in runs])
         detail = self.query_one("#runs-detail", Static)
         self.set_class(len(runs) >= 2, "comparing")
         if len(runs) >= 2:
             detail.update(params_diff(runs, detail.size.width or self.size.width))
+            self.detail_text = None
         elif runs:
             run = runs[0]
             text = Text()
@@ -439,7 +492,9 @@ class RunsScreen(WorkbenchScreen):
                 f"torch {run.env.get('torch')} on {run.env.get('device_name')} ({run.env.get('device')})\n",
                 style="dim",
             )
-            detail.update(text)
+            if text != self.detail_text:  # a live run's metric rows leave it as it was
+                self.detail_text = text
+                detail.update(text)
 
     @work(
         thread=True, exclusive=True, exit_on_error=False, group="curves", description="read curves"
@@ -512,6 +567,10 @@ class RunsScreen(WorkbenchScreen):
         titles = {"curves": "loss", "scores": "validation metric"}
         colours = self.colours()
         for widget_id, (xlabel, lines) in self.chart_lines().items():
+            drawn = (xlabel, lines, [colours[line[0]] for line in lines])
+            if self.drawn.get(widget_id) == drawn:
+                continue  # new points on the other chart only (a step's loss, not an epoch's)
+            self.drawn[widget_id] = drawn
             widget = self.query_one(f"#{widget_id}", PlotextPlot)
             plt = widget.plt
             plt.clear_figure()
@@ -531,7 +590,9 @@ class RunsScreen(WorkbenchScreen):
             legend.append("■ ", style=hex_colour(colour))
             legend.append(f"{job_id} {name}  " if many else f"{name}  ")
         legend.append("⠶ train  • val", style="dim")
-        self.query_one("#legend", Static).update(legend)
+        if legend != self.drawn.get("legend"):
+            self.drawn["legend"] = legend
+            self.query_one("#legend", Static).update(legend)
 
     def action_smoothing(self) -> None:
         self.smoothing = SMOOTHING[(SMOOTHING.index(self.smoothing) + 1) % len(SMOOTHING)]

@@ -312,3 +312,44 @@ async def test_history_holds_this_sessions_queries_and_keeps_the_draft(data_home
         await pilot.press("enter")
         await until(pilot, lambda: editor.text == "SELECT * FROM jobs", what="the store table")
         await until(pilot, lambda: "no rows" in status(app) or "rows" in status(app))
+
+
+def contrast_ratio(fg: tuple[int, int, int], bg: tuple[int, int, int]) -> float:
+    """WCAG 2 contrast ratio of two sRGB colours (1.0 to 21.0)."""
+
+    def luminance(values: tuple[int, int, int]) -> float:
+        def channel(v: int) -> float:
+            c = v / 255
+            return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+        r, g, b = (channel(v) for v in values)
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+    a, b = luminance(fg), luminance(bg)
+    return (max(a, b) + 0.05) / (min(a, b) + 0.05)
+
+
+async def test_editor_title_is_readable_focused_or_not_in_both_themes(home: Home) -> None:
+    """The editor's title was drawn in the blurred border's colour on the code editor's own
+    background (#191919 on #272822 dark, #d0d1d0 on #272822 light): nearly invisible unfocused.
+    The title as rendered reads at 4.5:1 (WCAG AA for text) in both themes, focused or not."""
+    from textual.geometry import Region
+
+    app = WorkbenchApp(Source(home), frozen=True)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press("s")
+        await until(pilot, lambda: bool(app.screen.query("#sql")), what="the data screen")
+        editor = app.screen.query_one("#sql", TextArea)
+        for theme in ("textual-dark", "textual-light"):
+            app.theme = theme
+            for focused in (False, True):
+                (editor if focused else app.screen.query_one("#datasets")).focus()
+                await pilot.pause()
+                strip = editor.render_lines(Region(0, 0, editor.outer_size.width, 1))[0]
+                title = [s for s in strip if "editor" in s.text]
+                assert title, (theme, strip.text)
+                style = title[0].style
+                assert style is not None and style.color and style.bgcolor
+                fg, bg = style.color.get_truecolor(), style.bgcolor.get_truecolor()
+                ratio = contrast_ratio(tuple(fg), tuple(bg))
+                assert ratio >= 4.5, (theme, focused, fg.hex, bg.hex, ratio)

@@ -366,3 +366,71 @@ async def test_compare_like_tensorboard_at_80x24(screens_home: Home) -> None:
         smoothed = {(j, m): ys for j, m, _, _, ys in screen.chart_lines()["curves"][1]}
         assert smoothed != raw and smoothed[(1, "val_loss")] == smooth(raw[(1, "val_loss")], 0.6)
     assert smooth([1.0, 1.0, 1.0], 0.9) == [1.0, 1.0, 1.0]  # debiased: no pull towards 0
+
+
+async def test_a_live_run_redraws_only_what_its_new_points_change(screens_home: Home) -> None:
+    """Idle cost that does not grow with a live run: a step's metric row (train_loss) redraws
+    the loss chart only, not the table nor the metric chart; an epoch's validation figure
+    updates the changed cells in place (the table is never rebuilt) and the metric chart; while
+    an ended run is shown, the live run's rows redraw nothing; a live run's charts are redrawn
+    at most every 10 s and its table figures every 3 s (a metric row a step would redraw them
+    every poll)."""
+    from workbench.db.metric_series import metrics_mark
+
+    app = WorkbenchApp(Source(screens_home))
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press("r")
+        screen = app.screen
+        assert isinstance(screen, RunsScreen)
+        table = screen.query_one("#runs", DataTable)
+        await until(pilot, lambda: table.row_count == 2 and screen.plotted, what="two runs")
+        await pilot.press("down")
+        await until(pilot, lambda: 2 in screen.plotted, what="the running run's curves")
+        await pilot.pause(0.3)
+        calls: dict[str, int] = {"clear": 0, "update_cell": 0, "curves": 0, "scores": 0}
+
+        def counting(name: str, real: Any) -> Any:
+            def call(*args: Any, **kwargs: Any) -> Any:
+                calls[name] += 1
+                return real(*args, **kwargs)
+
+            return call
+
+        table.clear = counting("clear", table.clear)  # type: ignore[method-assign]
+        table.update_cell = counting("update_cell", table.update_cell)  # type: ignore[method-assign]
+        for chart in ("curves", "scores"):
+            plt = screen.query_one(f"#{chart}").plt  # type: ignore[attr-defined]
+            plt.clear_figure = counting(chart, plt.clear_figure)
+        store = Store.open(screens_home.state_db)
+        try:
+            store.add_metrics(2, 3, {"train_loss": 0.5})
+            await until(
+                pilot,
+                lambda: len(screen.plotted.get(2, {}).get("train_loss", [])) == 3,
+                what="the step's point",
+            )
+            await pilot.pause(0.3)
+            assert calls == {"clear": 0, "update_cell": 0, "curves": 1, "scores": 0}, calls
+            first_read = screen.curves_at
+            store.add_metrics(2, 4, {"train_loss": 0.45, "val_accuracy": 0.7, "epoch": 2.0})
+            await until(pilot, lambda: "0.7000" in str(table.get_row("2")), what="the new cells")
+            await until(
+                pilot,
+                lambda: any(v == 0.7 for _, _, v in screen.plotted[2].get("val_accuracy", [])),
+                what="the epoch's point (a live run's charts follow at most every 10 s)",
+            )
+            await pilot.pause(0.3)
+            assert calls["clear"] == 0 and calls["update_cell"] >= 1, calls
+            assert calls["curves"] == 2 and calls["scores"] == 1, calls
+            assert screen.curves_at - first_read >= 9.9  # the table followed; the charts waited
+            await pilot.press("up")  # the ended run
+            await until(pilot, lambda: list(screen.plotted) == [1], what="the ended run's curves")
+            await pilot.pause(0.3)
+            before = dict(calls)
+            store.add_metrics(2, 5, {"train_loss": 0.4})
+            mark = metrics_mark(store)
+            await until(pilot, lambda: screen.mark == mark, what="the new metrics mark")
+            await pilot.pause(0.3)
+            assert calls == before, (before, calls)
+        finally:
+            store.close()

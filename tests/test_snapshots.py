@@ -1,9 +1,11 @@
-"""How the TUI looks, at 80x24 and 160x48: SVG snapshots of the Dashboard (two fake GPUs, one
-busy with a queue job's process; no GPU), the Queue with jobs in every state, the job detail,
-the submit form, the help, the Data, Runs and Models screens."""
+"""How the TUI looks, at 80x24, 160x48 and 200x60 in the dark and the light theme: SVG
+snapshots of the Dashboard (two fake GPUs, one busy with a queue job's process; no GPU), the
+Queue with jobs in every state, the job detail, the submit form, the help, the Data, Runs and
+Models screens."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,11 @@ from tui_data import (
 from screens.app import WorkbenchApp
 from screens.source import FixedSource
 
-SIZES = [(80, 24), (160, 48)]
+SIZES = [(80, 24), (160, 48), (200, 60)]
+THEMES = ["dark", "light"]
+VIEWS = [(size, theme) for size in SIZES for theme in THEMES]
+VIEW_IDS = [f"{w}x{h}-{theme}" for (w, h), theme in VIEWS]
+views = pytest.mark.parametrize(("size", "theme"), VIEWS, ids=VIEW_IDS)
 
 
 @pytest.fixture(autouse=True)
@@ -35,6 +41,18 @@ def utc(monkeypatch: pytest.MonkeyPatch) -> Any:
     yield
     monkeypatch.undo()
     time.tzset()
+
+
+def themed(theme: str, then: Callable[[Any], Awaitable[None]] | None = None) -> Any:
+    """A `run_before` that switches to `theme` (the app starts dark on mount), then runs `then`."""
+
+    async def run_before(pilot: Any) -> None:
+        pilot.app.theme = f"textual-{theme}"
+        await pilot.pause()
+        if then is not None:
+            await then(pilot)
+
+    return run_before
 
 
 def app_with(telemetry: dict[str, Any], gpus_in_history: bool) -> WorkbenchApp:
@@ -52,32 +70,46 @@ def app_with(telemetry: dict[str, Any], gpus_in_history: bool) -> WorkbenchApp:
     return WorkbenchApp(source, frozen=True)
 
 
-@pytest.mark.parametrize("size", SIZES, ids=["80x24", "160x48"])
+@views
 def test_dashboard_two_gpus_one_busy(
-    snap_compare: Any, tmp_path: Path, size: tuple[int, int]
+    snap_compare: Any, tmp_path: Path, size: tuple[int, int], theme: str
 ) -> None:
-    assert snap_compare(app_with(fake_gpu_snapshot(tmp_path), True), terminal_size=size)
-
-
-@pytest.mark.parametrize("size", SIZES, ids=["80x24", "160x48"])
-def test_dashboard_without_gpu(snap_compare: Any, size: tuple[int, int]) -> None:
-    assert snap_compare(app_with(no_gpu_snapshot(), False), terminal_size=size)
-
-
-@pytest.mark.parametrize("size", SIZES, ids=["80x24", "160x48"])
-def test_queue_with_jobs_in_every_state(snap_compare: Any, size: tuple[int, int]) -> None:
-    assert snap_compare(app_with(no_gpu_snapshot(), False), terminal_size=size, press=["j"])
-
-
-@pytest.mark.parametrize("size", SIZES, ids=["80x24", "160x48"])
-def test_job_detail(snap_compare: Any, size: tuple[int, int]) -> None:
     assert snap_compare(
-        app_with(no_gpu_snapshot(), False), terminal_size=size, press=["j", "home", "down", "o"]
+        app_with(fake_gpu_snapshot(tmp_path), True), terminal_size=size, run_before=themed(theme)
     )
 
 
-@pytest.mark.parametrize("size", SIZES, ids=["80x24", "160x48"])
-def test_submit_form(snap_compare: Any, size: tuple[int, int]) -> None:
+@views
+def test_dashboard_without_gpu(snap_compare: Any, size: tuple[int, int], theme: str) -> None:
+    assert snap_compare(
+        app_with(no_gpu_snapshot(), False), terminal_size=size, run_before=themed(theme)
+    )
+
+
+@views
+def test_queue_with_jobs_in_every_state(
+    snap_compare: Any, size: tuple[int, int], theme: str
+) -> None:
+    assert snap_compare(
+        app_with(no_gpu_snapshot(), False),
+        terminal_size=size,
+        press=["j"],
+        run_before=themed(theme),
+    )
+
+
+@views
+def test_job_detail(snap_compare: Any, size: tuple[int, int], theme: str) -> None:
+    assert snap_compare(
+        app_with(no_gpu_snapshot(), False),
+        terminal_size=size,
+        press=["j", "home", "down", "o"],
+        run_before=themed(theme),
+    )
+
+
+@views
+def test_submit_form(snap_compare: Any, size: tuple[int, int], theme: str) -> None:
     async def settle(pilot: Any) -> None:
         await pilot.press("j", "n")
         for _ in range(100):
@@ -85,18 +117,23 @@ def test_submit_form(snap_compare: Any, size: tuple[int, int]) -> None:
                 break
             await pilot.pause(0.02)
 
-    assert snap_compare(app_with(no_gpu_snapshot(), False), terminal_size=size, run_before=settle)
-
-
-@pytest.mark.parametrize("size", SIZES, ids=["80x24", "160x48"])
-def test_queue_help(snap_compare: Any, size: tuple[int, int]) -> None:
     assert snap_compare(
-        app_with(no_gpu_snapshot(), False), terminal_size=size, press=["j", "question_mark"]
+        app_with(no_gpu_snapshot(), False), terminal_size=size, run_before=themed(theme, settle)
     )
 
 
-@pytest.mark.parametrize("size", SIZES, ids=["80x24", "160x48"])
-def test_data_screen(snap_compare: Any, tmp_path: Path, size: tuple[int, int]) -> None:
+@views
+def test_queue_help(snap_compare: Any, size: tuple[int, int], theme: str) -> None:
+    assert snap_compare(
+        app_with(no_gpu_snapshot(), False),
+        terminal_size=size,
+        press=["j", "question_mark"],
+        run_before=themed(theme),
+    )
+
+
+@views
+def test_data_screen(snap_compare: Any, tmp_path: Path, size: tuple[int, int], theme: str) -> None:
     import pyarrow as pa
 
     from screens.source import Source
@@ -139,13 +176,13 @@ def test_data_screen(snap_compare: Any, tmp_path: Path, size: tuple[int, int]) -
         app.screen.query_one("#datasets", DataTable).focus()
         await pilot.pause(0.1)
 
-    assert snap_compare(app, terminal_size=size, run_before=run_query)
+    assert snap_compare(app, terminal_size=size, run_before=themed(theme, run_query))
 
 
-@pytest.mark.parametrize("size", SIZES, ids=["80x24", "160x48"])
+@views
 @pytest.mark.parametrize("key", ["r", "m"], ids=["runs", "models"])
 def test_runs_and_models_screens(
-    snap_compare: Any, tmp_path: Path, size: tuple[int, int], key: str
+    snap_compare: Any, tmp_path: Path, size: tuple[int, int], theme: str, key: str
 ) -> None:
     """A finished and a running run with their curves; a model with lineage and its test."""
     from test_runs_models_screens import build_home
@@ -165,4 +202,4 @@ def test_runs_and_models_screens(
             await pilot.pause(0.02)
         await pilot.pause(0.1)
 
-    assert snap_compare(app, terminal_size=size, run_before=settle)
+    assert snap_compare(app, terminal_size=size, run_before=themed(theme, settle))
