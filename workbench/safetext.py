@@ -63,3 +63,17 @@ def _fallback(stream: IO[str] | None) -> None:
     reconfigure = getattr(stream, "reconfigure", None)
     if reconfigure is not None:
         reconfigure(errors="backslashreplace")
+
+
+def warn_if_not_utf8() -> None:
+    """Before the TUI takes the screen: say on stderr when the terminal's encoding (stdout's)
+    is not UTF-8, since lines, bars and text outside it can only be drawn as escapes; the
+    line stays on the normal screen after the TUI leaves its alternate one."""
+    encoding = (sys.stdout.encoding or "").lower().replace("_", "-")
+    if not encoding.startswith("utf"):
+        print(
+            f"workbench: the terminal's encoding is {sys.stdout.encoding}, not UTF-8: lines,"
+            " bars and text outside it cannot be drawn and show as escapes; set LANG (or LC_ALL)"
+            " to a UTF-8 locale, e.g. LANG=C.UTF-8",
+            file=sys.stderr,
+        )

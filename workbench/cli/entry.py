@@ -57,8 +57,10 @@ def open_tui_fast() -> int:
     import importlib
 
     from workbench.paths import make_files_private
+    from workbench.safetext import warn_if_not_utf8
 
     make_files_private()
+    warn_if_not_utf8()
     fd = sys.stdout.fileno()
     os.write(fd, STARTING)
     try:

@@ -713,14 +713,9 @@ def open_tui() -> int:
             f"the TUI needs a terminal, but {which} is not one; use a command instead"
             " (workbench --help), e.g. `workbench ls` or `workbench --batch FILE`"
         )
-    encoding = (sys.stdout.encoding or "").lower().replace("_", "-")
-    if not encoding.startswith("utf"):
-        print(
-            f"workbench: the terminal's encoding is {sys.stdout.encoding}, not UTF-8: lines,"
-            " bars and text outside it cannot be drawn and show as escapes; set LANG (or LC_ALL)"
-            " to a UTF-8 locale, e.g. LANG=C.UTF-8",
-            file=sys.stderr,
-        )
+    from workbench.safetext import warn_if_not_utf8
+
+    warn_if_not_utf8()
     app_module = importlib.import_module("screens.app")
     return int(app_module.run_app() or 0)
 
