@@ -206,3 +206,63 @@ def test_serve_cli_refuses_bad_arguments_with_exit_2(home: Home) -> None:
     assert result.returncode == 2 and "serve takes an exported .onnx model" in result.stderr
     result = workbench("serve", "3", "--max-batch", "0")
     assert result.returncode == 2 and "key 'max_batch'" in result.stderr
+
+
+def test_a_restarted_daemon_adopts_the_running_server(
+    exported: tuple[Client, Home, int, int], tmp_path: Path
+) -> None:
+    """kill -9 of the daemon while the server answers: requests keep being answered throughout,
+    the next daemon adopts the job (not re-run: same pid, attempt 1; its cancel reaches the
+    server and settles the job), and its counters keep reaching the progress line that `show`
+    prints."""
+    import os
+    import signal
+
+    from conftest import workbench
+
+    from workbench.daemon.client import ensure_daemon
+    from workbench.daemon.link import lock_holder
+
+    client, home, _, model_id = exported
+    job_id, url = start_server(client, home, tmp_path, model=str(model_id))
+    pid = client.store.get(job_id).pid
+    table, _ = lake.read_arrow(home, "shops_test")
+    body = {"rows": rows_of(table)[:5]}
+    statuses: list[int] = []
+    done = threading.Event()
+
+    def load() -> None:
+        while not done.is_set():
+            statuses.append(post(url, body)[0])
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    try:
+        wait_for(lambda: len(statuses) >= 5, 20, what="requests before the kill")
+        daemon_pid = lock_holder(home)
+        assert daemon_pid and daemon_pid > 0
+        os.kill(daemon_pid, signal.SIGKILL)
+        wait_for(lambda: not lock_holder(home), what="the daemon to be gone")
+        answered_while_down = len(statuses)
+        wait_for(lambda: len(statuses) >= answered_while_down + 5, 20, what="requests, no daemon")
+        new_daemon = ensure_daemon(home)
+        assert new_daemon != daemon_pid
+        before = len(statuses)
+        wait_for(lambda: len(statuses) >= before + 20, 20, what="requests after the adoption")
+
+        def counted() -> int:
+            line = client.store.get(job_id).progress_msg or ""
+            return int(line.split(": ")[1].split(" requests")[0]) if " requests" in line else 0
+
+        wait_for(lambda: counted() >= before + 20, 20, what="the counters after the adoption")
+        shown = workbench("show", str(job_id))
+        assert shown.returncode == 0 and " requests" in shown.stdout and "p50" in shown.stdout
+    finally:
+        done.set()
+        thread.join(30)
+    assert statuses and set(statuses) == {200}, set(statuses)
+    job = client.store.get(job_id)
+    assert job.state == "running" and job.pid == pid and job.attempt == 1
+    client.control(job_id, "cancel")
+    assert wait_state(client, job_id, {"cancelled", "failed"}, timeout=60).state == "cancelled"
