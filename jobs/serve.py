@@ -362,6 +362,30 @@ def resolve_served(ctx: JobContext, reference: str) -> tuple[Path, dict[str, Any
     return path, model
 
 
+def gpu_share(ctx: JobContext) -> dict[str, Any] | None:
+    """The GPU the scheduler granted this job, or None: `visible` (CUDA_VISIBLE_DEVICES),
+    `mem_cap_bytes` (its memory share on a pooled GPU, e.g. 20 GiB for `--gpus 0.25` of an
+    80 GiB card; None when held whole), onnxruntime CUDA provider options holding the session
+    to that share (`gpu_mem_limit` caps its memory arena, per the onnxruntime CUDA execution
+    provider documentation) and a sentence for the log."""
+    import os
+
+    if not ctx.gpu_indices:
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    cap = ctx.gpu_mem_cap_bytes
+    options = {"device_id": "0"}
+    if cap is not None:
+        options["gpu_mem_limit"] = str(cap)
+    share = f"a share of {cap / 1024**3:.1f} GiB" if cap is not None else "the whole GPU"
+    return {
+        "visible": visible,
+        "mem_cap_bytes": cap,
+        "provider_options": options,
+        "describe": f"GPU {visible} (CUDA_VISIBLE_DEVICES), {share}",
+    }
+
+
 def run(ctx: JobContext) -> None:
     import onnxruntime as ort
     import uvicorn
@@ -373,10 +397,12 @@ def run(ctx: JobContext) -> None:
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, ctx.cpus)
     providers = ["CPUExecutionProvider"]
-    if ctx.gpu_indices:
+    gpu = gpu_share(ctx)
+    if gpu is not None:
         from jobs.export import session_on
 
-        session, why_not = session_on(path, "CUDAExecutionProvider")
+        ctx.log(f"holding {gpu['describe']}")
+        session, why_not = session_on(path, "CUDAExecutionProvider", gpu["provider_options"])
         if session is None:
             ctx.log(f"serving on the CPU: {why_not}")
             session = ort.InferenceSession(str(path), options, providers=providers)
@@ -393,6 +419,8 @@ def run(ctx: JobContext) -> None:
         "sha256": model["sha256"],
         "inputs": pre.describe_inputs(),
         "task": pre.task,
+        "gpu": None if gpu is None else {k: gpu[k] for k in ("visible", "mem_cap_bytes")},
+        "providers": list(session.get_providers()),
     }
     config = uvicorn.Config(
         build_app(session, pre, spec, stats, about),

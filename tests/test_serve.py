@@ -266,3 +266,80 @@ def test_a_restarted_daemon_adopts_the_running_server(
     assert job.state == "running" and job.pid == pid and job.attempt == 1
     client.control(job_id, "cancel")
     assert wait_state(client, job_id, {"cancelled", "failed"}, timeout=60).state == "cancelled"
+
+
+GiB = 1024**3
+
+
+@pytest.fixture
+def one_fake_gpu(
+    exported: tuple[Client, Home, int, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Client, Home, int]]:
+    """The module's home with its daemon restarted on a simulated 80 GiB GPU and two groups:
+    `vision` (quota 1) and `sweep` (quota 0, so whatever it holds is borrowed). Afterwards the
+    jobs are cancelled and the daemon restarted without the fake GPU."""
+    from workbench.telemetry import fakenvml
+
+    client, home, _, model_id = exported
+    stop_daemon(home)
+    scenario = fakenvml.write_scenario(tmp_path / "gpus.json", [{"memory_total": 80 * GiB}])
+    monkeypatch.setenv("WORKBENCH_FAKE_NVML", str(scenario))
+    home.config.write_text("[groups.vision]\nquota = 1\n\n[groups.sweep]\nquota = 0\n")
+    try:
+        yield client, home, model_id
+    finally:
+        for job in client.store.list_jobs(states=["running", "queued", "starting", "paused"]):
+            client.control(job.id, "cancel")
+            wait_state(client, job.id, {"cancelled", "failed", "succeeded"}, timeout=60)
+        stop_daemon(home)
+        home.config.unlink()
+
+
+def vision_job(client: Client, base: Path) -> int:
+    """A job of group `vision` (within its quota) wanting the whole GPU."""
+    request = build_request(
+        {"kind": "command", "argv": ["true"], "gpus": 1, "group": "vision"}, base, "test"
+    )
+    return client.submit(request)
+
+
+def test_serve_holds_a_memory_fitted_gpu_share_and_a_quota_does_not_preempt_it(
+    one_fake_gpu: tuple[Client, Home, int], tmp_path: Path
+) -> None:
+    client, home, model_id = one_fake_gpu
+    job_id, url = start_server(
+        client, home, tmp_path, model=str(model_id), gpus=0.25, group="sweep"
+    )
+    job = client.store.get(job_id)
+    assert job.granted_gpus == [0] and not job.preemptible
+    with urllib.request.urlopen(url + "/health", timeout=10) as response:
+        health = json.loads(response.read())
+    assert health["gpu"] == {"visible": "0", "mem_cap_bytes": 20 * GiB}, health
+    log = (home.run_dir(job_id) / "log").read_text()
+    assert "holding GPU 0 (CUDA_VISIBLE_DEVICES), a share of 20.0 GiB" in log, log
+    vision = vision_job(client, tmp_path)
+    expected = (
+        f"reclaimed: job {job_id} (group sweep) borrows beyond its group's quota and opted out"
+        " of preemption"
+    )
+    wait_for(
+        lambda: expected in (client.store.get(vision).reason or ""), 30, what="the wait reason"
+    )
+    table, _ = lake.read_arrow(home, "shops_test")
+    assert post(url, {"rows": rows_of(table)[:2]})[0] == 200
+    assert client.store.get(job_id).state == "running"
+    assert "preempt" not in [e.event for e in client.store.events(job_id)]
+
+
+def test_a_serve_job_that_says_preemptible_gives_its_borrowed_share_back(
+    one_fake_gpu: tuple[Client, Home, int], tmp_path: Path
+) -> None:
+    client, home, model_id = one_fake_gpu
+    job_id, _ = start_server(
+        client, home, tmp_path, model=str(model_id), gpus=0.25, group="sweep", preemptible=True
+    )
+    assert client.store.get(job_id).preemptible
+    vision = vision_job(client, tmp_path)
+    assert wait_state(client, vision, {"succeeded", "failed"}, timeout=60).state == "succeeded"
+    events = client.store.events(job_id)
+    assert [e.event for e in events].count("preempt") == 1, [(e.event, e.reason) for e in events]
