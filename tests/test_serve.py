@@ -155,26 +155,84 @@ def test_served_predictions_equal_the_test_jobs_and_bad_requests_get_4xx(
 def test_cancel_answers_the_requests_in_flight(
     exported: tuple[Client, Home, int, int], tmp_path: Path
 ) -> None:
+    """Eight requests whose bodies are half sent when the job is cancelled are answered (200)
+    once their bodies arrive, and the job ends cancelled."""
+    import http.client
+
     client, home, _, model_id = exported
-    job_id, url = start_server(client, home, tmp_path, model=str(model_id), max_wait_ms=400.0)
+    job_id, url = start_server(client, home, tmp_path, model=str(model_id))
     table, _ = lake.read_arrow(home, "shops_test")
-    results: list[int] = []
-
-    def ask() -> None:
-        results.append(post(url, {"rows": rows_of(table)[:3]})[0])
-
-    threads = [threading.Thread(target=ask) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    time.sleep(0.1)  # the requests wait in the batcher (max_wait_ms 400)
+    body = json.dumps({"rows": rows_of(table)[:3]}).encode()
+    port = int(url.rsplit(":", 1)[1])
+    connections = []
+    for _ in range(8):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.putrequest("POST", "/predict")
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders(body[:10])
+        connections.append(connection)
+    time.sleep(0.3)  # the server has their headers; their bodies are on their way
     client.control(job_id, "cancel")
-    for thread in threads:
-        thread.join(30)
-    assert results == [200] * 8
+    time.sleep(0.5)
+    results = []
+    for connection in connections:
+        connection.send(body[10:])
+        response = connection.getresponse()
+        results.append((response.status, len(json.loads(response.read())["predictions"])))
+        connection.close()
+    assert results == [(200, 3)] * 8
     job = wait_state(client, job_id, {"cancelled", "failed"}, timeout=60)
     assert job.state == "cancelled", job.reason
     assert not job.preemptible
     assert "8 requests answered" in (home.run_dir(job_id) / "log").read_text()
+
+
+def test_a_lone_request_is_not_held_for_max_wait(
+    exported: tuple[Client, Home, int, int], tmp_path: Path
+) -> None:
+    """With nothing else on its way a request runs at once: max_wait_ms (here 1 s) bounds the
+    wait for company, it is no delay every request pays."""
+    client, home, _, model_id = exported
+    job_id, url = start_server(client, home, tmp_path, model=str(model_id), max_wait_ms=1000.0)
+    table, _ = lake.read_arrow(home, "shops_test")
+    post(url, {"rows": rows_of(table)[:1]})
+    took = []
+    for row in rows_of(table)[:3]:
+        started = time.monotonic()
+        assert post(url, {"rows": [row]})[0] == 200
+        took.append(time.monotonic() - started)
+    assert min(took) < 0.5, took
+    client.control(job_id, "cancel")
+    wait_state(client, job_id, {"cancelled", "failed"}, timeout=60)
+
+
+def test_rows_become_arrays_in_one_step_and_bad_values_are_named() -> None:
+    """feed_from_rows: null -> NaN or "", the columns in the model's order, and a bool, a
+    string, or an integer past float64 refused with 422 naming the row and input."""
+    from jobs.bundle import Preprocessor
+    from jobs.serve import BadRequest, feed_from_rows
+
+    frame = shops(60, 2)
+    pre = Preprocessor.fit(frame, ["x", "shop", "big"], "bought", "classification")
+    feed = feed_from_rows(
+        [{"big": 5, "x": None, "shop": "north"}, {"shop": None, "x": 2.5, "big": 7}], pre
+    )
+    assert list(feed) == ["x", "shop", "big"]
+    assert feed["x"].shape == (2, 1) and np.isnan(feed["x"][0, 0]) and feed["x"][1, 0] == 2.5
+    assert feed["big"].dtype == np.float64 and feed["big"][:, 0].tolist() == [5.0, 7.0]
+    assert feed["shop"][:, 0].tolist() == ["north", ""]
+    good = {"x": 1.0, "shop": "east", "big": 3}
+    for value, message in [
+        (True, "row 1: input 'x' takes a number"),
+        ("1.5", "row 1: input 'x' takes a number"),
+        (10**400, "beyond float64's range"),
+    ]:
+        with pytest.raises(BadRequest, match=message) as caught:
+            feed_from_rows([good, {**good, "x": value}], pre)
+        assert caught.value.status == 422
+    with pytest.raises(BadRequest, match="row 1: input 'shop' takes text"):
+        feed_from_rows([good, {**good, "shop": 3}], pre)
 
 
 def test_a_model_whose_test_failed_its_gates_is_not_served(
