@@ -20,6 +20,7 @@ test)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import http.client
 import json
@@ -122,6 +123,21 @@ class QueueServer:
             time.sleep(0.05)
         url = json.loads(status.read_text())["url"]
         return job_id, int(url.rsplit(":", 1)[1])
+
+    def cpu_seconds(self, job_id: int) -> float:
+        """User + system CPU seconds so far of the job's processes (its wrapper and below)."""
+        import psutil
+
+        pid = self.client.store.get(job_id).pid
+        if pid is None:
+            return 0.0
+        root = psutil.Process(pid)
+        total = 0.0
+        for process in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                total += times.user + times.system
+        return total
 
     def stop(self, job_id: int) -> None:
         self.client.control(job_id, "cancel")
@@ -278,12 +294,12 @@ def main() -> int:
             seen: dict[int, list[tuple[dict[str, Any], dict[str, float]]]] = {c: [] for c in counts}
             for _ in range(rounds):
                 for count in counts:
-                    seen[count].append(
-                        (
-                            clients(port, rows, count, seconds),
-                            in_process(session, pre, rows, count, seconds),
-                        )
-                    )
+                    cpu = queue.cpu_seconds(job_id)
+                    http_side = clients(port, rows, count, seconds)
+                    requests = http_side["rps"] * seconds
+                    # the server's CPU per request, its clients' connecting and warm-up included
+                    http_side["cpu_ms"] = (queue.cpu_seconds(job_id) - cpu) * 1000 / requests
+                    seen[count].append((http_side, in_process(session, pre, rows, count, seconds)))
             queue.stop(job_id)
             for count in counts:
                 pairs = seen[count]
@@ -300,6 +316,7 @@ def main() -> int:
                         f"{spread([b['p50'] for _, b in pairs], 3)}",
                         spread(ratio),
                         spread(over),
+                        spread([h["cpu_ms"] for h, _ in pairs], 3),
                     ]
                 )
                 if count == 1:
@@ -320,6 +337,7 @@ def main() -> int:
             "in-process call p50 ms",
             "HTTP / in-process rows/s",
             "p50 over in-process ms",
+            "server CPU ms / request",
         ],
         out,
     )
