@@ -199,14 +199,29 @@ def probe_ort(model_path: str) -> dict[str, Any]:
     out["onnxruntime"] = ort.__version__
     out["available"] = list(ort.get_available_providers())
     cpu = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
-    first = cpu.get_inputs()[0]
-    width = first.shape[1] if isinstance(first.shape[1], int) else len(FEATURES)
+    inputs = cpu.get_inputs()
+    first = inputs[0]
+    if len(inputs) > 1:  # one named (n, 1) input per column, as `export` writes them
+        width = len(inputs)
+    else:
+        width = first.shape[1] if isinstance(first.shape[1], int) else len(FEATURES)
     rng = np.random.default_rng(0)
     if width == len(FEATURES):
         x = rng.normal([44.0, 17.0, 200.0, 4200.0], [5.0, 2.0, 14.0, 800.0], size=(256, width))
     else:
         x = rng.normal(size=(256, width))
-    feed = {first.name: x.astype(np.float32)}
+    if len(inputs) > 1:
+        kinds = {"tensor(double)": np.float64, "tensor(float)": np.float32}
+        feed = {
+            i.name: (
+                x[:, k : k + 1].astype(kinds[i.type])
+                if i.type in kinds
+                else np.full((256, 1), "a", dtype=object)
+            )
+            for k, i in enumerate(inputs)
+        }
+    else:
+        feed = {first.name: x.astype(np.float32)}
     options = ort.SessionOptions()
     options.enable_profiling = True
     folder = os.environ.get("WORKBENCH_RUN_DIR") or tempfile.mkdtemp(prefix="gpucheck-ort-")
