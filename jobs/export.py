@@ -565,14 +565,18 @@ def _batches(timings: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return [(k, v) for k, v in timings.items() if k.startswith("batch_")]
 
 
-def session_on(path: Path, provider: str) -> tuple[Any, str | None]:
+def session_on(
+    path: Path, provider: str, options: dict[str, str] | None = None
+) -> tuple[Any, str | None]:
     """An onnxruntime session of the model at `path` running on `provider` (e.g.
-    "CUDAExecutionProvider"), or (None, why not). onnxruntime without that provider, or one
-    that cannot load its libraries (a CUDA or cuDNN it was not built for), still makes a
-    session, on the CPU, with only a warning: so the session's own providers decide."""
+    "CUDAExecutionProvider", with its provider `options` such as `gpu_mem_limit` in bytes), or
+    (None, why not). onnxruntime without that provider, or one that cannot load its libraries
+    (a CUDA or cuDNN it was not built for), still makes a session, on the CPU, with only a
+    warning: so the session's own providers decide."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=[provider])
+    chosen: list[Any] = [(provider, options)] if options else [provider]
+    session = ort.InferenceSession(str(path), providers=chosen)
     used = list(session.get_providers())
     if used[:1] == [provider]:
         return session, None
