@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 
 from workbench.db import executors as placement_db
 from workbench.db.journal import RECORDS_FILE, RecordError, apply_records
+from workbench.db.scheduling import RETRYABLE_ERRORS
 from workbench.db.store import Store
 from workbench.db.track_records import mark_finished
 from workbench.paths import Home
@@ -44,28 +45,35 @@ class RecordFollower:
             return
         if not force:
             self._next = time.monotonic() + FOLLOW_INTERVAL_S
-        grown: list[int] = []
+        grown: dict[int, int] = {}
         for job_id in job_ids:
             try:
                 size = os.stat(self.home.run_dir(job_id) / RECORDS_FILE).st_size
             except OSError:
                 continue
             if size != self._sizes.get(job_id):
-                grown.append(job_id)
-                self._sizes[job_id] = size
+                grown[job_id] = size
         if not grown:
             return
         offsets = placement_db.placements(self.store, grown)
-        for job_id in grown:
+        for job_id, size in grown.items():
             place = offsets.get(job_id)
             if place is None:
                 continue
             notes: list[str] = []
             path = self.home.run_dir(job_id) / RECORDS_FILE
             try:
-                apply_records(self.store, job_id, path, place.records_offset, notes)
+                apply_records(
+                    self.store, job_id, path, place.records_offset, notes, allow_writes=False
+                )
             except RecordError as error:
                 notes.append(str(error))
+            except RETRYABLE_ERRORS as error:  # looked at again next time, not taken as read
+                if force:
+                    raise
+                self.log(f"job {job_id}: records not applied yet ({error}); retrying")
+                continue
+            self._sizes[job_id] = size  # only once applied: a failed write is read again
             if notes:
                 self.log(f"job {job_id}: records skipped: {'; '.join(notes[:3])}")
 

@@ -134,6 +134,11 @@ class RecordingStore(Store):
         raise StoreError("a job on another node cannot back up state.db")
 
 
+# What one line of a records file can raise while it is read or applied (TypedRecordError and
+# UnicodeDecodeError are ValueErrors): the line's own fault, never its file's.
+_LINE_ERRORS = (ValueError, TypeError, KeyError, OverflowError, RecursionError, RecordError)
+
+
 def _check(sql: str, params: list[Any], job_id: int) -> None:
     match = _WRITE.match(sql)
     table = match.group(1).lower() if match else ""
@@ -145,7 +150,12 @@ def _check(sql: str, params: list[Any], job_id: int) -> None:
 
 
 def apply_records(
-    store: Store, job_id: int, path: Path, offset: int, notes: list[str] | None = None
+    store: Store,
+    job_id: int,
+    path: Path,
+    offset: int,
+    notes: list[str] | None = None,
+    allow_writes: bool = True,
 ) -> int:
     """Apply the complete lines of a job's record file from byte `offset` to state.db in one
     transaction that also moves the job's `records_offset`, so each line is applied exactly once
@@ -156,7 +166,11 @@ def apply_records(
     API and captured files, on any executor). A write line that cannot be applied raises
     RecordError (with the offset moved past it, so it is reported once); a typed record that
     cannot be applied is skipped and described in `notes` (a script's bad record never fails
-    its job)."""
+    its job). Whatever a line holds (an integer SQLite cannot store, JSON nested past Python's
+    recursion limit, bytes that are no UTF-8) is that line's problem: it never stops the lines
+    after it nor leaves the offset behind it (which would re-read it at every look, forever, and
+    keep its job from ending). `allow_writes=False` (a job on this machine, which writes state.db
+    itself) refuses write lines: only typed records, which touch the job's own rows, apply."""
     from workbench.db.track_records import RecordApplier, TypedRecordError
 
     try:
@@ -182,28 +196,33 @@ def apply_records(
             try:
                 line = json.loads(raw)
                 if isinstance(line, dict) and "kind" in line:
-                    conn.execute("SAVEPOINT record")
-                    try:
-                        typed.apply(line)
-                    except (TypedRecordError, sqlite3.Error) as error:
-                        conn.execute("ROLLBACK TO record")
-                        if notes is not None and len(notes) < 100:
-                            notes.append(str(error))
-                    conn.execute("RELEASE record")
-                    continue
-                writes = [(str(sql), list(params)) for sql, params in line["writes"]]
-                for sql, params in writes:
-                    _check(sql, params, job_id)
-            except (ValueError, KeyError, TypeError, RecordError) as error:
-                problem = problem or str(error)
+                    writes = None
+                else:
+                    if not allow_writes:
+                        raise RecordError(
+                            f"job {job_id} may not record SQL writes (only a job on a cluster"
+                            " node does)"
+                        )
+                    writes = [(str(sql), list(params)) for sql, params in line["writes"]]
+                    for sql, params in writes:
+                        _check(sql, params, job_id)
+            except _LINE_ERRORS as error:  # the line's own fault: reported, never retried
+                problem = problem or f"{type(error).__name__}: {str(error)[:200]}"
                 continue
             conn.execute("SAVEPOINT record")
             try:
-                for sql, params in writes:
-                    conn.execute(sql, params)
-            except sqlite3.Error as error:
+                if writes is None:
+                    typed.apply(line)
+                else:
+                    for sql, params in writes:
+                        conn.execute(sql, params)
+            except (*_LINE_ERRORS, sqlite3.Error) as error:
                 conn.execute("ROLLBACK TO record")
-                problem = problem or f"{type(error).__name__}: {error}"
+                said = f"{type(error).__name__}: {str(error)[:200]}"
+                if writes is not None:
+                    problem = problem or said
+                elif notes is not None and len(notes) < 100:
+                    notes.append(said if not isinstance(error, TypedRecordError) else str(error))
             conn.execute("RELEASE record")
         typed.finish()
         conn.execute("UPDATE jobs SET records_offset=? WHERE id=?", (new_offset, job_id))

@@ -1,0 +1,146 @@
+"""Records files written carelessly or with intent: whatever a job appends to its records.jsonl
+never stops the daemon applying the lines after it, never keeps the job from ending and never
+touches another job's rows."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import workbench
+
+from workbench.db.journal import RecordError, apply_records
+from workbench.db.store import Event, JobRequest, Store
+from workbench.paths import Home
+
+HOSTILE = [
+    # an integer SQLite cannot store, in a typed record and in a dataset version
+    b'{"kind":"metrics","step":18446744073709551616,"values":{"a":1}}',
+    b'{"kind":"dataset","name":"d","version":18446744073709551616,"content_hash":"x"}',
+    b'{"kind":"metrics","step":1,"t":"noon","values":{"a":1}}',
+    # JSON nested past Python's recursion limit
+    b'{"kind":"params","values":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    b"[" * 100_000 + b"]" * 100_000,
+    b'{"kind":"progress","message":"\xff\xfe"}',
+]
+GOOD = b'{"kind":"metrics","step":7,"values":{"loss":0.25}}'
+
+
+def _running_job(store: Store, home: Home) -> int:
+    job_id = store.submit(JobRequest("script", "command", {"argv": ["python"]}, "/", {}))
+    store.transition(job_id, Event.START, "starting")
+    store.transition(job_id, Event.LAUNCHED, "started", pid=3)
+    home.run_dir(job_id).mkdir(parents=True, exist_ok=True)
+    return job_id
+
+
+def test_a_line_sqlite_or_json_cannot_hold_is_skipped_and_the_rest_applied(home: Home) -> None:
+    """Before: an OverflowError or RecursionError escaped apply_records with the offset left
+    behind the line, so every look re-read it (a traceback in daemon.log twice a second) and
+    the job's end, which applies its records first, was never recorded."""
+    store = Store.open(home.state_db)
+    for bad in HOSTILE:
+        job_id = _running_job(store, home)
+        records = home.run_dir(job_id) / "records.jsonl"
+        data = bad + b"\n" + GOOD + b"\n"
+        records.write_bytes(data)
+        notes: list[str] = []
+        try:
+            offset = apply_records(store, job_id, records, 0, notes)
+        except RecordError:  # reported as the line's problem, the offset moved past it
+            (offset,) = store.conn.execute(
+                "SELECT records_offset FROM jobs WHERE id=?", (job_id,)
+            ).fetchone()
+        assert offset == len(data), bad[:60]
+        rows = store.conn.execute(
+            "SELECT step, name, value FROM metrics WHERE job_id=?", (job_id,)
+        ).fetchall()
+        assert rows == [(7, "loss", 0.25)], bad[:60]
+
+
+def test_a_job_on_this_machine_cannot_record_sql_writes(home: Home, tmp_path: Path) -> None:
+    """A local command job appends a `writes` line (the form a built-in kind on a cluster node
+    uses) that renames another job's run and deletes every metric, then a line SQLite cannot
+    hold: before, the writes were applied as they came, and the overflow left every line after
+    it unapplied (the job ended without its good record). Now the writes are refused, the job
+    ends succeeded with its good record, and the other job's rows are intact."""
+    store = Store.open(home.state_db)
+    other = _running_job(store, home)
+    other_records = home.run_dir(other) / "records.jsonl"
+    other_records.write_bytes(b'{"kind":"metrics","step":0,"values":{"acc":0.5}}\n')
+    apply_records(store, other, other_records, 0)
+    store.transition(other, Event.EXIT_OK, "done", exit_code=0)
+    forged = json.dumps(
+        {
+            "writes": [
+                ["UPDATE runs SET name='taken' WHERE job_id=?", [other]],
+                ["DELETE FROM metrics", []],
+            ]
+        }
+    ).encode()
+    lines = [forged, HOSTILE[0], HOSTILE[3], GOOD]
+    script = tmp_path / "job.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import os
+            path = os.path.join(os.environ["WORKBENCH_RUN_DIR"], "records.jsonl")
+            with open(path, "ab") as handle:
+                for line in {lines!r}:
+                    handle.write(line + b"\\n")
+            """
+        )
+    )
+    submitted = workbench("submit", "--", sys.executable, str(script))
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = int(submitted.stdout.split()[-1])
+    waited = workbench("wait", str(job_id), timeout=60)
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+    (state,) = store.conn.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+    assert state == "succeeded"
+    assert store.conn.execute(
+        "SELECT step, name, value FROM metrics WHERE job_id=?", (job_id,)
+    ).fetchall() == [(7, "loss", 0.25)]
+    assert store.conn.execute(
+        "SELECT step, name, value FROM metrics WHERE job_id=?", (other,)
+    ).fetchall() == [(0, "acc", 0.5)]
+    (name,) = store.conn.execute("SELECT name FROM runs WHERE job_id=?", (other,)).fetchone()
+    assert name == "script"
+    workbench("daemon", "stop")
+
+
+def test_records_a_failed_write_did_not_apply_are_read_again(
+    home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A look whose write fails (a long lock, disk full) leaves the file unread: before, the
+    follower took the file's size as seen first, so the records waited for the file to grow and
+    were lost at the job's end if it never did."""
+    from workbench.daemon import records as follower_module
+
+    store = Store.open(home.state_db)
+    job_id = _running_job(store, home)
+    (home.run_dir(job_id) / "records.jsonl").write_bytes(GOOD + b"\n")
+    logged: list[str] = []
+    follower = follower_module.RecordFollower(home, store, logged.append)
+    real = follower_module.apply_records
+    failures = [sqlite3.OperationalError("database is locked")]
+
+    def flaky(*args: Any, **kwargs: Any) -> int:
+        if failures:
+            raise failures.pop()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(follower_module, "apply_records", flaky)
+    try:
+        follower.follow([job_id])
+    except sqlite3.OperationalError:
+        pass  # the daemon's step logs it and goes on
+    follower.ended([job_id])
+    assert store.conn.execute(
+        "SELECT step, name, value FROM metrics WHERE job_id=?", (job_id,)
+    ).fetchall() == [(7, "loss", 0.25)]
