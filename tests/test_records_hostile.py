@@ -144,3 +144,50 @@ def test_records_a_failed_write_did_not_apply_are_read_again(
     assert store.conn.execute(
         "SELECT step, name, value FROM metrics WHERE job_id=?", (job_id,)
     ).fetchall() == [(7, "loss", 0.25)]
+
+
+def test_a_backlog_is_applied_a_chunk_per_transaction(home: Home) -> None:
+    """Before, one look read everything new into memory and applied it in one transaction
+    (100 MB of lines: some 17 s holding state.db's write lock and the daemon's loop, every submit
+    waiting). Now a call applies at most CHUNK_BYTES of whole lines, and apply_all_records
+    (a job's end) goes on until every whole line is in."""
+    from workbench.db import journal
+
+    store = Store.open(home.state_db)
+    job_id = _running_job(store, home)
+    records = home.run_dir(job_id) / "records.jsonl"
+    line = '{"kind":"metrics","step":%d,"values":{"loss":0.5}}\n'
+    count = journal.CHUNK_BYTES // 40 + 1000
+    records.write_text("".join(line % step for step in range(count)) + '{"kind":"metr')
+    offset = apply_records(store, job_id, records, 0)
+    assert 0 < offset <= journal.CHUNK_BYTES
+    offset = journal.apply_all_records(store, job_id, records, offset)
+    assert offset == records.stat().st_size - len('{"kind":"metr')  # the half line waits
+    (applied,) = store.conn.execute(
+        "SELECT count(*) FROM metrics WHERE job_id=?", (job_id,)
+    ).fetchone()
+    assert applied == count
+
+
+def test_a_line_too_long_to_read_is_skipped_in_blocks(
+    home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A line over MAX_LINE_BYTES is skipped without being read whole; the line after it is
+    applied, and a long line not yet ended waits."""
+    from workbench.db import journal
+
+    monkeypatch.setattr(journal, "MAX_LINE_BYTES", 1 << 20)
+    store = Store.open(home.state_db)
+    job_id = _running_job(store, home)
+    records = home.run_dir(job_id) / "records.jsonl"
+    records.write_bytes(b'{"kind":"params","values":{"a":"' + b"x" * (3 << 20))
+    assert apply_records(store, job_id, records, 0, max_bytes=1 << 16) == 0
+    with open(records, "ab") as handle:
+        handle.write(b'"}}\n' + GOOD + b"\n")
+    notes: list[str] = []
+    offset = journal.apply_all_records(store, job_id, records, 0, notes)
+    assert offset == records.stat().st_size
+    assert "skipped" in notes[0]
+    assert store.conn.execute(
+        "SELECT step, name, value FROM metrics WHERE job_id=?", (job_id,)
+    ).fetchall() == [(7, "loss", 0.25)]

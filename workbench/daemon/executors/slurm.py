@@ -31,7 +31,7 @@ from workbench.daemon.executors.slurm_map import (
     Unmappable,
 )
 from workbench.db import executors as placement_db
-from workbench.db.journal import RECORDS_FILE, RecordError, apply_records
+from workbench.db.journal import RECORDS_FILE, RecordError, apply_all_records
 from workbench.db.store import (
     BLOCKED,
     CANCELLED,
@@ -750,7 +750,8 @@ class SlurmExecutor:
     def _records(self, job: Job, offset: int) -> str | None:
         """Apply the job's new records; a problem is returned in words (it fails the job)."""
         try:
-            apply_records(self.store, job.id, self.home.run_dir(job.id) / RECORDS_FILE, offset)
+            path = self.home.run_dir(job.id) / RECORDS_FILE
+            apply_all_records(self.store, job.id, path, offset)
         except RecordError as error:
             return str(error)
         return None
