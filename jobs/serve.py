@@ -128,7 +128,14 @@ def feed_from_rows(rows: Any, pre: Preprocessor) -> dict[str, np.ndarray]:
                         f" ({pre.columns[names.index(name)].describe()['unit']}), got {value!r}",
                         422,
                     )
-                columns[name].append(float(value))
+                try:
+                    columns[name].append(float(value))
+                except OverflowError:  # an integer past float64's range (10**400)
+                    raise BadRequest(
+                        f"row {number}: input {name!r}: {str(value)[:40]}... is past float64's"
+                        " range",
+                        422,
+                    ) from None
             else:
                 if value is None:
                     value = ""
@@ -289,10 +296,17 @@ def build_app(
         size = request.headers.get("content-length")
         if size is not None and size.isdigit() and int(size) > MAX_BODY:
             return refuse(f"request body of {size} bytes; at most {MAX_BODY}", 413)
+        chunks: list[bytes] = []
+        received = 0
+        async for chunk in request.stream():  # counted as it comes: a chunked body has no
+            received += len(chunk)  # Content-Length, and a whole one would sit in memory
+            if received > MAX_BODY:
+                return refuse(f"request body over {MAX_BODY} bytes", 413)
+            chunks.append(chunk)
         try:
-            body = json.loads(await request.body())
-        except ValueError as error:
-            return refuse(f"the body is not JSON: {error}", 400)
+            body = json.loads(b"".join(chunks))
+        except (ValueError, RecursionError) as error:  # RecursionError: nested too deep
+            return refuse(f"the body is not JSON: {str(error)[:200]}", 400)
         if not isinstance(body, dict) or "rows" not in body:
             return refuse('expected {"rows": [{"<input>": value, ...}, ...]}', 400)
         try:
