@@ -82,11 +82,18 @@ def kept_because(job: Job | JobRequest) -> str | None:
 
 
 def write_stop(run_dir: Path, why: str) -> None:
-    """Write the stop file (atomically: a job that sees it reads the whole reason). Best effort:
-    a folder that is gone or full must not keep the daemon from signalling."""
+    """Write the stop file (atomically: a job that sees it reads the whole reason), never
+    through a link the job planted at the temporary name (the daemon's pid is no secret).
+    Best effort: a folder that is gone or full must not keep the daemon from signalling."""
     tmp = run_dir / f".{STOP_FILE}.{os.getpid()}.tmp"
     try:
-        tmp.write_text(" ".join(why.split()) + "\n")
+        try:  # the job owns its run folder: a link it left at this name is not followed
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(" ".join(why.split()) + "\n")
         os.replace(tmp, run_dir / STOP_FILE)
     except OSError:
         try:
