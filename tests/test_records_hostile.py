@@ -191,3 +191,27 @@ def test_a_line_too_long_to_read_is_skipped_in_blocks(
     assert store.conn.execute(
         "SELECT step, name, value FROM metrics WHERE job_id=?", (job_id,)
     ).fetchall() == [(7, "loss", 0.25)]
+
+
+def test_records_past_the_tracking_apis_limits_are_refused(home: Home) -> None:
+    """The API refuses a name over 200 chars, over 1000 metrics and over 64 KiB of params; a
+    line appended by hand was applied whatever its size (a 10 MB metric name in every `runs`
+    listing). Now the daemon holds the same limits and says which was passed."""
+    store = Store.open(home.state_db)
+    job_id = _running_job(store, home)
+    records = home.run_dir(job_id) / "records.jsonl"
+    lines = [
+        {"kind": "metrics", "step": 0, "values": {"n" * 201: 1.0}},
+        {"kind": "metrics", "step": 0, "values": {f"m{i}": 1.0 for i in range(1001)}},
+        {"kind": "params", "values": {"blob": "x" * (65 * 1024)}},
+        {"kind": "params", "values": {"lr": 0.1}},
+    ]
+    records.write_text("".join(json.dumps(line) + "\n" for line in lines) + GOOD.decode() + "\n")
+    notes: list[str] = []
+    apply_records(store, job_id, records, 0, notes)
+    assert len(notes) == 3 and "name over 200" in notes[0] and "1001 values" in notes[1]
+    assert store.conn.execute("SELECT name FROM metrics WHERE job_id=?", (job_id,)).fetchall() == [
+        ("loss",)
+    ]
+    (params,) = store.conn.execute("SELECT params FROM runs WHERE job_id=?", (job_id,)).fetchone()
+    assert json.loads(params) == {"lr": 0.1}
