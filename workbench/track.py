@@ -82,6 +82,12 @@ class _Writer:
             assert self._thread is not None
             self._thread.start()
             atexit.register(self.flush)
+            # A multiprocessing worker (a DataLoader's) ends with os._exit, which runs no atexit
+            # handler, only multiprocessing's finalizers; its registry is emptied when the
+            # worker starts, so this is registered here, at the worker's first record.
+            util = sys.modules.get("multiprocessing.util")
+            if util is not None:
+                util.Finalize(None, self.flush, exitpriority=0)
         if full:
             self.flush()
 
