@@ -5,6 +5,7 @@ touches another job's rows."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import sys
 import textwrap
@@ -215,3 +216,35 @@ def test_records_past_the_tracking_apis_limits_are_refused(home: Home) -> None:
     ]
     (params,) = store.conn.execute("SELECT params FROM runs WHERE job_id=?", (job_id,)).fetchone()
     assert json.loads(params) == {"lr": 0.1}
+
+
+def test_a_records_file_that_is_a_fifo_or_a_link_is_refused_not_waited_on(home: Home) -> None:
+    """Before: a job that made records.jsonl a FIFO had the daemon's open block for good (every
+    job on the machine stalled); one that linked it to another job's file had that file read as
+    its own records."""
+    import threading
+
+    store = Store.open(home.state_db)
+    other = _running_job(store, home)
+    (home.run_dir(other) / "records.jsonl").write_bytes(GOOD + b"\n")
+    fifo_job, link_job = _running_job(store, home), _running_job(store, home)
+    os.mkfifo(home.run_dir(fifo_job) / "records.jsonl")
+    (home.run_dir(link_job) / "records.jsonl").symlink_to(home.run_dir(other) / "records.jsonl")
+    outcomes: dict[int, str] = {}
+
+    def look(job_id: int) -> None:
+        path = home.run_dir(job_id) / "records.jsonl"
+        try:
+            outcomes[job_id] = f"offset {apply_records(Store.open(home.state_db), job_id, path, 0)}"
+        except RecordError as error:
+            outcomes[job_id] = str(error)
+
+    for job_id in (fifo_job, link_job):
+        thread = threading.Thread(target=look, args=(job_id,), daemon=True)
+        thread.start()
+        thread.join(10)
+        assert not thread.is_alive(), "apply_records blocked"
+        assert "not a regular file" in outcomes[job_id], outcomes[job_id]
+    assert not store.conn.execute(
+        "SELECT 1 FROM metrics WHERE job_id IN (?, ?)", (fifo_job, link_job)
+    ).fetchall()

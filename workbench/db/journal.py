@@ -9,12 +9,13 @@ import json
 import os
 import re
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, BinaryIO, cast
 
 from workbench.db.connection import ThreadConnections, immediate
 from workbench.db.store import SETTLED, Store, StoreError
@@ -151,6 +152,22 @@ def _check(sql: str, params: list[Any], job_id: int) -> None:
     raise RecordError(f"job {job_id} may not run {sql.split('(')[0].strip()[:60]!r}")
 
 
+def _open_records(path: Path) -> BinaryIO:
+    """Open a job's records file for reading, as written by the job: a regular file, not a
+    link (the job owns its run folder; a FIFO there blocked the daemon's open for good, a link
+    read another file as the job's records). Raises FileNotFoundError, or RecordError."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as error:  # ELOOP: a link
+        raise RecordError(f"{path.name} is not a regular file ({error.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RecordError(f"{path.name} is not a regular file; its records are not read")
+    return os.fdopen(fd, "rb")
+
+
 def _skip_long_line(
     store: Store, job_id: int, handle: Any, offset: int, notes: list[str] | None
 ) -> int:
@@ -205,7 +222,11 @@ def apply_records(
     from workbench.db.track_records import RecordApplier, TypedRecordError
 
     try:
-        with open(path, "rb") as handle:
+        handle = _open_records(path)
+    except FileNotFoundError:
+        return offset
+    with handle:
+        try:
             handle.seek(offset)
             data = handle.read(max_bytes)
             end = data.rfind(b"\n") + 1
@@ -214,8 +235,8 @@ def apply_records(
                 end = data.rfind(b"\n") + 1
                 if end == 0 and len(data) >= MAX_LINE_BYTES:
                     return _skip_long_line(store, job_id, handle, offset, notes)
-    except FileNotFoundError:
-        return offset
+        except OSError as error:
+            raise RecordError(f"cannot read {path.name} of job {job_id} ({error})") from None
     if end == 0:
         return offset
     new_offset = offset + end
