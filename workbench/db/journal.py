@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
+from workbench import safefs
 from workbench.db.connection import ThreadConnections, immediate
 from workbench.db.store import SETTLED, Store, StoreError
 
@@ -154,10 +155,10 @@ def _check(sql: str, params: list[Any], job_id: int) -> None:
 
 def _open_records(path: Path) -> BinaryIO:
     """Open a job's records file for reading, as written by the job: a regular file, not a
-    link (the job owns its run folder; a FIFO there blocked the daemon's open for good, a link
+    link, nor in a linked folder (the job owns its run folder; a FIFO there blocked the daemon's open for good, a link
     read another file as the job's records). Raises FileNotFoundError, or RecordError."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = safefs.open_file(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise
     except OSError as error:  # ELOOP: a link
