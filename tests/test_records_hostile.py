@@ -248,3 +248,27 @@ def test_a_records_file_that_is_a_fifo_or_a_link_is_refused_not_waited_on(home: 
     assert not store.conn.execute(
         "SELECT 1 FROM metrics WHERE job_id IN (?, ?)", (fifo_job, link_job)
     ).fetchall()
+
+
+def test_a_command_job_on_slurm_cannot_record_sql_writes(home: Home) -> None:
+    """The Slurm executor applied a command job's `writes` lines as a built-in kind's (a script
+    on a node could delete every job's metrics); it now takes only their typed records."""
+    from types import SimpleNamespace
+
+    from workbench.daemon.executors.slurm import SlurmExecutor
+
+    store = Store.open(home.state_db)
+    other = _running_job(store, home)
+    other_records = home.run_dir(other) / "records.jsonl"
+    other_records.write_bytes(GOOD + b"\n")
+    apply_records(store, other, other_records, 0)
+    job_id = _running_job(store, home)
+    forged = json.dumps({"writes": [["DELETE FROM metrics", []]]}).encode()
+    (home.run_dir(job_id) / "records.jsonl").write_bytes(forged + b"\n" + GOOD + b"\n")
+    executor = SimpleNamespace(store=store, home=home)
+    problem = SlurmExecutor._records(executor, store.get(job_id), 0)  # type: ignore[arg-type]
+    assert problem is not None and "may not record SQL writes" in problem
+    assert store.conn.execute("SELECT job_id FROM metrics ORDER BY job_id").fetchall() == [
+        (other,),
+        (job_id,),
+    ]
