@@ -296,6 +296,9 @@ def log(metrics: dict[str, Any], step: int | None = None, epoch: float | None = 
                 tracker.warn_once("step", f"step {step!r} is no integer; points not recorded")
                 return
             step = int(number)
+        if not -(2**63) <= step < 2**63:  # SQLite's INTEGER: the daemon could not store it
+            tracker.warn_once("step-range", f"step {step} is past 64 bits; points not recorded")
+            return
         tracker.step = max(tracker.step, step)
         values: dict[str, float | str] = {}
         for name, value in metrics.items():
