@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from jobs.context import JobContext, JobFailed
 from workbench.queue.spec import SpecError
@@ -115,7 +115,7 @@ def feed_from_rows(rows: Any, pre: Preprocessor) -> dict[str, np.ndarray]:
         try:
             numbers = np.array(matrix, dtype=np.float64)
         except OverflowError:  # an integer past float64's range (about 1.8e308)
-            raise BadRequest("a number beyond float64's range (about 1.8e308)", 422) from None
+            _refuse_huge(rows, numeric)
         by_column = np.ascontiguousarray(numbers.T)
         feed = {n: by_column[j].reshape(-1, 1) for j, n in enumerate(numeric)}
     for column in pre.columns:
@@ -163,6 +163,22 @@ def _refuse_value(rows: list[dict[str, Any]], numeric: list[str], pre: Preproces
                     f"row {number}: input {name!r} takes a number ({units[name]}), got {value!r}",
                     422,
                 )
+
+
+def _refuse_huge(rows: list[dict[str, Any]], numeric: list[str]) -> NoReturn:
+    """Raise BadRequest (422) naming the first row and input holding an integer past float64's
+    range (JSON allows any number of digits; `10**400` cannot be fed to the model)."""
+    for number, row in enumerate(rows):
+        for name in numeric:
+            try:
+                float(row[name] or 0)
+            except OverflowError:
+                raise BadRequest(
+                    f"row {number}: input {name!r}: {str(row[name])[:40]}... is beyond float64's"
+                    " range (about 1.8e308)",
+                    422,
+                ) from None
+    raise BadRequest("a number beyond float64's range (about 1.8e308)", 422)
 
 
 def answer(outputs: np.ndarray, pre: Preprocessor) -> dict[str, Any]:
@@ -320,9 +336,16 @@ def build_app(
             return refuse(f"request body of {size} bytes; at most {MAX_BODY}", 413)
         batcher.arriving += 1
         try:
-            body = json.loads(await request.body())
-        except ValueError as error:
-            return refuse(f"the body is not JSON: {error}", 400)
+            chunks: list[bytes] = []
+            received = 0
+            async for chunk in request.stream():  # counted as it comes: a chunked body has no
+                received += len(chunk)  # Content-Length, and a whole one would sit in memory
+                if received > MAX_BODY:
+                    return refuse(f"request body over {MAX_BODY} bytes", 413)
+                chunks.append(chunk)
+            body = json.loads(b"".join(chunks))
+        except (ValueError, RecursionError) as error:  # RecursionError: nested too deep
+            return refuse(f"the body is not JSON: {str(error)[:200]}", 400)
         finally:
             batcher.arriving -= 1
         if not isinstance(body, dict) or "rows" not in body:

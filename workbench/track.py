@@ -82,6 +82,12 @@ class _Writer:
             assert self._thread is not None
             self._thread.start()
             atexit.register(self.flush)
+            # A multiprocessing worker (a DataLoader's) ends with os._exit, which runs no atexit
+            # handler, only multiprocessing's finalizers; its registry is emptied when the
+            # worker starts, so this is registered here, at the worker's first record.
+            util = sys.modules.get("multiprocessing.util")
+            if util is not None:
+                util.Finalize(None, self.flush, exitpriority=0)
         if full:
             self.flush()
 
@@ -290,6 +296,9 @@ def log(metrics: dict[str, Any], step: int | None = None, epoch: float | None = 
                 tracker.warn_once("step", f"step {step!r} is no integer; points not recorded")
                 return
             step = int(number)
+        if not -(2**63) <= step < 2**63:  # SQLite's INTEGER: the daemon could not store it
+            tracker.warn_once("step-range", f"step {step} is past 64 bits; points not recorded")
+            return
         tracker.step = max(tracker.step, step)
         values: dict[str, float | str] = {}
         for name, value in metrics.items():

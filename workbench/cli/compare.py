@@ -11,6 +11,7 @@ from typing import Any
 
 from workbench.jsonout import dumps
 from workbench.paths import Home
+from workbench.queue import argtypes as checked
 
 Row = dict[str, Any]  # {"key", "a", "b", "same"}
 
@@ -19,8 +20,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "diff", help="two runs or jobs side by side: params, code, environment, data, metrics"
     )
-    p.add_argument("a", type=int, metavar="A", help="a job id")
-    p.add_argument("b", type=int, metavar="B", help="another job id")
+    p.add_argument("a", type=checked.job_id, metavar="A", help="a job id")
+    p.add_argument("b", type=checked.job_id, metavar="B", help="another job id")
     p.add_argument("--all", action="store_true", help="also the rows that are the same")
     p.add_argument("--json", action="store_true", help="every row, with `same` for each")
     p.set_defaults(handler=cmd_diff)

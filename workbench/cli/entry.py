@@ -28,6 +28,7 @@ EXIT_UNTRUSTED = 3  # as the full CLI's exit for a home it cannot use  # an answ
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `workbench ARGS` (default: `sys.argv[1:]`); returns the exit code."""
     words = list(sys.argv[1:] if argv is None else argv)
+    standard_streams()
     if not words and sys.stdin.isatty() and sys.stdout.isatty():
         return open_tui_fast()
     if words[:1] == ["submit"]:
@@ -43,6 +44,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     from workbench.cli.main import main as full_main
 
     return full_main(words)
+
+
+def standard_streams() -> None:
+    """Give a standard stream the caller closed (`workbench ... <&-`, `>&-`) /dev/null instead:
+    Python leaves it None (every `sys.stdin.read()` or `sys.stdout.write` then raised), and the
+    file this process opens next would take its descriptor, so a job, or the daemon, started from
+    here would write its output into a socket or a database file."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        if getattr(sys, name) is not None:
+            continue
+        try:
+            os.fstat(fd)
+        except OSError:
+            opened = os.open(os.devnull, os.O_RDWR)
+            if opened != fd:
+                os.dup2(opened, fd)
+                os.close(opened)
+        setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115
 
 
 STARTING = b"\x1b[?1049h\x1b[2J\x1b[H gpu-workbench  starting the TUI...\r\n"

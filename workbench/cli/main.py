@@ -117,6 +117,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+MAX_BULK_BYTES = 16 << 20  # a --bulk input past this is refused unread (10,000 lines: ~1 MB)
+
+
 def _submit_bulk(args: argparse.Namespace) -> int:
     """`submit --bulk FILE|-`: every line's job in one transaction (all or none); prints the ids,
     one per line (`--json`: the jobs as a list)."""
@@ -124,7 +127,17 @@ def _submit_bulk(args: argparse.Namespace) -> int:
 
     source = "stdin" if args.bulk == "-" else args.bulk
     try:
-        text = sys.stdin.read() if args.bulk == "-" else Path(args.bulk).read_text()
+        if args.bulk == "-":
+            data = sys.stdin.buffer.read(MAX_BULK_BYTES + 1)
+        else:
+            with open(args.bulk, "rb") as handle:
+                data = handle.read(MAX_BULK_BYTES + 1)
+        if len(data) > MAX_BULK_BYTES:  # each line is split as a shell would, some 1 MB/s
+            raise SpecError(
+                f"--bulk {source}: over {MAX_BULK_BYTES // (1 << 20)} MiB of commands;"
+                " split it into several submits"
+            )
+        text = data.decode()
     except (OSError, UnicodeDecodeError) as error:
         raise SpecError(f"--bulk {source}: cannot read it ({error})") from None
     requests = submission.bulk_requests(args, dict(os.environ), text, source)

@@ -11,7 +11,8 @@ import time
 from collections.abc import Callable, Iterable
 
 from workbench.db import executors as placement_db
-from workbench.db.journal import RECORDS_FILE, RecordError, apply_records
+from workbench.db.journal import RECORDS_FILE, RecordError, apply_all_records, apply_records
+from workbench.db.scheduling import RETRYABLE_ERRORS
 from workbench.db.store import Store
 from workbench.db.track_records import mark_finished
 from workbench.paths import Home
@@ -44,28 +45,39 @@ class RecordFollower:
             return
         if not force:
             self._next = time.monotonic() + FOLLOW_INTERVAL_S
-        grown: list[int] = []
+        grown: dict[int, int] = {}
         for job_id in job_ids:
             try:
                 size = os.stat(self.home.run_dir(job_id) / RECORDS_FILE).st_size
             except OSError:
                 continue
             if size != self._sizes.get(job_id):
-                grown.append(job_id)
-                self._sizes[job_id] = size
+                grown[job_id] = size
         if not grown:
             return
         offsets = placement_db.placements(self.store, grown)
-        for job_id in grown:
+        for job_id, size in grown.items():
             place = offsets.get(job_id)
             if place is None:
                 continue
             notes: list[str] = []
             path = self.home.run_dir(job_id) / RECORDS_FILE
+            apply = apply_all_records if force else apply_records
+            start = offset = place.records_offset
             try:
-                apply_records(self.store, job_id, path, place.records_offset, notes)
-            except RecordError as error:
+                offset = apply(self.store, job_id, path, offset, notes, allow_writes=False)
+            except RecordError as error:  # the offset moved past what it could not apply
                 notes.append(str(error))
+                offset = placement_db.placements(self.store, [job_id])[job_id].records_offset
+            except RETRYABLE_ERRORS as error:  # looked at again next time, not taken as read
+                if force:
+                    raise
+                self.log(f"job {job_id}: records not applied yet ({error}); retrying")
+                continue
+            if start < offset < size:  # more whole lines may wait (a chunk per look): the
+                self._next = 0.0  # next look is due at once, after the daemon's other work
+            else:  # only once applied: a failed write is read again
+                self._sizes[job_id] = size
             if notes:
                 self.log(f"job {job_id}: records skipped: {'; '.join(notes[:3])}")
 

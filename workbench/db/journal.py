@@ -9,18 +9,22 @@ import json
 import os
 import re
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, BinaryIO, cast
 
+from workbench import safefs
 from workbench.db.connection import ThreadConnections, immediate
 from workbench.db.store import SETTLED, Store, StoreError
 
 RECORDS_FILE = "records.jsonl"
 DEPENDENCY_WAIT_S = 60.0
+CHUNK_BYTES = 2 << 20  # whole lines applied per call (some 35,000 metric points, ~0.3 s)
+MAX_LINE_BYTES = 64 << 20  # a longer line is skipped unread
 
 # What a job may write through its records: its own progress, and the catalog tables.
 _WRITE = re.compile(
@@ -134,6 +138,11 @@ class RecordingStore(Store):
         raise StoreError("a job on another node cannot back up state.db")
 
 
+# What one line of a records file can raise while it is read or applied (TypedRecordError and
+# UnicodeDecodeError are ValueErrors): the line's own fault, never its file's.
+_LINE_ERRORS = (ValueError, TypeError, KeyError, OverflowError, RecursionError, RecordError)
+
+
 def _check(sql: str, params: list[Any], job_id: int) -> None:
     match = _WRITE.match(sql)
     table = match.group(1).lower() if match else ""
@@ -144,8 +153,53 @@ def _check(sql: str, params: list[Any], job_id: int) -> None:
     raise RecordError(f"job {job_id} may not run {sql.split('(')[0].strip()[:60]!r}")
 
 
+def _open_records(path: Path) -> BinaryIO:
+    """Open a job's records file for reading, as written by the job: a regular file, not a
+    link, nor in a linked folder (the job owns its run folder; a FIFO there blocked the daemon's open for good, a link
+    read another file as the job's records). Raises FileNotFoundError, or RecordError."""
+    try:
+        fd = safefs.open_file(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as error:  # ELOOP: a link
+        raise RecordError(f"{path.name} is not a regular file ({error.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RecordError(f"{path.name} is not a regular file; its records are not read")
+    return os.fdopen(fd, "rb")
+
+
+def _skip_long_line(
+    store: Store, job_id: int, handle: Any, offset: int, notes: list[str] | None
+) -> int:
+    """Move the job's offset past the line that starts at `offset` (over MAX_LINE_BYTES; the
+    handle is positioned inside it), reading it in blocks; returns the new offset, or `offset`
+    while the line has no end yet."""
+    skipped = handle.tell()
+    while True:
+        block = handle.read(1 << 20)
+        if not block:
+            return offset
+        cut = block.find(b"\n")
+        if cut >= 0:
+            new_offset = int(skipped + cut + 1)
+            break
+        skipped += len(block)
+    with store.transaction() as conn:
+        conn.execute("UPDATE jobs SET records_offset=? WHERE id=?", (new_offset, job_id))
+    if notes is not None:
+        notes.append(f"a line of {new_offset - offset} bytes skipped (over {MAX_LINE_BYTES})")
+    return new_offset
+
+
 def apply_records(
-    store: Store, job_id: int, path: Path, offset: int, notes: list[str] | None = None
+    store: Store,
+    job_id: int,
+    path: Path,
+    offset: int,
+    notes: list[str] | None = None,
+    allow_writes: bool = True,
+    max_bytes: int = CHUNK_BYTES,
 ) -> int:
     """Apply the complete lines of a job's record file from byte `offset` to state.db in one
     transaction that also moves the job's `records_offset`, so each line is applied exactly once
@@ -156,16 +210,34 @@ def apply_records(
     API and captured files, on any executor). A write line that cannot be applied raises
     RecordError (with the offset moved past it, so it is reported once); a typed record that
     cannot be applied is skipped and described in `notes` (a script's bad record never fails
-    its job)."""
+    its job). Whatever a line holds (an integer SQLite cannot store, JSON nested past Python's
+    recursion limit, bytes that are no UTF-8) is that line's problem: it never stops the lines
+    after it nor leaves the offset behind it (which would re-read it at every look, forever, and
+    keep its job from ending). `allow_writes=False` (a job on this machine, which writes state.db
+    itself) refuses write lines: only typed records, which touch the job's own rows, apply.
+
+    At most `max_bytes` of whole lines are applied per call (so one transaction, which holds
+    state.db's write lock and the daemon's loop, stays short whatever a job wrote): the caller
+    calls again while the returned offset is short of the file's size. A line longer than
+    MAX_LINE_BYTES is skipped (read in blocks, never whole) and described in `notes`."""
     from workbench.db.track_records import RecordApplier, TypedRecordError
 
     try:
-        with open(path, "rb") as handle:
-            handle.seek(offset)
-            data = handle.read()
+        handle = _open_records(path)
     except FileNotFoundError:
         return offset
-    end = data.rfind(b"\n") + 1
+    with handle:
+        try:
+            handle.seek(offset)
+            data = handle.read(max_bytes)
+            end = data.rfind(b"\n") + 1
+            if end == 0 and len(data) == max_bytes:  # one line longer than a chunk
+                data += handle.read(max(0, MAX_LINE_BYTES - len(data)))
+                end = data.rfind(b"\n") + 1
+                if end == 0 and len(data) >= MAX_LINE_BYTES:
+                    return _skip_long_line(store, job_id, handle, offset, notes)
+        except OSError as error:
+            raise RecordError(f"cannot read {path.name} of job {job_id} ({error})") from None
     if end == 0:
         return offset
     new_offset = offset + end
@@ -182,31 +254,64 @@ def apply_records(
             try:
                 line = json.loads(raw)
                 if isinstance(line, dict) and "kind" in line:
-                    conn.execute("SAVEPOINT record")
-                    try:
-                        typed.apply(line)
-                    except (TypedRecordError, sqlite3.Error) as error:
-                        conn.execute("ROLLBACK TO record")
-                        if notes is not None and len(notes) < 100:
-                            notes.append(str(error))
-                    conn.execute("RELEASE record")
-                    continue
-                writes = [(str(sql), list(params)) for sql, params in line["writes"]]
-                for sql, params in writes:
-                    _check(sql, params, job_id)
-            except (ValueError, KeyError, TypeError, RecordError) as error:
-                problem = problem or str(error)
+                    writes = None
+                else:
+                    if not allow_writes:
+                        raise RecordError(
+                            f"job {job_id} may not record SQL writes (only a job on a cluster"
+                            " node does)"
+                        )
+                    writes = [(str(sql), list(params)) for sql, params in line["writes"]]
+                    for sql, params in writes:
+                        _check(sql, params, job_id)
+            except _LINE_ERRORS as error:  # the line's own fault: reported, never retried
+                problem = problem or f"{type(error).__name__}: {str(error)[:200]}"
                 continue
             conn.execute("SAVEPOINT record")
             try:
-                for sql, params in writes:
-                    conn.execute(sql, params)
-            except sqlite3.Error as error:
+                if writes is None:
+                    typed.apply(line)
+                else:
+                    for sql, params in writes:
+                        conn.execute(sql, params)
+            except (*_LINE_ERRORS, sqlite3.Error) as error:
                 conn.execute("ROLLBACK TO record")
-                problem = problem or f"{type(error).__name__}: {error}"
+                said = f"{type(error).__name__}: {str(error)[:200]}"
+                if writes is not None:
+                    problem = problem or said
+                elif notes is not None and len(notes) < 100:
+                    notes.append(said if not isinstance(error, TypedRecordError) else str(error))
             conn.execute("RELEASE record")
         typed.finish()
         conn.execute("UPDATE jobs SET records_offset=? WHERE id=?", (new_offset, job_id))
     if problem:
         raise RecordError(f"some records of job {job_id} could not be applied ({problem})")
     return new_offset
+
+
+def apply_all_records(
+    store: Store,
+    job_id: int,
+    path: Path,
+    offset: int,
+    notes: list[str] | None = None,
+    allow_writes: bool = True,
+) -> int:
+    """`apply_records` until the offset stops moving (every whole line applied, a chunk per
+    transaction): for a job's end, when what it reported must all be in. Returns the offset;
+    raises the first RecordError once the rest is applied."""
+    problem: RecordError | None = None
+    while True:
+        try:
+            new_offset = apply_records(store, job_id, path, offset, notes, allow_writes)
+        except RecordError as error:
+            problem = problem or error
+            (new_offset,) = store.conn.execute(
+                "SELECT records_offset FROM jobs WHERE id=?", (job_id,)
+            ).fetchone()
+        if new_offset == offset:
+            break
+        offset = new_offset
+    if problem is not None:
+        raise problem
+    return offset

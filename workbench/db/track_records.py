@@ -27,6 +27,11 @@ if TYPE_CHECKING:
 
 KINDS = ("metrics", "params", "progress", "artifact", "dataset", "model")
 MODEL_FORMATS = ("torchscript", "onnx", "state_dict")
+# The tracking API's own limits (workbench/track.py), held here too: a records file is any
+# bytes a job appended, and a 10 MB metric name or params dict would be in every `runs` listing.
+MAX_METRICS = 1000
+MAX_NAME_CHARS = 200
+MAX_PARAMS_BYTES = 64 * 1024
 _SPECIAL = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
@@ -84,6 +89,13 @@ class RecordApplier:
         step, values, t = record.get("step"), record.get("values"), record.get("t", time.time())
         if not isinstance(step, int) or isinstance(step, bool) or not isinstance(values, dict):
             raise TypedRecordError("metrics: needs an integer step and a dict of values")
+        if len(values) > MAX_METRICS:
+            raise TypedRecordError(
+                f"metrics: {len(values)} values in one record (at most {MAX_METRICS})"
+            )
+        long = next((str(n) for n in values if len(str(n)) > MAX_NAME_CHARS), None)
+        if long is not None:
+            raise TypedRecordError(f"metric {long[:40]!r}...: a name over {MAX_NAME_CHARS} chars")
         rows = []
         for name, value in values.items():
             number = _float(value, f"metric {name!r}")
@@ -99,6 +111,9 @@ class RecordApplier:
         values = record.get("values")
         if not isinstance(values, dict):
             raise TypedRecordError("params: values must be a dict")
+        merged = {**self._new_params, **values}
+        if len(json.dumps(merged, default=str)) > MAX_PARAMS_BYTES:
+            raise TypedRecordError(f"params: over {MAX_PARAMS_BYTES} bytes of JSON")
         self._ensure_run()
         self._new_params.update(values)
 

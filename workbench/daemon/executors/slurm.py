@@ -31,7 +31,7 @@ from workbench.daemon.executors.slurm_map import (
     Unmappable,
 )
 from workbench.db import executors as placement_db
-from workbench.db.journal import RECORDS_FILE, RecordError, apply_records
+from workbench.db.journal import RECORDS_FILE, RecordError, apply_all_records
 from workbench.db.store import (
     BLOCKED,
     CANCELLED,
@@ -748,9 +748,14 @@ class SlurmExecutor:
             print(f"workbench daemon: scancel {slurm_id}: {error}", file=sys.stderr, flush=True)
 
     def _records(self, job: Job, offset: int) -> str | None:
-        """Apply the job's new records; a problem is returned in words (it fails the job)."""
+        """Apply the job's new records; a problem is returned in words (it fails the job). A
+        command job's SQL write lines are refused (a script could write any job's rows)."""
         try:
-            apply_records(self.store, job.id, self.home.run_dir(job.id) / RECORDS_FILE, offset)
+            path = self.home.run_dir(job.id) / RECORDS_FILE
+            # SQL write lines come from the built-in kinds' recording store; a command job
+            # reports through typed records only, which touch nothing but its own rows.
+            writes = job.kind != "command"
+            apply_all_records(self.store, job.id, path, offset, allow_writes=writes)
         except RecordError as error:
             return str(error)
         return None
