@@ -467,6 +467,18 @@ def save_bundle(
 ) -> None:
     """`architecture`: {"name", "params", "in_features", "out_features"} as models.build takes."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    write_bundle(path, architecture, state, pre, meta)
+
+
+def write_bundle(
+    path: Path,
+    architecture: dict[str, Any],
+    state: dict[str, Any],
+    pre: Preprocessor,
+    meta: dict[str, Any],
+) -> None:
+    """Write a bundle file (BUNDLE_FORMAT) atomically: the architecture, a state dict (tensors on
+    the CPU), the preprocessing and the metadata, as `load_bundle` reads them."""
     atomic_torch_save(
         {
             "format": BUNDLE_FORMAT,
@@ -627,16 +639,7 @@ def script_model_bundle(ctx: Any, run: Any) -> tuple[str, Path]:
         if not isinstance(state, dict):
             raise DataError(f"{path}: not a state dict ({type(state).__name__})")
     target = Path(ctx.artifact("script_model.pt"))
-    atomic_torch_save(
-        {
-            "format": BUNDLE_FORMAT,
-            "architecture": architecture,
-            "state_dict": state,
-            "preprocessor": pre.to_dict(),
-            "meta": meta,
-        },
-        target,
-    )
+    write_bundle(target, architecture, state, pre, meta)
     return "bundle", target
 
 

@@ -51,22 +51,6 @@ def workbench_source() -> dict[str, str | None]:
     return {"version": workbench.__version__, "git_commit": commit}
 
 
-def _plain(value: Any) -> Any:
-    """`value` with NumPy scalars and arrays (anything with `tolist`) as Python values and
-    every non-finite float as None, through dicts, lists and tuples."""
-    import math
-
-    if hasattr(value, "tolist") and not isinstance(value, str | bytes):
-        value = value.tolist()
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
 def strict_json(value: Any) -> str:
     """`value` as strict JSON (RFC 8259; what `json.loads` with a raising `parse_constant`
     accepts), indented: NaN and infinities anywhere become null (`workbench.jsonout.dumps`),
@@ -74,7 +58,9 @@ def strict_json(value: Any) -> str:
     goes through this; an undefined metric is null with its reason written beside it."""
     import json
 
-    return json.dumps(_plain(value), indent=2, allow_nan=False, default=str)
+    from workbench.jsonout import plain
+
+    return json.dumps(plain(value), indent=2, allow_nan=False, default=str)
 
 
 class JobFailed(Exception):

@@ -8,13 +8,18 @@ import math
 from typing import Any
 
 
-def _clean(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """`value` with every non-finite float as None, and NumPy scalars and arrays (anything with
+    `tolist`, found without importing NumPy) as Python values, through dicts, lists and
+    tuples."""
+    if hasattr(value, "tolist") and not isinstance(value, str | bytes):
+        value = value.tolist()
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 
@@ -26,4 +31,4 @@ def dumps(value: Any, **options: Any) -> str:
     try:
         return json.dumps(value, allow_nan=False, **options)
     except ValueError:
-        return json.dumps(_clean(value), allow_nan=False, **options)
+        return json.dumps(plain(value), allow_nan=False, **options)
