@@ -193,9 +193,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print(job_id)
     if not args.wait:
         return 0
+    from workbench.jobmodel.states import JobState
+
     jobs = _follow(client, job_id, quiet=args.json)
     code: int = _wait_exit(jobs, [job_id], quiet=args.json)
-    if not args.json and jobs and jobs[0].state == "succeeded":
+    if not args.json and jobs and jobs[0].state == JobState.SUCCEEDED:
         print(_ingest_summary(client.store, args.dataset))
     return code
 
