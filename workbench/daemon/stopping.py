@@ -73,6 +73,15 @@ def _positive(value: object) -> float | None:
     return None
 
 
+def warn_at(policy: StopPolicy, deadline: float | None, warned: bool) -> float | None:
+    """When a job whose time limit ends at `deadline` (epoch seconds) is warned of it: its
+    `signal_before` ahead of the limit; None when it asks for no warning, has no limit, or was
+    warned already."""
+    if policy.warn_before_s is None or deadline is None or warned:
+        return None
+    return deadline - policy.warn_before_s
+
+
 def kept_because(job: Job | JobRequest) -> str | None:
     """Why a job that may not be preempted is kept, in the words the scheduler's wait reason
     uses ("job 7 (group g) borrows beyond its group's quota and ..."); None for the general

@@ -537,7 +537,7 @@ class Daemon:
         for tracked in self.tracked.values():
             if tracked.ended is not None:
                 continue
-            warn_at = self._warn_at(tracked)
+            warn_at = stopping.warn_at(tracked.policy, tracked.deadline, tracked.warned)
             if warn_at is not None and now >= warn_at and tracked.cancel_sent_at is None:
                 self._warn(tracked, now)
             if tracked.deadline is not None and not tracked.timed_out and now >= tracked.deadline:
@@ -557,14 +557,6 @@ class Daemon:
                     f"job {tracked.job_id}: still running after its kill grace; {stopped} processes killed"
                 )
 
-    @staticmethod
-    def _warn_at(tracked: Tracked) -> float | None:
-        """When the job is warned of its time limit (None: not, or already)."""
-        before = tracked.policy.warn_before_s
-        if before is None or tracked.deadline is None or tracked.warned:
-            return None
-        return tracked.deadline - before
-
     def _next_deadline(self) -> float:
         soonest = math.inf
         for tracked in self.tracked.values():
@@ -573,7 +565,7 @@ class Daemon:
                 continue
             if tracked.deadline is not None and not tracked.timed_out:
                 soonest = min(soonest, tracked.deadline)
-            warn_at = self._warn_at(tracked)
+            warn_at = stopping.warn_at(tracked.policy, tracked.deadline, tracked.warned)
             if warn_at is not None and tracked.cancel_sent_at is None:
                 soonest = min(soonest, warn_at)
             if tracked.cancel_sent_at is not None and not tracked.forced:
