@@ -22,7 +22,7 @@ from conftest import stop_daemon, wait_for, wait_state
 
 from workbench.catalog import lake, registry
 from workbench.daemon.client import Client
-from workbench.db.store import Job
+from workbench.db.store import Job, JobError
 from workbench.paths import Home
 from workbench.queue.requests import build_request
 
@@ -67,10 +67,20 @@ def exported() -> Iterator[tuple[Client, Home, int, int]]:
             m["id"] for m in registry.list_models(client.store) if m["export_job_id"] == export.id
         )
         yield client, home, trained.id, model_id
-        for job in client.store.list_jobs(states=["running", "queued", "starting"]):
-            client.control(job.id, "cancel")
+        cancel_leftovers(client)
         client.close()
         stop_daemon(home)
+
+
+def cancel_leftovers(client: Client) -> None:
+    """Cancel every job still live and wait for each to settle. A job that settles between the
+    listing and its cancel (it answers "already succeeded") is not an error of the test."""
+    for job in client.store.list_jobs(states=["running", "queued", "starting", "paused"]):
+        try:
+            client.control(job.id, "cancel")
+        except JobError:
+            continue
+        wait_state(client, job.id, {"cancelled", "failed", "succeeded"}, timeout=60)
 
 
 def post(url: str, body: Any, raw: bytes | None = None) -> tuple[int, dict[str, Any]]:
@@ -346,9 +356,7 @@ def one_fake_gpu(
     try:
         yield client, home, model_id
     finally:
-        for job in client.store.list_jobs(states=["running", "queued", "starting", "paused"]):
-            client.control(job.id, "cancel")
-            wait_state(client, job.id, {"cancelled", "failed", "succeeded"}, timeout=60)
+        cancel_leftovers(client)
         stop_daemon(home)
         home.config.unlink()
 

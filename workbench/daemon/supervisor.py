@@ -176,6 +176,7 @@ class Daemon:
         """Take the lock, open the store, adopt what a previous daemon left, then say ready.
         Raises DaemonError when another daemon holds the lock, StoreError for a bad store,
         HomeGone when the home folder does not exist (it is never created here)."""
+        begun = time.monotonic()
         self.home_watch = HomeWatch(self.home.root)
         self.home.ensure()  # its folders (runs, lake), in a home that exists
         self._take_lock()
@@ -209,7 +210,8 @@ class Daemon:
         intake_sock = self.intake.bind()
         if intake_sock is not None:
             self.selector.register(intake_sock, selectors.EVENT_READ, ("intake", None))
-        self.log(f"started (pid {os.getpid()}); {self.executor.describe()}")
+        took = time.monotonic() - begun
+        self.log(f"started (pid {os.getpid()}, in {took:.2f}s); {self.executor.describe()}")
         self._announce_ready()
 
     def _sweep_orphans(self) -> None:
