@@ -319,6 +319,11 @@ MIGRATIONS: dict[int, str] = {
     CREATE INDEX jobs_slurm_open ON jobs(id) WHERE slurm_open = 1;
     CREATE INDEX jobs_on_slurm ON jobs(state, id) WHERE executor = 'slurm';
     """,
+    # Team mode (70-79): whose job it is, the submitter's uid from the kernel (SO_PEERCRED);
+    # NULL in a per-user home, where every job is the home owner's.
+    70: """
+    ALTER TABLE jobs ADD COLUMN uid INTEGER;
+    """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

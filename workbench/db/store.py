@@ -156,6 +156,9 @@ class JobRequest:
     # What it was submitted with, to reproduce it (workbench.queue.repro): {"code",
     # "environment", "snapshot"}; None: not captured.
     repro: dict[str, Any] | None = None
+    # Whose job it is: the submitter's uid as the kernel gave it (SO_PEERCRED) in system mode;
+    # None in a per-user home, where every job is the home owner's.
+    uid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -209,6 +212,7 @@ class Job:
     # What CUDA_VISIBLE_DEVICES held for this attempt where it is not GPU indices: MIG
     # instances by UUID (`MIG-5e1f...`); None for a whole or fractional GPU, or not started.
     granted_devices: list[str] | None = None
+    uid: int | None = None  # its owner's uid (system mode); None: the home owner's
 
     @property
     def ended(self) -> bool:
@@ -273,6 +277,7 @@ class Job:
             "peak_mem_bytes": self.peak_mem_bytes,
             "peak_mem_source": self.peak_mem_source,
             "granted_devices": self.granted_devices,
+            "uid": self.uid,
         }
         if with_env:
             out["env"] = self.env
@@ -313,7 +318,7 @@ _JOB_COLUMNS = (
     " ended_at, exit_code, reason, pid, pid_start, granted_gpus, intent, progress, progress_msg,"
     " peak_gpu_mem, mean_gpu_util, launch_token, executor, slurm_id, node, mig_profile,"
     " preemptible, cpu_s, cpu_source, peak_mem_bytes, peak_mem_source, not_before,"
-    " granted_devices"
+    " granted_devices, uid"
 )
 # The same columns with spec and env left out (lists that never show them need not parse them),
 # and with only env left out (listings that show specs: an environment is the bulk of a row).
@@ -389,7 +394,7 @@ def _job_from_row(row: sqlite3.Row | tuple[Any, ...], deps: tuple[tuple[int, str
         ended_at, exit_code, reason, pid, pid_start, granted_gpus, intent, progress, progress_msg,
         peak_gpu_mem, mean_gpu_util, launch_token, executor, slurm_id, node, mig_profile,
         preemptible, cpu_s, cpu_source, peak_mem_bytes, peak_mem_source, not_before,
-        granted_devices,
+        granted_devices, uid,
     ) = row  # fmt: skip
     return Job(
         id=id_,
@@ -436,6 +441,7 @@ def _job_from_row(row: sqlite3.Row | tuple[Any, ...], deps: tuple[tuple[int, str
         peak_mem_source=peak_mem_source,
         not_before=not_before,
         granted_devices=json.loads(granted_devices) if granted_devices else None,
+        uid=uid,
     )
 
 
@@ -628,8 +634,8 @@ class Store:
         cur = conn.execute(
             "INSERT INTO jobs(name, kind, state, spec, argv, cwd, env, env_id, priority, grp, gpus,"
             " gpu_mem, cpus, mem, retries, time_limit, fail_unrunnable, pipeline_id, stage,"
-            " created_at, executor, mig_profile, preemptible)"
-            " VALUES (?,?,?,?,?,?,'{}',?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " created_at, executor, mig_profile, preemptible, uid)"
+            " VALUES (?,?,?,?,?,?,'{}',?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 encode_text(req.name),
                 req.kind,
@@ -653,6 +659,7 @@ class Store:
                 req.executor,
                 res.mig_profile,
                 int(req.preemptible),
+                req.uid,
             ),
         )
         job_id = int(cur.lastrowid or 0)
