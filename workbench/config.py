@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench.queue.requests import check_group
+from workbench.queue.scheduler import Share
 from workbench.queue.spec import SpecError, from_table
 from workbench.units import INT64_MAX, parse_duration, parse_size
 from workbench.userfiles import UserFileError, read_toml
@@ -98,6 +99,52 @@ class GroupTable:
     quota: float = 0.0
     parallel: int = 0
     preemptible: bool = True  # false: its jobs are never preempted to give GPUs back
+    weight: float = 1.0  # its part of the surplus, with `[shares] by = "group"`
+    limit: float | None = None  # the most GPUs it may hold, with `[shares] by = "group"`
+
+
+@dataclass(frozen=True)
+class SharesTable:
+    """`[shares]` in config.toml: whose shares the scheduler divides GPUs by ("user", with
+    `[users.NAME]` tables, or "group", with `[groups.NAME]` quota/weight/limit), the usage
+    ledger's half-life, how strongly past usage lowers an over-quota weight (`usage_k`), the
+    minimum run time before a job may be preempted, and idle-GPU detection."""
+
+    by: str = ""  # "" : by user when [users.*] tables exist, else shares are off
+    half_life: str | float = "7d"
+    usage_k: float = 1.0
+    min_runtime: str | float = 0.0  # seconds, or a duration like "10m"
+    idle_after: str | float = "30m"  # a GPU job at ~0% utilisation this long is flagged idle
+    idle_percent: float = 2.0  # "about 0%": at or below this utilisation
+    reclaim_idle: bool = False  # preempt an idle job over its share while others wait
+
+
+@dataclass(frozen=True)
+class UserTable:
+    """`[users.NAME]` (or `[users.default]`, for users not named): a user's deserved GPUs and
+    GPU memory, over-quota weight, limit of GPUs, and cap on running jobs (0: none)."""
+
+    deserved_gpus: float = 0.0
+    deserved_gpu_mem: str | int | None = None
+    weight: float = 1.0
+    limit: float | None = None
+    max_running: int = 0
+
+
+@dataclass(frozen=True)
+class ShareConfig:
+    """Shares as parsed: `by` is "user", "group" or "" (off); `shares` by account name,
+    `default` for accounts not named; durations in seconds."""
+
+    by: str = ""
+    shares: Mapping[str, Share] = field(default_factory=dict)
+    default: Share | None = None
+    half_life_s: float = 7 * 86400.0
+    usage_k: float = 1.0
+    min_runtime_s: float = 0.0
+    idle_after_s: float = 1800.0
+    idle_percent: float = 2.0
+    reclaim_idle: bool = False
 
 
 @dataclass(frozen=True)
@@ -124,6 +171,7 @@ class Config:
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     snapshot: bool = False  # [submit] snapshot: every command job runs a frozen copy
     snapshot_cap_bytes: int = 100 * 1024**2  # [submit] snapshot_cap
+    shares: ShareConfig = field(default_factory=ShareConfig)  # [shares], [users.*]
 
 
 def load_config(path: Path) -> Config:
@@ -136,7 +184,7 @@ def load_config(path: Path) -> Config:
         raise SpecError(str(error)) from None
     known = {
         "daemon", "retention", "security", "sql", "lake", "executor", "scheduler", "groups",
-        "submit",
+        "submit", "shares", "users",
     }  # fmt: skip
     for key in data:
         if key not in known:
@@ -214,6 +262,7 @@ def load_config(path: Path) -> Config:
         executor=executor,
         snapshot=submit.snapshot,
         snapshot_cap_bytes=snapshot_cap,
+        shares=_shares(path, data),
     )
 
 
@@ -241,6 +290,89 @@ def _groups(path: Path, raw: Any) -> tuple[dict[str, float], dict[str, int], set
         if not group.preemptible:
             keep.add(name)
     return quotas, parallel, keep
+
+
+def _shares(path: Path, data: Mapping[str, Any]) -> ShareConfig:
+    """`[shares]`, `[users.NAME]` and the groups' weights and limits -> ShareConfig; bad values
+    name the file, table and key (SpecError)."""
+    table = from_table(SharesTable, data.get("shares", {}), f"{path} [shares]")
+    where = f"{path} [shares]"
+    times: dict[str, float] = {}
+    for key, value in (
+        ("half_life", table.half_life),
+        ("min_runtime", table.min_runtime),
+        ("idle_after", table.idle_after),
+    ):
+        try:
+            zero = isinstance(value, int | float) and value == 0 and key == "min_runtime"
+            times[key] = 0.0 if zero else parse_duration(value)
+        except ValueError as error:
+            raise SpecError(f"{where}: key '{key}': {error}") from error
+    if times["half_life"] <= 0:
+        raise SpecError(f"{where}: key 'half_life': must be more than 0")
+    if table.usage_k < 0 or not math.isfinite(table.usage_k):
+        raise SpecError(f"{where}: key 'usage_k': must be 0 or more, got {table.usage_k!r}")
+    raw_users = data.get("users", {})
+    if not isinstance(raw_users, dict):
+        raise SpecError(f"{path}: 'users' must be tables like [users.alice]")
+    by = table.by or ("user" if raw_users else "")
+    if by not in ("", "user", "group"):
+        raise SpecError(f'{where}: key \'by\': must be "user" or "group", got {by!r}')
+    shares: dict[str, Share] = {}
+    default: Share | None = None
+    if by == "user":
+        for name, values in raw_users.items():
+            share = _user_share(f"{path} [users.{name}]", values)
+            if name == "default":
+                default = share
+            else:
+                shares[name] = share
+        default = default or Share()
+    elif by == "group":
+        raw_groups = data.get("groups", {})
+        for name, values in raw_groups.items():
+            group = from_table(GroupTable, values, f"{path} [groups.{name}]")
+            _check_share(f"{path} [groups.{name}]", group.weight, group.limit)
+            shares[name] = Share(group.quota, group.weight, group.limit)
+        default = Share()
+    if not 0 <= table.idle_percent <= 100:
+        raise SpecError(f"{where}: key 'idle_percent': must be 0 to 100")
+    return ShareConfig(
+        by=by,
+        shares=shares,
+        default=default,
+        half_life_s=times["half_life"],
+        usage_k=table.usage_k,
+        min_runtime_s=times["min_runtime"],
+        idle_after_s=times["idle_after"],
+        idle_percent=table.idle_percent,
+        reclaim_idle=table.reclaim_idle,
+    )
+
+
+def _check_share(where: str, weight: float, limit: float | None) -> None:
+    if weight < 0 or not math.isfinite(weight):
+        raise SpecError(f"{where}: key 'weight': must be 0 or more, got {weight!r}")
+    if limit is not None and (limit < 0 or not math.isfinite(limit)):
+        raise SpecError(f"{where}: key 'limit': must be 0 or more GPUs, got {limit!r}")
+
+
+def _user_share(where: str, values: Any) -> Share:
+    """One `[users.NAME]` table as a Share (SpecError naming `where` and the key)."""
+    if not isinstance(values, dict):
+        raise SpecError(f"{where}: expected a table, got {values!r}")
+    user = from_table(UserTable, values, where)
+    check_quota(user.deserved_gpus, f"{where}: key 'deserved_gpus'")
+    _check_share(where, user.weight, user.limit)
+    if user.max_running < 0:
+        raise SpecError(f"{where}: key 'max_running': must be 0 (no cap) or more")
+    mem = None
+    if user.deserved_gpu_mem is not None:
+        try:
+            mem = parse_size(user.deserved_gpu_mem)
+        except ValueError as error:
+            raise SpecError(f"{where}: key 'deserved_gpu_mem': {error}") from error
+    return Share(user.deserved_gpus, user.weight, user.limit, user.max_running, mem)
 
 
 def check_quota(quota: float, where: str) -> None:

@@ -19,22 +19,26 @@ it is never read."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from workbench.config import Config, group_quotas
 from workbench.db import scheduling as db
 from workbench.db.store import Store
 from workbench.jobmodel.states import Event, JobState
 from workbench.queue import scheduler
+from workbench.queue.accounts import account_of
 
 QUEUE_PAGE = 128  # jobs of one waiting shape re-read per pass; more pages while they all start
 
 Starts = list[tuple[db.QueuedJob, tuple[int, ...]]]
 
 
-def wants_of(batch: list[db.QueuedJob], not_preemptible: Iterable[str]) -> list[scheduler.Want]:
+def wants_of(
+    batch: list[db.QueuedJob], not_preemptible: Iterable[str], by: str = ""
+) -> list[scheduler.Want]:
     """Queued jobs as the scheduler takes them; jobs of a group in `not_preemptible`
-    (`[groups.NAME] preemptible = false`) are never preempted."""
+    (`[groups.NAME] preemptible = false`) are never preempted; each counts against its
+    account (`accounts.account_of`: its owner's user name with shares by user)."""
     kept = set(not_preemptible)
     return [
         scheduler.Want(
@@ -50,14 +54,19 @@ def wants_of(batch: list[db.QueuedJob], not_preemptible: Iterable[str]) -> list[
             mig_profile=j.mig_profile,
             preemptible=j.preemptible and j.group not in kept,
             time_limit=j.time_limit,
+            account=account_of(by, j.group, j.uid),
             reason=j.reason,
         )
         for j in batch
     ]
 
 
-def settings_of(config: Config, store: Store) -> scheduler.Settings:
-    """The scheduler's settings as config.toml and the store (drain, `workbench group`) say now."""
+def settings_of(
+    config: Config, store: Store, usage: Mapping[str, float] | None = None
+) -> scheduler.Settings:
+    """The scheduler's settings as config.toml and the store (drain, `workbench group`) say now;
+    `usage` is each account's decayed GPU-hours (the usage ledger), for fair share."""
+    shares = config.shares
     return scheduler.Settings(
         drain=store.draining,
         group_limits={**config.group_parallel, **store.group_limits()},
@@ -67,6 +76,12 @@ def settings_of(config: Config, store: Store) -> scheduler.Settings:
         default_runtime_s=config.default_runtime_s,
         backfill_depth=config.backfill_depth,
         strict=config.strict,
+        shares=shares.shares if shares.by else {},
+        default_share=shares.default if shares.by else None,
+        accounts=shares.by or "group",
+        usage=dict(usage or {}),
+        usage_k=shares.usage_k,
+        min_runtime_s=shares.min_runtime_s,
     )
 
 
@@ -74,7 +89,8 @@ class Planner:
     """Runs scheduling passes for one daemon. `holdings()` gives what running jobs hold;
     `launch(starts)` starts jobs (returns how many began); `reclaim(decision, now)` preempts a
     job or reports one over its GPU memory reservation. `start_details` receives each start's
-    decision (MIG devices, GPU memory cap) by job id before `launch` is called."""
+    decision (MIG devices, GPU memory cap) by job id before `launch` is called; `usage` gives
+    each account's decayed GPU-hours for fair share (the usage ledger)."""
 
     def __init__(
         self,
@@ -83,8 +99,10 @@ class Planner:
         launch: Callable[[Starts], int],
         reclaim: Callable[[scheduler.Preempt | scheduler.Exceeds, float], None],
         start_details: dict[int, scheduler.Start],
+        usage: Callable[[], Mapping[str, float]] | None = None,
     ):
         self.store = store
+        self.usage = usage  # each account's decayed GPU-hours (the usage ledger), or None
         self.holdings = holdings
         self.launch = launch
         self.reclaim = reclaim
@@ -99,7 +117,7 @@ class Planner:
         if self._fresh:
             db.clear_marks(store, db.FIT)
             self._fresh = False
-        settings = settings_of(config, store)
+        settings = settings_of(config, store, self.usage() if self.usage else None)
         now = time.time()
         mark = db.events_mark(store)  # before the dependencies' states are read
         batch = db.startable(store, now)
@@ -128,7 +146,7 @@ class Planner:
         store = self.store
         dep_ids = {d for j in batch for d, _ in j.deps}
         dep_states = {k: str(v) for k, v in store.states_of(dep_ids).items()} if dep_ids else {}
-        wants = wants_of(batch, config.not_preemptible)
+        wants = wants_of(batch, config.not_preemptible, config.shares.by)
         by_id = {j.id: j for j in batch}
         starts: Starts = []
         settled: set[int] = set()

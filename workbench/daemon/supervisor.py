@@ -39,6 +39,7 @@ from workbench.db.store import Job, Store
 from workbench.jobmodel.states import LIVE, Event, JobState
 from workbench.paths import Home
 from workbench.queue import scheduler
+from workbench.queue.accounts import account_of
 from workbench.queue.kinds import job_argv
 from workbench.queue.repro import start_environment
 from workbench.queue.retention import prune_ended, sweep_orphans
@@ -306,6 +307,9 @@ class Daemon:
                 mig_profile=job.mig_profile,
                 preemptible=job.preemptible,
                 kept_because=stopping.kept_because(row) if row is not None else None,
+                account=account_of(
+                    self.config.shares.by, job.group, row.uid if row is not None else None
+                ),
             )
             policy = stopping.policy_for(row, self.config.kill_grace_s) if row else None
             deadline = None
@@ -761,6 +765,7 @@ class Daemon:
                 preemptible=queued.preemptible,
                 time_limit=job.time_limit,
                 kept_because=stopping.kept_because(job),
+                account=account_of(self.config.shares.by, queued.group, queued.uid),
             )
             deadline = now + job.time_limit if job.time_limit else None
             policy = stopping.policy_for(job, self.config.kill_grace_s)

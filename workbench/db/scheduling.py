@@ -39,11 +39,12 @@ class QueuedJob:
     time_limit: float | None = None  # seconds; backfill's estimate of its run time
     mig_profile: str | None = None  # one MIG instance of this profile instead of GPUs
     preemptible: bool = True  # false: never preempted to give borrowed GPUs back
+    uid: int | None = None  # its owner (system mode); None: the home owner
 
 
 _QUEUED_COLUMNS = (
     "id, priority, grp, gpus, gpu_mem, cpus, mem, fail_unrunnable, reason, time_limit,"
-    " mig_profile, preemptible"
+    " mig_profile, preemptible, uid"
 )
 
 
@@ -78,6 +79,7 @@ def _queued(conn: sqlite3.Connection, rows: list[Any]) -> list[QueuedJob]:
             r[9],
             r[10],
             bool(r[11]),
+            r[12],
         )
         for r in rows
     ]

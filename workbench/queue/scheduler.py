@@ -42,6 +42,9 @@ class Want:
     mig_profile: str | None = None
     preemptible: bool = True
     time_limit: float | None = None
+    # Whose share it counts against: a user's name with shares by user, else its group
+    # ("" is taken as `group`).
+    account: str = ""
     reason: str | None = field(default=None, compare=False)
     shape: int = field(init=False, repr=False, compare=False)
     units: float = field(init=False, repr=False, compare=False)
@@ -51,8 +54,11 @@ class Want:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rank", (-self.priority << 63) + self.id)
+        if not self.account:
+            object.__setattr__(self, "account", self.group)
         units = gpu_units(self.gpus, self.mig_profile)
         needs = (
+            self.account,
             self.gpus,
             self.gpu_mem,
             self.mig_profile,
@@ -97,6 +103,11 @@ class Holding:
     # Why it may not be preempted, where that is not an opt-out (a command job that is not
     # checkpointable: "is not checkpointable, so it is not preempted"); None: it opted out.
     kept_because: str | None = None
+    account: str = ""  # whose share it counts against ("": its group), as `Want.account`
+
+    def __post_init__(self) -> None:
+        if not self.account:
+            object.__setattr__(self, "account", self.group)
 
 
 @dataclass(frozen=True)
@@ -165,6 +176,41 @@ class Settings:
     default_runtime_s: float = 3600.0
     backfill_depth: int = 32
     strict: bool = False
+    # Shares (KAI-Scheduler's model on one box): when `shares` or `default_share` is set, each
+    # job counts against its `account` (a user, with `accounts` "user"; else a group) and
+    # `quotas` is replaced by each account's deserved GPUs. `usage` is each account's decayed
+    # GPU-hours (the usage ledger), `usage_k` how strongly it lowers an over-quota weight;
+    # `min_runtime_s` is how long a job runs before it may be preempted.
+    shares: Mapping[str, Share] = field(default_factory=dict)
+    default_share: Share | None = None
+    accounts: str = "group"
+    usage: Mapping[str, float] = field(default_factory=dict)
+    usage_k: float = 1.0
+    min_runtime_s: float = 0.0
+
+    @property
+    def by_share(self) -> bool:
+        """True when shares decide the order and reclaims (`shares` or `default_share` set)."""
+        return bool(self.shares) or self.default_share is not None
+
+    def share_of(self, account: str) -> Share:
+        """An account's share: its own, else the default, else nothing deserved, weight 1."""
+        return self.shares.get(account) or self.default_share or Share()
+
+
+@dataclass(frozen=True)
+class Share:
+    """One account's share (KAI-Scheduler's queue fields, on one box): `deserved` GPUs it is
+    guaranteed (reclaimed for it from accounts above theirs); `deserved_gpu_mem` bytes of GPU
+    memory within which it counts as inside its share (None: GPUs alone decide); `weight`, its
+    part of the surplus beyond everyone's deserved quota; `limit`, the most GPUs it may hold
+    (None: no cap); `max_running`, the most jobs it may run at once (0: no cap)."""
+
+    deserved: float = 0.0
+    weight: float = 1.0
+    limit: float | None = None
+    max_running: int = 0
+    deserved_gpu_mem: int | None = None
 
 
 # ---- decisions ---------------------------------------------------------------------------
@@ -383,7 +429,14 @@ class _Ledger:
         self.cpus = 0.0
         self.mem = 0
         self.groups: dict[str, int] = {}
+        # Per account (its group, or with shares by user its user): GPUs' worth held, jobs
+        # running, GPU memory reserved (bytes).
         self.group_units: dict[str, float] = {}
+        self.account_jobs: dict[str, int] = {}
+        self.account_mem: dict[str, int] = {}
+        # The guaranteed GPUs per account: the group quotas, or with shares each account's
+        # deserved quota (`plan` fills it for every account it sees).
+        self.quotas: dict[str, float] = dict(settings.quotas)
         # GPU index -> (time the waiting job may start, its id): backfill may use the GPU only
         # for a job expected to end by then.
         self.held_for: dict[int, tuple[float, int]] = {}
@@ -444,7 +497,12 @@ class _Ledger:
         self.mem += held.mem or 0
         self.groups[held.group] = self.groups.get(held.group, 0) + 1
         units = gpu_units(held.gpus, held.mig_profile)
-        self.group_units[held.group] = self.group_units.get(held.group, 0.0) + units
+        account = held.account
+        self.group_units[account] = self.group_units.get(account, 0.0) + units
+        self.account_jobs[account] = self.account_jobs.get(account, 0) + 1
+        if held.gpu_mem and held.gpu_indices:
+            count = len(held.gpu_indices)
+            self.account_mem[account] = self.account_mem.get(account, 0) + held.gpu_mem * count
         self.version += 1
 
     def without(self, removed: set[int]) -> _Ledger:
@@ -460,6 +518,9 @@ class _Ledger:
         trial.cpus, trial.mem = self.cpus, self.mem
         trial.groups = dict(self.groups)
         trial.group_units = dict(self.group_units)
+        trial.account_jobs = dict(self.account_jobs)
+        trial.account_mem = dict(self.account_mem)
+        trial.quotas = self.quotas
         for held in self.held:
             if held.id not in removed:
                 continue
@@ -477,7 +538,8 @@ class _Ledger:
             trial.cpus -= held.cpus
             trial.mem -= held.mem or 0
             trial.groups[held.group] -= 1
-            trial.group_units[held.group] -= gpu_units(held.gpus, held.mig_profile)
+            trial.group_units[held.account] -= gpu_units(held.gpus, held.mig_profile)
+            trial.account_jobs[held.account] -= 1
         return trial
 
     def free_gpu_mem_bytes(self, slot: GpuSlot) -> int:
@@ -753,7 +815,7 @@ def _spare_units(
     used: dict[str, float] = {}
     for h in held:
         if not h.stopping and h.id not in leaving:
-            used[h.group] = used.get(h.group, 0.0) + gpu_units(h.gpus, h.mig_profile)
+            used[h.account] = used.get(h.account, 0.0) + gpu_units(h.gpus, h.mig_profile)
     return {g: u - quotas.get(g, 0.0) for g, u in used.items() if u > quotas.get(g, 0.0) + _EPS}
 
 
@@ -796,22 +858,46 @@ def _restartable(
     left once `want` runs on `placement` (the smallest first): preempted there, they come back
     within their group's quota, so the group is not left below it."""
     trial = _trial(ledger, removed, res, now, settings)
-    trial.take(Holding(want.id, want.group, placement, want.gpus, want.gpu_mem, started_at=now))
+    trial.take(
+        Holding(
+            want.id,
+            want.group,
+            placement,
+            want.gpus,
+            want.gpu_mem,
+            started_at=now,
+            account=want.account,
+        )
+    )
     back: dict[str, float] = {}
     ids: set[int] = set()
     for victim in sorted(victims, key=lambda h: (gpu_units(h.gpus, h.mig_profile), -h.id)):
         if victim.mig_uuids:
             continue
         again = Want(
-            victim.id, 0, victim.group, victim.gpus, victim.gpu_mem, time_limit=victim.time_limit
+            victim.id,
+            0,
+            victim.group,
+            victim.gpus,
+            victim.gpu_mem,
+            time_limit=victim.time_limit,
+            account=victim.account,
         )
         picked = trial.pick(again)
         if picked is None:
             continue
         trial.take(
-            Holding(victim.id, victim.group, picked[0], victim.gpus, victim.gpu_mem, started_at=now)
+            Holding(
+                victim.id,
+                victim.group,
+                picked[0],
+                victim.gpus,
+                victim.gpu_mem,
+                started_at=now,
+                account=victim.account,
+            )
         )
-        back[victim.group] = back.get(victim.group, 0.0) + again.units
+        back[victim.account] = back.get(victim.account, 0.0) + again.units
         ids.add(victim.id)
     return back, ids
 
@@ -840,7 +926,7 @@ def _reclaim(
         waited = [h for h in ledger.held if h.id in waitable and set(h.gpu_indices) & set(gpus)]
         if waited:
             return waited, [], gpus, set()
-    spare = _spare_units(ledger.held, settings.quotas, leaving)
+    spare = _spare_units(ledger.held, ledger.quotas, leaving)
 
     def allowed(h: Holding) -> bool:
         return (
@@ -848,7 +934,8 @@ def _reclaim(
             and not h.stopping
             and h.id not in leaving
             and h.id not in ledger.started_now
-            and h.group != want.group
+            and h.account != want.account
+            and now - h.started_at >= settings.min_runtime_s
             and bool(h.gpu_indices or h.mig_uuids)
         )
 
@@ -887,10 +974,10 @@ def _reclaim(
     # a job that started beyond its group's quota although part of it lies within (a 4-GPU job
     # that took a group with a quota of 5 from 4 GPUs to 8): it borrows, so it is reclaimed,
     # even though its group is then left below its quota by the part that lay within.
-    over = _over_quota_jobs(ledger.held, settings.quotas, leaving)
+    over = _over_quota_jobs(ledger.held, ledger.quotas, leaving)
     for mode in ("spare", "moved", "over"):
         if mode == "spare":
-            usable = [step for step in steps if all(h.group in spare for h in step)]
+            usable = [step for step in steps if all(h.account in spare for h in step)]
         elif mode == "over":
             usable = [step for step in steps if all(h.id in over for h in step)]
         else:
@@ -905,7 +992,7 @@ def _reclaim(
         if mode == "moved":
             taken: dict[str, float] = {}
             for h in chosen:
-                taken[h.group] = taken.get(h.group, 0.0) + gpu_units(h.gpus, h.mig_profile)
+                taken[h.account] = taken.get(h.account, 0.0) + gpu_units(h.gpus, h.mig_profile)
             back, moved = _restartable(ledger, want, placement, chosen, removed, res, now, settings)
             if any(c - back.get(g, 0.0) > spare.get(g, 0.0) + _EPS for g, c in taken.items()):
                 continue
@@ -926,8 +1013,8 @@ def _over_quota_jobs(
     total: dict[str, float] = {}
     over: set[int] = set()
     for h in running:
-        total[h.group] = total.get(h.group, 0.0) + gpu_units(h.gpus, h.mig_profile)
-        if total[h.group] > quotas.get(h.group, 0.0) + _EPS:
+        total[h.account] = total.get(h.account, 0.0) + gpu_units(h.gpus, h.mig_profile)
+        if total[h.account] > quotas.get(h.account, 0.0) + _EPS:
             over.add(h.id)
     return over
 
@@ -953,7 +1040,7 @@ def _choose_victims(
         fresh = [h for h in step if h.id not in removed]
         cost: dict[str, float] = {}
         for h in fresh:
-            cost[h.group] = cost.get(h.group, 0.0) + gpu_units(h.gpus, h.mig_profile)
+            cost[h.account] = cost.get(h.account, 0.0) + gpu_units(h.gpus, h.mig_profile)
         if strict and any(
             taken.get(g, 0.0) + c > spare.get(g, 0.0) + _EPS for g, c in cost.items()
         ):
@@ -1014,6 +1101,11 @@ def plan(
     only if its time limit (else `default_runtime_s`) ends before then, so backfill never
     delays it (Slurm's backfill). A job within its quota that does not fit reclaims GPUs by
     preempting the youngest preemptible jobs of groups over their quota.
+
+    With shares (`Settings.by_share`) the quota is each account's deserved quota, and across
+    accounts jobs go in fair-share order (`fair_order`): priority orders only an account's own
+    jobs. An account at its `limit` of GPUs or `max_running` jobs waits, saying so; a job
+    younger than `min_runtime_s` is never preempted.
     """
     ledger = _Ledger(running, res, now, settings)
     decisions: list[Decision] = list(_exceeding(running, res, settings))
@@ -1021,14 +1113,22 @@ def plan(
     # handed out since a job of the same shape had to wait (or was deferred to borrow), the
     # next one waits for the same reason (or is deferred too): one dict look-up per job keeps
     # a pass fast with thousands queued.
-    quotas = settings.quotas
-    within, borrowing = _order(queued, quotas, ledger.group_units)
+    keys: dict[int, tuple[float, int]] | None = None
+    if settings.by_share:
+        for account in {w.account for w in queued} | {h.account for h in running}:
+            ledger.quotas[account] = settings.share_of(account).deserved
+        keys = fair_order(queued, running, settings, len(res.gpus))
+    quotas = ledger.quotas
+    within, borrowing = _order(queued, ledger, keys)
     deferred: list[Want] = []
     for phase in (within, None):
         if phase is None:  # borrowers, with the jobs that came to borrow while phase 1 ran
-            if deferred:  # both in rank order: the sort merges two runs
+            if deferred:  # both in the same order: the sort merges two runs
                 phase = deferred + borrowing
-                phase.sort(key=_BY_RANK)
+                if keys is None:
+                    phase.sort(key=_BY_RANK)
+                else:
+                    phase.sort(key=lambda w: keys[w.id])
             else:
                 phase = borrowing
             checking = False
@@ -1045,13 +1145,8 @@ def plan(
                     elif known[1] != want.reason:
                         decisions.append(Wait(want.id, known[1]))
                     continue
-            if (
-                checking
-                and want.units > 0
-                and ledger.group_units.get(want.group, 0.0) + want.units
-                > quotas.get(want.group, 0.0) + _EPS
-            ):
-                deferred.append(want)  # its group filled its quota in this pass: it borrows
+            if checking and want.units > 0 and not _inside(want, ledger):
+                deferred.append(want)  # its account filled its quota in this pass: it borrows
                 if not want.deps:
                     unfit[want.shape] = (version, None)
                 continue
@@ -1069,22 +1164,41 @@ def plan(
     return decisions
 
 
+def _want_mem(want: Want) -> int:
+    """GPU memory (bytes) a job reserves in all, for a deserved GPU memory quota: `gpu_mem`
+    on each of its GPUs (0 when it names none: its GPUs count alone)."""
+    return (want.gpu_mem or 0) * max(1, math.ceil(want.gpus)) if want.units > 0 else 0
+
+
+def _inside(want: Want, ledger: _Ledger) -> bool:
+    """True when `want` would keep its account within its guaranteed GPUs (and, with shares,
+    within its deserved GPU memory, when one is set)."""
+    account = want.account
+    units = ledger.group_units.get(account, 0.0) + want.units
+    if units > ledger.quotas.get(account, 0.0) + _EPS:
+        return False
+    if ledger.settings.by_share:
+        mem = ledger.settings.share_of(account).deserved_gpu_mem
+        if mem is not None and ledger.account_mem.get(account, 0) + _want_mem(want) > mem:
+            return False
+    return True
+
+
 def _order(
-    queued: Sequence[Want], quotas: Mapping[str, float], used: Mapping[str, float]
+    queued: Sequence[Want], ledger: _Ledger, keys: Mapping[int, tuple[float, int]] | None
 ) -> tuple[list[Want], list[Want]]:
-    """(jobs within their group's quota, jobs that would borrow beyond it), each by higher
-    priority first, then lower id. Buckets, then a sort by id that is linear when the queue
-    comes in id order (as the store lists it)."""
+    """(jobs within their account's quota, jobs that would borrow beyond it), each by higher
+    priority first, then lower id; with `keys` (shares: `fair_order`) by those keys instead.
+    Buckets, then a sort by id that is linear when the queue comes in id order (as the store
+    lists it)."""
     inside_buckets: dict[int, list[Want]] = {}
     beyond_buckets: dict[int, list[Want]] = {}
     route: dict[int, dict[int, list[Want]]] = {}  # shape -> the buckets its jobs go to
+    quotas = bool(ledger.quotas)
     for want in queued:
         buckets = route.get(want.shape)
         if buckets is None:
-            over = bool(quotas) and not (
-                want.units > 0
-                and used.get(want.group, 0.0) + want.units <= quotas.get(want.group, 0.0) + _EPS
-            )
+            over = quotas and not (want.units > 0 and _inside(want, ledger))
             buckets = route[want.shape] = beyond_buckets if over else inside_buckets
         bucket = buckets.get(want.priority)
         if bucket is None:
@@ -1098,7 +1212,88 @@ def _order(
             bucket = buckets[priority]
             bucket.sort(key=_BY_ID)
             out.extend(bucket)
+        if keys is not None:
+            out.sort(key=lambda w: keys[w.id])
     return within, beyond
+
+
+def effective_weights(accounts: Iterable[str], settings: Settings) -> dict[str, float]:
+    """Each account's over-quota weight lowered by its past usage (time-based fair share, as
+    KAI-Scheduler's: a queue that used more than its weight's part of the past gets less of
+    the surplus now). weight * max(0.05, 1 + usage_k * (weight share - usage share)), where
+    the shares are of these accounts' weights and of their decayed GPU-hours
+    (`Settings.usage`); with no usage recorded, the weights as configured."""
+    names = sorted(set(accounts))
+    weights = {a: max(settings.share_of(a).weight, 0.0) for a in names}
+    total_w = sum(weights.values())
+    total_u = sum(max(settings.usage.get(a, 0.0), 0.0) for a in names)
+    if total_w <= 0 or total_u <= 0:
+        return weights
+    return {
+        a: w
+        * max(0.05, 1.0 + settings.usage_k * (w / total_w - settings.usage.get(a, 0.0) / total_u))
+        for a, w in weights.items()
+    }
+
+
+def fair_shares(demand: Mapping[str, float], total: float, settings: Settings) -> dict[str, float]:
+    """Each account's fair share of `total` GPUs, given what it wants (`demand`: GPUs' worth
+    held plus queued): its deserved quota (up to what it wants and its limit), then the
+    surplus divided by effective over-quota weight (`effective_weights`), water-filling: an
+    account that wants less than its part gives the rest to the others (KAI-Scheduler's
+    division of a queue's over-quota resources)."""
+    caps: dict[str, float] = {}
+    for account, wanted in demand.items():
+        limit = settings.share_of(account).limit
+        caps[account] = min(wanted, limit) if limit is not None else wanted
+    fair = {a: min(settings.share_of(a).deserved, caps[a]) for a in demand}
+    left = total - sum(fair.values())
+    weights = effective_weights(demand, settings)
+    open_ = {a for a in demand if fair[a] < caps[a] - _EPS and weights[a] > 0}
+    while left > _EPS and open_:
+        total_w = sum(weights[a] for a in open_)
+        given = 0.0
+        for account in sorted(open_):
+            room = caps[account] - fair[account]
+            part = min(left * weights[account] / total_w, room)
+            fair[account] += part
+            given += part
+            if part >= room - _EPS:
+                open_.discard(account)
+        left -= given
+        if given <= _EPS:
+            break
+    return fair
+
+
+def fair_order(
+    queued: Sequence[Want], running: Sequence[Holding], settings: Settings, total: float
+) -> dict[int, tuple[float, int]]:
+    """A sort key per queued job id: (the fraction of its account's fair share the account
+    would hold once this job and its account's jobs before it run, rank). Each account's jobs
+    go by priority, then age, among themselves only; across accounts, the job that leaves its
+    account furthest below its fair share goes first (virtual finish order, as in fair
+    queueing), so a user's high priority never jumps another user's jobs."""
+    held: dict[str, float] = {}
+    for h in running:
+        if not h.stopping:
+            held[h.account] = held.get(h.account, 0.0) + gpu_units(h.gpus, h.mig_profile)
+    mine: dict[str, list[Want]] = {}
+    for want in queued:
+        mine.setdefault(want.account, []).append(want)
+    demand = {a: held.get(a, 0.0) for a in held}
+    for account, wants in mine.items():
+        demand[account] = held.get(account, 0.0) + sum(w.units for w in wants)
+    fair = fair_shares(demand, total, settings)
+    keys: dict[int, tuple[float, int]] = {}
+    for account, wants in mine.items():
+        wants.sort(key=_BY_RANK)
+        level = held.get(account, 0.0)
+        base = max(fair.get(account, 0.0), _EPS)
+        for want in wants:
+            level += want.units
+            keys[want.id] = (level / base if want.units > 0 else 0.0, want.rank)
+    return keys
 
 
 _BY_RANK = operator.attrgetter("rank")
@@ -1130,6 +1325,10 @@ def _decide(
     limit = settings.group_limits.get(want.group, settings.default_parallel)
     if limit and ledger.groups.get(want.group, 0) >= limit:
         return Wait(want.id, f"group '{want.group}' is at its limit of {limit} running")
+    if settings.by_share:
+        capped = _share_cap(want, ledger, settings)
+        if capped is not None:
+            return Wait(want.id, capped)
     if want.cpus and ledger.cpus + want.cpus > res.cpus + _EPS:
         free = max(res.cpus - ledger.cpus, 0)
         return Wait(want.id, f"waiting for {_plural(want.cpus, 'CPU')} ({free:g} free)")
@@ -1143,13 +1342,13 @@ def _decide(
         if picked is None:
             holds = not want.mig_profile
             quota_reason = _wait_with_quota(
-                ledger, want, want.units, settings.quotas, decisions, res, now, settings
+                ledger, want, want.units, ledger.quotas, decisions, res, now, settings
             )
             if quota_reason is not None:
                 if not ledger.reclaiming:
                     quota_reason += ledger.held_note(want)
                 return Wait(want.id, quota_reason)
-            reason = ledger.wait_reason(want) + _unreclaimable_note(ledger, want, settings.quotas)
+            reason = ledger.wait_reason(want) + _unreclaimable_note(ledger, want, settings)
             if holds and ledger.holds < settings.backfill_depth:
                 if want.gpus >= 1:
                     ledger.hold_for(want)
@@ -1175,36 +1374,84 @@ def _decide(
             mig_profile=want.mig_profile,
             preemptible=want.preemptible,
             time_limit=want.time_limit,
+            account=want.account,
         )
     )
     return Start(want.id, indices, devices, cap)
 
 
-def _unreclaimable_note(ledger: _Ledger, want: Want, quotas: Mapping[str, float]) -> str:
+def _who(settings: Settings, account: str) -> str:
+    """An account in words: a user's name with shares by user, else "group NAME"."""
+    return account if settings.by_share and settings.accounts == "user" else f"group {account}"
+
+
+def _standing(ledger: _Ledger, account: str, extra: float = 0.0) -> str:
+    """ "alice is above their share: 3 of 2 GPUs" / "bob is within their share: 1 of 2 GPUs"
+    (holding `extra` GPUs more than now)."""
+    held = ledger.group_units.get(account, 0.0) + extra
+    deserved = ledger.quotas.get(account, 0.0)
+    where = "above" if held > deserved + _EPS else "within"
+    return f"{_who(ledger.settings, account)} is {where} their share: {held:g} of {deserved:g} GPUs"
+
+
+def _others_standing(ledger: _Ledger, account: str) -> str:
+    """ "; bob is within theirs; carol is above theirs (4 of 2 GPUs)": the other accounts
+    that hold GPUs or wait, up to four, so a waiting job's reason says who is where."""
+    parts = []
+    for other in sorted(a for a in ledger.quotas if a != account)[:4]:
+        held = ledger.group_units.get(other, 0.0)
+        deserved = ledger.quotas.get(other, 0.0)
+        who = _who(ledger.settings, other)
+        if held > deserved + _EPS:
+            parts.append(f"{who} is above theirs ({held:g} of {deserved:g} GPUs)")
+        else:
+            parts.append(f"{who} is within theirs")
+    return "".join(f"; {p}" for p in parts)
+
+
+def _share_cap(want: Want, ledger: _Ledger, settings: Settings) -> str | None:
+    """Why an account's own caps hold `want` (its `max_running` jobs, its `limit` of GPUs),
+    or None."""
+    share = settings.share_of(want.account)
+    who = _who(settings, want.account)
+    running = ledger.account_jobs.get(want.account, 0)
+    if share.max_running and running >= share.max_running:
+        return f"{who} is at their cap of {share.max_running} running jobs ({running} running)"
+    held = ledger.group_units.get(want.account, 0.0)
+    if share.limit is not None and want.units > 0 and held + want.units > share.limit + _EPS:
+        return f"{who} is at their limit of {share.limit:g} GPUs: holds {held:g}"
+    return None
+
+
+def _unreclaimable_note(ledger: _Ledger, want: Want, settings: Settings) -> str:
     """For a job within its group's quota that waits although nothing could be reclaimed for
     it, why its guarantee does not help now (else ""): the jobs borrowing beyond their group's
-    quota opted out of preemption, or would not free room for it, or no group borrows at all
-    (with the quotas adding up to more GPUs than the machine has, when they do)."""
-    quota = quotas.get(want.group, 0.0)
-    used = ledger.group_units.get(want.group, 0.0)
+    quota opted out of preemption, have not run their minimum run time, or would not free room
+    for it, or no group borrows at all (with the quotas adding up to more GPUs than the machine
+    has, when they do). With shares, the same of users (or groups) and their deserved quotas."""
+    quotas = ledger.quotas
+    quota = quotas.get(want.account, 0.0)
+    used = ledger.group_units.get(want.account, 0.0)
     if not quota or want.units <= 0 or used + want.units > quota + _EPS:
         return ""
     leaving = ledger.preempting | ledger.claimed
     over = _over_quota_jobs(ledger.held, quotas, leaving)
     borrowers = sorted(
-        (h for h in ledger.held if h.id in over and h.group != want.group and not h.stopping),
+        (h for h in ledger.held if h.id in over and h.account != want.account and not h.stopping),
         key=lambda h: h.id,
     )
-    head = f"; within its group's quota of {quota:g}, but nothing can be reclaimed: "
+    if settings.by_share:
+        head = f"; {_standing(ledger, want.account)}, but nothing can be reclaimed: "
+    else:
+        head = f"; within its group's quota of {quota:g}, but nothing can be reclaimed: "
     if borrowers and all(not h.preemptible for h in borrowers):
         if len(borrowers) == 1:
             (only,) = borrowers
             why = only.kept_because or "opted out of preemption"
-            return (
-                head
-                + f"job {only.id} (group {only.group}) borrows beyond its group's quota and {why}"
-            )
-        named = ", ".join(f"{h.id} (group {h.group})" for h in borrowers)
+            its = "its share" if settings.by_share else "its group's quota"
+            who = _who(settings, only.account)
+            return head + f"job {only.id} ({who}) borrows beyond {its} and {why}"
+        named = ", ".join(f"{h.id} ({_who(settings, h.account)})" for h in borrowers)
         kept = {h.kept_because for h in borrowers}
         why = (
             "opted out of preemption"
@@ -1213,17 +1460,41 @@ def _unreclaimable_note(ledger: _Ledger, want: Want, quotas: Mapping[str, float]
             if None not in kept
             else "opted out of preemption or are not checkpointable"
         )
-        return head + f"jobs {named} borrow beyond their groups' quotas and {why}"
+        beyond = "their shares" if settings.by_share else "their groups' quotas"
+        return head + f"jobs {named} borrow beyond {beyond} and {why}"
+    young = [
+        h for h in borrowers if h.preemptible and ledger.now - h.started_at < settings.min_runtime_s
+    ]
+    if young:
+        ids = _listing(h.id for h in young)
+        ran = min(ledger.now - h.started_at for h in young)
+        which = "job {}, which borrows," if len(young) == 1 else "jobs {}, which borrow, have"
+        return (
+            head + f"{which.format(ids)} ran {_duration(ran)} of the"
+            f" {_duration(settings.min_runtime_s)} minimum before a job may be preempted"
+        )
     if borrowers:
         ids = _listing(h.id for h in borrowers)
         if len(borrowers) == 1:
             return head + f"stopping job {ids}, which borrows, would not make room for it"
         return head + f"stopping jobs {ids}, which borrow, would not make room for it"
-    note = head + "no other group holds more than its own quota"
+    if settings.by_share:
+        note = head + "nobody else holds more than their share"
+    else:
+        note = head + "no other group holds more than its own quota"
     total = sum(quotas.values())
     if total > len(ledger.res.gpus) + _EPS:
         note += f" (the quotas add up to {total:g} GPUs, this machine has {len(ledger.res.gpus)})"
     return note
+
+
+def _duration(seconds: float) -> str:
+    """ "45 s", "12 min", "2.5 h": a short duration in words."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _wait_with_quota(
@@ -1241,11 +1512,17 @@ def _wait_with_quota(
     its quota. None: quotas play no part, the plain fit reason applies."""
     if not quotas:
         return None
-    quota = quotas.get(want.group, 0.0)
-    used = ledger.group_units.get(want.group, 0.0)
-    if used + units > quota + _EPS:
-        if want.group not in quotas:
+    quota = quotas.get(want.account, 0.0)
+    used = ledger.group_units.get(want.account, 0.0)
+    shares = settings.by_share
+    if used + units > quota + _EPS or (shares and not _inside(want, ledger)):
+        if want.account not in quotas:
             return None
+        if shares:
+            return (
+                f"{_standing(ledger, want.account, units)}{_others_standing(ledger, want.account)};"
+                f" waiting for idle GPUs: {ledger.wait_reason(want)}"
+            )
         return f"group {want.group} is at its quota of {quota:g} and nothing is idle to borrow"
     reclaim = _reclaim(ledger, want, res, now, settings)
     if reclaim is None:
@@ -1256,20 +1533,31 @@ def _wait_with_quota(
     ledger.reclaiming = True
     ledger.claimed.update(h.id for h in waited)
     ledger.preempting.update(h.id for h in victims)
-    ledger.group_units[want.group] = used + units
+    ledger.group_units[want.account] = used + units
     gpus = f"{'GPU' if len(freed) == 1 else 'GPUs'} {_listing(freed)}"
     if waited:
         ids = _listing(sorted(h.id for h in waited))
         jobs = "job" if len(waited) == 1 else "jobs"
-        return f"within its group's quota; waiting for {jobs} {ids} to stop and free {gpus}"
+        within = _standing(ledger, want.account, -units) if shares else "within its group's quota"
+        return f"{within}; waiting for {jobs} {ids} to stop and free {gpus}"
     for victim in victims:
-        vquota = quotas.get(victim.group, 0.0)
+        vquota = quotas.get(victim.account, 0.0)
+        if shares:
+            mover = f"{_who(settings, want.account)} is under their share and needs whole GPUs"
+            over = (
+                f"{_standing(ledger, victim.account)}; {_who(settings, want.account)} is"
+                " within theirs"
+            )
+        else:
+            mover = f"group {want.group} is under its quota and needs whole GPUs"
+            over = (
+                f"group {victim.group} is over its quota of {vquota:g} and group {want.group}"
+                " is under its own"
+            )
         why = (
-            f"group {want.group} is under its quota and needs whole GPUs; this job can start"
-            f" again at once on room left on another GPU"
+            f"{mover}; this job can start again at once on room left on another GPU"
             if victim.id in moved
-            else f"group {victim.group} is over its quota of {vquota:g} and group {want.group}"
-            " is under its own"
+            else over
         )
         decisions.append(Preempt(victim.id, f"preempted for job {want.id}: {why}", want.id))
     parts = []
@@ -1280,7 +1568,9 @@ def _wait_with_quota(
         if group:
             jobs = "job" if len(group) == 1 else "jobs"
             parts.append(f"{jobs} {_listing(sorted(group))} ({label})")
-    return (
-        f"within its group's quota of {quota:g}; reclaiming {gpus} by preempting"
-        f" {' and '.join(parts)}"
+    within = (
+        _standing(ledger, want.account, -units)
+        if shares
+        else f"within its group's quota of {quota:g}"
     )
+    return f"{within}; reclaiming {gpus} by preempting {' and '.join(parts)}"

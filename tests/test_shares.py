@@ -1,0 +1,194 @@
+"""Shares (KAI-Scheduler's model on one box) as inputs and rules of the pure `plan`: deserved
+quota, over-quota weight, limit, fair share reduced by decayed usage, reclaim from accounts
+above their share, min runtime, priority only within an account, caps on running jobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from workbench.config import load_config
+from workbench.queue.scheduler import (
+    GpuSlot,
+    Holding,
+    Preempt,
+    Resources,
+    Settings,
+    Share,
+    Start,
+    Wait,
+    Want,
+    effective_weights,
+    fair_shares,
+    plan,
+)
+from workbench.queue.spec import SpecError
+
+GiB = 1024**3
+
+
+def box(n: int) -> Resources:
+    return Resources(gpus=tuple(GpuSlot(i, 80 * GiB) for i in range(n)), cpus=64, mem_bytes=0)
+
+
+def by_user(**shares: Share) -> Settings:
+    return Settings(shares=shares, default_share=Share(), accounts="user")
+
+
+def run(account: str, job: int, gpu: int, started: float = 0.0) -> Holding:
+    return Holding(job, gpu_indices=(gpu,), gpus=1, started_at=started, account=account)
+
+
+def want(account: str, job: int, priority: int = 0, gpus: float = 1) -> Want:
+    return Want(job, priority, gpus=gpus, account=account)
+
+
+def decide(queued, running, res, settings, now=1000.0):  # type: ignore[no-untyped-def]
+    return {d.job_id: d for d in plan(list(queued), list(running), {}, res, settings, now)}
+
+
+TWO = by_user(alice=Share(2), bob=Share(2))
+
+
+def test_the_account_below_its_share_goes_first_whatever_the_priority_elsewhere() -> None:
+    # alice holds 3 of her 2; one GPU is free; her job has the higher priority and is older.
+    running = [run("alice", 1, 0), run("alice", 2, 1), run("alice", 3, 2)]
+    out = decide([want("alice", 10, priority=9), want("bob", 11)], running, box(4), TWO)
+    assert out[11] == Start(11, (3,))
+    assert isinstance(out[10], Wait)
+
+
+def test_priority_orders_an_accounts_own_jobs() -> None:
+    out = decide([want("bob", 10), want("bob", 11, priority=5)], [], box(1), TWO)
+    assert out[11] == Start(11, (0,))
+    assert isinstance(out[10], Wait)
+
+
+def test_a_waiting_job_names_the_rule_and_everyones_standing() -> None:
+    running = [run("alice", 1, 0), run("alice", 2, 1), run("bob", 3, 2)]
+    out = decide([want("alice", 10)], running, box(3), TWO)
+    reason = out[10].reason  # type: ignore[union-attr]
+    assert reason.startswith("alice is above their share: 3 of 2 GPUs; bob is within theirs")
+    assert "waiting for idle GPUs" in reason
+
+
+def test_within_its_share_reclaims_from_the_account_above_its_own() -> None:
+    # alice holds both GPUs (her share: 1); bob (share 1) arrives: alice's youngest is preempted.
+    settings = by_user(alice=Share(1), bob=Share(1))
+    running = [run("alice", 1, 0, started=10), run("alice", 2, 1, started=20)]
+    out = decide([want("bob", 10)], running, box(2), settings)
+    assert isinstance(out[2], Preempt) and out[2].for_job == 10
+    assert "alice is above their share: 2 of 1 GPUs; bob is within theirs" in out[2].reason
+    assert out[10].reason.startswith("bob is within their share: 0 of 1 GPUs; reclaiming GPU 1")  # type: ignore[union-attr]
+    assert 1 not in out
+
+
+def test_no_preemption_before_the_min_runtime() -> None:
+    settings = by_user(alice=Share(1), bob=Share(1))
+    settings = Settings(**{**settings.__dict__, "min_runtime_s": 600.0})
+    running = [run("alice", 1, 0, started=900), run("alice", 2, 1, started=940)]
+    out = decide([want("bob", 10)], running, box(2), settings, now=1000.0)
+    assert not any(isinstance(d, Preempt) for d in out.values())
+    reason = out[10].reason  # type: ignore[union-attr]
+    assert "bob is within their share: 0 of 1 GPUs, but nothing can be reclaimed" in reason
+    assert "job 2, which borrows, ran 60 s of the 10 min minimum" in reason
+    # Past the minimum, the same jobs are reclaimed.
+    out = decide([want("bob", 10)], running, box(2), settings, now=1600.0)
+    assert isinstance(out[2], Preempt)
+
+
+def test_a_limit_caps_an_accounts_gpus_even_with_gpus_idle() -> None:
+    settings = by_user(alice=Share(1, limit=2))
+    running = [run("alice", 1, 0), run("alice", 2, 1)]
+    out = decide([want("alice", 10)], running, box(4), settings)
+    assert out[10] == Wait(10, "alice is at their limit of 2 GPUs: holds 2")
+
+
+def test_max_running_caps_an_accounts_jobs() -> None:
+    settings = by_user(alice=Share(4, max_running=1))
+    out = decide([want("alice", 10, gpus=0), want("alice", 11, gpus=0)], [], box(2), settings)
+    assert isinstance(out[10], Start)
+    assert out[11] == Wait(11, "alice is at their cap of 1 running jobs (1 running)")
+
+
+def test_users_not_named_get_the_default_share() -> None:
+    settings = Settings(shares={"alice": Share(1)}, default_share=Share(1), accounts="user")
+    running = [run("alice", 1, 0), run("alice", 2, 1)]
+    out = decide([want("carol", 10)], running, box(2), settings)
+    assert isinstance(out[2], Preempt)  # carol (default share 1) reclaims alice's second GPU
+
+
+def test_deserved_gpu_memory_decides_who_is_within() -> None:
+    # bob's 1-GPU job of 60 GiB is past his deserved 40 GiB: it borrows, after alice's.
+    settings = by_user(alice=Share(1), bob=Share(1, deserved_gpu_mem=40 * GiB))
+    queued = [Want(10, gpus=1, gpu_mem=60 * GiB, account="bob"), want("alice", 11)]
+    out = decide(queued, [], box(1), settings)
+    assert out[11] == Start(11, (0,))
+    assert isinstance(out[10], Wait)
+
+
+def test_group_shares_keep_the_group_words() -> None:
+    settings = Settings(shares={"a": Share(1), "b": Share(1)}, default_share=Share())
+    running = [Holding(1, "a", (0,), 1, started_at=1), Holding(2, "a", (1,), 1, started_at=2)]
+    out = decide([Want(10, group="b", gpus=1)], running, box(2), settings)
+    assert isinstance(out[2], Preempt)
+    assert "group a is above their share: 2 of 1 GPUs" in out[2].reason
+
+
+def test_fair_shares_divide_the_surplus_by_weight_up_to_demand() -> None:
+    settings = by_user(alice=Share(1, weight=3), bob=Share(1, weight=1), carol=Share(1))
+    fair = fair_shares({"alice": 8, "bob": 8, "carol": 1}, 8, settings)
+    # carol wants only her 1; the surplus 5 goes 3:1 to alice and bob.
+    assert fair == pytest.approx({"alice": 1 + 3.75, "bob": 1 + 1.25, "carol": 1})
+    limited = by_user(alice=Share(1, weight=3, limit=2), bob=Share(1))
+    assert fair_shares({"alice": 8, "bob": 8}, 8, limited) == pytest.approx({"alice": 2, "bob": 6})
+
+
+def test_past_usage_lowers_an_over_quota_weight() -> None:
+    base = by_user(alice=Share(0), bob=Share(0))
+    used = Settings(**{**base.__dict__, "usage": {"alice": 30.0, "bob": 10.0}})
+    weights = effective_weights(["alice", "bob"], used)
+    assert weights["alice"] == pytest.approx(1 + 0.5 - 0.75)
+    assert weights["bob"] == pytest.approx(1 + 0.5 - 0.25)
+    fair = fair_shares({"alice": 8, "bob": 8}, 8, used)
+    assert fair["bob"] > fair["alice"]
+    # The heavier past user's job waits behind the lighter one's on the last GPU.
+    out = decide([want("alice", 10), want("bob", 11)], [], box(1), used)
+    assert out[11] == Start(11, (0,))
+
+
+def test_config_reads_users_and_shares(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        "[shares]\nhalf_life = '2d'\nmin_runtime = '10m'\n"
+        "[users.alice]\ndeserved_gpus = 2\ndeserved_gpu_mem = '40GiB'\nweight = 1\n"
+        "limit = 4\nmax_running = 3\n[users.default]\ndeserved_gpus = 1\n"
+    )
+    shares = load_config(path).shares
+    assert shares.by == "user"
+    assert shares.shares["alice"] == Share(2, 1, 4, 3, 40 * GiB)
+    assert shares.default == Share(1)
+    assert shares.half_life_s == 2 * 86400 and shares.min_runtime_s == 600
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("[users.alice]\ndeserved_gpus = -1\n", "[users.alice]: key 'deserved_gpus'"),
+        ("[users.alice]\nweight = -2\n", "[users.alice]: key 'weight'"),
+        ("[users.alice]\ndeserved_gpu_mem = 'lots'\n", "key 'deserved_gpu_mem'"),
+        ("[users.alice]\nmax_running = -1\n", "key 'max_running'"),
+        ("[users.alice]\nspeed = 1\n", "[users.alice]"),
+        ("[shares]\nhalf_life = '0s'\n", "[shares]: key 'half_life'"),
+        ("[shares]\nby = 'planet'\n", "[shares]: key 'by'"),
+    ],
+)
+def test_bad_share_settings_name_the_file_table_and_key(
+    tmp_path: Path, text: str, names: str
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    with pytest.raises(SpecError) as error:
+        load_config(path)
+    assert str(path) in str(error.value) and names in str(error.value)
