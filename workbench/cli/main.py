@@ -385,6 +385,49 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_usage(args: argparse.Namespace) -> int:
+    """GPU-hours, GPU-memory GiB-hours, jobs, mean and p95 wait per user, then per group, from
+    the usage ledger (as of the daemon's last telemetry tick), `--since` a time to now."""
+    from workbench.db.usage import intervals
+    from workbench.queue.usage import report
+
+    client = _client(start_daemon=False)
+    now = time.time()
+    rows = report(intervals(client.store, since=args.since), args.since, now, args.user)
+    if args.json:
+        _print_json(
+            {
+                "since": args.since,
+                "until": now,
+                "rows": [dataclasses.asdict(r) for r in rows],
+            }
+        )
+        return EXIT_OK
+    if not rows:
+        _write("no GPU usage recorded" + (f" for {display_text(args.user)}" if args.user else ""))
+        return EXIT_OK
+    for kind in ("user", "group"):
+        mine = [r for r in rows if r.kind == kind]
+        if not mine:
+            continue
+        _write(
+            f"{kind.upper():<18} {'GPU-h':>9} {'GPU-mem GiB-h':>14} {'JOBS':>6}"
+            f" {'MEAN WAIT':>10} {'P95 WAIT':>10}"
+        )
+        for r in mine:
+            name = display_text(r.name)
+            name = name if len(name) <= 18 else name[:17] + "…"
+            _write(
+                f"{name:<18} {r.gpu_hours:>9.2f} {r.gpu_mem_gib_hours:>14.1f} {r.jobs:>6}"
+                f" {_wait_cell(r.wait_mean_s):>10} {_wait_cell(r.wait_p95_s):>10}"
+            )
+    return EXIT_OK
+
+
+def _wait_cell(seconds: float | None) -> str:
+    return "-" if seconds is None else format_duration(seconds)
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     """Remove ended jobs older than the age given (or `[retention] jobs`), with their runs."""
     from workbench.config import load_config
@@ -800,6 +843,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=checked.count, help="only the last N entries")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_audit)
+
+    p = sub.add_parser(
+        "usage", help="GPU-hours, GPU-memory-hours, jobs and waits per user and group"
+    )
+    p.add_argument("--user", help="only this user's jobs")
+    p.add_argument("--since", type=checked.since, help="from when: 24h, 7d or 2026-12-01")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_usage)
 
     p = sub.add_parser(
         "prune", help="remove ended jobs and their run folders past the retention age"

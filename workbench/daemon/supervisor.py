@@ -28,6 +28,7 @@ from workbench.daemon.executors.local import LocalExecutor
 from workbench.daemon.executors.slurm import SlurmExecutor
 from workbench.daemon.homewatch import HomeGone, HomeWatch
 from workbench.daemon.intake import CREDENTIALS, Intake, peer_credentials
+from workbench.daemon.ledger import UsageLedger
 from workbench.daemon.planning import Planner
 from workbench.daemon.records import RecordFollower
 from workbench.daemon.wakeups import Wakeups, monotonic_at
@@ -114,6 +115,7 @@ class Daemon:
         self._poll_soon: set[int] = set()  # attempts to poll on the next step
         self.gpus: Gpus | None = None
         self.sampler: Sampler | None = None
+        self.usage: UsageLedger | None = None  # the usage ledger (GPU-hours per account)
         self.gpu_slots: tuple[scheduler.GpuSlot, ...] = ()
         self.gpu_mem_seen: dict[int, int] = {}  # job id -> most GPU memory seen on one GPU
         self.gpu_names: dict[int, str] = {}  # GPU index -> model, as the last sample saw it
@@ -186,8 +188,15 @@ class Daemon:
             self.executor = LocalExecutor(self.config.containment, scope, (self._lock_fd,))
         self._config_stamp = self._config_file_stamp()
         self.store = Store.open(self.home.state_db, check="full")
+        self.usage = UsageLedger(self.store, lambda: self.config, self._card_bytes)
+        usage = self.usage
         self.planner = Planner(
-            self.store, self._holdings, self._launch_many, self._reclaim, self._start_details
+            self.store,
+            self._holdings,
+            self._launch_many,
+            self._reclaim,
+            self._start_details,
+            usage=lambda: usage.decayed() if self.config.shares.by else {},
         )
         try:
             self.store.backup_to(self.home.state_db.with_name("state.db.bak"))
@@ -612,6 +621,15 @@ class Daemon:
             if used > self.gpu_mem_seen.get(job_id, 0):
                 self.gpu_mem_seen[job_id] = used
                 self._dirty = True  # reservations grow; a job may be over its own
+        if self.usage is not None:
+            try:
+                self.usage.sync()
+            except _WRITE_ERRORS as error:
+                self.log(f"usage ledger not updated ({error}); tried again next tick")
+
+    def _card_bytes(self) -> int:
+        """One GPU's memory (bytes; the largest), for a grant without `gpu_mem`; 0 with none."""
+        return max((s.memory_total_bytes for s in self.gpu_slots), default=0)
 
     def _schedule(self) -> None:
         """Start what can start (workbench.daemon.planning: every job that could start now is

@@ -324,6 +324,25 @@ MIGRATIONS: dict[int, str] = {
     70: """
     ALTER TABLE jobs ADD COLUMN uid INTEGER;
     """,
+    # Shares and usage (80-89): the usage ledger, one row per interval a job held its grant
+    # (from entering starting/running to leaving running/paused), with the job's owner, group,
+    # GPUs' worth and GPU memory; `wait_s` on a job's first interval (submit to first start).
+    # `end_t` NULL: still holding. Rows outlive their jobs (history for `workbench usage`).
+    80: """
+    CREATE TABLE usage_ledger (
+        id INTEGER PRIMARY KEY,
+        job_id INTEGER NOT NULL,
+        uid INTEGER,
+        grp TEXT NOT NULL,
+        gpus REAL NOT NULL,
+        gpu_mem_bytes INTEGER NOT NULL,
+        start_t REAL NOT NULL,
+        end_t REAL,
+        wait_s REAL
+    );
+    CREATE INDEX usage_ledger_open ON usage_ledger(job_id) WHERE end_t IS NULL;
+    CREATE INDEX usage_ledger_end ON usage_ledger(end_t);
+    """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

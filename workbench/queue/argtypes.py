@@ -30,3 +30,24 @@ size = _checked(parse_size, "size")  # bytes, e.g. 8GiB
 duration = _checked(parse_duration, "duration")  # seconds, e.g. 2h
 # GPUs as the spec key takes them: a count, a fraction, or a MIG profile (`--gpus 1g.10gb`)
 gpus = _checked(lambda t: t if parse_gpus(t)[1] else parse_gpus(t)[0], "GPUs")
+
+
+def _since(text: str) -> float:
+    """A point in time: a duration ago ("24h", "7d") or an ISO date or date-time in local time
+    ("2026-12-01", "2026-12-01T09:00"); unix seconds."""
+    import datetime
+    import time
+
+    try:
+        return time.time() - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise ValueError(
+            f"expected a duration ago (24h, 7d) or a date (2026-12-01[T09:00]), got {text!r}"
+        ) from None
+
+
+since = _checked(_since, "time")  # --since 24h, --since 2026-12-01
