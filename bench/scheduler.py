@@ -1,7 +1,8 @@
 """Scheduler benchmark: a seeded simulated working day on an 8-GPU node through our scheduler, a
 FIFO first-fit baseline and a task-spooler-style free-memory threshold, in the same run; and the
 time of one scheduling pass with 10,000 queued jobs.
-Usage: python bench/scheduler.py [--quick] [--seeds N] [--only SCENARIO] [--tiny]
+Usage: python bench/scheduler.py [--quick] [--seeds N] [--only SCENARIO] [--tiny] [--week]
+(--week: the team week of bench/week.py instead: 5 users' shares against FIFO and a static split.)
 
 The day: many small fractional jobs (0.25 GPU, declared 10-20 GiB) submitted in sweeps, full-GPU
 jobs and a few 4-GPU jobs, from two groups with quotas (vision 5 GPUs, sweep 3), submitted at a
@@ -742,7 +743,25 @@ def main() -> None:
         action="store_true",
         help="smoke test: one seed of the --quick day only, 2 pass repeats, RESULTS.md untouched",
     )
+    parser.add_argument(
+        "--week",
+        action="store_true",
+        help="the team week instead (bench/week.py): shares vs FIFO vs a static split",
+    )
     args = parser.parse_args()
+    if args.week:
+        import week
+
+        seeds = [0] if args.tiny else list(range(args.seeds))
+        days, tick = (1.0, 300.0) if args.tiny else (7.0, 60.0)
+        body = week.report(seeds, days, tick, args.tiny)
+        if not args.tiny:
+            write_section(
+                "scheduler: team week",
+                f"python bench/scheduler.py --week --seeds {args.seeds}",
+                body,
+            )
+        return
     seeds = [0] if args.tiny else list(range(2 if args.quick else args.seeds))
     scale = 0.5 if args.quick or args.tiny else 1.0
     loadavg = [os.getloadavg()[0]]
