@@ -1610,19 +1610,21 @@ def test_ls_and_show_say_which_memory_outside_the_queue_keeps_a_job_waiting(
             {
                 "memory_total": 48 * GiB,
                 "memory_used": 26 * GiB,
-                "processes": [{"pid": 900, "used_memory": 26 * GiB}],
+                # pids above the kernel's highest pid_max (2**22): no real process is named
+                # with its owner ("held by root's pid ...")
+                "processes": [{"pid": 4194900, "used_memory": 26 * GiB}],
             },
             {
                 "memory_total": 48 * GiB,
                 "memory_used": 30 * GiB,
-                "processes": [{"pid": 812, "used_memory": 30 * GiB}],
+                "processes": [{"pid": 4194812, "used_memory": 30 * GiB}],
             },
         ],
     )
     job_id = submit_command(client, tmp_path, ["true"], gpus=0.5, gpu_mem="40GiB")
     expected = (
         "needs 40.0 GiB on one GPU; the largest free is 22.0 GiB on GPU 0 (GPU 0: 26.0 GiB held"
-        " by pid 900, not a queue job; GPU 1: 30.0 GiB held by pid 812, not a queue job)"
+        " by pid 4194900, not a queue job; GPU 1: 30.0 GiB held by pid 4194812, not a queue job)"
     )
     client.nudge()
     wait_for(lambda: client.store.get(job_id).reason == expected, what="the wait reason")

@@ -192,3 +192,65 @@ def test_bad_share_settings_name_the_file_table_and_key(
     with pytest.raises(SpecError) as error:
         load_config(path)
     assert str(path) in str(error.value) and names in str(error.value)
+
+
+# ---- end to end: a real daemon, the fake NVML, two owners in one home ---------------------
+
+
+def test_the_daemon_reclaims_for_a_user_within_their_share(
+    client, home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Two users deserve one GPU each; the home owner's two jobs hold both GPUs; the other
+    user's job (its uid set in the request, as the system daemon sets it) reclaims one: the
+    youngest of the owner's jobs is preempted naming the rule, the other user's job runs, the
+    preempted one waits saying whose share is where, and `usage` names both users."""
+    import dataclasses
+    import json
+    import os
+    import pwd
+
+    from conftest import wait_for, wait_state, workbench
+    from test_scheduler import fake_machine, submit_command
+
+    from workbench.queue.requests import build_request
+
+    me = pwd.getpwuid(os.getuid()).pw_name
+    other_uid = 65534 if os.getuid() != 65534 else 0
+    other = pwd.getpwuid(other_uid).pw_name
+    fake_machine(tmp_path, monkeypatch, [{}, {}])
+    home.config.write_text(
+        f'[daemon]\nkill_grace = "1s"\nsample_interval = "0.2s"\n\n'
+        f"[users.{me}]\ndeserved_gpus = 1\n\n[users.{other}]\ndeserved_gpus = 1\n"
+    )
+    first = submit_command(client, tmp_path, ["sleep", "600"], gpus=1)
+    wait_state(client, first, "running")
+    second = submit_command(client, tmp_path, ["sleep", "600"], gpus=1)
+    wait_state(client, second, "running")
+    table = {"kind": "command", "argv": ["sleep", "1"], "gpus": 1}
+    request = dataclasses.replace(build_request(table, tmp_path, "test"), uid=other_uid)
+    theirs = client.submit(request)
+    assert wait_state(client, theirs, "succeeded", timeout=60).state == "succeeded"
+    shown = json.loads(workbench("show", str(second), "--json").stdout)
+    events = " ".join(str(e.get("reason")) for e in shown.get("events", shown.get("history", [])))
+    assert f"{me} is above their share: 2 of 1 GPUs; {other} is within theirs" in events
+    assert client.store.get(first).state == "running"  # the older job kept its GPU
+    wait_for(
+        lambda: client.store.get(second).state == "running",
+        timeout=30,
+        what="the preempted job back once the other user's job ended",
+    )
+    wait_for(
+        lambda: (
+            {
+                (r["kind"], r["name"])
+                for r in json.loads(workbench("usage", "--json").stdout)["rows"]
+            }
+            >= {("user", me), ("user", other)}
+        ),
+        timeout=30,
+        what="usage naming both users",
+    )
+    for job_id in (first, second):
+        client.control(job_id, "cancel")
+    for job_id in (first, second):
+        wait_state(client, job_id, "cancelled", timeout=30)

@@ -4,6 +4,7 @@ secrets masked, text that is not UTF-8 shown escaped."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,9 +47,10 @@ def job_resources(job: Job) -> str:
     return " ".join(parts) or "-"
 
 
-def shown_reason(job: Job) -> str:
+def shown_reason(job: Job, idle_since: float | None = None, now: float | None = None) -> str:
     """The reason a listing shows: why a job waits or ended; for a running job only a problem
-    it has now (using more GPU memory than it reserved) or why the daemon is stopping it
+    it has now (using more GPU memory than it reserved, its GPUs idle since `idle_since`, unix
+    s, as the daemon's idle watch flagged it) or why the daemon is stopping it
     (`stopping: preempted for job 7: ...`, during the kill grace), not how it started."""
     reason = job.reason or ""
     if job.state == JobState.SUCCEEDED:  # only what went wrong: its memory over its --mem
@@ -56,8 +58,17 @@ def shown_reason(job: Job) -> str:
     if job.state in (JobState.RUNNING, JobState.STARTING):
         if job.intent == PREEMPT_INTENT and reason:
             return f"stopping: {reason}"
-        return reason if OVER_RESERVATION in reason else ""
+        shown = reason if OVER_RESERVATION in reason else ""
+        if idle_since is not None:
+            note = idle_note(idle_since, time.time() if now is None else now)
+            shown = f"{note}; {shown}" if shown else note
+        return shown
     return reason
+
+
+def idle_note(since: float, now: float) -> str:
+    """ "idle GPU: ~0% for 35m0s": a running job whose GPUs sit unused (see workbench.daemon.idle)."""
+    return f"idle GPU: ~0% for {format_duration(max(0.0, now - since))}"
 
 
 def granted_text(job: Job) -> str:
@@ -264,9 +275,10 @@ def table_line(cells: Sequence[str], widths: Sequence[int], colour_state: int | 
     return "  ".join(out).rstrip()
 
 
-def job_row(job: Job, now: float) -> list[str]:
-    """One `ls` row: id, name, kind, state, resources, progress, age, reason."""
-    reason = shown_reason(job)
+def job_row(job: Job, now: float, idle_since: float | None = None) -> list[str]:
+    """One `ls` row: id, name, kind, state, resources, progress, age, reason (with the idle
+    flag of a job whose GPUs sit unused since `idle_since`)."""
+    reason = shown_reason(job, idle_since, now)
     return [
         str(job.id),
         display_text(job.name)[:40],

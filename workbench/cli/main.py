@@ -19,6 +19,7 @@ from typing import Any
 from workbench import __version__
 from workbench.daemon.client import DaemonUnavailable
 from workbench.db.connection import translate
+from workbench.db.idle import idle_since
 from workbench.db.repro import repro_of
 from workbench.db.store import (
     ACTIVE,
@@ -34,6 +35,7 @@ from workbench.db.store import (
     JobError,
     JobState,
     NoSuchJob,
+    Store,
     StoreError,
 )
 from workbench.jsonout import dumps
@@ -43,6 +45,7 @@ from workbench.present import (
     STATE_STYLES,
     column_widths,
     display_text,
+    idle_note,
     job_details,
     job_json,
     job_row,
@@ -219,7 +222,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if args.all or states:
         if args.json:
             return _ls_json(job_json_pages(store, states, secret_words()))
-        return _ls_stream(store.iter_jobs(True, states=states), store.draining)
+        return _ls_stream(store, store.iter_jobs(True, states=states), store.draining)
     counts = store.counts_by_state()
     jobs = [
         *store.list_jobs(states=ENDED, limit=args.recent, light=True),
@@ -257,7 +260,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
         _write("jobs: " + state_counts_line(counts))
     if jobs:
         now = time.time()
-        rows = [job_row(j, now) for j in jobs]
+        idle = idle_since(store)
+        rows = [job_row(j, now, idle.get(j.id, (None,))[0]) for j in jobs]
         widths = column_widths(LS_HEADERS, rows)
         _write(table_line(LS_HEADERS, widths))
         for row in rows:
@@ -282,7 +286,7 @@ def _ls_json(pages: Iterable[list[str]]) -> int:
     return EXIT_OK
 
 
-def _ls_stream(jobs: Iterable[Job], draining: bool) -> int:
+def _ls_stream(store: Store, jobs: Iterable[Job], draining: bool) -> int:
     """Every job given as table rows, written as they are read (memory stays flat at any
     queue length)."""
     out = sys.stdout
@@ -301,8 +305,9 @@ def _ls_stream(jobs: Iterable[Job], draining: bool) -> int:
             _write(table_line(row, widths, colour_state=3 if colour else None))
         batch.clear()
 
+    idle = idle_since(store)
     for job in jobs:
-        batch.append(job_row(job, now))
+        batch.append(job_row(job, now, idle.get(job.id, (None,))[0]))
         count += 1
         if len(batch) >= 1000:
             flush()
@@ -330,6 +335,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         out["audit"] = [a.to_json() for a in audit]
         out["metrics"] = metrics
         out.update(recorded_usage(job, run_dir))  # cpu_s, peak_mem_bytes (None until it ends)
+        idle = idle_since(client.store).get(job.id)
+        out["idle_since"] = idle[0] if idle else None  # its GPUs at ~0% since (unix s)
         out["paths"] = {"run_dir": str(run_dir), "log": str(run_dir / "log")}
         out["repro"] = repro_of(client.store, job.id)
         _print_json(out)
@@ -340,7 +347,14 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     name = escape(display_text(job.name))  # a name is the user's text, never markup
     console.print(f"[bold]job {job.id}[/] {name}  [{style}]{job.state}[/]  ({job.kind})")
+    idle = idle_since(client.store).get(job.id)
+    idle_lines = (
+        [("idle", f"GPU {', '.join(map(str, idle[1]))}: {idle_note(idle[0], time.time())}")]
+        if idle
+        else []
+    )
     for label, value in [
+        *idle_lines,
         *job_details(job, metrics, run_dir),
         *repro_lines(repro_of(client.store, job.id)),
     ]:

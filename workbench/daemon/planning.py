@@ -82,6 +82,7 @@ def settings_of(
         usage=dict(usage or {}),
         usage_k=shares.usage_k,
         min_runtime_s=shares.min_runtime_s,
+        reclaim_idle=shares.reclaim_idle,
     )
 
 

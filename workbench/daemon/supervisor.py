@@ -27,6 +27,7 @@ from workbench.daemon.executors.containment import home_scope, remove_empty_cgro
 from workbench.daemon.executors.local import LocalExecutor
 from workbench.daemon.executors.slurm import SlurmExecutor
 from workbench.daemon.homewatch import HomeGone, HomeWatch
+from workbench.daemon.idle import IdleWatch
 from workbench.daemon.intake import CREDENTIALS, Intake, peer_credentials
 from workbench.daemon.ledger import UsageLedger
 from workbench.daemon.planning import Planner
@@ -116,6 +117,7 @@ class Daemon:
         self.gpus: Gpus | None = None
         self.sampler: Sampler | None = None
         self.usage: UsageLedger | None = None  # the usage ledger (GPU-hours per account)
+        self.idle: IdleWatch | None = None  # idle GPU detection
         self.gpu_slots: tuple[scheduler.GpuSlot, ...] = ()
         self.gpu_mem_seen: dict[int, int] = {}  # job id -> most GPU memory seen on one GPU
         self.gpu_names: dict[int, str] = {}  # GPU index -> model, as the last sample saw it
@@ -189,6 +191,7 @@ class Daemon:
         self._config_stamp = self._config_file_stamp()
         self.store = Store.open(self.home.state_db, check="full")
         self.usage = UsageLedger(self.store, lambda: self.config, self._card_bytes)
+        self.idle = IdleWatch(self.store, self.home, self.log)
         usage = self.usage
         self.planner = Planner(
             self.store,
@@ -626,6 +629,13 @@ class Daemon:
                 self.usage.sync()
             except _WRITE_ERRORS as error:
                 self.log(f"usage ledger not updated ({error}); tried again next tick")
+        if self.idle is not None:
+            util = {s.index: s.util_gpu for s in tick.gpus if s.ok}
+            try:
+                if self.idle.observe(self.config.shares, time.time(), util, grants):
+                    self._dirty = True  # an idle job may be reclaimed, or no longer
+            except _WRITE_ERRORS as error:
+                self.log(f"idle GPU flags not updated ({error}); tried again next tick")
 
     def _card_bytes(self) -> int:
         """One GPU's memory (bytes; the largest), for a grant without `gpu_mem`; 0 with none."""
@@ -652,13 +662,15 @@ class Daemon:
         holding = tracked.holding
         # Its own opt-out, or its group's as config.toml says now (it is read again on change).
         preemptible = not tracked.opted_out and holding.group not in self.config.not_preemptible
+        idle = self.idle is not None and self.idle.is_idle(tracked.job_id)
         if (
             holding.gpu_mem_seen != seen
             or holding.stopping != stopping
             or holding.preemptible != preemptible
+            or holding.idle != idle
         ):
             holding = tracked.holding = replace(
-                holding, gpu_mem_seen=seen, stopping=stopping, preemptible=preemptible
+                holding, gpu_mem_seen=seen, stopping=stopping, preemptible=preemptible, idle=idle
             )
         return holding
 

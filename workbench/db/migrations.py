@@ -343,6 +343,16 @@ MIGRATIONS: dict[int, str] = {
     CREATE INDEX usage_ledger_open ON usage_ledger(job_id) WHERE end_t IS NULL;
     CREATE INDEX usage_ledger_end ON usage_ledger(end_t);
     """,
+    # Idle GPUs: a running job whose GPUs have been at about 0% utilisation since `since`
+    # (unix s), flagged once that lasted `[shares] idle_after`; the row goes when it is busy
+    # again or stops. Its own table: `ls`, `show` and the TUI read it beside the jobs.
+    81: """
+    CREATE TABLE idle_jobs (
+        job_id INTEGER PRIMARY KEY,
+        since REAL NOT NULL,
+        gpus TEXT NOT NULL
+    );
+    """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

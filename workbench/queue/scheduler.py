@@ -104,6 +104,7 @@ class Holding:
     # checkpointable: "is not checkpointable, so it is not preempted"); None: it opted out.
     kept_because: str | None = None
     account: str = ""  # whose share it counts against ("": its group), as `Want.account`
+    idle: bool = False  # its GPUs sat at about 0% utilisation past `[shares] idle_after`
 
     def __post_init__(self) -> None:
         if not self.account:
@@ -118,6 +119,7 @@ class OtherProcess:
     pid: int
     used_memory_bytes: int
     job_id: int | None = None
+    user: str | None = None  # the Unix user the process runs as, where it could be told
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,9 @@ class Settings:
     usage: Mapping[str, float] = field(default_factory=dict)
     usage_k: float = 1.0
     min_runtime_s: float = 0.0
+    # Preempt an idle job (`Holding.idle`) of an account above its share while another
+    # account's GPU job waits (`[shares] reclaim_idle`; off by default).
+    reclaim_idle: bool = False
 
     @property
     def by_share(self) -> bool:
@@ -760,7 +765,8 @@ class _Ledger:
         return "; kept for jobs ahead of it: " + ", ".join(parts)
 
     def _others_note(self) -> str:
-        """ "(GPU 1: 30.0 GiB held by pid 812, not a queue job)" for memory outside the queue."""
+        """ "(GPU 1: 30.0 GiB held by alice's pid 812, not a queue job)" for memory outside the
+        queue (its owner named where the process's Unix user could be told)."""
         parts = []
         for g in self.whole:
             if g.memory_used_other_bytes <= 0:
@@ -769,7 +775,14 @@ class _Ledger:
             strays = [p for p in listed if p.job_id is not None]
             outside = [p for p in listed if p.job_id is None]
             held = []
-            if outside:
+            if outside and any(p.user for p in outside):
+                named = ", ".join(
+                    f"{p.user}'s pid {p.pid}" if p.user else f"pid {p.pid}" for p in outside
+                )
+                held.append(
+                    f"{named}, not a queue job" if len(outside) == 1 else f"{named}, not queue jobs"
+                )
+            elif outside:
                 pids = ", ".join(str(p.pid) for p in outside)
                 held.append(
                     f"pid {pids}, not a queue job"
@@ -1161,7 +1174,46 @@ def plan(
                 if decision.reason == want.reason:
                     continue
             decisions.append(decision)
+    if settings.reclaim_idle:
+        decisions.extend(_reclaim_idle(queued, ledger, decisions))
     return decisions
+
+
+def _reclaim_idle(
+    queued: Sequence[Want], ledger: _Ledger, decisions: Sequence[Decision]
+) -> list[Decision]:
+    """Preemptions of idle jobs (`Holding.idle`) that took their account beyond its share,
+    while a GPU job of another account waits (one not started in this pass), the oldest
+    waiting job named as the one they are preempted for. A job already stopping or chosen in
+    this pass is left alone."""
+    started = {d.job_id for d in decisions if isinstance(d, Start)}
+    chosen = {d.job_id for d in decisions if isinstance(d, Preempt)}
+    waiting = [w for w in queued if w.units > 0 and w.id not in started]
+    if not waiting:
+        return []
+    leaving = ledger.preempting | ledger.claimed | chosen
+    over = _over_quota_jobs(ledger.held, ledger.quotas, leaving)
+    out: list[Decision] = []
+    for held in sorted(ledger.held, key=lambda h: h.id):
+        if not held.idle or held.stopping or not held.preemptible or held.id not in over:
+            continue
+        if held.id in leaving or held.id in ledger.started_now:
+            continue
+        other = next((w for w in waiting if w.account != held.account), None)
+        if other is None:
+            continue
+        who = _who(ledger.settings, other.account)
+        standing = (
+            _standing(ledger, held.account)
+            if ledger.settings.by_share
+            else f"{_who(ledger.settings, held.account)} holds more than its quota"
+        )
+        reason = (
+            f"preempted for job {other.id}: its GPUs sat at about 0% utilisation while"
+            f" {who} waited; {standing}"
+        )
+        out.append(Preempt(held.id, reason, other.id))
+    return out
 
 
 def _want_mem(want: Want) -> int:

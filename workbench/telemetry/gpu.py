@@ -437,6 +437,17 @@ class Gpus:
 # ---- for the scheduler and the dashboard -------------------------------------------------
 
 
+def process_owner(pid: int) -> str | None:
+    """The Unix user name a process runs as (its real uid, through `pwd`), or None when it is
+    gone or cannot be read (NVML lists pids of other containers too)."""
+    from workbench.queue.accounts import user_name
+
+    try:
+        return user_name(psutil.Process(pid).uids().real)
+    except (psutil.Error, OSError):
+        return None
+
+
 def gpu_slots(
     samples: Iterable[GpuSample],
     our_pids: set[int],
@@ -479,7 +490,10 @@ def gpu_slots(
             ours = sum(p.used_memory_bytes or 0 for p in sample.processes if p.pid in here)
             others = tuple(
                 scheduler.OtherProcess(
-                    p.pid, p.used_memory_bytes, grants[p.pid][0] if p.pid in grants else None
+                    p.pid,
+                    p.used_memory_bytes,
+                    grants[p.pid][0] if p.pid in grants else None,
+                    None if p.pid in grants else process_owner(p.pid),
                 )
                 for p in sample.processes
                 if p.pid not in here and p.used_memory_bytes
