@@ -4,7 +4,7 @@ drop out when the terminal is narrow, so the reason a job waits stays on screen.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from rich.text import Text
@@ -16,11 +16,13 @@ from textual.widget import Widget
 from screens.widgets import state_style
 from workbench.db.store import Job
 from workbench.present import job_progress, job_resources, shown_reason
+from workbench.queue.accounts import user_name
 
 # (column, justify), in the order shown. The reason takes the width the others leave.
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("id", "right"),
     ("name", "left"),
+    ("owner", "left"),
     ("kind", "left"),
     ("state", "left"),
     ("prio", "right"),
@@ -38,6 +40,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 # the reason to keep REASON_MIN cells (or all it needs); the rest (`full`) only join when the
 # reason keeps all it needs.
 OPTIONAL: tuple[tuple[str, int, bool], ...] = (
+    ("owner", 10, False),  # empty (so never added) in a per-user home: every job is yours
     ("progress", 5, False),
     ("resources", 8, False),
     ("prio", 4, False),
@@ -85,11 +88,14 @@ def clock(t: float | None, now: float) -> str:
     return _time.strftime("%m-%d %H:%M", local)
 
 
-def cell_texts(job: Job, now: float) -> dict[str, str]:
-    """Each column's plain text for one job (`age` from `created_at` to `now`)."""
+def cell_texts(job: Job, now: float, idle_since: float | None = None) -> dict[str, str]:
+    """Each column's plain text for one job (`age` from `created_at` to `now`; the reason
+    flags GPUs idle since `idle_since`). The owner is named only where the job carries its
+    uid (a system daemon's queue): in a per-user home every job is the viewer's and the column
+    stays empty (so hidden)."""
     import shlex
 
-    reason = shown_reason(job)
+    reason = shown_reason(job, idle_since, now)
     ran = None
     if job.started_at is not None:
         ran = (job.ended_at if job.ended_at is not None else now) - job.started_at
@@ -107,6 +113,8 @@ def cell_texts(job: Job, now: float) -> dict[str, str]:
         "end": clock(job.ended_at, now),
         "duration": short_age(max(0.0, ran)) if ran is not None else "",
         "command": shlex.join(job.argv) if job.argv else "",
+        # Last, so the cells' order as tests read them stays; shown after the name (COLUMNS).
+        "owner": "" if job.uid is None else user_name(job.uid),
     }
 
 
@@ -131,7 +139,7 @@ def fit_columns(
     for column, cap, full in OPTIONAL:
         if column in empty:
             continue
-        width = min(widths[column], cap)
+        width = min(widths.get(column, 0), cap)
         if chosen.get(column, 0) >= width:
             continue
         grown = {**chosen, column: width}
@@ -159,6 +167,7 @@ class Window:
     total: int = 0
     offset: int = 0
     jobs: tuple[Job, ...] = ()
+    idle: dict[int, float] = field(default_factory=dict)  # job id -> idle GPUs since (unix s)
 
     def get(self, index: int) -> Job | None:
         position = index - self.offset
@@ -259,13 +268,18 @@ class JobTable(Widget, can_focus=True):
 
     def visible_cells(self) -> list[tuple[str, ...] | None]:
         return [
-            None if job is None else tuple(cell_texts(job, self.now).values())
+            None
+            if job is None
+            else tuple(cell_texts(job, self.now, self.window.idle.get(job.id)).values())
             for job in self.visible_jobs()
         ]
 
     def render(self) -> Text:
         rows = self.visible_jobs()
-        texts = [None if job is None else cell_texts(job, self.now) for job in rows]
+        idle = self.window.idle
+        texts = [
+            None if job is None else cell_texts(job, self.now, idle.get(job.id)) for job in rows
+        ]
         widths = {name: len(name) for name, _ in COLUMNS}
         filled: set[str] = set()
         for cells in texts:

@@ -4,6 +4,7 @@ a submit form for every kind, the pipeline dialog, and the job detail screen."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import time
@@ -179,6 +180,13 @@ class QueueScreen(WorkbenchScreen):
             tooltip="Show only jobs in one state (again: the next state)",
         ),
         Binding("slash", "filter_text", "Find", id="queue.find", tooltip="Filter jobs by text"),
+        Binding(
+            "w",
+            "toggle_mine",
+            "Mine/all",
+            id="queue.mine",
+            tooltip="Show only my jobs, or everyone's (again: the other)",
+        ),
     ]
 
     def __init__(self) -> None:
@@ -256,7 +264,8 @@ class QueueScreen(WorkbenchScreen):
             page = message.page
             self.version = message.version
             self.counts = page.counts
-            table.set_window(Window(page.total, page.offset, tuple(page.jobs)), message.now)
+            window = Window(page.total, page.offset, tuple(page.jobs), page.idle)
+            table.set_window(window, message.now)
             if self.first_read:
                 self.first_read = False
                 table.move_to(page.total - 1, follow=True)
@@ -288,10 +297,12 @@ class QueueScreen(WorkbenchScreen):
             status.append("no jobs yet: press n to submit one", style="dim")
         table = self.table
         total = table.window.total
-        if self.where.state or self.where.text:
+        if self.where.state or self.where.text or self.where.owner is not None:
             shown = f"{self.where.state or 'any state'}"
             if self.where.text:
                 shown += f" {self.where.text!r}"
+            if self.where.owner is not None:
+                shown += " mine"
             status.append(f" filter {shown}: {total} ", style="magenta")
         if not self.daemon_running:
             status.append(" daemon not running: the next action starts it", style="yellow")
@@ -380,8 +391,16 @@ class QueueScreen(WorkbenchScreen):
     def action_cycle_state(self) -> None:
         index = STATE_FILTERS.index(self.where.state)
         state = STATE_FILTERS[(index + 1) % len(STATE_FILTERS)]
-        self.set_filter(JobFilter(state, self.where.text))
+        self.set_filter(dataclasses.replace(self.where, state=state))
         self.notify(f"state filter: {state or 'any state'}", timeout=1.5)
+
+    def action_toggle_mine(self) -> None:
+        """Only my jobs (this user's uid; a per-user home's jobs are all mine), or everyone's."""
+        owner = None if self.where.owner is not None else os.getuid()
+        self.set_filter(dataclasses.replace(self.where, owner=owner))
+        self.notify(
+            "showing my jobs" if owner is not None else "showing everyone's jobs", timeout=1.5
+        )
 
     def action_filter_text(self) -> None:
         find = self.query_one("#find", Input)
@@ -393,7 +412,7 @@ class QueueScreen(WorkbenchScreen):
     def apply_text_filter(self, event: Input.Submitted) -> None:
         event.input.display = False
         self.table.focus()
-        self.set_filter(JobFilter(self.where.state, event.value.strip()))
+        self.set_filter(dataclasses.replace(self.where, text=event.value.strip()))
 
     def key_escape(self) -> None:
         find = self.query_one("#find", Input)

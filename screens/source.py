@@ -28,6 +28,7 @@ class JobPage:
     offset: int
     jobs: list[Job]
     counts: dict[str, int]
+    idle: dict[int, float] = field(default_factory=dict)  # job id -> idle GPUs since (unix s)
 
 
 def process_facts(process: Any) -> dict[str, Any]:
@@ -105,13 +106,15 @@ class Source:
         """Rows `offset`..`offset + limit` of the jobs matching `where` (by id), their count and
         the count per state: what the Queue screen shows, read without loading every job."""
         from workbench.db import job_pages
+        from workbench.db.idle import idle_since
 
         def page(store: Store) -> JobPage:
             total = job_pages.count_jobs(store, where)
             first = max(0, min(offset, total - 1)) if total else 0
             jobs = job_pages.page_of_jobs(store, where, first, limit)
             counts = {str(state): n for state, n in store.counts_by_state().items()}
-            return JobPage(total, first, jobs, counts)
+            idle = {j: since for j, (since, _) in idle_since(store).items()}
+            return JobPage(total, first, jobs, counts, idle)
 
         return self.read(page)
 
@@ -223,6 +226,7 @@ class FixedSource(Source):
     fixed_metrics: dict[int, dict[str, float | None]] = field(default_factory=dict)
     fixed_processes: dict[int, dict[str, Any]] = field(default_factory=dict)
     fixed_usage: dict[int, dict[str, float]] = field(default_factory=dict)
+    fixed_idle: dict[int, float] = field(default_factory=dict)
     home: Home = field(default_factory=lambda: Home(Path("/nonexistent")))
 
     def __post_init__(self) -> None:
@@ -244,7 +248,8 @@ class FixedSource(Source):
         counts: dict[str, int] = {}
         for job in self.fixed_jobs:
             counts[job.state] = counts.get(job.state, 0) + 1
-        return JobPage(len(matching), offset, matching[offset : offset + limit], counts)
+        page = matching[offset : offset + limit]
+        return JobPage(len(matching), offset, page, counts, dict(self.fixed_idle))
 
     def job_position(self, where: JobFilter, job_id: int) -> int:
         return sum(1 for j in self.fixed_jobs if where.matches(j) and j.id < job_id)

@@ -203,3 +203,39 @@ def test_runs_and_models_screens(
         await pilot.pause(0.1)
 
     assert snap_compare(app, terminal_size=size, run_before=themed(theme, settle))
+
+
+OWNER_VIEWS = [((80, 24), "dark"), ((160, 48), "light")]
+
+
+@pytest.mark.parametrize(
+    ("size", "theme"), OWNER_VIEWS, ids=[f"{w}x{h}-{t}" for (w, h), t in OWNER_VIEWS]
+)
+def test_queue_with_owners_and_an_idle_gpu(
+    snap_compare: Any, monkeypatch: pytest.MonkeyPatch, size: tuple[int, int], theme: str
+) -> None:
+    """A system daemon's queue: every job carries its owner's uid, so the owner column shows
+    (names pinned here: the password database differs between machines); the running job's
+    GPU is flagged idle."""
+    import dataclasses
+
+    import screens.jobtable
+
+    names = {5001: "alice", 5002: "bob", 5003: "carol"}
+    monkeypatch.setattr(screens.jobtable, "user_name", lambda uid: names.get(uid, str(uid)))
+    jobs = [dataclasses.replace(j, uid=5001 + j.id % 3) for j in JOBS]
+    source = FixedSource(
+        fixed_jobs=jobs,
+        fixed_telemetry=no_gpu_snapshot(),
+        fixed_history=history(False),
+        fixed_events=EVENTS,
+        fixed_logs=LOGS,
+        fixed_now=NOW,
+        fixed_idle={2: NOW - 2100},
+    )
+    assert snap_compare(
+        WorkbenchApp(source, frozen=True),
+        terminal_size=size,
+        press=["j"],
+        run_before=themed(theme),
+    )

@@ -1050,3 +1050,26 @@ async def test_dashboard_at_80x24_leaves_no_blank_gpu_lines_under_a_scrolling_ta
         table = screen.query_one("#procs", DataTable)
         assert table.region.height >= 7
         assert "host mem" not in [str(c.label) for c in table.ordered_columns]
+
+
+async def test_queue_mine_everyone_toggle(app: WorkbenchApp, client: Client) -> None:
+    """`w` shows only my jobs (a job without a uid, in a per-user home, is mine), then
+    everyone's again; the owner column names the other user's job and leaves mine blank."""
+    import dataclasses
+    import os
+    import pwd
+
+    other_uid = 65534 if os.getuid() != 65534 else 0
+    other = pwd.getpwuid(other_uid).pw_name
+    table = {"kind": "command", "argv": ["true"]}
+    mine = client.store.submit(build_request(table, Path.cwd(), "mine", paused=True))
+    request = build_request(table, Path.cwd(), "theirs", paused=True)
+    theirs = client.store.submit(dataclasses.replace(request, uid=other_uid))
+    async with app.run_test(size=(160, 40)) as pilot:
+        await pilot.press("j")
+        await until(pilot, lambda: {str(mine), str(theirs)} <= set(rows(app)), what="both rows")
+        assert rows(app)[str(theirs)][-1] == other and rows(app)[str(mine)][-1] == ""
+        await pilot.press("w")
+        await until(pilot, lambda: set(rows(app)) == {str(mine)}, what="only mine")
+        await pilot.press("w")
+        await until(pilot, lambda: {str(mine), str(theirs)} <= set(rows(app)), what="everyone")

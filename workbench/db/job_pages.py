@@ -29,6 +29,9 @@ class JobFilter:
 
     state: str | None = None
     text: str = ""
+    # Only this uid's jobs ("mine"); a job without a uid (a per-user home) is the home
+    # owner's, who is the one looking. None: everyone's.
+    owner: int | None = None
 
     def sql(self) -> tuple[str, list[Any]]:
         """(`WHERE ...` or "", its parameters)."""
@@ -42,11 +45,16 @@ class JobFilter:
                 "instr(lower(id || ' ' || name || ' ' || kind || ' ' || coalesce(reason, '')), ?) > 0"
             )
             params.append(self.text.lower())
+        if self.owner is not None:
+            clauses.append("(uid IS NULL OR uid = ?)")
+            params.append(self.owner)
         return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
 
     def matches(self, job: Job) -> bool:
         """The same test as `sql()`, in Python (for jobs already in memory)."""
         if self.state and job.state != self.state:
+            return False
+        if self.owner is not None and job.uid is not None and job.uid != self.owner:
             return False
         haystack = f"{job.id} {job.name} {job.kind} {job.reason or ''}".lower()
         return not self.text or self.text.lower() in haystack
