@@ -254,3 +254,84 @@ def test_the_daemon_reclaims_for_a_user_within_their_share(
         client.control(job_id, "cancel")
     for job_id in (first, second):
         wait_state(client, job_id, "cancelled", timeout=30)
+
+
+@pytest.mark.slow
+def test_a_train_job_preempted_for_another_users_deserved_quota_resumes_to_the_same_weights(
+    client, home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The home owner (alice here) holds her deserved GPU with a long job and borrows the second
+    for training; the other user (bob: his uid in the request, as the system daemon sets it)
+    asks for his deserved GPU: the training job is preempted, checkpoints, and resumes to the
+    same metrics as an uninterrupted run of the same spec."""
+    import dataclasses
+    import os
+    import pwd
+
+    from conftest import wait_for, wait_state
+    from test_scheduler import fake_machine, submit_command
+    from test_train import digits_table
+
+    from workbench.catalog import lake, tracking
+    from workbench.queue.requests import build_request
+
+    me = pwd.getpwuid(os.getuid()).pw_name
+    other_uid = 65534 if os.getuid() != 65534 else 0
+    other = pwd.getpwuid(other_uid).pw_name
+    fake_machine(tmp_path, monkeypatch, [{}, {}])
+    home.config.write_text(
+        '[daemon]\nkill_grace = "30s"\n\n'
+        f"[users.{me}]\ndeserved_gpus = 1\n\n[users.{other}]\ndeserved_gpus = 1\n"
+    )
+    lake.publish_arrow(home, client.store, "digits", digits_table())
+    spec = {
+        "kind": "train",
+        "dataset": "digits",
+        "target": "digit",
+        "model": "mlp",
+        "hidden": [128, 128],
+        "epochs": 12,
+        "batch_size": 8,
+        "seed": 3,
+        "cpus": 1,
+        "dropout": 0.1,
+        "gpus": 1,
+    }
+    whole_id = client.submit(build_request(spec, tmp_path, "test"))
+    assert wait_state(client, whole_id, {"succeeded", "failed"}, timeout=240).state == "succeeded"
+    held = submit_command(client, tmp_path, ["sleep", "600"], gpus=1)
+    wait_state(client, held, "running")
+    borrower = client.submit(build_request(spec, tmp_path, "test"))
+    wait_for(lambda: (client.store.get(borrower).progress or 0) >= 0.3, timeout=120, what="epochs")
+    table = {"kind": "command", "argv": ["sleep", "1"], "gpus": 1}
+    bob = client.submit(dataclasses.replace(build_request(table, tmp_path, "test"), uid=other_uid))
+    assert wait_state(client, bob, "succeeded", timeout=60).state == "succeeded"
+    resumed = wait_state(client, borrower, {"succeeded", "failed"}, timeout=240)
+    assert resumed.state == "succeeded", resumed.reason
+    client.control(held, "cancel")
+    preempted = [e for e in client.store.events(borrower) if e.event == "preempt"]
+    assert len(preempted) == 1
+    assert f"{me} is above their share: 2 of 1 GPUs; {other} is within theirs" in (
+        preempted[0].reason or ""
+    )
+    assert "resumed from" in (home.run_dir(borrower) / "log").read_text()
+    first = tracking.get_run(client.store, whole_id)
+    second = tracking.get_run(client.store, borrower)
+    assert first is not None and second is not None and first.metrics == second.metrics
+
+
+def test_group_shares_take_the_quota_set_from_the_command_line(home, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """With `[shares] by = "group"`, `workbench group vision --quota 2` is vision's deserved
+    quota (its weight and limit stay config.toml's)."""
+    from workbench.config import set_stored_quota
+    from workbench.daemon.planning import settings_of
+    from workbench.db.store import Store
+
+    path = tmp_path / "config.toml"
+    path.write_text('[shares]\nby = "group"\n\n[groups.vision]\nquota = 1\nweight = 3\nlimit = 4\n')
+    store = Store.open(home.state_db)
+    set_stored_quota(store, "vision", 2)
+    settings = settings_of(load_config(path), store)
+    store.close()
+    assert settings.by_share and settings.accounts == "group"
+    assert settings.shares["vision"] == Share(2, 3, 4)

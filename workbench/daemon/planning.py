@@ -18,6 +18,7 @@ it is never read."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Mapping
 
@@ -67,16 +68,23 @@ def settings_of(
     """The scheduler's settings as config.toml and the store (drain, `workbench group`) say now;
     `usage` is each account's decayed GPU-hours (the usage ledger), for fair share."""
     shares = config.shares
+    quotas = group_quotas(config, store)
+    by_account = dict(shares.shares)
+    if shares.by == "group":  # `workbench group NAME --quota G` sets the deserved quota too
+        for group, quota in quotas.items():
+            by_account[group] = dataclasses.replace(
+                by_account.get(group, scheduler.Share()), deserved=quota
+            )
     return scheduler.Settings(
         drain=store.draining,
         group_limits={**config.group_parallel, **store.group_limits()},
         default_parallel=config.default_parallel,
-        quotas=group_quotas(config, store),
+        quotas=quotas,
         start_grace_s=config.start_grace_s,
         default_runtime_s=config.default_runtime_s,
         backfill_depth=config.backfill_depth,
         strict=config.strict,
-        shares=shares.shares if shares.by else {},
+        shares=by_account if shares.by else {},
         default_share=shares.default if shares.by else None,
         accounts=shares.by or "group",
         usage=dict(usage or {}),

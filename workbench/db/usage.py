@@ -56,7 +56,12 @@ def sync(store: Store, card_bytes: int, limit: int = 5000) -> int:
     an event into starting/running opens an interval for a GPU job that holds none, one
     leaving running/paused closes it at the event's time. Returns the events read (call again
     while it returns `limit`). One transaction: the rows and the cursor move together.
-    `card_bytes` is one GPU's memory, for grants that named no `gpu_mem`."""
+    `card_bytes` is one GPU's memory, for grants that named no `gpu_mem`. Without new events
+    it only reads (two index look-ups): no write lock is taken each telemetry tick."""
+    row = store.conn.execute("SELECT value FROM meta WHERE key=?", (CURSOR,)).fetchone()
+    newest = store.conn.execute("SELECT max(id) FROM job_events").fetchone()[0] or 0
+    if int(row[0] if row and row[0] else 0) >= newest:
+        return 0
     with store.transaction() as conn:
         row = conn.execute("SELECT value FROM meta WHERE key=?", (CURSOR,)).fetchone()
         cursor = int(row[0]) if row and row[0] else 0
