@@ -112,6 +112,16 @@ def test_max_running_caps_an_accounts_jobs() -> None:
     assert out[11] == Wait(11, "alice is at their cap of 1 running jobs (1 running)")
 
 
+def test_group_quotas_do_not_count_as_users_when_shares_are_by_user() -> None:
+    settings = Settings(
+        quotas={"vision": 2.0}, shares={"alice": Share(1)}, default_share=Share(), accounts="user"
+    )
+    running = [run("alice", 1, 0), run("alice", 2, 1)]
+    out = decide([want("bob", 10)], running, box(2), settings)
+    reason = out[10].reason  # type: ignore[union-attr]
+    assert "vision" not in reason and "alice is above theirs (2 of 1 GPUs)" in reason
+
+
 def test_users_not_named_get_the_default_share() -> None:
     settings = Settings(shares={"alice": Share(1)}, default_share=Share(1), accounts="user")
     running = [run("alice", 1, 0), run("alice", 2, 1)]

@@ -1127,9 +1127,11 @@ def plan(
     # next one waits for the same reason (or is deferred too): one dict look-up per job keeps
     # a pass fast with thousands queued.
     keys: dict[int, tuple[float, int]] | None = None
-    if settings.by_share:
-        for account in {w.account for w in queued} | {h.account for h in running}:
-            ledger.quotas[account] = settings.share_of(account).deserved
+    if settings.by_share:  # the accounts' deserved quotas replace the group quotas
+        ledger.quotas = {
+            account: settings.share_of(account).deserved
+            for account in {w.account for w in queued} | {h.account for h in running}
+        }
         keys = fair_order(queued, running, settings, len(res.gpus))
     quotas = ledger.quotas
     within, borrowing = _order(queued, ledger, keys)
