@@ -147,3 +147,31 @@ def test_the_daemon_names_the_owner_of_a_real_process_holding_gpu_memory(
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_the_idle_note_is_never_written_through_a_planted_log(home: Home, tmp_path: Path) -> None:
+    """A symbolic link, a hard link or a FIFO put in place of a job's log is not written to."""
+    from workbench.config import ShareConfig
+    from workbench.daemon.idle import IdleWatch
+    from workbench.db.store import Store
+
+    store = Store.open(home.state_db)
+    said: list[str] = []
+    watch = IdleWatch(store, home, said.append)
+    shares = ShareConfig(idle_after_s=0.0)
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    for job_id, plant in enumerate(("symlink", "hardlink", "fifo"), start=1):
+        run = home.run_dir(job_id)
+        run.mkdir(parents=True, exist_ok=True)
+        log = run / "log"
+        if plant == "symlink":
+            log.symlink_to(victim)
+        elif plant == "hardlink":
+            os.link(victim, log)
+        else:
+            os.mkfifo(log)
+        watch.observe(shares, 100.0, {0: 0}, {job_id: (0,)})
+    store.close()
+    assert victim.read_text() == "untouched\n"
+    assert len(said) == 3 and all("idle note not written" in s for s in said)

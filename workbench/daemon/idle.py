@@ -6,7 +6,9 @@ wait and it is over its share)."""
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import time
 from collections.abc import Callable, Mapping
 
@@ -68,7 +70,9 @@ class IdleWatch:
         return changed
 
     def _tell(self, job_id: int, gpus: tuple[int, ...], idle_s: float, shares: ShareConfig) -> None:
-        """A line in the job's log saying its GPUs sit idle (appended, never through a link)."""
+        """A line in the job's log saying its GPUs sit idle: appended, never through a symbolic
+        link, and only to a regular file with one link (not a FIFO, device or planted hard
+        link)."""
         which = f"GPU {gpus[0]}" if len(gpus) == 1 else f"GPUs {', '.join(map(str, gpus))}"
         then = (
             "it may be preempted while others wait and it is over its share"
@@ -88,6 +92,10 @@ class IdleWatch:
             self.log(f"job {job_id}: idle note not written to its log ({error})")
             return
         try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+                # A FIFO, a device or a hard link planted as the log: never written through.
+                raise OSError(errno.EINVAL, "not a plain file of its own")
             os.write(fd, line.encode())
         except OSError as error:
             self.log(f"job {job_id}: idle note not written to its log ({error})")
