@@ -119,7 +119,9 @@ class OtherProcess:
     pid: int
     used_memory_bytes: int
     job_id: int | None = None
-    user: str | None = None  # the Unix user the process runs as, where it could be told
+    # The Unix user the process runs as, where it could be told: derived from the pid, so not
+    # compared (an inventory that differs only in it is the same inventory).
+    user: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
