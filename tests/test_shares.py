@@ -345,3 +345,25 @@ def test_group_shares_take_the_quota_set_from_the_command_line(home, tmp_path: P
     store.close()
     assert settings.by_share and settings.accounts == "group"
     assert settings.shares["vision"] == Share(2, 3, 4)
+
+
+def test_show_names_the_owner_of_a_job_that_carries_one(home) -> None:  # type: ignore[no-untyped-def]
+    import dataclasses
+    import os
+    import pwd
+
+    from conftest import workbench
+
+    from workbench.db.store import Store
+    from workbench.queue.requests import build_request
+
+    other_uid = 65534 if os.getuid() != 65534 else 0
+    store = Store.open(home.state_db)
+    table = {"kind": "command", "argv": ["true"]}
+    request = build_request(table, Path.cwd(), "test", paused=True)
+    theirs = store.submit(dataclasses.replace(request, uid=other_uid))
+    mine = store.submit(request)
+    store.close()
+    shown = workbench("show", str(theirs)).stdout
+    assert "owner:" in shown and f"{pwd.getpwuid(other_uid).pw_name} (uid {other_uid})" in shown
+    assert "owner:" not in workbench("show", str(mine)).stdout  # a per-user home's own job

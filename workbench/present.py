@@ -175,6 +175,10 @@ def job_details(
     import shlex
 
     lines: list[tuple[str, str]] = []
+    if job.uid is not None:  # a system daemon's job: whose it is (a per-user home's are yours)
+        from workbench.queue.accounts import user_name
+
+        lines.append(("owner", f"{display_text(user_name(job.uid))} (uid {job.uid})"))
     if job.reason:
         stopping = job.intent == PREEMPT_INTENT and job.state in (
             JobState.RUNNING,
