@@ -18,6 +18,26 @@ from workbench.db.store import Job
 from workbench.paths import Home
 
 ROOT = Path(__file__).resolve().parent.parent
+_SESSION_HOME: Path | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give the whole session a throwaway WORKBENCH_HOME, so a test that picks no home of its own
+    (a pipeline check reading the catalog, a CLI call) never reads or writes the real user's
+    home. Fixtures that make a home set the variable over it; monkeypatch restores this one."""
+    import tempfile
+
+    global _SESSION_HOME
+    if "WORKBENCH_HOME" not in os.environ:
+        _SESSION_HOME = Path(tempfile.mkdtemp(prefix="wb-session-", dir="/tmp"))
+        os.environ["WORKBENCH_HOME"] = str(_SESSION_HOME)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop a daemon a test may have started in the session's home, and remove that home."""
+    if _SESSION_HOME is not None:
+        os.environ.pop("WORKBENCH_HOME", None)
+        remove_home(Home(_SESSION_HOME))
 
 
 def stop_daemon(home: Home) -> None:
