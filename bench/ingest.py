@@ -328,6 +328,42 @@ def main() -> None:
             ]
         )
 
+        # Encryption at rest: the same CSV ingested with --encrypt against plain (interleaved),
+        # and a full-scan query over each, through `workbench sql` (a new process each).
+        import base64
+
+        key_file = work / "lake.key"
+        key_file.write_text(base64.b64encode(os.urandom(32)).decode())
+        key_file.chmod(0o600)
+        home.config.write_text(f'[lake]\nkey_file = "{key_file}"\n')
+        enc_job: list[float] = []
+        plain_job: list[float] = []
+        enc_sql: list[float] = []
+        plain_sql: list[float] = []
+        scan = "SELECT count(*), sum(id), max(label) FROM {}"
+        for attempt in range(args.repeat):
+            workbench(env, "ingest", str(csv), "--dataset", f"enc{attempt}", "--encrypt", "--wait")
+            enc_job.append(job_seconds(f"enc{attempt}"))
+            plain_job.append(job_times[attempt])
+            enc_sql.append(workbench(env, "sql", scan.format(f"enc{attempt}"))[0])
+            plain_sql.append(workbench(env, "sql", scan.format(f"whole{attempt}"))[0])
+        rows_out.append(
+            [
+                "  CSV ingest with --encrypt (AES-GCM), inside the job (time ratio)",
+                f"{median(enc_job):.2f} s",
+                f"plain: {median(plain_job):.2f} s",
+                spread([x / y for x, y in zip(enc_job, plain_job, strict=True)]),
+            ]
+        )
+        rows_out.append(
+            [
+                "  full-scan `workbench sql` over the encrypted version (time ratio)",
+                f"{median(enc_sql) * 1000:.0f} ms",
+                f"plain: {median(plain_sql) * 1000:.0f} ms",
+                spread([x / y for x, y in zip(enc_sql, plain_sql, strict=True)]),
+            ]
+        )
+
         # NDJSON is always read whole (every record: late keys and types): its cost against
         # DuckDB's sampled read of the same file.
         ndjson = work / "data.ndjson"

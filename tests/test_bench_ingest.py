@@ -25,6 +25,8 @@ def test_bench_ingest_tiny_runs_every_measure(home: object) -> None:
     for measure in (
         "ingest 3,000-row CSV",
         "ingest the same rows as Parquet",
+        "CSV ingest with --encrypt",
+        "full-scan `workbench sql` over the encrypted version",
         "`workbench sql --json --limit 100`",
         '`workbench sql "SELECT * FROM big"`',
         "ingest CSV job: checked the encoding",
