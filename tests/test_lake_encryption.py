@@ -219,3 +219,28 @@ def test_a_key_file_is_read_as_base64_or_hex_and_never_shown(tmp_path: Path) -> 
     assert raw.hex() not in repr(key) and str(raw) not in repr(key)
     with pytest.raises(encryption.EncryptionError, match=r"(?i)no such file"):
         encryption.read_key(tmp_path / "missing.key")
+
+
+def test_a_connection_over_every_dataset_leaves_out_what_it_cannot_decrypt(
+    home: Home, tmp_path: Path
+) -> None:
+    """The Data screen's connection (no query named) still serves the plain datasets when the
+    key is gone; a query naming the encrypted one says why it cannot be read."""
+    write_key(tmp_path / "lake.key")
+    configure(home, tmp_path / "lake.key")
+    store = Store.open(home.state_db)
+    try:
+        lake.publish_arrow(home, store, "hidden", pa.table({"a": [1]}), encrypt=True)
+        lake.publish_arrow(home, store, "shown", pa.table({"a": [2]}))
+        home.config.write_text("")
+        con = lake.connect(home, store, with_store_tables=False)
+        try:
+            assert con.execute("SELECT a FROM shown").fetchall() == [(2,)]
+            names = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+            assert "shown" in names and "hidden" not in names
+        finally:
+            con.close()
+        with pytest.raises(lake.LakeError, match=r"'hidden'.*key_file"):
+            lake.connect(home, store, for_sql="SELECT * FROM hidden")
+    finally:
+        store.close()

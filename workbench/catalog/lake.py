@@ -787,7 +787,10 @@ def connect(
     The sandbox: DuckDB may open only the exact Parquet files of those views (`allowed_paths`;
     no folder, so nothing can be created in the lake, and a COPY onto a part file fails on its
     temporary file), external access is off, memory and threads are capped, spill files go to
-    `WORKBENCH_HOME/tmp/duckdb` (capped too), and the configuration is locked."""
+    `WORKBENCH_HOME/tmp/duckdb` (capped too), and the configuration is locked.
+
+    An encrypted version is read with the lake's key (`lake_key`); without a usable key,
+    LakeError names the dataset when `for_sql` names it, else the version is left out."""
     import duckdb
 
     limits = limits or settings(home)
@@ -838,8 +841,13 @@ def connect(
         parts = sorted(str(p) for p in info.path.glob("part-*.parquet"))
         if not parts:
             continue
-        view(f"{info.dataset}@v{info.version}", parts)
-        rejects_view(f"{info.dataset}@v{info.version}_rejects", info)
+        try:
+            view(f"{info.dataset}@v{info.version}", parts)
+            rejects_view(f"{info.dataset}@v{info.version}_rejects", info)
+        except LakeError:
+            if for_sql is not None:
+                raise  # the query names it: say why it cannot be read
+            continue  # encrypted, no usable key: left out of a connection over everything
         if latest[info.dataset] is info:
             con.execute(
                 f"CREATE VIEW {_quote(info.dataset)} AS SELECT * FROM"
