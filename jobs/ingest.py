@@ -101,8 +101,10 @@ class Spec:
     `mode = "append"` keeps the previous version's rows in the new one; more than `max_rejects`
     bad rows fail the job; `encoding`: the CSV files' encoding (else decided, see
     `ingest_strict.decode`); `date_format`: a strptime format for CSV dates that are not ISO
-    (`%d/%m/%Y`; without it such dates stay text). A source may be an `http(s)://` URL
-    (fetched first) or a SQLite database with `table` or `query` (see `ingest_sources`)."""
+    (`%d/%m/%Y`; without it such dates stay text). A source may be an `http(s)://` URL or an
+    `s3://bucket/key` object (fetched first), or a SQLite database or `postgresql://` URI with
+    `table` or `query` (see `ingest_sources`). `encrypt`: write the version and its rejects
+    with the lake's key (see `catalog.lake.encryption_key`)."""
 
     source: list[str]
     dataset: str
