@@ -126,6 +126,117 @@ def duckdb_parquet_copy(source: Path, out: Path) -> float:
     return elapsed
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_server(argv: list[str], port: int, cwd: Path) -> subprocess.Popen[bytes]:
+    """A server process on loopback `port`, once it accepts connections (stop it by pid)."""
+    import socket
+
+    server = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return server
+        except OSError:
+            if time.monotonic() > deadline:
+                server.kill()
+                raise
+            time.sleep(0.1)
+
+
+def remote_sources(env: dict[str, str], work: Path, csv: Path, repeat: int) -> list[list[str]]:
+    """The same CSV from a local http.server and from moto's S3 server (both on loopback):
+    `workbench ingest URL --wait` against DuckDB's own reader of the same URL (httpfs) writing
+    Parquet, interleaved. Rows of the results table; none for S3 where moto is missing."""
+    import duckdb
+
+    from workbench.catalog import extensions
+
+    folder = work / "www"
+    folder.mkdir()
+    shutil.copy(csv, folder / "data.csv")
+    rows: list[list[str]] = []
+    http_port = free_port()
+    servers = [
+        start_server(
+            [sys.executable, "-m", "http.server", str(http_port), "--bind", "127.0.0.1"],
+            http_port,
+            folder,
+        )
+    ]
+    sources = {"http(s) URL": (f"http://127.0.0.1:{http_port}/data.csv", env)}
+    try:
+        import importlib.util
+
+        if importlib.util.find_spec("moto") is not None:  # moto[server], the dev extra
+            s3_port = free_port()
+            servers.append(
+                start_server(
+                    [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
+                    s3_port,
+                    work,
+                )
+            )
+            s3_env = dict(
+                env,
+                AWS_ACCESS_KEY_ID="bench",
+                AWS_SECRET_ACCESS_KEY="bench",
+                AWS_DEFAULT_REGION="us-east-1",
+                AWS_ENDPOINT_URL=f"http://127.0.0.1:{s3_port}",
+            )
+            import boto3
+
+            client = boto3.client(
+                "s3",
+                endpoint_url=s3_env["AWS_ENDPOINT_URL"],
+                aws_access_key_id="bench",
+                aws_secret_access_key="bench",
+                region_name="us-east-1",
+            )
+            client.create_bucket(Bucket="bench")
+            client.upload_file(str(csv), "bench", "data.csv")
+            sources["s3:// (moto)"] = ("s3://bench/data.csv", s3_env)
+        from jobs.ingest_sources import s3_secret_sql
+
+        for label, (url, source_env) in sources.items():
+            ours: list[float] = []
+            theirs: list[float] = []
+            for attempt in range(repeat):
+                con = duckdb.connect()
+                extensions.load(con, "httpfs", "aws")
+                if url.startswith("s3://"):
+                    # DuckDB's credential chain reads this process's own environment.
+                    os.environ.update({k: v for k, v in source_env.items() if k.startswith("AWS_")})
+                    con.execute(s3_secret_sql(source_env))
+                out = work / f"remote-{attempt}.parquet"
+                started = time.perf_counter()
+                con.execute(f"COPY (SELECT * FROM read_csv('{url}')) TO '{out}' (FORMAT parquet)")
+                theirs.append(time.perf_counter() - started)
+                con.close()
+                name = f"remote{len(rows)}_{attempt}"
+                ours.append(workbench(source_env, "ingest", url, "--dataset", name, "--wait")[0])
+            rows.append(
+                [
+                    f"  the same CSV from a {label} on loopback, CLI --wait",
+                    f"{median(ours):.2f} s",
+                    f"DuckDB read_csv of the URL (httpfs): {median(theirs):.2f} s",
+                    spread([x / y for x, y in zip(theirs, ours, strict=True)]),
+                ]
+            )
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=10)
+    return rows
+
+
 def job_phases(home: Home, job_id: int) -> str:
     """The timing lines of an ingest job's log (encodings, types, read and write, publish)."""
     log = (home.run_dir(job_id) / "log").read_text()
@@ -327,6 +438,45 @@ def main() -> None:
                 f"{spread([x / y for x, y in zip(pq_base, pq_ours, strict=True)])} (goal >= 0.85)",
             ]
         )
+
+        # Encryption at rest: the same CSV ingested with --encrypt against plain (interleaved),
+        # and a full-scan query over each, through `workbench sql` (a new process each).
+        import base64
+
+        key_file = work / "lake.key"
+        key_file.write_text(base64.b64encode(os.urandom(32)).decode())
+        key_file.chmod(0o600)
+        home.config.write_text(f'[lake]\nkey_file = "{key_file}"\n')
+        enc_job: list[float] = []
+        plain_job: list[float] = []
+        enc_sql: list[float] = []
+        plain_sql: list[float] = []
+        scan = "SELECT count(*), sum(id), max(label) FROM {}"
+        for attempt in range(args.repeat):
+            workbench(env, "ingest", str(csv), "--dataset", f"enc{attempt}", "--encrypt", "--wait")
+            enc_job.append(job_seconds(f"enc{attempt}"))
+            plain_job.append(job_times[attempt])
+            enc_sql.append(workbench(env, "sql", scan.format(f"enc{attempt}"))[0])
+            plain_sql.append(workbench(env, "sql", scan.format(f"whole{attempt}"))[0])
+        rows_out.append(
+            [
+                "  CSV ingest with --encrypt (AES-GCM), inside the job (time ratio)",
+                f"{median(enc_job):.2f} s",
+                f"plain: {median(plain_job):.2f} s",
+                spread([x / y for x, y in zip(enc_job, plain_job, strict=True)]),
+            ]
+        )
+        rows_out.append(
+            [
+                "  full-scan `workbench sql` over the encrypted version (time ratio)",
+                f"{median(enc_sql) * 1000:.0f} ms",
+                f"plain: {median(plain_sql) * 1000:.0f} ms",
+                spread([x / y for x, y in zip(enc_sql, plain_sql, strict=True)]),
+            ]
+        )
+
+        # Sources beyond files: a URL and an S3 object, against DuckDB's reader of the same.
+        rows_out.extend(remote_sources(env, work, csv, args.repeat))
 
         # NDJSON is always read whole (every record: late keys and types): its cost against
         # DuckDB's sampled read of the same file.

@@ -465,12 +465,22 @@ def run(ctx: JobContext) -> None:
         else [f"test{ctx.job.id}_predictions"]
     )
     per_row = _predictions_table(table, pre, rows, spec.key)
-    published = [
-        lake.publish_arrow(
-            ctx.home, ctx.store, name, per_row, [{"path": str(path), "job": ctx.job.id}], ctx.job.id
-        )
-        for name in names
-    ]
+    # The predictions carry the dataset's rows (its key column, labels): encrypted like it.
+    try:
+        published = [
+            lake.publish_arrow(
+                ctx.home,
+                ctx.store,
+                name,
+                per_row,
+                [{"path": str(path), "job": ctx.job.id}],
+                ctx.job.id,
+                encrypt=info.encrypted,
+            )
+            for name in names
+        ]
+    except lake.LakeError as error:
+        raise JobFailed(str(error)) from None
     predictions = published[0]
     ctx.log(
         "per-row predictions: "

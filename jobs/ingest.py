@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import glob
 import gzip
+import json
 import os
 import re
 import shutil
@@ -27,14 +28,14 @@ from typing import TYPE_CHECKING, Any, Literal
 from jobs import ingest_sources as remote
 from jobs import ingest_strict as strict
 from jobs.context import Cancelled, JobContext, JobFailed
-from workbench.catalog import lake
+from workbench.catalog import encryption, lake
 from workbench.catalog.lake import LakeError, check_dataset_name, publish, version_info
 from workbench.queue.spec import SpecError
 
 if TYPE_CHECKING:
     import duckdb
 
-Format = Literal["auto", "csv", "tsv", "parquet", "json", "ndjson", "sqlite"]
+Format = Literal["auto", "csv", "tsv", "parquet", "json", "ndjson", "sqlite", "postgres"]
 _COMPRESSED = (".gz", ".zst", ".gzip")
 _EXTENSIONS = {
     ".csv": "csv",
@@ -100,8 +101,10 @@ class Spec:
     `mode = "append"` keeps the previous version's rows in the new one; more than `max_rejects`
     bad rows fail the job; `encoding`: the CSV files' encoding (else decided, see
     `ingest_strict.decode`); `date_format`: a strptime format for CSV dates that are not ISO
-    (`%d/%m/%Y`; without it such dates stay text). A source may be an `http(s)://` URL
-    (fetched first) or a SQLite database with `table` or `query` (see `ingest_sources`)."""
+    (`%d/%m/%Y`; without it such dates stay text). A source may be an `http(s)://` URL or an
+    `s3://bucket/key` object (fetched first), or a SQLite database or `postgresql://` URI with
+    `table` or `query` (see `ingest_sources`). `encrypt`: write the version and its rejects
+    with the lake's key (see `catalog.lake.encryption_key`)."""
 
     source: list[str]
     dataset: str
@@ -118,6 +121,7 @@ class Spec:
     date_format: str | None = None
     table: str | None = None
     query: str | None = None
+    encrypt: bool = False
 
 
 def _format_of(path: str) -> str | None:
@@ -132,8 +136,8 @@ def expand_sources(patterns: list[str], where: str) -> list[str]:
     """Every file the patterns name, in order, each once; a pattern matching nothing is an error."""
     files: list[str] = []
     for number, pattern in enumerate(patterns):
-        if remote.is_url(pattern):
-            files.append(pattern)  # fetched when the job runs
+        if remote.is_url(pattern) or remote.is_postgres(pattern):
+            files.append(pattern)  # fetched or queried when the job runs
             continue
         matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
         matches = [m for m in matches if os.path.isfile(m)]
@@ -148,9 +152,9 @@ def source_format(spec: Spec, files: list[str], where: str) -> str:
     """The format of the sources: `spec.format`, else told by the files' extensions (one only)."""
     if spec.format != "auto":
         return spec.format
-    formats = {_format_of(f) for f in files}
+    formats = {"postgres" if remote.is_postgres(f) else _format_of(f) for f in files}
     if None in formats:
-        unknown = next(f for f in files if _format_of(f) is None)
+        unknown = next(f for f in files if _format_of(f) is None and not remote.is_postgres(f))
         raise SpecError(
             f"{where}: key 'source': cannot tell the format of {unknown!r}; set key 'format'"
         )
@@ -172,15 +176,22 @@ def prepare(spec: Spec, base_dir: Path, where: str) -> Spec:
     if not spec.source:
         raise SpecError(f"{where}: key 'source': give at least one file or glob")
     patterns = [
-        p if remote.is_url(p) else str((base_dir / os.path.expanduser(p)).resolve())
+        p
+        if remote.is_url(p) or remote.is_postgres(p)
+        else str((base_dir / os.path.expanduser(p)).resolve())
         for p in spec.source
     ]
     files = expand_sources(patterns, where)
     fmt = source_format(spec, files, where)
-    if fmt == "sqlite" and (spec.table is None) == (spec.query is None):
-        raise SpecError(f"{where}: a SQLite source needs key 'table' or key 'query' (one of them)")
-    if fmt != "sqlite" and (spec.table is not None or spec.query is not None):
-        raise SpecError(f"{where}: keys 'table' and 'query' apply to a SQLite source only")
+    database = {"sqlite": "SQLite", "postgres": "PostgreSQL"}.get(fmt)
+    if database and (spec.table is None) == (spec.query is None):
+        raise SpecError(
+            f"{where}: a {database} source needs key 'table' or key 'query' (one of them)"
+        )
+    if database is None and (spec.table is not None or spec.query is not None):
+        raise SpecError(
+            f"{where}: keys 'table' and 'query' apply to a SQLite or PostgreSQL source only"
+        )
     if spec.max_rejects < 0:
         raise SpecError(f"{where}: key 'max_rejects': must not be negative")
     if spec.delimiter is not None and len(spec.delimiter) != 1:
@@ -517,7 +528,9 @@ def _strict_rejects(
     return found
 
 
-def _write_rejects(cursor: duckdb.DuckDBPyConnection, target: Path, found: list[Reject]) -> None:
+def _write_rejects(
+    cursor: duckdb.DuckDBPyConnection, target: Path, found: list[Reject], encrypted: bool
+) -> None:
     cursor.execute(
         "CREATE TEMP TABLE wb_rejects (file VARCHAR, line BIGINT, column_name VARCHAR,"
         " error_type VARCHAR, error VARCHAR, raw_line VARCHAR, raw_bytes BLOB)"
@@ -525,19 +538,13 @@ def _write_rejects(cursor: duckdb.DuckDBPyConnection, target: Path, found: list[
     cursor.executemany("INSERT INTO wb_rejects VALUES (?, ?, ?, ?, ?, ?, ?)", found)
     cursor.execute(
         f"COPY (SELECT * FROM wb_rejects ORDER BY file, line, column_name) TO"
-        f" {_literal(str(target))} (FORMAT parquet)"
+        f" {_literal(str(target))} (FORMAT parquet{_encrypted_option(encrypted)})"
     )
 
 
-def _row_count(target: Path) -> int:
-    import duckdb
-
-    con = duckdb.connect()
-    try:
-        row = con.execute(f"SELECT count(*) FROM read_parquet({_literal(str(target))})").fetchone()
-    finally:
-        con.close()
-    return int(row[0]) if row else 0
+def _encrypted_option(encrypted: bool) -> str:
+    """The COPY option that writes with the lake's key (registered on the connection)."""
+    return f", {encryption.write_option()}" if encrypted else ""
 
 
 def _is_empty(path: str) -> bool:
@@ -828,6 +835,15 @@ def plan_json(cursor: duckdb.DuckDBPyConnection, spec: Spec, files: list[str], f
         c: (plan.integer_read_type(c) if c in spec.types and is_integer(t) else t)
         for c, t in final.items()
     }
+    # DuckDB 1.4 reads offset timestamps in JSON as text (2.0 guessed TIMESTAMPTZ): a text
+    # column of nothing but offset timestamps converts, the same instant in any zone.
+    texts = [c for c, t in described if t == "VARCHAR" and c not in spec.types]
+    if texts:
+        sql = strict.offset_timestamps_sql(texts, json_sql(files, fmt, dict(described)))
+        found = cursor.execute(sql).fetchone() or ()
+        for column, offsets in zip(texts, found, strict=True):
+            if offsets:
+                plan.final_types[column] = "TIMESTAMPTZ"
     return plan
 
 
@@ -885,6 +901,13 @@ def _materialise(
                 raise JobFailed(str(error)) from None
             origin = {**origin, **read}
             ctx.log(f"read {read['rows']} row(s) from SQLite {source}")
+        elif fmt == "postgres":
+            try:
+                path, read = remote.postgres_to_parquet(source, spec.table, spec.query, workdir)
+            except remote.SourceError as error:
+                raise JobFailed(str(error)) from None
+            origin = {**origin, "path": read["database"], **read}
+            ctx.log(f"read {read['rows']} row(s) from PostgreSQL {read['database']}")
         local.append(path)
         origins.append(origin)
     empty = [(o["path"], f) for o, f in zip(origins, local, strict=True) if _is_empty(f)]
@@ -893,7 +916,7 @@ def _materialise(
             f"{empty[0][0]} is empty: nothing to ingest (no version published"
             f"{'; the dataset keeps its rows' if spec.mode == 'replace' else ''})"
         )
-    return local, ("parquet" if fmt == "sqlite" else fmt), origins
+    return local, ("parquet" if fmt in ("sqlite", "postgres") else fmt), origins
 
 
 def _run(ctx: JobContext, spec: Spec, files: list[str], fmt: str, workdir: str) -> None:
@@ -930,6 +953,12 @@ def _run(ctx: JobContext, spec: Spec, files: list[str], fmt: str, workdir: str) 
             previous = version_info(ctx.store, spec.dataset)
         except LakeError:
             ctx.log(f"dataset {spec.dataset!r} has no version yet: append starts it")
+    try:
+        key = lake.encryption_key(ctx.home, ctx.store, spec.dataset, spec.encrypt)
+    except LakeError as error:
+        raise JobFailed(str(error)) from None
+    if key is not None:
+        ctx.log(f"writing encrypted (AES-GCM) with the key in {key.path} (key {key.fingerprint})")
     started = time.time()
     threads = max(1, int(ctx.cpus))
 
@@ -940,6 +969,8 @@ def _run(ctx: JobContext, spec: Spec, files: list[str], fmt: str, workdir: str) 
         con.execute("SET enable_progress_bar_print = false")
         con.execute("SET progress_bar_time = 0")
         con.execute(f"SET TimeZone = {_literal(strict.SESSION_TIME_ZONE)}")
+        if key is not None:
+            lake.register_key(con, key)
         return con
 
     def load(con: duckdb.DuckDBPyConnection, plan: Plan, target: Path) -> int:
@@ -953,15 +984,15 @@ def _run(ctx: JobContext, spec: Spec, files: list[str], fmt: str, workdir: str) 
             source = plan.text_from(source)
         select = f"SELECT {plan.select()} FROM {source}{plan.where()}"
         if previous is not None:
-            select = (
-                f"SELECT * FROM read_parquet({_literal(previous.glob)}) UNION ALL BY NAME {select}"
-            )
+            before = lake.parquet_source(previous.parts, previous.encrypted)
+            select = f"SELECT * FROM {before} UNION ALL BY NAME {select}"
         # The rejects tables are the connection's own: the COPY runs on it, not on a cursor.
         watcher = _Watcher(ctx, con, f"reading {len(files)} file(s)")
         watcher.start()
         try:
             done = con.execute(
-                f"COPY ({select}) TO {_literal(str(target))} (FORMAT parquet)"
+                f"COPY ({select}) TO {_literal(str(target))}"
+                f" (FORMAT parquet{_encrypted_option(key is not None)})"
             ).fetchone()
         except duckdb.InterruptException:
             raise Cancelled("cancelled while reading the sources") from None
@@ -990,11 +1021,15 @@ def _run(ctx: JobContext, spec: Spec, files: list[str], fmt: str, workdir: str) 
             con = connect()
             try:
                 try:
-                    written = load(con, plan, target) - (previous.rows if previous else 0)
+                    total = load(con, plan, target)
+                    written = total - (previous.rows if previous else 0)
                 except duckdb.Error as error:
                     if ctx.cancel_requested:
                         raise Cancelled("cancelled while reading the sources") from None
                     if plan.text and _widen_strict(ctx, spec, fmt, plan, str(error)):
+                        widenings += 1
+                        continue
+                    if fmt in ("json", "ndjson") and _widen_json_integers(ctx, plan, str(error)):
                         widenings += 1
                         continue
                     if not _widen_after_fraction(ctx, spec, plan, str(error)):
@@ -1020,7 +1055,7 @@ def _run(ctx: JobContext, spec: Spec, files: list[str], fmt: str, workdir: str) 
                             f" {spec.max_rejects}; the first: {first}"
                         )
                     if count:
-                        _write_rejects(con, tmp / "rejects.parquet", found)
+                        _write_rejects(con, tmp / "rejects.parquet", found, key is not None)
                         ctx.log(
                             f"{count} row(s) rejected (kept in {spec.dataset}_rejects);"
                             f" first: {first}"
@@ -1028,9 +1063,12 @@ def _run(ctx: JobContext, spec: Spec, files: list[str], fmt: str, workdir: str) 
             finally:
                 con.close()
             break
-        if fmt in ("json", "ndjson"):
-            _check_has_rows(target, files)
-        elif count and spec.mode == "replace" and not _row_count(target):
+        if fmt in ("json", "ndjson") and not total:
+            raise JobFailed(
+                f"no records in {', '.join(files)}: nothing to ingest (a JSON source needs at"
+                " least one object)"
+            )
+        if fmt not in ("json", "ndjson") and count and spec.mode == "replace" and not total:
             raise JobFailed(
                 f"no row of {', '.join(files)} could be read ({count} rejected; the first:"
                 f" {first}): nothing published, the dataset keeps its rows"
@@ -1129,6 +1167,62 @@ def _widen_strict(ctx: JobContext, spec: Spec, fmt: str, plan: Plan, error: str)
     return True
 
 
+_JSON_OVERFLOW = re.compile(
+    r'in file "(?P<file>.*)", in line (?P<line>\d+): Failed to cast value to numerical'
+)
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _widen_json_integers(ctx: JobContext, plan: Plan, error: str) -> bool:
+    """After a JSON whole number overflowed the integer type DuckDB guessed (its sample saw only
+    smaller ones: DuckDB 1.4 guesses BIGINT for 9223372036854775808): the guessed integer columns
+    of the record named are read as HUGEINT (stored as DECIMAL(38,0), every digit kept), or as
+    text past 38 digits; every guessed integer column when the record cannot be read back. True:
+    load again. A column the user typed is never widened: the job fails naming it."""
+    match = _JSON_OVERFLOW.search(error)
+    if match is None:
+        return False
+    record: dict[str, Any] | None = None
+    try:
+        with open(match.group("file"), "rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                if number == int(match.group("line")):
+                    loaded = json.loads(line)
+                    record = loaded if isinstance(loaded, dict) else None
+                    break
+    except (OSError, ValueError):
+        record = None
+    widened = False
+    for column in plan.columns:
+        kind = plan.read_types[column]
+        if not is_integer(kind) or _base_type(kind) in ("HUGEINT", "UHUGEINT"):
+            continue
+        value = None if record is None else record.get(column)
+        if record is not None and not (
+            isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]
+        ):
+            continue
+        if column in plan.user_typed:
+            raise JobFailed(
+                f"column {column!r}: {value if value is not None else 'a value'} does not fit"
+                f" {plan.final_types[column]} (the type you gave){_line_of(match)}; it is never"
+                " cut"
+            )
+        after = "HUGEINT" if value is None or abs(value) < 10**38 else "VARCHAR"
+        plan.read_types[column] = after
+        plan.final_types[column] = after
+        ctx.log(
+            f"column {column!r} holds {value if value is not None else 'a whole number'} past"
+            f" {kind}{_line_of(match)}: read again as {strict.stored_type(after)}"
+        )
+        widened = True
+    return widened
+
+
+def _line_of(match: re.Match[str]) -> str:
+    return f" (line {match.group('line')} of {match.group('file')})"
+
+
 def _widen_after_fraction(ctx: JobContext, spec: Spec, plan: Plan, error: str) -> bool:
     """After a fraction met an integer column: widen a guessed column to DOUBLE and say so
     (True: load again), or fail naming the column and value when the user typed it or chose a
@@ -1188,18 +1282,3 @@ def _widen_after_rejects(ctx: JobContext, con: duckdb.DuckDBPyConnection, plan: 
             f" sample): widened to {after}, loading again"
         )
     return widened
-
-
-def _check_has_rows(target: Path, files: list[str]) -> None:
-    import duckdb
-
-    con = duckdb.connect()
-    try:
-        row = con.execute(f"SELECT count(*) FROM read_parquet({_literal(str(target))})").fetchone()
-    finally:
-        con.close()
-    if not row or not row[0]:
-        raise JobFailed(
-            f"no records in {', '.join(files)}: nothing to ingest (a JSON source needs at least"
-            " one object)"
-        )

@@ -1,5 +1,6 @@
-"""Sources of the `ingest` kind that are not files in a folder: an `http(s)://` URL, fetched
-into the job's own folder first, and a SQLite database (a table or a query), read with Python's
+"""Sources of the `ingest` kind that are not files in a folder: an `http(s)://` URL or an
+`s3://bucket/key` object (S3 or an S3-compatible server), fetched into the job's own folder
+first, and a SQLite database (a table or a query), read with Python's
 sqlite3 into a Parquet file whose column types come from every value. The local copy is then
 ingested like any file (encodings, strict types, rejects, dedup by content); the lineage names
 the source: the URL (and where it redirected, its ETag, Last-Modified and SHA-256), or the
@@ -14,7 +15,8 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-URL_SCHEMES = ("https://", "http://")
+URL_SCHEMES = ("https://", "http://", "s3://")
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 SQLITE_EXTENSIONS = (".db", ".sqlite", ".sqlite3")
 SQLITE_MAGIC = b"SQLite format 3\x00"
 FETCH_TIMEOUT_S = 60
@@ -27,6 +29,97 @@ class SourceError(ValueError):
 
 def is_url(source: str) -> bool:
     return source.lower().startswith(URL_SCHEMES)
+
+
+def is_postgres(source: str) -> bool:
+    """A PostgreSQL connection URI (`postgresql://user@host:port/db`; the password, if any,
+    from PGPASSWORD or ~/.pgpass as libpq reads them)."""
+    return source.lower().startswith(POSTGRES_SCHEMES)
+
+
+def shown_uri(uri: str) -> str:
+    """A URI without the password it may carry (`user:pass@`): what lineage and messages say."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.password is None:
+        return uri
+    netloc = (parsed.username or "") + "@" + (parsed.hostname or "")
+    if parsed.port:
+        netloc += f":{parsed.port}"
+    return parsed._replace(netloc=netloc).geturl()
+
+
+def _pg_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _pg_name(name: str) -> str:
+    return ".".join('"' + part.replace('"', '""') + '"' for part in name.split("."))
+
+
+def postgres_to_parquet(
+    uri: str, table: str | None, query: str | None, workdir: str
+) -> tuple[str, dict[str, Any]]:
+    """Read a PostgreSQL table (`schema.table` or `table`) or the result of a query into a
+    Parquet file in `workdir` through DuckDB's postgres extension, attached READ_ONLY (its
+    transactions are read-only: a query that writes fails). Column types are PostgreSQL's,
+    except that a NUMERIC without a precision (which DuckDB would read as DOUBLE, rounding) is
+    read as its exact text. Returns the path and the lineage: database (no password), table or
+    query, ran_at (when the query started), rows. Raises SourceError naming the database."""
+    import duckdb
+
+    from workbench.catalog import extensions
+
+    shown = shown_uri(uri)
+    if (table is None) == (query is None):
+        raise SourceError(f"{shown}: a PostgreSQL source needs key 'table' or key 'query'")
+    if query is not None:
+        sql = query.strip().rstrip(";")
+    else:
+        sql = f"SELECT * FROM {_pg_name(str(table))}"
+    os.makedirs(workdir, exist_ok=True)
+    target = os.path.join(workdir, f"{len(os.listdir(workdir))}-postgres.parquet")
+    con = duckdb.connect()
+    ran_at = time.time()
+    try:
+        extensions.load(con, "postgres")
+        con.execute(f"ATTACH {_pg_literal(uri)} AS wb_pg (TYPE postgres, READ_ONLY)")
+        source = f"postgres_query('wb_pg', {_pg_literal(sql)})"
+        described = con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()
+        doubles = [str(r[0]) for r in described if str(r[1]) == "DOUBLE"]
+        if doubles:
+            kinds = ", ".join(f"pg_typeof(q.{_pg_name(c)})::text" for c in doubles)
+            found = con.execute(
+                "SELECT * FROM postgres_query('wb_pg',"
+                f" {_pg_literal(f'SELECT {kinds} FROM ({sql}) AS q LIMIT 1')})"
+            ).fetchone()
+            numeric = {c for c, k in zip(doubles, found or (), strict=False) if k == "numeric"}
+            if numeric:
+                columns = ", ".join(
+                    f"q.{_pg_name(str(r[0]))}::text AS {_pg_name(str(r[0]))}"
+                    if r[0] in numeric
+                    else f"q.{_pg_name(str(r[0]))}"
+                    for r in described
+                )
+                sql = f"SELECT {columns} FROM ({sql}) AS q"
+                source = f"postgres_query('wb_pg', {_pg_literal(sql)})"
+        ran_at = time.time()
+        written = con.execute(
+            f"COPY (SELECT * FROM {source}) TO {_pg_literal(target)} (FORMAT parquet)"
+        ).fetchone()
+    except extensions.ExtensionMissing as error:
+        raise SourceError(f"{shown}: {error}") from None
+    except duckdb.Error as error:
+        text = str(error).replace(uri, shown).splitlines()[0]
+        raise SourceError(f"{shown}: {text}") from None
+    finally:
+        con.close()
+    lineage: dict[str, Any] = {
+        "database": shown,
+        "ran_at": ran_at,
+        "rows": int(written[0]) if written else 0,
+    }
+    lineage["table" if table is not None else "query"] = table if table is not None else query
+    return target, lineage
 
 
 def is_sqlite(path: str) -> bool:
@@ -54,6 +147,8 @@ def fetch(url: str, workdir: str) -> tuple[str, dict[str, Any]]:
     import urllib.error
     import urllib.request
 
+    if url.lower().startswith("s3://"):
+        return fetch_s3(url, workdir)
     parsed = urllib.parse.urlparse(url)
     shown = parsed._replace(netloc=parsed.hostname or "").geturl() if parsed.password else url
     os.makedirs(workdir, exist_ok=True)
@@ -86,6 +181,70 @@ def fetch(url: str, workdir: str) -> tuple[str, dict[str, Any]]:
         "last_modified": headers.get("Last-Modified"),
         "bytes": size,
         "sha256": digest.hexdigest(),
+        "fetched_at": time.time(),
+    }
+    return str(target), lineage
+
+
+def s3_secret_sql(environ: dict[str, str] | None = None) -> str:
+    """`CREATE SECRET` for DuckDB's S3 reader, naming no credential: the aws extension's
+    credential chain reads them from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    AWS_SESSION_TOKEN) or from the profile in ~/.aws (AWS_PROFILE), and DuckDB never shows them
+    (duckdb_secrets() prints `redacted`). An S3-compatible server is named by AWS_ENDPOINT_URL_S3
+    or AWS_ENDPOINT_URL (`http://127.0.0.1:9000`: path-style URLs, TLS as its scheme says);
+    the region by AWS_REGION or AWS_DEFAULT_REGION."""
+    env = os.environ if environ is None else environ
+    options = ["TYPE s3", "PROVIDER credential_chain", "CHAIN 'env;config'"]
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        parsed = urllib.parse.urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+        host = (parsed.netloc or parsed.path).replace("'", "")
+        options += [
+            f"ENDPOINT '{host}'",
+            "URL_STYLE 'path'",
+            f"USE_SSL {'false' if parsed.scheme == 'http' else 'true'}",
+        ]
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+    if region:
+        options.append(f"REGION '{region.replace(chr(39), '')}'")
+    return f"CREATE SECRET workbench_s3 ({', '.join(options)})"
+
+
+def fetch_s3(url: str, workdir: str) -> tuple[str, dict[str, Any]]:
+    """Download the object `s3://bucket/key` into `workdir` through DuckDB's httpfs (the object
+    is held in memory once), with credentials as `s3_secret_sql` finds them; returns the local
+    path and the lineage: url, endpoint, last_modified, bytes, sha256, fetched_at (never a
+    credential). Raises SourceError naming the URL."""
+    import duckdb
+
+    from workbench.catalog import extensions
+
+    con = duckdb.connect()
+    try:
+        extensions.load(con, "httpfs", "aws")
+        con.execute(s3_secret_sql())
+        row = con.execute(
+            "SELECT content, CAST(last_modified AS VARCHAR) FROM read_blob(?)", [url]
+        ).fetchone()
+    except extensions.ExtensionMissing as error:
+        raise SourceError(f"{url}: {error}") from None
+    except duckdb.Error as error:
+        raise SourceError(f"{url}: cannot fetch it ({str(error).splitlines()[0]})") from None
+    finally:
+        con.close()
+    if row is None:
+        raise SourceError(f"{url}: no such object")
+    content = bytes(row[0])
+    os.makedirs(workdir, exist_ok=True)
+    target = Path(workdir) / f"{len(os.listdir(workdir))}-{url_name(url)}"
+    target.write_bytes(content)
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    lineage = {
+        "url": url,
+        "endpoint": endpoint or "AWS",
+        "last_modified": row[1],
+        "bytes": len(content),
+        "sha256": hashlib.sha256(content).hexdigest(),
         "fetched_at": time.time(),
     }
     return str(target), lineage

@@ -59,6 +59,21 @@ _TRUE_WORDS = ("true", "t", "yes", "y", "1")
 _BOOLEAN_WORDS = (*_TRUE_WORDS, "false", "f", "no", "n", "0")
 
 
+def offset_timestamps_sql(columns: list[str], source: str) -> str:
+    """One query over `source` giving, per text column, whether it holds at least one value
+    and every value is an ISO timestamp with an offset (`2026-04-29T14:38:00+02:00`, `...Z`):
+    such a column converts to TIMESTAMPTZ as the same instant in any session zone."""
+    checks = []
+    for name in columns:
+        c = '"' + name.replace('"', '""') + '"'
+        checks.append(
+            f"count({c}) > 0 AND count({c}) = count(CASE WHEN regexp_full_match({c},"
+            f" '{_TIMESTAMP_RE}{_OFFSET_RE}') AND TRY_CAST({c} AS TIMESTAMPTZ) IS NOT NULL"
+            " THEN 1 END)"
+        )
+    return f"SELECT {', '.join(checks)} FROM {source}"
+
+
 def _words(words: tuple[str, ...]) -> str:
     return "(" + ", ".join(_literal(w) for w in words) + ")"
 

@@ -593,7 +593,7 @@ class DataScreen(WorkbenchScreen):
                 total: int | None = query.count_of(con)
             finally:
                 con.close()
-        except (duckdb.Error, QueryError, AttributeError):
+        except (duckdb.Error, QueryError, AttributeError, lake.LakeError):
             total = -1  # could not count: the status says so instead of "counting"
         self.post_message(CountRead(query.key(), total))
 
@@ -823,7 +823,7 @@ class DataScreen(WorkbenchScreen):
                 columns, rows = list(relation.columns), relation.fetchall()
             finally:
                 con.close()
-        except (duckdb.Error, lake.QueryRefused) as error:
+        except (duckdb.Error, lake.QueryRefused, lake.LakeError) as error:
             self.post_message(ProfileRead(shown, [], [], str(error)))
             return
         self.post_message(ProfileRead(shown, columns, rows))

@@ -25,6 +25,10 @@ def test_bench_ingest_tiny_runs_every_measure(home: object) -> None:
     for measure in (
         "ingest 3,000-row CSV",
         "ingest the same rows as Parquet",
+        "CSV ingest with --encrypt",
+        "the same CSV from a http(s) URL on loopback",
+        "the same CSV from a s3:// (moto) on loopback",
+        "full-scan `workbench sql` over the encrypted version",
         "`workbench sql --json --limit 100`",
         '`workbench sql "SELECT * FROM big"`',
         "ingest CSV job: checked the encoding",

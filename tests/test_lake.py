@@ -169,7 +169,8 @@ def test_sandbox_holds_even_without_the_statement_check(home: Home, store: Store
         ("select 1; select 2", None),
         ("COPY birds TO 'x.csv'", "statement 1 is COPY"),
         ("SELECT 1; CREATE TABLE t AS SELECT 1", "statement 2 is CREATE"),
-        ("PRAGMA database_list", "statement 1 is PRAGMA"),
+        ("PRAGMA enable_profiling", "statement 1 is PRAGMA"),
+        ("PRAGMA database_list", None),  # DuckDB 1.4 parses a reading PRAGMA as its SELECT
         ("ATTACH 'x.db'", "statement 1 is ATTACH"),
         ("INSTALL httpfs", "only SELECT and EXPLAIN"),
         ("SELEC 1", "syntax error"),

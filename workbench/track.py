@@ -380,10 +380,14 @@ def _keep(source: Path, run_dir: Path, folder: str, name: str | None) -> Path:
     return target
 
 
+_RELATIONS: Any = None  # the in-memory DuckDB connection `Dataset.relation()` reads on
+
+
 class Dataset:
     """One version of a lake dataset, as `dataset()` returns it: `name`, `version`,
     `content_hash`, `rows`, `files` (its Parquet files, sorted) and `relation()` (a DuckDB
-    relation over them, when duckdb is installed)."""
+    relation over them, when duckdb is installed; an encrypted version is read with the lake's
+    key, see `catalog.lake.lake_key`)."""
 
     def __init__(self, name: str, version: int, content_hash: str, rows: int, path: Path) -> None:
         self.name = name
@@ -398,8 +402,22 @@ class Dataset:
         one). Raises ImportError when duckdb is not installed."""
         import duckdb
 
-        con = connection if connection is not None else duckdb.connect()
-        return con.read_parquet([str(f) for f in self.files])
+        if connection is None:
+            # DuckDB 1.4's relation does not keep its connection alive: the module does.
+            global _RELATIONS
+            if _RELATIONS is None:
+                _RELATIONS = duckdb.connect()
+            connection = _RELATIONS
+        files = [str(f) for f in self.files]
+        from workbench.catalog import encryption
+
+        if not any(encryption.is_encrypted(f) for f in files):
+            return connection.read_parquet(files)
+        from workbench.catalog import lake
+        from workbench.paths import Home
+
+        lake.unlock(connection, Home(_home()), files, f"dataset {self.name!r} (encrypted)")
+        return connection.sql(f"SELECT * FROM {lake.parquet_source(files, True)}")
 
     def __repr__(self) -> str:
         return f"Dataset({self.name!r}, v{self.version}, {len(self.files)} files)"

@@ -18,11 +18,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench import safefs
+from workbench.catalog import encryption, extensions
 from workbench.db import catalog as db_catalog
 from workbench.db.store import Store
 from workbench.paths import Home
@@ -77,11 +78,22 @@ class VersionInfo:
             "duration_s": self.duration_s,
             "created_at": self.created_at,
             "job_id": self.job_id,
+            "encrypted": self.encrypted,
         }
 
     @property
     def glob(self) -> str:
         return str(self.path / "part-*.parquet")
+
+    @property
+    def parts(self) -> list[str]:
+        return sorted(str(p) for p in self.path.glob("part-*.parquet"))
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether the version's files are encrypted (read from the files: the catalog holds
+        no key and no flag that could disagree with them)."""
+        return any(encryption.is_encrypted(p) for p in self.parts)
 
     @property
     def rejects_path(self) -> Path:
@@ -207,25 +219,115 @@ def _content_hash(files: Iterable[Path]) -> str:
     return digest.hexdigest()
 
 
-def _describe_parts(tmp: Path) -> tuple[int, list[tuple[str, str]], dict[str, int | None]]:
-    """Rows, schema and each top-level column's null count, from the Parquet footers (the
-    writer's statistics: no scan of the data)."""
+def _describe_parts(
+    home: Home, tmp: Path
+) -> tuple[int, list[tuple[str, str]], dict[str, int | None], str]:
+    """Rows, schema, each top-level column's null count and the content hash. Plain parts: from
+    the Parquet footers (the writer's statistics: no scan of the data), hashed as files.
+    Encrypted parts (whose bytes differ on every write: AES-GCM takes a fresh nonce) are
+    scanned once with the key, and the hash is of their rows in order."""
     import duckdb
 
+    parts = sorted(tmp.glob("part-*.parquet"))
     con = duckdb.connect()
     try:
-        pattern = _sql_literal(str(tmp / "part-*.parquet"))
-        rows = con.execute(f"SELECT count(*) FROM read_parquet({pattern})").fetchone()
-        schema = con.execute(f"DESCRIBE SELECT * FROM read_parquet({pattern})").fetchall()
-        stats = con.execute(
-            "SELECT path_in_schema, sum(stats_null_count), count(*) - count(stats_null_count)"
-            f" FROM parquet_metadata({pattern}) GROUP BY path_in_schema"
-        ).fetchall()
+        encrypted = unlock(con, home, [str(p) for p in parts], f"dataset {tmp.parent.name!r}")
+        source = parquet_source([str(p) for p in parts], encrypted)
+        schema = con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()
+        columns = [(str(r[0]), str(r[1])) for r in schema]
+        if not encrypted:
+            pattern = _sql_literal(str(tmp / "part-*.parquet"))
+            rows = con.execute(f"SELECT count(*) FROM {source}").fetchone()
+            stats = con.execute(
+                "SELECT path_in_schema, sum(stats_null_count), count(*) - count(stats_null_count)"
+                f" FROM parquet_metadata({pattern}) GROUP BY path_in_schema"
+            ).fetchall()
+            known = {str(p): (None if missing else int(n or 0)) for p, n, missing in stats}
+            nulls = {n: known.get(n) for n, _ in columns}
+            return int(rows[0] if rows else 0), columns, nulls, _content_hash(parts)
+        counts = con.execute(
+            "SELECT count(*)"
+            + "".join(f", count(*) - count({_quote(n)})" for n, _ in columns)
+            + f" FROM {source}"
+        ).fetchone() or (0,)
+        digest = hashlib.blake2b(digest_size=32, person=b"wb-decrypted")
+        digest.update(json.dumps(columns).encode())
+        every = ", ".join(_quote(n) for n, _ in columns)
+        reader = con.execute(f"SELECT hash({every}) FROM {source}").fetch_record_batch(1 << 20)
+        for batch in reader:
+            digest.update(batch.column(0).to_numpy(zero_copy_only=False).tobytes())
+    except duckdb.Error as error:
+        key = None if not encrypted else _configured_key(home)
+        explained = encryption.explain(error, f"dataset {tmp.parent.name}", key)
+        raise LakeError(str(explained or error).splitlines()[0]) from None
     finally:
         con.close()
-    known = {str(path): (None if missing else int(nulls or 0)) for path, nulls, missing in stats}
-    columns = [(str(r[0]), str(r[1])) for r in schema]
-    return int(rows[0] if rows else 0), columns, {n: known.get(n) for n, _ in columns}
+    nulls = {n: int(counts[i + 1]) for i, (n, _) in enumerate(columns)}
+    return int(counts[0]), columns, nulls, "enc-" + digest.hexdigest()
+
+
+def parquet_source(files: list[str], encrypted: bool) -> str:
+    """`read_parquet` of `files`, with the lake key's option when they are encrypted (the key
+    registered on the connection by `unlock`)."""
+    listed = "[" + ", ".join(_sql_literal(f) for f in files) + "]"
+    option = f", {encryption.read_option()}" if encrypted else ""
+    return f"read_parquet({listed}{option})"
+
+
+def _configured_key(home: Home) -> encryption.LakeKey | None:
+    try:
+        path = settings(home).key_file
+        return None if path is None else encryption.read_key(path)
+    except ValueError:
+        return None
+
+
+def lake_key(home: Home, what: str) -> encryption.LakeKey:
+    """The lake's key (config.toml `[lake] key_file`), needed for `what` (named in the error).
+    Raises LakeError when no key file is named or it cannot be used."""
+    path = settings(home).key_file
+    if path is None:
+        raise LakeError(
+            f"{what} needs the lake's key: name its key file in {home.config} ([lake] key_file"
+            ' = "PATH", a file of mode 0600)'
+        )
+    try:
+        return encryption.read_key(path)
+    except encryption.EncryptionError as error:
+        raise LakeError(f"{what}: {error}") from None
+
+
+def unlock(con: duckdb.DuckDBPyConnection, home: Home, files: list[str], what: str) -> bool:
+    """Register the lake's key on `con` when any of `files` is encrypted (True), else nothing
+    (False). Raises LakeError when the key is needed and not usable."""
+    if not any(encryption.is_encrypted(f) for f in files):
+        return False
+    register_key(con, lake_key(home, what))
+    return True
+
+
+def register_key(con: duckdb.DuckDBPyConnection, key: encryption.LakeKey) -> None:
+    """`encryption.register`, its missing extension as a LakeError."""
+    try:
+        encryption.register(con, key)
+    except extensions.ExtensionMissing as error:
+        raise LakeError(str(error)) from None
+
+
+def encryption_key(
+    home: Home, store: Store, dataset: str, asked: bool = False
+) -> encryption.LakeKey | None:
+    """The key a new version of `dataset` is written with, or None for plain Parquet: encrypted
+    when asked (`ingest --encrypt`), when config.toml's `[lake] encrypt = true`, or when the
+    dataset's latest version is encrypted (a dataset never falls back to plain text). Raises
+    LakeError when it must be encrypted and no usable key is configured."""
+    must = asked or settings(home).encrypt
+    if not must:
+        try:
+            must = version_info(store, dataset).encrypted
+        except LakeError:
+            must = False
+    return lake_key(home, f"dataset {dataset!r} (encrypted)") if must else None
 
 
 def _sql_literal(value: str) -> str:
@@ -315,8 +417,7 @@ def publish(
         parts = sorted(tmp.glob("part-*.parquet"))
         if not parts:
             raise LakeError(f"dataset {dataset!r}: nothing was written")
-        rows, schema, nulls = _describe_parts(tmp)
-        digest = _content_hash(parts)
+        rows, schema, nulls, digest = _describe_parts(home, tmp)
         size = sum(p.stat().st_size for p in parts)
         _read_only(tmp)
 
@@ -350,12 +451,30 @@ def publish_arrow(
     table: pyarrow.Table,
     sources: list[dict[str, Any]] | None = None,
     job_id: int | None = None,
+    encrypt: bool = False,
 ) -> VersionInfo:
-    """Publish an Arrow table as a new version (e.g. a test job's per-row predictions)."""
+    """Publish an Arrow table as a new version (e.g. a test job's per-row predictions);
+    `encrypt`: with the lake's key (see `encryption_key`; LakeError without a usable one)."""
+    import duckdb
     import pyarrow.parquet as pq
 
+    key = encryption_key(home, store, dataset, encrypt)
+
     def write(tmp: Path) -> None:
-        pq.write_table(table, tmp / "part-0.parquet")
+        target = tmp / "part-0.parquet"
+        if key is None:
+            pq.write_table(table, target)
+            return None
+        con = duckdb.connect()
+        try:
+            register_key(con, key)
+            con.register("wb_table", table)
+            con.execute(
+                f"COPY wb_table TO {_sql_literal(str(target))}"
+                f" (FORMAT parquet, {encryption.write_option()})"
+            )
+        finally:
+            con.close()
         return None
 
     return publish(home, store, dataset, write, sources, job_id)
@@ -375,8 +494,13 @@ def read_arrow(
         if own:
             store.close()
     con = duckdb.connect()
+    what = f"dataset {info.dataset!r} v{info.version} (encrypted)"
     try:
-        table = con.sql(f"SELECT * FROM read_parquet('{info.glob}')").to_arrow_table()
+        encrypted = unlock(con, home, info.parts, what)
+        table = con.sql(f"SELECT * FROM {parquet_source(info.parts, encrypted)}").to_arrow_table()
+    except duckdb.Error as error:
+        explained = encryption.explain(error, what, _configured_key(home))
+        raise LakeError(str(explained or error).splitlines()[0]) from None
     finally:
         con.close()
     return table, info
@@ -555,6 +679,8 @@ class LakeSettings:
     sql_threads: int = 0  # 0: DuckDB's default (every core)
     keep_versions: int = 0  # newest versions kept per dataset (0: every version)
     keep_for_s: float = 0.0  # older versions are pruned after this long (0: never)
+    key_file: Path | None = None  # the lake's encryption key (see catalog.encryption.read_key)
+    encrypt: bool = False  # every new version encrypted, not only those asked for
 
     @property
     def memory_limit_bytes(self) -> int:
@@ -573,7 +699,12 @@ SQL_KEYS = {
     "spill_limit": "sql_spill_limit_bytes",
     "threads": "sql_threads",
 }
-LAKE_KEYS = {"keep_versions": "keep_versions", "keep_for": "keep_for_s"}
+LAKE_KEYS = {
+    "keep_versions": "keep_versions",
+    "keep_for": "keep_for_s",
+    "key_file": "key_file",
+    "encrypt": "encrypt",
+}
 
 
 def parse_settings(data: dict[str, Any], where: str) -> LakeSettings:
@@ -591,7 +722,15 @@ def parse_settings(data: dict[str, Any], where: str) -> LakeSettings:
                 )
             name = keys[key]
             try:
-                if name.endswith("_s"):
+                if name == "key_file":
+                    if not isinstance(value, str) or not value.strip():
+                        raise ValueError(f"expected a path, got {value!r}")
+                    values[name] = Path(value).expanduser()
+                elif name == "encrypt":
+                    if not isinstance(value, bool):
+                        raise ValueError(f"expected true or false, got {value!r}")
+                    values[name] = value
+                elif name.endswith("_s"):
                     values[name] = parse_duration(value)
                 elif name.endswith("_bytes"):
                     values[name] = parse_size(value)
@@ -609,7 +748,10 @@ def settings(home: Home) -> LakeSettings:
     if not os.path.lexists(home.config):
         return LakeSettings()
     data = read_toml(home.config, regular_only=True)  # UserFileError (a ValueError) names it
-    return parse_settings(data, str(home.config))
+    found = parse_settings(data, str(home.config))
+    if found.key_file is not None and not found.key_file.is_absolute():
+        found = replace(found, key_file=home.config.parent / found.key_file)
+    return found
 
 
 def mentioned_versions(store_versions: list[VersionInfo], sql: str) -> list[VersionInfo]:
@@ -645,7 +787,10 @@ def connect(
     The sandbox: DuckDB may open only the exact Parquet files of those views (`allowed_paths`;
     no folder, so nothing can be created in the lake, and a COPY onto a part file fails on its
     temporary file), external access is off, memory and threads are capped, spill files go to
-    `WORKBENCH_HOME/tmp/duckdb` (capped too), and the configuration is locked."""
+    `WORKBENCH_HOME/tmp/duckdb` (capped too), and the configuration is locked.
+
+    An encrypted version is read with the lake's key (`lake_key`); without a usable key,
+    LakeError names the dataset when `for_sql` names it, else the version is left out."""
     import duckdb
 
     limits = limits or settings(home)
@@ -664,10 +809,23 @@ def connect(
     for info in every:
         owner.setdefault(info.dataset.lower(), info.dataset)
 
+    key: list[encryption.LakeKey] = []  # registered once, when a view first needs it
+
     def view(name: str, files: list[str]) -> None:
         allowed.extend(files)
-        listed = "[" + ", ".join(_sql_literal(f) for f in files) + "]"
-        con.execute(f"CREATE VIEW {_quote(name)} AS SELECT * FROM read_parquet({listed})")
+        encrypted = any(encryption.is_encrypted(f) for f in files)
+        if encrypted and not key:
+            key.append(lake_key(home, f"dataset {name.split('@')[0]!r} (encrypted)"))
+            register_key(con, key[0])
+        try:
+            con.execute(
+                f"CREATE VIEW {_quote(name)} AS SELECT * FROM {parquet_source(files, encrypted)}"
+            )
+        except duckdb.Error as error:
+            explained = encryption.explain(error, f"dataset {name}", key[0] if key else None)
+            if explained is None:
+                raise
+            raise LakeError(str(explained)) from None
 
     def rejects_view(name: str, info: VersionInfo) -> None:
         if info.rejected_rows and info.rejects_path.exists():
@@ -683,8 +841,13 @@ def connect(
         parts = sorted(str(p) for p in info.path.glob("part-*.parquet"))
         if not parts:
             continue
-        view(f"{info.dataset}@v{info.version}", parts)
-        rejects_view(f"{info.dataset}@v{info.version}_rejects", info)
+        try:
+            view(f"{info.dataset}@v{info.version}", parts)
+            rejects_view(f"{info.dataset}@v{info.version}_rejects", info)
+        except LakeError:
+            if for_sql is not None:
+                raise  # the query names it: say why it cannot be read
+            continue  # encrypted, no usable key: left out of a connection over everything
         if latest[info.dataset] is info:
             con.execute(
                 f"CREATE VIEW {_quote(info.dataset)} AS SELECT * FROM"

@@ -27,15 +27,16 @@ def register(sub: Any) -> None:
         "sources",
         nargs="+",
         metavar="SRC",
-        help="CSV/TSV, Parquet, JSON or NDJSON files or globs, http(s):// URLs, or a SQLite"
-        " database (with --table or --query)",
+        help="CSV/TSV, Parquet, JSON or NDJSON files or globs, http(s):// URLs, s3://bucket/key"
+        " objects, or a SQLite database or postgresql:// URI (with --table or --query)",
     )
     p.add_argument("--dataset", required=True, help="dataset name (letters, digits, _)")
     p.add_argument(
-        "--format", choices=["auto", "csv", "tsv", "parquet", "json", "ndjson", "sqlite"]
+        "--format",
+        choices=["auto", "csv", "tsv", "parquet", "json", "ndjson", "sqlite", "postgres"],
     )
-    p.add_argument("--table", help="SQLite: the table to ingest")
-    p.add_argument("--query", help="SQLite: a read-only query whose result to ingest")
+    p.add_argument("--table", help="SQLite or PostgreSQL: the table to ingest")
+    p.add_argument("--query", help="SQLite or PostgreSQL: a read-only query whose result to ingest")
     p.add_argument("--mode", choices=["replace", "append"], help="append: keep the previous rows")
     p.add_argument("--type", action="append", metavar="COL=TYPE", help="override a column's type")
     p.add_argument("--delimiter")
@@ -69,6 +70,12 @@ def register(sub: Any) -> None:
         metavar="FORMAT",
         help="CSV/TSV: read dates that are not ISO with this strptime format (e.g. %%d/%%m/%%Y);"
         " without it they stay text",
+    )
+    p.add_argument(
+        "--encrypt",
+        action="store_true",
+        help="write the version (and its rejects) encrypted with the lake's key: config.toml"
+        " [lake] key_file, a file of mode 0600 (AES-GCM Parquet encryption)",
     )
     p.add_argument(
         "--max-rejects",
@@ -166,6 +173,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         table["query"] = args.query
     if args.date_format:
         table["date_format"] = args.date_format
+    if args.encrypt:
+        try:
+            lake.lake_key(Home.current(), "--encrypt")
+        except ValueError as error:  # LakeError, or config.toml that does not parse
+            raise UsageError(str(error)) from None
+        table["encrypt"] = True
     if args.cpus is not None:
         table["cpus"] = args.cpus
     if args.type:
@@ -300,7 +313,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
         raise SpecError(str(error)) from None
     try:
         con = lake.connect(home, store, for_sql=args.query, limits=limits)
-    except duckdb.Error as error:  # a view the catalog cannot make: words, not a traceback
+    except (duckdb.Error, lake.LakeError) as error:  # a view the catalog cannot make, a key
         raise SpecError(f"sql: {str(error).splitlines()[0]}") from None
     started = time.perf_counter()
     rows = 0
@@ -522,7 +535,7 @@ def _write_result_as_user(result: Any, target: Path) -> int:
             target.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise SpecError(f"--out: cannot create {target.parent}: {error}") from None
-        reader = result.to_arrow_reader(100_000)
+        reader = result.fetch_arrow_reader(100_000)  # DuckDB 1.4 and 2.0 both have it
         batches = iter(reader)
         while True:
             try:
