@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from workbench import safefs
-from workbench.daemon import runner
+from workbench.daemon import runas, runner
 from workbench.daemon.executors import Ended, Handle, Launch, LaunchError
 from workbench.daemon.executors import containment as cg
 from workbench.daemon.executors.launcher import read_frame, write_frame
@@ -356,6 +356,8 @@ def fork_wrapper_async(launch: Launch, cgroup_dir: Path | None) -> tuple[int, in
     try:
         os.close(read_fd)
         try:
+            if launch.uid is not None and launch.uid != os.geteuid():
+                cgroup_dir = _become_owner(launch, cgroup_dir)
             cgroup_dir = _prepare(launch, cgroup_dir)
             # The log's inode now: a home out of inodes fails here, before the job begins.
             os.close(os.open(launch.run_dir / runner.LOG_FILE, _LOG_FLAGS, 0o600))
@@ -413,10 +415,42 @@ def wrapper_ready(pid: int, ready_fd: int) -> float | None:
     raise WrapperNotStarted(code, message or "the job's wrapper ended before it recorded itself")
 
 
+_given_as_root: list[bool] = [False]  # root made the run folder and gave it to the owner
+_joined_as_root: list[bool] = [False]  # the wrapper joined its cgroup before it became the owner
+_memory_set_as_root: list[bool] = [False]  # and its memory.max was set then
+
+
+def _become_owner(launch: Launch, cgroup_dir: Path | None) -> Path | None:
+    """In the wrapper, as root, in system mode: give the run folder to the job's owner (made
+    here if missing; its parent is root's), join the job's cgroup and set its memory limit
+    (which only root may), then become the owner for good (`runas.become`). Returns the
+    cgroup folder joined, or None. Raises OSError (RunAsError) when the owner is unknown or
+    the switch fails: the job does not start."""
+    assert launch.uid is not None
+    gid = runas.user_gid(launch.uid)
+    runas.give_run_dir(launch.run_dir, launch.uid, gid)
+    _given_as_root[0] = True
+    if cgroup_dir is not None:
+        try:
+            try:
+                cgroup_dir.mkdir()
+            except FileExistsError:
+                pass
+            (cgroup_dir / "cgroup.procs").write_text(str(os.getpid()))
+            _joined_as_root[0] = True
+            if launch.mem_bytes:
+                _memory_set_as_root[0] = cg.set_memory_max(cgroup_dir, launch.mem_bytes)
+        except OSError:
+            cgroup_dir = None  # its processes are still found (subreaper)
+    runas.become(launch.uid)
+    return cgroup_dir
+
+
 def _prepare(launch: Launch, cgroup_dir: Path | None) -> Path | None:
     """In the wrapper, before it records itself: the run folder without an earlier attempt's
     records, and the job's cgroup (None if it cannot be made)."""
-    safefs.make_dir(launch.run_dir)  # a link in its place is removed, never written through
+    if not _given_as_root[0]:  # else root made it (runs/ is root's, opened by root alone)
+        safefs.make_dir(launch.run_dir)  # a link in its place is removed, never written through
     safefs.remove_links(launch.run_dir)  # and so are links planted inside it (`log` -> elsewhere)
     for stale in (runner.EXIT_FILE, runner.FAILURE_FILE, CANCEL_FILE, STOP_FILE):
         safefs.unlink(launch.run_dir / stale)
@@ -566,13 +600,13 @@ def _wrapper_main(launch: Launch, cgroup_dir: Path | None) -> int:
     )
     if launch.header:
         log.write(f"[workbench] {launch.header}\n".encode())
-    if cgroup_dir is not None:
+    if cgroup_dir is not None and not _joined_as_root[0]:
         try:  # the wrapper joins first, so the job and everything it starts are inside
             (cgroup_dir / "cgroup.procs").write_text(str(os.getpid()))
         except OSError:
             cgroup_dir = None  # its descendants are still found (subreaper)
-    enforced = False
-    if cgroup_dir is not None and launch.mem_bytes:
+    enforced = _memory_set_as_root[0]
+    if cgroup_dir is not None and launch.mem_bytes and not _joined_as_root[0]:
         enforced = cg.set_memory_max(cgroup_dir, launch.mem_bytes)
     read_fd, write_fd = os.pipe()
     child = _spawn_job(launch, write_fd, log)
