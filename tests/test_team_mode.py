@@ -293,6 +293,8 @@ def test_others_cannot_read_or_act(system: System) -> None:
         time.sleep(0.2)
     assert system.wb(users.carol, "cancel", str(job_id)).returncode == 0
     assert system.wait_ended(job_id)["state"] == "cancelled"
+    # The daemon's cancel file (written by root) was the owner's to read: the why is logged.
+    assert "[workbench] stopping:" in system.wb(users.alice, "logs", str(job_id)).stdout
     audit = system.wb(users.bob, "audit", "--json")
     entries = [e for e in json.loads(audit.stdout) if e["job_id"] == job_id]
     assert [(e["user"], e["action"]) for e in entries] == [

@@ -66,6 +66,7 @@ def write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Create or truncate `path` and write `data` (a link there is refused, not followed)."""
     fd = open_file(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
+        _give_to_folder_owner(fd, path)
         _write_all(fd, data)
     finally:
         os.close(fd)
@@ -85,6 +86,7 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, mode, dir_fd=dir_fd)
         try:
             try:
+                _give_to_folder_owner(fd, path, dir_fd)
                 _write_all(fd, data)
             finally:
                 os.close(fd)
@@ -173,6 +175,17 @@ def remove_tree(path: Path) -> None:
         shutil.rmtree(path)
     except FileNotFoundError:
         pass
+
+
+def _give_to_folder_owner(fd: int, path: Path, dir_fd: int | None = None) -> None:
+    """As root, a file just created in a folder of another user's (a job's run folder in
+    system mode: its cancel and stop files) becomes that user's, so the job's wrapper, which
+    runs as them, can read it. Nothing for any other process."""
+    if os.geteuid() != 0:
+        return
+    folder = os.fstat(dir_fd) if dir_fd is not None else os.stat(path.parent, follow_symlinks=False)
+    if folder.st_uid != 0:
+        os.fchown(fd, folder.st_uid, folder.st_gid)
 
 
 def _write_all(fd: int, data: bytes) -> None:
