@@ -269,6 +269,8 @@ def test_others_cannot_read_or_act(system: System) -> None:
     assert listed.returncode == 0, listed.stderr
     line = next(row for row in listed.stdout.splitlines() if row.split()[:1] == [str(job_id)])
     assert users.alice in line and "OWNER" in listed.stdout
+    # The name made from her command line is hers to read: others see the program's name.
+    assert "alice-secret" not in listed.stdout and line.split()[2] == "sh"
     public = json.loads(system.wb(users.bob, "show", str(job_id), "--json").stdout)
     assert set(public) <= {*PUBLIC_FIELDS, "owner", "events"}
     assert "argv" not in public and "cwd" not in public and "env" not in public
@@ -418,3 +420,24 @@ def test_request_uid_is_the_peers() -> None:
     ):
         with pytest.raises(RequestError, match=field):
             request_from_wire(bad, 1500)
+
+
+def test_root_writes_refuse_a_planted_fifo(tmp_path: Path) -> None:
+    """A FIFO a user planted where the root daemon writes (a job's `cancel` file in its own run
+    folder) is refused at once; it held the daemon's loop forever (found by the attacker's
+    pass). An alarm turns a hang into a failure."""
+    from workbench import safefs
+
+    fifo = tmp_path / "cancel"
+    os.mkfifo(fifo)
+    previous = signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError()))
+    signal.alarm(5)
+    try:
+        with pytest.raises(OSError) as raised:
+            safefs.write_bytes(fifo, b"10\ncancelled")
+        assert not isinstance(raised.value, TimeoutError)
+        safefs.write_atomic(fifo, b"10\ncancelled")  # the cancel file's way: replaced
+        assert fifo.read_bytes() == b"10\ncancelled"
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

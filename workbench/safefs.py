@@ -63,9 +63,16 @@ def read_text(path: Path, errors: str = "strict") -> str:
 
 
 def write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Create or truncate `path` and write `data` (a link there is refused, not followed)."""
-    fd = open_file(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    """Create or truncate `path` and write `data` (a link there is refused, not followed).
+    Anything but a regular file there (a FIFO another user planted in a folder of theirs) is
+    refused with EINVAL, never waited on: it is opened non-blocking (ENXIO for a FIFO without
+    a reader) and checked before anything is written or truncated."""
+    fd = open_file(path, os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK, mode)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
+        os.ftruncate(fd, 0)
         _give_to_folder_owner(fd, path)
         _write_all(fd, data)
     finally:

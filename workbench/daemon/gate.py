@@ -2,13 +2,13 @@
 
 `gate/team.sock` in the system home, mode 0666 (anyone may connect: who they are comes from the
 kernel, SO_PEERCRED, and `workbench.daemon.rights` decides what they may do). The daemon's
-loop accepts; each connection is served by a short-lived thread (one request, a timeout on
-every read, at most MAX_CONNECTIONS at once), so a slow or hostile client never holds the
-scheduling loop. The requests themselves are `workbench.daemon.teamops`."""
+loop accepts; each connection (one request, a timeout on every read) is served by one of a
+few worker threads, so a slow or hostile client never holds the scheduling loop. The requests themselves are `workbench.daemon.teamops`."""
 
 from __future__ import annotations
 
 import os
+import queue
 import socket
 import threading
 from collections.abc import Callable
@@ -33,25 +33,29 @@ from workbench.paths import Home
 from workbench.queue.spec import SpecError
 from workbench.system import gate_socket, is_system_home
 
-MAX_CONNECTIONS = 64  # served at once; more wait in the listen backlog
-READ_TIMEOUT_S = 10.0  # a client that sends nothing for this long is dropped
+WORKERS = 8  # requests served at once
+MAX_WAITING = 512  # accepted connections waiting for a worker; more are closed at once
+READ_TIMEOUT_S = 5.0  # a client that sends nothing for this long is dropped
 
 
 class Gate:
     """Binds `path`, accepts connections (`accept_all`, from the daemon's loop) and answers
-    each request with `ops`. `log` takes one line for daemon.log."""
+    each request with `ops` on one of WORKERS threads (long-lived: each keeps one store
+    connection). `log` takes one line for daemon.log."""
 
     def __init__(self, path: Path, ops: TeamOps, log: Callable[[str], None]):
         self.path = path
         self.ops = ops
         self.log = log
         self.sock: socket.socket | None = None
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._waiting: queue.Queue[socket.socket | None] = queue.Queue(MAX_WAITING)
+        self._workers: list[threading.Thread] = []
         self.served = 0
         self.refused = 0
 
     def bind(self) -> socket.socket:
-        """Create the listening socket (replacing a stale one), mode 0666. Raises OSError."""
+        """Create the listening socket (replacing a stale one), mode 0666, and start the
+        workers. Raises OSError."""
         try:
             self.path.unlink()
         except FileNotFoundError:
@@ -66,10 +70,14 @@ class Gate:
             raise
         sock.setblocking(False)
         self.sock = sock
+        for number in range(WORKERS):
+            worker = threading.Thread(target=self._work, name=f"gate-{number}", daemon=True)
+            worker.start()
+            self._workers.append(worker)
         return sock
 
     def close(self) -> None:
-        """Stop listening and remove the socket."""
+        """Stop listening, remove the socket, let the workers finish."""
         if self.sock is None:
             return
         try:
@@ -78,45 +86,59 @@ class Gate:
             pass
         self.sock.close()
         self.sock = None
+        for _ in self._workers:
+            try:
+                self._waiting.put_nowait(None)
+            except queue.Full:
+                break
 
     def accept_all(self) -> None:
-        """Accept every waiting connection and hand each to a thread of its own (while fewer
-        than MAX_CONNECTIONS are served; the rest wait in the backlog)."""
-        while self.sock is not None and self._slots.acquire(blocking=False):
+        """Accept every waiting connection and queue it for a worker; past MAX_WAITING queued
+        (a flood), a connection is closed at once (its client sees the daemon busy)."""
+        while self.sock is not None:
             try:
                 conn, _ = self.sock.accept()
             except (BlockingIOError, InterruptedError):
-                self._slots.release()
                 return
             except OSError as error:
-                self._slots.release()
                 self.log(f"team socket: accept failed ({error})")
                 return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+            try:
+                self._waiting.put_nowait(conn)
+            except queue.Full:
+                self.refused += 1
+                conn.close()
+
+    def _work(self) -> None:
+        while True:
+            conn = self._waiting.get()
+            if conn is None:
+                return
+            try:
+                self._serve(conn)
+            except Exception as error:  # never lose a worker
+                self.log(f"team socket: {type(error).__name__}: {error}")
 
     def _serve(self, conn: socket.socket) -> None:
-        try:
-            with conn:
-                conn.settimeout(READ_TIMEOUT_S)
+        with conn:
+            conn.settimeout(READ_TIMEOUT_S)
+            try:
+                peer = peer_of(conn)
+                request = read_frame(conn, MAX_REQUEST_BYTES)
+            except (WireError, OSError) as error:
+                self.refused += 1
+                if self.refused <= 10 or self.refused % 1000 == 0:
+                    self.log(f"team socket: request refused ({error})")
                 try:
-                    peer = peer_of(conn)
-                    request = read_frame(conn, MAX_REQUEST_BYTES)
-                except (WireError, OSError) as error:
-                    self.refused += 1
-                    if self.refused <= 10 or self.refused % 1000 == 0:
-                        self.log(f"team socket: request refused ({error})")
-                    try:
-                        send_frame(conn, _failure(f"malformed request ({error})", 2))
-                    except OSError:
-                        pass
-                    return
-                reply = self.answer(peer, request)
-                try:
-                    send_frame(conn, reply)
+                    send_frame(conn, _failure(f"malformed request ({error})", 2))
                 except OSError:
-                    pass  # the client left
-        finally:
-            self._slots.release()
+                    pass
+                return
+            reply = self.answer(peer, request)
+            try:
+                send_frame(conn, reply)
+            except OSError:
+                pass  # the client left
 
     def answer(self, peer: object, request: dict[str, object]) -> dict[str, object]:
         """The reply to one request: `{"ok": True, ...}` or a failure with its exit code

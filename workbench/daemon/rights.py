@@ -10,6 +10,7 @@ consults for every request, instead of checks spread through its handlers.
 from __future__ import annotations
 
 import grp
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,13 +81,23 @@ class Rights:
     def view(self, peer: Peer, job: Job, full: dict[str, Any]) -> dict[str, Any]:
         """`full` (the job as `Job.to_json` gives it) as `peer` may see it: whole for its owner
         and admins, else only `PUBLIC_FIELDS`; with `owner` (a name) always."""
-        shown = (
-            dict(full)
-            if self.sees_details(peer, job)
-            else {key: full[key] for key in PUBLIC_FIELDS if key in full}
-        )
+        if self.sees_details(peer, job):
+            shown = dict(full)
+        else:
+            shown = {key: full[key] for key in PUBLIC_FIELDS if key in full}
+            shown["name"] = public_name(job)
         shown["owner"] = owner_name(job)
         return shown
+
+
+def public_name(job: Job) -> str:
+    """A job's name as others see it: the name its owner gave, but for a name made from the
+    command line (a command job's default, `queue.requests`), only the program's own name: the
+    command and its arguments are the owner's to read."""
+    argv = job.argv or job.spec.get("argv") or []
+    if job.kind == "command" and argv and job.name == " ".join(str(a) for a in argv)[:60]:
+        return os.path.basename(str(argv[0])) or "command"
+    return job.name
 
 
 def owner_name(job: Job) -> str:

@@ -215,12 +215,12 @@ class TeamOps:
             states = [JobState(s) for s in _strings(states, "states") if s in set(JobState)]
         recent = _field(request, "recent", int, 10)
         if request.get("all") or states:
-            jobs = self.store.list_jobs(states=states, limit=MAX_LISTED, light=True)
+            jobs = self.store.list_jobs(states=states, limit=MAX_LISTED, light="no-env")
         else:
             active = [s for s in JobState if s not in ENDED]
             jobs = [
-                *self.store.list_jobs(states=ENDED, limit=max(0, recent), light=True),
-                *self.store.list_jobs(states=active, limit=MAX_LISTED, light=True),
+                *self.store.list_jobs(states=ENDED, limit=max(0, recent), light="no-env"),
+                *self.store.list_jobs(states=active, limit=MAX_LISTED, light="no-env"),
             ]
             jobs.sort(key=lambda j: j.id)
         return {"jobs": [self._view(peer, job) for job in jobs]}

@@ -41,8 +41,8 @@ def read_frame(sock: socket.socket, limit: int) -> dict[str, Any]:
     body = _read_exactly(sock, size)
     try:
         value = json.loads(body.decode("utf-8", "surrogatepass"))
-    except (ValueError, UnicodeDecodeError) as error:
-        raise WireError(f"not JSON ({error})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:  # nesting too deep
+        raise WireError(f"not JSON ({type(error).__name__})") from None
     if not isinstance(value, dict):
         raise WireError("not a JSON object")
     return value

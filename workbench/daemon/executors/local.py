@@ -279,7 +279,8 @@ class LocalExecutor:
         assert handle.pid is not None
         reason = " ".join((why or "").split())  # one line
         try:
-            safefs.write_bytes(handle.run_dir / CANCEL_FILE, f"{grace_s}\n{reason}".encode())
+            # Renamed into place: whatever the job left at that name (a FIFO) is replaced.
+            safefs.write_atomic(handle.run_dir / CANCEL_FILE, f"{grace_s}\n{reason}".encode())
         except OSError:
             pass  # the wrapper then uses the grace it was started with
         try:
