@@ -441,3 +441,24 @@ def test_root_writes_refuse_a_planted_fifo(tmp_path: Path) -> None:
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_system_status_and_install_rights(system: System) -> None:
+    """`system status --json` names the home and the daemon's pid; a user who is not root is
+    refused `system install` and `uninstall` (exit 4, saying root does it)."""
+    env = {k: v for k, v in os.environ.items() if k != "WORKBENCH_HOME"}
+    env["WORKBENCH_SYSTEM_HOME"] = str(system.root)
+    done = subprocess.run(
+        [sys.executable, "-m", "workbench", "system", "status", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    state = json.loads(done.stdout)
+    assert state["installed"] and state["pid"] == system.pid and state["home"] == str(system.root)
+    for action in ("install", "uninstall"):
+        refused = system.wb(system.users.bob, "system", action)
+        assert refused.returncode == NOT_PERMITTED, refused.stderr
+        assert "by root" in refused.stderr
+    assert system.wb(system.users.bob, "ls").returncode == 0  # still installed and serving
