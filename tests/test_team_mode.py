@@ -462,3 +462,23 @@ def test_system_status_and_install_rights(system: System) -> None:
         assert refused.returncode == NOT_PERMITTED, refused.stderr
         assert "by root" in refused.stderr
     assert system.wb(system.users.bob, "ls").returncode == 0  # still installed and serving
+
+
+def test_a_request_nested_too_deep_is_malformed() -> None:
+    """JSON nested 200,000 deep raised RecursionError past the handler (its thread died
+    without an answer); it is a malformed frame (WireError), as a non-JSON one is."""
+    import socket
+    import struct
+
+    from workbench.daemon.wire import WireError, read_frame
+
+    body = b"[" * 200_000 + b"]" * 200_000
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        sender = __import__("threading").Thread(
+            target=theirs.sendall, args=(struct.pack(">I", len(body)) + body,)
+        )
+        sender.start()
+        with pytest.raises(WireError, match="not JSON"):
+            read_frame(ours, 1 << 20)
+        sender.join()
