@@ -482,3 +482,22 @@ def test_a_request_nested_too_deep_is_malformed() -> None:
         with pytest.raises(WireError, match="not JSON"):
             read_frame(ours, 1 << 20)
         sender.join()
+
+
+def test_a_forged_wrapper_record_is_not_adopted(tmp_path: Path) -> None:
+    """A job's owner writes its run folder, and the job knows its launch token: a wrapper
+    record naming a process of someone else's (here root's: this test) is not taken as the
+    attempt, which the daemon would then signal. Needs root (the folder is given to
+    nobody)."""
+    from workbench.daemon import runner
+    from workbench.daemon.executors.local import LocalExecutor
+
+    _need_root()
+    run_dir = tmp_path / "7"
+    run_dir.mkdir()
+    record = runner.WrapperRecord("token-7", os.getpid(), runner.process_start_time(os.getpid()))
+    runner.write_wrapper(run_dir, record)
+    executor = LocalExecutor("subreaper")
+    assert executor.find("token-7", run_dir) is not None  # its own folder: adopted
+    os.chown(run_dir, 65534, 65534)
+    assert executor.find("token-7", run_dir) is None

@@ -175,6 +175,10 @@ class LocalExecutor:
         record = runner.read_wrapper(run_dir)
         if record is None or record.token != token:
             return None
+        if not _runs_as_folder_owner(record.pid, run_dir):
+            # System mode: the record is the job owner's file, and the job knows its token. A
+            # pid of another user's (a forged record) is not adopted: the daemon would signal it.
+            return None
         return Handle(token, run_dir, record.pid, record.start_time)
 
     def adopt(self, handle: Handle) -> bool:
@@ -313,6 +317,18 @@ class LocalExecutor:
     def log_path(self, handle: Handle) -> Path:
         """`runs/<id>/log` (rotated to `log.1`)."""
         return handle.run_dir / runner.LOG_FILE
+
+
+def _runs_as_folder_owner(pid: int, run_dir: Path) -> bool:
+    """Whether process `pid` runs as the owner of `run_dir` (a wrapper runs as its job's
+    owner once it switched; in a per-user home both are the daemon's user). A process that is
+    gone passes: `adopt` then finds it over."""
+    try:
+        folder = os.stat(run_dir, follow_symlinks=False).st_uid
+        process = os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return True
+    return folder == process
 
 
 # ---- the wrapper (runs in the forked child) ------------------------------------------------
