@@ -753,7 +753,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Job states: queued, starting, running, paused, blocked, succeeded, failed, cancelled."
             " Environment variables whose names contain TOKEN, KEY, SECRET, PASSWORD or CREDENTIAL"
             " (and [security] secret_names in config.toml) are shown as ***. Exit codes:"
-            " 0 success, 1 a job or stage failed, 2 bad usage or spec, 3 daemon unavailable."
+            " 0 success, 1 a job or stage failed, 2 bad usage or spec, 3 daemon unavailable,"
+            " 4 not permitted (team mode: another user's job)."
             " State lives in $WORKBENCH_HOME (default $XDG_DATA_HOME/workbench or"
             " ~/.local/share/workbench)."
         ),
