@@ -305,6 +305,23 @@ def test_others_cannot_read_or_act(system: System) -> None:
     ]
 
 
+def test_job_gets_its_owners_umask(system: System) -> None:
+    """A user whose umask is 027 gets a job running with 027 (not the daemon's 077)."""
+    users = system.users
+    done = subprocess.run(
+        ["runuser", "-u", users.bob, "--", "sh", "-c", 'umask 027; exec "$@"', "sh",
+         *users.wb, "submit", "--wait", "--", "sh", "-c", "umask"],
+        capture_output=True,
+        text=True,
+        env={**system.env(), "HOME": os.path.expanduser(f"~{users.bob}")},
+        cwd="/tmp",
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    log = system.wb(users.bob, "logs", done.stdout.split()[0])
+    assert log.stdout.strip() == "0027"
+
+
 def test_owner_acts_on_own_job(system: System) -> None:
     """alice pauses, resumes, re-prioritises and cancels her own job."""
     users = system.users

@@ -927,6 +927,19 @@ def _in_team_mode(args: argparse.Namespace) -> int | None:
     return team.run(args, path)
 
 
+def _say_per_user(what: str) -> None:
+    """Tell the user, on stderr, that `what` runs on their own per-user daemon though a system
+    daemon is installed (team mode takes the queue commands, not yet pipelines or the TUI)."""
+    from workbench.system import system_socket
+
+    if system_socket() is not None:
+        print(
+            f"workbench: note: {what} runs on your own per-user daemon; the system daemon"
+            " (team mode) takes submit, ls, show, logs, wait and job control",
+            file=sys.stderr,
+        )
+
+
 def cmd_system(args: argparse.Namespace) -> int:
     """`workbench system install | uninstall | status` (README: Team mode)."""
     from workbench import system
@@ -985,6 +998,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.batch:
             if args.command_name:
                 raise UsageError("--batch runs a pipeline; give no other command")
+            _say_per_user("--batch")
             return run_batch(args.batch, args.json, args.executor)
         if not args.command_name:
             return open_tui()
