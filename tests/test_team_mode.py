@@ -332,6 +332,30 @@ def test_owner_acts_on_own_job(system: System) -> None:
     assert system.wait_ended(job_id)["state"] == "cancelled"
 
 
+def test_a_restarted_daemon_adopts_users_jobs(system: System) -> None:
+    """alice's running job outlives a restart of the system daemon (stopped by pid, started
+    again by `system install`), and she cancels it through the new one."""
+    users = system.users
+    job_id = system.submit(users.alice, "sleep", "60")
+    deadline = time.monotonic() + 30
+    while json.loads(system.wb(users.alice, "show", str(job_id), "--json").stdout)["state"] != (
+        "running"
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    os.kill(system.pid, signal.SIGTERM)
+    while True:
+        try:
+            os.kill(system.pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline + 30
+        time.sleep(0.05)
+    system.pid = install_system(system.root, users).pid
+    assert system.wb(users.alice, "cancel", str(job_id)).returncode == 0
+    assert system.wait_ended(job_id)["state"] == "cancelled"
+
+
 CLAIM = """
 import json, sys
 from workbench.daemon.wire import ask
