@@ -16,11 +16,13 @@ from collections.abc import Callable
 from typing import Any
 
 from workbench.daemon.wire import ask
+from workbench.jobmodel.states import SETTLED, JobState
 from workbench.jsonout import dumps
 from workbench.safetext import display_text
 
 EXIT_OK, EXIT_FAILED, EXIT_DAEMON = 0, 1, 3
-_ENDED = ("succeeded", "failed", "cancelled")
+_ENDED = frozenset(state.value for state in SETTLED)  # what `wait` waits for, as per user
+_SUCCEEDED = JobState.SUCCEEDED.value
 
 
 class Refused(Exception):
@@ -72,7 +74,7 @@ class TeamClient:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             states = {int(k): v for k, v in self.ask("states", ids=ids)["states"].items()}
-            if all(states.get(i, "succeeded") in _ENDED for i in ids):
+            if all(states.get(i, _SUCCEEDED) in _ENDED for i in ids):
                 return states
             if deadline is not None and time.monotonic() >= deadline:
                 return states
@@ -131,11 +133,11 @@ def _submit(client: TeamClient, args: argparse.Namespace) -> int:
 
 def _wait_exit(client: TeamClient, ids: list[int], timeout: float | None, quiet: bool) -> int:
     states = client.wait(ids, timeout)
-    unfinished = [i for i in ids if states.get(i) not in (*_ENDED, None)]
+    unfinished = [i for i in ids if i in states and states[i] not in _ENDED]
     if unfinished:
         print("timed out waiting for " + ", ".join(f"job {i}" for i in unfinished), file=sys.stderr)
         return EXIT_FAILED
-    bad = [i for i in ids if states.get(i) != "succeeded"]
+    bad = [i for i in ids if states.get(i) != _SUCCEEDED]
     if not quiet:
         for i in bad:
             print(f"job {i} {states.get(i, 'removed')}", file=sys.stderr)
