@@ -542,3 +542,32 @@ def test_a_forged_wrapper_record_is_not_adopted(tmp_path: Path) -> None:
     assert executor.find("token-7", run_dir) is not None  # its own folder: adopted
     os.chown(run_dir, 65534, 65534)
     assert executor.find("token-7", run_dir) is None
+
+
+def test_runas_helper_switches_and_execs(users: Users) -> None:
+    """`python -m workbench.daemon.runas UID -- CMD` runs CMD as UID with that user's groups
+    (and cannot get root back); a UID that names no user is refused (126)."""
+    uid = subprocess.run(["id", "-u", users.alice], capture_output=True, text=True).stdout.strip()
+    done = subprocess.run(
+        [sys.executable, "-m", "workbench.daemon.runas", uid, "--", "id", "-u"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    wanted = subprocess.run(["id", "-G", users.alice], capture_output=True, text=True).stdout
+    assert done.stdout.split()[0] == uid
+    done = subprocess.run(
+        [sys.executable, "-m", "workbench.daemon.runas", uid, "--", "id", "-G"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert sorted(done.stdout.split()) == sorted(wanted.split())
+    missing = subprocess.run(
+        [sys.executable, "-m", "workbench.daemon.runas", "4000000000", "--", "true"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert missing.returncode == 126 and "names no user" in missing.stderr
