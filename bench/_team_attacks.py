@@ -43,6 +43,7 @@ class Team:
         self.root = self.folder / "home"
         self.users: list[str] = []
         self.outputs: list[str] = []  # everything mallory saw
+        self.stalled = 0  # attempts during which the victim was not served in time
         self.pid = 0
         try:
             self._start()
@@ -526,7 +527,47 @@ def direct_reads(t: Team) -> int:
     return 0
 
 
+FLOOD = """
+import socket, sys, time
+held = []
+for _ in range(200):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(sys.argv[1])
+    held.append(s)
+print("OPEN", flush=True)
+time.sleep(12)
+"""
+
+
+def idle_flood(t: Team) -> int:
+    """Mallory holds 200 connections open and sends nothing; meanwhile the victim's `ls`
+    must be answered within 5 s (her connections wait behind her own; the workers serve the
+    others). A slow answer counts against "daemon serving after"."""
+    script = t.folder / f"flood-{uuid.uuid4().hex[:6]}.py"
+    script.write_text(FLOOD)
+    script.chmod(0o644)
+    flood = subprocess.Popen(
+        ["runuser", "-u", t.mallory, "--", *t.py_cmd, str(script), str(t.socket)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=t.env(t.mallory),
+        cwd="/tmp",
+    )
+    try:
+        assert flood.stdout is not None
+        flood.stdout.readline()
+        started = time.monotonic()
+        done = t.wb(t.victim, "ls")
+        if done.returncode != 0 or time.monotonic() - started > 5.0:
+            t.stalled += 1
+    finally:
+        flood.kill()
+        flood.wait()
+    return 0
+
+
 ATTACKS: list[tuple[str, Callable[[Team], int]]] = [
+    ("200 idle connections held open (others served meanwhile?)", idle_flood),
     ("malformed requests on the socket (18 kinds)", malformed_requests),
     ("another identity claimed in the request", claimed_identity),
     ("links planted in own run folder (shadow, victim's log)", planted_links),
@@ -550,13 +591,14 @@ def run(repeat: int) -> tuple[list[list[str]], int]:
             before = team.tracebacks()
             for _ in range(repeat):
                 seen = len(team.outputs)
+                team.stalled = 0
                 try:
                     gained += attack(team)
                 except Exception as error:  # a broken harness counts against the attack's row
                     team.outputs.append(f"{type(error).__name__}: {error}")
                     gained += 1
                 read += sum(any(s in text for s in SECRETS) for text in team.outputs[seen:])
-                down += int(not team.serving())
+                down += int(not team.serving() or team.stalled > 0)
             tracebacks = team.tracebacks() - before
             bad += gained + read + down + tracebacks
             rows.append(

@@ -7,6 +7,7 @@ few worker threads, so a slow or hostile client never holds the scheduling loop.
 
 from __future__ import annotations
 
+import collections
 import os
 import queue
 import socket
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from workbench import safefs
 from workbench.config import Config
-from workbench.daemon.identity import peer_of
+from workbench.daemon.identity import peer_of, peer_uid
 from workbench.daemon.link import wake
 from workbench.daemon.rights import NotPermitted, Rights
 from workbench.daemon.runas import scrub_own_environment
@@ -34,6 +35,7 @@ from workbench.queue.spec import SpecError
 from workbench.system import gate_socket, is_system_home
 
 WORKERS = 8  # requests served at once
+PER_USER = 3  # connections of one user queued for or held by workers; the rest wait their turn
 MAX_WAITING = 512  # accepted connections waiting for a worker; more are closed at once
 READ_TIMEOUT_S = 5.0  # a client that sends nothing for this long is dropped
 
@@ -48,7 +50,11 @@ class Gate:
         self.ops = ops
         self.log = log
         self.sock: socket.socket | None = None
-        self._waiting: queue.Queue[socket.socket | None] = queue.Queue(MAX_WAITING)
+        self._waiting: queue.Queue[tuple[socket.socket, int] | None] = queue.Queue(MAX_WAITING)
+        self._per_uid: dict[int, int] = {}  # connections waiting or served, per user
+        self._deferred: dict[int, collections.deque[socket.socket]] = {}  # past PER_USER
+        self._deferred_count = 0
+        self._lock = threading.Lock()
         self._workers: list[threading.Thread] = []
         self.served = 0
         self.refused = 0
@@ -93,8 +99,10 @@ class Gate:
                 break
 
     def accept_all(self) -> None:
-        """Accept every waiting connection and queue it for a worker; past MAX_WAITING queued
-        (a flood), a connection is closed at once (its client sees the daemon busy)."""
+        """Accept every waiting connection and queue it for a worker. A user's connections past
+        PER_USER of theirs queued or served wait their turn behind that user's own (closed past
+        MAX_WAITING of them): one user's flood of idle connections never holds every worker
+        from the others."""
         while self.sock is not None:
             try:
                 conn, _ = self.sock.accept()
@@ -104,20 +112,62 @@ class Gate:
                 self.log(f"team socket: accept failed ({error})")
                 return
             try:
-                self._waiting.put_nowait(conn)
-            except queue.Full:
-                self.refused += 1
+                uid = peer_uid(conn)
+            except OSError:
                 conn.close()
+                continue
+            with self._lock:
+                held = self._per_uid.get(uid, 0)
+                if held >= PER_USER:  # this user's next, once one of theirs is done
+                    if self._deferred_count >= MAX_WAITING:
+                        self.refused += 1
+                        conn.close()
+                    else:
+                        self._deferred.setdefault(uid, collections.deque()).append(conn)
+                        self._deferred_count += 1
+                    continue
+                self._per_uid[uid] = held + 1
+            self._hand_over(conn, uid)
+
+    def _hand_over(self, conn: socket.socket, uid: int) -> None:
+        try:
+            self._waiting.put_nowait((conn, uid))
+        except queue.Full:
+            self.refused += 1
+            conn.close()
+            self._release(uid)
+
+    def _release(self, uid: int) -> None:
+        """One of `uid`'s connections is done: their next deferred one goes to the workers."""
+        with self._lock:
+            deferred = self._deferred.get(uid)
+            if deferred:
+                following = deferred.popleft()
+                self._deferred_count -= 1
+                if not deferred:
+                    del self._deferred[uid]
+            else:
+                following = None
+                left = self._per_uid.get(uid, 1) - 1
+                if left > 0:
+                    self._per_uid[uid] = left
+                else:
+                    self._per_uid.pop(uid, None)
+        if following is not None:
+            self._hand_over(following, uid)
 
     def _work(self) -> None:
         while True:
-            conn = self._waiting.get()
-            if conn is None:
+            item = self._waiting.get()
+            if item is None:
                 return
+            conn, uid = item
             try:
                 self._serve(conn)
             except Exception as error:  # never lose a worker
                 self.log(f"team socket: {type(error).__name__}: {error}")
+            finally:
+                self._release(uid)
 
     def _serve(self, conn: socket.socket) -> None:
         with conn:

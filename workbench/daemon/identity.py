@@ -48,6 +48,13 @@ def peer_of(conn: socket.socket) -> Peer:
     return peer_for(uid, gid, pid)
 
 
+def peer_uid(conn: socket.socket) -> int:
+    """Only the uid of the process connected on `conn` (no user database lookup: the daemon's
+    loop calls it for every connection). Raises OSError."""
+    raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    return int(_UCRED.unpack(raw)[1])
+
+
 def peer_for(uid: int, gid: int, pid: int = 0) -> Peer:
     """A Peer for the kernel-given `uid` and `gid`, its groups looked up by name."""
     groups = {gid}
