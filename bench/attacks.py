@@ -417,8 +417,15 @@ def main() -> int:
         metavar="DIR",
         help="also run each attack once with PYTHONPATH=DIR (a checkout of the code before)",
     )
+    parser.add_argument(
+        "--team",
+        action="store_true",
+        help="the attacker's pass on team mode instead (a second user against a system daemon)",
+    )
     args = parser.parse_args()
     repeat = 1 if args.tiny else args.repeat
+    if args.team:
+        return team_pass(repeat, args.tiny)
     rows = []
     bad_total = 0
     for name, attack, needs_root in ATTACKS:
@@ -462,6 +469,32 @@ def main() -> int:
             command += " --before CHECKOUT"
         write_section("attacks on a home", command, body)
     return 1 if bad_total else 0
+
+
+def team_pass(repeat: int, tiny: bool) -> int:
+    """`--team`: the attacks of `_team_attacks` as a second, unprivileged user; its table in
+    bench/RESULTS.md (section "attacks in team mode") unless tiny."""
+    import _team_attacks
+
+    rows, bad = _team_attacks.run(repeat)
+    body = table(_team_attacks.HEADERS, rows)
+    gained = sum(int(r[2]) for r in rows if r[2].isdigit())
+    read = sum(int(r[3]) for r in rows if r[3].isdigit())
+    body += (
+        f"\n\nPrivilege gained {gained}, other users' data read {read}. One system daemon"
+        " (root) installed in a folder under /tmp; the victim's job runs throughout with secrets"
+        " in its environment, log and working directory; the attacker is a second unprivileged"
+        ' user (runuser). "privilege gained" counts anything of the attacker\'s choosing done as'
+        ' root or as the victim; "data read" counts outputs the attacker saw holding a secret.'
+        " The machine was shared with other developers and loaded (load average"
+        f" {os.getloadavg()[0]:.1f} at the end)."
+    )
+    print(body)
+    if not tiny:
+        write_section(
+            "attacks in team mode", f"python bench/attacks.py --team --repeat {repeat}", body
+        )
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

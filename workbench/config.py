@@ -93,6 +93,14 @@ class SchedulerTable:
 
 
 @dataclass(frozen=True)
+class TeamTable:
+    """`[team]` in config.toml of a system home (team mode): the Unix group whose members see
+    and act on every user's jobs (`workbench.daemon.rights`); none: nobody but root."""
+
+    admin_group: str | None = None
+
+
+@dataclass(frozen=True)
 class GroupTable:
     """`[groups.NAME]` in config.toml: a group's guaranteed GPUs and its cap on running jobs."""
 
@@ -172,6 +180,7 @@ class Config:
     snapshot: bool = False  # [submit] snapshot: every command job runs a frozen copy
     snapshot_cap_bytes: int = 100 * 1024**2  # [submit] snapshot_cap
     shares: ShareConfig = field(default_factory=ShareConfig)  # [shares], [users.*]
+    admin_group: str | None = None  # [team] admin_group (system mode)
 
 
 def load_config(path: Path) -> Config:
@@ -184,7 +193,7 @@ def load_config(path: Path) -> Config:
         raise SpecError(str(error)) from None
     known = {
         "daemon", "retention", "security", "sql", "lake", "executor", "scheduler", "groups",
-        "submit", "shares", "users",
+        "submit", "shares", "users", "team",
     }  # fmt: skip
     for key in data:
         if key not in known:
@@ -213,6 +222,7 @@ def load_config(path: Path) -> Config:
     sched = from_table(SchedulerTable, data.get("scheduler", {}), f"{path} [scheduler]")
     quotas, parallel, keep = _groups(path, data.get("groups", {}))
     submit = from_table(SubmitTable, data.get("submit", {}), f"{path} [submit]")
+    team = from_table(TeamTable, data.get("team", {}), f"{path} [team]")
     try:
         snapshot_cap = parse_size(submit.snapshot_cap)
     except ValueError as error:
@@ -263,6 +273,7 @@ def load_config(path: Path) -> Config:
         snapshot=submit.snapshot,
         snapshot_cap_bytes=snapshot_cap,
         shares=_shares(path, data),
+        admin_group=team.admin_group,
     )
 
 

@@ -198,6 +198,8 @@ _warned: set[Path] = set()
 
 def _warn_if_readable(root: Path) -> None:
     mode = root.stat().st_mode
+    if os.path.lexists(root / "system"):
+        return  # a system home (team mode) is traversable on purpose; its files are private
     if mode & (stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH) and root not in _warned:
         _warned.add(root)
         print(

@@ -63,9 +63,17 @@ def read_text(path: Path, errors: str = "strict") -> str:
 
 
 def write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Create or truncate `path` and write `data` (a link there is refused, not followed)."""
-    fd = open_file(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    """Create or truncate `path` and write `data` (a link there is refused, not followed).
+    Anything but a regular file there (a FIFO another user planted in a folder of theirs) is
+    refused with EINVAL, never waited on: it is opened non-blocking (ENXIO for a FIFO without
+    a reader) and checked before anything is written or truncated."""
+    fd = open_file(path, os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK, mode)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
+        os.ftruncate(fd, 0)
+        _give_to_folder_owner(fd, path)
         _write_all(fd, data)
     finally:
         os.close(fd)
@@ -85,6 +93,7 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, mode, dir_fd=dir_fd)
         try:
             try:
+                _give_to_folder_owner(fd, path, dir_fd)
                 _write_all(fd, data)
             finally:
                 os.close(fd)
@@ -173,6 +182,17 @@ def remove_tree(path: Path) -> None:
         shutil.rmtree(path)
     except FileNotFoundError:
         pass
+
+
+def _give_to_folder_owner(fd: int, path: Path, dir_fd: int | None = None) -> None:
+    """As root, a file just created in a folder of another user's (a job's run folder in
+    system mode: its cancel and stop files) becomes that user's, so the job's wrapper, which
+    runs as them, can read it. Nothing for any other process."""
+    if os.geteuid() != 0:
+        return
+    folder = os.fstat(dir_fd) if dir_fd is not None else os.stat(path.parent, follow_symlinks=False)
+    if folder.st_uid != 0:
+        os.fchown(fd, folder.st_uid, folder.st_gid)
 
 
 def _write_all(fd: int, data: bytes) -> None:

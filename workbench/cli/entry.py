@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     standard_streams()
     if not words and sys.stdin.isatty() and sys.stdout.isatty():
         return open_tui_fast()
-    if words[:1] == ["submit"]:
+    if words[:1] == ["submit"] and not _system_mode():
         try:
             code = quick_submit(words[1:])
         except KeyboardInterrupt:
@@ -44,6 +44,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from workbench.cli.main import main as full_main
 
     return full_main(words)
+
+
+def _system_mode() -> bool:
+    """Whether a system daemon takes this user's submissions (team mode: the full CLI sends
+    them to it, `workbench.cli.team`), so the per-user quick path is not taken."""
+    from workbench.system import system_socket
+
+    return system_socket() is not None
 
 
 def standard_streams() -> None:

@@ -64,6 +64,11 @@ from workbench.trust import UntrustedHome, check_home
 from workbench.units import format_duration
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DAEMON = 0, 1, 2, 3
+EXIT_NOT_PERMITTED = 4  # team mode: the rights refuse it (README: Team mode)
+TEAM_COMMANDS = frozenset(
+    {"submit", "ls", "show", "logs", "cancel", "pause", "resume", "retry", "rm", "priority",
+     "wait", "audit"}
+)  # fmt: skip
 DEFAULT_PRUNE_AGE_S = 30 * 86400.0
 
 # Modules that add subcommands: each has `register(subparsers)`; handlers import what they need.
@@ -805,7 +810,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Job states: queued, starting, running, paused, blocked, succeeded, failed, cancelled."
             " Environment variables whose names contain TOKEN, KEY, SECRET, PASSWORD or CREDENTIAL"
             " (and [security] secret_names in config.toml) are shown as ***. Exit codes:"
-            " 0 success, 1 a job or stage failed, 2 bad usage or spec, 3 daemon unavailable."
+            " 0 success, 1 a job or stage failed, 2 bad usage or spec, 3 daemon unavailable,"
+            " 4 not permitted (team mode: another user's job)."
             " State lives in $WORKBENCH_HOME (default $XDG_DATA_HOME/workbench or"
             " ~/.local/share/workbench)."
         ),
@@ -894,6 +900,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("ids", type=checked.job_id, nargs="+", metavar="ID")
         p.set_defaults(handler=_control(action))
 
+    p = sub.add_parser("system", help="team mode: one daemon for every user of this machine")
+    p.add_argument("action", choices=["install", "uninstall", "status"])
+    p.add_argument("--admin-group", help="install: members see and act on all jobs")
+    p.add_argument("--no-start", action="store_true", help="install: do not start the daemon")
+    p.add_argument("--purge", action="store_true", help="uninstall: remove its jobs and logs too")
+    p.add_argument("--json", action="store_true", help="status as JSON")
+    p.set_defaults(handler=cmd_system)
+
     p = sub.add_parser("priority", help="set a job's priority (higher starts first)")
     p.add_argument("id", type=checked.job_id)
     p.add_argument("priority", type=checked.signed)
@@ -963,6 +977,62 @@ def unknown_command(parser: argparse.ArgumentParser, words: list[str]) -> str | 
     return f"no command {words[0]!r}; the commands: {', '.join(names)} (workbench --help)"
 
 
+def _in_team_mode(args: argparse.Namespace) -> int | None:
+    """A queue command's exit code when a system daemon is installed (and WORKBENCH_HOME not
+    set): it goes to that daemon (`workbench.cli.team`). None: run it here, per user."""
+    from workbench.system import system_socket
+
+    if args.command_name not in TEAM_COMMANDS:
+        return None
+    path = system_socket()
+    if path is None:
+        return None
+    from workbench.cli import team
+
+    return team.run(args, path)
+
+
+def _say_per_user(what: str) -> None:
+    """Tell the user, on stderr, that `what` runs on their own per-user daemon though a system
+    daemon is installed (team mode takes the queue commands, not yet pipelines or the TUI)."""
+    from workbench.system import system_socket
+
+    if system_socket() is not None:
+        print(
+            f"workbench: note: {what} runs on your own per-user daemon; the system daemon"
+            " (team mode) takes submit, ls, show, logs, wait and job control",
+            file=sys.stderr,
+        )
+
+
+def cmd_system(args: argparse.Namespace) -> int:
+    """`workbench system install | uninstall | status` (README: Team mode)."""
+    from workbench import system
+
+    if args.action == "status":
+        state = system.status()
+        if args.json:
+            _print_json(state)
+        else:
+            running = f"running (pid {state['pid']})" if state["pid"] else "not running"
+            installed = "installed" if state["installed"] else "not installed"
+            print(f"system home {state['home']}: {installed}; daemon {running}")
+            if state["unit"]:
+                print(f"systemd unit: {state['unit']}")
+        return EXIT_OK
+    try:
+        if args.action == "install":
+            lines = system.install(args.admin_group, start=not args.no_start)
+        else:
+            lines = system.uninstall(purge=args.purge)
+    except (system.SystemError_, OSError) as error:
+        print(f"workbench: {display_text(str(error))}", file=sys.stderr)
+        return EXIT_NOT_PERMITTED if os.geteuid() != 0 else EXIT_DAEMON
+    for line in lines:
+        print(line)
+    return EXIT_OK
+
+
 def _home_fault(error: BaseException) -> str | None:
     """A message for an OSError about WORKBENCH_HOME (a file, a folder that cannot be made or
     written), naming the path; None for any other error (which must not be hidden)."""
@@ -993,12 +1063,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.batch:
             if args.command_name:
                 raise UsageError("--batch runs a pipeline; give no other command")
+            _say_per_user("--batch")
             return run_batch(args.batch, args.json, args.executor)
         if not args.command_name:
             return open_tui()
         handler: Handler = args.handler
         if getattr(args, "command", None) and args.command[:1] == ["--"]:
             args.command = args.command[1:]
+        team_code = _in_team_mode(args)
+        if team_code is not None:
+            return team_code
         return handler(args)
     except (SpecError, UsageError) as error:
         print(f"workbench: {display_text(str(error))}", file=sys.stderr)

@@ -26,6 +26,7 @@ from workbench.daemon.executors import Ended, Executor, Handle, Launch, LaunchEr
 from workbench.daemon.executors.containment import home_scope, remove_empty_cgroups
 from workbench.daemon.executors.local import LocalExecutor
 from workbench.daemon.executors.slurm import SlurmExecutor
+from workbench.daemon.gate import Gate, open_gate
 from workbench.daemon.homewatch import HomeGone, HomeWatch
 from workbench.daemon.idle import IdleWatch
 from workbench.daemon.intake import CREDENTIALS, Intake, peer_credentials
@@ -104,6 +105,7 @@ class Daemon:
         self._lock_fd = -1
         self._sock: socket.socket | None = None
         self.intake: Intake | None = None
+        self.gate: Gate | None = None  # system mode: every user's requests
         self.records: RecordFollower | None = None
         self._last_version = -1
         self._last_stamp: tuple[int, int] = (-1, -1)
@@ -223,6 +225,9 @@ class Daemon:
         intake_sock = self.intake.bind()
         if intake_sock is not None:
             self.selector.register(intake_sock, selectors.EVENT_READ, ("intake", None))
+        self.gate = open_gate(self.home, self.store, lambda: self.config, self.log)
+        if self.gate is not None and self.gate.sock is not None:
+            self.selector.register(self.gate.sock, selectors.EVENT_READ, ("gate", None))
         took = time.monotonic() - begun
         self.log(f"started (pid {os.getpid()}, in {took:.2f}s); {self.executor.describe()}")
         self._announce_ready()
@@ -893,6 +898,7 @@ class Daemon:
             keep_leftovers=self._keeps_leftovers(job),
             mem_bytes=queued.mem,
             stop_signal=policy.signal,
+            uid=job.uid,
         )
 
     @staticmethod
@@ -1004,6 +1010,8 @@ class Daemon:
             elif what == "intake":
                 if self.intake is not None and self.intake.take_all():
                     self._dirty = True
+            elif what == "gate" and self.gate is not None:
+                self.gate.accept_all()
             elif what == "exit":
                 exited.append(job_id)
             elif what == "signal":
@@ -1087,6 +1095,8 @@ class Daemon:
         )
         if self.intake is not None:
             self.intake.close()
+        if self.gate is not None:
+            self.gate.close()
         if self._sock is not None:
             self._sock.close()
             try:

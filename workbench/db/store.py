@@ -466,6 +466,7 @@ class Store:
         self._telemetry_lock = threading.Lock()
         self._version_conn: sqlite3.Connection | None = None
         self._version_lock = threading.Lock()
+        self._acting = threading.local()  # per thread: whose intents the audit records
 
     @property
     def telemetry(self) -> TelemetryStore:
@@ -604,13 +605,27 @@ class Store:
 
     # ---- audit -------------------------------------------------------------------------
 
-    @staticmethod
+    def act_as(self, uid: int | None) -> None:
+        """Record this thread's next intents in the audit as `uid`'s (the system daemon's gate:
+        the peer's uid from the kernel); None: this process's own uid again."""
+        self._acting.uid = uid
+
+    def actor(self) -> int:
+        """Whose intents this thread records in the audit (see `act_as`)."""
+        acting = getattr(self._acting, "uid", None)
+        return os.getuid() if acting is None else int(acting)
+
     def _audit(
-        conn: sqlite3.Connection, action: str, job_id: int | None, detail: str | None, now: float
+        self,
+        conn: sqlite3.Connection,
+        action: str,
+        job_id: int | None,
+        detail: str | None,
+        now: float,
     ) -> None:
         conn.execute(
             "INSERT INTO audit(t, uid, action, job_id, detail) VALUES (?,?,?,?,?)",
-            (now, os.getuid(), action, job_id, detail),
+            (now, self.actor(), action, job_id, detail),
         )
 
     def audit_log(self, job_id: int | None = None, limit: int | None = None) -> list[AuditEntry]:
@@ -1283,7 +1298,7 @@ class Store:
             self._delete_jobs(conn, removed)
             conn.executemany(
                 "INSERT INTO audit(t, uid, action, job_id, detail) VALUES (?,?,?,?,?)",
-                [(now, os.getuid(), action, job_id, "removed") for job_id in removed],
+                [(now, self.actor(), action, job_id, "removed") for job_id in removed],
             )
             dropped = bool(removed) and self._drop_backup()
         if removed:

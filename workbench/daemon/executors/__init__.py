@@ -41,6 +41,9 @@ class Launch:
     keep_leftovers: bool = False
     mem_bytes: int | None = None  # `--mem`: the job cgroup's memory.max where it can be set
     stop_signal: int = signal.SIGTERM
+    # The job's owner in system mode (`Job.uid`): the wrapper becomes this user before it
+    # writes anything (`workbench.daemon.runas`); None (a per-user home): the daemon's own.
+    uid: int | None = None
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from workbench import safefs
-from workbench.daemon import runner
+from workbench.daemon import runas, runner
 from workbench.daemon.executors import Ended, Handle, Launch, LaunchError
 from workbench.daemon.executors import containment as cg
 from workbench.daemon.executors.launcher import read_frame, write_frame
@@ -175,6 +175,10 @@ class LocalExecutor:
         record = runner.read_wrapper(run_dir)
         if record is None or record.token != token:
             return None
+        if not _runs_as_folder_owner(record.pid, run_dir):
+            # System mode: the record is the job owner's file, and the job knows its token. A
+            # pid of another user's (a forged record) is not adopted: the daemon would signal it.
+            return None
         return Handle(token, run_dir, record.pid, record.start_time)
 
     def adopt(self, handle: Handle) -> bool:
@@ -279,7 +283,8 @@ class LocalExecutor:
         assert handle.pid is not None
         reason = " ".join((why or "").split())  # one line
         try:
-            safefs.write_bytes(handle.run_dir / CANCEL_FILE, f"{grace_s}\n{reason}".encode())
+            # Renamed into place: whatever the job left at that name (a FIFO) is replaced.
+            safefs.write_atomic(handle.run_dir / CANCEL_FILE, f"{grace_s}\n{reason}".encode())
         except OSError:
             pass  # the wrapper then uses the grace it was started with
         try:
@@ -312,6 +317,18 @@ class LocalExecutor:
     def log_path(self, handle: Handle) -> Path:
         """`runs/<id>/log` (rotated to `log.1`)."""
         return handle.run_dir / runner.LOG_FILE
+
+
+def _runs_as_folder_owner(pid: int, run_dir: Path) -> bool:
+    """Whether process `pid` runs as the owner of `run_dir` (a wrapper runs as its job's
+    owner once it switched; in a per-user home both are the daemon's user). A process that is
+    gone passes: `adopt` then finds it over."""
+    try:
+        folder = os.stat(run_dir, follow_symlinks=False).st_uid
+        process = os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return True
+    return folder == process
 
 
 # ---- the wrapper (runs in the forked child) ------------------------------------------------
@@ -356,6 +373,8 @@ def fork_wrapper_async(launch: Launch, cgroup_dir: Path | None) -> tuple[int, in
     try:
         os.close(read_fd)
         try:
+            if launch.uid is not None and launch.uid != os.geteuid():
+                cgroup_dir = _become_owner(launch, cgroup_dir)
             cgroup_dir = _prepare(launch, cgroup_dir)
             # The log's inode now: a home out of inodes fails here, before the job begins.
             os.close(os.open(launch.run_dir / runner.LOG_FILE, _LOG_FLAGS, 0o600))
@@ -413,10 +432,42 @@ def wrapper_ready(pid: int, ready_fd: int) -> float | None:
     raise WrapperNotStarted(code, message or "the job's wrapper ended before it recorded itself")
 
 
+_given_as_root: list[bool] = [False]  # root made the run folder and gave it to the owner
+_joined_as_root: list[bool] = [False]  # the wrapper joined its cgroup before it became the owner
+_memory_set_as_root: list[bool] = [False]  # and its memory.max was set then
+
+
+def _become_owner(launch: Launch, cgroup_dir: Path | None) -> Path | None:
+    """In the wrapper, as root, in system mode: give the run folder to the job's owner (made
+    here if missing; its parent is root's), join the job's cgroup and set its memory limit
+    (which only root may), then become the owner for good (`runas.become`). Returns the
+    cgroup folder joined, or None. Raises OSError (RunAsError) when the owner is unknown or
+    the switch fails: the job does not start."""
+    assert launch.uid is not None
+    gid = runas.user_gid(launch.uid)
+    runas.give_run_dir(launch.run_dir, launch.uid, gid)
+    _given_as_root[0] = True
+    if cgroup_dir is not None:
+        try:
+            try:
+                cgroup_dir.mkdir()
+            except FileExistsError:
+                pass
+            (cgroup_dir / "cgroup.procs").write_text(str(os.getpid()))
+            _joined_as_root[0] = True
+            if launch.mem_bytes:
+                _memory_set_as_root[0] = cg.set_memory_max(cgroup_dir, launch.mem_bytes)
+        except OSError:
+            cgroup_dir = None  # its processes are still found (subreaper)
+    runas.become(launch.uid)
+    return cgroup_dir
+
+
 def _prepare(launch: Launch, cgroup_dir: Path | None) -> Path | None:
     """In the wrapper, before it records itself: the run folder without an earlier attempt's
     records, and the job's cgroup (None if it cannot be made)."""
-    safefs.make_dir(launch.run_dir)  # a link in its place is removed, never written through
+    if not _given_as_root[0]:  # else root made it (runs/ is root's, opened by root alone)
+        safefs.make_dir(launch.run_dir)  # a link in its place is removed, never written through
     safefs.remove_links(launch.run_dir)  # and so are links planted inside it (`log` -> elsewhere)
     for stale in (runner.EXIT_FILE, runner.FAILURE_FILE, CANCEL_FILE, STOP_FILE):
         safefs.unlink(launch.run_dir / stale)
@@ -566,13 +617,13 @@ def _wrapper_main(launch: Launch, cgroup_dir: Path | None) -> int:
     )
     if launch.header:
         log.write(f"[workbench] {launch.header}\n".encode())
-    if cgroup_dir is not None:
+    if cgroup_dir is not None and not _joined_as_root[0]:
         try:  # the wrapper joins first, so the job and everything it starts are inside
             (cgroup_dir / "cgroup.procs").write_text(str(os.getpid()))
         except OSError:
             cgroup_dir = None  # its descendants are still found (subreaper)
-    enforced = False
-    if cgroup_dir is not None and launch.mem_bytes:
+    enforced = _memory_set_as_root[0]
+    if cgroup_dir is not None and launch.mem_bytes and not _joined_as_root[0]:
         enforced = cg.set_memory_max(cgroup_dir, launch.mem_bytes)
     read_fd, write_fd = os.pipe()
     child = _spawn_job(launch, write_fd, log)

@@ -1,0 +1,272 @@
+"""The CLI's queue commands against the system daemon (team mode): submit, ls, show, logs,
+cancel/pause/resume/retry/rm, priority, wait and audit, each one request on the system socket
+(`workbench.daemon.wire`). The client builds a submission itself, as its user (it reads the
+spec file and the environment); the daemon decides who asks from the kernel and what they may
+see and do (`workbench.daemon.rights`). Used when a system daemon is installed and WORKBENCH_HOME
+is not set (`workbench.system.system_socket`)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from workbench.daemon.wire import ask
+from workbench.jobmodel.states import SETTLED, JobState
+from workbench.jsonout import dumps
+from workbench.safetext import display_text
+
+EXIT_OK, EXIT_FAILED, EXIT_DAEMON = 0, 1, 3
+_ENDED = frozenset(state.value for state in SETTLED)  # what `wait` waits for, as per user
+_SUCCEEDED = JobState.SUCCEEDED.value
+
+
+class Refused(Exception):
+    """The daemon answered with a failure: its message and exit code."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+class Unreachable(OSError):
+    """The system daemon's socket is there but nobody answers on it."""
+
+
+def request_to_wire(request: Any) -> dict[str, Any]:
+    """A JobRequest as the daemon's `request_from_wire` reads it (JSON values only). Its
+    `uid` is not sent: the daemon takes the caller's from the kernel."""
+    data = dataclasses.asdict(request)
+    for key in ("uid", "repro", "pipeline_id", "stage"):
+        data.pop(key, None)
+    data["after"] = [list(pair) for pair in request.after]
+    return data
+
+
+class TeamClient:
+    """Requests to the system daemon at socket `path`."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.used = False  # whether one request got through (later failures are not a fallback)
+
+    def ask(self, op: str, **fields: Any) -> dict[str, Any]:
+        """The daemon's reply to `op`. Raises Refused (its failure), Unreachable (no answer
+        to the first request: the caller may fall back) or OSError."""
+        try:
+            reply = ask(self.path, {"op": op, **fields})
+        except (ConnectionRefusedError, FileNotFoundError) as error:
+            if not self.used:
+                raise Unreachable(str(error)) from None
+            raise
+        self.used = True
+        if not reply.get("ok"):
+            code = reply.get("exit")
+            raise Refused(str(reply.get("error")), code if type(code) is int else EXIT_FAILED)
+        return reply
+
+    def wait(self, ids: list[int], timeout_s: float | None = None) -> dict[int, str]:
+        """Poll until every job in `ids` ended (or the timeout); their states."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            states = {int(k): v for k, v in self.ask("states", ids=ids)["states"].items()}
+            if all(states.get(i, _SUCCEEDED) in _ENDED for i in ids):
+                return states
+            if deadline is not None and time.monotonic() >= deadline:
+                return states
+            time.sleep(0.2)
+
+
+def run(args: argparse.Namespace, path: str) -> int | None:
+    """Run a queue command against the system daemon; None when it cannot be reached before
+    anything was done (the caller then uses the per-user daemon, as without a system one)."""
+    client = TeamClient(path)
+    handler: Callable[[TeamClient, argparse.Namespace], int] = _HANDLERS[args.command_name]
+    try:
+        return handler(client, args)
+    except Unreachable:
+        print(
+            f"workbench: the system daemon ({path}) is not answering; using your own",
+            file=sys.stderr,
+        )
+        return None
+    except Refused as error:
+        print(f"workbench: {display_text(str(error))}", file=sys.stderr)
+        return error.code
+    except OSError as error:
+        print(f"workbench: the system daemon ({path}): {error}", file=sys.stderr)
+        return EXIT_DAEMON
+
+
+def _print_json(value: Any) -> None:
+    print(dumps(value))
+
+
+def _submit(client: TeamClient, args: argparse.Namespace) -> int:
+    from workbench.queue import submission
+
+    if args.bulk:
+        source = "stdin" if args.bulk == "-" else args.bulk
+        if args.bulk == "-":
+            text = sys.stdin.read()
+        else:
+            with open(args.bulk, encoding="utf-8") as handle:
+                text = handle.read()
+        requests = submission.bulk_requests(args, dict(os.environ), text, source)
+    else:
+        request, _ = submission.request_from_args(args, dict(os.environ), capture=False)
+        requests = [request]
+    reply = client.ask("submit", jobs=[request_to_wire(r) for r in requests])
+    ids: list[int] = reply["ids"]
+    if args.json:
+        _print_json(reply["jobs"] if args.bulk else reply["jobs"][0])
+    else:
+        sys.stdout.write("".join(f"{i}\n" for i in ids))
+    if args.wait:
+        return _wait_exit(client, ids, None, quiet=args.json)
+    return EXIT_OK
+
+
+def _wait_exit(client: TeamClient, ids: list[int], timeout: float | None, quiet: bool) -> int:
+    states = client.wait(ids, timeout)
+    unfinished = [i for i in ids if i in states and states[i] not in _ENDED]
+    if unfinished:
+        print("timed out waiting for " + ", ".join(f"job {i}" for i in unfinished), file=sys.stderr)
+        return EXIT_FAILED
+    bad = [i for i in ids if states.get(i) != _SUCCEEDED]
+    if not quiet:
+        for i in bad:
+            print(f"job {i} {states.get(i, 'removed')}", file=sys.stderr)
+    return EXIT_FAILED if bad else EXIT_OK
+
+
+def _wait(client: TeamClient, args: argparse.Namespace) -> int:
+    return _wait_exit(client, list(args.ids), args.timeout, quiet=False)
+
+
+LS_HEADERS = ("ID", "OWNER", "NAME", "STATE", "GPUS", "AGE", "REASON")
+
+
+def _age(job: dict[str, Any], now: float) -> str:
+    from workbench.units import format_duration
+
+    since = job.get("started_at") or job.get("created_at") or now
+    return format_duration(max(0.0, now - float(since)))
+
+
+def _ls(client: TeamClient, args: argparse.Namespace) -> int:
+    reply = client.ask("list", all=bool(args.all), states=args.state, recent=args.recent)
+    jobs: list[dict[str, Any]] = reply["jobs"]
+    if args.json:
+        _print_json(jobs)
+        return EXIT_OK
+    if not jobs:
+        print("no jobs")
+        return EXIT_OK
+    now = time.time()
+    rows = [
+        (
+            str(j["id"]),
+            display_text(str(j.get("owner", ""))),
+            display_text(str(j.get("name", ""))),
+            str(j.get("state", "")),
+            f"{(j.get('resources') or {}).get('gpus', 0):g}",
+            _age(j, now),
+            display_text(str(j.get("reason") or "")),
+        )
+        for j in jobs
+    ]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(LS_HEADERS)]
+    for row in (LS_HEADERS, *rows):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+def _show(client: TeamClient, args: argparse.Namespace) -> int:
+    job: dict[str, Any] = client.ask("show", id=args.id, env=bool(args.env))["job"]
+    if args.json:
+        _print_json(job)
+        return EXIT_OK
+    print(f"job {job['id']} {display_text(str(job.get('name')))}  {job.get('state')}")
+    print(f"  owner:     {job.get('owner')} (uid {job.get('uid')})")
+    for key in ("kind", "group", "priority", "reason", "argv", "cwd", "exit_code"):
+        if key in job and job[key] not in (None, ""):
+            print(f"  {key + ':':<11}{display_text(str(job[key]))}")
+    resources = job.get("resources") or {}
+    print(f"  resources: {', '.join(f'{k} {v}' for k, v in resources.items() if v)}")
+    if "paths" in job:
+        print(f"  run dir:   {job['paths']['run_dir']}")
+    print("  history:")
+    for event in job.get("events", []):
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event["t"]))
+        reason = f"  {display_text(event['reason'])}" if event.get("reason") else ""
+        print(f"    {stamp}  {event['state']:<10}{reason}")
+    return EXIT_OK
+
+
+def _logs(client: TeamClient, args: argparse.Namespace) -> int:
+    out = sys.stdout.buffer
+    reply = client.ask("log", id=args.id, lines=args.lines)
+    out.write(reply["data"].encode("utf-8", "surrogateescape"))
+    out.flush()
+    while args.follow and not reply["ended"]:
+        time.sleep(0.2)
+        reply = client.ask("log", id=args.id, offset=reply["offset"])
+        out.write(reply["data"].encode("utf-8", "surrogateescape"))
+        out.flush()
+    return EXIT_OK
+
+
+def _control(action: str) -> Callable[[TeamClient, argparse.Namespace], int]:
+    def handler(client: TeamClient, args: argparse.Namespace) -> int:
+        code = EXIT_OK
+        for job_id in args.ids:
+            try:
+                result = client.ask("control", id=job_id, action=action)["result"]
+                print(f"job {job_id}: {result}")
+            except Refused as error:
+                if not client.used:
+                    client.used = True
+                print(f"workbench: {display_text(str(error))}", file=sys.stderr)
+                code = max(code, error.code)
+        return code
+
+    return handler
+
+
+def _priority(client: TeamClient, args: argparse.Namespace) -> int:
+    client.ask("priority", id=args.id, priority=args.priority)
+    print(f"job {args.id}: priority {args.priority}")
+    return EXIT_OK
+
+
+def _audit(client: TeamClient, args: argparse.Namespace) -> int:
+    entries: list[dict[str, Any]] = client.ask("audit", job=args.job, limit=args.limit)["entries"]
+    if args.json:
+        _print_json(entries)
+        return EXIT_OK
+    for entry in entries:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["t"]))
+        job = f"job {entry['job_id']}" if entry.get("job_id") is not None else "-"
+        who = f"{entry['user']} ({entry['uid']})"
+        detail = f"  ({display_text(str(entry['detail']))})" if entry.get("detail") else ""
+        print(f"{stamp}  {who:<18} {entry['action']:<9} {job}{detail}")
+    if not entries:
+        print("no audit entries")
+    return EXIT_OK
+
+
+_HANDLERS: dict[str, Callable[[TeamClient, argparse.Namespace], int]] = {
+    "submit": _submit,
+    "ls": _ls,
+    "show": _show,
+    "logs": _logs,
+    "priority": _priority,
+    "wait": _wait,
+    "audit": _audit,
+    **{a: _control(a) for a in ("cancel", "pause", "resume", "retry", "rm")},
+}
