@@ -898,7 +898,9 @@ class Daemon:
             keep_leftovers=self._keeps_leftovers(job),
             mem_bytes=queued.mem,
             stop_signal=policy.signal,
-            uid=job.uid,
+            # Jobs become their owner only where the daemon serves every user (system mode);
+            # in a per-user home every job is the home owner's, whatever its row says.
+            uid=job.uid if self.gate is not None else None,
         )
 
     @staticmethod
