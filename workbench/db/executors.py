@@ -19,6 +19,7 @@ class Placement:
     slurm_id: str | None
     node: str | None
     records_offset: int = 0
+    restarts: int = 0  # how often Slurm requeued its current Slurm job (RestartCnt)
 
 
 def placements(store: Store, ids: Iterable[int]) -> dict[int, Placement]:
@@ -29,7 +30,8 @@ def placements(store: Store, ids: Iterable[int]) -> dict[int, Placement]:
         chunk = ids[start : start + 500]
         marks = ",".join("?" * len(chunk))
         for row in store.conn.execute(
-            f"SELECT id, executor, slurm_id, node, records_offset FROM jobs WHERE id IN ({marks})",
+            "SELECT id, executor, slurm_id, node, records_offset, slurm_restarts FROM jobs"
+            f" WHERE id IN ({marks})",
             chunk,
         ):
             out[row[0]] = Placement(*row)
@@ -41,9 +43,10 @@ def slurm_placements(store: Store) -> list[Placement]:
     may still hold (submitted, not yet seen ended by squeue: e.g. cancelled while pending).
     Both halves read partial indexes, so the cost is the number of Slurm jobs, not of jobs."""
     rows = store.conn.execute(
-        "SELECT id, executor, slurm_id, node, records_offset FROM jobs"
+        "SELECT id, executor, slurm_id, node, records_offset, slurm_restarts FROM jobs"
         " WHERE executor='slurm' AND state IN (?, ?, ?)"
-        " UNION SELECT id, executor, slurm_id, node, records_offset FROM jobs WHERE slurm_open=1"
+        " UNION SELECT id, executor, slurm_id, node, records_offset, slurm_restarts FROM jobs"
+        " WHERE slurm_open=1"
         " ORDER BY id",
         (str(QUEUED), str(RUNNING), str(PAUSED)),
     ).fetchall()
@@ -54,7 +57,8 @@ def set_slurm_id(store: Store, job_ids: list[int], slurm_ids: list[str]) -> None
     """Record the Slurm ids of freshly submitted jobs (one transaction)."""
     with store.transaction() as conn:
         conn.executemany(
-            "UPDATE jobs SET slurm_id=?, slurm_open=1, node=NULL, records_offset=0 WHERE id=?",
+            "UPDATE jobs SET slurm_id=?, slurm_open=1, node=NULL, records_offset=0,"
+            " slurm_restarts=0 WHERE id=?",
             list(zip(slurm_ids, job_ids, strict=True)),
         )
 
@@ -63,6 +67,22 @@ def set_node(store: Store, job_id: int, node: str) -> None:
     """The node a Slurm job runs on (as squeue names it)."""
     with store.transaction() as conn:
         conn.execute("UPDATE jobs SET node=? WHERE id=? AND node IS NOT ?", (node, job_id, node))
+
+
+def set_restarts(store: Store, job_id: int, restarts: int) -> None:
+    """How often Slurm has requeued the job's current Slurm job (squeue's RestartCnt)."""
+    with store.transaction() as conn:
+        conn.execute("UPDATE jobs SET slurm_restarts=? WHERE id=?", (restarts, job_id))
+
+
+def forget_submission(store: Store, job_id: int) -> None:
+    """Slurm lost the job before it started: it is handed over again as a new Slurm job."""
+    with store.transaction() as conn:
+        conn.execute(
+            "UPDATE jobs SET slurm_id=NULL, slurm_open=0, node=NULL, records_offset=0,"
+            " slurm_restarts=0 WHERE id=?",
+            (job_id,),
+        )
 
 
 def close_slurm(store: Store, job_id: int) -> None:

@@ -324,6 +324,11 @@ MIGRATIONS: dict[int, str] = {
     70: """
     ALTER TABLE jobs ADD COLUMN uid INTEGER;
     """,
+    # Slurm, round 2 (90-99): how often Slurm itself requeued a job's current Slurm job (node
+    # failure, preemption; squeue's RestartCnt), shown with the job and marked in its log.
+    90: """
+    ALTER TABLE jobs ADD COLUMN slurm_restarts INTEGER NOT NULL DEFAULT 0;
+    """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

@@ -5,6 +5,7 @@ brings their state, exit codes, Slurm's reasons and the jobs' records back into 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -30,6 +31,14 @@ from workbench.daemon.executors.slurm_map import (
     Submission,
     Unmappable,
 )
+from workbench.daemon.executors.slurm_reconcile import (
+    LOST_AFTER_S,
+    Forgetting,
+    Poll,
+    follows_from_comment,
+    is_unreachable_reason,
+    submission_comment,
+)
 from workbench.db import executors as placement_db
 from workbench.db.journal import RECORDS_FILE, RecordError, apply_all_records
 from workbench.db.store import (
@@ -52,7 +61,9 @@ from workbench.queue.kinds import job_argv
 from workbench.queue.spec import SpecError
 from workbench.units import format_duration
 
-COMMAND_TIMEOUT_S = 10.0  # a Slurm command that takes longer is reported as failed
+COMMAND_TIMEOUT_S = 10.0  # default: a Slurm command that takes longer is "no answer"
+STARTED_FILE = "slurm-started"  # the batch script writes it as it starts (the Slurm job id)
+SQUEUE_IDS_MAX = 200  # more followed jobs than this: one `squeue --me` instead of `--jobs=...`
 MAX_SUBMIT_ROUNDS = 8  # dependency levels handed to Slurm in one call
 
 
@@ -60,13 +71,29 @@ class SlurmError(RuntimeError):
     """A Slurm command failed or is missing; the message has its stderr."""
 
 
+class SlurmUnreachable(SlurmError):
+    """A Slurm command got no answer from the cluster (a timeout, the controller down): the
+    outcome is unknown for now, never a refusal. For sbatch, the job may have been created."""
+
+
 class SlurmClient:
     """The Slurm commands of an ordinary cluster user. `env` overrides the environment of every
-    command (e.g. `SLURM_CONF`); by default they inherit this process's."""
+    command (e.g. `SLURM_CONF`); by default they inherit this process's. A command that takes
+    longer than `timeout_s` raises SlurmUnreachable. `calls` holds the monotonic time of each
+    command run (for the calls-per-minute figure)."""
 
-    def __init__(self, env: Mapping[str, str] | None = None):
+    def __init__(self, env: Mapping[str, str] | None = None, timeout_s: float = COMMAND_TIMEOUT_S):
         self.env = dict(env) if env is not None else None
+        self.timeout_s = timeout_s
+        self.calls: list[float] = []
         self._info: ClusterInfo | None = None
+        self._accounting: bool | None = None
+
+    def calls_per_minute(self) -> int:
+        """Slurm commands run in the last 60 s."""
+        cutoff = time.monotonic() - 60.0
+        self.calls = [t for t in self.calls if t >= cutoff]
+        return len(self.calls)
 
     def _run(
         self,
@@ -78,6 +105,9 @@ class SlurmClient:
         if program is None:
             raise SlurmError(f"{argv[0]} not found: is Slurm installed and on PATH?")
         full_env = dict(env if env is not None else (self.env or os.environ))
+        self.calls.append(time.monotonic())
+        if len(self.calls) > 10_000:
+            self.calls_per_minute()
         try:
             done = subprocess.run(
                 [program, *argv[1:]],
@@ -85,13 +115,18 @@ class SlurmClient:
                 capture_output=True,
                 text=True,
                 env=full_env,
-                timeout=COMMAND_TIMEOUT_S,
+                timeout=self.timeout_s,
             )
         except subprocess.TimeoutExpired as error:
-            raise SlurmError(f"{argv[0]} did not answer within {COMMAND_TIMEOUT_S:g}s") from error
+            raise SlurmUnreachable(
+                f"{argv[0]} did not answer within {self.timeout_s:g}s"
+            ) from error
         if done.returncode != 0:
             message = (done.stderr or done.stdout).strip().splitlines()
-            raise SlurmError(f"{argv[0]}: {message[-1] if message else f'exit {done.returncode}'}")
+            text = f"{argv[0]}: {message[-1] if message else f'exit {done.returncode}'}"
+            if slurm_map.unreachable(text) or (done.returncode < 0):
+                raise SlurmUnreachable(text)
+            raise SlurmError(text)
         return done.stdout
 
     def cluster_info(self) -> ClusterInfo:
@@ -115,8 +150,14 @@ class SlurmClient:
         return True
 
     def submit(self, args: list[str], script: str, env: Mapping[str, str]) -> str:
-        """sbatch with the script on stdin; returns the Slurm job id."""
-        return slurm_map.parse_parsable(self._run(["sbatch", *args], env=env, stdin=script))
+        """sbatch with the script on stdin; returns the Slurm job id. Raises SlurmUnreachable
+        when the cluster did not answer (the job may exist: look for its comment), SlurmError
+        when Slurm refused it."""
+        out = self._run(["sbatch", *args], env=env, stdin=script)
+        try:
+            return slurm_map.parse_parsable(out)
+        except ValueError as error:
+            raise SlurmUnreachable(str(error)) from error
 
     def test_only(self, args: list[str]) -> None:
         """`sbatch --test-only`: would the cluster ever run this request? Raises SlurmError with
@@ -125,9 +166,70 @@ class SlurmClient:
         self._run(["sbatch", "--test-only", *options], stdin="#!/bin/bash\ntrue\n")
 
     def squeue(self) -> dict[str, SlurmJob]:
-        """This user's jobs in every state, recently ended ones included (one call; Slurm 22.05
-        ignores the filters with `--json` and lists every job, later releases apply them)."""
-        return slurm_map.parse_squeue(self._run(["squeue", "--json", "--me", "--states=all"]))
+        """This user's jobs in every state, recently ended ones included (`squeue --me` with a
+        format string: Slurm 22.05 ignores `--me` with `--json` and lists the whole cluster).
+        Raises SlurmError, SlurmUnreachable for no answer or a malformed one."""
+        return self._squeue(["--me"])
+
+    def squeue_jobs(self, slurm_ids: Sequence[str]) -> dict[str, SlurmJob]:
+        """The given jobs (`123`, `120_3`) in every state, in one call: `--jobs=...` for up to
+        SQUEUE_IDS_MAX of them, else `--me`. A job Slurm no longer knows is absent (Slurm
+        answers "Invalid job id" when it knows none of one id)."""
+        if not slurm_ids:
+            return {}
+        if len(slurm_ids) > SQUEUE_IDS_MAX:
+            return self.squeue()
+        try:
+            return self._squeue([f"--jobs={','.join(slurm_ids)}"])
+        except SlurmUnreachable:
+            raise
+        except SlurmError as error:
+            if "invalid job id" in str(error).lower():
+                return {}
+            raise
+
+    def _squeue(self, which: list[str]) -> dict[str, SlurmJob]:
+        out = self._run(
+            ["squeue", *which, "--states=all", "--noheader", "-O", slurm_map.SQUEUE_FORMAT]
+        )
+        try:
+            return slurm_map.parse_squeue_lines(out)
+        except ValueError as error:
+            raise SlurmUnreachable(f"squeue: {error}") from error
+
+    def knows(self, slurm_id: str) -> bool:
+        """False only when Slurm answers that it does not know the job (`scontrol show job`:
+        "Invalid job id specified"); True when it lists it. Raises SlurmUnreachable."""
+        try:
+            self._run(["scontrol", "show", "job", "-o", slurm_id])
+        except SlurmUnreachable:
+            raise
+        except SlurmError as error:
+            if "invalid job id" in str(error).lower():
+                return False
+            raise SlurmUnreachable(str(error)) from error
+        return True
+
+    def sacct(self, slurm_ids: Sequence[str]) -> dict[str, SlurmJob] | None:
+        """How Slurm's accounting saw the jobs end (`sacct -X`), or None when the cluster keeps
+        no accounting (no slurmdbd: "accounting storage is disabled"; asked once). Raises
+        SlurmUnreachable when slurmdbd does not answer."""
+        if self._accounting is False or not slurm_ids:
+            return None
+        argv = ["sacct", "-X", "-n", "-P", "-j", ",".join(slurm_ids), "-o",
+                "JobID,State,ExitCode,NodeList,Start,End"]  # fmt: skip
+        try:
+            out = self._run(argv)
+        except SlurmUnreachable:
+            raise
+        except SlurmError:
+            self._accounting = False
+            return None
+        if "accounting storage is disabled" in out.lower():
+            self._accounting = False
+            return None
+        self._accounting = True
+        return slurm_map.parse_sacct(out)
 
     def cancel(self, slurm_ids: Sequence[str]) -> None:
         """scancel: SIGTERM to the jobs' processes, SIGKILL after the cluster's KillWait."""
@@ -249,6 +351,8 @@ def check_requests(
         asked.add(resources)
         try:
             client.test_only(list(resources))
+        except SlurmUnreachable:
+            continue  # no answer is no refusal: sbatch will say, and the daemon retries it
         except SlurmError as error:
             shown = " ".join(
                 a
@@ -259,6 +363,12 @@ def check_requests(
                 f"{label}: the Slurm cluster cannot run it ({error}; asked {shown or 'defaults'})"
             ) from error
     check_shared_filesystem(home, sys.executable, config.executor, client)
+
+
+def home_tag(home: Home) -> str:
+    """8 hex digits naming this WORKBENCH_HOME in Slurm comments, so two homes of one user on
+    one cluster never take each other's jobs for their own."""
+    return hashlib.sha256(str(home.root.resolve()).encode()).hexdigest()[:8]
 
 
 # ---- the batch script ----------------------------------------------------------------------
@@ -309,6 +419,7 @@ def batch_script(home: Home, jobs: Sequence[ScriptJob]) -> str:
         f'run_dir={runs}/"$id"',
         'mkdir -p "$run_dir/checkpoints"',
         'rm -f "$run_dir/exit.json" "$run_dir/failure" "$run_dir/stop"',
+        f'echo "${{SLURM_JOB_ID:-}}" >"$run_dir/{STARTED_FILE}"',
         'exec >>"$run_dir/log" 2>&1',
         "restarts=$((restarts + ${SLURM_RESTART_COUNT:-0}))",
         'export WORKBENCH_JOB_ID="$id" WORKBENCH_RUN_DIR="$run_dir"'
@@ -416,11 +527,22 @@ class SlurmExecutor:
         self.store = store
         self.config = config
         self.python = python
-        self.client = client or SlurmClient()
+        settings = config.executor
+        self.client = client or SlurmClient(timeout_s=settings.command_timeout_s)
         self.squeue_calls = 0
+        self.pacer = Poll(floor_s=settings.poll_min_s, ceiling_s=settings.poll_max_s)
+        self.forgetting = Forgetting()
+        self.tag = home_tag(home)
         self._cancel_sent: set[str] = set()
         self._stop_sent: dict[str, float] = {}  # Slurm id -> when its stop signal was sent
         self._error: str | None = None
+        # Jobs whose sbatch may have created a Slurm job we did not record (it timed out, or
+        # a previous daemon stopped between sbatch and the store): looked for by comment
+        # before they are handed over again. None: every unsubmitted job (a fresh daemon).
+        self._unsure: set[int] | None = None
+        # Slurm jobs settled from their exit.json while Slurm did not answer: Slurm is told to
+        # let go of them once it answers (it may have requeued one meanwhile).
+        self._let_go: set[str] = set()
 
     # ---- the Executor protocol -----------------------------------------------------------
 
@@ -608,7 +730,7 @@ class SlurmExecutor:
         first = jobs[0]
         for job in jobs:
             self.home.run_dir(job.id).mkdir(parents=True, exist_ok=True)
-            for stale in (RECORDS_FILE, runner.EXIT_FILE, runner.FAILURE_FILE):
+            for stale in (RECORDS_FILE, runner.EXIT_FILE, runner.FAILURE_FILE, STARTED_FILE):
                 try:
                     (self.home.run_dir(job.id) / stale).unlink()
                 except FileNotFoundError:
@@ -621,7 +743,7 @@ class SlurmExecutor:
             deps=items[0].deps,
             array_size=array,
             array_cap=cap if array else None,
-            comment=f"workbench job {first.id}",
+            comment=submission_comment([(j.id, j.attempt) for j in jobs], self.tag),
         )
         script = batch_script(
             self.home,
@@ -633,12 +755,26 @@ class SlurmExecutor:
         try:
             args = slurm_map.sbatch_args(sub, self.config.executor, self.client.cluster_info())
             slurm_id = self.client.submit(args, script, self._environment(first))
+        except SlurmUnreachable as error:
+            # No answer is no refusal: the job stays queued and sbatch is tried again after
+            # the back-off, once a look in squeue for its comment has not found it there.
+            self.pacer.failed(str(error))
+            if self._unsure is not None:
+                self._unsure.update(j.id for j in jobs)
+            for job in jobs:
+                self.store.set_reason(job.id, f"{self.pacer.reason()}; sbatch will be tried again")
+            return
         except (SlurmError, SpecError) as error:
             for job in jobs:
                 self.store.transition(
                     job.id, Event.REFUSE, f"Slurm refused it: {error}", only_from=[QUEUED]
                 )
             return
+        self.pacer.hurry()
+        self._record_submission(jobs, slurm_id, array > 0)
+
+    def _record_submission(self, jobs: list[Job], slurm_id: str, array: bool) -> None:
+        """Store the Slurm ids of a submission (task i of an array runs jobs[i])."""
         ids = [f"{slurm_id}_{i}" for i in range(len(jobs))] if array else [slurm_id]
         placement_db.set_slurm_id(self.store, [j.id for j in jobs], ids)
         for job, sid in zip(jobs, ids, strict=True):
@@ -672,31 +808,94 @@ class SlurmExecutor:
         # A job whose dependency is handed over in this round can go in the next one (a
         # pipeline reaches Slurm whole, in dependency order, in one call).
         for _ in range(MAX_SUBMIT_ROUNDS):
+            if not self.pacer.reachable() and not self.pacer.due():
+                return  # Slurm did not answer: sbatch waits for the back-off too
             fresh = [p.job_id for p in placement_db.slurm_placements(self.store) if not p.slurm_id]
             jobs = [self.store.find(job_id) for job_id in fresh]
             queued = [j for j in jobs if j is not None and j.state == QUEUED and j.intent is None]
             queued = due_for_slurm(queued, time.time())
+            adopted = self._find_unrecorded(queued) if queued else set()
+            if adopted is None:
+                return
+            queued = [j for j in queued if j.id not in adopted]
             batches = self._batches(self._ready(queued)) if queued else []
             for items, cap in batches:
                 self._submit(items, cap)
             if not batches:
                 return
 
+    def _find_unrecorded(self, queued: list[Job]) -> set[int] | None:
+        """Before handing over jobs whose earlier sbatch may have created a Slurm job we did not
+        record (it did not answer in time; or a previous daemon stopped before recording it),
+        look for them by their comment in one `squeue --me`, and adopt what is found. Returns
+        the ids adopted; None when Slurm did not answer (nothing may be submitted now)."""
+        unsure = {j.id for j in queued} if self._unsure is None else self._unsure
+        wanted = {j.id: j.attempt for j in queued if j.id in unsure}
+        if not wanted:
+            self._unsure = self._unsure if self._unsure is not None else set()
+            return set()
+        try:
+            mine = self.client.squeue()
+        except SlurmError as error:
+            self.pacer.failed(str(error))
+            return None
+        found: dict[str, list[tuple[int, int]]] = {}
+        for sid, seen in mine.items():
+            named = follows_from_comment(seen.comment, self.tag)
+            if named:
+                found.setdefault(sid.split("_")[0], named)
+        adopted: set[int] = set()
+        for slurm_id, named in found.items():
+            if not all(wanted.get(job_id) == attempt for job_id, attempt in named):
+                continue
+            jobs = [self.store.get(job_id) for job_id, _ in named]
+            self._record_submission(jobs, slurm_id, len(named) > 1)
+            adopted.update(job_id for job_id, _ in named)
+            for job in jobs:
+                self.store.set_reason(
+                    job.id,
+                    f"found on Slurm as job {slurm_id} by its comment (its sbatch did not answer"
+                    " in time, or the daemon stopped before recording it)",
+                )
+                print(
+                    f"workbench daemon: job {job.id} found on Slurm as {slurm_id} by its comment",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        self._unsure = set() if self._unsure is None else self._unsure - set(wanted)
+        return adopted
+
     def tick(self) -> bool:
-        """One round: submit what is ready, then one squeue for every job Slurm holds for us.
-        Returns True if there is anything on Slurm to follow (the daemon then ticks again)."""
+        """One round: submit what is ready, then, when the poll is due (an adaptive interval,
+        `slurm_reconcile.Poll`) or a job's exit status has appeared on disk, one squeue about
+        our own jobs. While Slurm does not answer, every job keeps its last known state, with
+        the outage as its reason, and only an `exit.json` settles one. Returns True if there is
+        anything on Slurm to follow (the daemon then ticks again)."""
         self.submit_ready()
         followed = [p for p in placement_db.slurm_placements(self.store) if p.slurm_id]
         if not followed:
             return False
+        if any((self.home.run_dir(p.job_id) / runner.EXIT_FILE).exists() for p in followed):
+            self.pacer.now_due()  # Slurm will say how it ended: ask now, not in 30 s
+        if not self.pacer.due():
+            return True
         try:
-            seen = self.client.squeue()
+            seen = self.client.squeue_jobs([p.slurm_id for p in followed if p.slurm_id])
             self.squeue_calls += 1
+            self.pacer.answered(seen)
             self._error = None
+            for sid in sorted(self._let_go):
+                try:  # most have ended: scancel then says so, and that is fine
+                    self.client.cancel([sid])
+                except SlurmError:
+                    pass
+            self._let_go.clear()
         except SlurmError as error:
             if self._error != str(error):
                 print(f"workbench daemon: squeue failed: {error}", file=sys.stderr, flush=True)
             self._error = str(error)
+            self.pacer.failed(str(error))
+            self._unanswered(followed)
             return True
         holds, releases = [], []
         for place in followed:
@@ -715,6 +914,22 @@ class SlurmExecutor:
             except SlurmError as error:
                 print(f"workbench daemon: scontrol {what}: {error}", file=sys.stderr, flush=True)
         return True
+
+    def _unanswered(self, followed: list[placement_db.Placement]) -> None:
+        """Slurm did not answer: each live job keeps its state with the outage as its reason;
+        one whose batch script left its exit status is settled from it (authoritative), so a
+        retry is queued (and handed over once Slurm answers again)."""
+        reason = self.pacer.reason()
+        for place in followed:
+            job = self.store.find(place.job_id)
+            if job is None or job.state in ENDED or job.state == BLOCKED:
+                continue
+            if (self.home.run_dir(job.id) / runner.EXIT_FILE).exists():
+                self._settle_forgotten(job, place, from_exit_file=True)
+                if self.store.get(job.id).slurm_id != place.slurm_id:
+                    self._let_go.add(place.slurm_id or "")
+            elif job.reason != reason:
+                self.store.set_reason(job.id, reason)
 
     def _stop(self, job: Job, slurm_id: str, seen: SlurmJob | None, why: str) -> None:
         """Stop a job as its stop protocol says: a running one gets its stop file, then its stop
@@ -777,10 +992,16 @@ class SlurmExecutor:
         if seen is None:
             self._settle_forgotten(job, place)
             return ""
+        self.forgetting.seen(place.slurm_id)
         view = slurm_map.view(seen)
+        if seen.restarts > place.restarts:
+            self._requeued(job, place, seen, view)
+            job = self.store.get(job.id)
         if view.ended:
             self._settle(job, place, seen, view)
             return ""
+        if is_unreachable_reason(job.reason) and job.state in (RUNNING, PAUSED):
+            self.store.set_reason(job.id, f"{view.reason} (Slurm job {place.slurm_id})")
         if view.state == RUNNING:
             self._mark_running(job, place, seen)
             if seen.node and place.node != seen.node:
@@ -801,11 +1022,41 @@ class SlurmExecutor:
             return "hold"
         if job.state == QUEUED and held:
             return "release"
-        if job.state == QUEUED:
+        if job.state == QUEUED and seen.restarts:
+            self.store.set_reason(
+                job.id,
+                f"requeued by Slurm (restart {seen.restarts} of Slurm job {place.slurm_id});"
+                f" {view.reason}",
+            )
+        elif job.state == QUEUED:
             self.store.set_reason(
                 job.id, f"{view.reason} (Slurm job {place.slurm_id}){_limit_note(job)}"
             )
         return ""
+
+    def _requeued(
+        self, job: Job, place: placement_db.Placement, seen: SlurmJob, view: slurm_map.View
+    ) -> None:
+        """Slurm requeued the job (its node failed or was set down, preemption, `scontrol
+        requeue`): count it, mark it in the job's log, and show it queued again with Slurm's
+        reason until Slurm starts it anew (the same Slurm job; no attempt of ours is spent)."""
+        assert place.slurm_id is not None
+        placement_db.set_restarts(self.store, job.id, seen.restarts)
+        when = time.strftime("%H:%M:%S")
+        words = f"requeued by Slurm (restart {seen.restarts} of Slurm job {place.slurm_id})"
+        try:
+            with open(self.home.run_dir(job.id) / runner.LOG_FILE, "a") as log:
+                log.write(f"[workbench] {when} {words}: {view.reason}\n")
+        except OSError:
+            pass
+        print(f"workbench daemon: job {job.id} {words}", file=sys.stderr, flush=True)
+        if job.state == RUNNING and not view.ended and view.state != RUNNING:
+            self.store.transition(
+                job.id, Event.REQUEUE, f"{words}; {view.reason}", only_from=[RUNNING],
+                slurm_id=place.slurm_id, node=place.node, records_offset=place.records_offset,
+            )  # fmt: skip
+        elif job.state in (QUEUED, RUNNING):
+            self.store.set_reason(job.id, f"{words}; {view.reason}")
 
     def _settle(
         self, job: Job, place: placement_db.Placement, seen: SlurmJob, view: slurm_map.View
@@ -863,18 +1114,42 @@ class SlurmExecutor:
             event = Event.LOST if lost else Event.EXIT_FAILED
             self.store.transition(job.id, event, reason, only_from=live, **fields)
 
-    def _settle_forgotten(self, job: Job, place: placement_db.Placement) -> None:
-        """Slurm no longer shows the job (it ended longer ago than its MinJobAge, or the
-        cluster lost it): settle by the exit status the batch script left, else as lost."""
-        problem = self._records(job, place.records_offset)
+    def _settle_forgotten(
+        self, job: Job, place: placement_db.Placement, from_exit_file: bool = False
+    ) -> None:
+        """Slurm's answer does not list the job (it ended longer ago than the cluster's
+        MinJobAge, or the cluster lost it). Settled only from an authoritative source: the
+        exit status the batch script left (`exit.json`), else Slurm's accounting (`sacct`,
+        when the cluster has slurmdbd); lost only when Slurm says it does not know the job
+        (`scontrol show job`) and neither knows how it ended for LOST_AFTER_S. Until then it
+        keeps its state. `from_exit_file`: settle from `exit.json` or not at all (an outage)."""
+        assert place.slurm_id is not None
         run_dir = self.home.run_dir(job.id)
         status = runner.read_exit(run_dir)
         live = [QUEUED, RUNNING, PAUSED]
-        if job.intent == "cancel":
+        if job.intent == "cancel" and status is None:
             self.store.transition(job.id, Event.CANCEL, "cancelled", only_from=live)
             placement_db.close_slurm(self.store, job.id)
             return
-        self._mark_running(job, place, SlurmJob(place.slurm_id or "", "", ""))
+        if status is None and not from_exit_file:
+            try:
+                accounted = (self.client.sacct([place.slurm_id]) or {}).get(place.slurm_id)
+                if accounted is not None and slurm_map.view(accounted).ended:
+                    self.forgetting.seen(place.slurm_id)
+                    self._settle(job, place, accounted, slurm_map.view(accounted))
+                    return
+                missing_s = self.forgetting.missed(place.slurm_id)
+                if missing_s < LOST_AFTER_S or self.client.knows(place.slurm_id):
+                    return  # not yet: Slurm may still answer, or its script write exit.json
+            except SlurmError as error:
+                self.pacer.failed(str(error))
+                return
+        if status is None and from_exit_file:
+            return
+        self.forgetting.seen(place.slurm_id)
+        problem = self._records(job, place.records_offset)
+        if status is not None or (run_dir / STARTED_FILE).exists():
+            self._mark_running(job, place, SlurmJob(place.slurm_id, "", ""))
         job = self.store.get(job.id)
         if status is not None and status.ok and not problem:
             self.store.transition(
@@ -887,10 +1162,21 @@ class SlurmExecutor:
             self._fail(
                 job, reason + (f"; {problem}" if problem else ""), {"exit_code": status.code}
             )
+        elif job.state == QUEUED and not (run_dir / STARTED_FILE).exists():
+            # Never started (its batch script leaves STARTED_FILE first): Slurm lost a pending
+            # job (a controller that died before saving its state): hand it over again.
+            placement_db.forget_submission(self.store, job.id)
+            self.store.set_reason(
+                job.id,
+                f"Slurm lost its pending job {place.slurm_id} before it started (a controller"
+                " restart loses jobs it had not saved); handing it over again",
+            )
+            return
         else:
             self._fail(
                 job,
-                f"lost: Slurm no longer knows job {place.slurm_id} and it left no exit status",
+                f"lost: Slurm no longer knows job {place.slurm_id}, and neither its accounting"
+                f" nor an exit status in {run_dir.name}/ says how it ended",
                 {},
                 lost=True,
             )
