@@ -1156,3 +1156,45 @@ def test_jobs_slurm_has_forgotten_are_settled_from_their_exit_status(
     finally:
         conf.write_text(original)
         subprocess.run(["scontrol", "reconfigure"], check=True)
+
+
+def test_polling_asks_about_our_jobs_only_and_slows_down_for_long_jobs(
+    on_slurm: Home, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every poll is `squeue --jobs=<ours> -O ...` (never the whole cluster's `--json`, which
+    cost 2.5 s and 9 MB on a busy cluster, once a second); while a job runs unchanged the
+    interval grows to `poll_max_s`; its end is seen within a poll floor of its exit.json."""
+    from workbench.daemon.executors import slurm_reconcile
+
+    stop_daemon(on_slurm)  # this test drives the executor itself
+    monkeypatch.setattr(slurm_reconcile, "FAST_WINDOW_S", 2.0)
+    asked: list[tuple[float, list[str]]] = []
+
+    class Recording(SlurmClient):
+        def _run(self, argv: list[str], env: object = None, stdin: str | None = None) -> str:
+            asked.append((time.monotonic(), list(argv)))
+            return super()._run(argv, env, stdin)  # type: ignore[arg-type]
+
+    (job_id,) = client.store.submit_many(
+        [JobRequest("long", "command", {"argv": ["sleep", "14"]}, "/", dict(os.environ),
+                    argv=["sleep", "14"], executor="slurm")]
+    )  # fmt: skip
+    settings = ExecutorConfig(kind="slurm", poll_min_s=0.5, poll_max_s=4.0)
+    executor = SlurmExecutor(on_slurm, client.store, Config(executor=settings), client=Recording())
+    began = time.monotonic()
+    exit_seen = None
+    while executor.tick() and time.monotonic() - began < 60:
+        exit_file = on_slurm.run_dir(job_id) / "exit.json"
+        if exit_seen is None and exit_file.exists():
+            exit_seen = time.monotonic()
+        time.sleep(0.1)
+    job = client.store.get(job_id)
+    assert job.state == "succeeded", job.reason
+    assert exit_seen is not None and job.ended_at is not None
+    polls = [(t, argv) for t, argv in asked if argv[0] == "squeue"]
+    assert polls and all("--json" not in argv for _, argv in polls)
+    assert all(any(a.startswith("--jobs=") for a in argv) for _, argv in polls[1:])
+    middle = [t for t, _ in polls if began + 8 <= t <= began + 14]
+    assert len(middle) <= 3, [round(t - began, 1) for t, _ in polls]  # ~1 a 4 s, not 12
+    settled_at = max(t for t, _ in polls)
+    assert settled_at - exit_seen < 1.5
