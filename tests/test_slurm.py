@@ -1198,3 +1198,78 @@ def test_polling_asks_about_our_jobs_only_and_slows_down_for_long_jobs(
     assert len(middle) <= 3, [round(t - began, 1) for t, _ in polls]  # ~1 a 4 s, not 12
     settled_at = max(t for t, _ in polls)
     assert settled_at - exit_seen < 1.5
+
+
+def test_pause_of_a_running_slurm_job_is_refused(on_slurm: Home, client: Client) -> None:
+    """`pause` of a running Slurm job printed "pausing", exited 0 and did nothing; suspending
+    one is an administrator's command, so it is refused (exit 2) and the job runs on."""
+    job_id = _submit("--", "sleep", "30")
+    _wait(client, job_id, "running", timeout=30)
+    done = workbench("pause", str(job_id))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "administrator" in done.stderr and "cancel it" in done.stderr
+    time.sleep(1.5)
+    job = client.store.get(job_id)
+    assert job.state == "running" and job.intent is None
+    assert workbench("cancel", str(job_id)).returncode == 0
+    _wait(client, job_id, "cancelled", timeout=30)
+
+
+def test_test_only_is_asked_once_per_resource_shape(on_slurm: Home) -> None:
+    """`sbatch --test-only` spends a Slurm job id; a shape the cluster took is not asked again
+    (for a day), a new shape is."""
+    from workbench.daemon.executors.slurm import check_requests
+
+    calls: list[list[str]] = []
+
+    class Counting(SlurmClient):
+        def test_only(self, args: list[str]) -> None:
+            calls.append(args)
+            super().test_only(args)
+
+    def request(cpus: float) -> JobRequest:
+        return JobRequest("j", "command", {"argv": ["true"]}, "/", {}, argv=["true"],
+                          executor="slurm", resources=Resources(cpus=cpus))  # fmt: skip
+
+    config = Config(executor=ExecutorConfig(kind="slurm"))
+    for _ in range(3):
+        check_requests([request(1)], on_slurm, config, client=Counting())
+    assert len(calls) == 1
+    check_requests([request(2)], on_slurm, config, client=Counting())
+    assert len(calls) == 2
+
+
+def test_an_array_past_max_array_size_is_split_and_keeps_its_cap(
+    slurm: dict[str, str], on_slurm: Home, client: Client
+) -> None:
+    """MaxArraySize 4 (set for this test): a capped group of 6 ready jobs was one array of 6,
+    which Slurm refused ("Invalid job array specification") failing every job. It now goes as
+    an array of 4, then one of 2 once the first is done; at most 2 run at once throughout."""
+    stop_daemon(on_slurm)
+    conf = Path(slurm["SLURM_CONF"])
+    original = conf.read_text()
+    conf.write_text(original.replace("MinJobAge=600", "MinJobAge=600\nMaxArraySize=4"))
+    subprocess.run(["scontrol", "reconfigure"], check=True)
+    try:
+        client.store.set_group("g", 2)
+        ids = client.store.submit_many(
+            [JobRequest(f"j{i}", "command", {"argv": ["sleep", "1"]}, "/", dict(os.environ),
+                        argv=["sleep", "1"], executor="slurm", group="g") for i in range(6)]
+        )  # fmt: skip
+        executor = SlurmExecutor(
+            on_slurm, client.store, Config(executor=ExecutorConfig(kind="slurm"))
+        )
+        deadline = time.monotonic() + 90
+        while executor.tick() and time.monotonic() < deadline:
+            time.sleep(0.3)
+        jobs = [client.store.get(i) for i in ids]
+        assert [j.state for j in jobs] == ["succeeded"] * 6, [j.reason for j in jobs]
+        arrays = [(j.slurm_id or "").split("_")[0] for j in jobs]
+        assert len(set(arrays[:4])) == 1 and len(set(arrays[4:])) == 1
+        assert arrays[0] != arrays[4]
+        spans = sorted((j.started_at or 0.0, j.ended_at or 0.0) for j in jobs)
+        for start, _ in spans:
+            assert sum(1 for s, e in spans if s <= start < e) <= 2
+    finally:
+        conf.write_text(original)
+        subprocess.run(["scontrol", "reconfigure"], check=True)

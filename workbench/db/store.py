@@ -128,6 +128,11 @@ class NoSuchJob(JobError):
     """An id that names no job (a usage error: exit code 2)."""
 
 
+class NotWhereItRuns(JobError):
+    """An action the job's executor cannot carry out (a usage error: exit code 2), e.g. `pause`
+    of a running Slurm job: suspending one is a Slurm administrator's command."""
+
+
 @dataclass(frozen=True)
 class JobRequest:
     """Everything a client decides at submit time.
@@ -1117,13 +1122,22 @@ class Store:
 
         Jobs that own no process change state here at once; for a live job the intent is
         recorded and the daemon (which owns the process) carries it out. Returns what happened.
-        Raises NoSuchJob, or JobError when the job's state does not allow the action."""
+        Raises NoSuchJob, NotWhereItRuns (`pause` of a running Slurm job), or JobError when the
+        job's state does not allow the action."""
         now = time.time()
         with self.transaction() as conn:
-            row = conn.execute("SELECT state, pid FROM jobs WHERE id=?", (job_id,)).fetchone()
+            row = conn.execute(
+                "SELECT state, pid, executor FROM jobs WHERE id=?", (job_id,)
+            ).fetchone()
             if row is None:
                 raise NoSuchJob(f"no job with id {job_id}")
             state = JobState(row[0])
+            if action == "pause" and row[2] == "slurm" and state in (STARTING, RUNNING):
+                raise NotWhereItRuns(
+                    f"job {job_id} is {state} on Slurm, where suspending a running job is an"
+                    " administrator's command (scontrol suspend); cancel it, or pause a Slurm"
+                    " job while it is queued (it is then held in Slurm)"
+                )
             held = state == PAUSED and row[1] is None  # paused before it ever started
             outcome = self._request(conn, job_id, action, state, held, now)
             self._audit(conn, action, job_id, outcome, now)

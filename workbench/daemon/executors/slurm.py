@@ -62,6 +62,7 @@ from workbench.queue.spec import SpecError
 from workbench.units import format_duration
 
 COMMAND_TIMEOUT_S = 10.0  # default: a Slurm command that takes longer is "no answer"
+CHECK_TTL_S = 86400.0  # a resource shape the cluster took at `--test-only` is not asked again
 STARTED_FILE = "slurm-started"  # the batch script writes it as it starts (the Slurm job id)
 SQUEUE_IDS_MAX = 200  # more followed jobs than this: one `squeue --me` instead of `--jobs=...`
 MAX_SUBMIT_ROUNDS = 8  # dependency levels handed to Slurm in one call
@@ -130,14 +131,19 @@ class SlurmClient:
         return done.stdout
 
     def cluster_info(self) -> ClusterInfo:
-        """Shards per GPU (from the nodes' GRES), asked once per client."""
+        """Shards per GPU (from the nodes' GRES) and MaxArraySize, asked once per client."""
         if self._info is None:
             shards = None
             for line in self._run(["sinfo", "-h", "-o", "%G"]).splitlines():
                 found = slurm_map.shards_per_gpu(line.strip())
                 if found:
                     shards = found if shards is None else min(shards, found)
-            self._info = ClusterInfo(shards_per_gpu=shards)
+            max_array = 1001
+            for line in self._run(["scontrol", "show", "config"]).splitlines():
+                key, _, value = line.partition("=")
+                if key.strip() == "MaxArraySize" and value.strip().isdigit():
+                    max_array = max(1, int(value.strip()))
+            self._info = ClusterInfo(shards_per_gpu=shards, max_array_size=max_array)
         return self._info
 
     def nodes_are_this_host(self) -> bool:
@@ -294,6 +300,44 @@ def check_shared_filesystem(
         )
 
 
+class CheckedShapes:
+    """Resource shapes (sbatch options but name and directory) that `sbatch --test-only` said
+    the cluster can run, kept in `slurm-checked.json` in the home for CHECK_TTL_S per cluster
+    (`SLURM_CONF`): each `--test-only` spends a Slurm job id, so a shape is asked about once a
+    day, not at every submit. A refusal is never kept (the next submit asks again)."""
+
+    def __init__(self, home: Home):
+        self.path = home.root / "slurm-checked.json"
+        self.cluster = os.environ.get("SLURM_CONF", "")
+        try:
+            data = json.loads(self.path.read_text())
+            self.seen: dict[str, float] = {
+                str(k): float(v) for k, v in data.items() if isinstance(v, (int, float))
+            }
+        except (OSError, ValueError, AttributeError):
+            self.seen = {}
+
+    def _key(self, shape: tuple[str, ...]) -> str:
+        return "\0".join((self.cluster, *shape))
+
+    def fresh(self, shape: tuple[str, ...]) -> bool:
+        """True when the cluster took this shape less than CHECK_TTL_S ago."""
+        return time.time() - self.seen.get(self._key(shape), 0.0) < CHECK_TTL_S
+
+    def add(self, shape: tuple[str, ...]) -> None:
+        """Remember that the cluster took `shape` now (best effort: a write that fails only
+        means asking again)."""
+        now = time.time()
+        self.seen = {k: t for k, t in self.seen.items() if now - t < CHECK_TTL_S}
+        self.seen[self._key(shape)] = now
+        try:
+            temporary = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
+            temporary.write_text(json.dumps(self.seen))
+            os.replace(temporary, self.path)
+        except OSError:
+            pass
+
+
 def submission_for(job: Job | JobRequest, name: str, output: str, cwd: str) -> Submission:
     """The resource, limit and priority fields of a job (or a request at submit) for sbatch,
     with its stop protocol: the warning before the time limit, and `--requeue` when it is
@@ -335,6 +379,7 @@ def check_requests(
     except SlurmError as error:
         raise SpecError(f"executor 'slurm': cannot reach Slurm ({error})") from error
     asked: set[tuple[str, ...]] = set()
+    checked = CheckedShapes(home)
     for index, request in slurm:
         label = where[index] if where else f"job {request.name!r}"
         try:
@@ -346,11 +391,12 @@ def check_requests(
         except Unmappable as error:
             raise SpecError(f"{label}: cannot run on Slurm: {error}") from error
         resources = tuple(a for a in args if not a.startswith(("--job-name=", "--chdir=")))
-        if resources in asked:
-            continue  # a sweep's points ask the cluster once
+        if resources in asked or checked.fresh(resources):
+            continue  # a sweep's points ask the cluster once; a shape it took, once a day
         asked.add(resources)
         try:
             client.test_only(list(resources))
+            checked.add(resources)
         except SlurmUnreachable:
             continue  # no answer is no refusal: sbatch will say, and the daemon retries it
         except SlurmError as error:
@@ -710,9 +756,21 @@ class SlurmExecutor:
                 submission_for(job, "", "", ""),
             )  # fmt: skip
             arrays.setdefault(key, []).append(item)
+        try:
+            largest = self.client.cluster_info().max_array_size if arrays else 1001
+        except SlurmError:
+            largest = 1001  # asked again at sbatch, which then says what is wrong
         for items in arrays.values():
             group = items[0].job.group
-            batches.append((items, limits.get(group, self.config.default_parallel)))
+            # An array past MaxArraySize is refused whole: hand over its first part now, the
+            # rest once that part is done (the group is then busy), so the cap still holds.
+            for item in items[largest:]:
+                self.store.set_reason(
+                    item.job.id,
+                    f"group {group!r}: its array is split to the cluster's MaxArraySize"
+                    f" ({largest}); waits for the part before it to finish",
+                )
+            batches.append((items[:largest], limits.get(group, self.config.default_parallel)))
         return batches
 
     def _groups_on_slurm(self) -> set[str]:

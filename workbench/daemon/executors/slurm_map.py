@@ -23,9 +23,11 @@ class Unmappable(SpecError):
 @dataclass(frozen=True)
 class ClusterInfo:
     """What the cluster offers that changes the mapping: GRES shards per GPU (None: the
-    cluster defines no shards, so fractional GPUs cannot be asked for)."""
+    cluster defines no shards, so fractional GPUs cannot be asked for), and the largest job
+    array it takes (`MaxArraySize`, Slurm's default 1001)."""
 
     shards_per_gpu: int | None = None
+    max_array_size: int = 1001  # MaxArraySize: array indices run 0 .. max_array_size - 1
 
 
 @dataclass(frozen=True)
