@@ -731,31 +731,39 @@ class SlurmExecutor:
 
     def _batches(self, ready: list[_Pending]) -> list[tuple[list[_Pending], int | None]]:
         """Single jobs, and one array per capped group whose ready jobs are alike (same
-        resources, limits, priority, dependencies, environment). A capped group that already
-        has jobs on Slurm waits until they are done, so the cap holds across submissions."""
+        resources, limits, priority, dependencies, environment). The cap holds across
+        submissions: a capped group's jobs that Slurm holds (running or pending there) count
+        against it, so with `--parallel 2` and one job on Slurm, the next one to arrive is
+        handed over at once, and the third waits (in our queue, with the reason) until one of
+        the two is done. A group with nothing on Slurm goes as one array with `%cap`."""
         limits = self.store.group_limits()
-        busy_groups = self._groups_on_slurm()
+        on_slurm = self._groups_on_slurm()
         batches: list[tuple[list[_Pending], int | None]] = []
         arrays: dict[tuple[object, ...], list[_Pending]] = {}
+        array_of: dict[str, tuple[object, ...]] = {}
         for item in ready:
             job = item.job
             cap = limits.get(job.group, self.config.default_parallel) or None
             if cap is None:
                 batches.append(([item], None))
                 continue
-            if job.group in busy_groups:
-                self.store.set_reason(
-                    job.id,
-                    f"group {job.group!r} is at its limit of {cap} running: waits for its"
-                    " Slurm jobs to finish",
-                )
-                continue
             key = (
                 job.group, job.gpus, job.gpu_mem, job.cpus, job.mem, job.time_limit,
                 job.priority, item.deps, json.dumps(job.env, sort_keys=True),
                 submission_for(job, "", "", ""),
             )  # fmt: skip
-            arrays.setdefault(key, []).append(item)
+            held = on_slurm.get(job.group, 0)
+            if held == 0 and array_of.setdefault(job.group, key) == key:
+                arrays.setdefault(key, []).append(item)
+            elif 0 < held < cap:
+                batches.append(([item], cap))
+                on_slurm[job.group] = held + 1
+            else:
+                self.store.set_reason(
+                    job.id,
+                    f"group {job.group!r} is at its limit of {cap}: it has {max(held, 1)} job(s)"
+                    " on Slurm (running or waiting there); waits for one to finish",
+                )
         try:
             largest = self.client.cluster_info().max_array_size if arrays else 1001
         except SlurmError:
@@ -773,15 +781,15 @@ class SlurmExecutor:
             batches.append((items[:largest], limits.get(group, self.config.default_parallel)))
         return batches
 
-    def _groups_on_slurm(self) -> set[str]:
-        """Groups that have jobs Slurm holds for us (submitted, not ended)."""
+    def _groups_on_slurm(self) -> dict[str, int]:
+        """{group: how many of its jobs Slurm holds for us (submitted, not ended)}."""
         active = self.store.active_jobs(light=True)
         places = placement_db.placements(self.store, [j.id for j in active])
-        return {
-            j.group
-            for j in active
-            if j.state != BLOCKED and places[j.id].executor == "slurm" and places[j.id].slurm_id
-        }
+        counts: dict[str, int] = {}
+        for j in active:
+            if j.state != BLOCKED and places[j.id].executor == "slurm" and places[j.id].slurm_id:
+                counts[j.group] = counts.get(j.group, 0) + 1
+        return counts
 
     def _submit(self, items: list[_Pending], cap: int | None) -> None:
         jobs = [self.store.get(item.job.id) for item in items]
