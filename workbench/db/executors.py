@@ -3,8 +3,10 @@ file the daemon has ingested (the jobs table's columns of migration 60)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from workbench.db.store import PAUSED, QUEUED, RUNNING, Store
 
@@ -67,6 +69,24 @@ def set_node(store: Store, job_id: int, node: str) -> None:
     """The node a Slurm job runs on (as squeue names it)."""
     with store.transaction() as conn:
         conn.execute("UPDATE jobs SET node=? WHERE id=? AND node IS NOT ?", (node, job_id, node))
+
+
+def slurm_options(store: Store, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """Per-job sbatch options ({job id: SlurmOptions as a table}) of the jobs that have some."""
+    ids = list(set(ids))
+    out: dict[int, dict[str, Any]] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        for job_id, text in store.conn.execute(
+            f"SELECT id, slurm_options FROM jobs WHERE id IN ({marks})"
+            " AND slurm_options IS NOT NULL",
+            chunk,
+        ):
+            value = json.loads(text)
+            if isinstance(value, dict):
+                out[int(job_id)] = value
+    return out
 
 
 def set_restarts(store: Store, job_id: int, restarts: int) -> None:

@@ -329,6 +329,10 @@ MIGRATIONS: dict[int, str] = {
     90: """
     ALTER TABLE jobs ADD COLUMN slurm_restarts INTEGER NOT NULL DEFAULT 0;
     """,
+    # Per-job sbatch options (`[slurm]` of a spec or stage, `--slurm KEY=VALUE`), as JSON.
+    91: """
+    ALTER TABLE jobs ADD COLUMN slurm_options TEXT;
+    """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

@@ -158,6 +158,9 @@ class JobRequest:
     paused: bool = False
     executor: str = "local"
     preemptible: bool = True  # false: never preempted to give borrowed GPUs back
+    # Per-job sbatch options (`[slurm]`, workbench.queue.requests.SlurmOptions as a table);
+    # read back with workbench.db.executors.slurm_options.
+    slurm: dict[str, Any] | None = None
     # What it was submitted with, to reproduce it (workbench.queue.repro): {"code",
     # "environment", "snapshot"}; None: not captured.
     repro: dict[str, Any] | None = None
@@ -668,6 +671,10 @@ class Store:
             ),
         )
         job_id = int(cur.lastrowid or 0)
+        if req.slurm:
+            conn.execute(
+                "UPDATE jobs SET slurm_options=? WHERE id=?", (json.dumps(req.slurm), job_id)
+            )
         if req.repro is not None:
             conn.execute(
                 "INSERT OR REPLACE INTO job_repro(job_id, record) VALUES (?, ?)",

@@ -338,10 +338,19 @@ class CheckedShapes:
             pass
 
 
-def submission_for(job: Job | JobRequest, name: str, output: str, cwd: str) -> Submission:
+def submission_for(
+    job: Job | JobRequest,
+    name: str,
+    output: str,
+    cwd: str,
+    options: Mapping[str, object] | None = None,
+) -> Submission:
     """The resource, limit and priority fields of a job (or a request at submit) for sbatch,
     with its stop protocol: the warning before the time limit, and `--requeue` when it is
-    checkpointable."""
+    checkpointable; and its own sbatch options (`options`, its `[slurm]` table: a request's
+    own by default, a stored job's from `placement_db.slurm_options`)."""
+    if options is None and isinstance(job, JobRequest):
+        options = job.slurm
     res = job.resources
     policy = stopping.policy_for(job, 0.0)
     return Submission(
@@ -357,6 +366,7 @@ def submission_for(job: Job | JobRequest, name: str, output: str, cwd: str) -> S
         mig_profile=res.mig_profile,
         warn_before_s=policy.warn_before_s,
         requeue=policy.checkpointable and job.kind == "command",
+        job_args=tuple(slurm_map.option_args(options)),
     )
 
 
@@ -433,6 +443,7 @@ class ScriptJob:
     stop_signal: str = "TERM"
     restarts: int = 0
     checkpointable: bool = False
+    srun: bool = False  # more than one task (`[slurm]` nodes, ntasks_per_node): launched by srun
 
 
 def batch_script(home: Home, jobs: Sequence[ScriptJob]) -> str:
@@ -452,7 +463,7 @@ def batch_script(home: Home, jobs: Sequence[ScriptJob]) -> str:
         cases.append(
             f"  {index}) id={job.job_id}; cwd={shlex.quote(job.cwd)}; argv=({words});"
             f" stop_sig={job.stop_signal}; restarts={job.restarts};"
-            f" marked={int(job.checkpointable)} ;;"
+            f" marked={int(job.checkpointable)}; use_srun={int(job.srun)} ;;"
         )
     warn = int(slurm_map.WARN_SIGNAL)
     lines = [
@@ -489,7 +500,8 @@ def batch_script(home: Home, jobs: Sequence[ScriptJob]) -> str:
         '  echo "the working directory $cwd does not exist on $(hostname)" >"$run_dir/failure"',
         "  code=127",
         "else",
-        '  "${argv[@]}" &',
+        '  if [ "$use_srun" = 1 ]; then srun --kill-on-bad-exit=1 "${argv[@]}" &',
+        '  else "${argv[@]}" & fi',
         "  child=$!",
         '  while :; do wait "$child"; code=$?; kill -0 "$child" 2>/dev/null || break; done',
         "fi",
@@ -500,11 +512,15 @@ def batch_script(home: Home, jobs: Sequence[ScriptJob]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def script_job(job: Job, argv: list[str], cwd: str, restarts: int) -> ScriptJob:
-    """A job as the batch script runs it, with its stop protocol."""
+def script_job(
+    job: Job, argv: list[str], cwd: str, restarts: int, options: Mapping[str, object] | None = None
+) -> ScriptJob:
+    """A job as the batch script runs it, with its stop protocol; with `srun` when its `[slurm]`
+    options ask for more than one task."""
     policy = stopping.policy_for(job, 0.0)
     marked = policy.checkpointable and job.kind == "command"
-    return ScriptJob(job.id, argv, cwd, policy.signal_name, restarts, marked)
+    srun = slurm_map.tasks_of(options) != (1, 1)
+    return ScriptJob(job.id, argv, cwd, policy.signal_name, restarts, marked, srun)
 
 
 def slurm_limit(seconds: float) -> str:
@@ -596,13 +612,16 @@ class SlurmExecutor:
         """sbatch one attempt (resources, limits and priority from the job's row; the token in
         `--comment` so `find` can recognise it). Raises LaunchError with Slurm's message."""
         job = self.store.get(launch.job_id)
+        options = placement_db.slurm_options(self.store, [job.id]).get(job.id)
         output = str(launch.run_dir / "slurm-%j.out")
         sub = dataclasses.replace(
-            submission_for(job, job.name, output, launch.cwd), comment=f"workbench {launch.token}"
+            submission_for(job, job.name, output, launch.cwd, options),
+            comment=f"workbench {launch.token}",
         )
         launch.run_dir.mkdir(parents=True, exist_ok=True)
         restarts = int(launch.env.get("WORKBENCH_RESTARTS") or 0)
-        script = batch_script(self.home, [script_job(job, list(launch.argv), launch.cwd, restarts)])
+        argv = list(launch.argv)
+        script = batch_script(self.home, [script_job(job, argv, launch.cwd, restarts, options)])
         env = dict(launch.env)
         if "SLURM_CONF" in os.environ:
             env["SLURM_CONF"] = os.environ["SLURM_CONF"]
@@ -738,6 +757,7 @@ class SlurmExecutor:
         the two is done. A group with nothing on Slurm goes as one array with `%cap`."""
         limits = self.store.group_limits()
         on_slurm = self._groups_on_slurm()
+        options = placement_db.slurm_options(self.store, [item.job.id for item in ready])
         batches: list[tuple[list[_Pending], int | None]] = []
         arrays: dict[tuple[object, ...], list[_Pending]] = {}
         array_of: dict[str, tuple[object, ...]] = {}
@@ -750,7 +770,7 @@ class SlurmExecutor:
             key = (
                 job.group, job.gpus, job.gpu_mem, job.cpus, job.mem, job.time_limit,
                 job.priority, item.deps, json.dumps(job.env, sort_keys=True),
-                submission_for(job, "", "", ""),
+                submission_for(job, "", "", "", options.get(job.id)),
             )  # fmt: skip
             held = on_slurm.get(job.group, 0)
             if held == 0 and array_of.setdefault(job.group, key) == key:
@@ -804,8 +824,9 @@ class SlurmExecutor:
         output = str(self.home.run_dir(first.id) / "slurm-%j.out")
         array = len(jobs) if cap is not None and len(jobs) > 1 else 0
         name = first.name if not array else f"{first.group} ({len(jobs)} jobs)"
+        options = placement_db.slurm_options(self.store, [first.id]).get(first.id)
         sub = dataclasses.replace(
-            submission_for(first, name, output, first.cwd),
+            submission_for(first, name, output, first.cwd, options),
             deps=items[0].deps,
             array_size=array,
             array_cap=cap if array else None,
@@ -814,7 +835,13 @@ class SlurmExecutor:
         script = batch_script(
             self.home,
             [
-                script_job(j, job_argv(j, self.python), j.cwd or str(self.home.root), j.attempt - 1)
+                script_job(
+                    j,
+                    job_argv(j, self.python),
+                    j.cwd or str(self.home.root),
+                    j.attempt - 1,
+                    options,
+                )
                 for j in jobs
             ],
         )

@@ -7,6 +7,7 @@ import json
 import math
 import re
 import signal
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -55,6 +56,7 @@ class Submission:
     mig_profile: str | None = None  # one MIG instance of this profile (not mappable to sbatch)
     warn_before_s: float | None = None  # the batch shell is sent WARN_SIGNAL this long before
     requeue: bool = False  # checkpointable: Slurm may requeue it (preemption, node failure)
+    job_args: tuple[str, ...] = ()  # the job's own sbatch options (`option_args`), last
 
 
 # What Slurm sends the batch shell before the time limit (`--signal=B:...`); the batch script
@@ -117,9 +119,10 @@ def sbatch_args(sub: Submission, settings: ExecutorConfig, cluster: ClusterInfo)
             f" to at least {sub.priority} or lower the priority"
         )
     args = ["--parsable", f"--job-name={sub.name}", f"--output={sub.output}", f"--chdir={sub.cwd}"]
-    if settings.partition:
+    own = {a.split("=", 1)[0] for a in sub.job_args}
+    if settings.partition and "--partition" not in own:
         args.append(f"--partition={settings.partition}")
-    if settings.account:
+    if settings.account and "--account" not in own:
         args.append(f"--account={settings.account}")
     gres = gpu_gres(sub.gpus, cluster)
     if gres:
@@ -154,7 +157,39 @@ def sbatch_args(sub: Submission, settings: ExecutorConfig, cluster: ClusterInfo)
         args.append(f"--comment={sub.comment}")
     args.append("--export=ALL")
     args.extend(settings.extra)
+    args.extend(sub.job_args)
     return args
+
+
+_OPTION_FLAGS = (
+    ("partition", "--partition"), ("qos", "--qos"), ("account", "--account"),
+    ("constraint", "--constraint"), ("nodelist", "--nodelist"), ("exclude", "--exclude"),
+)  # fmt: skip
+
+
+def option_args(options: Mapping[str, Any] | None) -> list[str]:
+    """A job's own sbatch options from its `[slurm]` table (workbench.queue.requests.
+    SlurmOptions, already checked): names as `--partition=...`, `--exclusive`, `--nodes` and
+    `--ntasks-per-node` when it runs more than one task, then its `extra` list as given."""
+    if not options:
+        return []
+    args = [f"{flag}={options[key]}" for key, flag in _OPTION_FLAGS if options.get(key)]
+    if options.get("exclusive"):
+        args.append("--exclusive")
+    nodes, tasks = tasks_of(options)
+    if nodes > 1:
+        args.append(f"--nodes={nodes}")
+    if nodes > 1 or tasks > 1:
+        args.append(f"--ntasks-per-node={tasks}")
+    args.extend(str(option) for option in options.get("extra") or [])
+    return args
+
+
+def tasks_of(options: Mapping[str, Any] | None) -> tuple[int, int]:
+    """(nodes, tasks per node) of a job's `[slurm]` table; (1, 1) when it says nothing."""
+    if not options:
+        return 1, 1
+    return int(options.get("nodes") or 1), int(options.get("ntasks_per_node") or 1)
 
 
 def ended_dependency(cond: str, state: str) -> str | None:
