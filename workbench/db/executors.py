@@ -89,6 +89,24 @@ def slurm_options(store: Store, ids: Iterable[int]) -> dict[int, dict[str, Any]]
     return out
 
 
+def needs_action(store: Store, ids: Iterable[int]) -> bool:
+    """True when one of the jobs has a cancel, pause or resume to carry out, or has ended here
+    while Slurm may still hold it (cancelled while pending): the Slurm executor acts at once
+    rather than at its next poll."""
+    ids = list(ids)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        row = store.conn.execute(
+            f"SELECT 1 FROM jobs WHERE id IN ({marks}) AND (intent IS NOT NULL"
+            " OR state NOT IN (?, ?, ?)) LIMIT 1",
+            (*chunk, str(QUEUED), str(RUNNING), str(PAUSED)),
+        ).fetchone()
+        if row is not None:
+            return True
+    return False
+
+
 def set_restarts(store: Store, job_id: int, restarts: int) -> None:
     """How often Slurm has requeued the job's current Slurm job (squeue's RestartCnt)."""
     with store.transaction() as conn:

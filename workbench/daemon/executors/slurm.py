@@ -970,6 +970,8 @@ class SlurmExecutor:
             return False
         if any((self.home.run_dir(p.job_id) / runner.EXIT_FILE).exists() for p in followed):
             self.pacer.now_due()  # Slurm will say how it ended: ask now, not in 30 s
+        if placement_db.needs_action(self.store, [p.job_id for p in followed]):
+            self.pacer.now_due()  # a cancel, pause or resume to carry out: not in 30 s
         if not self.pacer.due():
             return True
         try:
@@ -996,7 +998,7 @@ class SlurmExecutor:
             job = self.store.find(place.job_id)
             if job is None:
                 continue
-            action = self._follow(job, place, seen.get(place.slurm_id))
+            action = self._follow(job, place, self._ours(job, seen.get(place.slurm_id)))
             if action == "hold":
                 holds.append(place.slurm_id)
             elif action == "release":
@@ -1007,6 +1009,19 @@ class SlurmExecutor:
             except SlurmError as error:
                 print(f"workbench daemon: scontrol {what}: {error}", file=sys.stderr, flush=True)
         return True
+
+    def _ours(self, job: Job, seen: SlurmJob | None) -> SlurmJob | None:
+        """`seen`, unless its comment says it is another job (a controller that lost its state
+        hands job ids out again): then, for this job, Slurm has forgotten its own."""
+        if (
+            seen is None
+            or not seen.comment.startswith("workbench job ")
+            or " home " not in seen.comment
+        ):
+            return seen  # no comment of ours to check (an older daemon's submission)
+        if (job.id, job.attempt) in follows_from_comment(seen.comment, self.tag):
+            return seen
+        return None
 
     def _unanswered(self, followed: list[placement_db.Placement]) -> None:
         """Slurm did not answer: each live job keeps its state with the outage as its reason;
