@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -170,6 +170,108 @@ def test_squeue_states_and_reasons_become_ours(
     if view.ended and code is not None:
         assert view.exit_code == code
     assert "11_4" not in jobs
+
+
+SQUEUE_LINES = (
+    "12|COMPLETED|None|0|localhost|2026-12-07T03:45:01|2026-12-07T03:45:02|0|workbench job 5#1 home ab12cd34|\n"
+    "13|FAILED|NonZeroExitCode|768|localhost|2026-12-07T03:45:05|2026-12-07T03:45:05|0|(null)|\n"
+    "14|PENDING|BeginTime|0||N/A|N/A|1|a|b|\n"
+    "4_[2-3%1]|PENDING|JobArrayTaskLimit|0||N/A|N/A|0|(null)|\n"
+    "4_1|RUNNING|None|0|localhost|2026-12-07T03:45:08|NONE|0|(null)|\n"
+)
+
+
+def test_squeue_format_lines_are_parsed_like_the_json() -> None:
+    jobs = slurm_map.parse_squeue_lines(SQUEUE_LINES)
+    assert set(jobs) == {"12", "13", "14", "4_1", "4_2", "4_3"}
+    assert (jobs["13"].state, jobs["13"].exit_code, jobs["13"].signal) == ("FAILED", 3, None)
+    assert slurm_map.view(jobs["13"]).reason == "exited with code 3 (Slurm FAILED)"
+    assert jobs["12"].comment == "workbench job 5#1 home ab12cd34" and jobs["12"].end_time
+    assert jobs["14"].restarts == 1 and jobs["14"].comment == "a|b"  # a comment may hold |
+    assert jobs["4_3"].reason == "JobArrayTaskLimit" and jobs["4_1"].node == "localhost"
+    assert slurm_map.parse_squeue_lines("") == {}
+    with pytest.raises(ValueError):
+        slurm_map.parse_squeue_lines("slurm_load_jobs error: something\n")
+
+
+def test_sacct_lines_are_parsed() -> None:
+    text = (
+        "7|COMPLETED|0:0|localhost|2026-12-07T03:45:01|2026-12-07T03:45:02\n"
+        "8|CANCELLED by 0|0:15|localhost|2026-12-07T03:45:01|2026-12-07T03:45:09\n"
+        "9_2|TIMEOUT|0:0|n1|2026-12-07T03:45:01|2026-12-07T03:46:01\n"
+        "10|FAILED|2:0|n1|2026-12-07T03:45:01|2026-12-07T03:46:01\n"
+    )
+    jobs = slurm_map.parse_sacct(text)
+    assert {sid: slurm_map.view(j).state for sid, j in jobs.items()} == {
+        "7": "succeeded", "8": "cancelled", "9_2": "failed", "10": "failed",
+    }  # fmt: skip
+    assert jobs["8"].signal == 15 and jobs["10"].exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("message", "unreachable"),
+    [
+        (
+            "squeue: slurm_load_jobs error: Unable to contact slurm controller (connect failure)",
+            True,
+        ),
+        (
+            "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation",
+            True,
+        ),
+        ("sbatch did not answer within 10s", True),
+        ("sbatch: error: Batch job submission failed: Invalid account or account/partition", False),
+        (
+            "sbatch: error: Batch job submission failed: Requested node configuration is not available",
+            False,
+        ),
+        ("squeue: slurm_load_jobs error: Invalid job id specified", False),
+    ],
+)
+def test_no_answer_is_told_from_a_refusal(message: str, unreachable: bool) -> None:
+    assert slurm_map.unreachable(message) is unreachable
+
+
+def test_the_poll_backs_off_while_slurm_does_not_answer_and_slows_while_nothing_changes() -> None:
+    from workbench.daemon.executors.slurm_reconcile import OUTAGE_MAX_S, Poll
+
+    now = [1000.0]
+    poll = Poll(floor_s=1.0, ceiling_s=30.0, clock=lambda: now[0], wall=lambda: 0.0)
+    running = {"5": SlurmJob("5", "RUNNING", "None")}
+    waits = []
+    for _ in range(12):
+        assert poll.due()
+        poll.answered(running)
+        waits.append(poll.next_at - now[0])
+        now[0] = poll.next_at
+    assert waits[0] == 1.0 and waits[-1] == 30.0 and waits == sorted(waits)
+    poll.answered(running)
+    assert poll.next_at - now[0] == 30.0
+    poll.hurry()  # a submit: back to the floor
+    assert poll.next_at - now[0] == 1.0
+    outage = []
+    for _ in range(8):
+        now[0] = max(now[0], poll.next_at)
+        poll.failed("squeue: Unable to contact slurm controller")
+        outage.append(poll.next_at - now[0])
+        assert not poll.reachable() and "Slurm unreachable since" in poll.reason()
+    assert outage[:3] == [2.0, 4.0, 8.0] and outage[-1] == OUTAGE_MAX_S
+    now[0] = poll.next_at
+    poll.answered({"5": SlurmJob("5", "COMPLETED", "None")})
+    assert poll.reachable() and poll.next_at - now[0] == 1.0  # a change: the floor again
+
+
+def test_our_comment_names_the_jobs_and_the_home() -> None:
+    from workbench.daemon.executors.slurm_reconcile import (
+        follows_from_comment,
+        submission_comment,
+    )
+
+    comment = submission_comment([(5, 1), (6, 2)], "ab12cd34")
+    assert follows_from_comment(comment, "ab12cd34") == [(5, 1), (6, 2)]
+    assert follows_from_comment(comment, "00000000") == []  # another home's
+    assert follows_from_comment("workbench job 5", "ab12cd34") == []
+    assert follows_from_comment("", "ab12cd34") == []
 
 
 @pytest.mark.parametrize(
@@ -432,9 +534,9 @@ def test_one_squeue_per_tick_for_all_jobs(on_slurm: Home, client: Client) -> Non
     calls: list[str] = []
 
     class Counting(SlurmClient):
-        def squeue(self) -> dict[str, SlurmJob]:
+        def squeue_jobs(self, slurm_ids: Sequence[str]) -> dict[str, SlurmJob]:
             calls.append("squeue")
-            return super().squeue()
+            return super().squeue_jobs(slurm_ids)
 
     requests = [
         JobRequest(
@@ -577,7 +679,17 @@ def test_a_checkpointable_job_requeued_by_slurm_restarts_with_its_checkpoint_fol
     wait_for(lambda: log.exists() and "start 0" in log.read_text(), 40, what="the first start")
     slurm_id = client.store.get(job_id).slurm_id or ""
     subprocess.run(["scontrol", "requeue", slurm_id], check=True, capture_output=True)
-    job = _wait(client, job_id, "succeeded", timeout=150)
+    # Slurm holds a requeued job 121 s (its EligibleTime), and the backfill pass that starts it
+    # comes every 30 s: up to 151 s, past the 150 s this waited.
+    try:
+        job = _wait(client, job_id, "succeeded", timeout=210)
+    except AssertionError:
+        info = [["sinfo", "-R"], ["scontrol", "show", "job", slurm_id]]
+        raise AssertionError(
+            f"{client.store.get(job_id).reason}\n{log.read_text()}\n"
+            + "".join(subprocess.run(c, capture_output=True, text=True).stdout for c in info)
+            + on_slurm.daemon_log.read_text()[-2000:]
+        ) from None
     text = log.read_text()
     checkpoints = on_slurm.run_dir(job_id) / "checkpoints"
     assert f"start 1 {checkpoints}" in text and "resumed from saved" in text, text
@@ -792,7 +904,7 @@ def test_bench_executor_tiny(slurm: dict[str, str]) -> None:
         [sys.executable, str(ROOT / "bench" / "executor.py"), "--tiny", "--cluster", slurm["dir"]],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=240,
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
@@ -818,5 +930,533 @@ def test_bench_executor_tiny(slurm: dict[str, str]) -> None:
     # a start through sbatch, slurmctld and slurmd: many times a local fork (16-48x in RESULTS.md)
     start = rows["submit-to-start, median"]
     assert ms(start[0]) > ms(start[1]), done.stdout
-    assert 0 < ms(rows["one `squeue --json` (the daemon's per-tick poll)"][0]) < 10_000
+    assert 0 < ms(rows["one `squeue --json` (what the daemon no longer asks)"][0]) < 10_000
+    ours, bare, _ = rows["submit to done: the daemon vs bare `sbatch --wait --wrap`, median"]
+    assert 0 < ms(ours) < 60_000 and 0 < float(bare.split()[-2]) < 60_000, done.stdout
+    for n in (1, 4):
+        cpu, calls, _ = rows[f"following {n} long job(s): daemon CPU, Slurm calls per minute"]
+        assert 0 <= float(cpu.split("%")[0]) < 100 and float(calls.split()[0]) < 200, done.stdout
     assert "2 single jobs per executor" in done.stdout
+
+
+# ---- the cluster's bad days (issue 21) ------------------------------------------------------
+
+
+def _controller(slurm: dict[str, str], up: bool) -> None:
+    """Stop the test cluster's slurmctld (`kill`: SIGTERM, it saves its state) or start it
+    again on that state; returns once it is gone, or answers. (SIGKILL loses the jobs it had
+    not saved yet, hands their ids out again, and the node then drains on "Duplicate jobid".)"""
+    pid_file = Path(slurm["dir"]) / "slurmctld.pid"
+    if not up:
+        pid = int(pid_file.read_text())
+        os.kill(pid, 15)
+        wait_for(lambda: not Path(f"/proc/{pid}").exists(), 20, what="slurmctld to die")
+        return
+    subprocess.run(["slurmctld"], check=True, env={**os.environ, "SLURM_CONF": slurm["SLURM_CONF"]})
+    wait_for(
+        lambda: subprocess.run(["squeue", "-h"], capture_output=True).returncode == 0,
+        60,
+        interval=0.5,
+        what="slurmctld to answer",
+    )
+
+
+def _history(client: Client, job_id: int) -> str:
+    rows = client.store.conn.execute(
+        "SELECT reason FROM job_events WHERE job_id=? ORDER BY t", (job_id,)
+    ).fetchall()
+    return "\n".join(str(r[0]) for r in rows)
+
+
+def test_a_controller_outage_keeps_every_job_and_retries_sbatch(
+    slurm: dict[str, str], on_slurm: Home, client: Client, tmp_path: Path
+) -> None:
+    """slurmctld killed for ~15 s (several polls): every job keeps its last known state with
+    "Slurm unreachable since" as its reason (it was "lost" within 8 s), a retry whose first
+    attempt ended during the outage is settled from its exit.json and its sbatch, which fails
+    while the controller is down, is tried again rather than consumed; after the restart all
+    end as Slurm ran them."""
+    marker = tmp_path / "failed-once"
+    steady = _submit("--", "sh", "-c", "sleep 25; echo finished")
+    waiting = _submit("--after", str(steady), "--", "true")
+    flaky = _submit(
+        "--retries",
+        "2",
+        "--",
+        "sh",
+        "-c",
+        f"test -e {marker} && exit 0; touch {marker}; sleep 5; exit 3",
+    )
+    _wait(client, steady, "running", timeout=30)
+    _wait(client, flaky, "running", timeout=30)
+    first_steady = client.store.get(steady).slurm_id
+    _controller(slurm, up=False)
+    down_at = time.monotonic()
+    try:
+        requeued = wait_for(
+            lambda: (j := client.store.get(flaky)).attempt == 2 and j, 30, what="the retry"
+        )
+        assert requeued.state == "queued" and requeued.slurm_id is None
+        wait_for(
+            lambda: "Slurm unreachable since" in str(client.store.get(flaky).reason),
+            40,
+            what="the retry's sbatch to meet the outage",
+        )
+        for job_id, state in ((steady, "running"), (waiting, "queued")):
+            job = wait_for(
+                lambda i=job_id: (
+                    "Slurm unreachable since" in str((j := client.store.get(i)).reason) and j
+                ),
+                30,
+                what=f"job {job_id} to show the outage",
+            )
+            assert job.state == state
+        time.sleep(max(0.0, 15 - (time.monotonic() - down_at)))
+        assert client.store.get(steady).state == "running"
+        assert client.store.get(flaky).state == "queued"
+    finally:
+        _controller(slurm, up=True)
+    for job_id in (steady, waiting, flaky):
+        try:
+            _wait(client, job_id, "succeeded", timeout=120)
+        except AssertionError:
+            job = client.store.get(job_id)
+            daemon_log = on_slurm.root / "daemon.log"
+            raise AssertionError(
+                "".join(
+                    f"{i}: {(j := client.store.get(i)).state} {j.slurm_id} {j.reason}"
+                    f" {_history(client, i)}\n"
+                    for i in (steady, waiting, flaky)
+                )
+                + subprocess.run(["squeue", "--states=all"], capture_output=True, text=True).stdout
+                + (daemon_log.read_text()[-3000:] if daemon_log.exists() else "")
+            ) from None
+    assert client.store.get(steady).slurm_id == first_steady
+    assert "finished" in (on_slurm.run_dir(steady) / "log").read_text()
+    assert client.store.get(flaky).attempt == 2
+    for job_id in (steady, waiting, flaky):
+        assert "lost" not in _history(client, job_id)
+    seen = _slurm_view(first_steady or "")
+    assert seen is not None and seen.state == "COMPLETED"
+    time.sleep(2)
+    drained = subprocess.run(["sinfo", "-R", "-h"], capture_output=True, text=True).stdout
+    if drained.strip():  # leave the session's cluster usable for the tests after this one
+        subprocess.run(["scontrol", "update", "nodename=localhost", "state=resume"])
+    assert not drained.strip(), drained
+
+
+def test_a_late_sbatch_is_found_by_its_comment_not_refused(
+    on_slurm: Home, client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An sbatch that answers after the command timeout (a shim that runs the real one, then
+    sleeps) was "Slurm refused it" while its Slurm job ran untracked; the job is now found by
+    the comment it was submitted with, and runs once. `--test-only` that does not answer at
+    submit does not refuse the job either."""
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    real = shutil.which("sbatch")
+    shim = shims / "sbatch"
+    shim.write_text(f'#!/bin/bash\nout=$({real} "$@") || exit $?\nsleep 4\necho "$out"\n')
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shims}:{os.environ['PATH']}")
+    on_slurm.config.write_text('[executor]\nkind = "slurm"\ncommand_timeout_s = 2\n')
+    ids = [_submit("--", "sh", "-c", f"echo run {i}") for i in range(3)]
+    for job_id in ids:
+        job = _wait(client, job_id, "succeeded", timeout=90)
+        assert job.attempt == 1
+    daemon_log = on_slurm.daemon_log.read_text()
+    for job_id in ids:
+        assert f"job {job_id} found on Slurm as" in daemon_log, daemon_log[-3000:]
+    from workbench.daemon.executors.slurm import home_tag
+    from workbench.daemon.executors.slurm_reconcile import follows_from_comment
+
+    tag = home_tag(on_slurm)
+    named = [
+        job_id
+        for sid, seen in SlurmClient().squeue().items()
+        if "_" not in sid
+        for job_id, _ in follows_from_comment(seen.comment, tag)
+    ]
+    assert sorted(named) == sorted(ids)  # one Slurm job each: none submitted twice
+    for job_id in ids:
+        assert (on_slurm.run_dir(job_id) / "log").read_text().count("run ") == 1
+
+
+def test_a_submission_a_stopped_daemon_did_not_record_is_adopted(
+    on_slurm: Home, client: Client
+) -> None:
+    """A daemon that stopped between sbatch and recording the Slurm id: the next daemon finds
+    the Slurm job by its comment before handing the job over, so it runs once, tracked."""
+    from workbench.daemon.executors.slurm import ScriptJob, batch_script, home_tag
+    from workbench.daemon.executors.slurm_reconcile import submission_comment
+
+    stop_daemon(on_slurm)
+    (job_id,) = client.store.submit_many(
+        [JobRequest("j", "command", {"argv": ["true"]}, "/", dict(os.environ),
+                    argv=["sh", "-c", "echo ran"], executor="slurm")]
+    )  # fmt: skip
+    on_slurm.run_dir(job_id).mkdir(parents=True, exist_ok=True)
+    script = batch_script(on_slurm, [ScriptJob(job_id, ["sh", "-c", "echo ran"], "/")])
+    comment = submission_comment([(job_id, 1)], home_tag(on_slurm))
+    done = subprocess.run(
+        ["sbatch", "--parsable", f"--comment={comment}", "--mem=50M",
+         f"--output={on_slurm.run_dir(job_id)}/slurm-%j.out"],
+        input=script, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    slurm_id = done.stdout.strip()
+    assert workbench("daemon", "start").returncode == 0
+    job = _wait(client, job_id, "succeeded", timeout=60)
+    assert job.slurm_id == slurm_id
+    assert (on_slurm.run_dir(job_id) / "log").read_text().count("ran") == 1
+
+
+def test_a_requeue_by_slurm_shows_as_such(on_slurm: Home, client: Client) -> None:
+    """The node set down under a running job: Slurm requeues it (PENDING, Restarts=1). Ours
+    showed `running` with no reason; it is now queued with Slurm's reason, the restart is
+    counted and marked in its log, and a cancel still reaches it."""
+    job_id = _submit("--", "sh", "-c", "echo start; sleep 6; echo done")
+    _wait(client, job_id, "running", timeout=30)
+    slurm_id = client.store.get(job_id).slurm_id or ""
+    scontrol = ["scontrol", "update", "nodename=localhost"]
+    subprocess.run([*scontrol, "state=down", "reason=test"], check=True)
+    log = on_slurm.run_dir(job_id) / "log"
+    try:
+        job = wait_for(
+            lambda: (j := client.store.get(job_id)).state == "queued" and j,
+            60,
+            what="the requeue to show",
+        )
+        assert "requeued by Slurm (restart 1" in str(job.reason), job.reason
+    finally:
+        subprocess.run([*scontrol, "state=resume"], capture_output=True)  # back up already?
+    assert job.slurm_id == slurm_id and job.attempt == 1
+    assert placement_db.placements(client.store, [job_id])[job_id].restarts == 1
+    text = log.read_text()
+    assert "[workbench]" in text and "requeued by Slurm (restart 1" in text
+    # Slurm starts a requeued job again only after a delay (its BeginTime: the node keeps the
+    # old credential about 2 minutes and refuses the job id before that); cancel it instead.
+    assert workbench("cancel", str(job_id)).returncode == 0
+    _wait(client, job_id, "cancelled", timeout=30)
+
+
+def test_jobs_slurm_has_forgotten_are_settled_from_their_exit_status(
+    slurm: dict[str, str], on_slurm: Home, client: Client
+) -> None:
+    """MinJobAge 2 s (set for this test): jobs that ended while the daemon was stopped are no
+    longer listed by Slurm when it comes back, and this cluster has no slurmdbd. Each is
+    settled from the exit.json its batch script left; none is lost."""
+    conf = Path(slurm["SLURM_CONF"])
+    original = conf.read_text()
+    conf.write_text(original.replace("MinJobAge=600", "MinJobAge=2"))
+    subprocess.run(["scontrol", "reconfigure"], check=True)
+    try:
+        ok = _submit("--", "sh", "-c", "sleep 2; echo fine")
+        bad = _submit("--", "sh", "-c", "sleep 2; exit 3")
+        for job_id in (ok, bad):
+            _wait(client, job_id, "running", timeout=30)
+        stop_daemon(on_slurm)
+        slurm_ids = [client.store.get(i).slurm_id or "" for i in (ok, bad)]
+        wait_for(
+            lambda: not SlurmClient().squeue_jobs(slurm_ids),
+            120,
+            interval=1,
+            what="Slurm to forget both jobs",
+        )
+        assert workbench("daemon", "start").returncode == 0
+        assert _wait(client, ok, "succeeded", timeout=30).exit_code == 0
+        failed = _wait(client, bad, "failed", timeout=30)
+        assert failed.exit_code == 3 and "lost" not in str(failed.reason)
+    finally:
+        conf.write_text(original)
+        subprocess.run(["scontrol", "reconfigure"], check=True)
+
+
+def test_polling_asks_about_our_jobs_only_and_slows_down_for_long_jobs(
+    on_slurm: Home, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every poll is `squeue --jobs=<ours> -O ...` (never the whole cluster's `--json`, which
+    cost 2.5 s and 9 MB on a busy cluster, once a second); while a job runs unchanged the
+    interval grows to `poll_max_s`; its end is seen within a poll floor of its exit.json."""
+    from workbench.daemon.executors import slurm_reconcile
+
+    stop_daemon(on_slurm)  # this test drives the executor itself
+    monkeypatch.setattr(slurm_reconcile, "FAST_WINDOW_S", 2.0)
+    asked: list[tuple[float, list[str]]] = []
+
+    class Recording(SlurmClient):
+        def _run(self, argv: list[str], env: object = None, stdin: str | None = None) -> str:
+            asked.append((time.monotonic(), list(argv)))
+            return super()._run(argv, env, stdin)  # type: ignore[arg-type]
+
+    (job_id,) = client.store.submit_many(
+        [JobRequest("long", "command", {"argv": ["sleep", "14"]}, "/", dict(os.environ),
+                    argv=["sleep", "14"], executor="slurm")]
+    )  # fmt: skip
+    settings = ExecutorConfig(kind="slurm", poll_min_s=0.5, poll_max_s=4.0)
+    executor = SlurmExecutor(on_slurm, client.store, Config(executor=settings), client=Recording())
+    began = time.monotonic()
+    exit_seen = None
+    while executor.tick() and time.monotonic() - began < 60:
+        exit_file = on_slurm.run_dir(job_id) / "exit.json"
+        if exit_seen is None and exit_file.exists():
+            exit_seen = time.monotonic()
+        time.sleep(0.1)
+    job = client.store.get(job_id)
+    assert job.state == "succeeded", job.reason
+    assert exit_seen is not None and job.ended_at is not None
+    polls = [(t, argv) for t, argv in asked if argv[0] == "squeue"]
+    assert polls and all("--json" not in argv for _, argv in polls)
+    assert all(any(a.startswith("--jobs=") for a in argv) for _, argv in polls[1:])
+    middle = [t for t, _ in polls if began + 8 <= t <= began + 14]
+    assert len(middle) <= 3, [round(t - began, 1) for t, _ in polls]  # ~1 a 4 s, not 12
+    settled_at = max(t for t, _ in polls)
+    assert settled_at - exit_seen < 1.5
+
+
+def test_pause_of_a_running_slurm_job_is_refused(on_slurm: Home, client: Client) -> None:
+    """`pause` of a running Slurm job printed "pausing", exited 0 and did nothing; suspending
+    one is an administrator's command, so it is refused (exit 2) and the job runs on."""
+    job_id = _submit("--", "sleep", "30")
+    _wait(client, job_id, "running", timeout=30)
+    done = workbench("pause", str(job_id))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "administrator" in done.stderr and "cancel it" in done.stderr
+    time.sleep(1.5)
+    job = client.store.get(job_id)
+    assert job.state == "running" and job.intent is None
+    assert workbench("cancel", str(job_id)).returncode == 0
+    _wait(client, job_id, "cancelled", timeout=30)
+
+
+def test_test_only_is_asked_once_per_resource_shape(on_slurm: Home) -> None:
+    """`sbatch --test-only` spends a Slurm job id; a shape the cluster took is not asked again
+    (for a day), a new shape is."""
+    from workbench.daemon.executors.slurm import check_requests
+
+    calls: list[list[str]] = []
+
+    class Counting(SlurmClient):
+        def test_only(self, args: list[str]) -> None:
+            calls.append(args)
+            super().test_only(args)
+
+    def request(cpus: float) -> JobRequest:
+        return JobRequest("j", "command", {"argv": ["true"]}, "/", {}, argv=["true"],
+                          executor="slurm", resources=Resources(cpus=cpus))  # fmt: skip
+
+    config = Config(executor=ExecutorConfig(kind="slurm"))
+    for _ in range(3):
+        check_requests([request(1)], on_slurm, config, client=Counting())
+    assert len(calls) == 1
+    check_requests([request(2)], on_slurm, config, client=Counting())
+    assert len(calls) == 2
+
+
+def test_an_array_past_max_array_size_is_split_and_keeps_its_cap(
+    slurm: dict[str, str], on_slurm: Home, client: Client
+) -> None:
+    """MaxArraySize 4 (set for this test): a capped group of 6 ready jobs was one array of 6,
+    which Slurm refused ("Invalid job array specification") failing every job. It now goes as
+    an array of 4, and the other 2 once that array is nearly done; at most 2 run at once."""
+    stop_daemon(on_slurm)
+    conf = Path(slurm["SLURM_CONF"])
+    original = conf.read_text()
+    conf.write_text(original.replace("MinJobAge=600", "MinJobAge=600\nMaxArraySize=4"))
+    subprocess.run(["scontrol", "reconfigure"], check=True)
+    try:
+        client.store.set_group("g", 2)
+        ids = client.store.submit_many(
+            [JobRequest(f"j{i}", "command", {"argv": ["sleep", "1"]}, "/", dict(os.environ),
+                        argv=["sleep", "1"], executor="slurm", group="g") for i in range(6)]
+        )  # fmt: skip
+        executor = SlurmExecutor(
+            on_slurm, client.store, Config(executor=ExecutorConfig(kind="slurm"))
+        )
+        deadline = time.monotonic() + 90
+        while executor.tick() and time.monotonic() < deadline:
+            time.sleep(0.3)
+        jobs = [client.store.get(i) for i in ids]
+        assert [j.state for j in jobs] == ["succeeded"] * 6, [j.reason for j in jobs]
+        arrays = [(j.slurm_id or "").split("_")[0] for j in jobs]
+        assert len(set(arrays[:4])) == 1 and "_" in (jobs[0].slurm_id or "")
+        assert arrays[0] not in arrays[4:]  # the rest went once the array was nearly done
+        spans = sorted((j.started_at or 0.0, j.ended_at or 0.0) for j in jobs)
+        for start, _ in spans:
+            assert sum(1 for s, e in spans if s <= start < e) <= 2
+    finally:
+        conf.write_text(original)
+        subprocess.run(["scontrol", "reconfigure"], check=True)
+
+
+def test_a_capped_group_fed_one_job_at_a_time_runs_up_to_its_cap(
+    on_slurm: Home, client: Client
+) -> None:
+    """`--parallel 2` with jobs arriving one by one: the second waited "at its limit of 2
+    running" while one ran. Now the second starts beside the first and the third waits until
+    one of them is done."""
+    assert workbench("group", "g", "--parallel", "2").returncode == 0
+    args = ("--group", "g", "--", "sleep", "6")
+    first = _submit(*args)
+    _wait(client, first, "running", timeout=30)
+    second = _submit(*args)
+    _wait(client, second, "running", timeout=30)
+    assert client.store.get(first).state == "running"
+    third = _submit(*args)
+    time.sleep(2)
+    waiting = client.store.get(third)
+    assert waiting.state == "queued" and waiting.slurm_id is None
+    assert "limit of 2" in str(waiting.reason)
+    jobs = [_wait(client, i, "succeeded", timeout=60) for i in (first, second, third)]
+    assert (jobs[2].started_at or 0) >= min(j.ended_at or 0 for j in jobs[:2]) - 1
+
+
+@pytest.mark.parametrize(
+    ("knows", "accounted", "missing_s", "state", "words"),
+    [
+        (True, None, 300.0, "running", None),  # Slurm still knows it: never lost
+        (False, None, 5.0, "running", None),  # just missing: wait for exit.json or Slurm
+        (False, None, 31.0, "failed", "lost: Slurm no longer knows job 77"),
+        (False, SlurmJob("77", "COMPLETED", "None", exit_code=0), 0.0, "succeeded", None),
+        (False, SlurmJob("77", "TIMEOUT", "None", exit_code=0, signal=15), 0.0, "failed",
+         "time limit"),
+    ],
+)  # fmt: skip
+def test_a_job_missing_from_squeue_is_settled_only_from_an_authoritative_source(
+    home: Home,
+    client: Client,
+    knows: bool,
+    accounted: SlurmJob | None,
+    missing_s: float,
+    state: str,
+    words: str | None,
+) -> None:
+    """Missing from squeue's answer is not an outcome: sacct (where there is slurmdbd) settles
+    it, else exit.json, else it is lost only once Slurm says it does not know the job and 30 s
+    have passed."""
+    from workbench.daemon.executors.slurm import STARTED_FILE
+    from workbench.daemon.executors.slurm_reconcile import Forgetting
+    from workbench.db.store import Event
+
+    class Stub(SlurmClient):
+        def squeue_jobs(self, slurm_ids: Sequence[str]) -> dict[str, SlurmJob]:
+            return {}
+
+        def squeue(self) -> dict[str, SlurmJob]:
+            return {}
+
+        def knows(self, slurm_id: str) -> bool:
+            return knows
+
+        def sacct(self, slurm_ids: Sequence[str]) -> dict[str, SlurmJob] | None:
+            return {"77": accounted} if accounted else None
+
+    store = client.store
+    (job_id,) = store.submit_many(
+        [JobRequest("j", "command", {"argv": ["true"]}, "/", {}, argv=["true"],
+                    executor="slurm", time_limit=60.0)]
+    )  # fmt: skip
+    placement_db.set_slurm_id(store, [job_id], ["77"])
+    store.transition(job_id, Event.START, "s")
+    store.transition(job_id, Event.LAUNCHED, "r")
+    home.run_dir(job_id).mkdir(parents=True, exist_ok=True)
+    (home.run_dir(job_id) / STARTED_FILE).write_text("77\n")
+    executor = SlurmExecutor(
+        home, store, Config(executor=ExecutorConfig(kind="slurm")), client=Stub()
+    )
+    now = [1000.0]
+    executor.forgetting = Forgetting(clock=lambda: now[0])
+    executor.tick()
+    now[0] += missing_s
+    executor.pacer.next_at = 0.0
+    executor.tick()
+    job = store.get(job_id)
+    assert job.state == state, job.reason
+    if words:
+        assert words in str(job.reason)
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({}, []),
+        ({"partition": "gpu", "qos": "short", "account": "lab"},
+         ["--partition=gpu", "--qos=short", "--account=lab"]),
+        ({"constraint": "a100", "nodelist": "n[1-2]", "exclude": "n3", "exclusive": True},
+         ["--constraint=a100", "--nodelist=n[1-2]", "--exclude=n3", "--exclusive"]),
+        ({"nodes": 2, "ntasks_per_node": 4}, ["--nodes=2", "--ntasks-per-node=4"]),
+        ({"ntasks_per_node": 2}, ["--ntasks-per-node=2"]),
+        ({"extra": ["--mail-type=END"]}, ["--mail-type=END"]),
+    ],
+)  # fmt: skip
+def test_per_job_slurm_options_map_to_sbatch(
+    options: dict[str, object], expected: list[str]
+) -> None:
+    assert slurm_map.option_args(options) == expected
+    sub = Submission(**{**BASE.__dict__, "job_args": tuple(expected)})
+    args = sbatch_args(sub, ExecutorConfig(partition="cpu", account="other"), SHARDS)
+    assert args[-len(expected) :] == expected if expected else True
+    if "partition" in options:  # the job's own replaces [executor]'s
+        assert "--partition=cpu" not in args and "--account=other" not in args
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--slurm", "nodes=0"], "slurm.nodes"),
+        (["--slurm", "nodes=two"], "--slurm nodes"),
+        (["--slurm", "partition=a b"], "slurm.partition"),
+        (["--slurm", "extra=--output=/tmp/x"], "set by the workbench"),
+        (["--slurm", "extra=mail"], "slurm.extra"),
+        (["--slurm", "partiton=gpu"], "partiton"),
+        (["--slurm", "exclusive=maybe"], "exclusive"),
+        (["--slurm", "partition=nosuch"], "cannot run it"),  # the cluster's own answer
+    ],
+)
+def test_malformed_slurm_options_are_refused_at_submit(
+    on_slurm: Home, flags: list[str], words: str
+) -> None:
+    done = workbench("submit", *flags, "--", "true")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert words in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_per_job_slurm_options_reach_slurm_and_tasks_run_under_srun(
+    on_slurm: Home, client: Client, tmp_path: Path
+) -> None:
+    """`--slurm ntasks-per-node=2` (and a spec's `[slurm]`) reach sbatch, and the job runs as
+    2 tasks through srun; a pipeline stage takes the same table."""
+    job_id = _submit(
+        "--slurm", "ntasks-per-node=2", "--slurm", "partition=debug", "--",
+        "sh", "-c", "echo task $SLURM_PROCID",
+    )  # fmt: skip
+    job = _wait(client, job_id, "succeeded", timeout=60)
+    log = (on_slurm.run_dir(job_id) / "log").read_text()
+    assert "task 0" in log and "task 1" in log, log
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text(
+        '[[stage]]\nname = "one"\nkind = "command"\nargv = ["true"]\n'
+        '[stage.slurm]\npartition = "debug"\nextra = ["--nice=3"]\n'
+    )
+    done = workbench("--batch", str(pipeline), "--json", timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (stage,) = [j for j in client.store.list_jobs() if j.stage == "one"]
+    shown = subprocess.run(
+        ["scontrol", "show", "job", stage.slurm_id or ""], capture_output=True, text=True
+    ).stdout
+    assert not shown or "Nice=3" in shown, shown
+    assert job.slurm_id
+
+
+def test_a_cancel_is_carried_out_at_once_not_at_the_next_slow_poll(
+    on_slurm: Home, client: Client
+) -> None:
+    """With polls 20 s apart (`poll_min_s`), a cancel still reaches Slurm within the daemon's
+    next 1 s tick, and the job's end (its exit.json) is seen at once."""
+    on_slurm.config.write_text('[executor]\nkind = "slurm"\npoll_min_s = 20\npoll_max_s = 20\n')
+    job_id = _submit("--", "sleep", "120")
+    _wait(client, job_id, "running", timeout=60)
+    time.sleep(2)
+    began = time.monotonic()
+    assert workbench("cancel", str(job_id)).returncode == 0
+    _wait(client, job_id, "cancelled", timeout=30)
+    assert time.monotonic() - began < 8

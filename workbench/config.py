@@ -57,7 +57,10 @@ class ExecutorConfig:
     list of sbatch options added to every submission (e.g. `["--qos=normal"]`), `nice_base` is
     the `--nice` of a priority-0 job (priority P gets `nice_base - P`; Slurm refuses negative
     nice values from ordinary users), and `shared_paths` lists mount points known to be shared
-    by every node (beyond the network filesystems recognised by type)."""
+    by every node (beyond the network filesystems recognised by type). `command_timeout_s`,
+    `poll_min_s` and `poll_max_s` (seconds) set how long a Slurm command may take before it
+    counts as no answer, and the bounds of the adaptive squeue interval (README, "Running on a
+    Slurm cluster")."""
 
     kind: str = "local"
     partition: str | None = None
@@ -65,6 +68,9 @@ class ExecutorConfig:
     extra: list[str] = field(default_factory=list)
     nice_base: int = 0
     shared_paths: list[str] = field(default_factory=list)
+    command_timeout_s: float = 10.0  # a Slurm command slower than this is "no answer"
+    poll_min_s: float = 1.0  # the shortest interval between two polls of squeue
+    poll_max_s: float = 30.0  # the longest, reached while followed jobs run unchanged
 
 
 @dataclass(frozen=True)

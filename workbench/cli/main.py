@@ -35,6 +35,7 @@ from workbench.db.store import (
     JobError,
     JobState,
     NoSuchJob,
+    NotWhereItRuns,
     Store,
     StoreError,
 )
@@ -518,7 +519,8 @@ def _control(action: str) -> Handler:
                 # The error names the job itself (`job 8 already cancelled`): said once.
                 message = str(error).removeprefix(f"job {job_id} ").removeprefix(f"job {job_id}: ")
                 print(f"job {job_id}: {message}", file=sys.stderr)
-                code = max(code, EXIT_USAGE if isinstance(error, NoSuchJob) else EXIT_FAILED)
+                usage = isinstance(error, (NoSuchJob, NotWhereItRuns))
+                code = max(code, EXIT_USAGE if usage else EXIT_FAILED)
         return code
 
     return handler
@@ -1079,7 +1081,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except JobError as error:
         print(f"workbench: {display_text(str(error))}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(error, NoSuchJob) else EXIT_FAILED
+        return EXIT_USAGE if isinstance(error, (NoSuchJob, NotWhereItRuns)) else EXIT_FAILED
     except StoreError as error:
         print(f"workbench: {display_text(str(error))}", file=sys.stderr)
         return EXIT_DAEMON

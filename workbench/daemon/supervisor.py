@@ -52,7 +52,7 @@ from workbench.telemetry.sampler import Sampler
 from workbench.units import format_duration
 
 PRUNE_INTERVAL_S = 3600.0
-SLURM_POLL_S = 1.0  # one squeue per tick while Slurm holds jobs for us
+SLURM_POLL_S = 1.0  # a Slurm tick; it asks squeue only when its adaptive poll is due
 DEBUG_LAUNCH_DELAY_ENV = (
     "WORKBENCH_DEBUG_DELAY_LAUNCH_COMMIT_S"  # tests: die between fork and commit
 )
@@ -933,7 +933,8 @@ class Daemon:
         return {p.job_id for p in placement_db.slurm_placements(self.store)}
 
     def _slurm_tick(self) -> None:
-        """Follow the jobs on Slurm: one squeue, at most once per SLURM_POLL_S."""
+        """Follow the jobs on Slurm: a tick every SLURM_POLL_S, which asks squeue only when
+        its poll is due (executors/slurm_reconcile.Poll) or something must be done at once."""
         if self.slurm is not None:
             self.slurm.tick()
             self._next_slurm_tick = time.monotonic() + SLURM_POLL_S

@@ -3,8 +3,10 @@ file the daemon has ingested (the jobs table's columns of migration 60)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from workbench.db.store import PAUSED, QUEUED, RUNNING, Store
 
@@ -19,6 +21,7 @@ class Placement:
     slurm_id: str | None
     node: str | None
     records_offset: int = 0
+    restarts: int = 0  # how often Slurm requeued its current Slurm job (RestartCnt)
 
 
 def placements(store: Store, ids: Iterable[int]) -> dict[int, Placement]:
@@ -29,7 +32,8 @@ def placements(store: Store, ids: Iterable[int]) -> dict[int, Placement]:
         chunk = ids[start : start + 500]
         marks = ",".join("?" * len(chunk))
         for row in store.conn.execute(
-            f"SELECT id, executor, slurm_id, node, records_offset FROM jobs WHERE id IN ({marks})",
+            "SELECT id, executor, slurm_id, node, records_offset, slurm_restarts FROM jobs"
+            f" WHERE id IN ({marks})",
             chunk,
         ):
             out[row[0]] = Placement(*row)
@@ -41,9 +45,10 @@ def slurm_placements(store: Store) -> list[Placement]:
     may still hold (submitted, not yet seen ended by squeue: e.g. cancelled while pending).
     Both halves read partial indexes, so the cost is the number of Slurm jobs, not of jobs."""
     rows = store.conn.execute(
-        "SELECT id, executor, slurm_id, node, records_offset FROM jobs"
+        "SELECT id, executor, slurm_id, node, records_offset, slurm_restarts FROM jobs"
         " WHERE executor='slurm' AND state IN (?, ?, ?)"
-        " UNION SELECT id, executor, slurm_id, node, records_offset FROM jobs WHERE slurm_open=1"
+        " UNION SELECT id, executor, slurm_id, node, records_offset, slurm_restarts FROM jobs"
+        " WHERE slurm_open=1"
         " ORDER BY id",
         (str(QUEUED), str(RUNNING), str(PAUSED)),
     ).fetchall()
@@ -54,7 +59,8 @@ def set_slurm_id(store: Store, job_ids: list[int], slurm_ids: list[str]) -> None
     """Record the Slurm ids of freshly submitted jobs (one transaction)."""
     with store.transaction() as conn:
         conn.executemany(
-            "UPDATE jobs SET slurm_id=?, slurm_open=1, node=NULL, records_offset=0 WHERE id=?",
+            "UPDATE jobs SET slurm_id=?, slurm_open=1, node=NULL, records_offset=0,"
+            " slurm_restarts=0 WHERE id=?",
             list(zip(slurm_ids, job_ids, strict=True)),
         )
 
@@ -63,6 +69,58 @@ def set_node(store: Store, job_id: int, node: str) -> None:
     """The node a Slurm job runs on (as squeue names it)."""
     with store.transaction() as conn:
         conn.execute("UPDATE jobs SET node=? WHERE id=? AND node IS NOT ?", (node, job_id, node))
+
+
+def slurm_options(store: Store, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """Per-job sbatch options ({job id: SlurmOptions as a table}) of the jobs that have some."""
+    ids = list(set(ids))
+    out: dict[int, dict[str, Any]] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        for job_id, text in store.conn.execute(
+            f"SELECT id, slurm_options FROM jobs WHERE id IN ({marks})"
+            " AND slurm_options IS NOT NULL",
+            chunk,
+        ):
+            value = json.loads(text)
+            if isinstance(value, dict):
+                out[int(job_id)] = value
+    return out
+
+
+def needs_action(store: Store, ids: Iterable[int]) -> bool:
+    """True when one of the jobs has a cancel, pause or resume to carry out, or has ended here
+    while Slurm may still hold it (cancelled while pending): the Slurm executor acts at once
+    rather than at its next poll."""
+    ids = list(ids)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        row = store.conn.execute(
+            f"SELECT 1 FROM jobs WHERE id IN ({marks}) AND (intent IS NOT NULL"
+            " OR state NOT IN (?, ?, ?)) LIMIT 1",
+            (*chunk, str(QUEUED), str(RUNNING), str(PAUSED)),
+        ).fetchone()
+        if row is not None:
+            return True
+    return False
+
+
+def set_restarts(store: Store, job_id: int, restarts: int) -> None:
+    """How often Slurm has requeued the job's current Slurm job (squeue's RestartCnt)."""
+    with store.transaction() as conn:
+        conn.execute("UPDATE jobs SET slurm_restarts=? WHERE id=?", (restarts, job_id))
+
+
+def forget_submission(store: Store, job_id: int) -> None:
+    """Slurm lost the job before it started: it is handed over again as a new Slurm job."""
+    with store.transaction() as conn:
+        conn.execute(
+            "UPDATE jobs SET slurm_id=NULL, slurm_open=0, node=NULL, records_offset=0,"
+            " slurm_restarts=0 WHERE id=?",
+            (job_id,),
+        )
 
 
 def close_slurm(store: Store, job_id: int) -> None:

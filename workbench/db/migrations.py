@@ -353,6 +353,15 @@ MIGRATIONS: dict[int, str] = {
         gpus TEXT NOT NULL
     );
     """,
+    # Slurm, round 2 (90-99): how often Slurm itself requeued a job's current Slurm job (node
+    # failure, preemption; squeue's RestartCnt), shown with the job and marked in its log.
+    90: """
+    ALTER TABLE jobs ADD COLUMN slurm_restarts INTEGER NOT NULL DEFAULT 0;
+    """,
+    # Per-job sbatch options (`[slurm]` of a spec or stage, `--slurm KEY=VALUE`), as JSON.
+    91: """
+    ALTER TABLE jobs ADD COLUMN slurm_options TEXT;
+    """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

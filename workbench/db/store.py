@@ -128,6 +128,11 @@ class NoSuchJob(JobError):
     """An id that names no job (a usage error: exit code 2)."""
 
 
+class NotWhereItRuns(JobError):
+    """An action the job's executor cannot carry out (a usage error: exit code 2), e.g. `pause`
+    of a running Slurm job: suspending one is a Slurm administrator's command."""
+
+
 @dataclass(frozen=True)
 class JobRequest:
     """Everything a client decides at submit time.
@@ -153,6 +158,9 @@ class JobRequest:
     paused: bool = False
     executor: str = "local"
     preemptible: bool = True  # false: never preempted to give borrowed GPUs back
+    # Per-job sbatch options (`[slurm]`, workbench.queue.requests.SlurmOptions as a table);
+    # read back with workbench.db.executors.slurm_options.
+    slurm: dict[str, Any] | None = None
     # What it was submitted with, to reproduce it (workbench.queue.repro): {"code",
     # "environment", "snapshot"}; None: not captured.
     repro: dict[str, Any] | None = None
@@ -678,6 +686,10 @@ class Store:
             ),
         )
         job_id = int(cur.lastrowid or 0)
+        if req.slurm:
+            conn.execute(
+                "UPDATE jobs SET slurm_options=? WHERE id=?", (json.dumps(req.slurm), job_id)
+            )
         if req.repro is not None:
             conn.execute(
                 "INSERT OR REPLACE INTO job_repro(job_id, record) VALUES (?, ?)",
@@ -1132,13 +1144,22 @@ class Store:
 
         Jobs that own no process change state here at once; for a live job the intent is
         recorded and the daemon (which owns the process) carries it out. Returns what happened.
-        Raises NoSuchJob, or JobError when the job's state does not allow the action."""
+        Raises NoSuchJob, NotWhereItRuns (`pause` of a running Slurm job), or JobError when the
+        job's state does not allow the action."""
         now = time.time()
         with self.transaction() as conn:
-            row = conn.execute("SELECT state, pid FROM jobs WHERE id=?", (job_id,)).fetchone()
+            row = conn.execute(
+                "SELECT state, pid, executor FROM jobs WHERE id=?", (job_id,)
+            ).fetchone()
             if row is None:
                 raise NoSuchJob(f"no job with id {job_id}")
             state = JobState(row[0])
+            if action == "pause" and row[2] == "slurm" and state in (STARTING, RUNNING):
+                raise NotWhereItRuns(
+                    f"job {job_id} is {state} on Slurm, where suspending a running job is an"
+                    " administrator's command (scontrol suspend); cancel it, or pause a Slurm"
+                    " job while it is queued (it is then held in Slurm)"
+                )
             held = state == PAUSED and row[1] is None  # paused before it ever started
             outcome = self._request(conn, job_id, action, state, held, now)
             self._audit(conn, action, job_id, outcome, now)

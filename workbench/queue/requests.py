@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,8 +19,61 @@ from workbench.queue.spec import (
     check_exec_strings,
     check_keys,
     from_table,
+    to_table,
 )
 from workbench.units import parse_duration, parse_size
+
+# sbatch options the executor sets itself, so a job's `slurm.extra` may not.
+RESERVED_SBATCH = (
+    "--output", "--error", "--chdir", "--job-name", "--export", "--parsable", "--comment",
+    "--array", "--dependency", "--wrap", "--test-only", "--wait", "-o", "-e", "-D", "-J", "-a",
+    "-d",
+)  # fmt: skip
+SLURM_WORD = re.compile(r"[A-Za-z0-9_.,:\[\]@%+=/-]+")
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """`[slurm]` of a job or stage (`--slurm KEY=VALUE` on the command line): per-job sbatch
+    options for the Slurm executor, over `[executor]`'s. `nodes` and `ntasks_per_node` above 1
+    launch the job with `srun` (one task per node and slot); `exclusive` asks for whole nodes;
+    `extra` is a list of further sbatch options (`--mail-type=END`)."""
+
+    partition: str | None = None
+    qos: str | None = None
+    account: str | None = None
+    constraint: str | None = None
+    nodelist: str | None = None
+    exclude: str | None = None
+    exclusive: bool = False
+    nodes: int = 1
+    ntasks_per_node: int = 1
+    extra: list[str] = field(default_factory=list)
+
+    def check(self, where: str) -> None:
+        """Raise SpecError naming `where` and the key for a value sbatch would refuse or
+        misread (a word with spaces, a count below 1, an extra option we set ourselves)."""
+        for key in ("partition", "qos", "account", "constraint", "nodelist", "exclude"):
+            value = getattr(self, key)
+            if value is not None and not SLURM_WORD.fullmatch(value):
+                raise SpecError(
+                    f"{where}: key 'slurm.{key}': {value!r} is not a Slurm name or list"
+                    " (letters, digits and _.,:[]@%+=/- only)"
+                )
+        for key in ("nodes", "ntasks_per_node"):
+            if not 1 <= getattr(self, key) <= 100_000:
+                raise SpecError(f"{where}: key 'slurm.{key}': must be between 1 and 100000")
+        for index, option in enumerate(self.extra):
+            name = option.split("=", 1)[0]
+            if not option.startswith("-") or any(c.isspace() for c in name):
+                raise SpecError(
+                    f"{where}: key 'slurm.extra'[{index}]: expected an sbatch option such as"
+                    f" --mail-type=END, got {option!r}"
+                )
+            if name in RESERVED_SBATCH:
+                raise SpecError(
+                    f"{where}: key 'slurm.extra'[{index}]: {name} is set by the workbench itself"
+                )
 
 
 @dataclass(frozen=True)
@@ -37,6 +91,7 @@ class Options:
     retries: int = 0
     time_limit: str | float | None = None
     preemptible: bool | None = None  # None: the kind's default; a command job if checkpointable
+    slurm: SlurmOptions | None = None  # per-job sbatch options (the Slurm executor only)
 
 
 T = TypeVar("T")
@@ -108,6 +163,9 @@ def build_request(
     rest = {k: v for k, v in table.items() if k not in OPTION_KEYS and k not in ignore}
     options = from_table(Options, common, where)
     check_group(options.group, f"{where}: key 'group'")
+    if options.slurm is not None:
+        options.slurm.check(where)
+        extra = {**extra, "slurm": to_table(options.slurm)}
     spec = validate_spec(options.kind, rest, base_dir, where)
     if "stage" not in extra:  # a pipeline checks its stages together (datasets stages write)
         from workbench.paths import Home

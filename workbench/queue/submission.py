@@ -85,6 +85,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="a file or folder whose TensorBoard/Lightning/Hugging Face metrics become the run's",
     )
+    p.add_argument(
+        "--slurm",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a per-job sbatch option for the Slurm executor: partition, qos, account,"
+        " constraint, nodelist, exclude, exclusive, nodes, ntasks-per-node, extra (repeatable;"
+        " spec key: [slurm])",
+    )
     p.add_argument("--paused", action="store_true", help="queue it held; `resume` releases it")
     p.add_argument(
         "--no-preempt",
@@ -234,6 +242,36 @@ def check_words(args: argparse.Namespace) -> None:
             check_text(value, flag)
 
 
+SLURM_COUNTS = ("nodes", "ntasks_per_node")
+TRUE_WORDS, FALSE_WORDS = ("true", "yes", "1", ""), ("false", "no", "0")
+
+
+def slurm_table(pairs: list[str], base: object) -> dict[str, object]:
+    """`--slurm KEY=VALUE` flags over a spec's `[slurm]` table: `nodes=2`, `exclusive`,
+    `extra=--mail-type=END` (extra adds to the list). Keys may use dashes. Raises SpecError
+    naming the flag; the values are checked with the rest of the table (SlurmOptions)."""
+    table: dict[str, object] = dict(base) if isinstance(base, dict) else {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not key:
+            raise SpecError(f"--slurm: expected KEY=VALUE, got {pair!r}")
+        if key in SLURM_COUNTS:
+            if not value.strip().isdigit():
+                raise SpecError(f"--slurm {key}: expected a whole number, got {value!r}")
+            table[key] = int(value)
+        elif key == "exclusive":
+            if value.lower() not in TRUE_WORDS + FALSE_WORDS:
+                raise SpecError(f"--slurm exclusive: expected true or false, got {value!r}")
+            table[key] = value.lower() in TRUE_WORDS
+        elif key == "extra":
+            previous = table.get("extra")
+            table[key] = [*(previous if isinstance(previous, list) else []), value]
+        else:
+            table[key] = value
+    return table
+
+
 def request_from_args(
     args: argparse.Namespace, env: dict[str, str], capture: bool = True, streams: bool = True
 ) -> tuple[JobRequest, str]:
@@ -288,6 +326,8 @@ def request_from_args(
         "snapshot": args.snapshot,
     }
     table.update({k: v for k, v in overrides.items() if v is not None})
+    if getattr(args, "slurm", None):
+        table["slurm"] = slurm_table(args.slurm, table.get("slurm"))
     if getattr(args, "capture", None):
         table["capture"] = [*table.get("capture", []), *args.capture]
     env = dict(env)

@@ -5,6 +5,7 @@ brings their state, exit codes, Slurm's reasons and the jobs' records back into 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -30,6 +31,14 @@ from workbench.daemon.executors.slurm_map import (
     Submission,
     Unmappable,
 )
+from workbench.daemon.executors.slurm_reconcile import (
+    LOST_AFTER_S,
+    Forgetting,
+    Poll,
+    follows_from_comment,
+    is_unreachable_reason,
+    submission_comment,
+)
 from workbench.db import executors as placement_db
 from workbench.db.journal import RECORDS_FILE, RecordError, apply_all_records
 from workbench.db.store import (
@@ -52,7 +61,10 @@ from workbench.queue.kinds import job_argv
 from workbench.queue.spec import SpecError
 from workbench.units import format_duration
 
-COMMAND_TIMEOUT_S = 10.0  # a Slurm command that takes longer is reported as failed
+COMMAND_TIMEOUT_S = 10.0  # default: a Slurm command that takes longer is "no answer"
+CHECK_TTL_S = 86400.0  # a resource shape the cluster took at `--test-only` is not asked again
+STARTED_FILE = "slurm-started"  # the batch script writes it as it starts (the Slurm job id)
+SQUEUE_IDS_MAX = 200  # more followed jobs than this: one `squeue --me` instead of `--jobs=...`
 MAX_SUBMIT_ROUNDS = 8  # dependency levels handed to Slurm in one call
 
 
@@ -60,13 +72,29 @@ class SlurmError(RuntimeError):
     """A Slurm command failed or is missing; the message has its stderr."""
 
 
+class SlurmUnreachable(SlurmError):
+    """A Slurm command got no answer from the cluster (a timeout, the controller down): the
+    outcome is unknown for now, never a refusal. For sbatch, the job may have been created."""
+
+
 class SlurmClient:
     """The Slurm commands of an ordinary cluster user. `env` overrides the environment of every
-    command (e.g. `SLURM_CONF`); by default they inherit this process's."""
+    command (e.g. `SLURM_CONF`); by default they inherit this process's. A command that takes
+    longer than `timeout_s` raises SlurmUnreachable. `calls` holds the monotonic time of each
+    command run (for the calls-per-minute figure)."""
 
-    def __init__(self, env: Mapping[str, str] | None = None):
+    def __init__(self, env: Mapping[str, str] | None = None, timeout_s: float = COMMAND_TIMEOUT_S):
         self.env = dict(env) if env is not None else None
+        self.timeout_s = timeout_s
+        self.calls: list[float] = []
         self._info: ClusterInfo | None = None
+        self._accounting: bool | None = None
+
+    def calls_per_minute(self) -> int:
+        """Slurm commands run in the last 60 s."""
+        cutoff = time.monotonic() - 60.0
+        self.calls = [t for t in self.calls if t >= cutoff]
+        return len(self.calls)
 
     def _run(
         self,
@@ -78,6 +106,9 @@ class SlurmClient:
         if program is None:
             raise SlurmError(f"{argv[0]} not found: is Slurm installed and on PATH?")
         full_env = dict(env if env is not None else (self.env or os.environ))
+        self.calls.append(time.monotonic())
+        if len(self.calls) > 10_000:
+            self.calls_per_minute()
         try:
             done = subprocess.run(
                 [program, *argv[1:]],
@@ -85,24 +116,34 @@ class SlurmClient:
                 capture_output=True,
                 text=True,
                 env=full_env,
-                timeout=COMMAND_TIMEOUT_S,
+                timeout=self.timeout_s,
             )
         except subprocess.TimeoutExpired as error:
-            raise SlurmError(f"{argv[0]} did not answer within {COMMAND_TIMEOUT_S:g}s") from error
+            raise SlurmUnreachable(
+                f"{argv[0]} did not answer within {self.timeout_s:g}s"
+            ) from error
         if done.returncode != 0:
             message = (done.stderr or done.stdout).strip().splitlines()
-            raise SlurmError(f"{argv[0]}: {message[-1] if message else f'exit {done.returncode}'}")
+            text = f"{argv[0]}: {message[-1] if message else f'exit {done.returncode}'}"
+            if slurm_map.unreachable(text) or (done.returncode < 0):
+                raise SlurmUnreachable(text)
+            raise SlurmError(text)
         return done.stdout
 
     def cluster_info(self) -> ClusterInfo:
-        """Shards per GPU (from the nodes' GRES), asked once per client."""
+        """Shards per GPU (from the nodes' GRES) and MaxArraySize, asked once per client."""
         if self._info is None:
             shards = None
             for line in self._run(["sinfo", "-h", "-o", "%G"]).splitlines():
                 found = slurm_map.shards_per_gpu(line.strip())
                 if found:
                     shards = found if shards is None else min(shards, found)
-            self._info = ClusterInfo(shards_per_gpu=shards)
+            max_array = 1001
+            for line in self._run(["scontrol", "show", "config"]).splitlines():
+                key, _, value = line.partition("=")
+                if key.strip() == "MaxArraySize" and value.strip().isdigit():
+                    max_array = max(1, int(value.strip()))
+            self._info = ClusterInfo(shards_per_gpu=shards, max_array_size=max_array)
         return self._info
 
     def nodes_are_this_host(self) -> bool:
@@ -115,8 +156,14 @@ class SlurmClient:
         return True
 
     def submit(self, args: list[str], script: str, env: Mapping[str, str]) -> str:
-        """sbatch with the script on stdin; returns the Slurm job id."""
-        return slurm_map.parse_parsable(self._run(["sbatch", *args], env=env, stdin=script))
+        """sbatch with the script on stdin; returns the Slurm job id. Raises SlurmUnreachable
+        when the cluster did not answer (the job may exist: look for its comment), SlurmError
+        when Slurm refused it."""
+        out = self._run(["sbatch", *args], env=env, stdin=script)
+        try:
+            return slurm_map.parse_parsable(out)
+        except ValueError as error:
+            raise SlurmUnreachable(str(error)) from error
 
     def test_only(self, args: list[str]) -> None:
         """`sbatch --test-only`: would the cluster ever run this request? Raises SlurmError with
@@ -125,9 +172,70 @@ class SlurmClient:
         self._run(["sbatch", "--test-only", *options], stdin="#!/bin/bash\ntrue\n")
 
     def squeue(self) -> dict[str, SlurmJob]:
-        """This user's jobs in every state, recently ended ones included (one call; Slurm 22.05
-        ignores the filters with `--json` and lists every job, later releases apply them)."""
-        return slurm_map.parse_squeue(self._run(["squeue", "--json", "--me", "--states=all"]))
+        """This user's jobs in every state, recently ended ones included (`squeue --me` with a
+        format string: Slurm 22.05 ignores `--me` with `--json` and lists the whole cluster).
+        Raises SlurmError, SlurmUnreachable for no answer or a malformed one."""
+        return self._squeue(["--me"])
+
+    def squeue_jobs(self, slurm_ids: Sequence[str]) -> dict[str, SlurmJob]:
+        """The given jobs (`123`, `120_3`) in every state, in one call: `--jobs=...` for up to
+        SQUEUE_IDS_MAX of them, else `--me`. A job Slurm no longer knows is absent (Slurm
+        answers "Invalid job id" when it knows none of one id)."""
+        if not slurm_ids:
+            return {}
+        if len(slurm_ids) > SQUEUE_IDS_MAX:
+            return self.squeue()
+        try:
+            return self._squeue([f"--jobs={','.join(slurm_ids)}"])
+        except SlurmUnreachable:
+            raise
+        except SlurmError as error:
+            if "invalid job id" in str(error).lower():
+                return {}
+            raise
+
+    def _squeue(self, which: list[str]) -> dict[str, SlurmJob]:
+        out = self._run(
+            ["squeue", *which, "--states=all", "--noheader", "-O", slurm_map.SQUEUE_FORMAT]
+        )
+        try:
+            return slurm_map.parse_squeue_lines(out)
+        except ValueError as error:
+            raise SlurmUnreachable(f"squeue: {error}") from error
+
+    def knows(self, slurm_id: str) -> bool:
+        """False only when Slurm answers that it does not know the job (`scontrol show job`:
+        "Invalid job id specified"); True when it lists it. Raises SlurmUnreachable."""
+        try:
+            self._run(["scontrol", "show", "job", "-o", slurm_id])
+        except SlurmUnreachable:
+            raise
+        except SlurmError as error:
+            if "invalid job id" in str(error).lower():
+                return False
+            raise SlurmUnreachable(str(error)) from error
+        return True
+
+    def sacct(self, slurm_ids: Sequence[str]) -> dict[str, SlurmJob] | None:
+        """How Slurm's accounting saw the jobs end (`sacct -X`), or None when the cluster keeps
+        no accounting (no slurmdbd: "accounting storage is disabled"; asked once). Raises
+        SlurmUnreachable when slurmdbd does not answer."""
+        if self._accounting is False or not slurm_ids:
+            return None
+        argv = ["sacct", "-X", "-n", "-P", "-j", ",".join(slurm_ids), "-o",
+                "JobID,State,ExitCode,NodeList,Start,End"]  # fmt: skip
+        try:
+            out = self._run(argv)
+        except SlurmUnreachable:
+            raise
+        except SlurmError:
+            self._accounting = False
+            return None
+        if "accounting storage is disabled" in out.lower():
+            self._accounting = False
+            return None
+        self._accounting = True
+        return slurm_map.parse_sacct(out)
 
     def cancel(self, slurm_ids: Sequence[str]) -> None:
         """scancel: SIGTERM to the jobs' processes, SIGKILL after the cluster's KillWait."""
@@ -192,10 +300,57 @@ def check_shared_filesystem(
         )
 
 
-def submission_for(job: Job | JobRequest, name: str, output: str, cwd: str) -> Submission:
+class CheckedShapes:
+    """Resource shapes (sbatch options but name and directory) that `sbatch --test-only` said
+    the cluster can run, kept in `slurm-checked.json` in the home for CHECK_TTL_S per cluster
+    (`SLURM_CONF`): each `--test-only` spends a Slurm job id, so a shape is asked about once a
+    day, not at every submit. A refusal is never kept (the next submit asks again)."""
+
+    def __init__(self, home: Home):
+        self.path = home.root / "slurm-checked.json"
+        self.cluster = os.environ.get("SLURM_CONF", "")
+        try:
+            data = json.loads(self.path.read_text())
+            self.seen: dict[str, float] = {
+                str(k): float(v) for k, v in data.items() if isinstance(v, (int, float))
+            }
+        except (OSError, ValueError, AttributeError):
+            self.seen = {}
+
+    def _key(self, shape: tuple[str, ...]) -> str:
+        return "\0".join((self.cluster, *shape))
+
+    def fresh(self, shape: tuple[str, ...]) -> bool:
+        """True when the cluster took this shape less than CHECK_TTL_S ago."""
+        return time.time() - self.seen.get(self._key(shape), 0.0) < CHECK_TTL_S
+
+    def add(self, shape: tuple[str, ...]) -> None:
+        """Remember that the cluster took `shape` now (best effort: a write that fails only
+        means asking again)."""
+        now = time.time()
+        self.seen = {k: t for k, t in self.seen.items() if now - t < CHECK_TTL_S}
+        self.seen[self._key(shape)] = now
+        try:
+            temporary = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
+            temporary.write_text(json.dumps(self.seen))
+            os.replace(temporary, self.path)
+        except OSError:
+            pass
+
+
+def submission_for(
+    job: Job | JobRequest,
+    name: str,
+    output: str,
+    cwd: str,
+    options: Mapping[str, object] | None = None,
+) -> Submission:
     """The resource, limit and priority fields of a job (or a request at submit) for sbatch,
     with its stop protocol: the warning before the time limit, and `--requeue` when it is
-    checkpointable."""
+    checkpointable; and its own sbatch options (`options`, its `[slurm]` table: a request's
+    own by default, a stored job's from `placement_db.slurm_options`)."""
+    if options is None and isinstance(job, JobRequest):
+        options = job.slurm
     res = job.resources
     policy = stopping.policy_for(job, 0.0)
     return Submission(
@@ -211,6 +366,7 @@ def submission_for(job: Job | JobRequest, name: str, output: str, cwd: str) -> S
         mig_profile=res.mig_profile,
         warn_before_s=policy.warn_before_s,
         requeue=policy.checkpointable and job.kind == "command",
+        job_args=tuple(slurm_map.option_args(options)),
     )
 
 
@@ -233,6 +389,7 @@ def check_requests(
     except SlurmError as error:
         raise SpecError(f"executor 'slurm': cannot reach Slurm ({error})") from error
     asked: set[tuple[str, ...]] = set()
+    checked = CheckedShapes(home)
     for index, request in slurm:
         label = where[index] if where else f"job {request.name!r}"
         try:
@@ -244,11 +401,14 @@ def check_requests(
         except Unmappable as error:
             raise SpecError(f"{label}: cannot run on Slurm: {error}") from error
         resources = tuple(a for a in args if not a.startswith(("--job-name=", "--chdir=")))
-        if resources in asked:
-            continue  # a sweep's points ask the cluster once
+        if resources in asked or checked.fresh(resources):
+            continue  # a sweep's points ask the cluster once; a shape it took, once a day
         asked.add(resources)
         try:
             client.test_only(list(resources))
+            checked.add(resources)
+        except SlurmUnreachable:
+            continue  # no answer is no refusal: sbatch will say, and the daemon retries it
         except SlurmError as error:
             shown = " ".join(
                 a
@@ -259,6 +419,12 @@ def check_requests(
                 f"{label}: the Slurm cluster cannot run it ({error}; asked {shown or 'defaults'})"
             ) from error
     check_shared_filesystem(home, sys.executable, config.executor, client)
+
+
+def home_tag(home: Home) -> str:
+    """8 hex digits naming this WORKBENCH_HOME in Slurm comments, so two homes of one user on
+    one cluster never take each other's jobs for their own."""
+    return hashlib.sha256(str(home.root.resolve()).encode()).hexdigest()[:8]
 
 
 # ---- the batch script ----------------------------------------------------------------------
@@ -277,6 +443,7 @@ class ScriptJob:
     stop_signal: str = "TERM"
     restarts: int = 0
     checkpointable: bool = False
+    srun: bool = False  # more than one task (`[slurm]` nodes, ntasks_per_node): launched by srun
 
 
 def batch_script(home: Home, jobs: Sequence[ScriptJob]) -> str:
@@ -296,7 +463,7 @@ def batch_script(home: Home, jobs: Sequence[ScriptJob]) -> str:
         cases.append(
             f"  {index}) id={job.job_id}; cwd={shlex.quote(job.cwd)}; argv=({words});"
             f" stop_sig={job.stop_signal}; restarts={job.restarts};"
-            f" marked={int(job.checkpointable)} ;;"
+            f" marked={int(job.checkpointable)}; use_srun={int(job.srun)} ;;"
         )
     warn = int(slurm_map.WARN_SIGNAL)
     lines = [
@@ -309,6 +476,7 @@ def batch_script(home: Home, jobs: Sequence[ScriptJob]) -> str:
         f'run_dir={runs}/"$id"',
         'mkdir -p "$run_dir/checkpoints"',
         'rm -f "$run_dir/exit.json" "$run_dir/failure" "$run_dir/stop"',
+        f'echo "${{SLURM_JOB_ID:-}}" >"$run_dir/{STARTED_FILE}"',
         'exec >>"$run_dir/log" 2>&1',
         "restarts=$((restarts + ${SLURM_RESTART_COUNT:-0}))",
         'export WORKBENCH_JOB_ID="$id" WORKBENCH_RUN_DIR="$run_dir"'
@@ -332,7 +500,8 @@ def batch_script(home: Home, jobs: Sequence[ScriptJob]) -> str:
         '  echo "the working directory $cwd does not exist on $(hostname)" >"$run_dir/failure"',
         "  code=127",
         "else",
-        '  "${argv[@]}" &',
+        '  if [ "$use_srun" = 1 ]; then srun --kill-on-bad-exit=1 "${argv[@]}" &',
+        '  else "${argv[@]}" & fi',
         "  child=$!",
         '  while :; do wait "$child"; code=$?; kill -0 "$child" 2>/dev/null || break; done',
         "fi",
@@ -343,11 +512,15 @@ def batch_script(home: Home, jobs: Sequence[ScriptJob]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def script_job(job: Job, argv: list[str], cwd: str, restarts: int) -> ScriptJob:
-    """A job as the batch script runs it, with its stop protocol."""
+def script_job(
+    job: Job, argv: list[str], cwd: str, restarts: int, options: Mapping[str, object] | None = None
+) -> ScriptJob:
+    """A job as the batch script runs it, with its stop protocol; with `srun` when its `[slurm]`
+    options ask for more than one task."""
     policy = stopping.policy_for(job, 0.0)
     marked = policy.checkpointable and job.kind == "command"
-    return ScriptJob(job.id, argv, cwd, policy.signal_name, restarts, marked)
+    srun = slurm_map.tasks_of(options) != (1, 1)
+    return ScriptJob(job.id, argv, cwd, policy.signal_name, restarts, marked, srun)
 
 
 def slurm_limit(seconds: float) -> str:
@@ -416,11 +589,22 @@ class SlurmExecutor:
         self.store = store
         self.config = config
         self.python = python
-        self.client = client or SlurmClient()
+        settings = config.executor
+        self.client = client or SlurmClient(timeout_s=settings.command_timeout_s)
         self.squeue_calls = 0
+        self.pacer = Poll(floor_s=settings.poll_min_s, ceiling_s=settings.poll_max_s)
+        self.forgetting = Forgetting()
+        self.tag = home_tag(home)
         self._cancel_sent: set[str] = set()
         self._stop_sent: dict[str, float] = {}  # Slurm id -> when its stop signal was sent
         self._error: str | None = None
+        # Jobs whose sbatch may have created a Slurm job we did not record (it timed out, or
+        # a previous daemon stopped between sbatch and the store): looked for by comment
+        # before they are handed over again. None: every unsubmitted job (a fresh daemon).
+        self._unsure: set[int] | None = None
+        # Slurm jobs settled from their exit.json while Slurm did not answer: Slurm is told to
+        # let go of them once it answers (it may have requeued one meanwhile).
+        self._let_go: set[str] = set()
 
     # ---- the Executor protocol -----------------------------------------------------------
 
@@ -428,13 +612,16 @@ class SlurmExecutor:
         """sbatch one attempt (resources, limits and priority from the job's row; the token in
         `--comment` so `find` can recognise it). Raises LaunchError with Slurm's message."""
         job = self.store.get(launch.job_id)
+        options = placement_db.slurm_options(self.store, [job.id]).get(job.id)
         output = str(launch.run_dir / "slurm-%j.out")
         sub = dataclasses.replace(
-            submission_for(job, job.name, output, launch.cwd), comment=f"workbench {launch.token}"
+            submission_for(job, job.name, output, launch.cwd, options),
+            comment=f"workbench {launch.token}",
         )
         launch.run_dir.mkdir(parents=True, exist_ok=True)
         restarts = int(launch.env.get("WORKBENCH_RESTARTS") or 0)
-        script = batch_script(self.home, [script_job(job, list(launch.argv), launch.cwd, restarts)])
+        argv = list(launch.argv)
+        script = batch_script(self.home, [script_job(job, argv, launch.cwd, restarts, options)])
         env = dict(launch.env)
         if "SLURM_CONF" in os.environ:
             env["SLURM_CONF"] = os.environ["SLURM_CONF"]
@@ -563,52 +750,73 @@ class SlurmExecutor:
 
     def _batches(self, ready: list[_Pending]) -> list[tuple[list[_Pending], int | None]]:
         """Single jobs, and one array per capped group whose ready jobs are alike (same
-        resources, limits, priority, dependencies, environment). A capped group that already
-        has jobs on Slurm waits until they are done, so the cap holds across submissions."""
+        resources, limits, priority, dependencies, environment). The cap holds across
+        submissions: a capped group's jobs that Slurm holds (running or pending there) count
+        against it, so with `--parallel 2` and one job on Slurm, the next one to arrive is
+        handed over at once, and the third waits (in our queue, with the reason) until one of
+        the two is done. A group with nothing on Slurm goes as one array with `%cap`."""
         limits = self.store.group_limits()
-        busy_groups = self._groups_on_slurm()
+        on_slurm = self._groups_on_slurm()
+        options = placement_db.slurm_options(self.store, [item.job.id for item in ready])
         batches: list[tuple[list[_Pending], int | None]] = []
         arrays: dict[tuple[object, ...], list[_Pending]] = {}
+        array_of: dict[str, tuple[object, ...]] = {}
         for item in ready:
             job = item.job
             cap = limits.get(job.group, self.config.default_parallel) or None
             if cap is None:
                 batches.append(([item], None))
                 continue
-            if job.group in busy_groups:
-                self.store.set_reason(
-                    job.id,
-                    f"group {job.group!r} is at its limit of {cap} running: waits for its"
-                    " Slurm jobs to finish",
-                )
-                continue
             key = (
                 job.group, job.gpus, job.gpu_mem, job.cpus, job.mem, job.time_limit,
                 job.priority, item.deps, json.dumps(job.env, sort_keys=True),
-                submission_for(job, "", "", ""),
+                submission_for(job, "", "", "", options.get(job.id)),
             )  # fmt: skip
-            arrays.setdefault(key, []).append(item)
+            held = on_slurm.get(job.group, 0)
+            if held == 0 and array_of.setdefault(job.group, key) == key:
+                arrays.setdefault(key, []).append(item)
+            elif 0 < held < cap:
+                batches.append(([item], cap))
+                on_slurm[job.group] = held + 1
+            else:
+                self.store.set_reason(
+                    job.id,
+                    f"group {job.group!r} is at its limit of {cap}: it has {max(held, 1)} job(s)"
+                    " on Slurm (running or waiting there); waits for one to finish",
+                )
+        try:
+            largest = self.client.cluster_info().max_array_size if arrays else 1001
+        except SlurmError:
+            largest = 1001  # asked again at sbatch, which then says what is wrong
         for items in arrays.values():
             group = items[0].job.group
-            batches.append((items, limits.get(group, self.config.default_parallel)))
+            # An array past MaxArraySize is refused whole: hand over its first part now, the
+            # rest once that part is done (the group is then busy), so the cap still holds.
+            for item in items[largest:]:
+                self.store.set_reason(
+                    item.job.id,
+                    f"group {group!r}: its array is split to the cluster's MaxArraySize"
+                    f" ({largest}); waits for the part before it to finish",
+                )
+            batches.append((items[:largest], limits.get(group, self.config.default_parallel)))
         return batches
 
-    def _groups_on_slurm(self) -> set[str]:
-        """Groups that have jobs Slurm holds for us (submitted, not ended)."""
+    def _groups_on_slurm(self) -> dict[str, int]:
+        """{group: how many of its jobs Slurm holds for us (submitted, not ended)}."""
         active = self.store.active_jobs(light=True)
         places = placement_db.placements(self.store, [j.id for j in active])
-        return {
-            j.group
-            for j in active
-            if j.state != BLOCKED and places[j.id].executor == "slurm" and places[j.id].slurm_id
-        }
+        counts: dict[str, int] = {}
+        for j in active:
+            if j.state != BLOCKED and places[j.id].executor == "slurm" and places[j.id].slurm_id:
+                counts[j.group] = counts.get(j.group, 0) + 1
+        return counts
 
     def _submit(self, items: list[_Pending], cap: int | None) -> None:
         jobs = [self.store.get(item.job.id) for item in items]
         first = jobs[0]
         for job in jobs:
             self.home.run_dir(job.id).mkdir(parents=True, exist_ok=True)
-            for stale in (RECORDS_FILE, runner.EXIT_FILE, runner.FAILURE_FILE):
+            for stale in (RECORDS_FILE, runner.EXIT_FILE, runner.FAILURE_FILE, STARTED_FILE):
                 try:
                     (self.home.run_dir(job.id) / stale).unlink()
                 except FileNotFoundError:
@@ -616,29 +824,50 @@ class SlurmExecutor:
         output = str(self.home.run_dir(first.id) / "slurm-%j.out")
         array = len(jobs) if cap is not None and len(jobs) > 1 else 0
         name = first.name if not array else f"{first.group} ({len(jobs)} jobs)"
+        options = placement_db.slurm_options(self.store, [first.id]).get(first.id)
         sub = dataclasses.replace(
-            submission_for(first, name, output, first.cwd),
+            submission_for(first, name, output, first.cwd, options),
             deps=items[0].deps,
             array_size=array,
             array_cap=cap if array else None,
-            comment=f"workbench job {first.id}",
+            comment=submission_comment([(j.id, j.attempt) for j in jobs], self.tag),
         )
         script = batch_script(
             self.home,
             [
-                script_job(j, job_argv(j, self.python), j.cwd or str(self.home.root), j.attempt - 1)
+                script_job(
+                    j,
+                    job_argv(j, self.python),
+                    j.cwd or str(self.home.root),
+                    j.attempt - 1,
+                    options,
+                )
                 for j in jobs
             ],
         )
         try:
             args = slurm_map.sbatch_args(sub, self.config.executor, self.client.cluster_info())
             slurm_id = self.client.submit(args, script, self._environment(first))
+        except SlurmUnreachable as error:
+            # No answer is no refusal: the job stays queued and sbatch is tried again after
+            # the back-off, once a look in squeue for its comment has not found it there.
+            self.pacer.failed(str(error))
+            if self._unsure is not None:
+                self._unsure.update(j.id for j in jobs)
+            for job in jobs:
+                self.store.set_reason(job.id, f"{self.pacer.reason()}; sbatch will be tried again")
+            return
         except (SlurmError, SpecError) as error:
             for job in jobs:
                 self.store.transition(
                     job.id, Event.REFUSE, f"Slurm refused it: {error}", only_from=[QUEUED]
                 )
             return
+        self.pacer.hurry()
+        self._record_submission(jobs, slurm_id, array > 0)
+
+    def _record_submission(self, jobs: list[Job], slurm_id: str, array: bool) -> None:
+        """Store the Slurm ids of a submission (task i of an array runs jobs[i])."""
         ids = [f"{slurm_id}_{i}" for i in range(len(jobs))] if array else [slurm_id]
         placement_db.set_slurm_id(self.store, [j.id for j in jobs], ids)
         for job, sid in zip(jobs, ids, strict=True):
@@ -672,31 +901,96 @@ class SlurmExecutor:
         # A job whose dependency is handed over in this round can go in the next one (a
         # pipeline reaches Slurm whole, in dependency order, in one call).
         for _ in range(MAX_SUBMIT_ROUNDS):
+            if not self.pacer.reachable() and not self.pacer.due():
+                return  # Slurm did not answer: sbatch waits for the back-off too
             fresh = [p.job_id for p in placement_db.slurm_placements(self.store) if not p.slurm_id]
             jobs = [self.store.find(job_id) for job_id in fresh]
             queued = [j for j in jobs if j is not None and j.state == QUEUED and j.intent is None]
             queued = due_for_slurm(queued, time.time())
+            adopted = self._find_unrecorded(queued) if queued else set()
+            if adopted is None:
+                return
+            queued = [j for j in queued if j.id not in adopted]
             batches = self._batches(self._ready(queued)) if queued else []
             for items, cap in batches:
                 self._submit(items, cap)
             if not batches:
                 return
 
+    def _find_unrecorded(self, queued: list[Job]) -> set[int] | None:
+        """Before handing over jobs whose earlier sbatch may have created a Slurm job we did not
+        record (it did not answer in time; or a previous daemon stopped before recording it),
+        look for them by their comment in one `squeue --me`, and adopt what is found. Returns
+        the ids adopted; None when Slurm did not answer (nothing may be submitted now)."""
+        unsure = {j.id for j in queued} if self._unsure is None else self._unsure
+        wanted = {j.id: j.attempt for j in queued if j.id in unsure}
+        if not wanted:
+            self._unsure = self._unsure if self._unsure is not None else set()
+            return set()
+        try:
+            mine = self.client.squeue()
+        except SlurmError as error:
+            self.pacer.failed(str(error))
+            return None
+        found: dict[str, list[tuple[int, int]]] = {}
+        for sid, seen in mine.items():
+            named = follows_from_comment(seen.comment, self.tag)
+            if named:
+                found.setdefault(sid.split("_")[0], named)
+        adopted: set[int] = set()
+        for slurm_id, named in found.items():
+            if not all(wanted.get(job_id) == attempt for job_id, attempt in named):
+                continue
+            jobs = [self.store.get(job_id) for job_id, _ in named]
+            self._record_submission(jobs, slurm_id, len(named) > 1)
+            adopted.update(job_id for job_id, _ in named)
+            for job in jobs:
+                self.store.set_reason(
+                    job.id,
+                    f"found on Slurm as job {slurm_id} by its comment (its sbatch did not answer"
+                    " in time, or the daemon stopped before recording it)",
+                )
+                print(
+                    f"workbench daemon: job {job.id} found on Slurm as {slurm_id} by its comment",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        self._unsure = set() if self._unsure is None else self._unsure - set(wanted)
+        return adopted
+
     def tick(self) -> bool:
-        """One round: submit what is ready, then one squeue for every job Slurm holds for us.
-        Returns True if there is anything on Slurm to follow (the daemon then ticks again)."""
+        """One round: submit what is ready, then, when the poll is due (an adaptive interval,
+        `slurm_reconcile.Poll`) or a job's exit status has appeared on disk, one squeue about
+        our own jobs. While Slurm does not answer, every job keeps its last known state, with
+        the outage as its reason, and only an `exit.json` settles one. Returns True if there is
+        anything on Slurm to follow (the daemon then ticks again)."""
         self.submit_ready()
         followed = [p for p in placement_db.slurm_placements(self.store) if p.slurm_id]
         if not followed:
             return False
+        if any((self.home.run_dir(p.job_id) / runner.EXIT_FILE).exists() for p in followed):
+            self.pacer.now_due()  # Slurm will say how it ended: ask now, not in 30 s
+        if placement_db.needs_action(self.store, [p.job_id for p in followed]):
+            self.pacer.now_due()  # a cancel, pause or resume to carry out: not in 30 s
+        if not self.pacer.due():
+            return True
         try:
-            seen = self.client.squeue()
+            seen = self.client.squeue_jobs([p.slurm_id for p in followed if p.slurm_id])
             self.squeue_calls += 1
+            self.pacer.answered(seen)
             self._error = None
+            for sid in sorted(self._let_go):
+                try:  # most have ended: scancel then says so, and that is fine
+                    self.client.cancel([sid])
+                except SlurmError:
+                    pass
+            self._let_go.clear()
         except SlurmError as error:
             if self._error != str(error):
                 print(f"workbench daemon: squeue failed: {error}", file=sys.stderr, flush=True)
             self._error = str(error)
+            self.pacer.failed(str(error))
+            self._unanswered(followed)
             return True
         holds, releases = [], []
         for place in followed:
@@ -704,7 +998,7 @@ class SlurmExecutor:
             job = self.store.find(place.job_id)
             if job is None:
                 continue
-            action = self._follow(job, place, seen.get(place.slurm_id))
+            action = self._follow(job, place, self._ours(job, seen.get(place.slurm_id)))
             if action == "hold":
                 holds.append(place.slurm_id)
             elif action == "release":
@@ -715,6 +1009,35 @@ class SlurmExecutor:
             except SlurmError as error:
                 print(f"workbench daemon: scontrol {what}: {error}", file=sys.stderr, flush=True)
         return True
+
+    def _ours(self, job: Job, seen: SlurmJob | None) -> SlurmJob | None:
+        """`seen`, unless its comment says it is another job (a controller that lost its state
+        hands job ids out again): then, for this job, Slurm has forgotten its own."""
+        if (
+            seen is None
+            or not seen.comment.startswith("workbench job ")
+            or " home " not in seen.comment
+        ):
+            return seen  # no comment of ours to check (an older daemon's submission)
+        if (job.id, job.attempt) in follows_from_comment(seen.comment, self.tag):
+            return seen
+        return None
+
+    def _unanswered(self, followed: list[placement_db.Placement]) -> None:
+        """Slurm did not answer: each live job keeps its state with the outage as its reason;
+        one whose batch script left its exit status is settled from it (authoritative), so a
+        retry is queued (and handed over once Slurm answers again)."""
+        reason = self.pacer.reason()
+        for place in followed:
+            job = self.store.find(place.job_id)
+            if job is None or job.state in ENDED or job.state == BLOCKED:
+                continue
+            if (self.home.run_dir(job.id) / runner.EXIT_FILE).exists():
+                self._settle_forgotten(job, place, from_exit_file=True)
+                if self.store.get(job.id).slurm_id != place.slurm_id:
+                    self._let_go.add(place.slurm_id or "")
+            elif job.reason != reason:
+                self.store.set_reason(job.id, reason)
 
     def _stop(self, job: Job, slurm_id: str, seen: SlurmJob | None, why: str) -> None:
         """Stop a job as its stop protocol says: a running one gets its stop file, then its stop
@@ -777,10 +1100,16 @@ class SlurmExecutor:
         if seen is None:
             self._settle_forgotten(job, place)
             return ""
+        self.forgetting.seen(place.slurm_id)
         view = slurm_map.view(seen)
+        if seen.restarts > place.restarts:
+            self._requeued(job, place, seen, view)
+            job = self.store.get(job.id)
         if view.ended:
             self._settle(job, place, seen, view)
             return ""
+        if is_unreachable_reason(job.reason) and job.state in (RUNNING, PAUSED):
+            self.store.set_reason(job.id, f"{view.reason} (Slurm job {place.slurm_id})")
         if view.state == RUNNING:
             self._mark_running(job, place, seen)
             if seen.node and place.node != seen.node:
@@ -801,11 +1130,41 @@ class SlurmExecutor:
             return "hold"
         if job.state == QUEUED and held:
             return "release"
-        if job.state == QUEUED:
+        if job.state == QUEUED and seen.restarts:
+            self.store.set_reason(
+                job.id,
+                f"requeued by Slurm (restart {seen.restarts} of Slurm job {place.slurm_id});"
+                f" {view.reason}",
+            )
+        elif job.state == QUEUED:
             self.store.set_reason(
                 job.id, f"{view.reason} (Slurm job {place.slurm_id}){_limit_note(job)}"
             )
         return ""
+
+    def _requeued(
+        self, job: Job, place: placement_db.Placement, seen: SlurmJob, view: slurm_map.View
+    ) -> None:
+        """Slurm requeued the job (its node failed or was set down, preemption, `scontrol
+        requeue`): count it, mark it in the job's log, and show it queued again with Slurm's
+        reason until Slurm starts it anew (the same Slurm job; no attempt of ours is spent)."""
+        assert place.slurm_id is not None
+        placement_db.set_restarts(self.store, job.id, seen.restarts)
+        when = time.strftime("%H:%M:%S")
+        words = f"requeued by Slurm (restart {seen.restarts} of Slurm job {place.slurm_id})"
+        try:
+            with open(self.home.run_dir(job.id) / runner.LOG_FILE, "a") as log:
+                log.write(f"[workbench] {when} {words}: {view.reason}\n")
+        except OSError:
+            pass
+        print(f"workbench daemon: job {job.id} {words}", file=sys.stderr, flush=True)
+        if job.state == RUNNING and not view.ended and view.state != RUNNING:
+            self.store.transition(
+                job.id, Event.REQUEUE, f"{words}; {view.reason}", only_from=[RUNNING],
+                slurm_id=place.slurm_id, node=place.node, records_offset=place.records_offset,
+            )  # fmt: skip
+        elif job.state in (QUEUED, RUNNING):
+            self.store.set_reason(job.id, f"{words}; {view.reason}")
 
     def _settle(
         self, job: Job, place: placement_db.Placement, seen: SlurmJob, view: slurm_map.View
@@ -863,18 +1222,42 @@ class SlurmExecutor:
             event = Event.LOST if lost else Event.EXIT_FAILED
             self.store.transition(job.id, event, reason, only_from=live, **fields)
 
-    def _settle_forgotten(self, job: Job, place: placement_db.Placement) -> None:
-        """Slurm no longer shows the job (it ended longer ago than its MinJobAge, or the
-        cluster lost it): settle by the exit status the batch script left, else as lost."""
-        problem = self._records(job, place.records_offset)
+    def _settle_forgotten(
+        self, job: Job, place: placement_db.Placement, from_exit_file: bool = False
+    ) -> None:
+        """Slurm's answer does not list the job (it ended longer ago than the cluster's
+        MinJobAge, or the cluster lost it). Settled only from an authoritative source: the
+        exit status the batch script left (`exit.json`), else Slurm's accounting (`sacct`,
+        when the cluster has slurmdbd); lost only when Slurm says it does not know the job
+        (`scontrol show job`) and neither knows how it ended for LOST_AFTER_S. Until then it
+        keeps its state. `from_exit_file`: settle from `exit.json` or not at all (an outage)."""
+        assert place.slurm_id is not None
         run_dir = self.home.run_dir(job.id)
         status = runner.read_exit(run_dir)
         live = [QUEUED, RUNNING, PAUSED]
-        if job.intent == "cancel":
+        if job.intent == "cancel" and status is None:
             self.store.transition(job.id, Event.CANCEL, "cancelled", only_from=live)
             placement_db.close_slurm(self.store, job.id)
             return
-        self._mark_running(job, place, SlurmJob(place.slurm_id or "", "", ""))
+        if status is None and not from_exit_file:
+            try:
+                accounted = (self.client.sacct([place.slurm_id]) or {}).get(place.slurm_id)
+                if accounted is not None and slurm_map.view(accounted).ended:
+                    self.forgetting.seen(place.slurm_id)
+                    self._settle(job, place, accounted, slurm_map.view(accounted))
+                    return
+                missing_s = self.forgetting.missed(place.slurm_id)
+                if missing_s < LOST_AFTER_S or self.client.knows(place.slurm_id):
+                    return  # not yet: Slurm may still answer, or its script write exit.json
+            except SlurmError as error:
+                self.pacer.failed(str(error))
+                return
+        if status is None and from_exit_file:
+            return
+        self.forgetting.seen(place.slurm_id)
+        problem = self._records(job, place.records_offset)
+        if status is not None or (run_dir / STARTED_FILE).exists():
+            self._mark_running(job, place, SlurmJob(place.slurm_id, "", ""))
         job = self.store.get(job.id)
         if status is not None and status.ok and not problem:
             self.store.transition(
@@ -887,10 +1270,21 @@ class SlurmExecutor:
             self._fail(
                 job, reason + (f"; {problem}" if problem else ""), {"exit_code": status.code}
             )
+        elif job.state == QUEUED and not (run_dir / STARTED_FILE).exists():
+            # Never started (its batch script leaves STARTED_FILE first): Slurm lost a pending
+            # job (a controller that died before saving its state): hand it over again.
+            placement_db.forget_submission(self.store, job.id)
+            self.store.set_reason(
+                job.id,
+                f"Slurm lost its pending job {place.slurm_id} before it started (a controller"
+                " restart loses jobs it had not saved); handing it over again",
+            )
+            return
         else:
             self._fail(
                 job,
-                f"lost: Slurm no longer knows job {place.slurm_id} and it left no exit status",
+                f"lost: Slurm no longer knows job {place.slurm_id}, and neither its accounting"
+                f" nor an exit status in {run_dir.name}/ says how it ended",
                 {},
                 lost=True,
             )

@@ -7,7 +7,9 @@ import json
 import math
 import re
 import signal
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from workbench.config import ExecutorConfig
@@ -22,9 +24,11 @@ class Unmappable(SpecError):
 @dataclass(frozen=True)
 class ClusterInfo:
     """What the cluster offers that changes the mapping: GRES shards per GPU (None: the
-    cluster defines no shards, so fractional GPUs cannot be asked for)."""
+    cluster defines no shards, so fractional GPUs cannot be asked for), and the largest job
+    array it takes (`MaxArraySize`, Slurm's default 1001)."""
 
     shards_per_gpu: int | None = None
+    max_array_size: int = 1001  # MaxArraySize: array indices run 0 .. max_array_size - 1
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class Submission:
     mig_profile: str | None = None  # one MIG instance of this profile (not mappable to sbatch)
     warn_before_s: float | None = None  # the batch shell is sent WARN_SIGNAL this long before
     requeue: bool = False  # checkpointable: Slurm may requeue it (preemption, node failure)
+    job_args: tuple[str, ...] = ()  # the job's own sbatch options (`option_args`), last
 
 
 # What Slurm sends the batch shell before the time limit (`--signal=B:...`); the batch script
@@ -114,9 +119,10 @@ def sbatch_args(sub: Submission, settings: ExecutorConfig, cluster: ClusterInfo)
             f" to at least {sub.priority} or lower the priority"
         )
     args = ["--parsable", f"--job-name={sub.name}", f"--output={sub.output}", f"--chdir={sub.cwd}"]
-    if settings.partition:
+    own = {a.split("=", 1)[0] for a in sub.job_args}
+    if settings.partition and "--partition" not in own:
         args.append(f"--partition={settings.partition}")
-    if settings.account:
+    if settings.account and "--account" not in own:
         args.append(f"--account={settings.account}")
     gres = gpu_gres(sub.gpus, cluster)
     if gres:
@@ -151,7 +157,39 @@ def sbatch_args(sub: Submission, settings: ExecutorConfig, cluster: ClusterInfo)
         args.append(f"--comment={sub.comment}")
     args.append("--export=ALL")
     args.extend(settings.extra)
+    args.extend(sub.job_args)
     return args
+
+
+_OPTION_FLAGS = (
+    ("partition", "--partition"), ("qos", "--qos"), ("account", "--account"),
+    ("constraint", "--constraint"), ("nodelist", "--nodelist"), ("exclude", "--exclude"),
+)  # fmt: skip
+
+
+def option_args(options: Mapping[str, Any] | None) -> list[str]:
+    """A job's own sbatch options from its `[slurm]` table (workbench.queue.requests.
+    SlurmOptions, already checked): names as `--partition=...`, `--exclusive`, `--nodes` and
+    `--ntasks-per-node` when it runs more than one task, then its `extra` list as given."""
+    if not options:
+        return []
+    args = [f"{flag}={options[key]}" for key, flag in _OPTION_FLAGS if options.get(key)]
+    if options.get("exclusive"):
+        args.append("--exclusive")
+    nodes, tasks = tasks_of(options)
+    if nodes > 1:
+        args.append(f"--nodes={nodes}")
+    if nodes > 1 or tasks > 1:
+        args.append(f"--ntasks-per-node={tasks}")
+    args.extend(str(option) for option in options.get("extra") or [])
+    return args
+
+
+def tasks_of(options: Mapping[str, Any] | None) -> tuple[int, int]:
+    """(nodes, tasks per node) of a job's `[slurm]` table; (1, 1) when it says nothing."""
+    if not options:
+        return 1, 1
+    return int(options.get("nodes") or 1), int(options.get("ntasks_per_node") or 1)
 
 
 def ended_dependency(cond: str, state: str) -> str | None:
@@ -208,6 +246,7 @@ class SlurmJob:
     comment: str = ""
     start_time: float | None = None
     end_time: float | None = None
+    restarts: int = 0  # how often Slurm requeued it (node failure, preemption, scontrol requeue)
 
 
 def _state_name(value: Any) -> str:
@@ -281,6 +320,114 @@ def parse_squeue(text: str) -> dict[str, SlurmJob]:
     return out
 
 
+# `squeue -O` fields the daemon asks for about its own jobs (`--jobs=ID,...` or `--me`), instead
+# of `--json`, which Slurm 22.05 answers with every job of the cluster whatever the filters.
+# `exit_code` is the wait status (code << 8 | signal); times are local ISO 8601, `N/A`/`NONE`
+# when unset. Comment comes last: it is the one field a user could put `|` into.
+SQUEUE_FIELDS = (
+    "JobArrayID", "State", "Reason", "exit_code", "NodeList", "StartTime", "EndTime",
+    "RestartCnt", "Comment",
+)  # fmt: skip
+SQUEUE_FORMAT = ",".join(f"{name}:|" for name in SQUEUE_FIELDS)
+
+
+def _clock(text: str) -> float | None:
+    """A squeue time (`2026-12-07T03:45:01`, local time) as Unix seconds; None when unset."""
+    try:
+        return datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        return None
+
+
+def parse_squeue_lines(text: str) -> dict[str, SlurmJob]:
+    """`squeue --noheader -O SQUEUE_FORMAT` -> jobs by Slurm id, as `parse_squeue` does for
+    `--json`: an array's pending tasks (`120_[2-3%1]`) are expanded so `120_3` is found.
+    Raises ValueError on a line that is not in that format (the answer is then not trusted)."""
+    out: dict[str, SlurmJob] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        cells = line.split("|", len(SQUEUE_FIELDS) - 1)
+        if len(cells) != len(SQUEUE_FIELDS):
+            raise ValueError(f"squeue printed a line in another format: {line[:200]!r}")
+        array_id, state, reason, status, node, start, end, restarts, comment = (
+            c.strip() for c in cells
+        )
+        comment = comment.removesuffix("|").strip()
+        code = int(status) if status.isdigit() else None
+        job = SlurmJob(
+            slurm_id=array_id,
+            state=state.split()[0] if state else "UNKNOWN",
+            reason=reason or "None",
+            exit_code=None if code is None else (code >> 8) & 0xFF,
+            signal=None if code is None else (code & 0x7F) or None,
+            node="" if node in ("", "(null)") else node,
+            comment="" if comment == "(null)" else comment,
+            start_time=_clock(start),
+            end_time=_clock(end),
+            restarts=int(restarts) if restarts.isdigit() else 0,
+        )
+        pending = re.fullmatch(r"(\d+)_\[(.*)\]", array_id)
+        if pending:
+            for index in task_ids(pending.group(2)):
+                out.setdefault(f"{pending.group(1)}_{index}", job)
+        elif re.fullmatch(r"\d+(_\d+)?", array_id):
+            out[array_id] = job
+        else:
+            raise ValueError(f"squeue printed an odd job id: {array_id!r}")
+    return out
+
+
+def parse_sacct(text: str) -> dict[str, SlurmJob]:
+    """`sacct -X -n -P -o JobID,State,ExitCode,NodeList,Start,End` -> ended or live jobs by
+    Slurm id (`123`, `120_3`). ExitCode is `code:signal`; State may read `CANCELLED by 1000`."""
+    out: dict[str, SlurmJob] = {}
+    for line in text.splitlines():
+        cells = line.split("|")
+        if len(cells) < 6 or not re.fullmatch(r"\d+(_\d+)?", cells[0]):
+            continue
+        code_text, _, signal_text = cells[2].partition(":")
+        out[cells[0]] = SlurmJob(
+            slurm_id=cells[0],
+            state=cells[1].split()[0] if cells[1] else "UNKNOWN",
+            reason="None",
+            exit_code=int(code_text) if code_text.isdigit() else None,
+            signal=int(signal_text) or None if signal_text.isdigit() else None,
+            node="" if cells[3] in ("", "None assigned") else cells[3],
+            start_time=_clock(cells[4]),
+            end_time=_clock(cells[5]),
+        )
+    return out
+
+
+# What Slurm's commands say when they cannot reach the controller (or its database): the answer
+# is then "unknown for now", never an outcome. From Slurm 22.05's slurm_errno.c messages.
+_UNREACHABLE = (
+    "unable to contact slurm controller",
+    "socket timed out",
+    "zero bytes were transmitted",
+    "connection refused",
+    "communication connection failure",
+    "transport endpoint",
+    "slurm_receive_msg",
+    "unable to connect",
+    "slurmdbd",
+    "did not answer within",
+    "connection reset",
+    "network is unreachable",
+    "no route to host",
+    "temporarily unavailable",
+    "slurm backup controller in standby mode",
+    "unexpected message received",
+)
+
+
+def unreachable(message: str) -> bool:
+    """True when a Slurm command's error means the cluster did not answer (not a refusal)."""
+    lowered = message.lower()
+    return any(words in lowered for words in _UNREACHABLE)
+
+
 # ---- Slurm's view -> ours -------------------------------------------------------------------
 
 _PENDING_WORDS = {
@@ -307,7 +454,20 @@ _FAILURE_WORDS = {
     "SPECIAL_EXIT": "ended in Slurm's special exit state (Slurm SPECIAL_EXIT)",
 }
 ACTIVE_SLURM_STATES = frozenset(
-    {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING"}
+    {
+        "PENDING",
+        "CONFIGURING",
+        "RUNNING",
+        "COMPLETING",
+        "SUSPENDED",
+        "REQUEUED",
+        "RESIZING",
+        "REQUEUE_FED",
+        "REQUEUE_HOLD",
+        "SIGNALING",
+        "STAGE_OUT",
+        "STOPPED",
+    }
 )
 
 
@@ -339,11 +499,11 @@ def view(job: SlurmJob) -> View:
             return View(BLOCKED, "a dependency can never be satisfied (Slurm)")
         words = _PENDING_WORDS.get(reason, f"pending in Slurm ({reason})")
         return View(QUEUED, words)
-    if state in ("CONFIGURING", "RUNNING", "COMPLETING", "RESIZING"):
+    if state in ("CONFIGURING", "RUNNING", "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT"):
         return View(RUNNING, f"running on {job.node}" if job.node else "running", node=job.node)
     if state == "SUSPENDED":
         return View(PAUSED, "suspended by Slurm", node=job.node)
-    if state == "REQUEUED":
+    if state in ("REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD"):
         return View(QUEUED, "requeued by Slurm")
     if state == "COMPLETED":
         return View(SUCCEEDED, "exited with code 0", 0, job.node, ended=True)
