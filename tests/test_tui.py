@@ -987,7 +987,89 @@ async def test_dashboard_whole_machine_processes_with_filter_and_sort_mark(home:
         assert row["user"] == getpass.getuser() and "python" in row["command"]
         table = screen.query_one("#procs", DataTable)
         labels = [str(c.label) for c in table.ordered_columns]
-        assert "gpu mem ▼" in labels and "all processes" in str(table.border_title)
+        # No GPU process on this machine: the whole-machine view sorts by CPU %, as btop does.
+        assert "cpu% ▼" in labels and "all processes" in str(table.border_title)
+
+
+async def test_dashboard_process_tree_at_80_columns(home: Home) -> None:
+    """`t` draws every process under its parent (this test's own under its parent's, with a
+    branch), and at 80x24 the whole-machine table keeps the user and at least 32 cells of each
+    command, leaving out the GPU columns no row fills (they were cut to `/bin/sh /t…`)."""
+    import getpass
+    import os
+
+    app = WorkbenchApp(Source(home))
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        assert isinstance(screen, DashboardScreen)
+        await until(pilot, lambda: screen.snapshot is not None, what="a sample")
+        await pilot.press("a", "t")
+        me, parent = os.getpid(), os.getppid()
+        pids = lambda: [p["pid"] for p in screen.processes]  # noqa: E731
+        await until(pilot, lambda: me in pids() and parent in pids(), what="my pid and parent")
+        mine = pids().index(me)
+        assert pids().index(parent) < mine and screen.processes[mine]["tree"].endswith("─ ")
+        table = screen.query_one("#procs", DataTable)
+        labels = [str(c.label).split()[0] for c in table.ordered_columns]
+        assert "user" in labels and "gpu" not in labels and "sm%" not in labels, labels
+        row = table.get_row_at(mine)
+        assert row[labels.index("user")].plain == getpass.getuser()
+        command = row[labels.index("command")].plain
+        assert len(command) >= 32 and "python" in command, command
+        await pilot.press("t")
+        await until(pilot, lambda: "tree" not in screen.processes[0], what="a flat list")
+
+
+def test_process_tree_branches() -> None:
+    """Children under their parent in the order given, `├─`/`└─` branches with `│` below an
+    unfinished sibling; a row whose parent is not listed is a root; a cycle of parents (pids
+    reused between reads) is listed, never looped over."""
+    from screens.dashboard import process_tree
+
+    rows = [
+        {"pid": 1, "ppid": 0},
+        {"pid": 30, "ppid": 2},
+        {"pid": 2, "ppid": 1},
+        {"pid": 3, "ppid": 1},
+        {"pid": 20, "ppid": 2},
+        {"pid": 99, "ppid": 77},
+        {"pid": 5, "ppid": 6},
+        {"pid": 6, "ppid": 5},
+    ]
+    out = [(r["pid"], r["tree"]) for r in process_tree(rows)]
+    assert out == [
+        (1, ""),
+        (2, "├─ "),
+        (30, "│  ├─ "),
+        (20, "│  └─ "),
+        (3, "└─ "),
+        (99, ""),
+        (5, ""),
+        (6, "└─ "),
+    ]
+
+
+def test_process_columns_keep_the_command_at_80() -> None:
+    """Columns join by priority while the command keeps 32 cells; the sorted one always shows;
+    a column every row leaves blank never does."""
+    from rich.text import Text
+
+    from screens.dashboard import PROCESS_COLUMNS, choose_process_columns
+
+    row = dict.fromkeys(PROCESS_COLUMNS, Text("-"))
+    row.update(
+        pid=Text("123456"),
+        user=Text("someone"),
+        job=Text("-"),
+        command=Text("/usr/bin/python3 -m some.long.module --with --many --arguments"),
+        **{"cpu%": Text("12"), "host mem": Text("1.2 GiB"), "elapsed": Text("3h05m")},
+    )
+    chosen = choose_process_columns([row], 77, "cpu%")
+    assert {"pid", "cpu%", "user", "command"} <= set(chosen)
+    assert not {"gpu", "gpu mem", "sm%", "job"} & set(chosen)
+    assert choose_process_columns([row], 77, "gpu mem")[:3] == ("pid", "user", "gpu mem")
+    narrow = choose_process_columns([row], 45, "pid")
+    assert narrow == ("pid", "command")
 
 
 def test_process_facts_survive_a_denied_command_line() -> None:
@@ -1015,6 +1097,9 @@ def test_process_facts_survive_a_denied_command_line() -> None:
 
         def create_time(self) -> float:
             return 1.0
+
+        def ppid(self) -> int:
+            return 1
 
     facts = process_facts(Denied())
     assert facts["command"] == "[sshd]" and facts["user"] == "root" and facts["rss_bytes"] is None
