@@ -34,10 +34,11 @@ from textual.widgets import (
 from screens.jobtable import JobTable, Window
 from screens.source import JobPage
 from screens.widgets import (
-    STATE_STYLES,
     LiveGuard,
     WorkbenchScreen,
     fit_value,
+    is_dark,
+    state_style,
     state_text,
     unit,
 )
@@ -205,6 +206,7 @@ class QueueScreen(WorkbenchScreen):
 
     def on_mount(self) -> None:
         self.query_one("#find", Input).display = False
+        self.app.theme_changed_signal.subscribe(self, lambda _theme: self.show_status())
         self.poll(force=True)
 
     def on_screen_resume(self) -> None:
@@ -283,7 +285,7 @@ class QueueScreen(WorkbenchScreen):
         for state in (*STATE_FILTERS[1:],):
             if self.counts.get(state):
                 status.append(f"{self.counts[state]:,} ", style="bold")
-                status.append(f"{state}  ", style=STATE_STYLES.get(state, ""))
+                status.append(f"{state}  ", style=state_style(state, is_dark(self)))
         if not self.counts:
             status.append("no jobs yet: press n to submit one", style="dim")
         table = self.table
@@ -894,6 +896,7 @@ class JobDetailScreen(WorkbenchScreen):
 
     def on_mount(self) -> None:
         self.set_class(self.size.width < 120, "narrow")
+        self.app.theme_changed_signal.subscribe(self, self.theme_changed)
         self.poll()
 
     def on_resize(self) -> None:
@@ -906,6 +909,24 @@ class JobDetailScreen(WorkbenchScreen):
         message = self.last_read
         if message is not None and message.job is not None:
             self.query_one("#summary", Static).update(self.render_summary(message.job, message))
+
+    def show_history(self) -> None:
+        """The job's state changes, each in its state's colour for the theme shown."""
+        message = self.last_read
+        if message is None:
+            return
+        history = Text()
+        history.append("history\n", style="bold")
+        for event in message.events:
+            stamp = time.strftime("%m-%d %H:%M:%S", time.localtime(event.t))
+            history.append(f"{stamp} ")
+            history.append(state_text(event.state, is_dark(self)))
+            history.append(f"  {event.reason or ''}\n", style="dim")
+        self.query_one("#history", Static).update(history)
+
+    def theme_changed(self, _theme: object) -> None:
+        self.show_summary()
+        self.show_history()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="detail", description="read job")
     def poll(self) -> None:
@@ -992,14 +1013,7 @@ class JobDetailScreen(WorkbenchScreen):
             return
         self.last_read = message
         self.show_summary()
-        history = Text()
-        history.append("history\n", style="bold")
-        for event in message.events:
-            stamp = time.strftime("%m-%d %H:%M:%S", time.localtime(event.t))
-            history.append(f"{stamp} ")
-            history.append(state_text(event.state))
-            history.append(f"  {event.reason or ''}\n", style="dim")
-        self.query_one("#history", Static).update(history)
+        self.show_history()
         self.show_log(message.log_chunk, message.log_reset, job.state in ENDED)
         if (
             self.app.is_running
@@ -1125,7 +1139,7 @@ class JobDetailScreen(WorkbenchScreen):
         title.append(f"job {job.id}  ", style="bold")
         title.append(job.name, style="bold cyan")
         title.append("  ")
-        title.append(state_text(job.state))
+        title.append(state_text(job.state, is_dark(self)))
         title.append(f"  ({job.kind})")
         facts = Table.grid(padding=(0, 1))
         facts.add_column(style="bold", no_wrap=True)

@@ -17,7 +17,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Static
 from textual_plotext import PlotextPlot
 
-from screens.widgets import WorkbenchScreen, state_text
+from screens.widgets import WorkbenchScreen, is_dark, state_text
 from workbench.catalog.tracking import Run, sort_runs
 
 SORTS = ("job", "val_accuracy", "val_loss", "val_rmse")
@@ -83,7 +83,7 @@ def sweep_labels(runs: list[Run]) -> dict[int, str]:
     return labels
 
 
-def cells(run: Run, label: str | None) -> dict[str, Any]:
+def cells(run: Run, label: str | None, dark: bool = True) -> dict[str, Any]:
     def metric(name: str) -> Text:
         value = run.metrics.get(name)
         return Text(f"{value:.4f}" if value is not None else "", justify="right")
@@ -94,7 +94,7 @@ def cells(run: Run, label: str | None) -> dict[str, Any]:
     return {
         "job": Text(str(run.job_id), justify="right"),
         "name": (label or run.name)[:40],
-        "state": state_text(run.state),
+        "state": state_text(run.state, dark),
         "model": run.model.rsplit("/", 1)[-1][:16],
         "dataset": f"{run.dataset} v{run.dataset_version}" if run.dataset else "-",
         "lr": Text(f"{run.params.get('lr', '')}", justify="right"),
@@ -299,6 +299,7 @@ class RunsScreen(WorkbenchScreen):
 
     def on_mount(self) -> None:
         self.set_class(self.size.width < 120, "narrow")
+        self.app.theme_changed_signal.subscribe(self, lambda _theme: self.apply())
         self.poll()
 
     def on_resize(self) -> None:
@@ -398,7 +399,7 @@ class RunsScreen(WorkbenchScreen):
         columns = self.shown_columns(ordered)
         rows = {}
         for run in ordered:
-            row = cells(run, self.labels.get(run.job_id))
+            row = cells(run, self.labels.get(run.job_id), is_dark(self))
             if run.job_id in self.marked:
                 row["job"] = Text(f"*{run.job_id}", style="bold cyan", justify="right")
             rows[str(run.job_id)] = row
