@@ -187,6 +187,7 @@ class QueueScreen(WorkbenchScreen):
         self.where = JobFilter()
         self.version = -1
         self.counts: dict[str, int] = {}
+        self.status_shown: Text | None = None
         self.first_read = True
         self.anchor_id: int | None = None
         self.daemon_running = True
@@ -297,7 +298,9 @@ class QueueScreen(WorkbenchScreen):
             status.append(f" filter {shown}: {total} ", style="magenta")
         if not self.daemon_running:
             status.append(" daemon not running: the next action starts it", style="yellow")
-        self.query_one("#queue-status", Static).update(status)
+        if status != self.status_shown:  # an update lays the screen out again: only on change
+            self.status_shown = status
+            self.query_one("#queue-status", Static).update(status)
 
     # ---- actions ---------------------------------------------------------------------
 

@@ -3,6 +3,7 @@ with the screen keys, and the focus line beside the footer."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -323,6 +324,34 @@ def resample(
     return [s / c if c else None for s, c in zip(sums, counts, strict=True)]
 
 
+def hold_sampling_gaps(
+    values: list[float | None], points: Sequence[tuple[float, float | None]], column_s: float
+) -> list[float | None]:
+    """`values` (one per `column_s` column) with each empty column that only falls between two
+    samples of the usual interval given its left neighbour's value: a 1 Hz series on columns
+    of 0.86 s leaves every seventh column empty, which read as dropouts. A gap longer than 1.5
+    times the median interval between `points` (a real dropout) stays empty."""
+    times = sorted(t for t, v in points if v is not None)
+    if len(times) < 3:
+        return values
+    steps = sorted(b - a for a, b in itertools.pairwise(times))
+    usual = steps[len(steps) // 2]
+    if usual <= 0 or usual * 1.5 <= column_s:
+        return values  # every column spans a sample: an empty one is a dropout
+    span = max(1, int(usual * 1.5 / column_s))  # columns one sampling interval may leave empty
+    out = list(values)
+    run = 0
+    for index, value in enumerate(values):
+        if value is not None:
+            run = 0
+            continue
+        run += 1
+        nxt = next((v for v in values[index + 1 : index + 1 + span] if v is not None), None)
+        if index > 0 and out[index - 1] is not None and run <= span and nxt is not None:
+            out[index] = out[index - 1]
+    return out
+
+
 def area(values: Sequence[float | None], height: int, top: float, style: str) -> list[Text]:
     """An area chart `height` rows high: each value fills its column from the bottom in eighths
     of a row (as btop draws); None leaves the column empty."""
@@ -358,7 +387,7 @@ def chart(
     # boundaries only the newest column changes, so a redraw rewrites one cell per row.
     column_s = window_s / plot_width
     end = math.ceil(end / column_s) * column_s
-    values = resample(points, end - window_s, end, plot_width)
+    values = hold_sampling_gaps(resample(points, end - window_s, end, plot_width), points, column_s)
     lines = []
     for index, row in enumerate(area(values, height, top, style)):
         label = top_label if index == 0 else ("0" if index == height - 1 else "")

@@ -1238,3 +1238,43 @@ async def test_dashboard_at_80x24_leaves_no_blank_gpu_lines_under_a_scrolling_ta
         table = screen.query_one("#procs", DataTable)
         assert table.region.height >= 7
         assert "host mem" not in [str(c.label) for c in table.ordered_columns]
+
+
+def test_one_minute_chart_has_no_blank_columns_between_samples() -> None:
+    """The 1-minute window at 80 cells gives each column 0.8 s: a 1 Hz series left every fifth
+    column blank, like dropouts. Sampling gaps are held now; a real 10 s dropout still shows."""
+    from screens.widgets import chart
+
+    end = 1_000.0
+    steady = [(end - 60 + t, 50.0) for t in range(61)]
+    lines = chart(steady, end, 60.0, 80, 4, 100, "green", "100%", axis=False)
+    bottom = lines[-1].plain[5:]
+    assert " " not in bottom.rstrip(), bottom
+    dropout = [(t, v) for t, v in steady if not end - 40 <= t < end - 30]
+    bottom = chart(dropout, end, 60.0, 80, 4, 100, "green", "100%", axis=False)[-1].plain[5:]
+    assert " " * 10 in bottom.strip(), bottom
+
+
+async def test_queue_counts_read_with_thousands_separators_as_in_the_cli(home: Home) -> None:
+    """Numbers read `1820` in the TUI and `1,820` in the CLI: the Queue's state counts and its
+    filter total are grouped by thousands as the CLI prints them."""
+    import re
+
+    from tui_data import fill_jobs
+
+    from workbench.db.store import Store
+
+    store = Store.open(home.state_db)
+    fill_jobs(store, 6_000)
+    counts = {str(state): n for state, n in store.counts_by_state().items()}
+    store.close()
+    app = WorkbenchApp(Source(home))
+    async with app.run_test(size=(160, 30)) as pilot:
+        await pilot.press("j")
+        status = app.screen.query_one("#queue-status")
+        await until(pilot, lambda: "succeeded" in text_of(status), what="the counts")
+        shown = text_of(status)
+        for state, n in counts.items():
+            if n >= 1000:
+                assert f"{n:,} {state}" in shown, (state, shown)
+        assert not re.search(r"\b\d{4,}\b", shown), shown
