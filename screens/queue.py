@@ -548,6 +548,7 @@ class SubmitScreen(LiveGuard, ModalScreen[None]):
         super().__init__()
         self.kind = "command"
         self.fields: list[tuple[str, str, Any]] = []
+        self.building = True  # the kind's fields are being (re)mounted: nothing to read yet
 
     def compose(self) -> ComposeResult:
         from workbench.queue.kinds import kind_names
@@ -586,6 +587,7 @@ class SubmitScreen(LiveGuard, ModalScreen[None]):
     async def show_kind(self, kind: str) -> None:
         from dataclasses import MISSING
 
+        self.building = True
         self.kind = kind
         self.fields = spec_fields(kind)
         box = self.query_one("#spec-fields", Vertical)
@@ -598,6 +600,7 @@ class SubmitScreen(LiveGuard, ModalScreen[None]):
                 hint, label = "WORD ..., e.g. python train.py --epochs 3 (required)", "command"
             rows.append(field_row(f"spec-{name}", label, hint))
         await box.mount_all(rows)
+        self.building = False
         if rows:
             self.query_one(f"#spec-{self.fields[0][0]}", Input).focus()
 
@@ -653,6 +656,11 @@ class SubmitScreen(LiveGuard, ModalScreen[None]):
         from workbench.queue.requests import build_request
         from workbench.queue.spec import SpecError
 
+        if self.building:  # Enter or ctrl+s while a kind's fields are swapped in: not yet
+            self.query_one("#submit-error", Static).update(
+                Text("the form is changing kind: submit again", style="yellow")
+            )
+            return
         self.clear_errors()
         try:
             table, after = self.table()

@@ -1278,3 +1278,24 @@ async def test_queue_counts_read_with_thousands_separators_as_in_the_cli(home: H
             if n >= 1000:
                 assert f"{n:,} {state}" in shown, (state, shown)
         assert not re.search(r"\b\d{4,}\b", shown), shown
+
+
+async def test_submit_while_the_form_changes_kind_never_crashes(home: Home) -> None:
+    """Enter or ctrl+s arriving while the form swaps in another kind's fields (a key burst did
+    this) read fields already removed: NoMatches ended the app. It now says to submit again."""
+    import asyncio
+
+    app = WorkbenchApp(Source(home))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("j", "n")
+        form = await until(
+            pilot, lambda: isinstance(app.screen, SubmitScreen) and app.screen, what="the form"
+        )
+        await until(pilot, lambda: not form.building, what="the command fields")
+        swap = asyncio.ensure_future(form.show_kind("train"))
+        await asyncio.sleep(0)  # the old fields are being removed
+        assert form.building
+        form.action_submit()
+        assert "submit again" in text_of(form.query_one("#submit-error"))
+        await swap
+        assert not form.building and form.query("#spec-dataset")
