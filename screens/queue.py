@@ -601,8 +601,10 @@ class SubmitScreen(LiveGuard, ModalScreen[None]):
             rows.append(field_row(f"spec-{name}", label, hint))
         await box.mount_all(rows)
         self.building = False
-        if rows:
-            self.query_one(f"#spec-{self.fields[0][0]}", Input).focus()
+        # The form may have closed while its fields mounted (Esc in the same burst): focus the
+        # first field only if it is there.
+        for first in self.query(f"#spec-{self.fields[0][0]}").results(Input) if rows else ():
+            first.focus()
 
     @on(Select.Changed, "#kind")
     async def kind_changed(self, event: Select.Changed) -> None:
