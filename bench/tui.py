@@ -8,7 +8,9 @@ First text: from launch to the first character on a real terminal (tmux), for `w
 new home and with its daemon running, beside btop's in the same run.
 
 Run: .venv/bin/python bench/tui.py [--idle-seconds 15] [--repeats 2] [--runs 5] [--tiny]
-     [--live-run-only] (the Runs screen's idle CPU while one run trains)
+     [--live-run-only] (every screen's idle CPU while one run trains, beside btop's)
+     [--runs-open-only [--open-runs 200] [--points 50000]] (the Runs screen opening, beside
+     btop's first text; with --tiny: 5 runs of 200 points)
 """
 
 from __future__ import annotations
@@ -292,13 +294,43 @@ seed = 0
 """
 
 
-def runs_live(env: dict[str, str], seconds: float, repeats: int) -> list[list[str]]:
-    """The Runs screen's idle CPU while one run trains (an MLP on the penguins, writing a
-    metric row every step), in its own home with the daemon running; the run is cancelled
-    after. Rows: [screen, key to the run on screen, idle CPU (range), training job]."""
+# (key, row label, text on screen once the screen shows its data while a run trains)
+LIVE_SCREENS = [
+    ("d", "Dashboard, one run training", "window"),
+    ("j", "Queue, one run training", " reason"),
+    ("s", "Data, one run training", "penguins_train"),
+    ("r", "Runs, one run training", "live train"),
+    ("m", "Models, one run training", "Models"),
+]
+
+
+def btop_idle(env: dict[str, str], seconds: float) -> float | None:
+    """btop's idle CPU (percent of a core) over `seconds` in the same harness; None without it."""
+    if shutil.which("btop") is None:
+        return None
+    term = Terminal("btop", env)
+    try:
+        term.wait_for("cpu", timeout=30)
+        time.sleep(2)
+        return term.idle_percent(seconds)
+    finally:
+        term.close()
+
+
+def runs_live(
+    env: dict[str, str], seconds: float, repeats: int, keys: str = "djsrm"
+) -> list[list[str]]:
+    """Every screen's idle CPU while one run trains (an MLP on the penguins, writing a metric
+    row every step), in its own home with the daemon running, each repeat beside btop's idle
+    CPU in the same run (btop, then each screen); the run is cancelled after. Rows: [screen,
+    key to its data on screen, idle CPU (range), btop idle (range)]."""
     home = Path(tempfile.mkdtemp(prefix="wb-bench-live-", dir="/tmp"))
     local = {**env, "WORKBENCH_HOME": str(home)}
     cli = [sys.executable, "-m", "workbench"]
+    screens = [screen for screen in LIVE_SCREENS if screen[0] in keys]
+    opened: dict[str, list[float]] = {label: [] for _, label, _ in screens}
+    idle: dict[str, list[float]] = {label: [] for _, label, _ in screens}
+    btop: list[float] = []
     try:
         subprocess.run([*cli, "ingest", str(ROOT / "examples" / "penguins_train.csv"),
                         "--dataset", "penguins_train", "--wait"],
@@ -316,29 +348,89 @@ def runs_live(env: dict[str, str], seconds: float, repeats: int) -> list[list[st
                 time.sleep(5)  # past torch's import: training steps
                 break
             time.sleep(1)
-        opened, idle = [], []
         for _ in range(repeats):
-            term = Terminal(workbench_command(home), local)
-            try:
-                term.wait_for("Dashboard")
-                time.sleep(1)
-                term.keys("r")
-                start = time.perf_counter()
-                term.wait_for("live train", timeout=120)
-                opened.append(time.perf_counter() - start)
-                term.wait_for("running", timeout=120)
-                time.sleep(3)  # the first curves drawn
-                idle.append(term.idle_percent(seconds))
-            finally:
-                term.close()
+            seen = btop_idle(local, seconds)
+            if seen is not None:
+                btop.append(seen)
+            for key, label, ready in screens:
+                term = Terminal(workbench_command(home), local)
+                try:
+                    term.wait_for("Dashboard")
+                    time.sleep(1)
+                    if key != "d":
+                        term.keys(key)
+                    start = time.perf_counter()
+                    term.wait_for(ready, timeout=120)
+                    opened[label].append(time.perf_counter() - start)
+                    if key == "r":
+                        term.wait_for("running", timeout=120)
+                    time.sleep(3)  # the first curves drawn, start-up work settled
+                    idle[label].append(term.idle_percent(seconds))
+                finally:
+                    term.close()
         subprocess.run([*cli, "cancel", str(job)], env=local, capture_output=True)
     finally:
         subprocess.run([*cli, "daemon", "stop"], env=local, capture_output=True)
         shutil.rmtree(home, ignore_errors=True)
+    shown_btop = (
+        f"{median(btop):.2f}% ({min(btop):.2f}-{max(btop):.2f})" if btop else "not installed"
+    )
     return [
-        ["Runs, one run training", f"{median(opened) * 1000:.0f} ms",
-         f"{median(idle):.2f}% of a core ({min(idle):.2f}-{max(idle):.2f})",
-         "train: MLP 64x64 on the penguins, batch 8 (a loss point a step, written each second; an epoch about every 0.8 s)"]
+        [label, "start screen" if key == "d" else f"{median(opened[label]) * 1000:.0f} ms",
+         f"{median(idle[label]):.2f}% of a core"
+         f" ({min(idle[label]):.2f}-{max(idle[label]):.2f})", shown_btop]
+        for key, label, _ in screens
+    ]  # fmt: skip
+
+
+def runs_open(env: dict[str, str], runs: int, points: int, repeats: int) -> list[list[str]]:
+    """The Runs screen opening over `runs` ended runs of `points` metric points each (made as
+    bench/track.py makes them): seconds from its key to the first run's row on a real terminal
+    (tmux, 160x48), and to its curves drawn, each repeat beside btop's first text in the same
+    run. Rows: [what, key to rows (range), btop's first text (range)], then the curves'."""
+    from track import fill_runs
+
+    from workbench.paths import Home
+
+    home = Path(tempfile.mkdtemp(prefix="wb-bench-open-", dir="/tmp"))
+    local = {**env, "WORKBENCH_HOME": str(home)}
+    opened: list[float] = []
+    curves: list[float] = []
+    btop: list[float] = []
+    try:
+        fill_runs(Home(home).ensure(), runs, points, ("train_loss", "val_accuracy"))
+        for _ in range(repeats):
+            if shutil.which("btop"):
+                btop += first_text("btop", local, 1)
+            term = Terminal(workbench_command(home), local, size=(160, 48))
+            try:
+                term.wait_for("Dashboard")
+                time.sleep(2)
+                term.keys("r")
+                start = time.perf_counter()
+                # The second run's row (the legend names only the first, the selected one).
+                term.wait_for(f"train.py lr={min(runs, 2) - 1} ", timeout=120)
+                opened.append(time.perf_counter() - start)
+                term.wait_for("⠶ train", timeout=120)  # the legend, drawn with the curves
+                curves.append(time.perf_counter() - start)
+            finally:
+                term.close()
+    finally:
+        subprocess.run([sys.executable, "-m", "workbench", "daemon", "stop"], env=local,
+                       capture_output=True)  # fmt: skip
+        shutil.rmtree(home, ignore_errors=True)
+    shown_btop = (
+        f"{median(btop) * 1000:.0f} ms ({min(btop) * 1000:.0f}-{max(btop) * 1000:.0f})"
+        if btop
+        else "not installed"
+    )
+    return [
+        [f"Runs, {runs} runs x {points:,} points: key to rows",
+         f"{median(opened) * 1000:.0f} ms ({min(opened) * 1000:.0f}-{max(opened) * 1000:.0f})",
+         shown_btop],
+        ["  key to the first run's curves drawn",
+         f"{median(curves) * 1000:.0f} ms ({min(curves) * 1000:.0f}-{max(curves) * 1000:.0f})",
+         "-"],
     ]  # fmt: skip
 
 
@@ -446,6 +538,10 @@ def first_text_rows(env: dict[str, str], home: Path, runs: int) -> list[list[str
     return rows
 
 
+LIVE_HEADER = ["screen", "key to its data on screen", "idle CPU (goal < 1%)", "btop idle, same run"]
+OPEN_HEADER = ["what", "median (range)", "btop's first text, same run"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
@@ -458,14 +554,29 @@ def main() -> int:
     parser.add_argument(
         "--live-run-only",
         action="store_true",
-        help="only the Runs screen's idle CPU while one run trains (prints its table)",
+        help="only every screen's idle CPU while one run trains, beside btop's (prints its table)",
     )
+    parser.add_argument(
+        "--runs-open-only",
+        action="store_true",
+        help="only the Runs screen opening over --open-runs runs of --points points each",
+    )
+    parser.add_argument(
+        "--live-screens", default="djsrm", help="the screens' keys --live-run-only measures"
+    )
+    parser.add_argument("--open-runs", type=int, default=200)
+    parser.add_argument("--points", type=int, default=50_000)
     args = parser.parse_args()
     env = {**os.environ}
     env.pop("WORKBENCH_FAKE_NVML", None)
     if args.live_run_only:
-        live = runs_live(env, args.idle_seconds, args.repeats)
-        print(table(["screen", "key to the run on screen", "idle CPU", "load"], live))
+        live = runs_live(env, args.idle_seconds, args.repeats, args.live_screens)
+        print(table(LIVE_HEADER, live))
+        return 0
+    if args.runs_open_only:
+        if args.tiny:
+            args.open_runs, args.points, args.repeats = 5, 200, 1
+        print(table(OPEN_HEADER, runs_open(env, args.open_runs, args.points, args.repeats)))
         return 0
     home = Path(tempfile.mkdtemp(prefix="wb-bench-", dir="/tmp"))
     env["WORKBENCH_HOME"] = str(home)
@@ -499,6 +610,7 @@ def main() -> int:
             subprocess.run([sys.executable, "-m", "workbench", "daemon", "stop"], env=env,
                            capture_output=True)  # fmt: skip
         live = runs_live(env, args.idle_seconds, args.repeats)
+        opening = runs_open(env, args.open_runs, args.points, args.repeats)
         sizes = queue_sizes(env, [int(s) for s in args.sizes.split(",")], args.idle_seconds)
     finally:
         shutil.rmtree(home, ignore_errors=True)
@@ -526,8 +638,11 @@ def main() -> int:
                 ["screen", "key to data on screen", "idle CPU", "bare Textual app idle"],
                 per_screen + monitors,
             ),
-            "The Runs screen while one run trains (same terminal, its own home):",
-            table(["screen", "key to the run on screen", "idle CPU", "load"], live),
+            "Every screen while one run trains (same terminal, its own home; btop measured in"
+            " the same run, before each round of screens):",
+            table(LIVE_HEADER, live),
+            "The Runs screen opening over many runs (tmux, 160x48; key to the first run's row):",
+            table(OPEN_HEADER, opening),
             "The Queue at each size (same terminal, daemon running, most jobs ended):",
             table(["store", "key to rows on screen", "idle CPU", "TUI memory (RSS)"], sizes),
         ]

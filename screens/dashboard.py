@@ -40,7 +40,11 @@ PROCESS_COLUMNS = (
     "elapsed",
     "command",
 )
-NARROW_DROPS = ("user", "elapsed", "host mem")  # left out below 100 columns (room for commands)
+# Columns beside pid and command, most wanted first: each joins while the command keeps
+# COMMAND_MIN cells (or all it needs), and one that every row leaves blank is left out.
+PROCESS_PRIORITY = ("job", "user", "cpu%", "gpu", "gpu mem", "sm%", "host mem", "elapsed")
+COMMAND_MIN = 32
+BLANK_CELLS = frozenset({"-", "n/a", ""})
 CORE_SAMPLES = 60  # per-core readings kept while the screen is open (the store keeps totals)
 
 
@@ -462,6 +466,7 @@ def process_rows(
                     "rss": info.get("rss_bytes"),
                     "elapsed": (now - started) if started else None,
                     "command": info.get("command") or proc.get("command") or "?",
+                    "ppid": info.get("ppid"),
                 }
             )
     if machine:
@@ -483,6 +488,7 @@ def process_rows(
                     "rss": info.get("rss_bytes"),
                     "elapsed": (now - started) if started else None,
                     "command": info.get("command") or "?",
+                    "ppid": info.get("ppid"),
                 }
             )
     if text:
@@ -508,11 +514,55 @@ def sort_processes(rows: list[dict[str, Any]], sort: str) -> list[dict[str, Any]
     return sorted(rows, key=lambda r: (r[key] is not None, r[key] or 0), reverse=descending)
 
 
+TREE_DEPTH = 8  # deeper processes are drawn at this depth (their branch still shows)
+
+
+def process_tree(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`rows` (each with `pid` and `ppid`) as a tree, as btop's and nvitop's tree views draw it:
+    each process under its parent, siblings in the order given (the sort), a root being any
+    row whose parent is not among `rows` (filtered out, or not listed). Each returned row is a
+    copy with `tree`, the branch drawn before its command (`├─ `, `│  └─ `...)."""
+    pids = {row["pid"] for row in rows}
+    children: dict[int, list[dict[str, Any]]] = {}
+    roots = []
+    for row in rows:
+        parent = row.get("ppid")
+        if isinstance(parent, int) and parent in pids and parent != row["pid"]:
+            children.setdefault(parent, []).append(row)
+        else:
+            roots.append(row)
+    out: list[dict[str, Any]] = []
+    seen: set[int] = set()
+
+    def walk(row: dict[str, Any], lead: str, last: bool, depth: int) -> None:
+        if row["pid"] in seen:  # a pid reused between two reads: never loop
+            return
+        seen.add(row["pid"])
+        branch = "" if depth == 0 else lead + ("└─ " if last else "├─ ")
+        out.append({**row, "tree": branch})
+        below = children.get(row["pid"], [])
+        inner = lead if depth == 0 else lead + ("   " if last else "│  ")
+        if depth >= TREE_DEPTH:
+            inner = lead
+        for index, child in enumerate(below):
+            walk(child, inner, index == len(below) - 1, depth + 1)
+
+    for root in roots:
+        walk(root, "", True, 0)
+    for row in rows:  # a cycle of parents has no root: list its members flat
+        if row["pid"] not in seen:
+            walk(row, "", True, 0)
+    return out
+
+
 def process_cells(row: dict[str, Any], command_width: int) -> tuple[Text, ...]:
     def right(value: str) -> Text:
         return Text(value, justify="right")
 
-    command = row["command"]
+    branch = row.get("tree", "")
+    # The branch never takes more than a third of the command's room.
+    branch = branch[-max(0, command_width // 3) :] if len(branch) > command_width // 3 else branch
+    command = branch + row["command"]
     if len(command) > command_width:
         command = command[: max(0, command_width - 1)] + "…"
     return (
@@ -525,8 +575,37 @@ def process_cells(row: dict[str, Any], command_width: int) -> tuple[Text, ...]:
         right(f"{row['cpu']:.0f}" if row["cpu"] is not None else "-"),
         right(format_size(row["rss"]) if row["rss"] is not None else "-"),
         right(format_duration(row["elapsed"]) if row["elapsed"] is not None else "-"),
-        Text(command),
+        Text(command[: len(branch)], style="dim") + Text(command[len(branch) :]),
     )
+
+
+def choose_process_columns(
+    full: list[dict[str, Text]], width: int, sorted_by: str = "pid"
+) -> tuple[str, ...]:
+    """Which process columns fit `width` cells for rows `full` ({column: cell}, the command
+    whole): pid, command and the one the rows are sorted by always; then each of PROCESS_PRIORITY that some row fills, while
+    the command keeps COMMAND_MIN cells (or its longest, if shorter). Each column costs its
+    widest cell or label (+2 for a sort arrow) and DataTable's two cells of padding. Returns
+    the columns in PROCESS_COLUMNS order."""
+
+    def cost(name: str) -> int:
+        return max([len(name) + 2] + [row[name].cell_len for row in full]) + 2
+
+    longest = max((row["command"].cell_len for row in full), default=0)
+    room = width - cost("pid") - 2
+    keep = min(COMMAND_MIN, max(longest, len("command")))
+    chosen = {"pid", "command", sorted_by}
+    if sorted_by not in ("pid", "command"):
+        room -= cost(sorted_by)
+    for name in PROCESS_PRIORITY:
+        if name in chosen:
+            continue
+        if full and all(row[name].plain.strip() in BLANK_CELLS for row in full):
+            continue
+        if room - cost(name) >= keep:
+            chosen.add(name)
+            room -= cost(name)
+    return tuple(c for c in PROCESS_COLUMNS if c in chosen)
 
 
 class DashboardScreen(WorkbenchScreen):
@@ -556,6 +635,14 @@ class DashboardScreen(WorkbenchScreen):
             "All procs",
             id="dashboard.machine",
             tooltip="Every process of the machine, not only those on a GPU (again: GPU only)",
+        ),
+        Binding(
+            "t",
+            "tree",
+            "Tree",
+            id="dashboard.tree",
+            tooltip="Processes as a tree, each under its parent (again: a flat list)",
+            show=False,
         ),
         Binding(
             "slash",
@@ -636,6 +723,7 @@ class DashboardScreen(WorkbenchScreen):
         self.core_time: float | None = None
         self.columns = ()
         self.machine = False  # every process of the machine, not only GPU ones
+        self.as_tree = False  # processes under their parents
         self.process_filter = ""
 
     @property
@@ -661,10 +749,11 @@ class DashboardScreen(WorkbenchScreen):
     def on_mount(self) -> None:
         self.poll()
 
-    def process_columns(self) -> tuple[str, ...]:
-        if self.size.width >= 100:
-            return PROCESS_COLUMNS
-        return tuple(c for c in PROCESS_COLUMNS if c not in NARROW_DROPS)
+    def process_columns(self, full: list[dict[str, Text]]) -> tuple[str, ...]:
+        """The columns shown for rows `full` ({column: cell}) at this width (see
+        `choose_process_columns`)."""
+        sorted_by = SORT_COLUMNS[PROCESS_SORTS[self.sort_index]]
+        return choose_process_columns(full, self.size.width - 3, sorted_by)
 
     def on_screen_resume(self) -> None:
         self.history_read_at = 0.0
@@ -689,13 +778,31 @@ class DashboardScreen(WorkbenchScreen):
     def action_sort(self) -> None:
         self.sort_index = (self.sort_index + 1) % len(PROCESS_SORTS)
         self.notify(f"processes by {PROCESS_SORTS[self.sort_index]}", timeout=1.5)
-        self.processes = sort_processes(self.processes, PROCESS_SORTS[self.sort_index])
+        self.processes = self.ordered(self.processes)
         self.refresh_processes()
 
     def action_machine(self) -> None:
         self.machine = not self.machine
+        gpu_sort = PROCESS_SORTS[self.sort_index] in ("gpu memory", "SM %")
+        on_gpu = any(g.get("processes") for g in (self.snapshot or {}).get("gpus") or [])
+        if self.machine and gpu_sort and not on_gpu:
+            self.sort_index = PROCESS_SORTS.index("CPU %")  # btop's order when no GPU is busy
         self.notify("every process" if self.machine else "GPU processes only", timeout=1.5)
         self.poll()
+
+    def action_tree(self) -> None:
+        self.as_tree = not self.as_tree
+        self.notify("processes as a tree" if self.as_tree else "processes as a list", timeout=1.5)
+        self.processes = self.ordered(self.processes)
+        self.refresh_processes()
+
+    def ordered(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """`rows` in the chosen sort, as a tree under their parents when the tree is on."""
+        rows = sort_processes(
+            [{k: v for k, v in row.items() if k != "tree"} for row in rows],
+            PROCESS_SORTS[self.sort_index],
+        )
+        return process_tree(rows) if self.as_tree else rows
 
     def action_find(self) -> None:
         find = self.query_one("#proc-find", Input)
@@ -888,15 +995,14 @@ class DashboardScreen(WorkbenchScreen):
         about = crop(about, max(0, width - 2 - selector.cell_len))
         status.update(crop(selector + about, width - 2))
 
-        self.processes = sort_processes(
+        self.processes = self.ordered(
             process_rows(
                 snap,
                 self.details,
                 self.app.source.now(),  # type: ignore[attr-defined]
                 self.machine,
                 self.process_filter,
-            ),
-            PROCESS_SORTS[self.sort_index],
+            )
         )
         show_procs = (bool(gpus) or self.machine) and "gpus" not in self.hidden
         proc_rows = min(max(1, len(self.processes)), max(2, height // 5)) if show_procs else 0
@@ -971,16 +1077,18 @@ class DashboardScreen(WorkbenchScreen):
             self.refresh_processes()
 
     def refresh_processes(self) -> None:
-        """Rewrite the process table only when what it shows changed; below 100 columns the
-        user and elapsed columns are left out, and the command takes the width left."""
+        """Rewrite the process table only when what it shows changed; the columns are those
+        that fit (`choose_process_columns`), and the command takes the width left."""
         table = self.query_one("#procs", DataTable)
-        columns = self.process_columns()
         full = [
             dict(zip(PROCESS_COLUMNS, process_cells(row, 10_000), strict=True))
             for row in self.processes
         ]
+        columns = self.process_columns(full)
+        sorted_by = SORT_COLUMNS[PROCESS_SORTS[self.sort_index]]
         used = sum(
-            max([len(name)] + [row[name].cell_len for row in full]) + 2
+            max([len(name) + (2 if name == sorted_by else 0)] + [r[name].cell_len for r in full])
+            + 2
             for name in columns
             if name != "command"
         )
@@ -991,7 +1099,6 @@ class DashboardScreen(WorkbenchScreen):
             )
             for row in self.processes
         ]
-        sorted_by = SORT_COLUMNS[PROCESS_SORTS[self.sort_index]]
         labels = tuple(
             f"{c} {'▲' if c == 'pid' else '▼'}" if c == sorted_by else c for c in columns
         )

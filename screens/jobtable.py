@@ -4,6 +4,7 @@ drop out when the terminal is narrow, so the reason a job waits stays on screen.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -13,47 +14,91 @@ from textual.binding import Binding, BindingType
 from textual.message import Message
 from textual.widget import Widget
 
-from screens.widgets import state_style
+from screens.widgets import is_dark, state_style
 from workbench.db.store import Job
 from workbench.present import job_progress, job_resources, shown_reason
 from workbench.queue.accounts import user_name
 
-# (column, justify), in the order shown. The reason takes the width the others leave.
-COLUMNS: tuple[tuple[str, str], ...] = (
-    ("id", "right"),
-    ("name", "left"),
-    ("owner", "left"),
-    ("kind", "left"),
-    ("state", "left"),
-    ("prio", "right"),
-    ("resources", "left"),
-    ("progress", "left"),
-    ("age", "right"),
-    ("start", "right"),
-    ("end", "right"),
-    ("duration", "right"),
-    ("command", "left"),
-    ("reason", "left"),
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the job table: its `name` (the header), how its cells are justified, the
+    cell's plain text for a job at a time (`text(job, now)`), and `steps`: the places it takes
+    in the order optional columns join while the width allows, each (rank, cap, full): at
+    `rank` it joins (or widens) to at most `cap` cells; a `full` step joins only when the reason
+    keeps all it needs, the others when it keeps REASON_MIN. No steps: always shown (id, name,
+    state) or the reason, which takes what the others leave. `blank`: a cell text that says
+    nothing (a column whose visible cells are all blank is left out)."""
+
+    name: str
+    justify: str
+    text: Callable[[Job, float], str]
+    steps: tuple[tuple[int, int, bool], ...] = ()
+    blank: str = ""
+
+
+def _ran(job: Job, now: float) -> str:
+    if job.started_at is None:
+        return ""
+    end = job.ended_at if job.ended_at is not None else now
+    return short_age(max(0.0, end - job.started_at))
+
+
+def _command(job: Job, now: float) -> str:
+    import shlex
+
+    return shlex.join(job.argv) if job.argv else ""
+
+
+# Every column of the job table, in the order shown: the one place to add a column. The steps'
+# ranks interleave the columns' widening; the reason takes the width the others leave.
+COLUMNS: tuple[Column, ...] = (
+    Column("id", "right", lambda job, now: str(job.id)),
+    Column("name", "left", lambda job, now: job.name),
+    # Empty (so never shown) in a per-user home, where every job is yours; a system daemon's
+    # rows carry their owner's uid.
+    Column(
+        "owner",
+        "left",
+        lambda job, now: "" if job.uid is None else user_name(job.uid),
+        ((5, 10, False),),
+    ),
+    Column("kind", "left", lambda job, now: job.kind, ((50, 8, False),)),
+    Column("group", "left", lambda job, now: job.group, ((55, 10, False),), blank="default"),
+    Column("state", "left", lambda job, now: job.state),
+    Column("prio", "right", lambda job, now: str(job.priority), ((30, 4, False),)),
+    Column(
+        "resources",
+        "left",
+        lambda job, now: job_resources(job),
+        ((20, 8, False), (70, 18, True), (140, 36, True)),
+    ),
+    Column(
+        "progress",
+        "left",
+        lambda job, now: job_progress(job),
+        ((10, 5, False), (60, 14, True), (130, 30, True)),
+    ),
+    Column(
+        "age",
+        "right",
+        lambda job, now: short_age(max(0.0, now - job.created_at)),
+        ((40, 6, False),),
+    ),
+    Column("start", "right", lambda job, now: clock(job.started_at, now), ((90, 11, True),)),
+    Column("end", "right", lambda job, now: clock(job.ended_at, now), ((100, 11, True),)),
+    Column("duration", "right", _ran, ((80, 8, True),)),
+    Column("command", "left", _command, ((110, 40, True),)),
+    Column("reason", "left", lambda job, now: shown_reason(job) or ""),
 )
-# Optional columns (or a wider cut of one already shown) in the order they are added while the
-# width allows, each at most `cap` cells. The first group, cut short (`40%`, `gpu 1[0]`), needs
-# the reason to keep REASON_MIN cells (or all it needs); the rest (`full`) only join when the
-# reason keeps all it needs.
-OPTIONAL: tuple[tuple[str, int, bool], ...] = (
-    ("owner", 10, False),  # empty (so never added) in a per-user home: every job is yours
-    ("progress", 5, False),
-    ("resources", 8, False),
-    ("prio", 4, False),
-    ("age", 6, False),
-    ("kind", 8, False),
-    ("progress", 14, True),
-    ("resources", 18, True),
-    ("duration", 8, True),
-    ("start", 11, True),
-    ("end", 11, True),
-    ("command", 40, True),
-    ("progress", 30, True),
-    ("resources", 36, True),
+JUSTIFY = {column.name: column.justify for column in COLUMNS}
+# The optional steps in rank order: (column, cap, full).
+OPTIONAL: tuple[tuple[str, int, bool], ...] = tuple(
+    (column.name, cap, full)
+    for _, column, cap, full in sorted(
+        ((rank, column, cap, full) for column in COLUMNS for rank, cap, full in column.steps),
+        key=lambda step: step[0],
+    )
 )
 NAME_MAX = 28
 NAME_MIN = 12
@@ -89,33 +134,11 @@ def clock(t: float | None, now: float) -> str:
 
 
 def cell_texts(job: Job, now: float, idle_since: float | None = None) -> dict[str, str]:
-    """Each column's plain text for one job (`age` from `created_at` to `now`; the reason
-    flags GPUs idle since `idle_since`). The owner is named only where the job carries its
-    uid (a system daemon's queue): in a per-user home every job is the viewer's and the column
-    stays empty (so hidden)."""
-    import shlex
-
-    reason = shown_reason(job, idle_since, now)
-    ran = None
-    if job.started_at is not None:
-        ran = (job.ended_at if job.ended_at is not None else now) - job.started_at
-    return {
-        "id": str(job.id),
-        "name": job.name,
-        "kind": job.kind,
-        "state": job.state,
-        "prio": str(job.priority),
-        "resources": job_resources(job),
-        "progress": job_progress(job),
-        "age": short_age(max(0.0, now - job.created_at)),
-        "reason": reason or "",
-        "start": clock(job.started_at, now),
-        "end": clock(job.ended_at, now),
-        "duration": short_age(max(0.0, ran)) if ran is not None else "",
-        "command": shlex.join(job.argv) if job.argv else "",
-        # Last, so the cells' order as tests read them stays; shown after the name (COLUMNS).
-        "owner": "" if job.uid is None else user_name(job.uid),
-    }
+    """Each column's plain text for one job (`age` from `created_at` to `now`), by name; the
+    reason flags GPUs idle since `idle_since` (Unix s)."""
+    texts = {column.name: column.text(job, now) for column in COLUMNS}
+    texts["reason"] = shown_reason(job, idle_since, now) or ""
+    return texts
 
 
 def fit_columns(
@@ -137,7 +160,7 @@ def fit_columns(
     if left(chosen) < short:
         chosen["name"] = max(NAME_MIN, chosen["name"] - (short - left(chosen)))
     for column, cap, full in OPTIONAL:
-        if column in empty:
+        if column in empty or column not in widths:
             continue
         width = min(widths.get(column, 0), cap)
         if chosen.get(column, 0) >= width:
@@ -150,7 +173,7 @@ def fit_columns(
         if missing <= 0:
             chosen = grown
     chosen["reason"] = max(0, left(chosen))
-    return {name: chosen[name] for name, _ in COLUMNS if name in chosen}
+    return {column.name: chosen[column.name] for column in COLUMNS if column.name in chosen}
 
 
 def clip(text: str, width: int) -> str:
@@ -280,19 +303,21 @@ class JobTable(Widget, can_focus=True):
         texts = [
             None if job is None else cell_texts(job, self.now, idle.get(job.id)) for job in rows
         ]
-        widths = {name: len(name) for name, _ in COLUMNS}
+        widths = {column.name: len(column.name) for column in COLUMNS}
+        blank = {column.name: column.blank for column in COLUMNS}
         filled: set[str] = set()
         for cells in texts:
             for name, value in (cells or {}).items():
                 widths[name] = max(widths[name], len(value))
-                if value and value != "-":
+                if value and value != "-" and value != blank[name]:
                     filled.add(name)
-        empty = frozenset(name for name, _ in COLUMNS if name not in filled and name != "reason")
+        empty = frozenset(c.name for c in COLUMNS if c.name not in filled and c.name != "reason")
         shown = fit_columns(widths, self.size.width, empty)
         self.shown_columns = shown
         header_style = self.get_component_rich_style("jobtable--header")
         cursor_style = self.get_component_rich_style("jobtable--cursor")
-        justify = dict(COLUMNS)
+        dark = is_dark(self)
+        justify = JUSTIFY
         out = Text(no_wrap=True, overflow="crop")
         header = " ".join(
             clip(n, w).rjust(w) if justify[n] == "right" else clip(n, w).ljust(w)
@@ -310,7 +335,9 @@ class JobTable(Widget, can_focus=True):
                         line.append(" ")
                     value = clip(cells[name], width)
                     value = value.rjust(width) if justify[name] == "right" else value.ljust(width)
-                    line.append(value, style=state_style(job.state) if name == "state" else "")
+                    line.append(
+                        value, style=state_style(job.state, dark) if name == "state" else ""
+                    )
                 line.pad_right(max(0, self.size.width - line.cell_len))
             if self.top + index == self.cursor:
                 line.stylize(cursor_style)

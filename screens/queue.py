@@ -35,10 +35,11 @@ from textual.widgets import (
 from screens.jobtable import JobTable, Window
 from screens.source import JobPage
 from screens.widgets import (
-    STATE_STYLES,
     LiveGuard,
     WorkbenchScreen,
     fit_value,
+    is_dark,
+    state_style,
     state_text,
     unit,
 )
@@ -194,6 +195,7 @@ class QueueScreen(WorkbenchScreen):
         self.where = JobFilter()
         self.version = -1
         self.counts: dict[str, int] = {}
+        self.status_shown: Text | None = None
         self.first_read = True
         self.anchor_id: int | None = None
         self.daemon_running = True
@@ -213,6 +215,7 @@ class QueueScreen(WorkbenchScreen):
 
     def on_mount(self) -> None:
         self.query_one("#find", Input).display = False
+        self.app.theme_changed_signal.subscribe(self, lambda _theme: self.show_status())
         self.poll(force=True)
 
     def on_screen_resume(self) -> None:
@@ -292,7 +295,7 @@ class QueueScreen(WorkbenchScreen):
         for state in (*STATE_FILTERS[1:],):
             if self.counts.get(state):
                 status.append(f"{self.counts[state]:,} ", style="bold")
-                status.append(f"{state}  ", style=STATE_STYLES.get(state, ""))
+                status.append(f"{state}  ", style=state_style(state, is_dark(self)))
         if not self.counts:
             status.append("no jobs yet: press n to submit one", style="dim")
         table = self.table
@@ -306,7 +309,9 @@ class QueueScreen(WorkbenchScreen):
             status.append(f" filter {shown}: {total} ", style="magenta")
         if not self.daemon_running:
             status.append(" daemon not running: the next action starts it", style="yellow")
-        self.query_one("#queue-status", Static).update(status)
+        if status != self.status_shown:  # an update lays the screen out again: only on change
+            self.status_shown = status
+            self.query_one("#queue-status", Static).update(status)
 
     # ---- actions ---------------------------------------------------------------------
 
@@ -562,6 +567,7 @@ class SubmitScreen(LiveGuard, ModalScreen[None]):
         super().__init__()
         self.kind = "command"
         self.fields: list[tuple[str, str, Any]] = []
+        self.building = True  # the kind's fields are being (re)mounted: nothing to read yet
 
     def compose(self) -> ComposeResult:
         from workbench.queue.kinds import kind_names
@@ -600,6 +606,7 @@ class SubmitScreen(LiveGuard, ModalScreen[None]):
     async def show_kind(self, kind: str) -> None:
         from dataclasses import MISSING
 
+        self.building = True
         self.kind = kind
         self.fields = spec_fields(kind)
         box = self.query_one("#spec-fields", Vertical)
@@ -612,8 +619,11 @@ class SubmitScreen(LiveGuard, ModalScreen[None]):
                 hint, label = "WORD ..., e.g. python train.py --epochs 3 (required)", "command"
             rows.append(field_row(f"spec-{name}", label, hint))
         await box.mount_all(rows)
-        if rows:
-            self.query_one(f"#spec-{self.fields[0][0]}", Input).focus()
+        self.building = False
+        # The form may have closed while its fields mounted (Esc in the same burst): focus the
+        # first field only if it is there.
+        for first in self.query(f"#spec-{self.fields[0][0]}").results(Input) if rows else ():
+            first.focus()
 
     @on(Select.Changed, "#kind")
     async def kind_changed(self, event: Select.Changed) -> None:
@@ -667,6 +677,11 @@ class SubmitScreen(LiveGuard, ModalScreen[None]):
         from workbench.queue.requests import build_request
         from workbench.queue.spec import SpecError
 
+        if self.building:  # Enter or ctrl+s while a kind's fields are swapped in: not yet
+            self.query_one("#submit-error", Static).update(
+                Text("the form is changing kind: submit again", style="yellow")
+            )
+            return
         self.clear_errors()
         try:
             table, after = self.table()
@@ -913,6 +928,7 @@ class JobDetailScreen(WorkbenchScreen):
 
     def on_mount(self) -> None:
         self.set_class(self.size.width < 120, "narrow")
+        self.app.theme_changed_signal.subscribe(self, self.theme_changed)
         self.poll()
 
     def on_resize(self) -> None:
@@ -925,6 +941,24 @@ class JobDetailScreen(WorkbenchScreen):
         message = self.last_read
         if message is not None and message.job is not None:
             self.query_one("#summary", Static).update(self.render_summary(message.job, message))
+
+    def show_history(self) -> None:
+        """The job's state changes, each in its state's colour for the theme shown."""
+        message = self.last_read
+        if message is None:
+            return
+        history = Text()
+        history.append("history\n", style="bold")
+        for event in message.events:
+            stamp = time.strftime("%m-%d %H:%M:%S", time.localtime(event.t))
+            history.append(f"{stamp} ")
+            history.append(state_text(event.state, is_dark(self)))
+            history.append(f"  {event.reason or ''}\n", style="dim")
+        self.query_one("#history", Static).update(history)
+
+    def theme_changed(self, _theme: object) -> None:
+        self.show_summary()
+        self.show_history()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="detail", description="read job")
     def poll(self) -> None:
@@ -1011,14 +1045,7 @@ class JobDetailScreen(WorkbenchScreen):
             return
         self.last_read = message
         self.show_summary()
-        history = Text()
-        history.append("history\n", style="bold")
-        for event in message.events:
-            stamp = time.strftime("%m-%d %H:%M:%S", time.localtime(event.t))
-            history.append(f"{stamp} ")
-            history.append(state_text(event.state))
-            history.append(f"  {event.reason or ''}\n", style="dim")
-        self.query_one("#history", Static).update(history)
+        self.show_history()
         self.show_log(message.log_chunk, message.log_reset, job.state in ENDED)
         if (
             self.app.is_running
@@ -1144,7 +1171,7 @@ class JobDetailScreen(WorkbenchScreen):
         title.append(f"job {job.id}  ", style="bold")
         title.append(job.name, style="bold cyan")
         title.append("  ")
-        title.append(state_text(job.state))
+        title.append(state_text(job.state, is_dark(self)))
         title.append(f"  ({job.kind})")
         facts = Table.grid(padding=(0, 1))
         facts.add_column(style="bold", no_wrap=True)

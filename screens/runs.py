@@ -17,7 +17,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Static
 from textual_plotext import PlotextPlot
 
-from screens.widgets import WorkbenchScreen, state_text
+from screens.widgets import WorkbenchScreen, is_dark, state_text
 from workbench.catalog.tracking import Run, sort_runs
 
 SORTS = ("job", "val_accuracy", "val_loss", "val_rmse")
@@ -83,7 +83,7 @@ def sweep_labels(runs: list[Run]) -> dict[int, str]:
     return labels
 
 
-def cells(run: Run, label: str | None) -> dict[str, Any]:
+def cells(run: Run, label: str | None, dark: bool = True) -> dict[str, Any]:
     def metric(name: str) -> Text:
         value = run.metrics.get(name)
         return Text(f"{value:.4f}" if value is not None else "", justify="right")
@@ -94,7 +94,7 @@ def cells(run: Run, label: str | None) -> dict[str, Any]:
     return {
         "job": Text(str(run.job_id), justify="right"),
         "name": (label or run.name)[:40],
-        "state": state_text(run.state),
+        "state": state_text(run.state, dark),
         "model": run.model.rsplit("/", 1)[-1][:16],
         "dataset": f"{run.dataset} v{run.dataset_version}" if run.dataset else "-",
         "lr": Text(f"{run.params.get('lr', '')}", justify="right"),
@@ -196,10 +196,12 @@ def x_values(
     return {step: float(step) for step, _, _ in points}, "step (no epoch finished yet)"
 
 
-PLOT_POINTS = 2_000
-"""About this many points of a series are read and plotted (workbench.db.metric_series thins
-longer ones): a chart is ~150 cells wide, and plotting 50,000 points of a long run took over a
-second on the event loop."""
+def plot_points(width: int) -> int:
+    """How many points of a series to read for a chart `width` cells wide: four per cell, at
+    least 240. A braille chart resolves two x positions a cell, so more points only cost: plotext
+    took 43 ms a chart for 2,000 points, 10 ms for 500 (workbench.db.metric_series thins a longer
+    series in SQLite: a 50,000-point run reads a few hundred rows)."""
+    return max(240, 4 * width)
 
 
 class RunsScreen(WorkbenchScreen):
@@ -299,7 +301,9 @@ class RunsScreen(WorkbenchScreen):
 
     def on_mount(self) -> None:
         self.set_class(self.size.width < 120, "narrow")
-        self.poll()
+        self.app.theme_changed_signal.subscribe(self, lambda _theme: self.apply())
+        # No read here: the screen's resume, which follows its mount, reads (two reads on
+        # opening drew the table and read the curves twice).
 
     def on_resize(self) -> None:
         narrow = self.size.width < 120
@@ -398,7 +402,7 @@ class RunsScreen(WorkbenchScreen):
         columns = self.shown_columns(ordered)
         rows = {}
         for run in ordered:
-            row = cells(run, self.labels.get(run.job_id))
+            row = cells(run, self.labels.get(run.job_id), is_dark(self))
             if run.job_id in self.marked:
                 row["job"] = Text(f"*{run.job_id}", style="bold cyan", justify="right")
             rows[str(run.job_id)] = row
@@ -468,7 +472,10 @@ class RunsScreen(WorkbenchScreen):
         self.curve_states = {r.job_id: r.state for r in runs}
         self.curves_at = time.monotonic()
         if runs:
-            self.read_curves([r.job_id for r in runs])
+            charts = [w.size.width for w in self.query(PlotextPlot)]
+            self.read_curves(
+                [r.job_id for r in runs], plot_points(max(charts or [self.size.width]))
+            )
         detail = self.query_one("#runs-detail", Static)
         self.set_class(len(runs) >= 2, "comparing")
         if len(runs) >= 2:
@@ -499,11 +506,11 @@ class RunsScreen(WorkbenchScreen):
     @work(
         thread=True, exclusive=True, exit_on_error=False, group="curves", description="read curves"
     )
-    def read_curves(self, job_ids: list[int]) -> None:
+    def read_curves(self, job_ids: list[int], points: int) -> None:
         from workbench.db.metric_series import metric_series
 
         series = self.app.source.read(  # type: ignore[attr-defined]
-            lambda store: {i: metric_series(store, i, SERIES, PLOT_POINTS) for i in job_ids}
+            lambda store: {i: metric_series(store, i, SERIES, points) for i in job_ids}
         )
         self.post_message(CurvesRead(series))
 

@@ -32,7 +32,7 @@ class JobPage:
 
 
 def process_facts(process: Any) -> dict[str, Any]:
-    """{user, cpu_percent, rss_bytes, started, command} of a psutil.Process, each fact on its
+    """{user, cpu_percent, rss_bytes, started, command, ppid} of a psutil.Process, each fact on its
     own: another user's process denies its command line but still gives its name and owner,
     so a row never reads `-` and `?` for all of them. Raises psutil.NoSuchProcess if it ended."""
     import psutil
@@ -53,6 +53,7 @@ def process_facts(process: Any) -> dict[str, Any]:
         "rss_bytes": memory.rss if memory is not None else None,
         "started": fact(process.create_time),
         "command": command,
+        "ppid": fact(process.ppid),
     }
 
 
@@ -157,7 +158,7 @@ class Source:
 
     def machine_processes(self, limit: int = 200) -> dict[int, dict[str, Any]]:
         """Every process of the machine (as `process_details` gives them), the `limit` busiest
-        by CPU %: the Dashboard's whole-machine view."""
+        by CPU % and their parents up to the root: the Dashboard's whole-machine view."""
         import psutil
 
         cache: dict[int, Any] = self.__dict__.setdefault("_machine", {})
@@ -172,7 +173,13 @@ class Source:
         for gone in set(cache) - set(seen):
             cache.pop(gone, None)
         busiest = sorted(seen, key=lambda pid: seen[pid]["cpu_percent"] or 0.0, reverse=True)
-        return {pid: seen[pid] for pid in busiest[:limit]}
+        shown = {pid: seen[pid] for pid in busiest[:limit]}
+        for pid in list(shown):  # each one's parents too, so the tree view has its branches
+            parent = shown[pid].get("ppid")
+            while parent in seen and parent not in shown:
+                shown[parent] = seen[parent]
+                parent = seen[parent].get("ppid")
+        return shown
 
     def job(self, job_id: int) -> Job | None:
         return self.read(lambda store: store.find(job_id))

@@ -3,6 +3,7 @@ with the screen keys, and the focus line beside the footer."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -18,20 +19,35 @@ from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Footer, Static, TextArea
 
-# One colour per state, each of a distinct hue: running (green, bold) apart from blocked
-# (amber, a dependency failed), paused (violet, held by a user) apart from failed (the only
-# red). Mid-luminance colours, so each reads at a WCAG contrast of 3:1 or more on both the dark
-# and the light theme's background (tests/test_tui.py checks).
-STATE_STYLES = {
-    "queued": "#0b86a3",
-    "starting": "#3a6fe0",
-    "running": "bold #23903a",
-    "paused": "#9a4fe0",
-    "blocked": "#b8660a",
-    "succeeded": "#5f7f25",
-    "failed": "bold #dc2a45",
-    "cancelled": "#7a7a7a",
+# One colour per state and theme, each of a distinct hue: running (green, bold) apart from
+# blocked (amber, a dependency failed), paused (violet, held by a user) apart from failed (the
+# only red). Light colours on the dark theme, dark ones on the light theme, so each reads at a
+# WCAG 2 contrast of 4.5:1 or more on its theme's background and surface (one colour cannot:
+# it would need a luminance over 0.23 for the dark theme and under 0.11 for the light one).
+# tests/test_tui.py computes the ratios.
+STATE_PALETTES: dict[str, dict[str, str]] = {
+    "dark": {
+        "queued": "#4fc3f7",
+        "starting": "#8aa8ff",
+        "running": "bold #3ddc5a",
+        "paused": "#c792ea",
+        "blocked": "#ffb74d",
+        "succeeded": "#c0ca33",
+        "failed": "bold #ff6b81",
+        "cancelled": "#a8a8a8",
+    },
+    "light": {
+        "queued": "#006680",
+        "starting": "#1a4fc4",
+        "running": "bold #16652a",
+        "paused": "#6a2cb0",
+        "blocked": "#9a4400",
+        "succeeded": "#5a5a00",
+        "failed": "bold #b0102a",
+        "cancelled": "#555555",
+    },
 }
+STATE_STYLES = STATE_PALETTES["dark"]
 
 # The screens in key order: (key, title). The app's SCREENS table holds where each lives.
 SCREEN_KEYS = (("d", "Dashboard"), ("j", "Queue"), ("s", "Data"), ("r", "Runs"), ("m", "Models"))
@@ -123,13 +139,21 @@ def fit_value(text: str, width: int) -> str:
     return "\n".join(lines)
 
 
-def state_style(state: str) -> str:
-    """The colour of a job state (`STATE_STYLES`)."""
-    return STATE_STYLES.get(state, "")
+def state_style(state: str, dark: bool = True) -> str:
+    """The colour of a job state on the dark (or the light) theme (`STATE_PALETTES`)."""
+    return STATE_PALETTES["dark" if dark else "light"].get(state, "")
 
 
-def state_text(state: str) -> Text:
-    return Text(state, style=state_style(state))
+def state_text(state: str, dark: bool = True) -> Text:
+    return Text(state, style=state_style(state, dark))
+
+
+def is_dark(widget: Widget) -> bool:
+    """Whether `widget`'s app shows a dark theme (state colours are chosen by it)."""
+    try:
+        return bool(widget.app.current_theme.dark)
+    except Exception:  # no app yet (a widget built outside one)
+        return True
 
 
 class TitleBar(Static):
@@ -300,6 +324,34 @@ def resample(
     return [s / c if c else None for s, c in zip(sums, counts, strict=True)]
 
 
+def hold_sampling_gaps(
+    values: list[float | None], points: Sequence[tuple[float, float | None]], column_s: float
+) -> list[float | None]:
+    """`values` (one per `column_s` column) with each empty column that only falls between two
+    samples of the usual interval given its left neighbour's value: a 1 Hz series on columns
+    of 0.86 s leaves every seventh column empty, which read as dropouts. A gap longer than 1.5
+    times the median interval between `points` (a real dropout) stays empty."""
+    times = sorted(t for t, v in points if v is not None)
+    if len(times) < 3:
+        return values
+    steps = sorted(b - a for a, b in itertools.pairwise(times))
+    usual = steps[len(steps) // 2]
+    if usual <= 0 or usual * 1.5 <= column_s:
+        return values  # every column spans a sample: an empty one is a dropout
+    span = max(1, int(usual * 1.5 / column_s))  # columns one sampling interval may leave empty
+    out = list(values)
+    run = 0
+    for index, value in enumerate(values):
+        if value is not None:
+            run = 0
+            continue
+        run += 1
+        nxt = next((v for v in values[index + 1 : index + 1 + span] if v is not None), None)
+        if index > 0 and out[index - 1] is not None and run <= span and nxt is not None:
+            out[index] = out[index - 1]
+    return out
+
+
 def area(values: Sequence[float | None], height: int, top: float, style: str) -> list[Text]:
     """An area chart `height` rows high: each value fills its column from the bottom in eighths
     of a row (as btop draws); None leaves the column empty."""
@@ -335,7 +387,7 @@ def chart(
     # boundaries only the newest column changes, so a redraw rewrites one cell per row.
     column_s = window_s / plot_width
     end = math.ceil(end / column_s) * column_s
-    values = resample(points, end - window_s, end, plot_width)
+    values = hold_sampling_gaps(resample(points, end - window_s, end, plot_width), points, column_s)
     lines = []
     for index, row in enumerate(area(values, height, top, style)):
         label = top_label if index == 0 else ("0" if index == height - 1 else "")

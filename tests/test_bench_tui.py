@@ -27,7 +27,8 @@ def test_bench_tui_tiny() -> None:
 
 @pytest.mark.skipif(not shutil.which("tmux"), reason="tmux is needed (installed by .ci/setup)")
 def test_bench_tui_live_run_tiny() -> None:
-    """--live-run-only at its smallest: a real train job runs while the Runs screen idles 1 s."""
+    """--live-run-only at its smallest: a real train job runs while each screen idles 1 s,
+    beside btop."""
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "tui.py"), "--live-run-only", "--idle-seconds",
          "1", "--repeats", "1"],
@@ -37,3 +38,19 @@ def test_bench_tui_live_run_tiny() -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "Runs, one run training" in result.stdout and "% of a core" in result.stdout
+    assert (
+        "Queue, one run training" in result.stdout and "Models, one run training" in result.stdout
+    )
+
+
+@pytest.mark.skipif(not shutil.which("tmux"), reason="tmux is needed (installed by .ci/setup)")
+def test_bench_tui_runs_open_tiny() -> None:
+    """--runs-open-only --tiny: the Runs screen opens over 5 runs of 200 points beside btop."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "tui.py"), "--runs-open-only", "--tiny"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Runs, 5 runs x 200 points: key to rows" in result.stdout and " ms (" in result.stdout

@@ -85,10 +85,20 @@ JOBS = [
         kind="train",
         gpus=1.0,
         reason="waiting for 1 GPU (0 of 1 free)",
+        group="sweeps",
     ),
     job(4, "evaluate", "blocked", kind="test", reason="dependency 5 failed", deps=((5, "ok"),)),
     job(5, "flaky step", "failed", exit_code=3, reason="exited with code 3", attempt=2, retries=1),
-    job(6, "long export", "paused", kind="export", pid=4300, reason="paused", progress=0.2),
+    job(
+        6,
+        "long export",
+        "paused",
+        kind="export",
+        pid=4300,
+        reason="paused",
+        progress=0.2,
+        group="exports",
+    ),
     job(7, "old experiment", "cancelled", exit_code=143, reason="cancelled (killed by SIGTERM)"),
 ]
 
