@@ -21,8 +21,8 @@ import psutil
 
 from workbench import safefs
 from workbench.config import Config, load_config
-from workbench.daemon import runner, stopping
-from workbench.daemon.executors import Ended, Executor, Handle, Launch, LaunchError
+from workbench.daemon import launching, runner, stopping
+from workbench.daemon.executors import Ended, Executor, Handle, LaunchError
 from workbench.daemon.executors.containment import home_scope, remove_empty_cgroups
 from workbench.daemon.executors.local import LocalExecutor
 from workbench.daemon.executors.slurm import SlurmExecutor
@@ -35,7 +35,6 @@ from workbench.daemon.planning import Planner
 from workbench.daemon.records import RecordFollower
 from workbench.daemon.wakeups import Wakeups, monotonic_at
 from workbench.db import executors as placement_db
-from workbench.db import repro as repro_db
 from workbench.db import scheduling as db
 from workbench.db.connection import full_message
 from workbench.db.store import Job, Store
@@ -43,8 +42,6 @@ from workbench.jobmodel.states import LIVE, Event, JobState
 from workbench.paths import Home
 from workbench.queue import scheduler
 from workbench.queue.accounts import account_of
-from workbench.queue.kinds import job_argv
-from workbench.queue.repro import start_environment
 from workbench.queue.retention import prune_ended, sweep_orphans
 from workbench.queue.spec import SpecError
 from workbench.telemetry.gpu import Gpus, gpu_slots, job_gpu_memory
@@ -458,7 +455,7 @@ class Daemon:
         failure = runner.read_failure(tracked.handle.run_dir)
         leftovers = ""
         if status.leftovers:
-            verb = "left running" if self._keeps_leftovers(job) else "stopped"
+            verb = "left running" if launching.keeps_leftovers(job) else "stopped"
             plural = "es" if status.leftovers != 1 else ""
             leftovers = f"; {status.leftovers} leftover process{plural} {verb}"
         leftovers += runner.memory_note(job.mem, status)  # OOM-killed, or over an unenforced --mem
@@ -501,10 +498,6 @@ class Daemon:
             requeue = db.Change(job.id, Event.REQUEUE, retry, (JobState.FAILED,))
             return [change(Event.EXIT_FAILED, reason), requeue]
         return [change(Event.EXIT_FAILED, reason)]
-
-    @staticmethod
-    def _keeps_leftovers(job: Job) -> bool:
-        return bool(job.spec.get("keep_leftovers", False))
 
     # ---- intents, limits ---------------------------------------------------------------
 
@@ -759,7 +752,19 @@ class Daemon:
         ready = [(queued, gpus, rows[queued.id]) for queued, gpus in chosen if queued.id in rows]
         preempted = db.preemption_counts(self.store, [job.id for _, _, job in ready])
         specs = [
-            self._launch_spec(job, q, gpus, tokens[job.id], now, preempted.get(job.id, 0))
+            launching.launch_spec(
+                self.home,
+                job,
+                q,
+                gpus,
+                tokens[job.id],
+                now,
+                preempted=preempted.get(job.id, 0),
+                start=self._start_details.get(job.id),
+                kill_grace_s=self.config.kill_grace_s,
+                log_cap_bytes=self.config.log_cap_bytes,
+                as_owner=self.gate is not None,
+            )
             for q, gpus, job in ready
         ]
         for (queued, gpus, job), result in zip(ready, self.executor.start_many(specs), strict=True):
@@ -810,7 +815,7 @@ class Daemon:
         if self._debug_launch_delay_s:
             time.sleep(self._debug_launch_delay_s)
         for tracked in launched:
-            outcomes.append(self._launched_change(tracked))
+            outcomes.append(launching.launched_change(tracked.job_id, tracked.handle))
         try:
             db.apply_many(self.store, outcomes)
         except _WRITE_ERRORS as error:
@@ -822,96 +827,13 @@ class Daemon:
         return len(launched)
 
     def _record_starts(self, launched: list[Tracked]) -> None:
-        """What each job saw at its start, for reproducing it: host, driver, GPU models. Best
+        """What each job saw at its start, for reproducing it (`launching.record_starts`). Best
         effort: a failed write loses only this record."""
-        gpus = self.gpus
-        driver = gpus.driver_version if gpus is not None else None
-        cuda = gpus.cuda_version if gpus is not None else None
-        records = {
-            t.job_id: start_environment(
-                [self.gpu_names.get(i, f"GPU {i}") for i in t.holding.gpu_indices], driver, cuda
-            )
-            for t in launched
-        }
+        started = {t.job_id: t.holding.gpu_indices for t in launched}
         try:
-            repro_db.record_starts(self.store, records)
+            launching.record_starts(self.store, self.gpus, self.gpu_names, started)
         except _WRITE_ERRORS as error:
-            self.log(f"could not record what {len(records)} job(s) started with ({error})")
-
-    def _launch_spec(
-        self,
-        job: Job,
-        queued: db.QueuedJob,
-        gpus: tuple[int, ...],
-        token: str,
-        now: float,
-        preempted: int = 0,
-    ) -> Launch:
-        """What the executor needs to start `job`; its log gets a header line when this is not
-        the job's first start (a later attempt, or the same attempt after `preempted`
-        preemptions: its output so far is in the same log)."""
-        run_dir = self.home.run_dir(job.id)
-        start = self._start_details.get(job.id)
-        visible = ",".join(start.devices) if start and start.devices else None
-        env = dict(job.env)
-        env.update(
-            {
-                "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
-                "CUDA_VISIBLE_DEVICES": visible or ",".join(str(i) for i in gpus),
-                "PYTHONUNBUFFERED": "1",
-                "WORKBENCH_HOME": str(self.home.root),
-                "WORKBENCH_JOB_ID": str(job.id),
-                "WORKBENCH_RUN_DIR": str(run_dir),
-            }
-        )
-        env.pop("WORKBENCH_GPU_MEM_BYTES", None)
-        if start is not None and start.gpu_mem_cap is not None:  # its share of a shared GPU
-            env["WORKBENCH_GPU_MEM_BYTES"] = str(start.gpu_mem_cap)
-        if queued.cpus > 0:
-            threads = str(max(1, math.ceil(queued.cpus)))
-            env.setdefault("OMP_NUM_THREADS", threads)
-            env["WORKBENCH_CPUS"] = threads
-        restarts = job.attempt - 1 + preempted  # earlier starts of this job
-        stopping.clear_stop(run_dir)
-        env.update(stopping.contract_env(run_dir, restarts))
-        policy = stopping.policy_for(job, self.config.kill_grace_s)
-        header = None
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
-        if job.attempt > 1:
-            header = f"attempt {job.attempt} of {job.retries + 1} started {stamp}"
-        if preempted:
-            times = "once" if preempted == 1 else f"{preempted} times"
-            again = f"started again {stamp} after it was preempted {times}"
-            header = f"{header}; {again}" if header else again
-        if restarts and policy.checkpointable and job.kind == "command":
-            header = f"{header}\n[workbench] {stopping.restart_marker(restarts, run_dir)}"
-        return Launch(
-            job_id=job.id,
-            token=token,
-            argv=job_argv(job, sys.executable),
-            env=env,
-            cwd=job.cwd,
-            run_dir=run_dir,
-            log_cap_bytes=self.config.log_cap_bytes,
-            kill_grace_s=policy.grace_s,
-            header=header,
-            keep_leftovers=self._keeps_leftovers(job),
-            mem_bytes=queued.mem,
-            stop_signal=policy.signal,
-            # Jobs become their owner only where the daemon serves every user (system mode);
-            # in a per-user home every job is the home owner's, whatever its row says.
-            uid=job.uid if self.gate is not None else None,
-        )
-
-    @staticmethod
-    def _launched_change(tracked: Tracked) -> db.Change:
-        return db.Change(
-            tracked.job_id,
-            Event.LAUNCHED,
-            "started",
-            (JobState.STARTING,),
-            {"pid": tracked.handle.pid, "pid_start": tracked.handle.start_time},
-        )
+            self.log(f"could not record what {len(started)} job(s) started with ({error})")
 
     def _commit_launches(self) -> None:
         """Record starts whose first write failed (starting -> running), all in one go."""
@@ -919,7 +841,9 @@ class Daemon:
         if not pending:
             return
         try:
-            db.apply_many(self.store, [self._launched_change(t) for t in pending])
+            db.apply_many(
+                self.store, [launching.launched_change(t.job_id, t.handle) for t in pending]
+            )
         except _WRITE_ERRORS as error:
             self.log(f"could not record {len(pending)} start(s) yet ({error}); retrying")
             return
