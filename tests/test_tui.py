@@ -988,7 +988,9 @@ def test_queue_columns_come_from_one_spec_list() -> None:
     names = [c.name for c in COLUMNS]
     assert list(cell_texts(JOBS[2], NOW)) == names and names[-1] == "reason"
     assert {name for name, _, _ in OPTIONAL} == {c.name for c in COLUMNS if c.steps}
-    assert OPTIONAL[0] == ("progress", 5, False)
+    # The owner (team mode; empty, so never added, in a per-user home) comes first, then the
+    # progress cut short.
+    assert OPTIONAL[:2] == (("owner", 10, False), ("progress", 5, False))
 
 
 def test_wcag_contrast_matches_known_ratios() -> None:
