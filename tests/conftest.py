@@ -148,6 +148,29 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.02, what: str
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def remove_tree(path: Path, timeout: float = 20.0) -> None:
+    """`shutil.rmtree(path)` as `rm -rf` does it to a folder a live process writes in: a file
+    written between rmtree's listing and its rmdir fails it with "Directory not empty" (ENOTEMPTY),
+    so it is tried again until one pass removes the whole folder; a folder already gone is fine.
+
+    Raises AssertionError after `timeout` seconds of ENOTEMPTY.
+    """
+    import errno
+    import shutil
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            shutil.rmtree(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            if error.errno != errno.ENOTEMPTY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 def wait_state(client: Client, job_id: int, states: set[str] | str, timeout: float = 20.0) -> Job:
     """Wait for a job to reach one of `states` (a running job: once its pid is recorded too)."""
     wanted = {states} if isinstance(states, str) else states

@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from conftest import wait_for
+from conftest import remove_tree, wait_for
 
 from workbench.daemon.client import ensure_daemon
 from workbench.paths import Home
@@ -20,7 +20,7 @@ from workbench.paths import Home
 def test_a_daemon_exits_when_its_home_is_removed(home: Home) -> None:
     pid = ensure_daemon(home)
     assert pid > 0
-    shutil.rmtree(home.root)
+    remove_tree(home.root)  # the daemon may still write in it, as under `rm -rf`
     wait_for(lambda: not _alive(pid), timeout=20, what="the daemon to exit")
     assert not home.root.exists(), "the daemon created its removed home again"
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from conftest import remove_tree, wait_for
 
 from workbench.daemon import runner
 from workbench.daemon.executors import Ended, Handle, Launch, LaunchError
@@ -292,12 +292,10 @@ def test_wrapper_gives_up_recording_when_its_run_folder_is_gone(
 ) -> None:
     """A wrapper retried exit.json forever on any error: with its run folder removed (`rm`,
     `prune`, a deleted home) it lingered as an orphan. Only a full disk is worth waiting out."""
-    import shutil
-
     job = launch(run_dir, [sys.executable, "-c", "import time; time.sleep(2)"])
     handle = executor.start(job)
     wait_for(lambda: runner.read_wrapper(run_dir) is not None, what="the wrapper's record")
-    shutil.rmtree(run_dir)
+    remove_tree(run_dir)  # the wrapper may still write in it, as under `rm -rf`
     wait_for(
         lambda: not Path(f"/proc/{handle.pid}").exists(),
         timeout=15,
