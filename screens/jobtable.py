@@ -136,8 +136,8 @@ def clock(t: float | None, now: float) -> str:
 def cell_texts(job: Job, now: float, idle_since: float | None = None) -> dict[str, str]:
     """Each column's plain text for one job (`age` from `created_at` to `now`), by name; the
     reason flags GPUs idle since `idle_since` (Unix s)."""
-    texts = {column.name: column.text(job, now) for column in COLUMNS}
-    texts["reason"] = shown_reason(job, idle_since, now) or ""
+    texts = {column.name: column.text(job, now) for column in COLUMNS if column.name != "reason"}
+    texts["reason"] = shown_reason(job, idle_since, now) or ""  # with the idle GPUs flagged
     return texts
 
 
