@@ -55,7 +55,7 @@ class Team:
         for name in (self.victim, self.mallory):
             subprocess.run(["useradd", "-m", name], check=True, capture_output=True)
             self.users.append(name)
-        self.wb_cmd, self.py_cmd = _runners(self.victim)
+        self.wb_cmd, self.py_cmd = runners(self.victim)
         env = {k: v for k, v in os.environ.items() if k != "WORKBENCH_HOME"}
         env["WORKBENCH_SYSTEM_HOME"] = str(self.root)
         subprocess.run(
@@ -198,9 +198,12 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _runners(user: str) -> tuple[list[str], list[str]]:
-    """How `user` runs the CLI and a script: this interpreter where they can, else the system's
-    python3 of the same version with this environment's site-packages."""
+def runners(user: str) -> tuple[list[str], list[str]]:
+    """The argv prefixes with which `user` runs the CLI and a Python script: this interpreter
+    where they can, else (a Python under root's 0700 home) the system's python3 of the same
+    version with this environment's site-packages. Used by tests/test_team_mode.py too.
+
+    Raises RuntimeError when no such Python exists."""
     probe = subprocess.run(
         ["runuser", "-u", user, "--", sys.executable, "-c", "import workbench"],
         capture_output=True,

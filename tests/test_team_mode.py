@@ -32,6 +32,9 @@ from workbench.jobmodel.resources import Resources
 from workbench.jobmodel.states import JobState
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from _team_attacks import runners  # noqa: E402  (the bench's attackers run as the same users)
+
 NOT_PERMITTED = 4
 
 
@@ -51,7 +54,7 @@ def _need_root() -> None:
 class Users:
     """The users of one test session: alice and bob (plain users), carol (in the admin
     group), `extra` a supplementary group alice is in; `wb` and `py` run the CLI and Python as
-    any of them (see `_runners`)."""
+    any of them (see bench/_team_attacks.runners)."""
 
     alice: str
     bob: str
@@ -65,33 +68,6 @@ class Users:
 
 def _run_root(*argv: str) -> None:
     subprocess.run(argv, check=True, capture_output=True, text=True)
-
-
-def _runners(folder: Path, user: str) -> tuple[list[str], list[str]]:
-    """Commands that run the CLI and a Python script as a user. This interpreter is used where
-    the user can run it; elsewhere (a Python under root's 0700 home) the system's python3 of
-    the same version, with this environment's site-packages added."""
-    probe = subprocess.run(
-        ["runuser", "-u", user, "--", sys.executable, "-c", "import workbench"],
-        capture_output=True,
-        cwd="/",
-    )
-    if probe.returncode == 0:
-        return [sys.executable, "-m", "workbench"], [sys.executable]
-    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    system_python = shutil.which(version, path="/usr/bin:/usr/local/bin:/bin")
-    if system_python is None:
-        pytest.fail(f"no {version} the test users can run (this one is {sys.executable})")
-    site = next(p for p in sys.path if p.endswith("site-packages") and "venv" in p)
-    start = f"import site, sys; site.addsitedir({site!r}); sys.path.insert(0, {str(REPO)!r});"
-    wb = [system_python, "-c", start + "from workbench.cli.entry import main; sys.exit(main())"]
-    py = [
-        system_python,
-        "-c",
-        start
-        + "import runpy; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')",
-    ]
-    return wb, py
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +87,7 @@ def users() -> Iterator[Users]:
         for name, more in zip(names, ([extra], [], [admin]), strict=True):
             _run_root("useradd", "-m", *(("-G", ",".join(more)) if more else ()), name)
             made.append(name)
-        wb, py = _runners(folder, names[0])
+        wb, py = runners(names[0])
         yield Users(*names, admin, extra, wb, py, folder)
     finally:
         for name in made:
