@@ -5,6 +5,7 @@ Models screens."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,18 @@ def test_queue_with_jobs_in_every_state(
     )
 
 
+async def until(pilot: Any, ready: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Let the app run until `ready()`, then once more so the screen is drawn as it says.
+    A snapshot taken before would differ for the wrong reason, so this fails, naming `what`,
+    after `timeout` seconds (a bounded count of short pauses ran out on a loaded machine)."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        await pilot.pause(0.02)
+    await pilot.pause()
+
+
 @views
 def test_job_detail(snap_compare: Any, size: tuple[int, int], theme: str) -> None:
     assert snap_compare(
@@ -112,10 +125,7 @@ def test_job_detail(snap_compare: Any, size: tuple[int, int], theme: str) -> Non
 def test_submit_form(snap_compare: Any, size: tuple[int, int], theme: str) -> None:
     async def settle(pilot: Any) -> None:
         await pilot.press("j", "n")
-        for _ in range(100):
-            if pilot.app.screen.query("#spec-argv"):
-                break
-            await pilot.pause(0.02)
+        await until(pilot, lambda: bool(pilot.app.screen.query("#spec-argv")), "the submit form")
 
     assert snap_compare(
         app_with(no_gpu_snapshot(), False), terminal_size=size, run_before=themed(theme, settle)
@@ -169,10 +179,7 @@ def test_data_screen(snap_compare: Any, tmp_path: Path, size: tuple[int, int], t
                 "Chinstrap"
             )
 
-        for _ in range(200):
-            if settled():
-                break
-            await pilot.pause(0.02)
+        await until(pilot, settled, "the query's rows, with the columns sized to them")
         app.screen.query_one("#datasets", DataTable).focus()
         await pilot.pause(0.1)
 
@@ -193,13 +200,14 @@ def test_runs_and_models_screens(
 
     async def settle(pilot: Any) -> None:
         await pilot.press(key)
-        for _ in range(100):
-            if (
+        await until(
+            pilot,
+            lambda: bool(
                 getattr(app.screen, "plotted", True)
                 and app.screen.query("DataTable").first().row_count
-            ):
-                break
-            await pilot.pause(0.02)
+            ),
+            "the screen's rows and curves",
+        )
         await pilot.pause(0.1)
 
     assert snap_compare(app, terminal_size=size, run_before=themed(theme, settle))
