@@ -3,6 +3,7 @@ that is started on demand and woken after each write."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -106,12 +107,45 @@ class Client:
             ensure_daemon(self.home)
         wake(self.home)
 
+    def hand_credentials(self, requests: Iterable[JobRequest]) -> list[JobRequest]:
+        """Hand the daemon the credentials of `requests` that hold some, before they are
+        committed (workbench.daemon.credentials), starting it if need be; returns the requests
+        to commit. A job bound to Slurm cannot get them from the daemon's memory: its
+        credentials go back into its stored environment (shown masked), as before they were
+        held. Raises DaemonUnavailable when the daemon cannot take them: nothing is queued."""
+        out: list[JobRequest] = []
+        held = []
+        for request in requests:
+            credentials = request.credentials
+            if credentials is not None and request.executor != "local":
+                env = {**request.env, **credentials.values}
+                request = dataclasses.replace(request, env=env, credentials=None)
+            elif credentials is not None:
+                held.append(credentials)
+            out.append(request)
+        if not held:
+            return out
+        from workbench.daemon.credentials import hand_over
+
+        if self.start_daemon:
+            ensure_daemon(self.home)
+        for credentials in held:
+            try:
+                hand_over(self.home, credentials.token, credentials.values)
+            except (OSError, ValueError) as error:
+                raise DaemonUnavailable(
+                    f"the daemon could not take the job's credentials ({error}); nothing was queued"
+                ) from None
+        return out
+
     def submit(self, request: JobRequest) -> int:
+        (request,) = self.hand_credentials([request])
         job_id = self.store.submit(request)
         self.nudge()
         return job_id
 
     def submit_many(self, requests: list[JobRequest]) -> list[int]:
+        requests = self.hand_credentials(requests)
         ids = self.store.submit_many(requests)
         self.nudge()
         return ids
@@ -123,6 +157,8 @@ class Client:
             if stage.group_limit is not None:
                 self.store.set_group(*stage.group_limit)
         stages = [(request, stage.after) for stage in pipeline.stages for request in stage.requests]
+        handed = self.hand_credentials(request for request, _ in stages)
+        stages = [(request, after) for request, (_, after) in zip(handed, stages, strict=True)]
         pipeline_id, ids = self.store.submit_pipeline(pipeline.name, str(pipeline.path), stages)
         self.nudge()
         return pipeline_id, [i for stage in pipeline.stages for i in ids[stage.name]]

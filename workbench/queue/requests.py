@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from workbench.db.store import JobRequest
 from workbench.jobmodel.resources import Resources, parse_gpus
 from workbench.jobmodel.retry import MAX_RETRIES
+from workbench.jobmodel.secrets import hold_credentials
 from workbench.queue.kinds import kind_defaults, load_kind, validate_spec
 from workbench.queue.spec import (
     SpecError,
@@ -162,6 +163,9 @@ def build_request(
     common = {k: v for k, v in table.items() if k in OPTION_KEYS}
     rest = {k: v for k, v in table.items() if k not in OPTION_KEYS and k not in ignore}
     options = from_table(Options, common, where)
+    # Before anything reads the spec (its errors would show a password in a source URL).
+    captured_env = dict(os.environ if env is None else env)
+    rest, captured_env, credentials = hold_credentials(options.kind, rest, captured_env)
     check_group(options.group, f"{where}: key 'group'")
     if options.slurm is not None:
         options.slurm.check(where)
@@ -207,7 +211,6 @@ def build_request(
             f"{where}: key 'retries': at most {MAX_RETRIES} automatic retries"
             f" (got {options.retries})"
         )
-    captured_env = dict(os.environ if env is None else env)
     cwd = str(base_dir)
     argv = None
     if options.kind == "command":
@@ -233,6 +236,7 @@ def build_request(
         retries=options.retries,
         time_limit=time_limit,
         preemptible=_preemptible(options, spec, defaults),
+        credentials=credentials,
         **extra,
     )
 
