@@ -15,7 +15,11 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from workbench.jobmodel.secrets import with_url_password, without_url_password
+from workbench.jobmodel.secrets import (
+    CREDENTIAL_NAMES,
+    with_url_password,
+    without_url_password,
+)
 
 URL_SCHEMES = ("https://", "http://", "s3://")
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -202,16 +206,19 @@ def _request(shown: str, full: str) -> Any:
     return request
 
 
-def _scrubbed(text: str, full: str) -> str:
-    """`text` with the password of the URL `full` (if any) masked wherever it appears."""
+def _scrubbed(text: str, full: str = "") -> str:
+    """`text` (an error to report) with every credential masked wherever it appears: the
+    password of the URL `full` (if any) and the values of this job's credential variables
+    (`CREDENTIAL_NAMES`: a server's error may quote an access key)."""
+    values = [os.environ[name] for name in CREDENTIAL_NAMES if os.environ.get(name)]
     try:
-        password = urllib.parse.urlsplit(full).password
+        password = urllib.parse.urlsplit(full).password if full else None
     except ValueError:
-        return text
-    if not password:
-        return text
-    for form in {password, urllib.parse.unquote(password)}:
-        text = text.replace(form, "***")
+        password = None
+    if password:
+        values += [password, urllib.parse.unquote(password)]
+    for value in sorted(set(values), key=len, reverse=True):
+        text = text.replace(value, "***")
     return text
 
 
@@ -258,7 +265,8 @@ def fetch_s3(url: str, workdir: str) -> tuple[str, dict[str, Any]]:
     except extensions.ExtensionMissing as error:
         raise SourceError(f"{url}: {error}") from None
     except duckdb.Error as error:
-        raise SourceError(f"{url}: cannot fetch it ({str(error).splitlines()[0]})") from None
+        said = _scrubbed(str(error)).splitlines()
+        raise SourceError(f"{url}: cannot fetch it ({said[0] if said else 'no reason'})") from None
     finally:
         con.close()
     if row is None:

@@ -62,6 +62,7 @@ def assert_nowhere(home: Home, secrets: list[str], job_ids: list[int]) -> None:
 def test_s3_credentials_from_the_environment_reach_the_job_and_are_never_stored(
     home: Home,
     s3: tuple[dict[str, str], Any],  # noqa: F811 (the fixture)
+    tmp_path: Path,
 ) -> None:
     env, client = s3
     env = {**env, "AWS_SESSION_TOKEN": SESSION_TOKEN}  # moto takes any session token
@@ -77,7 +78,15 @@ def test_s3_credentials_from_the_environment_reach_the_job_and_are_never_stored(
     # The rest of the environment is the job's as captured (the server's address among it).
     assert shown["env"]["AWS_ENDPOINT_URL"] == env["AWS_ENDPOINT_URL"]
     assert "AWS_SECRET_ACCESS_KEY" not in shown["env"]
-    assert_nowhere(home, secrets_of(env), [1])
+    # A spec file, which the running daemon's intake would take: the client hands them over.
+    spec = tmp_path / "ingest.toml"
+    spec.write_text('kind = "ingest"\nsource = ["s3://lake-src/codes.csv"]\ndataset = "again"\n')
+    done = workbench("submit", "--spec", str(spec), "--wait", env=env)
+    assert done.returncode == 0, done.stderr
+    # A failure (no such bucket): the error names the URL, never a credential.
+    failed = workbench("ingest", "s3://no-such-bucket/a.csv", "--dataset", "x", "--wait", env=env)
+    assert failed.returncode != 0 and "s3://no-such-bucket/a.csv" in failed.stderr
+    assert_nowhere(home, secrets_of(env), [1, 2, 3])
 
 
 def test_a_daemon_killed_while_the_job_is_queued_leaves_it_waiting_for_its_credentials(
