@@ -269,3 +269,27 @@ def test_s3_credentials_from_a_profile_keep_working_and_hold_nothing(
     # Nothing is held for it, so a daemon restart never leaves it waiting.
     held = workbench("credentials", "1")
     assert held.returncode == 2 and "no credentials held" in held.stderr, held.stderr
+
+
+def test_a_command_job_keeps_its_environment_and_gets_secret_env_from_the_daemon_only(
+    home: Home,
+) -> None:
+    import hashlib
+
+    # Made here: a command job records the git diff of its folder (this file among it).
+    token, key = f"cmd-TOKEN-{os.urandom(8).hex()}", f"cmd-KEY-{os.urandom(8).hex()}"
+    digests = [hashlib.sha256(v.encode()).hexdigest() for v in (token, key)]
+    script = 'printf %s "$MY_TOKEN" | sha256sum; printf %s "$AWS_SECRET_ACCESS_KEY" | sha256sum'
+    env = {"MY_TOKEN": token, "AWS_SECRET_ACCESS_KEY": key}
+    done = workbench(
+        "submit", "--secret-env", "MY_TOKEN", "--wait", "--", "sh", "-c", script, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    log = workbench("logs", "1").stdout
+    assert all(d in log for d in digests), log  # the job got both
+    shown = json.loads(workbench("show", "1", "--json", "--env").stdout)
+    assert "MY_TOKEN" not in shown["env"]
+    assert shown["env"]["AWS_SECRET_ACCESS_KEY"] == "***"  # a command's env: kept, masked
+    assert_nowhere(home, [token], [1])
+    missing = workbench("submit", "--secret-env", "NOT_SET_ANYWHERE", "--", "true")
+    assert missing.returncode == 2 and "NOT_SET_ANYWHERE" in missing.stderr, missing.stderr

@@ -174,3 +174,22 @@ def hold_credentials(
 def needed_label(name: str, urls: Mapping[str, str]) -> str:
     """How a message names a needed credential: the variable, or `the password of URL`."""
     return f"the password of {urls[name]}" if name in urls else name
+
+
+def hold_named(
+    env: dict[str, str], names: Iterable[str], held: HeldCredentials | None
+) -> tuple[dict[str, str], HeldCredentials | None, list[str]]:
+    """Hold the variables `names` (a job's `secret_env`, any kind) out of `env` too: returns
+    (env without them, the held credentials with them added as needed, the names `env` lacks).
+    Pure."""
+    import secrets
+
+    wanted = list(dict.fromkeys(names))
+    missing = [name for name in wanted if name not in env]
+    if not wanted or missing:
+        return env, held, missing
+    values = {**(held.values if held else {}), **{name: env[name] for name in wanted}}
+    needed = tuple(sorted({*(held.needed if held else ()), *wanted}))
+    token = held.token if held else secrets.token_hex(16)
+    kept = {k: v for k, v in env.items() if k not in wanted}
+    return kept, HeldCredentials(token, values, needed, held.urls if held else {}), []
