@@ -29,6 +29,7 @@ from workbench.paths import Home
 
 SESSION_TOKEN = "wb-session-TOKEN-never-shown-4417"
 BODY = b"id,code\n1,007\n2,010\n"
+WAIT_CODES = ("--dataset", "codes", "--wait")
 
 
 def secrets_of(env: dict[str, str]) -> list[str]:
@@ -134,6 +135,38 @@ def test_a_daemon_killed_while_the_job_is_queued_leaves_it_waiting_for_its_crede
     out = workbench("sql", "SELECT count(*) AS n FROM codes", "--json")
     assert json.loads(out.stdout) == {"n": 2}
     assert_nowhere(home, secrets_of(env), [job_id])
+
+
+def test_a_client_still_waiting_gives_the_credentials_again_to_a_restarted_daemon(
+    home: Home,
+    s3: tuple[dict[str, str], Any],  # noqa: F811 (the fixture)
+) -> None:
+    env, client = s3
+    client.put_object(Bucket="lake-src", Key="codes.csv", Body=BODY)
+    assert workbench("daemon", "drain").returncode == 0
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "workbench", "ingest", "s3://lake-src/codes.csv", *WAIT_CODES],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: workbench("show", "1", "--json").returncode == 0, what="the job")
+        daemon = lock_holder(home)
+        assert daemon and daemon > 0
+        os.kill(daemon, signal.SIGKILL)
+        wait_for(lambda: not lock_holder(home), what="the daemon to be gone")
+        assert workbench("daemon", "undrain").returncode == 0
+        assert workbench("daemon", "start").returncode == 0  # from a shell without them
+        out, err = waiting.communicate(timeout=120)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait()
+    assert waiting.returncode == 0, err
+    assert "dataset codes v1: 2 rows" in out
+    assert_nowhere(home, [env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]], [1])
 
 
 def test_a_password_in_a_postgresql_uri_or_pgpassword_is_never_stored_or_shown(

@@ -257,6 +257,7 @@ def _follow(client: Any, job_id: int, quiet: bool) -> list[Any]:
     ) as progress:
         task = progress.add_task("queued", total=1.0)
         while True:
+            client.give_again([job_id])  # to a daemon that restarted and lost them
             job = client.store.find(job_id)
             if job is None:
                 return []

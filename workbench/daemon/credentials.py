@@ -64,11 +64,15 @@ def parse(data: bytes) -> tuple[str, dict[str, str]] | None:
     return token, values
 
 
+#: How the reason of a job waiting for its credentials begins.
+WAITING_PREFIX = "waits for its credentials"
+
+
 def waiting_reason(job_id: int, missing: Iterable[str], urls: dict[str, str]) -> str:
     """Why a job does not start: which credentials are missing and how to give them again."""
     labels = ", ".join(needed_label(name, urls) for name in missing)
     return (
-        f"waits for its credentials ({labels}): the daemon keeps them in memory only, and the"
+        f"{WAITING_PREFIX} ({labels}): the daemon keeps them in memory only, and the"
         f" daemon they were handed to has stopped; from a shell that has them run"
         f" `workbench credentials {job_id}` (or `workbench cancel {job_id}`)"
     )
