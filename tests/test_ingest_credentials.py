@@ -199,6 +199,33 @@ def test_a_password_in_a_postgresql_uri_or_pgpassword_is_never_stored_or_shown(
     assert "prefer PGPASSWORD" in done.stderr  # a password on a command line is seen by `ps`
 
 
+def test_a_url_password_lost_with_the_daemon_is_asked_again_and_never_stored(
+    home: Home,
+    postgres: str,  # noqa: F811 (the fixture)
+) -> None:
+    psql(postgres, "CREATE TABLE t (id int); INSERT INTO t VALUES (1);")
+    password = "pg-PASS-asked-again-6604"
+    assert workbench("daemon", "drain").returncode == 0
+    uri = postgres.replace("wb@", f"wb:{password}@")
+    assert workbench("ingest", uri, "--table", "t", "--dataset", "t").returncode == 0
+    daemon = lock_holder(home)
+    assert daemon and daemon > 0
+    os.kill(daemon, signal.SIGKILL)
+    wait_for(lambda: not lock_holder(home), what="the daemon to be gone")
+    assert workbench("daemon", "undrain").returncode == 0
+    assert workbench("daemon", "start").returncode == 0
+
+    def reason() -> str:
+        return str(json.loads(workbench("show", "1", "--json").stdout)["reason"] or "")
+
+    wait_for(lambda: "credentials" in reason(), what="the job to wait for its password")
+    assert f"the password of {postgres}" in reason()
+    given = workbench("credentials", "1", input=password + "\n")
+    assert given.returncode == 0, given.stderr
+    assert workbench("wait", "1", "--timeout", "120s").returncode == 0
+    assert_nowhere(home, [password], [1])
+
+
 @pytest.fixture
 def basic_auth_server(tmp_path: Path) -> Iterator[str]:
     """`http://127.0.0.1:PORT` serving BODY at /codes.csv only with `Authorization: Basic`

@@ -128,7 +128,3 @@ class CredentialVault:
             if held:
                 out[job_id] = dict(held)
         return out
-
-    def forget_restart(self) -> None:
-        """A new daemon: marks an earlier one set are read again (it may hold them now)."""
-        db.clear_waiting(self.store)

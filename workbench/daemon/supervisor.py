@@ -193,8 +193,8 @@ class Daemon:
         self.usage = UsageLedger(self.store, lambda: self.config, self._card_bytes)
         self.idle = IdleWatch(self.store, self.home, self.log)
         usage = self.usage
+        # Marks an earlier daemon left (`credentials`) hold for this one too: it holds none.
         self.credentials = CredentialVault(self.store, self.log)
-        self.credentials.forget_restart()
         self.planner = Planner(
             self.store,
             self._holdings,
