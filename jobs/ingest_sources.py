@@ -15,6 +15,12 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+from workbench.jobmodel.secrets import (
+    CREDENTIAL_NAMES,
+    with_url_password,
+    without_url_password,
+)
+
 URL_SCHEMES = ("https://", "http://", "s3://")
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 SQLITE_EXTENSIONS = (".db", ".sqlite", ".sqlite3")
@@ -39,13 +45,7 @@ def is_postgres(source: str) -> bool:
 
 def shown_uri(uri: str) -> str:
     """A URI without the password it may carry (`user:pass@`): what lineage and messages say."""
-    parsed = urllib.parse.urlparse(uri)
-    if parsed.password is None:
-        return uri
-    netloc = (parsed.username or "") + "@" + (parsed.hostname or "")
-    if parsed.port:
-        netloc += f":{parsed.port}"
-    return parsed._replace(netloc=netloc).geturl()
+    return without_url_password(uri)[0]
 
 
 def _pg_literal(value: str) -> str:
@@ -70,6 +70,7 @@ def postgres_to_parquet(
     from workbench.catalog import extensions
 
     shown = shown_uri(uri)
+    full = with_url_password(shown, os.environ)  # a password handed by the daemon, if any
     if (table is None) == (query is None):
         raise SourceError(f"{shown}: a PostgreSQL source needs key 'table' or key 'query'")
     if query is not None:
@@ -82,7 +83,7 @@ def postgres_to_parquet(
     ran_at = time.time()
     try:
         extensions.load(con, "postgres")
-        con.execute(f"ATTACH {_pg_literal(uri)} AS wb_pg (TYPE postgres, READ_ONLY)")
+        con.execute(f"ATTACH {_pg_literal(full)} AS wb_pg (TYPE postgres, READ_ONLY)")
         source = f"postgres_query('wb_pg', {_pg_literal(sql)})"
         described = con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()
         doubles = [str(r[0]) for r in described if str(r[1]) == "DOUBLE"]
@@ -109,8 +110,8 @@ def postgres_to_parquet(
     except extensions.ExtensionMissing as error:
         raise SourceError(f"{shown}: {error}") from None
     except duckdb.Error as error:
-        text = str(error).replace(uri, shown).splitlines()[0]
-        raise SourceError(f"{shown}: {text}") from None
+        text = _scrubbed(str(error).replace(full, shown).replace(uri, shown), full)
+        raise SourceError(f"{shown}: {text.splitlines()[0] if text else error}") from None
     finally:
         con.close()
     lineage: dict[str, Any] = {
@@ -149,14 +150,14 @@ def fetch(url: str, workdir: str) -> tuple[str, dict[str, Any]]:
 
     if url.lower().startswith("s3://"):
         return fetch_s3(url, workdir)
-    parsed = urllib.parse.urlparse(url)
-    shown = parsed._replace(netloc=parsed.hostname or "").geturl() if parsed.password else url
+    shown = shown_uri(url)
+    request = _request(shown, with_url_password(shown, os.environ))
     os.makedirs(workdir, exist_ok=True)
     target = Path(workdir) / f"{len(os.listdir(workdir))}-{url_name(url)}"
     digest = hashlib.sha256()
     size = 0
     try:
-        with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S) as response:
+        with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT_S) as response:
             if response.status != 200:
                 raise SourceError(f"{shown}: HTTP {response.status} {response.reason}")
             with open(target, "wb") as out:
@@ -175,7 +176,7 @@ def fetch(url: str, workdir: str) -> tuple[str, dict[str, Any]]:
         raise SourceError(f"{shown}: cannot fetch it ({reason})") from None
     lineage = {
         "url": shown,
-        "final_url": final,
+        "final_url": shown_uri(final),
         "status": 200,
         "etag": headers.get("ETag"),
         "last_modified": headers.get("Last-Modified"),
@@ -184,6 +185,41 @@ def fetch(url: str, workdir: str) -> tuple[str, dict[str, Any]]:
         "fetched_at": time.time(),
     }
     return str(target), lineage
+
+
+def _request(shown: str, full: str) -> Any:
+    """A urllib request for `full` (a URL that may carry `user:pass@`, which urllib would take
+    for a host name): the URL without its user, and HTTP Basic authentication (RFC 7617) when
+    it names one."""
+    import base64
+    import urllib.request
+
+    parsed = urllib.parse.urlsplit(full)
+    if parsed.username is None:
+        return urllib.request.Request(full)
+    hostport = parsed.netloc.rpartition("@")[2]
+    request = urllib.request.Request(parsed._replace(netloc=hostport).geturl())
+    user = urllib.parse.unquote(parsed.username)
+    password = urllib.parse.unquote(parsed.password or "")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    request.add_unredirected_header("Authorization", f"Basic {token}")
+    return request
+
+
+def _scrubbed(text: str, full: str = "") -> str:
+    """`text` (an error to report) with every credential masked wherever it appears: the
+    password of the URL `full` (if any) and the values of this job's credential variables
+    (`CREDENTIAL_NAMES`: a server's error may quote an access key)."""
+    values = [os.environ[name] for name in CREDENTIAL_NAMES if os.environ.get(name)]
+    try:
+        password = urllib.parse.urlsplit(full).password if full else None
+    except ValueError:
+        password = None
+    if password:
+        values += [password, urllib.parse.unquote(password)]
+    for value in sorted(set(values), key=len, reverse=True):
+        text = text.replace(value, "***")
+    return text
 
 
 def s3_secret_sql(environ: dict[str, str] | None = None) -> str:
@@ -229,7 +265,8 @@ def fetch_s3(url: str, workdir: str) -> tuple[str, dict[str, Any]]:
     except extensions.ExtensionMissing as error:
         raise SourceError(f"{url}: {error}") from None
     except duckdb.Error as error:
-        raise SourceError(f"{url}: cannot fetch it ({str(error).splitlines()[0]})") from None
+        said = _scrubbed(str(error)).splitlines()
+        raise SourceError(f"{url}: cannot fetch it ({said[0] if said else 'no reason'})") from None
     finally:
         con.close()
     if row is None:

@@ -193,6 +193,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             types[column] = kind
         table["types"] = types
     request = build_request(table, Path.cwd(), "ingest")
+    if request.credentials is not None and request.credentials.urls:
+        print(
+            "workbench: the password in "
+            + ", ".join(sorted(request.credentials.urls.values()))
+            + " is kept out of the job's records and handed to the daemon; a password on a"
+            " command line shows in `ps` and in shell history: prefer PGPASSWORD or ~/.pgpass",
+            file=sys.stderr,
+        )
     from workbench.daemon.executors.slurm import bind_executor
 
     (request,) = bind_executor([request], None, Home.current(), ["ingest"])
@@ -249,6 +257,7 @@ def _follow(client: Any, job_id: int, quiet: bool) -> list[Any]:
     ) as progress:
         task = progress.add_task("queued", total=1.0)
         while True:
+            client.give_again([job_id])  # to a daemon that restarted and lost them
             job = client.store.find(job_id)
             if job is None:
                 return []

@@ -79,6 +79,7 @@ EXTENSIONS: list[str] = [
     "workbench.cli.registry",
     "workbench.cli.compare",
     "workbench.cli.completion",
+    "workbench.cli.credentials",
 ]
 
 Handler = Callable[[argparse.Namespace], int]

@@ -120,6 +120,13 @@ def _submit(client: TeamClient, args: argparse.Namespace) -> int:
     else:
         request, _ = submission.request_from_args(args, dict(os.environ), capture=False)
         requests = [request]
+    if any(r.credentials is not None for r in requests):
+        from workbench.queue.spec import SpecError
+
+        raise SpecError(
+            "--secret-env: team mode cannot hold credentials out of the store yet; pass them"
+            " another way (a file only you can read)"
+        )
     reply = client.ask("submit", jobs=[request_to_wire(r) for r in requests])
     ids: list[int] = reply["ids"]
     if args.json:

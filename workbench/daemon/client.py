@@ -3,6 +3,7 @@ that is started on demand and woken after each write."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 from workbench import safefs
 from workbench.daemon.link import lock_holder, wake
 from workbench.db.store import SETTLED, SUCCEEDED, Job, JobRequest, Store
+from workbench.jobmodel.secrets import HeldCredentials
 from workbench.paths import Home
 
 if TYPE_CHECKING:
@@ -96,6 +98,10 @@ class Client:
         self.home = (home or Home.current()).ensure()
         self.store = Store.open(self.home.state_db)
         self.start_daemon = start_daemon
+        # Credentials this client handed over, by job id (in its memory only): while it waits
+        # for those jobs it hands them again to a daemon that lost them (`give_again`).
+        self.handed: dict[int, HeldCredentials] = {}
+        self._given_at: dict[int, float] = {}
 
     def close(self) -> None:
         self.store.close()
@@ -106,13 +112,78 @@ class Client:
             ensure_daemon(self.home)
         wake(self.home)
 
+    def hand_credentials(self, requests: Iterable[JobRequest]) -> list[JobRequest]:
+        """Hand the daemon the credentials of `requests` that hold some, before they are
+        committed (workbench.daemon.credentials), starting it if need be; returns the requests
+        to commit. A job bound to Slurm cannot get them from the daemon's memory: its
+        credentials go back into its stored environment (shown masked), as before they were
+        held. Raises DaemonUnavailable when the daemon cannot take them: nothing is queued."""
+        out: list[JobRequest] = []
+        held = []
+        for request in requests:
+            credentials = request.credentials
+            if credentials is not None and request.executor != "local":
+                env = {**request.env, **credentials.values}
+                request = dataclasses.replace(request, env=env, credentials=None)
+            elif credentials is not None:
+                held.append(credentials)
+            out.append(request)
+        if not held:
+            return out
+        from workbench.daemon.credentials import hand_over
+
+        if self.start_daemon:
+            ensure_daemon(self.home)
+        for credentials in held:
+            try:
+                hand_over(self.home, credentials.token, credentials.values)
+            except (OSError, ValueError) as error:
+                raise DaemonUnavailable(
+                    f"the daemon could not take the job's credentials ({error}); nothing was queued"
+                ) from None
+        return out
+
+    def _remember(self, requests: Iterable[JobRequest], ids: Iterable[int]) -> None:
+        for request, job_id in zip(requests, ids, strict=False):
+            if request.credentials is not None:
+                self.handed[job_id] = request.credentials
+
+    def give_again(self, job_ids: Iterable[int]) -> list[int]:
+        """Hand the credentials of the jobs among `job_ids` that this client submitted again to
+        the daemon when a job waits for them (the daemon restarted after the submit): at most
+        once a second per job. Returns the ids handed. Errors are left for the next call."""
+        from workbench.daemon.credentials import WAITING_PREFIX, hand_over
+
+        given: list[int] = []
+        now = time.monotonic()
+        for job_id in job_ids:
+            credentials = self.handed.get(job_id)
+            if credentials is None or now - self._given_at.get(job_id, -1e9) < 1.0:
+                continue
+            job = self.store.find(job_id)
+            if job is None or not (job.reason or "").startswith(WAITING_PREFIX):
+                continue
+            self._given_at[job_id] = now
+            try:
+                hand_over(self.home, credentials.token, credentials.values)
+            except (OSError, ValueError):
+                continue
+            given.append(job_id)
+        if given:
+            wake(self.home)
+        return given
+
     def submit(self, request: JobRequest) -> int:
+        (request,) = self.hand_credentials([request])
         job_id = self.store.submit(request)
+        self._remember([request], [job_id])
         self.nudge()
         return job_id
 
     def submit_many(self, requests: list[JobRequest]) -> list[int]:
+        requests = self.hand_credentials(requests)
         ids = self.store.submit_many(requests)
+        self._remember(requests, ids)
         self.nudge()
         return ids
 
@@ -123,9 +194,13 @@ class Client:
             if stage.group_limit is not None:
                 self.store.set_group(*stage.group_limit)
         stages = [(request, stage.after) for stage in pipeline.stages for request in stage.requests]
+        handed = self.hand_credentials(request for request, _ in stages)
+        stages = [(request, after) for request, (_, after) in zip(handed, stages, strict=True)]
         pipeline_id, ids = self.store.submit_pipeline(pipeline.name, str(pipeline.path), stages)
         self.nudge()
-        return pipeline_id, [i for stage in pipeline.stages for i in ids[stage.name]]
+        ordered = [i for stage in pipeline.stages for i in ids[stage.name]]
+        self._remember((request for request, _ in stages), ordered)
+        return pipeline_id, ordered
 
     def control(self, job_id: int, action: str) -> str:
         """cancel / pause / resume / retry / rm; returns what happened."""
@@ -151,6 +226,8 @@ class Client:
         while True:
             now_version = self.store.data_version()
             if now_version != version:
+                if self.handed and self.give_again([i for i in ids if i in self.handed]):
+                    continue
                 version = now_version
                 states = self.store.states_of(ids)
                 if all(states.get(i, SUCCEEDED) in SETTLED for i in ids):

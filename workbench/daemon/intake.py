@@ -284,6 +284,9 @@ class Intake:
                 # Copying the files may take a while: not in this loop.
                 return {"fallback": "a snapshot is taken by the client"}
             (job,) = bind_executor([job], args.executor, self.home, [where])
+            if job.credentials is not None:
+                # Handed to the daemon before the job is committed, by the client.
+                return {"fallback": "a job with credentials hands them over itself"}
         except SpecError as error:
             return {"exit": EXIT_USAGE, "stderr": said(error)}
         except JobError as error:

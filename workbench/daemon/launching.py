@@ -39,6 +39,7 @@ def launch_spec(
     kill_grace_s: float,
     log_cap_bytes: int,
     as_owner: bool,
+    credentials: dict[str, str] | None = None,
 ) -> Launch:
     """What the executor needs to start `job` on the GPU indices `gpus` (or the MIG instances
     of `start`), with launch `token`, at `now` (Unix s).
@@ -46,10 +47,12 @@ def launch_spec(
     Its log gets a header line when this is not the job's first start (a later attempt, or the
     same attempt after `preempted` preemptions: its output so far is in the same log). The job
     becomes its owner (`Job.uid`) only when `as_owner`: where the daemon serves every user
-    (system mode); in a per-user home every job is the home owner's, whatever its row says."""
+    (system mode); in a per-user home every job is the home owner's, whatever its row says.
+    `credentials` (name -> value, from the daemon's memory: workbench.daemon.credentials) are
+    added to its environment, never to its row."""
     run_dir = home.run_dir(job.id)
     visible = ",".join(start.devices) if start and start.devices else None
-    env = dict(job.env)
+    env = {**job.env, **(credentials or {})}
     env.update(
         {
             "CUDA_DEVICE_ORDER": "PCI_BUS_ID",

@@ -109,8 +109,12 @@ class Planner:
         reclaim: Callable[[scheduler.Preempt | scheduler.Exceeds, float], None],
         start_details: dict[int, scheduler.Start],
         usage: Callable[[], Mapping[str, float]] | None = None,
+        lacking: Callable[[list[int]], set[int]] | None = None,
     ):
         self.store = store
+        # Marks the jobs among the ids that lack their credentials and returns their ids:
+        # they are left out of the pass (workbench.daemon.credentials).
+        self.lacking = lacking
         self.usage = usage  # each account's decayed GPU-hours (the usage ledger), or None
         self.holdings = holdings
         self.launch = launch
@@ -137,6 +141,9 @@ class Planner:
             batch.extend(j for j in page if j.id not in unmarked)
             if len(page) == QUEUE_PAGE:
                 full_pages.append({j.id for j in page})
+        if self.lacking is not None and batch:
+            waiting = self.lacking([j.id for j in batch])
+            batch = [j for j in batch if j.id not in waiting]
         self.last_read = len(batch)
         started = self._plan(batch, unmarked, resources, settings, config, mark)
         return any(page <= started for page in full_pages)

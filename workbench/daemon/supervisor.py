@@ -22,6 +22,7 @@ import psutil
 from workbench import safefs
 from workbench.config import Config, load_config
 from workbench.daemon import launching, runner, stopping
+from workbench.daemon.credentials import DATAGRAM_TAG, MAX_DATAGRAM_BYTES, CredentialVault
 from workbench.daemon.executors import Ended, Executor, Handle, LaunchError
 from workbench.daemon.executors.containment import home_scope, remove_empty_cgroups
 from workbench.daemon.executors.local import LocalExecutor
@@ -192,6 +193,8 @@ class Daemon:
         self.usage = UsageLedger(self.store, lambda: self.config, self._card_bytes)
         self.idle = IdleWatch(self.store, self.home, self.log)
         usage = self.usage
+        # Marks an earlier daemon left (`credentials`) hold for this one too: it holds none.
+        self.credentials = CredentialVault(self.store, self.log)
         self.planner = Planner(
             self.store,
             self._holdings,
@@ -199,6 +202,7 @@ class Daemon:
             self._reclaim,
             self._start_details,
             usage=lambda: usage.decayed() if self.config.shares.by else {},
+            lacking=self.credentials.mark_lacking,
         )
         try:
             self.store.backup_to(self.home.state_db.with_name("state.db.bak"))
@@ -645,6 +649,8 @@ class Daemon:
         if time.monotonic() < self._launch_paused_until:
             self.wakeups.at("launch", self._launch_paused_until)  # a pass when it ends
             return
+        if self._sock is not None and self._drain_socket():  # credentials sent before a submit
+            self._dirty = True
         resources = scheduler.Resources(self.gpu_slots, self.cpus, self.mem_bytes)
         if self.planner.run(self.config, resources):
             self._dirty = True
@@ -751,6 +757,7 @@ class Daemon:
         launched: list[Tracked] = []
         ready = [(queued, gpus, rows[queued.id]) for queued, gpus in chosen if queued.id in rows]
         preempted = db.preemption_counts(self.store, [job.id for _, _, job in ready])
+        held = self.credentials.environments([job.id for _, _, job in ready])
         specs = [
             launching.launch_spec(
                 self.home,
@@ -764,6 +771,7 @@ class Daemon:
                 kill_grace_s=self.config.kill_grace_s,
                 log_cap_bytes=self.config.log_cap_bytes,
                 as_owner=self.gate is not None,
+                credentials=held.get(job.id),
             )
             for q, gpus, job in ready
         ]
@@ -998,7 +1006,9 @@ class Daemon:
         woke = False
         while True:
             try:
-                _, ancillary, _, _ = self._sock.recvmsg(64, socket.CMSG_SPACE(CREDENTIALS.size))
+                data, ancillary, _, _ = self._sock.recvmsg(
+                    MAX_DATAGRAM_BYTES, socket.CMSG_SPACE(CREDENTIALS.size)
+                )
             except BlockingIOError:
                 return woke
             except OSError:
@@ -1006,6 +1016,8 @@ class Daemon:
             _, uid, _ = peer_credentials(ancillary)
             if uid == os.getuid():
                 woke = True
+                if data.startswith(DATAGRAM_TAG):
+                    self.credentials.take(data)
             else:
                 self.refused_wakes += 1
                 if self.refused_wakes <= 10 or self.refused_wakes % 1000 == 0:

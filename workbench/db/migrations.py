@@ -362,6 +362,11 @@ MIGRATIONS: dict[int, str] = {
     91: """
     ALTER TABLE jobs ADD COLUMN slurm_options TEXT;
     """,
+    # Credentials held out of the store (workbench.daemon.credentials): the token the daemon
+    # knows them by and their names, as JSON {"token", "names", "urls"}; never a value.
+    110: """
+    ALTER TABLE jobs ADD COLUMN held_credentials TEXT;
+    """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

@@ -35,7 +35,7 @@ from workbench.db.connection import (
 from workbench.db.migrations import SCHEMA_VERSION, create_database, migrate
 from workbench.jobmodel.resources import Resources
 from workbench.jobmodel.retry import retry_delay_s
-from workbench.jobmodel.secrets import mask_job_json
+from workbench.jobmodel.secrets import HeldCredentials, mask_job_json
 from workbench.jobmodel.states import (
     ACTIVE,
     ENDED,
@@ -167,6 +167,9 @@ class JobRequest:
     # Whose job it is: the submitter's uid as the kernel gave it (SO_PEERCRED) in system mode;
     # None in a per-user home, where every job is the home owner's.
     uid: int | None = None
+    # Credentials the job gets from the daemon's memory (workbench.jobmodel.secrets): the store
+    # keeps their token and names (`jobs.held_credentials`, migration 110), never a value.
+    credentials: HeldCredentials | None = None
 
 
 @dataclass(frozen=True)
@@ -689,6 +692,11 @@ class Store:
         if req.slurm:
             conn.execute(
                 "UPDATE jobs SET slurm_options=? WHERE id=?", (json.dumps(req.slurm), job_id)
+            )
+        if req.credentials is not None:
+            conn.execute(
+                "UPDATE jobs SET held_credentials=? WHERE id=?",
+                (json.dumps(req.credentials.record()), job_id),
             )
         if req.repro is not None:
             conn.execute(

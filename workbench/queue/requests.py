@@ -12,9 +12,11 @@ from typing import Any, TypeVar
 from workbench.db.store import JobRequest
 from workbench.jobmodel.resources import Resources, parse_gpus
 from workbench.jobmodel.retry import MAX_RETRIES
+from workbench.jobmodel.secrets import hold_credentials, hold_named
 from workbench.queue.kinds import kind_defaults, load_kind, validate_spec
 from workbench.queue.spec import (
     SpecError,
+    check_env_name,
     check_environment,
     check_exec_strings,
     check_keys,
@@ -92,6 +94,9 @@ class Options:
     time_limit: str | float | None = None
     preemptible: bool | None = None  # None: the kind's default; a command job if checkpointable
     slurm: SlurmOptions | None = None  # per-job sbatch options (the Slurm executor only)
+    # Variables of the submitter's environment held out of the store (`--secret-env NAME`):
+    # handed to the job through the daemon's memory (workbench.daemon.credentials).
+    secret_env: list[str] = field(default_factory=list)
 
 
 T = TypeVar("T")
@@ -162,6 +167,9 @@ def build_request(
     common = {k: v for k, v in table.items() if k in OPTION_KEYS}
     rest = {k: v for k, v in table.items() if k not in OPTION_KEYS and k not in ignore}
     options = from_table(Options, common, where)
+    # Before anything reads the spec (its errors would show a password in a source URL).
+    captured_env = dict(os.environ if env is None else env)
+    rest, captured_env, credentials = hold_credentials(options.kind, rest, captured_env)
     check_group(options.group, f"{where}: key 'group'")
     if options.slurm is not None:
         options.slurm.check(where)
@@ -207,7 +215,6 @@ def build_request(
             f"{where}: key 'retries': at most {MAX_RETRIES} automatic retries"
             f" (got {options.retries})"
         )
-    captured_env = dict(os.environ if env is None else env)
     cwd = str(base_dir)
     argv = None
     if options.kind == "command":
@@ -217,6 +224,17 @@ def build_request(
             problem = "is not a directory" if os.path.exists(cwd) else "no such directory"
             raise SpecError(f"{where}: key 'cwd': {cwd}: {problem}")
         captured_env.update(spec.get("env") or {})
+    if options.secret_env:
+        for name in options.secret_env:
+            check_env_name(name, f"{where}: key 'secret_env'")
+        captured_env, credentials, missing = hold_named(
+            captured_env, options.secret_env, credentials
+        )
+        if missing:
+            raise SpecError(
+                f"{where}: key 'secret_env' (--secret-env): {', '.join(missing)} not in the"
+                " environment; export it, or give it with --env"
+            )
     name = options.name or extra.get("stage") or _default_name(options.kind, spec)
     return JobRequest(
         name=name,
@@ -233,6 +251,7 @@ def build_request(
         retries=options.retries,
         time_limit=time_limit,
         preemptible=_preemptible(options, spec, defaults),
+        credentials=credentials,
         **extra,
     )
 

@@ -80,6 +80,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cwd", help="working directory (default: the current one)")
     p.add_argument("--env", action="append", metavar="K=V", help="set an environment variable")
     p.add_argument(
+        "--secret-env",
+        action="append",
+        metavar="NAME",
+        help="hand this environment variable to the job through the daemon's memory, never"
+        " stored or shown (repeatable; spec key: secret_env; see README, Credentials)",
+    )
+    p.add_argument(
         "--capture",
         action="append",
         metavar="PATH",
@@ -330,6 +337,8 @@ def request_from_args(
         table["slurm"] = slurm_table(args.slurm, table.get("slurm"))
     if getattr(args, "capture", None):
         table["capture"] = [*table.get("capture", []), *args.capture]
+    if getattr(args, "secret_env", None):
+        table["secret_env"] = [*table.get("secret_env", []), *args.secret_env]
     env = dict(env)
     for pair in args.env or []:
         key, sep, value = pair.partition("=")
