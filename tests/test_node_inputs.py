@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -156,5 +157,57 @@ def test_an_ingest_after_an_ingest_of_its_dataset_makes_the_next_version_with_no
         assert store.conn.execute(
             "SELECT version, rows, job_id FROM dataset_versions WHERE dataset='d' ORDER BY version"
         ).fetchall() == [(1, 2, ids[0]), (2, 3, ids[1])]
+    finally:
+        store.close()
+
+
+def test_a_dependency_ended_on_slurm_shows_its_end_to_the_job_after_it(
+    home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep's best point is picked among the points that succeeded: with the daemon gone, a
+    stage after the sweep saw its points still queued, so none had "succeeded"."""
+    from jobs.context import JobContext
+    from workbench.db.journal import RECORDS_FILE
+    from workbench.db.store import JobRequest
+
+    store = Store.open(home.state_db)
+    try:
+        requests = [
+            JobRequest(name, "command", {"argv": ["true"]}, "/", {}, argv=["true"],
+                       executor="slurm")
+            for name in ("ok", "bad", "pending", "after")
+        ]  # fmt: skip
+        ok, bad, pending, after = store.submit_pipeline(
+            "p",
+            "p.toml",
+            [(requests[0], ()), (requests[1], ()), (requests[2], ()),
+             (requests[3], (("ok", "any"), ("bad", "any"), ("pending", "any")))],
+        )[1].values()  # fmt: skip
+        ok_id, bad_id, pending_id, after_id = ok[0], bad[0], pending[0], after[0]
+        for job_id, code in ((ok_id, 0), (bad_id, 3)):
+            home.run_dir(job_id).mkdir(parents=True)
+            (home.run_dir(job_id) / "exit.json").write_text(
+                json.dumps({"exit_code": code, "signal": None, "ended_at": time.time()})
+            )
+        home.run_dir(after_id).mkdir(parents=True)
+        monkeypatch.setenv("WORKBENCH_RECORDS", str(home.run_dir(after_id) / RECORDS_FILE))
+        handler = signal.getsignal(signal.SIGTERM)
+        try:
+            ctx = JobContext.from_environment(after_id)
+        finally:
+            signal.signal(signal.SIGTERM, handler)
+        seen = {i: ctx.store.get(i).state for i in (ok_id, bad_id, pending_id, after_id)}
+        assert seen == {
+            ok_id: "succeeded",
+            bad_id: "failed",
+            pending_id: "queued",
+            after_id: "queued",
+        }
+        assert ctx.store.get(bad_id).exit_code == 3
+        assert {store.get(i).state for i in seen} == {"queued"}  # only the job's copy
+        ctx.store.set_progress(after_id, 0.5, "half")
+        records = (home.run_dir(after_id) / RECORDS_FILE).read_text().splitlines()
+        assert len(records) == 1 and "progress" in records[0]  # its own writes, no others
+        ctx.store.close()
     finally:
         store.close()
