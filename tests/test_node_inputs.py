@@ -211,3 +211,33 @@ def test_a_dependency_ended_on_slurm_shows_its_end_to_the_job_after_it(
         ctx.store.close()
     finally:
         store.close()
+
+
+def test_a_script_on_a_node_finds_the_dataset_an_ingest_before_it_made_with_no_daemon(
+    home: Home, tmp_path: Path
+) -> None:
+    """`workbench.track.dataset()` in a command stage read state.db alone: "no dataset named
+    'd'" until the daemon applied the ingest's records (never, with the daemon dead)."""
+    (tmp_path / "a.csv").write_text("x,y\n1,2\n3,4\n")
+    script = "import workbench.track as t; d = t.dataset('d'); print('found', d.version, d.rows)"
+    (tmp_path / "p.toml").write_text(
+        '[pipeline]\nname = "read"\n\n'
+        '[[stage]]\nname = "ingest"\nkind = "ingest"\nsource = ["a.csv"]\ndataset = "d"\n\n'
+        f'[[stage]]\nname = "use"\nkind = "command"\nafter = ["ingest"]\n'
+        f"argv = [{json.dumps(sys.executable)}, '-c', {json.dumps(script)}]\n"
+    )
+    store = Store.open(home.state_db)
+    try:
+        ingest_id, use_id = _submit_on_slurm(store, tmp_path / "p.toml")
+        for job_id in (ingest_id, use_id):
+            code, _ = _run_as_on_a_node(home, store, job_id)
+            assert code == 0, (home.run_dir(job_id) / "log").read_text()
+        assert "found 1 2" in (home.run_dir(use_id) / "log").read_text()
+        _daemon_comes_back(home, store)
+        assert [store.get(i).state for i in (ingest_id, use_id)] == ["succeeded"] * 2
+        lineage = store.conn.execute(
+            "SELECT dataset, version FROM run_datasets WHERE job_id=?", (use_id,)
+        ).fetchall()
+        assert lineage == [("d", 1)]
+    finally:
+        store.close()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from workbench.daemon.runner import read_exit
 from workbench.db import executors as placement_db
-from workbench.db.journal import RECORDS_FILE, RecordError, apply_all_records
+from workbench.db.journal import RECORDS_FILE, RecordError, apply_all_records, private_copy
 from workbench.db.store import PAUSED, QUEUED, RUNNING, SETTLED, STARTING, Event, Store
 
 
@@ -80,3 +80,13 @@ def catch_up(store: Store, job_id: int, runs: Path) -> list[str]:
             dep_id, event, said, only_from=[RUNNING, PAUSED], exit_code=status.exit_code
         )
     return notes
+
+
+def node_copy(state_db: Path, job_id: int, runs: Path) -> Store:
+    """For a script on a cluster node (`workbench.track.dataset()` in a command job): a private
+    in-memory copy of state.db caught up with what job `job_id`'s dependencies left under
+    `runs` (`catch_up`), to read the catalog from without the daemon. The caller closes it.
+    Raises StoreError if state.db cannot be read."""
+    copy = private_copy(state_db)
+    catch_up(copy, job_id, runs)
+    return copy

@@ -72,6 +72,22 @@ class _OneConnection(ThreadConnections):
         return conn
 
 
+def private_copy(state_db: Path) -> Store:
+    """A store over a private in-memory copy of state.db (SQLite's online backup, with state.db
+    opened read-only): what a job on a cluster node reads, where writing state.db is unsafe.
+    Writes to it change the copy only. Raises StoreError if state.db cannot be read."""
+    try:
+        source = sqlite3.connect(f"file:{state_db}?mode=ro", uri=True, timeout=30.0)
+        try:
+            memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            source.backup(memory)
+        finally:
+            source.close()
+    except sqlite3.Error as error:
+        raise StoreError(f"cannot read {state_db}: {error}") from error
+    return Store(_OneConnection(state_db, memory), state_db)
+
+
 class RecordingStore(Store):
     """The store a job on another node uses: reads from a copy of state.db taken when the job
     started (plus its own writes), writes appended to `records` (one line per transaction,
@@ -96,18 +112,10 @@ class RecordingStore(Store):
         filesystem holds (workbench.daemon.upstream.catch_up) before the job reads it; what it
         writes to the copy is not recorded (the daemon applies those files itself). Nothing
         waits for the daemon. Raises StoreError if state.db cannot be read."""
-        try:
-            source = sqlite3.connect(f"file:{state_db}?mode=ro", uri=True, timeout=30.0)
-            try:
-                memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-                source.backup(memory)
-            finally:
-                source.close()
-        except sqlite3.Error as error:
-            raise StoreError(f"cannot read {state_db}: {error}") from error
-        connections = _OneConnection(state_db, memory)
+        copy = private_copy(state_db)
         if catch_up is not None:
-            catch_up(Store(connections, state_db))
+            catch_up(copy)
+        connections = copy._connections
         store = cls(connections, state_db)
         store.records = records
         store._lock = threading.RLock()
