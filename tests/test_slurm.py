@@ -631,6 +631,7 @@ def test_the_quickstart_on_slurm_outlives_its_daemon_and_client(on_slurm: Home) 
         places: list[placement_db.Placement] = wait_for(
             lambda: len(p := [x for x in _placements(on_slurm) if x.slurm_id]) == 5 and p,
             60,
+            interval=0.2,
             what="the five stages to be handed to Slurm",
         )
         ids = {p.job_id: p.slurm_id or "" for p in places}
