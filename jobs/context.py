@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from workbench import safefs
+from workbench.daemon import upstream
 from workbench.daemon.runner import FAILURE_FILE
 from workbench.db.journal import RecordingStore
 from workbench.db.store import Job, Store
@@ -90,11 +91,21 @@ class JobContext:
     @classmethod
     def from_environment(cls, job_id: int) -> JobContext:
         """The context of job `job_id`. With `WORKBENCH_RECORDS` set (a job on a cluster node,
-        where writing state.db is unsafe) writes go to that record file for the daemon to apply."""
+        where writing state.db is unsafe) writes go to that record file for the daemon to apply,
+        and reads see what the job's dependencies left on the shared filesystem even when the
+        daemon has not applied it (`workbench.daemon.upstream.catch_up`): the job never needs
+        the daemon alive to find its inputs."""
         home = Home.current()
         records = os.environ.get("WORKBENCH_RECORDS")
         if records:
-            store: Store = RecordingStore.open_recording(home.state_db, Path(records), job_id)
+
+            def catch_up(copy: Store) -> None:
+                for note in upstream.catch_up(copy, job_id, home.runs):
+                    print(f"[workbench] a dependency's records: {note}", flush=True)
+
+            store: Store = RecordingStore.open_recording(
+                home.state_db, Path(records), job_id, catch_up
+            )
         else:
             store = Store.open(home.state_db)
         return cls(home, store, store.get(job_id))

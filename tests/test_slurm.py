@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,7 +33,7 @@ from workbench.daemon.executors.slurm_map import (
     sbatch_args,
 )
 from workbench.db import executors as placement_db
-from workbench.db.store import Job, JobRequest, JobState, Resources, Store
+from workbench.db.store import ENDED, Job, JobRequest, JobState, Resources, Store
 from workbench.paths import Home
 
 FIXTURE = ROOT / "tests" / "slurm"
@@ -573,6 +574,29 @@ def _batch(home: Home, *extra: str) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
+def _outcome(home: Home) -> tuple[Any, ...]:
+    """What a quickstart run left in `home`: each stage's last metrics (but throughput) and
+    number of training steps, the runs' metrics, (dataset, rows, hash) of every dataset version,
+    and how many models were exported."""
+    store = Store.open(home.state_db)
+    try:
+        metrics = {
+            job.stage: {k: v for k, v in store.last_metrics(job.id).items() if k != "samples_per_s"}
+            for job in store.list_jobs()
+        }
+        steps = {
+            job.stage: len(store.metrics(job.id).get("train_loss", [])) for job in store.list_jobs()
+        }
+    finally:
+        store.close()
+    env = {"WORKBENCH_HOME": str(home.root)}
+    runs = json.loads(workbench("runs", "--json", env=env).stdout)
+    datasets = json.loads(workbench("datasets", "--json", env=env).stdout)
+    models = json.loads(workbench("models", "--json", env=env).stdout)
+    hashes = sorted((d["dataset"], d["rows"], d["content_hash"]) for d in datasets)
+    return metrics, steps, [r["metrics"] for r in runs], hashes, len(models)
+
+
 @pytest.mark.slow
 def test_quickstart_on_slurm_matches_the_local_run(on_slurm: Home) -> None:
     local = Home(Path(tempfile.mkdtemp(prefix="wb-local-", dir="/tmp"))).ensure()
@@ -582,33 +606,82 @@ def test_quickstart_on_slurm_matches_the_local_run(on_slurm: Home) -> None:
         for run in runs:
             out, err = run.communicate(timeout=300)
             assert run.returncode == 0, out[-2000:] + err[-2000:]
-        results = []
-        for home in (local, on_slurm):
-            store = Store.open(home.state_db)
-            try:
-                metrics = {
-                    job.stage: {
-                        k: v for k, v in store.last_metrics(job.id).items() if k != "samples_per_s"
-                    }
-                    for job in store.list_jobs()
-                }
-                steps = {
-                    job.stage: len(store.metrics(job.id).get("train_loss", []))
-                    for job in store.list_jobs()
-                }
-            finally:
-                store.close()
-            env = {"WORKBENCH_HOME": str(home.root)}
-            runs = json.loads(workbench("runs", "--json", env=env).stdout)
-            datasets = json.loads(workbench("datasets", "--json", env=env).stdout)
-            models = json.loads(workbench("models", "--json", env=env).stdout)
-            hashes = sorted((d["dataset"], d["rows"], d["content_hash"]) for d in datasets)
-            results.append((metrics, steps, [r["metrics"] for r in runs], hashes, len(models)))
+        results = [_outcome(home) for home in (local, on_slurm)]
         assert results[1] == results[0]
         metrics, steps, _, _, _ = results[1]
         assert metrics["test"]["accuracy"] > 0.9 and steps["train"] > 40  # came back as records
         places = _placements(on_slurm)
         assert len(places) == 5 and all(p.executor == "slurm" and p.slurm_id for p in places)
+    finally:
+        stop_daemon(local)
+        shutil.rmtree(local.root, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_the_quickstart_on_slurm_outlives_its_daemon_and_client(on_slurm: Home) -> None:
+    """`kill -9` of the daemon and of the `--batch` client once the five stages are in squeue
+    (a login node reaping them): the stages find their inputs on the shared filesystem, and the
+    daemon started again settles them all, with the local run's figures, each registered once.
+    Before, train waited 60 s for the daemon, then failed "no dataset named 'penguins_train'"."""
+    from workbench.daemon.link import lock_holder
+
+    local = Home(Path(tempfile.mkdtemp(prefix="wb-local-", dir="/tmp"))).ensure()
+    try:
+        batch = _batch(on_slurm)
+        places: list[placement_db.Placement] = wait_for(
+            lambda: len(p := [x for x in _placements(on_slurm) if x.slurm_id]) == 5 and p,
+            60,
+            interval=0.2,
+            what="the five stages to be handed to Slurm",
+        )
+        ids = {p.job_id: p.slurm_id or "" for p in places}
+        wait_for(
+            lambda: set(SlurmClient().squeue()) >= set(ids.values()),
+            60,
+            interval=0.2,
+            what="the five stages to be in squeue",
+        )
+        daemon = lock_holder(on_slurm)
+        assert daemon and daemon > 0
+        os.kill(daemon, 9)
+        os.kill(batch.pid, 9)
+        batch.communicate(timeout=10)
+        store = Store.open(on_slurm.state_db)
+        try:  # the daemon had registered none of what the stages make
+            for table in ("dataset_versions", "runs"):
+                assert store.conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
+        finally:
+            store.close()
+        local_run = _batch(local, "--executor", "local")  # meanwhile, the same run here
+        out, err = local_run.communicate(timeout=300)
+        assert local_run.returncode == 0, out[-2000:] + err[-2000:]
+        wait_for(
+            lambda: all(
+                j.state not in slurm_map.ACTIVE_SLURM_STATES
+                for j in SlurmClient().squeue_jobs(list(ids.values())).values()
+            ),
+            300,
+            interval=1.0,
+            what="Slurm to finish the five stages with no daemon",
+        )
+        assert workbench("daemon", "start").returncode == 0
+        store = Store.open(on_slurm.state_db)
+
+        def settled() -> list[Job] | None:
+            got = [store.get(i) for i in ids]
+            return got if all(j.state in ENDED for j in got) else None
+
+        try:
+            jobs: list[Job] = wait_for(
+                settled, 120, interval=0.5, what="the daemon to settle the five stages"
+            )
+        finally:
+            store.close()
+        assert [(j.stage, j.state, j.attempt) for j in jobs] == [
+            (j.stage, "succeeded", 1) for j in jobs
+        ], [j.reason for j in jobs]
+        assert {p.job_id: p.slurm_id for p in _placements(on_slurm)} == ids  # none run twice
+        assert _outcome(on_slurm) == _outcome(local)
     finally:
         stop_daemon(local)
         shutil.rmtree(local.root, ignore_errors=True)

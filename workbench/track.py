@@ -432,18 +432,43 @@ def _home() -> Path:
     return base / "workbench"
 
 
+def _node_dataset_version(
+    state_db: Path, name: str, version: int | None
+) -> tuple[tuple[Any, ...] | None, list[int], list[str]]:
+    """`lake_read.dataset_version`, as a job on a cluster node must see it: its dependencies'
+    datasets may be on the shared filesystem before the daemon has applied their records (or
+    with no daemon alive), so there the catalog is read from a copy of state.db caught up with
+    them (workbench.daemon.upstream.node_copy). Raises OSError when state.db cannot be read."""
+    from workbench.db.lake_read import dataset_version
+
+    job = os.environ.get("WORKBENCH_JOB_ID", "")
+    run_dir = os.environ.get("WORKBENCH_RUN_DIR", "")
+    if not (os.environ.get("WORKBENCH_RECORDS") and job.isdigit() and run_dir):
+        return dataset_version(state_db, name, version)
+    from workbench.daemon.upstream import node_copy
+    from workbench.db.lake_read import read_catalog
+    from workbench.db.store import StoreError
+
+    try:
+        copy = node_copy(state_db, int(job), Path(run_dir).parent)
+    except StoreError as error:
+        raise OSError(str(error)) from None
+    try:
+        return read_catalog(copy.conn, name, version)
+    finally:
+        copy.close()
+
+
 def dataset(name: str, version: int | None = None) -> Dataset:
     """The Parquet files of version `version` (the latest when None) of lake dataset `name`,
     and its lineage (name, version, content hash) recorded on this job's run. Works outside a
     job too (reading the lake of WORKBENCH_HOME), recording nothing. Raises DatasetError when
     the dataset or the version does not exist (the message lists what does)."""
-    from workbench.db.lake_read import dataset_version
-
     state_db = _home() / "state.db"
     if not state_db.is_file():
         raise DatasetError(f"dataset {name!r}: no workbench store at {state_db}")
     try:
-        row, versions, known = dataset_version(state_db, name, version)
+        row, versions, known = _node_dataset_version(state_db, name, version)
     except OSError as error:
         raise DatasetError(f"dataset {name!r}: cannot read {state_db}: {error}") from None
     if row is None:

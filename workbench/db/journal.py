@@ -11,18 +11,16 @@ import re
 import sqlite3
 import stat
 import threading
-import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from workbench import safefs
 from workbench.db.connection import ThreadConnections, immediate
-from workbench.db.store import SETTLED, Store, StoreError
+from workbench.db.store import Store, StoreError
 
 RECORDS_FILE = "records.jsonl"
-DEPENDENCY_WAIT_S = 60.0
 CHUNK_BYTES = 2 << 20  # whole lines applied per call (some 35,000 metric points, ~0.3 s)
 MAX_LINE_BYTES = 64 << 20  # a longer line is skipped unread
 
@@ -74,6 +72,22 @@ class _OneConnection(ThreadConnections):
         return conn
 
 
+def private_copy(state_db: Path) -> Store:
+    """A store over a private in-memory copy of state.db (SQLite's online backup, with state.db
+    opened read-only): what a job on a cluster node reads, where writing state.db is unsafe.
+    Writes to it change the copy only. Raises StoreError if state.db cannot be read."""
+    try:
+        source = sqlite3.connect(f"file:{state_db}?mode=ro", uri=True, timeout=30.0)
+        try:
+            memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            source.backup(memory)
+        finally:
+            source.close()
+    except sqlite3.Error as error:
+        raise StoreError(f"cannot read {state_db}: {error}") from error
+    return Store(_OneConnection(state_db, memory), state_db)
+
+
 class RecordingStore(Store):
     """The store a job on another node uses: reads from a copy of state.db taken when the job
     started (plus its own writes), writes appended to `records` (one line per transaction,
@@ -84,37 +98,25 @@ class RecordingStore(Store):
 
     @classmethod
     def open_recording(
-        cls, state_db: Path, records: Path, job_id: int, wait_s: float = DEPENDENCY_WAIT_S
+        cls,
+        state_db: Path,
+        records: Path,
+        job_id: int,
+        catch_up: Callable[[Store], None] | None = None,
     ) -> RecordingStore:
         """Copy state.db (read-only, SQLite's online backup) into memory; records go to `records`.
 
-        Slurm starts a job as soon as its dependencies end, which can be a tick before the daemon
-        has applied their records (a dataset version, a run): so the copy is taken once the
-        daemon has settled every dependency of `job_id`, waiting up to `wait_s` seconds.
-        Raises StoreError if state.db cannot be read."""
-        deadline = time.monotonic() + wait_s
-        try:
-            while True:
-                source = sqlite3.connect(f"file:{state_db}?mode=ro", uri=True, timeout=30.0)
-                try:
-                    settled = sorted(str(state) for state in SETTLED)
-                    (unsettled,) = source.execute(
-                        "SELECT count(*) FROM job_deps d JOIN jobs j ON j.id = d.dep_id"
-                        f" WHERE d.job_id=? AND j.state NOT IN ({','.join('?' * len(settled))})",
-                        (job_id, *settled),
-                    ).fetchone()
-                    if not unsettled or time.monotonic() >= deadline:
-                        memory = sqlite3.connect(
-                            ":memory:", isolation_level=None, check_same_thread=False
-                        )
-                        source.backup(memory)
-                        break
-                finally:
-                    source.close()
-                time.sleep(0.1)
-        except sqlite3.Error as error:
-            raise StoreError(f"cannot read {state_db}: {error}") from error
-        store = cls(_OneConnection(state_db, memory), state_db)
+        Slurm starts a job as soon as its dependencies end, which can be before the daemon has
+        applied their records (a dataset version, a run), or with no daemon at all (a login
+        node reaped it): `catch_up(copy)` brings the copy up to date from what the shared
+        filesystem holds (workbench.daemon.upstream.catch_up) before the job reads it; what it
+        writes to the copy is not recorded (the daemon applies those files itself). Nothing
+        waits for the daemon. Raises StoreError if state.db cannot be read."""
+        copy = private_copy(state_db)
+        if catch_up is not None:
+            catch_up(copy)
+        connections = copy._connections
+        store = cls(connections, state_db)
         store.records = records
         store._lock = threading.RLock()
         return store

@@ -23,8 +23,16 @@ def dataset_version(
         raise OSError(str(error)) from None
 
 
-def _read(
+def read_catalog(
     conn: Any, name: str, version: int | None
+) -> tuple[tuple[Any, ...] | None, list[int], list[str]]:
+    """What `dataset_version` returns, read from the open SQLite connection `conn`, which is
+    left open (its owner closes it: an in-memory copy of state.db on a cluster node)."""
+    return _read(conn, name, version, close=False)
+
+
+def _read(
+    conn: Any, name: str, version: int | None, close: bool = True
 ) -> tuple[tuple[Any, ...] | None, list[int], list[str]]:
     try:
         query = "SELECT version, content_hash, rows, path FROM dataset_versions WHERE dataset=?"
@@ -40,5 +48,6 @@ def _read(
         ]
         names = [str(r[0]) for r in conn.execute("SELECT name FROM datasets ORDER BY name")]
     finally:
-        conn.close()
+        if close:
+            conn.close()
     return row, versions, names
