@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# One pytest-xdist worker runs these with the team tests (`--dist loadgroup`): Unix users.
+pytestmark = pytest.mark.xdist_group("unix-users")
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

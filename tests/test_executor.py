@@ -20,6 +20,10 @@ from workbench.daemon.executors import Ended, Handle, Launch, LaunchError
 from workbench.daemon.executors import containment as cg
 from workbench.daemon.executors.local import LocalExecutor
 
+# One pytest-xdist worker runs these (`--dist loadgroup`): they share the default cgroup scope,
+# which an executor's close() removes.
+pytestmark = pytest.mark.xdist_group("cgroup-default-scope")
+
 MODES = ["subreaper"] + (["cgroup"] if cg.cgroup_base("cgroup")[0] is not None else [])
 
 # A process that leaves the job's session, one that leaves its process group, and a classic

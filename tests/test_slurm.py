@@ -36,6 +36,9 @@ from workbench.db import executors as placement_db
 from workbench.db.store import ENDED, Job, JobRequest, JobState, Resources, Store
 from workbench.paths import Home
 
+# One pytest-xdist worker runs these (`--dist loadgroup`): one test cluster per machine.
+pytestmark = pytest.mark.xdist_group("slurm")
+
 FIXTURE = ROOT / "tests" / "slurm"
 
 

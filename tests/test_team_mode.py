@@ -31,6 +31,9 @@ from workbench.db.store import Job
 from workbench.jobmodel.resources import Resources
 from workbench.jobmodel.states import JobState
 
+# One pytest-xdist worker runs these (`--dist loadgroup`): they add and remove Unix users.
+pytestmark = pytest.mark.xdist_group("unix-users")
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 from _team_attacks import runners  # noqa: E402  (the bench's attackers run as the same users)
