@@ -21,6 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 _SESSION_HOME: Path | None = None
 
 
+SESSION_HOME_VARIABLE = "WORKBENCH_TEST_SESSION_HOME"  # the home pytest_configure made
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Give the whole session a throwaway WORKBENCH_HOME, so a test that picks no home of its own
     (a pipeline check reading the catalog, a CLI call) never reads or writes the real user's
@@ -28,15 +31,27 @@ def pytest_configure(config: pytest.Config) -> None:
     import tempfile
 
     global _SESSION_HOME
-    if "WORKBENCH_HOME" not in os.environ:
+    inherited = os.environ.get("WORKBENCH_HOME")
+    # A pytest-xdist worker inherits the controller's environment: it gets a home of its own.
+    if inherited is None or inherited == os.environ.get(SESSION_HOME_VARIABLE):
         _SESSION_HOME = Path(tempfile.mkdtemp(prefix="wb-session-", dir="/tmp"))
-        os.environ["WORKBENCH_HOME"] = str(_SESSION_HOME)
+        os.environ["WORKBENCH_HOME"] = os.environ[SESSION_HOME_VARIABLE] = str(_SESSION_HOME)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under `pytest -n N --dist loadgroup`, the tests of a file run in one worker, in the file's
+    order (as without workers: its module fixtures are built once), unless the file names a group
+    shared with other files (`pytestmark = pytest.mark.xdist_group(...)`: a machine part)."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Stop a daemon a test may have started in the session's home, and remove that home."""
     if _SESSION_HOME is not None:
         os.environ.pop("WORKBENCH_HOME", None)
+        os.environ.pop(SESSION_HOME_VARIABLE, None)
         remove_home(Home(_SESSION_HOME))
 
 

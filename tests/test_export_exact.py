@@ -257,22 +257,30 @@ def test_an_int8_model_has_its_own_metric_and_parity(
     )
 
 
+@pytest.fixture(scope="module")
+def dated_yes(daemon: tuple[Client, Home]) -> str:
+    """A dataset of `labelled` rows of class 'yes' only (the class 'no' absent); its name. Each
+    test that reads it asks for it, so none depends on another having run first."""
+    client, home = daemon
+    table = labelled(200, 7)
+    only_yes = table.filter(pa.compute.equal(table["label"], "yes"))
+    lake.publish_arrow(home, client.store, "dated_yes", only_yes)
+    return "dated_yes"
+
+
 def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
 def test_every_json_file_a_job_writes_is_strict_json(
-    daemon: tuple[Client, Home], dated: tuple[int, int], tmp_path: Path
+    daemon: tuple[Client, Home], dated: tuple[int, int], dated_yes: str, tmp_path: Path
 ) -> None:
     """ROC AUC with a class absent from the test rows is null with its reason beside it, not a
     bare NaN; then every JSON file under the home (run.json, report.json, model_card.json, the
     runner's files) parses with a parser that refuses NaN and Infinity."""
     client, home = daemon
     train_id, _ = dated
-    table = labelled(200, 7)
-    only_yes = table.filter(pa.compute.equal(table["label"], "yes"))
-    lake.publish_arrow(home, client.store, "dated_yes", only_yes)
-    job = run(client, tmp_path, kind="test", model=str(train_id), dataset="dated_yes")
+    job = run(client, tmp_path, kind="test", model=str(train_id), dataset=dated_yes)
     assert job.state == "succeeded", job.reason
     text = (home.run_dir(job.id) / "report.json").read_text()
     report = json.loads(text, parse_constant=_refuse_constant)
@@ -285,7 +293,7 @@ def test_every_json_file_a_job_writes_is_strict_json(
 
 
 def test_lineage_card_names_workbench_onnx_test_names_its_run_each_test_keeps_its_predictions(
-    daemon: tuple[Client, Home], dated: tuple[int, int], tmp_path: Path
+    daemon: tuple[Client, Home], dated: tuple[int, int], dated_yes: str, tmp_path: Path
 ) -> None:
     import subprocess
 
@@ -305,7 +313,7 @@ def test_lineage_card_names_workbench_onnx_test_names_its_run_each_test_keeps_it
         in (home.run_dir(export_id) / "model_card.md").read_text()
     )
     first = run(client, tmp_path, kind="test", model=card["file"], dataset="dated")
-    second = run(client, tmp_path, kind="test", model=str(train_id), dataset="dated_yes")
+    second = run(client, tmp_path, kind="test", model=str(train_id), dataset=dated_yes)
     assert first.state == second.state == "succeeded", (first.reason, second.reason)
     report = json.loads((home.run_dir(first.id) / "report.json").read_text())
     assert report["model"]["run_job_id"] == train_id  # the .onnx file named its run
