@@ -58,6 +58,7 @@ from workbench.db.store import (
 from workbench.db.track_records import mark_finished
 from workbench.paths import Home
 from workbench.queue.kinds import job_argv
+from workbench.queue.requests import SlurmOptions
 from workbench.queue.spec import SpecError
 from workbench.units import format_duration
 
@@ -1307,9 +1308,37 @@ def bind_executor(
     """Requests bound to executor `kind` (None: `[executor] kind` of config.toml, else local),
     checked at submit when that is Slurm. Raises SpecError naming the job or stage and field."""
     config = load_config(home.config)
+    given = kind is not None
     kind = kind or config.executor.kind
     if kind not in EXECUTOR_KINDS:
         raise SpecError(f"--executor: expected one of {', '.join(EXECUTOR_KINDS)}, got {kind!r}")
     bound = [dataclasses.replace(r, executor=kind) for r in requests]
+    chosen_by = (
+        f"--executor {kind}"
+        if given
+        else f"this home's executor is {kind}: [executor] kind in config.toml"
+    )
+    refuse_slurm_options(bound, chosen_by, labels)
     check_requests(bound, home, config, where=labels)
     return bound
+
+
+def refuse_slurm_options(
+    requests: Sequence[JobRequest], chosen_by: str, labels: Sequence[str] | None = None
+) -> None:
+    """Refuse per-job Slurm options (`[slurm]` of a spec, `[stage.slurm]`, `--slurm KEY=VALUE`)
+    on a job bound to another executor than Slurm: they would be dropped without a word.
+    `chosen_by` says where the executor came from. Raises SpecError naming the job or stage,
+    the keys and the executor."""
+    for index, request in enumerate(requests):
+        unset = dataclasses.asdict(SlurmOptions())
+        keys = sorted(k for k, v in (request.slurm or {}).items() if unset.get(k, v) != v)
+        if request.executor == "slurm" or not keys:
+            continue  # an empty [slurm] table asks for nothing
+        label = labels[index] if labels else f"job {request.name!r}"
+        field = "--slurm" if label == "submit" else "key 'slurm'"
+        raise SpecError(
+            f"{label}: {field} ({', '.join(keys)}): per-job Slurm options, but the job runs on the"
+            f" {request.executor} executor ({chosen_by}), where they would be ignored; run it on"
+            " Slurm (--executor slurm) or leave them out"
+        )
