@@ -1004,8 +1004,9 @@ def test_bench_executor_tiny(slurm: dict[str, str]) -> None:
     ours, bare, _ = rows["submit to done: the daemon vs bare `sbatch --wait --wrap`, median"]
     assert 0 < ms(ours) < 60_000 and 0 < float(bare.split()[-2]) < 60_000, done.stdout
     for n in (1, 4):
-        cpu, calls, _ = rows[f"following {n} long job(s): daemon CPU, Slurm calls per minute"]
+        cpu, calls, note = rows[f"following {n} long job(s): daemon CPU, Slurm calls per minute"]
         assert 0 <= float(cpu.split("%")[0]) < 100 and float(calls.split()[0]) < 200, done.stdout
+        assert "with its Slurm commands" in cpu and "10 foreign jobs" in note, done.stdout
     assert "2 single jobs per executor" in done.stdout
 
 
@@ -1629,3 +1630,43 @@ def test_the_daemon_follows_a_suspension_without_holding_the_job(
     executor.tick()
     assert store.get(job_id).state == "running"
     assert not [a for a in ran if a[:2] in (["scontrol", "hold"], ["scontrol", "release"])], ran
+    state[0] = "SUSPENDED"
+    executor.pacer.next_at = 0.0
+    executor.tick()
+    assert store.get(job_id).state == "paused"
+    # A suspended job ran: its cancel goes through Slurm, not "cancelled before it started".
+    assert store.request(job_id, "cancel") == "cancelling"
+    executor.pacer.next_at = 0.0
+    executor.tick()
+    assert ["scancel", "77"] in ran, ran
+
+
+def test_an_array_the_cluster_refuses_is_refused_at_submit(
+    slurm: dict[str, str], on_slurm: Home, tmp_path: Path
+) -> None:
+    """MaxArraySize 4 and `max_array_tasks=2` (set for this test): 6 alike jobs of a group
+    capped at 2 go as an array of 4 (split to MaxArraySize), which this cluster refuses.
+    `--test-only` ran without `--array`, so the jobs were taken and each failed at sbatch
+    ("Invalid job array specification"); now submit refuses them (exit 2), nothing queued."""
+    conf = Path(slurm["SLURM_CONF"])
+    original = conf.read_text()
+    changed = original.replace("MinJobAge=600", "MinJobAge=600\nMaxArraySize=4").replace(
+        "SchedulerParameters=batch_sched_delay=0",
+        "SchedulerParameters=batch_sched_delay=0,max_array_tasks=2",
+    )
+    conf.write_text(changed)
+    subprocess.run(["scontrol", "reconfigure"], check=True)
+    try:
+        assert workbench("group", "g", "--parallel", "2").returncode == 0
+        lines = tmp_path / "jobs.txt"
+        lines.write_text("true\n" * 6)
+        done = workbench("submit", "--group", "g", "--bulk", str(lines))
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "as one array of 4 jobs" in done.stderr and "--array=0-3%2" in done.stderr
+        assert workbench("ls", "--all", "--json").stdout.strip() in ("[]", "")
+        lines.write_text("true\n" * 2)  # an array of 2: within max_array_tasks, taken
+        done = workbench("submit", "--group", "g", "--bulk", str(lines))
+        assert done.returncode == 0, done.stdout + done.stderr
+    finally:
+        conf.write_text(original)
+        subprocess.run(["scontrol", "reconfigure"], check=True)

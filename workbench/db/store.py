@@ -1173,6 +1173,12 @@ class Store:
                     " or administrator of the cluster, set [executor] suspend = true"
                 )
             held = state == PAUSED and row[1] is None  # paused before it ever started
+            if held and row[2] == "slurm":  # or a running Slurm job, suspended there
+                last = conn.execute(
+                    "SELECT event FROM job_events WHERE job_id=? ORDER BY id DESC LIMIT 1",
+                    (job_id,),
+                ).fetchone()
+                held = not last or last[0] != Event.PAUSE
             outcome = self._request(conn, job_id, action, state, held, now)
             self._audit(conn, action, job_id, outcome, now)
             dropped = action == "rm" and self._drop_backup()
