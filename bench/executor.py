@@ -119,7 +119,8 @@ def foreign_jobs(count: int) -> list[str]:
     )
     argv = ["xargs", "-P", "4", "-I", "{}", "sh", "-c", submit]
     if os.geteuid() == 0:
-        argv = ["runuser", "-u", "nobody", "--", *argv]
+        conf = f"SLURM_CONF={os.environ.get('SLURM_CONF', '')}"
+        argv = ["runuser", "-u", "nobody", "--", "env", conf, f"PATH={os.environ['PATH']}", *argv]
     done = subprocess.run(
         argv, input="".join(f"{i}\n" for i in range(count)), capture_output=True, text=True,
         timeout=60 + count, cwd="/tmp",

@@ -1550,7 +1550,7 @@ def test_pause_suspends_a_running_slurm_job_only_where_the_home_allows_it(
         def _run(self, argv: list[str], env: object = None, stdin: str | None = None) -> str:
             ran.append(argv)
             if refuse[0]:
-                raise SlurmError("scontrol: error: Access/permission denied")
+                raise SlurmError("scontrol: Access/permission denied for job 77")
             return ""
 
     home.config.write_text(f'[executor]\nkind = "slurm"\nsuspend = {str(allowed).lower()}\n')
@@ -1670,3 +1670,40 @@ def test_an_array_the_cluster_refuses_is_refused_at_submit(
     finally:
         conf.write_text(original)
         subprocess.run(["scontrol", "reconfigure"], check=True)
+
+
+def test_pause_suspends_and_resume_resumes_on_the_cluster(
+    on_slurm: Home, client: Client, tmp_path: Path
+) -> None:
+    """`[executor] suspend = true`: pause of a running Slurm job is `scontrol suspend` (Slurm
+    shows it SUSPENDED, we show it paused, and the daemon leaves it so), resume is `scontrol
+    resume`. A cluster user who is not an operator (a shim answering as Slurm does) gets exit 2
+    with Slurm's answer and the job runs on."""
+    on_slurm.config.write_text('[executor]\nkind = "slurm"\nsuspend = true\n')
+    job_id = _submit("--", "sleep", "120")
+    job = _wait(client, job_id, "running", timeout=60)
+    real = shutil.which("scontrol")
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    (shims / "scontrol").write_text(
+        '#!/bin/sh\n[ "$1" = suspend ] && { echo "Access/permission denied for job $2" >&2;'
+        f' exit 1; }}\nexec {real} "$@"\n'
+    )
+    (shims / "scontrol").chmod(0o755)
+    denied = workbench("pause", str(job_id), env={"PATH": f"{shims}:{os.environ['PATH']}"})
+    assert denied.returncode == 2, denied.stdout + denied.stderr
+    assert "Access/permission denied" in denied.stderr and "operator" in denied.stderr
+    assert client.store.get(job_id).state == "running"
+    assert (_slurm_view(job.slurm_id or "") or SlurmJob("", "", "")).state == "RUNNING"
+    done = workbench("pause", str(job_id))
+    assert done.returncode == 0 and "paused" in done.stdout, done.stdout + done.stderr
+    assert (_slurm_view(job.slurm_id or "") or SlurmJob("", "", "")).state == "SUSPENDED"
+    time.sleep(2.5)  # the daemon's polls see SUSPENDED: it stays paused, nothing is held
+    assert client.store.get(job_id).state == "paused"
+    done = workbench("resume", str(job_id))
+    assert done.returncode == 0 and "running" in done.stdout, done.stdout + done.stderr
+    assert (_slurm_view(job.slurm_id or "") or SlurmJob("", "", "")).state == "RUNNING"
+    time.sleep(2.5)
+    assert client.store.get(job_id).state == "running"
+    assert workbench("cancel", str(job_id)).returncode == 0
+    _wait(client, job_id, "cancelled", timeout=30)
