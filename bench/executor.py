@@ -209,6 +209,7 @@ def main() -> int:
         " (default 3000; --tiny: 10)",
     )
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     if args.foreign is None:
         args.foreign = 10 if args.tiny else 3000
     reps = 2 if args.tiny else 5 if args.quick else 15
@@ -345,7 +346,8 @@ def main() -> int:
         " while the interval is still growing (2 calls a minute at the 30 s ceiling). The daemon's"
         " CPU is its own (utime + stime), and with the Slurm commands it ran (its children's"
         " times, which include each squeue's). The machine is shared and loaded (2 cores, five"
-        " developers), so absolute times vary; the ratios are within one run."
+        f" developers; load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at"
+        " the end), so absolute times vary; the ratios are within one run."
     )
     print(body)
     if args.tiny:
