@@ -1397,8 +1397,8 @@ def refuse_slurm_options(
     on a job bound to another executor than Slurm: they would be dropped without a word.
     `chosen_by` says where the executor came from. Raises SpecError naming the job or stage,
     the keys and the executor."""
+    unset = dataclasses.asdict(SlurmOptions())
     for index, request in enumerate(requests):
-        unset = dataclasses.asdict(SlurmOptions())
         keys = sorted(k for k, v in (request.slurm or {}).items() if unset.get(k, v) != v)
         if request.executor == "slurm" or not keys:
             continue  # an empty [slurm] table asks for nothing
