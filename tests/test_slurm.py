@@ -316,6 +316,76 @@ def test_shared_filesystem_refusal_names_the_paths_and_the_fix(
     assert "runs/" in message and "lake/" in message and "shared_paths" in message
 
 
+def _sub(cpus: float = 1) -> Submission:
+    return Submission(name="", output="/dev/null", cwd="", cpus=cpus)
+
+
+@pytest.mark.parametrize(
+    ("jobs", "caps", "largest", "shapes"),
+    [
+        ([("g", _sub())] * 6, {"g": 2}, 4, [(4, 2)] * 6),  # split to MaxArraySize, keeps %2
+        ([("g", _sub())] * 3, {"g": 2}, 1001, [(3, 2)] * 3),
+        ([("g", _sub())], {"g": 2}, 1001, [(0, 0)]),  # one job: no array
+        ([("g", _sub())] * 3, {}, 1001, [(0, 0)] * 3),  # no cap: jobs of their own
+        ([("g", _sub()), ("g", _sub(2)), ("g", _sub())], {"g": 2}, 9, [(2, 2), (0, 0), (2, 2)]),
+        ([("a", _sub()), ("b", _sub())], {"a": 1, "b": 1}, 9, [(0, 0), (0, 0)]),
+    ],
+)  # fmt: skip
+def test_the_array_a_submission_goes_in(
+    jobs: list[tuple[str, Submission]],
+    caps: dict[str, int],
+    largest: int,
+    shapes: list[tuple[int, int]],
+) -> None:
+    from workbench.daemon.executors.slurm import array_shapes
+
+    assert array_shapes(jobs, caps, largest) == shapes
+
+
+def test_test_only_asks_with_the_array_it_will_be_handed_over_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--test-only` ran without `--array`, so an array the cluster refuses (past its
+    MaxArraySize, more tasks than `max_array_tasks`) failed every job after submit. Now it asks
+    with the array as the daemon will hand it over (split to MaxArraySize), and the cache of
+    shapes the cluster took keys on it."""
+    from workbench.daemon.executors import slurm as slurm_module
+    from workbench.daemon.executors.slurm import check_requests
+
+    asked: list[list[str]] = []
+
+    class Cluster(SlurmClient):
+        def cluster_info(self) -> ClusterInfo:
+            return ClusterInfo(max_array_size=4)
+
+        def test_only(self, args: list[str]) -> None:
+            asked.append(args)
+
+        def nodes_are_this_host(self) -> bool:
+            return True
+
+    monkeypatch.setattr(slurm_module, "read_mounts", lambda: [("/", "ext4")])
+    home = Home(tmp_path).ensure()
+    config = Config(executor=ExecutorConfig(kind="slurm"))
+
+    def sweep(count: int, group: str = "g") -> list[JobRequest]:
+        return [JobRequest(f"j{i}", "command", {"argv": ["true"]}, "/", {}, argv=["true"],
+                           executor="slurm", group=group, resources=Resources(cpus=1))
+                for i in range(count)]  # fmt: skip
+
+    check_requests(sweep(6), home, config, client=Cluster(), group_caps={"g": 2})
+    assert len(asked) == 1 and "--array=0-3%2" in asked[0], asked
+    check_requests(sweep(6), home, config, client=Cluster(), group_caps={"g": 2})
+    assert len(asked) == 1  # the same shape, taken: not asked again
+    check_requests(sweep(3), home, config, client=Cluster(), group_caps={"g": 2})
+    assert len(asked) == 2 and "--array=0-2%2" in asked[1]  # another array: asked
+    check_requests(sweep(1), home, config, client=Cluster(), group_caps={"g": 2})
+    assert len(asked) == 3 and not any(a.startswith("--array") for a in asked[2])
+    Store.open(home.state_db).set_group("stored", 3)  # a group's cap from `workbench group`
+    check_requests(sweep(2, "stored"), home, config, client=Cluster())
+    assert "--array=0-1%3" in asked[3], asked
+
+
 # ---- a real one-node Slurm ------------------------------------------------------------------
 
 
@@ -1010,8 +1080,9 @@ def test_bench_executor_tiny(slurm: dict[str, str]) -> None:
     ours, bare, _ = rows["submit to done: the daemon vs bare `sbatch --wait --wrap`, median"]
     assert 0 < ms(ours) < 60_000 and 0 < float(bare.split()[-2]) < 60_000, done.stdout
     for n in (1, 4):
-        cpu, calls, _ = rows[f"following {n} long job(s): daemon CPU, Slurm calls per minute"]
+        cpu, calls, note = rows[f"following {n} long job(s): daemon CPU, Slurm calls per minute"]
         assert 0 <= float(cpu.split("%")[0]) < 100 and float(calls.split()[0]) < 200, done.stdout
+        assert "with its Slurm commands" in cpu and "10 foreign jobs" in note, done.stdout
     assert "2 single jobs per executor" in done.stdout
 
 
@@ -1536,3 +1607,179 @@ def test_a_cancel_is_carried_out_at_once_not_at_the_next_slow_poll(
     assert workbench("cancel", str(job_id)).returncode == 0
     _wait(client, job_id, "cancelled", timeout=30)
     assert time.monotonic() - began < 8
+
+
+@pytest.mark.parametrize("allowed", [True, False])
+def test_pause_suspends_a_running_slurm_job_only_where_the_home_allows_it(
+    home: Home, client: Client, allowed: bool
+) -> None:
+    """With `[executor] suspend = true`, pause of a running Slurm job is `scontrol suspend` and
+    the job shows paused; resume is `scontrol resume`. Slurm's refusal (an ordinary user)
+    reaches the client as exit 2 with nothing changed; without the setting the refusal stays."""
+    from workbench.daemon.executors.slurm import SlurmError
+    from workbench.db.store import Event, NotWhereItRuns
+
+    ran: list[list[str]] = []
+    refuse = [False]
+
+    class Cluster(SlurmClient):
+        def _run(self, argv: list[str], env: object = None, stdin: str | None = None) -> str:
+            ran.append(argv)
+            if refuse[0]:
+                raise SlurmError("scontrol: Access/permission denied for job 77")
+            return ""
+
+    home.config.write_text(f'[executor]\nkind = "slurm"\nsuspend = {str(allowed).lower()}\n')
+    store = client.store
+    (job_id,) = store.submit_many(
+        [JobRequest("j", "command", {"argv": ["true"]}, "/", {}, argv=["true"], executor="slurm")]
+    )
+    placement_db.set_slurm_id(store, [job_id], ["77"])
+    store.transition(job_id, Event.START, "s")
+    store.transition(job_id, Event.LAUNCHED, "r")
+    from workbench.daemon.executors import slurm_suspend
+
+    def control(action: str) -> str:
+        done = slurm_suspend.suspend_or_resume(home, store, job_id, action, client=Cluster())
+        return done if done is not None else store.request(job_id, action)
+
+    if not allowed:
+        with pytest.raises(NotWhereItRuns, match="suspend = true"):
+            control("pause")
+        assert ran == [] and store.get(job_id).state == "running"
+        return
+    refuse[0] = True
+    with pytest.raises(NotWhereItRuns, match=r"Access/permission denied.*operator"):
+        control("pause")
+    job = store.get(job_id)
+    assert job.state == "running" and job.intent is None
+    assert ran == [["scontrol", "suspend", "77"]]
+    refuse[0] = False
+    assert control("pause") == "paused"
+    assert "scontrol suspend 77" in str(store.get(job_id).reason)
+    refuse[0] = True
+    with pytest.raises(NotWhereItRuns, match="scontrol resume 77"):
+        control("resume")
+    assert store.get(job_id).state == "paused"
+    refuse[0] = False
+    assert control("resume") == "running"
+    assert ran[-1] == ["scontrol", "resume", "77"]
+    assert [e.action for e in store.audit_log(job_id)][-2:] == ["pause", "resume"]
+
+
+def test_the_daemon_follows_a_suspension_without_holding_the_job(
+    home: Home, client: Client
+) -> None:
+    """A running job Slurm lists as SUSPENDED (our `pause`, or the cluster's administrator)
+    shows paused, and running again once Slurm runs it; it is never sent `scontrol hold`
+    (what a paused job that Slurm runs got before)."""
+    from workbench.db.store import Event
+
+    state = ["SUSPENDED"]
+    ran: list[list[str]] = []
+
+    class Cluster(SlurmClient):
+        def squeue_jobs(self, slurm_ids: Sequence[str]) -> dict[str, SlurmJob]:
+            return {"77": SlurmJob("77", state[0], "None", node="localhost")}
+
+        def _run(self, argv: list[str], env: object = None, stdin: str | None = None) -> str:
+            ran.append(argv)
+            return ""
+
+    store = client.store
+    (job_id,) = store.submit_many(
+        [JobRequest("j", "command", {"argv": ["true"]}, "/", {}, argv=["true"], executor="slurm")]
+    )
+    placement_db.set_slurm_id(store, [job_id], ["77"])
+    store.transition(job_id, Event.START, "s")
+    store.transition(job_id, Event.LAUNCHED, "r")
+    executor = SlurmExecutor(
+        home, store, Config(executor=ExecutorConfig(kind="slurm")), client=Cluster()
+    )
+    for _ in range(2):
+        executor.pacer.next_at = 0.0
+        executor.tick()
+        job = store.get(job_id)
+        assert job.state == "paused" and "suspended in Slurm" in str(job.reason)
+    state[0] = "RUNNING"
+    executor.pacer.next_at = 0.0
+    executor.tick()
+    assert store.get(job_id).state == "running"
+    assert not [a for a in ran if a[:2] in (["scontrol", "hold"], ["scontrol", "release"])], ran
+    state[0] = "SUSPENDED"
+    executor.pacer.next_at = 0.0
+    executor.tick()
+    assert store.get(job_id).state == "paused"
+    # A suspended job ran: its cancel goes through Slurm, not "cancelled before it started".
+    assert store.request(job_id, "cancel") == "cancelling"
+    executor.pacer.next_at = 0.0
+    executor.tick()
+    assert ["scancel", "77"] in ran, ran
+
+
+def test_an_array_the_cluster_refuses_is_refused_at_submit(
+    slurm: dict[str, str], on_slurm: Home, tmp_path: Path
+) -> None:
+    """MaxArraySize 4 and `max_array_tasks=2` (set for this test): 6 alike jobs of a group
+    capped at 2 go as an array of 4 (split to MaxArraySize), which this cluster refuses.
+    `--test-only` ran without `--array`, so the jobs were taken and each failed at sbatch
+    ("Invalid job array specification"); now submit refuses them (exit 2), nothing queued."""
+    conf = Path(slurm["SLURM_CONF"])
+    original = conf.read_text()
+    changed = original.replace("MinJobAge=600", "MinJobAge=600\nMaxArraySize=4").replace(
+        "SchedulerParameters=batch_sched_delay=0",
+        "SchedulerParameters=batch_sched_delay=0,max_array_tasks=2",
+    )
+    conf.write_text(changed)
+    subprocess.run(["scontrol", "reconfigure"], check=True)
+    try:
+        assert workbench("group", "g", "--parallel", "2").returncode == 0
+        lines = tmp_path / "jobs.txt"
+        lines.write_text("true\n" * 6)
+        done = workbench("submit", "--group", "g", "--bulk", str(lines))
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "as one array of 4 jobs" in done.stderr and "--array=0-3%2" in done.stderr
+        assert workbench("ls", "--all", "--json").stdout.strip() in ("[]", "")
+        lines.write_text("true\n" * 2)  # an array of 2: within max_array_tasks, taken
+        done = workbench("submit", "--group", "g", "--bulk", str(lines))
+        assert done.returncode == 0, done.stdout + done.stderr
+    finally:
+        conf.write_text(original)
+        subprocess.run(["scontrol", "reconfigure"], check=True)
+
+
+def test_pause_suspends_and_resume_resumes_on_the_cluster(
+    on_slurm: Home, client: Client, tmp_path: Path
+) -> None:
+    """`[executor] suspend = true`: pause of a running Slurm job is `scontrol suspend` (Slurm
+    shows it SUSPENDED, we show it paused, and the daemon leaves it so), resume is `scontrol
+    resume`. A cluster user who is not an operator (a shim answering as Slurm does) gets exit 2
+    with Slurm's answer and the job runs on."""
+    on_slurm.config.write_text('[executor]\nkind = "slurm"\nsuspend = true\n')
+    job_id = _submit("--", "sleep", "120")
+    job = _wait(client, job_id, "running", timeout=60)
+    real = shutil.which("scontrol")
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    (shims / "scontrol").write_text(
+        '#!/bin/sh\n[ "$1" = suspend ] && { echo "Access/permission denied for job $2" >&2;'
+        f' exit 1; }}\nexec {real} "$@"\n'
+    )
+    (shims / "scontrol").chmod(0o755)
+    denied = workbench("pause", str(job_id), env={"PATH": f"{shims}:{os.environ['PATH']}"})
+    assert denied.returncode == 2, denied.stdout + denied.stderr
+    assert "Access/permission denied" in denied.stderr and "operator" in denied.stderr
+    assert client.store.get(job_id).state == "running"
+    assert (_slurm_view(job.slurm_id or "") or SlurmJob("", "", "")).state == "RUNNING"
+    done = workbench("pause", str(job_id))
+    assert done.returncode == 0 and "paused" in done.stdout, done.stdout + done.stderr
+    assert (_slurm_view(job.slurm_id or "") or SlurmJob("", "", "")).state == "SUSPENDED"
+    time.sleep(2.5)  # the daemon's polls see SUSPENDED: it stays paused, nothing is held
+    assert client.store.get(job_id).state == "paused"
+    done = workbench("resume", str(job_id))
+    assert done.returncode == 0 and "running" in done.stdout, done.stdout + done.stderr
+    assert (_slurm_view(job.slurm_id or "") or SlurmJob("", "", "")).state == "RUNNING"
+    time.sleep(2.5)
+    assert client.store.get(job_id).state == "running"
+    assert workbench("cancel", str(job_id)).returncode == 0
+    _wait(client, job_id, "cancelled", timeout=30)

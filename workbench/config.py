@@ -59,8 +59,10 @@ class ExecutorConfig:
     nice values from ordinary users), and `shared_paths` lists mount points known to be shared
     by every node (beyond the network filesystems recognised by type). `command_timeout_s`,
     `poll_min_s` and `poll_max_s` (seconds) set how long a Slurm command may take before it
-    counts as no answer, and the bounds of the adaptive squeue interval (README, "Running on a
-    Slurm cluster")."""
+    counts as no answer, and the bounds of the adaptive squeue interval. `suspend = true` says
+    this cluster user may suspend jobs (a Slurm operator or administrator): `pause` of a running
+    job is then `scontrol suspend`, `resume` is `scontrol resume` (README, "Running on a Slurm
+    cluster")."""
 
     kind: str = "local"
     partition: str | None = None
@@ -71,6 +73,7 @@ class ExecutorConfig:
     command_timeout_s: float = 10.0  # a Slurm command slower than this is "no answer"
     poll_min_s: float = 1.0  # the shortest interval between two polls of squeue
     poll_max_s: float = 30.0  # the longest, reached while followed jobs run unchanged
+    suspend: bool = False  # `pause` of a running job is `scontrol suspend` (an operator's right)
 
 
 @dataclass(frozen=True)

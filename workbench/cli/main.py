@@ -754,7 +754,8 @@ def run_batch(path: str, json_mode: bool, executor: str | None = None) -> int:
     pipeline = load_pipeline(Path(path))
     requests = [r for stage in pipeline.stages for r in stage.requests]
     labels = [f"{pipeline.path}: stage '{s.name}'" for s in pipeline.stages for _ in s.requests]
-    bound = iter(bind_executor(requests, executor, Home.current(), labels))
+    caps = dict(s.group_limit for s in pipeline.stages if s.group_limit is not None)
+    bound = iter(bind_executor(requests, executor, Home.current(), labels, group_caps=caps))
     stages = [
         dataclasses.replace(s, requests=tuple(next(bound) for _ in s.requests))
         for s in pipeline.stages

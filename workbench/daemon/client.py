@@ -203,8 +203,15 @@ class Client:
         return pipeline_id, ordered
 
     def control(self, job_id: int, action: str) -> str:
-        """cancel / pause / resume / retry / rm; returns what happened."""
-        result = self.store.request(job_id, action)
+        """cancel / pause / resume / retry / rm; returns what happened. A running Slurm job is
+        paused with `scontrol suspend` here, where `[executor] suspend = true` allows it."""
+        result = None
+        if action in ("pause", "resume"):
+            from workbench.daemon.executors.slurm_suspend import suspend_or_resume
+
+            result = suspend_or_resume(self.home, self.store, job_id, action)
+        if result is None:
+            result = self.store.request(job_id, action)
         if action == "rm":  # its output and records go with it (links are removed, not followed)
             from workbench.queue.retention import remove_run_dir
 

@@ -119,6 +119,11 @@ def request_from_wire(data: Any, uid: int) -> JobRequest:
     executor = _field(data, "executor", str, "local")
     if executor != "local":
         raise RequestError("team mode runs jobs on this machine only (executor 'local')")
+    if data.get("slurm"):
+        raise RequestError(
+            "field 'slurm': per-job Slurm options, but team mode runs jobs on this machine"
+            " only (the home's executor is local), where they would be ignored"
+        )
     return JobRequest(
         name=_field(data, "name", str, "job")[:1000],
         kind=kind,

@@ -1147,13 +1147,15 @@ class Store:
                 "UPDATE jobs SET progress=?, progress_msg=? WHERE id=?", (fraction, message, job_id)
             )
 
-    def request(self, job_id: int, action: str) -> str:
+    def request(self, job_id: int, action: str, done_in_slurm: str | None = None) -> str:
         """A client's job-control intent: cancel, pause, resume, retry, rm. Audited.
 
         Jobs that own no process change state here at once; for a live job the intent is
-        recorded and the daemon (which owns the process) carries it out. Returns what happened.
-        Raises NoSuchJob, NotWhereItRuns (`pause` of a running Slurm job), or JobError when the
-        job's state does not allow the action."""
+        recorded and the daemon (which owns the process) carries it out. `done_in_slurm` (the
+        reason): the client has already suspended (pause) or resumed (resume) the job's Slurm
+        job (`workbench.daemon.executors.slurm_suspend`), so it is paused or running at once.
+        Returns what happened. Raises NoSuchJob, NotWhereItRuns (`pause` of a running Slurm
+        job), or JobError when the job's state does not allow the action."""
         now = time.time()
         with self.transaction() as conn:
             row = conn.execute(
@@ -1162,13 +1164,29 @@ class Store:
             if row is None:
                 raise NoSuchJob(f"no job with id {job_id}")
             state = JobState(row[0])
+            if done_in_slurm is not None and action in ("pause", "resume"):
+                event = Event.PAUSE if action == "pause" else Event.RESUME
+                target = PAUSED if action == "pause" else RUNNING
+                if state != target:  # the daemon may have seen Slurm's change first
+                    if not allowed(state, event):
+                        raise JobError(f"job {job_id} is {state}")
+                    self._apply(conn, job_id, event, done_in_slurm, now, [state], {})
+                self._audit(conn, action, job_id, str(target), now)
+                return str(target)
             if action == "pause" and row[2] == "slurm" and state in (STARTING, RUNNING):
                 raise NotWhereItRuns(
                     f"job {job_id} is {state} on Slurm, where suspending a running job is an"
                     " administrator's command (scontrol suspend); cancel it, or pause a Slurm"
-                    " job while it is queued (it is then held in Slurm)"
+                    " job while it is queued (it is then held in Slurm); if you are an operator"
+                    " or administrator of the cluster, set [executor] suspend = true"
                 )
             held = state == PAUSED and row[1] is None  # paused before it ever started
+            if held and row[2] == "slurm":  # or a running Slurm job, suspended there
+                last = conn.execute(
+                    "SELECT event FROM job_events WHERE job_id=? ORDER BY id DESC LIMIT 1",
+                    (job_id,),
+                ).fetchone()
+                held = not last or last[0] != Event.PAUSE
             outcome = self._request(conn, job_id, action, state, held, now)
             self._audit(conn, action, job_id, outcome, now)
             dropped = action == "rm" and self._drop_backup()

@@ -58,6 +58,7 @@ from workbench.db.store import (
 from workbench.db.track_records import mark_finished
 from workbench.paths import Home
 from workbench.queue.kinds import job_argv
+from workbench.queue.requests import SlurmOptions
 from workbench.queue.spec import SpecError
 from workbench.units import format_duration
 
@@ -256,6 +257,15 @@ class SlurmClient:
         if slurm_ids:
             self._run(["scontrol", "release", ",".join(slurm_ids)])
 
+    def suspend(self, slurm_id: str) -> None:
+        """Stop a running job's processes where they are (`scontrol suspend`: a Slurm operator's
+        or administrator's command; an ordinary user gets "Access/permission denied")."""
+        self._run(["scontrol", "suspend", slurm_id])
+
+    def resume(self, slurm_id: str) -> None:
+        """Let a suspended job run on (`scontrol resume`, the same rights as suspend)."""
+        self._run(["scontrol", "resume", slurm_id])
+
 
 def read_mounts() -> list[tuple[str, str]]:
     """(mount point, filesystem type) of this machine's mounts."""
@@ -376,10 +386,13 @@ def check_requests(
     config: Config,
     client: SlurmClient | None = None,
     where: Sequence[str] | None = None,
+    group_caps: Mapping[str, int] | None = None,
 ) -> None:
     """Submit-time checks for jobs bound to Slurm: every field maps to sbatch, the cluster could
-    ever run the request (`sbatch --test-only`, once per distinct request), and the shared
-    filesystem rule holds. Raises SpecError naming the job (or stage) and the field."""
+    ever run the request (`sbatch --test-only`, once per distinct request, with the array it
+    will go in as the daemon hands it over: `array_shapes`), and the shared filesystem rule
+    holds. `group_caps` ({group: cap}) adds to the store's group limits (a pipeline's sweeps,
+    not stored yet). Raises SpecError naming the job (or stage) and the field."""
     slurm = [(i, r) for i, r in enumerate(requests) if r.executor == "slurm"]
     if not slurm:
         return
@@ -388,18 +401,26 @@ def check_requests(
         info = client.cluster_info()
     except SlurmError as error:
         raise SpecError(f"executor 'slurm': cannot reach Slurm ({error})") from error
-    asked: set[tuple[str, ...]] = set()
-    checked = CheckedShapes(home)
+    subs: list[tuple[int, Submission]] = []
     for index, request in slurm:
         label = where[index] if where else f"job {request.name!r}"
+        sub = submission_for(request, "", "/dev/null", "")
         try:
-            args = slurm_map.sbatch_args(
-                submission_for(request, request.name, "/dev/null", request.cwd),
-                config.executor,
-                info,
-            )
+            slurm_map.sbatch_args(sub, config.executor, info)
         except Unmappable as error:
             raise SpecError(f"{label}: cannot run on Slurm: {error}") from error
+        subs.append((index, sub))
+    shapes = array_shapes(
+        [(requests[i].group, sub) for i, sub in subs],
+        _group_caps(home, config, {requests[i].group for i, _ in subs}, group_caps),
+        info.max_array_size,
+    )
+    asked: set[tuple[str, ...]] = set()
+    checked = CheckedShapes(home)
+    for (index, sub), (size, cap) in zip(subs, shapes, strict=True):
+        label = where[index] if where else f"job {requests[index].name!r}"
+        sub = dataclasses.replace(sub, array_size=size, array_cap=cap if size else None)
+        args = slurm_map.sbatch_args(sub, config.executor, info)
         resources = tuple(a for a in args if not a.startswith(("--job-name=", "--chdir=")))
         if resources in asked or checked.fresh(resources):
             continue  # a sweep's points ask the cluster once; a shape it took, once a day
@@ -415,10 +436,45 @@ def check_requests(
                 for a in resources
                 if a not in ("--parsable", "--export=ALL", "--output=/dev/null")
             )
+            within = f" as one array of {size} jobs" if size else ""
             raise SpecError(
-                f"{label}: the Slurm cluster cannot run it ({error}; asked {shown or 'defaults'})"
+                f"{label}: the Slurm cluster cannot run it{within} ({error};"
+                f" asked {shown or 'defaults'})"
             ) from error
     check_shared_filesystem(home, sys.executable, config.executor, client)
+
+
+def array_shapes(
+    jobs: Sequence[tuple[str, Submission]], caps: Mapping[str, int], max_array_size: int
+) -> list[tuple[int, int]]:
+    """For each (group, submission) submitted together: (array size, `%` cap) of the array it
+    will be handed over in, (0, 0) for a job of its own. As `SlurmExecutor._batches` does it:
+    alike jobs (the same sbatch options) of a capped group go as one array with `%cap`, split
+    to the cluster's MaxArraySize (the largest part is the one to check)."""
+    alike: dict[tuple[str, Submission], int] = {}
+    for key in jobs:
+        alike[key] = alike.get(key, 0) + 1
+    shapes = []
+    for group, sub in jobs:
+        cap, count = caps.get(group, 0), alike[(group, sub)]
+        shapes.append((min(count, max_array_size), cap) if cap and count > 1 else (0, 0))
+    return shapes
+
+
+def _group_caps(
+    home: Home, config: Config, groups: set[str], extra: Mapping[str, int] | None
+) -> dict[str, int]:
+    """{group: cap on its running jobs} as the daemon will read it: `extra` (a pipeline's
+    sweeps), else the store's group limits (`workbench group`), else config.toml's
+    `[groups.NAME] parallel`, else `[daemon] default_parallel`."""
+    caps = {**config.group_parallel, **(extra or {})}
+    if groups - set(extra or {}) and home.state_db.exists():
+        store = Store.open(home.state_db)
+        try:
+            caps = {**config.group_parallel, **store.group_limits(), **(extra or {})}
+        finally:
+            store.close()
+    return {g: caps.get(g, config.default_parallel) for g in groups}
 
 
 def home_tag(home: Home) -> str:
@@ -755,7 +811,7 @@ class SlurmExecutor:
         against it, so with `--parallel 2` and one job on Slurm, the next one to arrive is
         handed over at once, and the third waits (in our queue, with the reason) until one of
         the two is done. A group with nothing on Slurm goes as one array with `%cap`."""
-        limits = self.store.group_limits()
+        limits = {**self.config.group_parallel, **self.store.group_limits()}
         on_slurm = self._groups_on_slurm()
         options = placement_db.slurm_options(self.store, [item.job.id for item in ready])
         batches: list[tuple[list[_Pending], int | None]] = []
@@ -1110,6 +1166,16 @@ class SlurmExecutor:
             return ""
         if is_unreachable_reason(job.reason) and job.state in (RUNNING, PAUSED):
             self.store.set_reason(job.id, f"{view.reason} (Slurm job {place.slurm_id})")
+        if seen.state == "SUSPENDED":  # `pause` with [executor] suspend, or the cluster's admin
+            if job.state == RUNNING:
+                words = f"suspended in Slurm (Slurm job {place.slurm_id})"
+                self.store.transition(job.id, Event.PAUSE, words, only_from=[RUNNING])
+            return ""
+        if view.state == RUNNING and job.state == PAUSED:  # resumed, or started before its hold
+            words = f"running in Slurm (Slurm job {place.slurm_id})"
+            began = {} if job.started_at else {"started_at": seen.start_time or time.time()}
+            self.store.transition(job.id, Event.RESUME, words, only_from=[PAUSED], **began)
+            job = self.store.get(job.id)
         if view.state == RUNNING:
             self._mark_running(job, place, seen)
             if seen.node and place.node != seen.node:
@@ -1303,13 +1369,43 @@ def bind_executor(
     kind: str | None,
     home: Home,
     labels: Sequence[str] | None = None,
+    group_caps: Mapping[str, int] | None = None,
 ) -> list[JobRequest]:
     """Requests bound to executor `kind` (None: `[executor] kind` of config.toml, else local),
-    checked at submit when that is Slurm. Raises SpecError naming the job or stage and field."""
+    checked at submit when that is Slurm (`group_caps`: caps of groups the submission sets
+    itself, a pipeline's sweeps). Raises SpecError naming the job or stage and field."""
     config = load_config(home.config)
+    given = kind is not None
     kind = kind or config.executor.kind
     if kind not in EXECUTOR_KINDS:
         raise SpecError(f"--executor: expected one of {', '.join(EXECUTOR_KINDS)}, got {kind!r}")
     bound = [dataclasses.replace(r, executor=kind) for r in requests]
-    check_requests(bound, home, config, where=labels)
+    chosen_by = (
+        f"--executor {kind}"
+        if given
+        else f"this home's executor is {kind}: [executor] kind in config.toml"
+    )
+    refuse_slurm_options(bound, chosen_by, labels)
+    check_requests(bound, home, config, where=labels, group_caps=group_caps)
     return bound
+
+
+def refuse_slurm_options(
+    requests: Sequence[JobRequest], chosen_by: str, labels: Sequence[str] | None = None
+) -> None:
+    """Refuse per-job Slurm options (`[slurm]` of a spec, `[stage.slurm]`, `--slurm KEY=VALUE`)
+    on a job bound to another executor than Slurm: they would be dropped without a word.
+    `chosen_by` says where the executor came from. Raises SpecError naming the job or stage,
+    the keys and the executor."""
+    unset = dataclasses.asdict(SlurmOptions())
+    for index, request in enumerate(requests):
+        keys = sorted(k for k, v in (request.slurm or {}).items() if unset.get(k, v) != v)
+        if request.executor == "slurm" or not keys:
+            continue  # an empty [slurm] table asks for nothing
+        label = labels[index] if labels else f"job {request.name!r}"
+        field = "--slurm" if label == "submit" else "key 'slurm'"
+        raise SpecError(
+            f"{label}: {field} ({', '.join(keys)}): per-job Slurm options, but the job runs on the"
+            f" {request.executor} executor ({chosen_by}), where they would be ignored; run it on"
+            " Slurm (--executor slurm) or leave them out"
+        )
