@@ -398,7 +398,9 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def slurm() -> Iterator[dict[str, str]]:
     """A one-node Slurm under a fresh temporary folder: munged (as the munge user), slurmctld
-    (-i, empty state) and slurmd; ready once a probe job has run; stopped by pid at the end."""
+    (-i, empty state) and slurmd, with accounting (a private MariaDB and slurmdbd) where
+    slurmdbd and mariadb-server are installed ("accounting": "yes" or "no"); ready once a probe
+    job has run; stopped by pid at the end."""
     missing = None
     if shutil.which("slurmctld") is None or shutil.which("sbatch") is None:
         missing = "slurm-wlm is not installed (bash .ci/setup installs it)"
@@ -421,7 +423,8 @@ def slurm() -> Iterator[dict[str, str]]:
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         os.environ["SLURM_CONF"] = conf
-        yield {"SLURM_CONF": conf, "dir": folder}
+        accounting = "accounting_storage/slurmdbd" in Path(conf).read_text()
+        yield {"SLURM_CONF": conf, "dir": folder, "accounting": "yes" if accounting else "no"}
     finally:
         subprocess.run(["bash", str(FIXTURE / "down.sh"), folder], timeout=60)
         if previous is None:
@@ -1290,8 +1293,8 @@ def test_jobs_slurm_has_forgotten_are_settled_from_their_exit_status(
     slurm: dict[str, str], on_slurm: Home, client: Client
 ) -> None:
     """MinJobAge 2 s (set for this test): jobs that ended while the daemon was stopped are no
-    longer listed by Slurm when it comes back, and this cluster has no slurmdbd. Each is
-    settled from the exit.json its batch script left; none is lost."""
+    longer listed by Slurm when it comes back. Each is settled from the exit.json its batch
+    script left (first: it needs no slurmdbd); none is lost."""
     conf = Path(slurm["SLURM_CONF"])
     original = conf.read_text()
     conf.write_text(original.replace("MinJobAge=600", "MinJobAge=2"))
@@ -1783,3 +1786,91 @@ def test_pause_suspends_and_resume_resumes_on_the_cluster(
     assert client.store.get(job_id).state == "running"
     assert workbench("cancel", str(job_id)).returncode == 0
     _wait(client, job_id, "cancelled", timeout=30)
+
+
+@pytest.fixture
+def accounted(slurm: dict[str, str], on_slurm: Home) -> Home:
+    """`on_slurm` on a cluster that keeps accounting (slurmdbd): skipped where slurmdbd or
+    mariadb-server is not installed, and failed instead in CI."""
+    if slurm["accounting"] != "yes":
+        missing = "the test cluster has no accounting (apt-get install slurmdbd mariadb-server)"
+        if os.environ.get("CI"):
+            pytest.fail(missing)
+        pytest.skip(missing)
+    return on_slurm
+
+
+# A job that uses measurable CPU and memory: 160 MiB written (so resident), a second of
+# busy CPU, then held 2.5 s more (jobacct_gather/linux samples it every second).
+_HUNGRY = (
+    "import time\n"
+    "block = b'x' * (160 * 1024 * 1024)\n"
+    "end = time.process_time() + 1.0\n"
+    "while time.process_time() < end: pass\n"
+    "time.sleep(2.5)\n"
+)
+
+
+def test_a_slurm_jobs_usage_comes_from_sacct(accounted: Home, client: Client) -> None:
+    """CPU time, peak memory (MaxRSS of its batch step), elapsed time and GPUs of a Slurm job
+    were null; with slurmdbd they come from sacct, shown as a local job's are (source
+    "sacct"), in `show --json`, `show` and `ls --json`."""
+    job_id = _submit("--gpus", "1", "--", sys.executable, "-c", _HUNGRY)
+    _wait(client, job_id, "succeeded", timeout=60)
+    job = wait_for(
+        lambda: (j := client.store.get(job_id)).cpu_s is not None and j,
+        60,
+        what="the job's usage from sacct",
+    )
+    shown = json.loads(workbench("show", "--json", str(job_id)).stdout)
+    assert shown["cpu_source"] == "sacct" and shown["peak_mem_source"] == "sacct", shown
+    assert 0.8 <= shown["cpu_s"] < 30
+    assert 160 * 1024**2 <= shown["peak_mem_bytes"] < 1024**3
+    assert 3.0 <= shown["elapsed_s"] < 60 and shown["alloc_gpus"] == 1
+    assert job.peak_mem_bytes == shown["peak_mem_bytes"]
+    listed = {j["id"]: j for j in json.loads(workbench("ls", "--all", "--json").stdout)}
+    assert listed[job_id]["cpu_s"] == shown["cpu_s"]
+    assert "peak memory" in workbench("show", str(job_id)).stdout
+
+
+def test_a_forgotten_job_is_settled_from_sacct(
+    slurm: dict[str, str], accounted: Home, client: Client
+) -> None:
+    """MinJobAge 2 s (set for this test): jobs that ended while the daemon was stopped, one
+    failing with code 3 and one cancelled, are gone from squeue and have no exit.json (removed
+    here, as a job killed before it could write one has none). Slurm's accounting says how
+    each ended: neither is lost, and each gets its usage."""
+    conf = Path(slurm["SLURM_CONF"])
+    original = conf.read_text()
+    conf.write_text(original.replace("MinJobAge=600", "MinJobAge=2"))
+    subprocess.run(["scontrol", "reconfigure"], check=True)
+    try:
+        bad = _submit("--", "sh", "-c", "sleep 2; exit 3")
+        stopped = _submit("--", "sleep", "120")
+        for job_id in (bad, stopped):
+            _wait(client, job_id, "running", timeout=30)
+        stop_daemon(accounted)
+        slurm_ids = [client.store.get(i).slurm_id or "" for i in (bad, stopped)]
+        subprocess.run(["scancel", slurm_ids[1]], check=True)
+        wait_for(
+            lambda: not SlurmClient().squeue_jobs(slurm_ids),
+            120,
+            interval=1,
+            what="Slurm to forget both jobs",
+        )
+        for job_id in (bad, stopped):
+            (accounted.run_dir(job_id) / "exit.json").unlink(missing_ok=True)
+        assert workbench("daemon", "start").returncode == 0
+        failed = _wait(client, bad, "failed", timeout=30)
+        assert failed.exit_code == 3 and "Slurm FAILED" in str(failed.reason), failed.reason
+        cancelled = _wait(client, stopped, "cancelled", timeout=30)
+        assert "lost" not in str(cancelled.reason)
+        used = wait_for(
+            lambda: (j := client.store.get(bad)).cpu_source == "sacct" and j,
+            60,
+            what="the forgotten job's usage from sacct",
+        )
+        assert used.elapsed_s is not None and used.elapsed_s >= 2
+    finally:
+        conf.write_text(original)
+        subprocess.run(["scontrol", "reconfigure"], check=True)

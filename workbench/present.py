@@ -145,7 +145,8 @@ def used_parts(
     2.5s`, `peak memory 52.0 MiB`), for the `used` line of `show` and the job screen.
 
     `recorded` is `recorded_usage` (an ended job); `live` the running process tree's
-    `{"cpu_s", "rss_bytes"}` and `peak_rss` the most RSS seen so far (the TUI samples them)."""
+    `{"cpu_s", "rss_bytes"}` and `peak_rss` the most RSS seen so far (the TUI samples them).
+    A Slurm job adds its elapsed time and allocated GPUs as Slurm's accounting has them."""
     parts = []
     if job.peak_gpu_mem is not None:
         parts.append(f"peak GPU memory {format_size(job.peak_gpu_mem)}")
@@ -157,6 +158,10 @@ def used_parts(
         parts.append(f"CPU time {format_duration(cpu_s)}")
     if peak_mem is not None:
         parts.append(f"peak memory {format_size(peak_mem)}")
+    if job.elapsed_s is not None:  # a Slurm job's, from sacct
+        parts.append(f"elapsed {format_duration(job.elapsed_s)} on Slurm")
+    if job.alloc_gpus:
+        parts.append(f"{job.alloc_gpus} GPU{'s' if job.alloc_gpus != 1 else ''} allocated")
     if live is not None:
         parts.append(f"CPU time {format_duration(live['cpu_s'])}")
         parts.append(f"RSS {format_size(live['rss_bytes'])}")

@@ -60,7 +60,7 @@ def set_slurm_id(store: Store, job_ids: list[int], slurm_ids: list[str]) -> None
     with store.transaction() as conn:
         conn.executemany(
             "UPDATE jobs SET slurm_id=?, slurm_open=1, node=NULL, records_offset=0,"
-            " slurm_restarts=0 WHERE id=?",
+            " slurm_restarts=0, usage_due=NULL WHERE id=?",
             list(zip(slurm_ids, job_ids, strict=True)),
         )
 
@@ -136,3 +136,32 @@ def slurm_ids_of(store: Store, ids: Iterable[int]) -> dict[int, str]:
         for job_id, place in placements(store, ids).items()
         if place.slurm_id is not None and place.executor == "slurm"
     }
+
+
+def set_usage_due(store: Store, job_id: int, until: float) -> None:
+    """The settled Slurm job's usage is to be read from sacct until `until` (Unix s)."""
+    with store.transaction() as conn:
+        conn.execute("UPDATE jobs SET usage_due=? WHERE id=?", (until, job_id))
+
+
+def usage_waiting(store: Store) -> list[tuple[int, str, float]]:
+    """(job id, Slurm id, until when) of the ended jobs whose usage sacct has not given yet
+    (a partial index: the cost is the number waiting). A job handed to Slurm again (a retry)
+    waits no more: its next attempt's usage is read when that one ends."""
+    rows = store.conn.execute(
+        "SELECT id, slurm_id, usage_due FROM jobs WHERE usage_due IS NOT NULL ORDER BY id"
+    ).fetchall()
+    return [(int(r[0]), str(r[1]), float(r[2])) for r in rows if r[1]]
+
+
+def set_usage(store: Store, job_id: int, columns: dict[str, object] | None) -> None:
+    """Store what sacct says the job used (`SlurmUsage.columns`), or nothing where it has no
+    record (None); either way the job waits no more. Only an ended job's usage is written."""
+    with store.transaction() as conn:
+        if columns:
+            sets = ", ".join(f"{key}=?" for key in columns)
+            conn.execute(
+                f"UPDATE jobs SET {sets}, usage_due=NULL WHERE id=? AND state NOT IN (?, ?, ?)",
+                (*columns.values(), job_id, str(QUEUED), str(RUNNING), str(PAUSED)),
+            )
+        conn.execute("UPDATE jobs SET usage_due=NULL WHERE id=?", (job_id,))

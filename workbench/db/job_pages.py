@@ -107,7 +107,7 @@ _FIELDS: tuple[tuple[str, str], ...] = (
     ("preemptible", "json(iif(preemptible, 'true', 'false'))"), ("cpu_s", _REAL),
     ("cpu_source", "cpu_source"), ("peak_mem_bytes", _INT),
     ("peak_mem_source", "peak_mem_source"), ("granted_devices", "json(granted_devices)"),
-    ("uid", _INT),
+    ("uid", _INT), ("elapsed_s", _REAL), ("alloc_gpus", _INT),
 )  # fmt: skip
 _RESOURCES = (("gpus", _REAL), ("gpu_mem", _INT), ("cpus", _REAL), ("mem", _INT))
 

@@ -362,6 +362,15 @@ MIGRATIONS: dict[int, str] = {
     91: """
     ALTER TABLE jobs ADD COLUMN slurm_options TEXT;
     """,
+    # What a Slurm job used beyond CPU and memory, from Slurm's accounting (sacct): its elapsed
+    # wall seconds and the GPUs it was allocated (AllocTRES); and, for a settled Slurm job whose
+    # accounting has not arrived yet, until when (Unix s) the daemon asks sacct for it.
+    100: """
+    ALTER TABLE jobs ADD COLUMN elapsed_s REAL;
+    ALTER TABLE jobs ADD COLUMN alloc_gpus INTEGER;
+    ALTER TABLE jobs ADD COLUMN usage_due REAL;
+    CREATE INDEX jobs_usage_due ON jobs(id) WHERE usage_due IS NOT NULL;
+    """,
     # Credentials held out of the store (workbench.daemon.credentials): the token the daemon
     # knows them by and their names, as JSON {"token", "names", "urls"}; never a value.
     110: """

@@ -224,6 +224,10 @@ class Job:
     # instances by UUID (`MIG-5e1f...`); None for a whole or fractional GPU, or not started.
     granted_devices: list[str] | None = None
     uid: int | None = None  # its owner's uid (system mode); None: the home owner's
+    # A Slurm job's elapsed wall seconds and the GPUs it was allocated, as Slurm's accounting
+    # (sacct) has them; None for a local job, or where the cluster keeps no accounting.
+    elapsed_s: float | None = None
+    alloc_gpus: int | None = None
 
     @property
     def ended(self) -> bool:
@@ -289,6 +293,8 @@ class Job:
             "peak_mem_source": self.peak_mem_source,
             "granted_devices": self.granted_devices,
             "uid": self.uid,
+            "elapsed_s": self.elapsed_s,
+            "alloc_gpus": self.alloc_gpus,
         }
         if with_env:
             out["env"] = self.env
@@ -329,7 +335,7 @@ _JOB_COLUMNS = (
     " ended_at, exit_code, reason, pid, pid_start, granted_gpus, intent, progress, progress_msg,"
     " peak_gpu_mem, mean_gpu_util, launch_token, executor, slurm_id, node, mig_profile,"
     " preemptible, cpu_s, cpu_source, peak_mem_bytes, peak_mem_source, not_before,"
-    " granted_devices, uid"
+    " granted_devices, uid, elapsed_s, alloc_gpus"
 )
 # The same columns with spec and env left out (lists that never show them need not parse them),
 # and with only env left out (listings that show specs: an environment is the bulk of a row).
@@ -362,6 +368,8 @@ _SETTABLE = frozenset(
         "cpu_source",
         "peak_mem_bytes",
         "peak_mem_source",
+        "elapsed_s",
+        "alloc_gpus",
     }
 )
 
@@ -405,7 +413,7 @@ def _job_from_row(row: sqlite3.Row | tuple[Any, ...], deps: tuple[tuple[int, str
         ended_at, exit_code, reason, pid, pid_start, granted_gpus, intent, progress, progress_msg,
         peak_gpu_mem, mean_gpu_util, launch_token, executor, slurm_id, node, mig_profile,
         preemptible, cpu_s, cpu_source, peak_mem_bytes, peak_mem_source, not_before,
-        granted_devices, uid,
+        granted_devices, uid, elapsed_s, alloc_gpus,
     ) = row  # fmt: skip
     return Job(
         id=id_,
@@ -453,6 +461,8 @@ def _job_from_row(row: sqlite3.Row | tuple[Any, ...], deps: tuple[tuple[int, str
         not_before=not_before,
         granted_devices=json.loads(granted_devices) if granted_devices else None,
         uid=uid,
+        elapsed_s=elapsed_s,
+        alloc_gpus=alloc_gpus,
     )
 
 
@@ -1098,6 +1108,8 @@ class Store:
                 "cpu_source",
                 "peak_mem_bytes",
                 "peak_mem_source",
+                "elapsed_s",
+                "alloc_gpus",
             ):
                 columns.setdefault(key, None)
         if event in (Event.RETRY, Event.REQUEUE, Event.UNBLOCK):

@@ -39,6 +39,13 @@ from workbench.daemon.executors.slurm_reconcile import (
     is_unreachable_reason,
     submission_comment,
 )
+from workbench.daemon.executors.slurm_usage import (
+    SACCT_USAGE_FIELDS,
+    SlurmUsage,
+    Unanswered,
+    UsageReader,
+    parse_usage,
+)
 from workbench.db import executors as placement_db
 from workbench.db.journal import RECORDS_FILE, RecordError, apply_all_records
 from workbench.db.store import (
@@ -237,6 +244,26 @@ class SlurmClient:
             return None
         self._accounting = True
         return slurm_map.parse_sacct(out)
+
+    def sacct_usage(self, slurm_ids: Sequence[str]) -> dict[str, SlurmUsage] | None:
+        """What the jobs used, as Slurm's accounting has it (`sacct` with their steps: MaxRSS
+        is the batch step's), by Slurm id (`slurm_usage.parse_usage`); None when the cluster
+        keeps no accounting (asked once). Raises SlurmUnreachable when sacct does not answer."""
+        if self._accounting is False or not slurm_ids:
+            return None
+        argv = ["sacct", "-n", "-P", "-j", ",".join(slurm_ids), "-o", SACCT_USAGE_FIELDS]
+        try:
+            out = self._run(argv)
+        except SlurmUnreachable:
+            raise
+        except SlurmError:
+            self._accounting = False
+            return None
+        if "accounting storage is disabled" in out.lower():
+            self._accounting = False
+            return None
+        self._accounting = True
+        return parse_usage(out)
 
     def cancel(self, slurm_ids: Sequence[str]) -> None:
         """scancel: SIGTERM to the jobs' processes, SIGKILL after the cluster's KillWait."""
@@ -661,6 +688,15 @@ class SlurmExecutor:
         # Slurm jobs settled from their exit.json while Slurm did not answer: Slurm is told to
         # let go of them once it answers (it may have requeued one meanwhile).
         self._let_go: set[str] = set()
+        # The usage (CPU, MaxRSS, elapsed, GPUs) of settled jobs, read from sacct once
+        # accounting has it, without holding up the poll.
+        self.usage = UsageReader(store, ask=self._ask_usage)
+
+    def _ask_usage(self, slurm_ids: list[str]) -> dict[str, SlurmUsage] | None:
+        try:
+            return self.client.sacct_usage(slurm_ids)
+        except SlurmError as error:
+            raise Unanswered(str(error)) from error
 
     # ---- the Executor protocol -----------------------------------------------------------
 
@@ -1021,9 +1057,10 @@ class SlurmExecutor:
         the outage as its reason, and only an `exit.json` settles one. Returns True if there is
         anything on Slurm to follow (the daemon then ticks again)."""
         self.submit_ready()
+        usage_waits = self.usage.tick()
         followed = [p for p in placement_db.slurm_placements(self.store) if p.slurm_id]
         if not followed:
-            return False
+            return usage_waits
         if any((self.home.run_dir(p.job_id) / runner.EXIT_FILE).exists() for p in followed):
             self.pacer.now_due()  # Slurm will say how it ended: ask now, not in 30 s
         if placement_db.needs_action(self.store, [p.job_id for p in followed]):
@@ -1267,6 +1304,12 @@ class SlurmExecutor:
                 reason = f"{reason}; {problem}"
             self._fail(job, reason, fields)
         placement_db.close_slurm(self.store, job.id)
+        self._expect_usage(job.id)
+
+    def _expect_usage(self, job_id: int) -> None:
+        """The job has ended on Slurm: its usage comes from sacct (where there is slurmdbd)."""
+        if self.store.get(job_id).state in ENDED:
+            self.usage.expect(job_id)
 
     def _mark_running(self, job: Job, place: placement_db.Placement, seen: SlurmJob) -> None:
         """Slurm started it: queued -> starting -> running (the launch is Slurm's)."""
@@ -1355,6 +1398,7 @@ class SlurmExecutor:
                 lost=True,
             )
         placement_db.close_slurm(self.store, job.id)
+        self._expect_usage(job.id)
 
 
 if TYPE_CHECKING:
