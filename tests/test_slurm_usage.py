@@ -165,7 +165,7 @@ def test_usage_is_asked_again_until_accounting_has_it(home: Home) -> None:
     assert shown["alloc_gpus"] == 1
     listed = {j["id"]: j for j in json.loads(workbench("ls", "--all", "--json").stdout)}
     assert listed[first]["peak_mem_source"] == "sacct" and listed[first]["alloc_gpus"] == 1
-    text = workbench("show", str(first)).stdout
+    text = " ".join(workbench("show", str(first)).stdout.split())  # wrapped to the terminal
     assert "CPU time" in text and "peak memory 300.0 MiB" in text and "1 GPU allocated" in text
     store.close()
 
