@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -161,6 +162,20 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.02, what: str
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def wait_for_port(port: int, timeout: float = 10.0, what: str = "a server") -> None:
+    """Wait until something accepts TCP connections on 127.0.0.1:`port` (a server a test
+    started); fail the test naming `what` after `timeout` seconds."""
+
+    def accepts() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        except OSError:
+            return False
+        return True
+
+    wait_for(accepts, timeout=timeout, interval=0.05, what=f"{what} on port {port}")
 
 
 def remove_tree(path: Path, timeout: float = 20.0) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for, workbench
+from conftest import wait_for, wait_for_port, workbench
 from test_ingest_object_db import postgres, psql, s3  # noqa: F401 (fixtures)
 
 from workbench.daemon.link import lock_holder
@@ -248,13 +248,7 @@ http.server.HTTPServer(("127.0.0.1", {port}), H).serve_forever()
 """
     server = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        wait_for_port(port, what="the HTTP server")
         yield f"http://127.0.0.1:{port}"
     finally:
         os.kill(server.pid, signal.SIGTERM)

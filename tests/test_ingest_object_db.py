@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import workbench
+from conftest import wait_for_port, workbench
 
 from workbench.paths import Home
 
@@ -51,15 +51,7 @@ def s3(home: Home) -> Iterator[tuple[dict[str, str], Any]]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        wait_for_port(port, timeout=30, what="the S3 server")
         env = {**S3_ENV, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
         client = boto3.client(
             "s3",

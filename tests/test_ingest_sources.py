@@ -10,12 +10,11 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import workbench
+from conftest import wait_for_port, workbench
 from test_ingest import ingest, query
 
 from workbench.catalog import lake
@@ -38,13 +37,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        wait_for_port(port, what="the HTTP server")
         yield f"http://127.0.0.1:{port}", folder
     finally:
         os.kill(server.pid, signal.SIGTERM)
@@ -167,13 +160,7 @@ def test_csv_from_an_https_url_with_a_trusted_certificate(
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        wait_for_port(port, what="the HTTP server")
         url = f"https://127.0.0.1:{port}/t.csv"
         untrusted = workbench("ingest", url, "--dataset", "u", "--wait")
         assert untrusted.returncode == 1
