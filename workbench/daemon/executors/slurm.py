@@ -228,32 +228,27 @@ class SlurmClient:
         """How Slurm's accounting saw the jobs end (`sacct -X`), or None when the cluster keeps
         no accounting (no slurmdbd: "accounting storage is disabled"; asked once). Raises
         SlurmUnreachable when slurmdbd does not answer."""
-        if self._accounting is False or not slurm_ids:
-            return None
-        argv = ["sacct", "-X", "-n", "-P", "-j", ",".join(slurm_ids), "-o",
-                "JobID,State,ExitCode,NodeList,Start,End"]  # fmt: skip
-        try:
-            out = self._run(argv)
-        except SlurmUnreachable:
-            raise
-        except SlurmError:
-            self._accounting = False
-            return None
-        if "accounting storage is disabled" in out.lower():
-            self._accounting = False
-            return None
-        self._accounting = True
-        return slurm_map.parse_sacct(out)
+        out = self._accounting_answer(
+            slurm_ids, ["-X", "-o", "JobID,State,ExitCode,NodeList,Start,End"]
+        )
+        return None if out is None else slurm_map.parse_sacct(out)
 
     def sacct_usage(self, slurm_ids: Sequence[str]) -> dict[str, SlurmUsage] | None:
         """What the jobs used, as Slurm's accounting has it (`sacct` with their steps: MaxRSS
         is the batch step's), by Slurm id (`slurm_usage.parse_usage`); None when the cluster
         keeps no accounting (asked once). Raises SlurmUnreachable when sacct does not answer."""
+        out = self._accounting_answer(slurm_ids, ["-o", SACCT_USAGE_FIELDS])
+        return None if out is None else parse_usage(out)
+
+    def _accounting_answer(self, slurm_ids: Sequence[str], options: list[str]) -> str | None:
+        """`sacct -n -P -j IDS OPTIONS`'s output, or None when there is nothing to ask or the
+        cluster keeps no accounting (no slurmdbd: "accounting storage is disabled", or sacct
+        refuses; remembered, so it is asked once). Raises SlurmUnreachable when slurmdbd does
+        not answer (unknown for now, asked again later)."""
         if self._accounting is False or not slurm_ids:
             return None
-        argv = ["sacct", "-n", "-P", "-j", ",".join(slurm_ids), "-o", SACCT_USAGE_FIELDS]
         try:
-            out = self._run(argv)
+            out = self._run(["sacct", "-n", "-P", "-j", ",".join(slurm_ids), *options])
         except SlurmUnreachable:
             raise
         except SlurmError:
@@ -263,7 +258,7 @@ class SlurmClient:
             self._accounting = False
             return None
         self._accounting = True
-        return parse_usage(out)
+        return out
 
     def cancel(self, slurm_ids: Sequence[str]) -> None:
         """scancel: SIGTERM to the jobs' processes, SIGKILL after the cluster's KillWait."""
