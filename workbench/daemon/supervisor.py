@@ -9,7 +9,6 @@ import math
 import os
 import selectors
 import signal
-import socket
 import sys
 import time
 import traceback
@@ -22,7 +21,7 @@ import psutil
 from workbench import safefs
 from workbench.config import Config, load_config
 from workbench.daemon import launching, runner, stopping
-from workbench.daemon.credentials import DATAGRAM_TAG, MAX_DATAGRAM_BYTES, CredentialVault
+from workbench.daemon.credentials import CredentialVault
 from workbench.daemon.executors import Ended, Executor, Handle, LaunchError
 from workbench.daemon.executors.containment import home_scope, remove_empty_cgroups
 from workbench.daemon.executors.local import LocalExecutor
@@ -30,10 +29,11 @@ from workbench.daemon.executors.slurm import SlurmExecutor
 from workbench.daemon.gate import Gate, open_gate
 from workbench.daemon.homewatch import HomeGone, HomeWatch
 from workbench.daemon.idle import IdleWatch
-from workbench.daemon.intake import CREDENTIALS, Intake, peer_credentials
+from workbench.daemon.intake import Intake
 from workbench.daemon.ledger import UsageLedger
 from workbench.daemon.planning import Planner
 from workbench.daemon.records import RecordFollower
+from workbench.daemon.wakesock import WakeSocket
 from workbench.daemon.wakeups import Wakeups, monotonic_at
 from workbench.db import executors as placement_db
 from workbench.db import scheduling as db
@@ -101,7 +101,7 @@ class Daemon:
         self.cpus = os.cpu_count() or 1
         self.mem_bytes = psutil.virtual_memory().total
         self._lock_fd = -1
-        self._sock: socket.socket | None = None
+        self.wakes: WakeSocket | None = None  # daemon.sock: wake-ups and credentials
         self.intake: Intake | None = None
         self.gate: Gate | None = None  # system mode: every user's requests
         self.records: RecordFollower | None = None
@@ -123,7 +123,6 @@ class Daemon:
         self.gpu_names: dict[int, str] = {}  # GPU index -> model, as the last sample saw it
         self._start_details: dict[int, scheduler.Start] = {}  # this pass's starts, by job id
         self.log_failures = 0  # messages the daemon could not write (its log's disk was full)
-        self.refused_wakes = 0  # datagrams from other users, ignored
         self.passes = 0  # scheduling passes run
         self._config_stamp: tuple[int, int, int] | None = None  # config.toml as last read
         self.slurm: SlurmExecutor | None = None  # created when the first Slurm job appears
@@ -159,24 +158,6 @@ class Daemon:
         os.write(self._lock_fd, str(os.getpid()).encode())
         os.fsync(self._lock_fd)
 
-    def _bind_socket(self) -> None:
-        try:
-            self.home.socket.unlink()
-        except FileNotFoundError:
-            pass
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
-            sock.bind(str(self.home.socket))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        except OSError as error:
-            self.log(f"cannot bind {self.home.socket} ({error}); polling instead")
-            sock.close()
-            return
-        os.chmod(self.home.socket, 0o600)
-        sock.setblocking(False)
-        self.selector.register(sock, selectors.EVENT_READ, ("wake", None))
-        self._sock = sock
-
     def start(self) -> None:
         """Take the lock, open the store, adopt what a previous daemon left, then say ready.
         Raises DaemonError when another daemon holds the lock, StoreError for a bad store,
@@ -211,7 +192,10 @@ class Daemon:
         self.gpus = Gpus.open()
         self.sampler = Sampler(self.store, self.home, self.gpus, self.config)
         self.records = RecordFollower(self.home, self.store, self.log)
-        self._bind_socket()
+        self.wakes = WakeSocket(self.home.socket, self.log, self.credentials.take)
+        wake_sock = self.wakes.bind()
+        if wake_sock is not None:
+            self.selector.register(wake_sock, selectors.EVENT_READ, ("wake", None))
         read_fd, write_fd = os.pipe()
         os.set_blocking(read_fd, False)
         os.set_blocking(write_fd, False)
@@ -649,7 +633,7 @@ class Daemon:
         if time.monotonic() < self._launch_paused_until:
             self.wakeups.at("launch", self._launch_paused_until)  # a pass when it ends
             return
-        if self._sock is not None and self._drain_socket():  # credentials sent before a submit
+        if self.wakes is not None and self.wakes.drain():  # credentials sent before a submit
             self._dirty = True
         resources = scheduler.Resources(self.gpu_slots, self.cpus, self.mem_bytes)
         if self.planner.run(self.config, resources):
@@ -940,7 +924,7 @@ class Daemon:
         for key, _ in self.selector.select(self._timeout()):
             what, job_id = key.data
             if what == "wake":
-                if self._drain_socket():
+                if self.wakes is not None and self.wakes.drain():
                     self._dirty = True
             elif what == "intake":
                 if self.intake is not None and self.intake.take_all():
@@ -999,49 +983,19 @@ class Daemon:
         if removed:
             self.log(f"pruned {len(removed)} ended job(s) past the retention age")
 
-    def _drain_socket(self) -> bool:
-        """Read every pending wake-up; True if one came from this user. Datagrams from other
-        users (SO_PASSCRED credentials) are refused and counted."""
-        assert self._sock is not None
-        woke = False
-        while True:
-            try:
-                data, ancillary, _, _ = self._sock.recvmsg(
-                    MAX_DATAGRAM_BYTES, socket.CMSG_SPACE(CREDENTIALS.size)
-                )
-            except BlockingIOError:
-                return woke
-            except OSError:
-                return woke
-            _, uid, _ = peer_credentials(ancillary)
-            if uid == os.getuid():
-                woke = True
-                if data.startswith(DATAGRAM_TAG):
-                    self.credentials.take(data)
-            else:
-                self.refused_wakes += 1
-                if self.refused_wakes <= 10 or self.refused_wakes % 1000 == 0:
-                    self.log(
-                        f"refused a wake-up from uid {uid} (only uid {os.getuid()} may use this"
-                        f" daemon); {self.refused_wakes} refused so far"
-                    )
-
     def stop(self) -> None:
         """Leave: running jobs keep running and are re-adopted by the next daemon."""
         self.log(
-            f"stopping: {self.passes} scheduling passes, {self.refused_wakes} refused wake-ups,"
+            f"stopping: {self.passes} scheduling passes,"
+            f" {self.wakes.refused if self.wakes else 0} refused wake-ups,"
             f" {self.log_failures} log lines lost"
         )
         if self.intake is not None:
             self.intake.close()
         if self.gate is not None:
             self.gate.close()
-        if self._sock is not None:
-            self._sock.close()
-            try:
-                self.home.socket.unlink()
-            except FileNotFoundError:
-                pass
+        if self.wakes is not None:
+            self.wakes.close()
         if self.gpus is not None:
             self.gpus.close()
         self.executor.close()
