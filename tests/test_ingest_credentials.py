@@ -60,6 +60,17 @@ def assert_nowhere(home: Home, secrets: list[str], job_ids: list[int]) -> None:
     assert not found, found
 
 
+def kill_and_restart_daemon(home: Home) -> None:
+    """`kill -9` the home's daemon, wait until it is gone, then undrain and start a new one from
+    this shell (whatever credentials the test's own environment holds)."""
+    daemon = lock_holder(home)
+    assert daemon and daemon > 0
+    os.kill(daemon, signal.SIGKILL)
+    wait_for(lambda: not lock_holder(home), what="the daemon to be gone")
+    assert workbench("daemon", "undrain").returncode == 0
+    assert workbench("daemon", "start").returncode == 0
+
+
 def test_s3_credentials_from_the_environment_reach_the_job_and_are_never_stored(
     home: Home,
     s3: tuple[dict[str, str], Any],  # noqa: F811 (the fixture)
@@ -101,13 +112,8 @@ def test_a_daemon_killed_while_the_job_is_queued_leaves_it_waiting_for_its_crede
     queued = workbench("ingest", "s3://lake-src/codes.csv", "--dataset", "codes", env=env)
     assert queued.returncode == 0, queued.stderr
     job_id = int(queued.stdout)
-    daemon = lock_holder(home)
-    assert daemon and daemon > 0
-    os.kill(daemon, signal.SIGKILL)
-    wait_for(lambda: not lock_holder(home), what="the daemon to be gone")
     # A new daemon, from a shell without the credentials: the job waits, saying why.
-    assert workbench("daemon", "undrain").returncode == 0
-    assert workbench("daemon", "start").returncode == 0
+    kill_and_restart_daemon(home)
     reason = ""
 
     def waiting() -> bool:
@@ -153,12 +159,7 @@ def test_a_client_still_waiting_gives_the_credentials_again_to_a_restarted_daemo
     )
     try:
         wait_for(lambda: workbench("show", "1", "--json").returncode == 0, what="the job")
-        daemon = lock_holder(home)
-        assert daemon and daemon > 0
-        os.kill(daemon, signal.SIGKILL)
-        wait_for(lambda: not lock_holder(home), what="the daemon to be gone")
-        assert workbench("daemon", "undrain").returncode == 0
-        assert workbench("daemon", "start").returncode == 0  # from a shell without them
+        kill_and_restart_daemon(home)  # from a shell without them
         out, err = waiting.communicate(timeout=120)
     finally:
         if waiting.poll() is None:
@@ -208,12 +209,7 @@ def test_a_url_password_lost_with_the_daemon_is_asked_again_and_never_stored(
     assert workbench("daemon", "drain").returncode == 0
     uri = postgres.replace("wb@", f"wb:{password}@")
     assert workbench("ingest", uri, "--table", "t", "--dataset", "t").returncode == 0
-    daemon = lock_holder(home)
-    assert daemon and daemon > 0
-    os.kill(daemon, signal.SIGKILL)
-    wait_for(lambda: not lock_holder(home), what="the daemon to be gone")
-    assert workbench("daemon", "undrain").returncode == 0
-    assert workbench("daemon", "start").returncode == 0
+    kill_and_restart_daemon(home)
 
     def reason() -> str:
         return str(json.loads(workbench("show", "1", "--json").stdout)["reason"] or "")

@@ -1485,7 +1485,6 @@ def test_a_job_missing_from_squeue_is_settled_only_from_an_authoritative_source(
     have passed."""
     from workbench.daemon.executors.slurm import STARTED_FILE
     from workbench.daemon.executors.slurm_reconcile import Forgetting
-    from workbench.db.store import Event
 
     class Stub(SlurmClient):
         def squeue_jobs(self, slurm_ids: Sequence[str]) -> dict[str, SlurmJob]:
@@ -1501,13 +1500,7 @@ def test_a_job_missing_from_squeue_is_settled_only_from_an_authoritative_source(
             return {"77": accounted} if accounted else None
 
     store = client.store
-    (job_id,) = store.submit_many(
-        [JobRequest("j", "command", {"argv": ["true"]}, "/", {}, argv=["true"],
-                    executor="slurm", time_limit=60.0)]
-    )  # fmt: skip
-    placement_db.set_slurm_id(store, [job_id], ["77"])
-    store.transition(job_id, Event.START, "s")
-    store.transition(job_id, Event.LAUNCHED, "r")
+    job_id = _running_as_slurm_job(store, "77", time_limit=60.0)
     home.run_dir(job_id).mkdir(parents=True, exist_ok=True)
     (home.run_dir(job_id) / STARTED_FILE).write_text("77\n")
     executor = SlurmExecutor(
@@ -1612,6 +1605,21 @@ def test_a_cancel_is_carried_out_at_once_not_at_the_next_slow_poll(
     assert time.monotonic() - began < 8
 
 
+def _running_as_slurm_job(store: Store, slurm_id: str, time_limit: float | None = None) -> int:
+    """A `true` command job on the Slurm executor, marked running as Slurm job `slurm_id` (no
+    cluster involved); its id."""
+    from workbench.db.store import Event
+
+    (job_id,) = store.submit_many(
+        [JobRequest("j", "command", {"argv": ["true"]}, "/", {}, argv=["true"],
+                    executor="slurm", time_limit=time_limit)]
+    )  # fmt: skip
+    placement_db.set_slurm_id(store, [job_id], [slurm_id])
+    store.transition(job_id, Event.START, "s")
+    store.transition(job_id, Event.LAUNCHED, "r")
+    return job_id
+
+
 @pytest.mark.parametrize("allowed", [True, False])
 def test_pause_suspends_a_running_slurm_job_only_where_the_home_allows_it(
     home: Home, client: Client, allowed: bool
@@ -1620,7 +1628,7 @@ def test_pause_suspends_a_running_slurm_job_only_where_the_home_allows_it(
     the job shows paused; resume is `scontrol resume`. Slurm's refusal (an ordinary user)
     reaches the client as exit 2 with nothing changed; without the setting the refusal stays."""
     from workbench.daemon.executors.slurm import SlurmError
-    from workbench.db.store import Event, NotWhereItRuns
+    from workbench.db.store import NotWhereItRuns
 
     ran: list[list[str]] = []
     refuse = [False]
@@ -1634,12 +1642,7 @@ def test_pause_suspends_a_running_slurm_job_only_where_the_home_allows_it(
 
     home.config.write_text(f'[executor]\nkind = "slurm"\nsuspend = {str(allowed).lower()}\n')
     store = client.store
-    (job_id,) = store.submit_many(
-        [JobRequest("j", "command", {"argv": ["true"]}, "/", {}, argv=["true"], executor="slurm")]
-    )
-    placement_db.set_slurm_id(store, [job_id], ["77"])
-    store.transition(job_id, Event.START, "s")
-    store.transition(job_id, Event.LAUNCHED, "r")
+    job_id = _running_as_slurm_job(store, "77")
     from workbench.daemon.executors import slurm_suspend
 
     def control(action: str) -> str:
@@ -1676,7 +1679,6 @@ def test_the_daemon_follows_a_suspension_without_holding_the_job(
     """A running job Slurm lists as SUSPENDED (our `pause`, or the cluster's administrator)
     shows paused, and running again once Slurm runs it; it is never sent `scontrol hold`
     (what a paused job that Slurm runs got before)."""
-    from workbench.db.store import Event
 
     state = ["SUSPENDED"]
     ran: list[list[str]] = []
@@ -1690,12 +1692,7 @@ def test_the_daemon_follows_a_suspension_without_holding_the_job(
             return ""
 
     store = client.store
-    (job_id,) = store.submit_many(
-        [JobRequest("j", "command", {"argv": ["true"]}, "/", {}, argv=["true"], executor="slurm")]
-    )
-    placement_db.set_slurm_id(store, [job_id], ["77"])
-    store.transition(job_id, Event.START, "s")
-    store.transition(job_id, Event.LAUNCHED, "r")
+    job_id = _running_as_slurm_job(store, "77")
     executor = SlurmExecutor(
         home, store, Config(executor=ExecutorConfig(kind="slurm")), client=Cluster()
     )
