@@ -20,6 +20,15 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, stop_daemon, wait_for, workbench
+from tests.test_ingest_credentials import (
+    BODY,
+    SESSION_TOKEN,
+    WAIT_CODES,
+    assert_nowhere,
+    kill_and_restart_daemon,
+    secrets_of,
+)
+from tests.test_ingest_object_db import s3  # noqa: F401 (a fixture)
 from workbench.config import Config, ExecutorConfig
 from workbench.daemon.client import Client
 from workbench.daemon.executors import slurm_map
@@ -1871,3 +1880,44 @@ def test_a_forgotten_job_is_settled_from_sacct(
     finally:
         conf.write_text(original)
         subprocess.run(["scontrol", "reconfigure"], check=True)
+
+
+def test_a_slurm_jobs_credentials_go_to_sbatch_only_and_wait_for_a_restarted_daemon(
+    on_slurm: Home,
+    s3: tuple[dict[str, str], Any],  # noqa: F811 (the fixture)
+    tmp_path: Path,
+) -> None:
+    """An S3 ingest bound to Slurm kept its credentials in its stored environment (masked
+    when shown): now they stay in the daemon's memory until sbatch, as a local job's do, and a
+    daemon killed before the hand-over leaves the job waiting for them, never sent without."""
+    env, s3_client = s3
+    env = {**env, "AWS_SESSION_TOKEN": SESSION_TOKEN}
+    s3_client.put_object(Bucket="lake-src", Key="codes.csv", Body=BODY)
+    done = workbench("ingest", "s3://lake-src/codes.csv", *WAIT_CODES, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert _placements(on_slurm)[0].slurm_id  # it ran on Slurm
+    out = workbench("sql", "SELECT code FROM codes ORDER BY id", "--json")
+    assert [json.loads(line)["code"] for line in out.stdout.splitlines()] == ["007", "010"]
+    # Queued paused, so the daemon cannot hand it to Slurm before it is killed.
+    spec = tmp_path / "ingest.toml"
+    spec.write_text('kind = "ingest"\nsource = ["s3://lake-src/codes.csv"]\ndataset = "again"\n')
+    queued = workbench("submit", "--spec", str(spec), "--paused", env=env)
+    assert queued.returncode == 0, queued.stderr
+    job_id = int(queued.stdout)
+    kill_and_restart_daemon(on_slurm)  # from a shell without the credentials
+    assert workbench("resume", str(job_id)).returncode == 0
+
+    def reason() -> str:
+        return str(json.loads(workbench("show", str(job_id), "--json").stdout)["reason"])
+
+    wait_for(lambda: "waits for its credentials" in reason(), 60, what="the credentials reason")
+    assert "AWS_SECRET_ACCESS_KEY" in reason() and f"workbench credentials {job_id}" in reason()
+    time.sleep(2)  # submit rounds come and go: it is not handed to Slurm without them
+    (placement,) = [p for p in _placements(on_slurm) if p.job_id == job_id]
+    assert not placement.slurm_id
+    given = workbench("credentials", str(job_id), env=env)
+    assert given.returncode == 0, given.stderr
+    assert workbench("wait", str(job_id), "--timeout", "240s").returncode == 0
+    out = workbench("sql", "SELECT count(*) AS n FROM again", "--json")
+    assert json.loads(out.stdout) == {"n": 2}
+    assert_nowhere(on_slurm, secrets_of(env), [1, job_id])

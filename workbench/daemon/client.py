@@ -3,7 +3,6 @@ that is started on demand and woken after each write."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -115,19 +114,11 @@ class Client:
     def hand_credentials(self, requests: Iterable[JobRequest]) -> list[JobRequest]:
         """Hand the daemon the credentials of `requests` that hold some, before they are
         committed (workbench.daemon.credentials), starting it if need be; returns the requests
-        to commit. A job bound to Slurm cannot get them from the daemon's memory: its
-        credentials go back into its stored environment (shown masked), as before they were
-        held. Raises DaemonUnavailable when the daemon cannot take them: nothing is queued."""
-        out: list[JobRequest] = []
-        held = []
-        for request in requests:
-            credentials = request.credentials
-            if credentials is not None and request.executor != "local":
-                env = {**request.env, **credentials.values}
-                request = dataclasses.replace(request, env=env, credentials=None)
-            elif credentials is not None:
-                held.append(credentials)
-            out.append(request)
+        to commit. A job bound to Slurm gets them the same way: the daemon adds them to
+        sbatch's environment. Raises DaemonUnavailable when the daemon cannot take them:
+        nothing is queued."""
+        out = list(requests)
+        held = [request.credentials for request in out if request.credentials is not None]
         if not held:
             return out
         from workbench.daemon.credentials import hand_over

@@ -15,7 +15,7 @@ import json
 from collections.abc import Callable, Iterable
 
 from workbench.db import credentials as db
-from workbench.db.store import Store
+from workbench.db.store import Job, Store
 from workbench.jobmodel.secrets import needed_label
 from workbench.paths import Home
 
@@ -117,6 +117,20 @@ class CredentialVault:
         reason); returns their ids (a scheduling pass leaves them out)."""
         lacking = self.lacking(job_ids)
         db.mark_waiting(self.store, lacking.items())
+        return set(lacking)
+
+    def hold_back(self, jobs: Iterable[Job]) -> set[int]:
+        """`mark_lacking` for a caller that reads the jobs every round (the Slurm executor):
+        returns the ids of `jobs` that lack credentials, and writes the waiting mark only for
+        those whose reason does not already say so."""
+        jobs = list(jobs)
+        lacking = self.lacking(job.id for job in jobs)
+        fresh = [
+            (job.id, lacking[job.id])
+            for job in jobs
+            if job.id in lacking and not (job.reason or "").startswith(WAITING_PREFIX)
+        ]
+        db.mark_waiting(self.store, fresh)
         return set(lacking)
 
     def environments(self, job_ids: Iterable[int]) -> dict[int, dict[str, str]]:

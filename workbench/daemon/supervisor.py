@@ -860,7 +860,9 @@ class Daemon:
         now = time.time()
         if self.slurm is not None or self._slurm_job_ids():
             if self.slurm is None:
-                self.slurm = SlurmExecutor(self.home, self.store, self.config)
+                self.slurm = SlurmExecutor(
+                    self.home, self.store, self.config, credentials=self.credentials
+                )
             self.slurm.submit_ready()
         self._carry_out_intents(now)
         self._enforce_deadlines(now)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from workbench.config import EXECUTOR_KINDS, Config, ExecutorConfig, load_config
 from workbench.daemon import runner, stopping
+from workbench.daemon.credentials import CredentialVault
 from workbench.daemon.executors import Ended, Executor, Handle, Launch, LaunchError, slurm_map
 from workbench.daemon.executors.slurm_map import (
     ACTIVE_SLURM_STATES,
@@ -662,8 +663,13 @@ class SlurmExecutor:
         config: Config,
         python: str = sys.executable,
         client: SlurmClient | None = None,
+        credentials: CredentialVault | None = None,
     ):
         self.home = home
+        # The credentials the daemon holds in memory for jobs (workbench.daemon.credentials):
+        # added to sbatch's environment only, never to the stored one; a job whose credentials
+        # the daemon lacks (it restarted) is not handed to Slurm until they are given again.
+        self.credentials = credentials
         self.store = store
         self.config = config
         self.python = python
@@ -845,6 +851,7 @@ class SlurmExecutor:
         limits = {**self.config.group_parallel, **self.store.group_limits()}
         on_slurm = self._groups_on_slurm()
         options = placement_db.slurm_options(self.store, [item.job.id for item in ready])
+        secrets = self._held([item.job.id for item in ready])
         batches: list[tuple[list[_Pending], int | None]] = []
         arrays: dict[tuple[object, ...], list[_Pending]] = {}
         array_of: dict[str, tuple[object, ...]] = {}
@@ -857,6 +864,7 @@ class SlurmExecutor:
             key = (
                 job.group, job.gpus, job.gpu_mem, job.cpus, job.mem, job.time_limit,
                 job.priority, item.deps, json.dumps(job.env, sort_keys=True),
+                json.dumps(secrets.get(job.id, {}), sort_keys=True),
                 submission_for(job, "", "", "", options.get(job.id)),
             )  # fmt: skip
             held = on_slurm.get(job.group, 0)
@@ -960,10 +968,16 @@ class SlurmExecutor:
         for job, sid in zip(jobs, ids, strict=True):
             self.store.set_reason(job.id, f"submitted to Slurm as job {sid}{_limit_note(job)}")
 
+    def _held(self, job_ids: list[int]) -> dict[int, dict[str, str]]:
+        """The credentials the daemon holds for each of `job_ids` (job id -> name -> value)."""
+        return self.credentials.environments(job_ids) if self.credentials is not None else {}
+
     def _environment(self, job: Job) -> dict[str, str]:
         """sbatch's environment, which `--export=ALL` hands to the job: the environment
-        captured at submit, plus what every job gets, plus the daemon's Slurm settings."""
-        env = dict(job.env)
+        captured at submit, plus its credentials from the daemon's memory (Slurm keeps the
+        environment of a job in its own state, readable by root and SlurmUser only), plus what
+        every job gets, plus the daemon's Slurm settings."""
+        env = {**job.env, **self._held([job.id]).get(job.id, {})}
         env.update(
             {
                 "PYTHONUNBUFFERED": "1",
@@ -998,6 +1012,9 @@ class SlurmExecutor:
             if adopted is None:
                 return
             queued = [j for j in queued if j.id not in adopted]
+            if self.credentials is not None and queued:
+                waiting = self.credentials.hold_back(queued)
+                queued = [j for j in queued if j.id not in waiting]
             batches = self._batches(self._ready(queued)) if queued else []
             for items, cap in batches:
                 self._submit(items, cap)
