@@ -335,6 +335,72 @@ def test_a_restarted_daemon_adopts_users_jobs(system: System) -> None:
     assert system.wait_ended(job_id)["state"] == "cancelled"
 
 
+SECRET = "team-SECRET-held-in-memory-3391"
+# Prints the secret's length if it starts as it should: the command never holds the secret.
+SHOW_SECRET = 'case "$WB_TEAM_SECRET" in team-SECRET-*) echo "got-${#WB_TEAM_SECRET}";; esac'
+
+
+def _secret_nowhere(system: System, job_id: int) -> None:
+    """The secret is in no file of the system home and in nothing `show --env` gives."""
+    for path in system.root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            assert SECRET.encode() not in path.read_bytes(), path
+    shown = system.wb(system.users.alice, "show", str(job_id), "--json", "--env")
+    assert shown.returncode == 0 and SECRET not in shown.stdout, shown.stdout
+
+
+def test_secret_env_is_held_in_the_system_daemons_memory_only(system: System) -> None:
+    """`submit --secret-env` was refused in team mode: the wire carried no credentials. Now the
+    value goes to the system daemon over its socket, is held in its memory only and reaches
+    the job; a daemon killed before the start leaves the job waiting for it, and only its
+    owner can give it again (`workbench credentials ID`)."""
+    users = system.users
+    given = {"WB_TEAM_SECRET": SECRET}
+    done = system.wb(
+        users.alice, "submit", "--secret-env", "WB_TEAM_SECRET", "--wait", "--",
+        "sh", "-c", SHOW_SECRET, extra_env=given,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    first = int(done.stdout.split()[0])
+    assert f"got-{len(SECRET)}" in system.wb(users.alice, "logs", str(first)).stdout
+    _secret_nowhere(system, first)
+    queued = system.wb(
+        users.alice, "submit", "--secret-env", "WB_TEAM_SECRET", "--paused", "--",
+        "sh", "-c", SHOW_SECRET, extra_env=given,
+    )  # fmt: skip
+    assert queued.returncode == 0, queued.stderr
+    job_id = int(queued.stdout.split()[0])
+    os.kill(system.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            os.kill(system.pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    system.pid = install_system(system.root, users).pid
+    assert system.wb(users.alice, "resume", str(job_id)).returncode == 0
+
+    def reason() -> str:
+        shown = system.wb(users.alice, "show", str(job_id), "--json")
+        return str(json.loads(shown.stdout)["reason"])
+
+    while "waits for its credentials" not in reason():
+        assert time.monotonic() < deadline + 30, reason()
+        time.sleep(0.2)
+    assert "WB_TEAM_SECRET" in reason() and f"workbench credentials {job_id}" in reason()
+    refused = system.wb(users.bob, "credentials", str(job_id), extra_env=given)
+    assert refused.returncode == NOT_PERMITTED and users.bob in refused.stderr, refused.stderr
+    lacking = system.wb(users.alice, "credentials", str(job_id))
+    assert lacking.returncode == 2 and "WB_TEAM_SECRET" in lacking.stderr, lacking.stderr
+    handed = system.wb(users.alice, "credentials", str(job_id), extra_env=given)
+    assert handed.returncode == 0, handed.stderr
+    assert system.wait_ended(job_id)["state"] == "succeeded"
+    assert f"got-{len(SECRET)}" in system.wb(users.alice, "logs", str(job_id)).stdout
+    _secret_nowhere(system, job_id)
+
+
 CLAIM = """
 import json, sys
 from workbench.daemon.wire import ask

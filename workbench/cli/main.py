@@ -68,7 +68,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DAEMON = 0, 1, 2, 3
 EXIT_NOT_PERMITTED = 4  # team mode: the rights refuse it (README: Team mode)
 TEAM_COMMANDS = frozenset(
     {"submit", "ls", "show", "logs", "cancel", "pause", "resume", "retry", "rm", "priority",
-     "wait", "audit"}
+     "wait", "audit", "credentials"}
 )  # fmt: skip
 DEFAULT_PRUNE_AGE_S = 30 * 86400.0
 

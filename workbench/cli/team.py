@@ -20,7 +20,7 @@ from workbench.jobmodel.states import SETTLED, JobState
 from workbench.jsonout import dumps
 from workbench.safetext import display_text
 
-EXIT_OK, EXIT_FAILED, EXIT_DAEMON = 0, 1, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DAEMON = 0, 1, 2, 3
 _ENDED = frozenset(state.value for state in SETTLED)  # what `wait` waits for, as per user
 _SUCCEEDED = JobState.SUCCEEDED.value
 
@@ -41,9 +41,11 @@ def request_to_wire(request: Any) -> dict[str, Any]:
     """A JobRequest as the daemon's `request_from_wire` reads it (JSON values only). Its
     `uid` is not sent: the daemon takes the caller's from the kernel."""
     data = dataclasses.asdict(request)
-    for key in ("uid", "repro", "pipeline_id", "stage"):
+    for key in ("uid", "repro", "pipeline_id", "stage", "credentials"):
         data.pop(key, None)
     data["after"] = [list(pair) for pair in request.after]
+    if request.credentials is not None:  # `--secret-env`: held in the daemon's memory only
+        data["secret_env"] = dict(request.credentials.values)
     return data
 
 
@@ -120,13 +122,6 @@ def _submit(client: TeamClient, args: argparse.Namespace) -> int:
     else:
         request, _ = submission.request_from_args(args, dict(os.environ), capture=False)
         requests = [request]
-    if any(r.credentials is not None for r in requests):
-        from workbench.queue.spec import SpecError
-
-        raise SpecError(
-            "--secret-env: team mode cannot hold credentials out of the store yet; pass them"
-            " another way (a file only you can read)"
-        )
     reply = client.ask("submit", jobs=[request_to_wire(r) for r in requests])
     ids: list[int] = reply["ids"]
     if args.json:
@@ -267,7 +262,29 @@ def _audit(client: TeamClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _credentials(client: TeamClient, args: argparse.Namespace) -> int:
+    """`workbench credentials ID...`: give the system daemon a job's `--secret-env` values
+    again, from this shell's environment (exit 2 naming what this shell lacks)."""
+    code = EXIT_OK
+    for job_id in args.ids:
+        needed: list[str] = client.ask("credentials", id=job_id)["needed"]
+        missing = [name for name in needed if name not in os.environ]
+        if missing:
+            print(
+                f"job {job_id}: this shell does not have {', '.join(missing)}; run it again"
+                " from a shell that has them (export NAME=...)",
+                file=sys.stderr,
+            )
+            code = max(code, EXIT_USAGE)
+            continue
+        values = {name: os.environ[name] for name in needed}
+        handed = client.ask("credentials", id=job_id, values=values)["handed"]
+        print(f"job {job_id}: handed {', '.join(handed)}")
+    return code
+
+
 _HANDLERS: dict[str, Callable[[TeamClient, argparse.Namespace], int]] = {
+    "credentials": _credentials,
     "submit": _submit,
     "ls": _ls,
     "show": _show,

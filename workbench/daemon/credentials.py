@@ -12,6 +12,7 @@ them again (`workbench credentials JOB` from a shell that has them)."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterable
 
 from workbench.db import credentials as db
@@ -87,6 +88,7 @@ class CredentialVault:
         self.store = store
         self.log = log
         self._held: dict[str, dict[str, str]] = {}
+        self._lock = threading.Lock()
 
     def take(self, data: bytes) -> bool:
         """Keep the credentials of one datagram (see `hand_over`); True when it held some, and
@@ -95,18 +97,24 @@ class CredentialVault:
         if parsed is None:
             self.log("ignored a malformed credentials datagram")
             return False
-        token, values = parsed
-        self._held.setdefault(token, {}).update(values)
+        self.put(*parsed)
+        return True
+
+    def put(self, token: str, values: dict[str, str]) -> None:
+        """Hold `values` (name -> value) for `token`; every job waiting for credentials is read
+        again by the next pass. Safe from the team socket's worker threads."""
+        with self._lock:
+            self._held.setdefault(token, {}).update(values)
         self.log(f"credentials {token[:8]}: holding {', '.join(sorted(values)) or 'none'}")
         db.clear_waiting(self.store)
-        return True
 
     def lacking(self, job_ids: Iterable[int]) -> dict[int, str]:
         """The jobs among `job_ids` that need credentials this daemon does not hold: job id ->
         the reason it waits (naming what is missing)."""
         out: dict[int, str] = {}
         for job_id, record in db.held_records(self.store, job_ids).items():
-            held = self._held.get(record.token, {})
+            with self._lock:
+                held = dict(self._held.get(record.token, {}))
             missing = [name for name in record.names if name not in held]
             if missing:
                 out[job_id] = waiting_reason(job_id, missing, record.urls)
@@ -138,7 +146,8 @@ class CredentialVault:
         value), for the jobs that have any held."""
         out: dict[int, dict[str, str]] = {}
         for job_id, record in db.held_records(self.store, job_ids).items():
-            held = self._held.get(record.token)
+            with self._lock:
+                held = self._held.get(record.token)
             if held:
                 out[job_id] = dict(held)
         return out

@@ -213,13 +213,18 @@ class Gate:
 
 
 def open_gate(
-    home: Home, store: Store, config: Callable[[], Config], log: Callable[[str], None]
+    home: Home,
+    store: Store,
+    config: Callable[[], Config],
+    log: Callable[[str], None],
+    hold: Callable[[str, dict[str, str]], None],
 ) -> Gate | None:
     """The gate of a system home's daemon (running as root), bound; None in a per-user home.
     It also removes the loader's and Python's variables from this process's environment
     (`runas.scrub_own_environment`): the launcher and the wrappers it forks run as root until
     each becomes its job's owner. `config()` gives the settings in force ([team] admin_group,
-    [security] secret_names)."""
+    [security] secret_names); `hold(token, values)` keeps a job's credentials in the daemon's
+    memory (`CredentialVault.put`)."""
     if os.geteuid() != 0 or not is_system_home(home.root):
         return None
     scrubbed = scrub_own_environment()
@@ -231,6 +236,7 @@ def open_gate(
         lambda: Rights.from_group(config().admin_group),
         lambda: wake(home),
         lambda: config().secret_words,
+        hold,
     )
     gate = Gate(gate_socket(home.root), ops, log)
     safefs.make_dir(gate.path.parent, 0o755)

@@ -210,7 +210,9 @@ class Daemon:
         intake_sock = self.intake.bind()
         if intake_sock is not None:
             self.selector.register(intake_sock, selectors.EVENT_READ, ("intake", None))
-        self.gate = open_gate(self.home, self.store, lambda: self.config, self.log)
+        self.gate = open_gate(
+            self.home, self.store, lambda: self.config, self.log, self.credentials.put
+        )
         if self.gate is not None and self.gate.sock is not None:
             self.selector.register(self.gate.sock, selectors.EVENT_READ, ("gate", None))
         took = time.monotonic() - begun

@@ -13,10 +13,13 @@ from collections.abc import Callable
 from typing import Any
 
 from workbench import safefs
+from workbench.daemon.credentials import MAX_DATAGRAM_BYTES
 from workbench.daemon.identity import Peer, user_name
-from workbench.daemon.rights import Rights
+from workbench.daemon.rights import NotPermitted, Rights, owner_name
+from workbench.db.credentials import held_records
 from workbench.db.store import ENDED, Job, JobRequest, Store
 from workbench.jobmodel.resources import Resources
+from workbench.jobmodel.secrets import HeldCredentials
 from workbench.jobmodel.states import JobState
 from workbench.paths import Home
 from workbench.queue.requests import check_group
@@ -124,6 +127,9 @@ def request_from_wire(data: Any, uid: int) -> JobRequest:
             "field 'slurm': per-job Slurm options, but team mode runs jobs on this machine"
             " only (the home's executor is local), where they would be ignored"
         )
+    credentials = _secret_env(data, env)
+    if credentials is not None:
+        env = {k: v for k, v in env.items() if k not in credentials.values}
     return JobRequest(
         name=_field(data, "name", str, "job")[:1000],
         kind=kind,
@@ -147,7 +153,25 @@ def request_from_wire(data: Any, uid: int) -> JobRequest:
         paused=bool(data.get("paused", False)),
         preemptible=bool(data.get("preemptible", True)),
         uid=uid,
+        credentials=credentials,
     )
+
+
+def _secret_env(data: dict[str, Any], env: dict[str, str]) -> HeldCredentials | None:
+    """The job's `secret_env` (name -> value, `submit --secret-env`) as credentials the daemon
+    holds in memory only (workbench.daemon.credentials), under a token it makes; None when
+    there are none. Raises RequestError or SpecError naming the field."""
+    values = _field(data, "secret_env", dict, {})
+    if not values:
+        return None
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in values.items()):
+        raise RequestError("field 'secret_env': expected strings")
+    check_environment(values, "field 'secret_env'")
+    if sum(len(k) + len(v) for k, v in values.items()) > MAX_DATAGRAM_BYTES:
+        raise RequestError(f"field 'secret_env': more than {MAX_DATAGRAM_BYTES} bytes")
+    import secrets
+
+    return HeldCredentials(secrets.token_hex(16), dict(values), tuple(sorted(values)))
 
 
 class TeamOps:
@@ -161,12 +185,16 @@ class TeamOps:
         rights: Callable[[], Rights],
         changed: Callable[[], None],
         secret_words: Callable[[], tuple[str, ...]],
+        hold: Callable[[str, dict[str, str]], None],
     ):
         self.home = home
         self.store = store
         self.rights = rights
         self.changed = changed
         self.secret_words = secret_words
+        # Keeps a job's credentials (token, name -> value) in the daemon's memory only:
+        # `CredentialVault.put`.
+        self.hold = hold
 
     def handle(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
         """The reply to `request` from `peer` (without "ok"). Raises as the module says."""
@@ -181,6 +209,7 @@ class TeamOps:
             "priority": self.priority,
             "audit": self.audit,
             "states": self.states,
+            "credentials": self.credentials,
         }.get(op if isinstance(op, str) else "")
         if handler is None:
             raise RequestError(f"unknown op {op!r}")
@@ -208,6 +237,9 @@ class TeamOps:
         if not isinstance(jobs, list) or not 0 < len(jobs) <= MAX_JOBS_PER_SUBMIT:
             raise RequestError(f"field 'jobs': 1 to {MAX_JOBS_PER_SUBMIT} jobs")
         built = [request_from_wire(job, peer.uid) for job in jobs]
+        for job in built:
+            if job.credentials is not None:
+                self.hold(job.credentials.token, job.credentials.values)
         ids = self.store.submit_many(built)
         self.changed()
         return {"ids": ids, "jobs": [self._view(peer, self.store.get(i)) for i in ids]}
@@ -301,6 +333,33 @@ class TeamOps:
             remove_run_dir(self.home, job.id)
         self.changed()
         return {"result": result}
+
+    def credentials(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        """Hand the credentials of the peer's own job again (a restarted daemon lost them):
+        without `values`, `{"needed": [names]}`; with `values` (name -> value, every needed
+        name), held in memory and `{"handed": [names]}`. Only the owner: a job's credentials
+        are its owner's to give."""
+        job = self.store.get(_job_id(request))
+        if not self.rights().owns(peer, job):
+            raise NotPermitted(
+                f"job {job.id} is {owner_name(job)}'s: {peer.name} may not give its"
+                " credentials (only its owner may)"
+            )
+        record = held_records(self.store, [job.id]).get(job.id)
+        if record is None:
+            raise RequestError(f"job {job.id}: it has no credentials held for it")
+        values = _field(request, "values", dict, {})
+        if not values:
+            return {"needed": list(record.names)}
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in values.items()):
+            raise RequestError("field 'values': expected strings")
+        missing = [name for name in record.names if name not in values]
+        if missing:
+            raise RequestError(f"job {job.id}: missing {', '.join(missing)}")
+        check_environment(values, "field 'values'")
+        self.hold(record.token, {name: values[name] for name in record.names})
+        self.changed()
+        return {"handed": list(record.names)}
 
     def priority(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
         """Set the priority of the peer's own job (any, for admins)."""
