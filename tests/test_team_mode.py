@@ -30,6 +30,7 @@ from workbench.daemon.teamops import RequestError, request_from_wire
 from workbench.db.store import Job
 from workbench.jobmodel.resources import Resources
 from workbench.jobmodel.states import JobState
+from workbench.queue.spec import SpecError
 
 # One pytest-xdist worker runs these (`--dist loadgroup`): they add and remove Unix users.
 pytestmark = pytest.mark.xdist_group("unix-users")
@@ -503,9 +504,19 @@ def test_request_uid_is_the_peers() -> None:
         ({**wire, "kind": "train"}, "command jobs only"),
         ({**wire, "executor": "slurm"}, "local"),
         ({**wire, "priority": True}, "priority"),
+        ({**wire, "secret_env": ["A"]}, "secret_env"),
+        ({**wire, "secret_env": {"A": 1}}, "secret_env"),
+        ({**wire, "secret_env": {"A": "x" * 70_000}}, "secret_env"),
     ):
         with pytest.raises(RequestError, match=field):
             request_from_wire(bad, 1500)
+    for name in ("A=B", "", "A\0"):
+        with pytest.raises(SpecError, match="secret_env"):
+            request_from_wire({**wire, "secret_env": {name: "v"}}, 1500)
+    # Held apart from the stored environment, under a token of the daemon's making.
+    held = request_from_wire({**wire, "env": {"A": "old"}, "secret_env": {"A": "s"}}, 1500)
+    assert held.env == {} and held.credentials is not None
+    assert held.credentials.values == {"A": "s"} and held.credentials.needed == ("A",)
 
 
 def test_root_writes_refuse_a_planted_fifo(tmp_path: Path) -> None:
