@@ -588,7 +588,7 @@ def script_model_bundle(ctx: Any, run: Any) -> tuple[str, Path]:
                 " take them from (register_model(..., classes=[...]))"
             )
         first = datasets[0]
-        table, _ = lake.read_arrow(ctx.home, first["name"], first["version"], ctx.store)
+        table, _ = lake.read_arrow(ctx.home, first["name"], first["version"], ctx.store, ctx.shared)
         classes = sorted(
             str(v)
             for v in pc.unique(_as_strings(table.column(card["target"])).drop_null()).to_pylist()

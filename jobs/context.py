@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from workbench import safefs
+from workbench.catalog.lake import LakeError, VersionInfo
 from workbench.daemon import upstream
 from workbench.daemon.runner import FAILURE_FILE
 from workbench.db.journal import RecordingStore
@@ -109,6 +110,21 @@ class JobContext:
         else:
             store = Store.open(home.state_db)
         return cls(home, store, store.get(job_id))
+
+    def shared(self, name: str, version: int | None) -> VersionInfo:
+        """A version of a dataset another user shares with this one (`OWNER.DATASET`, team
+        mode), from the system daemon's records: read from the owner's share folder with
+        this job's own rights. Raises LakeError naming it when it is not visible."""
+        from workbench.catalog.shared import find
+        from workbench.daemon.sharing import RequestError, visible_shares
+
+        try:
+            shares = visible_shares()
+        except (OSError, RequestError) as error:
+            raise LakeError(
+                f"{name}: the system daemon did not list shared datasets ({error})"
+            ) from None
+        return find(shares, name, version)
 
     def spec(self, cls: type[T]) -> T:
         """The job's spec as the kind's dataclass (it was validated at submit)."""

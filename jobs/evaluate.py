@@ -300,11 +300,13 @@ def _repeat(
         k: v for k, v in run.params.items() if k in {f for f in train.Spec.__dataclass_fields__}
     }
     base = from_table(train.Spec, params, "repeat")
-    data_table, _ = lake.read_arrow(ctx.home, run.dataset, run.dataset_version, ctx.store)
+    data_table, _ = lake.read_arrow(
+        ctx.home, run.dataset, run.dataset_version, ctx.store, ctx.shared
+    )
     val_table, val_where = None, ""
     if base.val_dataset is not None:
         val_table, val_info = lake.read_arrow(
-            ctx.home, base.val_dataset, base.val_version, ctx.store
+            ctx.home, base.val_dataset, base.val_version, ctx.store, ctx.shared
         )
         val_where = f"dataset {val_info.dataset} v{val_info.version}"
     device = train._select_device(ctx)
@@ -410,7 +412,7 @@ def run(ctx: JobContext) -> None:
     spec = ctx.spec(Spec)
     try:
         fmt, path, run_id = resolve_model(ctx, spec.model)
-        table, info = lake.read_arrow(ctx.home, spec.dataset, spec.version, ctx.store)
+        table, info = lake.read_arrow(ctx.home, spec.dataset, spec.version, ctx.store, ctx.shared)
     except (DataError, lake.LakeError) as error:
         raise JobFailed(str(error)) from None
     ctx.log(f"testing {fmt} {path} on dataset {info.dataset} v{info.version} ({info.rows} rows)")

@@ -397,7 +397,7 @@ def _held_out(
     if not name:
         raise JobFailed("no dataset for parity rows: give key 'dataset'")
     try:
-        table, info = lake.read_arrow(ctx.home, name, version, ctx.store)
+        table, info = lake.read_arrow(ctx.home, name, version, ctx.store, ctx.shared)
     except lake.LakeError as error:
         raise JobFailed(str(error)) from None
     where = f"dataset {info.dataset} v{info.version}"

@@ -1182,7 +1182,7 @@ def train_rank(ctx: JobContext, spec: Spec, rank: int = 0, world: int = 1) -> No
     from workbench.catalog import lake, tracking
 
     try:
-        table, info = lake.read_arrow(ctx.home, spec.dataset, spec.version, ctx.store)
+        table, info = lake.read_arrow(ctx.home, spec.dataset, spec.version, ctx.store, ctx.shared)
     except lake.LakeError as error:
         raise JobFailed(str(error)) from None
     where = f"dataset {info.dataset} v{info.version}"
@@ -1190,7 +1190,7 @@ def train_rank(ctx: JobContext, spec: Spec, rank: int = 0, world: int = 1) -> No
     if spec.val_dataset is not None:
         try:
             val_table, val_info = lake.read_arrow(
-                ctx.home, spec.val_dataset, spec.val_version, ctx.store
+                ctx.home, spec.val_dataset, spec.val_version, ctx.store, ctx.shared
             )
         except lake.LakeError as error:
             raise JobFailed(f"key 'val_dataset': {error}") from None

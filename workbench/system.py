@@ -55,6 +55,13 @@ def system_socket() -> str | None:
     its socket is not root's. Costs two or three lstat calls."""
     if os.environ.get("WORKBENCH_HOME"):
         return None
+    return installed_socket()
+
+
+def installed_socket() -> str | None:
+    """The socket of an installed system daemon whatever WORKBENCH_HOME says (a job of a
+    per-user daemon reading a dataset another user shares), or None: no system home
+    installed, or its socket not root's."""
     root = system_home()
     if not is_system_home(root):
         return None

@@ -17,7 +17,7 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -481,18 +481,29 @@ def publish_arrow(
 
 
 def read_arrow(
-    home: Home, dataset: str, version: int | None = None, store: Store | None = None
+    home: Home,
+    dataset: str,
+    version: int | None = None,
+    store: Store | None = None,
+    shared: Callable[[str, int | None], VersionInfo] | None = None,
 ) -> tuple[pyarrow.Table, VersionInfo]:
-    """A dataset version as one Arrow table (DuckDB reads the Parquet parts)."""
+    """A dataset version as one Arrow table (DuckDB reads the Parquet parts). A name with a
+    dot (`alice.crops`) is a dataset another user shares (team mode): `shared(name, version)`
+    finds it (`workbench.catalog.shared.find`); without `shared`, LakeError."""
     import duckdb
 
-    own = store is None
-    store = store or Store.open(home.state_db)
-    try:
-        info = version_info(store, dataset, version)
-    finally:
-        if own:
-            store.close()
+    if "." in dataset:
+        if shared is None:
+            raise LakeError(f"{dataset!r}: a shared dataset (OWNER.DATASET) needs team mode")
+        info = shared(dataset, version)
+    else:
+        own = store is None
+        store = store or Store.open(home.state_db)
+        try:
+            info = version_info(store, dataset, version)
+        finally:
+            if own:
+                store.close()
     con = duckdb.connect()
     what = f"dataset {info.dataset!r} v{info.version} (encrypted)"
     try:
@@ -778,6 +789,7 @@ def connect(
     with_store_tables: bool = True,
     for_sql: str | None = None,
     limits: LakeSettings | None = None,
+    shared: Sequence[VersionInfo] = (),
 ) -> duckdb.DuckDBPyConnection:
     """A read-only DuckDB connection over the lake: a view per dataset (latest version) and per
     version (`"name@v2"`) and their rejects, the store's tables; with `for_sql`, only those the
@@ -790,7 +802,11 @@ def connect(
     `WORKBENCH_HOME/tmp/duckdb` (capped too), and the configuration is locked.
 
     An encrypted version is read with the lake's key (`lake_key`); without a usable key,
-    LakeError names the dataset when `for_sql` names it, else the version is left out."""
+    LakeError names the dataset when `for_sql` names it, else the version is left out.
+
+    `shared`: versions other users share with this one (team mode, `workbench.catalog.shared`,
+    named `OWNER.DATASET`): each becomes a view in a schema named after its owner
+    (`alice.crops`, and `alice."crops@v2"`), read from the owner's share folder."""
     import duckdb
 
     limits = limits or settings(home)
@@ -857,6 +873,7 @@ def connect(
                 f"CREATE VIEW {_quote(info.dataset + '_rejects')} AS SELECT * FROM"
                 f" {_quote(f'{info.dataset}@v{info.version}_rejects')}"
             )
+    _shared_views(con, shared, for_sql, allowed)
     if with_store_tables:
         only = STORE_TABLES if for_sql is None else mentioned_store_tables(for_sql)
         for name, table in _store_tables(store, only).items():
@@ -874,6 +891,41 @@ def connect(
     con.execute("SET enable_progress_bar_print = false")
     con.execute("SET lock_configuration = true")
     return con
+
+
+#: DuckDB's own schemas: an owner with one of these names gets no views (theirs would clash).
+_BUILTIN_SCHEMAS = frozenset({"main", "temp", "system", "pg_catalog", "information_schema"})
+
+
+def _shared_views(
+    con: duckdb.DuckDBPyConnection,
+    shared: Sequence[VersionInfo],
+    for_sql: str | None,
+    allowed: list[str],
+) -> None:
+    """A schema per owner and a view per shared version (see `connect`); with `for_sql`, only
+    those whose `OWNER.DATASET` the query names. Their files join `allowed`."""
+    words = None if for_sql is None else for_sql.lower()
+    latest: dict[str, VersionInfo] = {}
+    for info in shared:
+        if info.version >= latest.get(info.dataset, info).version:
+            latest[info.dataset] = info
+    for info in shared:
+        owner, name = info.dataset.rsplit(".", 1)
+        if owner.lower() in _BUILTIN_SCHEMAS or (
+            words is not None and info.dataset.lower() not in words
+        ):
+            continue
+        parts = info.parts
+        if not parts:
+            continue  # unshared, or no longer readable: not a view
+        allowed.extend(parts)
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(owner)}")
+        source = parquet_source(parts, False)
+        versioned = f"{_quote(owner)}.{_quote(f'{name}@v{info.version}')}"
+        con.execute(f"CREATE VIEW {versioned} AS SELECT * FROM {source}")
+        if latest[info.dataset] is info:
+            con.execute(f"CREATE VIEW {_quote(owner)}.{_quote(name)} AS SELECT * FROM {versioned}")
 
 
 def _explained(text: str) -> tuple[bool, str]:

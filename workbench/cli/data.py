@@ -118,6 +118,11 @@ def register(sub: Any) -> None:
     p.add_argument("dataset", nargs="?", help="with prune: only this dataset")
     p.add_argument("--json", action="store_true")
     p.add_argument(
+        "--shared",
+        action="store_true",
+        help="team mode: the datasets other users share with you (OWNER.DATASET), and yours",
+    )
+    p.add_argument(
         "--keep", type=int, metavar="N", help="prune: keep the newest N versions of each dataset"
     )
     p.add_argument(
@@ -287,6 +292,15 @@ def _missing_table(message: str) -> str | None:
     return match.group(1).strip('"') if match else None
 
 
+def _shared_name(query: str, table: str) -> str | None:
+    """`OWNER.TABLE` when `query` names `table` after an owner (a shared dataset), else None."""
+    import re
+
+    base = re.escape(table.split("@")[0])
+    match = re.search(rf'([A-Za-z_][\w.-]*?)\."?{base}\b', query, flags=re.IGNORECASE)
+    return f"{match.group(1)}.{table}" if match else None
+
+
 def _no_such_dataset(store: Any, name: str) -> str:
     """`no dataset 'nosuch'; did you mean 'scores'? datasets: scores, toy; store tables: jobs,
     ...`: what can be queried, instead of DuckDB's guess among its system tables."""
@@ -302,6 +316,28 @@ def _no_such_dataset(store: Any, name: str) -> str:
         text += f"; did you mean {close[0]!r}?"
     text += f"; datasets: {', '.join(datasets) if datasets else 'none yet (workbench ingest)'}"
     return text + f"; store tables: {', '.join(tables)}"
+
+
+def _shared_for(query: str) -> list[Any]:
+    """The versions other users share with this one (team mode) that `query` may name: asked
+    of the system daemon only when one is installed and the query holds an `OWNER.DATASET`
+    word; a daemon that does not answer is noted, and the query runs over the own lake."""
+    import re
+
+    if not re.search(r"[A-Za-z_][\w.-]*\.[A-Za-z_]", query):
+        return []
+    from workbench.system import installed_socket
+
+    if installed_socket() is None:
+        return []
+    from workbench.catalog import shared
+    from workbench.daemon.sharing import RequestError, visible_shares
+
+    try:
+        return shared.versions(visible_shares())
+    except (OSError, RequestError) as error:
+        print(f"sql: note: shared datasets not listed ({error})", file=sys.stderr)
+        return []
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
@@ -321,7 +357,9 @@ def cmd_sql(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise SpecError(str(error)) from None
     try:
-        con = lake.connect(home, store, for_sql=args.query, limits=limits)
+        con = lake.connect(
+            home, store, for_sql=args.query, limits=limits, shared=_shared_for(args.query)
+        )
     except (duckdb.Error, lake.LakeError) as error:  # a view the catalog cannot make, a key
         raise SpecError(f"sql: {str(error).splitlines()[0]}") from None
     started = time.perf_counter()
@@ -361,6 +399,12 @@ def cmd_sql(args: argparse.Namespace) -> int:
             return 130 if str(stopped) == "interrupted" else 1
         missing = _missing_table(str(error))
         if missing is not None:
+            shared = _shared_name(args.query, missing)
+            if shared is not None:
+                raise SpecError(
+                    f"sql: no shared dataset {shared} that you may read (workbench datasets"
+                    " --shared lists them; its owner shares it with `workbench share`)"
+                ) from None
             raise SpecError(f"sql: {_no_such_dataset(store, missing)}") from None
         raise SpecError(f"sql: {error}") from None
     finally:
@@ -589,6 +633,10 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     from workbench.catalog import lake
     from workbench.db import catalog as db_catalog
 
+    if args.shared:
+        from workbench.cli.share import print_shared
+
+        return print_shared(args.json)
     home = Home.current()
     store = _open(home)
     if args.name == "prune":

@@ -80,6 +80,7 @@ EXTENSIONS: list[str] = [
     "workbench.cli.compare",
     "workbench.cli.completion",
     "workbench.cli.credentials",
+    "workbench.cli.share",
 ]
 
 Handler = Callable[[argparse.Namespace], int]

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from workbench import safefs
+from workbench.daemon import sharing
 from workbench.daemon.credentials import MAX_DATAGRAM_BYTES
 from workbench.daemon.identity import Peer, user_name
 from workbench.daemon.rights import NotPermitted, Rights, owner_name
@@ -25,6 +26,7 @@ from workbench.paths import Home
 from workbench.queue.requests import check_group
 from workbench.queue.spec import SpecError, check_environment
 
+SHARE_OPS = ("share-space", "share", "unshare", "shared")
 CONTROL_ACTIONS = ("cancel", "pause", "resume", "retry", "rm")
 MAX_JOBS_PER_SUBMIT = 10_000
 MAX_LOG_CHUNK = 4 << 20  # bytes of a log sent per request
@@ -117,7 +119,8 @@ def request_from_wire(data: Any, uid: int) -> JobRequest:
     if kind != "command":
         raise RequestError(
             f"team mode runs command jobs only for now (got kind {kind!r}): built-in kinds read"
-            " the system's store, which is root's"
+            " the system's store, which is root's; run it on your own per-user daemon, outside"
+            " the team's shares, with WORKBENCH_HOME=~/.local/share/workbench"
         )
     executor = _field(data, "executor", str, "local")
     if executor != "local":
@@ -195,6 +198,7 @@ class TeamOps:
         # Keeps a job's credentials (token, name -> value) in the daemon's memory only:
         # `CredentialVault.put`.
         self.hold = hold
+        self.sharing = sharing.Sharing(home, store, rights)
 
     def handle(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
         """The reply to `request` from `peer` (without "ok"). Raises as the module says."""
@@ -210,6 +214,7 @@ class TeamOps:
             "audit": self.audit,
             "states": self.states,
             "credentials": self.credentials,
+            **{op: self.share_op for op in SHARE_OPS},
         }.get(op if isinstance(op, str) else "")
         if handler is None:
             raise RequestError(f"unknown op {op!r}")
@@ -218,6 +223,13 @@ class TeamOps:
             return handler(peer, request)
         finally:
             self.store.act_as(None)
+
+    def share_op(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        """A dataset-sharing request (`workbench.daemon.sharing`)."""
+        try:
+            return self.sharing.handle(str(request["op"]), peer, request)
+        except sharing.RequestError as error:
+            raise RequestError(str(error)) from None
 
     def _view(self, peer: Peer, job: Job, with_env: bool = False) -> dict[str, Any]:
         rights = self.rights()

@@ -376,6 +376,28 @@ MIGRATIONS: dict[int, str] = {
     110: """
     ALTER TABLE jobs ADD COLUMN held_credentials TEXT;
     """,
+    # Datasets shared read-only with a group (team mode, workbench.daemon.sharing): in the
+    # system home's store only; the files are the owner's, in shared/UID/DATASET/vN.
+    120: """
+    CREATE TABLE shared_datasets (
+        owner_uid INTEGER NOT NULL,
+        dataset TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        gid INTEGER NOT NULL,
+        folder TEXT NOT NULL,
+        parts TEXT NOT NULL,
+        rejects TEXT,
+        rows INTEGER NOT NULL,
+        rejected_rows INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        content_hash TEXT NOT NULL,
+        schema TEXT NOT NULL,
+        sources TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        shared_at REAL NOT NULL,
+        PRIMARY KEY (owner_uid, dataset, version)
+    );
+    """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

@@ -26,6 +26,7 @@ amount = _checked(lambda t: parse_number(t, minimum=0.0), "number")  # >= 0, e.g
 count = _checked(lambda t: parse_int(t, minimum=0), "count")  # a whole number >= 0
 signed = _checked(lambda t: parse_int(t, minimum=None), "integer")  # e.g. --priority -3
 job_id = _checked(lambda t: parse_int(t, minimum=1), "job id")
+version = _checked(lambda t: parse_int(t, minimum=1), "version")  # a dataset version, 1 up
 size = _checked(parse_size, "size")  # bytes, e.g. 8GiB
 duration = _checked(parse_duration, "duration")  # seconds, e.g. 2h
 # GPUs as the spec key takes them: a count, a fraction, or a MIG profile (`--gpus 1g.10gb`)

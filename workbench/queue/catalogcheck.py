@@ -68,6 +68,8 @@ def check_refs(
         names = db_catalog.dataset_names(store)
         pending: set[str] | None = None
         for ref in refs:
+            if "." in ref.name:
+                continue  # another user's shared dataset (team mode): the job finds it, or says
             if ref.name not in names:
                 if ref.name in produced:
                     continue

@@ -1,0 +1,203 @@
+"""Team mode, item 7: each user's data is private; a user shares a dataset read-only with a
+group, its members query and train on it as `OWNER.DATASET`, and lineage names it.
+
+Run as root with real Unix users (the fixtures of tests/test_team_mode.py): alice ingests into
+her own home through her per-user daemon, shares with a group bob joins during the test, and
+bob reads it with his own rights. The system daemon checks what it records (links, owners,
+modes, membership) without reading the files. Per-user daemons are stopped by `daemon stop`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_team_mode import System, Users, install_system, stop_system
+from test_team_mode import users as users
+
+pytestmark = pytest.mark.xdist_group("unix-users")
+
+REPO = Path(__file__).resolve().parents[1]
+NOT_PERMITTED = 4
+
+
+@pytest.fixture(scope="module")
+def system(users: Users) -> Iterator[System]:
+    installed = install_system(users.folder / "home", users)
+    try:
+        yield installed
+    finally:
+        for who in (users.alice, users.bob):
+            installed.wb(who, "daemon", "stop", extra_env=OWN_PYTHON)
+        stop_system(installed)
+
+
+# The users' per-user daemons and jobs start this Python's modules by name (`-m workbench`,
+# `-m jobs`): where the test users cannot run this interpreter (a venv under a folder only
+# root may enter), `runners` gives them the system's python3, which finds them here.
+OWN_PYTHON = {
+    "PYTHONPATH": os.pathsep.join([str(REPO), *(p for p in sys.path if p.endswith("-packages"))])
+}
+
+
+def wb(system: System, user: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`workbench ARGS` as `user`, with what their own daemon needs (`OWN_PYTHON`)."""
+    return system.wb(user, *args, extra_env=OWN_PYTHON)
+
+
+def _as(user: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["runuser", "-u", user, "--", *argv], capture_output=True, text=True)
+
+
+def _sql(system: System, user: str, query: str) -> subprocess.CompletedProcess[str]:
+    return wb(system, user, "sql", query, "--json")
+
+
+def test_a_dataset_shared_with_a_group_is_read_by_its_members_only(system: System) -> None:
+    users = system.users
+    alice_home = Path(os.path.expanduser(f"~{users.alice}"))
+    csv = alice_home / "penguins.csv"
+    csv.write_bytes((REPO / "examples" / "penguins_train.csv").read_bytes())
+    os.chown(csv, *(lambda s: (s.st_uid, s.st_gid))(alice_home.stat()))
+    done = wb(system, users.alice, "ingest", str(csv), "--dataset", "penguins", "--wait")
+    assert done.returncode == 0, done.stderr
+    mine = json.loads(wb(system, users.alice, "datasets", "penguins", "--json").stdout)[0]
+    # Private by default: bob cannot read alice's own lake, nor list it as shared.
+    part = Path(mine["path"]) / "part-0.parquet"
+    assert part.exists() or list(Path(mine["path"]).glob("part-*.parquet"))
+    denied = _as(users.bob, "cat", str(next(Path(mine["path"]).glob("part-*.parquet"))))
+    assert denied.returncode != 0 and "Permission denied" in denied.stderr
+    refused = _sql(system, users.bob, "SELECT count(*) FROM penguins")
+    assert refused.returncode == 2
+    shared = wb(system, users.alice, "share", "penguins", "--group", users.extra)
+    assert shared.returncode == 0, shared.stderr
+    assert f"{users.alice}.penguins" in shared.stdout
+    name = f"{users.alice}.penguins"
+    # bob is not in the group yet: nothing listed, nothing read.
+    listed = json.loads(wb(system, users.bob, "datasets", "--shared", "--json").stdout)
+    assert listed == []
+    outside = _sql(system, users.bob, f"SELECT count(*) AS n FROM {name}")
+    assert outside.returncode == 2 and "Traceback" not in outside.stderr, outside.stderr
+    assert f"no shared dataset {name} that you may read" in outside.stderr, outside.stderr
+    subprocess.run(["usermod", "-aG", users.extra, users.bob], check=True)
+    listed = json.loads(wb(system, users.bob, "datasets", "--shared", "--json").stdout)
+    assert [(s["owner"], s["dataset"], s["version"]) for s in listed] == [
+        (users.alice, "penguins", 1)
+    ]
+    assert listed[0]["content_hash"] == mine["content_hash"]
+    counted = _sql(system, users.bob, f"SELECT count(*) AS n FROM {name}")
+    assert counted.returncode == 0, counted.stderr
+    assert json.loads(counted.stdout) == {"n": mine["rows"]}
+    same = _sql(
+        system,
+        users.bob,
+        f'SELECT count(*) AS n FROM (SELECT * FROM {users.alice}."penguins@v1"'
+        f" EXCEPT ALL SELECT * FROM {name})",
+    )
+    assert same.returncode == 0 and json.loads(same.stdout) == {"n": 0}, same.stderr
+    # Read-only for the group: no write, no new file, no removal.
+    folder = Path(listed[0]["folder"])
+    first = next(folder.glob("part-*.parquet"))
+    for attempt in (
+        ["sh", "-c", f"echo x >> {first}"],
+        ["touch", str(folder / "part-9.parquet")],
+        ["rm", "-f", str(first)],
+    ):
+        assert _as(users.bob, *attempt).returncode != 0, attempt
+    assert first.exists()
+    # bob trains on it through his own daemon: the run's lineage names alice's dataset.
+    spec = Path(os.path.expanduser(f"~{users.bob}")) / "train.toml"
+    spec.write_text(
+        f'kind = "train"\ndataset = "{name}"\ntarget = "species"\nepochs = 2\nseed = 0\n'
+    )
+    os.chmod(spec, 0o644)
+    bob_home = os.path.expanduser(f"~{users.bob}/.local/share/workbench")
+    trained = system.wb(
+        users.bob, "submit", "--spec", str(spec), "--wait",
+        extra_env={**OWN_PYTHON, "WORKBENCH_HOME": bob_home},
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr + trained.stdout
+    runs = json.loads(wb(system, users.bob, "runs", "--json").stdout)
+    assert [(r["dataset"], r["dataset_version"]) for r in runs] == [(name, 1)], runs
+    assert runs[0]["dataset_hash"] == mine["content_hash"], runs
+    # Unshared: the record and the files are gone; bob reads nothing.
+    assert wb(system, users.alice, "unshare", "penguins").returncode == 0
+    assert not folder.exists()
+    assert _sql(system, users.bob, f"SELECT count(*) FROM {name}").returncode == 2
+
+
+# Sends one request (JSON, argv[2]) to the system daemon's socket (argv[1]); prints the reply.
+ASK = """
+import json, sys
+from workbench.daemon.wire import ask
+print(json.dumps(ask(sys.argv[1], json.loads(sys.argv[2]))))
+"""
+
+
+def test_the_daemon_records_only_checked_files(system: System) -> None:
+    """A share request is checked before it is recorded, without following a link or
+    opening a file: a planted link, a file another user owns or that the group may write, a
+    name that is no part, a group the sharer is not in, a folder named by the request."""
+    users = system.users
+    script = users.folder / "ask_share.py"
+    script.write_text(ASK)
+    script.chmod(0o644)
+    sock = str(system.root / "gate" / "team.sock")
+
+    def ask_as(user: str, request: dict[str, object]) -> dict[str, object]:
+        done = subprocess.run(
+            ["runuser", "-u", user, "--", *users.py, str(script), sock, json.dumps(request)],
+            capture_output=True, text=True, env=system.env(), cwd="/",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return dict(json.loads(done.stdout))
+
+    base = system.root / "shared"
+    mine = Path(str(ask_as(users.alice, {"op": "share-space"})["folder"]))
+    assert mine.parent == base and mine.stat().st_uid == int(_as(users.alice, "id", "-u").stdout)
+    group = users.extra
+    fields = {
+        "dataset": "planted", "version": 1, "group": group, "rows": 1, "rejected_rows": 0,
+        "bytes": 1, "content_hash": "x", "schema": [["a", "INTEGER"]], "sources": [],
+        "created_at": 0,
+    }  # fmt: skip
+
+    def ask(**changes: object) -> dict[str, object]:
+        return ask_as(users.alice, {"op": "share", **fields, **changes})
+
+    def prepare(*steps: str) -> None:
+        script = f"cd {mine} && rm -rf planted && mkdir planted planted/v1 && " + " && ".join(steps)
+        done = _as(users.alice, "sh", "-c", script)
+        assert done.returncode == 0, done.stderr
+
+    fix = f"chgrp -R {group} planted && chmod 750 planted planted/v1"
+    cases = [
+        (["ln -s /etc/shadow planted/v1/part-0.parquet", fix], "not a regular file"),
+        (["echo x > planted/v1/part-0.parquet", fix, "chmod 664 planted/v1/part-0.parquet"],
+         "writable by no one else"),
+        (["echo x > planted/v1/notes.txt", fix, "chmod 440 planted/v1/notes.txt"],
+         "not a part"),
+        (["echo x > planted/v1/part-0.parquet", "chmod 750 planted planted/v1"],
+         "not of the group"),
+        (["ln -s /etc planted/v2", "echo x > planted/v1/part-0.parquet", fix,
+          "chmod 440 planted/v1/part-0.parquet"], "v2"),
+    ]  # fmt: skip
+    for steps, why in cases:
+        prepare(*steps)
+        version = 2 if why == "v2" else 1
+        reply = ask(version=version)
+        assert reply["ok"] is False and reply["exit"] == 2, reply
+        if why != "v2":
+            assert why in str(reply["error"]), reply
+    prepare("echo x > planted/v1/part-0.parquet", fix, "chmod 440 planted/v1/part-0.parquet")
+    assert ask()["ok"] is True
+    assert ask(group=users.admin_group)["exit"] == NOT_PERMITTED  # not her group
+    assert ask(dataset="../../etc")["exit"] == 2  # a name, never a path
+    assert ask(folder="/etc", version=1)["ok"] is True  # a named folder is ignored
+    recorded = json.loads(wb(system, users.bob, "datasets", "--shared", "--json").stdout)
+    assert all(Path(s["folder"]).parent.parent == mine for s in recorded), recorded
+    assert wb(system, users.alice, "unshare", "planted").returncode == 0
