@@ -201,3 +201,45 @@ def test_the_daemon_records_only_checked_files(system: System) -> None:
     recorded = json.loads(wb(system, users.bob, "datasets", "--shared", "--json").stdout)
     assert all(Path(s["folder"]).parent.parent == mine for s in recorded), recorded
     assert wb(system, users.alice, "unshare", "planted").returncode == 0
+
+
+def test_a_built_in_kind_runs_through_the_team_queue_in_its_owners_home(system: System) -> None:
+    """The system daemon took command jobs only, so a team's training bypassed its shares.
+    Now `submit` of a built-in kind in team mode queues it in the submitter's own home (bound
+    to executor `team`) and the team queue runs it there as them: its run, lineage and
+    checkpoints are theirs, its log is in both places, and others see only its public view."""
+    users = system.users
+    home = Path(os.path.expanduser(f"~{users.alice}"))
+    csv = home / "iris.csv"
+    from sklearn.datasets import load_iris
+
+    frame = load_iris(as_frame=True).frame
+    csv.write_text(frame.to_csv(index=False))
+    os.chown(csv, home.stat().st_uid, home.stat().st_gid)
+    done = wb(system, users.alice, "ingest", str(csv), "--dataset", "iris", "--wait")
+    assert done.returncode == 0, done.stderr
+    spec = home / "train.toml"
+    spec.write_text('kind = "train"\ndataset = "iris"\ntarget = "target"\nepochs = 2\nseed = 0\n')
+    os.chown(spec, home.stat().st_uid, home.stat().st_gid)
+    trained = wb(system, users.alice, "submit", "--spec", str(spec), "--wait")
+    assert trained.returncode == 0, trained.stderr + trained.stdout
+    team_id = int(trained.stdout.split()[0])
+    assert f"team job {team_id} runs it as job" in trained.stderr, trained.stderr
+    own_id = int(trained.stderr.split(" runs it as job ")[1].split()[0])
+    shown = json.loads(wb(system, users.alice, "show", str(team_id), "--json").stdout)
+    assert shown["owner"] == users.alice and shown["state"] == "succeeded", shown
+    team_log = wb(system, users.alice, "logs", str(team_id)).stdout
+    assert f"as team job {team_id}" in team_log and "train" in team_log, team_log
+    # In alice's own home: the job, its run (lineage: her dataset), its files, all hers.
+    own = {**OWN_PYTHON, "WORKBENCH_HOME": str(home / ".local/share/workbench")}
+    mine = json.loads(system.wb(users.alice, "show", str(own_id), "--json", extra_env=own).stdout)
+    assert mine["state"] == "succeeded" and mine["executor"] == "team", mine
+    runs = json.loads(system.wb(users.alice, "runs", "--json", extra_env=own).stdout)
+    assert [(r["job_id"], r["dataset"]) for r in runs] == [(own_id, "iris")], runs
+    run_dir = home / ".local/share/workbench/runs" / str(own_id)
+    uid = home.stat().st_uid
+    assert all(p.stat().st_uid == uid for p in [run_dir, *run_dir.rglob("*")])
+    assert "epoch" in (run_dir / "log").read_text()
+    # bob sees the team job's public view only.
+    peeked = wb(system, users.bob, "logs", str(team_id))
+    assert peeked.returncode == NOT_PERMITTED, peeked.stderr

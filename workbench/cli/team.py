@@ -122,8 +122,15 @@ def _submit(client: TeamClient, args: argparse.Namespace) -> int:
     else:
         request, _ = submission.request_from_args(args, dict(os.environ), capture=False)
         requests = [request]
-    reply = client.ask("submit", jobs=[request_to_wire(r) for r in requests])
+    own = _queue_built_in(requests)
+    wired = [request_to_wire(own.get(i, (r, 0))[0]) for i, r in enumerate(requests)]
+    try:
+        reply = client.ask("submit", jobs=wired)
+    except BaseException:
+        _withdraw(own, "the system daemon did not take it")
+        raise
     ids: list[int] = reply["ids"]
+    _tell_built_in(own, ids)
     if args.json:
         _print_json(reply["jobs"] if args.bulk else reply["jobs"][0])
     else:
@@ -131,6 +138,78 @@ def _submit(client: TeamClient, args: argparse.Namespace) -> int:
     if args.wait:
         return _wait_exit(client, ids, None, quiet=args.json)
     return EXIT_OK
+
+
+def _queue_built_in(requests: list[Any]) -> dict[int, tuple[Any, int]]:
+    """For each built-in kind among `requests` (index -> (the command job for the system
+    daemon, the job's id in the user's own home)): the job is queued in the user's own home,
+    bound to executor `team` (no per-user daemon starts it; its data, runs and lineage stay
+    there), and the team queue gets a command job that runs it there as the user
+    (`workbench.daemon.teamrun`), with its resources, limits and priority."""
+    from workbench.daemon.teamrun import EXECUTOR, HOME_ENV, JOB_ENV
+    from workbench.db.store import Store
+    from workbench.paths import Home, home_dir
+
+    built_in = [(i, r) for i, r in enumerate(requests) if r.kind != "command"]
+    if not built_in:
+        return {}
+    home = Home(home_dir()).ensure()
+    store = Store.open(home.state_db)
+    out: dict[int, tuple[Any, int]] = {}
+    try:
+        ids = store.submit_many([dataclasses.replace(r, executor=EXECUTOR) for _, r in built_in])
+        for (index, request), job_id in zip(built_in, ids, strict=True):
+            env = {**request.env, HOME_ENV: str(home.root), JOB_ENV: str(job_id)}
+            command = dataclasses.replace(
+                request,
+                kind="command",
+                spec={"team_of": {"kind": request.kind, "home": str(home.root), "job": job_id}},
+                argv=[sys.executable, "-P", "-m", "workbench.daemon.teamrun"],
+                env=env,
+                retries=0,
+            )
+            out[index] = (command, job_id)
+    finally:
+        store.close()
+    return out
+
+
+def _withdraw(own: dict[int, tuple[Any, int]], why: str) -> None:
+    """Cancel the jobs `_queue_built_in` queued in the user's own home (the team queue did not
+    take them)."""
+    if not own:
+        return
+    from workbench.db.store import Event, JobState, Store
+    from workbench.paths import Home, home_dir
+
+    store = Store.open(Home(home_dir()).state_db)
+    try:
+        for _, job_id in own.values():
+            store.transition(job_id, Event.CANCEL, why, only_from=[JobState.QUEUED])
+    finally:
+        store.close()
+
+
+def _tell_built_in(own: dict[int, tuple[Any, int]], team_ids: list[int]) -> None:
+    """Say, in each own-home job's reason and on stderr, which team job runs it."""
+    if not own:
+        return
+    from workbench.db.store import Store
+    from workbench.paths import Home, home_dir
+
+    home = Home(home_dir())
+    store = Store.open(home.state_db)
+    try:
+        for index, (_, job_id) in own.items():
+            team = team_ids[index]
+            store.set_reason(job_id, f"waits in the team queue as its job {team}")
+            print(
+                f"workbench: team job {team} runs it as job {job_id} of your own home"
+                f" ({home.root}): its data, runs and lineage are there",
+                file=sys.stderr,
+            )
+    finally:
+        store.close()
 
 
 def _wait_exit(client: TeamClient, ids: list[int], timeout: float | None, quiet: bool) -> int:

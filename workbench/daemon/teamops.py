@@ -118,9 +118,9 @@ def request_from_wire(data: Any, uid: int) -> JobRequest:
     kind = _field(data, "kind", str, "command")
     if kind != "command":
         raise RequestError(
-            f"team mode runs command jobs only for now (got kind {kind!r}): built-in kinds read"
-            " the system's store, which is root's; run it on your own per-user daemon, outside"
-            " the team's shares, with WORKBENCH_HOME=~/.local/share/workbench"
+            f"the system daemon takes command jobs only (got kind {kind!r}): the client queues"
+            " a built-in kind in its user's own home and sends the command that runs it there"
+            " (workbench.daemon.teamrun)"
         )
     executor = _field(data, "executor", str, "local")
     if executor != "local":

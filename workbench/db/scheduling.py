@@ -224,13 +224,16 @@ STOP_INTENTS = (PREEMPT_INTENT, STOP_INTENT)
 
 
 def live_jobs(store: Store) -> list[LiveJob]:
-    """Jobs starting or running, and paused jobs that had started (a held job has no pid)."""
+    """Jobs starting or running, and paused jobs that had started (a held job has no pid); not
+    those the system daemon runs in this home for its owner (executor `team`,
+    workbench.daemon.teamrun): their process is the team job's."""
     rows = store.conn.execute(
         "SELECT id, state, grp, gpus, gpu_mem, cpus, mem, granted_gpus, pid, pid_start,"
         " launch_token, started_at, time_limit, mig_profile, preemptible, intent, reason,"
         " granted_devices FROM jobs"
-        " WHERE state IN (?, ?)"
-        " OR (state = ? AND (pid IS NOT NULL OR launch_token IS NOT NULL)) ORDER BY id",
+        " WHERE (state IN (?, ?)"
+        " OR (state = ? AND (pid IS NOT NULL OR launch_token IS NOT NULL)))"
+        " AND executor != 'team' ORDER BY id",
         (JobState.STARTING, JobState.RUNNING, JobState.PAUSED),
     ).fetchall()
     return [
