@@ -31,6 +31,7 @@ from workbench.db.store import Job
 from workbench.jobmodel.resources import Resources
 from workbench.jobmodel.states import JobState
 from workbench.queue.spec import SpecError
+from workbench.system import closed_to_others
 
 # One pytest-xdist worker runs these (`--dist loadgroup`): they add and remove Unix users.
 pytestmark = pytest.mark.xdist_group("unix-users")
@@ -147,12 +148,42 @@ class System:
         raise AssertionError(f"job {job_id} did not end")
 
 
+def shared_python(folder: Path) -> str:
+    """A Python every test user can run, with this environment's packages, for the system
+    daemon (`system install` refuses one they cannot read, `workbench.system.closed_to_others`):
+    this interpreter where it is one, else a venv made in `folder` (once) from the system's
+    python3.X of the same version, this environment's site-packages and this checkout added
+    by a .pth file."""
+    from workbench.system import closed_to_others, python_paths
+
+    if closed_to_others(*python_paths()) is None:
+        return sys.executable
+    venv = folder / "python"
+    python = venv / "bin" / "python"
+    if python.exists():
+        return str(python)
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    system_python = shutil.which(version, path="/usr/bin:/usr/local/bin:/bin")
+    if system_python is None:
+        pytest.fail(f"no {version} that the test users can run, for the system daemon")
+    subprocess.run([system_python, "-m", "venv", "--without-pip", str(venv)], check=True)
+    lines = [f"import sys; sys.path.insert(0, {str(REPO)!r})"] + [
+        f"import site; site.addsitedir({entry!r})"
+        for entry in sys.path
+        if entry.endswith("site-packages")
+    ]
+    (venv / "lib" / version / "site-packages" / "workbench-tests.pth").write_text(
+        "\n".join(lines) + "\n"
+    )
+    return str(python)
+
+
 def install_system(root: Path, users: Users) -> System:
     env = {k: v for k, v in os.environ.items() if k != "WORKBENCH_HOME"}
     env["WORKBENCH_SYSTEM_HOME"] = str(root)
     done = subprocess.run(
         [
-            sys.executable,
+            shared_python(users.folder),
             "-m",
             "workbench",
             "system",
@@ -517,6 +548,84 @@ def test_request_uid_is_the_peers() -> None:
     held = request_from_wire({**wire, "env": {"A": "old"}, "secret_env": {"A": "s"}}, 1500)
     assert held.env == {} and held.credentials is not None
     assert held.credentials.values == {"A": "s"} and held.credentials.needed == ("A",)
+
+
+@pytest.fixture()
+def open_folder() -> Iterator[Path]:
+    """A folder every user can reach (pytest's tmp_path is under a 0700 folder)."""
+    folder = Path(tempfile.mkdtemp(prefix="wbopen", dir="/tmp"))
+    os.chmod(folder, 0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_closed_to_others_names_the_first_closed_path(open_folder: Path) -> None:
+    """The check `system install` makes of its Python: every folder above each path o+x, the
+    path o+rx (o+r for a plain file), and everything in a tree too; the interpreter is judged
+    where its links lead."""
+    root = open_folder
+    python = root / "opt" / "bin" / "python3"
+    module = root / "opt" / "lib" / "site-packages" / "pkg" / "mod.py"
+    cached = module.parent / "__pycache__" / "mod.pyc"
+    for path in (python, module, cached):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+    python.chmod(0o755)
+    cached.chmod(0o600)  # Python reads around a cache it cannot read
+    tree = module.parents[1]
+    assert closed_to_others([python, root / "opt"], [tree]) is None
+    (root / "opt" / "lib").chmod(0o700)
+    assert closed_to_others([python], [tree]) == root / "opt" / "lib"
+    (root / "opt" / "lib").chmod(0o755)
+    module.chmod(0o600)
+    assert closed_to_others([python], [tree]) == module
+    module.chmod(0o644)
+    python.chmod(0o750)
+    assert closed_to_others([python], [tree]) == python
+    python.chmod(0o755)
+    hidden = root / "hidden"
+    hidden.mkdir(mode=0o700)
+    (hidden / "python3").write_text("")
+    link = root / "venv" / "bin" / "python"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(hidden / "python3")
+    assert closed_to_others([link], [tree]) == hidden
+    assert closed_to_others([root / "missing"], []) is None
+
+
+INSTALL_WITH = """
+import sys
+sys.executable = sys.argv[1]
+from workbench.cli.main import main
+sys.exit(main(["system", "install", "--no-start"]))
+"""
+
+
+def test_install_refuses_a_python_others_cannot_run(open_folder: Path) -> None:
+    """`system install` from a Python under a folder other users cannot enter (a venv in root's
+    0700 home) is refused before anything is installed: exit 2, naming the folder and the
+    fix. Every user's job failed at its start under such a daemon."""
+    _need_root()
+    closed = open_folder / "private"
+    closed.mkdir(mode=0o700)
+    python = closed / "python3"
+    python.write_text("")
+    python.chmod(0o755)
+    home = open_folder / "system-home"
+    env = {k: v for k, v in os.environ.items() if k != "WORKBENCH_HOME"}
+    done = subprocess.run(
+        [sys.executable, "-c", INSTALL_WITH, str(python)],
+        capture_output=True,
+        text=True,
+        env={**env, "WORKBENCH_SYSTEM_HOME": str(home), "WORKBENCH_SYSTEMD_DIR": str(home)},
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"{closed} cannot be read by other users" in done.stderr
+    assert f"chmod o+rx {closed}" in done.stderr and "Traceback" not in done.stderr
+    assert not home.exists()
 
 
 def test_root_writes_refuse_a_planted_fifo(tmp_path: Path) -> None:

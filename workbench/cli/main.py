@@ -1031,6 +1031,8 @@ def cmd_system(args: argparse.Namespace) -> int:
             lines = system.uninstall(purge=args.purge)
     except (system.SystemError_, OSError) as error:
         print(f"workbench: {display_text(str(error))}", file=sys.stderr)
+        if isinstance(error, system.PythonNotShared):
+            return EXIT_USAGE
         return EXIT_NOT_PERMITTED if os.geteuid() != 0 else EXIT_DAEMON
     for line in lines:
         print(line)
