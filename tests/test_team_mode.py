@@ -38,7 +38,7 @@ pytestmark = pytest.mark.xdist_group("unix-users")
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from _team_attacks import runners  # noqa: E402  (the bench's attackers run as the same users)
+from _team_attacks import daemon_python, runners  # noqa: E402  (the bench's attackers run as the same users)
 
 NOT_PERMITTED = 4
 
@@ -148,42 +148,12 @@ class System:
         raise AssertionError(f"job {job_id} did not end")
 
 
-def shared_python(folder: Path) -> str:
-    """A Python every test user can run, with this environment's packages, for the system
-    daemon (`system install` refuses one they cannot read, `workbench.system.closed_to_others`):
-    this interpreter where it is one, else a venv made in `folder` (once) from the system's
-    python3.X of the same version, this environment's site-packages and this checkout added
-    by a .pth file."""
-    from workbench.system import closed_to_others, python_paths
-
-    if closed_to_others(*python_paths()) is None:
-        return sys.executable
-    venv = folder / "python"
-    python = venv / "bin" / "python"
-    if python.exists():
-        return str(python)
-    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    system_python = shutil.which(version, path="/usr/bin:/usr/local/bin:/bin")
-    if system_python is None:
-        pytest.fail(f"no {version} that the test users can run, for the system daemon")
-    subprocess.run([system_python, "-m", "venv", "--without-pip", str(venv)], check=True)
-    lines = [f"import sys; sys.path.insert(0, {str(REPO)!r})"] + [
-        f"import site; site.addsitedir({entry!r})"
-        for entry in sys.path
-        if entry.endswith("site-packages")
-    ]
-    (venv / "lib" / version / "site-packages" / "workbench-tests.pth").write_text(
-        "\n".join(lines) + "\n"
-    )
-    return str(python)
-
-
 def install_system(root: Path, users: Users) -> System:
     env = {k: v for k, v in os.environ.items() if k != "WORKBENCH_HOME"}
     env["WORKBENCH_SYSTEM_HOME"] = str(root)
     done = subprocess.run(
         [
-            shared_python(users.folder),
+            daemon_python(users.folder),
             "-m",
             "workbench",
             "system",
