@@ -821,7 +821,12 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"workbench {__version__}")
-    parser.add_argument("--batch", metavar="PIPELINE.toml", help="run a pipeline headless and exit")
+    parser.add_argument(
+        "--batch",
+        metavar="PIPELINE.toml",
+        help="run a pipeline headless and exit (on the system daemon where one is installed:"
+        " command stages only)",
+    )
     parser.add_argument(
         "--json", action="store_true", help="with --batch: one JSON object per event"
     )
