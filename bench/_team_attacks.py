@@ -59,7 +59,7 @@ class Team:
         env = {k: v for k, v in os.environ.items() if k != "WORKBENCH_HOME"}
         env["WORKBENCH_SYSTEM_HOME"] = str(self.root)
         subprocess.run(
-            [sys.executable, "-m", "workbench", "system", "install"],
+            [daemon_python(self.folder), "-m", "workbench", "system", "install"],
             check=True,
             capture_output=True,
             env=env,
@@ -220,6 +220,38 @@ def runners(user: str) -> tuple[list[str], list[str]]:
     wb = [system_python, "-c", start + "from workbench.cli.entry import main; sys.exit(main())"]
     run = "import runpy; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
     return wb, [system_python, "-c", start + run]
+
+
+def daemon_python(folder: Path) -> str:
+    """A Python every test user can run, with this environment's packages, for the system
+    daemon (`system install` refuses one they cannot read, `workbench.system.closed_to_others`):
+    this interpreter where it is one, else a venv made in `folder` (once) from the system's
+    python3.X of the same version, this environment's site-packages and this checkout added
+    by a .pth file. Used by tests/test_team_mode.py too.
+
+    Raises RuntimeError when no such Python exists."""
+    from workbench.system import closed_to_others, python_paths
+
+    if closed_to_others(*python_paths()) is None:
+        return sys.executable
+    venv = folder / "python"
+    python = venv / "bin" / "python"
+    if python.exists():
+        return str(python)
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    system_python = shutil.which(version, path="/usr/bin:/usr/local/bin:/bin")
+    if system_python is None:
+        raise RuntimeError(f"no {version} that the test users can run, for the system daemon")
+    subprocess.run([system_python, "-m", "venv", "--without-pip", str(venv)], check=True)
+    lines = [f"import sys; sys.path.insert(0, {str(REPO)!r})"] + [
+        f"import site; site.addsitedir({entry!r})"
+        for entry in sys.path
+        if entry.endswith("site-packages")
+    ]
+    (venv / "lib" / version / "site-packages" / "workbench-tests.pth").write_text(
+        "\n".join(lines) + "\n"
+    )
+    return str(python)
 
 
 # ---- the attacks: each returns privilege gained (a count) ---------------------------------

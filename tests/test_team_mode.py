@@ -26,18 +26,19 @@ import pytest
 
 from workbench.daemon.identity import peer_for
 from workbench.daemon.rights import PUBLIC_FIELDS, NotPermitted, Rights
-from workbench.daemon.teamops import RequestError, request_from_wire
+from workbench.daemon.teamops import RequestError, pipeline_from_wire, request_from_wire
 from workbench.db.store import Job
 from workbench.jobmodel.resources import Resources
 from workbench.jobmodel.states import JobState
 from workbench.queue.spec import SpecError
+from workbench.system import closed_to_others
 
 # One pytest-xdist worker runs these (`--dist loadgroup`): they add and remove Unix users.
 pytestmark = pytest.mark.xdist_group("unix-users")
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from _team_attacks import runners  # noqa: E402  (the bench's attackers run as the same users)
+from _team_attacks import daemon_python, runners  # noqa: E402  (the bench's attackers run as the same users)
 
 NOT_PERMITTED = 4
 
@@ -152,7 +153,7 @@ def install_system(root: Path, users: Users) -> System:
     env["WORKBENCH_SYSTEM_HOME"] = str(root)
     done = subprocess.run(
         [
-            sys.executable,
+            daemon_python(users.folder),
             "-m",
             "workbench",
             "system",
@@ -333,6 +334,190 @@ def test_a_restarted_daemon_adopts_users_jobs(system: System) -> None:
         time.sleep(0.05)
     system.pid = install_system(system.root, users).pid
     assert system.wb(users.alice, "cancel", str(job_id)).returncode == 0
+    assert system.wait_ended(job_id)["state"] == "cancelled"
+
+
+def _pipeline_file(system: System, user: str, text: str) -> Path:
+    """A pipeline file in a new folder of `user`'s home, theirs (the batch reads it as them)."""
+    folder = Path(os.path.expanduser(f"~{user}")) / f"pipe-{uuid.uuid4().hex[:6]}"
+    folder.mkdir()
+    path = folder / "pipeline.toml"
+    path.write_text(text)
+    for made in (folder, path):
+        shutil.chown(made, user, user)
+    return path
+
+
+def _uid(user: str) -> int:
+    return int(subprocess.run(["id", "-u", user], capture_output=True, text=True).stdout)
+
+
+TWO_STAGES = """
+[pipeline]
+name = "teampipe"
+
+[[stage]]
+name = "first"
+kind = "command"
+argv = ["sh", "-c", "id -u; sleep 1"]
+
+[[stage]]
+name = "second"
+kind = "command"
+after = ["first"]
+argv = ["sh", "-c", "id -u"]
+"""
+
+
+def test_batch_runs_through_the_system_daemon(system: System) -> None:
+    """alice's `--batch` of a two-stage command pipeline goes to the system daemon (it said
+    "runs on your own per-user daemon" and used one): both jobs are hers (`id -u` inside is
+    her uid), recorded as one pipeline with their stages, the second started after the first
+    ended; the exit code, `--json` events and the summary are those of a per-user batch."""
+    users = system.users
+    path = _pipeline_file(system, users.alice, TWO_STAGES)
+    done = system.wb(users.alice, "--batch", str(path), "--json", cwd=str(path.parent))
+    assert done.returncode == 0, done.stderr
+    assert "per-user daemon" not in done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    head, summary = events[0], events[-1]
+    assert head["type"] == "pipeline" and head["pipeline"] == "teampipe"
+    assert summary["type"] == "summary" and summary["ok"] is True
+    assert [(s["stage"], s["state"]) for s in summary["stages"]] == [
+        ("first", "succeeded"),
+        ("second", "succeeded"),
+    ]
+    assert {"state"} <= {e["type"] for e in events[1:-1]}
+    first, second = (
+        json.loads(system.wb(users.alice, "show", str(i), "--json").stdout) for i in head["jobs"]
+    )
+    for job, stage in ((first, "first"), (second, "second")):
+        assert job["uid"] == _uid(users.alice) and job["owner"] == users.alice
+        assert job["stage"] == stage and job["pipeline_id"] == head["id"]
+        log = system.wb(users.alice, "logs", str(job["id"]))
+        assert log.stdout.split() == [str(_uid(users.alice))], log.stdout
+    assert second["after"] == [{"job": first["id"], "cond": "ok"}]
+    assert second["started_at"] >= first["ended_at"]
+    # Nothing ran on a per-user daemon of hers.
+    own = Path(os.path.expanduser(f"~{users.alice}")) / ".local/share/workbench/state.db"
+    assert not own.exists()
+    # The plain summary, as per user: the pipeline's name, each stage, job and state.
+    again = system.wb(users.alice, "--batch", str(path), cwd=str(path.parent))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[0] == "pipeline teampipe"
+    rows = [line.split() for line in again.stdout.splitlines()[1:]]
+    assert [(row[0], row[1], row[3]) for row in rows] == [
+        ("first", "job", "succeeded"),
+        ("second", "job", "succeeded"),
+    ]
+    assert int(rows[0][2]) < int(rows[1][2]) and int(rows[0][2]) > head["jobs"][1]
+
+
+FAILING_FIRST = """
+[[stage]]
+name = "boom"
+kind = "command"
+argv = ["sh", "-c", "echo broken >&2; exit 4"]
+
+[[stage]]
+name = "after"
+kind = "command"
+after = ["boom"]
+argv = ["true"]
+"""
+
+
+def test_batch_failing_stage_blocks_the_next(system: System) -> None:
+    """A first stage that fails makes the second never run (`blocked`) and `--batch` exit 1,
+    as per user."""
+    users = system.users
+    path = _pipeline_file(system, users.alice, FAILING_FIRST)
+    done = system.wb(users.alice, "--batch", str(path), "--json")
+    assert done.returncode == 1, done.stderr
+    summary = json.loads(done.stdout.splitlines()[-1])
+    assert summary["ok"] is False
+    boom, after = summary["stages"]
+    assert boom["state"] == "failed" and boom["exit_code"] == 4
+    assert after["state"] == "blocked" and after["duration_s"] is None
+
+
+@pytest.mark.parametrize(
+    ("stage", "said"),
+    [
+        ('kind = "ingest"\nsource = ["data.csv"]\ndataset = "d"', "key 'kind': 'ingest'"),
+        ('kind = "command"\nargv = ["true"]\nslurm = { partition = "gpu" }', "key 'slurm'"),
+    ],
+)
+def test_batch_refuses_what_team_mode_cannot_run(system: System, stage: str, said: str) -> None:
+    """A pipeline with a built-in stage (ingest) or Slurm options is refused at submit, exit 2,
+    naming the file and the stage: nothing is queued, and it is not run per user instead."""
+    users = system.users
+    text = '[[stage]]\nname = "start"\nkind = "command"\nargv = ["true"]\n\n'
+    text += f'[[stage]]\nname = "load"\nafter = ["start"]\n{stage}\n'
+    path = _pipeline_file(system, users.alice, text)
+    (path.parent / "data.csv").write_text("a,b\n1,2\n")
+    before = system.wb(users.alice, "audit", "--json").stdout
+    done = system.wb(users.alice, "--batch", str(path))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"{path}: stage 'load': {said}" in done.stderr, done.stderr
+    assert "team mode runs command stages" in done.stderr and "Traceback" not in done.stderr
+    assert system.wb(users.alice, "audit", "--json").stdout == before
+    own = Path(os.path.expanduser(f"~{users.alice}")) / ".local/share/workbench/state.db"
+    assert not own.exists()
+    if "slurm" in said:  # nor the whole pipeline sent to Slurm
+        plain = _pipeline_file(system, users.alice, TWO_STAGES)
+        done = system.wb(users.alice, "--batch", str(plain), "--executor", "slurm")
+        assert done.returncode == 2 and "--executor slurm: team mode" in done.stderr, done.stderr
+        assert system.wb(users.alice, "audit", "--json").stdout == before
+
+
+def _child_of(pid: int) -> int:
+    """The one child process of `pid` (the CLI that runuser started)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        if children:
+            return int(children[0])
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} started no child")
+
+
+def test_pipeline_jobs_are_their_owners_to_cancel(system: System) -> None:
+    """bob cannot cancel alice's pipeline job (exit 4); SIGTERM to her `--batch` cancels it,
+    as Ctrl-C does per user, and the batch exits 143."""
+    users = system.users
+    text = '[pipeline]\nname = "long"\n\n[[stage]]\nname = "nap"\nkind = "command"\n'
+    path = _pipeline_file(system, users.alice, text + 'argv = ["sleep", "60"]\n')
+    batch = subprocess.Popen(
+        ["runuser", "-u", users.alice, "--", *users.wb, "--batch", str(path), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**system.env(), "HOME": os.path.expanduser(f"~{users.alice}")},
+        cwd=str(path.parent),
+    )
+    try:
+        assert batch.stdout is not None
+        head = json.loads(batch.stdout.readline())
+        job_id = head["jobs"][0]
+        deadline = time.monotonic() + 30
+        while json.loads(system.wb(users.alice, "show", str(job_id), "--json").stdout)["state"] != (
+            "running"
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        refused = system.wb(users.bob, "cancel", str(job_id))
+        assert refused.returncode == NOT_PERMITTED, refused.stderr
+        assert f"job {job_id} is {users.alice}'s" in refused.stderr
+        os.kill(_child_of(batch.pid), signal.SIGTERM)
+        stdout, stderr = batch.communicate(timeout=60)
+    finally:
+        if batch.poll() is None:
+            batch.kill()
+    assert batch.returncode == 128 + signal.SIGTERM, stderr
+    assert "interrupted" in stderr
+    summary = json.loads(stdout.splitlines()[-1])
+    assert summary["stages"][0]["state"] == "cancelled"
     assert system.wait_ended(job_id)["state"] == "cancelled"
 
 
@@ -517,6 +702,112 @@ def test_request_uid_is_the_peers() -> None:
     held = request_from_wire({**wire, "env": {"A": "old"}, "secret_env": {"A": "s"}}, 1500)
     assert held.env == {} and held.credentials is not None
     assert held.credentials.values == {"A": "s"} and held.credentials.needed == ("A",)
+
+
+def test_pipeline_request_links_only_earlier_jobs() -> None:
+    """A pipeline's `submit` names the jobs each waits for by their position in the request:
+    only earlier ones, in range, with a condition; each job needs its stage; every job is the
+    peer's whatever the request says."""
+    job = {"name": "x", "kind": "command", "spec": {}, "cwd": "/tmp", "env": {},
+           "argv": ["true"], "uid": 0, "stage": "a"}  # fmt: skip
+    head = {"name": "p", "path": "/tmp/p.toml"}
+    second = {**job, "stage": "b", "after_index": [[0, "ok"]]}
+    name, path, built = pipeline_from_wire({"pipeline": head, "jobs": [job, second]}, 1500)
+    assert (name, path) == ("p", "/tmp/p.toml")
+    assert [(r.stage, r.uid, links) for r, links in built] == [
+        ("a", 1500, []),
+        ("b", 1500, [(0, "ok")]),
+    ]
+    for links in ([[1, "ok"]], [[2, "ok"]], [[-1, "ok"]], [[0, "maybe"]], [["0", "ok"]], [0]):
+        with pytest.raises(RequestError, match="after_index"):
+            pipeline_from_wire({"pipeline": head, "jobs": [job, {**job, "after_index": links}]}, 1)
+    for bad, field in (
+        ({"pipeline": head, "jobs": [{**job, "stage": ""}]}, "stage"),
+        ({"pipeline": head, "jobs": [{k: v for k, v in job.items() if k != "stage"}]}, "stage"),
+        ({"pipeline": {"name": "p"}, "jobs": [job]}, "pipeline"),
+        ({"pipeline": head, "jobs": []}, "jobs"),
+        ({"pipeline": head, "jobs": [{**job, "kind": "ingest"}]}, "command jobs only"),
+    ):
+        with pytest.raises(RequestError, match=field):
+            pipeline_from_wire(bad, 1)
+
+
+@pytest.fixture()
+def open_folder() -> Iterator[Path]:
+    """A folder every user can reach (pytest's tmp_path is under a 0700 folder)."""
+    folder = Path(tempfile.mkdtemp(prefix="wbopen", dir="/tmp"))
+    os.chmod(folder, 0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_closed_to_others_names_the_first_closed_path(open_folder: Path) -> None:
+    """The check `system install` makes of its Python: every folder above each path o+x, the
+    path o+rx (o+r for a plain file), and everything in a tree too; the interpreter is judged
+    where its links lead."""
+    root = open_folder
+    python = root / "opt" / "bin" / "python3"
+    module = root / "opt" / "lib" / "site-packages" / "pkg" / "mod.py"
+    cached = module.parent / "__pycache__" / "mod.pyc"
+    for path in (python, module, cached):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+    python.chmod(0o755)
+    cached.chmod(0o600)  # Python reads around a cache it cannot read
+    tree = module.parents[1]
+    assert closed_to_others([python, root / "opt"], [tree]) is None
+    (root / "opt" / "lib").chmod(0o700)
+    assert closed_to_others([python], [tree]) == root / "opt" / "lib"
+    (root / "opt" / "lib").chmod(0o755)
+    module.chmod(0o600)
+    assert closed_to_others([python], [tree]) == module
+    module.chmod(0o644)
+    python.chmod(0o750)
+    assert closed_to_others([python], [tree]) == python
+    python.chmod(0o755)
+    hidden = root / "hidden"
+    hidden.mkdir(mode=0o700)
+    (hidden / "python3").write_text("")
+    link = root / "venv" / "bin" / "python"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(hidden / "python3")
+    assert closed_to_others([link], [tree]) == hidden
+    assert closed_to_others([root / "missing"], []) is None
+
+
+INSTALL_WITH = """
+import sys
+sys.executable = sys.argv[1]
+from workbench.cli.main import main
+sys.exit(main(["system", "install", "--no-start"]))
+"""
+
+
+def test_install_refuses_a_python_others_cannot_run(open_folder: Path) -> None:
+    """`system install` from a Python under a folder other users cannot enter (a venv in root's
+    0700 home) is refused before anything is installed: exit 2, naming the folder and the
+    fix. Every user's job failed at its start under such a daemon."""
+    _need_root()
+    closed = open_folder / "private"
+    closed.mkdir(mode=0o700)
+    python = closed / "python3"
+    python.write_text("")
+    python.chmod(0o755)
+    home = open_folder / "system-home"
+    env = {k: v for k, v in os.environ.items() if k != "WORKBENCH_HOME"}
+    done = subprocess.run(
+        [sys.executable, "-c", INSTALL_WITH, str(python)],
+        capture_output=True,
+        text=True,
+        env={**env, "WORKBENCH_SYSTEM_HOME": str(home), "WORKBENCH_SYSTEMD_DIR": str(home)},
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"{closed} cannot be read by other users" in done.stderr
+    assert f"chmod o+rx {closed}" in done.stderr and "Traceback" not in done.stderr
+    assert not home.exists()
 
 
 def test_root_writes_refuse_a_planted_fifo(tmp_path: Path) -> None:

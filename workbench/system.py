@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 DEFAULT_SYSTEM_HOME = "/var/lib/workbench"
@@ -118,6 +119,98 @@ def unit_text(root: Path) -> str:
     )
 
 
+class PythonNotShared(SystemError_):
+    """The daemon's Python (interpreter, standard library, workbench or its dependencies) is
+    where other users cannot read it: every user's job would fail at its start (exit 2)."""
+
+
+def closed_to_others(paths: Iterable[Path], trees: Iterable[Path] = ()) -> Path | None:
+    """The first path other users (neither owner nor group) cannot reach, or None when all
+    can: for each of `paths` (resolved), every folder above it must be o+x, and it o+rx (a
+    folder, or an executable file) or o+r (another file); each of `trees` must pass the same
+    and so must everything under it (folders o+rx, files o+r; links are not followed into, a
+    broken one is skipped, and so are `__pycache__` folders, which Python reads around). A path that does not exist is skipped. Costs one stat per
+    component and per entry of the trees (about 100,000 in a site-packages with torch: a
+    second or two)."""
+    seen: set[Path] = set()
+
+    def mode_of(path: Path) -> int | None:
+        try:
+            return os.stat(path).st_mode
+        except OSError:
+            return None
+
+    def closed(path: Path) -> bool:
+        mode = mode_of(path)
+        if mode is None:
+            return False
+        wanted = stat.S_IROTH
+        if stat.S_ISDIR(mode) or mode & stat.S_IXUSR:
+            wanted |= stat.S_IXOTH
+        return mode & wanted != wanted
+
+    def chain(path: Path) -> Path | None:
+        for folder in reversed(path.parents):
+            if folder not in seen:
+                mode = mode_of(folder)
+                if mode is not None and not mode & stat.S_IXOTH:
+                    return folder
+                seen.add(folder)
+        return path if closed(path) else None
+
+    for path in paths:
+        found = chain(Path(path).resolve())
+        if found is not None:
+            return found
+    for tree in trees:
+        top = Path(tree).resolve()
+        found = chain(top)
+        if found is not None:
+            return found
+        for folder, dirs, files in os.walk(top):
+            dirs[:] = [d for d in dirs if d != "__pycache__"]  # Python reads around a closed one
+            for name in sorted(dirs) + sorted(files):
+                entry = Path(folder, name)
+                if closed(entry):
+                    return entry
+            dirs.sort()
+    return None
+
+
+def python_paths() -> tuple[list[Path], list[Path]]:
+    """What the daemon's Python needs other users to read, as (paths, trees) for
+    `closed_to_others`: the interpreter (resolved), its prefixes; and the standard library,
+    the folders of `sys.path` that hold packages (site-packages, lib-dynload) and the
+    workbench package's own folder, each whole."""
+    import sysconfig
+
+    import workbench
+
+    paths = [Path(sys.executable), Path(sys.prefix), Path(sys.base_prefix)]
+    trees = [Path(sysconfig.get_paths()["stdlib"]), Path(workbench.__file__).parent]
+    trees += [
+        Path(entry)
+        for entry in sys.path
+        if entry.endswith(("site-packages", "dist-packages", "lib-dynload"))
+    ]
+    return paths, list(dict.fromkeys(trees))
+
+
+def check_python_shared() -> None:
+    """Raise PythonNotShared naming the first path of this Python (`python_paths`) other users
+    cannot read, and the fix. The system daemon's jobs start as their owners from this
+    Python's processes, which read it as them."""
+    found = closed_to_others(*python_paths())
+    if found is None:
+        return
+    raise PythonNotShared(
+        f"{found} cannot be read by other users, and the system daemon would run every user's"
+        f" jobs from this Python ({sys.executable}), so each would fail at its start: `chmod"
+        f" o+rx {found}` (and o+r on the files under it), or install gpu-workbench into a"
+        " Python every user can run (e.g. a venv under /opt made with /usr/bin/python3)"
+    )
+
+
 def _require_root() -> None:
     if os.geteuid() != 0:
         raise SystemError_("the system daemon is installed and removed by root (sudo)")
@@ -157,10 +250,12 @@ def _make_home(root: Path, admin_group: str | None) -> None:
 def install(admin_group: str | None = None, start: bool = True) -> list[str]:
     """Make the system home and start its daemon: a systemd unit where systemd is PID 1,
     else the daemon started detached (and the command to start it at boot printed). Returns
-    lines to print. Raises SystemError_."""
+    lines to print. Raises SystemError_ (PythonNotShared, before anything is made, when this
+    Python is not one every user can run: `check_python_shared`)."""
     import subprocess
 
     _require_root()
+    check_python_shared()
     root = system_home()
     _make_home(root, admin_group)
     lines = [f"system home: {root}"]

@@ -822,7 +822,12 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"workbench {__version__}")
-    parser.add_argument("--batch", metavar="PIPELINE.toml", help="run a pipeline headless and exit")
+    parser.add_argument(
+        "--batch",
+        metavar="PIPELINE.toml",
+        help="run a pipeline headless and exit (on the system daemon where one is installed:"
+        " command stages only)",
+    )
     parser.add_argument(
         "--json", action="store_true", help="with --batch: one JSON object per event"
     )
@@ -997,17 +1002,17 @@ def _in_team_mode(args: argparse.Namespace) -> int | None:
     return team.run(args, path)
 
 
-def _say_per_user(what: str) -> None:
-    """Tell the user, on stderr, that `what` runs on their own per-user daemon though a system
-    daemon is installed (team mode takes the queue commands, not yet pipelines or the TUI)."""
+def _batch_in_team_mode(args: argparse.Namespace) -> int | None:
+    """`--batch`'s exit code when a system daemon is installed (and WORKBENCH_HOME not set):
+    the pipeline runs there (`workbench.cli.teambatch`). None: run it here, per user."""
     from workbench.system import system_socket
 
-    if system_socket() is not None:
-        print(
-            f"workbench: note: {what} runs on your own per-user daemon; the system daemon"
-            " (team mode) takes submit, ls, show, logs, wait and job control",
-            file=sys.stderr,
-        )
+    path = system_socket()
+    if path is None:
+        return None
+    from workbench.cli import teambatch
+
+    return teambatch.run(args.batch, args.json, args.executor, path)
 
 
 def cmd_system(args: argparse.Namespace) -> int:
@@ -1032,6 +1037,8 @@ def cmd_system(args: argparse.Namespace) -> int:
             lines = system.uninstall(purge=args.purge)
     except (system.SystemError_, OSError) as error:
         print(f"workbench: {display_text(str(error))}", file=sys.stderr)
+        if isinstance(error, system.PythonNotShared):
+            return EXIT_USAGE
         return EXIT_NOT_PERMITTED if os.geteuid() != 0 else EXIT_DAEMON
     for line in lines:
         print(line)
@@ -1068,7 +1075,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.batch:
             if args.command_name:
                 raise UsageError("--batch runs a pipeline; give no other command")
-            _say_per_user("--batch")
+            team_code = _batch_in_team_mode(args)
+            if team_code is not None:
+                return team_code
             return run_batch(args.batch, args.json, args.executor)
         if not args.command_name:
             return open_tui()

@@ -83,11 +83,16 @@ class TeamClient:
             time.sleep(0.2)
 
 
-def run(args: argparse.Namespace, path: str) -> int | None:
-    """Run a queue command against the system daemon; None when it cannot be reached before
-    anything was done (the caller then uses the per-user daemon, as without a system one)."""
+def run(
+    args: argparse.Namespace,
+    path: str,
+    handler: Callable[[TeamClient, argparse.Namespace], int] | None = None,
+) -> int | None:
+    """Run a queue command (`handler`, else the one `args.command_name` names) against the
+    system daemon; None when it cannot be reached before anything was done (the caller then
+    uses the per-user daemon, as without a system one)."""
     client = TeamClient(path)
-    handler: Callable[[TeamClient, argparse.Namespace], int] = _HANDLERS[args.command_name]
+    handler = handler or _HANDLERS[args.command_name]
     try:
         return handler(client, args)
     except Unreachable:

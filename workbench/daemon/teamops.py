@@ -6,6 +6,7 @@ gate turns those into replies with exit codes."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import stat
@@ -177,6 +178,49 @@ def _secret_env(data: dict[str, Any], env: dict[str, str]) -> HeldCredentials | 
     return HeldCredentials(secrets.token_hex(16), dict(values), tuple(sorted(values)))
 
 
+MAX_PIPELINE_TEXT = 4096  # characters of a pipeline's name, path or stage name
+
+
+def pipeline_from_wire(
+    request: dict[str, Any], uid: int
+) -> tuple[str, str, list[tuple[JobRequest, list[tuple[int, str]]]]]:
+    """One pipeline's `submit` (`workbench --batch` in team mode): `pipeline` is `{"name",
+    "path"}` (its file), and each of `jobs` is a job as `request_from_wire` reads it with its
+    `stage` (a name) and `after_index`, `[[index, 'ok'|'any'|'fail'], ...]` naming earlier jobs
+    of the same request by 0-based position. Returns (name, path, [(request, links)]) for
+    `Store.submit_linked`, every job owned by `uid` (the peer's). Raises RequestError naming
+    the job and field, or SpecError."""
+    head = _field(request, "pipeline", dict, {})
+    texts = [_field(head, key, str, "") for key in ("name", "path")]
+    if not all(0 < len(text) <= MAX_PIPELINE_TEXT and "\0" not in text for text in texts):
+        raise RequestError("field 'pipeline': expected its name and path")
+    jobs = request.get("jobs")
+    if not isinstance(jobs, list) or not 0 < len(jobs) <= MAX_JOBS_PER_SUBMIT:
+        raise RequestError(f"field 'jobs': 1 to {MAX_JOBS_PER_SUBMIT} jobs")
+    built = []
+    for position, data in enumerate(jobs):
+        job = request_from_wire(data, uid)
+        stage = data.get("stage")
+        if not isinstance(stage, str) or not 0 < len(stage) <= MAX_PIPELINE_TEXT:
+            raise RequestError(f"job #{position}: field 'stage': expected the stage's name")
+        links = []
+        for item in _field(data, "after_index", list, []):
+            if (
+                not isinstance(item, list)
+                or len(item) != 2
+                or type(item[0]) is not int
+                or not 0 <= item[0] < position
+                or item[1] not in ("ok", "any", "fail")
+            ):
+                raise RequestError(
+                    f"job #{position}: field 'after_index': expected [index, 'ok'|'any'|'fail']"
+                    f" pairs naming earlier jobs of this request (0 to {position - 1})"
+                )
+            links.append((item[0], item[1]))
+        built.append((dataclasses.replace(job, stage=stage), links))
+    return texts[0], texts[1], built
+
+
 class TeamOps:
     """The handlers. `rights()` gives the policy in force (config.toml may change it);
     `changed()` wakes the scheduling loop after a write."""
@@ -214,6 +258,7 @@ class TeamOps:
             "audit": self.audit,
             "states": self.states,
             "credentials": self.credentials,
+            "jobs": self.jobs,
             **{op: self.share_op for op in SHARE_OPS},
         }.get(op if isinstance(op, str) else "")
         if handler is None:
@@ -244,7 +289,10 @@ class TeamOps:
         return {"uid": peer.uid, "user": peer.name, "admin": self.rights().is_admin(peer)}
 
     def submit(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        """Queue the jobs in `request["jobs"]` (all or none) as the peer's; `{"ids": [...]}`."""
+        """Queue the jobs in `request["jobs"]` (all or none) as the peer's; `{"ids": [...]}`.
+        With `pipeline`, they are one pipeline's (`submit_pipeline`)."""
+        if request.get("pipeline") is not None:
+            return self.submit_pipeline(peer, request)
         jobs = request.get("jobs")
         if not isinstance(jobs, list) or not 0 < len(jobs) <= MAX_JOBS_PER_SUBMIT:
             raise RequestError(f"field 'jobs': 1 to {MAX_JOBS_PER_SUBMIT} jobs")
@@ -255,6 +303,28 @@ class TeamOps:
         ids = self.store.submit_many(built)
         self.changed()
         return {"ids": ids, "jobs": [self._view(peer, self.store.get(i)) for i in ids]}
+
+    def submit_pipeline(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        """Queue one pipeline's jobs (`workbench --batch`) as the peer's, all or none, recorded
+        as a pipeline with each job's stage (`pipeline_from_wire`); `{"pipeline_id", "ids",
+        "jobs"}`."""
+        name, path, built = pipeline_from_wire(request, peer.uid)
+        for job, _ in built:
+            if job.credentials is not None:
+                self.hold(job.credentials.token, job.credentials.values)
+        pipeline_id, ids = self.store.submit_linked(name, path, built)
+        self.changed()
+        jobs = [self._view(peer, self.store.get(i)) for i in ids]
+        return {"pipeline_id": pipeline_id, "ids": ids, "jobs": jobs}
+
+    def jobs(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        """The jobs in `ids` as the peer may see them (as `show` without history), in the order
+        asked; removed ones left out: `{"jobs": [...]}` (a `--batch` follows its stages)."""
+        ids = request.get("ids")
+        if not isinstance(ids, list) or not all(type(i) is int for i in ids) or len(ids) > 10_000:
+            raise RequestError("field 'ids': expected job ids")
+        found = (self.store.find(i) for i in ids)
+        return {"jobs": [self._view(peer, job) for job in found if job is not None]}
 
     def list(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
         """Every job's public view (its owner sees the rest): active jobs and the newest
@@ -437,4 +507,4 @@ def _tail_start(fd: int, size: int, lines: int) -> int:
     return start + cut + 1
 
 
-__all__ = ["RequestError", "SpecError", "TeamOps", "request_from_wire"]
+__all__ = ["RequestError", "SpecError", "TeamOps", "pipeline_from_wire", "request_from_wire"]

@@ -775,18 +775,42 @@ class Store:
         """Queue a pipeline's jobs in one transaction. Each stage is (request, [(stage, cond)]),
         in an order where every stage comes after the stages it depends on; several requests may
         share a stage name (a sweep), and a dependency on that stage waits for all of them."""
+        positions: dict[str, list[int]] = {}
+        jobs: list[tuple[JobRequest, list[tuple[int, str]]]] = []
+        for index, (request, after) in enumerate(stages):
+            stage = request.stage or request.name
+            links = [(i, cond) for dep, cond in after for i in positions[dep]]
+            jobs.append((dataclasses.replace(request, stage=stage, after=()), links))
+            positions.setdefault(stage, []).append(index)
+        pipeline_id, ids = self.submit_linked(name, path, jobs)
+        return pipeline_id, {s: [ids[i] for i in found] for s, found in positions.items()}
+
+    def submit_linked(
+        self, name: str, path: str, jobs: Sequence[tuple[JobRequest, Sequence[tuple[int, str]]]]
+    ) -> tuple[int, list[int]]:
+        """Queue the jobs of one pipeline (named `name`, read from file `path`) in one
+        transaction, all or none. Each job is (request, links): the request (its `stage` as
+        given) and [(index, cond)] naming earlier jobs of `jobs` by 0-based position, which it
+        waits for besides the request's own `after`. Returns (pipeline id, job ids in the order
+        given). Raises JobError for a link to itself, a later job or out of range (nothing is
+        queued)."""
         now = time.time()
-        ids: dict[str, list[int]] = {}
+        ids: list[int] = []
         with self.transaction() as conn:
             cur = conn.execute(
                 "INSERT INTO pipelines(name, path, created_at) VALUES (?,?,?)", (name, path, now)
             )
             pipeline_id = int(cur.lastrowid or 0)
-            for request, after in stages:
-                deps = tuple((dep, cond) for stage, cond in after for dep in ids[stage])
-                stage = request.stage or request.name
-                req = dataclasses.replace(request, pipeline_id=pipeline_id, stage=stage, after=deps)
-                ids.setdefault(stage, []).append(self._insert(conn, req, now))
+            for position, (request, links) in enumerate(jobs):
+                for index, _ in links:
+                    if not 0 <= index < position:
+                        raise JobError(
+                            f"job #{position}: 'after_index' {index} names no earlier job"
+                            f" of the pipeline (0 to {position - 1})"
+                        )
+                deps = (*request.after, *((ids[i], cond) for i, cond in links))
+                req = dataclasses.replace(request, pipeline_id=pipeline_id, after=deps)
+                ids.append(self._insert(conn, req, now))
         return pipeline_id, ids
 
     # ---- reads -------------------------------------------------------------------------

@@ -106,8 +106,17 @@ def _cycle_text(cycle: list[str]) -> str:
     return f"{' -> '.join(head)} -> ... -> {' -> '.join(tail)} ({len(cycle) - 1} stages)"
 
 
-def load_pipeline(path: Path, env: dict[str, str] | None = None) -> Pipeline:
-    """Read and validate a whole pipeline file; any problem raises SpecError naming stage and key."""
+def load_pipeline(
+    path: Path,
+    env: dict[str, str] | None = None,
+    check_stage: Callable[[dict[str, Any], str], None] | None = None,
+    capture: bool = True,
+) -> Pipeline:
+    """Read and validate a whole pipeline file; any problem raises SpecError naming stage and key.
+
+    `check_stage(table, where)` is called with each `[[stage]]` table before it is built (team
+    mode refuses what its daemon cannot run there, before the checks that would ask the user's
+    own lake); `capture`: record each job's code and environment (`repro.capture`)."""
     path = Path(path).resolve()
     data = _read_toml(path)
     check_keys(data, ["pipeline", "stage"], str(path))
@@ -131,6 +140,8 @@ def load_pipeline(path: Path, env: dict[str, str] | None = None) -> Pipeline:
         where = f"{path}: stage '{stage_name}'"
         if stage_name in built:
             raise SpecError(f"{where}: key 'name': another stage has this name")
+        if check_stage is not None:
+            check_stage(table, where)
         after: list[tuple[str, str]] = []
         for key, cond in AFTER_KEYS.items():
             for dep in coerce(table.get(key, []), list[str], f"{where}: key '{key}'"):
@@ -139,15 +150,14 @@ def load_pipeline(path: Path, env: dict[str, str] | None = None) -> Pipeline:
         request_table.setdefault("name", stage_name)
         points, group_limit = _expand(request_table, stage_name, name, where)
         requests = tuple(
-            repro.capture(
-                build_request(point, base_dir, where, env, stage=stage_name, fail_unrunnable=True),
-                home.runs,
-                config.snapshot,
-                config.snapshot_cap_bytes,
-                cache,
-            )
+            build_request(point, base_dir, where, env, stage=stage_name, fail_unrunnable=True)
             for point in points
         )
+        if capture:
+            requests = tuple(
+                repro.capture(r, home.runs, config.snapshot, config.snapshot_cap_bytes, cache)
+                for r in requests
+            )
         built[stage_name] = Stage(stage_name, requests, tuple(after), group_limit)
     for stage in built.values():
         for dep, _ in stage.after:

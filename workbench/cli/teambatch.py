@@ -1,0 +1,110 @@
+"""`workbench --batch PIPELINE.toml` through the system daemon (team mode).
+
+The pipeline's stages (command stages only: the system daemon runs no built-in kind) go to the
+daemon in one `submit` request, all or none, each job naming the earlier jobs it waits for by
+their position in the request (`after_index`; the daemon checks them and records the pipeline
+and each job's stage, `workbench.daemon.teamops.pipeline_from_wire`). `run_pipeline` then
+follows them over the wire, with the progress, summary, `--json` events, exit codes and
+Ctrl-C/SIGTERM cancelling of a per-user `--batch`. The jobs are the caller's: the daemon takes
+who asks from the kernel."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from workbench.cli.team import Refused, TeamClient, request_to_wire
+from workbench.cli.team import run as run_in_team
+from workbench.db.store import Job
+from workbench.jobmodel.resources import Resources
+from workbench.jobmodel.states import JobState
+from workbench.queue.pipeline import Pipeline, load_pipeline, run_pipeline
+from workbench.queue.spec import SpecError
+
+TEAM_KINDS = ("command",)  # what the system daemon runs (teamops.request_from_wire)
+POLL_S = 0.2  # between two looks at the pipeline's jobs: one request on the system socket
+_PER_USER_HINT = "set WORKBENCH_HOME to run it on your own per-user daemon"
+
+
+def check_team_stage(table: dict[str, Any], where: str) -> None:
+    """Refuse a `[[stage]]` table the system daemon cannot run: a built-in kind (it reads the
+    store and lake, which are root's there) or per-job Slurm options (it runs jobs on this
+    machine only). `where` names the file and stage. Raises SpecError (exit 2)."""
+    kind = table.get("kind")
+    if "kind" in table and kind not in TEAM_KINDS:
+        raise SpecError(
+            f"{where}: key 'kind': {kind!r}: team mode runs command stages only (built-in"
+            f" kinds read the system's store, which is root's); {_PER_USER_HINT}"
+        )
+    if table.get("slurm"):
+        raise SpecError(
+            f"{where}: key 'slurm': team mode runs command stages on this machine only (no"
+            f" Slurm); {_PER_USER_HINT}"
+        )
+
+
+def wire_jobs(pipeline: Pipeline) -> list[dict[str, Any]]:
+    """The pipeline's jobs as one `submit` request carries them, in stage order: each job as
+    `request_to_wire` writes it, with its `stage` and `after_index` ([position, cond] of every
+    job of each stage it waits for; a stage's dependencies come before it in `stages`)."""
+    positions: dict[str, list[int]] = {}
+    jobs: list[dict[str, Any]] = []
+    for stage in pipeline.stages:
+        links = [[i, cond] for dep, cond in stage.after for i in positions[dep]]
+        for request in stage.requests:
+            positions.setdefault(stage.name, []).append(len(jobs))
+            jobs.append({**request_to_wire(request), "stage": stage.name, "after_index": links})
+    return jobs
+
+
+def job_from_view(view: dict[str, Any]) -> Job:
+    """A Job from the daemon's view of it (`Job.to_json`'s keys, as the rights show them):
+    what `run_pipeline` reads of a job (state, reason, times, progress, stage, dependencies);
+    fields the view leaves out are empty."""
+    given = {f.name for f in dataclasses.fields(Job)}
+    values = {key: value for key, value in view.items() if key in given}
+    values["state"] = JobState(view["state"])
+    values["resources"] = Resources(**(view.get("resources") or {}))
+    values["deps"] = tuple((d["job"], d["cond"]) for d in view.get("after") or ())
+    for key in ("spec", "env"):
+        values[key] = view.get(key) or {}
+    values.setdefault("cwd", "")
+    values.setdefault("retries", 0)
+    values.setdefault("attempt", 0)
+    values.setdefault("fail_unrunnable", False)
+    values.setdefault("created_at", 0.0)
+    missing = dict.fromkeys(f.name for f in dataclasses.fields(Job) if f.name not in values)
+    return Job(**{**missing, **values})
+
+
+def run(path: str, json_mode: bool, executor: str | None, socket_path: str) -> int | None:
+    """Run the pipeline at `path` through the system daemon at `socket_path`; its exit code
+    (as `run_pipeline`'s, or the daemon's refusal's), or None when the daemon does not answer
+    (the caller then runs it per user, as other commands do). Raises SpecError (exit 2) for a
+    file team mode cannot run, before anything is queued."""
+    if executor == "slurm":
+        raise SpecError(
+            f"--executor slurm: team mode runs jobs on this machine only; {_PER_USER_HINT}"
+        )
+    pipeline = load_pipeline(Path(path), check_stage=check_team_stage, capture=False)
+
+    def follow(client: TeamClient, _args: argparse.Namespace) -> int:
+        def submit(pipe: Pipeline) -> tuple[int, list[int]]:
+            head = {"name": pipe.name, "path": str(pipe.path)}
+            reply = client.ask("submit", pipeline=head, jobs=wire_jobs(pipe))
+            return int(reply["pipeline_id"]), [int(i) for i in reply["ids"]]
+
+        def poll(ids: list[int]) -> list[Job]:
+            return [job_from_view(view) for view in client.ask("jobs", ids=ids)["jobs"]]
+
+        def cancel(job_id: int) -> None:
+            try:
+                client.ask("control", id=job_id, action="cancel")
+            except Refused:  # it ended meanwhile
+                pass
+
+        return run_pipeline(pipeline, submit, poll, cancel, json_mode=json_mode, interval_s=POLL_S)
+
+    return run_in_team(argparse.Namespace(), socket_path, follow)
