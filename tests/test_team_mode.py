@@ -444,13 +444,13 @@ def test_batch_failing_stage_blocks_the_next(system: System) -> None:
 @pytest.mark.parametrize(
     ("stage", "said"),
     [
-        ('kind = "ingest"\nsource = ["data.csv"]\ndataset = "d"', "key 'kind': 'ingest'"),
         ('kind = "command"\nargv = ["true"]\nslurm = { partition = "gpu" }', "key 'slurm'"),
     ],
 )
 def test_batch_refuses_what_team_mode_cannot_run(system: System, stage: str, said: str) -> None:
-    """A pipeline with a built-in stage (ingest) or Slurm options is refused at submit, exit 2,
-    naming the file and the stage: nothing is queued, and it is not run per user instead."""
+    """A pipeline with Slurm options is refused at submit, exit 2, naming the file and the
+    stage: nothing is queued, and it is not run per user instead. (Built-in stages run through
+    the team queue: tests/test_team_share.py.)"""
     users = system.users
     text = '[[stage]]\nname = "start"\nkind = "command"\nargv = ["true"]\n\n'
     text += f'[[stage]]\nname = "load"\nafter = ["start"]\n{stage}\n'

@@ -243,3 +243,30 @@ def test_a_built_in_kind_runs_through_the_team_queue_in_its_owners_home(system: 
     # bob sees the team job's public view only.
     peeked = wb(system, users.bob, "logs", str(team_id))
     assert peeked.returncode == NOT_PERMITTED, peeked.stderr
+
+
+def test_a_pipeline_with_built_in_stages_runs_through_the_team_queue(system: System) -> None:
+    """`--batch` in team mode refused ingest/train stages; now they run in the submitter's own
+    home through the team queue, in the pipeline's order, with the usual summary."""
+    users = system.users
+    home = Path(os.path.expanduser(f"~{users.alice}"))
+    (home / "penguins.csv").write_bytes((REPO / "examples" / "penguins_train.csv").read_bytes())
+    pipeline = home / "flow.toml"
+    pipeline.write_text(
+        '[[stage]]\nname = "load"\nkind = "ingest"\nsource = ["penguins.csv"]\n'
+        'dataset = "birds"\n\n[[stage]]\nname = "fit"\nkind = "train"\nafter = ["load"]\n'
+        'dataset = "birds"\ntarget = "species"\nepochs = 2\nseed = 0\n'
+    )
+    for path in (home / "penguins.csv", pipeline):
+        os.chown(path, home.stat().st_uid, home.stat().st_gid)
+    done = wb(system, users.alice, "--batch", str(pipeline), "--json")
+    assert done.returncode == 0, done.stderr + done.stdout
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    summary = events[-1]
+    assert [s["state"] for s in summary["stages"]] == ["succeeded", "succeeded"], summary
+    listed = json.loads(wb(system, users.alice, "ls", "--json", "--all").stdout)
+    flow = [j for j in listed if j.get("stage") in ("load", "fit")]
+    assert len(flow) >= 2 and all(j["owner"] == users.alice for j in flow), flow
+    own = {**OWN_PYTHON, "WORKBENCH_HOME": str(home / ".local/share/workbench")}
+    runs = json.loads(system.wb(users.alice, "runs", "--json", extra_env=own).stdout)
+    assert "birds" in [r["dataset"] for r in runs], runs

@@ -825,8 +825,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch",
         metavar="PIPELINE.toml",
-        help="run a pipeline headless and exit (on the system daemon where one is installed:"
-        " command stages only)",
+        help="run a pipeline headless and exit (through the system daemon where one is installed)",
     )
     parser.add_argument(
         "--json", action="store_true", help="with --batch: one JSON object per event"

@@ -127,15 +127,15 @@ def _submit(client: TeamClient, args: argparse.Namespace) -> int:
     else:
         request, _ = submission.request_from_args(args, dict(os.environ), capture=False)
         requests = [request]
-    own = _queue_built_in(requests)
+    own = queue_built_in(requests)
     wired = [request_to_wire(own.get(i, (r, 0))[0]) for i, r in enumerate(requests)]
     try:
         reply = client.ask("submit", jobs=wired)
     except BaseException:
-        _withdraw(own, "the system daemon did not take it")
+        withdraw(own, "the system daemon did not take it")
         raise
     ids: list[int] = reply["ids"]
-    _tell_built_in(own, ids)
+    tell_built_in(own, ids)
     if args.json:
         _print_json(reply["jobs"] if args.bulk else reply["jobs"][0])
     else:
@@ -145,7 +145,7 @@ def _submit(client: TeamClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _queue_built_in(requests: list[Any]) -> dict[int, tuple[Any, int]]:
+def queue_built_in(requests: list[Any]) -> dict[int, tuple[Any, int]]:
     """For each built-in kind among `requests` (index -> (the command job for the system
     daemon, the job's id in the user's own home)): the job is queued in the user's own home,
     bound to executor `team` (no per-user daemon starts it; its data, runs and lineage stay
@@ -179,8 +179,8 @@ def _queue_built_in(requests: list[Any]) -> dict[int, tuple[Any, int]]:
     return out
 
 
-def _withdraw(own: dict[int, tuple[Any, int]], why: str) -> None:
-    """Cancel the jobs `_queue_built_in` queued in the user's own home (the team queue did not
+def withdraw(own: dict[int, tuple[Any, int]], why: str) -> None:
+    """Cancel the jobs `queue_built_in` queued in the user's own home (the team queue did not
     take them)."""
     if not own:
         return
@@ -195,7 +195,7 @@ def _withdraw(own: dict[int, tuple[Any, int]], why: str) -> None:
         store.close()
 
 
-def _tell_built_in(own: dict[int, tuple[Any, int]], team_ids: list[int]) -> None:
+def tell_built_in(own: dict[int, tuple[Any, int]], team_ids: list[int]) -> None:
     """Say, in each own-home job's reason and on stderr, which team job runs it."""
     if not own:
         return

@@ -1,7 +1,7 @@
 """`workbench --batch PIPELINE.toml` through the system daemon (team mode).
 
-The pipeline's stages (command stages only: the system daemon runs no built-in kind) go to the
-daemon in one `submit` request, all or none, each job naming the earlier jobs it waits for by
+The pipeline's stages go to the daemon in one `submit` request (a built-in kind's stage as the
+command job that runs it in the caller's own home: `workbench.daemon.teamrun`), all or none, each job naming the earlier jobs it waits for by
 their position in the request (`after_index`; the daemon checks them and records the pipeline
 and each job's stage, `workbench.daemon.teamops.pipeline_from_wire`). `run_pipeline` then
 follows them over the wire, with the progress, summary, `--json` events, exit codes and
@@ -15,7 +15,14 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from workbench.cli.team import Refused, TeamClient, request_to_wire
+from workbench.cli.team import (
+    Refused,
+    TeamClient,
+    queue_built_in,
+    request_to_wire,
+    tell_built_in,
+    withdraw,
+)
 from workbench.cli.team import run as run_in_team
 from workbench.db.store import Job
 from workbench.jobmodel.resources import Resources
@@ -23,21 +30,15 @@ from workbench.jobmodel.states import JobState
 from workbench.queue.pipeline import Pipeline, load_pipeline, run_pipeline
 from workbench.queue.spec import SpecError
 
-TEAM_KINDS = ("command",)  # what the system daemon runs (teamops.request_from_wire)
 POLL_S = 0.2  # between two looks at the pipeline's jobs: one request on the system socket
 _PER_USER_HINT = "set WORKBENCH_HOME to run it on your own per-user daemon"
 
 
 def check_team_stage(table: dict[str, Any], where: str) -> None:
-    """Refuse a `[[stage]]` table the system daemon cannot run: a built-in kind (it reads the
-    store and lake, which are root's there) or per-job Slurm options (it runs jobs on this
-    machine only). `where` names the file and stage. Raises SpecError (exit 2)."""
-    kind = table.get("kind")
-    if "kind" in table and kind not in TEAM_KINDS:
-        raise SpecError(
-            f"{where}: key 'kind': {kind!r}: team mode runs command stages only (built-in"
-            f" kinds read the system's store, which is root's); {_PER_USER_HINT}"
-        )
+    """Refuse a `[[stage]]` table the system daemon cannot run: per-job Slurm options (it runs
+    jobs on this machine only). `where` names the file and stage. Raises SpecError (exit 2).
+    A built-in kind's stage runs in the caller's own home (`workbench.cli.team`'s
+    `queue_built_in`)."""
     if table.get("slurm"):
         raise SpecError(
             f"{where}: key 'slurm': team mode runs command stages on this machine only (no"
@@ -93,8 +94,22 @@ def run(path: str, json_mode: bool, executor: str | None, socket_path: str) -> i
     def follow(client: TeamClient, _args: argparse.Namespace) -> int:
         def submit(pipe: Pipeline) -> tuple[int, list[int]]:
             head = {"name": pipe.name, "path": str(pipe.path)}
-            reply = client.ask("submit", pipeline=head, jobs=wire_jobs(pipe))
-            return int(reply["pipeline_id"]), [int(i) for i in reply["ids"]]
+            requests = [r for stage in pipe.stages for r in stage.requests]
+            own = queue_built_in(requests)  # built-in stages: run in the caller's own home
+            sent = iter(own.get(i, (r, 0))[0] for i, r in enumerate(requests))
+            stages = [
+                dataclasses.replace(st, requests=tuple(next(sent) for _ in st.requests))
+                for st in pipe.stages
+            ]
+            try:
+                wired = wire_jobs(dataclasses.replace(pipe, stages=tuple(stages)))
+                reply = client.ask("submit", pipeline=head, jobs=wired)
+            except BaseException:
+                withdraw(own, "the system daemon did not take the pipeline")
+                raise
+            ids = [int(i) for i in reply["ids"]]
+            tell_built_in(own, ids)
+            return int(reply["pipeline_id"]), ids
 
         def poll(ids: list[int]) -> list[Job]:
             return [job_from_view(view) for view in client.ask("jobs", ids=ids)["jobs"]]
