@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -270,3 +271,80 @@ def test_a_pipeline_with_built_in_stages_runs_through_the_team_queue(system: Sys
     own = {**OWN_PYTHON, "WORKBENCH_HOME": str(home / ".local/share/workbench")}
     runs = json.loads(system.wb(users.alice, "runs", "--json", extra_env=own).stdout)
     assert "birds" in [r["dataset"] for r in runs], runs
+
+
+def test_a_train_job_preempted_in_the_team_queue_resumes_from_its_checkpoint(
+    users: Users, tmp_path: Path
+) -> None:
+    """alice holds her deserved GPU and trains on the second; bob asks for his deserved GPU:
+    the team queue preempts her training (the team job runs it in her home through
+    workbench.daemon.teamrun), which checkpoints there, is marked stopped with the reason,
+    and when the team job starts again resumes from its checkpoint and succeeds."""
+    from test_train import digits_table
+
+    from workbench.telemetry import fakenvml
+
+    scenario = fakenvml.write_scenario(users.folder / "gpus.json", [{}, {}])
+    os.chmod(scenario, 0o644)
+    previous = os.environ.get("WORKBENCH_FAKE_NVML")
+    os.environ["WORKBENCH_FAKE_NVML"] = str(scenario)
+    try:
+        system = install_system(users.folder / "gpus-home", users)
+    finally:
+        if previous is None:
+            del os.environ["WORKBENCH_FAKE_NVML"]
+        else:
+            os.environ["WORKBENCH_FAKE_NVML"] = previous
+    try:
+        (system.root / "config.toml").write_text(
+            '[daemon]\nkill_grace = "30s"\nsample_interval = "0.2s"\n\n'
+            f"[users.{users.alice}]\ndeserved_gpus = 1\n\n[users.{users.bob}]\ndeserved_gpus = 1\n"
+        )
+        home = Path(os.path.expanduser(f"~{users.alice}"))
+        csv = home / "digits.csv"
+        csv.write_text(digits_table().to_pandas().to_csv(index=False))
+        os.chown(csv, home.stat().st_uid, home.stat().st_gid)
+        done = wb(system, users.alice, "ingest", str(csv), "--dataset", "digits", "--wait")
+        assert done.returncode == 0, done.stderr
+        held = wb(system, users.alice, "submit", "--gpus", "1", "--", "sleep", "600")
+        assert held.returncode == 0, held.stderr
+        held_id = int(held.stdout.split()[0])
+        spec = home / "digits.toml"
+        spec.write_text(
+            'kind = "train"\ndataset = "digits"\ntarget = "digit"\nmodel = "mlp"\n'
+            "hidden = [128, 128]\nepochs = 12\nbatch_size = 8\nseed = 3\ncpus = 1\ngpus = 1\n"
+        )
+        os.chown(spec, home.stat().st_uid, home.stat().st_gid)
+        queued = wb(system, users.alice, "submit", "--spec", str(spec))
+        assert queued.returncode == 0, queued.stderr
+        team_id = int(queued.stdout.split()[0])
+        own_id = int(queued.stderr.split(" runs it as job ")[1].split()[0])
+        own = {**OWN_PYTHON, "WORKBENCH_HOME": str(home / ".local/share/workbench")}
+
+        def mine() -> dict[str, object]:
+            shown = system.wb(users.alice, "show", str(own_id), "--json", extra_env=own)
+            return dict(json.loads(shown.stdout))
+
+        deadline = time.monotonic() + 180
+        while float(mine().get("progress") or 0) < 0.3:
+            assert time.monotonic() < deadline, mine()
+            time.sleep(0.5)
+        bob = wb(system, users.bob, "submit", "--gpus", "1", "--wait", "--", "sleep", "1")
+        assert bob.returncode == 0, bob.stderr
+        deadline = time.monotonic() + 300
+        while mine()["state"] not in ("succeeded", "failed"):
+            assert time.monotonic() < deadline, mine()
+            time.sleep(1)
+        assert mine()["state"] == "succeeded", mine()
+        assert wb(system, users.alice, "cancel", str(held_id)).returncode == 0
+        team = json.loads(wb(system, users.alice, "show", str(team_id), "--json").stdout)
+        assert team["state"] == "succeeded", team
+        assert any(e["event"] == "preempt" for e in team["events"]), team["events"]
+        log = (home / ".local/share/workbench/runs" / str(own_id) / "log").read_text()
+        assert "resumed from" in log, log[-2000:]
+        events = system.wb(users.alice, "show", str(own_id), "--json", extra_env=own).stdout
+        assert "stopped by the system daemon" in events
+    finally:
+        for who in (users.alice, users.bob):
+            system.wb(who, "daemon", "stop", extra_env=OWN_PYTHON)
+        stop_system(system)

@@ -99,12 +99,17 @@ def daemon_command() -> list[str]:
 
 def daemon_environment(root: Path) -> dict[str, str]:
     """The system daemon's environment: a fixed PATH, its home, and nothing else of the
-    installer's (no LD_*, PYTHON*: `workbench.daemon.runas`)."""
-    return {
+    installer's (no LD_*, PYTHON*: `workbench.daemon.runas`) but WORKBENCH_FAKE_NVML, the
+    simulated driver's scenario, where the installer sets it."""
+    env = {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "WORKBENCH_HOME": str(root),
         "LANG": "C.UTF-8",
     }
+    fake = os.environ.get("WORKBENCH_FAKE_NVML")
+    if fake:  # a simulated driver (workbench.telemetry.fakenvml), for tests and demos only
+        env["WORKBENCH_FAKE_NVML"] = fake
+    return env
 
 
 def unit_text(root: Path) -> str:

@@ -168,7 +168,12 @@ def queue_built_in(requests: list[Any]) -> dict[int, tuple[Any, int]]:
             command = dataclasses.replace(
                 request,
                 kind="command",
-                spec={"team_of": {"kind": request.kind, "home": str(home.root), "job": job_id}},
+                spec={
+                    "team_of": {"kind": request.kind, "home": str(home.root), "job": job_id},
+                    # As the kind's own policy (stopping.policy_for): train resumes from
+                    # its checkpoint in the user's home after a preemption.
+                    "checkpointable": request.kind == "train",
+                },
                 argv=[sys.executable, "-P", "-m", "workbench.daemon.teamrun"],
                 env=env,
                 retries=0,
