@@ -193,9 +193,12 @@ class Sharing:
                 fds.append(_checked_dir(fds[-1], name, peer.uid, group, what))
             parts: list[str] = []
             rejects = None
-            names = os.listdir(fds[-1])
-            if len(names) > MAX_PARTS:
-                raise RequestError(f"v{version} holds {len(names)} files, over {MAX_PARTS}")
+            names: list[str] = []
+            with os.scandir(fds[-1]) as entries:  # stops at the cap: the folder is the user's
+                for entry in entries:
+                    names.append(entry.name)
+                    if len(names) > MAX_PARTS:
+                        raise RequestError(f"v{version} holds over {MAX_PARTS} files")
             for name in sorted(names):
                 info = os.stat(name, dir_fd=fds[-1], follow_symlinks=False)
                 problem = None
