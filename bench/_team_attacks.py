@@ -562,6 +562,95 @@ def direct_reads(t: Team) -> int:
     return 0
 
 
+SHARE = """
+import json, os, sys
+from workbench.daemon.wire import ask
+sock = sys.argv[1]
+victim_job = int("VICTIM_JOB_ID")
+victim_home = "VICTIM_HOME_PATH"
+replies = []
+# The victim's credentials: neither asked for nor replaced.
+replies.append(ask(sock, {"op": "credentials", "id": victim_job}))
+replies.append(ask(sock, {"op": "credentials", "id": victim_job, "values": {"X": "y"}}))
+# Her share folder, then links, a FIFO and a world-writable folder offered as a version.
+folder = ask(sock, {"op": "share-space"})["folder"]
+fields = {"dataset": "loot", "version": 1, "group": "GROUP_NAME", "rows": 1,
+          "rejected_rows": 0, "bytes": 1, "content_hash": "x", "schema": [["a", "TEXT"]],
+          "sources": [], "created_at": 0}
+version = os.path.join(folder, "loot", "v1")
+os.makedirs(version, exist_ok=True)
+part = os.path.join(version, "part-0.parquet")
+for target in ("/etc/shadow", os.path.join(victim_home, "secret.txt")):
+    if os.path.lexists(part):
+        os.unlink(part)
+    os.symlink(target, part)
+    replies.append(ask(sock, {"op": "share", **fields}))
+os.unlink(part)
+os.mkfifo(part)
+replies.append(ask(sock, {"op": "share", **fields}))
+os.chmod(folder, 0o777)
+replies.append(ask(sock, {"op": "share", **fields}))
+os.chmod(folder, 0o711)
+# A path of her choosing, a dataset name that climbs, another's share forgotten.
+replies.append(ask(sock, {"op": "share", **fields, "dataset": "../../etc"}))
+replies.append(ask(sock, {"op": "share", **fields, "folder": "/etc"}))
+replies.append(ask(sock, {"op": "unshare", "dataset": "theirs"}))
+print(json.dumps([bool(r.get("ok")) for r in replies]))
+"""
+
+
+def shares_and_credentials(t: Team) -> int:
+    """Mallory asks for or replaces the victim's held credentials, offers links (to
+    /etc/shadow, to the victim's file), a FIFO and a world-writable folder as a shared version,
+    names a path or a climbing name, and forgets another's share. Each request granted counts
+    as privilege gained."""
+    import grp
+    import pwd
+
+    group = grp.getgrgid(pwd.getpwnam(t.mallory).pw_gid).gr_name
+    code = (
+        SHARE.replace("VICTIM_JOB_ID", str(t.victim_job))
+        .replace("VICTIM_HOME_PATH", os.path.expanduser(f"~{t.victim}"))
+        .replace("GROUP_NAME", group)
+    )
+    done = t.py(t.mallory, code)
+    try:
+        granted = json.loads(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        t.outputs.append(done.stderr)
+        return 1
+    return sum(granted)
+
+
+TEAM_RUN = """
+import runpy
+runpy.run_module("workbench.daemon.teamrun", run_name="__main__")
+"""
+
+
+def team_run_elsewhere(t: Team) -> int:
+    """Mallory queues a command job that runs the built-in kinds' runner
+    (`workbench.daemon.teamrun`) pointed at the victim's home and job: it runs as mallory, so
+    it cannot open the victim's store; her log must hold none of the victim's secrets, and the
+    victim's job must keep running."""
+    victim_home = os.path.expanduser(f"~{t.victim}")
+    script = t.folder / f"teamrun-{uuid.uuid4().hex[:6]}.py"
+    script.write_text(TEAM_RUN)
+    script.chmod(0o644)
+    job_id = t.submit(
+        t.mallory,
+        *t.py_cmd,
+        str(script),
+        env={
+            "WORKBENCH_TEAM_HOME": os.path.join(victim_home, ".local/share/workbench"),
+            "WORKBENCH_TEAM_JOB": str(t.victim_job),
+        },
+    )
+    t.wait_state(job_id)
+    t.wb(t.mallory, "logs", str(job_id))
+    return int(t.job(t.victim_job)["state"] != "running")
+
+
 FLOOD = """
 import socket, sys, time
 held = []
@@ -614,6 +703,8 @@ ATTACKS: list[tuple[str, Callable[[Team], int]]] = [
     ("LD_PRELOAD, LD_DEBUG_OUTPUT, PYTHONPATH in the job's env", environment_injection),
     ("signals to daemon, launcher, own wrapper; wrapper memory", signals),
     ("reading the victim's run folder, store, log, env, audit", direct_reads),
+    ("victim's credentials; links, FIFO, open folder as a share", shares_and_credentials),
+    ("the built-in kinds' runner pointed at the victim's home", team_run_elsewhere),
 ]
 
 
