@@ -122,10 +122,14 @@ def check_sql(
             f" AND {cast} IS NOT NULL"
         )
     if base in ("DOUBLE", "FLOAT", "REAL", "FLOAT4", "FLOAT8"):
+        # Cheap tests first, so that (where SQL short-circuits: a CASE's WHEN) the regular
+        # expressions only see the rare values that need them: a first character that could
+        # start a leading zero (`ord`, a code point, not `c[1]`, a new string per value; a
+        # value that casts is ASCII), and a magnitude of 2**53 or more.
         return (
-            f"{cast} IS NOT NULL AND ({c}[1] NOT IN ('0', '-', '+', ' ') OR NOT"
-            f" regexp_matches({c}, '^\\s*[-+]?0[0-9]')) AND NOT"
-            f" (abs({cast}) >= 9007199254740992 AND regexp_full_match({c}, '\\s*[-+]?\\d+\\s*'))"
+            f"{cast} IS NOT NULL AND (ord({c}) NOT IN (48, 45, 43, 32) OR NOT"
+            f" regexp_matches({c}, '^\\s*[-+]?0[0-9]')) AND (abs({cast}) < 9007199254740992 OR"
+            f" NOT regexp_full_match({c}, '\\s*[-+]?\\d+\\s*'))"
         )
     if base == "DATE":
         if date_format:
@@ -175,21 +179,30 @@ def strict_column(
     are rejected. A `declared` type rejects values that are not of the type at all (`x` in an
     INTEGER column: the condition) and fails on those it would change (`2.75`); so does a
     `sampled` integer type (a number that is not a whole one fails, other text is rejected).
-    A condition that SQL cannot decide (NULL) counts as false: a row is never dropped unsaid."""
+    A condition that SQL cannot decide (NULL) counts as false: a row is never dropped unsaid.
+    In the CASE (`fail`), the usual value is tested first and the check is not wrapped in
+    `coalesce`: a WHEN that is NULL falls through to the mark all the same, and a bare
+    condition lets DuckDB skip the costly parts of it for the values a cheap part decides."""
     column = '"' + name.replace('"', '""') + '"'
     cast = cast_column(index) if cast_sql(index, name, kind, date_format) else None
     check = check_sql(column, kind, date_format, declared, cast)
-    if check is not None:
-        check = f"coalesce({check}, false)"
     if sampled and base_type(kind) in _INTEGERS:
         fail = True
     converted = convert_sql(column, kind, date_format, cast)
     if check is None:
         return f"{converted} AS {column}", None
+    # BOOLEAN: the words as DuckDB writes them, compared as they are (no lower/trim per value).
+    usual = (
+        "WHEN {c} = 'true' THEN true WHEN {c} = 'false' THEN false "
+        if base_type(kind) == "BOOLEAN"
+        else ""
+    )
+    usual = usual.format(c=column)
     if fail:
         mark = f"error('{_STRICT} {index} ' || {column})"
         expression = (
-            f"CASE WHEN {column} IS NULL THEN NULL WHEN {check} THEN {converted} ELSE {mark} END"
+            f"CASE {usual}WHEN {check} THEN {converted} WHEN {column} IS NULL THEN NULL"
+            f" ELSE {mark} END"
         )
         condition = None
         if sampled and not declared:
@@ -203,6 +216,10 @@ def strict_column(
                 parsed = check
             condition = f"({column} IS NULL OR coalesce({parsed}, false))"
         return f"{expression} AS {column}", condition
+    check = f"coalesce({check}, false)"
+    if usual:
+        check = f"{column} IN ('true', 'false') OR {check}"
+        converted = f"CASE {usual}ELSE {converted} END"
     return f"{converted} AS {column}", f"({column} IS NULL OR ({check}))"
 
 
