@@ -8,6 +8,7 @@ reference."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -144,3 +145,17 @@ def test_the_double_check_runs_no_regular_expression_on_a_plain_number() -> None
     assert re.search(r"abs\(.*\) < 9007199254740992 OR\s+NOT regexp_full_match", when)
     boolean, _ = strict.strict_column(2, "b", "BOOLEAN", None, True)
     assert boolean.startswith("CASE WHEN \"b\" = 'true' THEN true WHEN \"b\" = 'false' THEN false")
+
+
+def test_the_encoding_check_names_the_bad_byte_after_a_character_cut_by_a_block(
+    tmp_path: Path,
+) -> None:
+    """The check reads BLOCK bytes at a time; a character cut by a block's end is decoded with
+    the next block, and the first bad byte after it is named at its own offset (it was named
+    one byte late, showing the byte after it)."""
+    path = tmp_path / "cut.csv"
+    head = b"a" * (strict.BLOCK - 1)  # `é` then takes the block's last byte and the next's first
+    path.write_bytes(head + "é".encode() + b"\nx\xff\n")
+    assert strict._first_bad(str(path)) == (2, len(head) + 4, 0xFF)
+    path.write_bytes(b"a\n" * 10 + b"caf\xe9\n")
+    assert strict._first_bad(str(path)) == (11, 23, 0xE9)
