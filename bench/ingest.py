@@ -6,8 +6,9 @@ million rows, `workbench sql` (the printed first 200 rows, and `--json --limit 1
 screen's first page against DuckDB's Python API. The same for a Parquet source. Where the
 remaining time goes: the job's own phase timings (its log) and cProfile's top costs of
 `workbench sql`.
-Usage: nice python bench/ingest.py [--rows N] [--quick | --tiny]  (--tiny: a smoke run of every
-measure on a few thousand rows; it writes nothing to RESULTS.md)"""
+Usage: nice python bench/ingest.py [--rows N] [--quick | --tiny] [--core]  (--tiny: a smoke run of
+every measure on a few thousand rows; --core: only the CSV and Parquet ingests against DuckDB's
+COPY and the fixed cost, for a loaded machine; neither writes to RESULTS.md)"""
 
 from __future__ import annotations
 
@@ -326,6 +327,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat")
     parser.add_argument("--tiny", action="store_true", help="a smoke run; writes no results")
+    parser.add_argument(
+        "--core",
+        action="store_true",
+        help="only CSV and Parquet against DuckDB's COPY, and the fixed cost; writes no results",
+    )
     args = parser.parse_args()
     if args.quick:
         args.rows, args.big, args.repeat = 300_000, 1_000_000, 1
@@ -378,13 +384,14 @@ def main() -> None:
                 )  # fmt: skip
                 sampled_times.append(job_seconds(f"sampled{attempt}"))
 
-            for step in (whole, sampled) if attempt % 2 == 0 else (sampled, whole):
+            steps = (whole,) if args.core else (whole, sampled)
+            for step in steps if attempt % 2 == 0 else steps[::-1]:
                 step()
             elapsed = ours[-1]
             print(
                 f"  run {attempt + 1}: duckdb {base[-1]:.2f}s, workbench ingest --wait"
-                f" {elapsed:.2f}s (in job {job_times[-1]:.2f}s; sampled types in job"
-                f" {sampled_times[-1]:.2f}s)",
+                f" {elapsed:.2f}s (in job {job_times[-1]:.2f}s"
+                + (f"; sampled types in job {sampled_times[-1]:.2f}s)" if sampled_times else ")"),
                 file=sys.stderr,
             )
         b, o, j = median(base), median(ours), median(job_times)
@@ -406,15 +413,16 @@ def main() -> None:
                 spread([x / y for x, y in zip(base, job_times, strict=True)]),
             ]
         )
-        rows_out.append(
-            [
-                "  whole-input types vs sampled (--sample-size 20480), inside the job (time ratio)",
-                f"{j:.2f} s",
-                f"sampled: {median(sampled_times):.2f} s",
-                f"{spread([x / y for x, y in zip(job_times, sampled_times, strict=True)])}"
-                " (goal <= 1.3)",
-            ]
-        )
+        if not args.core:
+            rows_out.append(
+                [
+                    "  whole-input types vs sampled (--sample-size 20480), inside the job (time ratio)",
+                    f"{j:.2f} s",
+                    f"sampled: {median(sampled_times):.2f} s",
+                    f"{spread([x / y for x, y in zip(job_times, sampled_times, strict=True)])}"
+                    " (goal <= 1.3)",
+                ]
+            )
 
         # Parquet: the same rows, ingested against DuckDB rewriting the file.
         parquet = work / "data.parquet"
@@ -439,68 +447,71 @@ def main() -> None:
             ]
         )
 
-        # Encryption at rest: the same CSV ingested with --encrypt against plain (interleaved),
-        # and a full-scan query over each, through `workbench sql` (a new process each).
-        import base64
+        if not args.core:
+            # Encryption at rest: the same CSV ingested with --encrypt against plain (interleaved),
+            # and a full-scan query over each, through `workbench sql` (a new process each).
+            import base64
 
-        key_file = work / "lake.key"
-        key_file.write_text(base64.b64encode(os.urandom(32)).decode())
-        key_file.chmod(0o600)
-        home.config.write_text(f'[lake]\nkey_file = "{key_file}"\n')
-        enc_job: list[float] = []
-        plain_job: list[float] = []
-        enc_sql: list[float] = []
-        plain_sql: list[float] = []
-        scan = "SELECT count(*), sum(id), max(label) FROM {}"
-        for attempt in range(args.repeat):
-            workbench(env, "ingest", str(csv), "--dataset", f"enc{attempt}", "--encrypt", "--wait")
-            enc_job.append(job_seconds(f"enc{attempt}"))
-            plain_job.append(job_times[attempt])
-            enc_sql.append(workbench(env, "sql", scan.format(f"enc{attempt}"))[0])
-            plain_sql.append(workbench(env, "sql", scan.format(f"whole{attempt}"))[0])
-        rows_out.append(
-            [
-                "  CSV ingest with --encrypt (AES-GCM), inside the job (time ratio)",
-                f"{median(enc_job):.2f} s",
-                f"plain: {median(plain_job):.2f} s",
-                spread([x / y for x, y in zip(enc_job, plain_job, strict=True)]),
-            ]
-        )
-        rows_out.append(
-            [
-                "  full-scan `workbench sql` over the encrypted version (time ratio)",
-                f"{median(enc_sql) * 1000:.0f} ms",
-                f"plain: {median(plain_sql) * 1000:.0f} ms",
-                spread([x / y for x, y in zip(enc_sql, plain_sql, strict=True)]),
-            ]
-        )
+            key_file = work / "lake.key"
+            key_file.write_text(base64.b64encode(os.urandom(32)).decode())
+            key_file.chmod(0o600)
+            home.config.write_text(f'[lake]\nkey_file = "{key_file}"\n')
+            enc_job: list[float] = []
+            plain_job: list[float] = []
+            enc_sql: list[float] = []
+            plain_sql: list[float] = []
+            scan = "SELECT count(*), sum(id), max(label) FROM {}"
+            for attempt in range(args.repeat):
+                workbench(
+                    env, "ingest", str(csv), "--dataset", f"enc{attempt}", "--encrypt", "--wait"
+                )
+                enc_job.append(job_seconds(f"enc{attempt}"))
+                plain_job.append(job_times[attempt])
+                enc_sql.append(workbench(env, "sql", scan.format(f"enc{attempt}"))[0])
+                plain_sql.append(workbench(env, "sql", scan.format(f"whole{attempt}"))[0])
+            rows_out.append(
+                [
+                    "  CSV ingest with --encrypt (AES-GCM), inside the job (time ratio)",
+                    f"{median(enc_job):.2f} s",
+                    f"plain: {median(plain_job):.2f} s",
+                    spread([x / y for x, y in zip(enc_job, plain_job, strict=True)]),
+                ]
+            )
+            rows_out.append(
+                [
+                    "  full-scan `workbench sql` over the encrypted version (time ratio)",
+                    f"{median(enc_sql) * 1000:.0f} ms",
+                    f"plain: {median(plain_sql) * 1000:.0f} ms",
+                    spread([x / y for x, y in zip(enc_sql, plain_sql, strict=True)]),
+                ]
+            )
 
-        # Sources beyond files: a URL and an S3 object, against DuckDB's reader of the same.
-        rows_out.extend(remote_sources(env, work, csv, args.repeat))
+            # Sources beyond files: a URL and an S3 object, against DuckDB's reader of the same.
+            rows_out.extend(remote_sources(env, work, csv, args.repeat))
 
-        # NDJSON is always read whole (every record: late keys and types): its cost against
-        # DuckDB's sampled read of the same file.
-        ndjson = work / "data.ndjson"
-        json_rows = max(args.rows // 3, 1000)
-        generate_ndjson(ndjson, json_rows)
-        json_base: list[float] = []
-        json_job: list[float] = []
-        for attempt in range(args.repeat):
-            json_base.append(duckdb_json_copy(ndjson, work / f"json-{attempt}.parquet"))
-            workbench(env, "ingest", str(ndjson), "--dataset", f"json{attempt}", "--wait")
-            store = Store.open(home.state_db)
-            try:
-                json_job.append(lake.version_info(store, f"json{attempt}").duration_s or 0.0)
-            finally:
-                store.close()
-        rows_out.append(
-            [
-                f"  NDJSON, {json_rows:,} records, read whole, inside the job (time ratio)",
-                f"{median(json_job):.2f} s",
-                f"DuckDB COPY, sampled types: {median(json_base):.2f} s",
-                spread([x / y for x, y in zip(json_job, json_base, strict=True)]),
-            ]
-        )
+            # NDJSON is always read whole (every record: late keys and types): its cost against
+            # DuckDB's sampled read of the same file.
+            ndjson = work / "data.ndjson"
+            json_rows = max(args.rows // 3, 1000)
+            generate_ndjson(ndjson, json_rows)
+            json_base: list[float] = []
+            json_job: list[float] = []
+            for attempt in range(args.repeat):
+                json_base.append(duckdb_json_copy(ndjson, work / f"json-{attempt}.parquet"))
+                workbench(env, "ingest", str(ndjson), "--dataset", f"json{attempt}", "--wait")
+                store = Store.open(home.state_db)
+                try:
+                    json_job.append(lake.version_info(store, f"json{attempt}").duration_s or 0.0)
+                finally:
+                    store.close()
+            rows_out.append(
+                [
+                    f"  NDJSON, {json_rows:,} records, read whole, inside the job (time ratio)",
+                    f"{median(json_job):.2f} s",
+                    f"DuckDB COPY, sampled types: {median(json_base):.2f} s",
+                    spread([x / y for x, y in zip(json_job, json_base, strict=True)]),
+                ]
+            )
 
         # The fixed part of the end-to-end figure: CLI start, submit, job process start, wait.
         tiny = work / "tiny.csv"
@@ -528,69 +539,70 @@ def main() -> None:
             ]
         )
 
-        # 10 million rows: time to the first page.
-        import duckdb
+        if not args.core:
+            # 10 million rows: time to the first page.
+            import duckdb
 
-        store = Store.open(home.state_db)
-        try:
+            store = Store.open(home.state_db)
+            try:
 
-            def write(tmp: Path) -> None:
-                duckdb.connect().execute(
-                    f"COPY (SELECT range AS id, range * 2 AS twice, md5(range::VARCHAR) AS h"
-                    f" FROM range({args.big})) TO '{tmp / 'part-0.parquet'}' (FORMAT parquet)"
+                def write(tmp: Path) -> None:
+                    duckdb.connect().execute(
+                        f"COPY (SELECT range AS id, range * 2 AS twice, md5(range::VARCHAR) AS h"
+                        f" FROM range({args.big})) TO '{tmp / 'part-0.parquet'}' (FORMAT parquet)"
+                    )
+
+                big = lake.publish(home, store, "big", write)
+            finally:
+                store.close()
+            direct: list[float] = []
+            screen: list[float] = []
+            cli: list[float] = []
+            direct_process: list[float] = []
+            table_cli: list[float] = []
+            table_direct: list[float] = []
+            for _ in range(args.repeat):
+                direct.append(first_page_duckdb(big.glob))
+                screen.append(first_page_screen(home))
+                cli.append(
+                    workbench(env, "sql", "--json", "--limit", str(PAGE), "SELECT * FROM big")[0]
                 )
-
-            big = lake.publish(home, store, "big", write)
-        finally:
-            store.close()
-        direct: list[float] = []
-        screen: list[float] = []
-        cli: list[float] = []
-        direct_process: list[float] = []
-        table_cli: list[float] = []
-        table_direct: list[float] = []
-        for _ in range(args.repeat):
-            direct.append(first_page_duckdb(big.glob))
-            screen.append(first_page_screen(home))
-            cli.append(
-                workbench(env, "sql", "--json", "--limit", str(PAGE), "SELECT * FROM big")[0]
+                direct_process.append(bare_process(big.glob, PAGE))
+                table_cli.append(workbench(env, "sql", "SELECT * FROM big")[0])
+                table_direct.append(bare_process(big.glob, SHOWN + 1))
+            rows_out.append(
+                [
+                    f"first page ({PAGE} rows) of SELECT * over {args.big:,} rows, Data screen",
+                    f"{median(screen) * 1000:.0f} ms",
+                    f"DuckDB Python API in process: {median(direct) * 1000:.0f} ms",
+                    spread([x / y for x, y in zip(screen, direct, strict=True)]),
+                ]
             )
-            direct_process.append(bare_process(big.glob, PAGE))
-            table_cli.append(workbench(env, "sql", "SELECT * FROM big")[0])
-            table_direct.append(bare_process(big.glob, SHOWN + 1))
-        rows_out.append(
-            [
-                f"first page ({PAGE} rows) of SELECT * over {args.big:,} rows, Data screen",
-                f"{median(screen) * 1000:.0f} ms",
-                f"DuckDB Python API in process: {median(direct) * 1000:.0f} ms",
-                spread([x / y for x, y in zip(screen, direct, strict=True)]),
-            ]
-        )
-        rows_out.append(
-            [
-                f"same, `workbench sql --json --limit {PAGE}` (new process)",
-                f"{median(cli) * 1000:.0f} ms",
-                f"python -c duckdb fetchmany (new process): {median(direct_process) * 1000:.0f} ms",
-                f"{spread([x / y for x, y in zip(cli, direct_process, strict=True)])}"
-                " (goal <= 1.5)",
-            ]
-        )
-        rows_out.append(
-            [
-                f'`workbench sql "SELECT * FROM big"` (no limit: prints {SHOWN} rows)',
-                f"{median(table_cli) * 1000:.0f} ms",
-                f"python -c duckdb fetchmany({SHOWN + 1}) (new process):"
-                f" {median(table_direct) * 1000:.0f} ms",
-                f"{spread([x / y for x, y in zip(table_cli, table_direct, strict=True)])}"
-                " (goal <= 1.5)",
-            ]
-        )
-        costs = {
-            "LIMIT 100": top_costs(
-                env, ["sql", "--json", "--limit", str(PAGE), "SELECT * FROM big"]
-            ),
-            "SELECT *": top_costs(env, ["sql", "SELECT * FROM big"]),
-        }
+            rows_out.append(
+                [
+                    f"same, `workbench sql --json --limit {PAGE}` (new process)",
+                    f"{median(cli) * 1000:.0f} ms",
+                    f"python -c duckdb fetchmany (new process): {median(direct_process) * 1000:.0f} ms",
+                    f"{spread([x / y for x, y in zip(cli, direct_process, strict=True)])}"
+                    " (goal <= 1.5)",
+                ]
+            )
+            rows_out.append(
+                [
+                    f'`workbench sql "SELECT * FROM big"` (no limit: prints {SHOWN} rows)',
+                    f"{median(table_cli) * 1000:.0f} ms",
+                    f"python -c duckdb fetchmany({SHOWN + 1}) (new process):"
+                    f" {median(table_direct) * 1000:.0f} ms",
+                    f"{spread([x / y for x, y in zip(table_cli, table_direct, strict=True)])}"
+                    " (goal <= 1.5)",
+                ]
+            )
+            costs = {
+                "LIMIT 100": top_costs(
+                    env, ["sql", "--json", "--limit", str(PAGE), "SELECT * FROM big"]
+                ),
+                "SELECT *": top_costs(env, ["sql", "SELECT * FROM big"]),
+            }
         subprocess.run(
             [sys.executable, "-m", "workbench", "daemon", "stop"], env=env, capture_output=True
         )
@@ -601,11 +613,12 @@ def main() -> None:
     report += "\n\nWhere the time goes (the last run):\n"
     report += f"- ingest CSV job: {phases[f'whole{args.repeat - 1}']}\n"
     report += f"- ingest Parquet job: {phases[f'pq{args.repeat - 1}']}\n"
-    report += "".join(
-        f"- `sql` {name}, cProfile own time: {text}\n" for name, text in costs.items()
-    )
+    if not args.core:
+        report += "".join(
+            f"- `sql` {name}, cProfile own time: {text}\n" for name, text in costs.items()
+        )
     print(report)
-    if args.tiny:
+    if args.tiny or args.core:
         return
     command = "nice python bench/ingest.py" + (" --quick" if args.quick else "")
     name = "ingest"

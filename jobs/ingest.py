@@ -578,6 +578,8 @@ class Plan:
     sampled: bool = False
     date_formats: dict[str, str] = field(default_factory=dict)
     sources: dict[str, strict.Decoded] = field(default_factory=dict)  # read path -> decoded
+    # Parquet: the one source file is stored as it is (see `parquet_copyable`)
+    copy: bool = False
 
     def integer_read_type(self, column: str) -> str:
         """What a text source's integer column is read as (see FAST and EXACT)."""
@@ -857,6 +859,27 @@ def plan_parquet(cursor: duckdb.DuckDBPyConnection, spec: Spec, files: list[str]
     return Plan(order, read, final, set(spec.types))
 
 
+# A Parquet file whose row groups are all this small or smaller is stored as it is: DuckDB
+# scans a file in parallel by row group, so one huge group would make every later query of the
+# version single-threaded (pyarrow's default groups are this size; DuckDB writes 122,880 rows).
+COPY_ROW_GROUP_ROWS = 1 << 20
+
+
+def parquet_copyable(cursor: duckdb.DuckDBPyConnection, spec: Spec, plan: Plan, path: str) -> bool:
+    """Whether a single Parquet source can be stored byte for byte instead of decoded and
+    written again: no type override, every column stored as DuckDB reads it (`stored_type`),
+    and no row group over COPY_ROW_GROUP_ROWS. The stored file then reads back exactly as the
+    source reads (the same bytes); `load` still decodes every value of the copy once, so a file
+    DuckDB cannot read whole (a corrupt page, text that is not UTF-8) fails the job as before.
+    The caller rules out appending and encrypting (both need a rewrite)."""
+    if spec.types or any(strict.stored_type(t) != t for t in plan.final_types.values()):
+        return False
+    row = cursor.execute(
+        f"SELECT max(row_group_num_rows) FROM parquet_metadata({_literal(path)})"
+    ).fetchone()
+    return row is not None and int(row[0] or 0) <= COPY_ROW_GROUP_ROWS
+
+
 def run(ctx: JobContext) -> None:
 
     spec = ctx.spec(Spec)
@@ -974,6 +997,8 @@ def _run(ctx: JobContext, spec: Spec, files: list[str], fmt: str, workdir: str) 
         return con
 
     def load(con: duckdb.DuckDBPyConnection, plan: Plan, target: Path) -> int:
+        if plan.copy:
+            return copy(con, target)
         if fmt in ("csv", "tsv"):
             source = csv_from(spec, plan, fmt)
         elif fmt == "parquet":
@@ -1001,6 +1026,24 @@ def _run(ctx: JobContext, spec: Spec, files: list[str], fmt: str, workdir: str) 
             watcher.join()
         return int(done[0]) if done else 0
 
+    def copy(con: duckdb.DuckDBPyConnection, target: Path) -> int:
+        """The Parquet source copied as it is, then every value of the copy decoded once (hashed:
+        the check a rewrite would make; the copy, not the source, so that what is checked is
+        what is stored). Returns its rows."""
+        shutil.copyfile(files[0], target)
+        watcher = _Watcher(ctx, con, "checking the copied file")
+        watcher.start()
+        try:
+            done = con.execute(
+                f"SELECT count(*), bit_xor(hash(COLUMNS(*))) FROM {parquet_sql([str(target)])}"
+            ).fetchone()
+        except duckdb.InterruptException:
+            raise Cancelled("cancelled while reading the sources") from None
+        finally:
+            watcher.done.set()
+            watcher.join()
+        return int(done[0]) if done else 0
+
     def write(tmp: Path) -> int:
         con = connect()
         try:
@@ -1008,6 +1051,8 @@ def _run(ctx: JobContext, spec: Spec, files: list[str], fmt: str, workdir: str) 
                 plan = plan_csv(con, spec, files, fmt, decoded, ctx.log)
             elif fmt == "parquet":
                 plan = plan_parquet(con, spec, files)
+                if len(files) == 1 and previous is None and key is None:
+                    plan.copy = parquet_copyable(con, spec, plan, files[0])
             else:
                 plan = plan_json(con, spec, files, fmt)
         except duckdb.Error as error:
@@ -1073,8 +1118,9 @@ def _run(ctx: JobContext, spec: Spec, files: list[str], fmt: str, workdir: str) 
                 f"no row of {', '.join(files)} could be read ({count} rejected; the first:"
                 f" {first}): nothing published, the dataset keeps its rows"
             )
+        how = "copied as it is and read" if plan.copy else "read and written"
         ctx.log(
-            f"types decided in {planned - started:.2f}s, read and written in"
+            f"types decided in {planned - started:.2f}s, {how} in"
             f" {time.time() - planned:.2f}s ({widenings + 1} pass(es))"
         )
         ctx.progress(0.96, "publishing")

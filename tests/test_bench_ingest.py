@@ -36,3 +36,25 @@ def test_bench_ingest_tiny_runs_every_measure(home: object) -> None:
     ):
         assert measure in done.stdout, done.stdout
     assert (ROOT / "bench" / "RESULTS.md").read_bytes() == results  # tiny writes nothing
+
+
+@pytest.mark.slow
+def test_bench_ingest_core_runs_only_csv_parquet_and_the_fixed_cost(home: object) -> None:
+    results = (ROOT / "bench" / "RESULTS.md").read_bytes()
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "ingest.py"), "--tiny", "--core"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    for measure in (
+        "ingest 3,000-row CSV",
+        "ingest the same rows as Parquet",
+        "fixed cost: 1-row CSV",
+        "ingest Parquet job: types decided",
+    ):
+        assert measure in done.stdout, done.stdout
+    for skipped in ("--encrypt", "sampled", "s3://", "NDJSON", "cProfile"):
+        assert skipped not in done.stdout, done.stdout
+    assert (ROOT / "bench" / "RESULTS.md").read_bytes() == results
