@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 
 from workbench.daemon import stopping
 from workbench.daemon.executors import Handle, Launch
@@ -16,6 +17,7 @@ from workbench.db.store import Job, Store
 from workbench.jobmodel.states import Event, JobState
 from workbench.paths import Home
 from workbench.queue import scheduler
+from workbench.queue.accounts import account_of
 from workbench.queue.kinds import job_argv
 from workbench.queue.repro import start_environment
 from workbench.telemetry.gpu import Gpus
@@ -98,6 +100,63 @@ def launch_spec(
         mem_bytes=queued.mem,
         stop_signal=policy.signal,
         uid=job.uid if as_owner else None,
+    )
+
+
+def starting_changes(
+    starts: list[tuple[db.QueuedJob, tuple[int, ...]]],
+    tokens: dict[int, str],
+    now: float,
+    devices: Callable[[int], list[str] | None],
+) -> list[db.Change]:
+    """The first of a launch's three steps (`Daemon._launch_many`), for every job of `starts`
+    (queued job, GPU indices) at once: queued -> starting at `now` (Unix s), with its GPUs,
+    its MIG instances (`devices(job_id)`, None without) and its fresh launch token (`tokens`),
+    by which a later daemon finds the attempt or knows it never began."""
+    return [
+        db.Change(
+            job.id,
+            Event.START,
+            "starting",
+            (JobState.QUEUED,),
+            {
+                "started_at": now,
+                "granted_gpus": list(gpus),
+                "granted_devices": devices(job.id),
+                "launch_token": tokens[job.id],
+            },
+        )
+        for job, gpus in starts
+    ]
+
+
+def holding_at_start(
+    queued: db.QueuedJob,
+    job: Job,
+    gpus: tuple[int, ...],
+    now: float,
+    start: scheduler.Start | None,
+    shares_by: str,
+) -> scheduler.Holding:
+    """What the scheduler counts a job started at `now` (Unix s) as holding: its GPU indices,
+    its MIG instances (from `start`, the scheduler's choice), its requests and limits, whether
+    and why it may be preempted, and the account its usage is charged to (`shares_by`:
+    `[shares] by`, workbench.queue.accounts)."""
+    return scheduler.Holding(
+        job.id,
+        queued.group,
+        gpus,
+        queued.gpus,
+        queued.gpu_mem,
+        queued.cpus,
+        queued.mem,
+        started_at=now,
+        mig_uuids=start.devices if start else (),
+        mig_profile=queued.mig_profile,
+        preemptible=queued.preemptible,
+        time_limit=job.time_limit,
+        kept_because=stopping.kept_because(job),
+        account=account_of(shares_by, queued.group, queued.uid),
     )
 
 

@@ -14,7 +14,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import psutil
 
@@ -22,7 +22,7 @@ from workbench import safefs
 from workbench.config import Config, load_config
 from workbench.daemon import launching, runner, stopping
 from workbench.daemon.credentials import CredentialVault
-from workbench.daemon.executors import Ended, Executor, Handle, LaunchError
+from workbench.daemon.executors import Executor, Handle, LaunchError
 from workbench.daemon.executors.containment import home_scope, remove_empty_cgroups
 from workbench.daemon.executors.local import LocalExecutor
 from workbench.daemon.executors.slurm import SlurmExecutor
@@ -33,13 +33,14 @@ from workbench.daemon.intake import Intake
 from workbench.daemon.ledger import UsageLedger
 from workbench.daemon.planning import Planner
 from workbench.daemon.records import RecordFollower
+from workbench.daemon.settling import Tracked, settle
 from workbench.daemon.wakesock import WakeSocket
 from workbench.daemon.wakeups import Wakeups, monotonic_at
 from workbench.db import executors as placement_db
 from workbench.db import scheduling as db
 from workbench.db.connection import full_message
-from workbench.db.store import Job, Store
-from workbench.jobmodel.states import LIVE, Event, JobState
+from workbench.db.store import Store
+from workbench.jobmodel.states import Event, JobState
 from workbench.paths import Home
 from workbench.queue import scheduler
 from workbench.queue.accounts import account_of
@@ -63,27 +64,6 @@ _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a launch that failed for want of spa
 
 class DaemonError(RuntimeError):
     """The daemon could not start; the message says why."""
-
-
-@dataclass
-class Tracked:
-    """A job attempt this daemon watches (started by it, or adopted from an earlier daemon)."""
-
-    job_id: int
-    handle: Handle
-    holding: scheduler.Holding
-    watch_fd: int = -1
-    deadline: float | None = None  # the time limit, seconds since the epoch
-    cancel_sent_at: float | None = None
-    forced: bool = False
-    timed_out: bool = False
-    launch_committed: bool = True
-    ended: Ended | None = None  # over, but not yet recorded (the write failed: retried)
-    preempted: str | None = None  # why it was sent SIGTERM to give its GPUs back
-    opted_out: bool = False  # the job itself said preemptible = false (its group may, too)
-    over_reservation: str | None = None  # why it was stopped (strict GPU memory reservations)
-    policy: stopping.StopPolicy = field(default_factory=stopping.StopPolicy)  # signal, grace
-    warned: bool = False  # the warning before its time limit was sent
 
 
 class Daemon:
@@ -415,7 +395,7 @@ class Daemon:
             if self.records is not None:  # what the job reported is in before its end
                 self.records.ended([t.job_id for t in done])
             jobs = db.jobs_by_id(self.store, [t.job_id for t in done])
-            changes = [c for t in done if t.job_id in jobs for c in self._settle(t, jobs[t.job_id])]
+            changes = [c for t in done if t.job_id in jobs for c in settle(t, jobs[t.job_id])]
             db.apply_many(self.store, changes)
         except _WRITE_ERRORS as error:
             self.log(f"could not record the end of {len(done)} job(s) yet ({error}); retrying")
@@ -426,68 +406,6 @@ class Daemon:
             del self.tracked[tracked.job_id]
             self.gpu_mem_seen.pop(tracked.job_id, None)
         self._dirty = True  # their resources are free
-
-    def _settle(self, tracked: Tracked, job: Job) -> list[db.Change]:
-        """How to record an attempt's end: the state changes, including the next attempt's
-        queueing when it has retries left."""
-        ended = tracked.ended
-        assert ended is not None
-        status = ended.status
-        fields = {"exit_code": status.code, "ended_at": status.ended_at or time.time()}
-        fields.update(status.usage_columns())  # kept in the store: outlives the run folder
-        live = tuple(LIVE)
-
-        def change(event: Event, reason: str) -> db.Change:
-            return db.Change(job.id, event, reason, live, fields)
-
-        if ended.lost is not None:
-            return [change(Event.LOST, ended.lost)]
-        failure = runner.read_failure(tracked.handle.run_dir)
-        leftovers = ""
-        if status.leftovers:
-            verb = "left running" if launching.keeps_leftovers(job) else "stopped"
-            plural = "es" if status.leftovers != 1 else ""
-            leftovers = f"; {status.leftovers} leftover process{plural} {verb}"
-        leftovers += runner.memory_note(job.mem, status)  # OOM-killed, or over an unenforced --mem
-        resumable = (
-            job.kind == "command"
-            and tracked.policy.checkpointable
-            and tracked.cancel_sent_at is not None
-        )
-        if (
-            tracked.preempted is not None
-            and job.intent != "cancel"
-            and (not status.ok or resumable)
-        ):
-            # GPU pooling: back to the queue with a `preempt` event and the same attempt; a
-            # train job resumes from the checkpoint it saved on SIGTERM, and so does a
-            # checkpointable command job (which may exit 0 once it has saved).
-            back = (JobState.RUNNING, JobState.PAUSED)
-            preempt = db.Change(job.id, Event.PREEMPT, tracked.preempted, back)
-            if job.state != JobState.PAUSED:
-                return [preempt]
-            # Paused by its user: it stays held (not started again) until `resume`.
-            held = f"{tracked.preempted}; it was paused, so it is held until resumed"
-            return [preempt, db.Change(job.id, Event.HOLD, held, (JobState.QUEUED,))]
-        if tracked.over_reservation is not None and job.intent != "cancel":
-            return [change(Event.EXIT_FAILED, tracked.over_reservation)]
-        if job.intent == "cancel" and not tracked.timed_out:
-            reason = f"cancelled ({status.describe()})" + (f": {failure}" if failure else "")
-            return [change(Event.CANCEL, reason)]
-        if tracked.timed_out:
-            return [
-                change(
-                    Event.EXIT_FAILED, f"time limit of {format_duration(job.time_limit)} exceeded"
-                )
-            ]
-        if status.ok:
-            return [change(Event.EXIT_OK, status.describe() + leftovers)]
-        reason = (f"{status.describe()}: {failure}" if failure else status.describe()) + leftovers
-        if job.attempt <= job.retries:
-            retry = f"automatic retry {job.attempt}/{job.retries} after it {status.describe()}"
-            requeue = db.Change(job.id, Event.REQUEUE, retry, (JobState.FAILED,))
-            return [change(Event.EXIT_FAILED, reason), requeue]
-        return [change(Event.EXIT_FAILED, reason)]
 
     # ---- intents, limits ---------------------------------------------------------------
 
@@ -716,22 +634,7 @@ class Daemon:
         now = time.time()
         tokens = {job.id: uuid.uuid4().hex for job, _ in starts}
         marked = db.apply_many(
-            self.store,
-            [
-                db.Change(
-                    job.id,
-                    Event.START,
-                    "starting",
-                    (JobState.QUEUED,),
-                    {
-                        "started_at": now,
-                        "granted_gpus": list(gpus),
-                        "granted_devices": self._granted_devices(job.id),
-                        "launch_token": tokens[job.id],
-                    },
-                )
-                for job, gpus in starts
-            ],
+            self.store, launching.starting_changes(starts, tokens, now, self._granted_devices)
         )
         chosen = [
             (job, gpus)
@@ -785,21 +688,8 @@ class Daemon:
                 outcomes.append(db.Change(job.id, Event.REQUEUE, reason, (JobState.STARTING,)))
                 continue
             start = self._start_details.pop(job.id, None)
-            holding = scheduler.Holding(
-                job.id,
-                queued.group,
-                gpus,
-                queued.gpus,
-                queued.gpu_mem,
-                queued.cpus,
-                queued.mem,
-                started_at=now,
-                mig_uuids=start.devices if start else (),
-                mig_profile=queued.mig_profile,
-                preemptible=queued.preemptible,
-                time_limit=job.time_limit,
-                kept_because=stopping.kept_because(job),
-                account=account_of(self.config.shares.by, queued.group, queued.uid),
+            holding = launching.holding_at_start(
+                queued, job, gpus, now, start, self.config.shares.by
             )
             deadline = now + job.time_limit if job.time_limit else None
             policy = stopping.policy_for(job, self.config.kill_grace_s)
