@@ -168,6 +168,68 @@ def test_past_usage_lowers_an_over_quota_weight() -> None:
     assert out[11] == Start(11, (0,))
 
 
+def test_departments_divide_first_among_themselves_then_among_their_members() -> None:
+    """Two departments of equal weight, one with two members: flat, three users get 8/3 GPUs
+    each; in departments, vision gets 4 (2 each) and nlp's one member 4. A department's
+    deserved quota and limit apply to its members together; an account in none stands at the
+    top level beside the departments."""
+    flat = by_user(alice=Share(), bob=Share(), carol=Share())
+    demand = {"alice": 8.0, "bob": 8.0, "carol": 8.0}
+    assert fair_shares(demand, 8, flat) == pytest.approx(dict.fromkeys(demand, 8 / 3))
+    tree = Settings(
+        **{
+            **flat.__dict__,
+            "departments": {"vision": Share(), "nlp": Share()},
+            "department_of": {"alice": "vision", "bob": "vision", "carol": "nlp"},
+        }
+    )
+    assert fair_shares(demand, 8, tree) == pytest.approx({"alice": 2, "bob": 2, "carol": 4})
+    deserving = Settings(
+        **{**tree.__dict__, "departments": {"vision": Share(6, limit=7), "nlp": Share()}}
+    )
+    fair = fair_shares({**demand, "dave": 8.0}, 10, deserving)
+    # vision: 6 deserved + its weight's third of the 4 left = 7.33, capped by its limit at 7;
+    # nlp and dave (in no department) share the rest by weight.
+    assert fair["alice"] + fair["bob"] == pytest.approx(7)
+    assert fair["carol"] == pytest.approx(1.5) and fair["dave"] == pytest.approx(1.5)
+    # Members' own shares divide their department's part.
+    weighted = Settings(
+        **{**tree.__dict__, "shares": {"alice": Share(weight=3), "bob": Share(), "carol": Share()}}
+    )
+    assert fair_shares(demand, 8, weighted) == pytest.approx({"alice": 3, "bob": 1, "carol": 4})
+
+
+def test_the_department_below_its_part_starts_first() -> None:
+    """alice (vision) holds two of three GPUs; bob (vision) and carol (nlp) each want the last
+    one. Flat, bob's older job goes first (both users are below their share); by department,
+    vision already holds more than its half, so carol's job starts and bob's waits."""
+    running = [run("alice", 1, 0), run("alice", 2, 1)]
+    queued = [want("bob", 10), want("carol", 11)]
+    flat = by_user(alice=Share(), bob=Share(), carol=Share())
+    assert isinstance(decide(queued, running, box(3), flat)[10], Start)
+    tree = Settings(
+        **{
+            **flat.__dict__,
+            "departments": {"vision": Share(), "nlp": Share()},
+            "department_of": {"alice": "vision", "bob": "vision", "carol": "nlp"},
+        }
+    )
+    out = decide(queued, running, box(3), tree)
+    assert out[11] == Start(11, (2,)) and isinstance(out[10], Wait)
+
+
+def test_config_reads_departments(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        "[users.alice]\ndeserved_gpus = 1\n"
+        "[departments.vision]\nmembers = ['alice', 'bob']\ndeserved_gpus = 4\nweight = 2\n"
+        "limit = 6\n[departments.nlp]\nmembers = ['carol']\n"
+    )
+    shares = load_config(path).shares
+    assert shares.departments == {"vision": Share(4, 2, 6), "nlp": Share()}
+    assert shares.department_of == {"alice": "vision", "bob": "vision", "carol": "nlp"}
+
+
 def test_config_reads_users_and_shares(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     path.write_text(
@@ -192,6 +254,14 @@ def test_config_reads_users_and_shares(tmp_path: Path) -> None:
         ("[users.alice]\nspeed = 1\n", "[users.alice]"),
         ("[shares]\nhalf_life = '0s'\n", "[shares]: key 'half_life'"),
         ("[shares]\nby = 'planet'\n", "[shares]: key 'by'"),
+        (
+            "[users.a]\n[departments.d]\nmembers = ['a']\n[departments.e]\nmembers = ['a']\n",
+            "[departments.e]: key 'members': 'a' is in [departments.d] already",
+        ),
+        ("[users.a]\n[departments.d]\nmembers = []\n", "[departments.d]: key 'members'"),
+        ("[users.a]\n[departments.a]\nmembers = ['b']\n", "[departments.a]: 'a' is also"),
+        ("[departments.d]\nmembers = ['a']\n", "[departments]: departments divide shares"),
+        ("[users.a]\n[departments.d]\nmembers = ['a']\nweight = -1\n", "key 'weight'"),
     ],
 )
 def test_bad_share_settings_name_the_file_table_and_key(

@@ -162,6 +162,21 @@ class ShareConfig:
     idle_after_s: float = 1800.0
     idle_percent: float = 2.0
     reclaim_idle: bool = False
+    # `[departments.NAME]`: each department's share, and each member account's department.
+    departments: Mapping[str, Share] = field(default_factory=dict)
+    department_of: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DepartmentTable:
+    """`[departments.NAME]`: a department (KAI-Scheduler's parent queue) whose `members` (users
+    with `[shares] by = "user"`, groups with "group") share its deserved GPUs, over-quota
+    weight and limit at the top level before each gets its own part (scheduler.fair_shares)."""
+
+    members: list[str] = field(default_factory=list)
+    deserved_gpus: float = 0.0
+    weight: float = 1.0
+    limit: float | None = None
 
 
 @dataclass(frozen=True)
@@ -202,7 +217,7 @@ def load_config(path: Path) -> Config:
         raise SpecError(str(error)) from None
     known = {
         "daemon", "retention", "security", "sql", "lake", "executor", "scheduler", "groups",
-        "submit", "shares", "users", "team",
+        "submit", "shares", "users", "team", "departments",
     }  # fmt: skip
     for key in data:
         if key not in known:
@@ -357,7 +372,10 @@ def _shares(path: Path, data: Mapping[str, Any]) -> ShareConfig:
         default = Share()
     if not 0 <= table.idle_percent <= 100:
         raise SpecError(f"{where}: key 'idle_percent': must be 0 to 100")
+    departments, department_of = _departments(path, data, by, shares)
     return ShareConfig(
+        departments=departments,
+        department_of=department_of,
         by=by,
         shares=shares,
         default=default,
@@ -368,6 +386,46 @@ def _shares(path: Path, data: Mapping[str, Any]) -> ShareConfig:
         idle_percent=table.idle_percent,
         reclaim_idle=table.reclaim_idle,
     )
+
+
+def _departments(
+    path: Path, data: Mapping[str, Any], by: str, shares: Mapping[str, Share]
+) -> tuple[dict[str, Share], dict[str, str]]:
+    """`[departments.NAME]` tables -> (department -> Share, member -> department). A member
+    in two departments, a department named like an account with its own share, or departments
+    with shares off are refused (SpecError naming the file, table and key)."""
+    raw = data.get("departments", {})
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: 'departments' must be tables like [departments.vision]")
+    if raw and not by:
+        raise SpecError(
+            f"{path} [departments]: departments divide shares: set [shares] by, or add"
+            " [users.NAME] tables"
+        )
+    departments: dict[str, Share] = {}
+    department_of: dict[str, str] = {}
+    for name, values in raw.items():
+        where = f"{path} [departments.{name}]"
+        if not isinstance(values, dict):
+            raise SpecError(f"{where}: expected a table, got {values!r}")
+        table = from_table(DepartmentTable, values, where)
+        check_quota(table.deserved_gpus, f"{where}: key 'deserved_gpus'")
+        _check_share(where, table.weight, table.limit)
+        if name in shares:
+            raise SpecError(f"{where}: {name!r} is also an account with its own share")
+        if not table.members or not all(isinstance(m, str) and m for m in table.members):
+            raise SpecError(f"{where}: key 'members': a list of {by} names")
+        for member in table.members:
+            if member in raw:
+                raise SpecError(f"{where}: key 'members': {member!r} names a department")
+            if member in department_of:
+                raise SpecError(
+                    f"{where}: key 'members': {member!r} is in [departments."
+                    f"{department_of[member]}] already (one department each)"
+                )
+            department_of[member] = name
+        departments[name] = Share(table.deserved_gpus, table.weight, table.limit)
+    return departments, department_of
 
 
 def _check_share(where: str, weight: float, limit: float | None) -> None:

@@ -91,6 +91,8 @@ def settings_of(
         usage_k=shares.usage_k,
         min_runtime_s=shares.min_runtime_s,
         reclaim_idle=shares.reclaim_idle,
+        departments=shares.departments if shares.by else {},
+        department_of=shares.department_of if shares.by else {},
     )
 
 

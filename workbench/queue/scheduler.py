@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from workbench.jobmodel.resources import OVER_RESERVATION
 from workbench.jobmodel.states import SETTLED
@@ -194,6 +194,12 @@ class Settings:
     # Preempt an idle job (`Holding.idle`) of an account above its share while another
     # account's GPU job waits (`[shares] reclaim_idle`; off by default).
     reclaim_idle: bool = False
+    # A hierarchy (KAI-Scheduler's parent queues; Run:ai's departments): `departments` gives
+    # each department's own share at the top level and `department_of` each member account's
+    # department. The GPUs are divided among departments (and accounts in none) first, then
+    # each department's part among its members (`fair_shares`).
+    departments: Mapping[str, Share] = field(default_factory=dict)
+    department_of: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def by_share(self) -> bool:
@@ -1297,7 +1303,14 @@ def fair_shares(demand: Mapping[str, float], total: float, settings: Settings) -
     held plus queued): its deserved quota (up to what it wants and its limit), then the
     surplus divided by effective over-quota weight (`effective_weights`), water-filling: an
     account that wants less than its part gives the rest to the others (KAI-Scheduler's
-    division of a queue's over-quota resources)."""
+    division of a queue's over-quota resources).
+
+    With departments (`Settings.departments`), the same division is done twice, as
+    KAI-Scheduler does down its queue tree: among the departments (each with its own share,
+    wanting what its members want, its past usage theirs together) and the accounts in none;
+    then each department's part among its members, by their own shares."""
+    if settings.department_of:
+        return _fair_shares_by_department(demand, total, settings)[0]
     caps: dict[str, float] = {}
     for account, wanted in demand.items():
         limit = settings.share_of(account).limit
@@ -1322,6 +1335,33 @@ def fair_shares(demand: Mapping[str, float], total: float, settings: Settings) -
     return fair
 
 
+def _fair_shares_by_department(
+    demand: Mapping[str, float], total: float, settings: Settings
+) -> tuple[dict[str, float], dict[str, float]]:
+    """`fair_shares` over a two-level hierarchy (see there): (each account's fair share, each
+    top-level unit's: a department's, or an account's in none, by its own name)."""
+    top_of = {a: settings.department_of.get(a, a) for a in demand}
+    top_demand: dict[str, float] = {}
+    top_usage: dict[str, float] = {}
+    for account, wanted in demand.items():
+        top = top_of[account]
+        top_demand[top] = top_demand.get(top, 0.0) + wanted
+        top_usage[top] = top_usage.get(top, 0.0) + settings.usage.get(account, 0.0)
+    top_shares = {
+        top: settings.departments.get(top) or settings.share_of(top) for top in top_demand
+    }
+    flat = replace(settings, department_of={}, departments={})
+    top_fair = fair_shares(top_demand, total, replace(flat, shares=top_shares, usage=top_usage))
+    fair: dict[str, float] = {}
+    for top, part in top_fair.items():
+        members = {a: demand[a] for a in demand if top_of[a] == top}
+        if top in settings.departments:
+            fair.update(fair_shares(members, part, flat))
+        else:
+            fair.update({a: part for a in members})
+    return fair, top_fair
+
+
 def fair_order(
     queued: Sequence[Want], running: Sequence[Holding], settings: Settings, total: float
 ) -> dict[int, tuple[float, int]]:
@@ -1329,7 +1369,9 @@ def fair_order(
     would hold once this job and its account's jobs before it run, rank). Each account's jobs
     go by priority, then age, among themselves only; across accounts, the job that leaves its
     account furthest below its fair share goes first (virtual finish order, as in fair
-    queueing), so a user's high priority never jumps another user's jobs."""
+    queueing), so a user's high priority never jumps another user's jobs. With departments,
+    the fraction is the larger of its account's and its department's (the department's jobs
+    before it counted), so the department furthest below its part goes first."""
     held: dict[str, float] = {}
     for h in running:
         if not h.stopping:
@@ -1340,15 +1382,29 @@ def fair_order(
     demand = {a: held.get(a, 0.0) for a in held}
     for account, wants in mine.items():
         demand[account] = held.get(account, 0.0) + sum(w.units for w in wants)
-    fair = fair_shares(demand, total, settings)
+    if settings.department_of:
+        fair, top_fair = _fair_shares_by_department(demand, total, settings)
+    else:
+        fair, top_fair = fair_shares(demand, total, settings), {}
+    top_held: dict[str, float] = {}
+    for account, level in held.items():
+        above = settings.department_of.get(account, account)
+        top_held[above] = top_held.get(above, 0.0) + level
     keys: dict[int, tuple[float, int]] = {}
     for account, wants in mine.items():
         wants.sort(key=_BY_RANK)
         level = held.get(account, 0.0)
         base = max(fair.get(account, 0.0), _EPS)
+        top = settings.department_of.get(account)
         for want in wants:
             level += want.units
-            keys[want.id] = (level / base if want.units > 0 else 0.0, want.rank)
+            share = level / base if want.units > 0 else 0.0
+            if top is not None and want.units > 0:
+                # Departments first: a job that would take its department further past the
+                # department's fair share waits behind one that would not (KAI's queue order).
+                top_held[top] = top_held.get(top, 0.0) + want.units
+                share = max(share, top_held[top] / max(top_fair.get(top, 0.0), _EPS))
+            keys[want.id] = (share, want.rank)
     return keys
 
 
