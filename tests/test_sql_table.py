@@ -1,6 +1,6 @@
 """`workbench sql`'s table (workbench.cli.resulttable) draws exactly what rich's default Table
 draws, byte for byte, on a pipe, a colour terminal and a latin-1 stream, without rich's Table
-where every cell fits."""
+where every cell fits; and the command's start-up leaves out what it does not use."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ import random
 from collections.abc import Callable
 
 import pytest
+from conftest import imports_of
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from workbench.cli import resulttable
+from workbench.paths import Home
 from workbench.safetext import display_text
 
 
@@ -142,3 +144,15 @@ def test_cells_that_fit_are_drawn_without_rich_table(monkeypatch: pytest.MonkeyP
     assert made == []
     drawn(resulttable.print_table, "narrow", ["wide"], [["x" * 40]])
     assert len(made) == 1
+
+
+def test_sql_starts_without_what_a_table_does_not_need(home: Home) -> None:
+    """`workbench sql` printing a table imports neither rich's Table nor what only publishing
+    (hashlib, uuid), starting the daemon (subprocess), listing jobs (the scheduling layer) or
+    a mistyped command (difflib) needs."""
+    result, imported = imports_of("sql", "SELECT 42 AS answer, '東京' AS city")
+    assert result.returncode == 0, result.stderr
+    assert "answer" in result.stdout and "東京" in result.stdout
+    assert "workbench.cli.resulttable" in imported and "rich.console" in imported
+    unused = {"rich.table", "hashlib", "uuid", "subprocess", "workbench.db.scheduling", "difflib"}
+    assert not imported & unused
