@@ -367,7 +367,21 @@ def cmd_sql(args: argparse.Namespace) -> int:
     finally:
         con.close()
     lake.record_query(store, args.query, time.perf_counter() - started, rows, None)
+    store.close()
+    _leave_objects_to_exit()
     return 0
+
+
+def _leave_objects_to_exit() -> None:
+    """When this process exits, let the objects that exist now go with it instead of the
+    interpreter's last garbage collections walking them all (every imported module's objects:
+    ~20 ms of `workbench sql`'s ~0.2 s). Registered with atexit (`gc.freeze` then runs before
+    those collections), so an in-process caller is unaffected until it exits itself. Nothing is
+    left unwritten: the connections are closed and the standard streams are flushed after."""
+    import atexit
+    import gc
+
+    atexit.register(gc.freeze)
 
 
 def _interruptible(
