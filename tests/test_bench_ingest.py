@@ -36,3 +36,26 @@ def test_bench_ingest_tiny_runs_every_measure(home: object) -> None:
     ):
         assert measure in done.stdout, done.stdout
     assert (ROOT / "bench" / "RESULTS.md").read_bytes() == results  # tiny writes nothing
+
+
+@pytest.mark.slow
+def test_bench_ingest_sql_only_runs_the_sql_measures_alone(home: object) -> None:
+    """`--sql-only` (what a change to `workbench sql` is measured with): the sql and Data screen
+    rows and their profiles, no ingest, nothing written."""
+    results = (ROOT / "bench" / "RESULTS.md").read_bytes()
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "ingest.py"), "--tiny", "--sql-only"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    for measure in (
+        "first page (100 rows) of SELECT * over 20,000 rows, Data screen",
+        "`workbench sql --json --limit 100`",
+        '`workbench sql "SELECT * FROM big"`',
+        "`sql` SELECT *, cProfile own time: total",
+    ):
+        assert measure in done.stdout, done.stdout
+    assert "ingest" not in done.stdout
+    assert (ROOT / "bench" / "RESULTS.md").read_bytes() == results
