@@ -6,9 +6,11 @@ million rows, `workbench sql` (the printed first 200 rows, and `--json --limit 1
 screen's first page against DuckDB's Python API. The same for a Parquet source. Where the
 remaining time goes: the job's own phase timings (its log) and cProfile's top costs of
 `workbench sql`.
-Usage: nice python bench/ingest.py [--rows N] [--quick | --tiny] [--core]  (--tiny: a smoke run of
-every measure on a few thousand rows; --core: only the CSV and Parquet ingests against DuckDB's
-COPY and the fixed cost, for a loaded machine; neither writes to RESULTS.md)"""
+Usage: nice python bench/ingest.py [--rows N] [--big N] [--repeat N] [--quick | --tiny]
+[--core | --sql-only] (--tiny: a smoke run of every measure on a few thousand rows; --core: only
+the CSV and Parquet ingests against DuckDB's COPY and the fixed cost, for a loaded machine;
+--sql-only: only the `sql` and Data screen measures, no ingest; none of these writes to
+RESULTS.md)"""
 
 from __future__ import annotations
 
@@ -320,6 +322,76 @@ def first_page_screen(home: Home) -> float:
     return asyncio.run(measure())
 
 
+def sql_measures(
+    env: dict[str, str], home: Home, big_rows: int, repeat: int
+) -> tuple[list[list[str]], dict[str, str]]:
+    """`workbench sql` (the printed first 200 rows, and `--json --limit 100`) and the Data
+    screen's first page over a published `big_rows`-row dataset, each against DuckDB's Python
+    API (a new process for the CLI), interleaved `repeat` times: rows of the results table,
+    and cProfile's top costs of each `sql` command."""
+    import duckdb
+
+    from workbench.catalog import lake
+
+    rows_out: list[list[str]] = []
+    store = Store.open(home.state_db)
+    try:
+
+        def write(tmp: Path) -> None:
+            duckdb.connect().execute(
+                f"COPY (SELECT range AS id, range * 2 AS twice, md5(range::VARCHAR) AS h"
+                f" FROM range({big_rows})) TO '{tmp / 'part-0.parquet'}' (FORMAT parquet)"
+            )
+
+        big = lake.publish(home, store, "big", write)
+    finally:
+        store.close()
+    direct: list[float] = []
+    screen: list[float] = []
+    cli: list[float] = []
+    direct_process: list[float] = []
+    table_cli: list[float] = []
+    table_direct: list[float] = []
+    for _ in range(repeat):
+        direct.append(first_page_duckdb(big.glob))
+        screen.append(first_page_screen(home))
+        cli.append(workbench(env, "sql", "--json", "--limit", str(PAGE), "SELECT * FROM big")[0])
+        direct_process.append(bare_process(big.glob, PAGE))
+        table_cli.append(workbench(env, "sql", "SELECT * FROM big")[0])
+        table_direct.append(bare_process(big.glob, SHOWN + 1))
+    rows_out.append(
+        [
+            f"first page ({PAGE} rows) of SELECT * over {big_rows:,} rows, Data screen",
+            f"{median(screen) * 1000:.0f} ms",
+            f"DuckDB Python API in process: {median(direct) * 1000:.0f} ms",
+            spread([x / y for x, y in zip(screen, direct, strict=True)]),
+        ]
+    )
+    rows_out.append(
+        [
+            f"same, `workbench sql --json --limit {PAGE}` (new process)",
+            f"{median(cli) * 1000:.0f} ms",
+            f"python -c duckdb fetchmany (new process): {median(direct_process) * 1000:.0f} ms",
+            f"{spread([x / y for x, y in zip(cli, direct_process, strict=True)])} (goal <= 1.5)",
+        ]
+    )
+    rows_out.append(
+        [
+            f'`workbench sql "SELECT * FROM big"` (no limit: prints {SHOWN} rows)',
+            f"{median(table_cli) * 1000:.0f} ms",
+            f"python -c duckdb fetchmany({SHOWN + 1}) (new process):"
+            f" {median(table_direct) * 1000:.0f} ms",
+            f"{spread([x / y for x, y in zip(table_cli, table_direct, strict=True)])}"
+            " (goal <= 1.5)",
+        ]
+    )
+    costs = {
+        "LIMIT 100": top_costs(env, ["sql", "--json", "--limit", str(PAGE), "SELECT * FROM big"]),
+        "SELECT *": top_costs(env, ["sql", "SELECT * FROM big"]),
+    }
+    return rows_out, costs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=DEFAULT_ROWS, help="rows of the generated CSV")
@@ -332,6 +404,12 @@ def main() -> None:
         action="store_true",
         help="only CSV and Parquet against DuckDB's COPY, and the fixed cost; writes no results",
     )
+    parser.add_argument(
+        "--sql-only",
+        action="store_true",
+        help="only the `workbench sql` and Data screen measures over --big rows (no ingest);"
+        " prints them and writes nothing to RESULTS.md",
+    )
     args = parser.parse_args()
     if args.quick:
         args.rows, args.big, args.repeat = 300_000, 1_000_000, 1
@@ -343,6 +421,17 @@ def main() -> None:
     os.environ["WORKBENCH_HOME"] = env["WORKBENCH_HOME"]
     home = Home(work / "home")
     rows_out: list[list[str]] = []
+    if args.sql_only:
+        try:
+            sql_rows, costs = sql_measures(env, home, args.big, args.repeat)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        report = table(["measure", "workbench", "baseline (same run)", "ratio / goal"], sql_rows)
+        report += "\n\nWhere the time goes (the last run):\n" + "".join(
+            f"- `sql` {name}, cProfile own time: {text}\n" for name, text in costs.items()
+        )
+        print(report)
+        return
     try:
         csv = work / "data.csv"
         generate_csv(csv, args.rows)
@@ -539,70 +628,10 @@ def main() -> None:
             ]
         )
 
+        costs: dict[str, str] = {}
         if not args.core:
-            # 10 million rows: time to the first page.
-            import duckdb
-
-            store = Store.open(home.state_db)
-            try:
-
-                def write(tmp: Path) -> None:
-                    duckdb.connect().execute(
-                        f"COPY (SELECT range AS id, range * 2 AS twice, md5(range::VARCHAR) AS h"
-                        f" FROM range({args.big})) TO '{tmp / 'part-0.parquet'}' (FORMAT parquet)"
-                    )
-
-                big = lake.publish(home, store, "big", write)
-            finally:
-                store.close()
-            direct: list[float] = []
-            screen: list[float] = []
-            cli: list[float] = []
-            direct_process: list[float] = []
-            table_cli: list[float] = []
-            table_direct: list[float] = []
-            for _ in range(args.repeat):
-                direct.append(first_page_duckdb(big.glob))
-                screen.append(first_page_screen(home))
-                cli.append(
-                    workbench(env, "sql", "--json", "--limit", str(PAGE), "SELECT * FROM big")[0]
-                )
-                direct_process.append(bare_process(big.glob, PAGE))
-                table_cli.append(workbench(env, "sql", "SELECT * FROM big")[0])
-                table_direct.append(bare_process(big.glob, SHOWN + 1))
-            rows_out.append(
-                [
-                    f"first page ({PAGE} rows) of SELECT * over {args.big:,} rows, Data screen",
-                    f"{median(screen) * 1000:.0f} ms",
-                    f"DuckDB Python API in process: {median(direct) * 1000:.0f} ms",
-                    spread([x / y for x, y in zip(screen, direct, strict=True)]),
-                ]
-            )
-            rows_out.append(
-                [
-                    f"same, `workbench sql --json --limit {PAGE}` (new process)",
-                    f"{median(cli) * 1000:.0f} ms",
-                    f"python -c duckdb fetchmany (new process): {median(direct_process) * 1000:.0f} ms",
-                    f"{spread([x / y for x, y in zip(cli, direct_process, strict=True)])}"
-                    " (goal <= 1.5)",
-                ]
-            )
-            rows_out.append(
-                [
-                    f'`workbench sql "SELECT * FROM big"` (no limit: prints {SHOWN} rows)',
-                    f"{median(table_cli) * 1000:.0f} ms",
-                    f"python -c duckdb fetchmany({SHOWN + 1}) (new process):"
-                    f" {median(table_direct) * 1000:.0f} ms",
-                    f"{spread([x / y for x, y in zip(table_cli, table_direct, strict=True)])}"
-                    " (goal <= 1.5)",
-                ]
-            )
-            costs = {
-                "LIMIT 100": top_costs(
-                    env, ["sql", "--json", "--limit", str(PAGE), "SELECT * FROM big"]
-                ),
-                "SELECT *": top_costs(env, ["sql", "SELECT * FROM big"]),
-            }
+            sql_rows, costs = sql_measures(env, home, args.big, args.repeat)
+            rows_out.extend(sql_rows)
         subprocess.run(
             [sys.executable, "-m", "workbench", "daemon", "stop"], env=env, capture_output=True
         )

@@ -58,3 +58,26 @@ def test_bench_ingest_core_runs_only_csv_parquet_and_the_fixed_cost(home: object
     for skipped in ("--encrypt", "sampled", "s3://", "NDJSON", "cProfile"):
         assert skipped not in done.stdout, done.stdout
     assert (ROOT / "bench" / "RESULTS.md").read_bytes() == results
+
+
+@pytest.mark.slow
+def test_bench_ingest_sql_only_runs_the_sql_measures_alone(home: object) -> None:
+    """`--sql-only` (what a change to `workbench sql` is measured with): the sql and Data screen
+    rows and their profiles, no ingest, nothing written."""
+    results = (ROOT / "bench" / "RESULTS.md").read_bytes()
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "ingest.py"), "--tiny", "--sql-only"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    for measure in (
+        "first page (100 rows) of SELECT * over 20,000 rows, Data screen",
+        "`workbench sql --json --limit 100`",
+        '`workbench sql "SELECT * FROM big"`',
+        "`sql` SELECT *, cProfile own time: total",
+    ):
+        assert measure in done.stdout, done.stdout
+    assert "ingest" not in done.stdout
+    assert (ROOT / "bench" / "RESULTS.md").read_bytes() == results

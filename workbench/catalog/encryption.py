@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import os
 import stat
 from dataclasses import dataclass, field
@@ -46,6 +45,8 @@ class LakeKey:
 
     @property
     def fingerprint(self) -> str:
+        import hashlib
+
         return hashlib.blake2b(self.secret, digest_size=6, person=b"wb-lake-key").hexdigest()
 
 

@@ -9,14 +9,12 @@ writers never get the same number."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
 import stat
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,7 +26,6 @@ from workbench.db import catalog as db_catalog
 from workbench.db.store import Store
 from workbench.paths import Home
 from workbench.units import format_duration, format_size, parse_duration, parse_size
-from workbench.userfiles import read_toml
 
 if TYPE_CHECKING:
     import duckdb
@@ -210,6 +207,8 @@ def latest_versions(store: Store) -> list[VersionInfo]:
 def _content_hash(files: Iterable[Path]) -> str:
     """BLAKE2b-256 over the parts' names and bytes: as strong as SHA-256 for telling versions
     apart, and about twice as fast, which matters on every ingest of a large file."""
+    import hashlib
+
     digest = hashlib.blake2b(digest_size=32)
     for path in sorted(files):
         digest.update(path.name.encode())
@@ -226,6 +225,8 @@ def _describe_parts(
     the Parquet footers (the writer's statistics: no scan of the data), hashed as files.
     Encrypted parts (whose bytes differ on every write: AES-GCM takes a fresh nonce) are
     scanned once with the key, and the hash is of their rows in order."""
+    import hashlib
+
     import duckdb
 
     parts = sorted(tmp.glob("part-*.parquet"))
@@ -410,6 +411,8 @@ def publish(
     started = started_at if started_at is not None else time.time()
     base = home.lake / dataset
     base.mkdir(parents=True, exist_ok=True)
+    import uuid
+
     tmp = base / f"{staging_name(job_id)}{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
@@ -758,6 +761,8 @@ def settings(home: Home) -> LakeSettings:
     """The home's LakeSettings (defaults when config.toml is missing)."""
     if not os.path.lexists(home.config):
         return LakeSettings()
+    from workbench.userfiles import read_toml
+
     data = read_toml(home.config, regular_only=True)  # UserFileError (a ValueError) names it
     found = parse_settings(data, str(home.config))
     if found.key_file is not None and not found.key_file.is_absolute():

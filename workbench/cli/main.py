@@ -973,13 +973,13 @@ def unknown_command(parser: argparse.ArgumentParser, words: list[str]) -> str | 
     """For a first word that is no command: `no command 'sumbit'; did you mean 'submit'?`
     (difflib's closest), else the list of commands; None when the word is a command or an
     option (argparse handles those)."""
-    import difflib
-
     if not words or words[0].startswith("-"):
         return None
     names = command_names(parser)
     if words[0] in names:
         return None
+    import difflib
+
     close = difflib.get_close_matches(words[0], names, n=3)
     if close:
         return f"no command {words[0]!r}; did you mean {' or '.join(map(repr, close))}?"

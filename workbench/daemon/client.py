@@ -4,7 +4,6 @@ that is started on demand and woken after each write."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterable
@@ -51,6 +50,8 @@ def ensure_daemon(home: Home, timeout_s: float = 20.0) -> int:
     home.ensure()
     log_start = home.daemon_log.stat().st_size if home.daemon_log.exists() else 0
     if pid is None:
+        import subprocess  # ~3 ms, only to start the daemon
+
         log_fd = safefs.open_file(home.daemon_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         with open(log_fd, "ab") as log, open(os.devnull, "rb") as devnull:
             env = dict(os.environ, WORKBENCH_HOME=str(home.root))
