@@ -322,3 +322,70 @@ async def test_the_tui_says_when_the_system_daemon_stops_answering(
             )
     finally:
         stop_system(own)
+
+
+@pytest.mark.slow
+def test_workbench_in_tmux_opens_the_team_queue(system: System) -> None:
+    """bob types `workbench` in a real terminal (tmux) with a system daemon installed and no
+    WORKBENCH_HOME: the Queue is the team queue, alice's job shows with her name, and his
+    cancel of it is refused on screen naming her; no traceback."""
+    import shlex
+    import shutil
+
+    from conftest import wait_for
+    from test_tmux_smoke import capture, keys, tmux
+
+    assert shutil.which("tmux"), "tmux is needed (installed by .ci/setup)"
+    users = system.users
+    home = str(Path(f"~{users.bob}").expanduser())
+    session = f"wb-team-{int(time.time() * 1000)}"
+    command = shlex.join(
+        [
+            "env",
+            "-u",
+            "COLUMNS",
+            "-u",
+            "LINES",
+            "-u",
+            "WORKBENCH_HOME",
+            f"WORKBENCH_SYSTEM_HOME={system.root}",
+            f"HOME={home}",
+            "runuser",
+            "-u",
+            users.bob,
+            "--",
+            *users.wb,
+        ]
+    )
+    job_id = system.submit(users.alice, "sh", "-c", "sleep 120")
+    tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "30", "-c", home, command)
+    try:
+        wait_for(lambda: "Dashboard" in capture(session), timeout=30, what="the TUI to draw")
+        keys(session, "j")
+        line = wait_for(
+            lambda: next(
+                (
+                    row
+                    for row in capture(session).splitlines()
+                    if row.split()[:1] == [str(job_id)] and users.alice in row
+                ),
+                None,
+            ),
+            what=f"alice's job in bob's team queue: {capture(session)!r}",
+        )
+        assert "team queue" in capture(session), line
+        keys(session, "end", "c")  # the cursor on the newest job: hers
+
+        def asked_or_refused() -> str | None:
+            screen = capture(session)
+            return screen if "Cancel running job" in screen or "may not" in screen else None
+
+        screen = wait_for(asked_or_refused, what="the confirmation")
+        if "Cancel running job" in screen:
+            keys(session, "y")
+        wait_for(lambda: "may not" in capture(session), what=f"the refusal: {capture(session)!r}")
+        assert "Traceback" not in capture(session)
+        keys(session, "q")
+    finally:
+        tmux("kill-server", check=False)
+        system.wb(users.alice, "cancel", str(job_id))
