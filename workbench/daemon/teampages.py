@@ -12,12 +12,13 @@ named as the job table names it to the peer."""
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable
 from typing import Any
 
 from workbench.daemon.identity import Peer
-from workbench.daemon.rights import Rights, owner_name, public_name
+from workbench.daemon.rights import Rights, owner_name, public_name, public_name_of
 from workbench.db import job_pages
 from workbench.db.job_pages import JobFilter
 from workbench.db.store import Job, Store
@@ -54,12 +55,6 @@ def job_filter(request: dict[str, Any]) -> JobFilter:
     return JobFilter(state=state, text=text.strip(), owner=_optional_int(request, "owner"))
 
 
-def public_haystack(job: Job) -> str:
-    """What a text filter searches in a job another user may see only the public fields of:
-    as `JobFilter.matches`, with the job's public name (`rights.public_name`)."""
-    return f"{job.id} {public_name(job)} {job.kind} {job.reason or ''}".lower()
-
-
 def page(
     store: Store,
     rights: Rights,
@@ -76,8 +71,10 @@ def page(
     PageError naming a bad field.
 
     Cost: indexed SQL counts and one page of rows, as the per-user TUI reads its store; but a
-    text filter asked by a peer who is not an admin reads the jobs whose own text matches (a
-    superset of those whose public text does) and checks others' public text in Python."""
+    text filter asked by a peer who is not an admin reads the id, owner, name, kind, command
+    and reason of the jobs whose own text matches (a superset of those whose public text does:
+    a public name is part of the name) and checks others' public text in Python, then reads
+    the page's rows."""
     where = job_filter(request)
     offset = _optional_int(request, "offset") or 0
     limit = _optional_int(request, "limit") or 0
@@ -85,15 +82,17 @@ def page(
         raise PageError(f"fields 'offset', 'limit': offset >= 0, limit 0 to {MAX_PAGE_ROWS}")
     position_of = _optional_int(request, "position_of")
     if where.text and not rights.is_admin(peer):
+        needle = where.text.lower()
         matching = [
-            job
-            for job in job_pages.page_of_jobs(store, where, 0, 2**62)
-            if rights.owns(peer, job) or where.text.lower() in public_haystack(job)
+            job_id
+            for job_id, uid, name, kind, argv, reason in job_pages.text_rows(store, where)
+            if (uid if uid is not None else 0) == peer.uid
+            or needle in f"{job_id} {public_name_of(kind, name, argv)} {kind} {reason}".lower()
         ]
         total = len(matching)
         first = max(0, min(offset, total - 1)) if total else 0
-        jobs = matching[first : first + limit]
-        position = None if position_of is None else sum(1 for j in matching if j.id < position_of)
+        jobs = job_pages.jobs_by_id(store, matching[first : first + limit])
+        position = None if position_of is None else bisect.bisect_left(matching, position_of)
     else:
         total = job_pages.count_jobs(store, where)
         first = max(0, min(offset, total - 1)) if total else 0
