@@ -100,9 +100,13 @@ except TeamRefused as error:
 own_log = source.log_piece(mine, None)
 their_log = source.log_piece(theirs, None)
 snapshot = source.telemetry()
+from workbench.queue.requests import build_request
+request = build_request({"kind": "command", "argv": ["true"]}, Path.home(), "tui", paused=True)
+submitted = source.act(lambda client: client.submit(request))
 raw = source.ask("page", limit=50)["jobs"]
 print(json.dumps({
     "raw_keys": {str(v["id"]): sorted(v) for v in raw},
+    "submitted": [submitted, source.job(submitted).uid, source.job(submitted).state],
     "total": page.total,
     "owners": {str(j.id): j.uid for j in page.jobs},
     "other_row": [other.name, other.argv, other.cwd, other.env, other.spec],
@@ -125,8 +129,8 @@ print(json.dumps({
 def test_a_plain_users_source_sees_public_fields_of_others(system: System) -> None:
     """bob's TeamSource lists alice's job (owner, state) but gets no command, working
     directory, environment, spec or log of it, and no match when he searches its command
-    line; his pause of it is refused (exit 4, naming alice); his own job's log he reads; the
-    machine's telemetry he sees."""
+    line; his pause of it is refused (exit 4, naming alice); his own job's log he reads; a job he
+    submits through it is his; the machine's telemetry he sees."""
     users = system.users
     alice_job = system.submit(users.alice, "sh", "-c", "echo alice-secret; sleep 120")
     bob_job = system.submit(users.bob, "sh", "-c", "echo bob-says-hi", wait=True)
@@ -150,11 +154,12 @@ def test_a_plain_users_source_sees_public_fields_of_others(system: System) -> No
     assert got["events"] and got["events"][0] == "queued"
     assert got["secret_matches"] == 0  # the command line is alice's to read, even by search
     assert alice_job in got["public_matches"]
-    assert got["mine"] == [bob_job]
+    assert got["mine"] == [bob_job, got["submitted"][0]]
     assert got["position"] == sorted(int(i) for i in got["owners"]).index(bob_job)
     assert sum(got["counts"].values()) == got["total"]
     message, code = got["refused"]
     assert code == NOT_PERMITTED and users.alice in message and users.bob in message
+    assert got["submitted"][1:] == [uid[users.bob], "paused"]  # the TUI's submit: his job
     assert got["own_log"] == ["bob-says-hi\n", None]
     data, refusal = got["their_log"]
     assert data == "" and users.alice in refusal and "log" in refusal
