@@ -103,10 +103,20 @@ snapshot = source.telemetry()
 from workbench.queue.requests import build_request
 request = build_request({"kind": "command", "argv": ["true"]}, Path.home(), "tui", paused=True)
 submitted = source.act(lambda client: client.submit(request))
+from workbench.queue.pipeline import load_pipeline
+pipe_path = Path.home() / "tui-pipeline.toml"
+pipe_path.write_text(chr(10).join([
+    '[pipeline]', 'name = "tuipipe"',
+    '[[stage]]', 'name = "one"', 'kind = "command"', 'argv = ["true"]',
+    '[[stage]]', 'name = "two"', 'kind = "command"', 'after = ["one"]', 'argv = ["true"]',
+]))
+pipeline = load_pipeline(pipe_path)  # as the Queue's pipeline dialog loads it
+_, pipeline_ids = source.act(lambda client: client.submit_pipeline(pipeline))
 raw = source.ask("page", limit=50)["jobs"]
 print(json.dumps({
     "raw_keys": {str(v["id"]): sorted(v) for v in raw},
     "submitted": [submitted, source.job(submitted).uid, source.job(submitted).state],
+    "pipeline": [[source.job(i).uid, source.job(i).stage] for i in pipeline_ids],
     "total": page.total,
     "owners": {str(j.id): j.uid for j in page.jobs},
     "other_row": [other.name, other.argv, other.cwd, other.env, other.spec],
@@ -154,7 +164,8 @@ def test_a_plain_users_source_sees_public_fields_of_others(system: System) -> No
     assert got["events"] and got["events"][0] == "queued"
     assert got["secret_matches"] == 0  # the command line is alice's to read, even by search
     assert alice_job in got["public_matches"]
-    assert got["mine"] == [bob_job, got["submitted"][0]]
+    assert got["mine"][:2] == [bob_job, got["submitted"][0]]
+    assert got["pipeline"] == [[uid[users.bob], "one"], [uid[users.bob], "two"]]
     assert got["position"] == sorted(int(i) for i in got["owners"]).index(bob_job)
     assert sum(got["counts"].values()) == got["total"]
     message, code = got["refused"]
