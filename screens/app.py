@@ -209,7 +209,17 @@ for _mode, _key, _title, _location in SCREENS:
 
 def run_app() -> int:
     """`workbench` with no command: the TUI, which starts the daemon if needed once its first
-    frame is up."""
+    frame is up. In team mode (a system daemon installed, WORKBENCH_HOME unset:
+    `workbench.system.system_socket`) its Queue and Dashboard show the system daemon's queue
+    and telemetry (`screens.teamsource`), and no per-user daemon is started."""
+    from workbench.system import system_socket
+
     home = Home.current().ensure()
+    socket_path = system_socket()
+    if socket_path is not None:
+        from screens.teamsource import TeamSource
+
+        WorkbenchApp(TeamSource(home, socket_path)).run()
+        return 0
     WorkbenchApp(Source(home), start_daemon=True).run()
     return 0

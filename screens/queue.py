@@ -33,7 +33,7 @@ from textual.widgets import (
 )
 
 from screens.jobtable import JobTable, Window
-from screens.source import JobPage
+from screens.source import JobPage, LogPiece
 from screens.widgets import (
     LiveGuard,
     WorkbenchScreen,
@@ -251,8 +251,9 @@ class QueueScreen(WorkbenchScreen):
         if offset < 0:
             total = source.job_page(where, 0, 0).total
             offset = max(0, total - rows)
+        page = source.job_page(where, offset, rows)
         self.post_message(
-            PageRead(source.job_page(where, offset, rows), now, version, where, select_id)
+            PageRead(page, now, version, where, select_id, daemon_running=source.daemon_running())
         )
 
     def on_page_read(self, message: PageRead) -> None:
@@ -292,6 +293,9 @@ class QueueScreen(WorkbenchScreen):
 
     def show_status(self) -> None:
         status = Text(no_wrap=True, overflow="ellipsis")
+        source = self.app.source  # type: ignore[attr-defined]
+        if source.queue_label:
+            status.append(f"{source.queue_label}  ", style="bold cyan")
         for state in (*STATE_FILTERS[1:],):
             if self.counts.get(state):
                 status.append(f"{self.counts[state]:,} ", style="bold")
@@ -308,7 +312,7 @@ class QueueScreen(WorkbenchScreen):
                 shown += " mine"
             status.append(f" filter {shown}: {total} ", style="magenta")
         if not self.daemon_running:
-            status.append(" daemon not running: the next action starts it", style="yellow")
+            status.append(f" {source.down_text()}", style="yellow")
         if status != self.status_shown:  # an update lays the screen out again: only on change
             self.status_shown = status
             self.query_one("#queue-status", Static).update(status)
@@ -901,6 +905,7 @@ class JobDetailScreen(WorkbenchScreen):
         self.job_id = job_id
         self.log_offset = 0
         self.log_inode: int | None = None
+        self.log_refused = False  # the daemon refused this job's log (another user's)
         self.job: Job | None = None
         self.peak_rss: float | None = None
         self.log_rest = ""  # the log's unfinished last line (a progress bar redrawing it)
@@ -972,7 +977,7 @@ class JobDetailScreen(WorkbenchScreen):
             if job is not None and job.pid and job.state in ("running", "paused")
             else None
         )
-        run_dir = source.home.run_dir(job.id) if job is not None else None
+        run_dir = source.run_dir(job) if job is not None else None
         recorded = recorded_usage(job, run_dir) if job is not None else None
         self.post_message(
             DetailRead(job, events, metrics, chunk, reset, source.now(), usage, recorded)
@@ -987,6 +992,11 @@ class JobDetailScreen(WorkbenchScreen):
             text = fixed.get(self.job_id, "") if self.log_offset == 0 else ""
             self.log_offset = 1
             return text, False
+        if self.log_refused:
+            return "", False
+        piece = source.log_piece(self.job_id, None if self.log_inode is None else self.log_offset)
+        if piece is not None:
+            return self.take_piece(piece)
         path: Path = source.log_path(self.job_id)
         try:
             stat = path.stat()
@@ -1006,6 +1016,17 @@ class JobDetailScreen(WorkbenchScreen):
             data = handle.read(1 << 20)
         self.log_offset += len(data)
         return data.decode(errors="replace"), reset
+
+    def take_piece(self, piece: LogPiece) -> tuple[str, bool]:
+        """New log text from a piece the daemon sent (team mode); its refusal, once, as a
+        line in the log (another user's log is theirs to read)."""
+        if piece.refused is not None:
+            self.log_refused = True  # asked once: the refusal stands
+            return f"[{piece.refused}]\n", False
+        if piece.offset is None:  # no answer: ask again from where the last piece ended
+            return "", False
+        self.log_inode, self.log_offset = 0, piece.offset
+        return piece.data, piece.reset
 
     def read_tail(self, path: Path, stat: os.stat_result) -> str:
         """The tail of a rotated log across `log.1` and `log` (`tail_bytes`), taken when `log`

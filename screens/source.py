@@ -31,6 +31,18 @@ class JobPage:
     idle: dict[int, float] = field(default_factory=dict)  # job id -> idle GPUs since (unix s)
 
 
+@dataclass
+class LogPiece:
+    """A piece of a job's log read through a daemon: `data` (text), `offset` (the byte where
+    the next piece starts; None: no answer, nothing read), `reset` (the log was rewritten: the piece starts it again) and
+    `refused` (the daemon's reason for not sending it: another user's job)."""
+
+    data: str
+    offset: int | None
+    reset: bool = False
+    refused: str | None = None
+
+
 def process_facts(process: Any) -> dict[str, Any]:
     """{user, cpu_percent, rss_bytes, started, command, ppid} of a psutil.Process, each fact on its
     own: another user's process denies its command line but still gives its name and owner,
@@ -64,6 +76,9 @@ class Source:
     worker: reads therefore run on one long-lived store thread (`read`), actions on another
     (`act`, so a slow daemon start never holds up the polls). Each thread's connection lives as
     long as the TUI, so polling once a second never piles up connections."""
+
+    # What the Queue's status line calls the queue it shows (None: the home's own).
+    queue_label: str | None = None
 
     def __init__(self, home: Home):
         from concurrent.futures import ThreadPoolExecutor
@@ -192,6 +207,19 @@ class Source:
 
     def log_path(self, job_id: int) -> Path:
         return self.home.run_dir(job_id) / "log"
+
+    def log_piece(self, job_id: int, offset: int | None) -> LogPiece | None:
+        """A piece of the job's log from a daemon (TeamSource), or None: the screen reads the
+        file at `log_path` itself."""
+        return None
+
+    def run_dir(self, job: Job) -> Path | None:
+        """The job's run folder, where its recorded usage may be read (None: not readable)."""
+        return self.home.run_dir(job.id)
+
+    def down_text(self) -> str:
+        """What the Queue's status says while `daemon_running` is false."""
+        return "daemon not running: the next action starts it"
 
     def process_usage(self, pid: int) -> dict[str, float] | None:
         """CPU seconds and resident memory (bytes) of a running job's process tree, or None

@@ -247,3 +247,40 @@ def test_queue_with_owners_and_an_idle_gpu(
         press=["j"],
         run_before=themed(theme),
     )
+
+
+@pytest.mark.parametrize(
+    ("size", "theme"), OWNER_VIEWS, ids=[f"{w}x{h}-{t}" for (w, h), t in OWNER_VIEWS]
+)
+def test_queue_of_the_team(
+    snap_compare: Any, monkeypatch: pytest.MonkeyPatch, size: tuple[int, int], theme: str
+) -> None:
+    """The Queue in team mode (`screens.teamsource.TeamSource`): the status line names the
+    team queue; others' jobs show their public fields only (no command), each its owner."""
+    import dataclasses
+
+    import screens.jobtable
+
+    names = {5001: "alice", 5002: "bob", 5003: "carol"}
+    monkeypatch.setattr(screens.jobtable, "user_name", lambda uid: names.get(uid, str(uid)))
+    jobs = [
+        dataclasses.replace(
+            j, uid=5001 + j.id % 3, **({} if j.id % 3 == 0 else {"argv": None, "cwd": ""})
+        )
+        for j in JOBS
+    ]
+    source = FixedSource(
+        fixed_jobs=jobs,
+        fixed_telemetry=no_gpu_snapshot(),
+        fixed_history=history(False),
+        fixed_events=EVENTS,
+        fixed_logs=LOGS,
+        fixed_now=NOW,
+    )
+    source.queue_label = "team queue"  # as TeamSource says it
+    assert snap_compare(
+        WorkbenchApp(source, frozen=True),
+        terminal_size=size,
+        press=["j"],
+        run_before=themed(theme),
+    )

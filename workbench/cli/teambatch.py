@@ -80,6 +80,29 @@ def job_from_view(view: dict[str, Any]) -> Job:
     return Job(**{**missing, **values})
 
 
+def submit_pipeline(client: TeamClient, pipe: Pipeline) -> tuple[int, list[int]]:
+    """Queue a loaded pipeline's jobs through the system daemon in one request (all or none;
+    built-in stages run in the caller's own home, `queue_built_in`): its id and its job ids in
+    stage order. Raises as `TeamClient.ask`."""
+    head = {"name": pipe.name, "path": str(pipe.path)}
+    requests = [r for stage in pipe.stages for r in stage.requests]
+    own = queue_built_in(requests)  # built-in stages: run in the caller's own home
+    sent = iter(own.get(i, (r, 0))[0] for i, r in enumerate(requests))
+    stages = [
+        dataclasses.replace(st, requests=tuple(next(sent) for _ in st.requests))
+        for st in pipe.stages
+    ]
+    try:
+        wired = wire_jobs(dataclasses.replace(pipe, stages=tuple(stages)))
+        reply = client.ask("submit", pipeline=head, jobs=wired)
+    except BaseException:
+        withdraw(own, "the system daemon did not take the pipeline")
+        raise
+    ids = [int(i) for i in reply["ids"]]
+    tell_built_in(own, ids)
+    return int(reply["pipeline_id"]), ids
+
+
 def run(path: str, json_mode: bool, executor: str | None, socket_path: str) -> int | None:
     """Run the pipeline at `path` through the system daemon at `socket_path`; its exit code
     (as `run_pipeline`'s, or the daemon's refusal's), or None when the daemon does not answer
@@ -93,23 +116,7 @@ def run(path: str, json_mode: bool, executor: str | None, socket_path: str) -> i
 
     def follow(client: TeamClient, _args: argparse.Namespace) -> int:
         def submit(pipe: Pipeline) -> tuple[int, list[int]]:
-            head = {"name": pipe.name, "path": str(pipe.path)}
-            requests = [r for stage in pipe.stages for r in stage.requests]
-            own = queue_built_in(requests)  # built-in stages: run in the caller's own home
-            sent = iter(own.get(i, (r, 0))[0] for i, r in enumerate(requests))
-            stages = [
-                dataclasses.replace(st, requests=tuple(next(sent) for _ in st.requests))
-                for st in pipe.stages
-            ]
-            try:
-                wired = wire_jobs(dataclasses.replace(pipe, stages=tuple(stages)))
-                reply = client.ask("submit", pipeline=head, jobs=wired)
-            except BaseException:
-                withdraw(own, "the system daemon did not take the pipeline")
-                raise
-            ids = [int(i) for i in reply["ids"]]
-            tell_built_in(own, ids)
-            return int(reply["pipeline_id"]), ids
+            return submit_pipeline(client, pipe)
 
         def poll(ids: list[int]) -> list[Job]:
             return [job_from_view(view) for view in client.ask("jobs", ids=ids)["jobs"]]

@@ -94,10 +94,14 @@ def public_name(job: Job) -> str:
     """A job's name as others see it: the name its owner gave, but for a name made from the
     command line (a command job's default, `queue.requests`), only the program's own name: the
     command and its arguments are the owner's to read."""
-    argv = job.argv or job.spec.get("argv") or []
-    if job.kind == "command" and argv and job.name == " ".join(str(a) for a in argv)[:60]:
+    return public_name_of(job.kind, job.name, job.argv or job.spec.get("argv"))
+
+
+def public_name_of(kind: str, name: str, argv: list[Any] | None) -> str:
+    """`public_name` from a job's kind, name and command line (a listing's narrow row)."""
+    if kind == "command" and argv and name == " ".join(str(a) for a in argv)[:60]:
         return os.path.basename(str(argv[0])) or "command"
-    return job.name
+    return name
 
 
 def owner_name(job: Job) -> str:

@@ -259,6 +259,8 @@ class TeamOps:
             "states": self.states,
             "credentials": self.credentials,
             "jobs": self.jobs,
+            "page": self.page,
+            "telemetry": self.telemetry,
             **{op: self.share_op for op in SHARE_OPS},
         }.get(op if isinstance(op, str) else "")
         if handler is None:
@@ -483,6 +485,28 @@ class TeamOps:
         if not isinstance(ids, list) or not all(type(i) is int for i in ids) or len(ids) > 10_000:
             raise RequestError("field 'ids': expected job ids")
         return {"states": {str(k): str(v) for k, v in self.store.states_of(ids).items()}}
+
+    def page(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        """A filtered window of the job table, as the peer may see it (the TUI's Queue):
+        `workbench.daemon.teampages.page`."""
+        from workbench.daemon import teampages
+
+        try:
+            return teampages.page(
+                self.store, self.rights(), peer, request, lambda job: self._view(peer, job)
+            )
+        except teampages.PageError as error:
+            raise RequestError(str(error)) from None
+
+    def telemetry(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        """The machine's latest telemetry and history (the TUI's Dashboard; machine-level
+        facts, everyone's to see): `workbench.daemon.teampages.telemetry`."""
+        from workbench.daemon import teampages
+
+        try:
+            return teampages.telemetry(self.store, self.rights(), peer, request)
+        except teampages.PageError as error:
+            raise RequestError(str(error)) from None
 
 
 def _audit_json(entry: Any) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from workbench.db.store import (
     Job,
     Store,
     _job_from_row,
+    decode_text,
 )
 from workbench.jsonout import dumps
 
@@ -73,6 +74,33 @@ def page_of_jobs(store: Store, where: JobFilter, offset: int, limit: int) -> lis
     rows = store.conn.execute(
         f"SELECT {_LIGHT_COLUMNS} FROM jobs {clause} ORDER BY id LIMIT ? OFFSET ?",
         [*params, max(0, limit), max(0, offset)],
+    ).fetchall()
+    deps = store._deps_for(r[0] for r in rows)
+    return [_job_from_row(r, deps[r[0]]) for r in rows]
+
+
+def text_rows(store: Store, where: JobFilter) -> list[tuple[int, int | None, str, str, Any, str]]:
+    """(id, uid, name, kind, argv (a list or None), reason) of every job matching `where`, by
+    id: what a text filter reads of a job, for the system daemon to search others' jobs by
+    their public text only (`workbench.daemon.teampages`), reading six narrow columns."""
+    clause, params = where.sql()
+    rows = store.conn.execute(
+        f"SELECT id, uid, name, kind, argv, coalesce(reason, '') FROM jobs {clause} ORDER BY id",
+        params,
+    ).fetchall()
+    return [
+        (r[0], r[1], decode_text(r[2]), r[3], json.loads(r[4]) if r[4] else None, r[5])
+        for r in rows
+    ]
+
+
+def jobs_by_id(store: Store, ids: Sequence[int]) -> list[Job]:
+    """The jobs with these ids (those that exist), by id, without their spec and environment."""
+    if not ids:
+        return []
+    marks = ",".join("?" * len(ids))
+    rows = store.conn.execute(
+        f"SELECT {_LIGHT_COLUMNS} FROM jobs WHERE id IN ({marks}) ORDER BY id", list(ids)
     ).fetchall()
     deps = store._deps_for(r[0] for r in rows)
     return [_job_from_row(r, deps[r[0]]) for r in rows]
