@@ -279,7 +279,8 @@ def test_a_train_job_preempted_in_the_team_queue_resumes_from_its_checkpoint(
     """alice holds her deserved GPU and trains on the second; bob asks for his deserved GPU:
     the team queue preempts her training (the team job runs it in her home through
     workbench.daemon.teamrun), which checkpoints there, is marked stopped with the reason,
-    and when the team job starts again resumes from its checkpoint and succeeds."""
+    and when the team job starts again resumes from its checkpoint and ends with the same
+    metrics as the same training run uninterrupted."""
     from test_train import digits_table
 
     from workbench.telemetry import fakenvml
@@ -306,15 +307,19 @@ def test_a_train_job_preempted_in_the_team_queue_resumes_from_its_checkpoint(
         os.chown(csv, home.stat().st_uid, home.stat().st_gid)
         done = wb(system, users.alice, "ingest", str(csv), "--dataset", "digits", "--wait")
         assert done.returncode == 0, done.stderr
-        held = wb(system, users.alice, "submit", "--gpus", "1", "--", "sleep", "600")
-        assert held.returncode == 0, held.stderr
-        held_id = int(held.stdout.split()[0])
         spec = home / "digits.toml"
         spec.write_text(
             'kind = "train"\ndataset = "digits"\ntarget = "digit"\nmodel = "mlp"\n'
             "hidden = [128, 128]\nepochs = 12\nbatch_size = 8\nseed = 3\ncpus = 1\ngpus = 1\n"
         )
         os.chown(spec, home.stat().st_uid, home.stat().st_gid)
+        # The same training uninterrupted first, for its final metrics.
+        whole = wb(system, users.alice, "submit", "--spec", str(spec), "--wait")
+        assert whole.returncode == 0, whole.stderr
+        whole_id = int(whole.stderr.split(" runs it as job ")[1].split()[0])
+        held = wb(system, users.alice, "submit", "--gpus", "1", "--", "sleep", "600")
+        assert held.returncode == 0, held.stderr
+        held_id = int(held.stdout.split()[0])
         queued = wb(system, users.alice, "submit", "--spec", str(spec))
         assert queued.returncode == 0, queued.stderr
         team_id = int(queued.stdout.split()[0])
@@ -344,6 +349,9 @@ def test_a_train_job_preempted_in_the_team_queue_resumes_from_its_checkpoint(
         assert "resumed from" in log, log[-2000:]
         events = system.wb(users.alice, "show", str(own_id), "--json", extra_env=own).stdout
         assert "stopped by the system daemon" in events
+        runs = json.loads(system.wb(users.alice, "runs", "--json", extra_env=own).stdout)
+        metrics = {r["job_id"]: r["metrics"] for r in runs}
+        assert metrics[own_id] == metrics[whole_id], metrics  # the same final weights' metrics
     finally:
         for who in (users.alice, users.bob):
             system.wb(who, "daemon", "stop", extra_env=OWN_PYTHON)
