@@ -1122,6 +1122,10 @@ def fit(
             break
     else:
         epoch = epochs
+    if not last_eval and start_epoch >= epochs:
+        # Resumed from a checkpoint saved after the last epoch (stopped while it finished up):
+        # no epoch ran here, so evaluate the saved weights, as the last epoch did.
+        last_eval = evaluate(model, x_val, y_val, data.y_val_true, data.pre, criterion)
     if stopping and best["state"] is not None:
         model.load_state_dict(best["state"])
         last_eval = evaluate(model, x_val, y_val, data.y_val_true, data.pre, criterion)

@@ -127,6 +127,35 @@ def test_resume_after_sigterm_equals_an_uninterrupted_run(
     )
 
 
+def test_a_job_stopped_after_its_last_checkpoint_resumes_to_the_same_metrics(
+    client: Client, home: Home, tmp_path: Path, penguins: str
+) -> None:
+    """A train job stopped after the checkpoint of its last epoch (while it finished up: a
+    preemption that came late) resumed with no epoch to run and recorded no metrics. Its
+    retry now evaluates the saved weights and records what the uninterrupted run did."""
+    import dataclasses
+    import shutil
+
+    spec = {"dataset": penguins, "target": "species", "epochs": 3, "seed": 5, "cpus": 1}
+    whole = train(client, tmp_path, **spec)
+    assert whole.state == "succeeded", whole.reason
+    saved = home.run_dir(whole.id) / "checkpoints" / "last.pt"
+    assert saved.exists()
+    request = build_request({"kind": "train", **spec}, tmp_path, "test")
+    job_id = client.submit(dataclasses.replace(request, paused=True))
+    client.control(job_id, "cancel")
+    wait_state(client, job_id, "cancelled", timeout=30)
+    (home.run_dir(job_id) / "checkpoints").mkdir(parents=True, exist_ok=True)
+    shutil.copy(saved, home.run_dir(job_id) / "checkpoints" / "last.pt")
+    client.control(job_id, "retry")
+    resumed = wait_state(client, job_id, {"succeeded", "failed"}, timeout=180)
+    assert resumed.state == "succeeded", resumed.reason
+    assert "resumed from" in (home.run_dir(job_id) / "log").read_text()
+    first, second = tracking.get_run(client.store, whole.id), tracking.get_run(client.store, job_id)
+    assert first is not None and second is not None
+    assert second.metrics and first.metrics == second.metrics
+
+
 def test_user_model_file(client: Client, tmp_path: Path, penguins: str) -> None:
     (tmp_path / "mymodel.py").write_text(
         textwrap.dedent(
