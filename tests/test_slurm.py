@@ -776,8 +776,9 @@ def test_the_quickstart_on_slurm_outlives_its_daemon_and_client(on_slurm: Home) 
 def test_time_limit_is_slurms(on_slurm: Home, client: Client) -> None:
     job_id = _submit("--time-limit", "20s", "--", "sleep", "600")
     note = "its time limit of 20s is 1m00s on Slurm (whole minutes)"
+    # Said from the submission to Slurm until the job ends, running or not.
     submitted = wait_for(
-        lambda: note in (client.store.get(job_id).reason or ""), 20, what="the enforced limit"
+        lambda: note in (client.store.get(job_id).reason or ""), 60, what="the enforced limit"
     )
     job = _wait(client, job_id, "failed", timeout=150)
     # The limit as Slurm enforces it (whole minutes), not the 20 s asked for.

@@ -1327,7 +1327,7 @@ class SlurmExecutor:
         """Slurm started it: queued -> starting -> running (the launch is Slurm's)."""
         if job.state != QUEUED:
             return
-        words = f"started on {seen.node or 'a node'} (Slurm job {place.slurm_id})"
+        words = f"started on {seen.node or 'a node'} (Slurm job {place.slurm_id}){_limit_note(job)}"
         if self.store.transition(job.id, Event.START, "Slurm is starting it", only_from=[QUEUED]):
             self.store.transition(
                 job.id, Event.LAUNCHED, words, only_from=[STARTING],
