@@ -921,7 +921,12 @@ def _shared_views(
             words is not None and info.dataset.lower() not in words
         ):
             continue
-        parts = info.parts
+        try:
+            parts = info.parts  # the recorded, checked files (`workbench.catalog.shared`)
+        except LakeError:
+            if words is not None:
+                raise  # the query names it: say why it cannot be read
+            continue
         if not parts:
             continue  # unshared, or no longer readable: not a view
         allowed.extend(parts)
