@@ -356,3 +356,32 @@ def test_a_train_job_preempted_in_the_team_queue_resumes_from_its_checkpoint(
         for who in (users.alice, users.bob):
             system.wb(who, "daemon", "stop", extra_env=OWN_PYTHON)
         stop_system(system)
+
+
+@pytest.mark.parametrize("action", ["cancel", "rm"])
+def test_a_built_in_kind_cancelled_in_the_team_queue_is_not_left_queued_at_home(
+    system: System, action: str
+) -> None:
+    """A built-in kind's team job cancelled (or removed) before it started left its job in the
+    owner's own home queued for ever ("waits in the team queue as its job N"): nothing would
+    ever run or settle it. The owner's client now settles it too; a cancelled one runs again
+    when the team job is retried."""
+    users = system.users
+    home = Path(os.path.expanduser(f"~{users.alice}"))
+    spec = home / f"never-{action}.toml"
+    spec.write_text('kind = "train"\ndataset = "iris"\ntarget = "target"\nepochs = 1\n')
+    os.chown(spec, home.stat().st_uid, home.stat().st_gid)
+    queued = wb(system, users.alice, "submit", "--spec", str(spec), "--gpus", "64")
+    assert queued.returncode == 0, queued.stderr + queued.stdout
+    team_id = int(queued.stdout.split()[0])
+    own_id = int(queued.stderr.split(" runs it as job ")[1].split()[0])
+    own = {**OWN_PYTHON, "WORKBENCH_HOME": str(home / ".local/share/workbench")}
+
+    def own_state() -> str:
+        shown = system.wb(users.alice, "show", str(own_id), "--json", extra_env=own)
+        return str(json.loads(shown.stdout)["state"])
+
+    assert own_state() == "queued"
+    done = wb(system, users.alice, action, str(team_id))
+    assert done.returncode == 0, done.stderr
+    assert own_state() == "cancelled"

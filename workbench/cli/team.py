@@ -317,8 +317,11 @@ def _control(action: str) -> Callable[[TeamClient, argparse.Namespace], int]:
         code = EXIT_OK
         for job_id in args.ids:
             try:
+                own = _own_job_of(client, job_id) if action in ("cancel", "rm") else None
                 result = client.ask("control", id=job_id, action=action)["result"]
                 print(f"job {job_id}: {result}")
+                if own is not None:
+                    settle_own(own, job_id, action)
             except Refused as error:
                 if not client.used:
                     client.used = True
@@ -327,6 +330,45 @@ def _control(action: str) -> Callable[[TeamClient, argparse.Namespace], int]:
         return code
 
     return handler
+
+
+def _own_job_of(client: TeamClient, job_id: int) -> int | None:
+    """The id, in the caller's own home, of the built-in kind's job that team job `job_id`
+    runs (its `spec.team_of`, see `queue_built_in`); None for any other job, or another
+    user's (an admin cancelling it cannot write its owner's home)."""
+    from workbench.paths import home_dir
+
+    try:
+        job = client.ask("show", id=job_id)["job"]
+    except Refused:
+        return None  # the control request says why
+    team_of = (job.get("spec") or {}).get("team_of") or {}
+    own = team_of.get("job")
+    if type(own) is not int or team_of.get("home") != str(home_dir()):
+        return None
+    return own
+
+
+def settle_own(own_id: int, team_id: int, action: str) -> None:
+    """Cancel job `own_id` of the caller's own home when it still waits for team job
+    `team_id`, which was just cancelled or removed: nothing else would ever settle it. Its
+    reason begins like a stop by the system daemon's, so a retried team job runs it again
+    (`workbench.daemon.teamrun`); a job that already started is settled by its team job."""
+    from workbench.daemon.teamrun import STOPPED_PREFIX
+    from workbench.db.store import Event, JobState, Store
+    from workbench.paths import Home, home_dir
+
+    what = "cancelled" if action == "cancel" else "removed"
+    store = Store.open(Home(home_dir()).state_db)
+    try:
+        store.transition(
+            own_id,
+            Event.CANCEL,
+            f"{STOPPED_PREFIX} (team job {team_id} {what} before it started)",
+            only_from=[JobState.QUEUED],
+        )
+    finally:
+        store.close()
 
 
 def _priority(client: TeamClient, args: argparse.Namespace) -> int:
