@@ -1,0 +1,56 @@
+"""`workbench.daemon.teamrun` (a built-in kind's job run by the team queue in its owner's
+home): a stop from the system daemon that comes while it marks the job running."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from typing import Any
+
+import pytest
+
+from workbench.daemon import teamrun
+from workbench.db.store import JobRequest, JobState, Store
+from workbench.paths import Home
+
+
+class Killed(Exception):
+    """The stop signal reached the default handling (the process would have ended)."""
+
+
+def test_a_stop_while_the_job_starts_cancels_it_without_running_it(
+    home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """teamrun set its stop handlers only after marking the job running: a SIGTERM in between
+    ended it at once and left the job running in its owner's home, with no process, for ever.
+    Now the handlers come first, and a stop before the start settles it cancelled (with the
+    reason a retried team job runs it again after) and runs nothing."""
+    store = Store.open(home.state_db)
+    (job_id,) = store.submit_many(
+        [JobRequest("t", "train", {}, "/", {}, executor=teamrun.EXECUTOR)]
+    )
+    real_start = teamrun._start
+
+    def start_then_stopped(store: Store, job_id: int, team_job: str) -> bool:
+        started = real_start(store, job_id, team_job)
+        signal.raise_signal(signal.SIGTERM)
+        return started
+
+    def default(signum: int, frame: object) -> None:
+        raise Killed
+
+    def never(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the job was run after its stop")
+
+    monkeypatch.setattr(teamrun, "_start", start_then_stopped)
+    monkeypatch.setattr(subprocess, "Popen", never)
+    previous = signal.signal(signal.SIGTERM, default)
+    try:
+        assert teamrun.run(home, job_id, "7") == 143
+        assert signal.getsignal(signal.SIGTERM) is default  # given back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    job = store.get(job_id)
+    assert job.state == JobState.CANCELLED, job
+    assert (job.reason or "").startswith(teamrun.STOPPED_PREFIX), job.reason
+    store.close()
