@@ -98,3 +98,35 @@ def test_a_part_removed_after_the_share_is_named(home: Home, tmp_path: Path) -> 
     (Path(record["folder"]) / "part-0.parquet").unlink()
     with pytest.raises(lake.LakeError, match=r"part-0\.parquet: No such file"):
         _count(home, record)
+
+
+@pytest.mark.parametrize(
+    ("mine", "owner", "dataset"),
+    [("fields", "Alice", "crops"), ("crops", "alice", "Crops")],
+    ids=["owner", "dataset"],
+)
+def test_shared_names_that_differ_only_in_case_are_refused_not_mixed_up(
+    home: Home, tmp_path: Path, mine: str, owner: str, dataset: str
+) -> None:
+    """SQL names ignore case. A user `Alice` (Unix names are case-sensitive) sharing `crops`
+    while alice shares `fields` made bob's `SELECT ... FROM alice.crops` read Alice's data as
+    alice's; two of alice's shares named `crops` and `Crops` failed on DuckDB's catalog error.
+    Now a query naming such a name is refused, naming the other; a connection over everything
+    leaves them out."""
+    real = _record(tmp_path / "system")
+    real["dataset"] = mine
+    other = _record(tmp_path / "other")
+    other.update(owner=owner, dataset=dataset)
+    _parquet(Path(other["folder"]) / "part-0.parquet", [1000])
+    versions = [shared.version_of(real), shared.version_of(other)]
+    store = Store.open(home.state_db)
+    try:
+        with pytest.raises(lake.LakeError, match="differs only in case from that of") as error:
+            lake.connect(home, store, for_sql="SELECT * FROM alice.crops", shared=versions)
+        assert f"alice.{mine}" in str(error.value) and f"{owner}.{dataset}" in str(error.value)
+        con = lake.connect(home, store, shared=versions)
+        names = {r[0] for r in con.sql("SELECT schema_name FROM duckdb_views()").fetchall()}
+        con.close()
+        assert not names & {"alice", "Alice"}
+    finally:
+        store.close()
