@@ -3,8 +3,11 @@ home): a stop from the system daemon that comes while it marks the job running."
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -54,3 +57,30 @@ def test_a_stop_while_the_job_starts_cancels_it_without_running_it(
     assert job.state == JobState.CANCELLED, job
     assert (job.reason or "").startswith(teamrun.STOPPED_PREFIX), job.reason
     store.close()
+
+
+@pytest.mark.parametrize("which", ["missing", "relative", "another user's"])
+def test_a_team_home_that_is_not_the_users_is_refused_and_nothing_made(
+    home: Home, tmp_path: Path, which: str
+) -> None:
+    """WORKBENCH_TEAM_HOME naming a folder that is no workbench home made a fresh store there
+    (as root, even the folders above it), and one of another user's ended on a traceback.
+    Now exit 2 naming the variable and the home, and nothing is made."""
+    Store.open(home.state_db).close()
+    target = {
+        "missing": str(tmp_path / "nowhere" / "home"),
+        "relative": "some/home",
+        "another user's": str(home.root),
+    }[which]
+    if which == "another user's":
+        for path in [home.root, *home.root.iterdir()]:
+            os.lchown(path, 65534, 65534)
+    env = {**os.environ, teamrun.HOME_ENV: target, teamrun.JOB_ENV: "1"}
+    done = subprocess.run(
+        [sys.executable, "-P", "-m", "workbench.daemon.teamrun"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert f"teamrun: {teamrun.HOME_ENV} {target}: " in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "nowhere").exists() and not (tmp_path / "some").exists()

@@ -158,13 +158,34 @@ def _stop_reason() -> str | None:
         return None
 
 
+def _unusable(home: Home) -> str | None:
+    """Why `home` is not a workbench home of this user's to run a job of (not absolute, not
+    made, or not theirs alone: `workbench.trust.check_home`), or None. Nothing is made there."""
+    from workbench.trust import UntrustedHome, check_home
+
+    if not home.root.is_absolute():
+        return "not an absolute path"
+    try:
+        check_home(home.root)
+    except UntrustedHome as error:
+        return str(error)
+    if not home.state_db.is_file():
+        return "no workbench home there (no state database)"
+    return None
+
+
 def main() -> int:
     home_path, job = os.environ.get(HOME_ENV), os.environ.get(JOB_ENV)
     if not home_path or not job or not job.isdigit():
         print(f"teamrun: needs {HOME_ENV} and {JOB_ENV} (set at submit)", file=sys.stderr)
         return 2
+    home = Home(Path(home_path))
+    problem = _unusable(home)
+    if problem is not None:
+        print(f"teamrun: {HOME_ENV} {home_path}: {problem}; nothing run", file=sys.stderr)
+        return 2
     started = time.monotonic()
-    code = run(Home(Path(home_path)), int(job), os.environ.get("WORKBENCH_JOB_ID", "?"))
+    code = run(home, int(job), os.environ.get("WORKBENCH_JOB_ID", "?"))
     _log(f"job {job} ended with exit code {code} after {time.monotonic() - started:.1f}s")
     return code
 
