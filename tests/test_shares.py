@@ -299,6 +299,10 @@ def test_an_account_named_like_a_department_is_not_counted_in_it() -> None:
             "[departments.e]: key 'members': 'a' is in [departments.d] already",
         ),
         ("[users.a]\n[departments.d]\nmembers = []\n", "[departments.d]: key 'members'"),
+        (
+            "[users.a]\n[departments.d]\nmembers = ['a', 'a']\n",
+            "[departments.d]: key 'members': 'a' is listed twice",
+        ),
         ("[users.a]\n[departments.a]\nmembers = ['b']\n", "[departments.a]: 'a' is also"),
         ("[departments.d]\nmembers = ['a']\n", "[departments]: departments divide shares"),
         ("[users.a]\n[departments.d]\nmembers = ['a']\nweight = -1\n", "key 'weight'"),

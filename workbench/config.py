@@ -428,6 +428,8 @@ def _departments(
         for member in table.members:
             if member in raw:
                 raise SpecError(f"{where}: key 'members': {member!r} names a department")
+            if department_of.get(member) == name:
+                raise SpecError(f"{where}: key 'members': {member!r} is listed twice")
             if member in department_of:
                 raise SpecError(
                     f"{where}: key 'members': {member!r} is in [departments."
