@@ -84,3 +84,26 @@ def test_a_team_home_that_is_not_the_users_is_refused_and_nothing_made(
     assert f"teamrun: {teamrun.HOME_ENV} {target}: " in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "nowhere").exists() and not (tmp_path / "some").exists()
+
+
+@pytest.mark.parametrize("action", ["cancel", "pause", "rm"])
+def test_a_running_team_job_cannot_be_stopped_from_its_owners_home(home: Home, action: str) -> None:
+    """`workbench cancel ID` in the owner's own home of a job the team queue runs there only
+    recorded an intent no daemon ever carried out (no per-user daemon follows executor
+    `team`): the job ran on. Now exit 2 (NotWhereItRuns) saying to do it in team mode."""
+    from workbench.db.store import NotWhereItRuns
+
+    store = Store.open(home.state_db)
+    (job_id,) = store.submit_many(
+        [JobRequest("t", "train", {}, "/", {}, executor=teamrun.EXECUTOR)]
+    )
+    assert teamrun._start(store, job_id, "7")
+    try:
+        with pytest.raises(NotWhereItRuns, match=f"workbench {action} TEAM_JOB"):
+            store.request(job_id, action)
+        job = store.get(job_id)
+        assert job.state == JobState.RUNNING and job.intent is None, job
+    finally:  # its pid is this test's: not a leftover job for the fixture to kill
+        store.conn.execute("UPDATE jobs SET pid=NULL, state='failed' WHERE id=?", (job_id,))
+        store.conn.commit()
+        store.close()
