@@ -385,3 +385,30 @@ def test_a_built_in_kind_cancelled_in_the_team_queue_is_not_left_queued_at_home(
     done = wb(system, users.alice, action, str(team_id))
     assert done.returncode == 0, done.stderr
     assert own_state() == "cancelled"
+
+
+def test_a_pipeline_stage_blocked_in_the_team_queue_is_not_left_queued_at_home(
+    system: System,
+) -> None:
+    """A built-in stage whose upstream failed is blocked in the team queue, where nobody (not
+    its owner's client) cancels it: its job in the owner's own home stayed queued for ever.
+    The pipeline's run (and `ls`, `wait`) now settle it."""
+    users = system.users
+    home = Path(os.path.expanduser(f"~{users.alice}"))
+    (home / "broken.csv").write_bytes(b"\xff\xfe\x00 not a table\n")
+    pipeline = home / "broken.toml"
+    pipeline.write_text(
+        '[[stage]]\nname = "load"\nkind = "ingest"\nsource = ["broken.csv"]\n'
+        'dataset = "broken"\n\n[[stage]]\nname = "fit"\nkind = "train"\nafter = ["load"]\n'
+        'dataset = "broken"\ntarget = "species"\nepochs = 1\n'
+    )
+    for path in (home / "broken.csv", pipeline):
+        os.chown(path, home.stat().st_uid, home.stat().st_gid)
+    done = wb(system, users.alice, "--batch", str(pipeline), "--json")
+    summary = json.loads(done.stdout.splitlines()[-1])
+    states = [s["state"] for s in summary["stages"]]
+    assert states[0] == "failed" and states[1] != "succeeded", summary
+    own = {**OWN_PYTHON, "WORKBENCH_HOME": str(home / ".local/share/workbench")}
+    mine = json.loads(system.wb(users.alice, "ls", "--all", "--json", extra_env=own).stdout)
+    fit = [j for j in mine if j.get("stage") == "fit"]
+    assert fit and all(j["state"] != "queued" for j in fit), fit

@@ -224,6 +224,9 @@ def tell_built_in(own: dict[int, tuple[Any, int]], team_ids: list[int]) -> None:
 
 def _wait_exit(client: TeamClient, ids: list[int], timeout: float | None, quiet: bool) -> int:
     states = client.wait(ids, timeout)
+    ended = [i for i in ids if states.get(i) in _ENDED]
+    if ended:
+        settle_ended(client.ask("jobs", ids=ended)["jobs"])
     unfinished = [i for i in ids if i in states and states[i] not in _ENDED]
     if unfinished:
         print("timed out waiting for " + ", ".join(f"job {i}" for i in unfinished), file=sys.stderr)
@@ -252,6 +255,7 @@ def _age(job: dict[str, Any], now: float) -> str:
 def _ls(client: TeamClient, args: argparse.Namespace) -> int:
     reply = client.ask("list", all=bool(args.all), states=args.state, recent=args.recent)
     jobs: list[dict[str, Any]] = reply["jobs"]
+    settle_ended(jobs)
     if args.json:
         _print_json(jobs)
         return EXIT_OK
@@ -321,7 +325,7 @@ def _control(action: str) -> Callable[[TeamClient, argparse.Namespace], int]:
                 result = client.ask("control", id=job_id, action=action)["result"]
                 print(f"job {job_id}: {result}")
                 if own is not None:
-                    settle_own(own, job_id, action)
+                    settle_own({own: (job_id, "cancelled" if action == "cancel" else "removed")})
             except Refused as error:
                 if not client.used:
                     client.used = True
@@ -342,33 +346,53 @@ def _own_job_of(client: TeamClient, job_id: int) -> int | None:
         job = client.ask("show", id=job_id)["job"]
     except Refused:
         return None  # the control request says why
-    team_of = (job.get("spec") or {}).get("team_of") or {}
+    return _team_of(job, str(home_dir()))
+
+
+def _team_of(view: dict[str, Any], home: str) -> int | None:
+    """The own-home job id a team job's view names (`spec.team_of`) when it is in `home`."""
+    team_of = (view.get("spec") or {}).get("team_of") or {}
     own = team_of.get("job")
-    if type(own) is not int or team_of.get("home") != str(home_dir()):
-        return None
-    return own
+    return own if type(own) is int and team_of.get("home") == home else None
 
 
-def settle_own(own_id: int, team_id: int, action: str) -> None:
-    """Cancel job `own_id` of the caller's own home when it still waits for team job
-    `team_id`, which was just cancelled or removed: nothing else would ever settle it. Its
-    reason begins like a stop by the system daemon's, so a retried team job runs it again
-    (`workbench.daemon.teamrun`); a job that already started is settled by its team job."""
+def settle_own(waiting: dict[int, tuple[int, str]]) -> None:
+    """Cancel the jobs of the caller's own home (id -> (team job id, what became of it)) that
+    still wait for their team job, which ended without running them (cancelled, removed,
+    blocked by a failed dependency, refused): nothing else would ever settle them. The reason
+    begins like a stop by the system daemon's, so a retried team job runs them again
+    (`workbench.daemon.teamrun`); a job that started is settled by its team job."""
+    if not waiting:
+        return
     from workbench.daemon.teamrun import STOPPED_PREFIX
     from workbench.db.store import Event, JobState, Store
     from workbench.paths import Home, home_dir
 
-    what = "cancelled" if action == "cancel" else "removed"
     store = Store.open(Home(home_dir()).state_db)
     try:
-        store.transition(
-            own_id,
-            Event.CANCEL,
-            f"{STOPPED_PREFIX} (team job {team_id} {what} before it started)",
-            only_from=[JobState.QUEUED],
-        )
+        for own_id, (team_id, what) in waiting.items():
+            store.transition(
+                own_id,
+                Event.CANCEL,
+                f"{STOPPED_PREFIX} (team job {team_id} {what} before it started)",
+                only_from=[JobState.QUEUED],
+            )
     finally:
         store.close()
+
+
+def settle_ended(views: list[dict[str, Any]]) -> None:
+    """`settle_own` for the team jobs among `views` (the daemon's views of jobs) that ended
+    and run a job of the caller's own home."""
+    from workbench.paths import home_dir
+
+    home = str(home_dir())
+    waiting = {}
+    for view in views:
+        own = _team_of(view, home) if view.get("state") in _ENDED else None
+        if own is not None:
+            waiting[own] = (int(view["id"]), str(view["state"]))
+    settle_own(waiting)
 
 
 def _priority(client: TeamClient, args: argparse.Namespace) -> int:
