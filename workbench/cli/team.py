@@ -383,13 +383,15 @@ def settle_own(waiting: dict[int, tuple[int, str]]) -> None:
 
 def settle_ended(views: list[dict[str, Any]]) -> None:
     """`settle_own` for the team jobs among `views` (the daemon's views of jobs) that ended
-    and run a job of the caller's own home."""
+    without ever starting and run a job of the caller's own home (so a long `ls` opens the
+    own home only when one needs it)."""
     from workbench.paths import home_dir
 
     home = str(home_dir())
     waiting = {}
     for view in views:
-        own = _team_of(view, home) if view.get("state") in _ENDED else None
+        never_ran = view.get("state") in _ENDED and not view.get("started_at")
+        own = _team_of(view, home) if never_ran else None  # one that ran: settled by teamrun
         if own is not None:
             waiting[own] = (int(view["id"]), str(view["state"]))
     settle_own(waiting)
