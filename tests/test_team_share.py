@@ -412,3 +412,24 @@ def test_a_pipeline_stage_blocked_in_the_team_queue_is_not_left_queued_at_home(
     mine = json.loads(system.wb(users.alice, "ls", "--all", "--json", extra_env=own).stdout)
     fit = [j for j in mine if j.get("stage") == "fit"]
     assert fit and all(j["state"] != "queued" for j in fit), fit
+
+
+def test_a_built_in_kind_submitted_paused_runs_when_resumed(system: System) -> None:
+    """`submit --paused` of a built-in kind in team mode held its job in the owner's own home
+    too, where teamrun starts only a queued job: resumed, the team job ran nothing and failed.
+    The hold is the team job's alone now."""
+    users = system.users
+    home = Path(os.path.expanduser(f"~{users.alice}"))
+    csv = home / "held.csv"
+    csv.write_text("a,b\n1,2\n3,4\n")
+    spec = home / "held.toml"
+    spec.write_text('kind = "ingest"\nsource = ["held.csv"]\ndataset = "held"\n')
+    for path in (csv, spec):
+        os.chown(path, home.stat().st_uid, home.stat().st_gid)
+    queued = wb(system, users.alice, "submit", "--spec", str(spec), "--paused")
+    assert queued.returncode == 0, queued.stderr + queued.stdout
+    team_id = int(queued.stdout.split()[0])
+    assert wb(system, users.alice, "resume", str(team_id)).returncode == 0
+    done = wb(system, users.alice, "wait", str(team_id), "--timeout", "90")
+    log = wb(system, users.alice, "logs", str(team_id)).stdout
+    assert done.returncode == 0, done.stderr + log

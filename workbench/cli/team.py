@@ -162,7 +162,11 @@ def queue_built_in(requests: list[Any]) -> dict[int, tuple[Any, int]]:
     store = Store.open(home.state_db)
     out: dict[int, tuple[Any, int]] = {}
     try:
-        ids = store.submit_many([dataclasses.replace(r, executor=EXECUTOR) for _, r in built_in])
+        # Never held here: a hold (`--paused`) is the team job's, whose resume starts it;
+        # teamrun starts only a queued job.
+        ids = store.submit_many(
+            [dataclasses.replace(r, executor=EXECUTOR, paused=False) for _, r in built_in]
+        )
         for (index, request), job_id in zip(built_in, ids, strict=True):
             env = {**request.env, HOME_ENV: str(home.root), JOB_ENV: str(job_id)}
             command = dataclasses.replace(
