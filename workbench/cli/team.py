@@ -350,11 +350,12 @@ def _own_job_of(client: TeamClient, job_id: int) -> int | None:
         job = client.ask("show", id=job_id)["job"]
     except Refused:
         return None  # the control request says why
-    return _team_of(job, str(home_dir()))
+    return own_job_of(job, str(home_dir()))
 
 
-def _team_of(view: dict[str, Any], home: str) -> int | None:
-    """The own-home job id a team job's view names (`spec.team_of`) when it is in `home`."""
+def own_job_of(view: dict[str, Any], home: str) -> int | None:
+    """The id of the job a team job runs in the own home `home` (its view's `spec.team_of`,
+    see `queue_built_in`), or None (another kind, or another home)."""
     team_of = (view.get("spec") or {}).get("team_of") or {}
     own = team_of.get("job")
     return own if type(own) is int and team_of.get("home") == home else None
@@ -395,7 +396,7 @@ def settle_ended(views: list[dict[str, Any]]) -> None:
     waiting = {}
     for view in views:
         never_ran = view.get("state") in _ENDED and not view.get("started_at")
-        own = _team_of(view, home) if never_ran else None  # one that ran: settled by teamrun
+        own = own_job_of(view, home) if never_ran else None  # one that ran: settled by teamrun
         if own is not None:
             waiting[own] = (int(view["id"]), str(view["state"]))
     settle_own(waiting)
