@@ -44,7 +44,16 @@ class TeamActions:
     def control(self, job_id: int, action: str) -> str:
         """cancel / pause / resume / retry / rm; what happened. Raises TeamRefused (another
         user's job: the message says whose) or TeamUnreachable."""
-        return str(self.source.ask("control", id=job_id, action=action)["result"])
+        from workbench.cli.team import own_job_of, settle_own
+        from workbench.paths import home_dir
+
+        own = None
+        if action in ("cancel", "rm"):  # a built-in kind's job at home waits for this one
+            own = own_job_of(self.source.ask("show", id=job_id)["job"], str(home_dir()))
+        result = str(self.source.ask("control", id=job_id, action=action)["result"])
+        if own is not None:
+            settle_own({own: (job_id, "cancelled" if action == "cancel" else "removed")})
+        return result
 
     def set_priority(self, job_id: int, priority: int) -> None:
         self.source.ask("priority", id=job_id, priority=priority)

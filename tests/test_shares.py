@@ -20,6 +20,7 @@ from workbench.queue.scheduler import (
     Wait,
     Want,
     effective_weights,
+    fair_order,
     fair_shares,
     plan,
 )
@@ -244,6 +245,45 @@ def test_config_reads_users_and_shares(tmp_path: Path) -> None:
     assert shares.half_life_s == 2 * 86400 and shares.min_runtime_s == 600
 
 
+def test_a_departments_limit_caps_its_members_together() -> None:
+    """`[departments.NAME] limit` was only an input to the fair shares: a department of limit 1
+    (or 0) still had its members start jobs on every free GPU. It caps them together now, as a
+    user's `limit` caps the user."""
+    flat = by_user(alice=Share(), bob=Share(), carol=Share())
+    for limit in (0, 1, 2):
+        capped = Settings(
+            **{
+                **flat.__dict__,
+                "departments": {"vision": Share(limit=limit)},
+                "department_of": {"alice": "vision", "bob": "vision"},
+            }
+        )
+        queued = [want("alice", 1), want("bob", 2), want("alice", 3), want("carol", 4)]
+        out = decide(queued, [], box(4), capped)
+        started = {i for i, d in out.items() if isinstance(d, Start)}
+        assert len(started - {4}) == limit and 4 in started, out
+        held = [run("alice", 9, 3)] if limit else []
+        waiting = decide([want("bob", 2)], held, box(4), capped)[2]
+        if limit <= 1:
+            assert "department vision is at its limit" in getattr(waiting, "reason", ""), waiting
+
+
+def test_an_account_named_like_a_department_is_not_counted_in_it() -> None:
+    """A group (or user) in no department, named like a department (which config.toml cannot
+    see coming: accounts are the system's), had its demand and usage folded into that
+    department's, so the department's members shared their part with it."""
+    flat = by_user(alice=Share(), bob=Share())
+    tree = Settings(
+        **{**flat.__dict__, "departments": {"nlp": Share()}, "department_of": {"bob": "nlp"}}
+    )
+    demand = {"alice": 9.0, "bob": 9.0, "nlp": 9.0}
+    assert fair_shares(demand, 9, tree) == pytest.approx(dict.fromkeys(demand, 3))
+    # Nor in the order: the department's held GPUs are its members' only.
+    keys = fair_order([want("bob", 1)], [run("nlp", 5, 0), run("nlp", 6, 1)], tree, 2)
+    alone = fair_order([want("bob", 1)], [], tree, 2)
+    assert keys[1] == alone[1]
+
+
 @pytest.mark.parametrize(
     ("text", "names"),
     [
@@ -259,9 +299,18 @@ def test_config_reads_users_and_shares(tmp_path: Path) -> None:
             "[departments.e]: key 'members': 'a' is in [departments.d] already",
         ),
         ("[users.a]\n[departments.d]\nmembers = []\n", "[departments.d]: key 'members'"),
+        (
+            "[users.a]\n[departments.d]\nmembers = ['a', 'a']\n",
+            "[departments.d]: key 'members': 'a' is listed twice",
+        ),
         ("[users.a]\n[departments.a]\nmembers = ['b']\n", "[departments.a]: 'a' is also"),
         ("[departments.d]\nmembers = ['a']\n", "[departments]: departments divide shares"),
         ("[users.a]\n[departments.d]\nmembers = ['a']\nweight = -1\n", "key 'weight'"),
+        (
+            "[users.a]\n[departments.\"x\\u001b[31m\"]\nmembers = ['a']\n",
+            "[departments]: department name 'x\\x1b[31m'",
+        ),
+        ("[users.a]\n[departments.\"\\u0000d\"]\nmembers = ['a']\n", "department name"),
     ],
 )
 def test_bad_share_settings_name_the_file_table_and_key(

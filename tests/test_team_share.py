@@ -356,3 +356,80 @@ def test_a_train_job_preempted_in_the_team_queue_resumes_from_its_checkpoint(
         for who in (users.alice, users.bob):
             system.wb(who, "daemon", "stop", extra_env=OWN_PYTHON)
         stop_system(system)
+
+
+@pytest.mark.parametrize("action", ["cancel", "rm"])
+def test_a_built_in_kind_cancelled_in_the_team_queue_is_not_left_queued_at_home(
+    system: System, action: str
+) -> None:
+    """A built-in kind's team job cancelled (or removed) before it started left its job in the
+    owner's own home queued for ever ("waits in the team queue as its job N"): nothing would
+    ever run or settle it. The owner's client now settles it too; a cancelled one runs again
+    when the team job is retried."""
+    users = system.users
+    home = Path(os.path.expanduser(f"~{users.alice}"))
+    spec = home / f"never-{action}.toml"
+    spec.write_text('kind = "train"\ndataset = "iris"\ntarget = "target"\nepochs = 1\n')
+    os.chown(spec, home.stat().st_uid, home.stat().st_gid)
+    queued = wb(system, users.alice, "submit", "--spec", str(spec), "--gpus", "64")
+    assert queued.returncode == 0, queued.stderr + queued.stdout
+    team_id = int(queued.stdout.split()[0])
+    own_id = int(queued.stderr.split(" runs it as job ")[1].split()[0])
+    own = {**OWN_PYTHON, "WORKBENCH_HOME": str(home / ".local/share/workbench")}
+
+    def own_state() -> str:
+        shown = system.wb(users.alice, "show", str(own_id), "--json", extra_env=own)
+        return str(json.loads(shown.stdout)["state"])
+
+    assert own_state() == "queued"
+    done = wb(system, users.alice, action, str(team_id))
+    assert done.returncode == 0, done.stderr
+    assert own_state() == "cancelled"
+
+
+def test_a_pipeline_stage_blocked_in_the_team_queue_is_not_left_queued_at_home(
+    system: System,
+) -> None:
+    """A built-in stage whose upstream failed is blocked in the team queue, where nobody (not
+    its owner's client) cancels it: its job in the owner's own home stayed queued for ever.
+    The pipeline's run (and `ls`, `wait`) now settle it."""
+    users = system.users
+    home = Path(os.path.expanduser(f"~{users.alice}"))
+    (home / "broken.csv").write_bytes(b"\xff\xfe\x00 not a table\n")
+    pipeline = home / "broken.toml"
+    pipeline.write_text(
+        '[[stage]]\nname = "load"\nkind = "ingest"\nsource = ["broken.csv"]\n'
+        'dataset = "broken"\n\n[[stage]]\nname = "fit"\nkind = "train"\nafter = ["load"]\n'
+        'dataset = "broken"\ntarget = "species"\nepochs = 1\n'
+    )
+    for path in (home / "broken.csv", pipeline):
+        os.chown(path, home.stat().st_uid, home.stat().st_gid)
+    done = wb(system, users.alice, "--batch", str(pipeline), "--json")
+    summary = json.loads(done.stdout.splitlines()[-1])
+    states = [s["state"] for s in summary["stages"]]
+    assert states[0] == "failed" and states[1] != "succeeded", summary
+    own = {**OWN_PYTHON, "WORKBENCH_HOME": str(home / ".local/share/workbench")}
+    mine = json.loads(system.wb(users.alice, "ls", "--all", "--json", extra_env=own).stdout)
+    fit = [j for j in mine if j.get("stage") == "fit"]
+    assert fit and all(j["state"] != "queued" for j in fit), fit
+
+
+def test_a_built_in_kind_submitted_paused_runs_when_resumed(system: System) -> None:
+    """`submit --paused` of a built-in kind in team mode held its job in the owner's own home
+    too, where teamrun starts only a queued job: resumed, the team job ran nothing and failed.
+    The hold is the team job's alone now."""
+    users = system.users
+    home = Path(os.path.expanduser(f"~{users.alice}"))
+    csv = home / "held.csv"
+    csv.write_text("a,b\n1,2\n3,4\n")
+    spec = home / "held.toml"
+    spec.write_text('kind = "ingest"\nsource = ["held.csv"]\ndataset = "held"\n')
+    for path in (csv, spec):
+        os.chown(path, home.stat().st_uid, home.stat().st_gid)
+    queued = wb(system, users.alice, "submit", "--spec", str(spec), "--paused")
+    assert queued.returncode == 0, queued.stderr + queued.stdout
+    team_id = int(queued.stdout.split()[0])
+    assert wb(system, users.alice, "resume", str(team_id)).returncode == 0
+    done = wb(system, users.alice, "wait", str(team_id), "--timeout", "90")
+    log = wb(system, users.alice, "logs", str(team_id)).stdout
+    assert done.returncode == 0, done.stderr + log

@@ -405,3 +405,32 @@ def test_workbench_in_tmux_opens_the_team_queue(system: System) -> None:
     finally:
         tmux("kill-server", check=False)
         system.wb(users.alice, "cancel", str(job_id))
+
+
+CANCEL_SCRIPT = """
+import json, sys
+from pathlib import Path
+from screens.teamsource import TeamSource
+from workbench.db.store import Store
+from workbench.paths import Home, home_dir
+from workbench.queue.requests import build_request
+
+source = TeamSource(Home(Path.home() / ".workbench"), sys.argv[1])
+spec = {"kind": "train", "dataset": "nothing", "target": "y"}
+request = build_request(spec, Path.home(), "tui", paused=True)
+team_id = source.act(lambda client: client.submit(request))
+own_id = json.loads(json.dumps(source.ask("show", id=team_id)["job"]["spec"]))["team_of"]["job"]
+source.act(lambda client: client.control(team_id, "cancel"))
+store = Store.open(Home(home_dir()).state_db)
+print(json.dumps({"own": str(store.get(own_id).state), "team": source.job(team_id).state}))
+"""
+
+
+def test_a_built_in_kind_cancelled_from_the_tui_is_not_left_queued_at_home(
+    system: System,
+) -> None:
+    """The Queue screen's cancel of a built-in kind's team job that had not started left its
+    job in the user's own home queued for ever (as `workbench cancel` did); now it is
+    cancelled there too."""
+    got = run_as(system, system.users.alice, CANCEL_SCRIPT, socket_of(system))
+    assert got == {"own": "cancelled", "team": "cancelled"}, got

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -388,6 +389,10 @@ def _shares(path: Path, data: Mapping[str, Any]) -> ShareConfig:
     )
 
 
+#: A department's name (shown in reasons and reports, a key beside account names).
+DEPARTMENT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+
+
 def _departments(
     path: Path, data: Mapping[str, Any], by: str, shares: Mapping[str, Share]
 ) -> tuple[dict[str, Share], dict[str, str]]:
@@ -406,6 +411,11 @@ def _departments(
     department_of: dict[str, str] = {}
     for name, values in raw.items():
         where = f"{path} [departments.{name}]"
+        if not DEPARTMENT_NAME.match(name):
+            raise SpecError(
+                f"{path} [departments]: department name {name!r}: letters, digits, '_', '.'"
+                " and '-' only"
+            )
         if not isinstance(values, dict):
             raise SpecError(f"{where}: expected a table, got {values!r}")
         table = from_table(DepartmentTable, values, where)
@@ -418,6 +428,8 @@ def _departments(
         for member in table.members:
             if member in raw:
                 raise SpecError(f"{where}: key 'members': {member!r} names a department")
+            if department_of.get(member) == name:
+                raise SpecError(f"{where}: key 'members': {member!r} is listed twice")
             if member in department_of:
                 raise SpecError(
                     f"{where}: key 'members': {member!r} is in [departments."

@@ -912,16 +912,40 @@ def _shared_views(
     those whose `OWNER.DATASET` the query names. Their files join `allowed`."""
     words = None if for_sql is None else for_sql.lower()
     latest: dict[str, VersionInfo] = {}
+    # SQL names ignore case: two owners (`alice`, `Alice`) or two of one owner's datasets
+    # whose names differ only in case would share a schema or a view, and a query naming one
+    # would read the other's. Such names get no views; a query that names one is refused.
+    by_owner: dict[str, set[str]] = {}  # owner's name in lower case -> `OWNER.DATASET`s
     for info in shared:
         if info.version >= latest.get(info.dataset, info).version:
             latest[info.dataset] = info
+        by_owner.setdefault(info.dataset.rsplit(".", 1)[0].lower(), set()).add(info.dataset)
     for info in shared:
         owner, name = info.dataset.rsplit(".", 1)
         if owner.lower() in _BUILTIN_SCHEMAS or (
             words is not None and info.dataset.lower() not in words
         ):
             continue
-        parts = info.parts
+        others = [
+            d
+            for d in sorted(by_owner[owner.lower()])
+            if d.rsplit(".", 1)[0] != owner
+            or (d != info.dataset and d.lower() == info.dataset.lower())
+        ]
+        if others:
+            if words is None:
+                continue
+            raise LakeError(
+                f"shared dataset {info.dataset}: its name or its owner's differs only in case"
+                f" from that of {', '.join(others)}, and SQL names ignore case, so none of"
+                " them is queried by name (a train or test spec's dataset names it exactly)"
+            )
+        try:
+            parts = info.parts  # the recorded, checked files (`workbench.catalog.shared`)
+        except LakeError:
+            if words is not None:
+                raise  # the query names it: say why it cannot be read
+            continue
         if not parts:
             continue  # unshared, or no longer readable: not a view
         allowed.extend(parts)

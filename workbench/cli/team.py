@@ -162,7 +162,11 @@ def queue_built_in(requests: list[Any]) -> dict[int, tuple[Any, int]]:
     store = Store.open(home.state_db)
     out: dict[int, tuple[Any, int]] = {}
     try:
-        ids = store.submit_many([dataclasses.replace(r, executor=EXECUTOR) for _, r in built_in])
+        # Never held here: a hold (`--paused`) is the team job's, whose resume starts it;
+        # teamrun starts only a queued job.
+        ids = store.submit_many(
+            [dataclasses.replace(r, executor=EXECUTOR, paused=False) for _, r in built_in]
+        )
         for (index, request), job_id in zip(built_in, ids, strict=True):
             env = {**request.env, HOME_ENV: str(home.root), JOB_ENV: str(job_id)}
             command = dataclasses.replace(
@@ -224,6 +228,9 @@ def tell_built_in(own: dict[int, tuple[Any, int]], team_ids: list[int]) -> None:
 
 def _wait_exit(client: TeamClient, ids: list[int], timeout: float | None, quiet: bool) -> int:
     states = client.wait(ids, timeout)
+    ended = [i for i in ids if states.get(i) in _ENDED]
+    if ended:
+        settle_ended(client.ask("jobs", ids=ended)["jobs"])
     unfinished = [i for i in ids if i in states and states[i] not in _ENDED]
     if unfinished:
         print("timed out waiting for " + ", ".join(f"job {i}" for i in unfinished), file=sys.stderr)
@@ -252,6 +259,7 @@ def _age(job: dict[str, Any], now: float) -> str:
 def _ls(client: TeamClient, args: argparse.Namespace) -> int:
     reply = client.ask("list", all=bool(args.all), states=args.state, recent=args.recent)
     jobs: list[dict[str, Any]] = reply["jobs"]
+    settle_ended(jobs)
     if args.json:
         _print_json(jobs)
         return EXIT_OK
@@ -317,8 +325,11 @@ def _control(action: str) -> Callable[[TeamClient, argparse.Namespace], int]:
         code = EXIT_OK
         for job_id in args.ids:
             try:
+                own = _own_job_of(client, job_id) if action in ("cancel", "rm") else None
                 result = client.ask("control", id=job_id, action=action)["result"]
                 print(f"job {job_id}: {result}")
+                if own is not None:
+                    settle_own({own: (job_id, "cancelled" if action == "cancel" else "removed")})
             except Refused as error:
                 if not client.used:
                     client.used = True
@@ -327,6 +338,68 @@ def _control(action: str) -> Callable[[TeamClient, argparse.Namespace], int]:
         return code
 
     return handler
+
+
+def _own_job_of(client: TeamClient, job_id: int) -> int | None:
+    """The id, in the caller's own home, of the built-in kind's job that team job `job_id`
+    runs (its `spec.team_of`, see `queue_built_in`); None for any other job, or another
+    user's (an admin cancelling it cannot write its owner's home)."""
+    from workbench.paths import home_dir
+
+    try:
+        job = client.ask("show", id=job_id)["job"]
+    except Refused:
+        return None  # the control request says why
+    return own_job_of(job, str(home_dir()))
+
+
+def own_job_of(view: dict[str, Any], home: str) -> int | None:
+    """The id of the job a team job runs in the own home `home` (its view's `spec.team_of`,
+    see `queue_built_in`), or None (another kind, or another home)."""
+    team_of = (view.get("spec") or {}).get("team_of") or {}
+    own = team_of.get("job")
+    return own if type(own) is int and team_of.get("home") == home else None
+
+
+def settle_own(waiting: dict[int, tuple[int, str]]) -> None:
+    """Cancel the jobs of the caller's own home (id -> (team job id, what became of it)) that
+    still wait for their team job, which ended without running them (cancelled, removed,
+    blocked by a failed dependency, refused): nothing else would ever settle them. The reason
+    begins like a stop by the system daemon's, so a retried team job runs them again
+    (`workbench.daemon.teamrun`); a job that started is settled by its team job."""
+    if not waiting:
+        return
+    from workbench.daemon.teamrun import STOPPED_PREFIX
+    from workbench.db.store import Event, JobState, Store
+    from workbench.paths import Home, home_dir
+
+    store = Store.open(Home(home_dir()).state_db)
+    try:
+        for own_id, (team_id, what) in waiting.items():
+            store.transition(
+                own_id,
+                Event.CANCEL,
+                f"{STOPPED_PREFIX} (team job {team_id} {what} before it started)",
+                only_from=[JobState.QUEUED],
+            )
+    finally:
+        store.close()
+
+
+def settle_ended(views: list[dict[str, Any]]) -> None:
+    """`settle_own` for the team jobs among `views` (the daemon's views of jobs) that ended
+    without ever starting and run a job of the caller's own home (so a long `ls` opens the
+    own home only when one needs it)."""
+    from workbench.paths import home_dir
+
+    home = str(home_dir())
+    waiting = {}
+    for view in views:
+        never_ran = view.get("state") in _ENDED and not view.get("started_at")
+        own = own_job_of(view, home) if never_ran else None  # one that ran: settled by teamrun
+        if own is not None:
+            waiting[own] = (int(view["id"]), str(view["state"]))
+    settle_own(waiting)
 
 
 def _priority(client: TeamClient, args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from workbench.cli.team import (
     TeamClient,
     queue_built_in,
     request_to_wire,
+    settle_ended,
     tell_built_in,
     withdraw,
 )
@@ -127,6 +128,22 @@ def run(path: str, json_mode: bool, executor: str | None, socket_path: str) -> i
             except Refused:  # it ended meanwhile
                 pass
 
-        return run_pipeline(pipeline, submit, poll, cancel, json_mode=json_mode, interval_s=POLL_S)
+        ids: list[int] = []
+
+        def submit_and_note(pipe: Pipeline) -> tuple[int, list[int]]:
+            pipeline_id, job_ids = submit(pipe)
+            ids.extend(job_ids)
+            return pipeline_id, job_ids
+
+        try:
+            return run_pipeline(
+                pipeline, submit_and_note, poll, cancel, json_mode=json_mode, interval_s=POLL_S
+            )
+        finally:  # stages blocked by a failed one, or cancelled: their own-home jobs too
+            if ids:
+                try:
+                    settle_ended(client.ask("jobs", ids=ids)["jobs"])
+                except (Refused, OSError):
+                    pass  # the daemon is gone: `workbench ls` settles them later
 
     return run_in_team(argparse.Namespace(), socket_path, follow)

@@ -440,8 +440,11 @@ class TeamOps:
         missing = [name for name in record.names if name not in values]
         if missing:
             raise RequestError(f"job {job.id}: missing {', '.join(missing)}")
-        check_environment(values, "field 'values'")
-        self.hold(record.token, {name: values[name] for name in record.names})
+        kept = {name: values[name] for name in record.names}
+        check_environment(kept, "field 'values'")
+        if sum(len(k) + len(v) for k, v in kept.items()) > MAX_DATAGRAM_BYTES:
+            raise RequestError(f"field 'values': more than {MAX_DATAGRAM_BYTES} bytes")
+        self.hold(record.token, kept)
         self.changed()
         return {"handed": list(record.names)}
 

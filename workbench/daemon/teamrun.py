@@ -37,6 +37,7 @@ HOME_ENV = "WORKBENCH_TEAM_HOME"
 JOB_ENV = "WORKBENCH_TEAM_JOB"
 EXECUTOR = "team"  # jobs.executor of such a job in its owner's home
 STOPPED_PREFIX = "stopped by the system daemon"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def _log(message: str) -> None:
@@ -73,6 +74,14 @@ def _start(store: Store, job_id: int, team_job: str) -> bool:
 
 def run(home: Home, job_id: int, team_job: str) -> int:
     """Run job `job_id` of `home` as team job `team_job` (module docstring); its exit code."""
+    stopped: list[int] = []
+
+    def on_stop(signum: int, frame: object) -> None:
+        stopped.append(signum)  # the job gets the same signal from the wrapper; wait for it
+
+    # Before the job is marked running: a stop that comes meanwhile would otherwise end this
+    # process at once and leave the job running in its owner's home, with no process.
+    previous = {sig: signal.signal(sig, on_stop) for sig in STOP_SIGNALS}
     store = Store.open(home.state_db)
     try:
         if not _start(store, job_id, team_job):
@@ -91,13 +100,8 @@ def run(home: Home, job_id: int, team_job: str) -> int:
                 "WORKBENCH_CHECKPOINT_DIR": str(run_dir / "checkpoints"),
             }
         )
-        stopped: list[int] = []
-
-        def on_stop(signum: int, frame: object) -> None:
-            stopped.append(signum)  # the job gets the same signal from the wrapper; wait for it
-
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, on_stop)
+        if stopped:  # stopped before the job began: nothing to run
+            return _settle(store, job_id, team_job, -signal.SIGTERM, True)
         job = store.get(job_id)
         _log(f"{job.kind} job {job_id} of {home.root}, as team job {team_job}")
         with open(run_dir / "log", "ab") as log:
@@ -117,6 +121,8 @@ def run(home: Home, job_id: int, team_job: str) -> int:
         return _settle(store, job_id, team_job, code, bool(stopped))
     finally:
         store.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _settle(store: Store, job_id: int, team_job: str, code: int, stopped: bool) -> int:
@@ -152,13 +158,34 @@ def _stop_reason() -> str | None:
         return None
 
 
+def _unusable(home: Home) -> str | None:
+    """Why `home` is not a workbench home of this user's to run a job of (not absolute, not
+    made, or not theirs alone: `workbench.trust.check_home`), or None. Nothing is made there."""
+    from workbench.trust import UntrustedHome, check_home
+
+    if not home.root.is_absolute():
+        return "not an absolute path"
+    try:
+        check_home(home.root)
+    except UntrustedHome as error:
+        return str(error)
+    if not home.state_db.is_file():
+        return "no workbench home there (no state database)"
+    return None
+
+
 def main() -> int:
     home_path, job = os.environ.get(HOME_ENV), os.environ.get(JOB_ENV)
     if not home_path or not job or not job.isdigit():
         print(f"teamrun: needs {HOME_ENV} and {JOB_ENV} (set at submit)", file=sys.stderr)
         return 2
+    home = Home(Path(home_path))
+    problem = _unusable(home)
+    if problem is not None:
+        print(f"teamrun: {HOME_ENV} {home_path}: {problem}; nothing run", file=sys.stderr)
+        return 2
     started = time.monotonic()
-    code = run(Home(Path(home_path)), int(job), os.environ.get("WORKBENCH_JOB_ID", "?"))
+    code = run(home, int(job), os.environ.get("WORKBENCH_JOB_ID", "?"))
     _log(f"job {job} ended with exit code {code} after {time.monotonic() - started:.1f}s")
     return code
 

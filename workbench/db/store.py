@@ -1209,6 +1209,14 @@ class Store:
                     self._apply(conn, job_id, event, done_in_slurm, now, [state], {})
                 self._audit(conn, action, job_id, str(target), now)
                 return str(target)
+            if row[2] == "team" and row[1] is not None and state in (STARTING, RUNNING, PAUSED):
+                # workbench.daemon.teamrun: its process is the system daemon's team job, which
+                # no daemon of this home stops; an intent here would never be carried out.
+                raise NotWhereItRuns(
+                    f"job {job_id} runs through the team queue, as a job of the system daemon"
+                    " (its history names which): run `workbench " + action + " TEAM_JOB` in"
+                    " team mode, which stops it and records its end here"
+                )
             if action == "pause" and row[2] == "slurm" and state in (STARTING, RUNNING):
                 raise NotWhereItRuns(
                     f"job {job_id} is {state} on Slurm, where suspending a running job is an"

@@ -1340,7 +1340,7 @@ def _fair_shares_by_department(
 ) -> tuple[dict[str, float], dict[str, float]]:
     """`fair_shares` over a two-level hierarchy (see there): (each account's fair share, each
     top-level unit's: a department's, or an account's in none, by its own name)."""
-    top_of = {a: settings.department_of.get(a, a) for a in demand}
+    top_of = {a: _top_of(a, settings) for a in demand}
     top_demand: dict[str, float] = {}
     top_usage: dict[str, float] = {}
     for account, wanted in demand.items():
@@ -1348,7 +1348,7 @@ def _fair_shares_by_department(
         top_demand[top] = top_demand.get(top, 0.0) + wanted
         top_usage[top] = top_usage.get(top, 0.0) + settings.usage.get(account, 0.0)
     top_shares = {
-        top: settings.departments.get(top) or settings.share_of(top) for top in top_demand
+        top_of[a]: settings.departments.get(top_of[a]) or settings.share_of(a) for a in demand
     }
     flat = replace(settings, department_of={}, departments={})
     top_fair = fair_shares(top_demand, total, replace(flat, shares=top_shares, usage=top_usage))
@@ -1360,6 +1360,34 @@ def _fair_shares_by_department(
         else:
             fair.update({a: part for a in members})
     return fair, top_fair
+
+
+def _top_of(account: str, settings: Settings) -> str:
+    """The top-level unit of `account` in the department tree: its department, or itself when
+    in none. An account in none that is named like a department (a group or user the config
+    cannot know of) is kept apart from it: its key begins with a NUL, which no department's
+    name holds (`workbench.config` checks them)."""
+    department = settings.department_of.get(account)
+    if department is not None:
+        return department
+    return "\0" + account if account in settings.departments else account
+
+
+def _department_cap(want: Want, ledger: _Ledger, settings: Settings) -> str | None:
+    """Why the `limit` of `want`'s account's department holds it (its members together hold
+    that many GPUs already), or None."""
+    department = settings.department_of.get(want.account)
+    share = settings.departments.get(department) if department is not None else None
+    if share is None or share.limit is None or want.units <= 0:
+        return None
+    held = sum(
+        ledger.group_units.get(member, 0.0)
+        for member, theirs in settings.department_of.items()
+        if theirs == department
+    )
+    if held + want.units > share.limit + _EPS:
+        return f"department {department} is at its limit of {share.limit:g} GPUs: holds {held:g}"
+    return None
 
 
 def fair_order(
@@ -1388,7 +1416,7 @@ def fair_order(
         fair, top_fair = fair_shares(demand, total, settings), {}
     top_held: dict[str, float] = {}
     for account, level in held.items():
-        above = settings.department_of.get(account, account)
+        above = _top_of(account, settings)
         top_held[above] = top_held.get(above, 0.0) + level
     keys: dict[int, tuple[float, int]] = {}
     for account, wants in mine.items():
@@ -1522,8 +1550,8 @@ def _others_standing(ledger: _Ledger, account: str) -> str:
 
 
 def _share_cap(want: Want, ledger: _Ledger, settings: Settings) -> str | None:
-    """Why an account's own caps hold `want` (its `max_running` jobs, its `limit` of GPUs),
-    or None."""
+    """Why an account's own caps hold `want` (its `max_running` jobs, its `limit` of GPUs, its
+    department's `limit`), or None."""
     share = settings.share_of(want.account)
     who = _who(settings, want.account)
     running = ledger.account_jobs.get(want.account, 0)
@@ -1532,7 +1560,7 @@ def _share_cap(want: Want, ledger: _Ledger, settings: Settings) -> str | None:
     held = ledger.group_units.get(want.account, 0.0)
     if share.limit is not None and want.units > 0 and held + want.units > share.limit + _EPS:
         return f"{who} is at their limit of {share.limit:g} GPUs: holds {held:g}"
-    return None
+    return _department_cap(want, ledger, settings)
 
 
 def _unreclaimable_note(ledger: _Ledger, want: Want, settings: Settings) -> str:
