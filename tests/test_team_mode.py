@@ -148,9 +148,17 @@ class System:
         raise AssertionError(f"job {job_id} did not end")
 
 
-def install_system(root: Path, users: Users) -> System:
+def install_system(root: Path, users: Users, gpus: int = 0) -> System:
+    """Install a system home at `root` and start its daemon; with `gpus`, the daemon samples
+    that many simulated GPUs (a scenario file in the users' folder, WORKBENCH_FAKE_NVML)."""
     env = {k: v for k, v in os.environ.items() if k != "WORKBENCH_HOME"}
     env["WORKBENCH_SYSTEM_HOME"] = str(root)
+    if gpus:
+        from workbench.telemetry import fakenvml
+
+        scenario = fakenvml.write_scenario(users.folder / f"gpus-{root.name}.json", [{}] * gpus)
+        os.chmod(scenario, 0o644)
+        env["WORKBENCH_FAKE_NVML"] = str(scenario)
     done = subprocess.run(
         [
             daemon_python(users.folder),

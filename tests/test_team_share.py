@@ -283,19 +283,7 @@ def test_a_train_job_preempted_in_the_team_queue_resumes_from_its_checkpoint(
     metrics as the same training run uninterrupted."""
     from test_train import digits_table
 
-    from workbench.telemetry import fakenvml
-
-    scenario = fakenvml.write_scenario(users.folder / "gpus.json", [{}, {}])
-    os.chmod(scenario, 0o644)
-    previous = os.environ.get("WORKBENCH_FAKE_NVML")
-    os.environ["WORKBENCH_FAKE_NVML"] = str(scenario)
-    try:
-        system = install_system(users.folder / "gpus-home", users)
-    finally:
-        if previous is None:
-            del os.environ["WORKBENCH_FAKE_NVML"]
-        else:
-            os.environ["WORKBENCH_FAKE_NVML"] = previous
+    system = install_system(users.folder / "gpus-home", users, gpus=2)
     try:
         (system.root / "config.toml").write_text(
             '[daemon]\nkill_grace = "30s"\nsample_interval = "0.2s"\n\n'

@@ -9,7 +9,6 @@ the daemon knows each only by the socket's peer credentials."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import textwrap
 import time
@@ -39,18 +38,7 @@ NOT_PERMITTED = 4
 def system(users: Users) -> Iterator[System]:
     """A system daemon sampling two simulated GPUs (this process has none: a GPU on the
     Dashboard came from the daemon)."""
-    from workbench.telemetry import fakenvml
-
-    scenario = fakenvml.write_scenario(users.folder / "gpus.json", [{}, {}])
-    previous = os.environ.get("WORKBENCH_FAKE_NVML")
-    os.environ["WORKBENCH_FAKE_NVML"] = str(scenario)
-    try:
-        installed = install_system(users.folder / "home", users)
-    finally:
-        if previous is None:
-            del os.environ["WORKBENCH_FAKE_NVML"]
-        else:
-            os.environ["WORKBENCH_FAKE_NVML"] = previous
+    installed = install_system(users.folder / "home", users, gpus=2)
     try:
         yield installed
     finally:
