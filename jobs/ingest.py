@@ -865,6 +865,24 @@ def plan_parquet(cursor: duckdb.DuckDBPyConnection, spec: Spec, files: list[str]
 COPY_ROW_GROUP_ROWS = 1 << 20
 
 
+def _watched_count(ctx: JobContext, con: duckdb.DuckDBPyConnection, what: str, sql: str) -> int:
+    """Run `sql` (a COPY, or a SELECT whose first column is a count) with its progress reported
+    as `what` (`_Watcher`), and return the rows it counted. Raises Cancelled when the job is
+    cancelled meanwhile."""
+    import duckdb
+
+    watcher = _Watcher(ctx, con, what)
+    watcher.start()
+    try:
+        done = con.execute(sql).fetchone()
+    except duckdb.InterruptException:
+        raise Cancelled("cancelled while reading the sources") from None
+    finally:
+        watcher.done.set()
+        watcher.join()
+    return int(done[0]) if done else 0
+
+
 def parquet_copyable(cursor: duckdb.DuckDBPyConnection, spec: Spec, plan: Plan, path: str) -> bool:
     """Whether a single Parquet source can be stored byte for byte instead of decoded and
     written again: no type override, every column stored as DuckDB reads it (`stored_type`),
@@ -1012,37 +1030,25 @@ def _run(ctx: JobContext, spec: Spec, files: list[str], fmt: str, workdir: str) 
             before = lake.parquet_source(previous.parts, previous.encrypted)
             select = f"SELECT * FROM {before} UNION ALL BY NAME {select}"
         # The rejects tables are the connection's own: the COPY runs on it, not on a cursor.
-        watcher = _Watcher(ctx, con, f"reading {len(files)} file(s)")
-        watcher.start()
-        try:
-            done = con.execute(
-                f"COPY ({select}) TO {_literal(str(target))}"
-                f" (FORMAT parquet{_encrypted_option(key is not None)})"
-            ).fetchone()
-        except duckdb.InterruptException:
-            raise Cancelled("cancelled while reading the sources") from None
-        finally:
-            watcher.done.set()
-            watcher.join()
-        return int(done[0]) if done else 0
+        return _watched_count(
+            ctx,
+            con,
+            f"reading {len(files)} file(s)",
+            f"COPY ({select}) TO {_literal(str(target))}"
+            f" (FORMAT parquet{_encrypted_option(key is not None)})",
+        )
 
     def copy(con: duckdb.DuckDBPyConnection, target: Path) -> int:
         """The Parquet source copied as it is, then every value of the copy decoded once (hashed:
         the check a rewrite would make; the copy, not the source, so that what is checked is
         what is stored). Returns its rows."""
         shutil.copyfile(files[0], target)
-        watcher = _Watcher(ctx, con, "checking the copied file")
-        watcher.start()
-        try:
-            done = con.execute(
-                f"SELECT count(*), bit_xor(hash(COLUMNS(*))) FROM {parquet_sql([str(target)])}"
-            ).fetchone()
-        except duckdb.InterruptException:
-            raise Cancelled("cancelled while reading the sources") from None
-        finally:
-            watcher.done.set()
-            watcher.join()
-        return int(done[0]) if done else 0
+        return _watched_count(
+            ctx,
+            con,
+            "checking the copied file",
+            f"SELECT count(*), bit_xor(hash(COLUMNS(*))) FROM {parquet_sql([str(target)])}",
+        )
 
     def write(tmp: Path) -> int:
         con = connect()
