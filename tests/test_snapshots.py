@@ -174,9 +174,13 @@ def test_data_screen(snap_compare: Any, tmp_path: Path, size: tuple[int, int], t
         results = app.screen.query_one("#results", DataTable)
 
         def settled() -> bool:
-            # The table sizes its columns to the new rows on its next idle, not on add_rows.
-            return results.row_count == 3 and results.ordered_columns[0].content_width >= len(
-                "Chinstrap"
+            # The table sizes its columns to the new rows on its next idle, not on add_rows,
+            # and draws them later still: wait until a screenshot shows the widest cells (a
+            # loaded machine once drew `Chinstr` after the widths were already set).
+            return (
+                results.row_count == 3
+                and results.ordered_columns[0].content_width >= len("Chinstrap")
+                and all(text in app.export_screenshot() for text in ("Chinstrap", "3760.5"))
             )
 
         await until(pilot, settled, "the query's rows, with the columns sized to them")
