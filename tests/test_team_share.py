@@ -50,6 +50,13 @@ def wb(system: System, user: str, *args: str) -> subprocess.CompletedProcess[str
     return system.wb(user, *args, extra_env=OWN_PYTHON)
 
 
+def give(home: Path, *paths: Path) -> None:
+    """Make files the test wrote (as root) in a user's home that user's, as if they wrote them."""
+    info = home.stat()
+    for path in paths:
+        os.chown(path, info.st_uid, info.st_gid)
+
+
 def _as(user: str, *argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["runuser", "-u", user, "--", *argv], capture_output=True, text=True)
 
@@ -63,7 +70,7 @@ def test_a_dataset_shared_with_a_group_is_read_by_its_members_only(system: Syste
     alice_home = Path(os.path.expanduser(f"~{users.alice}"))
     csv = alice_home / "penguins.csv"
     csv.write_bytes((REPO / "examples" / "penguins_train.csv").read_bytes())
-    os.chown(csv, *(lambda s: (s.st_uid, s.st_gid))(alice_home.stat()))
+    give(alice_home, csv)
     done = wb(system, users.alice, "ingest", str(csv), "--dataset", "penguins", "--wait")
     assert done.returncode == 0, done.stderr
     mine = json.loads(wb(system, users.alice, "datasets", "penguins", "--json").stdout)[0]
@@ -216,12 +223,12 @@ def test_a_built_in_kind_runs_through_the_team_queue_in_its_owners_home(system: 
 
     frame = load_iris(as_frame=True).frame
     csv.write_text(frame.to_csv(index=False))
-    os.chown(csv, home.stat().st_uid, home.stat().st_gid)
+    give(home, csv)
     done = wb(system, users.alice, "ingest", str(csv), "--dataset", "iris", "--wait")
     assert done.returncode == 0, done.stderr
     spec = home / "train.toml"
     spec.write_text('kind = "train"\ndataset = "iris"\ntarget = "target"\nepochs = 2\nseed = 0\n')
-    os.chown(spec, home.stat().st_uid, home.stat().st_gid)
+    give(home, spec)
     trained = wb(system, users.alice, "submit", "--spec", str(spec), "--wait")
     assert trained.returncode == 0, trained.stderr + trained.stdout
     team_id = int(trained.stdout.split()[0])
@@ -258,8 +265,7 @@ def test_a_pipeline_with_built_in_stages_runs_through_the_team_queue(system: Sys
         'dataset = "birds"\n\n[[stage]]\nname = "fit"\nkind = "train"\nafter = ["load"]\n'
         'dataset = "birds"\ntarget = "species"\nepochs = 2\nseed = 0\n'
     )
-    for path in (home / "penguins.csv", pipeline):
-        os.chown(path, home.stat().st_uid, home.stat().st_gid)
+    give(home, home / "penguins.csv", pipeline)
     done = wb(system, users.alice, "--batch", str(pipeline), "--json")
     assert done.returncode == 0, done.stderr + done.stdout
     events = [json.loads(line) for line in done.stdout.splitlines()]
@@ -292,7 +298,7 @@ def test_a_train_job_preempted_in_the_team_queue_resumes_from_its_checkpoint(
         home = Path(os.path.expanduser(f"~{users.alice}"))
         csv = home / "digits.csv"
         csv.write_text(digits_table().to_pandas().to_csv(index=False))
-        os.chown(csv, home.stat().st_uid, home.stat().st_gid)
+        give(home, csv)
         done = wb(system, users.alice, "ingest", str(csv), "--dataset", "digits", "--wait")
         assert done.returncode == 0, done.stderr
         spec = home / "digits.toml"
@@ -300,7 +306,7 @@ def test_a_train_job_preempted_in_the_team_queue_resumes_from_its_checkpoint(
             'kind = "train"\ndataset = "digits"\ntarget = "digit"\nmodel = "mlp"\n'
             "hidden = [128, 128]\nepochs = 12\nbatch_size = 8\nseed = 3\ncpus = 1\ngpus = 1\n"
         )
-        os.chown(spec, home.stat().st_uid, home.stat().st_gid)
+        give(home, spec)
         # The same training uninterrupted first, for its final metrics.
         whole = wb(system, users.alice, "submit", "--spec", str(spec), "--wait")
         assert whole.returncode == 0, whole.stderr
@@ -358,7 +364,7 @@ def test_a_built_in_kind_cancelled_in_the_team_queue_is_not_left_queued_at_home(
     home = Path(os.path.expanduser(f"~{users.alice}"))
     spec = home / f"never-{action}.toml"
     spec.write_text('kind = "train"\ndataset = "iris"\ntarget = "target"\nepochs = 1\n')
-    os.chown(spec, home.stat().st_uid, home.stat().st_gid)
+    give(home, spec)
     queued = wb(system, users.alice, "submit", "--spec", str(spec), "--gpus", "64")
     assert queued.returncode == 0, queued.stderr + queued.stdout
     team_id = int(queued.stdout.split()[0])
@@ -390,8 +396,7 @@ def test_a_pipeline_stage_blocked_in_the_team_queue_is_not_left_queued_at_home(
         'dataset = "broken"\n\n[[stage]]\nname = "fit"\nkind = "train"\nafter = ["load"]\n'
         'dataset = "broken"\ntarget = "species"\nepochs = 1\n'
     )
-    for path in (home / "broken.csv", pipeline):
-        os.chown(path, home.stat().st_uid, home.stat().st_gid)
+    give(home, home / "broken.csv", pipeline)
     done = wb(system, users.alice, "--batch", str(pipeline), "--json")
     summary = json.loads(done.stdout.splitlines()[-1])
     states = [s["state"] for s in summary["stages"]]
@@ -412,8 +417,7 @@ def test_a_built_in_kind_submitted_paused_runs_when_resumed(system: System) -> N
     csv.write_text("a,b\n1,2\n3,4\n")
     spec = home / "held.toml"
     spec.write_text('kind = "ingest"\nsource = ["held.csv"]\ndataset = "held"\n')
-    for path in (csv, spec):
-        os.chown(path, home.stat().st_uid, home.stat().st_gid)
+    give(home, csv, spec)
     queued = wb(system, users.alice, "submit", "--spec", str(spec), "--paused")
     assert queued.returncode == 0, queued.stderr + queued.stdout
     team_id = int(queued.stdout.split()[0])
