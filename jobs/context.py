@@ -155,11 +155,19 @@ class JobContext:
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
-    def write_json(self, name: str, value: Any) -> Path:
-        """`value` as strict JSON (RFC 8259, `strict_json`) in the run folder file `name`."""
+    def write_text(self, name: str, text: str) -> Path:
+        """`text` (UTF-8) in the run folder file `name`, written whole under a temporary name
+        and renamed (`safefs.write_atomic`): a reader polling it while the job runs (a client
+        waiting for `serve.json`, the TUI) sees no file or all of it, never a part. Raises
+        OSError (ENOSPC...) and leaves no partial file."""
         path = self.artifact(name)
-        path.write_text(strict_json(value))
+        safefs.write_atomic(path, text.encode(), mode=0o644)
         return path
+
+    def write_json(self, name: str, value: Any) -> Path:
+        """`value` as strict JSON (RFC 8259, `strict_json`) in the run folder file `name`,
+        written whole (`write_text`)."""
+        return self.write_text(name, strict_json(value))
 
     @property
     def checkpoint_dir(self) -> Path:

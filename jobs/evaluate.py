@@ -524,7 +524,7 @@ def run(ctx: JobContext) -> None:
         "errors": int((~correct[labelled]).sum()) if correct is not None else None,
     }
     ctx.write_json("report.json", result)
-    ctx.artifact("report.md").write_text(report_markdown(result))
+    ctx.write_text("report.md", report_markdown(result))
     finite: dict[str, float | None] = {
         k: (v if math.isfinite(v) else None) for k, v in metrics.items()
     }

@@ -849,7 +849,7 @@ def run(ctx: JobContext) -> None:
             int8_card,
         )
     ctx.write_json("model_card.json", card)
-    ctx.artifact("model_card.md").write_text(card_markdown(card))
+    ctx.write_text("model_card.md", card_markdown(card))
     ctx.log(
         f"model {model_id}: {path} (sha256 {card['sha256'][:16]}...), card in {ctx.run_dir / 'model_card.md'}"
     )
