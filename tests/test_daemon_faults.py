@@ -435,3 +435,48 @@ def test_a_daemon_killed_with_sigkill_leaves_its_cgroups_for_remove_scope(
     assert base.is_dir()  # left behind: nobody removed it
     cg.remove_scope(cg.home_scope(home.root))
     assert not base.exists()
+
+
+def test_a_client_starts_its_own_daemon_when_the_one_being_started_exits_unready(
+    home: Home,
+) -> None:
+    """The lock held with no pid written (another client's daemon starting), then freed with
+    no daemon ready (that one exited): the waiting client used to wait out its whole timeout
+    without starting one, and fail ("did not become ready within 20s"). It now starts one."""
+    import fcntl
+    import threading
+
+    configure(home)
+    home.ensure()
+    fd = os.open(home.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # held, empty: lock_holder says -1, "being started"
+    assert lock_holder(home) == -1
+    threading.Timer(1.0, lambda: (fcntl.flock(fd, fcntl.LOCK_UN), os.close(fd))).start()
+    began = time.monotonic()
+    try:
+        pid = ensure_daemon(home, timeout_s=15.0)
+        assert pid > 0 and pid == lock_holder(home)
+        assert time.monotonic() - began < 15.0
+    finally:
+        stop_daemon(home)
+
+
+def test_a_daemon_that_exits_unready_is_reported_with_its_log_at_any_time(
+    home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A daemon that dies after the client's first timeout passed was reported as "did not
+    become ready" with no reason. Now its exit status and the end of its log are given,
+    whenever it exits. A `python` that sleeps past the timeout, then fails, stands in."""
+    from workbench.daemon import client as client_module
+
+    slow = tmp_path / "python"
+    slow.write_text(
+        "#!/bin/sh\nsleep 2\necho 'workbench daemon: the store is damaged' >&2\nexit 3\n"
+    )
+    slow.chmod(0o755)
+    monkeypatch.setattr(client_module.sys, "executable", str(slow))
+    with pytest.raises(client_module.DaemonUnavailable) as raised:
+        ensure_daemon(home, timeout_s=0.5)
+    message = str(raised.value)
+    assert "could not start (exit status 3)" in message, message
+    assert "the store is damaged" in message, message

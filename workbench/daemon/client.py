@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from workbench import safefs
 from workbench.daemon.link import lock_holder, wake
@@ -24,9 +24,11 @@ class DaemonUnavailable(RuntimeError):
 
 
 def _daemon_log_tail(home: Home, since: int) -> str:
+    """The last 2,000 characters daemon.log gained after byte `since`; '' if unreadable."""
     try:
         with open(safefs.open_file(home.daemon_log, os.O_RDONLY), "rb") as log:
-            log.seek(since)
+            size = os.fstat(log.fileno()).st_size
+            log.seek(max(since, size - 8000))  # the tail only, of a log that may be long
             return log.read().decode(errors="replace").strip()[-2000:]
     except OSError:
         return ""
@@ -38,56 +40,74 @@ def _daemon_log_tail(home: Home, since: int) -> str:
 STARTING_CAP_S = 120.0
 
 
+#: How many daemons one client starts before it gives up: one more each time the lock is found
+#: free with none of its own starting (the one another client was starting exited unready).
+START_TRIES = 3
+
+
+def _spawn_daemon(home: Home) -> Any:
+    """Start `workbench daemon run` for `home`, detached in its own session, its output
+    appended to daemon.log; returns the `subprocess.Popen`."""
+    import subprocess  # ~3 ms, only to start the daemon
+
+    log_fd = safefs.open_file(home.daemon_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    with open(log_fd, "ab") as log, open(os.devnull, "rb") as devnull:
+        env = dict(os.environ, WORKBENCH_HOME=str(home.root))
+        return subprocess.Popen(
+            [sys.executable, "-m", "workbench", "daemon", "run"],
+            stdin=devnull,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            env=env,
+            cwd=str(home.root),
+        )
+
+
 def ensure_daemon(home: Home, timeout_s: float = 20.0) -> int:
     """Return the daemon's pid, starting it (detached, in its own session) if none runs.
 
     Waits `timeout_s` seconds for it to become ready, and up to `STARTING_CAP_S` while it is
-    visibly starting. Raises DaemonUnavailable when it exits without becoming ready (with the
-    tail of daemon.log) or does not become ready in time."""
+    visibly starting. When the lock is free and no daemon of this client's is starting (one
+    that another client started exited unready), starts one, up to `START_TRIES` in all.
+    Raises DaemonUnavailable when this client's daemon exits without becoming ready, at any
+    time, or none becomes ready in time; either way with the tail of daemon.log."""
     pid = lock_holder(home)
     if pid is not None and pid > 0:
         return pid
     home.ensure()
     log_start = home.daemon_log.stat().st_size if home.daemon_log.exists() else 0
-    if pid is None:
-        import subprocess  # ~3 ms, only to start the daemon
-
-        log_fd = safefs.open_file(home.daemon_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-        with open(log_fd, "ab") as log, open(os.devnull, "rb") as devnull:
-            env = dict(os.environ, WORKBENCH_HOME=str(home.root))
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "workbench", "daemon", "run"],
-                stdin=devnull,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-                env=env,
-                cwd=str(home.root),
-            )
-    else:
-        proc = None  # another client is starting it: wait for it to be ready
+    proc: Any = None
+    spawned = 0
     started = time.monotonic()
     deadline, cap = started + timeout_s, started + max(timeout_s, STARTING_CAP_S)
     while True:
         pid = lock_holder(home)
         if pid is not None and pid > 0:
             return pid
+        if proc is not None and proc.poll() is not None:
+            pid = lock_holder(home)
+            if pid is not None and pid > 0:
+                return pid
+            detail = _daemon_log_tail(home, log_start)
+            if "already running" not in detail:
+                raise DaemonUnavailable(
+                    f"the daemon could not start (exit status {proc.returncode}):\n{detail}"
+                )
+            proc = None  # another client's daemon holds the lock: wait for that one
+            log_start = home.daemon_log.stat().st_size if home.daemon_log.exists() else 0
+        if pid is None and proc is None and spawned < START_TRIES:
+            proc = _spawn_daemon(home)
+            spawned += 1
         now = time.monotonic()
-        starting = pid == -1 or (proc is not None and proc.poll() is None)
+        starting = pid == -1 or proc is not None
         if now >= cap or (now >= deadline and not starting):
             break
-        if proc is not None and proc.poll() is not None:
-            if (lock_holder(home) or 0) > 0:
-                return lock_holder(home) or 0
-            detail = _daemon_log_tail(home, log_start)
-            if "already running" in detail:
-                proc = None
-                continue
-            raise DaemonUnavailable(f"the daemon could not start:\n{detail}")
         time.sleep(0.01)
+    detail = _daemon_log_tail(home, 0)
     raise DaemonUnavailable(
         f"the daemon did not become ready within {time.monotonic() - started:.0f}s"
-        f" (see {home.daemon_log})"
+        f" (see {home.daemon_log})" + (f"; its log ends:\n{detail}" if detail else "")
     )
 
 
