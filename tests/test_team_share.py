@@ -211,6 +211,62 @@ def test_the_daemon_records_only_checked_files(system: System) -> None:
     assert wb(system, users.alice, "unshare", "planted").returncode == 0
 
 
+def test_a_uid_given_to_a_new_account_does_not_inherit_the_old_ones_shares(
+    system: System,
+) -> None:
+    """Shares are keyed by uid. A sharer removed with `userdel` whose uid is given to a new
+    account (`useradd -u`): the new account became the owner of the old one's shares, and
+    group members read them under the new name. Each record now keeps the name that shared it;
+    one whose uid names another account is forgotten, and no one is shown it."""
+    users = system.users
+    old, new = f"{users.alice}old", f"{users.alice}new"
+    script = users.folder / "ask_share.py"
+    script.write_text(ASK)
+    script.chmod(0o644)
+    sock = str(system.root / "gate" / "team.sock")
+
+    def ask_as(user: str, request: dict[str, object]) -> dict[str, object]:
+        done = subprocess.run(
+            ["runuser", "-u", user, "--", *users.py, str(script), sock, json.dumps(request)],
+            capture_output=True, text=True, env=system.env(), cwd="/",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return dict(json.loads(done.stdout))
+
+    def shared_names(user: str) -> list[str]:
+        reply = ask_as(user, {"op": "shared"})
+        return [f"{s['owner']}.{s['dataset']}" for s in reply["shares"]]  # type: ignore[union-attr]
+
+    subprocess.run(["useradd", "-M", "-G", users.extra, old], check=True)
+    try:
+        uid = int(_as(old, "id", "-u").stdout)
+        mine = Path(str(ask_as(old, {"op": "share-space"})["folder"]))
+        group = users.extra
+        done = _as(old, "sh", "-c", f"cd {mine} && mkdir -p notes/v1 && echo x >"
+                   f" notes/v1/part-0.parquet && chgrp -R {group} notes && chmod 750 notes"
+                   " notes/v1 && chmod 440 notes/v1/part-0.parquet")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        reply = ask_as(old, {
+            "op": "share", "dataset": "notes", "version": 1, "group": group, "rows": 1,
+            "rejected_rows": 0, "bytes": 1, "content_hash": "x", "schema": [["a", "INTEGER"]],
+            "sources": [], "created_at": 0,
+        })  # fmt: skip
+        assert reply["ok"] is True, reply
+        assert f"{old}.notes" in shared_names(users.alice)
+        subprocess.run(["pkill", "-KILL", "-u", old], capture_output=True)
+        subprocess.run(["userdel", old], check=True)
+        subprocess.run(["useradd", "-M", "-u", str(uid), "-G", users.extra, new], check=True)
+        for who in (users.alice, new):
+            names = shared_names(who)
+            assert not [n for n in names if n.endswith(".notes")], (who, names)
+        counted = _sql(system, users.alice, f"SELECT count(*) FROM {new}.notes")
+        assert counted.returncode == 2 and "no shared dataset" in counted.stderr, counted.stderr
+    finally:
+        for name in (old, new):
+            subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
+            subprocess.run(["userdel", name], capture_output=True)
+
+
 def test_a_built_in_kind_runs_through_the_team_queue_in_its_owners_home(system: System) -> None:
     """The system daemon took command jobs only, so a team's training bypassed its shares.
     Now `submit` of a built-in kind in team mode queues it in the submitter's own home (bound

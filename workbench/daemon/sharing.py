@@ -12,6 +12,10 @@ the rejects file. Readers in the group then read the files themselves, as their 
 root never reads them. `unshare` forgets the record (the owner removes the files); `list`
 gives what the peer may read: their own shares, their groups' and, for admins, all.
 
+A record keeps the login name that shared it. When its uid names another account now (the
+sharer was removed with `userdel` and the uid given to a new user), the record is forgotten at
+the next `list` or `share`, so the new user neither inherits nor exposes the old one's shares.
+
 Handlers raise RequestError (malformed: exit 2) or NotPermitted (exit 4), like
 `workbench.daemon.teamops`."""
 
@@ -140,6 +144,7 @@ class Sharing:
     def share(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
         """Record a version the peer copied into `shared/UID/DATASET/vN` as shared with a
         group they belong to, after checking the files (module docstring)."""
+        self.current()  # a uid reused since: the old account's records go first
         dataset = _dataset(request)
         version = _version(request, required=True)
         assert version is not None
@@ -174,7 +179,7 @@ class Sharing:
             _number(request, "rows", int), _number(request, "rejected_rows", int),
             _number(request, "bytes", int), content_hash,
             tuple((c[0], c[1]) for c in schema), tuple(sources),
-            float(_number(request, "created_at", (int, float))), time.time(),
+            float(_number(request, "created_at", (int, float))), time.time(), peer.name,
         )  # fmt: skip
         db.put(self.store, share)
         return {"share": self._json(share)}
@@ -240,11 +245,23 @@ class Sharing:
         """The shares the peer may read: theirs, their groups', every one for admins."""
         admin = self.rights().is_admin(peer)
         visible = [
-            s
-            for s in db.shares(self.store)
-            if admin or s.owner_uid == peer.uid or s.gid in peer.groups
+            s for s in self.current() if admin or s.owner_uid == peer.uid or s.gid in peer.groups
         ]
         return {"shares": [self._json(s) for s in visible]}
+
+    def current(self) -> tuple[db.Share, ...]:
+        """Every share whose uid still names the account that shared it; the others (module
+        docstring) are forgotten here. Their files stay, the uid's, for its new owner."""
+        every = db.shares(self.store)
+        names: dict[int, str] = {}
+        kept = []
+        for share in every:
+            name = names.setdefault(share.owner_uid, user_name(share.owner_uid))
+            if share.owner_name is None or share.owner_name == name:
+                kept.append(share)
+            else:
+                db.remove(self.store, share.owner_uid, share.dataset, share.version)
+        return tuple(kept)
 
     @staticmethod
     def _json(share: db.Share) -> dict[str, Any]:

@@ -398,6 +398,11 @@ MIGRATIONS: dict[int, str] = {
         PRIMARY KEY (owner_uid, dataset, version)
     );
     """,
+    # The login name that shared each version, as the kernel's uid named it then: a uid
+    # given to a new account after `userdel` does not inherit the old one's shares.
+    121: """
+    ALTER TABLE shared_datasets ADD COLUMN owner_name TEXT;
+    """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

@@ -15,7 +15,7 @@ from workbench.db.store import Store
 _COLUMNS = (
     "owner_uid, dataset, version, gid, folder, parts, rejects, rows, rejected_rows, bytes,"
     " content_hash,"
-    " schema, sources, created_at, shared_at"
+    " schema, sources, created_at, shared_at, owner_name"
 )
 
 
@@ -24,7 +24,9 @@ class Share:
     """One shared version. `folder`: where its files are (shared/UID/DATASET/vN of the system
     home); `parts`: the Parquet part files' names in it, sorted; `rejects`: the rejects file's
     name, or None; `schema`: (column, DuckDB type) pairs; `sources`: the owner's lineage of it
-    (as `workbench datasets --json` gives it); `created_at`/`shared_at`: Unix seconds."""
+    (as `workbench datasets --json` gives it); `created_at`/`shared_at`: Unix seconds;
+    `owner_name`: the login name of `owner_uid` when it was shared (None in records made
+    before it was kept, migration 121)."""
 
     owner_uid: int
     dataset: str
@@ -41,6 +43,7 @@ class Share:
     sources: tuple[dict[str, Any], ...]
     created_at: float
     shared_at: float
+    owner_name: str | None = None
 
     def row(self) -> tuple[Any, ...]:
         return (
@@ -48,7 +51,7 @@ class Share:
             json.dumps(list(self.parts)), self.rejects, self.rows, self.rejected_rows, self.bytes,
             self.content_hash,
             json.dumps([list(c) for c in self.schema]), json.dumps(list(self.sources)),
-            self.created_at, self.shared_at,
+            self.created_at, self.shared_at, self.owner_name,
         )  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
@@ -68,6 +71,7 @@ class Share:
             "sources": list(self.sources),
             "created_at": self.created_at,
             "shared_at": self.shared_at,
+            "owner_name": self.owner_name,
         }
 
 
@@ -76,13 +80,13 @@ def _share(row: tuple[Any, ...]) -> Share:
         int(row[0]), str(row[1]), int(row[2]), int(row[3]), str(row[4]),
         tuple(json.loads(row[5])), row[6], int(row[7]), int(row[8]), int(row[9]), str(row[10]),
         tuple((str(n), str(t)) for n, t in json.loads(row[11])),
-        tuple(json.loads(row[12])), float(row[13]), float(row[14]),
+        tuple(json.loads(row[12])), float(row[13]), float(row[14]), row[15],
     )  # fmt: skip
 
 
 def put(store: Store, share: Share) -> None:
     """Record `share` (replacing the same owner's same version shared before)."""
-    marks = ",".join("?" * 15)
+    marks = ",".join("?" * 16)
     with store.transaction() as conn:
         conn.execute(f"INSERT OR REPLACE INTO shared_datasets ({_COLUMNS}) VALUES ({marks})",
                      share.row())  # fmt: skip
