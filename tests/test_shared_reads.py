@@ -130,3 +130,38 @@ def test_shared_names_that_differ_only_in_case_are_refused_not_mixed_up(
         assert not names & {"alice", "Alice"}
     finally:
         store.close()
+
+
+@pytest.mark.xdist_group("unix-users")  # useradd, one worker at a time with the team tests
+def test_a_share_whose_owner_has_an_account_twin_in_case_is_not_read_by_name(
+    home: Home, tmp_path: Path
+) -> None:
+    """`Alice` shares `crops`; `alice` is an account too, sharing nothing. SQL names ignore
+    case, so bob's `alice.crops`, meant for alice's, read Alice's data. The clash was caught only
+    when both shared; an account that shares nothing counts now. Needs root: the twin is a real
+    account (`useradd`); the sharer, in capitals, is only the share record's owner."""
+    import shutil
+    import subprocess
+    import uuid
+
+    if os.geteuid() != 0 or not shutil.which("useradd"):
+        if os.environ.get("CI"):
+            pytest.fail("this test adds a Unix account: run it as root with useradd")
+        pytest.skip("this test adds a Unix account: run it as root with useradd")
+    account = f"wb{uuid.uuid4().hex[:6]}t"
+    record = _record(tmp_path / "system")
+    record["owner"] = account.upper()  # the sharer: WB...T; the twin account: wb...t
+    versions = [shared.version_of(record)]
+    query = f"SELECT sum(x) FROM {account}.crops"
+    store = Store.open(home.state_db)
+    try:
+        con = lake.connect(home, store, for_sql=query, shared=versions)  # no twin yet: read
+        con.close()
+        subprocess.run(["useradd", "-M", account], check=True, capture_output=True)
+        try:
+            with pytest.raises(lake.LakeError, match=f"the account {account}"):
+                lake.connect(home, store, for_sql=query, shared=versions)
+        finally:
+            subprocess.run(["userdel", account], capture_output=True)
+    finally:
+        store.close()

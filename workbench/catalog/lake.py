@@ -902,6 +902,17 @@ def connect(
 _BUILTIN_SCHEMAS = frozenset({"main", "temp", "system", "pg_catalog", "information_schema"})
 
 
+def accounts_by_lower() -> dict[str, set[str]]:
+    """The password database's login names (`pwd.getpwall`) by their lower-case form; read
+    afresh at each call (an account made while the TUI runs counts)."""
+    import pwd
+
+    by_lower: dict[str, set[str]] = {}
+    for entry in pwd.getpwall():
+        by_lower.setdefault(entry.pw_name.lower(), set()).add(entry.pw_name)
+    return by_lower
+
+
 def _shared_views(
     con: duckdb.DuckDBPyConnection,
     shared: Sequence[VersionInfo],
@@ -916,6 +927,7 @@ def _shared_views(
     # whose names differ only in case would share a schema or a view, and a query naming one
     # would read the other's. Such names get no views; a query that names one is refused.
     by_owner: dict[str, set[str]] = {}  # owner's name in lower case -> `OWNER.DATASET`s
+    accounts = accounts_by_lower() if shared else {}
     for info in shared:
         if info.version >= latest.get(info.dataset, info).version:
             latest[info.dataset] = info
@@ -932,6 +944,10 @@ def _shared_views(
             if d.rsplit(".", 1)[0] != owner
             or (d != info.dataset and d.lower() == info.dataset.lower())
         ]
+        # An account that shares nothing counts too: `alice.crops`, meant for alice's, would
+        # read Alice's `crops`.
+        twins = sorted(accounts.get(owner.lower(), set()) - {owner})
+        others += [f"the account {a}" for a in twins]
         if others:
             if words is None:
                 continue
