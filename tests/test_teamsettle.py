@@ -42,9 +42,10 @@ def _team_job(store: Store, home: Path, own_id: int, team_of: bool = True) -> in
     return job_id
 
 
-def test_each_team_job_that_ended_unstarted_is_read_once(home: Home, tmp_path: Path) -> None:
-    """Cancelled (held or queued), blocked and failed-before-start team jobs are found, each
-    once; one that started, a plain command job and one still waiting are not."""
+def test_the_team_jobs_that_ended_unstarted_are_found(home: Home, tmp_path: Path) -> None:
+    """Cancelled (held or queued), blocked and failed-before-start team jobs are found; one
+    that started, a plain command job and one still waiting are not. A look with nothing
+    new reads only the last events again (its caller keeps what it handled)."""
     store = Store.open(tmp_path / "system.db")
     own = home.root
     cancelled = _team_job(store, own, 1)
@@ -66,14 +67,29 @@ def test_each_team_job_that_ended_unstarted_is_read_once(home: Home, tmp_path: P
         (cancelled, "cancelled", 1),
         (blocked, "blocked", 2),
     }
-    assert ended_unstarted_after(store, cursor) == ([], cursor)  # nothing new: nothing again
-    store.request(cancelled, "retry")
-    store.request(cancelled, "cancel")
-    again, _ = ended_unstarted_after(store, cursor)
-    assert [f.job_id for f in again] == [cancelled]  # ended again: found again
-    assert waiting not in {f.job_id for f in found + again}
+    assert ended_unstarted_after(store, cursor) == (found, cursor)
+    assert waiting not in {f.job_id for f in found}
     # At a daemon's start: events before the look-back are not read again.
-    assert ended_unstarted_after(store, cursor_since(store, time.time() + 60))[0] == []
+    assert ended_unstarted_after(store, cursor_since(store, time.time() + 60))[0] == found
+    store.close()
+
+
+def test_a_team_job_ended_after_the_newest_were_removed_is_found(
+    home: Home, tmp_path: Path
+) -> None:
+    """Event ids are reused after an `rm` of the newest job: the events after it took ids at
+    or below the cursor, and a cursor that read only above it passed them over."""
+    store = Store.open(tmp_path / "system.db")
+    first = _team_job(store, home.root, 1)
+    second = _team_job(store, home.root, 2)
+    store.request(first, "cancel")
+    found, cursor = ended_unstarted_after(store, 0)
+    assert [f.job_id for f in found] == [first]
+    store.request(first, "rm")
+    store.request(second, "cancel")  # its event takes the id the removed one freed
+    assert store.conn.execute("SELECT max(id) FROM job_events").fetchone()[0] <= cursor
+    found, _ = ended_unstarted_after(store, cursor)
+    assert [f.job_id for f in found] == [second]
     store.close()
 
 

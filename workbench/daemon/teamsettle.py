@@ -70,6 +70,7 @@ class TeamSettler:
         self._since = (time.time() if now is None else now) - LOOK_BACK_S
         self._cursor: int | None = None  # the last event read; found at the first tick
         self._next_look = 0.0
+        self._version = -1  # the store's data version at the last look: unchanged, none
         self._seen: set[int] = set()  # team jobs settled (or being settled) in this run
         self._removed: collections.deque[EndedUnstarted] = collections.deque()  # thread-safe
         self._waiting: collections.deque[EndedUnstarted] = collections.deque()
@@ -91,8 +92,10 @@ class TeamSettler:
             self._reap(now)
             while self._removed:
                 self._want(self._removed.popleft())
-            if now >= self._next_look:
+            version = self.store.data_version()
+            if now >= self._next_look and version != self._version:
                 self._next_look = now + LOOK_EVERY_S
+                self._version = version
                 if self._cursor is None:
                     self._cursor = cursor_since(self.store, self._since)
                 found, self._cursor = ended_unstarted_after(self.store, self._cursor)
@@ -140,7 +143,7 @@ class TeamSettler:
                 start_new_session=True,
                 umask=0o077,
             )
-        except OSError as error:
+        except (OSError, subprocess.SubprocessError) as error:
             self.log(f"team job {ended.job_id}: could not settle its own-home job: {error}")
             return
         assert process.stderr is not None

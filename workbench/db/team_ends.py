@@ -1,6 +1,6 @@
 """The system daemon's read of team jobs that ended before they started (team mode): followed
 by a cursor over `job_events` (its primary key), so each look reads only the events written
-since the last one (`workbench.daemon.teamsettle`)."""
+since the last one and a short stretch before it (`workbench.daemon.teamsettle`)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from workbench.jobmodel.states import JobState
 # dependency, failed as unrunnable (refused).
 _ENDINGS = (JobState.CANCELLED, JobState.BLOCKED, JobState.FAILED)
 _LOOK_BACK_EVENTS = 100_000  # the most events read once at a daemon's start
+REREAD_EVENTS = 1000  # events before the cursor read again (`ended_unstarted_after`)
 
 
 @dataclass(frozen=True)
@@ -44,19 +45,20 @@ def cursor_since(store: Store, since: float) -> int:
 
 def ended_unstarted_after(store: Store, cursor: int) -> tuple[list[EndedUnstarted], int]:
     """The team jobs whose events after `cursor` ended them without a start, still in that
-    state (each once), and the new cursor (the last event id read). Cost: the new events, by
-    the primary key, and one row per candidate job."""
+    state, and the new cursor (the last event id read). The last `REREAD_EVENTS` before the
+    cursor are read again: event ids are not AUTOINCREMENT, so an `rm` of the newest jobs
+    frees theirs for the next events, which would otherwise be passed over. A job may so come
+    back in a later call: callers keep those they handled (`TeamSettler`). Cost: that many
+    events, by the primary key, and one row per candidate job."""
     conn = store.conn
     last = int(conn.execute("SELECT coalesce(max(id), 0) FROM job_events").fetchone()[0])
-    if last <= cursor:
-        return [], cursor
     marks = ",".join("?" * len(_ENDINGS))
     rows = conn.execute(
         "SELECT DISTINCT j.id, j.uid, j.state, j.spec FROM job_events e JOIN jobs j"
         f" ON j.id = e.job_id WHERE e.id > ? AND e.id <= ? AND e.state IN ({marks})"
         f" AND j.state IN ({marks}) AND j.started_at IS NULL AND j.kind = 'command'"
         " AND j.uid IS NOT NULL",
-        (cursor, last, *map(str, _ENDINGS), *map(str, _ENDINGS)),
+        (min(cursor, last) - REREAD_EVENTS, last, *map(str, _ENDINGS), *map(str, _ENDINGS)),
     ).fetchall()
     found = []
     for job_id, uid, state, spec_text in rows:
