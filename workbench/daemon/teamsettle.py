@@ -92,19 +92,25 @@ class TeamSettler:
             self._reap(now)
             while self._removed:
                 self._want(self._removed.popleft())
-            version = self.store.data_version()
-            if now >= self._next_look and version != self._version:
+            if now >= self._next_look:
                 self._next_look = now + LOOK_EVERY_S
-                self._version = version
-                if self._cursor is None:
-                    self._cursor = cursor_since(self.store, self._since)
-                found, self._cursor = ended_unstarted_after(self.store, self._cursor)
-                for ended in found:
-                    self._want(ended)
+                self._look()
             while self._waiting and len(self._running) < MAX_RUNNING:
                 self._start(self._waiting.popleft(), now)
         except Exception as error:  # the loop must go on; the owner's client settles too
             self.log(f"team settling: {type(error).__name__}: {error}")
+
+    def _look(self) -> None:
+        """Read the events written since the last look, if anyone wrote to the store."""
+        version = self.store.data_version()
+        if version == self._version:
+            return
+        if self._cursor is None:
+            self._cursor = cursor_since(self.store, self._since)
+        found, self._cursor = ended_unstarted_after(self.store, self._cursor)
+        self._version = version  # read: the next look waits for another write
+        for ended in found:
+            self._want(ended)
 
     def _want(self, ended: EndedUnstarted) -> None:
         if ended.job_id not in self._seen:
