@@ -152,6 +152,10 @@ class TeamSettler:
         except (OSError, subprocess.SubprocessError) as error:
             self.log(f"team job {ended.job_id}: could not settle its own-home job: {error}")
             return
+        self.log(
+            f"team job {ended.job_id} {ended.state} before it started: settling job"
+            f" {ended.team_of['job']} of {ended.team_of['home']} as {entry.pw_name}"
+        )
         assert process.stderr is not None
         os.set_blocking(process.stderr.fileno(), False)
         self._running.append(_Settling(ended.job_id, ended.state, process, now))
