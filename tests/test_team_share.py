@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -461,6 +462,106 @@ def test_a_pipeline_stage_blocked_in_the_team_queue_is_not_left_queued_at_home(
     mine = json.loads(system.wb(users.alice, "ls", "--all", "--json", extra_env=own).stdout)
     fit = [j for j in mine if j.get("stage") == "fit"]
     assert fit and all(j["state"] != "queued" for j in fit), fit
+
+
+def _own_state_soon(system: System, own_id: int, timeout: float = 15.0) -> str:
+    """The state of job `own_id` of alice's own home once it is no longer queued (or after
+    `timeout` s), read with a per-user command, which settles nothing of the team queue."""
+    users = system.users
+    home = Path(os.path.expanduser(f"~{users.alice}"))
+    own = {**OWN_PYTHON, "WORKBENCH_HOME": str(home / ".local/share/workbench")}
+    deadline = time.monotonic() + timeout
+    while True:
+        shown = system.wb(users.alice, "show", str(own_id), "--json", extra_env=own)
+        state = str(json.loads(shown.stdout)["state"])
+        if state != "queued" or time.monotonic() > deadline:
+            return state
+        time.sleep(0.3)
+
+
+@pytest.mark.parametrize("action", ["cancel", "rm"])
+def test_a_built_in_kind_an_admin_cancels_in_the_team_queue_is_settled_by_the_daemon(
+    system: System, action: str
+) -> None:
+    """An admin's cancel (or rm) of alice's built-in team job before it started left her
+    own-home job queued until alice next ran `ls`, `wait` or the TUI in team mode. The system
+    daemon now settles it itself, as alice (`workbench.daemon.teamsettle`), with no command
+    of hers; a cancelled team job retried by her still runs it."""
+    users = system.users
+    home = Path(os.path.expanduser(f"~{users.alice}"))
+    csv = home / f"settle-{action}.csv"
+    csv.write_text("a,b\n1,2\n3,4\n")
+    spec = home / f"settle-{action}.toml"
+    spec.write_text(f'kind = "ingest"\nsource = ["{csv.name}"]\ndataset = "settle_{action}"\n')
+    give(home, csv, spec)
+    queued = wb(system, users.alice, "submit", "--spec", str(spec), "--paused")
+    assert queued.returncode == 0, queued.stderr + queued.stdout
+    team_id = int(queued.stdout.split()[0])
+    own_id = int(queued.stderr.split(" runs it as job ")[1].split()[0])
+    done = system.wb(users.carol, action, str(team_id))
+    assert done.returncode == 0, done.stderr
+    assert _own_state_soon(system, own_id) == "cancelled"
+    own = {**OWN_PYTHON, "WORKBENCH_HOME": str(home / ".local/share/workbench")}
+    shown = json.loads(system.wb(users.alice, "show", str(own_id), "--json", extra_env=own).stdout)
+    assert shown["reason"].startswith("stopped by the system daemon"), shown
+    assert f"team job {team_id}" in shown["reason"], shown
+    if action == "cancel":  # retried, the team job runs it in her home after all
+        assert wb(system, users.alice, "retry", str(team_id)).returncode == 0
+        waited = wb(system, users.alice, "wait", str(team_id), "--timeout", "90")
+        log = wb(system, users.alice, "logs", str(team_id)).stdout
+        assert waited.returncode == 0, waited.stderr + log
+        assert _own_state_soon(system, own_id) == "succeeded"
+
+
+def test_a_pipeline_stage_blocked_in_the_team_queue_is_settled_by_the_daemon(
+    system: System,
+) -> None:
+    """A built-in stage blocked in the team queue by its upstream's failure, after its
+    owner's `--batch` was killed (nothing of hers follows it): the system daemon settles its
+    job in her own home, which stayed queued until she next ran a team command."""
+    users = system.users
+    home = Path(os.path.expanduser(f"~{users.alice}"))
+    go = users.folder / "settle-go"
+    pipeline = home / "blocked.toml"
+    pipeline.write_text(
+        '[[stage]]\nname = "gate"\nkind = "command"\n'
+        f'argv = ["sh", "-c", "while [ ! -e {go} ]; do sleep 0.1; done; exit 1"]\n\n'
+        '[[stage]]\nname = "late"\nkind = "train"\nafter = ["gate"]\n'
+        'dataset = "nothing_here"\ntarget = "species"\nepochs = 1\n'
+    )
+    give(home, pipeline)
+    client = subprocess.Popen(
+        ["runuser", "-u", users.alice, "--", *users.wb, "--batch", str(pipeline), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**system.env(), "HOME": str(home), **OWN_PYTHON},
+        cwd=str(home),
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        late: list[dict[str, object]] = []
+        while not late:
+            assert time.monotonic() < deadline and client.poll() is None, client.communicate()
+            listed = json.loads(system.wb(users.carol, "ls", "--all", "--json").stdout)
+            late = [j for j in listed if j.get("stage") == "late" and j["owner"] == users.alice]
+            time.sleep(0.2)
+    finally:
+        os.killpg(client.pid, signal.SIGKILL)  # her client is gone: nothing of hers settles
+        client.communicate()
+    go.touch()
+    team_id = int(str(late[0]["id"]))
+    deadline = time.monotonic() + 60
+    while True:
+        team = json.loads(system.wb(users.carol, "show", str(team_id), "--json").stdout)
+        if team["state"] == "blocked":
+            break
+        assert time.monotonic() < deadline, team
+        time.sleep(0.3)
+    own = {**OWN_PYTHON, "WORKBENCH_HOME": str(home / ".local/share/workbench")}
+    mine = json.loads(system.wb(users.alice, "ls", "--all", "--json", extra_env=own).stdout)
+    (own_id,) = [int(j["id"]) for j in mine if j.get("stage") == "late"]
+    assert _own_state_soon(system, own_id) == "cancelled"
 
 
 def test_a_built_in_kind_submitted_paused_runs_when_resumed(system: System) -> None:

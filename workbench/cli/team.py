@@ -364,32 +364,29 @@ def own_job_of(view: dict[str, Any], home: str) -> int | None:
 def settle_own(waiting: dict[int, tuple[int, str]]) -> None:
     """Cancel the jobs of the caller's own home (id -> (team job id, what became of it)) that
     still wait for their team job, which ended without running them (cancelled, removed,
-    blocked by a failed dependency, refused): nothing else would ever settle them. The reason
-    begins like a stop by the system daemon's, so a retried team job runs them again
-    (`workbench.daemon.teamrun`); a job that started is settled by its team job."""
+    blocked by a failed dependency, refused): `teamrun.settle_unstarted`, whose reason begins
+    like a stop by the system daemon's, so a retried team job runs them again. The system
+    daemon settles them itself within a second or two (`workbench.daemon.teamsettle`); this
+    is the fallback for a daemon that could not (or an older one), done where the owner's
+    client sees such a team job. A job that started is settled by its team job."""
     if not waiting:
         return
-    from workbench.daemon.teamrun import STOPPED_PREFIX
-    from workbench.db.store import Event, JobState, Store
+    from workbench.daemon.teamrun import settle_unstarted
+    from workbench.db.store import Store
     from workbench.paths import Home, home_dir
 
     store = Store.open(Home(home_dir()).state_db)
     try:
         for own_id, (team_id, what) in waiting.items():
-            store.transition(
-                own_id,
-                Event.CANCEL,
-                f"{STOPPED_PREFIX} (team job {team_id} {what} before it started)",
-                only_from=[JobState.QUEUED],
-            )
+            settle_unstarted(store, own_id, team_id, what)
     finally:
         store.close()
 
 
 def settle_ended(views: list[dict[str, Any]]) -> None:
-    """`settle_own` for the team jobs among `views` (the daemon's views of jobs) that ended
-    without ever starting and run a job of the caller's own home (so a long `ls` opens the
-    own home only when one needs it)."""
+    """`settle_own` (the fallback of the system daemon's own settling) for the team jobs
+    among `views` (the daemon's views of jobs) that ended without ever starting and run a
+    job of the caller's own home (so a long `ls` opens the own home only when one needs it)."""
     from workbench.paths import home_dir
 
     home = str(home_dir())

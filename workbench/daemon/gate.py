@@ -29,7 +29,7 @@ from workbench.daemon.wire import (
     read_frame,
     send_frame,
 )
-from workbench.db.store import JobError, NoSuchJob, Store
+from workbench.db.store import Job, JobError, NoSuchJob, Store
 from workbench.paths import Home
 from workbench.queue.spec import SpecError
 from workbench.system import gate_socket, is_system_home
@@ -218,13 +218,15 @@ def open_gate(
     config: Callable[[], Config],
     log: Callable[[str], None],
     hold: Callable[[str, dict[str, str]], None],
+    removing: Callable[[Job], None] | None = None,
 ) -> Gate | None:
     """The gate of a system home's daemon (running as root), bound; None in a per-user home.
     It also removes the loader's and Python's variables from this process's environment
     (`runas.scrub_own_environment`): the launcher and the wrappers it forks run as root until
     each becomes its job's owner. `config()` gives the settings in force ([team] admin_group,
     [security] secret_names); `hold(token, values)` keeps a job's credentials in the daemon's
-    memory (`CredentialVault.put`)."""
+    memory (`CredentialVault.put`); `removing(job)` is told of each job removed, as it was
+    (`TeamOps`)."""
     if os.geteuid() != 0 or not is_system_home(home.root):
         return None
     scrubbed = scrub_own_environment()
@@ -237,6 +239,7 @@ def open_gate(
         lambda: wake(home),
         lambda: config().secret_words,
         hold,
+        removing,
     )
     gate = Gate(gate_socket(home.root), ops, log)
     safefs.make_dir(gate.path.parent, 0o755)

@@ -34,6 +34,7 @@ from workbench.daemon.ledger import UsageLedger
 from workbench.daemon.planning import Planner
 from workbench.daemon.records import RecordFollower
 from workbench.daemon.settling import Tracked, settle
+from workbench.daemon.teamsettle import TeamSettler
 from workbench.daemon.wakesock import WakeSocket
 from workbench.daemon.wakeups import Wakeups, monotonic_at
 from workbench.db import executors as placement_db
@@ -84,6 +85,7 @@ class Daemon:
         self.wakes: WakeSocket | None = None  # daemon.sock: wake-ups and credentials
         self.intake: Intake | None = None
         self.gate: Gate | None = None  # system mode: every user's requests
+        self.team_settle: TeamSettler | None = None  # system mode: team jobs ended unstarted
         self.records: RecordFollower | None = None
         self._last_version = -1
         self._last_stamp: tuple[int, int] = (-1, -1)
@@ -190,9 +192,17 @@ class Daemon:
         intake_sock = self.intake.bind()
         if intake_sock is not None:
             self.selector.register(intake_sock, selectors.EVENT_READ, ("intake", None))
+        settler = TeamSettler(self.store, self.log)
         self.gate = open_gate(
-            self.home, self.store, lambda: self.config, self.log, self.credentials.put
+            self.home,
+            self.store,
+            lambda: self.config,
+            self.log,
+            self.credentials.put,
+            settler.removed,
         )
+        if self.gate is not None:
+            self.team_settle = settler
         if self.gate is not None and self.gate.sock is not None:
             self.selector.register(self.gate.sock, selectors.EVENT_READ, ("gate", None))
         took = time.monotonic() - begun
@@ -845,6 +855,8 @@ class Daemon:
             self.records.follow(list(self.tracked))
         if time.monotonic() >= self._next_sample:
             self._sample()
+        if self.team_settle is not None:
+            self.team_settle.tick()
         if self.slurm is not None and time.monotonic() >= self._next_slurm_tick:
             self._slurm_tick()
         self._reread_config()
@@ -888,6 +900,8 @@ class Daemon:
             self.intake.close()
         if self.gate is not None:
             self.gate.close()
+        if self.team_settle is not None:
+            self.team_settle.close()
         if self.wakes is not None:
             self.wakes.close()
         if self.gpus is not None:

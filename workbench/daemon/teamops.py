@@ -233,6 +233,7 @@ class TeamOps:
         changed: Callable[[], None],
         secret_words: Callable[[], tuple[str, ...]],
         hold: Callable[[str, dict[str, str]], None],
+        removing: Callable[[Job], None] | None = None,
     ):
         self.home = home
         self.store = store
@@ -242,6 +243,9 @@ class TeamOps:
         # Keeps a job's credentials (token, name -> value) in the daemon's memory only:
         # `CredentialVault.put`.
         self.hold = hold
+        # Told of each job removed (`rm`), as it was: a team job's own-home job is settled
+        # by `workbench.daemon.teamsettle.TeamSettler.removed`.
+        self.removing = removing
         self.sharing = sharing.Sharing(home, store, rights)
 
     def handle(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
@@ -415,6 +419,8 @@ class TeamOps:
             from workbench.queue.retention import remove_run_dir
 
             remove_run_dir(self.home, job.id)
+            if self.removing is not None:
+                self.removing(job)
         self.changed()
         return {"result": result}
 

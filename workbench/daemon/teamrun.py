@@ -17,7 +17,12 @@ Environment (set by the client at submit): `WORKBENCH_TEAM_HOME` (the owner's ho
 
 Stopped by the system daemon (cancelled or preempted), the job is marked cancelled with the
 stop file's reason; when the team job starts again (after a preemption) it runs again from its
-checkpoint in the owner's run folder."""
+checkpoint in the owner's run folder.
+
+`python -P -m workbench.daemon.teamrun --settle WHAT` (same environment; `WORKBENCH_JOB_ID` the
+team job's id) settles the job instead, when its team job ended without ever starting it (WHAT:
+cancelled, removed, blocked, failed): the system daemon starts it as the owner
+(`workbench.daemon.teamsettle`), so the job does not stay queued for ever. Nothing is run."""
 
 from __future__ import annotations
 
@@ -70,6 +75,24 @@ def _start(store: Store, job_id: int, team_job: str) -> bool:
         return False
     store.transition(job_id, Event.LAUNCHED, said, only_from=[JobState.STARTING], pid=os.getpid())
     return True
+
+
+def unstarted_reason(team_job: int | str, what: str) -> str:
+    """The reason of a job whose team job `team_job` ended (`what`: cancelled, removed,
+    blocked...) before it started: it begins with STOPPED_PREFIX, so a retried team job
+    runs the job again (`_start`)."""
+    return f"{STOPPED_PREFIX} (team job {team_job} {what} before it started)"
+
+
+def settle_unstarted(store: Store, job_id: int, team_job: int | str, what: str) -> bool:
+    """Cancel job `job_id` of `store` (a team job's, executor `team`) if it still waits for
+    team job `team_job`, which ended (`what`) without starting it; True when it was cancelled
+    now. A job in any other state (started, already settled, removed) is left as it is."""
+    job = store.find(job_id)
+    if job is None or job.executor != EXECUTOR:
+        return False
+    said = unstarted_reason(team_job, what)
+    return store.transition(job_id, Event.CANCEL, said, only_from=[JobState.QUEUED]) is not None
 
 
 def run(home: Home, job_id: int, team_job: str) -> int:
@@ -174,7 +197,29 @@ def _unusable(home: Home) -> str | None:
     return None
 
 
-def main() -> int:
+def settle(home: Home, job_id: int, team_job: str, what: str) -> int:
+    """`--settle WHAT`: `settle_unstarted` in `home`'s store; exit 0 (settled now, or nothing
+    to settle)."""
+    store = Store.open(home.state_db)
+    try:
+        if settle_unstarted(store, job_id, team_job, what):
+            _log(f"job {job_id} of {home.root}: cancelled, its team job {team_job} {what}")
+    finally:
+        store.close()
+    return 0
+
+
+SETTLE_FLAG = "--settle"
+_WHAT = frozenset({"cancelled", "removed", "blocked", "failed"})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run (no arguments) or settle (`--settle WHAT`) the job the environment names; exit
+    2 for bad usage or an unusable home."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and (len(argv) != 2 or argv[0] != SETTLE_FLAG or argv[1] not in _WHAT):
+        print(f"usage: teamrun [{SETTLE_FLAG} {'|'.join(sorted(_WHAT))}]", file=sys.stderr)
+        return 2
     home_path, job = os.environ.get(HOME_ENV), os.environ.get(JOB_ENV)
     if not home_path or not job or not job.isdigit():
         print(f"teamrun: needs {HOME_ENV} and {JOB_ENV} (set at submit)", file=sys.stderr)
@@ -184,6 +229,8 @@ def main() -> int:
     if problem is not None:
         print(f"teamrun: {HOME_ENV} {home_path}: {problem}; nothing run", file=sys.stderr)
         return 2
+    if argv:
+        return settle(home, int(job), os.environ.get("WORKBENCH_JOB_ID", "?"), argv[1])
     started = time.monotonic()
     code = run(home, int(job), os.environ.get("WORKBENCH_JOB_ID", "?"))
     _log(f"job {job} ended with exit code {code} after {time.monotonic() - started:.1f}s")
