@@ -256,7 +256,9 @@ class Sharing:
         names: dict[int, str] = {}
         kept = []
         for share in every:
-            name = names.setdefault(share.owner_uid, user_name(share.owner_uid))
+            if share.owner_uid not in names:
+                names[share.owner_uid] = user_name(share.owner_uid)
+            name = names[share.owner_uid]
             if share.owner_name is None or share.owner_name == name:
                 kept.append(share)
             else:
