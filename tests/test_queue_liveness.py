@@ -19,12 +19,18 @@ from workbench.queue.requests import build_request
 
 
 def _launchers(home: Home) -> list[psutil.Process]:
+    """The daemon's live launcher processes. A killed one the daemon has not reaped yet is a
+    zombie whose command line cannot be read: it is not counted (reading it raised in the
+    killer thread, which then stopped killing)."""
     daemon = psutil.Process(lock_holder(home) or 0)
-    return [
-        p
-        for p in daemon.children()
-        if "workbench.daemon.executors.launcher" in " ".join(p.cmdline())
-    ]
+    found = []
+    for child in daemon.children():
+        try:
+            if "workbench.daemon.executors.launcher" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.NoSuchProcess:  # gone, or a zombie (psutil.ZombieProcess)
+            continue
+    return found
 
 
 def _jobs(client: Client, tmp_path: Path, count: int) -> list[int]:
