@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from textual import events
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import ModalScreen, Screen
+from textual.widget import AwaitMount, Widget
 from textual.widgets import Footer
 
 from screens.keyorder import KeyOrder
@@ -119,6 +120,16 @@ class WorkbenchApp(App[None]):
             await self.key_order.arrived(event)
             return
         await super().on_event(event)
+
+    def switch_mode(self, mode: str) -> AwaitMount:
+        """Textual's `App.switch_mode`, except once the app is shutting down, when it does
+        nothing. Textual's shutdown (`App._close_all`) walks the mode stacks, awaiting each
+        screen's close, while the app's queue still runs: a screen key's switch landing then
+        added a stack under that walk ("dictionary changed size during iteration", seen in
+        the key-burst tests) or, later, found the modes already cleared (UnknownModeError)."""
+        if self._exit or not self.is_running:
+            return AwaitMount(cast(Widget, self), [])  # nothing to wait for
+        return super().switch_mode(mode)
 
     def on_mount(self) -> None:
         self.theme = "textual-dark"

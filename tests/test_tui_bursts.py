@@ -208,3 +208,28 @@ async def test_find_field_and_editor_take_only_the_keys_typed_while_focused(
         burst(app, ["S", "E", "L", "E", "C", "T", " ", "1", "escape", "j"])
         await until(pilot, lambda: isinstance(app.screen, QueueScreen), what="j after Esc")
         assert editor.text == "SELECT 1"
+
+
+@pytest.mark.parametrize("mode", [mode for mode, _, _, _ in SCREENS if mode != "dashboard"])
+async def test_a_screen_key_landing_while_the_app_shuts_down_is_ignored(
+    busy_home: Home, mode: str
+) -> None:
+    """Textual's shutdown walks the screens of every mode, awaiting each one's close, while the
+    app's queue still runs. A burst's screen key whose switch landed then added a mode under
+    that walk: `RuntimeError: dictionary changed size during iteration` (a key-burst run under
+    load). The switch now lands exactly there, every time: at the first screen's close."""
+    app = WorkbenchApp(NoActions(busy_home))
+    landed: list[str] = []
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        prune = app._prune
+
+        async def prune_then_switch(*args: Any, **kwargs: Any) -> Any:
+            if not landed:
+                landed.append(mode)
+                app.switch_mode(mode)  # as the key's binding would, mid-shutdown
+            return await prune(*args, **kwargs)
+
+        app._prune = prune_then_switch  # type: ignore[method-assign]
+    assert landed == [mode]
+    assert app._exception is None
