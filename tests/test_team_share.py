@@ -8,6 +8,7 @@ modes, membership) without reading the files. Per-user daemons are stopped by `d
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -147,23 +148,27 @@ print(json.dumps(ask(sys.argv[1], json.loads(sys.argv[2]))))
 """
 
 
+def ask_system(system: System, user: str, request: dict[str, object]) -> dict[str, object]:
+    """`request` sent by `user` (through runuser) to the system daemon's socket; its reply."""
+    script = system.users.folder / "ask_share.py"
+    if not script.exists():
+        script.write_text(ASK)
+        script.chmod(0o644)
+    sock = str(system.root / "gate" / "team.sock")
+    done = subprocess.run(
+        ["runuser", "-u", user, "--", *system.users.py, str(script), sock, json.dumps(request)],
+        capture_output=True, text=True, env=system.env(), cwd="/",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
+
+
 def test_the_daemon_records_only_checked_files(system: System) -> None:
     """A share request is checked before it is recorded, without following a link or
     opening a file: a planted link, a file another user owns or that the group may write, a
     name that is no part, a group the sharer is not in, a folder named by the request."""
     users = system.users
-    script = users.folder / "ask_share.py"
-    script.write_text(ASK)
-    script.chmod(0o644)
-    sock = str(system.root / "gate" / "team.sock")
-
-    def ask_as(user: str, request: dict[str, object]) -> dict[str, object]:
-        done = subprocess.run(
-            ["runuser", "-u", user, "--", *users.py, str(script), sock, json.dumps(request)],
-            capture_output=True, text=True, env=system.env(), cwd="/",
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        return dict(json.loads(done.stdout))
+    ask_as = functools.partial(ask_system, system)
 
     base = system.root / "shared"
     mine = Path(str(ask_as(users.alice, {"op": "share-space"})["folder"]))
@@ -221,18 +226,7 @@ def test_a_uid_given_to_a_new_account_does_not_inherit_the_old_ones_shares(
     one whose uid names another account is forgotten, and no one is shown it."""
     users = system.users
     old, new = f"{users.alice}old", f"{users.alice}new"
-    script = users.folder / "ask_share.py"
-    script.write_text(ASK)
-    script.chmod(0o644)
-    sock = str(system.root / "gate" / "team.sock")
-
-    def ask_as(user: str, request: dict[str, object]) -> dict[str, object]:
-        done = subprocess.run(
-            ["runuser", "-u", user, "--", *users.py, str(script), sock, json.dumps(request)],
-            capture_output=True, text=True, env=system.env(), cwd="/",
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        return dict(json.loads(done.stdout))
+    ask_as = functools.partial(ask_system, system)
 
     def shared_names(user: str) -> list[str]:
         reply = ask_as(user, {"op": "shared"})
