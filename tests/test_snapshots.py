@@ -125,7 +125,14 @@ def test_job_detail(snap_compare: Any, size: tuple[int, int], theme: str) -> Non
 def test_submit_form(snap_compare: Any, size: tuple[int, int], theme: str) -> None:
     async def settle(pilot: Any) -> None:
         await pilot.press("j", "n")
-        await until(pilot, lambda: bool(pilot.app.screen.query("#spec-argv")), "the submit form")
+        # Until the command field has the focus, not only until it exists: the form focuses
+        # it after mounting its fields, and a CI run under load drew the form in between,
+        # without the field's cursor.
+        await until(
+            pilot,
+            lambda: getattr(pilot.app.focused, "id", None) == "spec-argv",
+            "the submit form, its command field focused",
+        )
 
     assert snap_compare(
         app_with(no_gpu_snapshot(), False), terminal_size=size, run_before=themed(theme, settle)
