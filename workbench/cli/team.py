@@ -356,9 +356,10 @@ def _own_job_of(client: TeamClient, job_id: int) -> int | None:
 def own_job_of(view: dict[str, Any], home: str) -> int | None:
     """The id of the job a team job runs in the own home `home` (its view's `spec.team_of`,
     see `queue_built_in`), or None (another kind, or another home)."""
-    team_of = (view.get("spec") or {}).get("team_of") or {}
-    own = team_of.get("job")
-    return own if type(own) is int and team_of.get("home") == home else None
+    from workbench.db.team_ends import team_of_spec  # the one reading of `team_of`
+
+    team_of = team_of_spec(view.get("spec"))
+    return int(team_of["job"]) if team_of is not None and team_of["home"] == home else None
 
 
 def settle_own(waiting: dict[int, tuple[int, str]]) -> None:
