@@ -115,16 +115,22 @@ def test_resume_after_sigterm_equals_an_uninterrupted_run(
     stopped = wait_state(client, job_id, "cancelled", timeout=30)
     assert "checkpoint saved" in (stopped.reason or "")
     assert (home.run_dir(job_id) / "checkpoints" / "last.pt").exists()
+    _retry_resumes_to_the_same_run(client, home, job_id, whole.id)
+    assert client.store.metrics(whole.id, ["train_loss"]) == client.store.metrics(
+        job_id, ["train_loss"]
+    )
+
+
+def _retry_resumes_to_the_same_run(client: Client, home: Home, job_id: int, whole_id: int) -> None:
+    """Retry the stopped train job `job_id`: it resumes from its checkpoint and succeeds with
+    the metrics (non-empty) of the uninterrupted run `whole_id`."""
     client.control(job_id, "retry")
     resumed = wait_state(client, job_id, {"succeeded", "failed"}, timeout=180)
     assert resumed.state == "succeeded", resumed.reason
     assert "resumed from" in (home.run_dir(job_id) / "log").read_text()
-    first, second = tracking.get_run(client.store, whole.id), tracking.get_run(client.store, job_id)
+    first, second = tracking.get_run(client.store, whole_id), tracking.get_run(client.store, job_id)
     assert first is not None and second is not None
-    assert first.metrics == second.metrics
-    assert client.store.metrics(whole.id, ["train_loss"]) == client.store.metrics(
-        job_id, ["train_loss"]
-    )
+    assert second.metrics and first.metrics == second.metrics
 
 
 def test_a_job_stopped_after_its_last_checkpoint_resumes_to_the_same_metrics(
@@ -147,13 +153,7 @@ def test_a_job_stopped_after_its_last_checkpoint_resumes_to_the_same_metrics(
     wait_state(client, job_id, "cancelled", timeout=30)
     (home.run_dir(job_id) / "checkpoints").mkdir(parents=True, exist_ok=True)
     shutil.copy(saved, home.run_dir(job_id) / "checkpoints" / "last.pt")
-    client.control(job_id, "retry")
-    resumed = wait_state(client, job_id, {"succeeded", "failed"}, timeout=180)
-    assert resumed.state == "succeeded", resumed.reason
-    assert "resumed from" in (home.run_dir(job_id) / "log").read_text()
-    first, second = tracking.get_run(client.store, whole.id), tracking.get_run(client.store, job_id)
-    assert first is not None and second is not None
-    assert second.metrics and first.metrics == second.metrics
+    _retry_resumes_to_the_same_run(client, home, job_id, whole.id)
 
 
 def test_user_model_file(client: Client, tmp_path: Path, penguins: str) -> None:
