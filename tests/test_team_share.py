@@ -262,11 +262,10 @@ def test_a_uid_given_to_a_new_account_does_not_inherit_the_old_ones_shares(
             subprocess.run(["userdel", name], capture_output=True)
 
 
-def test_a_built_in_kind_runs_through_the_team_queue_in_its_owners_home(system: System) -> None:
-    """The system daemon took command jobs only, so a team's training bypassed its shares.
-    Now `submit` of a built-in kind in team mode queues it in the submitter's own home (bound
-    to executor `team`) and the team queue runs it there as them: its run, lineage and
-    checkpoints are theirs, its log is in both places, and others see only its public view."""
+@pytest.fixture(scope="module")
+def iris(system: System) -> str:
+    """scikit-learn's iris, ingested once into alice's own lake as `iris` (its name), so a
+    test that trains on it does not depend on another having run first."""
     users = system.users
     home = Path(os.path.expanduser(f"~{users.alice}"))
     csv = home / "iris.csv"
@@ -277,6 +276,18 @@ def test_a_built_in_kind_runs_through_the_team_queue_in_its_owners_home(system: 
     give(home, csv)
     done = wb(system, users.alice, "ingest", str(csv), "--dataset", "iris", "--wait")
     assert done.returncode == 0, done.stderr
+    return "iris"
+
+
+def test_a_built_in_kind_runs_through_the_team_queue_in_its_owners_home(
+    system: System, iris: str
+) -> None:
+    """The system daemon took command jobs only, so a team's training bypassed its shares.
+    Now `submit` of a built-in kind in team mode queues it in the submitter's own home (bound
+    to executor `team`) and the team queue runs it there as them: its run, lineage and
+    checkpoints are theirs, its log is in both places, and others see only its public view."""
+    users = system.users
+    home = Path(os.path.expanduser(f"~{users.alice}"))
     spec = home / "train.toml"
     spec.write_text('kind = "train"\ndataset = "iris"\ntarget = "target"\nepochs = 2\nseed = 0\n')
     give(home, spec)
@@ -405,7 +416,7 @@ def test_a_train_job_preempted_in_the_team_queue_resumes_from_its_checkpoint(
 
 @pytest.mark.parametrize("action", ["cancel", "rm"])
 def test_a_built_in_kind_cancelled_in_the_team_queue_is_not_left_queued_at_home(
-    system: System, action: str
+    system: System, iris: str, action: str
 ) -> None:
     """A built-in kind's team job cancelled (or removed) before it started left its job in the
     owner's own home queued for ever ("waits in the team queue as its job N"): nothing would
